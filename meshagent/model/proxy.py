@@ -1,0 +1,42 @@
+"""The local Envoy the translator generates configuration for, as the agent config describes it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class TcpBinding:
+    """A TCP service exposed to local applications on an explicit local address.
+
+    HTTP ports get a listener per port automatically; TCP ports cannot be routed by Host, so
+    each needs its own local address.
+    """
+
+    host: str
+    port: int
+    listen_address: str
+    listen_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySpec:
+    """What the translator needs to know about the Envoy it configures.
+
+    Outbound HTTP listeners bind `outbound_address`, on each service port plus port_offset,
+    unless port_overrides maps that service port to another local port.
+    """
+
+    node_id: str
+    cluster: str = "meshagent"
+    namespace: str = "default"
+    outbound_address: str = "127.0.0.1"
+    port_offset: int = 0
+    port_overrides: tuple[tuple[int, int], ...] = ()
+    tcp_bindings: tuple[TcpBinding, ...] = ()
+
+    def outbound_port(self, service_port: int) -> int:
+        for port, local in self.port_overrides:
+            if port == service_port:
+                return local
+        return service_port + self.port_offset
