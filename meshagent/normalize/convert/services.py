@@ -1,0 +1,111 @@
+"""ServiceEntry and WorkloadEntry to Service, Endpoint and Workload."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshagent.model.labels import Labels, labels_of
+from meshagent.model.services import Endpoint, Resolution, Service, ServicePort, Workload
+from meshagent.normalize.convert.context import Context, items, sub
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertedServiceEntry:
+    """One ServiceEntry: a Service per host, and its listed endpoints (shared by all hosts).
+
+    selector is the workloadSelector's labels when the entry selects WorkloadEntries; the
+    Normalizer resolves those endpoints, since they depend on other resources.
+    """
+
+    namespace: str
+    services: tuple[Service, ...]
+    endpoints: tuple[Endpoint, ...]
+    selector: Labels | None
+
+
+def _port(port: Mapping[str, Any]) -> ServicePort:
+    # Istio sniffs the protocol when none is given; TCP is the safe reading of "unknown".
+    return ServicePort(
+        number=int(port["number"]),
+        name=str(port.get("name") or ""),
+        protocol=str(port.get("protocol") or "TCP").upper(),
+        target_port=port.get("targetPort") or None,
+    )
+
+
+def _port_map(ports: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted((str(k), int(v)) for k, v in ports.items()))
+
+
+def _endpoint(spec: Mapping[str, Any], ctx: Context) -> Endpoint:
+    return Endpoint(
+        address=str(spec.get("address") or ""),
+        ports=_port_map(sub(spec, "ports")),
+        labels=labels_of(sub(spec, "labels")),
+        weight=int(spec.get("weight") or 1),  # 0 means unset: Istio's default weight is 1
+        locality=str(spec.get("locality") or ""),
+        network=str(spec.get("network") or ""),
+        service_account=str(spec.get("serviceAccount") or ""),
+        provenance=ctx.provenance,
+    )
+
+
+def convert_service_entry(
+    name: str, spec: Mapping[str, Any], ctx: Context
+) -> ConvertedServiceEntry:
+    """A ServiceEntry spec (validated) as one Service per host plus its listed endpoints."""
+    selector_spec = spec.get("workloadSelector")
+    selector = labels_of(sub(selector_spec, "labels")) if selector_spec is not None else None
+    ports = tuple(_port(p) for p in items(spec, "ports"))
+    resolution = Resolution(spec.get("resolution") or "NONE")
+    external = (spec.get("location") or "MESH_EXTERNAL") == "MESH_EXTERNAL"
+    addresses = tuple(str(a) for a in items(spec, "addresses"))
+    export_to = tuple(str(e) for e in items(spec, "exportTo"))
+    services = tuple(
+        Service(
+            host=ctx.host(host),
+            namespace=ctx.namespace,
+            ports=ports,
+            resolution=resolution,
+            mesh_external=external,
+            addresses=addresses,
+            workload_selector=selector,
+            export_to=export_to,
+            provenance=ctx.provenance,
+        )
+        for host in dict.fromkeys(items(spec, "hosts"))  # a repeated host counts once
+    )
+    endpoints = tuple(_endpoint(e, ctx) for e in items(spec, "endpoints"))
+    return ConvertedServiceEntry(ctx.namespace, services, endpoints, selector)
+
+
+def convert_workload_entry(name: str, spec: Mapping[str, Any], ctx: Context) -> Workload:
+    """A WorkloadEntry spec (validated) as a Workload."""
+    return Workload(
+        name=name,
+        namespace=ctx.namespace,
+        address=str(spec.get("address") or ""),
+        ports=_port_map(sub(spec, "ports")),
+        labels=labels_of(sub(spec, "labels")),
+        weight=int(spec.get("weight") or 1),
+        locality=str(spec.get("locality") or ""),
+        network=str(spec.get("network") or ""),
+        service_account=str(spec.get("serviceAccount") or ""),
+        provenance=ctx.provenance,
+    )
+
+
+def workload_endpoint(workload: Workload) -> Endpoint:
+    """The endpoint a ServiceEntry's workloadSelector gets from a selected WorkloadEntry."""
+    return Endpoint(
+        address=workload.address,
+        ports=workload.ports,
+        labels=workload.labels,
+        weight=workload.weight,
+        locality=workload.locality,
+        network=workload.network,
+        service_account=workload.service_account,
+        provenance=workload.provenance,
+    )

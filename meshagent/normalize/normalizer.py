@@ -1,0 +1,264 @@
+"""The Normalizer (Galley's role): raw resources in, one consistent MeshSnapshot out.
+
+It keeps the last valid version of every resource (an invalid edit never replaces a valid
+one), resolves conflicts between resources that claim the same host, and rebuilds only
+what a change touches: model objects of unchanged resources are reused as they are, so
+the translator, which caches by identity, does O(change) work too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from meshagent.model.labels import selector_matches
+from meshagent.model.routing import VirtualService
+from meshagent.model.services import Endpoint, Service, Workload
+from meshagent.model.snapshot import MeshSnapshot
+from meshagent.model.source import Diagnostic, RawResource, SourceEvent
+from meshagent.model.traffic import DestinationRule
+from meshagent.normalize.convert import Converted, ConvertedServiceEntry, convert
+from meshagent.normalize.convert.services import workload_endpoint
+from meshagent.normalize.ownership import Claims, Key
+from meshagent.normalize.schema.core import Issue
+from meshagent.normalize.validate import check_document, diagnostic, display_name, is_supported
+
+
+@dataclass(slots=True)
+class _Entry:
+    """An accepted resource: the raw document and its converted model objects."""
+
+    raw: RawResource
+    converted: Converted
+
+
+@dataclass(slots=True)
+class _Dirty:
+    """What one apply touched, so that only that is recomputed."""
+
+    hosts: set[str] = field(default_factory=set)
+    dr_hosts: set[str] = field(default_factory=set)
+    selector_namespaces: set[str] = field(default_factory=set)
+    upserted: set[Key] = field(default_factory=set)
+    changed: set[str] = field(default_factory=set)  # names of snapshot maps that changed
+
+
+def _hosts(converted: ConvertedServiceEntry) -> tuple[str, ...]:
+    return tuple(s.host for s in converted.services)
+
+
+def _same(old: tuple[Endpoint, ...] | None, new: tuple[Endpoint, ...]) -> bool:
+    if old is None or len(old) != len(new):
+        return False
+    return all(a is b for a, b in zip(old, new, strict=True))
+
+
+class Normalizer:
+    """Turns SourceEvents into MeshSnapshots; one instance per agent, not thread-safe."""
+
+    def __init__(
+        self, *, domain_suffix: str = "cluster.local", default_namespace: str = "default"
+    ) -> None:
+        self.domain_suffix = domain_suffix
+        self.default_namespace = default_namespace
+        self._entries: dict[Key, _Entry] = {}
+        self._batch = 0
+        self._se_claims = Claims()
+        self._dr_claims = Claims()
+        self._selectors: dict[str, set[Key]] = {}  # namespace -> SEs with a workloadSelector
+        self._workloads_by_ns: dict[str, dict[Key, Workload]] = {}
+        self._workload_endpoints: dict[Key, Endpoint] = {}
+        self._services: dict[str, Service] = {}
+        self._endpoints: dict[str, tuple[Endpoint, ...]] = {}
+        self._virtual_services: dict[str, VirtualService] = {}
+        self._destination_rules: dict[str, DestinationRule] = {}
+        self._workloads: dict[str, Workload] = {}
+        self._snapshot = MeshSnapshot()
+
+    @property
+    def snapshot(self) -> MeshSnapshot:
+        """The current snapshot (the one the last apply returned)."""
+        return self._snapshot
+
+    def apply(self, events: Iterable[SourceEvent]) -> tuple[MeshSnapshot, list[Diagnostic]]:
+        """Apply batches of upserts and deletes; the new snapshot and what went wrong.
+
+        Adapter errors pass through. The version grows only when the snapshot changed.
+        """
+        self._batch += 1
+        dirty = _Dirty()
+        diagnostics: list[Diagnostic] = []
+        for event in events:
+            diagnostics.extend(event.errors)
+            for key in event.deletes:
+                self._delete(key, dirty)
+            for raw in event.upserts:
+                self._upsert(raw, dirty, diagnostics)
+        self._recompute(dirty, diagnostics)
+        if dirty.changed:
+            self._publish(dirty.changed)
+        return self._snapshot, diagnostics
+
+    # -- accepting and removing resources ------------------------------------------------
+
+    def _upsert(self, raw: RawResource, dirty: _Dirty, out: list[Diagnostic]) -> None:
+        old = self._entries.get(raw.key)
+        if old is not None and old.raw.body == raw.body:
+            old.raw = raw  # same content, maybe moved in its file: keep the model objects
+            return
+        issues = check_document(raw)
+        out.extend(diagnostic(raw, i) for i in issues)
+        if issues.has_errors or not is_supported(raw):
+            return  # rejected or ignored: the last valid version (if any) keeps serving
+        converted, problems = convert(
+            raw, domain_suffix=self.domain_suffix, default_namespace=self.default_namespace
+        )
+        out.extend(diagnostic(raw, i) for i in problems)
+        if converted is None or problems.has_errors:
+            return
+        if old is not None:
+            self._retract(raw.key, old, dirty, forget=False)
+        self._entries[raw.key] = _Entry(raw, converted)
+        self._assert(raw.key, converted, dirty)
+        dirty.upserted.add(raw.key)
+
+    def _delete(self, key: Key, dirty: _Dirty) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._retract(key, old, dirty, forget=True)
+
+    def _assert(self, key: Key, converted: Converted, dirty: _Dirty) -> None:
+        """Record what converted contributes to the mesh, and mark it for recomputation."""
+        if isinstance(converted, ConvertedServiceEntry):
+            self._se_claims.claim(key, _hosts(converted), self._batch)
+            dirty.hosts.update(_hosts(converted))
+            if converted.selector is not None:
+                self._selectors.setdefault(converted.namespace, set()).add(key)
+        elif isinstance(converted, Workload):
+            ns = converted.namespace
+            self._workloads_by_ns.setdefault(ns, {})[key] = converted
+            self._workload_endpoints[key] = workload_endpoint(converted)
+            self._workloads[f"{ns}/{converted.name}"] = converted
+            dirty.selector_namespaces.add(ns)
+            dirty.changed.add("workloads")
+        elif isinstance(converted, VirtualService):
+            self._virtual_services[f"{converted.namespace}/{converted.name}"] = converted
+            dirty.changed.add("virtual_services")
+        else:
+            self._dr_claims.claim(key, (converted.host,), self._batch)
+            dirty.dr_hosts.add(converted.host)
+
+    def _retract(self, key: Key, entry: _Entry, dirty: _Dirty, *, forget: bool) -> None:
+        """Undo what entry contributed; forget also drops its first-seen rank."""
+        converted = entry.converted
+        if isinstance(converted, ConvertedServiceEntry):
+            self._se_claims.release(key, _hosts(converted), forget=forget)
+            dirty.hosts.update(_hosts(converted))
+            self._selectors.get(converted.namespace, set()).discard(key)
+        elif isinstance(converted, Workload):
+            ns = converted.namespace
+            self._workloads_by_ns.get(ns, {}).pop(key, None)
+            self._workload_endpoints.pop(key, None)
+            self._workloads.pop(f"{ns}/{converted.name}", None)
+            dirty.selector_namespaces.add(ns)
+            dirty.changed.add("workloads")
+        elif isinstance(converted, VirtualService):
+            self._virtual_services.pop(f"{converted.namespace}/{converted.name}", None)
+            dirty.changed.add("virtual_services")
+        else:
+            self._dr_claims.release(key, (converted.host,), forget=forget)
+            dirty.dr_hosts.add(converted.host)
+
+    # -- recomputing what changed ------------------------------------------------------
+
+    def _recompute(self, dirty: _Dirty, out: list[Diagnostic]) -> None:
+        for ns in dirty.selector_namespaces:
+            for key in self._selectors.get(ns, ()):
+                entry = self._entries[key].converted
+                assert isinstance(entry, ConvertedServiceEntry)
+                dirty.hosts.update(_hosts(entry))
+        for host in dirty.hosts:
+            self._recompute_service(host, dirty)
+        for host in dirty.dr_hosts:
+            self._recompute_rule(host, dirty)
+        self._conflict_warnings(dirty, out)
+
+    def _recompute_service(self, host: str, dirty: _Dirty) -> None:
+        owner = self._se_claims.winner(host)
+        if owner is None:
+            if self._services.pop(host, None) is not None:
+                dirty.changed.add("services")
+            if self._endpoints.pop(host, None) is not None:
+                dirty.changed.add("endpoints")
+            return
+        entry = self._entries[owner].converted
+        assert isinstance(entry, ConvertedServiceEntry)
+        service = next(s for s in entry.services if s.host == host)
+        if self._services.get(host) is not service:
+            self._services[host] = service
+            dirty.changed.add("services")
+        endpoints = self._endpoints_of(entry)
+        old = self._endpoints.get(host)
+        if not _same(old, endpoints):
+            self._endpoints[host] = endpoints
+            dirty.changed.add("endpoints")
+
+    def _endpoints_of(self, entry: ConvertedServiceEntry) -> tuple[Endpoint, ...]:
+        """Listed endpoints, or those of the WorkloadEntries the selector picks (same namespace)."""
+        if entry.selector is None:
+            return entry.endpoints
+        workloads = self._workloads_by_ns.get(entry.namespace, {})
+        return tuple(
+            self._workload_endpoints[key]
+            for key in sorted(workloads)
+            if selector_matches(entry.selector, workloads[key].labels)
+        )
+
+    def _recompute_rule(self, host: str, dirty: _Dirty) -> None:
+        owner = self._dr_claims.winner(host)
+        if owner is None:
+            if self._destination_rules.pop(host, None) is not None:
+                dirty.changed.add("destination_rules")
+            return
+        rule = self._entries[owner].converted
+        assert isinstance(rule, DestinationRule)
+        if self._destination_rules.get(host) is not rule:
+            self._destination_rules[host] = rule
+            dirty.changed.add("destination_rules")
+
+    def _conflict_warnings(self, dirty: _Dirty, out: list[Diagnostic]) -> None:
+        """Warn each resource upserted now that lost a host to an older one."""
+        checks: list[tuple[Claims, set[str], str]] = [
+            (self._se_claims, dirty.hosts, "spec.hosts"),
+            (self._dr_claims, dirty.dr_hosts, "spec.host"),
+        ]
+        for claims, hosts, path in checks:
+            for host in sorted(hosts):
+                winner = claims.winner(host)
+                for key in claims.losers(host):
+                    if key in dirty.upserted and winner is not None:
+                        raw = self._entries[key].raw
+                        owner = self._entries[winner].raw
+                        reason = (
+                            f"host {host} is already defined by {owner.kind}/"
+                            f"{display_name(owner)} (older); this definition is ignored"
+                        )
+                        out.append(diagnostic(raw, Issue("warning", path, reason)))
+
+    def _publish(self, changed: set[str]) -> None:
+        """A new snapshot: fresh read-only copies of the changed maps, the others shared."""
+        current = self._snapshot
+        maps: dict[str, Mapping[str, Any]] = {
+            "services": self._services,
+            "endpoints": self._endpoints,
+            "virtual_services": self._virtual_services,
+            "destination_rules": self._destination_rules,
+            "workloads": self._workloads,
+        }
+        fields = {
+            name: MappingProxyType(dict(live)) if name in changed else getattr(current, name)
+            for name, live in maps.items()
+        }
+        self._snapshot = MeshSnapshot(version=current.version + 1, **fields)

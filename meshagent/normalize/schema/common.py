@@ -1,0 +1,216 @@
+"""Field types and rules shared by several Istio kinds: hosts, labels, string matches, ..."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from meshagent.normalize.schema.core import (
+    F,
+    Float,
+    Int,
+    Issues,
+    MapOf,
+    Obj,
+    Str,
+    Type,
+    join,
+)
+
+DNS_LABEL = r"[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?"
+_DNS_LABEL = re.compile(DNS_LABEL)
+_LABEL_NAME = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+PORT = Int(1, 65535)
+UINT32 = Int(0, 2**32 - 1)
+INT32 = Int(-(2**31), 2**31 - 1)
+NON_NEG_INT32 = Int(0, 2**31 - 1)
+PERCENT = Obj({"value": F(Float(0.0, 100.0))})
+
+
+def is_ip(text: str) -> bool:
+    """True for an IPv4 or IPv6 address (no prefix length)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def is_cidr(text: str) -> bool:
+    """True for an address or a CIDR block like 10.0.0.0/8."""
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def domain_problem(host: str, *, wildcard: bool = True) -> str:
+    """Why host is not a valid (optionally wildcard-prefixed) DNS name, or "" when it is."""
+    if not host:
+        return "host must not be empty"
+    if len(host) > 255:
+        return "host name is longer than 255 characters"
+    name = host
+    if wildcard and host == "*":
+        return ""
+    if wildcard and host.startswith("*."):
+        name = host[2:]
+    elif wildcard and host.startswith("*"):
+        name = host[1:]  # Istio accepts "*foo.com": a suffix match
+    for label in name.split("."):
+        if len(label) > 63 or not _DNS_LABEL.fullmatch(label):
+            return f"{host!r} is not a valid host name"
+    return ""
+
+
+def label_key_problem(key: str) -> str:
+    """Why key is not a valid Kubernetes label key ("prefix/name"), or ""."""
+    prefix, _, name = key.rpartition("/")
+    if prefix and domain_problem(prefix, wildcard=False):
+        return f"label key prefix {prefix!r} is not a DNS subdomain"
+    if not _LABEL_NAME.fullmatch(name):
+        return f"{key!r} is not a valid label key"
+    return ""
+
+
+class LabelMap(Type):
+    """map[string]string with Kubernetes label syntax for keys and values."""
+
+    def check(self, value: Any, path: str, issues: Issues) -> None:
+        MapOf(Str()).check(value, path, issues)
+        if not isinstance(value, Mapping):
+            return
+        for k, v in value.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                continue
+            problem = label_key_problem(k)
+            if problem:
+                issues.error(join(path, k), problem)
+            elif not _LABEL_VALUE.fullmatch(v):
+                issues.error(join(path, k), f"{v!r} is not a valid label value")
+
+
+LABELS = LabelMap()
+STR_MAP = MapOf(Str())
+
+
+class HostName(Type):
+    """A DNS name, optionally with a wildcard prefix; IP addresses allowed when ip_ok."""
+
+    def __init__(self, *, wildcard: bool = True, ip_ok: bool = False) -> None:
+        self.wildcard = wildcard
+        self.ip_ok = ip_ok
+
+    def check(self, value: Any, path: str, issues: Issues) -> None:
+        Str().check(value, path, issues)
+        if not isinstance(value, str) or (self.ip_ok and is_ip(value)):
+            return
+        problem = domain_problem(value, wildcard=self.wildcard)
+        if problem:
+            issues.error(path, problem)
+
+
+class HeaderName(Str):
+    """An HTTP header name (an RFC 7230 token)."""
+
+    def check(self, value: Any, path: str, issues: Issues) -> None:
+        Str().check(value, path, issues)
+        if isinstance(value, str) and not _HEADER_NAME.fullmatch(value):
+            issues.error(path, f"{value!r} is not a valid header name")
+
+
+class ExportTo(Type):
+    """exportTo: ".", "*", "~" or namespace names, without duplicates."""
+
+    def check(self, value: Any, path: str, issues: Issues) -> None:
+        if not isinstance(value, list):
+            issues.error(path, "expected list")
+            return
+        seen: set[str] = set()
+        for i, item in enumerate(value):
+            sub = f"{path}[{i}]"
+            if not isinstance(item, str):
+                issues.error(sub, "expected string")
+            elif item not in (".", "*", "~") and not _DNS_LABEL.fullmatch(item):
+                issues.error(sub, f"{item!r} is not a namespace, '.', '*' or '~'")
+            elif item in seen:
+                issues.error(sub, f"duplicate exportTo entry {item!r}")
+            seen.add(str(item))
+        if "~" in seen and len(seen) > 1:
+            issues.error(path, "'~' (export to none) cannot be combined with other entries")
+
+
+def _regex_compiles(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    regex = value.get("regex")
+    if regex is None:
+        return
+    if regex == "":
+        issues.error(join(path, "regex"), "regex must not be empty")
+        return
+    try:
+        re.compile(regex)
+    except re.error as exc:
+        issues.error(join(path, "regex"), f"invalid regex: {exc}")
+
+
+STRING_MATCH = Obj(
+    {"exact": F(Str()), "prefix": F(Str()), "regex": F(Str())},
+    oneof=[("exact", "prefix", "regex")],
+    rules=[_regex_compiles],
+)
+
+WORKLOAD_SELECTOR = Obj({"labels": F(LABELS)})
+
+
+def port_number_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    """A PortSelector's number is a real port when set."""
+    number = value.get("number")
+    if number is not None and not 1 <= number <= 65535:
+        issues.error(join(path, "number"), f"port number {number} is out of range [1, 65535]")
+
+
+PORT_SELECTOR = Obj({"number": F(UINT32)}, rules=[port_number_rule])
+
+SUBSET_NAME = Str(pattern=DNS_LABEL, what="subset name")
+
+
+def _destination_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    if value.get("host") == "*":
+        issues.error(join(path, "host"), "destination host must not be '*'")
+
+
+DESTINATION = Obj(
+    {
+        "host": F(HostName(), required=True),
+        "subset": F(SUBSET_NAME),
+        "port": F(PORT_SELECTOR),
+    },
+    rules=[_destination_rule],
+)
+
+__all__ = [
+    "DESTINATION",
+    "INT32",
+    "LABELS",
+    "NON_NEG_INT32",
+    "PERCENT",
+    "PORT",
+    "PORT_SELECTOR",
+    "STRING_MATCH",
+    "STR_MAP",
+    "SUBSET_NAME",
+    "UINT32",
+    "WORKLOAD_SELECTOR",
+    "ExportTo",
+    "HeaderName",
+    "HostName",
+    "domain_problem",
+    "is_cidr",
+    "is_ip",
+]

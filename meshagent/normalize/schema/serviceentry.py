@@ -1,0 +1,167 @@
+"""The ServiceEntry schema (networking.istio.io v1, v1beta1, v1alpha3 share it)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from meshagent.normalize.schema.common import (
+    DNS_LABEL,
+    PORT,
+    WORKLOAD_SELECTOR,
+    ExportTo,
+    HostName,
+    is_cidr,
+    is_ip,
+)
+from meshagent.normalize.schema.core import Enum, F, Int, Issues, ListOf, Obj, Str, join
+from meshagent.normalize.schema.workloadentry import UNIX_PREFIX, WORKLOAD_ENTRY
+
+# Istio's protocol names; matched without regard to case, as Istio does.
+PROTOCOLS = frozenset(
+    {
+        "HTTP",
+        "HTTPS",
+        "GRPC",
+        "GRPC-WEB",
+        "HTTP2",
+        "MONGO",
+        "REDIS",
+        "MYSQL",
+        "TCP",
+        "TLS",
+        "UDP",
+        "THRIFT",
+        "HBONE",
+    }
+)
+
+
+def _port_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    protocol = value.get("protocol")
+    if protocol and protocol.upper() not in PROTOCOLS:
+        issues.error(join(path, "protocol"), f"unrecognized protocol {protocol!r}")
+    elif not protocol:
+        # Istio sniffs the protocol of such ports; meshagent proxies them as plain TCP.
+        issues.warn(join(path, "protocol"), "protocol not set: treated as TCP (no detection)")
+
+
+SERVICE_PORT = Obj(
+    {
+        "number": F(PORT, required=True),
+        "protocol": F(Str()),
+        "name": F(Str(pattern=DNS_LABEL, what="port name"), required=True),
+        "targetPort": F(Int(0, 65535)),
+    },
+    rules=[_port_rule],
+)
+
+
+class Address(Str):
+    """An IP address or CIDR block."""
+
+    def check(self, value: Any, path: str, issues: Issues) -> None:
+        Str().check(value, path, issues)
+        if isinstance(value, str) and not is_cidr(value):
+            issues.error(path, f"{value!r} is not an IP address or CIDR block")
+
+
+def _hosts_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    for i, host in enumerate(value.get("hosts") or []):
+        if host == "*":
+            issues.error(f"{path}.hosts[{i}]", "host '*' is not allowed")
+        elif is_ip(host):
+            issues.error(f"{path}.hosts[{i}]", "a host must be a name, not an IP address")
+
+
+def _ports_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    ports = value.get("ports") or []
+    if not ports:
+        issues.error(join(path, "ports"), "at least one port is required")
+    names: set[str] = set()
+    numbers: set[int] = set()
+    for i, port in enumerate(ports):
+        if port.get("name") in names:
+            issues.error(f"{path}.ports[{i}].name", f"duplicate port name {port['name']!r}")
+        if port.get("number") in numbers:
+            issues.error(f"{path}.ports[{i}].number", f"duplicate port number {port['number']}")
+        names.add(port.get("name"))
+        numbers.add(port.get("number"))
+
+
+def _endpoints_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    endpoints = value.get("endpoints") or []
+    if endpoints and value.get("workloadSelector") is not None:
+        issues.error(
+            join(path, "workloadSelector"), "workloadSelector and endpoints cannot be set together"
+        )
+    port_names = {p.get("name") for p in value.get("ports") or []}
+    for i, endpoint in enumerate(endpoints):
+        for name in endpoint.get("ports") or {}:
+            if name not in port_names:
+                issues.error(
+                    f"{path}.endpoints[{i}].ports.{name}",
+                    f"port {name!r} is not a port of this ServiceEntry",
+                )
+
+
+def _resolution_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    resolution = value.get("resolution") or "NONE"
+    endpoints = value.get("endpoints") or []
+    if resolution == "NONE" and endpoints:
+        issues.error(join(path, "endpoints"), "endpoints are not allowed with resolution NONE")
+    if resolution == "STATIC":
+        _static_rule(value, path, issues)
+    if resolution in ("DNS", "DNS_ROUND_ROBIN"):
+        _dns_rule(value, path, issues, resolution)
+
+
+def _static_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    unix = False
+    for i, endpoint in enumerate(value.get("endpoints") or []):
+        address = endpoint.get("address") or ""
+        unix = unix or address.startswith(UNIX_PREFIX)
+        if address and not address.startswith(UNIX_PREFIX) and not is_ip(address):
+            issues.error(
+                f"{path}.endpoints[{i}].address",
+                f"{address!r} must be an IP address or unix:// path with resolution STATIC",
+            )
+    if unix and len(value.get("ports") or []) != 1:
+        issues.error(join(path, "ports"), "unix:// endpoints need exactly one port")
+
+
+def _dns_rule(value: Mapping[str, Any], path: str, issues: Issues, resolution: str) -> None:
+    endpoints = value.get("endpoints") or []
+    if not endpoints:
+        for i, host in enumerate(value.get("hosts") or []):
+            if host.startswith("*"):
+                issues.error(
+                    f"{path}.hosts[{i}]",
+                    f"wildcard host {host!r} needs endpoints with resolution {resolution}",
+                )
+    if resolution == "DNS_ROUND_ROBIN" and len(endpoints) > 1:
+        issues.error(
+            join(path, "endpoints"), "resolution DNS_ROUND_ROBIN allows at most one endpoint"
+        )
+    for i, endpoint in enumerate(endpoints):
+        if (endpoint.get("address") or "").startswith(UNIX_PREFIX):
+            issues.error(
+                f"{path}.endpoints[{i}].address",
+                f"unix:// endpoints need resolution STATIC, not {resolution}",
+            )
+
+
+SPEC = Obj(
+    {
+        "hosts": F(ListOf(HostName(), non_empty=True), required=True),
+        "addresses": F(ListOf(Address())),
+        "ports": F(ListOf(SERVICE_PORT)),
+        "location": F(Enum(("MESH_EXTERNAL", "MESH_INTERNAL"))),
+        "resolution": F(Enum(("NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"))),
+        "endpoints": F(ListOf(WORKLOAD_ENTRY)),
+        "workloadSelector": F(WORKLOAD_SELECTOR),
+        "exportTo": F(ExportTo()),
+        "subjectAltNames": F(ListOf(Str()), todo="subjectAltNames verification"),
+    },
+    rules=[_hosts_rule, _ports_rule, _endpoints_rule, _resolution_rule],
+)

@@ -1,0 +1,56 @@
+"""The WorkloadEntry schema; ServiceEntry endpoints reuse it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from meshagent.normalize.schema.common import (
+    DNS_LABEL,
+    LABELS,
+    PORT,
+    UINT32,
+    domain_problem,
+    is_ip,
+)
+from meshagent.normalize.schema.core import F, Issues, MapOf, Obj, Str, join
+
+UNIX_PREFIX = "unix://"
+
+
+def address_problem(address: str) -> str:
+    """Why address is not an IP, a DNS name or a unix:// socket path, or ""."""
+    if address.startswith(UNIX_PREFIX):
+        return "" if len(address) > len(UNIX_PREFIX) else "unix:// address needs a path"
+    if is_ip(address):
+        return ""
+    if domain_problem(address, wildcard=False):
+        return f"{address!r} is not an IP address, a host name or a unix:// path"
+    return ""
+
+
+def _workload_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    address = value.get("address") or ""
+    if not address:
+        if not value.get("network"):
+            issues.error(join(path, "address"), "address is required unless network is set")
+        return
+    problem = address_problem(address)
+    if problem:
+        issues.error(join(path, "address"), problem)
+
+
+WORKLOAD_ENTRY = Obj(
+    {
+        "address": F(Str()),
+        "ports": F(MapOf(PORT, key=Str(pattern=DNS_LABEL, what="port name"))),
+        "labels": F(LABELS),
+        "network": F(Str()),
+        "locality": F(Str()),
+        "weight": F(UINT32),
+        "serviceAccount": F(Str()),
+    },
+    rules=[_workload_rule],
+)
+
+SPEC = WORKLOAD_ENTRY

@@ -1,0 +1,138 @@
+"""Validation of one raw resource into located diagnostics (also behind `meshagent validate`)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from meshagent.model.source import Diagnostic, RawResource
+from meshagent.normalize.schema import ISTIO_NETWORKING_GROUP, ISTIO_VERSIONS, SPECS
+from meshagent.normalize.schema.common import LABELS, STR_MAP
+from meshagent.normalize.schema.core import F, Issue, Issues, Obj, Str, Type
+
+_LINE_SUFFIX = re.compile(r":\d+$")
+
+
+class AnyValue(Type):
+    """Anything: for fields meshagent carries but does not read (status, managedFields, ...)."""
+
+    def check(self, value: Any, path: str, issues: Issues) -> None:
+        return None
+
+
+_ANY = F(AnyValue())
+METADATA = Obj(
+    {
+        "name": F(Str(non_empty=True), required=True),
+        "namespace": F(Str()),
+        "labels": F(LABELS),
+        "annotations": F(STR_MAP),
+        **{
+            k: _ANY
+            for k in (
+                "generateName",
+                "uid",
+                "resourceVersion",
+                "generation",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "ownerReferences",
+                "finalizers",
+                "managedFields",
+                "selfLink",
+                "clusterName",
+            )
+        },
+    }
+)
+
+
+def is_supported(raw: RawResource) -> bool:
+    """True when raw is an Istio networking kind and version this normalizer converts."""
+    group, _, version = raw.api_version.rpartition("/")
+    return raw.kind in SPECS and group == ISTIO_NETWORKING_GROUP and version in ISTIO_VERSIONS
+
+
+def check_document(raw: RawResource) -> Issues:
+    """Schema and rule issues of raw, or one warning when its kind is not supported.
+
+    A kind this module knows under an apiVersion it does not (networking.istio.io/v2, or a
+    foreign group) is an error on apiVersion: the author meant a mesh resource.
+    """
+    if not is_supported(raw):
+        issues = Issues()
+        if raw.kind in SPECS:
+            versions = " or ".join(f"{ISTIO_NETWORKING_GROUP}/{v}" for v in sorted(ISTIO_VERSIONS))
+            reason = f"unsupported apiVersion {raw.api_version!r}: {raw.kind} needs {versions}"
+            issues.error("apiVersion", reason)
+        else:
+            issues.warn("kind", f"kind not supported yet: {raw.api_version} {raw.kind}, ignored")
+        return issues
+    document = Obj(
+        {
+            "apiVersion": F(Str()),
+            "kind": F(Str()),
+            "metadata": F(METADATA, required=True),
+            "spec": F(SPECS[raw.kind]),
+            "status": _ANY,
+        }
+    )
+    body = raw.body if raw.body.get("spec") is not None else {**raw.body, "spec": {}}
+    issues = Issues()
+    document.check(body, "", issues)
+    return issues
+
+
+def locate(raw: RawResource, path: str) -> str:
+    """ "file:line" of the deepest part of path that raw.lines knows, else raw's own location."""
+    location = raw.provenance.location
+    if not raw.lines or not _LINE_SUFFIX.search(location):
+        return location
+    file = location.rsplit(":", 1)[0]
+    probe = path
+    while probe:
+        line = raw.lines.get(probe)
+        if line is not None:
+            return f"{file}:{line}"
+        probe = probe[: max(probe.rfind("."), probe.rfind("["), 0)]
+    return location
+
+
+def diagnostic(raw: RawResource, issue: Issue) -> Diagnostic:
+    """issue, located in raw and named after it."""
+    return Diagnostic(
+        severity=issue.severity,
+        source=raw.source,
+        location=locate(raw, issue.path),
+        kind=raw.kind,
+        name=display_name(raw),
+        field=issue.path,
+        reason=issue.reason,
+    )
+
+
+def display_name(raw: RawResource) -> str:
+    """ "namespace/name", or "name" when the document gave no namespace."""
+    return f"{raw.namespace}/{raw.name}" if raw.namespace else raw.name
+
+
+def validate_resource(
+    raw: RawResource,
+    *,
+    domain_suffix: str = "cluster.local",
+    default_namespace: str = "default",
+) -> list[Diagnostic]:
+    """Every problem with raw as located diagnostics; no error means the normalizer accepts it.
+
+    The conversion runs too (when the schema passed), so that a document that validates here
+    is one the normalizer will serve.
+    """
+    from meshagent.normalize.convert import convert  # the converters import this module
+
+    issues = check_document(raw)
+    out = [diagnostic(raw, i) for i in issues]
+    if not issues.has_errors and is_supported(raw):
+        _, problems = convert(raw, domain_suffix=domain_suffix, default_namespace=default_namespace)
+        out.extend(diagnostic(raw, i) for i in problems)
+    return out

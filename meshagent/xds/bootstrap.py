@@ -1,0 +1,100 @@
+"""The Envoy bootstrap that points the local Envoy at the agent's ADS server.
+
+Everything else (clusters, listeners, routes, endpoints, secrets) comes over ADS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from meshagent.errors import ConfigError
+
+XDS_CLUSTER = "meshagent-xds"
+
+_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def build_bootstrap(
+    *,
+    node_id: str,
+    cluster: str,
+    xds_uds_path: str | None = None,
+    xds_tcp: tuple[str, int] | None = None,
+    admin_address: str = "127.0.0.1",
+    admin_port: int = 15000,
+    delta: bool = True,
+    metadata: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """A JSON-able Envoy v3 bootstrap using ADS (delta by default) from the agent.
+
+    Exactly one of `xds_uds_path` (the default deployment: a Unix socket) and `xds_tcp`
+    (host, port) must be given.
+    """
+    if not node_id or not cluster:
+        raise ConfigError("Envoy bootstrap needs a node id and a cluster", field="node")
+    if (xds_uds_path is None) == (xds_tcp is None):
+        raise ConfigError("give exactly one of xds_uds_path and xds_tcp", field="xds")
+    node: dict[str, Any] = {"id": node_id, "cluster": cluster}
+    if metadata:
+        node["metadata"] = dict(metadata)
+    return {
+        "node": node,
+        "dynamic_resources": _dynamic_resources(delta),
+        "static_resources": {"clusters": [_xds_cluster(xds_uds_path, xds_tcp)]},
+        "admin": {
+            "address": {"socket_address": {"address": admin_address, "port_value": admin_port}},
+            "access_log": [_null_access_log()],
+        },
+    }
+
+
+def _dynamic_resources(delta: bool) -> dict[str, Any]:
+    from_ads = {"ads": {}, "resource_api_version": "V3"}
+    return {
+        "ads_config": {
+            "api_type": "DELTA_GRPC" if delta else "GRPC",
+            "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+            # The node never changes on a stream; sending it once keeps requests small.
+            "set_node_on_first_message_only": True,
+        },
+        "cds_config": from_ads,
+        "lds_config": dict(from_ads),
+    }
+
+
+def _xds_cluster(uds_path: str | None, tcp: tuple[str, int] | None) -> dict[str, Any]:
+    if uds_path is not None:
+        address: dict[str, Any] = {"pipe": {"path": uds_path}}
+    else:
+        assert tcp is not None  # checked by build_bootstrap
+        address = {"socket_address": {"address": tcp[0], "port_value": tcp[1]}}
+    return {
+        "name": XDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+        },
+        "typed_extension_protocol_options": {
+            _HTTP_OPTIONS: {
+                "@type": f"type.googleapis.com/{_HTTP_OPTIONS}",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        # A dead agent is noticed within seconds, not at the next TCP timeout.
+                        "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                    }
+                },
+            }
+        },
+    }
+
+
+def _null_access_log() -> dict[str, Any]:
+    log_type = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
+    return {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {"@type": f"type.googleapis.com/{log_type}", "path": "/dev/null"},
+    }

@@ -1,0 +1,250 @@
+"""Sans-io incremental (delta) ADS: DeltaDiscoveryRequests in, DeltaDiscoveryResponses out.
+
+One DeltaStream per gRPC stream. It owns, per type URL: the subscription (names, wildcard),
+what Envoy holds (name -> version as far as this stream knows), and which responses await an
+answer. See meshagent.xds.protocol for the pipelining decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import structlog
+from envoy.service.discovery.v3.discovery_pb2 import (
+    DeltaDiscoveryRequest as Request,
+)
+from envoy.service.discovery.v3.discovery_pb2 import (
+    DeltaDiscoveryResponse as Response,
+)
+
+from meshagent.xds import typeurls
+from meshagent.xds.protocol import (
+    PUSH_ORDER,
+    REMOVAL_ORDER,
+    Acked,
+    InFlight,
+    Nacked,
+    Nonces,
+    Pushed,
+    StreamEvent,
+    check_type_url,
+    eds_names,
+    error_message,
+    node_id_of,
+)
+from meshagent.xds.resources import Resource, ResourceSet
+
+log = structlog.get_logger("meshagent.xds")
+
+WILDCARD = "*"
+
+
+@dataclass(slots=True)
+class _TypeState:
+    """Per type URL. `sent[name]` is the version Envoy holds, None once told the name is absent."""
+
+    subscribed: set[str] = field(default_factory=set)
+    wildcard: bool = False
+    legacy_wildcard: bool = False
+    sent: dict[str, str | None] = field(default_factory=dict)
+    responded: bool = False
+
+
+class DeltaStream:
+    """The incremental xDS protocol state of one stream, without I/O.
+
+    Feed it every request (`on_request`) and every new cache snapshot (`on_snapshot`); write
+    the responses they return, in order. `take_events` hands over what happened (pushes,
+    ACKs, NACKs) for status and metrics.
+    """
+
+    def __init__(self, node_id: str | None = None) -> None:
+        self._node_id = node_id
+        self._types: dict[str, _TypeState] = {}
+        self._in_flight: dict[str, InFlight] = {}
+        self._snapshot: tuple[int, ResourceSet] | None = None
+        self._nonces = Nonces()
+        self._events: list[StreamEvent] = []
+
+    @property
+    def node_id(self) -> str | None:
+        """The node id from the first request; None before it."""
+        return self._node_id
+
+    def on_request(self, request: Request) -> list[Response]:
+        """Apply a request (subscription change, ACK or NACK); returns responses to send.
+
+        Raises RemoteProtocolError for a request the protocol does not allow; the stream's
+        state is unchanged in that case.
+        """
+        node_id = node_id_of(request.node, self._node_id)
+        check_type_url(request.type_url)
+        self._node_id = node_id
+        state = self._types.get(request.type_url)
+        if request.response_nonce:
+            self._settle(request)
+        if state is None:
+            state = self._types[request.type_url] = _TypeState()
+            self._start(state, request)
+        else:
+            self._subscribe(state, request.resource_names_subscribe)
+        self._unsubscribe(state, request.resource_names_unsubscribe)
+        return self._flush()
+
+    def on_snapshot(self, version: int, resources: ResourceSet) -> list[Response]:
+        """A new cache snapshot; returns the responses that bring the proxy up to date."""
+        self._snapshot = (version, resources)
+        return self._flush()
+
+    def take_events(self) -> list[StreamEvent]:
+        """Events since the last call, oldest first."""
+        events, self._events = self._events, []
+        return events
+
+    def subscribed(self, type_url: str) -> frozenset[str]:
+        """Names explicitly subscribed for a type (without the wildcard)."""
+        state = self._types.get(type_url)
+        return frozenset(state.subscribed) if state else frozenset()
+
+    def is_wildcard(self, type_url: str) -> bool:
+        """True when the proxy subscribed to every resource of this type."""
+        state = self._types.get(type_url)
+        return bool(state and state.wildcard)
+
+    def sent_versions(self, type_url: str) -> Mapping[str, str | None]:
+        """What the proxy holds as far as this stream knows (None: told it does not exist)."""
+        state = self._types.get(type_url)
+        return dict(state.sent) if state else {}
+
+    @property
+    def in_flight(self) -> Mapping[str, InFlight]:
+        """Responses awaiting ACK or NACK, by nonce."""
+        return dict(self._in_flight)
+
+    def _settle(self, request: Request) -> None:
+        # A nonce that names no unanswered response of this type is stale: the protocol says
+        # to ignore it for ACK/NACK. Its subscription changes still count, since delta
+        # subscriptions are increments that would otherwise be lost.
+        flight = self._in_flight.get(request.response_nonce)
+        if flight is None or flight.type_url != request.type_url:
+            log.debug("stale_nonce", proxy=self._node_id, type_url=request.type_url)
+            return
+        del self._in_flight[request.response_nonce]
+        nonce, version = request.response_nonce, flight.version
+        if request.HasField("error_detail"):
+            detail = request.error_detail
+            text = error_message(detail.message, detail.code)
+            self._events.append(Nacked(request.type_url, version, nonce, text))
+        else:
+            self._events.append(Acked(request.type_url, version, nonce))
+
+    def _start(self, state: _TypeState, request: Request) -> None:
+        # A reconnecting proxy says what it already holds; trust it so nothing is resent.
+        state.sent.update(request.initial_resource_versions)
+        names = request.resource_names_subscribe
+        if not names and request.type_url in typeurls.WILDCARD_TYPES:
+            state.wildcard = state.legacy_wildcard = True
+        self._subscribe(state, names)
+
+    def _subscribe(self, state: _TypeState, names: list[str] | tuple[str, ...]) -> None:
+        explicit = {n for n in names if n != WILDCARD}
+        if WILDCARD in names:
+            state.wildcard, state.legacy_wildcard = True, False
+        elif explicit and state.legacy_wildcard:
+            # Naming resources ends a legacy wildcard unless "*" is named too.
+            state.wildcard = state.legacy_wildcard = False
+            self._forget_unsubscribed(state, explicit)
+        state.subscribed |= explicit
+
+    def _unsubscribe(self, state: _TypeState, names: list[str] | tuple[str, ...]) -> None:
+        explicit = {n for n in names if n != WILDCARD}
+        state.subscribed -= explicit
+        if WILDCARD in names:
+            state.wildcard = state.legacy_wildcard = False
+            self._forget_unsubscribed(state, state.subscribed)
+        elif not state.wildcard:
+            for name in explicit:
+                state.sent.pop(name, None)
+
+    @staticmethod
+    def _forget_unsubscribed(state: _TypeState, keep: set[str]) -> None:
+        # The proxy drops what it no longer subscribes to, so must we.
+        for name in [n for n in state.sent if n not in keep]:
+            del state.sent[name]
+
+    def _flush(self) -> list[Response]:
+        if self._snapshot is None or self._in_flight:
+            return []
+        version, resources = self._snapshot
+        updates: list[Response] = []
+        removals: dict[str, list[str]] = {}
+        for type_url in PUSH_ORDER:
+            state = self._types.get(type_url)
+            if state is None:
+                continue  # never send a type the proxy has not asked for
+            sends, removes = _diff(state, resources.of(type_url))
+            if type_url == typeurls.CLUSTER and sends:
+                self._resend_endpoints_of(sends)
+            if sends or (not state.responded and not removes):
+                updates.append(self._response(type_url, version, sends, []))
+            if removes:
+                removals[type_url] = removes
+            _record(state, sends, removes)
+        tail = [self._response(t, version, [], removals[t]) for t in REMOVAL_ORDER if t in removals]
+        return updates + tail
+
+    def _resend_endpoints_of(self, clusters: list[Resource]) -> None:
+        # Envoy warms an updated cluster only when its ClusterLoadAssignment arrives again,
+        # so forget that the proxy holds it: the EDS diff then resends it right after CDS.
+        endpoints = self._types.get(typeurls.ENDPOINT)
+        if endpoints is None:
+            return
+        for name in eds_names(clusters):
+            endpoints.sent.pop(name, None)
+
+    def _response(
+        self, type_url: str, version: int, sends: list[Resource], removes: list[str]
+    ) -> Response:
+        nonce = self._nonces.next()
+        response = Response(type_url=type_url, system_version_info=str(version), nonce=nonce)
+        for resource in sends:
+            response.resources.add(name=resource.name, version=resource.version).resource.CopyFrom(
+                resource.body
+            )
+        response.removed_resources.extend(removes)
+        self._types[type_url].responded = True
+        self._in_flight[nonce] = InFlight(type_url, str(version))
+        size = response.ByteSize()
+        self._events.append(Pushed(type_url, str(version), nonce, len(sends), len(removes), size))
+        return response
+
+
+def _diff(state: _TypeState, available: Mapping[str, Resource]) -> tuple[list[Resource], list[str]]:
+    """Resources the proxy lacks or holds at another version, and names it must drop."""
+    names = state.subscribed | state.sent.keys()
+    if state.wildcard:
+        names |= available.keys()
+    sends: list[Resource] = []
+    removes: list[str] = []
+    for name in sorted(names):
+        resource = available.get(name)
+        if resource is not None:
+            if state.sent.get(name) != resource.version:
+                sends.append(resource)
+        elif state.sent.get(name) is not None or (
+            name in state.subscribed and name not in state.sent
+        ):
+            # Gone, or asked for and never existed: the protocol's way to say so is removal.
+            removes.append(name)
+    return sends, removes
+
+
+def _record(state: _TypeState, sends: list[Resource], removes: list[str]) -> None:
+    for resource in sends:
+        state.sent[resource.name] = resource.version
+    for name in removes:
+        if name in state.subscribed:
+            state.sent[name] = None
+        else:
+            state.sent.pop(name, None)

@@ -1,0 +1,60 @@
+"""Every Envoy resource name meshagent generates, in one place.
+
+Names follow Istio's conventions so that people who know `istioctl proxy-config` can read
+`meshagent` config dumps without a glossary. Nothing else in the translator formats a name.
+"""
+
+from __future__ import annotations
+
+OUTBOUND = "outbound"
+INBOUND = "inbound"
+
+
+def cluster_name(port: int, host: str, subset: str = "") -> str:
+    """The outbound cluster for one port (and optionally one subset) of a host.
+
+    `outbound|<port>|<subset>|<host>`; the subset part is empty for the whole service.
+    """
+    return f"{OUTBOUND}|{port}|{subset}|{host}"
+
+
+def inbound_cluster_name(port: int) -> str:
+    """The cluster that delivers inbound traffic to the local application on port."""
+    return f"{INBOUND}|{port}||"
+
+
+def listener_name(address: str, port: int) -> str:
+    """A listener bound to address:port, `<address>_<port>` as Istio names them."""
+    return f"{address}_{port}"
+
+
+def route_name(port: int) -> str:
+    """The RouteConfiguration for all HTTP services on a port: the port number, like Istio."""
+    return str(port)
+
+
+def virtual_host_name(host: str, port: int) -> str:
+    """The virtual host of one service host within the route configuration of port."""
+    return f"{host}:{port}"
+
+
+def http_stat_prefix(address: str, port: int) -> str:
+    """Stat prefix of the HTTP connection manager of an outbound listener."""
+    return f"{OUTBOUND}_{address}_{port}"
+
+
+def tcp_stat_prefix(cluster: str) -> str:
+    """Stat prefix of a tcp_proxy filter: the cluster it proxies to, as Istio does."""
+    return cluster
+
+
+def default_route_name() -> str:
+    """The name of the catch-all route of a virtual host that no VirtualService shapes."""
+    return "default"
+
+
+def http_route_name(route: str, match: str) -> str:
+    """An Envoy route's name from a VirtualService HTTP route name and its match name."""
+    if route and match:
+        return f"{route}.{match}"
+    return route or match

@@ -1,0 +1,132 @@
+"""Pieces shared by the sans-io delta and state-of-the-world streams.
+
+Nothing here does I/O or reads a clock: streams take requests and snapshots in, give responses
+and StreamEvents out, and the gRPC shell does the rest.
+
+Pipelining decision (both variants): within one push, responses of different types go out
+back to back without waiting (Envoy applies ADS responses in stream order, so CDS before EDS
+before LDS before RDS is honoured without round trips). A new push, however, waits until every
+response of the previous one is ACKed or NACKed. The xDS docs allow a server to pipeline on
+ADS, and go-control-plane does not wait, but waiting buys three things we want: a NACK is
+always attributed to the exact response it rejects (a NACK that arrives after a newer response
+would otherwise carry a stale nonce and be ignored), bursts of snapshots coalesce into one push,
+and make-before-break order holds across pushes, not only within one. Envoy answers every
+response, so the wait is one round trip.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+
+from meshagent.xds import typeurls
+from meshagent.xds.errors import RemoteProtocolError
+from meshagent.xds.resources import Resource
+
+# Removals go after every update, referrers before what they refer to: a listener before its
+# routes, a cluster before its endpoints, secrets last.
+REMOVAL_ORDER: tuple[str, ...] = (
+    typeurls.LISTENER,
+    typeurls.ROUTE,
+    typeurls.CLUSTER,
+    typeurls.ENDPOINT,
+    typeurls.SECRET,
+)
+
+PUSH_ORDER = typeurls.PUSH_ORDER
+KNOWN_TYPES = frozenset(PUSH_ORDER)
+
+
+@dataclass(frozen=True, slots=True)
+class Pushed:
+    """A response was produced; the shell reports it once it is written."""
+
+    type_url: str
+    version: str
+    nonce: str
+    resources: int
+    removed: int
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """The proxy accepted the response with this nonce."""
+
+    type_url: str
+    version: str
+    nonce: str
+
+
+@dataclass(frozen=True, slots=True)
+class Nacked:
+    """The proxy rejected the response with this nonce; `error` is its error_detail message."""
+
+    type_url: str
+    version: str
+    nonce: str
+    error: str
+
+
+StreamEvent = Pushed | Acked | Nacked
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A response sent and not yet answered."""
+
+    type_url: str
+    version: str
+
+
+class Nonces:
+    """Fresh nonces; a random per-stream prefix so a nonce from an earlier stream never matches."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(4)
+        self._count = 0
+
+    def next(self) -> str:
+        """A nonce never returned before by this object."""
+        self._count += 1
+        return f"{self._prefix}-{self._count}"
+
+
+def check_type_url(type_url: str) -> None:
+    """Raise RemoteProtocolError unless `type_url` is one this server serves."""
+    if not type_url:
+        raise RemoteProtocolError("request without type_url (ADS needs one on every request)")
+    if type_url not in KNOWN_TYPES:
+        raise RemoteProtocolError(f"unsupported type_url {type_url!r}")
+
+
+def node_id_of(node: base_pb2.Node, current: str | None) -> str:
+    """The stream's node id after this request: set by the first request, fixed afterwards."""
+    if current is None:
+        if not node.id:
+            raise RemoteProtocolError("first request on the stream carries no node.id")
+        return str(node.id)
+    if node.id and node.id != current:
+        raise RemoteProtocolError(f"node.id changed on the stream from {current!r} to {node.id!r}")
+    return current
+
+
+def error_message(status_message: str, code: int) -> str:
+    """A NACK's error text; Envoy always sets a message, other clients may set only a code."""
+    return status_message or f"rejected with code {code}"
+
+
+def eds_names(clusters: Iterable[Resource]) -> set[str]:
+    """ClusterLoadAssignment names used by these EDS clusters (service_name, else cluster name)."""
+    names: set[str] = set()
+    for resource in clusters:
+        cluster = cluster_pb2.Cluster()
+        if not resource.body.Unpack(cluster):
+            continue
+        if cluster.type == cluster_pb2.Cluster.EDS:
+            names.add(cluster.eds_cluster_config.service_name or cluster.name)
+    return names

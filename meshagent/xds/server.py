@@ -1,0 +1,238 @@
+"""The ADS gRPC service: a thin grpc.aio shell around the sans-io streams and the cache.
+
+Per stream it reads requests and waits for newer cache snapshots concurrently, feeds both to a
+DeltaStream or SotwStream, writes what they return, and reports pushes, ACKs and NACKs to the
+cache's status and to the observer. A request that breaks the protocol ends that stream with
+INVALID_ARGUMENT; the server and every other stream carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import structlog
+from envoy.service.discovery.v3 import ads_pb2_grpc
+
+from meshagent.errors import ConfigError
+from meshagent.xds.cache import SnapshotCache
+from meshagent.xds.delta import DeltaStream
+from meshagent.xds.errors import LocalProtocolError, RemoteProtocolError
+from meshagent.xds.events import NullObserver, XdsObserver
+from meshagent.xds.protocol import Acked, Nacked, Pushed, StreamEvent
+from meshagent.xds.sotw import SotwStream
+
+log = structlog.get_logger("meshagent.xds")
+
+AnyStream = DeltaStream | SotwStream
+
+
+class AdsServer:
+    """Serves envoy.service.discovery.v3.AggregatedDiscoveryService from a SnapshotCache."""
+
+    def __init__(self, cache: SnapshotCache, observer: XdsObserver | None = None) -> None:
+        self._cache = cache
+        self._observer: XdsObserver = observer or NullObserver()
+        self._server: Any = None
+        self._tcp_port: int | None = None
+
+    @property
+    def tcp_port(self) -> int | None:
+        """The bound TCP port (useful with "127.0.0.1:0"); None without TCP."""
+        return self._tcp_port
+
+    async def start(
+        self, *, uds_path: str | None = None, tcp_address: str | None = None, uds_mode: int = 0o660
+    ) -> None:
+        """Listen on a Unix socket and/or a TCP address like "127.0.0.1:15010".
+
+        A stale socket file at `uds_path` is removed first; the new one gets `uds_mode` so that
+        only the agent's user and group (Envoy's) can connect.
+        """
+        if self._server is not None:
+            raise LocalProtocolError("AdsServer already started")
+        if not uds_path and not tcp_address:
+            raise LocalProtocolError("AdsServer.start needs uds_path or tcp_address")
+        server = grpc.aio.server()
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
+        if uds_path:
+            _remove_stale_socket(uds_path)
+            server.add_insecure_port(f"unix:{uds_path}")
+        if tcp_address:
+            self._tcp_port = server.add_insecure_port(tcp_address)
+        await server.start()
+        if uds_path:
+            os.chmod(uds_path, uds_mode)
+        self._server = server
+        log.info("xds_listening", uds=uds_path, tcp=tcp_address, tcp_port=self._tcp_port)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Stop serving; open streams get `grace` seconds before they are cancelled."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace)
+            log.info("xds_stopped")
+
+    async def serve(
+        self, stream: AnyStream, kind: str, requests: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[Any]:
+        """Run one ADS stream to its end; yields the responses to write."""
+        session = _Session(self._cache, self._observer, stream, kind)
+        try:
+            async for response in session.run(requests):
+                yield response
+        except RemoteProtocolError as error:
+            log.warning("xds_bad_request", proxy=stream.node_id, error=str(error))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        finally:
+            session.close()
+
+
+class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+    def __init__(self, server: AdsServer) -> None:
+        self._server = server
+
+    async def StreamAggregatedResources(
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[Any]:
+        # grpc.aio streams responses only from a handler that is itself an async generator.
+        async for response in self._server.serve(SotwStream(), "sotw", request_iterator, context):
+            yield response
+
+    async def DeltaAggregatedResources(
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[Any]:
+        # grpc.aio streams responses only from a handler that is itself an async generator.
+        async for response in self._server.serve(DeltaStream(), "delta", request_iterator, context):
+            yield response
+
+
+class _Session:
+    """One stream's plumbing between gRPC, the sans-io stream, the cache and the observer."""
+
+    def __init__(
+        self, cache: SnapshotCache, observer: XdsObserver, stream: AnyStream, kind: str
+    ) -> None:
+        self._cache = cache
+        self._observer = observer
+        self._stream = stream
+        self._kind = kind
+        self._node: str | None = None
+        self._pushed_at: dict[str, float] = {}
+        self._tasks: list[asyncio.Future[Any]] = []
+
+    async def run(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        reading: asyncio.Future[Any] = asyncio.ensure_future(anext(requests))
+        watching: asyncio.Future[int] | None = None
+        self._tasks = [reading]
+        while True:
+            waiting = {reading} if watching is None else {reading, watching}
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            responses: list[Any] = []
+            if reading in done:
+                try:
+                    request = reading.result()
+                except StopAsyncIteration:
+                    return
+                responses += self._stream.on_request(request)
+                reading = asyncio.ensure_future(anext(requests))
+            if self._node is None and self._stream.node_id is not None:
+                self._connect(self._stream.node_id)
+            if watching is None or watching in done:
+                watching = self._watch(responses)
+            self._tasks = [reading] if watching is None else [reading, watching]
+            for response in responses:
+                yield response
+            self._report(self._stream.take_events())
+
+    def _watch(self, responses: list[Any]) -> asyncio.Future[int] | None:
+        """Feed the latest snapshot (if newer than the stream's) and wait for the next one."""
+        if self._node is None:
+            return None
+        version, resources = self._cache.get(self._node)
+        if version:
+            responses += self._stream.on_snapshot(version, resources)
+        return asyncio.ensure_future(self._cache.wait_newer(self._node, version))
+
+    def _connect(self, node: str) -> None:
+        self._node = node
+        self._cache.update_status(node, lambda s: s.with_connected(self._kind))
+        log.info("xds_connected", proxy=node, stream=self._kind)
+        self._observer.connected(node, self._kind)
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._node is None:
+            return
+        self._cache.update_status(self._node, lambda s: s.with_disconnected())
+        log.info("xds_disconnected", proxy=self._node, stream=self._kind)
+        with contextlib.suppress(Exception):
+            self._observer.disconnected(self._node, self._kind)
+
+    def _report(self, events: list[StreamEvent]) -> None:
+        node = self._node
+        if node is None:
+            return
+        for event in events:
+            if isinstance(event, Pushed):
+                self._on_pushed(node, event)
+            elif isinstance(event, Acked):
+                self._on_acked(node, event)
+            elif isinstance(event, Nacked):
+                self._on_nacked(node, event)
+
+    def _on_pushed(self, node: str, event: Pushed) -> None:
+        now = time.monotonic()
+        self._pushed_at[event.nonce] = now
+        self._cache.update_status(node, lambda s: s.with_pushed(event.type_url, event.version, now))
+        log.debug(
+            "xds_pushed",
+            proxy=node,
+            type_url=event.type_url,
+            version=event.version,
+            resources=event.resources,
+            removed=event.removed,
+        )
+        self._observer.pushed(
+            node, event.type_url, event.version, event.resources, event.removed, event.nbytes
+        )
+
+    def _on_acked(self, node: str, event: Acked) -> None:
+        now = time.monotonic()
+        latency = now - self._pushed_at.pop(event.nonce, now)
+        self._cache.update_status(node, lambda s: s.with_acked(event.type_url, event.version, now))
+        log.debug("xds_acked", proxy=node, type_url=event.type_url, version=event.version)
+        self._observer.acked(node, event.type_url, event.version, latency)
+
+    def _on_nacked(self, node: str, event: Nacked) -> None:
+        now = time.monotonic()
+        self._pushed_at.pop(event.nonce, None)
+        self._cache.update_status(
+            node, lambda s: s.with_nacked(event.type_url, event.version, event.error, now)
+        )
+        log.warning(
+            "xds_nacked",
+            proxy=node,
+            type_url=event.type_url,
+            version=event.version,
+            error=event.error,
+        )
+        self._observer.nacked(node, event.type_url, event.version, event.error)
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by an earlier run; refuse to remove anything else."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError("exists and is not a socket; not removing it", location=path)
+    os.unlink(path)

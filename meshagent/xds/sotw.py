@@ -1,0 +1,211 @@
+"""Sans-io state-of-the-world ADS: DiscoveryRequests in, DiscoveryResponses out.
+
+Every response carries all resources of its type that the proxy asked for: everything for the
+wildcard types (Cluster, Listener: a missing one is deleted), the requested names for the
+others (never deleted by absence). A type is resent only when that content changed;
+version_info is a hash of the content, so it is the same across agent restarts.
+See meshagent.xds.protocol for the pipelining decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import structlog
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest as Request
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse as Response
+
+from meshagent.xds import typeurls
+from meshagent.xds.protocol import (
+    PUSH_ORDER,
+    REMOVAL_ORDER,
+    Acked,
+    InFlight,
+    Nacked,
+    Nonces,
+    Pushed,
+    StreamEvent,
+    check_type_url,
+    eds_names,
+    error_message,
+    node_id_of,
+)
+from meshagent.xds.resources import Resource, ResourceSet
+
+log = structlog.get_logger("meshagent.xds")
+
+Content = Mapping[str, Resource]
+
+
+def content_version(content: Content) -> str:
+    """The version_info of a response: a hash of its resource names and versions."""
+    digest = hashlib.blake2b(digest_size=8)
+    for name in sorted(content):
+        digest.update(f"{name}\0{content[name].version}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass(slots=True)
+class _TypeState:
+    wildcard: bool
+    names: frozenset[str] = frozenset()
+    responded: bool = False
+    last_nonce: str = ""
+    sent: dict[str, Resource] = field(default_factory=dict)
+    sent_version: str | None = None
+    nacked_version: str | None = None
+    force: bool = False
+
+
+class SotwStream:
+    """The state-of-the-world xDS protocol state of one stream, without I/O.
+
+    Same shape as DeltaStream: `on_request`, `on_snapshot`, `take_events`.
+    """
+
+    def __init__(self, node_id: str | None = None) -> None:
+        self._node_id = node_id
+        self._types: dict[str, _TypeState] = {}
+        self._in_flight: dict[str, InFlight] = {}
+        self._snapshot: tuple[int, ResourceSet] | None = None
+        self._nonces = Nonces()
+        self._events: list[StreamEvent] = []
+
+    @property
+    def node_id(self) -> str | None:
+        """The node id from the first request; None before it."""
+        return self._node_id
+
+    def on_request(self, request: Request) -> list[Response]:
+        """Apply a request (subscription, ACK or NACK); returns responses to send.
+
+        Raises RemoteProtocolError for a request the protocol does not allow.
+        """
+        node_id = node_id_of(request.node, self._node_id)
+        check_type_url(request.type_url)
+        self._node_id = node_id
+        names = frozenset(request.resource_names) - {"*"}
+        state = self._types.get(request.type_url)
+        if state is None:
+            wildcard = request.type_url in typeurls.WILDCARD_TYPES and (
+                not names or "*" in request.resource_names
+            )
+            self._types[request.type_url] = _TypeState(wildcard=wildcard, names=names)
+            return self._flush()
+        if request.response_nonce:
+            self._settle(request)
+        if request.response_nonce and request.response_nonce != state.last_nonce:
+            # Stale: a newer response of this type is on its way and the proxy will answer
+            # it with up-to-date names; the protocol says to ignore this one.
+            log.debug("stale_nonce", proxy=self._node_id, type_url=request.type_url)
+            return self._flush()
+        state.names = names
+        return self._flush()
+
+    def on_snapshot(self, version: int, resources: ResourceSet) -> list[Response]:
+        """A new cache snapshot; returns the responses that bring the proxy up to date."""
+        self._snapshot = (version, resources)
+        return self._flush()
+
+    def take_events(self) -> list[StreamEvent]:
+        """Events since the last call, oldest first."""
+        events, self._events = self._events, []
+        return events
+
+    def requested(self, type_url: str) -> frozenset[str]:
+        """Names the proxy asked for (empty for a wildcard type)."""
+        state = self._types.get(type_url)
+        return state.names if state else frozenset()
+
+    def is_wildcard(self, type_url: str) -> bool:
+        """True when the proxy asked for every resource of this type."""
+        state = self._types.get(type_url)
+        return bool(state and state.wildcard)
+
+    def sent_version(self, type_url: str) -> str | None:
+        """version_info of the last complete response of this type."""
+        state = self._types.get(type_url)
+        return state.sent_version if state else None
+
+    def nacked_version(self, type_url: str) -> str | None:
+        """version_info of the last response of this type the proxy rejected."""
+        state = self._types.get(type_url)
+        return state.nacked_version if state else None
+
+    @property
+    def in_flight(self) -> Mapping[str, InFlight]:
+        """Responses awaiting ACK or NACK, by nonce."""
+        return dict(self._in_flight)
+
+    def _settle(self, request: Request) -> None:
+        # Only a nonce naming an unanswered response of this type is an ACK or a NACK;
+        # anything else is stale and ignored, as the protocol says.
+        flight = self._in_flight.get(request.response_nonce)
+        if flight is None or flight.type_url != request.type_url:
+            return
+        del self._in_flight[request.response_nonce]
+        nonce, version = request.response_nonce, flight.version
+        if request.HasField("error_detail"):
+            detail = request.error_detail
+            text = error_message(detail.message, detail.code)
+            self._types[request.type_url].nacked_version = version
+            self._events.append(Nacked(request.type_url, version, nonce, text))
+        else:
+            self._events.append(Acked(request.type_url, version, nonce))
+
+    def _content(self, state: _TypeState, available: Content) -> dict[str, Resource]:
+        if state.wildcard:
+            return dict(available)
+        return {n: available[n] for n in state.names if n in available}
+
+    def _flush(self) -> list[Response]:
+        if self._snapshot is None or self._in_flight:
+            return []
+        resources = self._snapshot[1]
+        updates: list[Response] = []
+        finals: dict[str, dict[str, Resource]] = {}
+        for type_url in PUSH_ORDER:
+            state = self._types.get(type_url)
+            if state is None:
+                continue  # never send a type the proxy has not asked for
+            content = self._content(state, resources.of(type_url))
+            version = content_version(content)
+            if state.responded and not state.force and version == state.sent_version:
+                # Unchanged, or exactly what the proxy NACKed: never resend it in a loop.
+                continue
+            if type_url == typeurls.CLUSTER:
+                self._resend_endpoints_if_updated(state, content)
+            gone = state.sent.keys() - content.keys() if state.wildcard else set()
+            if gone:
+                # Make before break: keep the deleted ones until everything else moved on.
+                bridge = {**{n: state.sent[n] for n in gone}, **content}
+                updates.append(self._response(type_url, bridge))
+                finals[type_url] = content
+            else:
+                updates.append(self._response(type_url, content))
+            state.sent, state.sent_version = content, version
+            state.responded, state.force = True, False
+        tail = [self._response(t, finals[t]) for t in REMOVAL_ORDER if t in finals]
+        return updates + tail
+
+    def _resend_endpoints_if_updated(self, state: _TypeState, content: Content) -> None:
+        # Envoy warms an updated cluster only when its ClusterLoadAssignment arrives again.
+        endpoints = self._types.get(typeurls.ENDPOINT)
+        if endpoints is None:
+            return
+        updated = [r for n, r in content.items() if n in state.sent and state.sent[n] != r]
+        if eds_names(updated) & endpoints.names:
+            endpoints.force = True
+
+    def _response(self, type_url: str, content: Content) -> Response:
+        nonce = self._nonces.next()
+        version = content_version(content)
+        response = Response(type_url=type_url, version_info=version, nonce=nonce)
+        for name in sorted(content):
+            response.resources.add().CopyFrom(content[name].body)
+        self._types[type_url].last_nonce = nonce
+        self._in_flight[nonce] = InFlight(type_url, version)
+        self._events.append(Pushed(type_url, version, nonce, len(content), 0, response.ByteSize()))
+        return response

@@ -1,0 +1,219 @@
+"""What every generator reads: the snapshot, the proxy, and lookups derived from the snapshot.
+
+MeshIndex answers "which services listen on HTTP port P", "which VirtualService binds host H"
+and "which DestinationRule applies to H" without scanning the mesh per question. It is rebuilt
+only when the snapshot's services, virtual services or destination rules actually changed, so an
+endpoint-only change does not pay for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from meshagent.model import DestinationRule, MeshSnapshot, ProxySpec, Service, VirtualService
+
+# Istio puts routes for VirtualService hosts that name no service on the HTTP port 80.
+DEFAULT_HTTP_PORT = 80
+
+
+def same_objects(old: Mapping[str, object] | None, new: Mapping[str, object]) -> bool:
+    """True when new holds the very same objects under the same keys as old."""
+    if old is None:
+        return False
+    if old is new:
+        return True
+    return len(old) == len(new) and all(old.get(k) is v for k, v in new.items())
+
+
+def wildcard_matches(pattern: str, host: str) -> bool:
+    """Istio host matching: `*` matches all, `*.x.com` matches any host ending in `.x.com`."""
+    return pattern == "*" or (pattern.startswith("*") and host.endswith(pattern[1:]))
+
+
+def _longest_wildcard(host: str, patterns: list[tuple[str, object]]) -> object | None:
+    # patterns are sorted longest first, so the first hit is the most specific one.
+    for pattern, value in patterns:
+        if wildcard_matches(pattern, host):
+            return value
+    return None
+
+
+class RuleIndex:
+    """DestinationRule by host: exact first, then the longest matching wildcard."""
+
+    def __init__(self, rules: Mapping[str, DestinationRule]) -> None:
+        self.source = rules
+        self._exact = {h: r for h, r in rules.items() if not h.startswith("*")}
+        self._wild: list[tuple[str, object]] = sorted(
+            ((h, r) for h, r in rules.items() if h.startswith("*")),
+            key=lambda item: (-len(item[0]), item[0]),
+        )
+
+    def rule_for(self, host: str) -> DestinationRule | None:
+        found = self._exact.get(host)
+        if found is not None or not self._wild:
+            return found
+        wild = _longest_wildcard(host, self._wild)
+        return wild if isinstance(wild, DestinationRule) else None
+
+
+class RoutingIndex:
+    """Sidecar-bound VirtualServices by host, and hosts that only a VirtualService names.
+
+    When several VirtualServices bind one host, the first by "namespace/name" wins (Istio
+    picks the oldest; we have no creation time, so the order must be stable instead).
+    """
+
+    def __init__(
+        self, services: Mapping[str, Service], virtual_services: Mapping[str, VirtualService]
+    ) -> None:
+        self.services_source = services
+        self.vs_source = virtual_services
+        self._exact: dict[str, VirtualService] = {}
+        wild: dict[str, VirtualService] = {}
+        for key in sorted(virtual_services):
+            vs = virtual_services[key]
+            if not vs.applies_to_sidecars:
+                continue
+            for host in vs.hosts:
+                target = wild if host.startswith("*") else self._exact
+                target.setdefault(host, vs)
+        self._wild: list[tuple[str, object]] = sorted(
+            wild.items(), key=lambda item: (-len(item[0]), item[0])
+        )
+        self.sorted_hosts = sorted(services)
+        self.http_ports = _http_ports(services)
+        self.extra_hosts = _extra_hosts(services, self._exact, wild)
+
+    def vs_for(self, host: str) -> VirtualService | None:
+        """The VirtualService that routes host for sidecars, if any."""
+        found = self._exact.get(host)
+        if found is not None or not self._wild:
+            return found
+        wild = _longest_wildcard(host, self._wild)
+        return wild if isinstance(wild, VirtualService) else None
+
+
+def _http_ports(services: Mapping[str, Service]) -> dict[int, list[Service]]:
+    """Services by HTTP port number, each list sorted by host."""
+    by_port: dict[int, list[Service]] = {}
+    for host in sorted(services):
+        service = services[host]
+        for port in service.ports:
+            if port.is_http:
+                by_port.setdefault(port.number, []).append(service)
+    return by_port
+
+
+def _vs_ports(vs: VirtualService) -> set[int]:
+    """The ports a service-less VirtualService host is routed on."""
+    ports: set[int] = set()
+    for route in vs.http:
+        matched = [m.port for m in route.matches]
+        if not matched or None in matched:
+            ports.add(DEFAULT_HTTP_PORT)
+        ports.update(p for p in matched if p is not None)
+    return ports
+
+
+def _extra_hosts(
+    services: Mapping[str, Service],
+    exact: Mapping[str, VirtualService],
+    wild: Mapping[str, VirtualService],
+) -> dict[int, list[tuple[str, VirtualService]]]:
+    """VirtualService hosts that match no service, by the port they are routed on."""
+    extra: dict[int, list[tuple[str, VirtualService]]] = {}
+    candidates = [(h, vs) for h, vs in exact.items() if h not in services]
+    candidates += [
+        (h, vs) for h, vs in wild.items() if not any(wildcard_matches(h, s) for s in services)
+    ]
+    for host, vs in sorted(candidates, key=lambda item: item[0]):
+        for port in sorted(_vs_ports(vs)):
+            extra.setdefault(port, []).append((host, vs))
+    return extra
+
+
+@dataclass(slots=True)
+class MeshIndex:
+    """The lookups of one snapshot; parts are carried over from the previous snapshot."""
+
+    rules: RuleIndex
+    routing: RoutingIndex
+
+    @classmethod
+    def update(cls, previous: MeshIndex | None, snapshot: MeshSnapshot) -> MeshIndex:
+        """An index for snapshot, reusing the parts of previous whose inputs are unchanged."""
+        rules = previous.rules if previous is not None else None
+        if rules is None or not same_objects(rules.source, snapshot.destination_rules):
+            rules = RuleIndex(snapshot.destination_rules)
+        routing = previous.routing if previous is not None else None
+        if (
+            routing is None
+            or not same_objects(routing.services_source, snapshot.services)
+            or not same_objects(routing.vs_source, snapshot.virtual_services)
+        ):
+            routing = RoutingIndex(snapshot.services, snapshot.virtual_services)
+        return cls(rules=rules, routing=routing)
+
+    @property
+    def http_ports(self) -> list[int]:
+        """Every port that gets an outbound HTTP listener, ascending."""
+        return sorted({*self.routing.http_ports, *self.routing.extra_hosts})
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What differs from the previous generate() call, so generators can skip the rest.
+
+    endpoint_hosts: hosts whose endpoint tuple is not the very same object as before; only
+    meaningful when `everything` is False.
+    """
+
+    everything: bool = True
+    services: bool = True
+    rules: bool = True
+    virtual_services: bool = True
+    endpoint_hosts: frozenset[str] = frozenset()
+
+    @property
+    def topology(self) -> bool:
+        """True when clusters may differ beyond DNS hosts (services or rules changed)."""
+        return self.everything or self.services or self.rules
+
+    @property
+    def routing(self) -> bool:
+        """True when routes may differ."""
+        return self.topology or self.virtual_services
+
+
+ALL_CHANGED = Changes()
+
+
+def _changed_hosts(old: Mapping[str, object], new: Mapping[str, object]) -> frozenset[str]:
+    changed = {h for h, v in new.items() if old.get(h) is not v}
+    changed.update(h for h in old if h not in new)
+    return frozenset(changed)
+
+
+def changes_between(old: MeshSnapshot | None, new: MeshSnapshot, proxy_changed: bool) -> Changes:
+    """The Changes from old to new (everything, when there is no old or the proxy changed)."""
+    if old is None or proxy_changed:
+        return ALL_CHANGED
+    return Changes(
+        everything=False,
+        services=not same_objects(old.services, new.services),
+        rules=not same_objects(old.destination_rules, new.destination_rules),
+        virtual_services=not same_objects(old.virtual_services, new.virtual_services),
+        endpoint_hosts=_changed_hosts(old.endpoints, new.endpoints),
+    )
+
+
+@dataclass(slots=True)
+class Context:
+    """The inputs of one generate() call, shared by all generators. Read-only by convention."""
+
+    snapshot: MeshSnapshot
+    proxy: ProxySpec
+    index: MeshIndex
+    changes: Changes = ALL_CHANGED

@@ -1,0 +1,107 @@
+"""ClusterLoadAssignments: the instances behind each EDS cluster.
+
+Every endpoint is sent, unhealthy ones with health_status UNHEALTHY rather than dropped, so
+that `config_dump` shows them and Envoy's panic threshold can still count them.
+Endpoints are grouped by locality ("region/zone/subzone"), all at priority 0.
+"""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import base_pb2, health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.endpoint.v3.endpoint_components_pb2 import LbEndpoint
+
+from meshagent.model import Endpoint, Labels, selector_matches
+from meshagent.xds.translate.policy import ClusterPlan
+
+# Endpoint labels go under this filter_metadata key, for observability and future matching.
+METADATA_NAMESPACE = "meshagent"
+
+
+def selected_endpoints(plan: ClusterPlan, endpoints: tuple[Endpoint, ...]) -> list[Endpoint]:
+    """The endpoints of plan's subset (all of them for the whole-service cluster), in a stable
+    order (locality, address), so that discovery order never shows in the output."""
+    if plan.labels:
+        chosen = [e for e in endpoints if selector_matches(plan.labels, e.labels)]
+    else:
+        chosen = list(endpoints)
+    chosen.sort(key=_endpoint_order)
+    return chosen
+
+
+def _endpoint_order(endpoint: Endpoint) -> tuple[str, str, tuple[tuple[str, int], ...]]:
+    return (endpoint.locality, endpoint.address, endpoint.ports)
+
+
+def endpoints_of_plan(plan: ClusterPlan, endpoints: tuple[Endpoint, ...]) -> list[tuple[str, int]]:
+    """(address, port) of each selected endpoint, for clusters that carry hosts inline."""
+    return [(e.address, e.port_for(plan.port)) for e in selected_endpoints(plan, endpoints)]
+
+
+def locality_of(text: str) -> base_pb2.Locality:
+    """A Locality from Istio's "region/zone/subzone" notation (trailing parts optional)."""
+    parts = [*text.split("/", 2), "", ""]
+    return base_pb2.Locality(region=parts[0], zone=parts[1], sub_zone=parts[2])
+
+
+class MetadataCache:
+    """Endpoint metadata by label set: many endpoints share labels, so build each Struct once.
+
+    Looked up by the identity of the labels tuple first (the normalizer shares equal label
+    tuples), then by value.
+    """
+
+    def __init__(self) -> None:
+        self._by_labels: dict[Labels, base_pb2.Metadata] = {}
+        self._by_id: dict[int, tuple[Labels, base_pb2.Metadata]] = {}
+
+    def get(self, labels: Labels) -> base_pb2.Metadata:
+        hit = self._by_id.get(id(labels))
+        if hit is not None and hit[0] is labels:
+            return hit[1]
+        found = self._by_labels.get(labels)
+        if found is None:
+            found = base_pb2.Metadata()
+            fields = found.filter_metadata[METADATA_NAMESPACE].fields
+            for key, value in labels:
+                fields[key].string_value = value
+            self._by_labels[labels] = found
+        self._by_id[id(labels)] = (labels, found)
+        return found
+
+
+def fill_lb_endpoint(
+    out: LbEndpoint, endpoint: Endpoint, port: int, metadata: MetadataCache
+) -> None:
+    """Fill one LbEndpoint in place (adding to the parent directly avoids a copy per endpoint):
+    address, weight, health, labels."""
+    address = out.endpoint.address.socket_address
+    address.address = endpoint.address
+    address.port_value = port
+    out.load_balancing_weight.value = max(1, endpoint.weight)
+    if not endpoint.healthy:
+        out.health_status = health_check_pb2.UNHEALTHY
+    if endpoint.labels:
+        out.metadata.CopyFrom(metadata.get(endpoint.labels))
+
+
+def build_load_assignment(
+    plan: ClusterPlan, endpoints: tuple[Endpoint, ...], metadata: MetadataCache
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """The ClusterLoadAssignment of plan's cluster."""
+    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=plan.name)
+    default_port = plan.port.target_port or plan.port.number
+    current: str | None = None
+    add = assignment.endpoints.add().lb_endpoints.add
+    for endpoint in selected_endpoints(plan, endpoints):
+        if endpoint.locality != current:
+            # Sorted by locality, so each locality's endpoints are contiguous.
+            group = assignment.endpoints[0] if current is None else assignment.endpoints.add()
+            if endpoint.locality:
+                group.locality.CopyFrom(locality_of(endpoint.locality))
+            add, current = group.lb_endpoints.add, endpoint.locality
+        port = endpoint.port_for(plan.port) if endpoint.ports else default_port
+        fill_lb_endpoint(add(), endpoint, port, metadata)
+    if current is None:
+        del assignment.endpoints[:]
+    return assignment

@@ -1,0 +1,329 @@
+"""The generators, one per concern, and the per-object caches that make them incremental.
+
+Each generator turns the Context into resources of one type. Each keeps, per host (or per port),
+the model objects its last output was built from and reuses that output while they are the very
+same objects: the normalizer shares unchanged objects between snapshots, so a one-endpoint change
+rebuilds one ClusterLoadAssignment and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from envoy.config.route.v3 import route_components_pb2 as rc
+
+from meshagent.errors import ConfigError
+from meshagent.model import Endpoint, Service, TcpBinding, TcpRoute, VirtualService
+from meshagent.xds import names, typeurls
+from meshagent.xds.resources import Resource
+from meshagent.xds.translate.clusters import ClusterInputs, build_cluster
+from meshagent.xds.translate.context import Context
+from meshagent.xds.translate.endpoints import MetadataCache, build_load_assignment
+from meshagent.xds.translate.listeners import build_http_listener, build_tcp_listener
+from meshagent.xds.translate.policy import ClusterPlan, Discovery, plan_clusters
+from meshagent.xds.translate.route_action import RouteScope, destination_cluster
+from meshagent.xds.translate.routes import (
+    build_route_configuration,
+    build_virtual_host,
+    domains_for,
+)
+
+Key = tuple[object, ...]
+
+
+def same_key(old: Key, new: Key) -> bool:
+    """Identity comparison of cache keys: equal only if built from the very same objects."""
+    return len(old) == len(new) and all(a is b for a, b in zip(old, new, strict=True))
+
+
+def keep_unchanged(old: list[Resource], new: list[Resource]) -> list[Resource]:
+    """new, with each resource whose bytes did not change replaced by its old object, so that
+    consumers comparing by identity see no change where there is none."""
+    previous = {r.name: r for r in old}
+    out = []
+    for resource in new:
+        before = previous.get(resource.name)
+        out.append(
+            before if before is not None and before.version == resource.version else resource
+        )
+    return out
+
+
+class Generator(Protocol):
+    """One concern of the translation. `name` appears in errors; output is one type URL."""
+
+    name: str
+    type_url: str
+
+    def generate(self, ctx: Context) -> list[Resource]: ...
+
+
+class PlanCache:
+    """Cluster plans per host, shared by the cluster and endpoint generators."""
+
+    def __init__(self) -> None:
+        self._by_host: dict[str, tuple[Key, tuple[ClusterPlan, ...]]] = {}
+
+    def plans(self, ctx: Context, service: Service) -> tuple[ClusterPlan, ...]:
+        rule = ctx.index.rules.rule_for(service.host)
+        key: Key = (service, rule)
+        cached = self._by_host.get(service.host)
+        if cached is not None and same_key(cached[0], key):
+            return cached[1]
+        plans = plan_clusters(service, rule)
+        self._by_host[service.host] = (key, plans)
+        return plans
+
+
+class PerHostGenerator:
+    """Resources built host by host, each host's output cached by the objects it came from.
+
+    A full pass (services or rules changed) walks every host in order, reusing cached output
+    whose inputs are identical. Otherwise only hosts whose endpoints changed are revisited.
+    """
+
+    name = ""
+    type_url = ""
+
+    def __init__(self, plans: PlanCache) -> None:
+        self._plans = plans
+        self._by_host: dict[str, tuple[Key, list[Resource]]] = {}
+        self._last: list[Resource] = []
+
+    def key(self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]) -> Key:
+        """The objects this host's output depends on."""
+        raise NotImplementedError
+
+    def build(self, ctx: Context, plans: tuple[ClusterPlan, ...], key: Key) -> list[Resource]:
+        """This host's resources."""
+        raise NotImplementedError
+
+    def _host(self, ctx: Context, service: Service) -> tuple[Key, list[Resource]]:
+        plans = self._plans.plans(ctx, service)
+        key = self.key(ctx, service, plans)
+        cached = self._by_host.get(service.host)
+        if cached is None:
+            return key, self.build(ctx, plans, key)
+        if same_key(cached[0], key):
+            return cached
+        return key, keep_unchanged(cached[1], self.build(ctx, plans, key))
+
+    def _full(self, ctx: Context) -> None:
+        services = ctx.snapshot.services
+        self._by_host = {h: self._host(ctx, services[h]) for h in ctx.index.routing.sorted_hosts}
+
+    def _partial(self, ctx: Context) -> bool:
+        """Revisit hosts whose endpoints changed; False when none of them changed output."""
+        services = ctx.snapshot.services
+        touched = False
+        for host in ctx.changes.endpoint_hosts:
+            service = services.get(host)
+            if service is None:
+                continue
+            entry = self._host(ctx, service)
+            touched = touched or entry is not self._by_host.get(host)
+            self._by_host[host] = entry
+        return touched
+
+    def generate(self, ctx: Context) -> list[Resource]:
+        if ctx.changes.topology:
+            self._full(ctx)
+        elif not self._partial(ctx):
+            return self._last
+        self._last = [r for _, built in self._by_host.values() for r in built]
+        return self._last
+
+
+class ClustersGenerator(PerHostGenerator):
+    """One Cluster per service port and per (port, subset) of the host's DestinationRule."""
+
+    name = "clusters"
+    type_url = typeurls.CLUSTER
+
+    def key(self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]) -> Key:
+        # Only DNS clusters carry their hosts inline, so only they depend on the endpoints.
+        dns = any(p.discovery in (Discovery.STRICT_DNS, Discovery.LOGICAL_DNS) for p in plans)
+        return (plans, ctx.snapshot.endpoints.get(service.host, ()) if dns else ())
+
+    def build(self, ctx: Context, plans: tuple[ClusterPlan, ...], key: Key) -> list[Resource]:
+        endpoints: tuple[Endpoint, ...] = key[1]  # type: ignore[assignment]
+        inputs = ClusterInputs(endpoints=endpoints)
+        return [Resource.pack(p.name, build_cluster(p, inputs)) for p in plans]
+
+
+class EndpointsGenerator(PerHostGenerator):
+    """A ClusterLoadAssignment for every EDS cluster."""
+
+    name = "endpoints"
+    type_url = typeurls.ENDPOINT
+
+    def __init__(self, plans: PlanCache) -> None:
+        super().__init__(plans)
+        self._metadata = MetadataCache()
+
+    def key(self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]) -> Key:
+        return (plans, ctx.snapshot.endpoints.get(service.host, ()))
+
+    def build(self, ctx: Context, plans: tuple[ClusterPlan, ...], key: Key) -> list[Resource]:
+        endpoints: tuple[Endpoint, ...] = key[1]  # type: ignore[assignment]
+        return [
+            Resource.pack(p.name, build_load_assignment(p, endpoints, self._metadata))
+            for p in plans
+            if p.discovery is Discovery.EDS
+        ]
+
+
+class HttpListenersGenerator:
+    """One outbound HTTP listener per HTTP port number of any service."""
+
+    name = "http-listeners"
+    type_url = typeurls.LISTENER
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, int, int], Resource] = {}
+
+    def generate(self, ctx: Context) -> list[Resource]:
+        out: list[Resource] = []
+        address = ctx.proxy.outbound_address
+        for port in ctx.index.http_ports:
+            key = (address, ctx.proxy.outbound_port(port), port)
+            found = self._cache.get(key)
+            if found is None:
+                listener = build_http_listener(*key)
+                found = self._cache[key] = Resource.pack(listener.name, listener)
+            out.append(found)
+        return out
+
+
+def tcp_route_for(vs: VirtualService | None, port: int) -> TcpRoute | None:
+    """The first TCP route of vs that applies to port.
+
+    Matches on subnets or source labels cannot hold for a loopback listener of a proxy
+    without labels, so only port (or no condition at all) counts.
+    """
+    for route in vs.tcp if vs is not None else ():
+        if not route.matches or any(
+            (m.port is None or m.port == port) and not m.destination_subnets and not m.source_labels
+            for m in route.matches
+        ):
+            return route
+    return None
+
+
+class TcpListenersGenerator:
+    """A TCP listener for each TcpBinding of the proxy, to its cluster or weighted clusters."""
+
+    name = "tcp-listeners"
+    type_url = typeurls.LISTENER
+
+    def _clusters(self, ctx: Context, binding: TcpBinding) -> list[tuple[str, int]]:
+        route = tcp_route_for(ctx.index.routing.vs_for(binding.host), binding.port)
+        if route is None or not route.route:
+            return [(names.cluster_name(binding.port, binding.host), 100)]
+        scope = RouteScope(binding.port, ctx.snapshot.services, ctx.index.rules)
+        return [(destination_cluster(w.destination, scope), w.weight) for w in route.route]
+
+    def generate(self, ctx: Context) -> list[Resource]:
+        taken = {
+            names.listener_name(ctx.proxy.outbound_address, ctx.proxy.outbound_port(p))
+            for p in ctx.index.http_ports
+        }
+        out: list[Resource] = []
+        for binding in sorted(ctx.proxy.tcp_bindings, key=lambda b: (b.host, b.port)):
+            name = names.listener_name(binding.listen_address, binding.listen_port)
+            if name in taken:
+                raise ConfigError(
+                    f"TCP binding {binding.host}:{binding.port} listens on {name}, "
+                    "which another outbound listener already uses",
+                    field="tcp_bindings",
+                )
+            taken.add(name)
+            listener = build_tcp_listener(
+                binding.listen_address,
+                binding.listen_port,
+                names.tcp_stat_prefix(names.cluster_name(binding.port, binding.host)),
+                self._clusters(ctx, binding),
+            )
+            out.append(Resource.pack(name, listener))
+        return out
+
+
+class RoutesGenerator:
+    """One RouteConfiguration per HTTP port, rebuilt only when one of its virtual hosts is."""
+
+    name = "routes"
+    type_url = typeurls.ROUTE
+
+    def __init__(self) -> None:
+        self._vhosts: dict[tuple[str, int], tuple[Key, rc.VirtualHost]] = {}
+        self._configs: dict[int, tuple[Key, Resource]] = {}
+        self._destinations: dict[int, tuple[VirtualService, tuple[str, ...]]] = {}
+        self._last: list[Resource] = []
+
+    def _destination_hosts(self, vs: VirtualService) -> tuple[str, ...]:
+        cached = self._destinations.get(id(vs))
+        if cached is not None and cached[0] is vs:
+            return cached[1]
+        hosts = {w.destination.host for r in vs.http for w in r.route}
+        hosts |= {m.destination.host for r in vs.http for m in r.mirrors}
+        found = tuple(sorted(hosts))
+        self._destinations[id(vs)] = (vs, found)
+        return found
+
+    def _vhost_key(self, ctx: Context, host: str, vs: VirtualService | None) -> Key:
+        """Everything a virtual host is built from: routed and destination services, rules."""
+        hosts = self._destination_hosts(vs) if vs is not None else (host,)
+        services = ctx.snapshot.services
+        rules = ctx.index.rules
+        return (
+            services.get(host),
+            vs,
+            *(services.get(h) for h in hosts),
+            *(rules.rule_for(h) for h in hosts),
+        )
+
+    def _vhost(self, ctx: Context, host: str, namespace: str, port: int) -> rc.VirtualHost:
+        vs = ctx.index.routing.vs_for(host)
+        key = self._vhost_key(ctx, host, vs)
+        cached = self._vhosts.get((host, port))
+        if cached is not None and same_key(cached[0], key):
+            return cached[1]
+        domains = domains_for(host, port, namespace=namespace, proxy_namespace=ctx.proxy.namespace)
+        scope = RouteScope(port, ctx.snapshot.services, ctx.index.rules)
+        built = build_virtual_host(host, domains, vs, scope)
+        self._vhosts[(host, port)] = (key, built)
+        return built
+
+    def _config(self, ctx: Context, port: int) -> Resource:
+        routing = ctx.index.routing
+        services = routing.http_ports.get(port, ())
+        vhosts = [self._vhost(ctx, s.host, s.namespace, port) for s in services]
+        extra = routing.extra_hosts.get(port, ())
+        vhosts += [self._vhost(ctx, h, vs.namespace, port) for h, vs in extra]
+        key: Key = tuple(vhosts)
+        cached = self._configs.get(port)
+        if cached is not None and same_key(cached[0], key):
+            return cached[1]
+        resource = Resource.pack(names.route_name(port), build_route_configuration(port, vhosts))
+        if cached is not None and cached[1].version == resource.version:
+            resource = cached[1]
+        self._configs[port] = (key, resource)
+        return resource
+
+    def generate(self, ctx: Context) -> list[Resource]:
+        if ctx.changes.routing:
+            self._last = [self._config(ctx, port) for port in ctx.index.http_ports]
+            self._forget_unused(ctx)
+        return self._last
+
+    def _forget_unused(self, ctx: Context) -> None:
+        """Drop cached virtual hosts and configs of hosts and ports that are gone."""
+        routing = ctx.index.routing
+        used = {(s.host, p) for p, group in routing.http_ports.items() for s in group}
+        used |= {(h, p) for p, group in routing.extra_hosts.items() for h, _ in group}
+        if len(used) != len(self._vhosts):
+            self._vhosts = {k: v for k, v in self._vhosts.items() if k in used}
+        ports = set(ctx.index.http_ports)
+        self._configs = {p: v for p, v in self._configs.items() if p in ports}
+        live = {id(vs) for vs in ctx.snapshot.virtual_services.values()}
+        self._destinations = {k: v for k, v in self._destinations.items() if k in live}

@@ -1,0 +1,90 @@
+"""Outbound listeners on the proxy's loopback address.
+
+HTTP: one listener per service port number, routing by Host through RDS. Every HTTP listener
+carries the fault, CORS and router filters whether or not a route uses them, so that adding a
+fault or CORS policy only changes routes and never drains a listener.
+TCP: only where the agent config binds a (host, port) to a local address (TcpBinding), since a
+TCP stream carries no host name to route on.
+"""
+
+from __future__ import annotations
+
+from envoy.config.listener.v3 import listener_components_pb2
+from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from meshagent.xds import names
+from meshagent.xds.translate import protos
+
+
+def _listener(name: str, address: str, port: int) -> Listener:
+    out = Listener(name=name)
+    socket = out.address.socket_address
+    socket.address = address
+    socket.port_value = port
+    return out
+
+
+def _http_filters() -> list[hcm.HttpFilter]:
+    # The router must come last: it ends the filter chain by forwarding the request.
+    return [
+        hcm.HttpFilter(name=protos.FAULT_FILTER, typed_config=protos.packed(fault_pb2.HTTPFault())),
+        hcm.HttpFilter(name=protos.CORS_FILTER, typed_config=protos.packed(cors_pb2.Cors())),
+        hcm.HttpFilter(name=protos.ROUTER_FILTER, typed_config=protos.packed(router_pb2.Router())),
+    ]
+
+
+def http_connection_manager(address: str, local_port: int, port: int) -> hcm.HttpConnectionManager:
+    """The HCM of an outbound HTTP listener: routes for port over RDS, websockets allowed."""
+    manager = hcm.HttpConnectionManager(
+        stat_prefix=names.http_stat_prefix(address, local_port),
+        http_filters=_http_filters(),
+        upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
+    )
+    manager.rds.route_config_name = names.route_name(port)
+    manager.rds.config_source.CopyFrom(protos.ADS_CONFIG_SOURCE)
+    return manager
+
+
+def build_http_listener(address: str, local_port: int, port: int) -> Listener:
+    """An outbound HTTP listener on address:local_port for the services on port."""
+    out = _listener(names.listener_name(address, local_port), address, local_port)
+    chain = out.filter_chains.add()
+    chain.filters.append(
+        listener_components_pb2.Filter(
+            name=protos.HTTP_CONNECTION_MANAGER,
+            typed_config=protos.packed(http_connection_manager(address, local_port, port)),
+        )
+    )
+    return out
+
+
+def tcp_proxy(stat_prefix: str, clusters: list[tuple[str, int]]) -> tcp_proxy_pb2.TcpProxy:
+    """A tcp_proxy to one cluster, or split by weight across several."""
+    out = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix)
+    if len(clusters) == 1:
+        out.cluster = clusters[0][0]
+        return out
+    for name, weight in clusters:
+        out.weighted_clusters.clusters.add(name=name, weight=weight)
+    return out
+
+
+def build_tcp_listener(
+    address: str, port: int, stat_prefix: str, clusters: list[tuple[str, int]]
+) -> Listener:
+    """A listener on address:port that proxies TCP to clusters (name, weight)."""
+    out = _listener(names.listener_name(address, port), address, port)
+    chain = out.filter_chains.add()
+    chain.filters.append(
+        listener_components_pb2.Filter(
+            name=protos.TCP_PROXY, typed_config=protos.packed(tcp_proxy(stat_prefix, clusters))
+        )
+    )
+    return out

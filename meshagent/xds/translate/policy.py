@@ -1,0 +1,136 @@
+"""Which clusters a service needs, and the traffic policy that applies to each.
+
+A DestinationRule's policy is layered the way Istio layers it, each layer replacing whole
+settings (load balancer, connection pool, outlier detection, TLS) of the one below:
+top-level < top-level port setting < subset < subset port setting.
+Both the cluster and the endpoint generators read the same plan, so an EDS cluster and its
+ClusterLoadAssignment can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from meshagent.model import (
+    NO_LABELS,
+    ClientTls,
+    ConnectionPool,
+    DestinationRule,
+    Labels,
+    LoadBalancer,
+    OutlierDetection,
+    Resolution,
+    Service,
+    ServicePort,
+    TrafficPolicy,
+)
+from meshagent.xds import names
+
+
+class Discovery(StrEnum):
+    """How Envoy learns a cluster's hosts."""
+
+    EDS = "EDS"
+    STRICT_DNS = "STRICT_DNS"
+    LOGICAL_DNS = "LOGICAL_DNS"
+    ORIGINAL_DST = "ORIGINAL_DST"
+
+
+@dataclass(frozen=True, slots=True)
+class EffectivePolicy:
+    """The DestinationRule settings that apply to one (port, subset) cluster."""
+
+    load_balancer: LoadBalancer | None = None
+    connection_pool: ConnectionPool | None = None
+    outlier_detection: OutlierDetection | None = None
+    tls: ClientTls | None = None
+
+
+NO_POLICY = EffectivePolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterPlan:
+    """One outbound cluster to generate: a port of a service, maybe narrowed to a subset."""
+
+    name: str
+    service: Service
+    port: ServicePort
+    subset: str
+    labels: Labels
+    policy: EffectivePolicy
+    discovery: Discovery
+
+
+_DISCOVERY = {
+    Resolution.STATIC: Discovery.EDS,
+    Resolution.DNS: Discovery.STRICT_DNS,
+    Resolution.DNS_ROUND_ROBIN: Discovery.LOGICAL_DNS,
+    Resolution.NONE: Discovery.ORIGINAL_DST,
+}
+
+
+def _overlay(base: EffectivePolicy, top: TrafficPolicy | None, port: int) -> EffectivePolicy:
+    """base with the settings of top (then of top's entry for port) laid over it."""
+    if top is None:
+        return base
+    layered = EffectivePolicy(
+        load_balancer=top.load_balancer or base.load_balancer,
+        connection_pool=top.connection_pool or base.connection_pool,
+        outlier_detection=top.outlier_detection or base.outlier_detection,
+        tls=top.tls or base.tls,
+    )
+    for level in top.port_level:
+        if level.port == port:
+            return EffectivePolicy(
+                load_balancer=level.load_balancer or layered.load_balancer,
+                connection_pool=level.connection_pool or layered.connection_pool,
+                outlier_detection=level.outlier_detection or layered.outlier_detection,
+                tls=level.tls or layered.tls,
+            )
+    return layered
+
+
+def effective_policy(rule: DestinationRule | None, subset: str, port: int) -> EffectivePolicy:
+    """The merged policy of rule for one port and (optionally) one subset."""
+    if rule is None:
+        return NO_POLICY
+    merged = _overlay(NO_POLICY, rule.traffic_policy, port)
+    chosen = rule.subset(subset) if subset else None
+    if chosen is not None:
+        merged = _overlay(merged, chosen.traffic_policy, port)
+    return merged
+
+
+def discovery_for(service: Service, policy: EffectivePolicy) -> Discovery:
+    """The discovery type: from the resolution, unless the rule asks for pass-through."""
+    lb = policy.load_balancer
+    if lb is not None and lb.simple.upper() == "PASSTHROUGH":
+        return Discovery.ORIGINAL_DST
+    return _DISCOVERY[service.resolution]
+
+
+def _plan(
+    service: Service, port: ServicePort, rule: DestinationRule | None, subset: str, labels: Labels
+) -> ClusterPlan:
+    policy = effective_policy(rule, subset, port.number)
+    return ClusterPlan(
+        name=names.cluster_name(port.number, service.host, subset),
+        service=service,
+        port=port,
+        subset=subset,
+        labels=labels,
+        policy=policy,
+        discovery=discovery_for(service, policy),
+    )
+
+
+def plan_clusters(service: Service, rule: DestinationRule | None) -> tuple[ClusterPlan, ...]:
+    """Every cluster for service: one per port, then one per (port, subset) of rule."""
+    plans: list[ClusterPlan] = []
+    for port in sorted(service.ports, key=lambda p: p.number):
+        plans.append(_plan(service, port, rule, "", NO_LABELS))
+        for subset in rule.subsets if rule is not None else ():
+            plans.append(_plan(service, port, rule, subset.name, subset.labels))
+    return tuple(plans)

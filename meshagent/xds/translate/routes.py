@@ -1,0 +1,163 @@
+"""RouteConfigurations: one per HTTP port, one virtual host per host reachable on it.
+
+A host without a VirtualService gets Istio's default route (everything to the port's
+cluster, no timeout, default retries). With one, each HttpMatch of each HttpRoute becomes one
+Envoy route, in order; matches bound to another port, or to source labels (this proxy has
+none), are left out, and a route left with no match is skipped. As in Istio, no catch-all is
+appended after a VirtualService's routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+
+from meshagent.model import Destination, HttpMatch, HttpRoute, VirtualService, WeightedDestination
+from meshagent.xds import names
+from meshagent.xds.translate import protos
+from meshagent.xds.translate import route_action as actions
+from meshagent.xds.translate.route_action import RouteScope
+from meshagent.xds.translate.route_decorations import (
+    apply_filter_configs,
+    apply_header_ops,
+    merge_header_ops,
+)
+from meshagent.xds.translate.route_match import build_route_match
+
+KUBERNETES_SERVICE_INFIX = ".svc."
+
+
+def domains_for(host: str, port: int, *, namespace: str, proxy_namespace: str) -> list[str]:
+    """Host names a client may use for host: the FQDN, and Istio's short forms of
+    `<name>.<ns>.svc.<suffix>` (the bare name only within the proxy's own namespace),
+    each also with `:port`."""
+    names_ = [host]
+    if KUBERNETES_SERVICE_INFIX in host and not host.startswith("*"):
+        name, ns, _rest = host.split(".", 2)
+        if namespace == proxy_namespace:
+            names_.append(name)
+        names_ += [f"{name}.{ns}", f"{name}.{ns}.svc"]
+    return [d for n in names_ for d in (n, f"{n}:{port}")]
+
+
+def _cluster_weights(
+    destinations: Iterable[WeightedDestination], scope: RouteScope
+) -> list[rc.WeightedCluster.ClusterWeight]:
+    out = []
+    for weighted in destinations:
+        entry = rc.WeightedCluster.ClusterWeight(
+            name=actions.destination_cluster(weighted.destination, scope),
+            weight=protos.uint32(weighted.weight),
+        )
+        apply_header_ops(entry, weighted.headers)
+        out.append(entry)
+    return out
+
+
+def _forward(out: rc.Route, route: HttpRoute, match: HttpMatch | None, scope: RouteScope) -> None:
+    """A forwarding action: cluster(s), hashing, timeout, retries, mirrors, rewrite."""
+    action = actions.no_timeout()
+    # Zero-weight destinations receive nothing; Envoy needs none of them listed.
+    destinations = [w for w in route.route if w.weight > 0] or list(route.route)
+    if len(destinations) == 1:
+        action.cluster = actions.destination_cluster(destinations[0].destination, scope)
+    else:
+        action.weighted_clusters.clusters.extend(_cluster_weights(destinations, scope))
+    hashing = actions.route_hash(route, scope)
+    action.hash_policy.extend(actions.hash_policies(hashing))
+    if route.timeout_ms is not None:
+        action.timeout.CopyFrom(protos.duration(route.timeout_ms))
+    retry = actions.retry_policy(route.retries, hashing=hashing is not None)
+    if retry is not None:
+        action.retry_policy.CopyFrom(retry)
+    action.request_mirror_policies.extend(actions.mirror_policy(m, scope) for m in route.mirrors)
+    if route.rewrite is not None:
+        actions.configure_rewrite(action, route.rewrite, match)
+    out.route.CopyFrom(action)
+
+
+def build_route(route: HttpRoute, match: HttpMatch | None, scope: RouteScope) -> rc.Route | None:
+    """The Envoy route for one (HttpRoute, HttpMatch) pair; None when it has no action."""
+    out = rc.Route(
+        name=names.http_route_name(route.name, match.name if match else ""),
+        match=build_route_match(match),
+    )
+    if route.redirect is not None:
+        out.redirect.CopyFrom(actions.redirect_action(route.redirect))
+    elif route.direct_response is not None:
+        out.direct_response.CopyFrom(actions.direct_response_action(route.direct_response))
+    elif route.route:
+        _forward(out, route, match, scope)
+    else:
+        return None
+    headers = route.headers
+    if len(route.route) == 1:
+        headers = merge_header_ops(headers, route.route[0].headers)
+    apply_header_ops(out, headers)
+    apply_filter_configs(out, route.fault, route.cors)
+    return out
+
+
+def _matches_on_port(route: HttpRoute, port: int) -> list[HttpMatch | None] | None:
+    """The matches of route that apply on port: [None] for a catch-all, None for none."""
+    if not route.matches:
+        return [None]
+    kept: list[HttpMatch | None] = [
+        m for m in route.matches if (m.port is None or m.port == port) and not m.source_labels
+    ]
+    return kept or None
+
+
+def virtual_service_routes(vs: VirtualService, scope: RouteScope) -> list[rc.Route]:
+    """Every Envoy route of vs's HTTP routes that applies on scope.port, in order."""
+    out: list[rc.Route] = []
+    for route in vs.http:
+        for match in _matches_on_port(route, scope.port) or ():
+            built = build_route(route, match, scope)
+            if built is not None:
+                out.append(built)
+    return out
+
+
+def default_route(host: str, scope: RouteScope) -> rc.Route:
+    """Istio's route for a host no VirtualService shapes: everything to its port's cluster."""
+    out = rc.Route(name=names.default_route_name(), match=build_route_match(None))
+    route = HttpRoute(route=(WeightedDestination(Destination(host, port=scope.port)),))
+    _forward(out, route, None, scope)
+    return out
+
+
+def build_virtual_host(
+    host: str, domains: list[str], vs: VirtualService | None, scope: RouteScope
+) -> rc.VirtualHost:
+    """The virtual host for host on scope.port."""
+    routes = virtual_service_routes(vs, scope) if vs is not None else [default_route(host, scope)]
+    return rc.VirtualHost(
+        name=names.virtual_host_name(host, scope.port), domains=domains, routes=routes
+    )
+
+
+def build_route_configuration(
+    port: int, virtual_hosts: Iterable[rc.VirtualHost]
+) -> route_pb2.RouteConfiguration:
+    """The RouteConfiguration of port. A domain already claimed by an earlier virtual host is
+    dropped from later ones: Envoy rejects a configuration that lists a domain twice."""
+    out = route_pb2.RouteConfiguration(name=names.route_name(port))
+    # Routes may name clusters that arrive later over CDS; do not reject them meanwhile.
+    out.validate_clusters.value = False
+    seen: set[str] = set()
+    for vhost in virtual_hosts:
+        if seen.isdisjoint(vhost.domains):
+            out.virtual_hosts.append(vhost)
+            seen.update(vhost.domains)
+            continue
+        kept = [d for d in vhost.domains if d not in seen]
+        if kept:
+            added = out.virtual_hosts.add()
+            added.CopyFrom(vhost)
+            del added.domains[:]
+            added.domains.extend(kept)
+            seen.update(kept)
+    return out

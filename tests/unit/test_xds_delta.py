@@ -1,0 +1,285 @@
+"""The incremental ADS protocol, driven without sockets."""
+
+from __future__ import annotations
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DeltaDiscoveryResponse
+
+from meshagent.xds.delta import DeltaStream
+from meshagent.xds.errors import RemoteProtocolError
+from meshagent.xds.protocol import Acked, Nacked, Pushed
+from meshagent.xds.resources import ResourceSet
+from meshagent.xds.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from tests.xds_builders import cla, eds_cluster, http_listener, resource_set, route_config
+
+NODE = base_pb2.Node(id="vm-1", cluster="web")
+
+
+def request(type_url: str, subscribe: tuple[str, ...] = (), **kw: object) -> DeltaDiscoveryRequest:
+    return DeltaDiscoveryRequest(type_url=type_url, resource_names_subscribe=list(subscribe), **kw)
+
+
+def ack(response: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest:
+    return DeltaDiscoveryRequest(type_url=response.type_url, response_nonce=response.nonce)
+
+
+def nack(response: DeltaDiscoveryResponse, message: str = "bad") -> DeltaDiscoveryRequest:
+    req = ack(response)
+    req.error_detail.code = 3
+    req.error_detail.message = message
+    return req
+
+
+def names(response: DeltaDiscoveryResponse) -> list[str]:
+    return [r.name for r in response.resources]
+
+
+def shape(responses: list[DeltaDiscoveryResponse]) -> list[tuple[str, list[str], list[str]]]:
+    return [(r.type_url, names(r), list(r.removed_resources)) for r in responses]
+
+
+SNAP1 = resource_set(
+    clusters=[eds_cluster("a"), eds_cluster("b")],
+    endpoints=[cla("a", 1), cla("b", 2)],
+    listeners=[http_listener("l", 80, "r")],
+    routes=[route_config("r", upstream="a")],
+)
+
+
+def clusters_with_a(timeout_ms: int) -> ResourceSet:
+    return resource_set(clusters=[eds_cluster("a", timeout_ms=timeout_ms), eds_cluster("b")])
+
+
+def connected() -> DeltaStream:
+    """A stream whose proxy subscribed to CDS (wildcard) with SNAP1 published, CDS ACKed."""
+    stream = DeltaStream()
+    assert stream.on_request(request(CLUSTER, node=NODE)) == []
+    [cds] = stream.on_snapshot(1, SNAP1)
+    assert stream.on_request(ack(cds)) == []
+    return stream
+
+
+def test_nothing_is_sent_before_a_snapshot_and_cds_is_legacy_wildcard() -> None:
+    stream = DeltaStream()
+    assert stream.on_request(request(CLUSTER, node=NODE)) == []
+    assert stream.node_id == "vm-1"
+    assert stream.is_wildcard(CLUSTER)
+
+    [cds] = stream.on_snapshot(1, SNAP1)
+
+    assert (cds.type_url, names(cds), cds.system_version_info) == (CLUSTER, ["a", "b"], "1")
+    assert cds.nonce
+    assert isinstance(stream.take_events()[0], Pushed)
+
+
+def test_named_subscription_gets_only_those_names_and_ack_is_recorded() -> None:
+    stream = connected()
+    stream.take_events()
+
+    [eds] = stream.on_request(request(ENDPOINT, ("a",)))
+    assert shape([eds]) == [(ENDPOINT, ["a"], [])]
+    assert not stream.is_wildcard(ENDPOINT)
+    assert stream.on_request(ack(eds)) == []
+    events = stream.take_events()
+
+    assert [type(e) for e in events] == [Pushed, Acked]
+    assert events[1] == Acked(ENDPOINT, "1", eds.nonce)
+    assert stream.in_flight == {}
+
+
+def test_a_type_not_subscribed_is_never_sent() -> None:
+    stream = connected()
+    # SNAP1 has listeners and routes; the proxy asked for clusters only.
+    assert stream.on_snapshot(2, SNAP1) == []
+    assert stream.sent_versions(LISTENER) == {}
+
+
+def test_only_changed_resources_are_sent() -> None:
+    stream = connected()
+    [eds] = stream.on_request(request(ENDPOINT, ("a", "b")))
+    stream.on_request(ack(eds))
+    changed = resource_set(
+        clusters=[eds_cluster("a"), eds_cluster("b")], endpoints=[cla("a", 1), cla("b", 9)]
+    )
+
+    responses = stream.on_snapshot(2, changed)
+
+    assert shape(responses) == [(ENDPOINT, ["b"], [])]
+
+
+def test_nack_is_recorded_and_never_resent_until_the_content_changes() -> None:
+    stream = connected()
+    bad = resource_set(clusters=[eds_cluster("a", timeout_ms=-1), eds_cluster("b")])
+    [cds] = stream.on_snapshot(2, bad)
+    assert names(cds) == ["a"]
+    stream.take_events()
+
+    assert stream.on_request(nack(cds, "connect_timeout must be > 0")) == []
+    assert stream.take_events() == [Nacked(CLUSTER, "2", cds.nonce, "connect_timeout must be > 0")]
+    # The same content again, under a new cache version: nothing is sent.
+    assert stream.on_snapshot(3, bad) == []
+    # A different content: only what changed goes out; the rejected "a" is not resent.
+    fixed_b = resource_set(
+        clusters=[eds_cluster("a", timeout_ms=-1), eds_cluster("b", timeout_ms=7)]
+    )
+    assert shape(stream.on_snapshot(4, fixed_b)) == [(CLUSTER, ["b"], [])]
+
+
+def test_a_fixed_resource_is_sent_after_a_nack() -> None:
+    stream = connected()
+    [cds] = stream.on_snapshot(2, clusters_with_a(timeout_ms=-1))
+    stream.on_request(nack(cds))
+    fixed = clusters_with_a(timeout_ms=5)
+    assert shape(stream.on_snapshot(3, fixed)) == [(CLUSTER, ["a"], [])]
+
+
+def test_updates_go_in_push_order_and_removals_after_all_updates() -> None:
+    stream = connected()
+    for type_url, subscribe in ((ENDPOINT, ("a", "b")), (LISTENER, ()), (ROUTE, ("r",))):
+        [response] = stream.on_request(request(type_url, subscribe))
+        stream.on_request(ack(response))
+    moved = resource_set(
+        clusters=[eds_cluster("a"), eds_cluster("c")],
+        endpoints=[cla("a", 1), cla("b", 2), cla("c", 3)],
+        listeners=[http_listener("l", 80, "r")],
+        routes=[route_config("r", upstream="c")],
+    )
+
+    responses = stream.on_snapshot(2, moved)
+
+    assert shape(responses) == [
+        (CLUSTER, ["c"], []),
+        (ROUTE, ["r"], []),
+        (CLUSTER, [], ["b"]),
+    ]
+
+
+def test_endpoints_are_resent_after_their_cluster_changes() -> None:
+    stream = connected()
+    [eds] = stream.on_request(request(ENDPOINT, ("a", "b")))
+    stream.on_request(ack(eds))
+    updated = resource_set(
+        clusters=[eds_cluster("a", timeout_ms=2000), eds_cluster("b")],
+        endpoints=[cla("a", 1), cla("b", 2)],
+    )
+
+    responses = stream.on_snapshot(2, updated)
+
+    # The CLA of "a" did not change, but Envoy warms the new "a" only once it arrives.
+    assert shape(responses) == [(CLUSTER, ["a"], []), (ENDPOINT, ["a"], [])]
+
+
+def test_endpoints_follow_the_clusters_service_name() -> None:
+    stream = connected()
+    [eds] = stream.on_request(request(ENDPOINT, ("svc-a",)))
+    stream.on_request(ack(eds))
+    snap = resource_set(
+        clusters=[eds_cluster("a", service_name="svc-a", timeout_ms=3)],
+        endpoints=[cla("svc-a", 1)],
+    )
+    assert shape(stream.on_snapshot(2, snap)) == [
+        (CLUSTER, ["a"], []),
+        (ENDPOINT, ["svc-a"], []),
+        (CLUSTER, [], ["b"]),
+    ]
+
+
+def test_reconnect_honours_initial_resource_versions() -> None:
+    stream = DeltaStream()
+    have = {"a": SNAP1.of(CLUSTER)["a"].version, "b": "old-version", "gone": "x"}
+    stream.on_request(request(CLUSTER, node=NODE, initial_resource_versions=have))
+
+    [updates, removals] = stream.on_snapshot(1, SNAP1)
+
+    assert shape([updates, removals]) == [(CLUSTER, ["b"], []), (CLUSTER, [], ["gone"])]
+
+
+def test_reconnect_with_everything_current_gets_an_empty_response_to_ack() -> None:
+    stream = DeltaStream()
+    have = {n: r.version for n, r in SNAP1.of(CLUSTER).items()}
+    stream.on_request(request(CLUSTER, node=NODE, initial_resource_versions=have))
+    assert shape(stream.on_snapshot(1, SNAP1)) == [(CLUSTER, [], [])]
+
+
+def test_unsubscribed_names_are_forgotten_and_not_sent() -> None:
+    stream = connected()
+    [eds] = stream.on_request(request(ENDPOINT, ("a", "b")))
+    stream.on_request(ack(eds))
+
+    stream.on_request(request(ENDPOINT, resource_names_unsubscribe=["a"]))
+    changed = resource_set(
+        clusters=[eds_cluster("a"), eds_cluster("b")], endpoints=[cla("a", 7), cla("b", 2)]
+    )
+
+    assert stream.subscribed(ENDPOINT) == {"b"}
+    assert "a" not in stream.sent_versions(ENDPOINT)
+    assert stream.on_snapshot(2, changed) == []
+
+
+def test_a_requested_name_that_does_not_exist_is_reported_removed_once() -> None:
+    stream = connected()
+    [eds] = stream.on_request(request(ENDPOINT, ("nope",)))
+    assert shape([eds]) == [(ENDPOINT, [], ["nope"])]
+    stream.on_request(ack(eds))
+    assert stream.on_snapshot(2, resource_set(clusters=[eds_cluster("a"), eds_cluster("b")])) == []
+
+
+def test_explicit_wildcard_and_its_unsubscription() -> None:
+    stream = connected()
+    [lds] = stream.on_request(request(LISTENER, ("*",)))
+    assert stream.is_wildcard(LISTENER)
+    assert names(lds) == ["l"]
+    stream.on_request(ack(lds))
+    stream.on_request(request(LISTENER, resource_names_unsubscribe=["*"]))
+    assert not stream.is_wildcard(LISTENER)
+    assert stream.sent_versions(LISTENER) == {}
+
+
+def test_a_stale_nonce_is_ignored_for_ack_and_nack() -> None:
+    stream = connected()
+    [cds] = stream.on_snapshot(2, clusters_with_a(timeout_ms=9))
+    stream.take_events()
+
+    stale = nack(cds)
+    stale.response_nonce = "not-a-nonce-we-sent"
+    assert stream.on_request(stale) == []
+
+    assert stream.take_events() == []
+    assert set(stream.in_flight) == {cds.nonce}
+
+
+def test_a_new_push_waits_for_the_previous_one_to_be_answered() -> None:
+    stream = connected()
+    [cds] = stream.on_snapshot(2, clusters_with_a(timeout_ms=9))
+    # Two more snapshots while CDS is unanswered: they coalesce into one push.
+    assert stream.on_snapshot(3, clusters_with_a(timeout_ms=10)) == []
+    assert stream.on_snapshot(4, clusters_with_a(timeout_ms=11)) == []
+
+    [latest] = stream.on_request(ack(cds))
+
+    assert latest.system_version_info == "4"
+
+
+@pytest.mark.parametrize(
+    ("req", "message"),
+    [
+        (DeltaDiscoveryRequest(type_url=CLUSTER), r"node\.id"),
+        (DeltaDiscoveryRequest(node=NODE), "type_url"),
+        (DeltaDiscoveryRequest(node=NODE, type_url="type.googleapis.com/x.Y"), "unsupported"),
+    ],
+)
+def test_bad_first_requests_raise_remote_protocol_errors(
+    req: DeltaDiscoveryRequest, message: str
+) -> None:
+    with pytest.raises(RemoteProtocolError, match=message):
+        DeltaStream().on_request(req)
+
+
+def test_a_changed_node_id_is_a_protocol_error_and_changes_nothing() -> None:
+    stream = connected()
+    other = request(LISTENER, node=base_pb2.Node(id="vm-2"))
+    with pytest.raises(RemoteProtocolError, match=r"node\.id changed"):
+        stream.on_request(other)
+    assert stream.node_id == "vm-1"
+    assert stream.sent_versions(LISTENER) == {}

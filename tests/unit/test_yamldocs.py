@@ -1,0 +1,142 @@
+"""The YAML document loader: documents, line maps, located load errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from meshagent.adapters.yamldocs import load_documents, load_documents_with_meta, load_file
+
+TWO_DOCS = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+  namespace: prod
+spec:
+  hosts:
+  - reviews
+  http:
+  - route:
+    - destination:
+        host: reviews
+      weight: 80
+    - destination:
+        host: reviews
+        subset: v2
+      weight: 20
+---
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews
+spec:
+  host: reviews
+"""
+
+
+def test_multi_document_yaml_yields_one_resource_per_non_empty_document() -> None:
+    # given two resources separated by an empty document
+    # when loading
+    resources, diagnostics = load_documents(TWO_DOCS, "mesh.yaml")
+    # then both come back, in order, with their identity
+    assert diagnostics == []
+    assert [(r.kind, r.namespace, r.name) for r in resources] == [
+        ("VirtualService", "prod", "reviews"),
+        ("DestinationRule", "", "reviews"),
+    ]
+    assert resources[0].api_version == "networking.istio.io/v1"
+    assert resources[0].source == "files"
+    assert resources[0].key == ("files", "VirtualService", "prod", "reviews")
+
+
+def test_line_map_records_every_key_and_sequence_item() -> None:
+    # given the two-document text
+    resources, _ = load_documents(TWO_DOCS, "mesh.yaml")
+    lines = resources[0].lines
+    # then keys and items are located, 1-based
+    assert lines["spec"] == 6
+    assert lines["spec.hosts[0]"] == 8
+    assert lines["spec.http[0]"] == 10
+    assert lines["spec.http[0].route[1]"] == 14
+    assert lines["spec.http[0].route[1].weight"] == 17
+    assert lines["spec.http[0].route[1].destination.subset"] == 16
+
+
+def test_provenance_location_is_the_document_start() -> None:
+    resources, _ = load_documents(TWO_DOCS, "conf/mesh.yaml")
+    assert resources[0].provenance.location == "conf/mesh.yaml:1"
+    assert resources[1].provenance.location == "conf/mesh.yaml:20"
+    assert resources[1].lines["spec.host"] == 25
+
+
+def test_document_that_is_not_a_mapping_is_a_located_error() -> None:
+    text = "apiVersion: v1\nkind: X\nmetadata: {name: a}\n---\n- 1\n- 2\n"
+    resources, diagnostics = load_documents(text, "bad.yaml")
+    assert [r.name for r in resources] == ["a"]
+    assert len(diagnostics) == 1
+    assert diagnostics[0].severity == "error"
+    assert diagnostics[0].location == "bad.yaml:5"
+    assert "mapping" in diagnostics[0].reason
+
+
+def test_missing_identity_fields_are_named() -> None:
+    text = "apiVersion: networking.istio.io/v1\nmetadata:\n  namespace: x\nspec: {}\n"
+    resources, diagnostics = load_documents(text, "bad.yaml")
+    assert resources == []
+    assert diagnostics[0].location == "bad.yaml:1"
+    assert "kind" in diagnostics[0].reason and "metadata.name" in diagnostics[0].reason
+
+
+def test_syntax_error_yields_no_documents_and_the_line() -> None:
+    text = TWO_DOCS + "---\nkind: [unclosed\n"
+    resources, diagnostics = load_documents(text, "broken.yaml")
+    assert resources == []
+    assert len(diagnostics) == 1
+    assert diagnostics[0].location.startswith("broken.yaml:")
+    assert int(diagnostics[0].location.split(":")[1]) >= 26
+    assert "YAML syntax error" in diagnostics[0].reason
+
+
+def test_duplicate_key_is_an_error() -> None:
+    text = "apiVersion: v1\nkind: A\nmetadata: {name: a}\nspec:\n  x: 1\n  x: 2\n"
+    resources, diagnostics = load_documents(text, "dup.yaml")
+    assert resources == []
+    assert diagnostics[0].location == "dup.yaml:6"
+    assert "duplicate key 'x'" in diagnostics[0].reason
+
+
+def test_numeric_keys_become_strings_and_dates_stay_strings() -> None:
+    text = "apiVersion: v1\nkind: A\nmetadata: {name: a}\nspec:\n  8080: {day: 2024-01-02}\n"
+    resources, _ = load_documents(text, "k.yaml")
+    assert resources[0].body["spec"] == {"8080": {"day": "2024-01-02"}}
+
+
+def test_recursive_alias_is_an_error_not_a_crash() -> None:
+    text = "apiVersion: v1\nkind: A\nmetadata: {name: a}\nspec: &s\n  self: *s\n"
+    resources, diagnostics = load_documents(text, "r.yaml")
+    assert resources == []
+    assert "recursive" in diagnostics[0].reason
+
+
+def test_strip_keys_removes_and_returns_the_stripped_values() -> None:
+    text = "_err: 'spec.host: Required value'\napiVersion: v1\nkind: A\nmetadata: {name: a}\n"
+    documents, diagnostics = load_documents_with_meta(text, "c.yaml", strip_keys=("_err",))
+    assert diagnostics == []
+    assert documents[0].meta == {"_err": "spec.host: Required value"}
+    assert "_err" not in documents[0].resource.body
+    assert "_err" not in documents[0].resource.lines
+    # without strip_keys, the key stays
+    resources, _ = load_documents(text, "c.yaml")
+    assert "_err" in resources[0].body
+
+
+def test_load_file_reads_and_reports_unreadable_files(tmp_path: Path) -> None:
+    good = tmp_path / "m.yaml"
+    good.write_text(TWO_DOCS)
+    resources, diagnostics = load_file(good)
+    assert len(resources) == 2 and diagnostics == []
+    assert resources[0].provenance.location == f"{good}:1"
+    resources, diagnostics = load_file(tmp_path / "absent.yaml")
+    assert resources == [] and diagnostics[0].severity == "error"
+    assert "cannot read file" in diagnostics[0].reason
