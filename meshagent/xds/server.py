@@ -59,16 +59,21 @@ class AdsServer:
             raise LocalProtocolError("AdsServer already started")
         if not uds_path and not tcp_address:
             raise LocalProtocolError("AdsServer.start needs uds_path or tcp_address")
-        server = grpc.aio.server()
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
         if uds_path:
             _remove_stale_socket(uds_path)
-            server.add_insecure_port(f"unix:{uds_path}")
-        if tcp_address:
-            self._tcp_port = server.add_insecure_port(tcp_address)
-        await server.start()
-        if uds_path:
-            os.chmod(uds_path, uds_mode)
+        server = grpc.aio.server()
+        try:
+            ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
+            if uds_path:
+                server.add_insecure_port(f"unix:{uds_path}")
+            if tcp_address:
+                self._tcp_port = server.add_insecure_port(tcp_address)
+            await server.start()
+            if uds_path:
+                os.chmod(uds_path, uds_mode)
+        except BaseException:
+            await server.stop(None)  # a half-built server must not be left to the GC
+            raise
         self._server = server
         log.info("xds_listening", uds=uds_path, tcp=tcp_address, tcp_port=self._tcp_port)
 

@@ -188,3 +188,40 @@ class _Broken:
 def test_a_failing_generator_is_named() -> None:
     with pytest.raises(TranslationError, match="broken"):
         Translator(make_generators=lambda: [_Broken()]).generate(_mesh(1), PROXY)
+
+
+def test_rebuilt_but_equal_service_changes_nothing_but_its_endpoints() -> None:
+    # given a translated mesh, when the normalizer rebuilds one Service with equal contents
+    # (as it does when a ServiceEntry's endpoints change) and changes one endpoint
+    translator = Translator()
+    snapshot = _mesh()
+    before = translator.generate(snapshot, PROXY)
+    host = "svc4.ns.svc.cluster.local"
+    services = dict(snapshot.services)
+    services[host] = dataclasses.replace(services[host])
+    endpoints = dict(snapshot.endpoints)
+    endpoints[host] = (Endpoint("10.0.4.1"), Endpoint("10.0.4.77"))
+    changed = _replace(snapshot, services=frozen_map(services), endpoints=frozen_map(endpoints))
+    after = translator.generate(changed, PROXY)
+    # then only its load assignments are new
+    _identical_except(
+        before, after, {(typeurls.ENDPOINT, f"outbound|{p}||{host}") for p in (80, 9000)}
+    )
+    _same_as_fresh(after, changed)
+
+
+def test_changed_service_port_is_picked_up_incrementally() -> None:
+    translator = Translator()
+    snapshot = _mesh()
+    translator.generate(snapshot, PROXY)
+    host = "svc0.ns.svc.cluster.local"
+    services = dict(snapshot.services)
+    services[host] = dataclasses.replace(
+        services[host], ports=(ServicePort(8080, "http", "HTTP2"),)
+    )
+    changed = _replace(snapshot, services=frozen_map(services))
+    after = translator.generate(changed, PROXY)
+    assert f"outbound|8080||{host}" in after.of(typeurls.CLUSTER)
+    assert f"outbound|80||{host}" not in after.of(typeurls.CLUSTER)
+    assert "8080" in after.of(typeurls.ROUTE)
+    _same_as_fresh(after, changed)

@@ -5,10 +5,13 @@ After a reviewed change of the output, regenerate with `pytest --update-golden`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from google.protobuf import any_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
 
 from meshagent.xds.translate import Translator, generate
 from tests.unit.translate_inputs import load_case, resources_as_dict
@@ -55,3 +58,43 @@ def test_generate_is_deterministic(case: Path) -> None:
                 other[name].body.SerializeToString(deterministic=True)
             )
             assert resource.version == other[name].version
+
+
+def _deprecated_fields(message: Message, path: str) -> Iterator[str]:
+    """Paths of every deprecated field set anywhere in message, looking inside Any too."""
+    if isinstance(message, any_pb2.Any):
+        descriptor = descriptor_pool.Default().FindMessageTypeByName(message.TypeName())
+        inner = message_factory.GetMessageClass(descriptor)()
+        message.Unpack(inner)
+        yield from _deprecated_fields(inner, path)
+        return
+    for field, value in message.ListFields():
+        here = f"{path}.{field.name}"
+        if field.GetOptions().deprecated:
+            yield here
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            items = (
+                value.values() if field.message_type.fields_by_name["value"].message_type else []
+            )
+            for item in items:
+                yield from _deprecated_fields(item, here)
+        elif field.is_repeated:
+            for item in value:
+                yield from _deprecated_fields(item, here)
+        else:
+            yield from _deprecated_fields(value, here)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name.split(".")[0] for c in CASES])
+def test_generated_config_uses_no_deprecated_field(case: Path) -> None:
+    # given any input, no generated resource sets a field Envoy marks deprecated
+    snapshot, proxy = load_case(case)
+    found = [
+        p
+        for group in generate(snapshot, proxy).by_type.values()
+        for name, resource in group.items()
+        for p in _deprecated_fields(resource.body, name)
+    ]
+    assert found == []

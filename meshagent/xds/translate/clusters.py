@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from envoy.config.cluster.v3 import circuit_breaker_pb2, outlier_detection_pb2
+from envoy.config.cluster.v3 import outlier_detection_pb2
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3 import address_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -75,7 +75,10 @@ def configure_connect_timeout(cluster: Cluster, plan: ClusterPlan, _: ClusterInp
     """Connect timeout: the rule's, else Istio's 10s default."""
     pool = plan.policy.connection_pool
     timeout = pool.tcp_connect_timeout_ms if pool else None
-    cluster.connect_timeout.CopyFrom(protos.duration(timeout or protos.DEFAULT_CONNECT_TIMEOUT_MS))
+    if timeout:
+        cluster.connect_timeout.CopyFrom(protos.duration(timeout))
+    else:
+        cluster.connect_timeout.seconds = protos.DEFAULT_CONNECT_TIMEOUT_MS // 1000
 
 
 def configure_load_balancer(cluster: Cluster, plan: ClusterPlan, _: ClusterInputs) -> None:
@@ -103,14 +106,12 @@ def configure_circuit_breakers(cluster: Cluster, plan: ClusterPlan, _: ClusterIn
     """
     pool = plan.policy.connection_pool or ConnectionPool()
     limit = protos.MAX_UINT32
-    thresholds = circuit_breaker_pb2.CircuitBreakers.Thresholds(
-        max_connections=protos.uint32(pool.tcp_max_connections or limit),
-        max_pending_requests=protos.uint32(pool.http1_max_pending_requests or limit),
-        max_requests=protos.uint32(pool.http2_max_requests or limit),
-        max_retries=protos.uint32(pool.max_retries or limit),
-        track_remaining=True,
-    )
-    cluster.circuit_breakers.thresholds.append(thresholds)
+    thresholds = cluster.circuit_breakers.thresholds.add()
+    thresholds.max_connections.value = pool.tcp_max_connections or limit
+    thresholds.max_pending_requests.value = pool.http1_max_pending_requests or limit
+    thresholds.max_requests.value = pool.http2_max_requests or limit
+    thresholds.max_retries.value = pool.max_retries or limit
+    thresholds.track_remaining = True
 
 
 def configure_tcp_keepalive(cluster: Cluster, plan: ClusterPlan, _: ClusterInputs) -> None:

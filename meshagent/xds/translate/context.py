@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from meshagent.model import DestinationRule, MeshSnapshot, ProxySpec, Service, VirtualService
+
+T = TypeVar("T")
 
 # Istio puts routes for VirtualService hosts that name no service on the HTTP port 80.
 DEFAULT_HTTP_PORT = 80
@@ -31,7 +34,7 @@ def wildcard_matches(pattern: str, host: str) -> bool:
     return pattern == "*" or (pattern.startswith("*") and host.endswith(pattern[1:]))
 
 
-def _longest_wildcard(host: str, patterns: list[tuple[str, object]]) -> object | None:
+def _longest_wildcard(host: str, patterns: list[tuple[str, T]]) -> T | None:
     # patterns are sorted longest first, so the first hit is the most specific one.
     for pattern, value in patterns:
         if wildcard_matches(pattern, host):
@@ -43,19 +46,18 @@ class RuleIndex:
     """DestinationRule by host: exact first, then the longest matching wildcard."""
 
     def __init__(self, rules: Mapping[str, DestinationRule]) -> None:
-        self.source = rules
         self._exact = {h: r for h, r in rules.items() if not h.startswith("*")}
-        self._wild: list[tuple[str, object]] = sorted(
+        self._wild: list[tuple[str, DestinationRule]] = sorted(
             ((h, r) for h, r in rules.items() if h.startswith("*")),
             key=lambda item: (-len(item[0]), item[0]),
         )
 
     def rule_for(self, host: str) -> DestinationRule | None:
+        """The DestinationRule that applies to host, if any."""
         found = self._exact.get(host)
         if found is not None or not self._wild:
             return found
-        wild = _longest_wildcard(host, self._wild)
-        return wild if isinstance(wild, DestinationRule) else None
+        return _longest_wildcard(host, self._wild)
 
 
 class RoutingIndex:
@@ -68,8 +70,6 @@ class RoutingIndex:
     def __init__(
         self, services: Mapping[str, Service], virtual_services: Mapping[str, VirtualService]
     ) -> None:
-        self.services_source = services
-        self.vs_source = virtual_services
         self._exact: dict[str, VirtualService] = {}
         wild: dict[str, VirtualService] = {}
         for key in sorted(virtual_services):
@@ -79,7 +79,7 @@ class RoutingIndex:
             for host in vs.hosts:
                 target = wild if host.startswith("*") else self._exact
                 target.setdefault(host, vs)
-        self._wild: list[tuple[str, object]] = sorted(
+        self._wild: list[tuple[str, VirtualService]] = sorted(
             wild.items(), key=lambda item: (-len(item[0]), item[0])
         )
         self.sorted_hosts = sorted(services)
@@ -91,8 +91,7 @@ class RoutingIndex:
         found = self._exact.get(host)
         if found is not None or not self._wild:
             return found
-        wild = _longest_wildcard(host, self._wild)
-        return wild if isinstance(wild, VirtualService) else None
+        return _longest_wildcard(host, self._wild)
 
 
 def _http_ports(services: Mapping[str, Service]) -> dict[int, list[Service]]:
@@ -134,6 +133,10 @@ def _extra_hosts(
     return extra
 
 
+def _routing(snapshot: MeshSnapshot) -> RoutingIndex:
+    return RoutingIndex(snapshot.services, snapshot.virtual_services)
+
+
 @dataclass(slots=True)
 class MeshIndex:
     """The lookups of one snapshot; parts are carried over from the previous snapshot."""
@@ -142,19 +145,15 @@ class MeshIndex:
     routing: RoutingIndex
 
     @classmethod
-    def update(cls, previous: MeshIndex | None, snapshot: MeshSnapshot) -> MeshIndex:
+    def update(
+        cls, previous: MeshIndex | None, snapshot: MeshSnapshot, changes: Changes
+    ) -> MeshIndex:
         """An index for snapshot, reusing the parts of previous whose inputs are unchanged."""
-        rules = previous.rules if previous is not None else None
-        if rules is None or not same_objects(rules.source, snapshot.destination_rules):
-            rules = RuleIndex(snapshot.destination_rules)
-        routing = previous.routing if previous is not None else None
-        if (
-            routing is None
-            or not same_objects(routing.services_source, snapshot.services)
-            or not same_objects(routing.vs_source, snapshot.virtual_services)
-        ):
-            routing = RoutingIndex(snapshot.services, snapshot.virtual_services)
-        return cls(rules=rules, routing=routing)
+        if previous is None or changes.everything:
+            return cls(RuleIndex(snapshot.destination_rules), _routing(snapshot))
+        rules = RuleIndex(snapshot.destination_rules) if changes.rules else previous.rules
+        rebuild = changes.virtual_services or not changes.services_equal
+        return cls(rules, _routing(snapshot) if rebuild else previous.routing)
 
     @property
     def http_ports(self) -> list[int]:
@@ -166,25 +165,34 @@ class MeshIndex:
 class Changes:
     """What differs from the previous generate() call, so generators can skip the rest.
 
-    endpoint_hosts: hosts whose endpoint tuple is not the very same object as before; only
-    meaningful when `everything` is False.
+    service_hosts / endpoint_hosts: hosts whose Service / endpoint tuple is not the very same
+    object as before (added and removed hosts included). same_hosts: the set of service hosts
+    is unchanged. services_equal: every replaced Service equals the one it replaced (the
+    normalizer rebuilt it, but nothing in it changed). Only meaningful when not `everything`.
     """
 
     everything: bool = True
-    services: bool = True
     rules: bool = True
     virtual_services: bool = True
+    same_hosts: bool = False
+    services_equal: bool = False
+    service_hosts: frozenset[str] = frozenset()
     endpoint_hosts: frozenset[str] = frozenset()
 
     @property
-    def topology(self) -> bool:
-        """True when clusters may differ beyond DNS hosts (services or rules changed)."""
-        return self.everything or self.services or self.rules
+    def all_hosts(self) -> bool:
+        """True when every host must be revisited, not only the changed ones."""
+        return self.everything or self.rules or not self.same_hosts
+
+    @property
+    def dirty_hosts(self) -> frozenset[str]:
+        """Hosts whose service or endpoints were replaced."""
+        return self.service_hosts | self.endpoint_hosts
 
     @property
     def routing(self) -> bool:
         """True when routes may differ."""
-        return self.topology or self.virtual_services
+        return self.all_hosts or self.virtual_services or not self.services_equal
 
 
 ALL_CHANGED = Changes()
@@ -200,11 +208,17 @@ def changes_between(old: MeshSnapshot | None, new: MeshSnapshot, proxy_changed: 
     """The Changes from old to new (everything, when there is no old or the proxy changed)."""
     if old is None or proxy_changed:
         return ALL_CHANGED
+    services = _changed_hosts(old.services, new.services)
+    same_hosts = len(old.services) == len(new.services) and all(
+        h in old.services and h in new.services for h in services
+    )
     return Changes(
         everything=False,
-        services=not same_objects(old.services, new.services),
         rules=not same_objects(old.destination_rules, new.destination_rules),
         virtual_services=not same_objects(old.virtual_services, new.virtual_services),
+        same_hosts=same_hosts,
+        services_equal=same_hosts and all(old.services[h] == new.services[h] for h in services),
+        service_hosts=services,
         endpoint_hosts=_changed_hosts(old.endpoints, new.endpoints),
     )
 

@@ -45,20 +45,13 @@ def locality_of(text: str) -> base_pb2.Locality:
 
 
 class MetadataCache:
-    """Endpoint metadata by label set: many endpoints share labels, so build each Struct once.
-
-    Looked up by the identity of the labels tuple first (the normalizer shares equal label
-    tuples), then by value.
-    """
+    """Endpoint metadata by label set: many endpoints share labels, so build each once."""
 
     def __init__(self) -> None:
         self._by_labels: dict[Labels, base_pb2.Metadata] = {}
-        self._by_id: dict[int, tuple[Labels, base_pb2.Metadata]] = {}
 
     def get(self, labels: Labels) -> base_pb2.Metadata:
-        hit = self._by_id.get(id(labels))
-        if hit is not None and hit[0] is labels:
-            return hit[1]
+        """The (shared, never to be mutated) metadata message for labels."""
         found = self._by_labels.get(labels)
         if found is None:
             found = base_pb2.Metadata()
@@ -66,7 +59,6 @@ class MetadataCache:
             for key, value in labels:
                 fields[key].string_value = value
             self._by_labels[labels] = found
-        self._by_id[id(labels)] = (labels, found)
         return found
 
 
@@ -78,7 +70,8 @@ def fill_lb_endpoint(
     address = out.endpoint.address.socket_address
     address.address = endpoint.address
     address.port_value = port
-    out.load_balancing_weight.value = max(1, endpoint.weight)
+    # The model guarantees weight >= 1; Envoy rejects 0.
+    out.load_balancing_weight.value = endpoint.weight
     if not endpoint.healthy:
         out.health_status = health_check_pb2.UNHEALTHY
     if endpoint.labels:

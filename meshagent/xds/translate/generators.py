@@ -8,12 +8,13 @@ rebuilds one ClusterLoadAssignment and nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 
 from meshagent.errors import ConfigError
-from meshagent.model import Endpoint, Service, TcpBinding, TcpRoute, VirtualService
+from meshagent.model import Service, TcpBinding, TcpRoute, VirtualService
 from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
 from meshagent.xds.translate.clusters import ClusterInputs, build_cluster
@@ -32,7 +33,16 @@ Key = tuple[object, ...]
 
 
 def same_key(old: Key, new: Key) -> bool:
-    """Identity comparison of cache keys: equal only if built from the very same objects."""
+    """Whether cached output built from the model objects in old still holds for new.
+
+    Usually the very same objects (the normalizer shares unchanged ones); an object the
+    normalizer rebuilt with equal contents counts as unchanged too.
+    """
+    return len(old) == len(new) and all(a is b or a == b for a, b in zip(old, new, strict=True))
+
+
+def identical(old: Key, new: Key) -> bool:
+    """Identity comparison, for keys of Envoy messages (whose == would compare contents)."""
     return len(old) == len(new) and all(a is b for a, b in zip(old, new, strict=True))
 
 
@@ -55,7 +65,9 @@ class Generator(Protocol):
     name: str
     type_url: str
 
-    def generate(self, ctx: Context) -> list[Resource]: ...
+    def generate(self, ctx: Context) -> list[Resource]:
+        """Every resource of this concern; the list must not be altered by the caller."""
+        ...
 
 
 class PlanCache:
@@ -65,6 +77,7 @@ class PlanCache:
         self._by_host: dict[str, tuple[Key, tuple[ClusterPlan, ...]]] = {}
 
     def plans(self, ctx: Context, service: Service) -> tuple[ClusterPlan, ...]:
+        """The cluster plans of service, rebuilt only when it or its rule changed."""
         rule = ctx.index.rules.rule_for(service.host)
         key: Key = (service, rule)
         cached = self._by_host.get(service.host)
@@ -73,6 +86,11 @@ class PlanCache:
         plans = plan_clusters(service, rule)
         self._by_host[service.host] = (key, plans)
         return plans
+
+    def retain(self, services: Mapping[str, Service]) -> None:
+        """Forget the plans of hosts that are no longer services."""
+        if len(self._by_host) > len(services):
+            self._by_host = {h: v for h, v in self._by_host.items() if h in services}
 
 
 class PerHostGenerator:
@@ -90,11 +108,16 @@ class PerHostGenerator:
         self._by_host: dict[str, tuple[Key, list[Resource]]] = {}
         self._last: list[Resource] = []
 
+    def reset_build_caches(self) -> None:
+        """Called before a full pass: drop helper caches that only grow between passes."""
+
     def key(self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]) -> Key:
         """The objects this host's output depends on."""
         raise NotImplementedError
 
-    def build(self, ctx: Context, plans: tuple[ClusterPlan, ...], key: Key) -> list[Resource]:
+    def build(
+        self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]
+    ) -> list[Resource]:
         """This host's resources."""
         raise NotImplementedError
 
@@ -103,20 +126,22 @@ class PerHostGenerator:
         key = self.key(ctx, service, plans)
         cached = self._by_host.get(service.host)
         if cached is None:
-            return key, self.build(ctx, plans, key)
+            return key, self.build(ctx, service, plans)
         if same_key(cached[0], key):
             return cached
-        return key, keep_unchanged(cached[1], self.build(ctx, plans, key))
+        return key, keep_unchanged(cached[1], self.build(ctx, service, plans))
 
     def _full(self, ctx: Context) -> None:
         services = ctx.snapshot.services
+        self.reset_build_caches()
         self._by_host = {h: self._host(ctx, services[h]) for h in ctx.index.routing.sorted_hosts}
+        self._plans.retain(services)
 
     def _partial(self, ctx: Context) -> bool:
-        """Revisit hosts whose endpoints changed; False when none of them changed output."""
+        """Revisit hosts whose service or endpoints changed; False when no output changed."""
         services = ctx.snapshot.services
         touched = False
-        for host in ctx.changes.endpoint_hosts:
+        for host in ctx.changes.dirty_hosts:
             service = services.get(host)
             if service is None:
                 continue
@@ -126,7 +151,7 @@ class PerHostGenerator:
         return touched
 
     def generate(self, ctx: Context) -> list[Resource]:
-        if ctx.changes.topology:
+        if ctx.changes.all_hosts:
             self._full(ctx)
         elif not self._partial(ctx):
             return self._last
@@ -145,9 +170,10 @@ class ClustersGenerator(PerHostGenerator):
         dns = any(p.discovery in (Discovery.STRICT_DNS, Discovery.LOGICAL_DNS) for p in plans)
         return (plans, ctx.snapshot.endpoints.get(service.host, ()) if dns else ())
 
-    def build(self, ctx: Context, plans: tuple[ClusterPlan, ...], key: Key) -> list[Resource]:
-        endpoints: tuple[Endpoint, ...] = key[1]  # type: ignore[assignment]
-        inputs = ClusterInputs(endpoints=endpoints)
+    def build(
+        self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]
+    ) -> list[Resource]:
+        inputs = ClusterInputs(endpoints=ctx.snapshot.endpoints.get(service.host, ()))
         return [Resource.pack(p.name, build_cluster(p, inputs)) for p in plans]
 
 
@@ -161,11 +187,16 @@ class EndpointsGenerator(PerHostGenerator):
         super().__init__(plans)
         self._metadata = MetadataCache()
 
+    def reset_build_caches(self) -> None:
+        self._metadata = MetadataCache()
+
     def key(self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]) -> Key:
         return (plans, ctx.snapshot.endpoints.get(service.host, ()))
 
-    def build(self, ctx: Context, plans: tuple[ClusterPlan, ...], key: Key) -> list[Resource]:
-        endpoints: tuple[Endpoint, ...] = key[1]  # type: ignore[assignment]
+    def build(
+        self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]
+    ) -> list[Resource]:
+        endpoints = ctx.snapshot.endpoints.get(service.host, ())
         return [
             Resource.pack(p.name, build_load_assignment(p, endpoints, self._metadata))
             for p in plans
@@ -216,6 +247,9 @@ class TcpListenersGenerator:
     name = "tcp-listeners"
     type_url = typeurls.LISTENER
 
+    def __init__(self) -> None:
+        self._last: list[Resource] = []
+
     def _clusters(self, ctx: Context, binding: TcpBinding) -> list[tuple[str, int]]:
         route = tcp_route_for(ctx.index.routing.vs_for(binding.host), binding.port)
         if route is None or not route.route:
@@ -245,7 +279,9 @@ class TcpListenersGenerator:
                 self._clusters(ctx, binding),
             )
             out.append(Resource.pack(name, listener))
-        return out
+        # Few and cheap to build, but consumers compare by identity: keep unchanged objects.
+        self._last = keep_unchanged(self._last, out)
+        return self._last
 
 
 class RoutesGenerator:
@@ -256,6 +292,7 @@ class RoutesGenerator:
 
     def __init__(self) -> None:
         self._vhosts: dict[tuple[str, int], tuple[Key, rc.VirtualHost]] = {}
+        self._vhosts_next: dict[tuple[str, int], tuple[Key, rc.VirtualHost]] = {}
         self._configs: dict[int, tuple[Key, Resource]] = {}
         self._destinations: dict[int, tuple[VirtualService, tuple[str, ...]]] = {}
         self._last: list[Resource] = []
@@ -287,11 +324,12 @@ class RoutesGenerator:
         key = self._vhost_key(ctx, host, vs)
         cached = self._vhosts.get((host, port))
         if cached is not None and same_key(cached[0], key):
+            self._vhosts_next[(host, port)] = cached
             return cached[1]
         domains = domains_for(host, port, namespace=namespace, proxy_namespace=ctx.proxy.namespace)
         scope = RouteScope(port, ctx.snapshot.services, ctx.index.rules)
         built = build_virtual_host(host, domains, vs, scope)
-        self._vhosts[(host, port)] = (key, built)
+        self._vhosts_next[(host, port)] = (key, built)
         return built
 
     def _config(self, ctx: Context, port: int) -> Resource:
@@ -302,7 +340,7 @@ class RoutesGenerator:
         vhosts += [self._vhost(ctx, h, vs.namespace, port) for h, vs in extra]
         key: Key = tuple(vhosts)
         cached = self._configs.get(port)
-        if cached is not None and same_key(cached[0], key):
+        if cached is not None and identical(cached[0], key):
             return cached[1]
         resource = Resource.pack(names.route_name(port), build_route_configuration(port, vhosts))
         if cached is not None and cached[1].version == resource.version:
@@ -312,17 +350,15 @@ class RoutesGenerator:
 
     def generate(self, ctx: Context) -> list[Resource]:
         if ctx.changes.routing:
+            # Virtual hosts built or reused in this pass become the cache; the rest are gone.
+            self._vhosts_next = {}
             self._last = [self._config(ctx, port) for port in ctx.index.http_ports]
+            self._vhosts, self._vhosts_next = self._vhosts_next, {}
             self._forget_unused(ctx)
         return self._last
 
     def _forget_unused(self, ctx: Context) -> None:
-        """Drop cached virtual hosts and configs of hosts and ports that are gone."""
-        routing = ctx.index.routing
-        used = {(s.host, p) for p, group in routing.http_ports.items() for s in group}
-        used |= {(h, p) for p, group in routing.extra_hosts.items() for h, _ in group}
-        if len(used) != len(self._vhosts):
-            self._vhosts = {k: v for k, v in self._vhosts.items() if k in used}
+        """Drop cached configs of ports that are gone and routing data of deleted VSs."""
         ports = set(ctx.index.http_ports)
         self._configs = {p: v for p, v in self._configs.items() if p in ports}
         live = {id(vs) for vs in ctx.snapshot.virtual_services.values()}

@@ -121,11 +121,30 @@ def virtual_service_routes(vs: VirtualService, scope: RouteScope) -> list[rc.Rou
     return out
 
 
+def _plain_default_route() -> rc.Route:
+    out = rc.Route(name=names.default_route_name(), match=build_route_match(None))
+    out.route.CopyFrom(actions.no_timeout())
+    retry = actions.retry_policy(None, hashing=False)
+    assert retry is not None  # the default policy always exists
+    out.route.retry_policy.CopyFrom(retry)
+    return out
+
+
+# The default route of every host without consistent hashing, but for the cluster name: most
+# hosts in a mesh, so it is built once and copied.
+_PLAIN_DEFAULT_ROUTE = _plain_default_route()
+
+
 def default_route(host: str, scope: RouteScope) -> rc.Route:
     """Istio's route for a host no VirtualService shapes: everything to its port's cluster."""
-    out = rc.Route(name=names.default_route_name(), match=build_route_match(None))
-    route = HttpRoute(route=(WeightedDestination(Destination(host, port=scope.port)),))
-    _forward(out, route, None, scope)
+    destination = Destination(host, port=scope.port)
+    out = rc.Route()
+    if actions.destination_hash(destination, scope) is None:
+        out.CopyFrom(_PLAIN_DEFAULT_ROUTE)
+        out.route.cluster = actions.destination_cluster(destination, scope)
+        return out
+    out.name, out.match.prefix = names.default_route_name(), "/"
+    _forward(out, HttpRoute(route=(WeightedDestination(destination),)), None, scope)
     return out
 
 
