@@ -28,7 +28,7 @@ from meshagent.model.routing import (
     WeightedDestination,
 )
 from meshagent.model.services import Endpoint, Resolution, Service, ServicePort, Workload
-from meshagent.model.snapshot import MeshSnapshot, frozen_map
+from meshagent.model.snapshot import MeshSnapshot, SnapshotChanges, frozen_map
 from meshagent.model.source import Diagnostic, Provenance, RawResource, SourceEvent
 from meshagent.model.traffic import (
     ClientTls,
@@ -50,7 +50,8 @@ __all__ = [
     "FaultDelay", "HeaderMatch", "HeaderOps", "HttpMatch", "HttpRoute", "L4Match", "Labels",
     "LoadBalancer", "LocalityDistribute", "LocalityLb", "MatchKind", "MeshSnapshot", "Mirror",
     "OutlierDetection", "PortTrafficPolicy", "Provenance", "ProxySpec", "RawResource",
-    "Redirect", "Resolution", "Retry", "Rewrite", "Service", "ServicePort", "SourceEvent",
-    "StringMatch", "Subset", "TcpBinding", "TcpRoute", "TrafficPolicy", "VirtualService",
-    "WeightedDestination", "Workload", "frozen_map", "labels_of", "selector_matches",
+    "Redirect", "Resolution", "Retry", "Rewrite", "Service", "ServicePort", "SnapshotChanges",
+    "SourceEvent", "StringMatch", "Subset", "TcpBinding", "TcpRoute", "TrafficPolicy",
+    "VirtualService", "WeightedDestination", "Workload", "frozen_map", "labels_of",
+    "selector_matches",
 ]

@@ -15,8 +15,6 @@ from meshagent.model.routing import VirtualService
 from meshagent.model.services import Endpoint, Service, Workload
 from meshagent.model.traffic import DestinationRule
 
-
-
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -27,12 +25,43 @@ def frozen_map(items: Mapping[K, V]) -> Mapping[K, V]:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotChanges:
+    """What differs between the snapshot at base_version and the one at version.
+
+    Each set names the keys (as in the MeshSnapshot maps) whose value was added, replaced by
+    another object, or removed: services and endpoints by host, virtual_services and
+    workloads by "namespace/name", destination_rules by host pattern. A key not named holds
+    the very same object in both snapshots. Filled in by the normalizer; a consumer that last
+    saw another version must ignore it and compare the snapshots itself.
+    """
+
+    base_version: int
+    version: int
+    services: frozenset[str] = frozenset()
+    endpoints: frozenset[str] = frozenset()
+    virtual_services: frozenset[str] = frozenset()
+    destination_rules: frozenset[str] = frozenset()
+    workloads: frozenset[str] = frozenset()
+
+    def applies(self, base: MeshSnapshot | None, snapshot: MeshSnapshot) -> bool:
+        """Whether these changes lead from base to snapshot (as far as versions tell)."""
+        return (
+            base is not None
+            and base.version == self.base_version
+            and snapshot.version == self.version
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class MeshSnapshot:
     """The mesh: every mapping is read-only and must not be altered.
 
     services: by host. endpoints: by host, the instances of that service (workload-selected
     ones resolved). destination_rules: by host (exact or wildcard), the one rule that applies.
     virtual_services: by "namespace/name". workloads: by "namespace/name".
+    changes: what differs from the previous snapshot, when its producer knows (None: unknown,
+    compare the maps). Not part of equality. Whoever derives a snapshot from another (e.g.
+    dataclasses.replace) must also give it a new version or reset changes to None.
     """
 
     version: int = 0
@@ -47,6 +76,7 @@ class MeshSnapshot:
         default_factory=lambda: MappingProxyType({})
     )
     workloads: Mapping[str, Workload] = field(default_factory=lambda: MappingProxyType({}))
+    changes: SnapshotChanges | None = field(default=None, compare=False, repr=False)
 
     def destination_rule_for(self, host: str) -> DestinationRule | None:
         """The rule for host: an exact match first, else the longest matching wildcard."""
@@ -55,7 +85,7 @@ class MeshSnapshot:
             return rule
         best: DestinationRule | None = None
         for pattern, candidate in self.destination_rules.items():
-            if pattern.startswith("*") and host.endswith(pattern[1:]):
-                if best is None or len(pattern) > len(best.host):
-                    best = candidate
+            wider = pattern.startswith("*") and host.endswith(pattern[1:])
+            if wider and (best is None or len(pattern) > len(best.host)):
+                best = candidate
         return best

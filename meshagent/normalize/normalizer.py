@@ -16,7 +16,7 @@ from typing import Any
 from meshagent.model.labels import selector_matches
 from meshagent.model.routing import VirtualService
 from meshagent.model.services import Endpoint, Service, Workload
-from meshagent.model.snapshot import MeshSnapshot
+from meshagent.model.snapshot import MeshSnapshot, SnapshotChanges
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
 from meshagent.model.traffic import DestinationRule
 from meshagent.normalize.convert import Converted, ConvertedServiceEntry, convert
@@ -42,7 +42,12 @@ class _Dirty:
     dr_hosts: set[str] = field(default_factory=set)
     selector_namespaces: set[str] = field(default_factory=set)
     upserted: set[Key] = field(default_factory=set)
-    changed: set[str] = field(default_factory=set)  # names of snapshot maps that changed
+    # snapshot map name -> keys whose value was added, replaced or removed
+    changed: dict[str, set[str]] = field(default_factory=dict)
+
+    def mark(self, name: str, key: str) -> None:
+        """Record that key of the snapshot map name changed."""
+        self.changed.setdefault(name, set()).add(key)
 
 
 def _hosts(converted: ConvertedServiceEntry) -> tuple[str, ...]:
@@ -142,10 +147,10 @@ class Normalizer:
             self._workload_endpoints[key] = workload_endpoint(converted)
             self._workloads[f"{ns}/{converted.name}"] = converted
             dirty.selector_namespaces.add(ns)
-            dirty.changed.add("workloads")
+            dirty.mark("workloads", f"{ns}/{converted.name}")
         elif isinstance(converted, VirtualService):
             self._virtual_services[f"{converted.namespace}/{converted.name}"] = converted
-            dirty.changed.add("virtual_services")
+            dirty.mark("virtual_services", f"{converted.namespace}/{converted.name}")
         else:
             self._dr_claims.claim(key, (converted.host,), self._batch)
             dirty.dr_hosts.add(converted.host)
@@ -163,10 +168,10 @@ class Normalizer:
             self._workload_endpoints.pop(key, None)
             self._workloads.pop(f"{ns}/{converted.name}", None)
             dirty.selector_namespaces.add(ns)
-            dirty.changed.add("workloads")
+            dirty.mark("workloads", f"{ns}/{converted.name}")
         elif isinstance(converted, VirtualService):
             self._virtual_services.pop(f"{converted.namespace}/{converted.name}", None)
-            dirty.changed.add("virtual_services")
+            dirty.mark("virtual_services", f"{converted.namespace}/{converted.name}")
         else:
             self._dr_claims.release(key, (converted.host,), forget=forget)
             dirty.dr_hosts.add(converted.host)
@@ -189,21 +194,21 @@ class Normalizer:
         owner = self._se_claims.winner(host)
         if owner is None:
             if self._services.pop(host, None) is not None:
-                dirty.changed.add("services")
+                dirty.mark("services", host)
             if self._endpoints.pop(host, None) is not None:
-                dirty.changed.add("endpoints")
+                dirty.mark("endpoints", host)
             return
         entry = self._entries[owner].converted
         assert isinstance(entry, ConvertedServiceEntry)
         service = next(s for s in entry.services if s.host == host)
         if self._services.get(host) is not service:
             self._services[host] = service
-            dirty.changed.add("services")
+            dirty.mark("services", host)
         endpoints = self._endpoints_of(entry)
         old = self._endpoints.get(host)
         if not _same(old, endpoints):
             self._endpoints[host] = endpoints
-            dirty.changed.add("endpoints")
+            dirty.mark("endpoints", host)
 
     def _endpoints_of(self, entry: ConvertedServiceEntry) -> tuple[Endpoint, ...]:
         """Listed endpoints, or those of the WorkloadEntries the selector picks (same namespace)."""
@@ -220,13 +225,13 @@ class Normalizer:
         owner = self._dr_claims.winner(host)
         if owner is None:
             if self._destination_rules.pop(host, None) is not None:
-                dirty.changed.add("destination_rules")
+                dirty.mark("destination_rules", host)
             return
         rule = self._entries[owner].converted
         assert isinstance(rule, DestinationRule)
         if self._destination_rules.get(host) is not rule:
             self._destination_rules[host] = rule
-            dirty.changed.add("destination_rules")
+            dirty.mark("destination_rules", host)
 
     def _conflict_warnings(self, dirty: _Dirty, out: list[Diagnostic]) -> None:
         """Warn each resource upserted now that lost a host to an older one."""
@@ -247,8 +252,9 @@ class Normalizer:
                         )
                         out.append(diagnostic(raw, Issue("warning", path, reason)))
 
-    def _publish(self, changed: set[str]) -> None:
-        """A new snapshot: fresh read-only copies of the changed maps, the others shared."""
+    def _publish(self, changed: Mapping[str, set[str]]) -> None:
+        """A new snapshot: fresh read-only copies of the changed maps, the others shared,
+        and the keys that changed, so that consumers need not compare the maps."""
         current = self._snapshot
         maps: dict[str, Mapping[str, Any]] = {
             "services": self._services,
@@ -261,4 +267,18 @@ class Normalizer:
             name: MappingProxyType(dict(live)) if name in changed else getattr(current, name)
             for name, live in maps.items()
         }
-        self._snapshot = MeshSnapshot(version=current.version + 1, **fields)
+        version = current.version + 1
+
+        def keys(name: str) -> frozenset[str]:
+            return frozenset(changed.get(name, ()))
+
+        changes = SnapshotChanges(
+            base_version=current.version,
+            version=version,
+            services=keys("services"),
+            endpoints=keys("endpoints"),
+            virtual_services=keys("virtual_services"),
+            destination_rules=keys("destination_rules"),
+            workloads=keys("workloads"),
+        )
+        self._snapshot = MeshSnapshot(version=version, changes=changes, **fields)

@@ -7,12 +7,15 @@ keeps its version across snapshots and is never resent.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
+
+TYPE_URL_PREFIX = "type.googleapis.com/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,22 +28,71 @@ class Resource:
 
     @classmethod
     def pack(cls, name: str, message: Message) -> Resource:
-        packed = any_pb2.Any()
-        packed.Pack(message)
+        """message, serialized deterministically, as the resource name."""
+        type_url = TYPE_URL_PREFIX + message.DESCRIPTOR.full_name
+        return cls.from_value(name, type_url, message.SerializeToString(deterministic=True))
+
+    @classmethod
+    def from_value(cls, name: str, type_url: str, value: bytes) -> Resource:
+        """A resource from the deterministic serialization of a message of type_url."""
+        packed = any_pb2.Any(type_url=type_url, value=value)
         data = packed.SerializeToString(deterministic=True)
         return cls(name=name, version=hashlib.blake2b(data, digest_size=8).hexdigest(), body=packed)
 
 
-@dataclass(frozen=True, slots=True)
+_NO_CHANGES: Mapping[str, frozenset[str]] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class ResourceSet:
-    """All resources for one proxy, by type URL, then by name. Read-only mappings."""
+    """All resources for one proxy, by type URL, then by name. Read-only mappings.
+
+    A change hint, for consumers that hold an earlier set (the xDS streams): when `base` is
+    that set, `changed[type_url]` names every resource added, replaced (by another Resource
+    object) or removed since it, and a type URL missing from `changed` holds the very same
+    mapping object as in base. `base` is held weakly, so sets never chain up in memory; once
+    nobody holds the base it reads None and consumers compare the mappings themselves.
+    The hint is not part of equality.
+    """
 
     by_type: Mapping[str, Mapping[str, Resource]] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    changed: Mapping[str, frozenset[str]] = field(
+        default_factory=lambda: _NO_CHANGES, compare=False, repr=False
+    )
+    base_ref: weakref.ReferenceType[ResourceSet] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def of(self, type_url: str) -> Mapping[str, Resource]:
         return self.by_type.get(type_url, MappingProxyType({}))
+
+    @property
+    def base(self) -> ResourceSet | None:
+        """The set `changed` is relative to, if it is still alive; None: no hint."""
+        return self.base_ref() if self.base_ref is not None else None
+
+    def changed_since(self, other: ResourceSet) -> Mapping[str, frozenset[str]] | None:
+        """Names per type URL that differ from other when known without comparing (other is
+        this set's base, or this set itself); None when unknown."""
+        if other is self:
+            return _NO_CHANGES
+        return self.changed if self.base is other else None
+
+    @classmethod
+    def derive(
+        cls,
+        base: ResourceSet,
+        by_type: Mapping[str, Mapping[str, Resource]],
+        changed: Mapping[str, frozenset[str]],
+    ) -> ResourceSet:
+        """A set that differs from base exactly by changed (see the class docstring)."""
+        return cls(
+            by_type=MappingProxyType(dict(by_type)),
+            changed=MappingProxyType({t: n for t, n in changed.items() if n}),
+            base_ref=weakref.ref(base),
+        )
 
     @classmethod
     def build(cls, groups: Mapping[str, Iterable[Resource]]) -> ResourceSet:

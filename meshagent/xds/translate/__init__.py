@@ -12,17 +12,20 @@ through, with the generator named in its message).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from meshagent.errors import ConfigError, MeshAgentError
 from meshagent.model import MeshSnapshot, ProxySpec
 from meshagent.xds import typeurls
-from meshagent.xds.resources import Resource, ResourceSet
+from meshagent.xds.resources import ResourceSet
+from meshagent.xds.translate.assemble import Assembler, Output
 from meshagent.xds.translate.context import Context, MeshIndex, changes_between
 from meshagent.xds.translate.generators import (
     ClustersGenerator,
     EndpointsGenerator,
     Generator,
     HttpListenersGenerator,
+    IncrementalGenerator,
     PlanCache,
     RoutesGenerator,
     TcpListenersGenerator,
@@ -63,6 +66,7 @@ class Translator:
         self._make_generators = make_generators
         self._generators = make_generators()
         self._index: MeshIndex | None = None
+        self._assembler = Assembler()
         self._snapshot: MeshSnapshot | None = None
         self._proxy: ProxySpec | None = None
 
@@ -75,15 +79,19 @@ class Translator:
         changes = changes_between(self._snapshot, snapshot, proxy_changed)
         self._index = MeshIndex.update(self._index, snapshot, changes)
         ctx = Context(snapshot=snapshot, proxy=proxy, index=self._index, changes=changes)
-        groups: dict[str, list[Resource]] = {t: [] for t in typeurls.PUSH_ORDER}
+        outputs: dict[str, list[Output]] = {t: [] for t in typeurls.PUSH_ORDER}
         for generator in self._generators:
-            groups[generator.type_url].extend(_run(generator, ctx))
+            outputs.setdefault(generator.type_url, []).append(_run(generator, ctx))
+        result = self._assembler.assemble(outputs)
         self._snapshot, self._proxy = snapshot, proxy
-        return ResourceSet.build({t: rs for t, rs in groups.items() if rs})
+        return result
 
 
-def _run(generator: Generator, ctx: Context) -> list[Resource]:
+def _run(generator: Generator, ctx: Context) -> Output:
     try:
+        # A plain attribute test: isinstance on a runtime Protocol costs more than a change.
+        if hasattr(generator, "generate_patch"):
+            return cast(IncrementalGenerator, generator).generate_patch(ctx)
         return generator.generate(ctx)
     except ConfigError as error:
         raise ConfigError(

@@ -17,7 +17,7 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2
 
 from meshagent.model import ConnectionPool, Endpoint, OutlierDetection
-from meshagent.xds.translate import protos
+from meshagent.xds.translate import protos, wire
 from meshagent.xds.translate.endpoints import endpoints_of_plan
 from meshagent.xds.translate.policy import ClusterPlan, Discovery
 from meshagent.xds.translate.tls import upstream_transport_socket
@@ -244,3 +244,35 @@ def build_cluster(plan: ClusterPlan, inputs: ClusterInputs) -> Cluster:
     for configure in CONFIGURERS:
         configure(cluster, plan, inputs)
     return cluster
+
+
+def _shared_shape(plan: ClusterPlan) -> tuple[object, ...] | None:
+    """What an EDS or pass-through cluster without TLS is built from, besides its name; None
+    for clusters that depend on more (DNS hosts, TLS SNI and the coming mesh mTLS)."""
+    if plan.discovery not in (Discovery.EDS, Discovery.ORIGINAL_DST) or plan.policy.tls:
+        return None
+    return (plan.discovery, plan.policy, plan.port.protocol.upper())
+
+
+class ClusterTemplates:
+    """Serialized clusters by shape: most clusters of a mesh differ only in their name.
+
+    A message's serialization is its fields' encodings in field-number order, so a cluster
+    is its name (field 1) followed by the encoding of the same cluster built without a name.
+    """
+
+    def __init__(self) -> None:
+        self._by_shape: dict[tuple[object, ...], bytes] = {}
+
+    def serialize(self, plan: ClusterPlan, inputs: ClusterInputs) -> bytes:
+        """The deterministic serialization of build_cluster(plan, inputs)."""
+        shape = _shared_shape(plan)
+        if shape is None:
+            whole: bytes = build_cluster(plan, inputs).SerializeToString(deterministic=True)
+            return whole
+        tail = self._by_shape.get(shape)
+        if tail is None:
+            unnamed = build_cluster(plan, inputs)
+            unnamed.ClearField("name")
+            tail = self._by_shape[shape] = unnamed.SerializeToString(deterministic=True)
+        return wire.string_field(1, plan.name) + tail

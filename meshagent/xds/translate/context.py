@@ -205,21 +205,53 @@ def _changed_hosts(old: Mapping[str, object], new: Mapping[str, object]) -> froz
 
 
 def changes_between(old: MeshSnapshot | None, new: MeshSnapshot, proxy_changed: bool) -> Changes:
-    """The Changes from old to new (everything, when there is no old or the proxy changed)."""
+    """The Changes from old to new (everything, when there is no old or the proxy changed).
+
+    Uses the changes the normalizer attached to new when they lead from old; else compares
+    the maps, which costs O(mesh).
+    """
     if old is None or proxy_changed:
         return ALL_CHANGED
-    services = _changed_hosts(old.services, new.services)
+    hint = new.changes
+    if hint is not None and hint.applies(old, new):
+        return _changes(
+            old,
+            new,
+            hint.services,
+            hint.endpoints,
+            rules=bool(hint.destination_rules),
+            virtual_services=bool(hint.virtual_services),
+        )
+    return _changes(
+        old,
+        new,
+        _changed_hosts(old.services, new.services),
+        _changed_hosts(old.endpoints, new.endpoints),
+        rules=not same_objects(old.destination_rules, new.destination_rules),
+        virtual_services=not same_objects(old.virtual_services, new.virtual_services),
+    )
+
+
+def _changes(
+    old: MeshSnapshot,
+    new: MeshSnapshot,
+    services: frozenset[str],
+    endpoints: frozenset[str],
+    *,
+    rules: bool,
+    virtual_services: bool,
+) -> Changes:
     same_hosts = len(old.services) == len(new.services) and all(
         h in old.services and h in new.services for h in services
     )
     return Changes(
         everything=False,
-        rules=not same_objects(old.destination_rules, new.destination_rules),
-        virtual_services=not same_objects(old.virtual_services, new.virtual_services),
+        rules=rules,
+        virtual_services=virtual_services,
         same_hosts=same_hosts,
         services_equal=same_hosts and all(old.services[h] == new.services[h] for h in services),
         service_hosts=services,
-        endpoint_hosts=_changed_hosts(old.endpoints, new.endpoints),
+        endpoint_hosts=endpoints,
     )
 
 

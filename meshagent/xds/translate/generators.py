@@ -8,8 +8,9 @@ rebuilds one ClusterLoadAssignment and nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 
@@ -17,9 +18,9 @@ from meshagent.errors import ConfigError
 from meshagent.model import Service, TcpBinding, TcpRoute, VirtualService
 from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
-from meshagent.xds.translate.clusters import ClusterInputs, build_cluster
+from meshagent.xds.translate.clusters import ClusterInputs, ClusterTemplates
 from meshagent.xds.translate.context import Context
-from meshagent.xds.translate.endpoints import MetadataCache, build_load_assignment
+from meshagent.xds.translate.endpoint_wire import EndpointEncoder
 from meshagent.xds.translate.listeners import build_http_listener, build_tcp_listener
 from meshagent.xds.translate.policy import ClusterPlan, Discovery, plan_clusters
 from meshagent.xds.translate.route_action import RouteScope, destination_cluster
@@ -60,13 +61,34 @@ def keep_unchanged(old: list[Resource], new: list[Resource]) -> list[Resource]:
 
 
 class Generator(Protocol):
-    """One concern of the translation. `name` appears in errors; output is one type URL."""
+    """One concern of the translation. `name` appears in errors; output is one type URL.
+
+    A generator returns the very same list object as last time when nothing changed.
+    """
 
     name: str
     type_url: str
 
     def generate(self, ctx: Context) -> list[Resource]:
         """Every resource of this concern; the list must not be altered by the caller."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Patch:
+    """The previous output of a generator with `replaced` swapped in by name: same names,
+    same order. `resources` gives the whole output when a consumer needs it."""
+
+    replaced: Mapping[str, Resource]
+    resources: Callable[[], list[Resource]]
+
+
+@runtime_checkable
+class IncrementalGenerator(Generator, Protocol):
+    """A generator that can tell what changed instead of returning everything."""
+
+    def generate_patch(self, ctx: Context) -> Patch | list[Resource]:
+        """A Patch when ctx.changes allow it, else every resource (as generate)."""
         ...
 
 
@@ -106,7 +128,7 @@ class PerHostGenerator:
     def __init__(self, plans: PlanCache) -> None:
         self._plans = plans
         self._by_host: dict[str, tuple[Key, list[Resource]]] = {}
-        self._last: list[Resource] = []
+        self._last: list[Resource] | None = []  # None: _by_host changed since it was built
 
     def reset_build_caches(self) -> None:
         """Called before a full pass: drop helper caches that only grow between passes."""
@@ -137,26 +159,63 @@ class PerHostGenerator:
         self._by_host = {h: self._host(ctx, services[h]) for h in ctx.index.routing.sorted_hosts}
         self._plans.retain(services)
 
-    def _partial(self, ctx: Context) -> bool:
-        """Revisit hosts whose service or endpoints changed; False when no output changed."""
+    def _partial(self, ctx: Context) -> dict[str, Resource] | None:
+        """Revisit hosts whose service or endpoints changed: the resources replaced by name,
+        or None when some host's resource names changed (the output's shape)."""
         services = ctx.snapshot.services
-        touched = False
-        for host in ctx.changes.dirty_hosts:
+        replaced: dict[str, Resource] | None = {}
+        for host in sorted(ctx.changes.dirty_hosts):
             service = services.get(host)
             if service is None:
                 continue
+            old = self._by_host.get(host)
+            if old is None:  # only after an earlier failure: start over
+                self._full(ctx)
+                self._last = None
+                return None
             entry = self._host(ctx, service)
-            touched = touched or entry is not self._by_host.get(host)
+            if entry is old:
+                continue
             self._by_host[host] = entry
-        return touched
+            self._last = None
+            if replaced is not None:
+                replaced = _replacements(old[1], entry[1], replaced)
+        return replaced
 
-    def generate(self, ctx: Context) -> list[Resource]:
+    def resources(self) -> list[Resource]:
+        """Every resource of the current output, host by host (the list is shared)."""
+        if self._last is None:
+            self._last = [r for _, built in self._by_host.values() for r in built]
+        return self._last
+
+    def generate_patch(self, ctx: Context) -> Patch | list[Resource]:
         if ctx.changes.all_hosts:
             self._full(ctx)
-        elif not self._partial(ctx):
-            return self._last
-        self._last = [r for _, built in self._by_host.values() for r in built]
-        return self._last
+            self._last = None
+            return self.resources()
+        replaced = self._partial(ctx)
+        if replaced is None:
+            return self.resources()
+        return Patch(replaced, self.resources)
+
+    def generate(self, ctx: Context) -> list[Resource]:
+        out = self.generate_patch(ctx)
+        return out if isinstance(out, list) else out.resources()
+
+
+def _replacements(
+    old: list[Resource], new: list[Resource], into: dict[str, Resource]
+) -> dict[str, Resource] | None:
+    """into, plus the resources of new that replace another object of old under the same
+    name; None when the names (or their order) differ."""
+    if len(old) != len(new):
+        return None
+    for before, after in zip(old, new, strict=True):
+        if before.name != after.name:
+            return None
+        if before is not after:
+            into[after.name] = after
+    return into
 
 
 class ClustersGenerator(PerHostGenerator):
@@ -170,11 +229,19 @@ class ClustersGenerator(PerHostGenerator):
         dns = any(p.discovery in (Discovery.STRICT_DNS, Discovery.LOGICAL_DNS) for p in plans)
         return (plans, ctx.snapshot.endpoints.get(service.host, ()) if dns else ())
 
+    def __init__(self, plans: PlanCache) -> None:
+        super().__init__(plans)
+        self._templates = ClusterTemplates()
+
+    def reset_build_caches(self) -> None:
+        self._templates = ClusterTemplates()
+
     def build(
         self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]
     ) -> list[Resource]:
         inputs = ClusterInputs(endpoints=ctx.snapshot.endpoints.get(service.host, ()))
-        return [Resource.pack(p.name, build_cluster(p, inputs)) for p in plans]
+        serialize = self._templates.serialize
+        return [Resource.from_value(p.name, typeurls.CLUSTER, serialize(p, inputs)) for p in plans]
 
 
 class EndpointsGenerator(PerHostGenerator):
@@ -185,10 +252,10 @@ class EndpointsGenerator(PerHostGenerator):
 
     def __init__(self, plans: PlanCache) -> None:
         super().__init__(plans)
-        self._metadata = MetadataCache()
+        self._encoder = EndpointEncoder()
 
     def reset_build_caches(self) -> None:
-        self._metadata = MetadataCache()
+        self._encoder = EndpointEncoder()
 
     def key(self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]) -> Key:
         return (plans, ctx.snapshot.endpoints.get(service.host, ()))
@@ -197,8 +264,9 @@ class EndpointsGenerator(PerHostGenerator):
         self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]
     ) -> list[Resource]:
         endpoints = ctx.snapshot.endpoints.get(service.host, ())
+        encode = self._encoder.load_assignment
         return [
-            Resource.pack(p.name, build_load_assignment(p, endpoints, self._metadata))
+            Resource.from_value(p.name, typeurls.ENDPOINT, encode(p, endpoints))
             for p in plans
             if p.discovery is Discovery.EDS
         ]
