@@ -89,7 +89,7 @@ class AgentMetrics:
 
 
 class MetricsObserver:
-    """An XdsObserver that updates the metrics and logs connections, ACKs and NACKs.
+    """An XdsObserver that updates the metrics and logs ACKs and NACKs.
 
     Per-proxy ACK state lives in the SnapshotCache's ProxyStatus (the ADS server writes it);
     this observer only counts and logs.
@@ -99,12 +99,10 @@ class MetricsObserver:
         self.metrics = metrics
 
     def connected(self, node_id: str, stream: str) -> None:
-        self.metrics.xds_connected.inc()
-        log.info("xds_connected", proxy=node_id, stream=stream)
+        self.metrics.xds_connected.inc()  # the ADS server logs the connection itself
 
     def disconnected(self, node_id: str, stream: str) -> None:
         self.metrics.xds_connected.dec()
-        log.info("xds_disconnected", proxy=node_id, stream=stream)
 
     def pushed(
         self,

@@ -142,11 +142,12 @@ async def mesh(
     )
     envoy = EnvoyProcess(bootstrap, tmp_path)
     await asyncio.to_thread(envoy.start)
+    mesh = Mesh(cache, server, envoy, recorder, listen, upstream_port, sock)
     try:
-        yield Mesh(cache, server, envoy, recorder, listen, upstream_port, sock)
+        yield mesh
     finally:
         await asyncio.to_thread(envoy.stop)
-        await server.stop(0)
+        await mesh.server.stop(0)  # a test may have replaced the server
 
 
 @pytest.mark.parametrize("mesh", ["delta", "sotw"], indirect=True)
