@@ -41,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--quiet", "-q", action="store_true", help="do not print warnings")
     val.add_argument("--domain-suffix", default="cluster.local", help="default: cluster.local")
     val.add_argument("--namespace", default="default", help="namespace of resources without one")
+    dev = sub.add_parser("dev", help="demos and simulators for trying meshagent on one machine")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="DEV_COMMAND")
+    quick = dev_sub.add_parser(
+        "quickstart", help="demo services + agent + managed Envoy on loopback (Ctrl-C stops)"
+    )
+    quick.add_argument(
+        "--config", "-c", type=Path, default=Path("examples/quickstart/agent.yaml"),
+        help="agent config; demo-apps.yaml beside it lists the demo services",
+    )
     return parser
 
 
@@ -52,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "bootstrap":
             return _bootstrap(args)
+        if args.command == "dev":
+            return _dev(args)
         return _validate(args, sys.stdout)
     except MeshAgentError as exc:
         print(f"meshagent: {exc}", file=sys.stderr)
@@ -81,6 +92,12 @@ def _bootstrap(args: argparse.Namespace) -> int:
     else:
         args.output.write_text(text, encoding="utf-8")
     return EXIT_OK
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from meshagent.testing.quickstart import run_quickstart
+
+    return run_quickstart(args.config)
 
 
 def _validate(args: argparse.Namespace, out: TextIO) -> int:

@@ -11,7 +11,9 @@ ADS, and go-control-plane does not wait, but waiting buys three things we want: 
 always attributed to the exact response it rejects (a NACK that arrives after a newer response
 would otherwise carry a stale nonce and be ignored), bursts of snapshots coalesce into one push,
 and make-before-break order holds across pushes, not only within one. Envoy answers every
-response, so the wait is one round trip.
+response, so the wait is one round trip. The one exception (Envoy drops, unanswered, a response
+of a type it stopped watching a moment ago) is covered by the shell's answer timeout, after
+which the stream stops waiting (`abandon_in_flight`).
 """
 
 from __future__ import annotations

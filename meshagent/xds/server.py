@@ -19,9 +19,11 @@ from typing import Any
 import grpc
 import structlog
 from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.status.v3 import csds_pb2_grpc
 
 from meshagent.errors import ConfigError
 from meshagent.xds.cache import SnapshotCache
+from meshagent.xds.csds import CsdsServicer
 from meshagent.xds.delta import DeltaStream
 from meshagent.xds.errors import LocalProtocolError, RemoteProtocolError
 from meshagent.xds.events import NullObserver, XdsObserver
@@ -34,13 +36,16 @@ AnyStream = DeltaStream | SotwStream
 
 
 class AdsServer:
-    """Serves envoy.service.discovery.v3.AggregatedDiscoveryService from a SnapshotCache."""
+    """Serves ADS (delta and SotW) and CSDS from a SnapshotCache on one gRPC server."""
 
     def __init__(self, cache: SnapshotCache, observer: XdsObserver | None = None) -> None:
         self._cache = cache
         self._observer: XdsObserver = observer or NullObserver()
         self._server: Any = None
         self._tcp_port: int | None = None
+        # Envoy answers every response within milliseconds; after this long without an
+        # answer the stream stops waiting (see DeltaStream.abandon_in_flight).
+        self.answer_timeout = 15.0
 
     @property
     def tcp_port(self) -> int | None:
@@ -64,6 +69,9 @@ class AdsServer:
         server = grpc.aio.server()
         try:
             ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
+            csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(
+                CsdsServicer(self._cache), server
+            )
             if uds_path:
                 server.add_insecure_port(f"unix:{uds_path}")
             if tcp_address:
@@ -88,13 +96,19 @@ class AdsServer:
         self, stream: AnyStream, kind: str, requests: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
         """Run one ADS stream to its end; yields the responses to write."""
-        session = _Session(self._cache, self._observer, stream, kind)
+        session = _Session(self._cache, self._observer, stream, kind, self.answer_timeout)
         try:
             async for response in session.run(requests):
                 yield response
         except RemoteProtocolError as error:
             log.warning("xds_bad_request", proxy=stream.node_id, error=str(error))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            # A bug must end this stream only, and loudly; Envoy reconnects and starts afresh.
+            log.exception("xds_stream_failed", proxy=stream.node_id, stream=kind)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the ADS server")
         finally:
             session.close()
 
@@ -122,9 +136,15 @@ class _Session:
     """One stream's plumbing between gRPC, the sans-io stream, the cache and the observer."""
 
     def __init__(
-        self, cache: SnapshotCache, observer: XdsObserver, stream: AnyStream, kind: str
+        self,
+        cache: SnapshotCache,
+        observer: XdsObserver,
+        stream: AnyStream,
+        kind: str,
+        answer_timeout: float,
     ) -> None:
         self._cache = cache
+        self._answer_timeout = answer_timeout
         self._observer = observer
         self._stream = stream
         self._kind = kind
@@ -138,8 +158,10 @@ class _Session:
         self._tasks = [reading]
         while True:
             waiting = {reading} if watching is None else {reading, watching}
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            responses: list[Any] = []
+            done, _ = await asyncio.wait(
+                waiting, timeout=self._answer_wait(), return_when=asyncio.FIRST_COMPLETED
+            )
+            responses: list[Any] = [] if done else self._give_up_waiting()
             if reading in done:
                 try:
                     request = reading.result()
@@ -155,6 +177,18 @@ class _Session:
             for response in responses:
                 yield response
             self._report(self._stream.take_events())
+
+    def _answer_wait(self) -> float | None:
+        """Seconds until the oldest unanswered response times out; None when none is pending."""
+        if not self._pushed_at:
+            return None
+        oldest = min(self._pushed_at.values())
+        return max(0.0, oldest + self._answer_timeout - time.monotonic())
+
+    def _give_up_waiting(self) -> list[Any]:
+        log.warning("xds_answer_timeout", proxy=self._node, stream=self._kind)
+        self._pushed_at.clear()
+        return self._stream.abandon_in_flight()
 
     def _watch(self, responses: list[Any]) -> asyncio.Future[int] | None:
         """Feed the latest snapshot (if newer than the stream's) and wait for the next one."""

@@ -134,6 +134,17 @@ class SotwStream:
         state = self._types.get(type_url)
         return state.nacked_version if state else None
 
+    def abandon_in_flight(self) -> list[Response]:
+        """Stop waiting for answers to the responses in flight; returns what to send next.
+
+        For the shell's answer timeout: Envoy silently drops a response of a type it has just
+        stopped watching, and one lost answer must not stall the stream forever.
+        """
+        if self._in_flight:
+            log.warning("xds_unanswered", proxy=self._node_id, nonces=sorted(self._in_flight))
+        self._in_flight.clear()
+        return self._flush()
+
     @property
     def in_flight(self) -> Mapping[str, InFlight]:
         """Responses awaiting ACK or NACK, by nonce."""
@@ -195,7 +206,9 @@ class SotwStream:
         endpoints = self._types.get(typeurls.ENDPOINT)
         if endpoints is None:
             return
-        updated = [r for n, r in content.items() if n in state.sent and state.sent[n] != r]
+        updated = [
+            r for n, r in content.items() if n in state.sent and state.sent[n].version != r.version
+        ]
         if eds_names(updated) & endpoints.names:
             endpoints.force = True
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest
+from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from meshagent.errors import ConfigError
 from meshagent.xds.bootstrap import build_bootstrap
@@ -162,6 +165,14 @@ async def test_envoy_is_configured_acks_and_follows_changes(mesh: Mesh) -> None:
 
     await mesh.wait_body("hello again")
     await mesh.wait_acked()
+    async with grpc.aio.insecure_channel(f"unix:{mesh.socket}") as channel:
+        csds = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel)
+        reply = await csds.FetchClientStatus(csds_pb2.ClientStatusRequest(), timeout=10)
+    [client] = reply.config
+    assert client.node.id == NODE
+    assert {(c.type_url, c.config_status) for c in client.generic_xds_configs} == {
+        (t, csds_pb2.SYNCED) for t in ALL_TYPES
+    }
     dump = await asyncio.to_thread(mesh.envoy.config_dump, "dynamic_warming_clusters")
     assert dump.get("configs", []) == []
     assert await mesh.get("/up") == (200, "upstream ok")
@@ -177,6 +188,7 @@ async def test_a_rejected_cluster_is_recorded_not_resent_then_fixed(mesh: Mesh) 
         lambda: mesh.cache.status(NODE).of(CLUSTER).last_nack_error, timeout=30, what="CDS NACK"
     )
     cds_pushes = [p for p in mesh.recorder.pushes if p[0] == CLUSTER]
+    assert status is not None
     assert "Expected positive duration" in status  # Envoy's own words
     assert mesh.recorder.nacks[-1][0] == CLUSTER
 
@@ -262,9 +274,49 @@ async def test_a_bad_request_ends_only_its_stream_with_invalid_argument(tmp_path
         await server.stop(0)
 
 
+async def test_a_client_that_never_answers_does_not_stall_its_stream(tmp_path: Path) -> None:
+    cache = SnapshotCache()
+    cache.set(NODE, resource_set(clusters=[eds_cluster("a")]))
+    server = AdsServer(cache)
+    server.answer_timeout = 0.2
+    sock = tmp_path / "xds.sock"
+    await server.start(uds_path=str(sock))
+    try:
+        async with grpc.aio.insecure_channel(f"unix:{sock}") as channel:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            call = stub.DeltaAggregatedResources()
+            await call.write(DeltaDiscoveryRequest(type_url=CLUSTER, node=base_pb2.Node(id=NODE)))
+            first = await asyncio.wait_for(call.read(), 10)
+            cache.set(NODE, resource_set(clusters=[eds_cluster("a", timeout_ms=5)]))
+            # No ACK is ever sent; the change still arrives once the answer timeout passes.
+            second = await asyncio.wait_for(call.read(), 10)
+            assert (first.system_version_info, second.system_version_info) == ("1", "2")
+            call.cancel()
+    finally:
+        await server.stop(0)
+
+
 async def test_a_non_socket_file_is_not_removed(tmp_path: Path) -> None:
     path = tmp_path / "not-a-socket"
     path.write_text("keep me")
     with pytest.raises(ConfigError, match="not a socket"):
         await AdsServer(SnapshotCache()).start(uds_path=str(path))
     assert path.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("delta", [True, False])
+def test_envoy_accepts_the_bootstrap(tmp_path: Path, delta: bool) -> None:
+    from tests.envoy_helpers import envoy_binary
+
+    boot = build_bootstrap(
+        node_id=NODE, cluster="test", xds_uds_path=str(tmp_path / "x.sock"), delta=delta
+    )
+    config = tmp_path / "bootstrap.json"
+    config.write_text(json.dumps(boot))
+    result = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(config), "--use-dynamic-base-id"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

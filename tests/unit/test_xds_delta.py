@@ -261,6 +261,18 @@ def test_a_new_push_waits_for_the_previous_one_to_be_answered() -> None:
     assert latest.system_version_info == "4"
 
 
+def test_abandoning_unanswered_responses_lets_the_next_push_go() -> None:
+    stream = connected()
+    [cds] = stream.on_snapshot(2, clusters_with_a(timeout_ms=9))
+    assert stream.on_snapshot(3, clusters_with_a(timeout_ms=10)) == []
+
+    [latest] = stream.abandon_in_flight()
+
+    assert latest.system_version_info == "3"
+    assert set(stream.in_flight) == {latest.nonce}
+    assert cds.nonce != latest.nonce
+
+
 @pytest.mark.parametrize(
     ("req", "message"),
     [
