@@ -29,8 +29,10 @@ from meshagent.xds.protocol import (
     Pushed,
     StreamEvent,
     check_type_url,
+    busy_types,
     eds_names,
     error_message,
+    is_held,
     node_id_of,
 )
 from meshagent.xds.resources import Resource, ResourceSet
@@ -42,13 +44,31 @@ WILDCARD = "*"
 
 @dataclass(slots=True)
 class _TypeState:
-    """Per type URL. `sent[name]` is the version Envoy holds, None once told the name is absent."""
+    """Per type URL. `sent[name]` is the version Envoy holds, None once told the name is absent.
+
+    `synced` is the ResourceSet that `sent` was last reconciled with, and `dirty` the names
+    whose subscription or sent state changed since: with the set's change hint, the next diff
+    looks at those names only, so a one-resource change costs O(1), not O(resources).
+    """
 
     subscribed: set[str] = field(default_factory=set)
     wildcard: bool = False
     legacy_wildcard: bool = False
     sent: dict[str, str | None] = field(default_factory=dict)
     responded: bool = False
+    synced: ResourceSet | None = None
+    dirty: set[str] = field(default_factory=set)
+
+    def candidates(self, resources: ResourceSet, type_url: str) -> set[str]:
+        """Every name whose state may differ from what the proxy holds."""
+        changed = None if self.synced is None else resources.changed_since(self.synced)
+        if changed is None:
+            names = self.subscribed | self.sent.keys()
+            return names | resources.of(type_url).keys() if self.wildcard else names
+        names = self.dirty | changed.get(type_url, frozenset())
+        if self.wildcard:
+            return names
+        return {n for n in names if n in self.subscribed or n in self.sent}
 
 
 class DeltaStream:
@@ -153,6 +173,7 @@ class DeltaStream:
     def _start(self, state: _TypeState, request: Request) -> None:
         # A reconnecting proxy says what it already holds; trust it so nothing is resent.
         state.sent.update(request.initial_resource_versions)
+        state.synced = None
         names = request.resource_names_subscribe
         if not names and request.type_url in typeurls.WILDCARD_TYPES:
             state.wildcard = state.legacy_wildcard = True
@@ -160,8 +181,10 @@ class DeltaStream:
 
     def _subscribe(self, state: _TypeState, names: list[str] | tuple[str, ...]) -> None:
         explicit = {n for n in names if n != WILDCARD}
+        state.dirty |= explicit
         if WILDCARD in names:
             state.wildcard, state.legacy_wildcard = True, False
+            state.synced = None
         elif explicit and state.legacy_wildcard:
             # Naming resources ends a legacy wildcard unless "*" is named too.
             state.wildcard = state.legacy_wildcard = False
@@ -171,6 +194,7 @@ class DeltaStream:
     def _unsubscribe(self, state: _TypeState, names: list[str] | tuple[str, ...]) -> None:
         explicit = {n for n in names if n != WILDCARD}
         state.subscribed -= explicit
+        state.dirty |= explicit
         if WILDCARD in names:
             state.wildcard = state.legacy_wildcard = False
             self._forget_unsubscribed(state, state.subscribed)
@@ -183,18 +207,20 @@ class DeltaStream:
         # The proxy drops what it no longer subscribes to, so must we.
         for name in [n for n in state.sent if n not in keep]:
             del state.sent[name]
+        state.synced = None
 
     def _flush(self) -> list[Response]:
-        if self._snapshot is None or self._in_flight:
+        if self._snapshot is None:
             return []
         version, resources = self._snapshot
+        busy = busy_types(self._in_flight)
         updates: list[Response] = []
         removals: dict[str, list[str]] = {}
         for type_url in PUSH_ORDER:
             state = self._types.get(type_url)
-            if state is None:
-                continue  # never send a type the proxy has not asked for
-            sends, removes = _diff(state, resources.of(type_url))
+            if state is None or is_held(type_url, busy):
+                continue  # never send a type the proxy has not asked for, or one on hold
+            sends, removes = _diff(state, type_url, resources)
             if type_url == typeurls.CLUSTER and sends:
                 self._resend_endpoints_of(sends)
             if sends or (not state.responded and not removes):
@@ -213,6 +239,7 @@ class DeltaStream:
             return
         for name in eds_names(clusters):
             endpoints.sent.pop(name, None)
+            endpoints.dirty.add(name)
 
     def _response(
         self, type_url: str, version: int, sends: list[Resource], removes: list[str]
@@ -231,11 +258,13 @@ class DeltaStream:
         return response
 
 
-def _diff(state: _TypeState, available: Mapping[str, Resource]) -> tuple[list[Resource], list[str]]:
+def _diff(
+    state: _TypeState, type_url: str, resources: ResourceSet
+) -> tuple[list[Resource], list[str]]:
     """Resources the proxy lacks or holds at another version, and names it must drop."""
-    names = state.subscribed | state.sent.keys()
-    if state.wildcard:
-        names |= available.keys()
+    names = state.candidates(resources, type_url)
+    available = resources.of(type_url)
+    state.synced, state.dirty = resources, set()
     sends: list[Resource] = []
     removes: list[str] = []
     for name in sorted(names):

@@ -5,21 +5,21 @@ and StreamEvents out, and the gRPC shell does the rest.
 
 Pipelining decision (both variants): within one push, responses of different types go out
 back to back without waiting (Envoy applies ADS responses in stream order, so CDS before EDS
-before LDS before RDS is honoured without round trips). A new push, however, waits until every
-response of the previous one is ACKed or NACKed. The xDS docs allow a server to pipeline on
-ADS, and go-control-plane does not wait, but waiting buys three things we want: a NACK is
-always attributed to the exact response it rejects (a NACK that arrives after a newer response
-would otherwise carry a stale nonce and be ignored), bursts of snapshots coalesce into one push,
-and make-before-break order holds across pushes, not only within one. Envoy answers every
-response, so the wait is one round trip. The one exception (Envoy drops, unanswered, a response
-of a type it stopped watching a moment ago) is covered by the shell's answer timeout, after
-which the stream stops waiting (`abandon_in_flight`).
+before LDS before RDS is honoured without round trips). Across pushes, a type waits for the
+answer to its own previous response, so a NACK is always attributed to the response it rejects
+and bursts of snapshots coalesce. Listeners and routes also wait while a cluster response is
+unanswered, so make-before-break holds across pushes. Endpoints never wait for clusters, nor
+routes for listeners: Envoy holds back its ACK of a cluster (listener) update until the new
+clusters (listeners) have warmed, and warming needs their endpoints (routes); waiting there
+would deadlock until the answer timeout. The one case where Envoy leaves a response unanswered
+for good (a type it stopped watching a moment ago) is covered by the shell's answer timeout,
+after which the stream stops waiting (`abandon_in_flight`).
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -41,6 +41,15 @@ REMOVAL_ORDER: tuple[str, ...] = (
 
 PUSH_ORDER = typeurls.PUSH_ORDER
 KNOWN_TYPES = frozenset(PUSH_ORDER)
+
+# The types whose unanswered responses hold back a new response of a type (see above).
+HELD_BY: dict[str, frozenset[str]] = {
+    typeurls.SECRET: frozenset({typeurls.SECRET}),
+    typeurls.CLUSTER: frozenset({typeurls.CLUSTER}),
+    typeurls.ENDPOINT: frozenset({typeurls.ENDPOINT}),
+    typeurls.LISTENER: frozenset({typeurls.LISTENER, typeurls.CLUSTER}),
+    typeurls.ROUTE: frozenset({typeurls.ROUTE, typeurls.CLUSTER}),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +105,16 @@ class Nonces:
         """A nonce never returned before by this object."""
         self._count += 1
         return f"{self._prefix}-{self._count}"
+
+
+def busy_types(in_flight: Mapping[str, InFlight]) -> frozenset[str]:
+    """Type URLs with a response awaiting its answer."""
+    return frozenset(f.type_url for f in in_flight.values())
+
+
+def is_held(type_url: str, busy: frozenset[str]) -> bool:
+    """True when a new response of type_url must wait (see the pipelining decision)."""
+    return not HELD_BY[type_url].isdisjoint(busy)
 
 
 def check_type_url(type_url: str) -> None:

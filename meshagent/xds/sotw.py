@@ -28,8 +28,10 @@ from meshagent.xds.protocol import (
     Pushed,
     StreamEvent,
     check_type_url,
+    busy_types,
     eds_names,
     error_message,
+    is_held,
     node_id_of,
 )
 from meshagent.xds.resources import Resource, ResourceSet
@@ -172,15 +174,16 @@ class SotwStream:
         return {n: available[n] for n in state.names if n in available}
 
     def _flush(self) -> list[Response]:
-        if self._snapshot is None or self._in_flight:
+        if self._snapshot is None:
             return []
         resources = self._snapshot[1]
+        busy = busy_types(self._in_flight)
         updates: list[Response] = []
         finals: dict[str, dict[str, Resource]] = {}
         for type_url in PUSH_ORDER:
             state = self._types.get(type_url)
-            if state is None:
-                continue  # never send a type the proxy has not asked for
+            if state is None or is_held(type_url, busy):
+                continue  # never send a type the proxy has not asked for, or one on hold
             content = self._content(state, resources.of(type_url))
             version = content_version(content)
             if state.responded and not state.force and version == state.sent_version:

@@ -295,3 +295,62 @@ def test_a_changed_node_id_is_a_protocol_error_and_changes_nothing() -> None:
         stream.on_request(other)
     assert stream.node_id == "vm-1"
     assert stream.sent_versions(LISTENER) == {}
+
+
+def test_endpoints_of_new_clusters_go_out_while_the_cluster_update_is_unanswered() -> None:
+    # Envoy ACKs a cluster update only once the new clusters have warmed, and they warm only
+    # when their endpoints arrive: EDS must not wait for that ACK.
+    stream = connected()
+    [eds] = stream.on_request(request(ENDPOINT, ("a", "b")))
+    stream.on_request(ack(eds))
+    with_c = resource_set(
+        clusters=[eds_cluster("a"), eds_cluster("b"), eds_cluster("c")],
+        endpoints=[cla("a", 1), cla("b", 2), cla("c", 3)],
+    )
+    [cds] = stream.on_snapshot(2, with_c)
+    assert names(cds) == ["c"]
+
+    [eds_c] = stream.on_request(request(ENDPOINT, ("c",)))
+
+    assert (eds_c.type_url, names(eds_c)) == (ENDPOINT, ["c"])
+    assert cds.nonce in stream.in_flight
+
+
+def test_listeners_and_routes_wait_while_a_cluster_update_is_unanswered() -> None:
+    stream = connected()
+    for response in stream.on_request(request(LISTENER)):
+        stream.on_request(ack(response))
+    listener_l = http_listener("l", 80, "r")
+    clusters = [eds_cluster("a", timeout_ms=5), eds_cluster("b")]
+    [cds] = stream.on_snapshot(2, resource_set(clusters=clusters, listeners=[listener_l]))
+
+    two_listeners = [listener_l, http_listener("l2", 81, "r")]
+    held = stream.on_snapshot(3, resource_set(clusters=clusters, listeners=two_listeners))
+
+    assert held == []
+    [lds] = stream.on_request(ack(cds))
+    assert (lds.type_url, names(lds)) == (LISTENER, ["l2"])
+
+
+def test_a_change_hint_gives_the_same_responses_as_a_full_comparison() -> None:
+    # Given two streams in the same state, one fed a set derived from the last (with a hint),
+    # the other an equal set without a hint
+    hinted, plain = connected(), connected()
+    for stream in (hinted, plain):
+        [eds] = stream.on_request(request(ENDPOINT, ("a", "b")))
+        stream.on_request(ack(eds))
+    base = SNAP1
+    changed_by_type = {ENDPOINT: frozenset({"b"}), CLUSTER: frozenset({"c"})}
+    new_types = dict(base.by_type)
+    new_types[ENDPOINT] = {**base.of(ENDPOINT), "b": cla("b", 9)}
+    new_types[CLUSTER] = {**base.of(CLUSTER), "c": eds_cluster("c")}
+    derived = ResourceSet.derive(base, new_types, changed_by_type)
+    hinted.on_snapshot(1, base)  # the base is what the hinted stream last reconciled with
+    unhinted = ResourceSet(by_type=derived.by_type)
+
+    # When both get the change
+    got_hinted = shape(hinted.on_snapshot(2, derived))
+    got_plain = shape(plain.on_snapshot(2, unhinted))
+
+    # Then they send the same thing: the new cluster, then the changed endpoints
+    assert got_hinted == got_plain == [(CLUSTER, ["c"], []), (ENDPOINT, ["b"], [])]

@@ -68,7 +68,12 @@ def _forward(out: rc.Route, route: HttpRoute, match: HttpMatch | None, scope: Ro
     hashing = actions.route_hash(route, scope)
     action.hash_policy.extend(actions.hash_policies(hashing))
     if route.timeout_ms is not None:
-        action.timeout.CopyFrom(protos.duration(route.timeout_ms))
+        # A zero grpc_timeout_header_max (the no-timeout default) would make Envoy ignore the
+        # route timeout; bound gRPC's header and whole streams by the same timeout instead.
+        timeout = protos.duration(route.timeout_ms)
+        action.timeout.CopyFrom(timeout)
+        action.max_stream_duration.max_stream_duration.CopyFrom(timeout)
+        action.max_stream_duration.grpc_timeout_header_max.CopyFrom(timeout)
     retry = actions.retry_policy(route.retries, hashing=hashing is not None)
     if retry is not None:
         action.retry_policy.CopyFrom(retry)
