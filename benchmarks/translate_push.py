@@ -34,6 +34,7 @@ from envoy.service.discovery.v3.discovery_pb2 import (  # noqa: E402
     DiscoveryRequest,
 )
 
+from meshagent.agent.gcpause import paused_gc  # noqa: E402
 from meshagent.model import ProxySpec, Provenance, RawResource, SourceEvent  # noqa: E402
 from meshagent.normalize import Normalizer  # noqa: E402
 from meshagent.xds import typeurls  # noqa: E402
@@ -122,10 +123,13 @@ def run_size(n: int, endpoints: int) -> dict[str, Any]:
     proxy = ProxySpec(node_id=NODE, namespace="bench", port_offset=10000)
     raws = [service_entry(i, endpoints) for i in range(n)]
     normalizer, translator = Normalizer(), Translator()
+    # The agent pauses the cyclic GC around both passes (meshagent.agent.gcpause): so do we.
     t0 = time.perf_counter()
-    snapshot, diagnostics = normalizer.apply([SourceEvent("bench", upserts=tuple(raws))])
+    with paused_gc():
+        snapshot, diagnostics = normalizer.apply([SourceEvent("bench", upserts=tuple(raws))])
     t1 = time.perf_counter()
-    resources = translator.generate(snapshot, proxy)
+    with paused_gc():
+        resources = translator.generate(snapshot, proxy)
     t2 = time.perf_counter()
     errors = [str(d) for d in diagnostics if d.severity == "error"]
     names = {t: sorted(resources.of(t)) for t in TYPES}
@@ -161,8 +165,10 @@ def one_change(kind: str, stream: Any, normalizer: Normalizer, translator: Trans
     for generation in range(first_generation, first_generation + rounds):
         raw = service_entry(generation % 7, endpoints, generation=generation)
         c0 = time.process_time()
-        snapshot, _ = normalizer.apply([SourceEvent("bench", upserts=(raw,))])
-        responses = stream.on_snapshot(snapshot.version, translator.generate(snapshot, proxy))
+        with paused_gc():
+            snapshot, _ = normalizer.apply([SourceEvent("bench", upserts=(raw,))])
+            resources = translator.generate(snapshot, proxy)
+        responses = stream.on_snapshot(snapshot.version, resources)
         size = wire_bytes(responses)
         cpu.append(time.process_time() - c0)
         sizes.append(size)

@@ -20,6 +20,7 @@ import structlog
 
 from meshagent.adapters.base import Adapter
 from meshagent.adapters.files import FilesAdapter
+from meshagent.agent.gcpause import paused_gc
 from meshagent.agent.admin import AdminServer, standard_pages
 from meshagent.agent.config import AgentConfig, load_config
 from meshagent.agent.envoy import EnvoySupervisor, bootstrap_for
@@ -252,7 +253,8 @@ class Agent:
 
     def _apply(self, events: list[SourceEvent]) -> None:
         try:
-            snapshot, diagnostics = self.normalizer.apply(events)
+            with paused_gc():
+                snapshot, diagnostics = self.normalizer.apply(events)
         except Exception:
             log.exception("normalize_failed_bug", sources=sorted({e.source for e in events}))
             return
@@ -280,7 +282,8 @@ class Agent:
         if self._snapshot is None:
             return
         try:
-            resources: ResourceSet = self.translator.generate(self._snapshot, self._proxy)
+            with paused_gc():
+                resources: ResourceSet = self.translator.generate(self._snapshot, self._proxy)
         except Exception:
             self.metrics.translate_failures.inc()
             log.exception("translate_failed_bug", proxy=self._proxy.node_id)

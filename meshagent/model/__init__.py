@@ -4,7 +4,8 @@ Only the normalizer builds these objects; everything else reads them.
 """
 
 from meshagent.model.labels import NO_LABELS, Labels, labels_of, selector_matches
-from meshagent.model.proxy import ProxySpec, TcpBinding
+from meshagent.model.identity import Identity, WorkloadCertificate
+from meshagent.model.proxy import InboundPort, LocalWorkload, ProxySpec, TcpBinding
 from meshagent.model.routing import (
     CorsPolicy,
     Destination,
@@ -47,7 +48,8 @@ from meshagent.model.traffic import (
 __all__ = [
     "NO_LABELS", "ClientTls", "ConnectionPool", "ConsistentHash", "CorsPolicy", "Destination",
     "DestinationRule", "Diagnostic", "DirectResponse", "Endpoint", "Fault", "FaultAbort",
-    "FaultDelay", "HeaderMatch", "HeaderOps", "HttpMatch", "HttpRoute", "L4Match", "Labels",
+    "FaultDelay", "HeaderMatch", "Identity", "InboundPort", "LocalWorkload",
+    "WorkloadCertificate", "HeaderOps", "HttpMatch", "HttpRoute", "L4Match", "Labels",
     "LoadBalancer", "LocalityDistribute", "LocalityLb", "MatchKind", "MeshSnapshot", "Mirror",
     "OutlierDetection", "PortTrafficPolicy", "Provenance", "ProxySpec", "RawResource",
     "Redirect", "Resolution", "Retry", "Rewrite", "Service", "ServicePort", "SnapshotChanges",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshagent.model.identity import WorkloadCertificate
+
 
 @dataclass(frozen=True, slots=True)
 class TcpBinding:
@@ -17,6 +19,28 @@ class TcpBinding:
     port: int
     listen_address: str
     listen_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class InboundPort:
+    """A port of a local workload: mesh traffic arrives on `port` (on the inbound address) and
+    is forwarded to the application on 127.0.0.1:`target_port`."""
+
+    port: int
+    target_port: int
+    protocol: str = "HTTP"
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalWorkload:
+    """A workload on this host that receives mesh traffic through the local Envoy."""
+
+    name: str
+    namespace: str
+    service_account: str
+    labels: tuple[tuple[str, str], ...] = ()
+    ports: tuple[InboundPort, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +58,11 @@ class ProxySpec:
     port_offset: int = 0
     port_overrides: tuple[tuple[int, int], ...] = ()
     tcp_bindings: tuple[TcpBinding, ...] = ()
+    # Security (filled by the agent from its config and the CA; empty means plaintext only).
+    trust_domain: str = "cluster.local"
+    inbound_address: str = "0.0.0.0"
+    workloads: tuple[LocalWorkload, ...] = ()
+    certificates: tuple[WorkloadCertificate, ...] = ()
 
     def outbound_port(self, service_port: int) -> int:
         for port, local in self.port_overrides:
