@@ -29,18 +29,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from envoy.service.discovery.v3.discovery_pb2 import (  # noqa: E402
+from envoy.service.discovery.v3.discovery_pb2 import (
     DeltaDiscoveryRequest,
     DiscoveryRequest,
 )
 
-from meshagent.agent.gcpause import paused_gc  # noqa: E402
-from meshagent.model import ProxySpec, Provenance, RawResource, SourceEvent  # noqa: E402
-from meshagent.normalize import Normalizer  # noqa: E402
-from meshagent.xds import typeurls  # noqa: E402
-from meshagent.xds.delta import DeltaStream  # noqa: E402
-from meshagent.xds.sotw import SotwStream  # noqa: E402
-from meshagent.xds.translate import Translator  # noqa: E402
+from meshagent.agent.gcpause import paused_gc
+from meshagent.model import Provenance, ProxySpec, RawResource, SourceEvent
+from meshagent.normalize import Normalizer
+from meshagent.xds import typeurls
+from meshagent.xds.delta import DeltaStream
+from meshagent.xds.sotw import SotwStream
+from meshagent.xds.translate import Translator
 
 NODE = "bench"
 TYPES = (typeurls.CLUSTER, typeurls.ENDPOINT, typeurls.LISTENER, typeurls.ROUTE)

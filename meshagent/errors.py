@@ -1,4 +1,4 @@
-"""The error hierarchy: bad input is a ConfigError (shown to users as one line), anything else a bug."""
+"""The error hierarchy: bad input is a ConfigError (one line for users); anything else a bug."""
 
 from __future__ import annotations
 

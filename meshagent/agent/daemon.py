@@ -20,14 +20,15 @@ import structlog
 
 from meshagent.adapters.base import Adapter
 from meshagent.adapters.files import FilesAdapter
-from meshagent.agent.gcpause import paused_gc
 from meshagent.agent.admin import AdminServer, standard_pages
 from meshagent.agent.config import AgentConfig, load_config
 from meshagent.agent.envoy import EnvoySupervisor, bootstrap_for
+from meshagent.agent.gcpause import paused_gc
 from meshagent.agent.logs import configure_logging
 from meshagent.agent.metrics import AgentMetrics, MetricsObserver
 from meshagent.errors import MeshAgentError
 from meshagent.model.proxy import ProxySpec
+from meshagent.model.snapshot import MeshSnapshot
 from meshagent.model.source import Diagnostic, SourceEvent
 from meshagent.xds.cache import SnapshotCache
 from meshagent.xds.resources import ResourceSet
@@ -166,6 +167,11 @@ class Agent:
             await self.admin.stop()
             self.admin = None
         log.info("agent_stopped")
+
+    @property
+    def snapshot(self) -> MeshSnapshot:
+        """The mesh as last normalized (empty before the first source event)."""
+        return self._snapshot if self._snapshot is not None else MeshSnapshot()
 
     def request_stop(self) -> None:
         """Ask run() to return (signal handlers call this)."""

@@ -29,7 +29,9 @@ class Provenance:
     @property
     def ref(self) -> str:
         """`Kind/namespace/name`, the way operators name a resource."""
-        return f"{self.kind}/{self.namespace}/{self.name}" if self.namespace else f"{self.kind}/{self.name}"
+        if self.namespace:
+            return f"{self.kind}/{self.namespace}/{self.name}"
+        return f"{self.kind}/{self.name}"
 
 
 @dataclass(frozen=True, slots=True)

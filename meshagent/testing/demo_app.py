@@ -17,7 +17,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -43,7 +43,8 @@ class DemoApp:
 
     @property
     def address(self) -> str:
-        return f"{self._server.server_address[0]}:{self.port}"
+        host = self._server.server_address[0]
+        return f"{host.decode() if isinstance(host, bytes) else host}:{self.port}"
 
     def start(self) -> DemoApp:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -152,10 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     host, _, port = args.listen.rpartition(":")
     app = DemoApp(args.name, args.version, host or "127.0.0.1", int(port))
     print(f"{args.name} {args.version} listening on {app.address}", flush=True)
-    try:
+    with suppress(KeyboardInterrupt):
         app._server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

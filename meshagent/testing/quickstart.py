@@ -79,7 +79,7 @@ async def _run(config: AgentConfig, specs: list[DemoSpec], out: TextIO) -> int:
             print("quickstart: the agent did not become ready: "
                   + "; ".join(agent.ready_reasons()), file=sys.stderr)
         else:
-            snapshot = agent.normalizer.snapshot
+            snapshot = agent.snapshot
             hosts = sorted(snapshot.services)
             routed = sorted({h for vs in snapshot.virtual_services.values() for h in vs.hosts})
             port = config.proxy_spec().outbound_port(8080)

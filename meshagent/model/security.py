@@ -1,0 +1,109 @@
+"""Security policy of the mesh: PeerAuthentication (who must use mTLS) and AuthorizationPolicy
+(who may call whom), as Istio's security.istio.io kinds declare them.
+
+Built by the normalizer; the translator turns them into inbound filter chains and Envoy RBAC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from meshagent.model.labels import Labels
+from meshagent.model.source import Provenance
+
+
+class MtlsMode(StrEnum):
+    """PeerAuthentication's mtls.mode. UNSET inherits from the wider policy."""
+
+    UNSET = "UNSET"
+    DISABLE = "DISABLE"
+    PERMISSIVE = "PERMISSIVE"
+    STRICT = "STRICT"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAuthn:
+    """One PeerAuthentication. selector None: the whole namespace (mesh-wide in the root
+    namespace). port_level: (port, mode) pairs that override mode for that workload port."""
+
+    name: str
+    namespace: str
+    mode: MtlsMode = MtlsMode.UNSET
+    selector: Labels | None = None
+    port_level: tuple[tuple[int, MtlsMode], ...] = ()
+    provenance: Provenance | None = None
+
+
+class AuthzAction(StrEnum):
+    """AuthorizationPolicy's action (CUSTOM is rejected as unsupported by the normalizer)."""
+
+    ALLOW = "ALLOW"
+    DENY = "DENY"
+    AUDIT = "AUDIT"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """rules[].from[].source: every set field must match (AND); values within one field OR."""
+
+    principals: tuple[str, ...] = ()
+    not_principals: tuple[str, ...] = ()
+    request_principals: tuple[str, ...] = ()
+    not_request_principals: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    not_namespaces: tuple[str, ...] = ()
+    service_accounts: tuple[str, ...] = ()
+    not_service_accounts: tuple[str, ...] = ()
+    ip_blocks: tuple[str, ...] = ()
+    not_ip_blocks: tuple[str, ...] = ()
+    remote_ip_blocks: tuple[str, ...] = ()
+    not_remote_ip_blocks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """rules[].to[].operation: every set field must match (AND)."""
+
+    hosts: tuple[str, ...] = ()
+    not_hosts: tuple[str, ...] = ()
+    ports: tuple[str, ...] = ()
+    not_ports: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    not_methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    not_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """rules[].when[]: key and its values / notValues."""
+
+    key: str
+    values: tuple[str, ...] = ()
+    not_values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzRule:
+    """One rule: any of sources, and any of operations, and all conditions.
+
+    An empty from (or to) matches everything, as in Istio."""
+
+    sources: tuple[Source, ...] = ()
+    operations: tuple[Operation, ...] = ()
+    conditions: tuple[Condition, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzPolicy:
+    """One AuthorizationPolicy. rules empty: ALLOW matches nothing, DENY matches nothing
+    (Istio: "no rules" denies/allows nothing), except that an ALLOW with an empty rule `{}`
+    matches everything; selector None: every workload of the namespace (mesh-wide in root)."""
+
+    name: str
+    namespace: str
+    action: AuthzAction = AuthzAction.ALLOW
+    selector: Labels | None = None
+    rules: tuple[AuthzRule, ...] = ()
+    provenance: Provenance | None = None
