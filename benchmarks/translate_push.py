@@ -34,7 +34,7 @@ from envoy.service.discovery.v3.discovery_pb2 import (
     DiscoveryRequest,
 )
 
-from meshagent.agent.gcpause import paused_gc
+from meshagent.gcpause import paused_gc
 from meshagent.model import Provenance, ProxySpec, RawResource, SourceEvent
 from meshagent.normalize import Normalizer
 from meshagent.xds import typeurls
@@ -123,7 +123,7 @@ def run_size(n: int, endpoints: int) -> dict[str, Any]:
     proxy = ProxySpec(node_id=NODE, namespace="bench", port_offset=10000)
     raws = [service_entry(i, endpoints) for i in range(n)]
     normalizer, translator = Normalizer(), Translator()
-    # The agent pauses the cyclic GC around both passes (meshagent.agent.gcpause): so do we.
+    # The agent pauses the cyclic GC around both passes (meshagent.gcpause): so do we.
     t0 = time.perf_counter()
     with paused_gc():
         snapshot, diagnostics = normalizer.apply([SourceEvent("bench", upserts=tuple(raws))])

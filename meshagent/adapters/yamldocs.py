@@ -6,9 +6,7 @@ becomes an error Diagnostic located at "path:line". This module builds no model 
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from meshagent.gcpause import paused_gc
 from meshagent.model.source import Diagnostic, Provenance, RawResource
 
 try:  # libyaml's parser is several times faster; fall back to the pure-Python one
@@ -153,20 +152,6 @@ def _resource(node: Node, path: str, source: str, strip_keys: tuple[str, ...]) -
     return LoadedDocument(raw, meta)
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC: a big file makes many small objects, and the collector's repeated
-    passes over them made loading 10,000 documents about four times slower. Nothing built
-    here is cyclic, so nothing is lost; the collector resumes afterwards."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def _syntax_error(exc: yaml.YAMLError, path: str, source: str) -> Diagnostic:
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
@@ -202,7 +187,7 @@ def load_documents_with_meta(
 
     A YAML syntax error yields no documents from the whole text, and one error.
     """
-    with _gc_paused():
+    with paused_gc():
         return _load(text, path, source, strip_keys)
 
 

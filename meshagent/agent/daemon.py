@@ -23,10 +23,10 @@ from meshagent.adapters.files import FilesAdapter
 from meshagent.agent.admin import AdminServer, standard_pages
 from meshagent.agent.config import AgentConfig, load_config
 from meshagent.agent.envoy import EnvoySupervisor, bootstrap_for
-from meshagent.agent.gcpause import paused_gc
 from meshagent.agent.logs import configure_logging
 from meshagent.agent.metrics import AgentMetrics, MetricsObserver
 from meshagent.errors import MeshAgentError
+from meshagent.gcpause import paused_gc
 from meshagent.model.proxy import ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
 from meshagent.model.source import Diagnostic, SourceEvent
