@@ -76,3 +76,28 @@ def test_invalid_destination_rules_are_rejected_at_the_expected_field() -> None:
         found = [d for d in validate_resource(document.resource) if d.severity == "error"]
         assert found, f"{document.resource.provenance.location}: accepted"
         assert expected_field in [d.field for d in found]
+
+
+def test_meshagent_validate_accepts_the_valid_corpus_from_the_command_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from meshagent.agent.cli import main
+
+    corpus = _corpus()
+    paths = [str(corpus / d) for d in ("bookinfo", "config", "dataset")]
+
+    code = main(["validate", "-q", *paths, str(corpus / "validation/destinationrule-valid.yaml")])
+
+    assert (code, capsys.readouterr().out) == (0, "")
+
+
+def test_meshagent_validate_rejects_the_invalid_destination_rules(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from meshagent.agent.cli import main
+
+    code = main(["validate", "-q", str(_corpus() / "validation/destinationrule-invalid.yaml")])
+
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 1
+    assert all(line.count(": ") >= 3 and "DestinationRule/" in line for line in lines)
