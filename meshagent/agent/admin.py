@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -43,7 +45,10 @@ class Response:
         )
 
 
-Page = Callable[[], Response]
+# A page may be a coroutine function, for pages that wait on I/O (e.g. /envoy/stats).
+Page = Callable[[], Response | Awaitable[Response]]
+# POST handlers get the query string's parameters (last value wins).
+Action = Callable[[dict[str, str]], Response | Awaitable[Response]]
 
 
 class _BadRequest(Exception):
@@ -62,6 +67,7 @@ class AdminServer:
         self.address = address
         self._requested_port = port
         self.pages = dict(pages)
+        self.actions: dict[str, Action] = {}
         self._server: asyncio.Server | None = None
 
     @property
@@ -90,7 +96,7 @@ class AdminServer:
         try:
             try:
                 method, path = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT_S)
-                response = self._dispatch(method, path)
+                response = await self._respond(method, path)
             except _BadRequest as exc:
                 method, response = "GET", Response.text(exc.status, f"{exc}\n")
             except TimeoutError:
@@ -105,14 +111,30 @@ class AdminServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    def _dispatch(self, method: str, target: str) -> Response:
-        if method not in ("GET", "HEAD"):
-            return Response.text(405, "only GET is supported\n")
-        page = self.pages.get(target.split("?", 1)[0])
-        if page is None:
+    async def _respond(self, method: str, target: str) -> Response:
+        answer = self._dispatch(method, target)
+        if not inspect.isawaitable(answer):
+            return answer
+        try:
+            return await answer
+        except Exception:
+            log.exception("admin_page_failed", path=target)
+            return Response.text(500, "internal error\n")
+
+    def _dispatch(self, method: str, target: str) -> Response | Awaitable[Response]:
+        path, _, query = target.partition("?")
+        if method == "POST" and path in self.actions:
+            action = self.actions[path]
+            params = dict(urllib.parse.parse_qsl(query))
+            call: Page = lambda: action(params)  # noqa: E731
+        elif method not in ("GET", "HEAD"):
+            return Response.text(405, "only GET is supported here\n")
+        elif path in self.pages:
+            call = self.pages[path]
+        else:
             return Response.text(404, "not found\n")
         try:
-            return page()
+            return call()
         except Exception:
             log.exception("admin_page_failed", path=target)
             return Response.text(500, "internal error\n")

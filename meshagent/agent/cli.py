@@ -50,17 +50,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", "-c", type=Path, default=Path("examples/quickstart/agent.yaml"),
         help="agent config; demo-apps.yaml beside it lists the demo services",
     )
+    from meshagent.testing.consul_sim import add_parser as add_consul_sim_parser
+
+    add_consul_sim_parser(dev_sub)  # dev consul-sim
+    from meshagent.agent.ca_cli import add_parsers as add_ca_parsers
+
+    add_ca_parsers(sub)  # ca init|issue|show, token create, certs
+    from meshagent.agent.opscli import add_ops_commands
+
+    add_ops_commands(sub)  # status, proxy-config, reload, drain-envoy, completion
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        from meshagent.agent.opscli import run_ops_command
+
+        ops = run_ops_command(args, parser, sys.stdout)
+        if ops is not None:
+            return ops
         if args.command == "run":
             return _run(args)
         if args.command == "bootstrap":
             return _bootstrap(args)
+        if args.command in ("ca", "token", "certs"):
+            from meshagent.agent import ca_cli
+
+            return ca_cli.run(args)
         if args.command == "dev":
             return _dev(args)
         return _validate(args, sys.stdout)
@@ -96,6 +115,11 @@ def _bootstrap(args: argparse.Namespace) -> int:
 
 def _dev(args: argparse.Namespace) -> int:
     from meshagent.testing.quickstart import run_quickstart
+
+    if args.dev_command == "consul-sim":
+        from meshagent.testing.consul_sim import run_cli
+
+        return run_cli(args)
 
     return run_quickstart(args.config)
 

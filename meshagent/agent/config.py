@@ -43,12 +43,16 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
+from meshagent.ca.settings import CA_MODES, CaConfig, CaServeConfig, CaUpstreamConfig
 from meshagent.errors import ConfigError
-from meshagent.model.proxy import ProxySpec, TcpBinding
+from meshagent.model.proxy import InboundPort, LocalWorkload, ProxySpec, TcpBinding
+
+if TYPE_CHECKING:
+    from meshagent.agent.consul_config import ConsulSourceConfig
 
 T = TypeVar("T")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -79,6 +83,7 @@ class SourcesConfig:
     """Configured adapters; None means that adapter is off."""
 
     files: FilesSourceConfig | None
+    consul: ConsulSourceConfig | None = None  # sources.consul (agent/consul_config.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +150,10 @@ class AgentConfig:
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
     log: LogConfig = field(default_factory=LogConfig)
     path: Path | None = None
+    ca: CaConfig | None = None
+    workloads: tuple[LocalWorkload, ...] = ()
+    inbound_address: str = "0.0.0.0"  # `inbound.address`: where mesh traffic arrives
+    root_namespace: str = "istio-system"  # security policies here without selector: mesh-wide
 
     def proxy_spec(self) -> ProxySpec:
         """What the translator needs to know about the local Envoy."""
@@ -156,6 +165,10 @@ class AgentConfig:
             port_offset=self.outbound.port_offset,
             port_overrides=self.outbound.ports,
             tcp_bindings=self.outbound.tcp,
+            trust_domain=self.ca.trust_domain if self.ca else "cluster.local",
+            workloads=self.workloads,
+            inbound_address=self.inbound_address,
+            root_namespace=self.root_namespace,
         )
 
 
@@ -295,7 +308,19 @@ _KIND_NAMES = {
 
 def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
     root.only(
-        "node", "domain_suffix", "sources", "xds", "admin", "envoy", "outbound", "state_dir", "log"
+        "node",
+        "domain_suffix",
+        "sources",
+        "xds",
+        "admin",
+        "envoy",
+        "outbound",
+        "state_dir",
+        "log",
+        "ca",
+        "workloads",
+        "inbound",
+        "root_namespace",
     )
     state_dir = _resolve(base, root.get("state_dir", str, "/var/lib/meshagent"))
     return AgentConfig(
@@ -309,7 +334,30 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         state_dir=state_dir,
         log=_log(root.section("log")),
         path=path,
+        ca=_ca(root.section("ca"), base, state_dir) if root.data.get("ca") is not None else None,
+        workloads=tuple(
+            _workload(root, i, item) for i, item in enumerate(root.get("workloads", list, []))
+        ),
+        inbound_address=_inbound(root),
+        root_namespace=_hostname(root, "root_namespace", "istio-system"),
     )
+
+
+def _inbound(root: _Section) -> str:
+    """`inbound.address`; also checks that no two workload ports share an inbound port (one
+    listener each). Runs after `workloads` parsed, so their shape is known to be right."""
+    seen: set[int] = set()
+    for i, workload in enumerate(root.data.get("workloads") or ()):
+        for j, port in enumerate(workload.get("ports") or ()):
+            if port["port"] in seen:
+                raise root.error(
+                    "inbound port already used by another workload port",
+                    f"workloads[{i}].ports[{j}].port",
+                )
+            seen.add(port["port"])
+    s = root.section("inbound")
+    s.only("address")
+    return _ip(s, "address", s.get("address", str, "0.0.0.0"))
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -333,9 +381,14 @@ def _node(s: _Section) -> NodeConfig:
 
 
 def _sources(s: _Section, base: Path) -> SourcesConfig:
-    s.only("files")
+    s.only("files", "consul")
+    consul = None
+    if s.data.get("consul") is not None:
+        from meshagent.agent.consul_config import parse_consul  # it imports _Section from here
+
+        consul = parse_consul(s.section("consul"), base)
     if "files" in s.data and s.data["files"] is None:
-        return SourcesConfig(files=None)
+        return SourcesConfig(files=None, consul=consul)
     f = s.section("files")
     f.only("paths", "debounce_ms", "poll_interval_ms")
     raw_paths = f.get("paths", list, ["mesh/"])
@@ -347,7 +400,8 @@ def _sources(s: _Section, base: Path) -> SourcesConfig:
             paths=tuple(_resolve(base, p) for p in raw_paths),
             debounce_ms=_bounded(f, "debounce_ms", 100, 0, 60_000),
             poll_interval_ms=_bounded(f, "poll_interval_ms", 200, 10, 60_000),
-        )
+        ),
+        consul=consul,
     )
 
 
@@ -469,6 +523,117 @@ def _log(s: _Section) -> LogConfig:
     return LogConfig(
         level=s.choice("level", "info", LOG_LEVELS),
         format=s.choice("format", "auto", LOG_FORMATS),
+    )
+
+
+# --- certificate authority and local workloads (issue 3) -------------------------------
+
+
+def _ca(s: _Section, base: Path, state_dir: Path) -> CaConfig:
+    from meshagent.ca.durations import parse_duration
+    from meshagent.ca.keys import KEY_TYPES
+
+    s.only(
+        "mode", "dir", "trust_domain", "key_type", "workload_ttl", "plugin_dir", "upstream", "serve"
+    )
+    mode = s.choice("mode", "self-signed", CA_MODES)
+    plugin_dir = s.opt("plugin_dir", str)
+    if mode == "plug-in" and not plugin_dir:
+        raise s.error("is required when mode is plug-in", "plugin_dir")
+    if mode == "upstream" and s.data.get("upstream") is None:
+        raise s.error("is required when mode is upstream", "upstream")
+    try:
+        ttl = parse_duration(s.get("workload_ttl", str, "24h"))
+    except ValueError as exc:
+        raise s.error(str(exc), "workload_ttl") from None
+    ca_dir = s.opt("dir", str)
+    serve = _ca_serve(s.section("serve"))
+    if mode == "upstream" and serve.address:
+        raise s.error("needs a local CA: not available in upstream mode", "serve.address")
+    return CaConfig(
+        mode=mode,
+        dir=_resolve(base, ca_dir) if ca_dir else state_dir / "ca",
+        trust_domain=_hostname(s, "trust_domain", "cluster.local"),
+        key_type=s.choice("key_type", "ec-p256", KEY_TYPES),
+        workload_ttl_s=ttl,
+        plugin_dir=_resolve(base, plugin_dir) if plugin_dir else None,
+        upstream=_ca_upstream(s.section("upstream"), base) if mode == "upstream" else None,
+        serve=serve,
+    )
+
+
+def _ca_upstream(s: _Section, base: Path) -> CaUpstreamConfig:
+    s.only("address", "token_file", "root_cert", "server_name")
+    for key in ("address", "token_file"):
+        if not s.data.get(key):
+            raise s.error("is required", key)
+    host, port = _host_port_name(s, "address", s.get("address", str, ""))
+    root_cert = s.opt("root_cert", str)
+    return CaUpstreamConfig(
+        address=f"{host}:{port}",
+        token_file=_resolve(base, s.get("token_file", str, "")),
+        root_cert=_resolve(base, root_cert) if root_cert else None,
+        server_name=s.opt("server_name", str),
+    )
+
+
+def _host_port_name(s: _Section, key: str, value: str, *, zero_ok: bool = False) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not (0 if zero_ok else 1) <= int(port) <= 65535:
+        raise s.error('must be "host:port", e.g. "istiod.example.com:15012"', key)
+    return host, int(port)
+
+
+def _listen(s: _Section, key: str) -> str | None:
+    value = s.opt(key, str)
+    if not value:
+        return None
+    host, port = _host_port_name(s, key, value, zero_ok=True)
+    return f"{_ip(s, key, host.strip('[]'))}:{port}"
+
+
+def _ca_serve(s: _Section) -> CaServeConfig:
+    s.only("address", "tls", "mtls_address", "rate", "burst")
+    rate = s.data.get("rate", 10.0)
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or rate <= 0:
+        raise s.error("must be a number above 0 (requests per second per caller)", "rate")
+    return CaServeConfig(
+        address=_listen(s, "address"),
+        tls=s.get("tls", bool, True),
+        mtls_address=_listen(s, "mtls_address"),
+        rate=float(rate),
+        burst=_bounded(s, "burst", 20, 1, 100_000),
+    )
+
+
+def _workload(parent: _Section, index: int, item: Any) -> LocalWorkload:
+    s = _Section(item, parent.path(f"workloads[{index}]"), parent.lines, parent.filename)
+    s.only("name", "namespace", "service_account", "labels", "ports")
+    if not s.data.get("name"):
+        raise s.error("is required", "name")
+    labels = s.get("labels", dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise s.error("must map strings to strings", "labels")
+    return LocalWorkload(
+        name=_hostname(s, "name", ""),
+        namespace=_hostname(s, "namespace", "default"),
+        service_account=_hostname(s, "service_account", "default"),
+        labels=tuple(sorted(labels.items())),
+        ports=tuple(_inbound_port(s, i, p) for i, p in enumerate(s.get("ports", list, []))),
+    )
+
+
+def _inbound_port(parent: _Section, index: int, item: Any) -> InboundPort:
+    s = _Section(item, parent.path(f"ports[{index}]"), parent.lines, parent.filename)
+    s.only("port", "target_port", "protocol", "name")
+    if "port" not in s.data:
+        raise s.error("is required", "port")
+    port = s.port("port", 0, zero_ok=False)
+    return InboundPort(
+        port=port,
+        target_port=s.port("target_port", port, zero_ok=False),
+        protocol=s.get("protocol", str, "HTTP").upper(),
+        name=s.get("name", str, ""),
     )
 
 

@@ -22,11 +22,15 @@ from meshagent.adapters.base import Adapter
 from meshagent.adapters.files import FilesAdapter
 from meshagent.agent.admin import AdminServer, standard_pages
 from meshagent.agent.config import AgentConfig, load_config
+from meshagent.agent.convergence import ConvergenceObserver, ConvergenceTracker
 from meshagent.agent.envoy import EnvoySupervisor, bootstrap_for
 from meshagent.agent.logs import configure_logging
-from meshagent.agent.metrics import AgentMetrics, MetricsObserver
+from meshagent.agent.metrics import AgentMetrics
+from meshagent.agent.opspages import install_ops_pages
+from meshagent.agent.sdnotify import SystemdNotifier
 from meshagent.errors import MeshAgentError
 from meshagent.gcpause import paused_gc
+from meshagent.model.identity import WorkloadCertificate
 from meshagent.model.proxy import ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
 from meshagent.model.source import Diagnostic, SourceEvent
@@ -53,6 +57,10 @@ def build_adapters(config: AgentConfig) -> list[Adapter]:
                 poll_interval_ms=files.poll_interval_ms,
             )
         )
+    if config.sources.consul is not None:
+        from meshagent.adapters.consul import ConsulAdapter
+
+        adapters.append(ConsulAdapter(config.sources.consul.options))
     return adapters
 
 
@@ -71,7 +79,12 @@ class TranslatorLike(Protocol):
 def _default_normalizer(config: AgentConfig) -> NormalizerLike:
     from meshagent.normalize.normalizer import Normalizer
 
-    return Normalizer(domain_suffix=config.domain_suffix, default_namespace=config.node.namespace)
+    return Normalizer(
+        domain_suffix=config.domain_suffix,
+        default_namespace=config.node.namespace,
+        root_namespace=config.root_namespace,
+        consul=config.sources.consul.mapping if config.sources.consul else None,
+    )
 
 
 def _default_translator() -> TranslatorLike:
@@ -127,6 +140,13 @@ class Agent:
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        self.ca: Any = None  # CaRuntime when `ca:` is configured
+        self.consul_registrar: Any = None  # ConsulRegistrar when sources.consul.register
+        self.notifier = SystemdNotifier.from_environment()  # inert outside systemd
+        self._notify_task: asyncio.Task[None] | None = None
+        self.convergence = ConvergenceTracker(
+            self.metrics, lambda: self.cache.status(self._proxy.node_id)
+        )
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -136,14 +156,21 @@ class Agent:
 
         cfg = self.config
         self.admin = AdminServer(cfg.admin.address, cfg.admin.port, self._pages())
+        install_ops_pages(self.admin, self)
         await self.admin.start()
         cfg.xds.uds.parent.mkdir(parents=True, exist_ok=True)
-        self._ads = AdsServer(self.cache, MetricsObserver(self.metrics))
+        self._ads = AdsServer(self.cache, ConvergenceObserver(self.metrics, self.convergence))
         tcp = f"{cfg.xds.tcp[0]}:{cfg.xds.tcp[1]}" if cfg.xds.tcp else None
         await self._ads.start(uds_path=str(cfg.xds.uds), tcp_address=tcp)
+        if cfg.ca is not None:  # before the first publish, so that it carries the certificates
+            from meshagent.agent.security import CaRuntime
+
+            self.ca = CaRuntime(cfg, self.metrics, self._certificates_rotated)
+            await self.ca.start()
         self._processor = asyncio.create_task(self._process_loop(), name="agent-processor")
         for adapter in self._adapter_factory(cfg):
             self._start_source(adapter)
+        self._start_consul_registration()
         if cfg.envoy.manage:
             self.envoy = EnvoySupervisor(
                 cfg.envoy, bootstrap_for(cfg), cfg.state_dir, output=self._envoy_output
@@ -153,10 +180,20 @@ class Agent:
     async def stop(self) -> None:
         """Stop sources, Envoy, the ADS server and admin, in that order; safe to call twice."""
         self._stop.set()
+        if self._notify_task is not None:
+            self.notifier.stopping()
+            await _cancel(self._notify_task)
+            self._notify_task = None
+        if self.consul_registrar is not None:  # first, while /readyz still answers
+            await self.consul_registrar.stop()
+            self.consul_registrar = None
         for source in list(self._sources.values()):
             await _cancel(source.task)
         self._sources.clear()
         await _cancel(self._processor)
+        if self.ca is not None:
+            await self.ca.stop()
+            self.ca = None
         if self.envoy is not None:
             await self.envoy.stop()
             self.envoy = None
@@ -167,6 +204,23 @@ class Agent:
             await self.admin.stop()
             self.admin = None
         log.info("agent_stopped")
+
+    def _start_consul_registration(self) -> None:
+        consul, cfg = self.config.sources.consul, self.config
+        if consul is None or not consul.register.enabled or not cfg.workloads:
+            return
+        from meshagent.adapters.consul import TokenFile
+        from meshagent.agent.consul_register import ConsulRegistrar, registration_body
+
+        port = self.admin.port if self.admin is not None else cfg.admin.port
+        check = f"http://{cfg.admin.address}:{port}/readyz"
+        bodies = [
+            registration_body(w, cfg.node.id, consul.register.address, check)
+            for w in cfg.workloads
+        ]
+        token = TokenFile(consul.options.token_file)
+        self.consul_registrar = ConsulRegistrar(consul.options, token, bodies)
+        self.consul_registrar.start()
 
     @property
     def snapshot(self) -> MeshSnapshot:
@@ -186,6 +240,9 @@ class Agent:
                 loop.add_signal_handler(sig, self.request_stop)
             loop.add_signal_handler(signal.SIGHUP, self._reload_in_background)
             log.info("agent_started", proxy=self.config.node.id)
+            self._notify_task = asyncio.create_task(
+                self.notifier.run(self.ready_reasons, self._healthy), name="agent-sd-notify"
+            )
             await self._stop.wait()
             return 0
         finally:
@@ -216,6 +273,7 @@ class Agent:
                 raise
             except Exception:
                 log.exception("source_failed", source=source.adapter.name, retry_in_s=delay)
+                self.metrics.source_restarts.labels(source=source.adapter.name).inc()
             await asyncio.sleep(delay)
             delay = min(delay * 2, SOURCE_RETRY_MAX_S)
 
@@ -258,6 +316,7 @@ class Agent:
         return event
 
     def _apply(self, events: list[SourceEvent]) -> None:
+        self.convergence.changed()
         try:
             with paused_gc():
                 snapshot, diagnostics = self.normalizer.apply(events)
@@ -294,7 +353,9 @@ class Agent:
             self.metrics.translate_failures.inc()
             log.exception("translate_failed_bug", proxy=self._proxy.node_id)
             return  # the previous ResourceSet keeps serving
+        previous = self.cache.get(self._proxy.node_id)[0]
         version = self.cache.set(self._proxy.node_id, resources)
+        self.convergence.published(pushes=version != previous)
         self._published = True
         self.metrics.snapshot_version.set(getattr(self._snapshot, "version", 0))
         counts = {t: len(resources.of(t)) for t in SHORT_NAMES}
@@ -320,7 +381,11 @@ class Agent:
         Everything else is logged as needing a restart.
         """
         async with self._reload_lock:
-            await self._reload()
+            self.notifier.reloading()
+            try:
+                await self._reload()
+            finally:
+                self.notifier.reloaded()
 
     async def _reload(self) -> None:
         old, path = self.config, self.config.path
@@ -340,17 +405,27 @@ class Agent:
         if new.sources != old.sources:
             for adapter in self._adapter_factory(self.config):
                 await self._restart_source(adapter)
-        if new.proxy_spec() != self._proxy:
-            self._proxy = new.proxy_spec()
+        proxy = dataclasses.replace(new.proxy_spec(), certificates=self._proxy.certificates)
+        if proxy != self._proxy:
+            self._proxy = proxy
             self._publish()
         fixed = [
             f
-            for f in ("node", "domain_suffix", "xds", "admin", "envoy", "state_dir")
+            for f in ("node", "domain_suffix", "xds", "admin", "envoy", "state_dir", "ca")
             if getattr(new, f) != getattr(old, f)
         ]
         if fixed:
             log.warning("config_change_needs_restart", fields=fixed)
         log.info("config_reloaded", path=str(path))
+
+    def _certificates_rotated(self, certificates: tuple[WorkloadCertificate, ...]) -> None:
+        """The CA's callback: serve the new certificates (SDS) through a re-translation."""
+        self._proxy = dataclasses.replace(self._proxy, certificates=certificates)
+        self._publish()
+
+    def _healthy(self) -> bool:
+        """The systemd watchdog's view: the processing task is alive."""
+        return self._processor is not None and not self._processor.done()
 
     # --- admin --------------------------------------------------------------------------
 
@@ -360,6 +435,30 @@ class Agent:
             metrics=self.metrics.exposition,
             config_errors=self.config_errors,
         )
+
+    def reload_in_background(self) -> None:
+        """Start a reload (as SIGHUP does) without waiting for it."""
+        self._reload_in_background()
+
+    def served_resources(self) -> ResourceSet:
+        """What the cache serves the local Envoy now."""
+        return self.cache.get(self._proxy.node_id)[1]
+
+    def status_report(self) -> dict[str, Any]:
+        """Sources, mesh, certificates, Envoy's xDS state and diagnostics (/debug/status)."""
+        from meshagent.agent import statuspage
+
+        return {
+            "node": self._proxy.node_id,
+            "not_ready": self.ready_reasons(),
+            "sources": [{"name": n, "synced": s.synced} for n, s in sorted(self._sources.items())],
+            "mesh": statuspage.mesh_report(self._snapshot),
+            "certificates": statuspage.certificates_report(
+                getattr(self._proxy, "certificates", ())
+            ),
+            "xds": statuspage.xds_report(self.cache.status(self._proxy.node_id)),
+            "diagnostics": self.config_errors()["diagnostics"][-50:],
+        }
 
     def config_errors(self) -> dict[str, Any]:
         """/debug/config_errors: the most recent diagnostics, oldest first."""

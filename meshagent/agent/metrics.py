@@ -53,6 +53,11 @@ class AgentMetrics:
         self.config_warnings = Counter(
             "meshagent_config_warnings", "Configuration warnings reported", ["source"], registry=r
         )
+        # Errors a source met talking to its platform (Consul down, 5xx, 403, bad JSON; an
+        # unreadable file): diagnostics that name no resource.
+        self.source_errors = Counter(
+            "meshagent_source_errors", "Errors reading a source", ["source"], registry=r
+        )
         self.source_synced = Gauge(
             "meshagent_source_synced",
             "1 once a source has listed everything",
@@ -71,12 +76,41 @@ class AgentMetrics:
         self.translate_failures = Counter(
             "meshagent_translate_failures", "Translations that failed (bugs)", registry=r
         )
+        # Operations (issue 6): a source's watch restarted after a failure; and convergence,
+        # from a source change arriving to Envoy having ACKed every push it caused.
+        self.source_restarts = Counter(
+            "meshagent_source_restarts", "Source watches restarted after a failure", ["source"],
+            registry=r,
+        )  # fmt: skip
+        self.convergence = Histogram(
+            "meshagent_convergence_seconds",
+            "Time from a source change to Envoy's ACK of the configuration it produced",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        # Certificate authority (issue 3): `kind` is "workload" (this host's certificates) or
+        # "served" (CreateCertificate for other hosts); reason is the refusal's class name.
+        self.ca_issued = Counter("meshagent_ca_issued", "Certificates issued", ["kind"], registry=r)
+        self.ca_failures = Counter(
+            "meshagent_ca_failures",
+            "Certificate requests that failed",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.cert_expiry = Gauge(
+            "meshagent_cert_expiry_seconds",
+            "Seconds until a local workload certificate expires",
+            ["identity"],
+            registry=r,
+        )
 
     def count_diagnostics(self, diagnostics: Iterable[Diagnostic]) -> None:
         """Count each diagnostic as an error or a warning of its source."""
         for d in diagnostics:
             target = self.config_errors if d.severity == "error" else self.config_warnings
             target.labels(source=d.source).inc()
+            if d.severity == "error" and not d.kind:
+                self.source_errors.labels(source=d.source).inc()
 
     def set_resources(self, counts: Mapping[str, int]) -> None:
         """Resource counts by type URL, as generated for the local proxy."""

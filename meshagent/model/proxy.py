@@ -63,6 +63,8 @@ class ProxySpec:
     inbound_address: str = "0.0.0.0"
     workloads: tuple[LocalWorkload, ...] = ()
     certificates: tuple[WorkloadCertificate, ...] = ()
+    # Security policies in this namespace without a selector apply mesh-wide.
+    root_namespace: str = "istio-system"
 
     def outbound_port(self, service_port: int) -> int:
         for port, local in self.port_overrides:

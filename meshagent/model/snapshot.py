@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from meshagent.model.routing import VirtualService
+from meshagent.model.security import AuthzPolicy, PeerAuthn
 from meshagent.model.services import Endpoint, Service, Workload
 from meshagent.model.traffic import DestinationRule
 
@@ -76,6 +77,13 @@ class MeshSnapshot:
         default_factory=lambda: MappingProxyType({})
     )
     workloads: Mapping[str, Workload] = field(default_factory=lambda: MappingProxyType({}))
+    # Security policy by "namespace/name" (meshagent.model.security).
+    peer_authentications: Mapping[str, PeerAuthn] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    authorization_policies: Mapping[str, AuthzPolicy] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
     changes: SnapshotChanges | None = field(default=None, compare=False, repr=False)
 
     def destination_rule_for(self, host: str) -> DestinationRule | None:

@@ -15,10 +15,12 @@ from typing import Any
 
 from meshagent.model.labels import selector_matches
 from meshagent.model.routing import VirtualService
+from meshagent.model.security import AuthzPolicy, PeerAuthn
 from meshagent.model.services import Endpoint, Service, Workload
 from meshagent.model.snapshot import MeshSnapshot, SnapshotChanges
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
 from meshagent.model.traffic import DestinationRule
+from meshagent.normalize.consul import ConsulMapping, convert_consul, is_consul
 from meshagent.normalize.convert import Converted, ConvertedServiceEntry, convert
 from meshagent.normalize.convert.services import workload_endpoint
 from meshagent.normalize.ownership import Claims, Key
@@ -54,6 +56,12 @@ def _hosts(converted: ConvertedServiceEntry) -> tuple[str, ...]:
     return tuple(s.host for s in converted.services)
 
 
+def _security_key(converted: PeerAuthn | AuthzPolicy) -> tuple[str, str]:
+    """The snapshot map a security policy lives in, and its key there."""
+    name = "peer_authentications" if isinstance(converted, PeerAuthn) else "authorization_policies"
+    return name, f"{converted.namespace}/{converted.name}"
+
+
 def _same(old: tuple[Endpoint, ...] | None, new: tuple[Endpoint, ...]) -> bool:
     if old is None or len(old) != len(new):
         return False
@@ -64,10 +72,23 @@ class Normalizer:
     """Turns SourceEvents into MeshSnapshots; one instance per agent, not thread-safe."""
 
     def __init__(
-        self, *, domain_suffix: str = "cluster.local", default_namespace: str = "default"
+        self,
+        *,
+        domain_suffix: str = "cluster.local",
+        default_namespace: str = "default",
+        root_namespace: str = "istio-system",
+        consul: ConsulMapping | None = None,
     ) -> None:
         self.domain_suffix = domain_suffix
+        self.consul = consul or ConsulMapping()  # how Consul resources map (normalize.consul)
         self.default_namespace = default_namespace
+        # Security policies in this namespace without a selector apply mesh-wide (Istio's
+        # meshConfig.rootNamespace); the translator reads it from here.
+        self.root_namespace = root_namespace
+        self._security: dict[str, dict[str, Any]] = {
+            "peer_authentications": {},
+            "authorization_policies": {},
+        }
         self._entries: dict[Key, _Entry] = {}
         self._batch = 0
         self._se_claims = Claims()
@@ -113,21 +134,37 @@ class Normalizer:
         if old is not None and old.raw.body == raw.body:
             old.raw = raw  # same content, maybe moved in its file: keep the model objects
             return
-        issues = check_document(raw)
-        out.extend(diagnostic(raw, i) for i in issues)
-        if issues.has_errors or not is_supported(raw):
+        converted = self._check_and_convert(raw, out)
+        if converted is None:
             return  # rejected or ignored: the last valid version (if any) keeps serving
-        converted, problems = convert(
-            raw, domain_suffix=self.domain_suffix, default_namespace=self.default_namespace
-        )
-        out.extend(diagnostic(raw, i) for i in problems)
-        if converted is None or problems.has_errors:
-            return
         if old is not None:
             self._retract(raw.key, old, dirty, forget=False)
         self._entries[raw.key] = _Entry(raw, converted)
         self._assert(raw.key, converted, dirty)
         dirty.upserted.add(raw.key)
+
+    def _check_and_convert(self, raw: RawResource, out: list[Diagnostic]) -> Converted | None:
+        """raw's model objects, or None when it is invalid or ignored (issues go to out)."""
+        if is_consul(raw):
+            result, problems = convert_consul(raw, self.consul)
+            out.extend(diagnostic(raw, i) for i in problems)
+            return None if problems.has_errors else result
+        issues = check_document(raw)
+        out.extend(diagnostic(raw, i) for i in issues)
+        if issues.has_errors or not is_supported(raw):
+            return None
+        converted, problems = convert(
+            raw, domain_suffix=self.domain_suffix, default_namespace=self.default_namespace
+        )
+        out.extend(diagnostic(raw, i) for i in problems)
+        return None if problems.has_errors else converted
+
+    def _rank(self, key: Key) -> int:
+        """Claim rank: the oldest wins, except that sources.consul.precedence puts Consul
+        resources before (or after) every other source's."""
+        if key[0] != "consul":
+            return self._batch
+        return -1 if self.consul.precedence == "consul" else 1 << 62
 
     def _delete(self, key: Key, dirty: _Dirty) -> None:
         old = self._entries.pop(key, None)
@@ -137,7 +174,7 @@ class Normalizer:
     def _assert(self, key: Key, converted: Converted, dirty: _Dirty) -> None:
         """Record what converted contributes to the mesh, and mark it for recomputation."""
         if isinstance(converted, ConvertedServiceEntry):
-            self._se_claims.claim(key, _hosts(converted), self._batch)
+            self._se_claims.claim(key, _hosts(converted), self._rank(key))
             dirty.hosts.update(_hosts(converted))
             if converted.selector is not None:
                 self._selectors.setdefault(converted.namespace, set()).add(key)
@@ -151,8 +188,12 @@ class Normalizer:
         elif isinstance(converted, VirtualService):
             self._virtual_services[f"{converted.namespace}/{converted.name}"] = converted
             dirty.mark("virtual_services", f"{converted.namespace}/{converted.name}")
+        elif isinstance(converted, PeerAuthn | AuthzPolicy):
+            name, key_ = _security_key(converted)
+            self._security[name][key_] = converted
+            dirty.mark(name, key_)
         else:
-            self._dr_claims.claim(key, (converted.host,), self._batch)
+            self._dr_claims.claim(key, (converted.host,), self._rank(key))
             dirty.dr_hosts.add(converted.host)
 
     def _retract(self, key: Key, entry: _Entry, dirty: _Dirty, *, forget: bool) -> None:
@@ -172,6 +213,10 @@ class Normalizer:
         elif isinstance(converted, VirtualService):
             self._virtual_services.pop(f"{converted.namespace}/{converted.name}", None)
             dirty.mark("virtual_services", f"{converted.namespace}/{converted.name}")
+        elif isinstance(converted, PeerAuthn | AuthzPolicy):
+            name, key_ = _security_key(converted)
+            self._security[name].pop(key_, None)
+            dirty.mark(name, key_)
         else:
             self._dr_claims.release(key, (converted.host,), forget=forget)
             dirty.dr_hosts.add(converted.host)
@@ -243,7 +288,12 @@ class Normalizer:
             for host in sorted(hosts):
                 winner = claims.winner(host)
                 for key in claims.losers(host):
-                    if key in dirty.upserted and winner is not None:
+                    # A loser is told when it arrives, and (across sources, where
+                    # sources.consul.precedence decides) also when the winner arrives.
+                    told = key in dirty.upserted or (
+                        winner in dirty.upserted and winner is not None and winner[0] != key[0]
+                    )
+                    if told and winner is not None:
                         raw = self._entries[key].raw
                         owner = self._entries[winner].raw
                         reason = (
@@ -262,6 +312,7 @@ class Normalizer:
             "virtual_services": self._virtual_services,
             "destination_rules": self._destination_rules,
             "workloads": self._workloads,
+            **self._security,
         }
         fields = {
             name: MappingProxyType(dict(live)) if name in changed else getattr(current, name)

@@ -6,9 +6,9 @@ import re
 from typing import Any
 
 from meshagent.model.source import Diagnostic, RawResource
-from meshagent.normalize.schema import ISTIO_NETWORKING_GROUP, ISTIO_VERSIONS, SPECS
+from meshagent.normalize.schema import KIND_GROUPS, SPECS
 from meshagent.normalize.schema.common import LABELS, STR_MAP
-from meshagent.normalize.schema.core import F, Issue, Issues, Obj, Str, Type
+from meshagent.normalize.schema.core import F, Issue, Issues, Obj, Predicate, Str, Type
 
 _LINE_SUFFIX = re.compile(r":\d+$")
 
@@ -18,6 +18,9 @@ class AnyValue(Type):
 
     def check(self, value: Any, path: str, issues: Issues) -> None:
         return None
+
+    def compile_predicate(self) -> Predicate:
+        return lambda value: True
 
 
 _ANY = F(AnyValue())
@@ -49,9 +52,29 @@ METADATA = Obj(
 
 
 def is_supported(raw: RawResource) -> bool:
-    """True when raw is an Istio networking kind and version this normalizer converts."""
+    """True when raw is an Istio kind and version this normalizer converts."""
     group, _, version = raw.api_version.rpartition("/")
-    return raw.kind in SPECS and group == ISTIO_NETWORKING_GROUP and version in ISTIO_VERSIONS
+    want = KIND_GROUPS.get(raw.kind)
+    return want is not None and group == want[0] and version in want[1]
+
+
+_DOCUMENTS: dict[str, Obj] = {}
+
+
+def _document(kind: str) -> Obj:
+    """The whole-document schema of kind, built once (its compiled predicate is kept on it)."""
+    found = _DOCUMENTS.get(kind)
+    if found is None:
+        found = _DOCUMENTS[kind] = Obj(
+            {
+                "apiVersion": F(Str()),
+                "kind": F(Str()),
+                "metadata": F(METADATA, required=True),
+                "spec": F(SPECS[kind]),
+                "status": _ANY,
+            }
+        )
+    return found
 
 
 def check_document(raw: RawResource) -> Issues:
@@ -63,21 +86,14 @@ def check_document(raw: RawResource) -> Issues:
     if not is_supported(raw):
         issues = Issues()
         if raw.kind in SPECS:
-            versions = " or ".join(f"{ISTIO_NETWORKING_GROUP}/{v}" for v in sorted(ISTIO_VERSIONS))
+            group, known = KIND_GROUPS[raw.kind]
+            versions = " or ".join(f"{group}/{v}" for v in sorted(known))
             reason = f"unsupported apiVersion {raw.api_version!r}: {raw.kind} needs {versions}"
             issues.error("apiVersion", reason)
         else:
             issues.warn("kind", f"kind not supported yet: {raw.api_version} {raw.kind}, ignored")
         return issues
-    document = Obj(
-        {
-            "apiVersion": F(Str()),
-            "kind": F(Str()),
-            "metadata": F(METADATA, required=True),
-            "spec": F(SPECS[raw.kind]),
-            "status": _ANY,
-        }
-    )
+    document = _document(raw.kind)
     body = raw.body if raw.body.get("spec") is not None else {**raw.body, "spec": {}}
     issues = Issues()
     document.check(body, "", issues)

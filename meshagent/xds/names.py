@@ -58,3 +58,39 @@ def http_route_name(route: str, match: str) -> str:
     if route and match:
         return f"{route}.{match}"
     return route or match
+
+
+# -- security (SDS, inbound, RBAC) -------------------------------------------------------
+
+DEFAULT_SECRET = "default"
+ROOTCA_SECRET = "ROOTCA"
+
+
+def identity_secret_name(spiffe_id: str) -> str:
+    """The key-and-chain secret of one identity when a proxy serves several: its SPIFFE URI."""
+    return spiffe_id
+
+
+def inbound_listener_name(address: str, port: int) -> str:
+    """The inbound listener of a workload port: `inbound_<address>_<port>`."""
+    return f"{INBOUND}_{address}_{port}"
+
+
+def inbound_stat_prefix(port: int) -> str:
+    """Stat prefix of an inbound HTTP connection manager or tcp_proxy (its cluster's name)."""
+    return inbound_cluster_name(port)
+
+
+def inbound_route_name(port: int) -> str:
+    """The inline route configuration of an inbound HTTP listener."""
+    return f"{INBOUND}|{port}"
+
+
+def outbound_sni(port: int, subset: str, host: str) -> str:
+    """The SNI of mesh mTLS toward a cluster, as Istio spells it."""
+    return f"outbound_.{port}_.{subset}_.{host}"
+
+
+def rbac_policy_name(namespace: str, policy: str, rule: int) -> str:
+    """An Envoy RBAC policy for one rule of an AuthorizationPolicy, named like Istio's."""
+    return f"ns[{namespace}]-policy[{policy}]-rule[{rule}]"

@@ -36,11 +36,41 @@ class Resource:
     def from_value(cls, name: str, type_url: str, value: bytes) -> Resource:
         """A resource from the deterministic serialization of a message of type_url."""
         packed = any_pb2.Any(type_url=type_url, value=value)
-        data = packed.SerializeToString(deterministic=True)
-        return cls(name=name, version=hashlib.blake2b(data, digest_size=8).hexdigest(), body=packed)
+        # The hash is of the Any's serialization, assembled here rather than re-serialized:
+        # type_url (field 1), then value (field 2, absent when empty, as protobuf writes it).
+        digest = hashlib.blake2b(_any_head(type_url), digest_size=8)
+        if value:
+            digest.update(_value_head(len(value)))
+            digest.update(value)
+        return cls(name=name, version=digest.hexdigest(), body=packed)
 
 
 _NO_CHANGES: Mapping[str, frozenset[str]] = MappingProxyType({})
+_ANY_HEADS: dict[str, bytes] = {}
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _any_head(type_url: str) -> bytes:
+    """The serialized type_url field of an Any (a handful of type URLs exist)."""
+    found = _ANY_HEADS.get(type_url)
+    if found is None:
+        encoded = type_url.encode()
+        found = b"\x0a" + _varint(len(encoded)) + encoded if encoded else b""
+        _ANY_HEADS[type_url] = found
+    return found
+
+
+def _value_head(size: int) -> bytes:
+    """Tag and length of an Any's value field."""
+    return bytes((0x12, size)) if size < 0x80 else b"\x12" + _varint(size)
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)

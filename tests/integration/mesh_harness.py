@@ -61,8 +61,12 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float = 15.0, what: str
 class MeshHarness:
     """Owns the processes; tests talk to it through apply(), request() and friends."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, node_id: str = "e2e", **config: Any) -> None:
+        """config: top-level agent config keys that replace the defaults (e.g. `ca`,
+        `workloads`, `inbound`, `outbound`); node_id names the proxy (one per "host")."""
         self.root = root
+        self.node_id = node_id
+        self.config_overrides = config
         self.mesh_dir = root / "mesh"
         self.mesh_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir = root / "state"
@@ -73,12 +77,12 @@ class MeshHarness:
         self.apps: dict[str, DemoApp] = {}
         self.agent: subprocess.Popen[bytes] | None = None
         self.envoy: subprocess.Popen[bytes] | None = None
-        self._write_agent_config()
+        self._write_agent_config(**config)
 
     # -- processes ---------------------------------------------------------------------------
     def _write_agent_config(self, **overrides: Any) -> None:
         config: dict[str, Any] = {
-            "node": {"id": "e2e", "cluster": "meshagent", "namespace": "default"},
+            "node": {"id": self.node_id, "cluster": "meshagent", "namespace": "default"},
             "sources": {"files": {"paths": ["mesh/"], "debounce_ms": 50}},
             "state_dir": "state",
             "admin": {"address": "127.0.0.1", "port": self.admin_port},
@@ -88,6 +92,11 @@ class MeshHarness:
         }
         config.update(overrides)
         self.config_path.write_text(yaml.safe_dump(config))
+
+    def configure(self, **config: Any) -> None:
+        """Change top-level agent config keys (before start_agent, or then SIGHUP it)."""
+        self.config_overrides.update(config)
+        self._write_agent_config(**self.config_overrides)
 
     def start_app(self, key: str, name: str, version: str) -> DemoApp:
         app = DemoApp(name, version).start()
@@ -211,8 +220,9 @@ def envoy_binary() -> str:
 
 
 @contextmanager
-def mesh_harness(root: Path) -> Iterator[MeshHarness]:
-    harness = MeshHarness(root)
+def mesh_harness(root: Path, **options: Any) -> Iterator[MeshHarness]:
+    """A harness under root; options go to MeshHarness (node_id, agent config keys)."""
+    harness = MeshHarness(root, **options)
     with ExitStack() as stack:
         stack.callback(harness.close)
         yield harness

@@ -89,16 +89,41 @@ def _static_listener(listener: dict[str, Any], rds: dict[str, Any]) -> dict[str,
     return out
 
 
-def static_bootstrap(resources: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """A bootstrap holding the generated clusters and listeners as static resources."""
+def _static_sds(value: Any) -> Any:
+    """value with every SDS reference over ADS turned into one to a static secret."""
+    if isinstance(value, list):
+        return [_static_sds(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    return {k: _static_sds(v) for k, v in value.items() if k != "sdsConfig"}
+
+
+def _static_secret(secret: dict[str, Any], certs: Path) -> dict[str, Any]:
+    # The golden inputs carry placeholder PEM text; Envoy loads real files from certs.
+    out = _strip_type(secret)
+    if "tlsCertificate" in out:
+        out["tlsCertificate"] = {
+            "certificateChain": {"filename": str(certs / "cert.pem")},
+            "privateKey": {"filename": str(certs / "key.pem")},
+        }
+    if "validationContext" in out:
+        out["validationContext"] = {"trustedCa": {"filename": str(certs / "ca.pem")}}
+    return out
+
+
+def static_bootstrap(
+    resources: dict[str, dict[str, Any]], certs: Path | None = None
+) -> dict[str, Any]:
+    """A bootstrap holding the generated clusters, listeners (and secrets) as static ones."""
     eds, rds = resources.get("eds", {}), resources.get("rds", {})
-    return {
-        "node": {"id": "translate-test", "cluster": "meshagent"},
-        "static_resources": {
-            "clusters": [_static_cluster(c, eds) for c in resources.get("cds", {}).values()],
-            "listeners": [_static_listener(x, rds) for x in resources.get("lds", {}).values()],
-        },
+    static: dict[str, Any] = {
+        "clusters": [_static_cluster(c, eds) for c in resources.get("cds", {}).values()],
+        "listeners": [_static_listener(x, rds) for x in resources.get("lds", {}).values()],
     }
+    if resources.get("sds") and certs is not None:
+        static = _static_sds(static)
+        static["secrets"] = [_static_secret(s, certs) for s in resources["sds"].values()]
+    return {"node": {"id": "translate-test", "cluster": "meshagent"}, "static_resources": static}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name.split(".")[0] for c in CASES])
@@ -106,7 +131,7 @@ def test_envoy_accepts_generated_config(case: Path, tmp_path: Path) -> None:
     # given a translated input as a static bootstrap, when Envoy validates it, it passes
     _write_certs(tmp_path)
     snapshot, proxy = load_case(case, {"{certs}": str(tmp_path)})
-    bootstrap = static_bootstrap(resources_as_dict(generate(snapshot, proxy)))
+    bootstrap = static_bootstrap(resources_as_dict(generate(snapshot, proxy)), tmp_path)
     config = tmp_path / "bootstrap.json"
     config.write_text(json.dumps(bootstrap, indent=1))
     assert ENVOY is not None

@@ -6,7 +6,8 @@ the field types. Shorthands: a StringMatch may be written `{exact: v}` / `{prefi
 `{regex: v}`; pairs (labels, endpoint ports, header edits) may be written as mappings.
 
 Document layout: description, proxy, services (list), endpoints (host -> list),
-destination_rules (list, keyed by host), virtual_services (list, keyed by namespace/name).
+destination_rules (list, keyed by host), virtual_services (list, keyed by namespace/name),
+peer_authentications and authorization_policies (lists, keyed by namespace/name).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from meshagent.model import (
     VirtualService,
     frozen_map,
 )
+from meshagent.model.security import AuthzPolicy, PeerAuthn
 from meshagent.xds import typeurls
 from meshagent.xds.resources import ResourceSet
 
@@ -78,8 +80,12 @@ def snapshot_from(doc: dict[str, Any]) -> MeshSnapshot:
         host: tuple(build(Endpoint, e) for e in items)
         for host, items in (doc.get("endpoints") or {}).items()
     }
+    peer = [build(PeerAuthn, p) for p in doc.get("peer_authentications", [])]
+    authz = [build(AuthzPolicy, p) for p in doc.get("authorization_policies", [])]
     return MeshSnapshot(
         version=1,
+        peer_authentications=frozen_map({f"{p.namespace}/{p.name}": p for p in peer}),
+        authorization_policies=frozen_map({f"{p.namespace}/{p.name}": p for p in authz}),
         services=frozen_map({s.host: s for s in services}),
         endpoints=frozen_map(endpoints),
         destination_rules=frozen_map({r.host: r for r in rules}),
@@ -100,7 +106,7 @@ def load_case(
 
 
 def resources_as_dict(resources: ResourceSet) -> dict[str, dict[str, Any]]:
-    """Envoy resources as plain data: {"cds"|"eds"|"lds"|"rds": {name: resource}}."""
+    """Envoy resources as plain data: {"sds"|"cds"|"eds"|"lds"|"rds": {name: resource}}."""
     out: dict[str, dict[str, Any]] = {}
     for type_url in typeurls.PUSH_ORDER:
         group = resources.of(type_url)

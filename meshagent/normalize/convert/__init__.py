@@ -10,11 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from meshagent.model.routing import VirtualService
+from meshagent.model.security import AuthzPolicy, PeerAuthn
 from meshagent.model.services import Workload
 from meshagent.model.source import Provenance, RawResource
 from meshagent.model.traffic import DestinationRule
 from meshagent.normalize.convert.context import Context
 from meshagent.normalize.convert.routing import convert_virtual_service
+from meshagent.normalize.convert.security import (
+    convert_authorization_policy,
+    convert_peer_authentication,
+)
 from meshagent.normalize.convert.services import (
     ConvertedServiceEntry,
     convert_service_entry,
@@ -23,13 +28,17 @@ from meshagent.normalize.convert.services import (
 from meshagent.normalize.convert.traffic import convert_destination_rule
 from meshagent.normalize.schema.core import Issues
 
-Converted = ConvertedServiceEntry | Workload | VirtualService | DestinationRule
+Converted = (
+    ConvertedServiceEntry | Workload | VirtualService | DestinationRule | PeerAuthn | AuthzPolicy
+)
 
 _CONVERTERS: dict[str, Any] = {
     "ServiceEntry": convert_service_entry,
     "WorkloadEntry": convert_workload_entry,
     "VirtualService": convert_virtual_service,
     "DestinationRule": convert_destination_rule,
+    "PeerAuthentication": convert_peer_authentication,
+    "AuthorizationPolicy": convert_authorization_policy,
 }
 
 
@@ -56,7 +65,7 @@ def convert(
     )
     ctx = Context(namespace=namespace, domain_suffix=domain_suffix, provenance=provenance)
     try:
-        result: Converted = converter(raw.name, raw.body.get("spec") or {}, ctx)
+        result: Converted | None = converter(raw.name, raw.body.get("spec") or {}, ctx)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         issues.error("spec", f"cannot convert ({type(exc).__name__}: {exc})")
         return None, issues

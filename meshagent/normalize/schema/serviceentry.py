@@ -7,6 +7,7 @@ from typing import Any
 
 from meshagent.normalize.schema.common import (
     DNS_LABEL,
+    DOTTED_QUAD,
     PORT,
     WORKLOAD_SELECTOR,
     ExportTo,
@@ -120,6 +121,8 @@ def _static_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     unix = False
     for i, endpoint in enumerate(value.get("endpoints") or []):
         address = endpoint.get("address") or ""
+        if DOTTED_QUAD.fullmatch(address):
+            continue  # the usual case, answered without the calls below
         unix = unix or address.startswith(UNIX_PREFIX)
         if address and not address.startswith(UNIX_PREFIX) and not is_ip(address):
             issues.error(

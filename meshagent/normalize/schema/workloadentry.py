@@ -7,13 +7,14 @@ from typing import Any
 
 from meshagent.normalize.schema.common import (
     DNS_LABEL,
+    DOTTED_QUAD,
     LABELS,
     PORT,
     UINT32,
     domain_problem,
     is_ip,
 )
-from meshagent.normalize.schema.core import F, Issues, MapOf, Obj, Str, join
+from meshagent.normalize.schema.core import F, Issues, MapOf, Obj, Str, clean_when, join
 
 UNIX_PREFIX = "unix://"
 
@@ -29,6 +30,12 @@ def address_problem(address: str) -> str:
     return ""
 
 
+def _ipv4_address(value: Mapping[str, Any]) -> bool:
+    address = value.get("address")
+    return type(address) is str and DOTTED_QUAD.fullmatch(address) is not None
+
+
+@clean_when(_ipv4_address)
 def _workload_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     address = value.get("address") or ""
     if not address:

@@ -30,6 +30,8 @@ from meshagent.xds.translate.generators import (
     RoutesGenerator,
     TcpListenersGenerator,
 )
+from meshagent.xds.translate.inbound import InboundClustersGenerator, InboundListenersGenerator
+from meshagent.xds.translate.secrets import SecretsGenerator
 
 __all__ = ["GENERATOR_ORDER", "TranslationError", "Translator", "generate"]
 
@@ -45,10 +47,13 @@ class TranslationError(MeshAgentError):
 def _generators() -> list[Generator]:
     plans = PlanCache()
     return [
+        SecretsGenerator(),
         ClustersGenerator(plans),
+        InboundClustersGenerator(),
         EndpointsGenerator(plans),
         HttpListenersGenerator(),
         TcpListenersGenerator(),
+        InboundListenersGenerator(),
         RoutesGenerator(),
     ]
 

@@ -20,7 +20,7 @@ from meshagent.model import ConnectionPool, Endpoint, OutlierDetection
 from meshagent.xds.translate import protos, wire
 from meshagent.xds.translate.endpoints import endpoints_of_plan
 from meshagent.xds.translate.policy import ClusterPlan, Discovery
-from meshagent.xds.translate.tls import upstream_transport_socket
+from meshagent.xds.translate.tls import MeshTls, upstream_transport_socket
 
 Configurer = Callable[[Cluster, ClusterPlan, "ClusterInputs"], None]
 
@@ -34,9 +34,11 @@ _SIMPLE_LB = {
 
 @dataclass(frozen=True, slots=True)
 class ClusterInputs:
-    """What a cluster needs beyond its plan: the endpoints (read by DNS clusters only)."""
+    """What a cluster needs beyond its plan: the endpoints (read by DNS clusters only), and
+    mesh mTLS when the proxy has certificates and the cluster uses it."""
 
     endpoints: tuple[Endpoint, ...] = ()
+    mesh_tls: MeshTls | None = None
 
 
 def configure_discovery(cluster: Cluster, plan: ClusterPlan, inputs: ClusterInputs) -> None:
@@ -219,9 +221,9 @@ def _http_protocol_options(plan: ClusterPlan) -> upstream_http.HttpProtocolOptio
     return options
 
 
-def configure_transport_socket(cluster: Cluster, plan: ClusterPlan, _: ClusterInputs) -> None:
-    """Upstream TLS, when the rule originates it (see tls.py for ISTIO_MUTUAL)."""
-    socket = upstream_transport_socket(plan)
+def configure_transport_socket(cluster: Cluster, plan: ClusterPlan, inputs: ClusterInputs) -> None:
+    """Upstream TLS, when the rule originates it or mesh mTLS applies (see tls.py)."""
+    socket = upstream_transport_socket(plan, inputs.mesh_tls)
     if socket is not None:
         cluster.transport_socket.CopyFrom(socket)
 
@@ -266,7 +268,7 @@ class ClusterTemplates:
 
     def serialize(self, plan: ClusterPlan, inputs: ClusterInputs) -> bytes:
         """The deterministic serialization of build_cluster(plan, inputs)."""
-        shape = _shared_shape(plan)
+        shape = _shared_shape(plan) if inputs.mesh_tls is None else None
         if shape is None:
             whole: bytes = build_cluster(plan, inputs).SerializeToString(deterministic=True)
             return whole

@@ -32,6 +32,9 @@ class EndpointEncoder:
         self._metadata = MetadataCache()
         self._tails: dict[tuple[int, bool, Labels], bytes] = {}
         self._localities: dict[str, bytes] = {}
+        # (port, weight, healthy, labels) -> (SocketAddress bytes besides the address, tail
+        # size, port field + tail): what follows the address in most endpoints' encoding.
+        self._suffixes: dict[tuple[int, int, bool, Labels], tuple[int, int, bytes]] = {}
 
     def _tail(self, endpoint: Endpoint) -> bytes:
         """health_status, metadata and load_balancing_weight (fields 2-4) of an LbEndpoint."""
@@ -55,6 +58,29 @@ class EndpointEncoder:
         host = _NESTED + varint(len(inner)) + inner
         return _NESTED + varint(len(host)) + host + self._tail(endpoint)
 
+    def lb_endpoint_field(self, endpoint: Endpoint, port: int) -> bytes:
+        """lb_endpoint as a LocalityLbEndpoints.lb_endpoints field (tag and length first)."""
+        key = (port, endpoint.weight, endpoint.healthy, endpoint.labels)
+        found = self._suffixes.get(key)
+        if found is None:
+            port_bytes = varint(port)
+            tail = self._tail(endpoint)
+            found = self._suffixes[key] = (
+                3 + len(port_bytes),
+                len(tail),
+                _PORT + port_bytes + tail,
+            )
+        socket_extra, tail_size, suffix = found
+        address = endpoint.address.encode()
+        size = len(address) + socket_extra  # the SocketAddress
+        total = size + 6 + tail_size  # the LbEndpoint
+        if total < 128:
+            # Every length fits one byte (the usual case): all headers in one go.
+            head = (18, total, 10, size + 4, 10, size + 2, 10, size, 18, len(address))
+            return bytes(head) + address + suffix
+        lb = self.lb_endpoint(endpoint, port)
+        return b"\x12" + varint(len(lb)) + lb
+
     def locality(self, text: str) -> bytes:
         """The locality field (1) of a LocalityLbEndpoints, empty for no locality."""
         found = self._localities.get(text)
@@ -69,10 +95,13 @@ class EndpointEncoder:
         """The serialized ClusterLoadAssignment of plan's cluster (see build_load_assignment)."""
         default_port = plan.port.target_port or plan.port.number
         groups: dict[str, list[bytes]] = {}
+        lb_field = self.lb_endpoint_field
         for endpoint in selected_endpoints(plan, endpoints):
             port = endpoint.port_for(plan.port) if endpoint.ports else default_port
-            lb = self.lb_endpoint(endpoint, port)
-            groups.setdefault(endpoint.locality, []).append(b"\x12" + varint(len(lb)) + lb)
+            group = groups.get(endpoint.locality)
+            if group is None:
+                group = groups[endpoint.locality] = []
+            group.append(lb_field(endpoint, port))
         parts = [string_field(1, plan.name)]
         for locality, lbs in groups.items():
             parts.append(bytes_field(2, self.locality(locality) + b"".join(lbs)))

@@ -7,6 +7,8 @@ Endpoints are grouped by locality ("region/zone/subzone"), all at priority 0.
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 from envoy.config.core.v3 import base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.endpoint.v3.endpoint_components_pb2 import LbEndpoint
@@ -29,8 +31,8 @@ def selected_endpoints(plan: ClusterPlan, endpoints: tuple[Endpoint, ...]) -> li
     return chosen
 
 
-def _endpoint_order(endpoint: Endpoint) -> tuple[str, str, tuple[tuple[str, int], ...]]:
-    return (endpoint.locality, endpoint.address, endpoint.ports)
+# (locality, address, ports): a C-level key function, cheaper than a Python one per endpoint.
+_endpoint_order = attrgetter("locality", "address", "ports")
 
 
 def endpoints_of_plan(plan: ClusterPlan, endpoints: tuple[Endpoint, ...]) -> list[tuple[str, int]]:

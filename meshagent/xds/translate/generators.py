@@ -12,8 +12,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from envoy.config.route.v3 import route_components_pb2 as rc
-
 from meshagent.errors import ConfigError
 from meshagent.model import Service, TcpBinding, TcpRoute, VirtualService
 from meshagent.xds import names, typeurls
@@ -24,11 +22,13 @@ from meshagent.xds.translate.endpoint_wire import EndpointEncoder
 from meshagent.xds.translate.listeners import build_http_listener, build_tcp_listener
 from meshagent.xds.translate.policy import ClusterPlan, Discovery, plan_clusters
 from meshagent.xds.translate.route_action import RouteScope, destination_cluster
-from meshagent.xds.translate.routes import (
-    build_route_configuration,
-    build_virtual_host,
-    domains_for,
+from meshagent.xds.translate.route_wire import (
+    WireVirtualHost,
+    route_configuration_bytes,
+    wire_virtual_host,
 )
+from meshagent.xds.translate.routes import domains_for
+from meshagent.xds.translate.tls import auto_mtls, mesh_tls_for
 
 Key = tuple[object, ...]
 
@@ -225,9 +225,11 @@ class ClustersGenerator(PerHostGenerator):
     type_url = typeurls.CLUSTER
 
     def key(self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]) -> Key:
-        # Only DNS clusters carry their hosts inline, so only they depend on the endpoints.
+        # Only DNS clusters carry their hosts inline, and mesh mTLS names the endpoints'
+        # identities, so only those depend on the endpoints.
         dns = any(p.discovery in (Discovery.STRICT_DNS, Discovery.LOGICAL_DNS) for p in plans)
-        return (plans, ctx.snapshot.endpoints.get(service.host, ()) if dns else ())
+        mtls = bool(ctx.proxy.certificates) and any(auto_mtls(p) for p in plans)
+        return (plans, ctx.snapshot.endpoints.get(service.host, ()) if dns or mtls else ())
 
     def __init__(self, plans: PlanCache) -> None:
         super().__init__(plans)
@@ -239,9 +241,20 @@ class ClustersGenerator(PerHostGenerator):
     def build(
         self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]
     ) -> list[Resource]:
-        inputs = ClusterInputs(endpoints=ctx.snapshot.endpoints.get(service.host, ()))
+        endpoints = ctx.snapshot.endpoints.get(service.host, ())
+        plain = ClusterInputs(endpoints=endpoints)
+        mesh = (
+            ClusterInputs(endpoints, mesh_tls_for(ctx.proxy.trust_domain, service, endpoints))
+            if ctx.proxy.certificates
+            else plain
+        )
         serialize = self._templates.serialize
-        return [Resource.from_value(p.name, typeurls.CLUSTER, serialize(p, inputs)) for p in plans]
+        return [
+            Resource.from_value(
+                p.name, typeurls.CLUSTER, serialize(p, mesh if auto_mtls(p) else plain)
+            )
+            for p in plans
+        ]
 
 
 class EndpointsGenerator(PerHostGenerator):
@@ -359,8 +372,9 @@ class RoutesGenerator:
     type_url = typeurls.ROUTE
 
     def __init__(self) -> None:
-        self._vhosts: dict[tuple[str, int], tuple[Key, rc.VirtualHost]] = {}
-        self._vhosts_next: dict[tuple[str, int], tuple[Key, rc.VirtualHost]] = {}
+        # Virtual hosts are kept serialized (route_wire): configurations join their bytes.
+        self._vhosts: dict[tuple[str, int], tuple[Key, WireVirtualHost]] = {}
+        self._vhosts_next: dict[tuple[str, int], tuple[Key, WireVirtualHost]] = {}
         self._configs: dict[int, tuple[Key, Resource]] = {}
         self._destinations: dict[int, tuple[VirtualService, tuple[str, ...]]] = {}
         self._last: list[Resource] = []
@@ -387,7 +401,7 @@ class RoutesGenerator:
             *(rules.rule_for(h) for h in hosts),
         )
 
-    def _vhost(self, ctx: Context, host: str, namespace: str, port: int) -> rc.VirtualHost:
+    def _vhost(self, ctx: Context, host: str, namespace: str, port: int) -> WireVirtualHost:
         vs = ctx.index.routing.vs_for(host)
         key = self._vhost_key(ctx, host, vs)
         cached = self._vhosts.get((host, port))
@@ -396,7 +410,7 @@ class RoutesGenerator:
             return cached[1]
         domains = domains_for(host, port, namespace=namespace, proxy_namespace=ctx.proxy.namespace)
         scope = RouteScope(port, ctx.snapshot.services, ctx.index.rules)
-        built = build_virtual_host(host, domains, vs, scope)
+        built = wire_virtual_host(host, domains, vs, scope)
         self._vhosts_next[(host, port)] = (key, built)
         return built
 
@@ -410,7 +424,9 @@ class RoutesGenerator:
         cached = self._configs.get(port)
         if cached is not None and identical(cached[0], key):
             return cached[1]
-        resource = Resource.pack(names.route_name(port), build_route_configuration(port, vhosts))
+        resource = Resource.from_value(
+            names.route_name(port), typeurls.ROUTE, route_configuration_bytes(port, vhosts)
+        )
         if cached is not None and cached[1].version == resource.version:
             resource = cached[1]
         self._configs[port] = (key, resource)

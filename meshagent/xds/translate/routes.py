@@ -140,6 +140,12 @@ def _plain_default_route() -> rc.Route:
 _PLAIN_DEFAULT_ROUTE = _plain_default_route()
 
 
+def plain_default_route() -> rc.Route:
+    """The default route without consistent hashing and without its cluster name (shared:
+    never mutate it)."""
+    return _PLAIN_DEFAULT_ROUTE
+
+
 def default_route(host: str, scope: RouteScope) -> rc.Route:
     """Istio's route for a host no VirtualService shapes: everything to its port's cluster."""
     destination = Destination(host, port=scope.port)

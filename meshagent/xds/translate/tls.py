@@ -1,33 +1,102 @@
 """Upstream TLS for outbound clusters, from a DestinationRule's tls settings.
 
 DISABLE (and no setting at all) means plaintext. SIMPLE and MUTUAL originate TLS with the
-files named in the rule. ISTIO_MUTUAL is the mesh's own mTLS: its certificates come over SDS
-from the agent's CA, which is the security work's to add, in `istio_mutual_transport_socket`
-(the one hook for it); until then such clusters stay plaintext.
+files named in the rule. ISTIO_MUTUAL is the mesh's own mTLS, with certificates over SDS from
+the agent's CA; it is also the default ("auto mTLS") for mesh-internal services once the proxy
+has certificates. Without certificates, such clusters stay plaintext.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 
-from meshagent.model import ClientTls
+from meshagent.model import ClientTls, Endpoint, Identity, Service
+from meshagent.xds import names
 from meshagent.xds.translate import protos
 from meshagent.xds.translate.policy import ClusterPlan
+from meshagent.xds.translate.secrets import sds_config
 
 SPIFFE_PREFIX = "spiffe://"
+MESH_ALPN = ("istio",)
 
 
-def istio_mutual_transport_socket(plan: ClusterPlan) -> base_pb2.TransportSocket | None:
-    """The mesh-mTLS transport socket for plan's cluster; None until SDS secrets exist.
+@dataclass(frozen=True, slots=True)
+class MeshTls:
+    """What mesh mTLS toward one service needs: the proxy's trust domain and the SPIFFE
+    identities its endpoints may present (empty: any identity of the trust domain)."""
 
-    Hook for the security work: return a TLS socket whose certificate and validation context
-    are SDS references (`default`, `ROOTCA`) served over ADS, with the peer's SPIFFE identity
-    as the expected SAN.
-    """
-    del plan
-    return None
+    trust_domain: str
+    identities: tuple[str, ...] = ()
+
+
+def mesh_tls_for(trust_domain: str, service: Service, endpoints: tuple[Endpoint, ...]) -> MeshTls:
+    """The identities of service's endpoints (their service accounts, in the endpoint's
+    namespace, else the service's), as Istio derives ISTIO_MUTUAL's SANs."""
+    found = {
+        Identity(
+            trust_domain,
+            e.provenance.namespace if e.provenance is not None else service.namespace,
+            e.service_account,
+        ).spiffe_id
+        for e in endpoints
+        if e.service_account
+    }
+    return MeshTls(trust_domain, tuple(sorted(found)))
+
+
+def _mesh_san_matchers(mesh: MeshTls) -> list[common_pb2.SubjectAltNameMatcher]:
+    uri = common_pb2.SubjectAltNameMatcher.URI
+    if mesh.identities:
+        return [
+            common_pb2.SubjectAltNameMatcher(
+                san_type=uri, matcher=string_pb2.StringMatcher(exact=i)
+            )
+            for i in mesh.identities
+        ]
+    # Endpoints without a service account: any workload of our trust domain will do.
+    prefix = f"{SPIFFE_PREFIX}{mesh.trust_domain}/"
+    return [
+        common_pb2.SubjectAltNameMatcher(
+            san_type=uri, matcher=string_pb2.StringMatcher(prefix=prefix)
+        )
+    ]
+
+
+def istio_mutual_transport_socket(
+    plan: ClusterPlan, mesh: MeshTls | None
+) -> base_pb2.TransportSocket | None:
+    """Mesh mTLS for plan's cluster (Istio's ISTIO_MUTUAL); None when the proxy has no
+    certificates. Key, chain and roots are SDS references (`default`, `ROOTCA`) over ADS,
+    so a rotation never changes the cluster; the peer must present an expected SPIFFE URI."""
+    if mesh is None:
+        return None
+    common = tls_pb2.CommonTlsContext(
+        tls_certificate_sds_secret_configs=[sds_config(names.DEFAULT_SECRET)],
+        alpn_protocols=MESH_ALPN,
+    )
+    combined = common.combined_validation_context
+    combined.default_validation_context.match_typed_subject_alt_names.extend(
+        _mesh_san_matchers(mesh)
+    )
+    combined.validation_context_sds_secret_config.CopyFrom(sds_config(names.ROOTCA_SECRET))
+    sni = names.outbound_sni(plan.port.number, plan.subset, plan.service.host)
+    context = tls_pb2.UpstreamTlsContext(sni=sni, common_tls_context=common)
+    return base_pb2.TransportSocket(
+        name=protos.TLS_TRANSPORT_SOCKET, typed_config=protos.packed(context)
+    )
+
+
+def auto_mtls(plan: ClusterPlan) -> bool:
+    """Whether plan's cluster uses mesh mTLS when the proxy has certificates: no TLS setting
+    of its own, or ISTIO_MUTUAL; never for MESH_EXTERNAL services."""
+    tls = plan.policy.tls
+    if tls is not None:
+        return tls.mode == "ISTIO_MUTUAL"
+    return not plan.service.mesh_external
 
 
 def _san_matcher(san: str) -> common_pb2.SubjectAltNameMatcher:
@@ -77,11 +146,15 @@ def _origination_socket(tls: ClientTls, plan: ClusterPlan) -> base_pb2.Transport
     )
 
 
-def upstream_transport_socket(plan: ClusterPlan) -> base_pb2.TransportSocket | None:
-    """The transport socket for plan's cluster, or None for plaintext."""
+def upstream_transport_socket(
+    plan: ClusterPlan, mesh: MeshTls | None = None
+) -> base_pb2.TransportSocket | None:
+    """The transport socket for plan's cluster, or None for plaintext.
+
+    mesh: set when the proxy has certificates and the cluster qualifies (`auto_mtls`)."""
     tls = plan.policy.tls
+    if auto_mtls(plan):
+        return istio_mutual_transport_socket(plan, mesh)
     if tls is None or tls.mode == "DISABLE":
         return None
-    if tls.mode == "ISTIO_MUTUAL":
-        return istio_mutual_transport_socket(plan)
     return _origination_socket(tls, plan)

@@ -10,10 +10,13 @@ from __future__ import annotations
 LENGTH_DELIMITED = 2
 
 
+_ONE_BYTE = tuple(bytes((value,)) for value in range(0x80))
+
+
 def varint(value: int) -> bytes:
     """value (>= 0) as a base-128 varint."""
     if value < 0x80:
-        return bytes((value,))
+        return _ONE_BYTE[value]
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -24,7 +27,11 @@ def varint(value: int) -> bytes:
 
 def bytes_field(number: int, data: bytes) -> bytes:
     """A length-delimited field (bytes, string or embedded message) with its tag."""
-    return varint(number << 3 | LENGTH_DELIMITED) + varint(len(data)) + data
+    tag = number << 3 | LENGTH_DELIMITED
+    size = len(data)
+    if tag < 0x80 and size < 0x80:  # the usual case: tag and length take a byte each
+        return bytes((tag, size)) + data
+    return varint(tag) + varint(size) + data
 
 
 def string_field(number: int, text: str) -> bytes:

@@ -1,0 +1,124 @@
+"""The `sources.consul` section of the agent config (parsed with config.py's _Section)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from meshagent.adapters.consul import ConsulOptions
+from meshagent.normalize.consul.options import ConsulMapping
+from meshagent.normalize.durations import parse_duration_ms
+
+if TYPE_CHECKING:
+    from meshagent.agent.config import _Section
+
+KEYS = (
+    "address",
+    "scheme",
+    "datacenter",
+    "token_file",
+    "tls",
+    "host_pattern",
+    "network",
+    "service_port",
+    "default_protocol",
+    "include_warning",
+    "rate_limit",
+    "wait",
+    "precedence",
+    "register",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsulRegistration:
+    """Registering the agent's local workloads in Consul (`sources.consul.register`)."""
+
+    enabled: bool = False
+    address: str = ""  # the address Consul clients reach the workloads on; "" = Consul's node's
+
+
+@dataclass(frozen=True, slots=True)
+class ConsulSourceConfig:
+    """The Consul adapter's options and the normalizer's mapping choices."""
+
+    options: ConsulOptions
+    mapping: ConsulMapping
+    register: ConsulRegistration = ConsulRegistration()
+
+
+def parse_consul(s: _Section, base: Path) -> ConsulSourceConfig:
+    """sources.consul, validated; relative file paths resolve against base."""
+    s.only(*KEYS)
+    address = s.get("address", str, "127.0.0.1:8500")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise s.error("must be host:port", "address")
+    tls = s.section("tls")
+    tls.only("ca_file", "cert_file", "key_file")
+    files = {k: _file(tls, k, base) for k in ("ca_file", "cert_file", "key_file")}
+    if (files["cert_file"] is None) != (files["key_file"] is None):
+        raise tls.error("cert_file and key_file go together", "cert_file")
+    rate = s.section("rate_limit")
+    rate.only("qps", "burst")
+    qps = rate.get("qps", int, 20)
+    burst = rate.get("burst", int, 20)
+    if qps < 1 or burst < 1:
+        raise rate.error("qps and burst must be at least 1", "qps")
+    wait_ms = parse_duration_ms(s.get("wait", str, "5m"))
+    if wait_ms is None or not 1 <= wait_ms <= 600_000:
+        raise s.error("must be a duration from 1ms to 10m", "wait")
+    include_warning = s.get("include_warning", bool, False)
+    datacenter = s.opt("datacenter", str)
+    options = ConsulOptions(
+        address=address,
+        scheme=s.choice("scheme", "http", ("http", "https")),
+        datacenter=datacenter,
+        token_file=_file(s, "token_file", base),
+        ca_file=files["ca_file"],
+        cert_file=files["cert_file"],
+        key_file=files["key_file"],
+        include_warning=include_warning,
+        qps=float(qps),
+        burst=burst,
+        wait_s=wait_ms / 1000,
+    )
+    return ConsulSourceConfig(options, _mapping(s, include_warning, datacenter), _register(s))
+
+
+def _mapping(s: _Section, include_warning: bool, datacenter: str | None) -> ConsulMapping:
+    pattern = s.get("host_pattern", str, "{name}.service.consul")
+    try:
+        pattern.format(name="n", namespace="ns", datacenter="dc", partition="p")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise s.error(
+            f"bad pattern ({exc}); use {{name}}, {{namespace}}, {{datacenter}}, {{partition}}",
+            "host_pattern",
+        ) from exc
+    port = s.get("service_port", int, 0)
+    if not 0 <= port < 65536:
+        raise s.error("must be a port number (0: each service's own)", "service_port")
+    return ConsulMapping(
+        host_pattern=pattern,
+        network=s.choice("network", "", ("", "lan", "wan")),
+        default_protocol=s.choice("default_protocol", "http", ("http", "http2", "grpc", "tcp")),
+        include_warning=include_warning,
+        precedence=s.choice("precedence", "files", ("files", "consul")),
+        service_port=port,
+        datacenter=datacenter or "",
+    )
+
+
+def _register(s: _Section) -> ConsulRegistration:
+    value = s.data.get("register")
+    if value is None or isinstance(value, bool):
+        return ConsulRegistration(enabled=bool(value))
+    r = s.section("register")
+    r.only("enabled", "address")
+    return ConsulRegistration(r.get("enabled", bool, True), r.get("address", str, ""))
+
+
+def _file(s: _Section, key: str, base: Path) -> Path | None:
+    value = s.opt(key, str)
+    return (base / Path(value).expanduser()).absolute() if value else None

@@ -1,0 +1,219 @@
+"""Operator commands of `meshagent`: status, proxy-config, reload, drain-envoy, completion.
+
+They talk to a running agent over its admin HTTP (address and port from the agent config)
+and, for drain-envoy, to Envoy's admin. Failures are one line (MeshAgentError), exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, TextIO
+
+from meshagent.errors import MeshAgentError
+
+DEFAULT_CONFIG = Path("/etc/meshagent/agent.yaml")
+PROXY_CONFIG_KINDS = {"clusters": "cds", "listeners": "lds", "routes": "rds",
+                      "endpoints": "eds", "secrets": "sds"}  # fmt: skip
+
+
+def add_ops_commands(sub: Any) -> None:
+    """Add the operator subcommands to the `meshagent` subparsers."""
+
+    def with_config(name: str, text: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=text)
+        p.add_argument("--config", "-c", type=Path, default=DEFAULT_CONFIG,
+                       help=f"agent config file (default {DEFAULT_CONFIG})")  # fmt: skip
+        return p
+
+    with_config("status", "sources, Envoy's xDS state and certificates of a running agent")
+    pc = with_config("proxy-config", "what the agent serves the local Envoy")
+    pc.add_argument("kind", choices=sorted(PROXY_CONFIG_KINDS))
+    pc.add_argument("-o", "--output", choices=("short", "json", "yaml"), default="short")
+    pc.add_argument("--from", dest="origin", choices=("agent", "envoy"), default="agent",
+                    help="for -o json|yaml: what the agent serves (default) or what Envoy "
+                    "applied (its /config_dump)")  # fmt: skip
+    with_config("reload", "make a running agent re-read its config (as SIGHUP does)")
+    with_config("drain-envoy", "drain Envoy's listeners gracefully (before stopping it)")
+    comp = sub.add_parser("completion", help="print a shell completion script")
+    comp.add_argument("shell", choices=("bash", "zsh"))
+
+
+def run_ops_command(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                    out: TextIO) -> int | None:  # fmt: skip
+    """Run args.command if it is an operator command; None when it is not one."""
+    if args.command == "completion":
+        out.write(completion_script(parser, args.shell))
+        return 0
+    handlers = {"status": _status, "proxy-config": _proxy_config, "reload": _reload,
+                "drain-envoy": _drain_envoy}  # fmt: skip
+    handler = handlers.get(args.command)
+    if handler is None:
+        return None
+    from meshagent.agent.config import load_config
+
+    return handler(load_config(args.config), args, out)
+
+
+def _admin_url(config: Any, path: str) -> str:
+    host = config.admin.address
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{config.admin.port}{path}"
+
+
+def fetch(url: str, *, method: str = "GET", timeout: float = 5.0) -> bytes:
+    """The body of a 2xx answer; MeshAgentError (one line) otherwise."""
+    data = b"" if method == "POST" else None
+    request = urllib.request.Request(url, data=data, method=method)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return bytes(response.read())
+    except urllib.error.HTTPError as exc:
+        raise MeshAgentError(f"{url}: HTTP {exc.code} {exc.read().decode().strip()}") from None
+    except (OSError, urllib.error.URLError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise MeshAgentError(f"cannot reach {url}: {reason}") from None
+
+
+def _status(config: Any, args: argparse.Namespace, out: TextIO) -> int:
+    report = json.loads(fetch(_admin_url(config, "/debug/status")))
+    out.write(f"node {report['node']}: ")
+    out.write("ready\n" if not report["not_ready"] else "NOT READY\n")
+    for reason in report["not_ready"]:
+        out.write(f"  - {reason}\n")
+    for s in report["sources"]:
+        out.write(f"source {s['name']}: {'synced' if s['synced'] else 'syncing'}\n")
+    xds = report["xds"]
+    out.write(
+        f"envoy: {'connected (' + xds['stream'] + ')' if xds['connected'] else 'not connected'}\n"
+    )
+    for kind, t in xds["types"].items():
+        state = (
+            "ACK"
+            if t["in_sync"]
+            else ("NACK " + (t["nack_error"] or "") if t["nacked"] == t["sent"] else "pending")
+        )
+        out.write(f"  {kind}: sent {t['sent']} acked {t['acked']} {state}\n")
+    for c in report["certificates"]:
+        out.write(f"certificate {c['identity']}: expires {c['not_after']} ({c['expires_in_s']}s)\n")
+    if not report["certificates"]:
+        out.write("certificates: none\n")
+    return 0 if not report["not_ready"] else 1
+
+
+def _proxy_config(config: Any, args: argparse.Namespace, out: TextIO) -> int:
+    served = json.loads(fetch(_admin_url(config, "/debug/resources")))
+    items = served.get(PROXY_CONFIG_KINDS[args.kind], [])
+    applied = _envoy_applied(config, args.kind)
+    if args.output == "short":
+        _short_table(items, applied, out)
+        return 0
+    if args.origin == "envoy":
+        if applied is None:
+            raise MeshAgentError("Envoy's admin interface is unreachable")
+        docs = [body for _, body in applied.values()]
+    else:
+        docs = [i["resource"] for i in items]
+    if args.output == "json":
+        out.write(json.dumps(docs, indent=2) + "\n")
+    else:
+        import yaml
+
+        out.write(yaml.safe_dump(docs, sort_keys=False))
+    return 0
+
+
+def _short_table(items: list[Any], applied: dict[str, Any] | None, out: TextIO) -> None:
+    """NAME, the served VERSION and whether Envoy has applied that version (SYNCED)."""
+    out.write(f"{'NAME':<60} {'VERSION':<18} SYNCED\n")
+    for i in items:
+        if applied is None:
+            synced = "unknown"  # Envoy's admin is unreachable
+        elif i["name"] not in applied:
+            synced = "missing"
+        else:
+            version = applied[i["name"]][0]
+            synced = "yes" if version in (None, i["version"]) else f"no ({version})"
+        out.write(f"{i['name']:<60} {i['version']:<18} {synced}\n")
+
+
+# config_dump section per kind: (dump type, list key, key of the resource in an entry)
+_DUMP = {
+    "clusters": ("ClustersConfigDump", "dynamic_active_clusters", "cluster"),
+    "listeners": ("ListenersConfigDump", "dynamic_listeners", "active_state"),
+    "routes": ("RoutesConfigDump", "dynamic_route_configs", "route_config"),
+    "endpoints": ("EndpointsConfigDump", "dynamic_endpoint_configs", "endpoint_config"),
+    "secrets": ("SecretsConfigDump", "dynamic_active_secrets", "secret"),
+}
+
+
+def _envoy_applied(config: Any, kind: str) -> dict[str, tuple[str | None, Any]] | None:
+    """name -> (version, resource) of what Envoy applied; None when Envoy cannot be asked."""
+    from meshagent.agent.opspages import envoy_admin_url
+
+    try:
+        dump = json.loads(fetch(envoy_admin_url(config.envoy, "/config_dump?include_eds")))
+    except (MeshAgentError, ValueError):
+        return None
+    type_name, key, body_key = _DUMP[kind]
+    found: dict[str, tuple[str | None, Any]] = {}
+    for section in dump.get("configs", []):
+        if not section.get("@type", "").endswith("." + type_name):
+            continue
+        for entry in section.get(key, []):
+            state = entry.get("active_state", entry)  # listeners nest their state
+            body = state.get("listener") if kind == "listeners" else entry.get(body_key, {})
+            name = entry.get("name") or body.get("name") or body.get("cluster_name", "")
+            found[name] = (state.get("version_info"), body)
+    return found
+
+
+def _reload(config: Any, args: argparse.Namespace, out: TextIO) -> int:
+    fetch(_admin_url(config, "/reload"), method="POST")
+    out.write("reload requested\n")
+    return 0
+
+
+def _drain_envoy(config: Any, args: argparse.Namespace, out: TextIO) -> int:
+    host = config.envoy.admin_address
+    host = f"[{host}]" if ":" in host else host
+    fetch(f"http://{host}:{config.envoy.admin_port}/drain_listeners?graceful", method="POST")
+    # Envoy drains for drain_seconds; the caller (systemd's ExecStop) stops it afterwards.
+    time.sleep(config.envoy.drain_seconds)
+    return 0
+
+
+def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
+    """A completion script for shell, generated from the parser's subcommands and options."""
+    words: dict[str, list[str]] = {}
+    for action in parser._actions:  # argparse has no public API for walking its tree
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                words[name] = sorted(
+                    opt for a in sub._actions for opt in a.option_strings if opt.startswith("--")
+                ) + sorted(c for a in sub._actions if a.choices and not a.option_strings
+                           for c in a.choices)  # fmt: skip
+    commands = " ".join(sorted(words))
+    cases = "".join(f'    {cmd}) opts="{" ".join(w)}" ;;\n' for cmd, w in sorted(words.items()))
+    body = (
+        "_meshagent() {\n"
+        '  local cur="${COMP_WORDS[COMP_CWORD]}" cmd="${COMP_WORDS[1]}" opts\n'
+        f'  if [ "$COMP_CWORD" -eq 1 ]; then opts="{commands} --version --help"; else\n'
+        '  case "$cmd" in\n' + cases + '    *) opts="" ;;\n  esac; fi\n'
+        '  COMPREPLY=($(compgen -W "$opts" -- "$cur"))\n'
+        '  case "$cur" in -*|"") ;;\n'
+        '    *) [ -z "$COMPREPLY" ] && COMPREPLY=($(compgen -f -- "$cur")) ;; esac\n'
+        "}\n"
+    )
+    if shell == "zsh":
+        return (
+            "autoload -U +X bashcompinit && bashcompinit\n"
+            + body
+            + "complete -F _meshagent meshagent\n"
+        )
+    return body + "complete -F _meshagent meshagent\n"

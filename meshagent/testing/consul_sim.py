@@ -1,0 +1,555 @@
+"""A simulator of Consul's HTTP API, for tests and demos (`meshagent dev consul-sim`).
+
+It is not Consul: one in-memory datacenter, no raft, no gossip. It follows the documented
+semantics that clients depend on: blocking queries (`index` + `wait`, answered when the
+endpoint's modify index passes `index` or when `wait` ends, default 5m, at most 10m, with
+X-Consul-Index, X-Consul-KnownLeader and X-Consul-LastContact headers), ACL tokens
+(X-Consul-Token or ?token=; 403 "ACL not found" / "Permission denied"), agent and catalog
+registration, check states, config entries. Faults can be injected (`Faults`) to test
+clients: error statuses, slow answers, malformed JSON, dropped connections, index resets.
+
+One asyncio HTTP/1.1 server (keep-alive, no framework), so thousands of blocking queries cost
+no threads. `ConsulSimulator.start()` runs it on a background thread for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshagent.testing.consul_state import (
+    SERVICES_KEY,
+    ConsulState,
+    SimError,
+    config_key,
+    service_key,
+)
+
+DEFAULT_WAIT_S = 300.0
+MAX_WAIT_S = 600.0
+_DURATION = re.compile(r"([\d.]+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_wait(value: str) -> float:
+    """A Go duration ("5s", "100ms", "1m30s", or bare seconds) in seconds."""
+    if re.fullmatch(r"\d+", value):
+        return float(value)
+    parts = _DURATION.findall(value)
+    if not parts:
+        raise SimError(400, f"Invalid wait time: {value!r}")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+@dataclass(slots=True)
+class Faults:
+    """Injected misbehaviour; tests set the fields, every request reads them.
+
+    status: answer this HTTP status (e.g. 500, 403) to matching requests instead of serving.
+    delay_s: wait this long before answering. malformed: send a body that is not JSON.
+    drop: close the connection without answering. index_zero: report X-Consul-Index 0.
+    path_prefix: only requests whose path starts with it are affected.
+    """
+
+    status: int | None = None
+    delay_s: float = 0.0
+    malformed: bool = False
+    drop: bool = False
+    index_zero: bool = False
+    path_prefix: str = "/v1/"
+
+    def clear(self) -> None:
+        """Back to a well-behaved server."""
+        self.status, self.delay_s, self.malformed, self.drop, self.index_zero = (
+            None,
+            0.0,
+            False,
+            False,
+            False,
+        )
+
+
+@dataclass(slots=True)
+class _Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(slots=True)
+class _Reply:
+    status: int
+    body: Any = None
+    index: int | None = None
+    raw: bytes | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class ConsulSimulator:
+    """The HTTP server around a ConsulState. Use start()/stop() (thread) or serve() (asyncio)."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        acl_token: str | None = None,
+        read_tokens: tuple[str, ...] = (),
+        max_wait_s: float = MAX_WAIT_S,
+        datacenter: str = "dc1",
+    ) -> None:
+        self.host, self.port = host, port
+        self.state = ConsulState(datacenter)
+        self.faults = Faults()
+        self.acl_token = acl_token
+        self.read_tokens = set(read_tokens)
+        self.max_wait_s = max_wait_s
+        self.requests: Counter[str] = Counter()  # by endpoint ("health/service", ...)
+        self._events: dict[str, asyncio.Event] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._checker: asyncio.Task[None] | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self.state.on_change = self._changed
+
+    @property
+    def address(self) -> str:
+        """host:port the simulator listens on."""
+        return f"{self.host}:{self.port}"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def serve_async(self) -> None:
+        """Listen (binding port 0 picks a free port, stored in self.port)."""
+        self._loop = asyncio.get_running_loop()
+        self._server = await asyncio.start_server(self._client, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._checker = asyncio.create_task(self._run_http_checks())
+
+    async def close_async(self) -> None:
+        """Stop listening and drop every connection (blocked queries included)."""
+        if self._checker is not None:
+            self._checker.cancel()
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        handlers = [t for t in self._handlers if t is not asyncio.current_task()]
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+        self._server = None
+
+    def start(self) -> ConsulSimulator:
+        """Serve on a daemon thread until stop(); returns self once listening."""
+        ready = threading.Event()
+        loop = asyncio.new_event_loop()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(self.serve_async())
+            ready.set()
+            loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="consul-sim", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("consul simulator did not start")
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread started by start(); the state is kept (start() again resumes)."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self.close_async(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+        self._loop, self._thread, self._events = None, None, {}
+
+    # -- blocking --------------------------------------------------------------------------
+
+    def _changed(self, keys: set[str]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            loop.call_soon_threadsafe(self._wake, keys)
+
+    def _wake(self, keys: set[str]) -> None:
+        for key in keys:
+            event = self._events.pop(key, None)
+            if event is not None:
+                event.set()
+
+    async def _block(self, key: str, query: dict[str, str]) -> None:
+        """Wait while the key's index is not past ?index, at most ?wait (Consul's rule)."""
+        wanted = int(query.get("index") or 0)
+        if wanted <= 0:
+            return
+        wait = parse_wait(query["wait"]) if query.get("wait") else DEFAULT_WAIT_S
+        deadline = time.monotonic() + min(wait, self.max_wait_s)
+        while self.state.index_of(key) <= wanted:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            event = self._events.setdefault(key, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), remaining)
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        try:
+            while True:
+                request = await _read_request(reader)
+                if request is None:
+                    return
+                if not await self._answer(request, writer):
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            return
+        except asyncio.CancelledError:
+            return  # close_async: end quietly (asyncio's stream callback logs a cancelled task)
+        finally:
+            if task is not None:
+                self._handlers.discard(task)
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _answer(self, request: _Request, writer: asyncio.StreamWriter) -> bool:
+        """Serve one request; False when the connection must be dropped."""
+        faults = self.faults
+        affected = request.path.startswith(faults.path_prefix)
+        if affected and faults.delay_s:
+            await asyncio.sleep(faults.delay_s)
+        if affected and faults.drop:
+            return False
+        if affected and faults.status is not None:
+            reply = _Reply(faults.status, raw=f"injected fault {faults.status}".encode())
+        else:
+            reply = await self._dispatch(request)
+        if affected and faults.malformed and reply.status == 200:
+            reply = _Reply(200, raw=b'{"not json', index=reply.index)
+        if affected and faults.index_zero and reply.index is not None:
+            reply.index = 0
+        writer.write(_encode(reply))
+        await writer.drain()
+        return True
+
+    async def _dispatch(self, request: _Request) -> _Reply:
+        try:
+            self._check_acl(request)
+            return await self._route(request)
+        except SimError as exc:
+            return _Reply(exc.status, raw=str(exc).encode())
+        except (json.JSONDecodeError, TypeError, ValueError, KeyError) as exc:
+            return _Reply(400, raw=f"Request decode failed: {exc}".encode())
+
+    def _check_acl(self, request: _Request) -> None:
+        if self.acl_token is None:
+            return
+        token = request.headers.get("x-consul-token") or request.query.get("token") or ""
+        if token == self.acl_token:
+            return
+        if token in self.read_tokens:
+            if request.method != "GET":
+                raise SimError(403, "Permission denied")
+            return
+        raise SimError(403, "ACL not found")
+
+    async def _route(self, r: _Request) -> _Reply:
+        parts = [urllib.parse.unquote(p) for p in r.path.strip("/").split("/")]
+        if parts[:1] != ["v1"] or len(parts) < 2:
+            raise SimError(404, f"no such endpoint {r.path}")
+        dc = r.query.get("dc")
+        if dc and dc != self.state.datacenter:
+            raise SimError(500, f"No path to datacenter {dc!r}")
+        head = "/".join(parts[1:3])
+        self.requests[head] += 1
+        if r.method == "GET":
+            return await self._get(parts[1:], r)
+        if r.method in ("PUT", "POST"):
+            return self._put(parts[1:], r)
+        if r.method == "DELETE" and parts[1:2] == ["config"] and len(parts) == 4:
+            self.state.delete_config(parts[2], parts[3])
+            return _Reply(200, True)
+        raise SimError(405, f"method {r.method} not allowed")
+
+    async def _get(self, p: list[str], r: _Request) -> _Reply:
+        ns = r.query.get("ns")
+        state = self.state
+        if p == ["catalog", "services"]:
+            await self._block(SERVICES_KEY, r.query)
+            return _Reply(200, state.catalog_services(ns), state.index_of(SERVICES_KEY))
+        if len(p) == 3 and p[:2] in (["catalog", "service"], ["health", "service"]):
+            key = service_key(p[2])
+            await self._block(key, r.query)
+            if p[0] == "catalog":
+                body: Any = state.catalog_service(p[2], ns)
+            else:
+                body = state.health_service(p[2], passing="passing" in r.query, ns=ns)
+            return _Reply(200, body, state.index_of(key))
+        if p[:1] == ["config"] and len(p) in (2, 3):
+            key = config_key(p[1])
+            if len(p) == 3:
+                return _Reply(200, state.get_config(p[1], p[2]), state.index_of(key))
+            await self._block(key, r.query)
+            return _Reply(200, state.list_config(p[1]), state.index_of(key))
+        if p == ["agent", "self"]:
+            return _Reply(
+                200, {"Config": {"Datacenter": state.datacenter, "NodeName": state.local_node}}
+            )
+        if p == ["status", "leader"]:
+            return _Reply(200, f"{self.host}:8300")
+        raise SimError(404, f"no such endpoint /v1/{'/'.join(p)}")
+
+    def _put(self, p: list[str], r: _Request) -> _Reply:
+        body = json.loads(r.body or b"null")
+        if p != ["config"]:
+            body = canonical_keys(body)
+        state = self.state
+        if p == ["agent", "service", "register"]:
+            checks = list(body.get("Checks") or []) + ([body["Check"]] if body.get("Check") else [])
+            state.register_service(state.local_node, body, checks)
+            return _Reply(200, None)
+        if len(p) == 4 and p[:3] == ["agent", "service", "deregister"]:
+            state.deregister_service(state.local_node, p[3])
+            return _Reply(200, None)
+        if len(p) == 4 and p[:2] == ["agent", "check"] and p[2] in ("pass", "warn", "fail"):
+            status = {"pass": "passing", "warn": "warning", "fail": "critical"}[p[2]]
+            state.set_check(p[3], status, r.query.get("note", ""))
+            return _Reply(200, None)
+        if p == ["catalog", "register"]:
+            return self._catalog_register(body)
+        if p == ["catalog", "deregister"]:
+            return self._catalog_deregister(body)
+        if p == ["config"]:
+            state.put_config(body)
+            return _Reply(200, True)
+        raise SimError(404, f"no such endpoint /v1/{'/'.join(p)}")
+
+    def _catalog_register(self, body: dict[str, Any]) -> _Reply:
+        node = str(body["Node"])
+        self.state.ensure_node(
+            node,
+            str(body.get("Address") or ""),
+            tagged=body.get("TaggedAddresses"),
+            meta=body.get("NodeMeta"),
+        )
+        service = body.get("Service")
+        checks = list(body.get("Checks") or []) + ([body["Check"]] if body.get("Check") else [])
+        if service:
+            # A catalog registration states the check status; default passing, like an agent
+            # that has already run the check.
+            checks = [{"Status": "passing", **c} for c in checks]
+            self.state.register_service(node, service, checks)
+        return _Reply(200, True)
+
+    def _catalog_deregister(self, body: dict[str, Any]) -> _Reply:
+        node = str(body["Node"])
+        if body.get("ServiceID"):
+            self.state.deregister_service(node, str(body["ServiceID"]))
+        elif not body.get("CheckID"):
+            self.state.deregister_node(node)
+        return _Reply(200, True)
+
+    # -- HTTP checks ---------------------------------------------------------------------------
+
+    async def _run_http_checks(self) -> None:
+        """Run HTTP checks (2xx passing, 429 warning, else critical), as a Consul agent does."""
+        last: dict[tuple[str, str], float] = {}
+        while True:
+            now = time.monotonic()
+            for node, check_id, url, interval in self.state.http_checks():
+                if now - last.get((node, check_id), 0.0) < parse_wait(interval):
+                    continue
+                last[(node, check_id)] = now
+                status, output = await asyncio.to_thread(_probe, url)
+                with contextlib.suppress(SimError):
+                    self.state.set_check(check_id, status, output, node)
+            await asyncio.sleep(0.1)
+
+
+_KNOWN = (
+    "ID",
+    "Name",
+    "Service",
+    "Tags",
+    "Address",
+    "Port",
+    "Meta",
+    "Weights",
+    "Passing",
+    "Warning",
+    "TaggedAddresses",
+    "EnableTagOverride",
+    "Check",
+    "Checks",
+    "CheckID",
+    "Status",
+    "Notes",
+    "HTTP",
+    "TCP",
+    "TTL",
+    "Interval",
+    "Timeout",
+    "DeregisterCriticalServiceAfter",
+    "Namespace",
+    "Partition",
+    "Node",
+    "Datacenter",
+    "NodeMeta",
+    "ServiceID",
+    "Definition",
+    "Args",
+    "Method",
+    "Header",
+    "SkipNodeUpdate",
+)
+_CANONICAL = {k.lower(): k for k in _KNOWN}
+_NESTED = {"Check", "Checks", "Weights", "Service", "Definition"}
+
+
+def canonical_keys(body: Any) -> Any:
+    """Consul decodes JSON keys case-insensitively (py-consul sends "name", "port", ...);
+    user data (Meta, Tags, TaggedAddresses, NodeMeta) is left as it is."""
+    if isinstance(body, list):
+        return [canonical_keys(b) for b in body]
+    if not isinstance(body, dict):
+        return body
+    out: dict[str, Any] = {}
+    for key, value in body.items():
+        name = _CANONICAL.get(str(key).lower(), str(key))
+        out[name] = canonical_keys(value) if name in _NESTED else value
+    return out
+
+
+def _probe(url: str) -> tuple[str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            code = int(resp.status)
+    except urllib.error.HTTPError as exc:
+        code = exc.code
+    except OSError as exc:
+        return "critical", f"Get {url}: {exc}"
+    status = "passing" if 200 <= code < 300 else ("warning" if code == 429 else "critical")
+    return status, f"HTTP GET {url}: {code}"
+
+
+async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
+    line = await reader.readline()
+    if not line:
+        return None
+    method, target, _ = line.decode("latin-1").split(" ", 2)
+    headers: dict[str, str] = {}
+    while True:
+        raw = await reader.readline()
+        if raw in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = raw.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length") or 0)
+    body = await reader.readexactly(length) if length else b""
+    url = urllib.parse.urlsplit(target)
+    query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+    return _Request(method.upper(), url.path, query, headers, body)
+
+
+def _encode(reply: _Reply) -> bytes:
+    if reply.raw is not None:
+        body, ctype = reply.raw, "text/plain; charset=utf-8"
+    else:
+        body, ctype = json.dumps(reply.body).encode(), "application/json"
+    headers = {"Content-Type": ctype, "Content-Length": str(len(body)), **reply.extra}
+    if reply.index is not None:
+        headers |= {
+            "X-Consul-Index": str(reply.index),
+            "X-Consul-KnownLeader": "true",
+            "X-Consul-LastContact": "0",
+        }
+    reason = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found"}.get(
+        reply.status, "Error"
+    )
+    head = f"HTTP/1.1 {reply.status} {reason}\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in headers.items()
+    )
+    return head.encode("latin-1") + b"\r\n" + body
+
+
+def load_data(sim: ConsulSimulator, data: Any) -> None:
+    """Seed the simulator from --data: {"register": [catalog bodies], "config": [entries]}."""
+    for body in data.get("register") or []:
+        sim._catalog_register(body)
+    for entry in data.get("config") or []:
+        sim.state.put_config(entry)
+
+
+async def run_simulator(
+    host: str, port: int, *, acl_token: str | None = None, data: Any = None
+) -> None:
+    """`meshagent dev consul-sim`: serve until cancelled."""
+    sim = ConsulSimulator(host, port, acl_token=acl_token)
+    if data:
+        load_data(sim, data)
+    await sim.serve_async()
+    print(f"consul simulator listening on http://{sim.address}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await sim.close_async()
+
+
+def add_parser(dev_sub: Any) -> None:
+    """`meshagent dev consul-sim` on the CLI's `dev` subparsers."""
+    sim = dev_sub.add_parser("consul-sim", help="a Consul HTTP API simulator (not Consul)")
+    sim.add_argument(
+        "--listen", default="127.0.0.1:8500", help="HOST:PORT (default 127.0.0.1:8500)"
+    )
+    sim.add_argument("--acl-token", default=None, help="require this ACL token on every request")
+    sim.add_argument(
+        "--data",
+        default=None,
+        help='JSON file to start from: {"register": [catalog bodies], "config": [entries]}',
+    )
+
+
+def run_cli(args: Any) -> int:
+    """Run the simulator for the CLI until Ctrl-C; the exit code."""
+    from pathlib import Path
+
+    from meshagent.errors import ConfigError
+
+    host, _, port = str(args.listen).rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError("--listen must be HOST:PORT", location="consul-sim")
+    data = None
+    if args.data:
+        try:
+            data = json.loads(Path(args.data).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read --data: {exc}", location=str(args.data)) from exc
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_simulator(host, int(port), acl_token=args.acl_token, data=data))
+    return 0

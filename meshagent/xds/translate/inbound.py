@@ -1,0 +1,268 @@
+"""Inbound: a listener per local workload port that terminates mesh mTLS, checks RBAC and
+forwards to the application on 127.0.0.1, plus the `inbound|<port>||` clusters behind them.
+
+PeerAuthentication decides the filter chains: STRICT accepts only mTLS; PERMISSIVE sniffs the
+first bytes (tls_inspector) and has a TLS chain and a plaintext chain; DISABLE is plaintext.
+Precedence as in Istio: a policy selecting the workload, then the namespace's, then the
+mesh-wide one (root namespace); portLevelMtls overrides per port (matched against the
+application's port, target_port, then the listener port); UNSET inherits; the default is
+PERMISSIVE. Without certificates, PERMISSIVE serves plaintext only (there is no TLS to offer);
+STRICT still asks for its secrets, so the listener does not accept anything until they come.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_components_pb2 as lc
+from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.config.rbac.v3 import rbac_pb2 as rbac_config
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm,
+)
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from google.protobuf import wrappers_pb2
+
+from meshagent.errors import ConfigError
+from meshagent.model import InboundPort, LocalWorkload, MeshSnapshot, ProxySpec, selector_matches
+from meshagent.model.security import AuthzAction, AuthzPolicy, MtlsMode, PeerAuthn
+from meshagent.xds import names, typeurls
+from meshagent.xds.resources import Resource
+from meshagent.xds.translate import protos
+from meshagent.xds.translate.context import Context
+from meshagent.xds.translate.generators import keep_unchanged
+from meshagent.xds.translate.listeners import tcp_proxy
+from meshagent.xds.translate.rbac import rbac_by_action
+from meshagent.xds.translate.secrets import certificate_secret_name, sds_config
+
+HTTP_RBAC = "envoy.filters.http.rbac"
+NETWORK_RBAC = "envoy.filters.network.rbac"
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+# What the inbound TLS side offers; mesh clients offer "istio" (no overlap: no ALPN, and the
+# HTTP connection manager detects HTTP/1.1 or HTTP/2 from the first bytes).
+INBOUND_ALPN = ("h2", "http/1.1")
+_HTTP = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
+
+
+def _applies(policy: PeerAuthn | AuthzPolicy, workload: LocalWorkload, root: str) -> bool:
+    if policy.namespace not in (workload.namespace, root):
+        return False
+    return policy.selector is None or selector_matches(policy.selector, workload.labels)
+
+
+def _oldest_first(policies: Sequence[PeerAuthn]) -> list[PeerAuthn]:
+    # Istio picks the oldest of several; files carry no creation time, so the name decides.
+    return sorted(policies, key=lambda p: (p.namespace, p.name))
+
+
+def mtls_mode(
+    snapshot: MeshSnapshot, proxy: ProxySpec, w: LocalWorkload, p: InboundPort
+) -> MtlsMode:
+    """The effective mTLS mode of one workload port (see the module docstring)."""
+    found = [
+        pa for pa in snapshot.peer_authentications.values() if _applies(pa, w, proxy.root_namespace)
+    ]
+    own = _oldest_first([pa for pa in found if pa.selector and pa.namespace == w.namespace])
+    ns = _oldest_first([pa for pa in found if not pa.selector and pa.namespace == w.namespace])
+    mesh = _oldest_first([pa for pa in found if not pa.selector and pa.namespace != w.namespace])
+    layers: list[MtlsMode] = []
+    if own:
+        levels = dict(own[0].port_level)
+        layers += [levels.get(p.target_port, levels.get(p.port, MtlsMode.UNSET)), own[0].mode]
+    layers += [x[0].mode for x in (ns, mesh) if x]
+    return next((MtlsMode(m) for m in layers if m != MtlsMode.UNSET), MtlsMode.PERMISSIVE)
+
+
+def authz_policies(
+    snapshot: MeshSnapshot, proxy: ProxySpec, workload: LocalWorkload
+) -> list[AuthzPolicy]:
+    """The AuthorizationPolicies that apply to workload, sorted by namespace and name."""
+    return [
+        snapshot.authorization_policies[k]
+        for k in sorted(snapshot.authorization_policies)
+        if _applies(snapshot.authorization_policies[k], workload, proxy.root_namespace)
+    ]
+
+
+def _downstream_tls(secret: str) -> base_pb2.TransportSocket:
+    common = tls_pb2.CommonTlsContext(
+        tls_certificate_sds_secret_configs=[sds_config(secret)],
+        alpn_protocols=INBOUND_ALPN,
+    )
+    combined = common.combined_validation_context
+    combined.default_validation_context.CopyFrom(common_pb2.CertificateValidationContext())
+    combined.validation_context_sds_secret_config.CopyFrom(sds_config(names.ROOTCA_SECRET))
+    context = tls_pb2.DownstreamTlsContext(
+        common_tls_context=common, require_client_certificate=wrappers_pb2.BoolValue(value=True)
+    )
+    return base_pb2.TransportSocket(
+        name=protos.TLS_TRANSPORT_SOCKET, typed_config=protos.packed(context)
+    )
+
+
+def _http_filters(rbacs: list[tuple[AuthzAction, rbac_config.RBAC]]) -> list[hcm.HttpFilter]:
+    filters = [
+        hcm.HttpFilter(name=HTTP_RBAC, typed_config=protos.packed(http_rbac.RBAC(rules=rules)))
+        for _, rules in rbacs
+    ]
+    router = protos.packed(router_pb2.Router())
+    return [*filters, hcm.HttpFilter(name=protos.ROUTER_FILTER, typed_config=router)]
+
+
+def _inbound_route(port: InboundPort) -> route_pb2.RouteConfiguration:
+    route = rc.Route(match=rc.RouteMatch(prefix="/"), name="default")
+    route.route.cluster = names.inbound_cluster_name(port.port)
+    route.route.timeout.CopyFrom(protos.duration(0))  # long requests: the app decides
+    vhost = rc.VirtualHost(name=names.inbound_route_name(port.port), domains=["*"], routes=[route])
+    return route_pb2.RouteConfiguration(
+        name=names.inbound_route_name(port.port), virtual_hosts=[vhost]
+    )
+
+
+def _http_manager(
+    port: InboundPort, rbacs: list[tuple[AuthzAction, rbac_config.RBAC]]
+) -> lc.Filter:
+    manager = hcm.HttpConnectionManager(
+        stat_prefix=names.inbound_stat_prefix(port.port),
+        route_config=_inbound_route(port),
+        http_filters=_http_filters(rbacs),
+        # The app learns who called: XFCC with the peer's SPIFFE URI, set by us alone.
+        forward_client_cert_details=hcm.HttpConnectionManager.SANITIZE_SET,
+        set_current_client_cert_details=hcm.HttpConnectionManager.SetCurrentClientCertDetails(
+            uri=True
+        ),
+        upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
+    )
+    return lc.Filter(name=protos.HTTP_CONNECTION_MANAGER, typed_config=protos.packed(manager))
+
+
+def _tcp_filters(
+    port: InboundPort, rbacs: list[tuple[AuthzAction, rbac_config.RBAC]]
+) -> list[lc.Filter]:
+    prefix = names.inbound_stat_prefix(port.port)
+    out = [
+        lc.Filter(
+            name=NETWORK_RBAC,
+            typed_config=protos.packed(network_rbac.RBAC(rules=rules, stat_prefix=prefix)),
+        )
+        for _, rules in rbacs
+    ]
+    cluster = names.inbound_cluster_name(port.port)
+    proxy = tcp_proxy(prefix, [(cluster, 100)])
+    return [*out, lc.Filter(name=protos.TCP_PROXY, typed_config=protos.packed(proxy))]
+
+
+def _chain(filters: list[lc.Filter], tls_secret: str | None, match: str) -> lc.FilterChain:
+    chain = lc.FilterChain(filters=filters)
+    if match:
+        chain.filter_chain_match.transport_protocol = match
+    if tls_secret is not None:
+        chain.transport_socket.CopyFrom(_downstream_tls(tls_secret))
+    return chain
+
+
+def build_inbound_listener(ctx: Context, workload: LocalWorkload, port: InboundPort) -> Listener:
+    """The inbound listener of one workload port."""
+    proxy = ctx.proxy
+    mode = mtls_mode(ctx.snapshot, proxy, workload, port)
+    if mode is MtlsMode.PERMISSIVE and not proxy.certificates:
+        mode = MtlsMode.DISABLE
+    http = port.protocol.upper() in _HTTP
+    rbacs = rbac_by_action(authz_policies(ctx.snapshot, proxy, workload), http=http)
+    filters = [_http_manager(port, rbacs)] if http else _tcp_filters(port, rbacs)
+    name = names.inbound_listener_name(proxy.inbound_address, port.port)
+    out = Listener(name=name)
+    out.address.socket_address.address = proxy.inbound_address
+    out.address.socket_address.port_value = port.port
+    secret = certificate_secret_name(proxy, workload)
+    if mode is MtlsMode.STRICT:
+        out.filter_chains.append(_chain(filters, secret, ""))
+    elif mode is MtlsMode.PERMISSIVE:
+        out.listener_filters.append(
+            lc.ListenerFilter(
+                name=TLS_INSPECTOR, typed_config=protos.packed(tls_inspector_pb2.TlsInspector())
+            )
+        )
+        out.filter_chains.append(_chain(filters, secret, "tls"))
+        out.filter_chains.append(_chain(filters, None, "raw_buffer"))
+    else:
+        out.filter_chains.append(_chain(filters, None, ""))
+    return out
+
+
+def _ports(proxy: ProxySpec) -> list[tuple[LocalWorkload, InboundPort]]:
+    seen: dict[int, str] = {}
+    out = []
+    for workload in proxy.workloads:
+        for port in workload.ports:
+            if port.port in seen:
+                raise ConfigError(
+                    f"inbound port {port.port} of workload {workload.namespace}/{workload.name}"
+                    f" is already used by workload {seen[port.port]}",
+                    field="workloads",
+                )
+            seen[port.port] = f"{workload.namespace}/{workload.name}"
+            out.append((workload, port))
+    return out
+
+
+def build_inbound_cluster(port: InboundPort) -> Cluster:
+    """`inbound|<port>||`: the application on 127.0.0.1:target_port."""
+    cluster = Cluster(name=names.inbound_cluster_name(port.port), type=Cluster.STATIC)
+    cluster.connect_timeout.CopyFrom(protos.duration(protos.DEFAULT_CONNECT_TIMEOUT_MS))
+    assignment = cluster.load_assignment
+    assignment.cluster_name = cluster.name
+    endpoint = assignment.endpoints.add().lb_endpoints.add().endpoint
+    endpoint.address.socket_address.address = "127.0.0.1"
+    endpoint.address.socket_address.port_value = port.target_port
+    return cluster
+
+
+class InboundListenersGenerator:
+    """A listener per local workload port, rebuilt when security policy changes."""
+
+    name = "inbound-listeners"
+    type_url = typeurls.LISTENER
+
+    def __init__(self) -> None:
+        self._key: tuple[object, ...] = ()
+        self._last: list[Resource] = []
+
+    def generate(self, ctx: Context) -> list[Resource]:
+        snap = ctx.snapshot
+        key = (ctx.proxy, snap.peer_authentications, snap.authorization_policies)
+        if len(key) == len(self._key) and all(a is b for a, b in zip(key, self._key, strict=True)):
+            return self._last
+        out = [
+            Resource.pack(listener.name, listener)
+            for listener in (build_inbound_listener(ctx, w, p) for w, p in _ports(ctx.proxy))
+        ]
+        self._key = key
+        self._last = keep_unchanged(self._last, out)
+        return self._last
+
+
+class InboundClustersGenerator:
+    """The `inbound|<port>||` clusters of the local workloads."""
+
+    name = "inbound-clusters"
+    type_url = typeurls.CLUSTER
+
+    def __init__(self) -> None:
+        self._proxy: ProxySpec | None = None
+        self._last: list[Resource] = []
+
+    def generate(self, ctx: Context) -> list[Resource]:
+        if ctx.proxy is not self._proxy:
+            self._proxy = ctx.proxy
+            clusters = [build_inbound_cluster(p) for _, p in _ports(ctx.proxy)]
+            self._last = [Resource.pack(c.name, c) for c in clusters]
+        return self._last

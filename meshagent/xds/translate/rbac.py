@@ -1,0 +1,317 @@
+"""AuthorizationPolicy to Envoy RBAC, with Istio's semantics.
+
+Per workload: an AUDIT filter (action LOG), a DENY filter, then an ALLOW filter, each holding
+one Envoy policy per rule of every policy of that action. DENY is checked before ALLOW; with no
+ALLOW policy there is no ALLOW filter (everything is allowed); ALLOW policies whose rules all
+fail to match deny. Principals come from the mTLS peer certificate: Istio's `principals`
+omit the `spiffe://` prefix, and `*` may open or close a value (prefix or suffix match).
+
+TCP ports get network RBAC. There, HTTP-only fields (hosts, methods, paths, request
+principals, request.* conditions) cannot be checked: like Istio, an ALLOW rule that uses one
+is dropped (it never matches) and a DENY or AUDIT rule is kept without them (it matches more).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+
+from envoy.config.core.v3 import address_pb2, extension_pb2
+from envoy.config.rbac.v3 import rbac_pb2
+from envoy.config.rbac.v3.rbac_pb2 import Permission, Principal
+from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.path.match.uri_template.v3 import uri_template_match_pb2
+from envoy.type.matcher.v3 import metadata_pb2, path_pb2, string_pb2, value_pb2
+
+from meshagent.model.security import AuthzAction, AuthzPolicy, AuthzRule, Condition, Operation
+from meshagent.model.security import Source as AuthzSource
+from meshagent.xds import names
+from meshagent.xds.translate import protos
+
+JWT_FILTER = "envoy.filters.http.jwt_authn"
+SPIFFE = "spiffe://"
+_ANY_REGEX = ".+"
+_ACTIONS = {
+    AuthzAction.AUDIT: rbac_pb2.RBAC.LOG,
+    AuthzAction.DENY: rbac_pb2.RBAC.DENY,
+    AuthzAction.ALLOW: rbac_pb2.RBAC.ALLOW,
+}
+
+
+def string_match(
+    value: str, *, prefix: str = "", ignore_case: bool = False
+) -> string_pb2.StringMatcher:
+    """Istio's value matching: `*` alone is "present", `x*` a prefix, `*x` a suffix."""
+    if value == "*":
+        return string_pb2.StringMatcher(safe_regex={"regex": _ANY_REGEX})
+    if value.endswith("*"):
+        return string_pb2.StringMatcher(prefix=prefix + value[:-1], ignore_case=ignore_case)
+    if value.startswith("*"):
+        if prefix:  # a suffix under a fixed prefix needs a regex
+            regex = re.escape(prefix) + ".*" + re.escape(value[1:])
+            return string_pb2.StringMatcher(safe_regex={"regex": regex})
+        return string_pb2.StringMatcher(suffix=value[1:], ignore_case=ignore_case)
+    return string_pb2.StringMatcher(exact=prefix + value, ignore_case=ignore_case)
+
+
+def _principal_name(matcher: string_pb2.StringMatcher) -> Principal:
+    return Principal(authenticated=Principal.Authenticated(principal_name=matcher))
+
+
+def _principal(value: str) -> Principal:
+    return _principal_name(string_match(value, prefix=SPIFFE))
+
+
+def _namespace(value: str) -> Principal:
+    pattern = ".*".join(re.escape(p) for p in value.split("*"))
+    return _principal_name(string_pb2.StringMatcher(safe_regex={"regex": f".*/ns/{pattern}/.*"}))
+
+
+def _service_account(value: str, namespace: str) -> Principal:
+    ns, _, sa = value.rpartition("/")
+    regex = f"spiffe://.+/ns/{re.escape(ns or namespace)}/(.+/|)sa/{re.escape(sa)}(/.+)?"
+    return _principal_name(string_pb2.StringMatcher(safe_regex={"regex": regex}))
+
+
+def cidr(value: str) -> address_pb2.CidrRange:
+    """An Envoy CidrRange for an address or CIDR block."""
+    network = ipaddress.ip_network(value, strict=False)
+    return address_pb2.CidrRange(
+        address_prefix=str(network.network_address), prefix_len=protos.uint32(network.prefixlen)
+    )
+
+
+def _jwt(value: str) -> metadata_pb2.MetadataMatcher:
+    # No JWT filter is configured, so this metadata never exists: the matcher never holds,
+    # as a request principal never does for a request without a validated token.
+    return metadata_pb2.MetadataMatcher(
+        filter=JWT_FILTER,
+        path=[metadata_pb2.MetadataMatcher.PathSegment(key="payload")],
+        value=value_pb2.ValueMatcher(string_match=string_match(value)),
+    )
+
+
+def _header(
+    name: str, value: str, *, ignore_case: bool = False
+) -> route_components_pb2.HeaderMatcher:
+    if value == "*":
+        return route_components_pb2.HeaderMatcher(name=name, present_match=True)
+    matcher = string_match(value, ignore_case=ignore_case)
+    return route_components_pb2.HeaderMatcher(name=name, string_match=matcher)
+
+
+def _path(value: str) -> Permission:
+    if "{" in value:  # Istio's path templates: {*} one segment, {**} any number of them
+        template = value.replace("{**}", "**").replace("{*}", "*")
+        config = uri_template_match_pb2.UriTemplateMatchConfig(path_template=template)
+        return Permission(
+            uri_template=extension_pb2.TypedExtensionConfig(
+                name="uri-template", typed_config=protos.packed(config)
+            )
+        )
+    return Permission(url_path=path_pb2.PathMatcher(path=string_match(value)))
+
+
+def _or_ids(ids: Sequence[Principal]) -> Principal:
+    return Principal(or_ids=rbac_pb2.Principal.Set(ids=ids))
+
+
+def _or_rules(rules: Sequence[Permission]) -> Permission:
+    return Permission(or_rules=rbac_pb2.Permission.Set(rules=rules))
+
+
+def _id_pair(
+    into: list[Principal], positive: Sequence[Principal], negative: Sequence[Principal]
+) -> None:
+    if positive:
+        into.append(_or_ids(positive))
+    if negative:
+        into.append(Principal(not_id=_or_ids(negative)))
+
+
+def _rule_pair(
+    into: list[Permission], positive: Sequence[Permission], negative: Sequence[Permission]
+) -> None:
+    if positive:
+        into.append(_or_rules(positive))
+    if negative:
+        into.append(Permission(not_rule=_or_rules(negative)))
+
+
+def source_ids(source: AuthzSource, namespace: str, *, http: bool) -> list[Principal] | None:
+    """The AND-ed principal checks of one source; None when a TCP filter cannot check it."""
+    ids: list[Principal] = []
+    _id_pair(
+        ids,
+        [_principal(v) for v in source.principals],
+        [_principal(v) for v in source.not_principals],
+    )
+    accounts = [_service_account(v, namespace) for v in source.service_accounts]
+    not_accounts = [_service_account(v, namespace) for v in source.not_service_accounts]
+    _id_pair(ids, accounts, not_accounts)
+    if source.request_principals or source.not_request_principals:
+        if not http:
+            return None
+        _id_pair(
+            ids,
+            [Principal(metadata=_jwt(v)) for v in source.request_principals],
+            [Principal(metadata=_jwt(v)) for v in source.not_request_principals],
+        )
+    _id_pair(
+        ids,
+        [_namespace(v) for v in source.namespaces],
+        [_namespace(v) for v in source.not_namespaces],
+    )
+    _id_pair(
+        ids,
+        [Principal(direct_remote_ip=cidr(v)) for v in source.ip_blocks],
+        [Principal(direct_remote_ip=cidr(v)) for v in source.not_ip_blocks],
+    )
+    _id_pair(
+        ids,
+        [Principal(remote_ip=cidr(v)) for v in source.remote_ip_blocks],
+        [Principal(remote_ip=cidr(v)) for v in source.not_remote_ip_blocks],
+    )
+    return ids
+
+
+def operation_rules(op: Operation, *, http: bool) -> list[Permission] | None:
+    """The AND-ed permission checks of one operation; None when TCP cannot check it."""
+    rules: list[Permission] = []
+    if not http and (
+        op.hosts or op.not_hosts or op.methods or op.not_methods or op.paths or op.not_paths
+    ):
+        return None
+    host = [Permission(header=_header(":authority", v, ignore_case=True)) for v in op.hosts]
+    not_host = [Permission(header=_header(":authority", v, ignore_case=True)) for v in op.not_hosts]
+    _rule_pair(rules, host, not_host)
+    _rule_pair(
+        rules,
+        [Permission(header=_header(":method", v)) for v in op.methods],
+        [Permission(header=_header(":method", v)) for v in op.not_methods],
+    )
+    _rule_pair(rules, [_path(v) for v in op.paths], [_path(v) for v in op.not_paths])
+    _rule_pair(
+        rules,
+        [Permission(destination_port=int(v)) for v in op.ports],
+        [Permission(destination_port=int(v)) for v in op.not_ports],
+    )
+    return rules
+
+
+def _condition_principal(key: str, value: str) -> Principal:
+    """The principal check of a source-side condition (see _source_side)."""
+    if key == "source.ip":
+        return Principal(direct_remote_ip=cidr(value))
+    if key == "remote.ip":
+        return Principal(remote_ip=cidr(value))
+    if key == "source.namespace":
+        return _namespace(value)
+    if key == "source.principal":
+        return _principal(value)
+    if key.startswith("request.headers["):
+        return Principal(header=_header(key[len("request.headers[") : -1], value))
+    return Principal(metadata=_jwt(value))  # request.auth.*: JWT, never present here
+
+
+def _condition_permission(key: str, value: str) -> Permission:
+    if key == "destination.ip":
+        return Permission(destination_ip=cidr(value))
+    if key == "destination.port":
+        return Permission(destination_port=int(value))
+    if key == "connection.sni":
+        return Permission(requested_server_name=string_match(value))
+    # experimental.envoy.filters.*: dynamic metadata nobody sets here; never matches.
+    return Permission(metadata=_jwt(value))
+
+
+def http_only(condition: Condition) -> bool:
+    """Whether a condition needs HTTP (a TCP filter cannot check it)."""
+    return condition.key.startswith(("request.", "experimental."))
+
+
+def _source_side(key: str) -> bool:
+    return key in ("source.ip", "remote.ip", "source.namespace", "source.principal") or (
+        key.startswith(("request.headers[", "request.auth."))
+    )
+
+
+def _conditions(
+    conditions: Iterable[Condition],
+) -> tuple[list[Principal], list[Permission]]:
+    """Conditions as principal checks (about the caller) and permission checks (the rest)."""
+    ids: list[Principal] = []
+    rules: list[Permission] = []
+    for c in conditions:
+        if _source_side(c.key):
+            _id_pair(
+                ids,
+                [_condition_principal(c.key, v) for v in c.values],
+                [_condition_principal(c.key, v) for v in c.not_values],
+            )
+        else:
+            _rule_pair(
+                rules,
+                [_condition_permission(c.key, v) for v in c.values],
+                [_condition_permission(c.key, v) for v in c.not_values],
+            )
+    return ids, rules
+
+
+def _and_ids(ids: list[Principal]) -> Principal:
+    return Principal(and_ids=rbac_pb2.Principal.Set(ids=ids or [Principal(any=True)]))
+
+
+def _and_rules(rules: list[Permission]) -> Permission:
+    return Permission(and_rules=rbac_pb2.Permission.Set(rules=rules or [Permission(any=True)]))
+
+
+def rule_policy(
+    rule: AuthzRule, namespace: str, action: AuthzAction, *, http: bool
+) -> rbac_pb2.Policy | None:
+    """The Envoy policy of one rule; None when an ALLOW rule cannot be checked on TCP."""
+    keep = [c for c in rule.conditions if http or not http_only(c)]
+    if len(keep) < len(rule.conditions) and action is AuthzAction.ALLOW:
+        return None
+    cond_ids, cond_rules = _conditions(keep)
+    sources = [source_ids(s, namespace, http=http) for s in rule.sources]
+    operations = [operation_rules(o, http=http) for o in rule.operations]
+    if action is AuthzAction.ALLOW and (None in sources or None in operations):
+        return None
+    # DENY/AUDIT on TCP: drop what cannot be checked, so the rule matches more.
+    src = [s if s is not None else [] for s in sources] or [[]]
+    ops = [o if o is not None else [] for o in operations] or [[]]
+    return rbac_pb2.Policy(
+        permissions=[_and_rules(o + cond_rules) for o in ops],
+        principals=[_and_ids(s + cond_ids) for s in src],
+    )
+
+
+def rbac_rules(
+    policies: Sequence[AuthzPolicy], action: AuthzAction, *, http: bool
+) -> rbac_pb2.RBAC:
+    """One Envoy RBAC of every rule of policies (all of one action), in policy order."""
+    out = rbac_pb2.RBAC(action=_ACTIONS[action])
+    for policy in policies:
+        for i, rule in enumerate(policy.rules):
+            built = rule_policy(rule, policy.namespace, action, http=http)
+            if built is not None:
+                out.policies[names.rbac_policy_name(policy.namespace, policy.name, i)].CopyFrom(
+                    built
+                )
+    return out
+
+
+def rbac_by_action(
+    policies: Sequence[AuthzPolicy], *, http: bool
+) -> list[tuple[AuthzAction, rbac_pb2.RBAC]]:
+    """The RBAC rule sets a workload port needs, in checking order (AUDIT, DENY, ALLOW).
+
+    An action without policies yields nothing: in particular no ALLOW filter (allow all)."""
+    out = []
+    for action in (AuthzAction.AUDIT, AuthzAction.DENY, AuthzAction.ALLOW):
+        chosen = [p for p in policies if p.action is action]
+        if chosen:
+            out.append((action, rbac_rules(chosen, action, http=http)))
+    return out

@@ -1,0 +1,122 @@
+"""RouteConfigurations assembled from serialized virtual hosts, without protobuf messages.
+
+A RouteConfiguration holds one virtual host per service host: thousands in a large mesh.
+Keeping each virtual host as bytes (built once, cached by the routes generator) and joining
+them makes a configuration cost a concatenation instead of copying every virtual host into a
+new message and serializing it again. Hosts with Istio's default route, most of a mesh, skip
+protobuf entirely: their route is a template with the cluster name spliced in. The bytes equal
+`build_route_configuration(...).SerializeToString(deterministic=True)` (deterministic
+serialization writes fields in field-number order); tests/unit/test_fast_paths.py checks that
+over every golden case. Whoever gives build_virtual_host or the default route new fields for
+hosts without a VirtualService must mirror them in `_default_routes` (that test will say so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+
+from envoy.config.route.v3 import route_components_pb2 as rc
+
+from meshagent.model import Destination, VirtualService
+from meshagent.xds import names
+from meshagent.xds.translate import route_action as actions
+from meshagent.xds.translate.route_action import RouteScope
+from meshagent.xds.translate.routes import (
+    build_route_configuration,
+    build_virtual_host,
+    plain_default_route,
+)
+from meshagent.xds.translate.wire import bytes_field, string_field
+
+# Field numbers: RouteConfiguration.name 1, .virtual_hosts 2; VirtualHost.name 1, .domains 2,
+# .routes 3; Route.match 1, .route 2; RouteAction.cluster 1.
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class WireVirtualHost:
+    """One serialized virtual host, split so that its domains can be filtered later."""
+
+    domains: tuple[str, ...]
+    head: bytes  # the name field
+    rest: bytes  # every field after domains
+    field: bytes  # the whole virtual host as a RouteConfiguration.virtual_hosts field
+
+
+def _domain_fields(domains: Iterable[str]) -> bytes:
+    """The domains fields (2) of a virtual host."""
+    # Tag, one-byte length and name as one str, encoded once: exact when the whole is ASCII
+    # (so every name is, and every length is below 128); otherwise field by field.
+    text = "".join([f"\x12{chr(len(d))}{d}" for d in domains])
+    if text.isascii():
+        return text.encode("ascii")
+    return b"".join(string_field(2, d) for d in domains)
+
+
+def _virtual_host_field(head: bytes, domains: Iterable[str], rest: bytes) -> bytes:
+    return bytes_field(2, head + _domain_fields(domains) + rest)
+
+
+@cache
+def _default_route_parts() -> tuple[bytes, bytes, bytes]:
+    """The plain default route around its cluster name: (before route, action rest, after)."""
+    template = plain_default_route()
+    before = rc.Route(match=template.match).SerializeToString(deterministic=True)
+    action = template.route.SerializeToString(deterministic=True)
+    after = rc.Route()
+    after.CopyFrom(template)
+    after.ClearField("match")
+    after.ClearField("route")
+    return before, action, after.SerializeToString(deterministic=True)
+
+
+def _default_routes(host: str, scope: RouteScope) -> bytes | None:
+    """The routes field of a host without a VirtualService, None when it needs hashing."""
+    destination = Destination(host, port=scope.port)
+    if actions.destination_hash(destination, scope) is not None:
+        return None
+    before, action, after = _default_route_parts()
+    cluster = string_field(1, actions.destination_cluster(destination, scope))
+    return bytes_field(3, before + bytes_field(2, cluster + action) + after)
+
+
+def wire_virtual_host(
+    host: str, domains: Sequence[str], vs: VirtualService | None, scope: RouteScope
+) -> WireVirtualHost:
+    """The virtual host of build_virtual_host(host, domains, vs, scope), serialized."""
+    rest = _default_routes(host, scope) if vs is None else None
+    if rest is None:
+        message = build_virtual_host(host, list(domains), vs, scope)
+        message.ClearField("name")
+        del message.domains[:]
+        rest = message.SerializeToString(deterministic=True)
+    head = string_field(1, names.virtual_host_name(host, scope.port))
+    return WireVirtualHost(tuple(domains), head, rest, _virtual_host_field(head, domains, rest))
+
+
+@cache
+def _configuration_tail() -> bytes:
+    """Every field of an empty configuration after virtual_hosts (validate_clusters)."""
+    template = build_route_configuration(0, ())
+    template.ClearField("name")
+    tail: bytes = template.SerializeToString(deterministic=True)
+    return tail
+
+
+def route_configuration_bytes(port: int, virtual_hosts: Iterable[WireVirtualHost]) -> bytes:
+    """build_route_configuration(port, ...) serialized: a domain already claimed by an earlier
+    virtual host is dropped from later ones, and a virtual host left with none is dropped."""
+    parts = [string_field(1, names.route_name(port))]
+    seen: set[str] = set()
+    for vhost in virtual_hosts:
+        if seen.isdisjoint(vhost.domains):
+            parts.append(vhost.field)
+            seen.update(vhost.domains)
+            continue
+        kept = [d for d in vhost.domains if d not in seen]
+        if kept:
+            parts.append(_virtual_host_field(vhost.head, kept, vhost.rest))
+            seen.update(kept)
+    parts.append(_configuration_tail())
+    return b"".join(parts)

@@ -1,0 +1,150 @@
+"""The ansible role and playbook, run for real against localhost into a temporary root.
+
+Service management and user creation are off (no systemd here, and the test must not add
+users to this machine); everything else runs as on a host: a virtualenv is created under the
+temporary root and a wheel built from this repository is installed into it (`--no-deps`, so
+no network), the agent config, mesh files, units, sysusers.d and tmpfiles.d entries are
+installed. The second run must change nothing; --check must pass; ansible-lint (production
+profile) must be clean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from meshagent import __version__
+
+REPO = Path(__file__).resolve().parents[2]
+ANSIBLE = REPO / "ansible"
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.skipif(
+    not (BIN / "ansible-playbook").exists(),
+    reason="ansible-core not installed in the test virtualenv (pip install -e '.[dev]')",
+)
+
+MESH = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: hello, namespace: demo}
+spec:
+  hosts: [hello.demo.svc.cluster.local]
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1}]
+"""
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheel of this repository, built from a copy (pip would leave build/ in the tree)."""
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(REPO / "meshagent", src / "meshagent",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(src)],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    return next(out.glob("meshagent-*.whl"))
+
+
+def playbook(tmp_path: Path, wheel: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    root = tmp_path / "root"
+    (root / "usr/bin").mkdir(parents=True, exist_ok=True)
+    envoy = root / "usr/bin/envoy"  # Envoy "from a distro path", here the test venv's
+    if not envoy.exists():
+        envoy.symlink_to(BIN / "envoy")
+    inventory = tmp_path / "inventory.yml"
+    host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    inventory.write_text(yaml.safe_dump({"meshagent": {"hosts": {"localhost": host}}}))
+    variables = {
+        "meshagent_root": str(root),
+        "meshagent_manage_services": False,
+        "meshagent_manage_users": False,
+        "meshagent_become": False,
+        # A pinned requirement found in a local directory: pip (and ansible's --check)
+        # can tell that the installed version already is the wanted one.
+        "meshagent_package": f"meshagent=={__version__}",
+        "meshagent_pip_environment": {
+            "PIP_NO_DEPS": "1",
+            "PIP_NO_INDEX": "1",
+            "PIP_FIND_LINKS": str(wheel.parent),
+        },
+        "meshagent_python": sys.executable,
+        "meshagent_envoy_source": "path",
+        "meshagent_envoy_binary": "/usr/bin/envoy",
+        "meshagent_node_id": "vm-7",
+        "meshagent_outbound_ports": {8080: 15080},
+        "meshagent_mesh_files": {"hello.yaml": MESH},
+    }
+    (tmp_path / "vars.json").write_text(json.dumps(variables))
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
+           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"), "ANSIBLE_NOCOLOR": "1",
+           "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}  # fmt: skip
+    return subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", str(inventory), "-e", f"@{tmp_path / 'vars.json'}",
+         str(ANSIBLE / "site.yml"), *extra],
+        cwd=ANSIBLE, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def recap(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    line = re.search(r"localhost\s*:\s*(ok=.*)", result.stdout)
+    assert line, result.stdout
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line.group(1))}
+
+
+def test_playbook_installs_into_a_root_idempotently_and_in_check_mode(
+    tmp_path: Path, wheel: Path
+) -> None:
+    first = recap(playbook(tmp_path, wheel))
+    assert first["changed"] > 0 and first["failed"] == 0
+
+    root = tmp_path / "root"
+    agent_yaml = root / "etc/meshagent/agent.yaml"
+    from meshagent.agent.config import load_config
+
+    config = load_config(agent_yaml)  # the rendered config is valid for the agent itself
+    assert config.node.id == "vm-7" and str(config.xds.uds) == "/run/meshagent/xds.sock"
+    assert config.outbound.ports == ((8080, 15080),)
+    assert (root / "etc/meshagent/mesh/hello.yaml").read_text() == MESH
+    assert (root / "opt/meshagent/venv/bin/meshagent").exists()
+    units = root / "etc/systemd/system"
+    shipped = (REPO / "systemd/meshagent.service").read_text()
+    assert (units / "meshagent.service").read_text().split("\n", 1)[1] == shipped
+    envoy_unit = (units / "meshagent-envoy.service").read_text().split("\n", 1)[1]
+    assert envoy_unit == (REPO / "systemd/meshagent-envoy.service").read_text().replace(
+        "/opt/meshagent/venv/bin/envoy", "/usr/bin/envoy"
+    )
+    assert (root / "usr/lib/sysusers.d/meshagent.conf").exists()
+
+    second = recap(playbook(tmp_path, wheel))
+    assert second["changed"] == 0 and second["failed"] == 0
+
+    checked = recap(playbook(tmp_path, wheel, "--check", "--diff"))
+    assert checked["changed"] == 0 and checked["failed"] == 0
+
+
+def test_ansible_lint_production_profile() -> None:
+    lint = BIN / "ansible-lint"
+    if not lint.exists():
+        pytest.skip("ansible-lint not installed in the test virtualenv")
+    result = subprocess.run(
+        [str(lint), "--profile", "production", "--offline", "site.yml", "roles/meshagent"],
+        cwd=ANSIBLE, capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"), "NO_COLOR": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]

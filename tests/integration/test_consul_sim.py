@@ -1,0 +1,263 @@
+"""The Consul API simulator (driven by py-consul over real HTTP) and the Consul adapter against
+it: response shapes like Consul's documented examples, blocking queries, ACLs, faults, index
+resets, token files and registration of local workloads. Loopback only, no Envoy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import consul
+import pytest
+
+from meshagent.adapters.consul import ConsulAdapter, ConsulOptions
+from meshagent.agent.config import parse_config
+from meshagent.agent.daemon import Agent
+from meshagent.model.source import SourceEvent
+from meshagent.testing.consul_sim import ConsulSimulator, canonical_keys
+from tests.net_helpers import free_port
+from tests.polling import async_wait_for
+
+CORPUS = Path(__file__).parents[2] / ".." / "shared" / "corpus" / "consul"
+
+
+@pytest.fixture
+def sim() -> Iterator[ConsulSimulator]:
+    simulator = ConsulSimulator(max_wait_s=1.0).start()
+    yield simulator
+    simulator.stop()
+
+
+def corpus(name: str) -> Any:
+    if not CORPUS.is_dir():
+        pytest.skip("corpus absent: ../shared/corpus/consul not found")
+    return json.loads((CORPUS / name).read_text())
+
+
+def keys_of(value: Any) -> set[str]:
+    return set(value) if isinstance(value, dict) else set()
+
+
+def get(sim: ConsulSimulator, path: str, token: str | None = None) -> tuple[int, Any, dict[str, str]]:
+    request = urllib.request.Request(f"http://{sim.address}{path}")
+    if token:
+        request.add_header("X-Consul-Token", token)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status, json.loads(resp.read()), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(), dict(exc.headers)
+
+
+# -- shapes ----------------------------------------------------------------------------------
+
+
+def test_responses_have_the_documented_keys(sim: ConsulSimulator) -> None:
+    c = consul.Consul(host="127.0.0.1", port=sim.port)
+    body = corpus("catalog-register.request.json")
+    sim._catalog_register(canonical_keys(body))
+    _, health = c.health.service("redis")
+    (doc,) = corpus("health-service.response.json")
+    (got,) = health
+    assert keys_of(doc["Node"]) <= keys_of(got["Node"])
+    assert keys_of(doc["Service"]) <= keys_of(got["Service"])
+    for check in got["Checks"]:
+        assert keys_of(doc["Checks"][0]) <= keys_of(check)
+    _, flat = c.catalog.service("redis")
+    assert keys_of(corpus("catalog-service.response.json")[0]) <= keys_of(flat[0])
+    _, services = c.catalog.services()
+    assert services == {"redis": ["primary", "v1"]}
+    c.config.set("service-defaults", "web", {"Protocol": "http"})
+    listed = c.config.list("service-defaults")
+    assert keys_of(corpus("config-list.response.json")[0]) <= keys_of(listed[0])
+    assert keys_of(corpus("config-get.response.json")) <= keys_of(c.config.get("service-defaults", "web"))
+
+
+def test_agent_registration_example_and_check_states(sim: ConsulSimulator) -> None:
+    c = consul.Consul(host="127.0.0.1", port=sim.port)
+    sim.state.register_service("sim-node", canonical_keys(corpus("agent-service-register.request.json")),
+                               [{"TTL": "1h", "CheckID": "redis-ttl"}])
+    assert c.health.service("redis", passing=True)[1] == []  # checks start critical, as Consul's
+    c.agent.check.ttl_warn("redis-ttl")
+    (entry,) = c.health.service("redis")[1]
+    assert {ch["Status"] for ch in entry["Checks"]} == {"passing", "warning"}
+    assert entry["Service"]["Weights"] == {"Passing": 10, "Warning": 1}
+    c.agent.check.ttl_pass("redis-ttl")
+    assert len(c.health.service("redis", passing=True)[1]) == 1
+
+
+# -- blocking queries, ACLs, datacenters -----------------------------------------------------------
+
+
+def test_blocking_query_waits_and_wakes_on_change(sim: ConsulSimulator) -> None:
+    c = consul.Consul(host="127.0.0.1", port=sim.port)
+    index, _ = c.health.service("web")
+    start = time.monotonic()
+    again, _ = c.health.service("web", index=index, wait="300ms")
+    assert again == index and 0.25 < time.monotonic() - start < 2.0
+    status, _, headers = get(sim, "/v1/catalog/services")
+    assert status == 200 and headers["X-Consul-KnownLeader"] == "true"
+
+    def later() -> None:
+        time.sleep(0.2)  # the change that wakes the query below (this is the test's stimulus)
+        c.agent.service.register("web", service_id="w1", port=80)
+
+    import threading
+
+    threading.Thread(target=later, daemon=True).start()
+    start = time.monotonic()
+    woke, entries = c.health.service("web", index=index, wait="5s")
+    assert woke > index and len(entries) == 1 and time.monotonic() - start < 1.0
+
+
+def test_acl_tokens_and_datacenter() -> None:
+    sim = ConsulSimulator(acl_token="root", read_tokens=("reader",)).start()
+    try:
+        assert get(sim, "/v1/catalog/services")[:2] == (403, "ACL not found")
+        assert get(sim, "/v1/catalog/services?token=root")[0] == 200
+        assert get(sim, "/v1/catalog/services", token="reader")[0] == 200
+        c = consul.Consul(host="127.0.0.1", port=sim.port, token="reader")
+        with pytest.raises(consul.ACLPermissionDenied, match="Permission denied"):
+            c.agent.service.register("web", port=80)
+        assert get(sim, "/v1/catalog/services?dc=dc9&token=root")[0] == 500
+    finally:
+        sim.stop()
+
+
+# -- the adapter -----------------------------------------------------------------------------------
+
+
+async def events(adapter: ConsulAdapter) -> AsyncIterator[SourceEvent]:
+    async for event in adapter.watch():
+        yield event
+
+
+async def next_matching(it: AsyncIterator[SourceEvent], predicate: Any, timeout: float = 5.0) -> SourceEvent:
+    async def find() -> SourceEvent:
+        async for event in it:
+            if predicate(event):
+                return event
+        raise AssertionError("adapter stopped")
+
+    return await asyncio.wait_for(find(), timeout)
+
+
+def ids(event: SourceEvent) -> list[str]:
+    (resource,) = [r for r in event.upserts if r.kind == "ConsulService"]
+    return sorted(i["Service"]["ID"] for i in resource.body["Instances"])
+
+
+async def test_adapter_faults_index_reset_and_token_file(sim: ConsulSimulator, tmp_path: Path) -> None:
+    c = consul.Consul(host="127.0.0.1", port=sim.port)
+    c.agent.service.register("web", service_id="w1", port=80, check={"TTL": "1h", "Status": "passing"})
+    token = tmp_path / "token"
+    token.write_text("root\n")
+    sim.acl_token = "root"
+    options = ConsulOptions(address=sim.address, wait_s=1.0, token_file=token, backoff_cap_s=0.3)
+    async with ConsulAdapter(options) as adapter:
+        it = events(adapter)
+        first = await next_matching(it, lambda e: e.synced)
+        assert ids(first) == ["w1"]
+        await asyncio.to_thread(sim.state.set_check, "service:w1", "critical")
+        assert ids(await next_matching(it, lambda e: e.upserts)) == []
+
+        token.write_text("wrong\n")  # re-read on the next query: 403 ACL not found, reported
+        sim.state.set_check("service:w1", "passing")
+        failed = await next_matching(it, lambda e: e.errors)
+        assert "ACL not found" in failed.errors[0].reason and not failed.deletes
+        token.write_text("root-again\n")
+        sim.acl_token = "root-again"
+        sim.state.set_check("service:w1", "critical")  # flows again once the token is right
+        assert ids(await next_matching(it, lambda e: e.upserts and not ids(e))) == []
+        sim.state.set_check("service:w1", "passing")
+        assert ids(await next_matching(it, lambda e: e.upserts)) == ["w1"]
+
+        sim.state.reset_indexes(1)  # backwards: the adapter starts over and follows changes
+        sim.state.register_service("sim-node", {"ID": "w2", "Service": "web", "Port": 81},
+                                   [{"Status": "passing"}])
+        assert ids(await next_matching(it, lambda e: e.upserts and ids(e) == ["w1", "w2"]))
+
+        sim.faults.malformed = True
+        sim.state.deregister_service("sim-node", "w2")
+        failed = await next_matching(it, lambda e: e.errors)
+        assert "JSON" in failed.errors[0].reason or "Expecting" in failed.errors[0].reason
+        sim.faults.clear()
+        assert ids(await next_matching(it, lambda e: e.upserts)) == ["w1"]
+
+        sim.state.deregister_service("sim-node", "w1")  # Consul says the service is gone
+        gone = await next_matching(it, lambda e: e.deletes)
+        assert gone.deletes == (("consul", "ConsulService", "", "web"),)
+
+
+# -- registration of local workloads --------------------------------------------------------------
+
+
+async def test_agent_registers_local_workloads_and_deregisters_on_stop(
+    sim: ConsulSimulator, tmp_path: Path
+) -> None:
+    text = f"""
+node: {{id: host1}}
+state_dir: {tmp_path}/state
+admin: {{address: 127.0.0.1, port: {free_port()}}}
+sources:
+  files: null
+  consul: {{address: "{sim.address}", wait: 1s, register: true}}
+workloads:
+- {{name: billing, labels: {{version: v1}}, ports: [{{port: {free_port()}, protocol: HTTP}}]}}
+"""
+    agent = Agent(parse_config(text, tmp_path / "agent.yaml"))
+    await agent.start()
+    try:
+        entries = await async_wait_for(lambda: sim.state.health_service("billing"),
+                                       what="registered", timeout=10)
+        service = entries[0]["Service"]
+        assert service["ID"] == "host1-billing" and service["Meta"]["version"] == "v1"
+        check = [c for c in entries[0]["Checks"] if c["ServiceID"]][0]
+        assert check["Definition"]["HTTP"].endswith("/readyz")
+        # the simulator runs the HTTP check: the agent is not ready (no Envoy), so critical
+        await async_wait_for(
+            lambda: [c for c in sim.state.health_service("billing")[0]["Checks"]
+                     if c["ServiceID"] and c["Output"]],
+            what="check ran", timeout=10,
+        )
+    finally:
+        await agent.stop()
+    assert sim.state.health_service("billing") == []
+
+
+def test_cli_dev_consul_sim_serves_its_data_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps({
+        "register": [{"Node": "n1", "Address": "127.0.0.9",
+                      "Service": {"Service": "web", "Port": 80}}],
+        "config": [{"Kind": "service-splitter", "Name": "web", "Splits": [{"Weight": 100}]}],
+    }))
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshagent.agent.cli", "dev", "consul-sim",
+         "--listen", f"127.0.0.1:{port}", "--data", str(data)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        c = consul.Consul(host="127.0.0.1", port=port)
+        services = wait_for_value(lambda: c.catalog.services()[1])
+        assert services == {"web": []}
+        assert c.config.list("service-splitter")[0]["Name"] == "web"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def wait_for_value(probe: Any) -> Any:
+    from tests.polling import wait_for
+
+    return wait_for(probe, timeout=10, what="consul-sim answering")
