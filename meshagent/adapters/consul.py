@@ -38,6 +38,7 @@ SOURCE = "consul"
 API_VERSION = "consul/v1"
 SERVICE_KIND = "ConsulService"
 CONFIG_KIND = "ConsulConfigEntry"
+MAX_CONNECTIONS = 4096  # kept-alive connections to Consul (one per concurrent watch)
 CONFIG_KINDS = ("service-router", "service-splitter", "service-resolver", "service-intentions")
 
 log = structlog.get_logger("meshagent.adapters.consul")
@@ -91,7 +92,7 @@ def consul_client(options: ConsulOptions) -> Any:
     host, _, port = options.address.rpartition(":")
     verify: bool | str = str(options.ca_file) if options.ca_file else True
     cert = (str(options.cert_file), str(options.key_file)) if options.cert_file else None
-    return consul.Consul(
+    client = consul.Consul(
         host=host or "127.0.0.1",
         port=int(port or 8500),
         scheme=options.scheme,
@@ -99,6 +100,16 @@ def consul_client(options: ConsulOptions) -> Any:
         verify=verify,
         cert=cert,
     )
+    session = getattr(client.http, "session", None)
+    if session is not None:
+        # One blocking query per service is in flight at once: requests' default pool of 10
+        # connections would open and drop a connection for most queries.
+        from requests.adapters import HTTPAdapter
+
+        pooled = HTTPAdapter(pool_connections=4, pool_maxsize=MAX_CONNECTIONS)
+        session.mount("http://", pooled)
+        session.mount("https://", pooled)
+    return client
 
 
 class ConsulAdapter:

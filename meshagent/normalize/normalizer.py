@@ -246,7 +246,10 @@ class Normalizer:
         entry = self._entries[owner].converted
         assert isinstance(entry, ConvertedServiceEntry)
         service = next(s for s in entry.services if s.host == host)
-        if self._services.get(host) is not service:
+        current = self._services.get(host)
+        # An equal Service (e.g. a Consul service whose instances changed) keeps the serving
+        # object, so that only the endpoints count as changed, not every route and cluster.
+        if current is not service and current != service:
             self._services[host] = service
             dirty.mark("services", host)
         endpoints = self._endpoints_of(entry)

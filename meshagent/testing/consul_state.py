@@ -292,11 +292,12 @@ class ConsulState:
             return {name: sorted(tags) for name, tags in sorted(out.items())}
 
     def _instances(self, name: str, ns: str | None) -> list[tuple[_Node, dict[str, Any]]]:
-        return [
-            (self.nodes[node], s)
-            for (node, _), s in sorted(self.services.items())
+        found = sorted(
+            (key, s)
+            for key, s in self.services.items()
             if s["Service"] == name and (ns is None or s["Namespace"] == ns)
-        ]
+        )
+        return [(self.nodes[node], s) for (node, _), s in found]
 
     def _checks_of(self, node: str, service_id: str) -> list[dict[str, Any]]:
         return [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from meshagent.model.labels import Labels, labels_of
@@ -117,12 +118,15 @@ def convert_service(
     ports = tuple(sorted({port for ep in endpoints for _, port in ep.ports}))
     number = mapping.service_port or (ports[0] if ports else 0)
     service_ports = (ServicePort(number, protocol.lower(), protocol),) if number else ()
+    # The Service's provenance names the service, not the index: an index bump that leaves
+    # the Service as it was must yield an equal Service (the normalizer then keeps the old).
+    stable = replace(provenance, location=f"consul service {name}")
     service = Service(
         host=mapping.host(name, namespace, datacenter, partition),
         namespace=namespace,
         ports=service_ports,
         resolution=Resolution.STATIC,
-        provenance=provenance,
+        provenance=stable,
     )
     return ConvertedServiceEntry(namespace, (service,), endpoints, None)
 

@@ -129,10 +129,9 @@ def _never(value: Any) -> bool:
     return False
 
 
-def _in_range(lo: float | None, hi: float | None) -> Callable[[Any], bool]:
-    low = float("-inf") if lo is None else lo
-    high = float("inf") if hi is None else hi
-    return lambda value: low <= value <= high
+def _bounds(lo: float | None, hi: float | None) -> tuple[float, float]:
+    """lo and hi, with infinities for missing bounds."""
+    return (float("-inf") if lo is None else lo, float("inf") if hi is None else hi)
 
 
 def _type_name(value: Any) -> str:
@@ -214,14 +213,14 @@ class Int(Type):
             _check_range(value, self.lo, self.hi, path, issues)
 
     def compile_predicate(self) -> Predicate:
-        in_range = _in_range(self.lo, self.hi)
+        low, high = _bounds(self.lo, self.hi)
         allow_string = self.allow_string
 
         def fast(value: Any) -> bool:
             if type(value) is int:
-                return in_range(value)
+                return low <= value <= high
             if allow_string and type(value) is str and _INT_TEXT.fullmatch(value):
-                return in_range(int(value))
+                return low <= int(value) <= high
             return False
 
         return fast
@@ -241,8 +240,8 @@ class Float(Type):
             _check_range(value, self.lo, self.hi, path, issues)
 
     def compile_predicate(self) -> Predicate:
-        in_range = _in_range(self.lo, self.hi)
-        return lambda value: (type(value) is int or type(value) is float) and in_range(value)
+        low, high = _bounds(self.lo, self.hi)
+        return lambda value: (type(value) is int or type(value) is float) and low <= value <= high
 
 
 @dataclass(frozen=True, slots=True)

