@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test lint bench clean
+.PHONY: quickstart test system-deps lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,21 @@ $(STAMP): pyproject.toml
 quickstart: $(STAMP)
 	$(VENV)/bin/meshagent dev quickstart --config examples/quickstart/agent.yaml
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(VENV)/bin/pytest -q
+
+# Debian packages some tests use: systemd-analyze checks the unit files, chromium renders the
+# admin status page. Installed when running as root with apt-get; otherwise those tests skip
+# and say why.
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=""; \
+	  command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	  command -v chromium >/dev/null || missing="$$missing chromium"; \
+	  if [ -n "$$missing" ]; then \
+	    apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	  fi; \
+	fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check meshagent tests benchmarks
