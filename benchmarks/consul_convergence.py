@@ -1,14 +1,15 @@
 """Benchmark: from a change in the Consul simulator to the local Envoy having applied it.
 
 1000 services are registered in the Consul API simulator (its own process, like Consul), each
-with one instance (demo app "old"), and served to a real Envoy by a real `meshagent run`
-(Consul adapter, blocking queries). Then, 200 times, a second instance (demo app "new") is
+with one instance (upstream "old"), and served to a real Envoy by a real `meshagent run`
+(Consul adapter, blocking queries). Then, 200 times, a second instance (upstream "new") is
 registered for one service over Consul's HTTP API, and the clock runs until a request through
 Envoy to that service is answered by "new": Envoy has applied the new load assignment.
-Requests are sent back to back (about a millisecond each), so that is the resolution. Envoy's admin API is not polled: with 1000 clusters a stats
-query takes ~45 ms of Envoy's main thread, the thread that also applies xDS, and would distort
-what is measured. p50 and p99 over the 200 changes. Target (issue 4): p99 <= 50 ms, below the
-100 ms debounce Istio waits before a push.
+Requests are sent back to back (well under a millisecond each), so that is the resolution.
+Envoy's admin API is not polled: with 1000 clusters a stats query takes ~45 ms of Envoy's main
+thread, the thread that also applies xDS, and would distort what is measured.
+p50 and p99 over the 200 changes. Target (issue 4): p99 <= 50 ms, below the 100 ms debounce
+Istio waits before a push.
 
 Usage: python benchmarks/consul_convergence.py [--services 1000] [--changes 200]
 Prints one JSON document.
@@ -31,9 +32,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.integration.mesh_harness import MeshHarness, mesh_harness, wait_until  # noqa: E402
-from tests.net_helpers import free_port  # noqa: E402
-
+from tests.integration.mesh_harness import MeshHarness, mesh_harness, wait_until
+from tests.net_helpers import free_port
 
 LOG_LEVEL = "warning"
 
@@ -90,15 +90,26 @@ def catalog_body(name: str, sid: str, port: int) -> dict[str, Any]:
     }
 
 
-def start_simulator(root: Path, services: int, first_port: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_simulator(
+    root: Path, services: int, first_port: int
+) -> tuple[subprocess.Popen[bytes], int]:
     """`meshagent dev consul-sim` in its own process (as Consul would be), seeded with services."""
     data = root / "consul-data.json"
     bodies = [catalog_body(f"svc{i}", f"svc{i}-0", first_port) for i in range(services)]
     data.write_text(json.dumps({"register": bodies}))
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "meshagent.agent.cli", "dev", "consul-sim",
-         "--listen", f"127.0.0.1:{port}", "--data", str(data)],
+        [
+            sys.executable,
+            "-m",
+            "meshagent.agent.cli",
+            "dev",
+            "consul-sim",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data",
+            str(data),
+        ],
         stdout=subprocess.DEVNULL,
     )
     return proc, port

@@ -126,9 +126,17 @@ class ConsulAdapter:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._synced = False
         self._wait = f"{max(int(options.wait_s * 1000), 1)}ms"
+        # Filled by the first listing: where each watch starts.
+        self._catalog_index = 0
+        self._services: dict[str, int] = {}  # service name -> health index
+        self._config_index: dict[str, int] = {}  # config kind -> index
+        self._entries: dict[str, set[str]] = {}  # config kind -> resource names
 
     async def __aenter__(self) -> ConsulAdapter:
+        # The agent re-enters an adapter after a failure: start clean.
         self._client = consul_client(self.options)
+        self._queue = asyncio.Queue()
+        self._synced = False
         return self
 
     async def __aexit__(
@@ -144,6 +152,10 @@ class ConsulAdapter:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        session = getattr(getattr(self._client, "http", None), "session", None)
+        if session is not None:  # abandoned blocking calls fail on their own daemon threads
+            with contextlib.suppress(Exception):
+                session.close()
 
     async def watch(self) -> AsyncIterator[SourceEvent]:
         """The first full listing (synced), then every change, until the context exits."""
@@ -217,7 +229,7 @@ class ConsulAdapter:
         index, services = await self._query(self._catalog_call(0))
         self._catalog_index = next_index(0, int(index or 0))
         names = sorted(_as_dict(services))
-        self._services: dict[str, int] = {}
+        self._services = {}
         limit = asyncio.Semaphore(32)  # a big catalog is listed with bounded parallelism
 
         async def one(name: str) -> RawResource:
@@ -227,8 +239,7 @@ class ConsulAdapter:
             return self._service_resource(name, _as_list(entries), int(idx or 0))
 
         upserts = list(await asyncio.gather(*(one(n) for n in names)))
-        self._config_index: dict[str, int] = {}
-        self._entries: dict[str, set[str]] = {}
+        self._config_index, self._entries = {}, {}
         for kind in self.options.config_kinds:
             idx, entries = await self._query(self._config_call(kind, 0))
             self._config_index[kind] = next_index(0, int(idx or 0))

@@ -85,11 +85,16 @@ def workload(sa: str, port: int = 0, target: int = 0) -> dict[str, object]:
 
 @contextmanager
 def two_hosts(
-    root: Path, *, ca_a: dict[str, Any] | None = None, ca_b: dict[str, Any] | None = None
+    root: Path,
+    *,
+    ca_a: dict[str, Any] | None = None,
+    ca_b: dict[str, Any] | None = None,
+    policies: str = "",
 ) -> Iterator[Hosts]:
     """Hosts A (workload `client`) and B (workload `echo`) with agents and Envoys running, and
-    a first request from A to B's echo app answered. B starts first, so that A can get its
-    certificate from B when ca_a is in upstream mode."""
+    a first request from A to B's echo app answered. policies (see apply_policies) are in
+    force from the start, so no listener is replaced (and drained) afterwards. B starts first,
+    so that A can get its certificate from B when ca_a is in upstream mode."""
     ca_dir = root / "ca"
     meshagent("ca", "init", "--dir", str(ca_dir))
     shared = {"mode": "self-signed", "dir": str(ca_dir)}
@@ -106,7 +111,7 @@ def two_hosts(
         b.configure(workloads=[workload("echo", inbound_port, app.port)])
         a.configure(outbound={"ports": {8080: a.outbound_port}})
         hosts = Hosts(a, b, inbound_port, ca_dir, root)
-        apply_policies(hosts, "")
+        apply_policies(hosts, policies)
         for h in (b, a):
             h.start_agent()
             h.start_envoy()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import collections
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import consul
@@ -168,8 +168,12 @@ def test_same_split_as_service_splitter_and_service_resolver(
     c.config.set(
         "service-resolver",
         "web",
-        {"Subsets": {"v1": {"Filter": '"v1" in Service.Tags'},
-                     "v2": {"Filter": "Service.Meta.version == v2"}}},
+        {
+            "Subsets": {
+                "v1": {"Filter": '"v1" in Service.Tags'},
+                "v2": {"Filter": "Service.Meta.version == v2"},
+            }
+        },
     )
     splits = [
         {"Weight": 50, "ServiceSubset": "v1", "ResponseHeaders": {"Set": {"x-test": "consul"}}},

@@ -44,7 +44,9 @@ def keys_of(value: Any) -> set[str]:
     return set(value) if isinstance(value, dict) else set()
 
 
-def get(sim: ConsulSimulator, path: str, token: str | None = None) -> tuple[int, Any, dict[str, str]]:
+def get(
+    sim: ConsulSimulator, path: str, token: str | None = None
+) -> tuple[int, Any, dict[str, str]]:
     request = urllib.request.Request(f"http://{sim.address}{path}")
     if token:
         request.add_header("X-Consul-Token", token)
@@ -76,13 +78,18 @@ def test_responses_have_the_documented_keys(sim: ConsulSimulator) -> None:
     c.config.set("service-defaults", "web", {"Protocol": "http"})
     listed = c.config.list("service-defaults")
     assert keys_of(corpus("config-list.response.json")[0]) <= keys_of(listed[0])
-    assert keys_of(corpus("config-get.response.json")) <= keys_of(c.config.get("service-defaults", "web"))
+    assert keys_of(corpus("config-get.response.json")) <= keys_of(
+        c.config.get("service-defaults", "web")
+    )
 
 
 def test_agent_registration_example_and_check_states(sim: ConsulSimulator) -> None:
     c = consul.Consul(host="127.0.0.1", port=sim.port)
-    sim.state.register_service("sim-node", canonical_keys(corpus("agent-service-register.request.json")),
-                               [{"TTL": "1h", "CheckID": "redis-ttl"}])
+    sim.state.register_service(
+        "sim-node",
+        canonical_keys(corpus("agent-service-register.request.json")),
+        [{"TTL": "1h", "CheckID": "redis-ttl"}],
+    )
     assert c.health.service("redis", passing=True)[1] == []  # checks start critical, as Consul's
     c.agent.check.ttl_warn("redis-ttl")
     (entry,) = c.health.service("redis")[1]
@@ -138,7 +145,9 @@ async def events(adapter: ConsulAdapter) -> AsyncIterator[SourceEvent]:
         yield event
 
 
-async def next_matching(it: AsyncIterator[SourceEvent], predicate: Any, timeout: float = 5.0) -> SourceEvent:
+async def next_matching(
+    it: AsyncIterator[SourceEvent], predicate: Any, timeout: float = 5.0
+) -> SourceEvent:
     async def find() -> SourceEvent:
         async for event in it:
             if predicate(event):
@@ -153,9 +162,13 @@ def ids(event: SourceEvent) -> list[str]:
     return sorted(i["Service"]["ID"] for i in resource.body["Instances"])
 
 
-async def test_adapter_faults_index_reset_and_token_file(sim: ConsulSimulator, tmp_path: Path) -> None:
+async def test_adapter_faults_index_reset_and_token_file(
+    sim: ConsulSimulator, tmp_path: Path
+) -> None:
     c = consul.Consul(host="127.0.0.1", port=sim.port)
-    c.agent.service.register("web", service_id="w1", port=80, check={"TTL": "1h", "Status": "passing"})
+    c.agent.service.register(
+        "web", service_id="w1", port=80, check={"TTL": "1h", "Status": "passing"}
+    )
     token = tmp_path / "token"
     token.write_text("root\n")
     sim.acl_token = "root"
@@ -179,8 +192,9 @@ async def test_adapter_faults_index_reset_and_token_file(sim: ConsulSimulator, t
         assert ids(await next_matching(it, lambda e: e.upserts)) == ["w1"]
 
         sim.state.reset_indexes(1)  # backwards: the adapter starts over and follows changes
-        sim.state.register_service("sim-node", {"ID": "w2", "Service": "web", "Port": 81},
-                                   [{"Status": "passing"}])
+        sim.state.register_service(
+            "sim-node", {"ID": "w2", "Service": "web", "Port": 81}, [{"Status": "passing"}]
+        )
         assert ids(await next_matching(it, lambda e: e.upserts and ids(e) == ["w1", "w2"]))
 
         sim.faults.malformed = True
@@ -214,17 +228,22 @@ workloads:
     agent = Agent(parse_config(text, tmp_path / "agent.yaml"))
     await agent.start()
     try:
-        entries = await async_wait_for(lambda: sim.state.health_service("billing"),
-                                       what="registered", timeout=10)
+        entries = await async_wait_for(
+            lambda: sim.state.health_service("billing"), what="registered", timeout=10
+        )
         service = entries[0]["Service"]
         assert service["ID"] == "host1-billing" and service["Meta"]["version"] == "v1"
-        check = [c for c in entries[0]["Checks"] if c["ServiceID"]][0]
+        check = next(c for c in entries[0]["Checks"] if c["ServiceID"])
         assert check["Definition"]["HTTP"].endswith("/readyz")
         # the simulator runs the HTTP check: the agent is not ready (no Envoy), so critical
         await async_wait_for(
-            lambda: [c for c in sim.state.health_service("billing")[0]["Checks"]
-                     if c["ServiceID"] and c["Output"]],
-            what="check ran", timeout=10,
+            lambda: [
+                c
+                for c in sim.state.health_service("billing")[0]["Checks"]
+                if c["ServiceID"] and c["Output"]
+            ],
+            what="check ran",
+            timeout=10,
         )
     finally:
         await agent.stop()
@@ -236,16 +255,37 @@ def test_cli_dev_consul_sim_serves_its_data_file(tmp_path: Path) -> None:
     import sys
 
     data = tmp_path / "data.json"
-    data.write_text(json.dumps({
-        "register": [{"Node": "n1", "Address": "127.0.0.9",
-                      "Service": {"Service": "web", "Port": 80}}],
-        "config": [{"Kind": "service-splitter", "Name": "web", "Splits": [{"Weight": 100}]}],
-    }))
+    data.write_text(
+        json.dumps(
+            {
+                "register": [
+                    {
+                        "Node": "n1",
+                        "Address": "127.0.0.9",
+                        "Service": {"Service": "web", "Port": 80},
+                    }
+                ],
+                "config": [
+                    {"Kind": "service-splitter", "Name": "web", "Splits": [{"Weight": 100}]}
+                ],
+            }
+        )
+    )
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "meshagent.agent.cli", "dev", "consul-sim",
-         "--listen", f"127.0.0.1:{port}", "--data", str(data)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "meshagent.agent.cli",
+            "dev",
+            "consul-sim",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data",
+            str(data),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         c = consul.Consul(host="127.0.0.1", port=port)

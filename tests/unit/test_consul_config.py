@@ -41,7 +41,12 @@ def test_every_key_is_read(tmp_path: Path) -> None:
     assert o.cert_file == tmp_path / "c.pem" and o.ca_file == tmp_path / "ca.pem"
     assert (o.qps, o.burst, o.wait_s, o.include_warning) == (5.0, 10, 30.0, True)
     assert m.host("web", "team") == "web.team.svc.cluster.local"
-    assert (m.network, m.service_port, m.default_protocol, m.precedence) == ("wan", 80, "grpc", "consul")
+    assert (m.network, m.service_port, m.default_protocol, m.precedence) == (
+        "wan",
+        80,
+        "grpc",
+        "consul",
+    )
     assert consul.register.enabled and consul.register.address == "192.0.2.7"
     assert config.sources.files is not None  # files stay on by default
     assert [type(a) for a in build_adapters(config)][-1] is ConsulAdapter

@@ -17,8 +17,15 @@ from tests.unit.rbac_eval import Request, allowed
 
 
 def filters_for(entry: dict[str, Any]) -> list[dict[str, Any]]:
-    raw = RawResource("consul", "ConsulConfigEntry", "consul/v1", "",
-                      f"{entry['Kind']}/{entry['Name']}", entry, Provenance("consul", "consul index 3"))
+    raw = RawResource(
+        "consul",
+        "ConsulConfigEntry",
+        "consul/v1",
+        "",
+        f"{entry['Kind']}/{entry['Name']}",
+        entry,
+        Provenance("consul", "consul index 3"),
+    )
     snapshot, diagnostics = Normalizer().apply([SourceEvent("consul", upserts=(raw,))])
     assert not [d for d in diagnostics if d.severity == "error"], diagnostics
     policies = list(snapshot.authorization_policies.values())
@@ -31,27 +38,45 @@ def call(source: str, path: str = "/", method: str = "GET") -> Request:
 
 
 def test_l4_deny_is_403_for_that_source_only() -> None:
-    rbac = filters_for({"Kind": "service-intentions", "Name": "db",
-                        "Sources": [{"Name": "web", "Action": "deny"}]})
+    rbac = filters_for(
+        {"Kind": "service-intentions", "Name": "db", "Sources": [{"Name": "web", "Action": "deny"}]}
+    )
     assert not allowed(rbac, call("web"))
     assert allowed(rbac, call("api"))
 
 
 def test_allow_list_denies_everyone_else() -> None:
-    rbac = filters_for({"Kind": "service-intentions", "Name": "db",
-                        "Sources": [{"Name": "web", "Action": "deny"},
-                                    {"Name": "api", "Action": "allow"}]})
+    rbac = filters_for(
+        {
+            "Kind": "service-intentions",
+            "Name": "db",
+            "Sources": [{"Name": "web", "Action": "deny"}, {"Name": "api", "Action": "allow"}],
+        }
+    )
     assert allowed(rbac, call("api"))
     assert not allowed(rbac, call("web"))
     assert not allowed(rbac, call("other"))
 
 
 def test_l7_permissions_paths_methods_and_ordered_deny() -> None:
-    rbac = filters_for({"Kind": "service-intentions", "Name": "billing", "Sources": [
-        {"Name": "frontend", "Permissions": [
-            {"Action": "deny", "HTTP": {"PathExact": "/billing/refund"}},
-            {"Action": "allow", "HTTP": {"PathPrefix": "/billing/", "Methods": ["POST"]}}]},
-    ]})
+    rbac = filters_for(
+        {
+            "Kind": "service-intentions",
+            "Name": "billing",
+            "Sources": [
+                {
+                    "Name": "frontend",
+                    "Permissions": [
+                        {"Action": "deny", "HTTP": {"PathExact": "/billing/refund"}},
+                        {
+                            "Action": "allow",
+                            "HTTP": {"PathPrefix": "/billing/", "Methods": ["POST"]},
+                        },
+                    ],
+                },
+            ],
+        }
+    )
     assert allowed(rbac, call("frontend", "/billing/pay", "POST"))
     assert not allowed(rbac, call("frontend", "/billing/pay", "GET"))
     assert not allowed(rbac, call("frontend", "/billing/refund", "POST"))
@@ -59,8 +84,12 @@ def test_l7_permissions_paths_methods_and_ordered_deny() -> None:
 
 
 def test_wildcard_allow_with_an_exception() -> None:
-    rbac = filters_for({"Kind": "service-intentions", "Name": "db",
-                        "Sources": [{"Name": "*", "Action": "allow"},
-                                    {"Name": "web", "Action": "deny"}]})
+    rbac = filters_for(
+        {
+            "Kind": "service-intentions",
+            "Name": "db",
+            "Sources": [{"Name": "*", "Action": "allow"}, {"Name": "web", "Action": "deny"}],
+        }
+    )
     assert allowed(rbac, call("anyone"))
     assert not allowed(rbac, call("web"))

@@ -22,28 +22,62 @@ CORPUS = Path(__file__).parents[2] / ".." / "shared" / "corpus" / "consul"
 
 def service(name: str, instances: list[Any]) -> RawResource:
     body = {"Name": name, "Datacenter": "dc1", "Instances": instances}
-    return RawResource("consul", "ConsulService", "consul/v1", "", name, body,
-                       Provenance("consul", "consul index 7"))
+    return RawResource(
+        "consul",
+        "ConsulService",
+        "consul/v1",
+        "",
+        name,
+        body,
+        Provenance("consul", "consul index 7"),
+    )
 
 
 def entry(body: dict[str, Any]) -> RawResource:
     name = f"{body['Kind']}/{body['Name']}"
-    return RawResource("consul", "ConsulConfigEntry", "consul/v1", "", name, body,
-                       Provenance("consul", "consul index 9"))
+    return RawResource(
+        "consul",
+        "ConsulConfigEntry",
+        "consul/v1",
+        "",
+        name,
+        body,
+        Provenance("consul", "consul index 9"),
+    )
 
 
-def instance(sid: str, address: str = "", port: int = 8080, status: str = "passing",
-             tags: tuple[str, ...] = (), meta: dict[str, str] | None = None,
-             node_meta: dict[str, str] | None = None, **service: Any) -> dict[str, Any]:
+def instance(
+    sid: str,
+    address: str = "",
+    port: int = 8080,
+    status: str = "passing",
+    tags: tuple[str, ...] = (),
+    meta: dict[str, str] | None = None,
+    node_meta: dict[str, str] | None = None,
+    **service: Any,
+) -> dict[str, Any]:
     return {
-        "Node": {"Node": "n1", "Address": "10.0.0.1", "Datacenter": "dc1",
-                 "TaggedAddresses": {"lan": "10.0.0.1", "wan": "198.51.100.1"},
-                 "Meta": node_meta or {}},
-        "Service": {"ID": sid, "Service": "web", "Tags": list(tags), "Address": address,
-                    "Port": port, "Meta": meta or {}, "Weights": {"Passing": 10, "Warning": 2},
-                    **service},
-        "Checks": [{"CheckID": "serfHealth", "Status": "passing"},
-                   {"CheckID": f"service:{sid}", "Status": status}],
+        "Node": {
+            "Node": "n1",
+            "Address": "10.0.0.1",
+            "Datacenter": "dc1",
+            "TaggedAddresses": {"lan": "10.0.0.1", "wan": "198.51.100.1"},
+            "Meta": node_meta or {},
+        },
+        "Service": {
+            "ID": sid,
+            "Service": "web",
+            "Tags": list(tags),
+            "Address": address,
+            "Port": port,
+            "Meta": meta or {},
+            "Weights": {"Passing": 10, "Warning": 2},
+            **service,
+        },
+        "Checks": [
+            {"CheckID": "serfHealth", "Status": "passing"},
+            {"CheckID": f"service:{sid}", "Status": status},
+        ],
     }
 
 
@@ -54,24 +88,39 @@ def convert(resource: RawResource, mapping: ConsulMapping | None = None) -> Any:
 
 
 def test_service_maps_to_static_host_with_labelled_endpoints() -> None:
-    given = service("web", [
-        instance("a", "10.0.0.5", tags=("v1", "bad tag!"), meta={"version": "v1"},
-                 node_meta={"region": "eu", "zone": "eu-1a"}),
-        instance("b", "", 9090),  # no service address: the node's
-    ])
+    given = service(
+        "web",
+        [
+            instance(
+                "a",
+                "10.0.0.5",
+                tags=("v1", "bad tag!"),
+                meta={"version": "v1"},
+                node_meta={"region": "eu", "zone": "eu-1a"},
+            ),
+            instance("b", "", 9090),  # no service address: the node's
+        ],
+    )
     converted, _ = convert(given)
     (svc,) = converted.services
     assert svc.host == "web.service.consul" and svc.resolution == "STATIC"
     assert [(p.number, p.protocol) for p in svc.ports] == [(8080, "HTTP")]
     a, b = converted.endpoints
-    assert (a.address, a.ports, a.weight, a.locality) == ("10.0.0.5", (("http", 8080),), 10, "eu/eu-1a")
+    assert (a.address, a.ports, a.weight, a.locality) == (
+        "10.0.0.5",
+        (("http", 8080),),
+        10,
+        "eu/eu-1a",
+    )
     assert dict(a.labels) == {"tag.v1": "true", "version": "v1", "consul.datacenter": "dc1"}
     assert (b.address, b.ports) == ("10.0.0.1", (("http", 9090),))
 
 
 def test_health_status_warning_and_critical() -> None:
-    given = service("web", [instance("a", "10.0.0.5", status="warning"),
-                            instance("b", "10.0.0.6", status="critical")])
+    given = service(
+        "web",
+        [instance("a", "10.0.0.5", status="warning"), instance("b", "10.0.0.6", status="critical")],
+    )
     converted, _ = convert(given)
     assert converted.endpoints == ()
     converted, _ = convert(given, ConsulMapping(include_warning=True))
@@ -79,12 +128,21 @@ def test_health_status_warning_and_critical() -> None:
 
 
 def test_host_pattern_network_protocol_and_service_port() -> None:
-    given = service("web", [instance(
-        "a", "10.0.0.5", meta={"protocol": "grpc"}, Namespace="team",
-        TaggedAddresses={"wan": {"Address": "203.0.113.9", "Port": 443}},
-    )])
-    mapping = ConsulMapping(host_pattern="{name}.{namespace}.svc.cluster.local", network="wan",
-                            service_port=80)
+    given = service(
+        "web",
+        [
+            instance(
+                "a",
+                "10.0.0.5",
+                meta={"protocol": "grpc"},
+                Namespace="team",
+                TaggedAddresses={"wan": {"Address": "203.0.113.9", "Port": 443}},
+            )
+        ],
+    )
+    mapping = ConsulMapping(
+        host_pattern="{name}.{namespace}.svc.cluster.local", network="wan", service_port=80
+    )
     converted, _ = convert(given, mapping)
     (svc,) = converted.services
     assert svc.host == "web.team.svc.cluster.local" and svc.namespace == "team"
@@ -99,7 +157,10 @@ def test_host_pattern_network_protocol_and_service_port() -> None:
         ("Service.Meta.version == v1", {"version": "v1"}),
         ('Service.Meta.version == "v 2"', {"version": "v 2"}),
         ('"canary" in Service.Tags', {"tag.canary": "true"}),
-        ("Service.Tags contains blue and Service.Meta.zone == a", {"tag.blue": "true", "zone": "a"}),
+        (
+            "Service.Tags contains blue and Service.Meta.zone == a",
+            {"tag.blue": "true", "zone": "a"},
+        ),
         ("", {}),
     ],
 )
@@ -114,17 +175,35 @@ def test_unsupported_filters_are_refused(expression: str) -> None:
 
 
 def test_router_routes_with_matches_rewrite_timeout_retries() -> None:
-    vs, _ = convert(entry({
-        "Kind": "service-router", "Name": "web",
-        "Routes": [{
-            "Match": {"HTTP": {"PathPrefix": "/admin", "Methods": ["GET", "POST"],
-                               "Header": [{"Name": "x-debug", "Exact": "1"}],
-                               "QueryParam": [{"Name": "q", "Present": True}]}},
-            "Destination": {"Service": "admin", "ServiceSubset": "v2", "PrefixRewrite": "/",
-                            "RequestTimeout": "2s", "NumRetries": 3,
-                            "RetryOnConnectFailure": True, "RetryOnStatusCodes": [503]},
-        }],
-    }))
+    vs, _ = convert(
+        entry(
+            {
+                "Kind": "service-router",
+                "Name": "web",
+                "Routes": [
+                    {
+                        "Match": {
+                            "HTTP": {
+                                "PathPrefix": "/admin",
+                                "Methods": ["GET", "POST"],
+                                "Header": [{"Name": "x-debug", "Exact": "1"}],
+                                "QueryParam": [{"Name": "q", "Present": True}],
+                            }
+                        },
+                        "Destination": {
+                            "Service": "admin",
+                            "ServiceSubset": "v2",
+                            "PrefixRewrite": "/",
+                            "RequestTimeout": "2s",
+                            "NumRetries": 3,
+                            "RetryOnConnectFailure": True,
+                            "RetryOnStatusCodes": [503],
+                        },
+                    }
+                ],
+            }
+        )
+    )
     first, default = vs.http
     (match,) = first.matches
     assert match.uri is not None and match.uri.kind is MatchKind.PREFIX
@@ -139,30 +218,52 @@ def test_router_routes_with_matches_rewrite_timeout_retries() -> None:
 
 
 def test_splitter_weights_and_headers() -> None:
-    vs, _ = convert(entry({
-        "Kind": "service-splitter", "Name": "web",
-        "Splits": [{"Weight": 33.33, "ServiceSubset": "v1",
-                    "ResponseHeaders": {"Set": {"x-v": "1"}}},
-                   {"Weight": 66.67, "Service": "web2"}],
-    }))
+    vs, _ = convert(
+        entry(
+            {
+                "Kind": "service-splitter",
+                "Name": "web",
+                "Splits": [
+                    {
+                        "Weight": 33.33,
+                        "ServiceSubset": "v1",
+                        "ResponseHeaders": {"Set": {"x-v": "1"}},
+                    },
+                    {"Weight": 66.67, "Service": "web2"},
+                ],
+            }
+        )
+    )
     (route,) = vs.http
     assert [(w.destination.host, w.destination.subset, w.weight) for w in route.route] == [
-        ("web.service.consul", "v1", 3333), ("web2.service.consul", "", 6667)
+        ("web.service.consul", "v1", 3333),
+        ("web2.service.consul", "", 6667),
     ]
     assert route.route[0].headers.response_set == (("x-v", "1"),)
-    _, issues = convert_consul(entry({"Kind": "service-splitter", "Name": "w",
-                                      "Splits": [{"Weight": 60}]}), ConsulMapping())
+    _, issues = convert_consul(
+        entry({"Kind": "service-splitter", "Name": "w", "Splits": [{"Weight": 60}]}),
+        ConsulMapping(),
+    )
     assert issues.has_errors
 
 
 def test_resolver_subsets_timeout_and_hash_policy() -> None:
-    rule, issues = convert(entry({
-        "Kind": "service-resolver", "Name": "web", "ConnectTimeout": "15s",
-        "DefaultSubset": "v1", "Failover": {"*": {"Datacenters": ["dc2"]}},
-        "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"}},
-        "LoadBalancer": {"Policy": "ring_hash", "HashPolicies": [{"Field": "cookie",
-                                                                   "FieldValue": "s"}]},
-    }))
+    rule, issues = convert(
+        entry(
+            {
+                "Kind": "service-resolver",
+                "Name": "web",
+                "ConnectTimeout": "15s",
+                "DefaultSubset": "v1",
+                "Failover": {"*": {"Datacenters": ["dc2"]}},
+                "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"}},
+                "LoadBalancer": {
+                    "Policy": "ring_hash",
+                    "HashPolicies": [{"Field": "cookie", "FieldValue": "s"}],
+                },
+            }
+        )
+    )
     assert isinstance(rule, DestinationRule) and rule.host == "web.service.consul"
     assert [(s.name, dict(s.labels)) for s in rule.subsets] == [("v1", {"version": "v1"})]
     policy = rule.traffic_policy
@@ -174,17 +275,39 @@ def test_resolver_subsets_timeout_and_hash_policy() -> None:
 
 
 def test_intentions_deny_and_allow() -> None:
-    deny, _ = convert(entry({"Kind": "service-intentions", "Name": "db",
-                             "Sources": [{"Name": "web", "Action": "deny"}]}))
+    deny, _ = convert(
+        entry(
+            {
+                "Kind": "service-intentions",
+                "Name": "db",
+                "Sources": [{"Name": "web", "Action": "deny"}],
+            }
+        )
+    )
     assert isinstance(deny, AuthzPolicy) and deny.action is AuthzAction.DENY
     assert dict(deny.selector or ()) == {"app": "db"}
     assert deny.rules[0].sources[0].principals == ("*/ns/default/sa/web",)
-    allow, _ = convert(entry({"Kind": "service-intentions", "Name": "api", "Sources": [
-        {"Name": "web", "Action": "deny"},
-        {"Name": "ops", "Permissions": [
-            {"Action": "deny", "HTTP": {"PathExact": "/admin/secret"}},
-            {"Action": "allow", "HTTP": {"PathPrefix": "/admin", "Methods": ["GET"]}}]},
-    ]}))
+    allow, _ = convert(
+        entry(
+            {
+                "Kind": "service-intentions",
+                "Name": "api",
+                "Sources": [
+                    {"Name": "web", "Action": "deny"},
+                    {
+                        "Name": "ops",
+                        "Permissions": [
+                            {"Action": "deny", "HTTP": {"PathExact": "/admin/secret"}},
+                            {
+                                "Action": "allow",
+                                "HTTP": {"PathPrefix": "/admin", "Methods": ["GET"]},
+                            },
+                        ],
+                    },
+                ],
+            }
+        )
+    )
     assert allow.action is AuthzAction.ALLOW
     (rule,) = allow.rules  # web is denied by omission
     (op,) = rule.operations
@@ -212,7 +335,7 @@ spec:
 @pytest.mark.parametrize(("precedence", "winner"), [("files", "192.0.2.1"), ("consul", "10.0.0.5")])
 def test_precedence_decides_and_the_loser_is_warned(precedence: str, winner: str) -> None:
     normalizer = Normalizer(consul=ConsulMapping(precedence=precedence))
-    _, first = normalizer.apply([SourceEvent("files", upserts=(yaml_raw(SE),))])
+    normalizer.apply([SourceEvent("files", upserts=(yaml_raw(SE),))])
     consul_event = SourceEvent("consul", upserts=(service("web", [instance("a", "10.0.0.5")]),))
     snapshot, diagnostics = normalizer.apply([consul_event])
     assert [e.address for e in snapshot.endpoints["web.service.consul"]] == [winner]
@@ -249,11 +372,12 @@ def test_corpus_config_entries_convert_or_explain(path: Path) -> None:
     assert not issues.has_errors, issues
     assert type(converted).__name__ == EXPECTED_KIND[body["Kind"]]
     for issue in issues:  # a warning always says what it could not do
-        assert issue.path and "not supported" in issue.reason or "denied" in issue.reason
+        assert (issue.path and "not supported" in issue.reason) or "denied" in issue.reason
 
 
-@pytest.mark.parametrize("name", ["health-service.response.json",
-                                  "agent-health-service-name.response.json"])
+@pytest.mark.parametrize(
+    "name", ["health-service.response.json", "agent-health-service-name.response.json"]
+)
 def test_corpus_health_responses_become_endpoints(name: str) -> None:
     _need_corpus()
     entries = json.loads((CORPUS / name).read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -79,9 +80,6 @@ async def test_run_blocking_returns_raises_and_can_be_cancelled() -> None:
     assert await run_blocking(lambda: 42) == 42
     with pytest.raises(ZeroDivisionError):
         await run_blocking(lambda: 1 // 0)
-    release = asyncio.Event()
-    import threading
-
     gate = threading.Event()
     task = asyncio.create_task(run_blocking(gate.wait))
     await asyncio.sleep(0)
@@ -89,4 +87,3 @@ async def test_run_blocking_returns_raises_and_can_be_cancelled() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     gate.set()  # the abandoned thread ends; its answer is dropped
-    release.set()
