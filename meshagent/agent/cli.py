@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the agent")
     run.add_argument("--config", "-c", required=True, type=Path, help="agent config file (YAML)")
+    run.add_argument("--join", type=Path, help="join an Istio mesh from this join directory")
 
     boot = sub.add_parser("bootstrap", help="print the Envoy bootstrap for an agent config")
     boot.add_argument("--config", "-c", required=True, type=Path, help="agent config file (YAML)")
@@ -53,12 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     from meshagent.testing.consul_sim import add_parser as add_consul_sim_parser
 
     add_consul_sim_parser(dev_sub)  # dev consul-sim
+    from meshagent.testing.kube_sim import add_parser as add_kube_sim_parser
+
+    add_kube_sim_parser(dev_sub)  # dev kube-sim
     from meshagent.agent.ca_cli import add_parsers as add_ca_parsers
 
     add_ca_parsers(sub)  # ca init|issue|show, token create, certs
     from meshagent.agent.opscli import add_ops_commands
 
     add_ops_commands(sub)  # status, proxy-config, reload, drain-envoy, completion
+    from meshagent.onboard.vm_cli import add_parsers as add_vm_parsers
+
+    add_vm_parsers(sub)  # vm configure
     return parser
 
 
@@ -80,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from meshagent.agent import ca_cli
 
             return ca_cli.run(args)
+        if args.command == "vm":
+            from meshagent.onboard import vm_cli
+
+            return vm_cli.run(args)
         if args.command == "dev":
             return _dev(args)
         return _validate(args, sys.stdout)
@@ -98,7 +109,12 @@ def _run(args: argparse.Namespace) -> int:
     from meshagent.agent.config import load_config
     from meshagent.agent.daemon import run_agent
 
-    return run_agent(load_config(args.config))
+    config = load_config(args.config)
+    if args.join is not None:
+        from meshagent.agent.join_config import join_from_dir
+
+        config = join_from_dir(config, args.join)
+    return run_agent(config)
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
@@ -120,6 +136,10 @@ def _dev(args: argparse.Namespace) -> int:
         from meshagent.testing.consul_sim import run_cli
 
         return run_cli(args)
+    if args.dev_command == "kube-sim":
+        from meshagent.testing.kube_sim import run_cli as run_kube_sim
+
+        return run_kube_sim(args)
 
     return run_quickstart(args.config)
 

@@ -53,6 +53,8 @@ from meshagent.model.proxy import InboundPort, LocalWorkload, ProxySpec, TcpBind
 
 if TYPE_CHECKING:
     from meshagent.agent.consul_config import ConsulSourceConfig
+    from meshagent.agent.join_config import JoinConfig
+    from meshagent.agent.kube_config import KubeSourceConfig
 
 T = TypeVar("T")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -84,6 +86,7 @@ class SourcesConfig:
 
     files: FilesSourceConfig | None
     consul: ConsulSourceConfig | None = None  # sources.consul (agent/consul_config.py)
+    kubernetes: KubeSourceConfig | None = None  # sources.kubernetes (agent/kube_config.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +157,9 @@ class AgentConfig:
     workloads: tuple[LocalWorkload, ...] = ()
     inbound_address: str = "0.0.0.0"  # `inbound.address`: where mesh traffic arrives
     root_namespace: str = "istio-system"  # security policies here without selector: mesh-wide
+    join: JoinConfig | None = None  # `join:` (agent/join_config.py): joined an Istio mesh
+    network: str = ""  # `network`: this host's network (agent/network_config.py)
+    networks: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()  # east-west gateways
 
     def proxy_spec(self) -> ProxySpec:
         """What the translator needs to know about the local Envoy."""
@@ -169,6 +175,8 @@ class AgentConfig:
             workloads=self.workloads,
             inbound_address=self.inbound_address,
             root_namespace=self.root_namespace,
+            network=self.network,
+            network_gateways=self.networks,
         )
 
 
@@ -321,9 +329,12 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         "workloads",
         "inbound",
         "root_namespace",
+        "join",
+        "network",
+        "networks",
     )
     state_dir = _resolve(base, root.get("state_dir", str, "/var/lib/meshagent"))
-    return AgentConfig(
+    config = AgentConfig(
         node=_node(root.section("node")),
         domain_suffix=_hostname(root, "domain_suffix", "cluster.local"),
         sources=_sources(root.section("sources"), base),
@@ -340,7 +351,20 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         ),
         inbound_address=_inbound(root),
         root_namespace=_hostname(root, "root_namespace", "istio-system"),
+        network=root.get("network", str, ""),
+        networks=_networks(root),
     )
+    if root.data.get("join") is None:
+        return config
+    from meshagent.agent.join_config import apply_join, parse_join  # it imports from here
+
+    return apply_join(config, parse_join(root.section("join"), base))
+
+
+def _networks(root: _Section) -> tuple[tuple[str, tuple[tuple[str, int], ...]], ...]:
+    from meshagent.agent.network_config import parse_networks  # it imports _Section from here
+
+    return parse_networks(root.section("networks")) if root.data.get("networks") else ()
 
 
 def _inbound(root: _Section) -> str:
@@ -381,14 +405,18 @@ def _node(s: _Section) -> NodeConfig:
 
 
 def _sources(s: _Section, base: Path) -> SourcesConfig:
-    s.only("files", "consul")
-    consul = None
+    s.only("files", "consul", "kubernetes")
+    consul = kubernetes = None
     if s.data.get("consul") is not None:
         from meshagent.agent.consul_config import parse_consul  # it imports _Section from here
 
         consul = parse_consul(s.section("consul"), base)
+    if s.data.get("kubernetes") is not None:
+        from meshagent.agent.kube_config import parse_kubernetes  # imports _Section from here
+
+        kubernetes = parse_kubernetes(s.section("kubernetes"), base)
     if "files" in s.data and s.data["files"] is None:
-        return SourcesConfig(files=None, consul=consul)
+        return SourcesConfig(files=None, consul=consul, kubernetes=kubernetes)
     f = s.section("files")
     f.only("paths", "debounce_ms", "poll_interval_ms")
     raw_paths = f.get("paths", list, ["mesh/"])
@@ -402,6 +430,7 @@ def _sources(s: _Section, base: Path) -> SourcesConfig:
             poll_interval_ms=_bounded(f, "poll_interval_ms", 200, 10, 60_000),
         ),
         consul=consul,
+        kubernetes=kubernetes,
     )
 
 

@@ -62,6 +62,10 @@ def build_adapters(config: AgentConfig) -> list[Adapter]:
         from meshagent.adapters.consul import ConsulAdapter
 
         adapters.append(ConsulAdapter(config.sources.consul.options))
+    if config.sources.kubernetes is not None:
+        from meshagent.adapters.kubernetes import KubernetesAdapter
+
+        adapters.append(KubernetesAdapter(config.sources.kubernetes.options))
     return adapters
 
 
@@ -85,6 +89,7 @@ def _default_normalizer(config: AgentConfig) -> NormalizerLike:
         default_namespace=config.node.namespace,
         root_namespace=config.root_namespace,
         consul=config.sources.consul.mapping if config.sources.consul else None,
+        kubernetes=config.sources.kubernetes.mapping if config.sources.kubernetes else None,
     )
 
 
@@ -143,6 +148,7 @@ class Agent:
         self._background: set[asyncio.Task[None]] = set()
         self.ca: Any = None  # CaRuntime when `ca:` is configured
         self.consul_registrar: Any = None  # ConsulRegistrar when sources.consul.register
+        self.workload_entry: Any = None  # WorkloadEntryRegistrar when join.workload_group
         self._frozen = False  # gc.freeze() done after the first synced publish
         self.notifier = SystemdNotifier.from_environment()  # inert outside systemd
         self._notify_task: asyncio.Task[None] | None = None
@@ -173,6 +179,10 @@ class Agent:
         for adapter in self._adapter_factory(cfg):
             self._start_source(adapter)
         self._start_consul_registration()
+        if cfg.join is not None:  # `join.workload_group`: this VM's WorkloadEntry
+            from meshagent.agent.join_runtime import start_workload_entry
+
+            self.workload_entry = await start_workload_entry(cfg)
         if cfg.envoy.manage:
             self.envoy = EnvoySupervisor(
                 cfg.envoy, bootstrap_for(cfg), cfg.state_dir, output=self._envoy_output
@@ -189,6 +199,9 @@ class Agent:
         if self.consul_registrar is not None:  # first, while /readyz still answers
             await self.consul_registrar.stop()
             self.consul_registrar = None
+        if self.workload_entry is not None:  # disconnected now, deleted after the grace
+            await self.workload_entry.stop()
+            self.workload_entry = None
         for source in list(self._sources.values()):
             await _cancel(source.task)
         self._sources.clear()

@@ -54,6 +54,12 @@ class CertificateAuthority:
         self.trust_domain, self.max_ttl, self._clock = trust_domain, max_ttl, clock
         self._chain_pem = [cert_to_pem(c) for c in self.chain]
         self.roots_pem = "".join(cert_to_pem(c) for c in self.roots)
+        # Per-signer constants, computed once rather than on every issue (the hot path).
+        self._issuer_name = signer_cert.subject
+        self._signer_expiry = signer_cert.not_valid_after_utc.timestamp()
+        self._authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            signer_key.public_key()
+        )
 
     def issue(self, csr_pem: str, identity: Identity, ttl: float = DEFAULT_TTL_S) -> list[str]:
         """A certificate for identity with the CSR's key: PEM chain, leaf first, root last."""
@@ -61,9 +67,9 @@ class CertificateAuthority:
             raise IdentityMismatch(
                 f"identity {identity.spiffe_id} is outside trust domain {self.trust_domain}"
             )
-        csr = parse_csr(csr_pem)
+        csr, key = _parse_csr(csr_pem)
         check_csr_identity(csr, identity)
-        leaf = self._sign_leaf(csr.public_key(), identity, ttl)  # type: ignore[arg-type]
+        leaf = self._sign_leaf(key, identity, ttl)
         return [cert_to_pem(leaf), *self._chain_pem]
 
     def issue_server(
@@ -93,34 +99,31 @@ class CertificateAuthority:
     ) -> x509.Certificate:
         ttl = min(max(ttl, MIN_TTL_S), self.max_ttl)
         now = self._clock()
-        not_after = min(now + ttl, self.signer_cert.not_valid_after_utc.timestamp())
+        not_after = min(now + ttl, self._signer_expiry)
         sans = alt or [x509.UniformResourceIdentifier(identity.spiffe_id)]
         builder = (
             x509.CertificateBuilder()
             # Empty subject, critical SAN: the identity lives in the SAN only (RFC 5280 4.2.1.6).
-            .subject_name(x509.Name([]))
-            .issuer_name(self.signer_cert.subject)
+            .subject_name(_EMPTY_NAME)
+            .issuer_name(self._issuer_name)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(_utc(now - BACKDATE_S))
             .not_valid_after(_utc(not_after))
             .add_extension(x509.SubjectAlternativeName(sans), critical=True)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_NOT_CA, critical=True)
             .add_extension(_LEAF_USAGE, critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.signer_key.public_key()),
-                critical=False,
-            )
+            .add_extension(_LEAF_EXTENDED_USAGE, critical=False)
+            .add_extension(self._authority_key_id, critical=False)
         )
         return builder.sign(self.signer_key, hashes.SHA256())
 
 
+_EMPTY_NAME = x509.Name([])
+_NOT_CA = x509.BasicConstraints(ca=False, path_length=None)
+_LEAF_EXTENDED_USAGE = x509.ExtendedKeyUsage(
+    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+)
 _LEAF_USAGE = x509.KeyUsage(
     digital_signature=True,
     content_commitment=False,
@@ -140,6 +143,13 @@ def _utc(timestamp: float) -> dt.datetime:
 
 def parse_csr(csr_pem: str) -> x509.CertificateSigningRequest:
     """The CSR in csr_pem, signature checked; CsrRejected with the reason otherwise."""
+    return _parse_csr(csr_pem)[0]
+
+
+def _parse_csr(
+    csr_pem: str,
+) -> tuple[x509.CertificateSigningRequest, ec.EllipticCurvePublicKey | rsa.RSAPublicKey]:
+    """parse_csr, also handing back the key it already loaded (loading it costs per call)."""
     if len(csr_pem) > MAX_CSR_BYTES:
         raise CsrRejected(f"CSR is larger than {MAX_CSR_BYTES} bytes")
     try:
@@ -161,7 +171,7 @@ def parse_csr(csr_pem: str) -> x509.CertificateSigningRequest:
             raise CsrRejected(f"CSR RSA key of {key.key_size} bits is too small (2048 or more)")
     else:
         raise CsrRejected("CSR key must be ECDSA or RSA")
-    return csr
+    return csr, key
 
 
 def check_csr_identity(csr: x509.CertificateSigningRequest, identity: Identity) -> None:

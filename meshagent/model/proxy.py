@@ -65,6 +65,10 @@ class ProxySpec:
     certificates: tuple[WorkloadCertificate, ...] = ()
     # Security policies in this namespace without a selector apply mesh-wide.
     root_namespace: str = "istio-system"
+    # Multi-network: this proxy's network, and each network's east-west gateways
+    # ((network, ((address, port), ...)), ...); endpoints elsewhere go through them.
+    network: str = ""
+    network_gateways: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
 
     def outbound_port(self, service_port: int) -> int:
         for port, local in self.port_overrides:

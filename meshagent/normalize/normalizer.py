@@ -23,6 +23,7 @@ from meshagent.model.traffic import DestinationRule
 from meshagent.normalize.consul import ConsulMapping, convert_consul, is_consul
 from meshagent.normalize.convert import Converted, ConvertedServiceEntry, convert
 from meshagent.normalize.convert.services import workload_endpoint
+from meshagent.normalize.kubernetes import KubeJoin, KubeMapping, is_kube_core
 from meshagent.normalize.ownership import Claims, Key
 from meshagent.normalize.schema.core import Issue
 from meshagent.normalize.validate import check_document, diagnostic, display_name, is_supported
@@ -78,10 +79,12 @@ class Normalizer:
         default_namespace: str = "default",
         root_namespace: str = "istio-system",
         consul: ConsulMapping | None = None,
+        kubernetes: KubeMapping | None = None,
     ) -> None:
         self.domain_suffix = domain_suffix
         self.consul = consul or ConsulMapping()  # how Consul resources map (normalize.consul)
         self.default_namespace = default_namespace
+        self.kube = KubeJoin(kubernetes or KubeMapping())  # Services + EndpointSlices
         # Security policies in this namespace without a selector apply mesh-wide (Istio's
         # meshConfig.rootNamespace); the translator reads it from here.
         self.root_namespace = root_namespace
@@ -130,6 +133,11 @@ class Normalizer:
     # -- accepting and removing resources ------------------------------------------------
 
     def _upsert(self, raw: RawResource, dirty: _Dirty, out: list[Diagnostic]) -> None:
+        if is_kube_core(raw):
+            report = out if raw.kind == "Service" else []  # a Service's issues, once a write
+            for ref in self.kube.upsert(raw):
+                self._kube_rebuild(ref, dirty, report)
+            return
         old = self._entries.get(raw.key)
         if old is not None and old.raw.body == raw.body:
             old.raw = raw  # same content, maybe moved in its file: keep the model objects
@@ -159,14 +167,43 @@ class Normalizer:
         out.extend(diagnostic(raw, i) for i in problems)
         return None if problems.has_errors else converted
 
+    def _kube_rebuild(self, ref: tuple[str, str], dirty: _Dirty, out: list[Diagnostic]) -> None:
+        """Re-file the entry of Kubernetes Service ref after it or one of its slices changed."""
+        key = ("kubernetes", "Service", ref[0], ref[1])
+        converted, issues = self.kube.convert(ref)
+        raw = self.kube.services.get(ref)
+        if raw is not None:
+            out.extend(diagnostic(raw, i) for i in issues)
+        if raw is None:  # the Service is gone (its slices alone make no host)
+            gone = self._entries.pop(key, None)
+            if gone is not None:
+                self._retract(key, gone, dirty, forget=True)
+            return
+        if converted is None or issues.has_errors:
+            return  # the last valid version keeps serving
+        old = self._entries.get(key)
+        if old is not None:
+            self._retract(key, old, dirty, forget=False)
+        self._entries[key] = _Entry(raw, converted)
+        self._assert(key, converted, dirty)
+        if old is None or old.raw is not raw:  # warn about conflicts once per Service write
+            dirty.upserted.add(key)
+
     def _rank(self, key: Key) -> int:
-        """Claim rank: the oldest wins, except that sources.consul.precedence puts Consul
-        resources before (or after) every other source's."""
+        """Claim rank: the oldest wins, except that sources.consul.precedence and
+        sources.kubernetes.precedence put those sources' resources before (or after) the
+        files'; on the same side of the files, Kubernetes ranks before Consul."""
+        if key[0] == "kubernetes":
+            return -2 if self.kube.mapping.precedence == "kubernetes" else (1 << 62) - 1
         if key[0] != "consul":
             return self._batch
         return -1 if self.consul.precedence == "consul" else 1 << 62
 
     def _delete(self, key: Key, dirty: _Dirty) -> None:
+        if is_kube_core(key):
+            for ref in self.kube.delete(key):
+                self._kube_rebuild(ref, dirty, [])
+            return
         old = self._entries.pop(key, None)
         if old is not None:
             self._retract(key, old, dirty, forget=True)
@@ -302,6 +339,10 @@ class Normalizer:
                         reason = (
                             f"host {host} is already defined by {owner.kind}/"
                             f"{display_name(owner)} (older); this definition is ignored"
+                            if owner.source == raw.source
+                            else f"host {host} is already defined by {owner.source} "
+                            f"{owner.kind}/{display_name(owner)}, which takes precedence over "
+                            f"{raw.source}; this definition is ignored"
                         )
                         out.append(diagnostic(raw, Issue("warning", path, reason)))
 

@@ -90,18 +90,24 @@ def two_hosts(
     ca_a: dict[str, Any] | None = None,
     ca_b: dict[str, Any] | None = None,
     policies: str = "",
+    sources_a: dict[str, Any] | None = None,
 ) -> Iterator[Hosts]:
     """Hosts A (workload `client`) and B (workload `echo`) with agents and Envoys running, and
     a first request from A to B's echo app answered. policies (see apply_policies) are in
     force from the start, so no listener is replaced (and drained) afterwards. B starts first,
-    so that A can get its certificate from B when ca_a is in upstream mode."""
+    so that A can get its certificate from B when ca_a is in upstream mode. sources_a
+    replaces host A's `sources:` section (e.g. to add a Kubernetes source)."""
     ca_dir = root / "ca"
     meshagent("ca", "init", "--dir", str(ca_dir))
     shared = {"mode": "self-signed", "dir": str(ca_dir)}
     inbound_port = free_port(B_ADDRESS)
     with (
         mesh_harness(
-            root / "a", node_id="host-a", ca=ca_a or shared, workloads=[workload("client")]
+            root / "a",
+            node_id="host-a",
+            ca=ca_a or shared,
+            workloads=[workload("client")],
+            **({"sources": sources_a} if sources_a else {}),
         ) as a,
         mesh_harness(
             root / "b", node_id="host-b", ca=ca_b or shared, inbound={"address": B_ADDRESS}

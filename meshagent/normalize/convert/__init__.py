@@ -42,6 +42,14 @@ _CONVERTERS: dict[str, Any] = {
 }
 
 
+# Kinds that validate but have no converter yet, and what the warning says about them.
+NOT_TRANSLATED = {
+    "Gateway": "Gateway is validated but not translated yet: it has no effect",
+    "Sidecar": "Sidecar is validated but not translated yet: it has no effect",
+    "WorkloadGroup": "WorkloadGroup is validated; only WorkloadEntry auto-registration reads it",
+}
+
+
 def convert(
     raw: RawResource, *, domain_suffix: str, default_namespace: str
 ) -> tuple[Converted | None, Issues]:
@@ -54,6 +62,8 @@ def convert(
     issues = Issues()
     converter = _CONVERTERS.get(raw.kind)
     if converter is None:
+        if raw.kind in NOT_TRANSLATED:
+            issues.warn("kind", NOT_TRANSLATED[raw.kind])
         return None, issues
     namespace = raw.namespace or default_namespace
     provenance = Provenance(

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from meshagent.normalize.schema import (
     destinationrule,
+    gateway,
     security,
     serviceentry,
     virtualservice,
@@ -22,6 +23,7 @@ SPECS: Mapping[str, Obj] = {
     "VirtualService": virtualservice.SPEC,
     "DestinationRule": destinationrule.SPEC,
     **security.SPECS,
+    **gateway.SPECS,  # validated, not translated yet (see schema/gateway.py)
 }
 
 ISTIO_SECURITY_GROUP = "security.istio.io"

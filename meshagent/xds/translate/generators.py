@@ -20,6 +20,7 @@ from meshagent.xds.translate.clusters import ClusterInputs, ClusterTemplates
 from meshagent.xds.translate.context import Context
 from meshagent.xds.translate.endpoint_wire import EndpointEncoder
 from meshagent.xds.translate.listeners import build_http_listener, build_tcp_listener
+from meshagent.xds.translate.networks import network_view
 from meshagent.xds.translate.policy import ClusterPlan, Discovery, plan_clusters
 from meshagent.xds.translate.route_action import RouteScope, destination_cluster
 from meshagent.xds.translate.route_wire import (
@@ -271,7 +272,8 @@ class EndpointsGenerator(PerHostGenerator):
         self._encoder = EndpointEncoder()
 
     def key(self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]) -> Key:
-        return (plans, ctx.snapshot.endpoints.get(service.host, ()))
+        networks = (ctx.proxy.network, ctx.proxy.network_gateways)  # multi-network rewrites
+        return (plans, ctx.snapshot.endpoints.get(service.host, ()), networks)
 
     def build(
         self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]
@@ -279,7 +281,9 @@ class EndpointsGenerator(PerHostGenerator):
         endpoints = ctx.snapshot.endpoints.get(service.host, ())
         encode = self._encoder.load_assignment
         return [
-            Resource.from_value(p.name, typeurls.ENDPOINT, encode(p, endpoints))
+            Resource.from_value(
+                p.name, typeurls.ENDPOINT, encode(*network_view(p, endpoints, ctx.proxy))
+            )
             for p in plans
             if p.discovery is Discovery.EDS
         ]

@@ -1,0 +1,148 @@
+"""The `join:` section of the agent config: join an Istio mesh from a join directory.
+
+`apply_join` turns the directory's facts into the settings the rest of the agent already
+understands: `ca` in upstream mode (the mesh CA's address, istio-token, root-cert.pem; the trust
+domain from cluster.env), one workload with the VM's namespace, service account, labels and
+ports, and the node's namespace. Explicit `ca:` or `workloads:` keys win over the derived ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from meshagent.ca.settings import CaConfig, CaUpstreamConfig
+from meshagent.model.proxy import InboundPort, LocalWorkload
+from meshagent.normalize.durations import parse_duration_ms
+from meshagent.onboard.joindir import JoinInfo, read_join_dir
+
+if TYPE_CHECKING:
+    from meshagent.agent.config import AgentConfig, _Section
+
+KEYS = ("dir", "workload_group", "cleanup_grace", "address", "ca_address", "kubernetes")
+
+
+@dataclass(frozen=True, slots=True)
+class KubeApiConfig:
+    """Where the Kubernetes API is, for WorkloadEntry registration."""
+
+    server: str = ""
+    token_file: Path | None = None
+    ca_file: Path | None = None
+    kubeconfig: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JoinConfig:
+    """`join:` after loading: the settings plus what the join directory says."""
+
+    info: JoinInfo
+    workload_group: str = ""  # "" = no auto-registration
+    cleanup_grace_s: float = 10.0
+    address: str = ""  # the VM's IP in its WorkloadEntry
+    kubernetes: KubeApiConfig | None = None
+
+
+def parse_join(s: _Section, base: Path) -> JoinConfig:
+    """Read `join:` and its directory; ConfigError with file:line and field when wrong."""
+    from meshagent.agent.config import _ip, _resolve
+    from meshagent.errors import ConfigError
+
+    s.only(*KEYS)
+    directory = _resolve(base, s.get("dir", str, "/etc/istio-join"))
+    try:
+        info = read_join_dir(directory)
+    except ConfigError as exc:
+        raise s.error(str(exc), "dir") from None
+    override = s.opt("ca_address", str)
+    if override:
+        info = dataclasses.replace(info, ca_address=override, ca_dial=override)
+    grace_ms = parse_duration_ms(s.get("cleanup_grace", str, "10s"))
+    if grace_ms is None:
+        raise s.error('must be a duration such as "10s" or "500ms"', "cleanup_grace")
+    address = s.opt("address", str) or info.address
+    return JoinConfig(
+        info=info,
+        workload_group=s.get("workload_group", str, info.auto_register_group),
+        cleanup_grace_s=grace_ms / 1000.0,
+        address=_ip(s, "address", address) if address else "",
+        kubernetes=_kube(s.section("kubernetes"), base) if s.data.get("kubernetes") else None,
+    )
+
+
+def _kube(s: _Section, base: Path) -> KubeApiConfig:
+    from meshagent.agent.config import _resolve
+
+    s.only("server", "token_file", "ca_file", "kubeconfig")
+    paths = {k: s.opt(k, str) for k in ("token_file", "ca_file", "kubeconfig")}
+    if not s.opt("server", str) and not paths["kubeconfig"]:
+        raise s.error("needs server (with token_file) or kubeconfig", "server")
+    return KubeApiConfig(
+        server=s.get("server", str, ""),
+        **{k: _resolve(base, v) if v else None for k, v in paths.items()},
+    )
+
+
+def join_workload(info: JoinInfo) -> LocalWorkload:
+    """The VM's workload: identity, labels and ports from cluster.env."""
+    ports = tuple(
+        InboundPort(port=p, target_port=p, protocol=_protocol(name), name=name)
+        for name, p in info.ports
+    )
+    return LocalWorkload(
+        name=info.workload_name or info.service_account,
+        namespace=info.namespace,
+        service_account=info.service_account,
+        labels=info.labels,
+        ports=ports,
+    )
+
+
+def _protocol(port_name: str) -> str:
+    """Istio's protocol selection by port name prefix (http-, grpc-, tcp-, ...); HTTP otherwise."""
+    prefix = port_name.split("-", 1)[0].upper()
+    return prefix if prefix in ("HTTP", "HTTP2", "GRPC", "TCP", "TLS", "HTTPS") else "HTTP"
+
+
+def join_ca(info: JoinInfo, state_dir: Path) -> CaConfig:
+    """Upstream mode against the mesh CA: the token and root from the join directory."""
+    dialled_elsewhere = info.ca_dial != info.ca_address
+    return CaConfig(
+        mode="upstream",
+        dir=state_dir / "ca",
+        trust_domain=info.trust_domain,
+        upstream=CaUpstreamConfig(
+            address=info.ca_dial,
+            token_file=info.token_file,
+            root_cert=info.root_cert,
+            server_name=info.ca_host if dialled_elsewhere else None,
+        ),
+    )
+
+
+def apply_join(config: AgentConfig, join: JoinConfig) -> AgentConfig:
+    """config with the join directory's CA, workload and namespace filled in."""
+    info = join.info
+    node = config.node
+    if node.namespace == "default":
+        node = dataclasses.replace(node, namespace=info.namespace)
+    return dataclasses.replace(
+        config,
+        node=node,
+        network=config.network or info.network,
+        ca=config.ca or join_ca(info, config.state_dir),
+        workloads=config.workloads or (join_workload(info),),
+        join=join,
+    )
+
+
+def join_from_dir(config: AgentConfig, directory: Path) -> AgentConfig:
+    """`meshagent run --join DIR`: config joined through DIR (keeping its other join settings)."""
+    info = read_join_dir(directory.absolute())
+    if config.join is not None:
+        join = dataclasses.replace(config.join, info=info)
+    else:
+        join = JoinConfig(info=info, workload_group=info.auto_register_group, address=info.address)
+    return apply_join(config, join)

@@ -1,0 +1,88 @@
+"""The `sources.kubernetes` section of the agent config (parsed with config.py's _Section)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from meshagent.adapters.kubernetes import ALL_KINDS, KubeOptions
+from meshagent.normalize.durations import parse_duration_ms
+from meshagent.normalize.kubernetes import KubeMapping
+
+if TYPE_CHECKING:
+    from meshagent.agent.config import _Section
+
+KEYS = (
+    "kubeconfig",
+    "context",
+    "server",
+    "token_file",
+    "ca_file",
+    "insecure_skip_verify",
+    "namespaces",
+    "kinds",
+    "cluster_domain",
+    "region",
+    "resync",
+    "watch_timeout",
+    "precedence",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KubeSourceConfig:
+    """The Kubernetes adapter's options and the normalizer's mapping choices."""
+
+    options: KubeOptions
+    mapping: KubeMapping
+
+
+def parse_kubernetes(s: _Section, base: Path) -> KubeSourceConfig:
+    """sources.kubernetes, validated; relative file paths resolve against base."""
+    s.only(*KEYS)
+    kubeconfig, server = _file(s, "kubeconfig", base), s.opt("server", str)
+    if server is not None and not server.startswith(("http://", "https://")):
+        raise s.error("must be an http:// or https:// URL", "server")
+    if kubeconfig is None and server is None and s.opt("token_file", str) is not None:
+        raise s.error("a token_file needs a server (or use a kubeconfig)", "token_file")
+    namespaces = s.get("namespaces", list, [])
+    kinds = s.get("kinds", list, list(ALL_KINDS))
+    for key, values in (("namespaces", namespaces), ("kinds", kinds)):
+        for i, item in enumerate(values):
+            if not isinstance(item, str) or not item:
+                raise s.error("must be a non-empty name", f"{key}[{i}]")
+    for i, kind in enumerate(kinds):
+        if kind not in ALL_KINDS:
+            raise s.error(f"unknown kind; one of {', '.join(ALL_KINDS)}", f"kinds[{i}]")
+    options = KubeOptions(
+        kubeconfig=kubeconfig,
+        context=s.opt("context", str),
+        server=server,
+        token_file=_file(s, "token_file", base),
+        ca_file=_file(s, "ca_file", base),
+        insecure_skip_verify=s.get("insecure_skip_verify", bool, False),
+        namespaces=tuple(namespaces),
+        kinds=tuple(kinds),
+        watch_timeout_s=max(_seconds(s, "watch_timeout", "1m", 1_000, 3_600_000) // 1000, 1),
+        resync_s=_seconds(s, "resync", "0s", 0, 86_400_000) / 1000,
+    )
+    mapping = KubeMapping(
+        cluster_domain=s.get("cluster_domain", str, "cluster.local"),
+        region=s.get("region", str, ""),
+        precedence=s.choice("precedence", "kubernetes", ("kubernetes", "files")),
+    )
+    return KubeSourceConfig(options, mapping)
+
+
+def _seconds(s: _Section, key: str, default: str, low_ms: int, high_ms: int) -> int:
+    """A duration field in milliseconds, within [low_ms, high_ms]."""
+    value = parse_duration_ms(s.get(key, str, default))
+    if value is None or not low_ms <= value <= high_ms:
+        raise s.error(f"must be a duration from {low_ms}ms to {high_ms // 1000}s", key)
+    return value
+
+
+def _file(s: _Section, key: str, base: Path) -> Path | None:
+    value = s.opt(key, str)
+    return (base / Path(value).expanduser()).absolute() if value else None
