@@ -22,16 +22,12 @@ from meshagent.xds import typeurls
 from meshagent.xds.protocol import (
     PUSH_ORDER,
     REMOVAL_ORDER,
-    Acked,
     InFlight,
-    Nacked,
-    Nonces,
     Pushed,
-    StreamEvent,
+    StreamCore,
     busy_types,
     check_type_url,
     eds_names,
-    error_message,
     is_held,
     node_id_of,
 )
@@ -71,7 +67,7 @@ class _TypeState:
         return {n for n in names if n in self.subscribed or n in self.sent}
 
 
-class DeltaStream:
+class DeltaStream(StreamCore):
     """The incremental xDS protocol state of one stream, without I/O.
 
     Feed it every request (`on_request`) and every new cache snapshot (`on_snapshot`); write
@@ -80,17 +76,8 @@ class DeltaStream:
     """
 
     def __init__(self, node_id: str | None = None) -> None:
-        self._node_id = node_id
+        super().__init__(node_id)
         self._types: dict[str, _TypeState] = {}
-        self._in_flight: dict[str, InFlight] = {}
-        self._snapshot: tuple[int, ResourceSet] | None = None
-        self._nonces = Nonces()
-        self._events: list[StreamEvent] = []
-
-    @property
-    def node_id(self) -> str | None:
-        """The node id from the first request; None before it."""
-        return self._node_id
 
     def on_request(self, request: Request) -> list[Response]:
         """Apply a request (subscription change, ACK or NACK); returns responses to send.
@@ -103,6 +90,8 @@ class DeltaStream:
         self._node_id = node_id
         state = self._types.get(request.type_url)
         if request.response_nonce:
+            # A stale nonce is ignored for ACK/NACK, but its subscription changes still count:
+            # delta subscriptions are increments that would otherwise be lost.
             self._settle(request)
         if state is None:
             state = self._types[request.type_url] = _TypeState()
@@ -111,16 +100,6 @@ class DeltaStream:
             self._subscribe(state, request.resource_names_subscribe)
         self._unsubscribe(state, request.resource_names_unsubscribe)
         return self._flush()
-
-    def on_snapshot(self, version: int, resources: ResourceSet) -> list[Response]:
-        """A new cache snapshot; returns the responses that bring the proxy up to date."""
-        self._snapshot = (version, resources)
-        return self._flush()
-
-    def take_events(self) -> list[StreamEvent]:
-        """Events since the last call, oldest first."""
-        events, self._events = self._events, []
-        return events
 
     def subscribed(self, type_url: str) -> frozenset[str]:
         """Names explicitly subscribed for a type (without the wildcard)."""
@@ -136,39 +115,6 @@ class DeltaStream:
         """What the proxy holds as far as this stream knows (None: told it does not exist)."""
         state = self._types.get(type_url)
         return dict(state.sent) if state else {}
-
-    def abandon_in_flight(self) -> list[Response]:
-        """Stop waiting for answers to the responses in flight; returns what to send next.
-
-        For the shell's answer timeout: Envoy silently drops a response of a type it has just
-        stopped watching, and one lost answer must not stall the stream forever.
-        """
-        if self._in_flight:
-            log.warning("xds_unanswered", proxy=self._node_id, nonces=sorted(self._in_flight))
-        self._in_flight.clear()
-        return self._flush()
-
-    @property
-    def in_flight(self) -> Mapping[str, InFlight]:
-        """Responses awaiting ACK or NACK, by nonce."""
-        return dict(self._in_flight)
-
-    def _settle(self, request: Request) -> None:
-        # A nonce that names no unanswered response of this type is stale: the protocol says
-        # to ignore it for ACK/NACK. Its subscription changes still count, since delta
-        # subscriptions are increments that would otherwise be lost.
-        flight = self._in_flight.get(request.response_nonce)
-        if flight is None or flight.type_url != request.type_url:
-            log.debug("stale_nonce", proxy=self._node_id, type_url=request.type_url)
-            return
-        del self._in_flight[request.response_nonce]
-        nonce, version = request.response_nonce, flight.version
-        if request.HasField("error_detail"):
-            detail = request.error_detail
-            text = error_message(detail.message, detail.code)
-            self._events.append(Nacked(request.type_url, version, nonce, text))
-        else:
-            self._events.append(Acked(request.type_url, version, nonce))
 
     def _start(self, state: _TypeState, request: Request) -> None:
         # A reconnecting proxy says what it already holds; trust it so nothing is resent.

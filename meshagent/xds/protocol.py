@@ -19,15 +19,20 @@ after which the stream stops waiting (`abandon_in_flight`).
 from __future__ import annotations
 
 import secrets
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import structlog
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 
 from meshagent.xds import typeurls
 from meshagent.xds.errors import RemoteProtocolError
-from meshagent.xds.resources import Resource
+from meshagent.xds.resources import Resource, ResourceSet
+
+log = structlog.get_logger("meshagent.xds")
 
 # Removals go after every update, referrers before what they refer to: a listener before its
 # routes, a cluster before its endpoints, secrets last.
@@ -151,3 +156,70 @@ def eds_names(clusters: Iterable[Resource]) -> set[str]:
         if cluster.type == cluster_pb2.Cluster.EDS:
             names.add(cluster.eds_cluster_config.service_name or cluster.name)
     return names
+
+
+class StreamCore(ABC):
+    """What the delta and state-of-the-world streams share: the node, the responses awaiting an
+    answer, the latest snapshot, nonces and events. Subclasses implement `_flush`, which turns
+    the current state into the responses to send."""
+
+    def __init__(self, node_id: str | None = None) -> None:
+        self._node_id = node_id
+        self._in_flight: dict[str, InFlight] = {}
+        self._snapshot: tuple[int, ResourceSet] | None = None
+        self._nonces = Nonces()
+        self._events: list[StreamEvent] = []
+
+    @property
+    def node_id(self) -> str | None:
+        """The node id from the first request; None before it."""
+        return self._node_id
+
+    @property
+    def in_flight(self) -> Mapping[str, InFlight]:
+        """Responses awaiting ACK or NACK, by nonce."""
+        return dict(self._in_flight)
+
+    def on_snapshot(self, version: int, resources: ResourceSet) -> list[Any]:
+        """A new cache snapshot; returns the responses that bring the proxy up to date."""
+        self._snapshot = (version, resources)
+        return self._flush()
+
+    def take_events(self) -> list[StreamEvent]:
+        """Events since the last call, oldest first."""
+        events, self._events = self._events, []
+        return events
+
+    def abandon_in_flight(self) -> list[Any]:
+        """Stop waiting for answers to the responses in flight; returns what to send next.
+
+        For the shell's answer timeout: Envoy silently drops a response of a type it has just
+        stopped watching, and one lost answer must not stall the stream forever.
+        """
+        if self._in_flight:
+            log.warning("xds_unanswered", proxy=self._node_id, nonces=sorted(self._in_flight))
+        self._in_flight.clear()
+        return self._flush()
+
+    @abstractmethod
+    def _flush(self) -> list[Any]:
+        """The responses that bring the proxy up to date; each protocol variant has its own."""
+
+    def _settle(self, request: Any) -> Acked | Nacked | None:
+        """Record the ACK or NACK a request carries; None when its nonce is stale (a nonce that
+        names no unanswered response of this type), which the protocol says to ignore."""
+        flight = self._in_flight.get(request.response_nonce)
+        if flight is None or flight.type_url != request.type_url:
+            log.debug("stale_nonce", proxy=self._node_id, type_url=request.type_url)
+            return None
+        del self._in_flight[request.response_nonce]
+        nonce, version = request.response_nonce, flight.version
+        event: Acked | Nacked
+        if request.HasField("error_detail"):
+            detail = request.error_detail
+            text = error_message(detail.message, detail.code)
+            event = Nacked(request.type_url, version, nonce, text)
+        else:
+            event = Acked(request.type_url, version, nonce)
+        self._events.append(event)
+        return event

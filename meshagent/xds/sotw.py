@@ -24,17 +24,15 @@ from meshagent.xds.protocol import (
     Acked,
     InFlight,
     Nacked,
-    Nonces,
     Pushed,
-    StreamEvent,
+    StreamCore,
     busy_types,
     check_type_url,
     eds_names,
-    error_message,
     is_held,
     node_id_of,
 )
-from meshagent.xds.resources import Resource, ResourceSet
+from meshagent.xds.resources import Resource
 
 log = structlog.get_logger("meshagent.xds")
 
@@ -61,24 +59,15 @@ class _TypeState:
     force: bool = False
 
 
-class SotwStream:
+class SotwStream(StreamCore):
     """The state-of-the-world xDS protocol state of one stream, without I/O.
 
     Same shape as DeltaStream: `on_request`, `on_snapshot`, `take_events`.
     """
 
     def __init__(self, node_id: str | None = None) -> None:
-        self._node_id = node_id
+        super().__init__(node_id)
         self._types: dict[str, _TypeState] = {}
-        self._in_flight: dict[str, InFlight] = {}
-        self._snapshot: tuple[int, ResourceSet] | None = None
-        self._nonces = Nonces()
-        self._events: list[StreamEvent] = []
-
-    @property
-    def node_id(self) -> str | None:
-        """The node id from the first request; None before it."""
-        return self._node_id
 
     def on_request(self, request: Request) -> list[Response]:
         """Apply a request (subscription, ACK or NACK); returns responses to send.
@@ -106,16 +95,6 @@ class SotwStream:
         state.names = names
         return self._flush()
 
-    def on_snapshot(self, version: int, resources: ResourceSet) -> list[Response]:
-        """A new cache snapshot; returns the responses that bring the proxy up to date."""
-        self._snapshot = (version, resources)
-        return self._flush()
-
-    def take_events(self) -> list[StreamEvent]:
-        """Events since the last call, oldest first."""
-        events, self._events = self._events, []
-        return events
-
     def requested(self, type_url: str) -> frozenset[str]:
         """Names the proxy asked for (empty for a wildcard type)."""
         state = self._types.get(type_url)
@@ -136,37 +115,11 @@ class SotwStream:
         state = self._types.get(type_url)
         return state.nacked_version if state else None
 
-    def abandon_in_flight(self) -> list[Response]:
-        """Stop waiting for answers to the responses in flight; returns what to send next.
-
-        For the shell's answer timeout: Envoy silently drops a response of a type it has just
-        stopped watching, and one lost answer must not stall the stream forever.
-        """
-        if self._in_flight:
-            log.warning("xds_unanswered", proxy=self._node_id, nonces=sorted(self._in_flight))
-        self._in_flight.clear()
-        return self._flush()
-
-    @property
-    def in_flight(self) -> Mapping[str, InFlight]:
-        """Responses awaiting ACK or NACK, by nonce."""
-        return dict(self._in_flight)
-
-    def _settle(self, request: Request) -> None:
-        # Only a nonce naming an unanswered response of this type is an ACK or a NACK;
-        # anything else is stale and ignored, as the protocol says.
-        flight = self._in_flight.get(request.response_nonce)
-        if flight is None or flight.type_url != request.type_url:
-            return
-        del self._in_flight[request.response_nonce]
-        nonce, version = request.response_nonce, flight.version
-        if request.HasField("error_detail"):
-            detail = request.error_detail
-            text = error_message(detail.message, detail.code)
-            self._types[request.type_url].nacked_version = version
-            self._events.append(Nacked(request.type_url, version, nonce, text))
-        else:
-            self._events.append(Acked(request.type_url, version, nonce))
+    def _settle(self, request: Request) -> Acked | Nacked | None:
+        event = super()._settle(request)
+        if isinstance(event, Nacked):
+            self._types[request.type_url].nacked_version = event.version
+        return event
 
     def _content(self, state: _TypeState, available: Content) -> dict[str, Resource]:
         if state.wildcard:

@@ -4,7 +4,8 @@ Host A (127.0.0.1) runs agent A and Envoy A; the test process is A's application
 A's outbound listener. Host B runs agent B, Envoy B (inbound on 127.0.0.2) and the echo app
 behind it. By default both agents sign with one shared self-signed root (made with `meshagent
 ca init` in `<root>/ca`), so they form one trust domain; `ca_a` / `ca_b` replace a host's `ca:`
-section (e.g. a short `workload_ttl`, or upstream mode).
+section (e.g. a short `workload_ttl`, or upstream mode); `join_a` makes A a VM joined through a
+join directory instead (its `ca:` and workload come from it).
 """
 
 from __future__ import annotations
@@ -91,22 +92,28 @@ def two_hosts(
     ca_b: dict[str, Any] | None = None,
     policies: str = "",
     sources_a: dict[str, Any] | None = None,
+    join_a: Path | None = None,
 ) -> Iterator[Hosts]:
     """Hosts A (workload `client`) and B (workload `echo`) with agents and Envoys running, and
     a first request from A to B's echo app answered. policies (see apply_policies) are in
     force from the start, so no listener is replaced (and drained) afterwards. B starts first,
     so that A can get its certificate from B when ca_a is in upstream mode. sources_a
-    replaces host A's `sources:` section (e.g. to add a Kubernetes source)."""
+    replaces host A's `sources:` section (e.g. to add a Kubernetes source). join_a makes A a VM
+    joined through that join directory: no `ca:` or `workloads:` of its own, both come from it."""
     ca_dir = root / "ca"
     meshagent("ca", "init", "--dir", str(ca_dir))
     shared = {"mode": "self-signed", "dir": str(ca_dir)}
     inbound_port = free_port(B_ADDRESS)
+    identity_a: dict[str, Any] = (
+        {"join": {"dir": str(join_a)}}
+        if join_a
+        else {"ca": ca_a or shared, "workloads": [workload("client")]}
+    )
     with (
         mesh_harness(
             root / "a",
             node_id="host-a",
-            ca=ca_a or shared,
-            workloads=[workload("client")],
+            **identity_a,
             **({"sources": sources_a} if sources_a else {}),
         ) as a,
         mesh_harness(

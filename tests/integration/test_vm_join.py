@@ -4,31 +4,22 @@ knows the mesh only through the files `meshagent vm configure` wrote."""
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import AsyncIterator
-from contextlib import redirect_stdout
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from meshagent.agent.cli import main
 from meshagent.agent.config import parse_config
 from meshagent.agent.daemon import Agent
 from meshagent.ca.authority import identity_of
-from meshagent.ca.issuer import IssuanceService
 from meshagent.ca.keys import load_certs_pem
-from meshagent.ca.ratelimit import TokenBucketLimiter
-from meshagent.ca.service import CertificateServer
-from meshagent.ca.state import load_self_signed, token_key
-from meshagent.ca.tokens import TokenVerifier
 from meshagent.errors import ConfigError
 from meshagent.model.identity import Identity
 from meshagent.onboard.vmconfig import VmInputs, render, write_files
 from tests.ca_helpers import verify_chain
+from tests.integration.mesh_ca import MESH_TD, MeshCa, mesh_ca_server
 
-MESH_TD = "mesh.example"
 ISTIOD = "istiod-rev-1.istio-system.svc"
 GROUP = {
     "kind": "WorkloadGroup",
@@ -40,34 +31,11 @@ GROUP = {
 }
 
 
-@dataclass
-class MeshCa:
-    """The mesh's CA: its directory (root, token key) and the running server."""
-
-    dir: Path
-    server: CertificateServer
-
-    def token(self, namespace: str, service_account: str) -> str:
-        """A token from `meshagent token create`, as an operator would make one."""
-        argv = ["token", "create", "--namespace", namespace, "--service-account", service_account]
-        argv += ["--ca-dir", str(self.dir), "--trust-domain", MESH_TD]
-        out = io.StringIO()
-        with redirect_stdout(out):
-            assert main(argv) == 0
-        return out.getvalue().strip()
-
-
 @pytest.fixture
 async def mesh_ca(tmp_path: Path) -> AsyncIterator[MeshCa]:
-    ca_dir = tmp_path / "mesh-ca"
-    ca = load_self_signed(ca_dir, MESH_TD)
-    verifier = TokenVerifier(token_key(ca_dir).public_key(), MESH_TD)
-    service = IssuanceService(ca, verifier, TokenBucketLimiter(100, 100))
-    server = CertificateServer(service)
     # Its TLS certificate names istiod's revisioned host, which the VM finds through `hosts`.
-    await server.start("127.0.0.1:0", names=(ISTIOD,))
-    yield MeshCa(ca_dir, server)
-    await server.stop(0)
+    async with mesh_ca_server(tmp_path / "mesh-ca", names=(ISTIOD,)) as ca:
+        yield ca
 
 
 def join_dir(tmp_path: Path, ca: MeshCa, token: str) -> Path:
@@ -84,7 +52,7 @@ def join_dir(tmp_path: Path, ca: MeshCa, token: str) -> Path:
     )
     write_files(render(inputs), out)
     env = out / "cluster.env"
-    env.write_text(re.sub(r":15012'", f":{ca.server.port}'", env.read_text()))
+    env.write_text(re.sub(r":15012'", f":{ca.port}'", env.read_text()))
     return out
 
 
