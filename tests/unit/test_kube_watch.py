@@ -4,7 +4,7 @@ simulator's loopback HTTP, driven through the real `kubernetes` client)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,13 @@ async def _next(it: Any, timeout: float = 5.0) -> SourceEvent:
             return event
 
 
+async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
 async def test_adapter_survives_drop_410_and_outage(sim: KubeSim, tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text(str(sim.token))
@@ -83,7 +90,8 @@ async def test_adapter_survives_drop_410_and_outage(sim: KubeSim, tmp_path: Path
         sim.drop_watches()
         event = await _next(it)
         assert event.upserts == () and event.deletes == (("kubernetes", "Service", "ns", "b"),)
-        assert [s.relists for s in adapter.streams] == [2, 2]
+        # the VirtualService stream relists on its own schedule: wait for it, with a deadline
+        await _until(lambda: [s.relists for s in adapter.streams] == [2, 2])
         # API down, then back on the same port: a change made meanwhile flows, nothing flaps
         sim.stop()
         await asyncio.sleep(0.5)  # the outage itself (not a synchronisation)
