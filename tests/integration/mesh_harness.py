@@ -6,6 +6,7 @@ Envoy to show the new behaviour. Every wait has a deadline; only loopback is use
 
 from __future__ import annotations
 
+import collections
 import http.client
 import json
 import os
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,3 +233,35 @@ def mesh_harness(root: Path, **options: Any) -> Iterator[MeshHarness]:
 def urlopen_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as resp:
         return json.loads(resp.read())
+
+
+def healthy_ports(mesh: MeshHarness, cluster: str) -> set[int]:
+    """Ports of the healthy loopback endpoints Envoy has for cluster (from its admin /clusters)."""
+    ports = set()
+    for line in mesh.envoy_admin("/clusters").body.decode().splitlines():
+        if line.startswith(cluster + "::127.0.0.1:") and "::health_flags::healthy" in line:
+            ports.add(int(line.split("::")[1].rsplit(":", 1)[1]))
+    return ports
+
+
+def wait_for_ports(
+    mesh: MeshHarness, cluster: str, versions: set[str], timeout: float = 10.0
+) -> float:
+    """Seconds until Envoy's endpoints for cluster are exactly the apps named by versions."""
+    want = {mesh.apps[v].port for v in versions}
+    start = time.monotonic()
+    wait_until(
+        lambda: healthy_ports(mesh, cluster) == want, timeout=timeout, what=f"endpoints {versions}"
+    )
+    return time.monotonic() - start
+
+
+def count_served_by(mesh: MeshHarness, host: str, n: int) -> collections.Counter[str]:
+    """Who answered n requests to host (sent 8 at a time)."""
+
+    def one(_: int) -> str:
+        reply = mesh.request(host)
+        return reply.headers.get("x-served-by", str(reply.status))
+
+    with ThreadPoolExecutor(8) as pool:
+        return collections.Counter(pool.map(one, range(n)))

@@ -10,14 +10,20 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import consul
 import pytest
 
 from meshagent.testing.consul_sim import ConsulSimulator
-from tests.integration.mesh_harness import MeshHarness, mesh_harness, wait_until
+from tests.integration.mesh_harness import (
+    MeshHarness,
+    count_served_by,
+    healthy_ports,
+    mesh_harness,
+    wait_for_ports,
+    wait_until,
+)
 from tests.integration.test_routing_e2e import _wheel_envoy
 
 pytestmark = pytest.mark.envoy
@@ -75,31 +81,15 @@ def register(sim: ConsulSimulator, mesh: MeshHarness, version: str, tag: str = "
 
 
 def envoy_ports(mesh: MeshHarness) -> set[int]:
-    """Ports of the healthy endpoints Envoy has for web (from its admin /clusters)."""
-    ports = set()
-    for line in mesh.envoy_admin("/clusters").body.decode().splitlines():
-        if line.startswith(CLUSTER + "::127.0.0.1:") and "::health_flags::healthy" in line:
-            ports.add(int(line.split("::")[1].rsplit(":", 1)[1]))
-    return ports
+    return healthy_ports(mesh, CLUSTER)
 
 
 def wait_ports(mesh: MeshHarness, versions: set[str], timeout: float = 10.0) -> float:
-    """Seconds until Envoy's endpoints for web are exactly those of versions."""
-    want = {mesh.apps[v].port for v in versions}
-    start = time.monotonic()
-    wait_until(lambda: envoy_ports(mesh) == want, timeout=timeout, what=f"endpoints {versions}")
-    return time.monotonic() - start
+    return wait_for_ports(mesh, CLUSTER, versions, timeout)
 
 
 def served_by(mesh: MeshHarness, n: int) -> collections.Counter[str]:
-    """Who answered n requests (sent 8 at a time)."""
-
-    def one(_: int) -> str:
-        reply = mesh.request(WEB)
-        return reply.headers.get("x-served-by", str(reply.status))
-
-    with ThreadPoolExecutor(8) as pool:
-        return collections.Counter(pool.map(one, range(n)))
+    return count_served_by(mesh, WEB, n)
 
 
 def test_register_deregister_and_failing_check_each_reach_envoy_within_1s(
