@@ -126,6 +126,9 @@ class DestinationRule:
     export_to: tuple[str, ...] = ()
     workload_selector: Labels | None = None
     provenance: Provenance | None = None
+    # Not in Istio: the subset that requests naming no subset go to (Consul's resolver
+    # DefaultSubset); "" means all of the host's endpoints.
+    default_subset: str = ""
 
     def subset(self, name: str) -> Subset | None:
         for s in self.subsets:

@@ -93,12 +93,14 @@ def two_hosts(
     policies: str = "",
     sources_a: dict[str, Any] | None = None,
     join_a: Path | None = None,
+    sources_b: dict[str, Any] | None = None,
 ) -> Iterator[Hosts]:
     """Hosts A (workload `client`) and B (workload `echo`) with agents and Envoys running, and
     a first request from A to B's echo app answered. policies (see apply_policies) are in
     force from the start, so no listener is replaced (and drained) afterwards. B starts first,
     so that A can get its certificate from B when ca_a is in upstream mode. sources_a
-    replaces host A's `sources:` section (e.g. to add a Kubernetes source). join_a makes A a VM
+    replaces host A's `sources:` section (e.g. to add a Kubernetes source), sources_b host B's
+    (e.g. a Consul source for service-intentions). join_a makes A a VM
     joined through that join directory: no `ca:` or `workloads:` of its own, both come from it."""
     ca_dir = root / "ca"
     meshagent("ca", "init", "--dir", str(ca_dir))
@@ -117,7 +119,11 @@ def two_hosts(
             **({"sources": sources_a} if sources_a else {}),
         ) as a,
         mesh_harness(
-            root / "b", node_id="host-b", ca=ca_b or shared, inbound={"address": B_ADDRESS}
+            root / "b",
+            node_id="host-b",
+            ca=ca_b or shared,
+            inbound={"address": B_ADDRESS},
+            **({"sources": sources_b} if sources_b else {}),
         ) as b,
     ):
         app = b.start_app("echo", "echo", "v1")

@@ -174,8 +174,15 @@ def test_same_split_as_service_splitter_and_service_resolver(
     wait_until(lambda: mesh.request(WEB).headers.get("x-test") == "consul", what="splitter")
     _assert_even(served_by(mesh, 400), 400)
     c.config.delete("service-splitter", "web")
-    c.config.delete("service-resolver", "web")
     wait_until(lambda: "x-test" not in mesh.request(WEB).headers, what="splitter removed")
+
+    # No route names a subset now: the resolver's DefaultSubset takes all the traffic.
+    subsets = {"v1": {"Filter": '"v1" in Service.Tags'}, "v2": {"Filter": '"v2" in Service.Tags'}}
+    c.config.set("service-resolver", "web", {"DefaultSubset": "v2", "Subsets": subsets})
+    wait_until(lambda: served_by(mesh, 10) == {"web-v2": 10}, what="default subset")
+    assert served_by(mesh, 200) == {"web-v2": 200}
+    c.config.delete("service-resolver", "web")
+    wait_until(lambda: len(served_by(mesh, 40)) == 2, what="resolver removed")
 
 
 def test_consul_down_keeps_serving_and_changes_flow_after_recovery(

@@ -8,13 +8,16 @@ from typing import Any
 
 import pytest
 
+from meshagent.model.labels import labels_of
 from meshagent.model.routing import MatchKind
 from meshagent.model.security import AuthzAction, AuthzPolicy
+from meshagent.model.services import Resolution, Service, ServicePort
 from meshagent.model.source import Provenance, RawResource, SourceEvent
-from meshagent.model.traffic import DestinationRule
+from meshagent.model.traffic import DestinationRule, LoadBalancer, Subset, TrafficPolicy
 from meshagent.normalize.consul import ConsulMapping, convert_consul
 from meshagent.normalize.consul.filters import FilterError, filter_labels
 from meshagent.normalize.normalizer import Normalizer
+from meshagent.xds.translate.policy import plan_clusters
 from tests.unit.normalize_helpers import raw as yaml_raw
 
 CORPUS = Path(__file__).parents[2] / ".." / "shared" / "corpus" / "consul"
@@ -271,7 +274,28 @@ def test_resolver_subsets_timeout_and_hash_policy() -> None:
     assert policy.connection_pool.tcp_connect_timeout_ms == 15000
     assert policy.load_balancer is not None and policy.load_balancer.consistent_hash is not None
     assert policy.load_balancer.consistent_hash.http_cookie_name == "s"
-    assert {i.path for i in issues if i.severity == "warning"} == {"Failover", "DefaultSubset"}
+    assert {i.path for i in issues if i.severity == "warning"} == {"Failover"}
+    assert rule.default_subset == "v1"
+
+
+def test_resolver_default_subset_must_be_a_subset() -> None:
+    _, issues = convert_consul(
+        entry({"Kind": "service-resolver", "Name": "web", "DefaultSubset": "v9"}), ConsulMapping()
+    )
+    assert [i.path for i in issues if i.severity == "error"] == ["DefaultSubset"]
+
+
+def test_default_subset_narrows_the_whole_service_cluster() -> None:
+    v1 = Subset("v1", labels_of({"version": "v1"}), TrafficPolicy(LoadBalancer(simple="RANDOM")))
+    port = ServicePort(80, "http", "HTTP")
+    service = Service("web.service.consul", "default", (port,), Resolution.STATIC)
+    rule = DestinationRule("r", "default", service.host, subsets=(v1,), default_subset="v1")
+    whole, subset = plan_clusters(service, rule)
+    assert whole.subset == "" and dict(whole.labels) == {"version": "v1"}
+    assert whole.policy.load_balancer == LoadBalancer(simple="RANDOM")
+    assert subset.subset == "v1"
+    plain, _ = plan_clusters(service, DestinationRule("r", "default", service.host, subsets=(v1,)))
+    assert not plain.labels and plain.policy.load_balancer is None
 
 
 def test_intentions_deny_and_allow() -> None:

@@ -7,8 +7,10 @@
 - service-splitter → a VirtualService with one weighted route (Consul weights are percentages
   with two decimals; they become integer weights in hundredths of a percent).
 - service-resolver → a DestinationRule: subsets from their Filter (see filters.py), connect
-  timeout, load balancer and hash policies. Failover, Redirect and DefaultSubset have no
-  counterpart in the model yet and are reported as warnings.
+  timeout, load balancer and hash policies. DefaultSubset becomes the rule's default_subset:
+  requests that name no subset (the catch-all, unsplit routes, plain traffic to the host) go
+  to that subset only. Failover and Redirect have no counterpart in the model yet and are
+  reported as warnings.
 
 Limitation: a router and a splitter for the same service are two VirtualServices for one
 host; the router's wins (Consul would send the router's unsplit routes through the splitter).
@@ -302,9 +304,12 @@ def convert_resolver(
             issues.error(f"Subsets.{name}.Filter", str(exc))
             continue
         subsets.append(Subset(name=str(name), labels=labels))
-    for key in ("Failover", "Redirect", "DefaultSubset"):
+    for key in ("Failover", "Redirect"):
         if entry.get(key):
             issues.warn(key, f"{key} is not supported yet; ignored")
+    default = str(entry.get("DefaultSubset") or "")
+    if default and default not in {s.name for s in subsets}:
+        issues.error("DefaultSubset", f"DefaultSubset {default!r} is not one of the Subsets")
     timeout = _ms(entry.get("ConnectTimeout"), "ConnectTimeout", issues)
     lb = _load_balancer(_map(entry.get("LoadBalancer")), issues)
     policy = None
@@ -318,4 +323,5 @@ def convert_resolver(
         traffic_policy=policy,
         subsets=tuple(subsets),
         provenance=prov,
+        default_subset=default,
     )

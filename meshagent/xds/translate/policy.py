@@ -93,10 +93,12 @@ def _overlay(base: EffectivePolicy, top: TrafficPolicy | None, port: int) -> Eff
 
 
 def effective_policy(rule: DestinationRule | None, subset: str, port: int) -> EffectivePolicy:
-    """The merged policy of rule for one port and (optionally) one subset."""
+    """The merged policy of rule for one port and (optionally) one subset; no subset means
+    the rule's default subset, if it has one."""
     if rule is None:
         return NO_POLICY
     merged = _overlay(NO_POLICY, rule.traffic_policy, port)
+    subset = subset or rule.default_subset
     chosen = rule.subset(subset) if subset else None
     if chosen is not None:
         merged = _overlay(merged, chosen.traffic_policy, port)
@@ -129,8 +131,12 @@ def _plan(
 def plan_clusters(service: Service, rule: DestinationRule | None) -> tuple[ClusterPlan, ...]:
     """Every cluster for service: one per port, then one per (port, subset) of rule."""
     plans: list[ClusterPlan] = []
+    # A default subset narrows the whole-service cluster, so that every route naming no
+    # subset reaches only that subset's endpoints, with that subset's policy.
+    default = rule.subset(rule.default_subset) if rule and rule.default_subset else None
+    whole_labels = default.labels if default is not None else NO_LABELS
     for port in sorted(service.ports, key=lambda p: p.number):
-        plans.append(_plan(service, port, rule, "", NO_LABELS))
+        plans.append(_plan(service, port, rule, "", whole_labels))
         for subset in rule.subsets if rule is not None else ():
             plans.append(_plan(service, port, rule, subset.name, subset.labels))
     return tuple(plans)
