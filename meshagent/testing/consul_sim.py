@@ -246,10 +246,16 @@ class ConsulSimulator:
             await asyncio.sleep(faults.delay_s)
         if affected and faults.drop:
             return False
-        if affected and faults.status is not None:
-            reply = _Reply(faults.status, raw=f"injected fault {faults.status}".encode())
-        else:
+        reply = None
+        if not (affected and faults.status is not None):
             reply = await self._dispatch(request)
+        # A fault injected while a blocking query waited applies to its answer too, as when a
+        # real server starts failing mid-query.
+        if affected and faults.drop:
+            return False
+        if reply is None or (affected and faults.status is not None):
+            status = faults.status or 500
+            reply = _Reply(status, raw=f"injected fault {status}".encode())
         if affected and faults.malformed and reply.status == 200:
             reply = _Reply(200, raw=b'{"not json', index=reply.index)
         if affected and faults.index_zero and reply.index is not None:
