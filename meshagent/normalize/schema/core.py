@@ -18,6 +18,7 @@ without `compile_predicate` gets a generic predicate that runs its check, so it 
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -70,11 +71,12 @@ def join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-class Type:
+class Type(ABC):
     """A field type. Subclasses check one value and append issues."""
 
+    @abstractmethod
     def check(self, value: Any, path: str, issues: Issues) -> None:
-        raise NotImplementedError
+        """Append an Issue for each problem of value, located at path."""
 
     def compile_predicate(self) -> Predicate:
         """A closure that is true only for values `check` has nothing to say about.

@@ -8,6 +8,7 @@ rebuilds one ClusterLoadAssignment and nothing else.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -116,7 +117,7 @@ class PlanCache:
             self._by_host = {h: v for h, v in self._by_host.items() if h in services}
 
 
-class PerHostGenerator:
+class PerHostGenerator(ABC):
     """Resources built host by host, each host's output cached by the objects it came from.
 
     A full pass (services or rules changed) walks every host in order, reusing cached output
@@ -131,18 +132,18 @@ class PerHostGenerator:
         self._by_host: dict[str, tuple[Key, list[Resource]]] = {}
         self._last: list[Resource] | None = []  # None: _by_host changed since it was built
 
-    def reset_build_caches(self) -> None:
+    def reset_build_caches(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Called before a full pass: drop helper caches that only grow between passes."""
 
+    @abstractmethod
     def key(self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]) -> Key:
         """The objects this host's output depends on."""
-        raise NotImplementedError
 
+    @abstractmethod
     def build(
         self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]
     ) -> list[Resource]:
         """This host's resources."""
-        raise NotImplementedError
 
     def _host(self, ctx: Context, service: Service) -> tuple[Key, list[Resource]]:
         plans = self._plans.plans(ctx, service)
