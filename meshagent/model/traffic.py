@@ -115,6 +115,24 @@ class Subset:
 
 
 @dataclass(frozen=True, slots=True)
+class ResolverTarget:
+    """Where a host's traffic resolves instead of (or after) its own endpoints: another host,
+    maybe narrowed to one of its subsets ("" = that host's default subset, else all)."""
+
+    host: str
+    subset: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Failover:
+    """Targets tried in order once the endpoints of `subset` ("*": any subset without an
+    entry of its own, and the whole host) have none left to serve."""
+
+    subset: str
+    targets: tuple[ResolverTarget, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class DestinationRule:
     """Policy for one host (FQDN or wildcard like *.example.com)."""
 
@@ -129,6 +147,20 @@ class DestinationRule:
     # Not in Istio: the subset that requests naming no subset go to (Consul's resolver
     # DefaultSubset); "" means all of the host's endpoints.
     default_subset: str = ""
+    # Not in Istio either (Consul's resolver Redirect and Failover): every request for the host
+    # resolves to redirect's endpoints; failover lists fallback targets per subset.
+    redirect: ResolverTarget | None = None
+    failover: tuple[Failover, ...] = ()
+
+    def failover_for(self, subset: str) -> Failover | None:
+        """The failover entry of subset ("" = the whole host), else the "*" entry."""
+        wildcard = None
+        for f in self.failover:
+            if f.subset == subset and subset:
+                return f
+            if f.subset == "*":
+                wildcard = f
+        return wildcard
 
     def subset(self, name: str) -> Subset | None:
         for s in self.subsets:

@@ -9,7 +9,7 @@ the translator, which caches by identity, does O(change) work too.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -103,6 +103,7 @@ class Normalizer:
         self._endpoints: dict[str, tuple[Endpoint, ...]] = {}
         self._virtual_services: dict[str, VirtualService] = {}
         self._destination_rules: dict[str, DestinationRule] = {}
+        self._redirects: dict[str, str] = {}  # host -> the host its rule redirects to
         self._workloads: dict[str, Workload] = {}
         self._snapshot = MeshSnapshot()
 
@@ -266,15 +267,28 @@ class Normalizer:
                 entry = self._entries[key].converted
                 assert isinstance(entry, ConvertedServiceEntry)
                 dirty.hosts.update(_hosts(entry))
-        for host in dirty.hosts:
-            self._recompute_service(host, dirty)
         for host in dirty.dr_hosts:
             self._recompute_rule(host, dirty)
+        # A redirecting rule may stand for a host no service defines (a virtual upstream):
+        # recompute those after the services they borrow their ports from.
+        redirecting = {
+            x for x, y in self._redirects.items() if y in dirty.hosts or x in dirty.dr_hosts
+        }
+        for host in (dirty.hosts | dirty.dr_hosts) - redirecting:
+            self._recompute_service(host, dirty)
+        for host in redirecting:
+            self._recompute_service(host, dirty)
         self._conflict_warnings(dirty, out)
 
     def _recompute_service(self, host: str, dirty: _Dirty) -> None:
         owner = self._se_claims.winner(host)
         if owner is None:
+            virtual = self._redirect_service(host)
+            if virtual is not None:
+                self._set_service(host, virtual, dirty)
+                if self._endpoints.pop(host, None) is not None:
+                    dirty.mark("endpoints", host)
+                return
             if self._services.pop(host, None) is not None:
                 dirty.mark("services", host)
             if self._endpoints.pop(host, None) is not None:
@@ -283,17 +297,31 @@ class Normalizer:
         entry = self._entries[owner].converted
         assert isinstance(entry, ConvertedServiceEntry)
         service = next(s for s in entry.services if s.host == host)
+        self._set_service(host, service, dirty)
+        endpoints = self._endpoints_of(entry)
+        old = self._endpoints.get(host)
+        if not _same(old, endpoints):
+            self._endpoints[host] = endpoints
+            dirty.mark("endpoints", host)
+
+    def _set_service(self, host: str, service: Service, dirty: _Dirty) -> None:
         current = self._services.get(host)
         # An equal Service (e.g. a Consul service whose instances changed) keeps the serving
         # object, so that only the endpoints count as changed, not every route and cluster.
         if current is not service and current != service:
             self._services[host] = service
             dirty.mark("services", host)
-        endpoints = self._endpoints_of(entry)
-        old = self._endpoints.get(host)
-        if not _same(old, endpoints):
-            self._endpoints[host] = endpoints
-            dirty.mark("endpoints", host)
+
+    def _redirect_service(self, host: str) -> Service | None:
+        """The Service of a host that only a redirecting rule names: the target's ports, the
+        rule's namespace and provenance, no endpoints of its own (Consul's virtual upstream)."""
+        rule = self._destination_rules.get(host)
+        if rule is None or rule.redirect is None:
+            return None
+        target = self._services.get(rule.redirect.host)
+        if target is None or rule.redirect.host == host:
+            return None
+        return replace(target, host=host, namespace=rule.namespace, provenance=rule.provenance)
 
     def _endpoints_of(self, entry: ConvertedServiceEntry) -> tuple[Endpoint, ...]:
         """Listed endpoints, or those of the WorkloadEntries the selector picks (same namespace)."""
@@ -309,11 +337,16 @@ class Normalizer:
     def _recompute_rule(self, host: str, dirty: _Dirty) -> None:
         owner = self._dr_claims.winner(host)
         if owner is None:
+            self._redirects.pop(host, None)
             if self._destination_rules.pop(host, None) is not None:
                 dirty.mark("destination_rules", host)
             return
         rule = self._entries[owner].converted
         assert isinstance(rule, DestinationRule)
+        if rule.redirect is not None:
+            self._redirects[host] = rule.redirect.host
+        else:
+            self._redirects.pop(host, None)
         if self._destination_rules.get(host) is not rule:
             self._destination_rules[host] = rule
             dirty.mark("destination_rules", host)
@@ -325,7 +358,7 @@ class Normalizer:
             (self._dr_claims, dirty.dr_hosts, "spec.host"),
         ]
         for claims, hosts, path in checks:
-            for host in sorted(hosts):
+            for host in sorted(h for h in hosts if claims.contested(h)):
                 winner = claims.winner(host)
                 for key in claims.losers(host):
                     # A loser is told when it arrives, and (across sources, where

@@ -44,6 +44,11 @@ class Claims:
             return next(iter(owners))
         return min(owners, key=self.order.__getitem__)
 
+    def contested(self, host: str) -> bool:
+        """Whether more than one resource claims host (only then are there losers)."""
+        owners = self.by_host.get(host)
+        return owners is not None and len(owners) > 1
+
     def losers(self, host: str) -> list[Key]:
         """The keys that claim host but do not own it."""
         win = self.winner(host)

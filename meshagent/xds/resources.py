@@ -38,14 +38,16 @@ class Resource:
         packed = any_pb2.Any(type_url=type_url, value=value)
         # The hash is of the Any's serialization, assembled here rather than re-serialized:
         # type_url (field 1), then value (field 2, absent when empty, as protobuf writes it).
-        digest = hashlib.blake2b(_any_head(type_url), digest_size=8)
+        head = _ANY_HEADS.get(type_url) or _any_head(type_url)
         if value:
-            digest.update(_value_head(len(value)))
-            digest.update(value)
-        return cls(name=name, version=digest.hexdigest(), body=packed)
+            size = len(value)
+            head += bytes((0x12, size)) if size < 0x80 else b"\x12" + _varint(size)
+        digest = _blake2b(head + value if value else head, digest_size=8)
+        return cls(name, digest.hexdigest(), packed)
 
 
 _NO_CHANGES: Mapping[str, frozenset[str]] = MappingProxyType({})
+_blake2b = hashlib.blake2b
 _ANY_HEADS: dict[str, bytes] = {}
 
 
@@ -66,11 +68,6 @@ def _any_head(type_url: str) -> bytes:
         found = b"\x0a" + _varint(len(encoded)) + encoded if encoded else b""
         _ANY_HEADS[type_url] = found
     return found
-
-
-def _value_head(size: int) -> bytes:
-    """Tag and length of an Any's value field."""
-    return bytes((0x12, size)) if size < 0x80 else b"\x12" + _varint(size)
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)

@@ -254,3 +254,40 @@ def test_index_backwards_index_zero_and_a_burst_of_1000_changes(
     wait_ports(mesh, {"v1"})
     queries = sim.requests["health/service"] - before
     assert queries <= 20 + 20 * (time.monotonic() - start) + 2, queries
+
+
+def test_resolver_failover_and_redirect_through_envoy(
+    mesh: MeshHarness, sim: ConsulSimulator
+) -> None:
+    wait_ports(mesh, {"v1"})
+    c = client(sim)
+    backup = mesh.apps["v3"].port
+    c.agent.service.register(
+        "web-backup",
+        service_id="web-backup-1",
+        address="127.0.0.1",
+        port=backup,
+        check={"TTL": "1h", "Status": "passing"},
+    )
+    c.config.set("service-resolver", "web", {"Failover": {"*": {"Service": "web-backup"}}})
+    # The backup is a lower priority: it takes nothing while web has healthy instances.
+    wait_until(lambda: backup in healthy_ports(mesh, CLUSTER), what="failover endpoints")
+    assert served_by(mesh, 40) == {"web-v1": 40}
+
+    c.agent.check.ttl_fail("service:web-v1")
+    wait_until(lambda: served_by(mesh, 10) == {"web-v3": 10}, what="failover")
+    assert served_by(mesh, 100) == {"web-v3": 100}
+    c.agent.check.ttl_pass("service:web-v1")
+    wait_until(lambda: served_by(mesh, 10) == {"web-v1": 10}, what="failback")
+
+    # Redirect: a virtual upstream with no instances of its own answers as its target.
+    c.config.set("service-resolver", "web-alias", {"Redirect": {"Service": "web-backup"}})
+    alias = "web-alias.service.consul"
+    wait_until(lambda: mesh.request(alias).status == 200, what="virtual upstream")
+    assert count_served_by(mesh, alias, 40) == {"web-v3": 40}
+
+    c.config.delete("service-resolver", "web-alias")
+    c.config.delete("service-resolver", "web")
+    c.agent.service.deregister("web-backup-1")
+    wait_until(lambda: mesh.request(alias).status == 404, what="virtual upstream removed")
+    wait_until(lambda: backup not in healthy_ports(mesh, CLUSTER), what="failover removed")

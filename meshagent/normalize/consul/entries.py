@@ -9,8 +9,11 @@
 - service-resolver → a DestinationRule: subsets from their Filter (see filters.py), connect
   timeout, load balancer and hash policies. DefaultSubset becomes the rule's default_subset:
   requests that name no subset (the catch-all, unsplit routes, plain traffic to the host) go
-  to that subset only. Failover and Redirect have no counterpart in the model yet and are
-  reported as warnings.
+  to that subset only. Redirect becomes the rule's redirect (the host's clusters take their
+  endpoints from the target service/subset); Failover becomes per-subset fallback targets
+  (lower EDS priorities, used once the subset has no endpoints left). Targets in another
+  datacenter, peer, partition or sameness group are outside the one catalog this agent
+  watches: they are reported as warnings and skipped.
 
 Limitation: a router and a splitter for the same service are two VirtualServices for one
 host; the router's wins (Consul would send the router's unsplit routes through the splitter).
@@ -40,7 +43,9 @@ from meshagent.model.traffic import (
     ConnectionPool,
     ConsistentHash,
     DestinationRule,
+    Failover,
     LoadBalancer,
+    ResolverTarget,
     Subset,
     TrafficPolicy,
 )
@@ -291,6 +296,109 @@ def _hash_fields(h: ConsistentHash) -> dict[str, Any]:
     }
 
 
+def _elsewhere(spec: Mapping[str, Any], scope: _Scope, path: str, issues: Issues) -> bool:
+    """Whether spec targets another datacenter, peer, partition or sameness group: places this
+    agent does not watch (it reads one datacenter's catalog), so such targets are skipped."""
+    for key in ("Datacenter", "Peer", "SamenessGroup"):
+        if key == "Datacenter" and spec.get(key) == scope.mapping.datacenter:
+            continue  # the watched datacenter itself
+        if spec.get(key):
+            issues.warn(
+                f"{path}.{key}",
+                f"targets outside the watched datacenter are not supported: {key} "
+                f"{spec[key]!r} ignored",
+            )
+            return True
+    partition = spec.get("Partition")
+    if partition and partition != "default":
+        issues.warn(
+            f"{path}.Partition", f"other partitions are not supported: {partition!r} ignored"
+        )
+        return True
+    return False
+
+
+def _target(
+    spec: Mapping[str, Any], scope: _Scope, own: set[str], path: str, issues: Issues
+) -> ResolverTarget | None:
+    """One Redirect or failover target (Service, ServiceSubset, Namespace; this service when
+    Service is unset); None when it lies outside what this agent watches or is invalid."""
+    if _elsewhere(spec, scope, path, issues):
+        return None
+    service = str(spec.get("Service") or "")
+    namespace = str(spec.get("Namespace") or "")
+    subset = str(spec.get("ServiceSubset") or "")
+    if subset and service in ("", scope.name) and not namespace and subset not in own:
+        issues.error(f"{path}.ServiceSubset", f"{subset!r} is not a subset of {scope.name!r}")
+        return None
+    host = scope.host(service or None, namespace or None)
+    if host == scope.host() and not subset:
+        issues.error(path, "a target must name another service, namespace or subset")
+        return None
+    return ResolverTarget(host, subset)
+
+
+def _redirect(entry: Mapping[str, Any], scope: _Scope, issues: Issues) -> ResolverTarget | None:
+    spec = entry.get("Redirect")
+    if not spec:
+        return None
+    if entry.get("Failover"):
+        issues.error("Redirect", "Redirect and Failover cannot both be set")
+        return None
+    spec = _map(spec)
+    if not spec.get("Service") and (spec.get("ServiceSubset") or spec.get("Namespace")):
+        issues.error("Redirect.Service", "Redirect needs a Service with ServiceSubset/Namespace")
+        return None
+    if entry.get("Subsets") or entry.get("DefaultSubset"):
+        issues.warn("Redirect", "Subsets and DefaultSubset do not apply to a redirected service")
+    return _target(spec, scope, set(), "Redirect", issues)
+
+
+def _failover_targets(
+    spec: Mapping[str, Any], scope: _Scope, own: set[str], path: str, issues: Issues
+) -> list[ResolverTarget]:
+    """A Failover entry's targets: Targets, else one per Datacenters entry, else the one
+    Service/ServiceSubset/Namespace names."""
+    targets = _list(spec.get("Targets"))
+    if targets and any(spec.get(k) for k in ("Service", "ServiceSubset", "Namespace")):
+        issues.error(path, "Targets cannot be set with Service, ServiceSubset or Namespace")
+        return []
+    if targets and spec.get("Datacenters"):
+        issues.error(path, "Targets cannot be set with Datacenters")
+        return []
+    if spec.get("Datacenters"):
+        datacenters = [str(dc) for dc in _list(spec.get("Datacenters"))]
+        targets = [{**spec, "Datacenters": None, "Datacenter": dc} for dc in datacenters]
+    elif not targets:
+        targets = [spec]
+    found = (
+        _target(_map(t), scope, own, f"{path}.Targets[{i}]" if "Targets" in spec else path, issues)
+        for i, t in enumerate(targets)
+    )
+    return [t for t in found if t is not None]
+
+
+def _failover(
+    entry: Mapping[str, Any], scope: _Scope, own: set[str], issues: Issues
+) -> tuple[Failover, ...]:
+    out = []
+    for subset, spec in sorted(_map(entry.get("Failover")).items()):
+        path = f"Failover.{subset}"
+        if subset != "*" and subset not in own:
+            issues.warn(path, f"failover for an undefined subset is not supported: {subset!r}")
+            continue
+        if not any(_map(spec).get(k) for k in _FAILOVER_KEYS):
+            issues.error(path, f"one of {', '.join(_FAILOVER_KEYS)} is required")
+            continue
+        targets = _failover_targets(_map(spec), scope, own, path, issues)
+        if targets:
+            out.append(Failover(str(subset), tuple(targets)))
+    return tuple(out)
+
+
+_FAILOVER_KEYS = ("Service", "ServiceSubset", "Namespace", "Targets", "Datacenters")
+
+
 def convert_resolver(
     entry: Mapping[str, Any], mapping: ConsulMapping, prov: Provenance, issues: Issues
 ) -> DestinationRule:
@@ -304,9 +412,9 @@ def convert_resolver(
             issues.error(f"Subsets.{name}.Filter", str(exc))
             continue
         subsets.append(Subset(name=str(name), labels=labels))
-    for key in ("Failover", "Redirect"):
-        if entry.get(key):
-            issues.warn(key, f"{key} is not supported yet; ignored")
+    names = {s.name for s in subsets}
+    redirect = _redirect(entry, scope, issues)
+    failover = _failover(entry, scope, names, issues)
     default = str(entry.get("DefaultSubset") or "")
     if default and default not in {s.name for s in subsets}:
         issues.error("DefaultSubset", f"DefaultSubset {default!r} is not one of the Subsets")
@@ -324,4 +432,6 @@ def convert_resolver(
         subsets=tuple(subsets),
         provenance=prov,
         default_subset=default,
+        redirect=redirect,
+        failover=failover,
     )

@@ -81,6 +81,10 @@ def _address(service: Mapping[str, Any], node: Mapping[str, Any], network: str) 
     return address, port
 
 
+def _port(entry: Mapping[str, Any], mapping: ConsulMapping) -> int:
+    return _address(_map(entry.get("Service")), _map(entry.get("Node")), mapping.network)[1]
+
+
 def _locality(node: Mapping[str, Any]) -> str:
     meta = _map(node.get("Meta"))
     parts = [str(meta.get(k) or "") for k in ("region", "zone")]
@@ -115,7 +119,9 @@ def convert_service(
         for i, e in enumerate(entries)
         if (ep := _endpoint(e, i, mapping, protocol, provenance, issues)) is not None
     )
-    ports = tuple(sorted({port for ep in endpoints for _, port in ep.ports}))
+    # Failing instances still say which port the service is on: a service whose instances all
+    # fail keeps its cluster (empty, or filled by a resolver's failover targets).
+    ports = tuple(sorted({p for e in entries if 0 < (p := _port(e, mapping)) < 65536}))
     number = mapping.service_port or (ports[0] if ports else 0)
     service_ports = (ServicePort(number, protocol.lower(), protocol),) if number else ()
     # The Service's provenance names the service, not the index: an index bump that leaves

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from meshagent.model.labels import NO_LABELS, Labels, labels_of
 from meshagent.model.services import Endpoint, Resolution, Service, ServicePort, Workload
+from meshagent.model.source import Provenance
 from meshagent.normalize.convert.context import Context, items, sub
 
 
@@ -35,6 +36,25 @@ def _port(port: Mapping[str, Any]) -> ServicePort:
     )
 
 
+# Port lists repeat across a mesh's entries (one "http" port on 8080, ...): one shared tuple
+# of (frozen) ServicePorts per list. Keyed by the raw items, which the schema has typed.
+_PORT_LISTS: dict[tuple[tuple[tuple[str, Any], ...], ...], tuple[ServicePort, ...]] = {}
+_PORT_LISTS_MAX = 4096
+
+
+def _ports(raw: list[Any]) -> tuple[ServicePort, ...]:
+    key = tuple([tuple(p.items()) for p in raw])
+    found = _PORT_LISTS.get(key)
+    if found is None:
+        if len(_PORT_LISTS) >= _PORT_LISTS_MAX:
+            _PORT_LISTS.clear()
+        found = _PORT_LISTS[key] = tuple(_port(p) for p in raw)
+    return found
+
+
+_RESOLUTIONS = {r.value: r for r in Resolution}
+
+
 def _port_map(ports: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
     return tuple(sorted((str(k), int(v)) for k, v in ports.items()))
 
@@ -55,6 +75,62 @@ def _labels(raw: Any) -> Labels:
             _LABEL_SETS.clear()
         found = _LABEL_SETS[key] = labels_of(raw)
     return found
+
+
+_USUAL_KEYS = frozenset({"address", "labels"})
+_new = object.__new__
+# Endpoint's slots, set directly: a frozen dataclass's __init__ goes through
+# object.__setattr__ once per field, which makes it most of the cost of converting an
+# endpoint. _usual_endpoint sets every field (a missing one would be an unset slot);
+# _ENDPOINT_FIELDS is checked against the model at import.
+_ENDPOINT_FIELDS = (
+    "address",
+    "ports",
+    "labels",
+    "weight",
+    "locality",
+    "network",
+    "service_account",
+    "healthy",
+    "provenance",
+)
+if tuple(f.name for f in fields(Endpoint)) != _ENDPOINT_FIELDS:  # pragma: no cover
+    raise ImportError("Endpoint's fields changed: update _usual_endpoint to match")
+_set_address, _set_ports, _set_labels, _set_weight, _set_locality = (
+    getattr(Endpoint, name).__set__ for name in _ENDPOINT_FIELDS[:5]
+)
+_set_network, _set_account, _set_healthy, _set_provenance = (
+    getattr(Endpoint, name).__set__ for name in _ENDPOINT_FIELDS[5:]
+)
+
+
+def _usual_endpoint(address: str, labels: Labels, provenance: Provenance) -> Endpoint:
+    """Endpoint(address, labels=labels, provenance=provenance), built faster."""
+    endpoint: Endpoint = _new(Endpoint)
+    _set_address(endpoint, address)
+    _set_ports(endpoint, ())
+    _set_labels(endpoint, labels)
+    _set_weight(endpoint, 1)
+    _set_locality(endpoint, "")
+    _set_network(endpoint, "")
+    _set_account(endpoint, "")
+    _set_healthy(endpoint, True)
+    _set_provenance(endpoint, provenance)
+    return endpoint
+
+
+def _endpoints(specs: list[Any], ctx: Context) -> tuple[Endpoint, ...]:
+    """The listed endpoints; those with only an address and labels (most) take a shortcut."""
+    out = []
+    provenance = ctx.provenance
+    usual = _USUAL_KEYS
+    for spec in specs:
+        if type(spec) is dict and spec.keys() <= usual:
+            get = spec.get
+            out.append(_usual_endpoint(get("address") or "", _labels(get("labels")), provenance))
+        else:
+            out.append(_endpoint(spec, ctx))
+    return tuple(out)
 
 
 def _endpoint(spec: Mapping[str, Any], ctx: Context) -> Endpoint:
@@ -78,8 +154,9 @@ def convert_service_entry(
     """A ServiceEntry spec (validated) as one Service per host plus its listed endpoints."""
     selector_spec = spec.get("workloadSelector")
     selector = labels_of(sub(selector_spec, "labels")) if selector_spec is not None else None
-    ports = tuple(_port(p) for p in items(spec, "ports"))
-    resolution = Resolution(spec.get("resolution") or "NONE")
+    ports = _ports(items(spec, "ports"))
+    given = spec.get("resolution") or "NONE"
+    resolution = _RESOLUTIONS.get(given) or Resolution(given)
     external = (spec.get("location") or "MESH_EXTERNAL") == "MESH_EXTERNAL"
     addresses = tuple(str(a) for a in items(spec, "addresses"))
     export_to = tuple(str(e) for e in items(spec, "exportTo"))
@@ -97,7 +174,7 @@ def convert_service_entry(
         )
         for host in dict.fromkeys(items(spec, "hosts"))  # a repeated host counts once
     )
-    endpoints = tuple([_endpoint(e, ctx) for e in items(spec, "endpoints")])
+    endpoints = _endpoints(items(spec, "endpoints"), ctx)
     return ConvertedServiceEntry(ctx.namespace, services, endpoints, selector)
 
 

@@ -61,12 +61,20 @@ def is_cidr(text: str) -> bool:
     return True
 
 
+# A whole DNS name in one match: labels of 1-63 characters, as the per-label loop of
+# domain_problem requires. It answers the usual host at once; the loop explains the rest.
+_LABEL_63 = r"[a-zA-Z0-9](?:[-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?"
+_DNS_NAME = re.compile(rf"{_LABEL_63}(?:\.{_LABEL_63})*")
+
+
 def domain_problem(host: str, *, wildcard: bool = True) -> str:
     """Why host is not a valid (optionally wildcard-prefixed) DNS name, or "" when it is."""
     if not host:
         return "host must not be empty"
     if len(host) > 255:
         return "host name is longer than 255 characters"
+    if _DNS_NAME.fullmatch(host):
+        return ""
     name = host
     if wildcard and host == "*":
         return ""
@@ -108,14 +116,21 @@ class LabelMap(Type):
 
     def compile_predicate(self) -> Predicate:
         value_ok = _LABEL_VALUE.fullmatch
-        good_keys: set[str] = set()  # label keys repeat across a mesh; check each once
+        # Label keys and values repeat across a mesh (version: v1, ...): check each once.
+        good_keys: set[str] = set()
+        good_values: set[str] = set()
 
         def fast(value: Any) -> bool:
             if type(value) is not dict:
                 return False
             for k, v in value.items():
-                if type(k) is not str or type(v) is not str or value_ok(v) is None:
+                if type(k) is not str or type(v) is not str:
                     return False
+                if v not in good_values:
+                    if value_ok(v) is None:
+                        return False
+                    if len(good_values) < 4096:
+                        good_values.add(v)
                 if k not in good_keys:
                     if label_key_problem(k):
                         return False

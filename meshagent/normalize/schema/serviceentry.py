@@ -8,6 +8,7 @@ from typing import Any
 from meshagent.normalize.schema.common import (
     DNS_LABEL,
     DOTTED_QUAD,
+    LABELS,
     PORT,
     WORKLOAD_SELECTOR,
     ExportTo,
@@ -15,7 +16,20 @@ from meshagent.normalize.schema.common import (
     is_cidr,
     is_ip,
 )
-from meshagent.normalize.schema.core import Enum, F, Int, Issues, ListOf, Obj, Str, join
+from meshagent.normalize.schema.core import (
+    Enum,
+    F,
+    Int,
+    Issues,
+    ListOf,
+    Obj,
+    Predicate,
+    Rule,
+    Str,
+    clean_when,
+    join,
+    predicate,
+)
 from meshagent.normalize.schema.workloadentry import UNIX_PREFIX, WORKLOAD_ENTRY
 
 # Istio's protocol names; matched without regard to case, as Istio does.
@@ -75,6 +89,12 @@ def _hosts_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
             issues.error(f"{path}.hosts[{i}]", "a host must be a name, not an IP address")
 
 
+def _one_port(value: Mapping[str, Any]) -> bool:
+    ports = value.get("ports")
+    return type(ports) is list and len(ports) == 1
+
+
+@clean_when(_one_port)  # one port cannot repeat a name or number
 def _ports_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     ports = value.get("ports") or []
     if not ports:
@@ -154,7 +174,90 @@ def _dns_rule(value: Mapping[str, Any], path: str, issues: Issues, resolution: s
             )
 
 
-SPEC = Obj(
+_USUAL_ENDPOINT_KEYS = frozenset({"address", "labels"})
+
+
+def _usual_endpoints() -> Predicate:
+    """True for a list of endpoints that each have an IPv4 address and, maybe, valid labels:
+    what WORKLOAD_ENTRY and the STATIC rule accept without a word, checked in one loop."""
+    quad = DOTTED_QUAD.fullmatch
+    labels_ok = predicate(LABELS)
+    usual = _USUAL_ENDPOINT_KEYS
+
+    def fast(endpoints: Any) -> bool:
+        if type(endpoints) is not list:
+            return False
+        for endpoint in endpoints:
+            if type(endpoint) is not dict or not endpoint.keys() <= usual:
+                return False
+            address = endpoint.get("address")
+            if type(address) is not str or quad(address) is None:
+                return False
+            labels = endpoint.get("labels")
+            if labels is not None and not labels_ok(labels):
+                return False
+        return True
+
+    return fast
+
+
+def _unsure(value: Any) -> bool:
+    return False
+
+
+def _no_issue(rule: Rule, value: Any) -> bool:
+    scratch = Issues()
+    rule(value, "", scratch)
+    return not scratch
+
+
+class ServiceEntrySpec(Obj):
+    """The ServiceEntry spec, whose predicate has a shortcut for the usual shape (listed
+    STATIC endpoints with an IPv4 address and labels, no selector, nothing that warns):
+    thousands of entries times their endpoints make the generic walk the cost of a build.
+    Whatever the shortcut does not recognize goes to the generic predicate, so the verdict
+    is Obj's; test_fast_paths checks both against the full walk."""
+
+    def compile_predicate(self) -> Predicate:
+        generic = Obj.compile_predicate(self)
+        endpoints_ok = _usual_endpoints()
+        # A field that warns when set (todo, deprecated) is unusual: left to the generic path.
+        fields_ok = {
+            name: predicate(spec.type)
+            for name, spec in self.fields.items()
+            if name != "endpoints" and not (spec.todo or spec.deprecated)
+        }
+        # _endpoints_rule and _resolution_rule have nothing to say about usual endpoints
+        # (no ports, IPv4 addresses) under STATIC without a selector: fast() sees to that.
+        rules = tuple(
+            (rule, getattr(rule, "clean_when", _unsure))
+            for rule in self.rules
+            if rule not in (_endpoints_rule, _resolution_rule)
+        )
+
+        def usual(value: Any) -> bool:
+            if type(value) is not dict or type(value.get("hosts")) is not list:
+                return False
+            for key, item in value.items():
+                if key == "endpoints":
+                    if not endpoints_ok(item):
+                        return False
+                    continue
+                ok = fields_ok.get(key)
+                if ok is None or item is None or not ok(item):
+                    return False
+            if "workloadSelector" in value:
+                return False
+            if value.get("endpoints") and value.get("resolution") != "STATIC":
+                return False  # NONE rejects endpoints, DNS has its own rule: generic path
+            if value.get("resolution") in ("DNS", "DNS_ROUND_ROBIN"):
+                return False
+            return all(clean(value) or _no_issue(rule, value) for rule, clean in rules)
+
+        return lambda value: usual(value) or generic(value)
+
+
+SPEC = ServiceEntrySpec(
     {
         "hosts": F(ListOf(HostName(), non_empty=True), required=True),
         "addresses": F(ListOf(Address())),

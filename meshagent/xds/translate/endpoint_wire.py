@@ -9,10 +9,12 @@ and serialized once each by protobuf itself.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from envoy.config.core.v3 import health_check_pb2
 from envoy.config.endpoint.v3.endpoint_components_pb2 import LbEndpoint
 
-from meshagent.model import Endpoint, Labels
+from meshagent.model import Endpoint, Labels, ServicePort
 from meshagent.xds.translate.endpoints import MetadataCache, locality_of, selected_endpoints
 from meshagent.xds.translate.policy import ClusterPlan
 from meshagent.xds.translate.wire import bytes_field, string_field, varint
@@ -23,6 +25,18 @@ from meshagent.xds.translate.wire import bytes_field, string_field, varint
 _NESTED = b"\x0a"  # field 1, length-delimited
 _ADDRESS = b"\x12"  # field 2, length-delimited
 _PORT = b"\x18"  # field 3, varint
+_PRIORITY = b"\x28"  # LocalityLbEndpoints.priority, field 5, varint
+
+
+def foreign_port(endpoint: Endpoint, port: ServicePort) -> int:
+    """The port of another service's endpoint serving port: the one of the same name, else its
+    only port, else port's own number (as for an endpoint without ports)."""
+    for name, number in endpoint.ports:
+        if name == port.name:
+            return number
+    if len(endpoint.ports) == 1:
+        return endpoint.ports[0][1]
+    return port.target_port or port.number
 
 
 class EndpointEncoder:
@@ -33,8 +47,11 @@ class EndpointEncoder:
         self._tails: dict[tuple[int, bool, Labels], bytes] = {}
         self._localities: dict[str, bytes] = {}
         # (port, weight, healthy, labels) -> (SocketAddress bytes besides the address, tail
-        # size, port field + tail): what follows the address in most endpoints' encoding.
-        self._suffixes: dict[tuple[int, int, bool, Labels], tuple[int, int, bytes]] = {}
+        # size, port field + tail, headers by address length): the bytes around the address
+        # in most endpoints' encoding.
+        self._suffixes: dict[
+            tuple[int, int, bool, Labels], tuple[int, int, bytes, dict[int, bytes]]
+        ] = {}
 
     def _tail(self, endpoint: Endpoint) -> bytes:
         """health_status, metadata and load_balancing_weight (fields 2-4) of an LbEndpoint."""
@@ -69,15 +86,21 @@ class EndpointEncoder:
                 3 + len(port_bytes),
                 len(tail),
                 _PORT + port_bytes + tail,
+                {},
             )
-        socket_extra, tail_size, suffix = found
+        socket_extra, tail_size, suffix, heads = found
         address = endpoint.address.encode()
+        head = heads.get(len(address))
+        if head is not None:
+            return head + address + suffix
         size = len(address) + socket_extra  # the SocketAddress
         total = size + 6 + tail_size  # the LbEndpoint
         if total < 128:
-            # Every length fits one byte (the usual case): all headers in one go.
-            head = (18, total, 10, size + 4, 10, size + 2, 10, size, 18, len(address))
-            return bytes(head) + address + suffix
+            # Every length fits one byte (the usual case): the headers depend on the
+            # address's length only, so they are kept per length.
+            head = bytes((18, total, 10, size + 4, 10, size + 2, 10, size, 18, len(address)))
+            heads[len(address)] = head
+            return head + address + suffix
         lb = self.lb_endpoint(endpoint, port)
         return b"\x12" + varint(len(lb)) + lb
 
@@ -105,4 +128,31 @@ class EndpointEncoder:
         parts = [string_field(1, plan.name)]
         for locality, lbs in groups.items():
             parts.append(bytes_field(2, self.locality(locality) + b"".join(lbs)))
+        return b"".join(parts)
+
+    def prioritized_assignment(
+        self, plan: ClusterPlan, groups: Sequence[tuple[Sequence[Endpoint], bool]]
+    ) -> bytes:
+        """The serialized ClusterLoadAssignment of plan's cluster from endpoint groups in
+        priority order, each (selected endpoints, whether they are the plan's own host's);
+        empty groups take no priority, so priorities stay contiguous."""
+        default_port = plan.port.target_port or plan.port.number
+        parts = [string_field(1, plan.name)]
+        priority = 0
+        for endpoints, own in groups:
+            if not endpoints:
+                continue
+            localities: dict[str, list[bytes]] = {}
+            for endpoint in endpoints:
+                if own:
+                    port = endpoint.port_for(plan.port) if endpoint.ports else default_port
+                else:
+                    port = foreign_port(endpoint, plan.port)
+                localities.setdefault(endpoint.locality, []).append(
+                    self.lb_endpoint_field(endpoint, port)
+                )
+            level = _PRIORITY + varint(priority) if priority else b""
+            for locality, lbs in localities.items():
+                parts.append(bytes_field(2, self.locality(locality) + b"".join(lbs) + level))
+            priority += 1
         return b"".join(parts)

@@ -14,15 +14,21 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from meshagent.errors import ConfigError
-from meshagent.model import Service, TcpBinding, TcpRoute, VirtualService
+from meshagent.model import Endpoint, Service, TcpBinding, TcpRoute, VirtualService
 from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
 from meshagent.xds.translate.clusters import ClusterInputs, ClusterTemplates
 from meshagent.xds.translate.context import Context
 from meshagent.xds.translate.endpoint_wire import EndpointEncoder
 from meshagent.xds.translate.listeners import build_http_listener, build_tcp_listener
-from meshagent.xds.translate.networks import network_view
+from meshagent.xds.translate.networks import network_view, prioritized_view
 from meshagent.xds.translate.policy import ClusterPlan, Discovery, plan_clusters
+from meshagent.xds.translate.resolve import (
+    all_source_endpoints,
+    has_sources,
+    source_hosts,
+    sources,
+)
 from meshagent.xds.translate.route_action import RouteScope, destination_cluster
 from meshagent.xds.translate.route_wire import (
     WireVirtualHost,
@@ -99,6 +105,8 @@ class PlanCache:
 
     def __init__(self) -> None:
         self._by_host: dict[str, tuple[Key, tuple[ClusterPlan, ...]]] = {}
+        # host -> the other hosts its clusters take endpoints from (resolve.py); few hosts
+        self._sources: dict[str, tuple[str, ...]] = {}
 
     def plans(self, ctx: Context, service: Service) -> tuple[ClusterPlan, ...]:
         """The cluster plans of service, rebuilt only when it or its rule changed."""
@@ -109,12 +117,34 @@ class PlanCache:
             return cached[1]
         plans = plan_clusters(service, rule)
         self._by_host[service.host] = (key, plans)
+        hosts = tuple(sorted({h for p in plans for h in source_hosts(p)}))
+        if hosts:
+            self._sources[service.host] = hosts
+        else:
+            self._sources.pop(service.host, None)
         return plans
+
+    def source_key(self, ctx: Context, host: str) -> Key:
+        """What host's output depends on in the hosts its clusters take endpoints from."""
+        found = self._sources.get(host)
+        if not found:
+            return ()
+        endpoints, rules = ctx.snapshot.endpoints, ctx.index.rules
+        return tuple(x for h in found for x in (endpoints.get(h, ()), rules.rule_for(h)))
+
+    def with_dependents(self, hosts: frozenset[str] | set[str]) -> set[str]:
+        """hosts, and the hosts whose clusters take endpoints from any of them."""
+        out = set(hosts)
+        for host, found in self._sources.items():
+            if not out.isdisjoint(found):
+                out.add(host)
+        return out
 
     def retain(self, services: Mapping[str, Service]) -> None:
         """Forget the plans of hosts that are no longer services."""
         if len(self._by_host) > len(services):
             self._by_host = {h: v for h, v in self._by_host.items() if h in services}
+            self._sources = {h: v for h, v in self._sources.items() if h in services}
 
 
 class PerHostGenerator(ABC):
@@ -166,7 +196,7 @@ class PerHostGenerator(ABC):
         or None when some host's resource names changed (the output's shape)."""
         services = ctx.snapshot.services
         replaced: dict[str, Resource] | None = {}
-        for host in sorted(ctx.changes.dirty_hosts):
+        for host in sorted(self._plans.with_dependents(ctx.changes.dirty_hosts)):
             service = services.get(host)
             if service is None:
                 continue
@@ -231,7 +261,10 @@ class ClustersGenerator(PerHostGenerator):
         # identities, so only those depend on the endpoints.
         dns = any(p.discovery in (Discovery.STRICT_DNS, Discovery.LOGICAL_DNS) for p in plans)
         mtls = bool(ctx.proxy.certificates) and any(auto_mtls(p) for p in plans)
-        return (plans, ctx.snapshot.endpoints.get(service.host, ()) if dns or mtls else ())
+        if not (dns or mtls):
+            return (plans, ())
+        endpoints = ctx.snapshot.endpoints.get(service.host, ())
+        return (plans, endpoints, *self._plans.source_key(ctx, service.host))
 
     def __init__(self, plans: PlanCache) -> None:
         super().__init__(plans)
@@ -245,8 +278,10 @@ class ClustersGenerator(PerHostGenerator):
     ) -> list[Resource]:
         endpoints = ctx.snapshot.endpoints.get(service.host, ())
         plain = ClusterInputs(endpoints=endpoints)
+        # Failover and redirect targets answer for this host too: their identities count.
+        peers = all_source_endpoints(plans, service.host, ctx.snapshot.endpoints)
         mesh = (
-            ClusterInputs(endpoints, mesh_tls_for(ctx.proxy.trust_domain, service, endpoints))
+            ClusterInputs(endpoints, mesh_tls_for(ctx.proxy.trust_domain, service, peers))
             if ctx.proxy.certificates
             else plain
         )
@@ -274,20 +309,29 @@ class EndpointsGenerator(PerHostGenerator):
 
     def key(self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]) -> Key:
         networks = (ctx.proxy.network, ctx.proxy.network_gateways)  # multi-network rewrites
-        return (plans, ctx.snapshot.endpoints.get(service.host, ()), networks)
+        endpoints = ctx.snapshot.endpoints.get(service.host, ())
+        return (plans, endpoints, networks, *self._plans.source_key(ctx, service.host))
 
     def build(
         self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]
     ) -> list[Resource]:
         endpoints = ctx.snapshot.endpoints.get(service.host, ())
-        encode = self._encoder.load_assignment
         return [
-            Resource.from_value(
-                p.name, typeurls.ENDPOINT, encode(*network_view(p, endpoints, ctx.proxy))
-            )
+            Resource.from_value(p.name, typeurls.ENDPOINT, self._assignment(ctx, p, endpoints))
             for p in plans
             if p.discovery is Discovery.EDS
         ]
+
+    def _assignment(
+        self, ctx: Context, plan: ClusterPlan, endpoints: tuple[Endpoint, ...]
+    ) -> bytes:
+        if not has_sources(plan):
+            return self._encoder.load_assignment(*network_view(plan, endpoints, ctx.proxy))
+        groups = [
+            (prioritized_view(plan, labels, found, ctx.proxy), own)
+            for labels, found, own in sources(plan, ctx.snapshot.endpoints, ctx.index.rules)
+        ]
+        return self._encoder.prioritized_assignment(plan, groups)
 
 
 class HttpListenersGenerator:

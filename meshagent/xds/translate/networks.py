@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from meshagent.model import Endpoint
+from meshagent.model import Endpoint, Labels
 from meshagent.model.proxy import ProxySpec
 from meshagent.model.services import ServicePort
 from meshagent.xds.translate.endpoints import selected_endpoints
@@ -74,3 +74,14 @@ def network_view(
     chosen = selected_endpoints(plan, endpoints)
     rewritten = via_gateways(chosen, plan.port, proxy.network, proxy.network_gateways)
     return dataclasses.replace(plan, labels=()), tuple(rewritten)
+
+
+def prioritized_view(
+    plan: ClusterPlan, labels: Labels, endpoints: tuple[Endpoint, ...], proxy: ProxySpec
+) -> list[Endpoint]:
+    """The endpoints labels selects for one priority of plan's cluster (resolve.py), remote
+    networks' behind their gateways."""
+    chosen = selected_endpoints(dataclasses.replace(plan, labels=labels), endpoints)
+    if not has_remote(chosen, proxy.network):
+        return chosen
+    return via_gateways(chosen, plan.port, proxy.network, proxy.network_gateways)

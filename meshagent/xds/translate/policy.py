@@ -21,6 +21,7 @@ from meshagent.model import (
     LoadBalancer,
     OutlierDetection,
     Resolution,
+    ResolverTarget,
     Service,
     ServicePort,
     TrafficPolicy,
@@ -61,6 +62,10 @@ class ClusterPlan:
     labels: Labels
     policy: EffectivePolicy
     discovery: Discovery
+    # Consul resolver semantics (see resolve.py): endpoints from another host instead of this
+    # one's, and hosts to fail over to, in order.
+    redirect: ResolverTarget | None = None
+    failover: tuple[ResolverTarget, ...] = ()
 
 
 _DISCOVERY = {
@@ -117,6 +122,7 @@ def _plan(
     service: Service, port: ServicePort, rule: DestinationRule | None, subset: str, labels: Labels
 ) -> ClusterPlan:
     policy = effective_policy(rule, subset, port.number)
+    failover = rule.failover_for(subset or rule.default_subset) if rule is not None else None
     return ClusterPlan(
         name=names.cluster_name(port.number, service.host, subset),
         service=service,
@@ -125,6 +131,8 @@ def _plan(
         labels=labels,
         policy=policy,
         discovery=discovery_for(service, policy),
+        redirect=rule.redirect if rule is not None else None,
+        failover=failover.targets if failover is not None else (),
     )
 
 

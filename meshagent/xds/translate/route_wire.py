@@ -73,11 +73,16 @@ def _default_route_parts() -> tuple[bytes, bytes, bytes]:
 
 def _default_routes(host: str, scope: RouteScope) -> bytes | None:
     """The routes field of a host without a VirtualService, None when it needs hashing."""
-    destination = Destination(host, port=scope.port)
-    if actions.destination_hash(destination, scope) is not None:
-        return None
+    if scope.rules.rule_for(host) is None:
+        # No rule, no consistent hash: the port's cluster of host (most hosts, looked up once).
+        name = names.cluster_name(scope.port, host)
+    else:
+        destination = Destination(host, port=scope.port)
+        if actions.destination_hash(destination, scope) is not None:
+            return None
+        name = actions.destination_cluster(destination, scope)
     before, action, after = _default_route_parts()
-    cluster = string_field(1, actions.destination_cluster(destination, scope))
+    cluster = string_field(1, name)
     return bytes_field(3, before + bytes_field(2, cluster + action) + after)
 
 

@@ -29,8 +29,11 @@ def bytes_field(number: int, data: bytes) -> bytes:
     """A length-delimited field (bytes, string or embedded message) with its tag."""
     tag = number << 3 | LENGTH_DELIMITED
     size = len(data)
-    if tag < 0x80 and size < 0x80:  # the usual case: tag and length take a byte each
-        return bytes((tag, size)) + data
+    if tag < 0x80:
+        if size < 0x80:  # the usual case: tag and length take a byte each
+            return bytes((tag, size)) + data
+        if size < 0x4000:  # a two-byte length: endpoint groups, virtual hosts
+            return bytes((tag, (size & 0x7F) | 0x80, size >> 7)) + data
     return varint(tag) + varint(size) + data
 
 
