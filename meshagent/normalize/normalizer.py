@@ -21,6 +21,7 @@ from meshagent.model.snapshot import MeshSnapshot, SnapshotChanges
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
 from meshagent.model.traffic import DestinationRule
 from meshagent.normalize.consul import ConsulMapping, convert_consul, is_consul
+from meshagent.normalize.consul.chain import chain_role, compose
 from meshagent.normalize.convert import Converted, ConvertedServiceEntry, convert
 from meshagent.normalize.convert.services import workload_endpoint
 from meshagent.normalize.kubernetes import KubeJoin, KubeMapping, is_kube_core
@@ -45,6 +46,7 @@ class _Dirty:
     dr_hosts: set[str] = field(default_factory=set)
     selector_namespaces: set[str] = field(default_factory=set)
     upserted: set[Key] = field(default_factory=set)
+    chain: bool = False  # a Consul router or splitter changed (consul/chain.py)
     # snapshot map name -> keys whose value was added, replaced or removed
     changed: dict[str, set[str]] = field(default_factory=dict)
 
@@ -104,6 +106,7 @@ class Normalizer:
         self._virtual_services: dict[str, VirtualService] = {}
         self._destination_rules: dict[str, DestinationRule] = {}
         self._redirects: dict[str, str] = {}  # host -> the host its rule redirects to
+        self._chained: dict[str, VirtualService] = {}  # Consul routers/splitters as converted
         self._workloads: dict[str, Workload] = {}
         self._snapshot = MeshSnapshot()
 
@@ -224,8 +227,12 @@ class Normalizer:
             dirty.selector_namespaces.add(ns)
             dirty.mark("workloads", f"{ns}/{converted.name}")
         elif isinstance(converted, VirtualService):
-            self._virtual_services[f"{converted.namespace}/{converted.name}"] = converted
-            dirty.mark("virtual_services", f"{converted.namespace}/{converted.name}")
+            vs_key = f"{converted.namespace}/{converted.name}"
+            self._virtual_services[vs_key] = converted
+            dirty.mark("virtual_services", vs_key)
+            if chain_role(converted):
+                self._chained[vs_key] = converted
+                dirty.chain = True
         elif isinstance(converted, PeerAuthn | AuthzPolicy):
             name, key_ = _security_key(converted)
             self._security[name][key_] = converted
@@ -249,8 +256,11 @@ class Normalizer:
             dirty.selector_namespaces.add(ns)
             dirty.mark("workloads", f"{ns}/{converted.name}")
         elif isinstance(converted, VirtualService):
-            self._virtual_services.pop(f"{converted.namespace}/{converted.name}", None)
-            dirty.mark("virtual_services", f"{converted.namespace}/{converted.name}")
+            vs_key = f"{converted.namespace}/{converted.name}"
+            self._virtual_services.pop(vs_key, None)
+            dirty.mark("virtual_services", vs_key)
+            if self._chained.pop(vs_key, None) is not None:
+                dirty.chain = True
         elif isinstance(converted, PeerAuthn | AuthzPolicy):
             name, key_ = _security_key(converted)
             self._security[name].pop(key_, None)
@@ -278,6 +288,8 @@ class Normalizer:
             self._recompute_service(host, dirty)
         for host in redirecting:
             self._recompute_service(host, dirty)
+        if dirty.chain:
+            self._compose_chains(dirty)
         self._conflict_warnings(dirty, out)
 
     def _recompute_service(self, host: str, dirty: _Dirty) -> None:
@@ -303,6 +315,19 @@ class Normalizer:
         if not _same(old, endpoints):
             self._endpoints[host] = endpoints
             dirty.mark("endpoints", host)
+
+    def _compose_chains(self, dirty: _Dirty) -> None:
+        """Re-chain Consul routers and splitters through the splitters (consul/chain.py)."""
+        splitters = {
+            vs.hosts[0]: vs
+            for vs in self._chained.values()
+            if chain_role(vs) == "splitter" and vs.hosts
+        }
+        for key, vs in self._chained.items():
+            composed = compose(vs, splitters)
+            if self._virtual_services.get(key) != composed:
+                self._virtual_services[key] = composed
+                dirty.mark("virtual_services", key)
 
     def _set_service(self, host: str, service: Service, dirty: _Dirty) -> None:
         current = self._services.get(host)

@@ -291,3 +291,33 @@ def test_resolver_failover_and_redirect_through_envoy(
     c.agent.service.deregister("web-backup-1")
     wait_until(lambda: mesh.request(alias).status == 404, what="virtual upstream removed")
     wait_until(lambda: backup not in healthy_ports(mesh, CLUSTER), what="failover removed")
+
+
+def test_router_chains_through_the_splitter(mesh: MeshHarness, sim: ConsulSimulator) -> None:
+    register(sim, mesh, "v2")
+    wait_ports(mesh, {"v1", "v2"})
+    c = client(sim)
+    subsets = {"v1": {"Filter": '"v1" in Service.Tags'}, "v2": {"Filter": '"v2" in Service.Tags'}}
+    c.config.set("service-resolver", "web", {"Subsets": subsets})
+    splits = [
+        {"Weight": 50, "ServiceSubset": "v1", "ResponseHeaders": {"Set": {"x-test": "chain"}}},
+        {"Weight": 50, "ServiceSubset": "v2", "ResponseHeaders": {"Set": {"x-test": "chain"}}},
+    ]
+    c.config.set("service-splitter", "web", {"Splits": splits})
+    route = {"Match": {"HTTP": {"PathPrefix": "/pinned"}}, "Destination": {"ServiceSubset": "v2"}}
+    c.config.set("service-router", "web", {"Routes": [route]})
+
+    def pinned() -> str:
+        return mesh.request(WEB, "/pinned").headers.get("x-served-by", "")
+
+    wait_until(lambda: pinned() == "web-v2", what="router")
+    assert {pinned() for _ in range(20)} == {"web-v2"}
+    # Unmatched requests take the router's catch-all, which the splitter splits.
+    wait_until(lambda: mesh.request(WEB).headers.get("x-test") == "chain", what="chained split")
+    _assert_even(served_by(mesh, 400), 400)
+
+    for kind in ("service-router", "service-splitter", "service-resolver"):
+        c.config.delete(kind, "web")
+    client(sim).agent.service.deregister("web-v2")
+    wait_ports(mesh, {"v1"})
+    wait_until(lambda: "x-test" not in mesh.request(WEB).headers, what="chain removed")

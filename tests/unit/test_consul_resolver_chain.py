@@ -204,3 +204,63 @@ def test_redirect_makes_a_virtual_upstream_with_the_targets_endpoints() -> None:
     # The rule removed: the virtual upstream goes with it.
     out = mesh.apply(deletes=(entry(resolver(Name="web-alias")).key,))
     assert alias not in out.of(typeurls.CLUSTER)
+
+
+# -- router -> splitter chain ------------------------------------------------------------------
+
+
+def routes_of(normalizer: Normalizer, name: str) -> list[list[tuple[str, str, int]]]:
+    vs = normalizer.snapshot.virtual_services[f"default/{name}"]
+    return [
+        [(w.destination.host, w.destination.subset, w.weight) for w in r.route] for r in vs.http
+    ]
+
+
+def splitter(name: str, *splits: dict[str, Any]) -> Any:
+    return entry({"Kind": "service-splitter", "Name": name, "Splits": list(splits)})
+
+
+def test_router_routes_go_through_the_splitters_they_name() -> None:
+    normalizer = Normalizer()
+    router = entry(
+        {
+            "Kind": "service-router",
+            "Name": "web",
+            "Routes": [
+                {"Match": {"HTTP": {"PathPrefix": "/v2"}}, "Destination": {"ServiceSubset": "v2"}},
+                {"Match": {"HTTP": {"PathPrefix": "/api"}}, "Destination": {"Service": "api"}},
+            ],
+        }
+    )
+    web_split = splitter(
+        "web",
+        {"Weight": 50, "ServiceSubset": "v1"},
+        {"Weight": 50, "Service": "canary"},
+    )
+    canary_split = splitter(
+        "canary", {"Weight": 90, "ServiceSubset": "a"}, {"Weight": 10, "ServiceSubset": "b"}
+    )
+    normalizer.apply([SourceEvent("consul", upserts=(router, web_split, canary_split))])
+    web, canary = "web.service.consul", "canary.service.consul"
+    assert routes_of(normalizer, "consul-router-web") == [
+        [(web, "v2", 100)],  # a subset: straight to the resolver
+        [("api.service.consul", "", 100)],  # no splitter for api
+        # the catch-all goes through web's splitter, and its canary split through canary's
+        [(web, "v1", 5000), (canary, "a", 4500), (canary, "b", 500)],
+    ]
+    # The splitter's own VirtualService chains too (its split to itself would be final).
+    assert routes_of(normalizer, "consul-splitter-web") == [
+        [(web, "v1", 5000), (canary, "a", 4500), (canary, "b", 500)]
+    ]
+    normalizer.apply([SourceEvent("consul", deletes=(web_split.key,))])
+    assert routes_of(normalizer, "consul-router-web")[2] == [(web, "", 100)]
+
+
+def test_a_chain_with_a_cycle_ends() -> None:
+    normalizer = Normalizer()
+    a = splitter("a", {"Weight": 100, "Service": "b"})
+    b = splitter("b", {"Weight": 50, "Service": "a"}, {"Weight": 50, "ServiceSubset": "x"})
+    normalizer.apply([SourceEvent("consul", upserts=(a, b))])
+    assert routes_of(normalizer, "consul-splitter-a") == [
+        [("a.service.consul", "", 5000), ("b.service.consul", "x", 5000)]
+    ]

@@ -15,8 +15,8 @@
   datacenter, peer, partition or sameness group are outside the one catalog this agent
   watches: they are reported as warnings and skipped.
 
-Limitation: a router and a splitter for the same service are two VirtualServices for one
-host; the router's wins (Consul would send the router's unsplit routes through the splitter).
+A router and a splitter each convert on their own; chain.py then sends the router's routes
+(and other splitters' splits) through the splitters, as Consul's discovery chain does.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from meshagent.model.traffic import (
     Subset,
     TrafficPolicy,
 )
+from meshagent.normalize.consul.chain import ROUTER_PREFIX, SPLITTER_PREFIX
 from meshagent.normalize.consul.filters import FilterError, filter_labels
 from meshagent.normalize.consul.options import ConsulMapping
 from meshagent.normalize.durations import parse_duration_ms
@@ -196,7 +197,7 @@ def convert_router(
         HttpRoute(name="default", route=(WeightedDestination(Destination(scope.host())),))
     )
     return VirtualService(
-        name=f"consul-router-{scope.name}",
+        name=f"{ROUTER_PREFIX}{scope.name}",
         namespace=scope.namespace,
         hosts=(scope.host(),),
         http=tuple(routes),
@@ -230,7 +231,7 @@ def convert_splitter(
     if abs(total - 100.0) > 0.01:
         issues.error("Splits", f"split weights must add up to 100, not {total:g}")
     return VirtualService(
-        name=f"consul-splitter-{scope.name}",
+        name=f"{SPLITTER_PREFIX}{scope.name}",
         namespace=scope.namespace,
         hosts=(scope.host(),),
         http=(HttpRoute(name="split", route=tuple(splits)),),
