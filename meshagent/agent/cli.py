@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", "-c", type=Path, default=Path("examples/quickstart/agent.yaml"),
         help="agent config; demo-apps.yaml beside it lists the demo services",
     )
+    quick.add_argument(
+        "--consul-sim", type=Path, default=None, metavar="DATA.json",
+        help="also run a Consul simulator at sources.consul.address, seeded from this file",
+    )
     from meshagent.testing.consul_sim import add_parser as add_consul_sim_parser
 
     add_consul_sim_parser(dev_sub)  # dev consul-sim
@@ -141,7 +145,7 @@ def _dev(args: argparse.Namespace) -> int:
 
         return run_kube_sim(args)
 
-    return run_quickstart(args.config)
+    return run_quickstart(args.config, consul_data=args.consul_sim)
 
 
 def _validate(args: argparse.Namespace, out: TextIO) -> int:

@@ -160,17 +160,28 @@ class ConsulSimulator:
         """Serve on a daemon thread until stop(); returns self once listening."""
         ready = threading.Event()
         loop = asyncio.new_event_loop()
+        failed: list[OSError] = []
 
         def run() -> None:
             asyncio.set_event_loop(loop)
-            loop.run_until_complete(self.serve_async())
+            try:
+                loop.run_until_complete(self.serve_async())
+            except OSError as exc:  # e.g. the address is taken: raised by start()
+                failed.append(exc)
+                ready.set()
+                loop.close()
+                return
             ready.set()
             loop.run_forever()
 
-        self._thread = threading.Thread(target=run, name="consul-sim", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=run, name="consul-sim", daemon=True)
+        thread.start()
         if not ready.wait(10):
             raise RuntimeError("consul simulator did not start")
+        if failed:
+            thread.join(10)
+            raise failed[0]
+        self._thread = thread
         return self
 
     def stop(self) -> None:

@@ -2,11 +2,14 @@
 
 The demo services come from demo-apps.yaml next to the agent config; the agent config and the
 mesh files it points at are ordinary meshagent configuration (see examples/quickstart/).
+With `--consul-sim DATA.json` a Consul API simulator, seeded from DATA.json, also runs at the
+agent config's sources.consul.address (see examples/quickstart-consul/).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ from meshagent.agent.config import AgentConfig, load_config
 from meshagent.agent.daemon import Agent
 from meshagent.agent.logs import configure_logging
 from meshagent.errors import ConfigError
+from meshagent.testing.consul_sim import ConsulSimulator, load_data
 from meshagent.testing.demo_app import DemoApp
 
 READY_TIMEOUT_S = 60.0
@@ -70,6 +74,29 @@ def banner(config: AgentConfig, hosts: list[str], routed: list[str], port: int) 
     return "\n".join(lines)
 
 
+def start_consul_sim(config: AgentConfig, data_path: Path) -> ConsulSimulator:
+    """A Consul simulator where the agent config expects Consul, seeded from data_path."""
+    consul = config.sources.consul
+    if consul is None:
+        raise ConfigError("--consul-sim needs sources.consul in the agent config", field="sources")
+    try:
+        data = json.loads(data_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read Consul data: {exc}", location=str(data_path)) from exc
+    host, _, port = consul.options.address.rpartition(":")
+    sim = ConsulSimulator(host, int(port))
+    try:
+        load_data(sim, data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"bad Consul data: {exc}", location=str(data_path)) from exc
+    try:
+        return sim.start()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {consul.options.address}: {exc}", field="sources.consul.address"
+        ) from exc
+
+
 async def _run(config: AgentConfig, specs: list[DemoSpec], out: TextIO) -> int:
     apps = [DemoApp(s.name, s.version, s.host, s.port).start() for s in specs]
     agent = Agent(config)
@@ -100,14 +127,23 @@ async def _wait_ready(agent: Agent, runner: asyncio.Task[int]) -> bool:
     return False
 
 
-def run_quickstart(config_path: Path, out: TextIO = sys.stdout) -> int:
+def run_quickstart(
+    config_path: Path, out: TextIO = sys.stdout, consul_data: Path | None = None
+) -> int:
     """Entry point of `meshagent dev quickstart`; returns the exit code."""
     config = load_config(config_path)
     specs = load_demo_apps(config_path.parent / "demo-apps.yaml")
     configure_logging(config.log.level, config.log.format)
+    sim = start_consul_sim(config, consul_data) if consul_data is not None else None
+    if sim is not None:
+        print(f"Consul simulator (not Consul) on http://{sim.address}: try "
+              f"curl -s http://{sim.address}/v1/catalog/services", file=out, flush=True)
     try:
         return asyncio.run(_run(config, specs, out))
     except KeyboardInterrupt:
         return 0
+    finally:
+        if sim is not None:
+            sim.stop()
 
 
