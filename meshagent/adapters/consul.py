@@ -12,6 +12,9 @@ Resources emitted (source "consul", apiVersion "consul/v1"):
   /v1/health/service entries (Node + Service + Checks)}. Only passing instances are asked for
   unless include_warning is set.
 - `ConsulConfigEntry`, name = "<Kind>/<Name>": the entry as Consul returns it.
+- `ConsulService`, name = "<datacenter>/<service>", body also {"Remote": true}: a service of
+  another datacenter that a service-resolver fails over or redirects to, watched there with
+  ?dc= (Consul forwards the query over WAN federation) for as long as a resolver names it.
 
 Faults never delete anything: an unreachable, failing (5xx, 403) or garbled Consul only yields
 errors (logged, and reported as SourceEvent errors, which the agent counts per source). A
@@ -131,6 +134,9 @@ class ConsulAdapter:
         self._services: dict[str, int] = {}  # service name -> health index
         self._config_index: dict[str, int] = {}  # config kind -> index
         self._entries: dict[str, set[str]] = {}  # config kind -> resource names
+        # service-resolver name -> (service, datacenter) targets elsewhere; those watched
+        self._resolver_targets: dict[str, set[tuple[str, str]]] = {}
+        self._remote: set[tuple[str, str]] = set()
 
     async def __aenter__(self) -> ConsulAdapter:
         # The agent re-enters an adapter after a failure: start clean.
@@ -163,6 +169,7 @@ class ConsulAdapter:
         self._spawn("catalog", self._watch_catalog(self._catalog_index, set(self._services)))
         for kind, index in self._config_index.items():
             self._spawn(f"config:{kind}", self._watch_config(kind, index, self._entries[kind]))
+        await self._watch_remote()
         while True:
             yield await self._queue.get()
 
@@ -187,10 +194,11 @@ class ConsulAdapter:
             index=index or None, wait=self._wait, token=token
         )
 
-    def _health_call(self, name: str, index: int) -> Any:
+    def _health_call(self, name: str, index: int, dc: str | None = None) -> Any:
         passing = not self.options.include_warning
+        extra = {"dc": dc} if dc else {}
         return lambda token: self._client.health.service(
-            name, index=index or None, wait=self._wait, passing=passing, token=token
+            name, index=index or None, wait=self._wait, passing=passing, token=token, **extra
         )
 
     def _config_call(self, kind: str, index: int) -> Any:
@@ -245,6 +253,8 @@ class ConsulAdapter:
             self._config_index[kind] = next_index(0, int(idx or 0))
             resources = [self._entry_resource(e, int(idx or 0)) for e in _as_list(entries)]
             self._entries[kind] = {r.name for r in resources}
+            if kind == "service-resolver":
+                self._note_resolvers(resources)
             upserts += resources
         return upserts
 
@@ -277,20 +287,21 @@ class ConsulAdapter:
                 await self._queue.put(SourceEvent(SOURCE, deletes=deletes))
             known = names
 
-    async def _watch_service(self, name: str, index: int) -> None:
+    async def _watch_service(self, name: str, index: int, dc: str | None = None) -> None:
         backoff = Backoff(self.options.backoff_base_s, self.options.backoff_cap_s)
         bucket = self._bucket()
+        what = f"health of {name}" + (f" in {dc}" if dc else "")
         while True:
             try:
-                reported, entries = await self._query(self._health_call(name, index), bucket)
+                reported, entries = await self._query(self._health_call(name, index, dc), bucket)
                 instances = _as_list(entries)
             except Exception as exc:
-                await self._failed(f"health of {name}", exc, backoff)
+                await self._failed(what, exc, backoff)
                 continue
             backoff.reset()
             new = next_index(index, int(reported or 0))
             if new != index or index == 0:  # unchanged index: the wait ran out, nothing new
-                resource = self._service_resource(name, instances, int(reported or 0))
+                resource = self._service_resource(name, instances, int(reported or 0), dc)
                 await self._queue.put(SourceEvent(SOURCE, upserts=(resource,)))
             index = new
 
@@ -311,7 +322,38 @@ class ConsulAdapter:
                 deletes = tuple((SOURCE, CONFIG_KIND, "", n) for n in sorted(known - names))
                 await self._queue.put(SourceEvent(SOURCE, tuple(resources), deletes))
                 known = names
+                if kind == "service-resolver":
+                    self._note_resolvers(resources)
+                    await self._watch_remote()
             index = new
+
+    # -- other datacenters --------------------------------------------------------------------
+
+    def _note_resolvers(self, resources: list[RawResource]) -> None:
+        """Remember which services of other datacenters the resolvers (all of them, as listed)
+        name."""
+        found = {
+            r.name: remote_targets(r.body, self.options.datacenter)
+            for r in resources
+            if r.body.get("Kind") == "service-resolver"
+        }
+        self._resolver_targets = {k: v for k, v in found.items() if v}
+
+    async def _watch_remote(self) -> None:
+        """Watch the other datacenters' services the resolvers name; stop watching (and delete)
+        those no resolver names any more."""
+        wanted = set().union(*self._resolver_targets.values()) if self._resolver_targets else set()
+        for name, dc in sorted(wanted - self._remote):
+            self._spawn(f"remote:{dc}/{name}", self._watch_service(name, 0, dc))
+        gone = sorted(self._remote - wanted)
+        for name, dc in gone:
+            task = self._tasks.pop(f"remote:{dc}/{name}", None)
+            if task is not None:
+                task.cancel()
+        self._remote = wanted
+        if gone:
+            deletes = tuple((SOURCE, SERVICE_KIND, "", f"{dc}/{name}") for name, dc in gone)
+            await self._queue.put(SourceEvent(SOURCE, deletes=deletes))
 
     async def _failed(self, what: str, exc: Exception, backoff: Backoff) -> None:
         """Log and report one failed query, then wait out the backoff."""
@@ -330,16 +372,26 @@ class ConsulAdapter:
 
     # -- resources ------------------------------------------------------------------------------
 
-    def _service_resource(self, name: str, instances: list[Any], index: int) -> RawResource:
-        body = {"Name": name, "Datacenter": self.options.datacenter or "", "Instances": instances}
+    def _service_resource(
+        self, name: str, instances: list[Any], index: int, dc: str | None = None
+    ) -> RawResource:
+        body: dict[str, Any] = {
+            "Name": name,
+            "Datacenter": dc or self.options.datacenter or "",
+            "Instances": instances,
+        }
+        key = name
+        if dc:
+            body["Remote"] = True
+            key = f"{dc}/{name}"
         return RawResource(
             SOURCE,
             SERVICE_KIND,
             API_VERSION,
             "",
-            name,
+            key,
             body,
-            Provenance(SOURCE, f"consul index {index}", SERVICE_KIND, "", name),
+            Provenance(SOURCE, f"consul index {index}", SERVICE_KIND, "", key),
         )
 
     def _entry_resource(self, entry: Any, index: int) -> RawResource:
@@ -355,6 +407,35 @@ class ConsulAdapter:
             body,
             Provenance(SOURCE, location, CONFIG_KIND, "", name),
         )
+
+
+def remote_targets(resolver: Any, local_dc: str | None) -> set[tuple[str, str]]:
+    """(service, datacenter) of every target of a service-resolver entry in a datacenter other
+    than local_dc: Redirect.Datacenter, Failover's Datacenters and Targets[].Datacenter.
+    Never raises: odd shapes name nothing here (the normalizer reports them)."""
+
+    def items(value: Any) -> list[Any]:
+        return value if isinstance(value, list) else []
+
+    if not isinstance(resolver, dict):
+        return set()
+    own = str(resolver.get("Name") or "")
+    specs: list[Any] = [resolver.get("Redirect")]
+    failovers = resolver.get("Failover")
+    for failover in failovers.values() if isinstance(failovers, dict) else ():
+        if isinstance(failover, dict):
+            service = failover.get("Service") or own
+            specs += [
+                {"Service": service, "Datacenter": dc} for dc in items(failover.get("Datacenters"))
+            ]
+            specs += items(failover.get("Targets"))
+    found = set()
+    for spec in specs:
+        if isinstance(spec, dict) and spec.get("Datacenter") and not spec.get("Peer"):
+            dc = str(spec["Datacenter"])
+            if dc != local_dc:
+                found.add((str(spec.get("Service") or own), dc))
+    return found
 
 
 def _as_dict(value: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ KEYS = (
     "token_file",
     "tls",
     "host_pattern",
+    "remote_host_pattern",
     "network",
     "service_port",
     "default_protocol",
@@ -87,20 +88,29 @@ def parse_consul(s: _Section, base: Path) -> ConsulSourceConfig:
     return ConsulSourceConfig(options, _mapping(s, include_warning, datacenter), _register(s))
 
 
-def _mapping(s: _Section, include_warning: bool, datacenter: str | None) -> ConsulMapping:
-    pattern = s.get("host_pattern", str, "{name}.service.consul")
+def _pattern(s: _Section, key: str, default: str) -> str:
+    pattern = s.get(key, str, default)
     try:
         pattern.format(name="n", namespace="ns", datacenter="dc", partition="p")
     except (KeyError, IndexError, ValueError) as exc:
         raise s.error(
             f"bad pattern ({exc}); use {{name}}, {{namespace}}, {{datacenter}}, {{partition}}",
-            "host_pattern",
+            key,
         ) from exc
+    return pattern
+
+
+def _mapping(s: _Section, include_warning: bool, datacenter: str | None) -> ConsulMapping:
+    pattern = _pattern(s, "host_pattern", "{name}.service.consul")
+    remote = _pattern(s, "remote_host_pattern", "{name}.service.{datacenter}.consul")
+    if "{datacenter}" not in remote:
+        raise s.error("must contain {datacenter}", "remote_host_pattern")
     port = s.get("service_port", int, 0)
     if not 0 <= port < 65536:
         raise s.error("must be a port number (0: each service's own)", "service_port")
     return ConsulMapping(
         host_pattern=pattern,
+        remote_host_pattern=remote,
         network=s.choice("network", "", ("", "lan", "wan")),
         default_protocol=s.choice("default_protocol", "http", ("http", "http2", "grpc", "tcp")),
         include_warning=include_warning,

@@ -1,12 +1,14 @@
 """A simulator of Consul's HTTP API, for tests and demos (`meshagent dev consul-sim`).
 
-It is not Consul: one in-memory datacenter, no raft, no gossip. It follows the documented
-semantics that clients depend on: blocking queries (`index` + `wait`, answered when the
-endpoint's modify index passes `index` or when `wait` ends, default 5m, at most 10m, with
-X-Consul-Index, X-Consul-KnownLeader and X-Consul-LastContact headers), ACL tokens
-(X-Consul-Token or ?token=; 403 "ACL not found" / "Permission denied"), agent and catalog
-registration, check states, config entries. Faults can be injected (`Faults`) to test
-clients: error statuses, slow answers, malformed JSON, dropped connections, index resets.
+It is not Consul: in-memory datacenters (the local one, and others added with
+`add_datacenter`, reached with ?dc= as over Consul's WAN federation), no raft, no gossip.
+It follows the documented semantics that clients depend on: blocking queries (`index` +
+`wait`, answered when the endpoint's modify index passes `index` or when `wait` ends,
+default 5m, at most 10m, with X-Consul-Index, X-Consul-KnownLeader and
+X-Consul-LastContact headers), ACL tokens (X-Consul-Token or ?token=; 403 "ACL not found" /
+"Permission denied"), agent and catalog registration, check states, config entries. Faults
+can be injected (`Faults`) to test clients: error statuses, slow answers, malformed JSON,
+dropped connections, index resets.
 
 One asyncio HTTP/1.1 server (keep-alive, no framework), so thousands of blocking queries cost
 no threads. `ConsulSimulator.start()` runs it on a background thread for tests.
@@ -110,7 +112,8 @@ class ConsulSimulator:
         datacenter: str = "dc1",
     ) -> None:
         self.host, self.port = host, port
-        self.state = ConsulState(datacenter)
+        self.state = ConsulState(datacenter)  # the local datacenter's
+        self.datacenters: dict[str, ConsulState] = {datacenter: self.state}
         self.faults = Faults()
         self.acl_token = acl_token
         self.read_tokens = set(read_tokens)
@@ -197,6 +200,23 @@ class ConsulSimulator:
 
     # -- blocking --------------------------------------------------------------------------
 
+    def add_datacenter(self, name: str) -> ConsulState:
+        """Another datacenter, answered for requests with ?dc=<name> (its own indexes)."""
+        state = self.datacenters.get(name)
+        if state is None:
+            state = self.datacenters[name] = ConsulState(name, node=f"{name}-node")
+            state.on_change = lambda keys: self._changed({f"{name}:{k}" for k in keys})
+        return state
+
+    def _state(self, dc: str | None) -> ConsulState:
+        state = self.datacenters.get(dc or self.state.datacenter)
+        if state is None:
+            raise SimError(500, f"No path to datacenter {dc!r}")
+        return state
+
+    def _event_key(self, state: ConsulState, key: str) -> str:
+        return key if state is self.state else f"{state.datacenter}:{key}"
+
     def _changed(self, keys: set[str]) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
@@ -210,18 +230,18 @@ class ConsulSimulator:
             if event is not None:
                 event.set()
 
-    async def _block(self, key: str, query: dict[str, str]) -> None:
+    async def _block(self, key: str, query: dict[str, str], state: ConsulState) -> None:
         """Wait while the key's index is not past ?index, at most ?wait (Consul's rule)."""
         wanted = int(query.get("index") or 0)
         if wanted <= 0:
             return
         wait = parse_wait(query["wait"]) if query.get("wait") else DEFAULT_WAIT_S
         deadline = time.monotonic() + min(wait, self.max_wait_s)
-        while self.state.index_of(key) <= wanted:
+        while state.index_of(key) <= wanted:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            event = self._events.setdefault(key, asyncio.Event())
+            event = self._events.setdefault(self._event_key(state, key), asyncio.Event())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), remaining)
 
@@ -300,29 +320,26 @@ class ConsulSimulator:
         parts = [urllib.parse.unquote(p) for p in r.path.strip("/").split("/")]
         if parts[:1] != ["v1"] or len(parts) < 2:
             raise SimError(404, f"no such endpoint {r.path}")
-        dc = r.query.get("dc")
-        if dc and dc != self.state.datacenter:
-            raise SimError(500, f"No path to datacenter {dc!r}")
+        state = self._state(r.query.get("dc"))
         head = "/".join(parts[1:3])
         self.requests[head] += 1
         if r.method == "GET":
-            return await self._get(parts[1:], r)
+            return await self._get(parts[1:], r, state)
         if r.method in ("PUT", "POST"):
-            return self._put(parts[1:], r)
+            return self._put(parts[1:], r, state)
         if r.method == "DELETE" and parts[1:2] == ["config"] and len(parts) == 4:
-            self.state.delete_config(parts[2], parts[3])
+            state.delete_config(parts[2], parts[3])
             return _Reply(200, True)
         raise SimError(405, f"method {r.method} not allowed")
 
-    async def _get(self, p: list[str], r: _Request) -> _Reply:
+    async def _get(self, p: list[str], r: _Request, state: ConsulState) -> _Reply:
         ns = r.query.get("ns")
-        state = self.state
         if p == ["catalog", "services"]:
-            await self._block(SERVICES_KEY, r.query)
+            await self._block(SERVICES_KEY, r.query, state)
             return _Reply(200, state.catalog_services(ns), state.index_of(SERVICES_KEY))
         if len(p) == 3 and p[:2] in (["catalog", "service"], ["health", "service"]):
             key = service_key(p[2])
-            await self._block(key, r.query)
+            await self._block(key, r.query, state)
             if p[0] == "catalog":
                 body: Any = state.catalog_service(p[2], ns)
             else:
@@ -332,7 +349,7 @@ class ConsulSimulator:
             key = config_key(p[1])
             if len(p) == 3:
                 return _Reply(200, state.get_config(p[1], p[2]), state.index_of(key))
-            await self._block(key, r.query)
+            await self._block(key, r.query, state)
             return _Reply(200, state.list_config(p[1]), state.index_of(key))
         if p == ["agent", "self"]:
             return _Reply(
@@ -342,11 +359,12 @@ class ConsulSimulator:
             return _Reply(200, f"{self.host}:8300")
         raise SimError(404, f"no such endpoint /v1/{'/'.join(p)}")
 
-    def _put(self, p: list[str], r: _Request) -> _Reply:
+    def _put(self, p: list[str], r: _Request, state: ConsulState) -> _Reply:
         body = json.loads(r.body or b"null")
         if p != ["config"]:
             body = canonical_keys(body)
-        state = self.state
+        if p[:1] == ["agent"]:
+            state = self.state  # the agent is in the local datacenter, whatever ?dc says
         if p == ["agent", "service", "register"]:
             checks = list(body.get("Checks") or []) + ([body["Check"]] if body.get("Check") else [])
             state.register_service(state.local_node, body, checks)
@@ -359,17 +377,20 @@ class ConsulSimulator:
             state.set_check(p[3], status, r.query.get("note", ""))
             return _Reply(200, None)
         if p == ["catalog", "register"]:
-            return self._catalog_register(body)
+            return self._catalog_register(body, state)
         if p == ["catalog", "deregister"]:
-            return self._catalog_deregister(body)
+            return self._catalog_deregister(body, state)
         if p == ["config"]:
             state.put_config(body)
             return _Reply(200, True)
         raise SimError(404, f"no such endpoint /v1/{'/'.join(p)}")
 
-    def _catalog_register(self, body: dict[str, Any]) -> _Reply:
+    def _catalog_register(self, body: dict[str, Any], state: ConsulState | None = None) -> _Reply:
+        # The body's Datacenter, else ?dc, else the local one (Consul's order).
+        state = self._state(body.get("Datacenter")) if body.get("Datacenter") else state
+        state = state or self.state
         node = str(body["Node"])
-        self.state.ensure_node(
+        state.ensure_node(
             node,
             str(body.get("Address") or ""),
             tagged=body.get("TaggedAddresses"),
@@ -381,15 +402,16 @@ class ConsulSimulator:
             # A catalog registration states the check status; default passing, like an agent
             # that has already run the check.
             checks = [{"Status": "passing", **c} for c in checks]
-            self.state.register_service(node, service, checks)
+            state.register_service(node, service, checks)
         return _Reply(200, True)
 
-    def _catalog_deregister(self, body: dict[str, Any]) -> _Reply:
+    def _catalog_deregister(self, body: dict[str, Any], state: ConsulState) -> _Reply:
+        state = self._state(body.get("Datacenter")) if body.get("Datacenter") else state
         node = str(body["Node"])
         if body.get("ServiceID"):
-            self.state.deregister_service(node, str(body["ServiceID"]))
+            state.deregister_service(node, str(body["ServiceID"]))
         elif not body.get("CheckID"):
-            self.state.deregister_node(node)
+            state.deregister_node(node)
         return _Reply(200, True)
 
     # -- HTTP checks ---------------------------------------------------------------------------
@@ -516,8 +538,11 @@ def _encode(reply: _Reply) -> bytes:
 
 
 def load_data(sim: ConsulSimulator, data: Any) -> None:
-    """Seed the simulator from --data: {"register": [catalog bodies], "config": [entries]}."""
+    """Seed the simulator from --data: {"register": [catalog bodies], "config": [entries]}; a
+    body's Datacenter other than the local one adds that datacenter."""
     for body in data.get("register") or []:
+        if body.get("Datacenter"):
+            sim.add_datacenter(str(body["Datacenter"]))
         sim._catalog_register(body)
     for entry in data.get("config") or []:
         sim.state.put_config(entry)

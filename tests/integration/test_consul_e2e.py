@@ -321,3 +321,29 @@ def test_router_chains_through_the_splitter(mesh: MeshHarness, sim: ConsulSimula
     client(sim).agent.service.deregister("web-v2")
     wait_ports(mesh, {"v1"})
     wait_until(lambda: "x-test" not in mesh.request(WEB).headers, what="chain removed")
+
+
+def test_failover_to_another_datacenter(mesh: MeshHarness, sim: ConsulSimulator) -> None:
+    wait_ports(mesh, {"v1"})
+    sim.add_datacenter("dc2")
+    c = client(sim)
+    remote = mesh.apps["v3"].port
+    service = {"Service": "web", "ID": "web-dc2", "Address": "127.0.0.1", "Port": remote}
+    c.catalog.register("dc2-node", "127.0.0.1", service=service, dc="dc2")
+    c.config.set("service-resolver", "web", {"Failover": {"*": {"Datacenters": ["dc2"]}}})
+    # The adapter watches web in dc2 (?dc=dc2) as its own host, which fills the failover.
+    wait_until(lambda: remote in healthy_ports(mesh, CLUSTER), what="dc2 endpoints")
+    assert served_by(mesh, 20) == {"web-v1": 20}
+    assert count_served_by(mesh, "web.service.dc2.consul", 10) == {"web-v3": 10}
+
+    c.agent.check.ttl_fail("service:web-v1")
+    wait_until(lambda: served_by(mesh, 10) == {"web-v3": 10}, what="failover to dc2")
+    c.agent.check.ttl_pass("service:web-v1")
+    wait_until(lambda: served_by(mesh, 10) == {"web-v1": 10}, what="failback")
+
+    # No resolver names dc2 any more: its watch stops and its host goes.
+    c.config.delete("service-resolver", "web")
+    wait_until(lambda: remote not in healthy_ports(mesh, CLUSTER), what="failover removed")
+    wait_until(
+        lambda: mesh.request("web.service.dc2.consul").status == 404, what="remote host removed"
+    )

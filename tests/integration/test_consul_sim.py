@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +21,7 @@ from meshagent.adapters.consul import ConsulAdapter, ConsulOptions
 from meshagent.agent.config import parse_config
 from meshagent.agent.daemon import Agent
 from meshagent.model.source import SourceEvent
-from meshagent.testing.consul_sim import ConsulSimulator, canonical_keys
+from meshagent.testing.consul_sim import ConsulSimulator, canonical_keys, load_data
 from tests.net_helpers import free_port
 from tests.polling import async_wait_for
 
@@ -135,6 +136,44 @@ def test_acl_tokens_and_datacenter() -> None:
         assert get(sim, "/v1/catalog/services?dc=dc9&token=root")[0] == 500
     finally:
         sim.stop()
+
+
+def test_other_datacenters_answer_with_dc_and_block_on_their_own_indexes(
+    sim: ConsulSimulator,
+) -> None:
+    sim.add_datacenter("dc2")
+    load_data(
+        sim,
+        {
+            "register": [
+                {
+                    "Datacenter": "dc3",
+                    "Node": "n3",
+                    "Address": "10.3.0.1",
+                    "Service": {"Service": "db", "Port": 5432},
+                }
+            ]
+        },
+    )
+    c = consul.Consul(host="127.0.0.1", port=sim.port)
+    c.catalog.register("n2", "10.2.0.1", service={"Service": "web", "Port": 80}, dc="dc2")
+    assert "web" not in c.catalog.services()[1]
+    index, found = c.health.service("web", dc="dc2")
+    assert [e["Node"]["Datacenter"] for e in found] == ["dc2"]
+    assert [e["Service"]["Port"] for e in c.health.service("db", dc="dc3")[1]] == [5432]
+    assert get(sim, "/v1/catalog/services?dc=dc9")[0] == 500
+
+    def later() -> None:
+        service = {"Service": "web", "ID": "web-2", "Port": 81}
+        c.catalog.register("n2", "10.2.0.1", service=service, dc="dc2")
+
+    timer = threading.Timer(0.2, later)
+    timer.start()
+    try:
+        new, _ = c.health.service("web", dc="dc2", index=index, wait="5s")
+    finally:
+        timer.join()
+    assert int(new) > int(index)
 
 
 # -- the adapter -----------------------------------------------------------------------------------

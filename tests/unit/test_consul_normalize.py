@@ -274,9 +274,10 @@ def test_resolver_subsets_timeout_and_hash_policy() -> None:
     assert policy.connection_pool.tcp_connect_timeout_ms == 15000
     assert policy.load_balancer is not None and policy.load_balancer.consistent_hash is not None
     assert policy.load_balancer.consistent_hash.http_cookie_name == "s"
-    # Another datacenter is outside the watched catalog: warned, skipped.
-    assert {i.path for i in issues if i.severity == "warning"} == {"Failover.*.Datacenter"}
-    assert rule.default_subset == "v1" and rule.failover == ()
+    # Another datacenter's service has a host of its own.
+    assert not [i for i in issues if i.severity == "warning"]
+    assert rule.default_subset == "v1"
+    assert [t.host for f in rule.failover for t in f.targets] == ["web.service.dc2.consul"]
 
 
 def test_resolver_default_subset_must_be_a_subset() -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from envoy.config.endpoint.v3 import endpoint_pb2
 
+from meshagent.adapters.consul import remote_targets
 from meshagent.model import ProxySpec, ResolverTarget, SourceEvent
 from meshagent.normalize.consul import ConsulMapping, convert_consul
 from meshagent.normalize.normalizer import Normalizer
@@ -77,20 +78,37 @@ def test_invalid_resolver_chains_are_located_errors() -> None:
     )
 
 
-def test_other_datacenters_and_peers_are_warned_and_skipped() -> None:
-    found = issues_of(
-        resolver(Failover={"*": {"Targets": [{"Peer": "p1"}, {"Datacenter": "dc9"}]}})
-    )
-    assert found == [
-        ("warning", "Failover.*.Targets[0].Peer"),
-        ("warning", "Failover.*.Targets[1].Datacenter"),
-    ]
-    # The watched datacenter is not elsewhere.
+def test_other_datacenters_are_hosts_of_their_own_and_peers_are_skipped() -> None:
     rule, issues = convert_consul(
-        entry(resolver(Failover={"*": {"Service": "b", "Datacenters": ["dc1"]}})),
+        entry(
+            resolver(
+                Failover={
+                    "*": {"Targets": [{"Peer": "p1"}, {"Datacenter": "dc9", "Service": "w2"}]},
+                    "v1": {"Datacenters": ["dc1", "dc3"]},
+                },
+                Subsets={"v1": {"Filter": "Service.Meta.version == v1"}},
+            )
+        ),
         ConsulMapping(datacenter="dc1"),
     )
-    assert not list(issues) and rule.failover[0].targets == (ResolverTarget("b.service.consul"),)
+    assert [(i.severity, i.path) for i in issues] == [("warning", "Failover.*.Targets[0].Peer")]
+    assert rule.failover_for("").targets == (ResolverTarget("w2.service.dc9.consul"),)
+    # The watched datacenter in Datacenters is the service itself: skipped.
+    assert rule.failover_for("v1").targets == (ResolverTarget("web.service.dc3.consul"),)
+
+
+def test_adapter_watches_the_remote_targets_resolvers_name() -> None:
+    body = resolver(
+        Redirect={"Service": "x", "Datacenter": "dc2"},
+        Failover={
+            "*": {"Datacenters": ["dc1", "dc3"], "Service": "y"},
+            "v1": {"Targets": [{"Datacenter": "dc4"}, {"Peer": "p", "Datacenter": "dc5"}]},
+            "bad": "not an object",
+        },
+    )
+    assert remote_targets(body, "dc1") == {("x", "dc2"), ("y", "dc3"), ("web", "dc4")}
+    assert remote_targets({"Failover": {"*": {"Datacenters": "dc2"}}}, None) == set()
+    assert remote_targets("garbage", None) == set()
 
 
 # -- translation ----------------------------------------------------------------------------

@@ -11,9 +11,10 @@
   requests that name no subset (the catch-all, unsplit routes, plain traffic to the host) go
   to that subset only. Redirect becomes the rule's redirect (the host's clusters take their
   endpoints from the target service/subset); Failover becomes per-subset fallback targets
-  (lower EDS priorities, used once the subset has no endpoints left). Targets in another
-  datacenter, peer, partition or sameness group are outside the one catalog this agent
-  watches: they are reported as warnings and skipped.
+  (lower EDS priorities, used once the subset has no endpoints left). A target in another
+  datacenter is that datacenter's service under its own host (remote_host_pattern; the adapter
+  watches its instances there). Targets in a peer, partition or sameness group are reported as
+  warnings and skipped.
 
 A router and a splitter each convert on their own; chain.py then sends the router's routes
 (and other splitters' splits) through the splitters, as Consul's discovery chain does.
@@ -297,18 +298,12 @@ def _hash_fields(h: ConsistentHash) -> dict[str, Any]:
     }
 
 
-def _elsewhere(spec: Mapping[str, Any], scope: _Scope, path: str, issues: Issues) -> bool:
-    """Whether spec targets another datacenter, peer, partition or sameness group: places this
-    agent does not watch (it reads one datacenter's catalog), so such targets are skipped."""
-    for key in ("Datacenter", "Peer", "SamenessGroup"):
-        if key == "Datacenter" and spec.get(key) == scope.mapping.datacenter:
-            continue  # the watched datacenter itself
+def _elsewhere(spec: Mapping[str, Any], path: str, issues: Issues) -> bool:
+    """Whether spec targets a peer, another partition or a sameness group: places this agent
+    does not watch, so such targets are skipped."""
+    for key in ("Peer", "SamenessGroup"):
         if spec.get(key):
-            issues.warn(
-                f"{path}.{key}",
-                f"targets outside the watched datacenter are not supported: {key} "
-                f"{spec[key]!r} ignored",
-            )
+            issues.warn(f"{path}.{key}", f"{key} targets are not supported: {spec[key]!r} ignored")
             return True
     partition = spec.get("Partition")
     if partition and partition != "default":
@@ -322,13 +317,27 @@ def _elsewhere(spec: Mapping[str, Any], scope: _Scope, path: str, issues: Issues
 def _target(
     spec: Mapping[str, Any], scope: _Scope, own: set[str], path: str, issues: Issues
 ) -> ResolverTarget | None:
-    """One Redirect or failover target (Service, ServiceSubset, Namespace; this service when
-    Service is unset); None when it lies outside what this agent watches or is invalid."""
-    if _elsewhere(spec, scope, path, issues):
+    """One Redirect or failover target (Service, ServiceSubset, Namespace, Datacenter; this
+    service when Service is unset); None when it lies outside what this agent watches or is
+    invalid. Another datacenter's service has a host of its own (remote_host_pattern), whose
+    instances the adapter watches there."""
+    if _elsewhere(spec, path, issues):
         return None
     service = str(spec.get("Service") or "")
     namespace = str(spec.get("Namespace") or "")
     subset = str(spec.get("ServiceSubset") or "")
+    datacenter = str(spec.get("Datacenter") or "")
+    if datacenter and datacenter != scope.mapping.datacenter:
+        if subset:
+            issues.warn(
+                f"{path}.ServiceSubset",
+                "subsets of another datacenter's service are not supported: all its "
+                "instances are used",
+            )
+        host = scope.mapping.remote_host(
+            service or scope.name, namespace or scope.namespace, datacenter
+        )
+        return ResolverTarget(host)
     if subset and service in ("", scope.name) and not namespace and subset not in own:
         issues.error(f"{path}.ServiceSubset", f"{subset!r} is not a subset of {scope.name!r}")
         return None
@@ -368,7 +377,10 @@ def _failover_targets(
         issues.error(path, "Targets cannot be set with Datacenters")
         return []
     if spec.get("Datacenters"):
-        datacenters = [str(dc) for dc in _list(spec.get("Datacenters"))]
+        # The watched datacenter in the list is the service itself: nothing to fail over to.
+        datacenters = [
+            str(dc) for dc in _list(spec.get("Datacenters")) if dc != scope.mapping.datacenter
+        ]
         targets = [{**spec, "Datacenters": None, "Datacenter": dc} for dc in datacenters]
     elif not targets:
         targets = [spec]

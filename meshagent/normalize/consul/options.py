@@ -21,6 +21,9 @@ class ConsulMapping:
     precedence: "consul" or "files": which source wins when both define the same host.
     service_port: the port every Consul service is reached on through the mesh (0: the lowest
     port of its instances); each endpoint keeps its own port.
+    remote_host_pattern: the mesh host of a service in another datacenter (a failover or
+    redirect target), "{name}.service.{datacenter}.consul" by default, like Consul's DNS.
+    datacenter: the watched (local) datacenter, "" when not configured.
     """
 
     host_pattern: str = "{name}.service.consul"
@@ -30,6 +33,7 @@ class ConsulMapping:
     precedence: str = "files"
     service_port: int = 0
     datacenter: str = ""
+    remote_host_pattern: str = "{name}.service.{datacenter}.consul"
 
     def host(
         self,
@@ -44,4 +48,10 @@ class ConsulMapping:
             namespace=namespace or "default",
             datacenter=datacenter or self.datacenter,
             partition=partition or "default",
+        )
+
+    def remote_host(self, name: str, namespace: str, datacenter: str) -> str:
+        """The mesh host of Consul service name in another datacenter."""
+        return self.remote_host_pattern.format(
+            name=name, namespace=namespace or "default", datacenter=datacenter, partition="default"
         )

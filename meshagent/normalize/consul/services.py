@@ -127,8 +127,15 @@ def convert_service(
     # The Service's provenance names the service, not the index: an index bump that leaves
     # the Service as it was must yield an equal Service (the normalizer then keeps the old).
     stable = replace(provenance, location=f"consul service {name}")
+    # Another datacenter's service (watched as a failover or redirect target) has a host of
+    # its own, so that it never merges with the local service of the same name.
+    host = (
+        mapping.remote_host(name, namespace, datacenter)
+        if body.get("Remote")
+        else mapping.host(name, namespace, datacenter, partition)
+    )
     service = Service(
-        host=mapping.host(name, namespace, datacenter, partition),
+        host=host,
         namespace=namespace,
         ports=service_ports,
         resolution=Resolution.STATIC,
