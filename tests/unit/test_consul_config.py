@@ -20,6 +20,7 @@ sources:
     token_file: secrets/consul-token
     tls: {ca_file: ca.pem, cert_file: c.pem, key_file: k.pem}
     host_pattern: "{name}.{namespace}.svc.cluster.local"
+    remote_host_pattern: "{name}.{datacenter}.remote"
     network: wan
     service_port: 80
     default_protocol: grpc
@@ -41,6 +42,7 @@ def test_every_key_is_read(tmp_path: Path) -> None:
     assert o.cert_file == tmp_path / "c.pem" and o.ca_file == tmp_path / "ca.pem"
     assert (o.qps, o.burst, o.wait_s, o.include_warning) == (5.0, 10, 30.0, True)
     assert m.host("web", "team") == "web.team.svc.cluster.local"
+    assert m.remote_host("web", "team", "dc7") == "web.dc7.remote"
     assert (m.network, m.service_port, m.default_protocol, m.precedence) == (
         "wan",
         80,
@@ -68,6 +70,10 @@ def test_defaults_and_off(tmp_path: Path) -> None:
         ("sources: {consul: {wait: 11m}}", "sources.consul.wait"),
         ("sources: {consul: {precedence: both}}", "sources.consul.precedence"),
         ("sources: {consul: {host_pattern: '{nme}.x'}}", "sources.consul.host_pattern"),
+        (
+            "sources: {consul: {remote_host_pattern: '{name}.x'}}",
+            "sources.consul.remote_host_pattern",
+        ),
         ("sources: {consul: {tls: {cert_file: c.pem}}}", "sources.consul.tls.cert_file"),
         ("sources: {consul: {rate_limit: {qps: 0}}}", "sources.consul.rate_limit.qps"),
         ("sources: {consul: {bogus: 1}}", "sources.consul.bogus"),
