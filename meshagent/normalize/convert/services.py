@@ -123,11 +123,16 @@ def _endpoints(specs: list[Any], ctx: Context) -> tuple[Endpoint, ...]:
     """The listed endpoints; those with only an address and labels (most) take a shortcut."""
     out = []
     provenance = ctx.provenance
-    usual = _USUAL_KEYS
+    usual, label_sets = _USUAL_KEYS, _LABEL_SETS
     for spec in specs:
         if type(spec) is dict and spec.keys() <= usual:
             get = spec.get
-            out.append(_usual_endpoint(get("address") or "", _labels(get("labels")), provenance))
+            raw = get("labels")
+            # _labels, with its usual case (a label set seen before) inline
+            labels = (label_sets.get(tuple(raw.items())) if type(raw) is dict else None) or (
+                _labels(raw)
+            )
+            out.append(_usual_endpoint(get("address") or "", labels, provenance))
         else:
             out.append(_endpoint(spec, ctx))
     return tuple(out)

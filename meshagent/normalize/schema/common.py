@@ -101,6 +101,13 @@ def label_key_problem(key: str) -> str:
 class LabelMap(Type):
     """map[string]string with Kubernetes label syntax for keys and values."""
 
+    def __init__(self) -> None:
+        # Label keys and values repeat across a mesh (version: v1, ...): the predicate checks
+        # each once and remembers it here (plain strs only, at most 4096 of each), so that a
+        # pair found in both sets is known to be valid.
+        self.good_keys: set[str] = set()
+        self.good_values: set[str] = set()
+
     def check(self, value: Any, path: str, issues: Issues) -> None:
         MapOf(Str()).check(value, path, issues)
         if not isinstance(value, Mapping):
@@ -116,9 +123,7 @@ class LabelMap(Type):
 
     def compile_predicate(self) -> Predicate:
         value_ok = _LABEL_VALUE.fullmatch
-        # Label keys and values repeat across a mesh (version: v1, ...): check each once.
-        good_keys: set[str] = set()
-        good_values: set[str] = set()
+        good_keys, good_values = self.good_keys, self.good_values
 
         def fast(value: Any) -> bool:
             if type(value) is not dict:

@@ -52,6 +52,12 @@ PROTOCOLS = frozenset(
 )
 
 
+def _known_protocol(value: Mapping[str, Any]) -> bool:
+    protocol = value.get("protocol")
+    return type(protocol) is str and protocol.upper() in PROTOCOLS
+
+
+@clean_when(_known_protocol)
 def _port_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     protocol = value.get("protocol")
     if protocol and protocol.upper() not in PROTOCOLS:
@@ -81,6 +87,14 @@ class Address(Str):
             issues.error(path, f"{value!r} is not an IP address or CIDR block")
 
 
+def _plain_names(value: Mapping[str, Any]) -> bool:
+    """True when no host is "*" or can be an IP address (none has a colon or is a dotted
+    quad): then _hosts_rule has nothing to say."""
+    quad = DOTTED_QUAD.fullmatch
+    return all(h != "*" and ":" not in h and quad(h) is None for h in value.get("hosts") or ())
+
+
+@clean_when(_plain_names)
 def _hosts_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     for i, host in enumerate(value.get("hosts") or []):
         if host == "*":
@@ -182,6 +196,7 @@ def _usual_endpoints() -> Predicate:
     what WORKLOAD_ENTRY and the STATIC rule accept without a word, checked in one loop."""
     quad = DOTTED_QUAD.fullmatch
     labels_ok = predicate(LABELS)
+    good_keys, good_values = LABELS.good_keys, LABELS.good_values
     usual = _USUAL_ENDPOINT_KEYS
 
     def fast(endpoints: Any) -> bool:
@@ -194,8 +209,15 @@ def _usual_endpoints() -> Predicate:
             if type(address) is not str or quad(address) is None:
                 return False
             labels = endpoint.get("labels")
-            if labels is not None and not labels_ok(labels):
+            if labels is None:
+                continue
+            if type(labels) is not dict:
                 return False
+            for key, value in labels.items():
+                if type(value) is not str or key not in good_keys or value not in good_values:
+                    if not labels_ok(labels):  # checks the pairs not seen yet
+                        return False
+                    break
         return True
 
     return fast

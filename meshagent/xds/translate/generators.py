@@ -278,13 +278,11 @@ class ClustersGenerator(PerHostGenerator):
     ) -> list[Resource]:
         endpoints = ctx.snapshot.endpoints.get(service.host, ())
         plain = ClusterInputs(endpoints=endpoints)
-        # Failover and redirect targets answer for this host too: their identities count.
-        peers = all_source_endpoints(plans, service.host, ctx.snapshot.endpoints)
-        mesh = (
-            ClusterInputs(endpoints, mesh_tls_for(ctx.proxy.trust_domain, service, peers))
-            if ctx.proxy.certificates
-            else plain
-        )
+        mesh = plain
+        if ctx.proxy.certificates:
+            # Failover and redirect targets answer for this host too: their identities count.
+            peers = all_source_endpoints(plans, service.host, ctx.snapshot.endpoints)
+            mesh = ClusterInputs(endpoints, mesh_tls_for(ctx.proxy.trust_domain, service, peers))
         serialize = self._templates.serialize
         return [
             Resource.from_value(

@@ -61,5 +61,8 @@ def all_source_endpoints(
     plans: tuple[ClusterPlan, ...], host: str, endpoints: Mapping[str, tuple[Endpoint, ...]]
 ) -> tuple[Endpoint, ...]:
     """The endpoints of host and of every host its plans take endpoints from."""
-    hosts = dict.fromkeys([host, *(h for p in plans for h in source_hosts(p))])
+    others = [h for p in plans for h in source_hosts(p)]
+    if not others:
+        return endpoints.get(host, ())
+    hosts = dict.fromkeys([host, *others])
     return tuple(e for h in hosts for e in endpoints.get(h, ()))
