@@ -1,16 +1,32 @@
 """Benchmark: certificates issued per second through the CreateCertificate gRPC API, next to
 the in-process signing rate, in the same run on the same machine.
 
-  in_process_per_s   CertificateAuthority.issue() in a loop (mean of a run before and one
-                     after the gRPC run): CSR parse + signature check + identity check +
-                     build + sign (ECDSA P-256) + PEM
-  grpc_per_s         the same through the gRPC API over loopback TLS with a bearer token:
-                     `--clients` concurrent calls in flight, from `--processes` client
-                     processes (so that the clients' CPU is not the server's)
+  in_process_per_s   CertificateAuthority.issue() in a loop on one thread, one pre-made CSR,
+                     mean of a run before and one after the gRPC run: CSR PEM parse +
+                     signature check + identity check + certificate build + sign (ECDSA
+                     P-256) + PEM. No token check, no rate limit, no protobuf, no network.
+  grpc_per_s         the same CSR-to-chain work through the gRPC API over loopback TLS, plus
+                     what each call costs the server on top: bearer token check (ES256; each
+                     token is verified once, then served from the verifier's cache), rate
+                     limiter (set high enough never to refuse), protobuf, HTTP/2, TLS.
+                     The server is the agent's own (ca.serve.workers = `--workers`: this
+                     process plus workers-1 spawned processes sharing the port with
+                     SO_REUSEPORT, each with its own copy of the CA loaded from the CA dir).
+                     The clients run in `--processes` separate processes, each with
+                     `--channels` grpc.aio channels (one TCP+TLS connection each, so that
+                     the kernel can spread them over the workers) and `--clients` calls in
+                     flight in total. Client CSRs, tokens, serialized requests and metadata
+                     are made before timing; each call still deserializes its response.
+                     Counted from the first call after every channel has connected.
+  server_cpu_us_per_call / client_cpu_us_per_call   CPU time (user + system, all threads)
+                     of the server processes / client processes during the timed run,
+                     divided by the certificates issued.
   ratio              grpc_per_s / in_process_per_s (target >= 0.5)
-Each client reuses one pre-made CSR (making keys is the client's cost, not the CA's).
+Clients and server share the machine's cores: on a 2-core machine the client processes take
+a large share of the CPU that the in-process figure does not pay for.
 
 Usage: python benchmarks/ca_issue.py [--seconds 3] [--clients 128] [--processes 1]
+                                     [--channels 16] [--workers 2]
 Prints one JSON document.
 """
 
@@ -31,12 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from meshagent.agent.logs import configure_logging
 from meshagent.ca.authority import CertificateAuthority
-from meshagent.ca.issuer import IssuanceService
 from meshagent.ca.keys import generate_key, make_csr
-from meshagent.ca.ratelimit import TokenBucketLimiter
 from meshagent.ca.service import CertificateServer
+from meshagent.ca.settings import CaConfig, CaServeConfig
+from meshagent.ca.setup import build_service
 from meshagent.ca.state import load_self_signed, token_key
-from meshagent.ca.tokens import TokenVerifier, create_token
+from meshagent.ca.tokens import create_token
+from meshagent.ca.workers import WorkerPool, WorkerSpec
 from meshagent.model.identity import Identity
 
 TD = "cluster.local"
@@ -56,48 +73,87 @@ def in_process_rate(ca: CertificateAuthority, seconds: float) -> float:
     return count / (time.perf_counter() - start)
 
 
-def client_process(args: dict[str, Any]) -> tuple[int, int, float]:
-    """One client process: (issued, failed, seconds) over args["seconds"]."""
+def client_process(args: dict[str, Any]) -> tuple[int, int, float, float]:
+    """One client process: (issued, failed, seconds, client CPU seconds)."""
     return asyncio.run(_clients(**args))
 
 
 async def _clients(
-    port: int, roots: bytes, tokens: list[str], csrs: list[str], seconds: float, inflight: int
-) -> tuple[int, int, float]:
-    from meshagent.ca.client import CertificateClient
+    port: int,
+    roots: bytes,
+    tokens: list[str],
+    csrs: list[str],
+    seconds: float,
+    inflight: int,
+    channels: int,
+) -> tuple[int, int, float, float]:
+    import grpc
 
-    client = CertificateClient(f"127.0.0.1:{port}", root_cert_pem=roots)
-    await client.create_certificate(csrs[0], TTL, token=tokens[0])  # connect + TLS first
+    from meshagent.ca.proto.messages import (
+        METHOD,
+        IstioCertificateRequest,
+        IstioCertificateResponse,
+    )
+
+    creds = grpc.ssl_channel_credentials(roots)
+    # A local subchannel pool gives each channel its own connection (else they share one).
+    opts = [("grpc.use_local_subchannel_pool", 1)]
+    chans = [
+        grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=opts) for _ in range(channels)
+    ]
+    calls = [
+        c.unary_unary(
+            METHOD,
+            request_serializer=_identity_bytes,
+            response_deserializer=IstioCertificateResponse.FromString,
+        )
+        for c in chans
+    ]
+    requests = [
+        IstioCertificateRequest(csr=csr, validity_duration=TTL).SerializeToString() for csr in csrs
+    ]
+    metadata = [(("authorization", f"Bearer {t}"),) for t in tokens]
+    await asyncio.gather(*(call(requests[0], metadata=metadata[0]) for call in calls))
     counts = [0, 0]
     deadline = time.perf_counter() + seconds
 
     async def worker(i: int) -> None:
-        token, csr = tokens[i % len(tokens)], csrs[i % len(csrs)]
+        call, request, md = calls[i % channels], requests[i % len(csrs)], metadata[i % len(tokens)]
         while time.perf_counter() < deadline:
             try:
-                await client.create_certificate(csr, TTL, token=token)
-                counts[0] += 1
-            except Exception:
+                response = await call(request, metadata=md)
+                counts[0 if response.cert_chain else 1] += 1
+            except grpc.aio.AioRpcError:
                 counts[1] += 1
 
-    start = time.perf_counter()
+    cpu, start = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(inflight)))
-    elapsed = time.perf_counter() - start
-    await client.close()
-    return counts[0], counts[1], elapsed
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    for c in chans:
+        await c.close()
+    return counts[0], counts[1], elapsed, cpu
+
+
+def _identity_bytes(data: bytes) -> bytes:
+    return data
 
 
 async def grpc_rate(
     ca_dir: Path, ca: CertificateAuthority, opts: argparse.Namespace
 ) -> dict[str, Any]:
-    verifier = TokenVerifier(token_key(ca_dir).public_key(), TD)
-    limiter = TokenBucketLimiter(rate=1e9, burst=1e9)  # measure issuing, not the limiter
-    server = CertificateServer(IssuanceService(ca, verifier, limiter))
+    """Serve with the agent's own server (and workers), drive it from client processes."""
+    serve = CaServeConfig(address="127.0.0.1:0", rate=1e9, burst=1_000_000_000)
+    config = CaConfig(mode="self-signed", dir=ca_dir, trust_domain=TD, serve=serve)
+    service = build_service(config, ca, workers=opts.workers)  # measure issuing, not limits
+    server = CertificateServer(service, reuse_port=opts.workers > 1)
     port = await server.start("127.0.0.1:0")
+    pool = WorkerPool(
+        WorkerSpec(config, f"127.0.0.1:{port}", True, None, ("localhost",), opts.workers)
+    )
+    await pool.start()
     identities = [Identity(TD, "bench", f"sa{i}") for i in range(opts.clients)]
     tokens = [create_token(token_key(ca_dir), i, 3600) for i in identities]
     csrs = [make_csr(generate_key(), i) for i in identities]
-    per_process = max(1, opts.clients // opts.processes)
     jobs = [
         dict(
             port=port,
@@ -105,21 +161,40 @@ async def grpc_rate(
             tokens=tokens[p :: opts.processes],
             csrs=csrs[p :: opts.processes],
             seconds=opts.seconds,
-            inflight=per_process,
+            inflight=max(1, opts.clients // opts.processes),
+            channels=opts.channels,
         )
         for p in range(opts.processes)
     ]
     ctx = multiprocessing.get_context("spawn")
     loop = asyncio.get_running_loop()
-    with ctx.Pool(opts.processes) as pool:
-        results = await loop.run_in_executor(None, pool.map, client_process, jobs)
+    with ctx.Pool(opts.processes) as pool_:
+        # Server CPU: this process (worker 0, idle but for serving) plus the other workers.
+        cpu = time.process_time() + _cpu_seconds(pool.pids.values())
+        results = await loop.run_in_executor(None, pool_.map, client_process, jobs)
+        cpu = time.process_time() + _cpu_seconds(pool.pids.values()) - cpu
+    await pool.stop()
     await server.stop(0)
     issued = sum(r[0] for r in results)
     return {
         "grpc_per_s": round(issued / max(r[2] for r in results), 1),
         "grpc_issued": issued,
         "grpc_failed": sum(r[1] for r in results),
+        "server_cpu_us_per_call": round(cpu / max(1, issued) * 1e6),
+        "client_cpu_us_per_call": round(sum(r[3] for r in results) / max(1, issued) * 1e6),
     }
+
+
+def _cpu_seconds(pids: Any) -> float:
+    """User + system CPU seconds of the processes pids (Linux /proc; 0 where unreadable)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except (OSError, TypeError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def main() -> None:
@@ -127,6 +202,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--clients", type=int, default=128, help="concurrent calls in flight")
     parser.add_argument("--processes", type=int, default=1, help="client processes")
+    parser.add_argument("--channels", type=int, default=16, help="channels per client process")
+    parser.add_argument("--workers", type=int, default=2, help="server processes")
     opts = parser.parse_args()
     configure_logging("warning", "json")
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,6 +219,8 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "clients": opts.clients,
         "client_processes": opts.processes,
+        "channels_per_client_process": opts.channels,
+        "server_workers": opts.workers,
         "in_process_per_s": round(local, 1),
         "in_process_before_after_per_s": [round(before, 1), round(after, 1)],
         **remote,

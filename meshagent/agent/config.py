@@ -622,7 +622,7 @@ def _listen(s: _Section, key: str) -> str | None:
 
 
 def _ca_serve(s: _Section) -> CaServeConfig:
-    s.only("address", "tls", "mtls_address", "rate", "burst")
+    s.only("address", "tls", "mtls_address", "rate", "burst", "workers")
     rate = s.data.get("rate", 10.0)
     if not isinstance(rate, int | float) or isinstance(rate, bool) or rate <= 0:
         raise s.error("must be a number above 0 (requests per second per caller)", "rate")
@@ -632,6 +632,7 @@ def _ca_serve(s: _Section) -> CaServeConfig:
         mtls_address=_listen(s, "mtls_address"),
         rate=float(rate),
         burst=_bounded(s, "burst", 20, 1, 100_000),
+        workers=_bounded(s, "workers", 1, 1, 64),
     )
 
 

@@ -8,6 +8,7 @@ certificates to the daemon, which puts them into the ProxySpec and re-translates
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 import structlog
 
 from meshagent.agent.config import AgentConfig
+from meshagent.agent.logs import configure_logging
 from meshagent.agent.metrics import AgentMetrics
 from meshagent.ca.setup import build_issuer, build_service, open_authority
 from meshagent.ca.workload import WorkloadCertManager
@@ -73,6 +75,7 @@ class CaRuntime:
         self._on_rotate = on_rotate
         self.manager: WorkloadCertManager | None = None
         self.server: Any = None
+        self.workers: Any = None
         self._issuer: Any = None
 
     async def start(self) -> None:
@@ -101,14 +104,38 @@ class CaRuntime:
         from meshagent.ca.service import CertificateServer
 
         serve = self.ca_config.serve
-        service = build_service(self.ca_config, ca, observe=self._metrics.served)
-        self.server = CertificateServer(service)
+        service = build_service(
+            self.ca_config, ca, observe=self._metrics.served, workers=serve.workers
+        )
+        self.server = CertificateServer(service, reuse_port=serve.workers > 1)
         assert serve.address is not None
         # Names clients may dial, for the server certificate (plus the listen IP).
         names = tuple(dict.fromkeys(("localhost", socket.gethostname(), socket.getfqdn())))
         await self.server.start(
             serve.address, tls=serve.tls, mtls_address=serve.mtls_address, names=names
         )
+        if serve.workers > 1:
+            await self._start_workers(names)
+
+    async def _start_workers(self, names: tuple[str, ...]) -> None:
+        """Workers 1..N-1 on the ports this process (worker 0) bound; see ca/workers.py."""
+        from meshagent.ca.workers import WorkerPool, WorkerSpec, with_port
+
+        serve, log_config = self.ca_config.serve, self.config.log
+        assert serve.address is not None
+        spec = WorkerSpec(
+            config=self.ca_config,
+            address=with_port(serve.address, self.server.port),
+            tls=serve.tls,
+            mtls_address=(
+                with_port(serve.mtls_address, self.server.mtls_port) if serve.mtls_address else None
+            ),
+            names=names,
+            workers=serve.workers,
+            setup_logging=functools.partial(configure_logging, log_config.level, log_config.format),
+        )
+        self.workers = WorkerPool(spec, observe=self._metrics.served)
+        await self.workers.start()
 
     def certificates(self) -> tuple[WorkloadCertificate, ...]:
         """The current workload certificates (empty before start)."""
@@ -119,6 +146,9 @@ class CaRuntime:
         if self.manager is not None:
             await self.manager.stop()
             self.manager = None
+        if self.workers is not None:
+            await self.workers.stop()
+            self.workers = None
         if self.server is not None:
             await self.server.stop()
             self.server = None

@@ -60,6 +60,18 @@ class CertificateAuthority:
         self._authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(
             signer_key.public_key()
         )
+        # Builders are immutable: the parts that every leaf shares are set once and each
+        # issue only adds its own key, serial, validity and SAN.
+        self._leaf_base = (
+            x509.CertificateBuilder()
+            # Empty subject, critical SAN: the identity lives in the SAN only (RFC 5280 4.2.1.6).
+            .subject_name(_EMPTY_NAME)
+            .issuer_name(self._issuer_name)
+            .add_extension(_NOT_CA, critical=True)
+            .add_extension(_LEAF_USAGE, critical=True)
+            .add_extension(_LEAF_EXTENDED_USAGE, critical=False)
+            .add_extension(self._authority_key_id, critical=False)
+        )
 
     def issue(self, csr_pem: str, identity: Identity, ttl: float = DEFAULT_TTL_S) -> list[str]:
         """A certificate for identity with the CSR's key: PEM chain, leaf first, root last."""
@@ -102,24 +114,17 @@ class CertificateAuthority:
         not_after = min(now + ttl, self._signer_expiry)
         sans = alt or [x509.UniformResourceIdentifier(identity.spiffe_id)]
         builder = (
-            x509.CertificateBuilder()
-            # Empty subject, critical SAN: the identity lives in the SAN only (RFC 5280 4.2.1.6).
-            .subject_name(_EMPTY_NAME)
-            .issuer_name(self._issuer_name)
-            .public_key(public_key)
+            self._leaf_base.public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(_utc(now - BACKDATE_S))
             .not_valid_after(_utc(not_after))
             .add_extension(x509.SubjectAlternativeName(sans), critical=True)
-            .add_extension(_NOT_CA, critical=True)
-            .add_extension(_LEAF_USAGE, critical=True)
-            .add_extension(_LEAF_EXTENDED_USAGE, critical=False)
-            .add_extension(self._authority_key_id, critical=False)
         )
-        return builder.sign(self.signer_key, hashes.SHA256())
+        return builder.sign(self.signer_key, _SHA256)
 
 
 _EMPTY_NAME = x509.Name([])
+_SHA256 = hashes.SHA256()
 _NOT_CA = x509.BasicConstraints(ca=False, path_length=None)
 _LEAF_EXTENDED_USAGE = x509.ExtendedKeyUsage(
     [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]

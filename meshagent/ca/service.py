@@ -59,9 +59,18 @@ def status_for(error: CaError) -> grpc.StatusCode:
 class CertificateServer:
     """Serves CreateCertificate over TLS (or plaintext when tls=False, for tests only)."""
 
-    def __init__(self, service: IssuanceService, *, max_message_bytes: int = MAX_MESSAGE_BYTES):
+    def __init__(
+        self,
+        service: IssuanceService,
+        *,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        reuse_port: bool = False,
+    ):
         self.service = service
         self._max = max_message_bytes
+        # SO_REUSEPORT only where several worker processes share the address on purpose;
+        # otherwise a second agent on the same port fails to bind instead of sharing it.
+        self._reuse_port = reuse_port
         self._server: Any = None
         self.port: int | None = None
         self.mtls_port: int | None = None
@@ -82,6 +91,7 @@ class CertificateServer:
         options = [
             ("grpc.max_receive_message_length", self._max),
             ("grpc.max_send_message_length", 4 * self._max),
+            ("grpc.so_reuseport", 1 if self._reuse_port else 0),
         ]
         server = grpc.aio.server(options=options)
         handler = grpc.unary_unary_rpc_method_handler(

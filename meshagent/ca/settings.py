@@ -27,6 +27,7 @@ class CaServeConfig:
     mtls_address: str | None = None
     rate: float = 10.0
     burst: int = 20
+    workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)

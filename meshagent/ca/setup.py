@@ -57,10 +57,16 @@ def build_service(
     *,
     observe: IssueObserver | None = None,
     clock: Callable[[], float] = time.time,
+    workers: int = 1,
 ) -> IssuanceService:
-    """The CreateCertificate logic for ca: tokens checked against the CA directory's key."""
+    """The CreateCertificate logic for ca: tokens checked against the CA directory's key.
+
+    With `workers` serving processes, this one enforces 1/workers of the rate and burst, so
+    that together they never allow a caller more than the configured rate.
+    """
     verifier = TokenVerifier(token_key(config.dir).public_key(), config.trust_domain, clock=clock)
-    limiter = TokenBucketLimiter(config.serve.rate, config.serve.burst)
+    share = max(1, workers)
+    limiter = TokenBucketLimiter(config.serve.rate / share, max(1.0, config.serve.burst / share))
     return IssuanceService(
         ca, verifier, limiter, default_ttl=config.workload_ttl_s, observe=observe
     )

@@ -3,8 +3,9 @@
 A token is `base64url(header).base64url(claims).base64url(signature)` as in RFC 7515/7519,
 signed with the CA directory's token-key.pem. Claims: iss "meshagent-ca", aud
 "istio-ca" (the audience Istio's agents use), sub (the SPIFFE id), ns, sa, iat, exp, jti. The
-CA derives the caller's identity from the claims only; verification results are cached until
-the token expires so that the hot path costs a dict lookup.
+CA derives the caller's identity from the claims only. Verified tokens are cached (keyed by the
+exact token text, least recently used evicted first) until their own `exp` and never past it,
+so that the hot path costs a dict lookup; replacing the verification key empties the cache.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import base64
 import json
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -73,7 +75,12 @@ class TokenVerifier:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._key, self._trust_domain, self._clock = public_key, trust_domain, clock
-        self._cache: dict[str, tuple[Identity, float]] = {}
+        self._cache: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
+
+    def replace_key(self, public_key: ec.EllipticCurvePublicKey) -> None:
+        """Verify with public_key from now on; tokens verified with the old key are forgotten."""
+        self._key = public_key
+        self._cache.clear()
 
     def verify(self, token: str) -> Identity:
         """The identity the token grants; AuthenticationError saying why otherwise."""
@@ -81,12 +88,13 @@ class TokenVerifier:
         if cached is not None:
             identity, expires = cached
             if self._clock() < expires:
+                self._cache.move_to_end(token)
                 return identity
             del self._cache[token]
             raise AuthenticationError("token has expired")
         identity, expires = self._verify(token)
         if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()  # bounded memory; the next calls re-verify
+            self._cache.popitem(last=False)  # bounded memory: the least recently used goes
         self._cache[token] = (identity, expires)
         return identity
 

@@ -304,14 +304,17 @@ def test_router_chains_through_the_splitter(mesh: MeshHarness, sim: ConsulSimula
         {"Weight": 50, "ServiceSubset": "v2", "ResponseHeaders": {"Set": {"x-test": "chain"}}},
     ]
     c.config.set("service-splitter", "web", {"Splits": splits})
-    route = {"Match": {"HTTP": {"PathPrefix": "/pinned"}}, "Destination": {"ServiceSubset": "v2"}}
+    pin = {"ServiceSubset": "v2", "ResponseHeaders": {"Set": {"x-route": "pinned"}}}
+    route = {"Match": {"HTTP": {"PathPrefix": "/pinned"}}, "Destination": pin}
     c.config.set("service-router", "web", {"Routes": [route]})
 
-    def pinned() -> str:
-        return mesh.request(WEB, "/pinned").headers.get("x-served-by", "")
+    def pinned() -> tuple[str, str]:
+        reply = mesh.request(WEB, "/pinned")
+        return reply.headers.get("x-route", ""), reply.headers.get("x-served-by", "")
 
-    wait_until(lambda: pinned() == "web-v2", what="router")
-    assert {pinned() for _ in range(20)} == {"web-v2"}
+    # Until the router arrives, the splitter alone routes /pinned too: wait for the router.
+    wait_until(lambda: pinned()[0] == "pinned", what="router")
+    assert {pinned() for _ in range(20)} == {("pinned", "web-v2")}
     # Unmatched requests take the router's catch-all, which the splitter splits.
     wait_until(lambda: mesh.request(WEB).headers.get("x-test") == "chain", what="chained split")
     _assert_even(served_by(mesh, 400), 400)

@@ -118,3 +118,21 @@ def test_service_rate_limits_per_caller(tmp_path: Path) -> None:
     svc.handle(Request(csr, 0, token, None))
     with pytest.raises(RateLimited):
         svc.handle(Request(csr, 0, token, None))
+
+
+def test_token_cache_is_bounded_lru(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("meshagent.ca.tokens._CACHE_LIMIT", 2)
+    verifier = verifier_for(tmp_path, FakeClock(NOW))
+    first, second, third = (create_token(token_key(tmp_path), WEB, 600, now=NOW) for _ in range(3))
+    for token in (first, second, first, third):  # first was used last: second goes
+        verifier.verify(token)
+    assert list(verifier._cache) == [first, third]
+
+
+def test_replacing_the_token_key_forgets_verified_tokens(tmp_path: Path) -> None:
+    verifier = verifier_for(tmp_path, FakeClock(NOW))
+    token = create_token(token_key(tmp_path), WEB, 600, now=NOW)
+    assert verifier.verify(token) == WEB
+    verifier.replace_key(generate_key().public_key())  # type: ignore[arg-type]
+    with pytest.raises(AuthenticationError, match="does not verify"):
+        verifier.verify(token)
