@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -149,7 +148,6 @@ class Agent:
         self.ca: Any = None  # CaRuntime when `ca:` is configured
         self.consul_registrar: Any = None  # ConsulRegistrar when sources.consul.register
         self.workload_entry: Any = None  # WorkloadEntryRegistrar when join.workload_group
-        self._frozen = False  # gc.freeze() done after the first synced publish
         self.notifier = SystemdNotifier.from_environment()  # inert outside systemd
         self._notify_task: asyncio.Task[None] | None = None
         self.convergence = ConvergenceTracker(
@@ -341,11 +339,6 @@ class Agent:
         self._snapshot = snapshot
         self._report(diagnostics)
         self._publish()
-        if not self._frozen and self._sources and all(s.synced for s in self._sources.values()):
-            # The first full mesh lives long: keep the cyclic GC from rescanning it on every
-            # collection (with 1000 Consul services a full collection took ~100 ms).
-            self._frozen = True
-            gc.freeze()
 
     def _report(self, diagnostics: Sequence[Diagnostic]) -> None:
         self.metrics.count_diagnostics(diagnostics)

@@ -142,7 +142,8 @@ class Normalizer:
             for ref in self.kube.upsert(raw):
                 self._kube_rebuild(ref, dirty, report)
             return
-        old = self._entries.get(raw.key)
+        key = raw.key
+        old = self._entries.get(key)
         if old is not None and old.raw.body == raw.body:
             old.raw = raw  # same content, maybe moved in its file: keep the model objects
             return
@@ -150,10 +151,10 @@ class Normalizer:
         if converted is None:
             return  # rejected or ignored: the last valid version (if any) keeps serving
         if old is not None:
-            self._retract(raw.key, old, dirty, forget=False)
-        self._entries[raw.key] = _Entry(raw, converted)
-        self._assert(raw.key, converted, dirty)
-        dirty.upserted.add(raw.key)
+            self._retract(key, old, dirty, forget=False)
+        self._entries[key] = _Entry(raw, converted)
+        self._assert(key, converted, dirty)
+        dirty.upserted.add(key)
 
     def _check_and_convert(self, raw: RawResource, out: list[Diagnostic]) -> Converted | None:
         """raw's model objects, or None when it is invalid or ignored (issues go to out)."""
@@ -162,13 +163,16 @@ class Normalizer:
             out.extend(diagnostic(raw, i) for i in problems)
             return None if problems.has_errors else result
         issues = check_document(raw)
-        out.extend(diagnostic(raw, i) for i in issues)
-        if issues.has_errors or not is_supported(raw):
-            return None
+        # (An unsupported kind always has an issue: a clean document is a supported one.)
+        if issues:
+            out.extend(diagnostic(raw, i) for i in issues)
+            if issues.has_errors or not is_supported(raw):
+                return None
         converted, problems = convert(
             raw, domain_suffix=self.domain_suffix, default_namespace=self.default_namespace
         )
-        out.extend(diagnostic(raw, i) for i in problems)
+        if problems:
+            out.extend(diagnostic(raw, i) for i in problems)
         return None if problems.has_errors else converted
 
     def _kube_rebuild(self, ref: tuple[str, str], dirty: _Dirty, out: list[Diagnostic]) -> None:

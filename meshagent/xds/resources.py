@@ -20,11 +20,27 @@ TYPE_URL_PREFIX = "type.googleapis.com/"
 
 @dataclass(frozen=True, slots=True)
 class Resource:
-    """One named Envoy resource, packed. The Any must not be mutated by anyone."""
+    """One named Envoy resource: the deterministic serialization of a message of type_url.
+
+    `body` packs it as an Any. It is built on first use and kept: a full translation makes
+    tens of thousands of resources, and many are compared by version and dropped (or never
+    sent) before anyone needs the Any. Neither the value nor the Any may be mutated.
+    """
 
     name: str
     version: str
-    body: any_pb2.Any
+    type_url: str
+    value: bytes
+    _body: any_pb2.Any | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def body(self) -> any_pb2.Any:
+        """The resource packed as an Any (shared: never mutate it)."""
+        packed = self._body
+        if packed is None:
+            packed = any_pb2.Any(type_url=self.type_url, value=self.value)
+            object.__setattr__(self, "_body", packed)
+        return packed
 
     @classmethod
     def pack(cls, name: str, message: Message) -> Resource:
@@ -35,23 +51,26 @@ class Resource:
     @classmethod
     def from_value(cls, name: str, type_url: str, value: bytes) -> Resource:
         """A resource from the deterministic serialization of a message of type_url."""
-        packed = any_pb2.Any(type_url=type_url, value=value)
         # The hash is of the Any's serialization, assembled here rather than re-serialized:
-        # type_url (field 1), then value (field 2, absent when empty, as protobuf writes it).
-        head = _ANY_HEADS.get(type_url) or _any_head(type_url)
+        # type_url (field 1, hashed once per type URL), then value (field 2, absent when
+        # empty, as protobuf writes it).
+        digest = (_SEEDED.get(type_url) or _seeded(type_url)).copy()
         if value:
             size = len(value)
-            head += bytes((0x12, size)) if size < 0x80 else b"\x12" + _varint(size)
-        digest = _blake2b(head + value if value else head, digest_size=8)
-        return cls(name, digest.hexdigest(), packed)
+            digest.update(_VALUE_HEADS.get(size) or _value_head(size))
+            digest.update(value)  # not joined to the above: that would copy the value
+        return cls(name, digest.hexdigest(), type_url, value)
 
 
 _NO_CHANGES: Mapping[str, frozenset[str]] = MappingProxyType({})
 _blake2b = hashlib.blake2b
-_ANY_HEADS: dict[str, bytes] = {}
+_SEEDED: dict[str, hashlib.blake2b] = {}
+_VALUE_HEADS: dict[int, bytes] = {}
 
 
 def _varint(value: int) -> bytes:
+    if value < 0x4000:  # most resources: one or two bytes
+        return bytes((value,)) if value < 0x80 else bytes((value & 0x7F | 0x80, value >> 7))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -60,13 +79,24 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _any_head(type_url: str) -> bytes:
-    """The serialized type_url field of an Any (a handful of type URLs exist)."""
-    found = _ANY_HEADS.get(type_url)
+def _value_head(size: int) -> bytes:
+    """The tag and length of an Any's value of size bytes, kept for sizes below 16 KiB (they
+    repeat a lot; at most 16384 small entries)."""
+    found = b"\x12" + _varint(size)
+    if size < 0x4000:
+        _VALUE_HEADS[size] = found
+    return found
+
+
+def _seeded(type_url: str) -> hashlib.blake2b:
+    """A hash that has seen the serialized type_url field of an Any (few type URLs exist)."""
+    found = _SEEDED.get(type_url)
     if found is None:
         encoded = type_url.encode()
-        found = b"\x0a" + _varint(len(encoded)) + encoded if encoded else b""
-        _ANY_HEADS[type_url] = found
+        found = _blake2b(
+            b"\x0a" + _varint(len(encoded)) + encoded if encoded else b"", digest_size=8
+        )
+        _SEEDED[type_url] = found
     return found
 
 

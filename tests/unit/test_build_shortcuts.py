@@ -18,7 +18,7 @@ import pytest
 
 from meshagent.model import Endpoint, Provenance
 from meshagent.normalize.convert.context import Context
-from meshagent.normalize.convert.services import _endpoints, _usual_endpoint
+from meshagent.normalize.convert.services import _endpoints
 from meshagent.normalize.schema.common import DNS_LABEL, domain_problem
 from meshagent.normalize.schema.core import Issues, Obj, predicate
 from meshagent.normalize.schema.serviceentry import SPEC
@@ -141,9 +141,6 @@ def test_the_shortcut_never_hides_an_issue() -> None:
 
 def test_usual_endpoints_equal_the_dataclass() -> None:
     provenance = Provenance("files", "a.yaml:1", "ServiceEntry", "ns", "name")
-    labels = (("version", "v1"),)
-    fast = _usual_endpoint("10.0.0.1", labels, provenance)
-    assert fast == Endpoint(address="10.0.0.1", labels=labels, provenance=provenance)
     ctx = Context(namespace="ns", domain_suffix="cluster.local", provenance=provenance)
     specs: list[Any] = [
         {"address": "10.0.0.1", "labels": {"version": "v1", "app": "a"}},
@@ -152,7 +149,8 @@ def test_usual_endpoints_equal_the_dataclass() -> None:
         {"address": "10.0.0.4", "weight": 3, "ports": {"http": 9090}},
     ]
     got = _endpoints(specs, ctx)
-    assert got[0].labels == (("app", "a"), ("version", "v1"))
+    labels = (("app", "a"), ("version", "v1"))
+    assert got[0] == Endpoint(address="10.0.0.1", labels=labels, provenance=provenance)
     assert [e.address for e in got] == ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
     assert got[1] == Endpoint(address="10.0.0.2", provenance=provenance)
     assert got[2] == Endpoint(address="10.0.0.3", provenance=provenance)

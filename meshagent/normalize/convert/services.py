@@ -8,7 +8,6 @@ from typing import Any
 
 from meshagent.model.labels import NO_LABELS, Labels, labels_of
 from meshagent.model.services import Endpoint, Resolution, Service, ServicePort, Workload
-from meshagent.model.source import Provenance
 from meshagent.normalize.convert.context import Context, items, sub
 
 
@@ -81,7 +80,7 @@ _USUAL_KEYS = frozenset({"address", "labels"})
 _new = object.__new__
 # Endpoint's slots, set directly: a frozen dataclass's __init__ goes through
 # object.__setattr__ once per field, which makes it most of the cost of converting an
-# endpoint. _usual_endpoint sets every field (a missing one would be an unset slot);
+# endpoint. _endpoints sets every field (a missing one would be an unset slot);
 # _ENDPOINT_FIELDS is checked against the model at import.
 _ENDPOINT_FIELDS = (
     "address",
@@ -95,7 +94,7 @@ _ENDPOINT_FIELDS = (
     "provenance",
 )
 if tuple(f.name for f in fields(Endpoint)) != _ENDPOINT_FIELDS:  # pragma: no cover
-    raise ImportError("Endpoint's fields changed: update _usual_endpoint to match")
+    raise ImportError("Endpoint's fields changed: update _endpoints to match")
 _set_address, _set_ports, _set_labels, _set_weight, _set_locality = (
     getattr(Endpoint, name).__set__ for name in _ENDPOINT_FIELDS[:5]
 )
@@ -104,37 +103,35 @@ _set_network, _set_account, _set_healthy, _set_provenance = (
 )
 
 
-def _usual_endpoint(address: str, labels: Labels, provenance: Provenance) -> Endpoint:
-    """Endpoint(address, labels=labels, provenance=provenance), built faster."""
-    endpoint: Endpoint = _new(Endpoint)
-    _set_address(endpoint, address)
-    _set_ports(endpoint, ())
-    _set_labels(endpoint, labels)
-    _set_weight(endpoint, 1)
-    _set_locality(endpoint, "")
-    _set_network(endpoint, "")
-    _set_account(endpoint, "")
-    _set_healthy(endpoint, True)
-    _set_provenance(endpoint, provenance)
-    return endpoint
-
-
 def _endpoints(specs: list[Any], ctx: Context) -> tuple[Endpoint, ...]:
-    """The listed endpoints; those with only an address and labels (most) take a shortcut."""
-    out = []
+    """The listed endpoints; those with only an address and labels (most) take a shortcut:
+    every slot set directly and _labels inline, as this runs once per endpoint of the mesh."""
+    out: list[Endpoint] = []
+    append = out.append
     provenance = ctx.provenance
-    usual, label_sets = _USUAL_KEYS, _LABEL_SETS
+    usual, label_sets, new = _USUAL_KEYS, _LABEL_SETS, _new
+    set_address, set_ports, set_labels = _set_address, _set_ports, _set_labels
+    set_weight, set_locality, set_network = _set_weight, _set_locality, _set_network
+    set_account, set_healthy, set_provenance = _set_account, _set_healthy, _set_provenance
     for spec in specs:
-        if type(spec) is dict and spec.keys() <= usual:
-            get = spec.get
-            raw = get("labels")
-            # _labels, with its usual case (a label set seen before) inline
-            labels = (label_sets.get(tuple(raw.items())) if type(raw) is dict else None) or (
-                _labels(raw)
-            )
-            out.append(_usual_endpoint(get("address") or "", labels, provenance))
-        else:
-            out.append(_endpoint(spec, ctx))
+        if type(spec) is not dict or not spec.keys() <= usual:
+            append(_endpoint(spec, ctx))
+            continue
+        raw = spec.get("labels")
+        labels = (label_sets.get(tuple(raw.items())) if type(raw) is dict else None) or (
+            _labels(raw)
+        )
+        endpoint: Endpoint = new(Endpoint)
+        set_address(endpoint, spec.get("address") or "")
+        set_ports(endpoint, ())
+        set_labels(endpoint, labels)
+        set_weight(endpoint, 1)
+        set_locality(endpoint, "")
+        set_network(endpoint, "")
+        set_account(endpoint, "")
+        set_healthy(endpoint, True)
+        set_provenance(endpoint, provenance)
+        append(endpoint)
     return tuple(out)
 
 

@@ -67,6 +67,8 @@ class Assembler:
         if self._last is not None and last is not None and _same_lists(last, lists):
             return before, frozenset()
         mapping = MappingProxyType({r.name: r for rs in lists for r in rs})
+        if self._last is None:  # the first set: no change hint to give
+            return mapping, frozenset()
         names = changed_names(before, mapping)
         if not names and list(mapping) == list(before):
             return before, names  # same objects in the same order: keep the mapping

@@ -19,7 +19,7 @@ from google.protobuf import wrappers_pb2
 from meshagent.model import ConnectionPool, Endpoint, OutlierDetection
 from meshagent.xds.translate import protos, wire
 from meshagent.xds.translate.endpoints import endpoints_of_plan
-from meshagent.xds.translate.policy import ClusterPlan, Discovery
+from meshagent.xds.translate.policy import NO_POLICY, ClusterPlan, Discovery
 from meshagent.xds.translate.tls import MeshTls, upstream_transport_socket
 
 Configurer = Callable[[Cluster, ClusterPlan, "ClusterInputs"], None]
@@ -253,7 +253,10 @@ def _shared_shape(plan: ClusterPlan) -> tuple[object, ...] | None:
     for clusters that depend on more (DNS hosts, TLS SNI and the coming mesh mTLS)."""
     if plan.discovery not in (Discovery.EDS, Discovery.ORIGINAL_DST) or plan.policy.tls:
         return None
-    return (plan.discovery, plan.policy, plan.port.protocol.upper())
+    # Hashing a policy runs Python code per field; hosts without a rule (most of a mesh) all
+    # share NO_POLICY, which None stands for.
+    policy = None if plan.policy is NO_POLICY else plan.policy
+    return (plan.discovery, policy, plan.port.protocol.upper())
 
 
 class ClusterTemplates:
@@ -268,13 +271,22 @@ class ClusterTemplates:
 
     def serialize(self, plan: ClusterPlan, inputs: ClusterInputs) -> bytes:
         """The deterministic serialization of build_cluster(plan, inputs)."""
-        shape = _shared_shape(plan) if inputs.mesh_tls is None else None
+        if inputs.mesh_tls is None:
+            tail = self.tail(plan)
+            if tail is not None:
+                return wire.string_field(1, plan.name) + tail
+        whole: bytes = build_cluster(plan, inputs).SerializeToString(deterministic=True)
+        return whole
+
+    def tail(self, plan: ClusterPlan) -> bytes | None:
+        """Every field after the name of plan's cluster without mesh mTLS, when clusters of
+        its shape share them (they read neither endpoints nor TLS settings); else None."""
+        shape = _shared_shape(plan)
         if shape is None:
-            whole: bytes = build_cluster(plan, inputs).SerializeToString(deterministic=True)
-            return whole
+            return None
         tail = self._by_shape.get(shape)
         if tail is None:
-            unnamed = build_cluster(plan, inputs)
+            unnamed = build_cluster(plan, ClusterInputs())
             unnamed.ClearField("name")
             tail = self._by_shape[shape] = unnamed.SerializeToString(deterministic=True)
-        return wire.string_field(1, plan.name) + tail
+        return tail

@@ -83,7 +83,7 @@ class RoutingIndex:
             wild.items(), key=lambda item: (-len(item[0]), item[0])
         )
         self.sorted_hosts = sorted(services)
-        self.http_ports = _http_ports(services)
+        self.http_ports = _http_ports(services, self.sorted_hosts)
         self.extra_hosts = _extra_hosts(services, self._exact, wild)
 
     def vs_for(self, host: str) -> VirtualService | None:
@@ -94,10 +94,12 @@ class RoutingIndex:
         return _longest_wildcard(host, self._wild)
 
 
-def _http_ports(services: Mapping[str, Service]) -> dict[int, list[Service]]:
-    """Services by HTTP port number, each list sorted by host."""
+def _http_ports(
+    services: Mapping[str, Service], sorted_hosts: list[str]
+) -> dict[int, list[Service]]:
+    """Services by HTTP port number, each list sorted by host (sorted_hosts: services')."""
     by_port: dict[int, list[Service]] = {}
-    for host in sorted(services):
+    for host in sorted_hosts:
         service = services[host]
         for port in service.ports:
             if port.is_http:

@@ -31,8 +31,21 @@ def selected_endpoints(plan: ClusterPlan, endpoints: tuple[Endpoint, ...]) -> li
     return chosen
 
 
+def endpoints_by_address(plan: ClusterPlan, endpoints: tuple[Endpoint, ...]) -> list[Endpoint]:
+    """The endpoints of plan's subset sorted by address only: the order of selected_endpoints
+    when they share one locality and no address repeats (the caller checks), at half the
+    cost (no key tuple per endpoint)."""
+    if plan.labels:
+        chosen = [e for e in endpoints if selector_matches(plan.labels, e.labels)]
+    else:
+        chosen = list(endpoints)
+    chosen.sort(key=_address)
+    return chosen
+
+
 # (locality, address, ports): a C-level key function, cheaper than a Python one per endpoint.
 _endpoint_order = attrgetter("locality", "address", "ports")
+_address = attrgetter("address")
 
 
 def endpoints_of_plan(plan: ClusterPlan, endpoints: tuple[Endpoint, ...]) -> list[tuple[str, int]]:

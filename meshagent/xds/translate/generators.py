@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from meshagent.errors import ConfigError
-from meshagent.model import Endpoint, Service, TcpBinding, TcpRoute, VirtualService
+from meshagent.model import Service, TcpBinding, TcpRoute, VirtualService
 from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
 from meshagent.xds.translate.clusters import ClusterInputs, ClusterTemplates
@@ -37,8 +37,10 @@ from meshagent.xds.translate.route_wire import (
 )
 from meshagent.xds.translate.routes import domains_for
 from meshagent.xds.translate.tls import auto_mtls, mesh_tls_for
+from meshagent.xds.translate.wire import string_field
 
 Key = tuple[object, ...]
+Entry = tuple[Key, list[Resource]]  # one host's output and the objects it was built from
 
 
 def same_key(old: Key, new: Key) -> bool:
@@ -107,22 +109,40 @@ class PlanCache:
         self._by_host: dict[str, tuple[Key, tuple[ClusterPlan, ...]]] = {}
         # host -> the other hosts its clusters take endpoints from (resolve.py); few hosts
         self._sources: dict[str, tuple[str, ...]] = {}
+        # Plans already checked against the Context in _checked_in: the second generator
+        # asking about a host within one generate() call gets them without a comparison.
+        self._checked_in: Context | None = None
+        self._checked: dict[str, tuple[ClusterPlan, ...]] = {}
 
     def plans(self, ctx: Context, service: Service) -> tuple[ClusterPlan, ...]:
         """The cluster plans of service, rebuilt only when it or its rule changed."""
-        rule = ctx.index.rules.rule_for(service.host)
+        if ctx is not self._checked_in:
+            self._checked_in, self._checked = ctx, {}
+        host = service.host
+        plans = self._checked.get(host)
+        if plans is not None:
+            return plans
+        rule = ctx.index.rules.rule_for(host)
         key: Key = (service, rule)
-        cached = self._by_host.get(service.host)
+        cached = self._by_host.get(host)
         if cached is not None and same_key(cached[0], key):
-            return cached[1]
-        plans = plan_clusters(service, rule)
-        self._by_host[service.host] = (key, plans)
+            plans = cached[1]
+        else:
+            plans = plan_clusters(service, rule)
+            self._by_host[host] = (key, plans)
+            if self._sources or (rule is not None and (rule.redirect or rule.failover)):
+                self._note_sources(host, plans)
+        self._checked[host] = plans
+        return plans
+
+    def _note_sources(self, host: str, plans: tuple[ClusterPlan, ...]) -> None:
+        # Called only when host's rule resolves elsewhere or some host does: most meshes
+        # have no redirect or failover, and their hosts skip the scan.
         hosts = tuple(sorted({h for p in plans for h in source_hosts(p)}))
         if hosts:
-            self._sources[service.host] = hosts
+            self._sources[host] = hosts
         else:
-            self._sources.pop(service.host, None)
-        return plans
+            self._sources.pop(host, None)
 
     def source_key(self, ctx: Context, host: str) -> Key:
         """What host's output depends on in the hosts its clusters take endpoints from."""
@@ -159,7 +179,7 @@ class PerHostGenerator(ABC):
 
     def __init__(self, plans: PlanCache) -> None:
         self._plans = plans
-        self._by_host: dict[str, tuple[Key, list[Resource]]] = {}
+        self._by_host: dict[str, Entry] = {}
         self._last: list[Resource] | None = []  # None: _by_host changed since it was built
 
     def reset_build_caches(self) -> None:  # noqa: B027 - optional hook, no-op by default
@@ -175,7 +195,7 @@ class PerHostGenerator(ABC):
     ) -> list[Resource]:
         """This host's resources."""
 
-    def _host(self, ctx: Context, service: Service) -> tuple[Key, list[Resource]]:
+    def _host(self, ctx: Context, service: Service) -> Entry:
         plans = self._plans.plans(ctx, service)
         key = self.key(ctx, service, plans)
         cached = self._by_host.get(service.host)
@@ -188,8 +208,24 @@ class PerHostGenerator(ABC):
     def _full(self, ctx: Context) -> None:
         services = ctx.snapshot.services
         self.reset_build_caches()
-        self._by_host = {h: self._host(ctx, services[h]) for h in ctx.index.routing.sorted_hosts}
+        if self._by_host:
+            self._by_host = {
+                h: self._host(ctx, services[h]) for h in ctx.index.routing.sorted_hosts
+            }
+        else:
+            self._by_host = self._first(ctx, services)
         self._plans.retain(services)
+
+    def _first(self, ctx: Context, services: Mapping[str, Service]) -> dict[str, Entry]:
+        """Every host built, with nothing cached to compare with (the first pass, the
+        costliest one: a whole mesh)."""
+        plans_of, key, build = self._plans.plans, self.key, self.build
+        out: dict[str, Entry] = {}
+        for host in ctx.index.routing.sorted_hosts:
+            service = services[host]
+            plans = plans_of(ctx, service)
+            out[host] = (key(ctx, service, plans), build(ctx, service, plans))
+        return out
 
     def _partial(self, ctx: Context) -> dict[str, Resource] | None:
         """Revisit hosts whose service or endpoints changed: the resources replaced by name,
@@ -259,10 +295,8 @@ class ClustersGenerator(PerHostGenerator):
     def key(self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]) -> Key:
         # Only DNS clusters carry their hosts inline, and mesh mTLS names the endpoints'
         # identities, so only those depend on the endpoints.
-        dns = any(p.discovery in (Discovery.STRICT_DNS, Discovery.LOGICAL_DNS) for p in plans)
-        mtls = bool(ctx.proxy.certificates) and any(auto_mtls(p) for p in plans)
-        if not (dns or mtls):
-            return (plans, ())
+        if not _reads_endpoints(plans, mtls=bool(ctx.proxy.certificates)):
+            return (plans,)
         endpoints = ctx.snapshot.endpoints.get(service.host, ())
         return (plans, endpoints, *self._plans.source_key(ctx, service.host))
 
@@ -276,13 +310,30 @@ class ClustersGenerator(PerHostGenerator):
     def build(
         self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]
     ) -> list[Resource]:
+        if ctx.proxy.certificates:
+            return self._build_with_mtls(ctx, service, plans)
+        # Without certificates, no cluster has mesh mTLS: most are a shared template after
+        # their name, and only the others need their inputs.
+        tail_of = self._templates.tail
+        out = []
+        for p in plans:
+            tail = tail_of(p)
+            if tail is None:
+                endpoints = ctx.snapshot.endpoints.get(service.host, ())
+                value = self._templates.serialize(p, ClusterInputs(endpoints=endpoints))
+            else:
+                value = string_field(1, p.name) + tail
+            out.append(Resource.from_value(p.name, typeurls.CLUSTER, value))
+        return out
+
+    def _build_with_mtls(
+        self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]
+    ) -> list[Resource]:
         endpoints = ctx.snapshot.endpoints.get(service.host, ())
         plain = ClusterInputs(endpoints=endpoints)
-        mesh = plain
-        if ctx.proxy.certificates:
-            # Failover and redirect targets answer for this host too: their identities count.
-            peers = all_source_endpoints(plans, service.host, ctx.snapshot.endpoints)
-            mesh = ClusterInputs(endpoints, mesh_tls_for(ctx.proxy.trust_domain, service, peers))
+        # Failover and redirect targets answer for this host too: their identities count.
+        peers = all_source_endpoints(plans, service.host, ctx.snapshot.endpoints)
+        mesh = ClusterInputs(endpoints, mesh_tls_for(ctx.proxy.trust_domain, service, peers))
         serialize = self._templates.serialize
         return [
             Resource.from_value(
@@ -290,6 +341,17 @@ class ClustersGenerator(PerHostGenerator):
             )
             for p in plans
         ]
+
+
+def _reads_endpoints(plans: tuple[ClusterPlan, ...], *, mtls: bool) -> bool:
+    """Whether any of plans' clusters is built from endpoints: DNS ones, and mesh mTLS ones
+    when the proxy has certificates."""
+    for p in plans:
+        if p.discovery is Discovery.STRICT_DNS or p.discovery is Discovery.LOGICAL_DNS:
+            return True
+        if mtls and auto_mtls(p):
+            return True
+    return False
 
 
 class EndpointsGenerator(PerHostGenerator):
@@ -306,25 +368,35 @@ class EndpointsGenerator(PerHostGenerator):
         self._encoder = EndpointEncoder()
 
     def key(self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]) -> Key:
-        networks = (ctx.proxy.network, ctx.proxy.network_gateways)  # multi-network rewrites
+        proxy = ctx.proxy  # its network and gateways: multi-network rewrites
         endpoints = ctx.snapshot.endpoints.get(service.host, ())
-        return (plans, endpoints, networks, *self._plans.source_key(ctx, service.host))
+        source = self._plans.source_key(ctx, service.host)
+        if source:
+            return (plans, endpoints, proxy.network, proxy.network_gateways, *source)
+        return (plans, endpoints, proxy.network, proxy.network_gateways)
 
     def build(
         self, ctx: Context, service: Service, plans: tuple[ClusterPlan, ...]
     ) -> list[Resource]:
         endpoints = ctx.snapshot.endpoints.get(service.host, ())
-        return [
-            Resource.from_value(p.name, typeurls.ENDPOINT, self._assignment(ctx, p, endpoints))
-            for p in plans
-            if p.discovery is Discovery.EDS
-        ]
+        encode = self._encoder.load_assignment
+        # Without a network of its own, the proxy reaches every endpoint directly: the
+        # network view is the identity, and it is skipped (once per cluster of the mesh).
+        network = ctx.proxy.network
+        out = []
+        for plan in plans:
+            if plan.discovery is not Discovery.EDS:
+                continue
+            if has_sources(plan):
+                value = self._prioritized(ctx, plan)
+            elif network:
+                value = encode(*network_view(plan, endpoints, ctx.proxy))
+            else:
+                value = encode(plan, endpoints)
+            out.append(Resource.from_value(plan.name, typeurls.ENDPOINT, value))
+        return out
 
-    def _assignment(
-        self, ctx: Context, plan: ClusterPlan, endpoints: tuple[Endpoint, ...]
-    ) -> bytes:
-        if not has_sources(plan):
-            return self._encoder.load_assignment(*network_view(plan, endpoints, ctx.proxy))
+    def _prioritized(self, ctx: Context, plan: ClusterPlan) -> bytes:
         groups = [
             (prioritized_view(plan, labels, found, ctx.proxy), own)
             for labels, found, own in sources(plan, ctx.snapshot.endpoints, ctx.index.rules)
@@ -438,9 +510,11 @@ class RoutesGenerator:
 
     def _vhost_key(self, ctx: Context, host: str, vs: VirtualService | None) -> Key:
         """Everything a virtual host is built from: routed and destination services, rules."""
-        hosts = self._destination_hosts(vs) if vs is not None else (host,)
         services = ctx.snapshot.services
         rules = ctx.index.rules
+        if vs is None:  # the default route: to host's own port, hashed by host's own rule
+            return (services.get(host), rules.rule_for(host))
+        hosts = self._destination_hosts(vs)
         return (
             services.get(host),
             vs,
@@ -448,25 +522,28 @@ class RoutesGenerator:
             *(rules.rule_for(h) for h in hosts),
         )
 
-    def _vhost(self, ctx: Context, host: str, namespace: str, port: int) -> WireVirtualHost:
+    def _vhost(self, ctx: Context, scope: RouteScope, host: str, namespace: str) -> WireVirtualHost:
         vs = ctx.index.routing.vs_for(host)
         key = self._vhost_key(ctx, host, vs)
-        cached = self._vhosts.get((host, port))
+        at = (host, scope.port)
+        cached = self._vhosts.get(at)
         if cached is not None and same_key(cached[0], key):
-            self._vhosts_next[(host, port)] = cached
+            self._vhosts_next[at] = cached
             return cached[1]
-        domains = domains_for(host, port, namespace=namespace, proxy_namespace=ctx.proxy.namespace)
-        scope = RouteScope(port, ctx.snapshot.services, ctx.index.rules)
+        domains = domains_for(
+            host, scope.port, namespace=namespace, proxy_namespace=ctx.proxy.namespace
+        )
         built = wire_virtual_host(host, domains, vs, scope)
-        self._vhosts_next[(host, port)] = (key, built)
+        self._vhosts_next[at] = (key, built)
         return built
 
     def _config(self, ctx: Context, port: int) -> Resource:
         routing = ctx.index.routing
-        services = routing.http_ports.get(port, ())
-        vhosts = [self._vhost(ctx, s.host, s.namespace, port) for s in services]
+        scope = RouteScope(port, ctx.snapshot.services, ctx.index.rules)
+        vhost = self._vhost
+        vhosts = [vhost(ctx, scope, s.host, s.namespace) for s in routing.http_ports.get(port, ())]
         extra = routing.extra_hosts.get(port, ())
-        vhosts += [self._vhost(ctx, h, vs.namespace, port) for h, vs in extra]
+        vhosts += [vhost(ctx, scope, h, vs.namespace) for h, vs in extra]
         key: Key = tuple(vhosts)
         cached = self._configs.get(port)
         if cached is not None and identical(cached[0], key):

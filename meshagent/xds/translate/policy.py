@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from operator import attrgetter
 
 from meshagent.model import (
     NO_LABELS,
@@ -138,13 +139,34 @@ def _plan(
 
 def plan_clusters(service: Service, rule: DestinationRule | None) -> tuple[ClusterPlan, ...]:
     """Every cluster for service: one per port, then one per (port, subset) of rule."""
+    ports = service.ports if len(service.ports) < 2 else sorted(service.ports, key=_number)
+    if rule is None:
+        # Most hosts of a mesh: no policy, no subsets, nothing to layer (built once per host).
+        discovery = _DISCOVERY[service.resolution]
+        return tuple(
+            [
+                ClusterPlan(
+                    names.cluster_name(port.number, service.host),
+                    service,
+                    port,
+                    "",
+                    NO_LABELS,
+                    NO_POLICY,
+                    discovery,
+                )
+                for port in ports
+            ]
+        )
     plans: list[ClusterPlan] = []
     # A default subset narrows the whole-service cluster, so that every route naming no
     # subset reaches only that subset's endpoints, with that subset's policy.
-    default = rule.subset(rule.default_subset) if rule and rule.default_subset else None
+    default = rule.subset(rule.default_subset) if rule.default_subset else None
     whole_labels = default.labels if default is not None else NO_LABELS
-    for port in sorted(service.ports, key=lambda p: p.number):
+    for port in ports:
         plans.append(_plan(service, port, rule, "", whole_labels))
-        for subset in rule.subsets if rule is not None else ():
+        for subset in rule.subsets:
             plans.append(_plan(service, port, rule, subset.name, subset.labels))
     return tuple(plans)
+
+
+_number = attrgetter("number")

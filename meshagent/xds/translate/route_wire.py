@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
+from itertools import chain
+from operator import attrgetter
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 
@@ -28,7 +30,7 @@ from meshagent.xds.translate.routes import (
     build_virtual_host,
     plain_default_route,
 )
-from meshagent.xds.translate.wire import bytes_field, string_field
+from meshagent.xds.translate.wire import bytes_field, string_field, varint
 
 # Field numbers: RouteConfiguration.name 1, .virtual_hosts 2; VirtualHost.name 1, .domains 2,
 # .routes 3; Route.match 1, .route 2; RouteAction.cluster 1.
@@ -38,10 +40,21 @@ from meshagent.xds.translate.wire import bytes_field, string_field
 class WireVirtualHost:
     """One serialized virtual host, split so that its domains can be filtered later."""
 
-    domains: tuple[str, ...]
+    domains: Sequence[str]  # never altered
     head: bytes  # the name field
-    rest: bytes  # every field after domains
     field: bytes  # the whole virtual host as a RouteConfiguration.virtual_hosts field
+    rest_start: int  # where, in field, the fields after domains start
+
+    @classmethod
+    def of(cls, domains: Sequence[str], head: bytes, rest: bytes) -> WireVirtualHost:
+        """The virtual host of name field head, then domains, then the fields in rest."""
+        field = _virtual_host_field(head, domains, rest)
+        return cls(domains, head, field, len(field) - len(rest))
+
+    @property
+    def rest(self) -> bytes:
+        """Every field after domains (read only when some domain is dropped: no copy kept)."""
+        return self.field[self.rest_start :]
 
 
 def _domain_fields(domains: Iterable[str]) -> bytes:
@@ -71,33 +84,75 @@ def _default_route_parts() -> tuple[bytes, bytes, bytes]:
     return before, action, after.SerializeToString(deterministic=True)
 
 
-def _default_routes(host: str, scope: RouteScope) -> bytes | None:
-    """The routes field of a host without a VirtualService, None when it needs hashing."""
+def _default_cluster(host: str, scope: RouteScope) -> str | None:
+    """The cluster of the default route of a host without a VirtualService, None when the
+    route needs consistent hashing (then it is no template)."""
     if scope.rules.rule_for(host) is None:
         # No rule, no consistent hash: the port's cluster of host (most hosts, looked up once).
-        name = names.cluster_name(scope.port, host)
-    else:
-        destination = Destination(host, port=scope.port)
-        if actions.destination_hash(destination, scope) is not None:
-            return None
-        name = actions.destination_cluster(destination, scope)
+        return names.cluster_name(scope.port, host)
+    destination = Destination(host, port=scope.port)
+    if actions.destination_hash(destination, scope) is not None:
+        return None
+    return actions.destination_cluster(destination, scope)
+
+
+@cache
+def _default_routes_head(name_size: int) -> bytes:
+    """The routes field of the plain default route up to its cluster name of name_size bytes
+    (routes tag and length, the route's fields before its action, the action's tag and
+    length, the cluster's tag and length): it depends on that size only."""
     before, action, after = _default_route_parts()
-    cluster = string_field(1, name)
-    return bytes_field(3, before + bytes_field(2, cluster + action) + after)
+    cluster = b"\x0a" + varint(name_size)
+    route = before + b"\x12" + varint(len(cluster) + name_size + len(action)) + cluster
+    return b"\x1a" + varint(len(route) + name_size + len(action) + len(after)) + route
+
+
+@cache
+def _default_routes_tail() -> bytes:
+    """The plain default route after its cluster name: the rest of the action, then more."""
+    _before, action, after = _default_route_parts()
+    return action + after
+
+
+def _default_virtual_host(
+    host: str, domains: Sequence[str], port: int, cluster: str
+) -> WireVirtualHost:
+    """The virtual host of a host with the plain default route to cluster.
+
+    Most virtual hosts of a mesh: assembled in one join around the cluster name, since
+    building each enclosing message would copy several hundred bytes.
+    """
+    name = cluster.encode()
+    routes_head = _default_routes_head(len(name))
+    routes_tail = _default_routes_tail()
+    head = string_field(1, names.virtual_host_name(host, port))
+    domain_fields = _domain_fields(domains)
+    rest_size = len(routes_head) + len(name) + len(routes_tail)
+    body_size = len(head) + len(domain_fields) + rest_size
+    field = b"".join(
+        (b"\x12", varint(body_size), head, domain_fields, routes_head, name, routes_tail)
+    )
+    return WireVirtualHost(domains, head, field, len(field) - rest_size)
 
 
 def wire_virtual_host(
     host: str, domains: Sequence[str], vs: VirtualService | None, scope: RouteScope
 ) -> WireVirtualHost:
     """The virtual host of build_virtual_host(host, domains, vs, scope), serialized."""
-    rest = _default_routes(host, scope) if vs is None else None
-    if rest is None:
-        message = build_virtual_host(host, list(domains), vs, scope)
-        message.ClearField("name")
-        del message.domains[:]
-        rest = message.SerializeToString(deterministic=True)
-    head = string_field(1, names.virtual_host_name(host, scope.port))
-    return WireVirtualHost(tuple(domains), head, rest, _virtual_host_field(head, domains, rest))
+    cluster = _default_cluster(host, scope) if vs is None else None
+    if cluster is not None:
+        return _default_virtual_host(host, domains, scope.port, cluster)
+    message = build_virtual_host(host, list(domains), vs, scope)
+    message.ClearField("name")
+    del message.domains[:]
+    rest = message.SerializeToString(deterministic=True)
+    return WireVirtualHost.of(
+        domains, string_field(1, names.virtual_host_name(host, scope.port)), rest
+    )
+
+
+_domains_of = attrgetter("domains")
+_field_of = attrgetter("field")
 
 
 @cache
@@ -112,9 +167,16 @@ def _configuration_tail() -> bytes:
 def route_configuration_bytes(port: int, virtual_hosts: Iterable[WireVirtualHost]) -> bytes:
     """build_route_configuration(port, ...) serialized: a domain already claimed by an earlier
     virtual host is dropped from later ones, and a virtual host left with none is dropped."""
-    parts = [string_field(1, names.route_name(port))]
+    head = string_field(1, names.route_name(port))
+    vhosts = list(virtual_hosts)
+    # Usually no domain repeats: one set of them all tells (built without a Python loop over
+    # thousands of virtual hosts), and the fields join as they are.
+    listed = list(map(_domains_of, vhosts))
+    if len(set(chain.from_iterable(listed))) == sum(map(len, listed)):
+        return b"".join([head, *map(_field_of, vhosts), _configuration_tail()])
+    parts = [head]
     seen: set[str] = set()
-    for vhost in virtual_hosts:
+    for vhost in vhosts:
         if seen.isdisjoint(vhost.domains):
             parts.append(vhost.field)
             seen.update(vhost.domains)

@@ -33,13 +33,16 @@ def domains_for(host: str, port: int, *, namespace: str, proxy_namespace: str) -
     """Host names a client may use for host: the FQDN, and Istio's short forms of
     `<name>.<ns>.svc.<suffix>` (the bare name only within the proxy's own namespace),
     each also with `:port`."""
-    names_ = [host]
-    if KUBERNETES_SERVICE_INFIX in host and not host.startswith("*"):
-        name, ns, _rest = host.split(".", 2)
-        if namespace == proxy_namespace:
-            names_.append(name)
-        names_ += [f"{name}.{ns}", f"{name}.{ns}.svc"]
-    return [d for n in names_ for d in (n, f"{n}:{port}")]
+    # Spelled out rather than looped: this runs once per host and port of the mesh.
+    at = f":{port}"
+    if KUBERNETES_SERVICE_INFIX not in host or host.startswith("*"):
+        return [host, host + at]
+    name, ns, _rest = host.split(".", 2)
+    short = f"{name}.{ns}"
+    svc = short + ".svc"
+    if namespace == proxy_namespace:
+        return [host, host + at, name, name + at, short, short + at, svc, svc + at]
+    return [host, host + at, short, short + at, svc, svc + at]
 
 
 def _cluster_weights(

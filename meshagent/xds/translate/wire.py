@@ -17,6 +17,8 @@ def varint(value: int) -> bytes:
     """value (>= 0) as a base-128 varint."""
     if value < 0x80:
         return _ONE_BYTE[value]
+    if value < 0x4000:  # two bytes: the length of most messages of a few hundred bytes
+        return bytes((value & 0x7F | 0x80, value >> 7))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -39,4 +41,8 @@ def bytes_field(number: int, data: bytes) -> bytes:
 
 def string_field(number: int, text: str) -> bytes:
     """A string field with its tag."""
-    return bytes_field(number, text.encode())
+    data = text.encode()
+    size = len(data)
+    if number < 16 and size < 0x80:  # names: tag and length take a byte each
+        return bytes((number << 3 | LENGTH_DELIMITED, size)) + data
+    return bytes_field(number, data)
