@@ -56,7 +56,10 @@ class _Dirty:
 
 
 def _hosts(converted: ConvertedServiceEntry) -> tuple[str, ...]:
-    return tuple(s.host for s in converted.services)
+    services = converted.services
+    if len(services) == 1:  # the usual entry: one host
+        return (services[0].host,)
+    return tuple([s.host for s in services])
 
 
 def _security_key(converted: PeerAuthn | AuthzPolicy) -> tuple[str, str]:
@@ -312,7 +315,12 @@ class Normalizer:
             return
         entry = self._entries[owner].converted
         assert isinstance(entry, ConvertedServiceEntry)
-        service = next(s for s in entry.services if s.host == host)
+        services = entry.services
+        service = (
+            services[0]
+            if services[0].host == host
+            else next(s for s in services if s.host == host)
+        )
         self._set_service(host, service, dirty)
         endpoints = self._endpoints_of(entry)
         old = self._endpoints.get(host)

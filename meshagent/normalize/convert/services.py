@@ -54,6 +54,11 @@ def _ports(raw: list[Any]) -> tuple[ServicePort, ...]:
 _RESOLUTIONS = {r.value: r for r in Resolution}
 
 
+def _strs(value: Any) -> tuple[str, ...]:
+    """A validated list of strings as a tuple; () when absent (most entries: no work)."""
+    return tuple(map(str, value)) if type(value) is list and value else ()
+
+
 def _port_map(ports: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
     return tuple(sorted((str(k), int(v)) for k, v in ports.items()))
 
@@ -160,21 +165,23 @@ def convert_service_entry(
     given = spec.get("resolution") or "NONE"
     resolution = _RESOLUTIONS.get(given) or Resolution(given)
     external = (spec.get("location") or "MESH_EXTERNAL") == "MESH_EXTERNAL"
-    addresses = tuple(str(a) for a in items(spec, "addresses"))
-    export_to = tuple(str(e) for e in items(spec, "exportTo"))
+    addresses = _strs(spec.get("addresses"))
+    export_to = _strs(spec.get("exportTo"))
     services = tuple(
-        Service(
-            host=ctx.host(host),
-            namespace=ctx.namespace,
-            ports=ports,
-            resolution=resolution,
-            mesh_external=external,
-            addresses=addresses,
-            workload_selector=selector,
-            export_to=export_to,
-            provenance=ctx.provenance,
-        )
-        for host in dict.fromkeys(items(spec, "hosts"))  # a repeated host counts once
+        [
+            Service(
+                host=ctx.host(host),
+                namespace=ctx.namespace,
+                ports=ports,
+                resolution=resolution,
+                mesh_external=external,
+                addresses=addresses,
+                workload_selector=selector,
+                export_to=export_to,
+                provenance=ctx.provenance,
+            )
+            for host in dict.fromkeys(items(spec, "hosts"))  # a repeated host counts once
+        ]
     )
     endpoints = _endpoints(items(spec, "endpoints"), ctx)
     return ConvertedServiceEntry(ctx.namespace, services, endpoints, selector)

@@ -274,7 +274,10 @@ class ServiceEntrySpec(Obj):
                 return False  # NONE rejects endpoints, DNS has its own rule: generic path
             if value.get("resolution") in ("DNS", "DNS_ROUND_ROBIN"):
                 return False
-            return all(clean(value) or _no_issue(rule, value) for rule, clean in rules)
+            for rule, clean in rules:
+                if not clean(value) and not _no_issue(rule, value):
+                    return False
+            return True
 
         return lambda value: usual(value) or generic(value)
 
