@@ -124,6 +124,22 @@ def test_the_usual_shape_is_clean() -> None:
     assert not _full_walk(_usual_spec())
 
 
+@pytest.mark.parametrize(
+    "addresses",
+    [
+        ["10.0.0.1\n10.0.0.2"],  # one address with a newline: the joined check must see it
+        ["10.0.0.1", "10.0.0.256"],
+        ["10.0.0.1", ""],
+        ["10.0.0.1\n", "10.0.0.2"],
+    ],
+)
+def test_addresses_checked_together_are_each_checked(addresses: list[str]) -> None:
+    doc = _usual_spec()
+    doc["endpoints"] = [{"address": a} for a in addresses]
+    assert _full_walk(doc)  # each is wrong somewhere, as the generic walk says
+    assert not predicate(SPEC)(doc)
+
+
 def test_the_shortcut_never_hides_an_issue() -> None:
     rng = random.Random(2026)
     ok = predicate(SPEC)
