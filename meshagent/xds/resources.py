@@ -15,6 +15,8 @@ from types import MappingProxyType
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from meshagent.model.construct import slots_constructor
+
 TYPE_URL_PREFIX = "type.googleapis.com/"
 
 
@@ -59,9 +61,11 @@ class Resource:
             size = len(value)
             digest.update(_VALUE_HEADS.get(size) or _value_head(size))
             digest.update(value)  # not joined to the above: that would copy the value
-        return cls(name, digest.hexdigest(), type_url, value)
+        return _make_resource(name, digest.hexdigest(), type_url, value, None)
 
 
+# Tens of thousands per full translation: the positional constructor (model/construct.py).
+_make_resource = slots_constructor(Resource, "name", "version", "type_url", "value", "_body")
 _NO_CHANGES: Mapping[str, frozenset[str]] = MappingProxyType({})
 _blake2b = hashlib.blake2b
 _SEEDED: dict[str, hashlib.blake2b] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from meshagent.model.construct import slots_constructor
 from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn
 from meshagent.model.services import Workload
@@ -50,6 +51,10 @@ NOT_TRANSLATED = {
 }
 
 
+_make_provenance = slots_constructor(Provenance, "source", "location", "kind", "namespace", "name")
+_make_context = slots_constructor(Context, "namespace", "domain_suffix", "provenance")
+
+
 def convert(
     raw: RawResource, *, domain_suffix: str, default_namespace: str
 ) -> tuple[Converted | None, Issues]:
@@ -66,14 +71,11 @@ def convert(
             issues.warn("kind", NOT_TRANSLATED[raw.kind])
         return None, issues
     namespace = raw.namespace or default_namespace
-    provenance = Provenance(
-        source=raw.source,
-        location=raw.provenance.location,
-        kind=raw.kind,
-        namespace=namespace,
-        name=raw.name,
+    # Positional constructors: two objects for every resource of a large mesh (construct.py).
+    provenance = _make_provenance(
+        raw.source, raw.provenance.location, raw.kind, namespace, raw.name
     )
-    ctx = Context(namespace=namespace, domain_suffix=domain_suffix, provenance=provenance)
+    ctx = _make_context(namespace, domain_suffix, provenance)
     try:
         result: Converted | None = converter(raw.name, raw.body.get("spec") or {}, ctx)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
+from meshagent.model.construct import slots_constructor
 from meshagent.model.labels import NO_LABELS, Labels, labels_of
 from meshagent.model.services import Endpoint, Resolution, Service, ServicePort, Workload
 from meshagent.normalize.convert.context import Context, items, sub
@@ -82,12 +83,9 @@ def _labels(raw: Any) -> Labels:
 
 
 _USUAL_KEYS = frozenset({"address", "labels"})
-_new = object.__new__
-# Endpoint's slots, set directly: a frozen dataclass's __init__ goes through
-# object.__setattr__ once per field, which makes it most of the cost of converting an
-# endpoint. _endpoints sets every field (a missing one would be an unset slot);
-# _ENDPOINT_FIELDS is checked against the model at import.
-_ENDPOINT_FIELDS = (
+# Positional constructors (model/construct.py) for the per-entry and per-endpoint objects.
+_make_endpoint = slots_constructor(
+    Endpoint,
     "address",
     "ports",
     "labels",
@@ -98,26 +96,27 @@ _ENDPOINT_FIELDS = (
     "healthy",
     "provenance",
 )
-if tuple(f.name for f in fields(Endpoint)) != _ENDPOINT_FIELDS:  # pragma: no cover
-    raise ImportError("Endpoint's fields changed: update _endpoints to match")
-_set_address, _set_ports, _set_labels, _set_weight, _set_locality = (
-    getattr(Endpoint, name).__set__ for name in _ENDPOINT_FIELDS[:5]
-)
-_set_network, _set_account, _set_healthy, _set_provenance = (
-    getattr(Endpoint, name).__set__ for name in _ENDPOINT_FIELDS[5:]
+_make_service = slots_constructor(
+    Service,
+    "host",
+    "namespace",
+    "ports",
+    "resolution",
+    "mesh_external",
+    "addresses",
+    "workload_selector",
+    "export_to",
+    "provenance",
 )
 
 
 def _endpoints(specs: list[Any], ctx: Context) -> tuple[Endpoint, ...]:
-    """The listed endpoints; those with only an address and labels (most) take a shortcut:
-    every slot set directly and _labels inline, as this runs once per endpoint of the mesh."""
+    """The listed endpoints; those with only an address and labels (most) take a shortcut,
+    with _labels inline, as this runs once per endpoint of the mesh."""
     out: list[Endpoint] = []
-    append = out.append
+    append, make = out.append, _make_endpoint
     provenance = ctx.provenance
-    usual, label_sets, new = _USUAL_KEYS, _LABEL_SETS, _new
-    set_address, set_ports, set_labels = _set_address, _set_ports, _set_labels
-    set_weight, set_locality, set_network = _set_weight, _set_locality, _set_network
-    set_account, set_healthy, set_provenance = _set_account, _set_healthy, _set_provenance
+    usual, label_sets = _USUAL_KEYS, _LABEL_SETS
     for spec in specs:
         if type(spec) is not dict or not spec.keys() <= usual:
             append(_endpoint(spec, ctx))
@@ -126,17 +125,7 @@ def _endpoints(specs: list[Any], ctx: Context) -> tuple[Endpoint, ...]:
         labels = (label_sets.get(tuple(raw.items())) if type(raw) is dict else None) or (
             _labels(raw)
         )
-        endpoint: Endpoint = new(Endpoint)
-        set_address(endpoint, spec.get("address") or "")
-        set_ports(endpoint, ())
-        set_labels(endpoint, labels)
-        set_weight(endpoint, 1)
-        set_locality(endpoint, "")
-        set_network(endpoint, "")
-        set_account(endpoint, "")
-        set_healthy(endpoint, True)
-        set_provenance(endpoint, provenance)
-        append(endpoint)
+        append(make(spec.get("address") or "", (), labels, 1, "", "", "", True, provenance))
     return tuple(out)
 
 
@@ -167,18 +156,19 @@ def convert_service_entry(
     external = (spec.get("location") or "MESH_EXTERNAL") == "MESH_EXTERNAL"
     addresses = _strs(spec.get("addresses"))
     export_to = _strs(spec.get("exportTo"))
+    namespace, provenance, make = ctx.namespace, ctx.provenance, _make_service
     services = tuple(
         [
-            Service(
-                host=ctx.host(host),
-                namespace=ctx.namespace,
-                ports=ports,
-                resolution=resolution,
-                mesh_external=external,
-                addresses=addresses,
-                workload_selector=selector,
-                export_to=export_to,
-                provenance=ctx.provenance,
+            make(
+                ctx.host(host),
+                namespace,
+                ports,
+                resolution,
+                external,
+                addresses,
+                selector,
+                export_to,
+                provenance,
             )
             for host in dict.fromkeys(items(spec, "hosts"))  # a repeated host counts once
         ]
