@@ -27,6 +27,7 @@ from meshagent.model import (
     ServicePort,
     TrafficPolicy,
 )
+from meshagent.model.construct import slots_constructor
 from meshagent.xds import names
 
 
@@ -145,7 +146,7 @@ def plan_clusters(service: Service, rule: DestinationRule | None) -> tuple[Clust
         discovery = _DISCOVERY[service.resolution]
         return tuple(
             [
-                ClusterPlan(
+                _make_plan(
                     names.cluster_name(port.number, service.host),
                     service,
                     port,
@@ -153,6 +154,8 @@ def plan_clusters(service: Service, rule: DestinationRule | None) -> tuple[Clust
                     NO_LABELS,
                     NO_POLICY,
                     discovery,
+                    None,
+                    (),
                 )
                 for port in ports
             ]
@@ -170,3 +173,16 @@ def plan_clusters(service: Service, rule: DestinationRule | None) -> tuple[Clust
 
 
 _number = attrgetter("number")
+# One plan per service port of the mesh: the positional constructor (model/construct.py).
+_make_plan = slots_constructor(
+    ClusterPlan,
+    "name",
+    "service",
+    "port",
+    "subset",
+    "labels",
+    "policy",
+    "discovery",
+    "redirect",
+    "failover",
+)

@@ -22,6 +22,7 @@ from operator import attrgetter
 from envoy.config.route.v3 import route_components_pb2 as rc
 
 from meshagent.model import Destination, VirtualService
+from meshagent.model.construct import slots_constructor
 from meshagent.xds import names
 from meshagent.xds.translate import route_action as actions
 from meshagent.xds.translate.route_action import RouteScope
@@ -55,6 +56,10 @@ class WireVirtualHost:
     def rest(self) -> bytes:
         """Every field after domains (read only when some domain is dropped: no copy kept)."""
         return self.field[self.rest_start :]
+
+
+# One per host and port of the mesh: the positional constructor (model/construct.py).
+_make_vhost = slots_constructor(WireVirtualHost, "domains", "head", "field", "rest_start")
 
 
 def _domain_fields(domains: Iterable[str]) -> bytes:
@@ -132,7 +137,7 @@ def _default_virtual_host(
     field = b"".join(
         (b"\x12", varint(body_size), head, domain_fields, routes_head, name, routes_tail)
     )
-    return WireVirtualHost(domains, head, field, len(field) - rest_size)
+    return _make_vhost(domains, head, field, len(field) - rest_size)
 
 
 def wire_virtual_host(
