@@ -52,7 +52,10 @@ class _Dirty:
 
     def mark(self, name: str, key: str) -> None:
         """Record that key of the snapshot map name changed."""
-        self.changed.setdefault(name, set()).add(key)
+        keys = self.changed.get(name)
+        if keys is None:
+            keys = self.changed[name] = set()
+        keys.add(key)
 
 
 def _hosts(converted: ConvertedServiceEntry) -> tuple[str, ...]:
@@ -222,8 +225,9 @@ class Normalizer:
     def _assert(self, key: Key, converted: Converted, dirty: _Dirty) -> None:
         """Record what converted contributes to the mesh, and mark it for recomputation."""
         if isinstance(converted, ConvertedServiceEntry):
-            self._se_claims.claim(key, _hosts(converted), self._rank(key))
-            dirty.hosts.update(_hosts(converted))
+            hosts = _hosts(converted)
+            self._se_claims.claim(key, hosts, self._rank(key))
+            dirty.hosts.update(hosts)
             if converted.selector is not None:
                 self._selectors.setdefault(converted.namespace, set()).add(key)
         elif isinstance(converted, Workload):
