@@ -20,9 +20,10 @@ from meshagent.model import Endpoint, Provenance
 from meshagent.normalize.convert.context import Context
 from meshagent.normalize.convert.services import _endpoints
 from meshagent.normalize.schema.common import DNS_LABEL, domain_problem
-from meshagent.normalize.schema.core import Issues, Obj, predicate
+from meshagent.normalize.schema.core import Issues, predicate
 from meshagent.normalize.schema.serviceentry import SPEC
 from meshagent.xds.translate.wire import bytes_field, varint
+from tests.unit.test_fast_paths import _slow_check
 
 
 def _usual_spec(endpoints: int = 4) -> dict[str, Any]:
@@ -39,14 +40,7 @@ def _usual_spec(endpoints: int = 4) -> dict[str, Any]:
 
 
 def _full_walk(value: Any) -> Issues:
-    original = Obj._clean
-    Obj._clean = lambda self, value: False  # type: ignore[method-assign]
-    try:
-        issues = Issues()
-        SPEC.check(value, "", issues)
-        return issues
-    finally:
-        Obj._clean = original  # type: ignore[method-assign]
+    return _slow_check(SPEC, value)
 
 
 ODD: list[Any] = [

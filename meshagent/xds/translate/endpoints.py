@@ -20,13 +20,17 @@ from meshagent.xds.translate.policy import ClusterPlan
 METADATA_NAMESPACE = "meshagent"
 
 
-def selected_endpoints(plan: ClusterPlan, endpoints: tuple[Endpoint, ...]) -> list[Endpoint]:
-    """The endpoints of plan's subset (all of them for the whole-service cluster), in a stable
-    order (locality, address), so that discovery order never shows in the output."""
+def _subset(plan: ClusterPlan, endpoints: tuple[Endpoint, ...]) -> list[Endpoint]:
+    """The endpoints of plan's subset (all of them for the whole-service cluster), a new list."""
     if plan.labels:
-        chosen = [e for e in endpoints if selector_matches(plan.labels, e.labels)]
-    else:
-        chosen = list(endpoints)
+        return [e for e in endpoints if selector_matches(plan.labels, e.labels)]
+    return list(endpoints)
+
+
+def selected_endpoints(plan: ClusterPlan, endpoints: tuple[Endpoint, ...]) -> list[Endpoint]:
+    """The endpoints of plan's subset in a stable order (locality, address), so that
+    discovery order never shows in the output."""
+    chosen = _subset(plan, endpoints)
     chosen.sort(key=_endpoint_order)
     return chosen
 
@@ -35,10 +39,7 @@ def endpoints_by_address(plan: ClusterPlan, endpoints: tuple[Endpoint, ...]) -> 
     """The endpoints of plan's subset sorted by address only: the order of selected_endpoints
     when they share one locality and no address repeats (the caller checks), at half the
     cost (no key tuple per endpoint)."""
-    if plan.labels:
-        chosen = [e for e in endpoints if selector_matches(plan.labels, e.labels)]
-    else:
-        chosen = list(endpoints)
+    chosen = _subset(plan, endpoints)
     chosen.sort(key=_address)
     return chosen
 
