@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
-from meshagent.ca.settings import CA_MODES, CaConfig, CaServeConfig, CaUpstreamConfig
+from meshagent.ca.settings import CaConfig
 from meshagent.errors import ConfigError
 from meshagent.model.proxy import InboundPort, LocalWorkload, ProxySpec, TcpBinding
 
@@ -345,7 +345,7 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         state_dir=state_dir,
         log=_log(root.section("log")),
         path=path,
-        ca=_ca(root.section("ca"), base, state_dir) if root.data.get("ca") is not None else None,
+        ca=_ca(root, base, state_dir),
         workloads=tuple(
             _workload(root, i, item) for i, item in enumerate(root.get("workloads", list, []))
         ),
@@ -359,6 +359,14 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
     from meshagent.agent.join_config import apply_join, parse_join  # it imports from here
 
     return apply_join(config, parse_join(root.section("join"), base))
+
+
+def _ca(root: _Section, base: Path, state_dir: Path) -> CaConfig | None:
+    if root.data.get("ca") is None:
+        return None
+    from meshagent.agent.ca_config import parse_ca  # it imports from here
+
+    return parse_ca(root.section("ca"), base, state_dir)
 
 
 def _networks(root: _Section) -> tuple[tuple[str, tuple[tuple[str, int], ...]], ...]:
@@ -555,85 +563,7 @@ def _log(s: _Section) -> LogConfig:
     )
 
 
-# --- certificate authority and local workloads (issue 3) -------------------------------
-
-
-def _ca(s: _Section, base: Path, state_dir: Path) -> CaConfig:
-    from meshagent.ca.durations import parse_duration
-    from meshagent.ca.keys import KEY_TYPES
-
-    s.only(
-        "mode", "dir", "trust_domain", "key_type", "workload_ttl", "plugin_dir", "upstream", "serve"
-    )
-    mode = s.choice("mode", "self-signed", CA_MODES)
-    plugin_dir = s.opt("plugin_dir", str)
-    if mode == "plug-in" and not plugin_dir:
-        raise s.error("is required when mode is plug-in", "plugin_dir")
-    if mode == "upstream" and s.data.get("upstream") is None:
-        raise s.error("is required when mode is upstream", "upstream")
-    try:
-        ttl = parse_duration(s.get("workload_ttl", str, "24h"))
-    except ValueError as exc:
-        raise s.error(str(exc), "workload_ttl") from None
-    ca_dir = s.opt("dir", str)
-    serve = _ca_serve(s.section("serve"))
-    if mode == "upstream" and serve.address:
-        raise s.error("needs a local CA: not available in upstream mode", "serve.address")
-    return CaConfig(
-        mode=mode,
-        dir=_resolve(base, ca_dir) if ca_dir else state_dir / "ca",
-        trust_domain=_hostname(s, "trust_domain", "cluster.local"),
-        key_type=s.choice("key_type", "ec-p256", KEY_TYPES),
-        workload_ttl_s=ttl,
-        plugin_dir=_resolve(base, plugin_dir) if plugin_dir else None,
-        upstream=_ca_upstream(s.section("upstream"), base) if mode == "upstream" else None,
-        serve=serve,
-    )
-
-
-def _ca_upstream(s: _Section, base: Path) -> CaUpstreamConfig:
-    s.only("address", "token_file", "root_cert", "server_name")
-    for key in ("address", "token_file"):
-        if not s.data.get(key):
-            raise s.error("is required", key)
-    host, port = _host_port_name(s, "address", s.get("address", str, ""))
-    root_cert = s.opt("root_cert", str)
-    return CaUpstreamConfig(
-        address=f"{host}:{port}",
-        token_file=_resolve(base, s.get("token_file", str, "")),
-        root_cert=_resolve(base, root_cert) if root_cert else None,
-        server_name=s.opt("server_name", str),
-    )
-
-
-def _host_port_name(s: _Section, key: str, value: str, *, zero_ok: bool = False) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not (0 if zero_ok else 1) <= int(port) <= 65535:
-        raise s.error('must be "host:port", e.g. "istiod.example.com:15012"', key)
-    return host, int(port)
-
-
-def _listen(s: _Section, key: str) -> str | None:
-    value = s.opt(key, str)
-    if not value:
-        return None
-    host, port = _host_port_name(s, key, value, zero_ok=True)
-    return f"{_ip(s, key, host.strip('[]'))}:{port}"
-
-
-def _ca_serve(s: _Section) -> CaServeConfig:
-    s.only("address", "tls", "mtls_address", "rate", "burst", "workers")
-    rate = s.data.get("rate", 10.0)
-    if not isinstance(rate, int | float) or isinstance(rate, bool) or rate <= 0:
-        raise s.error("must be a number above 0 (requests per second per caller)", "rate")
-    return CaServeConfig(
-        address=_listen(s, "address"),
-        tls=s.get("tls", bool, True),
-        mtls_address=_listen(s, "mtls_address"),
-        rate=float(rate),
-        burst=_bounded(s, "burst", 20, 1, 100_000),
-        workers=_bounded(s, "workers", 1, 1, 64),
-    )
+# --- local workloads (issue 3; the `ca` section is agent/ca_config.py) ----------------
 
 
 def _workload(parent: _Section, index: int, item: Any) -> LocalWorkload:

@@ -16,6 +16,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from meshagent.model.construct import slots_constructor
+from meshagent.xds.wire import varint
 
 TYPE_URL_PREFIX = "type.googleapis.com/"
 
@@ -72,21 +73,10 @@ _SEEDED: dict[str, hashlib.blake2b] = {}
 _VALUE_HEADS: dict[int, bytes] = {}
 
 
-def _varint(value: int) -> bytes:
-    if value < 0x4000:  # most resources: one or two bytes
-        return bytes((value,)) if value < 0x80 else bytes((value & 0x7F | 0x80, value >> 7))
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _value_head(size: int) -> bytes:
     """The tag and length of an Any's value of size bytes, kept for sizes below 16 KiB (they
     repeat a lot; at most 16384 small entries)."""
-    found = b"\x12" + _varint(size)
+    found = b"\x12" + varint(size)
     if size < 0x4000:
         _VALUE_HEADS[size] = found
     return found
@@ -98,7 +88,7 @@ def _seeded(type_url: str) -> hashlib.blake2b:
     if found is None:
         encoded = type_url.encode()
         found = _blake2b(
-            b"\x0a" + _varint(len(encoded)) + encoded if encoded else b"", digest_size=8
+            b"\x0a" + varint(len(encoded)) + encoded if encoded else b"", digest_size=8
         )
         _SEEDED[type_url] = found
     return found

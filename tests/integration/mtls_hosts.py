@@ -166,9 +166,8 @@ spec: {{mtls: {{mode: {mode}}}}}
 """
 
 
-def plain_status(hosts: Hosts) -> int | None:
-    """A plaintext request straight to B's inbound listener; None when refused."""
-    conn = http.client.HTTPConnection(B_ADDRESS, hosts.inbound_port, timeout=5)
+def status_of(conn: http.client.HTTPConnection) -> int | None:
+    """The status of GET / on conn (closed after); None when refused or cut."""
     try:
         conn.request("GET", "/")
         return conn.getresponse().status
@@ -176,6 +175,11 @@ def plain_status(hosts: Hosts) -> int | None:
         return None
     finally:
         conn.close()
+
+
+def plain_status(hosts: Hosts) -> int | None:
+    """A plaintext request straight to B's inbound listener; None when refused."""
+    return status_of(http.client.HTTPConnection(B_ADDRESS, hosts.inbound_port, timeout=5))
 
 
 def client_identity_seen_by_b(hosts: Hosts) -> str:

@@ -29,6 +29,7 @@ from tests.integration.mtls_hosts import (
     meshagent,
     peer_auth,
     plain_status,
+    status_of,
     two_hosts,
 )
 
@@ -50,14 +51,9 @@ def _tls_status(hosts: Hosts, cert_dir: Path) -> int | None:
     context = ssl.create_default_context(cafile=str(hosts.ca_dir / "root-cert.pem"))
     context.check_hostname = False  # workload certificates carry a SPIFFE URI, no DNS name
     context.load_cert_chain(cert_dir / "cert-chain.pem", cert_dir / "key.pem")
-    conn = http.client.HTTPSConnection(B_ADDRESS, hosts.inbound_port, timeout=5, context=context)
-    try:
-        conn.request("GET", "/")
-        return conn.getresponse().status
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        conn.close()
+    return status_of(
+        http.client.HTTPSConnection(B_ADDRESS, hosts.inbound_port, timeout=5, context=context)
+    )
 
 
 def _eventually_ok(hosts: Hosts) -> None:

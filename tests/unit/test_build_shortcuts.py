@@ -22,7 +22,7 @@ from meshagent.normalize.convert.services import _endpoints
 from meshagent.normalize.schema.common import DNS_LABEL, domain_problem
 from meshagent.normalize.schema.core import Issues, predicate
 from meshagent.normalize.schema.serviceentry import SPEC
-from meshagent.xds.translate.wire import bytes_field, varint
+from meshagent.xds.wire import bytes_field, varint
 from tests.unit.test_fast_paths import _slow_check
 
 

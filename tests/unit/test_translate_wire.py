@@ -11,7 +11,7 @@ from meshagent.xds.translate.clusters import ClusterInputs, ClusterTemplates, bu
 from meshagent.xds.translate.endpoint_wire import EndpointEncoder
 from meshagent.xds.translate.endpoints import MetadataCache, build_load_assignment
 from meshagent.xds.translate.policy import ClusterPlan, plan_clusters
-from meshagent.xds.translate.wire import varint
+from meshagent.xds.wire import varint
 from tests.unit.translate_inputs import load_case
 
 TESTDATA = Path(__file__).parent / "testdata" / "translate"

@@ -17,7 +17,8 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2
 
 from meshagent.model import ConnectionPool, Endpoint, OutlierDetection
-from meshagent.xds.translate import protos, wire
+from meshagent.xds import wire
+from meshagent.xds.translate import protos
 from meshagent.xds.translate.endpoints import endpoints_of_plan
 from meshagent.xds.translate.policy import NO_POLICY, ClusterPlan, Discovery
 from meshagent.xds.translate.tls import MeshTls, upstream_transport_socket

@@ -22,7 +22,7 @@ from meshagent.xds.translate.endpoints import (
     selected_endpoints,
 )
 from meshagent.xds.translate.policy import ClusterPlan
-from meshagent.xds.translate.wire import bytes_field, string_field, varint
+from meshagent.xds.wire import bytes_field, string_field, varint
 
 # Field numbers: ClusterLoadAssignment.cluster_name 1, .endpoints 2; LocalityLbEndpoints
 # .locality 1, .lb_endpoints 2; LbEndpoint.endpoint 1; Endpoint.address 1;
@@ -37,12 +37,9 @@ _LOCALITY_GROUP = b"\x12"  # ClusterLoadAssignment.endpoints, field 2, length-de
 def foreign_port(endpoint: Endpoint, port: ServicePort) -> int:
     """The port of another service's endpoint serving port: the one of the same name, else its
     only port, else port's own number (as for an endpoint without ports)."""
-    for name, number in endpoint.ports:
-        if name == port.name:
-            return number
     if len(endpoint.ports) == 1:
         return endpoint.ports[0][1]
-    return port.target_port or port.number
+    return endpoint.port_for(port)
 
 
 class EndpointEncoder:

@@ -37,7 +37,7 @@ from meshagent.xds.translate.route_wire import (
 )
 from meshagent.xds.translate.routes import domains_for
 from meshagent.xds.translate.tls import auto_mtls, mesh_tls_for
-from meshagent.xds.translate.wire import string_field
+from meshagent.xds.wire import string_field
 
 Key = tuple[object, ...]
 Entry = tuple[Key, list[Resource]]  # one host's output and the objects it was built from

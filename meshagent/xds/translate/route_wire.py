@@ -31,7 +31,7 @@ from meshagent.xds.translate.routes import (
     build_virtual_host,
     plain_default_route,
 )
-from meshagent.xds.translate.wire import bytes_field, string_field, varint
+from meshagent.xds.wire import bytes_field, string_field, varint
 
 # Field numbers: RouteConfiguration.name 1, .virtual_hosts 2; VirtualHost.name 1, .domains 2,
 # .routes 3; Route.match 1, .route 2; RouteAction.cluster 1.
