@@ -1,7 +1,8 @@
 """A small evaluator of Envoy RBAC filters in their JSON form (protobuf JSON names), for tests.
 
 It decides a request the way Envoy's RBAC filters do, for the matchers meshagent and Istio
-generate. Dynamic metadata (JWT claims) is never present: metadata matchers do not match.
+generate. The only dynamic metadata is a validated JWT's payload (`Request.jwt`), which Envoy's
+jwt_authn filter stores under "payload"; any other filter's metadata is absent.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+JWT_FILTER = "envoy.filters.http.jwt_authn"
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class Request:
     destination_ip: str = "10.0.0.1"
     destination_port: int = 80
     sni: str = ""
+    jwt: dict[str, Any] | None = None  # the payload of a validated token; None: no token
 
     @property
     def path(self) -> str:
@@ -66,6 +70,31 @@ def _header(matcher: dict[str, Any], request: Request) -> bool:
     return result != matcher.get("invertMatch", False)
 
 
+def _value_matches(matcher: dict[str, Any], value: Any) -> bool:
+    """Envoy's ValueMatcher, for the kinds RBAC metadata matchers use."""
+    if "stringMatch" in matcher:
+        return isinstance(value, str) and string_matches(matcher["stringMatch"], value)
+    if "listMatch" in matcher:
+        one = matcher["listMatch"]["oneOf"]
+        return isinstance(value, list) and any(_value_matches(one, v) for v in value)
+    if "orMatch" in matcher:
+        return any(_value_matches(m, value) for m in matcher["orMatch"]["valueMatchers"])
+    if "presentMatch" in matcher:
+        return (value is not None) == bool(matcher["presentMatch"])
+    raise ValueError(f"unknown value matcher {matcher}")
+
+
+def _metadata(matcher: dict[str, Any], request: Request) -> bool:
+    keys = [segment["key"] for segment in matcher["path"]]
+    if matcher["filter"] != JWT_FILTER or keys[0] != "payload" or request.jwt is None:
+        value: Any = None
+    else:
+        value = request.jwt
+        for key in keys[1:]:
+            value = value.get(key) if isinstance(value, dict) else None
+    return _value_matches(matcher["value"], value) != bool(matcher.get("invert", False))
+
+
 def _cidr(spec: dict[str, Any], address: str) -> bool:
     length = spec.get("prefixLen", 32)
     network = ipaddress.ip_network(f"{spec['addressPrefix']}/{length}", strict=False)
@@ -104,7 +133,7 @@ def permission(rule: dict[str, Any], request: Request) -> bool:
     if kind == "requestedServerName":
         return string_matches(value, request.sni)
     if kind == "metadata":
-        return False
+        return _metadata(value, request)
     raise ValueError(f"unknown permission {kind}")
 
 
@@ -131,7 +160,7 @@ def principal(rule: dict[str, Any], request: Request) -> bool:
     if kind == "header":
         return _header(value, request)
     if kind == "metadata":
-        return False
+        return _metadata(value, request)
     raise ValueError(f"unknown principal {kind}")
 
 

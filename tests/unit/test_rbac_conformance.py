@@ -26,6 +26,7 @@ from tests.unit.rbac_eval import Request, allowed
 
 AUTHZ = Path(__file__).parents[2] / ".." / "shared" / "corpus" / "istio" / "authz" / "http"
 REQUESTS_PER_CASE = 400
+_CLAIM_KEYS = {"request.auth.audiences": ("aud",), "request.auth.presenter": ("azp",)}
 
 
 def _cases() -> list[Any]:
@@ -96,6 +97,10 @@ class Pools:
         self.ip = ["127.0.0.1", "8.8.8.8"]
         self.headers: dict[str, list[str | None]] = {}
         self.sni = ["", "sni.example.com"]
+        # JWT payload candidates; a request carries no token, or one built from these
+        self.iss = ["https://issuer.example", "other-issuer"]
+        self.sub = ["", "user", "other/user"]
+        self.claims: dict[tuple[str, ...], list[str]] = {("aud",): ["aud"], ("azp",): ["azp"]}
         for spec in specs:
             for field, value in _strings(spec):
                 self._add(field, value, spec)
@@ -126,6 +131,31 @@ class Pools:
             )
         elif bare == "connection.sni":
             self.sni.append(concrete)
+        elif bare in ("requestPrincipals", "request.auth.principal"):
+            iss, slash, sub = concrete.rpartition("/")
+            self.iss.append(iss if slash else concrete)
+            self.sub.append(sub if slash else "")
+        elif bare.startswith("request.auth."):
+            path = _CLAIM_KEYS.get(bare) or tuple(
+                bare[len("request.auth.claims[") : -1].split("][")
+            )
+            self.claims.setdefault(path, []).append(concrete)
+
+    def jwt(self, rnd: random.Random) -> dict[str, Any] | None:
+        """No token (one time in four), or a payload from the candidates; a claim may be
+        missing, a string, or a list holding a candidate."""
+        if rnd.random() < 0.25:
+            return None
+        payload: dict[str, Any] = {"iss": rnd.choice(self.iss), "sub": rnd.choice(self.sub)}
+        for path, values in sorted(self.claims.items()):
+            shape, value = rnd.randrange(3), rnd.choice(values)
+            if shape == 0:
+                continue
+            into = payload
+            for key in path[:-1]:
+                into = into.setdefault(key, {}) if isinstance(into.get(key, {}), dict) else {}
+            into[path[-1]] = value if shape == 1 else ["unrelated", value]
+        return payload
 
     def request(self, rnd: random.Random) -> Request:
         headers = {":authority": rnd.choice(self.host), ":method": rnd.choice(self.method)}
@@ -142,6 +172,7 @@ class Pools:
             destination_ip=rnd.choice(self.ip),
             destination_port=rnd.choice(self.port),
             sni=rnd.choice(self.sni),
+            jwt=self.jwt(rnd),
         )
 
 

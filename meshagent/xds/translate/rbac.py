@@ -5,6 +5,8 @@ one Envoy policy per rule of every policy of that action. DENY is checked before
 ALLOW policy there is no ALLOW filter (everything is allowed); ALLOW policies whose rules all
 fail to match deny. Principals come from the mTLS peer certificate: Istio's `principals`
 omit the `spiffe://` prefix, and `*` may open or close a value (prefix or suffix match).
+Request principals and request.auth.* conditions check the validated JWT's claims, which the
+jwt_authn filter (from RequestAuthentication) leaves in its dynamic metadata under "payload".
 
 TCP ports get network RBAC. There, HTTP-only fields (hosts, methods, paths, request
 principals, request.* conditions) cannot be checked: like Istio, an ALLOW rule that uses one
@@ -82,14 +84,55 @@ def cidr(value: str) -> address_pb2.CidrRange:
     )
 
 
-def _jwt(value: str) -> metadata_pb2.MetadataMatcher:
-    # No JWT filter is configured, so this metadata never exists: the matcher never holds,
-    # as a request principal never does for a request without a validated token.
-    return metadata_pb2.MetadataMatcher(
-        filter=JWT_FILTER,
-        path=[metadata_pb2.MetadataMatcher.PathSegment(key="payload")],
-        value=value_pb2.ValueMatcher(string_match=string_match(value)),
+def _claim(path: Sequence[str], matcher: value_pb2.ValueMatcher) -> Principal:
+    """A check of the validated JWT's payload, which the jwt_authn filter puts in its dynamic
+    metadata under "payload"; without a valid token it is absent and nothing matches."""
+    segments = [metadata_pb2.MetadataMatcher.PathSegment(key=k) for k in ("payload", *path)]
+    return Principal(
+        metadata=metadata_pb2.MetadataMatcher(filter=JWT_FILTER, path=segments, value=matcher)
     )
+
+
+def _claim_value(path: Sequence[str], value: str) -> Principal:
+    """A claim that is value, or a list holding value (aud, and custom claims, may be both)."""
+    one = value_pb2.ValueMatcher(string_match=string_match(value))
+    either = value_pb2.OrMatcher(value_matchers=[_in_list(one), one])
+    return _claim(path, value_pb2.ValueMatcher(or_match=either))
+
+
+def _in_list(one: value_pb2.ValueMatcher) -> value_pb2.ValueMatcher:
+    return value_pb2.ValueMatcher(list_match=value_pb2.ListMatcher(one_of=one))
+
+
+def _request_principal(value: str) -> Principal:
+    """Istio's request principal `<iss>/<sub>` as checks of both claims. The issuer may be a URL,
+    so the last `/` splits; `*` stands for any non-empty claim; a leading or trailing `*`
+    makes a suffix or prefix of the part it touches, and the other part must exist."""
+    iss, slash, sub = value.rpartition("/")
+    if not slash:
+        iss, sub = value, ""
+    any_ = string_pb2.StringMatcher(safe_regex={"regex": _ANY_REGEX})
+    if value == "*":
+        match_iss, match_sub = any_, any_
+    elif value.startswith("*"):
+        if slash:
+            match_iss = any_ if iss == "*" else string_pb2.StringMatcher(suffix=iss[1:])
+            match_sub = string_pb2.StringMatcher(exact=sub)
+        else:
+            match_iss, match_sub = any_, string_pb2.StringMatcher(suffix=value[1:])
+    elif value.endswith("*"):
+        if slash:
+            match_iss = string_pb2.StringMatcher(exact=iss)
+            match_sub = any_ if sub == "*" else string_pb2.StringMatcher(prefix=sub[:-1])
+        else:
+            match_iss, match_sub = string_pb2.StringMatcher(prefix=value[:-1]), any_
+    else:
+        match_iss, match_sub = (string_pb2.StringMatcher(exact=x) for x in (iss, sub))
+    checks = [
+        _claim([name], value_pb2.ValueMatcher(string_match=m))
+        for name, m in (("iss", match_iss), ("sub", match_sub))
+    ]
+    return Principal(and_ids=rbac_pb2.Principal.Set(ids=checks))
 
 
 def _header(
@@ -155,8 +198,8 @@ def source_ids(source: AuthzSource, namespace: str, *, http: bool) -> list[Princ
             return None
         _id_pair(
             ids,
-            [Principal(metadata=_jwt(v)) for v in source.request_principals],
-            [Principal(metadata=_jwt(v)) for v in source.not_request_principals],
+            [_request_principal(v) for v in source.request_principals],
+            [_request_principal(v) for v in source.not_request_principals],
         )
     _id_pair(
         ids,
@@ -212,7 +255,14 @@ def _condition_principal(key: str, value: str) -> Principal:
         return _principal(value)
     if key.startswith("request.headers["):
         return Principal(header=_header(key[len("request.headers[") : -1], value))
-    return Principal(metadata=_jwt(value))  # request.auth.*: JWT, never present here
+    if key == "request.auth.principal":
+        return _request_principal(value)
+    if key == "request.auth.audiences":
+        return _claim_value(["aud"], value)
+    if key == "request.auth.presenter":
+        return _claim_value(["azp"], value)
+    # request.auth.claims[a][b]...: a nested claim, one bracket per level
+    return _claim_value(key[len("request.auth.claims[") : -1].split("]["), value)
 
 
 def _condition_permission(key: str, value: str) -> Permission:
@@ -222,8 +272,14 @@ def _condition_permission(key: str, value: str) -> Permission:
         return Permission(destination_port=int(value))
     if key == "connection.sni":
         return Permission(requested_server_name=string_match(value))
-    # experimental.envoy.filters.*: dynamic metadata nobody sets here; never matches.
-    return Permission(metadata=_jwt(value))
+    # experimental.envoy.filters.<filter>[<key>]: that filter's dynamic metadata, as Istio
+    # reads it; `[v]` means a list holding v.
+    name, _, rest = key[len("experimental.") :].partition("[")
+    listed = value.startswith("[") and value.endswith("]")
+    one = value_pb2.ValueMatcher(string_match=string_match(value.strip("[]") if listed else value))
+    matcher = _in_list(one) if listed else one
+    path = [metadata_pb2.MetadataMatcher.PathSegment(key=rest.rstrip("]"))]
+    return Permission(metadata=metadata_pb2.MetadataMatcher(filter=name, path=path, value=matcher))
 
 
 def http_only(condition: Condition) -> bool:
