@@ -185,7 +185,7 @@ async def events(adapter: ConsulAdapter) -> AsyncIterator[SourceEvent]:
 
 
 async def next_matching(
-    it: AsyncIterator[SourceEvent], predicate: Any, timeout: float = 5.0
+    it: AsyncIterator[SourceEvent], predicate: Any, timeout: float = 10.0
 ) -> SourceEvent:
     async def find() -> SourceEvent:
         async for event in it:
