@@ -56,6 +56,7 @@ ISTIO_KINDS: tuple[tuple[str, str, str], ...] = (
     (_NET, "sidecars", "Sidecar"),
     (_SEC, "peerauthentications", "PeerAuthentication"),
     (_SEC, "authorizationpolicies", "AuthorizationPolicy"),
+    (_SEC, "requestauthentications", "RequestAuthentication"),
 )
 ALL_KINDS = tuple(k for _, _, k in (*CORE_KINDS, *ISTIO_KINDS))
 

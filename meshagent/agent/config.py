@@ -49,7 +49,13 @@ import yaml
 
 from meshagent.ca.settings import CaConfig
 from meshagent.errors import ConfigError
-from meshagent.model.proxy import InboundPort, LocalWorkload, ProxySpec, TcpBinding
+from meshagent.model.proxy import (
+    ExtAuthzProvider,
+    InboundPort,
+    LocalWorkload,
+    ProxySpec,
+    TcpBinding,
+)
 
 if TYPE_CHECKING:
     from meshagent.agent.consul_config import ConsulSourceConfig
@@ -160,6 +166,8 @@ class AgentConfig:
     join: JoinConfig | None = None  # `join:` (agent/join_config.py): joined an Istio mesh
     network: str = ""  # `network`: this host's network (agent/network_config.py)
     networks: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()  # east-west gateways
+    # `extension_providers` (agent/authz_config.py): CUSTOM AuthorizationPolicy authorizers
+    extension_providers: tuple[ExtAuthzProvider, ...] = ()
 
     def proxy_spec(self) -> ProxySpec:
         """What the translator needs to know about the local Envoy."""
@@ -177,6 +185,7 @@ class AgentConfig:
             root_namespace=self.root_namespace,
             network=self.network,
             network_gateways=self.networks,
+            extension_providers=self.extension_providers,
         )
 
 
@@ -332,6 +341,7 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         "join",
         "network",
         "networks",
+        "extension_providers",
     )
     state_dir = _resolve(base, root.get("state_dir", str, "/var/lib/meshagent"))
     config = AgentConfig(
@@ -353,6 +363,7 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         root_namespace=_hostname(root, "root_namespace", "istio-system"),
         network=root.get("network", str, ""),
         networks=_networks(root),
+        extension_providers=_extension_providers(root),
     )
     if root.data.get("join") is None:
         return config
@@ -373,6 +384,12 @@ def _networks(root: _Section) -> tuple[tuple[str, tuple[tuple[str, int], ...]], 
     from meshagent.agent.network_config import parse_networks  # it imports _Section from here
 
     return parse_networks(root.section("networks")) if root.data.get("networks") else ()
+
+
+def _extension_providers(root: _Section) -> tuple[ExtAuthzProvider, ...]:
+    from meshagent.agent.authz_config import parse_extension_providers  # it imports from here
+
+    return parse_extension_providers(root)
 
 
 def _inbound(root: _Section) -> str:

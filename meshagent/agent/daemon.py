@@ -141,6 +141,7 @@ class Agent:
         self._snapshot: Any = None
         self._published = False
         self._diagnostics: deque[Diagnostic] = deque(maxlen=MAX_KEPT_DIAGNOSTICS)
+        self._custom_problems: set[tuple[str, str]] = set()  # (workload, reason), logged once
         self._processor: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -370,6 +371,7 @@ class Agent:
         version = self.cache.set(self._proxy.node_id, resources)
         self.convergence.published(pushes=version != previous)
         self._published = True
+        self._warn_unservable_custom_policies()
         self.metrics.snapshot_version.set(getattr(self._snapshot, "version", 0))
         counts = {t: len(resources.of(t)) for t in SHORT_NAMES}
         self.metrics.set_resources(counts)
@@ -379,6 +381,23 @@ class Agent:
             version=version,
             **{SHORT_NAMES[t]: n for t, n in counts.items()},
         )
+
+    def _warn_unservable_custom_policies(self) -> None:
+        """Log once when CUSTOM AuthorizationPolicies make a workload deny everything (their
+        provider is not in extension_providers, or they name several)."""
+        from meshagent.xds.translate.ext_authz import provider_problem
+        from meshagent.xds.translate.inbound import authz_policies
+
+        assert self._snapshot is not None
+        problems = set()
+        for w in self._proxy.workloads:
+            policies = authz_policies(self._snapshot, self._proxy, w)
+            reason = provider_problem(policies, self._proxy.extension_providers)
+            if reason:
+                problems.add((f"{w.namespace}/{w.name}", reason))
+        for workload, reason in sorted(problems - self._custom_problems):
+            log.warning("authz_custom_denies_all", workload=workload, reason=reason)
+        self._custom_problems = problems
 
     # --- reload -------------------------------------------------------------------------
 

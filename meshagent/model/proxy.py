@@ -44,6 +44,31 @@ class LocalWorkload:
 
 
 @dataclass(frozen=True, slots=True)
+class ExtAuthzProvider:
+    """An external authorizer that AuthorizationPolicies with action CUSTOM name (Istio's
+    meshConfig.extensionProviders envoyExtAuthzHttp / envoyExtAuthzGrpc).
+
+    `service`:`port` is a mesh service (its outbound cluster carries the checks). kind "http":
+    Envoy sends the request's headers (those in include_headers; all when empty) to
+    path_prefix + the request path, and a 2xx answer allows; kind "grpc": Envoy's
+    envoy.service.auth.v3.Authorization/Check.
+    """
+
+    name: str
+    kind: str  # "http" or "grpc"
+    service: str
+    port: int
+    timeout_ms: int = 600
+    fail_open: bool = False
+    status_on_error: int = 403
+    path_prefix: str = ""
+    include_headers: tuple[str, ...] = ()
+    headers_to_upstream_on_allow: tuple[str, ...] = ()
+    headers_to_downstream_on_allow: tuple[str, ...] = ()
+    headers_to_downstream_on_deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ProxySpec:
     """What the translator needs to know about the Envoy it configures.
 
@@ -69,6 +94,8 @@ class ProxySpec:
     # ((network, ((address, port), ...)), ...); endpoints elsewhere go through them.
     network: str = ""
     network_gateways: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
+    # CUSTOM AuthorizationPolicy providers (agent config `extension_providers`).
+    extension_providers: tuple[ExtAuthzProvider, ...] = ()
 
     def outbound_port(self, service_port: int) -> int:
         for port, local in self.port_overrides:

@@ -1,7 +1,9 @@
-"""Security policy of the mesh: PeerAuthentication (who must use mTLS) and AuthorizationPolicy
-(who may call whom), as Istio's security.istio.io kinds declare them.
+"""Security policy of the mesh: PeerAuthentication (who must use mTLS), AuthorizationPolicy
+(who may call whom) and RequestAuthentication (which end-user JWTs are valid), as Istio's
+security.istio.io kinds declare them.
 
-Built by the normalizer; the translator turns them into inbound filter chains and Envoy RBAC.
+Built by the normalizer; the translator turns them into inbound filter chains, Envoy RBAC and
+the JWT authentication filter.
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ class PeerAuthn:
 
 
 class AuthzAction(StrEnum):
-    """AuthorizationPolicy's action (CUSTOM is rejected as unsupported by the normalizer)."""
+    """AuthorizationPolicy's action. CUSTOM asks an external authorizer (`provider`)."""
 
     ALLOW = "ALLOW"
     DENY = "DENY"
     AUDIT = "AUDIT"
+    CUSTOM = "CUSTOM"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,4 +109,41 @@ class AuthzPolicy:
     action: AuthzAction = AuthzAction.ALLOW
     selector: Labels | None = None
     rules: tuple[AuthzRule, ...] = ()
+    provenance: Provenance | None = None
+    provider: str = ""  # CUSTOM: the extension provider's name
+
+
+@dataclass(frozen=True, slots=True)
+class JwtRule:
+    """One RequestAuthentication jwtRules[] entry: how to find, check and pass on a JWT.
+
+    jwks (inline JSON Web Key Set) wins over jwks_uri, as in Istio; both None: the keys
+    cannot be known (no OpenID discovery here), so every token of this issuer fails.
+    from_headers: (header name, value prefix) pairs; all three locations empty means the
+    defaults (Authorization: Bearer, then the access_token query parameter).
+    output_claim_to_headers: (header, claim) pairs. timeout_ms: the JWKS fetch timeout.
+    """
+
+    issuer: str
+    audiences: tuple[str, ...] = ()
+    jwks: str | None = None
+    jwks_uri: str | None = None
+    from_headers: tuple[tuple[str, str], ...] = ()
+    from_params: tuple[str, ...] = ()
+    from_cookies: tuple[str, ...] = ()
+    forward_original_token: bool = False
+    output_payload_to_header: str = ""
+    output_claim_to_headers: tuple[tuple[str, str], ...] = ()
+    timeout_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAuthn:
+    """One RequestAuthentication. selector None: the whole namespace (mesh-wide in root).
+    Every policy that applies to a workload contributes its rules (they merge, as in Istio)."""
+
+    name: str
+    namespace: str
+    selector: Labels | None = None
+    jwt_rules: tuple[JwtRule, ...] = ()
     provenance: Provenance | None = None

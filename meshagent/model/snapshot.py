@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from meshagent.model.routing import VirtualService
-from meshagent.model.security import AuthzPolicy, PeerAuthn
+from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.model.services import Endpoint, Service, Workload
 from meshagent.model.traffic import DestinationRule
 
@@ -82,6 +82,9 @@ class MeshSnapshot:
         default_factory=lambda: MappingProxyType({})
     )
     authorization_policies: Mapping[str, AuthzPolicy] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    request_authentications: Mapping[str, RequestAuthn] = field(
         default_factory=lambda: MappingProxyType({})
     )
     changes: SnapshotChanges | None = field(default=None, compare=False, repr=False)

@@ -15,7 +15,7 @@ from typing import Any
 
 from meshagent.model.labels import selector_matches
 from meshagent.model.routing import VirtualService
-from meshagent.model.security import AuthzPolicy, PeerAuthn
+from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.model.services import Endpoint, Service, Workload
 from meshagent.model.snapshot import MeshSnapshot, SnapshotChanges
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
@@ -65,10 +65,16 @@ def _hosts(converted: ConvertedServiceEntry) -> tuple[str, ...]:
     return tuple([s.host for s in services])
 
 
-def _security_key(converted: PeerAuthn | AuthzPolicy) -> tuple[str, str]:
+_SECURITY_MAPS: dict[type, str] = {
+    PeerAuthn: "peer_authentications",
+    AuthzPolicy: "authorization_policies",
+    RequestAuthn: "request_authentications",
+}
+
+
+def _security_key(converted: PeerAuthn | AuthzPolicy | RequestAuthn) -> tuple[str, str]:
     """The snapshot map a security policy lives in, and its key there."""
-    name = "peer_authentications" if isinstance(converted, PeerAuthn) else "authorization_policies"
-    return name, f"{converted.namespace}/{converted.name}"
+    return _SECURITY_MAPS[type(converted)], f"{converted.namespace}/{converted.name}"
 
 
 def _same(old: tuple[Endpoint, ...] | None, new: tuple[Endpoint, ...]) -> bool:
@@ -99,6 +105,7 @@ class Normalizer:
         self._security: dict[str, dict[str, Any]] = {
             "peer_authentications": {},
             "authorization_policies": {},
+            "request_authentications": {},
         }
         self._entries: dict[Key, _Entry] = {}
         self._batch = 0
@@ -244,7 +251,7 @@ class Normalizer:
             if chain_role(converted):
                 self._chained[vs_key] = converted
                 dirty.chain = True
-        elif isinstance(converted, PeerAuthn | AuthzPolicy):
+        elif isinstance(converted, PeerAuthn | AuthzPolicy | RequestAuthn):
             name, key_ = _security_key(converted)
             self._security[name][key_] = converted
             dirty.mark(name, key_)
@@ -272,7 +279,7 @@ class Normalizer:
             dirty.mark("virtual_services", vs_key)
             if self._chained.pop(vs_key, None) is not None:
                 dirty.chain = True
-        elif isinstance(converted, PeerAuthn | AuthzPolicy):
+        elif isinstance(converted, PeerAuthn | AuthzPolicy | RequestAuthn):
             name, key_ = _security_key(converted)
             self._security[name].pop(key_, None)
             dirty.mark(name, key_)

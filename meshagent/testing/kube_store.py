@@ -61,7 +61,7 @@ KINDS: tuple[KindInfo, ...] = (
     ),
     *(
         KindInfo("security.istio.io", ISTIO_SEC_VERSIONS, k, plural_of(k))
-        for k in ("PeerAuthentication", "AuthorizationPolicy")
+        for k in ("PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication")
     ),
 )
 BY_PLURAL: dict[tuple[str, str], KindInfo] = {(k.group, k.plural): k for k in KINDS}

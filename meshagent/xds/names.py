@@ -94,3 +94,13 @@ def outbound_sni(port: int, subset: str, host: str) -> str:
 def rbac_policy_name(namespace: str, policy: str, rule: int) -> str:
     """An Envoy RBAC policy for one rule of an AuthorizationPolicy, named like Istio's."""
     return f"ns[{namespace}]-policy[{policy}]-rule[{rule}]"
+
+
+def jwks_cluster_name(host: str, port: int) -> str:
+    """The cluster Envoy fetches a RequestAuthentication's remote JWKS (jwksUri) through."""
+    return f"jwks|{host}|{port}"
+
+
+def jwt_provider_name(index: int) -> str:
+    """The n-th JWT provider of one inbound jwt_authn filter (Istio's `origins-<n>`)."""
+    return f"origins-{index}"

@@ -132,8 +132,11 @@ def permission(rule: dict[str, Any], request: Request) -> bool:
         return _cidr(value, request.destination_ip)
     if kind == "requestedServerName":
         return string_matches(value, request.sni)
-    if kind == "metadata":
+    if kind == "metadata":  # Istio's (deprecated) form
         return _metadata(value, request)
+    if kind == "sourcedMetadata":
+        assert value.get("metadataSource", "DYNAMIC") == "DYNAMIC", value
+        return _metadata(value["metadataMatcher"], request)
     raise ValueError(f"unknown permission {kind}")
 
 
@@ -159,8 +162,11 @@ def principal(rule: dict[str, Any], request: Request) -> bool:
         return _cidr(value, request.remote_ip)
     if kind == "header":
         return _header(value, request)
-    if kind == "metadata":
+    if kind == "metadata":  # Istio's (deprecated) form
         return _metadata(value, request)
+    if kind == "sourcedMetadata":
+        assert value.get("metadataSource", "DYNAMIC") == "DYNAMIC", value
+        return _metadata(value["metadataMatcher"], request)
     raise ValueError(f"unknown principal {kind}")
 
 

@@ -10,7 +10,7 @@ from meshagent.adapters.yamldocs import load_documents_with_meta, load_file
 from meshagent.model.security import AuthzAction, MtlsMode
 from meshagent.model.source import SourceEvent
 from meshagent.normalize import Normalizer, validate_resource
-from tests.unit.normalize_helpers import delete, errors, upsert, warnings
+from tests.unit.normalize_helpers import delete, errors, upsert
 
 CORPUS = Path(__file__).parents[2] / ".." / "shared" / "corpus" / "istio"
 
@@ -120,11 +120,13 @@ def test_invalid_authorization_policies_are_located(spec: str, field: str) -> No
     assert field in [f for _, f in found], found
 
 
-def test_custom_action_is_a_warning_and_is_not_served() -> None:
+def test_custom_action_keeps_its_provider() -> None:
     text = AP + "  action: CUSTOM\n  provider: {name: ext-authz}\n  rules: [{}]\n"
-    assert "spec.action" in warnings(text)
-    snapshot, _ = Normalizer().apply([upsert(text)])
-    assert snapshot.authorization_policies == {}
+    snapshot, diagnostics = Normalizer().apply([upsert(text)])
+    assert diagnostics == []
+    policy = snapshot.authorization_policies["shop/ap"]
+    assert (policy.action, policy.provider) == (AuthzAction.CUSTOM, "ext-authz")
+    assert ("mesh.yaml:6", "spec.provider") in errors(AP + "  action: CUSTOM\n  provider: {}\n")
 
 
 def test_deleting_a_policy_removes_it_from_the_snapshot() -> None:
@@ -171,5 +173,6 @@ def test_corpus_security_dataset_is_accepted() -> None:
     snapshot, diagnostics = Normalizer().apply([SourceEvent("files", upserts=upserts)])
     assert [str(d) for d in diagnostics if d.severity == "error"] == []
     skipped = {d.kind for d in diagnostics if d.severity == "warning" and d.field == "kind"}
-    assert skipped == {"RequestAuthentication"}
+    assert skipped == set()
     assert snapshot.peer_authentications and snapshot.authorization_policies
+    assert snapshot.request_authentications

@@ -7,7 +7,8 @@ the field types. Shorthands: a StringMatch may be written `{exact: v}` / `{prefi
 
 Document layout: description, proxy, services (list), endpoints (host -> list),
 destination_rules (list, keyed by host), virtual_services (list, keyed by namespace/name),
-peer_authentications and authorization_policies (lists, keyed by namespace/name).
+peer_authentications, authorization_policies and request_authentications (lists, keyed by
+namespace/name).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from meshagent.model import (
     VirtualService,
     frozen_map,
 )
-from meshagent.model.security import AuthzPolicy, PeerAuthn
+from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.xds import typeurls
 from meshagent.xds.resources import ResourceSet
 
@@ -82,10 +83,12 @@ def snapshot_from(doc: dict[str, Any]) -> MeshSnapshot:
     }
     peer = [build(PeerAuthn, p) for p in doc.get("peer_authentications", [])]
     authz = [build(AuthzPolicy, p) for p in doc.get("authorization_policies", [])]
+    authn = [build(RequestAuthn, p) for p in doc.get("request_authentications", [])]
     return MeshSnapshot(
         version=1,
         peer_authentications=frozen_map({f"{p.namespace}/{p.name}": p for p in peer}),
         authorization_policies=frozen_map({f"{p.namespace}/{p.name}": p for p in authz}),
+        request_authentications=frozen_map({f"{p.namespace}/{p.name}": p for p in authn}),
         services=frozen_map({s.host: s for s in services}),
         endpoints=frozen_map(endpoints),
         destination_rules=frozen_map({r.host: r for r in rules}),

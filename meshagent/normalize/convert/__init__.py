@@ -11,11 +11,12 @@ from typing import Any
 
 from meshagent.model.construct import slots_constructor
 from meshagent.model.routing import VirtualService
-from meshagent.model.security import AuthzPolicy, PeerAuthn
+from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.model.services import Workload
 from meshagent.model.source import Provenance, RawResource
 from meshagent.model.traffic import DestinationRule
 from meshagent.normalize.convert.context import Context
+from meshagent.normalize.convert.requestauthn import convert_request_authentication
 from meshagent.normalize.convert.routing import convert_virtual_service
 from meshagent.normalize.convert.security import (
     convert_authorization_policy,
@@ -30,7 +31,13 @@ from meshagent.normalize.convert.traffic import convert_destination_rule
 from meshagent.normalize.schema.core import Issues
 
 Converted = (
-    ConvertedServiceEntry | Workload | VirtualService | DestinationRule | PeerAuthn | AuthzPolicy
+    ConvertedServiceEntry
+    | Workload
+    | VirtualService
+    | DestinationRule
+    | PeerAuthn
+    | AuthzPolicy
+    | RequestAuthn
 )
 
 _CONVERTERS: dict[str, Any] = {
@@ -40,6 +47,7 @@ _CONVERTERS: dict[str, Any] = {
     "DestinationRule": convert_destination_rule,
     "PeerAuthentication": convert_peer_authentication,
     "AuthorizationPolicy": convert_authorization_policy,
+    "RequestAuthentication": convert_request_authentication,
 }
 
 

@@ -87,18 +87,14 @@ def _rule(spec: Mapping[str, Any]) -> AuthzRule:
     )
 
 
-def convert_authorization_policy(
-    name: str, spec: Mapping[str, Any], ctx: Context
-) -> AuthzPolicy | None:
-    """An AuthorizationPolicy spec as an AuthzPolicy; None for CUSTOM (not supported)."""
-    action = str(spec.get("action") or "ALLOW")
-    if action == "CUSTOM":
-        return None
+def convert_authorization_policy(name: str, spec: Mapping[str, Any], ctx: Context) -> AuthzPolicy:
+    """An AuthorizationPolicy spec as an AuthzPolicy."""
     return AuthzPolicy(
         name=name,
         namespace=ctx.namespace,
-        action=AuthzAction(action),
+        action=AuthzAction(str(spec.get("action") or "ALLOW")),
         selector=_selector(spec),
         rules=tuple(_rule(r or {}) for r in items(spec, "rules")),
         provenance=ctx.provenance,
+        provider=str(sub(spec, "provider").get("name") or ""),
     )

@@ -19,6 +19,7 @@ from meshagent.normalize.schema.core import (
     join,
     wrong_type,
 )
+from meshagent.normalize.schema.requestauthn import REQUEST_AUTHENTICATION
 
 MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
 ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")
@@ -202,10 +203,8 @@ _TARGET_REF = Obj({"group": F(Str()), "kind": F(Str()), "name": F(Str()), "names
 def _authz_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     action = value.get("action") or "ALLOW"
     if action == "CUSTOM":
-        if not value.get("provider"):
-            issues.error(join(path, "provider"), "CUSTOM action requires a provider")
-        else:
-            issues.warn(join(path, "action"), "CUSTOM action not supported yet, policy ignored")
+        if not (value.get("provider") or {}).get("name"):
+            issues.error(join(path, "provider"), "CUSTOM action requires a provider name")
     elif value.get("provider"):
         issues.error(join(path, "provider"), "provider can only be used with the CUSTOM action")
     if value.get("selector") and (value.get("targetRef") or value.get("targetRefs")):
@@ -227,4 +226,5 @@ AUTHORIZATION_POLICY = Obj(
 SPECS: Mapping[str, Obj] = {
     "PeerAuthentication": PEER_AUTHENTICATION,
     "AuthorizationPolicy": AUTHORIZATION_POLICY,
+    "RequestAuthentication": REQUEST_AUTHENTICATION,
 }

@@ -31,6 +31,7 @@ from meshagent.xds.translate.generators import (
     TcpListenersGenerator,
 )
 from meshagent.xds.translate.inbound import InboundClustersGenerator, InboundListenersGenerator
+from meshagent.xds.translate.jwt import JwksClustersGenerator
 from meshagent.xds.translate.secrets import SecretsGenerator
 
 __all__ = ["GENERATOR_ORDER", "TranslationError", "Translator", "generate"]
@@ -50,6 +51,7 @@ def _generators() -> list[Generator]:
         SecretsGenerator(),
         ClustersGenerator(plans),
         InboundClustersGenerator(),
+        JwksClustersGenerator(),
         EndpointsGenerator(plans),
         HttpListenersGenerator(),
         TcpListenersGenerator(),

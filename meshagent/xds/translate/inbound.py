@@ -36,9 +36,10 @@ from meshagent.model import InboundPort, LocalWorkload, MeshSnapshot, ProxySpec,
 from meshagent.model.security import AuthzAction, AuthzPolicy, MtlsMode, PeerAuthn
 from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
-from meshagent.xds.translate import protos
+from meshagent.xds.translate import ext_authz, protos
 from meshagent.xds.translate.context import Context
 from meshagent.xds.translate.generators import keep_unchanged
+from meshagent.xds.translate.jwt import jwt_filter_for
 from meshagent.xds.translate.listeners import tcp_proxy
 from meshagent.xds.translate.rbac import rbac_by_action
 from meshagent.xds.translate.secrets import certificate_secret_name, sds_config
@@ -108,8 +109,15 @@ def _downstream_tls(secret: str) -> base_pb2.TransportSocket:
     )
 
 
-def _http_filters(rbacs: list[tuple[AuthzAction, rbac_config.RBAC]]) -> list[hcm.HttpFilter]:
-    filters = [
+def _http_filters(
+    rbacs: list[tuple[AuthzAction, rbac_config.RBAC]],
+    authn: hcm.HttpFilter | None = None,
+    custom: Sequence[hcm.HttpFilter] = (),
+) -> list[hcm.HttpFilter]:
+    # JWT authentication first: it puts the token's payload where RBAC's matchers read it.
+    filters = [] if authn is None else [authn]
+    filters += custom
+    filters += [
         hcm.HttpFilter(name=HTTP_RBAC, typed_config=protos.packed(http_rbac.RBAC(rules=rules)))
         for _, rules in rbacs
     ]
@@ -128,12 +136,15 @@ def _inbound_route(port: InboundPort) -> route_pb2.RouteConfiguration:
 
 
 def _http_manager(
-    port: InboundPort, rbacs: list[tuple[AuthzAction, rbac_config.RBAC]]
+    port: InboundPort,
+    rbacs: list[tuple[AuthzAction, rbac_config.RBAC]],
+    authn: hcm.HttpFilter | None = None,
+    custom: Sequence[hcm.HttpFilter] = (),
 ) -> lc.Filter:
     manager = hcm.HttpConnectionManager(
         stat_prefix=names.inbound_stat_prefix(port.port),
         route_config=_inbound_route(port),
-        http_filters=_http_filters(rbacs),
+        http_filters=_http_filters(rbacs, authn, custom),
         # The app learns who called: XFCC with the peer's SPIFFE URI, set by us alone.
         forward_client_cert_details=hcm.HttpConnectionManager.SANITIZE_SET,
         set_current_client_cert_details=hcm.HttpConnectionManager.SetCurrentClientCertDetails(
@@ -176,8 +187,17 @@ def build_inbound_listener(ctx: Context, workload: LocalWorkload, port: InboundP
     if mode is MtlsMode.PERMISSIVE and not proxy.certificates:
         mode = MtlsMode.DISABLE
     http = port.protocol.upper() in _HTTP
-    rbacs = rbac_by_action(authz_policies(ctx.snapshot, proxy, workload), http=http)
-    filters = [_http_manager(port, rbacs)] if http else _tcp_filters(port, rbacs)
+    policies = authz_policies(ctx.snapshot, proxy, workload)
+    rbacs = rbac_by_action(policies, http=http)
+    if http:
+        authn = jwt_filter_for(ctx.snapshot, proxy, workload)
+        # CUSTOM (the external authorizer) decides before DENY and ALLOW, as in Istio.
+        custom = ext_authz.http_filters(policies, proxy.extension_providers)
+        filters = [_http_manager(port, rbacs, authn, custom)]
+    else:
+        prefix = names.inbound_stat_prefix(port.port)
+        custom_tcp = ext_authz.network_filters(policies, proxy.extension_providers, prefix)
+        filters = custom_tcp + _tcp_filters(port, rbacs)
     name = names.inbound_listener_name(proxy.inbound_address, port.port)
     out = Listener(name=name)
     out.address.socket_address.address = proxy.inbound_address
@@ -238,7 +258,12 @@ class InboundListenersGenerator:
 
     def generate(self, ctx: Context) -> list[Resource]:
         snap = ctx.snapshot
-        key = (ctx.proxy, snap.peer_authentications, snap.authorization_policies)
+        key = (
+            ctx.proxy,
+            snap.peer_authentications,
+            snap.authorization_policies,
+            snap.request_authentications,
+        )
         if len(key) == len(self._key) and all(a is b for a, b in zip(key, self._key, strict=True)):
             return self._last
         out = [

@@ -88,9 +88,13 @@ def _claim(path: Sequence[str], matcher: value_pb2.ValueMatcher) -> Principal:
     """A check of the validated JWT's payload, which the jwt_authn filter puts in its dynamic
     metadata under "payload"; without a valid token it is absent and nothing matches."""
     segments = [metadata_pb2.MetadataMatcher.PathSegment(key=k) for k in ("payload", *path)]
-    return Principal(
-        metadata=metadata_pb2.MetadataMatcher(filter=JWT_FILTER, path=segments, value=matcher)
-    )
+    found = metadata_pb2.MetadataMatcher(filter=JWT_FILTER, path=segments, value=matcher)
+    return Principal(sourced_metadata=_dynamic(found))
+
+
+def _dynamic(matcher: metadata_pb2.MetadataMatcher) -> rbac_pb2.SourcedMetadata:
+    # Envoy deprecates the plain `metadata` field for this (Istio still emits the old form).
+    return rbac_pb2.SourcedMetadata(metadata_matcher=matcher, metadata_source=rbac_pb2.DYNAMIC)
 
 
 def _claim_value(path: Sequence[str], value: str) -> Principal:
@@ -279,7 +283,8 @@ def _condition_permission(key: str, value: str) -> Permission:
     one = value_pb2.ValueMatcher(string_match=string_match(value.strip("[]") if listed else value))
     matcher = _in_list(one) if listed else one
     path = [metadata_pb2.MetadataMatcher.PathSegment(key=rest.rstrip("]"))]
-    return Permission(metadata=metadata_pb2.MetadataMatcher(filter=name, path=path, value=matcher))
+    found = metadata_pb2.MetadataMatcher(filter=name, path=path, value=matcher)
+    return Permission(sourced_metadata=_dynamic(found))
 
 
 def http_only(condition: Condition) -> bool:
