@@ -32,7 +32,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from google.protobuf import wrappers_pb2
 
 from meshagent.errors import ConfigError
-from meshagent.model import InboundPort, LocalWorkload, MeshSnapshot, ProxySpec, selector_matches
+from meshagent.model import InboundPort, LocalWorkload, MeshSnapshot, ProxySpec
 from meshagent.model.security import AuthzAction, AuthzPolicy, MtlsMode, PeerAuthn
 from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
@@ -43,6 +43,7 @@ from meshagent.xds.translate.jwt import jwt_filter_for
 from meshagent.xds.translate.listeners import tcp_proxy
 from meshagent.xds.translate.rbac import rbac_by_action
 from meshagent.xds.translate.secrets import certificate_secret_name, sds_config
+from meshagent.xds.translate.selection import applicable, applies, is_http
 
 HTTP_RBAC = "envoy.filters.http.rbac"
 NETWORK_RBAC = "envoy.filters.network.rbac"
@@ -50,13 +51,6 @@ TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 # What the inbound TLS side offers; mesh clients offer "istio" (no overlap: no ALPN, and the
 # HTTP connection manager detects HTTP/1.1 or HTTP/2 from the first bytes).
 INBOUND_ALPN = ("h2", "http/1.1")
-_HTTP = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
-
-
-def _applies(policy: PeerAuthn | AuthzPolicy, workload: LocalWorkload, root: str) -> bool:
-    if policy.namespace not in (workload.namespace, root):
-        return False
-    return policy.selector is None or selector_matches(policy.selector, workload.labels)
 
 
 def _oldest_first(policies: Sequence[PeerAuthn]) -> list[PeerAuthn]:
@@ -69,7 +63,7 @@ def mtls_mode(
 ) -> MtlsMode:
     """The effective mTLS mode of one workload port (see the module docstring)."""
     found = [
-        pa for pa in snapshot.peer_authentications.values() if _applies(pa, w, proxy.root_namespace)
+        pa for pa in snapshot.peer_authentications.values() if applies(pa, w, proxy.root_namespace)
     ]
     own = _oldest_first([pa for pa in found if pa.selector and pa.namespace == w.namespace])
     ns = _oldest_first([pa for pa in found if not pa.selector and pa.namespace == w.namespace])
@@ -86,11 +80,7 @@ def authz_policies(
     snapshot: MeshSnapshot, proxy: ProxySpec, workload: LocalWorkload
 ) -> list[AuthzPolicy]:
     """The AuthorizationPolicies that apply to workload, sorted by namespace and name."""
-    return [
-        snapshot.authorization_policies[k]
-        for k in sorted(snapshot.authorization_policies)
-        if _applies(snapshot.authorization_policies[k], workload, proxy.root_namespace)
-    ]
+    return applicable(snapshot.authorization_policies, proxy, workload)
 
 
 def _downstream_tls(secret: str) -> base_pb2.TransportSocket:
@@ -186,7 +176,7 @@ def build_inbound_listener(ctx: Context, workload: LocalWorkload, port: InboundP
     mode = mtls_mode(ctx.snapshot, proxy, workload, port)
     if mode is MtlsMode.PERMISSIVE and not proxy.certificates:
         mode = MtlsMode.DISABLE
-    http = port.protocol.upper() in _HTTP
+    http = is_http(port)
     policies = authz_policies(ctx.snapshot, proxy, workload)
     rbacs = rbac_by_action(policies, http=http)
     if http:

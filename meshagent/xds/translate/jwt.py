@@ -5,7 +5,8 @@ Every RequestAuthentication that applies to a workload (its own selector policie
 namespace's, the mesh-wide ones in the root namespace) contributes its jwtRules; they merge
 into one filter with one provider per distinct rule, named `origins-<n>` in order of issuer.
 Istio's semantics: a request without a token passes (authorization decides), a request with
-a token that no provider accepts (bad signature, expired, wrong issuer or audience) gets 401.
+a token that no provider accepts gets 401 (bad signature, expired, unknown issuer), or 403
+for a wrong audience (Envoy's answer, as in Istio).
 A verified token's payload goes to the dynamic metadata of this filter under `payload`,
 where the RBAC filters' request principal and request.auth.* matchers read it.
 """
@@ -27,13 +28,14 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import empty_pb2
 
-from meshagent.model import LocalWorkload, MeshSnapshot, ProxySpec, selector_matches
+from meshagent.model import LocalWorkload, MeshSnapshot, ProxySpec
 from meshagent.model.security import JwtRule, RequestAuthn
 from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
 from meshagent.xds.translate import protos
 from meshagent.xds.translate.context import Context
 from meshagent.xds.translate.generators import keep_unchanged
+from meshagent.xds.translate.selection import applicable, is_http
 
 JWT_AUTHN = "envoy.filters.http.jwt_authn"
 PAYLOAD_METADATA_KEY = "payload"  # what the RBAC matchers read: [payload, <claim>...]
@@ -46,23 +48,13 @@ UNUSABLE_JWKS = (
     '"x":"9lGzF1dr1YXLXdT6ZOHCBdLmGBCExKDQYdOCQdvNQZg",'
     '"y":"QaNglmJCF7skxC8AQ3Baf0jKwQAy4YHwQlccHXz5M24"}]}'
 )
-# Inbound ports whose protocol gets an HTTP connection manager (as inbound.py decides).
-_HTTP = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
 
 
 def request_authns(
     snapshot: MeshSnapshot, proxy: ProxySpec, workload: LocalWorkload
 ) -> list[RequestAuthn]:
-    """The RequestAuthentications that apply to workload, sorted by namespace and name
-    (the selection of PeerAuthentication and AuthorizationPolicy)."""
-    out = []
-    for key in sorted(snapshot.request_authentications):
-        policy = snapshot.request_authentications[key]
-        if policy.namespace not in (workload.namespace, proxy.root_namespace):
-            continue
-        if policy.selector is None or selector_matches(policy.selector, workload.labels):
-            out.append(policy)
-    return out
+    """The RequestAuthentications that apply to workload, sorted by namespace and name."""
+    return applicable(snapshot.request_authentications, proxy, workload)
 
 
 def merged_rules(policies: Iterable[RequestAuthn]) -> list[JwtRule]:
@@ -188,7 +180,7 @@ def jwks_uris(snapshot: MeshSnapshot, proxy: ProxySpec) -> list[str]:
     """The jwksUris the proxy's HTTP inbound ports fetch, one per cluster name, sorted."""
     by_cluster: dict[str, str] = {}
     for workload in proxy.workloads:
-        if not any(p.protocol.upper() in _HTTP for p in workload.ports):
+        if not any(is_http(p) for p in workload.ports):
             continue
         for rule in merged_rules(request_authns(snapshot, proxy, workload)):
             if rule.jwks_uri is not None and rule.jwks is None:
