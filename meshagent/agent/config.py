@@ -9,6 +9,7 @@ slash) are relative to the directory of the config file.
 | `node.id` | the host name | Envoy node id of the local proxy; the xDS cache is keyed by it |
 | `node.cluster` | `meshagent` | Envoy node cluster (`--service-cluster`) |
 | `node.namespace` | `default` | this host's namespace; default for resources without one |
+| `node.locality` | `""` | this host's `region/zone/subzone` (zone, subzone optional): locality LB |
 | `domain_suffix` | `cluster.local` | suffix of short host names (`<name>.<ns>.svc.<suffix>`) |
 | `sources.files.paths` | `[mesh/]` | YAML files and directories (recursive); `null` files: off |
 | `sources.files.debounce_ms` | `100` | quiet time before a burst of file writes is applied |
@@ -75,6 +76,7 @@ class NodeConfig:
     id: str
     cluster: str = "meshagent"
     namespace: str = "default"
+    locality: str = ""  # "region/zone/subzone"; "" = unknown (joined: from the join labels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +188,7 @@ class AgentConfig:
             network=self.network,
             network_gateways=self.networks,
             extension_providers=self.extension_providers,
+            locality=self.node.locality,
         )
 
 
@@ -421,11 +424,29 @@ def _hostname(s: _Section, key: str, default: str) -> str:
 
 
 def _node(s: _Section) -> NodeConfig:
-    s.only("id", "cluster", "namespace")
+    s.only("id", "cluster", "namespace", "locality")
     return NodeConfig(
         id=_hostname(s, "id", socket.gethostname() or "localhost"),
         cluster=_hostname(s, "cluster", "meshagent"),
         namespace=_hostname(s, "namespace", "default"),
+        locality=_locality(s, "locality"),
+    )
+
+
+def _locality(s: _Section, key: str) -> str:
+    """A locality "region/zone/subzone" (zone and subzone may be omitted), or ""."""
+    value = s.get(key, str, "")
+    if value and not is_locality(value):
+        raise s.error('must be "region", "region/zone" or "region/zone/subzone"', key)
+    return value
+
+
+def is_locality(value: str) -> bool:
+    """Whether value is a locality: 1 to 3 non-empty parts joined by "/", without spaces or
+    wildcards (those belong in DestinationRule patterns, not in a place)."""
+    parts = value.split("/")
+    return len(parts) <= 3 and all(
+        p and p != "*" and not any(c.isspace() for c in p) for p in parts
     )
 
 

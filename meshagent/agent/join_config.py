@@ -3,7 +3,9 @@
 `apply_join` turns the directory's facts into the settings the rest of the agent already
 understands: `ca` in upstream mode (the mesh CA's address, istio-token, root-cert.pem; the trust
 domain from cluster.env), one workload with the VM's namespace, service account, labels and
-ports, and the node's namespace. Explicit `ca:` or `workloads:` keys win over the derived ones.
+ports, the node's namespace, and its locality (from the `topology.istio.io/locality` or
+`istio-locality` label). Explicit `ca:`, `workloads:` or `node.locality` keys win over the
+derived ones.
 """
 
 from __future__ import annotations
@@ -100,6 +102,23 @@ def join_workload(info: JoinInfo) -> LocalWorkload:
     )
 
 
+# Labels that carry a workload's locality in Istio, first wins; label values cannot hold "/",
+# so the parts are joined by "." there ("region.zone.subzone").
+LOCALITY_LABELS = ("topology.istio.io/locality", "istio-locality")
+
+
+def join_locality(info: JoinInfo) -> str:
+    """The VM's locality from its join labels ("" when none, or not a valid locality)."""
+    from meshagent.agent.config import is_locality
+
+    labels = dict(info.labels)
+    for key in LOCALITY_LABELS:
+        value = labels.get(key, "").replace(".", "/")
+        if value:
+            return value if is_locality(value) else ""
+    return ""
+
+
 def _protocol(port_name: str) -> str:
     """Istio's protocol selection by port name prefix (http-, grpc-, tcp-, ...); HTTP otherwise."""
     prefix = port_name.split("-", 1)[0].upper()
@@ -128,6 +147,8 @@ def apply_join(config: AgentConfig, join: JoinConfig) -> AgentConfig:
     node = config.node
     if node.namespace == "default":
         node = dataclasses.replace(node, namespace=info.namespace)
+    if not node.locality:
+        node = dataclasses.replace(node, locality=join_locality(info))
     return dataclasses.replace(
         config,
         node=node,

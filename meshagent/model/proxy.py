@@ -96,6 +96,8 @@ class ProxySpec:
     network_gateways: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
     # CUSTOM AuthorizationPolicy providers (agent config `extension_providers`).
     extension_providers: tuple[ExtAuthzProvider, ...] = ()
+    # This proxy's locality, "region/zone/subzone" ("" = unknown): locality load balancing.
+    locality: str = ""
 
     def outbound_port(self, service_port: int) -> int:
         for port, local in self.port_overrides:

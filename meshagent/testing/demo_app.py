@@ -6,6 +6,7 @@ Paths:
   /delay/<ms>       answers after ms milliseconds
   /flaky            fails with 503 on every other request (1st, 3rd, ...), else 200
   /_requests        JSON list of the paths this instance received (for mirror tests)
+Setting `fail_with` on a running DemoApp makes every path but /_requests answer with that status.
 
 Run one: `python -m meshagent.testing.demo_app --name hello --version v1 --listen 127.0.0.1:18081`.
 """
@@ -33,6 +34,9 @@ class DemoApp:
         self._lock = threading.Lock()
         self._flaky_count = 0
         self.requests: list[str] = []
+        # When non-zero, every request (but /_requests) gets this status: an instance that went
+        # bad while its connections stay open (tests of outlier detection and failover).
+        self.fail_with = 0
         self._server = ThreadingHTTPServer((host, port), _handler_for(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -97,7 +101,9 @@ def _handler_for(app: DemoApp) -> type[BaseHTTPRequestHandler]:
                 return
             app.record(self.path)
             status = 200
-            if path.startswith("/status/"):
+            if app.fail_with:
+                status = app.fail_with
+            elif path.startswith("/status/"):
                 status = _int_or(path.removeprefix("/status/"), 200)
             elif path.startswith("/delay/"):
                 time.sleep(min(_int_or(path.removeprefix("/delay/"), 0), MAX_DELAY_MS) / 1000)

@@ -102,7 +102,7 @@ LOCALITY_LB = Obj(
             ListOf(Obj({"from": F(Str()), "to": F(MapOf(UINT32))}, rules=[_distribute_rule]))
         ),
         "failover": F(ListOf(Obj({"from": F(Str()), "to": F(Str())}, rules=[_failover_rule]))),
-        "failoverPriority": F(ListOf(Str())),
+        "failoverPriority": F(ListOf(Str(non_empty=True))),
         "enabled": F(Bool()),
     },
     rules=[_locality_rule],
@@ -138,7 +138,7 @@ LOAD_BALANCER = Obj(
             )
         ),
         "consistentHash": F(CONSISTENT_HASH),
-        "localityLbSetting": F(LOCALITY_LB, todo="locality load balancing"),
+        "localityLbSetting": F(LOCALITY_LB),
         "warmupDurationSecs": F(Duration(min_ms=1), todo="slow-start warmup"),
         "warmup": F(WARMUP, todo="slow-start warmup"),
     },

@@ -102,6 +102,15 @@ def configure_load_balancer(cluster: Cluster, plan: ClusterPlan, _: ClusterInput
             cluster.ring_hash_lb_config.minimum_ring_size.value = hashing.minimum_ring_size
 
 
+def configure_locality_weights(cluster: Cluster, plan: ClusterPlan, _: ClusterInputs) -> None:
+    """Locality-weighted balancing, when a distribute rule weighs the localities (locality.py).
+
+    Envoy then sends nothing to a locality without a weight, as distribute asks.
+    """
+    if plan.locality is not None and plan.locality.weights:
+        cluster.common_lb_config.locality_weighted_lb_config.SetInParent()
+
+
 def configure_circuit_breakers(cluster: Cluster, plan: ClusterPlan, _: ClusterInputs) -> None:
     """Thresholds: the rule's limits, else effectively unlimited as in Istio.
 
@@ -233,6 +242,7 @@ CONFIGURERS: tuple[Configurer, ...] = (
     configure_discovery,
     configure_connect_timeout,
     configure_load_balancer,
+    configure_locality_weights,
     configure_circuit_breakers,
     configure_tcp_keepalive,
     configure_outlier_detection,
@@ -257,6 +267,9 @@ def _shared_shape(plan: ClusterPlan) -> tuple[object, ...] | None:
     # Hashing a policy runs Python code per field; hosts without a rule (most of a mesh) all
     # share NO_POLICY, which None stands for.
     policy = None if plan.policy is NO_POLICY else plan.policy
+    if plan.locality is not None:
+        # Distribute weights change the cluster; the plan is resolved for this proxy.
+        return (plan.discovery, policy, plan.port.protocol.upper(), plan.locality)
     return (plan.discovery, policy, plan.port.protocol.upper())
 
 

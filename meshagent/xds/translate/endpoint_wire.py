@@ -9,7 +9,7 @@ and serialized once each by protobuf itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from envoy.config.core.v3 import health_check_pb2
 from envoy.config.endpoint.v3.endpoint_components_pb2 import LbEndpoint
@@ -32,6 +32,7 @@ _ADDRESS = b"\x12"  # field 2, length-delimited
 _PORT = b"\x18"  # field 3, varint
 _PRIORITY = b"\x28"  # LocalityLbEndpoints.priority, field 5, varint
 _LOCALITY_GROUP = b"\x12"  # ClusterLoadAssignment.endpoints, field 2, length-delimited
+_WEIGHT_VALUE = b"\x08"  # UInt32Value.value, field 1, varint (LocalityLbEndpoints field 3)
 
 
 def foreign_port(endpoint: Endpoint, port: ServicePort) -> int:
@@ -173,15 +174,24 @@ class EndpointEncoder:
         return b"".join([*parts, _LOCALITY_GROUP + varint(size), place, *lbs])
 
     def prioritized_assignment(
-        self, plan: ClusterPlan, groups: Sequence[tuple[Sequence[Endpoint], bool]]
+        self,
+        plan: ClusterPlan,
+        groups: Sequence[tuple[Sequence[Endpoint], bool]],
+        weights: Mapping[str, int] | None = None,
     ) -> bytes:
         """The serialized ClusterLoadAssignment of plan's cluster from endpoint groups in
         priority order, each (selected endpoints, whether they are the plan's own host's);
-        empty groups take no priority, so priorities stay contiguous."""
+        empty groups take no priority, so priorities stay contiguous.
+
+        With weights (locality -> load_balancing_weight, for locality-weighted balancing),
+        each locality group carries its weight, and localities without one are left out.
+        """
         default_port = plan.port.target_port or plan.port.number
         parts = [string_field(1, plan.name)]
         priority = 0
         for endpoints, own in groups:
+            if weights is not None:
+                endpoints = [e for e in endpoints if e.locality in weights]
             if not endpoints:
                 continue
             localities: dict[str, list[bytes]] = {}
@@ -195,6 +205,10 @@ class EndpointEncoder:
                 )
             level = _PRIORITY + varint(priority) if priority else b""
             for locality, lbs in localities.items():
-                parts.append(bytes_field(2, self.locality(locality) + b"".join(lbs) + level))
+                weight = b""
+                if weights is not None:
+                    weight = bytes_field(3, _WEIGHT_VALUE + varint(weights[locality]))
+                group = self.locality(locality) + b"".join(lbs) + weight + level
+                parts.append(bytes_field(2, group))
             priority += 1
         return b"".join(parts)

@@ -2,7 +2,9 @@
 
 Every endpoint is sent, unhealthy ones with health_status UNHEALTHY rather than dropped, so
 that `config_dump` shows them and Envoy's panic threshold can still count them.
-Endpoints are grouped by locality ("region/zone/subzone"), all at priority 0.
+Endpoints are grouped by locality ("region/zone/subzone"), all at priority 0 unless locality
+load balancing (locality.py) or Consul failover (resolve.py) assigns priorities; those are
+encoded by EndpointEncoder.prioritized_assignment (endpoint_wire.py).
 """
 
 from __future__ import annotations

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from meshagent.errors import ConfigError
-from meshagent.model import Service, TcpBinding, TcpRoute, VirtualService
+from meshagent.model import Endpoint, Service, TcpBinding, TcpRoute, VirtualService
 from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
 from meshagent.xds.translate.clusters import ClusterInputs, ClusterTemplates
 from meshagent.xds.translate.context import Context
 from meshagent.xds.translate.endpoint_wire import EndpointEncoder
 from meshagent.xds.translate.listeners import build_http_listener, build_tcp_listener
+from meshagent.xds.translate.locality import LocalityPlan, failover_groups, locality_weights
 from meshagent.xds.translate.networks import network_view, prioritized_view
 from meshagent.xds.translate.policy import ClusterPlan, Discovery, plan_clusters
 from meshagent.xds.translate.resolve import (
@@ -128,7 +129,7 @@ class PlanCache:
         if cached is not None and same_key(cached[0], key):
             plans = cached[1]
         else:
-            plans = plan_clusters(service, rule)
+            plans = plan_clusters(service, rule, ctx.proxy)
             self._by_host[host] = (key, plans)
             if self._sources or (rule is not None and (rule.redirect or rule.failover)):
                 self._note_sources(host, plans)
@@ -389,6 +390,8 @@ class EndpointsGenerator(PerHostGenerator):
                 continue
             if has_sources(plan):
                 value = self._prioritized(ctx, plan)
+            elif plan.locality is not None:
+                value = self._by_locality(ctx, plan, plan.locality, endpoints)
             elif network:
                 value = encode(*network_view(plan, endpoints, ctx.proxy))
             else:
@@ -401,6 +404,20 @@ class EndpointsGenerator(PerHostGenerator):
             (prioritized_view(plan, labels, found, ctx.proxy), own)
             for labels, found, own in sources(plan, ctx.snapshot.endpoints, ctx.index.rules)
         ]
+        return self._encoder.prioritized_assignment(plan, groups)
+
+    def _by_locality(
+        self,
+        ctx: Context,
+        plan: ClusterPlan,
+        locality: LocalityPlan,
+        endpoints: tuple[Endpoint, ...],
+    ) -> bytes:
+        chosen = prioritized_view(plan, plan.labels, endpoints, ctx.proxy)
+        if locality.weights:
+            weights = locality_weights(locality, chosen)
+            return self._encoder.prioritized_assignment(plan, [(chosen, True)], weights)
+        groups = [(group, True) for group in failover_groups(locality, chosen)]
         return self._encoder.prioritized_assignment(plan, groups)
 
 

@@ -28,7 +28,9 @@ from meshagent.model import (
     TrafficPolicy,
 )
 from meshagent.model.construct import slots_constructor
+from meshagent.model.proxy import ProxySpec
 from meshagent.xds import names
+from meshagent.xds.translate.locality import LocalityPlan, locality_plan
 
 
 class Discovery(StrEnum):
@@ -68,6 +70,8 @@ class ClusterPlan:
     # one's, and hosts to fail over to, in order.
     redirect: ResolverTarget | None = None
     failover: tuple[ResolverTarget, ...] = ()
+    # Locality load balancing resolved for the proxy's locality (locality.py); None: none.
+    locality: LocalityPlan | None = None
 
 
 _DISCOVERY = {
@@ -121,10 +125,19 @@ def discovery_for(service: Service, policy: EffectivePolicy) -> Discovery:
 
 
 def _plan(
-    service: Service, port: ServicePort, rule: DestinationRule | None, subset: str, labels: Labels
+    service: Service,
+    port: ServicePort,
+    rule: DestinationRule,
+    subset: str,
+    labels: Labels,
+    proxy: ProxySpec | None,
 ) -> ClusterPlan:
     policy = effective_policy(rule, subset, port.number)
-    failover = rule.failover_for(subset or rule.default_subset) if rule is not None else None
+    failover = rule.failover_for(subset or rule.default_subset)
+    discovery = discovery_for(service, policy)
+    locality = None
+    if discovery is Discovery.EDS and proxy is not None:
+        locality = locality_plan(policy.load_balancer, policy.outlier_detection, proxy)
     return ClusterPlan(
         name=names.cluster_name(port.number, service.host, subset),
         service=service,
@@ -132,14 +145,18 @@ def _plan(
         subset=subset,
         labels=labels,
         policy=policy,
-        discovery=discovery_for(service, policy),
-        redirect=rule.redirect if rule is not None else None,
+        discovery=discovery,
+        redirect=rule.redirect,
         failover=failover.targets if failover is not None else (),
+        locality=locality,
     )
 
 
-def plan_clusters(service: Service, rule: DestinationRule | None) -> tuple[ClusterPlan, ...]:
-    """Every cluster for service: one per port, then one per (port, subset) of rule."""
+def plan_clusters(
+    service: Service, rule: DestinationRule | None, proxy: ProxySpec | None = None
+) -> tuple[ClusterPlan, ...]:
+    """Every cluster for service: one per port, then one per (port, subset) of rule, for
+    proxy (its locality and labels matter to locality load balancing only; None: none)."""
     ports = service.ports if len(service.ports) < 2 else sorted(service.ports, key=_number)
     if rule is None:
         # Most hosts of a mesh: no policy, no subsets, nothing to layer (built once per host).
@@ -156,6 +173,7 @@ def plan_clusters(service: Service, rule: DestinationRule | None) -> tuple[Clust
                     discovery,
                     None,
                     (),
+                    None,
                 )
                 for port in ports
             ]
@@ -166,9 +184,9 @@ def plan_clusters(service: Service, rule: DestinationRule | None) -> tuple[Clust
     default = rule.subset(rule.default_subset) if rule.default_subset else None
     whole_labels = default.labels if default is not None else NO_LABELS
     for port in ports:
-        plans.append(_plan(service, port, rule, "", whole_labels))
+        plans.append(_plan(service, port, rule, "", whole_labels, proxy))
         for subset in rule.subsets:
-            plans.append(_plan(service, port, rule, subset.name, subset.labels))
+            plans.append(_plan(service, port, rule, subset.name, subset.labels, proxy))
     return tuple(plans)
 
 
@@ -185,4 +203,5 @@ _make_plan = slots_constructor(
     "discovery",
     "redirect",
     "failover",
+    "locality",
 )
