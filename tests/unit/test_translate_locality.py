@@ -15,7 +15,6 @@ from meshagent.agent.join_config import join_from_dir
 from meshagent.errors import ConfigError
 from meshagent.model import (
     MeshSnapshot,
-    Provenance,
     ProxySpec,
     RawResource,
     SourceEvent,
@@ -27,6 +26,7 @@ from meshagent.xds.resources import ResourceSet
 from meshagent.xds.translate import Translator, generate
 from meshagent.xds.translate.locality import locality_matches
 from tests.unit.normalize_helpers import warnings
+from tests.unit.test_translate_incremental import _raw
 from tests.unit.translate_inputs import resources_as_dict, snapshot_from
 
 HOST = "ratings.prod.svc.cluster.local"
@@ -381,17 +381,6 @@ spec:
 
 PROXY = ProxySpec(node_id="vm", namespace="ns", locality="us-east/zone-a")
 PLACES = ["us-east/zone-a", "us-east/zone-a/r2", "us-east/zone-b", "eu-west/zone-c", ""]
-
-
-def _raw(kind: str, name: str, spec: dict[str, Any]) -> RawResource:
-    body = {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": kind,
-        "metadata": {"name": name, "namespace": "ns"},
-        "spec": spec,
-    }
-    prov = Provenance("test", f"test:{name}", kind, "ns", name)
-    return RawResource("test", kind, "networking.istio.io/v1", "ns", name, body, prov)
 
 
 def _entry(rng: random.Random, i: int) -> RawResource:
