@@ -142,6 +142,7 @@ class Agent:
         self._published = False
         self._diagnostics: deque[Diagnostic] = deque(maxlen=MAX_KEPT_DIAGNOSTICS)
         self._custom_problems: set[tuple[str, str]] = set()  # (workload, reason), logged once
+        self._custom_checked: tuple[object, ...] = ()  # what _custom_problems was found from
         self._processor: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -388,7 +389,12 @@ class Agent:
         from meshagent.xds.translate.ext_authz import provider_problem
         from meshagent.xds.translate.inbound import authz_policies
 
-        assert self._snapshot is not None
+        if self._snapshot is None or not self._proxy.workloads:
+            return
+        key = (self._snapshot.authorization_policies, self._proxy)
+        if key == self._custom_checked:  # most publishes change neither
+            return
+        self._custom_checked = key
         problems = set()
         for w in self._proxy.workloads:
             policies = authz_policies(self._snapshot, self._proxy, w)

@@ -9,7 +9,8 @@ Web Key Set (an object with a `keys` list), which is what Envoy's inline JWKS ac
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -63,24 +64,16 @@ def jwks_problem(text: str) -> str:
     return ""
 
 
-class JwksUri(Str):
-    """jwksUri: an http or https URL."""
+@dataclass(frozen=True, slots=True)
+class _Checked(Str):
+    """A non-empty string in which `problem` finds nothing wrong (it returns "" then)."""
+
+    problem: Callable[[str], str] | None = None
 
     def check(self, value: Any, path: str, issues: Issues) -> None:
         Str(non_empty=True).check(value, path, issues)
-        if isinstance(value, str) and value:
-            problem = jwks_uri_problem(value)
-            if problem:
-                issues.error(path, problem)
-
-
-class Jwks(Str):
-    """jwks: a JSON Web Key Set, as a string."""
-
-    def check(self, value: Any, path: str, issues: Issues) -> None:
-        Str(non_empty=True).check(value, path, issues)
-        if isinstance(value, str) and value:
-            problem = jwks_problem(value)
+        if isinstance(value, str) and value and self.problem is not None:
+            problem = self.problem(value)
             if problem:
                 issues.error(path, problem)
 
@@ -101,8 +94,8 @@ JWT_RULE = Obj(
     {
         "issuer": F(_NON_EMPTY, required=True),
         "audiences": F(ListOf(_NON_EMPTY)),
-        "jwksUri": F(JwksUri()),
-        "jwks": F(Jwks()),
+        "jwksUri": F(_Checked(problem=jwks_uri_problem)),
+        "jwks": F(_Checked(problem=jwks_problem)),
         "fromHeaders": F(ListOf(Obj({"name": F(_HEADER, required=True), "prefix": F(Str())}))),
         "fromParams": F(ListOf(_NON_EMPTY)),
         "fromCookies": F(ListOf(_NON_EMPTY)),

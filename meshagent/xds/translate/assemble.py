@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from meshagent.xds.resources import Resource, ResourceSet
-from meshagent.xds.translate.generators import Patch
+from meshagent.xds.translate.generators import Patch, identical
 
 Output = Patch | list[Resource]
 Mapped = Mapping[str, Resource]
@@ -64,7 +64,7 @@ class Assembler:
         lists = tuple(o if isinstance(o, list) else o.resources() for o in outs)
         last = self._lists.get(type_url)
         self._lists[type_url] = lists
-        if self._last is not None and last is not None and _same_lists(last, lists):
+        if self._last is not None and last is not None and identical(last, lists):
             return before, frozenset()
         mapping = MappingProxyType({r.name: r for rs in lists for r in rs})
         if self._last is None:  # the first set: no change hint to give
@@ -81,7 +81,3 @@ def _patched(before: Mapped, replaced: Mapping[str, Resource]) -> tuple[Mapped, 
     mapping = dict(before)
     mapping.update(replaced)
     return MappingProxyType(mapping), frozenset(replaced)
-
-
-def _same_lists(old: tuple[list[Resource], ...], new: tuple[list[Resource], ...]) -> bool:
-    return len(old) == len(new) and all(a is b for a, b in zip(old, new, strict=True))

@@ -38,7 +38,7 @@ from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
 from meshagent.xds.translate import ext_authz, protos
 from meshagent.xds.translate.context import Context
-from meshagent.xds.translate.generators import keep_unchanged
+from meshagent.xds.translate.generators import identical, keep_unchanged
 from meshagent.xds.translate.jwt import jwt_filter_for
 from meshagent.xds.translate.listeners import tcp_proxy
 from meshagent.xds.translate.rbac import rbac_by_action
@@ -254,7 +254,7 @@ class InboundListenersGenerator:
             snap.authorization_policies,
             snap.request_authentications,
         )
-        if len(key) == len(self._key) and all(a is b for a, b in zip(key, self._key, strict=True)):
+        if identical(key, self._key):
             return self._last
         out = [
             Resource.pack(listener.name, listener)

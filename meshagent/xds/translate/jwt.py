@@ -34,7 +34,7 @@ from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
 from meshagent.xds.translate import protos
 from meshagent.xds.translate.context import Context
-from meshagent.xds.translate.generators import keep_unchanged
+from meshagent.xds.translate.generators import identical, keep_unchanged
 from meshagent.xds.translate.selection import applicable, is_http
 
 JWT_AUTHN = "envoy.filters.http.jwt_authn"
@@ -201,7 +201,7 @@ class JwksClustersGenerator:
 
     def generate(self, ctx: Context) -> list[Resource]:
         key = (ctx.proxy, ctx.snapshot.request_authentications)
-        if len(key) == len(self._key) and all(a is b for a, b in zip(key, self._key, strict=True)):
+        if identical(key, self._key):
             return self._last
         clusters = [build_jwks_cluster(uri) for uri in jwks_uris(ctx.snapshot, ctx.proxy)]
         self._key = key
