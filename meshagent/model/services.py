@@ -45,7 +45,13 @@ class ServicePort:
 
 @dataclass(frozen=True, slots=True)
 class Service:
-    """A mesh host (FQDN or wildcard) and how it is reached."""
+    """A mesh host (FQDN or wildcard) and how it is reached.
+
+    addresses are the VIPs (or CIDRs) the configuration gives; auto_addresses the VIPs the
+    normalizer allocated when it gives none (normalize/vips.py: an IPv4 one from
+    240.240.0.0/16 and an IPv6 one from 2001:2::/48, the same on every host). The DNS proxy
+    and the outbound listeners read these, so that both agree on a service's address.
+    """
 
     host: str
     namespace: str
@@ -56,6 +62,7 @@ class Service:
     workload_selector: Labels | None = None
     export_to: tuple[str, ...] = ()
     provenance: Provenance | None = None
+    auto_addresses: tuple[str, ...] = ()
 
     def port(self, number: int) -> ServicePort | None:
         for p in self.ports:

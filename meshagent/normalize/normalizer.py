@@ -28,6 +28,7 @@ from meshagent.normalize.ownership import Claims, Key
 from meshagent.normalize.schema.core import Issue
 from meshagent.normalize.selection import SelectorIndex
 from meshagent.normalize.validate import check_document, diagnostic, display_name, is_supported
+from meshagent.normalize.vips import VipAllocator
 
 
 @dataclass(slots=True)
@@ -120,6 +121,7 @@ class Normalizer:
         self._redirects: dict[str, str] = {}  # host -> the host its rule redirects to
         self._chained: dict[str, VirtualService] = {}  # Consul routers/splitters as converted
         self._workloads: dict[str, Workload] = {}
+        self._vips = VipAllocator()  # automatic VIPs of hosts without addresses (vips.py)
         self._snapshot = MeshSnapshot()
 
     @property
@@ -304,9 +306,17 @@ class Normalizer:
             self._recompute_service(host, dirty)
         for host in redirecting:
             self._recompute_service(host, dirty)
+        self._readdress(dirty)
         if dirty.chain:
             self._compose_chains(dirty)
         self._conflict_warnings(dirty, out)
+
+    def _readdress(self, dirty: _Dirty) -> None:
+        """New automatic VIPs for the hosts that other hosts' arrivals or departures moved."""
+        for host in sorted(self._vips.take_moved()):
+            current = self._services.get(host)
+            if current is not None:
+                self._set_service(host, current, dirty)
 
     def _recompute_service(self, host: str, dirty: _Dirty) -> None:
         owner = self._se_claims.winner(host)
@@ -317,6 +327,7 @@ class Normalizer:
                 if self._endpoints.pop(host, None) is not None:
                     dirty.mark("endpoints", host)
                 return
+            self._vips.release(host)
             if self._services.pop(host, None) is not None:
                 dirty.mark("services", host)
             if self._endpoints.pop(host, None) is not None:
@@ -349,6 +360,7 @@ class Normalizer:
                 dirty.mark("virtual_services", key)
 
     def _set_service(self, host: str, service: Service, dirty: _Dirty) -> None:
+        service = self._vips.place(service)  # its automatic VIP, if it gets one
         current = self._services.get(host)
         # An equal Service (e.g. a Consul service whose instances changed) keeps the serving
         # object, so that only the endpoints count as changed, not every route and cluster.

@@ -107,6 +107,7 @@ _make_service = slots_constructor(
     "workload_selector",
     "export_to",
     "provenance",
+    "auto_addresses",
 )
 
 
@@ -169,6 +170,7 @@ def convert_service_entry(
                 selector,
                 export_to,
                 provenance,
+                (),  # auto_addresses: the normalizer allocates them (normalize/vips.py)
             )
             for host in dict.fromkeys(items(spec, "hosts"))  # a repeated host counts once
         ]
