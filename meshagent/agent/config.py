@@ -35,6 +35,7 @@ slash) are relative to the directory of the config file.
 | `state_dir` | `/var/lib/meshagent` | where the agent keeps its socket and the Envoy bootstrap |
 | `log.level` | `info` | `debug`, `info`, `warning`, `error` |
 | `log.format` | `auto` | `console`, `json`, or `auto` (console on a TTY, JSON otherwise) |
+| `dns.*` | off | the DNS proxy (agent/dns_config.py) |
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
+from meshagent.agent.dns_config import DnsConfig
 from meshagent.ca.settings import CaConfig
 from meshagent.errors import ConfigError
 from meshagent.model.proxy import (
@@ -170,6 +172,7 @@ class AgentConfig:
     networks: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()  # east-west gateways
     # `extension_providers` (agent/authz_config.py): CUSTOM AuthorizationPolicy authorizers
     extension_providers: tuple[ExtAuthzProvider, ...] = ()
+    dns: DnsConfig = field(default_factory=DnsConfig)  # `dns:` (agent/dns_config.py)
 
     def proxy_spec(self) -> ProxySpec:
         """What the translator needs to know about the local Envoy."""
@@ -345,6 +348,7 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         "network",
         "networks",
         "extension_providers",
+        "dns",
     )
     state_dir = _resolve(base, root.get("state_dir", str, "/var/lib/meshagent"))
     config = AgentConfig(
@@ -367,6 +371,7 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         network=root.get("network", str, ""),
         networks=_networks(root),
         extension_providers=_extension_providers(root),
+        dns=_dns(root, base),
     )
     if root.data.get("join") is None:
         return config
@@ -393,6 +398,12 @@ def _extension_providers(root: _Section) -> tuple[ExtAuthzProvider, ...]:
     from meshagent.agent.authz_config import parse_extension_providers  # it imports from here
 
     return parse_extension_providers(root)
+
+
+def _dns(root: _Section, base: Path) -> DnsConfig:
+    from meshagent.agent.dns_config import parse_dns  # it imports _Section from here
+
+    return parse_dns(root.section("dns"), base)
 
 
 def _inbound(root: _Section) -> str:

@@ -152,6 +152,7 @@ class Agent:
         self.ca: Any = None  # CaRuntime when `ca:` is configured
         self.consul_registrar: Any = None  # ConsulRegistrar when sources.consul.register
         self.workload_entry: Any = None  # WorkloadEntryRegistrar when join.workload_group
+        self.dns: Any = None  # DnsProxy when dns.enabled (agent/dns_runtime.py)
         self.notifier = SystemdNotifier.from_environment()  # inert outside systemd
         self._notify_task: asyncio.Task[None] | None = None
         self.convergence = ConvergenceTracker(
@@ -177,6 +178,10 @@ class Agent:
 
             self.ca = CaRuntime(cfg, self.metrics, self._certificates_rotated)
             await self.ca.start()
+        if cfg.dns.enabled:  # listening before any source: SERVFAIL until the first table
+            from meshagent.agent.dns_runtime import start_dns
+
+            self.dns = await start_dns(cfg)
         self._processor = asyncio.create_task(self._process_loop(), name="agent-processor")
         for adapter in self._adapter_factory(cfg):
             self._start_source(adapter)
@@ -216,6 +221,9 @@ class Agent:
         if self.envoy is not None:
             await self.envoy.stop()
             self.envoy = None
+        if self.dns is not None:
+            await self.dns.stop()
+            self.dns = None
         if self._ads is not None:
             await self._ads.stop()
             self._ads = None
@@ -383,6 +391,13 @@ class Agent:
                 log.exception("translate_failed_bug", proxy=proxy.node_id)
                 return  # the previous ResourceSet keeps serving
             self._serve(resources)
+            self._follow_dns(snapshot)
+
+    def _follow_dns(self, snapshot: Any) -> None:
+        """The DNS proxy answers what Envoy was just given (after the xDS hand-off, so that a
+        new VIP's listener chain is on its way when its name first resolves)."""
+        if self.dns is not None:
+            self.dns.update(snapshot)
 
     def _serve(self, resources: ResourceSet) -> None:
         """Hand a translated ResourceSet to the cache (on the event loop's thread)."""
@@ -471,7 +486,7 @@ class Agent:
             await self._publish()
         fixed = [
             f
-            for f in ("node", "domain_suffix", "xds", "admin", "envoy", "state_dir", "ca")
+            for f in ("node", "domain_suffix", "xds", "admin", "envoy", "state_dir", "ca", "dns")
             if getattr(new, f) != getattr(old, f)
         ]
         if fixed:
@@ -531,6 +546,8 @@ class Agent:
         reasons = [f"source {n} has not synced" for n, s in self._sources.items() if not s.synced]
         if not self._published:
             reasons.append("no configuration published yet")
+        if self.config.dns.enabled and (self.dns is None or not self.dns.ready):
+            reasons.append("dns proxy has no name table yet")
         node = self._proxy.node_id
         status = self.cache.status(node)
         if not status.connected:

@@ -1,0 +1,11 @@
+"""The DNS proxy (issue 12): mesh names answered from the model, the rest forwarded.
+
+table.py: names from the MeshSnapshot; server.py: the UDP/TCP server; upstream.py: the
+host's resolvers; resolvconf.py: reading /etc/resolv.conf.
+"""
+
+from meshagent.dns.server import DnsProxy
+from meshagent.dns.table import NameTable, TableOptions, build_table
+from meshagent.dns.upstream import Server, Upstreams
+
+__all__ = ["DnsProxy", "NameTable", "Server", "TableOptions", "Upstreams", "build_table"]

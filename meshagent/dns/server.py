@@ -1,0 +1,268 @@
+"""The DNS proxy: mesh names answered from the NameTable, everything else forwarded.
+
+UDP and TCP on one address and port (default 127.0.0.1:15053, where capture sends port 53).
+- A or AAAA of a mesh name: an authoritative answer, TTL 30 s; a mesh name asked for a type
+  it has no address of (AAAA of an IPv4-only host) gets NOERROR with no answer, not NXDOMAIN
+  (a client asking A and AAAA together must not take the name for missing). Other types of
+  a mesh name are forwarded, as Istio's proxy does (the mesh only knows addresses).
+- any other name: forwarded (upstream.py); SERVFAIL when no resolver answers.
+- before the first table: SERVFAIL, so that no mesh name is answered NXDOMAIN by upstream.
+- a message that does not parse gets FORMERR when it has a query's header, else nothing; a
+  UDP answer larger than the client takes (512 bytes, or its EDNS size) is truncated (TC)
+  so that the client asks again over TCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import structlog
+
+from meshagent.dns.table import NameTable, Record
+from meshagent.dns.upstream import Upstreams, question_end
+
+log = structlog.get_logger("meshagent.dns")
+
+TTL = 30
+UDP_DEFAULT_SIZE = 512
+MAX_FORWARDS = 1024  # concurrent forwarded queries; more get SERVFAIL
+TCP_IDLE_S = 10.0
+
+_A, _AAAA = dns.rdatatype.A, dns.rdatatype.AAAA
+_IN = dns.rdataclass.IN
+
+
+def _rdatas(kind: dns.rdatatype.RdataType, addresses: tuple[str, ...]) -> list[dns.rdata.Rdata]:
+    return [dns.rdata.from_text(_IN, kind, a) for a in addresses]
+
+
+def _header_reply(wire: bytes, rcode: int) -> bytes:
+    """A reply of only a header (and the question, when it parses) with rcode."""
+    ident, flags = struct.unpack_from("!HH", wire)
+    flags = 0x8000 | (flags & 0x7900) | rcode  # QR, the query's opcode and RD
+    end = question_end(wire)
+    if end:
+        return struct.pack("!HHHHHH", ident, flags, 1, 0, 0, 0) + wire[12:end]
+    return struct.pack("!HHHHHH", ident, flags, 0, 0, 0, 0)
+
+
+def _limit(query: dns.message.Message, tcp: bool) -> int:
+    """The largest reply the client takes: its EDNS size (at least 512) over UDP."""
+    if tcp:
+        return 65535
+    return max(query.payload, UDP_DEFAULT_SIZE) if query.edns >= 0 else UDP_DEFAULT_SIZE
+
+
+def _fit(wire: bytes, limit: int) -> bytes:
+    """wire, or when longer than limit its header and question with TC set."""
+    if len(wire) <= limit:
+        return wire
+    ident, flags = struct.unpack_from("!HH", wire)
+    end = question_end(wire)
+    question = wire[12:end] if end else b""
+    return struct.pack("!HHHHHH", ident, flags | 0x0200, 1 if end else 0, 0, 0, 0) + question
+
+
+class DnsProxy:
+    """The server. start() binds (OSError when it cannot), stop() closes; update() follows
+    the mesh. upstreams: where unknown names go (the caller leaves this server out)."""
+
+    def __init__(
+        self,
+        table: NameTable,
+        upstreams: Upstreams,
+        *,
+        address: str = "127.0.0.1",
+        port: int = 15053,
+    ) -> None:
+        self.table = table
+        self.upstreams = upstreams
+        self.address = address
+        self.port = port
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rdata_cache: dict[tuple[str, int], list[dns.rdata.Rdata]] = {}
+        self.queries = 0
+        self.forwarded = 0
+
+    @property
+    def listening(self) -> bool:
+        return self._udp is not None and self._tcp is not None
+
+    @property
+    def ready(self) -> bool:
+        """Listening, with a table from the mesh."""
+        return self.listening and self.table.loaded
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._udp, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpServer(self), local_addr=(self.address, self.port)
+        )
+        if self.port == 0:  # tests: TCP on the port UDP got
+            self.port = self._udp.get_extra_info("sockname")[1]
+        try:
+            self._tcp = await asyncio.start_server(self._serve_tcp, self.address, self.port)
+        except OSError:
+            self._udp.close()
+            self._udp = None
+            raise
+        log.info("dns_listening", address=self.address, port=self.port)
+
+    async def stop(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._tcp is not None:
+            self._tcp.close()
+            self._tcp = None
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.upstreams.close()
+
+    def update(self, snapshot: object) -> None:
+        """Follow a new mesh snapshot (cheap when its services and endpoints did not change)."""
+        from meshagent.model.snapshot import MeshSnapshot
+
+        if isinstance(snapshot, MeshSnapshot) and self.table.update(snapshot):
+            self._rdata_cache.clear()
+            log.debug("dns_table_updated", names=len(self.table), version=snapshot.version)
+
+    # --- answering ----------------------------------------------------------------------
+
+    def answer(self, wire: bytes, tcp: bool) -> bytes | dns.message.Message | None:
+        """The reply to wire (bytes), the parsed query to forward (Message), or None (drop)."""
+        self.queries += 1
+        if len(wire) < 12 or wire[2] & 0x80:  # no header, or a response: never answered
+            return None
+        try:
+            query = dns.message.from_wire(wire)
+        except Exception:  # any garbage: dnspython raises many kinds
+            return _header_reply(wire, dns.rcode.FORMERR)
+        if query.opcode() != dns.opcode.QUERY:
+            return _header_reply(wire, dns.rcode.NOTIMP)
+        if len(query.question) != 1:
+            return _header_reply(wire, dns.rcode.FORMERR)
+        if not self.table.loaded:
+            return _header_reply(wire, dns.rcode.SERVFAIL)
+        question = query.question[0]
+        if question.rdclass != _IN or question.rdtype not in (_A, _AAAA):
+            return query
+        record = self.table.lookup(question.name.to_text().lower())
+        if record is None:
+            return query
+        return self._local(query, record, tcp)
+
+    def _local(self, query: dns.message.Message, record: Record, tcp: bool) -> bytes:
+        question = query.question[0]
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
+        kind = question.rdtype
+        addresses = record.v4 if kind == _A else record.v6
+        owner = question.name
+        if record.cname:
+            target = dns.name.from_text(record.cname)
+            rr = dns.rrset.from_rdata_list(
+                owner, TTL, [dns.rdata.from_text(_IN, dns.rdatatype.CNAME, record.cname)]
+            )
+            response.answer.append(rr)
+            owner = target
+        if addresses:
+            key = (record.host, kind)
+            rdatas = self._rdata_cache.get(key)
+            if rdatas is None:
+                rdatas = self._rdata_cache[key] = _rdatas(kind, addresses)
+            response.answer.append(dns.rrset.from_rdata_list(owner, TTL, rdatas))
+        return _fit(response.to_wire(), _limit(query, tcp))
+
+    async def forward(self, query: dns.message.Message, wire: bytes, tcp: bool) -> bytes:
+        """The upstream answer to wire (SERVFAIL when none), fitted to the client's size."""
+        self.forwarded += 1
+        answer = await self.upstreams.query(wire)
+        if answer is None:
+            return _header_reply(wire, dns.rcode.SERVFAIL)
+        return _fit(answer, _limit(query, tcp))
+
+    def spawn(self, work: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """Run a forward in a task of its own; False when too many are running."""
+        if len(self._tasks) >= MAX_FORWARDS:
+            return False
+        task = asyncio.get_running_loop().create_task(work())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    # --- TCP ----------------------------------------------------------------------------
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                async with asyncio.timeout(TCP_IDLE_S):
+                    size = struct.unpack("!H", await reader.readexactly(2))[0]
+                    wire = await reader.readexactly(size)
+                reply = self.answer(wire, True)
+                if isinstance(reply, dns.message.Message):
+                    reply = await self.forward(reply, wire, True)
+                if reply is None:
+                    continue
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, OSError):
+            pass
+        except Exception:  # a bug must not take the server down; the client reconnects
+            log.exception("dns_tcp_failed_bug")
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+class _UdpServer(asyncio.DatagramProtocol):
+    def __init__(self, proxy: DnsProxy) -> None:
+        self.proxy = proxy
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        proxy = self.proxy
+        try:
+            reply = proxy.answer(data, False)
+        except Exception:  # a bug must not take the server down
+            log.exception("dns_answer_failed_bug")
+            return
+        if isinstance(reply, bytes):
+            self._send(reply, addr)
+        elif reply is not None:
+            query = reply
+
+            async def forward() -> None:
+                self._send(await proxy.forward(query, data, False), addr)
+
+            if not proxy.spawn(forward):
+                self._send(_header_reply(data, dns.rcode.SERVFAIL), addr)
+
+    def _send(self, reply: bytes, addr: tuple[str, int]) -> None:
+        if self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # a client that went away
