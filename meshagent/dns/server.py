@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import struct
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 import dns.flags
 import dns.message
@@ -109,18 +109,22 @@ class DnsProxy:
         return self.listening and self.table.loaded
 
     async def start(self) -> None:
+        """Listen on UDP and TCP (port 0: a free port that both protocols get; tests)."""
         loop = asyncio.get_running_loop()
-        self._udp, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpServer(self), local_addr=(self.address, self.port)
-        )
-        if self.port == 0:  # tests: TCP on the port UDP got
-            self.port = self._udp.get_extra_info("sockname")[1]
-        try:
-            self._tcp = await asyncio.start_server(self._serve_tcp, self.address, self.port)
-        except OSError:
-            self._udp.close()
-            self._udp = None
-            raise
+        for attempt in range(20 if self.port == 0 else 1):
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpServer(self), local_addr=(self.address, self.port)
+            )
+            port = udp.get_extra_info("sockname")[1]
+            try:
+                self._tcp = await asyncio.start_server(self._serve_tcp, self.address, port)
+            except OSError:
+                udp.close()
+                if attempt == 19 or self.port != 0:
+                    raise
+                continue
+            self._udp, self.port = udp, port
+            break
         log.info("dns_listening", address=self.address, port=self.port)
 
     async def stop(self) -> None:
@@ -239,8 +243,7 @@ class _UdpServer(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         proxy = self.proxy

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import random
 import struct
+from typing import cast
 from dataclasses import dataclass
 
 import structlog
@@ -62,8 +63,7 @@ class _UdpChannel(asyncio.DatagramProtocol):
         self.pending: dict[int, tuple[bytes, asyncio.Future[bytes]]] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         if len(data) < 12:
@@ -73,8 +73,7 @@ class _UdpChannel(asyncio.DatagramProtocol):
         if waiting is None:
             return
         question, future = waiting
-        end = len(question)
-        if data[12:end].lower() != question.lower() or future.done():
+        if data[12 : 12 + len(question)].lower() != question.lower() or future.done():
             return  # not the answer to what we asked
         future.set_result(data)
 
