@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import struct
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, cast
 
 import dns.flags
@@ -33,6 +34,13 @@ import structlog
 
 from meshagent.dns.table import NameTable, Record
 from meshagent.dns.upstream import Upstreams, question_end
+from meshagent.dns.wire import (
+    OUR_PAYLOAD,
+    Question,
+    address_records,
+    read_plain_query,
+    write_answer,
+)
 
 log = structlog.get_logger("meshagent.dns")
 
@@ -49,11 +57,11 @@ def _rdatas(kind: dns.rdatatype.RdataType, addresses: tuple[str, ...]) -> list[d
     return [dns.rdata.from_text(_IN, kind, a) for a in addresses]
 
 
-def _header_reply(wire: bytes, rcode: int) -> bytes:
-    """A reply of only a header (and the question, when it parses) with rcode."""
+def _header_reply(wire: bytes, rcode: int, *, question: bool = True) -> bytes:
+    """A reply of only a header (and the question, unless question is False) with rcode."""
     ident, flags = struct.unpack_from("!HH", wire)
     flags = 0x8000 | (flags & 0x7900) | rcode  # QR, the query's opcode and RD
-    end = question_end(wire)
+    end = question_end(wire) if question else 0
     if end:
         return struct.pack("!HHHHHH", ident, flags, 1, 0, 0, 0) + wire[12:end]
     return struct.pack("!HHHHHH", ident, flags, 0, 0, 0, 0)
@@ -70,10 +78,17 @@ def _fit(wire: bytes, limit: int) -> bytes:
     """wire, or when longer than limit its header and question with TC set."""
     if len(wire) <= limit:
         return wire
-    ident, flags = struct.unpack_from("!HH", wire)
-    end = question_end(wire)
+    ident, flags, qdcount = struct.unpack_from("!HHH", wire)
+    end = question_end(wire) if qdcount == 1 else 0
     question = wire[12:end] if end else b""
     return struct.pack("!HHHHHH", ident, flags | 0x0200, 1 if end else 0, 0, 0, 0) + question
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A query to ask upstream; limit: the largest reply the client takes."""
+
+    limit: int
 
 
 class DnsProxy:
@@ -96,6 +111,7 @@ class DnsProxy:
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._rdata_cache: dict[tuple[str, int], list[dns.rdata.Rdata]] = {}
+        self._wire_cache: dict[tuple[str, int], tuple[bytes, int]] = {}  # (host, type)
         self.queries = 0
         self.forwarded = 0
 
@@ -146,36 +162,57 @@ class DnsProxy:
 
         if isinstance(snapshot, MeshSnapshot) and self.table.update(snapshot):
             self._rdata_cache.clear()
+            self._wire_cache.clear()
             log.debug("dns_table_updated", names=len(self.table), version=snapshot.version)
 
     # --- answering ----------------------------------------------------------------------
 
-    def answer(self, wire: bytes, tcp: bool) -> bytes | dns.message.Message | None:
-        """The reply to wire (bytes), the parsed query to forward (Message), or None (drop)."""
+    def answer(self, wire: bytes, tcp: bool) -> bytes | Forward | None:
+        """The reply to wire (bytes), or Forward (ask upstream), or None (drop it)."""
         self.queries += 1
         if len(wire) < 12 or wire[2] & 0x80:  # no header, or a response: never answered
             return None
+        plain = read_plain_query(wire)
+        if plain is not None and self.table.loaded:
+            limit = 65535 if tcp else max(plain.payload, UDP_DEFAULT_SIZE)
+            if plain.qclass != _IN or plain.qtype not in (_A, _AAAA):
+                return Forward(limit)
+            record = self.table.lookup(plain.name)
+            if record is None:
+                return Forward(limit)
+            if not record.cname:
+                return _fit(self._records_reply(wire, plain, record), limit)
         try:
             query = dns.message.from_wire(wire)
         except Exception:  # any garbage: dnspython raises many kinds
-            return _header_reply(wire, dns.rcode.FORMERR)
+            return _header_reply(wire, dns.rcode.FORMERR, question=False)
         if query.opcode() != dns.opcode.QUERY:
             return _header_reply(wire, dns.rcode.NOTIMP)
         if len(query.question) != 1:
-            return _header_reply(wire, dns.rcode.FORMERR)
+            return _header_reply(wire, dns.rcode.FORMERR, question=False)
         if not self.table.loaded:
             return _header_reply(wire, dns.rcode.SERVFAIL)
         question = query.question[0]
         if question.rdclass != _IN or question.rdtype not in (_A, _AAAA):
-            return query
+            return Forward(_limit(query, tcp))
         record = self.table.lookup(question.name.to_text().lower())
         if record is None:
-            return query
+            return Forward(_limit(query, tcp))
         return self._local(query, record, tcp)
+
+    def _records_reply(self, wire: bytes, plain: Question, record: Record) -> bytes:
+        """The reply to a plain query (wire.py) for a name of the table, without CNAME."""
+        key = (record.host, plain.qtype)
+        cached = self._wire_cache.get(key)
+        if cached is None:
+            addresses = record.v4 if plain.qtype == _A else record.v6
+            cached = (address_records(plain.qtype, addresses, TTL), len(addresses))
+            self._wire_cache[key] = cached
+        return write_answer(wire, plain, *cached)
 
     def _local(self, query: dns.message.Message, record: Record, tcp: bool) -> bytes:
         question = query.question[0]
-        response = dns.message.make_response(query)
+        response = dns.message.make_response(query, our_payload=OUR_PAYLOAD)
         response.flags |= dns.flags.AA
         kind = question.rdtype
         addresses = record.v4 if kind == _A else record.v6
@@ -195,13 +232,13 @@ class DnsProxy:
             response.answer.append(dns.rrset.from_rdata_list(owner, TTL, rdatas))
         return _fit(response.to_wire(), _limit(query, tcp))
 
-    async def forward(self, query: dns.message.Message, wire: bytes, tcp: bool) -> bytes:
+    async def forward(self, wire: bytes, forward: Forward) -> bytes:
         """The upstream answer to wire (SERVFAIL when none), fitted to the client's size."""
         self.forwarded += 1
         answer = await self.upstreams.query(wire)
         if answer is None:
             return _header_reply(wire, dns.rcode.SERVFAIL)
-        return _fit(answer, _limit(query, tcp))
+        return _fit(answer, forward.limit)
 
     def spawn(self, work: Callable[[], Coroutine[Any, Any, None]]) -> bool:
         """Run a forward in a task of its own; False when too many are running."""
@@ -221,8 +258,8 @@ class DnsProxy:
                     size = struct.unpack("!H", await reader.readexactly(2))[0]
                     wire = await reader.readexactly(size)
                 reply = self.answer(wire, True)
-                if isinstance(reply, dns.message.Message):
-                    reply = await self.forward(reply, wire, True)
+                if isinstance(reply, Forward):
+                    reply = await self.forward(wire, reply)
                 if reply is None:
                     continue
                 writer.write(struct.pack("!H", len(reply)) + reply)
@@ -255,10 +292,10 @@ class _UdpServer(asyncio.DatagramProtocol):
         if isinstance(reply, bytes):
             self._send(reply, addr)
         elif reply is not None:
-            query = reply
+            how = reply
 
             async def forward() -> None:
-                self._send(await proxy.forward(query, data, False), addr)
+                self._send(await proxy.forward(data, how), addr)
 
             if not proxy.spawn(forward):
                 self._send(_header_reply(data, dns.rcode.SERVFAIL), addr)

@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import random
 import struct
-from typing import cast
 from dataclasses import dataclass
+from typing import cast
 
 import structlog
 

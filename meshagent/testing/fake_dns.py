@@ -29,15 +29,26 @@ class FakeResolver:
         self.port = 0
         self.udp_queries = 0
         self.tcp_queries = 0
-        self.names: list[str] = []
+        self.names: list[str] = []  # the names asked, in order
+        self._made: dict[tuple[bytes, bool], bytes] = {}
+        self._names: dict[tuple[bytes, bool], str] = {}
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
 
     def reply(self, wire: bytes, tcp: bool) -> bytes:
+        """The answer to wire (made once per question, then only its id changes)."""
+        key = (wire[2:], tcp)
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = self._make(wire, tcp)[2:]
+        self.names.append(self._names[key])
+        return wire[:2] + made
+
+    def _make(self, wire: bytes, tcp: bool) -> bytes:
         query = dns.message.from_wire(wire)
         response = dns.message.make_response(query)
         name = query.question[0].name.to_text().lower()
-        self.names.append(name)
+        self._names[(wire[2:], tcp)] = name
         ips = self.records.get(name)
         if ips is None:
             response.set_rcode(dns.rcode.NXDOMAIN)

@@ -21,6 +21,7 @@ import pytest
 from meshagent.agent.config import parse_config
 from meshagent.agent.dns_runtime import start_dns, upstream_servers
 from meshagent.dns import DnsProxy, NameTable, Server, TableOptions, Upstreams
+from meshagent.model.source import SourceEvent
 from meshagent.normalize import Normalizer
 from meshagent.testing.fake_dns import FakeResolver
 from tests.unit.normalize_helpers import delete, upsert
@@ -242,3 +243,55 @@ async def test_agent_runtime_skips_itself_and_reads_resolv_conf(tmp_path: Path) 
         )
         with pytest.raises(Exception, match=f"dns: cannot listen on 127.0.0.1:{taken}"):
             await start_dns(config)
+
+
+def _free_port() -> int:
+    """A port free for UDP and TCP on loopback right now (the agent binds it next)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((LOOP, 0))
+            port = int(u.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind((LOOP, port))
+                except OSError:
+                    continue
+                return port
+    raise AssertionError("no free port")
+
+
+async def test_agent_serves_dns_after_its_first_table_and_readyz_waits(tmp_path: Path) -> None:
+    from meshagent.agent.daemon import Agent
+    from tests.polling import async_wait_for
+    from tests.unit.normalize_helpers import raw
+    from tests.unit.test_daemon import QueueAdapter
+
+    upstream = FakeResolver({"www.outside.test.": ["192.0.2.10"]})
+    await upstream.start()
+    port = _free_port()
+    config = parse_config(
+        "node: {id: vm-1, namespace: demo}\nstate_dir: state\nadmin: {port: 0}\n"
+        f"dns: {{enabled: true, port: {port}, upstreams: ['127.0.0.1:{upstream.port}']}}\n",
+        tmp_path / "agent.yaml",
+    )
+    adapter = QueueAdapter()
+    agent = Agent(config, adapter_factory=lambda _: [adapter])
+    await agent.start()
+    try:
+        assert "dns proxy has no name table yet" in agent.ready_reasons()
+        query = dns.message.make_query("hello.demo", "A")
+        early = await asyncio.to_thread(dns.query.udp, query, LOOP, 3, port)
+        assert early.rcode() == dns.rcode.SERVFAIL  # no mesh name may go upstream yet
+        await adapter.events.put(SourceEvent("files", upserts=(raw(HELLO),), synced=True))
+        await async_wait_for(
+            lambda: "dns proxy has no name table yet" not in agent.ready_reasons(),
+            what="the first table",
+        )
+        answer = await asyncio.to_thread(dns.query.tcp, query, LOOP, 3, port)
+        assert _addresses(answer) == ["10.10.0.1"]
+        outside = dns.message.make_query("www.outside.test", "A")
+        forwarded = await asyncio.to_thread(dns.query.udp, outside, LOOP, 3, port)
+        assert _addresses(forwarded) == ["192.0.2.10"]
+    finally:
+        await agent.stop()
+        await upstream.stop()

@@ -1,4 +1,4 @@
-"""The DNS name table (meshagent/dns/table.py): which names answer, with what, as the mesh changes."""
+"""The DNS name table (meshagent/dns/table.py): which names answer with what as the mesh changes."""
 
 from __future__ import annotations
 
