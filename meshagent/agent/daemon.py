@@ -391,13 +391,13 @@ class Agent:
                 log.exception("translate_failed_bug", proxy=proxy.node_id)
                 return  # the previous ResourceSet keeps serving
             self._serve(resources)
-            self._follow_dns(snapshot)
+            await self._follow_dns(snapshot)
 
-    def _follow_dns(self, snapshot: Any) -> None:
+    async def _follow_dns(self, snapshot: Any) -> None:
         """The DNS proxy answers what Envoy was just given (after the xDS hand-off, so that a
         new VIP's listener chain is on its way when its name first resolves)."""
-        if self.dns is not None:
-            self.dns.update(snapshot)
+        if self.dns is not None and isinstance(snapshot, MeshSnapshot):
+            await self.dns.follow(snapshot)
 
     def _serve(self, resources: ResourceSet) -> None:
         """Hand a translated ResourceSet to the cache (on the event loop's thread)."""

@@ -32,7 +32,7 @@ import dns.rdatatype
 import dns.rrset
 import structlog
 
-from meshagent.dns.table import NameTable, Record
+from meshagent.dns.table import NameTable, Record, build_table
 from meshagent.dns.upstream import Upstreams, question_end
 from meshagent.dns.wire import (
     OUR_PAYLOAD,
@@ -41,6 +41,7 @@ from meshagent.dns.wire import (
     read_plain_query,
     write_answer,
 )
+from meshagent.model.snapshot import MeshSnapshot
 
 log = structlog.get_logger("meshagent.dns")
 
@@ -48,6 +49,7 @@ TTL = 30
 UDP_DEFAULT_SIZE = 512
 MAX_FORWARDS = 1024  # concurrent forwarded queries; more get SERVFAIL
 TCP_IDLE_S = 10.0
+REBUILD_HOSTS = 500  # more changed hosts than this: a new table, built in a worker thread
 
 _A, _AAAA = dns.rdatatype.A, dns.rdatatype.AAAA
 _IN = dns.rdataclass.IN
@@ -156,14 +158,21 @@ class DnsProxy:
                 await task
         self.upstreams.close()
 
-    def update(self, snapshot: object) -> None:
-        """Follow a new mesh snapshot (cheap when its services and endpoints did not change)."""
-        from meshagent.model.snapshot import MeshSnapshot
-
-        if isinstance(snapshot, MeshSnapshot) and self.table.update(snapshot):
-            self._rdata_cache.clear()
-            self._wire_cache.clear()
-            log.debug("dns_table_updated", names=len(self.table), version=snapshot.version)
+    async def follow(self, snapshot: MeshSnapshot) -> None:
+        """Answer from snapshot from now on. A few changed hosts are refiled in place (they
+        cost microseconds each); a large change (a first load, a source's resync) builds a
+        new table in a worker thread while the current one keeps answering."""
+        table = self.table
+        hosts = table.changed_hosts(snapshot)
+        if not hosts and table.loaded:
+            return
+        if len(hosts) > REBUILD_HOSTS:
+            self.table = await asyncio.to_thread(build_table, snapshot, table.options)
+        else:
+            table.update(snapshot, hosts)
+        self._rdata_cache.clear()
+        self._wire_cache.clear()
+        log.debug("dns_table_updated", names=len(self.table), version=snapshot.version)
 
     # --- answering ----------------------------------------------------------------------
 

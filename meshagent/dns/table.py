@@ -20,6 +20,7 @@ between hosts, the name that sorts first. Names are compared in lower case.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -59,23 +60,33 @@ class _Name:
     best: Record | None = None
 
     def choose(self) -> None:
-        self.best = min(self.offers.items(), key=lambda o: (o[1][0], o[0]))[1][1]
+        offers = self.offers
+        if len(offers) == 1:
+            self.best = next(iter(offers.values()))[1]
+        else:
+            self.best = min(offers.items(), key=lambda o: (o[1][0], o[0]))[1][1]
 
 
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
+def _version(text: str) -> int:
+    """4 or 6 when text is an IP address, else 0 (inet_pton: a tenth of ipaddress's cost)."""
+    for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
+        try:
+            socket.inet_pton(family, text)
+        except (OSError, ValueError):
+            continue
+        return version
+    return 0
 
 
 def _split(addresses: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     v4: dict[str, None] = {}
     v6: dict[str, None] = {}
     for text in addresses:
-        ip = _ip(text)
-        if ip is not None:
-            (v4 if ip.version == 4 else v6)[str(ip)] = None
+        version = _version(text)
+        if version == 4:
+            v4[text] = None
+        elif version == 6:
+            v6[str(ipaddress.IPv6Address(text))] = None  # one spelling of each
     return tuple(v4), tuple(v6)
 
 
@@ -161,35 +172,41 @@ class NameTable:
                 return entry.best
         return None
 
-    def update(self, snapshot: MeshSnapshot) -> int:
-        """Follow snapshot; the number of hosts looked at again (0: nothing changed)."""
+    def changed_hosts(self, snapshot: MeshSnapshot) -> list[str]:
+        """The hosts whose names update(snapshot) would look at again."""
         services, endpoints = snapshot.services, snapshot.endpoints
         if self.loaded and services is self._services and endpoints is self._endpoints:
-            return 0
+            return []
         changes = snapshot.changes
         if self.loaded and changes is not None and changes.base_version == self._version:
-            hosts: Iterable[str] = changes.services | changes.endpoints
-        else:  # another lineage or the first: compare by object
-            old_s, old_e = self._services, self._endpoints
-            hosts = [
-                h
-                for h in {*old_s, *services, *old_e, *endpoints}
-                if old_s.get(h) is not services.get(h) or old_e.get(h) is not endpoints.get(h)
-            ]
-        count = 0
+            return list(changes.services | changes.endpoints)
+        old_s, old_e = self._services, self._endpoints  # another lineage, or the first
+        return [
+            h
+            for h in {*old_s, *services, *old_e, *endpoints}
+            if old_s.get(h) is not services.get(h) or old_e.get(h) is not endpoints.get(h)
+        ]
+
+    def update(self, snapshot: MeshSnapshot, hosts: list[str] | None = None) -> int:
+        """Follow snapshot; the number of hosts looked at again (0: nothing changed).
+        hosts: changed_hosts(snapshot), when the caller has it already."""
+        if hosts is None:
+            hosts = self.changed_hosts(snapshot)
+        if not hosts and self.loaded:
+            return 0
+        services, endpoints = snapshot.services, snapshot.endpoints
         for host in hosts:
             self._refile(host, services.get(host), endpoints.get(host, ()))
-            count += 1
         self._services, self._endpoints = services, endpoints
         self._version, self.loaded = snapshot.version, True
-        return count
+        return len(hosts)
 
     def _refile(self, host: str, service: Service | None, endpoints: Iterable[Endpoint]) -> None:
         for name in self._given.pop(host, ()):
-            entry = self._names[name]
-            del entry.offers[host]
-            if entry.offers:
-                entry.choose()
+            offered = self._names[name]
+            del offered.offers[host]
+            if offered.offers:
+                offered.choose()
             else:
                 del self._names[name]
         if service is None:
@@ -198,10 +215,16 @@ class NameTable:
         if not v4 and not v6:
             return
         given = []
+        names = self._names
+        plain = Record(host, v4, v6)
         for name, rank, target in host_names(host, self.options):
-            entry = self._names.get(name) or self._names.setdefault(name, _Name())
-            entry.offers[host] = (rank, Record(host, v4, v6, target))
-            entry.choose()
+            entry = names.get(name)
+            record = Record(host, v4, v6, target) if target else plain
+            if entry is None:
+                names[name] = _Name({host: (rank, record)}, record)
+            else:
+                entry.offers[host] = (rank, record)
+                entry.choose()
             given.append(name)
         self._given[host] = given
 

@@ -59,10 +59,10 @@ class Rig:
         ask = dns.query.tcp if tcp else dns.query.udp
         return await asyncio.to_thread(ask, query, LOOP, timeout=3, port=self.proxy.port)
 
-    def publish(self, *events: object) -> None:
+    async def publish(self, *events: object) -> None:
         snapshot, diags = self.normalizer.apply(events)  # type: ignore[arg-type]
         assert [d for d in diags if d.severity == "error"] == []
-        self.proxy.update(snapshot)
+        await self.proxy.follow(snapshot)
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ async def test_before_the_first_table_it_answers_servfail(rig: Rig) -> None:
 
 
 async def test_a_and_aaaa_of_mesh_names_over_udp_and_tcp(rig: Rig) -> None:
-    rig.publish(upsert(HELLO, V6, AUTO))
+    await rig.publish(upsert(HELLO, V6, AUTO))
     for tcp in (False, True):
         a = await rig.ask("hello.demo.svc.cluster.local", tcp=tcp)
         assert a.rcode() == dns.rcode.NOERROR and a.flags & dns.flags.AA
@@ -108,7 +108,7 @@ async def test_a_and_aaaa_of_mesh_names_over_udp_and_tcp(rig: Rig) -> None:
 
 
 async def test_a_known_name_of_a_type_it_lacks_is_noerror_and_empty(rig: Rig) -> None:
-    rig.publish(upsert(HELLO, V6))
+    await rig.publish(upsert(HELLO, V6))
     aaaa = await rig.ask("hello.demo.svc.cluster.local", "AAAA")
     a = await rig.ask("six.example.com", "A")
     for response in (aaaa, a):
@@ -118,7 +118,7 @@ async def test_a_known_name_of_a_type_it_lacks_is_noerror_and_empty(rig: Rig) ->
 
 
 async def test_short_names_and_the_search_domain_form(rig: Rig) -> None:
-    rig.publish(upsert(HELLO))
+    await rig.publish(upsert(HELLO))
     for name in ("hello", "hello.demo", "hello.demo.svc", "HeLLo.Demo.svc.cluster.local"):
         response = await rig.ask(name)
         assert _addresses(response) == ["10.10.0.1"], name
@@ -134,7 +134,7 @@ async def test_short_names_and_the_search_domain_form(rig: Rig) -> None:
 
 
 async def test_unknown_names_are_forwarded_and_truncation_falls_back_to_tcp(rig: Rig) -> None:
-    rig.publish(upsert(HELLO))
+    await rig.publish(upsert(HELLO))
     response = await rig.ask("www.outside.test")
     assert _addresses(response) == ["192.0.2.10"] and not response.flags & dns.flags.AA
     missing = await rig.ask("nothing.outside.test")
@@ -159,16 +159,16 @@ async def test_unknown_names_are_forwarded_and_truncation_falls_back_to_tcp(rig:
 
 
 async def test_a_name_removed_from_the_mesh_stops_answering(rig: Rig) -> None:
-    rig.publish(upsert(HELLO))
+    await rig.publish(upsert(HELLO))
     assert _addresses(await rig.ask("hello.demo")) == ["10.10.0.1"]
-    rig.publish(delete(HELLO))
+    await rig.publish(delete(HELLO))
     gone = await rig.ask("hello.demo")
     assert gone.rcode() == dns.rcode.NXDOMAIN and not gone.flags & dns.flags.AA  # upstream's
     assert rig.upstream.names[-1] == "hello.demo."
 
 
 async def test_no_upstream_answer_is_servfail(rig: Rig) -> None:
-    rig.publish(upsert(HELLO))
+    await rig.publish(upsert(HELLO))
     rig.proxy.upstreams.servers = [Server(LOOP, _free_udp_port())]
     rig.proxy.upstreams.timeout = 0.2
     response = await rig.ask("www.outside.test")
@@ -182,7 +182,7 @@ def _free_udp_port() -> int:
 
 
 async def test_garbage_never_stops_the_server(rig: Rig) -> None:
-    rig.publish(upsert(HELLO))
+    await rig.publish(upsert(HELLO))
     good = dns.message.make_query("hello.demo", "A").to_wire()
     bad = [
         b"",
@@ -295,3 +295,17 @@ async def test_agent_serves_dns_after_its_first_table_and_readyz_waits(tmp_path:
     finally:
         await agent.stop()
         await upstream.stop()
+
+
+async def test_a_large_change_is_built_aside_while_the_old_table_answers(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import meshagent.dns.server as server
+
+    await rig.publish(upsert(HELLO))
+    first = rig.proxy.table
+    monkeypatch.setattr(server, "REBUILD_HOSTS", 0)  # every change counts as large
+    await rig.publish(upsert(V6), delete(HELLO))
+    assert rig.proxy.table is not first  # a new table, swapped in whole
+    assert _addresses(await rig.ask("six.example.com", "AAAA"), "AAAA") == ["fd00::6"]
+    assert (await rig.ask("hello.demo")).rcode() == dns.rcode.NXDOMAIN  # upstream's answer
