@@ -113,7 +113,7 @@ class DnsProxy:
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._rdata_cache: dict[tuple[str, int], list[dns.rdata.Rdata]] = {}
-        self._wire_cache: dict[tuple[str, int], tuple[bytes, int]] = {}  # (host, type)
+        self._wire_cache: dict[tuple[str, int], tuple[bytes, ...]] = {}  # (host, type) -> RRs
         self.queries = 0
         self.forwarded = 0
 
@@ -212,12 +212,15 @@ class DnsProxy:
     def _records_reply(self, wire: bytes, plain: Question, record: Record) -> bytes:
         """The reply to a plain query (wire.py) for a name of the table, without CNAME."""
         key = (record.host, plain.qtype)
-        cached = self._wire_cache.get(key)
-        if cached is None:
+        rrs = self._wire_cache.get(key)
+        if rrs is None:
             addresses = record.v4 if plain.qtype == _A else record.v6
-            cached = (address_records(plain.qtype, addresses, TTL), len(addresses))
-            self._wire_cache[key] = cached
-        return write_answer(wire, plain, *cached)
+            rrs = self._wire_cache[key] = address_records(plain.qtype, addresses, TTL)
+        count = len(rrs)
+        if count > 1:  # rotate, so that clients taking the first address spread (as kube-dns)
+            turn = self.queries % count
+            return write_answer(wire, plain, b"".join(rrs[turn:] + rrs[:turn]), count)
+        return write_answer(wire, plain, rrs[0] if rrs else b"", count)
 
     def _local(self, query: dns.message.Message, record: Record, tcp: bool) -> bytes:
         question = query.question[0]

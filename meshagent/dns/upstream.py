@@ -78,7 +78,11 @@ class _UdpChannel(asyncio.DatagramProtocol):
         future.set_result(data)
 
     def error_received(self, exc: Exception) -> None:
-        pass  # e.g. ICMP port unreachable: the query times out, the next server is tried
+        # ICMP port unreachable and the like: the server is not there; the waiting queries
+        # go to the next server now rather than after the timeout.
+        for _, future in self.pending.values():
+            if not future.done():
+                future.set_exception(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

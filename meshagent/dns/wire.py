@@ -68,17 +68,17 @@ def read_plain_query(wire: bytes) -> Question | None:
     return Question(name, qtype, qclass, end, payload)
 
 
-def address_records(qtype: int, addresses: tuple[str, ...], ttl: int) -> bytes:
-    """The answer records for addresses, owned by the question's name (a pointer to it)."""
-    out = bytearray()
+def address_records(qtype: int, addresses: tuple[str, ...], ttl: int) -> tuple[bytes, ...]:
+    """One answer record per address, owned by the question's name (a pointer to it)."""
+    out = []
     for text in addresses:
         packed = ipaddress.ip_address(text).packed
-        out += struct.pack("!HHHIH", 0xC00C, qtype, CLASS_IN, ttl, len(packed)) + packed
-    return bytes(out)
+        out.append(struct.pack("!HHHIH", 0xC00C, qtype, CLASS_IN, ttl, len(packed)) + packed)
+    return tuple(out)
 
 
 def write_answer(wire: bytes, question: Question, records: bytes, count: int) -> bytes:
-    """An authoritative NOERROR reply to wire with count records (from address_records)."""
+    """An authoritative NOERROR reply to wire with count records (address_records joined)."""
     ident, flags = struct.unpack_from("!HH", wire)
     reply_flags = 0x8400 | (flags & 0x0100)  # QR, AA, and the query's RD
     extra = 1 if question.payload >= 0 else 0

@@ -309,3 +309,15 @@ async def test_a_large_change_is_built_aside_while_the_old_table_answers(
     assert rig.proxy.table is not first  # a new table, swapped in whole
     assert _addresses(await rig.ask("six.example.com", "AAAA"), "AAAA") == ["fd00::6"]
     assert (await rig.ask("hello.demo")).rcode() == dns.rcode.NXDOMAIN  # upstream's answer
+
+
+async def test_a_dead_upstream_is_skipped_without_waiting_for_its_timeout(rig: Rig) -> None:
+    await rig.publish(upsert(HELLO))
+    live = rig.proxy.upstreams.servers[0]
+    rig.proxy.upstreams.servers = [Server(LOOP, _free_udp_port()), live]
+    rig.proxy.upstreams.timeout = 10.0
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await rig.ask("www.outside.test")
+    assert _addresses(response) == ["192.0.2.10"]
+    assert loop.time() - started < 5.0  # the closed port refused at once (ICMP)

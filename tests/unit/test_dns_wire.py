@@ -98,3 +98,14 @@ def test_no_input_makes_answer_raise() -> None:
             reply = proxy.answer(bytes(wire), tcp)
             if isinstance(reply, bytes):
                 dns.message.from_wire(reply, ignore_trailing=True)  # a reply that parses
+
+
+def test_several_addresses_rotate_between_answers() -> None:
+    proxy = _proxy()
+    wire = dns.message.make_query("hello.demo", "A").to_wire()
+    firsts = set()
+    for _ in range(4):
+        reply = dns.message.from_wire(proxy.answer(wire, False))  # type: ignore[arg-type]
+        firsts.add(reply.answer[0][0].to_text())
+        assert sorted(r.to_text() for r in reply.answer[0]) == ["10.10.0.1", "10.10.0.2"]
+    assert firsts == {"10.10.0.1", "10.10.0.2"}
