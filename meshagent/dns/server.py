@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import dns.flags
 import dns.message
@@ -111,7 +111,7 @@ class DnsProxy:
         self.port = port
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = 0  # forwarded queries waiting for upstream
         self._rdata_cache: dict[tuple[str, int], list[dns.rdata.Rdata]] = {}
         self._wire_cache: dict[tuple[str, int], tuple[bytes, ...]] = {}  # (host, type) -> RRs
         self.queries = 0
@@ -152,10 +152,6 @@ class DnsProxy:
         if self._tcp is not None:
             self._tcp.close()
             self._tcp = None
-        for task in list(self._tasks):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
         self.upstreams.close()
 
     async def follow(self, snapshot: MeshSnapshot) -> None:
@@ -244,22 +240,34 @@ class DnsProxy:
             response.answer.append(dns.rrset.from_rdata_list(owner, TTL, rdatas))
         return _fit(response.to_wire(), _limit(query, tcp))
 
-    async def forward(self, wire: bytes, forward: Forward) -> bytes:
-        """The upstream answer to wire (SERVFAIL when none), fitted to the client's size."""
+    def forward(self, wire: bytes, forward: Forward, send: Callable[[bytes], None]) -> None:
+        """Ask upstream; send(its answer fitted to the client's size, or SERVFAIL when none
+        answers or too many are in flight), later, on the event loop."""
+        if self._in_flight >= MAX_FORWARDS:
+            send(_header_reply(wire, dns.rcode.SERVFAIL))
+            return
+        self._in_flight += 1
         self.forwarded += 1
-        answer = await self.upstreams.query(wire)
-        if answer is None:
-            return _header_reply(wire, dns.rcode.SERVFAIL)
-        return _fit(answer, forward.limit)
 
-    def spawn(self, work: Callable[[], Coroutine[Any, Any, None]]) -> bool:
-        """Run a forward in a task of its own; False when too many are running."""
-        if len(self._tasks) >= MAX_FORWARDS:
-            return False
-        task = asyncio.get_running_loop().create_task(work())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return True
+        def done(answer: bytes | None) -> None:
+            self._in_flight -= 1
+            if answer is None:
+                send(_header_reply(wire, dns.rcode.SERVFAIL))
+            else:
+                send(_fit(answer, forward.limit))
+
+        self.upstreams.ask(wire, done)
+
+    async def forwarded_reply(self, wire: bytes, forward: Forward) -> bytes:
+        """forward(), awaited."""
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        def send(reply: bytes) -> None:
+            if not future.done():
+                future.set_result(reply)
+
+        self.forward(wire, forward, send)
+        return await future
 
     # --- TCP ----------------------------------------------------------------------------
 
@@ -271,7 +279,7 @@ class DnsProxy:
                     wire = await reader.readexactly(size)
                 reply = self.answer(wire, True)
                 if isinstance(reply, Forward):
-                    reply = await self.forward(wire, reply)
+                    reply = await self.forwarded_reply(wire, reply)
                 if reply is None:
                     continue
                 writer.write(struct.pack("!H", len(reply)) + reply)
@@ -304,13 +312,7 @@ class _UdpServer(asyncio.DatagramProtocol):
         if isinstance(reply, bytes):
             self._send(reply, addr)
         elif reply is not None:
-            how = reply
-
-            async def forward() -> None:
-                self._send(await proxy.forward(data, how), addr)
-
-            if not proxy.spawn(forward):
-                self._send(_header_reply(data, dns.rcode.SERVFAIL), addr)
+            proxy.forward(data, reply, lambda answer: self._send(answer, addr))
 
     def _send(self, reply: bytes, addr: tuple[str, int]) -> None:
         if self.transport is not None:

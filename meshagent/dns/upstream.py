@@ -3,7 +3,9 @@
 The query goes out as the client sent it, under an id of our own (so that clients using the
 same id do not mix); the answer comes back with the client's id. An answer counts only if it
 comes from the server asked, with our id and the question asked. Servers are tried in order,
-each for `timeout` seconds, as a stub resolver does.
+each for `timeout` seconds (a server that refuses, by ICMP, at once), as a stub resolver does.
+The UDP exchange is driven by callbacks, not a task per query: forwarding is the proxy's
+busiest path after its own answers.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import asyncio
 import contextlib
 import random
 import struct
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import structlog
 
@@ -55,34 +58,99 @@ class Server:
         return f"{host}:{self.port}"
 
 
-class _UdpChannel(asyncio.DatagramProtocol):
-    """One connected UDP socket to one server, with the queries waiting on it."""
+Done = Callable[[bytes | None], None]
 
-    def __init__(self) -> None:
+
+class _Exchange:
+    """One forwarded query: its servers tried in turn until one answers (then done(answer),
+    with the client's id) or none is left (done(None)). Lives on the event loop."""
+
+    __slots__ = ("done", "end", "ident", "index", "timer", "upstreams", "wire")
+
+    def __init__(self, upstreams: Upstreams, wire: bytes, end: int, done: Done) -> None:
+        self.upstreams, self.wire, self.end, self.done = upstreams, wire, end, done
+        self.index = -1
+        self.ident = -1
+        self.timer: asyncio.TimerHandle | None = None
+
+    def next_server(self) -> None:
+        """Ask the next server (over UDP), or give up."""
+        self.index += 1
+        servers = self.upstreams.servers
+        if self.index >= len(servers):
+            self.done(None)
+            return
+        channel = self.upstreams._channels.get(servers[self.index])
+        if channel is None or channel.transport is None:
+            self.upstreams._open_then(servers[self.index], self)
+            return
+        if not channel.ask(self):
+            self.next_server()
+
+    def answered(self, data: bytes) -> None:
+        """The server's UDP answer; truncated ones are asked again over TCP."""
+        if struct.unpack_from("!H", data, 2)[0] & TC_FLAG:
+            self.upstreams._tcp_then(self.upstreams.servers[self.index], self, data)
+            return
+        self.finish(data)
+
+    def finish(self, data: bytes) -> None:
+        self.done(with_id(data, struct.unpack_from("!H", self.wire)[0]))
+
+
+class _UdpChannel(asyncio.DatagramProtocol):
+    """One connected UDP socket to one server, with the exchanges waiting on it."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
         self.transport: asyncio.DatagramTransport | None = None
-        self.pending: dict[int, tuple[bytes, asyncio.Future[bytes]]] = {}
+        self.pending: dict[int, _Exchange] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def ask(self, exchange: _Exchange) -> bool:
+        """Send exchange's query under a free id; False when too many are waiting."""
+        if len(self.pending) >= MAX_PENDING or self.transport is None:
+            return False
+        ident = random.randrange(65536)
+        while ident in self.pending:
+            ident = random.randrange(65536)
+        exchange.ident = ident
+        self.pending[ident] = exchange
+        loop = asyncio.get_running_loop()
+        exchange.timer = loop.call_later(self.timeout, self._expire, ident)
+        self.transport.sendto(with_id(exchange.wire, ident))
+        return True
+
+    def _expire(self, ident: int) -> None:
+        exchange = self.pending.pop(ident, None)
+        if exchange is not None:
+            exchange.next_server()
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         if len(data) < 12:
             return
         ident = struct.unpack_from("!H", data)[0]
-        waiting = self.pending.get(ident)
-        if waiting is None:
+        exchange = self.pending.get(ident)
+        if exchange is None:
             return
-        question, future = waiting
-        if data[12 : 12 + len(question)].lower() != question.lower() or future.done():
+        question = exchange.wire[12 : exchange.end]
+        if data[12 : exchange.end].lower() != question.lower():
             return  # not the answer to what we asked
-        future.set_result(data)
+        del self.pending[ident]
+        if exchange.timer is not None:
+            exchange.timer.cancel()
+        exchange.answered(data)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and the like: the server is not there; the waiting queries
         # go to the next server now rather than after the timeout.
-        for _, future in self.pending.values():
-            if not future.done():
-                future.set_exception(exc)
+        waiting, self.pending = self.pending, {}
+        for exchange in waiting.values():
+            if exchange.timer is not None:
+                exchange.timer.cancel()
+            exchange.next_server()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -95,55 +163,63 @@ class Upstreams:
         self.servers = servers
         self.timeout = timeout
         self._channels: dict[Server, _UdpChannel] = {}
-        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def query(self, wire: bytes) -> bytes | None:
-        """The first server's answer to wire (with wire's id), or None when none answers."""
+    def ask(self, wire: bytes, done: Done) -> None:
+        """Forward wire; done(answer with wire's id, or None when no server answers) is called
+        once, later, on the event loop."""
         end = question_end(wire)
         if end == 0:
-            return None
-        for server in self.servers:
+            asyncio.get_running_loop().call_soon(done, None)
+            return
+        _Exchange(self, wire, end, done).next_server()
+
+    async def query(self, wire: bytes) -> bytes | None:
+        """ask(), awaited."""
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+
+        def done(answer: bytes | None) -> None:
+            if not future.done():
+                future.set_result(answer)
+
+        self.ask(wire, done)
+        return await future
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _open_then(self, server: Server, exchange: _Exchange) -> None:
+        """Open server's UDP socket, then ask it (the first query to a server only)."""
+
+        async def open_and_ask() -> None:
             try:
-                answer = await self._udp(server, wire, end)
-                if answer is not None and struct.unpack_from("!H", answer, 2)[0] & TC_FLAG:
-                    answer = await self._tcp(server, wire) or answer
+                channel = self._channels.get(server)
+                if channel is None or channel.transport is None:
+                    loop = asyncio.get_running_loop()
+                    _, channel = await loop.create_datagram_endpoint(
+                        lambda: _UdpChannel(self.timeout),
+                        remote_addr=(server.address, server.port),
+                    )
+                    self._channels[server] = channel
             except OSError as exc:
                 log.debug("dns_upstream_failed", server=str(server), error=str(exc))
-                continue
-            if answer is not None:
-                return with_id(answer, struct.unpack_from("!H", wire)[0])
-        return None
+                exchange.next_server()
+                return
+            if not channel.ask(exchange):
+                exchange.next_server()
 
-    async def _channel(self, server: Server) -> _UdpChannel:
-        channel = self._channels.get(server)
-        if channel is not None and channel.transport is not None:
-            return channel
-        async with self._lock:
-            channel = self._channels.get(server)
-            if channel is None or channel.transport is None:
-                loop = asyncio.get_running_loop()
-                _, channel = await loop.create_datagram_endpoint(
-                    _UdpChannel, remote_addr=(server.address, server.port)
-                )
-                self._channels[server] = channel
-        return channel
+        self._spawn(open_and_ask())
 
-    async def _udp(self, server: Server, wire: bytes, end: int) -> bytes | None:
-        channel = await self._channel(server)
-        if len(channel.pending) >= MAX_PENDING or channel.transport is None:
-            return None
-        ident = random.randrange(65536)
-        while ident in channel.pending:
-            ident = random.randrange(65536)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        channel.pending[ident] = (wire[12:end], future)
-        try:
-            channel.transport.sendto(with_id(wire, ident))
-            return await asyncio.wait_for(future, self.timeout)
-        except TimeoutError:
-            return None
-        finally:
-            channel.pending.pop(ident, None)
+    def _tcp_then(self, server: Server, exchange: _Exchange, truncated: bytes) -> None:
+        """Ask server again over TCP; its answer, else the truncated one, finishes exchange."""
+
+        async def over_tcp() -> None:
+            whole = await self._tcp(server, exchange.wire)
+            exchange.finish(whole or truncated)
+
+        self._spawn(over_tcp())
 
     async def _tcp(self, server: Server, wire: bytes) -> bytes | None:
         try:
@@ -162,8 +238,14 @@ class Upstreams:
             return None
 
     def close(self) -> None:
-        """Close the sockets (queries still waiting time out)."""
+        """Close the sockets and stop what is in flight (its clients get no answer)."""
         for channel in self._channels.values():
+            for exchange in channel.pending.values():
+                if exchange.timer is not None:
+                    exchange.timer.cancel()
+            channel.pending.clear()
             if channel.transport is not None:
                 channel.transport.close()
         self._channels.clear()
+        for task in self._tasks:
+            task.cancel()
