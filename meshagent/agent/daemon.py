@@ -181,7 +181,7 @@ class Agent:
         if cfg.dns.enabled:  # listening before any source: SERVFAIL until the first table
             from meshagent.agent.dns_runtime import start_dns
 
-            self.dns = await start_dns(cfg)
+            self.dns = await start_dns(cfg, self.metrics.registry)
         self._processor = asyncio.create_task(self._process_loop(), name="agent-processor")
         for adapter in self._adapter_factory(cfg):
             self._start_source(adapter)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 
 import structlog
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from meshagent.agent.config import AgentConfig
 from meshagent.dns.resolvconf import read_resolv_conf
@@ -38,8 +42,9 @@ def upstream_servers(config: AgentConfig) -> tuple[list[Server], tuple[str, ...]
     return servers, search
 
 
-async def start_dns(config: AgentConfig) -> DnsProxy:
-    """A listening DnsProxy (no names yet: it answers SERVFAIL until the first update)."""
+async def start_dns(config: AgentConfig, registry: CollectorRegistry | None = None) -> DnsProxy:
+    """A listening DnsProxy (no names yet: it answers SERVFAIL until the first update), its
+    metrics in registry when given."""
     dns = config.dns
     servers, search = upstream_servers(config)
     if not servers:
@@ -59,4 +64,24 @@ async def start_dns(config: AgentConfig) -> DnsProxy:
             f"cannot listen on {dns.address}:{dns.port}: {exc.strerror or exc}", field="dns"
         ) from exc
     log.info("dns_upstreams", servers=[str(s) for s in servers], search=list(search))
+    if registry is not None:
+        registry.register(DnsMetrics(proxy))
     return proxy
+
+
+class DnsMetrics(Collector):
+    """The DNS proxy's counters, read when scraped (the proxy only adds to plain ints)."""
+
+    def __init__(self, proxy: DnsProxy) -> None:
+        self.proxy = proxy
+
+    def collect(self) -> Iterator[Metric]:
+        p = self.proxy
+        for name, doc, value in (
+            ("meshagent_dns_requests", "DNS queries received", p.queries),
+            ("meshagent_dns_upstream_requests", "DNS queries forwarded upstream", p.forwarded),
+            ("meshagent_dns_upstream_failures", "Forwarded queries no upstream answered",
+             p.upstream_failures),
+        ):  # fmt: skip
+            yield CounterMetricFamily(name, doc, value=value)
+        yield GaugeMetricFamily("meshagent_dns_names", "Names the DNS proxy answers", len(p.table))

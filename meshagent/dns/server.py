@@ -114,8 +114,10 @@ class DnsProxy:
         self._in_flight = 0  # forwarded queries waiting for upstream
         self._rdata_cache: dict[tuple[str, int], list[dns.rdata.Rdata]] = {}
         self._wire_cache: dict[tuple[str, int], tuple[bytes, ...]] = {}  # (host, type) -> RRs
+        # Counters for the metrics (read at scrape time: nothing on the hot path but +1).
         self.queries = 0
         self.forwarded = 0
+        self.upstream_failures = 0
 
     @property
     def listening(self) -> bool:
@@ -252,6 +254,7 @@ class DnsProxy:
         def done(answer: bytes | None) -> None:
             self._in_flight -= 1
             if answer is None:
+                self.upstream_failures += 1
                 send(_header_reply(wire, dns.rcode.SERVFAIL))
             else:
                 send(_fit(answer, forward.limit))

@@ -292,6 +292,10 @@ async def test_agent_serves_dns_after_its_first_table_and_readyz_waits(tmp_path:
         outside = dns.message.make_query("www.outside.test", "A")
         forwarded = await asyncio.to_thread(dns.query.udp, outside, LOOP, 3, port)
         assert _addresses(forwarded) == ["192.0.2.10"]
+        metrics = agent.metrics.exposition().decode()
+        assert "meshagent_dns_requests_total 3.0" in metrics
+        assert "meshagent_dns_upstream_requests_total 1.0" in metrics
+        assert "meshagent_dns_names " in metrics
     finally:
         await agent.stop()
         await upstream.stop()
