@@ -48,9 +48,9 @@ class Service:
     """A mesh host (FQDN or wildcard) and how it is reached.
 
     addresses are the VIPs (or CIDRs) the configuration gives; auto_addresses the VIPs the
-    normalizer allocated when it gives none (normalize/vips.py: an IPv4 one from
-    240.240.0.0/16 and an IPv6 one from 2001:2::/48, the same on every host). The DNS proxy
-    and the outbound listeners read these, so that both agree on a service's address.
+    normalizer allocated when it gives none: () or (IPv4 VIP from 240.240.0.0/16, IPv6 VIP
+    from 2001:2::/48), the same on every host (normalize/vips.py). The DNS proxy and the
+    outbound listeners read these, so that both agree on a service's address.
     """
 
     host: str

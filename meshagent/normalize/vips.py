@@ -15,7 +15,10 @@ route them by address (Consul's own virtual IPs are handed out by its servers, i
 The rule (a reader can reproduce it without this code):
 - slots: 65,024 = 256 third octets x 254 fourth octets (1-254; .0 and .255 are never used).
   Slot n is 240.240.<n // 254>.<n % 254 + 1> and 2001:2::f0f0:<third><fourth> (two hex
-  digits each), e.g. slot 0 is 240.240.0.1 and 2001:2::f0f0:1.
+  digits each), e.g. slot 0 is 240.240.0.1 and 2001:2::f0f0:1. (Istio writes the two octets'
+  hex unpadded, so that two slots can share an IPv6 address; Istio's slots also differ
+  between istiods. Only the local proxy and DNS proxy see a VIP, so matching Istio's
+  numbers is not needed: the names and ranges are what applications see.)
 - a host's home slot: the first 8 bytes of SHA-256 of the lower-cased host name, as a
   big-endian integer, modulo 65,024.
 - collisions: linear probing, where the host whose name sorts first keeps a slot. The table
@@ -26,7 +29,8 @@ The rule (a reader can reproduce it without this code):
 
 Limits: agreement needs the same set of eligible host names on every host; hosts that see
 different sets can differ only for hosts in a run that differs. At most 65,024 hosts get a
-VIP; a host beyond that gets none (and is served by name only, as before capture).
+VIP; when more are eligible, the ones beyond get none (which ones then depends on the order
+they came in), and are reached by name through the loopback listeners only.
 """
 
 from __future__ import annotations

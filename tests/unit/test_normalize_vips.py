@@ -6,6 +6,8 @@ import hashlib
 import ipaddress
 import random
 
+import pytest
+
 from meshagent.model.services import Resolution, Service, ServicePort
 from meshagent.model.source import Provenance, SourceEvent
 from meshagent.normalize import Normalizer
@@ -237,3 +239,37 @@ def test_kubernetes_services_keep_their_cluster_ip() -> None:
     db = snap.services["db.shop.svc.cluster.local"]
     assert web.addresses == ("10.96.0.10",) and web.auto_addresses == ()
     assert db.addresses == () and db.auto_addresses == ()
+
+
+def test_normalizer_snapshots_match_the_reference_under_churn_and_collisions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a tiny table (7 slots), so that hosts collide and move each other
+    import meshagent.normalize.normalizer as normalizer_module
+
+    monkeypatch.setattr(normalizer_module, "VipAllocator", lambda: VipAllocator(7))
+    monkeypatch.setattr("meshagent.normalize.vips.SLOTS", 7)
+    rnd = random.Random(5)
+    n = Normalizer()
+    live: dict[str, str] = {}
+    for _ in range(120):
+        # when ServiceEntries come, go and change (a batch of 1-3 edits at a time)
+        events = []
+        for _ in range(rnd.randint(1, 3)):
+            name = f"se{rnd.randrange(9)}"
+            if name in live and rnd.random() < 0.4:
+                events.append(delete(live.pop(name)))
+                continue
+            resolution = rnd.choice(["DNS", "STATIC", "NONE"])
+            extra = "  addresses: [10.0.0.1]\n" if rnd.random() < 0.15 else ""
+            if len([d for d in live.values() if "NONE" not in d]) >= 6:
+                resolution = "NONE"  # never more eligible hosts than slots
+            live[name] = _se(name, f"{name}.example.com", resolution, extra)
+            events.append(upsert(live[name]))
+        snap, _ = n.apply(events)
+        # then every Service carries the VIP of the reference table of the eligible hosts
+        eligible = [h for h, s in snap.services.items() if wants_vip(s)]
+        reference = allocate(eligible, 7)
+        for host, service in snap.services.items():
+            want = slot_addresses(reference[host]) if host in reference else ()
+            assert service.auto_addresses == want, host
