@@ -112,6 +112,7 @@ class DnsProxy:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._in_flight = 0  # forwarded queries waiting for upstream
+        self._loop_logged = False
         self._rdata_cache: dict[tuple[str, int], list[dns.rdata.Rdata]] = {}
         self._wire_cache: dict[tuple[str, int], tuple[bytes, ...]] = {}  # (host, type) -> RRs
         # Counters for the metrics (read at scrape time: nothing on the hot path but +1).
@@ -246,6 +247,12 @@ class DnsProxy:
         """Ask upstream; send(its answer fitted to the client's size, or SERVFAIL when none
         answers or too many are in flight), later, on the event loop."""
         if self._in_flight >= MAX_FORWARDS:
+            send(_header_reply(wire, dns.rcode.SERVFAIL))
+            return
+        if self.upstreams.is_own(wire):
+            if not self._loop_logged:
+                self._loop_logged = True
+                log.error("dns_forwarding_loop", upstreams=[str(s) for s in self.upstreams.servers])
             send(_header_reply(wire, dns.rcode.SERVFAIL))
             return
         self._in_flight += 1

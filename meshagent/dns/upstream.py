@@ -174,6 +174,16 @@ class Upstreams:
             return
         _Exchange(self, wire, end, done).next_server()
 
+    def is_own(self, wire: bytes) -> bool:
+        """Whether wire is one of our own forwarded queries, come back: a forwarding loop
+        (an upstream that sends to this proxy, e.g. port 53 redirected for the agent too)."""
+        ident = struct.unpack_from("!H", wire)[0]
+        for channel in self._channels.values():
+            exchange = channel.pending.get(ident)
+            if exchange is not None and wire[12 : exchange.end] == exchange.wire[12 : exchange.end]:
+                return True
+        return False
+
     async def query(self, wire: bytes) -> bytes | None:
         """ask(), awaited."""
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()

@@ -325,3 +325,18 @@ async def test_a_dead_upstream_is_skipped_without_waiting_for_its_timeout(rig: R
     response = await rig.ask("www.outside.test")
     assert _addresses(response) == ["192.0.2.10"]
     assert loop.time() - started < 5.0  # the closed port refused at once (ICMP)
+
+
+async def test_a_forwarding_loop_is_cut_at_once(rig: Rig) -> None:
+    # given an upstream that is the proxy itself (as when capture also redirects the agent's
+    # own queries to port 53 back to it)
+    await rig.publish(upsert(HELLO))
+    rig.proxy.upstreams.servers = [Server(LOOP, rig.proxy.port)]
+    rig.proxy.upstreams.timeout = 10.0
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await rig.ask("www.outside.test")
+    # then the looped query is refused at its first return, not bounced until timeouts
+    assert response.rcode() == dns.rcode.SERVFAIL
+    assert loop.time() - started < 5.0
+    assert rig.proxy.forwarded <= 2
