@@ -8,7 +8,7 @@
 | `dns.upstreams` | from `resolv_conf` | other names go here: `["10.0.0.2", "10.0.0.3:5353"]` |
 | `dns.resolv_conf` | `/etc/resolv.conf` | read at start for `nameserver` and `search` |
 | `dns.search_domains` | from `resolv_conf` | the host's search domains (the first expands names) |
-| `dns.dual_stack` | `false` | answer AAAA with the automatic IPv6 VIPs too |
+| `dns.dual_stack` | `false` | answer AAAA with the automatic IPv6 VIPs too; listen on [::1] too |
 | `dns.upstream_timeout_ms` | `2000` | how long each upstream resolver is given |
 """
 

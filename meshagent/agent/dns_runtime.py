@@ -63,6 +63,12 @@ async def start_dns(config: AgentConfig, registry: CollectorRegistry | None = No
         raise ConfigError(
             f"cannot listen on {dns.address}:{dns.port}: {exc.strerror or exc}", field="dns"
         ) from exc
+    if dns.address == "127.0.0.1" and (dns.dual_stack or any(":" in s.address for s in servers)):
+        # IPv6 queries that capture redirects (ip6tables) arrive on [::1], as in Istio.
+        try:
+            await proxy.listen_also("::1")
+        except OSError as exc:
+            log.warning("dns_ipv6_loopback_unavailable", error=str(exc))
     log.info("dns_upstreams", servers=[str(s) for s in servers], search=list(search))
     if registry is not None:
         registry.register(DnsMetrics(proxy))

@@ -111,6 +111,7 @@ class DnsProxy:
         self.port = port
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
+        self._more: list[tuple[asyncio.DatagramTransport, asyncio.Server]] = []  # listen_also
         self._in_flight = 0  # forwarded queries waiting for upstream
         self._loop_logged = False
         self._rdata_cache: dict[tuple[str, int], list[dns.rdata.Rdata]] = {}
@@ -148,7 +149,25 @@ class DnsProxy:
             break
         log.info("dns_listening", address=self.address, port=self.port)
 
+    async def listen_also(self, address: str) -> None:
+        """Listen on address too, at the same port (e.g. [::1], where ip6tables sends DNS)."""
+        loop = asyncio.get_running_loop()
+        udp, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpServer(self), local_addr=(address, self.port)
+        )
+        try:
+            tcp = await asyncio.start_server(self._serve_tcp, address, self.port)
+        except OSError:
+            udp.close()
+            raise
+        self._more.append((udp, tcp))
+        log.info("dns_listening", address=address, port=self.port)
+
     async def stop(self) -> None:
+        for udp, tcp in self._more:
+            udp.close()
+            tcp.close()
+        self._more.clear()
         if self._udp is not None:
             self._udp.close()
             self._udp = None

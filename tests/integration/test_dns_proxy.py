@@ -340,3 +340,29 @@ async def test_a_forwarding_loop_is_cut_at_once(rig: Rig) -> None:
     assert response.rcode() == dns.rcode.SERVFAIL
     assert loop.time() - started < 5.0
     assert rig.proxy.forwarded <= 2
+
+
+async def test_dual_stack_also_listens_on_ipv6_loopback(tmp_path: Path) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback ([::1]) on this host")
+    port = _free_port()
+    config = parse_config(
+        "node: {id: n1, namespace: demo}\nsources: {files: null}\n"
+        f"dns: {{enabled: true, port: {port}, dual_stack: true, upstreams: []}}\n",
+        tmp_path / "agent.yaml",
+    )
+    proxy = await start_dns(config)
+    try:
+        snapshot, _ = Normalizer().apply([upsert(HELLO)])
+        await proxy.follow(snapshot)
+        query = dns.message.make_query("hello.demo", "A")
+        for ask in (dns.query.udp, dns.query.tcp):
+            answer = await asyncio.to_thread(ask, query, "::1", 3, port)
+            assert _addresses(answer) == ["10.10.0.1"]
+    finally:
+        await proxy.stop()
