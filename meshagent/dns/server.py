@@ -1,6 +1,7 @@
 """The DNS proxy: mesh names answered from the NameTable, everything else forwarded.
 
-UDP and TCP on one address and port (default 127.0.0.1:15053, where capture sends port 53).
+UDP and TCP on one address and port (default 127.0.0.1:15053, where capture sends port 53),
+and on more addresses at that port with listen_also ([::1] for ip6tables' redirects).
 - A or AAAA of a mesh name: an authoritative answer, TTL 30 s; a mesh name asked for a type
   it has no address of (AAAA of an IPv4-only host) gets NOERROR with no answer, not NXDOMAIN
   (a client asking A and AAAA together must not take the name for missing). Other types of
@@ -10,6 +11,7 @@ UDP and TCP on one address and port (default 127.0.0.1:15053, where capture send
 - a message that does not parse gets FORMERR when it has a query's header, else nothing; a
   UDP answer larger than the client takes (512 bytes, or its EDNS size) is truncated (TC)
   so that the client asks again over TCP.
+Plain A/AAAA queries are read and answered by hand (wire.py); the rest through dnspython.
 """
 
 from __future__ import annotations
@@ -94,8 +96,9 @@ class Forward:
 
 
 class DnsProxy:
-    """The server. start() binds (OSError when it cannot), stop() closes; update() follows
-    the mesh. upstreams: where unknown names go (the caller leaves this server out)."""
+    """The server. start() binds (OSError when it cannot), stop() closes; follow() takes
+    each new mesh snapshot. upstreams: where unknown names go (the caller leaves this server
+    out). Lives on one event loop."""
 
     def __init__(
         self,
