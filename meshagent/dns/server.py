@@ -265,13 +265,20 @@ class DnsProxy:
             response.answer.append(dns.rrset.from_rdata_list(owner, TTL, rdatas))
         return _fit(response.to_wire(), _limit(query, tcp))
 
-    def forward(self, wire: bytes, forward: Forward, send: Callable[[bytes], None]) -> None:
+    def forward(
+        self,
+        wire: bytes,
+        forward: Forward,
+        send: Callable[[bytes], None],
+        source: tuple[str, int] = ("", 0),
+    ) -> None:
         """Ask upstream; send(its answer fitted to the client's size, or SERVFAIL when none
-        answers or too many are in flight), later, on the event loop."""
+        answers or too many are in flight), later, on the event loop. source: the client's
+        UDP address, by which our own forwarded queries are known when they loop back."""
         if self._in_flight >= MAX_FORWARDS:
             send(_header_reply(wire, dns.rcode.SERVFAIL))
             return
-        if self.upstreams.is_own(wire):
+        if self.upstreams.is_own(source):
             if not self._loop_logged:
                 self._loop_logged = True
                 log.error("dns_forwarding_loop", upstreams=[str(s) for s in self.upstreams.servers])
@@ -344,7 +351,7 @@ class _UdpServer(asyncio.DatagramProtocol):
         if isinstance(reply, bytes):
             self._send(reply, addr)
         elif reply is not None:
-            proxy.forward(data, reply, lambda answer: self._send(answer, addr))
+            proxy.forward(data, reply, lambda answer: self._send(answer, addr), addr)
 
     def _send(self, reply: bytes, addr: tuple[str, int]) -> None:
         if self.transport is not None:

@@ -13,16 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 import struct
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import structlog
 
 log = structlog.get_logger("meshagent.dns")
 
-MAX_PENDING = 4096  # outstanding UDP queries per server; more are refused (SERVFAIL)
+MAX_PENDING = 4096  # outstanding UDP queries per socket; more go to the next server
+ROTATE_AFTER = 64  # queries sent on one socket before a new one (a new source port) is used
 TC_FLAG = 0x0200
 
 
@@ -80,11 +82,8 @@ class _Exchange:
         if self.index >= len(servers):
             self.done(None)
             return
-        channel = self.upstreams._channels.get(servers[self.index])
-        if channel is None or channel.transport is None:
-            self.upstreams._open_then(servers[self.index], self)
-            return
-        if not channel.ask(self):
+        channel = self.upstreams._channel(servers[self.index])
+        if channel is None or not channel.ask(self):
             self.next_server()
 
     def answered(self, data: bytes) -> None:
@@ -98,62 +97,106 @@ class _Exchange:
         self.done(with_id(data, struct.unpack_from("!H", self.wire)[0]))
 
 
-class _UdpChannel(asyncio.DatagramProtocol):
-    """One connected UDP socket to one server, with the exchanges waiting on it."""
+class _UdpChannel:
+    """One connected, non-blocking UDP socket to one server, read by the event loop, with
+    the exchanges waiting on it. After ROTATE_AFTER queries it takes no more and closes once
+    they are answered: a fresh socket, on a fresh source port, takes over (RFC 5452: the port
+    is part of what a spoofer must guess, besides the 16-bit id)."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, server: Server, timeout: float) -> None:
         self.timeout = timeout
-        self.transport: asyncio.DatagramTransport | None = None
+        self.loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in server.address else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            self.sock.setblocking(False)
+            self.sock.connect((server.address, server.port))
+            self.loop.add_reader(self.sock.fileno(), self._readable)
+        except OSError:
+            self.sock.close()
+            raise
+        local = self.sock.getsockname()
+        self.local: tuple[str, int] = (local[0], local[1])
         self.pending: dict[int, _Exchange] = {}
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
+        self.sent = 0
+        self.retired = False
+        self.closed = False
 
     def ask(self, exchange: _Exchange) -> bool:
-        """Send exchange's query under a free id; False when too many are waiting."""
-        if len(self.pending) >= MAX_PENDING or self.transport is None:
+        """Send exchange's query under a free id; False when it cannot be sent now."""
+        if len(self.pending) >= MAX_PENDING or self.retired:
             return False
         ident = random.randrange(65536)
         while ident in self.pending:
             ident = random.randrange(65536)
+        try:
+            self.sock.send(with_id(exchange.wire, ident))
+        except OSError:  # a full buffer, a refusal (ICMP) reported late: try the next server
+            return False
         exchange.ident = ident
         self.pending[ident] = exchange
-        loop = asyncio.get_running_loop()
-        exchange.timer = loop.call_later(self.timeout, self._expire, ident)
-        self.transport.sendto(with_id(exchange.wire, ident))
+        exchange.timer = self.loop.call_later(self.timeout, self._expire, ident)
+        self.sent += 1
+        if self.sent >= ROTATE_AFTER:
+            self.retired = True
         return True
 
     def _expire(self, ident: int) -> None:
         exchange = self.pending.pop(ident, None)
+        self._close_if_done()
         if exchange is not None:
             exchange.next_server()
 
-    def datagram_received(self, data: bytes, addr: object) -> None:
+    def _readable(self) -> None:
+        while not self.closed:
+            try:
+                data = self.sock.recv(65535)
+            except BlockingIOError:
+                break
+            except OSError:
+                # ICMP port unreachable and the like: the server is not there; the waiting
+                # queries go to the next server now rather than after the timeout.
+                self._fail_all()
+                break
+            self._received(data)
+        self._close_if_done()
+
+    def _received(self, data: bytes) -> None:
         if len(data) < 12:
             return
-        ident = struct.unpack_from("!H", data)[0]
-        exchange = self.pending.get(ident)
+        exchange = self.pending.get(struct.unpack_from("!H", data)[0])
         if exchange is None:
             return
-        question = exchange.wire[12 : exchange.end]
-        if data[12 : exchange.end].lower() != question.lower():
+        if data[12 : exchange.end].lower() != exchange.wire[12 : exchange.end].lower():
             return  # not the answer to what we asked
-        del self.pending[ident]
+        del self.pending[exchange.ident]
         if exchange.timer is not None:
             exchange.timer.cancel()
         exchange.answered(data)
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable and the like: the server is not there; the waiting queries
-        # go to the next server now rather than after the timeout.
+    def _fail_all(self) -> None:
         waiting, self.pending = self.pending, {}
+        self.retired = True  # a socket with an error: replaced
         for exchange in waiting.values():
             if exchange.timer is not None:
                 exchange.timer.cancel()
             exchange.next_server()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
+    def _close_if_done(self) -> None:
+        if self.retired and not self.pending:
+            self.close()
+
+    def close(self) -> None:
+        """Stop reading and close the socket (exchanges still waiting get no answer)."""
+        if self.closed:
+            return
+        self.closed = True
+        for exchange in self.pending.values():
+            if exchange.timer is not None:
+                exchange.timer.cancel()
+        self.pending.clear()
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
 
 
 class Upstreams:
@@ -162,7 +205,8 @@ class Upstreams:
     def __init__(self, servers: list[Server], *, timeout: float = 2.0) -> None:
         self.servers = servers
         self.timeout = timeout
-        self._channels: dict[Server, _UdpChannel] = {}
+        self._channels: dict[Server, _UdpChannel] = {}  # the socket each server is asked on
+        self._retiring: set[_UdpChannel] = set()  # replaced, still waiting for answers
         self._tasks: set[asyncio.Task[None]] = set()
 
     def ask(self, wire: bytes, done: Done) -> None:
@@ -174,15 +218,14 @@ class Upstreams:
             return
         _Exchange(self, wire, end, done).next_server()
 
-    def is_own(self, wire: bytes) -> bool:
-        """Whether wire is one of our own forwarded queries, come back: a forwarding loop
-        (an upstream that sends to this proxy, e.g. port 53 redirected for the agent too)."""
-        ident = struct.unpack_from("!H", wire)[0]
-        for channel in self._channels.values():
-            exchange = channel.pending.get(ident)
-            if exchange is not None and wire[12 : exchange.end] == exchange.wire[12 : exchange.end]:
-                return True
-        return False
+    def is_own(self, source: tuple[str, int]) -> bool:
+        """Whether a query from source (address, port) is one of our own forwarded queries,
+        come back: a forwarding loop (an upstream that sends to this proxy, e.g. port 53
+        redirected for the agent's own queries too). Our sockets' ports are ours alone."""
+        return any(
+            channel.local == source[:2] and not channel.closed
+            for channel in (*self._channels.values(), *self._retiring)
+        )
 
     async def query(self, wire: bytes) -> bytes | None:
         """ask(), awaited."""
@@ -195,32 +238,28 @@ class Upstreams:
         self.ask(wire, done)
         return await future
 
+    def _channel(self, server: Server) -> _UdpChannel | None:
+        """The socket to ask server on (a new one when the last was retired); None when none
+        can be opened."""
+        channel = self._channels.get(server)
+        if channel is not None and not channel.retired:
+            return channel
+        if channel is not None:
+            self._retiring = {c for c in self._retiring if not c.closed}
+            if not channel.closed:
+                self._retiring.add(channel)
+        try:
+            channel = self._channels[server] = _UdpChannel(server, self.timeout)
+        except OSError as exc:
+            self._channels.pop(server, None)
+            log.debug("dns_upstream_failed", server=str(server), error=str(exc))
+            return None
+        return channel
+
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def _open_then(self, server: Server, exchange: _Exchange) -> None:
-        """Open server's UDP socket, then ask it (the first query to a server only)."""
-
-        async def open_and_ask() -> None:
-            try:
-                channel = self._channels.get(server)
-                if channel is None or channel.transport is None:
-                    loop = asyncio.get_running_loop()
-                    _, channel = await loop.create_datagram_endpoint(
-                        lambda: _UdpChannel(self.timeout),
-                        remote_addr=(server.address, server.port),
-                    )
-                    self._channels[server] = channel
-            except OSError as exc:
-                log.debug("dns_upstream_failed", server=str(server), error=str(exc))
-                exchange.next_server()
-                return
-            if not channel.ask(exchange):
-                exchange.next_server()
-
-        self._spawn(open_and_ask())
 
     def _tcp_then(self, server: Server, exchange: _Exchange, truncated: bytes) -> None:
         """Ask server again over TCP; its answer, else the truncated one, finishes exchange."""
@@ -249,13 +288,9 @@ class Upstreams:
 
     def close(self) -> None:
         """Close the sockets and stop what is in flight (its clients get no answer)."""
-        for channel in self._channels.values():
-            for exchange in channel.pending.values():
-                if exchange.timer is not None:
-                    exchange.timer.cancel()
-            channel.pending.clear()
-            if channel.transport is not None:
-                channel.transport.close()
+        for channel in (*self._channels.values(), *self._retiring):
+            channel.close()
         self._channels.clear()
+        self._retiring.clear()
         for task in self._tasks:
             task.cancel()

@@ -30,6 +30,7 @@ class FakeResolver:
         self.udp_queries = 0
         self.tcp_queries = 0
         self.names: list[str] = []  # the names asked, in order
+        self.source_ports: set[int] = set()  # where UDP queries came from
         self._made: dict[tuple[bytes, bool], bytes] = {}
         self._names: dict[tuple[bytes, bool], str] = {}
         self._udp: asyncio.DatagramTransport | None = None
@@ -116,5 +117,6 @@ class _Udp(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.owner.udp_queries += 1
+        self.owner.source_ports.add(addr[1])
         if self.transport is not None:
             self.transport.sendto(self.owner.reply(data, False), addr)

@@ -366,3 +366,21 @@ async def test_dual_stack_also_listens_on_ipv6_loopback(tmp_path: Path) -> None:
             assert _addresses(answer) == ["10.10.0.1"]
     finally:
         await proxy.stop()
+
+
+async def test_forwarded_queries_change_source_port_and_id(rig: Rig) -> None:
+    # RFC 5452: a spoofer must guess the source port as well as the id
+    import meshagent.dns.upstream as upstream
+
+    await rig.publish(upsert(HELLO))
+    count = upstream.ROTATE_AFTER * 3 + 5
+
+    def ask_many() -> list[list[str]]:
+        query = dns.message.make_query("www.outside.test", "A")
+        return [_addresses(dns.query.udp(query, LOOP, 3, rig.proxy.port)) for _ in range(count)]
+
+    answers = await asyncio.to_thread(ask_many)
+    assert answers == [["192.0.2.10"]] * count
+    assert len(rig.upstream.source_ports) >= 4
+    channels = rig.proxy.upstreams._retiring
+    assert all(c.closed for c in channels) and len(channels) <= 1  # old sockets are closed

@@ -84,7 +84,7 @@ def test_no_input_makes_answer_raise() -> None:
     seeds = [m[0] for m in QUERIES]
     wires = [dns.message.make_query(n, "A", use_edns=0).to_wire() for n in seeds]
     rnd = random.Random(12)
-    for _ in range(20_000):
+    for _ in range(5_000):
         wire = bytearray(rnd.choice(wires))
         for _ in range(rnd.randint(1, 4)):
             action = rnd.random()
