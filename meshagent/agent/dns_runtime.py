@@ -49,6 +49,9 @@ async def start_dns(config: AgentConfig, registry: CollectorRegistry | None = No
     servers, search = upstream_servers(config)
     if not servers:
         log.warning("dns_no_upstreams", resolv_conf=str(dns.resolv_conf))
+    if not ipaddress.ip_address(dns.address).is_loopback:
+        # It forwards for whoever asks: beyond loopback, keep it behind a firewall.
+        log.warning("dns_listening_beyond_loopback", address=dns.address)
     options = TableOptions(
         namespace=config.node.namespace,
         domain_suffix=config.domain_suffix,
