@@ -116,6 +116,7 @@ class DnsProxy:
         self._tcp: asyncio.Server | None = None
         self._more: list[tuple[asyncio.DatagramTransport, asyncio.Server]] = []  # listen_also
         self._in_flight = 0  # forwarded queries waiting for upstream
+        self._following = asyncio.Lock()
         self._loop_logged = False
         self._rdata_cache: dict[tuple[str, int], list[dns.rdata.Rdata]] = {}
         self._wire_cache: dict[tuple[str, int], tuple[bytes, ...]] = {}  # (host, type) -> RRs
@@ -183,14 +184,15 @@ class DnsProxy:
         """Answer from snapshot from now on. A few changed hosts are refiled in place (they
         cost microseconds each); a large change (a first load, a source's resync) builds a
         new table in a worker thread while the current one keeps answering."""
-        table = self.table
-        hosts = table.changed_hosts(snapshot)
-        if not hosts and table.loaded:
-            return
-        if len(hosts) > REBUILD_HOSTS:
-            self.table = await asyncio.to_thread(build_table, snapshot, table.options)
-        else:
-            table.update(snapshot, hosts)
+        async with self._following:  # one at a time, in the order they were called
+            table = self.table
+            hosts = table.changed_hosts(snapshot)
+            if not hosts and table.loaded:
+                return
+            if len(hosts) > REBUILD_HOSTS:
+                self.table = await asyncio.to_thread(build_table, snapshot, table.options)
+            else:
+                table.update(snapshot, hosts)
         self._rdata_cache.clear()
         self._wire_cache.clear()
         log.debug("dns_table_updated", names=len(self.table), version=snapshot.version)
