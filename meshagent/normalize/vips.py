@@ -30,7 +30,8 @@ The rule (a reader can reproduce it without this code):
 Limits: agreement needs the same set of eligible host names on every host; hosts that see
 different sets can differ only for hosts in a run that differs. At most 65,024 hosts get a
 VIP; when more are eligible, the ones beyond get none (which ones then depends on the order
-they came in), and are reached by name through the loopback listeners only.
+they came in), and are reached by name through the loopback listeners only. When a VIP moves
+to another host, a client still holding the old DNS answer (TTL 30 s) reaches the new holder.
 """
 
 from __future__ import annotations
