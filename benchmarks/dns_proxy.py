@@ -72,7 +72,10 @@ def _mesh_snapshot(services: int) -> Any:
 
 
 def _serve_proxy(conn: Connection, upstream_port: int, services: int) -> None:
+    from meshagent.agent.logs import configure_logging
     from meshagent.dns import DnsProxy, NameTable, Server, TableOptions, Upstreams
+
+    configure_logging("warning", "json")  # stdout is the JSON result's
 
     async def main() -> None:
         snapshot = _mesh_snapshot(services)
