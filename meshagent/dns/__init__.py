@@ -1,7 +1,8 @@
 """The DNS proxy (issue 12): mesh names answered from the model, the rest forwarded.
 
-table.py: names from the MeshSnapshot; server.py: the UDP/TCP server; upstream.py: the
-host's resolvers; resolvconf.py: reading /etc/resolv.conf.
+table.py: the names, from the MeshSnapshot; server.py: the UDP/TCP server; wire.py: plain
+queries read and answered by hand; upstream.py: forwarding to the host's resolvers;
+resolvconf.py: reading /etc/resolv.conf. The agent starts it (agent/dns_runtime.py).
 """
 
 from meshagent.dns.server import DnsProxy
