@@ -49,6 +49,7 @@ log = structlog.get_logger("meshagent.dns")
 
 TTL = 30
 UDP_DEFAULT_SIZE = 512
+TCP_SIZE = 65535  # what a TCP client takes
 MAX_FORWARDS = 1024  # concurrent forwarded queries; more get SERVFAIL
 TCP_IDLE_S = 10.0
 REBUILD_HOSTS = 500  # more changed hosts than this: a new table, built in a worker thread
@@ -74,7 +75,7 @@ def _header_reply(wire: bytes, rcode: int, *, question: bool = True) -> bytes:
 def _limit(query: dns.message.Message, tcp: bool) -> int:
     """The largest reply the client takes: its EDNS size (at least 512) over UDP."""
     if tcp:
-        return 65535
+        return TCP_SIZE
     return max(query.payload, UDP_DEFAULT_SIZE) if query.edns >= 0 else UDP_DEFAULT_SIZE
 
 
@@ -206,7 +207,7 @@ class DnsProxy:
             return None
         plain = read_plain_query(wire)
         if plain is not None and self.table.loaded:
-            limit = 65535 if tcp else max(plain.payload, UDP_DEFAULT_SIZE)
+            limit = TCP_SIZE if tcp else max(plain.payload, UDP_DEFAULT_SIZE)
             if plain.qclass != _IN or plain.qtype not in (_A, _AAAA):
                 return Forward(limit)
             record = self.table.lookup(plain.name)
@@ -297,7 +298,7 @@ class DnsProxy:
             else:
                 send(_fit(answer, forward.limit))
 
-        self.upstreams.ask(wire, done)
+        self.upstreams.ask(wire, done, whole=forward.limit == TCP_SIZE)
 
     async def forwarded_reply(self, wire: bytes, forward: Forward) -> bytes:
         """forward(), awaited."""

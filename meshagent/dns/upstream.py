@@ -67,10 +67,13 @@ class _Exchange:
     """One forwarded query: its servers tried in turn until one answers (then done(answer),
     with the client's id) or none is left (done(None)). Lives on the event loop."""
 
-    __slots__ = ("done", "end", "ident", "index", "timer", "upstreams", "wire")
+    __slots__ = ("done", "end", "ident", "index", "timer", "upstreams", "whole", "wire")
 
-    def __init__(self, upstreams: Upstreams, wire: bytes, end: int, done: Done) -> None:
+    def __init__(
+        self, upstreams: Upstreams, wire: bytes, end: int, done: Done, whole: bool
+    ) -> None:
         self.upstreams, self.wire, self.end, self.done = upstreams, wire, end, done
+        self.whole = whole
         self.index = -1
         self.ident = -1
         self.timer: asyncio.TimerHandle | None = None
@@ -87,8 +90,9 @@ class _Exchange:
             self.next_server()
 
     def answered(self, data: bytes) -> None:
-        """The server's UDP answer; truncated ones are asked again over TCP."""
-        if struct.unpack_from("!H", data, 2)[0] & TC_FLAG:
+        """The server's UDP answer; a truncated one is asked again over TCP when the client
+        takes any size (it asked over TCP); a UDP client gets it as it is, and retries."""
+        if self.whole and struct.unpack_from("!H", data, 2)[0] & TC_FLAG:
             self.upstreams._tcp_then(self.upstreams.servers[self.index], self, data)
             return
         self.finish(data)
@@ -209,14 +213,15 @@ class Upstreams:
         self._retiring: set[_UdpChannel] = set()  # replaced, still waiting for answers
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def ask(self, wire: bytes, done: Done) -> None:
+    def ask(self, wire: bytes, done: Done, *, whole: bool = True) -> None:
         """Forward wire; done(answer with wire's id, or None when no server answers) is called
-        once, later, on the event loop."""
+        once, later, on the event loop. whole: fetch truncated answers again over TCP (for a
+        client that takes any size); else a truncated answer is the answer."""
         end = question_end(wire)
         if end == 0:
             asyncio.get_running_loop().call_soon(done, None)
             return
-        _Exchange(self, wire, end, done).next_server()
+        _Exchange(self, wire, end, done, whole).next_server()
 
     def is_own(self, source: tuple[str, int]) -> bool:
         """Whether a query from source (address, port) is one of our own forwarded queries,

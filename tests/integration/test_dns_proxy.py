@@ -142,12 +142,14 @@ async def test_unknown_names_are_forwarded_and_truncation_falls_back_to_tcp(rig:
     # a mesh name's other types go upstream too (the mesh knows only addresses)
     await rig.ask("hello.demo.svc.cluster.local", "TXT")
     assert rig.upstream.names[-1] == "hello.demo.svc.cluster.local."
-    # an answer over 512 bytes: upstream truncates over UDP, the proxy asks again over TCP,
-    # and a TCP client gets it whole, a UDP client a truncated reply (and retries over TCP)
+    # an answer over 512 bytes: upstream truncates over UDP; for a TCP client the proxy asks
+    # again over TCP and answers whole, a UDP client gets the truncated reply (and retries)
     whole = await rig.ask("big.outside.test", tcp=True)
     assert _addresses(whole) == sorted(BIG) and rig.upstream.tcp_queries >= 1
+    tcp_before = rig.upstream.tcp_queries
     cut = await rig.ask("big.outside.test")
     assert cut.flags & dns.flags.TC and cut.answer == []
+    assert rig.upstream.tcp_queries == tcp_before  # relayed as truncated: the client retries
     retried = await asyncio.to_thread(
         dns.query.udp_with_fallback,
         dns.message.make_query("big.outside.test", "A"),
