@@ -1,4 +1,5 @@
-"""Forwarding to the host's resolvers: UDP first, TCP when the answer is truncated.
+"""Forwarding to the host's resolvers: over UDP, and again over TCP when the answer is
+truncated and the client asked over TCP (a UDP client gets the truncated answer and retries).
 
 The query goes out as the client sent it, under an id of our own (so that clients using the
 same id do not mix); the answer comes back with the client's id. An answer counts only if it
