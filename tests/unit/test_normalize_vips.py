@@ -63,6 +63,13 @@ def test_home_slot_is_a_fixed_function_of_the_lower_cased_name() -> None:
     assert home_slot("hello.demo.svc.cluster.local") == home_slot("Hello.Demo.svc.cluster.local")
     digest = hashlib.sha256(b"api.example.com").digest()
     assert home_slot("api.example.com") == int.from_bytes(digest[:8], "big") % 65024
+    # Pinned: agents of different versions must agree, so the rule never changes silently.
+    assert home_slot("api.example.com") == 10138
+    assert slot_addresses(10138) == ("240.240.39.233", "2001:2::f0f0:27e9")
+    assert slot_addresses(home_slot("hello.demo.svc.cluster.local")) == (
+        "240.240.255.212",
+        "2001:2::f0f0:ffd4",
+    )
 
 
 def test_who_gets_a_vip() -> None:
