@@ -27,6 +27,7 @@ from meshagent.agent.envoy import EnvoySupervisor, bootstrap_for
 from meshagent.agent.logs import configure_logging
 from meshagent.agent.metrics import AgentMetrics
 from meshagent.agent.opspages import install_ops_pages
+from meshagent.agent.publishing import NackExplainer
 from meshagent.agent.sdnotify import SystemdNotifier
 from meshagent.errors import MeshAgentError
 from meshagent.gcpause import paused_gc
@@ -35,6 +36,7 @@ from meshagent.model.proxy import ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
 from meshagent.model.source import Diagnostic, SourceEvent
 from meshagent.xds.cache import SnapshotCache
+from meshagent.xds.consistency import ConsistencyChecker, Inconsistency
 from meshagent.xds.resources import ResourceSet
 from meshagent.xds.typeurls import SHORT_NAMES
 
@@ -126,6 +128,9 @@ class Agent:
         self.config = config
         self.metrics = metrics or AgentMetrics()
         self.cache = SnapshotCache()
+        self.consistency = ConsistencyChecker()
+        self._inconsistent: tuple[Inconsistency, ...] = ()  # why the last set was not published
+        self._nacks = NackExplainer()
         self.normalizer = normalizer or _default_normalizer(config)
         self.translator = translator or _default_translator()
         self.admin: AdminServer | None = None
@@ -167,7 +172,8 @@ class Agent:
         install_ops_pages(self.admin, self)
         await self.admin.start()
         cfg.xds.uds.parent.mkdir(parents=True, exist_ok=True)
-        self._ads = AdsServer(self.cache, ConvergenceObserver(self.metrics, self.convergence))
+        observer = ConvergenceObserver(self.metrics, self.convergence, self._nacked)
+        self._ads = AdsServer(self.cache, observer)
         tcp = f"{cfg.xds.tcp[0]}:{cfg.xds.tcp[1]}" if cfg.xds.tcp else None
         await self._ads.start(uds_path=str(cfg.xds.uds), tcp_address=tcp)
         if cfg.ca is not None:  # before the first publish, so that it carries the certificates
@@ -368,6 +374,8 @@ class Agent:
             self.metrics.translate_failures.inc()
             log.exception("translate_failed_bug", proxy=self._proxy.node_id)
             return  # the previous ResourceSet keeps serving
+        if self._inconsistent_set(resources):
+            return  # the last consistent ResourceSet keeps serving
         previous = self.cache.get(self._proxy.node_id)[0]
         version = self.cache.set(self._proxy.node_id, resources)
         self.convergence.published(pushes=version != previous)
@@ -382,6 +390,32 @@ class Agent:
             version=version,
             **{SHORT_NAMES[t]: n for t, n in counts.items()},
         )
+
+    def _inconsistent_set(self, resources: ResourceSet) -> bool:
+        """Check resources before publishing; report each new set of problems once."""
+        from meshagent.agent.publishing import inconsistency_diagnostics
+
+        found = tuple(self.consistency.check(resources))
+        if found:
+            self.convergence.published(pushes=False)
+        if found and found != self._inconsistent:
+            self._report(inconsistency_diagnostics(found, self.snapshot, self._proxy))
+        self._inconsistent = found
+        return bool(found)
+
+    def _nacked(self, node: str, type_url: str, version: str, error: str) -> None:
+        """Envoy rejected a response: report it as an error naming the files responsible."""
+        if node == self._proxy.node_id:
+            served, snapshot = self.served_resources(), self.snapshot
+            args = (type_url, version, error, served, snapshot, self._proxy)
+            self._report([self._nacks.diagnostic(*args)])
+
+    def _blame(self, type_url: str, version: str, error: str) -> str:
+        """ " (from <files>)" for a NACK, or "" when its resources are not known."""
+        served = self.served_resources()
+        args = (type_url, version, error, served, self.snapshot, self._proxy)
+        origins = self._nacks.explain(*args)[1]
+        return f" (from {'; '.join(origins)})" if origins else ""
 
     def _warn_unservable_custom_policies(self) -> None:
         """Log once when CUSTOM AuthorizationPolicies make a workload deny everything (their
@@ -509,6 +543,7 @@ class Agent:
         reasons = [f"source {n} has not synced" for n, s in self._sources.items() if not s.synced]
         if not self._published:
             reasons.append("no configuration published yet")
+        reasons += [f"configuration not published: {p.reason}" for p in self._inconsistent]
         node = self._proxy.node_id
         status = self.cache.status(node)
         if not status.connected:
@@ -518,8 +553,10 @@ class Agent:
             if st.last_sent_version is None or st.acked:
                 continue
             if st.last_nack_version == st.last_sent_version:
+                error = st.last_nack_error or ""
+                blame = self._blame(type_url, st.last_sent_version, error)
                 reasons.append(
-                    f"envoy {node} rejected {kind} {st.last_sent_version}: {st.last_nack_error}"
+                    f"envoy {node} rejected {kind} {st.last_sent_version}: {error}{blame}"
                 )
             else:
                 reasons.append(f"envoy {node} has not ACKed {kind} {st.last_sent_version}")
