@@ -26,6 +26,7 @@ from meshagent.normalize.convert import Converted, ConvertedServiceEntry, conver
 from meshagent.normalize.convert.services import workload_endpoint
 from meshagent.normalize.kubernetes import KubeJoin, KubeMapping, is_kube_core
 from meshagent.normalize.ownership import Claims, Key
+from meshagent.normalize.references import Unresolved, as_written, unresolved_references
 from meshagent.normalize.schema.core import Issue
 from meshagent.normalize.validate import check_document, diagnostic, display_name, is_supported
 
@@ -56,6 +57,10 @@ class _Dirty:
         if keys is None:
             keys = self.changed[name] = set()
         keys.add(key)
+
+
+# The snapshot maps that references (normalize/references.py) are checked against.
+_REFERENCED = frozenset({"services", "virtual_services", "destination_rules"})
 
 
 def _hosts(converted: ConvertedServiceEntry) -> tuple[str, ...]:
@@ -122,6 +127,8 @@ class Normalizer:
         self._chained: dict[str, VirtualService] = {}  # Consul routers/splitters as converted
         self._workloads: dict[str, Workload] = {}
         self._snapshot = MeshSnapshot()
+        # References that cannot work, by what identifies them (not their line, which moves).
+        self._unresolved: dict[tuple[str, ...], Unresolved] = {}
 
     @property
     def snapshot(self) -> MeshSnapshot:
@@ -145,7 +152,39 @@ class Normalizer:
         self._recompute(dirty, diagnostics)
         if dirty.changed:
             self._publish(dirty.changed)
+        if not _REFERENCED.isdisjoint(dirty.changed):
+            diagnostics.extend(self._new_unresolved())
         return self._snapshot, diagnostics
+
+    # -- references that cannot work ---------------------------------------------------
+
+    def references(self) -> list[Diagnostic]:
+        """Warnings for every reference of the current snapshot that cannot work."""
+        return [self._reference_warning(u) for u in self._unresolved.values()]
+
+    def _new_unresolved(self) -> list[Diagnostic]:
+        """Warnings for unresolved references that were not there at the last check."""
+        found: dict[tuple[str, ...], Unresolved] = {
+            (p.source, p.kind, p.namespace, p.name, u.path, u.reason): u
+            for u in unresolved_references(self._snapshot)
+            if (p := u.provenance)
+        }
+        new = [u for key, u in found.items() if key not in self._unresolved]
+        self._unresolved = found
+        return [self._reference_warning(u) for u in new]
+
+    def _reference_warning(self, found: Unresolved) -> Diagnostic:
+        prov = found.provenance
+        entry = self._entries.get((prov.source, prov.kind, prov.namespace, prov.name))
+        if entry is None:  # the document named no namespace
+            entry = self._entries.get((prov.source, prov.kind, "", prov.name))
+        if entry is None:
+            name = f"{prov.namespace}/{prov.name}"
+            return Diagnostic(
+                "warning", prov.source, prov.location, prov.kind, name, found.path, found.reason
+            )
+        path = as_written(entry.raw.body, found.path)
+        return diagnostic(entry.raw, Issue("warning", path, found.reason))
 
     # -- accepting and removing resources ------------------------------------------------
 
