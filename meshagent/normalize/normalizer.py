@@ -26,7 +26,7 @@ from meshagent.normalize.convert import Converted, ConvertedServiceEntry, conver
 from meshagent.normalize.convert.services import workload_endpoint
 from meshagent.normalize.kubernetes import KubeJoin, KubeMapping, is_kube_core
 from meshagent.normalize.ownership import Claims, Key
-from meshagent.normalize.references import Unresolved, as_written, unresolved_references
+from meshagent.normalize.references import ReferenceIndex, Unresolved, as_written
 from meshagent.normalize.schema.core import Issue
 from meshagent.normalize.validate import check_document, diagnostic, display_name, is_supported
 
@@ -57,10 +57,6 @@ class _Dirty:
         if keys is None:
             keys = self.changed[name] = set()
         keys.add(key)
-
-
-# The snapshot maps that references (normalize/references.py) are checked against.
-_REFERENCED = frozenset({"services", "virtual_services", "destination_rules"})
 
 
 def _hosts(converted: ConvertedServiceEntry) -> tuple[str, ...]:
@@ -129,6 +125,7 @@ class Normalizer:
         self._snapshot = MeshSnapshot()
         # References that cannot work, by what identifies them (not their line, which moves).
         self._unresolved: dict[tuple[str, ...], Unresolved] = {}
+        self._references = ReferenceIndex()
 
     @property
     def snapshot(self) -> MeshSnapshot:
@@ -152,7 +149,6 @@ class Normalizer:
         self._recompute(dirty, diagnostics)
         if dirty.changed:
             self._publish(dirty.changed)
-        if not _REFERENCED.isdisjoint(dirty.changed):
             diagnostics.extend(self._new_unresolved())
         return self._snapshot, diagnostics
 
@@ -163,10 +159,11 @@ class Normalizer:
         return [self._reference_warning(u) for u in self._unresolved.values()]
 
     def _new_unresolved(self) -> list[Diagnostic]:
-        """Warnings for unresolved references that were not there at the last check."""
+        """Warnings for unresolved references that were not there at the last check (the
+        index re-checks only what names a changed host: nothing, for an endpoint change)."""
         found: dict[tuple[str, ...], Unresolved] = {
             (p.source, p.kind, p.namespace, p.name, u.path, u.reason): u
-            for u in unresolved_references(self._snapshot)
+            for u in self._references.update(self._snapshot)
             if (p := u.provenance)
         }
         new = [u for key, u in found.items() if key not in self._unresolved]

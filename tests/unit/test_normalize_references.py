@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import meshagent.normalize.normalizer as normalizer_module
+import meshagent.normalize.references as references
 from meshagent.agent.cli import validate_paths
 from meshagent.agent.config import load_config
 from meshagent.agent.daemon import Agent
@@ -123,30 +123,48 @@ def test_short_names_resolve_in_the_resource_namespace() -> None:
     assert "spec.http[0].route[0].destination.host" in fields
 
 
-def test_warnings_come_once_and_the_check_runs_only_on_routing_changes(
+def assert_agrees_with_a_full_check(normalizer: Normalizer) -> None:
+    kept = sorted(d.reason for d in normalizer.references())
+    full = references.unresolved_references(normalizer.snapshot)
+    assert kept == sorted(u.reason for u in full)
+
+
+def test_warnings_come_once_and_only_what_names_a_changed_host_is_checked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    calls: list[int] = []
-    real = normalizer_module.unresolved_references
+    checked: list[str] = []
+    real = references._virtual_service
     monkeypatch.setattr(
-        normalizer_module, "unresolved_references", lambda s: calls.append(1) or real(s)
+        references, "_virtual_service", lambda s, h, vs: checked.append(vs.name) or real(s, h, vs)
     )
+    other = ROUTES.replace("name: reviews", "name: other").replace("hosts: [reviews]", "hosts: [x]")
+    other = other.replace("reviews", "unrelated")
     normalizer = Normalizer()
-    # Given the broken subset v3, reported once
-    _, first = normalizer.apply([upsert(*SERVICES.split("---"), *RULES.split("---"), ROUTES)])
-    assert len(found(first)) == 5 and len(calls) == 1
-    # When only an endpoint moves, the check does not run and nothing is repeated
+    # Given the broken references, each reported once
+    texts = (*SERVICES.split("---"), *RULES.split("---"), ROUTES, other)
+    _, first = normalizer.apply([upsert(*texts)])
+    assert len(found(first)) == 5 + 7 and sorted(checked) == ["other", "reviews"]
+    # When only an endpoint moves, nothing is checked and nothing is repeated
+    checked.clear()
     moved = SERVICES.split("---")[0].replace("10.0.0.1", "10.0.0.2")
     _, again = normalizer.apply([upsert(moved)])
-    assert found(again) == [] and len(calls) == 1
-    # When the rule gains subset v3, the warning is gone from the current ones
+    assert found(again) == [] and checked == []
+    # When the rule for reviews gains subset v3, only the VirtualService routing to it is
+    # checked, and the warning is gone from the current ones
     fixed = RULES.split("---")[0] + "  - {name: v3, labels: {version: v3}}\n"
     _, after = normalizer.apply([upsert(fixed)])
-    assert found(after) == [] and len(calls) == 2
-    assert len(normalizer.references()) == 4
+    assert found(after) == [] and checked == ["reviews"]
+    assert len(normalizer.references()) == 4 + 7
+    assert_agrees_with_a_full_check(normalizer)
     # And when it is lost again, it is reported again
     _, lost = normalizer.apply([upsert(RULES.split("---")[0])])
     assert [f for _, f, _ in found(lost)] == ["spec.http[0].route[1].destination.subset"]
+    # A new wildcard service may declare any host: everything is checked again
+    checked.clear()
+    wildcard = SERVICES.split("---")[1].replace("*.example.com", "*.cluster.local")
+    _, _ = normalizer.apply([upsert(wildcard.replace("name: external", "name: all"))])
+    assert sorted(checked) == ["other", "reviews"]
+    assert_agrees_with_a_full_check(normalizer)
 
 
 async def test_the_agent_reports_and_counts_reference_warnings(tmp_path: Path) -> None:
