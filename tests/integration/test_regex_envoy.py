@@ -124,3 +124,49 @@ def _with_regex(snapshot: MeshSnapshot, regex: str) -> MeshSnapshot:
     http = (dataclasses.replace(route, matches=(match,)),)
     changed = frozen_map({key: dataclasses.replace(vs, http=http)})
     return dataclasses.replace(snapshot, virtual_services=changed, changes=None)
+
+
+async def test_a_real_nack_is_traced_to_the_file_responsible(tmp_path: Path) -> None:
+    # Given an Envoy started from a bootstrap without the runtime layer (an old bootstrap,
+    # or Envoy's own default limit of 100), which must NACK the Istio-valid regex
+    import asyncio
+
+    from meshagent.agent.config import load_config
+    from meshagent.agent.daemon import Agent
+    from tests.envoy_helpers import EnvoyProcess
+    from tests.net_helpers import free_port
+    from tests.polling import async_wait_for
+
+    (tmp_path / "mesh").mkdir()
+    (tmp_path / "mesh" / "registry.yaml").write_text(SERVICE + "---" + routes(BLOBS))
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        "node: {id: nack-test}\nstate_dir: state\nadmin: {port: 0}\n"
+        f"outbound: {{port_offset: {free_port() - 8080}}}\n"
+        "sources: {files: {paths: [mesh/], debounce_ms: 20}}\n"
+    )
+    agent = Agent(load_config(config))
+    await agent.start()
+    bootstrap = build_bootstrap(
+        node_id="nack-test", cluster="meshagent", xds_uds_path=str(agent.config.xds.uds),
+        admin_port=0,
+    )  # fmt: skip
+    del bootstrap["layered_runtime"]
+    envoy = EnvoyProcess(bootstrap, tmp_path)
+    try:
+        await asyncio.to_thread(envoy.start)
+
+        def rejected() -> list[str]:
+            return [r for r in agent.ready_reasons() if "rejected rds" in r]
+
+        # When Envoy rejects the routes, then readiness and the diagnostics name the file
+        [reason] = await async_wait_for(rejected, timeout=30, what="an RDS NACK")
+        assert "RE2 program size of 132 > max program size of 100" in reason
+        assert "VirtualService/default/registry (" in reason
+        assert "registry.yaml:" in reason
+        errors = [d for d in agent.config_errors()["diagnostics"] if d["source"] == "envoy"]
+        assert errors and "registry.yaml:" in errors[-1]["location"]
+        assert errors[-1]["kind"] == "Route" and errors[-1]["name"] == "8080"
+    finally:
+        await asyncio.to_thread(envoy.stop)
+        await asyncio.wait_for(agent.stop(), 30)
