@@ -98,7 +98,7 @@ def _services_on(snapshot: MeshSnapshot, port: int) -> list[str]:
 
 def _listener(snapshot: MeshSnapshot, proxy: ProxySpec, name: str) -> list[str]:
     if name.startswith(names.INBOUND + "_"):
-        return [f"{AGENT_CONFIG} workloads"]
+        return [f"{AGENT_CONFIG} workloads", *_security_policies(snapshot)]
     match = _LISTENER.fullmatch(name)
     if match is None:
         return []
@@ -116,3 +116,13 @@ def _listener(snapshot: MeshSnapshot, proxy: ProxySpec, name: str) -> list[str]:
     for port in sorted(ports):
         out += _services_on(snapshot, port)
     return out
+
+
+def _security_policies(snapshot: MeshSnapshot) -> list[str]:
+    """The policies that shape inbound listeners (their RBAC, JWT and TLS)."""
+    found: list[Provenance | None] = [
+        *(p.provenance for _, p in sorted(snapshot.authorization_policies.items())),
+        *(p.provenance for _, p in sorted(snapshot.request_authentications.items())),
+        *(p.provenance for _, p in sorted(snapshot.peer_authentications.items())),
+    ]
+    return [o for p in found if (o := render(p))]

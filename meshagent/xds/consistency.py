@@ -5,7 +5,9 @@ A set is consistent when:
 - no two resources of one type share a name (a mapping keeps one; the other is lost),
 - every EDS cluster's ClusterLoadAssignment is in the set (else the cluster never warms),
 - every route configuration a listener names over RDS is in the set,
-- every listener binds a port in 1-65535, and no two listeners bind one address and port.
+- every listener binds a port in 1-65535, and no two listeners bind one address and port,
+- every regex in a listener (RBAC, generated from authorization policies) compiles in Envoy:
+  route regexes come from validated input, so route configurations are not decoded.
 
 Pure: no gRPC, no I/O. A ConsistencyChecker remembers the facts (EDS names, listener
 addresses, RDS names) of the last set it checked, so that a set derived from it (see
@@ -15,7 +17,7 @@ listeners are decoded, and only the names they touch are re-checked.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -23,7 +25,9 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from google.protobuf import json_format
 
+from meshagent.model.regex import regex_problem
 from meshagent.xds import typeurls
 from meshagent.xds.resources import Resource, ResourceSet
 
@@ -45,11 +49,13 @@ class Inconsistency:
 
 @dataclass(frozen=True, slots=True)
 class ListenerFacts:
-    """What the check reads from a listener: where it binds and the RDS names it uses."""
+    """What the check reads from a listener: where it binds, the RDS names it uses, and the
+    regexes in it (RBAC principals, authorization paths) that Envoy would not compile."""
 
     address: str
     port: int
     routes: tuple[str, ...]
+    bad_regexes: tuple[tuple[str, str], ...] = ()  # (regex, why)
 
 
 def eds_name(resource: Resource) -> str | None:
@@ -75,7 +81,25 @@ def listener_facts(resource: Resource) -> ListenerFacts:
             manager = hcm_pb2.HttpConnectionManager.FromString(f.typed_config.value)
             if manager.HasField("rds"):
                 routes.append(manager.rds.route_config_name)
-    return ListenerFacts(socket.address, socket.port_value, tuple(sorted(set(routes))))
+    bad = tuple(
+        (regex, problem)
+        for regex in sorted(set(_regexes(json_format.MessageToDict(listener))))
+        if (problem := regex_problem(regex))
+    )
+    return ListenerFacts(socket.address, socket.port_value, tuple(sorted(set(routes))), bad)
+
+
+def _regexes(value: object) -> Iterator[str]:
+    """Every safe_regex pattern in a message as MessageToDict gives it (Anys expanded)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "safeRegex" and isinstance(item, dict) and isinstance(item.get("regex"), str):
+                yield item["regex"]
+            else:
+                yield from _regexes(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _regexes(item)
 
 
 def _remove(users: dict[str, set[str]], key: str, user: str) -> None:
@@ -103,6 +127,7 @@ class ConsistencyChecker:
         self._missing_eds: set[str] = set()
         self._missing_rds: set[str] = set()
         self._bad_ports: set[str] = set()
+        self._bad_regexes: set[str] = set()
 
     def check(self, resources: ResourceSet) -> list[Inconsistency]:
         """Every inconsistency of resources."""
@@ -161,6 +186,7 @@ class ConsistencyChecker:
                     _remove(self._rds_users, route, name)
                 _remove_bound(self._bound, (old[1].address, old[1].port), name)
                 self._bad_ports.discard(name)
+                self._bad_regexes.discard(name)
             resource = listeners.get(name)
             if resource is None:
                 continue
@@ -172,6 +198,8 @@ class ConsistencyChecker:
             self._bound.setdefault((facts.address, facts.port), set()).add(name)
             if not 1 <= facts.port <= MAX_PORT:
                 self._bad_ports.add(name)
+            if facts.bad_regexes:
+                self._bad_regexes.add(name)
         return touched
 
     def _report(self, resources: ResourceSet) -> list[Inconsistency]:
@@ -203,6 +231,11 @@ class ConsistencyChecker:
                 "listeners bind the service port plus outbound.port_offset, or outbound.ports)"
             )
             out.append(Inconsistency(((typeurls.LISTENER, name),), reason))
+        for name in sorted(self._bad_regexes):
+            for regex, problem in self._listeners[name][1].bad_regexes:
+                shown = regex if len(regex) <= 80 else regex[:77] + "..."
+                reason = f"listener {name}: regex {shown!r}: {problem}"
+                out.append(Inconsistency(((typeurls.LISTENER, name),), reason))
         for (address, port), names in sorted(self._bound.items()):
             if len(names) > 1:
                 listed = sorted(names)

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from meshagent.model import MeshSnapshot, ProxySpec
+from meshagent.model.regex import RE2
 from meshagent.normalize import Normalizer
-from meshagent.normalize.regex import RE2
 from meshagent.xds.bootstrap import build_bootstrap
 from meshagent.xds.translate import generate
 from tests.envoy_helpers import envoy_binary

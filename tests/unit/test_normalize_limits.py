@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from meshagent.model.limits import RE2_MAX_PROGRAM_SIZE
-from meshagent.normalize.regex import RE2, regex_problem
+from meshagent.model.regex import RE2, regex_problem
 from tests.unit.normalize_helpers import diagnostics, errors
 
 needs_re2 = pytest.mark.skipif(RE2 is None, reason="google-re2 is not installed")

@@ -170,3 +170,31 @@ def test_a_one_endpoint_change_decodes_no_cluster(monkeypatch: pytest.MonkeyPatc
     # Then the check passes without decoding a single cluster
     assert checker.check(translator.generate(changed, proxy)) == []
     assert decoded == []
+
+
+def test_an_authorization_regex_envoy_would_reject_is_kept_back_and_traced() -> None:
+    from meshagent.model import InboundPort, LocalWorkload
+
+    # Given an AuthorizationPolicy whose principal suffix becomes a regex too large for Envoy
+    policy = f"""
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: huge, namespace: shop}}
+spec:
+  rules:
+  - from:
+    - source:
+        principals: ["*{"/ns/shop/sa/x" * 3000}"]
+"""
+    snapshot, problems = Normalizer().apply([upsert(policy, path="mesh/authz.yaml")])
+    assert [d for d in problems if d.severity == "error"] == []
+    cart = LocalWorkload("cart", "shop", "cart", ports=(InboundPort(9080, 8080),))
+    proxy = ProxySpec(node_id="vm", workloads=(cart,), inbound_address="127.0.0.1")
+
+    found = ConsistencyChecker().check(Translator().generate(snapshot, proxy))
+
+    assert len(found) == 1
+    assert found[0].reason.startswith("listener inbound_127.0.0.1_9080: regex 'spiffe")
+    assert "regex is too complex" in found[0].reason
+    [diagnostic] = inconsistency_diagnostics(found, snapshot, proxy)
+    assert "AuthorizationPolicy/shop/huge (mesh/authz.yaml:2)" in diagnostic.reason

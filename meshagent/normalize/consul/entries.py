@@ -26,6 +26,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from meshagent.model.regex import regex_problem
 from meshagent.model.routing import (
     Destination,
     HeaderMatch,
@@ -54,7 +55,6 @@ from meshagent.normalize.consul.chain import ROUTER_PREFIX, SPLITTER_PREFIX
 from meshagent.normalize.consul.filters import FilterError, filter_labels
 from meshagent.normalize.consul.options import ConsulMapping
 from meshagent.normalize.durations import parse_duration_ms
-from meshagent.normalize.regex import regex_problem
 from meshagent.normalize.schema.core import DURATION_RANGE, MAX_DURATION_MS, Issues
 
 _LB = {"round_robin": "ROUND_ROBIN", "least_request": "LEAST_REQUEST", "random": "RANDOM"}

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from meshagent.normalize.regex import regex_problem
+from meshagent.model.regex import regex_problem
 from meshagent.normalize.schema.core import (
     F,
     Float,

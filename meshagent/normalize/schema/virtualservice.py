@@ -7,7 +7,7 @@ import binascii
 from collections.abc import Mapping
 from typing import Any
 
-from meshagent.normalize.regex import regex_problem
+from meshagent.model.regex import regex_problem
 from meshagent.normalize.schema.common import (
     DESTINATION,
     INT32,

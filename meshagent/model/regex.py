@@ -1,5 +1,6 @@
 """Regexes as Envoy will compile them: RE2 syntax, and a program no larger than the limit the
 bootstrap sets (model/limits.py), so that no valid-looking regex reaches Envoy to be NACKed.
+Shared by validation (normalize) and the consistency check of generated resources (xds).
 
 RE2 is the `google-re2` package (module `re2`). Without it, the check falls back to Python's
 `re`, which accepts some patterns RE2 rejects (lookaround, backreferences) and cannot tell the
