@@ -405,16 +405,22 @@ class Agent:
 
     def _nacked(self, node: str, type_url: str, version: str, error: str) -> None:
         """Envoy rejected a response: report it as an error naming the files responsible."""
-        if node == self._proxy.node_id:
-            served, snapshot = self.served_resources(), self.snapshot
-            args = (type_url, version, error, served, snapshot, self._proxy)
+        if node != self._proxy.node_id:
+            return
+        args = (type_url, version, error, self.served_resources(), self.snapshot, self._proxy)
+        try:  # called from the ADS stream: a bug here must not end it
             self._report([self._nacks.diagnostic(*args)])
+        except Exception:
+            log.exception("nack_attribution_failed_bug", proxy=node, type_url=type_url)
 
     def _blame(self, type_url: str, version: str, error: str) -> str:
         """ " (from <files>)" for a NACK, or "" when its resources are not known."""
-        served = self.served_resources()
-        args = (type_url, version, error, served, self.snapshot, self._proxy)
-        origins = self._nacks.explain(*args)[1]
+        args = (type_url, version, error, self.served_resources(), self.snapshot, self._proxy)
+        try:
+            origins = self._nacks.explain(*args)[1]
+        except Exception:  # readiness must answer whatever attribution does
+            log.exception("nack_attribution_failed_bug", type_url=type_url)
+            return ""
         return f" (from {'; '.join(origins)})" if origins else ""
 
     def _warn_unservable_custom_policies(self) -> None:
@@ -543,7 +549,9 @@ class Agent:
         reasons = [f"source {n} has not synced" for n, s in self._sources.items() if not s.synced]
         if not self._published:
             reasons.append("no configuration published yet")
-        reasons += [f"configuration not published: {p.reason}" for p in self._inconsistent]
+        reasons += [f"configuration not published: {p.reason}" for p in self._inconsistent[:5]]
+        if len(self._inconsistent) > 5:
+            reasons.append(f"configuration not published: and {len(self._inconsistent) - 5} more")
         node = self._proxy.node_id
         status = self.cache.status(node)
         if not status.connected:

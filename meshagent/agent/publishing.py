@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
+import structlog
+
 from meshagent.model.proxy import ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
 from meshagent.model.source import Diagnostic
@@ -21,12 +23,24 @@ _LOCATION = re.compile(r"\(([^()]+)\)$")
 _SEPARATORS = re.compile(r"[\s,;'\"`()\[\]{}]+")
 _QUOTED = re.compile(r"'([^']{4,})'|\"([^\"]{4,})\"")
 MAX_NAMES = 5
+log = structlog.get_logger("meshagent.agent")
 
 
 def kind_of(type_url: str) -> str:
     """The Envoy kind of a type URL, for diagnostics ("Listener", "Cluster", ...)."""
     short = SHORT_NAMES.get(type_url, "")
     return _KINDS.get(short, type_url.rsplit(".", 1)[-1])
+
+
+def _origins(
+    snapshot: MeshSnapshot, proxy: ProxySpec, resources: Iterable[tuple[str, str]]
+) -> list[str]:
+    """describe(), or nothing when attribution fails: the error it decorates still counts."""
+    try:
+        return describe(snapshot, proxy, resources)
+    except Exception:
+        log.exception("attribution_failed_bug")
+        return []
 
 
 def _location(origins: list[str]) -> str:
@@ -48,7 +62,7 @@ def inconsistency_diagnostics(
     """One error per inconsistency, located at the first file it traces back to."""
     out = []
     for problem in found:
-        origins = describe(snapshot, proxy, problem.resources)
+        origins = _origins(snapshot, proxy, problem.resources)
         type_url, name = problem.resources[0]
         out.append(
             Diagnostic(
@@ -111,7 +125,7 @@ class NackExplainer:
         known = self._known.get(key)
         if known is None:
             names = named_in(error, served.of(type_url))
-            origins = describe(snapshot, proxy, ((type_url, n) for n in names))
+            origins = _origins(snapshot, proxy, [(type_url, n) for n in names])
             if len(self._known) >= 16:
                 self._known.clear()
             known = self._known[key] = (names, origins)

@@ -134,3 +134,13 @@ def test_names_are_found_as_whole_tokens() -> None:
     assert named_in("Unexpected RDS configuration (expecting 8080): x", resources) == ["8080"]
     assert named_in("cluster '80': bad", resources) == ["80"]
     assert named_in("nothing here", resources) == []
+
+
+def test_attribution_failure_leaves_the_error_standing() -> None:
+    from meshagent.agent.publishing import inconsistency_diagnostics
+    from meshagent.xds.consistency import ConsistencyChecker
+
+    found = ConsistencyChecker().check(resource_set(clusters=[eds_cluster("outbound|80||b.x")]))
+    not_a_snapshot: Any = frozenset()  # what a fake normalizer hands the agent
+    [d] = inconsistency_diagnostics(found, not_a_snapshot, ProxySpec(node_id="vm-1"))
+    assert d.location == "generated config" and "needs ClusterLoadAssignment" in d.reason
