@@ -20,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
-from envoy.config.core.v3 import base_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -89,12 +89,12 @@ def service_addresses(service: Service) -> tuple[str, ...]:
     return service.addresses
 
 
-def _prefix_range(address: str) -> base_pb2.CidrRange | None:
+def _prefix_range(address: str) -> address_pb2.CidrRange | None:
     try:
         network = ipaddress.ip_network(address, strict=False)
     except ValueError:
         return None
-    return base_pb2.CidrRange(
+    return address_pb2.CidrRange(
         address_prefix=str(network.network_address),
         prefix_len=protos.uint32(network.prefixlen),
     )
@@ -189,7 +189,7 @@ def _passthrough_chains(ctx: Context) -> list[lc.FilterChain]:
         for chain in mode_chains(mode, list(filters), secret):
             chain.name = names.PASSTHROUGH_FILTER_CHAIN
             if sniffed:  # only plaintext HTTP can be sniffed; TLS is proxied as it is
-                if chain.filter_chain_match.transport_protocol == "tls":
+                if chain.HasField("transport_socket"):
                     continue
                 chain.filter_chain_match.application_protocols.extend(SNIFFED_HTTP)
             out.append(chain)
