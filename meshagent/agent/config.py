@@ -32,6 +32,10 @@ slash) are relative to the directory of the config file.
 | `outbound.port_offset` | `0` | outbound HTTP listener port = service port + offset |
 | `outbound.ports` | `{}` | per service port overrides, e.g. `{9080: 19080}` |
 | `outbound.tcp` | `[]` | TCP services: `[{host: db, port: 3306, listen: "127.0.0.1:13306"}]` |
+| `capture.enabled` | `false` | traffic reaches Envoy by capture: virtualOutbound/virtualInbound |
+| `capture.outbound_port` | `15001` | virtualOutbound's port (istio-iptables `-p`) |
+| `capture.inbound_port` | `15006` | virtualInbound's port (istio-iptables `-z`) |
+| `outbound_traffic_policy.mode` | `ALLOW_ANY` | unknown destinations: pass, or `REGISTRY_ONLY` |
 | `state_dir` | `/var/lib/meshagent` | where the agent keeps its socket and the Envoy bootstrap |
 | `log.level` | `info` | `debug`, `info`, `warning`, `error` |
 | `log.format` | `auto` | `console`, `json`, or `auto` (console on a TTY, JSON otherwise) |
@@ -48,9 +52,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
+from meshagent.agent.capture_config import (
+    CaptureConfig,
+    parse_capture,
+    parse_outbound_traffic_policy,
+)
 from meshagent.ca.settings import CaConfig
 from meshagent.errors import ConfigError
 from meshagent.model.proxy import (
+    ALLOW_ANY,
     ExtAuthzProvider,
     InboundPort,
     LocalWorkload,
@@ -170,6 +180,9 @@ class AgentConfig:
     networks: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()  # east-west gateways
     # `extension_providers` (agent/authz_config.py): CUSTOM AuthorizationPolicy authorizers
     extension_providers: tuple[ExtAuthzProvider, ...] = ()
+    # `capture`, `outbound_traffic_policy` (agent/capture_config.py): transparent mode
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    outbound_traffic_policy: str = ALLOW_ANY
 
     def proxy_spec(self) -> ProxySpec:
         """What the translator needs to know about the local Envoy."""
@@ -189,6 +202,10 @@ class AgentConfig:
             network_gateways=self.networks,
             extension_providers=self.extension_providers,
             locality=self.node.locality,
+            capture=self.capture.enabled,
+            virtual_outbound_port=self.capture.outbound_port,
+            virtual_inbound_port=self.capture.inbound_port,
+            outbound_traffic_policy=self.outbound_traffic_policy,
         )
 
 
@@ -345,6 +362,8 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         "network",
         "networks",
         "extension_providers",
+        "capture",
+        "outbound_traffic_policy",
     )
     state_dir = _resolve(base, root.get("state_dir", str, "/var/lib/meshagent"))
     config = AgentConfig(
@@ -367,6 +386,10 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         network=root.get("network", str, ""),
         networks=_networks(root),
         extension_providers=_extension_providers(root),
+        capture=parse_capture(root.section("capture")),
+        outbound_traffic_policy=parse_outbound_traffic_policy(
+            root.section("outbound_traffic_policy")
+        ),
     )
     if root.data.get("join") is None:
         return config

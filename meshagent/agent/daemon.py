@@ -13,8 +13,8 @@ import contextlib
 import dataclasses
 import signal
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -43,6 +43,7 @@ from meshagent.xds.typeurls import SHORT_NAMES
 log = structlog.get_logger("meshagent.agent")
 
 Key = tuple[str, str, str, str]
+_T = TypeVar("_T")
 MAX_KEPT_DIAGNOSTICS = 1000
 SOURCE_RETRY_MAX_S = 30.0
 
@@ -151,6 +152,7 @@ class Agent:
         self._processor: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._publish_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self.ca: Any = None  # CaRuntime when `ca:` is configured
         self.consul_registrar: Any = None  # ConsulRegistrar when sources.consul.register
@@ -212,6 +214,8 @@ class Agent:
             await _cancel(source.task)
         self._sources.clear()
         await _cancel(self._processor)
+        for task in list(self._background):
+            await _cancel(task)
         if self.ca is not None:
             await self.ca.stop()
             self.ca = None
@@ -236,8 +240,7 @@ class Agent:
         port = self.admin.port if self.admin is not None else cfg.admin.port
         check = f"http://{cfg.admin.address}:{port}/readyz"
         bodies = [
-            registration_body(w, cfg.node.id, consul.register.address, check)
-            for w in cfg.workloads
+            registration_body(w, cfg.node.id, consul.register.address, check) for w in cfg.workloads
         ]
         token = TokenFile(consul.options.token_file)
         self.consul_registrar = ConsulRegistrar(consul.options, token, bodies)
@@ -313,7 +316,7 @@ class Agent:
                 batch.append(self._queue.get_nowait())
             events = [e for e in (self._admit(*item) for item in batch) if e is not None]
             if events:
-                self._apply(events)
+                await self._apply(events)
 
     def _admit(self, name: str, generation: int, event: SourceEvent) -> SourceEvent | None:
         """Drop events of replaced adapters; complete a restarted adapter's first listing."""
@@ -336,17 +339,21 @@ class Agent:
             log.info("source_synced", source=name, resources=len(known))
         return event
 
-    def _apply(self, events: list[SourceEvent]) -> None:
+    async def _apply(self, events: list[SourceEvent]) -> None:
         self.convergence.changed()
         try:
-            with paused_gc():
-                snapshot, diagnostics = self.normalizer.apply(events)
+            # In a worker thread, as translation is: a 10k-service load takes seconds, and
+            # the ADS streams and the admin pages must keep being served meanwhile. Only
+            # this task calls the normalizer, so it is never used from two threads at once.
+            snapshot, diagnostics = await asyncio.to_thread(
+                _gc_paused, self.normalizer.apply, events
+            )
         except Exception:
             log.exception("normalize_failed_bug", sources=sorted({e.source for e in events}))
             return
         self._snapshot = snapshot
         self._report(diagnostics)
-        self._publish()
+        await self._publish()
 
     def _report(self, diagnostics: Sequence[Diagnostic]) -> None:
         self.metrics.count_diagnostics(diagnostics)
@@ -363,19 +370,29 @@ class Agent:
                 reason=d.reason,
             )
 
-    def _publish(self) -> None:
-        """Translate the current snapshot for the local proxy and hand it to the cache."""
-        if self._snapshot is None:
-            return
-        try:
-            with paused_gc():
-                resources: ResourceSet = self.translator.generate(self._snapshot, self._proxy)
-        except Exception:
-            self.metrics.translate_failures.inc()
-            log.exception("translate_failed_bug", proxy=self._proxy.node_id)
-            return  # the previous ResourceSet keeps serving
-        if self._inconsistent_set(resources):
-            return  # the last consistent ResourceSet keeps serving
+    async def _publish(self) -> None:
+        """Translate the current snapshot for the local proxy and hand it to the cache.
+
+        The translation runs in a worker thread; the lock keeps the translator to one
+        thread and the publishes in order (sources, reloads and certificate rotations).
+        """
+        async with self._publish_lock:
+            if self._snapshot is None:
+                return
+            snapshot, proxy = self._snapshot, self._proxy
+            try:
+                resources = await asyncio.to_thread(
+                    _gc_paused, self.translator.generate, snapshot, proxy
+                )
+            except Exception:
+                self.metrics.translate_failures.inc()
+                log.exception("translate_failed_bug", proxy=proxy.node_id)
+                return  # the previous ResourceSet keeps serving
+            if await self._consistent(resources):  # else the last consistent set keeps serving
+                self._serve(resources)
+
+    def _serve(self, resources: ResourceSet) -> None:
+        """Hand a translated ResourceSet to the cache (on the event loop's thread)."""
         previous = self.cache.get(self._proxy.node_id)[0]
         version = self.cache.set(self._proxy.node_id, resources)
         self.convergence.published(pushes=version != previous)
@@ -391,17 +408,22 @@ class Agent:
             **{SHORT_NAMES[t]: n for t, n in counts.items()},
         )
 
-    def _inconsistent_set(self, resources: ResourceSet) -> bool:
-        """Check resources before publishing; report each new set of problems once."""
+    async def _consistent(self, resources: ResourceSet) -> bool:
+        """Check resources before publishing (in a worker thread, as translation); report
+        each new set of problems once. A bug in the check does not hold configuration back."""
         from meshagent.agent.publishing import inconsistency_diagnostics
 
-        found = tuple(self.consistency.check(resources))
+        try:
+            found = tuple(await asyncio.to_thread(self.consistency.check, resources))
+        except Exception:
+            log.exception("consistency_check_failed_bug", proxy=self._proxy.node_id)
+            return True
         if found:
             self.convergence.published(pushes=False)
         if found and found != self._inconsistent:
             self._report(inconsistency_diagnostics(found, self.snapshot, self._proxy))
         self._inconsistent = found
-        return bool(found)
+        return not found
 
     def _nacked(self, node: str, type_url: str, version: str, error: str) -> None:
         """Envoy rejected a response: report it as an error naming the files responsible."""
@@ -448,7 +470,11 @@ class Agent:
     # --- reload -------------------------------------------------------------------------
 
     def _reload_in_background(self) -> None:
-        task = asyncio.get_running_loop().create_task(self.reload())
+        self._spawn(self.reload())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run work as a task of its own, kept until it ends (stop() cancels what is left)."""
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)  # the loop keeps only a weak reference
         task.add_done_callback(self._background.discard)
 
@@ -486,7 +512,7 @@ class Agent:
         proxy = dataclasses.replace(new.proxy_spec(), certificates=self._proxy.certificates)
         if proxy != self._proxy:
             self._proxy = proxy
-            self._publish()
+            await self._publish()
         fixed = [
             f
             for f in ("node", "domain_suffix", "xds", "admin", "envoy", "state_dir", "ca")
@@ -499,7 +525,7 @@ class Agent:
     def _certificates_rotated(self, certificates: tuple[WorkloadCertificate, ...]) -> None:
         """The CA's callback: serve the new certificates (SDS) through a re-translation."""
         self._proxy = dataclasses.replace(self._proxy, certificates=certificates)
-        self._publish()
+        self._spawn(self._publish())
 
     def _healthy(self) -> bool:
         """The systemd watchdog's view: the processing task is alive."""
@@ -569,6 +595,12 @@ class Agent:
             else:
                 reasons.append(f"envoy {node} has not ACKed {kind} {st.last_sent_version}")
         return reasons
+
+
+def _gc_paused(work: Callable[..., _T], *args: Any) -> _T:
+    """work(*args) with the cyclic GC paused (meshagent.gcpause), for a worker thread."""
+    with paused_gc():
+        return work(*args)
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:

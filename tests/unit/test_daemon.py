@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -166,5 +167,43 @@ async def test_sighup_reload_switches_file_paths(tmp_path: Path) -> None:
         write_config(tmp_path, "two")
         await agent.reload()
         await until(lambda: {k[3] for k in normalizer.keys} == {"b"}, "files from two/ only")
+
+    await running(agent, body)
+
+
+class BlockingNormalizer(FakeNormalizer):
+    """Holds its first apply until released, as a long 10k-service load would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def apply(self, events: Iterable[SourceEvent]) -> tuple[Any, list[Diagnostic]]:
+        self.entered.set()
+        # Never forever: with the work on the event loop's thread, nothing could release it.
+        self.release.wait(DEADLINE_S)
+        return super().apply(events)
+
+
+async def test_a_long_normalization_does_not_stop_admin_or_ads(tmp_path: Path) -> None:
+    adapter, normalizer = QueueAdapter(), BlockingNormalizer()
+    agent = Agent(
+        load_config(write_config(tmp_path, "mesh")),
+        adapter_factory=lambda _: [adapter],
+        normalizer=normalizer,
+        translator=FakeTranslator(),
+    )
+
+    async def body() -> None:
+        assert agent.admin is not None
+        await adapter.events.put(SourceEvent("files", upserts=(raw("a"),), synced=True))
+        await until(normalizer.entered.is_set, "the normalizer to start")
+        # While it works, the admin server (on the same loop as the ADS server) answers.
+        status, text = await asyncio.to_thread(http_get, agent.admin.port, "/readyz")
+        released_in_time = not normalizer.release.is_set()
+        normalizer.release.set()
+        assert released_in_time and status == 503 and "no configuration published" in text
+        await until(lambda: agent.cache.get("vm-1")[0] == 1, "the publish after the load")
 
     await running(agent, body)
