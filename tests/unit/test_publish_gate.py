@@ -144,3 +144,56 @@ def test_attribution_failure_leaves_the_error_standing() -> None:
     not_a_snapshot: Any = frozenset()  # what a fake normalizer hands the agent
     [d] = inconsistency_diagnostics(found, not_a_snapshot, ProxySpec(node_id="vm-1"))
     assert d.location == "generated config" and "needs ClusterLoadAssignment" in d.reason
+
+
+def entry(name: str, port: int) -> str:
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: default}}
+spec:
+  hosts: [{name}.example.com]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 10.0.0.1}}]
+"""
+
+
+async def test_two_ports_on_one_local_port_keep_the_last_good_listener(tmp_path: Path) -> None:
+    # Given an agent whose outbound ports send 80 and 1080 both to local port 2080
+    config = write_config(tmp_path, "mesh")
+    with config.open("a") as f:
+        f.write("outbound: {port_offset: 1000, ports: {80: 2080}}\n")
+    adapter = QueueAdapter()
+    agent = Agent(load_config(config), adapter_factory=lambda _: [adapter])
+
+    def listeners() -> list[str]:
+        return list(agent.served_resources().of(typeurls.LISTENER))
+
+    async def body() -> None:
+        first = upsert(entry("web", 80), path="mesh/web.yaml")
+        await adapter.events.put(SourceEvent("files", upserts=first.upserts, synced=True))
+        await until(lambda: agent.cache.get("vm-1")[0] == 1, "first publish")
+        served = agent.served_resources()
+        assert listeners() == ["127.0.0.1_2080"]
+
+        # When a service on port 1080 arrives, nothing is published and the error names both
+        second = upsert(entry("api", 1080), path="mesh/api.yaml")
+        await adapter.events.put(SourceEvent("files", upserts=second.upserts))
+        await until(lambda: bool(agent._inconsistent), "the check to fail")
+        assert agent.served_resources() is served
+        [error] = [d for d in agent.config_errors()["diagnostics"] if d["source"] == "xds"]
+        assert "2 listeners are named 127.0.0.1_2080" in error["reason"]
+        assert "ServiceEntry/default/web (mesh/web.yaml:2)" in error["reason"]
+        assert "ServiceEntry/default/api (mesh/api.yaml:2)" in error["reason"]
+        assert any("not published: 2 listeners" in r for r in agent.ready_reasons())
+
+        # When it moves to another port, everything is published again
+        moved = upsert(entry("api", 1081), path="mesh/api.yaml")
+        await adapter.events.put(SourceEvent("files", upserts=moved.upserts))
+        await until(lambda: agent.cache.get("vm-1")[0] == 2, "publish after the fix")
+        assert sorted(listeners()) == ["127.0.0.1_2080", "127.0.0.1_2081"]
+        assert not agent._inconsistent
+
+    await running(agent, body)
