@@ -437,7 +437,8 @@ class Agent:
     async def reload(self) -> None:
         """SIGHUP: re-read the config file and apply what can change without a restart.
 
-        Live: log level and format, sources (restarted with the new settings), outbound ports.
+        Live: log level and format, sources (restarted with the new settings), outbound ports,
+        capture and outbound_traffic_policy.
         Everything else is logged as needing a restart.
         """
         async with self._reload_lock:
@@ -460,7 +461,12 @@ class Agent:
         if new.log != old.log:
             configure_logging(new.log.level, new.log.format)
         self.config = dataclasses.replace(
-            old, log=new.log, sources=new.sources, outbound=new.outbound
+            old,
+            log=new.log,
+            sources=new.sources,
+            outbound=new.outbound,
+            capture=new.capture,
+            outbound_traffic_policy=new.outbound_traffic_policy,
         )
         if new.sources != old.sources:
             for adapter in self._adapter_factory(self.config):
