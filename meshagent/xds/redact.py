@@ -88,8 +88,9 @@ def _redact_any(message: Any, *, sensitive: bool) -> None:
 
 
 def _redact_message_field(message: Message, field: FieldDescriptor, value: Any, hide: bool) -> None:
-    if field.message_type.GetOptions().map_entry:
-        value_field = field.message_type.fields_by_name["value"]
+    entry: Any = field.message_type  # set for every TYPE_MESSAGE field
+    if entry.GetOptions().map_entry:
+        value_field = entry.fields_by_name["value"]
         if value_field.type == FieldDescriptor.TYPE_MESSAGE:
             for item in value.values():
                 _redact(item, sensitive=hide)
