@@ -163,7 +163,9 @@ class Agent:
         from meshagent.xds.server import AdsServer
 
         cfg = self.config
-        self.admin = AdminServer(cfg.admin.address, cfg.admin.port, self._pages())
+        self.admin = AdminServer(
+            cfg.admin.address, cfg.admin.port, self._pages(), socket_path=cfg.admin.socket
+        )
         install_ops_pages(self.admin, self)
         await self.admin.start()
         cfg.xds.uds.parent.mkdir(parents=True, exist_ok=True)
@@ -230,8 +232,7 @@ class Agent:
         port = self.admin.port if self.admin is not None else cfg.admin.port
         check = f"http://{cfg.admin.address}:{port}/readyz"
         bodies = [
-            registration_body(w, cfg.node.id, consul.register.address, check)
-            for w in cfg.workloads
+            registration_body(w, cfg.node.id, consul.register.address, check) for w in cfg.workloads
         ]
         token = TokenFile(consul.options.token_file)
         self.consul_registrar = ConsulRegistrar(consul.options, token, bodies)
