@@ -28,6 +28,8 @@ from typing import Any
 
 import structlog
 
+from meshagent.errors import ConfigError
+
 log = structlog.get_logger("meshagent.admin")
 
 MAX_REQUEST_BYTES = 8192
@@ -205,7 +207,11 @@ async def _start_unix(path: Path, handler: Any) -> asyncio.Server:
     _remove_stale_socket(str(path))
     # A new socket file gets the umask's mode until the chmod below; the state directory
     # (0750) and the service's UMask (0007) keep strangers out of that moment.
-    server = await asyncio.start_unix_server(handler, str(path), limit=MAX_REQUEST_BYTES)
+    try:
+        server = await asyncio.start_unix_server(handler, str(path), limit=MAX_REQUEST_BYTES)
+    except OSError as exc:
+        reason = f"cannot listen on the admin socket: {exc.strerror or exc}"
+        raise ConfigError(reason, location=str(path), field="admin.socket") from None
     try:
         os.chmod(path, SOCKET_MODE)
     except BaseException:
