@@ -165,7 +165,9 @@ class Agent:
         from meshagent.xds.server import AdsServer
 
         cfg = self.config
-        self.admin = AdminServer(cfg.admin.address, cfg.admin.port, self._pages())
+        self.admin = AdminServer(
+            cfg.admin.address, cfg.admin.port, self._pages(), socket_path=cfg.admin.socket
+        )
         install_ops_pages(self.admin, self)
         await self.admin.start()
         cfg.xds.uds.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ secrets; the model never parses them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ class WorkloadCertificate:
 
     identity: Identity
     cert_chain_pem: str
-    private_key_pem: str
+    private_key_pem: str = field(repr=False)  # never in a log line or a traceback
     roots_pem: str
     not_after: float
     serial: str = ""
