@@ -106,11 +106,15 @@ def _organization(cert: x509.Certificate, ca_dir: Path) -> str:
     try:
         return check_name("trust_domain", value)
     except InvalidIdentity as exc:
-        raise ConfigError(
+        raise _NoTrustDomain(
             f"the root certificate's organization is not a trust domain ({exc}); "
             "pass --trust-domain",
             location=str(ca_dir),
         ) from None
+
+
+class _NoTrustDomain(ConfigError):
+    """The CA's root names no valid trust domain (e.g. Istio's sample cacerts: O=Istio)."""
 
 
 def _trust_domain_flag(value: str) -> None:
@@ -156,9 +160,14 @@ def _issue(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _show(args: argparse.Namespace, out: TextIO) -> int:
-    ca = _open_ca(args.dir, None)
+    try:
+        ca = _open_ca(args.dir, None)
+        trust_domain = ca.trust_domain
+    except _NoTrustDomain as exc:  # still worth showing; issuing needs --trust-domain
+        ca = _open_ca(args.dir, "cluster.local")
+        trust_domain = f"none: {exc.reason}"
     mode = "plug-in" if ca.signer_cert not in ca.roots else "self-signed"
-    print(f"mode: {mode}\ntrust domain: {ca.trust_domain}", file=out)
+    print(f"mode: {mode}\ntrust domain: {trust_domain}", file=out)
     print(f"signer: {_describe(ca.signer_cert)}", file=out)
     for root in ca.roots:
         print(f"root: {_describe(root)}", file=out)

@@ -202,6 +202,8 @@ def test_a_root_whose_organization_is_no_trust_domain_asks_for_the_flag(
     err = _cli_error(capsys, [*args, "--out", str(tmp_path / "o")])
     assert "organization is not a trust domain" in err and "pass --trust-domain" in err
     assert main([*args, "--out", str(tmp_path / "o"), "--trust-domain", "istio.io"]) == 0
+    assert main(["ca", "show", "--dir", str(ca)]) == 0  # showing it still works
+    assert "trust domain: none: the root certificate's organization" in capsys.readouterr().out
 
 
 def test_the_real_cli_prints_one_line_for_a_bad_name(tmp_path: Path) -> None:
@@ -355,3 +357,24 @@ spec:
     serviceAccount: Web
 """
     assert errors(service_entry) == [("mesh.yaml:11", "spec.endpoints[0].serviceAccount")]
+
+
+def test_an_endpoint_identity_that_cannot_exist_is_never_widened_to_any_identity() -> None:
+    # A namespace from a platform with other rules: its URI is kept as written (no CA of ours
+    # issues it, so nothing verifies), and the cluster never falls back to "any identity".
+    from meshagent.model import Endpoint, Provenance, Resolution, Service
+    from meshagent.xds.translate.tls import mesh_tls_for
+
+    service = Service("db.example.com", "data", (), Resolution.STATIC)
+    odd = Provenance("files", "mesh.yaml:1", "WorkloadEntry", "Data_NS", "vm")
+    endpoints = (
+        Endpoint(address="10.0.0.1", service_account="db", provenance=odd),
+        Endpoint(address="10.0.0.2", service_account="db"),
+    )
+    mesh = mesh_tls_for(TD, service, endpoints)
+    assert mesh.identities == (
+        "spiffe://cluster.local/ns/Data_NS/sa/db",
+        "spiffe://cluster.local/ns/data/sa/db",
+    )
+    alone = mesh_tls_for(TD, service, endpoints[:1])
+    assert alone.identities == ("spiffe://cluster.local/ns/Data_NS/sa/db",)

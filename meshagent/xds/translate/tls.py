@@ -8,6 +8,7 @@ has certificates. Without certificates, such clusters stay plaintext.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2
@@ -49,6 +50,7 @@ def mesh_tls_for(trust_domain: str, service: Service, endpoints: tuple[Endpoint,
     return MeshTls(trust_domain, tuple(sorted(found)))
 
 
+@functools.lru_cache(maxsize=4096)  # many endpoints share few identities; checking costs ~1 us
 def _endpoint_san(trust_domain: str, namespace: str, service_account: str) -> str:
     """The SPIFFE URI an endpoint must present. The normalizer checks service accounts; for a
     name that is still not a valid identity (a namespace from a platform with other rules),
