@@ -308,6 +308,17 @@ def test_token_verifier_refuses_a_token_naming_an_invalid_identity(tmp_path: Pat
         svc.handle(Request(csr, 0, token, None))
 
 
+def test_a_csr_naming_an_invalid_identity_is_refused(tmp_path: Path) -> None:
+    from meshagent.ca.errors import IdentityMismatch
+
+    svc = _service(tmp_path / "ca")
+    caller = Identity(TD, "x", "x")
+    token = create_token(token_key(tmp_path / "ca"), caller, 600, now=NOW)
+    csr = make_csr(generate_key(), forged_identity(TD, "x", ATTACK))
+    with pytest.raises(IdentityMismatch, match="CSR asks for spiffe://"):
+        svc.handle(Request(csr, 0, token, None))
+
+
 def test_a_client_certificate_naming_an_invalid_identity_is_refused(tmp_path: Path) -> None:
     svc = _service(tmp_path / "ca")
     key = generate_key("ec-p256")
