@@ -662,10 +662,12 @@ def _workload(parent: _Section, index: int, item: Any) -> LocalWorkload:
     labels = s.get("labels", dict, {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise s.error("must map strings to strings", "labels")
+    from meshagent.agent.ca_config import identity_name  # it imports from here
+
     return LocalWorkload(
         name=_hostname(s, "name", ""),
-        namespace=_hostname(s, "namespace", "default"),
-        service_account=_hostname(s, "service_account", "default"),
+        namespace=identity_name(s, "namespace", "namespace", "default"),
+        service_account=identity_name(s, "service_account", "service_account", "default"),
         labels=tuple(sorted(labels.items())),
         ports=tuple(_inbound_port(s, i, p) for i, p in enumerate(s.get("ports", list, []))),
     )
