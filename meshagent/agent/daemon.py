@@ -170,7 +170,9 @@ class Agent:
         from meshagent.xds.server import AdsServer
 
         cfg = self.config
-        self.admin = AdminServer(cfg.admin.address, cfg.admin.port, self._pages())
+        self.admin = AdminServer(
+            cfg.admin.address, cfg.admin.port, self._pages(), socket_path=cfg.admin.socket
+        )
         install_ops_pages(self.admin, self)
         await self.admin.start()
         cfg.xds.uds.parent.mkdir(parents=True, exist_ok=True)
@@ -481,7 +483,8 @@ class Agent:
     async def reload(self) -> None:
         """SIGHUP: re-read the config file and apply what can change without a restart.
 
-        Live: log level and format, sources (restarted with the new settings), outbound ports.
+        Live: log level and format, sources (restarted with the new settings), outbound ports,
+        capture and outbound_traffic_policy.
         Everything else is logged as needing a restart.
         """
         async with self._reload_lock:
@@ -504,7 +507,12 @@ class Agent:
         if new.log != old.log:
             configure_logging(new.log.level, new.log.format)
         self.config = dataclasses.replace(
-            old, log=new.log, sources=new.sources, outbound=new.outbound
+            old,
+            log=new.log,
+            sources=new.sources,
+            outbound=new.outbound,
+            capture=new.capture,
+            outbound_traffic_policy=new.outbound_traffic_policy,
         )
         if new.sources != old.sources:
             for adapter in self._adapter_factory(self.config):

@@ -33,7 +33,7 @@ class Resource:
     name: str
     version: str
     type_url: str
-    value: bytes
+    value: bytes = field(repr=False)  # may hold a private key (SDS): never in a log line
     _body: any_pb2.Any | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
