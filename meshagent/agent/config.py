@@ -32,7 +32,7 @@ slash) are relative to the directory of the config file.
 | `outbound.port_offset` | `0` | outbound HTTP listener port = service port + offset |
 | `outbound.ports` | `{}` | per service port overrides, e.g. `{9080: 19080}` |
 | `outbound.tcp` | `[]` | TCP services: `[{host: db, port: 3306, listen: "127.0.0.1:13306"}]` |
-| `state_dir` | `/var/lib/meshagent` | where the agent keeps its socket and the Envoy bootstrap |
+| `state_dir` | `/var/lib/meshagent` | where the agent keeps its socket and the Envoy bootstrap (one agent per state dir: `agent.lock`) |
 | `log.level` | `info` | `debug`, `info`, `warning`, `error` |
 | `log.format` | `auto` | `console`, `json`, or `auto` (console on a TTY, JSON otherwise) |
 """

@@ -24,6 +24,7 @@ from meshagent.agent.admin import AdminServer, standard_pages
 from meshagent.agent.config import AgentConfig, load_config
 from meshagent.agent.convergence import ConvergenceObserver, ConvergenceTracker
 from meshagent.agent.envoy import EnvoySupervisor, bootstrap_for
+from meshagent.agent.instancelock import InstanceLock
 from meshagent.agent.logs import configure_logging
 from meshagent.agent.metrics import AgentMetrics
 from meshagent.agent.opspages import install_ops_pages
@@ -155,14 +156,28 @@ class Agent:
         self.convergence = ConvergenceTracker(
             self.metrics, lambda: self.cache.status(self._proxy.node_id)
         )
+        self._lock = InstanceLock(config.state_dir)  # one agent per state dir
 
     # --- lifecycle ----------------------------------------------------------------------
+
+    def claim(self) -> None:
+        """Lock the state dir and check the xDS socket is not another live agent's; a
+        ConfigError (one line, nothing started) when another agent runs there."""
+        from meshagent.xds.server import remove_stale_socket
+
+        self._lock.acquire()
+        try:
+            remove_stale_socket(str(self.config.xds.uds))
+        except BaseException:
+            self._lock.release()
+            raise
 
     async def start(self) -> None:
         """Start admin, ADS, the sources and (when managed) Envoy."""
         from meshagent.xds.server import AdsServer
 
         cfg = self.config
+        self.claim()
         self.admin = AdminServer(cfg.admin.address, cfg.admin.port, self._pages())
         install_ops_pages(self.admin, self)
         await self.admin.start()
@@ -218,6 +233,7 @@ class Agent:
         if self.admin is not None:
             await self.admin.stop()
             self.admin = None
+        self._lock.release()
         log.info("agent_stopped")
 
     def _start_consul_registration(self) -> None:
@@ -249,6 +265,7 @@ class Agent:
     async def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT (SIGHUP reloads), stop; the exit code."""
         loop = asyncio.get_running_loop()
+        self.claim()  # before the try: a refusal starts (and stops) nothing
         try:
             await self.start()
             for sig in (signal.SIGTERM, signal.SIGINT):
