@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from meshagent.agent.config import _bounded, _hostname, _ip, _resolve
+from meshagent.agent.config import _bounded, _duration_ms, _hostname, _ip, _resolve
 from meshagent.ca.settings import CA_MODES, CaConfig, CaServeConfig, CaUpstreamConfig
 
 if TYPE_CHECKING:
@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 
 def parse_ca(s: _Section, base: Path, state_dir: Path) -> CaConfig:
     """The `ca` section, validated; relative paths resolve against base."""
-    from meshagent.ca.durations import parse_duration
     from meshagent.ca.keys import KEY_TYPES
 
     s.only(
@@ -26,10 +25,7 @@ def parse_ca(s: _Section, base: Path, state_dir: Path) -> CaConfig:
         raise s.error("is required when mode is plug-in", "plugin_dir")
     if mode == "upstream" and s.data.get("upstream") is None:
         raise s.error("is required when mode is upstream", "upstream")
-    try:
-        ttl = parse_duration(s.get("workload_ttl", str, "24h"))
-    except ValueError as exc:
-        raise s.error(str(exc), "workload_ttl") from None
+    ttl = _duration_ms(s, "workload_ttl", "24h", 1) / 1000
     ca_dir = s.opt("dir", str)
     serve = _ca_serve(s.section("serve"))
     if mode == "upstream" and serve.address:
