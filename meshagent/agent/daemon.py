@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -23,6 +22,7 @@ from meshagent.adapters.files import FilesAdapter
 from meshagent.agent.admin import AdminServer, standard_pages
 from meshagent.agent.config import AgentConfig, load_config
 from meshagent.agent.convergence import ConvergenceObserver, ConvergenceTracker
+from meshagent.agent.diagnostics import DiagnosticTable
 from meshagent.agent.envoy import EnvoySupervisor, bootstrap_for
 from meshagent.agent.instancelock import InstanceLock
 from meshagent.agent.logs import configure_logging
@@ -42,8 +42,8 @@ from meshagent.xds.typeurls import SHORT_NAMES
 log = structlog.get_logger("meshagent.agent")
 
 Key = tuple[str, str, str, str]
-MAX_KEPT_DIAGNOSTICS = 1000
 SOURCE_RETRY_MAX_S = 30.0
+AGENT_CONFIG = "agent-config"  # the source of a refused reload's diagnostic
 
 
 def build_adapters(config: AgentConfig) -> list[Adapter]:
@@ -141,7 +141,7 @@ class Agent:
         self._generation = 0
         self._snapshot: Any = None
         self._published = False
-        self._diagnostics: deque[Diagnostic] = deque(maxlen=MAX_KEPT_DIAGNOSTICS)
+        self.diagnostics = DiagnosticTable()  # current problems, not a history
         self._custom_problems: set[tuple[str, str]] = set()  # (workload, reason), logged once
         self._custom_checked: tuple[object, ...] = ()  # what _custom_problems was found from
         self._processor: asyncio.Task[None] | None = None
@@ -356,13 +356,14 @@ class Agent:
             log.exception("normalize_failed_bug", sources=sorted({e.source for e in events}))
             return
         self._snapshot = snapshot
-        self._report(diagnostics)
+        self._report(diagnostics, events)
         self._publish()
 
-    def _report(self, diagnostics: Sequence[Diagnostic]) -> None:
+    def _report(self, diagnostics: Sequence[Diagnostic], events: Sequence[SourceEvent]) -> None:
         self.metrics.count_diagnostics(diagnostics)
+        self.diagnostics.update(events, diagnostics)
+        self.metrics.set_invalid(self.diagnostics.invalid_subjects())
         for d in diagnostics:
-            self._diagnostics.append(d)
             emit = log.error if d.severity == "error" else log.warning
             emit(
                 "config_" + d.severity,
@@ -450,8 +451,11 @@ class Agent:
         try:
             new = await asyncio.to_thread(load_config, path)
         except MeshAgentError as exc:
+            self.metrics.config_reload_failures.inc()
             log.error("config_reload_failed", path=str(path), error=str(exc))
+            self._agent_config_problem(exc, path)
             return
+        self._agent_config_problem(None, path)
         if new.log != old.log:
             configure_logging(new.log.level, new.log.format)
         self.config = dataclasses.replace(
@@ -472,6 +476,17 @@ class Agent:
         if fixed:
             log.warning("config_change_needs_restart", fields=fixed)
         log.info("config_reloaded", path=str(path))
+
+    def _agent_config_problem(self, exc: MeshAgentError | None, path: Any) -> None:
+        """Show a refused reload among the current problems until a reload succeeds."""
+        if exc is None:
+            self.diagnostics.update([SourceEvent(AGENT_CONFIG)], ())
+        else:
+            where = getattr(exc, "location", "") or str(path)
+            field, reason = getattr(exc, "field", ""), getattr(exc, "reason", str(exc))
+            d = Diagnostic("error", AGENT_CONFIG, where, "", "", field, f"reload refused: {reason}")
+            self.diagnostics.update([SourceEvent(AGENT_CONFIG, errors=(d,))], (d,))
+        self.metrics.set_invalid(self.diagnostics.invalid_subjects())
 
     def _certificates_rotated(self, certificates: tuple[WorkloadCertificate, ...]) -> None:
         """The CA's callback: serve the new certificates (SDS) through a re-translation."""
@@ -516,10 +531,9 @@ class Agent:
         }
 
     def config_errors(self) -> dict[str, Any]:
-        """/debug/config_errors: the most recent diagnostics, oldest first."""
-        return {
-            "diagnostics": [{**dataclasses.asdict(d), "message": str(d)} for d in self._diagnostics]
-        }
+        """/debug/config_errors: the current problems with when each was first seen; a problem
+        goes once its resource is accepted or deleted, or its file is fixed."""
+        return {"diagnostics": self.diagnostics.as_json()}
 
     def ready_reasons(self) -> list[str]:
         """Why the agent is not ready; [] when every source synced and Envoy ACKed all."""
