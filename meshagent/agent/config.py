@@ -1,6 +1,8 @@
 """The agent's own configuration file (YAML), read into frozen dataclasses.
 
 Every key is optional; unknown keys are errors, reported with file:line and the field path.
+The file is read by the mesh files' YAML loader (adapters/yamldocs.py): a duplicate key is an
+error. Every duration key goes through `_duration_ms` (the grammar of meshagent/durations.py).
 Relative paths (`sources.files.paths`, `state_dir`, `xds.uds`, `envoy.binary` when it has a
 slash) are relative to the directory of the config file.
 
