@@ -156,3 +156,19 @@ def test_status_command_and_page_show_errors_with_first_seen(
     assert f"  {entry['message']} (since 2026-12-06T12:00:00Z)\n" in out.getvalue()
     page = render_html(report)
     assert "2026-12-06T12:00:00Z" in page.split('id="errors"', 1)[1]
+
+
+def test_reload_command_refuses_a_broken_config_before_signalling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from meshagent.agent import opscli
+    from meshagent.agent.cli import main
+
+    def no_fetch(url: str, **_: Any) -> bytes:
+        raise AssertionError(f"the agent was asked to reload: {url}")
+
+    monkeypatch.setattr(opscli, "fetch", no_fetch)
+    config = tmp_path / "agent.yaml"
+    config.write_text("envoy: {drain_seconds: 1}\nenvoy: {drain_seconds: 2}\n")
+    assert main(["reload", "-c", str(config)]) == 2
+    assert capsys.readouterr().err == f"meshagent: {config}:2: duplicate key 'envoy'\n"
