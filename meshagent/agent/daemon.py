@@ -338,7 +338,10 @@ class Agent:
             source.seen_first = True
             listed = {r.key for r in event.upserts}
             stale = tuple(k for k in sorted(known - listed) if k not in event.deletes)
-            event = dataclasses.replace(event, deletes=(*event.deletes, *stale))
+            reread = self.diagnostics.locations(event.source)  # file errors it repeats stay
+            event = dataclasses.replace(
+                event, deletes=(*event.deletes, *stale), fixed=(*event.fixed, *reread)
+            )
         known.difference_update(event.deletes)
         known.update(r.key for r in event.upserts)
         if event.synced and not source.synced:

@@ -8,8 +8,9 @@ time it was first seen and is dropped when it no longer holds:
   (none when it was accepted cleanly; a warning that still applies stays, first seen kept);
 - a deleted resource loses its entries;
 - a file-level error goes when the files adapter says the file was re-read cleanly or removed
-  (SourceEvent.fixed); a platform error (Consul, Kubernetes) goes with the next event of that
-  source that reports no platform error.
+  (SourceEvent.fixed), or with the first listing of a restarted adapter that does not repeat
+  it (it re-reads every file); a platform error (Consul, Kubernetes) goes with the next event
+  of that source that reports no platform error.
 
 /debug/config_errors, the status page, `meshagent status` and `meshagent_invalid_resources`
 read this table; the log keeps the history.
@@ -84,6 +85,11 @@ class DiagnosticTable:
             if event.source != "files" and not any(not e.kind for e in event.errors):
                 touched.update(s for s, _ in self._entries if s[0] == event.source and not s[1])
         return touched
+
+    def locations(self, source: str) -> tuple[str, ...]:
+        """The files (or addresses) of source that have entries naming no resource; a new
+        adapter's first listing re-reads them all, so it marks them all as re-read."""
+        return tuple(sorted({s[2] for s, _ in self._entries if s[0] == source and not s[1]}))
 
     def entries(self) -> list[Entry]:
         """The current problems, oldest report first."""

@@ -172,3 +172,33 @@ def test_reload_command_refuses_a_broken_config_before_signalling(
     config.write_text("envoy: {drain_seconds: 1}\nenvoy: {drain_seconds: 2}\n")
     assert main(["reload", "-c", str(config)]) == 2
     assert capsys.readouterr().err == f"meshagent: {config}:2: duplicate key 'envoy'\n"
+
+
+async def test_a_restarted_files_adapter_clears_errors_of_files_fixed_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """SIGHUP with new source settings restarts the adapter, which knows nothing of earlier
+    errors: its first full listing decides which file errors still hold."""
+    mesh = tmp_path / "mesh"
+    mesh.mkdir()
+    (mesh / "a.yaml").write_text("kind: [\n")
+    (mesh / "b.yaml").write_text("kind: [\n")
+    config = tmp_path / "agent.yaml"
+    config.write_text(AGENT)
+    agent = Agent(load_config(config))
+    await agent.start()
+    try:
+        await async_wait_for(lambda: len(errors(agent)) == 2, what="two broken files")
+        first_b = errors(agent)[1]["first_seen"]
+        # An adapter too slow to notice the fix, then a fast one: only the restart can tell.
+        config.write_text(AGENT.replace("poll_interval_ms: 20ms", "poll_interval_ms: 1m"))
+        await agent.reload()  # sources changed: the files adapter restarts
+        await async_wait_for(lambda: agent._sources["files"].seen_first, what="slow adapter")
+        (mesh / "a.yaml").write_text(GOOD.replace("NAME", "a"))
+        config.write_text(AGENT)
+        await agent.reload()
+        await async_wait_for(lambda: len(errors(agent)) == 1, what="a's error gone")
+        [b] = errors(agent)
+        assert b["location"].endswith("b.yaml:2") and b["first_seen"] == first_b
+    finally:
+        await asyncio.wait_for(agent.stop(), 10)
