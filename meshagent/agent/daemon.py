@@ -488,7 +488,8 @@ class Agent:
             where = getattr(exc, "location", "") or str(path)
             field, reason = getattr(exc, "field", ""), getattr(exc, "reason", str(exc))
             d = Diagnostic("error", AGENT_CONFIG, where, "", "", field, f"reload refused: {reason}")
-            self.diagnostics.update([SourceEvent(AGENT_CONFIG, errors=(d,))], (d,))
+            earlier = self.diagnostics.locations(AGENT_CONFIG)  # replaced; first seen kept
+            self.diagnostics.update([SourceEvent(AGENT_CONFIG, errors=(d,), fixed=earlier)], (d,))
         self.metrics.set_invalid(self.diagnostics.invalid_subjects())
 
     def _certificates_rotated(self, certificates: tuple[WorkloadCertificate, ...]) -> None:

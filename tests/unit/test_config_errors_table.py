@@ -124,9 +124,16 @@ async def test_agent_shows_current_errors_until_fixed(tmp_path: Path) -> None:
         [refused] = errors(agent)
         assert "reload refused: duplicate key 'outbound'" in refused["message"]
         assert refused["location"] == f"{config}:6"  # the second `outbound`
+        # Broken differently: one problem, the current one.
+        config.write_text(AGENT + "outbound: {port_offset: x}\n")
+        await agent.reload()
+        [again] = errors(agent)
+        assert "outbound.port_offset: reload refused: must be an integer" in again["message"]
+        assert metric(agent, "meshagent_invalid_resources", source="agent-config") == 1
         config.write_text(AGENT)
         await agent.reload()
-        assert errors(agent) == [] and metric(agent, "meshagent_config_reload_failures_total") == 1
+        assert errors(agent) == [] and metric(agent, "meshagent_config_reload_failures_total") == 2
+        assert metric(agent, "meshagent_invalid_resources", source="agent-config") == 0
     finally:
         await asyncio.wait_for(agent.stop(), 10)
 
