@@ -201,10 +201,10 @@ def _path_of(target: str) -> str:
 
 async def _start_unix(path: Path, handler: Any) -> asyncio.Server:
     """Serve handler on a Unix socket at path, mode SOCKET_MODE (the process's group)."""
-    from meshagent.xds.server import _remove_stale_socket  # one rule for stale sockets
+    from meshagent.xds.server import remove_stale_socket  # one rule for stale sockets
 
     path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-    _remove_stale_socket(str(path))
+    remove_stale_socket(str(path))
     # A new socket file gets the umask's mode until the chmod below; the state directory
     # (0750) and the service's UMask (0007) keep strangers out of that moment.
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from meshagent.agent.config import _bounded, _ip, _resolve
+from meshagent.agent.config import _bounded, _duration_ms, _ip, _resolve
 from meshagent.ca.settings import CA_MODES, CaConfig, CaServeConfig, CaUpstreamConfig
 from meshagent.model.identity import InvalidIdentity, check_name
 
@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 def parse_ca(s: _Section, base: Path, state_dir: Path) -> CaConfig:
     """The `ca` section, validated; relative paths resolve against base."""
-    from meshagent.ca.durations import format_duration
     from meshagent.ca.keys import KEY_TYPES
+    from meshagent.durations import format_ms
 
     s.only(
         "mode",
@@ -35,11 +35,10 @@ def parse_ca(s: _Section, base: Path, state_dir: Path) -> CaConfig:
         raise s.error("is required when mode is plug-in", "plugin_dir")
     if mode == "upstream" and s.data.get("upstream") is None:
         raise s.error("is required when mode is upstream", "upstream")
-    ttl, max_ttl = (_duration(s, key, default) for key, default in _TTLS)
-    if ttl > max_ttl:
-        raise s.error(
-            f"is longer than ca.max_workload_ttl ({format_duration(max_ttl)})", "workload_ttl"
-        )
+    ttl_ms = _duration_ms(s, "workload_ttl", "24h", 1)
+    max_ms = _duration_ms(s, "max_workload_ttl", "90d", 1)
+    if ttl_ms > max_ms:
+        raise s.error(f"is longer than ca.max_workload_ttl ({format_ms(max_ms)})", "workload_ttl")
     ca_dir = s.opt("dir", str)
     serve = _ca_serve(s.section("serve"))
     if mode == "upstream" and serve.address:
@@ -49,24 +48,12 @@ def parse_ca(s: _Section, base: Path, state_dir: Path) -> CaConfig:
         dir=_resolve(base, ca_dir) if ca_dir else state_dir / "ca",
         trust_domain=identity_name(s, "trust_domain", "trust_domain", "cluster.local"),
         key_type=s.choice("key_type", "ec-p256", KEY_TYPES),
-        workload_ttl_s=ttl,
-        max_workload_ttl_s=max_ttl,
+        workload_ttl_s=ttl_ms / 1000,
+        max_workload_ttl_s=max_ms / 1000,
         plugin_dir=_resolve(base, plugin_dir) if plugin_dir else None,
         upstream=_ca_upstream(s.section("upstream"), base) if mode == "upstream" else None,
         serve=serve,
     )
-
-
-_TTLS = (("workload_ttl", "24h"), ("max_workload_ttl", "90d"))
-
-
-def _duration(s: _Section, key: str, default: str) -> float:
-    from meshagent.ca.durations import parse_duration
-
-    try:
-        return parse_duration(s.get(key, str, default))
-    except ValueError as exc:
-        raise s.error(str(exc), key) from None
 
 
 def identity_name(s: _Section, key: str, part: str, default: str) -> str:

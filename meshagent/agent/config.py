@@ -1,6 +1,8 @@
 """The agent's own configuration file (YAML), read into frozen dataclasses.
 
 Every key is optional; unknown keys are errors, reported with file:line and the field path.
+The file is read by the mesh files' YAML loader (adapters/yamldocs.py): a duplicate key is an
+error. Every duration key goes through `_duration_ms` (the grammar of meshagent/durations.py).
 Relative paths (`sources.files.paths`, `state_dir`, `xds.uds`, `envoy.binary` when it has a
 slash) are relative to the directory of the config file.
 
@@ -39,7 +41,7 @@ slash) are relative to the directory of the config file.
 | `capture.outbound_port` | `15001` | virtualOutbound's port (istio-iptables `-p`) |
 | `capture.inbound_port` | `15006` | virtualInbound's port (istio-iptables `-z`) |
 | `outbound_traffic_policy.mode` | `ALLOW_ANY` | unknown destinations: pass, or `REGISTRY_ONLY` |
-| `state_dir` | `/var/lib/meshagent` | where the agent keeps its socket and the Envoy bootstrap |
+| `state_dir` | `/var/lib/meshagent` | socket, bootstrap, `agent.lock` (one agent per dir) |
 | `log.level` | `info` | `debug`, `info`, `warning`, `error` |
 | `log.format` | `auto` | `console`, `json`, or `auto` (console on a TTY, JSON otherwise) |
 """
@@ -53,14 +55,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import yaml
-
 from meshagent.agent.capture_config import (
     CaptureConfig,
     parse_capture,
     parse_outbound_traffic_policy,
 )
 from meshagent.ca.settings import CaConfig
+from meshagent.durations import EXAMPLES, NS_PER_MS, format_ms, parse_duration_ns
 from meshagent.errors import ConfigError
 from meshagent.model.proxy import (
     ALLOW_ANY,
@@ -244,38 +245,11 @@ def default_config(base_dir: Path) -> AgentConfig:
 
 
 def _parse_yaml(text: str, filename: str) -> tuple[dict[str, Any], dict[str, int]]:
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else 0
-        raise ConfigError(f"YAML: {exc.problem}", location=f"{filename}:{line}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"YAML: {exc}", location=filename) from exc
-    finally:
-        loader.dispose()
-    if data is None:
-        return {}, {}
-    if not isinstance(data, dict):
-        raise ConfigError("the config must be a mapping", location=f"{filename}:1")
-    lines: dict[str, int] = {"": 1}
-    if node is not None:
-        _record_lines(node, "", lines)
-    return data, lines
+    """The config's data and the line of each dotted field path; read by the loader of mesh
+    files (adapters/yamldocs.py), so a duplicate key is an error here too."""
+    from meshagent.adapters.yamldocs import load_mapping
 
-
-def _record_lines(node: yaml.Node, prefix: str, lines: dict[str, int]) -> None:
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            child = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
-            lines[child] = key_node.start_mark.line + 1
-            _record_lines(value_node, child, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            child = f"{prefix}[{i}]"
-            lines[child] = item.start_mark.line + 1
-            _record_lines(item, child, lines)
+    return load_mapping(text, filename)
 
 
 class _Section:
@@ -501,12 +475,42 @@ def _sources(s: _Section, base: Path) -> SourcesConfig:
     return SourcesConfig(
         files=FilesSourceConfig(
             paths=tuple(_resolve(base, p) for p in raw_paths),
-            debounce_ms=_bounded(f, "debounce_ms", 100, 0, 60_000),
-            poll_interval_ms=_bounded(f, "poll_interval_ms", 200, 10, 60_000),
+            debounce_ms=_duration_ms(f, "debounce_ms", "100ms", 0, 60_000, bare_ms=1),
+            poll_interval_ms=_duration_ms(f, "poll_interval_ms", "200ms", 10, 60_000, bare_ms=1),
         ),
         consul=consul,
         kubernetes=kubernetes,
     )
+
+
+def _duration_ms(
+    s: _Section,
+    key: str,
+    default: str,
+    low_ms: int,
+    high_ms: int | None = None,
+    *,
+    bare_ms: int | None = None,
+) -> int:
+    """A duration key in whole milliseconds, within [low_ms, high_ms] (None: no upper bound).
+
+    Every duration key of the agent config is read here, in the one grammar of
+    meshagent/durations.py ("500ms", "30s", "1h30m", "7d"); with bare_ms, a plain integer
+    counts in that unit, which is what `debounce_ms: 100` or `drain_seconds: 5` always meant.
+    """
+    value = s.data.get(key, default)
+    ms: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool) and bare_ms is not None:
+        ms = value * bare_ms
+    elif isinstance(value, str):
+        ns = parse_duration_ns(value.strip())
+        ms = None if ns is None else ns // NS_PER_MS
+    if ms is None:
+        raise s.error(f"{value!r} is not a duration with a unit (e.g. {EXAMPLES})", key)
+    if ms < low_ms or (high_ms is not None and ms > high_ms):
+        upper = f" to {format_ms(high_ms)}" if high_ms is not None else " or more"
+        raise s.error(f"must be a duration from {format_ms(low_ms)}{upper}", key)
+    return ms
 
 
 def _bounded(s: _Section, key: str, default: int, low: int, high: int) -> int:
@@ -602,19 +606,28 @@ def _envoy(s: _Section, base: Path) -> EnvoyConfig:
         admin_port=s.port("admin_port", 15000),
         log_level=s.choice("log_level", "warning", ENVOY_LOG_LEVELS),
         concurrency=_bounded(s, "concurrency", 2, 1, 1024),
-        drain_seconds=_bounded(s, "drain_seconds", 5, 0, 3600),
+        drain_seconds=_whole_seconds(s, "drain_seconds", "5s", 0, 3600),
         base_id=base_id,
         extra_args=tuple(extra),
     )
+
+
+def _whole_seconds(s: _Section, key: str, default: str, low_s: int, high_s: int) -> int:
+    ms = _duration_ms(s, key, default, low_s * 1000, high_s * 1000, bare_ms=1000)
+    if ms % 1000:
+        raise s.error("must be whole seconds", key)
+    return ms // 1000
 
 
 def _outbound(s: _Section) -> OutboundConfig:
     s.only("address", "port_offset", "ports", "tcp")
     ports = s.get("ports", dict, {})
     overrides: list[tuple[int, int]] = []
-    for port, local in ports.items():
+    for key, local in ports.items():
+        # Mapping keys are strings, as in mesh files and JSON ("9080" for 9080).
+        port = int(key) if isinstance(key, str) and key.isdigit() else key
         if not _is_port(port) or not _is_port(local):
-            raise s.error("service port and local port must both be 1-65535", f"ports.{port}")
+            raise s.error("service port and local port must both be 1-65535", f"ports.{key}")
         overrides.append((port, local))
     return OutboundConfig(
         address=_ip(s, "address", s.get("address", str, "127.0.0.1")),

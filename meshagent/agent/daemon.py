@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
-from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -23,11 +22,13 @@ from meshagent.adapters.files import FilesAdapter
 from meshagent.agent.admin import AdminServer, standard_pages
 from meshagent.agent.config import AgentConfig, load_config
 from meshagent.agent.convergence import ConvergenceObserver, ConvergenceTracker
+from meshagent.agent.diagnostics import DiagnosticTable
 from meshagent.agent.envoy import EnvoySupervisor, bootstrap_for
+from meshagent.agent.instancelock import InstanceLock
 from meshagent.agent.logs import configure_logging
 from meshagent.agent.metrics import AgentMetrics
 from meshagent.agent.opspages import install_ops_pages
-from meshagent.agent.publishing import NackExplainer
+from meshagent.agent.publishing import CONSISTENCY_SOURCE, NACK_SOURCE, NackExplainer
 from meshagent.agent.sdnotify import SystemdNotifier
 from meshagent.errors import MeshAgentError
 from meshagent.gcpause import paused_gc
@@ -44,8 +45,8 @@ log = structlog.get_logger("meshagent.agent")
 
 Key = tuple[str, str, str, str]
 _T = TypeVar("_T")
-MAX_KEPT_DIAGNOSTICS = 1000
 SOURCE_RETRY_MAX_S = 30.0
+AGENT_CONFIG = "agent-config"  # the source of a refused reload's diagnostic
 
 
 def build_adapters(config: AgentConfig) -> list[Adapter]:
@@ -146,7 +147,7 @@ class Agent:
         self._generation = 0
         self._snapshot: Any = None
         self._published = False
-        self._diagnostics: deque[Diagnostic] = deque(maxlen=MAX_KEPT_DIAGNOSTICS)
+        self.diagnostics = DiagnosticTable()  # current problems, not a history
         self._custom_problems: set[tuple[str, str]] = set()  # (workload, reason), logged once
         self._custom_checked: tuple[object, ...] = ()  # what _custom_problems was found from
         self._processor: asyncio.Task[None] | None = None
@@ -162,14 +163,28 @@ class Agent:
         self.convergence = ConvergenceTracker(
             self.metrics, lambda: self.cache.status(self._proxy.node_id)
         )
+        self._lock = InstanceLock(config.state_dir)  # one agent per state dir
 
     # --- lifecycle ----------------------------------------------------------------------
+
+    def claim(self) -> None:
+        """Lock the state dir and check the xDS socket is not another live agent's; a
+        ConfigError (one line, nothing started) when another agent runs there."""
+        from meshagent.xds.server import remove_stale_socket
+
+        self._lock.acquire()
+        try:
+            remove_stale_socket(str(self.config.xds.uds))
+        except BaseException:
+            self._lock.release()
+            raise
 
     async def start(self) -> None:
         """Start admin, ADS, the sources and (when managed) Envoy."""
         from meshagent.xds.server import AdsServer
 
         cfg = self.config
+        self.claim()
         self.admin = AdminServer(
             cfg.admin.address, cfg.admin.port, self._pages(), socket_path=cfg.admin.socket
         )
@@ -230,6 +245,7 @@ class Agent:
         if self.admin is not None:
             await self.admin.stop()
             self.admin = None
+        self._lock.release()
         log.info("agent_stopped")
 
     def _start_consul_registration(self) -> None:
@@ -260,6 +276,7 @@ class Agent:
     async def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT (SIGHUP reloads), stop; the exit code."""
         loop = asyncio.get_running_loop()
+        self.claim()  # before the try: a refusal starts (and stops) nothing
         try:
             await self.start()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -332,7 +349,10 @@ class Agent:
             source.seen_first = True
             listed = {r.key for r in event.upserts}
             stale = tuple(k for k in sorted(known - listed) if k not in event.deletes)
-            event = dataclasses.replace(event, deletes=(*event.deletes, *stale))
+            reread = self.diagnostics.locations(event.source)  # file errors it repeats stay
+            event = dataclasses.replace(
+                event, deletes=(*event.deletes, *stale), fixed=(*event.fixed, *reread)
+            )
         known.difference_update(event.deletes)
         known.update(r.key for r in event.upserts)
         if event.synced and not source.synced:
@@ -354,13 +374,16 @@ class Agent:
             log.exception("normalize_failed_bug", sources=sorted({e.source for e in events}))
             return
         self._snapshot = snapshot
-        self._report(diagnostics)
+        self._report(diagnostics, events)
         await self._publish()
 
-    def _report(self, diagnostics: Sequence[Diagnostic]) -> None:
+    def _report(
+        self, diagnostics: Sequence[Diagnostic], events: Sequence[SourceEvent] = ()
+    ) -> None:
         self.metrics.count_diagnostics(diagnostics)
+        self.diagnostics.update(events, diagnostics)
+        self.metrics.set_invalid(self.diagnostics.invalid_subjects())
         for d in diagnostics:
-            self._diagnostics.append(d)
             emit = log.error if d.severity == "error" else log.warning
             emit(
                 "config_" + d.severity,
@@ -399,6 +422,7 @@ class Agent:
         version = self.cache.set(self._proxy.node_id, resources)
         self.convergence.published(pushes=version != previous)
         self._published = True
+        self.diagnostics.forget_source(NACK_SOURCE)  # a new set: Envoy judges it anew
         self._warn_unservable_custom_policies()
         self.metrics.snapshot_version.set(getattr(self._snapshot, "version", 0))
         counts = {t: len(resources.of(t)) for t in SHORT_NAMES}
@@ -422,6 +446,8 @@ class Agent:
             return True
         if found:
             self.convergence.published(pushes=False)
+        if found != self._inconsistent:
+            self.diagnostics.forget_source(CONSISTENCY_SOURCE)
         if found and found != self._inconsistent:
             self._report(inconsistency_diagnostics(found, self.snapshot, self._proxy))
         self._inconsistent = found
@@ -502,8 +528,11 @@ class Agent:
         try:
             new = await asyncio.to_thread(load_config, path)
         except MeshAgentError as exc:
+            self.metrics.config_reload_failures.inc()
             log.error("config_reload_failed", path=str(path), error=str(exc))
+            self._agent_config_problem(exc, path)
             return
+        self._agent_config_problem(None, path)
         if new.log != old.log:
             configure_logging(new.log.level, new.log.format)
         self.config = dataclasses.replace(
@@ -529,6 +558,18 @@ class Agent:
         if fixed:
             log.warning("config_change_needs_restart", fields=fixed)
         log.info("config_reloaded", path=str(path))
+
+    def _agent_config_problem(self, exc: MeshAgentError | None, path: Any) -> None:
+        """Show a refused reload among the current problems until a reload succeeds."""
+        if exc is None:
+            self.diagnostics.update([SourceEvent(AGENT_CONFIG)], ())
+        else:
+            where = getattr(exc, "location", "") or str(path)
+            field, reason = getattr(exc, "field", ""), getattr(exc, "reason", str(exc))
+            d = Diagnostic("error", AGENT_CONFIG, where, "", "", field, f"reload refused: {reason}")
+            earlier = self.diagnostics.locations(AGENT_CONFIG)  # replaced; first seen kept
+            self.diagnostics.update([SourceEvent(AGENT_CONFIG, errors=(d,), fixed=earlier)], (d,))
+        self.metrics.set_invalid(self.diagnostics.invalid_subjects())
 
     def _certificates_rotated(self, certificates: tuple[WorkloadCertificate, ...]) -> None:
         """The CA's callback: serve the new certificates (SDS) through a re-translation."""
@@ -573,10 +614,9 @@ class Agent:
         }
 
     def config_errors(self) -> dict[str, Any]:
-        """/debug/config_errors: the most recent diagnostics, oldest first."""
-        return {
-            "diagnostics": [{**dataclasses.asdict(d), "message": str(d)} for d in self._diagnostics]
-        }
+        """/debug/config_errors: the current problems with when each was first seen; a problem
+        goes once its resource is accepted or deleted, or its file is fixed."""
+        return {"diagnostics": self.diagnostics.as_json()}
 
     def ready_reasons(self) -> list[str]:
         """Why the agent is not ready; [] when every source synced and Envoy ACKed all."""

@@ -152,6 +152,10 @@ def _status(config: Any, args: argparse.Namespace, out: TextIO) -> int:
             else ("NACK " + (t["nack_error"] or "") if t["nacked"] == t["sent"] else "pending")
         )
         out.write(f"  {kind}: sent {t['sent']} acked {t['acked']} {state}\n")
+    problems = report.get("diagnostics", [])
+    out.write(f"config errors: {len(problems) or 'none'}\n")
+    for d in problems:
+        out.write(f"  {d['message']} (since {d.get('first_seen', '?')})\n")
     for c in report["certificates"]:
         out.write(f"certificate {c['identity']}: expires {c['not_after']} ({c['expires_in_s']}s)\n")
     if not report["certificates"]:

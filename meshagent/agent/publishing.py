@@ -17,6 +17,9 @@ from meshagent.xds.consistency import Inconsistency
 from meshagent.xds.resources import Resource, ResourceSet
 from meshagent.xds.typeurls import SHORT_NAMES
 
+CONSISTENCY_SOURCE = "xds"  # diagnostics of the check before publishing
+NACK_SOURCE = "envoy"  # diagnostics of Envoy's rejections
+
 _KINDS = {"cds": "Cluster", "eds": "ClusterLoadAssignment", "lds": "Listener", "rds": "Route"}
 _LOCATION = re.compile(r"\(([^()]+)\)$")
 # What separates names in Envoy's messages: resource names hold none of these.
@@ -67,7 +70,7 @@ def inconsistency_diagnostics(
         out.append(
             Diagnostic(
                 severity="error",
-                source="xds",
+                source=CONSISTENCY_SOURCE,
                 location=_location(origins),
                 kind=kind_of(type_url),
                 name=name,
@@ -145,7 +148,7 @@ class NackExplainer:
         short = SHORT_NAMES.get(type_url, type_url)
         return Diagnostic(
             severity="error",
-            source="envoy",
+            source=NACK_SOURCE,
             location=_location(origins),
             kind=kind_of(type_url),
             name=", ".join(names) or "-",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import stat
 import time
 from collections.abc import AsyncIterator
@@ -77,7 +78,7 @@ class AdsServer:
         if not uds_path and not tcp_address:
             raise LocalProtocolError("AdsServer.start needs uds_path or tcp_address")
         if uds_path:
-            _remove_stale_socket(uds_path)
+            remove_stale_socket(uds_path)
         servers: list[Any] = []
         try:
             if uds_path:
@@ -301,12 +302,34 @@ class _Session:
         self._observer.nacked(node, event.type_url, event.version, event.error)
 
 
-def _remove_stale_socket(path: str) -> None:
-    """Remove a socket file left by an earlier run; refuse to remove anything else."""
+def remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by an earlier run; refuse to remove anything else, and a
+    socket that a live process still listens on (another agent's: taking it over would cut
+    its Envoy off)."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
         raise ConfigError("exists and is not a socket; not removing it", location=path)
-    os.unlink(path)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        pass  # nobody listens: left by a process that is gone
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot tell whether another process serves this socket ({exc.strerror or exc}); "
+            "not removing it",
+            location=path,
+        ) from None
+    else:
+        raise ConfigError(
+            "another process (another meshagent?) is listening on this socket; not starting",
+            location=path,
+        )
+    finally:
+        probe.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
