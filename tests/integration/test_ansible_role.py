@@ -62,6 +62,19 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return next(out.glob("meshagent_vm-*.whl"))
 
 
+def _dependencies(tmp_path: Path) -> Path:
+    """The test virtualenv's packages without meshagent-vm itself (installed there editable):
+    on PYTHONPATH they serve the host's `meshagent`, and pip must not find meshagent-vm
+    installed already."""
+    deps = tmp_path / "deps"
+    if not deps.exists():
+        deps.mkdir()
+        for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+            if not entry.name.lower().replace("-", "_").startswith(("meshagent", "__editable__")):
+                (deps / entry.name).symlink_to(entry)
+    return deps
+
+
 def playbook(
     tmp_path: Path, wheel: Path, *extra: str, **overrides: Any
 ) -> subprocess.CompletedProcess[str]:
@@ -93,7 +106,7 @@ def playbook(
     # The wheel is installed without its dependencies (no network here); the installed
     # `meshagent`, which the role runs to validate files, finds them in the test virtualenv.
     pythonpath = os.pathsep.join(
-        p for p in (os.environ.get("PYTHONPATH", ""), sysconfig.get_paths()["purelib"]) if p
+        p for p in (os.environ.get("PYTHONPATH", ""), str(_dependencies(tmp_path))) if p
     )
     env = {**os.environ, "PYTHONPATH": pythonpath, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"), "ANSIBLE_NOCOLOR": "1",
