@@ -89,9 +89,12 @@ def istio_jumps(save: str) -> dict[str, list[str]]:
     for line in save.splitlines():
         if line.startswith("*"):
             table = line[1:].strip()
-        elif (match := _RULE.match(line)) and match.group(1) in BUILTIN_CHAINS:
-            if re.search(r"(^| )-j ISTIO_", match.group(2)):
-                found.setdefault(table, []).append(f"{match.group(1)} {match.group(2)}")
+        elif (
+            (match := _RULE.match(line))
+            and match.group(1) in BUILTIN_CHAINS
+            and re.search(r"(^| )-j ISTIO_", match.group(2))
+        ):
+            found.setdefault(table, []).append(f"{match.group(1)} {match.group(2)}")
     return found
 
 
@@ -108,7 +111,9 @@ def _owned_builtin(runner: Runner, version: int, rules: Sequence[Rule]) -> dict[
     return found
 
 
-def _sync_family(runner: Runner, version: int, rules: tuple[Rule, ...], owned: Sequence[Rule]) -> str:
+def _sync_family(
+    runner: Runner, version: int, rules: tuple[Rule, ...], owned: Sequence[Rule]
+) -> str:
     """Make one family's ISTIO_* state equal `rules` in one restore; returns the new save."""
     save = runner.run(tool(version, "-save"))
     stale = istio_jumps(save)

@@ -9,7 +9,6 @@ else uid 1337 as in Istio. Exit codes: 0 done, 1 a tool failed, 2 bad flags or i
 from __future__ import annotations
 
 import argparse
-import grp
 import os
 import pwd
 import sys
@@ -131,8 +130,9 @@ def _user(name: str) -> pwd.struct_passwd | None:
         return None
 
 
-def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run `meshagent capture ...`; one-line errors, exit 1 for a failed tool, 2 bad input."""
+    out = out or sys.stdout
     try:
         options = options_from_args(args)
         ruleset = build(options)

@@ -107,7 +107,7 @@ def translate(params: Iterable[str], version: int) -> str:
         elif tok in ("-d", "-s"):
             out.append(f"{ip} {'daddr' if tok == '-d' else 'saddr'} {neg()}{arg}")
         elif tok in ("-i", "-o"):
-            out.append(f"{'iifname' if tok == '-i' else 'oifname'} {neg()}\"{arg}\"")
+            out.append(f'{"iifname" if tok == "-i" else "oifname"} {neg()}"{arg}"')
         elif tok in ("--uid-owner", "--gid-owner"):
             out.append(f"meta {'skuid' if tok == '--uid-owner' else 'skgid'} {neg()}{arg}")
         elif tok == "--ctstate":

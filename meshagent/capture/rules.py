@@ -221,6 +221,7 @@ def _proxy_owner(
     """The proxy's own traffic: back through inbound when it calls this host's address over
     lo, never recaptured otherwise (run.go's uid and gid loops)."""
     for ident in ids:
+        ports: tuple[str, ...]
         if dns and owner == "--uid-owner":
             ports = ("-m", "multiport", "!", "--dports", f"53,{o.inbound_tunnel_port}")
         else:
