@@ -183,7 +183,9 @@ def _routes(runner: Runner, options: CaptureOptions, *, install: bool) -> None:
                 runner.run("ip", fam, "rule", "add", "fwmark", mark, "lookup", table)
                 runner.run("ip", fam, "route", "add", "local", "default", "dev", "lo",
                            "table", table)  # fmt: skip
-    if options.dual_stack and install:
-        present = runner.run("ip", "-6", "addr", "show", "dev", "lo")
-        if "::6/128" not in present:
+    if options.dual_stack:
+        present = "::6/128" in runner.run("ip", "-6", "addr", "show", "dev", "lo")
+        if install and not present:
             runner.run("ip", "-6", "addr", "add", "::6/128", "dev", "lo")
+        elif present and not install:
+            runner.run("ip", "-6", "addr", "del", "::6/128", "dev", "lo")
