@@ -164,8 +164,9 @@ def test_iptables_apply_twice_is_a_no_op_and_remove_leaves_no_trace(
 ) -> None:
     _someone_elses_rules(hosts)
     pristine = _state(hosts)
-    flags = ["-u", EXCLUDED_UID, "-g", EXCLUDED_UID, "-m", mode, "-b", "*", "-i", "*", "-x",
-             "10.1.0.0/16", "--redirect-dns", "--capture-all-dns", "--drop-invalid", "--dual-stack"]  # fmt: skip
+    flags = ["-u", EXCLUDED_UID, "-g", EXCLUDED_UID, "-m", mode, "-b", "*", "-i", "*",
+             "-x", "10.1.0.0/16", "--redirect-dns", "--capture-all-dns", "--drop-invalid",
+             "--dual-stack"]  # fmt: skip
 
     first = hosts.capture(hosts.a, "apply", *flags)
     assert first.returncode == 0, first.stderr
