@@ -43,6 +43,11 @@ class Runner:
             raise CaptureError(f"{' '.join(cmd[:3])} failed (exit {done.returncode}): {first}")
         return done.stdout
 
+    def probe(self, *cmd: str) -> str | None:
+        """stdout of cmd, or None when it fails."""
+        done = self._exec(cmd, None)
+        return done.stdout if done.returncode == 0 else None
+
     def ok(self, *cmd: str) -> bool:
         """Whether cmd exits 0 (for `iptables -C`)."""
         return self._exec(cmd, None).returncode == 0
@@ -112,10 +117,27 @@ def _owned_builtin(runner: Runner, version: int, rules: Sequence[Rule]) -> dict[
 
 
 def _sync_family(
-    runner: Runner, version: int, rules: tuple[Rule, ...], owned: Sequence[Rule]
+    runner: Runner,
+    version: int,
+    rules: tuple[Rule, ...],
+    owned: Sequence[Rule],
+    *,
+    optional: bool = False,
 ) -> str:
-    """Make one family's ISTIO_* state equal `rules` in one restore; returns the new save."""
-    save = runner.run(tool(version, "-save"))
+    """Make one family's ISTIO_* state equal `rules` in one restore; returns the new save.
+
+    `optional`: only clean up, and not at all where the family's tools are missing or fail
+    (IPv6 disabled in the kernel, say) and nothing of ours can be there.
+    """
+    if optional:
+        if shutil.which(tool(version, "-save")) is None:
+            return ""
+        probe = runner.probe(tool(version, "-save"))
+        if probe is None:
+            return ""
+        save = probe
+    else:
+        save = runner.run(tool(version, "-save"))
     stale = istio_jumps(save)
     for table, specs in _owned_builtin(runner, version, owned).items():
         stale.setdefault(table, []).extend(s for s in specs if s not in stale.get(table, []))
@@ -137,35 +159,59 @@ def _missing(rules: tuple[Rule, ...], present: Mapping[str, list[str]]) -> list[
 
 
 def apply_iptables(runner: Runner, ruleset: Ruleset, options: CaptureOptions) -> dict[int, str]:
-    """Program both families (IPv6 only cleaned without dual stack); the saves after."""
+    """Program both families (without dual stack IPv6 is only cleaned); the saves after.
+    Tables a previous `--backend nft` apply left are removed."""
     result = {V4: _sync_family(runner, V4, ruleset.v4, ruleset.v4)}
-    if options.dual_stack or shutil.which("ip6tables-save"):
+    if options.dual_stack:
         result[V6] = _sync_family(runner, V6, ruleset.v6, ruleset.v6)
+    else:
+        result[V6] = _sync_family(runner, V6, (), (), optional=True)
+    _drop_nft_tables(runner)
     _routes(runner, options, install=True)
     return result
 
 
 def remove_iptables(runner: Runner, ruleset: Ruleset, options: CaptureOptions) -> dict[int, str]:
-    """Delete every ISTIO_* chain and jump, and the built-in-chain rules these options add."""
+    """Delete every ISTIO_* chain and jump, and the built-in-chain rules these options add;
+    also the nft backend's tables, if any."""
     result = {V4: _sync_family(runner, V4, (), ruleset.v4)}
-    if shutil.which("ip6tables-save"):
-        result[V6] = _sync_family(runner, V6, (), ruleset.v6)
+    result[V6] = _sync_family(runner, V6, (), ruleset.v6, optional=not options.dual_stack)
+    _drop_nft_tables(runner)
     _routes(runner, options, install=False)
     return result
 
 
 def apply_nft(runner: Runner, ruleset: Ruleset, options: CaptureOptions) -> str:
-    """Replace the meshagent-* nft tables in one transaction; `nft list ruleset` after."""
+    """Replace the meshagent-* nft tables in one transaction; `nft list ruleset` after.
+    ISTIO_* chains a previous iptables apply left are removed."""
     runner.run("nft", "-f", "-", stdin=nft.render(ruleset))
+    _drop_iptables_chains(runner)
     _routes(runner, options, install=True)
     return runner.run("nft", "list", "ruleset")
 
 
 def remove_nft(runner: Runner, options: CaptureOptions) -> str:
-    """Delete the meshagent-* nft tables; `nft list ruleset` after."""
+    """Delete the meshagent-* nft tables (and any ISTIO_* iptables chains); the ruleset after."""
     runner.run("nft", "-f", "-", stdin=nft.remove_script())
+    _drop_iptables_chains(runner)
     _routes(runner, options, install=False)
     return runner.run("nft", "list", "ruleset")
+
+
+def _drop_nft_tables(runner: Runner) -> None:
+    """The other backend's tables, when nft is installed and any exist."""
+    if shutil.which("nft") is None:
+        return
+    listing = runner.probe("nft", "list", "tables") or ""
+    if nft.PREFIX in listing:
+        runner.run("nft", "-f", "-", stdin=nft.remove_script())
+
+
+def _drop_iptables_chains(runner: Runner) -> None:
+    """The other backend's ISTIO_* chains and jumps, where iptables is installed."""
+    for version in (V4, V6):
+        if shutil.which(tool(version, "-restore")) is not None:
+            _sync_family(runner, version, (), (), optional=True)
 
 
 def _routes(runner: Runner, options: CaptureOptions, *, install: bool) -> None:

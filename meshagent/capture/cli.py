@@ -105,6 +105,12 @@ def options_from_args(args: argparse.Namespace) -> CaptureOptions:
     if options.redirect_dns and not options.capture_all_dns:
         text = args.resolv_conf.read_text(encoding="utf-8") if args.resolv_conf.exists() else ""
         options = replace(options, dns_servers=resolv_conf_servers(text))
+        if not options.dns_servers:  # Istio's rule: then DNS is not captured at all
+            print(
+                f"meshagent capture: warning: no nameserver in {args.resolv_conf} and no "
+                "--capture-all-dns: DNS is not captured",
+                file=sys.stderr,
+            )
     return options.validated()
 
 

@@ -9,6 +9,7 @@ a VM's cluster.env drives it: ISTIO_INBOUND_PORTS is `--istio-inbound-ports` (`-
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -77,6 +78,17 @@ class CaptureOptions:
         for name in ("proxy_uid", "proxy_gid"):
             if not split(getattr(self, name)):
                 raise ConfigError("must name at least one user or group", field=FLAG_OF[name])
+        # Free-text values go into iptables-restore lines and nft scripts: names only.
+        for value, where in (
+            (self.proxy_uid, "-u"),
+            (self.proxy_gid, "-g"),
+            (self.owner_groups_include if self.owner_groups_include.strip() != "*" else "",
+             "ISTIO_OUTBOUND_OWNER_GROUPS"),
+            (self.owner_groups_exclude, "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"),
+        ):  # fmt: skip
+            _names(value, where, _OWNER)
+        _names(self.exclude_interfaces, "-c", _INTERFACE)
+        _names(self.virt_interfaces, "-k", _INTERFACE)
         for mark in (self.tproxy_mark, self.tproxy_route_table):
             if not mark.isdigit():
                 raise ConfigError(f"must be a number, not {mark!r}", field="-t/-r")
@@ -194,6 +206,16 @@ def split_families(servers: Sequence[str]) -> tuple[list[str], list[str]]:
     v4 = [s for s in servers if ipaddress.ip_address(s).version == 4]
     v6 = [s for s in servers if ipaddress.ip_address(s).version == 6]
     return v4, v6
+
+
+_OWNER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?")
+_INTERFACE = re.compile(r"[A-Za-z0-9_.:@+-]{1,15}")
+
+
+def _names(value: str, flag: str, pattern: re.Pattern[str]) -> None:
+    for item in split(value):
+        if not pattern.fullmatch(item):
+            raise ConfigError(f"{item!r} is not a valid name", field=flag)
 
 
 def _port(value: str, flag: str) -> None:

@@ -225,6 +225,19 @@ def test_nft_apply_twice_is_a_no_op_and_remove_leaves_no_trace(hosts: Hosts) -> 
     assert "fwmark" not in hosts.sh(hosts.a, "ip", "rule")
 
 
+def test_switching_backends_leaves_one_set_of_rules(hosts: Hosts) -> None:
+    flags = ["-u", EXCLUDED_UID, "-b", "*", "-i", "*"]
+    assert hosts.capture(hosts.a, "apply", *flags).returncode == 0
+    assert "ISTIO_OUTPUT" in hosts.save(hosts.a, 4)
+    assert hosts.capture(hosts.a, "apply", "--backend", "nft", *flags).returncode == 0
+    assert "ISTIO" not in hosts.save(hosts.a, 4)
+    assert "meshagent-nat" in hosts.sh(hosts.a, "nft", "list", "tables")
+    assert hosts.capture(hosts.a, "apply", *flags).returncode == 0
+    assert "meshagent-" not in hosts.sh(hosts.a, "nft", "list", "tables")
+    assert hosts.capture(hosts.a, "remove", "--backend", "nft").returncode == 0
+    assert "ISTIO" not in hosts.save(hosts.a, 4)
+
+
 @pytest.mark.parametrize("backend", ["iptables", "nft"])
 def test_capture_redirects_real_traffic_but_not_the_proxy_ssh_or_agent_ports(
     hosts: Hosts, backend: str, tmp_path: Path

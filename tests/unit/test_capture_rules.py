@@ -227,8 +227,11 @@ def test_redirect_dns_without_servers_is_disabled_as_in_istio(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     (tmp_path / "resolv.conf").write_text("# no nameserver\n")
-    out = printed(capsys, *OWNERS, "--redirect-dns", "--resolv-conf", str(tmp_path / "resolv.conf"))
+    assert main(["capture", "print", *OWNERS, "--redirect-dns", "--resolv-conf",
+                 str(tmp_path / "resolv.conf")]) == 0  # fmt: skip
+    out, err = capsys.readouterr()
     assert "ISTIO_OUTPUT_DNS" not in out and "* raw" not in out
+    assert "warning: no nameserver in" in err and "DNS is not captured" in err
 
 
 def test_drop_invalid_and_interfaces(capsys: pytest.CaptureFixture[str]) -> None:
@@ -327,6 +330,8 @@ def test_resolv_conf_servers() -> None:
         (["-i", "10.0.0.0/33"], "-i: '10.0.0.0/33' is not an address range"),
         (["-x", "*"], "-x: '*' is not allowed here"),
         (["--redirect-dns=maybe"], "--redirect-dns: must be true or false"),
+        (["-c", "eth0 -j ACCEPT"], "-c: 'eth0 -j ACCEPT' is not a valid name"),
+        (["-u", "1\n-A INPUT -j DROP"], "-u: '1\\n-A INPUT -j DROP' is not a valid name"),
     ],
 )
 def test_bad_flags_are_one_line_errors(
