@@ -114,6 +114,19 @@ def options_from_args(args: argparse.Namespace) -> CaptureOptions:
     return options.validated()
 
 
+def _options(args: argparse.Namespace) -> CaptureOptions:
+    """The options; `remove` goes on without an unreadable cluster.env (ExecStop after the
+    file was deleted must still remove every ISTIO_* chain and jump)."""
+    try:
+        return options_from_args(args)
+    except (ConfigError, OSError) as exc:
+        if args.capture_command != "remove" or args.cluster_env is None:
+            raise
+        where = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
+        print(f"meshagent capture: warning: {where}; removing without it", file=sys.stderr)
+        return options_from_args(argparse.Namespace(**{**vars(args), "cluster_env": None}))
+
+
 def _default_owners(options: CaptureOptions) -> CaptureOptions:
     """Istio's rule: no -u means the proxy user's uid; no -g means the same list as -u."""
     uid = options.proxy_uid
@@ -140,7 +153,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run `meshagent capture ...`; one-line errors, exit 1 for a failed tool, 2 bad input."""
     out = out or sys.stdout
     try:
-        options = options_from_args(args)
+        options = _options(args)
         ruleset = build(options)
         if args.capture_command == "print" or args.dry_run:
             if args.capture_command == "remove":

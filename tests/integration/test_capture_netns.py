@@ -193,13 +193,16 @@ def test_iptables_apply_twice_is_a_no_op_and_remove_leaves_no_trace(
     assert "ISTIO" not in "".join(_state(hosts))
 
 
-def test_remove_without_flags_still_removes_every_istio_chain_and_jump(hosts: Hosts) -> None:
+def test_remove_without_flags_or_cluster_env_still_removes_every_istio_chain_and_jump(
+    hosts: Hosts,
+) -> None:
     _someone_elses_rules(hosts)
     pristine = hosts.save(hosts.a, 4)
     flags = ["-u", EXCLUDED_UID, "-b", "*", "-i", "*", "--redirect-dns", "--capture-all-dns"]
     assert hosts.capture(hosts.a, "apply", *flags).returncode == 0
     assert "ISTIO" in hosts.save(hosts.a, 4)
-    assert hosts.capture(hosts.a, "remove").returncode == 0
+    gone = hosts.capture(hosts.a, "remove", "--cluster-env", "/nonexistent/cluster.env")
+    assert gone.returncode == 0 and "warning: /nonexistent/cluster.env" in gone.stderr
     assert hosts.save(hosts.a, 4) == pristine
 
 
