@@ -12,11 +12,20 @@ import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from meshagent.capture import iptables, nft
 from meshagent.capture.options import TPROXY, CaptureOptions
-from meshagent.capture.rules import BUILTIN_CHAINS, V4, V6, Rule, Ruleset, chains, tables
+from meshagent.capture.rules import (
+    BUILTIN_CHAINS,
+    V4,
+    V6,
+    Rule,
+    Ruleset,
+    build,
+    chains,
+    tables,
+)
 from meshagent.errors import MeshAgentError
 
 PACKAGE = {"iptables": "iptables", "ip6tables": "iptables", "nft": "nftables", "ip": "iproute2"}
@@ -172,13 +181,25 @@ def apply_iptables(runner: Runner, ruleset: Ruleset, options: CaptureOptions) ->
 
 
 def remove_iptables(runner: Runner, ruleset: Ruleset, options: CaptureOptions) -> dict[int, str]:
-    """Delete every ISTIO_* chain and jump, and the built-in-chain rules these options add;
-    also the nft backend's tables, if any."""
-    result = {V4: _sync_family(runner, V4, (), ruleset.v4)}
-    result[V6] = _sync_family(runner, V6, (), ruleset.v6, optional=not options.dual_stack)
+    """Delete every ISTIO_* chain and jump, and the built-in-chain rules these options add
+    (also in TPROXY mode and for IPv6, in case apply had those); the nft backend's tables."""
+    del ruleset  # removal looks for more than these options' rules
+    owned = removal_rules(options)
+    result = {V4: _sync_family(runner, V4, (), owned.v4)}
+    result[V6] = _sync_family(runner, V6, (), owned.v6, optional=not options.dual_stack)
     _drop_nft_tables(runner)
     _routes(runner, options, install=False)
     return result
+
+
+def removal_rules(options: CaptureOptions) -> Ruleset:
+    """The rules whose built-in-chain parts `remove` looks for: these options' own, and the
+    same with TPROXY, inbound capture and both families, whichever apply had used."""
+    variant = replace(
+        options, mode=TPROXY, inbound_ports=options.inbound_ports or "*", dual_stack=True
+    )
+    own, wide = build(replace(options, dual_stack=True)), build(variant)
+    return Ruleset(own.v4 + wide.v4, own.v6 + wide.v6)
 
 
 def apply_nft(runner: Runner, ruleset: Ruleset, options: CaptureOptions) -> str:
@@ -216,10 +237,11 @@ def _drop_iptables_chains(runner: Runner) -> None:
 
 def _routes(runner: Runner, options: CaptureOptions, *, install: bool) -> None:
     """TPROXY: packets marked by ISTIO_DIVERT are delivered locally via their own route
-    table (Istio's ConfigureRoutes); dual stack: ::6 on lo, the inbound passthrough source."""
-    families = ["-4", "-6"] if options.dual_stack else ["-4"]
-    if options.mode == TPROXY:
-        mark, table = options.tproxy_mark, options.tproxy_route_table
+    table (Istio's ConfigureRoutes); dual stack: ::6 on lo, the inbound passthrough source.
+    Removal undoes both whatever the mode."""
+    families = ["-4", "-6"] if options.dual_stack or not install else ["-4"]
+    mark, table = options.tproxy_mark, options.tproxy_route_table
+    if options.mode == TPROXY or not install:
         for fam in families:
             rule = ("rule", "del", "fwmark", mark, "lookup", table)
             while runner.ok("ip", fam, *rule):
@@ -229,8 +251,8 @@ def _routes(runner: Runner, options: CaptureOptions, *, install: bool) -> None:
                 runner.run("ip", fam, "rule", "add", "fwmark", mark, "lookup", table)
                 runner.run("ip", fam, "route", "add", "local", "default", "dev", "lo",
                            "table", table)  # fmt: skip
-    if options.dual_stack:
-        present = "::6/128" in runner.run("ip", "-6", "addr", "show", "dev", "lo")
+    if options.dual_stack or not install:
+        present = "::6/128" in (runner.probe("ip", "-6", "addr", "show", "dev", "lo") or "")
         if install and not present:
             runner.run("ip", "-6", "addr", "add", "::6/128", "dev", "lo")
         elif present and not install:

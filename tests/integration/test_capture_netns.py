@@ -197,13 +197,14 @@ def test_remove_without_flags_or_cluster_env_still_removes_every_istio_chain_and
     hosts: Hosts,
 ) -> None:
     _someone_elses_rules(hosts)
-    pristine = hosts.save(hosts.a, 4)
-    flags = ["-u", EXCLUDED_UID, "-b", "*", "-i", "*", "--redirect-dns", "--capture-all-dns"]
+    pristine = _state(hosts)
+    flags = ["-b", "*", "-i", "*", "--redirect-dns", "--capture-all-dns", "-m", "TPROXY",
+             "--dual-stack"]  # fmt: skip
     assert hosts.capture(hosts.a, "apply", *flags).returncode == 0
-    assert "ISTIO" in hosts.save(hosts.a, 4)
+    assert "ISTIO" in hosts.save(hosts.a, 4) and "CONNMARK" in hosts.save(hosts.a, 6)
     gone = hosts.capture(hosts.a, "remove", "--cluster-env", "/nonexistent/cluster.env")
     assert gone.returncode == 0 and "warning: /nonexistent/cluster.env" in gone.stderr
-    assert hosts.save(hosts.a, 4) == pristine
+    assert _state(hosts) == pristine
 
 
 def test_nft_apply_twice_is_a_no_op_and_remove_leaves_no_trace(hosts: Hosts) -> None:
