@@ -31,6 +31,11 @@ from meshagent.capture.rules import build
 from meshagent.errors import ConfigError
 
 PROXY_USERS = ("meshagent-envoy", "meshagent")
+REMOVE_NOTE = (
+    "# remove: one iptables-restore --noflush per family that deletes every jump to an ISTIO_*\n"
+    "# chain and every ISTIO_* chain iptables-save shows, and the other built-in-chain rules\n"
+    "# apply adds for these options (found with iptables -C)\n"
+)
 # flag -> (dest, help); every one a string in istio-iptables' comma-list form.
 STRING_FLAGS = {
     ("-p", "--envoy-port"): ("proxy_port", "Envoy's outbound capture port (default 15001)"),
@@ -77,6 +82,13 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=dest, nargs="?", const="true", default=None,
                             metavar="BOOL", help=text)  # fmt: skip
     parser.add_argument("-n", "--dry-run", action="store_true", help="print, change nothing")
+    # istio-iptables' own spellings, accepted so its command lines work unchanged.
+    parser.add_argument("--native-nftables", nargs="?", const="true", default=None,
+                        metavar="BOOL", help="same as --backend nft")  # fmt: skip
+    parser.add_argument("--cleanup-only", nargs="?", const="true", default=None,
+                        metavar="BOOL", help="same as `capture remove`")  # fmt: skip
+    parser.add_argument("--reconcile", nargs="?", const="true", default=None, metavar="BOOL",
+                        help="accepted: apply always replaces the previous rules")  # fmt: skip
     parser.add_argument("--cluster-env", type=Path, metavar="FILE",
                         help="read the ISTIO_* variables of a VM's cluster.env")  # fmt: skip
     parser.add_argument("--backend", choices=("iptables", "nft"), default="iptables")
@@ -112,6 +124,16 @@ def options_from_args(args: argparse.Namespace) -> CaptureOptions:
                 file=sys.stderr,
             )
     return options.validated()
+
+
+def _compat(args: argparse.Namespace) -> None:
+    """Map istio-iptables' --native-nftables and --cleanup-only onto ours."""
+    if args.native_nftables is not None and parse_bool(args.native_nftables, "--native-nftables"):
+        args.backend = "nft"
+    if args.cleanup_only is not None and parse_bool(args.cleanup_only, "--cleanup-only"):
+        args.capture_command = "remove"
+    if args.reconcile is not None:
+        parse_bool(args.reconcile, "--reconcile")
 
 
 def _options(args: argparse.Namespace) -> CaptureOptions:
@@ -153,11 +175,12 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run `meshagent capture ...`; one-line errors, exit 1 for a failed tool, 2 bad input."""
     out = out or sys.stdout
     try:
+        _compat(args)
         options = _options(args)
         ruleset = build(options)
         if args.capture_command == "print" or args.dry_run:
             if args.capture_command == "remove":
-                out.write(nft.remove_script() if args.backend == "nft" else "")
+                out.write(nft.remove_script() if args.backend == "nft" else REMOVE_NOTE)
             elif args.backend == "nft":
                 out.write(nft.render(ruleset))
             else:

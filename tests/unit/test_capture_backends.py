@@ -122,3 +122,11 @@ def test_dry_run_apply_prints_and_changes_nothing(capsys: pytest.CaptureFixture[
     assert capsys.readouterr().out.startswith("# iptables-restore --noflush\n* nat\n")
     assert main(["capture", "apply", "-n", "--backend", "nft", "-u", "1", "-g", "1"]) == 0
     assert "add rule ip meshagent-nat output jump ISTIO_OUTPUT" in capsys.readouterr().out
+
+
+def test_istio_iptables_compat_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["capture", "print", "--native-nftables", "-u", "1", "-g", "1"]) == 0
+    assert capsys.readouterr().out.startswith("add table ip meshagent-mangle\n")
+    assert main(["capture", "apply", "-n", "--cleanup-only", "--native-nftables=true"]) == 0
+    assert capsys.readouterr().out == nft.remove_script()
+    assert main(["capture", "print", "--reconcile=maybe"]) == 2
