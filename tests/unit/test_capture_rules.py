@@ -367,3 +367,25 @@ def _opts(**changes: str) -> CaptureOptions:
     from dataclasses import replace
 
     return replace(CaptureOptions(), **changes).validated()  # type: ignore[arg-type]
+
+
+def test_vm_configure_names_the_capture_command(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    group = tmp_path / "wg.yaml"
+    group.write_text(
+        "kind: WorkloadGroup\nmetadata: {name: ratings, namespace: vm}\n"
+        "spec: {template: {ports: {http: 9080}, serviceAccount: ratings}}\n"
+    )
+    (tmp_path / "mesh.yaml").write_text("trustDomain: cluster.local\n")
+    (tmp_path / "root.pem").write_text("x")
+    (tmp_path / "token").write_text("")
+    out_dir = tmp_path / "out"
+    assert main(["vm", "configure", "-f", str(group), "-o", str(out_dir), "--mesh-config",
+                 str(tmp_path / "mesh.yaml"), "--root-cert", str(tmp_path / "root.pem"),
+                 "--token-file", str(tmp_path / "token")]) == 0  # fmt: skip
+    hint = capsys.readouterr().out.splitlines()[-1]
+    assert hint == f"traffic capture: meshagent capture apply --cluster-env {out_dir}/cluster.env"
+    argv = hint.split(": ", 1)[1].split()[1:]
+    assert main([*argv, "-n", "-u", "1", "-g", "1", "--capture-all-dns"]) == 0
+    assert "--dport 9080 -j ISTIO_IN_REDIRECT" in capsys.readouterr().out
