@@ -38,9 +38,12 @@ import selectors, socket, struct, sys
 sel = selectors.DefaultSelector()
 for spec in sys.argv[1:]:
     proto, addr, port, label = spec.split(",")
-    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
     sock = socket.socket(socket.AF_INET, kind)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if proto == "tproxy":  # IP_TRANSPARENT: accepts what TPROXY hands it
+        sock.setsockopt(socket.SOL_IP, 19, 1)
+        proto = "tcp"
     sock.bind((addr, int(port)))
     if proto == "tcp":
         sock.listen(16)
@@ -64,12 +67,14 @@ while True:
 """
 CLIENT = r"""
 import os, socket, sys
-proto, host, port, uid = sys.argv[1:5]
+proto, host, port, uid, source = sys.argv[1:6]
 if uid:
     os.setgroups([]); os.setgid(int(uid)); os.setuid(int(uid))
 kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
 with socket.socket(socket.AF_INET, kind) as sock:
     sock.settimeout(5)
+    if source:
+        sock.bind((source, 0))
     if proto == "tcp":
         sock.connect((host, int(port)))
         print(sock.recv(200).decode())
@@ -113,8 +118,10 @@ class Hosts:
         ready, _, _ = select.select([proc.stdout], [], [], 15)
         assert ready and proc.stdout.readline().strip() == "ready", specs
 
-    def ask(self, ns: str, host: str, port: int, *, proto: str = "tcp", uid: str = "") -> str:
-        out = self.sh(ns, sys.executable, "-c", CLIENT, proto, host, str(port), uid)
+    def ask(
+        self, ns: str, host: str, port: int, *, proto: str = "tcp", uid: str = "", source: str = ""
+    ) -> str:
+        out = self.sh(ns, sys.executable, "-c", CLIENT, proto, host, str(port), uid, source)
         return out.strip()
 
 
@@ -272,9 +279,34 @@ def test_capture_redirects_real_traffic_but_not_the_proxy_ssh_or_agent_ports(
     assert hosts.ask(hosts.b, A_IP, 15020) == f"agent {A_IP}:15020"
     assert hosts.ask(hosts.a, B_IP, 53, proto="udp") == "mesh-dns"
     assert hosts.ask(hosts.a, B_IP, 53, proto="udp", uid=EXCLUDED_UID) == "direct-dns"
+    # The proxy calling this host's app: through inbound (app -> VIP -> outbound -> inbound),
+    # except from 127.0.0.6, the inbound passthrough's source, which goes to the app itself.
+    assert hosts.ask(hosts.a, A_IP, 8000, uid=EXCLUDED_UID) == f"inbound {A_IP}:8000"
+    passthrough = hosts.ask(hosts.a, A_IP, 8000, uid=EXCLUDED_UID, source="127.0.0.6")
+    assert passthrough == f"app {A_IP}:8000"
 
     removed = hosts.capture(hosts.a, "remove", *flags)
     assert removed.returncode == 0, removed.stderr
     assert hosts.ask(hosts.a, B_IP, 8080) == f"direct {B_IP}:8080"
     assert hosts.ask(hosts.b, A_IP, 8000) == f"app {A_IP}:8000"
     assert hosts.ask(hosts.a, B_IP, 53, proto="udp") == "direct-dns"
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nft"])
+def test_tproxy_mode_hands_inbound_connections_to_a_transparent_listener(
+    hosts: Hosts, backend: str
+) -> None:
+    hosts.serve(hosts.a, "tproxy,0.0.0.0,15006,inbound", "tcp,0.0.0.0,22,ssh",
+                "tcp,0.0.0.0,8000,app")  # fmt: skip
+    flags = ["--backend", backend, "-m", "TPROXY", "-b", "*", "-u", EXCLUDED_UID]
+    applied = hosts.capture(hosts.a, "apply", *flags)
+    assert applied.returncode == 0, applied.stderr
+
+    # The listener sees the original destination as its own address (no NAT).
+    assert hosts.ask(hosts.b, A_IP, 8000) == f"inbound {A_IP}:8000"
+    assert hosts.ask(hosts.b, A_IP, 22) == f"ssh {A_IP}:22"
+    passthrough = hosts.ask(hosts.a, A_IP, 8000, uid=EXCLUDED_UID, source="127.0.0.6")
+    assert passthrough == f"app {A_IP}:8000"
+
+    assert hosts.capture(hosts.a, "remove", *flags).returncode == 0
+    assert hosts.ask(hosts.b, A_IP, 8000) == f"app {A_IP}:8000"
