@@ -39,7 +39,8 @@ class CaptureError(MeshAgentError):
 
 @dataclass
 class Runner:
-    """Runs the tools (the tests give it `prefix` = ["ip", "netns", "exec", NAME])."""
+    """Runs the tools; `prefix` (say `ip netns exec NAME`) runs them elsewhere; `log` keeps
+    every command line run."""
 
     prefix: Sequence[str] = ()
     log: list[list[str]] = field(default_factory=list)
