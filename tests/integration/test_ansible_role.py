@@ -212,3 +212,27 @@ def test_role_refuses_an_unpinned_install(tmp_path: Path, wheel: Path) -> None:
     fatal = failed_task(playbook(tmp_path, wheel, meshagent_wheel="", meshagent_version=""))
     assert "Set meshagent_wheel" in fatal
     assert not (tmp_path / "root/opt/meshagent/venv").exists()
+
+
+def test_capture_switch_installs_the_unit_and_cluster_env_then_removes_them(
+    tmp_path: Path, wheel: Path
+) -> None:
+    on = recap(playbook(tmp_path, wheel, "-e", '{"meshagent_capture": true}'))
+    assert on["failed"] == 0
+    root = tmp_path / "root"
+    unit = root / "etc/systemd/system/meshagent-capture.service"
+    assert (
+        unit.read_text().split("\n", 1)[1]
+        == (REPO / "systemd/meshagent-capture.service").read_text()
+    )
+    cluster_env = root / "etc/meshagent/cluster.env"
+    from meshagent.agent.cli import main
+
+    # The rendered cluster.env drives capture: every port in, SSH and the agent's ports out.
+    assert main(["capture", "print", "-u", "1", "-g", "1", "--capture-all-dns",
+                 "--cluster-env", str(cluster_env)]) == 0  # fmt: skip
+    again = recap(playbook(tmp_path, wheel, "-e", '{"meshagent_capture": true}'))
+    assert again["changed"] == 0
+
+    off = recap(playbook(tmp_path, wheel))
+    assert off["failed"] == 0 and not unit.exists()
