@@ -105,6 +105,7 @@ class FilesAdapter:
         self._view: dict[Key, RawResource] = {}
         self._racy: set[Path] = set()
         self._reported_duplicates: set[tuple[Key, Path]] = set()
+        self._errored: set[Path] = set()  # files whose last read had an error
         self._stop = asyncio.Event()
 
     @property
@@ -137,7 +138,7 @@ class FilesAdapter:
             if settled is None:
                 return
             event = await asyncio.to_thread(self._process, settled)
-            if event.upserts or event.deletes or event.errors:
+            if event.upserts or event.deletes or event.errors or event.fixed:
                 yield event
 
     async def _sleep(self, seconds: float) -> bool:
@@ -192,18 +193,38 @@ class FilesAdapter:
     def _process(self, sigs: dict[Path, Sig]) -> SourceEvent:
         """Reload what changed and diff the whole view against the last one emitted."""
         errors: list[Diagnostic] = []
+        fixed: list[str] = []
         for path in [p for p in self._files if p not in sigs]:
             del self._files[path]
             self._racy.discard(path)
+            if path in self._errored:
+                self._errored.discard(path)
+                fixed.append(str(path))
         for path, sig in sigs.items():
             state = self._files.get(path)
             if state is None or state.sig != sig or path in self._racy:
-                errors.extend(self._reload(path, sig, state))
+                problems = self._reload(path, sig, state)
+                errors.extend(problems)
+                if self._now_clean(path, state, problems):
+                    fixed.append(str(path))
         view, duplicates = self._merged_view()
         upserts = tuple(r for k, r in view.items() if self._view.get(k) != r)
         deletes = tuple(k for k in self._view if k not in view)
         self._view = view
-        return SourceEvent(SOURCE, upserts, deletes, True, (*errors, *duplicates))
+        return SourceEvent(SOURCE, upserts, deletes, True, (*errors, *duplicates), tuple(fixed))
+
+    def _now_clean(self, path: Path, before: _FileState | None, problems: list[Diagnostic]) -> bool:
+        """Whether path had errors and its new content has none (the agent clears them)."""
+        after = self._files.get(path)
+        if after is None or (before is not None and before.digest == after.digest):
+            return False  # not re-read: what was wrong with it still is
+        if any(d.severity == "error" for d in problems):
+            self._errored.add(path)
+            return False
+        if path not in self._errored:
+            return False
+        self._errored.discard(path)
+        return True
 
     def _reload(self, path: Path, sig: Sig, state: _FileState | None) -> list[Diagnostic]:
         try:

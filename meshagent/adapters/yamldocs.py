@@ -212,3 +212,38 @@ def load_file(
     except (OSError, UnicodeDecodeError) as exc:
         return [], [_error(str(path), 1, source, f"cannot read file: {exc}")]
     return load_documents(text, str(path), source, strip_keys=strip_keys)
+
+
+def load_mapping(text: str, path: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """A config file (one YAML document, a mapping or empty) read by the rules of mesh files
+    (duplicate keys, recursive aliases, dates as strings, keys as strings), and the line of
+    every field; ConfigError located at "path:line" when it cannot be read. Used by the agent
+    config, so that both kinds of file accept and refuse the same YAML."""
+    from meshagent.errors import ConfigError  # the one raising reader here
+
+    nodes: list[Node] = []
+    try:
+        for node in yaml.compose_all(text, Loader=_Loader):
+            if node is not None and not (
+                isinstance(node, ScalarNode) and node.tag.endswith(":null")
+            ):
+                nodes.append(node)
+    except yaml.YAMLError as exc:
+        d = _syntax_error(exc, path, "config")
+        raise ConfigError(d.reason, location=d.location) from None
+    if not nodes:
+        return {}, {}
+    if len(nodes) > 1:
+        where = f"{path}:{nodes[1].start_mark.line + 1}"
+        raise ConfigError("must be one YAML document (found a second one)", location=where)
+    node, builder = nodes[0], _Builder()
+    if not isinstance(node, MappingNode):
+        raise ConfigError("the config must be a mapping", location=f"{path}:1")
+    try:
+        with paused_gc():
+            data: dict[str, Any] = builder.build(node, "")
+    except _DocumentError as exc:
+        raise ConfigError(exc.reason, location=f"{path}:{exc.line}") from None
+    except RecursionError:
+        raise ConfigError("document is nested too deeply", location=f"{path}:1") from None
+    return data, {"": 1, **builder.lines}

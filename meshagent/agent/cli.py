@@ -15,7 +15,7 @@ from typing import TextIO
 
 from meshagent import __version__
 from meshagent.errors import ConfigError, MeshAgentError
-from meshagent.model.source import Diagnostic
+from meshagent.model.source import Diagnostic, RawResource, SourceEvent
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     from meshagent.onboard.vm_cli import add_parsers as add_vm_parsers
 
     add_vm_parsers(sub)  # vm configure
+    from meshagent.capture.cli import add_parsers as add_capture_parsers
+
+    add_capture_parsers(sub)  # capture apply|remove|print
     return parser
 
 
@@ -97,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return vm_cli.run(args)
         if args.command == "dev":
             return _dev(args)
+        if args.command == "capture":
+            from meshagent.capture import cli as capture_cli
+
+            return capture_cli.run(args)
         return _validate(args, sys.stdout)
     except MeshAgentError as exc:
         print(f"meshagent: {exc}", file=sys.stderr)
@@ -181,16 +188,35 @@ def validate_paths(
     if missing:
         raise ConfigError("no such file or directory", location=str(missing[0]))
     diagnostics: list[Diagnostic] = []
+    loaded: list[RawResource] = []
     for path in find_config_files(paths):
         resources, problems = load_file(path)
         diagnostics.extend(problems)
+        loaded.extend(resources)
         for raw in resources:
             diagnostics.extend(
                 validate_resource(
                     raw, domain_suffix=domain_suffix, default_namespace=default_namespace
                 )
             )
-    return diagnostics
+    return diagnostics + reference_warnings(
+        loaded, domain_suffix=domain_suffix, default_namespace=default_namespace
+    )
+
+
+def reference_warnings(
+    resources: Sequence[RawResource], *, domain_suffix: str, default_namespace: str
+) -> list[Diagnostic]:
+    """Routes and rules among resources that reference hosts or subsets none of them declare
+    (normalize/references.py), as the agent would report them."""
+    from meshagent.normalize.normalizer import Normalizer
+
+    normalizer = Normalizer(domain_suffix=domain_suffix, default_namespace=default_namespace)
+    by_source: dict[str, list[RawResource]] = {}
+    for raw in resources:
+        by_source.setdefault(raw.source, []).append(raw)
+    normalizer.apply(SourceEvent(s, upserts=tuple(rs)) for s, rs in by_source.items())
+    return normalizer.references()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
-from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -23,10 +22,13 @@ from meshagent.adapters.files import FilesAdapter
 from meshagent.agent.admin import AdminServer, standard_pages
 from meshagent.agent.config import AgentConfig, load_config
 from meshagent.agent.convergence import ConvergenceObserver, ConvergenceTracker
+from meshagent.agent.diagnostics import DiagnosticTable
 from meshagent.agent.envoy import EnvoySupervisor, bootstrap_for
+from meshagent.agent.instancelock import InstanceLock
 from meshagent.agent.logs import configure_logging
 from meshagent.agent.metrics import AgentMetrics
 from meshagent.agent.opspages import install_ops_pages
+from meshagent.agent.publishing import CONSISTENCY_SOURCE, NACK_SOURCE, NackExplainer
 from meshagent.agent.sdnotify import SystemdNotifier
 from meshagent.errors import MeshAgentError
 from meshagent.gcpause import paused_gc
@@ -35,6 +37,7 @@ from meshagent.model.proxy import ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
 from meshagent.model.source import Diagnostic, SourceEvent
 from meshagent.xds.cache import SnapshotCache
+from meshagent.xds.consistency import ConsistencyChecker, Inconsistency
 from meshagent.xds.resources import ResourceSet
 from meshagent.xds.typeurls import SHORT_NAMES
 
@@ -42,8 +45,8 @@ log = structlog.get_logger("meshagent.agent")
 
 Key = tuple[str, str, str, str]
 _T = TypeVar("_T")
-MAX_KEPT_DIAGNOSTICS = 1000
 SOURCE_RETRY_MAX_S = 30.0
+AGENT_CONFIG = "agent-config"  # the source of a refused reload's diagnostic
 
 
 def build_adapters(config: AgentConfig) -> list[Adapter]:
@@ -127,6 +130,9 @@ class Agent:
         self.config = config
         self.metrics = metrics or AgentMetrics()
         self.cache = SnapshotCache()
+        self.consistency = ConsistencyChecker()
+        self._inconsistent: tuple[Inconsistency, ...] = ()  # why the last set was not published
+        self._nacks = NackExplainer()
         self.normalizer = normalizer or _default_normalizer(config)
         self.translator = translator or _default_translator()
         self.admin: AdminServer | None = None
@@ -141,7 +147,7 @@ class Agent:
         self._generation = 0
         self._snapshot: Any = None
         self._published = False
-        self._diagnostics: deque[Diagnostic] = deque(maxlen=MAX_KEPT_DIAGNOSTICS)
+        self.diagnostics = DiagnosticTable()  # current problems, not a history
         self._custom_problems: set[tuple[str, str]] = set()  # (workload, reason), logged once
         self._custom_checked: tuple[object, ...] = ()  # what _custom_problems was found from
         self._processor: asyncio.Task[None] | None = None
@@ -158,19 +164,36 @@ class Agent:
         self.convergence = ConvergenceTracker(
             self.metrics, lambda: self.cache.status(self._proxy.node_id)
         )
+        self._lock = InstanceLock(config.state_dir)  # one agent per state dir
 
     # --- lifecycle ----------------------------------------------------------------------
+
+    def claim(self) -> None:
+        """Lock the state dir and check the xDS socket is not another live agent's; a
+        ConfigError (one line, nothing started) when another agent runs there."""
+        from meshagent.xds.server import remove_stale_socket
+
+        self._lock.acquire()
+        try:
+            remove_stale_socket(str(self.config.xds.uds))
+        except BaseException:
+            self._lock.release()
+            raise
 
     async def start(self) -> None:
         """Start admin, ADS, the sources and (when managed) Envoy."""
         from meshagent.xds.server import AdsServer
 
         cfg = self.config
-        self.admin = AdminServer(cfg.admin.address, cfg.admin.port, self._pages())
+        self.claim()
+        self.admin = AdminServer(
+            cfg.admin.address, cfg.admin.port, self._pages(), socket_path=cfg.admin.socket
+        )
         install_ops_pages(self.admin, self)
         await self.admin.start()
         cfg.xds.uds.parent.mkdir(parents=True, exist_ok=True)
-        self._ads = AdsServer(self.cache, ConvergenceObserver(self.metrics, self.convergence))
+        observer = ConvergenceObserver(self.metrics, self.convergence, self._nacked)
+        self._ads = AdsServer(self.cache, observer)
         tcp = f"{cfg.xds.tcp[0]}:{cfg.xds.tcp[1]}" if cfg.xds.tcp else None
         await self._ads.start(uds_path=str(cfg.xds.uds), tcp_address=tcp)
         if cfg.ca is not None:  # before the first publish, so that it carries the certificates
@@ -230,6 +253,7 @@ class Agent:
         if self.admin is not None:
             await self.admin.stop()
             self.admin = None
+        self._lock.release()
         log.info("agent_stopped")
 
     def _start_consul_registration(self) -> None:
@@ -260,6 +284,7 @@ class Agent:
     async def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT (SIGHUP reloads), stop; the exit code."""
         loop = asyncio.get_running_loop()
+        self.claim()  # before the try: a refusal starts (and stops) nothing
         try:
             await self.start()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -332,7 +357,10 @@ class Agent:
             source.seen_first = True
             listed = {r.key for r in event.upserts}
             stale = tuple(k for k in sorted(known - listed) if k not in event.deletes)
-            event = dataclasses.replace(event, deletes=(*event.deletes, *stale))
+            reread = self.diagnostics.locations(event.source)  # file errors it repeats stay
+            event = dataclasses.replace(
+                event, deletes=(*event.deletes, *stale), fixed=(*event.fixed, *reread)
+            )
         known.difference_update(event.deletes)
         known.update(r.key for r in event.upserts)
         if event.synced and not source.synced:
@@ -354,13 +382,16 @@ class Agent:
             log.exception("normalize_failed_bug", sources=sorted({e.source for e in events}))
             return
         self._snapshot = snapshot
-        self._report(diagnostics)
+        self._report(diagnostics, events)
         await self._publish()
 
-    def _report(self, diagnostics: Sequence[Diagnostic]) -> None:
+    def _report(
+        self, diagnostics: Sequence[Diagnostic], events: Sequence[SourceEvent] = ()
+    ) -> None:
         self.metrics.count_diagnostics(diagnostics)
+        self.diagnostics.update(events, diagnostics)
+        self.metrics.set_invalid(self.diagnostics.invalid_subjects())
         for d in diagnostics:
-            self._diagnostics.append(d)
             emit = log.error if d.severity == "error" else log.warning
             emit(
                 "config_" + d.severity,
@@ -390,8 +421,9 @@ class Agent:
                 self.metrics.translate_failures.inc()
                 log.exception("translate_failed_bug", proxy=proxy.node_id)
                 return  # the previous ResourceSet keeps serving
-            self._serve(resources)
-            await self._follow_dns(snapshot)
+            if await self._consistent(resources):  # else the last consistent set keeps serving
+                self._serve(resources)
+                await self._follow_dns(snapshot)
 
     async def _follow_dns(self, snapshot: Any) -> None:
         """The DNS proxy answers what Envoy was just given (after the xDS hand-off, so that a
@@ -405,6 +437,7 @@ class Agent:
         version = self.cache.set(self._proxy.node_id, resources)
         self.convergence.published(pushes=version != previous)
         self._published = True
+        self.diagnostics.forget_source(NACK_SOURCE)  # a new set: Envoy judges it anew
         self._warn_unservable_custom_policies()
         self.metrics.snapshot_version.set(getattr(self._snapshot, "version", 0))
         counts = {t: len(resources.of(t)) for t in SHORT_NAMES}
@@ -415,6 +448,45 @@ class Agent:
             version=version,
             **{SHORT_NAMES[t]: n for t, n in counts.items()},
         )
+
+    async def _consistent(self, resources: ResourceSet) -> bool:
+        """Check resources before publishing (in a worker thread, as translation); report
+        each new set of problems once. A bug in the check does not hold configuration back."""
+        from meshagent.agent.publishing import inconsistency_diagnostics
+
+        try:
+            found = tuple(await asyncio.to_thread(self.consistency.check, resources))
+        except Exception:
+            log.exception("consistency_check_failed_bug", proxy=self._proxy.node_id)
+            return True
+        if found:
+            self.convergence.published(pushes=False)
+        if found != self._inconsistent:
+            self.diagnostics.forget_source(CONSISTENCY_SOURCE)
+        if found and found != self._inconsistent:
+            self._report(inconsistency_diagnostics(found, self.snapshot, self._proxy))
+        self._inconsistent = found
+        return not found
+
+    def _nacked(self, node: str, type_url: str, version: str, error: str) -> None:
+        """Envoy rejected a response: report it as an error naming the files responsible."""
+        if node != self._proxy.node_id:
+            return
+        args = (type_url, version, error, self.served_resources(), self.snapshot, self._proxy)
+        try:  # called from the ADS stream: a bug here must not end it
+            self._report([self._nacks.diagnostic(*args)])
+        except Exception:
+            log.exception("nack_attribution_failed_bug", proxy=node, type_url=type_url)
+
+    def _blame(self, type_url: str, version: str, error: str) -> str:
+        """ " (from <files>)" for a NACK, or "" when its resources are not known."""
+        args = (type_url, version, error, self.served_resources(), self.snapshot, self._proxy)
+        try:
+            origins = self._nacks.explain(*args)[1]
+        except Exception:  # readiness must answer whatever attribution does
+            log.exception("nack_attribution_failed_bug", type_url=type_url)
+            return ""
+        return f" (from {'; '.join(origins)})" if origins else ""
 
     def _warn_unservable_custom_policies(self) -> None:
         """Log once when CUSTOM AuthorizationPolicies make a workload deny everything (their
@@ -452,7 +524,8 @@ class Agent:
     async def reload(self) -> None:
         """SIGHUP: re-read the config file and apply what can change without a restart.
 
-        Live: log level and format, sources (restarted with the new settings), outbound ports.
+        Live: log level and format, sources (restarted with the new settings), outbound ports,
+        capture and outbound_traffic_policy.
         Everything else is logged as needing a restart.
         """
         async with self._reload_lock:
@@ -470,12 +543,20 @@ class Agent:
         try:
             new = await asyncio.to_thread(load_config, path)
         except MeshAgentError as exc:
+            self.metrics.config_reload_failures.inc()
             log.error("config_reload_failed", path=str(path), error=str(exc))
+            self._agent_config_problem(exc, path)
             return
+        self._agent_config_problem(None, path)
         if new.log != old.log:
             configure_logging(new.log.level, new.log.format)
         self.config = dataclasses.replace(
-            old, log=new.log, sources=new.sources, outbound=new.outbound
+            old,
+            log=new.log,
+            sources=new.sources,
+            outbound=new.outbound,
+            capture=new.capture,
+            outbound_traffic_policy=new.outbound_traffic_policy,
         )
         if new.sources != old.sources:
             for adapter in self._adapter_factory(self.config):
@@ -492,6 +573,18 @@ class Agent:
         if fixed:
             log.warning("config_change_needs_restart", fields=fixed)
         log.info("config_reloaded", path=str(path))
+
+    def _agent_config_problem(self, exc: MeshAgentError | None, path: Any) -> None:
+        """Show a refused reload among the current problems until a reload succeeds."""
+        if exc is None:
+            self.diagnostics.update([SourceEvent(AGENT_CONFIG)], ())
+        else:
+            where = getattr(exc, "location", "") or str(path)
+            field, reason = getattr(exc, "field", ""), getattr(exc, "reason", str(exc))
+            d = Diagnostic("error", AGENT_CONFIG, where, "", "", field, f"reload refused: {reason}")
+            earlier = self.diagnostics.locations(AGENT_CONFIG)  # replaced; first seen kept
+            self.diagnostics.update([SourceEvent(AGENT_CONFIG, errors=(d,), fixed=earlier)], (d,))
+        self.metrics.set_invalid(self.diagnostics.invalid_subjects())
 
     def _certificates_rotated(self, certificates: tuple[WorkloadCertificate, ...]) -> None:
         """The CA's callback: serve the new certificates (SDS) through a re-translation."""
@@ -536,16 +629,18 @@ class Agent:
         }
 
     def config_errors(self) -> dict[str, Any]:
-        """/debug/config_errors: the most recent diagnostics, oldest first."""
-        return {
-            "diagnostics": [{**dataclasses.asdict(d), "message": str(d)} for d in self._diagnostics]
-        }
+        """/debug/config_errors: the current problems with when each was first seen; a problem
+        goes once its resource is accepted or deleted, or its file is fixed."""
+        return {"diagnostics": self.diagnostics.as_json()}
 
     def ready_reasons(self) -> list[str]:
         """Why the agent is not ready; [] when every source synced and Envoy ACKed all."""
         reasons = [f"source {n} has not synced" for n, s in self._sources.items() if not s.synced]
         if not self._published:
             reasons.append("no configuration published yet")
+        reasons += [f"configuration not published: {p.reason}" for p in self._inconsistent[:5]]
+        if len(self._inconsistent) > 5:
+            reasons.append(f"configuration not published: and {len(self._inconsistent) - 5} more")
         if self.config.dns.enabled and (self.dns is None or not self.dns.ready):
             reasons.append("dns proxy has no name table yet")
         node = self._proxy.node_id
@@ -557,8 +652,10 @@ class Agent:
             if st.last_sent_version is None or st.acked:
                 continue
             if st.last_nack_version == st.last_sent_version:
+                error = st.last_nack_error or ""
+                blame = self._blame(type_url, st.last_sent_version, error)
                 reasons.append(
-                    f"envoy {node} rejected {kind} {st.last_sent_version}: {st.last_nack_error}"
+                    f"envoy {node} rejected {kind} {st.last_sent_version}: {error}{blame}"
                 )
             else:
                 reasons.append(f"envoy {node} has not ACKed {kind} {st.last_sent_version}")

@@ -25,6 +25,7 @@ from meshagent.normalize.convert import Converted, ConvertedServiceEntry, conver
 from meshagent.normalize.convert.services import workload_endpoint
 from meshagent.normalize.kubernetes import KubeJoin, KubeMapping, is_kube_core
 from meshagent.normalize.ownership import Claims, Key
+from meshagent.normalize.references import ReferenceIndex, Unresolved, as_written
 from meshagent.normalize.schema.core import Issue
 from meshagent.normalize.selection import SelectorIndex
 from meshagent.normalize.validate import check_document, diagnostic, display_name, is_supported
@@ -123,6 +124,9 @@ class Normalizer:
         self._workloads: dict[str, Workload] = {}
         self._vips = VipAllocator()  # automatic VIPs of hosts without addresses (vips.py)
         self._snapshot = MeshSnapshot()
+        # References that cannot work, by what identifies them (not their line, which moves).
+        self._unresolved: dict[tuple[str, ...], Unresolved] = {}
+        self._references = ReferenceIndex()
 
     @property
     def snapshot(self) -> MeshSnapshot:
@@ -146,7 +150,39 @@ class Normalizer:
         self._recompute(dirty, diagnostics)
         if dirty.changed:
             self._publish(dirty.changed)
+            diagnostics.extend(self._new_unresolved())
         return self._snapshot, diagnostics
+
+    # -- references that cannot work ---------------------------------------------------
+
+    def references(self) -> list[Diagnostic]:
+        """Warnings for every reference of the current snapshot that cannot work."""
+        return [self._reference_warning(u) for u in self._unresolved.values()]
+
+    def _new_unresolved(self) -> list[Diagnostic]:
+        """Warnings for unresolved references that were not there at the last check (the
+        index re-checks only what names a changed host: nothing, for an endpoint change)."""
+        found: dict[tuple[str, ...], Unresolved] = {
+            (p.source, p.kind, p.namespace, p.name, u.path, u.reason): u
+            for u in self._references.update(self._snapshot)
+            if (p := u.provenance)
+        }
+        new = [u for key, u in found.items() if key not in self._unresolved]
+        self._unresolved = found
+        return [self._reference_warning(u) for u in new]
+
+    def _reference_warning(self, found: Unresolved) -> Diagnostic:
+        prov = found.provenance
+        entry = self._entries.get((prov.source, prov.kind, prov.namespace, prov.name))
+        if entry is None:  # the document named no namespace
+            entry = self._entries.get((prov.source, prov.kind, "", prov.name))
+        if entry is None:
+            name = f"{prov.namespace}/{prov.name}"
+            return Diagnostic(
+                "warning", prov.source, prov.location, prov.kind, name, found.path, found.reason
+            )
+        path = as_written(entry.raw.body, found.path)
+        return diagnostic(entry.raw, Issue("warning", path, found.reason))
 
     # -- accepting and removing resources ------------------------------------------------
 

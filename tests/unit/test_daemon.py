@@ -17,6 +17,7 @@ from meshagent.adapters.base import Adapter
 from meshagent.adapters.files import FilesAdapter
 from meshagent.agent.config import AgentConfig, load_config
 from meshagent.agent.daemon import Agent
+from meshagent.agent.opscli import admin_request
 from meshagent.model.proxy import ProxySpec
 from meshagent.model.source import Diagnostic, Provenance, RawResource, SourceEvent
 from meshagent.xds.resources import ResourceSet
@@ -142,8 +143,10 @@ async def test_events_are_published_and_translator_bug_keeps_last_set(tmp_path: 
         await adapter.events.put(SourceEvent("files", upserts=(raw("b"),), errors=(bad,)))
         await until(lambda: agent.metrics.translate_failures._value.get() == 1, "failure")
         assert agent.cache.get("vm-1")[0] == 1
-        status, text = await asyncio.to_thread(http_get, agent.admin.port, "/debug/config_errors")
-        assert status == 200 and "b.yaml:2" in text
+        status, body = await asyncio.to_thread(
+            admin_request, agent.config.admin.socket, "/debug/config_errors"
+        )
+        assert status == 200 and "b.yaml:2" in body.decode()
 
     await running(agent, body)
 
