@@ -86,7 +86,7 @@ def fallback_cluster(proxy: ProxySpec) -> str:
 
 def service_addresses(service: Service) -> tuple[str, ...]:
     """The addresses (IPs or CIDRs) a client reaches service on, for destination matching."""
-    return service.addresses
+    return service.addresses or service.auto_addresses
 
 
 def _prefix_range(address: str) -> address_pb2.CidrRange | None:
