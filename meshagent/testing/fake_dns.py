@@ -23,10 +23,12 @@ import dns.rrset
 class FakeResolver:
     """records: lower-case name with its final dot -> IPv4 addresses."""
 
-    def __init__(self, records: dict[str, list[str]], *, address: str = "127.0.0.1") -> None:
+    def __init__(
+        self, records: dict[str, list[str]], *, address: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.records = records
         self.address = address
-        self.port = 0
+        self.port = port  # 0: a free port (the same for UDP and TCP)
         self.udp_queries = 0
         self.tcp_queries = 0
         self.names: list[str] = []  # the names asked, in order
@@ -68,16 +70,16 @@ class FakeResolver:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        for attempt in range(20):  # a free port for both UDP and TCP
+        for attempt in range(20 if self.port == 0 else 1):  # a port for both UDP and TCP
             udp, _ = await loop.create_datagram_endpoint(
-                lambda: _Udp(self), local_addr=(self.address, 0)
+                lambda: _Udp(self), local_addr=(self.address, self.port)
             )
             port = udp.get_extra_info("sockname")[1]
             try:
                 self._tcp = await asyncio.start_server(self._serve_tcp, self.address, port)
             except OSError:
                 udp.close()
-                if attempt == 19:
+                if attempt == 19 or self.port != 0:
                     raise
                 continue
             self._udp, self.port = udp, port
@@ -120,3 +122,24 @@ class _Udp(asyncio.DatagramProtocol):
         self.owner.source_ports.add(addr[1])
         if self.transport is not None:
             self.transport.sendto(self.owner.reply(data, False), addr)
+
+
+def main() -> None:
+    """`python -m meshagent.testing.fake_dns ADDRESS PORT NAME=IP...`: serve until killed
+    (prints "ready" once listening)."""
+    import sys
+
+    address, port = sys.argv[1], int(sys.argv[2])
+    records = {n.lower().rstrip(".") + ".": [ip] for n, ip in (a.split("=") for a in sys.argv[3:])}
+
+    async def serve() -> None:
+        resolver = FakeResolver(records, address=address, port=port)
+        await resolver.start()
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
