@@ -202,9 +202,10 @@ class Agent:
             self.ca = CaRuntime(cfg, self.metrics, self._certificates_rotated)
             await self.ca.start()
         if cfg.dns.enabled:  # listening before any source: SERVFAIL until the first table
-            from meshagent.agent.dns_runtime import start_dns
+            from meshagent.agent.dns_runtime import dns_page, start_dns
 
             self.dns = await start_dns(cfg, self.metrics.registry)
+            self.admin.pages["/debug/dns"] = dns_page(self.dns)
         self._processor = asyncio.create_task(self._process_loop(), name="agent-processor")
         for adapter in self._adapter_factory(cfg):
             self._start_source(adapter)

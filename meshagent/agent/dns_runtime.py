@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from meshagent.agent.admin import Response
 from meshagent.agent.config import AgentConfig
 from meshagent.dns.resolvconf import read_resolv_conf
 from meshagent.dns.server import DnsProxy
@@ -94,3 +95,29 @@ class DnsMetrics(Collector):
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=value)
         yield GaugeMetricFamily("meshagent_dns_names", "Names the DNS proxy answers", len(p.table))
+
+
+def dns_page(proxy: DnsProxy) -> Callable[[], Response]:
+    """`/debug/dns` (admin socket): where the proxy listens and forwards, its counters, and
+    every name it answers with its addresses (or the name it is a CNAME of)."""
+
+    def page() -> Response:
+        names = {
+            name: {"a": list(r.v4), "aaaa": list(r.v6), **({"cname": r.cname} if r.cname else {})}
+            for name, r in proxy.table.items()
+        }
+        return Response.json(
+            200,
+            {
+                "listening": f"{proxy.address}:{proxy.port}" if proxy.listening else None,
+                "ready": proxy.ready,
+                "upstreams": [str(s) for s in proxy.upstreams.servers],
+                "search_domains": list(proxy.table.options.search_domains),
+                "queries": proxy.queries,
+                "forwarded": proxy.forwarded,
+                "upstream_failures": proxy.upstream_failures,
+                "names": names,
+            },
+        )
+
+    return page

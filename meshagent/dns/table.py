@@ -160,6 +160,10 @@ class NameTable:
     def __len__(self) -> int:
         return len(self._names)
 
+    def items(self) -> list[tuple[str, Record]]:
+        """Every name and the record it answers, sorted by name (for the debug page)."""
+        return sorted((n, e.best) for n, e in self._names.items() if e.best is not None)
+
     def lookup(self, name: str) -> Record | None:
         """The record of name (lower case, ending with a dot), exact or under a wildcard."""
         entry = self._names.get(name)

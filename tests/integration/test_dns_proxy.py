@@ -6,6 +6,7 @@ Unknown names go to a fake upstream resolver on another loopback port (never the
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -298,6 +299,12 @@ async def test_agent_serves_dns_after_its_first_table_and_readyz_waits(tmp_path:
         assert "meshagent_dns_requests_total 3.0" in metrics
         assert "meshagent_dns_upstream_requests_total 1.0" in metrics
         assert "meshagent_dns_names " in metrics
+        assert agent.admin is not None
+        page = agent.admin.pages["/debug/dns"]()
+        assert page.status == 200
+        shown = json.loads(page.body)
+        assert shown["names"]["hello.demo."] == {"a": ["10.10.0.1"], "aaaa": []}
+        assert shown["ready"] and shown["forwarded"] == 1
     finally:
         await agent.stop()
         await upstream.stop()
