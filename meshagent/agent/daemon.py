@@ -421,15 +421,20 @@ class Agent:
             except Exception:
                 self.metrics.translate_failures.inc()
                 log.exception("translate_failed_bug", proxy=proxy.node_id)
+                await self._follow_dns(snapshot, served=False)
                 return  # the previous ResourceSet keeps serving
-            if await self._consistent(resources):  # else the last consistent set keeps serving
+            served = await self._consistent(resources)
+            if served:  # else the last consistent set keeps serving
                 self._serve(resources)
-                await self._follow_dns(snapshot)
+            await self._follow_dns(snapshot, served=served)
 
-    async def _follow_dns(self, snapshot: Any) -> None:
+    async def _follow_dns(self, snapshot: Any, *, served: bool) -> None:
         """The DNS proxy answers what Envoy was just given (after the xDS hand-off, so that a
-        new VIP's listener chain is on its way when its name first resolves)."""
-        if self.dns is not None and isinstance(snapshot, MeshSnapshot):
+        new VIP's listener chain is on its way when its name first resolves). A snapshot
+        that was not served still gives the first table: without one, no name resolves."""
+        if self.dns is None or not isinstance(snapshot, MeshSnapshot):
+            return
+        if served or not self.dns.table.loaded:
             await self.dns.follow(snapshot)
 
     def _serve(self, resources: ResourceSet) -> None:

@@ -393,3 +393,29 @@ async def test_forwarded_queries_change_source_port_and_id(rig: Rig) -> None:
     assert len(rig.upstream.source_ports) >= 4
     channels = rig.proxy.upstreams._retiring
     assert all(c.closed for c in channels) and len(channels) <= 1  # old sockets are closed
+
+
+async def test_names_resolve_even_when_the_first_translation_fails(tmp_path: Path) -> None:
+    from meshagent.agent.daemon import Agent
+    from tests.polling import async_wait_for
+    from tests.unit.normalize_helpers import raw
+    from tests.unit.test_daemon import FakeTranslator, QueueAdapter
+
+    port = _free_port()
+    config = parse_config(
+        "node: {id: vm-1, namespace: demo}\nstate_dir: state\nadmin: {port: 0}\n"
+        f"dns: {{enabled: true, port: {port}, upstreams: []}}\n",
+        tmp_path / "agent.yaml",
+    )
+    adapter, translator = QueueAdapter(), FakeTranslator()
+    translator.fail = True  # a translator bug: nothing is published to Envoy
+    agent = Agent(config, adapter_factory=lambda _: [adapter], translator=translator)
+    await agent.start()
+    try:
+        await adapter.events.put(SourceEvent("files", upserts=(raw(HELLO),), synced=True))
+        await async_wait_for(lambda: agent.dns.ready, what="the first table")  # type: ignore[union-attr]
+        query = dns.message.make_query("hello.demo", "A")
+        answer = await asyncio.to_thread(dns.query.udp, query, LOOP, 3, port)
+        assert _addresses(answer) == ["10.10.0.1"]
+    finally:
+        await agent.stop()
