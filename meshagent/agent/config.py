@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
+from meshagent.adapters.yamldocs import check_limits
 from meshagent.ca.settings import CaConfig
 from meshagent.errors import ConfigError
 from meshagent.model.proxy import (
@@ -224,6 +225,9 @@ def _parse_yaml(text: str, filename: str) -> tuple[dict[str, Any], dict[str, int
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
+        problem = check_limits(node) if node is not None else None
+        if problem is not None:  # the bounds of mesh files (a "billion laughs" config)
+            raise ConfigError(f"YAML: {problem[1]}", location=f"{filename}:{problem[0]}")
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 0
