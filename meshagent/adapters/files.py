@@ -275,10 +275,7 @@ class FilesAdapter:
         for path in [p for p in self._files if p not in sigs and not scan.frozen(p)]:
             del self._files[path]
             self._racy.discard(path)
-        if not self._listed:  # after a restart, a missing path serves what it served before
-            for path, resources in self._previous.items():
-                if scan.frozen(path):
-                    self._files[path] = _FileState((0, 0, 0), b"", dict(resources))
+        restored = self._restore_missing(scan) if not self._listed else set()
         for path, sig in sigs.items():
             state = self._files.get(path)
             if state is None or state.sig != sig or path in self._racy:
@@ -287,10 +284,22 @@ class FilesAdapter:
         self._unavailable = dict(scan.unavailable)
         view, duplicates = self._merged_view()
         upserts = tuple(r for k, r in view.items() if self._view.get(k) != r)
-        deletes = tuple(k for k in self._view if k not in view)
+        deletes = tuple(k for k in (*self._view, *sorted(restored)) if k not in view)
         self._view = view
         unavailable = tuple(scan.unavailable[root] for root in sorted(scan.unavailable))
         return SourceEvent(SOURCE, upserts, deletes, True, (*errors, *duplicates), unavailable)
+
+    def _restore_missing(self, scan: _Scan) -> set[Key]:
+        """First listing after restore(): files under a missing configured path serve what
+        they served; the keys of every restored file under a configured path are returned,
+        so that those no file has any more are deleted (a file deleted meanwhile is gone)."""
+        keys: set[Key] = set()
+        for path, resources in self._previous.items():
+            if scan.frozen(path):
+                self._files[path] = _FileState((0, 0, 0), b"", dict(resources))
+            if _under(path, self._paths):
+                keys.update(resources)
+        return keys
 
     def _reload(self, path: Path, sig: Sig, state: _FileState | None) -> list[Diagnostic]:
         # A file read for the first time since a restart falls back on what it served before.

@@ -207,9 +207,10 @@ class Agent:
 
             self.ca = CaRuntime(cfg, self.metrics, self._certificates_rotated)
             await self.ca.start()
-        await self._restore_last_good()
+        adapters = list(self._adapter_factory(cfg))
+        await self._restore_last_good({a.name for a in adapters})
         self._processor = asyncio.create_task(self._process_loop(), name="agent-processor")
-        for adapter in self._adapter_factory(cfg):
+        for adapter in adapters:
             self._start_source(adapter)
         self._start_consul_registration()
         if cfg.join is not None:  # `join.workload_group`: this VM's WorkloadEntry
@@ -418,16 +419,17 @@ class Agent:
         accepted = getattr(self.normalizer, "accepted", None)
         return accepted(source) if accepted is not None else {}
 
-    async def _restore_last_good(self) -> None:
-        """Seed the normalizer with the persisted last good documents, before any source runs:
-        what a source then lists replaces them, what it no longer has is deleted
-        (_complete_listing), and a listed document that is invalid leaves them serving."""
+    async def _restore_last_good(self, sources: set[str]) -> None:
+        """Seed the normalizer with the persisted last good documents of the configured
+        sources, before they run: what a source then lists replaces them, what it no longer has
+        is deleted (_complete_listing), and a listed document that is invalid leaves them
+        serving."""
         if getattr(self.normalizer, "accepted", None) is None:
             return
         loaded = await asyncio.to_thread(self._last_good.load)
         by_source: dict[str, list[RawResource]] = {}
         for raw in loaded:
-            if raw.source in PERSISTED_SOURCES:
+            if raw.source in PERSISTED_SOURCES and raw.source in sources:
                 by_source.setdefault(raw.source, []).append(raw)
         if not by_source:
             return

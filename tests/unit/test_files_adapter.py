@@ -348,6 +348,7 @@ async def test_restore_serves_the_previous_version_of_a_broken_file_only(tmp_pat
 
     # then the broken file serves its previous version; the deleted one is not resurrected
     assert {r.name: r.body["spec"]["value"] for r in first.upserts} == {"b": 1, "fine": 2}
+    assert first.deletes == (("files", "ServiceEntry", "default", "d"),)
     assert later.upserts == () and later.errors
 
 
@@ -361,5 +362,7 @@ async def test_restore_serves_the_previous_resources_of_a_missing_path(tmp_path:
         mesh.mkdir()
         back = await next_event(it)
 
+    # (gone.yaml is under no configured path: the agent, not the adapter, decides about it)
     assert names(first.upserts) == ["a"] and len(first.unavailable) == 2
+    assert first.deletes == ()
     assert back.deletes == (("files", "ServiceEntry", "default", "a"),)
