@@ -272,3 +272,32 @@ async def test_last_good_config_survives_a_restart(tmp_path: Path) -> None:
         await until(lambda: hosts(second).get("b.example.com") == "10.0.0.3", "b fixed")
 
     await running(second, after_restart)
+
+
+async def test_sighup_to_a_missing_path_keeps_serving_and_is_not_ready(tmp_path: Path) -> None:
+    # given an agent serving one/ (a typo in a reloaded config must not empty the mesh)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "a.yaml").write_text("name: a\n")
+    config_path = write_config(tmp_path, "one")
+    normalizer = FakeNormalizer()
+    agent = Agent(
+        load_config(config_path),
+        adapter_factory=files_factory,
+        normalizer=normalizer,
+        translator=FakeTranslator(),
+    )
+
+    async def body() -> None:
+        await until(lambda: {k[3] for k in normalizer.keys} == {"a"}, "files from one/")
+        write_config(tmp_path, "typo")
+        await agent.reload()
+        missing = f"{tmp_path / 'typo'} does not exist"
+        await until(lambda: any(missing in r for r in agent.ready_reasons()), "typo named")
+        assert {k[3] for k in normalizer.keys} == {"a"}
+        # once the path exists, its contents replace what was served
+        (tmp_path / "typo").mkdir()
+        (tmp_path / "typo" / "b.yaml").write_text("name: b\n")
+        await until(lambda: {k[3] for k in normalizer.keys} == {"b"}, "files from typo/ only")
+        assert not any(missing in r for r in agent.ready_reasons())
+
+    await running(agent, body)
