@@ -160,6 +160,7 @@ class FilesAdapter:
         self._racy: set[Path] = set()
         self._reported_duplicates: set[tuple[Key, Path]] = set()
         self._unavailable: dict[Path, str] = {}
+        self._owner: dict[Key, Path] = {}  # the file each served resource comes from
         self._previous: dict[Path, dict[Key, RawResource]] = {}  # restore(), until first listing
         self._listed = False
         self._stop = asyncio.Event()
@@ -338,14 +339,22 @@ class FilesAdapter:
         return diagnostics
 
     def _merged_view(self) -> tuple[dict[Key, RawResource], list[Diagnostic]]:
-        """All resources; when two files define one resource, the first path (sorted) wins."""
+        """All resources; when two files define one resource, the file that served it keeps
+        serving it, else the first path (sorted); the other copy is an error (once)."""
         view: dict[Key, RawResource] = {}
+        owner: dict[Key, Path] = {}
         duplicates: list[Diagnostic] = []
         for path in sorted(self._files):
             for key, raw in self._files[path].resources.items():
                 if key not in view:
-                    view[key] = raw
-                elif (key, path) not in self._reported_duplicates:
-                    self._reported_duplicates.add((key, path))
-                    duplicates.append(duplicate_error(raw, view[key].provenance.location))
+                    view[key], owner[key] = raw, path
+                    continue
+                winner, loser, loser_path = view[key], raw, path
+                if self._owner.get(key) == path:  # it was serving: the newcomer is the copy
+                    winner, loser, loser_path = raw, view[key], owner[key]
+                    view[key], owner[key] = raw, path
+                if (key, loser_path) not in self._reported_duplicates:
+                    self._reported_duplicates.add((key, loser_path))
+                    duplicates.append(duplicate_error(loser, winner.provenance.location))
+        self._owner = owner
         return view, duplicates

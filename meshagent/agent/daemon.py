@@ -394,7 +394,7 @@ class Agent:
             return
         self._snapshot = snapshot
         self._report(diagnostics)
-        self._remember_last_good()
+        self._remember_last_good(events)
         self._publish()
 
     def _report(self, diagnostics: Sequence[Diagnostic]) -> None:
@@ -442,11 +442,13 @@ class Agent:
             self._restored.update(accepted)
         log.info("last_good_loaded", resources=len(self._restored), path=str(self._last_good.path))
 
-    def _remember_last_good(self) -> None:
+    def _remember_last_good(self, events: Sequence[SourceEvent]) -> None:
         """Save what the normalizer now accepts of the persisted sources, when it changed; once
         every persisted source has listed, report what still serves from before the restart."""
         if getattr(self.normalizer, "accepted", None) is None:
             return
+        if not any(e.source in PERSISTED_SOURCES for e in events):
+            return  # (most batches, on a busy Consul): nothing of theirs changed
         current: dict[Key, RawResource] = {}
         for source in PERSISTED_SOURCES:
             current.update(self._accepted(source))

@@ -366,3 +366,20 @@ async def test_restore_serves_the_previous_resources_of_a_missing_path(tmp_path:
     assert names(first.upserts) == ["a"] and len(first.unavailable) == 2
     assert first.deletes == ()
     assert back.deletes == (("files", "ServiceEntry", "default", "a"),)
+
+
+async def test_duplicate_in_a_new_file_does_not_take_over(tmp_path: Path) -> None:
+    # given b.yaml serving "dup"
+    (tmp_path / "b.yaml").write_text(doc("dup", value=1))
+    async with adapter(tmp_path) as files:
+        it = files.watch()
+        await next_event(it)
+        # when a.yaml (sorted first) defines it too
+        (tmp_path / "a.yaml").write_text(doc("dup", value=2))
+        event = await next_event(it)
+
+    # then the one serving keeps serving; the newcomer is the located duplicate
+    assert event.upserts == () and event.deletes == ()
+    [error] = event.errors
+    assert error.location == f"{tmp_path / 'a.yaml'}:1"
+    assert f"duplicate of the resource at {tmp_path / 'b.yaml'}:1" in error.reason
