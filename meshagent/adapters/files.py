@@ -138,7 +138,9 @@ class FilesAdapter:
     """Watches YAML files and directories; see the module docstring for the semantics.
 
     paths: files and directories (searched recursively for *.yaml and *.yml). A path that
-    does not exist yet is watched too and picked up when it appears.
+    does not exist is watched too and picked up when it appears; meanwhile it is unavailable
+    (module docstring). missing_ok: a path that has never existed is empty instead (for a
+    default path nobody configured); once it has existed, its disappearance is unavailable.
     """
 
     name = SOURCE
@@ -150,6 +152,7 @@ class FilesAdapter:
         debounce_ms: int = 100,
         poll_interval_ms: int = 200,
         loader: Loader | None = None,
+        missing_ok: bool = False,
     ) -> None:
         self._paths = tuple(Path(p) for p in paths)
         self._debounce = max(debounce_ms, 0) / 1000
@@ -160,6 +163,8 @@ class FilesAdapter:
         self._racy: set[Path] = set()
         self._reported_duplicates: set[tuple[Key, Path]] = set()
         self._unavailable: dict[Path, str] = {}
+        self._missing_ok = missing_ok
+        self._seen_roots: set[Path] = set()  # configured paths that existed at some scan
         self._owner: dict[Key, Path] = {}  # the file each served resource comes from
         self._previous: dict[Path, dict[Key, RawResource]] = {}  # restore(), until first listing
         self._listed = False
@@ -233,6 +238,11 @@ class FilesAdapter:
 
     def _scan(self) -> _Scan:
         found, unavailable = list_config_files(self._paths)
+        self._seen_roots.update(p for p in self._paths if p not in unavailable)
+        if self._missing_ok:
+            unavailable = {
+                p: why for p, why in unavailable.items() if p in self._seen_roots or p.exists()
+            }
         sigs: dict[Path, Sig] = {}
         for path in found:
             try:

@@ -87,6 +87,7 @@ class FilesSourceConfig:
     paths: tuple[Path, ...]
     debounce_ms: int = 100
     poll_interval_ms: int = 200
+    missing_ok: bool = False  # the default paths (not configured) need not exist
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,6 +479,7 @@ def _sources(s: _Section, base: Path) -> SourcesConfig:
             paths=tuple(_resolve(base, p) for p in raw_paths),
             debounce_ms=_bounded(f, "debounce_ms", 100, 0, 60_000),
             poll_interval_ms=_bounded(f, "poll_interval_ms", 200, 10, 60_000),
+            missing_ok="paths" not in f.data,
         ),
         consul=consul,
         kubernetes=kubernetes,

@@ -62,6 +62,7 @@ def build_adapters(config: AgentConfig) -> list[Adapter]:
                 debounce_ms=files.debounce_ms,
                 poll_interval_ms=files.poll_interval_ms,
                 loader=mesh_file_loader,
+                missing_ok=files.missing_ok,
             )
         )
     if config.sources.consul is not None:

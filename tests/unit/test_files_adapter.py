@@ -383,3 +383,21 @@ async def test_duplicate_in_a_new_file_does_not_take_over(tmp_path: Path) -> Non
     [error] = event.errors
     assert error.location == f"{tmp_path / 'a.yaml'}:1"
     assert f"duplicate of the resource at {tmp_path / 'b.yaml'}:1" in error.reason
+
+
+async def test_default_path_need_not_exist_but_may_not_vanish(tmp_path: Path) -> None:
+    mesh = tmp_path / "mesh"
+    files = FilesAdapter([mesh], debounce_ms=20, poll_interval_ms=20, loader=fake_loader,
+                         missing_ok=True)  # fmt: skip
+    async with files:
+        it = files.watch()
+        first = await next_event(it)
+        mesh.mkdir()
+        (mesh / "a.yaml").write_text(doc("a"))
+        created = await next_event(it)
+        mesh.rename(tmp_path / "mesh.old")
+        gone = await next_event(it)
+
+    assert first.unavailable == () and first.errors == ()
+    assert names(created.upserts) == ["a"]
+    assert gone.deletes == () and gone.unavailable == (f"{mesh} does not exist",)
