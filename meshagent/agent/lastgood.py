@@ -9,6 +9,8 @@ no longer has (see FilesAdapter.restore and Agent._admit).
 
 The file is JSON, written atomically (temporary file, fsync, rename, fsync of the directory),
 mode 0600, and at most MAX_BYTES; an unreadable or oversized file is ignored with a warning.
+The documents' line maps are not kept (they would triple the size): a restored document is
+located at its start.
 """
 
 from __future__ import annotations
@@ -94,7 +96,6 @@ def _encode(raw: RawResource) -> dict[str, Any]:
         "name": raw.name,
         "location": raw.provenance.location,
         "body": raw.body,
-        "lines": raw.lines,
     }
 
 
@@ -103,13 +104,11 @@ def _decode(item: Mapping[str, Any]) -> RawResource:
     if not all(isinstance(s, str) for s in strings):
         raise ValueError("a resource's identity is not strings")
     source, kind, api_version, namespace, name, location = strings
-    body, lines = item["body"], item["lines"]
-    if not isinstance(body, dict) or not isinstance(lines, dict):
-        raise ValueError(f"{kind}/{name}: body and lines must be objects")
-    if not all(isinstance(v, int) for v in lines.values()):
-        raise ValueError(f"{kind}/{name}: lines must be numbers")
+    body = item["body"]
+    if not isinstance(body, dict):
+        raise ValueError(f"{kind}/{name}: body must be an object")
     provenance = Provenance(source, location, kind, namespace, name)
-    return RawResource(source, kind, api_version, namespace, name, body, provenance, lines)
+    return RawResource(source, kind, api_version, namespace, name, body, provenance)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -14,7 +14,6 @@ def resource(name: str, body_extra: object = None) -> RawResource:
     return RawResource(
         "files", "ServiceEntry", "networking.istio.io/v1", "prod", name, body,
         Provenance("files", f"/mesh/{name}.yaml:3", "ServiceEntry", "prod", name),
-        {"spec": 5, "spec.x": 6},
     )  # fmt: skip
 
 
