@@ -173,7 +173,8 @@ class Agent:
         self._custom_problems: set[tuple[str, str]] = set()  # (workload, reason), logged once
         self._custom_checked: tuple[object, ...] = ()  # what _custom_problems was found from
         self._last_good = LastGoodStore(config.state_dir / FILE_NAME)
-        self._last_good_saved: dict[Key, RawResource] = {}  # what the store holds
+        # What the store holds: replaced after each apply that changed it, never mutated then.
+        self._last_good_saved: dict[Key, RawResource] = {}
         self._last_good_task: asyncio.Task[None] | None = None
         self._restored: dict[Key, RawResource] = {}  # loaded at start, until sources listed
         self._processor: asyncio.Task[None] | None = None
@@ -311,7 +312,8 @@ class Agent:
         self._sources[adapter.name] = source
         restore = getattr(adapter, "restore", None)
         if restore is not None and adapter.name in PERSISTED_SOURCES:
-            restore(self._accepted(adapter.name).values())
+            # what serves now (as last saved: the normalizer may be busy in another thread)
+            restore([r for k, r in self._last_good_saved.items() if k[0] == adapter.name])
         self.metrics.source_synced.labels(source=adapter.name).set(0)
         source.task = asyncio.create_task(self._pump(source), name=f"source-{adapter.name}")
 

@@ -301,3 +301,25 @@ async def test_sighup_to_a_missing_path_keeps_serving_and_is_not_ready(tmp_path:
         assert not any(missing in r for r in agent.ready_reasons())
 
     await running(agent, body)
+
+
+async def test_sighup_keeps_what_a_broken_file_served(tmp_path: Path) -> None:
+    # given an agent serving a.yaml, which then breaks
+    mesh = tmp_path / "mesh"
+    mesh.mkdir()
+    (mesh / "a.yaml").write_text(service_entry("a"))
+    agent = real_agent(tmp_path)
+
+    async def body() -> None:
+        await until(lambda: len(hosts(agent)) == 1, "a served")
+        (mesh / "a.yaml").write_text("kind: [unclosed\n")
+        await until(lambda: any("YAML syntax" in str(d) for d in agent._diagnostics), "error")
+        # when a reload restarts the files source (its settings changed)
+        config = tmp_path / "agent.yaml"
+        config.write_text(config.read_text().replace("debounce_ms: 20", "debounce_ms: 30"))
+        await agent.reload()
+        await until(lambda: agent._sources["files"].complete, "the new adapter listed")
+        # then what the broken file served still serves
+        assert hosts(agent) == {"a.example.com": "10.0.0.1"}
+
+    await running(agent, body)
