@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from meshagent.adapters.base import Adapter
+from meshagent.adapters.base import Adapter, Restorable
 from meshagent.adapters.files import FilesAdapter
 from meshagent.agent.admin import AdminServer, standard_pages
 from meshagent.agent.config import AgentConfig, load_config
@@ -310,10 +310,9 @@ class Agent:
         self._generation += 1
         source = _Source(adapter, self._generation)
         self._sources[adapter.name] = source
-        restore = getattr(adapter, "restore", None)
-        if restore is not None and adapter.name in PERSISTED_SOURCES:
+        if isinstance(adapter, Restorable) and adapter.name in PERSISTED_SOURCES:
             # what serves now (as last saved: the normalizer may be busy in another thread)
-            restore([r for k, r in self._last_good_saved.items() if k[0] == adapter.name])
+            adapter.restore([r for k, r in self._last_good_saved.items() if k[0] == adapter.name])
         self.metrics.source_synced.labels(source=adapter.name).set(0)
         source.task = asyncio.create_task(self._pump(source), name=f"source-{adapter.name}")
 
