@@ -350,10 +350,12 @@ class FilesAdapter:
 
     def _merged_view(self) -> tuple[dict[Key, RawResource], list[Diagnostic]]:
         """All resources; when two files define one resource, the file that served it keeps
-        serving it, else the first path (sorted); the other copy is an error (once)."""
+        serving it, else the first path (sorted); the other copy is an error (once while it
+        lasts)."""
         view: dict[Key, RawResource] = {}
         owner: dict[Key, Path] = {}
         duplicates: list[Diagnostic] = []
+        copies: set[tuple[Key, Path]] = set()
         for path in sorted(self._files):
             for key, raw in self._files[path].resources.items():
                 if key not in view:
@@ -363,8 +365,8 @@ class FilesAdapter:
                 if self._owner.get(key) == path:  # it was serving: the newcomer is the copy
                     winner, loser, loser_path = raw, view[key], owner[key]
                     view[key], owner[key] = raw, path
+                copies.add((key, loser_path))
                 if (key, loser_path) not in self._reported_duplicates:
-                    self._reported_duplicates.add((key, loser_path))
                     duplicates.append(duplicate_error(loser, winner.provenance.location))
-        self._owner = owner
+        self._owner, self._reported_duplicates = owner, copies
         return view, duplicates
