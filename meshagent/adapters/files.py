@@ -48,6 +48,7 @@ RACY_NS = 2_000_000_000
 MAX_DEBOUNCE_WINDOWS = 20
 
 Key = tuple[str, str, str, str]
+Ident = tuple[str, str, str]  # (kind, namespace with the default applied, name)
 Sig = tuple[int, int, int]  # (inode, mtime_ns, size)
 # (text, path) -> (resources, diagnostics); load_documents from adapters.yamldocs by default.
 Loader = Callable[[str, str], tuple[list[RawResource], list[Diagnostic]]]
@@ -141,6 +142,8 @@ class FilesAdapter:
     does not exist is watched too and picked up when it appears; meanwhile it is unavailable
     (module docstring). missing_ok: a path that has never existed is empty instead (for a
     default path nobody configured); once it has existed, its disappearance is unavailable.
+    default_namespace: the namespace of a document without one (the normalizer's), so that
+    `namespace: default` and no namespace are found to be the same resource.
     """
 
     name = SOURCE
@@ -153,6 +156,7 @@ class FilesAdapter:
         poll_interval_ms: int = 200,
         loader: Loader | None = None,
         missing_ok: bool = False,
+        default_namespace: str = "default",
     ) -> None:
         self._paths = tuple(Path(p) for p in paths)
         self._debounce = max(debounce_ms, 0) / 1000
@@ -161,11 +165,12 @@ class FilesAdapter:
         self._files: dict[Path, _FileState] = {}
         self._view: dict[Key, RawResource] = {}
         self._racy: set[Path] = set()
-        self._reported_duplicates: set[tuple[Key, Path]] = set()
+        self._reported_duplicates: set[tuple[Ident, Path]] = set()
         self._unavailable: dict[Path, str] = {}
         self._missing_ok = missing_ok
         self._seen_roots: set[Path] = set()  # configured paths that existed at some scan
-        self._owner: dict[Key, Path] = {}  # the file each served resource comes from
+        self._default_namespace = default_namespace
+        self._owner: dict[Ident, Path] = {}  # the file each served resource comes from
         self._previous: dict[Path, dict[Key, RawResource]] = {}  # restore(), until first listing
         self._listed = False
         self._stop = asyncio.Event()
@@ -338,10 +343,13 @@ class FilesAdapter:
         resources, loaded = self._load(text, str(path))
         diagnostics = list(loaded)
         parsed: dict[Key, RawResource] = {}
+        seen: dict[Ident, RawResource] = {}
         for raw in resources:
-            first = parsed.setdefault(raw.key, raw)
+            first = seen.setdefault(self._ident(raw.key), raw)
             if first is not raw:  # the same resource twice in one file: the first one wins
                 diagnostics.append(duplicate_error(raw, first.provenance.location))
+            else:
+                parsed[raw.key] = raw
         if any(d.severity == "error" for d in diagnostics):
             # Last-known-good: what parsed is applied, nothing the file had is dropped.
             parsed = {**old, **parsed}
@@ -352,21 +360,25 @@ class FilesAdapter:
         """All resources; when two files define one resource, the file that served it keeps
         serving it, else the first path (sorted); the other copy is an error (once while it
         lasts)."""
-        view: dict[Key, RawResource] = {}
-        owner: dict[Key, Path] = {}
+        held: dict[Ident, tuple[RawResource, Path]] = {}
         duplicates: list[Diagnostic] = []
-        copies: set[tuple[Key, Path]] = set()
+        copies: set[tuple[Ident, Path]] = set()
         for path in sorted(self._files):
             for key, raw in self._files[path].resources.items():
-                if key not in view:
-                    view[key], owner[key] = raw, path
+                ident = self._ident(key)
+                first = held.setdefault(ident, (raw, path))
+                if first[0] is raw:
                     continue
-                winner, loser, loser_path = view[key], raw, path
-                if self._owner.get(key) == path:  # it was serving: the newcomer is the copy
-                    winner, loser, loser_path = raw, view[key], owner[key]
-                    view[key], owner[key] = raw, path
-                copies.add((key, loser_path))
-                if (key, loser_path) not in self._reported_duplicates:
+                (winner, _), (loser, loser_path) = first, (raw, path)
+                if self._owner.get(ident) == path:  # it was serving: the newcomer is the copy
+                    (winner, _), (loser, loser_path) = (raw, path), first
+                    held[ident] = (raw, path)
+                copies.add((ident, loser_path))
+                if (ident, loser_path) not in self._reported_duplicates:
                     duplicates.append(duplicate_error(loser, winner.provenance.location))
-        self._owner, self._reported_duplicates = owner, copies
-        return view, duplicates
+        self._owner = {ident: path for ident, (_, path) in held.items()}
+        self._reported_duplicates = copies
+        return {raw.key: raw for raw, _ in held.values()}, duplicates
+
+    def _ident(self, key: Key) -> Ident:
+        return key[1], key[2] or self._default_namespace, key[3]

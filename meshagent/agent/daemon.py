@@ -63,6 +63,7 @@ def build_adapters(config: AgentConfig) -> list[Adapter]:
                 poll_interval_ms=files.poll_interval_ms,
                 loader=mesh_file_loader,
                 missing_ok=files.missing_ok,
+                default_namespace=config.node.namespace,
             )
         )
     if config.sources.consul is not None:

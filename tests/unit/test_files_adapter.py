@@ -401,3 +401,17 @@ async def test_default_path_need_not_exist_but_may_not_vanish(tmp_path: Path) ->
     assert first.unavailable == () and first.errors == ()
     assert names(created.upserts) == ["a"]
     assert gone.deletes == () and gone.unavailable == (f"{mesh} does not exist",)
+
+
+async def test_no_namespace_and_the_default_one_are_the_same_resource(tmp_path: Path) -> None:
+    explicit = "kind: ServiceEntry\nmetadata: {name: x, namespace: default}\nspec: {value: 1}\n"
+    implicit = "kind: ServiceEntry\nmetadata: {name: x, namespace: ''}\nspec: {value: 2}\n"
+    (tmp_path / "a.yaml").write_text(explicit)
+    (tmp_path / "b.yaml").write_text(implicit)
+    files = FilesAdapter([tmp_path], debounce_ms=20, poll_interval_ms=20, loader=fake_loader,
+                         default_namespace="default")  # fmt: skip
+    async with files:
+        event = await next_event(files.watch())
+
+    assert [r.body["spec"]["value"] for r in event.upserts] == [1]
+    assert [d.location for d in event.errors] == [f"{tmp_path / 'b.yaml'}:1"]
