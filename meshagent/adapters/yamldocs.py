@@ -112,15 +112,27 @@ class _Builder:
         self._active: set[int] = set()  # nodes on the current path, to catch recursive aliases
         self._seen: set[int] = set()  # collections built once: met again, they are aliases
         self._aliased = 0  # > 0 while building again what an alias refers to
+        self._merged: dict[int, int] = {}  # mapping node -> its pairs that came from `<<`
 
     def build(self, node: Node, path: str) -> Any:
+        # The hot loop of loading big files: _enter and _leave, inlined.
         budget = self._budget
         budget.nodes += 1
         if self._aliased:
             budget.expanded += 1
         if isinstance(node, ScalarNode):
             return self._scalar(node)
-        alias = self._enter(node)
+        key, active = id(node), self._active
+        if key in active:
+            raise _DocumentError(node.start_mark.line + 1, "recursive alias")
+        active.add(key)
+        alias = key in self._seen
+        if alias:
+            self._aliased += 1
+        else:
+            self._seen.add(key)
+        if len(active) > MAX_DEPTH or budget.nodes > MAX_NODES or budget.expanded > ALIAS_FLOOR:
+            budget.check(node, len(active))
         try:
             if isinstance(node, MappingNode):
                 return self._mapping(node, path)
@@ -128,7 +140,9 @@ class _Builder:
                 return self._sequence(node, path)
             raise _DocumentError(node.start_mark.line + 1, "unsupported YAML node")
         finally:
-            self._leave(node, alias)
+            active.discard(key)
+            if alias:
+                self._aliased -= 1
 
     def walk(self, node: Node) -> None:
         """Count node and what it holds against the budget, building nothing."""
@@ -178,8 +192,9 @@ class _Builder:
         return "null" if key is None else str(key)  # 8080: becomes "8080", as in JSON
 
     def _mapping(self, node: MappingNode, path: str) -> dict[str, Any]:
-        if any(k.tag == _MERGE for k, _ in node.value):
-            self.constructor.flatten_mapping(node)
+        merged = self._merged.get(id(node), 0) if self._merged else 0
+        if merged or any(k.tag == _MERGE for k, _ in node.value):
+            return self._merging(node, path)
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
             key = self._key(key_node)
@@ -189,6 +204,37 @@ class _Builder:
             self.lines.setdefault(sub, key_node.start_mark.line + 1)
             out[key] = self.build(value_node, sub)
         return out
+
+    def _merging(self, node: MappingNode, path: str) -> dict[str, Any]:
+        """_mapping of a mapping with merge keys (`<<: *anchor`)."""
+        merged = self._flatten(node)
+        out: dict[str, Any] = {}
+        explicit: set[str] = set()
+        for i, (key_node, value_node) in enumerate(node.value):
+            key = self._key(key_node)
+            sub = f"{path}.{key}" if path else key
+            line = key_node.start_mark.line + 1
+            if i < merged:  # from `<<: *anchor`: the first merged mapping that has it wins
+                if key in out:
+                    continue
+                self.lines.setdefault(sub, line)
+            else:  # written here: overrides a merged key, but may not repeat itself
+                if key in explicit:
+                    raise _DocumentError(line, f"duplicate key {key!r}")
+                explicit.add(key)
+                self.lines[sub] = line
+            out[key] = self.build(value_node, sub)
+        return out
+
+    def _flatten(self, node: MappingNode) -> int:
+        """Resolve node's merge keys (`<<`) in place, once; how many pairs come first from
+        them (flatten_mapping puts the merged pairs before the node's own)."""
+        merged = self._merged.get(id(node))
+        if merged is None:
+            own = sum(1 for k, _ in node.value if k.tag != _MERGE)
+            self.constructor.flatten_mapping(node)
+            merged = self._merged[id(node)] = len(node.value) - own
+        return merged
 
     def _sequence(self, node: SequenceNode, path: str) -> list[Any]:
         out: list[Any] = []

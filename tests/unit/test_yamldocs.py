@@ -245,3 +245,20 @@ def test_valid_kubernetes_names_load() -> None:
     text = "apiVersion: v1\nkind: A\nmetadata: {name: reviews.v1-2, namespace: team-a1}\n"
     resources, diagnostics = load_documents(text, "ok.yaml")
     assert diagnostics == [] and resources[0].key == ("files", "A", "team-a1", "reviews.v1-2")
+
+
+def test_merge_keys_may_be_overridden_but_keys_not_repeated() -> None:
+    text = (
+        "apiVersion: v1\nkind: A\nmetadata: {name: a}\nspec:\n"
+        "  base: &b {port: 80, protocol: HTTP}\n"
+        "  tls: &t {port: 443, mode: SIMPLE}\n"
+        "  one: &o {<<: [*b, *t], port: 81}\n"
+        "  again: *o\n"
+    )
+    resources, diagnostics = load_documents(text, "merge.yaml")
+    assert diagnostics == []
+    spec = resources[0].body["spec"]
+    assert spec["one"] == {"port": 81, "protocol": "HTTP", "mode": "SIMPLE"} == spec["again"]
+    assert resources[0].lines["spec.one.port"] == 7
+    resources, diagnostics = load_documents(text + "  two: {port: 1, port: 2}\n", "dup.yaml")
+    assert resources == [] and "duplicate key 'port'" in diagnostics[0].reason
