@@ -617,7 +617,10 @@ class Agent:
         return {
             "node": self._proxy.node_id,
             "not_ready": self.ready_reasons(),
-            "sources": [{"name": n, "synced": s.synced} for n, s in sorted(self._sources.items())],
+            "sources": [
+                {"name": n, "synced": s.synced, "unavailable": list(s.unavailable)}
+                for n, s in sorted(self._sources.items())
+            ],
             "mesh": statuspage.mesh_report(self._snapshot),
             "certificates": statuspage.certificates_report(
                 getattr(self._proxy, "certificates", ())
