@@ -13,6 +13,7 @@ from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from meshagent.ca.keys import cert_to_pem, key_to_pem, load_certs_pem
+from meshagent.model.identity import Identity
 
 
 class FakeClock:
@@ -85,3 +86,16 @@ def verify_chain(
     verifier = builder.build_client_verifier()
     verified = verifier.verify(certs[0], certs[1:])
     return list(verified.chain)
+
+
+def forged_identity(trust_domain: str, namespace: str, service_account: str) -> Identity:
+    """An Identity that skipped validation: what an older version could have put in a token
+    or a certificate (the only way to build one now is around the constructor)."""
+    identity = object.__new__(Identity)
+    for name, value in zip(
+        ("trust_domain", "namespace", "service_account"),
+        (trust_domain, namespace, service_account),
+        strict=True,
+    ):
+        object.__setattr__(identity, name, value)
+    return identity

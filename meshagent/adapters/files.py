@@ -166,6 +166,7 @@ class FilesAdapter:
         self._view: dict[Key, RawResource] = {}
         self._racy: set[Path] = set()
         self._reported_duplicates: set[tuple[Ident, Path]] = set()
+        self._errored: set[Path] = set()  # files whose last read had an error
         self._unavailable: dict[Path, str] = {}
         self._missing_ok = missing_ok
         self._seen_roots: set[Path] = set()  # configured paths that existed at some scan
@@ -216,7 +217,8 @@ class FilesAdapter:
                 return
             before = self._unavailable
             event = await asyncio.to_thread(self._process, settled)
-            if event.upserts or event.deletes or event.errors or self._unavailable != before:
+            changed = event.upserts or event.deletes or event.errors or event.fixed
+            if changed or self._unavailable != before:
                 yield event
 
     async def _sleep(self, seconds: float) -> bool:
@@ -287,23 +289,36 @@ class FilesAdapter:
             for root, reason in scan.unavailable.items()
             if self._unavailable.get(root) != reason
         ]
+        # a configured path back in view: its error no longer holds
+        fixed = [str(root) for root in self._unavailable if root not in scan.unavailable]
         sigs = scan.sigs
         for path in [p for p in self._files if p not in sigs and not scan.frozen(p)]:
             del self._files[path]
             self._racy.discard(path)
+            if path in self._errored:
+                self._errored.discard(path)
+                fixed.append(str(path))
         restored = self._restore_missing(scan) if not self._listed else set()
+        reread: set[Path] = set()
         for path, sig in sigs.items():
             state = self._files.get(path)
             if state is None or state.sig != sig or path in self._racy:
-                errors.extend(self._reload(path, sig, state))
+                reread.add(path)
+                problems = self._reload(path, sig, state)
+                errors.extend(problems)
+                if self._now_clean(path, state, problems):
+                    fixed.append(str(path))
         self._listed, self._previous = True, {}
         self._unavailable = dict(scan.unavailable)
-        view, duplicates = self._merged_view()
+        view, duplicates, resolved = self._merged_view(reread)
+        fixed.extend(str(p) for p in sorted(resolved - self._errored))
         upserts = tuple(r for k, r in view.items() if self._view.get(k) != r)
         deletes = tuple(k for k in (*self._view, *sorted(restored)) if k not in view)
         self._view = view
         unavailable = tuple(scan.unavailable[root] for root in sorted(scan.unavailable))
-        return SourceEvent(SOURCE, upserts, deletes, True, (*errors, *duplicates), unavailable)
+        return SourceEvent(
+            SOURCE, upserts, deletes, True, (*errors, *duplicates), tuple(fixed), unavailable
+        )
 
     def _restore_missing(self, scan: _Scan) -> set[Key]:
         """First listing after restore(): files under a missing configured path serve what
@@ -316,6 +331,19 @@ class FilesAdapter:
             if _under(path, self._paths):
                 keys.update(resources)
         return keys
+
+    def _now_clean(self, path: Path, before: _FileState | None, problems: list[Diagnostic]) -> bool:
+        """Whether path had errors and its new content has none (the agent clears them)."""
+        after = self._files.get(path)
+        if after is None or (before is not None and before.digest == after.digest):
+            return False  # not re-read: what was wrong with it still is
+        if any(d.severity == "error" for d in problems):
+            self._errored.add(path)
+            return False
+        if path not in self._errored:
+            return False
+        self._errored.discard(path)
+        return True
 
     def _reload(self, path: Path, sig: Sig, state: _FileState | None) -> list[Diagnostic]:
         # A file read for the first time since a restart falls back on what it served before.
@@ -356,10 +384,14 @@ class FilesAdapter:
         self._files[path] = _FileState(sig, digest, parsed)
         return diagnostics
 
-    def _merged_view(self) -> tuple[dict[Key, RawResource], list[Diagnostic]]:
-        """All resources; when two files define one resource, the file that served it keeps
-        serving it, else the first path (sorted); the other copy is an error (once while it
-        lasts)."""
+    def _merged_view(
+        self, reread: set[Path]
+    ) -> tuple[dict[Key, RawResource], list[Diagnostic], set[Path]]:
+        """All resources, the duplicate errors to report, and the files whose copies are gone.
+
+        When two files define one resource, the file that served it keeps serving it, else the
+        first path (sorted); the other copy is an error of its file, reported when it appears
+        and whenever that file is re-read (which clears the file's errors)."""
         held: dict[Ident, tuple[RawResource, Path]] = {}
         duplicates: list[Diagnostic] = []
         copies: set[tuple[Ident, Path]] = set()
@@ -374,11 +406,13 @@ class FilesAdapter:
                     (winner, _), (loser, loser_path) = (raw, path), first
                     held[ident] = (raw, path)
                 copies.add((ident, loser_path))
-                if (ident, loser_path) not in self._reported_duplicates:
+                if (ident, loser_path) not in self._reported_duplicates or loser_path in reread:
                     duplicates.append(duplicate_error(loser, winner.provenance.location))
         self._owner = {ident: path for ident, (_, path) in held.items()}
+        gone = {path for _, path in self._reported_duplicates - copies}
         self._reported_duplicates = copies
-        return {raw.key: raw for raw, _ in held.values()}, duplicates
+        resolved = gone - {path for _, path in copies}
+        return {raw.key: raw for raw, _ in held.values()}, duplicates, resolved
 
     def _ident(self, key: Key) -> Ident:
         return key[1], key[2] or self._default_namespace, key[3]

@@ -89,19 +89,6 @@ class _Budget:
             )
 
 
-def check_limits(node: Node) -> tuple[int, str] | None:
-    """(line, reason) when the composed document node goes beyond the bounds that mesh files
-    have (module docstring), else None; for readers that construct values themselves."""
-    walker = _Builder(_Budget())
-    try:
-        walker.walk(node)
-    except _DocumentError as exc:
-        return exc.line, exc.reason
-    except RecursionError:
-        return node.start_mark.line + 1, "nested too deeply"
-    return None
-
-
 class _Builder:
     """Turns a composed node tree into plain Python values and a dotted-path line map."""
 
@@ -115,7 +102,7 @@ class _Builder:
         self._merged: dict[int, int] = {}  # mapping node -> its pairs that came from `<<`
 
     def build(self, node: Node, path: str) -> Any:
-        # The hot loop of loading big files: _enter and _leave, inlined.
+        # The hot loop of loading big files: keep it lean.
         budget = self._budget
         budget.nodes += 1
         if self._aliased:
@@ -143,40 +130,6 @@ class _Builder:
             active.discard(key)
             if alias:
                 self._aliased -= 1
-
-    def walk(self, node: Node) -> None:
-        """Count node and what it holds against the budget, building nothing."""
-        budget = self._budget
-        budget.nodes += 1
-        if self._aliased:
-            budget.expanded += 1
-        if isinstance(node, ScalarNode):
-            return
-        alias = self._enter(node)
-        try:
-            children = node.value if isinstance(node, SequenceNode) else _flat(node.value)
-            for child in children:
-                self.walk(child)
-        finally:
-            self._leave(node, alias)
-
-    def _enter(self, node: Node) -> bool:
-        key = id(node)
-        if key in self._active:
-            raise _DocumentError(node.start_mark.line + 1, "recursive alias")
-        self._active.add(key)
-        alias = key in self._seen
-        if alias:
-            self._aliased += 1
-        else:
-            self._seen.add(key)
-        self._budget.check(node, len(self._active))
-        return alias
-
-    def _leave(self, node: Node, alias: bool) -> None:
-        self._active.discard(id(node))
-        if alias:
-            self._aliased -= 1
 
     def _scalar(self, node: ScalarNode) -> Any:
         if node.tag == _TIMESTAMP:
@@ -243,10 +196,6 @@ class _Builder:
             self.lines.setdefault(sub, item.start_mark.line + 1)
             out.append(self.build(item, sub))
         return out
-
-
-def _flat(pairs: list[tuple[Node, Node]]) -> list[Node]:
-    return [n for pair in pairs for n in pair]
 
 
 def _error(path: str, line: int, source: str, reason: str) -> Diagnostic:
@@ -361,15 +310,18 @@ def _load(
 
 
 def duplicate_error(raw: RawResource, first: str) -> Diagnostic:
-    """The error for another document of the resource first defined at first (which wins)."""
+    """The error for another document of the resource first defined at first (which wins).
+
+    It is an error of the copy's file (no kind or name of its own: the copy never serves, so
+    nothing of the resource's would clear it), naming the resource in its reason."""
     return Diagnostic(
         "error",
         raw.source,
         raw.provenance.location,
-        raw.kind,
-        f"{raw.namespace}/{raw.name}" if raw.namespace else raw.name,
+        "",
+        "",
         "metadata.name",
-        f"duplicate of the resource at {first}; this copy is ignored",
+        f"{raw.provenance.ref}: duplicate of the resource at {first}; this copy is ignored",
     )
 
 
@@ -405,3 +357,40 @@ def load_file(
     except (OSError, UnicodeDecodeError) as exc:
         return [], [_error(str(path), 1, source, f"cannot read file: {exc}")]
     return load_documents(text, str(path), source, strip_keys=strip_keys)
+
+
+def load_mapping(text: str, path: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """A config file (one YAML document, a mapping or empty) read by the rules of mesh files
+    (duplicate keys, recursive aliases, dates as strings, keys as strings), and the line of
+    every field; ConfigError located at "path:line" when it cannot be read. Used by the agent
+    config, so that both kinds of file accept and refuse the same YAML."""
+    from meshagent.errors import ConfigError  # the one raising reader here
+
+    if len(text) > MAX_TEXT_CHARS:
+        raise ConfigError(f"larger than {MAX_TEXT_CHARS} bytes", location=f"{path}:1")
+    nodes: list[Node] = []
+    try:
+        for node in yaml.compose_all(text, Loader=_Loader):
+            if node is not None and not (
+                isinstance(node, ScalarNode) and node.tag.endswith(":null")
+            ):
+                nodes.append(node)
+    except yaml.YAMLError as exc:
+        d = _syntax_error(exc, path, "config")
+        raise ConfigError(d.reason, location=d.location) from None
+    if not nodes:
+        return {}, {}
+    if len(nodes) > 1:
+        where = f"{path}:{nodes[1].start_mark.line + 1}"
+        raise ConfigError("must be one YAML document (found a second one)", location=where)
+    node, builder = nodes[0], _Builder(_Budget())
+    if not isinstance(node, MappingNode):
+        raise ConfigError("the config must be a mapping", location=f"{path}:1")
+    try:
+        with paused_gc():
+            data: dict[str, Any] = builder.build(node, "")
+    except _DocumentError as exc:
+        raise ConfigError(exc.reason, location=f"{path}:{exc.line}") from None
+    except RecursionError:
+        raise ConfigError("document is nested too deeply", location=f"{path}:1") from None
+    return data, {"": 1, **builder.lines}

@@ -1,8 +1,15 @@
-"""The agent's admin HTTP server: health, readiness, metrics and debug pages on loopback.
+"""The agent's admin HTTP server: health, readiness, metrics and debug pages.
 
-A deliberately tiny HTTP/1.1 server on asyncio streams: GET (and HEAD) only, one request per
-connection (`Connection: close`), bounded request size and time. Anything malformed gets a 400;
-a failing page gets a 500 and a log line; the server itself never stops on bad input.
+Two listeners, one page table. The TCP port (loopback by default) serves only PUBLIC_PATHS,
+for probes and Prometheus, to anyone who can reach it. The Unix socket (`admin.socket`, mode
+0660: the agent's user and group) serves every page and action, the debug pages and POSTs
+included: the kernel checks who connects, so no token has to be kept, rotated or leaked.
+The CLI (`meshagent status`, `proxy-config`, `reload`) talks to the socket.
+
+A deliberately tiny HTTP/1.1 server on asyncio streams: GET (and HEAD) and the registered
+POST actions, one request per connection (`Connection: close`), bounded request size and
+time. Anything malformed gets a 400; a failing page gets a 500 and a log line; the server
+itself never stops on bad input.
 """
 
 from __future__ import annotations
@@ -11,19 +18,26 @@ import asyncio
 import contextlib
 import inspect
 import json
+import os
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import structlog
+
+from meshagent.errors import ConfigError
 
 log = structlog.get_logger("meshagent.admin")
 
 MAX_REQUEST_BYTES = 8192
 REQUEST_TIMEOUT_S = 5.0
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+# What the TCP port serves; everything else only on the Unix socket.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+SOCKET_MODE = 0o660
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,17 +72,23 @@ class _BadRequest(Exception):
 
 
 class AdminServer:
-    """Serves `pages` (path -> function returning a Response) on address:port.
+    """Serves `pages` (path -> function returning a Response) and `actions` (POST).
 
-    port 0 binds a free port; `port` tells which one once started.
+    On address:port only PUBLIC_PATHS; on `socket_path` (when given) everything. port 0
+    binds a free port; `port` tells which one once started.
     """
 
-    def __init__(self, address: str, port: int, pages: dict[str, Page]) -> None:
+    def __init__(
+        self, address: str, port: int, pages: dict[str, Page], socket_path: Path | None = None
+    ) -> None:
         self.address = address
         self._requested_port = port
+        self.socket_path = socket_path
         self.pages = dict(pages)
         self.actions: dict[str, Action] = {}
         self._server: asyncio.Server | None = None
+        self._unix: asyncio.Server | None = None
+        self._socket_inode = 0
 
     @property
     def port(self) -> int:
@@ -78,25 +98,50 @@ class AdminServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        """Bind and start serving."""
-        self._server = await asyncio.start_server(
-            self._handle, self.address, self._requested_port, limit=MAX_REQUEST_BYTES
-        )
-        log.info("admin_listening", address=self.address, port=self.port)
+        """Bind and start serving (the socket first: the CLI works once /readyz answers)."""
+        if self.socket_path is not None:
+            self._unix = await _start_unix(self.socket_path, self._handle_private)
+            self._socket_inode = os.lstat(self.socket_path).st_ino
+        try:
+            self._server = await asyncio.start_server(
+                self._handle_public, self.address, self._requested_port, limit=MAX_REQUEST_BYTES
+            )
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("admin_listening", address=self.address, port=self.port, socket=self.socket_path)
 
     async def stop(self) -> None:
-        """Stop accepting and close the listener."""
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), timeout=2)
-            self._server = None
+        """Stop accepting and close the listeners."""
+        for server in (self._server, self._unix):
+            if server is not None:
+                server.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(server.wait_closed(), timeout=2)
+        if self._unix is not None and self.socket_path is not None:
+            _remove_own_socket(self.socket_path, self._socket_inode)
+        self._server = self._unix = None
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle_public(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await self._handle(reader, writer, public=True)
+
+    async def _handle_private(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await self._handle(reader, writer, public=False)
+
+    async def _handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, public: bool
+    ) -> None:
         try:
             try:
                 method, path = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT_S)
-                response = await self._respond(method, path)
+                if public and _path_of(path) not in PUBLIC_PATHS:
+                    response = self._not_public(_path_of(path))
+                else:
+                    response = await self._respond(method, path)
             except _BadRequest as exc:
                 method, response = "GET", Response.text(exc.status, f"{exc}\n")
             except TimeoutError:
@@ -110,6 +155,16 @@ class AdminServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _not_public(self, path: str) -> Response:
+        if path not in self.pages and path not in self.actions:
+            return Response.text(404, "not found\n")
+        where = f" {self.socket_path}" if self.socket_path is not None else ""
+        return Response.text(
+            403,
+            f"{path} is served only on the agent's admin socket{where} (root or the agent's "
+            "group); use `meshagent status` / `proxy-config`, or curl --unix-socket\n",
+        )
 
     async def _respond(self, method: str, target: str) -> Response:
         answer = self._dispatch(method, target)
@@ -138,6 +193,38 @@ class AdminServer:
         except Exception:
             log.exception("admin_page_failed", path=target)
             return Response.text(500, "internal error\n")
+
+
+def _path_of(target: str) -> str:
+    return target.partition("?")[0]
+
+
+async def _start_unix(path: Path, handler: Any) -> asyncio.Server:
+    """Serve handler on a Unix socket at path, mode SOCKET_MODE (the process's group)."""
+    from meshagent.xds.server import remove_stale_socket  # one rule for stale sockets
+
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    remove_stale_socket(str(path))
+    # A new socket file gets the umask's mode until the chmod below; the state directory
+    # (0750) and the service's UMask (0007) keep strangers out of that moment.
+    try:
+        server = await asyncio.start_unix_server(handler, str(path), limit=MAX_REQUEST_BYTES)
+    except OSError as exc:
+        reason = f"cannot listen on the admin socket: {exc.strerror or exc}"
+        raise ConfigError(reason, location=str(path), field="admin.socket") from None
+    try:
+        os.chmod(path, SOCKET_MODE)
+    except BaseException:
+        server.close()
+        raise
+    return server
+
+
+def _remove_own_socket(path: Path, inode: int) -> None:
+    """Remove the socket file at path if it is still the one this server bound."""
+    with contextlib.suppress(OSError):
+        if os.lstat(path).st_ino == inode:
+            os.unlink(path)
 
 
 async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
@@ -191,7 +278,7 @@ def standard_pages(
     metrics: Callable[[], bytes],
     config_errors: Callable[[], Any],
 ) -> dict[str, Page]:
-    """The agent's pages: /healthz, /readyz, /metrics, /debug/config_errors."""
+    """The agent's pages: /healthz, /readyz, /metrics (public), /debug/config_errors."""
     return {
         "/healthz": lambda: Response.text(200, "ok\n"),
         "/readyz": readiness_page(ready_reasons),

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from meshagent.agent.config import _hostname, _Section
+from meshagent.agent.config import _duration_ms, _hostname, _Section
 from meshagent.model.proxy import ExtAuthzProvider
-from meshagent.normalize.durations import parse_duration_ms
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -50,9 +49,7 @@ def _provider(name: str, kind: str, s: _Section) -> ExtAuthzProvider:
     s.only(*_COMMON, *(_HTTP_ONLY if kind == "http" else ()))
     if not s.data.get("service"):
         raise s.error("is required (the authorizer's mesh service host)", "service")
-    timeout = parse_duration_ms(s.get("timeout", str, "600ms"))
-    if not timeout:
-        raise s.error('must be a positive duration such as "600ms" or "1s"', "timeout")
+    timeout = _duration_ms(s, "timeout", "600ms", 1)
     status = s.get("status_on_error", int, 403)
     if not 200 <= status <= 599:
         raise s.error("must be an HTTP status (200-599)", "status_on_error")

@@ -19,7 +19,7 @@ from meshagent.ca.authority import CertificateAuthority
 from meshagent.ca.durations import format_duration, parse_duration
 from meshagent.ca.keys import KEY_TYPES, generate_key, key_to_pem, load_certs_pem, make_csr
 from meshagent.errors import ConfigError
-from meshagent.model.identity import Identity
+from meshagent.model.identity import Identity, InvalidIdentity, check_name, config_identity
 
 DEFAULT_CA_DIR = Path("/var/lib/meshagent/ca")
 
@@ -75,6 +75,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 def _init(args: argparse.Namespace, out: TextIO) -> int:
     from meshagent.ca.state import ROOT_CERT, init_self_signed
 
+    _trust_domain_flag(args.trust_domain)
     created = init_self_signed(args.dir, args.trust_domain)
     root = load_certs_pem((args.dir / ROOT_CERT).read_bytes())[0]
     verb = "created" if created else "exists:"
@@ -85,30 +86,71 @@ def _init(args: argparse.Namespace, out: TextIO) -> int:
 def _open_ca(ca_dir: Path, trust_domain: str | None) -> CertificateAuthority:
     from meshagent.ca.state import ROOT_CERT, load_plugin, load_self_signed
 
+    if trust_domain is not None:
+        _trust_domain_flag(trust_domain)
     if (ca_dir / "ca-key.pem").exists():
         root = load_certs_pem((ca_dir / "root-cert.pem").read_bytes())[0]
-        return load_plugin(ca_dir, trust_domain or _organization(root))
+        return load_plugin(ca_dir, trust_domain or _organization(root, ca_dir))
     if not (ca_dir / ROOT_CERT).exists():
         raise ConfigError(
             "no CA here; run `meshagent ca init --dir DIR` first", location=str(ca_dir)
         )
     root = load_certs_pem((ca_dir / ROOT_CERT).read_bytes())[0]
-    return load_self_signed(ca_dir, trust_domain or _organization(root), create=False)
+    return load_self_signed(ca_dir, trust_domain or _organization(root, ca_dir), create=False)
 
 
-def _organization(cert: x509.Certificate) -> str:
+def _organization(cert: x509.Certificate, ca_dir: Path) -> str:
+    """The trust domain a root names in its organization (as `ca init` writes it)."""
     names = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-    return str(names[0].value) if names else "cluster.local"
+    value = str(names[0].value) if names else "cluster.local"
+    try:
+        return check_name("trust_domain", value)
+    except InvalidIdentity as exc:
+        raise _NoTrustDomain(
+            f"the root certificate's organization is not a trust domain ({exc}); "
+            "pass --trust-domain",
+            location=str(ca_dir),
+        ) from None
+
+
+class _NoTrustDomain(ConfigError):
+    """The CA's root names no valid trust domain (e.g. Istio's sample cacerts: O=Istio)."""
+
+
+def _trust_domain_flag(value: str) -> None:
+    try:
+        check_name("trust_domain", value)
+    except InvalidIdentity as exc:
+        raise ConfigError(str(exc), field="--trust-domain") from None
+
+
+def _flag_identity(trust_domain: str, args: argparse.Namespace) -> Identity:
+    """The identity named by --namespace and --service-account; ConfigError naming the flag."""
+    return config_identity(
+        trust_domain,
+        args.namespace,
+        args.service_account,
+        fields={
+            "trust_domain": "--trust-domain",
+            "namespace": "--namespace",
+            "service_account": "--service-account",
+        },
+    )
 
 
 def _issue(args: argparse.Namespace, out: TextIO) -> int:
+    from meshagent.ca.errors import LifetimeRejected
     from meshagent.ca.keys import write_private
 
     ttl = _duration(args.ttl, "--ttl")
+    _flag_identity("cluster.local", args)  # names first: nothing is opened for a bad one
     ca = _open_ca(args.dir, args.trust_domain)
-    identity = Identity(ca.trust_domain, args.namespace, args.service_account)
+    identity = _flag_identity(ca.trust_domain, args)
     key = generate_key(args.key_type)
-    chain = ca.issue(make_csr(key, identity), identity, ttl)
+    try:
+        chain = ca.issue(make_csr(key, identity), identity, ttl)
+    except LifetimeRejected as exc:
+        raise ConfigError(str(exc), field="--ttl") from None
     write_private(args.out / "key.pem", key_to_pem(key))
     write_private(args.out / "cert-chain.pem", "".join(chain))
     write_private(args.out / "root-cert.pem", ca.roots_pem)
@@ -118,9 +160,14 @@ def _issue(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _show(args: argparse.Namespace, out: TextIO) -> int:
-    ca = _open_ca(args.dir, None)
+    try:
+        ca = _open_ca(args.dir, None)
+        trust_domain = ca.trust_domain
+    except _NoTrustDomain as exc:  # still worth showing; issuing needs --trust-domain
+        ca = _open_ca(args.dir, "cluster.local")
+        trust_domain = f"none: {exc.reason}"
     mode = "plug-in" if ca.signer_cert not in ca.roots else "self-signed"
-    print(f"mode: {mode}\ntrust domain: {ca.trust_domain}", file=out)
+    print(f"mode: {mode}\ntrust domain: {trust_domain}", file=out)
     print(f"signer: {_describe(ca.signer_cert)}", file=out)
     for root in ca.roots:
         print(f"root: {_describe(root)}", file=out)
@@ -132,8 +179,9 @@ def _token_create(args: argparse.Namespace, out: TextIO) -> int:
     from meshagent.ca.tokens import create_token
 
     ttl = _duration(args.ttl, "--ttl")
+    _flag_identity("cluster.local", args)
     ca = _open_ca(args.ca_dir, args.trust_domain)
-    identity = Identity(ca.trust_domain, args.namespace, args.service_account)
+    identity = _flag_identity(ca.trust_domain, args)
     print(create_token(token_key(args.ca_dir), identity, ttl), file=out)
     return 0
 

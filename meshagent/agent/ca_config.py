@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from meshagent.agent.config import _bounded, _hostname, _ip, _resolve
+from meshagent.agent.config import _bounded, _duration_ms, _ip, _resolve
 from meshagent.ca.settings import CA_MODES, CaConfig, CaServeConfig, CaUpstreamConfig
+from meshagent.model.identity import InvalidIdentity, check_name
 
 if TYPE_CHECKING:
     from meshagent.agent.config import _Section
@@ -14,11 +15,19 @@ if TYPE_CHECKING:
 
 def parse_ca(s: _Section, base: Path, state_dir: Path) -> CaConfig:
     """The `ca` section, validated; relative paths resolve against base."""
-    from meshagent.ca.durations import parse_duration
     from meshagent.ca.keys import KEY_TYPES
+    from meshagent.durations import format_ms
 
     s.only(
-        "mode", "dir", "trust_domain", "key_type", "workload_ttl", "plugin_dir", "upstream", "serve"
+        "mode",
+        "dir",
+        "trust_domain",
+        "key_type",
+        "workload_ttl",
+        "max_workload_ttl",
+        "plugin_dir",
+        "upstream",
+        "serve",
     )
     mode = s.choice("mode", "self-signed", CA_MODES)
     plugin_dir = s.opt("plugin_dir", str)
@@ -26,10 +35,10 @@ def parse_ca(s: _Section, base: Path, state_dir: Path) -> CaConfig:
         raise s.error("is required when mode is plug-in", "plugin_dir")
     if mode == "upstream" and s.data.get("upstream") is None:
         raise s.error("is required when mode is upstream", "upstream")
-    try:
-        ttl = parse_duration(s.get("workload_ttl", str, "24h"))
-    except ValueError as exc:
-        raise s.error(str(exc), "workload_ttl") from None
+    ttl_ms = _duration_ms(s, "workload_ttl", "24h", 1)
+    max_ms = _duration_ms(s, "max_workload_ttl", "90d", 1)
+    if ttl_ms > max_ms:
+        raise s.error(f"is longer than ca.max_workload_ttl ({format_ms(max_ms)})", "workload_ttl")
     ca_dir = s.opt("dir", str)
     serve = _ca_serve(s.section("serve"))
     if mode == "upstream" and serve.address:
@@ -37,13 +46,24 @@ def parse_ca(s: _Section, base: Path, state_dir: Path) -> CaConfig:
     return CaConfig(
         mode=mode,
         dir=_resolve(base, ca_dir) if ca_dir else state_dir / "ca",
-        trust_domain=_hostname(s, "trust_domain", "cluster.local"),
+        trust_domain=identity_name(s, "trust_domain", "trust_domain", "cluster.local"),
         key_type=s.choice("key_type", "ec-p256", KEY_TYPES),
-        workload_ttl_s=ttl,
+        workload_ttl_s=ttl_ms / 1000,
+        max_workload_ttl_s=max_ms / 1000,
         plugin_dir=_resolve(base, plugin_dir) if plugin_dir else None,
         upstream=_ca_upstream(s.section("upstream"), base) if mode == "upstream" else None,
         serve=serve,
     )
+
+
+def identity_name(s: _Section, key: str, part: str, default: str) -> str:
+    """s[key] checked as an identity `part` ("trust_domain", "namespace", "service_account",
+    see model/identity.py); a located ConfigError otherwise."""
+    value = s.get(key, str, default)
+    try:
+        return check_name(part, value)
+    except InvalidIdentity as exc:
+        raise s.error(str(exc), key) from None
 
 
 def _ca_upstream(s: _Section, base: Path) -> CaUpstreamConfig:

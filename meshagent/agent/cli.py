@@ -15,7 +15,7 @@ from typing import TextIO
 
 from meshagent import __version__
 from meshagent.errors import ConfigError, MeshAgentError
-from meshagent.model.source import Diagnostic
+from meshagent.model.source import Diagnostic, RawResource, SourceEvent
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -181,16 +181,35 @@ def validate_paths(
     if missing:
         raise ConfigError("no such file or directory", location=str(missing[0]))
     diagnostics: list[Diagnostic] = []
+    loaded: list[RawResource] = []
     for path in find_config_files(paths):
         resources, problems = load_file(path)
         diagnostics.extend(problems)
+        loaded.extend(resources)
         for raw in resources:
             diagnostics.extend(
                 validate_resource(
                     raw, domain_suffix=domain_suffix, default_namespace=default_namespace
                 )
             )
-    return diagnostics
+    return diagnostics + reference_warnings(
+        loaded, domain_suffix=domain_suffix, default_namespace=default_namespace
+    )
+
+
+def reference_warnings(
+    resources: Sequence[RawResource], *, domain_suffix: str, default_namespace: str
+) -> list[Diagnostic]:
+    """Routes and rules among resources that reference hosts or subsets none of them declare
+    (normalize/references.py), as the agent would report them."""
+    from meshagent.normalize.normalizer import Normalizer
+
+    normalizer = Normalizer(domain_suffix=domain_suffix, default_namespace=default_namespace)
+    by_source: dict[str, list[RawResource]] = {}
+    for raw in resources:
+        by_source.setdefault(raw.source, []).append(raw)
+    normalizer.apply(SourceEvent(s, upserts=tuple(rs)) for s, rs in by_source.items())
+    return normalizer.references()
 
 
 if __name__ == "__main__":

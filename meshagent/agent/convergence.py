@@ -50,11 +50,23 @@ class ConvergenceTracker:
 
 
 class ConvergenceObserver(MetricsObserver):
-    """MetricsObserver that also tells a ConvergenceTracker about ACKs."""
+    """MetricsObserver that also tells a ConvergenceTracker about ACKs (and on_nack, when
+    given, about NACKs: node id, type URL, version, error)."""
 
-    def __init__(self, metrics: AgentMetrics, tracker: ConvergenceTracker) -> None:
+    def __init__(
+        self,
+        metrics: AgentMetrics,
+        tracker: ConvergenceTracker,
+        on_nack: Callable[[str, str, str, str], None] | None = None,
+    ) -> None:
         super().__init__(metrics)
         self.tracker = tracker
+        self.on_nack = on_nack
+
+    def nacked(self, node_id: str, type_url: str, version: str, error: str) -> None:
+        super().nacked(node_id, type_url, version, error)
+        if self.on_nack is not None:
+            self.on_nack(node_id, type_url, version, error)
 
     def acked(self, node_id: str, type_url: str, version: str, latency_s: float) -> None:
         super().acked(node_id, type_url, version, latency_s)

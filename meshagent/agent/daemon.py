@@ -17,9 +17,8 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -28,11 +27,14 @@ from meshagent.adapters.files import FilesAdapter
 from meshagent.agent.admin import AdminServer, standard_pages
 from meshagent.agent.config import AgentConfig, load_config
 from meshagent.agent.convergence import ConvergenceObserver, ConvergenceTracker
+from meshagent.agent.diagnostics import DiagnosticTable
 from meshagent.agent.envoy import EnvoySupervisor, bootstrap_for
+from meshagent.agent.instancelock import InstanceLock
 from meshagent.agent.lastgood import FILE_NAME, PERSISTED_SOURCES, LastGoodStore
 from meshagent.agent.logs import configure_logging
 from meshagent.agent.metrics import AgentMetrics
 from meshagent.agent.opspages import install_ops_pages
+from meshagent.agent.publishing import CONSISTENCY_SOURCE, NACK_SOURCE, NackExplainer
 from meshagent.agent.sdnotify import SystemdNotifier
 from meshagent.errors import MeshAgentError
 from meshagent.gcpause import paused_gc
@@ -41,14 +43,16 @@ from meshagent.model.proxy import ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
 from meshagent.xds.cache import SnapshotCache
+from meshagent.xds.consistency import ConsistencyChecker, Inconsistency
 from meshagent.xds.resources import ResourceSet
 from meshagent.xds.typeurls import SHORT_NAMES
 
 log = structlog.get_logger("meshagent.agent")
 
 Key = tuple[str, str, str, str]
-MAX_KEPT_DIAGNOSTICS = 1000
+_T = TypeVar("_T")
 SOURCE_RETRY_MAX_S = 30.0
+AGENT_CONFIG = "agent-config"  # the source of a refused reload's diagnostic
 
 
 def build_adapters(config: AgentConfig) -> list[Adapter]:
@@ -91,8 +95,9 @@ def mesh_file_loader(text: str, path: str) -> tuple[list[RawResource], list[Diag
         reason = unknown_istio_kind(raw)
         if reason is None:
             kept.append(raw)
-        else:
-            diagnostics.append(diagnostic(raw, Issue("error", "kind", reason)))
+        else:  # an error of the file (the resource never serves to clear it), naming it
+            located = diagnostic(raw, Issue("error", "kind", f"{raw.provenance.ref}: {reason}"))
+            diagnostics.append(dataclasses.replace(located, kind="", name=""))
     return kept, diagnostics
 
 
@@ -132,6 +137,7 @@ class _Source:
     generation: int
     task: asyncio.Task[None] | None = None
     synced: bool = False
+    seen_first: bool = False
     complete: bool = False  # has listed everything it has, seeing all of its configuration
     listed: set[Key] = dataclasses.field(default_factory=set)  # keys listed until complete
     unavailable: tuple[str, ...] = ()  # the last event's SourceEvent.unavailable
@@ -156,6 +162,9 @@ class Agent:
         self.config = config
         self.metrics = metrics or AgentMetrics()
         self.cache = SnapshotCache()
+        self.consistency = ConsistencyChecker()
+        self._inconsistent: tuple[Inconsistency, ...] = ()  # why the last set was not published
+        self._nacks = NackExplainer()
         self.normalizer = normalizer or _default_normalizer(config)
         self.translator = translator or _default_translator()
         self.admin: AdminServer | None = None
@@ -170,7 +179,7 @@ class Agent:
         self._generation = 0
         self._snapshot: Any = None
         self._published = False
-        self._diagnostics: deque[Diagnostic] = deque(maxlen=MAX_KEPT_DIAGNOSTICS)
+        self.diagnostics = DiagnosticTable()  # current problems, not a history
         self._custom_problems: set[tuple[str, str]] = set()  # (workload, reason), logged once
         self._custom_checked: tuple[object, ...] = ()  # what _custom_problems was found from
         self._last_good = LastGoodStore(config.state_dir / FILE_NAME)
@@ -181,6 +190,7 @@ class Agent:
         self._processor: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._publish_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self.ca: Any = None  # CaRuntime when `ca:` is configured
         self.consul_registrar: Any = None  # ConsulRegistrar when sources.consul.register
@@ -190,19 +200,36 @@ class Agent:
         self.convergence = ConvergenceTracker(
             self.metrics, lambda: self.cache.status(self._proxy.node_id)
         )
+        self._lock = InstanceLock(config.state_dir)  # one agent per state dir
 
     # --- lifecycle ----------------------------------------------------------------------
+
+    def claim(self) -> None:
+        """Lock the state dir and check the xDS socket is not another live agent's; a
+        ConfigError (one line, nothing started) when another agent runs there."""
+        from meshagent.xds.server import remove_stale_socket
+
+        self._lock.acquire()
+        try:
+            remove_stale_socket(str(self.config.xds.uds))
+        except BaseException:
+            self._lock.release()
+            raise
 
     async def start(self) -> None:
         """Start admin, ADS, the sources and (when managed) Envoy."""
         from meshagent.xds.server import AdsServer
 
         cfg = self.config
-        self.admin = AdminServer(cfg.admin.address, cfg.admin.port, self._pages())
+        self.claim()
+        self.admin = AdminServer(
+            cfg.admin.address, cfg.admin.port, self._pages(), socket_path=cfg.admin.socket
+        )
         install_ops_pages(self.admin, self)
         await self.admin.start()
         cfg.xds.uds.parent.mkdir(parents=True, exist_ok=True)
-        self._ads = AdsServer(self.cache, ConvergenceObserver(self.metrics, self.convergence))
+        observer = ConvergenceObserver(self.metrics, self.convergence, self._nacked)
+        self._ads = AdsServer(self.cache, observer)
         tcp = f"{cfg.xds.tcp[0]}:{cfg.xds.tcp[1]}" if cfg.xds.tcp else None
         await self._ads.start(uds_path=str(cfg.xds.uds), tcp_address=tcp)
         if cfg.ca is not None:  # before the first publish, so that it carries the certificates
@@ -246,6 +273,8 @@ class Agent:
         if self._last_good_task is not None:  # let the last save finish
             with contextlib.suppress(Exception):
                 await self._last_good_task
+        for task in list(self._background):
+            await _cancel(task)
         if self.ca is not None:
             await self.ca.stop()
             self.ca = None
@@ -258,6 +287,7 @@ class Agent:
         if self.admin is not None:
             await self.admin.stop()
             self.admin = None
+        self._lock.release()
         log.info("agent_stopped")
 
     def _start_consul_registration(self) -> None:
@@ -270,8 +300,7 @@ class Agent:
         port = self.admin.port if self.admin is not None else cfg.admin.port
         check = f"http://{cfg.admin.address}:{port}/readyz"
         bodies = [
-            registration_body(w, cfg.node.id, consul.register.address, check)
-            for w in cfg.workloads
+            registration_body(w, cfg.node.id, consul.register.address, check) for w in cfg.workloads
         ]
         token = TokenFile(consul.options.token_file)
         self.consul_registrar = ConsulRegistrar(consul.options, token, bodies)
@@ -289,6 +318,7 @@ class Agent:
     async def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT (SIGHUP reloads), stop; the exit code."""
         loop = asyncio.get_running_loop()
+        self.claim()  # before the try: a refusal starts (and stops) nothing
         try:
             await self.start()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -350,7 +380,7 @@ class Agent:
                 batch.append(self._queue.get_nowait())
             events = [e for e in (self._admit(*item) for item in batch) if e is not None]
             if events:
-                self._apply(events)
+                await self._apply(events)
 
     def _admit(self, name: str, generation: int, event: SourceEvent) -> SourceEvent | None:
         """Drop events of replaced adapters; complete a restarted adapter's first listing."""
@@ -358,6 +388,12 @@ class Agent:
         if source is None or source.generation != generation:
             return None
         known = self._known.setdefault(event.source, set())
+        if not source.seen_first:
+            # A new adapter (first start or SIGHUP) re-reads every file: the file errors of
+            # the previous one that it does not repeat are gone.
+            source.seen_first = True
+            reread = self.diagnostics.locations(event.source)
+            event = dataclasses.replace(event, fixed=(*event.fixed, *reread))
         if not source.complete:
             event = self._complete_listing(source, event, known)
         known.difference_update(event.deletes)
@@ -387,23 +423,30 @@ class Agent:
         source.listed = set()
         return dataclasses.replace(event, deletes=(*event.deletes, *stale))
 
-    def _apply(self, events: list[SourceEvent]) -> None:
+    async def _apply(self, events: list[SourceEvent]) -> None:
         self.convergence.changed()
         try:
-            with paused_gc():
-                snapshot, diagnostics = self.normalizer.apply(events)
+            # In a worker thread, as translation is: a 10k-service load takes seconds, and
+            # the ADS streams and the admin pages must keep being served meanwhile. Only
+            # this task calls the normalizer, so it is never used from two threads at once.
+            snapshot, diagnostics = await asyncio.to_thread(
+                _gc_paused, self.normalizer.apply, events
+            )
         except Exception:
             log.exception("normalize_failed_bug", sources=sorted({e.source for e in events}))
             return
         self._snapshot = snapshot
-        self._report(diagnostics)
+        self._report(diagnostics, events)
         self._remember_last_good(events)
-        self._publish()
+        await self._publish()
 
-    def _report(self, diagnostics: Sequence[Diagnostic]) -> None:
+    def _report(
+        self, diagnostics: Sequence[Diagnostic], events: Sequence[SourceEvent] = ()
+    ) -> None:
         self.metrics.count_diagnostics(diagnostics)
+        self.diagnostics.update(events, diagnostics)
+        self.metrics.set_invalid(self.diagnostics.invalid_subjects())
         for d in diagnostics:
-            self._diagnostics.append(d)
             emit = log.error if d.severity == "error" else log.warning
             emit(
                 "config_" + d.severity,
@@ -485,21 +528,34 @@ class Agent:
             log.warning("last_good_serving", resources=len(still))
         self._report([_restored_warning(raw) for raw in still])
 
-    def _publish(self) -> None:
-        """Translate the current snapshot for the local proxy and hand it to the cache."""
-        if self._snapshot is None:
-            return
-        try:
-            with paused_gc():
-                resources: ResourceSet = self.translator.generate(self._snapshot, self._proxy)
-        except Exception:
-            self.metrics.translate_failures.inc()
-            log.exception("translate_failed_bug", proxy=self._proxy.node_id)
-            return  # the previous ResourceSet keeps serving
+    async def _publish(self) -> None:
+        """Translate the current snapshot for the local proxy and hand it to the cache.
+
+        The translation runs in a worker thread; the lock keeps the translator to one
+        thread and the publishes in order (sources, reloads and certificate rotations).
+        """
+        async with self._publish_lock:
+            if self._snapshot is None:
+                return
+            snapshot, proxy = self._snapshot, self._proxy
+            try:
+                resources = await asyncio.to_thread(
+                    _gc_paused, self.translator.generate, snapshot, proxy
+                )
+            except Exception:
+                self.metrics.translate_failures.inc()
+                log.exception("translate_failed_bug", proxy=proxy.node_id)
+                return  # the previous ResourceSet keeps serving
+            if await self._consistent(resources):  # else the last consistent set keeps serving
+                self._serve(resources)
+
+    def _serve(self, resources: ResourceSet) -> None:
+        """Hand a translated ResourceSet to the cache (on the event loop's thread)."""
         previous = self.cache.get(self._proxy.node_id)[0]
         version = self.cache.set(self._proxy.node_id, resources)
         self.convergence.published(pushes=version != previous)
         self._published = True
+        self.diagnostics.forget_source(NACK_SOURCE)  # a new set: Envoy judges it anew
         self._warn_unservable_custom_policies()
         self.metrics.snapshot_version.set(getattr(self._snapshot, "version", 0))
         counts = {t: len(resources.of(t)) for t in SHORT_NAMES}
@@ -510,6 +566,45 @@ class Agent:
             version=version,
             **{SHORT_NAMES[t]: n for t, n in counts.items()},
         )
+
+    async def _consistent(self, resources: ResourceSet) -> bool:
+        """Check resources before publishing (in a worker thread, as translation); report
+        each new set of problems once. A bug in the check does not hold configuration back."""
+        from meshagent.agent.publishing import inconsistency_diagnostics
+
+        try:
+            found = tuple(await asyncio.to_thread(self.consistency.check, resources))
+        except Exception:
+            log.exception("consistency_check_failed_bug", proxy=self._proxy.node_id)
+            return True
+        if found:
+            self.convergence.published(pushes=False)
+        if found != self._inconsistent:
+            self.diagnostics.forget_source(CONSISTENCY_SOURCE)
+        if found and found != self._inconsistent:
+            self._report(inconsistency_diagnostics(found, self.snapshot, self._proxy))
+        self._inconsistent = found
+        return not found
+
+    def _nacked(self, node: str, type_url: str, version: str, error: str) -> None:
+        """Envoy rejected a response: report it as an error naming the files responsible."""
+        if node != self._proxy.node_id:
+            return
+        args = (type_url, version, error, self.served_resources(), self.snapshot, self._proxy)
+        try:  # called from the ADS stream: a bug here must not end it
+            self._report([self._nacks.diagnostic(*args)])
+        except Exception:
+            log.exception("nack_attribution_failed_bug", proxy=node, type_url=type_url)
+
+    def _blame(self, type_url: str, version: str, error: str) -> str:
+        """ " (from <files>)" for a NACK, or "" when its resources are not known."""
+        args = (type_url, version, error, self.served_resources(), self.snapshot, self._proxy)
+        try:
+            origins = self._nacks.explain(*args)[1]
+        except Exception:  # readiness must answer whatever attribution does
+            log.exception("nack_attribution_failed_bug", type_url=type_url)
+            return ""
+        return f" (from {'; '.join(origins)})" if origins else ""
 
     def _warn_unservable_custom_policies(self) -> None:
         """Log once when CUSTOM AuthorizationPolicies make a workload deny everything (their
@@ -536,14 +631,19 @@ class Agent:
     # --- reload -------------------------------------------------------------------------
 
     def _reload_in_background(self) -> None:
-        task = asyncio.get_running_loop().create_task(self.reload())
+        self._spawn(self.reload())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run work as a task of its own, kept until it ends (stop() cancels what is left)."""
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)  # the loop keeps only a weak reference
         task.add_done_callback(self._background.discard)
 
     async def reload(self) -> None:
         """SIGHUP: re-read the config file and apply what can change without a restart.
 
-        Live: log level and format, sources (restarted with the new settings), outbound ports.
+        Live: log level and format, sources (restarted with the new settings), outbound ports,
+        capture and outbound_traffic_policy.
         Everything else is logged as needing a restart.
         """
         async with self._reload_lock:
@@ -561,12 +661,20 @@ class Agent:
         try:
             new = await asyncio.to_thread(load_config, path)
         except MeshAgentError as exc:
+            self.metrics.config_reload_failures.inc()
             log.error("config_reload_failed", path=str(path), error=str(exc))
+            self._agent_config_problem(exc, path)
             return
+        self._agent_config_problem(None, path)
         if new.log != old.log:
             configure_logging(new.log.level, new.log.format)
         self.config = dataclasses.replace(
-            old, log=new.log, sources=new.sources, outbound=new.outbound
+            old,
+            log=new.log,
+            sources=new.sources,
+            outbound=new.outbound,
+            capture=new.capture,
+            outbound_traffic_policy=new.outbound_traffic_policy,
         )
         if new.sources != old.sources:
             for adapter in self._adapter_factory(self.config):
@@ -574,7 +682,7 @@ class Agent:
         proxy = dataclasses.replace(new.proxy_spec(), certificates=self._proxy.certificates)
         if proxy != self._proxy:
             self._proxy = proxy
-            self._publish()
+            await self._publish()
         fixed = [
             f
             for f in ("node", "domain_suffix", "xds", "admin", "envoy", "state_dir", "ca")
@@ -584,10 +692,22 @@ class Agent:
             log.warning("config_change_needs_restart", fields=fixed)
         log.info("config_reloaded", path=str(path))
 
+    def _agent_config_problem(self, exc: MeshAgentError | None, path: Any) -> None:
+        """Show a refused reload among the current problems until a reload succeeds."""
+        if exc is None:
+            self.diagnostics.update([SourceEvent(AGENT_CONFIG)], ())
+        else:
+            where = getattr(exc, "location", "") or str(path)
+            field, reason = getattr(exc, "field", ""), getattr(exc, "reason", str(exc))
+            d = Diagnostic("error", AGENT_CONFIG, where, "", "", field, f"reload refused: {reason}")
+            earlier = self.diagnostics.locations(AGENT_CONFIG)  # replaced; first seen kept
+            self.diagnostics.update([SourceEvent(AGENT_CONFIG, errors=(d,), fixed=earlier)], (d,))
+        self.metrics.set_invalid(self.diagnostics.invalid_subjects())
+
     def _certificates_rotated(self, certificates: tuple[WorkloadCertificate, ...]) -> None:
         """The CA's callback: serve the new certificates (SDS) through a re-translation."""
         self._proxy = dataclasses.replace(self._proxy, certificates=certificates)
-        self._publish()
+        self._spawn(self._publish())
 
     def _healthy(self) -> bool:
         """The systemd watchdog's view: the processing task is alive."""
@@ -630,10 +750,9 @@ class Agent:
         }
 
     def config_errors(self) -> dict[str, Any]:
-        """/debug/config_errors: the most recent diagnostics, oldest first."""
-        return {
-            "diagnostics": [{**dataclasses.asdict(d), "message": str(d)} for d in self._diagnostics]
-        }
+        """/debug/config_errors: the current problems with when each was first seen; a problem
+        goes once its resource is accepted or deleted, or its file is fixed."""
+        return {"diagnostics": self.diagnostics.as_json()}
 
     def ready_reasons(self) -> list[str]:
         """Why the agent is not ready; [] when every source synced and Envoy ACKed all."""
@@ -645,6 +764,9 @@ class Agent:
         )
         if not self._published:
             reasons.append("no configuration published yet")
+        reasons += [f"configuration not published: {p.reason}" for p in self._inconsistent[:5]]
+        if len(self._inconsistent) > 5:
+            reasons.append(f"configuration not published: and {len(self._inconsistent) - 5} more")
         node = self._proxy.node_id
         status = self.cache.status(node)
         if not status.connected:
@@ -654,8 +776,10 @@ class Agent:
             if st.last_sent_version is None or st.acked:
                 continue
             if st.last_nack_version == st.last_sent_version:
+                error = st.last_nack_error or ""
+                blame = self._blame(type_url, st.last_sent_version, error)
                 reasons.append(
-                    f"envoy {node} rejected {kind} {st.last_sent_version}: {st.last_nack_error}"
+                    f"envoy {node} rejected {kind} {st.last_sent_version}: {error}{blame}"
                 )
             else:
                 reasons.append(f"envoy {node} has not ACKed {kind} {st.last_sent_version}")
@@ -678,6 +802,12 @@ def _restored_warning(raw: RawResource) -> Diagnostic:
         "serving the last good version saved before the restart: its document is invalid, "
         "unreadable or missing now",
     )
+
+
+def _gc_paused(work: Callable[..., _T], *args: Any) -> _T:
+    """work(*args) with the cyclic GC paused (meshagent.gcpause), for a worker thread."""
+    with paused_gc():
+        return work(*args)
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from meshagent.ca.settings import CaConfig, CaUpstreamConfig
 from meshagent.model.proxy import InboundPort, LocalWorkload
-from meshagent.normalize.durations import parse_duration_ms
 from meshagent.onboard.joindir import JoinInfo, read_join_dir
 
 if TYPE_CHECKING:
@@ -49,7 +48,7 @@ class JoinConfig:
 
 def parse_join(s: _Section, base: Path) -> JoinConfig:
     """Read `join:` and its directory; ConfigError with file:line and field when wrong."""
-    from meshagent.agent.config import _ip, _resolve
+    from meshagent.agent.config import _duration_ms, _ip, _resolve
     from meshagent.errors import ConfigError
 
     s.only(*KEYS)
@@ -61,9 +60,7 @@ def parse_join(s: _Section, base: Path) -> JoinConfig:
     override = s.opt("ca_address", str)
     if override:
         info = dataclasses.replace(info, ca_address=override, ca_dial=override)
-    grace_ms = parse_duration_ms(s.get("cleanup_grace", str, "10s"))
-    if grace_ms is None:
-        raise s.error('must be a duration such as "10s" or "500ms"', "cleanup_grace")
+    grace_ms = _duration_ms(s, "cleanup_grace", "10s", 0)
     address = s.opt("address", str) or info.address
     return JoinConfig(
         info=info,

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshagent.adapters.kubernetes import ALL_KINDS, KubeOptions
-from meshagent.normalize.durations import parse_duration_ms
 from meshagent.normalize.kubernetes import KubeMapping
 
 if TYPE_CHECKING:
@@ -77,10 +76,9 @@ def parse_kubernetes(s: _Section, base: Path) -> KubeSourceConfig:
 
 def _seconds(s: _Section, key: str, default: str, low_ms: int, high_ms: int) -> int:
     """A duration field in milliseconds, within [low_ms, high_ms]."""
-    value = parse_duration_ms(s.get(key, str, default))
-    if value is None or not low_ms <= value <= high_ms:
-        raise s.error(f"must be a duration from {low_ms}ms to {high_ms // 1000}s", key)
-    return value
+    from meshagent.agent.config import _duration_ms  # it imports this module's types
+
+    return _duration_ms(s, key, default, low_ms, high_ms)
 
 
 def _file(s: _Section, key: str, base: Path) -> Path | None:

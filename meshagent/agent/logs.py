@@ -7,12 +7,55 @@ stable keys such as `proxy`, `type_url`, `version`, `source`. Event names are fi
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
 _state: dict[str, Any] = {"stream": sys.stderr}
+
+# A PEM private key block (PKCS#8, "EC", "RSA", "ENCRYPTED" ...), also one cut off at the end.
+_PRIVATE_KEY_PEM = re.compile(
+    r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----|\Z)", re.DOTALL
+)
+REDACTED = "[redacted]"
+
+
+def redact_text(text: str) -> str:
+    """text with every PEM private key in it replaced by "[redacted]"."""
+    if "PRIVATE KEY-----" not in text:
+        return text
+    return _PRIVATE_KEY_PEM.sub(REDACTED, text)
+
+
+def _redact_value(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, bytes):
+        return _redact_value(value.decode("utf-8", "replace"), depth)
+    if depth < 4 and isinstance(value, dict):
+        return {k: _redact_value(v, depth + 1) for k, v in value.items()}
+    if depth < 4 and isinstance(value, list | tuple):
+        return [_redact_value(v, depth + 1) for v in value]
+    if value is None or isinstance(value, int | float):
+        return value
+    text = repr(value)  # what the renderer would show
+    return redact_text(text) if "PRIVATE KEY-----" in text else value
+
+
+def redact_key_material(
+    logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: no log line ever carries a PEM private key, whatever logged it.
+
+    Strings (and bytes) in the event, tracebacks included, are searched, and so is the repr
+    of anything else (the key-holding types also hide their keys from repr).
+    """
+    for key, value in event.items():
+        event[key] = _redact_value(value)
+    return event
 
 
 def level_number(level: str) -> int:
@@ -43,6 +86,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            redact_key_material,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level_number(level)),

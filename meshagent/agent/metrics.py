@@ -104,6 +104,27 @@ class AgentMetrics:
             registry=r,
         )
 
+        # Rollout gates (issue 11): reloads the agent refused (its config keeps running), and
+        # how many resources (or files, platform addresses) have a current error, per source.
+        self.config_reload_failures = Counter(
+            "meshagent_config_reload_failures",
+            "Agent config reloads refused (the running config is kept)",
+            registry=r,
+        )
+        self.invalid_resources = Gauge(
+            "meshagent_invalid_resources",
+            "Resources, files or platform addresses with a current config error",
+            ["source"],
+            registry=r,
+        )
+        self._invalid_sources: set[str] = set()
+
+    def set_invalid(self, counts: Mapping[str, int]) -> None:
+        """meshagent_invalid_resources from a per-source count; sources not in counts are 0."""
+        self._invalid_sources.update(counts)
+        for source in self._invalid_sources:
+            self.invalid_resources.labels(source=source).set(counts.get(source, 0))
+
     def count_diagnostics(self, diagnostics: Iterable[Diagnostic]) -> None:
         """Count each diagnostic as an error or a warning of its source."""
         for d in diagnostics:

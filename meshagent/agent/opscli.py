@@ -1,13 +1,17 @@
 """Operator commands of `meshagent`: status, proxy-config, reload, drain-envoy, completion.
 
-They talk to a running agent over its admin HTTP (address and port from the agent config)
-and, for drain-envoy, to Envoy's admin. Failures are one line (MeshAgentError), exit 2.
+They talk to a running agent over its admin socket (`admin.socket` in the agent config: root
+and the agent's group may connect) and, for drain-envoy and `--from envoy`, to Envoy's admin.
+Failures are one line (MeshAgentError), exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import http.client
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -59,10 +63,59 @@ def run_ops_command(args: argparse.Namespace, parser: argparse.ArgumentParser,
     return handler(load_config(args.config), args, out)
 
 
-def _admin_url(config: Any, path: str) -> str:
-    host = config.admin.address
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{config.admin.port}{path}"
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a Unix socket (the agent's admin socket)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self._path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def admin_request(
+    socket_path: Path | str, path: str, *, method: str = "GET", timeout: float = 5.0
+) -> tuple[int, bytes]:
+    """Status and body of one request to the agent's admin socket; OSError when unreachable."""
+    connection = _UnixHTTPConnection(str(socket_path), timeout)
+    try:
+        connection.request(method, path, body=b"" if method == "POST" else None)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def fetch_admin(config: Any, path: str, *, method: str = "GET") -> bytes:
+    """The body of a 2xx answer of the agent's admin socket; MeshAgentError (one line) else."""
+    where = config.admin.socket
+    try:
+        status, body = admin_request(where, path, method=method)
+    except PermissionError:
+        raise MeshAgentError(
+            f"cannot reach the agent's admin socket {where}: permission denied "
+            "(run as root or as a member of the agent's group)"
+        ) from None
+    except (OSError, http.client.HTTPException) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        hint = " (is the agent running?)" if getattr(exc, "errno", None) in _NOT_RUNNING else ""
+        raise MeshAgentError(
+            f"cannot reach the agent's admin socket {where}: {reason}{hint}"
+        ) from None
+    if not 200 <= status < 300:
+        raise MeshAgentError(f"{where} {path}: HTTP {status} {body.decode().strip()}")
+    return body
+
+
+_NOT_RUNNING = (errno.ENOENT, errno.ECONNREFUSED)
 
 
 def fetch(url: str, *, method: str = "GET", timeout: float = 5.0) -> bytes:
@@ -81,7 +134,7 @@ def fetch(url: str, *, method: str = "GET", timeout: float = 5.0) -> bytes:
 
 
 def _status(config: Any, args: argparse.Namespace, out: TextIO) -> int:
-    report = json.loads(fetch(_admin_url(config, "/debug/status")))
+    report = json.loads(fetch_admin(config, "/debug/status"))
     out.write(f"node {report['node']}: ")
     out.write("ready\n" if not report["not_ready"] else "NOT READY\n")
     for reason in report["not_ready"]:
@@ -99,6 +152,10 @@ def _status(config: Any, args: argparse.Namespace, out: TextIO) -> int:
             else ("NACK " + (t["nack_error"] or "") if t["nacked"] == t["sent"] else "pending")
         )
         out.write(f"  {kind}: sent {t['sent']} acked {t['acked']} {state}\n")
+    problems = report.get("diagnostics", [])
+    out.write(f"config errors: {len(problems) or 'none'}\n")
+    for d in problems:
+        out.write(f"  {d['message']} (since {d.get('first_seen', '?')})\n")
     for c in report["certificates"]:
         out.write(f"certificate {c['identity']}: expires {c['not_after']} ({c['expires_in_s']}s)\n")
     if not report["certificates"]:
@@ -107,7 +164,7 @@ def _status(config: Any, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _proxy_config(config: Any, args: argparse.Namespace, out: TextIO) -> int:
-    served = json.loads(fetch(_admin_url(config, "/debug/resources")))
+    served = json.loads(fetch_admin(config, "/debug/resources"))
     items = served.get(PROXY_CONFIG_KINDS[args.kind], [])
     applied = _envoy_applied(config, args.kind)
     if args.output == "short":
@@ -174,7 +231,7 @@ def _envoy_applied(config: Any, kind: str) -> dict[str, tuple[str | None, Any]] 
 
 
 def _reload(config: Any, args: argparse.Namespace, out: TextIO) -> int:
-    fetch(_admin_url(config, "/reload"), method="POST")
+    fetch_admin(config, "/reload", method="POST")
     out.write("reload requested\n")
     return 0
 

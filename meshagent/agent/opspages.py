@@ -22,6 +22,7 @@ from meshagent.agent.admin import AdminServer, Response
 from meshagent.agent.config import LOG_LEVELS
 from meshagent.agent.logs import configure_logging
 from meshagent.agent.statuspage import render_html
+from meshagent.xds.redact import redacted_any
 from meshagent.xds.typeurls import SHORT_NAMES
 
 
@@ -52,7 +53,10 @@ def install_ops_pages(admin: AdminServer, agent: OpsAgent) -> None:
 
 
 def resources_json(resources: Any) -> dict[str, Any]:
-    """A ResourceSet as {"cds": [{"name", "version", "resource"}], ...}, decoded to dicts."""
+    """A ResourceSet as {"cds": [{"name", "version", "resource"}], ...}, decoded to dicts.
+
+    Key material is shown as "[redacted]" (meshagent.xds.redact), as in Envoy's config dump.
+    """
     out: dict[str, Any] = {}
     for type_url, by_name in sorted(resources.by_type.items()):
         out[SHORT_NAMES.get(type_url, type_url)] = [
@@ -64,7 +68,7 @@ def resources_json(resources: Any) -> dict[str, Any]:
 
 def _decode(body: AnyProto) -> Any:
     try:
-        return json_format.MessageToDict(body)
+        return json_format.MessageToDict(redacted_any(body))
     except (TypeError, KeyError, json_format.Error):  # a type this process cannot resolve
         return {"@type": body.type_url, "bytes": len(body.value)}
 

@@ -117,10 +117,10 @@ def render_html(report: Mapping[str, Any]) -> str:
                  + _table(("type", "sent", "acked", "in sync", "NACKed", "error"),
                           [(t, v["sent"], v["acked"], v["in_sync"], v["nacked"],
                             v["nack_error"] or "") for t, v in xds["types"].items()])),
-        _section("Recent configuration errors", "errors", _table(
-            ("severity", "location", "resource", "field", "reason"),
-            [(d["severity"], d["location"], f"{d['kind']}/{d['name']}", d["field"], d["reason"])
-             for d in report["diagnostics"]])),
+        _section("Configuration errors", "errors", _table(
+            ("severity", "location", "resource", "field", "reason", "since"),
+            [(d["severity"], d["location"], f"{d['kind']}/{d['name']}", d["field"], d["reason"],
+              d.get("first_seen", "")) for d in report["diagnostics"]])),
     ]  # fmt: skip
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'

@@ -10,6 +10,7 @@ import datetime as dt
 import ipaddress
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -17,9 +18,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from meshagent.ca.errors import CaError, CsrRejected, IdentityMismatch
+from meshagent.ca.durations import format_duration
+from meshagent.ca.errors import CaError, CsrRejected, IdentityMismatch, LifetimeRejected
 from meshagent.ca.keys import PrivateKey, cert_to_pem
-from meshagent.model.identity import Identity
+from meshagent.model.identity import Identity, InvalidIdentity, check_name
 
 DEFAULT_TTL_S = 24 * 3600.0
 MAX_TTL_S = 90 * 24 * 3600.0
@@ -29,11 +31,23 @@ MAX_CSR_BYTES = 16 * 1024
 BACKDATE_S = 60.0
 
 
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """One issued certificate: the PEM chain (leaf first, root last) and the leaf's serial
+    (hex) and expiry (POSIX timestamp), so that callers need not parse the leaf again."""
+
+    chain: list[str]
+    serial: str
+    not_after: float
+
+
 class CertificateAuthority:
     """Signs workload certificates with `signer_key`/`signer_cert`.
 
     `chain` is the signer's own chain up to and including its root (just [root] when the signer
     is the root); `roots` is the trust bundle (one or more roots, several during a rotation).
+    `max_ttl` is the longest lifetime `issue` grants (Istio's max workload certificate TTL):
+    a longer request is refused, as Istio refuses it, rather than shortened.
     """
 
     def __init__(
@@ -49,6 +63,10 @@ class CertificateAuthority:
     ) -> None:
         if not chain or not roots:
             raise CaError("a CA needs its chain and at least one root")
+        try:
+            check_name("trust_domain", trust_domain)
+        except InvalidIdentity as exc:
+            raise CaError(str(exc)) from None
         self.signer_key, self.signer_cert = signer_key, signer_cert
         self.chain, self.roots = list(chain), list(roots)
         self.trust_domain, self.max_ttl, self._clock = trust_domain, max_ttl, clock
@@ -75,6 +93,19 @@ class CertificateAuthority:
 
     def issue(self, csr_pem: str, identity: Identity, ttl: float = DEFAULT_TTL_S) -> list[str]:
         """A certificate for identity with the CSR's key: PEM chain, leaf first, root last."""
+        return self.issue_leaf(csr_pem, identity, ttl).chain
+
+    def issue_leaf(self, csr_pem: str, identity: Identity, ttl: float = DEFAULT_TTL_S) -> Issued:
+        """issue, also handing back the leaf's serial and expiry.
+
+        LifetimeRejected when ttl is above max_ttl; IdentityMismatch when identity is outside
+        the trust domain or the CSR names another; CsrRejected for a bad CSR.
+        """
+        if ttl > self.max_ttl:
+            raise LifetimeRejected(
+                f"requested lifetime {_lifetime(ttl)} is greater than the maximum "
+                f"{_lifetime(self.max_ttl)}"
+            )
         if identity.trust_domain != self.trust_domain:
             raise IdentityMismatch(
                 f"identity {identity.spiffe_id} is outside trust domain {self.trust_domain}"
@@ -82,7 +113,11 @@ class CertificateAuthority:
         csr, key = _parse_csr(csr_pem)
         check_csr_identity(csr, identity)
         leaf = self._sign_leaf(key, identity, ttl)
-        return [cert_to_pem(leaf), *self._chain_pem]
+        return Issued(
+            [cert_to_pem(leaf), *self._chain_pem],
+            format(leaf.serial_number, "x"),
+            leaf.not_valid_after_utc.timestamp(),
+        )
 
     def issue_server(
         self,
@@ -109,7 +144,7 @@ class CertificateAuthority:
         *,
         alt: list[x509.GeneralName] | None = None,
     ) -> x509.Certificate:
-        ttl = min(max(ttl, MIN_TTL_S), self.max_ttl)
+        ttl = max(ttl, MIN_TTL_S)  # issue refuses above max_ttl; the server's own is fixed
         now = self._clock()
         not_after = min(now + ttl, self._signer_expiry)
         sans = alt or [x509.UniformResourceIdentifier(identity.spiffe_id)]
@@ -140,6 +175,11 @@ _LEAF_USAGE = x509.KeyUsage(
     encipher_only=False,
     decipher_only=False,
 )
+
+
+def _lifetime(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole if whole == seconds else seconds}s ({format_duration(seconds)})"
 
 
 def _utc(timestamp: float) -> dt.datetime:

@@ -8,7 +8,7 @@ when it was issued, which is what the renewal time is computed from after a rest
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -24,7 +24,7 @@ KEY, CHAIN, ROOTS = "key.pem", "cert-chain.pem", "root-cert.pem"
 class StoredCert:
     """What is on disk for one identity, parsed."""
 
-    key_pem: str
+    key_pem: str = field(repr=False)  # never in a log line or a traceback
     chain_pem: list[str]
     roots_pem: str
     leaf: x509.Certificate

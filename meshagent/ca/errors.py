@@ -27,3 +27,11 @@ class RateLimited(CaError):
 
 class UpstreamError(CaError):
     """The upstream CA refused a request or could not be reached."""
+
+
+class LifetimeRejected(CaError):
+    """The requested certificate lifetime is above the CA's maximum (Istio: TTL_ERROR)."""
+
+
+class MalformedRequest(CaError):
+    """The request message cannot be decoded (not a valid IstioCertificateRequest)."""

@@ -1,5 +1,9 @@
 """What the CreateCertificate service does per request, without gRPC: authenticate the caller,
-rate-limit it, cap the lifetime, and issue for the caller's identity only.
+rate-limit it, check the lifetime, and issue for the caller's identity only.
+
+Every issuance is logged once (`ca_certificate_issued`: identity, serial, expiry, peer); every
+refusal is counted by reason (the error's class name, through `observe`) and logged
+(`ca_request_refused`) at a bounded rate per reason, with the number of lines held back.
 
 Also the Issuer protocol that the workload certificate manager uses (a local CA or an
 upstream one), and its local implementation.
@@ -7,18 +11,22 @@ upstream one), and its local implementation.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
 from cryptography import x509
 
 from meshagent.ca.authority import DEFAULT_TTL_S, CertificateAuthority, identity_of, signed_by
 from meshagent.ca.errors import AuthenticationError, CaError, RateLimited
 from meshagent.ca.keys import load_certs_pem
-from meshagent.ca.ratelimit import TokenBucketLimiter
+from meshagent.ca.ratelimit import LogBudget, TokenBucketLimiter
 from meshagent.ca.tokens import TokenVerifier
 from meshagent.model.identity import Identity
+
+log = structlog.get_logger("meshagent.ca")
 
 
 class Issuer(Protocol):
@@ -58,6 +66,7 @@ class Request:
     validity_s: int
     bearer_token: str | None
     peer_cert_pem: str | None
+    peer: str = ""  # the caller's address as gRPC reports it, for the log
 
 
 IssueObserver = Callable[[str, str], None]
@@ -66,7 +75,8 @@ IssueObserver = Callable[[str, str], None]
 class IssuanceService:
     """Authenticates, rate-limits and issues; raises CaError subclasses for each refusal.
 
-    `observe(outcome, reason)` is told about every request: outcome "issued" or "refused".
+    `observe(outcome, reason)` is told about every request: outcome "issued" or "refused";
+    `log_budget` bounds the refusal log lines (default: 5 per minute per reason).
     """
 
     def __init__(
@@ -77,24 +87,49 @@ class IssuanceService:
         *,
         default_ttl: float = DEFAULT_TTL_S,
         observe: IssueObserver | None = None,
+        log_budget: LogBudget | None = None,
     ) -> None:
         self.ca, self.verifier, self.limiter = ca, verifier, limiter
         self.default_ttl = default_ttl
         self._observe = observe or (lambda outcome, reason: None)
+        self._log_budget = log_budget or LogBudget()
 
     def handle(self, request: Request) -> tuple[Identity, list[str]]:
-        """The caller's identity and its new chain; CaError when refused (nothing issued)."""
+        """The caller's identity and its new chain; CaError when refused (nothing issued).
+
+        A validity of 0 or less asks for the default lifetime; one above the CA's maximum is
+        refused (LifetimeRejected), as Istio's CA refuses it.
+        """
         try:
             identity = self.authenticate(request)
             if not self.limiter.allow(identity.spiffe_id):
                 raise RateLimited(f"too many certificate requests from {identity.spiffe_id}")
             ttl = float(request.validity_s) if request.validity_s > 0 else self.default_ttl
-            chain = self.ca.issue(request.csr, identity, ttl)
+            issued = self.ca.issue_leaf(request.csr, identity, ttl)
         except CaError as exc:
-            self._observe("refused", type(exc).__name__)
+            self.refused(exc, request.peer)
             raise
         self._observe("issued", "")
-        return identity, chain
+        log.info(
+            "ca_certificate_issued",
+            identity=identity.spiffe_id,
+            serial=issued.serial,
+            not_after=dt.datetime.fromtimestamp(issued.not_after, dt.UTC).isoformat(),
+            peer=request.peer,
+        )
+        return identity, issued.chain
+
+    def refused(self, error: CaError, peer: str) -> None:
+        """Count a refusal by reason and log it, unless its reason's log budget is spent
+        (the next line logged for that reason says how many were held back)."""
+        reason = type(error).__name__
+        self._observe("refused", reason)
+        held_back = self._log_budget.take(reason)
+        if held_back is not None:
+            log.warning(
+                "ca_request_refused", reason=reason, error=str(error), peer=peer,
+                suppressed=held_back,
+            )  # fmt: skip
 
     def authenticate(self, request: Request) -> Identity:
         """The identity from the bearer token, else from a client certificate of this CA."""

@@ -45,3 +45,33 @@ class TokenBucketLimiter:
         if len(self._buckets) >= self._max:
             by_age = sorted(self._buckets.items(), key=lambda item: item[1][1])
             self._buckets = dict(by_age[len(by_age) // 2 :])
+
+
+class LogBudget:
+    """At most `lines` log lines per `interval` seconds per key (e.g. per refusal reason), so
+    that a flood of bad requests cannot flood the log; what was held back is counted.
+
+    `take(key)` is None when the line must be dropped, else how many lines of key were dropped
+    since the last one allowed (to log with it). Memory is one entry per key: keys must come
+    from a small fixed set (error class names), never from the caller.
+    """
+
+    def __init__(
+        self, lines: int = 5, interval: float = 60.0, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.lines, self.interval, self._clock = lines, interval, clock
+        # key -> [window start, lines logged in the window, lines dropped since the last one]
+        self._state: dict[str, list[float]] = {}
+
+    def take(self, key: str) -> int | None:
+        """Whether a line for key may be logged now; see the class docstring."""
+        now = self._clock()
+        state = self._state.setdefault(key, [now, 0, 0])
+        if now - state[0] >= self.interval:
+            state[0], state[1] = now, 0
+        if state[1] >= self.lines:
+            state[2] += 1
+            return None
+        state[1] += 1
+        dropped, state[2] = int(state[2]), 0
+        return dropped

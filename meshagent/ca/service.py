@@ -5,9 +5,12 @@ Callers authenticate with `authorization: Bearer <token>` or with a client certi
 CA. gRPC Python cannot ask for an optional client certificate, so certificate-authenticated
 renewal has its own port (`mtls_address`), which requires one; the main port takes tokens.
 Each refusal maps to one status code:
-UNAUTHENTICATED (no, expired or forged credential), PERMISSION_DENIED (the CSR names another
-identity), INVALID_ARGUMENT (bad CSR), RESOURCE_EXHAUSTED (rate limit; oversized messages are
-refused by gRPC itself with the same code).
+UNAUTHENTICATED (no, expired or forged credential, or one naming an invalid identity),
+PERMISSION_DENIED (the CSR names another identity), INVALID_ARGUMENT (bad CSR, a lifetime
+above the maximum, a request that is not an IstioCertificateRequest), RESOURCE_EXHAUSTED (rate
+limit; oversized messages are refused by gRPC itself with the same code). The request is
+decoded here rather than by gRPC, so that a malformed one gets INVALID_ARGUMENT and is counted
+like any other refusal.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
 from meshagent.ca.authority import CertificateAuthority
 from meshagent.ca.errors import (
@@ -23,6 +27,8 @@ from meshagent.ca.errors import (
     CaError,
     CsrRejected,
     IdentityMismatch,
+    LifetimeRejected,
+    MalformedRequest,
     RateLimited,
 )
 from meshagent.ca.issuer import IssuanceService, Request
@@ -44,6 +50,8 @@ _CODES: dict[type[CaError], grpc.StatusCode] = {
     AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
     IdentityMismatch: grpc.StatusCode.PERMISSION_DENIED,
     CsrRejected: grpc.StatusCode.INVALID_ARGUMENT,
+    LifetimeRejected: grpc.StatusCode.INVALID_ARGUMENT,
+    MalformedRequest: grpc.StatusCode.INVALID_ARGUMENT,
     RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
@@ -96,7 +104,7 @@ class CertificateServer:
         server = grpc.aio.server(options=options)
         handler = grpc.unary_unary_rpc_method_handler(
             self._create,
-            request_deserializer=IstioCertificateRequest.FromString,
+            request_deserializer=None,  # raw bytes: _create decodes them (see the docstring)
             response_serializer=_serialize,
         )
         server.add_generic_rpc_handlers(
@@ -133,7 +141,14 @@ class CertificateServer:
             await self._server.stop(grace)
             self._server = None
 
-    async def _create(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def _create(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        peer = context.peer() or ""
+        try:
+            request = IstioCertificateRequest.FromString(raw)
+        except DecodeError as exc:
+            error = MalformedRequest(f"request is not an IstioCertificateRequest: {exc}")
+            self.service.refused(error, peer)
+            await context.abort(status_for(error), str(error))
         token = _bearer(context)
         call = Request(
             csr=request.csr,
@@ -141,11 +156,11 @@ class CertificateServer:
             bearer_token=token,
             # Looked up only when needed: the per-call cost shows in the issuance rate.
             peer_cert_pem=None if token else _peer_cert(context),
+            peer=peer,
         )
         try:
             _, chain = self.service.handle(call)
-        except CaError as exc:
-            log.info("ca_request_refused", peer=context.peer(), reason=str(exc))
+        except CaError as exc:  # counted and logged by the service
             await context.abort(status_for(exc), str(exc))
         return IstioCertificateResponse(cert_chain=chain)
 

@@ -39,6 +39,7 @@ class CaConfig:
     trust_domain: str = "cluster.local"
     key_type: str = "ec-p256"
     workload_ttl_s: float = 24 * 3600.0
+    max_workload_ttl_s: float = 90 * 86400.0  # longer CreateCertificate requests are refused
     plugin_dir: Path | None = None
     upstream: CaUpstreamConfig | None = None
     serve: CaServeConfig = CaServeConfig()

@@ -20,11 +20,15 @@ def open_authority(
 ) -> CertificateAuthority | None:
     """The CA this host signs with (None in upstream mode, where it has no CA keys)."""
     if config.mode == "self-signed":
-        return load_self_signed(config.dir, config.trust_domain, clock=clock)
+        return load_self_signed(
+            config.dir, config.trust_domain, clock=clock, max_ttl=config.max_workload_ttl_s
+        )
     if config.mode == "plug-in":
         if config.plugin_dir is None:
             raise ConfigError("ca.plugin_dir is required in plug-in mode")
-        return load_plugin(config.plugin_dir, config.trust_domain, clock=clock)
+        return load_plugin(
+            config.plugin_dir, config.trust_domain, clock=clock, max_ttl=config.max_workload_ttl_s
+        )
     return None
 
 

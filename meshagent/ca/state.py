@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from meshagent.ca.authority import CertificateAuthority, signed_by
+from meshagent.ca.authority import MAX_TTL_S, CertificateAuthority, signed_by
 from meshagent.ca.keys import (
     PrivateKey,
     cert_to_pem,
@@ -30,6 +30,7 @@ from meshagent.ca.keys import (
     write_private,
 )
 from meshagent.errors import ConfigError
+from meshagent.model.identity import config_name
 
 ROOT_TTL_S = 10 * 365 * 86400.0
 ROOT_CERT, ROOT_KEY, TOKEN_KEY, EXTRA_ROOTS = (
@@ -44,7 +45,12 @@ PLUGIN_FILES = ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")
 def init_self_signed(
     ca_dir: Path, trust_domain: str, *, clock: Callable[[], float] = time.time
 ) -> bool:
-    """Create the root key and certificate in ca_dir unless they exist; True when created."""
+    """Create the root key and certificate in ca_dir unless they exist; True when created.
+
+    The root's organization is the trust domain; an invalid one is refused before anything
+    is written.
+    """
+    config_name("trust_domain", trust_domain, location=str(ca_dir))
     cert_path, key_path = ca_dir / ROOT_CERT, ca_dir / ROOT_KEY
     if cert_path.exists() and key_path.exists():
         return False
@@ -84,7 +90,12 @@ def _self_signed_root(key: PrivateKey, trust_domain: str, now: float) -> x509.Ce
 
 
 def load_self_signed(
-    ca_dir: Path, trust_domain: str, *, clock: Callable[[], float] = time.time, create: bool = True
+    ca_dir: Path,
+    trust_domain: str,
+    *,
+    clock: Callable[[], float] = time.time,
+    create: bool = True,
+    max_ttl: float = MAX_TTL_S,
 ) -> CertificateAuthority:
     """The self-signed CA in ca_dir, creating its root on first use when `create`."""
     if create:
@@ -93,11 +104,17 @@ def load_self_signed(
     root = _read_certs(ca_dir / ROOT_CERT)[0]
     _check_pair(key, root, ca_dir / ROOT_CERT)
     roots = [root, *_extra_roots(ca_dir)]
-    return CertificateAuthority(key, root, [root], roots, trust_domain, clock=clock)
+    return CertificateAuthority(
+        key, root, [root], roots, trust_domain, clock=clock, max_ttl=max_ttl
+    )
 
 
 def load_plugin(
-    plugin_dir: Path, trust_domain: str, *, clock: Callable[[], float] = time.time
+    plugin_dir: Path,
+    trust_domain: str,
+    *,
+    clock: Callable[[], float] = time.time,
+    max_ttl: float = MAX_TTL_S,
 ) -> CertificateAuthority:
     """A CA signing with the intermediate in Istio's cacerts layout, chaining to its root."""
     missing = [name for name in PLUGIN_FILES if not (plugin_dir / name).is_file()]
@@ -123,7 +140,9 @@ def load_plugin(
                 f"{parent.subject.rfc4514_string()}",
                 location=str(plugin_dir / "cert-chain.pem"),
             )
-    return CertificateAuthority(key, signer, chain, roots, trust_domain, clock=clock)
+    return CertificateAuthority(
+        key, signer, chain, roots, trust_domain, clock=clock, max_ttl=max_ttl
+    )
 
 
 def token_key(ca_dir: Path) -> ec.EllipticCurvePrivateKey:

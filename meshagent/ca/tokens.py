@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from meshagent.ca.errors import AuthenticationError
-from meshagent.model.identity import Identity
+from meshagent.model.identity import Identity, InvalidIdentity
 
 ISSUER, AUDIENCE = "meshagent-ca", "istio-ca"
 MAX_TOKEN_BYTES = 4096
@@ -139,7 +139,10 @@ class TokenVerifier:
         ns, sa = claims.get("ns"), claims.get("sa")
         if not isinstance(ns, str) or not isinstance(sa, str) or not ns or not sa:
             raise AuthenticationError("token has no namespace/service account")
-        identity = Identity(self._trust_domain, ns, sa)
+        try:
+            identity = Identity(self._trust_domain, ns, sa)
+        except InvalidIdentity as exc:  # e.g. sa "x/ns/client/sa/y" posing as namespace client
+            raise AuthenticationError(f"token names an invalid identity: {exc}") from None
         if claims.get("sub") != identity.spiffe_id:
             raise AuthenticationError(f"token is for another trust domain: {claims.get('sub')}")
         return identity, float(expires)

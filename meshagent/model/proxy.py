@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from meshagent.model.identity import WorkloadCertificate
 
+ALLOW_ANY = "ALLOW_ANY"
+REGISTRY_ONLY = "REGISTRY_ONLY"
+OUTBOUND_TRAFFIC_POLICIES = (ALLOW_ANY, REGISTRY_ONLY)
+
 
 @dataclass(frozen=True, slots=True)
 class TcpBinding:
@@ -98,6 +102,15 @@ class ProxySpec:
     extension_providers: tuple[ExtAuthzProvider, ...] = ()
     # This proxy's locality, "region/zone/subzone" ("" = unknown): locality load balancing.
     locality: str = ""
+    # Transparent mode (agent config `capture.enabled`): netfilter redirects the host's
+    # traffic to virtualOutbound and virtualInbound, which replace the per-port loopback
+    # and inbound listeners. outbound_traffic_policy is Istio's meshConfig
+    # outboundTrafficPolicy.mode: ALLOW_ANY passes unknown destinations through,
+    # REGISTRY_ONLY refuses them.
+    capture: bool = False
+    virtual_outbound_port: int = 15001
+    virtual_inbound_port: int = 15006
+    outbound_traffic_policy: str = ALLOW_ANY
 
     def outbound_port(self, service_port: int) -> int:
         for port, local in self.port_overrides:

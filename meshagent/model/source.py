@@ -103,4 +103,7 @@ class SourceEvent:
     deletes: tuple[tuple[str, str, str, str], ...] = ()  # RawResource.key values
     synced: bool = True
     errors: tuple[Diagnostic, ...] = ()
+    # Files (or other locations) whose earlier errors no longer hold: re-read without an
+    # error, or gone. The agent drops those errors from its current diagnostics.
+    fixed: tuple[str, ...] = ()
     unavailable: tuple[str, ...] = ()

@@ -1,21 +1,12 @@
-"""Istio durations: Go's time.ParseDuration syntax, as Istio's API accepts it ("1.5s", "1h30m")."""
+"""Istio durations: Go's time.ParseDuration syntax, as Istio's API accepts it ("1.5s", "1h30m").
+
+The grammar lives in meshagent/durations.py (shared with the agent config and the CLI); Istio
+resources get it without the "d" unit, which Go and Istio reject.
+"""
 
 from __future__ import annotations
 
-import re
-
-_UNIT_NS = {
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,
-    "μs": 1_000,
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-}
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_WHOLE = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
+from meshagent.durations import NS_PER_MS, parse_duration_ns
 
 
 def parse_duration_ms(text: str) -> int | None:
@@ -23,11 +14,5 @@ def parse_duration_ms(text: str) -> int | None:
 
     "0" alone is valid (Go accepts it); negative durations are not valid anywhere in Istio's API.
     """
-    if text == "0":
-        return 0
-    if not _WHOLE.fullmatch(text):
-        return None
-    total_ns = 0.0
-    for number, unit in _PART.findall(text):
-        total_ns += float(number) * _UNIT_NS[unit]
-    return int(round(total_ns) // 1_000_000)
+    ns = parse_duration_ns(text, days=False)
+    return None if ns is None else ns // NS_PER_MS

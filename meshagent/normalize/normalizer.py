@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-from meshagent.model.labels import selector_matches
 from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.model.services import Endpoint, Service, Workload
@@ -26,7 +25,9 @@ from meshagent.normalize.convert import Converted, ConvertedServiceEntry, conver
 from meshagent.normalize.convert.services import workload_endpoint
 from meshagent.normalize.kubernetes import KubeJoin, KubeMapping, is_kube_core
 from meshagent.normalize.ownership import Claims, Key
+from meshagent.normalize.references import ReferenceIndex, Unresolved, as_written
 from meshagent.normalize.schema.core import Issue
+from meshagent.normalize.selection import SelectorIndex
 from meshagent.normalize.validate import check_document, diagnostic, display_name, is_supported
 
 
@@ -44,7 +45,7 @@ class _Dirty:
 
     hosts: set[str] = field(default_factory=set)
     dr_hosts: set[str] = field(default_factory=set)
-    selector_namespaces: set[str] = field(default_factory=set)
+    selectors: set[Key] = field(default_factory=set)  # ServiceEntries whose selection changed
     upserted: set[Key] = field(default_factory=set)
     chain: bool = False  # a Consul router or splitter changed (consul/chain.py)
     # snapshot map name -> keys whose value was added, replaced or removed
@@ -111,8 +112,7 @@ class Normalizer:
         self._batch = 0
         self._se_claims = Claims()
         self._dr_claims = Claims()
-        self._selectors: dict[str, set[Key]] = {}  # namespace -> SEs with a workloadSelector
-        self._workloads_by_ns: dict[str, dict[Key, Workload]] = {}
+        self._selection = SelectorIndex()  # workloadSelectors and WorkloadEntry labels
         self._workload_endpoints: dict[Key, Endpoint] = {}
         self._services: dict[str, Service] = {}
         self._endpoints: dict[str, tuple[Endpoint, ...]] = {}
@@ -122,6 +122,9 @@ class Normalizer:
         self._chained: dict[str, VirtualService] = {}  # Consul routers/splitters as converted
         self._workloads: dict[str, Workload] = {}
         self._snapshot = MeshSnapshot()
+        # References that cannot work, by what identifies them (not their line, which moves).
+        self._unresolved: dict[tuple[str, ...], Unresolved] = {}
+        self._references = ReferenceIndex()
 
     @property
     def snapshot(self) -> MeshSnapshot:
@@ -150,7 +153,39 @@ class Normalizer:
         self._recompute(dirty, diagnostics)
         if dirty.changed:
             self._publish(dirty.changed)
+            diagnostics.extend(self._new_unresolved())
         return self._snapshot, diagnostics
+
+    # -- references that cannot work ---------------------------------------------------
+
+    def references(self) -> list[Diagnostic]:
+        """Warnings for every reference of the current snapshot that cannot work."""
+        return [self._reference_warning(u) for u in self._unresolved.values()]
+
+    def _new_unresolved(self) -> list[Diagnostic]:
+        """Warnings for unresolved references that were not there at the last check (the
+        index re-checks only what names a changed host: nothing, for an endpoint change)."""
+        found: dict[tuple[str, ...], Unresolved] = {
+            (p.source, p.kind, p.namespace, p.name, u.path, u.reason): u
+            for u in self._references.update(self._snapshot)
+            if (p := u.provenance)
+        }
+        new = [u for key, u in found.items() if key not in self._unresolved]
+        self._unresolved = found
+        return [self._reference_warning(u) for u in new]
+
+    def _reference_warning(self, found: Unresolved) -> Diagnostic:
+        prov = found.provenance
+        entry = self._entries.get((prov.source, prov.kind, prov.namespace, prov.name))
+        if entry is None:  # the document named no namespace
+            entry = self._entries.get((prov.source, prov.kind, "", prov.name))
+        if entry is None:
+            name = f"{prov.namespace}/{prov.name}"
+            return Diagnostic(
+                "warning", prov.source, prov.location, prov.kind, name, found.path, found.reason
+            )
+        path = as_written(entry.raw.body, found.path)
+        return diagnostic(entry.raw, Issue("warning", path, found.reason))
 
     # -- accepting and removing resources ------------------------------------------------
 
@@ -241,13 +276,13 @@ class Normalizer:
             self._se_claims.claim(key, hosts, self._rank(key))
             dirty.hosts.update(hosts)
             if converted.selector is not None:
-                self._selectors.setdefault(converted.namespace, set()).add(key)
+                self._selection.add_selector(converted.namespace, key, converted.selector)
         elif isinstance(converted, Workload):
             ns = converted.namespace
-            self._workloads_by_ns.setdefault(ns, {})[key] = converted
+            self._selection.add_workload(ns, key, converted.labels)
             self._workload_endpoints[key] = workload_endpoint(converted)
             self._workloads[f"{ns}/{converted.name}"] = converted
-            dirty.selector_namespaces.add(ns)
+            dirty.selectors.update(self._selection.selecting(ns, converted.labels))
             dirty.mark("workloads", f"{ns}/{converted.name}")
         elif isinstance(converted, VirtualService):
             vs_key = f"{converted.namespace}/{converted.name}"
@@ -270,13 +305,13 @@ class Normalizer:
         if isinstance(converted, ConvertedServiceEntry):
             self._se_claims.release(key, _hosts(converted), forget=forget)
             dirty.hosts.update(_hosts(converted))
-            self._selectors.get(converted.namespace, set()).discard(key)
+            self._selection.remove_selector(converted.namespace, key)
         elif isinstance(converted, Workload):
             ns = converted.namespace
-            self._workloads_by_ns.get(ns, {}).pop(key, None)
+            self._selection.remove_workload(ns, key)
             self._workload_endpoints.pop(key, None)
             self._workloads.pop(f"{ns}/{converted.name}", None)
-            dirty.selector_namespaces.add(ns)
+            dirty.selectors.update(self._selection.selecting(ns, converted.labels))
             dirty.mark("workloads", f"{ns}/{converted.name}")
         elif isinstance(converted, VirtualService):
             vs_key = f"{converted.namespace}/{converted.name}"
@@ -295,11 +330,10 @@ class Normalizer:
     # -- recomputing what changed ------------------------------------------------------
 
     def _recompute(self, dirty: _Dirty, out: list[Diagnostic]) -> None:
-        for ns in dirty.selector_namespaces:
-            for key in self._selectors.get(ns, ()):
-                entry = self._entries[key].converted
-                assert isinstance(entry, ConvertedServiceEntry)
-                dirty.hosts.update(_hosts(entry))
+        for key in dirty.selectors:
+            selecting = self._entries.get(key)  # None: deleted in this batch (hosts marked)
+            if selecting is not None and isinstance(selecting.converted, ConvertedServiceEntry):
+                dirty.hosts.update(_hosts(selecting.converted))
         for host in dirty.dr_hosts:
             self._recompute_rule(host, dirty)
         # A redirecting rule may stand for a host no service defines (a virtual upstream):
@@ -333,9 +367,7 @@ class Normalizer:
         assert isinstance(entry, ConvertedServiceEntry)
         services = entry.services
         service = (
-            services[0]
-            if services[0].host == host
-            else next(s for s in services if s.host == host)
+            services[0] if services[0].host == host else next(s for s in services if s.host == host)
         )
         self._set_service(host, service, dirty)
         endpoints = self._endpoints_of(entry)
@@ -380,12 +412,8 @@ class Normalizer:
         """Listed endpoints, or those of the WorkloadEntries the selector picks (same namespace)."""
         if entry.selector is None:
             return entry.endpoints
-        workloads = self._workloads_by_ns.get(entry.namespace, {})
-        return tuple(
-            self._workload_endpoints[key]
-            for key in sorted(workloads)
-            if selector_matches(entry.selector, workloads[key].labels)
-        )
+        selected = self._selection.selected(entry.namespace, entry.selector)
+        return tuple([self._workload_endpoints[key] for key in selected])
 
     def _recompute_rule(self, host: str, dirty: _Dirty) -> None:
         owner = self._dr_claims.winner(host)

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from meshagent.errors import ConfigError
+from meshagent.model.identity import Identity, config_identity
 
 DEFAULT_CA_ADDRESS = "istiod.istio-system.svc:15012"
 
@@ -141,6 +142,22 @@ def _ports(env: Mapping[str, str], location: str) -> tuple[tuple[str, int], ...]
         raise ConfigError("bad port list", location=location, field="ports") from None
 
 
+def _identity(meta: Mapping[str, str], namespace: str, location: str) -> Identity:
+    """The VM's identity from cluster.env; ConfigError naming the variable when invalid."""
+    namespace_key = "POD_NAMESPACE" if meta.get("POD_NAMESPACE") else "ISTIO_NAMESPACE"
+    return config_identity(
+        meta.get("TRUST_DOMAIN") or "cluster.local",
+        namespace,
+        meta.get("SERVICE_ACCOUNT") or "default",
+        fields={
+            "trust_domain": "TRUST_DOMAIN",
+            "namespace": namespace_key,
+            "service_account": "SERVICE_ACCOUNT",
+        },
+        location=location,
+    )
+
+
 def read_join_dir(directory: Path) -> JoinInfo:
     """Read the join directory; ConfigError naming the file when something is missing or wrong."""
     env_path = directory / "cluster.env"
@@ -154,15 +171,16 @@ def read_join_dir(directory: Path) -> JoinInfo:
     namespace = meta.get("POD_NAMESPACE") or meta.get("ISTIO_NAMESPACE") or ""
     if not namespace:
         raise ConfigError("POD_NAMESPACE is not set", location=str(env_path))
+    identity = _identity(meta, namespace, str(env_path))
     ca_address = meta.get("CA_ADDR") or proxy.get("discoveryAddress") or DEFAULT_CA_ADDRESS
     host, _, port = str(ca_address).rpartition(":")
     hosts = parse_hosts(_read(directory / "hosts", required=False))
     dial = f"{hosts[host]}:{port}" if host in hosts else str(ca_address)
     return JoinInfo(
         dir=directory,
-        namespace=namespace,
-        service_account=meta.get("SERVICE_ACCOUNT") or "default",
-        trust_domain=meta.get("TRUST_DOMAIN") or "cluster.local",
+        namespace=identity.namespace,
+        service_account=identity.service_account,
+        trust_domain=identity.trust_domain,
         cluster_id=meta.get("ISTIO_META_CLUSTER_ID") or "Kubernetes",
         network=meta.get("ISTIO_META_NETWORK", ""),
         workload_name=meta.get("ISTIO_META_WORKLOAD_NAME") or meta.get("CANONICAL_SERVICE", ""),

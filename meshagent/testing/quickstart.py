@@ -66,6 +66,7 @@ def banner(config: AgentConfig, hosts: list[str], routed: list[str], port: int) 
     lines += [
         f"  curl -s {admin}/readyz",
         f"  curl -s {admin}/metrics | grep meshagent_",
+        f"  meshagent status -c {config.path}    # the debug API is on {config.admin.socket}",
         f"  curl -s http://{config.envoy.admin_address}:{config.envoy.admin_port}/clusters",
         "",
         "Edit the files under the agent's mesh paths and watch routing change. Ctrl-C stops.",

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from meshagent.errors import ConfigError
+from meshagent.model.limits import RE2_MAX_PROGRAM_SIZE
 
 XDS_CLUSTER = "meshagent-xds"
 
@@ -46,6 +47,20 @@ def build_bootstrap(
             "address": {"socket_address": {"address": admin_address, "port_value": admin_port}},
             "access_log": [_null_access_log()],
         },
+        "layered_runtime": _layered_runtime(),
+    }
+
+
+def _layered_runtime() -> dict[str, Any]:
+    """Runtime as Istio's bootstrap sets it: regexes up to the RE2 program size validation
+    allows (Envoy's default, 100, rejects e.g. `^/blobs/sha256:[0-9a-f]{64}$`), and an admin
+    layer so that `/runtime_modify` works."""
+    static = {"re2.max_program_size.error_level": RE2_MAX_PROGRAM_SIZE}
+    return {
+        "layers": [
+            {"name": "global config", "static_layer": static},
+            {"name": "admin", "admin_layer": {}},
+        ]
     }
 
 

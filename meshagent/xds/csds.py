@@ -4,6 +4,7 @@
 registered on the ADS server. Status is known per type URL, not per resource, so every resource
 of a type reports its type's state: SYNCED when the type's last response was ACKed, ERROR
 when it was NACKed, STALE while it awaits an answer, NOT_SENT before anything was sent.
+Resource contents are redacted (meshagent.xds.redact): CSDS never shows a private key.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from meshagent.xds.cache import SnapshotCache
+from meshagent.xds.redact import redacted_any
 from meshagent.xds.status import TypeStatus
 
 
@@ -51,7 +53,7 @@ def _add_client(cache: SnapshotCache, node_id: str, config: Any, exclude_content
                 type_url=type_url, name=name, version_info=resource.version, config_status=state
             )
             if not exclude_contents:
-                entry.xds_config.CopyFrom(resource.body)
+                entry.xds_config.CopyFrom(redacted_any(resource.body))
 
 
 def _config_status(status: TypeStatus) -> int:

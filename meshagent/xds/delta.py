@@ -22,8 +22,10 @@ from meshagent.xds import typeurls
 from meshagent.xds.protocol import (
     PUSH_ORDER,
     REMOVAL_ORDER,
+    SERVE_ALL,
     InFlight,
     Pushed,
+    ServePolicy,
     StreamCore,
     busy_types,
     check_type_url,
@@ -75,8 +77,8 @@ class DeltaStream(StreamCore):
     ACKs, NACKs) for status and metrics.
     """
 
-    def __init__(self, node_id: str | None = None) -> None:
-        super().__init__(node_id)
+    def __init__(self, node_id: str | None = None, policy: ServePolicy = SERVE_ALL) -> None:
+        super().__init__(node_id, policy)
         self._types: dict[str, _TypeState] = {}
 
     def on_request(self, request: Request) -> list[Response]:
@@ -88,6 +90,7 @@ class DeltaStream(StreamCore):
         node_id = node_id_of(request.node, self._node_id)
         check_type_url(request.type_url)
         self._node_id = node_id
+        self._check_policy(request.type_url)
         state = self._types.get(request.type_url)
         if request.response_nonce:
             # A stale nonce is ignored for ACK/NACK, but its subscription changes still count:

@@ -60,6 +60,24 @@ def http_route_name(route: str, match: str) -> str:
     return route or match
 
 
+# -- transparent mode (capture): Istio's names ------------------------------------------
+
+VIRTUAL_OUTBOUND = "virtualOutbound"
+VIRTUAL_INBOUND = "virtualInbound"
+PASSTHROUGH_CLUSTER = "PassthroughCluster"
+BLACKHOLE_CLUSTER = "BlackHoleCluster"
+INBOUND_PASSTHROUGH_CLUSTER = "InboundPassthroughCluster"
+PASSTHROUGH_FILTER_CHAIN = "PassthroughFilterChain"
+ALLOW_ANY_VIRTUAL_HOST = "allow_any"
+BLOCK_ALL_VIRTUAL_HOST = "block_all"
+
+
+def outbound_chain_name(port: int) -> str:
+    """virtualOutbound's chain for the HTTP services of a port, named like their listener
+    in Istio (`0.0.0.0_<port>`)."""
+    return listener_name("0.0.0.0", port)
+
+
 # -- security (SDS, inbound, RBAC) -------------------------------------------------------
 
 DEFAULT_SECRET = "default"

@@ -22,6 +22,7 @@ import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import structlog
@@ -88,7 +89,37 @@ class Nacked:
     error: str
 
 
-StreamEvent = Pushed | Acked | Nacked
+@dataclass(frozen=True, slots=True)
+class Withheld:
+    """The proxy asked for a type its listener does not serve (see ServePolicy)."""
+
+    type_url: str
+    reason: str
+
+
+StreamEvent = Pushed | Acked | Nacked | Withheld
+
+
+@dataclass(frozen=True, slots=True)
+class ServePolicy:
+    """What one listener of the ADS server may serve.
+
+    A stream under a policy sees snapshots without the `withheld` types: a proxy that asks
+    for one gets the protocol's answer for resources that do not exist (none in SotW, a
+    removal in delta), never an error that would end its other subscriptions.
+    """
+
+    withheld: frozenset[str] = frozenset()
+    reason: str = ""
+
+
+SERVE_ALL = ServePolicy()
+# Secrets (workload private keys) go only to peers the kernel vouches for: the Unix socket's
+# file mode admits the agent's group only, while anyone who can reach a TCP port and guess
+# the node id could ask for them.
+NO_SECRETS = ServePolicy(
+    frozenset({typeurls.SECRET}), "secrets are served only on the Unix socket (xds.uds)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,12 +194,15 @@ class StreamCore(ABC):
     answer, the latest snapshot, nonces and events. Subclasses implement `_flush`, which turns
     the current state into the responses to send."""
 
-    def __init__(self, node_id: str | None = None) -> None:
+    def __init__(self, node_id: str | None = None, policy: ServePolicy = SERVE_ALL) -> None:
         self._node_id = node_id
         self._in_flight: dict[str, InFlight] = {}
         self._snapshot: tuple[int, ResourceSet] | None = None
         self._nonces = Nonces()
         self._events: list[StreamEvent] = []
+        self._policy = policy
+        self._refused: set[str] = set()
+        self._shown: tuple[ResourceSet, ResourceSet] | None = None  # (cache's set, ours)
 
     @property
     def node_id(self) -> str | None:
@@ -182,8 +216,31 @@ class StreamCore(ABC):
 
     def on_snapshot(self, version: int, resources: ResourceSet) -> list[Any]:
         """A new cache snapshot; returns the responses that bring the proxy up to date."""
-        self._snapshot = (version, resources)
+        self._snapshot = (version, self._visible(resources))
         return self._flush()
+
+    def _visible(self, resources: ResourceSet) -> ResourceSet:
+        """resources without the withheld types, keeping the change hint where it holds."""
+        withheld = self._policy.withheld
+        if withheld.isdisjoint(resources.by_type):
+            shown = resources
+        else:
+            kept = {t: m for t, m in resources.by_type.items() if t not in withheld}
+            last = self._shown
+            changes = resources.changed_since(last[0]) if last is not None else None
+            if last is None or changes is None:
+                shown = ResourceSet(by_type=MappingProxyType(kept))
+            else:
+                changed = {t: n for t, n in changes.items() if t not in withheld}
+                shown = ResourceSet.derive(last[1], kept, changed)
+        self._shown = (resources, shown)
+        return shown
+
+    def _check_policy(self, type_url: str) -> None:
+        """Note (once per type) a request for a type this stream's listener withholds."""
+        if type_url in self._policy.withheld and type_url not in self._refused:
+            self._refused.add(type_url)
+            self._events.append(Withheld(type_url, self._policy.reason))
 
     def take_events(self) -> list[StreamEvent]:
         """Events since the last call, oldest first."""

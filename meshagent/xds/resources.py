@@ -33,7 +33,7 @@ class Resource:
     name: str
     version: str
     type_url: str
-    value: bytes
+    value: bytes = field(repr=False)  # may hold a private key (SDS): never in a log line
     _body: any_pb2.Any | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -68,6 +68,7 @@ class Resource:
 # Tens of thousands per full translation: the positional constructor (model/construct.py).
 _make_resource = slots_constructor(Resource, "name", "version", "type_url", "value", "_body")
 _NO_CHANGES: Mapping[str, frozenset[str]] = MappingProxyType({})
+_NO_DUPLICATES: Mapping[str, Mapping[str, tuple[Resource, ...]]] = MappingProxyType({})
 _blake2b = hashlib.blake2b
 _SEEDED: dict[str, hashlib.blake2b] = {}
 _VALUE_HEADS: dict[int, bytes] = {}
@@ -115,6 +116,11 @@ class ResourceSet:
     base_ref: weakref.ReferenceType[ResourceSet] | None = field(
         default=None, compare=False, repr=False
     )
+    # Resources that shared a name with another of their type (by type URL, then name): a
+    # mapping keeps one of them, so the consistency check (consistency.py) reports the rest.
+    duplicates: Mapping[str, Mapping[str, tuple[Resource, ...]]] = field(
+        default_factory=lambda: _NO_DUPLICATES, compare=False, repr=False
+    )
 
     def of(self, type_url: str) -> Mapping[str, Resource]:
         return self.by_type.get(type_url, MappingProxyType({}))
@@ -137,19 +143,36 @@ class ResourceSet:
         base: ResourceSet,
         by_type: Mapping[str, Mapping[str, Resource]],
         changed: Mapping[str, frozenset[str]],
+        duplicates: Mapping[str, Mapping[str, tuple[Resource, ...]]] = _NO_DUPLICATES,
     ) -> ResourceSet:
         """A set that differs from base exactly by changed (see the class docstring)."""
         return cls(
             by_type=MappingProxyType(dict(by_type)),
             changed=MappingProxyType({t: n for t, n in changed.items() if n}),
             base_ref=weakref.ref(base),
+            duplicates=duplicates,
         )
 
     @classmethod
     def build(cls, groups: Mapping[str, Iterable[Resource]]) -> ResourceSet:
-        """A ResourceSet from resources grouped by type URL; later duplicates of a name win."""
+        """A ResourceSet from resources grouped by type URL; later duplicates of a name win
+        (and are listed in `duplicates`)."""
+        by_type: dict[str, Mapping[str, Resource]] = {}
+        duplicates: dict[str, Mapping[str, tuple[Resource, ...]]] = {}
+        for type_url, resources in groups.items():
+            listed = list(resources)
+            by_type[type_url] = MappingProxyType({r.name: r for r in listed})
+            if len(by_type[type_url]) < len(listed):
+                duplicates[type_url] = duplicated(listed)
         return cls(
-            by_type=MappingProxyType(
-                {t: MappingProxyType({r.name: r for r in rs}) for t, rs in groups.items()}
-            )
+            by_type=MappingProxyType(by_type),
+            duplicates=MappingProxyType(duplicates) if duplicates else _NO_DUPLICATES,
         )
+
+
+def duplicated(resources: Iterable[Resource]) -> Mapping[str, tuple[Resource, ...]]:
+    """Every resource of a name that occurs more than once, by name, in order."""
+    by_name: dict[str, list[Resource]] = {}
+    for resource in resources:
+        by_name.setdefault(resource.name, []).append(resource)
+    return MappingProxyType({n: tuple(rs) for n, rs in by_name.items() if len(rs) > 1})

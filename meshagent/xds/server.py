@@ -1,9 +1,10 @@
 """The ADS gRPC service: a thin grpc.aio shell around the sans-io streams and the cache.
 
-Per stream it reads requests and waits for newer cache snapshots concurrently, feeds both to a
-DeltaStream or SotwStream, writes what they return, and reports pushes, ACKs and NACKs to the
-cache's status and to the observer. A request that breaks the protocol ends that stream with
-INVALID_ARGUMENT; the server and every other stream carry on.
+One grpc.aio server per listener (Unix socket, TCP), each with its ServePolicy: secrets only
+on the Unix socket. Per stream it reads requests and waits for newer cache snapshots
+concurrently, feeds both to a DeltaStream or SotwStream, writes what they return, and reports
+pushes, ACKs and NACKs to the cache's status and to the observer. A request that breaks the
+protocol ends that stream with INVALID_ARGUMENT; the server and every other stream carry on.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import stat
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +29,16 @@ from meshagent.xds.csds import CsdsServicer
 from meshagent.xds.delta import DeltaStream
 from meshagent.xds.errors import LocalProtocolError, RemoteProtocolError
 from meshagent.xds.events import NullObserver, XdsObserver
-from meshagent.xds.protocol import Acked, Nacked, Pushed, StreamEvent
+from meshagent.xds.protocol import (
+    NO_SECRETS,
+    SERVE_ALL,
+    Acked,
+    Nacked,
+    Pushed,
+    ServePolicy,
+    StreamEvent,
+    Withheld,
+)
 from meshagent.xds.sotw import SotwStream
 
 log = structlog.get_logger("meshagent.xds")
@@ -41,7 +52,7 @@ class AdsServer:
     def __init__(self, cache: SnapshotCache, observer: XdsObserver | None = None) -> None:
         self._cache = cache
         self._observer: XdsObserver = observer or NullObserver()
-        self._server: Any = None
+        self._servers: list[Any] = []
         self._tcp_port: int | None = None
         # Envoy answers every response within milliseconds; after this long without an
         # answer the stream stops waiting (see DeltaStream.abandon_in_flight).
@@ -58,45 +69,57 @@ class AdsServer:
         """Listen on a Unix socket and/or a TCP address like "127.0.0.1:15010".
 
         A stale socket file at `uds_path` is removed first; the new one gets `uds_mode` so that
-        only the agent's user and group (Envoy's) can connect.
+        only the agent's user and group (Envoy's) can connect. Each listener is its own gRPC
+        server with its own ServePolicy: the Unix socket serves everything, TCP never serves
+        secrets (NO_SECRETS), since nothing authenticates a TCP peer.
         """
-        if self._server is not None:
+        if self._servers:
             raise LocalProtocolError("AdsServer already started")
         if not uds_path and not tcp_address:
             raise LocalProtocolError("AdsServer.start needs uds_path or tcp_address")
         if uds_path:
-            _remove_stale_socket(uds_path)
-        server = grpc.aio.server()
+            remove_stale_socket(uds_path)
+        servers: list[Any] = []
         try:
-            ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
-            csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(
-                CsdsServicer(self._cache), server
-            )
             if uds_path:
-                server.add_insecure_port(f"unix:{uds_path}")
-            if tcp_address:
-                self._tcp_port = server.add_insecure_port(tcp_address)
-            await server.start()
-            if uds_path:
+                servers.append(self._new_server(SERVE_ALL))
+                servers[-1].add_insecure_port(f"unix:{uds_path}")
+                await servers[-1].start()
                 os.chmod(uds_path, uds_mode)
+            if tcp_address:
+                servers.append(self._new_server(NO_SECRETS))
+                self._tcp_port = servers[-1].add_insecure_port(tcp_address)
+                await servers[-1].start()
         except BaseException:
-            await server.stop(None)  # a half-built server must not be left to the GC
+            for server in servers:  # a half-built server must not be left to the GC
+                await server.stop(None)
             raise
-        self._server = server
+        self._servers = servers
         log.info("xds_listening", uds=uds_path, tcp=tcp_address, tcp_port=self._tcp_port)
+
+    def _new_server(self, policy: ServePolicy) -> Any:
+        server = grpc.aio.server()
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+            _Servicer(self, policy), server
+        )
+        csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(
+            CsdsServicer(self._cache), server
+        )
+        return server
 
     async def stop(self, grace: float = 1.0) -> None:
         """Stop serving; open streams get `grace` seconds before they are cancelled."""
-        server, self._server = self._server, None
-        if server is not None:
-            await server.stop(grace)
+        servers, self._servers = self._servers, []
+        if servers:
+            await asyncio.gather(*(server.stop(grace) for server in servers))
             log.info("xds_stopped")
 
     async def serve(
         self, stream: AnyStream, kind: str, requests: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
         """Run one ADS stream to its end; yields the responses to write."""
-        session = _Session(self._cache, self._observer, stream, kind, self.answer_timeout)
+        peer = str(context.peer())
+        session = _Session(self._cache, self._observer, stream, kind, self.answer_timeout, peer)
         try:
             async for response in session.run(requests):
                 yield response
@@ -114,21 +137,24 @@ class AdsServer:
 
 
 class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    def __init__(self, server: AdsServer) -> None:
+    def __init__(self, server: AdsServer, policy: ServePolicy) -> None:
         self._server = server
+        self._policy = policy
 
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
         # grpc.aio streams responses only from a handler that is itself an async generator.
-        async for response in self._server.serve(SotwStream(), "sotw", request_iterator, context):
+        stream = SotwStream(policy=self._policy)
+        async for response in self._server.serve(stream, "sotw", request_iterator, context):
             yield response
 
     async def DeltaAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
         # grpc.aio streams responses only from a handler that is itself an async generator.
-        async for response in self._server.serve(DeltaStream(), "delta", request_iterator, context):
+        stream = DeltaStream(policy=self._policy)
+        async for response in self._server.serve(stream, "delta", request_iterator, context):
             yield response
 
 
@@ -142,6 +168,7 @@ class _Session:
         stream: AnyStream,
         kind: str,
         answer_timeout: float,
+        peer: str = "",
     ) -> None:
         self._cache = cache
         self._answer_timeout = answer_timeout
@@ -149,6 +176,7 @@ class _Session:
         self._stream = stream
         self._kind = kind
         self._node: str | None = None
+        self.peer = peer
         self._pushed_at: dict[str, float] = {}
         self._tasks: list[asyncio.Future[Any]] = []
 
@@ -226,6 +254,14 @@ class _Session:
                 self._on_acked(node, event)
             elif isinstance(event, Nacked):
                 self._on_nacked(node, event)
+            elif isinstance(event, Withheld):
+                log.warning(
+                    "xds_type_withheld",
+                    proxy=node,
+                    peer=self.peer,
+                    type_url=event.type_url,
+                    reason=event.reason,
+                )
 
     def _on_pushed(self, node: str, event: Pushed) -> None:
         now = time.monotonic()
@@ -266,12 +302,34 @@ class _Session:
         self._observer.nacked(node, event.type_url, event.version, event.error)
 
 
-def _remove_stale_socket(path: str) -> None:
-    """Remove a socket file left by an earlier run; refuse to remove anything else."""
+def remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by an earlier run; refuse to remove anything else, and a
+    socket that a live process still listens on (another agent's: taking it over would cut
+    its Envoy off)."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
         raise ConfigError("exists and is not a socket; not removing it", location=path)
-    os.unlink(path)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        pass  # nobody listens: left by a process that is gone
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot tell whether another process serves this socket ({exc.strerror or exc}); "
+            "not removing it",
+            location=path,
+        ) from None
+    else:
+        raise ConfigError(
+            "another process (another meshagent?) is listening on this socket; not starting",
+            location=path,
+        )
+    finally:
+        probe.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -21,10 +21,12 @@ from meshagent.xds import typeurls
 from meshagent.xds.protocol import (
     PUSH_ORDER,
     REMOVAL_ORDER,
+    SERVE_ALL,
     Acked,
     InFlight,
     Nacked,
     Pushed,
+    ServePolicy,
     StreamCore,
     busy_types,
     check_type_url,
@@ -65,8 +67,8 @@ class SotwStream(StreamCore):
     Same shape as DeltaStream: `on_request`, `on_snapshot`, `take_events`.
     """
 
-    def __init__(self, node_id: str | None = None) -> None:
-        super().__init__(node_id)
+    def __init__(self, node_id: str | None = None, policy: ServePolicy = SERVE_ALL) -> None:
+        super().__init__(node_id, policy)
         self._types: dict[str, _TypeState] = {}
 
     def on_request(self, request: Request) -> list[Response]:
@@ -77,6 +79,7 @@ class SotwStream(StreamCore):
         node_id = node_id_of(request.node, self._node_id)
         check_type_url(request.type_url)
         self._node_id = node_id
+        self._check_policy(request.type_url)
         names = frozenset(request.resource_names) - {"*"}
         state = self._types.get(request.type_url)
         if state is None:

@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from meshagent.agent.admin import PUBLIC_PATHS
+from meshagent.agent.opscli import admin_request
 from meshagent.testing.demo_app import DemoApp
 from tests.net_helpers import free_port
 
@@ -178,7 +180,11 @@ class MeshHarness:
         return self.agent_get("/healthz").status == 200
 
     def agent_get(self, path: str) -> Reply:
-        return _get("127.0.0.1", self.admin_port, path, {})
+        """GET path from the agent: public pages on its TCP port, the rest on its socket."""
+        if path.partition("?")[0] in PUBLIC_PATHS:
+            return _get("127.0.0.1", self.admin_port, path, {})
+        status, body = admin_request(self.state_dir / "admin.sock", path)
+        return Reply(status, {}, body)
 
     def envoy_admin(self, path: str) -> Reply:
         return _get("127.0.0.1", self.envoy_admin_port, path, {})

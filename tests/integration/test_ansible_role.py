@@ -16,7 +16,9 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -57,10 +59,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(src)],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
-    return next(out.glob("meshagent-*.whl"))
+    return next(out.glob("meshagent_vm-*.whl"))
 
 
-def playbook(tmp_path: Path, wheel: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def playbook(
+    tmp_path: Path, wheel: Path, *extra: str, **overrides: Any
+) -> subprocess.CompletedProcess[str]:
     root = tmp_path / "root"
     (root / "usr/bin").mkdir(parents=True, exist_ok=True)
     envoy = root / "usr/bin/envoy"  # Envoy "from a distro path", here the test venv's
@@ -74,23 +78,24 @@ def playbook(tmp_path: Path, wheel: Path, *extra: str) -> subprocess.CompletedPr
         "meshagent_manage_services": False,
         "meshagent_manage_users": False,
         "meshagent_become": False,
-        # A pinned requirement found in a local directory: pip (and ansible's --check)
-        # can tell that the installed version already is the wanted one.
-        "meshagent_package": f"meshagent=={__version__}",
-        "meshagent_pip_environment": {
-            "PIP_NO_DEPS": "1",
-            "PIP_NO_INDEX": "1",
-            "PIP_FIND_LINKS": str(wheel.parent),
-        },
+        # The wheel is copied to the host and installed pinned to its version from there.
+        "meshagent_wheel": str(wheel),
+        "meshagent_pip_environment": {"PIP_NO_DEPS": "1", "PIP_NO_INDEX": "1"},
         "meshagent_python": sys.executable,
         "meshagent_envoy_source": "path",
         "meshagent_envoy_binary": "/usr/bin/envoy",
         "meshagent_node_id": "vm-7",
         "meshagent_outbound_ports": {8080: 15080},
         "meshagent_mesh_files": {"hello.yaml": MESH},
+        **overrides,
     }
     (tmp_path / "vars.json").write_text(json.dumps(variables))
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
+    # The wheel is installed without its dependencies (no network here); the installed
+    # `meshagent`, which the role runs to validate files, finds them in the test virtualenv.
+    pythonpath = os.pathsep.join(
+        p for p in (os.environ.get("PYTHONPATH", ""), sysconfig.get_paths()["purelib"]) if p
+    )
+    env = {**os.environ, "PYTHONPATH": pythonpath, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"), "ANSIBLE_NOCOLOR": "1",
            "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}  # fmt: skip
     return subprocess.run(
@@ -122,6 +127,10 @@ def test_playbook_installs_into_a_root_idempotently_and_in_check_mode(
     assert config.outbound.ports == ((8080, 15080),)
     assert (root / "etc/meshagent/mesh/hello.yaml").read_text() == MESH
     assert (root / "opt/meshagent/venv/bin/meshagent").exists()
+    assert (root / f"opt/meshagent/wheels/{wheel.name}").exists()
+    assert f"meshagent_vm-{__version__}.dist-info" in "".join(
+        p.name for p in (root / "opt/meshagent/venv/lib").glob("python*/site-packages/*")
+    )
     units = root / "etc/systemd/system"
     shipped = (REPO / "systemd/meshagent.service").read_text()
     assert (units / "meshagent.service").read_text().split("\n", 1)[1] == shipped
@@ -148,3 +157,45 @@ def test_ansible_lint_production_profile() -> None:
         env={**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"), "NO_COLOR": "1"},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+
+def failed_task(result: subprocess.CompletedProcess[str]) -> str:
+    """The output of a failed run from its first failed task on."""
+    assert result.returncode != 0, result.stdout[-4000:]
+    found = re.search(r"^(fatal|failed): ", result.stdout, re.MULTILINE)
+    assert found, result.stdout[-4000:]
+    return result.stdout[found.start() : found.start() + 3000]
+
+
+def test_role_validates_before_installing_and_prunes_mesh_files(
+    tmp_path: Path, wheel: Path
+) -> None:
+    root = tmp_path / "root"
+    mesh, agent_yaml = root / "etc/meshagent/mesh", root / "etc/meshagent/agent.yaml"
+    other = MESH.replace("name: hello", "name: other").replace("hello.demo", "other.demo")
+    files = {"hello.yaml": MESH, "other.yaml": other}
+    assert recap(playbook(tmp_path, wheel, meshagent_mesh_files=files))["failed"] == 0
+    (mesh / "stray.yaml").write_text(MESH)  # not the role's: removed too
+    good_config = agent_yaml.read_text()
+
+    # A config the agent would refuse never replaces the installed one.
+    bad_config = {"outbound": {"port_offset": "ten"}}
+    fatal = failed_task(playbook(tmp_path, wheel, meshagent_config_extra=bad_config))
+    assert "outbound.port_offset: must be an integer" in fatal
+    assert agent_yaml.read_text() == good_config
+
+    # Neither does a mesh file with an error; the listed good files are kept.
+    broken = {**files, "other.yaml": other.replace("STATIC", "STATICK")}
+    fatal = failed_task(playbook(tmp_path, wheel, meshagent_mesh_files=broken))
+    assert "spec.resolution" in fatal
+    assert (mesh / "other.yaml").read_text() == other
+
+    # A file no longer listed is removed (after the listed ones are in place).
+    assert recap(playbook(tmp_path, wheel))["failed"] == 0
+    assert sorted(p.name for p in mesh.iterdir()) == ["hello.yaml"]
+
+
+def test_role_refuses_an_unpinned_install(tmp_path: Path, wheel: Path) -> None:
+    fatal = failed_task(playbook(tmp_path, wheel, meshagent_wheel="", meshagent_version=""))
+    assert "Set meshagent_wheel" in fatal
+    assert not (tmp_path / "root/opt/meshagent/venv").exists()

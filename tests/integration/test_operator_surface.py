@@ -1,8 +1,9 @@
 """The operator surface of a running agent: CLI status/proxy-config/reload, /logging, status page.
 
-A real `meshagent run` with a managed real Envoy and one service. The status page is rendered
-by headless Chromium (Debian's `chromium`), which proves it is a page a browser shows without
-fetching anything else.
+A real `meshagent run` with a managed real Envoy and one service. Everything but health,
+readiness and metrics is on the admin socket. The status page, read from the socket, is
+rendered by headless Chromium (Debian's `chromium`), which proves it is a page a browser shows
+without fetching anything else.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import json
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from meshagent.agent.opscli import admin_request
 from tests.net_helpers import free_port, http_get
 from tests.polling import wait_for
 
@@ -100,10 +101,15 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     assert "cannot reach" in result.stderr
 
 
+def admin_socket(config: Path) -> Path:
+    return config.parent / "state" / "admin.sock"
+
+
 def test_envoy_stats_and_convergence_metrics(agent: tuple[Path, int]) -> None:
-    _, port = agent
-    stats = http_get(f"http://127.0.0.1:{port}/envoy/stats")
-    assert stats.status == 200 and "envoy_cluster_manager_active_clusters" in stats.body
+    config, port = agent
+    status, stats = admin_request(admin_socket(config), "/envoy/stats")
+    assert status == 200 and b"envoy_cluster_manager_active_clusters" in stats
+    assert http_get(f"http://127.0.0.1:{port}/envoy/stats").status == 403  # not on TCP
     metrics = http_get(f"http://127.0.0.1:{port}/metrics").body
     count = next(
         float(line.split()[-1])
@@ -114,15 +120,10 @@ def test_envoy_stats_and_convergence_metrics(agent: tuple[Path, int]) -> None:
 
 
 def test_log_level_changes_at_runtime(agent: tuple[Path, int]) -> None:
-    _, port = agent
+    config, _ = agent
 
     def post(query: str) -> int:
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/logging?{query}", data=b"")
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as exc:
-            return exc.code
+        return admin_request(admin_socket(config), f"/logging?{query}", method="POST")[0]
 
     assert post("level=debug") == 200
     assert post("level=loud") == 400
@@ -133,13 +134,18 @@ def test_log_level_changes_at_runtime(agent: tuple[Path, int]) -> None:
     reason="no /usr/bin/chromium (apt-get install chromium; .ci/run does)",
 )
 def test_status_page_renders_in_headless_chromium(agent: tuple[Path, int]) -> None:
-    _, port = agent
+    config, port = agent
+    assert http_get(f"http://127.0.0.1:{port}/").status == 403  # only on the admin socket
+    status, html = admin_request(admin_socket(config), "/")
+    assert status == 200
     with tempfile.TemporaryDirectory(prefix="ma-chromium") as profile:
+        page = Path(profile) / "status.html"
+        page.write_bytes(html)
         result = subprocess.run(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--no-first-run", f"--user-data-dir={profile}", "--dump-dom",
-             f"http://127.0.0.1:{port}/"],
+             page.as_uri()],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
     dom = result.stdout

@@ -67,7 +67,10 @@ def test_security_exposure_is_low(unit: str, limit: float) -> None:
 def test_agent_unit_is_a_notify_service_with_watchdog_and_reload() -> None:
     unit = unit_lines("meshagent.service")
     assert unit["Type"] == ["notify"] and unit["Restart"] == ["on-failure"]
-    assert unit["WatchdogSec"] and unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert unit["WatchdogSec"] and unit["ExecReload"] == [
+        f"{SHIPPED_VENV}/bin/meshagent validate --config /etc/meshagent/agent.yaml",
+        "/bin/kill -HUP $MAINPID",
+    ]
     assert unit["ExecStart"] == [
         f"{SHIPPED_VENV}/bin/meshagent run --config /etc/meshagent/agent.yaml"
     ]
@@ -120,3 +123,33 @@ def test_sysusers_and_tmpfiles_apply_to_an_empty_root(tmp_path: Path) -> None:
     assert files.returncode == 0, files.stderr
     runtime = tmp_path / "run/meshagent"
     assert runtime.is_dir() and runtime.stat().st_mode & 0o777 == 0o750
+
+
+def exec_reload(config: Path, pid: int) -> list[int]:
+    """Run the agent unit's ExecReload= lines in order as systemd does, stopping at the first
+    that fails; the exit codes of those that ran."""
+    codes = []
+    for line in unit_lines("meshagent.service")["ExecReload"]:
+        args = line.replace(SHIPPED_VENV, str(VENV)).replace("$MAINPID", str(pid)).split()
+        args = [str(config) if a == "/etc/meshagent/agent.yaml" else a for a in args]
+        codes.append(run(*args).returncode)
+        if codes[-1] != 0:
+            break
+    return codes
+
+
+def test_reload_of_a_broken_config_fails_and_does_not_signal(tmp_path: Path) -> None:
+    """`systemctl reload` with a bad agent.yaml exits non-zero before the agent is signalled;
+    with a good one the agent gets its SIGHUP."""
+    config = tmp_path / "agent.yaml"
+    config.write_text("node: {id: vm-1}\noutbound: {port_offset: 1}\noutbound: {port_offset: 2}\n")
+    sleeper = subprocess.Popen(["sleep", "60"])  # stands in for the agent: SIGHUP ends it
+    try:
+        assert exec_reload(config, sleeper.pid) == [2]
+        assert sleeper.poll() is None  # not signalled
+        config.write_text("node: {id: vm-1}\noutbound: {port_offset: 2}\n")
+        assert exec_reload(config, sleeper.pid) == [0, 0]
+        assert sleeper.wait(timeout=10) == -1  # SIGHUP
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import stat
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +25,7 @@ class State:
 
 
 @pytest.fixture
-async def served() -> AsyncIterator[tuple[AdminServer, State]]:
+async def served(tmp_path: Path) -> AsyncIterator[tuple[AdminServer, State]]:
     state = State()
     pages = standard_pages(
         ready_reasons=lambda: state.reasons,
@@ -31,14 +33,20 @@ async def served() -> AsyncIterator[tuple[AdminServer, State]]:
         config_errors=lambda: [str(d) for d in state.errors],
     )
     pages["/boom"] = lambda: 1 / 0  # type: ignore[assignment,return-value]
-    server = AdminServer("127.0.0.1", 0, pages)
+    server = AdminServer("127.0.0.1", 0, pages, socket_path=tmp_path / "admin.sock")
     await server.start()
     yield server, state
     await server.stop()
 
 
-async def request(port: int, raw: bytes) -> tuple[int, bytes]:
-    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+async def request(port: int | Path, raw: bytes) -> tuple[int, bytes]:
+    """raw to the TCP port, or to the Unix socket at a path; (status, body)."""
+    connect = (
+        asyncio.open_unix_connection(port)
+        if isinstance(port, Path)
+        else asyncio.open_connection("127.0.0.1", port)
+    )
+    reader, writer = await asyncio.wait_for(connect, 5)
     writer.write(raw)
     await writer.drain()
     data = await asyncio.wait_for(reader.read(), 5)
@@ -47,7 +55,7 @@ async def request(port: int, raw: bytes) -> tuple[int, bytes]:
     return int(head.split(b" ")[1]), body
 
 
-async def get(port: int, path: str) -> tuple[int, bytes]:
+async def get(port: int | Path, path: str) -> tuple[int, bytes]:
     return await request(port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
 
 
@@ -82,9 +90,38 @@ async def test_metrics_exposition(served: tuple[AdminServer, State]) -> None:
 
 
 async def test_config_errors_as_json(served: tuple[AdminServer, State]) -> None:
-    status, body = await get(served[0].port, "/debug/config_errors?x=1")
+    assert served[0].socket_path is not None
+    status, body = await get(served[0].socket_path, "/debug/config_errors?x=1")
     assert status == 200
     assert json.loads(body) == ["a.yaml:3: VirtualService/r: spec: bad"]
+
+
+async def test_tcp_serves_only_health_readiness_and_metrics(
+    served: tuple[AdminServer, State],
+) -> None:
+    # Given an admin server with debug pages and an action
+    server, _ = served
+    server.actions["/reload"] = lambda _: Response.text(202, "reloading\n")
+    assert server.socket_path is not None
+    # Then TCP refuses them with a pointer to the socket, and the socket serves them
+    status, body = await get(server.port, "/debug/config_errors")
+    assert status == 403 and str(server.socket_path).encode() in body
+    post = b"POST /reload HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+    assert (await request(server.port, post))[0] == 403
+    assert (await request(server.socket_path, post))[0] == 202
+    assert (await get(server.port, "/nope"))[0] == 404
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert (await get(server.port, path))[0] in (200, 503)
+    # And the socket admits the owner and the group only
+    assert stat.S_IMODE(server.socket_path.stat().st_mode) == 0o660
+
+
+async def test_the_socket_file_is_removed_on_stop(tmp_path: Path) -> None:
+    server = AdminServer("127.0.0.1", 0, {}, socket_path=tmp_path / "admin.sock")
+    await server.start()
+    assert (tmp_path / "admin.sock").is_socket()
+    await server.stop()
+    assert not (tmp_path / "admin.sock").exists()
 
 
 @pytest.mark.parametrize(
@@ -103,7 +140,8 @@ async def test_bad_requests_are_answered_and_server_survives(
     served: tuple[AdminServer, State], raw: bytes, status: int
 ) -> None:
     server, _ = served
-    assert (await request(server.port, raw))[0] == status
+    assert server.socket_path is not None
+    assert (await request(server.socket_path, raw))[0] == status
     assert await get(server.port, "/healthz") == (200, b"ok\n")
 
 

@@ -31,6 +31,7 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     assert config.xds.uds == Path("/var/lib/meshagent/xds.sock")
     assert config.xds.tcp is None and config.xds.delta
     assert (config.admin.address, config.admin.port) == ("127.0.0.1", 15020)
+    assert config.admin.socket == Path("/var/lib/meshagent/admin.sock")
     assert not config.envoy.manage and config.envoy.base_id is None
     assert (config.log.level, config.log.format) == ("info", "auto")
     assert config.path == tmp_path / "agent.yaml"
@@ -47,6 +48,7 @@ def test_relative_paths_resolve_against_the_config_directory(tmp_path: Path) -> 
 
     assert config.state_dir == tmp_path / "state"
     assert config.xds.uds == tmp_path / "state" / "xds.sock"
+    assert config.admin.socket == tmp_path / "state" / "admin.sock"
     assert config.sources.files is not None
     assert config.sources.files.paths == (tmp_path / "conf", Path("/etc/mesh.yaml"))
     assert config.xds.tcp == ("127.0.0.1", 15010) and not config.xds.delta
@@ -89,6 +91,9 @@ def test_files_source_can_be_turned_off(tmp_path: Path) -> None:
         ("envoy:\n  manage: yes please\n", 2, "envoy.manage", "true or false"),
         ("log: {level: loud}\n", 1, "log.level", "one of"),
         ("xds:\n  tcp: localhost\n", 2, "xds.tcp", "host:port"),
+        ("xds:\n  tcp: '0.0.0.0:15010'\n", 2, "xds.tcp", "xds.allow_remote: true"),
+        ("admin:\n  port: 1\n  address: 10.1.2.3\n", 3, "admin.address", "not a loopback"),
+        ("admin: {address: '::', allow_remote: 1}\n", 1, "admin.allow_remote", "true or false"),
         (
             "outbound:\n  tcp:\n    - {host: db, port: 3306}\n",
             3,
@@ -109,6 +114,21 @@ def test_errors_name_file_line_and_field(
     assert caught.value.field == field
     assert reason in caught.value.reason
     assert str(caught.value).startswith(f"{path}:{line}: {field}: ")
+
+
+def test_remote_listeners_only_when_allowed(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            "admin: {address: 0.0.0.0, allow_remote: true, socket: run/a.sock}\n"
+            "xds: {tcp: '[::]:15010', allow_remote: true}\n",
+        )
+    )
+    assert config.admin.address == "0.0.0.0" and config.admin.allow_remote
+    assert config.admin.socket == tmp_path / "run" / "a.sock"
+    assert config.xds.tcp == ("::", 15010) and config.xds.allow_remote
+    ipv6 = load_config(write(tmp_path, "admin: {address: '::1'}\nxds: {tcp: '[::1]:1'}\n"))
+    assert ipv6.admin.address == "::1" and ipv6.xds.tcp == ("::1", 1)
 
 
 def test_yaml_syntax_error_is_located(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from meshagent.ca.authority import CertificateAuthority, identity_of
-from meshagent.ca.errors import CsrRejected, IdentityMismatch
+from meshagent.ca.errors import CsrRejected, IdentityMismatch, LifetimeRejected
 from meshagent.ca.keys import generate_key, load_certs_pem, make_csr
 from meshagent.ca.state import load_plugin, load_self_signed
 from meshagent.errors import ConfigError
@@ -56,10 +56,24 @@ def test_ttl_default_is_24h_and_requested_ttl_is_honoured(tmp_path: Path) -> Non
     assert short.not_valid_after_utc.timestamp() == clock.now + 600
 
 
-def test_ttl_is_capped(ca: CertificateAuthority) -> None:
-    leaf = load_certs_pem(ca.issue(make_csr(generate_key(), WEB), WEB, 10**9)[0])[0]
-    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
-    assert lifetime.days <= 91
+def test_ttl_above_the_maximum_is_refused_as_istio_refuses_it(tmp_path: Path) -> None:
+    # Istio's CA returns TTL_ERROR (INVALID_ARGUMENT) rather than shortening the lifetime.
+    ca = load_self_signed(tmp_path, TD, max_ttl=3600.0)
+    csr = make_csr(generate_key(), WEB)
+    with pytest.raises(LifetimeRejected, match=r"3601s .* greater than the maximum 3600s"):
+        ca.issue(csr, WEB, 3601)
+    with pytest.raises(LifetimeRejected):
+        ca.issue(csr, WEB, 10**12)
+    issued = ca.issue_leaf(csr, WEB, 3600)  # the maximum itself is fine
+    leaf = load_certs_pem(issued.chain[0])[0]
+    assert issued.not_after == leaf.not_valid_after_utc.timestamp()
+    assert issued.serial == format(leaf.serial_number, "x")
+
+
+def test_default_maximum_is_90_days(ca: CertificateAuthority) -> None:
+    assert ca.max_ttl == 90 * 86400
+    with pytest.raises(LifetimeRejected):
+        ca.issue(make_csr(generate_key(), WEB), WEB, 90 * 86400 + 1)
 
 
 @pytest.mark.parametrize(

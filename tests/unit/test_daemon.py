@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -16,6 +17,7 @@ from meshagent.adapters.base import Adapter
 from meshagent.adapters.files import FilesAdapter
 from meshagent.agent.config import AgentConfig, load_config
 from meshagent.agent.daemon import Agent
+from meshagent.agent.opscli import admin_request
 from meshagent.model.proxy import ProxySpec
 from meshagent.model.source import Diagnostic, Provenance, RawResource, SourceEvent
 from meshagent.xds.resources import ResourceSet
@@ -141,8 +143,10 @@ async def test_events_are_published_and_translator_bug_keeps_last_set(tmp_path: 
         await adapter.events.put(SourceEvent("files", upserts=(raw("b"),), errors=(bad,)))
         await until(lambda: agent.metrics.translate_failures._value.get() == 1, "failure")
         assert agent.cache.get("vm-1")[0] == 1
-        status, text = await asyncio.to_thread(http_get, agent.admin.port, "/debug/config_errors")
-        assert status == 200 and "b.yaml:2" in text
+        status, body = await asyncio.to_thread(
+            admin_request, agent.config.admin.socket, "/debug/config_errors"
+        )
+        assert status == 200 and "b.yaml:2" in body.decode()
 
     await running(agent, body)
 
@@ -166,6 +170,44 @@ async def test_sighup_reload_switches_file_paths(tmp_path: Path) -> None:
         write_config(tmp_path, "two")
         await agent.reload()
         await until(lambda: {k[3] for k in normalizer.keys} == {"b"}, "files from two/ only")
+
+    await running(agent, body)
+
+
+class BlockingNormalizer(FakeNormalizer):
+    """Holds its first apply until released, as a long 10k-service load would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def apply(self, events: Iterable[SourceEvent]) -> tuple[Any, list[Diagnostic]]:
+        self.entered.set()
+        # Never forever: with the work on the event loop's thread, nothing could release it.
+        self.release.wait(DEADLINE_S)
+        return super().apply(events)
+
+
+async def test_a_long_normalization_does_not_stop_admin_or_ads(tmp_path: Path) -> None:
+    adapter, normalizer = QueueAdapter(), BlockingNormalizer()
+    agent = Agent(
+        load_config(write_config(tmp_path, "mesh")),
+        adapter_factory=lambda _: [adapter],
+        normalizer=normalizer,
+        translator=FakeTranslator(),
+    )
+
+    async def body() -> None:
+        assert agent.admin is not None
+        await adapter.events.put(SourceEvent("files", upserts=(raw("a"),), synced=True))
+        await until(normalizer.entered.is_set, "the normalizer to start")
+        # While it works, the admin server (on the same loop as the ADS server) answers.
+        status, text = await asyncio.to_thread(http_get, agent.admin.port, "/readyz")
+        released_in_time = not normalizer.release.is_set()
+        normalizer.release.set()
+        assert released_in_time and status == 503 and "no configuration published" in text
+        await until(lambda: agent.cache.get("vm-1")[0] == 1, "the publish after the load")
 
     await running(agent, body)
 
@@ -313,7 +355,8 @@ async def test_sighup_keeps_what_a_broken_file_served(tmp_path: Path) -> None:
     async def body() -> None:
         await until(lambda: len(hosts(agent)) == 1, "a served")
         (mesh / "a.yaml").write_text("kind: [unclosed\n")
-        await until(lambda: any("YAML syntax" in str(d) for d in agent._diagnostics), "error")
+        messages = lambda: [str(e.diagnostic) for e in agent.diagnostics.entries()]  # noqa: E731
+        await until(lambda: any("YAML syntax" in m for m in messages()), "the error")
         # when a reload restarts the files source (its settings changed)
         config = tmp_path / "agent.yaml"
         config.write_text(config.read_text().replace("debounce_ms: 20", "debounce_ms: 30"))

@@ -4,6 +4,7 @@ garbage is collected by the periodic full collection."""
 from __future__ import annotations
 
 import gc
+import time
 import weakref
 
 import pytest
@@ -38,7 +39,9 @@ def test_paused_then_frozen_then_collected_at_the_next_full_collection(
         gc.collect()
         assert garbage() is not None  # frozen: skipped by collections
 
-        monkeypatch.setattr(gcpause, "_last_full", 0.0)  # a full collection is due
+        # a full collection is due (not 0.0: the monotonic clock may be younger than that)
+        due = time.monotonic() - gcpause.FULL_COLLECTION_S - 1
+        monkeypatch.setattr(gcpause, "_last_full", due)
         with paused_gc():
             assert gc.get_freeze_count() == 0  # unfrozen while paused
         assert garbage() is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
+from pathlib import Path
 
 from meshagent.agent.admin import AdminServer, Response
 from meshagent.agent.cli import build_parser
@@ -43,20 +44,20 @@ def test_status_page_escapes_everything_and_needs_no_external_assets() -> None:
     assert "none" in certificates
 
 
-async def test_post_actions_and_async_pages() -> None:
+async def test_post_actions_and_async_pages(tmp_path: Path) -> None:
     seen: list[dict[str, str]] = []
 
     async def slow() -> Response:
         await asyncio.sleep(0)
         return Response.text(200, "later\n")
 
-    admin = AdminServer("127.0.0.1", 0, {"/slow": slow})
+    admin = AdminServer("127.0.0.1", 0, {"/slow": slow}, socket_path=tmp_path / "admin.sock")
     admin.actions["/act"] = lambda params: seen.append(params) or Response.text(200, "done\n")
     await admin.start()
     try:
 
         async def call(raw: bytes) -> bytes:
-            reader, writer = await asyncio.open_connection("127.0.0.1", admin.port)
+            reader, writer = await asyncio.open_unix_connection(tmp_path / "admin.sock")
             writer.write(raw)
             data = await reader.read()
             writer.close()

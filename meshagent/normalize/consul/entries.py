@@ -26,6 +26,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from meshagent.model.regex import regex_problem
 from meshagent.model.routing import (
     Destination,
     HeaderMatch,
@@ -54,7 +55,7 @@ from meshagent.normalize.consul.chain import ROUTER_PREFIX, SPLITTER_PREFIX
 from meshagent.normalize.consul.filters import FilterError, filter_labels
 from meshagent.normalize.consul.options import ConsulMapping
 from meshagent.normalize.durations import parse_duration_ms
-from meshagent.normalize.schema.core import Issues
+from meshagent.normalize.schema.core import DURATION_RANGE, MAX_DURATION_MS, Issues
 
 _LB = {"round_robin": "ROUND_ROBIN", "least_request": "LEAST_REQUEST", "random": "RANDOM"}
 
@@ -73,6 +74,9 @@ def _ms(value: Any, path: str, issues: Issues) -> int | None:
     parsed = parse_duration_ms(str(value))
     if parsed is None:
         issues.error(path, f"invalid duration {value!r}")
+    elif parsed > MAX_DURATION_MS:
+        issues.error(path, f"duration {value!r} is out of range: {DURATION_RANGE}")
+        return None
     return parsed or None
 
 
@@ -124,6 +128,14 @@ def _string_match(spec: Mapping[str, Any]) -> StringMatch | None:
     return None  # Present: any value
 
 
+def _check_regex(match: StringMatch | None, path: str, issues: Issues) -> None:
+    """An error when a regex match would not compile in Envoy (RE2, within its size)."""
+    if match is not None and match.kind is MatchKind.REGEX:
+        problem = regex_problem(match.value)
+        if problem:
+            issues.error(path, problem)
+
+
 def _http_match(http: Mapping[str, Any], path: str, issues: Issues) -> HttpMatch:
     uri = None
     for key, kind in (
@@ -133,16 +145,19 @@ def _http_match(http: Mapping[str, Any], path: str, issues: Issues) -> HttpMatch
     ):
         if http.get(key):
             uri = StringMatch(kind, str(http[key]))
+    _check_regex(uri, f"{path}.PathRegex", issues)
     headers: list[HeaderMatch] = []
     without: list[HeaderMatch] = []
-    for h in _list(http.get("Header")):
+    for i, h in enumerate(_list(http.get("Header"))):
         h = _map(h)
         match = HeaderMatch(str(h.get("Name") or ""), _string_match(h))
+        _check_regex(match.match, f"{path}.Header[{i}].Regex", issues)
         (without if h.get("Invert") else headers).append(match)
-    params = tuple(
-        HeaderMatch(str(_map(q).get("Name") or ""), _string_match(_map(q)))
-        for q in _list(http.get("QueryParam"))
-    )
+    params = []
+    for i, q in enumerate(_list(http.get("QueryParam"))):
+        param = HeaderMatch(str(_map(q).get("Name") or ""), _string_match(_map(q)))
+        _check_regex(param.match, f"{path}.QueryParam[{i}].Regex", issues)
+        params.append(param)
     methods = [str(m).upper() for m in _list(http.get("Methods"))]
     method = (
         StringMatch(MatchKind.REGEX, "|".join(methods))
@@ -154,7 +169,7 @@ def _http_match(http: Mapping[str, Any], path: str, issues: Issues) -> HttpMatch
         method=method,
         headers=tuple(headers),
         without_headers=tuple(without),
-        query_params=params,
+        query_params=tuple(params),
         ignore_uri_case=bool(http.get("CaseInsensitive")),
     )
 

@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from meshagent.model.regex import regex_problem
 from meshagent.normalize.schema.core import (
     F,
     Float,
@@ -211,13 +212,9 @@ def _regex_compiles(value: Mapping[str, Any], path: str, issues: Issues) -> None
     regex = value.get("regex")
     if regex is None:
         return
-    if regex == "":
-        issues.error(join(path, "regex"), "regex must not be empty")
-        return
-    try:
-        re.compile(regex)
-    except re.error as exc:
-        issues.error(join(path, "regex"), f"invalid regex: {exc}")
+    problem = regex_problem(regex) if isinstance(regex, str) else None
+    if problem:
+        issues.error(join(path, "regex"), problem)
 
 
 STRING_MATCH = Obj(

@@ -23,7 +23,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from meshagent.model.limits import MAX_DURATION_SECONDS
 from meshagent.normalize.durations import parse_duration_ms
+
+# Envoy reads durations as google.protobuf.Duration, which holds about 10,000 years.
+MAX_DURATION_MS = MAX_DURATION_SECONDS * 1000
+DURATION_RANGE = f"at most {MAX_DURATION_SECONDS} seconds (protobuf's Duration range)"
 
 Severity = Literal["error", "warning"]
 
@@ -273,6 +278,8 @@ class Duration(Type):
             issues.error(path, f"{value!r} is not a valid duration (e.g. 1.5s, 100ms, 1h)")
         elif ms < self.min_ms:
             issues.error(path, f"duration {value!r} must be at least {self.min_ms}ms")
+        elif ms > MAX_DURATION_MS:
+            issues.error(path, f"duration {value!r} is out of range: {DURATION_RANGE}")
 
     def compile_predicate(self) -> Predicate:
         min_ms = self.min_ms
@@ -281,7 +288,7 @@ class Duration(Type):
             if type(value) is not str:
                 return False
             ms = parse_duration_ms(value)
-            return ms is not None and ms >= min_ms
+            return ms is not None and min_ms <= ms <= MAX_DURATION_MS
 
         return fast
 

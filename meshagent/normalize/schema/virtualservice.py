@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Mapping
 from typing import Any
 
+from meshagent.model.regex import regex_problem
 from meshagent.normalize.schema.common import (
     DESTINATION,
     INT32,
@@ -170,12 +170,11 @@ HTTP_DIRECT_RESPONSE = Obj({"status": F(Int(200, 599), required=True), "body": F
 
 
 def _regex_rewrite_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
-    try:
-        re.compile(value.get("match") or "")
-    except re.error as exc:
-        issues.error(join(path, "match"), f"invalid regex: {exc}")
-    if not value.get("match"):
+    match = value.get("match")
+    if not match:
         issues.error(join(path, "match"), "required field is missing")
+    elif isinstance(match, str) and (problem := regex_problem(match)):
+        issues.error(join(path, "match"), problem)
 
 
 REGEX_REWRITE = Obj({"match": F(Str()), "rewrite": F(Str())}, rules=[_regex_rewrite_rule])

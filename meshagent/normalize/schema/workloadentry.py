@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from meshagent.model.identity import SERVICE_ACCOUNT_PATTERN
 from meshagent.normalize.schema.common import (
     DNS_LABEL,
     DOTTED_QUAD,
@@ -55,7 +56,7 @@ WORKLOAD_ENTRY = Obj(
         "network": F(Str()),
         "locality": F(Str()),
         "weight": F(UINT32),
-        "serviceAccount": F(Str()),
+        "serviceAccount": F(Str(pattern=SERVICE_ACCOUNT_PATTERN, what="service account")),
     },
     rules=[_workload_rule],
 )

@@ -33,6 +33,10 @@ from meshagent.xds.translate.generators import (
 from meshagent.xds.translate.inbound import InboundClustersGenerator, InboundListenersGenerator
 from meshagent.xds.translate.jwt import JwksClustersGenerator
 from meshagent.xds.translate.secrets import SecretsGenerator
+from meshagent.xds.translate.transparent import (
+    PassthroughClustersGenerator,
+    VirtualListenersGenerator,
+)
 
 __all__ = ["GENERATOR_ORDER", "TranslationError", "Translator", "generate"]
 
@@ -51,11 +55,13 @@ def _generators() -> list[Generator]:
         SecretsGenerator(),
         ClustersGenerator(plans),
         InboundClustersGenerator(),
+        PassthroughClustersGenerator(),
         JwksClustersGenerator(),
         EndpointsGenerator(plans),
         HttpListenersGenerator(),
         TcpListenersGenerator(),
         InboundListenersGenerator(),
+        VirtualListenersGenerator(),
         RoutesGenerator(),
     ]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from meshagent.xds.resources import Resource, ResourceSet
+from meshagent.xds.resources import Resource, ResourceSet, duplicated
 from meshagent.xds.translate.generators import Patch, identical
 
 Output = Patch | list[Resource]
@@ -34,6 +34,9 @@ class Assembler:
     def __init__(self) -> None:
         self._last: ResourceSet | None = None
         self._lists: dict[str, tuple[list[Resource], ...] | None] = {}
+        # Names built more than once, by type URL, as found when the mapping was last built
+        # (a reused mapping or a patch keeps the names, so the finding stands).
+        self._duplicates: dict[str, Mapping[str, tuple[Resource, ...]]] = {}
 
     def assemble(self, outputs: Mapping[str, list[Output]]) -> ResourceSet:
         """The ResourceSet of outputs (by type URL, in generator order)."""
@@ -47,10 +50,13 @@ class Assembler:
                 by_type[type_url] = mapping
             if names:
                 changed[type_url] = names
+        duplicates = MappingProxyType(
+            {t: d for t, d in self._duplicates.items() if d and t in outputs}
+        )
         result = (
-            ResourceSet(by_type=MappingProxyType(by_type))
+            ResourceSet(by_type=MappingProxyType(by_type), duplicates=duplicates)
             if previous is None
-            else ResourceSet.derive(previous, by_type, changed)
+            else ResourceSet.derive(previous, by_type, changed, duplicates)
         )
         self._last = result
         return result
@@ -67,6 +73,10 @@ class Assembler:
         if self._last is not None and last is not None and identical(last, lists):
             return before, frozenset()
         mapping = MappingProxyType({r.name: r for rs in lists for r in rs})
+        if len(mapping) < sum(map(len, lists)):  # two resources of one name: one is lost
+            self._duplicates[type_url] = duplicated(r for rs in lists for r in rs)
+        else:
+            self._duplicates.pop(type_url, None)
         if self._last is None:  # the first set: no change hint to give
             return mapping, frozenset()
         names = changed_names(before, mapping)

@@ -36,7 +36,7 @@ from meshagent.xds.translate.route_wire import (
     route_configuration_bytes,
     wire_virtual_host,
 )
-from meshagent.xds.translate.routes import domains_for
+from meshagent.xds.translate.routes import catch_all_virtual_host, domains_for
 from meshagent.xds.translate.tls import auto_mtls, mesh_tls_for
 from meshagent.xds.wire import string_field
 
@@ -432,6 +432,8 @@ class HttpListenersGenerator:
 
     def generate(self, ctx: Context) -> list[Resource]:
         out: list[Resource] = []
+        if ctx.proxy.capture:  # the ports are chains of virtualOutbound (transparent.py)
+            return out
         address = ctx.proxy.outbound_address
         for port in ctx.index.http_ports:
             key = (address, ctx.proxy.outbound_port(port), port)
@@ -514,6 +516,7 @@ class RoutesGenerator:
         self._configs: dict[int, tuple[Key, Resource]] = {}
         self._destinations: dict[int, tuple[VirtualService, tuple[str, ...]]] = {}
         self._last: list[Resource] = []
+        self._catch_all_vhost: WireVirtualHost | None = None  # the proxy's; built once
 
     def _destination_hosts(self, vs: VirtualService) -> tuple[str, ...]:
         cached = self._destinations.get(id(vs))
@@ -565,6 +568,8 @@ class RoutesGenerator:
         cached = self._configs.get(port)
         if cached is not None and identical(cached[0], key):
             return cached[1]
+        if ctx.proxy.capture:
+            vhosts.append(self._catch_all(ctx))
         resource = Resource.from_value(
             names.route_name(port), typeurls.ROUTE, route_configuration_bytes(port, vhosts)
         )
@@ -572,6 +577,17 @@ class RoutesGenerator:
             resource = cached[1]
         self._configs[port] = (key, resource)
         return resource
+
+    def _catch_all(self, ctx: Context) -> WireVirtualHost:
+        """Under capture, the last virtual host of every port (transparent.py)."""
+        if self._catch_all_vhost is None:
+            message = catch_all_virtual_host(ctx.proxy)
+            name = string_field(1, message.name)
+            message.ClearField("name")
+            del message.domains[:]
+            rest = message.SerializeToString(deterministic=True)
+            self._catch_all_vhost = WireVirtualHost.of(("*",), name, rest)
+        return self._catch_all_vhost
 
     def generate(self, ctx: Context) -> list[Resource]:
         if ctx.changes.routing:

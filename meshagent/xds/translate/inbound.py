@@ -51,6 +51,9 @@ TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 # What the inbound TLS side offers; mesh clients offer "istio" (no overlap: no ALPN, and the
 # HTTP connection manager detects HTTP/1.1 or HTTP/2 from the first bytes).
 INBOUND_ALPN = ("h2", "http/1.1")
+# Where Envoy's connections to local applications come from under capture (Istio's choice;
+# the capture rules let it through to the application without redirecting it again).
+INBOUND_SOURCE_ADDRESS = "127.0.0.6"
 
 
 def _oldest_first(policies: Sequence[PeerAuthn]) -> list[PeerAuthn]:
@@ -170,8 +173,11 @@ def _chain(filters: list[lc.Filter], tls_secret: str | None, match: str) -> lc.F
     return chain
 
 
-def build_inbound_listener(ctx: Context, workload: LocalWorkload, port: InboundPort) -> Listener:
-    """The inbound listener of one workload port."""
+def inbound_chains(
+    ctx: Context, workload: LocalWorkload, port: InboundPort
+) -> list[lc.FilterChain]:
+    """The filter chains of one workload port; a chain matching a transport protocol needs
+    the tls_inspector listener filter (see needs_tls_inspector)."""
     proxy = ctx.proxy
     mode = mtls_mode(ctx.snapshot, proxy, workload, port)
     if mode is MtlsMode.PERMISSIVE and not proxy.certificates:
@@ -188,27 +194,47 @@ def build_inbound_listener(ctx: Context, workload: LocalWorkload, port: InboundP
         prefix = names.inbound_stat_prefix(port.port)
         custom_tcp = ext_authz.network_filters(policies, proxy.extension_providers, prefix)
         filters = custom_tcp + _tcp_filters(port, rbacs)
+    secret = certificate_secret_name(proxy, workload)
+    return mode_chains(mode, filters, secret)
+
+
+def mode_chains(mode: MtlsMode, filters: list[lc.Filter], secret: str) -> list[lc.FilterChain]:
+    """filters behind the TLS an mTLS mode asks for: mTLS only (STRICT), mTLS or plaintext
+    told apart by the tls_inspector (PERMISSIVE), plaintext only (DISABLE)."""
+    if mode is MtlsMode.STRICT:
+        return [_chain(filters, secret, "")]
+    if mode is MtlsMode.PERMISSIVE:
+        return [_chain(filters, secret, "tls"), _chain(filters, None, "raw_buffer")]
+    return [_chain(filters, None, "")]
+
+
+def needs_tls_inspector(chains: Sequence[lc.FilterChain]) -> bool:
+    """Whether a listener with chains must sniff TLS (some chain matches a transport)."""
+    return any(c.filter_chain_match.transport_protocol for c in chains)
+
+
+def tls_inspector() -> lc.ListenerFilter:
+    """The listener filter that tells TLS from plaintext (and reads SNI and ALPN)."""
+    return lc.ListenerFilter(
+        name=TLS_INSPECTOR, typed_config=protos.packed(tls_inspector_pb2.TlsInspector())
+    )
+
+
+def build_inbound_listener(ctx: Context, workload: LocalWorkload, port: InboundPort) -> Listener:
+    """The inbound listener of one workload port."""
+    proxy = ctx.proxy
     name = names.inbound_listener_name(proxy.inbound_address, port.port)
     out = Listener(name=name)
     out.address.socket_address.address = proxy.inbound_address
     out.address.socket_address.port_value = port.port
-    secret = certificate_secret_name(proxy, workload)
-    if mode is MtlsMode.STRICT:
-        out.filter_chains.append(_chain(filters, secret, ""))
-    elif mode is MtlsMode.PERMISSIVE:
-        out.listener_filters.append(
-            lc.ListenerFilter(
-                name=TLS_INSPECTOR, typed_config=protos.packed(tls_inspector_pb2.TlsInspector())
-            )
-        )
-        out.filter_chains.append(_chain(filters, secret, "tls"))
-        out.filter_chains.append(_chain(filters, None, "raw_buffer"))
-    else:
-        out.filter_chains.append(_chain(filters, None, ""))
+    chains = inbound_chains(ctx, workload, port)
+    if needs_tls_inspector(chains):
+        out.listener_filters.append(tls_inspector())
+    out.filter_chains.extend(chains)
     return out
 
 
-def _ports(proxy: ProxySpec) -> list[tuple[LocalWorkload, InboundPort]]:
+def workload_ports(proxy: ProxySpec) -> list[tuple[LocalWorkload, InboundPort]]:
     seen: dict[int, str] = {}
     out = []
     for workload in proxy.workloads:
@@ -224,10 +250,17 @@ def _ports(proxy: ProxySpec) -> list[tuple[LocalWorkload, InboundPort]]:
     return out
 
 
-def build_inbound_cluster(port: InboundPort) -> Cluster:
-    """`inbound|<port>||`: the application on 127.0.0.1:target_port."""
+def build_inbound_cluster(port: InboundPort, proxy: ProxySpec) -> Cluster:
+    """`inbound|<port>||`: the application on 127.0.0.1:target_port.
+
+    Under capture, Envoy connects from INBOUND_SOURCE_ADDRESS, which the capture rules
+    never redirect (Istio's 127.0.0.6), so the application's answer is not captured again.
+    """
     cluster = Cluster(name=names.inbound_cluster_name(port.port), type=Cluster.STATIC)
     cluster.connect_timeout.CopyFrom(protos.duration(protos.DEFAULT_CONNECT_TIMEOUT_MS))
+    if proxy.capture:
+        bind = cluster.upstream_bind_config.source_address
+        bind.address, bind.port_value = INBOUND_SOURCE_ADDRESS, 0
     assignment = cluster.load_assignment
     assignment.cluster_name = cluster.name
     endpoint = assignment.endpoints.add().lb_endpoints.add().endpoint
@@ -256,9 +289,14 @@ class InboundListenersGenerator:
         )
         if identical(key, self._key):
             return self._last
+        if ctx.proxy.capture:  # every port is a chain of virtualInbound (transparent.py)
+            self._key, self._last = key, []
+            return self._last
         out = [
             Resource.pack(listener.name, listener)
-            for listener in (build_inbound_listener(ctx, w, p) for w, p in _ports(ctx.proxy))
+            for listener in (
+                build_inbound_listener(ctx, w, p) for w, p in workload_ports(ctx.proxy)
+            )
         ]
         self._key = key
         self._last = keep_unchanged(self._last, out)
@@ -278,6 +316,6 @@ class InboundClustersGenerator:
     def generate(self, ctx: Context) -> list[Resource]:
         if ctx.proxy is not self._proxy:
             self._proxy = ctx.proxy
-            clusters = [build_inbound_cluster(p) for _, p in _ports(ctx.proxy)]
+            clusters = [build_inbound_cluster(p, ctx.proxy) for _, p in workload_ports(ctx.proxy)]
             self._last = [Resource.pack(c.name, c) for c in clusters]
         return self._last

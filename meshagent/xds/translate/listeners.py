@@ -27,7 +27,9 @@ def _listener(name: str, address: str, port: int) -> Listener:
     out = Listener(name=name)
     socket = out.address.socket_address
     socket.address = address
-    socket.port_value = port
+    # A negative port (service port + a negative outbound.port_offset) cannot be encoded: it
+    # stays 0, which the consistency check (xds/consistency.py) reports with the listener.
+    socket.port_value = max(port, 0)
     return out
 
 

@@ -15,6 +15,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 
 from meshagent.model import Destination, HttpMatch, HttpRoute, VirtualService, WeightedDestination
+from meshagent.model.proxy import REGISTRY_ONLY, ProxySpec
 from meshagent.xds import names
 from meshagent.xds.translate import protos
 from meshagent.xds.translate import route_action as actions
@@ -194,3 +195,19 @@ def build_route_configuration(
             added.domains.extend(kept)
             seen.update(kept)
     return out
+
+
+def catch_all_virtual_host(proxy: ProxySpec) -> rc.VirtualHost:
+    """The last virtual host of every outbound HTTP route configuration under capture: a
+    Host no service claims goes through (allow_any) or gets 502 (block_all), as in Istio."""
+    route = rc.Route(match=rc.RouteMatch(prefix="/"))
+    if proxy.outbound_traffic_policy == REGISTRY_ONLY:
+        route.name = names.BLOCK_ALL_VIRTUAL_HOST
+        route.direct_response.status = 502
+        name = names.BLOCK_ALL_VIRTUAL_HOST
+    else:
+        route.name = names.ALLOW_ANY_VIRTUAL_HOST
+        route.route.cluster = names.PASSTHROUGH_CLUSTER
+        route.route.timeout.CopyFrom(protos.duration(0))
+        name = names.ALLOW_ANY_VIRTUAL_HOST
+    return rc.VirtualHost(name=name, domains=["*"], routes=[route])

@@ -8,6 +8,7 @@ has certificates. Without certificates, such clusters stay plaintext.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2
@@ -15,6 +16,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 
 from meshagent.model import ClientTls, Endpoint, Identity, Service
+from meshagent.model.identity import InvalidIdentity
 from meshagent.xds import names
 from meshagent.xds.translate import protos
 from meshagent.xds.translate.policy import ClusterPlan
@@ -37,15 +39,27 @@ def mesh_tls_for(trust_domain: str, service: Service, endpoints: tuple[Endpoint,
     """The identities of service's endpoints (their service accounts, in the endpoint's
     namespace, else the service's), as Istio derives ISTIO_MUTUAL's SANs."""
     found = {
-        Identity(
+        _endpoint_san(
             trust_domain,
             e.provenance.namespace if e.provenance is not None else service.namespace,
             e.service_account,
-        ).spiffe_id
+        )
         for e in endpoints
         if e.service_account
     }
     return MeshTls(trust_domain, tuple(sorted(found)))
+
+
+@functools.lru_cache(maxsize=4096)  # many endpoints share few identities; checking costs ~1 us
+def _endpoint_san(trust_domain: str, namespace: str, service_account: str) -> str:
+    """The SPIFFE URI an endpoint must present. The normalizer checks service accounts; for a
+    name that is still not a valid identity (a namespace from a platform with other rules),
+    the URI is kept as written: no CA of ours issues it, so the endpoint cannot be verified,
+    and the service never falls back to "any identity of the trust domain"."""
+    try:
+        return Identity(trust_domain, namespace, service_account).spiffe_id
+    except InvalidIdentity:
+        return f"{SPIFFE_PREFIX}{trust_domain}/ns/{namespace}/sa/{service_account}"
 
 
 def _mesh_san_matchers(mesh: MeshTls) -> list[common_pb2.SubjectAltNameMatcher]:

@@ -1,0 +1,122 @@
+"""Redaction of key material in Envoy resources, the way Envoy's own config dump does it.
+
+Envoy's protos mark secret fields with `(udpa.annotations.sensitive) = true`: a TLS
+certificate's private key and password, generic secrets, session ticket keys, HMAC secrets,
+and so on. Every field so marked, and everything below it, is shown as "[redacted]" (strings
+and bytes) or left out (numbers, booleans, enums). Any fields are unpacked and redacted too,
+so a secret inside a filter's typed_config is found wherever it sits.
+
+This is the one redaction every path that shows a resource uses: the agent's
+/debug/resources (and so `meshagent proxy-config`), CSDS, and anything that logs a resource.
+The functions never alter their argument.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from google.protobuf import any_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from udpa.annotations import sensitive_pb2
+
+REDACTED = "[redacted]"
+_ANY = any_pb2.Any.DESCRIPTOR.full_name
+
+
+def redacted(message: Message) -> Message:
+    """A copy of message with every sensitive field redacted; message itself is unchanged."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    _redact(copy, sensitive=False)
+    return copy
+
+
+def redacted_any(body: any_pb2.Any) -> any_pb2.Any:
+    """body (a packed resource) with its sensitive fields redacted.
+
+    A type this process cannot resolve is returned as an Any that holds nothing: what cannot
+    be inspected cannot be shown.
+    """
+    out = any_pb2.Any()
+    message = _unpack(body)
+    if message is None:
+        out.type_url = body.type_url
+    else:
+        _redact(message, sensitive=False)
+        out.Pack(message)
+    return out
+
+
+def _unpack(body: any_pb2.Any) -> Message | None:
+    name = body.type_url.rpartition("/")[2]
+    try:
+        descriptor = descriptor_pool.Default().FindMessageTypeByName(name)
+    except KeyError:
+        return None
+    message: Message = message_factory.GetMessageClass(descriptor)()
+    return message if body.Unpack(message) else None
+
+
+@functools.cache
+def _is_sensitive(field: FieldDescriptor) -> bool:
+    return bool(field.GetOptions().Extensions[sensitive_pb2.sensitive])
+
+
+def _redact(message: Message, *, sensitive: bool) -> None:
+    """Redact message in place; `sensitive`: an enclosing field is sensitive."""
+    if message.DESCRIPTOR.full_name == _ANY:
+        _redact_any(message, sensitive=sensitive)
+        return
+    for field, value in message.ListFields():
+        hide = sensitive or _is_sensitive(field)
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            _redact_message_field(message, field, value, hide)
+        elif hide:
+            _hide_scalar(message, field, value)
+
+
+def _redact_any(message: Any, *, sensitive: bool) -> None:
+    inner = _unpack(message)
+    if inner is None:
+        if sensitive:
+            message.value = b""
+        return
+    _redact(inner, sensitive=sensitive)
+    message.Pack(inner)
+
+
+def _redact_message_field(message: Message, field: FieldDescriptor, value: Any, hide: bool) -> None:
+    entry: Any = field.message_type  # set for every TYPE_MESSAGE field
+    if entry.GetOptions().map_entry:
+        value_field = entry.fields_by_name["value"]
+        if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in value.values():
+                _redact(item, sensitive=hide)
+        elif hide:
+            for key in list(value):
+                value[key] = _redacted_scalar(value_field, value[key])
+        return
+    if field.is_repeated:
+        for item in value:
+            _redact(item, sensitive=hide)
+    else:
+        _redact(value, sensitive=hide)
+
+
+def _hide_scalar(message: Message, field: FieldDescriptor, value: Any) -> None:
+    if field.type not in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
+        message.ClearField(field.name)
+    elif field.is_repeated:
+        value[:] = [_redacted_scalar(field, v) for v in value]
+    else:
+        setattr(message, field.name, _redacted_scalar(field, value))
+
+
+def _redacted_scalar(field: FieldDescriptor, value: Any) -> Any:
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return REDACTED.encode()
+    if field.type == FieldDescriptor.TYPE_STRING:
+        return REDACTED
+    return type(value)()
