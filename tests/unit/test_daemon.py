@@ -271,6 +271,8 @@ async def test_missing_mesh_dir_keeps_serving_and_is_not_ready(tmp_path: Path) -
         (mesh / "a.yaml").write_text(service_entry("a", ip=2))
         await until(lambda: hosts(agent) == {"a.example.com": "10.0.0.2"}, "the new directory")
         assert reason not in agent.ready_reasons()
+        # and its error is no longer a current problem
+        assert not [e for e in agent.diagnostics.entries() if e.diagnostic.location == str(mesh)]
 
     await running(agent, body)
 
@@ -312,6 +314,8 @@ async def test_last_good_config_survives_a_restart(tmp_path: Path) -> None:
         # and once a file is fixed, it serves its new version
         (mesh / "b.yaml").write_text(service_entry("b", ip=3))
         await until(lambda: hosts(second).get("b.example.com") == "10.0.0.3", "b fixed")
+        current = [str(e.diagnostic) for e in second.diagnostics.entries()]
+        assert not [m for m in current if m.startswith(str(mesh / "b.yaml"))], current
 
     await running(second, after_restart)
 

@@ -368,6 +368,21 @@ async def test_restore_serves_the_previous_resources_of_a_missing_path(tmp_path:
     assert back.deletes == (("files", "ServiceEntry", "default", "a"),)
 
 
+async def test_duplicate_error_is_the_copys_file_and_is_fixed_when_it_goes(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(doc("dup", value=1))
+    (tmp_path / "b.yaml").write_text(doc("dup", value=2) + doc("other"))
+    async with adapter(tmp_path) as files:
+        it = files.watch()
+        first = await next_event(it)
+        (tmp_path / "b.yaml").write_text(doc("other", value=2))
+        gone = await next_event(it)
+
+    [error] = first.errors
+    assert (error.kind, error.name) == ("", "")  # the copy's file: nothing of the resource's
+    assert error.reason.startswith("ServiceEntry/default/dup: duplicate of the resource at")
+    assert gone.errors == () and gone.fixed == (str(tmp_path / "b.yaml"),)
+
+
 async def test_duplicate_in_a_new_file_does_not_take_over(tmp_path: Path) -> None:
     # given b.yaml serving "dup"
     (tmp_path / "b.yaml").write_text(doc("dup", value=1))
