@@ -430,3 +430,22 @@ async def test_no_namespace_and_the_default_one_are_the_same_resource(tmp_path: 
 
     assert [r.body["spec"]["value"] for r in event.upserts] == [1]
     assert [d.location for d in event.errors] == [f"{tmp_path / 'b.yaml'}:1"]
+
+
+async def test_a_typo_in_an_istio_kind_keeps_what_the_file_served(tmp_path: Path) -> None:
+    from meshagent.agent.daemon import mesh_file_loader  # the agent's loader for mesh files
+
+    path = tmp_path / "vs.yaml"
+    path.write_text(VS.format(namespace="prod"))
+    files_ = FilesAdapter([tmp_path], debounce_ms=50, poll_interval_ms=20, loader=mesh_file_loader)
+    async with files_ as files:
+        it = files.watch()
+        await next_event(it)
+        path.write_text(VS.format(namespace="prod").replace("VirtualService", "VirtualServise"))
+        typo = await next_event(it)
+
+    assert typo.upserts == () and typo.deletes == ()
+    [error] = typo.errors
+    assert error.severity == "error" and error.location == f"{path}:2"
+    assert "unknown kind 'VirtualServise' in networking.istio.io" in error.reason
+    assert "did you mean VirtualService?" in error.reason
