@@ -480,7 +480,8 @@ class Agent:
         if not by_source:
             return
         events = [SourceEvent(s, tuple(rs), synced=False) for s, rs in by_source.items()]
-        self._snapshot, _ = self.normalizer.apply(events)  # reported when the files are read
+        # (diagnostics: reported when the files are read; a thread, as in _apply: big sets)
+        self._snapshot, _ = await asyncio.to_thread(_gc_paused, self.normalizer.apply, events)
         for source in by_source:
             accepted = self._accepted(source)
             self._known.setdefault(source, set()).update(accepted)
