@@ -19,13 +19,17 @@ test: $(STAMP) system-deps
 	$(VENV)/bin/pytest -q
 
 # Debian packages some tests use: systemd-analyze checks the unit files, chromium renders the
-# admin status page. Installed when running as root with apt-get; otherwise those tests skip
-# and say why.
+# admin status page, iptables and nftables (and iproute2's `ip netns`) program traffic capture
+# in the tests' network namespaces. Installed when running as root with apt-get; otherwise
+# those tests skip and say why.
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
 	  command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	  command -v chromium >/dev/null || missing="$$missing chromium"; \
+	  command -v iptables-restore >/dev/null || missing="$$missing iptables"; \
+	  command -v nft >/dev/null || missing="$$missing nftables"; \
+	  command -v ip >/dev/null || missing="$$missing iproute2"; \
 	  if [ -n "$$missing" ]; then \
 	    apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
 	  fi; \

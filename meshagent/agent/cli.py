@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     from meshagent.onboard.vm_cli import add_parsers as add_vm_parsers
 
     add_vm_parsers(sub)  # vm configure
+    from meshagent.capture.cli import add_parsers as add_capture_parsers
+
+    add_capture_parsers(sub)  # capture apply|remove|print
     return parser
 
 
@@ -97,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return vm_cli.run(args)
         if args.command == "dev":
             return _dev(args)
+        if args.command == "capture":
+            from meshagent.capture import cli as capture_cli
+
+            return capture_cli.run(args)
         return _validate(args, sys.stdout)
     except MeshAgentError as exc:
         print(f"meshagent: {exc}", file=sys.stderr)

@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if not inputs.ingress_ip:
         print("meshagent: warning: no --ingress-ip: hosts is empty", file=sys.stderr)
     print(f"wrote {', '.join(files)} to {args.output}")
+    print(f"traffic capture: meshagent capture apply --cluster-env {args.output / 'cluster.env'}")
     return 0
 
 

@@ -62,6 +62,19 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return next(out.glob("meshagent_vm-*.whl"))
 
 
+def _dependencies(tmp_path: Path) -> Path:
+    """The test virtualenv's packages without meshagent-vm itself (installed there editable):
+    on PYTHONPATH they serve the host's `meshagent`, and pip must not find meshagent-vm
+    installed already."""
+    deps = tmp_path / "deps"
+    if not deps.exists():
+        deps.mkdir()
+        for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+            if not entry.name.lower().replace("-", "_").startswith(("meshagent", "__editable__")):
+                (deps / entry.name).symlink_to(entry)
+    return deps
+
+
 def playbook(
     tmp_path: Path, wheel: Path, *extra: str, **overrides: Any
 ) -> subprocess.CompletedProcess[str]:
@@ -93,7 +106,7 @@ def playbook(
     # The wheel is installed without its dependencies (no network here); the installed
     # `meshagent`, which the role runs to validate files, finds them in the test virtualenv.
     pythonpath = os.pathsep.join(
-        p for p in (os.environ.get("PYTHONPATH", ""), sysconfig.get_paths()["purelib"]) if p
+        p for p in (os.environ.get("PYTHONPATH", ""), str(_dependencies(tmp_path))) if p
     )
     env = {**os.environ, "PYTHONPATH": pythonpath, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"), "ANSIBLE_NOCOLOR": "1",
@@ -199,3 +212,27 @@ def test_role_refuses_an_unpinned_install(tmp_path: Path, wheel: Path) -> None:
     fatal = failed_task(playbook(tmp_path, wheel, meshagent_wheel="", meshagent_version=""))
     assert "Set meshagent_wheel" in fatal
     assert not (tmp_path / "root/opt/meshagent/venv").exists()
+
+
+def test_capture_switch_installs_the_unit_and_cluster_env_then_removes_them(
+    tmp_path: Path, wheel: Path
+) -> None:
+    on = recap(playbook(tmp_path, wheel, "-e", '{"meshagent_capture": true}'))
+    assert on["failed"] == 0
+    root = tmp_path / "root"
+    unit = root / "etc/systemd/system/meshagent-capture.service"
+    assert (
+        unit.read_text().split("\n", 1)[1]
+        == (REPO / "systemd/meshagent-capture.service").read_text()
+    )
+    cluster_env = root / "etc/meshagent/cluster.env"
+    from meshagent.agent.cli import main
+
+    # The rendered cluster.env drives capture: every port in, SSH and the agent's ports out.
+    assert main(["capture", "print", "-u", "1", "-g", "1", "--capture-all-dns",
+                 "--cluster-env", str(cluster_env)]) == 0  # fmt: skip
+    again = recap(playbook(tmp_path, wheel, "-e", '{"meshagent_capture": true}'))
+    assert again["changed"] == 0
+
+    off = recap(playbook(tmp_path, wheel))
+    assert off["failed"] == 0 and not unit.exists()

@@ -96,36 +96,9 @@ class Host:
         self.agent.send_signal(signal.SIGHUP)
 
 
-RULES = """*nat
-:ISTIO_INBOUND - [0:0]
-:ISTIO_IN_REDIRECT - [0:0]
-:ISTIO_OUTPUT - [0:0]
-:ISTIO_REDIRECT - [0:0]
--A PREROUTING -p tcp -j ISTIO_INBOUND
--A OUTPUT -p tcp -j ISTIO_OUTPUT
--A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN
--A ISTIO_INBOUND -p tcp --dport 22 -j RETURN
--A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN
--A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT
--A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
--A ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN
--A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner 0 -j ISTIO_IN_REDIRECT
--A ISTIO_OUTPUT -o lo -m owner ! --uid-owner 0 -j RETURN
--A ISTIO_OUTPUT -m owner --uid-owner 0 -j RETURN
--A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN
--A ISTIO_OUTPUT -j ISTIO_REDIRECT
--A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001
-COMMIT
-"""
-
-
 def _capture(ns: Netns, *args: str) -> None:
-    import subprocess
-    if args[1] == "apply":
-        subprocess.run(ns.cmd(["iptables-restore"]), input=RULES, text=True, check=True)
-    else:
-        subprocess.run(ns.cmd(["iptables", "-t", "nat", "-F"]), check=True)
-        subprocess.run(ns.cmd(["iptables", "-t", "nat", "-X"]), check=True)
+    """`meshagent capture` in ns; root (uid 0: Envoy and the agent) is never captured."""
+    ns.run(*MESHAGENT, *args)
 
 
 def apply_capture(ns: Netns) -> None:

@@ -156,7 +156,8 @@ def test_status_command_and_page_show_errors_with_first_seen(
         "mesh": {"version": 1, "routes": [], "services": []}, "diagnostics": [entry],
         "xds": {"connected": False, "stream": None, "types": {}},
     }  # fmt: skip
-    monkeypatch.setattr(opscli, "fetch_admin", lambda config, path, **_: json.dumps(report).encode())
+    answer = json.dumps(report).encode()
+    monkeypatch.setattr(opscli, "fetch_admin", lambda config, path, **_: answer)
     out = io.StringIO()
     opscli._status(default_config(tmp_path), argparse.Namespace(), out)
     assert "config errors: 1\n" in out.getvalue()
