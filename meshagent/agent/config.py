@@ -100,6 +100,7 @@ class FilesSourceConfig:
     paths: tuple[Path, ...]
     debounce_ms: int = 100
     poll_interval_ms: int = 200
+    missing_ok: bool = False  # the default paths (not configured) need not exist
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,6 +478,7 @@ def _sources(s: _Section, base: Path) -> SourcesConfig:
             paths=tuple(_resolve(base, p) for p in raw_paths),
             debounce_ms=_duration_ms(f, "debounce_ms", "100ms", 0, 60_000, bare_ms=1),
             poll_interval_ms=_duration_ms(f, "poll_interval_ms", "200ms", 10, 60_000, bare_ms=1),
+            missing_ok="paths" not in f.data,
         ),
         consul=consul,
         kubernetes=kubernetes,
