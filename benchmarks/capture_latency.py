@@ -64,7 +64,8 @@ def backend_bootstrap() -> dict[str, Any]:
         "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
     }
     manager = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+        "http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "backend",
         "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
         "http_filters": [
