@@ -4,6 +4,7 @@ pilot/pkg/security/authz/builder builds them."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -284,3 +285,32 @@ def test_trust_domain_aliases_config() -> None:
     assert proxy.trust_domain_aliases == ("old.example", "td2")
     with pytest.raises(ConfigError, match=r"trust_domain_aliases\[1\]"):
         parse_config(text.replace("td2", "'Bad Domain'"), "/tmp/agent.yaml")
+
+
+def test_listeners_follow_the_provider_service_coming_and_going() -> None:
+    # given a CUSTOM policy whose provider's service is not in the mesh yet, when its
+    # ServiceEntry arrives, then the same translator builds the ext_authz filter (no stale
+    # deny rules from its cache), and when it goes, the deny rules come back
+    from meshagent.model import InboundPort, LocalWorkload
+    from meshagent.xds import typeurls
+    from meshagent.xds.translate import Translator
+
+    echo = LocalWorkload("echo", "shop", "echo", ports=(InboundPort(9080, 8080),))
+    proxy = ProxySpec("n", workloads=(echo,), extension_providers=(HTTP,))
+    policies = frozen_map({"shop/ext": _custom("ext")})
+    shared = {
+        "authorization_policies": policies,
+        "peer_authentications": frozen_map({}),
+        "request_authentications": frozen_map({}),
+    }  # unchanged maps stay the same objects, as the normalizer keeps them
+    without = MeshSnapshot(version=1, **shared)  # type: ignore[arg-type]
+    with_service = MeshSnapshot(version=2, services=SNAPSHOT.services, **shared)  # type: ignore[arg-type]
+    translator = Translator()
+
+    def has_ext_authz(snap: MeshSnapshot) -> bool:
+        listeners = translator.generate(snap, proxy).of(typeurls.LISTENER).values()
+        return any(b"envoy.filters.http.ext_authz" in r.value for r in listeners)
+
+    assert not has_ext_authz(without)
+    assert has_ext_authz(with_service)
+    assert not has_ext_authz(dataclasses.replace(without, version=3))

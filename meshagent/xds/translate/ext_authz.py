@@ -89,6 +89,14 @@ def resolve(
     return Authorizer(provider, host, names.cluster_name(provider.port, host))
 
 
+def provider_services(snapshot: MeshSnapshot, proxy: ProxySpec) -> tuple[object, ...]:
+    """The services the proxy's providers name (None where absent): translation caches must
+    rebuild when one of them comes or goes, as the CUSTOM filters depend on it."""
+    return tuple(
+        snapshot.services.get(p.service.rpartition("/")[2]) for p in proxy.extension_providers
+    )
+
+
 def authorizer_for(
     snapshot: MeshSnapshot, proxy: ProxySpec, policies: Sequence[AuthzPolicy]
 ) -> Authorizer | str | None:

@@ -279,6 +279,7 @@ class InboundListenersGenerator:
             snap.peer_authentications,
             snap.authorization_policies,
             snap.request_authentications,
+            *ext_authz.provider_services(snap, ctx.proxy),  # CUSTOM resolves their service
         )
         if identical(key, self._key):
             return self._last
