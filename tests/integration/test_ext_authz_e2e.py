@@ -201,6 +201,9 @@ def test_bad_provider_blocks_only_its_paths(host: Host, provider: str) -> None:
     wait_until(lambda: host.get("/admin/x", **allow).status == 403, what="its paths denied")
     assert host.get("/open").status == 200
     assert host.get("/admin", **allow).status == 200  # "/admin/*" does not cover "/admin"
+    if provider == "broken":  # the agent started; the entry is reported with its field
+        log = (host.mesh.root / "agent.log").read_text()
+        assert "extension_provider_invalid" in log and "status_on_error" in log
     host.apply("")
     wait_until(lambda: host.get("/admin/x").status == 200, what="no policy: allowed")
 
