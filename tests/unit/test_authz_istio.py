@@ -321,3 +321,12 @@ def test_tcp_allow_with_an_http_field_never_matches() -> None:
     )
     (allow,) = rbac_filters(snapshot(policy(experimental)), TCP_PORT)
     assert allow["rules"]["policies"]  # works on TCP in Istio: the rule is kept
+
+
+@pytest.mark.parametrize("port", [HTTP_PORT, TCP_PORT])
+def test_allow_nothing_still_denies_everything(port: int) -> None:
+    # `spec: {}` (ALLOW without rules) denies all; its dry-run twin denies nothing
+    filters = rbac_filters(snapshot(policy("  {}\n")), port)
+    assert filters and not allowed(filters, peer("spiffe://cluster.local/ns/a/sa/b", port))
+    dry = rbac_filters(snapshot(policy("  {}\n", meta=DRY)), port)
+    assert allowed(dry, peer("spiffe://cluster.local/ns/a/sa/b", port))
