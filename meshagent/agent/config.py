@@ -188,6 +188,7 @@ class AgentConfig:
     networks: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()  # east-west gateways
     # `extension_providers` (agent/authz_config.py): CUSTOM AuthorizationPolicy authorizers
     extension_providers: tuple[ExtAuthzProvider, ...] = ()
+    trust_domain_aliases: tuple[str, ...] = ()  # `trust_domain_aliases` (authz_config.py)
     # `capture`, `outbound_traffic_policy` (agent/capture_config.py): transparent mode
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     outbound_traffic_policy: str = ALLOW_ANY
@@ -209,6 +210,7 @@ class AgentConfig:
             network=self.network,
             network_gateways=self.networks,
             extension_providers=self.extension_providers,
+            trust_domain_aliases=self.trust_domain_aliases,
             locality=self.node.locality,
             capture=self.capture.enabled,
             virtual_outbound_port=self.capture.outbound_port,
@@ -343,6 +345,7 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         "network",
         "networks",
         "extension_providers",
+        "trust_domain_aliases",
         "capture",
         "outbound_traffic_policy",
     )
@@ -367,6 +370,7 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         network=root.get("network", str, ""),
         networks=_networks(root),
         extension_providers=_extension_providers(root),
+        trust_domain_aliases=_trust_domain_aliases(root),
         capture=parse_capture(root.section("capture")),
         outbound_traffic_policy=parse_outbound_traffic_policy(
             root.section("outbound_traffic_policy")
@@ -397,6 +401,12 @@ def _extension_providers(root: _Section) -> tuple[ExtAuthzProvider, ...]:
     from meshagent.agent.authz_config import parse_extension_providers  # it imports from here
 
     return parse_extension_providers(root)
+
+
+def _trust_domain_aliases(root: _Section) -> tuple[str, ...]:
+    from meshagent.agent.authz_config import parse_trust_domain_aliases  # it imports from here
+
+    return parse_trust_domain_aliases(root)
 
 
 def _inbound(root: _Section) -> str:

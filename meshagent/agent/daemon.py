@@ -608,26 +608,32 @@ class Agent:
         return f" (from {'; '.join(origins)})" if origins else ""
 
     def _warn_unservable_custom_policies(self) -> None:
-        """Log once when CUSTOM AuthorizationPolicies make a workload deny everything (their
-        provider is not in extension_providers, or they name several)."""
+        """Log once when CUSTOM AuthorizationPolicies cannot reach an authorizer, so their
+        rules deny what they match (their provider is not in extension_providers, is invalid
+        or not a mesh service, or they name several)."""
         from meshagent.xds.translate.ext_authz import provider_problem
         from meshagent.xds.translate.inbound import authz_policies
 
         if self._snapshot is None or not self._proxy.workloads:
             return
-        key = (self._snapshot.authorization_policies, self._proxy)
-        if key == self._custom_checked:  # most publishes change neither
-            return
+        snapshot = self._snapshot
+        key = (snapshot.authorization_policies, snapshot.services, self._proxy)
+        old = self._custom_checked
+        if len(old) == len(key) and all(a is b for a, b in zip(key, old, strict=True)):
+            return  # most publishes change none of them
         self._custom_checked = key
         problems = set()
         for w in self._proxy.workloads:
-            policies = authz_policies(self._snapshot, self._proxy, w)
-            reason = provider_problem(policies, self._proxy.extension_providers)
+            policies = authz_policies(snapshot, self._proxy, w)
+            reason = provider_problem(snapshot, self._proxy, policies)
             if reason:
                 problems.add((f"{w.namespace}/{w.name}", reason))
         for workload, reason in sorted(problems - self._custom_problems):
-            log.warning("authz_custom_denies_all", workload=workload, reason=reason)
-        self._custom_problems = problems
+            log.warning("authz_custom_rules_deny", workload=workload, reason=reason)
+        invalid = {(f"provider:{p.name}", p.problem) for p in self._proxy.extension_providers}
+        for provider, reason in sorted(i for i in invalid - self._custom_problems if i[1]):
+            log.warning("extension_provider_invalid", provider=provider[9:], reason=reason)
+        self._custom_problems = problems | invalid
 
     # --- reload -------------------------------------------------------------------------
 
