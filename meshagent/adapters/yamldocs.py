@@ -2,10 +2,15 @@
 
 Used by the files adapter and by `meshagent validate`. Bad input never raises: every problem
 becomes an error Diagnostic located at "path:line". This module builds no model objects.
+
+What a text may expand to is bounded (MAX_TEXT_CHARS, MAX_DEPTH, MAX_NODES, and aliases may add
+at most as many nodes as the text itself has, or ALIAS_FLOOR): a "billion laughs" file is one
+located error for the whole file, found before it costs more than a few megabytes.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +27,18 @@ try:  # libyaml's parser is several times faster; fall back to the pure-Python o
     from yaml import CSafeLoader as _Loader
 except ImportError:  # pragma: no cover - depends on how PyYAML was built
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+
+# Bounds on one text (a file), far above any real mesh file: the biggest real ones are a few
+# megabytes of endpoints. A text beyond one is rejected whole, with one located error.
+MAX_TEXT_CHARS = 16 * 1024 * 1024
+MAX_DEPTH = 100  # nested mappings and sequences (Istio resources nest about 12 deep)
+MAX_NODES = 2_000_000  # scalars, mappings and sequences built, aliases expanded
+ALIAS_FLOOR = 10_000  # nodes aliases may always add; beyond it, no more than the text has
+
+# Kubernetes object names (RFC 1123): a name is a DNS subdomain, a namespace a DNS label.
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
+_LABEL = re.compile(_DNS_LABEL)
 
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _MERGE = "tag:yaml.org,2002:merge"
@@ -44,20 +61,65 @@ class _DocumentError(Exception):
         self.reason = reason
 
 
+class _LimitError(_DocumentError):
+    """A text beyond the bounds (module docstring): the whole text is rejected."""
+
+
+class _Budget:
+    """What one text has built so far; shared by the builders of its documents."""
+
+    __slots__ = ("expanded", "nodes")
+
+    def __init__(self) -> None:
+        self.nodes = 0
+        self.expanded = 0  # of nodes, those built again because an alias refers to them
+
+    def check(self, node: Node, depth: int) -> None:
+        """Raise _LimitError when the text went beyond a bound (called per collection)."""
+        line = node.start_mark.line + 1
+        if depth > MAX_DEPTH:
+            raise _LimitError(line, f"nested deeper than {MAX_DEPTH} levels; file rejected")
+        if self.nodes > MAX_NODES:
+            raise _LimitError(line, f"more than {MAX_NODES} YAML nodes; file rejected")
+        if self.expanded > ALIAS_FLOOR and self.expanded > self.nodes - self.expanded:
+            raise _LimitError(
+                line,
+                f"aliases expand to more than {ALIAS_FLOOR} nodes, more than the file itself "
+                "has (a 'billion laughs' document?); file rejected",
+            )
+
+
 class _Builder:
     """Turns a composed node tree into plain Python values and a dotted-path line map."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: _Budget) -> None:
         self.constructor = SafeConstructor()
         self.lines: dict[str, int] = {}
+        self._budget = budget
         self._active: set[int] = set()  # nodes on the current path, to catch recursive aliases
+        self._seen: set[int] = set()  # collections built once: met again, they are aliases
+        self._aliased = 0  # > 0 while building again what an alias refers to
+        self._merged: dict[int, int] = {}  # mapping node -> its pairs that came from `<<`
 
     def build(self, node: Node, path: str) -> Any:
+        # The hot loop of loading big files: keep it lean.
+        budget = self._budget
+        budget.nodes += 1
+        if self._aliased:
+            budget.expanded += 1
         if isinstance(node, ScalarNode):
             return self._scalar(node)
-        if id(node) in self._active:
+        key, active = id(node), self._active
+        if key in active:
             raise _DocumentError(node.start_mark.line + 1, "recursive alias")
-        self._active.add(id(node))
+        active.add(key)
+        alias = key in self._seen
+        if alias:
+            self._aliased += 1
+        else:
+            self._seen.add(key)
+        if len(active) > MAX_DEPTH or budget.nodes > MAX_NODES or budget.expanded > ALIAS_FLOOR:
+            budget.check(node, len(active))
         try:
             if isinstance(node, MappingNode):
                 return self._mapping(node, path)
@@ -65,7 +127,9 @@ class _Builder:
                 return self._sequence(node, path)
             raise _DocumentError(node.start_mark.line + 1, "unsupported YAML node")
         finally:
-            self._active.discard(id(node))
+            active.discard(key)
+            if alias:
+                self._aliased -= 1
 
     def _scalar(self, node: ScalarNode) -> Any:
         if node.tag == _TIMESTAMP:
@@ -81,8 +145,9 @@ class _Builder:
         return "null" if key is None else str(key)  # 8080: becomes "8080", as in JSON
 
     def _mapping(self, node: MappingNode, path: str) -> dict[str, Any]:
-        if any(k.tag == _MERGE for k, _ in node.value):
-            self.constructor.flatten_mapping(node)
+        merged = self._merged.get(id(node), 0) if self._merged else 0
+        if merged or any(k.tag == _MERGE for k, _ in node.value):
+            return self._merging(node, path)
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
             key = self._key(key_node)
@@ -92,6 +157,37 @@ class _Builder:
             self.lines.setdefault(sub, key_node.start_mark.line + 1)
             out[key] = self.build(value_node, sub)
         return out
+
+    def _merging(self, node: MappingNode, path: str) -> dict[str, Any]:
+        """_mapping of a mapping with merge keys (`<<: *anchor`)."""
+        merged = self._flatten(node)
+        out: dict[str, Any] = {}
+        explicit: set[str] = set()
+        for i, (key_node, value_node) in enumerate(node.value):
+            key = self._key(key_node)
+            sub = f"{path}.{key}" if path else key
+            line = key_node.start_mark.line + 1
+            if i < merged:  # from `<<: *anchor`: the first merged mapping that has it wins
+                if key in out:
+                    continue
+                self.lines.setdefault(sub, line)
+            else:  # written here: overrides a merged key, but may not repeat itself
+                if key in explicit:
+                    raise _DocumentError(line, f"duplicate key {key!r}")
+                explicit.add(key)
+                self.lines[sub] = line
+            out[key] = self.build(value_node, sub)
+        return out
+
+    def _flatten(self, node: MappingNode) -> int:
+        """Resolve node's merge keys (`<<`) in place, once; how many pairs come first from
+        them (flatten_mapping puts the merged pairs before the node's own)."""
+        merged = self._merged.get(id(node))
+        if merged is None:
+            own = sum(1 for k, _ in node.value if k.tag != _MERGE)
+            self.constructor.flatten_mapping(node)
+            merged = self._merged[id(node)] = len(node.value) - own
+        return merged
 
     def _sequence(self, node: SequenceNode, path: str) -> list[Any]:
         out: list[Any] = []
@@ -111,9 +207,17 @@ def _field(body: Mapping[str, Any], key: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _identity(body: Mapping[str, Any], line: int) -> tuple[str, str, str, str]:
-    """(apiVersion, kind, namespace, name) of a document; raises when one is missing."""
+def _identity(
+    body: Mapping[str, Any], line: int, lines: Mapping[str, int]
+) -> tuple[str, str, str, str]:
+    """(apiVersion, kind, namespace, name) of a document; raises when one cannot be read.
+
+    A document whose identity is unreadable must not be taken for another resource (e.g.
+    `namespace: 5` read as no namespace): it is an error, and its file keeps what it served.
+    """
     metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise _DocumentError(lines.get("metadata", line), "metadata must be a mapping")
     meta: Mapping[str, Any] = metadata if isinstance(metadata, Mapping) else {}
     found = {
         "apiVersion": _field(body, "apiVersion"),
@@ -123,7 +227,23 @@ def _identity(body: Mapping[str, Any], line: int) -> tuple[str, str, str, str]:
     missing = [key for key, value in found.items() if not value]
     if missing:
         raise _DocumentError(line, f"not a resource: missing or non-string {', '.join(missing)}")
-    return found["apiVersion"], found["kind"], _field(meta, "namespace"), found["metadata.name"]
+    name, namespace = found["metadata.name"], meta.get("namespace")
+    if namespace is not None and not isinstance(namespace, str):
+        reason = f"metadata.namespace must be a string, not {type(namespace).__name__}"
+        raise _DocumentError(lines.get("metadata.namespace", line), reason)
+    if len(name) > 253 or not _SUBDOMAIN.fullmatch(name):
+        reason = (
+            f"metadata.name {name!r} is not a valid Kubernetes name (RFC 1123 subdomain: "
+            "lowercase letters, digits, '-' and '.', at most 253 characters)"
+        )
+        raise _DocumentError(lines.get("metadata.name", line), reason)
+    if namespace and (len(namespace) > 63 or not _LABEL.fullmatch(namespace)):
+        reason = (
+            f"metadata.namespace {namespace!r} is not a valid Kubernetes namespace (RFC 1123 "
+            "label: lowercase letters, digits and '-', at most 63 characters)"
+        )
+        raise _DocumentError(lines.get("metadata.namespace", line), reason)
+    return found["apiVersion"], found["kind"], namespace or "", name
 
 
 def _without(lines: dict[str, int], keys: Mapping[str, Any]) -> dict[str, int]:
@@ -133,18 +253,20 @@ def _without(lines: dict[str, int], keys: Mapping[str, Any]) -> dict[str, int]:
     return {p: n for p, n in lines.items() if p.split(".", 1)[0].split("[", 1)[0] not in keys}
 
 
-def _resource(node: Node, path: str, source: str, strip_keys: tuple[str, ...]) -> LoadedDocument:
+def _resource(
+    node: Node, path: str, source: str, strip_keys: tuple[str, ...], budget: _Budget
+) -> LoadedDocument:
     """One document node as a resource; raises _DocumentError when it is not one."""
     start = node.start_mark.line + 1
     if not isinstance(node, MappingNode):
         raise _DocumentError(start, "a document must be a mapping (apiVersion, kind, metadata)")
-    builder = _Builder()
+    builder = _Builder(budget)
     try:
         body: dict[str, Any] = builder.build(node, "")
     except RecursionError:
-        raise _DocumentError(start, "document is nested too deeply") from None
+        raise _LimitError(start, "document is nested too deeply; file rejected") from None
     meta = {k: body.pop(k) for k in strip_keys if k in body}
-    api_version, kind, namespace, name = _identity(body, start)
+    api_version, kind, namespace, name = _identity(body, start, builder.lines)
     provenance = Provenance(source, f"{path}:{start}", kind, namespace, name)
     raw = RawResource(
         source, kind, api_version, namespace, name, body, provenance, _without(builder.lines, meta)
@@ -163,21 +285,44 @@ def _syntax_error(exc: yaml.YAMLError, path: str, source: str) -> Diagnostic:
 def _load(
     text: str, path: str, source: str, strip_keys: tuple[str, ...]
 ) -> tuple[list[LoadedDocument], list[Diagnostic]]:
+    if len(text) > MAX_TEXT_CHARS:
+        return [], [_error(path, 1, source, f"larger than {MAX_TEXT_CHARS} bytes; file rejected")]
     documents: list[LoadedDocument] = []
     diagnostics: list[Diagnostic] = []
+    budget = _Budget()
     try:
         for node in yaml.compose_all(text, Loader=_Loader):
             if node is None or (isinstance(node, ScalarNode) and node.tag.endswith(":null")):
                 continue  # an empty document, e.g. after a trailing '---'
             try:
-                documents.append(_resource(node, path, source, strip_keys))
+                document = _resource(node, path, source, strip_keys, budget)
+            except _LimitError as exc:
+                return [], [_error(path, exc.line, source, exc.reason)]
             except _DocumentError as exc:
                 diagnostics.append(_error(path, exc.line, source, exc.reason))
+                continue
+            documents.append(document)
     except yaml.YAMLError as exc:
         # A syntax error anywhere yields no documents at all: a half-written file must not
         # look like one whose later resources were deleted.
         return [], [_syntax_error(exc, path, source)]
     return documents, diagnostics
+
+
+def duplicate_error(raw: RawResource, first: str) -> Diagnostic:
+    """The error for another document of the resource first defined at first (which wins).
+
+    It is an error of the copy's file (no kind or name of its own: the copy never serves, so
+    nothing of the resource's would clear it), naming the resource in its reason."""
+    return Diagnostic(
+        "error",
+        raw.source,
+        raw.provenance.location,
+        "",
+        "",
+        "metadata.name",
+        f"{raw.provenance.ref}: duplicate of the resource at {first}; this copy is ignored",
+    )
 
 
 def load_documents_with_meta(
@@ -221,6 +366,8 @@ def load_mapping(text: str, path: str) -> tuple[dict[str, Any], dict[str, int]]:
     config, so that both kinds of file accept and refuse the same YAML."""
     from meshagent.errors import ConfigError  # the one raising reader here
 
+    if len(text) > MAX_TEXT_CHARS:
+        raise ConfigError(f"larger than {MAX_TEXT_CHARS} bytes", location=f"{path}:1")
     nodes: list[Node] = []
     try:
         for node in yaml.compose_all(text, Loader=_Loader):
@@ -236,7 +383,7 @@ def load_mapping(text: str, path: str) -> tuple[dict[str, Any], dict[str, int]]:
     if len(nodes) > 1:
         where = f"{path}:{nodes[1].start_mark.line + 1}"
         raise ConfigError("must be one YAML document (found a second one)", location=where)
-    node, builder = nodes[0], _Builder()
+    node, builder = nodes[0], _Builder(_Budget())
     if not isinstance(node, MappingNode):
         raise ConfigError("the config must be a mapping", location=f"{path}:1")
     try:

@@ -102,6 +102,7 @@ class FilesSourceConfig:
     paths: tuple[Path, ...]
     debounce_ms: int = 100
     poll_interval_ms: int = 200
+    missing_ok: bool = False  # the default paths (not configured) need not exist
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +190,7 @@ class AgentConfig:
     networks: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()  # east-west gateways
     # `extension_providers` (agent/authz_config.py): CUSTOM AuthorizationPolicy authorizers
     extension_providers: tuple[ExtAuthzProvider, ...] = ()
+    trust_domain_aliases: tuple[str, ...] = ()  # `trust_domain_aliases` (authz_config.py)
     # `capture`, `outbound_traffic_policy` (agent/capture_config.py): transparent mode
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     outbound_traffic_policy: str = ALLOW_ANY
@@ -211,6 +213,7 @@ class AgentConfig:
             network=self.network,
             network_gateways=self.networks,
             extension_providers=self.extension_providers,
+            trust_domain_aliases=self.trust_domain_aliases,
             locality=self.node.locality,
             capture=self.capture.enabled,
             virtual_outbound_port=self.capture.outbound_port,
@@ -345,6 +348,7 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         "network",
         "networks",
         "extension_providers",
+        "trust_domain_aliases",
         "capture",
         "outbound_traffic_policy",
         "dns",
@@ -370,6 +374,7 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         network=root.get("network", str, ""),
         networks=_networks(root),
         extension_providers=_extension_providers(root),
+        trust_domain_aliases=_trust_domain_aliases(root),
         capture=parse_capture(root.section("capture")),
         outbound_traffic_policy=parse_outbound_traffic_policy(
             root.section("outbound_traffic_policy")
@@ -407,6 +412,12 @@ def _dns(root: _Section, base: Path) -> DnsConfig:
     from meshagent.agent.dns_config import parse_dns  # it imports _Section from here
 
     return parse_dns(root.section("dns"), base)
+
+
+def _trust_domain_aliases(root: _Section) -> tuple[str, ...]:
+    from meshagent.agent.authz_config import parse_trust_domain_aliases  # it imports from here
+
+    return parse_trust_domain_aliases(root)
 
 
 def _inbound(root: _Section) -> str:
@@ -488,6 +499,7 @@ def _sources(s: _Section, base: Path) -> SourcesConfig:
             paths=tuple(_resolve(base, p) for p in raw_paths),
             debounce_ms=_duration_ms(f, "debounce_ms", "100ms", 0, 60_000, bare_ms=1),
             poll_interval_ms=_duration_ms(f, "poll_interval_ms", "200ms", 10, 60_000, bare_ms=1),
+            missing_ok="paths" not in f.data,
         ),
         consul=consul,
         kubernetes=kubernetes,

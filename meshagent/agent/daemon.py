@@ -4,6 +4,11 @@ One asyncio task per source pumps SourceEvents into a queue; one processing task
 whole queue, applies it to the normalizer, translates once, and publishes the ResourceSet for
 the local node. Bad input is reported, never fatal; a translator exception is a bug that is
 logged while the previous ResourceSet keeps serving.
+
+The accepted raw documents of the files are persisted in the state dir (agent/lastgood.py) and
+restored at start, so that a document that is invalid when the agent starts serves its last good
+version. A source that cannot see part of its configuration (SourceEvent.unavailable, e.g. a
+configured path that is missing) keeps that part serving and makes the agent not ready.
 """
 
 from __future__ import annotations
@@ -12,12 +17,12 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from meshagent.adapters.base import Adapter
+from meshagent.adapters.base import Adapter, Restorable
 from meshagent.adapters.files import FilesAdapter
 from meshagent.agent.admin import AdminServer, standard_pages
 from meshagent.agent.config import AgentConfig, load_config
@@ -25,6 +30,7 @@ from meshagent.agent.convergence import ConvergenceObserver, ConvergenceTracker
 from meshagent.agent.diagnostics import DiagnosticTable
 from meshagent.agent.envoy import EnvoySupervisor, bootstrap_for
 from meshagent.agent.instancelock import InstanceLock
+from meshagent.agent.lastgood import FILE_NAME, PERSISTED_SOURCES, LastGoodStore
 from meshagent.agent.logs import configure_logging
 from meshagent.agent.metrics import AgentMetrics
 from meshagent.agent.opspages import install_ops_pages
@@ -35,7 +41,7 @@ from meshagent.gcpause import paused_gc
 from meshagent.model.identity import WorkloadCertificate
 from meshagent.model.proxy import ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
-from meshagent.model.source import Diagnostic, SourceEvent
+from meshagent.model.source import Diagnostic, RawResource, SourceEvent
 from meshagent.xds.cache import SnapshotCache
 from meshagent.xds.consistency import ConsistencyChecker, Inconsistency
 from meshagent.xds.resources import ResourceSet
@@ -59,6 +65,9 @@ def build_adapters(config: AgentConfig) -> list[Adapter]:
                 files.paths,
                 debounce_ms=files.debounce_ms,
                 poll_interval_ms=files.poll_interval_ms,
+                loader=mesh_file_loader,
+                missing_ok=files.missing_ok,
+                default_namespace=config.node.namespace,
             )
         )
     if config.sources.consul is not None:
@@ -70,6 +79,26 @@ def build_adapters(config: AgentConfig) -> list[Adapter]:
 
         adapters.append(KubernetesAdapter(config.sources.kubernetes.options))
     return adapters
+
+
+def mesh_file_loader(text: str, path: str) -> tuple[list[RawResource], list[Diagnostic]]:
+    """yamldocs' resources of a mesh file, less those of a kind that does not exist in their
+    Istio group (`VirtualServise`): like an unreadable identity, that is an error of the file,
+    which keeps serving what it served (the kind is part of what names a resource)."""
+    from meshagent.adapters.yamldocs import load_documents
+    from meshagent.normalize.schema.core import Issue
+    from meshagent.normalize.validate import diagnostic, unknown_istio_kind
+
+    resources, diagnostics = load_documents(text, path, source="files")
+    kept: list[RawResource] = []
+    for raw in resources:
+        reason = unknown_istio_kind(raw)
+        if reason is None:
+            kept.append(raw)
+        else:  # an error of the file (the resource never serves to clear it), naming it
+            located = diagnostic(raw, Issue("error", "kind", f"{raw.provenance.ref}: {reason}"))
+            diagnostics.append(dataclasses.replace(located, kind="", name=""))
+    return kept, diagnostics
 
 
 class NormalizerLike(Protocol):
@@ -109,6 +138,9 @@ class _Source:
     task: asyncio.Task[None] | None = None
     synced: bool = False
     seen_first: bool = False
+    complete: bool = False  # has listed everything it has, seeing all of its configuration
+    listed: set[Key] = dataclasses.field(default_factory=set)  # keys listed until complete
+    unavailable: tuple[str, ...] = ()  # the last event's SourceEvent.unavailable
 
 
 class Agent:
@@ -150,6 +182,11 @@ class Agent:
         self.diagnostics = DiagnosticTable()  # current problems, not a history
         self._custom_problems: set[tuple[str, str]] = set()  # (workload, reason), logged once
         self._custom_checked: tuple[object, ...] = ()  # what _custom_problems was found from
+        self._last_good = LastGoodStore(config.state_dir / FILE_NAME)
+        # What the store holds: replaced after each apply that changed it, never mutated then.
+        self._last_good_saved: dict[Key, RawResource] = {}
+        self._last_good_task: asyncio.Task[None] | None = None
+        self._restored: dict[Key, RawResource] = {}  # loaded at start, until sources listed
         self._processor: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -206,8 +243,10 @@ class Agent:
 
             self.dns = await start_dns(cfg, self.metrics.registry)
             self.admin.pages["/debug/dns"] = dns_page(self.dns)
+        adapters = list(self._adapter_factory(cfg))
+        await self._restore_last_good({a.name for a in adapters})
         self._processor = asyncio.create_task(self._process_loop(), name="agent-processor")
-        for adapter in self._adapter_factory(cfg):
+        for adapter in adapters:
             self._start_source(adapter)
         self._start_consul_registration()
         if cfg.join is not None:  # `join.workload_group`: this VM's WorkloadEntry
@@ -237,6 +276,9 @@ class Agent:
             await _cancel(source.task)
         self._sources.clear()
         await _cancel(self._processor)
+        if self._last_good_task is not None:  # let the last save finish
+            with contextlib.suppress(Exception):
+                await self._last_good_task
         for task in list(self._background):
             await _cancel(task)
         if self.ca is not None:
@@ -308,6 +350,9 @@ class Agent:
         self._generation += 1
         source = _Source(adapter, self._generation)
         self._sources[adapter.name] = source
+        if isinstance(adapter, Restorable) and adapter.name in PERSISTED_SOURCES:
+            # what serves now (as last saved: the normalizer may be busy in another thread)
+            adapter.restore([r for k, r in self._last_good_saved.items() if k[0] == adapter.name])
         self.metrics.source_synced.labels(source=adapter.name).set(0)
         source.task = asyncio.create_task(self._pump(source), name=f"source-{adapter.name}")
 
@@ -353,22 +398,39 @@ class Agent:
             return None
         known = self._known.setdefault(event.source, set())
         if not source.seen_first:
-            # A new adapter (first start or SIGHUP) lists everything it has: whatever the
-            # previous one had and this one lacks is gone.
+            # A new adapter (first start or SIGHUP) re-reads every file: the file errors of
+            # the previous one that it does not repeat are gone.
             source.seen_first = True
-            listed = {r.key for r in event.upserts}
-            stale = tuple(k for k in sorted(known - listed) if k not in event.deletes)
-            reread = self.diagnostics.locations(event.source)  # file errors it repeats stay
-            event = dataclasses.replace(
-                event, deletes=(*event.deletes, *stale), fixed=(*event.fixed, *reread)
-            )
+            reread = self.diagnostics.locations(event.source)
+            event = dataclasses.replace(event, fixed=(*event.fixed, *reread))
+        if not source.complete:
+            event = self._complete_listing(source, event, known)
         known.difference_update(event.deletes)
         known.update(r.key for r in event.upserts)
+        if event.unavailable != source.unavailable:
+            if not event.unavailable:
+                log.info("source_available", source=name)
+            source.unavailable = event.unavailable
         if event.synced and not source.synced:
             source.synced = True
             self.metrics.source_synced.labels(source=name).set(1)
             log.info("source_synced", source=name, resources=len(known))
         return event
+
+    def _complete_listing(
+        self, source: _Source, event: SourceEvent, known: set[Key]
+    ) -> SourceEvent:
+        """A new adapter (first start or SIGHUP) lists everything it has: once it has, and sees
+        all of its configuration, whatever the previous one (or the restored last good) had and
+        this one lacks is gone. While part is unavailable, nothing is taken for deleted."""
+        source.listed.difference_update(event.deletes)
+        source.listed.update(r.key for r in event.upserts)
+        if not event.synced or event.unavailable:
+            return event
+        source.complete = True
+        stale = tuple(k for k in sorted(known - source.listed) if k not in event.deletes)
+        source.listed = set()
+        return dataclasses.replace(event, deletes=(*event.deletes, *stale))
 
     async def _apply(self, events: list[SourceEvent]) -> None:
         self.convergence.changed()
@@ -384,6 +446,7 @@ class Agent:
             return
         self._snapshot = snapshot
         self._report(diagnostics, events)
+        self._remember_last_good(events)
         await self._publish()
 
     def _report(
@@ -403,6 +466,77 @@ class Agent:
                 field=d.field,
                 reason=d.reason,
             )
+
+    # --- last good, across restarts (agent/lastgood.py) ----------------------------------
+
+    def _accepted(self, source: str) -> dict[Key, RawResource]:
+        """What the normalizer serves of source ({} for a normalizer that cannot say)."""
+        accepted = getattr(self.normalizer, "accepted", None)
+        return accepted(source) if accepted is not None else {}
+
+    async def _restore_last_good(self, sources: set[str]) -> None:
+        """Seed the normalizer with the persisted last good documents of the configured
+        sources, before they run: what a source then lists replaces them, what it no longer has
+        is deleted (_complete_listing), and a listed document that is invalid leaves them
+        serving."""
+        if getattr(self.normalizer, "accepted", None) is None:
+            return
+        loaded = await asyncio.to_thread(self._last_good.load)
+        by_source: dict[str, list[RawResource]] = {}
+        for raw in loaded:
+            if raw.source in PERSISTED_SOURCES and raw.source in sources:
+                by_source.setdefault(raw.source, []).append(raw)
+        if not by_source:
+            return
+        events = [SourceEvent(s, tuple(rs), synced=False) for s, rs in by_source.items()]
+        # (diagnostics: reported when the files are read; a thread, as in _apply: big sets)
+        self._snapshot, _ = await asyncio.to_thread(_gc_paused, self.normalizer.apply, events)
+        for source in by_source:
+            accepted = self._accepted(source)
+            self._known.setdefault(source, set()).update(accepted)
+            self._last_good_saved.update(accepted)
+            self._restored.update(accepted)
+        log.info("last_good_loaded", resources=len(self._restored), path=str(self._last_good.path))
+
+    def _remember_last_good(self, events: Sequence[SourceEvent]) -> None:
+        """Save what the normalizer now accepts of the persisted sources, when it changed; once
+        every persisted source has listed, report what still serves from before the restart."""
+        if getattr(self.normalizer, "accepted", None) is None:
+            return
+        if not any(e.source in PERSISTED_SOURCES for e in events):
+            return  # (most batches, on a busy Consul): nothing of theirs changed
+        current: dict[Key, RawResource] = {}
+        for source in PERSISTED_SOURCES:
+            current.update(self._accepted(source))
+        persisted = [s for n, s in self._sources.items() if n in PERSISTED_SOURCES]
+        if self._restored and all(s.complete for s in persisted):
+            self._report_restored(current)
+        saved = self._last_good_saved
+        if current.keys() == saved.keys() and all(current[k] is saved[k] for k in current):
+            return
+        self._last_good_saved = current
+        if self._last_good_task is None or self._last_good_task.done():
+            self._last_good_task = asyncio.create_task(self._save_last_good())
+
+    async def _save_last_good(self) -> None:
+        """Write the latest accepted set, and again while it changed during a write."""
+        written: dict[Key, RawResource] | None = None
+        while written is not self._last_good_saved:
+            written = self._last_good_saved
+            try:
+                await asyncio.to_thread(self._last_good.save, list(written.values()))
+            except OSError as exc:
+                log.warning("last_good_save_failed", path=str(self._last_good.path), error=str(exc))
+                return
+
+    def _report_restored(self, current: Mapping[Key, RawResource]) -> None:
+        """Name each resource that serves the version saved before the restart (its document
+        is invalid now, or lies under a configured path that is missing)."""
+        restored, self._restored = self._restored, {}
+        still = [r for k, r in sorted(restored.items()) if _serves(current.get(k), r)]
+        if still:
+            log.warning("last_good_serving", resources=len(still))
+        self._report([_restored_warning(raw) for raw in still])
 
     async def _publish(self) -> None:
         """Translate the current snapshot for the local proxy and hand it to the cache.
@@ -495,26 +629,32 @@ class Agent:
         return f" (from {'; '.join(origins)})" if origins else ""
 
     def _warn_unservable_custom_policies(self) -> None:
-        """Log once when CUSTOM AuthorizationPolicies make a workload deny everything (their
-        provider is not in extension_providers, or they name several)."""
+        """Log once when CUSTOM AuthorizationPolicies cannot reach an authorizer, so their
+        rules deny what they match (their provider is not in extension_providers, is invalid
+        or not a mesh service, or they name several)."""
         from meshagent.xds.translate.ext_authz import provider_problem
         from meshagent.xds.translate.inbound import authz_policies
 
         if self._snapshot is None or not self._proxy.workloads:
             return
-        key = (self._snapshot.authorization_policies, self._proxy)
-        if key == self._custom_checked:  # most publishes change neither
-            return
+        snapshot = self._snapshot
+        key = (snapshot.authorization_policies, snapshot.services, self._proxy)
+        old = self._custom_checked
+        if len(old) == len(key) and all(a is b for a, b in zip(key, old, strict=True)):
+            return  # most publishes change none of them
         self._custom_checked = key
         problems = set()
         for w in self._proxy.workloads:
-            policies = authz_policies(self._snapshot, self._proxy, w)
-            reason = provider_problem(policies, self._proxy.extension_providers)
+            policies = authz_policies(snapshot, self._proxy, w)
+            reason = provider_problem(snapshot, self._proxy, policies)
             if reason:
                 problems.add((f"{w.namespace}/{w.name}", reason))
         for workload, reason in sorted(problems - self._custom_problems):
-            log.warning("authz_custom_denies_all", workload=workload, reason=reason)
-        self._custom_problems = problems
+            log.warning("authz_custom_rules_deny", workload=workload, reason=reason)
+        invalid = {(f"provider:{p.name}", p.problem) for p in self._proxy.extension_providers}
+        for provider, reason in sorted(i for i in invalid - self._custom_problems if i[1]):
+            log.warning("extension_provider_invalid", provider=provider[9:], reason=reason)
+        self._custom_problems = problems | invalid
 
     # --- reload -------------------------------------------------------------------------
 
@@ -625,7 +765,10 @@ class Agent:
         return {
             "node": self._proxy.node_id,
             "not_ready": self.ready_reasons(),
-            "sources": [{"name": n, "synced": s.synced} for n, s in sorted(self._sources.items())],
+            "sources": [
+                {"name": n, "synced": s.synced, "unavailable": list(s.unavailable)}
+                for n, s in sorted(self._sources.items())
+            ],
             "mesh": statuspage.mesh_report(self._snapshot),
             "certificates": statuspage.certificates_report(
                 getattr(self._proxy, "certificates", ())
@@ -642,6 +785,11 @@ class Agent:
     def ready_reasons(self) -> list[str]:
         """Why the agent is not ready; [] when every source synced and Envoy ACKed all."""
         reasons = [f"source {n} has not synced" for n, s in self._sources.items() if not s.synced]
+        reasons.extend(
+            f"source {n}: {why}; its last good configuration keeps serving"
+            for n, s in sorted(self._sources.items())
+            for why in s.unavailable
+        )
         if not self._published:
             reasons.append("no configuration published yet")
         reasons += [f"configuration not published: {p.reason}" for p in self._inconsistent[:5]]
@@ -666,6 +814,24 @@ class Agent:
             else:
                 reasons.append(f"envoy {node} has not ACKed {kind} {st.last_sent_version}")
         return reasons
+
+
+def _serves(current: RawResource | None, restored: RawResource) -> bool:
+    """True when current is still the restored document (not one read since: same body object)."""
+    return current is not None and current.body is restored.body
+
+
+def _restored_warning(raw: RawResource) -> Diagnostic:
+    return Diagnostic(
+        "warning",
+        raw.source,
+        raw.provenance.location,
+        raw.kind,
+        f"{raw.namespace}/{raw.name}" if raw.namespace else raw.name,
+        "",
+        "serving the last good version saved before the restart: its document is invalid, "
+        "unreadable or missing now",
+    )
 
 
 def _gc_paused(work: Callable[..., _T], *args: Any) -> _T:

@@ -48,28 +48,45 @@ class LocalWorkload:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestBody:
+    """includeRequestBodyInCheck: buffer the request body (up to max_request_bytes) and send
+    it with the check; allow_partial_message sends what fits instead of answering 413."""
+
+    max_request_bytes: int = 0
+    allow_partial_message: bool = False
+    pack_as_bytes: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ExtAuthzProvider:
     """An external authorizer that AuthorizationPolicies with action CUSTOM name (Istio's
     meshConfig.extensionProviders envoyExtAuthzHttp / envoyExtAuthzGrpc).
 
-    `service`:`port` is a mesh service (its outbound cluster carries the checks). kind "http":
-    Envoy sends the request's headers (those in include_headers; all when empty) to
+    `service` is a mesh service host, or Istio's `<namespace>/<host>`; the checks go through
+    its outbound cluster `outbound|<port>||<host>`, so it must be in the mesh snapshot.
+    kind "http": Envoy sends the request's headers (those in include_headers, where `x-*`
+    and `*-y` are prefix and suffix patterns; Envoy's default set when empty) to
     path_prefix + the request path, and a 2xx answer allows; kind "grpc": Envoy's
-    envoy.service.auth.v3.Authorization/Check.
+    envoy.service.auth.v3.Authorization/Check. status_on_error None: Envoy's default (403).
+    problem: why the entry is unusable (an invalid config); the CUSTOM policies naming it
+    then deny the requests their rules match, as Istio does.
     """
 
     name: str
-    kind: str  # "http" or "grpc"
-    service: str
-    port: int
-    timeout_ms: int = 600
+    kind: str  # "http" or "grpc"; "" when the entry is unusable (see problem)
+    service: str = ""
+    port: int = 0
+    timeout_ms: int = 600_000  # Istio's default: 600 s
     fail_open: bool = False
-    status_on_error: int = 403
+    status_on_error: int | None = None
     path_prefix: str = ""
     include_headers: tuple[str, ...] = ()
     headers_to_upstream_on_allow: tuple[str, ...] = ()
     headers_to_downstream_on_allow: tuple[str, ...] = ()
     headers_to_downstream_on_deny: tuple[str, ...] = ()
+    additional_headers: tuple[tuple[str, str], ...] = ()  # includeAdditionalHeadersInCheck
+    request_body: RequestBody | None = None  # includeRequestBodyInCheck
+    problem: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +117,9 @@ class ProxySpec:
     network_gateways: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
     # CUSTOM AuthorizationPolicy providers (agent config `extension_providers`).
     extension_providers: tuple[ExtAuthzProvider, ...] = ()
+    # meshConfig.trustDomainAliases (agent config `trust_domain_aliases`): principals in
+    # AuthorizationPolicies also match these trust domains (see xds/translate/trust.py).
+    trust_domain_aliases: tuple[str, ...] = ()
     # This proxy's locality, "region/zone/subzone" ("" = unknown): locality load balancing.
     locality: str = ""
     # Transparent mode (agent config `capture.enabled`): netfilter redirects the host's

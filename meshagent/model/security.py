@@ -62,6 +62,8 @@ class Source:
     not_ip_blocks: tuple[str, ...] = ()
     remote_ip_blocks: tuple[str, ...] = ()
     not_remote_ip_blocks: tuple[str, ...] = ()
+    trust_domains: tuple[str, ...] = ()
+    not_trust_domains: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,9 @@ class AuthzPolicy:
     rules: tuple[AuthzRule, ...] = ()
     provenance: Provenance | None = None
     provider: str = ""  # CUSTOM: the extension provider's name
+    # Annotation `istio.io/dry-run: "true"`: evaluated as Envoy RBAC shadow rules (logged and
+    # counted), never enforced.
+    dry_run: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,6 +91,11 @@ class SourceEvent:
     batch after it. errors are problems the adapter met before it could build a RawResource
     (unparsable YAML, a platform error); resources from a file that failed to parse are *not*
     deleted: the last good ones keep serving.
+
+    unavailable says why the source cannot see all of its configuration now, one reason per
+    missing part, naming it (e.g. a configured path that does not exist); () when it sees it
+    all. Every event carries the whole current set. What the source cannot see keeps serving
+    as it was (no deletes are emitted for it); the agent is not ready while it is non-empty.
     """
 
     source: str
@@ -101,3 +106,4 @@ class SourceEvent:
     # Files (or other locations) whose earlier errors no longer hold: re-read without an
     # error, or gone. The agent drops those errors from its current diagnostics.
     fixed: tuple[str, ...] = ()
+    unavailable: tuple[str, ...] = ()

@@ -133,6 +133,11 @@ class Normalizer:
         """The current snapshot (the one the last apply returned)."""
         return self._snapshot
 
+    def accepted(self, source: str) -> dict[Key, RawResource]:
+        """The raw document of every resource of source that serves now (its last valid
+        version), by key; a new dict, the resources are shared (they are immutable)."""
+        return {key: e.raw for key, e in self._entries.items() if key[0] == source}
+
     def apply(self, events: Iterable[SourceEvent]) -> tuple[MeshSnapshot, list[Diagnostic]]:
         """Apply batches of upserts and deletes; the new snapshot and what went wrong.
 

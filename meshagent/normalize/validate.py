@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Any
 
@@ -51,6 +52,42 @@ METADATA = Obj(
 )
 
 
+# The kinds Istio defines in its API groups (istio/api). In these groups any other kind is a
+# typo (`VirtualServise`): an error, so that the document is not silently ignored. A kind listed
+# here that meshagent does not convert yet is a warning.
+ISTIO_KINDS: dict[str, frozenset[str]] = {
+    "networking.istio.io": frozenset(
+        {
+            "DestinationRule",
+            "EnvoyFilter",
+            "Gateway",
+            "ProxyConfig",
+            "ServiceEntry",
+            "Sidecar",
+            "VirtualService",
+            "WorkloadEntry",
+            "WorkloadGroup",
+        }
+    ),
+    "security.istio.io": frozenset(
+        {"AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"}
+    ),
+    "telemetry.istio.io": frozenset({"Telemetry"}),
+    "extensions.istio.io": frozenset({"WasmPlugin"}),
+}
+
+
+def unknown_istio_kind(raw: RawResource) -> str | None:
+    """The reason when raw's kind does not exist in its Istio API group, else None."""
+    group = raw.api_version.rpartition("/")[0]
+    kinds = ISTIO_KINDS.get(group)
+    if kinds is None or raw.kind in kinds:
+        return None
+    close = difflib.get_close_matches(raw.kind, sorted(kinds), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown kind {raw.kind!r} in {group}{hint}; not applied"
+
+
 def is_supported(raw: RawResource) -> bool:
     """True when raw is an Istio kind and version this normalizer converts."""
     group, _, version = raw.api_version.rpartition("/")
@@ -90,6 +127,8 @@ def check_document(raw: RawResource) -> Issues:
             versions = " or ".join(f"{group}/{v}" for v in sorted(known))
             reason = f"unsupported apiVersion {raw.api_version!r}: {raw.kind} needs {versions}"
             issues.error("apiVersion", reason)
+        elif (unknown := unknown_istio_kind(raw)) is not None:
+            issues.error("kind", unknown)
         else:
             issues.warn("kind", f"kind not supported yet: {raw.api_version} {raw.kind}, ignored")
         return issues

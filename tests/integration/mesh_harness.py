@@ -124,13 +124,20 @@ class MeshHarness:
         self.agent = None
         return code
 
-    def start_envoy(self) -> None:
+    def start_envoy(self, *, old_bootstrap: bool = False) -> None:
+        """Start Envoy from `meshagent bootstrap`; old_bootstrap drops its runtime layer (as
+        a bootstrap written before the RE2 limit was raised), so that Envoy rejects regexes
+        the agent accepts: a way to make a real NACK happen."""
         out = subprocess.run(
             [*MESHAGENT, "bootstrap", "--config", str(self.config_path)],
             cwd=REPO,
             check=True,
             capture_output=True,
         ).stdout
+        if old_bootstrap:
+            data = json.loads(out)
+            del data["layered_runtime"]
+            out = json.dumps(data).encode()
         bootstrap = self.root / "envoy.json"
         bootstrap.write_bytes(out)
         log = open(self.root / "envoy.log", "ab")  # noqa: SIM115 - owned by the process

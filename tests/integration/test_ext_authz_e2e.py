@@ -102,7 +102,28 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
             inbound_port = free_port(B_ADDRESS)
             mesh.configure(
                 workloads=[workload("echo", inbound_port, app.port)],
-                extension_providers=[{"name": "ext", "envoy_ext_authz_http": provider}],
+                extension_providers=[
+                    {"name": "ext", "envoy_ext_authz_http": provider},
+                    # Istio's <namespace>/<host> form of the same service
+                    {
+                        "name": "ext-ns",
+                        "envoy_ext_authz_http": {**provider, "service": f"shop/{AUTHZ_HOST}"},
+                    },
+                    # not a mesh service: with fail_open it must still not let requests through
+                    {
+                        "name": "ghost",
+                        "envoy_ext_authz_http": {
+                            **provider,
+                            "service": "nowhere.example",
+                            "fail_open": True,
+                        },
+                    },
+                    # an invalid entry: reported, only its policies are affected
+                    {
+                        "name": "broken",
+                        "envoy_ext_authz_http": {**provider, "status_on_error": "499"},
+                    },
+                ],
             )
             h = Host(mesh, inbound_port, authorizer)
             h.apply("")
@@ -159,11 +180,38 @@ spec:
     allow = {"x-ext-authz": "allow"}
     wait_until(lambda: host.get("/admin/secret", **allow).status == 403, what="DENY in force")
     assert host.get("/admin/other", **allow).status == 200  # authorizer allows, DENY misses
-    # a provider the agent config does not define: fail closed, every request denied
+    # a provider the agent config does not define: its rules deny, nothing else does (Istio)
     host.apply(_custom("nobody"))
-    wait_until(lambda: host.get("/open").status == 403, what="unknown provider denies all")
+    wait_until(lambda: host.get("/admin/x", **allow).status == 403, what="unknown provider")
+    assert host.get("/open").status == 200
     log = host.mesh.root / "agent.log"
-    wait_until(lambda: "authz_custom_denies_all" in log.read_text(), what="the reason is logged")
+    wait_until(lambda: "authz_custom_rules_deny" in log.read_text(), what="the reason is logged")
     assert "'nobody' is not defined" in log.read_text()
+    host.apply("")
+    wait_until(lambda: host.get("/admin/x").status == 200, what="no policy: allowed")
+
+
+@pytest.mark.parametrize("provider", ["ghost", "broken"])
+def test_bad_provider_blocks_only_its_paths(host: Host, provider: str) -> None:
+    # given a CUSTOM policy whose provider is not a mesh service (with fail_open) or has an
+    # invalid entry, then its paths are denied even with the authorizer's blessing, and
+    # other paths are served
+    host.apply(_custom(provider))
+    allow = {"x-ext-authz": "allow"}
+    wait_until(lambda: host.get("/admin/x", **allow).status == 403, what="its paths denied")
+    assert host.get("/open").status == 200
+    assert host.get("/admin", **allow).status == 200  # "/admin/*" does not cover "/admin"
+    if provider == "broken":  # the agent started; the entry is reported with its field
+        log = (host.mesh.root / "agent.log").read_text()
+        assert "extension_provider_invalid" in log and "status_on_error" in log
+    host.apply("")
+    wait_until(lambda: host.get("/admin/x").status == 200, what="no policy: allowed")
+
+
+def test_namespaced_provider_service_reaches_the_authorizer(host: Host) -> None:
+    host.apply(_custom("ext-ns"))
+    wait_until(lambda: host.get("/admin/x").status == 403, what="CUSTOM in force")
+    assert host.get("/admin/x").headers.get("x-ext-authz-check-result") == "denied"
+    assert host.get("/admin/x", **{"x-ext-authz": "allow"}).status == 200
     host.apply("")
     wait_until(lambda: host.get("/admin/x").status == 200, what="no policy: allowed")

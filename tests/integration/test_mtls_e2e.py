@@ -3,7 +3,8 @@
 Host A (127.0.0.1) runs agent A and Envoy A; the test process is A's application and calls
 A's outbound listener. Host B runs agent B, Envoy B (inbound on 127.0.0.2) and the echo app
 behind it (see mtls_hosts.py). Both agents sign workload certificates with one shared
-self-signed root, so they form one trust domain. Each test replaces the mesh files on both
+self-signed root, so they form one trust domain (a certificate of another trust domain from
+the same root stands for a federated peer). Each test replaces the mesh files on both
 hosts and waits until B's Envoy behaves accordingly.
 """
 
@@ -111,3 +112,58 @@ def test_authorization_policy_deny_and_allow(hosts: Hosts) -> None:
     wait_until(lambda: hosts.a.request(ECHO).status == 403, what="ALLOW naming another only")
     apply_policies(hosts, strict + _authz("ALLOW", "cluster.local/ns/default/sa/client"))
     wait_until(lambda: hosts.a.request(ECHO).status == 200, what="ALLOW client passes")
+
+
+def _issue_in_domain(hosts: Hosts, trust_domain: str, sa: str) -> Path:
+    """A certificate of the shared root for spiffe://<trust_domain>/ns/default/sa/<sa>."""
+    out = hosts.root / "certs" / f"{trust_domain}-{sa}"
+    meshagent(
+        "ca", "issue", "--dir", str(hosts.ca_dir), "--trust-domain", trust_domain,
+        "--namespace", "default", "--service-account", sa, "--out", str(out),
+    )  # fmt: skip
+    return out
+
+
+def _policy(spec: str, name: str = "policy", annotations: str = "") -> str:
+    return f"""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: {name}, namespace: default{annotations}}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+{spec}"""
+
+
+def test_deny_by_trust_domain(hosts: Hosts) -> None:
+    # given a DENY of one trust domain (a field Istio added in 1.31), then a peer of that
+    # domain is refused by B's Envoy and a peer of the mesh's own domain is not
+    strict = peer_auth("STRICT") + "---\n"
+    deny = "  action: DENY\n  rules:\n  - from:\n    - source: {trustDomains: [other.example]}\n"
+    apply_policies(hosts, strict + _policy(deny))
+    foreign = _issue_in_domain(hosts, "other.example", "tester")
+    own = _issue_in_domain(hosts, "cluster.local", "tester")
+    wait_until(lambda: _tls_status(hosts, foreign) == 403, what="DENY by trust domain")
+    assert _tls_status(hosts, own) == 200
+    _eventually_ok(hosts)
+
+
+def _shadow_denied(hosts: Hosts) -> int:
+    """B's Envoy counters of dry-run DENY matches (Envoy's RBAC shadow stats)."""
+    body = hosts.b.envoy_admin("/stats?filter=istio_dry_run_deny_.*shadow_denied").body.decode()
+    return sum(int(line.rsplit(":", 1)[1]) for line in body.splitlines() if ":" in line)
+
+
+def test_dry_run_deny_is_counted_and_never_blocks(hosts: Hosts) -> None:
+    # given a DENY of the caller annotated istio.io/dry-run, then the caller still gets 200
+    # while Envoy counts the request as one the policy would have denied
+    strict = peer_auth("STRICT") + "---\n"
+    deny = "  action: DENY\n  rules:\n  - from:\n    - source: {namespaces: [default]}\n"
+    dry = ", annotations: {istio.io/dry-run: 'true'}"
+    apply_policies(hosts, strict + _policy(deny, annotations=dry))
+    before = _shadow_denied(hosts)
+
+    def counted_and_served() -> bool:
+        return hosts.a.request(ECHO).status == 200 and _shadow_denied(hosts) > before
+
+    wait_until(counted_and_served, what="dry-run DENY shadowed, not enforced")
+    assert hosts.a.request(ECHO).status == 200

@@ -178,11 +178,27 @@ def policy_matches(policy: dict[str, Any], request: Request) -> bool:
 
 
 def allowed(rbac_filters: list[dict[str, Any]], request: Request) -> bool:
-    """The decision of RBAC filter configs (typed_config of each filter) applied in turn."""
+    """The decision of RBAC filter configs (typed_config of each filter) applied in turn.
+
+    A filter without `rules` enforces nothing (its shadow rules are only logged and counted,
+    as Envoy does for dry-run policies)."""
     for config in rbac_filters:
-        rules = config.get("rules", {})
+        if "rules" not in config:
+            continue
+        rules = config["rules"]
         action = rules.get("action", "ALLOW")
         hit = any(policy_matches(p, request) for p in rules.get("policies", {}).values())
         if (action == "DENY" and hit) or (action == "ALLOW" and not hit):
             return False
     return True
+
+
+def shadow_hits(rbac_filters: list[dict[str, Any]], request: Request) -> list[str]:
+    """The names of the shadow-rule policies that match request (what Envoy logs and counts
+    for dry-run policies: shadow_effective_policy_id)."""
+    hits = []
+    for config in rbac_filters:
+        for name, policy in sorted(config.get("shadowRules", {}).get("policies", {}).items()):
+            if policy_matches(policy, request):
+                hits.append(name)
+    return hits

@@ -30,7 +30,7 @@ def filters_for(entry: dict[str, Any]) -> list[dict[str, Any]]:
     snapshot, diagnostics = Normalizer().apply([SourceEvent("consul", upserts=(raw,))])
     assert not [d for d in diagnostics if d.severity == "error"], diagnostics
     policies = list(snapshot.authorization_policies.values())
-    return [{"rules": json_format.MessageToDict(r)} for _, r in rbac_by_action(policies, http=True)]
+    return [json_format.MessageToDict(f.http_config()) for f in rbac_by_action(policies, http=True)]
 
 
 def call(source: str, path: str = "/", method: str = "GET") -> Request:

@@ -210,3 +210,163 @@ async def test_a_long_normalization_does_not_stop_admin_or_ads(tmp_path: Path) -
         await until(lambda: agent.cache.get("vm-1")[0] == 1, "the publish after the load")
 
     await running(agent, body)
+
+
+# --- with the real files adapter and normalizer: a missing path, and a restart --------------
+
+SE = """apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: default}}
+spec:
+  hosts: [{name}.example.com]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: {resolution}
+  endpoints: [{{address: 10.0.0.{ip}}}]
+"""
+
+
+def service_entry(name: str, ip: int = 1, resolution: str = "STATIC") -> str:
+    return SE.format(name=name, ip=ip, resolution=resolution)
+
+
+def real_agent(tmp_path: Path) -> Agent:
+    """An agent with the real files adapter (polling fast) and the real normalizer."""
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "node: {id: vm-1}\nstate_dir: state\nadmin: {port: 0}\n"
+        "sources: {files: {paths: [mesh], debounce_ms: 20, poll_interval_ms: 20}}\n"
+    )
+    return Agent(load_config(path), translator=FakeTranslator())
+
+
+def hosts(agent: Agent) -> dict[str, str]:
+    """host -> the address of its first endpoint, as served."""
+    snapshot = agent.snapshot
+    return {h: snapshot.endpoints[h][0].address for h in snapshot.services}
+
+
+async def test_missing_mesh_dir_keeps_serving_and_is_not_ready(tmp_path: Path) -> None:
+    # given an agent serving two files of a mesh directory
+    mesh = tmp_path / "mesh"
+    mesh.mkdir()
+    (mesh / "a.yaml").write_text(service_entry("a"))
+    (mesh / "b.yaml").write_text(service_entry("b"))
+    agent = real_agent(tmp_path)
+
+    async def body() -> None:
+        assert agent.admin is not None
+        await until(lambda: len(hosts(agent)) == 2, "both services")
+        version = agent.snapshot.version
+        # when the directory is renamed away (a tool about to replace it)
+        mesh.rename(tmp_path / "mesh.old")
+        reason = f"source files: {mesh} does not exist; its last good configuration keeps serving"
+        await until(lambda: reason in agent.ready_reasons(), "the path named in /readyz")
+        # then the last good config keeps serving, unchanged, and /readyz names the path
+        assert hosts(agent) == {"a.example.com": "10.0.0.1", "b.example.com": "10.0.0.1"}
+        assert agent.snapshot.version == version
+        status, text = await asyncio.to_thread(http_get, agent.admin.port, "/readyz")
+        assert status == 503 and str(mesh) in text
+        # and when it comes back changed, it is diffed against what was served
+        mesh.mkdir()
+        (mesh / "a.yaml").write_text(service_entry("a", ip=2))
+        await until(lambda: hosts(agent) == {"a.example.com": "10.0.0.2"}, "the new directory")
+        assert reason not in agent.ready_reasons()
+        # and its error is no longer a current problem
+        assert not [e for e in agent.diagnostics.entries() if e.diagnostic.location == str(mesh)]
+
+    await running(agent, body)
+
+
+async def test_last_good_config_survives_a_restart(tmp_path: Path) -> None:
+    # given an agent that served three files
+    mesh = tmp_path / "mesh"
+    mesh.mkdir()
+    for name in ("a", "b", "c"):
+        (mesh / f"{name}.yaml").write_text(service_entry(name))
+    first = real_agent(tmp_path)
+
+    async def serve_all() -> None:
+        await until(lambda: len(hosts(first)) == 3, "three services")
+        state = tmp_path / "state" / "last-good.json"
+        await until(lambda: state.exists() and "c.example.com" in state.read_text(), "saved")
+        assert state.stat().st_mode & 0o777 == 0o600
+
+    await running(first, serve_all)
+    # when, while it is down, one file becomes invalid, one unparsable and one is deleted
+    (mesh / "a.yaml").write_text(service_entry("a", ip=9, resolution="BOGUS"))
+    (mesh / "b.yaml").write_text("kind: [unclosed\n")
+    (mesh / "c.yaml").unlink()
+    second = real_agent(tmp_path)
+
+    async def after_restart() -> None:
+        await until(lambda: "c.example.com" not in hosts(second), "c deleted")
+        # then the invalid and the unparsable files serve their last good version
+        assert hosts(second) == {"a.example.com": "10.0.0.1", "b.example.com": "10.0.0.1"}
+        # and that is reported, located; the deleted file's resource is not brought back
+        messages = [d["message"] for d in second.config_errors()["diagnostics"]]
+        restored = [m for m in messages if "last good version saved before the restart" in m]
+        assert sorted(m.split(":")[0] for m in restored) == [
+            str(mesh / "a.yaml"),
+            str(mesh / "b.yaml"),
+        ]
+        assert any("spec.resolution" in m for m in messages)
+        assert second.ready_reasons() == ["envoy vm-1 is not connected"]
+        # and once a file is fixed, it serves its new version
+        (mesh / "b.yaml").write_text(service_entry("b", ip=3))
+        await until(lambda: hosts(second).get("b.example.com") == "10.0.0.3", "b fixed")
+        current = [str(e.diagnostic) for e in second.diagnostics.entries()]
+        assert not [m for m in current if m.startswith(str(mesh / "b.yaml"))], current
+
+    await running(second, after_restart)
+
+
+async def test_sighup_to_a_missing_path_keeps_serving_and_is_not_ready(tmp_path: Path) -> None:
+    # given an agent serving one/ (a typo in a reloaded config must not empty the mesh)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "a.yaml").write_text("name: a\n")
+    config_path = write_config(tmp_path, "one")
+    normalizer = FakeNormalizer()
+    agent = Agent(
+        load_config(config_path),
+        adapter_factory=files_factory,
+        normalizer=normalizer,
+        translator=FakeTranslator(),
+    )
+
+    async def body() -> None:
+        await until(lambda: {k[3] for k in normalizer.keys} == {"a"}, "files from one/")
+        write_config(tmp_path, "typo")
+        await agent.reload()
+        missing = f"{tmp_path / 'typo'} does not exist"
+        await until(lambda: any(missing in r for r in agent.ready_reasons()), "typo named")
+        assert {k[3] for k in normalizer.keys} == {"a"}
+        # once the path exists, its contents replace what was served
+        (tmp_path / "typo").mkdir()
+        (tmp_path / "typo" / "b.yaml").write_text("name: b\n")
+        await until(lambda: {k[3] for k in normalizer.keys} == {"b"}, "files from typo/ only")
+        assert not any(missing in r for r in agent.ready_reasons())
+
+    await running(agent, body)
+
+
+async def test_sighup_keeps_what_a_broken_file_served(tmp_path: Path) -> None:
+    # given an agent serving a.yaml, which then breaks
+    mesh = tmp_path / "mesh"
+    mesh.mkdir()
+    (mesh / "a.yaml").write_text(service_entry("a"))
+    agent = real_agent(tmp_path)
+
+    async def body() -> None:
+        await until(lambda: len(hosts(agent)) == 1, "a served")
+        (mesh / "a.yaml").write_text("kind: [unclosed\n")
+        messages = lambda: [str(e.diagnostic) for e in agent.diagnostics.entries()]  # noqa: E731
+        await until(lambda: any("YAML syntax" in m for m in messages()), "the error")
+        # when a reload restarts the files source (its settings changed)
+        config = tmp_path / "agent.yaml"
+        config.write_text(config.read_text().replace("debounce_ms: 20", "debounce_ms: 30"))
+        await agent.reload()
+        await until(lambda: agent._sources["files"].complete, "the new adapter listed")
+        # then what the broken file served still serves
+        assert hosts(agent) == {"a.example.com": "10.0.0.1"}
+
+    await running(agent, body)

@@ -196,6 +196,19 @@ def test_unsupported_kinds_warn_once_and_are_ignored() -> None:
     assert snap.version == 0
 
 
+def test_unknown_kind_in_an_istio_group_is_an_error() -> None:
+    typo = (
+        "apiVersion: networking.istio.io/v1\nkind: VirtualServise\nmetadata: {name: r}\n"
+        "spec: {hosts: [r]}\n"
+    )
+    snap, diags = Normalizer().apply([upsert(typo)])
+    [d] = diags
+    assert (d.severity, d.field, d.location) == ("error", "kind", "mesh.yaml:2")
+    assert "unknown kind 'VirtualServise' in networking.istio.io" in d.reason
+    assert "did you mean VirtualService?" in d.reason
+    assert snap.version == 0
+
+
 def test_adapter_errors_pass_through() -> None:
     problem = Diagnostic("error", "files", "bad.yaml:3", "", "", "", "YAML syntax error")
     n = Normalizer()

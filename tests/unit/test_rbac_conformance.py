@@ -53,10 +53,7 @@ def _expected_filters(case: Path) -> list[dict[str, Any]]:
 
 
 def _our_filters(policies: list[AuthzPolicy]) -> list[dict[str, Any]]:
-    return [
-        {"rules": json_format.MessageToDict(rules)}
-        for _, rules in rbac_by_action(policies, http=True)
-    ]
+    return [json_format.MessageToDict(f.http_config()) for f in rbac_by_action(policies, http=True)]
 
 
 def _strings(value: Any, key: str = "") -> Iterator[tuple[str, str]]:

@@ -16,8 +16,7 @@ from tests.unit.rbac_eval import Request, allowed
 def _decide(rule: AuthzRule, payload: dict[str, Any] | None) -> bool:
     policy = AuthzPolicy("p", "foo", rules=(rule,))
     filters = [
-        {"rules": json_format.MessageToDict(rules)}
-        for _, rules in rbac_by_action([policy], http=True)
+        json_format.MessageToDict(f.http_config()) for f in rbac_by_action([policy], http=True)
     ]
     return allowed(filters, Request(jwt=payload))
 

@@ -21,6 +21,7 @@ from meshagent.normalize.convert.routing import convert_virtual_service
 from meshagent.normalize.convert.security import (
     convert_authorization_policy,
     convert_peer_authentication,
+    with_dry_run,
 )
 from meshagent.normalize.convert.services import (
     ConvertedServiceEntry,
@@ -89,6 +90,8 @@ def convert(
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         issues.error("spec", f"cannot convert ({type(exc).__name__}: {exc})")
         return None, issues
+    if isinstance(result, AuthzPolicy):
+        result = with_dry_run(result, raw.body, issues)
     return result, issues
 
 

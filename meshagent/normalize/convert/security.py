@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,12 @@ from meshagent.model.security import (
     Source,
 )
 from meshagent.normalize.convert.context import Context, items, sub
+from meshagent.normalize.schema.core import Issues
+
+DRY_RUN = "istio.io/dry-run"
+# Go's strconv.ParseBool, which Istio reads the annotation with.
+_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+_FALSE = ("0", "f", "F", "FALSE", "false", "False")
 
 
 def _selector(spec: Mapping[str, Any]) -> Labels | None:
@@ -60,6 +67,8 @@ def _source(spec: Mapping[str, Any]) -> Source:
         not_ip_blocks=_strs(spec, "notIpBlocks"),
         remote_ip_blocks=_strs(spec, "remoteIpBlocks"),
         not_remote_ip_blocks=_strs(spec, "notRemoteIpBlocks"),
+        trust_domains=_strs(spec, "trustDomains"),
+        not_trust_domains=_strs(spec, "notTrustDomains"),
     )
 
 
@@ -98,3 +107,20 @@ def convert_authorization_policy(name: str, spec: Mapping[str, Any], ctx: Contex
         provenance=ctx.provenance,
         provider=str(sub(spec, "provider").get("name") or ""),
     )
+
+
+def with_dry_run(policy: AuthzPolicy, body: Mapping[str, Any], issues: Issues) -> AuthzPolicy:
+    """policy, marked dry-run when its `istio.io/dry-run` annotation says true. Another value
+    is warned about and, as in Istio, the policy is enforced."""
+    value = sub(sub(body, "metadata"), "annotations").get(DRY_RUN)
+    if value is None:
+        return policy
+    text = str(value)
+    if text in _TRUE:
+        return dataclasses.replace(policy, dry_run=True)
+    if text not in _FALSE:
+        issues.warn(
+            f"metadata.annotations.{DRY_RUN}",
+            f"{text!r} is not a boolean (true or false): the policy is enforced",
+        )
+    return policy

@@ -32,6 +32,8 @@ CONDITION_KEYS = (
     "remote.ip",
     "source.namespace",
     "source.principal",
+    "source.serviceAccount",
+    "source.trustDomain",
     "destination.ip",
     "destination.port",
     "connection.sni",
@@ -40,7 +42,8 @@ CONDITION_KEYS = (
     "request.auth.presenter",
 )
 _BRACKETED = re.compile(
-    r"(request\.headers|request\.auth\.claims|experimental\.envoy\.filters\.[\w.]+)"
+    r"(request\.headers|request\.experimental\.inline\.headers|request\.auth\.claims"
+    r"|experimental\.envoy\.filters\.[\w.]+)"
     r"(\[[^\[\]]+\])+"
 )
 _IP_KEYS = ("source.ip", "remote.ip", "destination.ip")
@@ -127,6 +130,31 @@ def _principals_xor_accounts(value: Mapping[str, Any], path: str, issues: Issues
         issues.error(join(path, field), "cannot be set together with principals")
 
 
+def service_account_problem(values: Any) -> str:
+    """Why serviceAccounts values break Istio's rules (CheckServiceAccount), or ""."""
+    if not isinstance(values, list):
+        return ""
+    if len(values) > 16:
+        return "may not have more than 16 values"
+    for value in values:
+        text = str(value)
+        if "*" in text:
+            return f"wildcard not allowed, found {text!r}"
+        ns, slash, sa = text.partition("/")
+        if text.count("/") > 1 or (slash and not (ns and sa)) or not text:
+            return f"expected format 'serviceAccount' or 'namespace/serviceAccount', found {text!r}"
+        if len(text) > 320:
+            return f"value cannot exceed 320 characters, found {text[:40]!r}..."
+    return ""
+
+
+def _service_accounts(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    for field in ("serviceAccounts", "notServiceAccounts"):
+        problem = service_account_problem(value.get(field))
+        if problem:
+            issues.error(join(path, field), problem)
+
+
 SOURCE = Obj(
     {
         "principals": _strings(),
@@ -141,8 +169,10 @@ SOURCE = Obj(
         "notIpBlocks": _strings(Cidr()),
         "remoteIpBlocks": _strings(Cidr()),
         "notRemoteIpBlocks": _strings(Cidr()),
+        "trustDomains": _strings(),
+        "notTrustDomains": _strings(),
     },
-    rules=[_at_least_one("source"), _principals_xor_accounts],
+    rules=[_at_least_one("source"), _principals_xor_accounts, _service_accounts],
 )
 
 OPERATION = Obj(
@@ -182,6 +212,11 @@ def _condition_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None
                 issues.error(sub, f"{item!r} is not an IP address or CIDR block")
             elif key == "destination.port" and port_problem(item):
                 issues.error(sub, f"{item!r} is not a valid port")
+    if key == "source.serviceAccount":
+        for field in ("values", "notValues"):
+            problem = service_account_problem(value.get(field))
+            if problem:
+                issues.error(join(path, field), problem)
 
 
 CONDITION = Obj(

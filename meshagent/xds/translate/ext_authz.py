@@ -4,17 +4,23 @@ does.
 The CUSTOM policies of a workload port become shadow rules of an RBAC filter: a request that
 matches one gets that rule's name (prefixed `istio-ext-authz`) in the RBAC filter's dynamic
 metadata, and only such requests go to the ext_authz filter after it. Its answer decides
-before the DENY and ALLOW policies are checked. As in Istio, a workload takes one provider:
-policies naming several providers, or one the agent config does not define, deny every
-request on that port instead (fail closed). TCP ports use the network ext_authz filter, which
-only the gRPC provider kind can serve; an HTTP provider on a TCP port also fails closed.
+before the DENY and ALLOW policies are checked.
+
+As in Istio (without PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS), a workload takes one
+provider. When the CUSTOM policies of a workload name several providers, or one the agent
+config does not define, or one whose entry is invalid or whose `service` is not a mesh service,
+their rules become DENY rules (named `<rule>-deny-due-to-bad-CUSTOM-action`): the requests they
+would have sent to the authorizer are denied, every other request goes on. An HTTP provider on
+a TCP port is ignored there (only the gRPC kind can check a connection). Dry-run CUSTOM
+policies are left out: they never reach the authorizer and never deny.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2, http_uri_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2, http_uri_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2 as http_ext
@@ -28,11 +34,13 @@ from envoy.type.matcher.v3 import metadata_pb2, string_pb2
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import duration_pb2
 
+from meshagent.model import MeshSnapshot, ProxySpec
 from meshagent.model.proxy import ExtAuthzProvider
 from meshagent.model.security import AuthzAction, AuthzPolicy
 from meshagent.xds import names
 from meshagent.xds.translate import protos
 from meshagent.xds.translate.rbac import rule_policy
+from meshagent.xds.translate.trust import trust_bundle
 
 HTTP_RBAC = "envoy.filters.http.rbac"
 NETWORK_RBAC = "envoy.filters.network.rbac"
@@ -40,90 +48,138 @@ HTTP_EXT_AUTHZ = "envoy.filters.http.ext_authz"
 NETWORK_EXT_AUTHZ = "envoy.filters.network.ext_authz"
 POLICY_PREFIX = "istio-ext-authz"
 SHADOW_STAT_PREFIX = "istio_ext_authz_"
+BAD_CUSTOM_SUFFIX = "-deny-due-to-bad-CUSTOM-action"
+
+
+@dataclass(frozen=True, slots=True)
+class Authorizer:
+    """A usable provider: its entry, and the host and outbound cluster its checks go to."""
+
+    provider: ExtAuthzProvider
+    host: str
+    cluster: str
+
+
+def _custom(policies: Sequence[AuthzPolicy]) -> list[AuthzPolicy]:
+    return [p for p in policies if p.action is AuthzAction.CUSTOM and not p.dry_run]
+
+
+def resolve(
+    snapshot: MeshSnapshot, providers: Sequence[ExtAuthzProvider], name: str
+) -> Authorizer | str:
+    """The authorizer a provider name stands for, or why it cannot be used.
+
+    `service` is `<host>` or Istio's `<namespace>/<host>`; it must be a service of the snapshot
+    (in that namespace), and `port` one of its ports, so that the checks have a cluster."""
+    found = [p for p in providers if p.name == name]
+    if not found:
+        known = ", ".join(sorted(p.name for p in providers)) or "none"
+        return f"extension provider {name!r} is not defined (extension_providers: {known})"
+    provider = found[-1]  # of several with one name, the last counts (it carries the problem)
+    if provider.problem:
+        return f"extension provider {name!r} is invalid: {provider.problem}"
+    namespace, _, host = provider.service.rpartition("/")
+    service = snapshot.services.get(host)
+    if service is None or (namespace and service.namespace != namespace):
+        return f"extension provider {name!r}: service {provider.service!r} is not in the mesh"
+    if service.port(provider.port) is None:
+        return (
+            f"extension provider {name!r}: port {provider.port} is not a port of service {host!r}"
+        )
+    return Authorizer(provider, host, names.cluster_name(provider.port, host))
+
+
+def provider_services(snapshot: MeshSnapshot, proxy: ProxySpec) -> tuple[object, ...]:
+    """The services the proxy's providers name (None where absent): translation caches must
+    rebuild when one of them comes or goes, as the CUSTOM filters depend on it."""
+    return tuple(
+        snapshot.services.get(p.service.rpartition("/")[2]) for p in proxy.extension_providers
+    )
+
+
+def authorizer_for(
+    snapshot: MeshSnapshot, proxy: ProxySpec, policies: Sequence[AuthzPolicy]
+) -> Authorizer | str | None:
+    """The authorizer of the CUSTOM policies among policies (None: there are none), or why
+    their rules deny instead (see the module docstring)."""
+    wanted = sorted({p.provider for p in _custom(policies)})
+    if not wanted:
+        return None
+    if len(wanted) > 1:
+        return "only 1 provider can be used per workload, found multiple providers: " + ", ".join(
+            wanted
+        )
+    return resolve(snapshot, proxy.extension_providers, wanted[0])
+
+
+def provider_problem(
+    snapshot: MeshSnapshot, proxy: ProxySpec, policies: Sequence[AuthzPolicy]
+) -> str | None:
+    """Why the CUSTOM policies among policies deny what they match, or None."""
+    found = authorizer_for(snapshot, proxy, policies)
+    return found if isinstance(found, str) else None
+
+
+def _shadow(policies: Sequence[AuthzPolicy], *, http: bool, bundle: Sequence[str]) -> rbac_pb2.RBAC:
+    """The rules of the CUSTOM policies, named for the ext_authz filter to find them."""
+    shadow = rbac_pb2.RBAC(action=rbac_pb2.RBAC.DENY)
+    for policy in _custom(policies):
+        for i, rule in enumerate(policy.rules):
+            # Like DENY: on TCP, fields it cannot check are dropped (the check covers more).
+            built = rule_policy(rule, policy.namespace, AuthzAction.DENY, http=http, bundle=bundle)
+            if built is not None:
+                name = names.rbac_policy_name(policy.namespace, policy.name, i)
+                shadow.policies[f"{POLICY_PREFIX}-{name}"].CopyFrom(built)
+    return shadow
+
+
+def _bad_custom(shadow: rbac_pb2.RBAC) -> rbac_pb2.RBAC:
+    """The CUSTOM rules as DENY rules, for a provider that cannot be used."""
+    deny = rbac_pb2.RBAC(action=rbac_pb2.RBAC.DENY)
+    for name, policy in shadow.policies.items():
+        deny.policies[name + BAD_CUSTOM_SUFFIX].CopyFrom(policy)
+    return deny
 
 
 def http_filters(
-    policies: Sequence[AuthzPolicy], providers: Sequence[ExtAuthzProvider]
+    snapshot: MeshSnapshot, proxy: ProxySpec, policies: Sequence[AuthzPolicy]
 ) -> list[hcm.HttpFilter]:
     """The HTTP filters of the CUSTOM policies among policies: [] when there are none."""
-    shadow, provider = _shadow(policies, providers, http=True)
-    if shadow is None:
+    found = authorizer_for(snapshot, proxy, policies)
+    if found is None:
         return []
-    if provider is None:
-        return [_http_rbac(_deny_all())]
+    shadow = _shadow(policies, http=True, bundle=trust_bundle(proxy))
+    if isinstance(found, str):
+        rbac = http_rbac.RBAC(rules=_bad_custom(shadow))
+        return [hcm.HttpFilter(name=HTTP_RBAC, typed_config=protos.packed(rbac))]
     rbac = http_rbac.RBAC(shadow_rules=shadow, shadow_rules_stat_prefix=SHADOW_STAT_PREFIX)
     return [
         hcm.HttpFilter(name=HTTP_RBAC, typed_config=protos.packed(rbac)),
-        hcm.HttpFilter(name=HTTP_EXT_AUTHZ, typed_config=protos.packed(_http_config(provider))),
+        hcm.HttpFilter(name=HTTP_EXT_AUTHZ, typed_config=protos.packed(_http_config(found))),
     ]
 
 
 def network_filters(
-    policies: Sequence[AuthzPolicy], providers: Sequence[ExtAuthzProvider], stat_prefix: str
+    snapshot: MeshSnapshot, proxy: ProxySpec, policies: Sequence[AuthzPolicy], stat_prefix: str
 ) -> list[lc.Filter]:
-    """The network filters of the CUSTOM policies among policies: [] when there are none."""
-    shadow, provider = _shadow(policies, providers, http=False)
-    if shadow is None:
+    """The network filters of the CUSTOM policies among policies: [] when there are none, or
+    when their provider is an HTTP one (it cannot check a connection: ignored, as in Istio)."""
+    found = authorizer_for(snapshot, proxy, policies)
+    if found is None:
         return []
-    if provider is None or provider.kind != "grpc":  # HTTP checks cannot serve raw TCP
-        rbac = network_rbac.RBAC(rules=_deny_all(), stat_prefix=stat_prefix)
+    shadow = _shadow(policies, http=False, bundle=trust_bundle(proxy))
+    if isinstance(found, str):
+        rbac = network_rbac.RBAC(rules=_bad_custom(shadow), stat_prefix=stat_prefix)
         return [lc.Filter(name=NETWORK_RBAC, typed_config=protos.packed(rbac))]
+    if found.provider.kind != "grpc":
+        return []
     rbac = network_rbac.RBAC(
         stat_prefix=stat_prefix, shadow_rules=shadow, shadow_rules_stat_prefix=SHADOW_STAT_PREFIX
     )
     return [
         lc.Filter(name=NETWORK_RBAC, typed_config=protos.packed(rbac)),
-        lc.Filter(name=NETWORK_EXT_AUTHZ, typed_config=protos.packed(_network_config(provider))),
+        lc.Filter(name=NETWORK_EXT_AUTHZ, typed_config=protos.packed(_network_config(found))),
     ]
-
-
-def provider_problem(
-    policies: Sequence[AuthzPolicy], providers: Sequence[ExtAuthzProvider]
-) -> str | None:
-    """Why the CUSTOM policies among policies cannot be served (they then deny all), or None."""
-    wanted = sorted({p.provider for p in policies if p.action is AuthzAction.CUSTOM})
-    if len(wanted) > 1:
-        return f"CUSTOM policies of one workload name several providers: {', '.join(wanted)}"
-    known = {p.name for p in providers}
-    if wanted and wanted[0] not in known:
-        return f"extension provider {wanted[0]!r} is not defined (agent config extension_providers)"
-    return None
-
-
-def _shadow(
-    policies: Sequence[AuthzPolicy], providers: Sequence[ExtAuthzProvider], *, http: bool
-) -> tuple[rbac_pb2.RBAC | None, ExtAuthzProvider | None]:
-    """The shadow rules of the CUSTOM policies (None: there are none) and their provider (None
-    when it cannot be served: see provider_problem)."""
-    custom = [p for p in policies if p.action is AuthzAction.CUSTOM]
-    if not custom:
-        return None, None
-    shadow = rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW)
-    for policy in custom:
-        for i, rule in enumerate(policy.rules):
-            # Like DENY: on TCP, fields it cannot check are dropped (the check covers more).
-            built = rule_policy(rule, policy.namespace, AuthzAction.DENY, http=http)
-            if built is not None:
-                name = names.rbac_policy_name(policy.namespace, policy.name, i)
-                shadow.policies[f"{POLICY_PREFIX}-{name}"].CopyFrom(built)
-    if provider_problem(custom, providers):
-        return shadow, None
-    return shadow, next(p for p in providers if p.name == custom[0].provider)
-
-
-def _deny_all() -> rbac_pb2.RBAC:
-    deny = rbac_pb2.RBAC(action=rbac_pb2.RBAC.DENY)
-    deny.policies[f"{POLICY_PREFIX}-deny-all"].CopyFrom(
-        rbac_pb2.Policy(
-            permissions=[rbac_pb2.Permission(any=True)],
-            principals=[rbac_pb2.Principal(any=True)],
-        )
-    )
-    return deny
-
-
-def _http_rbac(rules: rbac_pb2.RBAC) -> hcm.HttpFilter:
-    return hcm.HttpFilter(name=HTTP_RBAC, typed_config=protos.packed(http_rbac.RBAC(rules=rules)))
 
 
 def _enabled_when(rbac_filter: str) -> metadata_pb2.MetadataMatcher:
@@ -136,46 +192,60 @@ def _enabled_when(rbac_filter: str) -> metadata_pb2.MetadataMatcher:
     )
 
 
-def _cluster(provider: ExtAuthzProvider) -> str:
-    return names.cluster_name(provider.port, provider.service)
-
-
 def _timeout(provider: ExtAuthzProvider) -> duration_pb2.Duration:
     return duration_pb2.Duration(
         seconds=provider.timeout_ms // 1000, nanos=provider.timeout_ms % 1000 * 1_000_000
     )
 
 
-def _grpc_service(provider: ExtAuthzProvider) -> grpc_service_pb2.GrpcService:
+def _grpc_service(found: Authorizer) -> grpc_service_pb2.GrpcService:
     return grpc_service_pb2.GrpcService(
         envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
-            cluster_name=_cluster(provider), authority=provider.service
+            cluster_name=found.cluster, authority=found.host
         ),
-        timeout=_timeout(provider),
+        timeout=_timeout(found.provider),
     )
 
 
-def _http_config(provider: ExtAuthzProvider) -> http_ext.ExtAuthz:
+def _common(config: http_ext.ExtAuthz, provider: ExtAuthzProvider) -> None:
+    """What both provider kinds set on the HTTP filter."""
+    if provider.status_on_error is not None:
+        config.status_on_error.CopyFrom(http_status_pb2.HttpStatus(code=provider.status_on_error))
+    body = provider.request_body
+    if body is not None:
+        config.with_request_body.CopyFrom(
+            http_ext.BufferSettings(
+                max_request_bytes=body.max_request_bytes,
+                allow_partial_message=body.allow_partial_message,
+                pack_as_bytes=body.pack_as_bytes,
+            )
+        )
+    if provider.include_headers:
+        config.allowed_headers.CopyFrom(_matchers(provider.include_headers))
+
+
+def _http_config(found: Authorizer) -> http_ext.ExtAuthz:
+    provider = found.provider
     config = http_ext.ExtAuthz(
         transport_api_version=config_source_pb2.V3,
         failure_mode_allow=provider.fail_open,
-        status_on_error=http_status_pb2.HttpStatus(code=provider.status_on_error),
         filter_enabled_metadata=_enabled_when(HTTP_RBAC),
     )
-    if provider.include_headers:
-        config.allowed_headers.CopyFrom(_matchers(provider.include_headers))
+    _common(config, provider)
     if provider.kind == "grpc":
-        config.grpc_service.CopyFrom(_grpc_service(provider))
+        config.grpc_service.CopyFrom(_grpc_service(found))
         return config
     service = config.http_service
     service.server_uri.CopyFrom(
         http_uri_pb2.HttpUri(
-            uri=f"http://{provider.service}:{provider.port}",
-            cluster=_cluster(provider),
-            timeout=_timeout(provider),
+            uri=f"http://{found.host}", cluster=found.cluster, timeout=_timeout(provider)
         )
     )
     service.path_prefix = provider.path_prefix
+    for key, value in provider.additional_headers:
+        service.authorization_request.headers_to_add.append(
+            base_pb2.HeaderValue(key=key, value=value)
+        )
     response = service.authorization_response
     for field, headers in (
         (response.allowed_upstream_headers, provider.headers_to_upstream_on_allow),
@@ -187,17 +257,25 @@ def _http_config(provider: ExtAuthzProvider) -> http_ext.ExtAuthz:
     return config
 
 
+def header_matcher(name: str) -> string_pb2.StringMatcher:
+    """Istio's header-name patterns: `x-*` a prefix, `*-y` a suffix, else the exact name;
+    always case-insensitive."""
+    if name.startswith("*"):
+        return string_pb2.StringMatcher(suffix=name[1:], ignore_case=True)
+    if name.endswith("*"):
+        return string_pb2.StringMatcher(prefix=name[:-1], ignore_case=True)
+    return string_pb2.StringMatcher(exact=name, ignore_case=True)
+
+
 def _matchers(headers: Sequence[str]) -> string_pb2.ListStringMatcher:
-    return string_pb2.ListStringMatcher(
-        patterns=[string_pb2.StringMatcher(exact=h, ignore_case=True) for h in headers]
-    )
+    return string_pb2.ListStringMatcher(patterns=[header_matcher(h) for h in headers])
 
 
-def _network_config(provider: ExtAuthzProvider) -> net_ext.ExtAuthz:
+def _network_config(found: Authorizer) -> net_ext.ExtAuthz:
     return net_ext.ExtAuthz(
         stat_prefix="ext_authz",
-        grpc_service=_grpc_service(provider),
-        failure_mode_allow=provider.fail_open,
+        grpc_service=_grpc_service(found),
+        failure_mode_allow=found.provider.fail_open,
         transport_api_version=config_source_pb2.V3,
         filter_enabled_metadata=_enabled_when(NETWORK_RBAC),
     )

@@ -18,22 +18,19 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3.listener_pb2 import Listener
-from envoy.config.rbac.v3 import rbac_pb2 as rbac_config
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
-from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
-from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from google.protobuf import wrappers_pb2
 
 from meshagent.errors import ConfigError
 from meshagent.model import InboundPort, LocalWorkload, MeshSnapshot, ProxySpec
-from meshagent.model.security import AuthzAction, AuthzPolicy, MtlsMode, PeerAuthn
+from meshagent.model.security import AuthzPolicy, MtlsMode, PeerAuthn
 from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
 from meshagent.xds.translate import ext_authz, protos
@@ -41,9 +38,10 @@ from meshagent.xds.translate.context import Context
 from meshagent.xds.translate.generators import identical, keep_unchanged
 from meshagent.xds.translate.jwt import jwt_filter_for
 from meshagent.xds.translate.listeners import tcp_proxy
-from meshagent.xds.translate.rbac import rbac_by_action
+from meshagent.xds.translate.rbac import RbacFilter, rbac_by_action
 from meshagent.xds.translate.secrets import certificate_secret_name, sds_config
 from meshagent.xds.translate.selection import applicable, applies, is_http
+from meshagent.xds.translate.trust import trust_bundle
 
 HTTP_RBAC = "envoy.filters.http.rbac"
 NETWORK_RBAC = "envoy.filters.network.rbac"
@@ -103,7 +101,7 @@ def _downstream_tls(secret: str) -> base_pb2.TransportSocket:
 
 
 def _http_filters(
-    rbacs: list[tuple[AuthzAction, rbac_config.RBAC]],
+    rbacs: list[RbacFilter],
     authn: hcm.HttpFilter | None = None,
     custom: Sequence[hcm.HttpFilter] = (),
 ) -> list[hcm.HttpFilter]:
@@ -111,8 +109,7 @@ def _http_filters(
     filters = [] if authn is None else [authn]
     filters += custom
     filters += [
-        hcm.HttpFilter(name=HTTP_RBAC, typed_config=protos.packed(http_rbac.RBAC(rules=rules)))
-        for _, rules in rbacs
+        hcm.HttpFilter(name=HTTP_RBAC, typed_config=protos.packed(f.http_config())) for f in rbacs
     ]
     router = protos.packed(router_pb2.Router())
     return [*filters, hcm.HttpFilter(name=protos.ROUTER_FILTER, typed_config=router)]
@@ -130,7 +127,7 @@ def _inbound_route(port: InboundPort) -> route_pb2.RouteConfiguration:
 
 def _http_manager(
     port: InboundPort,
-    rbacs: list[tuple[AuthzAction, rbac_config.RBAC]],
+    rbacs: list[RbacFilter],
     authn: hcm.HttpFilter | None = None,
     custom: Sequence[hcm.HttpFilter] = (),
 ) -> lc.Filter:
@@ -148,16 +145,11 @@ def _http_manager(
     return lc.Filter(name=protos.HTTP_CONNECTION_MANAGER, typed_config=protos.packed(manager))
 
 
-def _tcp_filters(
-    port: InboundPort, rbacs: list[tuple[AuthzAction, rbac_config.RBAC]]
-) -> list[lc.Filter]:
+def _tcp_filters(port: InboundPort, rbacs: list[RbacFilter]) -> list[lc.Filter]:
     prefix = names.inbound_stat_prefix(port.port)
     out = [
-        lc.Filter(
-            name=NETWORK_RBAC,
-            typed_config=protos.packed(network_rbac.RBAC(rules=rules, stat_prefix=prefix)),
-        )
-        for _, rules in rbacs
+        lc.Filter(name=NETWORK_RBAC, typed_config=protos.packed(f.network_config(prefix)))
+        for f in rbacs
     ]
     cluster = names.inbound_cluster_name(port.port)
     proxy = tcp_proxy(prefix, [(cluster, 100)])
@@ -184,15 +176,16 @@ def inbound_chains(
         mode = MtlsMode.DISABLE
     http = is_http(port)
     policies = authz_policies(ctx.snapshot, proxy, workload)
-    rbacs = rbac_by_action(policies, http=http)
+    bundle = trust_bundle(proxy)
+    rbacs = rbac_by_action(policies, http=http, bundle=bundle)
     if http:
         authn = jwt_filter_for(ctx.snapshot, proxy, workload)
         # CUSTOM (the external authorizer) decides before DENY and ALLOW, as in Istio.
-        custom = ext_authz.http_filters(policies, proxy.extension_providers)
+        custom = ext_authz.http_filters(ctx.snapshot, proxy, policies)
         filters = [_http_manager(port, rbacs, authn, custom)]
     else:
         prefix = names.inbound_stat_prefix(port.port)
-        custom_tcp = ext_authz.network_filters(policies, proxy.extension_providers, prefix)
+        custom_tcp = ext_authz.network_filters(ctx.snapshot, proxy, policies, prefix)
         filters = custom_tcp + _tcp_filters(port, rbacs)
     secret = certificate_secret_name(proxy, workload)
     return mode_chains(mode, filters, secret)
@@ -286,6 +279,7 @@ class InboundListenersGenerator:
             snap.peer_authentications,
             snap.authorization_policies,
             snap.request_authentications,
+            *ext_authz.provider_services(snap, ctx.proxy),  # CUSTOM resolves their service
         )
         if identical(key, self._key):
             return self._last

@@ -10,7 +10,13 @@ jwt_authn filter (from RequestAuthentication) leaves in its dynamic metadata und
 
 TCP ports get network RBAC. There, HTTP-only fields (hosts, methods, paths, request
 principals, request.* conditions) cannot be checked: like Istio, an ALLOW rule that uses one
-is dropped (it never matches) and a DENY or AUDIT rule is kept without them (it matches more).
+is dropped (it never matches) and a DENY or AUDIT rule is kept without those fields, field by
+field (its ports, principals, namespaces... still apply), so it matches more.
+
+Principals follow the proxy's trust-domain bundle (trust.py); `trustDomains` match the trust
+domain of the peer's SPIFFE URI. Policies annotated `istio.io/dry-run: "true"` go to the
+filter's shadow rules (stat prefix istio_dry_run_allow_/istio_dry_run_deny_): Envoy evaluates,
+logs and counts them, and never enforces them.
 """
 
 from __future__ import annotations
@@ -18,11 +24,14 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from envoy.config.core.v3 import address_pb2, extension_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.rbac.v3.rbac_pb2 import Permission, Principal
 from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac
 from envoy.extensions.path.match.uri_template.v3 import uri_template_match_pb2
 from envoy.type.matcher.v3 import metadata_pb2, path_pb2, string_pb2, value_pb2
 
@@ -30,9 +39,15 @@ from meshagent.model.security import AuthzAction, AuthzPolicy, AuthzRule, Condit
 from meshagent.model.security import Source as AuthzSource
 from meshagent.xds import names
 from meshagent.xds.translate import protos
+from meshagent.xds.translate.trust import LOCAL_POINTER, expand_principals, expand_trust_domains
 
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 SPIFFE = "spiffe://"
+DEFAULT_BUNDLE = (LOCAL_POINTER,)
+DRY_RUN_STAT_PREFIXES = {
+    AuthzAction.ALLOW: "istio_dry_run_allow_",
+    AuthzAction.DENY: "istio_dry_run_deny_",
+}
 _ANY_REGEX = ".+"
 _ACTIONS = {
     AuthzAction.AUDIT: rbac_pb2.RBAC.LOG,
@@ -68,6 +83,12 @@ def _principal(value: str) -> Principal:
 def _namespace(value: str) -> Principal:
     pattern = ".*".join(re.escape(p) for p in value.split("*"))
     return _principal_name(string_pb2.StringMatcher(safe_regex={"regex": f".*/ns/{pattern}/.*"}))
+
+
+def _trust_domain(value: str) -> Principal:
+    """The peer's trust domain (between `spiffe://` and the first `/`); `*` stays inside it."""
+    pattern = "[^/]*".join(re.escape(p) for p in value.split("*"))
+    return _principal_name(string_pb2.StringMatcher(safe_regex={"regex": f"spiffe://{pattern}/.*"}))
 
 
 def _service_account(value: str, namespace: str) -> Principal:
@@ -186,20 +207,26 @@ def _rule_pair(
         into.append(Permission(not_rule=_or_rules(negative)))
 
 
-def source_ids(source: AuthzSource, namespace: str, *, http: bool) -> list[Principal] | None:
-    """The AND-ed principal checks of one source; None when a TCP filter cannot check it."""
+def source_ids(
+    source: AuthzSource, namespace: str, *, http: bool, bundle: Sequence[str] = DEFAULT_BUNDLE
+) -> list[Principal]:
+    """The AND-ed principal checks of one source. On TCP, request principals (HTTP only)
+    are left out; rule_policy decides whether the rule may still be used."""
     ids: list[Principal] = []
     _id_pair(
         ids,
-        [_principal(v) for v in source.principals],
-        [_principal(v) for v in source.not_principals],
+        [_principal(v) for v in expand_principals(source.principals, bundle)],
+        [_principal(v) for v in expand_principals(source.not_principals, bundle)],
     )
     accounts = [_service_account(v, namespace) for v in source.service_accounts]
     not_accounts = [_service_account(v, namespace) for v in source.not_service_accounts]
     _id_pair(ids, accounts, not_accounts)
-    if source.request_principals or source.not_request_principals:
-        if not http:
-            return None
+    _id_pair(
+        ids,
+        [_trust_domain(v) for v in expand_trust_domains(source.trust_domains, bundle)],
+        [_trust_domain(v) for v in expand_trust_domains(source.not_trust_domains, bundle)],
+    )
+    if http:
         _id_pair(
             ids,
             [_request_principal(v) for v in source.request_principals],
@@ -223,22 +250,32 @@ def source_ids(source: AuthzSource, namespace: str, *, http: bool) -> list[Princ
     return ids
 
 
-def operation_rules(op: Operation, *, http: bool) -> list[Permission] | None:
-    """The AND-ed permission checks of one operation; None when TCP cannot check it."""
-    rules: list[Permission] = []
-    if not http and (
+def _source_needs_http(source: AuthzSource) -> bool:
+    return bool(source.request_principals or source.not_request_principals)
+
+
+def _operation_needs_http(op: Operation) -> bool:
+    return bool(
         op.hosts or op.not_hosts or op.methods or op.not_methods or op.paths or op.not_paths
-    ):
-        return None
-    host = [Permission(header=_header(":authority", v, ignore_case=True)) for v in op.hosts]
-    not_host = [Permission(header=_header(":authority", v, ignore_case=True)) for v in op.not_hosts]
-    _rule_pair(rules, host, not_host)
-    _rule_pair(
-        rules,
-        [Permission(header=_header(":method", v)) for v in op.methods],
-        [Permission(header=_header(":method", v)) for v in op.not_methods],
     )
-    _rule_pair(rules, [_path(v) for v in op.paths], [_path(v) for v in op.not_paths])
+
+
+def operation_rules(op: Operation, *, http: bool) -> list[Permission]:
+    """The AND-ed permission checks of one operation. On TCP, hosts, methods and paths (HTTP
+    only) are left out; rule_policy decides whether the rule may still be used."""
+    rules: list[Permission] = []
+    if http:
+        host = [Permission(header=_header(":authority", v, ignore_case=True)) for v in op.hosts]
+        not_host = [
+            Permission(header=_header(":authority", v, ignore_case=True)) for v in op.not_hosts
+        ]
+        _rule_pair(rules, host, not_host)
+        _rule_pair(
+            rules,
+            [Permission(header=_header(":method", v)) for v in op.methods],
+            [Permission(header=_header(":method", v)) for v in op.not_methods],
+        )
+        _rule_pair(rules, [_path(v) for v in op.paths], [_path(v) for v in op.not_paths])
     _rule_pair(
         rules,
         [Permission(destination_port=int(v)) for v in op.ports],
@@ -247,7 +284,7 @@ def operation_rules(op: Operation, *, http: bool) -> list[Permission] | None:
     return rules
 
 
-def _condition_principal(key: str, value: str) -> Principal:
+def _condition_principal(key: str, value: str, namespace: str) -> Principal:
     """The principal check of a source-side condition (see _source_side)."""
     if key == "source.ip":
         return Principal(direct_remote_ip=cidr(value))
@@ -257,8 +294,13 @@ def _condition_principal(key: str, value: str) -> Principal:
         return _namespace(value)
     if key == "source.principal":
         return _principal(value)
-    if key.startswith("request.headers["):
-        return Principal(header=_header(key[len("request.headers[") : -1], value))
+    if key == "source.serviceAccount":
+        return _service_account(value, namespace)
+    if key == "source.trustDomain":
+        return _trust_domain(value)
+    for headers in ("request.headers[", "request.experimental.inline.headers["):
+        if key.startswith(headers):
+            return Principal(header=_header(key[len(headers) : -1], value))
     if key == "request.auth.principal":
         return _request_principal(value)
     if key == "request.auth.audiences":
@@ -288,34 +330,54 @@ def _condition_permission(key: str, value: str) -> Permission:
 
 
 def http_only(condition: Condition) -> bool:
-    """Whether a condition needs HTTP (a TCP filter cannot check it)."""
-    return condition.key.startswith(("request.", "experimental."))
+    """Whether a condition needs HTTP (a TCP filter cannot check it). The experimental
+    envoy.filters metadata keys work on TCP too, as in Istio."""
+    return condition.key.startswith("request.")
+
+
+_SOURCE_KEYS = (
+    "source.ip",
+    "remote.ip",
+    "source.namespace",
+    "source.principal",
+    "source.serviceAccount",
+    "source.trustDomain",
+)
 
 
 def _source_side(key: str) -> bool:
-    return key in ("source.ip", "remote.ip", "source.namespace", "source.principal") or (
-        key.startswith(("request.headers[", "request.auth."))
-    )
+    return key in _SOURCE_KEYS or key.startswith("request.")
+
+
+def _values(condition: Condition, bundle: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """A condition's values and notValues, with the trust-domain bundle applied."""
+    if condition.key == "source.principal":
+        return tuple(expand_principals(v, bundle) for v in (condition.values, condition.not_values))
+    if condition.key == "source.trustDomain":
+        pair = (condition.values, condition.not_values)
+        return tuple(expand_trust_domains(v, bundle) for v in pair)
+    return condition.values, condition.not_values
 
 
 def _conditions(
-    conditions: Iterable[Condition],
+    conditions: Iterable[Condition], namespace: str, bundle: Sequence[str]
 ) -> tuple[list[Principal], list[Permission]]:
     """Conditions as principal checks (about the caller) and permission checks (the rest)."""
     ids: list[Principal] = []
     rules: list[Permission] = []
     for c in conditions:
+        values, not_values = _values(c, bundle)
         if _source_side(c.key):
             _id_pair(
                 ids,
-                [_condition_principal(c.key, v) for v in c.values],
-                [_condition_principal(c.key, v) for v in c.not_values],
+                [_condition_principal(c.key, v, namespace) for v in values],
+                [_condition_principal(c.key, v, namespace) for v in not_values],
             )
         else:
             _rule_pair(
                 rules,
-                [_condition_permission(c.key, v) for v in c.values],
-                [_condition_permission(c.key, v) for v in c.not_values],
+                [_condition_permission(c.key, v) for v in values],
+                [_condition_permission(c.key, v) for v in not_values],
             )
     return ids, rules
 
@@ -328,21 +390,32 @@ def _and_rules(rules: list[Permission]) -> Permission:
     return Permission(and_rules=rbac_pb2.Permission.Set(rules=rules or [Permission(any=True)]))
 
 
+def _needs_http(rule: AuthzRule) -> bool:
+    return (
+        any(_source_needs_http(s) for s in rule.sources)
+        or any(_operation_needs_http(o) for o in rule.operations)
+        or any(http_only(c) for c in rule.conditions)
+    )
+
+
 def rule_policy(
-    rule: AuthzRule, namespace: str, action: AuthzAction, *, http: bool
+    rule: AuthzRule,
+    namespace: str,
+    action: AuthzAction,
+    *,
+    http: bool,
+    bundle: Sequence[str] = DEFAULT_BUNDLE,
 ) -> rbac_pb2.Policy | None:
-    """The Envoy policy of one rule; None when an ALLOW rule cannot be checked on TCP."""
+    """The Envoy policy of one rule; None when an ALLOW rule cannot be checked on TCP.
+
+    On TCP a DENY or AUDIT rule loses only its HTTP-only fields, each on its own (Istio's
+    generators skip a field they cannot build for those actions)."""
+    if not http and action is AuthzAction.ALLOW and _needs_http(rule):
+        return None
     keep = [c for c in rule.conditions if http or not http_only(c)]
-    if len(keep) < len(rule.conditions) and action is AuthzAction.ALLOW:
-        return None
-    cond_ids, cond_rules = _conditions(keep)
-    sources = [source_ids(s, namespace, http=http) for s in rule.sources]
-    operations = [operation_rules(o, http=http) for o in rule.operations]
-    if action is AuthzAction.ALLOW and (None in sources or None in operations):
-        return None
-    # DENY/AUDIT on TCP: drop what cannot be checked, so the rule matches more.
-    src = [s if s is not None else [] for s in sources] or [[]]
-    ops = [o if o is not None else [] for o in operations] or [[]]
+    cond_ids, cond_rules = _conditions(keep, namespace, bundle)
+    src = [source_ids(s, namespace, http=http, bundle=bundle) for s in rule.sources] or [[]]
+    ops = [operation_rules(o, http=http) for o in rule.operations] or [[]]
     return rbac_pb2.Policy(
         permissions=[_and_rules(o + cond_rules) for o in ops],
         principals=[_and_ids(s + cond_ids) for s in src],
@@ -350,13 +423,17 @@ def rule_policy(
 
 
 def rbac_rules(
-    policies: Sequence[AuthzPolicy], action: AuthzAction, *, http: bool
+    policies: Sequence[AuthzPolicy],
+    action: AuthzAction,
+    *,
+    http: bool,
+    bundle: Sequence[str] = DEFAULT_BUNDLE,
 ) -> rbac_pb2.RBAC:
     """One Envoy RBAC of every rule of policies (all of one action), in policy order."""
     out = rbac_pb2.RBAC(action=_ACTIONS[action])
     for policy in policies:
         for i, rule in enumerate(policy.rules):
-            built = rule_policy(rule, policy.namespace, action, http=http)
+            built = rule_policy(rule, policy.namespace, action, http=http, bundle=bundle)
             if built is not None:
                 out.policies[names.rbac_policy_name(policy.namespace, policy.name, i)].CopyFrom(
                     built
@@ -364,15 +441,53 @@ def rbac_rules(
     return out
 
 
-def rbac_by_action(
-    policies: Sequence[AuthzPolicy], *, http: bool
-) -> list[tuple[AuthzAction, rbac_pb2.RBAC]]:
-    """The RBAC rule sets a workload port needs, in checking order (AUDIT, DENY, ALLOW).
+@dataclass(frozen=True, slots=True)
+class RbacFilter:
+    """One RBAC filter of a workload port: the enforced rules of an action's policies and the
+    shadow rules of its dry-run policies (either None when there are none)."""
 
-    An action without policies yields nothing: in particular no ALLOW filter (allow all)."""
+    action: AuthzAction
+    rules: rbac_pb2.RBAC | None
+    shadow: rbac_pb2.RBAC | None
+
+    def _fill(self, config: http_rbac.RBAC | network_rbac.RBAC) -> None:
+        if self.rules is not None:
+            config.rules.CopyFrom(self.rules)
+        if self.shadow is not None:
+            config.shadow_rules.CopyFrom(self.shadow)
+            config.shadow_rules_stat_prefix = DRY_RUN_STAT_PREFIXES.get(self.action, "")
+
+    def http_config(self) -> http_rbac.RBAC:
+        """The typed config of the HTTP RBAC filter."""
+        config = http_rbac.RBAC()
+        self._fill(config)
+        return config
+
+    def network_config(self, stat_prefix: str) -> network_rbac.RBAC:
+        """The typed config of the network RBAC filter."""
+        config = network_rbac.RBAC(stat_prefix=stat_prefix)
+        self._fill(config)
+        return config
+
+
+def rbac_by_action(
+    policies: Sequence[AuthzPolicy], *, http: bool, bundle: Sequence[str] = DEFAULT_BUNDLE
+) -> list[RbacFilter]:
+    """The RBAC filters a workload port needs, in checking order (AUDIT, DENY, ALLOW).
+
+    An action without policies yields nothing: in particular no ALLOW filter (allow all).
+    An action whose policies are all dry-run yields a filter that enforces nothing."""
     out = []
     for action in (AuthzAction.AUDIT, AuthzAction.DENY, AuthzAction.ALLOW):
         chosen = [p for p in policies if p.action is action]
+        enforced = [p for p in chosen if not p.dry_run]
+        dry = [p for p in chosen if p.dry_run]
         if chosen:
-            out.append((action, rbac_rules(chosen, action, http=http)))
+            out.append(
+                RbacFilter(
+                    action,
+                    rbac_rules(enforced, action, http=http, bundle=bundle) if enforced else None,
+                    rbac_rules(dry, action, http=http, bundle=bundle) if dry else None,
+                )
+            )
     return out

