@@ -23,6 +23,7 @@ from meshagent.normalize.consul import ConsulMapping, convert_consul, is_consul
 from meshagent.normalize.consul.chain import chain_role, compose
 from meshagent.normalize.convert import Converted, ConvertedServiceEntry, convert
 from meshagent.normalize.convert.services import workload_endpoint
+from meshagent.normalize.delegation import is_delegate, is_root, merge_root
 from meshagent.normalize.kubernetes import KubeJoin, KubeMapping, is_kube_core
 from meshagent.normalize.ownership import Claims, Key
 from meshagent.normalize.references import ReferenceIndex, Unresolved, as_written
@@ -48,6 +49,7 @@ class _Dirty:
     selectors: set[Key] = field(default_factory=set)  # ServiceEntries whose selection changed
     upserted: set[Key] = field(default_factory=set)
     chain: bool = False  # a Consul router or splitter changed (consul/chain.py)
+    delegation: bool = False  # a root or delegate VirtualService changed (delegation.py)
     # snapshot map name -> keys whose value was added, replaced or removed
     changed: dict[str, set[str]] = field(default_factory=dict)
 
@@ -120,6 +122,10 @@ class Normalizer:
         self._destination_rules: dict[str, DestinationRule] = {}
         self._redirects: dict[str, str] = {}  # host -> the host its rule redirects to
         self._chained: dict[str, VirtualService] = {}  # Consul routers/splitters as converted
+        # VirtualService delegation: delegates (no hosts, never published) and roots as
+        # converted (published merged with their delegates), by "namespace/name".
+        self._delegates: dict[str, VirtualService] = {}
+        self._roots: dict[str, VirtualService] = {}
         self._workloads: dict[str, Workload] = {}
         self._snapshot = MeshSnapshot()
         # References that cannot work, by what identifies them (not their line, which moves).
@@ -281,6 +287,13 @@ class Normalizer:
             dirty.mark("workloads", f"{ns}/{converted.name}")
         elif isinstance(converted, VirtualService):
             vs_key = f"{converted.namespace}/{converted.name}"
+            if is_delegate(converted):
+                self._delegates[vs_key] = converted
+                dirty.delegation = True
+                return
+            if is_root(converted):
+                self._roots[vs_key] = converted
+                dirty.delegation = True
             self._virtual_services[vs_key] = converted
             dirty.mark("virtual_services", vs_key)
             if chain_role(converted):
@@ -310,6 +323,11 @@ class Normalizer:
             dirty.mark("workloads", f"{ns}/{converted.name}")
         elif isinstance(converted, VirtualService):
             vs_key = f"{converted.namespace}/{converted.name}"
+            if self._delegates.pop(vs_key, None) is not None:
+                dirty.delegation = True
+                return
+            if self._roots.pop(vs_key, None) is not None:
+                dirty.delegation = True
             self._virtual_services.pop(vs_key, None)
             dirty.mark("virtual_services", vs_key)
             if self._chained.pop(vs_key, None) is not None:
@@ -342,6 +360,8 @@ class Normalizer:
             self._recompute_service(host, dirty)
         if dirty.chain:
             self._compose_chains(dirty)
+        if dirty.delegation:
+            self._merge_delegates(dirty)
         self._conflict_warnings(dirty, out)
 
     def _recompute_service(self, host: str, dirty: _Dirty) -> None:
@@ -382,6 +402,14 @@ class Normalizer:
             composed = compose(vs, splitters)
             if self._virtual_services.get(key) != composed:
                 self._virtual_services[key] = composed
+                dirty.mark("virtual_services", key)
+
+    def _merge_delegates(self, dirty: _Dirty) -> None:
+        """Publish every root VirtualService merged with its delegates (delegation.py)."""
+        for key, root in self._roots.items():
+            merged = merge_root(root, self._delegates)
+            if self._virtual_services.get(key) != merged:
+                self._virtual_services[key] = merged
                 dirty.mark("virtual_services", key)
 
     def _set_service(self, host: str, service: Service, dirty: _Dirty) -> None:

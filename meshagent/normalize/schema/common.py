@@ -26,6 +26,10 @@ _DNS_LABEL = re.compile(DNS_LABEL)
 _LABEL_NAME = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# What Istio's ValidateHTTPHeaderName accepts (stricter than an RFC 9110 token).
+ISTIO_HEADER_NAME = r"[-_A-Za-z0-9]+"
+# Istio's routing on JWT claims: "@request.auth.claims.a.b" or "@request.auth.claims[a][b]".
+JWT_CLAIM_HEADER = "@request.auth.claims"
 
 PORT = Int(1, 65535)
 UINT32 = Int(0, 2**32 - 1)
@@ -187,6 +191,34 @@ class HeaderName(Str):
         return lambda value: type(value) is str and match(value) is not None
 
 
+def jwt_claim_path(name: str) -> tuple[str, ...] | None:
+    """The claim names of a "@request.auth.claims" header key (Istio's ToRoutingClaim), or
+    None when name is an ordinary header."""
+    if not name.lower().startswith(JWT_CLAIM_HEADER):
+        return None
+    rest = name[len(JWT_CLAIM_HEADER) :]
+    if rest.startswith("."):
+        return tuple(rest[1:].split("."))
+    if rest.startswith("[") and rest.endswith("]"):
+        return tuple(rest[1:-1].split("]["))
+    return None
+
+
+class HeaderNameOrClaim(HeaderName):
+    """A header match key: an HTTP header name or Istio's "@request.auth.claims..." form."""
+
+    def check(self, value: Any, path: str, issues: Issues) -> None:
+        if isinstance(value, str) and jwt_claim_path(value) is not None:
+            return
+        HeaderName.check(self, value, path, issues)
+
+    def compile_predicate(self) -> Predicate:
+        match = _HEADER_NAME.fullmatch
+        return lambda value: (
+            type(value) is str and (match(value) is not None or jwt_claim_path(value) is not None)
+        )
+
+
 class ExportTo(Type):
     """exportTo: ".", "*", "~" or namespace names, without duplicates."""
 
@@ -268,6 +300,7 @@ __all__ = [
     "WORKLOAD_SELECTOR",
     "ExportTo",
     "HeaderName",
+    "HeaderNameOrClaim",
     "HostName",
     "domain_problem",
     "is_cidr",

@@ -12,16 +12,24 @@ from typing import Any
 
 from meshagent.normalize.schema.common import (
     DESTINATION,
+    DNS_LABEL,
+    ISTIO_HEADER_NAME,
     LABELS,
     PORT,
     STR_MAP,
     WORKLOAD_SELECTOR,
     HostName,
+    is_ip,
 )
 from meshagent.normalize.schema.core import Bool, Enum, F, Int, Issues, ListOf, Obj, Str, join
 from meshagent.normalize.schema.destinationrule import CONNECTION_POOL
-from meshagent.normalize.schema.serviceentry import PROTOCOLS, SERVICE_PORT
-from meshagent.normalize.schema.workloadentry import WORKLOAD_ENTRY
+from meshagent.normalize.schema.serviceentry import PROTOCOLS
+from meshagent.normalize.schema.targetref import workload_selector_rule
+from meshagent.normalize.schema.workloadentry import (
+    UNIX_PREFIX,
+    WORKLOAD_ENTRY,
+    unix_path_problem,
+)
 
 TLS_VERSIONS = ("TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3")
 SERVER_TLS_MODES = (
@@ -112,25 +120,87 @@ def _egress_hosts_rule(value: Mapping[str, Any], path: str, issues: Issues) -> N
             issues.extend(problems)
 
 
+def _sidecar_port_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    protocol = value.get("protocol")
+    if protocol and protocol.upper() not in PROTOCOLS:
+        issues.error(join(path, "protocol"), f"unsupported protocol: {protocol}")
+
+
+# istio/api SidecarPort: unlike a ServicePort, its name is optional (validated when set).
+SIDECAR_PORT = Obj(
+    {
+        "number": F(Int(0, 65535)),
+        "protocol": F(Str()),
+        "name": F(Str(pattern=DNS_LABEL, what="port name")),
+        "targetPort": F(Int(0, 65535)),
+    },
+    rules=[_sidecar_port_rule],
+)
+
+
+def _ingress_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    number = (value.get("port") or {}).get("number") or 0
+    if not 1 <= number <= 65535:
+        issues.error(join(path, "port.number"), "port number must be in range 1..65535")
+    bind = value.get("bind") or ""
+    if bind and not is_ip(bind):
+        issues.error(join(path, "bind"), f"{bind!r} is not a valid IP address")
+
+
+def _egress_port_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    port = value.get("port")
+    if port is None:
+        return
+    bind = value.get("bind") or ""
+    if not port.get("number"):
+        if not bind.startswith(UNIX_PREFIX):
+            issues.error(
+                join(path, "bind"),
+                "ports with 0 value must have a unix domain socket bind address",
+            )
+        elif problem := unix_path_problem(bind[len(UNIX_PREFIX) :]):
+            issues.error(join(path, "bind"), problem)
+    elif bind and not is_ip(bind):
+        issues.error(join(path, "bind"), f"{bind!r} is not a valid IP address")
+
+
 INGRESS_LISTENER = Obj(
     {
-        "port": F(SERVICE_PORT, required=True),
+        "port": F(SIDECAR_PORT, required=True),
         "bind": F(Str()),
         "captureMode": F(Enum(CAPTURE_MODES)),
         "defaultEndpoint": F(Str()),
         "tls": F(SERVER_TLS),
         "connectionPool": F(CONNECTION_POOL),
-    }
+    },
+    rules=[_ingress_rule],
 )
 EGRESS_LISTENER = Obj(
     {
-        "port": F(SERVICE_PORT),
+        "port": F(SIDECAR_PORT),
         "bind": F(Str()),
         "captureMode": F(Enum(CAPTURE_MODES)),
         "hosts": F(ListOf(Str(non_empty=True), non_empty=True), required=True),
     },
-    rules=[_egress_hosts_rule],
+    rules=[_egress_hosts_rule, _egress_port_rule],
 )
+
+
+def _sidecar_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    keys = ("egress", "ingress", "outboundTrafficPolicy", "inboundConnectionPool")
+    if not any(value.get(k) for k in keys):
+        issues.error(path, "sidecar: empty configuration provided")
+    numbers = [
+        (listener.get("port") or {}).get("number") for listener in value.get("ingress") or ()
+    ]
+    for i, number in enumerate(numbers):
+        if number in numbers[:i]:
+            issues.error(
+                f"{join(path, 'ingress')}[{i}].port.number",
+                "sidecar: ports on IP bound listeners must be unique",
+            )
+
+
 SIDECAR = Obj(
     {
         "workloadSelector": F(WORKLOAD_SELECTOR),
@@ -145,17 +215,20 @@ SIDECAR = Obj(
                 }
             )
         ),
-    }
+    },
+    rules=[_sidecar_rule, workload_selector_rule("workloadSelector", "labels")],
 )
 
 _SECONDS = Int(0, 2**31 - 1)
+_PROBE_HEADER = Str(pattern=ISTIO_HEADER_NAME, non_empty=True, what="header name")
 HTTP_GET = Obj(
     {
         "path": F(Str()),
         "port": F(PORT, required=True),
         "host": F(Str()),
         "scheme": F(Enum(("HTTP", "HTTPS", "http", "https"))),
-        "httpHeaders": F(ListOf(Obj({"name": F(Str(non_empty=True)), "value": F(Str())}))),
+        # Header names as Istio's ValidateHTTPHeaderName takes them.
+        "httpHeaders": F(ListOf(Obj({"name": F(_PROBE_HEADER, required=True), "value": F(Str())}))),
     }
 )
 

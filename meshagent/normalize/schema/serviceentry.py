@@ -111,9 +111,8 @@ def _one_port(value: Mapping[str, Any]) -> bool:
 
 @clean_when(_one_port)  # one port cannot repeat a name or number
 def _ports_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    # Istio requires no port: a ServiceEntry without ports is accepted (and serves none).
     ports = value.get("ports") or []
-    if not ports:
-        issues.error(join(path, "ports"), "at least one port is required")
     names: set[str] = set()
     numbers: set[int] = set()
     for i, port in enumerate(ports):
@@ -143,6 +142,13 @@ def _endpoints_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None
 
 def _resolution_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     resolution = value.get("resolution") or "NONE"
+    if resolution not in ("NONE", "STATIC"):
+        for i, address in enumerate(value.get("addresses") or ()):
+            if "/" in address:  # Istio's test: any address written as a CIDR block
+                issues.error(
+                    f"{path}.addresses[{i}]",
+                    "CIDR addresses are allowed only for NONE/STATIC resolution types",
+                )
     endpoints = value.get("endpoints") or []
     if resolution == "NONE" and endpoints:
         issues.error(join(path, "endpoints"), "endpoints are not allowed with resolution NONE")
