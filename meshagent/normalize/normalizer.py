@@ -120,6 +120,7 @@ class Normalizer:
         self._endpoints: dict[str, tuple[Endpoint, ...]] = {}
         self._virtual_services: dict[str, VirtualService] = {}
         self._destination_rules: dict[str, DestinationRule] = {}
+        self._workload_rules: dict[str, DestinationRule] = {}  # with a workloadSelector
         self._redirects: dict[str, str] = {}  # host -> the host its rule redirects to
         self._chained: dict[str, VirtualService] = {}  # Consul routers/splitters as converted
         # VirtualService delegation: delegates (no hosts, never published) and roots as
@@ -303,9 +304,24 @@ class Normalizer:
             name, key_ = _security_key(converted)
             self._security[name][key_] = converted
             dirty.mark(name, key_)
+        elif converted.workload_selector is not None:
+            self._scope_rule(converted, converted, dirty)
         else:
             self._dr_claims.claim(key, (converted.host,), self._rank(key))
             dirty.dr_hosts.add(converted.host)
+
+    def _scope_rule(
+        self, rule: DestinationRule, value: DestinationRule | None, dirty: _Dirty
+    ) -> None:
+        """Set (or, value None, remove) a DestinationRule with a workloadSelector: it claims
+        no host mesh-wide; the translator applies it to the proxies of what it selects."""
+        key = f"{rule.namespace}/{rule.name}"
+        if value is None:
+            self._workload_rules.pop(key, None)
+        else:
+            self._workload_rules[key] = value
+        dirty.mark("workload_destination_rules", key)
+        dirty.mark("destination_rules", rule.host)  # tells the translator rules changed
 
     def _retract(self, key: Key, entry: _Entry, dirty: _Dirty, *, forget: bool) -> None:
         """Undo what entry contributed; forget also drops its first-seen rank."""
@@ -336,6 +352,8 @@ class Normalizer:
             name, key_ = _security_key(converted)
             self._security[name].pop(key_, None)
             dirty.mark(name, key_)
+        elif converted.workload_selector is not None:
+            self._scope_rule(converted, None, dirty)
         else:
             self._dr_claims.release(key, (converted.host,), forget=forget)
             dirty.dr_hosts.add(converted.host)
@@ -493,6 +511,7 @@ class Normalizer:
             "virtual_services": self._virtual_services,
             "destination_rules": self._destination_rules,
             "workloads": self._workloads,
+            "workload_destination_rules": self._workload_rules,
             **self._security,
         }
         fields = {

@@ -1,0 +1,280 @@
+"""Issue 13, validation: what Istio's webhook and CRDs accept, meshagent accepts; what they
+reject, meshagent rejects at the same field (istio/istio pkg/config/validation and its CRD
+test data under testdata/crds, whose cases several of these mirror)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.normalize_helpers import diagnostics
+
+
+def _doc(kind: str, spec: str, api: str = "networking.istio.io/v1", name: str = "x") -> str:
+    body = "".join(f"  {line}\n" for line in spec.strip("\n").splitlines())
+    head = f"apiVersion: {api}\nkind: {kind}\nmetadata:\n  name: {name}\n  namespace: ns\n"
+    return f"{head}spec:\n{body}"
+
+
+def error_fields(text: str) -> list[str]:
+    return [d.field for d in diagnostics(text) if d.severity == "error"]
+
+
+def warning_reasons(text: str) -> list[str]:
+    return [f"{d.field}: {d.reason}" for d in diagnostics(text) if d.severity == "warning"]
+
+
+def _check(text: str, field: str | None) -> None:
+    found = error_fields(text)
+    if field is None:
+        assert found == [], found
+    else:
+        assert field in found, found
+
+
+# -- 6. ServiceEntry ----------------------------------------------------------------------
+
+SE_CASES = [
+    # Istio requires hosts, not ports (ValidateServiceEntry has no port requirement).
+    ("hosts: [a.example.com]", None),
+    ("hosts: [a.example.com]\nresolution: DNS", None),
+    ("hosts: [a.example.com]\naddresses: [10.0.0.0/16]\nresolution: STATIC", None),
+    ("hosts: [a.example.com]\naddresses: [10.0.0.0/16]", None),  # NONE by default
+    ("hosts: [a.example.com]\naddresses: [1.2.3.4/16]\nresolution: DNS", "spec.addresses[0]"),
+    (
+        "hosts: [a.example.com]\naddresses: [1.2.3.4, 10.0.0.0/8]\nresolution: DNS_ROUND_ROBIN",
+        "spec.addresses[1]",
+    ),
+    ("hosts: [a.example.com]\naddresses: [1.2.3.4]\nresolution: DNS", None),
+]
+
+
+@pytest.mark.parametrize(("spec", "field"), SE_CASES)
+def test_service_entry_ports_and_cidr_addresses(spec: str, field: str | None) -> None:
+    _check(_doc("ServiceEntry", spec), field)
+
+
+def test_cidr_with_dns_says_what_istio_says() -> None:
+    text = _doc("ServiceEntry", "hosts: [a.example.com]\naddresses: [1.2.3.4/16]\nresolution: DNS")
+    reasons = [d.reason for d in diagnostics(text) if d.severity == "error"]
+    assert reasons == ["CIDR addresses are allowed only for NONE/STATIC resolution types"]
+
+
+# -- 7. WorkloadEntry unix:// addresses ---------------------------------------------------
+
+WE_CASES = [
+    ("address: unix:///var/run/app.sock", None),
+    ("address: unix://@abstract", None),
+    ("address: unix:///dir/", "spec.address"),  # Istio: "UDS may not be a dir"
+    ("address: unix://relative", "spec.address"),  # absolute path or abstract socket
+    ("address: 'unix://'", "spec.address"),  # empty path
+    ("address: unix://@foo\nports: {http: 80}", "spec.ports"),  # UDS may not include ports
+    ("address: 1.1.1.1\nports: {http: 80}", None),
+]
+
+
+@pytest.mark.parametrize(("spec", "field"), WE_CASES)
+def test_workload_entry_unix_addresses(spec: str, field: str | None) -> None:
+    _check(_doc("WorkloadEntry", spec), field)
+
+
+def test_service_entry_endpoint_unix_rules_are_the_workload_entry_ones() -> None:
+    spec = (
+        "hosts: [a.example.com]\nports: [{number: 80, name: http, protocol: HTTP}]\n"
+        "resolution: STATIC\nendpoints:\n- address: unix://relative.sock"
+    )
+    _check(_doc("ServiceEntry", spec), "spec.endpoints[0].address")
+
+
+# -- 8. WorkloadGroup probe headers -------------------------------------------------------
+
+WG_CASES = [
+    ("template: {}\nprobe:\n  httpGet:\n    port: 80\n    httpHeaders: [{name: x-probe_1}]", None),
+    (
+        "template: {}\nprobe:\n  httpGet:\n    port: 80\n    httpHeaders: [{name: '**'}]",
+        "spec.probe.httpGet.httpHeaders[0].name",
+    ),
+    (
+        "template: {}\nprobe:\n  httpGet:\n    port: 80\n    httpHeaders: [{name: 'a b'}]",
+        "spec.probe.httpGet.httpHeaders[0].name",
+    ),
+    (
+        "template: {}\nprobe:\n  httpGet:\n    port: 80\n    httpHeaders: [{value: v}]",
+        "spec.probe.httpGet.httpHeaders[0].name",
+    ),
+    ("template: {}\nprobe:\n  tcpSocket: {port: 65536}", "spec.probe.tcpSocket.port"),
+]
+
+
+@pytest.mark.parametrize(("spec", "field"), WG_CASES)
+def test_workload_group_probe_header_names(spec: str, field: str | None) -> None:
+    _check(_doc("WorkloadGroup", spec, api="networking.istio.io/v1alpha3"), field)
+
+
+# -- 9. RequestAuthentication ------------------------------------------------------------
+
+RA = "security.istio.io/v1"
+RA_CASES = [
+    # every current JWTRule field (Istio's reqauth-valid.yaml, plus presence)
+    (
+        "targetRefs: [{group: '', kind: Service, name: foo}]\n"
+        "jwtRules:\n- issuer: example.com\n  jwksUri: https://example.com/.well-known/jwks.json\n"
+        "  forwardOriginalToken: true\n  fromCookies: [foo]\n"
+        "  fromHeaders: [{name: foo, prefix: baz}]\n  fromParams: [tok]\n"
+        "  outputClaimToHeaders: [{claim: abc, header: def}]\n  timeout: 5s\n"
+        "  outputPayloadToHeader: header\n  spaceDelimitedClaims: [custom_scope]\n"
+        "  presence: REQUIRED",
+        None,
+    ),
+    ("jwtRules: [{issuer: a, presence: OPTIONAL}]", None),
+    ("jwtRules: [{issuer: a, presence: MANDATORY}]", "spec.jwtRules[0].presence"),
+    (
+        "targetRefs: [{group: '', kind: Service, name: foo}]\n"
+        "targetRef: {group: '', kind: Service, name: foo}",
+        "spec.targetRefs",
+    ),
+    (
+        "selector: {matchLabels: {a: b}}\ntargetRef: {group: '', kind: Service, name: foo}",
+        "spec.targetRef",
+    ),
+    ("targetRef: {group: '', kind: Service}", "spec.targetRef.name"),
+    ("targetRef: {group: '', name: foo}", "spec.targetRef.kind"),
+    ("targetRef: {kind: Service, name: foo, namespace: bar}", "spec.targetRef.namespace"),
+    ("targetRef: {group: '__', kind: Service, name: foo}", "spec.targetRef.group"),
+    ("targetRef: {group: '', kind: Serv_ice, name: foo}", "spec.targetRef.kind"),
+    ("targetRef: {group: '', kind: Gateway, name: foo}", "spec.targetRef.kind"),
+    ("targetRef: {group: gateway.networking.k8s.io, kind: Gateway, name: gw}", None),
+    ("targetRef: {group: networking.istio.io, kind: ServiceEntry, name: se}", None),
+    ("targetRefs: [{group: core, kind: Service, name: foo}]", None),
+    (
+        "jwtRules: [{issuer: a, outputClaimToHeaders: [{claim: x, header: ':authority'}]}]",
+        "spec.jwtRules[0].outputClaimToHeaders[0].header",
+    ),
+    (
+        "jwtRules: [{issuer: a, spaceDelimitedClaims: ['']}]",
+        "spec.jwtRules[0].spaceDelimitedClaims[0]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("spec", "field"), RA_CASES)
+def test_request_authentication_fields_and_target_refs(spec: str, field: str | None) -> None:
+    _check(_doc("RequestAuthentication", spec, api=RA), field)
+
+
+def test_target_refs_are_limited_to_sixteen() -> None:
+    refs = ", ".join(f"{{kind: Service, name: s{i}}}" for i in range(17))
+    _check(_doc("RequestAuthentication", f"targetRefs: [{refs}]", api=RA), "spec.targetRefs")
+
+
+# -- 10. VirtualService: delegates, faults, JWT claim headers ------------------------------
+
+ROUTE = "http:\n- route:\n  - destination: {host: a}"
+
+
+def _claims(where: str, key: str, gateways: str) -> str:
+    match = f"- match: [{{{where}: {{{key}: {{exact: a}}}}}}]"
+    return (
+        f"hosts: [r]\ngateways: {gateways}\nhttp:\n{match}\n  route:\n  - destination: {{host: a}}"
+    )
+
+
+VS_CASES = [
+    (ROUTE, None),  # no hosts: a delegate
+    (f"gateways: [gw]\n{ROUTE}", "spec.gateways"),
+    ("tcp:\n- route:\n  - destination: {host: a}", "spec.tcp"),
+    ("http:\n- delegate: {name: other}", "spec.http[0].delegate"),
+    (
+        "http:\n- match: [{uri: {regex: '/a.*'}}]\n  route:\n  - destination: {host: a}",
+        "spec.http[0].match[0].uri",
+    ),
+    (
+        "http:\n- match: [{headers: {x-a: {regex: 'a.*'}}}]\n  route:\n  - destination: {host: a}",
+        "spec.http[0].match[0].headers.x-a",
+    ),
+    # a root route: delegate only, no regex match
+    ("hosts: [r]\nhttp:\n- delegate: {name: d, namespace: ns}", None),
+    (
+        "hosts: [r]\nhttp:\n- delegate: {name: d}\n  route:\n  - destination: {host: a}",
+        "spec.http[0].delegate",
+    ),
+    (
+        "hosts: [r]\nhttp:\n- match: [{uri: {regex: '/a.*'}}]\n  delegate: {name: d}",
+        "spec.http[0].match[0].uri",
+    ),
+    ("hosts: [r]\nhttp:\n- delegate: {namespace: ns}", "spec.http[0].delegate.name"),
+    # faults as Istio takes them
+    (f"hosts: [r]\n{ROUTE}\n  fault: {{delay: {{percentage: {{value: 5}}}}}}", None),
+    (f"hosts: [r]\n{ROUTE}\n  fault: {{abort: {{percentage: {{value: 5}}}}}}", None),
+    (
+        f"hosts: [r]\n{ROUTE}\n  fault: {{delay: {{exponentialDelay: 1s}}}}",
+        "spec.http[0].fault.delay.exponentialDelay",
+    ),
+    # JWT claim routing: a valid key, but only on gateways
+    (_claims("headers", "'@request.auth.claims.group'", "[ns/gw]"), None),
+    (_claims("headers", "'@request.auth.claims[a][b]'", "[ns/gw]"), None),
+    (
+        _claims("headers", "'@request.auth.claims.group'", "[]"),
+        "spec.http[0].match[0].headers.@request.auth.claims.group",
+    ),
+    (
+        _claims("withoutHeaders", "'@request.auth.claims.g'", "[ns/gw, mesh]"),
+        "spec.http[0].match[0].withoutHeaders.@request.auth.claims.g",
+    ),
+    (
+        _claims("headers", "'@request.auth.claimsx'", "[ns/gw]"),
+        "spec.http[0].match[0].headers.@request.auth.claimsx",
+    ),
+]
+
+
+@pytest.mark.parametrize(("spec", "field"), VS_CASES)
+def test_virtual_service_delegates_faults_and_claims(spec: str, field: str | None) -> None:
+    _check(_doc("VirtualService", spec), field)
+
+
+def test_a_delay_without_fixed_delay_is_a_warning_and_no_fault() -> None:
+    from meshagent.normalize.convert import convert
+    from tests.unit.normalize_helpers import raw
+
+    text = _doc("VirtualService", f"hosts: [r]\n{ROUTE}\n  fault: {{delay: {{percent: 5}}}}")
+    assert any("injects no delay" in r for r in warning_reasons(text))
+    converted, _ = convert(raw(text), domain_suffix="cluster.local", default_namespace="ns")
+    assert converted is not None and converted.http[0].fault is None  # type: ignore[union-attr]
+
+
+# -- 11. Sidecar ports, DestinationRule selector ------------------------------------------
+
+SIDECAR_CASES = [
+    ("ingress:\n- port: {number: 9080, protocol: HTTP}\n  defaultEndpoint: 127.0.0.1:8080", None),
+    ("ingress:\n- port: {number: 9080, protocol: HTTP, name: http}", None),
+    ("ingress:\n- port: {number: 9080, name: Bad_Name}", "spec.ingress[0].port.name"),
+    ("ingress:\n- port: {number: 9080, protocol: FOO}", "spec.ingress[0].port.protocol"),
+    ("ingress:\n- port: {number: 0}", "spec.ingress[0].port.number"),
+    (
+        "ingress:\n- port: {number: 9080}\n- port: {number: 9080}",
+        "spec.ingress[1].port.number",
+    ),
+    ("egress:\n- port: {number: 0}\n  bind: unix:///var/run/out.sock\n  hosts: ['*/*']", None),
+    ("egress:\n- port: {number: 0}\n  hosts: ['*/*']", "spec.egress[0].bind"),
+    ("egress:\n- hosts: ['./*']", None),
+    ("workloadSelector: {labels: {app: a}}", "spec"),  # empty configuration
+]
+
+
+@pytest.mark.parametrize(("spec", "field"), SIDECAR_CASES)
+def test_sidecar_ports_without_names(spec: str, field: str | None) -> None:
+    _check(_doc("Sidecar", spec), field)
+
+
+def test_destination_rule_workload_selector_is_validated() -> None:
+    # istio.type.v1beta1.WorkloadSelector: matchLabels, not labels
+    good = "host: a.example.com\nworkloadSelector: {matchLabels: {app: web}}"
+    _check(_doc("DestinationRule", good), None)
+    own = good + "\nexportTo: ['.']"
+    _check(_doc("DestinationRule", own), None)
+    old_form = "host: a.example.com\nworkloadSelector: {labels: {app: web}}"
+    _check(_doc("DestinationRule", old_form), "spec.workloadSelector.labels")
+    bad = "host: a.example.com\nworkloadSelector: {matchLabels: {app: '*'}}"
+    _check(_doc("DestinationRule", bad), "spec.workloadSelector.matchLabels.app")
+    wide = good + "\nexportTo: ['*']"
+    _check(_doc("DestinationRule", wide), "spec.exportTo")
