@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from meshagent.normalize import validate_resource
 from tests.unit.normalize_helpers import diagnostics
 
 
@@ -278,3 +279,229 @@ def test_destination_rule_workload_selector_is_validated() -> None:
     _check(_doc("DestinationRule", bad), "spec.workloadSelector.matchLabels.app")
     wide = good + "\nexportTo: ['*']"
     _check(_doc("DestinationRule", wide), "spec.exportTo")
+
+
+# -- 11. Kubernetes Gateway API kinds, List documents -------------------------------------
+
+GATEWAY_API = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: {kind}
+metadata: {{name: x, namespace: ns}}
+spec: {{}}
+"""
+
+
+def test_gateway_api_kinds_are_accepted_with_a_not_translated_warning() -> None:
+    for kind in ("Gateway", "HTTPRoute", "GRPCRoute", "ReferenceGrant", "GatewayClass"):
+        found = diagnostics(GATEWAY_API.format(kind=kind))
+        assert [d.severity for d in found] == ["warning"], found
+        assert "not translated" in found[0].reason
+
+
+def test_a_gateway_api_gateway_does_not_replace_an_istio_one() -> None:
+    from meshagent.normalize import Normalizer
+    from tests.unit.normalize_helpers import upsert
+
+    istio = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: x}\nspec: {}\n"
+    _, diags = Normalizer().apply([upsert(istio, GATEWAY_API.format(kind="Gateway"))])
+    assert [d.severity for d in diags] == ["warning", "warning"]
+
+
+def test_a_kubernetes_list_is_read_item_by_item() -> None:
+    from meshagent.adapters.yamldocs import load_documents
+
+    text = (
+        "apiVersion: v1\nkind: List\nitems:\n"
+        "- apiVersion: networking.istio.io/v1\n  kind: WorkloadEntry\n"
+        "  metadata: {name: a, namespace: ns}\n  spec: {address: 10.0.0.1}\n"
+        "- apiVersion: networking.istio.io/v1\n  kind: WorkloadEntry\n"
+        "  metadata: {name: b, namespace: ns}\n  spec: {address: 'unix://relative'}\n"
+        "- not a resource\n"
+    )
+    resources, problems = load_documents(text, "list.yaml")
+    assert [(r.name, r.provenance.location) for r in resources] == [
+        ("a", "list.yaml:4"),
+        ("b", "list.yaml:8"),
+    ]
+    assert [p.location for p in problems] == ["list.yaml:12"]
+    # an item's error is located at its own line
+    bad = [d for d in validate_resource(resources[1]) if d.severity == "error"]
+    assert [(d.location, d.field) for d in bad] == [("list.yaml:11", "spec.address")]
+
+
+def test_a_list_of_another_api_version_or_an_empty_list() -> None:
+    from meshagent.adapters.yamldocs import load_documents
+
+    resources, problems = load_documents("apiVersion: v1\nkind: List\nitems: []\n", "l.yaml")
+    assert resources == [] and problems == []
+    other = "apiVersion: example.com/v2\nkind: List\nmetadata: {name: l}\nitems: []\n"
+    resources, problems = load_documents(other, "l.yaml")
+    assert [r.kind for r in resources] == ["List"] and problems == []
+
+
+# -- 12. Istio kinds validated though not translated --------------------------------------
+
+EF = "networking.istio.io/v1alpha3"
+PATCH_VALUE = "patch: {operation: MERGE, value: {connect_timeout: 1s}}"
+EXTENSION_CASES = [
+    ("EnvoyFilter", EF, "workloadSelector: {labels: {app: c}}", None),
+    (
+        "EnvoyFilter",
+        EF,
+        "configPatches:\n- applyTo: CLUSTER\n  match: {context: SIDECAR_OUTBOUND, cluster: "
+        "{service: a.example.com}}\n  " + PATCH_VALUE,
+        None,
+    ),
+    ("EnvoyFilter", EF, "configPatches:\n- " + PATCH_VALUE, "spec.configPatches[0].applyTo"),
+    ("EnvoyFilter", EF, "configPatches:\n- applyTo: CLUSTER", "spec.configPatches[0].patch"),
+    (
+        "EnvoyFilter",
+        EF,
+        "configPatches:\n- applyTo: CLUSTER\n  patch: {value: {a: 1}}",
+        "spec.configPatches[0].patch.operation",
+    ),
+    (
+        "EnvoyFilter",
+        EF,
+        "configPatches:\n- applyTo: CLUSTER\n  patch: {operation: MERGE}",
+        "spec.configPatches[0].patch.value",
+    ),
+    ("EnvoyFilter", EF, "configPatches:\n- applyTo: CLUSTER\n  patch: {operation: REMOVE}", None),
+    (
+        "EnvoyFilter",
+        EF,
+        "configPatches:\n- applyTo: CLUSTERS\n  " + PATCH_VALUE,
+        "spec.configPatches[0].applyTo",
+    ),
+    (
+        "EnvoyFilter",
+        EF,
+        "configPatches:\n- applyTo: CLUSTER\n  match: {listener: {portNumber: 80}}\n  "
+        + PATCH_VALUE,
+        "spec.configPatches[0].match",
+    ),
+    (
+        "EnvoyFilter",
+        EF,
+        "configPatches:\n- applyTo: HTTP_FILTER\n  match: {listener: {filterChain: {filter: "
+        "{name: envoy.filters.network.tcp_proxy, subFilter: {name: x}}}}}\n  " + PATCH_VALUE,
+        "spec.configPatches[0].match.listener.filterChain.filter.name",
+    ),
+    (
+        "EnvoyFilter",
+        EF,
+        "configPatches:\n- applyTo: CLUSTER\n  match: {proxy: {proxyVersion: '(1.2'}}\n  "
+        + PATCH_VALUE,
+        "spec.configPatches[0].match.proxy.proxyVersion",
+    ),
+    (
+        "EnvoyFilter",
+        EF,
+        "workloadSelector: {labels: {app: c}}\n"
+        "targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]",
+        "spec.targetRefs",
+    ),
+    ("ProxyConfig", "networking.istio.io/v1beta1", "concurrency: 3", None),
+    ("ProxyConfig", "networking.istio.io/v1beta1", "concurrency: -1", "spec.concurrency"),
+    (
+        "Telemetry",
+        "telemetry.istio.io/v1",
+        "tracing: [{providers: [{name: zipkin}], randomSamplingPercentage: 10,\n"
+        "  customTags: {t: {literal: {value: v}}}}]\n"
+        "metrics: [{overrides: [{match: {metric: REQUEST_COUNT, mode: SERVER},\n"
+        "  tagOverrides: {request_method: {operation: UPSERT, value: request.method},\n"
+        "  response_code: {operation: REMOVE}}}]}]\n"
+        "accessLogging: [{providers: [{name: envoy}],\n"
+        "  filter: {expression: 'response.code >= 400'}}]",
+        None,
+    ),
+    (
+        "Telemetry",
+        "telemetry.istio.io/v1alpha1",
+        "tracing: [{randomSamplingPercentage: 101}]",
+        "spec.tracing[0].randomSamplingPercentage",
+    ),
+    (
+        "Telemetry",
+        "telemetry.istio.io/v1",
+        "accessLogging: [{providers: [{name: ''}]}]",
+        "spec.accessLogging[0].providers[0].name",
+    ),
+    (
+        "Telemetry",
+        "telemetry.istio.io/v1",
+        "metrics: [{overrides: [{tagOverrides: {a: {operation: UPSERT}}}]}]",
+        "spec.metrics[0].overrides[0].tagOverrides.a.value",
+    ),
+    (
+        "Telemetry",
+        "telemetry.istio.io/v1",
+        "metrics: [{overrides: [{tagOverrides: {a: {operation: REMOVE, value: x}}}]}]",
+        "spec.metrics[0].overrides[0].tagOverrides.a.value",
+    ),
+    (
+        "Telemetry",
+        "telemetry.istio.io/v1",
+        "selector: {matchLabels: {a: b}}\ntargetRef: {kind: Service, name: s}",
+        "spec.targetRef",
+    ),
+    (
+        "WasmPlugin",
+        "extensions.istio.io/v1alpha1",
+        "url: oci://ghcr.io/example/plugin:1.0\nphase: AUTHN\npluginConfig: {a: [1, 2]}\n"
+        "vmConfig: {env: [{name: POD, valueFrom: HOST}, {name: X, value: y}]}\n"
+        "match: [{mode: SERVER, ports: [{number: 80}]}]",
+        None,
+    ),
+    ("WasmPlugin", "extensions.istio.io/v1alpha1", "url: example.com/plugin:1.0", None),
+    ("WasmPlugin", "extensions.istio.io/v1alpha1", "phase: AUTHN", "spec.url"),
+    ("WasmPlugin", "extensions.istio.io/v1alpha1", "url: ftp://example.com/p.wasm", "spec.url"),
+    (
+        "WasmPlugin",
+        "extensions.istio.io/v1alpha1",
+        "url: file:///opt/p.wasm\nsha256: abc",
+        "spec.sha256",
+    ),
+    (
+        "WasmPlugin",
+        "extensions.istio.io/v1alpha1",
+        "url: file:///opt/p.wasm\nvmConfig: {env: [{name: A, valueFrom: HOST, value: x}]}",
+        "spec.vmConfig.env[0].value",
+    ),
+    (
+        "WasmPlugin",
+        "extensions.istio.io/v1alpha1",
+        "url: file:///opt/p.wasm\nvmConfig: {env: [{name: A}, {name: A}]}",
+        "spec.vmConfig.env[1].name",
+    ),
+    (
+        "WasmPlugin",
+        "extensions.istio.io/v1alpha1",
+        "url: file:///opt/p.wasm\nmatch: [{ports: [{number: 0}]}]",
+        "spec.match[0].ports[0].number",
+    ),
+]
+
+
+@pytest.mark.parametrize(("kind", "api", "spec", "field"), EXTENSION_CASES)
+def test_untranslated_istio_kinds_are_validated(
+    kind: str, api: str, spec: str, field: str | None
+) -> None:
+    text = _doc(kind, spec, api=api)
+    _check(text, field)
+    if field is None:  # valid: accepted, with the warning that it has no effect
+        assert any("not translated" in r for r in warning_reasons(text))
+
+
+def test_an_invalid_untranslated_kind_is_rejected_and_keeps_the_last_good_one() -> None:
+    from meshagent.normalize import Normalizer
+    from tests.unit.normalize_helpers import upsert
+
+    bad = _doc("WasmPlugin", "phase: AUTHN", api="extensions.istio.io/v1alpha1")
+    _, diags = Normalizer().apply([upsert(bad)])
+    assert [(d.severity, d.field) for d in diags] == [("error", "spec.url")]
+
+
+def test_untranslated_kinds_need_their_own_api_versions() -> None:
+    _check(_doc("EnvoyFilter", "priority: 1", api="networking.istio.io/v1"), "apiVersion")
+    _check(_doc("WasmPlugin", "url: a.wasm", api="networking.istio.io/v1alpha3"), "apiVersion")
