@@ -135,6 +135,8 @@ class JwtRule:
     output_payload_to_header: str = ""
     output_claim_to_headers: tuple[tuple[str, str], ...] = ()
     timeout_ms: int | None = None
+    # presence REQUIRED: a request without this rule's valid token is refused (401).
+    required: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,3 +171,12 @@ def test_remote_jwks_is_fetched_from_jwks_uri(host: Host, jwks_server: str) -> N
     wait_until(lambda: _status(host, _valid()) == 200, what="token verified with fetched keys")
     assert _status(host, FORGER.token("alice", AUD)) == 401
     assert _status(host, ISSUER.token("alice", AUD, ttl=-120)) == 401
+
+
+def test_presence_required_refuses_requests_without_the_token(host: Host) -> None:
+    host.mesh.apply(_request_authn(f"jwks: '{ISSUER.jwks()}'\n    presence: REQUIRED"))
+    wait_until(lambda: _status(host) == 401, what="a request without the required token refused")
+    assert _status(host, _valid()) == 200
+    assert _status(host, FORGER.token("alice", AUD)) == 401
+    host.mesh.apply(_request_authn(f"jwks: '{ISSUER.jwks()}'\n    presence: OPTIONAL"))
+    wait_until(lambda: _status(host) == 200, what="OPTIONAL: no token needed again")

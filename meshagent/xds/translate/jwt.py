@@ -6,7 +6,8 @@ namespace's, the mesh-wide ones in the root namespace) contributes its jwtRules;
 into one filter with one provider per distinct rule, named `origins-<n>` in order of issuer.
 Istio's semantics: a request without a token passes (authorization decides), a request with
 a token that no provider accepts gets 401 (bad signature, expired, unknown issuer), or 403
-for a wrong audience (Envoy's answer, as in Istio).
+for a wrong audience (Envoy's answer, as in Istio). A rule with `presence: REQUIRED` also
+needs its own valid token: without it, 401.
 A verified token's payload goes to the dynamic metadata of this filter under `payload`,
 where the RBAC filters' request principal and request.auth.* matchers read it.
 """
@@ -111,17 +112,26 @@ def build_provider(rule: JwtRule) -> jwt_config.JwtProvider:
 
 
 def build_jwt_filter(rules: list[JwtRule]) -> hcm.HttpFilter:
-    """The jwt_authn filter for rules (non-empty): any provider's valid token, or no token."""
+    """The jwt_authn filter for rules (non-empty): any provider's valid token, or no token;
+    and, for each rule with presence REQUIRED, that provider's valid token as well."""
     config = jwt_config.JwtAuthentication(bypass_cors_preflight=True)
     either = jwt_config.JwtRequirementOrList()
+    required: list[str] = []
     for index, rule in enumerate(rules):
         name = names.jwt_provider_name(index)
         config.providers[name].CopyFrom(build_provider(rule))
         either.requirements.add(provider_name=name)
+        if rule.required:
+            required.append(name)
     either.requirements.add(allow_missing=empty_pb2.Empty())
-    config.rules.add(
-        match=rc.RouteMatch(prefix="/"), requires=jwt_config.JwtRequirement(requires_any=either)
-    )
+    requires = jwt_config.JwtRequirement(requires_any=either)
+    if required:
+        both = jwt_config.JwtRequirementAndList()
+        for name in required:
+            both.requirements.add(provider_name=name)
+        both.requirements.add().CopyFrom(requires)
+        requires = jwt_config.JwtRequirement(requires_all=both)
+    config.rules.add(match=rc.RouteMatch(prefix="/"), requires=requires)
     return hcm.HttpFilter(name=JWT_AUTHN, typed_config=protos.packed(config))
 
 
