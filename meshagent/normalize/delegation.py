@@ -65,6 +65,29 @@ def merge_root(root: VirtualService, delegates: Mapping[str, VirtualService]) ->
     return replace(root, http=tuple(routes))
 
 
+def missing_delegates(
+    root: VirtualService, delegates: Mapping[str, VirtualService]
+) -> list[tuple[str, str]]:
+    """(field path, reason) for each delegating route of root whose delegate is missing or
+    not exported to root's namespace."""
+    found: list[tuple[str, str]] = []
+    for i, route in enumerate(root.http):
+        if route.delegate is None:
+            continue
+        namespace, name = route.delegate
+        delegate = delegates.get(f"{namespace}/{name}")
+        if delegate is None:
+            reason = f"delegate VirtualService {namespace}/{name} not found"
+        elif not exported_to(delegate, root.namespace):
+            reason = (
+                f"delegate VirtualService {namespace}/{name} is not exported to {root.namespace}"
+            )
+        else:
+            continue
+        found.append((f"spec.http[{i}].delegate", f"{reason}: this route is ignored"))
+    return found
+
+
 def _merge_route(root: HttpRoute, sub: HttpRoute) -> HttpRoute | None:
     matches = _merge_matches(root.matches, sub.matches)
     if matches is None:
@@ -165,4 +188,4 @@ def _string_conflict(root: StringMatch | None, leaf: StringMatch | None) -> bool
     return True
 
 
-__all__ = ["exported_to", "is_delegate", "is_root", "merge_root"]
+__all__ = ["exported_to", "is_delegate", "is_root", "merge_root", "missing_delegates"]

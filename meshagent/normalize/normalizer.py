@@ -23,7 +23,12 @@ from meshagent.normalize.consul import ConsulMapping, convert_consul, is_consul
 from meshagent.normalize.consul.chain import chain_role, compose
 from meshagent.normalize.convert import Converted, ConvertedServiceEntry, convert
 from meshagent.normalize.convert.services import workload_endpoint
-from meshagent.normalize.delegation import is_delegate, is_root, merge_root
+from meshagent.normalize.delegation import (
+    is_delegate,
+    is_root,
+    merge_root,
+    missing_delegates,
+)
 from meshagent.normalize.kubernetes import KubeJoin, KubeMapping, is_kube_core
 from meshagent.normalize.ownership import Claims, Key
 from meshagent.normalize.references import ReferenceIndex, Unresolved, as_written
@@ -379,7 +384,7 @@ class Normalizer:
         if dirty.chain:
             self._compose_chains(dirty)
         if dirty.delegation:
-            self._merge_delegates(dirty)
+            self._merge_delegates(dirty, out)
         self._conflict_warnings(dirty, out)
 
     def _recompute_service(self, host: str, dirty: _Dirty) -> None:
@@ -422,13 +427,34 @@ class Normalizer:
                 self._virtual_services[key] = composed
                 dirty.mark("virtual_services", key)
 
-    def _merge_delegates(self, dirty: _Dirty) -> None:
-        """Publish every root VirtualService merged with its delegates (delegation.py)."""
+    def _merge_delegates(self, dirty: _Dirty, out: list[Diagnostic]) -> None:
+        """Publish every root VirtualService merged with its delegates (delegation.py); warn
+        a root written now about each delegate it cannot use (Istio drops those routes)."""
         for key, root in self._roots.items():
+            entry = self._root_entry(root)
+            if entry is not None and entry[0] in dirty.upserted:
+                for path, reason in missing_delegates(root, self._delegates):
+                    out.append(diagnostic(entry[1].raw, Issue("warning", path, reason)))
             merged = merge_root(root, self._delegates)
-            if self._virtual_services.get(key) != merged:
+            if not (merged.http or merged.tcp or merged.tls):
+                # No route left (its delegates are missing): Istio builds no virtual host for
+                # it, and its hosts keep their default routes.
+                if self._virtual_services.pop(key, None) is not None:
+                    dirty.mark("virtual_services", key)
+            elif self._virtual_services.get(key) != merged:
                 self._virtual_services[key] = merged
                 dirty.mark("virtual_services", key)
+
+    def _root_entry(self, root: VirtualService) -> tuple[Key, _Entry] | None:
+        prov = root.provenance
+        if prov is None:
+            return None
+        for namespace in (prov.namespace, ""):  # "": the document named no namespace
+            key = (prov.source, prov.kind, namespace, prov.name)
+            entry = self._entries.get(key)
+            if entry is not None:
+                return key, entry
+        return None
 
     def _set_service(self, host: str, service: Service, dirty: _Dirty) -> None:
         current = self._services.get(host)

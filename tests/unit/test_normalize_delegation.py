@@ -80,8 +80,16 @@ def test_a_root_route_is_replaced_by_its_delegates_routes_merged() -> None:
 
 def test_a_missing_or_hidden_delegate_drops_only_its_route_until_it_appears() -> None:
     n = Normalizer()
-    snapshot, _ = n.apply([upsert(SERVICES, ROOT)])
+    snapshot, diags = n.apply([upsert(SERVICES, ROOT)])
     assert _root(snapshot) == ["rest"]
+    assert [(d.severity, d.location, d.field, d.reason) for d in diags] == [
+        (
+            "warning",
+            "mesh.yaml:10",
+            "spec.http[0].delegate",
+            "delegate VirtualService team/reviews not found: this route is ignored",
+        )
+    ]
     snapshot, _ = n.apply([upsert(DELEGATE)])
     assert _root(snapshot) == ["reviews-v2", "reviews-all", "rest"]
     hidden = DELEGATE.replace("exportTo: [shop]", "exportTo: ['.']")
@@ -170,3 +178,11 @@ def test_a_selector_rule_added_later_reaches_a_running_translator() -> None:
         cluster = cluster_pb2.Cluster()
         translator.generate(snapshot, proxy).of(typeurls.CLUSTER)[key].body.Unpack(cluster)
         assert cluster.lb_policy == want
+
+
+def test_a_root_left_without_routes_leaves_its_hosts_their_default_routes() -> None:
+    only = ROOT.split("  - name: rest")[0]
+    snapshot, _ = Normalizer().apply([upsert(SERVICES, only)])
+    assert "shop/root" not in snapshot.virtual_services  # Istio builds no virtual host for it
+    snapshot, _ = Normalizer().apply([upsert(SERVICES, only, DELEGATE)])
+    assert _root(snapshot) == ["reviews-v2", "reviews-all"]

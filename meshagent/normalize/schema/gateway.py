@@ -226,7 +226,7 @@ HTTP_GET = Obj(
         "path": F(Str()),
         "port": F(PORT, required=True),
         "host": F(Str()),
-        "scheme": F(Enum(("HTTP", "HTTPS", "http", "https"))),
+        "scheme": F(Enum(("HTTP", "HTTPS"))),  # Istio: httpGet.scheme must be one of them
         # Header names as Istio's ValidateHTTPHeaderName takes them.
         "httpHeaders": F(ListOf(Obj({"name": F(_PROBE_HEADER, required=True), "value": F(Str())}))),
     }
