@@ -210,6 +210,10 @@ VS_CASES = [
         f"hosts: [r]\n{ROUTE}\n  fault: {{delay: {{exponentialDelay: 1s}}}}",
         "spec.http[0].fault.delay.exponentialDelay",
     ),
+    # header match names as Istio's ValidateHTTPHeaderName takes them
+    (_claims("headers", "x-user_id", "[]"), None),
+    (_claims("headers", "x.user", "[]"), "spec.http[0].match[0].headers.x.user"),
+    (_claims("headers", "':authority'", "[]"), "spec.http[0].match[0].headers.:authority"),
     # JWT claim routing: a valid key, but only on gateways
     (_claims("headers", "'@request.auth.claims.group'", "[ns/gw]"), None),
     (_claims("headers", "'@request.auth.claims[a][b]'", "[ns/gw]"), None),

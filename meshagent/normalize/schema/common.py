@@ -204,16 +204,22 @@ def jwt_claim_path(name: str) -> tuple[str, ...] | None:
     return None
 
 
+_ISTIO_HEADER_NAME = re.compile(ISTIO_HEADER_NAME)
+
+
 class HeaderNameOrClaim(HeaderName):
-    """A header match key: an HTTP header name or Istio's "@request.auth.claims..." form."""
+    """A header match key: a header name as Istio's ValidateHTTPHeaderName takes it (letters,
+    digits, '-' and '_'), or Istio's "@request.auth.claims..." form."""
 
     def check(self, value: Any, path: str, issues: Issues) -> None:
-        if isinstance(value, str) and jwt_claim_path(value) is not None:
+        Str().check(value, path, issues)
+        if not isinstance(value, str) or jwt_claim_path(value) is not None:
             return
-        HeaderName.check(self, value, path, issues)
+        if not _ISTIO_HEADER_NAME.fullmatch(value):
+            issues.error(path, f"header name {value} is not a valid header name")
 
     def compile_predicate(self) -> Predicate:
-        match = _HEADER_NAME.fullmatch
+        match = _ISTIO_HEADER_NAME.fullmatch
         return lambda value: (
             type(value) is str and (match(value) is not None or jwt_claim_path(value) is not None)
         )
