@@ -196,8 +196,10 @@ VS_CASES = [
     ("hosts: [r]\nhttp:\n- delegate: {name: d, namespace: ns}", None),
     (
         "hosts: [r]\nhttp:\n- delegate: {name: d}\n  route:\n  - destination: {host: a}",
-        "spec.http[0].delegate",
+        "spec.http[0].route",
     ),
+    ("hosts: [r]\nhttp:\n- delegate: {name: d}\n  redirect: {uri: /x}", "spec.http[0].redirect"),
+    ("hosts: [r]\nhttp:\n- delegate: {name: d}\n  directResponse: {status: 503}", None),
     (
         "hosts: [r]\nhttp:\n- match: [{uri: {regex: '/a.*'}}]\n  delegate: {name: d}",
         "spec.http[0].match[0].uri",
@@ -263,6 +265,26 @@ SIDECAR_CASES = [
     ("egress:\n- port: {number: 0}\n  hosts: ['*/*']", "spec.egress[0].bind"),
     ("egress:\n- hosts: ['./*']", None),
     ("workloadSelector: {labels: {app: a}}", "spec"),  # empty configuration
+    ("ingress:\n- port: {number: 80}\n  defaultEndpoint: '[::1]:8080'", None),
+    ("ingress:\n- port: {number: 80}\n  defaultEndpoint: unix:///var/app.sock", None),
+    (
+        "ingress:\n- port: {number: 80}\n  defaultEndpoint: 10.0.0.1:80",
+        "spec.ingress[0].defaultEndpoint",
+    ),
+    (
+        "ingress:\n- port: {number: 80}\n  defaultEndpoint: 127.0.0.1:0",
+        "spec.ingress[0].defaultEndpoint",
+    ),
+    ("ingress:\n- port: {number: 80}\n  tls: {mode: ISTIO_MUTUAL}", "spec.ingress[0].tls.mode"),
+    ("egress:\n- hosts: ['./*']\n- port: {number: 80}\n  hosts: ['./*']", "spec.egress[0]"),
+    (
+        "egress:\n- port: {number: 80}\n  hosts: ['./*']\n- port: {number: 80}\n  hosts: ['*/*']",
+        "spec.egress[1].port.number",
+    ),
+    (
+        "outboundTrafficPolicy: {mode: REGISTRY_ONLY, egressProxy: {host: e.example.com}}",
+        "spec.outboundTrafficPolicy.egressProxy",
+    ),
 ]
 
 

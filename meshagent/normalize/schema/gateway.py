@@ -145,6 +145,41 @@ def _ingress_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     bind = value.get("bind") or ""
     if bind and not is_ip(bind):
         issues.error(join(path, "bind"), f"{bind!r} is not a valid IP address")
+    endpoint = value.get("defaultEndpoint") or ""
+    if endpoint and (problem := _default_endpoint_problem(endpoint)):
+        issues.error(join(path, "defaultEndpoint"), problem)
+    tls = value.get("tls") or {}
+    for key, reason in (
+        ("subjectAltNames", "sidecar: subjectAltNames is not supported in ingress tls"),
+        ("httpsRedirect", "sidecar: httpsRedirect is not supported"),
+        ("credentialName", "sidecar: credentialName is not currently supported"),
+    ):
+        if tls.get(key):
+            issues.error(join(path, f"tls.{key}"), reason)
+    if tls.get("mode") in ("ISTIO_MUTUAL", "AUTO_PASSTHROUGH"):
+        issues.error(
+            join(path, "tls.mode"), f"cannot set mode to {tls['mode']} in sidecar ingress tls"
+        )
+
+
+_LOOPBACK_OR_ANY = ("", "127.0.0.1", "0.0.0.0", "::1", "::")
+
+
+def _default_endpoint_problem(endpoint: str) -> str:
+    """Why an ingress defaultEndpoint is not one Istio accepts, or ""."""
+    if endpoint.startswith(UNIX_PREFIX):
+        return unix_path_problem(endpoint[len(UNIX_PREFIX) :])
+    host, colon, port = endpoint.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or host not in _LOOPBACK_OR_ANY:
+        return (
+            "sidecar: defaultEndpoint must be of form 127.0.0.1:<port>,0.0.0.0:<port>,"
+            "[::1]:port,[::]:port,unix://filepath or unset"
+        )
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"sidecar: defaultEndpoint port ({port}) is not a valid port"
+    return ""
 
 
 def _egress_port_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
@@ -160,6 +195,11 @@ def _egress_port_rule(value: Mapping[str, Any], path: str, issues: Issues) -> No
             )
         elif problem := unix_path_problem(bind[len(UNIX_PREFIX) :]):
             issues.error(join(path, "bind"), problem)
+        if value.get("captureMode") not in (None, "DEFAULT", "NONE"):
+            issues.error(
+                join(path, "captureMode"),
+                "sidecar: captureMode must be DEFAULT/NONE for unix domain socket listeners",
+            )
     elif bind and not is_ip(bind):
         issues.error(join(path, "bind"), f"{bind!r} is not a valid IP address")
 
@@ -198,6 +238,34 @@ def _sidecar_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
             issues.error(
                 f"{join(path, 'ingress')}[{i}].port.number",
                 "sidecar: ports on IP bound listeners must be unique",
+            )
+    egress = value.get("egress") or []
+    for i, listener in enumerate(egress):
+        if listener.get("port") is None and i != len(egress) - 1:
+            issues.error(
+                f"{join(path, 'egress')}[{i}]",
+                "sidecar: the egress listener with empty port should be the last listener in "
+                "the list",
+            )
+    numbers = [(listener.get("port") or {}).get("number") for listener in egress]
+    for i, number in enumerate(numbers):
+        if number and number in numbers[:i]:
+            issues.error(
+                f"{join(path, 'egress')}[{i}].port.number",
+                "sidecar: ports on IP bound listeners must be unique",
+            )
+    policy = value.get("outboundTrafficPolicy") or {}
+    if policy.get("egressProxy") is not None:
+        if policy.get("mode") != "ALLOW_ANY":
+            issues.error(
+                join(path, "outboundTrafficPolicy.egressProxy"),
+                "sidecar: egress_proxy must be set only with ALLOW_ANY outbound_traffic_policy "
+                "mode",
+            )
+        elif policy["egressProxy"].get("port") is None:
+            issues.error(
+                join(path, "outboundTrafficPolicy.egressProxy.port"),
+                "sidecar: egress_proxy port must be non-nil",
             )
 
 

@@ -279,6 +279,16 @@ CORS_POLICY = Obj(
 
 def _http_route_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     """route, redirect, directResponse and delegate exclude each other; one is needed."""
+    if value.get("delegate"):
+        # A root route (Istio's validateRootHTTPRoute): only route and redirect conflict.
+        for key in ("route", "redirect"):
+            if value.get(key):
+                issues.error(join(path, key), f"root HTTP route must not specify {key}")
+        if value.get("directResponse"):
+            issues.warn(
+                join(path, "directResponse"), "ignored: the delegate's routes replace this route"
+            )
+        return
     actions = [k for k in ("route", "redirect", "directResponse", "delegate") if value.get(k)]
     if len(actions) > 1:
         issues.error(join(path, actions[1]), f"{' and '.join(actions)} cannot be set together")
