@@ -180,3 +180,34 @@ def test_presence_required_refuses_requests_without_the_token(host: Host) -> Non
     assert _status(host, FORGER.token("alice", AUD)) == 401
     host.mesh.apply(_request_authn(f"jwks: '{ISSUER.jwks()}'\n    presence: OPTIONAL"))
     wait_until(lambda: _status(host) == 200, what="OPTIONAL: no token needed again")
+
+
+def _allow_claim(claim: str, value: str) -> str:
+    return f"""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: need-jwt, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  action: ALLOW
+  rules:
+  - when:
+    - key: request.auth.claims[{claim}]
+      values: ["{value}"]
+"""
+
+
+def test_space_delimited_claims_match_one_value_as_istio_splits_them(host: Host) -> None:
+    extra = f"jwks: '{ISSUER.jwks()}'\n    spaceDelimitedClaims: [roles]"
+    policies = _request_authn(extra) + "---\n"
+    host.mesh.apply(policies + _allow_claim("scope", "write"))
+    wait_until(lambda: _status(host) == 403, what="ALLOW on a scope in force")
+    # "scope" is split by default, as Istio does; "roles" because the rule lists it
+    assert _status(host, ISSUER.token("alice", AUD, scope="read write")) == 200
+    assert _status(host, ISSUER.token("alice", AUD, scope="read")) == 403
+    host.mesh.apply(policies + _allow_claim("roles", "admin"))
+    wait_until(
+        lambda: _status(host, ISSUER.token("alice", AUD, roles="dev admin")) == 200,
+        what="a listed space-delimited claim split",
+    )
+    assert _status(host, ISSUER.token("alice", AUD, roles="dev")) == 403

@@ -34,6 +34,7 @@ def _jwt_rule(spec: Mapping[str, Any]) -> JwtRule:
         ),
         timeout_ms=ms(spec.get("timeout")),
         required=spec.get("presence") == "REQUIRED",
+        space_delimited_claims=_strs(spec, "spaceDelimitedClaims"),
     )
 
 

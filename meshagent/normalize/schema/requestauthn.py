@@ -123,7 +123,7 @@ JWT_RULE = Obj(
             )
         ),
         "timeout": F(Duration(min_ms=1)),
-        "spaceDelimitedClaims": F(ListOf(_NON_EMPTY), todo="spaceDelimitedClaims"),
+        "spaceDelimitedClaims": F(ListOf(_NON_EMPTY)),
         "presence": F(Enum(PRESENCE)),
     },
     rules=[_key_source],

@@ -41,6 +41,9 @@ from meshagent.xds.translate.selection import applicable, is_http
 JWT_AUTHN = "envoy.filters.http.jwt_authn"
 PAYLOAD_METADATA_KEY = "payload"  # what the RBAC matchers read: [payload, <claim>...]
 DEFAULT_JWKS_TIMEOUT_MS = 5_000  # Istio's default for jwtRules[].timeout
+# Claims whose space-separated value Envoy splits into a list in the payload metadata, so that
+# request.auth.claims[scope] matches one scope; Istio always adds these two.
+DEFAULT_SPACE_DELIMITED_CLAIMS = ("permission", "scope")
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's; https JWKS servers
 # A key set nobody holds the private key of: a rule with neither jwks nor jwksUri (whose keys
 # would need OpenID discovery) rejects every token of its issuer instead of accepting any.
@@ -107,6 +110,8 @@ def build_provider(rule: JwtRule) -> jwt_config.JwtProvider:
         provider.from_headers.add(name=name, value_prefix=prefix)
     for header, claim in rule.output_claim_to_headers:
         provider.claim_to_headers.add(header_name=header, claim_name=claim)
+    claims = sorted({*DEFAULT_SPACE_DELIMITED_CLAIMS, *rule.space_delimited_claims})
+    provider.normalize_payload_in_metadata.space_delimited_claims.extend(claims)
     _key_source(provider, rule)
     return provider
 
