@@ -427,7 +427,57 @@ EXTENSION_CASES = [
         "targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]",
         "spec.targetRefs",
     ),
+    (
+        "EnvoyFilter",
+        EF,
+        "configPatches:\n- applyTo: HTTP_FILTER\n  match: {context: SIDECAR_INBOUND, waypoint: "
+        "{portNumber: 80}}\n  " + PATCH_VALUE,
+        "spec.configPatches[0].match",
+    ),
+    (
+        "EnvoyFilter",
+        EF,
+        "configPatches:\n- applyTo: HTTP_FILTER\n  match: {context: WAYPOINT, listener: "
+        "{portNumber: 80}}\n  " + PATCH_VALUE,
+        "spec.configPatches[0].match",
+    ),
+    (
+        "EnvoyFilter",
+        EF,
+        "configPatches:\n- applyTo: HTTP_FILTER\n  match: {context: WAYPOINT, waypoint: "
+        "{portNumber: 65536}}\n  " + PATCH_VALUE,
+        "spec.configPatches[0].match.waypoint.portNumber",
+    ),
+    (
+        "EnvoyFilter",
+        EF,
+        "configPatches:\n- applyTo: HTTP_FILTER\n  match: {context: WAYPOINT, waypoint: "
+        "{filter: {name: envoy.filters.network.http_connection_manager, subFilter: "
+        "{name: envoy.filters.http.router}}}}\n  patch: {operation: REMOVE}",
+        None,
+    ),
+    (
+        "EnvoyFilter",
+        EF,
+        "configPatches:\n- applyTo: CLUSTER\n  match: {context: WAYPOINT, waypoint: {}}\n"
+        "  patch: {operation: REMOVE}",
+        None,
+    ),
+    (
+        "EnvoyFilter",
+        EF,
+        "configPatches:\n- applyTo: NETWORK_FILTER\n  match: {listener: {filterChain: "
+        "{transportProtocol: tls}}}\n  patch: {operation: MERGE_AND_REPLACE_LIST, value: "
+        "{name: envoy.filters.network.http_connection_manager}}",
+        None,
+    ),
     ("ProxyConfig", "networking.istio.io/v1beta1", "concurrency: 3", None),
+    (
+        "ProxyConfig",
+        "networking.istio.io/v1beta1",
+        "selector: {matchLabels: {'': bar}}",
+        "spec.selector.matchLabels.",
+    ),
     ("ProxyConfig", "networking.istio.io/v1beta1", "concurrency: -1", "spec.concurrency"),
     (
         "Telemetry",
@@ -481,6 +531,56 @@ EXTENSION_CASES = [
     ),
     ("WasmPlugin", "extensions.istio.io/v1alpha1", "url: example.com/plugin:1.0", None),
     ("WasmPlugin", "extensions.istio.io/v1alpha1", "phase: AUTHN", "spec.url"),
+    ("WasmPlugin", "extensions.istio.io/v1alpha1", "url: ''", "spec.url"),
+    ("WasmPlugin", "extensions.istio.io/v1alpha1", "url: '#%blah$#@'", "spec.url"),
+    ("WasmPlugin", "extensions.istio.io/v1alpha1", "url: fake://example.com", "spec.url"),
+    ("WasmPlugin", "extensions.istio.io/v1alpha1", "url: http://test", None),
+    ("WasmPlugin", "extensions.istio.io/v1alpha1", "url: test", None),
+    (
+        "WasmPlugin",
+        "extensions.istio.io/v1alpha1",
+        "url: http://test\nvmConfig: {env: [{name: a, valueFrom: HOST}, "
+        "{name: b, valueFrom: INLINE, value: x}, {name: c, value: y}]}",
+        None,
+    ),
+    (
+        "Telemetry",
+        "telemetry.istio.io/v1alpha1",
+        "metrics: [{overrides: [{tagOverrides: {m: {value: request.method}},\n"
+        "  match: {customMetric: foo}, disabled: false}, {match: {metric: GRPC_REQUEST_MESSAGES},"
+        " disabled: true}]}]",
+        None,
+    ),
+    (
+        "WasmPlugin",
+        "extensions.istio.io/v1alpha1",
+        "url: http://test\nimagePullSecret: ''",
+        "spec.imagePullSecret",
+    ),
+    (
+        "WasmPlugin",
+        "extensions.istio.io/v1alpha1",
+        "url: http://test\npluginName: ''",
+        "spec.pluginName",
+    ),
+    (
+        "WasmPlugin",
+        "extensions.istio.io/v1alpha1",
+        "url: http://test\nselector: {matchLabels: {istio: 'bar*'}}",
+        "spec.selector.matchLabels.istio",
+    ),
+    (
+        "WasmPlugin",
+        "extensions.istio.io/v1alpha1",
+        "url: http://test\nmatch: [{ports: [{}]}]",
+        "spec.match[0].ports[0].number",
+    ),
+    (
+        "Telemetry",
+        "telemetry.istio.io/v1alpha1",
+        "metrics: [{overrides: [{match: {customMetric: ''}}]}]",
+        "spec.metrics[0].overrides[0].match.customMetric",
+    ),
     ("WasmPlugin", "extensions.istio.io/v1alpha1", "url: ftp://example.com/p.wasm", "spec.url"),
     (
         "WasmPlugin",

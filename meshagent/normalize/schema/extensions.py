@@ -78,6 +78,7 @@ OPERATIONS = (
     "INSERT_AFTER",
     "INSERT_FIRST",
     "REPLACE",
+    "MERGE_AND_REPLACE_LIST",
 )
 HCM = ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager")
 _LISTENER_CLASS = ("LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER")
@@ -143,6 +144,14 @@ def _proxy_version_rule(value: Mapping[str, Any], path: str, issues: Issues) -> 
         )
 
 
+def _waypoint_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    """The CRD's rule: a waypoint match goes with context WAYPOINT, and only it does."""
+    waypoint = value.get("context") == "WAYPOINT"
+    others = any(value.get(k) is not None for k in ("listener", "routeConfiguration", "cluster"))
+    if (value.get("waypoint") is not None and not waypoint) or (waypoint and others):
+        issues.error(path, "only support waypointMatch when context is WAYPOINT")
+
+
 OBJECT_MATCH = Obj(
     {
         "context": F(Enum(PATCH_CONTEXTS)),
@@ -158,6 +167,7 @@ OBJECT_MATCH = Obj(
         "waypoint": F(WAYPOINT_MATCH),
     },
     oneof=[("listener", "routeConfiguration", "cluster", "waypoint")],
+    rules=[_waypoint_rule],
 )
 PATCH = Obj(
     {
@@ -220,7 +230,9 @@ def _config_patch_rule(value: Mapping[str, Any], path: str, issues: Issues) -> N
         return
     match = value.get("match") or {}
     where = join(path, "match")
-    kinds = [k for k in ("listener", "routeConfiguration", "cluster", "waypoint") if match.get(k)]
+    if match.get("waypoint") is not None:
+        return  # a waypoint match fits every applyTo (the CRD checks its context)
+    kinds = [k for k in ("listener", "routeConfiguration", "cluster") if match.get(k)]
     if apply_to in _LISTENER_CLASS and kinds:
         if "listener" not in kinds:
             issues.error(
@@ -409,17 +421,28 @@ _URL_SCHEMES = ("", "file", "http", "https", "oci")
 _SHA256 = r"[a-f0-9]{64}"
 
 
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
 def wasm_url_problem(url: str) -> str:
-    """Why url is not a Wasm module location Istio accepts, or ""."""
-    candidate = url if "://" in url else f"oci://{url}"
+    """Why url is not a Wasm module location Istio accepts (its CRD rule: a URL whose scheme
+    is http, https, oci or file, or, without a scheme, a valid URL once "http://" is put in
+    front), or ""."""
+    bad = "url must have schema one of [http, https, file, oci]"
+    if any(c.isspace() for c in url) or _BAD_ESCAPE.search(url):
+        return bad
+    candidate = url if "://" in url else f"http://{url}"
     try:
         parts = urlsplit(candidate)
-    except ValueError as exc:
-        return f"failed to parse url: {exc}"
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        return bad
     if parts.scheme not in _URL_SCHEMES:
-        return f"url contains unsupported scheme: {parts.scheme}"
-    if any(c.isspace() for c in url):
-        return "failed to parse url: whitespace in url"
+        return bad
+    if parts.scheme != "file" and not parts.hostname:
+        return bad
+    if parts.scheme == "file" and not parts.path:
+        return bad
     return ""
 
 
@@ -480,10 +503,10 @@ WASM_PLUGIN = Obj(
         "url": F(Str(non_empty=True), required=True),
         "sha256": F(Str()),
         "imagePullPolicy": F(Enum(("UNSPECIFIED_POLICY", "IfNotPresent", "Always"))),
-        "imagePullSecret": F(Str()),
+        "imagePullSecret": F(Str(non_empty=True)),
         "verificationKey": F(Str()),
         "pluginConfig": F(Struct()),
-        "pluginName": F(Str()),
+        "pluginName": F(Str(non_empty=True)),
         "phase": F(Enum(("UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS"))),
         "priority": F(INT32),
         "failStrategy": F(Enum(("FAIL_CLOSE", "FAIL_OPEN", "FAIL_RELOAD"))),
