@@ -34,6 +34,7 @@ from meshagent.normalize.schema.core import (
     MapOf,
     Obj,
     Str,
+    clean_when,
     join,
 )
 
@@ -367,6 +368,22 @@ TLS_ROUTE = Obj(
 )
 
 
+def _plain_routes(value: Mapping[str, Any]) -> bool:
+    """True for a VirtualService with hosts, no delegating route and no header match key that
+    starts with '@': the delegation and claim rules have nothing to say about it."""
+    if not value.get("hosts"):
+        return False
+    for route in value.get("http") or ():
+        if "delegate" in route:
+            return False
+        for match in route.get("match") or ():
+            for key in ("headers", "withoutHeaders"):
+                for name in match.get(key) or ():
+                    if name[:1] == "@":
+                        return False
+    return True
+
+
 def _delegate_vs_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     """A VirtualService without hosts is a delegate: what Istio forbids in one."""
     if value.get("hosts"):
@@ -424,6 +441,14 @@ def _claim_routing_rule(value: Mapping[str, Any], path: str, issues: Issues) -> 
                         )
 
 
+@clean_when(_plain_routes)
+def _delegation_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    """Delegates, root routes and JWT claim header keys, as Istio validates them."""
+    _delegate_vs_rule(value, path, issues)
+    _delegating_match_rule(value, path, issues)
+    _claim_routing_rule(value, path, issues)
+
+
 def _spec_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     hosts = value.get("hosts") or []
     gateways = value.get("gateways") or []
@@ -446,7 +471,7 @@ SPEC = Obj(
         "tcp": F(ListOf(TCP_ROUTE)),
         "exportTo": F(ExportTo()),
     },
-    rules=[_spec_rule, _delegate_vs_rule, _delegating_match_rule, _claim_routing_rule],
+    rules=[_spec_rule, _delegation_rule],
 )
 
 __all__ = ["SPEC"]
