@@ -211,3 +211,46 @@ def test_space_delimited_claims_match_one_value_as_istio_splits_them(host: Host)
         what="a listed space-delimited claim split",
     )
     assert _status(host, ISSUER.token("alice", AUD, roles="dev")) == 403
+
+
+SCOPE = Issuer("https://scope.example.org")
+
+
+def _two_rules() -> str:
+    return f"""\
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  jwtRules:
+  - issuer: {ISS}
+    audiences: [{AUD}]
+    jwks: '{ISSUER.jwks()}'
+    presence: REQUIRED
+  - issuer: {SCOPE.iss}
+    jwks: '{SCOPE.jwks()}'
+    fromHeaders: [{{name: x-scope-token}}]
+"""
+
+
+def _status_with(host: Host, headers: dict[str, str]) -> int | None:
+    conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=5)
+    try:
+        conn.request("GET", "/", headers=headers)
+        return conn.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def test_a_required_rule_with_an_optional_one_as_istio_combines_them(host: Host) -> None:
+    host.mesh.apply(_two_rules())
+    identity = {"authorization": f"Bearer {_valid()}"}
+    scope = {"x-scope-token": SCOPE.token("alice", "any")}
+    forged_scope = {"x-scope-token": FORGER.token("alice", "any", iss=SCOPE.iss)}
+    wait_until(lambda: _status_with(host, scope) == 401, what="the optional token alone refused")
+    assert _status_with(host, identity) == 200  # the optional one may be missing
+    assert _status_with(host, {**identity, **scope}) == 200
+    assert _status_with(host, {**identity, **forged_scope}) == 401  # but not invalid

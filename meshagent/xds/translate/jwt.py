@@ -117,27 +117,42 @@ def build_provider(rule: JwtRule) -> jwt_config.JwtProvider:
 
 
 def build_jwt_filter(rules: list[JwtRule]) -> hcm.HttpFilter:
-    """The jwt_authn filter for rules (non-empty): any provider's valid token, or no token;
-    and, for each rule with presence REQUIRED, that provider's valid token as well."""
+    """The jwt_authn filter for rules (non-empty): any provider's valid token, or no token.
+
+    With a rule of presence REQUIRED, as Istio builds it: every rule at once, a REQUIRED one
+    by its provider alone (its valid token is needed), an OPTIONAL one by its provider or a
+    missing token."""
     config = jwt_config.JwtAuthentication(bypass_cors_preflight=True)
-    either = jwt_config.JwtRequirementOrList()
-    required: list[str] = []
     for index, rule in enumerate(rules):
-        name = names.jwt_provider_name(index)
-        config.providers[name].CopyFrom(build_provider(rule))
-        either.requirements.add(provider_name=name)
-        if rule.required:
-            required.append(name)
-    either.requirements.add(allow_missing=empty_pb2.Empty())
-    requires = jwt_config.JwtRequirement(requires_any=either)
-    if required:
-        both = jwt_config.JwtRequirementAndList()
-        for name in required:
-            both.requirements.add(provider_name=name)
-        both.requirements.add().CopyFrom(requires)
-        requires = jwt_config.JwtRequirement(requires_all=both)
+        config.providers[names.jwt_provider_name(index)].CopyFrom(build_provider(rule))
+    if any(rule.required for rule in rules):
+        requires = _all_rules_requirement(rules)
+    else:
+        either = jwt_config.JwtRequirementOrList()
+        for index in range(len(rules)):
+            either.requirements.add(provider_name=names.jwt_provider_name(index))
+        either.requirements.add(allow_missing=empty_pb2.Empty())
+        requires = jwt_config.JwtRequirement(requires_any=either)
     config.rules.add(match=rc.RouteMatch(prefix="/"), requires=requires)
     return hcm.HttpFilter(name=JWT_AUTHN, typed_config=protos.packed(config))
+
+
+def _all_rules_requirement(rules: list[JwtRule]) -> jwt_config.JwtRequirement:
+    each: list[jwt_config.JwtRequirement] = []
+    for index, rule in enumerate(rules):
+        name = names.jwt_provider_name(index)
+        if rule.required:
+            each.append(jwt_config.JwtRequirement(provider_name=name))
+            continue
+        either = jwt_config.JwtRequirementOrList()
+        either.requirements.add(provider_name=name)
+        either.requirements.add(allow_missing=empty_pb2.Empty())
+        each.append(jwt_config.JwtRequirement(requires_any=either))
+    if len(each) == 1:
+        return each[0]
+    return jwt_config.JwtRequirement(
+        requires_all=jwt_config.JwtRequirementAndList(requirements=each)
+    )
 
 
 def jwt_filter_for(
