@@ -46,6 +46,23 @@ SE_CASES = [
         "spec.addresses[1]",
     ),
     ("hosts: [a.example.com]\naddresses: [1.2.3.4]\nresolution: DNS", None),
+    # several hosts need ports that carry the host, unless resolution is NONE
+    ("hosts: [a.example.com, b.example.com]\nports: [{number: 5432, name: pg}]", None),
+    (
+        "hosts: [a.example.com, b.example.com]\nports: [{number: 5432, name: pg}]\nresolution: DNS",
+        "spec.ports[0].protocol",
+    ),
+    (
+        "hosts: [a.example.com, b.example.com]\nresolution: STATIC\nports:\n"
+        "- {number: 80, name: http, protocol: HTTP}\n- {number: 5432, name: pg, protocol: TCP}\n"
+        "endpoints: [{address: 10.0.0.1}]",
+        "spec.ports[1].protocol",
+    ),
+    (
+        "hosts: [a.example.com, b.example.com]\nresolution: DNS\n"
+        "ports: [{number: 443, name: tls, protocol: TLS}, {number: 80, name: h, protocol: http}]",
+        None,
+    ),
 ]
 
 

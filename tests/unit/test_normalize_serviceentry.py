@@ -24,8 +24,8 @@ GOOD = (
   addresses: [10.1.0.0/16]
   ports:
   - number: 5432
-    name: tcp-pg
-    protocol: tcp
+    name: tls-pg
+    protocol: tls
   - number: 80
     name: http
     protocol: HTTP
@@ -60,7 +60,7 @@ def test_valid_service_entry_converts_one_service_per_host() -> None:
     service = se.services[0]
     assert service.resolution is Resolution.STATIC and service.mesh_external is False
     assert [(p.number, p.name, p.protocol, p.target_port) for p in service.ports] == [
-        (5432, "tcp-pg", "TCP", None),
+        (5432, "tls-pg", "TLS", None),
         (80, "http", "HTTP", 8080),
     ]
     assert service.addresses == ("10.1.0.0/16",)

@@ -124,6 +124,31 @@ def _ports_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
         numbers.add(port.get("number"))
 
 
+# Protocols by which a proxy can tell several hosts on one port apart (Host header or SNI):
+# Istio's IsHTTP or IsTLS.
+_HOST_AWARE = frozenset({"HTTP", "HTTP2", "HTTP_PROXY", "GRPC", "GRPC-WEB", "HTTPS", "TLS"})
+
+
+def _one_host_or_none(value: Mapping[str, Any]) -> bool:
+    hosts = value.get("hosts")
+    return (type(hosts) is list and len(hosts) < 2) or (value.get("resolution") or "NONE") == "NONE"
+
+
+@clean_when(_one_host_or_none)
+def _multi_host_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    """Istio: several hosts need ports that carry the host (HTTP, TLS), unless the resolution
+    is NONE (which ignores the hosts)."""
+    if _one_host_or_none(value):
+        return
+    for i, port in enumerate(value.get("ports") or ()):
+        if str(port.get("protocol") or "").upper() not in _HOST_AWARE:
+            issues.error(
+                f"{path}.ports[{i}].protocol",
+                "multiple hosts provided with non-HTTP, non-TLS ports",
+            )
+            return
+
+
 def _endpoints_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     endpoints = value.get("endpoints") or []
     if endpoints and value.get("workloadSelector") is not None:
@@ -308,5 +333,5 @@ SPEC = ServiceEntrySpec(
         "exportTo": F(ExportTo()),
         "subjectAltNames": F(ListOf(Str()), todo="subjectAltNames verification"),
     },
-    rules=[_hosts_rule, _ports_rule, _endpoints_rule, _resolution_rule],
+    rules=[_hosts_rule, _ports_rule, _multi_host_rule, _endpoints_rule, _resolution_rule],
 )
