@@ -46,6 +46,8 @@ SE_CASES = [
         "spec.addresses[1]",
     ),
     ("hosts: [a.example.com]\naddresses: [1.2.3.4]\nresolution: DNS", None),
+    ("hosts: [a.example.com]\nexportTo: ['*', ns2]", "spec.exportTo"),
+    ("hosts: [a.example.com]\nexportTo: [foo, .]", None),
     # several hosts need ports that carry the host, unless resolution is NONE
     ("hosts: [a.example.com, b.example.com]\nports: [{number: 5432, name: pg}]", None),
     (

@@ -244,6 +244,10 @@ class ExportTo(Type):
             seen.add(str(item))
         if "~" in seen and len(seen) > 1:
             issues.error(path, "'~' (export to none) cannot be combined with other entries")
+        elif "*" in seen and len(value) > 1:
+            issues.error(
+                path, "cannot have both public (*) and non-public exportTo values for a resource"
+            )
 
 
 def _regex_compiles(value: Mapping[str, Any], path: str, issues: Issues) -> None:
