@@ -650,3 +650,9 @@ def test_an_invalid_untranslated_kind_is_rejected_and_keeps_the_last_good_one() 
 def test_untranslated_kinds_need_their_own_api_versions() -> None:
     _check(_doc("EnvoyFilter", "priority: 1", api="networking.istio.io/v1"), "apiVersion")
     _check(_doc("WasmPlugin", "url: a.wasm", api="networking.istio.io/v1alpha3"), "apiVersion")
+
+
+def test_a_workload_entry_without_address_but_with_a_network_is_a_warning() -> None:
+    text = _doc("WorkloadEntry", "network: net")
+    assert error_fields(text) == []
+    assert warning_reasons(text) == ["spec.address: address is unset with network 'net'"]

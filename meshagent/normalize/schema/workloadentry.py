@@ -54,6 +54,10 @@ def _workload_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     if not address:
         if not value.get("network"):
             issues.error(join(path, "address"), "address is required unless network is set")
+        else:  # as Istio warns: reached through the network's gateway only
+            issues.warn(
+                join(path, "address"), f"address is unset with network {value['network']!r}"
+            )
         return
     problem = address_problem(address)
     if problem:
