@@ -347,7 +347,9 @@ def test_a_gateway_api_gateway_does_not_replace_an_istio_one() -> None:
     from meshagent.normalize import Normalizer
     from tests.unit.normalize_helpers import upsert
 
-    istio = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: x}\nspec: {}\n"
+    istio = _doc(
+        "Gateway", "servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]"
+    )
     _, diags = Normalizer().apply([upsert(istio, GATEWAY_API.format(kind="Gateway"))])
     assert [d.severity for d in diags] == ["warning", "warning"]
 
@@ -656,3 +658,37 @@ def test_a_workload_entry_without_address_but_with_a_network_is_a_warning() -> N
     text = _doc("WorkloadEntry", "network: net")
     assert error_fields(text) == []
     assert warning_reasons(text) == ["spec.address: address is unset with network 'net'"]
+
+
+GATEWAY_CASES = [
+    ("servers: []", "spec.servers"),
+    (
+        "servers:\n- {port: {number: 443, name: https, protocol: HTTPS}, hosts: [a]}",
+        "spec.servers[0].tls",
+    ),
+    (
+        "servers:\n- {port: {number: 80, name: http, protocol: HTTP}, hosts: [a], "
+        "tls: {httpsRedirect: true}}",
+        None,
+    ),
+    (
+        "servers:\n- {port: {number: 80, name: http, protocol: HTTP}, hosts: [a], "
+        "tls: {mode: SIMPLE, credentialName: c}}",
+        "spec.servers[0].tls",
+    ),
+    (
+        "servers:\n- {port: {number: 31400, name: tcp, protocol: TCP}, hosts: [a], "
+        "tls: {httpsRedirect: true}}",
+        "spec.servers[0].tls",
+    ),
+    (
+        "servers:\n- {port: {number: 80, name: p, protocol: HTTP}, hosts: [a]}\n"
+        "- {port: {number: 81, name: p, protocol: HTTP}, hosts: [b]}",
+        "spec.servers[1].port.name",
+    ),
+]
+
+
+@pytest.mark.parametrize(("spec", "field"), GATEWAY_CASES)
+def test_istio_gateway_servers(spec: str, field: str | None) -> None:
+    _check(_doc("Gateway", spec), field)

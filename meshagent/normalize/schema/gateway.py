@@ -93,6 +93,30 @@ GATEWAY_PORT = Obj(
     rules=[_gateway_port_rule],
 )
 
+_HTTP_PROTOCOLS = ("HTTP", "HTTP2", "GRPC", "GRPC-WEB")
+_TLS_PROTOCOLS = ("HTTPS", "TLS")
+
+
+def _server_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    """Istio's validateServer: TLS settings exactly where the port protocol needs them."""
+    protocol = str((value.get("port") or {}).get("protocol") or "").upper()
+    tls = value.get("tls")
+    if protocol in _TLS_PROTOCOLS and tls is None:
+        issues.error(join(path, "tls"), "server must have TLS settings for HTTPS/TLS protocols")
+    elif protocol not in _TLS_PROTOCOLS and tls is not None:
+        plain_redirect = protocol in _HTTP_PROTOCOLS and not any(
+            tls.get(k) for k in ("caCertificates", "privateKey", "serverCertificate")
+        )
+        if protocol not in _HTTP_PROTOCOLS:
+            issues.error(
+                join(path, "tls"), "server cannot have TLS settings for non HTTPS/TLS ports"
+            )
+        elif not plain_redirect or (tls.get("mode") or "PASSTHROUGH") != "PASSTHROUGH":
+            issues.error(
+                join(path, "tls"), "server cannot have TLS settings for plain text HTTP ports"
+            )
+
+
 SERVER = Obj(
     {
         "port": F(GATEWAY_PORT, required=True),
@@ -101,10 +125,27 @@ SERVER = Obj(
         "tls": F(SERVER_TLS),
         "defaultEndpoint": F(Str()),
         "name": F(Str()),
-    }
+    },
+    rules=[_server_rule],
 )
 
-GATEWAY = Obj({"selector": F(STR_MAP), "servers": F(ListOf(SERVER))})
+
+def _gateway_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    servers = value.get("servers") or []
+    if not servers:
+        issues.error(join(path, "servers"), "gateway must have at least one server")
+    names: set[str] = set()
+    for i, server in enumerate(servers):
+        name = (server.get("port") or {}).get("name")
+        if name in names:
+            issues.error(
+                f"{join(path, 'servers')}[{i}].port.name",
+                f"port names in servers must be unique: duplicate name {name}",
+            )
+        names.add(name)
+
+
+GATEWAY = Obj({"selector": F(STR_MAP), "servers": F(ListOf(SERVER))}, rules=[_gateway_rule])
 
 CAPTURE_MODES = ("DEFAULT", "IPTABLES", "NONE")
 
