@@ -181,8 +181,8 @@ spec:
 
 def test_unsupported_kinds_warn_once_and_are_ignored() -> None:
     gateway = (
-        # An Istio kind this normalizer knows nothing of (EnvoyFilter is validated now)
-        "apiVersion: networking.istio.io/v1alpha3\nkind: MeshWidget\nmetadata: {name: gw}\n"
+        # A kind this normalizer knows nothing of (EnvoyFilter is validated now)
+        "apiVersion: example.com/v1\nkind: MeshWidget\nmetadata: {name: gw}\n"
         "spec: {}\n"
     )
     deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {}\n"
