@@ -182,8 +182,7 @@ spec:
 def test_unsupported_kinds_warn_once_and_are_ignored() -> None:
     gateway = (
         # A kind this normalizer knows nothing of (EnvoyFilter is validated now)
-        "apiVersion: example.com/v1\nkind: MeshWidget\nmetadata: {name: gw}\n"
-        "spec: {}\n"
+        "apiVersion: example.com/v1\nkind: MeshWidget\nmetadata: {name: gw}\nspec: {}\n"
     )
     deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {}\n"
     n = Normalizer()

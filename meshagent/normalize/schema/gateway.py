@@ -134,7 +134,7 @@ def _gateway_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     servers = value.get("servers") or []
     if not servers:
         issues.error(join(path, "servers"), "gateway must have at least one server")
-    names: set[str] = set()
+    names: set[Any] = set()
     for i, server in enumerate(servers):
         name = (server.get("port") or {}).get("name")
         if name in names:
