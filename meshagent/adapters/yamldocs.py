@@ -274,6 +274,31 @@ def _resource(
     return LoadedDocument(raw, meta)
 
 
+def _scalar_value(node: MappingNode, key: str) -> str | None:
+    for key_node, value_node in node.value:
+        if isinstance(key_node, ScalarNode) and key_node.value == key:
+            return value_node.value if isinstance(value_node, ScalarNode) else None
+    return None
+
+
+def list_items(node: Node) -> list[Node]:
+    """The items of a Kubernetes List document (apiVersion v1, kind List, as `kubectl get
+    -o yaml` writes several objects), each read as a resource; [node] for any other document.
+    """
+    if not isinstance(node, MappingNode) or _scalar_value(node, "kind") != "List":
+        return [node]
+    if _scalar_value(node, "apiVersion") != "v1":
+        return [node]
+    for key_node, value_node in node.value:
+        if isinstance(key_node, ScalarNode) and key_node.value == "items":
+            if isinstance(value_node, SequenceNode):
+                return list(value_node.value)
+            if isinstance(value_node, ScalarNode) and value_node.tag.endswith(":null"):
+                return []
+            return [node]  # malformed items: reported as the document it is
+    return []
+
+
 def _syntax_error(exc: yaml.YAMLError, path: str, source: str) -> Diagnostic:
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
@@ -294,14 +319,15 @@ def _load(
         for node in yaml.compose_all(text, Loader=_Loader):
             if node is None or (isinstance(node, ScalarNode) and node.tag.endswith(":null")):
                 continue  # an empty document, e.g. after a trailing '---'
-            try:
-                document = _resource(node, path, source, strip_keys, budget)
-            except _LimitError as exc:
-                return [], [_error(path, exc.line, source, exc.reason)]
-            except _DocumentError as exc:
-                diagnostics.append(_error(path, exc.line, source, exc.reason))
-                continue
-            documents.append(document)
+            for item in list_items(node):  # a Kubernetes List: each item is a resource
+                try:
+                    document = _resource(item, path, source, strip_keys, budget)
+                except _LimitError as exc:
+                    return [], [_error(path, exc.line, source, exc.reason)]
+                except _DocumentError as exc:
+                    diagnostics.append(_error(path, exc.line, source, exc.reason))
+                    continue
+                documents.append(document)
     except yaml.YAMLError as exc:
         # A syntax error anywhere yields no documents at all: a half-written file must not
         # look like one whose later resources were deleted.

@@ -48,11 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
         "quickstart", help="demo services + agent + managed Envoy on loopback (Ctrl-C stops)"
     )
     quick.add_argument(
-        "--config", "-c", type=Path, default=Path("examples/quickstart/agent.yaml"),
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("examples/quickstart/agent.yaml"),
         help="agent config; demo-apps.yaml beside it lists the demo services",
     )
     quick.add_argument(
-        "--consul-sim", type=Path, default=None, metavar="DATA.json",
+        "--consul-sim",
+        type=Path,
+        default=None,
+        metavar="DATA.json",
         help="also run a Consul simulator at sources.consul.address, seeded from this file",
     )
     from meshagent.testing.consul_sim import add_parser as add_consul_sim_parser

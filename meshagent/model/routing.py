@@ -69,8 +69,14 @@ class HeaderOps:
 
     def __bool__(self) -> bool:
         return any(
-            (self.request_set, self.request_add, self.request_remove,
-             self.response_set, self.response_add, self.response_remove)
+            (
+                self.request_set,
+                self.request_add,
+                self.request_remove,
+                self.response_set,
+                self.response_add,
+                self.response_remove,
+            )
         )
 
 
@@ -155,7 +161,11 @@ class Mirror:
 
 @dataclass(frozen=True, slots=True)
 class HttpRoute:
-    """One HTTPRoute. Exactly one of route / redirect / direct_response applies."""
+    """One HTTPRoute. Exactly one of route / redirect / direct_response applies.
+
+    delegate: (namespace, name) of the delegate VirtualService whose routes replace this one;
+    only the normalizer sees such routes (it merges the delegate's in, as Istio does).
+    """
 
     name: str = ""
     matches: tuple[HttpMatch, ...] = ()
@@ -169,6 +179,7 @@ class HttpRoute:
     mirrors: tuple[Mirror, ...] = ()
     headers: HeaderOps = NO_HEADER_OPS
     cors: CorsPolicy | None = None
+    delegate: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,6 +140,11 @@ class JwtRule:
     output_payload_to_header: str = ""
     output_claim_to_headers: tuple[tuple[str, str], ...] = ()
     timeout_ms: int | None = None
+    # presence REQUIRED: a request without this rule's valid token is refused (401).
+    required: bool = False
+    # Claims whose space-separated string value matchers see as a list (besides Istio's
+    # defaults "scope" and "permission").
+    space_delimited_claims: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

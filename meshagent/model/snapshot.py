@@ -60,6 +60,7 @@ class MeshSnapshot:
     services: by host. endpoints: by host, the instances of that service (workload-selected
     ones resolved). destination_rules: by host (exact or wildcard), the one rule that applies.
     virtual_services: by "namespace/name". workloads: by "namespace/name".
+    workload_destination_rules: DestinationRules with a workloadSelector, by "namespace/name".
     changes: what differs from the previous snapshot, when its producer knows (None: unknown,
     compare the maps). Not part of equality. Whoever derives a snapshot from another (e.g.
     dataclasses.replace) must also give it a new version or reset changes to None.
@@ -77,6 +78,11 @@ class MeshSnapshot:
         default_factory=lambda: MappingProxyType({})
     )
     workloads: Mapping[str, Workload] = field(default_factory=lambda: MappingProxyType({}))
+    # DestinationRules with a workloadSelector, by "namespace/name": they apply only to the
+    # proxies of the workloads they select (xds/translate/context.py), not mesh-wide.
+    workload_destination_rules: Mapping[str, DestinationRule] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
     # Security policy by "namespace/name" (meshagent.model.security).
     peer_authentications: Mapping[str, PeerAuthn] = field(
         default_factory=lambda: MappingProxyType({})

@@ -23,6 +23,12 @@ from meshagent.normalize.consul import ConsulMapping, convert_consul, is_consul
 from meshagent.normalize.consul.chain import chain_role, compose
 from meshagent.normalize.convert import Converted, ConvertedServiceEntry, convert
 from meshagent.normalize.convert.services import workload_endpoint
+from meshagent.normalize.delegation import (
+    is_delegate,
+    is_root,
+    merge_root,
+    missing_delegates,
+)
 from meshagent.normalize.kubernetes import KubeJoin, KubeMapping, is_kube_core
 from meshagent.normalize.ownership import Claims, Key
 from meshagent.normalize.references import ReferenceIndex, Unresolved, as_written
@@ -49,6 +55,7 @@ class _Dirty:
     selectors: set[Key] = field(default_factory=set)  # ServiceEntries whose selection changed
     upserted: set[Key] = field(default_factory=set)
     chain: bool = False  # a Consul router or splitter changed (consul/chain.py)
+    delegation: bool = False  # a root or delegate VirtualService changed (delegation.py)
     # snapshot map name -> keys whose value was added, replaced or removed
     changed: dict[str, set[str]] = field(default_factory=dict)
 
@@ -119,8 +126,13 @@ class Normalizer:
         self._endpoints: dict[str, tuple[Endpoint, ...]] = {}
         self._virtual_services: dict[str, VirtualService] = {}
         self._destination_rules: dict[str, DestinationRule] = {}
+        self._workload_rules: dict[str, DestinationRule] = {}  # with a workloadSelector
         self._redirects: dict[str, str] = {}  # host -> the host its rule redirects to
         self._chained: dict[str, VirtualService] = {}  # Consul routers/splitters as converted
+        # VirtualService delegation: delegates (no hosts, never published) and roots as
+        # converted (published merged with their delegates), by "namespace/name".
+        self._delegates: dict[str, VirtualService] = {}
+        self._roots: dict[str, VirtualService] = {}
         self._workloads: dict[str, Workload] = {}
         self._vips = VipAllocator()  # automatic VIPs of hosts without addresses (vips.py)
         self._snapshot = MeshSnapshot()
@@ -288,6 +300,13 @@ class Normalizer:
             dirty.mark("workloads", f"{ns}/{converted.name}")
         elif isinstance(converted, VirtualService):
             vs_key = f"{converted.namespace}/{converted.name}"
+            if is_delegate(converted):
+                self._delegates[vs_key] = converted
+                dirty.delegation = True
+                return
+            if is_root(converted):
+                self._roots[vs_key] = converted
+                dirty.delegation = True
             self._virtual_services[vs_key] = converted
             dirty.mark("virtual_services", vs_key)
             if chain_role(converted):
@@ -297,9 +316,24 @@ class Normalizer:
             name, key_ = _security_key(converted)
             self._security[name][key_] = converted
             dirty.mark(name, key_)
+        elif converted.workload_selector is not None:
+            self._scope_rule(converted, converted, dirty)
         else:
             self._dr_claims.claim(key, (converted.host,), self._rank(key))
             dirty.dr_hosts.add(converted.host)
+
+    def _scope_rule(
+        self, rule: DestinationRule, value: DestinationRule | None, dirty: _Dirty
+    ) -> None:
+        """Set (or, value None, remove) a DestinationRule with a workloadSelector: it claims
+        no host mesh-wide; the translator applies it to the proxies of what it selects."""
+        key = f"{rule.namespace}/{rule.name}"
+        if value is None:
+            self._workload_rules.pop(key, None)
+        else:
+            self._workload_rules[key] = value
+        dirty.mark("workload_destination_rules", key)
+        dirty.mark("destination_rules", rule.host)  # tells the translator rules changed
 
     def _retract(self, key: Key, entry: _Entry, dirty: _Dirty, *, forget: bool) -> None:
         """Undo what entry contributed; forget also drops its first-seen rank."""
@@ -317,6 +351,11 @@ class Normalizer:
             dirty.mark("workloads", f"{ns}/{converted.name}")
         elif isinstance(converted, VirtualService):
             vs_key = f"{converted.namespace}/{converted.name}"
+            if self._delegates.pop(vs_key, None) is not None:
+                dirty.delegation = True
+                return
+            if self._roots.pop(vs_key, None) is not None:
+                dirty.delegation = True
             self._virtual_services.pop(vs_key, None)
             dirty.mark("virtual_services", vs_key)
             if self._chained.pop(vs_key, None) is not None:
@@ -325,6 +364,8 @@ class Normalizer:
             name, key_ = _security_key(converted)
             self._security[name].pop(key_, None)
             dirty.mark(name, key_)
+        elif converted.workload_selector is not None:
+            self._scope_rule(converted, None, dirty)
         else:
             self._dr_claims.release(key, (converted.host,), forget=forget)
             dirty.dr_hosts.add(converted.host)
@@ -350,6 +391,8 @@ class Normalizer:
         self._readdress(dirty)
         if dirty.chain:
             self._compose_chains(dirty)
+        if dirty.delegation:
+            self._merge_delegates(dirty, out)
         self._conflict_warnings(dirty, out)
 
     def _readdress(self, dirty: _Dirty) -> None:
@@ -399,6 +442,35 @@ class Normalizer:
             if self._virtual_services.get(key) != composed:
                 self._virtual_services[key] = composed
                 dirty.mark("virtual_services", key)
+
+    def _merge_delegates(self, dirty: _Dirty, out: list[Diagnostic]) -> None:
+        """Publish every root VirtualService merged with its delegates (delegation.py); warn
+        a root written now about each delegate it cannot use (Istio drops those routes)."""
+        for key, root in self._roots.items():
+            entry = self._root_entry(root)
+            if entry is not None and entry[0] in dirty.upserted:
+                for path, reason in missing_delegates(root, self._delegates):
+                    out.append(diagnostic(entry[1].raw, Issue("warning", path, reason)))
+            merged = merge_root(root, self._delegates)
+            if not (merged.http or merged.tcp or merged.tls):
+                # No route left (its delegates are missing): Istio builds no virtual host for
+                # it, and its hosts keep their default routes.
+                if self._virtual_services.pop(key, None) is not None:
+                    dirty.mark("virtual_services", key)
+            elif self._virtual_services.get(key) != merged:
+                self._virtual_services[key] = merged
+                dirty.mark("virtual_services", key)
+
+    def _root_entry(self, root: VirtualService) -> tuple[Key, _Entry] | None:
+        prov = root.provenance
+        if prov is None:
+            return None
+        for namespace in (prov.namespace, ""):  # "": the document named no namespace
+            key = (prov.source, prov.kind, namespace, prov.name)
+            entry = self._entries.get(key)
+            if entry is not None:
+                return key, entry
+        return None
 
     def _set_service(self, host: str, service: Service, dirty: _Dirty) -> None:
         service = self._vips.place(service)  # its automatic VIP, if it gets one
@@ -482,6 +554,7 @@ class Normalizer:
             "virtual_services": self._virtual_services,
             "destination_rules": self._destination_rules,
             "workloads": self._workloads,
+            "workload_destination_rules": self._workload_rules,
             **self._security,
         }
         fields = {

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from meshagent.model.source import Diagnostic, RawResource
-from meshagent.normalize.schema import KIND_GROUPS, SPECS
+from meshagent.normalize.schema import GATEWAY_API_GROUPS, KIND_GROUPS, SPECS
 from meshagent.normalize.schema.common import LABELS, STR_MAP
 from meshagent.normalize.schema.core import F, Issue, Issues, Obj, Predicate, Str, Type
 
@@ -122,7 +122,13 @@ def check_document(raw: RawResource) -> Issues:
     """
     if not is_supported(raw):
         issues = Issues()
-        if raw.kind in SPECS:
+        if raw.api_version.rpartition("/")[0] in GATEWAY_API_GROUPS:
+            issues.warn(
+                "kind",
+                f"{raw.kind} ({raw.api_version}) is accepted but not translated yet: Kubernetes "
+                "Gateway API resources have no effect",
+            )
+        elif raw.kind in SPECS:
             group, known = KIND_GROUPS[raw.kind]
             versions = " or ".join(f"{group}/{v}" for v in sorted(known))
             reason = f"unsupported apiVersion {raw.api_version!r}: {raw.kind} needs {versions}"

@@ -47,11 +47,13 @@ def load_demo_apps(path: Path) -> list[DemoSpec]:
     for i, item in enumerate(items):
         try:
             host, _, port = str(item["listen"]).rpartition(":")
-            specs.append(DemoSpec(str(item["name"]), str(item.get("version", "v1")),
-                                  host, int(port)))
+            specs.append(
+                DemoSpec(str(item["name"]), str(item.get("version", "v1")), host, int(port))
+            )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"bad demo app entry: {exc}", location=str(path),
-                              field=f"[{i}]") from exc
+            raise ConfigError(
+                f"bad demo app entry: {exc}", location=str(path), field=f"[{i}]"
+            ) from exc
     return specs
 
 
@@ -104,8 +106,10 @@ async def _run(config: AgentConfig, specs: list[DemoSpec], out: TextIO) -> int:
     runner = asyncio.create_task(agent.run(), name="agent")
     try:
         if not await _wait_ready(agent, runner):
-            print("quickstart: the agent did not become ready: "
-                  + "; ".join(agent.ready_reasons()), file=sys.stderr)
+            print(
+                "quickstart: the agent did not become ready: " + "; ".join(agent.ready_reasons()),
+                file=sys.stderr,
+            )
         else:
             snapshot = agent.snapshot
             hosts = sorted(snapshot.services)
@@ -137,8 +141,12 @@ def run_quickstart(
     configure_logging(config.log.level, config.log.format)
     sim = start_consul_sim(config, consul_data) if consul_data is not None else None
     if sim is not None:
-        print(f"Consul simulator (not Consul) on http://{sim.address}: try "
-              f"curl -s http://{sim.address}/v1/catalog/services", file=out, flush=True)
+        print(
+            f"Consul simulator (not Consul) on http://{sim.address}: try "
+            f"curl -s http://{sim.address}/v1/catalog/services",
+            file=out,
+            flush=True,
+        )
     try:
         return asyncio.run(_run(config, specs, out))
     except KeyboardInterrupt:
@@ -146,5 +154,3 @@ def run_quickstart(
     finally:
         if sim is not None:
             sim.stop()
-
-

@@ -171,3 +171,86 @@ def test_remote_jwks_is_fetched_from_jwks_uri(host: Host, jwks_server: str) -> N
     wait_until(lambda: _status(host, _valid()) == 200, what="token verified with fetched keys")
     assert _status(host, FORGER.token("alice", AUD)) == 401
     assert _status(host, ISSUER.token("alice", AUD, ttl=-120)) == 401
+
+
+def test_presence_required_refuses_requests_without_the_token(host: Host) -> None:
+    host.mesh.apply(_request_authn(f"jwks: '{ISSUER.jwks()}'\n    presence: REQUIRED"))
+    wait_until(lambda: _status(host) == 401, what="a request without the required token refused")
+    assert _status(host, _valid()) == 200
+    assert _status(host, FORGER.token("alice", AUD)) == 401
+    host.mesh.apply(_request_authn(f"jwks: '{ISSUER.jwks()}'\n    presence: OPTIONAL"))
+    wait_until(lambda: _status(host) == 200, what="OPTIONAL: no token needed again")
+
+
+def _allow_claim(claim: str, value: str) -> str:
+    return f"""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: need-jwt, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  action: ALLOW
+  rules:
+  - when:
+    - key: request.auth.claims[{claim}]
+      values: ["{value}"]
+"""
+
+
+def test_space_delimited_claims_match_one_value_as_istio_splits_them(host: Host) -> None:
+    extra = f"jwks: '{ISSUER.jwks()}'\n    spaceDelimitedClaims: [roles]"
+    policies = _request_authn(extra) + "---\n"
+    host.mesh.apply(policies + _allow_claim("scope", "write"))
+    wait_until(lambda: _status(host) == 403, what="ALLOW on a scope in force")
+    # "scope" is split by default, as Istio does; "roles" because the rule lists it
+    assert _status(host, ISSUER.token("alice", AUD, scope="read write")) == 200
+    assert _status(host, ISSUER.token("alice", AUD, scope="read")) == 403
+    host.mesh.apply(policies + _allow_claim("roles", "admin"))
+    wait_until(
+        lambda: _status(host, ISSUER.token("alice", AUD, roles="dev admin")) == 200,
+        what="a listed space-delimited claim split",
+    )
+    assert _status(host, ISSUER.token("alice", AUD, roles="dev")) == 403
+
+
+SCOPE = Issuer("https://scope.example.org")
+
+
+def _two_rules() -> str:
+    return f"""\
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  jwtRules:
+  - issuer: {ISS}
+    audiences: [{AUD}]
+    jwks: '{ISSUER.jwks()}'
+    presence: REQUIRED
+  - issuer: {SCOPE.iss}
+    jwks: '{SCOPE.jwks()}'
+    fromHeaders: [{{name: x-scope-token}}]
+"""
+
+
+def _status_with(host: Host, headers: dict[str, str]) -> int | None:
+    conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=5)
+    try:
+        conn.request("GET", "/", headers=headers)
+        return conn.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def test_a_required_rule_with_an_optional_one_as_istio_combines_them(host: Host) -> None:
+    host.mesh.apply(_two_rules())
+    identity = {"authorization": f"Bearer {_valid()}"}
+    scope = {"x-scope-token": SCOPE.token("alice", "any")}
+    forged_scope = {"x-scope-token": FORGER.token("alice", "any", iss=SCOPE.iss)}
+    wait_until(lambda: _status_with(host, scope) == 401, what="the optional token alone refused")
+    assert _status_with(host, identity) == 200  # the optional one may be missing
+    assert _status_with(host, {**identity, **scope}) == 200
+    assert _status_with(host, {**identity, **forged_scope}) == 401  # but not invalid

@@ -329,3 +329,34 @@ def _port_of(mesh: MeshHarness, headers: dict[str, str]) -> int:
     reply = mesh.request(WEB, "/", headers)
     assert reply.status == 200
     return int(reply.headers["x-instance-port"])
+
+
+def test_delegated_routes_narrow_the_roots_match(mesh: MeshHarness) -> None:
+    # Root: /team goes to the delegate (another namespace); the rest to v1. The delegate's
+    # canary route only applies under /team (its match is merged with the root's), and the
+    # root's response header operations are inherited.
+    root = (
+        "  - match: [{uri: {prefix: /team}}]\n"
+        "    delegate: {name: team-routes, namespace: team}\n"
+        + MARK
+        + "  - route: [{destination: {host: web.default.svc.cluster.local, subset: v1}}]\n"
+        + MARK
+    )
+    delegate = """\
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: team-routes, namespace: team}
+spec:
+  http:
+  - match: [{headers: {x-canary: {exact: 'true'}}}]
+    route: [{destination: {host: web.default.svc.cluster.local, subset: v2}}]
+  - route: [{destination: {host: web.default.svc.cluster.local, subset: v1}}]
+"""
+    apply_and_wait(
+        mesh, "deleg", destination_rule() + virtual_service("deleg", root) + delegate, "/team"
+    )
+
+    assert served_by(mesh, 10, {"x-canary": "true"}, "/team/a") == {"web-v2": 10}
+    assert served_by(mesh, 10, {}, "/team/a") == {"web-v1": 10}
+    assert served_by(mesh, 10, {"x-canary": "true"}, "/other") == {"web-v1": 10}

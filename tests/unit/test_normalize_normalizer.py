@@ -181,15 +181,14 @@ spec:
 
 def test_unsupported_kinds_warn_once_and_are_ignored() -> None:
     gateway = (
-        # Gateway is validated since the Kubernetes work (not translated); EnvoyFilter is not
-        "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: gw}\n"
-        "spec: {}\n"
+        # A kind this normalizer knows nothing of (EnvoyFilter is validated now)
+        "apiVersion: example.com/v1\nkind: MeshWidget\nmetadata: {name: gw}\nspec: {}\n"
     )
     deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {}\n"
     n = Normalizer()
     snap, diags = n.apply([upsert(gateway, deployment)])
     assert [(d.severity, d.kind) for d in diags] == [
-        ("warning", "EnvoyFilter"),
+        ("warning", "MeshWidget"),
         ("warning", "Deployment"),
     ]
     assert all("kind not supported yet" in d.reason for d in diags)

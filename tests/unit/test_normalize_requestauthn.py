@@ -103,8 +103,8 @@ def test_deleting_the_resource_removes_the_policy() -> None:
         ("  jwtRules: [{issuer: a, timeout: soon}]\n", "spec.jwtRules[0].timeout"),
         ("  jwtRules: [{issuer: a, audience: [x]}]\n", "spec.jwtRules[0].audience"),
         (
-            "  selector: {matchLabels: {a: b}}\n  targetRefs: [{kind: Gateway, name: g}]\n",
-            "spec.targetRef",
+            "  selector: {matchLabels: {a: b}}\n  targetRefs: [{kind: Service, name: g}]\n",
+            "spec.targetRefs",
         ),
     ],
 )
@@ -136,7 +136,8 @@ def test_a_rule_without_keys_warns() -> None:
 
 def test_target_refs_warn_and_the_policy_applies_nowhere() -> None:
     spec = (
-        f"  targetRefs: [{{kind: Gateway, name: g}}]\n  jwtRules: [{{issuer: a, jwks: '{JWKS}'}}]\n"
+        "  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: g}]\n"
+        f"  jwtRules: [{{issuer: a, jwks: '{JWKS}'}}]\n"
     )
     assert warnings(_doc(spec)) == ["spec.targetRefs"]
     snapshot, _ = Normalizer().apply([upsert(_doc(spec))])

@@ -41,13 +41,15 @@ def test_index_matches_a_full_scan_through_random_churn() -> None:
             continue
         for sel_ns, sel in [*selectors.values(), ("a", ()), ("b", ())]:
             want = sorted(
-                k for k, (w_ns, lab) in workloads.items()
+                k
+                for k, (w_ns, lab) in workloads.items()
                 if w_ns == sel_ns and selector_matches(sel, lab)
             )
             assert index.selected(sel_ns, sel) == want
         for w_ns, lab in workloads.values():
             want_keys = {
-                k for k, (s_ns, sel) in selectors.items()
+                k
+                for k, (s_ns, sel) in selectors.items()
                 if s_ns == w_ns and selector_matches(sel, lab)
             }
             assert index.selecting(w_ns, lab) == want_keys
@@ -77,16 +79,21 @@ def _addresses(snap: object, host: str) -> list[str]:
 
 def test_a_relabelled_workload_entry_moves_between_services_and_nothing_else_changes() -> None:
     n = Normalizer()
-    n.apply([upsert(
-        SE.format(name="web", selector="{app: web}"),
-        SE.format(name="db", selector="{app: db}"),
-        SE.format(name="all", selector="{}"),
-        SE.format(name="canary", selector="{app: web, track: canary}"),
-        WE.format(name="vm1", ip="10.0.0.1", labels="{app: web}"),
-        WE.format(name="vm2", ip="10.0.0.2", labels="{app: db}"),
-    )])
-    snap, _ = n.apply([upsert(WE.format(name="vm1", ip="10.0.0.1",
-                                        labels="{app: db, track: canary}"))])
+    n.apply(
+        [
+            upsert(
+                SE.format(name="web", selector="{app: web}"),
+                SE.format(name="db", selector="{app: db}"),
+                SE.format(name="all", selector="{}"),
+                SE.format(name="canary", selector="{app: web, track: canary}"),
+                WE.format(name="vm1", ip="10.0.0.1", labels="{app: web}"),
+                WE.format(name="vm2", ip="10.0.0.2", labels="{app: db}"),
+            )
+        ]
+    )
+    snap, _ = n.apply(
+        [upsert(WE.format(name="vm1", ip="10.0.0.1", labels="{app: db, track: canary}"))]
+    )
     assert _addresses(snap, "web.example.com") == []
     assert _addresses(snap, "db.example.com") == ["10.0.0.1", "10.0.0.2"]
     assert _addresses(snap, "all.example.com") == ["10.0.0.1", "10.0.0.2"]
@@ -95,8 +102,9 @@ def test_a_relabelled_workload_entry_moves_between_services_and_nothing_else_cha
     assert snap.changes is not None
     assert snap.changes.endpoints == {"web.example.com", "db.example.com", "all.example.com"}
 
-    snap, _ = n.apply([upsert(WE.format(name="vm1", ip="10.0.0.1",
-                                        labels="{app: web, track: canary}"))])
+    snap, _ = n.apply(
+        [upsert(WE.format(name="vm1", ip="10.0.0.1", labels="{app: web, track: canary}"))]
+    )
     assert _addresses(snap, "canary.example.com") == ["10.0.0.1"]
     assert _addresses(snap, "web.example.com") == ["10.0.0.1"]
 

@@ -24,8 +24,8 @@ GOOD = (
   addresses: [10.1.0.0/16]
   ports:
   - number: 5432
-    name: tcp-pg
-    protocol: tcp
+    name: tls-pg
+    protocol: tls
   - number: 80
     name: http
     protocol: HTTP
@@ -60,7 +60,7 @@ def test_valid_service_entry_converts_one_service_per_host() -> None:
     service = se.services[0]
     assert service.resolution is Resolution.STATIC and service.mesh_external is False
     assert [(p.number, p.name, p.protocol, p.target_port) for p in service.ports] == [
-        (5432, "tcp-pg", "TCP", None),
+        (5432, "tls-pg", "TLS", None),
         (80, "http", "HTTP", 8080),
     ]
     assert service.addresses == ("10.1.0.0/16",)
@@ -83,9 +83,10 @@ def test_defaults_are_mesh_external_and_resolution_none() -> None:
     assert service.mesh_external is True and service.resolution is Resolution.NONE
 
 
-def test_hosts_and_ports_are_required() -> None:
+def test_hosts_are_required_and_ports_are_not() -> None:
+    # Istio's ValidateServiceEntry requires hosts, not ports.
     assert errors(HEAD + "  resolution: NONE\n") == [("mesh.yaml:6", "spec.hosts")]
-    assert errors(HEAD + "  hosts: [a.example.com]\n") == [("mesh.yaml:6", "spec.ports")]
+    assert errors(HEAD + "  hosts: [a.example.com]\n") == []
 
 
 def test_port_names_and_numbers_must_be_unique() -> None:

@@ -207,11 +207,11 @@ def test_string_match_kinds_are_a_oneof_and_regex_must_compile() -> None:
     ]
 
 
-def test_hosts_are_required() -> None:
+def test_without_hosts_it_is_a_valid_delegate() -> None:
     text = HEAD.replace("  hosts:\n  - reviews\n", "") + (
         "  http:\n  - route:\n    - destination: {host: a}\n"
     )
-    assert errors(text) == [("mesh.yaml:6", "spec.hosts")]
+    assert errors(text) == []
 
 
 def test_port_out_of_range() -> None:
@@ -237,7 +237,6 @@ def test_unimplemented_fields_are_warnings_only() -> None:
     assert errors(text) == []
     assert warnings(text) == [
         "spec.http[0].match[0].sourceNamespace",
-        "spec.http[0].delegate",
         "spec.gateways",
     ]
 

@@ -57,6 +57,10 @@ NOT_TRANSLATED = {
     "Gateway": "Gateway is validated but not translated yet: it has no effect",
     "Sidecar": "Sidecar is validated but not translated yet: it has no effect",
     "WorkloadGroup": "WorkloadGroup is validated; only WorkloadEntry auto-registration reads it",
+    "EnvoyFilter": "EnvoyFilter is validated but not translated yet: it has no effect",
+    "ProxyConfig": "ProxyConfig is validated but not translated yet: it has no effect",
+    "Telemetry": "Telemetry is validated but not translated yet: it has no effect",
+    "WasmPlugin": "WasmPlugin is validated but not translated yet: it has no effect",
 }
 
 

@@ -33,6 +33,8 @@ def _jwt_rule(spec: Mapping[str, Any]) -> JwtRule:
             (str(c["header"]), str(c["claim"])) for c in items(spec, "outputClaimToHeaders")
         ),
         timeout_ms=ms(spec.get("timeout")),
+        required=spec.get("presence") == "REQUIRED",
+        space_delimited_claims=_strs(spec, "spaceDelimitedClaims"),
     )
 
 

@@ -148,18 +148,28 @@ def _share(spec: Mapping[str, Any]) -> float:
     return 100.0 if value is None else value
 
 
-def _fault(spec: Mapping[str, Any]) -> Fault:
-    delay, abort = spec.get("delay"), spec.get("abort")
+def _fault(spec: Mapping[str, Any]) -> Fault | None:
+    """The fault, as Istio translates it: a delay without fixedDelay and an abort without a
+    status are dropped; nothing left, no fault."""
+    delay, abort = spec.get("delay") or {}, spec.get("abort") or {}
+    fixed = delay.get("fixedDelay")
+    status, grpc = abort.get("httpStatus"), abort.get("grpcStatus")
+    if fixed is None and status is None and grpc is None:
+        return None
     return Fault(
-        delay=FaultDelay(ms(delay["fixedDelay"]) or 0, _share(delay)) if delay else None,
-        abort=FaultAbort(
-            http_status=abort.get("httpStatus"),
-            grpc_status=abort.get("grpcStatus"),
-            percent=_share(abort),
-        )
-        if abort
+        delay=FaultDelay(ms(fixed) or 0, _share(delay)) if fixed is not None else None,
+        abort=FaultAbort(http_status=status, grpc_status=grpc, percent=_share(abort))
+        if status is not None or grpc is not None
         else None,
     )
+
+
+def _delegate(spec: Mapping[str, Any], ctx: Context) -> tuple[str, str] | None:
+    """(namespace, name) of a route's delegate; the namespace defaults to the root's."""
+    delegate = spec.get("delegate")
+    if delegate is None:
+        return None
+    return (str(delegate.get("namespace") or ctx.namespace), str(delegate["name"]))
 
 
 def _mirrors(spec: Mapping[str, Any], ctx: Context) -> tuple[Mirror, ...]:
@@ -207,6 +217,7 @@ def http_route(spec: Mapping[str, Any], ctx: Context) -> HttpRoute:
         mirrors=_mirrors(spec, ctx),
         headers=header_ops(sub(spec, "headers")),
         cors=_opt(spec, "corsPolicy", _cors),
+        delegate=_delegate(spec, ctx),
     )
 
 

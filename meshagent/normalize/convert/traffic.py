@@ -165,6 +165,6 @@ def convert_destination_rule(name: str, spec: Mapping[str, Any], ctx: Context) -
             for s in items(spec, "subsets")
         ),
         export_to=tuple(str(e) for e in items(spec, "exportTo")),
-        workload_selector=labels_of(sub(selector, "labels")) if selector is not None else None,
+        workload_selector=labels_of(sub(selector, "matchLabels")) if selector is not None else None,
         provenance=ctx.provenance,
     )

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from meshagent.normalize.schema import (
     destinationrule,
+    extensions,
     gateway,
     security,
     serviceentry,
@@ -24,6 +25,7 @@ SPECS: Mapping[str, Obj] = {
     "DestinationRule": destinationrule.SPEC,
     **security.SPECS,
     **gateway.SPECS,  # validated, not translated yet (see schema/gateway.py)
+    **extensions.SPECS,  # validated, not translated yet (see schema/extensions.py)
 }
 
 ISTIO_SECURITY_GROUP = "security.istio.io"
@@ -31,13 +33,17 @@ SECURITY_VERSIONS = frozenset({"v1", "v1beta1"})
 
 # kind -> (API group, versions) for every kind in SPECS.
 KIND_GROUPS: Mapping[str, tuple[str, frozenset[str]]] = {
-    kind: (ISTIO_SECURITY_GROUP, SECURITY_VERSIONS)
-    if kind in security.SPECS
-    else (ISTIO_NETWORKING_GROUP, ISTIO_VERSIONS)
-    for kind in SPECS
+    **{kind: (ISTIO_NETWORKING_GROUP, ISTIO_VERSIONS) for kind in SPECS},
+    **{kind: (ISTIO_SECURITY_GROUP, SECURITY_VERSIONS) for kind in security.SPECS},
+    **extensions.GROUPS,
 }
 
+# Kubernetes Gateway API groups: their kinds (Gateway, HTTPRoute, GRPCRoute, ReferenceGrant,
+# ...) are accepted and not translated, never taken for Istio's Gateway.
+GATEWAY_API_GROUPS = frozenset({"gateway.networking.k8s.io", "gateway.networking.x-k8s.io"})
+
 __all__ = [
+    "GATEWAY_API_GROUPS",
     "ISTIO_NETWORKING_GROUP",
     "ISTIO_SECURITY_GROUP",
     "ISTIO_VERSIONS",

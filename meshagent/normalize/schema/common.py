@@ -26,6 +26,10 @@ _DNS_LABEL = re.compile(DNS_LABEL)
 _LABEL_NAME = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# What Istio's ValidateHTTPHeaderName accepts (stricter than an RFC 9110 token).
+ISTIO_HEADER_NAME = r"[-_A-Za-z0-9]+"
+# Istio's routing on JWT claims: "@request.auth.claims.a.b" or "@request.auth.claims[a][b]".
+JWT_CLAIM_HEADER = "@request.auth.claims"
 
 PORT = Int(1, 65535)
 UINT32 = Int(0, 2**32 - 1)
@@ -187,6 +191,40 @@ class HeaderName(Str):
         return lambda value: type(value) is str and match(value) is not None
 
 
+def jwt_claim_path(name: str) -> tuple[str, ...] | None:
+    """The claim names of a "@request.auth.claims" header key (Istio's ToRoutingClaim), or
+    None when name is an ordinary header."""
+    if not name.lower().startswith(JWT_CLAIM_HEADER):
+        return None
+    rest = name[len(JWT_CLAIM_HEADER) :]
+    if rest.startswith("."):
+        return tuple(rest[1:].split("."))
+    if rest.startswith("[") and rest.endswith("]"):
+        return tuple(rest[1:-1].split("]["))
+    return None
+
+
+_ISTIO_HEADER_NAME = re.compile(ISTIO_HEADER_NAME)
+
+
+class HeaderNameOrClaim(HeaderName):
+    """A header match key: a header name as Istio's ValidateHTTPHeaderName takes it (letters,
+    digits, '-' and '_'), or Istio's "@request.auth.claims..." form."""
+
+    def check(self, value: Any, path: str, issues: Issues) -> None:
+        Str().check(value, path, issues)
+        if not isinstance(value, str) or jwt_claim_path(value) is not None:
+            return
+        if not _ISTIO_HEADER_NAME.fullmatch(value):
+            issues.error(path, f"header name {value} is not a valid header name")
+
+    def compile_predicate(self) -> Predicate:
+        match = _ISTIO_HEADER_NAME.fullmatch
+        return lambda value: (
+            type(value) is str and (match(value) is not None or jwt_claim_path(value) is not None)
+        )
+
+
 class ExportTo(Type):
     """exportTo: ".", "*", "~" or namespace names, without duplicates."""
 
@@ -206,6 +244,10 @@ class ExportTo(Type):
             seen.add(str(item))
         if "~" in seen and len(seen) > 1:
             issues.error(path, "'~' (export to none) cannot be combined with other entries")
+        elif "*" in seen and len(value) > 1:
+            issues.error(
+                path, "cannot have both public (*) and non-public exportTo values for a resource"
+            )
 
 
 def _regex_compiles(value: Mapping[str, Any], path: str, issues: Issues) -> None:
@@ -268,6 +310,7 @@ __all__ = [
     "WORKLOAD_SELECTOR",
     "ExportTo",
     "HeaderName",
+    "HeaderNameOrClaim",
     "HostName",
     "domain_problem",
     "is_cidr",

@@ -13,7 +13,6 @@ from meshagent.normalize.schema.common import (
     PORT_SELECTOR,
     SUBSET_NAME,
     UINT32,
-    WORKLOAD_SELECTOR,
     ExportTo,
     HostName,
 )
@@ -296,6 +295,24 @@ SUBSET = Obj(
 )
 
 
+def _selector_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    """A rule with a workloadSelector stays in its namespace (Istio's validateExportTo)."""
+    selector = value.get("workloadSelector")
+    if selector is None:
+        return
+    if not selector.get("matchLabels"):
+        issues.warn(
+            join(path, "workloadSelector"),
+            "workload selector specified without labels: applies to the whole namespace",
+        )
+    export = set(value.get("exportTo") or ())
+    if export and (export & {"*", "~"} or len(export) > 1):
+        issues.error(
+            join(path, "exportTo"),
+            "destination rule with workload selector cannot have exportTo beyond current namespace",
+        )
+
+
 def _spec_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     names: set[Any] = set()
     for i, subset in enumerate(value.get("subsets") or []):
@@ -311,9 +328,10 @@ SPEC = Obj(
         "trafficPolicy": F(TRAFFIC_POLICY),
         "subsets": F(ListOf(SUBSET)),
         "exportTo": F(ExportTo()),
-        "workloadSelector": F(WORKLOAD_SELECTOR, todo="workload-scoped DestinationRules"),
+        # istio.type.v1beta1.WorkloadSelector (matchLabels), unlike ServiceEntry's selector.
+        "workloadSelector": F(Obj({"matchLabels": F(LABELS)})),
     },
-    rules=[_spec_rule],
+    rules=[_spec_rule, _selector_rule],
 )
 
 __all__ = ["SPEC"]

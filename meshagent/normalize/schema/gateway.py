@@ -12,16 +12,24 @@ from typing import Any
 
 from meshagent.normalize.schema.common import (
     DESTINATION,
+    DNS_LABEL,
+    ISTIO_HEADER_NAME,
     LABELS,
     PORT,
     STR_MAP,
     WORKLOAD_SELECTOR,
     HostName,
+    is_ip,
 )
 from meshagent.normalize.schema.core import Bool, Enum, F, Int, Issues, ListOf, Obj, Str, join
 from meshagent.normalize.schema.destinationrule import CONNECTION_POOL
-from meshagent.normalize.schema.serviceentry import PROTOCOLS, SERVICE_PORT
-from meshagent.normalize.schema.workloadentry import WORKLOAD_ENTRY
+from meshagent.normalize.schema.serviceentry import PROTOCOLS
+from meshagent.normalize.schema.targetref import workload_selector_rule
+from meshagent.normalize.schema.workloadentry import (
+    UNIX_PREFIX,
+    WORKLOAD_ENTRY,
+    unix_path_problem,
+)
 
 TLS_VERSIONS = ("TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3")
 SERVER_TLS_MODES = (
@@ -85,6 +93,30 @@ GATEWAY_PORT = Obj(
     rules=[_gateway_port_rule],
 )
 
+_HTTP_PROTOCOLS = ("HTTP", "HTTP2", "GRPC", "GRPC-WEB")
+_TLS_PROTOCOLS = ("HTTPS", "TLS")
+
+
+def _server_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    """Istio's validateServer: TLS settings exactly where the port protocol needs them."""
+    protocol = str((value.get("port") or {}).get("protocol") or "").upper()
+    tls = value.get("tls")
+    if protocol in _TLS_PROTOCOLS and tls is None:
+        issues.error(join(path, "tls"), "server must have TLS settings for HTTPS/TLS protocols")
+    elif protocol not in _TLS_PROTOCOLS and tls is not None:
+        plain_redirect = protocol in _HTTP_PROTOCOLS and not any(
+            tls.get(k) for k in ("caCertificates", "privateKey", "serverCertificate")
+        )
+        if protocol not in _HTTP_PROTOCOLS:
+            issues.error(
+                join(path, "tls"), "server cannot have TLS settings for non HTTPS/TLS ports"
+            )
+        elif not plain_redirect or (tls.get("mode") or "PASSTHROUGH") != "PASSTHROUGH":
+            issues.error(
+                join(path, "tls"), "server cannot have TLS settings for plain text HTTP ports"
+            )
+
+
 SERVER = Obj(
     {
         "port": F(GATEWAY_PORT, required=True),
@@ -93,10 +125,27 @@ SERVER = Obj(
         "tls": F(SERVER_TLS),
         "defaultEndpoint": F(Str()),
         "name": F(Str()),
-    }
+    },
+    rules=[_server_rule],
 )
 
-GATEWAY = Obj({"selector": F(STR_MAP), "servers": F(ListOf(SERVER))})
+
+def _gateway_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    servers = value.get("servers") or []
+    if not servers:
+        issues.error(join(path, "servers"), "gateway must have at least one server")
+    names: set[Any] = set()
+    for i, server in enumerate(servers):
+        name = (server.get("port") or {}).get("name")
+        if name in names:
+            issues.error(
+                f"{join(path, 'servers')}[{i}].port.name",
+                f"port names in servers must be unique: duplicate name {name}",
+            )
+        names.add(name)
+
+
+GATEWAY = Obj({"selector": F(STR_MAP), "servers": F(ListOf(SERVER))}, rules=[_gateway_rule])
 
 CAPTURE_MODES = ("DEFAULT", "IPTABLES", "NONE")
 
@@ -112,25 +161,155 @@ def _egress_hosts_rule(value: Mapping[str, Any], path: str, issues: Issues) -> N
             issues.extend(problems)
 
 
+def _sidecar_port_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    protocol = value.get("protocol")
+    if protocol and protocol.upper() not in PROTOCOLS:
+        issues.error(join(path, "protocol"), f"unsupported protocol: {protocol}")
+
+
+# istio/api SidecarPort: unlike a ServicePort, its name is optional (validated when set).
+SIDECAR_PORT = Obj(
+    {
+        "number": F(Int(0, 65535)),
+        "protocol": F(Str()),
+        "name": F(Str(pattern=DNS_LABEL, what="port name")),
+        "targetPort": F(Int(0, 65535)),
+    },
+    rules=[_sidecar_port_rule],
+)
+
+
+def _ingress_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    number = (value.get("port") or {}).get("number") or 0
+    if not 1 <= number <= 65535:
+        issues.error(join(path, "port.number"), "port number must be in range 1..65535")
+    bind = value.get("bind") or ""
+    if bind and not is_ip(bind):
+        issues.error(join(path, "bind"), f"{bind!r} is not a valid IP address")
+    endpoint = value.get("defaultEndpoint") or ""
+    if endpoint and (problem := _default_endpoint_problem(endpoint)):
+        issues.error(join(path, "defaultEndpoint"), problem)
+    tls = value.get("tls") or {}
+    for key, reason in (
+        ("subjectAltNames", "sidecar: subjectAltNames is not supported in ingress tls"),
+        ("httpsRedirect", "sidecar: httpsRedirect is not supported"),
+        ("credentialName", "sidecar: credentialName is not currently supported"),
+    ):
+        if tls.get(key):
+            issues.error(join(path, f"tls.{key}"), reason)
+    if tls.get("mode") in ("ISTIO_MUTUAL", "AUTO_PASSTHROUGH"):
+        issues.error(
+            join(path, "tls.mode"), f"cannot set mode to {tls['mode']} in sidecar ingress tls"
+        )
+
+
+_LOOPBACK_OR_ANY = ("", "127.0.0.1", "0.0.0.0", "::1", "::")
+
+
+def _default_endpoint_problem(endpoint: str) -> str:
+    """Why an ingress defaultEndpoint is not one Istio accepts, or ""."""
+    if endpoint.startswith(UNIX_PREFIX):
+        return unix_path_problem(endpoint[len(UNIX_PREFIX) :])
+    host, colon, port = endpoint.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or host not in _LOOPBACK_OR_ANY:
+        return (
+            "sidecar: defaultEndpoint must be of form 127.0.0.1:<port>,0.0.0.0:<port>,"
+            "[::1]:port,[::]:port,unix://filepath or unset"
+        )
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"sidecar: defaultEndpoint port ({port}) is not a valid port"
+    return ""
+
+
+def _egress_port_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    port = value.get("port")
+    if port is None:
+        return
+    bind = value.get("bind") or ""
+    if not port.get("number"):
+        if not bind.startswith(UNIX_PREFIX):
+            issues.error(
+                join(path, "bind"),
+                "ports with 0 value must have a unix domain socket bind address",
+            )
+        elif problem := unix_path_problem(bind[len(UNIX_PREFIX) :]):
+            issues.error(join(path, "bind"), problem)
+        if value.get("captureMode") not in (None, "DEFAULT", "NONE"):
+            issues.error(
+                join(path, "captureMode"),
+                "sidecar: captureMode must be DEFAULT/NONE for unix domain socket listeners",
+            )
+    elif bind and not is_ip(bind):
+        issues.error(join(path, "bind"), f"{bind!r} is not a valid IP address")
+
+
 INGRESS_LISTENER = Obj(
     {
-        "port": F(SERVICE_PORT, required=True),
+        "port": F(SIDECAR_PORT, required=True),
         "bind": F(Str()),
         "captureMode": F(Enum(CAPTURE_MODES)),
         "defaultEndpoint": F(Str()),
         "tls": F(SERVER_TLS),
         "connectionPool": F(CONNECTION_POOL),
-    }
+    },
+    rules=[_ingress_rule],
 )
 EGRESS_LISTENER = Obj(
     {
-        "port": F(SERVICE_PORT),
+        "port": F(SIDECAR_PORT),
         "bind": F(Str()),
         "captureMode": F(Enum(CAPTURE_MODES)),
         "hosts": F(ListOf(Str(non_empty=True), non_empty=True), required=True),
     },
-    rules=[_egress_hosts_rule],
+    rules=[_egress_hosts_rule, _egress_port_rule],
 )
+
+
+def _sidecar_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    keys = ("egress", "ingress", "outboundTrafficPolicy", "inboundConnectionPool")
+    if not any(value.get(k) for k in keys):
+        issues.error(path, "sidecar: empty configuration provided")
+    numbers = [
+        (listener.get("port") or {}).get("number") for listener in value.get("ingress") or ()
+    ]
+    for i, number in enumerate(numbers):
+        if number in numbers[:i]:
+            issues.error(
+                f"{join(path, 'ingress')}[{i}].port.number",
+                "sidecar: ports on IP bound listeners must be unique",
+            )
+    egress = value.get("egress") or []
+    for i, listener in enumerate(egress):
+        if listener.get("port") is None and i != len(egress) - 1:
+            issues.error(
+                f"{join(path, 'egress')}[{i}]",
+                "sidecar: the egress listener with empty port should be the last listener in "
+                "the list",
+            )
+    numbers = [(listener.get("port") or {}).get("number") for listener in egress]
+    for i, number in enumerate(numbers):
+        if number and number in numbers[:i]:
+            issues.error(
+                f"{join(path, 'egress')}[{i}].port.number",
+                "sidecar: ports on IP bound listeners must be unique",
+            )
+    policy = value.get("outboundTrafficPolicy") or {}
+    if policy.get("egressProxy") is not None:
+        if policy.get("mode") != "ALLOW_ANY":
+            issues.error(
+                join(path, "outboundTrafficPolicy.egressProxy"),
+                "sidecar: egress_proxy must be set only with ALLOW_ANY outbound_traffic_policy "
+                "mode",
+            )
+        elif policy["egressProxy"].get("port") is None:
+            issues.error(
+                join(path, "outboundTrafficPolicy.egressProxy.port"),
+                "sidecar: egress_proxy port must be non-nil",
+            )
+
+
 SIDECAR = Obj(
     {
         "workloadSelector": F(WORKLOAD_SELECTOR),
@@ -145,17 +324,20 @@ SIDECAR = Obj(
                 }
             )
         ),
-    }
+    },
+    rules=[_sidecar_rule, workload_selector_rule("workloadSelector", "labels")],
 )
 
 _SECONDS = Int(0, 2**31 - 1)
+_PROBE_HEADER = Str(pattern=ISTIO_HEADER_NAME, non_empty=True, what="header name")
 HTTP_GET = Obj(
     {
         "path": F(Str()),
         "port": F(PORT, required=True),
         "host": F(Str()),
-        "scheme": F(Enum(("HTTP", "HTTPS", "http", "https"))),
-        "httpHeaders": F(ListOf(Obj({"name": F(Str(non_empty=True)), "value": F(Str())}))),
+        "scheme": F(Enum(("HTTP", "HTTPS"))),  # Istio: httpGet.scheme must be one of them
+        # Header names as Istio's ValidateHTTPHeaderName takes them.
+        "httpHeaders": F(ListOf(Obj({"name": F(_PROBE_HEADER, required=True), "value": F(Str())}))),
     }
 )
 

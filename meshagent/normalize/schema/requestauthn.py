@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from meshagent.normalize.schema.common import LABELS
+from meshagent.normalize.schema.common import ISTIO_HEADER_NAME, LABELS
 from meshagent.normalize.schema.core import (
     Bool,
     Duration,
+    Enum,
     F,
     Issues,
     ListOf,
@@ -25,12 +26,22 @@ from meshagent.normalize.schema.core import (
     Str,
     join,
 )
+from meshagent.normalize.schema.targetref import (
+    TARGET_REF,
+    TARGET_REFS,
+    one_of_selector_or_targets,
+    workload_selector_rule,
+)
 
 # RFC 9110 token characters: what an HTTP header name may consist of.
 HEADER_NAME = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _HEADER = Str(pattern=HEADER_NAME, non_empty=True, what="HTTP header name")
 _NON_EMPTY = Str(non_empty=True)
-_TARGET_REF = Obj({"group": F(Str()), "kind": F(Str()), "name": F(Str()), "namespace": F(Str())})
+# outputClaimToHeaders[].header: Istio's ValidateHTTPHeaderName (letters, digits, - and _).
+_CLAIM_HEADER = Str(pattern=ISTIO_HEADER_NAME, non_empty=True, what="header name")
+# jwtRules[].presence (istio/api JWTRule.presence): REQUIRED rejects a request without this
+# rule's token (401), OPTIONAL (the default) lets it through to authorization.
+PRESENCE = ("OPTIONAL", "REQUIRED")
 
 
 def jwks_uri_problem(uri: str) -> str:
@@ -103,19 +114,20 @@ JWT_RULE = Obj(
         "forwardOriginalToken": F(Bool()),
         "outputClaimToHeaders": F(
             ListOf(
-                Obj({"header": F(_HEADER, required=True), "claim": F(_NON_EMPTY, required=True)})
+                Obj(
+                    {
+                        "header": F(_CLAIM_HEADER, required=True),
+                        "claim": F(_NON_EMPTY, required=True),
+                    }
+                )
             )
         ),
         "timeout": F(Duration(min_ms=1)),
-        "spaceDelimitedClaims": F(ListOf(_NON_EMPTY), todo="spaceDelimitedClaims"),
+        "spaceDelimitedClaims": F(ListOf(_NON_EMPTY)),
+        "presence": F(Enum(PRESENCE)),
     },
     rules=[_key_source],
 )
-
-
-def _selector_xor_target(value: Mapping[str, Any], path: str, issues: Issues) -> None:
-    if value.get("selector") and (value.get("targetRef") or value.get("targetRefs")):
-        issues.error(join(path, "targetRef"), "targetRef cannot be set together with selector")
 
 
 # A policy bound to a gateway or waypoint has no workload here: it is ignored as a whole.
@@ -124,9 +136,9 @@ _TARGETED = "targetRef/targetRefs (gateways, waypoints); this policy applies to 
 REQUEST_AUTHENTICATION = Obj(
     {
         "selector": F(Obj({"matchLabels": F(LABELS)})),
-        "targetRef": F(_TARGET_REF, todo=_TARGETED),
-        "targetRefs": F(ListOf(_TARGET_REF), todo=_TARGETED),
+        "targetRef": F(TARGET_REF, todo=_TARGETED),
+        "targetRefs": F(TARGET_REFS, todo=_TARGETED),
         "jwtRules": F(ListOf(JWT_RULE)),
     },
-    rules=[_selector_xor_target],
+    rules=[one_of_selector_or_targets(), workload_selector_rule("selector", "matchLabels")],
 )

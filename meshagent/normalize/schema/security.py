@@ -20,6 +20,7 @@ from meshagent.normalize.schema.core import (
     wrong_type,
 )
 from meshagent.normalize.schema.requestauthn import REQUEST_AUTHENTICATION
+from meshagent.normalize.schema.targetref import TARGET_REF
 
 MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
 ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")
@@ -232,7 +233,7 @@ RULE = Obj(
     }
 )
 
-_TARGET_REF = Obj({"group": F(Str()), "kind": F(Str()), "name": F(Str()), "namespace": F(Str())})
+_TARGET_REF = TARGET_REF  # validated as Istio does (schema/targetref.py)
 
 
 def _authz_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:

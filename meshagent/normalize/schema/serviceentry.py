@@ -111,9 +111,8 @@ def _one_port(value: Mapping[str, Any]) -> bool:
 
 @clean_when(_one_port)  # one port cannot repeat a name or number
 def _ports_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    # Istio requires no port: a ServiceEntry without ports is accepted (and serves none).
     ports = value.get("ports") or []
-    if not ports:
-        issues.error(join(path, "ports"), "at least one port is required")
     names: set[str] = set()
     numbers: set[int] = set()
     for i, port in enumerate(ports):
@@ -123,6 +122,31 @@ def _ports_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
             issues.error(f"{path}.ports[{i}].number", f"duplicate port number {port['number']}")
         names.add(port.get("name"))
         numbers.add(port.get("number"))
+
+
+# Protocols by which a proxy can tell several hosts on one port apart (Host header or SNI):
+# Istio's IsHTTP or IsTLS.
+_HOST_AWARE = frozenset({"HTTP", "HTTP2", "HTTP_PROXY", "GRPC", "GRPC-WEB", "HTTPS", "TLS"})
+
+
+def _one_host_or_none(value: Mapping[str, Any]) -> bool:
+    hosts = value.get("hosts")
+    return (type(hosts) is list and len(hosts) < 2) or (value.get("resolution") or "NONE") == "NONE"
+
+
+@clean_when(_one_host_or_none)
+def _multi_host_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    """Istio: several hosts need ports that carry the host (HTTP, TLS), unless the resolution
+    is NONE (which ignores the hosts)."""
+    if _one_host_or_none(value):
+        return
+    for i, port in enumerate(value.get("ports") or ()):
+        if str(port.get("protocol") or "").upper() not in _HOST_AWARE:
+            issues.error(
+                f"{path}.ports[{i}].protocol",
+                "multiple hosts provided with non-HTTP, non-TLS ports",
+            )
+            return
 
 
 def _endpoints_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
@@ -143,6 +167,13 @@ def _endpoints_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None
 
 def _resolution_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     resolution = value.get("resolution") or "NONE"
+    if resolution not in ("NONE", "STATIC"):
+        for i, address in enumerate(value.get("addresses") or ()):
+            if "/" in address:  # Istio's test: any address written as a CIDR block
+                issues.error(
+                    f"{path}.addresses[{i}]",
+                    "CIDR addresses are allowed only for NONE/STATIC resolution types",
+                )
     endpoints = value.get("endpoints") or []
     if resolution == "NONE" and endpoints:
         issues.error(join(path, "endpoints"), "endpoints are not allowed with resolution NONE")
@@ -302,5 +333,5 @@ SPEC = ServiceEntrySpec(
         "exportTo": F(ExportTo()),
         "subjectAltNames": F(ListOf(Str()), todo="subjectAltNames verification"),
     },
-    rules=[_hosts_rule, _ports_rule, _endpoints_rule, _resolution_rule],
+    rules=[_hosts_rule, _ports_rule, _multi_host_rule, _endpoints_rule, _resolution_rule],
 )

@@ -18,8 +18,10 @@ from meshagent.normalize.schema.common import (
     UINT32,
     ExportTo,
     HeaderName,
+    HeaderNameOrClaim,
     HostName,
     is_cidr,
+    jwt_claim_path,
 )
 from meshagent.normalize.schema.core import (
     Bool,
@@ -32,6 +34,7 @@ from meshagent.normalize.schema.core import (
     MapOf,
     Obj,
     Str,
+    clean_when,
     join,
 )
 
@@ -117,13 +120,13 @@ HTTP_MATCH = Obj(
         "scheme": F(STRING_MATCH, todo="scheme match"),
         "method": F(STRING_MATCH),
         "authority": F(STRING_MATCH),
-        "headers": F(MapOf(STRING_MATCH, key=HeaderName())),
+        "headers": F(MapOf(STRING_MATCH, key=HeaderNameOrClaim())),
         "port": F(PORT),
         "sourceLabels": F(LABELS, todo="source label match"),
         "gateways": F(ListOf(Str())),
         "queryParams": F(MapOf(STRING_MATCH)),
         "ignoreUriCase": F(Bool()),
-        "withoutHeaders": F(MapOf(STRING_MATCH, key=HeaderName())),
+        "withoutHeaders": F(MapOf(STRING_MATCH, key=HeaderNameOrClaim())),
         "sourceNamespace": F(Str(), todo="source namespace match"),
         "statPrefix": F(Str(), todo="per-route stat prefix"),
     },
@@ -216,16 +219,18 @@ HTTP_RETRY = Obj(
 
 def _delay_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     if value.get("exponentialDelay") is not None:
-        issues.error(join(path, "exponentialDelay"), "exponentialDelay is not supported")
+        issues.error(join(path, "exponentialDelay"), "exponentialDelay not supported yet")
     elif value.get("fixedDelay") is None:
-        issues.error(join(path, "fixedDelay"), "required field is missing")
+        # Istio accepts it and its translation drops the delay (only fixed delays exist).
+        issues.warn(path, "delay without fixedDelay injects no delay: ignored")
 
 
 def _abort_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     if value.get("http2Error") is not None:
-        issues.error(join(path, "http2Error"), "http2Error is not supported")
+        issues.error(join(path, "http2Error"), "HTTP/2 abort fault injection not supported yet")
     elif value.get("httpStatus") is None and value.get("grpcStatus") is None:
-        issues.error(path, "abort must set httpStatus or grpcStatus")
+        # Istio warns, and its translation drops the abort.
+        issues.warn(path, "abort configured, but error type not set: ignored")
 
 
 FAULT_DELAY = Obj(
@@ -275,6 +280,16 @@ CORS_POLICY = Obj(
 
 def _http_route_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     """route, redirect, directResponse and delegate exclude each other; one is needed."""
+    if value.get("delegate"):
+        # A root route (Istio's validateRootHTTPRoute): only route and redirect conflict.
+        for key in ("route", "redirect"):
+            if value.get(key):
+                issues.error(join(path, key), f"root HTTP route must not specify {key}")
+        if value.get("directResponse"):
+            issues.warn(
+                join(path, "directResponse"), "ignored: the delegate's routes replace this route"
+            )
+        return
     actions = [k for k in ("route", "redirect", "directResponse", "delegate") if value.get(k)]
     if len(actions) > 1:
         issues.error(join(path, actions[1]), f"{' and '.join(actions)} cannot be set together")
@@ -296,9 +311,7 @@ HTTP_ROUTE = Obj(
         "route": F(ListOf(HTTP_ROUTE_DESTINATION)),
         "redirect": F(HTTP_REDIRECT),
         "directResponse": F(HTTP_DIRECT_RESPONSE),
-        "delegate": F(
-            Obj({"name": F(Str()), "namespace": F(Str())}), todo="VirtualService delegation"
-        ),
+        "delegate": F(Obj({"name": F(Str(non_empty=True), required=True), "namespace": F(Str())})),
         "rewrite": F(HTTP_REWRITE),
         "timeout": F(Duration()),
         "retries": F(HTTP_RETRY),
@@ -355,11 +368,90 @@ TLS_ROUTE = Obj(
 )
 
 
+def _plain_routes(value: Mapping[str, Any]) -> bool:
+    """True for a VirtualService with hosts, no delegating route and no header match key that
+    starts with '@': the delegation and claim rules have nothing to say about it."""
+    if not value.get("hosts"):
+        return False
+    for route in value.get("http") or ():
+        if "delegate" in route:
+            return False
+        for match in route.get("match") or ():
+            for key in ("headers", "withoutHeaders"):
+                for name in match.get(key) or ():
+                    if name[:1] == "@":
+                        return False
+    return True
+
+
+def _delegate_vs_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    """A VirtualService without hosts is a delegate: what Istio forbids in one."""
+    if value.get("hosts"):
+        return
+    for key, what in (("gateways", "gateways"), ("tls", "tls route"), ("tcp", "tcp route")):
+        if value.get(key):
+            issues.error(join(path, key), f"delegate virtual service must have no {what} specified")
+    for i, route in enumerate(value.get("http") or ()):
+        if route.get("delegate") is not None:
+            issues.error(
+                f"{path}.http[{i}].delegate", "delegate HTTP route cannot contain delegate"
+            )
+
+
+_STRING_MATCH_FIELDS = ("uri", "scheme", "method", "authority")
+_MAP_MATCH_FIELDS = ("headers", "queryParams", "withoutHeaders")
+
+
+def _delegating_match_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    """Routes of a delegate, and root routes (with `delegate`), cannot match by regex."""
+    delegate_vs = not value.get("hosts")
+    for i, route in enumerate(value.get("http") or ()):
+        if not delegate_vs and route.get("delegate") is None:
+            continue
+        for j, match in enumerate(route.get("match") or ()):
+            where = f"{path}.http[{i}].match[{j}]"
+            for key in _STRING_MATCH_FIELDS:
+                if (match.get(key) or {}).get("regex") is not None:
+                    issues.error(
+                        f"{where}.{key}", f"{key} match does not support regex match for delegating"
+                    )
+            for key in _MAP_MATCH_FIELDS:
+                for name, string_match in (match.get(key) or {}).items():
+                    if (string_match or {}).get("regex") is not None:
+                        issues.error(
+                            f"{where}.{key}.{name}",
+                            f"{key} match {name} does not support regex match for delegating",
+                        )
+
+
+def _claim_routing_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    """Istio routes on JWT claims ("@request.auth.claims...") only on gateways."""
+    gateways = value.get("gateways") or []
+    if gateways and "mesh" not in gateways:
+        return
+    for i, route in enumerate(value.get("http") or ()):
+        for j, match in enumerate(route.get("match") or ()):
+            for key in ("headers", "withoutHeaders"):
+                for name in match.get(key) or {}:
+                    if jwt_claim_path(name) is not None:
+                        issues.error(
+                            f"{path}.http[{i}].match[{j}].{key}.{name}",
+                            f"JWT claim based routing (key: {name}) is only supported for "
+                            "gateway, found no gateways",
+                        )
+
+
+@clean_when(_plain_routes)
+def _delegation_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    """Delegates, root routes and JWT claim header keys, as Istio validates them."""
+    _delegate_vs_rule(value, path, issues)
+    _delegating_match_rule(value, path, issues)
+    _claim_routing_rule(value, path, issues)
+
+
 def _spec_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     hosts = value.get("hosts") or []
     gateways = value.get("gateways") or []
-    if not hosts:
-        issues.error(join(path, "hosts"), "at least one host is required")
     mesh = not gateways or "mesh" in gateways
     for i, host in enumerate(hosts):
         if host == "*" and mesh:
@@ -379,7 +471,7 @@ SPEC = Obj(
         "tcp": F(ListOf(TCP_ROUTE)),
         "exportTo": F(ExportTo()),
     },
-    rules=[_spec_rule],
+    rules=[_spec_rule, _delegation_rule],
 )
 
 __all__ = ["SPEC"]

@@ -20,10 +20,22 @@ from meshagent.normalize.schema.core import F, Issues, MapOf, Obj, Str, clean_wh
 UNIX_PREFIX = "unix://"
 
 
+def unix_path_problem(path: str) -> str:
+    """Why path (after unix://) is not a socket Istio accepts (ValidateUnixAddress): an
+    absolute path to a file (not ending in '/') or an abstract socket ("@name"), or ""."""
+    if not path:
+        return "unix address must not be empty"
+    if path.startswith("@"):
+        return ""
+    if not path.startswith("/") or path.endswith("/"):
+        return f"{path} is not an absolute path to a file"
+    return ""
+
+
 def address_problem(address: str) -> str:
     """Why address is not an IP, a DNS name or a unix:// socket path, or ""."""
     if address.startswith(UNIX_PREFIX):
-        return "" if len(address) > len(UNIX_PREFIX) else "unix:// address needs a path"
+        return unix_path_problem(address[len(UNIX_PREFIX) :])
     if is_ip(address):
         return ""
     if domain_problem(address, wildcard=False):
@@ -42,10 +54,16 @@ def _workload_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     if not address:
         if not value.get("network"):
             issues.error(join(path, "address"), "address is required unless network is set")
+        else:  # as Istio warns: reached through the network's gateway only
+            issues.warn(
+                join(path, "address"), f"address is unset with network {value['network']!r}"
+            )
         return
     problem = address_problem(address)
     if problem:
         issues.error(join(path, "address"), problem)
+    if address.startswith(UNIX_PREFIX) and value.get("ports"):
+        issues.error(join(path, "ports"), f"unix endpoint {address} must not include ports")
 
 
 WORKLOAD_ENTRY = Obj(

@@ -90,7 +90,7 @@ class Translator:
             # Names, ports and domains depend on the proxy: start from clean caches.
             self._generators = self._make_generators()
         changes = changes_between(self._snapshot, snapshot, proxy_changed)
-        self._index = MeshIndex.update(self._index, snapshot, changes)
+        self._index = MeshIndex.update(self._index, snapshot, changes, proxy)
         ctx = Context(snapshot=snapshot, proxy=proxy, index=self._index, changes=changes)
         outputs: dict[str, list[Output]] = {t: [] for t in typeurls.PUSH_ORDER}
         for generator in self._generators:

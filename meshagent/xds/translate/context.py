@@ -139,6 +139,25 @@ def _routing(snapshot: MeshSnapshot) -> RoutingIndex:
     return RoutingIndex(snapshot.services, snapshot.virtual_services)
 
 
+def proxy_rules(snapshot: MeshSnapshot, proxy: ProxySpec | None) -> Mapping[str, DestinationRule]:
+    """The DestinationRules by host for proxy: the mesh-wide ones, overridden by each rule
+    with a workloadSelector that selects one of proxy's local workloads (same namespace,
+    labels a superset of the selector's), as Istio prefers a workload's own rule. The local
+    workloads share one outbound config, so a rule selecting one of them applies to all."""
+    scoped = snapshot.workload_destination_rules
+    if not scoped or proxy is None or not proxy.workloads:
+        return snapshot.destination_rules
+    rules = dict(snapshot.destination_rules)
+    for key in sorted(scoped, reverse=True):  # the first by "namespace/name" wins
+        rule = scoped[key]
+        wanted = set(rule.workload_selector or ())
+        for workload in proxy.workloads:
+            if workload.namespace == rule.namespace and wanted <= set(workload.labels):
+                rules[rule.host] = rule
+                break
+    return rules
+
+
 @dataclass(slots=True)
 class MeshIndex:
     """The lookups of one snapshot; parts are carried over from the previous snapshot."""
@@ -148,12 +167,18 @@ class MeshIndex:
 
     @classmethod
     def update(
-        cls, previous: MeshIndex | None, snapshot: MeshSnapshot, changes: Changes
+        cls,
+        previous: MeshIndex | None,
+        snapshot: MeshSnapshot,
+        changes: Changes,
+        proxy: ProxySpec | None = None,
     ) -> MeshIndex:
-        """An index for snapshot, reusing the parts of previous whose inputs are unchanged."""
+        """An index for snapshot, reusing the parts of previous whose inputs are unchanged.
+
+        proxy: its local workloads pick the workload-scoped DestinationRules that apply."""
         if previous is None or changes.everything:
-            return cls(RuleIndex(snapshot.destination_rules), _routing(snapshot))
-        rules = RuleIndex(snapshot.destination_rules) if changes.rules else previous.rules
+            return cls(RuleIndex(proxy_rules(snapshot, proxy)), _routing(snapshot))
+        rules = RuleIndex(proxy_rules(snapshot, proxy)) if changes.rules else previous.rules
         rebuild = changes.virtual_services or not changes.services_equal
         return cls(rules, _routing(snapshot) if rebuild else previous.routing)
 
@@ -229,7 +254,8 @@ def changes_between(old: MeshSnapshot | None, new: MeshSnapshot, proxy_changed: 
         new,
         _changed_hosts(old.services, new.services),
         _changed_hosts(old.endpoints, new.endpoints),
-        rules=not same_objects(old.destination_rules, new.destination_rules),
+        rules=not same_objects(old.destination_rules, new.destination_rules)
+        or not same_objects(old.workload_destination_rules, new.workload_destination_rules),
         virtual_services=not same_objects(old.virtual_services, new.virtual_services),
     )
 

@@ -6,7 +6,8 @@ namespace's, the mesh-wide ones in the root namespace) contributes its jwtRules;
 into one filter with one provider per distinct rule, named `origins-<n>` in order of issuer.
 Istio's semantics: a request without a token passes (authorization decides), a request with
 a token that no provider accepts gets 401 (bad signature, expired, unknown issuer), or 403
-for a wrong audience (Envoy's answer, as in Istio).
+for a wrong audience (Envoy's answer, as in Istio). A rule with `presence: REQUIRED` also
+needs its own valid token: without it, 401.
 A verified token's payload goes to the dynamic metadata of this filter under `payload`,
 where the RBAC filters' request principal and request.auth.* matchers read it.
 """
@@ -40,6 +41,9 @@ from meshagent.xds.translate.selection import applicable, is_http
 JWT_AUTHN = "envoy.filters.http.jwt_authn"
 PAYLOAD_METADATA_KEY = "payload"  # what the RBAC matchers read: [payload, <claim>...]
 DEFAULT_JWKS_TIMEOUT_MS = 5_000  # Istio's default for jwtRules[].timeout
+# Claims whose space-separated value Envoy splits into a list in the payload metadata, so that
+# request.auth.claims[scope] matches one scope; Istio always adds these two.
+DEFAULT_SPACE_DELIMITED_CLAIMS = ("permission", "scope")
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's; https JWKS servers
 # A key set nobody holds the private key of: a rule with neither jwks nor jwksUri (whose keys
 # would need OpenID discovery) rejects every token of its issuer instead of accepting any.
@@ -106,23 +110,49 @@ def build_provider(rule: JwtRule) -> jwt_config.JwtProvider:
         provider.from_headers.add(name=name, value_prefix=prefix)
     for header, claim in rule.output_claim_to_headers:
         provider.claim_to_headers.add(header_name=header, claim_name=claim)
+    claims = sorted({*DEFAULT_SPACE_DELIMITED_CLAIMS, *rule.space_delimited_claims})
+    provider.normalize_payload_in_metadata.space_delimited_claims.extend(claims)
     _key_source(provider, rule)
     return provider
 
 
 def build_jwt_filter(rules: list[JwtRule]) -> hcm.HttpFilter:
-    """The jwt_authn filter for rules (non-empty): any provider's valid token, or no token."""
+    """The jwt_authn filter for rules (non-empty): any provider's valid token, or no token.
+
+    With a rule of presence REQUIRED, as Istio builds it: every rule at once, a REQUIRED one
+    by its provider alone (its valid token is needed), an OPTIONAL one by its provider or a
+    missing token."""
     config = jwt_config.JwtAuthentication(bypass_cors_preflight=True)
-    either = jwt_config.JwtRequirementOrList()
+    for index, rule in enumerate(rules):
+        config.providers[names.jwt_provider_name(index)].CopyFrom(build_provider(rule))
+    if any(rule.required for rule in rules):
+        requires = _all_rules_requirement(rules)
+    else:
+        either = jwt_config.JwtRequirementOrList()
+        for index in range(len(rules)):
+            either.requirements.add(provider_name=names.jwt_provider_name(index))
+        either.requirements.add(allow_missing=empty_pb2.Empty())
+        requires = jwt_config.JwtRequirement(requires_any=either)
+    config.rules.add(match=rc.RouteMatch(prefix="/"), requires=requires)
+    return hcm.HttpFilter(name=JWT_AUTHN, typed_config=protos.packed(config))
+
+
+def _all_rules_requirement(rules: list[JwtRule]) -> jwt_config.JwtRequirement:
+    each: list[jwt_config.JwtRequirement] = []
     for index, rule in enumerate(rules):
         name = names.jwt_provider_name(index)
-        config.providers[name].CopyFrom(build_provider(rule))
+        if rule.required:
+            each.append(jwt_config.JwtRequirement(provider_name=name))
+            continue
+        either = jwt_config.JwtRequirementOrList()
         either.requirements.add(provider_name=name)
-    either.requirements.add(allow_missing=empty_pb2.Empty())
-    config.rules.add(
-        match=rc.RouteMatch(prefix="/"), requires=jwt_config.JwtRequirement(requires_any=either)
+        either.requirements.add(allow_missing=empty_pb2.Empty())
+        each.append(jwt_config.JwtRequirement(requires_any=either))
+    if len(each) == 1:
+        return each[0]
+    return jwt_config.JwtRequirement(
+        requires_all=jwt_config.JwtRequirementAndList(requirements=each)
     )
-    return hcm.HttpFilter(name=JWT_AUTHN, typed_config=protos.packed(config))
 
 
 def jwt_filter_for(
