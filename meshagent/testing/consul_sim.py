@@ -120,6 +120,7 @@ class ConsulSimulator:
         self.max_wait_s = max_wait_s
         self.requests: Counter[str] = Counter()  # by endpoint ("health/service", ...)
         self._events: dict[str, asyncio.Event] = {}
+        self._restores = 0  # the datacenters' restores seen by _wake
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -176,6 +177,12 @@ class ConsulSimulator:
                 return
             ready.set()
             loop.run_forever()
+            # stop(): end what close_async could not reach (a connection accepted meanwhile)
+            # here, while the loop still runs, so that nothing outlives it.
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
 
         thread = threading.Thread(target=run, name="consul-sim", daemon=True)
         thread.start()
@@ -197,6 +204,15 @@ class ConsulSimulator:
         thread.join(10)
         loop.close()
         self._loop, self._thread, self._events = None, None, {}
+        self._writers.clear()  # all closed with their loop
+        self._handlers.clear()
+
+    def settle(self) -> None:
+        """Return once the simulator's loop (started by start()) has run what is queued so far:
+        a query counted in `requests` has then reached its blocking wait."""
+        loop = self._loop
+        if loop is not None and self._thread is not None:
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(10)
 
     # -- blocking --------------------------------------------------------------------------
 
@@ -225,6 +241,10 @@ class ConsulSimulator:
             loop.call_soon_threadsafe(self._wake, keys)
 
     def _wake(self, keys: set[str]) -> None:
+        restores = sum(state.restores for state in self.datacenters.values())
+        if restores != self._restores:  # a restore abandons every blocked query
+            self._restores = restores
+            keys = set(self._events)
         for key in keys:
             event = self._events.pop(key, None)
             if event is not None:
@@ -237,7 +257,8 @@ class ConsulSimulator:
             return
         wait = parse_wait(query["wait"]) if query.get("wait") else DEFAULT_WAIT_S
         deadline = time.monotonic() + min(wait, self.max_wait_s)
-        while state.index_of(key) <= wanted:
+        restores = state.restores
+        while state.index_of(key) <= wanted and state.restores == restores:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return

@@ -248,6 +248,72 @@ async def test_adapter_faults_index_reset_and_token_file(
         assert gone.deletes == (("consul", "ConsulService", "", "web"),)
 
 
+@pytest.fixture
+def patient_sim() -> Iterator[ConsulSimulator]:
+    """A simulator that lets blocking queries wait as long as they ask (60 s at most)."""
+    simulator = ConsulSimulator(max_wait_s=60.0).start()
+    yield simulator
+    simulator.stop()
+
+
+def register_web(sim: ConsulSimulator, service_id: str, port: int) -> None:
+    body = {"ID": service_id, "Service": "web", "Port": port}
+    sim.state.register_service("sim-node", body, [{"Status": "passing"}])
+
+
+async def watching_web(
+    sim: ConsulSimulator,
+) -> tuple[ConsulAdapter, AsyncIterator[SourceEvent]]:
+    """An adapter whose blocking queries wait 30 s, synced on web=[w1] at a high index."""
+    register_web(sim, "w1", 80)
+    for status in ("critical", "passing") * 5:  # indexes well above those of a fresh Consul
+        sim.state.set_check("service:w1", status)
+    adapter = ConsulAdapter(ConsulOptions(address=sim.address, wait_s=30.0, backoff_cap_s=0.2))
+    await adapter.__aenter__()
+    it = events(adapter)
+    assert ids(await next_matching(it, lambda e: e.synced)) == ["w1"]
+    return adapter, it
+
+
+async def test_a_consul_rebuilt_with_lower_indexes_is_followed_at_once(
+    patient_sim: ConsulSimulator,
+) -> None:
+    """After connection errors the adapter reads afresh (index 0): a blocking query at its old
+    index would wait out the whole 30 s `wait` against the rebuilt Consul's lower indexes."""
+    sim = patient_sim
+    adapter, it = await watching_web(sim)
+    try:
+        await asyncio.to_thread(sim.stop)
+        await next_matching(it, lambda e: e.errors)  # the watches noticed
+        sim.state.reset_indexes(1)  # rebuilt from scratch: every index starts low again
+        await asyncio.to_thread(sim.start)
+        register_web(sim, "w2", 81)  # index 2, below what the adapter last saw
+
+        change = await next_matching(it, lambda e: e.upserts and ids(e) == ["w1", "w2"], 5.0)
+        assert not change.deletes
+    finally:
+        await adapter.__aexit__(None, None, None)
+
+
+async def test_a_restore_answers_blocked_queries_at_once(patient_sim: ConsulSimulator) -> None:
+    """A snapshot restore makes Consul abandon every blocked query; the lower index it then
+    reports resets the adapter's index, so the next change arrives without waiting 30 s."""
+    sim = patient_sim
+    adapter, it = await watching_web(sim)
+    try:
+        queries = sim.requests["health/service"]
+        await async_wait_for(
+            lambda: sim.requests["health/service"] > queries, what="web's blocking query"
+        )
+        await asyncio.to_thread(sim.settle)  # that query is now blocked
+        sim.state.reset_indexes(1)
+        register_web(sim, "w2", 81)
+
+        await next_matching(it, lambda e: e.upserts and ids(e) == ["w1", "w2"], 5.0)
+    finally:
+        await adapter.__aexit__(None, None, None)
+
+
 # -- registration of local workloads --------------------------------------------------------------
 
 
