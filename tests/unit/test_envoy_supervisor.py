@@ -1,15 +1,18 @@
-"""EnvoySupervisor with the real Envoy binary: start, restart after a kill, graceful stop."""
+"""EnvoySupervisor with the real Envoy binary: start, restart after a kill, graceful stop, and
+adoption of the Envoy an earlier agent left running."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import pytest
 
 from meshagent.agent.config import EnvoyConfig
 from meshagent.agent.envoy import EnvoySupervisor, envoy_command, find_envoy_binary
+from meshagent.agent.envoy_adopt import PID_FILE, AdoptedEnvoy, recorded_envoy, write_pid_file
 from meshagent.errors import ConfigError
 
 DEADLINE_S = 30.0
@@ -132,3 +136,104 @@ def test_command_line() -> None:
     assert "--use-dynamic-base-id" in dynamic and "--base-id" not in dynamic
     assert dynamic[dynamic.index("--concurrency") + 1] == "3"
     assert fixed[fixed.index("--base-id") + 1] == "7" and fixed[-1] == "-x"
+
+
+def test_command_line_disables_hot_restart() -> None:
+    """Hot restart makes Envoy set PR_SET_PDEATHSIG: it would die with a killed agent."""
+    assert "--disable-hot-restart" in envoy_command("envoy", Path("/b.json"), EnvoyConfig())
+
+
+# -- adopting the Envoy an earlier agent left running ----------------------------------------------
+
+
+@pytest.fixture
+def fake_envoy(tmp_path: Path) -> Iterator[tuple[list[str], subprocess.Popen[bytes]]]:
+    """A long-running process whose argv looks like an Envoy command (a `sleep` named envoy)."""
+    binary = tmp_path / "envoy-fake"
+    binary.symlink_to(shutil.which("sleep") or "/bin/sleep")
+    command = [str(binary), "300"]
+    proc = subprocess.Popen(command)
+    yield command, proc
+    proc.kill()
+    proc.wait(10)
+
+
+def test_the_recorded_envoy_is_found_only_when_it_is_that_process(
+    tmp_path: Path, fake_envoy: tuple[list[str], subprocess.Popen[bytes]]
+) -> None:
+    command, proc = fake_envoy
+    state = tmp_path / "state"
+    state.mkdir()
+    assert recorded_envoy(state, command) is None  # no pid file
+
+    write_pid_file(state, proc.pid)
+    assert recorded_envoy(state, command) == proc.pid
+    assert recorded_envoy(state, [command[0], "299"]) is None  # another command line
+
+    pid, started = (state / PID_FILE).read_text().split()
+    (state / PID_FILE).write_text(f"{pid} {int(started) - 1}\n")  # the pid was reused since
+    assert recorded_envoy(state, command) is None
+    (state / PID_FILE).write_text("garbage\n")
+    assert recorded_envoy(state, command) is None
+
+    write_pid_file(state, os.getpid())  # a live process that is no Envoy
+    assert recorded_envoy(state, [sys.executable, *sys.argv[1:]]) is None
+    assert proc.poll() is None
+
+
+async def test_an_adopted_process_is_watched_and_signalled(
+    fake_envoy: tuple[list[str], subprocess.Popen[bytes]],
+) -> None:
+    _, proc = fake_envoy
+    adopted = AdoptedEnvoy(proc.pid)
+    waiting = asyncio.create_task(adopted.wait())
+    adopted.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(proc.wait, 10)  # the test is its parent and reaps it
+    assert await asyncio.wait_for(waiting, DEADLINE_S) is None
+    assert adopted.returncode is not None
+    adopted.send_signal(signal.SIGTERM)  # gone: a no-op, never another process
+
+
+@pytest.mark.envoy
+async def test_a_new_supervisor_adopts_the_running_envoy(tmp_path: Path) -> None:
+    """As after `kill -9` of the agent: the Envoy it started keeps running, the next agent's
+    supervisor takes it over (same pid, no second Envoy), and a graceful stop stops it."""
+    port = free_port()
+    first = supervisor(tmp_path, port)
+    await first.start()
+    pid = await asyncio.wait_for(first.wait_running(), DEADLINE_S)
+    await until(lambda: asyncio.to_thread(admin_ready, port), "envoy admin ready")
+    assert first._task is not None
+    first._task.cancel()  # the first agent is gone without stopping anything
+
+    second = supervisor(tmp_path, port)
+    await second.start()
+    try:
+        assert (second.adopted, second.pid, second.restarts) == (pid, pid, 0)
+        assert await asyncio.to_thread(admin_ready, port)
+    finally:
+        await asyncio.wait_for(second.stop(), DEADLINE_S)
+    assert not alive(pid)
+    assert not (tmp_path / "state" / PID_FILE).exists()
+
+
+@pytest.mark.envoy
+async def test_an_envoy_with_another_bootstrap_is_replaced_not_adopted(tmp_path: Path) -> None:
+    port = free_port()
+    first = supervisor(tmp_path, port)
+    await first.start()
+    old = await asyncio.wait_for(first.wait_running(), DEADLINE_S)
+    await until(lambda: asyncio.to_thread(admin_ready, port), "envoy admin ready")
+    assert first._task is not None
+    first._task.cancel()
+
+    config = EnvoyConfig(manage=True, admin_port=port, drain_seconds=0, concurrency=1)
+    changed = {**admin_only_bootstrap(port), "node": {"id": "renamed", "cluster": "test"}}
+    second = EnvoySupervisor(config, changed, tmp_path / "state", output=subprocess.DEVNULL)
+    await second.start()
+    try:
+        new = await asyncio.wait_for(second.wait_running(), DEADLINE_S)
+        assert second.adopted is None and new != old and not alive(old)
+        await until(lambda: asyncio.to_thread(admin_ready, port), "the new envoy ready")
+    finally:
+        await asyncio.wait_for(second.stop(), DEADLINE_S)
