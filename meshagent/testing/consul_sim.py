@@ -134,6 +134,11 @@ class ConsulSimulator:
         """host:port the simulator listens on."""
         return f"{self.host}:{self.port}"
 
+    @property
+    def running(self) -> bool:
+        """True between start() and stop()."""
+        return self._thread is not None
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def serve_async(self) -> None:

@@ -108,7 +108,7 @@ def test_blocking_query_waits_and_wakes_on_change(sim: ConsulSimulator) -> None:
     index, _ = c.health.service("web")
     start = time.monotonic()
     again, _ = c.health.service("web", index=index, wait="300ms")
-    assert again == index and 0.25 < time.monotonic() - start < 2.0
+    assert again == index and 0.25 < time.monotonic() - start < 5.0  # blocked, then let go
     status, _, headers = get(sim, "/v1/catalog/services")
     assert status == 200 and headers["X-Consul-KnownLeader"] == "true"
 
@@ -121,7 +121,8 @@ def test_blocking_query_waits_and_wakes_on_change(sim: ConsulSimulator) -> None:
     threading.Thread(target=later, daemon=True).start()
     start = time.monotonic()
     woke, entries = c.health.service("web", index=index, wait="5s")
-    assert woke > index and len(entries) == 1 and time.monotonic() - start < 1.0
+    # woken by the change (after 0.2 s), well before the 5 s wait: room for a busy machine
+    assert woke > index and len(entries) == 1 and time.monotonic() - start < 3.0
 
 
 def test_acl_tokens_and_datacenter() -> None:
