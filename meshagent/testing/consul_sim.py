@@ -119,6 +119,7 @@ class ConsulSimulator:
         self.read_tokens = set(read_tokens)
         self.max_wait_s = max_wait_s
         self.requests: Counter[str] = Counter()  # by endpoint ("health/service", ...)
+        self.blocked: Counter[str] = Counter()  # queries blocked now, by key (service_key(...))
         self._events: dict[str, asyncio.Event] = {}
         self._restores = 0  # the datacenters' restores seen by _wake
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -212,13 +213,6 @@ class ConsulSimulator:
         self._writers.clear()  # all closed with their loop
         self._handlers.clear()
 
-    def settle(self) -> None:
-        """Return once the simulator's loop (started by start()) has run what is queued so far:
-        a query counted in `requests` has then reached its blocking wait."""
-        loop = self._loop
-        if loop is not None and self._thread is not None:
-            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(10)
-
     # -- blocking --------------------------------------------------------------------------
 
     def add_datacenter(self, name: str) -> ConsulState:
@@ -262,14 +256,18 @@ class ConsulSimulator:
             return
         wait = parse_wait(query["wait"]) if query.get("wait") else DEFAULT_WAIT_S
         deadline = time.monotonic() + min(wait, self.max_wait_s)
-        restores = state.restores
-        while state.index_of(key) <= wanted and state.restores == restores:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            event = self._events.setdefault(self._event_key(state, key), asyncio.Event())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), remaining)
+        restores, name = state.restores, self._event_key(state, key)
+        self.blocked[name] += 1
+        try:
+            while state.index_of(key) <= wanted and state.restores == restores:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                event = self._events.setdefault(name, asyncio.Event())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), remaining)
+        finally:
+            self.blocked[name] -= 1
 
     # -- HTTP --------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from meshagent.agent.config import parse_config
 from meshagent.agent.daemon import Agent
 from meshagent.model.source import SourceEvent
 from meshagent.testing.consul_sim import ConsulSimulator, canonical_keys, load_data
+from meshagent.testing.consul_state import service_key
 from tests.net_helpers import free_port
 from tests.polling import async_wait_for
 
@@ -302,11 +303,9 @@ async def test_a_restore_answers_blocked_queries_at_once(patient_sim: ConsulSimu
     sim = patient_sim
     adapter, it = await watching_web(sim)
     try:
-        queries = sim.requests["health/service"]
         await async_wait_for(
-            lambda: sim.requests["health/service"] > queries, what="web's blocking query"
+            lambda: sim.blocked[service_key("web")] > 0, what="web's blocked query"
         )
-        await asyncio.to_thread(sim.settle)  # that query is now blocked
         sim.state.reset_indexes(1)
         register_web(sim, "w2", 81)
 
