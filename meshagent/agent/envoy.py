@@ -32,6 +32,7 @@ from meshagent.agent.envoy_adopt import (
     admin_serves,
     recorded_envoy,
     remove_pid_file,
+    same_command,
     write_pid_file,
 )
 from meshagent.errors import ConfigError
@@ -163,18 +164,23 @@ class EnvoySupervisor:
     async def _adopt(self) -> bool:
         """Adopt the recorded Envoy when it runs what this agent would run; stop it when it is
         ours but runs something else (another bootstrap, or an admin that never answers)."""
-        command = envoy_command(self.binary, self.bootstrap_path, self.config)
-        pid = recorded_envoy(self._state_dir, command)
-        if pid is None:
+        found = recorded_envoy(self._state_dir, self.bootstrap_path)
+        if found is None:
             return False
+        pid, argv = found
         proc = AdoptedEnvoy(pid)
-        same = _read_text(self.bootstrap_path) == bootstrap_text(self._bootstrap)
-        if same and await self._admin_answers():
+        command = envoy_command(self.binary, self.bootstrap_path, self.config)
+        if _read_text(self.bootstrap_path) != bootstrap_text(self._bootstrap):
+            reason = "bootstrap_changed"
+        elif not same_command(argv, command):
+            reason = "command_changed"
+        elif not await self._admin_answers():
+            reason = "admin_unanswered"
+        else:
             self._proc, self.adopted = proc, pid
             self._running.set()
             log.info("envoy_adopted", pid=pid)
             return True
-        reason = "admin_unanswered" if same else "bootstrap_changed"
         log.warning("envoy_replaced", pid=pid, reason=reason)
         await _terminate(proc)
         return False

