@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from meshagent.testing.demo_app import DemoApp
+from tests.envoy_helpers import kill_managed_envoy
 from tests.net_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,6 +160,7 @@ class MeshHarness:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(timeout=5)
+        kill_managed_envoy(self.state_dir)  # a managed Envoy outlives an agent that was killed
         for app in self.apps.values():
             app.stop()
 

@@ -3,10 +3,8 @@ a killed agent's managed Envoy adopted by the next agent), SotW."""
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -190,16 +188,6 @@ class Traffic:
         self._thread.join(15)
 
 
-def _kill_orphan_envoy(h: MeshHarness) -> None:
-    """Cleanup when a test fails between killing the agent and starting the next one."""
-    pid_file = h.state_dir / "envoy.pid"
-    if h.agent is None and pid_file.exists():
-        pid = int(pid_file.read_text().split()[0])
-        with contextlib.suppress(OSError):
-            if str(h.state_dir) in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
-                os.kill(pid, signal.SIGKILL)
-
-
 def test_killing_the_agent_leaves_its_managed_envoy_serving_and_the_next_agent_adopts_it(
     tmp_path: Path,
 ) -> None:
@@ -210,31 +198,28 @@ def test_killing_the_agent_leaves_its_managed_envoy_serving_and_the_next_agent_a
         h.start_app("v2", "app", "v2")
         h.apply(mesh_docs(h))
         h.start_agent()
-        try:
-            wait_until(lambda: served(h) == "app-v1", timeout=30, what="first routing")
-            pid = int((h.state_dir / "envoy.pid").read_text().split()[0])
+        wait_until(lambda: served(h) == "app-v1", timeout=30, what="first routing")
+        pid = int((h.state_dir / "envoy.pid").read_text().split()[0])
 
-            with Traffic(h) as traffic:
-                wait_until(lambda: traffic.total >= 20, what="traffic before the kill")
-                h.stop_agent(signal.SIGKILL)
-                down = traffic.total
-                wait_until(
-                    lambda: traffic.total >= down + 100 or traffic.failures,
-                    timeout=30,
-                    what="traffic while the agent is down",
-                )
-                assert traffic.failures == []
-                h.start_agent()
-                wait_until(lambda: h.agent_get("/readyz").status == 200, what="ready again")
-                h.apply(mesh_docs(h, version="v2"))
-                wait_until(lambda: served(h) == "app-v2", what="a change through the new agent")
-            print(f"{traffic.total} requests, {traffic.total - down} after the kill")
+        with Traffic(h) as traffic:
+            wait_until(lambda: traffic.total >= 20, what="traffic before the kill")
+            h.stop_agent(signal.SIGKILL)
+            down = traffic.total
+            wait_until(
+                lambda: traffic.total >= down + 100 or traffic.failures,
+                timeout=30,
+                what="traffic while the agent is down",
+            )
             assert traffic.failures == []
-            assert int((h.state_dir / "envoy.pid").read_text().split()[0]) == pid
-            assert b'"event": "envoy_adopted"' in (tmp_path / "agent.log").read_bytes()
-            assert b'"event": "envoy_started"' not in agent_log_since_restart(tmp_path)
-        finally:
-            _kill_orphan_envoy(h)
+            h.start_agent()
+            wait_until(lambda: h.agent_get("/readyz").status == 200, what="ready again")
+            h.apply(mesh_docs(h, version="v2"))
+            wait_until(lambda: served(h) == "app-v2", what="a change through the new agent")
+        print(f"{traffic.total} requests, {traffic.total - down} after the kill")
+        assert traffic.failures == []
+        assert int((h.state_dir / "envoy.pid").read_text().split()[0]) == pid
+        assert b'"event": "envoy_adopted"' in (tmp_path / "agent.log").read_bytes()
+        assert b'"event": "envoy_started"' not in agent_log_since_restart(tmp_path)
 
 
 def agent_log_since_restart(root: Path) -> bytes:
