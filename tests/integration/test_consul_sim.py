@@ -287,8 +287,12 @@ async def test_a_consul_rebuilt_with_lower_indexes_is_followed_at_once(
     sim = patient_sim
     adapter, it = await watching_web(sim)
     try:
+        await async_wait_for(
+            lambda: sim.blocked[service_key("web")] > 0, what="web's blocked query"
+        )
         await asyncio.to_thread(sim.stop)
-        await next_matching(it, lambda e: e.errors)  # the watches noticed
+        # web's watch noticed (its blocked query was cut)
+        await next_matching(it, lambda e: any("health of web" in d.reason for d in e.errors))
         sim.state.reset_indexes(1)  # rebuilt from scratch: every index starts low again
         await asyncio.to_thread(sim.start)
         register_web(sim, "w2", 81)  # index 2, below what the adapter last saw
