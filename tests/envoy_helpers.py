@@ -131,3 +131,17 @@ class EnvoyProcess:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def kill_managed_envoy(state_dir: Path) -> None:
+    """Cleanup after a test that killed an agent with `envoy.manage: true` (SIGKILL leaves its
+    Envoy running, as it should): kill the Envoy recorded in state_dir, if it still runs there."""
+    import os
+    import signal
+
+    from meshagent.agent.envoy import BOOTSTRAP_FILE
+    from meshagent.agent.envoy_adopt import recorded_envoy
+
+    found = recorded_envoy(state_dir, state_dir / BOOTSTRAP_FILE)
+    if found is not None:
+        os.kill(found[0], signal.SIGKILL)

@@ -4,7 +4,8 @@ One watch per endpoint: /v1/catalog/services (which services exist), /v1/health/
 per service, and /v1/config/<kind> per config-entry kind. Each follows Consul's rules for
 blocking queries (see consul_watch.next_index), takes a token from its own bucket before
 every query (so a service that changes a thousand times a second costs at most `qps` queries
-a second), and backs off with jitter after an error. py-consul is synchronous, so each call
+a second), and backs off with jitter after an error, after which it reads afresh (index 0),
+since the Consul it reaches again may have lower indexes. py-consul is synchronous, so each call
 runs on a daemon thread.
 
 Resources emitted (source "consul", apiVersion "consul/v1"):
@@ -272,6 +273,7 @@ class ConsulAdapter:
                 names = set(_as_dict(services))
             except Exception as exc:
                 await self._failed("catalog services", exc, backoff)
+                index = 0  # see _failed
                 continue
             backoff.reset()
             index = next_index(index, int(reported or 0))
@@ -297,6 +299,7 @@ class ConsulAdapter:
                 instances = _as_list(entries)
             except Exception as exc:
                 await self._failed(what, exc, backoff)
+                index = 0  # see _failed
                 continue
             backoff.reset()
             new = next_index(index, int(reported or 0))
@@ -314,6 +317,7 @@ class ConsulAdapter:
                 resources = [self._entry_resource(e, int(reported or 0)) for e in _as_list(entries)]
             except Exception as exc:
                 await self._failed(f"config {kind}", exc, backoff)
+                index = 0  # see _failed
                 continue
             backoff.reset()
             new = next_index(index, int(reported or 0))
@@ -356,7 +360,12 @@ class ConsulAdapter:
             await self._queue.put(SourceEvent(SOURCE, deletes=deletes))
 
     async def _failed(self, what: str, exc: Exception, backoff: Backoff) -> None:
-        """Log and report one failed query, then wait out the backoff."""
+        """Log and report one failed query, then wait out the backoff.
+
+        The caller then starts its watch over with index 0 (a non-blocking full read): the
+        Consul that answers next may have been rebuilt or restored with lower indexes, and a
+        blocking query at the old, higher index would sit out its whole `wait` before any change
+        got through."""
         delay = backoff.next_delay()
         reason = f"{what}: {type(exc).__name__}: {exc}"[:500]
         log.warning(

@@ -1,9 +1,13 @@
 """EnvoySupervisor: runs the local Envoy, restarts it when it dies, stops it gracefully.
 
-The supervisor owns the Envoy process and its bootstrap file (state_dir/envoy-bootstrap.json).
-Envoy runs in its own session so that a terminal's Ctrl-C reaches only the agent, which then
-drains and stops Envoy in order. Restarts back off exponentially up to a bound; a run that
-lasted long enough resets the backoff.
+The supervisor owns the Envoy process, its bootstrap file (state_dir/envoy-bootstrap.json)
+and its pid file (state_dir/envoy.pid). Envoy runs in its own session so that a terminal's
+Ctrl-C reaches only the agent, which then drains and stops Envoy in order; and without hot
+restart, which the supervisor never uses and which would make Envoy ask the kernel for a
+SIGTERM when its parent dies. So an agent that is killed leaves Envoy serving its last
+configuration, and the next agent adopts that Envoy (see envoy_adopt) instead of starting
+another. Restarts back off exponentially up to a bound; a run that lasted long enough resets
+the backoff.
 """
 
 from __future__ import annotations
@@ -22,12 +26,22 @@ from typing import IO, Any
 import structlog
 
 from meshagent.agent.config import AgentConfig, EnvoyConfig
+from meshagent.agent.envoy_adopt import (
+    AdoptedEnvoy,
+    EnvoyProcess,
+    admin_serves,
+    recorded_envoy,
+    remove_pid_file,
+    same_command,
+    write_pid_file,
+)
 from meshagent.errors import ConfigError
 
 log = structlog.get_logger("meshagent.envoy")
 
 BOOTSTRAP_FILE = "envoy-bootstrap.json"
 TERM_WAIT_S = 10.0
+ADOPT_WAIT_S = 5.0  # how long a recorded Envoy's admin may take to answer before it is replaced
 
 
 def find_envoy_binary(configured: str | None = None) -> str:
@@ -66,6 +80,9 @@ def envoy_command(binary: str, bootstrap: Path, config: EnvoyConfig) -> list[str
     return [
         binary,
         "-c", str(bootstrap),
+        # Hot restart makes Envoy die with its parent (PR_SET_PDEATHSIG); it must outlive a
+        # killed agent, and the supervisor restarts it plainly anyway.
+        "--disable-hot-restart",
         "--log-level", config.log_level,
         "--concurrency", str(config.concurrency),
         "--drain-time-s", str(config.drain_seconds),
@@ -74,14 +91,26 @@ def envoy_command(binary: str, bootstrap: Path, config: EnvoyConfig) -> list[str
     ]  # fmt: skip
 
 
+def bootstrap_text(bootstrap: Mapping[str, Any]) -> str:
+    """The bootstrap file's text (deterministic: the same bootstrap, the same bytes)."""
+    return json.dumps(bootstrap, indent=2, sort_keys=True) + "\n"
+
+
 def write_bootstrap(state_dir: Path, bootstrap: Mapping[str, Any]) -> Path:
     """Write bootstrap atomically to state_dir/envoy-bootstrap.json; returns its path."""
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / BOOTSTRAP_FILE
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(bootstrap, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.write_text(bootstrap_text(bootstrap), encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 class EnvoySupervisor:
@@ -107,11 +136,12 @@ class EnvoySupervisor:
         self._state_dir = state_dir
         self._output = output
         self._backoff = (backoff_initial_s, backoff_max_s, stable_after_s)
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: EnvoyProcess | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._running = asyncio.Event()
         self.restarts = 0
+        self.adopted: int | None = None  # the pid of an Envoy found running at start()
         self.binary = ""
         self.bootstrap_path = state_dir / BOOTSTRAP_FILE
 
@@ -122,11 +152,53 @@ class EnvoySupervisor:
         return proc.pid if proc is not None and proc.returncode is None else None
 
     async def start(self) -> None:
-        """Find the binary, write the bootstrap and start Envoy; ConfigError when it cannot."""
+        """Find the binary, then adopt the Envoy an earlier agent left running with this very
+        bootstrap and command line, or else write the bootstrap and start Envoy; ConfigError
+        when it cannot."""
         self.binary = find_envoy_binary(self.config.binary)
-        self.bootstrap_path = write_bootstrap(self._state_dir, self._bootstrap)
-        await self._spawn()
+        if not await self._adopt():
+            self.bootstrap_path = write_bootstrap(self._state_dir, self._bootstrap)
+            await self._spawn()
         self._task = asyncio.create_task(self._supervise(), name="envoy-supervisor")
+
+    async def _adopt(self) -> bool:
+        """Adopt the recorded Envoy when it runs what this agent would run; stop it when it is
+        ours but runs something else (another bootstrap, or an admin that never answers)."""
+        found = recorded_envoy(self._state_dir, self.bootstrap_path)
+        if found is None:
+            return False
+        pid, argv = found
+        proc = AdoptedEnvoy(pid)
+        command = envoy_command(self.binary, self.bootstrap_path, self.config)
+        if _read_text(self.bootstrap_path) != bootstrap_text(self._bootstrap):
+            reason = "bootstrap_changed"
+        elif not same_command(argv, command):
+            reason = "command_changed"
+        elif not await self._admin_answers():
+            reason = "admin_unanswered"
+        else:
+            self._proc, self.adopted = proc, pid
+            self._running.set()
+            log.info("envoy_adopted", pid=pid)
+            return True
+        log.warning("envoy_replaced", pid=pid, reason=reason)
+        await _terminate(proc)
+        return False
+
+    async def _admin_answers(self) -> bool:
+        node_id = str((self._bootstrap.get("node") or {}).get("id", ""))
+        url = self._admin_url()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ADOPT_WAIT_S
+        while True:
+            if await asyncio.to_thread(admin_serves, url, self.bootstrap_path, node_id):
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.2)
+
+    def _admin_url(self) -> str:
+        return f"http://{_url_host(self.config.admin_address)}:{self.config.admin_port}"
 
     async def wait_running(self) -> int:
         """Wait until an Envoy process runs; its pid."""
@@ -149,6 +221,7 @@ class EnvoySupervisor:
             )
         except OSError as exc:
             raise ConfigError(f"cannot start Envoy: {exc}", field="envoy.binary") from exc
+        write_pid_file(self._state_dir, self._proc.pid)
         self._running.set()
         log.info("envoy_started", pid=self._proc.pid, command=cmd)
 
@@ -172,7 +245,8 @@ class EnvoySupervisor:
                 self._proc = None
 
     async def _wait_exit(self) -> tuple[int | None, float]:
-        """The exit code of the current Envoy and how long it ran (None, 0 when none ran)."""
+        """The exit code of the current Envoy (None when unknown: an adopted one) and how long
+        it ran (None, 0 when none ran)."""
         proc = self._proc
         if proc is None:
             return None, 0.0
@@ -198,13 +272,12 @@ class EnvoySupervisor:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._task, TERM_WAIT_S)
             self._task = None
+        if proc is None or proc.returncode is not None:
+            remove_pid_file(self._state_dir)
         log.info("envoy_stopped", restarts=self.restarts)
 
-    async def _drain(self, proc: asyncio.subprocess.Process) -> None:
-        url = (
-            f"http://{_url_host(self.config.admin_address)}:{self.config.admin_port}"
-            "/drain_listeners?graceful"
-        )
+    async def _drain(self, proc: EnvoyProcess) -> None:
+        url = f"{self._admin_url()}/drain_listeners?graceful"
         try:
             await asyncio.to_thread(_post, url)
         except OSError as exc:
@@ -224,7 +297,7 @@ def _post(url: str) -> None:
         response.read()
 
 
-async def _terminate(proc: asyncio.subprocess.Process) -> None:
+async def _terminate(proc: EnvoyProcess) -> None:
     for sig, wait in ((signal.SIGTERM, TERM_WAIT_S), (signal.SIGKILL, TERM_WAIT_S)):
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)

@@ -119,7 +119,9 @@ class ConsulSimulator:
         self.read_tokens = set(read_tokens)
         self.max_wait_s = max_wait_s
         self.requests: Counter[str] = Counter()  # by endpoint ("health/service", ...)
+        self.blocked: Counter[str] = Counter()  # queries blocked now, by key (service_key(...))
         self._events: dict[str, asyncio.Event] = {}
+        self._restores = 0  # the datacenters' restores seen by _wake
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -132,6 +134,11 @@ class ConsulSimulator:
     def address(self) -> str:
         """host:port the simulator listens on."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """True between start() and stop()."""
+        return self._thread is not None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -176,6 +183,12 @@ class ConsulSimulator:
                 return
             ready.set()
             loop.run_forever()
+            # stop(): end what close_async could not reach (a connection accepted meanwhile)
+            # here, while the loop still runs, so that nothing outlives it.
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
 
         thread = threading.Thread(target=run, name="consul-sim", daemon=True)
         thread.start()
@@ -197,6 +210,8 @@ class ConsulSimulator:
         thread.join(10)
         loop.close()
         self._loop, self._thread, self._events = None, None, {}
+        self._writers.clear()  # all closed with their loop
+        self._handlers.clear()
 
     # -- blocking --------------------------------------------------------------------------
 
@@ -225,6 +240,10 @@ class ConsulSimulator:
             loop.call_soon_threadsafe(self._wake, keys)
 
     def _wake(self, keys: set[str]) -> None:
+        restores = sum(state.restores for state in self.datacenters.values())
+        if restores != self._restores:  # a restore abandons every blocked query
+            self._restores = restores
+            keys = set(self._events)
         for key in keys:
             event = self._events.pop(key, None)
             if event is not None:
@@ -237,13 +256,18 @@ class ConsulSimulator:
             return
         wait = parse_wait(query["wait"]) if query.get("wait") else DEFAULT_WAIT_S
         deadline = time.monotonic() + min(wait, self.max_wait_s)
-        while state.index_of(key) <= wanted:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            event = self._events.setdefault(self._event_key(state, key), asyncio.Event())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), remaining)
+        restores, name = state.restores, self._event_key(state, key)
+        self.blocked[name] += 1
+        try:
+            while state.index_of(key) <= wanted and state.restores == restores:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                event = self._events.setdefault(name, asyncio.Event())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), remaining)
+        finally:
+            self.blocked[name] -= 1
 
     # -- HTTP --------------------------------------------------------------------------------
 

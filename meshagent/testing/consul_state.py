@@ -92,6 +92,7 @@ class ConsulState:
         self.datacenter = datacenter
         self.local_node = node
         self.index = 1
+        self.restores = 0  # reset_indexes calls: each abandons every blocked query
         self.key_index: dict[str, int] = {}
         self.nodes: dict[str, _Node] = {}
         self.services: dict[tuple[str, str], dict[str, Any]] = {}  # (node, service id)
@@ -119,8 +120,12 @@ class ConsulState:
         self.on_change(keys)
 
     def reset_indexes(self, to: int = 1) -> None:
-        """Make every index go backwards (a snapshot restore or a new leader), and wake watchers."""
+        """Make every index go backwards (a snapshot restore or a new leader), and wake watchers.
+
+        As Consul abandons its state store on a restore, every blocked query answers at once
+        (with the lower index), whatever key it waits on."""
         with self._lock:
+            self.restores += 1
             self.index = to
             keys = set(self.key_index)
             for key in keys:

@@ -27,6 +27,7 @@ import yaml
 from meshagent.agent.admin import PUBLIC_PATHS
 from meshagent.agent.opscli import admin_request
 from meshagent.testing.demo_app import DemoApp
+from tests.envoy_helpers import kill_managed_envoy
 from tests.net_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -168,6 +169,7 @@ class MeshHarness:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(timeout=5)
+        kill_managed_envoy(self.state_dir)  # a managed Envoy outlives an agent that was killed
         for app in self.apps.values():
             app.stop()
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -67,9 +68,11 @@ class Recorder:
     acks: list[tuple[str, str]] = field(default_factory=list)
     nacks: list[tuple[str, str, str]] = field(default_factory=list)
     connects: int = 0
+    connected_at: list[float] = field(default_factory=list)  # time.monotonic() of each
 
     def connected(self, node_id: str, stream: str) -> None:
         self.connects += 1
+        self.connected_at.append(time.monotonic())
 
     def disconnected(self, node_id: str, stream: str) -> None:
         pass
@@ -224,6 +227,34 @@ async def test_restarting_the_agent_keeps_traffic_and_envoy_reconnects(mesh: Mes
     await async_wait_for(lambda: cache.status(NODE).connected, timeout=30, what="reconnect")
     await mesh.wait_acked()
     assert await mesh.get("/") == (200, "hello")
+
+
+OUTAGE_S = 6.0  # long enough for Envoy's default backoff to have grown to several seconds
+RECONNECT_BOUND_S = 2.0  # the bootstrap's 1 s cap, plus slack for a loaded machine
+
+
+async def test_envoy_is_back_within_about_a_second_of_the_agents_return(mesh: Mesh) -> None:
+    """With Envoy's default ADS backoff (0.5 s growing to 30 s, jittered) a 6 s outage is
+    typically followed by several seconds without a stream; the bootstrap caps it at 1 s."""
+    await mesh.wait_body("hello")
+    await mesh.wait_acked()
+    await mesh.server.stop(0)
+    await async_wait_for(
+        lambda: not mesh.cache.status(NODE).connected, timeout=10, what="stream closed"
+    )
+    await asyncio.sleep(OUTAGE_S)  # the outage itself: Envoy redials and fails meanwhile
+
+    cache = SnapshotCache()
+    cache.set(NODE, snapshot(mesh.listen, mesh.upstream, "after the outage"))
+    mesh.cache, mesh.server = cache, AdsServer(cache, mesh.recorder)
+    connects = mesh.recorder.connects
+    back = time.monotonic()
+    await mesh.server.start(uds_path=mesh.socket)
+    await async_wait_for(lambda: mesh.recorder.connects > connects, timeout=30, what="reconnect")
+    reconnect_s = mesh.recorder.connected_at[connects] - back
+    print(f"envoy reconnected {reconnect_s:.3f}s after the agent's return")
+    assert reconnect_s < RECONNECT_BOUND_S
+    await mesh.wait_body("after the outage")
 
 
 async def test_tcp_transport(tmp_path: Path, upstream_port: int) -> None:

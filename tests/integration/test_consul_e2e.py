@@ -1,8 +1,9 @@
 """Consul, end to end: the Consul API simulator -> `meshagent run` (Consul adapter) -> real Envoy.
 
-One simulator, agent and Envoy serve the module. The simulator caps blocking queries at 2 s
-and the agent waits 2 s per query, so that a stopped simulator is noticed quickly; "Consul
-down" lasts 30 s, as the issue asks.
+One simulator, agent and Envoy serve the module; each test leaves them as it found them (the
+`baseline` fixture). Blocking queries wait 10 s, so that a change which waits out a blocking
+query (instead of waking it) fails the PROMPT_S bound; a stopped simulator drops its
+connections, so the agent notices at once. "Consul down" lasts 30 s, as the issue asks.
 """
 
 from __future__ import annotations
@@ -25,17 +26,22 @@ from tests.integration.mesh_harness import (
     wait_until,
 )
 from tests.integration.test_routing_e2e import _wheel_envoy
+from tests.sampling import assert_share
 
 pytestmark = pytest.mark.envoy
 
 WEB = "web.service.consul"
 OUTAGE_S = 30.0
+WAIT_S = 10.0  # the blocking queries' wait (agent) and cap (simulator)
+# A change reaches Envoy "at once": normally in a few hundred ms. The bound leaves room for a
+# busy machine and stays well below the blocking wait.
+PROMPT_S = 3.0
 CLUSTER = f"outbound|8080||{WEB}"
 
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[ConsulSimulator]:
-    simulator = ConsulSimulator(max_wait_s=2.0).start()
+    simulator = ConsulSimulator(max_wait_s=WAIT_S).start()
     yield simulator
     simulator.stop()
 
@@ -48,7 +54,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, sim: ConsulSimulator) -> Iter
         "files": {"paths": ["mesh/"], "debounce_ms": 50},
         "consul": {
             "address": sim.address,
-            "wait": "2s",
+            "wait": f"{WAIT_S:g}s",
             "service_port": 8080,
             "rate_limit": {"qps": 20, "burst": 20},
         },
@@ -61,6 +67,40 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, sim: ConsulSimulator) -> Iter
         harness.start_envoy()
         wait_until(lambda: harness.request(WEB).status == 200, what="first route")
         yield harness
+
+
+@pytest.fixture(autouse=True)
+def baseline(sim: ConsulSimulator, mesh: MeshHarness) -> Iterator[None]:
+    """Every test starts from, and leaves, the module's baseline: web-v1 alone, passing, no
+    config entries, no mesh files, no injected fault, the simulator running. A test that fails
+    half-way (a fault still injected, Consul still stopped) must not fail the tests after it."""
+    yield
+    restore_baseline(sim, mesh)
+
+
+def restore_baseline(sim: ConsulSimulator, mesh: MeshHarness) -> None:
+    sim.faults.clear()
+    if not sim.running:
+        sim.start()
+    for state in sim.datacenters.values():
+        for kind, name in list(state.config):
+            state.delete_config(kind, name)
+        for node, service_id in list(state.services):
+            if (state, node, service_id) != (sim.state, sim.state.local_node, "web-v1"):
+                state.deregister_service(node, service_id)
+        for node in [n for n in state.nodes if n != state.local_node]:
+            state.deregister_node(node)
+    sim.state.set_check("serfHealth", "passing")
+    if (sim.state.local_node, "web-v1") in sim.state.services:
+        sim.state.set_check("service:web-v1", "passing")
+    else:
+        register(sim, mesh, "v1")
+    mesh.apply("")
+    wait_ports(mesh, {"v1"}, timeout=15.0)
+    wait_until(
+        lambda: "x-test" not in mesh.request(WEB).headers and served_by(mesh, 10) == {"web-v1": 10},
+        what="the baseline routes",
+    )
 
 
 def client(sim: ConsulSimulator) -> Any:
@@ -93,27 +133,27 @@ def served_by(mesh: MeshHarness, n: int) -> collections.Counter[str]:
     return count_served_by(mesh, WEB, n)
 
 
-def test_register_deregister_and_failing_check_each_reach_envoy_within_1s(
+def test_register_deregister_and_failing_check_each_reach_envoy_promptly(
     mesh: MeshHarness, sim: ConsulSimulator
 ) -> None:
     wait_ports(mesh, {"v1"})
     register(sim, mesh, "v3")
-    assert wait_ports(mesh, {"v1", "v3"}) < 1.0
+    assert wait_ports(mesh, {"v1", "v3"}) < PROMPT_S
     assert set(served_by(mesh, 40)) == {"web-v1", "web-v3"}
 
     client(sim).agent.check.ttl_fail("service:web-v3")
-    assert wait_ports(mesh, {"v1"}) < 1.0
+    assert wait_ports(mesh, {"v1"}) < PROMPT_S
     assert set(served_by(mesh, 20)) == {"web-v1"}
 
     client(sim).agent.check.ttl_pass("service:web-v3")
-    assert wait_ports(mesh, {"v1", "v3"}) < 1.0
+    assert wait_ports(mesh, {"v1", "v3"}) < PROMPT_S
     client(sim).agent.service.deregister("web-v3")
-    assert wait_ports(mesh, {"v1"}) < 1.0
+    assert wait_ports(mesh, {"v1"}) < PROMPT_S
 
 
 def _assert_even(counts: collections.Counter[str], n: int) -> None:
     assert set(counts) == {"web-v1", "web-v2"}, counts
-    assert abs(counts["web-v1"] / n - 0.5) < 0.08, counts
+    assert_share(counts["web-v1"], n, 0.5, counts)  # 150..250 of 400
 
 
 SUBSETS_AND_SPLIT = """\

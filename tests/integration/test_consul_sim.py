@@ -22,6 +22,7 @@ from meshagent.agent.config import parse_config
 from meshagent.agent.daemon import Agent
 from meshagent.model.source import SourceEvent
 from meshagent.testing.consul_sim import ConsulSimulator, canonical_keys, load_data
+from meshagent.testing.consul_state import service_key
 from tests.net_helpers import free_port
 from tests.polling import async_wait_for
 
@@ -108,7 +109,7 @@ def test_blocking_query_waits_and_wakes_on_change(sim: ConsulSimulator) -> None:
     index, _ = c.health.service("web")
     start = time.monotonic()
     again, _ = c.health.service("web", index=index, wait="300ms")
-    assert again == index and 0.25 < time.monotonic() - start < 2.0
+    assert again == index and 0.25 < time.monotonic() - start < 5.0  # blocked, then let go
     status, _, headers = get(sim, "/v1/catalog/services")
     assert status == 200 and headers["X-Consul-KnownLeader"] == "true"
 
@@ -121,7 +122,8 @@ def test_blocking_query_waits_and_wakes_on_change(sim: ConsulSimulator) -> None:
     threading.Thread(target=later, daemon=True).start()
     start = time.monotonic()
     woke, entries = c.health.service("web", index=index, wait="5s")
-    assert woke > index and len(entries) == 1 and time.monotonic() - start < 1.0
+    # woken by the change (after 0.2 s), well before the 5 s wait: room for a busy machine
+    assert woke > index and len(entries) == 1 and time.monotonic() - start < 3.0
 
 
 def test_acl_tokens_and_datacenter() -> None:
@@ -241,11 +243,81 @@ async def test_adapter_faults_index_reset_and_token_file(
         failed = await next_matching(it, lambda e: e.errors)
         assert "JSON" in failed.errors[0].reason or "Expecting" in failed.errors[0].reason
         sim.faults.clear()
-        assert ids(await next_matching(it, lambda e: e.upserts)) == ["w1"]
+        # The watch reads afresh after the error; a read answered just before the deregister
+        # may still be on its way, so wait for the state rather than take the next upsert.
+        await next_matching(it, lambda e: e.upserts and ids(e) == ["w1"])
 
         sim.state.deregister_service("sim-node", "w1")  # Consul says the service is gone
         gone = await next_matching(it, lambda e: e.deletes)
         assert gone.deletes == (("consul", "ConsulService", "", "web"),)
+
+
+@pytest.fixture
+def patient_sim() -> Iterator[ConsulSimulator]:
+    """A simulator that lets blocking queries wait as long as they ask (60 s at most)."""
+    simulator = ConsulSimulator(max_wait_s=60.0).start()
+    yield simulator
+    simulator.stop()
+
+
+def register_web(sim: ConsulSimulator, service_id: str, port: int) -> None:
+    body = {"ID": service_id, "Service": "web", "Port": port}
+    sim.state.register_service("sim-node", body, [{"Status": "passing"}])
+
+
+async def watching_web(
+    sim: ConsulSimulator,
+) -> tuple[ConsulAdapter, AsyncIterator[SourceEvent]]:
+    """An adapter whose blocking queries wait 30 s, synced on web=[w1] at a high index."""
+    register_web(sim, "w1", 80)
+    for status in ("critical", "passing") * 5:  # indexes well above those of a fresh Consul
+        sim.state.set_check("service:w1", status)
+    adapter = ConsulAdapter(ConsulOptions(address=sim.address, wait_s=30.0, backoff_cap_s=0.2))
+    await adapter.__aenter__()
+    it = events(adapter)
+    assert ids(await next_matching(it, lambda e: e.synced)) == ["w1"]
+    return adapter, it
+
+
+async def test_a_consul_rebuilt_with_lower_indexes_is_followed_at_once(
+    patient_sim: ConsulSimulator,
+) -> None:
+    """After connection errors the adapter reads afresh (index 0): a blocking query at its old
+    index would wait out the whole 30 s `wait` against the rebuilt Consul's lower indexes."""
+    sim = patient_sim
+    adapter, it = await watching_web(sim)
+    try:
+        await async_wait_for(
+            lambda: sim.blocked[service_key("web")] > 0, what="web's blocked query"
+        )
+        await asyncio.to_thread(sim.stop)
+        # web's watch noticed (its blocked query was cut)
+        await next_matching(it, lambda e: any("health of web" in d.reason for d in e.errors))
+        sim.state.reset_indexes(1)  # rebuilt from scratch: every index starts low again
+        await asyncio.to_thread(sim.start)
+        register_web(sim, "w2", 81)  # index 2, below what the adapter last saw
+
+        change = await next_matching(it, lambda e: e.upserts and ids(e) == ["w1", "w2"], 5.0)
+        assert not change.deletes
+    finally:
+        await adapter.__aexit__(None, None, None)
+
+
+async def test_a_restore_answers_blocked_queries_at_once(patient_sim: ConsulSimulator) -> None:
+    """A snapshot restore makes Consul abandon every blocked query; the lower index it then
+    reports resets the adapter's index, so the next change arrives without waiting 30 s."""
+    sim = patient_sim
+    adapter, it = await watching_web(sim)
+    try:
+        await async_wait_for(
+            lambda: sim.blocked[service_key("web")] > 0, what="web's blocked query"
+        )
+        sim.state.reset_indexes(1)
+        register_web(sim, "w2", 81)
+
+        await next_matching(it, lambda e: e.upserts and ids(e) == ["w1", "w2"], 5.0)
+    finally:
+        await adapter.__aexit__(None, None, None)
 
 
 # -- registration of local workloads --------------------------------------------------------------

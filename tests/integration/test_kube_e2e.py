@@ -33,6 +33,10 @@ pytestmark = pytest.mark.envoy
 
 WEB = "web.default.svc.cluster.local"
 OUTAGE_S = 30.0
+# A change reaches Envoy "at once": normally in a few hundred ms. The bound leaves room for a
+# busy machine yet stays below the 5 s watch restart, so a change that waited for a relist or a
+# restarted watch still fails.
+PROMPT_S = 3.0
 CLUSTER = f"outbound|8080||{WEB}"
 
 
@@ -130,13 +134,13 @@ def test_pods_in_endpointslices_are_reached_and_readiness_is_respected(
     wait_ports(mesh, {"v1"})
     sim.apply(pod_slice("v2", mesh.apps["v2"].port))
     sim.apply(pod_slice("v3", mesh.apps["v3"].port, ready=False))
-    assert wait_ports(mesh, {"v1", "v2"}) < 1.0
+    assert wait_ports(mesh, {"v1", "v2"}) < PROMPT_S
     assert set(served_by(mesh, 40)) == {"web-v1", "web-v2"}
     sim.apply(pod_slice("v3", mesh.apps["v3"].port))
-    assert wait_ports(mesh, {"v1", "v2", "v3"}) < 1.0
+    assert wait_ports(mesh, {"v1", "v2", "v3"}) < PROMPT_S
     sim.delete("EndpointSlice", "default", "web-v3")
     sim.delete("EndpointSlice", "default", "web-v2")
-    assert wait_ports(mesh, {"v1"}) < 1.0
+    assert wait_ports(mesh, {"v1"}) < PROMPT_S
 
 
 VS = {
@@ -155,14 +159,14 @@ VS = {
 }
 
 
-def test_virtual_service_created_in_the_api_changes_routing_within_1s(
+def test_virtual_service_created_in_the_api_changes_routing_promptly(
     mesh: MeshHarness, sim: KubeSim
 ) -> None:
     wait_ports(mesh, {"v1"})
     start = time.monotonic()
     sim.apply(VS)
     wait_until(lambda: mesh.request(WEB).headers.get("x-test") == "from-kube", what="VS")
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < PROMPT_S
     sim.delete("VirtualService", "default", "web")
     wait_until(lambda: "x-test" not in mesh.request(WEB).headers, what="VS removed")
 

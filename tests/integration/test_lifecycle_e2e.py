@@ -1,10 +1,13 @@
-"""Agent lifecycle against a real Envoy: hot reload, invalid edits, NACKs, agent restarts, SotW."""
+"""Agent lifecycle against a real Envoy: hot reload, invalid edits, NACKs, agent restarts (and
+a killed agent's managed Envoy adopted by the next agent), SotW."""
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,3 +162,75 @@ def test_state_of_the_world_stream_routes_too(tmp_path: Path) -> None:
         assert api_type == "GRPC"
         h.apply(mesh_docs(h, version="v2"))
         wait_until(lambda h=h: served(h) == "app-v2", what="SotW update")
+
+
+class Traffic:
+    """Requests through Envoy, one after another on a thread, counting the failures."""
+
+    def __init__(self, h: MeshHarness) -> None:
+        self.h, self.total = h, 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            conn = http.client.HTTPConnection("127.0.0.1", self.h.outbound_port, timeout=5)
+            try:
+                conn.request("GET", "/", headers={"host": HOST})
+                outcome = conn.getresponse().getheader("x-served-by") or "no x-served-by"
+            except OSError as error:  # a hung request is a failure too (5 s on loopback)
+                outcome = repr(error)
+            finally:
+                conn.close()
+            self.total += 1
+            if outcome not in ("app-v1", "app-v2"):
+                self.failures.append(outcome)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+
+def test_killing_the_agent_leaves_its_managed_envoy_serving_and_the_next_agent_adopts_it(
+    tmp_path: Path,
+) -> None:
+    with mesh_harness(tmp_path) as h:
+        envoy = {"manage": True, "admin_port": h.envoy_admin_port, "drain_seconds": 1}
+        h.configure(envoy={**envoy, "concurrency": 1})
+        h.start_app("v1", "app", "v1")
+        h.start_app("v2", "app", "v2")
+        h.apply(mesh_docs(h))
+        h.start_agent()
+        wait_until(lambda: served(h) == "app-v1", timeout=30, what="first routing")
+        pid = int((h.state_dir / "envoy.pid").read_text().split()[0])
+
+        with Traffic(h) as traffic:
+            wait_until(lambda: traffic.total >= 20, what="traffic before the kill")
+            h.stop_agent(signal.SIGKILL)
+            down = traffic.total
+            wait_until(
+                lambda: traffic.total >= down + 100 or traffic.failures,
+                timeout=30,
+                what="traffic while the agent is down",
+            )
+            assert traffic.failures == []
+            h.start_agent()
+            wait_until(lambda: h.agent_get("/readyz").status == 200, what="ready again")
+            h.apply(mesh_docs(h, version="v2"))
+            wait_until(lambda: served(h) == "app-v2", what="a change through the new agent")
+        print(f"{traffic.total} requests, {traffic.total - down} after the kill")
+        assert traffic.failures == []
+        assert int((h.state_dir / "envoy.pid").read_text().split()[0]) == pid
+        assert b'"event": "envoy_adopted"' in (tmp_path / "agent.log").read_bytes()
+        assert b'"event": "envoy_started"' not in agent_log_since_restart(tmp_path)
+
+
+def agent_log_since_restart(root: Path) -> bytes:
+    """The second agent's log lines (after its own first line)."""
+    log = (root / "agent.log").read_bytes()
+    return log[log.rfind(b'"event": "admin_listening"') :]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.mesh_harness import MeshHarness, mesh_harness, wait_until
+from tests.sampling import assert_share
 
 pytestmark = pytest.mark.envoy
 
@@ -130,7 +131,7 @@ def served_by(
     return counts
 
 
-def test_weighted_80_20_split_within_5_points(mesh: MeshHarness) -> None:
+def test_weighted_80_20_split_within_5_sigma(mesh: MeshHarness) -> None:
     http = (
         "  - route:\n"
         "    - {destination: {host: web.default.svc.cluster.local, subset: v1}, weight: 80}\n"
@@ -142,8 +143,7 @@ def test_weighted_80_20_split_within_5_points(mesh: MeshHarness) -> None:
     counts = served_by(mesh, 1000)
 
     assert sum(counts.values()) == 1000
-    v1_share = counts["web-v1"] / 10
-    assert 75 <= v1_share <= 85, counts
+    assert_share(counts["web-v1"], 1000, 0.8, counts)  # 737..863
 
 
 def test_header_match_sends_testers_to_v2(mesh: MeshHarness) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.envoy_helpers import kill_managed_envoy
 from tests.net_helpers import free_port, http_get
 from tests.polling import wait_for
 
@@ -126,6 +127,7 @@ def test_ready_status_watchdog_reload_and_clean_stop(short_dir: Path) -> None:
         if agent.poll() is None:
             agent.kill()
             agent.wait(timeout=10)
+        kill_managed_envoy(short_dir / "state")  # which a killed agent leaves running
         log.close()
         notes.sock.close()
 

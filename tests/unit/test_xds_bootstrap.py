@@ -15,7 +15,8 @@ def test_default_bootstrap_is_delta_ads_over_a_unix_socket() -> None:
 
     ads = boot["dynamic_resources"]["ads_config"]
     assert (ads["api_type"], ads["transport_api_version"]) == ("DELTA_GRPC", "V3")
-    assert ads["grpc_services"] == [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}]
+    [grpc] = ads["grpc_services"]
+    assert grpc["envoy_grpc"]["cluster_name"] == XDS_CLUSTER
     assert boot["dynamic_resources"]["cds_config"] == {"ads": {}, "resource_api_version": "V3"}
     [xds] = boot["static_resources"]["clusters"]
     endpoint = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
@@ -49,3 +50,12 @@ def test_sotw_over_tcp_with_metadata() -> None:
 def test_bad_arguments_are_config_errors(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         build_bootstrap(**kwargs)  # type: ignore[arg-type]
+
+
+def test_envoy_redials_the_agent_within_a_second() -> None:
+    """Envoy's default ADS backoff grows to 30 s; a local agent is redialled every 1 s at most."""
+    boot = build_bootstrap(node_id="vm-1", cluster="web", xds_uds_path="/x")
+
+    [grpc] = boot["dynamic_resources"]["ads_config"]["grpc_services"]
+    backoff = grpc["envoy_grpc"]["retry_policy"]["retry_back_off"]
+    assert backoff == {"base_interval": "0.1s", "max_interval": "1s"}
