@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 def parse_ca(s: _Section, base: Path, state_dir: Path) -> CaConfig:
     """The `ca` section, validated; relative paths resolve against base."""
     from meshagent.ca.keys import KEY_TYPES
-    from meshagent.durations import format_ms
+    from meshagent.durations import format_duration
 
     s.only(
         "mode",
@@ -38,7 +38,8 @@ def parse_ca(s: _Section, base: Path, state_dir: Path) -> CaConfig:
     ttl_ms = _duration_ms(s, "workload_ttl", "24h", 1)
     max_ms = _duration_ms(s, "max_workload_ttl", "90d", 1)
     if ttl_ms > max_ms:
-        raise s.error(f"is longer than ca.max_workload_ttl ({format_ms(max_ms)})", "workload_ttl")
+        limit = format_duration(max_ms / 1000)
+        raise s.error(f"is longer than ca.max_workload_ttl ({limit})", "workload_ttl")
     ca_dir = s.opt("dir", str)
     serve = _ca_serve(s.section("serve"))
     if mode == "upstream" and serve.address:
