@@ -813,6 +813,11 @@ class Agent:
                 )
             else:
                 reasons.append(f"envoy {node} has not ACKed {kind} {st.last_sent_version}")
+        published = self.cache.get(node)[0]
+        if published and status.settled_version != published and not reasons:
+            # Published, but not yet sent, or sent and not yet answered (a large first push
+            # is sent type by type): Envoy does not have it yet.
+            reasons.append(f"envoy {node} has not applied configuration {published} yet")
         return reasons
 
 

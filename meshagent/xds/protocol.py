@@ -214,6 +214,15 @@ class StreamCore(ABC):
         """Responses awaiting ACK or NACK, by nonce."""
         return dict(self._in_flight)
 
+    @property
+    def settled_version(self) -> int | None:
+        """The cache version the proxy has answered everything of: every response this stream
+        sent for it was ACKed or NACKed, and nothing is held back (types wait only on answers).
+        None while responses are in flight or before the first snapshot."""
+        if self._snapshot is None or self._in_flight:
+            return None
+        return self._snapshot[0]
+
     def on_snapshot(self, version: int, resources: ResourceSet) -> list[Any]:
         """A new cache snapshot; returns the responses that bring the proxy up to date."""
         self._snapshot = (version, self._visible(resources))

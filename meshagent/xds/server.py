@@ -205,6 +205,12 @@ class _Session:
             for response in responses:
                 yield response
             self._report(self._stream.take_events())
+            self._note_settled()
+
+    def _note_settled(self) -> None:
+        settled = self._stream.settled_version
+        if self._node is not None and settled is not None:
+            self._cache.update_status(self._node, lambda s: s.with_settled(settled))
 
     def _answer_wait(self) -> float | None:
         """Seconds until the oldest unanswered response times out; None when none is pending."""

@@ -49,6 +49,10 @@ class ProxyStatus:
     stream: str = ""
     streams: int = 0
     types: Mapping[str, TypeStatus] = field(default_factory=_empty_types)
+    # The cache version whose every response the proxy has answered (0: none yet on this
+    # stream): readiness compares it with the cache's version, so that a set published but
+    # not yet sent or answered does not count as applied.
+    settled_version: int = 0
 
     def of(self, type_url: str) -> TypeStatus:
         """The status of one type URL (an empty TypeStatus when nothing happened yet)."""
@@ -71,6 +75,12 @@ class ProxyStatus:
         return dataclasses.replace(
             self, connected=streams > 0, streams=streams, stream=self.stream if streams else ""
         )
+
+    def with_settled(self, version: int) -> ProxyStatus:
+        """The proxy has answered everything sent for cache version `version`."""
+        if version == self.settled_version:
+            return self
+        return dataclasses.replace(self, settled_version=version)
 
     def with_pushed(self, type_url: str, version: str, now: float) -> ProxyStatus:
         """A response of this type was written to the stream."""

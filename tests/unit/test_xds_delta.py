@@ -354,3 +354,28 @@ def test_a_change_hint_gives_the_same_responses_as_a_full_comparison() -> None:
 
     # Then they send the same thing: the new cluster, then the changed endpoints
     assert got_hinted == got_plain == [(CLUSTER, ["c"], []), (ENDPOINT, ["b"], [])]
+
+
+def test_settled_version_waits_for_every_answer_of_a_snapshot() -> None:
+    # Given a proxy that asked for clusters and endpoints
+    stream = DeltaStream()
+    assert stream.settled_version is None
+    stream.on_request(request(CLUSTER, node=NODE))
+    stream.on_request(request(ENDPOINT, subscribe=("a", "b")))
+    # when snapshot 1 is published, nothing counts as applied until every response is answered
+    sent = stream.on_snapshot(1, SNAP1)
+    assert sent and stream.settled_version is None
+    for response in sent[:-1]:
+        stream.on_request(ack(response))
+        assert stream.settled_version is None
+    more = stream.on_request(ack(sent[-1]))
+    while more:  # responses held back until the first answers came (make-before-break)
+        assert stream.settled_version is None
+        more = [r for response in more for r in stream.on_request(ack(response))]
+    assert stream.settled_version == 1
+    # and a NACK is an answer too (readiness reports the rejection itself)
+    sent = stream.on_snapshot(2, clusters_with_a(999))
+    assert sent and stream.settled_version is None
+    for response in sent:
+        stream.on_request(nack(response) if response.type_url == CLUSTER else ack(response))
+    assert stream.settled_version == 2
