@@ -70,6 +70,11 @@ class Service:
                 return p
         return None
 
+    def client_addresses(self) -> tuple[str, ...]:
+        """The addresses (IPs or CIDRs) clients reach this service on: the given ones, else
+        the allocated VIPs."""
+        return self.addresses or self.auto_addresses
+
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:

@@ -164,6 +164,13 @@ def test_the_unchanged_app_reaches_a_mesh_service_over_mtls(mesh: dict[str, Host
     assert f"URI={CLIENT_ID}" in headers.get("x-forwarded-client-cert", "")
 
 
+def test_an_app_calling_by_address_alone_is_routed_too(mesh: dict[str, Host]) -> None:
+    # Host: <VIP>:8080, as a client that was given the address and no name sends it
+    reply = wait_until(lambda: mesh["a"].ns.http(f"http://{HELLO_VIP}:8080/"), timeout=30,
+                       what="by address")  # fmt: skip
+    assert reply[0] == 200 and json.loads(reply[1])["service"] == "hello"
+
+
 def test_a_tcp_service_by_its_address(mesh: dict[str, Host]) -> None:
     reply = wait_until(lambda: _hello(mesh["a"], port=9000), timeout=30, what="tcp service")
     assert reply[0] == 200 and json.loads(reply[1])["service"] == "hello"

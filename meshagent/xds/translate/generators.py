@@ -36,7 +36,11 @@ from meshagent.xds.translate.route_wire import (
     route_configuration_bytes,
     wire_virtual_host,
 )
-from meshagent.xds.translate.routes import catch_all_virtual_host, domains_for
+from meshagent.xds.translate.routes import (
+    address_domains,
+    catch_all_virtual_host,
+    domains_for,
+)
 from meshagent.xds.translate.tls import auto_mtls, mesh_tls_for
 from meshagent.xds.wire import string_field
 
@@ -553,6 +557,9 @@ class RoutesGenerator:
         domains = domains_for(
             host, scope.port, namespace=namespace, proxy_namespace=ctx.proxy.namespace
         )
+        service = ctx.snapshot.services.get(host) if ctx.proxy.capture else None
+        if service is not None:
+            domains += address_domains(service, scope.port)
         built = wire_virtual_host(host, domains, vs, scope)
         self._vhosts_next[at] = (key, built)
         return built

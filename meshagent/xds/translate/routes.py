@@ -14,7 +14,14 @@ from collections.abc import Iterable
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 
-from meshagent.model import Destination, HttpMatch, HttpRoute, VirtualService, WeightedDestination
+from meshagent.model import (
+    Destination,
+    HttpMatch,
+    HttpRoute,
+    Service,
+    VirtualService,
+    WeightedDestination,
+)
 from meshagent.model.proxy import REGISTRY_ONLY, ProxySpec
 from meshagent.xds import names
 from meshagent.xds.translate import protos
@@ -44,6 +51,19 @@ def domains_for(host: str, port: int, *, namespace: str, proxy_namespace: str) -
     if namespace == proxy_namespace:
         return [host, host + at, name, name + at, short, short + at, svc, svc + at]
     return [host, host + at, short, short + at, svc, svc + at]
+
+
+def address_domains(service: Service, port: int) -> list[str]:
+    """Under capture, a client may call a service by its address (a VIP, a ClusterIP), and
+    the Host header is then that address: `ip`, `ip:port` (IPv6 in brackets), as in Istio.
+    CIDR ranges name no host."""
+    out: list[str] = []
+    for address in service.client_addresses():
+        if "/" in address:
+            continue
+        shown = f"[{address}]" if ":" in address else address
+        out += [shown, f"{shown}:{port}"]
+    return out
 
 
 def _cluster_weights(

@@ -32,7 +32,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf.message import Message
 
-from meshagent.model import MeshSnapshot, ProxySpec, Service
+from meshagent.model import MeshSnapshot, ProxySpec
 from meshagent.model.proxy import REGISTRY_ONLY, InboundPort
 from meshagent.model.security import MtlsMode
 from meshagent.xds import names, typeurls
@@ -84,11 +84,6 @@ def fallback_cluster(proxy: ProxySpec) -> str:
     return names.PASSTHROUGH_CLUSTER
 
 
-def service_addresses(service: Service) -> tuple[str, ...]:
-    """The addresses (IPs or CIDRs) a client reaches service on, for destination matching."""
-    return service.addresses or service.auto_addresses
-
-
 def _prefix_range(address: str) -> address_pb2.CidrRange | None:
     try:
         network = ipaddress.ip_network(address, strict=False)
@@ -109,7 +104,7 @@ def _tcp_service_chains(ctx: Context) -> list[lc.FilterChain]:
     out: list[lc.FilterChain] = []
     for host in ctx.index.routing.sorted_hosts:
         service = snapshot.services[host]
-        addresses = service_addresses(service)
+        addresses = service.client_addresses()
         if not addresses or host.startswith("*"):
             continue
         for port in service.ports:
