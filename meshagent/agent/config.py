@@ -73,6 +73,7 @@ from meshagent.model.proxy import (
     ProxySpec,
     TcpBinding,
 )
+from meshagent.model.services import KNOWN_PROTOCOLS
 
 if TYPE_CHECKING:
     from meshagent.agent.consul_config import ConsulSourceConfig
@@ -718,9 +719,18 @@ def _inbound_port(parent: _Section, index: int, item: Any) -> InboundPort:
     return InboundPort(
         port=port,
         target_port=s.port("target_port", port, zero_ok=False),
-        protocol=s.get("protocol", str, "HTTP").upper(),
+        protocol=_protocol(s),
         name=s.get("name", str, ""),
     )
+
+
+def _protocol(s: _Section) -> str:
+    """A workload port's protocol: Istio's names, or "" to have it sniffed (HTTP or not)."""
+    protocol = s.get("protocol", str, "HTTP").upper()
+    if protocol and protocol not in KNOWN_PROTOCOLS:
+        known = ", ".join(sorted(KNOWN_PROTOCOLS))
+        raise s.error(f"must be one of {known}, or \"\" to detect it", "protocol")
+    return protocol
 
 
 __all__ = [

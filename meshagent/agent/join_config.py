@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from meshagent.ca.settings import CaConfig, CaUpstreamConfig
 from meshagent.model.proxy import InboundPort, LocalWorkload
+from meshagent.model.services import KNOWN_PROTOCOLS
 from meshagent.onboard.joindir import JoinInfo, read_join_dir
 
 if TYPE_CHECKING:
@@ -117,9 +118,13 @@ def join_locality(info: JoinInfo) -> str:
 
 
 def _protocol(port_name: str) -> str:
-    """Istio's protocol selection by port name prefix (http-, grpc-, tcp-, ...); HTTP otherwise."""
-    prefix = port_name.split("-", 1)[0].upper()
-    return prefix if prefix in ("HTTP", "HTTP2", "GRPC", "TCP", "TLS", "HTTPS") else "HTTP"
+    """Istio's protocol selection by port name (`http`, `grpc-web`, `tcp-db`, ...); "" (sniffed
+    from the first bytes, as Istio does) for a name that names no protocol."""
+    name = port_name.upper()
+    for protocol in sorted(KNOWN_PROTOCOLS, key=len, reverse=True):  # GRPC-WEB before GRPC
+        if name == protocol or name.startswith(protocol + "-"):
+            return protocol
+    return ""
 
 
 def join_ca(info: JoinInfo, state_dir: Path) -> CaConfig:

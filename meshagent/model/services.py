@@ -14,6 +14,9 @@ from meshagent.model.labels import NO_LABELS, Labels
 from meshagent.model.source import Provenance
 
 HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
+# Istio's protocol names; a port with another (or none) has its protocol detected from the
+# first bytes ("sniffed"), as Istio does for ports it cannot name a protocol for.
+KNOWN_PROTOCOLS = HTTP_PROTOCOLS | {"HTTPS", "TCP", "TLS", "MONGO", "MYSQL", "REDIS", "UDP"}
 
 
 class Resolution(StrEnum):

@@ -37,3 +37,28 @@ def test_inbound_errors_are_located(tmp_path: Path, text: str, field: str) -> No
     with pytest.raises(ConfigError) as caught:
         parse_config(text, tmp_path / "agent.yaml")
     assert caught.value.field == field
+
+
+def test_a_port_protocol_is_one_istio_names_or_empty_to_be_sniffed(tmp_path: Path) -> None:
+    text = "workloads: [{name: w, ports: [{port: 80, protocol: %s}]}]\n"
+    port = parse_config(text % '""', tmp_path / "a.yaml").workloads[0].ports[0]
+    assert port.protocol == ""
+    assert parse_config(text % "grpc-web", tmp_path / "a.yaml").workloads[0].ports[0].protocol == (
+        "GRPC-WEB"
+    )
+    with pytest.raises(ConfigError) as err:
+        parse_config(text % "htpp", tmp_path / "a.yaml")
+    assert err.value.field == "workloads[0].ports[0].protocol"
+
+
+@pytest.mark.parametrize(
+    ("name", "protocol"),
+    [("http", "HTTP"), ("http-web", "HTTP"), ("grpc-web-ui", "GRPC-WEB"), ("tcp-db", "TCP"),
+     ("https", "HTTPS"), ("mysql", "MYSQL"), ("web", ""), ("httpx", ""), ("", "")],
+)  # fmt: skip
+def test_a_joined_workload_port_takes_istios_protocol_from_its_name(
+    name: str, protocol: str
+) -> None:
+    from meshagent.agent.join_config import _protocol
+
+    assert _protocol(name) == protocol

@@ -21,12 +21,14 @@ from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from google.protobuf import wrappers_pb2
+from google.protobuf.message import Message
 
 from meshagent.errors import ConfigError
 from meshagent.model import InboundPort, LocalWorkload, MeshSnapshot, ProxySpec
@@ -40,12 +42,15 @@ from meshagent.xds.translate.jwt import jwt_filter_for
 from meshagent.xds.translate.listeners import tcp_proxy
 from meshagent.xds.translate.rbac import RbacFilter, rbac_by_action
 from meshagent.xds.translate.secrets import certificate_secret_name, sds_config
-from meshagent.xds.translate.selection import applicable, applies, is_http
+from meshagent.xds.translate.selection import applicable, applies, is_http, is_sniffed
 from meshagent.xds.translate.trust import trust_bundle
 
 HTTP_RBAC = "envoy.filters.http.rbac"
 NETWORK_RBAC = "envoy.filters.network.rbac"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+HTTP_INSPECTOR = "envoy.filters.listener.http_inspector"
+# What the http_inspector reports for plaintext HTTP (Istio's sniffing chains match these).
+SNIFFED_HTTP = ("http/1.1", "h2c")
 # What the inbound TLS side offers; mesh clients offer "istio" (no overlap: no ALPN, and the
 # HTTP connection manager detects HTTP/1.1 or HTTP/2 from the first bytes).
 INBOUND_ALPN = ("h2", "http/1.1")
@@ -168,27 +173,41 @@ def _chain(filters: list[lc.Filter], tls_secret: str | None, match: str) -> lc.F
 def inbound_chains(
     ctx: Context, workload: LocalWorkload, port: InboundPort
 ) -> list[lc.FilterChain]:
-    """The filter chains of one workload port; a chain matching a transport protocol needs
-    the tls_inspector listener filter (see needs_tls_inspector)."""
+    """The filter chains of one workload port. A chain matching a transport protocol needs the
+    tls_inspector listener filter, one matching application protocols the http_inspector
+    (see listener_filters_for)."""
     proxy = ctx.proxy
     mode = mtls_mode(ctx.snapshot, proxy, workload, port)
     if mode is MtlsMode.PERMISSIVE and not proxy.certificates:
         mode = MtlsMode.DISABLE
-    http = is_http(port)
+    secret = certificate_secret_name(proxy, workload)
+    if not is_sniffed(port):
+        filters = _port_filters(ctx, workload, port, http=is_http(port))
+        return mode_chains(mode, filters, secret)
+    # A protocol Istio cannot name: plaintext HTTP (as the http_inspector sees the first
+    # bytes) gets the HTTP chain, everything else, mTLS included, the TCP one.
+    http = mode_chains(mode, _port_filters(ctx, workload, port, http=True), secret)
+    sniffed = [c for c in http if not c.HasField("transport_socket")]
+    for chain in sniffed:
+        chain.filter_chain_match.application_protocols.extend(SNIFFED_HTTP)
+    return sniffed + mode_chains(mode, _port_filters(ctx, workload, port, http=False), secret)
+
+
+def _port_filters(
+    ctx: Context, workload: LocalWorkload, port: InboundPort, *, http: bool
+) -> list[lc.Filter]:
+    """The network filters of one workload port, as HTTP or as TCP."""
+    proxy = ctx.proxy
     policies = authz_policies(ctx.snapshot, proxy, workload)
-    bundle = trust_bundle(proxy)
-    rbacs = rbac_by_action(policies, http=http, bundle=bundle)
+    rbacs = rbac_by_action(policies, http=http, bundle=trust_bundle(proxy))
     if http:
         authn = jwt_filter_for(ctx.snapshot, proxy, workload)
         # CUSTOM (the external authorizer) decides before DENY and ALLOW, as in Istio.
         custom = ext_authz.http_filters(ctx.snapshot, proxy, policies)
-        filters = [_http_manager(port, rbacs, authn, custom)]
-    else:
-        prefix = names.inbound_stat_prefix(port.port)
-        custom_tcp = ext_authz.network_filters(ctx.snapshot, proxy, policies, prefix)
-        filters = custom_tcp + _tcp_filters(port, rbacs)
-    secret = certificate_secret_name(proxy, workload)
-    return mode_chains(mode, filters, secret)
+        return [_http_manager(port, rbacs, authn, custom)]
+    prefix = names.inbound_stat_prefix(port.port)
+    custom_tcp = ext_authz.network_filters(ctx.snapshot, proxy, policies, prefix)
+    return custom_tcp + _tcp_filters(port, rbacs)
 
 
 def mode_chains(mode: MtlsMode, filters: list[lc.Filter], secret: str) -> list[lc.FilterChain]:
@@ -201,16 +220,19 @@ def mode_chains(mode: MtlsMode, filters: list[lc.Filter], secret: str) -> list[l
     return [_chain(filters, None, "")]
 
 
-def needs_tls_inspector(chains: Sequence[lc.FilterChain]) -> bool:
-    """Whether a listener with chains must sniff TLS (some chain matches a transport)."""
-    return any(c.filter_chain_match.transport_protocol for c in chains)
+def listener_filters_for(chains: Sequence[lc.FilterChain]) -> list[lc.ListenerFilter]:
+    """The inspectors chains need: tls_inspector when one matches a transport protocol,
+    http_inspector when one matches application protocols of plaintext (sniffing)."""
+    out = []
+    if any(c.filter_chain_match.transport_protocol for c in chains):
+        out.append(_inspector(TLS_INSPECTOR, tls_inspector_pb2.TlsInspector()))
+    if any(c.filter_chain_match.application_protocols for c in chains):
+        out.append(_inspector(HTTP_INSPECTOR, http_inspector_pb2.HttpInspector()))
+    return out
 
 
-def tls_inspector() -> lc.ListenerFilter:
-    """The listener filter that tells TLS from plaintext (and reads SNI and ALPN)."""
-    return lc.ListenerFilter(
-        name=TLS_INSPECTOR, typed_config=protos.packed(tls_inspector_pb2.TlsInspector())
-    )
+def _inspector(name: str, config: Message) -> lc.ListenerFilter:
+    return lc.ListenerFilter(name=name, typed_config=protos.packed(config))
 
 
 def build_inbound_listener(ctx: Context, workload: LocalWorkload, port: InboundPort) -> Listener:
@@ -221,8 +243,7 @@ def build_inbound_listener(ctx: Context, workload: LocalWorkload, port: InboundP
     out.address.socket_address.address = proxy.inbound_address
     out.address.socket_address.port_value = port.port
     chains = inbound_chains(ctx, workload, port)
-    if needs_tls_inspector(chains):
-        out.listener_filters.append(tls_inspector())
+    out.listener_filters.extend(listener_filters_for(chains))
     out.filter_chains.extend(chains)
     return out
 

@@ -12,9 +12,9 @@ from typing import TypeVar
 
 from meshagent.model import InboundPort, LocalWorkload, ProxySpec, selector_matches
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
+from meshagent.model.services import HTTP_PROTOCOLS, KNOWN_PROTOCOLS
 
 # Inbound ports that get an HTTP connection manager (and so HTTP RBAC, JWT, ext_authz).
-HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
 
 P = TypeVar("P", PeerAuthn, AuthzPolicy, RequestAuthn)
 
@@ -22,6 +22,12 @@ P = TypeVar("P", PeerAuthn, AuthzPolicy, RequestAuthn)
 def is_http(port: InboundPort) -> bool:
     """Whether an inbound port is served by an HTTP connection manager."""
     return port.protocol.upper() in HTTP_PROTOCOLS
+
+
+def is_sniffed(port: InboundPort) -> bool:
+    """Whether an inbound port's protocol is unknown, so HTTP is told from the rest by the
+    first bytes (http_inspector)."""
+    return port.protocol.upper() not in KNOWN_PROTOCOLS
 
 
 def applies(

@@ -25,7 +25,6 @@ from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.router.v3 import router_pb2
-from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
@@ -42,11 +41,11 @@ from meshagent.xds.translate.context import Context
 from meshagent.xds.translate.generators import identical, keep_unchanged, tcp_route_for
 from meshagent.xds.translate.inbound import (
     INBOUND_SOURCE_ADDRESS,
+    SNIFFED_HTTP,
     inbound_chains,
+    listener_filters_for,
     mode_chains,
     mtls_mode,
-    needs_tls_inspector,
-    tls_inspector,
     workload_ports,
 )
 from meshagent.xds.translate.listeners import http_connection_manager, tcp_proxy
@@ -54,10 +53,7 @@ from meshagent.xds.translate.route_action import RouteScope, destination_cluster
 from meshagent.xds.translate.secrets import certificate_secret_name
 
 ORIGINAL_DST = "envoy.filters.listener.original_dst"
-HTTP_INSPECTOR = "envoy.filters.listener.http_inspector"
 PASSTHROUGH_TIMEOUT_MS = 10_000  # Istio's connect timeout of its passthrough clusters
-# What the http_inspector reports for plaintext HTTP (Istio's sniffing chains match these).
-SNIFFED_HTTP = ("http/1.1", "h2c")
 
 
 def _listener_filter(name: str, config: Message) -> lc.ListenerFilter:
@@ -223,11 +219,7 @@ def build_virtual_inbound(ctx: Context) -> Listener:
             chains.append(chain)
     chains += _passthrough_chains(ctx)
     out.listener_filters.append(_original_dst())
-    if needs_tls_inspector(chains):
-        out.listener_filters.append(tls_inspector())
-    out.listener_filters.append(
-        _listener_filter(HTTP_INSPECTOR, http_inspector_pb2.HttpInspector())
-    )
+    out.listener_filters.extend(listener_filters_for(chains))
     out.filter_chains.extend(chains)
     return out
 
