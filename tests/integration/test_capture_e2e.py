@@ -10,57 +10,29 @@ outside the mesh. Envoy and the agents run as root, whose traffic the capture ru
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from tests.integration.mesh_harness import MESHAGENT, wait_until
-from tests.integration.mtls_hosts import envoy_available, meshagent
-from tests.integration.netns import Netns, namespaces, require_netns
+from tests.integration.capture_hosts import (
+    B_IP,
+    C_IP,
+    CLIENT_ID,
+    HELLO,
+    HELLO_VIP,
+    Host,
+    apply_capture,
+    capture,
+    capture_hosts,
+)
+from tests.integration.mesh_harness import wait_until
+from tests.integration.mtls_hosts import envoy_available
 
 pytestmark = [
     pytest.mark.envoy,
     pytest.mark.skipif(not envoy_available(), reason="envoy binary not installed"),
 ]
-
-HELLO = "hello.demo.svc.cluster.local"
-HELLO_VIP = "240.240.0.10"
-B_IP, C_IP = "10.81.0.2", "10.82.0.2"
-CLIENT_ID = "spiffe://cluster.local/ns/default/sa/client"
-
-MESH = f"""\
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: hello, namespace: demo}}
-spec:
-  hosts: [{HELLO}]
-  addresses: [{HELLO_VIP}]
-  ports:
-  - {{number: 8080, name: http, protocol: HTTP}}
-  - {{number: 9000, name: tcp, protocol: TCP}}
-  location: MESH_INTERNAL
-  resolution: STATIC
-  endpoints: [{{address: {B_IP}, serviceAccount: hello}}]
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {{name: default, namespace: istio-system}}
-spec: {{mtls: {{mode: STRICT}}}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: no-denied, namespace: demo}}
-spec:
-  selector: {{matchLabels: {{app: hello}}}}
-  action: DENY
-  rules: [{{to: [{{operation: {{paths: [/denied]}}}}]}}]
-"""
 
 SSH_BANNER_SERVER = (
     "import socket\n"
@@ -71,86 +43,14 @@ SSH_BANNER_SERVER = (
 )
 
 
-@dataclass
-class Host:
-    ns: Netns
-    root: Path
-    config: dict[str, Any]
-    agent: Any = None
-
-    def write_config(self) -> None:
-        (self.root / "agent.yaml").write_text(yaml.safe_dump(self.config))
-
-    def start_agent(self) -> None:
-        self.write_config()
-        cmd = [*MESHAGENT, "run", "--config", str(self.root / "agent.yaml")]
-        self.agent = self.ns.start(cmd, self.root / "agent.log")
-        wait_until(self.ready, timeout=60, what=f"{self.ns.name} ready")
-
-    def ready(self) -> bool:
-        reply = self.ns.http("http://127.0.0.1:15020/readyz", uid=None)
-        return reply is not None and reply[0] == 200
-
-    def reload(self) -> None:
-        self.write_config()
-        self.agent.send_signal(signal.SIGHUP)
-
-
-def _capture(ns: Netns, *args: str) -> None:
-    """`meshagent capture` in ns; root (uid 0: Envoy and the agent) is never captured."""
-    ns.run(*MESHAGENT, *args)
-
-
-def apply_capture(ns: Netns) -> None:
-    _capture(ns, "capture", "apply", "-p", "15001", "-z", "15006", "-u", "0", "-i", "*",
-             "-b", "*", "-d", "22,15020,15000")  # fmt: skip
-
-
-def agent_config(name: str, ca_dir: Path, workloads: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "node": {"id": name, "namespace": workloads[0]["namespace"]},
-        "state_dir": "state",
-        "sources": {"files": {"paths": ["mesh/"], "debounce_ms": 50}},
-        "admin": {"address": "127.0.0.1", "port": 15020},
-        "envoy": {"manage": True, "concurrency": 1, "drain_seconds": 1},
-        "ca": {"mode": "self-signed", "dir": str(ca_dir)},
-        "workloads": workloads,
-        "capture": {"enabled": True},
-        "log": {"level": "debug", "format": "json"},
-    }
-
-
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Host]]:
-    require_netns()
     root = tmp_path_factory.mktemp("capture")
-    ca_dir = root / "ca"
-    meshagent("ca", "init", "--dir", str(ca_dir))
-    with namespaces(3) as (a_ns, b_ns, c_ns):
-        client = {"name": "client", "namespace": "default", "service_account": "client",
-                  "labels": {"app": "client"}}  # fmt: skip
-        hello = {"name": "hello", "namespace": "demo", "service_account": "hello",
-                 "labels": {"app": "hello"}, "ports": [{"port": 8080, "protocol": "HTTP"}]}
-        # the TCP port as a workload of its own, which the HTTP DENY policy does not select
-        hello_tcp = {**hello, "name": "hello-tcp", "labels": {"app": "hello-tcp"},
-                     "ports": [{"port": 9000, "protocol": "TCP"}]}  # fmt: skip
-        hosts = {}
-        for key, ns, workloads in (("a", a_ns, [client]), ("b", b_ns, [hello, hello_tcp])):
-            host_root = root / key
-            (host_root / "mesh").mkdir(parents=True)
-            (host_root / "mesh" / "mesh.yaml").write_text(MESH)
-            hosts[key] = Host(ns, host_root, agent_config(f"host-{key}", ca_dir, workloads))
-        app = [sys.executable, "-m", "meshagent.testing.demo_app", "--name", "hello"]
-        b_ns.start([*app, "--listen", "127.0.0.1:8080"], root / "b" / "app.log")
-        b_ns.start([*app, "--listen", "127.0.0.1:9000"], root / "b" / "tcp-app.log")
-        b_ns.start([sys.executable, "-c", SSH_BANNER_SERVER], root / "b" / "ssh.log")
+    with capture_hosts(root, 3) as (a, b, c):
+        b.ns.start([sys.executable, "-c", SSH_BANNER_SERVER], root / "b" / "ssh.log")
         outside = [sys.executable, "-m", "meshagent.testing.demo_app", "--name", "outside"]
-        c_ns.start([*outside, "--listen", f"{C_IP}:7070"], root / "c.log")
-        hosts["c"] = Host(c_ns, root / "c", {})
-        for key in ("b", "a"):
-            apply_capture(hosts[key].ns)
-            hosts[key].start_agent()
-        yield hosts
+        c.ns.start([*outside, "--listen", f"{C_IP}:7070"], root / "c.log")
+        yield {"a": a, "b": b, "c": c}
 
 
 def _hello(a: Host, path: str = "/", port: int = 8080) -> tuple[int, str] | None:
@@ -204,7 +104,7 @@ def test_outbound_traffic_policy_then_capture_remove(mesh: dict[str, Host]) -> N
     wait_until(lambda: a.ns.http(outside) is None, timeout=30, what="blackhole")
     assert (_hello(a) or (0, ""))[0] == 200  # the mesh service still answers
 
-    _capture(a.ns, "capture", "remove")
+    capture(a.ns, "remove")
     reply = wait_until(lambda: a.ns.http(outside), timeout=30, what="direct after remove")
     assert reply[0] == 200
     assert _hello(a) is None  # the VIP means nothing without capture

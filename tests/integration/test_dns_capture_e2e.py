@@ -18,19 +18,10 @@ from collections.abc import Iterator
 import pytest
 
 from meshagent.normalize.vips import home_slot, slot_addresses
-from tests.integration.mesh_harness import MESHAGENT, wait_until
-from tests.integration.mtls_hosts import envoy_available, meshagent
-from tests.integration.netns import NOBODY, namespaces, require_netns
-from tests.integration.test_capture_e2e import (
-    B_IP,
-    CLIENT_ID,
-    HELLO,
-    HELLO_VIP,
-    MESH,
-    Host,
-    agent_config,
-    apply_capture,
-)
+from tests.integration.capture_hosts import B_IP, CLIENT_ID, HELLO, HELLO_VIP, Host, capture_hosts
+from tests.integration.mesh_harness import wait_until
+from tests.integration.mtls_hosts import envoy_available
+from tests.integration.netns import NOBODY
 
 pytestmark = [
     pytest.mark.envoy,
@@ -60,40 +51,12 @@ RESOLVE = (
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Host]]:
-    require_netns()
     root = tmp_path_factory.mktemp("dns-capture")
-    ca_dir = root / "ca"
-    meshagent("ca", "init", "--dir", str(ca_dir))
-    with namespaces(2) as (a_ns, b_ns):
-        client = {"name": "client", "namespace": "default", "service_account": "client",
-                  "labels": {"app": "client"}}  # fmt: skip
-        hello = {
-            "name": "hello",
-            "namespace": "demo",
-            "service_account": "hello",
-            "labels": {"app": "hello"},
-            "ports": [{"port": 8080, "protocol": "HTTP"}],
-        }
-        hello_tcp = {**hello, "name": "hello-tcp", "labels": {"app": "hello-tcp"},
-                     "ports": [{"port": 9000, "protocol": "TCP"}]}  # fmt: skip
-        hosts = {}
-        for key, ns, workloads in (("a", a_ns, [client]), ("b", b_ns, [hello, hello_tcp])):
-            host_root = root / key
-            (host_root / "mesh").mkdir(parents=True)
-            (host_root / "mesh" / "mesh.yaml").write_text(MESH + AUTO_MESH)
-            hosts[key] = Host(ns, host_root, agent_config(f"host-{key}", ca_dir, workloads))
-        hosts["a"].config["dns"] = {"enabled": True, "upstreams": []}
-        app = [sys.executable, "-m", "meshagent.testing.demo_app", "--name", "hello"]
-        b_ns.start([*app, "--listen", "127.0.0.1:8080"], root / "b" / "app.log")
-        b_ns.start([*app, "--listen", "127.0.0.1:9000"], root / "b" / "tcp-app.log")
-        apply_capture(b_ns)
-        hosts["b"].start_agent()
-        # A: the capture e2e's rules, and DNS (any port-53 traffic) to the agent's 15053
-        a_ns.run(*MESHAGENT, "capture", "apply", "-p", "15001", "-z", "15006", "-u", "0",
-                 "-i", "*", "-b", "*", "-d", "22,15020,15000", "--redirect-dns",
-                 "--capture-all-dns")  # fmt: skip
-        hosts["a"].start_agent()  # ready only once the DNS proxy has its names
-        yield hosts
+    # A's DNS (any port-53 traffic) goes to its agent's 15053, which is ready only once the
+    # DNS proxy has its names.
+    dns = ("--redirect-dns", "--capture-all-dns")
+    with capture_hosts(root, 2, mesh_extra=AUTO_MESH, a_dns=True, a_capture=dns) as (a, b):
+        yield {"a": a, "b": b}
 
 
 def _resolve(a: Host, name: str) -> object:
