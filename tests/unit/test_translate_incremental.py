@@ -11,6 +11,7 @@ import pytest
 
 from meshagent.model import MeshSnapshot, Provenance, ProxySpec, RawResource, SourceEvent
 from meshagent.normalize import Normalizer
+from meshagent.xds import typeurls
 from meshagent.xds.resources import ResourceSet
 from meshagent.xds.translate import Translator, generate
 from meshagent.xds.translate.assemble import changed_names
@@ -139,3 +140,33 @@ def test_hint_is_unknown_for_an_unrelated_set() -> None:
     one, other = generate(snapshot, PROXY), generate(snapshot, PROXY)
     assert one.changed_since(other) is None
     assert one.changed_since(one) == {}
+
+
+@pytest.mark.parametrize("capture", [False, True])
+def test_an_endpoint_change_leaves_the_other_types_untouched(
+    capture: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Consumers (the assembler, the streams) compare by identity: a generator with nothing new
+    # must hand back the very same list, or a one-endpoint change compares every type's
+    # resources by name (O(mesh)) to find that nothing changed.
+    from meshagent.xds.translate import assemble
+
+    rng = random.Random(3)
+    proxy = ProxySpec(node_id="vm-1", namespace="ns", capture=capture)
+    normalizer, translator = Normalizer(), Translator()
+    entries = [_service_entry(rng, i) for i in range(8)]
+    snapshot, _ = normalizer.apply([SourceEvent("test", upserts=tuple(entries))])
+    before = translator.generate(snapshot, proxy)
+    compared: list[int] = []
+    original = assemble.changed_names
+    monkeypatch.setattr(
+        assemble, "changed_names", lambda old, new: compared.append(len(new)) or original(old, new)
+    )
+    spec = {**entries[2].body["spec"], "endpoints": [{"address": "10.9.9.9"}]}
+    moved = _raw("ServiceEntry", "svc2", spec)
+    snapshot, _ = normalizer.apply([SourceEvent("test", upserts=(moved,))])
+    after = translator.generate(snapshot, proxy)
+    assert compared == []
+    for type_url, mapping in before.by_type.items():
+        if type_url != typeurls.ENDPOINT:
+            assert after.of(type_url) is mapping, type_url

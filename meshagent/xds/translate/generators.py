@@ -64,7 +64,8 @@ def identical(old: Key, new: Key) -> bool:
 
 def keep_unchanged(old: list[Resource], new: list[Resource]) -> list[Resource]:
     """new, with each resource whose bytes did not change replaced by its old object, so that
-    consumers comparing by identity see no change where there is none."""
+    consumers comparing by identity see no change where there is none (old itself when
+    nothing changed)."""
     previous = {r.name: r for r in old}
     out = []
     for resource in new:
@@ -72,7 +73,7 @@ def keep_unchanged(old: list[Resource], new: list[Resource]) -> list[Resource]:
         out.append(
             before if before is not None and before.version == resource.version else resource
         )
-    return out
+    return old if identical(tuple(out), tuple(old)) else out  # nothing new: the same list
 
 
 class Generator(Protocol):
@@ -433,11 +434,13 @@ class HttpListenersGenerator:
 
     def __init__(self) -> None:
         self._cache: dict[tuple[str, int, int], Resource] = {}
+        self._none: list[Resource] = []  # one object: consumers compare lists by identity
+        self._last: list[Resource] = []
 
     def generate(self, ctx: Context) -> list[Resource]:
-        out: list[Resource] = []
         if ctx.proxy.capture:  # the ports are chains of virtualOutbound (transparent.py)
-            return out
+            return self._none
+        out: list[Resource] = []
         address = ctx.proxy.outbound_address
         for port in ctx.index.http_ports:
             key = (address, ctx.proxy.outbound_port(port), port)
@@ -446,7 +449,8 @@ class HttpListenersGenerator:
                 listener = build_http_listener(*key)
                 found = self._cache[key] = Resource.pack(listener.name, listener)
             out.append(found)
-        return out
+        self._last = keep_unchanged(self._last, out)
+        return self._last
 
 
 def tcp_route_for(vs: VirtualService | None, port: int) -> TcpRoute | None:

@@ -236,7 +236,7 @@ class VirtualListenersGenerator:
 
     def generate(self, ctx: Context) -> list[Resource]:
         if not ctx.proxy.capture:
-            return []
+            return self._last  # the same (empty) list: consumers compare lists by identity
         key = _inputs(ctx.snapshot, ctx.proxy)
         if identical(key, self._key):
             return self._last
@@ -291,7 +291,7 @@ class PassthroughClustersGenerator:
 
     def generate(self, ctx: Context) -> list[Resource]:
         if not ctx.proxy.capture:
-            return []
+            return self._last  # the same (empty) list: consumers compare lists by identity
         if not self._last:
             self._last = [Resource.pack(c.name, c) for c in build_passthrough_clusters()]
         return self._last
