@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from meshagent.errors import ConfigError
-from meshagent.model import Endpoint, Service, TcpBinding, TcpRoute, VirtualService
+from meshagent.model import Endpoint, Service, TcpRoute, VirtualService
 from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
 from meshagent.xds.translate.clusters import ClusterInputs, ClusterTemplates
@@ -468,6 +468,16 @@ def tcp_route_for(vs: VirtualService | None, port: int) -> TcpRoute | None:
     return None
 
 
+def tcp_clusters(ctx: Context, host: str, port: int) -> list[tuple[str, int]]:
+    """Where TCP to host:port goes: (cluster, weight) of its VirtualService's TCP route, else
+    the port's cluster of host."""
+    route = tcp_route_for(ctx.index.routing.vs_for(host), port)
+    if route is None or not route.route:
+        return [(names.cluster_name(port, host), 100)]
+    scope = RouteScope(port, ctx.snapshot.services, ctx.index.rules)
+    return [(destination_cluster(w.destination, scope), w.weight) for w in route.route]
+
+
 class TcpListenersGenerator:
     """A TCP listener for each TcpBinding of the proxy, to its cluster or weighted clusters."""
 
@@ -476,13 +486,6 @@ class TcpListenersGenerator:
 
     def __init__(self) -> None:
         self._last: list[Resource] = []
-
-    def _clusters(self, ctx: Context, binding: TcpBinding) -> list[tuple[str, int]]:
-        route = tcp_route_for(ctx.index.routing.vs_for(binding.host), binding.port)
-        if route is None or not route.route:
-            return [(names.cluster_name(binding.port, binding.host), 100)]
-        scope = RouteScope(binding.port, ctx.snapshot.services, ctx.index.rules)
-        return [(destination_cluster(w.destination, scope), w.weight) for w in route.route]
 
     def generate(self, ctx: Context) -> list[Resource]:
         taken = {
@@ -503,7 +506,7 @@ class TcpListenersGenerator:
                 binding.listen_address,
                 binding.listen_port,
                 names.tcp_stat_prefix(names.cluster_name(binding.port, binding.host)),
-                self._clusters(ctx, binding),
+                tcp_clusters(ctx, binding.host, binding.port),
             )
             out.append(Resource.pack(name, listener))
         # Few and cheap to build, but consumers compare by identity: keep unchanged objects.

@@ -225,13 +225,14 @@ def listener_filters_for(chains: Sequence[lc.FilterChain]) -> list[lc.ListenerFi
     http_inspector when one matches application protocols of plaintext (sniffing)."""
     out = []
     if any(c.filter_chain_match.transport_protocol for c in chains):
-        out.append(_inspector(TLS_INSPECTOR, tls_inspector_pb2.TlsInspector()))
+        out.append(listener_filter(TLS_INSPECTOR, tls_inspector_pb2.TlsInspector()))
     if any(c.filter_chain_match.application_protocols for c in chains):
-        out.append(_inspector(HTTP_INSPECTOR, http_inspector_pb2.HttpInspector()))
+        out.append(listener_filter(HTTP_INSPECTOR, http_inspector_pb2.HttpInspector()))
     return out
 
 
-def _inspector(name: str, config: Message) -> lc.ListenerFilter:
+def listener_filter(name: str, config: Message) -> lc.ListenerFilter:
+    """A listener filter named name with config."""
     return lc.ListenerFilter(name=name, typed_config=protos.packed(config))
 
 

@@ -29,7 +29,6 @@ from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
-from google.protobuf.message import Message
 
 from meshagent.model import MeshSnapshot, ProxySpec
 from meshagent.model.proxy import REGISTRY_ONLY, InboundPort
@@ -38,30 +37,26 @@ from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
 from meshagent.xds.translate import protos
 from meshagent.xds.translate.context import Context
-from meshagent.xds.translate.generators import identical, keep_unchanged, tcp_route_for
+from meshagent.xds.translate.generators import identical, keep_unchanged, tcp_clusters
 from meshagent.xds.translate.inbound import (
     INBOUND_SOURCE_ADDRESS,
     SNIFFED_HTTP,
     inbound_chains,
+    listener_filter,
     listener_filters_for,
     mode_chains,
     mtls_mode,
     workload_ports,
 )
 from meshagent.xds.translate.listeners import http_connection_manager, tcp_proxy
-from meshagent.xds.translate.route_action import RouteScope, destination_cluster
 from meshagent.xds.translate.secrets import certificate_secret_name
 
 ORIGINAL_DST = "envoy.filters.listener.original_dst"
 PASSTHROUGH_TIMEOUT_MS = 10_000  # Istio's connect timeout of its passthrough clusters
 
 
-def _listener_filter(name: str, config: Message) -> lc.ListenerFilter:
-    return lc.ListenerFilter(name=name, typed_config=protos.packed(config))
-
-
 def _original_dst() -> lc.ListenerFilter:
-    return _listener_filter(ORIGINAL_DST, original_dst_pb2.OriginalDst())
+    return listener_filter(ORIGINAL_DST, original_dst_pb2.OriginalDst())
 
 
 def _tcp_chain(name: str, cluster: str | list[tuple[str, int]]) -> lc.FilterChain:
@@ -95,8 +90,7 @@ def _tcp_service_chains(ctx: Context) -> list[lc.FilterChain]:
     """A chain per address and non-HTTP port of every service with addresses; the first
     service (by host) keeps an address and port that several claim."""
     snapshot = ctx.snapshot
-    scope_of: dict[int, RouteScope] = {}
-    claimed: set[tuple[str, int]] = set()
+    claimed: set[tuple[str, int, int]] = set()  # (prefix, length, port)
     out: list[lc.FilterChain] = []
     for host in ctx.index.routing.sorted_hosts:
         service = snapshot.services[host]
@@ -107,17 +101,12 @@ def _tcp_service_chains(ctx: Context) -> list[lc.FilterChain]:
             if port.is_http:
                 continue
             ranges = [r for r in map(_prefix_range, addresses) if r is not None]
-            ranges = [r for r in ranges if (r.address_prefix, port.number) not in claimed]
+            ranges = [r for r in ranges if _claim(r, port.number) not in claimed]
             if not ranges:
                 continue
-            claimed.update((r.address_prefix, port.number) for r in ranges)
-            scope = scope_of.get(port.number)
-            if scope is None:
-                scope = scope_of[port.number] = RouteScope(
-                    port.number, snapshot.services, ctx.index.rules
-                )
+            claimed.update(_claim(r, port.number) for r in ranges)
             chain = _tcp_chain(
-                names.cluster_name(port.number, host), _tcp_clusters(ctx, host, scope)
+                names.cluster_name(port.number, host), tcp_clusters(ctx, host, port.number)
             )
             chain.filter_chain_match.destination_port.value = port.number
             chain.filter_chain_match.prefix_ranges.extend(ranges)
@@ -125,11 +114,8 @@ def _tcp_service_chains(ctx: Context) -> list[lc.FilterChain]:
     return out
 
 
-def _tcp_clusters(ctx: Context, host: str, scope: RouteScope) -> list[tuple[str, int]]:
-    route = tcp_route_for(ctx.index.routing.vs_for(host), scope.port)
-    if route is None or not route.route:
-        return [(names.cluster_name(scope.port, host), 100)]
-    return [(destination_cluster(w.destination, scope), w.weight) for w in route.route]
+def _claim(cidr: address_pb2.CidrRange, port: int) -> tuple[str, int, int]:
+    return (cidr.address_prefix, cidr.prefix_len.value, port)
 
 
 def _http_chain(port: int) -> lc.FilterChain:
