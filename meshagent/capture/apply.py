@@ -220,6 +220,19 @@ def remove_nft(runner: Runner, options: CaptureOptions) -> str:
     return runner.run("nft", "list", "ruleset")
 
 
+def applied_backend(runner: Runner) -> str | None:
+    """The backend whose capture rules are in place now ("nft" or "iptables"), or None."""
+    if shutil.which("nft") is not None and nft.PREFIX in (
+        runner.probe("nft", "list", "tables") or ""
+    ):
+        return "nft"
+    for version in (V4, V6):
+        save = tool(version, "-save")
+        if shutil.which(save) is not None and istio_chains(runner.probe(save) or ""):
+            return "iptables"
+    return None
+
+
 def _drop_nft_tables(runner: Runner) -> None:
     """The other backend's tables, when nft is installed and any exist."""
     if shutil.which("nft") is None:

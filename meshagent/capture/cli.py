@@ -20,6 +20,7 @@ from meshagent.capture import iptables, nft
 from meshagent.capture.apply import (
     CaptureError,
     Runner,
+    applied_backend,
     apply_iptables,
     apply_nft,
     remove_iptables,
@@ -92,6 +93,11 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster-env", type=Path, metavar="FILE",
                         help="read the ISTIO_* variables of a VM's cluster.env")  # fmt: skip
     parser.add_argument("--backend", choices=("iptables", "nft"), default="iptables")
+    parser.add_argument(
+        "--if-applied", action="store_true",
+        help="apply only where capture rules are in place already, with their backend (the "
+        "agent unit re-applies with DNS once its DNS proxy answers); else do nothing",
+    )  # fmt: skip
     parser.add_argument("--resolv-conf", type=Path, default=Path("/etc/resolv.conf"),
                         metavar="FILE", help="nameservers for --redirect-dns")  # fmt: skip
 
@@ -171,11 +177,27 @@ def _user(name: str) -> pwd.struct_passwd | None:
         return None
 
 
+def _nothing_applied(args: argparse.Namespace) -> bool:
+    """With `apply --if-applied`: True when no capture rules are in place (then the call does
+    nothing, cluster.env unread); else args.backend becomes the backend that holds them."""
+    if args.capture_command != "apply" or not args.if_applied or args.dry_run:
+        return False
+    require_root()
+    backend = applied_backend(Runner())
+    if backend is None:
+        return True
+    args.backend = backend
+    return False
+
+
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run `meshagent capture ...`; one-line errors, exit 1 for a failed tool, 2 bad input."""
     out = out or sys.stdout
     try:
         _compat(args)
+        if _nothing_applied(args):
+            print("meshagent capture: not applied here; nothing to do", file=sys.stderr)
+            return 0
         options = _options(args)
         ruleset = build(options)
         if args.capture_command == "print" or args.dry_run:

@@ -310,3 +310,25 @@ def test_tproxy_mode_hands_inbound_connections_to_a_transparent_listener(
 
     assert hosts.capture(hosts.a, "remove", *flags).returncode == 0
     assert hosts.ask(hosts.b, A_IP, 8000) == f"app {A_IP}:8000"
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nft"])
+def test_if_applied_adds_dns_only_where_capture_is_in_place(hosts: Hosts, backend: str) -> None:
+    # The agent unit's ExecStartPost: DNS capture once the DNS proxy answers, only on a host
+    # whose capture unit applied the rest (with its backend); elsewhere nothing, cluster.env
+    # not even read.
+    flags = ["-u", EXCLUDED_UID, "-b", "*", "-i", "*", "--capture-all-dns"]
+    later = ["apply", "--if-applied", "--cluster-env", "/nonexistent/cluster.env", *flags]
+
+    def rules() -> str:
+        return hosts.save(hosts.a, 4) + hosts.sh(hosts.a, "nft", "list", "ruleset")
+
+    pristine = rules()
+    assert hosts.capture(hosts.a, *later, "--redirect-dns").returncode == 0
+    assert rules() == pristine
+    first = hosts.capture(hosts.a, "apply", "--backend", backend, *flags, "--redirect-dns", "false")
+    assert first.returncode == 0 and "ISTIO_OUTPUT_DNS" not in rules()
+    done = hosts.capture(hosts.a, "apply", "--if-applied", *flags, "--redirect-dns")
+    assert done.returncode == 0 and f"applied ({backend})" in done.stderr
+    assert "ISTIO_OUTPUT_DNS" in rules()
+    assert hosts.capture(hosts.a, "remove", "--backend", backend).returncode == 0
