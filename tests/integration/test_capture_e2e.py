@@ -50,6 +50,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Host]]:
         b.ns.start([sys.executable, "-c", SSH_BANNER_SERVER], root / "b" / "ssh.log")
         outside = [sys.executable, "-m", "meshagent.testing.demo_app", "--name", "outside"]
         c.ns.start([*outside, "--listen", f"{C_IP}:7070"], root / "c.log")
+        # and on 8080, a port mesh HTTP services use: Envoy parses HTTP there
+        c.ns.start([*outside, "--listen", f"{C_IP}:8080"], root / "c-http.log")
         yield {"a": a, "b": b, "c": c}
 
 
@@ -95,13 +97,17 @@ def test_ssh_stays_direct(mesh: dict[str, Host]) -> None:
 
 def test_outbound_traffic_policy_then_capture_remove(mesh: dict[str, Host]) -> None:
     a = mesh["a"]
-    outside = f"http://{C_IP}:7070/"
+    outside = f"http://{C_IP}:7070/"  # TCP: virtualOutbound's default chain
+    outside_http = f"http://{C_IP}:8080/"  # HTTP: route 8080's catch-all virtual host
     reply = wait_until(lambda: a.ns.http(outside), timeout=30, what="passthrough")
+    assert reply[0] == 200 and json.loads(reply[1])["service"] == "outside"
+    reply = wait_until(lambda: a.ns.http(outside_http), timeout=30, what="allow_any")
     assert reply[0] == 200 and json.loads(reply[1])["service"] == "outside"
 
     a.config["outbound_traffic_policy"] = {"mode": "REGISTRY_ONLY"}
     a.reload()
     wait_until(lambda: a.ns.http(outside) is None, timeout=30, what="blackhole")
+    assert (a.ns.http(outside_http) or (0, ""))[0] == 502  # block_all
     assert (_hello(a) or (0, ""))[0] == 200  # the mesh service still answers
 
     capture(a.ns, "remove")
