@@ -196,13 +196,15 @@ def run(services: int, changes: int) -> dict[str, Any]:
                 wait_until(lambda: served_by(mesh, last) == "old", timeout=600, what="serving")
                 initial_s = time.perf_counter() - started
                 rss_loaded = rss_mb(mesh.agent)
-                latencies = sorted(measure(mesh, sim_port, services, changes, new.port))
+                in_order = measure(mesh, sim_port, services, changes, new.port)
                 rss_changed = rss_mb(mesh.agent)
         finally:
             old.close()
             new.close()
             sim.terminate()
             sim.wait(timeout=10)
+    latencies = sorted(in_order)
+    slowest = sorted(range(len(in_order)), key=lambda k: -in_order[k])[:5]
     return {
         "services": services,
         "changes": changes,
@@ -213,6 +215,7 @@ def run(services: int, changes: int) -> dict[str, Any]:
         "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 2),
         "max_ms": round(latencies[-1], 2),
         "mean_ms": round(statistics.fmean(latencies), 2),
+        "slowest": {f"change {k}": round(in_order[k], 1) for k in sorted(slowest)},
         "target_p99_ms": 50,
     }
 
