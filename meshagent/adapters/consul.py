@@ -47,6 +47,7 @@ CONFIG_KIND = "ConsulConfigEntry"
 # aiohttp queues a request beyond the limit until a connection frees, which would hold a watch
 # back for a whole `wait`, so the limit is far above any catalog's size.
 MAX_CONNECTIONS = 1_000_000
+CATALOG_QPS = 5.0  # at most, for the catalog watch (see _watch_catalog)
 CONFIG_KINDS = ("service-router", "service-splitter", "service-resolver", "service-intentions")
 
 log = structlog.get_logger("meshagent.adapters.consul")
@@ -284,7 +285,10 @@ class ConsulAdapter:
         for name in sorted(known):
             self._spawn(f"svc:{name}", self._watch_service(name, self._services[name]))
         backoff = Backoff(self.options.backoff_base_s, self.options.backoff_cap_s)
-        bucket = self._bucket()
+        # The listing names every service (10k: ~5 ms of the event loop to read), and every
+        # registration anywhere changes its index: re-read it at most CATALOG_QPS times a second,
+        # so that under churn it is not read again beside every change of a service's health.
+        bucket = TokenBucket(min(self.options.qps, CATALOG_QPS), 1)
         while True:
             try:
                 reported, services = await self._query(self._catalog_call(index), bucket)

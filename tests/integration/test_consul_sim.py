@@ -17,12 +17,12 @@ from typing import Any
 import consul
 import pytest
 
-from meshagent.adapters.consul import ConsulAdapter, ConsulOptions
+from meshagent.adapters.consul import CATALOG_QPS, ConsulAdapter, ConsulOptions
 from meshagent.agent.config import parse_config
 from meshagent.agent.daemon import Agent
 from meshagent.model.source import SourceEvent
 from meshagent.testing.consul_sim import ConsulSimulator, canonical_keys, load_data
-from meshagent.testing.consul_state import service_key
+from meshagent.testing.consul_state import SERVICES_KEY, service_key
 from tests.net_helpers import free_port
 from tests.polling import async_wait_for
 
@@ -342,6 +342,31 @@ async def test_blocking_queries_hold_no_threads(patient_sim: ConsulSimulator) ->
         sim.state.register_service("sim-node", register, [{"Status": "passing"}])
         change = await next_matching(it, lambda e: e.upserts)
         assert [r.name for r in change.upserts] == ["svc0"]
+    finally:
+        await adapter.__aexit__(None, None, None)
+
+
+async def test_the_catalog_listing_is_reread_at_most_catalog_qps_under_churn(
+    patient_sim: ConsulSimulator,
+) -> None:
+    """Every registration changes the catalog's index, and its answer names every service: under
+    churn the adapter re-reads it at most CATALOG_QPS times a second (not beside every change),
+    while each service's health changes still all come through."""
+    sim = patient_sim
+    register_web(sim, "w0", 80)
+    adapter = ConsulAdapter(ConsulOptions(address=sim.address, wait_s=30.0))
+    await adapter.__aenter__()
+    it = events(adapter)
+    try:
+        await next_matching(it, lambda e: e.synced)
+        await async_wait_for(lambda: sim.blocked[SERVICES_KEY] > 0, what="the catalog watch")
+        before, start = sim.requests["catalog/services"], time.monotonic()
+        for i in range(1, 41):
+            register_web(sim, f"w{i}", 80 + i)
+            await next_matching(it, lambda e, n=i + 1: e.upserts and len(ids(e)) == n)
+        elapsed = time.monotonic() - start
+        reads = sim.requests["catalog/services"] - before
+        assert reads <= 2 + CATALOG_QPS * elapsed, (reads, elapsed)
     finally:
         await adapter.__aexit__(None, None, None)
 
