@@ -5,8 +5,9 @@ per service, and /v1/config/<kind> per config-entry kind. Each follows Consul's 
 blocking queries (see consul_watch.next_index), takes a token from its own bucket before
 every query (so a service that changes a thousand times a second costs at most `qps` queries
 a second), and backs off with jitter after an error, after which it reads afresh (index 0),
-since the Consul it reaches again may have lower indexes. py-consul is synchronous, so each call
-runs on a daemon thread.
+since the Consul it reaches again may have lower indexes. Queries go through py-consul's asyncio
+client (`consul.aio`, on aiohttp): a blocking query is a coroutine waiting on its socket, not a
+thread, so 10k watched services cost 10k idle connections and no threads.
 
 Resources emitted (source "consul", apiVersion "consul/v1"):
 - `ConsulService`, name = the service name: {"Name", "Datacenter", "Instances": the
@@ -35,14 +36,18 @@ from typing import Any
 
 import structlog
 
-from meshagent.adapters.consul_watch import Backoff, TokenBucket, next_index, run_blocking
+from meshagent.adapters.consul_watch import Backoff, TokenBucket, next_index
 from meshagent.model.source import Diagnostic, Provenance, RawResource, SourceEvent
 
 SOURCE = "consul"
 API_VERSION = "consul/v1"
 SERVICE_KIND = "ConsulService"
 CONFIG_KIND = "ConsulConfigEntry"
-MAX_CONNECTIONS = 4096  # kept-alive connections to Consul (one per concurrent watch)
+# Connections to Consul: one per watch (a blocking query holds its connection for its `wait`).
+# aiohttp queues a request beyond the limit until a connection frees, which would hold a watch
+# back for a whole `wait`, so the limit is far above any catalog's size.
+MAX_CONNECTIONS = 1_000_000
+CATALOG_QPS = 5.0  # at most, for the catalog watch (see _watch_catalog)
 CONFIG_KINDS = ("service-router", "service-splitter", "service-resolver", "service-intentions")
 
 log = structlog.get_logger("meshagent.adapters.consul")
@@ -90,13 +95,14 @@ class TokenFile:
 
 
 def consul_client(options: ConsulOptions) -> Any:
-    """A py-consul client for options (TLS, datacenter; the token is passed per request)."""
+    """py-consul's synchronous client for options (TLS, datacenter; the token is passed per
+    request), for the few calls of service registration; the watches use consul_aio_client."""
     import consul  # py-consul; imported here so the rest of the agent never needs it
 
     host, _, port = options.address.rpartition(":")
     verify: bool | str = str(options.ca_file) if options.ca_file else True
     cert = (str(options.cert_file), str(options.key_file)) if options.cert_file else None
-    client = consul.Consul(
+    return consul.Consul(
         host=host or "127.0.0.1",
         port=int(port or 8500),
         scheme=options.scheme,
@@ -104,16 +110,29 @@ def consul_client(options: ConsulOptions) -> Any:
         verify=verify,
         cert=cert,
     )
-    session = getattr(client.http, "session", None)
-    if session is not None:
-        # One blocking query per service is in flight at once: requests' default pool of 10
-        # connections would open and drop a connection for most queries.
-        from requests.adapters import HTTPAdapter
 
-        pooled = HTTPAdapter(pool_connections=4, pool_maxsize=MAX_CONNECTIONS)
-        session.mount("http://", pooled)
-        session.mount("https://", pooled)
-    return client
+
+def consul_aio_client(options: ConsulOptions) -> Any:
+    """py-consul's asyncio client for options (TLS, datacenter; the token is passed per request).
+
+    Must be created inside the running event loop (aiohttp binds its session to it). A request's
+    total time is capped a little above the longest blocking query (Consul adds up to wait/16 of
+    jitter), so a connection that silently died fails the watch instead of hanging it."""
+    import consul.aio  # py-consul[asyncio]; imported here so the rest of the agent never needs it
+
+    host, _, port = options.address.rpartition(":")
+    verify: bool | str = str(options.ca_file) if options.ca_file else True
+    cert = (str(options.cert_file), str(options.key_file)) if options.cert_file else None
+    return consul.aio.Consul(
+        host=host or "127.0.0.1",
+        port=int(port or 8500),
+        scheme=options.scheme,
+        dc=options.datacenter,
+        verify=verify if options.scheme == "https" else False,
+        cert=cert,
+        connections_limit=MAX_CONNECTIONS,
+        connections_timeout=options.wait_s * 17 / 16 + 30.0,
+    )
 
 
 class ConsulAdapter:
@@ -141,7 +160,7 @@ class ConsulAdapter:
 
     async def __aenter__(self) -> ConsulAdapter:
         # The agent re-enters an adapter after a failure: start clean.
-        self._client = consul_client(self.options)
+        self._client = consul_aio_client(self.options)
         self._queue = asyncio.Queue()
         self._synced = False
         return self
@@ -159,10 +178,10 @@ class ConsulAdapter:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        session = getattr(getattr(self._client, "http", None), "session", None)
-        if session is not None:  # abandoned blocking calls fail on their own daemon threads
+        if self._client is not None:  # cancelled queries have dropped their connections
             with contextlib.suppress(Exception):
-                session.close()
+                await self._client.http.close()
+            self._client = None
 
     async def watch(self) -> AsyncIterator[SourceEvent]:
         """The first full listing (synced), then every change, until the context exits."""
@@ -183,12 +202,12 @@ class ConsulAdapter:
         return TokenBucket(self.options.qps, self.options.burst)
 
     async def _query(self, call: Any, bucket: TokenBucket | None = None) -> Any:
-        """One py-consul call (rate-limited by bucket when given), run on a daemon thread."""
+        """One py-consul call (rate-limited by bucket when given): call(token) is awaited."""
         if bucket is not None:
             await bucket.acquire()
         self.queries += 1
         token = self._token.get()
-        return await run_blocking(lambda: call(token))
+        return await call(token)
 
     def _catalog_call(self, index: int) -> Any:
         return lambda token: self._client.catalog.services(
@@ -266,7 +285,10 @@ class ConsulAdapter:
         for name in sorted(known):
             self._spawn(f"svc:{name}", self._watch_service(name, self._services[name]))
         backoff = Backoff(self.options.backoff_base_s, self.options.backoff_cap_s)
-        bucket = self._bucket()
+        # The listing names every service (10k: ~5 ms of the event loop to read), and every
+        # registration anywhere changes its index: re-read it at most CATALOG_QPS times a second,
+        # so that under churn it is not read again beside every change of a service's health.
+        bucket = TokenBucket(min(self.options.qps, CATALOG_QPS), 1)
         while True:
             try:
                 reported, services = await self._query(self._catalog_call(index), bucket)

@@ -2,7 +2,8 @@
 
 Pure parts (index handling, the bucket's arithmetic, the backoff sequence) are plain functions
 and classes with an injectable clock, so they are tested without sockets. `run_blocking` runs a
-synchronous py-consul call on a daemon thread: a blocking query can hold its thread for the
+synchronous py-consul call on a daemon thread (service registration; the watches use the
+asyncio client and need no thread): a blocking query can hold its thread for the
 whole `wait`, and a daemon thread never keeps the agent from exiting when the watch is
 cancelled on shutdown (the call's answer is then dropped).
 """

@@ -6,6 +6,11 @@ only when something that endpoint shows has changed (Consul's per-table indexes,
 to per-endpoint ones). Response shapes follow Consul's documented API (see the examples in
 ../shared/corpus/consul). Thread-safe: one lock guards everything; `on_change` is called
 with the touched keys after each write, outside the lock.
+
+Indexed like Consul's state store, so that a read costs what it returns, not the size of the
+datacenter: instances by service name and by node, checks by (node, service ID), each
+service's tag list. (At 10k services a scan per query made the simulator, not the client it
+stands in for, what a benchmark measured.)
 """
 
 from __future__ import annotations
@@ -98,6 +103,11 @@ class ConsulState:
         self.services: dict[tuple[str, str], dict[str, Any]] = {}  # (node, service id)
         self.checks: dict[tuple[str, str], dict[str, Any]] = {}  # (node, check id)
         self.config: dict[tuple[str, str], dict[str, Any]] = {}  # (kind, name)
+        # Indexes over services and checks (kept by _add_service/_drop_service/_put_check).
+        self._by_name: dict[str, set[tuple[str, str]]] = {}  # service name -> services keys
+        self._on_node: dict[str, set[tuple[str, str]]] = {}  # node -> services keys
+        self._checks_on: dict[tuple[str, str], set[str]] = {}  # (node, service ID or "") -> ids
+        self._tags: dict[str, list[str]] = {}  # service name -> its instances' tags, sorted
         self.on_change: Callable[[set[str]], None] = lambda keys: None
         self._lock = threading.RLock()
         self.ensure_node(node, "127.0.0.1")
@@ -156,8 +166,10 @@ class ConsulState:
             node.tagged = dict(tagged or {"lan": address, "wan": address})
             node.meta = dict(meta or node.meta)
             if (name, SERF_CHECK) not in self.checks:
-                self.checks[(name, SERF_CHECK)] = self._check_json(
-                    name, {"CheckID": SERF_CHECK, "Name": "Serf Health Status"}, "", "passing"
+                self._put_check(
+                    self._check_json(
+                        name, {"CheckID": SERF_CHECK, "Name": "Serf Health Status"}, "", "passing"
+                    )
                 )
             if not new and before == (node.address, node.tagged, node.meta):
                 return
@@ -165,7 +177,52 @@ class ConsulState:
         self._commit(keys)
 
     def _service_keys_on(self, node: str) -> list[str]:
-        return [service_key(s["Service"]) for (n, _), s in self.services.items() if n == node]
+        names = {self.services[k]["Service"] for k in self._on_node.get(node, ())}
+        return [service_key(name) for name in sorted(names)]
+
+    # -- the indexes -------------------------------------------------------------------------
+
+    def _add_service(self, node: str, service: dict[str, Any]) -> None:
+        key = (node, str(service["ID"]))
+        old = self.services.get(key)
+        if old is not None:
+            self._drop_service(key)
+        self.services[key] = service
+        self._by_name.setdefault(service["Service"], set()).add(key)
+        self._on_node.setdefault(node, set()).add(key)
+        self._retag(service["Service"])
+
+    def _drop_service(self, key: tuple[str, str]) -> dict[str, Any] | None:
+        """Remove one instance (not its checks) from services and the indexes."""
+        service = self.services.pop(key, None)
+        if service is None:
+            return None
+        name = service["Service"]
+        self._by_name.get(name, set()).discard(key)
+        if not self._by_name.get(name):
+            self._by_name.pop(name, None)
+        self._on_node.get(key[0], set()).discard(key)
+        self._retag(name)
+        return service
+
+    def _retag(self, name: str) -> None:
+        keys = self._by_name.get(name)
+        if not keys:
+            self._tags.pop(name, None)
+            return
+        self._tags[name] = sorted({t for k in keys for t in self.services[k]["Tags"]})
+
+    def _put_check(self, check: dict[str, Any]) -> None:
+        key = (str(check["Node"]), str(check["CheckID"]))
+        old = self.checks.get(key)
+        if old is not None:
+            self._checks_on.get((key[0], old["ServiceID"]), set()).discard(key[1])
+        self.checks[key] = check
+        self._checks_on.setdefault((key[0], check["ServiceID"]), set()).add(key[1])
+
+    def _drop_checks(self, node: str, service_id: str) -> None:
+        for check_id in self._checks_on.pop((node, service_id), set()):
+            self.checks.pop((node, check_id), None)
 
     def register_service(
         self, node: str, body: dict[str, Any], checks: list[dict[str, Any]] | None = None
@@ -178,15 +235,15 @@ class ConsulState:
             old = self.services.get((node, sid))
             create = old["CreateIndex"] if old else self.index + 1
             service = _service_json(body, create, self.index + 1)
-            self.services[(node, service["ID"])] = service
+            self._add_service(node, service)
             for i, check in enumerate(checks or ()):
                 default_id = f"service:{service['ID']}" + (
                     f":{i + 1}" if len(checks or ()) > 1 else ""
                 )
                 check_id = str(check.get("CheckID") or check.get("ID") or default_id)
                 status = str(check.get("Status") or "critical")
-                self.checks[(node, check_id)] = self._check_json(
-                    node, {**check, "CheckID": check_id}, service["ID"], status
+                self._put_check(
+                    self._check_json(node, {**check, "CheckID": check_id}, service["ID"], status)
                 )
             keys = {SERVICES_KEY, service_key(service["Service"])}
             if old is not None:
@@ -198,13 +255,10 @@ class ConsulState:
     def deregister_service(self, node: str, service_id: str) -> None:
         """Remove a service instance and its checks; SimError 404 when there is none."""
         with self._lock:
-            service = self.services.pop((node, service_id), None)
+            service = self._drop_service((node, service_id))
             if service is None:
                 raise SimError(404, f"Unknown service ID {service_id!r}")
-            for key in [
-                k for k, c in self.checks.items() if k[0] == node and c["ServiceID"] == service_id
-            ]:
-                del self.checks[key]
+            self._drop_checks(node, service_id)
             keys = self._touch({SERVICES_KEY, service_key(service["Service"])})
         self._commit(keys)
 
@@ -213,8 +267,10 @@ class ConsulState:
         with self._lock:
             keys = {SERVICES_KEY, *self._service_keys_on(node)}
             self.nodes.pop(node, None)
-            self.services = {k: v for k, v in self.services.items() if k[0] != node}
-            self.checks = {k: v for k, v in self.checks.items() if k[0] != node}
+            for key in sorted(self._on_node.pop(node, set())):
+                self._drop_service(key)
+                self._drop_checks(*key)
+            self._drop_checks(node, "")
             keys = self._touch(keys)
         self._commit(keys)
 
@@ -261,11 +317,7 @@ class ConsulState:
             keys = (
                 {service_key(check["ServiceName"])}
                 if check["ServiceName"]
-                else {
-                    service_key(s["Service"])
-                    for (n, _), s in self.services.items()
-                    if n == check["Node"]
-                }
+                else set(self._service_keys_on(check["Node"]))
             )
             check["ModifyIndex"] = self.index + 1
             keys = self._touch(keys)
@@ -290,26 +342,24 @@ class ConsulState:
     def catalog_services(self, ns: str | None = None) -> dict[str, list[str]]:
         """Service name -> the union of its instances' tags (GET /v1/catalog/services)."""
         with self._lock:
+            if ns is None:
+                return {name: list(self._tags[name]) for name in sorted(self._tags)}
             out: dict[str, set[str]] = {}
             for service in self.services.values():
-                if ns is None or service["Namespace"] == ns:
+                if service["Namespace"] == ns:
                     out.setdefault(service["Service"], set()).update(service["Tags"])
             return {name: sorted(tags) for name, tags in sorted(out.items())}
 
     def _instances(self, name: str, ns: str | None) -> list[tuple[_Node, dict[str, Any]]]:
-        found = sorted(
-            (key, s)
-            for key, s in self.services.items()
-            if s["Service"] == name and (ns is None or s["Namespace"] == ns)
-        )
-        return [(self.nodes[node], s) for (node, _), s in found]
+        found = [(key, self.services[key]) for key in sorted(self._by_name.get(name, ()))]
+        return [
+            (self.nodes[node], s) for (node, _), s in found if ns is None or s["Namespace"] == ns
+        ]
 
     def _checks_of(self, node: str, service_id: str) -> list[dict[str, Any]]:
-        return [
-            dict(c)
-            for (n, _), c in sorted(self.checks.items())
-            if n == node and c["ServiceID"] in ("", service_id)
-        ]
+        none: set[str] = set()
+        ids = self._checks_on.get((node, ""), none) | self._checks_on.get((node, service_id), none)
+        return [dict(self.checks[(node, cid)]) for cid in sorted(ids)]
 
     def health_service(
         self, name: str, *, passing: bool = False, ns: str | None = None

@@ -17,12 +17,12 @@ from typing import Any
 import consul
 import pytest
 
-from meshagent.adapters.consul import ConsulAdapter, ConsulOptions
+from meshagent.adapters.consul import CATALOG_QPS, ConsulAdapter, ConsulOptions
 from meshagent.agent.config import parse_config
 from meshagent.agent.daemon import Agent
 from meshagent.model.source import SourceEvent
 from meshagent.testing.consul_sim import ConsulSimulator, canonical_keys, load_data
-from meshagent.testing.consul_state import service_key
+from meshagent.testing.consul_state import SERVICES_KEY, service_key
 from tests.net_helpers import free_port
 from tests.polling import async_wait_for
 
@@ -318,6 +318,98 @@ async def test_a_restore_answers_blocked_queries_at_once(patient_sim: ConsulSimu
         await next_matching(it, lambda e: e.upserts and ids(e) == ["w1", "w2"], 5.0)
     finally:
         await adapter.__aexit__(None, None, None)
+
+
+async def test_blocking_queries_hold_no_threads(patient_sim: ConsulSimulator) -> None:
+    """Every watched service has a blocking query in flight, and none holds a thread (py-consul's
+    asyncio client): 10k services must not cost 10k threads."""
+    sim = patient_sim
+    for i in range(40):
+        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 80}
+        sim.state.register_service("sim-node", body, [{"Status": "passing"}])
+    before = threading.active_count()
+    adapter = ConsulAdapter(ConsulOptions(address=sim.address, wait_s=30.0))
+    await adapter.__aenter__()
+    it = events(adapter)
+    try:
+        await next_matching(it, lambda e: e.synced)
+        await async_wait_for(
+            lambda: all(sim.blocked[service_key(f"svc{i}")] > 0 for i in range(40)),
+            what="a blocked query per service",
+        )
+        assert threading.active_count() <= before + 1  # (+1: a resolver thread, at most)
+        register = {"ID": "s0b", "Service": "svc0", "Port": 81}
+        sim.state.register_service("sim-node", register, [{"Status": "passing"}])
+        change = await next_matching(it, lambda e: e.upserts)
+        assert [r.name for r in change.upserts] == ["svc0"]
+    finally:
+        await adapter.__aexit__(None, None, None)
+
+
+async def test_the_catalog_listing_is_reread_at_most_catalog_qps_under_churn(
+    patient_sim: ConsulSimulator,
+) -> None:
+    """Every registration changes the catalog's index, and its answer names every service: under
+    churn the adapter re-reads it at most CATALOG_QPS times a second (not beside every change),
+    while each service's health changes still all come through."""
+    sim = patient_sim
+    register_web(sim, "w0", 80)
+    adapter = ConsulAdapter(ConsulOptions(address=sim.address, wait_s=30.0))
+    await adapter.__aenter__()
+    it = events(adapter)
+    try:
+        await next_matching(it, lambda e: e.synced)
+        await async_wait_for(lambda: sim.blocked[SERVICES_KEY] > 0, what="the catalog watch")
+        before, start = sim.requests["catalog/services"], time.monotonic()
+        for i in range(1, 41):
+            register_web(sim, f"w{i}", 80 + i)
+            await next_matching(it, lambda e, n=i + 1: e.upserts and len(ids(e)) == n)
+        elapsed = time.monotonic() - start
+        reads = sim.requests["catalog/services"] - before
+        assert reads <= 2 + CATALOG_QPS * elapsed, (reads, elapsed)
+    finally:
+        await adapter.__aexit__(None, None, None)
+
+
+class _NoScan(dict):  # type: ignore[type-arg]
+    """A dict that fails any full scan: reads must use the simulator's indexes."""
+
+    def _scan(self, *args: Any) -> Any:
+        raise AssertionError("full scan of the simulator's services or checks")
+
+    items = values = keys = __iter__ = _scan
+
+
+def test_reads_and_writes_of_one_service_do_not_scan_the_datacenter(
+    sim: ConsulSimulator,
+) -> None:
+    state = sim.state
+    for i in range(50):
+        body = {"ID": f"s{i}", "Service": f"svc{i % 10}", "Port": 80 + i, "Tags": [f"t{i}"]}
+        state.register_service("sim-node", body, [{"CheckID": f"c{i}", "Status": "passing"}])
+    state.ensure_node("other", "127.0.0.2")
+    state.register_service("other", {"ID": "o1", "Service": "svc1", "Port": 9}, [])
+    expected_health = state.health_service("svc1", passing=True)
+    expected_catalog = state.catalog_services()
+    state.services, state.checks = _NoScan(state.services), _NoScan(state.checks)
+
+    assert state.health_service("svc1", passing=True) == expected_health
+    assert [i["Service"]["ID"] for i in expected_health] == ["o1", "s1", "s11", "s21", "s31", "s41"]
+    assert state.catalog_services() == expected_catalog
+    assert expected_catalog["svc1"] == ["t1", "t11", "t21", "t31", "t41"]
+    assert len(state.catalog_service("svc2")) == 5
+    state.set_check("c1", "critical")
+    assert "s1" not in [i["Service"]["ID"] for i in state.health_service("svc1", passing=True)]
+    state.register_service("sim-node", {"ID": "s99", "Service": "svc1", "Port": 1}, [])
+    state.deregister_service("sim-node", "s1")
+    assert "c1" not in {cid for (_, cid) in dict.keys(state.checks)}
+    assert [i["Service"]["ID"] for i in state.health_service("svc1")][-1] == "s99"
+    state.deregister_node("other")
+    assert "o1" not in [i["Service"]["ID"] for i in state.health_service("svc1")]
+    state.deregister_service("sim-node", "s99")
+    for i in (11, 21, 31, 41):
+        state.deregister_service("sim-node", f"s{i}")
+    assert "svc1" not in state.catalog_services()
 
 
 # -- registration of local workloads --------------------------------------------------------------
