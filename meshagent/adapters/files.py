@@ -165,13 +165,17 @@ class FilesAdapter:
         self._files: dict[Path, _FileState] = {}
         self._view: dict[Key, RawResource] = {}
         self._racy: set[Path] = set()
-        self._reported_duplicates: set[tuple[Ident, Path]] = set()
+        # The merged view, kept up to date by _merged_view from the files that changed:
+        self._merged: dict[Path, dict[Key, RawResource]] = {}  # each file's resources, merged
+        self._definers: dict[Ident, dict[Path, RawResource]] = {}  # the files defining each
+        self._held: dict[Ident, tuple[RawResource, Path]] = {}  # what serves, from which file
+        self._copies: dict[Ident, set[Path]] = {}  # the files holding an ignored copy
+        self._copy_count: dict[Path, int] = {}  # how many ignored copies each file holds
         self._errored: set[Path] = set()  # files whose last read had an error
         self._unavailable: dict[Path, str] = {}
         self._missing_ok = missing_ok
         self._seen_roots: set[Path] = set()  # configured paths that existed at some scan
         self._default_namespace = default_namespace
-        self._owner: dict[Ident, Path] = {}  # the file each served resource comes from
         self._previous: dict[Path, dict[Key, RawResource]] = {}  # restore(), until first listing
         self._listed = False
         self._stop = asyncio.Event()
@@ -310,14 +314,12 @@ class FilesAdapter:
                     fixed.append(str(path))
         self._listed, self._previous = True, {}
         self._unavailable = dict(scan.unavailable)
-        view, duplicates, resolved = self._merged_view(reread)
+        upserts, deletes, duplicates, resolved = self._merged_view(reread)
         fixed.extend(str(p) for p in sorted(resolved - self._errored))
-        upserts = tuple(r for k, r in view.items() if self._view.get(k) != r)
-        deletes = tuple(k for k in (*self._view, *sorted(restored)) if k not in view)
-        self._view = view
+        deletes += [k for k in sorted(restored) if k not in self._view and k not in deletes]
         unavailable = tuple(scan.unavailable[root] for root in sorted(scan.unavailable))
         return SourceEvent(
-            SOURCE, upserts, deletes, True, (*errors, *duplicates), tuple(fixed), unavailable
+            SOURCE, tuple(upserts), tuple(deletes), True, (*errors, *duplicates), tuple(fixed), unavailable
         )
 
     def _restore_missing(self, scan: _Scan) -> set[Key]:
@@ -386,33 +388,75 @@ class FilesAdapter:
 
     def _merged_view(
         self, reread: set[Path]
-    ) -> tuple[dict[Key, RawResource], list[Diagnostic], set[Path]]:
-        """All resources, the duplicate errors to report, and the files whose copies are gone.
+    ) -> tuple[list[RawResource], list[Key], list[Diagnostic], set[Path]]:
+        """The upserts and deletes since the last call, the duplicate errors to report, and
+        the files whose copies are gone; only the resources of files whose contents changed
+        since the last call are looked at (cost follows the change, not the mesh).
 
         When two files define one resource, the file that served it keeps serving it, else the
         first path (sorted); the other copy is an error of its file, reported when it appears
         and whenever that file is re-read (which clears the file's errors)."""
-        held: dict[Ident, tuple[RawResource, Path]] = {}
-        duplicates: list[Diagnostic] = []
-        copies: set[tuple[Ident, Path]] = set()
-        for path in sorted(self._files):
-            for key, raw in self._files[path].resources.items():
+        changed = [
+            path
+            for path in sorted(self._merged.keys() | self._files.keys())
+            if (self._files[path].resources if path in self._files else None)
+            is not self._merged.get(path)
+        ]
+        affected: dict[Ident, None] = {}  # in path and document order
+        for path in changed:
+            for key in self._merged.pop(path, {}):
                 ident = self._ident(key)
-                first = held.setdefault(ident, (raw, path))
-                if first[0] is raw:
-                    continue
-                (winner, _), (loser, loser_path) = first, (raw, path)
-                if self._owner.get(ident) == path:  # it was serving: the newcomer is the copy
-                    (winner, _), (loser, loser_path) = (raw, path), first
-                    held[ident] = (raw, path)
-                copies.add((ident, loser_path))
-                if (ident, loser_path) not in self._reported_duplicates or loser_path in reread:
-                    duplicates.append(duplicate_error(loser, winner.provenance.location))
-        self._owner = {ident: path for ident, (_, path) in held.items()}
-        gone = {path for _, path in self._reported_duplicates - copies}
-        self._reported_duplicates = copies
-        resolved = gone - {path for _, path in copies}
-        return {raw.key: raw for raw, _ in held.values()}, duplicates, resolved
+                definers = self._definers.get(ident)
+                if definers is not None:
+                    definers.pop(path, None)
+                affected[ident] = None
+            state = self._files.get(path)
+            if state is None:
+                continue
+            self._merged[path] = state.resources
+            for key, raw in state.resources.items():
+                ident = self._ident(key)
+                self._definers.setdefault(ident, {}).setdefault(path, raw)
+                affected[ident] = None
+        upserts: list[RawResource] = []
+        deletes: list[Key] = []
+        duplicates: list[Diagnostic] = []
+        gone: set[Path] = set()
+        for ident in affected:
+            old = self._held.get(ident)
+            definers = self._definers.get(ident) or {}
+            old_copies = self._copies.pop(ident, set())
+            for path in old_copies:
+                self._copy_count[path] -= 1
+            gone.update(old_copies)
+            if not definers:
+                self._definers.pop(ident, None)
+                if old is not None:
+                    del self._held[ident]
+                    self._view.pop(old[0].key, None)
+                    deletes.append(old[0].key)
+                continue
+            owner = old[1] if old is not None and old[1] in definers else min(definers)
+            raw = definers[owner]
+            self._held[ident] = (raw, owner)
+            if old is not None and old[0].key != raw.key:
+                self._view.pop(old[0].key, None)
+                deletes.append(old[0].key)
+            if self._view.get(raw.key) != raw:
+                self._view[raw.key] = raw
+                upserts.append(raw)
+            copies = {path for path in definers if path != owner}
+            for path in sorted(copies):
+                self._copy_count[path] = self._copy_count.get(path, 0) + 1
+                if path not in old_copies or path in reread:
+                    duplicates.append(duplicate_error(definers[path], raw.provenance.location))
+            if copies:
+                self._copies[ident] = copies
+        resolved = {path for path in gone if not self._copy_count.get(path)}
+        for path in gone:
+            if not self._copy_count.get(path):
+                self._copy_count.pop(path, None)
+        return upserts, deletes, duplicates, resolved
 
     def _ident(self, key: Key) -> Ident:
         return key[1], key[2] or self._default_namespace, key[3]
