@@ -26,6 +26,7 @@ configured path, serves that instead of nothing. A file that is gone is not brou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import stat
@@ -35,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from meshagent.adapters.inotify import Inotify
+from meshagent.adapters.inotify import Inotify
 from meshagent.adapters.yamldocs import MAX_TEXT_CHARS, duplicate_error
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
 
@@ -104,6 +107,14 @@ def _walk(root: Path, onerror: Callable[[OSError], None]) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(Path(dirpath) / f for f in sorted(filenames) if is_config_file(Path(f)))
+    return found
+
+
+def _walk_directories(root: Path) -> list[Path]:
+    found: list[Path] = []
+    for dirpath, dirnames, _ in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found.extend(Path(dirpath) / d for d in dirnames)
     return found
 
 
@@ -179,6 +190,8 @@ class FilesAdapter:
         self._previous: dict[Path, dict[Key, RawResource]] = {}  # restore(), until first listing
         self._listed = False
         self._stop = asyncio.Event()
+        self._inotify: Inotify | None = None
+        self._notified: asyncio.Event | None = None  # set by inotify, cleared when looked at
 
     @property
     def paths(self) -> tuple[Path, ...]:
@@ -208,22 +221,66 @@ class FilesAdapter:
 
     async def watch(self) -> AsyncIterator[SourceEvent]:
         """The full listing first (synced), then one event per settled burst of changes."""
-        scan = await asyncio.to_thread(self._scan)
-        yield await asyncio.to_thread(self._process, scan)
-        while not self._stop.is_set():
-            if await self._sleep(self._poll):
-                return
-            scan = await asyncio.to_thread(self._scan)
-            if not await asyncio.to_thread(self._has_changes, scan):
-                continue
-            settled = await self._settle(scan)
-            if settled is None:
-                return
-            before = self._unavailable
-            event = await asyncio.to_thread(self._process, settled)
-            changed = event.upserts or event.deletes or event.errors or event.fixed
-            if changed or self._unavailable != before:
-                yield event
+        self._start_notify()
+        try:
+            scan = await asyncio.to_thread(self._scan, True)
+            yield await asyncio.to_thread(self._process, scan)
+            while not self._stop.is_set():
+                woke = await self._wait(self._poll)
+                if woke is None:
+                    return
+                scan = await asyncio.to_thread(self._scan, woke)
+                if not await asyncio.to_thread(self._has_changes, scan):
+                    continue
+                settled = await self._settle(scan)
+                if settled is None:
+                    return
+                before = self._unavailable
+                event = await asyncio.to_thread(self._process, settled)
+                changed = event.upserts or event.deletes or event.errors or event.fixed
+                if changed or self._unavailable != before:
+                    yield event
+        finally:
+            self._stop_notify()
+
+    def _start_notify(self) -> None:
+        """Wake on inotify where it works; the poll runs all the same (the fallback)."""
+        self._stop_notify()
+        notify = Inotify.open()
+        if notify is None:
+            return
+        self._inotify, self._notified = notify, asyncio.Event()
+        asyncio.get_running_loop().add_reader(notify.fd, self._on_notify)
+
+    def _on_notify(self) -> None:
+        if self._inotify is not None and self._notified is not None:
+            self._inotify.drain()
+            self._notified.set()
+
+    def _stop_notify(self) -> None:
+        if self._inotify is not None:
+            with contextlib.suppress(RuntimeError, ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._inotify.fd)
+            self._inotify.close()
+        self._inotify = self._notified = None
+
+    async def _wait(self, seconds: float) -> bool | None:
+        """Wait for a change notification (True), the timeout (False) or stop (None)."""
+        notified = self._notified
+        if notified is None:
+            return None if await self._sleep(seconds) else False
+        if not notified.is_set():
+            waiters = [asyncio.ensure_future(e.wait()) for e in (self._stop, notified)]
+            _, pending = await asyncio.wait(
+                waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiter in pending:
+                waiter.cancel()
+        if self._stop.is_set():
+            return None
+        woke = notified.is_set()
+        notified.clear()
+        return woke
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep, waking early on stop; True when stopped."""
@@ -234,20 +291,30 @@ class FilesAdapter:
         return True
 
     async def _settle(self, sigs: _Scan) -> _Scan | None:
-        """Wait until the files stop changing for one debounce window (bounded); None on stop."""
+        """Wait until the files stop changing for one debounce window (bounded); None on stop.
+
+        With inotify the files are looked at again when told of a change (or after a poll
+        interval), so the window ends one debounce after the last change; without, they are
+        looked at every min(poll, debounce)."""
         loop = asyncio.get_running_loop()
         quiet_since = started = loop.time()
         limit = started + max(self._debounce * MAX_DEBOUNCE_WINDOWS, self._poll)
         step = min(self._poll, self._debounce) if self._debounce > 0 else 0
         while loop.time() - quiet_since < self._debounce and loop.time() < limit:
-            if await self._sleep(step):
+            if self._notified is not None:
+                step = max(0.0, min(self._poll, quiet_since + self._debounce - loop.time()))
+            woke = await self._wait(step)
+            if woke is None:
                 return None
-            current = await asyncio.to_thread(self._scan)
+            current = await asyncio.to_thread(self._scan, woke)
             if current != sigs:
                 sigs, quiet_since = current, loop.time()
         return sigs
 
-    def _scan(self) -> _Scan:
+    def _scan(self, rewatch: bool = False) -> _Scan:
+        """Look at the files; rewatch: also bring the inotify watches up to date first."""
+        if rewatch and self._inotify is not None:
+            self._inotify.watch(self._watched_directories())
         found, unavailable = list_config_files(self._paths)
         self._seen_roots.update(p for p in self._paths if p not in unavailable)
         if self._missing_ok:
@@ -262,6 +329,21 @@ class FilesAdapter:
                 continue  # vanished between listing and stat: seen as missing this round
             sigs[path] = (st.st_ino, st.st_mtime_ns, st.st_size)
         return _Scan(sigs, unavailable)
+
+    def _watched_directories(self) -> set[Path]:
+        """The directories whose changes can change what is read: every (non-hidden) directory
+        under a configured one, and the nearest existing parent of each configured path (it
+        sees the path created, renamed or swapped)."""
+        found: set[Path] = set()
+        for root in self._paths:
+            parent = root.absolute().parent
+            while not parent.is_dir() and parent != parent.parent:
+                parent = parent.parent
+            found.add(parent)
+            if root.is_dir():
+                found.add(root)
+                found.update(_walk_directories(root))
+        return found
 
     def _has_changes(self, scan: _Scan) -> bool:
         if scan.unavailable != self._unavailable:
