@@ -10,8 +10,10 @@ from the rename to
 Also reported: the adapter's own processing time of that event (process_ms, a wrapped
 FilesAdapter._process) and the initial listing.
 
+--in-big changes the middle entry of workloads.yaml instead (the whole file rewritten).
+
 Usage: python benchmarks/files_change.py [--sizes 1000,10000] [--rounds 30]
-       [--debounce-ms 100] [--poll-ms 200]
+       [--debounce-ms 100] [--poll-ms 200] [--in-big]
 Prints one JSON document.
 """
 
@@ -56,15 +58,20 @@ def _pct(values: list[float], q: float) -> float:
     return round(values[min(len(values) - 1, int(q * len(values)))], 2)
 
 
-async def run_size(n: int, rounds: int, debounce_ms: int, poll_ms: int) -> dict[str, Any]:
+async def run_size(
+    n: int, rounds: int, debounce_ms: int, poll_ms: int, in_big: bool
+) -> dict[str, Any]:
     proxy = ProxySpec(node_id="bench", namespace=NS, port_offset=10000)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "mesh"
         root.mkdir()
         (root / "services.yaml").write_text(_dump([service_entry(i) for i in range(n)]))
-        (root / "workloads.yaml").write_text(_dump([workload_entry(i, 0) for i in range(n - 1)]))
+        big = [workload_entry(i, 0) for i in range(n - 1)]
+        (root / "workloads.yaml").write_text(_dump(big))
         small = root / "small.yaml"
         small.write_text(_dump([workload_entry(n - 1, 0)]))
+        if in_big:  # the entry that changes is the middle one of workloads.yaml
+            small, target = root / "workloads.yaml", n // 2
         adapter = FilesAdapter([root], debounce_ms=debounce_ms, poll_interval_ms=poll_ms)
         process_times: list[float] = []
         original = adapter._process
@@ -91,7 +98,11 @@ async def run_size(n: int, rounds: int, debounce_ms: int, poll_ms: int) -> dict[
             t2 = time.perf_counter()
             process_times.clear()
             for generation in range(1, rounds + 1):
-                text = _dump([workload_entry(n - 1, 0, generation)])
+                if in_big:
+                    big[target] = workload_entry(target, 0, generation + 1)  # gen 1 == gen 0 here
+                    text = _dump(big)
+                else:
+                    text = _dump([workload_entry(n - 1, 0, generation)])
                 await asyncio.sleep(0.05)  # not in step with the poll
                 start = time.perf_counter()
                 await asyncio.to_thread(_replace, small, text)
@@ -107,6 +118,7 @@ async def run_size(n: int, rounds: int, debounce_ms: int, poll_ms: int) -> dict[
         process_ms = [1000 * t for t in process_times]
     return {
         "services": n,
+        "changed_file": "workloads.yaml (n-1 entries)" if in_big else "small.yaml (1 entry)",
         "debounce_ms": debounce_ms,
         "poll_interval_ms": poll_ms,
         "load_listing_s": round(t1 - t0, 3),
@@ -127,16 +139,18 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--debounce-ms", type=int, default=100)
     parser.add_argument("--poll-ms", type=int, default=200)
+    parser.add_argument("--in-big", action="store_true", help="change an entry of the big file")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child mode: one size
     args = parser.parse_args()
     if args.one:
-        result = asyncio.run(run_size(args.one, args.rounds, args.debounce_ms, args.poll_ms))
+        result = asyncio.run(run_size(args.one, args.rounds, args.debounce_ms, args.poll_ms, args.in_big))
         print(json.dumps(result))
         return 0
     results = []
     for size in (int(s) for s in args.sizes.split(",")):
         command = [sys.executable, __file__, "--one", str(size), "--rounds", str(args.rounds)]
         command += ["--debounce-ms", str(args.debounce_ms), "--poll-ms", str(args.poll_ms)]
+        command += ["--in-big"] if args.in_big else []
         out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=1800)
         results.append(json.loads(out.stdout))
     print(json.dumps({"benchmark": "files_change", "results": results}, indent=2))
