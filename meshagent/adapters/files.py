@@ -26,13 +26,15 @@ configured path, serves that instead of nothing. A file that is gone is not brou
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import hashlib
 import os
+import re
 import stat
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
@@ -135,11 +137,52 @@ class _Scan:
         return bool(self.unavailable) and path not in self.sigs and _under(path, self.unavailable)
 
 
+# (first line, 0-based; text) of one '---'-separated document -> the resources read from it
+Chunks = dict[tuple[int, str], list[RawResource]]
+_MARKER = re.compile(r"^---[ \t]*\r?$", re.MULTILINE)
+# Lines that make splitting at '---' lines unsafe: directives, document ends, content on a
+# marker line ('--- !tag', '--- |'): such texts are always read whole.
+_UNSPLITTABLE = re.compile(r"^(?:%|\.\.\.|---[ \t]*[^ \t\r\n])", re.MULTILINE)
+# A text with more changed documents than this share is read whole (faster in one go).
+REPARSE_SHARE = 0.25
+
+
+def _split_documents(text: str) -> list[tuple[int, str]] | None:
+    """The text's documents as (first line, 0-based; text) between '---' lines; None when
+    the text cannot be split safely that way (see _UNSPLITTABLE)."""
+    if _UNSPLITTABLE.search(text):
+        return None
+    chunks: list[tuple[int, str]] = []
+    start = line = 0
+    for match in _MARKER.finditer(text):
+        chunks.append((line, text[start : match.start()]))
+        line += text.count("\n", start, match.end()) + 1
+        start = match.end() + 1
+    chunks.append((line, text[start:]))
+    return chunks
+
+
+def _shift(raw: RawResource, lines: int) -> RawResource:
+    """raw, read from a document alone, located where that document starts in its file."""
+    path, _, line = raw.provenance.location.rpartition(":")
+    if not path or not line.isdigit():
+        return raw
+    provenance = replace(raw.provenance, location=f"{path}:{int(line) + lines}")
+    moved = {field: number + lines for field, number in raw.lines.items()}
+    return replace(raw, provenance=provenance, lines=moved)
+
+
+def _line(raw: RawResource) -> int:
+    line = raw.provenance.location.rpartition(":")[2]
+    return int(line) if line.isdigit() else 0
+
+
 @dataclass(slots=True)
 class _FileState:
     sig: Sig
     digest: bytes
     resources: dict[Key, RawResource] = field(default_factory=dict)
+    chunks: Chunks = field(default_factory=dict)  # of the last text read cleanly
 
 
 def _file_error(path: Path, reason: str) -> Diagnostic:
@@ -452,7 +495,7 @@ class FilesAdapter:
         except UnicodeDecodeError as exc:
             self._files[path] = _FileState(sig, digest, old)
             return [_file_error(path, f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
-        resources, loaded = self._load(text, str(path))
+        resources, loaded, chunks = self._parse(text, str(path), state)
         diagnostics = list(loaded)
         parsed: dict[Key, RawResource] = {}
         seen: dict[Ident, RawResource] = {}
@@ -465,8 +508,43 @@ class FilesAdapter:
         if any(d.severity == "error" for d in diagnostics):
             # Last-known-good: what parsed is applied, nothing the file had is dropped.
             parsed = {**old, **parsed}
-        self._files[path] = _FileState(sig, digest, parsed)
+        self._files[path] = _FileState(sig, digest, parsed, chunks)
         return diagnostics
+
+    def _parse(
+        self, text: str, path: str, state: _FileState | None
+    ) -> tuple[list[RawResource], list[Diagnostic], Chunks]:
+        """The resources of text, reading again only the documents that changed since the
+        last clean read (a document at the same line with the same text is not re-read).
+
+        Any problem in a changed document, and every first read, reads the whole text (the
+        per-text bounds of yamldocs apply to it, and a syntax error anywhere yields nothing);
+        the documents of a clean read are kept for the next one."""
+        split = _split_documents(text)
+        cached = state.chunks if state is not None else {}
+        if split is not None and cached:
+            misses = [chunk for chunk in split if chunk not in cached]
+            if len(misses) <= max(1, int(len(split) * REPARSE_SHARE)):
+                chunks: Chunks = {}
+                for chunk in split:
+                    got = cached.get(chunk)
+                    if got is None:
+                        resources, problems = self._load(chunk[1], path)
+                        if problems:
+                            break
+                        got = [_shift(raw, chunk[0]) for raw in resources]
+                    chunks[chunk] = got
+                else:
+                    return [raw for got in chunks.values() for raw in got], [], chunks
+        resources, problems = self._load(text, path)
+        if problems or split is None:
+            return resources, problems, {}
+        chunks = {chunk: [] for chunk in split}
+        starts = [first for first, _ in split]
+        for raw in resources:  # each resource to the document holding its first line
+            index = bisect.bisect_left(starts, _line(raw)) - 1
+            chunks[split[max(index, 0)]].append(raw)
+        return resources, problems, chunks
 
     def _merged_view(
         self, reread: set[Path]

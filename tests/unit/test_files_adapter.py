@@ -509,3 +509,75 @@ def test_one_change_looks_at_the_changed_file_only(tmp_path: Path) -> None:
 
     assert names(event.upserts) == ["small"]
     assert calls < 20
+
+
+# --- only the documents whose text changed are read again ------------------------------------
+
+
+def _entry(name: str, address: str, extra_lines: int = 0) -> str:
+    labels = "".join(f"    l{i}: v{i}\n" for i in range(extra_lines))
+    return (
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n"
+        f"metadata:\n  name: {name}\n  namespace: ns\nspec:\n  address: {address}\n"
+        f"  labels:\n    app: {name}\n{labels}"
+    )
+
+
+def test_reread_documents_match_a_whole_read_after_random_edits(tmp_path: Path) -> None:
+    """Documents re-read alone are located where a whole read puts them (lines, locations)."""
+    import random
+
+    from meshagent.adapters.files import FilesAdapter
+
+    rng = random.Random(17)
+    target = tmp_path / "mesh.yaml"
+    entries = [_entry(f"e{i}", f"10.0.0.{i}") for i in range(12)]
+    live = FilesAdapter([tmp_path])
+    for step in range(80):
+        action = rng.random()
+        index = rng.randrange(len(entries))
+        if action < 0.5:
+            entries[index] = _entry(f"e{index}", f"10.0.{step}.{index}")
+        elif action < 0.8:
+            entries[index] = _entry(f"e{index}", f"10.1.0.{index}", rng.randint(0, 3))
+        elif action < 0.9:
+            entries[index] = "kind: [unclosed\n"  # a syntax error: nothing of the file is read
+        else:
+            entries[index] = f"# a comment\n{_entry(f'e{index}', '10.2.0.1')}"
+        tmp = tmp_path / ".mesh.tmp"
+        tmp.write_text("---\n".join(entries))
+        os.replace(tmp, target)
+        got = live._process(live._scan())
+        fresh = FilesAdapter([tmp_path])
+        want = fresh._process(fresh._scan())
+        if "[unclosed" in "".join(entries):  # the last good resources keep serving
+            assert got.errors and want.errors and got.errors[0].location == want.errors[0].location
+            entries[index] = _entry(f"e{index}", "10.3.0.1")
+            continue
+        assert live._files[target].resources == fresh._files[target].resources, f"step {step}"
+
+
+def test_one_changed_document_is_read_alone(tmp_path: Path) -> None:
+    target = tmp_path / "mesh.yaml"
+    entries = [_entry(f"e{i}", f"10.0.0.{i % 250}") for i in range(300)]
+    target.write_text("---\n".join(entries))
+    read: list[int] = []
+
+    def loader(text: str, path: str) -> tuple[list[RawResource], list[Diagnostic]]:
+        from meshagent.adapters.yamldocs import load_documents
+
+        read.append(len(text))
+        return load_documents(text, path, source="files")
+
+    files = FilesAdapter([tmp_path], loader=loader)
+    files._process(files._scan())
+    entries[150] = _entry("e150", "10.9.9.9")
+    tmp = tmp_path / ".mesh.tmp"
+    tmp.write_text("---\n".join(entries))
+    os.replace(tmp, target)
+    event = files._process(files._scan())
+
+    assert [(r.name, r.provenance.location) for r in event.upserts] == [
+        ("e150", f"{target}:{150 * 10 + 1}")
+    ]
+    assert read[1:] == [len(entries[150])]
