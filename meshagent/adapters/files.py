@@ -224,7 +224,7 @@ class FilesAdapter:
         self._definers: dict[Ident, dict[Path, RawResource]] = {}  # the files defining each
         self._held: dict[Ident, tuple[RawResource, Path]] = {}  # what serves, from which file
         self._copies: dict[Ident, set[Path]] = {}  # the files holding an ignored copy
-        self._copy_count: dict[Path, int] = {}  # how many ignored copies each file holds
+        self._copied: dict[Path, set[Ident]] = {}  # each file's ignored copies
         self._errored: set[Path] = set()  # files whose last read had an error
         self._unavailable: dict[Path, str] = {}
         self._missing_ok = missing_ok
@@ -550,8 +550,9 @@ class FilesAdapter:
         self, reread: set[Path]
     ) -> tuple[list[RawResource], list[Key], list[Diagnostic], set[Path]]:
         """The upserts and deletes since the last call, the duplicate errors to report, and
-        the files whose copies are gone; only the resources of files whose contents changed
-        since the last call are looked at (cost follows the change, not the mesh).
+        the files whose copies are gone; only the resources that are not the very objects of
+        the last call are looked at, and a re-read file's copies (cost follows the change,
+        not the mesh nor the size of the changed file).
 
         When two files define one resource, the file that served it keeps serving it, else the
         first path (sorted); the other copy is an error of its file, reported when it appears
@@ -563,21 +564,27 @@ class FilesAdapter:
             is not self._merged.get(path)
         ]
         affected: dict[Ident, None] = {}  # in path and document order
-        for path in changed:
-            for key in self._merged.pop(path, {}):
-                ident = self._ident(key)
-                definers = self._definers.get(ident)
-                if definers is not None:
-                    definers.pop(path, None)
-                affected[ident] = None
+        for path in changed:  # only resources not the very same object as before
+            before = self._merged.pop(path, {})
             state = self._files.get(path)
+            after = state.resources if state is not None else {}
+            for key, raw in before.items():
+                if after.get(key) is not raw:
+                    ident = self._ident(key)
+                    definers = self._definers.get(ident)
+                    if definers is not None and definers.get(path) is raw:
+                        del definers[path]
+                    affected[ident] = None
             if state is None:
                 continue
-            self._merged[path] = state.resources
-            for key, raw in state.resources.items():
-                ident = self._ident(key)
-                self._definers.setdefault(ident, {}).setdefault(path, raw)
-                affected[ident] = None
+            self._merged[path] = after
+            for key, raw in after.items():
+                if before.get(key) is not raw:
+                    ident = self._ident(key)
+                    self._definers.setdefault(ident, {}).setdefault(path, raw)
+                    affected[ident] = None
+        for path in sorted(reread):  # a re-read file's copies are reported again
+            affected.update(dict.fromkeys(sorted(self._copied.get(path, ()))))
         upserts: list[RawResource] = []
         deletes: list[Key] = []
         duplicates: list[Diagnostic] = []
@@ -587,7 +594,7 @@ class FilesAdapter:
             definers = self._definers.get(ident) or {}
             old_copies = self._copies.pop(ident, set())
             for path in old_copies:
-                self._copy_count[path] -= 1
+                self._copied[path].discard(ident)
             gone.update(old_copies)
             if not definers:
                 self._definers.pop(ident, None)
@@ -607,15 +614,14 @@ class FilesAdapter:
                 upserts.append(raw)
             copies = {path for path in definers if path != owner}
             for path in sorted(copies):
-                self._copy_count[path] = self._copy_count.get(path, 0) + 1
+                self._copied.setdefault(path, set()).add(ident)
                 if path not in old_copies or path in reread:
                     duplicates.append(duplicate_error(definers[path], raw.provenance.location))
             if copies:
                 self._copies[ident] = copies
-        resolved = {path for path in gone if not self._copy_count.get(path)}
-        for path in gone:
-            if not self._copy_count.get(path):
-                self._copy_count.pop(path, None)
+        resolved = {path for path in gone if not self._copied.get(path)}
+        for path in resolved:
+            self._copied.pop(path, None)
         return upserts, deletes, duplicates, resolved
 
     def _ident(self, key: Key) -> Ident:
