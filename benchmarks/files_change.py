@@ -35,12 +35,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.selector_scale import NS, service_entry, workload_entry  # noqa: E402
-from meshagent.adapters.files import FilesAdapter  # noqa: E402
-from meshagent.gcpause import paused_gc  # noqa: E402
-from meshagent.model import ProxySpec  # noqa: E402
-from meshagent.normalize import Normalizer  # noqa: E402
-from meshagent.xds.translate import Translator  # noqa: E402
+from benchmarks.selector_scale import NS, service_entry, workload_entry
+from meshagent.adapters.files import FilesAdapter
+from meshagent.gcpause import paused_gc
+from meshagent.model import ProxySpec
+from meshagent.normalize import Normalizer
+from meshagent.xds.translate import Translator
 
 
 def _dump(raws: list[Any]) -> str:
@@ -143,7 +143,9 @@ def main() -> int:
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child mode: one size
     args = parser.parse_args()
     if args.one:
-        result = asyncio.run(run_size(args.one, args.rounds, args.debounce_ms, args.poll_ms, args.in_big))
+        result = asyncio.run(
+            run_size(args.one, args.rounds, args.debounce_ms, args.poll_ms, args.in_big)
+        )
         print(json.dumps(result))
         return 0
     results = []

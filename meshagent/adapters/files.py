@@ -4,7 +4,13 @@ Polling compares each file's (inode, mtime_ns, size) and, when those change, its
 It needs no platform support and is safe with every way editors save a file: write-in-place,
 write-temp-then-rename, and vim's backup-then-rename (the file is briefly missing). A change is
 acted on only once the files have been quiet for the debounce window, so a burst of writes
-becomes one SourceEvent.
+becomes one SourceEvent. On Linux, inotify (adapters.inotify) wakes the poll at once on a
+change in a watched directory; it only says "look now", so the poll's semantics are kept, and
+the poll still runs every poll interval as the fallback.
+
+Cost follows the change: a file is re-read only when its signature changed, within it only the
+documents ('---'-separated) whose text or first line changed are parsed again (see _parse), and
+the merged view is updated for the resources that changed only (see _merged_view).
 
 Ownership: the adapter keeps, per file, the resources that file last contributed. A resource
 disappears (a delete is emitted) only when no file defines it any more, so a resource moved from
@@ -38,7 +44,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
-from meshagent.adapters.inotify import Inotify
 from meshagent.adapters.inotify import Inotify
 from meshagent.adapters.yamldocs import MAX_TEXT_CHARS, duplicate_error
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
@@ -443,8 +448,9 @@ class FilesAdapter:
         fixed.extend(str(p) for p in sorted(resolved - self._errored))
         deletes += [k for k in sorted(restored) if k not in self._view and k not in deletes]
         unavailable = tuple(scan.unavailable[root] for root in sorted(scan.unavailable))
+        reported = (*errors, *duplicates)
         return SourceEvent(
-            SOURCE, tuple(upserts), tuple(deletes), True, (*errors, *duplicates), tuple(fixed), unavailable
+            SOURCE, tuple(upserts), tuple(deletes), True, reported, tuple(fixed), unavailable
         )
 
     def _restore_missing(self, scan: _Scan) -> set[Key]:
