@@ -11,9 +11,18 @@ import pytest
 import yaml
 
 from meshagent.adapters.files import FilesAdapter, find_config_files
+from meshagent.adapters.inotify import Inotify
 from meshagent.model.source import Diagnostic, Provenance, RawResource, SourceEvent
 
 DEADLINE_S = 5.0
+
+
+@pytest.fixture(autouse=True, params=["inotify", "polling"])
+def notification(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with inotify (where the platform has it) and with polling only."""
+    if request.param == "polling":
+        monkeypatch.setattr(Inotify, "open", classmethod(lambda cls: None))
+    return str(request.param)
 
 
 def fake_loader(text: str, path: str) -> tuple[list[RawResource], list[Diagnostic]]:
@@ -590,3 +599,27 @@ def test_one_changed_document_is_read_alone(tmp_path: Path) -> None:
         ("e150", f"{target}:{150 * 10 + 1}")
     ]
     assert read[1:] == [len(entries[150])]
+
+
+async def test_inotify_notices_a_rename_without_waiting_for_the_poll(
+    tmp_path: Path, notification: str
+) -> None:
+    if notification == "polling" or Inotify.open() is None:
+        pytest.skip("needs inotify (Linux)")
+    (tmp_path / "sub").mkdir()
+    target = tmp_path / "sub" / "a.yaml"
+    target.write_text(doc("a", 1))
+    files = FilesAdapter([tmp_path], debounce_ms=0, poll_interval_ms=60_000, loader=fake_loader)
+    async with files:
+        it = files.watch()
+        await next_event(it)
+        tmp = tmp_path / "sub" / ".a.tmp"
+        tmp.write_text(doc("a", 2))
+        os.replace(tmp, target)
+        changed = await next_event(it)  # well before the 60 s poll
+        (tmp_path / "new").mkdir()  # a directory created later is watched too
+        (tmp_path / "new" / "b.yaml").write_text(doc("b"))
+        added = await next_event(it)
+
+    assert [r.body["spec"]["value"] for r in changed.upserts] == [2]
+    assert names(added.upserts) == ["b"]
