@@ -44,7 +44,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
-from meshagent.adapters.inotify import Inotify
+from meshagent.adapters.inotify import IN_ISDIR, Inotify
 from meshagent.adapters.yamldocs import MAX_TEXT_CHARS, duplicate_error
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
 
@@ -240,6 +240,7 @@ class FilesAdapter:
         self._stop = asyncio.Event()
         self._inotify: Inotify | None = None
         self._notified: asyncio.Event | None = None  # set by inotify, cleared when looked at
+        self._names: set[str] = set()
 
     @property
     def paths(self) -> tuple[Path, ...]:
@@ -298,12 +299,23 @@ class FilesAdapter:
         if notify is None:
             return
         self._inotify, self._notified = notify, asyncio.Event()
+        self._names = {p.absolute().name for p in self._paths}  # configured, seen from parents
         asyncio.get_running_loop().add_reader(notify.fd, self._on_notify)
 
     def _on_notify(self) -> None:
-        if self._inotify is not None and self._notified is not None:
-            self._inotify.drain()
+        if self._inotify is None or self._notified is None:
+            return
+        events = self._inotify.drain()
+        if events is None or any(self._relevant(mask, name) for mask, name in events):
             self._notified.set()
+
+    def _relevant(self, mask: int, name: str) -> bool:
+        """Whether an event may change what is read: not one about an editor's scratch file
+        or, in a configured path's parent directory, a sibling (a busy log next to mesh.yaml
+        must not make the adapter look at the files on every write)."""
+        if not name or mask & IN_ISDIR or name.startswith(".."):  # ..data: a ConfigMap swap
+            return True
+        return is_config_file(Path(name)) or name in self._names
 
     def _stop_notify(self) -> None:
         if self._inotify is not None:

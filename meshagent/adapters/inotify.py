@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import struct
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,6 +25,8 @@ IN_CREATE = 0x100
 IN_DELETE = 0x200
 IN_DELETE_SELF = 0x400
 IN_MOVE_SELF = 0x800
+IN_Q_OVERFLOW = 0x4000
+IN_ISDIR = 0x40000000
 IN_ONLYDIR = 0x01000000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = 0o2000000
@@ -31,6 +34,8 @@ MASK = (
     IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
     | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
 )  # fmt: skip
+
+_HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 
 
 class Inotify:
@@ -76,19 +81,29 @@ class Inotify:
             self._watches[path] = wd
         return complete
 
-    def drain(self) -> bool:
-        """Read every pending event; True when there was any."""
-        got = False
+    def drain(self) -> list[tuple[int, str]] | None:
+        """Read every pending event: (mask, name) each (name "" for the directory itself);
+        None when the events could not be read (the queue overflowed, an error): look at
+        everything."""
+        events: list[tuple[int, str]] = []
         while True:
             try:
                 data = os.read(self.fd, 65536)
             except BlockingIOError:
-                return got
+                return events
             except OSError:
-                return True
+                return None
             if not data:
-                return got
-            got = True
+                return events
+            offset = 0
+            while offset + _HEADER.size <= len(data):
+                _, mask, _, length = _HEADER.unpack_from(data, offset)
+                start = offset + _HEADER.size
+                name = data[start : start + length].split(b"\0", 1)[0]
+                events.append((mask, os.fsdecode(name)))
+                offset = start + length
+                if mask & IN_Q_OVERFLOW:
+                    return None
 
     def close(self) -> None:
         if self.fd >= 0:

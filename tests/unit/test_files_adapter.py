@@ -623,3 +623,36 @@ async def test_inotify_notices_a_rename_without_waiting_for_the_poll(
 
     assert [r.body["spec"]["value"] for r in changed.upserts] == [2]
     assert names(added.upserts) == ["b"]
+
+
+async def test_inotify_ignores_a_busy_sibling_of_a_configured_file(
+    tmp_path: Path, notification: str
+) -> None:
+    if notification == "polling" or Inotify.open() is None:
+        pytest.skip("needs inotify (Linux)")
+    target = tmp_path / "mesh.yaml"
+    target.write_text(doc("a", 1))
+    files = FilesAdapter([target], debounce_ms=0, poll_interval_ms=60_000, loader=fake_loader)
+    scans = 0
+    scan = files._scan
+
+    def counting(rewatch: bool = False) -> object:
+        nonlocal scans
+        scans += 1
+        return scan(rewatch)
+
+    files._scan = counting  # type: ignore[assignment,method-assign]
+    async with files:
+        it = files.watch()
+        await next_event(it)
+        waiting = asyncio.ensure_future(next_event(it))  # the adapter watches meanwhile
+        with (tmp_path / "app.log").open("a") as log:  # the parent directory is watched
+            for i in range(20):
+                log.write(f"line {i}\n")
+                log.flush()
+                await asyncio.sleep(0.005)
+        target.write_text(doc("a", 2))
+        changed = await waiting
+
+    assert [r.body["spec"]["value"] for r in changed.upserts] == [2]
+    assert scans <= 4  # the listing, the change (and its settling): not one per log line
