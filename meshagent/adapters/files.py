@@ -506,7 +506,7 @@ class FilesAdapter:
             self._racy.add(path)
         digest = hashlib.blake2b(data).digest()
         if state is not None and state.digest == digest:
-            self._files[path] = _FileState(sig, digest, old)
+            self._files[path] = _FileState(sig, digest, old, state.chunks)  # same text
             return []
         try:
             text = data.decode("utf-8")
