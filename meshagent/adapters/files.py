@@ -4,7 +4,13 @@ Polling compares each file's (inode, mtime_ns, size) and, when those change, its
 It needs no platform support and is safe with every way editors save a file: write-in-place,
 write-temp-then-rename, and vim's backup-then-rename (the file is briefly missing). A change is
 acted on only once the files have been quiet for the debounce window, so a burst of writes
-becomes one SourceEvent.
+becomes one SourceEvent. On Linux, inotify (adapters.inotify) wakes the poll at once on a
+change in a watched directory; it only says "look now", so the poll's semantics are kept, and
+the poll still runs every poll interval as the fallback.
+
+Cost follows the change: a file is re-read only when its signature changed, within it only the
+documents ('---'-separated) whose text or first line changed are parsed again (see _parse), and
+the merged view is updated for the resources that changed only (see _merged_view).
 
 Ownership: the adapter keeps, per file, the resources that file last contributed. A resource
 disappears (a delete is emitted) only when no file defines it any more, so a resource moved from
@@ -26,15 +32,19 @@ configured path, serves that instead of nothing. A file that is gone is not brou
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import hashlib
 import os
+import re
 import stat
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
+from meshagent.adapters.inotify import IN_ISDIR, Inotify
 from meshagent.adapters.yamldocs import MAX_TEXT_CHARS, duplicate_error
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
 
@@ -107,6 +117,14 @@ def _walk(root: Path, onerror: Callable[[OSError], None]) -> list[Path]:
     return found
 
 
+def _walk_directories(root: Path) -> list[Path]:
+    found: list[Path] = []
+    for dirpath, dirnames, _ in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found.extend(Path(dirpath) / d for d in dirnames)
+    return found
+
+
 def _under(path: Path, roots: Iterable[Path]) -> bool:
     text = str(path)
     return any(text == str(r) or text.startswith(str(r).rstrip(os.sep) + os.sep) for r in roots)
@@ -124,11 +142,52 @@ class _Scan:
         return bool(self.unavailable) and path not in self.sigs and _under(path, self.unavailable)
 
 
+# (first line, 0-based; text) of one '---'-separated document -> the resources read from it
+Chunks = dict[tuple[int, str], list[RawResource]]
+_MARKER = re.compile(r"^---[ \t]*\r?$", re.MULTILINE)
+# Lines that make splitting at '---' lines unsafe: directives, document ends, content on a
+# marker line ('--- !tag', '--- |'): such texts are always read whole.
+_UNSPLITTABLE = re.compile(r"^(?:%|\.\.\.|---[ \t]*[^ \t\r\n])", re.MULTILINE)
+# A text with more changed documents than this share is read whole (faster in one go).
+REPARSE_SHARE = 0.25
+
+
+def _split_documents(text: str) -> list[tuple[int, str]] | None:
+    """The text's documents as (first line, 0-based; text) between '---' lines; None when
+    the text cannot be split safely that way (see _UNSPLITTABLE)."""
+    if _UNSPLITTABLE.search(text):
+        return None
+    chunks: list[tuple[int, str]] = []
+    start = line = 0
+    for match in _MARKER.finditer(text):
+        chunks.append((line, text[start : match.start()]))
+        line += text.count("\n", start, match.end()) + 1
+        start = match.end() + 1
+    chunks.append((line, text[start:]))
+    return chunks
+
+
+def _shift(raw: RawResource, lines: int) -> RawResource:
+    """raw, read from a document alone, located where that document starts in its file."""
+    path, _, line = raw.provenance.location.rpartition(":")
+    if not path or not line.isdigit():
+        return raw
+    provenance = replace(raw.provenance, location=f"{path}:{int(line) + lines}")
+    moved = {field: number + lines for field, number in raw.lines.items()}
+    return replace(raw, provenance=provenance, lines=moved)
+
+
+def _line(raw: RawResource) -> int:
+    line = raw.provenance.location.rpartition(":")[2]
+    return int(line) if line.isdigit() else 0
+
+
 @dataclass(slots=True)
 class _FileState:
     sig: Sig
     digest: bytes
     resources: dict[Key, RawResource] = field(default_factory=dict)
+    chunks: Chunks = field(default_factory=dict)  # of the last text read cleanly
 
 
 def _file_error(path: Path, reason: str) -> Diagnostic:
@@ -165,16 +224,23 @@ class FilesAdapter:
         self._files: dict[Path, _FileState] = {}
         self._view: dict[Key, RawResource] = {}
         self._racy: set[Path] = set()
-        self._reported_duplicates: set[tuple[Ident, Path]] = set()
+        # The merged view, kept up to date by _merged_view from the files that changed:
+        self._merged: dict[Path, dict[Key, RawResource]] = {}  # each file's resources, merged
+        self._definers: dict[Ident, dict[Path, RawResource]] = {}  # the files defining each
+        self._held: dict[Ident, tuple[RawResource, Path]] = {}  # what serves, from which file
+        self._copies: dict[Ident, set[Path]] = {}  # the files holding an ignored copy
+        self._copied: dict[Path, set[Ident]] = {}  # each file's ignored copies
         self._errored: set[Path] = set()  # files whose last read had an error
         self._unavailable: dict[Path, str] = {}
         self._missing_ok = missing_ok
         self._seen_roots: set[Path] = set()  # configured paths that existed at some scan
         self._default_namespace = default_namespace
-        self._owner: dict[Ident, Path] = {}  # the file each served resource comes from
         self._previous: dict[Path, dict[Key, RawResource]] = {}  # restore(), until first listing
         self._listed = False
         self._stop = asyncio.Event()
+        self._inotify: Inotify | None = None
+        self._notified: asyncio.Event | None = None  # set by inotify, cleared when looked at
+        self._names: set[str] = set()
 
     @property
     def paths(self) -> tuple[Path, ...]:
@@ -204,22 +270,77 @@ class FilesAdapter:
 
     async def watch(self) -> AsyncIterator[SourceEvent]:
         """The full listing first (synced), then one event per settled burst of changes."""
-        scan = await asyncio.to_thread(self._scan)
-        yield await asyncio.to_thread(self._process, scan)
-        while not self._stop.is_set():
-            if await self._sleep(self._poll):
-                return
-            scan = await asyncio.to_thread(self._scan)
-            if not await asyncio.to_thread(self._has_changes, scan):
-                continue
-            settled = await self._settle(scan)
-            if settled is None:
-                return
-            before = self._unavailable
-            event = await asyncio.to_thread(self._process, settled)
-            changed = event.upserts or event.deletes or event.errors or event.fixed
-            if changed or self._unavailable != before:
-                yield event
+        self._start_notify()
+        try:
+            scan = await asyncio.to_thread(self._scan, True)
+            yield await asyncio.to_thread(self._process, scan)
+            while not self._stop.is_set():
+                woke = await self._wait(self._poll)
+                if woke is None:
+                    return
+                scan = await asyncio.to_thread(self._scan, woke)
+                if not await asyncio.to_thread(self._has_changes, scan):
+                    continue
+                settled = await self._settle(scan)
+                if settled is None:
+                    return
+                before = self._unavailable
+                event = await asyncio.to_thread(self._process, settled)
+                changed = event.upserts or event.deletes or event.errors or event.fixed
+                if changed or self._unavailable != before:
+                    yield event
+        finally:
+            self._stop_notify()
+
+    def _start_notify(self) -> None:
+        """Wake on inotify where it works; the poll runs all the same (the fallback)."""
+        self._stop_notify()
+        notify = Inotify.open()
+        if notify is None:
+            return
+        self._inotify, self._notified = notify, asyncio.Event()
+        self._names = {p.absolute().name for p in self._paths}  # configured, seen from parents
+        asyncio.get_running_loop().add_reader(notify.fd, self._on_notify)
+
+    def _on_notify(self) -> None:
+        if self._inotify is None or self._notified is None:
+            return
+        events = self._inotify.drain()
+        if events is None or any(self._relevant(mask, name) for mask, name in events):
+            self._notified.set()
+
+    def _relevant(self, mask: int, name: str) -> bool:
+        """Whether an event may change what is read: not one about an editor's scratch file
+        or, in a configured path's parent directory, a sibling (a busy log next to mesh.yaml
+        must not make the adapter look at the files on every write)."""
+        if not name or mask & IN_ISDIR or name.startswith(".."):  # ..data: a ConfigMap swap
+            return True
+        return is_config_file(Path(name)) or name in self._names
+
+    def _stop_notify(self) -> None:
+        if self._inotify is not None:
+            with contextlib.suppress(RuntimeError, ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._inotify.fd)
+            self._inotify.close()
+        self._inotify = self._notified = None
+
+    async def _wait(self, seconds: float) -> bool | None:
+        """Wait for a change notification (True), the timeout (False) or stop (None)."""
+        notified = self._notified
+        if notified is None:
+            return None if await self._sleep(seconds) else False
+        if not notified.is_set():
+            waiters = [asyncio.ensure_future(e.wait()) for e in (self._stop, notified)]
+            _, pending = await asyncio.wait(
+                waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiter in pending:
+                waiter.cancel()
+        if self._stop.is_set():
+            return None
+        woke = notified.is_set()
+        notified.clear()
+        return woke
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep, waking early on stop; True when stopped."""
@@ -230,20 +351,30 @@ class FilesAdapter:
         return True
 
     async def _settle(self, sigs: _Scan) -> _Scan | None:
-        """Wait until the files stop changing for one debounce window (bounded); None on stop."""
+        """Wait until the files stop changing for one debounce window (bounded); None on stop.
+
+        With inotify the files are looked at again when told of a change (or after a poll
+        interval), so the window ends one debounce after the last change; without, they are
+        looked at every min(poll, debounce)."""
         loop = asyncio.get_running_loop()
         quiet_since = started = loop.time()
         limit = started + max(self._debounce * MAX_DEBOUNCE_WINDOWS, self._poll)
         step = min(self._poll, self._debounce) if self._debounce > 0 else 0
         while loop.time() - quiet_since < self._debounce and loop.time() < limit:
-            if await self._sleep(step):
+            if self._notified is not None:
+                step = max(0.0, min(self._poll, quiet_since + self._debounce - loop.time()))
+            woke = await self._wait(step)
+            if woke is None:
                 return None
-            current = await asyncio.to_thread(self._scan)
+            current = await asyncio.to_thread(self._scan, woke)
             if current != sigs:
                 sigs, quiet_since = current, loop.time()
         return sigs
 
-    def _scan(self) -> _Scan:
+    def _scan(self, rewatch: bool = False) -> _Scan:
+        """Look at the files; rewatch: also bring the inotify watches up to date first."""
+        if rewatch and self._inotify is not None:
+            self._inotify.watch(self._watched_directories())
         found, unavailable = list_config_files(self._paths)
         self._seen_roots.update(p for p in self._paths if p not in unavailable)
         if self._missing_ok:
@@ -258,6 +389,21 @@ class FilesAdapter:
                 continue  # vanished between listing and stat: seen as missing this round
             sigs[path] = (st.st_ino, st.st_mtime_ns, st.st_size)
         return _Scan(sigs, unavailable)
+
+    def _watched_directories(self) -> set[Path]:
+        """The directories whose changes can change what is read: every (non-hidden) directory
+        under a configured one, and the nearest existing parent of each configured path (it
+        sees the path created, renamed or swapped)."""
+        found: set[Path] = set()
+        for root in self._paths:
+            parent = root.absolute().parent
+            while not parent.is_dir() and parent != parent.parent:
+                parent = parent.parent
+            found.add(parent)
+            if root.is_dir():
+                found.add(root)
+                found.update(_walk_directories(root))
+        return found
 
     def _has_changes(self, scan: _Scan) -> bool:
         if scan.unavailable != self._unavailable:
@@ -310,14 +456,13 @@ class FilesAdapter:
                     fixed.append(str(path))
         self._listed, self._previous = True, {}
         self._unavailable = dict(scan.unavailable)
-        view, duplicates, resolved = self._merged_view(reread)
+        upserts, deletes, duplicates, resolved = self._merged_view(reread)
         fixed.extend(str(p) for p in sorted(resolved - self._errored))
-        upserts = tuple(r for k, r in view.items() if self._view.get(k) != r)
-        deletes = tuple(k for k in (*self._view, *sorted(restored)) if k not in view)
-        self._view = view
+        deletes += [k for k in sorted(restored) if k not in self._view and k not in deletes]
         unavailable = tuple(scan.unavailable[root] for root in sorted(scan.unavailable))
+        reported = (*errors, *duplicates)
         return SourceEvent(
-            SOURCE, upserts, deletes, True, (*errors, *duplicates), tuple(fixed), unavailable
+            SOURCE, tuple(upserts), tuple(deletes), True, reported, tuple(fixed), unavailable
         )
 
     def _restore_missing(self, scan: _Scan) -> set[Key]:
@@ -361,14 +506,14 @@ class FilesAdapter:
             self._racy.add(path)
         digest = hashlib.blake2b(data).digest()
         if state is not None and state.digest == digest:
-            self._files[path] = _FileState(sig, digest, old)
+            self._files[path] = _FileState(sig, digest, old, state.chunks)  # same text
             return []
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             self._files[path] = _FileState(sig, digest, old)
             return [_file_error(path, f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
-        resources, loaded = self._load(text, str(path))
+        resources, loaded, chunks = self._parse(text, str(path), state)
         diagnostics = list(loaded)
         parsed: dict[Key, RawResource] = {}
         seen: dict[Ident, RawResource] = {}
@@ -381,38 +526,121 @@ class FilesAdapter:
         if any(d.severity == "error" for d in diagnostics):
             # Last-known-good: what parsed is applied, nothing the file had is dropped.
             parsed = {**old, **parsed}
-        self._files[path] = _FileState(sig, digest, parsed)
+        self._files[path] = _FileState(sig, digest, parsed, chunks)
         return diagnostics
+
+    def _parse(
+        self, text: str, path: str, state: _FileState | None
+    ) -> tuple[list[RawResource], list[Diagnostic], Chunks]:
+        """The resources of text, reading again only the documents that changed since the
+        last clean read (a document at the same line with the same text is not re-read).
+
+        Any problem in a changed document, and every first read, reads the whole text (the
+        per-text bounds of yamldocs apply to it, and a syntax error anywhere yields nothing);
+        the documents of a clean read are kept for the next one."""
+        split = _split_documents(text)
+        cached = state.chunks if state is not None else {}
+        if split is not None and cached:
+            misses = [chunk for chunk in split if chunk not in cached]
+            if len(misses) <= max(1, int(len(split) * REPARSE_SHARE)):
+                chunks: Chunks = {}
+                for chunk in split:
+                    got = cached.get(chunk)
+                    if got is None:
+                        resources, problems = self._load(chunk[1], path)
+                        if problems:
+                            break
+                        got = [_shift(raw, chunk[0]) for raw in resources]
+                    chunks[chunk] = got
+                else:
+                    return [raw for got in chunks.values() for raw in got], [], chunks
+        resources, problems = self._load(text, path)
+        if problems or split is None:
+            return resources, problems, {}
+        chunks = {chunk: [] for chunk in split}
+        starts = [first for first, _ in split]
+        for raw in resources:  # each resource to the document holding its first line
+            index = bisect.bisect_left(starts, _line(raw)) - 1
+            chunks[split[max(index, 0)]].append(raw)
+        return resources, problems, chunks
 
     def _merged_view(
         self, reread: set[Path]
-    ) -> tuple[dict[Key, RawResource], list[Diagnostic], set[Path]]:
-        """All resources, the duplicate errors to report, and the files whose copies are gone.
+    ) -> tuple[list[RawResource], list[Key], list[Diagnostic], set[Path]]:
+        """The upserts and deletes since the last call, the duplicate errors to report, and
+        the files whose copies are gone; only the resources that are not the very objects of
+        the last call are looked at, and a re-read file's copies (cost follows the change,
+        not the mesh nor the size of the changed file).
 
         When two files define one resource, the file that served it keeps serving it, else the
         first path (sorted); the other copy is an error of its file, reported when it appears
         and whenever that file is re-read (which clears the file's errors)."""
-        held: dict[Ident, tuple[RawResource, Path]] = {}
+        changed = [
+            path
+            for path in sorted(self._merged.keys() | self._files.keys())
+            if (self._files[path].resources if path in self._files else None)
+            is not self._merged.get(path)
+        ]
+        affected: dict[Ident, None] = {}  # in path and document order
+        for path in changed:  # only resources not the very same object as before
+            before = self._merged.pop(path, {})
+            state = self._files.get(path)
+            after = state.resources if state is not None else {}
+            for key, raw in before.items():
+                if after.get(key) is not raw:
+                    ident = self._ident(key)
+                    definers = self._definers.get(ident)
+                    if definers is not None and definers.get(path) is raw:
+                        del definers[path]
+                    affected[ident] = None
+            if state is None:
+                continue
+            self._merged[path] = after
+            for key, raw in after.items():
+                if before.get(key) is not raw:
+                    ident = self._ident(key)
+                    self._definers.setdefault(ident, {}).setdefault(path, raw)
+                    affected[ident] = None
+        for path in sorted(reread):  # a re-read file's copies are reported again
+            affected.update(dict.fromkeys(sorted(self._copied.get(path, ()))))
+        upserts: list[RawResource] = []
+        deletes: list[Key] = []
         duplicates: list[Diagnostic] = []
-        copies: set[tuple[Ident, Path]] = set()
-        for path in sorted(self._files):
-            for key, raw in self._files[path].resources.items():
-                ident = self._ident(key)
-                first = held.setdefault(ident, (raw, path))
-                if first[0] is raw:
-                    continue
-                (winner, _), (loser, loser_path) = first, (raw, path)
-                if self._owner.get(ident) == path:  # it was serving: the newcomer is the copy
-                    (winner, _), (loser, loser_path) = (raw, path), first
-                    held[ident] = (raw, path)
-                copies.add((ident, loser_path))
-                if (ident, loser_path) not in self._reported_duplicates or loser_path in reread:
-                    duplicates.append(duplicate_error(loser, winner.provenance.location))
-        self._owner = {ident: path for ident, (_, path) in held.items()}
-        gone = {path for _, path in self._reported_duplicates - copies}
-        self._reported_duplicates = copies
-        resolved = gone - {path for _, path in copies}
-        return {raw.key: raw for raw, _ in held.values()}, duplicates, resolved
+        gone: set[Path] = set()
+        for ident in affected:
+            old = self._held.get(ident)
+            definers = self._definers.get(ident) or {}
+            old_copies = self._copies.pop(ident, set())
+            for path in old_copies:
+                self._copied[path].discard(ident)
+            gone.update(old_copies)
+            if not definers:
+                self._definers.pop(ident, None)
+                if old is not None:
+                    del self._held[ident]
+                    self._view.pop(old[0].key, None)
+                    deletes.append(old[0].key)
+                continue
+            owner = old[1] if old is not None and old[1] in definers else min(definers)
+            raw = definers[owner]
+            self._held[ident] = (raw, owner)
+            if old is not None and old[0].key != raw.key:
+                self._view.pop(old[0].key, None)
+                deletes.append(old[0].key)
+            if self._view.get(raw.key) != raw:
+                self._view[raw.key] = raw
+                upserts.append(raw)
+            copies = {path for path in definers if path != owner}
+            for path in sorted(copies):
+                self._copied.setdefault(path, set()).add(ident)
+                if path not in old_copies or path in reread:
+                    duplicates.append(duplicate_error(definers[path], raw.provenance.location))
+            if copies:
+                self._copies[ident] = copies
+        resolved = {path for path in gone if not self._copied.get(path)}
+        for path in resolved:
+            self._copied.pop(path, None)
+        return upserts, deletes, duplicates, resolved
 
     def _ident(self, key: Key) -> Ident:
         return key[1], key[2] or self._default_namespace, key[3]

@@ -11,9 +11,18 @@ import pytest
 import yaml
 
 from meshagent.adapters.files import FilesAdapter, find_config_files
+from meshagent.adapters.inotify import Inotify
 from meshagent.model.source import Diagnostic, Provenance, RawResource, SourceEvent
 
 DEADLINE_S = 5.0
+
+
+@pytest.fixture(autouse=True, params=["inotify", "polling"])
+def notification(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with inotify (where the platform has it) and with polling only."""
+    if request.param == "polling":
+        monkeypatch.setattr(Inotify, "open", classmethod(lambda cls: None))
+    return str(request.param)
 
 
 def fake_loader(text: str, path: str) -> tuple[list[RawResource], list[Diagnostic]]:
@@ -449,3 +458,201 @@ async def test_a_typo_in_an_istio_kind_keeps_what_the_file_served(tmp_path: Path
     assert error.severity == "error" and error.location == f"{path}:2"
     assert "unknown kind 'VirtualServise' in networking.istio.io" in error.reason
     assert "did you mean VirtualService?" in error.reason
+
+
+# --- the merged view is kept incrementally ---------------------------------------------------
+
+
+@pytest.mark.parametrize("real", [False, True], ids=["fake-loader", "yamldocs"])
+def test_incremental_view_matches_a_fresh_listing_after_random_changes(
+    tmp_path: Path, real: bool
+) -> None:
+    """Only changed files are merged on each change; what has been emitted so far must always
+    be what a fresh adapter lists (a duplicate may be served from either file defining it).
+    With yamldocs, unchanged documents are reused as the very same objects."""
+    import random
+
+    def make() -> FilesAdapter:
+        return FilesAdapter([tmp_path]) if real else adapter(tmp_path)
+
+    def text(name: str, value: int) -> str:
+        return _entry(name, f"10.0.0.{value}") + "---\n" if real else doc(name, value)
+
+    rng = random.Random(17)
+    files = [tmp_path / f"f{i}.yaml" for i in range(4)]
+    live = make()
+    served: dict[tuple[str, str, str, str], RawResource] = {}
+    for step in range(150):
+        target = rng.choice(files)
+        if rng.random() < 0.2:
+            target.unlink(missing_ok=True)
+        else:
+            chosen = rng.sample(range(6), rng.randint(0, 3))
+            tmp = target.with_name(".tmp.yaml")
+            tmp.write_text("".join(text(f"r{n}", rng.randint(1, 3)) for n in chosen))
+            os.replace(tmp, target)
+        event = live._process(live._scan())
+        for key in event.deletes:
+            served.pop(key, None)
+        served.update((raw.key, raw) for raw in event.upserts)
+        fresh = make()
+        listing = {raw.key: raw for raw in fresh._process(fresh._scan()).upserts}
+        assert served.keys() == listing.keys(), f"step {step}"
+        for key, raw in served.items():
+            definers = [f for f in files if f.exists() and f"name: {key[3]}" in f.read_text()]
+            if len(definers) <= 1:
+                assert raw == listing[key], f"step {step}: {key}"
+
+
+def test_one_change_looks_at_the_changed_file_only(tmp_path: Path) -> None:
+    """A change in a small file next to a big one costs the small file, not the mesh."""
+    (tmp_path / "big.yaml").write_text("".join(doc(f"big{i}") for i in range(1000)))
+    small = tmp_path / "small.yaml"
+    small.write_text(doc("small", 1))
+    files = adapter(tmp_path)
+    files._process(files._scan())
+    calls = 0
+    ident = files._ident
+
+    def counting(key: tuple[str, str, str, str]) -> tuple[str, str, str]:
+        nonlocal calls
+        calls += 1
+        return ident(key)
+
+    files._ident = counting  # type: ignore[method-assign]
+    tmp = tmp_path / ".small.tmp"
+    tmp.write_text(doc("small", 2))
+    os.replace(tmp, small)
+    event = files._process(files._scan())
+
+    assert names(event.upserts) == ["small"]
+    assert calls < 20
+
+
+# --- only the documents whose text changed are read again ------------------------------------
+
+
+def _entry(name: str, address: str, extra_lines: int = 0) -> str:
+    labels = "".join(f"    l{i}: v{i}\n" for i in range(extra_lines))
+    return (
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n"
+        f"metadata:\n  name: {name}\n  namespace: ns\nspec:\n  address: {address}\n"
+        f"  labels:\n    app: {name}\n{labels}"
+    )
+
+
+def test_reread_documents_match_a_whole_read_after_random_edits(tmp_path: Path) -> None:
+    """Documents re-read alone are located where a whole read puts them (lines, locations)."""
+    import random
+
+    from meshagent.adapters.files import FilesAdapter
+
+    rng = random.Random(17)
+    target = tmp_path / "mesh.yaml"
+    entries = [_entry(f"e{i}", f"10.0.0.{i}") for i in range(12)]
+    live = FilesAdapter([tmp_path])
+    for step in range(80):
+        action = rng.random()
+        index = rng.randrange(len(entries))
+        if action < 0.5:
+            entries[index] = _entry(f"e{index}", f"10.0.{step}.{index}")
+        elif action < 0.8:
+            entries[index] = _entry(f"e{index}", f"10.1.0.{index}", rng.randint(0, 3))
+        elif action < 0.9:
+            entries[index] = "kind: [unclosed\n"  # a syntax error: nothing of the file is read
+        else:
+            entries[index] = f"# a comment\n{_entry(f'e{index}', '10.2.0.1')}"
+        tmp = tmp_path / ".mesh.tmp"
+        tmp.write_text("---\n".join(entries))
+        os.replace(tmp, target)
+        got = live._process(live._scan())
+        fresh = FilesAdapter([tmp_path])
+        want = fresh._process(fresh._scan())
+        if "[unclosed" in "".join(entries):  # the last good resources keep serving
+            assert got.errors and want.errors and got.errors[0].location == want.errors[0].location
+            entries[index] = _entry(f"e{index}", "10.3.0.1")
+            continue
+        assert live._files[target].resources == fresh._files[target].resources, f"step {step}"
+
+
+def test_one_changed_document_is_read_alone(tmp_path: Path) -> None:
+    target = tmp_path / "mesh.yaml"
+    entries = [_entry(f"e{i}", f"10.0.0.{i % 250}") for i in range(300)]
+    target.write_text("---\n".join(entries))
+    read: list[int] = []
+
+    def loader(text: str, path: str) -> tuple[list[RawResource], list[Diagnostic]]:
+        from meshagent.adapters.yamldocs import load_documents
+
+        read.append(len(text))
+        return load_documents(text, path, source="files")
+
+    files = FilesAdapter([tmp_path], loader=loader)
+    files._process(files._scan())
+    entries[150] = _entry("e150", "10.9.9.9")
+    tmp = tmp_path / ".mesh.tmp"
+    tmp.write_text("---\n".join(entries))
+    os.replace(tmp, target)
+    event = files._process(files._scan())
+
+    assert [(r.name, r.provenance.location) for r in event.upserts] == [
+        ("e150", f"{target}:{150 * 10 + 1}")
+    ]
+    assert read[1:] == [len(entries[150])]
+
+
+async def test_inotify_notices_a_rename_without_waiting_for_the_poll(
+    tmp_path: Path, notification: str
+) -> None:
+    if notification == "polling" or Inotify.open() is None:
+        pytest.skip("needs inotify (Linux)")
+    (tmp_path / "sub").mkdir()
+    target = tmp_path / "sub" / "a.yaml"
+    target.write_text(doc("a", 1))
+    files = FilesAdapter([tmp_path], debounce_ms=0, poll_interval_ms=60_000, loader=fake_loader)
+    async with files:
+        it = files.watch()
+        await next_event(it)
+        tmp = tmp_path / "sub" / ".a.tmp"
+        tmp.write_text(doc("a", 2))
+        os.replace(tmp, target)
+        changed = await next_event(it)  # well before the 60 s poll
+        (tmp_path / "new").mkdir()  # a directory created later is watched too
+        (tmp_path / "new" / "b.yaml").write_text(doc("b"))
+        added = await next_event(it)
+
+    assert [r.body["spec"]["value"] for r in changed.upserts] == [2]
+    assert names(added.upserts) == ["b"]
+
+
+async def test_inotify_ignores_a_busy_sibling_of_a_configured_file(
+    tmp_path: Path, notification: str
+) -> None:
+    if notification == "polling" or Inotify.open() is None:
+        pytest.skip("needs inotify (Linux)")
+    target = tmp_path / "mesh.yaml"
+    target.write_text(doc("a", 1))
+    files = FilesAdapter([target], debounce_ms=0, poll_interval_ms=60_000, loader=fake_loader)
+    scans = 0
+    scan = files._scan
+
+    def counting(rewatch: bool = False) -> object:
+        nonlocal scans
+        scans += 1
+        return scan(rewatch)
+
+    files._scan = counting  # type: ignore[assignment,method-assign]
+    async with files:
+        it = files.watch()
+        await next_event(it)
+        waiting = asyncio.ensure_future(next_event(it))  # the adapter watches meanwhile
+        with (tmp_path / "app.log").open("a") as log:  # the parent directory is watched
+            for i in range(20):
+                log.write(f"line {i}\n")
+                log.flush()
+                await asyncio.sleep(0.005)
+        target.write_text(doc("a", 2))
+        changed = await waiting
+
+    assert [r.body["spec"]["value"] for r in changed.upserts] == [2]
+    assert scans <= 4  # the listing, the change (and its settling): not one per log line
