@@ -150,6 +150,11 @@ _MARKER = re.compile(r"^---[ \t]*\r?$", re.MULTILINE)
 _UNSPLITTABLE = re.compile(r"^(?:%|\.\.\.|---[ \t]*[^ \t\r\n])", re.MULTILINE)
 # A text with more changed documents than this share is read whole (faster in one go).
 REPARSE_SHARE = 0.25
+# An anchor or alias where YAML would take it as one (conservative: a false match only costs
+# a whole read). Only a whole read bounds what aliases expand to across the file (yamldocs'
+# per-text node budget); without aliases, a text cannot hold more nodes than characters, and
+# its size is bounded.
+_ALIAS = re.compile(r"(?:^|[\s\[{,:-])[&*][^\s,\]}]")
 
 
 def _split_documents(text: str) -> list[tuple[int, str]] | None:
@@ -542,7 +547,8 @@ class FilesAdapter:
         cached = state.chunks if state is not None else {}
         if split is not None and cached:
             misses = [chunk for chunk in split if chunk not in cached]
-            if len(misses) <= max(1, int(len(split) * REPARSE_SHARE)):
+            aliased = any(_ALIAS.search(chunk[1]) for chunk in misses)
+            if not aliased and len(misses) <= max(1, int(len(split) * REPARSE_SHARE)):
                 chunks: Chunks = {}
                 for chunk in split:
                     got = cached.get(chunk)

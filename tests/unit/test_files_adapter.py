@@ -656,3 +656,27 @@ async def test_inotify_ignores_a_busy_sibling_of_a_configured_file(
 
     assert [r.body["spec"]["value"] for r in changed.upserts] == [2]
     assert scans <= 4  # the listing, the change (and its settling): not one per log line
+
+
+def test_a_changed_document_with_aliases_is_read_with_its_whole_file(tmp_path: Path) -> None:
+    # yamldocs bounds what aliases expand to per text it reads: a document read alone would
+    # get a budget of its own, so a file edited document by document could outgrow the bound.
+    target = tmp_path / "mesh.yaml"
+    entries = [_entry(f"e{i}", f"10.0.0.{i % 250}") for i in range(40)]
+    target.write_text("---\n".join(entries))
+    read: list[int] = []
+
+    def loader(text: str, path: str) -> tuple[list[RawResource], list[Diagnostic]]:
+        from meshagent.adapters.yamldocs import load_documents
+
+        read.append(len(text))
+        return load_documents(text, path, source="files")
+
+    files = FilesAdapter([tmp_path], loader=loader)
+    files._process(files._scan())
+    entries[20] = entries[20].replace("spec:", "x: &a [1]\ny: *a\nspec:", 1)
+    tmp = tmp_path / ".mesh.tmp"
+    tmp.write_text("---\n".join(entries))
+    os.replace(tmp, target)
+    files._process(files._scan())
+    assert read[1:] == [target.stat().st_size]
