@@ -803,6 +803,14 @@ class Agent:
             return [*reasons, f"envoy {node} is not connected"]
         for type_url, st in sorted(status.types.items()):
             kind = SHORT_NAMES.get(type_url, type_url)
+            if st.rejected and (st.acked or st.last_nack_version != st.last_sent_version):
+                # ACKed since, but that ACK was for other resources: these are still missing.
+                error = st.last_nack_error or ""
+                reasons.append(
+                    f"envoy {node} has not applied {kind} {', '.join(st.rejected[:5])}: "
+                    f"{error.strip()} (retrying)"
+                )
+                continue
             if st.last_sent_version is None or st.acked:
                 continue
             if st.last_nack_version == st.last_sent_version:
