@@ -36,14 +36,14 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.translate_push import NODE, ack_all, delta_requests, service_entry  # noqa: E402
-from meshagent.gcpause import paused_gc  # noqa: E402
-from meshagent.model import ProxySpec, SourceEvent  # noqa: E402
-from meshagent.normalize import Normalizer  # noqa: E402
-from meshagent.xds.cache import SnapshotCache  # noqa: E402
-from meshagent.xds.delta import DeltaStream  # noqa: E402
-from meshagent.xds.translate import Translator  # noqa: E402
-from meshagent.xds.typeurls import ENDPOINT, ROUTE  # noqa: E402
+from benchmarks.translate_push import NODE, ack_all, delta_requests, service_entry
+from meshagent.gcpause import paused_gc
+from meshagent.model import ProxySpec, SourceEvent
+from meshagent.normalize import Normalizer
+from meshagent.xds.cache import SnapshotCache
+from meshagent.xds.delta import DeltaStream
+from meshagent.xds.translate import Translator
+from meshagent.xds.typeurls import ENDPOINT, ROUTE
 
 
 def rss_mb() -> float:
@@ -111,19 +111,30 @@ def top_growth(before: tracemalloc.Snapshot) -> list[dict[str, Any]]:
     """The largest allocation differences since `before`, by traceback."""
     diff = tracemalloc.take_snapshot().compare_to(before, "traceback")
     return [
-        {"kib": round(d.size_diff / 1024), "count": d.count_diff,
-         "where": [f"{f.filename.split('site-packages/')[-1]}:{f.lineno}" for f in d.traceback]}
+        {
+            "kib": round(d.size_diff / 1024),
+            "count": d.count_diff,
+            "where": [f"{f.filename.split('site-packages/')[-1]}:{f.lineno}" for f in d.traceback],
+        }
         for d in diff[:8]
     ]
 
 
-def write_mesh(mesh: Path, services: int, endpoints: int, files: int, generation: int = 0,
-               only: int | None = None) -> None:
+def write_mesh(
+    mesh: Path,
+    services: int,
+    endpoints: int,
+    files: int,
+    generation: int = 0,
+    only: int | None = None,
+) -> None:
     """services ServiceEntries in `files` YAML files (atomic renames, as an editor does)."""
     per_file = -(-services // files)
     for f in range(files) if only is None else (only,):
-        docs = [service_entry(i, endpoints, generation if i == f * per_file else 0).body
-                for i in range(f * per_file, min(services, (f + 1) * per_file))]
+        docs = [
+            service_entry(i, endpoints, generation if i == f * per_file else 0).body
+            for i in range(f * per_file, min(services, (f + 1) * per_file))
+        ]
         tmp = mesh / f".tmp-{f}"
         tmp.write_text(yaml.safe_dump_all(docs))
         tmp.rename(mesh / f"mesh-{f:04d}.yaml")
@@ -159,8 +170,9 @@ async def run_agent(
             t1 = time.perf_counter()
             for generation in range(1, changes + 1):
                 version = agent.cache.get(NODE)[0]
-                write_mesh(root / "mesh", services, endpoints, files, generation,
-                           only=generation % files)
+                write_mesh(
+                    root / "mesh", services, endpoints, files, generation, only=generation % files
+                )
                 await until(lambda v=version: agent.cache.get(NODE)[0] > v, 120)
             changes_s = time.perf_counter() - t1
             await asyncio.sleep(1)
@@ -172,11 +184,17 @@ async def run_agent(
         finally:
             await agent.stop()
     return {
-        "top_growth": top, "frozen_garbage_objects": garbage,
+        "top_growth": top,
+        "frozen_garbage_objects": garbage,
         "rss_after_full_collect_mb": after_collect,
-        "mode": "agent", "services": services, "endpoints_per_service": endpoints,
-        "files": files, "changes": changes, "load_s": round(load_s, 2),
-        "changes_s": round(changes_s, 2), "rss_after_load_mb": after_load,
+        "mode": "agent",
+        "services": services,
+        "endpoints_per_service": endpoints,
+        "files": files,
+        "changes": changes,
+        "load_s": round(load_s, 2),
+        "changes_s": round(changes_s, 2),
+        "rss_after_load_mb": after_load,
         "rss_after_changes_mb": after_changes,
         "growth_pct": round(100 * (after_changes - after_load) / after_load, 1),
         "peak_rss_mb": peak_mb(),
