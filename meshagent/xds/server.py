@@ -229,7 +229,7 @@ class _Session:
         responses: list[Any] = []
         if answer is not None and answer <= 0:
             responses += self._give_up_waiting()
-        if retry is not None and retry <= 0 and not self._stream.in_flight:
+        if retry is not None and retry <= 0 and not self._retry_blocked():
             self._retry_at = None
             self._retry_delay = min(self._retry_delay * 2, RETRY_MAX_S)
             log.info(
@@ -243,11 +243,17 @@ class _Session:
             self._retry_at = time.monotonic() + RETRY_FIRST_S  # answers pending: retry later
         return responses
 
+    def _retry_blocked(self) -> bool:
+        """A rejected type's own response is still unanswered (other types do not count: a
+        route of a listener that failed stays unanswered until the answer timeout)."""
+        retryable = self._stream.retryable
+        return any(f.type_url in retryable for f in self._stream.in_flight.values())
+
     def _note_rejected(self) -> None:
         """Mirror the stream's rejected resources into the status and (un)schedule retries."""
         if not self._stream.retryable:
             self._retry_at, self._retry_delay = None, RETRY_FIRST_S
-        elif self._retry_at is None and not self._stream.in_flight:
+        elif self._retry_at is None and not self._retry_blocked():
             self._retry_at = time.monotonic() + self._retry_delay
         if self._node is None or not isinstance(self._stream, DeltaStream):
             return

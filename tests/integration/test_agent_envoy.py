@@ -72,8 +72,9 @@ async def test_agent_serves_envoy_until_ready(tmp_path: Path) -> None:
 
 
 @pytest.mark.envoy
+@pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
 async def test_a_listener_port_taken_keeps_the_agent_not_ready_until_a_retry_binds_it(
-    tmp_path: Path,
+    tmp_path: Path, delta: bool
 ) -> None:
     shutil.copytree(QUICKSTART, tmp_path / "mesh")
     blocker = socket.socket()
@@ -88,6 +89,7 @@ async def test_a_listener_port_taken_keeps_the_agent_not_ready_until_a_retry_bin
         f"node: {{id: it, namespace: demo}}\nstate_dir: state\nadmin: {{port: 0}}\n"
         f"envoy: {{manage: true, admin_port: {free_port()}, drain_seconds: 0}}\n"
         f"outbound: {{port_offset: {taken - 8080}}}\n"  # the quickstart listens on 8080
+        f"xds: {{delta: {str(delta).lower()}}}\n"
         "sources: {files: {paths: [mesh/], debounce_ms: 50}}\n"
     )
     agent = Agent(load_config(config_path), envoy_output=subprocess.DEVNULL)
