@@ -17,9 +17,11 @@ collection of everything before freezing again.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 FULL_COLLECTION_S = 600.0
@@ -44,3 +46,28 @@ def paused_gc() -> Iterator[None]:
                 gc.collect()  # what earlier passes froze with their garbage cycles
             gc.freeze()
             gc.enable()
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc (musl, macOS): nothing to release this way
+    return trim
+
+
+_malloc_trim = _find_malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Give the C allocator's free pages back to the system (glibc's malloc_trim).
+
+    A pass that runs in a worker thread allocates in that thread's malloc arena; what it frees
+    stays mapped there, fragmented, so every re-read, normalization and translation would raise
+    RSS a little more (issue 17: +55% after 100 changes at 10k services, of which a tenth was
+    this). About 1 ms at 10k services, 12 ms at worst; call it off the event loop, after the
+    pass that published.
+    """
+    if _malloc_trim is not None:
+        _malloc_trim(0)

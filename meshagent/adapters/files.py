@@ -522,12 +522,18 @@ class FilesAdapter:
         diagnostics = list(loaded)
         parsed: dict[Key, RawResource] = {}
         seen: dict[Ident, RawResource] = {}
+        # A document whose text did not change keeps its object: the normalizer holds that
+        # one, and a fresh equal copy would double the memory of every re-read file's
+        # documents. Not for what was restored from last-good (digest b""): the agent tells a
+        # restored document from one read since by its identity.
+        kept = state.resources if state is not None and state.digest else {}
         for raw in resources:
             first = seen.setdefault(self._ident(raw.key), raw)
             if first is not raw:  # the same resource twice in one file: the first one wins
                 diagnostics.append(duplicate_error(raw, first.provenance.location))
             else:
-                parsed[raw.key] = raw
+                before = kept.get(raw.key)
+                parsed[raw.key] = before if before == raw else raw
         if any(d.severity == "error" for d in diagnostics):
             # Last-known-good: what parsed is applied, nothing the file had is dropped.
             parsed = {**old, **parsed}

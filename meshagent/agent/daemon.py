@@ -37,7 +37,7 @@ from meshagent.agent.opspages import install_ops_pages
 from meshagent.agent.publishing import CONSISTENCY_SOURCE, NACK_SOURCE, NackExplainer
 from meshagent.agent.sdnotify import SystemdNotifier
 from meshagent.errors import MeshAgentError
-from meshagent.gcpause import paused_gc
+from meshagent.gcpause import paused_gc, release_free_memory
 from meshagent.model.identity import WorkloadCertificate
 from meshagent.model.proxy import ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
@@ -550,7 +550,7 @@ class Agent:
             snapshot, proxy = self._snapshot, self._proxy
             try:
                 resources = await asyncio.to_thread(
-                    _gc_paused, self.translator.generate, snapshot, proxy
+                    _gc_paused, self.translator.generate, snapshot, proxy, release=True
                 )
             except Exception:
                 self.metrics.translate_failures.inc()
@@ -803,6 +803,14 @@ class Agent:
             return [*reasons, f"envoy {node} is not connected"]
         for type_url, st in sorted(status.types.items()):
             kind = SHORT_NAMES.get(type_url, type_url)
+            if st.rejected and (st.acked or st.last_nack_version != st.last_sent_version):
+                # ACKed since, but that ACK was for other resources: these are still missing.
+                error = st.last_nack_error or ""
+                reasons.append(
+                    f"envoy {node} has not applied {kind} {', '.join(st.rejected[:5])}: "
+                    f"{error.strip()} (retrying)"
+                )
+                continue
             if st.last_sent_version is None or st.acked:
                 continue
             if st.last_nack_version == st.last_sent_version:
@@ -839,10 +847,16 @@ def _restored_warning(raw: RawResource) -> Diagnostic:
     )
 
 
-def _gc_paused(work: Callable[..., _T], *args: Any) -> _T:
-    """work(*args) with the cyclic GC paused (meshagent.gcpause), for a worker thread."""
-    with paused_gc():
-        return work(*args)
+def _gc_paused(work: Callable[..., _T], *args: Any, release: bool = False) -> _T:
+    """work(*args) with the cyclic GC paused (meshagent.gcpause), for a worker thread;
+    `release`: then hand the allocator's free pages back (once per publish, after the last
+    pass, so that churn does not grow RSS)."""
+    try:
+        with paused_gc():
+            return work(*args)
+    finally:
+        if release:
+            release_free_memory()
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:

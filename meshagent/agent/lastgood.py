@@ -18,12 +18,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from meshagent.gcpause import release_free_memory
 from meshagent.model.source import Provenance, RawResource
 
 log = structlog.get_logger("meshagent.agent.lastgood")
@@ -71,20 +72,27 @@ class LastGoodStore:
         Resources that JSON cannot carry (YAML binary values) are left out; when the whole is
         above max_bytes, the file is removed rather than left stale, with a warning.
         """
-        items: list[str] = []
-        for raw in sorted(resources, key=lambda r: r.key):
-            try:
-                items.append(json.dumps(_encode(raw), separators=(",", ":")))
-            except (TypeError, ValueError):
-                log.warning("last_good_skipped", resource=raw.provenance.ref, reason="not JSON")
-        text = f'{{"format":{FORMAT},"resources":[\n' + ",\n".join(items) + "\n]}\n"
-        data = text.encode("utf-8")
-        if len(data) > self.max_bytes:
-            log.warning("last_good_too_large", path=str(self.path), bytes=len(data))
+        # Streamed to the file: the whole text at once was three copies of the mesh (the
+        # items, the text, its bytes), 60 MB of peak RSS at 10k services (issue 17).
+        if not _write_atomically(self.path, self._chunks(resources), self.max_bytes):
+            log.warning("last_good_too_large", path=str(self.path), max_bytes=self.max_bytes)
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
-            return
-        _write_atomically(self.path, data)
+        release_free_memory()
+
+    @staticmethod
+    def _chunks(resources: Iterable[RawResource]) -> Iterator[bytes]:
+        yield f'{{"format":{FORMAT},"resources":[\n'.encode()
+        separator = b""
+        for raw in sorted(resources, key=lambda r: r.key):
+            try:
+                item = json.dumps(_encode(raw), separators=(",", ":")).encode("utf-8")
+            except (TypeError, ValueError):
+                log.warning("last_good_skipped", resource=raw.provenance.ref, reason="not JSON")
+                continue
+            yield separator + item
+            separator = b",\n"
+        yield b"\n]}\n"
 
 
 def _encode(raw: RawResource) -> dict[str, Any]:
@@ -111,24 +119,37 @@ def _decode(item: Mapping[str, Any]) -> RawResource:
     return RawResource(source, kind, api_version, namespace, name, body, provenance)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """data at path, all or nothing, 0600: a crash leaves the old file or the new one."""
+def _write_atomically(path: Path, chunks: Iterable[bytes], max_bytes: int) -> bool:
+    """The chunks at path, all or nothing, 0600: a crash leaves the old file or the new one.
+    False (and path untouched) when they add up to more than max_bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
         os.fchmod(fd, 0o600)  # also when a leftover temporary file had another mode
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            size = 0
+            for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise _TooLarge
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, _TooLarge):
+            return False
         raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
+    return True
+
+
+class _TooLarge(Exception):
+    """The text went beyond max_bytes while being written."""

@@ -151,6 +151,9 @@ def _status(config: Any, args: argparse.Namespace, out: TextIO) -> int:
             if t["in_sync"]
             else ("NACK " + (t["nack_error"] or "") if t["nacked"] == t["sent"] else "pending")
         )
+        if t.get("rejected") and t["nacked"] != t["sent"]:
+            names = ", ".join(t["rejected"][:5])
+            state = f"not applied {names}: {(t['nack_error'] or '').strip()} (retrying)"
         out.write(f"  {kind}: sent {t['sent']} acked {t['acked']} {state}\n")
     problems = report.get("diagnostics", [])
     out.write(f"config errors: {len(problems) or 'none'}\n")

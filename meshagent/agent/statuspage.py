@@ -22,9 +22,10 @@ def xds_report(status: Any) -> dict[str, Any]:
         types[SHORT_NAMES.get(type_url, type_url)] = {
             "sent": st.last_sent_version,
             "acked": st.last_acked_version,
-            "in_sync": st.acked,
+            "in_sync": st.acked and not st.rejected,
             "nacked": st.last_nack_version,
             "nack_error": st.last_nack_error,
+            "rejected": list(st.rejected),  # not applied, resent on a backoff (a port taken)
         }
     return {"connected": status.connected, "stream": status.stream, "types": types}
 

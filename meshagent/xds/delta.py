@@ -23,7 +23,9 @@ from meshagent.xds.protocol import (
     PUSH_ORDER,
     REMOVAL_ORDER,
     SERVE_ALL,
+    Acked,
     InFlight,
+    Nacked,
     Pushed,
     ServePolicy,
     StreamCore,
@@ -31,6 +33,7 @@ from meshagent.xds.protocol import (
     check_type_url,
     eds_names,
     is_held,
+    is_transient,
     node_id_of,
 )
 from meshagent.xds.resources import Resource, ResourceSet
@@ -56,6 +59,8 @@ class _TypeState:
     responded: bool = False
     synced: ResourceSet | None = None
     dirty: set[str] = field(default_factory=set)
+    # Names the proxy rejected and has not accepted since, with the NACK's error.
+    rejected: dict[str, str] = field(default_factory=dict)
 
     def candidates(self, resources: ResourceSet, type_url: str) -> set[str]:
         """Every name whose state may differ from what the proxy holds."""
@@ -80,6 +85,7 @@ class DeltaStream(StreamCore):
     def __init__(self, node_id: str | None = None, policy: ServePolicy = SERVE_ALL) -> None:
         super().__init__(node_id, policy)
         self._types: dict[str, _TypeState] = {}
+        self._names_in: dict[str, tuple[str, ...]] = {}  # nonce -> names it sent or removed
 
     def on_request(self, request: Request) -> list[Response]:
         """Apply a request (subscription change, ACK or NACK); returns responses to send.
@@ -118,6 +124,45 @@ class DeltaStream(StreamCore):
         """What the proxy holds as far as this stream knows (None: told it does not exist)."""
         state = self._types.get(type_url)
         return dict(state.sent) if state else {}
+
+    def rejected(self, type_url: str) -> Mapping[str, str]:
+        """Names the proxy rejected and holds at no version we sent since, with the error."""
+        state = self._types.get(type_url)
+        return dict(state.rejected) if state else {}
+
+    def _settle(self, request: Request) -> Acked | Nacked | None:
+        event = super()._settle(request)
+        names = self._names_in.pop(request.response_nonce, ())
+        if len(self._names_in) > len(self._in_flight):  # answers abandoned on a timeout
+            self._names_in = {k: v for k, v in self._names_in.items() if k in self._in_flight}
+        state = self._types.get(request.type_url)
+        if event is None or state is None:
+            return event
+        if isinstance(event, Nacked):
+            # Envoy applies the good resources of a delta response and names the bad ones.
+            named = [n for n in names if n in event.error]
+            for name in names:
+                if not named or name in named:
+                    state.rejected[name] = event.error
+                else:
+                    state.rejected.pop(name, None)
+        else:
+            for name in names:
+                state.rejected.pop(name, None)
+        if any(is_transient(e) for e in state.rejected.values()):
+            self._retryable.add(request.type_url)
+        else:
+            self._retryable.discard(request.type_url)
+        return event
+
+    def _prepare_retry(self, type_url: str) -> None:
+        state = self._types.get(type_url)
+        if state is None:
+            return
+        for name, error in state.rejected.items():
+            if is_transient(error):
+                state.sent.pop(name, None)
+                state.dirty.add(name)
 
     def _start(self, state: _TypeState, request: Request) -> None:
         # A reconnecting proxy says what it already holds; trust it so nothing is resent.
@@ -202,6 +247,7 @@ class DeltaStream(StreamCore):
         response.removed_resources.extend(removes)
         self._types[type_url].responded = True
         self._in_flight[nonce] = InFlight(type_url, str(version))
+        self._names_in[nonce] = (*(r.name for r in sends), *removes)
         size = response.ByteSize()
         self._events.append(Pushed(type_url, str(version), nonce, len(sends), len(removes), size))
         return response

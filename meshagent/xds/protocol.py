@@ -172,6 +172,20 @@ def node_id_of(node: base_pb2.Node, current: str | None) -> str:
     return current
 
 
+# NACK texts of failures that may pass without any config change: a listener's port held by
+# another socket, or its address not configured yet. Only these are retried (see
+# StreamCore.retry_rejected); any other NACK waits for new configuration.
+TRANSIENT_ERRORS = ("cannot bind", "address already in use", "cannot assign requested address")
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 30.0
+
+
+def is_transient(error: str) -> bool:
+    """True when a NACK's error may clear without a config change (a port taken, say)."""
+    text = error.lower()
+    return any(marker in text for marker in TRANSIENT_ERRORS)
+
+
 def error_message(status_message: str, code: int) -> str:
     """A NACK's error text; Envoy always sets a message, other clients may set only a code."""
     return status_message or f"rejected with code {code}"
@@ -203,6 +217,8 @@ class StreamCore(ABC):
         self._policy = policy
         self._refused: set[str] = set()
         self._shown: tuple[ResourceSet, ResourceSet] | None = None  # (cache's set, ours)
+        # Types whose last answer was a NACK that may clear by itself (is_transient).
+        self._retryable: set[str] = set()
 
     @property
     def node_id(self) -> str | None:
@@ -267,6 +283,27 @@ class StreamCore(ABC):
         self._in_flight.clear()
         return self._flush()
 
+    @property
+    def retryable(self) -> frozenset[str]:
+        """Type URLs whose last answer was a transient NACK (a listener's port taken, say)."""
+        return frozenset(self._retryable)
+
+    def retry_rejected(self) -> list[Any]:
+        """Send again what the proxy rejected with a transient error; returns what to send.
+
+        The one deliberate exception to "never resend a NACKed version": the shell calls it
+        on a bounded backoff while `retryable` is not empty, so a port that frees up later
+        gets its listener without a config change.
+        """
+        for type_url in sorted(self._retryable):
+            log.info("xds_retry_rejected", proxy=self._node_id, type_url=type_url)
+            self._prepare_retry(type_url)
+        return self._flush()
+
+    @abstractmethod
+    def _prepare_retry(self, type_url: str) -> None:
+        """Make the next flush send the rejected resources of type_url again."""
+
     @abstractmethod
     def _flush(self) -> list[Any]:
         """The responses that bring the proxy up to date; each protocol variant has its own."""
@@ -285,6 +322,10 @@ class StreamCore(ABC):
             detail = request.error_detail
             text = error_message(detail.message, detail.code)
             event = Nacked(request.type_url, version, nonce, text)
+            if is_transient(text):
+                self._retryable.add(request.type_url)
+            else:
+                self._retryable.discard(request.type_url)
         else:
             event = Acked(request.type_url, version, nonce)
         self._events.append(event)

@@ -15,7 +15,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -31,6 +31,9 @@ from meshagent.xds.errors import LocalProtocolError, RemoteProtocolError
 from meshagent.xds.events import NullObserver, XdsObserver
 from meshagent.xds.protocol import (
     NO_SECRETS,
+    PUSH_ORDER,
+    RETRY_FIRST_S,
+    RETRY_MAX_S,
     SERVE_ALL,
     Acked,
     Nacked,
@@ -40,6 +43,7 @@ from meshagent.xds.protocol import (
     Withheld,
 )
 from meshagent.xds.sotw import SotwStream
+from meshagent.xds.status import ProxyStatus
 
 log = structlog.get_logger("meshagent.xds")
 
@@ -179,6 +183,8 @@ class _Session:
         self.peer = peer
         self._pushed_at: dict[str, float] = {}
         self._tasks: list[asyncio.Future[Any]] = []
+        self._retry_at: float | None = None  # when to resend what was rejected transiently
+        self._retry_delay = RETRY_FIRST_S
 
     async def run(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         reading: asyncio.Future[Any] = asyncio.ensure_future(anext(requests))
@@ -187,9 +193,9 @@ class _Session:
         while True:
             waiting = {reading} if watching is None else {reading, watching}
             done, _ = await asyncio.wait(
-                waiting, timeout=self._answer_wait(), return_when=asyncio.FIRST_COMPLETED
+                waiting, timeout=self._next_timeout(), return_when=asyncio.FIRST_COMPLETED
             )
-            responses: list[Any] = [] if done else self._give_up_waiting()
+            responses: list[Any] = [] if done else self._on_timeout()
             if reading in done:
                 try:
                     request = reading.result()
@@ -206,6 +212,56 @@ class _Session:
                 yield response
             self._report(self._stream.take_events())
             self._note_settled()
+            self._note_rejected()
+
+    def _next_timeout(self) -> float | None:
+        """Seconds until an answer times out or a retry is due; None when neither is pending."""
+        waits = [w for w in (self._answer_wait(), self._retry_wait()) if w is not None]
+        return min(waits) if waits else None
+
+    def _retry_wait(self) -> float | None:
+        if self._retry_at is None:
+            return None
+        return max(0.0, self._retry_at - time.monotonic())
+
+    def _on_timeout(self) -> list[Any]:
+        answer, retry = self._answer_wait(), self._retry_wait()
+        responses: list[Any] = []
+        if answer is not None and answer <= 0:
+            responses += self._give_up_waiting()
+        if retry is not None and retry <= 0 and not self._retry_blocked():
+            self._retry_at = None
+            self._retry_delay = min(self._retry_delay * 2, RETRY_MAX_S)
+            log.info(
+                "xds_retrying_rejected",
+                proxy=self._node,
+                types=sorted(self._stream.retryable),
+                next_delay_s=self._retry_delay,
+            )
+            responses += self._stream.retry_rejected()
+        elif retry is not None and retry <= 0:
+            self._retry_at = time.monotonic() + RETRY_FIRST_S  # answers pending: retry later
+        return responses
+
+    def _retry_blocked(self) -> bool:
+        """A rejected type's own response is still unanswered (other types do not count: a
+        route of a listener that failed stays unanswered until the answer timeout)."""
+        retryable = self._stream.retryable
+        return any(f.type_url in retryable for f in self._stream.in_flight.values())
+
+    def _note_rejected(self) -> None:
+        """Mirror the stream's rejected resources into the status and (un)schedule retries."""
+        if not self._stream.retryable:
+            self._retry_at, self._retry_delay = None, RETRY_FIRST_S
+        elif self._retry_at is None and not self._retry_blocked():
+            self._retry_at = time.monotonic() + self._retry_delay
+        if self._node is None or not isinstance(self._stream, DeltaStream):
+            return
+        status = self._cache.status(self._node)
+        for type_url in PUSH_ORDER:
+            names = tuple(sorted(self._stream.rejected(type_url)))
+            if status.of(type_url).rejected != names:
+                self._cache.update_status(self._node, _rejected_setter(type_url, names))
 
     def _note_settled(self) -> None:
         settled = self._stream.settled_version
@@ -306,6 +362,10 @@ class _Session:
             error=event.error,
         )
         self._observer.nacked(node, event.type_url, event.version, event.error)
+
+
+def _rejected_setter(type_url: str, names: tuple[str, ...]) -> Callable[[ProxyStatus], ProxyStatus]:
+    return lambda status: status.with_rejected(type_url, names)
 
 
 def remove_stale_socket(path: str) -> None:

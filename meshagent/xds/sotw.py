@@ -122,7 +122,14 @@ class SotwStream(StreamCore):
         event = super()._settle(request)
         if isinstance(event, Nacked):
             self._types[request.type_url].nacked_version = event.version
+        elif isinstance(event, Acked):
+            self._retryable.discard(request.type_url)  # a response carries every resource
         return event
+
+    def _prepare_retry(self, type_url: str) -> None:
+        state = self._types.get(type_url)
+        if state is not None:
+            state.force = True
 
     def _content(self, state: _TypeState, available: Content) -> dict[str, Resource]:
         if state.wildcard:

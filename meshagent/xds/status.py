@@ -23,6 +23,9 @@ class TypeStatus:
     sent_at: float | None = None
     acked_at: float | None = None
     nacked_at: float | None = None
+    # Resources the proxy rejected and has not accepted since (delta streams: a later ACK of
+    # other resources does not cover them), e.g. a listener whose port was taken.
+    rejected: tuple[str, ...] = ()
 
     @property
     def acked(self) -> bool:
@@ -93,6 +96,12 @@ class ProxyStatus:
     def with_nacked(self, type_url: str, version: str, error: str, now: float) -> ProxyStatus:
         """The proxy rejected the response carrying `version` with `error`."""
         return self._with(type_url, last_nack_version=version, last_nack_error=error, nacked_at=now)
+
+    def with_rejected(self, type_url: str, names: tuple[str, ...]) -> ProxyStatus:
+        """The resources of this type the proxy rejected and does not hold."""
+        if self.of(type_url).rejected == names:
+            return self
+        return self._with(type_url, rejected=names)
 
     def _with(self, type_url: str, **changes: object) -> ProxyStatus:
         updated = dataclasses.replace(self.of(type_url), **changes)  # type: ignore[arg-type]

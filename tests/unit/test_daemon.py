@@ -370,3 +370,40 @@ async def test_sighup_keeps_what_a_broken_file_served(tmp_path: Path) -> None:
         assert hosts(agent) == {"a.example.com": "10.0.0.1"}
 
     await running(agent, body)
+
+
+async def test_a_listener_rejected_earlier_keeps_the_agent_not_ready_after_later_acks(
+    tmp_path: Path,
+) -> None:
+    adapter = QueueAdapter()
+    agent = Agent(
+        load_config(write_config(tmp_path, "mesh")),
+        adapter_factory=lambda _: [adapter],
+        normalizer=FakeNormalizer(),
+        translator=FakeTranslator(),
+    )
+
+    async def body() -> None:
+        await adapter.events.put(SourceEvent("files", upserts=(raw("a"),), synced=True))
+        await until(lambda: agent.cache.get("vm-1")[0] == 1, "first publish")
+        error = "Error adding/updating listener(s) l2: cannot bind '127.0.0.1:81': in use"
+        lds = "type.googleapis.com/envoy.config.listener.v3.Listener"
+        agent.cache.update_status(
+            "vm-1",
+            lambda s: (
+                s.with_connected("delta")
+                .with_pushed(lds, "1", 1.0)
+                .with_nacked(lds, "1", error, 1.1)
+                .with_pushed(lds, "2", 2.0)
+                .with_acked(lds, "2", 2.1)  # an ACK of other listeners, not of l2
+                .with_rejected(lds, ("l2",))
+                .with_settled(1)
+            ),
+        )
+        [reason] = agent.ready_reasons()
+        assert "has not applied lds l2" in reason and "cannot bind '127.0.0.1:81'" in reason
+
+        agent.cache.update_status("vm-1", lambda s: s.with_rejected(lds, ()))
+        assert agent.ready_reasons() == []
+
+    await running(agent, body)

@@ -681,3 +681,19 @@ def test_a_changed_document_with_aliases_is_read_with_its_whole_file(tmp_path: P
     os.replace(tmp, target)
     files._process(files._scan())
     assert read[1:] == [target.stat().st_size]
+
+
+async def test_a_reread_file_keeps_the_objects_of_its_unchanged_documents(tmp_path: Path) -> None:
+    # The normalizer holds what was upserted first; a fresh equal copy in the adapter would
+    # double the memory of every re-read file (issue 17: RSS under churn).
+    (tmp_path / "a.yaml").write_text(doc("a") + doc("keep"))
+    async with adapter(tmp_path) as files:
+        it = files.watch()
+        [first_a, first_keep] = sorted((await next_event(it)).upserts, key=lambda r: r.name)
+        (tmp_path / "a.yaml").write_text(doc("a", value=2) + doc("keep"))
+        changed = await next_event(it)
+        held = files._files[tmp_path / "a.yaml"].resources  # what the adapter keeps
+
+    assert names(changed.upserts) == ["a"]
+    assert held[first_keep.key] is first_keep
+    assert held[first_a.key] is changed.upserts[0]

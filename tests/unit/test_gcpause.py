@@ -48,3 +48,12 @@ def test_paused_then_frozen_then_collected_at_the_next_full_collection(
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+def test_release_free_memory_is_safe_with_or_without_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(gcpause, "_malloc_trim", calls.append)
+    gcpause.release_free_memory()
+    assert calls == [0]
+    monkeypatch.setattr(gcpause, "_malloc_trim", None)
+    gcpause.release_free_memory()  # musl, macOS: nothing to do

@@ -26,7 +26,8 @@ def report(**overrides: object) -> dict[str, object]:
              "endpoints": [{"address": "10.0.0.1", "ports": {"http": 80}, "healthy": False}]}]},
         "certificates": [], "diagnostics": [],
         "xds": {"connected": True, "stream": "delta", "types": {"cds": {
-            "sent": "v1", "acked": "v1", "in_sync": True, "nacked": None, "nack_error": None}}},
+            "sent": "v1", "acked": "v1", "in_sync": True, "nacked": None, "nack_error": None,
+            "rejected": []}}},
     }  # fmt: skip
     return {**base, **overrides}
 

@@ -379,3 +379,67 @@ def test_settled_version_waits_for_every_answer_of_a_snapshot() -> None:
     for response in sent:
         stream.on_request(nack(response) if response.type_url == CLUSTER else ack(response))
     assert stream.settled_version == 2
+
+
+BIND_ERROR = (
+    "Error adding/updating listener(s) l2: cannot bind '127.0.0.1:81': Address already in use\n"
+)
+
+
+def listening(*listeners: tuple[str, int]) -> ResourceSet:
+    return resource_set(
+        clusters=[eds_cluster("a"), eds_cluster("b")],
+        endpoints=[cla("a", 1), cla("b", 2)],
+        listeners=[http_listener(name, port, "r") for name, port in listeners],
+        routes=[route_config("r", upstream="a")],
+    )
+
+
+def with_listeners(snapshot: ResourceSet) -> tuple[DeltaStream, DeltaDiscoveryResponse]:
+    """A stream with CDS, EDS and LDS subscribed; returns it and the unanswered LDS response."""
+    stream = DeltaStream()
+    stream.on_request(request(CLUSTER, node=NODE))
+    stream.on_request(request(ENDPOINT, ("a", "b")))
+    stream.on_request(request(LISTENER))
+    responses = stream.on_snapshot(1, snapshot)
+    for response in responses[:-1]:
+        stream.on_request(ack(response))
+    lds = responses[-1]
+    assert lds.type_url == LISTENER
+    return stream, lds
+
+
+def test_a_listener_envoy_could_not_bind_is_resent_only_on_an_explicit_retry() -> None:
+    stream, lds = with_listeners(listening(("l1", 80), ("l2", 81)))
+    assert stream.on_request(nack(lds, BIND_ERROR)) == []
+    # Envoy applied l1 and names l2: only l2 counts as rejected, and it may pass by itself.
+    assert stream.rejected(LISTENER) == {"l2": BIND_ERROR}
+    assert stream.retryable == {LISTENER}
+    assert stream.on_snapshot(2, listening(("l1", 80), ("l2", 81))) == []  # never in a loop
+
+    [again] = stream.retry_rejected()
+
+    assert (again.type_url, names(again)) == (LISTENER, ["l2"])
+    stream.on_request(ack(again))
+    assert stream.rejected(LISTENER) == {}
+    assert stream.retryable == frozenset()
+
+
+def test_a_later_ack_of_other_listeners_does_not_clear_a_rejected_one() -> None:
+    stream, lds = with_listeners(listening(("l1", 80), ("l2", 81)))
+    stream.on_request(nack(lds, BIND_ERROR))
+
+    [lds2] = stream.on_snapshot(2, listening(("l1", 80), ("l2", 81), ("l3", 82)))
+    assert names(lds2) == ["l3"]
+    stream.on_request(ack(lds2))
+
+    assert stream.rejected(LISTENER) == {"l2": BIND_ERROR}
+    assert stream.retryable == {LISTENER}
+
+
+def test_a_nack_that_cannot_pass_by_itself_is_not_retried() -> None:
+    stream, lds = with_listeners(listening(("l1", 80)))
+    stream.on_request(nack(lds, "Error adding/updating listener(s) l1: bad filter"))
+
+    assert stream.rejected(LISTENER) == {"l1": "Error adding/updating listener(s) l1: bad filter"}
+    assert stream.retryable == frozenset()

@@ -208,3 +208,19 @@ def test_a_stale_nonce_is_ignored() -> None:
 def test_bad_requests_raise_remote_protocol_errors(req: DiscoveryRequest, message: str) -> None:
     with pytest.raises(RemoteProtocolError, match=message):
         SotwStream().on_request(req)
+
+
+def test_a_transient_nack_is_resent_on_an_explicit_retry_only() -> None:
+    stream = connected()
+    [cds] = stream.on_snapshot(2, with_clusters("a", "b", timeout_ms=3))
+    req = nack(cds)
+    req.error_detail.message = "cannot bind '127.0.0.1:81': Address already in use"
+    stream.on_request(req)
+    assert stream.retryable == {CLUSTER}
+    assert stream.on_snapshot(3, with_clusters("a", "b", timeout_ms=3)) == []
+
+    [again] = stream.retry_rejected()
+
+    assert again.version_info == cds.version_info
+    stream.on_request(ack(again))
+    assert stream.retryable == frozenset()
