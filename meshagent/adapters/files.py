@@ -569,6 +569,8 @@ class FilesAdapter:
         resources, problems = self._load(text, path)
         if problems or split is None:
             return resources, problems, {}
+        if any(_line(raw) == 0 for raw in resources):
+            return resources, problems, {}  # no line to tell its document by: read whole
         chunks = {chunk: [] for chunk in split}
         starts = [first for first, _ in split]
         for raw in resources:  # each resource to the document holding its first line

@@ -686,11 +686,14 @@ def test_a_changed_document_with_aliases_is_read_with_its_whole_file(tmp_path: P
 async def test_a_reread_file_keeps_the_objects_of_its_unchanged_documents(tmp_path: Path) -> None:
     # The normalizer holds what was upserted first; a fresh equal copy in the adapter would
     # double the memory of every re-read file (issue 17: RSS under churn).
-    (tmp_path / "a.yaml").write_text(doc("a") + doc("keep"))
-    async with adapter(tmp_path) as files:
+    # (the real reader: per-document re-reading needs its line numbers, which the fake lacks)
+    (tmp_path / "a.yaml").write_text(_entry("a", "10.0.0.1") + "---\n" + _entry("keep", "10.0.0.2"))
+    async with FilesAdapter([tmp_path], poll_interval_ms=20) as files:
         it = files.watch()
         [first_a, first_keep] = sorted((await next_event(it)).upserts, key=lambda r: r.name)
-        (tmp_path / "a.yaml").write_text(doc("a", value=2) + doc("keep"))
+        (tmp_path / "a.yaml").write_text(
+            _entry("a", "10.0.0.9") + "---\n" + _entry("keep", "10.0.0.2")
+        )
         changed = await next_event(it)
         held = files._files[tmp_path / "a.yaml"].resources  # what the adapter keeps
 
