@@ -57,6 +57,7 @@ INBOUND_ALPN = ("h2", "http/1.1")
 # Where Envoy's connections to local applications come from under capture (Istio's choice;
 # the capture rules let it through to the application without redirecting it again).
 INBOUND_SOURCE_ADDRESS = "127.0.0.6"
+INBOUND_SOURCE_ADDRESS_V6 = "::6"  # the same for IPv6 (capture puts it on lo with --dual-stack)
 
 
 def _oldest_first(policies: Sequence[PeerAuthn]) -> list[PeerAuthn]:

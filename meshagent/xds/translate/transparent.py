@@ -40,6 +40,7 @@ from meshagent.xds.translate.context import Context
 from meshagent.xds.translate.generators import identical, keep_unchanged, tcp_clusters
 from meshagent.xds.translate.inbound import (
     INBOUND_SOURCE_ADDRESS,
+    INBOUND_SOURCE_ADDRESS_V6,
     SNIFFED_HTTP,
     inbound_chains,
     listener_filter,
@@ -245,12 +246,17 @@ def _inputs(snapshot: MeshSnapshot, proxy: ProxySpec) -> tuple[object, ...]:
     )
 
 
-def _passthrough_cluster(name: str, source: str = "") -> Cluster:
+def _passthrough_cluster(name: str, sources: tuple[str, ...] = ()) -> Cluster:
+    """An ORIGINAL_DST cluster; sources: where its connections come from, one address per IP
+    family (Envoy picks the one of the destination's family)."""
     cluster = Cluster(name=name, type=Cluster.ORIGINAL_DST, lb_policy=Cluster.CLUSTER_PROVIDED)
     cluster.connect_timeout.CopyFrom(protos.duration(PASSTHROUGH_TIMEOUT_MS))
-    if source:
-        cluster.upstream_bind_config.source_address.address = source
-        cluster.upstream_bind_config.source_address.port_value = 0
+    if sources:
+        bind = cluster.upstream_bind_config
+        bind.source_address.address, bind.source_address.port_value = sources[0], 0
+        for other in sources[1:]:
+            extra = bind.extra_source_addresses.add().address
+            extra.address, extra.port_value = other, 0
     return cluster
 
 
@@ -262,7 +268,9 @@ def build_passthrough_clusters() -> list[Cluster]:
     return [
         _passthrough_cluster(names.PASSTHROUGH_CLUSTER),
         blackhole,
-        _passthrough_cluster(names.INBOUND_PASSTHROUGH_CLUSTER, INBOUND_SOURCE_ADDRESS),
+        _passthrough_cluster(
+            names.INBOUND_PASSTHROUGH_CLUSTER, (INBOUND_SOURCE_ADDRESS, INBOUND_SOURCE_ADDRESS_V6)
+        ),
     ]
 
 
