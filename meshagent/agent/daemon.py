@@ -500,22 +500,33 @@ class Agent:
 
     def _remember_last_good(self, events: Sequence[SourceEvent]) -> None:
         """Save what the normalizer now accepts of the persisted sources, when it changed; once
-        every persisted source has listed, report what still serves from before the restart."""
-        if getattr(self.normalizer, "accepted", None) is None:
+        every persisted source has listed, report what still serves from before the restart.
+        Only the keys the events name can have changed: the cost follows the change."""
+        accepted_of = getattr(self.normalizer, "accepted_of", None)
+        if accepted_of is None:
             return
-        if not any(e.source in PERSISTED_SOURCES for e in events):
+        keys = [
+            key
+            for e in events
+            if e.source in PERSISTED_SOURCES
+            for key in (*(r.key for r in e.upserts), *e.deletes)
+        ]
+        if not keys and not any(e.source in PERSISTED_SOURCES for e in events):
             return  # (most batches, on a busy Consul): nothing of theirs changed
-        current: dict[Key, RawResource] = {}
-        for source in PERSISTED_SOURCES:
-            current.update(self._accepted(source))
+        saved = self._last_good_saved
+        changed = {k: r for k, r in accepted_of(keys).items() if saved.get(k) is not r}
+        if changed:
+            saved = dict(saved)  # a new mapping: a save in progress keeps the one it writes
+            for key, raw in changed.items():
+                if raw is None:
+                    saved.pop(key, None)
+                else:
+                    saved[key] = raw
+            self._last_good_saved = saved
         persisted = [s for n, s in self._sources.items() if n in PERSISTED_SOURCES]
         if self._restored and all(s.complete for s in persisted):
-            self._report_restored(current)
-        saved = self._last_good_saved
-        if current.keys() == saved.keys() and all(current[k] is saved[k] for k in current):
-            return
-        self._last_good_saved = current
-        if self._last_good_task is None or self._last_good_task.done():
+            self._report_restored(saved)
+        if changed and (self._last_good_task is None or self._last_good_task.done()):
             self._last_good_task = asyncio.create_task(self._save_last_good())
 
     async def _save_last_good(self) -> None:

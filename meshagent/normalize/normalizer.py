@@ -150,6 +150,15 @@ class Normalizer:
         version), by key; a new dict, the resources are shared (they are immutable)."""
         return {key: e.raw for key, e in self._entries.items() if key[0] == source}
 
+    def accepted_of(self, keys: Iterable[Key]) -> dict[Key, RawResource | None]:
+        """The raw document serving now for each of keys (None: none), at the cost of keys."""
+        entries = self._entries
+        out: dict[Key, RawResource | None] = {}
+        for key in keys:
+            entry = entries.get(key)
+            out[key] = entry.raw if entry is not None else None
+        return out
+
     def apply(self, events: Iterable[SourceEvent]) -> tuple[MeshSnapshot, list[Diagnostic]]:
         """Apply batches of upserts and deletes; the new snapshot and what went wrong.
 

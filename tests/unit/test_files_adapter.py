@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -575,9 +575,13 @@ def test_reread_documents_match_a_whole_read_after_random_edits(tmp_path: Path) 
         assert live._files[target].resources == fresh._files[target].resources, f"step {step}"
 
 
-def test_one_changed_document_is_read_alone(tmp_path: Path) -> None:
+def _edit_one_document(
+    tmp_path: Path, count: int, index: int, edit: Callable[[str], str]
+) -> tuple[Path, SourceEvent, list[int]]:
+    """A file of count WorkloadEntries read, then document index edited (an atomic rename):
+    the file, the event of the edit and the lengths of the texts the reader was given."""
     target = tmp_path / "mesh.yaml"
-    entries = [_entry(f"e{i}", f"10.0.0.{i % 250}") for i in range(300)]
+    entries = [_entry(f"e{i}", f"10.0.0.{i % 250}") for i in range(count)]
     target.write_text("---\n".join(entries))
     read: list[int] = []
 
@@ -589,16 +593,20 @@ def test_one_changed_document_is_read_alone(tmp_path: Path) -> None:
 
     files = FilesAdapter([tmp_path], loader=loader)
     files._process(files._scan())
-    entries[150] = _entry("e150", "10.9.9.9")
+    entries[index] = edit(entries[index])
     tmp = tmp_path / ".mesh.tmp"
     tmp.write_text("---\n".join(entries))
     os.replace(tmp, target)
-    event = files._process(files._scan())
+    return target, files._process(files._scan()), read[1:]
 
+
+def test_one_changed_document_is_read_alone(tmp_path: Path) -> None:
+    new = _entry("e150", "10.9.9.9")
+    target, event, read = _edit_one_document(tmp_path, 300, 150, lambda _: new)
     assert [(r.name, r.provenance.location) for r in event.upserts] == [
         ("e150", f"{target}:{150 * 10 + 1}")
     ]
-    assert read[1:] == [len(entries[150])]
+    assert read == [len(new)]
 
 
 async def test_inotify_notices_a_rename_without_waiting_for_the_poll(
@@ -661,26 +669,12 @@ async def test_inotify_ignores_a_busy_sibling_of_a_configured_file(
 def test_a_changed_document_with_aliases_is_read_with_its_whole_file(tmp_path: Path) -> None:
     # yamldocs bounds what aliases expand to per text it reads: a document read alone would
     # get a budget of its own, so a file edited document by document could outgrow the bound.
-    target = tmp_path / "mesh.yaml"
-    entries = [_entry(f"e{i}", f"10.0.0.{i % 250}") for i in range(40)]
-    target.write_text("---\n".join(entries))
-    read: list[int] = []
+    # (An anchor on the same line, so that the other documents stay where they were.)
+    def anchor(text: str) -> str:
+        return text.replace("  address: 10.0.0.20", "  address: &a 10.0.0.20", 1)
 
-    def loader(text: str, path: str) -> tuple[list[RawResource], list[Diagnostic]]:
-        from meshagent.adapters.yamldocs import load_documents
-
-        read.append(len(text))
-        return load_documents(text, path, source="files")
-
-    files = FilesAdapter([tmp_path], loader=loader)
-    files._process(files._scan())
-    # (the same lines, so that the other documents stay where they were)
-    entries[20] = entries[20].replace("  address: 10.0.0.20", "  address: &a 10.0.0.20", 1)
-    tmp = tmp_path / ".mesh.tmp"
-    tmp.write_text("---\n".join(entries))
-    os.replace(tmp, target)
-    files._process(files._scan())
-    assert read[1:] == [target.stat().st_size]
+    target, _, read = _edit_one_document(tmp_path, 40, 20, anchor)
+    assert read == [target.stat().st_size]
 
 
 async def test_a_reread_file_keeps_the_objects_of_its_unchanged_documents(tmp_path: Path) -> None:
