@@ -3,6 +3,7 @@
 Only the normalizer builds these objects; everything else reads them.
 """
 
+from meshagent.model.credentials import Credential
 from meshagent.model.identity import Identity, WorkloadCertificate
 from meshagent.model.labels import NO_LABELS, Labels, labels_of, selector_matches
 from meshagent.model.proxy import InboundPort, LocalWorkload, ProxySpec, TcpBinding
@@ -53,6 +54,7 @@ __all__ = [
     "ConnectionPool",
     "ConsistentHash",
     "CorsPolicy",
+    "Credential",
     "Destination",
     "DestinationRule",
     "Diagnostic",

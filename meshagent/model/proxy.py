@@ -10,6 +10,12 @@ ALLOW_ANY = "ALLOW_ANY"
 REGISTRY_ONLY = "REGISTRY_ONLY"
 OUTBOUND_TRAFFIC_POLICIES = (ALLOW_ANY, REGISTRY_ONLY)
 
+# The kind of proxy (Istio's node type): a sidecar in front of local workloads, or a router
+# (an ingress/egress gateway, `pilot-agent proxy router`) that serves Gateway resources.
+SIDECAR = "sidecar"
+ROUTER = "router"
+PROXY_TYPES = (SIDECAR, ROUTER)
+
 
 @dataclass(frozen=True, slots=True)
 class TcpBinding:
@@ -131,6 +137,10 @@ class ProxySpec:
     virtual_outbound_port: int = 15001
     virtual_inbound_port: int = 15006
     outbound_traffic_policy: str = ALLOW_ANY
+    # Agent config `node.type` and `node.labels`: a router serves the Gateways whose selector
+    # matches labels (Istio's ISTIO_METAJSON_LABELS); Sidecars select by the same labels.
+    proxy_type: str = SIDECAR
+    labels: tuple[tuple[str, str], ...] = ()
 
     def outbound_port(self, service_port: int) -> int:
         for port, local in self.port_overrides:

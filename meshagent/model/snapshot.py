@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeVar
 
+from meshagent.model.credentials import Credential
 from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.model.services import Endpoint, Service, Workload
@@ -93,6 +94,8 @@ class MeshSnapshot:
     request_authentications: Mapping[str, RequestAuthn] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    # TLS credentials named by credentialName, by "namespace/name" (model/credentials.py).
+    credentials: Mapping[str, Credential] = field(default_factory=lambda: MappingProxyType({}))
     changes: SnapshotChanges | None = field(default=None, compare=False, repr=False)
 
     def destination_rule_for(self, host: str) -> DestinationRule | None:

@@ -122,3 +122,17 @@ def jwks_cluster_name(host: str, port: int) -> str:
 def jwt_provider_name(index: int) -> str:
     """The n-th JWT provider of one inbound jwt_authn filter (Istio's `origins-<n>`)."""
     return f"origins-{index}"
+
+
+CREDENTIAL_PREFIX = "kubernetes://"
+CA_CREDENTIAL_SUFFIX = "-cacert"
+
+
+def credential_secret_name(credential_name: str) -> str:
+    """The SDS secret of a credentialName's certificate and key, as Istio names it."""
+    return f"{CREDENTIAL_PREFIX}{credential_name}"
+
+
+def credential_ca_secret_name(credential_name: str) -> str:
+    """The SDS secret (a validation context) of a credentialName's CA bundle, as Istio names it."""
+    return f"{CREDENTIAL_PREFIX}{credential_name}{CA_CREDENTIAL_SUFFIX}"
