@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from meshagent.model.gateway import Gateway
 from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.model.services import Endpoint, Service, Workload
@@ -134,6 +135,7 @@ class Normalizer:
         self._delegates: dict[str, VirtualService] = {}
         self._roots: dict[str, VirtualService] = {}
         self._workloads: dict[str, Workload] = {}
+        self._gateways: dict[str, Gateway] = {}
         self._vips = VipAllocator()  # automatic VIPs of hosts without addresses (vips.py)
         self._snapshot = MeshSnapshot()
         # References that cannot work, by what identifies them (not their line, which moves).
@@ -325,6 +327,9 @@ class Normalizer:
             name, key_ = _security_key(converted)
             self._security[name][key_] = converted
             dirty.mark(name, key_)
+        elif isinstance(converted, Gateway):
+            self._gateways[converted.key] = converted
+            dirty.mark("gateways", converted.key)
         elif converted.workload_selector is not None:
             self._scope_rule(converted, converted, dirty)
         else:
@@ -373,6 +378,9 @@ class Normalizer:
             name, key_ = _security_key(converted)
             self._security[name].pop(key_, None)
             dirty.mark(name, key_)
+        elif isinstance(converted, Gateway):
+            self._gateways.pop(converted.key, None)
+            dirty.mark("gateways", converted.key)
         elif converted.workload_selector is not None:
             self._scope_rule(converted, None, dirty)
         else:
@@ -564,6 +572,7 @@ class Normalizer:
             "destination_rules": self._destination_rules,
             "workloads": self._workloads,
             "workload_destination_rules": self._workload_rules,
+            "gateways": self._gateways,
             **self._security,
         }
         fields = {
@@ -583,5 +592,6 @@ class Normalizer:
             virtual_services=keys("virtual_services"),
             destination_rules=keys("destination_rules"),
             workloads=keys("workloads"),
+            gateways=keys("gateways"),
         )
         self._snapshot = MeshSnapshot(version=version, changes=changes, **fields)
