@@ -95,7 +95,7 @@ def _routes(resources: ResourceSet, name: str) -> route_pb2.RouteConfiguration:
     return _unpack(resources, typeurls.ROUTE, name, route_pb2.RouteConfiguration)
 
 
-def _tls(chain: listener_pb2.FilterChain) -> tls_pb2.DownstreamTlsContext:  # type: ignore[name-defined]
+def _tls(chain: Any) -> tls_pb2.DownstreamTlsContext:
     out = tls_pb2.DownstreamTlsContext()
     chain.transport_socket.typed_config.Unpack(out)
     return out
