@@ -15,9 +15,10 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from meshagent.adapters.yamldocs import load_file
 from meshagent.model import Credential, Identity, MeshSnapshot, ProxySpec, WorkloadCertificate
 from meshagent.model.proxy import ROUTER, SIDECAR
-from meshagent.model.source import SourceEvent
+from meshagent.model.source import Provenance, SourceEvent
 from meshagent.normalize.normalizer import Normalizer
 from meshagent.xds import names, typeurls
+from meshagent.xds.attribution import describe
 from meshagent.xds.consistency import ConsistencyChecker
 from meshagent.xds.resources import ResourceSet
 from meshagent.xds.translate import Translator, generate
@@ -326,6 +327,18 @@ spec:
     resources = generate(snapshot, ROUTER_PROXY)
     assert "0.0.0.0_8081" in resources.of(typeurls.LISTENER)
     assert ConsistencyChecker().check(resources) == []
+
+
+def test_gateway_resources_are_attributed_to_their_gateway_and_virtual_services() -> None:
+    where = Provenance("files", "creds/shop-cert/", "Secret", "edge", "shop-cert")
+    shop_cert = Credential("edge", "shop-cert", "C", "K", provenance=where)
+    snapshot = _snapshot(GATEWAY, SHOP, shop_cert=shop_cert)
+    listener = describe(snapshot, ROUTER_PROXY, [(typeurls.LISTENER, "0.0.0.0_8443")])
+    assert listener == ["Gateway/edge/web (mesh.yaml:1)"]
+    routes = describe(snapshot, ROUTER_PROXY, [(typeurls.ROUTE, "http.8080")])
+    assert routes == ["Gateway/edge/web (mesh.yaml:1)", "VirtualService/shop/shop (mesh.yaml:1)"]
+    secret = describe(snapshot, ROUTER_PROXY, [(typeurls.SECRET, "kubernetes://shop-cert")])
+    assert secret == ["Secret/edge/shop-cert (creds/shop-cert/)"]
 
 
 def test_selector_and_proxy_type_choose_the_gateways() -> None:
