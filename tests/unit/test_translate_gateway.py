@@ -311,7 +311,7 @@ spec:
   - port: {number: 8081, name: http-b, protocol: HTTP}
     hosts: ["b.example.com"]
   - port: {number: 8443, name: https-dup, protocol: HTTPS}
-    hosts: ["shop.example.com"]
+    hosts: ["edge/shop.example.com"]
     tls: {mode: SIMPLE, credentialName: shop-cert}
 """
     snapshot = _snapshot(
@@ -321,7 +321,7 @@ spec:
 
     # An empty selector selects every router; edge/more sorts before edge/web.
     assert found[("edge/web", "spec.servers[1]")].endswith(
-        "duplicate host names on port 8443: */shop.example.com"
+        "duplicate host names on port 8443: shop.example.com"
     )
     assert "tcp servers (MONGO) are not translated yet" in found[("edge/more", "spec.servers[0]")]
     resources = generate(snapshot, ROUTER_PROXY)
@@ -339,6 +339,23 @@ def test_gateway_resources_are_attributed_to_their_gateway_and_virtual_services(
     assert routes == ["Gateway/edge/web (mesh.yaml:1)", "VirtualService/shop/shop (mesh.yaml:1)"]
     secret = describe(snapshot, ROUTER_PROXY, [(typeurls.SECRET, "kubernetes://shop-cert")])
     assert secret == ["Secret/edge/shop-cert (creds/shop-cert/)"]
+
+
+def test_credential_names_present_every_certificate() -> None:
+    gateway = GATEWAY.replace("credentialName: shop-cert,", "credentialNames: [shop-rsa, shop-ec],")
+    snapshot = _snapshot(
+        gateway,
+        shop_rsa=_credential("shop-rsa"),
+        shop_ec=_credential("shop-ec"),
+        admin_cert=_credential("admin-cert", "CA"),
+    )
+    resources = generate(snapshot, ROUTER_PROXY)
+    common = _tls(_listener(resources, "0.0.0.0_8443").filter_chains[0]).common_tls_context
+    assert [s.name for s in common.tls_certificate_sds_secret_configs] == [
+        "kubernetes://shop-rsa",
+        "kubernetes://shop-ec",
+    ]
+    assert {"kubernetes://shop-rsa", "kubernetes://shop-ec"} <= set(resources.of(typeurls.SECRET))
 
 
 def test_selector_and_proxy_type_choose_the_gateways() -> None:
