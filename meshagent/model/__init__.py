@@ -30,6 +30,15 @@ from meshagent.model.routing import (
     WeightedDestination,
 )
 from meshagent.model.services import Endpoint, Resolution, Service, ServicePort, Workload
+from meshagent.model.sidecar import (
+    EgressHost,
+    EgressListener,
+    EgressProxy,
+    IngressListener,
+    IngressTls,
+    Sidecar,
+    SidecarPort,
+)
 from meshagent.model.snapshot import MeshSnapshot, SnapshotChanges, frozen_map
 from meshagent.model.source import Diagnostic, Provenance, RawResource, SourceEvent
 from meshagent.model.traffic import (
@@ -59,6 +68,9 @@ __all__ = [
     "DestinationRule",
     "Diagnostic",
     "DirectResponse",
+    "EgressHost",
+    "EgressListener",
+    "EgressProxy",
     "Endpoint",
     "Failover",
     "Fault",
@@ -70,6 +82,8 @@ __all__ = [
     "HttpRoute",
     "Identity",
     "InboundPort",
+    "IngressListener",
+    "IngressTls",
     "L4Match",
     "Labels",
     "LoadBalancer",
@@ -91,6 +105,8 @@ __all__ = [
     "Rewrite",
     "Service",
     "ServicePort",
+    "Sidecar",
+    "SidecarPort",
     "SnapshotChanges",
     "SourceEvent",
     "StringMatch",

@@ -13,6 +13,7 @@ from meshagent.model.construct import slots_constructor
 from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.model.services import Workload
+from meshagent.model.sidecar import Sidecar
 from meshagent.model.source import Provenance, RawResource
 from meshagent.model.traffic import DestinationRule
 from meshagent.normalize.convert.context import Context
@@ -28,6 +29,7 @@ from meshagent.normalize.convert.services import (
     convert_service_entry,
     convert_workload_entry,
 )
+from meshagent.normalize.convert.sidecar import convert_sidecar
 from meshagent.normalize.convert.traffic import convert_destination_rule
 from meshagent.normalize.schema.core import Issues
 
@@ -39,6 +41,7 @@ Converted = (
     | PeerAuthn
     | AuthzPolicy
     | RequestAuthn
+    | Sidecar
 )
 
 _CONVERTERS: dict[str, Any] = {
@@ -49,13 +52,13 @@ _CONVERTERS: dict[str, Any] = {
     "PeerAuthentication": convert_peer_authentication,
     "AuthorizationPolicy": convert_authorization_policy,
     "RequestAuthentication": convert_request_authentication,
+    "Sidecar": convert_sidecar,
 }
 
 
 # Kinds that validate but have no converter yet, and what the warning says about them.
 NOT_TRANSLATED = {
     "Gateway": "Gateway is validated but not translated yet: it has no effect",
-    "Sidecar": "Sidecar is validated but not translated yet: it has no effect",
     "WorkloadGroup": "WorkloadGroup is validated; only WorkloadEntry auto-registration reads it",
     "EnvoyFilter": "EnvoyFilter is validated but not translated yet: it has no effect",
     "ProxyConfig": "ProxyConfig is validated but not translated yet: it has no effect",
