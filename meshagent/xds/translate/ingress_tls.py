@@ -27,7 +27,9 @@ def _file(path: str) -> base_pb2.DataSource:
 
 def ingress_transport_socket(tls: IngressTls) -> base_pb2.TransportSocket:
     """The downstream TLS of an ingress listener with tls (mode SIMPLE or MUTUAL)."""
-    common = tls_pb2.CommonTlsContext(alpn_protocols=ALPN)
+    context = tls_pb2.DownstreamTlsContext()
+    common = context.common_tls_context
+    common.alpn_protocols.extend(ALPN)
     common.tls_certificates.add(
         certificate_chain=_file(tls.server_certificate), private_key=_file(tls.private_key)
     )
@@ -37,7 +39,6 @@ def ingress_transport_socket(tls: IngressTls) -> base_pb2.TransportSocket:
     if tls.max_protocol_version:
         params.tls_maximum_protocol_version = _VERSIONS[tls.max_protocol_version.upper()]
     params.cipher_suites.extend(tls.cipher_suites)
-    context = tls_pb2.DownstreamTlsContext(common_tls_context=common)
     if tls.mode == "MUTUAL":
         if tls.ca_certificates:
             common.validation_context.trusted_ca.CopyFrom(_file(tls.ca_certificates))
