@@ -375,3 +375,29 @@ def test_ingress_tls_terminates_with_the_files() -> None:
     assert common.tls_certificates[0].certificate_chain.filename == "/etc/c.pem"
     assert common.validation_context.trusted_ca.filename == "/etc/ca.pem"
     assert context.require_client_certificate.value
+
+
+UNTRANSLATED = """\
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: c, namespace: app}
+spec:
+  egress:
+  - port: {number: 3306, protocol: TCP, name: mysql}
+    bind: 127.0.0.5
+    captureMode: NONE
+    hosts: ["./*"]
+  inboundConnectionPool: {tcp: {maxConnections: 5}}
+"""
+
+
+def test_fields_without_effect_are_located_warnings_and_the_rest_applies() -> None:
+    snapshot, diags = Normalizer().apply([upsert(UNTRANSLATED)])
+    found = {(d.severity, d.field) for d in diags}
+    assert found == {
+        ("warning", "spec.egress[0].bind"),
+        ("warning", "spec.egress[0].captureMode"),
+        ("warning", "spec.inboundConnectionPool"),
+    }
+    assert all(d.location.startswith("mesh.yaml:") for d in diags)
+    assert "app/c" in snapshot.sidecars

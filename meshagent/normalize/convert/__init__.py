@@ -29,7 +29,7 @@ from meshagent.normalize.convert.services import (
     convert_service_entry,
     convert_workload_entry,
 )
-from meshagent.normalize.convert.sidecar import convert_sidecar
+from meshagent.normalize.convert.sidecar import convert_sidecar, untranslated
 from meshagent.normalize.convert.traffic import convert_destination_rule
 from meshagent.normalize.schema.core import Issues
 
@@ -99,6 +99,9 @@ def convert(
         return None, issues
     if isinstance(result, AuthzPolicy):
         result = with_dry_run(result, raw.body, issues)
+    elif isinstance(result, Sidecar):
+        for path, reason in untranslated(raw.body.get("spec") or {}):
+            issues.warn(path, reason)
     return result, issues
 
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from meshagent.model.labels import labels_of
+from meshagent.model.services import HTTP_PROTOCOLS
 from meshagent.model.sidecar import (
     EgressHost,
     EgressListener,
@@ -93,3 +94,30 @@ def convert_sidecar(name: str, spec: Mapping[str, Any], ctx: Context) -> Sidecar
         egress_proxy=_egress_proxy(sub(policy, "egressProxy"), ctx),
         provenance=ctx.provenance,
     )
+
+
+def untranslated(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field path, reason) for each valid field of a Sidecar that has no effect here."""
+    out: list[tuple[str, str]] = []
+    if spec.get("inboundConnectionPool"):
+        out.append(("spec.inboundConnectionPool", "not translated yet: it has no effect"))
+    for i, listener in enumerate(items(spec, "ingress")):
+        if listener.get("connectionPool"):
+            path = f"spec.ingress[{i}].connectionPool"
+            out.append((path, "not translated yet: it has no effect"))
+    for side in ("ingress", "egress"):
+        for i, listener in enumerate(items(spec, side)):
+            if listener.get("captureMode") not in (None, "DEFAULT"):
+                path = f"spec.{side}[{i}].captureMode"
+                out.append((path, "not translated yet: capture is the agent's `capture` setting"))
+    for i, listener in enumerate(items(spec, "egress")):
+        bind = str(listener.get("bind") or "")
+        protocol = str(sub(listener, "port").get("protocol") or "").upper()
+        if bind.startswith("unix://") or (bind and protocol not in HTTP_PROTOCOLS):
+            out.append(
+                (
+                    f"spec.egress[{i}].bind",
+                    "only HTTP egress ports get a listener on bind; its hosts are still scoped",
+                )
+            )
+    return out
