@@ -368,15 +368,9 @@ class ScopedView:
                     changed.add(host)
             if changed:
                 services = MappingProxyType(updated)
-        changes = SnapshotChanges(
-            base_version=hint.base_version,
-            version=hint.version,
-            services=frozenset(changed),
-            endpoints=hint.endpoints,  # the view shares the snapshot's endpoints
-            virtual_services=frozenset(changed_vs),
-            destination_rules=hint.destination_rules,
-            workloads=hint.workloads,
-        )
+        # Only the maps the view filters differ from the snapshot's changes; the rest (and
+        # any kind added later) pass through: the view shares those maps.
+        changes = replace(hint, services=frozenset(changed), virtual_services=frozenset(changed_vs))
         return replace(snapshot, services=services, virtual_services=vss, changes=changes)
 
     def _update_virtual_services(
