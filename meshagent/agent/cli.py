@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     from meshagent.capture.cli import add_parsers as add_capture_parsers
 
     add_capture_parsers(sub)  # capture apply|remove|print
+    from meshagent.insight.cli import add_parser as add_analyze_parser
+
+    add_analyze_parser(sub)  # analyze
     return parser
 
 
@@ -106,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return vm_cli.run(args)
         if args.command == "dev":
             return _dev(args)
+        if args.command == "analyze":
+            from meshagent.insight import cli as analyze_cli
+
+            return analyze_cli.run(args)
         if args.command == "capture":
             from meshagent.capture import cli as capture_cli
 

@@ -1,0 +1,198 @@
+"""Checks of VirtualServices and DestinationRules: references, gateway bindings, hosts that
+several VirtualServices claim, and rules or matches that earlier ones shadow.
+
+Only documents written as Istio resources are checked where a field path is reported (Consul
+entries are converted into the same model, but the paths would not point into what their
+author wrote), as normalize/references.py does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from meshagent.insight.context import AnalysisInput
+from meshagent.insight.messages import Message
+from meshagent.model.gateway import MESH_GATEWAY, gateway_key
+from meshagent.model.routing import HttpMatch, HttpRoute, MatchKind, StringMatch, VirtualService
+from meshagent.normalize.references import unresolved_references
+from meshagent.xds.translate.gateway_routes import host_subset, hosts_for_namespace
+
+VS_KIND = "VirtualService"
+
+
+def references(inp: AnalysisInput) -> Iterator[Message]:
+    """IST0101 for routes to unknown hosts, ports or subsets; IST0174 for a DestinationRule
+    whose host no service declares (normalize/references.py finds both)."""
+    for found in unresolved_references(inp.snapshot):
+        prov = found.provenance
+        if prov.kind == "DestinationRule" and found.path == "spec.host":
+            host = found.reason.split(": ", 1)[-1].strip("'\"")
+            text = (
+                f"The host {host} defined in the DestinationRule does not match any services "
+                "in the mesh."
+            )
+            yield inp.message("IST0174", prov, found.path, text)
+        else:
+            yield inp.message("IST0101", prov, found.path, found.reason)
+
+
+def gateway_bindings(inp: AnalysisInput) -> Iterator[Message]:
+    """IST0101 for a VirtualService bound to a Gateway that does not exist; IST0132 for its
+    hosts that no server of a bound Gateway serves to its namespace."""
+    gateways = inp.snapshot.gateways
+    for _, vs in sorted(inp.snapshot.virtual_services.items()):
+        prov = vs.provenance
+        if prov is None or prov.kind != VS_KIND:
+            continue
+        for i, reference in enumerate(vs.gateways):
+            if reference == MESH_GATEWAY:
+                continue
+            key = gateway_key(reference, vs.namespace)
+            gateway = gateways.get(key)
+            if gateway is None:
+                text = f'Referenced gateway not found: "{key}"'
+                yield inp.message("IST0101", prov, f"spec.gateways[{i}]", text)
+                continue
+            served = hosts_for_namespace(
+                (h for s in gateway.servers for h in s.hosts), vs.namespace
+            )
+            missing = [h for h in vs.hosts if not _served(h, served)]
+            if missing:
+                text = (
+                    f"one or more host [{' '.join(missing)}] defined in VirtualService "
+                    f"{vs.namespace}/{vs.name} not found in Gateway {key}."
+                )
+                yield inp.message("IST0132", prov, "spec.hosts", text)
+
+
+def _served(host: str, server_hosts: list[str]) -> bool:
+    return any(host_subset(host, s) or host_subset(s, host) for s in server_hosts)
+
+
+def _scopes(vs: VirtualService) -> frozenset[str]:
+    """The namespaces vs is visible in ("*": all), from its exportTo."""
+    if not vs.export_to or "*" in vs.export_to:
+        return frozenset({"*"})
+    return frozenset(vs.namespace if e == "." else e for e in vs.export_to)
+
+
+def _visible_together(a: VirtualService, b: VirtualService) -> bool:
+    sa, sb = _scopes(a), _scopes(b)
+    return "*" in sa or "*" in sb or bool(sa & sb)
+
+
+def conflicting_hosts(inp: AnalysisInput) -> Iterator[Message]:
+    """IST0109: sidecar-bound VirtualServices that define the same host (meshagent routes
+    the host with the first by "namespace/name" and ignores the others for it)."""
+    by_host: dict[str, list[tuple[str, VirtualService]]] = {}
+    for key, vs in sorted(inp.snapshot.virtual_services.items()):
+        if vs.applies_to_sidecars:
+            for host in vs.hosts:
+                by_host.setdefault(host, []).append((key, vs))
+    for host, claims in sorted(by_host.items()):
+        if len(claims) < 2:
+            continue
+        for key, vs in claims:
+            rivals = [k for k, other in claims if other is not vs and _visible_together(vs, other)]
+            if not rivals or vs.provenance is None:
+                continue
+            names = ",".join(sorted([key, *rivals]))
+            text = (
+                f"The VirtualServices {names} associated with mesh gateway define the same host "
+                f"{host} which can lead to undefined behavior. This can be fixed by merging the "
+                f"conflicting VirtualServices into a single resource. (meshagent routes {host} "
+                f"with {min([key, *rivals])}.)"
+            )
+            yield inp.message("IST0109", vs.provenance, f"spec.hosts[{vs.hosts.index(host)}]", text)
+
+
+def shadowed_rules(inp: AnalysisInput) -> Iterator[Message]:
+    """IST0130 for HTTP rules that earlier rules leave no request to; IST0131 for matches an
+    earlier rule's match duplicates or covers (Envoy takes the first route that matches)."""
+    for _, vs in sorted(inp.snapshot.virtual_services.items()):
+        prov = vs.provenance
+        if prov is None or prov.kind != VS_KIND or _delegating(inp, vs):
+            continue
+        yield from _shadowed_in(inp, vs)
+
+
+def _delegating(inp: AnalysisInput, vs: VirtualService) -> bool:
+    """Whether vs's routes were merged from delegates (its indexes are not the document's)."""
+    raw = inp.document(vs.provenance)
+    spec = raw.body.get("spec") if raw is not None else None
+    http = spec.get("http") if isinstance(spec, dict) else None
+    if not isinstance(http, list):
+        return raw is None
+    return len(http) != len(vs.http) or any(
+        isinstance(r, dict) and r.get("delegate") for r in http
+    )
+
+
+def _rule_name(route: HttpRoute, n: int) -> str:
+    return f'"{route.name}"' if route.name else f"#{n}"
+
+
+def _shadowed_in(inp: AnalysisInput, vs: VirtualService) -> Iterator[Message]:
+    assert vs.provenance is not None
+    prov = vs.provenance
+    catch_all = ""  # the first earlier rule without matches
+    seen: list[tuple[HttpMatch, str]] = []
+    for n, route in enumerate(vs.http):
+        name = _rule_name(route, n)
+        if catch_all:
+            # Istio's reasons (pkg/config/validation: analyzeUnreachableHTTPRules)
+            reason = (
+                "route without matches defined before"
+                if route.matches
+                else "only the last rule can have no matches"
+            )
+            text = f"VirtualService rule {name} not used ({reason})."
+            yield inp.message("IST0130", prov, f"spec.http[{n}]", text)
+            continue
+        if not route.matches:
+            catch_all = name
+            continue
+        covered = 0
+        for m, match in enumerate(route.matches):
+            earlier = next((rule for prior, rule in seen if _covers(prior, match)), None)
+            if earlier is None:
+                continue
+            covered += 1
+            match_name = f'"{match.name}"' if match.name else f"#{m}"
+            text = (
+                f"VirtualService rule {name} match {match_name} is not used "
+                f"(duplicate/overlapping match in rule {earlier})."
+            )
+            yield inp.message("IST0131", prov, f"spec.http[{n}].match[{m}]", text)
+        if covered == len(route.matches):
+            text = f"VirtualService rule {name} not used (all matches used by prior rules)."
+            yield inp.message("IST0130", prov, f"spec.http[{n}]", text)
+        seen.extend((match, name) for match in route.matches)
+
+
+def _covers_string(a: StringMatch | None, b: StringMatch | None) -> bool:
+    """Whether every value b accepts, a accepts too (a None accepts all)."""
+    if a is None or a == b:
+        return True
+    if b is None or a.kind != MatchKind.PREFIX or b.kind == MatchKind.REGEX:
+        return False
+    return b.value.startswith(a.value)
+
+
+def _covers(a: HttpMatch, b: HttpMatch) -> bool:
+    """Whether match a takes every request match b would (so b, later, is never used)."""
+    if a.uri is not None and a.ignore_uri_case and not b.ignore_uri_case:
+        return False  # conservative: case folding makes prefixes hard to compare
+    if a.uri is not None and b.ignore_uri_case and not a.ignore_uri_case:
+        return False
+    return (
+        _covers_string(a.uri, b.uri)
+        and _covers_string(a.scheme, b.scheme)
+        and _covers_string(a.method, b.method)
+        and _covers_string(a.authority, b.authority)
+        and set(a.headers) <= set(b.headers)
+        and set(a.query_params) <= set(b.query_params)
+        and set(a.without_headers) <= set(b.without_headers)
+        and (a.port is None or a.port == b.port)
+        and set(a.source_labels) <= set(b.source_labels)
+    )
