@@ -24,7 +24,8 @@ import structlog
 
 from meshagent.adapters.base import Adapter, Restorable
 from meshagent.adapters.files import FilesAdapter
-from meshagent.agent.admin import AdminServer, standard_pages
+from meshagent.agent.admin import AdminServer, Response, standard_pages
+from meshagent.agent.analysis_runtime import AgentAnalysis
 from meshagent.agent.config import AgentConfig, load_config
 from meshagent.agent.convergence import ConvergenceObserver, ConvergenceTracker
 from meshagent.agent.diagnostics import DiagnosticTable
@@ -180,6 +181,11 @@ class Agent:
         self._snapshot: Any = None
         self._published = False
         self.diagnostics = DiagnosticTable()  # current problems, not a history
+        # `meshagent analyze` of the served snapshot (agent/analysis_runtime.py)
+        self.analysis = AgentAnalysis(
+            config, lambda: [e.diagnostic for e in self.diagnostics.entries()]
+        )
+        self.analysis.register(self.metrics.registry)
         self._custom_problems: set[tuple[str, str]] = set()  # (workload, reason), logged once
         self._custom_checked: tuple[object, ...] = ()  # what _custom_problems was found from
         self._gateway_checked: tuple[object, ...] = ()  # what _gateway_problems was found from
@@ -229,6 +235,7 @@ class Agent:
             cfg.admin.address, cfg.admin.port, self._pages(), socket_path=cfg.admin.socket
         )
         install_ops_pages(self.admin, self)
+        self.admin.pages["/debug/analyze"] = lambda: Response.json(200, self.analysis.report())
         await self.admin.start()
         cfg.xds.uds.parent.mkdir(parents=True, exist_ok=True)
         observer = ConvergenceObserver(self.metrics, self.convergence, self._nacked)
@@ -450,6 +457,19 @@ class Agent:
         self._report(diagnostics, events)
         self._remember_last_good(events)
         await self._publish()
+        await self._analyze()
+
+    async def _analyze(self) -> None:
+        """Re-run the analysis when the snapshot changed, in a worker thread. The normalizer
+        is read there (its accepted documents): only this task uses it, and it waits."""
+        snapshot = self._snapshot
+        if not isinstance(snapshot, MeshSnapshot) or not self.analysis.stale(snapshot):
+            return
+        accepted = getattr(self.normalizer, "accepted", None)
+        try:
+            await asyncio.to_thread(self.analysis.run, snapshot, accepted)
+        except Exception:
+            log.exception("analysis_failed_bug", version=snapshot.version)
 
     def _report(
         self, diagnostics: Sequence[Diagnostic], events: Sequence[SourceEvent] = ()
@@ -809,6 +829,7 @@ class Agent:
             ),
             "xds": statuspage.xds_report(self.cache.status(self._proxy.node_id)),
             "diagnostics": self.config_errors()["diagnostics"][-50:],
+            "analysis": statuspage.analysis_report(self.analysis.report()),
         }
 
     def config_errors(self) -> dict[str, Any]:

@@ -72,6 +72,32 @@ _STYLE = (
 )
 
 
+def analysis_report(report: Mapping[str, Any], limit: int = 50) -> dict[str, Any]:
+    """The status page's view of /debug/analyze: counts and the first messages."""
+    return {
+        "counts": dict(report.get("counts", {})),
+        "messages": [
+            {k: m.get(k, "") for k in ("level", "code", "origin", "reference", "message")}
+            for m in report.get("messages", [])[:limit]
+        ],
+        "more": max(0, len(report.get("messages", [])) - limit),
+    }
+
+
+def _analysis_section(analysis: Mapping[str, Any] | None) -> str:
+    if analysis is None:
+        return ""
+    counts = ", ".join(f"{n} {lv.lower()}" for lv, n in analysis["counts"].items())
+    more = f"<p>and {analysis['more']} more (GET /debug/analyze)</p>" if analysis["more"] else ""
+    rows = [
+        (m["level"], m["code"], m["origin"], m["reference"], m["message"])
+        for m in analysis["messages"]
+    ]
+    table = _table(("level", "code", "resource", "location", "message"), rows)
+    summary = f"<p>{escape(counts or 'no messages')} (meshagent analyze)</p>"
+    return _section("Analysis", "analysis", summary + table + more)
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], empty: str = "none") -> str:
     if not rows:
         return f"<p>{escape(empty)}</p>"
@@ -123,6 +149,7 @@ def render_html(report: Mapping[str, Any]) -> str:
             [(d["severity"], d["location"], f"{d['kind']}/{d['name']}", d["field"], d["reason"],
               d.get("first_seen", "")) for d in report["diagnostics"]])),
     ]  # fmt: skip
+    parts.append(_analysis_section(report.get("analysis")))
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>meshagent {escape(report['node'])}</title><style>{_STYLE}</style></head>"

@@ -93,8 +93,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--namespace", default=None, help="namespace of resources without one")
 
 
-def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Run `analyze`; the exit code."""
+def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run `analyze`; the exit code. out and err default to sys.stdout and sys.stderr."""
+    out = out or sys.stdout
+    err = err or sys.stderr
     if args.list_codes:
         for t in TYPES.values():
             print(f"{t.code}  {t.level.title:<7}  {t.name}: {t.description}", file=out)

@@ -1,0 +1,112 @@
+"""The running agent's analysis (meshagent.insight): the same messages as `meshagent analyze`.
+
+The snapshot checks run in a worker thread, after a publish, and only when the snapshot's
+version changed since the last run; their messages are kept. The schema messages come from
+the agent's current diagnostics (agent/diagnostics.py) whenever they are read, so a fixed or
+newly rejected document shows at once. Exposed as GET /debug/analyze (admin socket), the
+gauge `meshagent_analysis_messages{code,level}` (computed at scrape time) and a section of
+the status page.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from meshagent.insight.analysis import CHECKS, analyze
+from meshagent.insight.cli import config_facts
+from meshagent.insight.context import AnalysisInput, DocKey
+from meshagent.insight.messages import TYPES, Message
+from meshagent.insight.policy_checks import schema_message
+from meshagent.insight.report import counts
+from meshagent.model.snapshot import MeshSnapshot
+from meshagent.model.source import Diagnostic, RawResource
+
+CONFIG_SOURCES = ("files", "consul", "kubernetes")  # the table's other sources are runtime
+SNAPSHOT_CHECKS = tuple(c for c in CHECKS if c[0] != "schema")  # schema: from the table
+
+
+class AgentAnalysis:
+    """The last analysis of the served snapshot, and the messages of current diagnostics.
+
+    run() is called from one worker thread at a time (the agent's processing task awaits
+    it); the reads (messages, report, the gauge) may come from any thread.
+    """
+
+    def __init__(self, config: Any, diagnostics: Callable[[], Sequence[Diagnostic]]) -> None:
+        self._facts = config_facts(config)
+        self._diagnostics = diagnostics
+        self._lock = threading.Lock()
+        self._version: int | None = None
+        self._messages: tuple[Message, ...] = ()
+        self._duration_ms = 0.0
+        self._analyzed_at = 0.0
+
+    def stale(self, snapshot: MeshSnapshot) -> bool:
+        """Whether snapshot was not analyzed yet."""
+        return self._version != snapshot.version
+
+    def run(self, snapshot: MeshSnapshot, accepted: Callable[[str], dict[Any, Any]] | None) -> None:
+        """Analyze snapshot with the normalizer's accepted documents (in a worker thread)."""
+        start = time.perf_counter()
+        documents: dict[DocKey, RawResource] = {}
+        if accepted is not None:
+            for source in CONFIG_SOURCES:
+                documents.update(accepted(source))
+        inp = AnalysisInput(snapshot=snapshot, documents=documents, **self._facts)
+        found = tuple(analyze(inp, SNAPSHOT_CHECKS))
+        with self._lock:
+            self._version = snapshot.version
+            self._messages = found
+            self._duration_ms = (time.perf_counter() - start) * 1000
+            self._analyzed_at = time.time()
+
+    def messages(self) -> list[Message]:
+        """The messages now: the snapshot's last analysis and the current diagnostics'."""
+        with self._lock:
+            found = list(self._messages)
+        for d in self._diagnostics():
+            if d.source in CONFIG_SOURCES and not d.reason.startswith("Referenced "):
+                found.append(schema_message(d))
+        return sorted(dict.fromkeys(found), key=lambda m: m.sort_key)
+
+    def report(self) -> dict[str, Any]:
+        """/debug/analyze: the messages as istioctl's JSON, counts per level, and when."""
+        messages = self.messages()
+        levels = {lv: sum(m.level.title == lv for m in messages) for lv in ("Error", "Warning", "Info")}
+        with self._lock:
+            return {
+                "snapshot_version": self._version,
+                "analyzed_at": self._analyzed_at or None,
+                "duration_ms": round(self._duration_ms, 1),
+                "counts": levels,
+                "messages": [m.as_json() for m in messages],
+            }
+
+    def register(self, registry: CollectorRegistry) -> None:
+        """Expose meshagent_analysis_messages{code,level} in registry."""
+        registry.register(_Gauge(self))
+
+
+class _Gauge(Collector):
+    """Messages per code and level, counted when scraped (every known code, 0 when none)."""
+
+    def __init__(self, analysis: AgentAnalysis) -> None:
+        self._analysis = analysis
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "meshagent_analysis_messages",
+            "Current analysis messages (meshagent analyze) by code and level",
+            labels=["code", "level"],
+        )
+        found = counts(self._analysis.messages())
+        for code, t in TYPES.items():
+            family.add_metric([code, t.level.title], found.get((code, t.level.title), 0))
+        yield family
