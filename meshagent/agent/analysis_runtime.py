@@ -79,7 +79,9 @@ class AgentAnalysis:
     def report(self) -> dict[str, Any]:
         """/debug/analyze: the messages as istioctl's JSON, counts per level, and when."""
         messages = self.messages()
-        levels = {lv: sum(m.level.title == lv for m in messages) for lv in ("Error", "Warning", "Info")}
+        levels = {
+            lv: sum(m.level.title == lv for m in messages) for lv in ("Error", "Warning", "Info")
+        }
         with self._lock:
             return {
                 "snapshot_version": self._version,

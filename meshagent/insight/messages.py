@@ -51,7 +51,7 @@ class MessageType:
         return "README.md#analyze"
 
 
-E, W, I = Level.ERROR, Level.WARNING, Level.INFO
+E, W, INF = Level.ERROR, Level.WARNING, Level.INFO
 _TYPES = (
     MessageType("IST0001", "InternalError", E, "A check failed: a bug in meshagent."),
     MessageType("IST0002", "Deprecated", W, "A field the configuration uses is deprecated."),
@@ -66,7 +66,7 @@ _TYPES = (
     MessageType(
         "IST0118",
         "PortNameIsNotUnderNamingConvention",
-        I,
+        INF,
         "A Kubernetes Service port names no protocol: its protocol is detected.",
     ),
     MessageType(
@@ -81,7 +81,7 @@ _TYPES = (
     MessageType(
         "IST0131",
         "VirtualServiceIneffectiveMatch",
-        I,
+        INF,
         "A VirtualService match duplicates (or is covered by) a match of an earlier rule.",
     ),
     MessageType(
@@ -118,7 +118,7 @@ _TYPES = (
     MessageType(
         "MA0002",
         "ServiceEntryPortProtocolUnset",
-        I,
+        INF,
         "A ServiceEntry port names no protocol: meshagent detects it from the first bytes.",
     ),
 )

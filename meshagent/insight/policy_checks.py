@@ -187,7 +187,9 @@ def service_entry_protocols(inp: AnalysisInput) -> Iterator[Message]:
                 continue
             reported.add(raw.key)
             names = ", ".join(sorted({_display(raw), *(_display(r) for r, _ in rivals)}))
-            protocols = ", ".join(sorted({protocol or "(none)", *(p or "(none)" for _, p in rivals)}))
+            protocols = ", ".join(
+                sorted({protocol or "(none)", *(p or "(none)" for _, p in rivals)})
+            )
             text = (
                 f"ServiceEntries {names} define host {host} port {number} with different "
                 f"protocols ({protocols}); only one definition of the host is served."

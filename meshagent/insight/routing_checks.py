@@ -123,9 +123,7 @@ def _delegating(inp: AnalysisInput, vs: VirtualService) -> bool:
     http = spec.get("http") if isinstance(spec, dict) else None
     if not isinstance(http, list):
         return raw is None
-    return len(http) != len(vs.http) or any(
-        isinstance(r, dict) and r.get("delegate") for r in http
-    )
+    return len(http) != len(vs.http) or any(isinstance(r, dict) and r.get("delegate") for r in http)
 
 
 def _rule_name(route: HttpRoute, n: int) -> str:

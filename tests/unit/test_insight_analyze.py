@@ -59,6 +59,15 @@ def route(host: str, subset: str = "") -> list[dict[str, object]]:
     return [{"destination": dest}]
 
 
+def to_shop(**extra: object) -> list[dict[str, object]]:
+    return [{"route": route("shop.example.com"), **extra}]
+
+
+def shop_vs(name: str, http: list[dict[str, object]], **spec: object) -> str:
+    return vs(name, {"hosts": ["shop.example.com"], "http": http, **spec})
+
+
+HTTP80 = {"number": 80, "name": "http", "protocol": "HTTP"}
 SHOP = se("shop", "shop.example.com", workloadSelector={"labels": {"app": "shop"}})
 SHOP_V1 = we("shop-v1", {"app": "shop", "version": "v1"})
 
@@ -76,22 +85,21 @@ def codes(messages: list[Message]) -> list[str]:
 
 CASES: dict[str, tuple[list[str], list[str]]] = {
     "IST0002": (
-        [SHOP, vs("v", {"hosts": ["shop.example.com"], "http": [{"fault": {"delay": {
-            "fixedDelay": "1s", "percent": 10}}, "route": route("shop.example.com")}]})],
-        [SHOP, vs("v", {"hosts": ["shop.example.com"], "http": [{"fault": {"delay": {
-            "fixedDelay": "1s", "percentage": {"value": 10}}}, "route": route("shop.example.com")}]})],
+        [SHOP, shop_vs("v", to_shop(fault={"delay": {"fixedDelay": "1s", "percent": 10}}))],
+        [SHOP, shop_vs("v", to_shop(
+            fault={"delay": {"fixedDelay": "1s", "percentage": {"value": 10}}}))],
     ),
     "IST0101": (
-        [SHOP, vs("v", {"hosts": ["shop.example.com"], "http": [{"route": route("nope.example.com")}]})],
-        [SHOP, vs("v", {"hosts": ["shop.example.com"], "http": [{"route": route("shop.example.com")}]})],
+        [SHOP, shop_vs("v", [{"route": route("nope.example.com")}])],
+        [SHOP, shop_vs("v", to_shop())],
     ),
     "IST0106": (
         [_doc(NET, "DestinationRule", "d", {"subsets": [{"name": "v1"}]})],
         [SHOP, _doc(NET, "DestinationRule", "d", {"host": "shop.example.com"})],
     ),
     "IST0109": (
-        [SHOP, vs("a", {"hosts": ["shop.example.com"], "http": [{"route": route("shop.example.com")}]}),
-         vs("b", {"hosts": ["shop.example.com"], "http": [{"route": route("shop.example.com")}]})],
+        [SHOP, shop_vs("a", to_shop()),
+         shop_vs("b", to_shop())],
         [SHOP, vs("a", {"hosts": ["shop.example.com"], "exportTo": ["."],
                         "http": [{"route": route("shop.example.com")}]}),
          vs("b", {"hosts": ["shop.example.com"], "exportTo": ["."],
@@ -124,12 +132,12 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "IST0132": (
         [SHOP, we("gw", {"istio": "ingress"}),
          _doc(NET, "Gateway", "g", {"selector": {"istio": "ingress"}, "servers": [
-             {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["web.example.com"]}]}),
-         vs("v", {"hosts": ["shop.example.com"], "gateways": ["g"], "http": [{"route": route("shop.example.com")}]})],
+             {"port": HTTP80, "hosts": ["web.example.com"]}]}),
+         shop_vs("v", to_shop(), gateways=["g"])],
         [SHOP, we("gw", {"istio": "ingress"}),
          _doc(NET, "Gateway", "g", {"selector": {"istio": "ingress"}, "servers": [
-             {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*.example.com"]}]}),
-         vs("v", {"hosts": ["shop.example.com"], "gateways": ["g"], "http": [{"route": route("shop.example.com")}]})],
+             {"port": HTTP80, "hosts": ["*.example.com"]}]}),
+         shop_vs("v", to_shop(), gateways=["g"])],
     ),
     "IST0133": (
         [SHOP, _doc("v1", "ConfigMap", "c", {})],
@@ -138,11 +146,11 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "IST0145": (
         [we("gw", {"istio": "ingress"})] + [
             _doc(NET, "Gateway", n, {"selector": {"istio": "ingress"}, "servers": [
-                {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": [h]}]})
+                {"port": HTTP80, "hosts": [h]}]})
             for n, h in (("a", "shop.example.com"), ("b", "*.example.com"))],
         [we("gw", {"istio": "ingress"})] + [
             _doc(NET, "Gateway", n, {"selector": {"istio": "ingress"}, "servers": [
-                {"port": {"number": p, "name": "http", "protocol": "HTTP"}, "hosts": ["shop.example.com"]}]})
+                {"port": {**HTTP80, "number": p}, "hosts": ["shop.example.com"]}]})
             for n, p in (("a", 80), ("b", 8080))],
     ),
     "IST0173": (
@@ -186,7 +194,7 @@ def test_every_code_but_the_documented_exceptions_has_a_case() -> None:
 
 def test_a_gateway_selecting_no_proxy_is_ist0101_and_the_router_node_counts(tmp_path: Path) -> None:
     gw = _doc(NET, "Gateway", "g", {"selector": {"istio": "edge"}, "servers": [
-        {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]})  # fmt: skip
+        {"port": HTTP80, "hosts": ["*"]}]})  # fmt: skip
     found = run(tmp_path, gw)
     assert [m.text for m in found] == ['Referenced selector not found: "istio=edge"']
     assert found[0].location == f"{tmp_path / 'mesh.yaml'}:8"  # the selector's label
@@ -199,8 +207,7 @@ def test_a_gateway_selecting_no_proxy_is_ist0101_and_the_router_node_counts(tmp_
 
 
 def test_a_virtual_service_bound_to_a_missing_gateway_is_ist0101(tmp_path: Path) -> None:
-    found = run(tmp_path, SHOP, vs("v", {"hosts": ["shop.example.com"], "gateways": ["edge"],
-                                         "http": [{"route": route("shop.example.com")}]}))  # fmt: skip
+    found = run(tmp_path, SHOP, shop_vs("v", to_shop(), gateways=["edge"]))
     assert [(m.code, m.field, m.text) for m in found] == [
         ("IST0101", "spec.gateways[0]", 'Referenced gateway not found: "default/edge"')
     ]
@@ -257,13 +264,20 @@ def test_exit_codes_follow_istioctl(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["analyze", "--failure-threshold", "warning", str(warn)]) == 79
     error = tmp_path / "error"
     error.mkdir()
-    _write(error, SHOP, vs("v", {"hosts": ["shop.example.com"], "http": [{"route": route("x.example.com")}]}))
+    _write(
+        error,
+        SHOP,
+        shop_vs("v", [{"route": route("x.example.com")}]),
+    )
     assert main(["analyze", str(error)]) == 79
     # the output threshold hides messages, never the exit code (as istioctl)
     capsys.readouterr()
     assert main(["analyze", "--output-threshold", "Error", str(warn)]) == 0
     assert capsys.readouterr().out == ""
-    assert main(["analyze", "--output-threshold", "Error", "--failure-threshold", "Info", str(warn)]) == 79
+    assert (
+        main(["analyze", "--output-threshold", "Error", "--failure-threshold", "Info", str(warn)])
+        == 79
+    )
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "a.yaml").write_text("kind: [unclosed\n")
@@ -276,7 +290,11 @@ def test_exit_codes_follow_istioctl(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_suppressions_accept_both_resource_forms_and_wildcards(tmp_path: Path) -> None:
-    path = _write(tmp_path, SHOP, vs("v", {"hosts": ["shop.example.com"], "http": [{"route": route("x.example.com")}]}))
+    path = _write(
+        tmp_path,
+        SHOP,
+        shop_vs("v", [{"route": route("x.example.com")}]),
+    )
     assert main(["analyze", path]) == 79
     assert main(["analyze", "-S", "IST0101=VirtualService default/v", path]) == 0
     assert main(["analyze", "-S", "IST0101=VirtualService v.default", path]) == 0
@@ -284,8 +302,14 @@ def test_suppressions_accept_both_resource_forms_and_wildcards(tmp_path: Path) -
     assert main(["analyze", "-S", "IST0101=VirtualService other/v", path]) == 79
 
 
-def test_json_and_yaml_output_carry_istioctl_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = _write(tmp_path, SHOP, vs("v", {"hosts": ["shop.example.com"], "http": [{"route": route("x.example.com")}]}))
+def test_json_and_yaml_output_carry_istioctl_fields(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write(
+        tmp_path,
+        SHOP,
+        shop_vs("v", [{"route": route("x.example.com")}]),
+    )
     assert main(["analyze", "-o", "json", path]) == 79
     (found,) = json.loads(capsys.readouterr().out)
     assert found["code"] == "IST0101" and found["level"] == "Error"
