@@ -1,0 +1,104 @@
+"""The running agent's analysis: /debug/analyze on the admin socket, the gauge per code, the
+status page section; re-run only when the snapshot changes, schema messages at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+from meshagent.agent.config import load_config
+from meshagent.agent.daemon import Agent
+from meshagent.agent.opscli import admin_request
+from meshagent.agent.statuspage import render_html
+from tests.unit.test_daemon import FakeTranslator, running, until
+
+SE = """apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: shop, namespace: default}
+spec:
+  hosts: [shop.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1}]
+"""
+VS = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: default}}
+spec:
+  hosts: [shop.example.com]
+  http:
+  - route:
+    - destination: {{host: {host}}}
+"""
+
+
+def agent_for(tmp_path: Path) -> Agent:
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "node: {id: vm-1}\nstate_dir: state\n"
+        f"admin: {{port: 0, socket: {tmp_path}/admin.sock}}\n"
+        "sources: {files: {paths: [mesh], debounce_ms: 20, poll_interval_ms: 20}}\n"
+    )
+    return Agent(load_config(path), translator=FakeTranslator())
+
+
+def codes(agent: Agent) -> list[str]:
+    return [m["code"] for m in agent.analysis.report()["messages"]]
+
+
+def gauge(agent: Agent, code: str, level: str) -> float:
+    text = agent.metrics.exposition().decode()
+    found = re.search(
+        rf'^meshagent_analysis_messages\{{code="{code}",level="{level}"\}} (\S+)$', text, re.M
+    )
+    assert found is not None, text
+    return float(found.group(1))
+
+
+async def test_the_agent_serves_the_analysis_and_follows_changes(tmp_path: Path) -> None:
+    # given an agent whose VirtualService routes to a host no service declares
+    mesh = tmp_path / "mesh"
+    mesh.mkdir()
+    (mesh / "shop.yaml").write_text(SE + "---\n" + VS.format(host="nope.example.com"))
+    agent = agent_for(tmp_path)
+    runs: list[int] = []
+    real_run = agent.analysis.run
+    agent.analysis.run = lambda s, a: (runs.append(s.version), real_run(s, a))[1]  # type: ignore[method-assign]
+
+    async def body() -> None:
+        await until(lambda: "IST0101" in codes(agent), "the IST0101 message")
+        # then /debug/analyze on the admin socket has istioctl's fields and file:line
+        status, raw = await asyncio.to_thread(
+            admin_request, tmp_path / "admin.sock", "/debug/analyze"
+        )
+        report = json.loads(raw)
+        (message,) = report["messages"]
+        assert status == 200 and report["counts"] == {"Error": 1, "Warning": 0, "Info": 0}
+        assert message["origin"] == "VirtualService default/shop"
+        assert message["reference"] == f"{mesh / 'shop.yaml'}:{len(SE.splitlines()) + 9}"
+        # and the gauge counts it, every other code at 0
+        assert gauge(agent, "IST0101", "Error") == 1
+        assert gauge(agent, "IST0173", "Error") == 0
+        # and the status page shows it
+        html = render_html(agent.status_report())
+        assert 'id="analysis"' in html and "IST0101" in html and "nope.example.com" in html
+        # when an edit is rejected (the snapshot does not change), its schema error shows at
+        # once, without a new analysis of the snapshot
+        version, done = agent.snapshot.version, len(runs)
+        (mesh / "bad.yaml").write_text(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+            "metadata: {name: d, namespace: default}\nspec: {subsets: [{name: v1}]}\n"
+        )
+        await until(lambda: "IST0106" in codes(agent), "the IST0106 message")
+        assert agent.snapshot.version == version and len(runs) == done
+        assert gauge(agent, "IST0106", "Error") == 1
+        # when both are fixed, the messages and the gauge go back to nothing
+        (mesh / "bad.yaml").unlink()
+        (mesh / "shop.yaml").write_text(SE + "---\n" + VS.format(host="shop.example.com"))
+        await until(lambda: codes(agent) == [], "no messages")
+        assert gauge(agent, "IST0101", "Error") == 0
+        assert runs == sorted(set(runs))  # each snapshot version analyzed once
+
+    await running(agent, body)
