@@ -1,7 +1,8 @@
 """The running agent's analysis (meshagent.insight): the same messages as `meshagent analyze`.
 
-The snapshot checks run in a worker thread, after a publish, and only when the snapshot's
-version changed since the last run; their messages are kept. The schema messages come from
+The snapshot checks run in a worker thread, only when the snapshot's version changed since
+the last run, and at most once per ANALYSIS_INTERVAL_S (a burst of changes is analyzed once,
+at its end); their messages are kept. The schema messages come from
 the agent's current diagnostics (agent/diagnostics.py) whenever they are read, so a fixed or
 newly rejected document shows at once. Exposed as GET /debug/analyze (admin socket), the
 gauge `meshagent_analysis_messages{code,level}` (computed at scrape time) and a section of
@@ -10,6 +11,7 @@ the status page.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,13 +23,14 @@ from prometheus_client.registry import Collector
 
 from meshagent.insight.analysis import CHECKS, analyze
 from meshagent.insight.cli import config_facts
-from meshagent.insight.context import AnalysisInput, DocKey
+from meshagent.insight.context import AnalysisInput, DocKey, Memo
 from meshagent.insight.messages import TYPES, Message
 from meshagent.insight.policy_checks import schema_message
 from meshagent.insight.report import counts
 from meshagent.model.snapshot import MeshSnapshot
 from meshagent.model.source import Diagnostic, RawResource
 
+ANALYSIS_INTERVAL_S = 1.0  # the least time between two analyses of a changing mesh
 CONFIG_SOURCES = ("files", "consul", "kubernetes")  # the table's other sources are runtime
 SNAPSHOT_CHECKS = tuple(c for c in CHECKS if c[0] != "schema")  # schema: from the table
 
@@ -47,20 +50,41 @@ class AgentAnalysis:
         self._messages: tuple[Message, ...] = ()
         self._duration_ms = 0.0
         self._analyzed_at = 0.0
+        self._memo = Memo()  # per-object results of the last run (context.Memo)
 
     def stale(self, snapshot: MeshSnapshot) -> bool:
         """Whether snapshot was not analyzed yet."""
         return self._version != snapshot.version
 
-    def run(self, snapshot: MeshSnapshot, accepted: Callable[[str], dict[Any, Any]] | None) -> None:
-        """Analyze snapshot with the normalizer's accepted documents (in a worker thread)."""
-        start = time.perf_counter()
+    def run(self, snapshot: MeshSnapshot, normalizer: Any) -> None:
+        """capture() then analyze(): for callers that own the normalizer meanwhile."""
+        self.analyze(self.capture(snapshot, normalizer))
+
+    def capture(self, snapshot: MeshSnapshot, normalizer: Any) -> AnalysisInput:
+        """What an analysis of snapshot reads of the normalizer that built it (its accepted
+        documents and unresolved references): call it while no one else uses the
+        normalizer. The result is immutable and may be analyzed in any thread later."""
         documents: dict[DocKey, RawResource] = {}
+        accepted: Callable[[str], dict[Any, Any]] | None = getattr(normalizer, "accepted", None)
         if accepted is not None:
             for source in CONFIG_SOURCES:
                 documents.update(accepted(source))
-        inp = AnalysisInput(snapshot=snapshot, documents=documents, **self._facts)
-        found = tuple(analyze(inp, SNAPSHOT_CHECKS))
+        references = getattr(normalizer, "references", None)
+        return AnalysisInput(
+            snapshot=snapshot,
+            documents=documents,
+            references=references() if references is not None else None,
+            **self._facts,
+        )
+
+    def analyze(self, captured: AnalysisInput) -> None:
+        """Run the snapshot checks over captured and keep the messages (one thread at a
+        time: the per-object results of the last run are reused)."""
+        start = time.perf_counter()
+        memo = Memo(self._memo)
+        found = tuple(analyze(dataclasses.replace(captured, memo=memo), SNAPSHOT_CHECKS))
+        self._memo = memo
+        snapshot = captured.snapshot
         with self._lock:
             self._version = snapshot.version
             self._messages = found

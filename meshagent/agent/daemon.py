@@ -25,7 +25,7 @@ import structlog
 from meshagent.adapters.base import Adapter, Restorable
 from meshagent.adapters.files import FilesAdapter
 from meshagent.agent.admin import AdminServer, Response, standard_pages
-from meshagent.agent.analysis_runtime import AgentAnalysis
+from meshagent.agent.analysis_runtime import ANALYSIS_INTERVAL_S, AgentAnalysis
 from meshagent.agent.config import AgentConfig, load_config
 from meshagent.agent.convergence import ConvergenceObserver, ConvergenceTracker
 from meshagent.agent.diagnostics import DiagnosticTable
@@ -186,6 +186,10 @@ class Agent:
             config, lambda: [e.diagnostic for e in self.diagnostics.entries()]
         )
         self.analysis.register(self.metrics.registry)
+        self._analysis_task: asyncio.Task[None] | None = None
+        self._analyzed_at = -ANALYSIS_INTERVAL_S  # loop time of the last analysis' start
+        # Held by whoever uses the normalizer: the processing task and the analysis' capture.
+        self._normalizer_lock = asyncio.Lock()
         self._custom_problems: set[tuple[str, str]] = set()  # (workload, reason), logged once
         self._custom_checked: tuple[object, ...] = ()  # what _custom_problems was found from
         self._gateway_checked: tuple[object, ...] = ()  # what _gateway_problems was found from
@@ -443,33 +447,50 @@ class Agent:
 
     async def _apply(self, events: list[SourceEvent]) -> None:
         self.convergence.changed()
-        try:
-            # In a worker thread, as translation is: a 10k-service load takes seconds, and
-            # the ADS streams and the admin pages must keep being served meanwhile. Only
-            # this task calls the normalizer, so it is never used from two threads at once.
-            snapshot, diagnostics = await asyncio.to_thread(
-                _gc_paused, self.normalizer.apply, events
-            )
-        except Exception:
-            log.exception("normalize_failed_bug", sources=sorted({e.source for e in events}))
-            return
-        self._snapshot = snapshot
-        self._report(diagnostics, events)
-        self._remember_last_good(events)
+        async with self._normalizer_lock:
+            try:
+                # In a worker thread, as translation is: a 10k-service load takes seconds,
+                # and the ADS streams and the admin pages must keep being served meanwhile.
+                # The lock keeps the normalizer to one thread at a time (see _analyze).
+                snapshot, diagnostics = await asyncio.to_thread(
+                    _gc_paused, self.normalizer.apply, events
+                )
+            except Exception:
+                log.exception("normalize_failed_bug", sources=sorted({e.source for e in events}))
+                return
+            self._snapshot = snapshot
+            self._report(diagnostics, events)
+            self._remember_last_good(events)
         await self._publish()
-        await self._analyze()
+        self._schedule_analysis()
+
+    def _schedule_analysis(self) -> None:
+        """Make sure the current snapshot gets analyzed (agent/analysis_runtime.py)."""
+        if self._analysis_task is None or self._analysis_task.done():
+            self._analysis_task = asyncio.get_running_loop().create_task(self._analyze())
+            self._background.add(self._analysis_task)  # stop() cancels it
+            self._analysis_task.add_done_callback(self._background.discard)
 
     async def _analyze(self) -> None:
-        """Re-run the analysis when the snapshot changed, in a worker thread. The normalizer
-        is read there (its accepted documents): only this task uses it, and it waits."""
-        snapshot = self._snapshot
-        if not isinstance(snapshot, MeshSnapshot) or not self.analysis.stale(snapshot):
-            return
-        accepted = getattr(self.normalizer, "accepted", None)
-        try:
-            await asyncio.to_thread(self.analysis.run, snapshot, accepted)
-        except Exception:
-            log.exception("analysis_failed_bug", version=snapshot.version)
+        """Analyze the snapshot until the latest one is, at most once per interval, off the
+        processing task: the normalizer is read (briefly, under the lock) to capture the
+        input, then the checks run in a worker thread while sources keep being applied."""
+        loop = asyncio.get_running_loop()
+        while isinstance(snapshot := self._snapshot, MeshSnapshot) and self.analysis.stale(
+            snapshot
+        ):
+            await asyncio.sleep(max(0.0, self._analyzed_at + ANALYSIS_INTERVAL_S - loop.time()))
+            self._analyzed_at = loop.time()
+            try:
+                async with self._normalizer_lock:
+                    snapshot = self._snapshot
+                    captured = await asyncio.to_thread(
+                        _gc_paused, self.analysis.capture, snapshot, self.normalizer
+                    )
+                await asyncio.to_thread(_gc_paused, self.analysis.analyze, captured)
+            except Exception:
+                log.exception("analysis_failed_bug", version=snapshot.version)
+                return
 
     def _report(
         self, diagnostics: Sequence[Diagnostic], events: Sequence[SourceEvent] = ()

@@ -174,6 +174,7 @@ def analyze_paths(
     inp = AnalysisInput(
         snapshot=snapshot,
         documents=normalizer.accepted("files"),
+        references=normalizer.references(),
         diagnostics=[*(d for d in diagnostics if d not in file_errors), *found],
         **config_facts(config),
     )

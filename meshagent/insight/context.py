@@ -11,8 +11,9 @@ workloads and node labels.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from meshagent.insight.messages import Message
 from meshagent.model.labels import Labels, selector_matches
@@ -21,6 +22,36 @@ from meshagent.model.source import Diagnostic, Provenance, RawResource
 from meshagent.normalize.validate import locate
 
 DocKey = tuple[str, str, str, str]  # RawResource.key: (source, kind, namespace, name)
+T = TypeVar("T")
+
+
+class Memo:
+    """Results of per-object work, kept across analyses of successive snapshots.
+
+    The model and the accepted documents are immutable and reused while unchanged, so a
+    result keyed by the identity of the objects it was computed from stays right for as long
+    as those very objects are in the input. Each analysis keeps only the entries it used.
+    """
+
+    def __init__(self, previous: Memo | None = None) -> None:
+        self._old: dict[tuple[str, int], tuple[tuple[object, ...], Any]] = (
+            previous._new if previous is not None else {}
+        )
+        self._new: dict[tuple[str, int], tuple[tuple[object, ...], Any]] = {}
+
+    def get(self, name: str, parts: tuple[object, ...], compute: Callable[..., T], *args: Any) -> T:
+        """compute(*args), or its result from an earlier analysis over the same parts (the
+        very objects, or equal ones); args must derive from parts and the input only."""
+        key = (name, id(parts[0]))
+        found = self._old.get(key) or self._new.get(key)
+        # Tuple equality tests identity first: cheap for the very same objects.
+        if found is not None and found[0] == parts:
+            self._new[key] = found
+            result: T = found[1]
+            return result
+        value = compute(*args)
+        self._new[key] = (parts, value)
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +71,10 @@ class AnalysisInput:
     routers: tuple[tuple[str, Labels], ...] = ()
     local_workloads: tuple[tuple[str, Labels], ...] = ()
     root_namespace: str = "istio-system"
+    # The normalizer's unresolved-reference warnings (Normalizer.references(), kept up to
+    # date incrementally); None: the references check computes them from the snapshot.
+    references: Sequence[Diagnostic] | None = None
+    memo: Memo = field(default_factory=Memo, compare=False, repr=False)
 
     def document(self, prov: Provenance | None) -> RawResource | None:
         """The accepted document a model object came from, if it is known."""
@@ -66,6 +101,11 @@ class AnalysisInput:
         )
 
 
+def label_sets(inp: AnalysisInput, endpoints: Sequence[Any]) -> frozenset[Labels]:
+    """The distinct label sets of endpoints (usually one per version), memoized."""
+    return inp.memo.get("label_sets", (endpoints,), lambda: frozenset(e.labels for e in endpoints))
+
+
 def selector_text(selector: Labels) -> str:
     """A label selector as Kubernetes prints one: "app=a,version=v1"."""
     return ",".join(f"{k}={v}" for k, v in selector)
@@ -82,10 +122,7 @@ class WorkloadLabels:
         for host, endpoints in snapshot.endpoints.items():
             service = snapshot.services.get(host)
             namespace = service.namespace if service is not None else ""
-            labels = by_ns.setdefault(namespace, set())
-            for e in endpoints:
-                if e.labels:
-                    labels.add(e.labels)
+            by_ns.setdefault(namespace, set()).update(label_sets(inp, endpoints))
         for namespace, local in inp.local_workloads:
             by_ns.setdefault(namespace, set()).add(local)
         self._by_ns = by_ns

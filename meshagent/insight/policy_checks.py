@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from meshagent.insight.context import AnalysisInput, WorkloadLabels, selector_text
+from meshagent.insight.context import AnalysisInput, WorkloadLabels, label_sets, selector_text
 from meshagent.insight.messages import Message
 from meshagent.model.gateway import Gateway, split_server_host
 from meshagent.model.labels import Labels, selector_matches
-from meshagent.model.services import Resolution
+from meshagent.model.services import Endpoint, Resolution
 from meshagent.model.source import Diagnostic, Provenance, RawResource
 from meshagent.model.traffic import DestinationRule
 from meshagent.xds.translate.gateway_routes import host_subset
@@ -34,15 +34,24 @@ def subsets(inp: AnalysisInput) -> Iterator[Message]:
         endpoints = snapshot.endpoints.get(rule.host, ())
         if not endpoints and service.resolution != Resolution.STATIC:
             continue  # Envoy resolves the host itself: labels select nothing either way
-        for i, subset in enumerate(rule.subsets):
-            if subset.labels and not any(
-                selector_matches(subset.labels, e.labels) for e in endpoints
-            ):
-                text = (
-                    f"The Subset {subset.name} defined in the DestinationRule does not select "
-                    "any endpoints. Which may lead to 503 UH (NoHealthyUpstream)."
-                )
-                yield inp.message("IST0173", prov, f"spec.subsets[{i}].labels", text)
+        parts = (rule, endpoints, inp.document(prov))
+        yield from inp.memo.get("subsets", parts, _empty_subsets, inp, rule, endpoints)
+
+
+def _empty_subsets(
+    inp: AnalysisInput, rule: DestinationRule, endpoints: tuple[Endpoint, ...]
+) -> list[Message]:
+    assert rule.provenance is not None
+    have = label_sets(inp, endpoints)
+    out = []
+    for i, subset in enumerate(rule.subsets):
+        if subset.labels and not any(selector_matches(subset.labels, ls) for ls in have):
+            text = (
+                f"The Subset {subset.name} defined in the DestinationRule does not select "
+                "any endpoints. Which may lead to 503 UH (NoHealthyUpstream)."
+            )
+            out.append(inp.message("IST0173", rule.provenance, f"spec.subsets[{i}].labels", text))
+    return out
 
 
 def _selected(inp: AnalysisInput) -> Iterator[tuple[Provenance, str, Labels]]:
@@ -133,7 +142,8 @@ def _overlap(a: list[str], b: list[str]) -> bool:
 
 
 def _service_entries(inp: AnalysisInput) -> Iterator[RawResource]:
-    for key, raw in sorted(inp.documents.items()):
+    """The accepted Istio ServiceEntries, in no particular order (messages are sorted)."""
+    for key, raw in inp.documents.items():
         if key[1] == "ServiceEntry" and key[0] in ISTIO_SOURCES:
             yield raw
 
@@ -160,6 +170,17 @@ def _export_scopes(raw: RawResource) -> frozenset[str]:
     return frozenset(raw.namespace if e == "." else str(e) for e in export)
 
 
+def _claims(raw: RawResource) -> list[tuple[str, int, int, str]]:
+    """(host, port number, port index, upper-case protocol) of each port of each host."""
+    out = []
+    for host in _hosts(raw):
+        for j, port in _ports(raw):
+            number = port.get("number")
+            if isinstance(number, int):
+                out.append((host, number, j, str(port.get("protocol") or "").upper()))
+    return out
+
+
 def _visible(a: RawResource, b: RawResource) -> bool:
     """Whether two ServiceEntries are seen together somewhere (their exportTo meet)."""
     sa, sb = _export_scopes(a), _export_scopes(b)
@@ -171,12 +192,8 @@ def service_entry_protocols(inp: AnalysisInput) -> Iterator[Message]:
     one) that give one host and port different protocols, where both are visible."""
     claims: dict[tuple[str, int], list[tuple[RawResource, int, str]]] = {}
     for raw in _service_entries(inp):
-        for host in _hosts(raw):
-            for j, port in _ports(raw):
-                number = port.get("number")
-                if isinstance(number, int):
-                    protocol = str(port.get("protocol") or "").upper()
-                    claims.setdefault((host, number), []).append((raw, j, protocol))
+        for host, number, j, protocol in inp.memo.get("se_ports", (raw,), _claims, raw):
+            claims.setdefault((host, number), []).append((raw, j, protocol))
     reported: set[tuple[str, str, str, str]] = set()
     for (host, number), entries in sorted(claims.items()):
         if len({p for _, _, p in entries}) < 2:
@@ -201,17 +218,23 @@ def unset_protocols(inp: AnalysisInput) -> Iterator[Message]:
     """MA0002: a ServiceEntry port without a protocol (served as TCP: no HTTP routing);
     IST0118: a Kubernetes Service port whose name and appProtocol give no protocol."""
     for raw in _service_entries(inp):
-        for j, port in _ports(raw):
-            if not port.get("protocol"):
-                text = (
-                    f"Port {port.get('number')} ({port.get('name') or 'unnamed'}) has no "
-                    "protocol; meshagent serves it as TCP, so HTTP routing and retries do not "
-                    "apply. Set protocol (HTTP, HTTP2, GRPC, TCP, TLS, ...)."
-                )
-                yield _raw_message(inp, "MA0002", raw, f"spec.ports[{j}]", text)
-    for key, raw in sorted(inp.documents.items()):
+        yield from inp.memo.get("unset", (raw,), _unset_in, inp, raw)
+    for key, raw in inp.documents.items():
         if key[0] == "kubernetes" and key[1] == "Service":
             yield from _kube_port_names(inp, raw)
+
+
+def _unset_in(inp: AnalysisInput, raw: RawResource) -> list[Message]:
+    out = []
+    for j, port in _ports(raw):
+        if not port.get("protocol"):
+            text = (
+                f"Port {port.get('number')} ({port.get('name') or 'unnamed'}) has no "
+                "protocol; meshagent serves it as TCP, so HTTP routing and retries do not "
+                "apply. Set protocol (HTTP, HTTP2, GRPC, TCP, TLS, ...)."
+            )
+            out.append(_raw_message(inp, "MA0002", raw, f"spec.ports[{j}]", text))
+    return out
 
 
 _KNOWN = ("http", "http2", "https", "grpc", "grpc-web", "tcp", "tls", "mongo", "mysql", "redis")

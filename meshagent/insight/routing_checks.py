@@ -14,6 +14,7 @@ from meshagent.insight.context import AnalysisInput
 from meshagent.insight.messages import Message
 from meshagent.model.gateway import MESH_GATEWAY, gateway_key
 from meshagent.model.routing import HttpMatch, HttpRoute, MatchKind, StringMatch, VirtualService
+from meshagent.model.source import Diagnostic
 from meshagent.normalize.references import unresolved_references
 from meshagent.xds.translate.gateway_routes import host_subset, hosts_for_namespace
 
@@ -23,17 +24,40 @@ VS_KIND = "VirtualService"
 def references(inp: AnalysisInput) -> Iterator[Message]:
     """IST0101 for routes to unknown hosts, ports or subsets; IST0174 for a DestinationRule
     whose host no service declares (normalize/references.py finds both)."""
+    if inp.references is not None:
+        yield from (_reference_message(d) for d in inp.references)
+        return
     for found in unresolved_references(inp.snapshot):
         prov = found.provenance
         if prov.kind == "DestinationRule" and found.path == "spec.host":
-            host = found.reason.split(": ", 1)[-1].strip("'\"")
-            text = (
-                f"The host {host} defined in the DestinationRule does not match any services "
-                "in the mesh."
-            )
-            yield inp.message("IST0174", prov, found.path, text)
+            yield inp.message("IST0174", prov, found.path, _unknown_rule_host(found.reason))
         else:
             yield inp.message("IST0101", prov, found.path, found.reason)
+
+
+def _reference_message(d: Diagnostic) -> Message:
+    """The message of one of the normalizer's unresolved-reference warnings."""
+    namespace, slash, name = d.name.rpartition("/")
+    code, text = "IST0101", d.reason
+    if d.kind == "DestinationRule" and d.field == "spec.host":
+        code, text = "IST0174", _unknown_rule_host(d.reason)
+    return Message(
+        code=code,
+        text=text,
+        kind=d.kind,
+        namespace=namespace if slash else "",
+        name=name,
+        location=d.location,
+        field=d.field,
+        source=d.source,
+    )
+
+
+def _unknown_rule_host(reason: str) -> str:
+    host = reason.split(": ", 1)[-1].strip("'\"")
+    return (
+        f"The host {host} defined in the DestinationRule does not match any services in the mesh."
+    )
 
 
 def gateway_bindings(inp: AnalysisInput) -> Iterator[Message]:
@@ -109,11 +133,16 @@ def conflicting_hosts(inp: AnalysisInput) -> Iterator[Message]:
 def shadowed_rules(inp: AnalysisInput) -> Iterator[Message]:
     """IST0130 for HTTP rules that earlier rules leave no request to; IST0131 for matches an
     earlier rule's match duplicates or covers (Envoy takes the first route that matches)."""
-    for _, vs in sorted(inp.snapshot.virtual_services.items()):
+    for vs in inp.snapshot.virtual_services.values():
         prov = vs.provenance
-        if prov is None or prov.kind != VS_KIND or _delegating(inp, vs):
+        if prov is None or prov.kind != VS_KIND:
             continue
-        yield from _shadowed_in(inp, vs)
+        raw = inp.document(prov)
+        yield from inp.memo.get("shadowed", (vs, raw), _shadowed, inp, vs)
+
+
+def _shadowed(inp: AnalysisInput, vs: VirtualService) -> list[Message]:
+    return [] if _delegating(inp, vs) else list(_shadowed_in(inp, vs))
 
 
 def _delegating(inp: AnalysisInput, vs: VirtualService) -> bool:
@@ -188,9 +217,14 @@ def _covers(a: HttpMatch, b: HttpMatch) -> bool:
         and _covers_string(a.scheme, b.scheme)
         and _covers_string(a.method, b.method)
         and _covers_string(a.authority, b.authority)
-        and set(a.headers) <= set(b.headers)
-        and set(a.query_params) <= set(b.query_params)
-        and set(a.without_headers) <= set(b.without_headers)
+        and _within(a.headers, b.headers)
+        and _within(a.query_params, b.query_params)
+        and _within(a.without_headers, b.without_headers)
         and (a.port is None or a.port == b.port)
-        and set(a.source_labels) <= set(b.source_labels)
+        and _within(a.source_labels, b.source_labels)
     )
+
+
+def _within(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    """Whether every condition of a is also one of b's."""
+    return not a or set(a) <= set(b)
