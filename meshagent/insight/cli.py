@@ -47,6 +47,7 @@ examples:
   meshagent analyze --config /etc/meshagent/agent.yaml        # the agent's files source
   meshagent analyze -o json --failure-threshold Warning mesh/
   meshagent analyze -S "IST0101=VirtualService default/reviews" -S "IST0127=* *.legacy" mesh/
+  meshagent analyze --config /etc/meshagent/agent.yaml --agent   # what the agent serves
   meshagent analyze --list-codes
 """
 
@@ -88,6 +89,12 @@ def add_parser(sub: Any) -> None:
         help='do not report CODE for RESOURCE ("Kind namespace/name" or istioctl\'s '
         '"Kind name.namespace"; * matches anything); repeatable',
     )
+    p.add_argument(
+        "--agent",
+        action="store_true",
+        help="ask the running agent (its admin socket, from --config) for the messages of "
+        "what it serves, from every source, instead of reading files",
+    )
     p.add_argument("--list-codes", "-L", action="store_true", help="list the message codes")
     p.add_argument("--domain-suffix", default=None, help="default: the config's, or cluster.local")
     p.add_argument("--namespace", default=None, help="namespace of resources without one")
@@ -108,13 +115,20 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         failure = Level.parse(args.failure_threshold)
         shown = Level.parse(args.output_threshold)
         rules = [Suppression.parse(s) for s in args.suppress]
+        if not args.paths and args.config is None:
+            raise ValueError("needs PATH... or --config FILE (see meshagent analyze --help)")
+        if args.agent and (args.paths or args.config is None):
+            raise ValueError("--agent needs --config FILE and no PATH")
     except ValueError as exc:
         print(f"meshagent analyze: {exc}", file=err)
         return EXIT_USAGE
     for rule in rules:
         if not rule.known_code:
             print(f"warning: suppression code {rule.code!r} is not a known code", file=err)
-    messages, parse_errors, target = analyze_command_input(args)
+    if args.agent:
+        messages, parse_errors, target = running_agent_messages(args.config)
+    else:
+        messages, parse_errors, target = analyze_command_input(args)
     for d in parse_errors:
         print(f"error: {d}", file=err)
     kept = suppressed(messages, rules)
@@ -146,6 +160,19 @@ def analyze_command_input(args: argparse.Namespace) -> tuple[list[Message], list
         namespace=args.namespace,
     )
     return messages, parse_errors, " ".join(str(p) for p in paths)
+
+
+def running_agent_messages(config_path: Path) -> tuple[list[Message], list[Diagnostic], str]:
+    """The running agent's messages (GET /debug/analyze on its admin socket)."""
+    import json
+
+    from meshagent.agent.config import load_config
+    from meshagent.agent.opscli import fetch_admin
+
+    config = load_config(config_path)
+    report = json.loads(fetch_admin(config, "/debug/analyze"))
+    messages = [Message.from_json(m) for m in report.get("messages", [])]
+    return messages, [], f"the agent at {config.admin.socket}"
 
 
 def analyze_paths(

@@ -169,6 +169,22 @@ class Message:
         where = " ".join(p for p in (self.origin, self.location) if p)
         return f"{self.level.title} [{self.code}]{f' ({where})' if where else ''} {self.text}"
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Message:
+        """A message from as_json()'s form (the running agent's /debug/analyze)."""
+        kind, _, name = str(data.get("origin", "")).partition(" ")
+        namespace, slash, short = name.rpartition("/")
+        return cls(
+            code=str(data["code"]),
+            text=str(data.get("message", "")),
+            kind=kind,
+            namespace=namespace if slash else "",
+            name=short if slash else name,
+            location=str(data.get("reference", "")),
+            field=str(data.get("field", "")),
+            source=str(data.get("source", "")),
+        )
+
     def as_json(self) -> dict[str, Any]:
         """istioctl's JSON fields (code, level, message, origin, reference, documentationUrl)
         plus meshagent's field and source."""

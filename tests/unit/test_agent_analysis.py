@@ -4,10 +4,16 @@ status page section; re-run only when the snapshot changes, schema messages at o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import re
 from pathlib import Path
 
+import pytest
+
+from meshagent.agent import daemon
+from meshagent.agent.cli import main
 from meshagent.agent.config import load_config
 from meshagent.agent.daemon import Agent
 from meshagent.agent.opscli import admin_request
@@ -87,6 +93,16 @@ async def test_the_agent_serves_the_analysis_and_follows_changes(tmp_path: Path)
         # and the gauge counts it, every other code at 0
         assert gauge(agent, "IST0101", "Error") == 1
         assert gauge(agent, "IST0173", "Error") == 0
+        # and `meshagent analyze --agent` and `meshagent status` show it
+        args = ["--config", str(tmp_path / "agent.yaml")]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = await asyncio.to_thread(main, ["analyze", *args, "--agent", "-o", "json"])
+        assert code == 79 and json.loads(out.getvalue())[0]["message"] == message["message"]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            await asyncio.to_thread(main, ["status", *args])
+        assert "analysis: 1 error (meshagent analyze --agent)" in out.getvalue()
         # and the status page shows it
         html = render_html(agent.status_report())
         assert 'id="analysis"' in html and "IST0101" in html and "nope.example.com" in html
@@ -107,5 +123,38 @@ async def test_the_agent_serves_the_analysis_and_follows_changes(tmp_path: Path)
         assert gauge(agent, "IST0101", "Error") == 0
         # each snapshot analyzed once at most, and the last one analyzed
         assert runs == sorted(set(runs)) and runs[-1] == agent.snapshot.version
+
+    await running(agent, body)
+
+
+async def test_a_burst_of_changes_is_analyzed_once_after_the_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (an interval far longer than the burst takes, so that the count does not depend on load)
+    monkeypatch.setattr(daemon, "ANALYSIS_INTERVAL_S", 3.0)
+    mesh = tmp_path / "mesh"
+    mesh.mkdir()
+    (mesh / "shop.yaml").write_text(SE)
+    agent = agent_for(tmp_path)
+    runs: list[int] = []
+    real = agent.analysis.analyze
+
+    def counted(captured: AnalysisInput) -> None:
+        runs.append(captured.snapshot.version)
+        real(captured)
+
+    agent.analysis.analyze = counted  # type: ignore[method-assign]
+
+    async def body() -> None:
+        await until(lambda: len(runs) == 1, "the first analysis")
+        # when four changes are applied one after the other, right after it
+        for n in range(4):
+            version = agent.snapshot.version
+            (mesh / "shop.yaml").write_text(SE.replace("10.0.0.1", f"10.0.1.{n}"))
+            await until(lambda v=version: agent.snapshot.version > v, f"change {n}")
+        last = agent.snapshot.version
+        # then the latest snapshot is analyzed, once, after the interval
+        await until(lambda: runs[-1] == last, "the last snapshot analyzed")
+        assert len(runs) == 2, runs
 
     await running(agent, body)

@@ -286,6 +286,7 @@ def test_exit_codes_follow_istioctl(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["analyze", "--output", "xml", clean]) == 64
     assert main(["analyze", "--failure-threshold", "fatal", clean]) == 64
     assert main(["analyze", "-S", "nonsense", clean]) == 64
+    assert main(["analyze"]) == 64
     assert main(["analyze", str(tmp_path / "missing")]) == 2  # as every meshagent command
 
 
