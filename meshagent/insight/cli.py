@@ -66,18 +66,23 @@ def add_parser(sub: Any) -> None:
         "--config",
         "-c",
         type=Path,
+        metavar="FILE",
         help="agent config: its files source (when no PATH), node labels, workloads, "
         "domain suffix and root namespace",
     )
-    p.add_argument("--output", "-o", default="text", help="text (default), json or yaml")
+    p.add_argument(
+        "--output", "-o", default="text", metavar="FORMAT", help="text (default), json or yaml"
+    )
     p.add_argument(
         "--failure-threshold",
         default="Error",
+        metavar="LEVEL",
         help="the level at which to exit 79: Info, Warning, Error (default)",
     )
     p.add_argument(
         "--output-threshold",
         default="Info",
+        metavar="LEVEL",
         help="the lowest level printed: Info (default), Warning, Error",
     )
     p.add_argument(
@@ -96,8 +101,16 @@ def add_parser(sub: Any) -> None:
         "what it serves, from every source, instead of reading files",
     )
     p.add_argument("--list-codes", "-L", action="store_true", help="list the message codes")
-    p.add_argument("--domain-suffix", default=None, help="default: the config's, or cluster.local")
-    p.add_argument("--namespace", default=None, help="namespace of resources without one")
+    p.add_argument(
+        "--domain-suffix", default=None, metavar="S", help="default: the config's, or cluster.local"
+    )
+    p.add_argument(
+        "--namespace",
+        default=None,
+        metavar="NS",
+        help="namespace of resources without one (default: the config's node.namespace, "
+        "or default)",
+    )
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:

@@ -67,7 +67,7 @@ _TYPES = (
         "IST0118",
         "PortNameIsNotUnderNamingConvention",
         INF,
-        "A Kubernetes Service port names no protocol: its protocol is detected.",
+        "A Kubernetes Service port's name and appProtocol give no protocol: served as TCP.",
     ),
     MessageType(
         "IST0127", "NoMatchingWorkloadsFound", W, "A workload selector matches no workload."
@@ -119,7 +119,7 @@ _TYPES = (
         "MA0002",
         "ServiceEntryPortProtocolUnset",
         INF,
-        "A ServiceEntry port names no protocol: meshagent detects it from the first bytes.",
+        "A ServiceEntry port names no protocol: meshagent serves it as TCP.",
     ),
 )
 TYPES: dict[str, MessageType] = {t.code: t for t in _TYPES}

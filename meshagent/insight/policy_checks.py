@@ -13,6 +13,7 @@ from meshagent.model.labels import Labels, selector_matches
 from meshagent.model.services import Endpoint, Resolution
 from meshagent.model.source import Diagnostic, Provenance, RawResource
 from meshagent.model.traffic import DestinationRule
+from meshagent.normalize.kubernetes.services import port_protocol
 from meshagent.xds.translate.gateway_routes import host_subset
 
 ISTIO_SOURCES = ("files", "kubernetes")
@@ -237,16 +238,12 @@ def _unset_in(inp: AnalysisInput, raw: RawResource) -> list[Message]:
     return out
 
 
-_KNOWN = ("http", "http2", "https", "grpc", "grpc-web", "tcp", "tls", "mongo", "mysql", "redis")
-
-
 def _kube_port_names(inp: AnalysisInput, raw: RawResource) -> Iterator[Message]:
     for j, port in _ports(raw):
         name = str(port.get("name") or "")
-        if port.get("appProtocol") or name.split("-", 1)[0].lower() in _KNOWN:
-            continue
-        if name.lower().startswith("grpc-web"):
-            continue
+        said_tcp = "tcp" in (str(port.get("appProtocol") or "").lower(), name.split("-")[0])
+        if port_protocol(port) != "TCP" or said_tcp:
+            continue  # the normalizer's reading (normalize/kubernetes) found a protocol
         target = port.get("targetPort", port.get("port"))
         text = (
             f"Port name {name} (port: {port.get('port')}, targetPort: {target}) doesn't "

@@ -229,6 +229,11 @@ def test_kubernetes_service_ports_without_a_protocol_name_are_ist0118() -> None:
     ]
     assert "Port name web (port: 80, targetPort: 8080)" in found[0].text
     assert analyze(AnalysisInput(MeshSnapshot(), documents={good.key: good})) == []
+    for port in ({"name": "tcp-db", "port": 5432}, {"name": "x", "appProtocol": "grpc"}):
+        fine = _kube_service(port)
+        assert analyze(AnalysisInput(MeshSnapshot(), documents={fine.key: fine})) == []
+    odd = _kube_service({"name": "x", "port": 81, "appProtocol": "kubernetes.io/other"})
+    assert codes(analyze(AnalysisInput(MeshSnapshot(), documents={odd.key: odd}))) == ["IST0118"]
 
 
 def test_a_failing_check_is_one_internal_error_and_the_others_still_run() -> None:
