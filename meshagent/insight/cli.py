@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from meshagent.errors import ConfigError
-from meshagent.insight.analysis import analyze
+from meshagent.insight.analysis import CHECKS, Check, analyze
 from meshagent.insight.context import AnalysisInput
 from meshagent.insight.messages import TYPES, Level, Message
 from meshagent.insight.report import (
@@ -166,13 +166,34 @@ def analyze_command_input(args: argparse.Namespace) -> tuple[list[Message], list
         if config is None or config.sources.files is None:
             raise ConfigError("analyze needs PATH... or --config FILE with a files source")
         paths = config.sources.files.paths
+    skipped = platform_sources(config)
+    if skipped:
+        print(
+            f"note: sources {', '.join(skipped)} are not read offline, so the checks that need "
+            f"every host and workload ({', '.join(REGISTRY_CHECKS)}) are skipped; "
+            "--agent analyzes what the running agent serves",
+            file=sys.stderr,
+        )
     messages, parse_errors = analyze_paths(
         paths,
         config=config,
         domain_suffix=args.domain_suffix,
         namespace=args.namespace,
+        checks=[c for c in CHECKS if c[0] not in REGISTRY_CHECKS] if skipped else CHECKS,
     )
     return messages, parse_errors, " ".join(str(p) for p in paths)
+
+
+# Checks that report what is missing from the whole registry: wrong when sources the offline
+# command does not read (Consul, Kubernetes) define hosts and workloads.
+REGISTRY_CHECKS = ("references", "subsets", "selectors", "gateway_selectors")
+
+
+def platform_sources(config: Any) -> list[str]:
+    """The config's sources other than files (not read offline)."""
+    if config is None:
+        return []
+    return [n for n in ("consul", "kubernetes") if getattr(config.sources, n) is not None]
 
 
 def running_agent_messages(config_path: Path) -> tuple[list[Message], list[Diagnostic], str]:
@@ -194,6 +215,7 @@ def analyze_paths(
     config: Any = None,
     domain_suffix: str | None = None,
     namespace: str | None = None,
+    checks: Sequence[tuple[str, Check]] = CHECKS,
 ) -> tuple[list[Message], list[Diagnostic]]:
     """Analyze the mesh files under paths; (messages, file-level errors)."""
     from meshagent.adapters.files import find_config_files
@@ -218,7 +240,7 @@ def analyze_paths(
         diagnostics=[*(d for d in diagnostics if d not in file_errors), *found],
         **config_facts(config),
     )
-    return analyze(inp), file_errors
+    return analyze(inp, checks), file_errors
 
 
 def _load(files: Sequence[Path], loader: Any) -> tuple[list[RawResource], list[Diagnostic]]:

@@ -384,3 +384,24 @@ def test_the_known_bookinfo_finding_is_the_dead_rule_istio_also_reports(
         f"Warning [IST0130] (VirtualService default/details {path}:18) VirtualService rule #1 "
         "not used (only the last rule can have no matches)."
     ]
+
+
+def test_with_a_consul_source_the_registry_checks_are_skipped_and_said_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given files routing to a Consul service, which the offline command cannot see
+    mesh = tmp_path / "mesh"
+    mesh.mkdir()
+    _write(mesh, shop_vs("v", [{"route": route("web.service.consul")}]))
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        "node: {id: vm-1}\nstate_dir: state\n"
+        "sources: {files: {paths: [mesh]}, consul: {address: 127.0.0.1:8500}}\n"
+    )
+    # then no false IST0101, and a note names what was skipped and why
+    assert main(["analyze", "--config", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert "sources consul are not read offline" in err and "--agent" in err
+    # while without the Consul source the missing host is an error
+    config.write_text("node: {id: vm-1}\nstate_dir: state\nsources: {files: {paths: [mesh]}}\n")
+    assert main(["analyze", "--config", str(config)]) == 79
