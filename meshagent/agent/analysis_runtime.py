@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from meshagent.insight.analysis import CHECKS, analyze
+from meshagent.insight.analysis import CHECKS, analyze, finish
 from meshagent.insight.cli import config_facts
 from meshagent.insight.context import AnalysisInput, DocKey, Memo
 from meshagent.insight.messages import TYPES, Message
@@ -98,7 +98,7 @@ class AgentAnalysis:
         for d in self._diagnostics():
             if d.source in CONFIG_SOURCES and not d.reason.startswith("Referenced "):
                 found.append(schema_message(d))
-        return sorted(dict.fromkeys(found), key=lambda m: m.sort_key)
+        return finish(found)
 
     def report(self) -> dict[str, Any]:
         """/debug/analyze: the messages as istioctl's JSON, counts per level, and when."""

@@ -22,6 +22,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("shadowed_rules", routing_checks.shadowed_rules),
     ("subsets", policy_checks.subsets),
     ("selectors", policy_checks.selectors),
+    ("sidecars", policy_checks.sidecars),
     ("gateway_selectors", policy_checks.gateway_selectors),
     ("conflicting_gateways", policy_checks.conflicting_gateways),
     ("service_entry_protocols", policy_checks.service_entry_protocols),
@@ -35,7 +36,20 @@ def analyze(inp: AnalysisInput, checks: Iterable[tuple[str, Check]] = CHECKS) ->
     for name, check in checks:
         for message in _run(name, check, inp):
             found.setdefault(message, None)
-    return sorted(found, key=lambda m: m.sort_key)
+    return finish(found)
+
+
+def finish(messages: Iterable[Message]) -> list[Message]:
+    """messages once each, sorted, without the schema warnings (IST0133) that a specific
+    message about the same resource and field already reports (e.g. rival Sidecars)."""
+    unique = dict.fromkeys(messages)
+    specific = {_subject(m) for m in unique if m.code != "IST0133" and (m.kind or m.name)}
+    kept = (m for m in unique if m.code != "IST0133" or _subject(m) not in specific)
+    return sorted(kept, key=lambda m: m.sort_key)
+
+
+def _subject(m: Message) -> tuple[str, str, str, str, str]:
+    return (m.source, m.kind, m.namespace, m.name, m.field)
 
 
 def _run(name: str, check: Check, inp: AnalysisInput) -> Iterator[Message]:

@@ -64,6 +64,18 @@ _TYPES = (
         "VirtualServices bound to the mesh gateway define the same host.",
     ),
     MessageType(
+        "IST0110",
+        "ConflictingSidecarWorkloadSelectors",
+        E,
+        "Sidecars of one namespace have the same workload selector: only one applies.",
+    ),
+    MessageType(
+        "IST0111",
+        "MultipleSidecarsWithoutWorkloadSelectors",
+        E,
+        "Several Sidecars of one namespace have no workload selector: only one applies.",
+    ),
+    MessageType(
         "IST0118",
         "PortNameIsNotUnderNamingConvention",
         INF,

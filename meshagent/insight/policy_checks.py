@@ -14,6 +14,7 @@ from meshagent.model.services import Endpoint, Resolution
 from meshagent.model.source import Diagnostic, Provenance, RawResource
 from meshagent.model.traffic import DestinationRule
 from meshagent.normalize.kubernetes.services import port_protocol
+from meshagent.normalize.sidecars import sidecar_conflict
 from meshagent.xds.translate.gateway_routes import host_subset
 
 ISTIO_SOURCES = ("files", "kubernetes")
@@ -89,6 +90,37 @@ def selectors(inp: AnalysisInput) -> Iterator[Message]:
                 f"{selector_text(labels)}"
             )
             yield inp.message("IST0127", prov, path, text)
+
+
+def sidecars(inp: AnalysisInput) -> Iterator[Message]:
+    """IST0111 / IST0110: Sidecars of one namespace without a selector, or with the same one
+    (normalize/sidecars.py decides which applies: the first by name)."""
+    all_sidecars = inp.snapshot.sidecars
+    for _, sidecar in sorted(all_sidecars.items()):
+        found = sidecar_conflict(sidecar, all_sidecars)
+        if found is None or sidecar.provenance is None:
+            continue
+        path, outcome = found
+        names = sorted(
+            s.name
+            for s in all_sidecars.values()
+            if s.namespace == sidecar.namespace and s.workload_selector == sidecar.workload_selector
+        )
+        listed = "[" + " ".join(names) + "]"
+        if sidecar.workload_selector is None:
+            code = "IST0111"
+            text = (
+                f'The Sidecars {listed} in namespace "{sidecar.namespace}" have no workload '
+                "selector, which can lead to undefined behavior."
+            )
+        else:
+            code = "IST0110"
+            text = (
+                f'The Sidecars {listed} in namespace "{sidecar.namespace}" select the same '
+                f'workloads "{selector_text(sidecar.workload_selector)}", which can lead to '
+                "undefined behavior."
+            )
+        yield inp.message(code, sidecar.provenance, path, f"{text} ({outcome.split(': ')[-1]})")
 
 
 def gateway_selectors(inp: AnalysisInput) -> Iterator[Message]:

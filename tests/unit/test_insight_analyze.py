@@ -68,6 +68,15 @@ def shop_vs(name: str, http: list[dict[str, object]], **spec: object) -> str:
 
 
 HTTP80 = {"number": 80, "name": "http", "protocol": "HTTP"}
+
+
+def sidecar(name: str, labels: dict[str, str] | None = None) -> str:
+    spec: dict[str, object] = {"egress": [{"hosts": ["./*"]}]}
+    if labels is not None:
+        spec["workloadSelector"] = {"labels": labels}
+    return _doc(NET, "Sidecar", name, spec)
+
+
 SHOP = se("shop", "shop.example.com", workloadSelector={"labels": {"app": "shop"}})
 SHOP_V1 = we("shop-v1", {"app": "shop", "version": "v1"})
 
@@ -105,6 +114,14 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
          vs("b", {"hosts": ["shop.example.com"], "exportTo": ["."],
                   "http": [{"route": route("shop.example.com")}]}).replace(
                       "namespace: default", "namespace: other")],
+    ),
+    "IST0110": (
+        [SHOP_V1, *(sidecar(n, {"app": "shop"}) for n in ("a", "b"))],
+        [SHOP_V1, sidecar("a", {"app": "shop"}), sidecar("b", {"app": "shop", "version": "v1"})],
+    ),
+    "IST0111": (
+        [sidecar("a"), sidecar("b")],
+        [sidecar("a"), sidecar("b").replace("namespace: default", "namespace: other")],
     ),
     "IST0127": (
         [SHOP, SHOP_V1, _doc(SEC, "AuthorizationPolicy", "p", {
@@ -190,6 +207,52 @@ def test_each_code_is_reported_when_it_applies_and_not_otherwise(tmp_path: Path,
 def test_every_code_but_the_documented_exceptions_has_a_case() -> None:
     # IST0001 (a check's bug), IST0118 (Kubernetes Services only): tested below.
     assert set(TYPES) - set(CASES) == {"IST0001", "IST0118"}
+
+
+def test_rival_sidecars_are_one_specific_message_each_not_also_a_schema_warning(
+    tmp_path: Path,
+) -> None:
+    found = run(tmp_path, sidecar("a"), sidecar("b"))
+    assert codes(found) == ["IST0111", "IST0111"]
+    assert found[1].text.startswith('The Sidecars [a b] in namespace "default" have no workload')
+
+
+@pytest.mark.parametrize(
+    ("document", "field"),
+    [
+        (_doc(SEC, "PeerAuthentication", "p", {"selector": {"matchLabels": {"app": "pay"}},
+                                               "mtls": {"mode": "STRICT"}}),
+         "spec.selector.matchLabels"),
+        (_doc(SEC, "RequestAuthentication", "p", {"selector": {"matchLabels": {"app": "pay"}},
+                                                  "jwtRules": [{"issuer": "https://i",
+                                                                "jwksUri": "https://i/keys"}]}),
+         "spec.selector.matchLabels"),
+        (sidecar("s", {"app": "pay"}), "spec.workloadSelector.labels"),
+        (_doc(NET, "DestinationRule", "d", {"host": "shop.example.com",
+                                           "workloadSelector": {"matchLabels": {"app": "pay"}}}),
+         "spec.workloadSelector.matchLabels"),
+    ],
+    ids=["PeerAuthentication", "RequestAuthentication", "Sidecar", "DestinationRule"],
+)  # fmt: skip
+def test_every_policy_kind_that_selects_nothing_is_ist0127(
+    tmp_path: Path, document: str, field: str
+) -> None:
+    found = [m for m in run(tmp_path, SHOP, SHOP_V1, document) if m.code == "IST0127"]
+    assert [(m.field, m.text) for m in found] == [
+        (field, "No matching workloads for this resource with the following labels: app=pay")
+    ]
+    (tmp_path / "mesh.yaml").unlink()
+    assert codes(run(tmp_path, SHOP, SHOP_V1, document.replace("app: pay", "app: shop"))) == []
+
+
+def test_root_namespace_policies_match_workloads_of_every_namespace(tmp_path: Path) -> None:
+    policy = _doc(SEC, "AuthorizationPolicy", "p", {
+        "selector": {"matchLabels": {"app": "shop"}}, "action": "DENY", "rules": [{}]},
+        namespace="istio-system")  # fmt: skip
+    assert codes(run(tmp_path, SHOP, SHOP_V1, policy)) == []
+    other = policy.replace("namespace: istio-system", "namespace: other")
+    (tmp_path / "mesh.yaml").unlink()
+    assert codes(run(tmp_path, SHOP, SHOP_V1, other)) == ["IST0127"]
 
 
 def test_a_gateway_selecting_no_proxy_is_ist0101_and_the_router_node_counts(tmp_path: Path) -> None:
