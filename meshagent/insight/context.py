@@ -115,6 +115,13 @@ class WorkloadLabels:
     """The distinct label sets of the workloads the input knows, by namespace."""
 
     def __init__(self, inp: AnalysisInput) -> None:
+        s = inp.snapshot
+        parts = (s.workloads, s.endpoints, s.services, inp.local_workloads)
+        self._by_ns = inp.memo.get("workload_labels", parts, self._index, inp)
+        self._root = inp.root_namespace
+
+    @staticmethod
+    def _index(inp: AnalysisInput) -> dict[str, set[Labels]]:
         by_ns: dict[str, set[Labels]] = {}
         snapshot = inp.snapshot
         for w in snapshot.workloads.values():
@@ -125,8 +132,7 @@ class WorkloadLabels:
             by_ns.setdefault(namespace, set()).update(label_sets(inp, endpoints))
         for namespace, local in inp.local_workloads:
             by_ns.setdefault(namespace, set()).add(local)
-        self._by_ns = by_ns
-        self._root = inp.root_namespace
+        return by_ns
 
     def _candidates(self, namespace: str) -> Iterator[Labels]:
         if namespace == self._root:  # a root-namespace policy applies mesh-wide

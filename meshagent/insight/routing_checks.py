@@ -64,9 +64,9 @@ def gateway_bindings(inp: AnalysisInput) -> Iterator[Message]:
     """IST0101 for a VirtualService bound to a Gateway that does not exist; IST0132 for its
     hosts that no server of a bound Gateway serves to its namespace."""
     gateways = inp.snapshot.gateways
-    for _, vs in sorted(inp.snapshot.virtual_services.items()):
+    for vs in inp.snapshot.virtual_services.values():  # (messages are sorted in the end)
         prov = vs.provenance
-        if prov is None or prov.kind != VS_KIND:
+        if prov is None or prov.kind != VS_KIND or not vs.gateways:
             continue
         for i, reference in enumerate(vs.gateways):
             if reference == MESH_GATEWAY:
