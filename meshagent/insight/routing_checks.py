@@ -164,6 +164,7 @@ def _shadowed_in(inp: AnalysisInput, vs: VirtualService) -> Iterator[Message]:
     prov = vs.provenance
     catch_all = ""  # the first earlier rule without matches
     seen: list[tuple[HttpMatch, str]] = []
+    unkept = _unkept_matches(inp, vs)
     for n, route in enumerate(vs.http):
         name = _rule_name(route, n)
         if catch_all:
@@ -181,6 +182,8 @@ def _shadowed_in(inp: AnalysisInput, vs: VirtualService) -> Iterator[Message]:
             continue
         covered = 0
         for m, match in enumerate(route.matches):
+            if (n, m) in unkept:
+                continue  # its conditions are not all in the model: it may well differ
             earlier = next((rule for prior, rule in seen if _covers(prior, match)), None)
             if earlier is None:
                 continue
@@ -194,7 +197,26 @@ def _shadowed_in(inp: AnalysisInput, vs: VirtualService) -> Iterator[Message]:
         if covered == len(route.matches):
             text = f"VirtualService rule {name} not used (all matches used by prior rules)."
             yield inp.message("IST0130", prov, f"spec.http[{n}]", text)
-        seen.extend((match, name) for match in route.matches)
+        seen.extend((match, name) for m, match in enumerate(route.matches) if (n, m) not in unkept)
+
+
+# HTTPMatchRequest fields the model does not keep (the normalizer warns that they are
+# ignored); Istio tells matches apart by them, so the comparison leaves such matches out.
+UNKEPT_MATCH_FIELDS = ("gateways", "sourceNamespace")
+
+
+def _unkept_matches(inp: AnalysisInput, vs: VirtualService) -> set[tuple[int, int]]:
+    """(rule, match) indexes of the matches that use UNKEPT_MATCH_FIELDS in vs's document."""
+    raw = inp.document(vs.provenance)
+    spec = raw.body.get("spec") if raw is not None else None
+    http = spec.get("http") if isinstance(spec, dict) else None
+    out: set[tuple[int, int]] = set()
+    for n, rule in enumerate(http if isinstance(http, list) else ()):
+        matches = rule.get("match") if isinstance(rule, dict) else None
+        for m, match in enumerate(matches if isinstance(matches, list) else ()):
+            if isinstance(match, dict) and any(match.get(f) for f in UNKEPT_MATCH_FIELDS):
+                out.add((n, m))
+    return out
 
 
 def _covers_string(a: StringMatch | None, b: StringMatch | None) -> bool:

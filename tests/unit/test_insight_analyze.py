@@ -255,6 +255,17 @@ def test_root_namespace_policies_match_workloads_of_every_namespace(tmp_path: Pa
     assert codes(run(tmp_path, SHOP, SHOP_V1, other)) == ["IST0127"]
 
 
+def test_matches_told_apart_by_fields_the_model_does_not_keep_are_not_compared(
+    tmp_path: Path,
+) -> None:
+    # Istio's own example (routing via an egress gateway): the rules differ by match.gateways
+    http = [
+        {"match": [{"gateways": [g]}], "route": route("shop.example.com")} for g in ("mesh", "eg")
+    ]
+    found = run(tmp_path, SHOP, shop_vs("v", http, gateways=["mesh"]))
+    assert not {"IST0130", "IST0131"} & set(codes(found)), [str(m) for m in found]
+
+
 def test_a_gateway_selecting_no_proxy_is_ist0101_and_the_router_node_counts(tmp_path: Path) -> None:
     gw = _doc(NET, "Gateway", "g", {"selector": {"istio": "edge"}, "servers": [
         {"port": HTTP80, "hosts": ["*"]}]})  # fmt: skip
