@@ -27,8 +27,8 @@ from google.protobuf import json_format
 from meshagent.model import (
     Credential,
     DestinationRule,
-    Gateway,
     Endpoint,
+    Gateway,
     MatchKind,
     MeshSnapshot,
     ProxySpec,
