@@ -7,6 +7,10 @@ gets none of the sidecar's listeners (see SIDECAR_ONLY in translate/__init__.py)
 
 Servers left out of the plan (conflicts, missing credentials) are not errors of translation:
 `gateway_diagnostics` turns them into located warnings that the agent reports.
+
+Each kind of server (gateway_plan.server_kind) gets its filter chains from CHAIN_BUILDERS;
+the plan leaves out, with a "not translated yet" warning, servers of a kind that has no
+builder. A new kind (TCP, passthrough by SNI) is a builder registered there.
 """
 
 from __future__ import annotations
