@@ -65,8 +65,10 @@ def _http_filter(placed: PlacedServer) -> lc.Filter:
     address = server.bind or names.GATEWAY_WILDCARD_ADDRESS
     manager = http_connection_manager(address, server.port, server.port)
     manager.rds.route_config_name = placed.route_name
-    # The gateway is the edge: the client's address is the downstream's, not a header's.
+    # The gateway is the edge: the client's address is the downstream's, not a header's;
+    # paths are normalized (RFC 3986) before routing, as Istio's default pathNormalization.
     manager.use_remote_address.value = True
+    manager.normalize_path.value = True
     return lc.Filter(name=protos.HTTP_CONNECTION_MANAGER, typed_config=protos.packed(manager))
 
 
