@@ -70,6 +70,18 @@ def build_adapters(config: AgentConfig) -> list[Adapter]:
                 default_namespace=config.node.namespace,
             )
         )
+    credentials = config.sources.credentials
+    if credentials is not None:
+        from meshagent.adapters.credentials import CredentialsAdapter
+
+        adapters.append(
+            CredentialsAdapter(
+                credentials.paths,
+                namespace=credentials.namespace or config.node.namespace,
+                debounce_ms=credentials.debounce_ms,
+                poll_interval_ms=credentials.poll_interval_ms,
+            )
+        )
     if config.sources.consul is not None:
         from meshagent.adapters.consul import ConsulAdapter
 
