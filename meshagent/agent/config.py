@@ -12,6 +12,8 @@ slash) are relative to the directory of the config file.
 | `node.cluster` | `meshagent` | Envoy node cluster (`--service-cluster`) |
 | `node.namespace` | `default` | this host's namespace; default for resources without one |
 | `node.locality` | `""` | this host's `region/zone/subzone` (zone, subzone optional): locality LB |
+| `node.type` | `sidecar` | `sidecar`, or `router`: a gateway that serves the matching Gateways |
+| `node.labels` | `{}` | proxy labels that `Gateway.selector` matches (`ISTIO_METAJSON_LABELS`) |
 | `domain_suffix` | `cluster.local` | suffix of short host names (`<name>.<ns>.svc.<suffix>`) |
 | `sources.files.paths` | `[mesh/]` | YAML files and directories (recursive); `null` files: off |
 | `sources.files.debounce_ms` | `100` | quiet time before a burst of file writes is applied |
@@ -67,6 +69,8 @@ from meshagent.durations import EXAMPLES, NS_PER_MS, format_ms, parse_duration_n
 from meshagent.errors import ConfigError
 from meshagent.model.proxy import (
     ALLOW_ANY,
+    PROXY_TYPES,
+    SIDECAR,
     ExtAuthzProvider,
     InboundPort,
     LocalWorkload,
@@ -94,6 +98,8 @@ class NodeConfig:
     cluster: str = "meshagent"
     namespace: str = "default"
     locality: str = ""  # "region/zone/subzone"; "" = unknown (joined: from the join labels)
+    type: str = SIDECAR  # SIDECAR or ROUTER (a gateway)
+    labels: tuple[tuple[str, str], ...] = ()  # sorted; Gateway selectors match them
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +238,8 @@ class AgentConfig:
             virtual_outbound_port=self.capture.outbound_port,
             virtual_inbound_port=self.capture.inbound_port,
             outbound_traffic_policy=self.outbound_traffic_policy,
+            proxy_type=self.node.type,
+            labels=self.node.labels,
         )
 
 
@@ -462,12 +470,17 @@ def _hostname(s: _Section, key: str, default: str) -> str:
 
 
 def _node(s: _Section) -> NodeConfig:
-    s.only("id", "cluster", "namespace", "locality")
+    s.only("id", "cluster", "namespace", "locality", "type", "labels")
+    labels = s.get("labels", dict, {})
+    if not all(isinstance(k, str) and k and isinstance(v, str) for k, v in labels.items()):
+        raise s.error("must map non-empty strings to strings", "labels")
     return NodeConfig(
         id=_hostname(s, "id", socket.gethostname() or "localhost"),
         cluster=_hostname(s, "cluster", "meshagent"),
         namespace=_hostname(s, "namespace", "default"),
         locality=_locality(s, "locality"),
+        type=s.choice("type", SIDECAR, PROXY_TYPES),
+        labels=tuple(sorted(labels.items())),
     )
 
 

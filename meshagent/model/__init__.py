@@ -4,6 +4,7 @@ Only the normalizer builds these objects; everything else reads them.
 """
 
 from meshagent.model.credentials import Credential
+from meshagent.model.gateway import Gateway, GatewayServer, ServerTls
 from meshagent.model.identity import Identity, WorkloadCertificate
 from meshagent.model.labels import NO_LABELS, Labels, labels_of, selector_matches
 from meshagent.model.proxy import InboundPort, LocalWorkload, ProxySpec, TcpBinding
@@ -64,6 +65,8 @@ __all__ = [
     "Fault",
     "FaultAbort",
     "FaultDelay",
+    "Gateway",
+    "GatewayServer",
     "HeaderMatch",
     "HeaderOps",
     "HttpMatch",
@@ -89,6 +92,7 @@ __all__ = [
     "ResolverTarget",
     "Retry",
     "Rewrite",
+    "ServerTls",
     "Service",
     "ServicePort",
     "SnapshotChanges",

@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from meshagent.model.credentials import Credential
+from meshagent.model.gateway import Gateway
 from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.model.services import Endpoint, Service, Workload
@@ -31,8 +32,8 @@ class SnapshotChanges:
     """What differs between the snapshot at base_version and the one at version.
 
     Each set names the keys (as in the MeshSnapshot maps) whose value was added, replaced by
-    another object, or removed: services and endpoints by host, virtual_services and
-    workloads by "namespace/name", destination_rules by host pattern. A key not named holds
+    another object, or removed: services and endpoints by host, virtual_services, gateways
+    and workloads by "namespace/name", destination_rules by host pattern. A key not named holds
     the very same object in both snapshots. Filled in by the normalizer; a consumer that last
     saw another version must ignore it and compare the snapshots itself.
     """
@@ -44,6 +45,7 @@ class SnapshotChanges:
     virtual_services: frozenset[str] = frozenset()
     destination_rules: frozenset[str] = frozenset()
     workloads: frozenset[str] = frozenset()
+    gateways: frozenset[str] = frozenset()
 
     def applies(self, base: MeshSnapshot | None, snapshot: MeshSnapshot) -> bool:
         """Whether these changes lead from base to snapshot (as far as versions tell)."""
@@ -96,6 +98,8 @@ class MeshSnapshot:
     )
     # TLS credentials named by credentialName, by "namespace/name" (model/credentials.py).
     credentials: Mapping[str, Credential] = field(default_factory=lambda: MappingProxyType({}))
+    # Gateways (model/gateway.py) by "namespace/name": what router proxies serve.
+    gateways: Mapping[str, Gateway] = field(default_factory=lambda: MappingProxyType({}))
     changes: SnapshotChanges | None = field(default=None, compare=False, repr=False)
 
     def destination_rule_for(self, host: str) -> DestinationRule | None:

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from meshagent.model.credentials import Credential
+from meshagent.model.gateway import Gateway
 from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.model.services import Endpoint, Service, Workload
@@ -152,6 +153,7 @@ class Normalizer:
         self._secrets: dict[Key, Credential] = {}
         self._credential_claims = Claims()
         self._credentials: dict[str, Credential] = {}
+        self._gateways: dict[str, Gateway] = {}
         self._vips = VipAllocator()  # automatic VIPs of hosts without addresses (vips.py)
         self._snapshot = MeshSnapshot()
         # References that cannot work, by what identifies them (not their line, which moves).
@@ -395,6 +397,9 @@ class Normalizer:
             name, key_ = _security_key(converted)
             self._security[name][key_] = converted
             dirty.mark(name, key_)
+        elif isinstance(converted, Gateway):
+            self._gateways[converted.key] = converted
+            dirty.mark("gateways", converted.key)
         elif converted.workload_selector is not None:
             self._scope_rule(converted, converted, dirty)
         else:
@@ -443,6 +448,9 @@ class Normalizer:
             name, key_ = _security_key(converted)
             self._security[name].pop(key_, None)
             dirty.mark(name, key_)
+        elif isinstance(converted, Gateway):
+            self._gateways.pop(converted.key, None)
+            dirty.mark("gateways", converted.key)
         elif converted.workload_selector is not None:
             self._scope_rule(converted, None, dirty)
         else:
@@ -635,6 +643,7 @@ class Normalizer:
             "workloads": self._workloads,
             "workload_destination_rules": self._workload_rules,
             "credentials": self._credentials,
+            "gateways": self._gateways,
             **self._security,
         }
         fields = {
@@ -654,5 +663,6 @@ class Normalizer:
             virtual_services=keys("virtual_services"),
             destination_rules=keys("destination_rules"),
             workloads=keys("workloads"),
+            gateways=keys("gateways"),
         )
         self._snapshot = MeshSnapshot(version=version, changes=changes, **fields)

@@ -9,7 +9,7 @@ import pytest
 
 from meshagent.agent.config import load_config, parse_config
 from meshagent.errors import ConfigError
-from meshagent.model.proxy import ProxySpec, TcpBinding
+from meshagent.model.proxy import ROUTER, SIDECAR, ProxySpec, TcpBinding
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -79,6 +79,15 @@ outbound:
     )
 
 
+def test_a_router_node_has_its_type_and_labels(tmp_path: Path) -> None:
+    text = "node: {id: gw-1, type: router, labels: {istio: ingressgateway, app: edge}}\n"
+    proxy = load_config(write(tmp_path, text)).proxy_spec()
+
+    assert proxy.proxy_type == ROUTER
+    assert proxy.labels == (("app", "edge"), ("istio", "ingressgateway"))
+    assert load_config(write(tmp_path, "")).proxy_spec().proxy_type == SIDECAR
+
+
 def test_files_source_can_be_turned_off(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "sources: {files: null}\n")).sources.files is None
 
@@ -101,6 +110,8 @@ def test_files_source_can_be_turned_off(tmp_path: Path) -> None:
             "required",
         ),
         ("bogus: 1\n", 1, "bogus", "unknown key"),
+        ("node:\n  type: gateway\n", 2, "node.type", "one of: sidecar, router"),
+        ("node:\n  labels: {app: 1}\n", 2, "node.labels", "strings to strings"),
     ],
 )
 def test_errors_name_file_line_and_field(

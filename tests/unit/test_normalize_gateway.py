@@ -1,9 +1,11 @@
-"""Gateway, Sidecar and WorkloadGroup: located validation, accepted but not translated yet."""
+"""Gateway, Sidecar and WorkloadGroup: located validation; Gateways become model Gateways."""
 
 from __future__ import annotations
 
+from meshagent.model.gateway import Gateway, GatewayServer, ServerTls
+from meshagent.model.labels import labels_of
 from meshagent.normalize.normalizer import Normalizer
-from tests.unit.normalize_helpers import diagnostics, errors, upsert
+from tests.unit.normalize_helpers import delete, diagnostics, errors, upsert
 
 GATEWAY = """\
 apiVersion: networking.istio.io/v1
@@ -50,11 +52,61 @@ spec:
 
 
 def test_valid_kinds_warn_that_they_are_not_translated() -> None:
-    for text in (GATEWAY, WORKLOAD_GROUP % ""):
-        (warning,) = diagnostics(text)
-        assert warning.severity == "warning" and warning.field == "kind"
-    snap, diags = Normalizer().apply([upsert(GATEWAY)])
-    assert "not translated yet" in diags[0].reason and snap.version == 0
+    (warning,) = diagnostics(WORKLOAD_GROUP % "")
+    assert warning.severity == "warning" and warning.field == "kind"
+    assert diagnostics(GATEWAY) == []
+
+
+HTTPS_GATEWAY = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: web, namespace: edge}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: http}
+    hosts: ["shop.example.com", "./api.example.com", "apps/*"]
+    tls: {httpsRedirect: true}
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["*/shop.example.com"]
+    tls:
+      mode: MUTUAL
+      credentialName: shop-cert
+      subjectAltNames: [client.example.com]
+      minProtocolVersion: TLSV1_2
+      cipherSuites: [ECDHE-ECDSA-AES128-GCM-SHA256]
+"""
+
+
+def test_a_gateway_is_in_the_snapshot_with_normalized_hosts() -> None:
+    normalizer = Normalizer()
+    snap, diags = normalizer.apply([upsert(HTTPS_GATEWAY)])
+    assert diags == [] and snap.changes is not None
+    assert snap.changes.gateways == {"edge/web"}
+    gateway = snap.gateways["edge/web"]
+    assert isinstance(gateway, Gateway) and gateway.selector == labels_of(
+        {"istio": "ingressgateway"}
+    )
+    http, https = gateway.servers
+    assert http == GatewayServer(
+        port=80,
+        protocol="HTTP",
+        hosts=("*/shop.example.com", "edge/api.example.com", "apps/*"),
+        port_name="http",
+        tls=ServerTls(https_redirect=True),
+    )
+    assert https.index == 1 and https.terminates_https
+    assert https.tls == ServerTls(
+        mode="MUTUAL",
+        credential_name="shop-cert",
+        subject_alt_names=("client.example.com",),
+        min_protocol_version="TLSV1_2",
+        cipher_suites=("ECDHE-ECDSA-AES128-GCM-SHA256",),
+    )
+    assert gateway.provenance is not None and gateway.provenance.location == "mesh.yaml:1"
+    snap, _ = normalizer.apply([delete(HTTPS_GATEWAY)])
+    assert snap.gateways == {} and snap.changes is not None
+    assert snap.changes.gateways == {"edge/web"}
 
 
 def test_errors_are_located_to_the_line() -> None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from meshagent.model.construct import slots_constructor
+from meshagent.model.gateway import Gateway
 from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.model.services import Workload
 from meshagent.model.source import Provenance, RawResource
 from meshagent.model.traffic import DestinationRule
 from meshagent.normalize.convert.context import Context
+from meshagent.normalize.convert.gateway import convert_gateway
 from meshagent.normalize.convert.requestauthn import convert_request_authentication
 from meshagent.normalize.convert.routing import convert_virtual_service
 from meshagent.normalize.convert.security import (
@@ -39,6 +41,7 @@ Converted = (
     | PeerAuthn
     | AuthzPolicy
     | RequestAuthn
+    | Gateway
 )
 
 _CONVERTERS: dict[str, Any] = {
@@ -49,12 +52,12 @@ _CONVERTERS: dict[str, Any] = {
     "PeerAuthentication": convert_peer_authentication,
     "AuthorizationPolicy": convert_authorization_policy,
     "RequestAuthentication": convert_request_authentication,
+    "Gateway": convert_gateway,
 }
 
 
 # Kinds that validate but have no converter yet, and what the warning says about them.
 NOT_TRANSLATED = {
-    "Gateway": "Gateway is validated but not translated yet: it has no effect",
     "Sidecar": "Sidecar is validated but not translated yet: it has no effect",
     "WorkloadGroup": "WorkloadGroup is validated; only WorkloadEntry auto-registration reads it",
     "EnvoyFilter": "EnvoyFilter is validated but not translated yet: it has no effect",

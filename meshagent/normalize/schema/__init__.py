@@ -24,7 +24,7 @@ SPECS: Mapping[str, Obj] = {
     "VirtualService": virtualservice.SPEC,
     "DestinationRule": destinationrule.SPEC,
     **security.SPECS,
-    **gateway.SPECS,  # validated, not translated yet (see schema/gateway.py)
+    **gateway.SPECS,  # Gateway, Sidecar, WorkloadGroup (see schema/gateway.py)
     **extensions.SPECS,  # validated, not translated yet (see schema/extensions.py)
 }
 

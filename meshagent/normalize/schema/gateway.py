@@ -1,8 +1,8 @@
 """The schemas of Gateway, Sidecar and WorkloadGroup (networking.istio.io).
 
-These are validated field by field like the other kinds, but not translated yet: the
-normalizer accepts them and warns that they have no effect (WorkloadGroup is read by WorkloadEntry
-auto-registration, not by the translator).
+These are validated field by field like the other kinds. Gateways become model Gateways
+(normalize/convert/gateway.py); WorkloadGroup is read by WorkloadEntry auto-registration,
+not by the translator.
 """
 
 from __future__ import annotations
