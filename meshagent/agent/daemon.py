@@ -89,7 +89,10 @@ def build_adapters(config: AgentConfig) -> list[Adapter]:
     if config.sources.kubernetes is not None:
         from meshagent.adapters.kubernetes import KubernetesAdapter
 
-        adapters.append(KubernetesAdapter(config.sources.kubernetes.options))
+        kube = config.sources.kubernetes
+        secrets = kube.secret_namespaces(config.node.type, config.node.namespace)
+        options = dataclasses.replace(kube.options, secret_namespaces=secrets)
+        adapters.append(KubernetesAdapter(options))
     return adapters
 
 

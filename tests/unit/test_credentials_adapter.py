@@ -180,3 +180,25 @@ async def test_an_unreadable_key_is_an_error_of_its_credential(tmp_path: Path) -
         os.chmod(tmp_path / "web" / "tls.key", 0o600)
         fixed = await next_event(events)
     assert fixed.upserts[0].body["stringData"]["tls.key"] == new.key
+
+
+def test_sources_credentials_in_the_agent_config(tmp_path: Path) -> None:
+    from meshagent.agent.config import parse_config
+    from meshagent.agent.daemon import build_adapters
+    from meshagent.errors import ConfigError
+
+    text = "node: {namespace: edge}\nsources:\n  credentials: {paths: [creds/]}\n"
+    config = parse_config(text, tmp_path / "agent.yaml")
+    (built,) = [a for a in build_adapters(config) if isinstance(a, CredentialsAdapter)]
+    assert built._paths == (tmp_path / "creds",) and built._namespace == "edge"
+    text = "sources:\n  credentials: {paths: [c], namespace: gw, debounce_ms: 5}\n"
+    (built,) = [
+        a
+        for a in build_adapters(parse_config(text, tmp_path / "agent.yaml"))
+        if isinstance(a, CredentialsAdapter)
+    ]
+    assert built._namespace == "gw" and built._debounce == 0.005
+    for body, field in (("{paths: []}", "paths"), ("{paths: [c], bogus: 1}", "credentials")):
+        with pytest.raises(ConfigError) as err:
+            parse_config(f"sources:\n  credentials: {body}\n", tmp_path / "agent.yaml")
+        assert "sources.credentials" in str(err.value) and field in str(err.value)
