@@ -43,11 +43,16 @@ MIN_RSA_BITS = 2048
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 
 
+# Where Secrets come from. A Secret in mesh YAML files is not read as a credential: those
+# files are saved to the state dir as last good, and keys belong in credential directories.
+SECRET_SOURCES = ("kubernetes", FILES_SOURCE)
+
+
 def is_secret(raw: RawResource | tuple[str, str, str, str]) -> bool:
-    """True for a core v1 Secret (a raw resource, or a key: any source's kind Secret)."""
+    """True for a core v1 Secret of a credentials source (a raw resource, or its key)."""
     if isinstance(raw, RawResource):
-        return raw.kind == SECRET_KIND and raw.api_version == "v1"
-    return raw[1] == SECRET_KIND
+        return raw.kind == SECRET_KIND and raw.source in SECRET_SOURCES and raw.api_version == "v1"
+    return raw[1] == SECRET_KIND and raw[0] in SECRET_SOURCES
 
 
 def secret_data(body: Mapping[str, Any], issues: Issues) -> dict[str, bytes]:
