@@ -1,0 +1,77 @@
+"""DestinationRule `tls.credentialName`: TLS origination with a credential over SDS, where Istio
+honours it (gateways; sidecars only from a rule with a workloadSelector)."""
+
+from __future__ import annotations
+
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+from meshagent.model import (
+    ClientTls,
+    DestinationRule,
+    ProxySpec,
+    Resolution,
+    Service,
+    ServicePort,
+    TrafficPolicy,
+)
+from meshagent.model.proxy import ROUTER
+from meshagent.xds.translate.policy import plan_clusters
+from meshagent.xds.translate.tls import upstream_transport_socket
+
+SERVICE = Service("api.example.com", "ns", (ServicePort(443, "tls", "TLS"),), Resolution.DNS,
+                  mesh_external=True)  # fmt: skip
+ROUTER_PROXY = ProxySpec("gw", proxy_type=ROUTER)
+SIDECAR_PROXY = ProxySpec("vm")
+
+
+def _rule(tls: ClientTls, *, selector: bool = False) -> DestinationRule:
+    return DestinationRule(
+        "api", "ns", SERVICE.host, TrafficPolicy(tls=tls),
+        workload_selector=(("app", "client"),) if selector else None,
+    )  # fmt: skip
+
+
+def _context(rule: DestinationRule, proxy: ProxySpec) -> tls_pb2.UpstreamTlsContext:
+    (plan,) = plan_clusters(SERVICE, rule, proxy)
+    socket = upstream_transport_socket(plan)
+    assert socket is not None
+    context = tls_pb2.UpstreamTlsContext()
+    assert socket.typed_config.Unpack(context)
+    return context
+
+
+def test_mutual_at_a_gateway_presents_the_credential_and_checks_with_its_ca() -> None:
+    tls = ClientTls("MUTUAL", credential_name="client", subject_alt_names=("api.example.com",))
+    context = _context(_rule(tls), ROUTER_PROXY)
+    common = context.common_tls_context
+    assert [c.name for c in common.tls_certificate_sds_secret_configs] == ["kubernetes://client"]
+    assert not common.tls_certificates  # nothing inline: rotation changes only the secret
+    combined = common.combined_validation_context
+    assert combined.validation_context_sds_secret_config.name == "kubernetes://client-cacert"
+    sans = combined.default_validation_context.match_typed_subject_alt_names
+    assert [m.matcher.exact for m in sans] == ["api.example.com"]
+    assert context.sni == "api.example.com"
+
+
+def test_simple_verifies_with_the_credential_ca_and_presents_nothing() -> None:
+    context = _context(_rule(ClientTls("SIMPLE", credential_name="ca", sni="x.io")), ROUTER_PROXY)
+    common = context.common_tls_context
+    assert not common.tls_certificate_sds_secret_configs and context.sni == "x.io"
+    validation = common.combined_validation_context.validation_context_sds_secret_config
+    assert validation.name == "kubernetes://ca-cacert"
+
+
+def test_insecure_skip_verify_skips_the_ca() -> None:
+    tls = ClientTls("MUTUAL", credential_name="client", insecure_skip_verify=True)
+    common = _context(_rule(tls), ROUTER_PROXY).common_tls_context
+    assert not common.HasField("combined_validation_context")
+    assert common.tls_certificate_sds_secret_configs[0].name == "kubernetes://client"
+
+
+def test_a_sidecar_ignores_credential_name_unless_the_rule_selects_workloads() -> None:
+    tls = ClientTls("MUTUAL", "/etc/c.pem", "/etc/k.pem", credential_name="client")
+    common = _context(_rule(tls), SIDECAR_PROXY).common_tls_context
+    assert not common.tls_certificate_sds_secret_configs  # the rule's files, as in Istio
+    assert common.tls_certificates[0].certificate_chain.filename == "/etc/c.pem"
+    scoped = _context(_rule(tls, selector=True), SIDECAR_PROXY).common_tls_context
+    assert scoped.tls_certificate_sds_secret_configs[0].name == "kubernetes://client"
