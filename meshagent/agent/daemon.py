@@ -197,6 +197,8 @@ class Agent:
         self.diagnostics = DiagnosticTable()  # current problems, not a history
         self._custom_problems: set[tuple[str, str]] = set()  # (workload, reason), logged once
         self._custom_checked: tuple[object, ...] = ()  # what _custom_problems was found from
+        self._gateway_checked: tuple[object, ...] = ()  # what _gateway_problems was found from
+        self._gateway_problems: tuple[Diagnostic, ...] = ()  # Gateway servers left out
         self._last_good = LastGoodStore(config.state_dir / FILE_NAME)
         # What the store holds: replaced after each apply that changed it, never mutated then.
         self._last_good_saved: dict[Key, RawResource] = {}
@@ -605,6 +607,7 @@ class Agent:
         self._published = True
         self.diagnostics.forget_source(NACK_SOURCE)  # a new set: Envoy judges it anew
         self._warn_unservable_custom_policies()
+        self._report_gateway_problems()
         self.metrics.snapshot_version.set(getattr(self._snapshot, "version", 0))
         counts = {t: len(resources.of(t)) for t in SHORT_NAMES}
         self.metrics.set_resources(counts)
@@ -681,6 +684,26 @@ class Agent:
         for provider, reason in sorted(i for i in invalid - self._custom_problems if i[1]):
             log.warning("extension_provider_invalid", provider=provider[9:], reason=reason)
         self._custom_problems = problems | invalid
+
+    def _report_gateway_problems(self) -> None:
+        """Report each Gateway server a router leaves out (a conflict, a missing credential)
+        as a located warning, while it stays left out."""
+        from meshagent.xds.translate.gateway import GATEWAY_SOURCE, gateway_problems
+
+        snapshot = self._snapshot
+        if not isinstance(snapshot, MeshSnapshot):
+            return
+        key = (snapshot.gateways, snapshot.credentials, self._proxy)
+        old = self._gateway_checked
+        if len(old) == len(key) and all(a is b for a, b in zip(key, old, strict=True)):
+            return
+        self._gateway_checked = key
+        found = tuple(gateway_problems(snapshot, self._proxy))
+        if found != self._gateway_problems:
+            self.diagnostics.forget_source(GATEWAY_SOURCE)
+            self._gateway_problems = found
+            if found:
+                self._report(found)
 
     # --- reload -------------------------------------------------------------------------
 

@@ -136,3 +136,34 @@ def credential_secret_name(credential_name: str) -> str:
 def credential_ca_secret_name(credential_name: str) -> str:
     """The SDS secret (a validation context) of a credentialName's CA bundle, as Istio names it."""
     return f"{CREDENTIAL_PREFIX}{credential_name}{CA_CREDENTIAL_SUFFIX}"
+
+
+# -- gateways (a router proxy): Istio's names --------------------------------------------
+
+GATEWAY_WILDCARD_ADDRESS = "0.0.0.0"
+
+
+def gateway_listener_name(bind: str, port: int) -> str:
+    """A gateway's listener on its real port: `0.0.0.0_<port>`, or `<bind>_<port>`."""
+    return listener_name(bind or GATEWAY_WILDCARD_ADDRESS, port)
+
+
+def gateway_http_route_name(port: int, bind: str = "") -> str:
+    """The RouteConfiguration shared by a gateway port's plain HTTP servers: `http.<port>`
+    (`http.<port>.<bind>` for a server with a bind address)."""
+    return f"http.{port}.{bind}" if bind else f"http.{port}"
+
+
+def gateway_https_route_name(
+    port: int, port_name: str, gateway: str, namespace: str, bind: str = ""
+) -> str:
+    """The RouteConfiguration of one HTTPS server that terminates TLS:
+    `https.<port>.<portName>.<gateway>.<namespace>` (then `.<bind>` with a bind address)."""
+    name = f"https.{port}.{port_name}.{gateway}.{namespace}"
+    return f"{name}.{bind}" if bind else name
+
+
+def gateway_blackhole_virtual_host_name(port: int) -> str:
+    """The virtual host of a gateway route configuration that no VirtualService binds: every
+    request gets 404, as in Istio."""
+    return virtual_host_name("blackhole", port)

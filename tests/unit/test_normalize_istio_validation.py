@@ -350,8 +350,9 @@ def test_a_gateway_api_gateway_does_not_replace_an_istio_one() -> None:
     istio = _doc(
         "Gateway", "servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]"
     )
-    _, diags = Normalizer().apply([upsert(istio, GATEWAY_API.format(kind="Gateway"))])
-    assert [d.severity for d in diags] == ["warning", "warning"]
+    snap, diags = Normalizer().apply([upsert(istio, GATEWAY_API.format(kind="Gateway"))])
+    assert [(d.severity, d.kind) for d in diags] == [("warning", "Gateway")]
+    assert "not translated" in diags[0].reason and list(snap.gateways) == ["ns/x"]
 
 
 def test_a_kubernetes_list_is_read_item_by_item() -> None:

@@ -235,10 +235,7 @@ def test_unimplemented_fields_are_warnings_only() -> None:
       name: child
 """)
     assert errors(text) == []
-    assert warnings(text) == [
-        "spec.http[0].match[0].sourceNamespace",
-        "spec.gateways",
-    ]
+    assert warnings(text) == ["spec.http[0].match[0].sourceNamespace"]
 
 
 def test_retry_on_must_name_known_policies() -> None:

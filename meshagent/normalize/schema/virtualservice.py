@@ -456,8 +456,6 @@ def _spec_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     for i, host in enumerate(hosts):
         if host == "*" and mesh:
             issues.error(f"{path}.hosts[{i}]", "host '*' is not allowed for the mesh gateway")
-    if any(g != "mesh" for g in gateways):
-        issues.warn(join(path, "gateways"), f"not implemented yet, ignored: {SIDECAR_ONLY}")
     if not (value.get("http") or value.get("tcp") or value.get("tls")):
         issues.error(path, "at least one of http, tcp or tls routes is required")
 

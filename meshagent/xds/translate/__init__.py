@@ -16,10 +16,17 @@ from typing import cast
 
 from meshagent.errors import ConfigError, MeshAgentError
 from meshagent.model import MeshSnapshot, ProxySpec
+from meshagent.model.proxy import ROUTER
 from meshagent.xds import typeurls
-from meshagent.xds.resources import ResourceSet
+from meshagent.xds.resources import Resource, ResourceSet
 from meshagent.xds.translate.assemble import Assembler, Output
 from meshagent.xds.translate.context import Context, MeshIndex, changes_between
+from meshagent.xds.translate.gateway import (
+    GatewayListenersGenerator,
+    GatewayPlanCache,
+    GatewayRoutesGenerator,
+    GatewaySecretsGenerator,
+)
 from meshagent.xds.translate.generators import (
     ClustersGenerator,
     EndpointsGenerator,
@@ -51,8 +58,10 @@ class TranslationError(MeshAgentError):
 
 def _generators() -> list[Generator]:
     plans = PlanCache()
+    gateways = GatewayPlanCache()
     return [
         SecretsGenerator(),
+        GatewaySecretsGenerator(gateways),
         ClustersGenerator(plans),
         InboundClustersGenerator(),
         PassthroughClustersGenerator(),
@@ -62,8 +71,27 @@ def _generators() -> list[Generator]:
         TcpListenersGenerator(),
         InboundListenersGenerator(),
         VirtualListenersGenerator(),
+        GatewayListenersGenerator(gateways),
         RoutesGenerator(),
+        GatewayRoutesGenerator(gateways),
     ]
+
+
+# What only a sidecar gets: a router (a gateway) has no local workloads and no outbound
+# listeners of its own; it listens where its Gateways say (gateway.py), as Istio's router.
+SIDECAR_ONLY = frozenset(
+    {
+        "inbound-clusters",
+        "passthrough-clusters",
+        "jwks-clusters",
+        "http-listeners",
+        "tcp-listeners",
+        "inbound-listeners",
+        "virtual-listeners",
+        "routes",
+    }
+)
+_NOTHING: list[Resource] = []  # one object: the assembler compares lists by identity
 
 
 GENERATOR_ORDER: tuple[str, ...] = tuple(g.name for g in _generators())
@@ -93,8 +121,12 @@ class Translator:
         self._index = MeshIndex.update(self._index, snapshot, changes, proxy)
         ctx = Context(snapshot=snapshot, proxy=proxy, index=self._index, changes=changes)
         outputs: dict[str, list[Output]] = {t: [] for t in typeurls.PUSH_ORDER}
+        router = proxy.proxy_type == ROUTER
         for generator in self._generators:
-            outputs.setdefault(generator.type_url, []).append(_run(generator, ctx))
+            skip = router and generator.name in SIDECAR_ONLY
+            outputs.setdefault(generator.type_url, []).append(
+                _NOTHING if skip else _run(generator, ctx)
+            )
         result = self._assembler.assemble(outputs)
         self._snapshot, self._proxy = snapshot, proxy
         return result

@@ -1,0 +1,193 @@
+"""The generators of a router proxy (a gateway): listeners on the Gateways' real ports, their
+route configurations, and the SDS secrets of the credentials their servers present.
+
+All three read one GatewayPlan (gateway_plan.py) per generate() call, made again only when
+the Gateways, the credentials or the proxy change. A sidecar gets nothing from them; a router
+gets none of the sidecar's listeners (see SIDECAR_ONLY in translate/__init__.py).
+
+Servers left out of the plan (conflicts, missing credentials) are not errors of translation:
+`gateway_diagnostics` turns them into located warnings that the agent reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from envoy.config.listener.v3 import listener_components_pb2 as lc
+from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+
+from meshagent.model import Diagnostic, MeshSnapshot, ProxySpec
+from meshagent.xds import names, typeurls
+from meshagent.xds.resources import Resource
+from meshagent.xds.translate import protos
+from meshagent.xds.translate.context import Context
+from meshagent.xds.translate.gateway_plan import (
+    EMPTY_PLAN,
+    GatewayPlan,
+    GatewayPort,
+    PlacedServer,
+    plan_gateways,
+    server_kind,
+)
+from meshagent.xds.translate.gateway_routes import build_gateway_route_configuration
+from meshagent.xds.translate.gateway_tls import credential_secret, downstream_tls
+from meshagent.xds.translate.generators import identical, keep_unchanged
+from meshagent.xds.translate.inbound import TLS_INSPECTOR, listener_filter
+from meshagent.xds.translate.listeners import http_connection_manager
+
+GATEWAY_SOURCE = "gateway"  # the source of diagnostics about servers left out
+
+
+class GatewayPlanCache:
+    """The plan of the last generate() call, reused while its inputs are the same objects."""
+
+    def __init__(self) -> None:
+        self._key: tuple[object, ...] = ()
+        self._plan = EMPTY_PLAN
+
+    def plan(self, ctx: Context) -> GatewayPlan:
+        key = (ctx.snapshot.gateways, ctx.snapshot.credentials, ctx.proxy)
+        if not identical(key, self._key):
+            self._key, self._plan = key, plan_gateways(ctx.snapshot, ctx.proxy, CHAIN_BUILDERS)
+        return self._plan
+
+
+def _http_filter(placed: PlacedServer) -> lc.Filter:
+    server = placed.server
+    address = server.bind or names.GATEWAY_WILDCARD_ADDRESS
+    manager = http_connection_manager(address, server.port, server.port)
+    manager.rds.route_config_name = placed.route_name
+    # The gateway is the edge: the client's address is the downstream's, not a header's.
+    manager.use_remote_address.value = True
+    return lc.Filter(name=protos.HTTP_CONNECTION_MANAGER, typed_config=protos.packed(manager))
+
+
+def http_chain(placed: PlacedServer) -> lc.FilterChain:
+    """A plain HTTP server's chain: its route configuration over RDS."""
+    return lc.FilterChain(filters=[_http_filter(placed)])
+
+
+def https_chain(placed: PlacedServer) -> lc.FilterChain:
+    """An HTTPS server that terminates TLS: matched by SNI, then HTTP over its own routes."""
+    assert placed.server.tls is not None  # the plan places only servers with TLS here
+    chain = lc.FilterChain(filters=[_http_filter(placed)])
+    chain.filter_chain_match.server_names.extend(placed.sni_hosts)
+    chain.transport_socket.CopyFrom(downstream_tls(placed.server.tls))
+    return chain
+
+
+# The filter chain builder of each kind of server (gateway_plan.server_kind).
+ChainBuilder = Callable[[PlacedServer, Context], list[lc.FilterChain]]
+CHAIN_BUILDERS: dict[str, ChainBuilder] = {
+    "http": lambda placed, _ctx: [http_chain(placed)],
+    "https": lambda placed, _ctx: [https_chain(placed)],
+}
+
+
+def build_gateway_listener(port: GatewayPort, ctx: Context) -> Listener:
+    """The listener of one gateway port: one chain for its plain servers (merged), one per
+    server with TLS."""
+    out = Listener(name=port.listener_name)
+    socket = out.address.socket_address
+    socket.address, socket.port_value = port.bind or names.GATEWAY_WILDCARD_ADDRESS, port.port
+    servers = port.servers[:1] if port.plaintext else port.servers
+    for placed in servers:
+        out.filter_chains.extend(CHAIN_BUILDERS[server_kind(placed.server)](placed, ctx))
+    if not port.plaintext:
+        inspector = listener_filter(TLS_INSPECTOR, tls_inspector_pb2.TlsInspector())
+        out.listener_filters.append(inspector)
+    return out
+
+
+class GatewayListenersGenerator:
+    """A listener per port of the Gateways a router serves."""
+
+    name = "gateway-listeners"
+    type_url = typeurls.LISTENER
+
+    def __init__(self, plans: GatewayPlanCache) -> None:
+        self._plans = plans
+        self._plan: GatewayPlan | None = None
+        self._last: list[Resource] = []
+
+    def generate(self, ctx: Context) -> list[Resource]:
+        plan = self._plans.plan(ctx)
+        if plan is not self._plan:
+            self._plan = plan
+            built = [build_gateway_listener(p, ctx) for p in plan.ports]
+            self._last = keep_unchanged(self._last, [Resource.pack(x.name, x) for x in built])
+        return self._last
+
+
+class GatewayRoutesGenerator:
+    """A route configuration per RDS name of the plan: the VirtualServices bound to it."""
+
+    name = "gateway-routes"
+    type_url = typeurls.ROUTE
+
+    def __init__(self, plans: GatewayPlanCache) -> None:
+        self._plans = plans
+        self._key: tuple[object, ...] = ()
+        self._last: list[Resource] = []
+
+    def generate(self, ctx: Context) -> list[Resource]:
+        plan = self._plans.plan(ctx)
+        snapshot = ctx.snapshot
+        key = (plan, snapshot.virtual_services, snapshot.services, ctx.index.rules, ctx.proxy)
+        if identical(key, self._key):
+            return self._last
+        self._key = key
+        out = []
+        for route in plan.route_names():
+            config = build_gateway_route_configuration(
+                route, plan.servers_of_route(route), snapshot, ctx.proxy, ctx.index.rules
+            )
+            out.append(Resource.pack(route, config))
+        self._last = keep_unchanged(self._last, out)
+        return self._last
+
+
+class GatewaySecretsGenerator:
+    """The SDS secrets of the credentials the plan's servers present (`kubernetes://...`)."""
+
+    name = "gateway-secrets"
+    type_url = typeurls.SECRET
+
+    def __init__(self, plans: GatewayPlanCache) -> None:
+        self._plans = plans
+        self._plan: GatewayPlan | None = None
+        self._last: list[Resource] = []
+
+    def generate(self, ctx: Context) -> list[Resource]:
+        plan = self._plans.plan(ctx)
+        if plan is not self._plan:
+            self._plan = plan
+            out = [Resource.pack(n, credential_secret(n, c, ca)) for n, c, ca in plan.secrets]
+            self._last = keep_unchanged(self._last, out)
+        return self._last
+
+
+def gateway_diagnostics(plan: GatewayPlan) -> list[Diagnostic]:
+    """A located warning for each server the plan leaves out, naming its Gateway."""
+    out = []
+    for problem in plan.problems:
+        gateway, server = problem.gateway, problem.server
+        provenance = gateway.provenance
+        out.append(
+            Diagnostic(
+                severity="warning",
+                source=GATEWAY_SOURCE,
+                location=provenance.location if provenance is not None else "",
+                kind=provenance.kind if provenance is not None and provenance.kind else "Gateway",
+                name=gateway.key,
+                field=f"spec.servers[{server.index}]",
+                reason=f"server on port {server.port} left out: {problem.reason}",
+            )
+        )
+    return out
+
+
+def gateway_problems(snapshot: MeshSnapshot, proxy: ProxySpec) -> list[Diagnostic]:
+    """gateway_diagnostics of the plan for proxy (none for a sidecar)."""
+    return gateway_diagnostics(plan_gateways(snapshot, proxy, CHAIN_BUILDERS))

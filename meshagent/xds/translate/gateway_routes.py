@@ -1,0 +1,161 @@
+"""Route configurations of a gateway: the VirtualServices bound to its servers.
+
+A VirtualService binds a server when its `gateways:` names the server's Gateway, it is
+exported to the router's namespace, and one of its hosts meets one of the server's hosts
+that the VirtualService's namespace may use (`ns/host`, `*/host`). Each host in common
+becomes a virtual host `<host>:<port>` (the more specific of the two names, as Istio's
+host intersection); VirtualServices that meet on one host append their routes in order.
+An httpsRedirect server answers every request with a redirect to https (require_tls ALL),
+also for its hosts no VirtualService binds. A configuration left without virtual hosts gets
+Istio's `blackhole:<port>` that answers 404.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+
+from meshagent.model import HttpMatch, MeshSnapshot, ProxySpec, VirtualService
+from meshagent.model.gateway import bound_gateways, split_server_host
+from meshagent.model.labels import selector_matches
+from meshagent.xds import names
+from meshagent.xds.translate.context import RuleIndex
+from meshagent.xds.translate.gateway_plan import PlacedServer
+from meshagent.xds.translate.route_action import RouteScope
+from meshagent.xds.translate.routes import build_route
+
+
+def host_subset(narrow: str, wide: str) -> bool:
+    """Whether every name narrow matches, wide matches too (Istio's Name.SubsetOf)."""
+    if narrow == wide:
+        return True
+    if not wide.startswith("*"):
+        return False
+    if narrow.startswith("*"):
+        return narrow[1:].endswith(wide[1:])
+    return narrow.endswith(wide[1:])
+
+
+def intersect_hosts(server_hosts: Iterable[str], vs_hosts: Iterable[str]) -> list[str]:
+    """Names both sides serve: for each pair that meets, the more specific name, once."""
+    out: list[str] = []
+    wanted = list(vs_hosts)
+    for mine in server_hosts:
+        for theirs in wanted:
+            found = (
+                mine if host_subset(mine, theirs) else theirs if host_subset(theirs, mine) else None
+            )
+            if found is not None and found not in out:
+                out.append(found)
+    return out
+
+
+def hosts_for_namespace(server_hosts: Iterable[str], namespace: str) -> list[str]:
+    """The host parts of server hosts ("ns/host") a VirtualService of namespace may bind."""
+    out = []
+    for entry in server_hosts:
+        ns, host = split_server_host(entry)
+        if ns in ("*", namespace):
+            out.append(host)
+    return out
+
+
+def exported_to(vs: VirtualService, namespace: str) -> bool:
+    """Whether vs is visible in namespace (exportTo: none or `*` = everywhere, `.` = its own)."""
+    if not vs.export_to:
+        return True
+    return any(
+        e == "*" or e == namespace or (e == "." and vs.namespace == namespace) for e in vs.export_to
+    )
+
+
+def bound_virtual_services(
+    snapshot: MeshSnapshot, gateway_key: str, proxy: ProxySpec
+) -> list[VirtualService]:
+    """The VirtualServices bound to the Gateway gateway_key and visible to proxy, by
+    "namespace/name"."""
+    out = []
+    for key in sorted(snapshot.virtual_services):
+        vs = snapshot.virtual_services[key]
+        bound = vs.gateways and gateway_key in bound_gateways(vs.gateways, vs.namespace)
+        if bound and exported_to(vs, proxy.namespace):
+            out.append(vs)
+    return out
+
+
+def _applies(match: HttpMatch, port: int, proxy: ProxySpec) -> bool:
+    """A match's port must be the server's; sourceLabels must be the gateway's own labels."""
+    if match.port is not None and match.port != port:
+        return False
+    return not match.source_labels or selector_matches(match.source_labels, proxy.labels)
+
+
+def gateway_routes(vs: VirtualService, scope: RouteScope, proxy: ProxySpec) -> list[rc.Route]:
+    """vs's HTTP routes on a gateway server's port, in order."""
+    out: list[rc.Route] = []
+    for route in vs.http:
+        matches: list[HttpMatch | None] = (
+            [m for m in route.matches if _applies(m, scope.port, proxy)]
+            if route.matches
+            else [None]
+        )
+        for match in matches:
+            built = build_route(route, match, scope)
+            if built is not None:
+                out.append(built)
+    return out
+
+
+def _virtual_host(host: str, port: int, routes: list[rc.Route]) -> rc.VirtualHost:
+    return rc.VirtualHost(
+        name=names.virtual_host_name(host, port),
+        domains=[host],
+        routes=routes,
+        include_request_attempt_count=True,
+    )
+
+
+def build_gateway_route_configuration(
+    route_name: str,
+    servers: list[PlacedServer],
+    snapshot: MeshSnapshot,
+    proxy: ProxySpec,
+    rules: RuleIndex,
+) -> route_pb2.RouteConfiguration:
+    """The RouteConfiguration route_name of servers (all on one port)."""
+    port = servers[0].server.port
+    scope = RouteScope(port, snapshot.services, rules)
+    vhosts: dict[str, rc.VirtualHost] = {}
+    for placed in servers:
+        redirect = placed.server.tls is not None and placed.server.tls.https_redirect
+        for vs in bound_virtual_services(snapshot, placed.gateway.key, proxy):
+            allowed = hosts_for_namespace(placed.server.hosts, vs.namespace)
+            common = intersect_hosts(allowed, vs.hosts)
+            if not common:
+                continue
+            routes = gateway_routes(vs, scope, proxy)
+            for host in common:
+                vhost = vhosts.get(host)
+                if vhost is None:
+                    vhost = vhosts[host] = _virtual_host(host, port, [])
+                vhost.routes.extend(routes)
+                if redirect:
+                    vhost.require_tls = rc.VirtualHost.ALL
+        if redirect:
+            for entry in placed.server.hosts:
+                host = split_server_host(entry)[1]
+                vhost = vhosts.get(host)
+                if vhost is None:
+                    vhost = vhosts[host] = _virtual_host(host, port, [])
+                vhost.require_tls = rc.VirtualHost.ALL
+    out = route_pb2.RouteConfiguration(name=route_name, ignore_port_in_host_matching=True)
+    out.validate_clusters.value = False
+    if not vhosts:
+        out.virtual_hosts.append(
+            rc.VirtualHost(name=names.gateway_blackhole_virtual_host_name(port), domains=["*"])
+        )
+        return out
+    out.virtual_hosts.extend(vhosts[h] for h in sorted(vhosts))  # Istio sorts by name
+    return out
