@@ -75,3 +75,72 @@ def test_a_sidecar_ignores_credential_name_unless_the_rule_selects_workloads() -
     assert common.tls_certificates[0].certificate_chain.filename == "/etc/c.pem"
     scoped = _context(_rule(tls, selector=True), SIDECAR_PROXY).common_tls_context
     assert scoped.tls_certificate_sds_secret_configs[0].name == "kubernetes://client"
+
+
+# -- the secrets those clusters reference, through the Translator ----------------------------
+
+EGRESS = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: edge}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+  location: MESH_EXTERNAL
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: edge}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {mode: MUTUAL, credentialName: client}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: web, namespace: edge}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 8443, name: https, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: MUTUAL, credentialName: client}
+"""
+
+
+def _secrets_of(gateway: bool) -> tuple[list[str], list[object]]:
+    from meshagent.adapters.yamldocs import load_documents
+    from meshagent.model.source import SourceEvent
+    from meshagent.normalize import Normalizer
+    from meshagent.xds import typeurls
+    from meshagent.xds.consistency import ConsistencyChecker
+    from meshagent.xds.translate import Translator
+    from tests.credential_helpers import CA_PEM, kube_secret, server_cert
+
+    text = (
+        EGRESS
+        if gateway
+        else EGRESS.split("---\napiVersion: networking.istio.io/v1\nkind: Gateway")[0]
+    )
+    resources, problems = load_documents(text, "mesh.yaml")
+    assert not problems
+    pem = server_cert()
+    secret = kube_secret("client", "edge", tls_crt=pem.cert, tls_key=pem.key, ca_crt=CA_PEM)
+    snap, _ = Normalizer().apply(
+        [SourceEvent("files", tuple(resources)), SourceEvent("kubernetes", (secret,))]
+    )
+    proxy = ProxySpec("gw", namespace="edge", proxy_type=ROUTER,
+                      labels=(("istio", "egressgateway"),))  # fmt: skip
+    out = Translator().generate(snap, proxy)
+    return sorted(out.of(typeurls.SECRET)), ConsistencyChecker().check(out)
+
+
+def test_a_router_serves_the_secrets_its_rule_credentials_need() -> None:
+    secrets, problems = _secrets_of(gateway=False)
+    assert secrets == ["kubernetes://client", "kubernetes://client-cacert"] and not problems
+
+
+def test_a_credential_both_a_gateway_and_a_rule_use_is_served_once() -> None:
+    secrets, problems = _secrets_of(gateway=True)
+    assert secrets == ["kubernetes://client", "kubernetes://client-cacert"] and not problems
