@@ -36,6 +36,18 @@ stringData:
 """
 
 
+GATEWAY = """apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: web, namespace: edge}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8443, name: https, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: SIMPLE, credentialName: web}
+"""
+
+
 def _indent(text: str) -> str:
     return "\n".join(f"    {line}" for line in text.splitlines())
 
@@ -51,11 +63,13 @@ async def test_no_private_key_in_last_good_admin_pages_diagnostics_or_logs(
     (mesh / "a.yaml").write_text(service_entry("a"))
     stray = SECRET_IN_MESH_FILES.format(cert=_indent(good.cert), key=_indent(good.key))
     (mesh / "stray.yaml").write_text(stray)
+    (mesh / "gateway.yaml").write_text(GATEWAY)
     write_credential(creds, "web", {"tls.crt": good.cert, "tls.key": good.key, "ca.crt": CA_PEM})
     write_credential(creds, "bad", {"tls.crt": good.cert, "tls.key": other.key})
     config = tmp_path / "agent.yaml"
     config.write_text(
-        "node: {id: vm-1, namespace: edge}\nstate_dir: state\nadmin: {port: 0}\n"
+        "node: {id: vm-1, namespace: edge, type: router, labels: {istio: ingressgateway}}\n"
+        "state_dir: state\nadmin: {port: 0}\n"
         "sources:\n  files: {paths: [mesh], debounce_ms: 20, poll_interval_ms: 20}\n"
         "  credentials: {paths: [creds], debounce_ms: 20, poll_interval_ms: 20}\n"
     )
@@ -74,6 +88,9 @@ async def test_no_private_key_in_last_good_admin_pages_diagnostics_or_logs(
         for page in ("/debug/status", "/debug/resources", "/debug/config_errors", "/"):
             status, text = await asyncio.to_thread(admin_request, socket, page)
             assert status == 200 and _clean(text.decode()), page
+        served = json.loads((await asyncio.to_thread(admin_request, socket, "/debug/resources"))[1])
+        (secret,) = [s for s in served["sds"] if s["name"] == "kubernetes://web"]
+        assert secret["resource"]["tlsCertificate"]["privateKey"] == {"inlineString": "[redacted]"}
         status_page = json.loads(
             (await asyncio.to_thread(admin_request, socket, "/debug/status"))[1]
         )
