@@ -42,6 +42,7 @@ from meshagent.model.source import Diagnostic, Provenance, RawResource, SourceEv
 
 SOURCE = "credentials"
 FILE_NAMES = ("tls.crt", "tls.key", "ca.crt", "ca.crl", "cert", "key", "cacert", "crl")
+NOT_CREDENTIALS = frozenset({"lost+found"})  # what a mounted filesystem's root holds anyway
 MAX_FILE_BYTES = 1 << 20  # a certificate chain or CRL far beyond any real one
 RACY_NS = 2_000_000_000  # as the files adapter: recent files are hashed on every look
 MAX_DEBOUNCE_WINDOWS = 20
@@ -78,7 +79,8 @@ def _file_sigs(directory: Path) -> tuple[FileSig, ...]:
 
 
 def scan_paths(paths: Iterable[Path]) -> _Scan:
-    """Look at every configured path's credential directories (hidden names skipped)."""
+    """Look at every configured path's credential directories (hidden names skipped, and a
+    filesystem's lost+found)."""
     out = _Scan({}, {}, {})
     for root in paths:
         try:
@@ -90,7 +92,7 @@ def scan_paths(paths: Iterable[Path]) -> _Scan:
             out.unavailable[root] = f"{root} cannot be listed: {exc.strerror or exc}"
             continue
         for entry in entries:
-            if entry.name.startswith("."):
+            if entry.name.startswith(".") or entry.name in NOT_CREDENTIALS:
                 continue
             try:
                 if not entry.is_dir():  # through a symlink too

@@ -45,6 +45,7 @@ async def test_first_listing_reads_each_credential_directory(tmp_path: Path) -> 
     write_credential(tmp_path, "web", {**tls(web), "ca.crt": CA_PEM, "README": "x"})
     write_credential(tmp_path, "api-cacert", {"cacert": CA_PEM})
     write_credential(tmp_path, ".hidden", tls(api))
+    (tmp_path / "lost+found").mkdir()
     (tmp_path / "stray.pem").write_text(api.cert)
 
     async with adapter(tmp_path) as source:
