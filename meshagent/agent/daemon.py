@@ -53,6 +53,8 @@ Key = tuple[str, str, str, str]
 _T = TypeVar("_T")
 SOURCE_RETRY_MAX_S = 30.0
 AGENT_CONFIG = "agent-config"  # the source of a refused reload's diagnostic
+CREDENTIALS_SOURCE = "credentials"  # adapters/credentials.py
+CREDENTIALS_WAIT_S = 5.0
 
 
 def build_adapters(config: AgentConfig) -> list[Adapter]:
@@ -204,6 +206,8 @@ class Agent:
         self._last_good_saved: dict[Key, RawResource] = {}
         self._last_good_task: asyncio.Task[None] | None = None
         self._restored: dict[Key, RawResource] = {}  # loaded at start, until sources listed
+        self._credentials_deadline = 0.0  # see _credentials_pending
+        self._credentials_timer: asyncio.TimerHandle | None = None
         self._processor: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -265,6 +269,12 @@ class Agent:
         self._processor = asyncio.create_task(self._process_loop(), name="agent-processor")
         for adapter in adapters:
             self._start_source(adapter)
+        if CREDENTIALS_SOURCE in self._sources:  # publish by then, whatever it does
+            loop = asyncio.get_running_loop()
+            self._credentials_deadline = loop.time() + CREDENTIALS_WAIT_S
+            self._credentials_timer = loop.call_later(
+                CREDENTIALS_WAIT_S, lambda: self._spawn(self._publish())
+            )
         self._start_consul_registration()
         if cfg.join is not None:  # `join.workload_group`: this VM's WorkloadEntry
             from meshagent.agent.join_runtime import start_workload_entry
@@ -289,6 +299,8 @@ class Agent:
         if self.workload_entry is not None:  # disconnected now, deleted after the grace
             await self.workload_entry.stop()
             self.workload_entry = None
+        if self._credentials_timer is not None:
+            self._credentials_timer.cancel()
         for source in list(self._sources.values()):
             await _cancel(source.task)
         self._sources.clear()
@@ -566,6 +578,16 @@ class Agent:
             log.warning("last_good_serving", resources=len(still))
         self._report([_restored_warning(raw) for raw in still])
 
+    def _credentials_pending(self) -> bool:
+        """Whether publishing waits for the credentials source's first listing (at most
+        CREDENTIALS_WAIT_S after start): keys are not in the persisted last good, and a first
+        publish without them would take the gateway servers that present them out of a
+        running Envoy (a drain of their listeners) until they are read."""
+        source = self._sources.get(CREDENTIALS_SOURCE)
+        if source is None or source.seen_first:
+            return False
+        return asyncio.get_running_loop().time() < self._credentials_deadline
+
     async def _publish(self) -> None:
         """Translate the current snapshot for the local proxy and hand it to the cache.
 
@@ -573,7 +595,7 @@ class Agent:
         thread and the publishes in order (sources, reloads and certificate rotations).
         """
         async with self._publish_lock:
-            if self._snapshot is None:
+            if self._snapshot is None or self._credentials_pending():
                 return
             snapshot, proxy = self._snapshot, self._proxy
             try:
