@@ -57,6 +57,12 @@ CREDENTIALS_SOURCE = "credentials"  # adapters/credentials.py
 CREDENTIALS_WAIT_S = 5.0
 
 
+def _carries_credentials(adapter: Adapter) -> bool:
+    """The credentials adapter, or a Kubernetes adapter that watches Secrets."""
+    options = getattr(adapter, "options", None)
+    return adapter.name == CREDENTIALS_SOURCE or bool(getattr(options, "secret_namespaces", ()))
+
+
 def build_adapters(config: AgentConfig) -> list[Adapter]:
     """The adapters the config turns on."""
     adapters: list[Adapter] = []
@@ -207,6 +213,7 @@ class Agent:
         self._last_good_task: asyncio.Task[None] | None = None
         self._restored: dict[Key, RawResource] = {}  # loaded at start, until sources listed
         self._credentials_deadline = 0.0  # see _credentials_pending
+        self._credential_sources: set[str] = set()
         self._credentials_timer: asyncio.TimerHandle | None = None
         self._processor: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -269,7 +276,8 @@ class Agent:
         self._processor = asyncio.create_task(self._process_loop(), name="agent-processor")
         for adapter in adapters:
             self._start_source(adapter)
-        if CREDENTIALS_SOURCE in self._sources:  # publish by then, whatever it does
+        self._credential_sources = {a.name for a in adapters if _carries_credentials(a)}
+        if self._credential_sources:  # publish by then, whatever they do
             loop = asyncio.get_running_loop()
             self._credentials_deadline = loop.time() + CREDENTIALS_WAIT_S
             self._credentials_timer = loop.call_later(
@@ -579,14 +587,16 @@ class Agent:
         self._report([_restored_warning(raw) for raw in still])
 
     def _credentials_pending(self) -> bool:
-        """Whether publishing waits for the credentials source's first listing (at most
-        CREDENTIALS_WAIT_S after start): keys are not in the persisted last good, and a first
-        publish without them would take the gateway servers that present them out of a
+        """Whether publishing waits for the first listing of a source of credentials (at
+        most CREDENTIALS_WAIT_S after start): keys are not in the persisted last good, and a
+        first publish without them would take the gateway servers that present them out of a
         running Envoy (a drain of their listeners) until they are read."""
-        source = self._sources.get(CREDENTIALS_SOURCE)
-        if source is None or source.seen_first:
-            return False
-        return asyncio.get_running_loop().time() < self._credentials_deadline
+        waiting = [
+            name
+            for name in self._credential_sources
+            if (source := self._sources.get(name)) is not None and not source.seen_first
+        ]
+        return bool(waiting) and asyncio.get_running_loop().time() < self._credentials_deadline
 
     async def _publish(self) -> None:
         """Translate the current snapshot for the local proxy and hand it to the cache.

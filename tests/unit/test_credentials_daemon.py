@@ -59,3 +59,11 @@ async def test_a_credentials_source_that_never_lists_holds_nothing_for_long(
         await until(lambda: agent.cache.get("vm-1")[0] == 1, "the publish after the wait")
 
     await running(agent, body)
+
+
+def test_a_kubernetes_source_carries_credentials_when_it_watches_secrets() -> None:
+    from meshagent.adapters.kubernetes import KubeOptions, KubernetesAdapter
+
+    assert daemon._carries_credentials(KubernetesAdapter(KubeOptions(secret_namespaces=("gw",))))
+    assert not daemon._carries_credentials(KubernetesAdapter(KubeOptions()))
+    assert not daemon._carries_credentials(QueueAdapter())
