@@ -31,6 +31,15 @@ from meshagent.model.routing import (
     WeightedDestination,
 )
 from meshagent.model.services import Endpoint, Resolution, Service, ServicePort, Workload
+from meshagent.model.sidecar import (
+    EgressHost,
+    EgressListener,
+    EgressProxy,
+    IngressListener,
+    IngressTls,
+    Sidecar,
+    SidecarPort,
+)
 from meshagent.model.snapshot import MeshSnapshot, SnapshotChanges, frozen_map
 from meshagent.model.source import Diagnostic, Provenance, RawResource, SourceEvent
 from meshagent.model.traffic import (
@@ -60,6 +69,9 @@ __all__ = [
     "DestinationRule",
     "Diagnostic",
     "DirectResponse",
+    "EgressHost",
+    "EgressListener",
+    "EgressProxy",
     "Endpoint",
     "Failover",
     "Fault",
@@ -73,6 +85,8 @@ __all__ = [
     "HttpRoute",
     "Identity",
     "InboundPort",
+    "IngressListener",
+    "IngressTls",
     "L4Match",
     "Labels",
     "LoadBalancer",
@@ -95,6 +109,8 @@ __all__ = [
     "ServerTls",
     "Service",
     "ServicePort",
+    "Sidecar",
+    "SidecarPort",
     "SnapshotChanges",
     "SourceEvent",
     "StringMatch",

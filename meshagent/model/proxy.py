@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meshagent.model.identity import WorkloadCertificate
+from meshagent.model.sidecar import EgressProxy, IngressTls
 
 ALLOW_ANY = "ALLOW_ANY"
 REGISTRY_ONLY = "REGISTRY_ONLY"
@@ -40,6 +41,12 @@ class InboundPort:
     target_port: int
     protocol: str = "HTTP"
     name: str = ""
+    # From a Sidecar's ingress[] (xds/translate/scope.py): the listener's address ("" = the
+    # proxy's inbound address), where the application is ("" = 127.0.0.1; an IP, or
+    # `unix://path`), and TLS termination with files (SIMPLE/MUTUAL) instead of mesh mTLS.
+    bind: str = ""
+    target_address: str = ""
+    tls: IngressTls | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +148,18 @@ class ProxySpec:
     # matches labels (Istio's ISTIO_METAJSON_LABELS); Sidecars select by the same labels.
     proxy_type: str = SIDECAR
     labels: tuple[tuple[str, str], ...] = ()
+    # From the Sidecar that applies (xds/translate/scope.py): where unknown destinations go
+    # under ALLOW_ANY instead of PassthroughCluster, and the address an egress listener
+    # binds its port to instead of outbound_address ((service port, address), ...).
+    egress_proxy: EgressProxy | None = None
+    outbound_binds: tuple[tuple[int, str], ...] = ()
+
+    def outbound_bind(self, service_port: int) -> str:
+        """The address the outbound listener of service_port binds."""
+        for port, address in self.outbound_binds:
+            if port == service_port:
+                return address
+        return self.outbound_address
 
     def outbound_port(self, service_port: int) -> int:
         for port, local in self.port_overrides:

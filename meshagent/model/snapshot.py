@@ -16,6 +16,7 @@ from meshagent.model.gateway import Gateway
 from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.model.services import Endpoint, Service, Workload
+from meshagent.model.sidecar import Sidecar
 from meshagent.model.traffic import DestinationRule
 
 K = TypeVar("K")
@@ -100,6 +101,9 @@ class MeshSnapshot:
     credentials: Mapping[str, Credential] = field(default_factory=lambda: MappingProxyType({}))
     # Gateways (model/gateway.py) by "namespace/name": what router proxies serve.
     gateways: Mapping[str, Gateway] = field(default_factory=lambda: MappingProxyType({}))
+    # Sidecar resources by "namespace/name" (model/sidecar.py; xds/translate/scope.py picks
+    # the one that applies to a proxy).
+    sidecars: Mapping[str, Sidecar] = field(default_factory=lambda: MappingProxyType({}))
     changes: SnapshotChanges | None = field(default=None, compare=False, repr=False)
 
     def destination_rule_for(self, host: str) -> DestinationRule | None:

@@ -18,6 +18,7 @@ from meshagent.model.gateway import Gateway
 from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.model.services import Endpoint, Service, Workload
+from meshagent.model.sidecar import Sidecar
 from meshagent.model.snapshot import MeshSnapshot, SnapshotChanges
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
 from meshagent.model.traffic import DestinationRule
@@ -37,6 +38,7 @@ from meshagent.normalize.ownership import Claims, Key
 from meshagent.normalize.references import ReferenceIndex, Unresolved, as_written
 from meshagent.normalize.schema.core import Issue
 from meshagent.normalize.selection import SelectorIndex
+from meshagent.normalize.sidecars import sidecar_conflict
 from meshagent.normalize.validate import check_document, diagnostic, display_name, is_supported
 from meshagent.normalize.vips import VipAllocator
 
@@ -59,6 +61,7 @@ class _Dirty:
     upserted: set[Key] = field(default_factory=set)
     chain: bool = False  # a Consul router or splitter changed (consul/chain.py)
     delegation: bool = False  # a root or delegate VirtualService changed (delegation.py)
+    sidecars: bool = False  # a Sidecar was added, replaced or removed
     # snapshot map name -> keys whose value was added, replaced or removed
     changed: dict[str, set[str]] = field(default_factory=dict)
 
@@ -154,6 +157,7 @@ class Normalizer:
         self._credential_claims = Claims()
         self._credentials: dict[str, Credential] = {}
         self._gateways: dict[str, Gateway] = {}
+        self._sidecars: dict[str, Sidecar] = {}
         self._vips = VipAllocator()  # automatic VIPs of hosts without addresses (vips.py)
         self._snapshot = MeshSnapshot()
         # References that cannot work, by what identifies them (not their line, which moves).
@@ -400,6 +404,10 @@ class Normalizer:
         elif isinstance(converted, Gateway):
             self._gateways[converted.key] = converted
             dirty.mark("gateways", converted.key)
+        elif isinstance(converted, Sidecar):
+            self._sidecars[converted.key] = converted
+            dirty.mark("sidecars", converted.key)
+            dirty.sidecars = True
         elif converted.workload_selector is not None:
             self._scope_rule(converted, converted, dirty)
         else:
@@ -451,6 +459,10 @@ class Normalizer:
         elif isinstance(converted, Gateway):
             self._gateways.pop(converted.key, None)
             dirty.mark("gateways", converted.key)
+        elif isinstance(converted, Sidecar):
+            self._sidecars.pop(converted.key, None)
+            dirty.mark("sidecars", converted.key)
+            dirty.sidecars = True
         elif converted.workload_selector is not None:
             self._scope_rule(converted, None, dirty)
         else:
@@ -481,6 +493,8 @@ class Normalizer:
         if dirty.delegation:
             self._merge_delegates(dirty, out)
         self._conflict_warnings(dirty, out)
+        if dirty.sidecars:
+            self._sidecar_warnings(dirty, out)
 
     def _readdress(self, dirty: _Dirty) -> None:
         """New automatic VIPs for the hosts that other hosts' arrivals or departures moved."""
@@ -631,6 +645,15 @@ class Normalizer:
                         )
                         out.append(diagnostic(raw, Issue("warning", path, reason)))
 
+    def _sidecar_warnings(self, dirty: _Dirty, out: list[Diagnostic]) -> None:
+        """Warn each Sidecar written now that another in its namespace rivals (sidecars.py)."""
+        for key in sorted(k for k in dirty.upserted if k[1] == "Sidecar"):
+            entry = self._entries.get(key)
+            if entry is not None and isinstance(entry.converted, Sidecar):
+                found = sidecar_conflict(entry.converted, self._sidecars)
+                if found is not None:
+                    out.append(diagnostic(entry.raw, Issue("warning", *found)))
+
     def _publish(self, changed: Mapping[str, set[str]]) -> None:
         """A new snapshot: fresh read-only copies of the changed maps, the others shared,
         and the keys that changed, so that consumers need not compare the maps."""
@@ -644,6 +667,7 @@ class Normalizer:
             "workload_destination_rules": self._workload_rules,
             "credentials": self._credentials,
             "gateways": self._gateways,
+            "sidecars": self._sidecars,
             **self._security,
         }
         fields = {

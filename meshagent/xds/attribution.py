@@ -11,13 +11,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from meshagent.model.proxy import ProxySpec
+from meshagent.model.proxy import ROUTER, ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
 from meshagent.model.source import Provenance
 from meshagent.xds import names, typeurls
 
 AGENT_CONFIG = "agent config"
 MAX_ORIGINS = 5
+_GATEWAY_TYPES = (typeurls.LISTENER, typeurls.ROUTE, typeurls.SECRET)
 _LISTENER = re.compile(r"(?P<address>.+)_(?P<port>-?\d+)")
 
 
@@ -30,6 +31,12 @@ def render(provenance: Provenance | None) -> str | None:
 
 def origins(snapshot: MeshSnapshot, proxy: ProxySpec, type_url: str, name: str) -> list[str]:
     """Where the resource type_url/name came from, rendered; [] when unknown."""
+    if proxy.proxy_type == ROUTER and type_url in _GATEWAY_TYPES:
+        from meshagent.xds.translate.gateway import gateway_origins  # translate imports xds
+
+        found = [o for p in gateway_origins(snapshot, proxy, type_url, name) if (o := render(p))]
+        if found:
+            return found
     if type_url in (typeurls.CLUSTER, typeurls.ENDPOINT):
         return _cluster(snapshot, name)
     if type_url == typeurls.ROUTE:

@@ -15,9 +15,10 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from meshagent.adapters.yamldocs import load_file
 from meshagent.model import Credential, Identity, MeshSnapshot, ProxySpec, WorkloadCertificate
 from meshagent.model.proxy import ROUTER, SIDECAR
-from meshagent.model.source import SourceEvent
+from meshagent.model.source import Provenance, SourceEvent
 from meshagent.normalize.normalizer import Normalizer
 from meshagent.xds import names, typeurls
+from meshagent.xds.attribution import describe
 from meshagent.xds.consistency import ConsistencyChecker
 from meshagent.xds.resources import ResourceSet
 from meshagent.xds.translate import Translator, generate
@@ -95,7 +96,7 @@ def _routes(resources: ResourceSet, name: str) -> route_pb2.RouteConfiguration:
     return _unpack(resources, typeurls.ROUTE, name, route_pb2.RouteConfiguration)
 
 
-def _tls(chain: listener_pb2.FilterChain) -> tls_pb2.DownstreamTlsContext:  # type: ignore[name-defined]
+def _tls(chain: Any) -> tls_pb2.DownstreamTlsContext:
     out = tls_pb2.DownstreamTlsContext()
     chain.transport_socket.typed_config.Unpack(out)
     return out
@@ -310,7 +311,7 @@ spec:
   - port: {number: 8081, name: http-b, protocol: HTTP}
     hosts: ["b.example.com"]
   - port: {number: 8443, name: https-dup, protocol: HTTPS}
-    hosts: ["shop.example.com"]
+    hosts: ["edge/shop.example.com"]
     tls: {mode: SIMPLE, credentialName: shop-cert}
 """
     snapshot = _snapshot(
@@ -320,12 +321,41 @@ spec:
 
     # An empty selector selects every router; edge/more sorts before edge/web.
     assert found[("edge/web", "spec.servers[1]")].endswith(
-        "duplicate host names on port 8443: */shop.example.com"
+        "duplicate host names on port 8443: shop.example.com"
     )
     assert "tcp servers (MONGO) are not translated yet" in found[("edge/more", "spec.servers[0]")]
     resources = generate(snapshot, ROUTER_PROXY)
     assert "0.0.0.0_8081" in resources.of(typeurls.LISTENER)
     assert ConsistencyChecker().check(resources) == []
+
+
+def test_gateway_resources_are_attributed_to_their_gateway_and_virtual_services() -> None:
+    where = Provenance("files", "creds/shop-cert/", "Secret", "edge", "shop-cert")
+    shop_cert = Credential("edge", "shop-cert", "C", "K", provenance=where)
+    snapshot = _snapshot(GATEWAY, SHOP, shop_cert=shop_cert)
+    listener = describe(snapshot, ROUTER_PROXY, [(typeurls.LISTENER, "0.0.0.0_8443")])
+    assert listener == ["Gateway/edge/web (mesh.yaml:1)"]
+    routes = describe(snapshot, ROUTER_PROXY, [(typeurls.ROUTE, "http.8080")])
+    assert routes == ["Gateway/edge/web (mesh.yaml:1)", "VirtualService/shop/shop (mesh.yaml:1)"]
+    secret = describe(snapshot, ROUTER_PROXY, [(typeurls.SECRET, "kubernetes://shop-cert")])
+    assert secret == ["Secret/edge/shop-cert (creds/shop-cert/)"]
+
+
+def test_credential_names_present_every_certificate() -> None:
+    gateway = GATEWAY.replace("credentialName: shop-cert,", "credentialNames: [shop-rsa, shop-ec],")
+    snapshot = _snapshot(
+        gateway,
+        shop_rsa=_credential("shop-rsa"),
+        shop_ec=_credential("shop-ec"),
+        admin_cert=_credential("admin-cert", "CA"),
+    )
+    resources = generate(snapshot, ROUTER_PROXY)
+    common = _tls(_listener(resources, "0.0.0.0_8443").filter_chains[0]).common_tls_context
+    assert [s.name for s in common.tls_certificate_sds_secret_configs] == [
+        "kubernetes://shop-rsa",
+        "kubernetes://shop-ec",
+    ]
+    assert {"kubernetes://shop-rsa", "kubernetes://shop-ec"} <= set(resources.of(typeurls.SECRET))
 
 
 def test_selector_and_proxy_type_choose_the_gateways() -> None:

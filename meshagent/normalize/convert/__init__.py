@@ -14,6 +14,7 @@ from meshagent.model.gateway import Gateway
 from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.model.services import Workload
+from meshagent.model.sidecar import Sidecar
 from meshagent.model.source import Provenance, RawResource
 from meshagent.model.traffic import DestinationRule
 from meshagent.normalize.convert.context import Context
@@ -30,6 +31,7 @@ from meshagent.normalize.convert.services import (
     convert_service_entry,
     convert_workload_entry,
 )
+from meshagent.normalize.convert.sidecar import convert_sidecar, untranslated
 from meshagent.normalize.convert.traffic import convert_destination_rule
 from meshagent.normalize.schema.core import Issues
 
@@ -42,6 +44,7 @@ Converted = (
     | AuthzPolicy
     | RequestAuthn
     | Gateway
+    | Sidecar
 )
 
 _CONVERTERS: dict[str, Any] = {
@@ -53,12 +56,12 @@ _CONVERTERS: dict[str, Any] = {
     "AuthorizationPolicy": convert_authorization_policy,
     "RequestAuthentication": convert_request_authentication,
     "Gateway": convert_gateway,
+    "Sidecar": convert_sidecar,
 }
 
 
 # Kinds that validate but have no converter yet, and what the warning says about them.
 NOT_TRANSLATED = {
-    "Sidecar": "Sidecar is validated but not translated yet: it has no effect",
     "WorkloadGroup": "WorkloadGroup is validated; only WorkloadEntry auto-registration reads it",
     "EnvoyFilter": "EnvoyFilter is validated but not translated yet: it has no effect",
     "ProxyConfig": "ProxyConfig is validated but not translated yet: it has no effect",
@@ -99,6 +102,9 @@ def convert(
         return None, issues
     if isinstance(result, AuthzPolicy):
         result = with_dry_run(result, raw.body, issues)
+    elif isinstance(result, Sidecar):
+        for path, reason in untranslated(raw.body.get("spec") or {}):
+            issues.warn(path, reason)
     return result, issues
 
 

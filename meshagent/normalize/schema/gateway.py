@@ -46,11 +46,11 @@ _STRINGS = ListOf(Str())
 def _server_tls_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     mode = value.get("mode") or "PASSTHROUGH"
     files = value.get("serverCertificate") or value.get("privateKey")
-    if mode in ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL") and not (
-        value.get("credentialName") or files
-    ):
+    named = value.get("credentialName") or value.get("credentialNames")
+    if mode in ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL") and not (named or files):
         issues.error(
-            join(path, "mode"), f"{mode} needs credentialName or serverCertificate + privateKey"
+            join(path, "mode"),
+            f"{mode} needs credentialName(s) or serverCertificate + privateKey",
         )
     if bool(value.get("serverCertificate")) != bool(value.get("privateKey")) and files:
         issues.error(join(path, "privateKey"), "serverCertificate and privateKey go together")

@@ -40,6 +40,7 @@ from meshagent.xds.translate.generators import (
 )
 from meshagent.xds.translate.inbound import InboundClustersGenerator, InboundListenersGenerator
 from meshagent.xds.translate.jwt import JwksClustersGenerator
+from meshagent.xds.translate.scope import ScopedView
 from meshagent.xds.translate.secrets import SecretsGenerator
 from meshagent.xds.translate.transparent import (
     PassthroughClustersGenerator,
@@ -112,9 +113,12 @@ class Translator:
         self._assembler = Assembler()
         self._snapshot: MeshSnapshot | None = None
         self._proxy: ProxySpec | None = None
+        self._scope = ScopedView()
 
     def generate(self, snapshot: MeshSnapshot, proxy: ProxySpec) -> ResourceSet:
-        """Every resource for proxy, given snapshot."""
+        """Every resource for proxy, given snapshot (as the Sidecar that applies to proxy
+        scopes it: xds/translate/scope.py)."""
+        snapshot, proxy = self._scope.view(snapshot, proxy)
         proxy_changed = proxy != self._proxy
         if proxy_changed and self._proxy is not None:
             # Names, ports and domains depend on the proxy: start from clean caches.

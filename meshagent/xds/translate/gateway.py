@@ -17,7 +17,7 @@ from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 
-from meshagent.model import Diagnostic, MeshSnapshot, ProxySpec
+from meshagent.model import Diagnostic, MeshSnapshot, Provenance, ProxySpec
 from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
 from meshagent.xds.translate import protos
@@ -30,7 +30,10 @@ from meshagent.xds.translate.gateway_plan import (
     plan_gateways,
     server_kind,
 )
-from meshagent.xds.translate.gateway_routes import build_gateway_route_configuration
+from meshagent.xds.translate.gateway_routes import (
+    bound_virtual_services,
+    build_gateway_route_configuration,
+)
 from meshagent.xds.translate.gateway_tls import credential_secret, downstream_tls
 from meshagent.xds.translate.generators import identical, keep_unchanged
 from meshagent.xds.translate.inbound import TLS_INSPECTOR, listener_filter
@@ -191,3 +194,27 @@ def gateway_diagnostics(plan: GatewayPlan) -> list[Diagnostic]:
 def gateway_problems(snapshot: MeshSnapshot, proxy: ProxySpec) -> list[Diagnostic]:
     """gateway_diagnostics of the plan for proxy (none for a sidecar)."""
     return gateway_diagnostics(plan_gateways(snapshot, proxy, CHAIN_BUILDERS))
+
+
+def gateway_origins(
+    snapshot: MeshSnapshot, proxy: ProxySpec, type_url: str, name: str
+) -> list[Provenance | None]:
+    """The provenance of what a router's listener, route configuration or credential secret
+    was built from: the Gateways of its servers, the VirtualServices bound to a route
+    configuration, the credential of a secret ([] for a resource of no Gateway)."""
+    plan = plan_gateways(snapshot, proxy, CHAIN_BUILDERS)
+    if type_url == typeurls.LISTENER:
+        servers = [p for port in plan.ports if port.listener_name == name for p in port.servers]
+    elif type_url == typeurls.ROUTE:
+        servers = plan.servers_of_route(name)
+    else:
+        found = [c for secret, c, _ in plan.secrets if secret == name]
+        return [c.provenance for c in found]
+    out: list[Provenance | None] = []
+    for placed in servers:
+        if placed.gateway.provenance not in out:
+            out.append(placed.gateway.provenance)
+        if type_url == typeurls.ROUTE:
+            bound = bound_virtual_services(snapshot, placed.gateway.key, proxy)
+            out += [vs.provenance for vs in bound if vs.provenance not in out]
+    return out

@@ -162,8 +162,7 @@ def sni_hosts(server: GatewayServer) -> tuple[str, ...]:
 def credential_key(credential_name: str, proxy: ProxySpec) -> str:
     """The snapshot key of a credentialName: Istio looks the Secret up in the namespace of
     the proxy that uses it (a `kubernetes://` prefix is accepted)."""
-    name = credential_name.removeprefix(_CREDENTIAL_PREFIX)
-    return f"{proxy.namespace}/{name}"
+    return f"{proxy.namespace}/{_bare(credential_name)}"
 
 
 def _ca_of(
@@ -186,27 +185,41 @@ def _tls_needs(
         return [], ""
     if tls.mode == ISTIO_MUTUAL:
         return [], "" if proxy.certificates else "ISTIO_MUTUAL needs workload certificates (ca:)"
-    if tls.mode not in (SIMPLE, *_WITH_CA) or not tls.credential_name:
+    listed = tls.credentials
+    if tls.mode not in (SIMPLE, *_WITH_CA) or not listed:
         return [], ""  # certificate files on the host (serverCertificate/privateKey)
-    key = credential_key(tls.credential_name, proxy)
-    credential = snapshot.credentials.get(key)
-    if credential is None:
-        return [], f"credential {key!r} (credentialName {tls.credential_name!r}) not found"
-    if not credential.cert_chain_pem or not credential.private_key_pem:
-        return [], f"credential {key!r} has no certificate and key"
-    name = tls.credential_name.removeprefix(_CREDENTIAL_PREFIX)
-    out = [(names.credential_secret_name(name), credential, False)]
-    if tls.mode in _WITH_CA:
-        ca = _ca_of(snapshot.credentials, key, credential)
+    out: list[tuple[str, Credential, bool]] = []
+    for written in listed:
+        key = credential_key(written, proxy)
+        credential = snapshot.credentials.get(key)
+        if credential is None:
+            return [], f"credential {key!r} (credentialName {written!r}) not found"
+        if not credential.cert_chain_pem or not credential.private_key_pem:
+            return [], f"credential {key!r} has no certificate and key"
+        out.append((names.credential_secret_name(_bare(written)), credential, False))
+    if tls.mode in _WITH_CA:  # the first credential's CA verifies clients, as in Istio
+        key = credential_key(listed[0], proxy)
+        ca = _ca_of(snapshot.credentials, key, snapshot.credentials[key])
         if ca is None:
             return [], f"{tls.mode} needs a CA bundle: credential {key!r} has none (ca.crt)"
-        out.append((names.credential_ca_secret_name(name), ca, True))
+        out.append((names.credential_ca_secret_name(_bare(listed[0])), ca, True))
     return out, ""
+
+
+def _bare(credential_name: str) -> str:
+    return credential_name.removeprefix(_CREDENTIAL_PREFIX)
 
 
 def _can_merge(current: str, new: str) -> bool:
     """Istio's canMergeProtocols: plain HTTP servers share a port with plain HTTP ones."""
     return (current in HTTP_PROTOCOLS or current == new) and new in HTTP_PROTOCOLS
+
+
+def _tls_names(server: GatewayServer) -> list[str]:
+    """The names a server with TLS claims on its port: its hosts without namespace (two
+    servers claiming one name would give Envoy two filter chains with one SNI match; Istio
+    compares the hosts as written and lets Envoy reject that)."""
+    return sorted({split_server_host(h)[1] for h in server.hosts})
 
 
 @dataclass(slots=True)
@@ -225,7 +238,7 @@ class _Merge:
         name = route_name(server, gateway)
         if server.tls is not None:
             known = self.tls_hosts.setdefault(port, {})
-            taken = [h for h in server.hosts if known.get(h) == bind]
+            taken = [h for h in _tls_names(server) if known.get(h) == bind]
             if taken:
                 return f"duplicate host names on port {port}: {', '.join(taken)}"
         placed = PlacedServer(gateway, server, name, sni_hosts(server) if server.tls else ())
@@ -255,7 +268,7 @@ class _Merge:
             self.tls_binds.setdefault(port, set()).add(bind)
         if placed.server.tls is not None:
             known = self.tls_hosts.setdefault(port, {})
-            known.update((h, bind) for h in placed.server.hosts)
+            known.update((h, bind) for h in _tls_names(placed.server))
         return ""
 
 

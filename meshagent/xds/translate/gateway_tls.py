@@ -83,13 +83,13 @@ def downstream_tls(tls: ServerTls, alpn: tuple[str, ...] = HTTP_ALPN) -> base_pb
     if tls.mode == ISTIO_MUTUAL:
         common.tls_certificate_sds_secret_configs.append(sds_config(names.DEFAULT_SECRET))
         _validate_with(common, tls, names.ROOTCA_SECRET)
-    elif tls.credential_name:
-        name = tls.credential_name.removeprefix(names.CREDENTIAL_PREFIX)
-        common.tls_certificate_sds_secret_configs.append(
-            sds_config(names.credential_secret_name(name))
+    elif tls.credentials:
+        bare = [n.removeprefix(names.CREDENTIAL_PREFIX) for n in tls.credentials]
+        common.tls_certificate_sds_secret_configs.extend(
+            sds_config(names.credential_secret_name(n)) for n in bare
         )
-        if validate:
-            _validate_with(common, tls, names.credential_ca_secret_name(name))
+        if validate:  # the first credential's CA, as Istio
+            _validate_with(common, tls, names.credential_ca_secret_name(bare[0]))
     else:
         _from_files(common, tls, validate)
     if tls.mode != ISTIO_MUTUAL:

@@ -441,9 +441,9 @@ class HttpListenersGenerator:
         if ctx.proxy.capture:  # the ports are chains of virtualOutbound (transparent.py)
             return self._none
         out: list[Resource] = []
-        address = ctx.proxy.outbound_address
+        proxy = ctx.proxy
         for port in ctx.index.http_ports:
-            key = (address, ctx.proxy.outbound_port(port), port)
+            key = (proxy.outbound_bind(port), proxy.outbound_port(port), port)
             found = self._cache.get(key)
             if found is None:
                 listener = build_http_listener(*key)
@@ -489,7 +489,7 @@ class TcpListenersGenerator:
 
     def generate(self, ctx: Context) -> list[Resource]:
         taken = {
-            names.listener_name(ctx.proxy.outbound_address, ctx.proxy.outbound_port(p))
+            names.listener_name(ctx.proxy.outbound_bind(p), ctx.proxy.outbound_port(p))
             for p in ctx.index.http_ports
         }
         out: list[Resource] = []

@@ -33,11 +33,13 @@ from google.protobuf.message import Message
 from meshagent.errors import ConfigError
 from meshagent.model import InboundPort, LocalWorkload, MeshSnapshot, ProxySpec
 from meshagent.model.security import AuthzPolicy, MtlsMode, PeerAuthn
+from meshagent.model.sidecar import UNIX_PREFIX
 from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
 from meshagent.xds.translate import ext_authz, protos
 from meshagent.xds.translate.context import Context
 from meshagent.xds.translate.generators import identical, keep_unchanged
+from meshagent.xds.translate.ingress_tls import ingress_transport_socket
 from meshagent.xds.translate.jwt import jwt_filter_for
 from meshagent.xds.translate.listeners import tcp_proxy
 from meshagent.xds.translate.rbac import RbacFilter, rbac_by_action
@@ -178,6 +180,11 @@ def inbound_chains(
     tls_inspector listener filter, one matching application protocols the http_inspector
     (see listener_filters_for)."""
     proxy = ctx.proxy
+    if port.tls is not None and port.tls.mode in ("SIMPLE", "MUTUAL"):
+        # A Sidecar ingress port's own TLS replaces mesh mTLS on that port, as in Istio.
+        chain = lc.FilterChain(filters=_port_filters(ctx, workload, port, http=is_http(port)))
+        chain.transport_socket.CopyFrom(ingress_transport_socket(port.tls))
+        return [chain]
     mode = mtls_mode(ctx.snapshot, proxy, workload, port)
     if mode is MtlsMode.PERMISSIVE and not proxy.certificates:
         mode = MtlsMode.DISABLE
@@ -240,9 +247,10 @@ def listener_filter(name: str, config: Message) -> lc.ListenerFilter:
 def build_inbound_listener(ctx: Context, workload: LocalWorkload, port: InboundPort) -> Listener:
     """The inbound listener of one workload port."""
     proxy = ctx.proxy
-    name = names.inbound_listener_name(proxy.inbound_address, port.port)
+    address = port.bind or proxy.inbound_address  # a Sidecar ingress listener's bind
+    name = names.inbound_listener_name(address, port.port)
     out = Listener(name=name)
-    out.address.socket_address.address = proxy.inbound_address
+    out.address.socket_address.address = address
     out.address.socket_address.port_value = port.port
     chains = inbound_chains(ctx, workload, port)
     out.listener_filters.extend(listener_filters_for(chains))
@@ -267,7 +275,8 @@ def workload_ports(proxy: ProxySpec) -> list[tuple[LocalWorkload, InboundPort]]:
 
 
 def build_inbound_cluster(port: InboundPort, proxy: ProxySpec) -> Cluster:
-    """`inbound|<port>||`: the application on 127.0.0.1:target_port.
+    """`inbound|<port>||`: the application on 127.0.0.1:target_port (or where a Sidecar
+    ingress listener's defaultEndpoint says: another address, or a Unix socket).
 
     Under capture, Envoy connects from INBOUND_SOURCE_ADDRESS, which the capture rules
     never redirect (Istio's 127.0.0.6), so the application's answer is not captured again.
@@ -280,7 +289,12 @@ def build_inbound_cluster(port: InboundPort, proxy: ProxySpec) -> Cluster:
     assignment = cluster.load_assignment
     assignment.cluster_name = cluster.name
     endpoint = assignment.endpoints.add().lb_endpoints.add().endpoint
-    endpoint.address.socket_address.address = "127.0.0.1"
+    target = port.target_address  # a Sidecar ingress defaultEndpoint, else 127.0.0.1
+    if target.startswith(UNIX_PREFIX):
+        endpoint.address.pipe.path = target[len(UNIX_PREFIX) :]
+        cluster.ClearField("upstream_bind_config")  # no source address on a Unix socket
+        return cluster
+    endpoint.address.socket_address.address = target or "127.0.0.1"
     endpoint.address.socket_address.port_value = port.target_port
     return cluster
 

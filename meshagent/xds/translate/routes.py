@@ -219,7 +219,8 @@ def build_route_configuration(
 
 def catch_all_virtual_host(proxy: ProxySpec) -> rc.VirtualHost:
     """The last virtual host of every outbound HTTP route configuration under capture: a
-    Host no service claims goes through (allow_any) or gets 502 (block_all), as in Istio."""
+    Host no service claims goes through (allow_any; to the egressProxy's cluster when the
+    Sidecar names one) or gets 502 (block_all), as in Istio."""
     route = rc.Route(match=rc.RouteMatch(prefix="/"))
     if proxy.outbound_traffic_policy == REGISTRY_ONLY:
         route.name = names.BLOCK_ALL_VIRTUAL_HOST
@@ -227,7 +228,12 @@ def catch_all_virtual_host(proxy: ProxySpec) -> rc.VirtualHost:
         name = names.BLOCK_ALL_VIRTUAL_HOST
     else:
         route.name = names.ALLOW_ANY_VIRTUAL_HOST
-        route.route.cluster = names.PASSTHROUGH_CLUSTER
+        egress = proxy.egress_proxy  # a Sidecar's outboundTrafficPolicy.egressProxy
+        route.route.cluster = (
+            names.PASSTHROUGH_CLUSTER
+            if egress is None
+            else names.cluster_name(egress.port, egress.host, egress.subset)
+        )
         route.route.timeout.CopyFrom(protos.duration(0))
         name = names.ALLOW_ANY_VIRTUAL_HOST
     return rc.VirtualHost(name=name, domains=["*"], routes=[route])

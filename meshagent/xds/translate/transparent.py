@@ -7,7 +7,8 @@ chains match on it: a chain per HTTP port (`0.0.0.0_<port>`, routing by Host thr
 port's route configuration, which gains a catch-all virtual host), a chain per address and
 port of every non-HTTP service that has addresses (ServiceEntry `addresses`, Kubernetes
 ClusterIPs, allocated VIPs), and the default chain for everything else: PassthroughCluster
-(ORIGINAL_DST) under ALLOW_ANY, BlackHoleCluster under REGISTRY_ONLY.
+(ORIGINAL_DST) under ALLOW_ANY (the cluster of a Sidecar's egressProxy when it names one),
+BlackHoleCluster under REGISTRY_ONLY.
 
 virtualInbound (15006) takes inbound connections: each local workload port's chains (the
 same mTLS, PeerAuthentication, JWT and RBAC as the per-port inbound listeners of loopback
@@ -70,9 +71,13 @@ def _tcp_chain(name: str, cluster: str | list[tuple[str, int]]) -> lc.FilterChai
 
 
 def fallback_cluster(proxy: ProxySpec) -> str:
-    """Where destinations outside the registry go: through, or nowhere."""
+    """Where destinations outside the registry go: through (or to the Sidecar's egressProxy),
+    or nowhere."""
     if proxy.outbound_traffic_policy == REGISTRY_ONLY:
         return names.BLACKHOLE_CLUSTER
+    egress = proxy.egress_proxy
+    if egress is not None:
+        return names.cluster_name(egress.port, egress.host, egress.subset)
     return names.PASSTHROUGH_CLUSTER
 
 
