@@ -197,6 +197,15 @@ def test_a_missing_credential_is_a_located_warning(router: Router) -> None:
         not in router.harness.envoy_admin("/listeners").body.decode()
     )
 
+    # Without that server the warning goes, and the other servers keep serving.
+    gateway = _router_gateway(router.http_port, router.redirect_port, router.https_port)
+    kept = gateway[: gateway.index(f"  - port: {{number: {router.https_port}")]
+    harness = router.harness
+    apps = services(harness.apps["api"], harness.apps["web"])
+    harness.apply("---\n".join([apps, SHOP_VS, kept]))
+    wait_until(lambda: warning() is None, what="gateway warning gone")
+    assert _served_by(router.http_port, "/api") == "api-v1"
+
 
 def _line_of_gateway(router: Router) -> int:
     text = (router.harness.mesh_dir / "mesh.yaml").read_text().splitlines()
