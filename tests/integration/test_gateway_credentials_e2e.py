@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.credential_helpers import CA_PEM, Pem, server_cert, write_credential
+from meshagent.testing.kube_sim import KubeSim
+from tests.credential_helpers import CA_PEM, Pem, secret_body, server_cert, write_credential
 from tests.integration.mesh_harness import MeshHarness, mesh_harness, wait_until
 from tests.net_helpers import free_port
 
@@ -176,3 +177,49 @@ def test_mutual_from_files_needs_a_client_certificate_of_the_credential_ca(
     wait_until(served, timeout=20, what="MUTUAL with a client certificate")
     with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
         _serial_and_reply(CA_PEM, MUTUAL_PORT)  # no client certificate: refused
+
+
+# -- the same gateway with its credential from a Kubernetes Secret (the API simulator) ------
+
+
+@pytest.fixture(scope="module")
+def kube_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MeshHarness, KubeSim]]:
+    root = tmp_path_factory.mktemp("gateway-kube-secret")
+    sim = KubeSim(bookmark_interval_s=0.5).start()
+    assert sim.token is not None
+    (root / "token").write_text(sim.token)
+    try:
+        with mesh_harness(
+            root,
+            node_id="ingress-kube",
+            node={"id": "ingress-kube", "namespace": "edge", "type": "router",
+                  "labels": {"istio": "ingressgateway"}},
+            sources={
+                "files": {"paths": ["mesh/"], "debounce_ms": 50},
+                "kubernetes": {"server": sim.url, "token_file": "token", "kinds": [],
+                               "watch_timeout": "5s"},
+            },
+        ) as harness:  # fmt: skip
+            app = harness.start_app("shop", "shop", "v1")
+            harness.apply(MESH.replace("{app_port}", str(app.port)))
+            yield harness, sim
+    finally:
+        sim.stop()
+
+
+def test_ingress_https_from_a_kubernetes_secret_and_its_update(
+    kube_mesh: tuple[MeshHarness, KubeSim],
+) -> None:
+    mesh, sim = kube_mesh
+    first, second = server_cert(HOST), server_cert(HOST)
+    sim.apply(secret_body("shop-cert", "edge", tls_crt=first.cert, tls_key=first.key))
+    sim.apply(secret_body("shop-cert", "other", tls_crt=second.cert, tls_key=second.key))
+    mesh.start_agent()
+    mesh.start_envoy()
+    wait_until(lambda: _serves(mesh, first), timeout=20, what="HTTPS from the Secret")
+    version, _ = _listener_state(mesh)
+    sim.apply(secret_body("shop-cert", "edge", tls_crt=second.cert, tls_key=second.key))
+    wait_until(lambda: _serves(mesh, second), timeout=20, what="the updated Secret")
+    assert _listener_state(mesh)[0] == version
+    secret_paths = {r.split("?")[0] for r in sim.requests if "/secrets" in r}
+    assert secret_paths == {"GET /api/v1/namespaces/edge/secrets"}  # the router's namespace only
