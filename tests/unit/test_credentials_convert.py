@@ -53,6 +53,14 @@ def test_a_ca_only_secret_is_a_ca_credential() -> None:
     assert credential.ca_cert_pem == CA_PEM and not credential.private_key_pem
 
 
+def test_an_empty_ca_beside_a_certificate_is_no_ca_as_cert_manager_writes_it() -> None:
+    pem = server_cert()
+    raw = kube_secret("web", tls_crt=pem.cert, tls_key=pem.key, ca_crt="")
+    credential, issues = convert_secret(raw, default_namespace="d")
+    assert not issues and credential is not None and credential.ca_cert_pem == ""
+    assert _errors(kube_secret("web-cacert", ca_crt=""))[0][1] == "data.ca.crt"
+
+
 def test_a_kubernetes_secret_without_credential_keys_is_ignored_quietly() -> None:
     assert convert_secret(kube_secret("db", password="x"), default_namespace="d") == (None, [])
 
