@@ -33,7 +33,7 @@ import os
 import stat
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -57,6 +57,8 @@ class _Scan:
     dirs: dict[Path, DirSig]  # credential directory -> signature
     unavailable: dict[Path, str]  # configured path -> why it cannot be listed
     unreadable: dict[Path, str]  # credential directory -> why it cannot be listed
+    # a credential directory whose name an earlier configured path has -> that directory
+    duplicates: dict[Path, Path] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -82,6 +84,7 @@ def scan_paths(paths: Iterable[Path]) -> _Scan:
     """Look at every configured path's credential directories (hidden names skipped, and a
     filesystem's lost+found)."""
     out = _Scan({}, {}, {})
+    first: dict[str, Path] = {}
     for root in paths:
         try:
             entries = sorted(os.scandir(root), key=lambda e: e.name)
@@ -98,6 +101,9 @@ def scan_paths(paths: Iterable[Path]) -> _Scan:
                 if not entry.is_dir():  # through a symlink too
                     continue
                 directory = Path(entry.path)
+                if first.setdefault(entry.name, directory) != directory:
+                    out.duplicates[directory] = first[entry.name]
+                    continue
                 out.dirs[directory] = (os.stat(directory).st_ino, _file_sigs(directory))
             except FileNotFoundError:
                 continue  # gone while looking: seen as gone
@@ -160,6 +166,7 @@ class CredentialsAdapter:
         self._keys: dict[Path, Key] = {}
         self._unavailable: dict[Path, str] = {}
         self._unreadable: dict[Path, str] = {}
+        self._duplicates: dict[Path, Path] = {}
         self._reported: tuple[Diagnostic, ...] = ()  # the errors of the last event
         self._stop = asyncio.Event()
         self._inotify: Inotify | None = None
@@ -226,6 +233,8 @@ class CredentialsAdapter:
     def _has_changes(self, scan: _Scan) -> bool:
         if scan.unavailable != self._unavailable or scan.unreadable != self._unreadable:
             return True
+        if scan.duplicates != self._duplicates:
+            return True
         visible = {d for d in self._served if not self._frozen(d, scan)}
         if scan.dirs.keys() != visible:
             return True
@@ -268,6 +277,9 @@ class CredentialsAdapter:
                 deletes.append(self._keys.pop(directory))
         for directory, why in sorted(scan.unreadable.items()):
             errors.append(self._error(directory, "", why))
+        for directory, serving in sorted(scan.duplicates.items()):
+            why = f"the credential {directory.name!r} is {serving}; this directory is ignored"
+            errors.append(self._error(directory, "", why))
         now = time.time_ns()
         for directory, sig in scan.dirs.items():
             served = self._served.get(directory)
@@ -286,6 +298,9 @@ class CredentialsAdapter:
                 upserts.append(raw)
         changed = scan.unavailable != self._unavailable or tuple(errors) != self._reported
         self._unavailable, self._unreadable = dict(scan.unavailable), dict(scan.unreadable)
+        self._duplicates = dict(scan.duplicates)
+        upserted = {raw.key for raw in upserts}  # (a name that moved to an earlier path)
+        deletes = [key for key in deletes if key not in upserted]
         self._reported = tuple(errors)
         if not (first or upserts or deletes or changed):
             return None  # (an event repeats the errors that hold: the agent keeps those)

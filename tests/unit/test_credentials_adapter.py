@@ -203,3 +203,21 @@ def test_sources_credentials_in_the_agent_config(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as err:
             parse_config(f"sources:\n  credentials: {body}\n", tmp_path / "agent.yaml")
         assert "sources.credentials" in str(err.value) and field in str(err.value)
+
+
+async def test_a_name_in_two_paths_serves_from_the_first_and_the_other_is_an_error(
+    tmp_path: Path,
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    first, second = server_cert(), server_cert()
+    write_credential(a, "web", tls(first))
+    write_credential(b, "web", tls(second))
+    async with adapter(a, b) as source:
+        events = source.watch()
+        event = await next_event(events)
+        assert [r.body["stringData"]["tls.crt"] for r in event.upserts] == [first.cert]
+        assert [e.location for e in event.errors] == [str(b / "web")]
+        shutil.rmtree(a / "web")  # the other one takes over: no delete in between
+        moved = await next_event(events)
+    assert [r.body["stringData"]["tls.crt"] for r in moved.upserts] == [second.cert]
+    assert moved.deletes == () and moved.errors == ()
