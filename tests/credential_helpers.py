@@ -36,6 +36,8 @@ def _name(cn: str) -> x509.Name:
 def _key(kind: str) -> Any:
     if kind == "rsa1024":
         return rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    if kind == "p224":
+        return ec.generate_private_key(ec.SECP224R1())
     return ec.generate_private_key(ec.SECP256R1())
 
 

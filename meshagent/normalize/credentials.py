@@ -9,9 +9,10 @@ same naming (`crl`, `ca.crl`). A Secret that holds only a CA bundle is a CA-only
 them) or `stringData` (text, as the files adapter emits them).
 
 Checks, each located at the key it is about: PEM that parses (chain, key, CA bundle, CRL), a key
-that matches the first certificate of the chain, an RSA key of at least 2048 bits (Envoy's
-floor); an expired or not yet valid certificate is a warning (Envoy serves it; clients refuse
-it). Reasons never quote a value: a private key must not reach a log or a debug page.
+that matches the first certificate of the chain, RSA of at least 2048 bits and ECDSA on P-256,
+P-384 or P-521 (what Envoy loads); an expired or not yet valid certificate is a warning (Envoy
+serves it; clients refuse it). Reasons never quote a value: a private key must not reach a log
+or a debug page.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from meshagent.model.credentials import Credential
 from meshagent.model.source import Diagnostic, Provenance, RawResource
@@ -40,6 +41,7 @@ GENERIC_KEYS = ("cert", "key", "cacert", "crl")
 TLS_KEYS = ("tls.crt", "tls.key", "ca.crt", "ca.crl")
 CREDENTIAL_KEYS = (*GENERIC_KEYS, *TLS_KEYS)
 MIN_RSA_BITS = 2048
+EC_CURVES = ("secp256r1", "secp384r1", "secp521r1")  # what Envoy loads (checked on 1.40)
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 
 
@@ -200,6 +202,10 @@ def _check_chain(
     if isinstance(public, rsa.RSAPublicKey) and public.key_size < MIN_RSA_BITS:
         issues.error(
             where(key), f"RSA key of {public.key_size} bits: Envoy needs at least {MIN_RSA_BITS}"
+        )
+    if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name not in EC_CURVES:
+        issues.error(
+            where(key), f"ECDSA on {public.curve.name}: Envoy serves P-256, P-384 or P-521 only"
         )
     if leaf.not_valid_after_utc < now:
         issues.warn(

@@ -89,6 +89,8 @@ def test_each_error_is_located_at_its_key() -> None:
 def test_a_small_rsa_key_and_base64_errors_are_errors() -> None:
     weak = server_cert(key_kind="rsa1024")
     assert "2048" in _errors(kube_secret("web", tls_crt=weak.cert, tls_key=weak.key))[0][2]
+    p224 = server_cert(key_kind="p224")
+    assert "P-256" in _errors(kube_secret("web", tls_crt=p224.cert, tls_key=p224.key))[0][2]
     raw = kube_secret("web")
     raw = dataclasses.replace(raw, body={**raw.body, "data": {"tls.crt": "%%%"}})
     assert _errors(raw)[0][1] == "data.tls.crt"
