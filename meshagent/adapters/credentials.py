@@ -70,7 +70,11 @@ class _Served:
 
 def _file_sigs(directory: Path) -> tuple[FileSig, ...]:
     sigs: list[FileSig] = []
+    with os.scandir(directory) as entries:  # one listing, then a stat of what is there
+        present = {e.name for e in entries}
     for name in FILE_NAMES:
+        if name not in present:
+            continue
         try:
             st = os.stat(directory / name)  # through the ..data symlinks of a Secret volume
         except FileNotFoundError:
