@@ -214,6 +214,8 @@ class Agent:
         self._restored: dict[Key, RawResource] = {}  # loaded at start, until sources listed
         self._credentials_deadline = 0.0  # see _credentials_pending
         self._credential_sources: set[str] = set()
+        self._credentials_checked: tuple[object, ...] = ()  # what _credential_problems is of
+        self._credential_problems: tuple[Diagnostic, ...] = ()  # DR credentials unserved
         self._credentials_timer: asyncio.TimerHandle | None = None
         self._processor: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -640,6 +642,7 @@ class Agent:
         self.diagnostics.forget_source(NACK_SOURCE)  # a new set: Envoy judges it anew
         self._warn_unservable_custom_policies()
         self._report_gateway_problems()
+        self._report_credential_problems()
         self.metrics.snapshot_version.set(getattr(self._snapshot, "version", 0))
         counts = {t: len(resources.of(t)) for t in SHORT_NAMES}
         self.metrics.set_resources(counts)
@@ -716,6 +719,33 @@ class Agent:
         for provider, reason in sorted(i for i in invalid - self._custom_problems if i[1]):
             log.warning("extension_provider_invalid", provider=provider[9:], reason=reason)
         self._custom_problems = problems | invalid
+
+    def _report_credential_problems(self) -> None:
+        """Report each DestinationRule credentialName the proxy cannot serve, as a located
+        warning, while it stays so (xds/translate/credential_secrets.py)."""
+        from meshagent.xds.translate.credential_secrets import (
+            CREDENTIAL_REFERENCES,
+            credential_problems,
+        )
+
+        snapshot = self._snapshot
+        if not isinstance(snapshot, MeshSnapshot):
+            return
+        key = (
+            snapshot.destination_rules,
+            snapshot.workload_destination_rules,
+            snapshot.credentials,
+            self._proxy,
+        )
+        old = self._credentials_checked
+        if len(old) == len(key) and all(a is b for a, b in zip(key, old, strict=True)):
+            return
+        self._credentials_checked = key
+        found = tuple(credential_problems(snapshot, self._proxy))
+        if found != self._credential_problems:
+            self.diagnostics.forget_source(CREDENTIAL_REFERENCES)
+            self._credential_problems = found
+            self._report(found)
 
     def _report_gateway_problems(self) -> None:
         """Report each Gateway server a router leaves out (a conflict, a missing credential)

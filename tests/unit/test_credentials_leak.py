@@ -45,6 +45,13 @@ spec:
   - port: {number: 8443, name: https, protocol: HTTPS}
     hosts: ["*"]
     tls: {mode: SIMPLE, credentialName: web}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: out, namespace: edge}
+spec:
+  host: out.example.com
+  trafficPolicy: {tls: {mode: MUTUAL, credentialName: nowhere}}
 """
 
 
@@ -99,6 +106,8 @@ async def test_no_private_key_in_last_good_admin_pages_diagnostics_or_logs(
         errors = agent.config_errors()["diagnostics"]
         assert any(d["location"] == str(creds / "bad" / "tls.key") for d in errors)
         assert _clean(json.dumps(errors))
+        unserved = [d for d in errors if d["source"] == "credential-references"]
+        assert [d["name"] for d in unserved] == ["edge/out"]
 
     await running(agent, body)
     assert _clean(log.getvalue()) and "does not match the certificate" in log.getvalue()

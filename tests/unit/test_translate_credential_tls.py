@@ -144,3 +144,31 @@ def test_a_router_serves_the_secrets_its_rule_credentials_need() -> None:
 def test_a_credential_both_a_gateway_and_a_rule_use_is_served_once() -> None:
     secrets, problems = _secrets_of(gateway=True)
     assert secrets == ["kubernetes://client", "kubernetes://client-cacert"] and not problems
+
+
+def test_a_rule_credential_that_cannot_be_served_is_a_located_warning() -> None:
+    from dataclasses import replace
+    from types import MappingProxyType
+
+    from meshagent.model import Credential, MeshSnapshot
+    from meshagent.model.source import Provenance
+    from meshagent.xds.translate.credential_secrets import credential_problems
+    from tests.credential_helpers import CA_PEM
+
+    prov = Provenance("files", "mesh.yaml:3", "DestinationRule", "ns", "api")
+    rule = replace(_rule(ClientTls("MUTUAL", credential_name="client")), provenance=prov)
+    snapshot = MeshSnapshot(destination_rules=MappingProxyType({SERVICE.host: rule}))
+    router = ProxySpec("gw", namespace="ns", proxy_type=ROUTER)
+    (found,) = credential_problems(snapshot, router)
+    assert (found.location, found.name, found.field) == (
+        "mesh.yaml:3",
+        "ns/api",
+        "spec.trafficPolicy.tls.credentialName",
+    )
+    assert "'ns/client' not found" in found.reason
+    assert credential_problems(snapshot, ProxySpec("vm", namespace="ns")) == []  # not honoured
+    served = MappingProxyType({"ns/client": Credential("ns", "client", "C", "K", CA_PEM)})
+    assert credential_problems(replace(snapshot, credentials=served), router) == []
+    no_ca = MappingProxyType({"ns/client": Credential("ns", "client", "C", "K")})
+    (found,) = credential_problems(replace(snapshot, credentials=no_ca), router)
+    assert "no CA bundle" in found.reason

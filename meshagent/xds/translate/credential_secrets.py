@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from meshagent.model import ClientTls, DestinationRule
+from meshagent.model import ClientTls, DestinationRule, MeshSnapshot
 from meshagent.model.credentials import Credential
 from meshagent.model.proxy import ROUTER, ProxySpec
+from meshagent.model.source import Diagnostic
 from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
 from meshagent.xds.translate.context import Context, proxy_rules
@@ -24,14 +25,23 @@ from meshagent.xds.translate.gateway_plan import _ca_of, credential_key
 from meshagent.xds.translate.gateway_tls import credential_secret
 
 
-def _tls_settings(rule: DestinationRule) -> Iterator[ClientTls]:
-    policies = [rule.traffic_policy, *(s.traffic_policy for s in rule.subsets)]
-    for policy in policies:
+def _tls_settings(rule: DestinationRule) -> Iterator[tuple[str, ClientTls]]:
+    """Each tls setting of rule, with the path of its credentialName field."""
+    policies = [("spec.trafficPolicy", rule.traffic_policy)]
+    policies += [(f"spec.subsets[{i}].trafficPolicy", s.traffic_policy)
+                 for i, s in enumerate(rule.subsets)]  # fmt: skip
+    for path, policy in policies:
         if policy is None:
             continue
         if policy.tls is not None:
-            yield policy.tls
-        yield from (p.tls for p in policy.port_level if p.tls is not None)
+            yield f"{path}.tls.credentialName", policy.tls
+        for i, level in enumerate(policy.port_level):
+            if level.tls is not None:
+                yield f"{path}.portLevelSettings[{i}].tls.credentialName", level.tls
+
+
+def _honoured(rule: DestinationRule, proxy: ProxySpec) -> bool:
+    return proxy.proxy_type == ROUTER or rule.workload_selector is not None
 
 
 def credential_references(
@@ -42,9 +52,9 @@ def credential_references(
     (policy.py strips it from the clusters elsewhere)."""
     found: dict[str, tuple[bool, bool]] = {}
     for rule in rules:
-        if proxy.proxy_type != ROUTER and rule.workload_selector is None:
+        if not _honoured(rule, proxy):
             continue
-        for tls in _tls_settings(rule):
+        for _, tls in _tls_settings(rule):
             if not tls.credential_name or tls.mode not in ("SIMPLE", "MUTUAL"):
                 continue
             cert, ca = found.get(tls.credential_name, (False, False))
@@ -108,3 +118,45 @@ class ClusterCredentialSecretsGenerator:
             if n not in served
         ]
         return self._last
+
+
+CREDENTIAL_REFERENCES = "credential-references"  # the source of their diagnostics
+
+
+def credential_problems(snapshot: MeshSnapshot, proxy: ProxySpec) -> list[Diagnostic]:
+    """A located warning for each DestinationRule credentialName this proxy cannot serve
+    (the credential is missing, has no certificate for MUTUAL, or no CA bundle to verify
+    with): its clusters' TLS waits for a secret that does not come."""
+    credentials = snapshot.credentials
+    out: list[Diagnostic] = []
+    for rule in proxy_rules(snapshot, proxy).values():
+        if not _honoured(rule, proxy):
+            continue
+        for path, tls in _tls_settings(rule):
+            if not tls.credential_name or tls.mode not in ("SIMPLE", "MUTUAL"):
+                continue
+            key = credential_key(tls.credential_name, proxy)
+            credential = credentials.get(key)
+            ca = _ca_of(credentials, key, credential) if credential is not None else (
+                credentials.get(key + names.CA_CREDENTIAL_SUFFIX))  # fmt: skip
+            if tls.mode == "MUTUAL" and (credential is None or not credential.private_key_pem):
+                reason = f"credential {key!r} has no certificate and key"
+                if credential is None:
+                    reason = f"credential {key!r} not found"
+            elif not tls.insecure_skip_verify and (ca is None or not ca.ca_cert_pem):
+                reason = f"credential {key!r} has no CA bundle (ca.crt) to verify the server"
+            else:
+                continue
+            prov = rule.provenance
+            out.append(
+                Diagnostic(
+                    "warning",
+                    CREDENTIAL_REFERENCES,
+                    prov.location if prov is not None else "",
+                    "DestinationRule",
+                    f"{rule.namespace}/{rule.name}",
+                    path,
+                    f"{reason}: TLS to {rule.host} cannot start until it is there",
+                )
+            )
+    return out
