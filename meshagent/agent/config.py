@@ -113,10 +113,22 @@ class FilesSourceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CredentialsSourceConfig:
+    """The credentials adapter (adapters/credentials.py): directories of credential
+    directories; namespace None: the node's namespace."""
+
+    paths: tuple[Path, ...]
+    namespace: str | None = None
+    debounce_ms: int = 100
+    poll_interval_ms: int = 200
+
+
+@dataclass(frozen=True, slots=True)
 class SourcesConfig:
     """Configured adapters; None means that adapter is off."""
 
     files: FilesSourceConfig | None
+    credentials: CredentialsSourceConfig | None = None  # sources.credentials
     consul: ConsulSourceConfig | None = None  # sources.consul (agent/consul_config.py)
     kubernetes: KubeSourceConfig | None = None  # sources.kubernetes (agent/kube_config.py)
 
@@ -490,8 +502,9 @@ def is_locality(value: str) -> bool:
 
 
 def _sources(s: _Section, base: Path) -> SourcesConfig:
-    s.only("files", "consul", "kubernetes")
+    s.only("files", "consul", "kubernetes", "credentials")
     consul = kubernetes = None
+    credentials = _credentials(s, base) if s.data.get("credentials") is not None else None
     if s.data.get("consul") is not None:
         from meshagent.agent.consul_config import parse_consul  # it imports _Section from here
 
@@ -501,7 +514,7 @@ def _sources(s: _Section, base: Path) -> SourcesConfig:
 
         kubernetes = parse_kubernetes(s.section("kubernetes"), base)
     if "files" in s.data and s.data["files"] is None:
-        return SourcesConfig(files=None, consul=consul, kubernetes=kubernetes)
+        return SourcesConfig(None, credentials, consul=consul, kubernetes=kubernetes)
     f = s.section("files")
     f.only("paths", "debounce_ms", "poll_interval_ms")
     raw_paths = f.get("paths", list, ["mesh/"])
@@ -515,8 +528,27 @@ def _sources(s: _Section, base: Path) -> SourcesConfig:
             poll_interval_ms=_duration_ms(f, "poll_interval_ms", "200ms", 10, 60_000, bare_ms=1),
             missing_ok="paths" not in f.data,
         ),
+        credentials=credentials,
         consul=consul,
         kubernetes=kubernetes,
+    )
+
+
+def _credentials(parent: _Section, base: Path) -> CredentialsSourceConfig:
+    s = parent.section("credentials")
+    s.only("paths", "namespace", "debounce_ms", "poll_interval_ms")
+    raw_paths = s.get("paths", list, [])
+    if not raw_paths:
+        raise s.error("must name at least one directory of credential directories", "paths")
+    for i, item in enumerate(raw_paths):
+        if not isinstance(item, str) or not item:
+            raise s.error("must be a non-empty path", f"paths[{i}]")
+    namespace = _hostname(s, "namespace", "-") if "namespace" in s.data else None
+    return CredentialsSourceConfig(
+        paths=tuple(_resolve(base, p) for p in raw_paths),
+        namespace=namespace,
+        debounce_ms=_duration_ms(s, "debounce_ms", "100ms", 0, 60_000, bare_ms=1),
+        poll_interval_ms=_duration_ms(s, "poll_interval_ms", "200ms", 10, 60_000, bare_ms=1),
     )
 
 
@@ -742,7 +774,7 @@ def _protocol(s: _Section) -> str:
     protocol = s.get("protocol", str, "HTTP").upper()
     if protocol and protocol not in KNOWN_PROTOCOLS:
         known = ", ".join(sorted(KNOWN_PROTOCOLS))
-        raise s.error(f"must be one of {known}, or \"\" to detect it", "protocol")
+        raise s.error(f'must be one of {known}, or "" to detect it', "protocol")
     return protocol
 
 

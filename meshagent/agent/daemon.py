@@ -53,6 +53,14 @@ Key = tuple[str, str, str, str]
 _T = TypeVar("_T")
 SOURCE_RETRY_MAX_S = 30.0
 AGENT_CONFIG = "agent-config"  # the source of a refused reload's diagnostic
+CREDENTIALS_SOURCE = "credentials"  # adapters/credentials.py
+CREDENTIALS_WAIT_S = 5.0
+
+
+def _carries_credentials(adapter: Adapter) -> bool:
+    """The credentials adapter, or a Kubernetes adapter that watches Secrets."""
+    options = getattr(adapter, "options", None)
+    return adapter.name == CREDENTIALS_SOURCE or bool(getattr(options, "secret_namespaces", ()))
 
 
 def build_adapters(config: AgentConfig) -> list[Adapter]:
@@ -70,6 +78,18 @@ def build_adapters(config: AgentConfig) -> list[Adapter]:
                 default_namespace=config.node.namespace,
             )
         )
+    credentials = config.sources.credentials
+    if credentials is not None:
+        from meshagent.adapters.credentials import CredentialsAdapter
+
+        adapters.append(
+            CredentialsAdapter(
+                credentials.paths,
+                namespace=credentials.namespace or config.node.namespace,
+                debounce_ms=credentials.debounce_ms,
+                poll_interval_ms=credentials.poll_interval_ms,
+            )
+        )
     if config.sources.consul is not None:
         from meshagent.adapters.consul import ConsulAdapter
 
@@ -77,7 +97,10 @@ def build_adapters(config: AgentConfig) -> list[Adapter]:
     if config.sources.kubernetes is not None:
         from meshagent.adapters.kubernetes import KubernetesAdapter
 
-        adapters.append(KubernetesAdapter(config.sources.kubernetes.options))
+        kube = config.sources.kubernetes
+        secrets = kube.secret_namespaces(config.node.type, config.node.namespace)
+        options = dataclasses.replace(kube.options, secret_namespaces=secrets)
+        adapters.append(KubernetesAdapter(options))
     return adapters
 
 
@@ -189,6 +212,11 @@ class Agent:
         self._last_good_saved: dict[Key, RawResource] = {}
         self._last_good_task: asyncio.Task[None] | None = None
         self._restored: dict[Key, RawResource] = {}  # loaded at start, until sources listed
+        self._credentials_deadline = 0.0  # see _credentials_pending
+        self._credential_sources: set[str] = set()
+        self._credentials_checked: tuple[object, ...] = ()  # what _credential_problems is of
+        self._credential_problems: tuple[Diagnostic, ...] = ()  # DR credentials unserved
+        self._credentials_timer: asyncio.TimerHandle | None = None
         self._processor: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -250,6 +278,13 @@ class Agent:
         self._processor = asyncio.create_task(self._process_loop(), name="agent-processor")
         for adapter in adapters:
             self._start_source(adapter)
+        self._credential_sources = {a.name for a in adapters if _carries_credentials(a)}
+        if self._credential_sources:  # publish by then, whatever they do
+            loop = asyncio.get_running_loop()
+            self._credentials_deadline = loop.time() + CREDENTIALS_WAIT_S
+            self._credentials_timer = loop.call_later(
+                CREDENTIALS_WAIT_S, lambda: self._spawn(self._publish())
+            )
         self._start_consul_registration()
         if cfg.join is not None:  # `join.workload_group`: this VM's WorkloadEntry
             from meshagent.agent.join_runtime import start_workload_entry
@@ -274,6 +309,8 @@ class Agent:
         if self.workload_entry is not None:  # disconnected now, deleted after the grace
             await self.workload_entry.stop()
             self.workload_entry = None
+        if self._credentials_timer is not None:
+            self._credentials_timer.cancel()
         for source in list(self._sources.values()):
             await _cancel(source.task)
         self._sources.clear()
@@ -551,6 +588,18 @@ class Agent:
             log.warning("last_good_serving", resources=len(still))
         self._report([_restored_warning(raw) for raw in still])
 
+    def _credentials_pending(self) -> bool:
+        """Whether publishing waits for the first listing of a source of credentials (at
+        most CREDENTIALS_WAIT_S after start): keys are not in the persisted last good, and a
+        first publish without them would take the gateway servers that present them out of a
+        running Envoy (a drain of their listeners) until they are read."""
+        waiting = [
+            name
+            for name in self._credential_sources
+            if (source := self._sources.get(name)) is not None and not source.seen_first
+        ]
+        return bool(waiting) and asyncio.get_running_loop().time() < self._credentials_deadline
+
     async def _publish(self) -> None:
         """Translate the current snapshot for the local proxy and hand it to the cache.
 
@@ -558,7 +607,7 @@ class Agent:
         thread and the publishes in order (sources, reloads and certificate rotations).
         """
         async with self._publish_lock:
-            if self._snapshot is None:
+            if self._snapshot is None or self._credentials_pending():
                 return
             snapshot, proxy = self._snapshot, self._proxy
             try:
@@ -593,6 +642,7 @@ class Agent:
         self.diagnostics.forget_source(NACK_SOURCE)  # a new set: Envoy judges it anew
         self._warn_unservable_custom_policies()
         self._report_gateway_problems()
+        self._report_credential_problems()
         self.metrics.snapshot_version.set(getattr(self._snapshot, "version", 0))
         counts = {t: len(resources.of(t)) for t in SHORT_NAMES}
         self.metrics.set_resources(counts)
@@ -669,6 +719,33 @@ class Agent:
         for provider, reason in sorted(i for i in invalid - self._custom_problems if i[1]):
             log.warning("extension_provider_invalid", provider=provider[9:], reason=reason)
         self._custom_problems = problems | invalid
+
+    def _report_credential_problems(self) -> None:
+        """Report each DestinationRule credentialName the proxy cannot serve, as a located
+        warning, while it stays so (xds/translate/credential_secrets.py)."""
+        from meshagent.xds.translate.credential_secrets import (
+            CREDENTIAL_REFERENCES,
+            credential_problems,
+        )
+
+        snapshot = self._snapshot
+        if not isinstance(snapshot, MeshSnapshot):
+            return
+        key = (
+            snapshot.destination_rules,
+            snapshot.workload_destination_rules,
+            snapshot.credentials,
+            self._proxy,
+        )
+        old = self._credentials_checked
+        if len(old) == len(key) and all(a is b for a, b in zip(key, old, strict=True)):
+            return
+        self._credentials_checked = key
+        found = tuple(credential_problems(snapshot, self._proxy))
+        if found != self._credential_problems:
+            self.diagnostics.forget_source(CREDENTIAL_REFERENCES)
+            self._credential_problems = found
+            self._report(found)
 
     def _report_gateway_problems(self) -> None:
         """Report each Gateway server a router leaves out (a conflict, a missing credential)

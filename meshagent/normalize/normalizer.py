@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from meshagent.model.credentials import Credential
 from meshagent.model.gateway import Gateway
 from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
@@ -25,6 +26,7 @@ from meshagent.normalize.consul import ConsulMapping, convert_consul, is_consul
 from meshagent.normalize.consul.chain import chain_role, compose
 from meshagent.normalize.convert import Converted, ConvertedServiceEntry, convert
 from meshagent.normalize.convert.services import workload_endpoint
+from meshagent.normalize.credentials import convert_secret, credential_diagnostic, is_secret
 from meshagent.normalize.delegation import (
     is_delegate,
     is_root,
@@ -90,6 +92,17 @@ def _security_key(converted: PeerAuthn | AuthzPolicy | RequestAuthn) -> tuple[st
     return _SECURITY_MAPS[type(converted)], f"{converted.namespace}/{converted.name}"
 
 
+def _same_material(a: Credential, b: Credential) -> bool:
+    return (a.namespace, a.name, a.cert_chain_pem, a.private_key_pem, a.ca_cert_pem, a.crl_pem) == (
+        b.namespace,
+        b.name,
+        b.cert_chain_pem,
+        b.private_key_pem,
+        b.ca_cert_pem,
+        b.crl_pem,
+    )
+
+
 def _same(old: tuple[Endpoint, ...] | None, new: tuple[Endpoint, ...]) -> bool:
     if old is None or len(old) != len(new):
         return False
@@ -138,6 +151,11 @@ class Normalizer:
         self._delegates: dict[str, VirtualService] = {}
         self._roots: dict[str, VirtualService] = {}
         self._workloads: dict[str, Workload] = {}
+        # Credentials (normalize/credentials.py): the last valid one of each Secret, by its
+        # key; the one serving each "namespace/name" (the oldest, when sources disagree).
+        self._secrets: dict[Key, Credential] = {}
+        self._credential_claims = Claims()
+        self._credentials: dict[str, Credential] = {}
         self._gateways: dict[str, Gateway] = {}
         self._sidecars: dict[str, Sidecar] = {}
         self._vips = VipAllocator()  # automatic VIPs of hosts without addresses (vips.py)
@@ -219,6 +237,9 @@ class Normalizer:
     # -- accepting and removing resources ------------------------------------------------
 
     def _upsert(self, raw: RawResource, dirty: _Dirty, out: list[Diagnostic]) -> None:
+        if is_secret(raw):
+            self._upsert_secret(raw, dirty, out)
+            return
         if is_kube_core(raw):
             report = out if raw.kind == "Service" else []  # a Service's issues, once a write
             for ref in self.kube.upsert(raw):
@@ -257,6 +278,51 @@ class Normalizer:
             out.extend(diagnostic(raw, i) for i in problems)
         return None if problems.has_errors else converted
 
+    # -- credentials (Secrets) -------------------------------------------------------------
+
+    def _upsert_secret(self, raw: RawResource, dirty: _Dirty, out: list[Diagnostic]) -> None:
+        """Accept a valid credential; an invalid one is reported and the last valid version
+        of that Secret keeps serving. A Kubernetes Secret that holds no credential keys is not
+        a credential (unless it was one: then losing its keys is an error)."""
+        key = raw.key
+        credential, issues = convert_secret(raw, default_namespace=self.default_namespace)
+        old = self._secrets.get(key)
+        if credential is None and not issues and old is not None:
+            issues.error("data", "no longer holds a certificate or CA bundle; the last one serves")
+        out.extend(credential_diagnostic(raw, i) for i in issues)
+        if credential is None:
+            return
+        if old is not None and _same_material(old, credential):
+            credential = old  # same content (a new resourceVersion): nothing to re-send
+        self._secrets[key] = credential
+        self._settle_credential(key, dirty, forget=False)
+        winner = self._credential_claims.winner(credential.key)
+        if winner is not None and winner != key:
+            reason = (
+                f"credential {credential.key} is already defined by {winner[0]} (older); "
+                "this definition is ignored"
+            )
+            out.append(credential_diagnostic(raw, Issue("warning", "metadata.name", reason)))
+
+    def _settle_credential(self, key: Key, dirty: _Dirty, *, forget: bool) -> None:
+        """Re-pick the credential of key's "namespace/name" after key changed or went."""
+        current = self._secrets.get(key)
+        name = (
+            current.key if current is not None else f"{key[2] or self.default_namespace}/{key[3]}"
+        )
+        if current is None:
+            self._credential_claims.release(key, (name,), forget=forget)
+        else:
+            self._credential_claims.claim(key, (name,), self._batch)
+        winner = self._credential_claims.winner(name)
+        serving = self._secrets.get(winner) if winner is not None else None
+        if serving is None:
+            if self._credentials.pop(name, None) is not None:
+                dirty.mark("credentials", name)
+        elif self._credentials.get(name) is not serving:
+            self._credentials[name] = serving
+            dirty.mark("credentials", name)
+
     def _kube_rebuild(self, ref: tuple[str, str], dirty: _Dirty, out: list[Diagnostic]) -> None:
         """Re-file the entry of Kubernetes Service ref after it or one of its slices changed."""
         key = ("kubernetes", "Service", ref[0], ref[1])
@@ -290,6 +356,10 @@ class Normalizer:
         return -1 if self.consul.precedence == "consul" else 1 << 62
 
     def _delete(self, key: Key, dirty: _Dirty) -> None:
+        if is_secret(key):
+            if self._secrets.pop(key, None) is not None:
+                self._settle_credential(key, dirty, forget=True)
+            return
         if is_kube_core(key):
             for ref in self.kube.delete(key):
                 self._kube_rebuild(ref, dirty, [])
@@ -595,6 +665,7 @@ class Normalizer:
             "destination_rules": self._destination_rules,
             "workloads": self._workloads,
             "workload_destination_rules": self._workload_rules,
+            "credentials": self._credentials,
             "gateways": self._gateways,
             "sidecars": self._sidecars,
             **self._security,

@@ -21,6 +21,7 @@ from meshagent.xds import typeurls
 from meshagent.xds.resources import Resource, ResourceSet
 from meshagent.xds.translate.assemble import Assembler, Output
 from meshagent.xds.translate.context import Context, MeshIndex, changes_between
+from meshagent.xds.translate.credential_secrets import ClusterCredentialSecretsGenerator
 from meshagent.xds.translate.gateway import (
     GatewayListenersGenerator,
     GatewayPlanCache,
@@ -63,6 +64,7 @@ def _generators() -> list[Generator]:
     return [
         SecretsGenerator(),
         GatewaySecretsGenerator(gateways),
+        ClusterCredentialSecretsGenerator(gateways),
         ClustersGenerator(plans),
         InboundClustersGenerator(),
         PassthroughClustersGenerator(),
