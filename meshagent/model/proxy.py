@@ -141,6 +141,9 @@ class ProxySpec:
     # matches labels (Istio's ISTIO_METAJSON_LABELS); Sidecars select by the same labels.
     proxy_type: str = SIDECAR
     labels: tuple[tuple[str, str], ...] = ()
+    # Whether the Envoy in use has a Wasm runtime (probed by the agent at start): WasmPlugins
+    # are translated only then (xds/envoyfilter/wasm.py).
+    wasm_runtime: bool = False
 
     def outbound_port(self, service_port: int) -> int:
         for port, local in self.port_overrides:

@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from meshagent.model.credentials import Credential
+from meshagent.model.extensions import EnvoyFilter, WasmPlugin
 from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.model.services import Endpoint, Service, Workload
@@ -96,6 +97,10 @@ class MeshSnapshot:
     )
     # TLS credentials named by credentialName, by "namespace/name" (model/credentials.py).
     credentials: Mapping[str, Credential] = field(default_factory=lambda: MappingProxyType({}))
+    # EnvoyFilters and WasmPlugins by "namespace/name" (model/extensions.py): the patch stage
+    # after translation applies them (meshagent.xds.envoyfilter).
+    envoy_filters: Mapping[str, EnvoyFilter] = field(default_factory=lambda: MappingProxyType({}))
+    wasm_plugins: Mapping[str, WasmPlugin] = field(default_factory=lambda: MappingProxyType({}))
     changes: SnapshotChanges | None = field(default=None, compare=False, repr=False)
 
     def destination_rule_for(self, host: str) -> DestinationRule | None:

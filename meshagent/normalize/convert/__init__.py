@@ -10,12 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from meshagent.model.construct import slots_constructor
+from meshagent.model.extensions import EnvoyFilter, WasmPlugin
 from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.model.services import Workload
 from meshagent.model.source import Provenance, RawResource
 from meshagent.model.traffic import DestinationRule
 from meshagent.normalize.convert.context import Context
+from meshagent.normalize.convert.extensions import convert_envoy_filter, convert_wasm_plugin
 from meshagent.normalize.convert.requestauthn import convert_request_authentication
 from meshagent.normalize.convert.routing import convert_virtual_service
 from meshagent.normalize.convert.security import (
@@ -39,6 +41,8 @@ Converted = (
     | PeerAuthn
     | AuthzPolicy
     | RequestAuthn
+    | EnvoyFilter
+    | WasmPlugin
 )
 
 _CONVERTERS: dict[str, Any] = {
@@ -50,6 +54,11 @@ _CONVERTERS: dict[str, Any] = {
     "AuthorizationPolicy": convert_authorization_policy,
     "RequestAuthentication": convert_request_authentication,
 }
+# Converters that report problems of their own (they take the issues and the creation time).
+_REPORTING_CONVERTERS: dict[str, Any] = {
+    "EnvoyFilter": convert_envoy_filter,
+    "WasmPlugin": convert_wasm_plugin,
+}
 
 
 # Kinds that validate but have no converter yet, and what the warning says about them.
@@ -57,10 +66,8 @@ NOT_TRANSLATED = {
     "Gateway": "Gateway is validated but not translated yet: it has no effect",
     "Sidecar": "Sidecar is validated but not translated yet: it has no effect",
     "WorkloadGroup": "WorkloadGroup is validated; only WorkloadEntry auto-registration reads it",
-    "EnvoyFilter": "EnvoyFilter is validated but not translated yet: it has no effect",
     "ProxyConfig": "ProxyConfig is validated but not translated yet: it has no effect",
     "Telemetry": "Telemetry is validated but not translated yet: it has no effect",
-    "WasmPlugin": "WasmPlugin is validated but not translated yet: it has no effect",
 }
 
 
@@ -79,7 +86,8 @@ def convert(
     """
     issues = Issues()
     converter = _CONVERTERS.get(raw.kind)
-    if converter is None:
+    reporting = _REPORTING_CONVERTERS.get(raw.kind)
+    if converter is None and reporting is None:
         if raw.kind in NOT_TRANSLATED:
             issues.warn("kind", NOT_TRANSLATED[raw.kind])
         return None, issues
@@ -89,8 +97,13 @@ def convert(
         raw.source, raw.provenance.location, raw.kind, namespace, raw.name
     )
     ctx = _make_context(namespace, domain_suffix, provenance)
+    spec = raw.body.get("spec") or {}
     try:
-        result: Converted | None = converter(raw.name, raw.body.get("spec") or {}, ctx)
+        if reporting is not None:
+            created = str((raw.body.get("metadata") or {}).get("creationTimestamp") or "")
+            result: Converted | None = reporting(raw.name, spec, ctx, issues, created)
+        else:
+            result = converter(raw.name, spec, ctx)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         issues.error("spec", f"cannot convert ({type(exc).__name__}: {exc})")
         return None, issues
