@@ -14,7 +14,7 @@ import pkgutil
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from google.protobuf import json_format, symbol_database
+from google.protobuf import descriptor_pool, json_format
 from google.protobuf.message import Message
 
 # applyTo -> the Envoy message a patch value of it is (Istio's xds.BuildXDSObjectFromStruct).
@@ -64,7 +64,7 @@ def _type_urls(value: Any) -> Iterator[str]:
 def load_type(type_url: str) -> bool:
     """Import the generated modules of type_url's package (once); whether the type is known."""
     full_name = type_url.rsplit("/", 1)[-1]
-    pool = symbol_database.Default().pool
+    pool = descriptor_pool.Default()
     try:
         pool.FindMessageTypeByName(full_name)
         return True

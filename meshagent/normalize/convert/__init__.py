@@ -103,6 +103,7 @@ def convert(
             created = str((raw.body.get("metadata") or {}).get("creationTimestamp") or "")
             result: Converted | None = reporting(raw.name, spec, ctx, issues, created)
         else:
+            assert converter is not None
             result = converter(raw.name, spec, ctx)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         issues.error("spec", f"cannot convert ({type(exc).__name__}: {exc})")

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from meshagent.envoy_types import PatchValueError, parse_value, serialize
 from meshagent.model.extensions import (
     ANY,
     ClusterMatch,
@@ -25,7 +26,6 @@ from meshagent.model.extensions import (
 )
 from meshagent.model.labels import labels_of
 from meshagent.normalize.convert.context import Context, items, sub
-from meshagent.envoy_types import PatchValueError, parse_value, serialize
 from meshagent.normalize.schema.core import Issues
 
 # Istio turns INSERT_* on kinds without an order among siblings into ADD

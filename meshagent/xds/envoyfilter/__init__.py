@@ -59,15 +59,15 @@ class _Inputs:
     proxy: ProxySpec
 
 
-def _patch_one(
-    type_url: str, resource: Resource, plan: Plan, proxy: ProxySpec
-) -> Outcome:
+def _patch_one(type_url: str, resource: Resource, plan: Plan, proxy: ProxySpec) -> Outcome:
     touched = Touched()
     message: Message
     if type_url == typeurls.LISTENER:
-        message = listener_pb2.Listener.FromString(resource.value)
-        where = Where(proxy, listener_context(proxy, message.name), listener_ports(proxy, message))
-        kept = patch_listener(message, plan, where, touched)
+        listener = listener_pb2.Listener.FromString(resource.value)
+        ports = listener_ports(proxy, listener)
+        where = Where(proxy, listener_context(proxy, listener.name), ports)
+        kept = patch_listener(listener, plan, where, touched)
+        message = listener
     elif type_url == typeurls.ROUTE:
         message = route_pb2.RouteConfiguration.FromString(resource.value)
         patch_route_configuration(
@@ -113,7 +113,7 @@ def _added(plan: Plan, proxy: ProxySpec) -> dict[str, list[tuple[Resource, str]]
             if applied.patch.operation != "ADD" or not adds_in(applied.patch, proxy, inbound_too):
                 continue
             message = cls.FromString(applied.patch.value)
-            name = str(getattr(message, "name"))  # noqa: B009 (listeners and clusters)
+            name = str(message.name)  # type: ignore[attr-defined]
             out.setdefault(type_url, []).append((Resource.pack(name, message), applied.ref))
     return out
 
@@ -123,7 +123,17 @@ class PatchStage:
     Translator), not thread-safe."""
 
     def __init__(self) -> None:
-        self._forget()
+        self._inputs: _Inputs | None = None
+        self._plan = Plan()
+        self._added: dict[str, list[tuple[Resource, str]]] = {}
+        self._last_in: ResourceSet | None = None
+        self._last_out: ResourceSet | None = None
+        # type URL -> name -> (input Resource, outcome)
+        self._outcomes: dict[str, dict[str, tuple[Resource, Outcome]]] = {}
+        # type URL -> (inputs, patched mapping), and (patched, with ADDs, duplicates)
+        self._patched: dict[str, tuple[Mapping[str, Resource], Mapping[str, Resource]]] = {}
+        self._final: dict[str, tuple[Mapping[str, Resource], Mapping[str, Resource], Dups]] = {}
+        self._patched_by: dict[tuple[str, str], tuple[str, ...]] = {}
 
     def apply(
         self, resources: ResourceSet, snapshot: MeshSnapshot, proxy: ProxySpec
@@ -154,17 +164,9 @@ class PatchStage:
         return out
 
     def _forget(self) -> None:
-        self._inputs: _Inputs | None = None
-        self._plan = Plan()
-        self._added: dict[str, list[tuple[Resource, str]]] = {}
-        self._last_in: ResourceSet | None = None
-        self._last_out: ResourceSet | None = None
-        # type URL -> name -> (input Resource, outcome)
-        self._outcomes: dict[str, dict[str, tuple[Resource, Outcome]]] = {}
-        # type URL -> (inputs, patched mapping), and (patched, with ADDs, duplicates)
-        self._patched: dict[str, tuple[Mapping[str, Resource], Mapping[str, Resource]]] = {}
-        self._final: dict[str, tuple[Mapping[str, Resource], Mapping[str, Resource], Dups]] = {}
-        self._patched_by: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._inputs, self._plan, self._added = None, Plan(), {}
+        self._last_in = self._last_out = None
+        self._outcomes, self._patched, self._final, self._patched_by = {}, {}, {}, {}
 
     def _replan(self, snapshot: MeshSnapshot, proxy: ProxySpec) -> bool:
         """Re-derive the plan when the filters, plugins or proxy changed; whether it did."""
@@ -196,7 +198,7 @@ class PatchStage:
     ) -> Mapping[str, Resource]:
         """inputs patched; names: the ones changed since the last call (None: unknown)."""
         last = self._patched.get(type_url)
-        if last is not None and (last[0] is inputs or names is not None and not names):
+        if last is not None and (last[0] is inputs or (names is not None and not names)):
             return last[1]
         cache = self._outcomes.setdefault(type_url, {})
         visit = inputs.keys() if names is None or last is None else names

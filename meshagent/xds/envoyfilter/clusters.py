@@ -64,7 +64,6 @@ def patch_cluster(
             return False
         if operation in ("MERGE", "MERGE_AND_REPLACE_LIST"):
             value = value_of(applied.patch, cluster_pb2.Cluster)
-            assert isinstance(value, cluster_pb2.Cluster)
             if not _merge_transport_socket(cluster, value):
                 merge_value(operation, cluster, value)
             touched.add(applied)

@@ -8,13 +8,17 @@ Each function mutates the message it is given and records the patches that took 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
 
 from envoy.config.listener.v3 import listener_components_pb2 as lc_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from google.protobuf.message import Message
 
 from meshagent.model.extensions import ConfigPatch
 from meshagent.model.proxy import ProxySpec
@@ -52,10 +56,21 @@ class Touched:
             self.refs.append(applied.ref)
 
 
-def value_of(patch: ConfigPatch, cls: type) -> object:
+M = TypeVar("M", bound=Message)
+
+
+def value_of(patch: ConfigPatch, cls: type[M]) -> M:
+    """A fresh copy of patch's value, as cls."""
     message = cls()
     message.ParseFromString(patch.value)
     return message
+
+
+def named(wanted: str) -> Callable[[Any], bool] | None:
+    """A matcher of elements named wanted (canonical filter names); None for ""."""
+    if not wanted:
+        return None
+    return lambda element: canonical(element.name) == wanted
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +111,9 @@ def chain_matches(
     if match is None:
         return True
     fcm = chain.filter_chain_match
-    if listener.name in _VIRTUAL and match.port_number:
-        if fcm.destination_port.value != match.port_number:
-            return False
+    virtual = listener.name in _VIRTUAL and match.port_number
+    if virtual and fcm.destination_port.value != match.port_number:
+        return False
     found = match.filter_chain
     if found is None:
         return True
@@ -137,7 +152,7 @@ def patch_listener(
             return False
         if applied.patch.operation in ("MERGE", "MERGE_AND_REPLACE_LIST"):
             value = value_of(applied.patch, listener_pb2.Listener)
-            merge_value(applied.patch.operation, listener, value)  # type: ignore[arg-type]
+            merge_value(applied.patch.operation, listener, value)
             touched.add(applied)
     _listener_filters(listener, plan, where, touched)
     _filter_chains(listener, plan, where, touched)
@@ -154,8 +169,8 @@ def _listener_filters(
         if apply_list_op(
             listener.listener_filters,
             applied.patch.operation,
-            lambda a=applied: value_of(a.patch, lc_pb2.ListenerFilter),  # type: ignore[misc]
-            (lambda f, w=wanted: f.name == w) if wanted else None,
+            partial(value_of, applied.patch, lc_pb2.ListenerFilter),
+            named(wanted),
         ):
             touched.add(applied)
 
@@ -179,7 +194,7 @@ def _filter_chains(
         listener.ClearField("default_filter_chain")
     for applied in plan.of("FILTER_CHAIN"):
         if applied.patch.operation == "ADD" and listener_matches(applied, listener, where):
-            listener.filter_chains.append(value_of(applied.patch, lc_pb2.FilterChain))  # type: ignore[arg-type]
+            listener.filter_chains.append(value_of(applied.patch, lc_pb2.FilterChain))
             touched.add(applied)
 
 
@@ -193,8 +208,7 @@ def _patch_chain(
     """Patch one filter chain; False when it is removed."""
     for applied in plan.of("FILTER_CHAIN"):
         if not (
-            listener_matches(applied, listener, where)
-            and chain_matches(applied, listener, chain)
+            listener_matches(applied, listener, where) and chain_matches(applied, listener, chain)
         ):
             continue
         if applied.patch.operation == "REMOVE":
@@ -212,10 +226,10 @@ def _patch_chain(
 def _merge_chain(chain: lc_pb2.FilterChain, value: lc_pb2.FilterChain, operation: str) -> None:
     """Istio's mergeTransportSocketListener: a transport socket of the same name merges
     inside its Any; otherwise the whole value merges."""
-    if value.HasField("transport_socket") and chain.HasField("transport_socket"):
-        if value.transport_socket.name == chain.transport_socket.name:
-            merge_any(chain.transport_socket.typed_config, value.transport_socket.typed_config)
-            return
+    sockets = value.HasField("transport_socket") and chain.HasField("transport_socket")
+    if sockets and value.transport_socket.name == chain.transport_socket.name:
+        merge_any(chain.transport_socket.typed_config, value.transport_socket.typed_config)
+        return
     merge_value(operation, chain, value)
 
 
@@ -230,16 +244,15 @@ def _network_filters(
         if applied.patch.operation in ("MERGE", "MERGE_AND_REPLACE_LIST"):
             continue
         if not (
-            listener_matches(applied, listener, where)
-            and chain_matches(applied, listener, chain)
+            listener_matches(applied, listener, where) and chain_matches(applied, listener, chain)
         ):
             continue
         wanted = _filter_name(applied)
         if apply_list_op(
             chain.filters,
             applied.patch.operation,
-            lambda a=applied: value_of(a.patch, lc_pb2.Filter),  # type: ignore[misc]
-            (lambda f, w=wanted: canonical(f.name) == w) if wanted else None,
+            partial(value_of, applied.patch, lc_pb2.Filter),
+            named(wanted),
         ):
             touched.add(applied)
     for network_filter in chain.filters:
@@ -303,8 +316,8 @@ def _patch_hcm(
         if apply_list_op(
             manager.http_filters,
             applied.patch.operation,
-            lambda a=applied: value_of(a.patch, hcm_pb2.HttpFilter),  # type: ignore[misc]
-            (lambda f, w=wanted: canonical(f.name) == w) if wanted else None,
+            partial(value_of, applied.patch, hcm_pb2.HttpFilter),
+            named(wanted),
         ):
             touched.add(applied)
     for http_filter in manager.http_filters:

@@ -25,7 +25,7 @@ def _copy(items: Any) -> list[Any]:
 
 def _set(items: MutableSequence[Any], values: list[Any]) -> None:
     del items[:]
-    items.extend(values)  # type: ignore[attr-defined]
+    items.extend(values)
 
 
 def apply_list_op(

@@ -49,7 +49,7 @@ def merge_replacing_lists(dst: Message, src: Message) -> None:
     """MERGE_AND_REPLACE_LIST: as merge, but a repeated field set in src replaces dst's."""
     for descriptor, value in src.ListFields():
         target = getattr(dst, descriptor.name)
-        if descriptor.label == descriptor.LABEL_REPEATED:
+        if descriptor.label == descriptor.LABEL_REPEATED:  # type: ignore[attr-defined]
             dst.ClearField(descriptor.name)
             getattr(dst, descriptor.name).MergeFrom(value)
         elif descriptor.message_type is not None:

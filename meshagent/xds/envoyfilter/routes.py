@@ -7,13 +7,15 @@ names (`http.<port>`, `https.<port>.<portName>.<gateway>.<namespace>`).
 
 from __future__ import annotations
 
+from functools import partial
+
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 from envoy.config.route.v3 import route_pb2
 
 from meshagent.model.extensions import GATEWAY
 from meshagent.model.proxy import ProxySpec
-from meshagent.xds.envoyfilter.lists import apply_list_op
 from meshagent.xds.envoyfilter.listeners import Touched, value_of
+from meshagent.xds.envoyfilter.lists import apply_list_op
 from meshagent.xds.envoyfilter.merge import merge_value
 from meshagent.xds.envoyfilter.select import Applied, Plan, context_matches
 
@@ -95,10 +97,13 @@ def patch_route_configuration(
     for applied in plan.of("ROUTE_CONFIGURATION"):
         if applied.patch.operation in _MERGES and config_matches(applied, config, proxy, context):
             value = value_of(applied.patch, route_pb2.RouteConfiguration)
-            merge_value(applied.patch.operation, config, value)  # type: ignore[arg-type]
+            merge_value(applied.patch.operation, config, value)
             touched.add(applied)
-    vhost_patches = [a for a in plan.of("VIRTUAL_HOST") if config_matches(a, config, proxy, context)]
-    route_patches = [a for a in plan.of("HTTP_ROUTE") if config_matches(a, config, proxy, context)]
+
+    def mine(apply_to: str) -> list[Applied]:
+        return [a for a in plan.of(apply_to) if config_matches(a, config, proxy, context)]
+
+    vhost_patches, route_patches = mine("VIRTUAL_HOST"), mine("HTTP_ROUTE")
     if not vhost_patches and not route_patches:
         return
     kept: list[rc_pb2.VirtualHost] = []
@@ -109,7 +114,7 @@ def patch_route_configuration(
             kept.append(patched)
     for applied in vhost_patches:
         if applied.patch.operation == "ADD":
-            kept.append(value_of(applied.patch, rc_pb2.VirtualHost))  # type: ignore[arg-type]
+            kept.append(value_of(applied.patch, rc_pb2.VirtualHost))
             touched.add(applied)
     copies = []
     for vhost in kept:
@@ -131,10 +136,10 @@ def _patch_vhost(
             touched.add(applied)
             return None
         if operation in _MERGES:
-            merge_value(operation, vhost, value_of(applied.patch, rc_pb2.VirtualHost))  # type: ignore[arg-type]
+            merge_value(operation, vhost, value_of(applied.patch, rc_pb2.VirtualHost))
             touched.add(applied)
         elif operation == "REPLACE":
-            vhost = value_of(applied.patch, rc_pb2.VirtualHost)  # type: ignore[assignment]
+            vhost = value_of(applied.patch, rc_pb2.VirtualHost)
             touched.add(applied)
     return vhost
 
@@ -155,7 +160,7 @@ def _patch_routes(vhost: rc_pb2.VirtualHost, patches: list[Applied], touched: To
                 break
             if applied.patch.operation in _MERGES:
                 value = value_of(applied.patch, rc_pb2.Route)
-                merge_value(applied.patch.operation, route, value)  # type: ignore[arg-type]
+                merge_value(applied.patch.operation, route, value)
                 touched.add(applied)
         if not removed:
             kept.append(route)
@@ -179,7 +184,7 @@ def _patch_routes(vhost: rc_pb2.VirtualHost, patches: list[Applied], touched: To
         if apply_list_op(
             vhost.routes,
             operation,
-            lambda a=applied: value_of(a.patch, rc_pb2.Route),  # type: ignore[misc]
-            (lambda r, a=applied: route_matches(a, r)) if named else None,
+            partial(value_of, applied.patch, rc_pb2.Route),
+            partial(route_matches, applied) if named else None,
         ):
             touched.add(applied)

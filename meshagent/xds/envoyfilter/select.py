@@ -85,9 +85,7 @@ def _targets_proxy(refs: Iterable[TargetRef], proxy: ProxySpec) -> bool:
     """targetRefs name a Gateway: the proxy is that gateway when its labels say so (Istio's
     gateway-name label); Service and ServiceEntry targets select no proxy here."""
     labels = dict(proxy.labels)
-    return any(
-        r.kind == "Gateway" and labels.get(GATEWAY_NAME_LABEL) == r.name for r in refs
-    )
+    return any(r.kind == "Gateway" and labels.get(GATEWAY_NAME_LABEL) == r.name for r in refs)
 
 
 def selects(
@@ -135,11 +133,7 @@ def plan_for(filters: Mapping[str, EnvoyFilter], proxy: ProxySpec) -> Plan:
     """The patches of filters that apply to proxy, grouped by applyTo, in order."""
     plan = Plan()
     metadata = proxy_metadata(proxy)
-    chosen = [
-        f
-        for f in filters.values()
-        if selects(f.namespace, f.selector, f.target_refs, proxy)
-    ]
+    chosen = [f for f in filters.values() if selects(f.namespace, f.selector, f.target_refs, proxy)]
     for envoy_filter in ordered(chosen, proxy.root_namespace):
         ref = ref_of(envoy_filter)
         for patch in envoy_filter.patches:

@@ -30,12 +30,13 @@ from google.protobuf import wrappers_pb2
 from meshagent.model.extensions import SIDECAR_INBOUND, SIDECAR_OUTBOUND, WasmPlugin
 from meshagent.model.proxy import ProxySpec
 from meshagent.xds.envoyfilter.listeners import Touched, Where
-from meshagent.xds.envoyfilter.select import Plan, ordered, selects
+from meshagent.xds.envoyfilter.select import Plan, selects
 
 RUNTIME = "envoy.wasm.runtime.v8"
 _PHASES = {"AUTHN": 0, "AUTHZ": 1, "STATS": 2, "UNSPECIFIED_PHASE": 3}
 _AUTHZ_FILTERS = ("envoy.filters.http.rbac", "envoy.filters.http.ext_authz")
 _ROUTER = "envoy.filters.http.router"
+HCM = "envoy.filters.network.http_connection_manager"
 _MODES = {"SERVER": SIDECAR_INBOUND, "CLIENT": SIDECAR_OUTBOUND}
 
 
@@ -50,10 +51,12 @@ def plugins_for(plugins: Mapping[str, WasmPlugin], proxy: ProxySpec) -> tuple[Wa
         and p.plugin_type == "HTTP"
         and selects(p.namespace, p.selector, p.target_refs, proxy)
     ]
-    by_order = ordered(chosen, proxy.root_namespace)  # a stable base for equal priorities
-    return tuple(
-        sorted(by_order, key=lambda p: (_PHASES.get(p.phase, 3), -p.priority))
-    )
+    root = proxy.root_namespace
+
+    def rank(p: WasmPlugin) -> tuple[int, int, bool, str, str]:
+        return (_PHASES.get(p.phase, 3), -p.priority, p.namespace != root, p.created, p.name)
+
+    return tuple(sorted(chosen, key=rank))
 
 
 def _selected(plugin: WasmPlugin, context: str, ports: Iterable[int]) -> bool:
@@ -171,7 +174,7 @@ def _probe_bootstrap() -> dict[str, object]:
         "name": "probe",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
         "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+            {"filters": [{"name": HCM, "typed_config": manager}]},
         ],
     }
     return {"static_resources": {"listeners": [listener]}}
@@ -183,7 +186,7 @@ def wasm_runtime_available(envoy_binary: str, timeout_s: float = 30.0) -> tuple[
         path = Path(work) / "probe.json"
         path.write_text(json.dumps(_probe_bootstrap()), encoding="utf-8")
         try:
-            done = subprocess.run(  # noqa: S603 (our Envoy binary, our file)
+            done = subprocess.run(
                 [envoy_binary, "--mode", "validate", "-c", str(path), "-l", "error"],
                 capture_output=True,
                 text=True,
