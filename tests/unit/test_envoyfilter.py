@@ -228,7 +228,7 @@ def test_no_filter_costs_nothing() -> None:
     snapshot, _ = normalize()
     translator = Translator()
     first = translator.generate(snapshot, PROXY)
-    assert translator._patches.apply(first, snapshot, PROXY) is first  # noqa: SLF001
+    assert translator._patches.apply(first, snapshot, PROXY) is first
 
 
 def test_unchanged_resources_are_not_repatched() -> None:
