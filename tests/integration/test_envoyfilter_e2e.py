@@ -83,3 +83,36 @@ def test_lua_filter_changes_responses_and_a_rejected_patch_is_attributed(tmp_pat
         h.apply(mesh_docs(h))
         wait_until(lambda: header(h) is None, what="header gone")
         wait_until(lambda: not nack_errors(h), what="NACK diagnostic cleared")
+
+
+def wasm_plugin(module: Path) -> str:
+    return f"""\
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: noop, namespace: default}}
+spec:
+  url: file://{module}
+  phase: STATS
+  pluginConfig: {{greeting: hello}}
+"""
+
+
+def test_wasm_plugin_loads_in_this_envoy_and_traffic_flows(tmp_path: Path) -> None:
+    from tests.unit.test_wasmplugin import NOOP_MODULE
+
+    module = tmp_path / "noop.wasm"
+    module.write_bytes(NOOP_MODULE)
+    with contextlib.contextmanager(start)(tmp_path / "mesh") as h:
+        # when a WasmPlugin names a local module (the agent probes Envoy's Wasm runtime)
+        h.apply(mesh_docs(h) + wasm_plugin(module))
+        # then Envoy runs the plugin's filter on the outbound listener and traffic flows
+        wait_until(
+            lambda: "default.noop" in h.envoy_admin("/config_dump").body.decode(),
+            timeout=30,
+            what="Wasm filter in Envoy's config",
+        )
+        assert h.request(HOST).status == 200
+        assert nack_errors(h) == []
+        found = h.agent_get("/debug/config_errors").json()["diagnostics"]
+        assert not [d for d in found if d["kind"] == "WasmPlugin"], found

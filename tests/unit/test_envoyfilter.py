@@ -295,3 +295,32 @@ def test_nack_names_the_envoy_filter() -> None:
     assert diagnostic.name == "inbound_0.0.0.0_8080"
     assert "EnvoyFilter/default/lua" in diagnostic.reason
     assert diagnostic.location.startswith("mesh.yaml:")
+
+
+CORPUS = Path(__file__).parents[2] / ".." / "shared" / "corpus" / "istio"
+
+
+def _corpus_extensions() -> list[Any]:
+    """Every EnvoyFilter and WasmPlugin document of the corpus (Istio's own examples)."""
+    if not CORPUS.is_dir():
+        return []
+    from meshagent.adapters.yamldocs import load_file
+
+    found = []
+    for path in sorted(CORPUS.rglob("*.yaml")):
+        resources, _ = load_file(path)
+        found += [r for r in resources if r.kind in ("EnvoyFilter", "WasmPlugin")]
+    return found
+
+
+def test_corpus_envoy_filters_validate_and_normalize() -> None:
+    found = _corpus_extensions()
+    if not found:
+        pytest.skip("corpus absent (../shared/corpus) or without EnvoyFilter/WasmPlugin documents")
+    from meshagent.normalize import validate_resource
+
+    for resource in found:
+        errors = [str(d) for d in validate_resource(resource) if d.severity == "error"]
+        assert errors == []
+    snapshot, _ = Normalizer().apply([SourceEvent("files", upserts=tuple(found))])
+    assert len(snapshot.envoy_filters) + len(snapshot.wasm_plugins) == len(found)

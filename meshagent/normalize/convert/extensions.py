@@ -161,13 +161,11 @@ def convert_envoy_filter(
 
 
 def _module(url: str) -> tuple[str, str]:
-    """(local path, remote URL) of a Wasm module URL: file:// and scheme-less paths are
-    local; http(s) and oci are remote."""
+    """(local path, remote URL) of a Wasm module URL: file:// URLs are local; http(s), oci
+    and scheme-less ones (Istio reads those as http) are remote."""
     parts = urlsplit(url)
     if parts.scheme == "file":
         return unquote(parts.path), ""
-    if not parts.scheme and url.startswith("/"):
-        return url, ""
     return "", url
 
 
