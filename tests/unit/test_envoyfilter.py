@@ -324,3 +324,30 @@ def test_corpus_envoy_filters_validate_and_normalize() -> None:
         assert errors == []
     snapshot, _ = Normalizer().apply([SourceEvent("files", upserts=tuple(found))])
     assert len(snapshot.envoy_filters) + len(snapshot.wasm_plugins) == len(found)
+
+
+def test_incremental_patching_equals_a_fresh_translation() -> None:
+    # given a translator that patched a mesh, when a service is added and an endpoint moves,
+    # its output equals a fresh translation of the final snapshot, with the change hint
+    # naming only what changed
+    filters = [envoy_filter(c, CASES[c]) for c in ("cluster-merge", "http-filter-merge")]
+    resources, problems = load_documents("\n---\n".join([BASE, *filters]), "mesh.yaml")
+    assert problems == []
+    normalizer = Normalizer()
+    first, _ = normalizer.apply([SourceEvent("files", upserts=tuple(resources))])
+    translator = Translator()
+    before = translator.generate(first, PROXY)
+    extra = BASE.replace("reviews", "ratings").replace("10.0.0.1", "10.0.0.9")
+    added, _ = load_documents(extra, "more.yaml")
+    second, _ = normalizer.apply([SourceEvent("files", upserts=tuple(added))])
+    after = translator.generate(second, PROXY)
+    fresh = Translator().generate(second, PROXY)
+    for type_url in typeurls.PUSH_ORDER:
+        assert {n: r.version for n, r in after.of(type_url).items()} == {
+            n: r.version for n, r in fresh.of(type_url).items()
+        }
+    assert dict(after.patched_by) == dict(fresh.patched_by)
+    changed = after.changed_since(before)
+    assert changed is not None
+    assert "outbound|9080||ratings.default.svc.cluster.local" in changed[typeurls.CLUSTER]
+    assert "outbound|9080||reviews.default.svc.cluster.local" not in changed[typeurls.CLUSTER]

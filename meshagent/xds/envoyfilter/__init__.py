@@ -159,7 +159,7 @@ class PatchStage:
                 duplicates[type_url] = dups
             if mapping or type_url in by_type:
                 by_type[type_url] = mapping
-        out = self._result(by_type, duplicates)
+        out = self._result(by_type, duplicates, hint)
         self._last_in, self._last_out = resources, out
         return out
 
@@ -254,7 +254,10 @@ class PatchStage:
         self,
         by_type: dict[str, Mapping[str, Resource]],
         duplicates: dict[str, Mapping[str, tuple[Resource, ...]]],
+        hint: Mapping[str, frozenset[str]] | None,
     ) -> ResourceSet:
+        """The patched set, derived from the last one; unpatched types take the assembler's
+        change hint when there is one (so an endpoint change is not compared by name)."""
         last = self._last_out
         frozen_dups = MappingProxyType(duplicates)
         patched_by = MappingProxyType(dict(self._patched_by))
@@ -262,7 +265,13 @@ class PatchStage:
             return ResourceSet(
                 by_type=MappingProxyType(by_type), duplicates=frozen_dups, patched_by=patched_by
             )
-        changed = {t: _changed(last.of(t), m) for t, m in by_type.items() if m is not last.of(t)}
+        changed = {
+            t: hint.get(t, frozenset())
+            if hint is not None and t not in _PATCHED_TYPES
+            else _changed(last.of(t), m)
+            for t, m in by_type.items()
+            if m is not last.of(t)
+        }
         for t in last.by_type:
             if t not in by_type:
                 changed[t] = frozenset(last.of(t))

@@ -285,7 +285,7 @@ def _merge_network_filter(
         if value.name:
             network_filter.name = value.name
         if value.HasField("typed_config"):
-            merge_any(network_filter.typed_config, value.typed_config)
+            merge_any(network_filter.typed_config, value.typed_config, applied.patch.operation)
         touched.add(applied)
 
 
@@ -357,7 +357,7 @@ def _merge_http_filter(
         if value.name:
             http_filter.name = value.name
         if value.HasField("typed_config"):
-            merge_any(http_filter.typed_config, value.typed_config)
+            merge_any(http_filter.typed_config, value.typed_config, applied.patch.operation)
         touched.add(applied)
 
 

@@ -31,12 +31,12 @@ def unpack(packed: any_pb2.Any) -> Message:
     return decode(packed.type_url.rsplit("/", 1)[-1], packed.value)
 
 
-def merge_any(dst: any_pb2.Any, src: any_pb2.Any) -> None:
+def merge_any(dst: any_pb2.Any, src: any_pb2.Any, operation: str = "MERGE") -> None:
     """Merge src's message into dst's, within dst's type (Istio's MergeAnyWithAny: a patch
     written against another version of the type is read as dst's type)."""
     target = unpack(dst)
     patch = decode(target.DESCRIPTOR.full_name, src.value)
-    target.MergeFrom(patch)
+    merge_value(operation, target, patch)
     dst.value = target.SerializeToString(deterministic=True)
 
 
