@@ -351,3 +351,28 @@ def test_incremental_patching_equals_a_fresh_translation() -> None:
     assert changed is not None
     assert "outbound|9080||ratings.default.svc.cluster.local" in changed[typeurls.CLUSTER]
     assert "outbound|9080||reviews.default.svc.cluster.local" not in changed[typeurls.CLUSTER]
+
+
+def test_root_namespace_selector_and_inbound_target_port() -> None:
+    # a root-namespace filter selects workloads of any namespace by label; an inbound
+    # listener is matched by the application's port as well as the mesh port
+    selected = _insert_first(
+        "r", "istio-system", "root-sel", workloadSelector={"labels": {"app": "app"}}
+    )
+    assert _http_filters(translate(selected), "inbound_0.0.0.0_8080")[0] == "root-sel"
+    by_target = envoy_filter(
+        "t",
+        {
+            "configPatches": [
+                {
+                    "applyTo": "LISTENER",
+                    "match": {"context": "SIDECAR_INBOUND", "listener": {"portNumber": 18080}},
+                    "patch": {
+                        "operation": "MERGE",
+                        "value": {"per_connection_buffer_limit_bytes": 1},
+                    },
+                }
+            ]
+        },
+    )
+    assert list(translate(by_target).patched_by) == [(typeurls.LISTENER, "inbound_0.0.0.0_8080")]

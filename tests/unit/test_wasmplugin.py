@@ -139,3 +139,14 @@ def test_envoy_accepts_the_translated_filter(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_client_mode_applies_to_a_gateway_server_mode_does_not() -> None:
+    router = dataclasses.replace(WITH_RUNTIME, proxy_type="router")
+    result = translate(
+        plugin("client", "file:///c.wasm", match=[{"mode": "CLIENT"}]),
+        plugin("server", "file:///s.wasm", match=[{"mode": "SERVER"}]),
+        proxy=router,
+    )
+    names = [f["name"] for f in http_filters(result, "127.0.0.1_9080")]
+    assert "default.client" in names and "default.server" not in names

@@ -83,7 +83,12 @@ class Where:
 
 
 def listener_ports(proxy: ProxySpec, listener: listener_pb2.Listener) -> frozenset[int]:
+    """The ports `listener.portNumber` may name: the bound one, the service port an outbound
+    listener stands for, the application's (target) port of an inbound one."""
     bound = listener.address.socket_address.port_value
+    if listener.name.startswith(names.INBOUND):
+        targets = {p.target_port for w in proxy.workloads for p in w.ports if p.port == bound}
+        return frozenset({bound, *targets})
     served = {p for p, local in proxy.port_overrides if local == bound}
     if not served and proxy.port_offset and listener.name.startswith(proxy.outbound_address):
         served.add(bound - proxy.port_offset)

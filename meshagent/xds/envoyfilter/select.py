@@ -71,9 +71,10 @@ def proxy_metadata(proxy: ProxySpec) -> dict[str, str]:
 
 def _label_sets(proxy: ProxySpec, namespace: str) -> list[Labels]:
     """The label sets a selector in namespace may match: the proxy's own labels and those
-    of its local workloads in that namespace."""
+    of its local workloads in that namespace (in any namespace, for the root namespace)."""
     found = [proxy.labels] if proxy.labels or not proxy.workloads else []
-    found += [w.labels for w in proxy.workloads if w.namespace == namespace]
+    anywhere = namespace == proxy.root_namespace
+    found += [w.labels for w in proxy.workloads if anywhere or w.namespace == namespace]
     return found
 
 

@@ -27,7 +27,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.wasm.v3 import wasm_pb2
 from google.protobuf import wrappers_pb2
 
-from meshagent.model.extensions import SIDECAR_INBOUND, SIDECAR_OUTBOUND, WasmPlugin
+from meshagent.model.extensions import GATEWAY, SIDECAR_INBOUND, SIDECAR_OUTBOUND, WasmPlugin
 from meshagent.model.proxy import ProxySpec
 from meshagent.xds.envoyfilter.listeners import Touched, Where
 from meshagent.xds.envoyfilter.select import Plan, selects
@@ -37,7 +37,8 @@ _PHASES = {"AUTHN": 0, "AUTHZ": 1, "STATS": 2, "UNSPECIFIED_PHASE": 3}
 _AUTHZ_FILTERS = ("envoy.filters.http.rbac", "envoy.filters.http.ext_authz")
 _ROUTER = "envoy.filters.http.router"
 HCM = "envoy.filters.network.http_connection_manager"
-_MODES = {"SERVER": SIDECAR_INBOUND, "CLIENT": SIDECAR_OUTBOUND}
+# Istio's workloadModeForListenerClass: a gateway's listeners count as CLIENT traffic.
+_MODE_OF = {SIDECAR_INBOUND: "SERVER", SIDECAR_OUTBOUND: "CLIENT", GATEWAY: "CLIENT"}
 
 
 def plugins_for(plugins: Mapping[str, WasmPlugin], proxy: ProxySpec) -> tuple[WasmPlugin, ...]:
@@ -64,7 +65,7 @@ def _selected(plugin: WasmPlugin, context: str, ports: Iterable[int]) -> bool:
         return True
     wanted = set(ports)
     for mode, numbers in plugin.match:
-        if mode in _MODES and _MODES[mode] != context and context in _MODES.values():
+        if mode in ("SERVER", "CLIENT") and _MODE_OF.get(context) != mode:
             continue
         if not numbers or wanted.intersection(numbers):
             return True
