@@ -144,8 +144,8 @@ def convert_envoy_filter(
             issues.warn(
                 f"spec.configPatches[{patch.index}].applyTo",
                 "BOOTSTRAP patches are not applied: the agent writes Envoy's bootstrap when it "
-                "starts Envoy, before configuration is read, and Envoy is not restarted for a "
-                "change; set bootstrap options in the agent config instead",
+                "starts Envoy, without waiting for mesh configuration, and does not restart "
+                "Envoy when it changes; set bootstrap options in the agent config instead",
             )
     labels = labels_of(sub(sub(spec, "workloadSelector"), "labels"))
     return EnvoyFilter(
