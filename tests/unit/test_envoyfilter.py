@@ -376,3 +376,23 @@ def test_root_namespace_selector_and_inbound_target_port() -> None:
         },
     )
     assert list(translate(by_target).patched_by) == [(typeurls.LISTENER, "inbound_0.0.0.0_8080")]
+
+
+def test_a_new_cluster_filter_does_not_repatch_listeners() -> None:
+    # given listeners patched by one EnvoyFilter, when a CLUSTER-only EnvoyFilter arrives,
+    # the patched listeners are the very same objects and only clusters change
+    lua = envoy_filter("lua", CASES["http-filter-insert-before-router"])
+    resources, _ = load_documents("\n---\n".join([BASE, lua]), "mesh.yaml")
+    normalizer = Normalizer()
+    first, _ = normalizer.apply([SourceEvent("files", upserts=tuple(resources))])
+    translator = Translator()
+    before = translator.generate(first, PROXY)
+    clusters, _ = load_documents(envoy_filter("c", CASES["cluster-merge"]), "c.yaml")
+    second, _ = normalizer.apply([SourceEvent("files", upserts=tuple(clusters))])
+    after = translator.generate(second, PROXY)
+    for name, listener in before.of(typeurls.LISTENER).items():
+        assert after.of(typeurls.LISTENER)[name] is listener
+    changed = after.changed_since(before)
+    assert changed is not None and set(changed) == {typeurls.CLUSTER}
+    fresh = Translator().generate(second, PROXY)
+    assert dict(after.patched_by) == dict(fresh.patched_by)

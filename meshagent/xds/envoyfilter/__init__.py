@@ -49,6 +49,22 @@ log = structlog.get_logger("meshagent.xds")
 Outcome = tuple[Resource | None, tuple[str, ...]]
 _PATCHED_TYPES = (typeurls.LISTENER, typeurls.ROUTE, typeurls.CLUSTER)
 Dups = Mapping[str, tuple[Resource, ...]]
+# The applyTo kinds whose patches shape each patched type (listeners carry inline inbound
+# route configurations, Wasm filters and inlined extension configs).
+_ROUTE_KINDS = ("ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE")
+_SHAPED_BY: Mapping[str, tuple[str, ...]] = {
+    typeurls.LISTENER: (
+        "LISTENER",
+        "LISTENER_FILTER",
+        "FILTER_CHAIN",
+        "NETWORK_FILTER",
+        "HTTP_FILTER",
+        "EXTENSION_CONFIG",
+        *_ROUTE_KINDS,
+    ),
+    typeurls.ROUTE: _ROUTE_KINDS,
+    typeurls.CLUSTER: ("CLUSTER",),
+}
 _NO_DUPS: Dups = MappingProxyType({})
 
 
@@ -169,7 +185,8 @@ class PatchStage:
         self._outcomes, self._patched, self._final, self._patched_by = {}, {}, {}, {}
 
     def _replan(self, snapshot: MeshSnapshot, proxy: ProxySpec) -> bool:
-        """Re-derive the plan when the filters, plugins or proxy changed; whether it did."""
+        """Re-derive the plan when the filters, plugins or proxy changed; whether it did.
+        Only the resource types whose patches changed lose their patched output."""
         inputs = _Inputs(snapshot.envoy_filters, snapshot.wasm_plugins, proxy)
         old = self._inputs
         if (
@@ -181,11 +198,18 @@ class PatchStage:
             return False
         plan = plan_for(snapshot.envoy_filters, proxy)
         plan.wasm = plugins_for(snapshot.wasm_plugins, proxy)
-        if old is not None and plan == self._plan:
-            self._inputs = inputs
-            return False
-        self._forget()
+        if old is None or old.proxy != proxy:
+            self._forget()
+            stale: list[str] = list(_PATCHED_TYPES)
+        else:
+            stale = [t for t in _PATCHED_TYPES if _signature(plan, t) != _signature(self._plan, t)]
         self._inputs, self._plan = inputs, plan
+        if not stale:
+            return False
+        for type_url in stale:
+            for cache in (self._outcomes, self._patched, self._final):
+                cache.pop(type_url, None)
+        self._patched_by = {k: v for k, v in self._patched_by.items() if k[0] not in stale}
         self._added = _added(plan, proxy)
         return True
 
@@ -276,6 +300,12 @@ class PatchStage:
             if t not in by_type:
                 changed[t] = frozenset(last.of(t))
         return ResourceSet.derive(last, by_type, changed, frozen_dups, patched_by)
+
+
+def _signature(plan: Plan, type_url: str) -> tuple[object, ...]:
+    """What of plan the patched output of type_url depends on."""
+    wasm = plan.wasm if type_url == typeurls.LISTENER else ()
+    return (*(tuple(plan.of(a)) for a in _SHAPED_BY[type_url]), wasm)
 
 
 def _changed(old: Mapping[str, Resource], new: Mapping[str, Resource]) -> frozenset[str]:
