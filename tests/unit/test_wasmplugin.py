@@ -150,3 +150,34 @@ def test_client_mode_applies_to_a_gateway_server_mode_does_not() -> None:
     )
     names = [f["name"] for f in http_filters(result, "127.0.0.1_9080")]
     assert "default.client" in names and "default.server" not in names
+
+
+def test_agent_warns_that_wasm_is_not_available_in_its_envoy(tmp_path: Path) -> None:
+    # given an agent whose Envoy has no Wasm runtime, when a WasmPlugin is published, each
+    # plugin gets a located warning and the proxy is translated without Wasm
+    import asyncio
+
+    from meshagent.agent.config import load_config
+    from meshagent.agent.daemon import Agent
+
+    fake = tmp_path / "envoy"
+    fake.write_text(
+        "#!/bin/sh\necho \"Didn't find a registered implementation for name: "
+        "'envoy.wasm.runtime.v8'\" >&2\nexit 1\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"node: {{id: vm-1}}\nstate_dir: state\nadmin: {{port: 0}}\nenvoy: {{binary: {fake}}}\n"
+    )
+    agent = Agent(load_config(config))
+    snapshot, _ = normalize(plugin("stats", "file:///opt/wasm/stats.wasm"))
+    agent._snapshot = snapshot
+    asyncio.run(agent._publish())
+    assert agent._proxy.wasm_runtime is False
+    found = [e.diagnostic for e in agent.diagnostics.entries()]
+    assert [(d.severity, d.kind, d.name, d.field) for d in found] == [
+        ("warning", "WasmPlugin", "default/stats", "spec.url")
+    ]
+    assert "not available in this Envoy" in found[0].reason
+    assert found[0].location.startswith("mesh.yaml:")
