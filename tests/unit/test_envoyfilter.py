@@ -396,3 +396,13 @@ def test_a_new_cluster_filter_does_not_repatch_listeners() -> None:
     assert changed is not None and set(changed) == {typeurls.CLUSTER}
     fresh = Translator().generate(second, PROXY)
     assert dict(after.patched_by) == dict(fresh.patched_by)
+
+
+def test_service_target_refs_warn_that_no_proxy_is_selected() -> None:
+    spec = {
+        "targetRefs": [{"kind": "Service", "group": "", "name": "reviews"}],
+        "configPatches": [{"applyTo": "CLUSTER", "patch": {"operation": "REMOVE"}}],
+    }
+    _, diagnostics = normalize(envoy_filter("svc", spec))
+    assert [(d.severity, d.field) for d in diagnostics] == [("warning", "spec.targetRefs")]
+    assert translate(envoy_filter("svc", spec)).patched_by == {}

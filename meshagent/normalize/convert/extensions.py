@@ -148,13 +148,20 @@ def convert_envoy_filter(
                 "Envoy when it changes; set bootstrap options in the agent config instead",
             )
     labels = labels_of(sub(sub(spec, "workloadSelector"), "labels"))
+    targets = _targets(spec)
+    if targets and not any(t.kind == "Gateway" for t in targets):
+        issues.warn(
+            "spec.targetRefs",
+            "targetRefs to a Service or ServiceEntry attach to waypoints, which meshagent "
+            "does not run: this EnvoyFilter selects no proxy",
+        )
     return EnvoyFilter(
         name=name,
         namespace=ctx.namespace,
         patches=tuple(p for p in patches if p is not None),
         priority=int(spec.get("priority") or 0),
         selector=labels or None,
-        target_refs=_targets(spec),
+        target_refs=targets,
         created=created,
         provenance=ctx.provenance,
     )
