@@ -406,3 +406,36 @@ def test_service_target_refs_warn_that_no_proxy_is_selected() -> None:
     _, diagnostics = normalize(envoy_filter("svc", spec))
     assert [(d.severity, d.field) for d in diagnostics] == [("warning", "spec.targetRefs")]
     assert translate(envoy_filter("svc", spec)).patched_by == {}
+
+
+def test_a_patch_that_breaks_consistency_is_held_back_and_names_the_filter() -> None:
+    # given an EnvoyFilter that ADDs a cluster under a generated cluster's name and an EDS
+    # cluster without endpoints, the consistency check refuses the set, naming the filter
+    from meshagent.agent.publishing import inconsistency_diagnostics
+    from meshagent.xds.consistency import ConsistencyChecker
+
+    spec = {
+        "configPatches": [
+            {
+                "applyTo": "CLUSTER",
+                "patch": {
+                    "operation": "ADD",
+                    "value": {"name": "inbound|8080||", "type": "STATIC", "connect_timeout": "1s"},
+                },
+            },
+            {
+                "applyTo": "CLUSTER",
+                "patch": {
+                    "operation": "ADD",
+                    "value": {"name": "no-endpoints", "type": "EDS", "eds_cluster_config": {}},
+                },
+            },
+        ]
+    }
+    snapshot, _ = normalize(envoy_filter("dup", spec))
+    result = Translator().generate(snapshot, PROXY)
+    found = ConsistencyChecker().check(result)
+    assert len(found) == 2
+    diagnostics = inconsistency_diagnostics(found, snapshot, PROXY, result)
+    assert all("EnvoyFilter/default/dup" in d.reason for d in diagnostics)
+    assert all(d.location.startswith("mesh.yaml:") for d in diagnostics)
