@@ -10,8 +10,8 @@ assembler's change hint it visits only the changed names. Each patched resource 
 recorded in ResourceSet.patched_by with the EnvoyFilters (and WasmPlugins) that changed it.
 
 A patch that fails on a resource (e.g. a merge into an Any of a type this Envoy API has
-not) leaves that resource as generated and is logged, as Istio recovers from a failed
-patch; the resource still names the filter in `patch_failures`.
+not) leaves that resource as generated and logs `envoyfilter_patch_failed`, as Istio
+recovers from a failed patch.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ class PatchStage:
             patched = self._patch_type(type_url, resources.of(type_url), names, proxy)
             mapping, dups = self._with_added(type_url, patched)
             if dups:
-                duplicates[type_url] = dups
+                duplicates[type_url] = MappingProxyType({**duplicates.get(type_url, {}), **dups})
             if mapping or type_url in by_type:
                 by_type[type_url] = mapping
         out = self._result(by_type, duplicates, hint)
