@@ -173,17 +173,25 @@ def _insert_first(name: str, namespace: str, filter_name: str, **spec: Any) -> s
     return envoy_filter(name, {"configPatches": [patch], **spec}, namespace)
 
 
-def test_order_is_root_namespace_then_priority_then_name() -> None:
+def test_order_is_priority_then_root_namespace_then_name() -> None:
     # given INSERT_FIRST patches from the root namespace and the proxy's namespace with
     # priorities, when applied, the one applied last ends up first
     result = translate(
         _insert_first("b", "default", "ns-b"),
         _insert_first("a", "default", "ns-a"),
+        _insert_first("root", "istio-system", "root"),
         _insert_first("low", "default", "ns-low", priority=-5),
-        _insert_first("root", "istio-system", "root", priority=10),
+        _insert_first("late", "istio-system", "root-late", priority=10),
     )
-    # applied: root (root namespace first), ns-low (priority -5), ns-a, ns-b (by name)
-    assert _http_filters(result, "inbound_0.0.0.0_8080")[:4] == ["ns-b", "ns-a", "ns-low", "root"]
+    # applied: ns-low (priority -5); then priority 0: root (root namespace first), ns-a and
+    # ns-b (by name); then root-late (priority 10)
+    assert _http_filters(result, "inbound_0.0.0.0_8080")[:5] == [
+        "root-late",
+        "ns-b",
+        "ns-a",
+        "root",
+        "ns-low",
+    ]
 
 
 def test_workload_selector_and_other_namespaces() -> None:

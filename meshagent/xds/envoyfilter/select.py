@@ -1,10 +1,9 @@
 """Which EnvoyFilter patches apply to a proxy, in Istio's order, and the match context of
 each generated resource.
 
-Order (Istio's PushContext.EnvoyFilters): the filters of the root namespace first, then
-those of the proxy's namespaces; within each group by priority (lower first), then creation
-time, then name and namespace. Patches of one applyTo run in that order, each filter's
-patches in the order it lists them.
+Order (Istio's PushContext.EnvoyFilters): by priority (lower first), then the root
+namespace's filters before others, then creation time, then name and namespace. Patches of
+one applyTo run in that order, each filter's patches in the order it lists them.
 """
 
 from __future__ import annotations
@@ -106,10 +105,10 @@ def selects(
 
 
 def ordered(filters: Iterable[EnvoyFilter], root: str) -> list[EnvoyFilter]:
-    """Istio's order: root namespace first, then priority, creation time, name.namespace."""
+    """Istio's order: priority, then root namespace first, creation time, name.namespace."""
     return sorted(
         filters,
-        key=lambda f: (f.namespace != root, f.priority, f.created, f"{f.name}.{f.namespace}"),
+        key=lambda f: (f.priority, f.namespace != root, f.created, f"{f.name}.{f.namespace}"),
     )
 
 
