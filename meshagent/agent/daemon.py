@@ -207,6 +207,9 @@ class Agent:
         self._custom_checked: tuple[object, ...] = ()  # what _custom_problems was found from
         self._gateway_checked: tuple[object, ...] = ()  # what _gateway_problems was found from
         self._gateway_problems: tuple[Diagnostic, ...] = ()  # Gateway servers left out
+        # Whether the Envoy in use has a Wasm runtime, and why: probed at the first WasmPlugin.
+        self._wasm_probe: tuple[bool, str] | None = None
+        self._wasm_warned: object = None  # the wasm_plugins map last warned about
         self._last_good = LastGoodStore(config.state_dir / FILE_NAME)
         # What the store holds: replaced after each apply that changed it, never mutated then.
         self._last_good_saved: dict[Key, RawResource] = {}
@@ -609,6 +612,8 @@ class Agent:
         async with self._publish_lock:
             if self._snapshot is None or self._credentials_pending():
                 return
+            if getattr(self._snapshot, "wasm_plugins", None) and self._wasm_probe is None:
+                await self._probe_wasm()
             snapshot, proxy = self._snapshot, self._proxy
             try:
                 resources = await asyncio.to_thread(
@@ -643,6 +648,7 @@ class Agent:
         self._warn_unservable_custom_policies()
         self._report_gateway_problems()
         self._report_credential_problems()
+        self._warn_wasm_unavailable()
         self.metrics.snapshot_version.set(getattr(self._snapshot, "version", 0))
         counts = {t: len(resources.of(t)) for t in SHORT_NAMES}
         self.metrics.set_resources(counts)
@@ -668,7 +674,7 @@ class Agent:
         if found != self._inconsistent:
             self.diagnostics.forget_source(CONSISTENCY_SOURCE)
         if found and found != self._inconsistent:
-            self._report(inconsistency_diagnostics(found, self.snapshot, self._proxy))
+            self._report(inconsistency_diagnostics(found, self.snapshot, self._proxy, resources))
         self._inconsistent = found
         return not found
 
@@ -773,6 +779,42 @@ class Agent:
             if found:
                 self._report(found)
 
+    async def _probe_wasm(self) -> None:
+        """Find out once whether the Envoy in use has a Wasm runtime (a validate-mode run)."""
+        from meshagent.agent.envoy import find_envoy_binary
+        from meshagent.xds.envoyfilter.wasm import wasm_runtime_available
+
+        try:
+            binary = find_envoy_binary(self.config.envoy.binary)
+        except MeshAgentError as exc:
+            self._wasm_probe = (False, str(exc))
+        else:
+            self._wasm_probe = await asyncio.to_thread(wasm_runtime_available, binary)
+        log.info("wasm_runtime_probed", available=self._wasm_probe[0], why=self._wasm_probe[1])
+        self._proxy = dataclasses.replace(self._proxy, wasm_runtime=self._wasm_probe[0])
+
+    def _warn_wasm_unavailable(self) -> None:
+        """A located warning for each WasmPlugin when this Envoy has no Wasm runtime."""
+        plugins = getattr(self._snapshot, "wasm_plugins", None)
+        if not plugins or self._proxy.wasm_runtime or plugins is self._wasm_warned:
+            return
+        self._wasm_warned = plugins
+        why = self._wasm_probe[1] if self._wasm_probe else "not probed"
+        self._report(
+            [
+                Diagnostic(
+                    severity="warning",
+                    source="wasm",
+                    location=p.provenance.location if p.provenance else "-",
+                    kind="WasmPlugin",
+                    name=key,
+                    field="spec.url",
+                    reason=f"WasmPlugin not available in this Envoy ({why}): it has no effect",
+                )
+                for key, p in sorted(plugins.items())
+            ]
+        )
+
     # --- reload -------------------------------------------------------------------------
 
     def _reload_in_background(self) -> None:
@@ -824,7 +866,11 @@ class Agent:
         if new.sources != old.sources:
             for adapter in self._adapter_factory(self.config):
                 await self._restart_source(adapter)
-        proxy = dataclasses.replace(new.proxy_spec(), certificates=self._proxy.certificates)
+        proxy = dataclasses.replace(
+            new.proxy_spec(),
+            certificates=self._proxy.certificates,
+            wasm_runtime=self._proxy.wasm_runtime,
+        )
         if proxy != self._proxy:
             self._proxy = proxy
             await self._publish()

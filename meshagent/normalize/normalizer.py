@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from meshagent.model.credentials import Credential
+from meshagent.model.extensions import EnvoyFilter, WasmPlugin
 from meshagent.model.gateway import Gateway
 from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
@@ -84,10 +85,13 @@ _SECURITY_MAPS: dict[type, str] = {
     PeerAuthn: "peer_authentications",
     AuthzPolicy: "authorization_policies",
     RequestAuthn: "request_authentications",
+    EnvoyFilter: "envoy_filters",  # not security, but kept the same way: by namespace/name
+    WasmPlugin: "wasm_plugins",
 }
+_KEYED = PeerAuthn | AuthzPolicy | RequestAuthn | EnvoyFilter | WasmPlugin
 
 
-def _security_key(converted: PeerAuthn | AuthzPolicy | RequestAuthn) -> tuple[str, str]:
+def _security_key(converted: _KEYED) -> tuple[str, str]:
     """The snapshot map a security policy lives in, and its key there."""
     return _SECURITY_MAPS[type(converted)], f"{converted.namespace}/{converted.name}"
 
@@ -132,6 +136,8 @@ class Normalizer:
             "peer_authentications": {},
             "authorization_policies": {},
             "request_authentications": {},
+            "envoy_filters": {},
+            "wasm_plugins": {},
         }
         self._entries: dict[Key, _Entry] = {}
         self._batch = 0
@@ -397,7 +403,7 @@ class Normalizer:
             if chain_role(converted):
                 self._chained[vs_key] = converted
                 dirty.chain = True
-        elif isinstance(converted, PeerAuthn | AuthzPolicy | RequestAuthn):
+        elif isinstance(converted, _KEYED):
             name, key_ = _security_key(converted)
             self._security[name][key_] = converted
             dirty.mark(name, key_)
@@ -452,7 +458,7 @@ class Normalizer:
             dirty.mark("virtual_services", vs_key)
             if self._chained.pop(vs_key, None) is not None:
                 dirty.chain = True
-        elif isinstance(converted, PeerAuthn | AuthzPolicy | RequestAuthn):
+        elif isinstance(converted, _KEYED):
             name, key_ = _security_key(converted)
             self._security[name].pop(key_, None)
             dirty.mark(name, key_)
