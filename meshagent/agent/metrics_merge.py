@@ -259,18 +259,23 @@ class Kept:
 
 
 def keep_new_families(text: str, taken: set[str], *, drop_eof: bool = False) -> Kept:
-    """The families of an exposition (text or OpenMetrics) whose names are not in `taken`;
-    adds the kept ones' names to `taken`. A family is its metadata lines (# HELP, # TYPE,
-    # UNIT) and the samples that follow with its name or its name plus a SUFFIXES."""
+    """The families of an exposition (text or OpenMetrics) whose names earlier parts did not
+    take (`taken`); then adds the kept ones' names to `taken`. A family is its metadata lines
+    (# HELP, # TYPE, # UNIT) and the samples that follow with its name or its name plus one
+    of SUFFIXES. Names are compared with and without those suffixes; within one part, though,
+    families are the part's own business (Envoy has both envoy_cluster_upstream_rq and
+    envoy_cluster_upstream_rq_total)."""
     kept: list[str] = []
     dropped: list[str] = []
+    mine: set[str] = set()
     for name, lines in _families(text, drop_eof):
         keys = _family_keys([name, *(_sample_name(x) for x in lines if not x.startswith("#"))])
         if keys & taken:
             dropped.append(name)
             continue
-        taken.update(keys)
+        mine.update(keys)
         kept.extend(lines)
+    taken.update(mine)
     return Kept("".join(f"{line}\n" for line in kept), dropped)
 
 
