@@ -96,12 +96,20 @@ class MergedScrape:
         settings: MetricsConfig = config.metrics
         if not settings.merge:
             return Response.text(404, "the merged scrape is off (metrics.merge: false)\n")
-        async with self._slots:
-            return await self._scrape(request, config, settings)
-
-    async def _scrape(self, request: Request, config: Any, settings: MetricsConfig) -> Response:
-        self.metrics.scrapes.inc()
         timeout = _timeout_s(settings, request.headers.get(TIMEOUT_HEADER, ""))
+        try:  # a pile of scrapes waits its turn for a while, not forever
+            await asyncio.wait_for(self._slots.acquire(), timeout)
+        except TimeoutError:
+            return Response.text(503, "busy: other scrapes are running\n")
+        try:
+            return await self._scrape(request, config, settings, timeout)
+        finally:
+            self._slots.release()
+
+    async def _scrape(
+        self, request: Request, config: Any, settings: MetricsConfig, timeout: float
+    ) -> Response:
+        self.metrics.scrapes.inc()
         want_om = not settings.envoy and wants_openmetrics(request.headers.get("accept", ""))
         fetches = []
         if settings.envoy:
@@ -111,6 +119,10 @@ class MergedScrape:
             ask = ASK_OPENMETRICS if want_om else ASK_TEXT
             fetches.append(self._get("app", settings.app.url(), ask, timeout, settings.max_bytes))
         parts = list(await asyncio.gather(*fetches))
+        # Reading megabytes of lines is CPU work: off the event loop, which serves xDS.
+        return await asyncio.to_thread(self._answer, parts, want_om)
+
+    def _answer(self, parts: list[_Part], want_om: bool) -> Response:
         app = next((p.fetched for p in parts if p.target == "app" and p.fetched), None)
         as_om = want_om and (app is None or is_openmetrics(app.content_type))
         parts = [_as_format(p, as_om) for p in parts]
@@ -195,13 +207,15 @@ def _envoy_stats_url(config: Any) -> str:
 
 
 def _timeout_s(settings: MetricsConfig, header: str) -> float:
-    """The configured bound, lowered to the scraper's own timeout when it says one."""
+    """The configured bound, lowered within the scraper's own timeout when it says one: a
+    tenth is left for the rest of the answer, so that a slow part is left out rather than
+    the scraper giving up on the whole answer."""
     timeout = settings.timeout_ms / 1000
     try:
         asked = float(header)
     except ValueError:
         return timeout
-    return max(0.05, min(timeout, asked)) if asked > 0 else timeout
+    return max(0.05, min(timeout, asked * 0.9)) if asked > 0 else timeout
 
 
 def _query(request: Request) -> str:

@@ -231,7 +231,7 @@ async def test_the_scrapers_timeout_header_lowers_the_bound(
     status, _, _ = await host.scrape(X_Prometheus_Scrape_Timeout_Seconds="0.3")
 
     assert status == 200 and time.monotonic() - started < 5
-    assert b"X-Prometheus-Scrape-Timeout-Seconds: 0.3" in upstreams[1].requests[-1]
+    assert b"X-Prometheus-Scrape-Timeout-Seconds: 0.27" in upstreams[1].requests[-1]
 
 
 @pytest.mark.parametrize("endless", [True, False], ids=["endless-body", "content-length"])
