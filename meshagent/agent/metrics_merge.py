@@ -192,14 +192,35 @@ class MergedScrape:
 
 def _as_format(part: _Part, as_om: bool) -> _Part:
     """The part in the answer's format: an OpenMetrics body converted when the answer is
-    text; a failed part when it cannot be parsed."""
+    text. The application's answer is checked line by line: one that is not an exposition
+    (an HTML page, a typo'd path answering 200) would make the scraper refuse the whole
+    answer, so it fails alone instead."""
     fetched = part.fetched
-    if fetched is None or as_om or not is_openmetrics(fetched.content_type):
+    if fetched is None or part.target == "envoy":
         return part
     try:
-        return _Part(part.target, Fetched(TEXT, openmetrics_to_text(fetched.body)))
+        if not as_om and is_openmetrics(fetched.content_type):
+            return _Part(part.target, Fetched(TEXT, openmetrics_to_text(fetched.body)))
+        check_exposition(fetched.body)
     except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError) as exc:
-        return _Part(part.target, None, f"unparseable OpenMetrics answer: {exc}")
+        return _Part(part.target, None, f"not a Prometheus exposition: {exc}")
+    return part
+
+
+_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+# Each piece matches one way only (no `\d+\.?\d*`, no `\s*,?\s*`): a long line that does
+# not match must fail in linear time, not backtrack for minutes.
+_LABELS = r'\{\s*(?:[a-zA-Z_][a-zA-Z0-9_]*\s*=\s*"(?:\\.|[^"\\])*"\s*(?:,\s*)?)*\}'
+_NUMBER = r"[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|Inf|inf|NaN|nan)"
+_EXEMPLAR = rf"(?:\s+#\s+{_LABELS}\s+{_NUMBER}(?:\s+{_NUMBER})?)?"
+_SAMPLE = re.compile(rf"{_NAME}(?:{_LABELS})?[ \t]+{_NUMBER}(?:[ \t]+{_NUMBER})?{_EXEMPLAR}\s*")
+
+
+def check_exposition(body: bytes) -> None:
+    """ValueError naming the first line that is neither a comment nor a sample."""
+    for number, line in enumerate(body.decode("utf-8").splitlines(), 1):
+        if line.strip() and not line.startswith("#") and not _SAMPLE.fullmatch(line):
+            raise ValueError(f"line {number}: {line[:80]!r}")
 
 
 def _envoy_stats_url(config: Any) -> str:

@@ -18,7 +18,11 @@ from structlog.testing import capture_logs
 from meshagent.agent.admin import AdminServer
 from meshagent.agent.config import AgentConfig, parse_config
 from meshagent.agent.metrics import AgentMetrics
-from meshagent.agent.metrics_merge import install_merged_scrape, keep_new_families
+from meshagent.agent.metrics_merge import (
+    check_exposition,
+    install_merged_scrape,
+    keep_new_families,
+)
 from meshagent.errors import ConfigError
 
 ENVOY_BODY = (
@@ -394,3 +398,35 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def test_an_answer_that_is_not_an_exposition_fails_alone(
+    host: Host, upstreams: tuple[Upstream, Upstream]
+) -> None:
+    # Given an application path that answers 200 with a web page
+    upstreams[1].body = b"<html>\n<body>hello</body>\n</html>\n"
+    upstreams[1].content_type = "text/html"
+
+    with capture_logs() as logs:
+        status, _, body = await host.scrape()
+
+    # Then the scrape still parses, without the page, and says the application part failed
+    assert status == 200 and "<html>" not in body
+    families(body)
+    assert sample(body, "meshagent_scrape_target_up", target="app") == 0
+    assert "not a Prometheus exposition: line 1: '<html>'" in logs[0]["error"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "a " + "1" * 100_000 + "x",  # took minutes with an ambiguous number pattern
+        "a{" + 'b="x"  ,  ' * 20_000 + " 1",
+        'a{b="x"}' + " " * 100_000 + "1 " + " " * 100_000 + "x",
+    ],
+)
+def test_checking_a_long_bad_line_takes_linear_time(line: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="line 1"):
+        check_exposition(line.encode())
+    assert time.monotonic() - started < 2
