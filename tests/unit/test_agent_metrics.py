@@ -118,3 +118,27 @@ async def test_the_agent_serves_both_pages_on_its_tcp_port(tmp_path: Path) -> No
         assert ("meshagent_scrape_target_up", (("target", "app"),)) not in merged
     finally:
         await agent.stop()
+
+
+async def test_the_workload_certificates_expiry_timestamp_is_its_not_after(
+    tmp_path: Path,
+) -> None:
+    # Given an agent with a CA and one workload (so one certificate)
+    config = parse_config(
+        f"state_dir: {tmp_path}/state\nadmin: {{port: 0}}\nsources: {{files: null}}\n"
+        "ca: {mode: self-signed, workload_ttl: 1h}\n"
+        "workloads: [{name: web, namespace: shop, service_account: web, ports: [{port: 9080}]}]\n",
+        tmp_path / "agent.yaml",
+    )
+    agent = Agent(config, adapter_factory=lambda cfg: [])
+    await agent.start()
+    try:
+        assert agent.admin is not None
+        (cert,) = agent._proxy.certificates
+        # Then the scrape carries its notAfter as Unix time, and the seconds left beside it
+        values = samples(await asyncio.to_thread(_get, agent.admin.port, "/metrics"))
+        key = (("identity", "spiffe://cluster.local/ns/shop/sa/web"),)
+        assert values[("meshagent_cert_expiry_timestamp_seconds", key)] == cert.not_after
+        assert 3500 < values[("meshagent_cert_expiry_seconds", key)] <= 3600
+    finally:
+        await agent.stop()
