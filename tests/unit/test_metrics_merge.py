@@ -4,9 +4,11 @@ loopback: what it merges, how a failing part is reported, its bounds and its for
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from prometheus_client.openmetrics.parser import (
@@ -24,6 +26,7 @@ from meshagent.agent.metrics_merge import (
     keep_new_families,
 )
 from meshagent.errors import ConfigError
+from tests.ca_helpers import make_cacerts
 
 ENVOY_BODY = (
     b"# TYPE envoy_server_live gauge\nenvoy_server_live{} 1\n"
@@ -430,3 +433,35 @@ def test_checking_a_long_bad_line_takes_linear_time(line: str) -> None:
     with pytest.raises(ValueError, match="line 1"):
         check_exposition(line.encode())
     assert time.monotonic() - started < 2
+
+
+async def test_an_https_application_endpoint(tmp_path: Path) -> None:
+    # Given an application that serves its metrics over TLS with its own certificate
+    make_cacerts(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp_path / "ca-cert.pem", tmp_path / "ca-key.pem")
+    envoy, app = Upstream(body=ENVOY_BODY), Upstream(body=APP_BODY)
+    servers = [
+        await asyncio.start_server(envoy.handle, "127.0.0.1", 0),
+        await asyncio.start_server(app.handle, "127.0.0.1", 0, ssl=tls),
+    ]
+    envoy.port, app.port = (s.sockets[0].getsockname()[1] for s in servers)
+    h = Host(
+        parse_config(
+            config_text(envoy, app, "  max_bytes: 65536\n").replace(
+                f"port: {app.port}}}", f"port: {app.port}, scheme: https}}"
+            ),
+            "agent.yaml",
+        )
+    )
+    await h.admin.start()
+    try:
+        status, _, body = await h.scrape()
+    finally:
+        await h.admin.stop()
+        for server in servers:
+            server.close()
+
+    assert status == 200
+    assert sample(body, "shop_orders_total", kind="book") == 3
+    assert sample(body, "meshagent_scrape_target_up", target="app") == 1
