@@ -139,6 +139,9 @@ class MergedScrape:
             fetched = await fetch(url, headers=headers, timeout_s=timeout, max_bytes=cap)
         except FetchError as exc:
             return _Part(target, None, f"{url}: {exc}")
+        except Exception as exc:  # a surprise in one part must not cost the others
+            log.exception("metrics_scrape_bug", target=target)
+            return _Part(target, None, f"{url}: {type(exc).__name__}: {exc}")
         return _Part(target, fetched)
 
     def _report(self, parts: list[_Part], configured: set[str]) -> None:
