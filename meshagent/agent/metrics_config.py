@@ -96,9 +96,22 @@ def check_metrics(s: _Section, config: AgentConfig) -> None:
     would fetch itself, as Istio refuses prometheus.io/port equal to its status port) or
     Envoy's admin (already merged)."""
     app = config.metrics.app
-    if app is None or not ipaddress.ip_address(app.address).is_loopback:
+    if app is None:
         return
-    taken = {config.admin.port: "the agent's admin port (the merged endpoint itself)"}
-    taken[config.envoy.admin_port] = "Envoy's admin port (its stats are merged already)"
-    if app.port in taken:
-        raise s.section("app").error(f"{app.port} is {taken[app.port]}", "port")
+    listeners = (
+        (config.admin.address, config.admin.port, "the agent's admin port (the merged endpoint)"),
+        (
+            config.envoy.admin_address,
+            config.envoy.admin_port,
+            "Envoy's admin port (merged already)",
+        ),
+    )
+    for address, port, what in listeners:
+        if app.port == port and _same_host(app.address, address):
+            raise s.section("app").error(f"{app.port} is {what}", "port")
+
+
+def _same_host(app: str, listener: str) -> bool:
+    """Whether a connection to `app` can reach a listener bound to `listener` on this host."""
+    a, b = ipaddress.ip_address(app), ipaddress.ip_address(listener)
+    return a == b or b.is_unspecified or (a.is_loopback and b.is_loopback)

@@ -369,6 +369,7 @@ def test_keep_new_families_groups_samples_under_their_family() -> None:
     [
         ("{app: {port: 15020}}", "metrics.app.port: 15020 is the agent's admin port"),
         ("{app: {port: 15000}}", "metrics.app.port: 15000 is Envoy's admin port"),
+        ("{app: {port: 15000, address: '::1'}}", "metrics.app.port: 15000 is Envoy's admin"),
         ("{app: {path: /m}}", "metrics.app.port: is required"),
         ("{app: {port: 80, path: 'm'}}", "metrics.app.path: must be a URL path"),
         ("{app: {port: 80, scheme: ftp}}", "metrics.app.scheme: must be one of: http, https"),
@@ -382,6 +383,15 @@ def test_config_errors_are_located(metrics: str, error: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(f"state_dir: /tmp/x\nmetrics: {metrics}\n", "agent.yaml")
     assert f"agent.yaml:2: {error}" in str(caught.value)
+
+
+def test_the_merged_endpoint_on_every_address_is_refused_as_the_application() -> None:
+    with pytest.raises(ConfigError, match="the agent's admin port"):
+        parse_config(
+            "admin: {address: 0.0.0.0, allow_remote: true}\n"
+            "metrics: {app: {port: 15020, address: 10.0.0.5}}\n",
+            "agent.yaml",
+        )
 
 
 def test_config_defaults_and_an_application_on_another_address() -> None:
