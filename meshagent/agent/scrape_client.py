@@ -3,7 +3,8 @@
 urllib's timeout bounds each socket read, not the whole fetch, and reads whatever size comes:
 an application that drips bytes, or sends a gigabyte, would hold a thread or the memory.
 Here the whole fetch runs under one deadline and reading stops past `max_bytes`, whatever the
-framing (Content-Length, chunked, or until close). No compression is asked for.
+framing (Content-Length, chunked, or until close). No compression is asked for. Redirects
+are followed on the same host only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 MAX_HEAD_BYTES = 65536
+MAX_REDIRECTS = 5  # requests in all, the first included
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 class FetchError(Exception):
@@ -37,7 +40,12 @@ async def fetch(
     or takes longer than timeout_s in all."""
     try:
         async with asyncio.timeout(timeout_s):
-            return await _fetch(url, headers, max_bytes)
+            for _ in range(MAX_REDIRECTS):
+                answer = await _fetch(url, headers, max_bytes)
+                if isinstance(answer, Fetched):
+                    return answer
+                url = _redirect(url, answer)
+            raise FetchError(f"more than {MAX_REDIRECTS - 1} redirects")
     except TimeoutError:
         raise FetchError(f"no complete answer within {timeout_s:g}s") from None
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
@@ -52,7 +60,18 @@ def _describe(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
-async def _fetch(url: str, headers: Mapping[str, str], max_bytes: int) -> Fetched:
+def _redirect(url: str, location: str) -> str:
+    """Where a redirect leads: only elsewhere on the same scheme, host and port (as Prometheus
+    follows them; never to another host, which would make the agent fetch anything)."""
+    target = urllib.parse.urljoin(url, location)
+    here, there = urllib.parse.urlsplit(url), urllib.parse.urlsplit(target)
+    if (here.scheme, here.netloc) != (there.scheme, there.netloc):
+        raise FetchError(f"redirected to another host or scheme: {target}")
+    return target
+
+
+async def _fetch(url: str, headers: Mapping[str, str], max_bytes: int) -> Fetched | str:
+    """The 200 answer, or the Location of a redirect."""
     parts = urllib.parse.urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port
     tls = _insecure_tls() if parts.scheme == "https" else None
@@ -68,6 +87,8 @@ async def _fetch(url: str, headers: Mapping[str, str], max_bytes: int) -> Fetche
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         await writer.drain()
         status, head = await _read_head(reader)
+        if status in REDIRECTS and head.get("location"):
+            return head["location"]
         if status != 200:
             raise FetchError(f"HTTP {status}")
         if head.get("content-encoding", "identity").lower() != "identity":
