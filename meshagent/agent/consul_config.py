@@ -28,6 +28,7 @@ KEYS = (
     "wait",
     "precedence",
     "register",
+    "terminating_gateway_port",
 )
 
 
@@ -107,6 +108,9 @@ def _mapping(s: _Section, include_warning: bool, datacenter: str | None) -> Cons
     port = s.get("service_port", int, 0)
     if not 0 <= port < 65536:
         raise s.error("must be a port number (0: each service's own)", "service_port")
+    gateway_port = s.get("terminating_gateway_port", int, 8443)
+    if not 0 < gateway_port < 65536:
+        raise s.error("must be a port number", "terminating_gateway_port")
     return ConsulMapping(
         host_pattern=pattern,
         remote_host_pattern=remote,
@@ -116,6 +120,7 @@ def _mapping(s: _Section, include_warning: bool, datacenter: str | None) -> Cons
         precedence=s.choice("precedence", "files", ("files", "consul")),
         service_port=port,
         datacenter=datacenter or "",
+        terminating_gateway_port=gateway_port,
     )
 
 

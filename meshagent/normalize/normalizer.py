@@ -38,13 +38,17 @@ from meshagent.normalize.selection import SelectorIndex
 from meshagent.normalize.validate import check_document, diagnostic, display_name, is_supported
 from meshagent.normalize.vips import VipAllocator
 
+# One resource may convert to several model objects (a Consul gateway entry: its Gateway and
+# the VirtualServices and DestinationRules bound to it); each is recorded as if on its own.
+Stored = Converted | tuple[Converted, ...]
+
 
 @dataclass(slots=True)
 class _Entry:
     """An accepted resource: the raw document and its converted model objects."""
 
     raw: RawResource
-    converted: Converted
+    converted: Stored
 
 
 @dataclass(slots=True)
@@ -234,7 +238,7 @@ class Normalizer:
         self._assert(key, converted, dirty)
         dirty.upserted.add(key)
 
-    def _check_and_convert(self, raw: RawResource, out: list[Diagnostic]) -> Converted | None:
+    def _check_and_convert(self, raw: RawResource, out: list[Diagnostic]) -> Stored | None:
         """raw's model objects, or None when it is invalid or ignored (issues go to out)."""
         if is_consul(raw):
             result, problems = convert_consul(raw, self.consul)
@@ -294,9 +298,12 @@ class Normalizer:
         if old is not None:
             self._retract(key, old, dirty, forget=True)
 
-    def _assert(self, key: Key, converted: Converted, dirty: _Dirty) -> None:
+    def _assert(self, key: Key, converted: Stored, dirty: _Dirty) -> None:
         """Record what converted contributes to the mesh, and mark it for recomputation."""
-        if isinstance(converted, ConvertedServiceEntry):
+        if isinstance(converted, tuple):
+            for part in converted:
+                self._assert(key, part, dirty)
+        elif isinstance(converted, ConvertedServiceEntry):
             hosts = _hosts(converted)
             self._se_claims.claim(key, hosts, self._rank(key))
             dirty.hosts.update(hosts)
@@ -351,7 +358,11 @@ class Normalizer:
 
     def _retract(self, key: Key, entry: _Entry, dirty: _Dirty, *, forget: bool) -> None:
         """Undo what entry contributed; forget also drops its first-seen rank."""
-        converted = entry.converted
+        parts = entry.converted if isinstance(entry.converted, tuple) else (entry.converted,)
+        for converted in parts:
+            self._retract_one(key, converted, dirty, forget=forget)
+
+    def _retract_one(self, key: Key, converted: Converted, dirty: _Dirty, *, forget: bool) -> None:
         if isinstance(converted, ConvertedServiceEntry):
             self._se_claims.release(key, _hosts(converted), forget=forget)
             dirty.hosts.update(_hosts(converted))

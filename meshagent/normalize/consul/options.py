@@ -24,6 +24,8 @@ class ConsulMapping:
     remote_host_pattern: the mesh host of a service in another datacenter (a failover or
     redirect target), "{name}.service.{datacenter}.consul" by default, like Consul's DNS.
     datacenter: the watched (local) datacenter, "" when not configured.
+    terminating_gateway_port: the port a terminating gateway listens on for the mesh (Consul
+    takes it from the gateway service's registration).
     """
 
     host_pattern: str = "{name}.service.consul"
@@ -34,6 +36,7 @@ class ConsulMapping:
     service_port: int = 0
     datacenter: str = ""
     remote_host_pattern: str = "{name}.service.{datacenter}.consul"
+    terminating_gateway_port: int = 8443
 
     def host(
         self,
