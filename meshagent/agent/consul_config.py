@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ KEYS = (
     "precedence",
     "register",
     "terminating_gateway_port",
+    "gateway_bind",
 )
 
 
@@ -111,6 +113,12 @@ def _mapping(s: _Section, include_warning: bool, datacenter: str | None) -> Cons
     gateway_port = s.get("terminating_gateway_port", int, 8443)
     if not 0 < gateway_port < 65536:
         raise s.error("must be a port number", "terminating_gateway_port")
+    bind = s.get("gateway_bind", str, "")
+    if bind:
+        try:
+            ipaddress.ip_address(bind)
+        except ValueError as exc:
+            raise s.error("must be an IP address", "gateway_bind") from exc
     return ConsulMapping(
         host_pattern=pattern,
         remote_host_pattern=remote,
@@ -121,6 +129,7 @@ def _mapping(s: _Section, include_warning: bool, datacenter: str | None) -> Cons
         service_port=port,
         datacenter=datacenter or "",
         terminating_gateway_port=gateway_port,
+        gateway_bind=bind,
     )
 
 

@@ -272,6 +272,7 @@ def _server(
         protocol=protocol,
         hosts=tuple(f"*/{h}" for h in hosts),
         port_name=port_name,
+        bind=gw.mapping.gateway_bind,
         tls=tls,
         name=path,
     )

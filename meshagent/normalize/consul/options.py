@@ -26,6 +26,7 @@ class ConsulMapping:
     datacenter: the watched (local) datacenter, "" when not configured.
     terminating_gateway_port: the port a terminating gateway listens on for the mesh (Consul
     takes it from the gateway service's registration).
+    gateway_bind: the address a Consul gateway's listeners bind ("" = all addresses).
     """
 
     host_pattern: str = "{name}.service.consul"
@@ -37,6 +38,7 @@ class ConsulMapping:
     datacenter: str = ""
     remote_host_pattern: str = "{name}.service.{datacenter}.consul"
     terminating_gateway_port: int = 8443
+    gateway_bind: str = ""
 
     def host(
         self,
