@@ -43,6 +43,14 @@ from meshagent.normalize.vips import VipAllocator
 Stored = Converted | tuple[Converted, ...]
 
 
+def _rule_for(converted: Stored, host: str) -> DestinationRule:
+    """The mesh-wide DestinationRule for host among what one resource converted to."""
+    parts = converted if isinstance(converted, tuple) else (converted,)
+    found = [p for p in parts if isinstance(p, DestinationRule) and p.host == host]
+    assert found, f"no DestinationRule for {host}"
+    return next((r for r in found if r.workload_selector is None), found[0])
+
+
 @dataclass(slots=True)
 class _Entry:
     """An accepted resource: the raw document and its converted model objects."""
@@ -534,8 +542,7 @@ class Normalizer:
             if self._destination_rules.pop(host, None) is not None:
                 dirty.mark("destination_rules", host)
             return
-        rule = self._entries[owner].converted
-        assert isinstance(rule, DestinationRule)
+        rule = _rule_for(self._entries[owner].converted, host)
         if rule.redirect is not None:
             self._redirects[host] = rule.redirect.host
         else:

@@ -223,6 +223,7 @@ class Terminating:
     port: int
     client: ssl.SSLContext
     entry: dict[str, Any]
+    sidecar: MeshHarness
 
 
 @pytest.fixture(scope="module")
@@ -234,11 +235,28 @@ def terminating(
     (root / "external-ca.pem").write_text(pki.ca_pem)
     (root / "other-ca.pem").write_text(Pki.new().ca_pem)
     port = free_port()
+    sidecar_sources = {"consul": {"address": sim.address, "wait": f"{WAIT_S:g}s"}}
     with (
         _external_tls_server(root, pki) as external_port,
-        _router(root, sim, ca_dir, "egress", terminating_gateway_port=port) as mesh,
+        _router(root / "gw", sim, ca_dir, "egress", terminating_gateway_port=port) as mesh,
+        mesh_harness(
+            root / "app",
+            node_id="app-1",
+            ca={"mode": "self-signed", "dir": str(ca_dir)},
+            workloads=[{"name": "app", "namespace": "default", "service_account": "app"}],
+            sources=sidecar_sources
+            | {"consul": sidecar_sources["consul"] | {"service_port": 8080}},
+        ) as sidecar,
     ):
         c = consul.Consul(host="127.0.0.1", port=sim.port)
+        # The gateway's own registration: where the mesh's sidecars find it.
+        c.agent.service.register(
+            "egress",
+            service_id="egress-1",
+            address="127.0.0.1",
+            port=port,
+            kind="terminating-gateway",
+        )
         # An external service: a node of its own, no sidecar, no checks (Consul's docs).
         c.catalog.register(
             "external-billing",
@@ -255,9 +273,10 @@ def terminating(
         context = ssl.create_default_context(cafile=str(ca_dir / "root-cert.pem"))
         context.check_hostname = False  # the gateway shows its workload certificate
         context.load_cert_chain(client_dir / "cert-chain.pem", client_dir / "key.pem")
-        mesh.start_agent()
-        mesh.start_envoy()
-        yield Terminating(mesh, sim, port, context, entry)
+        for harness in (mesh, sidecar):
+            harness.start_agent()
+            harness.start_envoy()
+        yield Terminating(mesh, sim, port, context, entry, sidecar)
 
 
 def _billing(t: Terminating) -> Any:
@@ -271,6 +290,21 @@ def t(terminating: Terminating) -> Terminating:
 
 def test_a_terminating_gateway_originates_tls_to_an_external_service(t: Terminating) -> None:
     wait_until(lambda: _billing(t) == (200, "billing-external"), what="billing via gateway")
+
+
+def test_a_mesh_sidecar_reaches_the_external_service_through_the_gateway(
+    t: Terminating,
+) -> None:
+    """The sidecar's plaintext call to billing goes to the gateway over mesh mTLS (Consul's
+    sidecars do the same for linked services), and leaves it with TLS originated."""
+
+    def via_sidecar() -> tuple[int, str]:
+        reply = t.sidecar.request("billing.service.consul")
+        return reply.status, reply.headers.get("x-served-by", "")
+
+    wait_until(lambda: via_sidecar() == (200, "billing-external"), what="sidecar -> gateway")
+    stats = t.mesh.envoy_admin("/stats?filter=downstream_cx_total").body.decode()
+    assert f"127.0.0.1_{t.port}.downstream_cx_total" in stats  # it went through the gateway
 
 
 def test_a_client_without_a_mesh_certificate_is_refused(t: Terminating, ca_dir: Path) -> None:

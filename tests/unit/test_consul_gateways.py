@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
@@ -259,11 +260,16 @@ def test_a_terminating_gateway_terminates_mesh_mtls_and_originates_tls() -> None
     assert (server.port, server.protocol) == (9443, "HTTPS")
     assert server.tls is not None and server.tls.mode == ISTIO_MUTUAL
     hosts = ("billing.service.consul", "ledger.service.consul", "legacy.service.consul")
-    assert server.hosts == tuple(f"*/{h}" for h in hosts)
+    assert server.hosts == ("*/*",)  # HTTP is told apart by Host
     assert [vs.hosts for vs in vss] == [(h,) for h in hosts]
     assert all(vs.http[0].route[0].destination.host == vs.hosts[0] for vs in vss)
-    assert [r.workload_selector for r in rules] == [EDGE] * 3  # the gateway's, not sidecars'
-    tls = [r.traffic_policy.tls for r in rules if r.traffic_policy]
+    own = [r for r in rules if r.workload_selector is not None]
+    assert [r.workload_selector for r in own] == [EDGE] * 3  # the gateway's, not sidecars'
+    via = [r for r in rules if r.workload_selector is None]
+    assert [(r.host, r.redirect.host if r.redirect else "") for r in via] == [
+        (h, "edge.service.consul") for h in hosts
+    ]
+    tls = [r.traffic_policy.tls for r in own if r.traffic_policy]
     billing, ledger, legacy = tls
     assert billing is not None and (billing.mode, billing.ca_certificates) == (
         SIMPLE,
@@ -283,6 +289,7 @@ def test_tcp_linked_services_get_a_tls_server_and_tcp_routes() -> None:
     converted, _ = convert(terminating(LINKED[0]), ConsulMapping(default_protocol="tcp"))
     gateway, (vs,), _ = parts(converted)
     assert gateway.servers[0].protocol == "TLS"
+    assert gateway.servers[0].hosts == ("*/billing.service.consul",)  # told apart by SNI
     assert vs.tcp[0].route[0].destination.host == "billing.service.consul" and not vs.http
 
 
@@ -316,12 +323,16 @@ def test_the_normalizer_files_every_object_of_an_entry_and_drops_them_together()
     }
     assert "default/consul-ingress-edge-8080-web" in snapshot.virtual_services
     assert len(snapshot.workload_destination_rules) == 3
-    assert "billing.service.consul" not in snapshot.destination_rules  # not mesh-wide
+    # Mesh-wide, only the redirect through the gateway; the origination is the gateway's.
+    rule = snapshot.destination_rules["billing.service.consul"]
+    assert rule.redirect is not None and rule.traffic_policy is None
     smaller = entry(terminating(LINKED[0]))
     snapshot = _apply(normalizer, smaller)
     assert len(snapshot.workload_destination_rules) == 1
+    assert set(snapshot.destination_rules) == {"billing.service.consul"}
     snapshot = _apply(normalizer, deletes=(ing, smaller))
     assert not snapshot.gateways and not snapshot.workload_destination_rules
+    assert not snapshot.destination_rules
     assert not [k for k in snapshot.virtual_services if k.startswith("default/consul-")]
 
 
@@ -393,6 +404,30 @@ def test_the_terminating_router_originates_tls_and_sidecars_do_not() -> None:
     assert sidecar is None or sidecar.sni != "billing.example.com"
 
 
+def test_sidecars_reach_a_linked_service_through_the_gateways_instances() -> None:
+    billing = service("billing", [_instance("billing", "203.0.113.9", 443)])
+    gateway = service("edge", [_instance("edge", "10.0.0.7", 8443)])
+    snapshot = _apply(Normalizer(), billing, gateway, entry(terminating(LINKED[0])))
+    snapshot = replace(snapshot, changes=None)
+
+    def addresses(proxy: ProxySpec) -> set[tuple[str, int]]:
+        name = "outbound|443||billing.service.consul"
+        found = _unpack(
+            generate(snapshot, proxy), typeurls.ENDPOINT, name, endpoint_pb2.ClusterLoadAssignment
+        )
+        return {
+            (
+                e.endpoint.address.socket_address.address,
+                e.endpoint.address.socket_address.port_value,
+            )
+            for group in found.endpoints
+            for e in group.lb_endpoints
+        }
+
+    assert addresses(ProxySpec(node_id="app-1")) == {("10.0.0.7", 8443)}  # the gateway
+    assert addresses(ROUTER_PROXY) == {("203.0.113.9", 443)}  # the gateway: the service
+
+
 # -- the corpus: Consul's own view of gateway links ------------------------------------------
 
 
@@ -438,7 +473,7 @@ def test_corpus_terminating_links_convert_to_what_consul_lists() -> None:
     ]
     converted, issues = convert(terminating(*services) | {"Name": links[0]["Gateway"]["Name"]})
     assert not issues, issues
-    _, _, (api, web) = parts(converted)
+    _, _, (api, _, web, _) = parts(converted)
     assert api.traffic_policy is not None and api.traffic_policy.tls is not None
     assert (api.traffic_policy.tls.mode, api.traffic_policy.tls.sni) == ("MUTUAL", "api.my-domain")
     assert web.traffic_policy is not None and web.traffic_policy.tls is not None

@@ -19,7 +19,10 @@ the objects an Istio user would write for the same edge, so that one translator 
   bound VirtualService to the service's host, and a DestinationRule that selects the gateway
   (its workloadSelector is GATEWAY_LABEL) and originates TLS as the entry says: CAFile →
   SIMPLE, with CertFile/KeyFile → MUTUAL, SNI sent and, as in Consul, checked against the
-  certificate's SANs. Without CAFile the gateway speaks plaintext to the service.
+  certificate's SANs. Without CAFile the gateway speaks plaintext to the service. Every
+  other proxy reaches a linked service through the gateway, as Consul's sidecars do: a
+  mesh-wide DestinationRule redirects the service's host to the gateway service's instances
+  (the gateway's registration in Consul), over mesh mTLS.
 
 The linked services' protocol is the mapping's default_protocol (Consul's service-defaults
 are not read): http-like protocols route HTTP, tcp routes TCP (TCP and TLS servers are left
@@ -44,7 +47,7 @@ from meshagent.model.routing import (
     WeightedDestination,
 )
 from meshagent.model.source import Provenance
-from meshagent.model.traffic import ClientTls, DestinationRule, TrafficPolicy
+from meshagent.model.traffic import ClientTls, DestinationRule, ResolverTarget, TrafficPolicy
 from meshagent.normalize.consul.entries import _header_ops
 from meshagent.normalize.consul.options import ConsulMapping
 from meshagent.normalize.schema.core import Issues
@@ -362,6 +365,7 @@ def convert_terminating_gateway(
     http = _HTTP.get(mapping.default_protocol.lower())
     hosts: list[str] = []
     out: list[VirtualService | DestinationRule] = []
+    via = ResolverTarget(mapping.host(gw.service, gw.namespace))
     for i, item in enumerate(_list(entry.get("Services"), "Services", issues)):
         path = f"Services[{i}]"
         service = _named(item, path, issues)
@@ -384,7 +388,14 @@ def convert_terminating_gateway(
             name, gw.namespace, host, policy, workload_selector=gw.selector, provenance=prov
         )
         out.append(rule)
+        # Everyone else reaches the service through the gateway's instances, over mesh mTLS.
+        out.append(
+            DestinationRule(f"{name}-via", gw.namespace, host, redirect=via, provenance=prov)
+        )
     tls = ServerTls(mode=ISTIO_MUTUAL)
+    # HTTP is routed by Host behind the gateway's mTLS (a sidecar's SNI names its cluster,
+    # not the service); TCP can only be told apart by SNI.
+    server_hosts = ("*",) if http else tuple(hosts)
     protocol = "HTTPS" if http else "TLS"
-    servers = [_server(gw, port, protocol, tuple(hosts), tls, "mesh", "Services")] if hosts else []
+    servers = [_server(gw, port, protocol, server_hosts, tls, "mesh", "Services")] if hosts else []
     return (gw.gateway(servers), *out)
