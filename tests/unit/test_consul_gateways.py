@@ -28,6 +28,7 @@ from meshagent.normalize.schema.core import Issues
 from meshagent.xds import typeurls
 from meshagent.xds.resources import ResourceSet
 from meshagent.xds.translate import generate
+from meshagent.xds.translate.gateway import gateway_problems
 from tests.unit.test_consul_normalize import entry, service
 
 CORPUS = Path(__file__).parents[2] / ".." / "shared" / "corpus" / "consul"
@@ -370,6 +371,15 @@ def test_a_router_serves_the_ingress_by_host_with_its_workload_certificate() -> 
     # A sidecar gets none of it; a router of another gateway neither.
     other = replace(ROUTER_PROXY, labels=(("consul.gateway", "other"),))
     assert list(generate(snapshot, other).of(typeurls.LISTENER)) == []
+
+
+def test_a_server_left_out_is_a_warning_at_the_entrys_field() -> None:
+    snapshot = _apply(Normalizer(), entry(ingress(HTTP, TLS={"Enabled": True})))
+    no_certificate = replace(ROUTER_PROXY, certificates=())
+    (problem,) = gateway_problems(replace(snapshot, changes=None), no_certificate)
+    assert (problem.kind, problem.field) == ("ConsulConfigEntry", "Listeners[0]")
+    assert problem.location == "consul index 9"
+    assert "needs one (ca: and a workload)" in problem.reason
 
 
 def test_a_router_routes_an_http_ingress_listener_by_host() -> None:
