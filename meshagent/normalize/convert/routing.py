@@ -99,6 +99,7 @@ def _match(spec: Mapping[str, Any]) -> HttpMatch:
         ignore_uri_case=bool(spec.get("ignoreUriCase")),
         port=spec.get("port") or None,
         source_labels=labels_of(sub(spec, "sourceLabels")),
+        gateways=tuple(str(g) for g in items(spec, "gateways")),
     )
 
 

@@ -60,7 +60,7 @@ RETRY_ON = frozenset(
     }
 )
 
-SIDECAR_ONLY = "only sidecar (mesh) routing is implemented"
+SIDECAR_ONLY = "TCP and TLS routes are translated for sidecars (mesh) only"
 
 
 class Cidr(Str):
@@ -130,7 +130,6 @@ HTTP_MATCH = Obj(
         "sourceNamespace": F(Str(), todo="source namespace match"),
         "statPrefix": F(Str(), todo="per-route stat prefix"),
     },
-    rules=[_match_rule],
 )
 
 
