@@ -153,6 +153,9 @@ def test_sds_names_a_credential_and_a_listener_overrides_the_gateway() -> None:
     assert first.tls is not None and first.tls.credential_name == "edge-cert"
     assert not first.tls.workload_certificate
     assert (second.port, second.protocol, second.tls) == (9090, "HTTP", None)
+    # A null TLS (as some writers send for "unset") inherits the gateway's.
+    converted, issues = convert(ingress({**HTTP, "TLS": None}, TLS={"Enabled": True}))
+    assert not issues and parts(converted)[0].servers[0].protocol == "HTTPS"
 
 
 def test_a_service_with_its_own_certificate_gets_a_server_matched_by_sni() -> None:

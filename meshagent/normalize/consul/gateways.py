@@ -215,7 +215,10 @@ def _listener(
     if protocol not in (*_HTTP, "tcp"):
         issues.error(f"{path}.Protocol", f"unknown protocol {protocol!r} (tcp, http, http2, grpc)")
         return [], []
-    tls = _server_tls(spec["TLS"], f"{path}.TLS", issues) if "TLS" in spec else default_tls
+    # A listener's TLS (Consul omits it when unset, others may write null) replaces the
+    # gateway's.
+    written = spec.get("TLS")
+    tls = default_tls if written is None else _server_tls(written, f"{path}.TLS", issues)
     services = [
         (j, found)
         for j, s in enumerate(_list(spec.get("Services"), f"{path}.Services", issues))
@@ -225,39 +228,50 @@ def _listener(
         return [], []
     if protocol == "tcp":
         return _tcp_listener(gw, path, port, [found for _, found in services], tls, issues)
-    http = _HTTP[protocol]
     servers: list[GatewayServer] = []
     routes: list[VirtualService] = []
     shared: list[str] = []
     for j, service in services:
-        spath = f"{path}.Services[{j}]"
-        hosts = _ingress_hosts(service, spath, issues)
-        for key in _LIMITS:
-            if service.get(key) is not None:
-                issues.warn(f"{spath}.{key}", f"{key} is not supported yet; ignored")
-        own = _server_tls(service["TLS"], f"{spath}.TLS", issues) if "TLS" in service else None
-        if own is not None and _sni_hosts(hosts, spath, issues):
-            name = f"{spath}.TLS"
-            servers.append(
-                _server(gw, port, "HTTPS", hosts, own, f"{port}-{service['Name']}", name)
-            )
+        hosts, own = _http_service(gw, f"{path}.Services[{j}]", port, service, routes, issues)
+        if own is not None:
+            servers.append(own)
         else:
             shared += [h for h in hosts if h not in shared]
-        headers = _header_ops(service.get("RequestHeaders"), service.get("ResponseHeaders"))
-        route = HttpRoute(
-            name=f"{service['Name']}",
-            matches=(HttpMatch(port=port),),
-            route=(WeightedDestination(Destination(gw.host(service))),),
-            headers=headers,
-        )
-        routes.append(gw.bound(f"{gw.name}-{port}-{service['Name']}", hosts, http=(route,)))
     if shared or not servers:
         # Consul's listener certificate serves every name (no SNI match; `*.ingress.*` could
         # not be one), so a TLS listener's shared server takes any host.
         hosts = ("*",) if tls is not None or not shared else tuple(shared)
-        proto = "HTTPS" if tls is not None else http
+        proto = "HTTPS" if tls is not None else _HTTP[protocol]
         servers.insert(0, _server(gw, port, proto, hosts, tls, str(port), path))
     return servers, routes
+
+
+def _http_service(
+    gw: _Gateway,
+    path: str,
+    port: int,
+    service: Mapping[str, Any],
+    routes: list[VirtualService],
+    issues: Issues,
+) -> tuple[tuple[str, ...], GatewayServer | None]:
+    """One service of an http listener: its VirtualService (appended to routes), its hosts,
+    and the server of its own certificate if it has one."""
+    hosts = _ingress_hosts(service, path, issues)
+    for key in _LIMITS:
+        if service.get(key) is not None:
+            issues.warn(f"{path}.{key}", f"{key} is not supported yet; ignored")
+    route = HttpRoute(
+        name=str(service["Name"]),
+        matches=(HttpMatch(port=port),),
+        route=(WeightedDestination(Destination(gw.host(service))),),
+        headers=_header_ops(service.get("RequestHeaders"), service.get("ResponseHeaders")),
+    )
+    routes.append(gw.bound(f"{gw.name}-{port}-{service['Name']}", hosts, http=(route,)))
+    tls = _server_tls(service.get("TLS"), f"{path}.TLS", issues)
+    if tls is None or not _sni_hosts(hosts, path, issues):
+        return hosts, None
+    port_name = f"{port}-{service['Name']}"
+    return hosts, _server(gw, port, "HTTPS", hosts, tls, port_name, f"{path}.TLS")
 
 
 def _server(
