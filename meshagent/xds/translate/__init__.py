@@ -22,6 +22,7 @@ from meshagent.xds.resources import Resource, ResourceSet
 from meshagent.xds.translate.assemble import Assembler, Output
 from meshagent.xds.translate.context import Context, MeshIndex, changes_between
 from meshagent.xds.translate.gateway import (
+    GatewayClustersGenerator,
     GatewayListenersGenerator,
     GatewayPlanCache,
     GatewayRoutesGenerator,
@@ -63,6 +64,7 @@ def _generators() -> list[Generator]:
         SecretsGenerator(),
         GatewaySecretsGenerator(gateways),
         ClustersGenerator(plans),
+        GatewayClustersGenerator(gateways),
         InboundClustersGenerator(),
         PassthroughClustersGenerator(),
         JwksClustersGenerator(),

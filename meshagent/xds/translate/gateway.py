@@ -18,10 +18,17 @@ from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 
 from meshagent.model import Diagnostic, MeshSnapshot, Provenance, ProxySpec
+from meshagent.model.gateway import AUTO_PASSTHROUGH
 from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
 from meshagent.xds.translate import protos
 from meshagent.xds.translate.context import Context
+from meshagent.xds.translate.gateway_l4 import (
+    auto_passthrough_targets,
+    passthrough_chains,
+    sni_dnat_cluster,
+    tcp_chains,
+)
 from meshagent.xds.translate.gateway_plan import (
     EMPTY_PLAN,
     GatewayPlan,
@@ -85,6 +92,9 @@ ChainBuilder = Callable[[PlacedServer, Context], list[lc.FilterChain]]
 CHAIN_BUILDERS: dict[str, ChainBuilder] = {
     "http": lambda placed, _ctx: [http_chain(placed)],
     "https": lambda placed, _ctx: [https_chain(placed)],
+    "tcp": tcp_chains,
+    "tls": tcp_chains,
+    "passthrough": passthrough_chains,
 }
 
 
@@ -95,8 +105,15 @@ def build_gateway_listener(port: GatewayPort, ctx: Context) -> Listener:
     socket = out.address.socket_address
     socket.address, socket.port_value = port.bind or names.GATEWAY_WILDCARD_ADDRESS, port.port
     servers = port.servers[:1] if port.plaintext else port.servers
+    seen: set[bytes] = set()
     for placed in servers:
-        out.filter_chains.extend(CHAIN_BUILDERS[server_kind(placed.server)](placed, ctx))
+        for chain in CHAIN_BUILDERS[server_kind(placed.server)](placed, ctx):
+            # Envoy refuses two chains with one match: the first wins (Istio skips the
+            # later VirtualService rule claiming an SNI name again).
+            match = chain.filter_chain_match.SerializeToString(deterministic=True)
+            if match not in seen:
+                seen.add(match)
+                out.filter_chains.append(chain)
     if not port.plaintext:
         inspector = listener_filter(TLS_INSPECTOR, tls_inspector_pb2.TlsInspector())
         out.listener_filters.append(inspector)
@@ -111,15 +128,20 @@ class GatewayListenersGenerator:
 
     def __init__(self, plans: GatewayPlanCache) -> None:
         self._plans = plans
-        self._plan: GatewayPlan | None = None
+        self._key: tuple[object, ...] = ()
         self._last: list[Resource] = []
 
     def generate(self, ctx: Context) -> list[Resource]:
         plan = self._plans.plan(ctx)
-        if plan is not self._plan:
-            self._plan = plan
+        snapshot = ctx.snapshot
+        # TCP, TLS and passthrough chains follow the bound VirtualServices and the services.
+        key = (plan, snapshot.virtual_services, snapshot.services, ctx.index.rules)
+        if not identical(key, self._key):
+            self._key = key
             built = [build_gateway_listener(p, ctx) for p in plan.ports]
-            self._last = keep_unchanged(self._last, [Resource.pack(x.name, x) for x in built])
+            # A listener without chains (a TCP server nothing routes) is refused by Envoy.
+            packed = [Resource.pack(x.name, x) for x in built if x.filter_chains]
+            self._last = keep_unchanged(self._last, packed)
         return self._last
 
 
@@ -148,6 +170,39 @@ class GatewayRoutesGenerator:
             )
             out.append(Resource.pack(route, config))
         self._last = keep_unchanged(self._last, out)
+        return self._last
+
+
+class GatewayClustersGenerator:
+    """The SNI-DNAT clusters of AUTO_PASSTHROUGH servers (gateway_l4.py), once each."""
+
+    name = "gateway-clusters"
+    type_url = typeurls.CLUSTER
+
+    def __init__(self, plans: GatewayPlanCache) -> None:
+        self._plans = plans
+        self._key: tuple[object, ...] = ()
+        self._last: list[Resource] = []
+
+    def generate(self, ctx: Context) -> list[Resource]:
+        plan = self._plans.plan(ctx)
+        snapshot = ctx.snapshot
+        key = (plan, snapshot.services, snapshot.endpoints, ctx.index.rules)
+        if identical(key, self._key):
+            return self._last
+        self._key = key
+        found: dict[str, Resource] = {}
+        for port in plan.ports:
+            for placed in port.servers:
+                tls = placed.server.tls
+                if tls is None or tls.mode != AUTO_PASSTHROUGH:
+                    continue
+                targets = auto_passthrough_targets(placed, snapshot, ctx.proxy, ctx.index.rules)
+                for name, cluster_plan in targets:
+                    if name not in found:
+                        cluster = sni_dnat_cluster(name, cluster_plan, snapshot)
+                        found[name] = Resource.pack(name, cluster)
+        self._last = keep_unchanged(self._last, [found[n] for n in sorted(found)])
         return self._last
 
 

@@ -18,7 +18,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 
 from meshagent.model import HttpMatch, MeshSnapshot, ProxySpec, VirtualService
-from meshagent.model.gateway import bound_gateways, split_server_host
+from meshagent.model.gateway import bound_gateways, match_applies, split_server_host
 from meshagent.model.labels import selector_matches
 from meshagent.xds import names
 from meshagent.xds.translate.context import RuleIndex
@@ -85,19 +85,24 @@ def bound_virtual_services(
     return out
 
 
-def _applies(match: HttpMatch, port: int, proxy: ProxySpec) -> bool:
-    """A match's port must be the server's; sourceLabels must be the gateway's own labels."""
+def _applies(match: HttpMatch, port: int, proxy: ProxySpec, vs: VirtualService, gw: str) -> bool:
+    """A match's port must be the server's; sourceLabels must be the gateway's own labels;
+    its `gateways:`, if any, must name the server's Gateway (gw, "namespace/name")."""
     if match.port is not None and match.port != port:
+        return False
+    if not match_applies(match.gateways, vs.namespace, gw):
         return False
     return not match.source_labels or selector_matches(match.source_labels, proxy.labels)
 
 
-def gateway_routes(vs: VirtualService, scope: RouteScope, proxy: ProxySpec) -> list[rc.Route]:
-    """vs's HTTP routes on a gateway server's port, in order."""
+def gateway_routes(
+    vs: VirtualService, scope: RouteScope, proxy: ProxySpec, gateway: str = ""
+) -> list[rc.Route]:
+    """vs's HTTP routes on a server of the Gateway gateway ("namespace/name"), in order."""
     out: list[rc.Route] = []
     for route in vs.http:
         matches: list[HttpMatch | None] = (
-            [m for m in route.matches if _applies(m, scope.port, proxy)]
+            [m for m in route.matches if _applies(m, scope.port, proxy, vs, gateway)]
             if route.matches
             else [None]
         )
@@ -135,7 +140,7 @@ def build_gateway_route_configuration(
             common = intersect_hosts(allowed, vs.hosts)
             if not common:
                 continue
-            routes = gateway_routes(vs, scope, proxy)
+            routes = gateway_routes(vs, scope, proxy, placed.gateway.key)
             for host in common:
                 vhost = vhosts.get(host)
                 if vhost is None:

@@ -92,12 +92,21 @@ def istio_mutual_transport_socket(
         tls_certificate_sds_secret_configs=[sds_config(names.DEFAULT_SECRET)],
         alpn_protocols=MESH_ALPN,
     )
+    # A rule's own sni and subjectAltNames win, as in Istio (the egress-gateway pattern
+    # sends the external host's name as SNI, which the gateway's server matches).
+    rule = plan.policy.tls
     combined = common.combined_validation_context
     combined.default_validation_context.match_typed_subject_alt_names.extend(
-        _mesh_san_matchers(mesh)
+        [_san_matcher(s) for s in rule.subject_alt_names]
+        if rule is not None and rule.subject_alt_names
+        else _mesh_san_matchers(mesh)
     )
     combined.validation_context_sds_secret_config.CopyFrom(sds_config(names.ROOTCA_SECRET))
-    sni = names.outbound_sni(plan.port.number, plan.subset, plan.service.host)
+    sni = (
+        rule.sni
+        if rule is not None and rule.sni
+        else names.outbound_sni(plan.port.number, plan.subset, plan.service.host)
+    )
     context = tls_pb2.UpstreamTlsContext(sni=sni, common_tls_context=common)
     return base_pb2.TransportSocket(
         name=protos.TLS_TRANSPORT_SOCKET, typed_config=protos.packed(context)
