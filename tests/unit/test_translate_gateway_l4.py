@@ -154,8 +154,8 @@ def _chains(resources: ResourceSet, name: str) -> list[tuple[list[str], str]]:
 def test_passthrough_routes_tls_by_sni_without_terminating_it() -> None:
     snapshot = _snapshot(SERVICES, L4_GATEWAY, L4_ROUTES, db_cert=_credential("db-cert"))
     resources = generate(snapshot, ROUTER_PROXY)
-    # One chain per match: the later VirtualService (by namespace/name) claiming the same names is skipped, the
-    # match naming another gateway does not hold here.
+    # One chain per match: the later VirtualService (by namespace/name) claiming the same
+    # names is skipped, the match naming another gateway does not hold here.
     assert _chains(resources, "0.0.0.0_443") == [
         (
             ["a.shop.example.com", "b.shop.example.com"],
