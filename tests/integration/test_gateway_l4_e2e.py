@@ -18,8 +18,8 @@ certificates made here, named by ServiceEntries.
 from __future__ import annotations
 
 import asyncio
-import re
 import http.client
+import re
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
