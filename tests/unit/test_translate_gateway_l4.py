@@ -358,3 +358,40 @@ def test_the_gateway_half_terminates_istio_mutual_and_originates_tls_to_the_exte
         "edition.cnn.com"
     ]
     assert ConsistencyChecker().check(resources) == []
+
+
+# -- TLS origination without caCertificates (Istio's VERIFY_CERTIFICATE_AT_CLIENT) -----------
+
+NO_CA = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.partner.com]
+  resolution: DNS
+  ports: [{number: 443, name: https, protocol: HTTPS}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: default}
+spec:
+  host: api.partner.com
+  trafficPolicy:
+    tls: {mode: SIMPLE, subjectAltNames: [api.partner.com]}
+"""
+
+
+def test_simple_without_ca_certificates_verifies_against_the_system_roots() -> None:
+    resources = generate(_snapshot(NO_CA), ProxySpec(node_id="app-1"))
+    context = _upstream(resources, "outbound|443||api.partner.com")
+    validation = context.common_tls_context.validation_context
+    assert validation.trusted_ca.filename == "/etc/ssl/certs/ca-certificates.crt"
+    assert [m.matcher.exact for m in validation.match_typed_subject_alt_names] == [
+        "api.partner.com"
+    ]
+    assert context.sni == "api.partner.com"
+    skip = NO_CA.replace("subjectAltNames: [api.partner.com]", "insecureSkipVerify: true")
+    context = _upstream(
+        generate(_snapshot(skip), ProxySpec(node_id="app-1")), "outbound|443||api.partner.com"
+    )
+    assert not context.common_tls_context.HasField("validation_context")

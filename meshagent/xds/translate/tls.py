@@ -1,9 +1,11 @@
 """Upstream TLS for outbound clusters, from a DestinationRule's tls settings.
 
 DISABLE (and no setting at all) means plaintext. SIMPLE and MUTUAL originate TLS with the
-files named in the rule. ISTIO_MUTUAL is the mesh's own mTLS, with certificates over SDS from
-the agent's CA; it is also the default ("auto mTLS") for mesh-internal services once the proxy
-has certificates. Without certificates, such clusters stay plaintext.
+files named in the rule, SNI (the rule's, else the host) and the server verified: its chain
+(caCertificates, else the system's roots) and subjectAltNames. ISTIO_MUTUAL is the mesh's own
+mTLS, with certificates over SDS from the agent's CA; it is also the default ("auto mTLS") for
+mesh-internal services once the proxy has certificates. Without certificates, such clusters
+stay plaintext.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from meshagent.xds.translate.policy import ClusterPlan
 from meshagent.xds.translate.secrets import sds_config
 
 SPIFFE_PREFIX = "spiffe://"
+# The operating system's CA bundle (Debian, Ubuntu; Envoy reads and watches it), which
+# verifies TLS origination without caCertificates. Elsewhere, name caCertificates.
+SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 MESH_ALPN = ("istio",)
 
 
@@ -135,11 +140,14 @@ def _san_matcher(san: str) -> common_pb2.SubjectAltNameMatcher:
 
 
 def _validation_context(tls: ClientTls) -> common_pb2.CertificateValidationContext | None:
-    # Envoy refuses SAN checks without a trusted CA, so SANs only count with a CA file.
-    if tls.insecure_skip_verify or not tls.ca_certificates:
+    """How a SIMPLE or MUTUAL server is verified: its chain against caCertificates, else
+    against the operating system's roots (Istio's VERIFY_CERTIFICATE_AT_CLIENT, the default
+    since Istio 1.20: no CA file never means "accept any certificate"), and its SANs.
+    insecureSkipVerify turns both off. A credentialName's CA is the credential's business."""
+    if tls.insecure_skip_verify or (tls.credential_name and not tls.ca_certificates):
         return None
     return common_pb2.CertificateValidationContext(
-        trusted_ca=base_pb2.DataSource(filename=tls.ca_certificates),
+        trusted_ca=base_pb2.DataSource(filename=tls.ca_certificates or SYSTEM_CA_FILE),
         match_typed_subject_alt_names=[_san_matcher(s) for s in tls.subject_alt_names],
     )
 
