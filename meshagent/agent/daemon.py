@@ -39,7 +39,7 @@ from meshagent.agent.sdnotify import SystemdNotifier
 from meshagent.errors import MeshAgentError
 from meshagent.gcpause import paused_gc, release_free_memory
 from meshagent.model.identity import WorkloadCertificate
-from meshagent.model.proxy import ProxySpec
+from meshagent.model.proxy import ROUTER, ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
 from meshagent.xds.cache import SnapshotCache
@@ -674,6 +674,7 @@ class Agent:
         """Report each Gateway server a router leaves out (a conflict, a missing credential)
         as a located warning, while it stays left out."""
         from meshagent.xds.translate.gateway import GATEWAY_SOURCE, gateway_problems
+        from meshagent.xds.translate.gateway_plan import selected_gateways
 
         snapshot = self._snapshot
         if not isinstance(snapshot, MeshSnapshot):
@@ -683,6 +684,11 @@ class Agent:
         if len(old) == len(key) and all(a is b for a, b in zip(key, old, strict=True)):
             return
         self._gateway_checked = key
+        router = self._proxy.proxy_type == ROUTER
+        if router and snapshot.gateways and not selected_gateways(snapshot, self._proxy):
+            # A router whose labels match no Gateway's selector serves nothing: say so.
+            labels = dict(self._proxy.labels)
+            log.warning("gateway_none_selected", labels=labels, gateways=len(snapshot.gateways))
         found = tuple(gateway_problems(snapshot, self._proxy))
         if found != self._gateway_problems:
             self.diagnostics.forget_source(GATEWAY_SOURCE)

@@ -47,7 +47,8 @@ class HttpMatch:
     ignore_uri_case: bool = False
     port: int | None = None
     source_labels: Labels = NO_LABELS
-    # match.gateways as written (`mesh`, `name`, `ns/name`): the match holds only on them.
+    # Istio's match.gateways as written ("mesh", "name", "ns/name"): when set, the match
+    # applies only there, whatever the VirtualService's own gateways say.
     gateways: tuple[str, ...] = ()
 
 

@@ -422,3 +422,40 @@ def test_istio_gateway_documents_of_the_corpus_translate() -> None:
             # Several corpus Gateways select one router: Istio rejects their clashes too.
             expected = ("not translated yet", "duplicate", "conflicts", "already")
             assert any(e in problem.reason for e in expected), problem
+
+
+BOTH = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: both, namespace: shop}
+spec:
+  hosts: [shop.example.com, web.shop.svc.cluster.local]
+  gateways: [mesh, edge/web]
+  http:
+  - match: [{uri: {prefix: /edge}, gateways: [edge/web]}]
+    route: [{destination: {host: api.shop.svc.cluster.local, port: {number: 80}}}]
+  - match: [{uri: {prefix: /inside}, gateways: [mesh]}]
+    route: [{destination: {host: api.shop.svc.cluster.local, port: {number: 80}}}]
+  - route: [{destination: {host: web.shop.svc.cluster.local, port: {number: 80}}}]
+"""
+
+WEB_SERVICE = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: shop}
+spec:
+  hosts: [web.shop.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+"""
+
+
+def test_match_gateways_choose_between_the_gateway_and_sidecars() -> None:
+    snapshot = _snapshot(GATEWAY, BOTH, WEB_SERVICE, shop_cert=_credential("shop-cert"))
+    (edge,) = _routes(generate(snapshot, ROUTER_PROXY), "http.8080").virtual_hosts
+    assert [r.match.prefix for r in edge.routes] == ["/edge", "/"]
+    sidecar = generate(snapshot, replace(ROUTER_PROXY, proxy_type=SIDECAR))
+    vhosts = {v.name: v for v in _routes(sidecar, "80").virtual_hosts}
+    inside = vhosts["web.shop.svc.cluster.local:80"]
+    assert [r.match.prefix for r in inside.routes] == ["/inside", "/"]

@@ -7,6 +7,10 @@ gets none of the sidecar's listeners (see SIDECAR_ONLY in translate/__init__.py)
 
 Servers left out of the plan (conflicts, missing credentials) are not errors of translation:
 `gateway_diagnostics` turns them into located warnings that the agent reports.
+
+Each kind of server (gateway_plan.server_kind) gets its filter chains from CHAIN_BUILDERS;
+the plan leaves out, with a "not translated yet" warning, servers of a kind that has no
+builder. A new kind (TCP, passthrough by SNI) is a builder registered there.
 """
 
 from __future__ import annotations
@@ -68,8 +72,10 @@ def _http_filter(placed: PlacedServer) -> lc.Filter:
     address = server.bind or names.GATEWAY_WILDCARD_ADDRESS
     manager = http_connection_manager(address, server.port, server.port)
     manager.rds.route_config_name = placed.route_name
-    # The gateway is the edge: the client's address is the downstream's, not a header's.
+    # The gateway is the edge: the client's address is the downstream's, not a header's;
+    # paths are normalized (RFC 3986) before routing, as Istio's default pathNormalization.
     manager.use_remote_address.value = True
+    manager.normalize_path.value = True
     return lc.Filter(name=protos.HTTP_CONNECTION_MANAGER, typed_config=protos.packed(manager))
 
 

@@ -18,7 +18,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 
 from meshagent.model import HttpMatch, MeshSnapshot, ProxySpec, VirtualService
-from meshagent.model.gateway import bound_gateways, match_applies, split_server_host
+from meshagent.model.gateway import bound_gateways, split_server_host
 from meshagent.model.labels import selector_matches
 from meshagent.xds import names
 from meshagent.xds.translate.context import RuleIndex
@@ -85,12 +85,13 @@ def bound_virtual_services(
     return out
 
 
-def _applies(match: HttpMatch, port: int, proxy: ProxySpec, vs: VirtualService, gw: str) -> bool:
-    """A match's port must be the server's; sourceLabels must be the gateway's own labels;
-    its `gateways:`, if any, must name the server's Gateway (gw, "namespace/name")."""
+def _applies(match: HttpMatch, port: int, proxy: ProxySpec, gateway: str, ns: str) -> bool:
+    """A match's port must be the server's, its gateways (if any) name the server's Gateway
+    (key gateway; ns: the VirtualService's namespace), and sourceLabels must be the router's
+    own labels."""
     if match.port is not None and match.port != port:
         return False
-    if not match_applies(match.gateways, vs.namespace, gw):
+    if match.gateways and gateway not in bound_gateways(match.gateways, ns):
         return False
     return not match.source_labels or selector_matches(match.source_labels, proxy.labels)
 
@@ -102,7 +103,7 @@ def gateway_routes(
     out: list[rc.Route] = []
     for route in vs.http:
         matches: list[HttpMatch | None] = (
-            [m for m in route.matches if _applies(m, scope.port, proxy, vs, gateway)]
+            [m for m in route.matches if _applies(m, scope.port, proxy, gateway, vs.namespace)]
             if route.matches
             else [None]
         )
