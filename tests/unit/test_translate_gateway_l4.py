@@ -3,6 +3,8 @@ of route matches, and the egress gateway pattern's names (as Istio names them)."
 
 from __future__ import annotations
 
+from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -15,7 +17,7 @@ from meshagent.model.proxy import ROUTER
 from meshagent.xds import typeurls
 from meshagent.xds.consistency import ConsistencyChecker
 from meshagent.xds.resources import ResourceSet
-from meshagent.xds.translate import generate
+from meshagent.xds.translate import Translator, generate
 from meshagent.xds.translate.gateway import gateway_problems
 from tests.unit.test_translate_gateway import _credential, _listener, _unpack
 from tests.unit.test_translate_gateway import _snapshot as _documents_snapshot
@@ -395,3 +397,18 @@ def test_simple_without_ca_certificates_verifies_against_the_system_roots() -> N
         generate(_snapshot(skip), ProxySpec(node_id="app-1")), "outbound|443||api.partner.com"
     )
     assert not context.common_tls_context.HasField("validation_context")
+
+
+def test_an_endpoint_change_keeps_the_eds_sni_dnat_clusters() -> None:
+    snapshot = _snapshot(SERVICES, EAST_WEST_GATEWAY)
+    translator = Translator()
+    first = translator.generate(snapshot, EAST_WEST).of(typeurls.CLUSTER)
+    endpoints = dict(snapshot.endpoints)
+    host = "api.shop.svc.cluster.local"
+    endpoints[host] = (*endpoints[host], replace(endpoints[host][0], address="10.0.0.3"))
+    moved = replace(
+        snapshot, version=snapshot.version + 1, endpoints=MappingProxyType(endpoints), changes=None
+    )
+    second = translator.generate(moved, EAST_WEST).of(typeurls.CLUSTER)
+    name = f"outbound_.8080_._.{host}"
+    assert second[name] is first[name]

@@ -49,6 +49,7 @@ from meshagent.xds.translate.gateway_tls import credential_secret, downstream_tl
 from meshagent.xds.translate.generators import identical, keep_unchanged
 from meshagent.xds.translate.inbound import TLS_INSPECTOR, listener_filter
 from meshagent.xds.translate.listeners import http_connection_manager
+from meshagent.xds.translate.policy import ClusterPlan, Discovery
 
 GATEWAY_SOURCE = "gateway"  # the source of diagnostics about servers left out
 
@@ -180,7 +181,11 @@ class GatewayRoutesGenerator:
 
 
 class GatewayClustersGenerator:
-    """The SNI-DNAT clusters of AUTO_PASSTHROUGH servers (gateway_l4.py), once each."""
+    """The SNI-DNAT clusters of AUTO_PASSTHROUGH servers (gateway_l4.py), once each.
+
+    Which clusters exist follows the plan, the services and the rules; an endpoint change
+    rebuilds only the clusters that carry their hosts inline (DNS), since EDS clusters take
+    theirs from the ordinary cluster's assignment."""
 
     name = "gateway-clusters"
     type_url = typeurls.CLUSTER
@@ -188,27 +193,42 @@ class GatewayClustersGenerator:
     def __init__(self, plans: GatewayPlanCache) -> None:
         self._plans = plans
         self._key: tuple[object, ...] = ()
+        self._endpoints: object = None
+        self._targets: dict[str, ClusterPlan] = {}
+        self._built: dict[str, Resource] = {}
         self._last: list[Resource] = []
 
-    def generate(self, ctx: Context) -> list[Resource]:
-        plan = self._plans.plan(ctx)
-        snapshot = ctx.snapshot
-        key = (plan, snapshot.services, snapshot.endpoints, ctx.index.rules)
-        if identical(key, self._key):
-            return self._last
-        self._key = key
-        found: dict[str, Resource] = {}
+    def _collect(self, plan: GatewayPlan, ctx: Context) -> dict[str, ClusterPlan]:
+        found: dict[str, ClusterPlan] = {}
         for port in plan.ports:
             for placed in port.servers:
                 tls = placed.server.tls
                 if tls is None or tls.mode != AUTO_PASSTHROUGH:
                     continue
-                targets = auto_passthrough_targets(placed, snapshot, ctx.proxy, ctx.index.rules)
+                targets = auto_passthrough_targets(placed, ctx.snapshot, ctx.proxy, ctx.index.rules)
                 for name, cluster_plan in targets:
-                    if name not in found:
-                        cluster = sni_dnat_cluster(name, cluster_plan, snapshot)
-                        found[name] = Resource.pack(name, cluster)
-        self._last = keep_unchanged(self._last, [found[n] for n in sorted(found)])
+                    found.setdefault(name, cluster_plan)
+        return found
+
+    def generate(self, ctx: Context) -> list[Resource]:
+        plan = self._plans.plan(ctx)
+        snapshot = ctx.snapshot
+        key = (plan, snapshot.services, ctx.index.rules)
+        endpoints_changed = snapshot.endpoints is not self._endpoints
+        if identical(key, self._key) and not endpoints_changed:
+            return self._last
+        if not identical(key, self._key):
+            self._key, self._targets, self._built = key, self._collect(plan, ctx), {}
+        self._endpoints = snapshot.endpoints
+        out = []
+        for name in sorted(self._targets):
+            target = self._targets[name]
+            built = self._built.get(name)
+            if built is None or (endpoints_changed and target.discovery is not Discovery.EDS):
+                built = Resource.pack(name, sni_dnat_cluster(name, target, snapshot))
+                self._built[name] = built
+            out.append(built)
+        self._last = keep_unchanged(self._last, out)
         return self._last
 
 
