@@ -383,3 +383,47 @@ async def test_egress_through_the_gateway_originates_tls_with_sni_and_checks_the
         # REGISTRY_ONLY on the sidecar: an unlisted host has no route (loopback listeners
         # route by Host; only capture mode has a passthrough for unknown destinations).
         assert (await asyncio.to_thread(_http, app_port, "unlisted.example.org"))[0] == 404
+
+
+def _origination(server: TlsServer, tls: str) -> str:
+    return f"""\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: partner, namespace: default}}
+spec:
+  hosts: [partner.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: {server.address}, ports: {{http: {server.port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: partner, namespace: default}}
+spec:
+  host: partner.example.com
+  trafficPolicy: {{tls: {tls}}}
+"""
+
+
+@pytest.mark.skipif(
+    not Path("/etc/ssl/certs/ca-certificates.crt").exists(), reason="no system CA bundle"
+)
+async def test_tls_origination_without_a_ca_file_trusts_the_system_roots_only(rig: Rig) -> None:
+    # given: a sidecar originating TLS (SIMPLE, no caCertificates) to a server whose
+    # certificate a test CA signed, which the system's roots do not hold
+    ca = LoopbackCa.new()
+    cert = ca.server("partner.example.com")
+    server = TlsServer("partner", "127.0.0.4", cert[0], cert[1], rig.tmp)
+    app_port = free_port()
+    app = ProxySpec(node_id="app", namespace="default", port_overrides=((80, app_port),))
+    with tls_servers(server):
+        await rig.start(app)
+        rig.publish(_origination(server, "{mode: SIMPLE}"))
+        # then: the handshake is refused (before the fix, any certificate was accepted)
+        await _until(lambda: _http(app_port, "partner.example.com")[0] == 503, "refused")
+        assert server.attempts >= 1 and server.snis == []
+        # and insecureSkipVerify is the explicit way to accept it
+        rig.publish(_origination(server, "{mode: SIMPLE, insecureSkipVerify: true}"))
+        await _until(lambda: _http(app_port, "partner.example.com")[0] == 200, "skip verify")
+        assert server.snis[-1] == "partner.example.com"
