@@ -105,6 +105,16 @@ CHAIN_BUILDERS: dict[str, ChainBuilder] = {
 }
 
 
+def _match_keys(match: lc.FilterChainMatch) -> list[tuple[str, bytes]]:
+    """What a filter chain match claims: each SNI name with the rest of the match (a match
+    without names claims "" with it)."""
+    rest = lc.FilterChainMatch()
+    rest.CopyFrom(match)
+    rest.ClearField("server_names")
+    others = rest.SerializeToString(deterministic=True)
+    return [(name, others) for name in match.server_names] or [("", others)]
+
+
 def build_gateway_listener(port: GatewayPort, ctx: Context) -> Listener:
     """The listener of one gateway port: one chain for its plain servers (merged), one per
     server with TLS."""
@@ -112,14 +122,15 @@ def build_gateway_listener(port: GatewayPort, ctx: Context) -> Listener:
     socket = out.address.socket_address
     socket.address, socket.port_value = port.bind or names.GATEWAY_WILDCARD_ADDRESS, port.port
     servers = port.servers[:1] if port.plaintext else port.servers
-    seen: set[bytes] = set()
+    claimed: set[tuple[str, bytes]] = set()
     for placed in servers:
         for chain in CHAIN_BUILDERS[server_kind(placed.server)](placed, ctx):
-            # Envoy refuses two chains with one match: the first wins (Istio skips the
-            # later VirtualService rule claiming an SNI name again).
-            match = chain.filter_chain_match.SerializeToString(deterministic=True)
-            if match not in seen:
-                seen.add(match)
+            # Envoy refuses chains whose matches overlap: a chain that claims an SNI name
+            # an earlier one claims (with the same other conditions) is skipped, as Istio
+            # skips the later VirtualService rule with a duplicate SNI host.
+            keys = _match_keys(chain.filter_chain_match)
+            if not claimed.intersection(keys):
+                claimed.update(keys)
                 out.filter_chains.append(chain)
     if not port.plaintext:
         inspector = listener_filter(TLS_INSPECTOR, tls_inspector_pb2.TlsInspector())
