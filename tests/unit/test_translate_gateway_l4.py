@@ -69,6 +69,15 @@ spec:
   ports: [{number: 443, name: tls, protocol: TLS}]
 ---
 apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy, namespace: shop}
+spec:
+  hosts: [legacy.shop.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: NONE
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+---
+apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: api, namespace: shop}
 spec:
@@ -201,7 +210,8 @@ def test_auto_passthrough_matches_istio_sni_names_and_sends_sni_dnat_clusters() 
         f"outbound_.443_._.{secure}",
         f"outbound_.5432_._.{secure}",
     ]
-    # Every port and subset of each covered mesh-internal service; MESH_EXTERNAL is not.
+    # Every port and subset of each covered mesh-internal service; MESH_EXTERNAL is not,
+    # nor resolution NONE (its original destination would be the gateway itself).
     assert _chains(resources, "0.0.0.0_15443") == [([n], n) for n in expected]
     chain = _listener(resources, "0.0.0.0_15443").filter_chains[0]
     assert list(chain.filter_chain_match.application_protocols) == [

@@ -37,7 +37,7 @@ from meshagent.xds.translate.gateway_plan import PlacedServer
 from meshagent.xds.translate.gateway_routes import bound_virtual_services, host_subset
 from meshagent.xds.translate.gateway_tls import downstream_tls
 from meshagent.xds.translate.listeners import tcp_proxy
-from meshagent.xds.translate.policy import ClusterPlan, plan_clusters
+from meshagent.xds.translate.policy import ClusterPlan, Discovery, plan_clusters
 from meshagent.xds.translate.route_action import RouteScope, destination_cluster
 
 # The ALPN values a mesh mTLS client may offer (Istio's allIstioMtlsALPNs): AUTO_PASSTHROUGH
@@ -122,7 +122,9 @@ def auto_passthrough_targets(
         if service.mesh_external or not any(host_subset(service.host, h) for h in hosts):
             continue
         for plan in _plans(service, rules, proxy):
-            if plan.port.protocol.upper() == "UDP":
+            # UDP is not proxied; an original-destination cluster would send the stream
+            # back to the gateway itself (the address the client connected to).
+            if plan.port.protocol.upper() == "UDP" or plan.discovery is Discovery.ORIGINAL_DST:
                 continue
             yield names.outbound_sni(plan.port.number, plan.subset, service.host), plan
 
