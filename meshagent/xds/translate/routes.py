@@ -131,9 +131,8 @@ def build_route(route: HttpRoute, match: HttpMatch | None, scope: RouteScope) ->
     return out
 
 
-def _matches_on_port(route: HttpRoute, port: int, namespace: str) -> list[HttpMatch | None] | None:
-    """The matches of route that apply on port of a sidecar (`gateways:` naming no `mesh`
-    excludes one): [None] for a catch-all, None for none."""
+def _matches_on_port(route: HttpRoute, port: int) -> list[HttpMatch | None] | None:
+    """The matches of route that apply on port: [None] for a catch-all, None for none."""
     if not route.matches:
         return [None]
     kept: list[HttpMatch | None] = [
@@ -150,7 +149,7 @@ def virtual_service_routes(vs: VirtualService, scope: RouteScope) -> list[rc.Rou
     """Every Envoy route of vs's HTTP routes that applies on scope.port, in order."""
     out: list[rc.Route] = []
     for route in vs.http:
-        for match in _matches_on_port(route, scope.port, vs.namespace) or ():
+        for match in _matches_on_port(route, scope.port) or ():
             built = build_route(route, match, scope)
             if built is not None:
                 out.append(built)
