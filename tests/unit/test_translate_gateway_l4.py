@@ -13,7 +13,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from meshagent.model import Credential, Identity, MeshSnapshot, ProxySpec, WorkloadCertificate
-from meshagent.model.proxy import ROUTER
+from meshagent.model.proxy import ROUTER, TcpBinding
 from meshagent.xds import typeurls
 from meshagent.xds.consistency import ConsistencyChecker
 from meshagent.xds.resources import ResourceSet
@@ -422,3 +422,29 @@ def test_an_endpoint_change_keeps_the_eds_sni_dnat_clusters() -> None:
     second = translator.generate(moved, EAST_WEST).of(typeurls.CLUSTER)
     name = f"outbound_.8080_._.{host}"
     assert second[name] is first[name]
+
+
+SPLIT_TCP = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: shop}
+spec:
+  hosts: [secure.shop.svc.cluster.local]
+  gateways: [edge/l4, mesh]
+  tcp:
+  - match: [{port: 5432, gateways: [edge/l4]}]
+    route: [{destination: {host: api.shop.svc.cluster.local, port: {number: 8080}}}]
+  - route: [{destination: {host: secure.shop.svc.cluster.local, port: {number: 5432}}}]
+"""
+
+
+def test_tcp_route_matches_hold_only_on_the_gateways_they_name() -> None:
+    binding = TcpBinding("secure.shop.svc.cluster.local", 5432, "127.0.0.1", 15432)
+    sidecar = ProxySpec(node_id="app-1", namespace="shop", tcp_bindings=(binding,))
+    snapshot = _snapshot(SERVICES, L4_GATEWAY, SPLIT_TCP, db_cert=_credential("db-cert"))
+    assert _chains(generate(snapshot, sidecar), "127.0.0.1_15432") == [
+        ([], "outbound|5432||secure.shop.svc.cluster.local")
+    ]
+    assert _chains(generate(snapshot, ROUTER_PROXY), "0.0.0.0_5432") == [
+        ([], "outbound|8080||api.shop.svc.cluster.local")
+    ]
