@@ -168,3 +168,14 @@ def bound_gateways(gateways: tuple[str, ...], namespace: str) -> frozenset[str]:
     """The "namespace/name" keys of the Gateways a VirtualService's `gateways:` names (mesh
     excluded). No gateways at all means the mesh only: an empty set."""
     return frozenset(gateway_key(g, namespace) for g in gateways if g != MESH_GATEWAY)
+
+
+def match_applies(match_gateways: tuple[str, ...], namespace: str, gateway: str) -> bool:
+    """Whether a route match with `gateways:` match_gateways (of a VirtualService in
+    namespace) holds on gateway: MESH_GATEWAY for sidecars, else a Gateway's
+    "namespace/name" key. No match gateways: it holds wherever the VirtualService binds."""
+    if not match_gateways:
+        return True
+    if gateway == MESH_GATEWAY:
+        return MESH_GATEWAY in match_gateways
+    return any(g != MESH_GATEWAY and gateway_key(g, namespace) == gateway for g in match_gateways)

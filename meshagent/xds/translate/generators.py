@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 
 from meshagent.errors import ConfigError
 from meshagent.model import Endpoint, Service, TcpRoute, VirtualService
+from meshagent.model.gateway import MESH_GATEWAY, match_applies
 from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
 from meshagent.xds.translate.clusters import ClusterInputs, ClusterTemplates
@@ -459,9 +460,14 @@ def tcp_route_for(vs: VirtualService | None, port: int) -> TcpRoute | None:
     Matches on subnets or source labels cannot hold for a loopback listener of a proxy
     without labels, so only port (or no condition at all) counts.
     """
-    for route in vs.tcp if vs is not None else ():
+    if vs is None:
+        return None
+    for route in vs.tcp:
         if not route.matches or any(
-            (m.port is None or m.port == port) and not m.destination_subnets and not m.source_labels
+            (m.port is None or m.port == port)
+            and not m.destination_subnets
+            and not m.source_labels
+            and match_applies(m.gateways, vs.namespace, MESH_GATEWAY)
             for m in route.matches
         ):
             return route
