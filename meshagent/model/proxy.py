@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meshagent.model.identity import WorkloadCertificate
+from meshagent.model.telemetry import TelemetryProvider
 
 ALLOW_ANY = "ALLOW_ANY"
 REGISTRY_ONLY = "REGISTRY_ONLY"
@@ -141,6 +142,11 @@ class ProxySpec:
     # matches labels (Istio's ISTIO_METAJSON_LABELS); Sidecars select by the same labels.
     proxy_type: str = SIDECAR
     labels: tuple[tuple[str, str], ...] = ()
+    # Telemetry (agent config `extension_providers` of the access log and tracing kinds, and
+    # `default_providers`): what Telemetry resources name (xds/translate/telemetry.py).
+    telemetry_providers: tuple[TelemetryProvider, ...] = ()
+    default_access_logging: tuple[str, ...] = ()
+    default_tracing: tuple[str, ...] = ()
 
     def outbound_port(self, service_port: int) -> int:
         for port, local in self.port_overrides:

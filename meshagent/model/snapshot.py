@@ -15,6 +15,7 @@ from meshagent.model.credentials import Credential
 from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.model.services import Endpoint, Service, Workload
+from meshagent.model.telemetry import Telemetry
 from meshagent.model.traffic import DestinationRule
 
 K = TypeVar("K")
@@ -96,6 +97,8 @@ class MeshSnapshot:
     )
     # TLS credentials named by credentialName, by "namespace/name" (model/credentials.py).
     credentials: Mapping[str, Credential] = field(default_factory=lambda: MappingProxyType({}))
+    # Telemetry resources by "namespace/name" (model/telemetry.py).
+    telemetries: Mapping[str, Telemetry] = field(default_factory=lambda: MappingProxyType({}))
     changes: SnapshotChanges | None = field(default=None, compare=False, repr=False)
 
     def destination_rule_for(self, host: str) -> DestinationRule | None:

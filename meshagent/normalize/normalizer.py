@@ -18,6 +18,7 @@ from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.model.services import Endpoint, Service, Workload
 from meshagent.model.snapshot import MeshSnapshot, SnapshotChanges
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
+from meshagent.model.telemetry import Telemetry
 from meshagent.model.traffic import DestinationRule
 from meshagent.normalize.consul import ConsulMapping, convert_consul, is_consul
 from meshagent.normalize.consul.chain import chain_role, compose
@@ -78,10 +79,13 @@ _SECURITY_MAPS: dict[type, str] = {
     PeerAuthn: "peer_authentications",
     AuthzPolicy: "authorization_policies",
     RequestAuthn: "request_authentications",
+    Telemetry: "telemetries",  # kept the same way: by "namespace/name", selected per proxy
 }
 
+_Policy = PeerAuthn | AuthzPolicy | RequestAuthn | Telemetry
 
-def _security_key(converted: PeerAuthn | AuthzPolicy | RequestAuthn) -> tuple[str, str]:
+
+def _security_key(converted: _Policy) -> tuple[str, str]:
     """The snapshot map a security policy lives in, and its key there."""
     return _SECURITY_MAPS[type(converted)], f"{converted.namespace}/{converted.name}"
 
@@ -115,6 +119,7 @@ class Normalizer:
             "peer_authentications": {},
             "authorization_policies": {},
             "request_authentications": {},
+            "telemetries": {},
         }
         self._entries: dict[Key, _Entry] = {}
         self._batch = 0
@@ -321,7 +326,7 @@ class Normalizer:
             if chain_role(converted):
                 self._chained[vs_key] = converted
                 dirty.chain = True
-        elif isinstance(converted, PeerAuthn | AuthzPolicy | RequestAuthn):
+        elif isinstance(converted, _Policy):
             name, key_ = _security_key(converted)
             self._security[name][key_] = converted
             dirty.mark(name, key_)
@@ -369,7 +374,7 @@ class Normalizer:
             dirty.mark("virtual_services", vs_key)
             if self._chained.pop(vs_key, None) is not None:
                 dirty.chain = True
-        elif isinstance(converted, PeerAuthn | AuthzPolicy | RequestAuthn):
+        elif isinstance(converted, _Policy):
             name, key_ = _security_key(converted)
             self._security[name].pop(key_, None)
             dirty.mark(name, key_)

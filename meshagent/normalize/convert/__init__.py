@@ -14,6 +14,7 @@ from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.model.services import Workload
 from meshagent.model.source import Provenance, RawResource
+from meshagent.model.telemetry import Telemetry
 from meshagent.model.traffic import DestinationRule
 from meshagent.normalize.convert.context import Context
 from meshagent.normalize.convert.requestauthn import convert_request_authentication
@@ -28,6 +29,7 @@ from meshagent.normalize.convert.services import (
     convert_service_entry,
     convert_workload_entry,
 )
+from meshagent.normalize.convert.telemetry import convert_telemetry
 from meshagent.normalize.convert.traffic import convert_destination_rule
 from meshagent.normalize.schema.core import Issues
 
@@ -39,6 +41,7 @@ Converted = (
     | PeerAuthn
     | AuthzPolicy
     | RequestAuthn
+    | Telemetry
 )
 
 _CONVERTERS: dict[str, Any] = {
@@ -49,6 +52,7 @@ _CONVERTERS: dict[str, Any] = {
     "PeerAuthentication": convert_peer_authentication,
     "AuthorizationPolicy": convert_authorization_policy,
     "RequestAuthentication": convert_request_authentication,
+    "Telemetry": convert_telemetry,  # with the issues: it warns (metrics, targetRefs)
 }
 
 
@@ -59,7 +63,6 @@ NOT_TRANSLATED = {
     "WorkloadGroup": "WorkloadGroup is validated; only WorkloadEntry auto-registration reads it",
     "EnvoyFilter": "EnvoyFilter is validated but not translated yet: it has no effect",
     "ProxyConfig": "ProxyConfig is validated but not translated yet: it has no effect",
-    "Telemetry": "Telemetry is validated but not translated yet: it has no effect",
     "WasmPlugin": "WasmPlugin is validated but not translated yet: it has no effect",
 }
 
@@ -90,7 +93,12 @@ def convert(
     )
     ctx = _make_context(namespace, domain_suffix, provenance)
     try:
-        result: Converted | None = converter(raw.name, raw.body.get("spec") or {}, ctx)
+        spec = raw.body.get("spec") or {}
+        result: Converted | None = (
+            convert_telemetry(raw.name, spec, ctx, issues)
+            if converter is convert_telemetry
+            else converter(raw.name, spec, ctx)
+        )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         issues.error("spec", f"cannot convert ({type(exc).__name__}: {exc})")
         return None, issues
