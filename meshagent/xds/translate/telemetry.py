@@ -5,8 +5,10 @@ Which Telemetries apply to a proxy side: the mesh-wide one (root namespace, no s
 the namespace's (no selector), then the first (by name) of the namespace whose selector
 matches; later ones override earlier ones. Sides: CLIENT (outbound listeners; gateways) and
 SERVER (a local workload's inbound listeners). The client side of a proxy is in
-`node.namespace`, and a selector there matches when it matches `node.labels` or one of the
-local workloads of that namespace (they share one outbound configuration). A Telemetry with
+`node.namespace`, and a selector there matches when it matches `node.labels` or, when the
+proxy has exactly one local workload in that namespace (Istio's sidecar case), that
+workload's labels: with several, one workload's Telemetry does not decide for the outbound
+listeners they share. A Telemetry with
 targetRefs applies only to the router of a Gateway it names (label
 `gateway.networking.k8s.io/gateway-name`).
 
@@ -490,7 +492,8 @@ def side_telemetry(
 def client_telemetry(snapshot: MeshSnapshot, proxy: ProxySpec) -> ListenerTelemetry:
     """The CLIENT side: outbound listeners of a sidecar, every listener of a router."""
     namespace = proxy.namespace
-    labels = [proxy.labels] + [w.labels for w in proxy.workloads if w.namespace == namespace]
+    own = [w.labels for w in proxy.workloads if w.namespace == namespace]
+    labels = [proxy.labels, *own] if len(own) == 1 else [proxy.labels]
     return side_telemetry(snapshot, proxy, CLIENT, namespace, labels)
 
 
