@@ -348,3 +348,12 @@ def test_envoy_accepts_the_telemetry_config(tmp_path: Path) -> None:
             timeout=60,
         )
         assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_listener_nack_names_the_telemetry_among_its_origins() -> None:
+    from meshagent.xds import typeurls
+    from meshagent.xds.attribution import origins
+
+    snapshot = _snapshot(SERVICES + TELEMETRY)
+    found = origins(snapshot, PROXY, typeurls.LISTENER, "127.0.0.1_8080")
+    assert any(o.startswith("Telemetry/istio-system/mesh-default (") for o in found), found
