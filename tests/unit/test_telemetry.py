@@ -21,6 +21,7 @@ from meshagent.model.telemetry import (
     SERVER,
     AccessLogRule,
     FileAccessLogProvider,
+    OtelAccessLogProvider,
     Telemetry,
     TracingProvider,
     TracingRule,
@@ -337,7 +338,19 @@ def test_envoy_accepts_the_telemetry_config(tmp_path: Path) -> None:
             FileAccessLogProvider("envoy", str(tmp_path / "a.log"), labels=()),
         ),
     )
-    for proxy in (PROXY, json_proxy):
+    otel_logs = ProxySpec(
+        node_id="n",
+        telemetry_providers=(
+            OtelAccessLogProvider(
+                "otel-logs",
+                "otel.observability.svc.cluster.local",
+                4317,
+                labels=(("k", "%PROTOCOL%"),),
+            ),
+        ),
+        default_access_logging=("otel-logs",),
+    )
+    for proxy in (PROXY, json_proxy, otel_logs):
         resources = resources_as_dict(generate(_snapshot(SERVICES + TELEMETRY), proxy))
         config = tmp_path / "bootstrap.json"
         config.write_text(json.dumps(static_bootstrap(resources)))
@@ -357,3 +370,23 @@ def test_a_listener_nack_names_the_telemetry_among_its_origins() -> None:
     snapshot = _snapshot(SERVICES + TELEMETRY)
     found = origins(snapshot, PROXY, typeurls.LISTENER, "127.0.0.1_8080")
     assert any(o.startswith("Telemetry/istio-system/mesh-default (") for o in found), found
+
+
+def test_default_otel_access_log_points_at_the_collector_cluster() -> None:
+    proxy = ProxySpec(
+        node_id="n",
+        telemetry_providers=(
+            OtelAccessLogProvider(
+                "otel-logs", "observability/otel.observability.svc.cluster.local", 4317
+            ),
+        ),
+        default_access_logging=("otel-logs",),
+    )
+    resources = resources_as_dict(generate(_snapshot(SERVICES), proxy))
+    log = _network_configs(resources["lds"]["127.0.0.1_8080"])[0]["accessLog"][0]
+    assert log["name"] == "envoy.access_loggers.open_telemetry"
+    common = log["typedConfig"]["commonConfig"]
+    assert common["grpcService"]["envoyGrpc"]["clusterName"] == (
+        "outbound|4317||otel.observability.svc.cluster.local"
+    )
+    assert log["typedConfig"]["body"]["stringValue"] == ISTIO_TEXT_FORMAT

@@ -441,15 +441,14 @@ class ClientTelemetry:
         self.value: ListenerTelemetry = NO_TELEMETRY
 
     def update(self, ctx: Context) -> bool:
-        """Recompute for ctx when its inputs changed; whether the value changed."""
+        """Recompute for ctx when its inputs changed (rare); whether it was recomputed.
+        Listeners rebuilt with an equal value keep their objects (keep_unchanged)."""
         key = (ctx.proxy, *telemetry_inputs(ctx.snapshot, ctx.proxy))
         if identical(key, self._key):
             return False
         self._key = key
-        value = client_telemetry(ctx.snapshot, ctx.proxy)
-        changed = value != self.value or value.tracing != self.value.tracing
-        self.value = value
-        return changed
+        self.value = client_telemetry(ctx.snapshot, ctx.proxy)
+        return True
 
 
 class HttpListenersGenerator:
