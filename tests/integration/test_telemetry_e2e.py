@@ -246,7 +246,11 @@ def test_cel_filter_logs_only_server_errors(host: Host) -> None:
         return bool(_logged(host, "text.log", bad))
 
     wait_until(bad_logged, what="the 503 logged", timeout=20)
-    assert not _logged(host, "text.log", ok)  # sent before every logged 503: filtered out
+    # the filter is in force: a fresh pair, the 200 first
+    ok, bad = f"/status/200?{uuid.uuid4().hex}", f"/status/503?{uuid.uuid4().hex}"
+    assert host.call(ok).status == 200 and host.call(bad).status == 503
+    wait_until(lambda: _logged(host, "text.log", bad), what="the new 503 logged")
+    assert not _logged(host, "text.log", ok)  # sent before the logged 503: filtered out
 
 
 def test_disabled_for_one_workload_by_selector(host: Host) -> None:
@@ -317,8 +321,18 @@ def test_otlp_traces_at_100_percent_with_custom_tags_and_propagation(host: Host)
     wait_until(lambda: len(_marked(host.otel.spans, batch)) == 10, what="10 spans", timeout=30)
 
 
+def _sampling_in_force(host: Host, percent: int) -> bool:
+    """Whether Envoy's active listeners trace at percent (0: the empty Percent)."""
+    dump = host.mesh.envoy_admin("/config_dump?resource=dynamic_listeners").json()
+    active = [c for c in dump.get("configs", []) if "draining_state" not in c]
+    text = json.dumps(active)
+    want = '"random_sampling": {}' if percent == 0 else f'"random_sampling": {{"value": {percent}'
+    return want in text and '"random_sampling": {"value"' not in text.replace(want, "")
+
+
 def test_sampling_at_0_percent_sends_no_span(host: Host) -> None:
     host.apply(_tracing("otel", 0))
+    wait_until(lambda: _sampling_in_force(host, 0), what="0% sampling in Envoy")
     host.otel.clear()
     unsampled, forced = uuid.uuid4().hex, uuid.uuid4().hex
 
