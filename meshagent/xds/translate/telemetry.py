@@ -442,7 +442,8 @@ def hcm_tracing(
         return None
     out = hcm.HttpConnectionManager.Tracing(provider=tracer)
     if proxy.proxy_type == ROUTER:
-        out.spawn_upstream_span.value = False  # Istio's SpawnUpstreamSpanForGateway default
+        # A gateway's client and server spans are apart (Istio: always, since 1.31).
+        out.spawn_upstream_span.value = True
     sampling = DEFAULT_SAMPLING if spec.sampling is None else spec.sampling
     out.client_sampling.CopyFrom(_percent(100.0))
     out.overall_sampling.CopyFrom(_percent(100.0))
