@@ -390,3 +390,19 @@ def test_default_otel_access_log_points_at_the_collector_cluster() -> None:
         "outbound|4317||otel.observability.svc.cluster.local"
     )
     assert log["typedConfig"]["body"]["stringValue"] == ISTIO_TEXT_FORMAT
+
+
+def test_span_reporting_disabled_on_the_server_side_only() -> None:
+    server_off = """\
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: web, namespace: default}
+spec:
+  selector: {matchLabels: {app: web}}
+  tracing: [{match: {mode: SERVER}, disableSpanReporting: true}]
+"""
+    resources = resources_as_dict(generate(_snapshot(SERVICES + TELEMETRY + server_off), PROXY))
+    lds = resources["lds"]
+    assert "tracing" not in _network_configs(lds["inbound_0.0.0.0_8001"])[-1]
+    assert "tracing" in _network_configs(lds["127.0.0.1_8080"])[0]
