@@ -758,7 +758,7 @@ def _protocol(s: _Section) -> str:
     protocol = s.get("protocol", str, "HTTP").upper()
     if protocol and protocol not in KNOWN_PROTOCOLS:
         known = ", ".join(sorted(KNOWN_PROTOCOLS))
-        raise s.error(f'must be one of {known}, or "" to detect it', "protocol")
+        raise s.error(f"must be one of {known}, or \"\" to detect it", "protocol")
     return protocol
 
 
