@@ -36,6 +36,7 @@ from meshagent.agent.metrics import AgentMetrics
 from meshagent.agent.opspages import install_ops_pages
 from meshagent.agent.publishing import CONSISTENCY_SOURCE, NACK_SOURCE, NackExplainer
 from meshagent.agent.sdnotify import SystemdNotifier
+from meshagent.agent.telemetry_warnings import TelemetryWarnings
 from meshagent.errors import MeshAgentError
 from meshagent.gcpause import paused_gc, release_free_memory
 from meshagent.model.identity import WorkloadCertificate
@@ -182,6 +183,7 @@ class Agent:
         self.diagnostics = DiagnosticTable()  # current problems, not a history
         self._custom_problems: set[tuple[str, str]] = set()  # (workload, reason), logged once
         self._custom_checked: tuple[object, ...] = ()  # what _custom_problems was found from
+        self._telemetry_warnings = TelemetryWarnings()  # unusable Telemetry providers, logged once
         self._last_good = LastGoodStore(config.state_dir / FILE_NAME)
         # What the store holds: replaced after each apply that changed it, never mutated then.
         self._last_good_saved: dict[Key, RawResource] = {}
@@ -590,6 +592,7 @@ class Agent:
         self._published = True
         self.diagnostics.forget_source(NACK_SOURCE)  # a new set: Envoy judges it anew
         self._warn_unservable_custom_policies()
+        self._telemetry_warnings.check(self._snapshot, self._proxy)
         self.metrics.snapshot_version.set(getattr(self._snapshot, "version", 0))
         counts = {t: len(resources.of(t)) for t in SHORT_NAMES}
         self.metrics.set_resources(counts)

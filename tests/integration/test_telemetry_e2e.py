@@ -361,3 +361,10 @@ def test_zipkin_receives_spans_and_b3_is_propagated(host: Host) -> None:
         k.lower(): v for k, v in host.call("/", **{"x-marker": marker}).json()["headers"].items()
     }
     assert re.fullmatch(r"[0-9a-f]{32}", seen["x-b3-traceid"])
+
+
+def test_a_provider_that_configures_nothing_is_logged(host: Host) -> None:
+    host.apply(_telemetry("odd", "default", "  accessLogging: [{providers: [{name: nobody}]}]\n"))
+    log = host.mesh.root / "agent.log"
+    wait_until(lambda: "telemetry_provider_unusable" in log.read_text(), what="the warning")
+    assert "'nobody': not in extension_providers" in log.read_text()

@@ -406,3 +406,33 @@ spec:
     lds = resources["lds"]
     assert "tracing" not in _network_configs(lds["inbound_0.0.0.0_8001"])[-1]
     assert "tracing" in _network_configs(lds["127.0.0.1_8080"])[0]
+
+
+def test_unusable_providers_are_reported() -> None:
+    from meshagent.xds.translate.telemetry import provider_problems
+
+    odd = """\
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: odd, namespace: default}
+spec:
+  accessLogging: [{providers: [{name: nobody}, {name: otel}]}]
+"""
+    proxy = ProxySpec(
+        node_id="n",
+        telemetry_providers=(
+            *PROXY.telemetry_providers,
+            TracingProvider("far", "zipkin", "absent.example", 9411),
+        ),
+        default_tracing=("far",),
+    )
+    found = provider_problems(_snapshot(SERVICES + TELEMETRY + odd), proxy)
+    assert found == {
+        ("Telemetry/default/odd", "accessLogging provider 'nobody': not in extension_providers"),
+        ("Telemetry/default/odd", "accessLogging provider 'otel': is not an access logger"),
+        (
+            "default_providers",
+            "tracing provider 'far': service 'absent.example' port 9411 is not in the mesh",
+        ),
+    }

@@ -530,3 +530,38 @@ __all__ = [
     "server_telemetry",
     "telemetry_inputs",
 ]
+
+
+def provider_problems(snapshot: MeshSnapshot, proxy: ProxySpec) -> set[tuple[str, str]]:
+    """(Telemetry or "default_providers", reason) for each provider name that configures
+    nothing here: not defined, of the wrong kind, or whose collector is not in the mesh. Istio
+    skips those too (and logs them); the agent logs them once."""
+    wanted: list[tuple[str, str, str]] = [
+        ("default_providers", "access_logging", n) for n in proxy.default_access_logging
+    ]
+    wanted += [("default_providers", "tracing", n) for n in proxy.default_tracing]
+    for key, t in sorted(snapshot.telemetries.items()):
+        wanted += [
+            (f"Telemetry/{key}", "accessLogging", n) for r in t.access_logging for n in r.providers
+        ]
+        wanted += [(f"Telemetry/{key}", "tracing", n) for r in t.tracing for n in r.providers[:1]]
+    out = set()
+    for where, what, name in wanted:
+        reason = _provider_problem(snapshot, proxy, what, name)
+        if reason:
+            out.add((where, f"{what} provider {name!r}: {reason}"))
+    return out
+
+
+def _provider_problem(snapshot: MeshSnapshot, proxy: ProxySpec, what: str, name: str) -> str:
+    provider = find_provider(proxy, name)
+    if provider is None:
+        return "not in extension_providers"
+    tracer = isinstance(provider, TracingProvider)
+    if tracer != (what == "tracing"):
+        return "is not an access logger" if tracer else "is not a tracer"
+    if isinstance(provider, FileAccessLogProvider):
+        return ""
+    if _cluster_of(snapshot, provider.service, provider.port) is None:
+        return f"service {provider.service!r} port {provider.port} is not in the mesh"
+    return ""
