@@ -436,3 +436,19 @@ spec:
             "tracing provider 'far': service 'absent.example' port 9411 is not in the mesh",
         ),
     }
+
+
+def test_under_capture_every_chain_logs() -> None:
+    from dataclasses import replace
+
+    captured = replace(PROXY, capture=True, tcp_bindings=())
+    lds = resources_as_dict(generate(_snapshot(SERVICES + TELEMETRY), captured))["lds"]
+    outbound = lds["virtualOutbound"]
+    chains = [*outbound["filterChains"], outbound["defaultFilterChain"]]
+    assert chains and all(c["filters"][-1]["typedConfig"].get("accessLog") for c in chains)
+    inbound = lds["virtualInbound"]["filterChains"]
+    quiet_port = PROXY.workloads[1].ports[0].port
+    for chain in inbound:
+        logs = chain["filters"][-1]["typedConfig"].get("accessLog")
+        port = chain.get("filterChainMatch", {}).get("destinationPort")
+        assert bool(logs) == (port != quiet_port), chain.get("name")
