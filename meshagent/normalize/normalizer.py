@@ -22,6 +22,7 @@ from meshagent.model.services import Endpoint, Service, Workload
 from meshagent.model.sidecar import Sidecar
 from meshagent.model.snapshot import MeshSnapshot, SnapshotChanges
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
+from meshagent.model.telemetry import Telemetry
 from meshagent.model.traffic import DestinationRule
 from meshagent.normalize.consul import ConsulMapping, convert_consul, is_consul
 from meshagent.normalize.consul.chain import chain_role, compose
@@ -99,8 +100,9 @@ _SECURITY_MAPS: dict[type, str] = {
     RequestAuthn: "request_authentications",
     EnvoyFilter: "envoy_filters",  # not security, but kept the same way: by namespace/name
     WasmPlugin: "wasm_plugins",
+    Telemetry: "telemetries",  # kept the same way: by "namespace/name", selected per proxy
 }
-_KEYED = PeerAuthn | AuthzPolicy | RequestAuthn | EnvoyFilter | WasmPlugin
+_KEYED = PeerAuthn | AuthzPolicy | RequestAuthn | EnvoyFilter | WasmPlugin | Telemetry
 
 
 def _security_key(converted: _KEYED) -> tuple[str, str]:
@@ -150,6 +152,7 @@ class Normalizer:
             "request_authentications": {},
             "envoy_filters": {},
             "wasm_plugins": {},
+            "telemetries": {},
         }
         self._entries: dict[Key, _Entry] = {}
         self._batch = 0
