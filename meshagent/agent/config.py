@@ -47,6 +47,7 @@ slash) are relative to the directory of the config file.
 | `log.level` | `info` | `debug`, `info`, `warning`, `error` |
 | `log.format` | `auto` | `console`, `json`, or `auto` (console on a TTY, JSON otherwise) |
 | `dns.*` | off | the DNS proxy (agent/dns_config.py) |
+| `metrics.*` | merged | `/stats/prometheus` on the admin port (agent/metrics_config.py) |
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from meshagent.agent.capture_config import (
     parse_outbound_traffic_policy,
 )
 from meshagent.agent.dns_config import DnsConfig
+from meshagent.agent.metrics_config import MetricsConfig, check_metrics, parse_metrics
 from meshagent.ca.settings import CaConfig
 from meshagent.durations import EXAMPLES, NS_PER_MS, format_ms, parse_duration_ns
 from meshagent.errors import ConfigError
@@ -78,6 +80,7 @@ from meshagent.model.proxy import (
     TcpBinding,
 )
 from meshagent.model.services import KNOWN_PROTOCOLS
+from meshagent.model.telemetry import BUILTIN_FILE_PROVIDER, TelemetryProvider
 
 if TYPE_CHECKING:
     from meshagent.agent.consul_config import ConsulSourceConfig
@@ -113,10 +116,22 @@ class FilesSourceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CredentialsSourceConfig:
+    """The credentials adapter (adapters/credentials.py): directories of credential
+    directories; namespace None: the node's namespace."""
+
+    paths: tuple[Path, ...]
+    namespace: str | None = None
+    debounce_ms: int = 100
+    poll_interval_ms: int = 200
+
+
+@dataclass(frozen=True, slots=True)
 class SourcesConfig:
     """Configured adapters; None means that adapter is off."""
 
     files: FilesSourceConfig | None
+    credentials: CredentialsSourceConfig | None = None  # sources.credentials
     consul: ConsulSourceConfig | None = None  # sources.consul (agent/consul_config.py)
     kubernetes: KubeSourceConfig | None = None  # sources.kubernetes (agent/kube_config.py)
 
@@ -198,10 +213,16 @@ class AgentConfig:
     # `extension_providers` (agent/authz_config.py): CUSTOM AuthorizationPolicy authorizers
     extension_providers: tuple[ExtAuthzProvider, ...] = ()
     trust_domain_aliases: tuple[str, ...] = ()  # `trust_domain_aliases` (authz_config.py)
+    # Access log and tracing providers of `extension_providers`, and `default_providers`
+    # (agent/telemetry_config.py): what Telemetry resources name.
+    telemetry_providers: tuple[TelemetryProvider, ...] = ()
+    default_access_logging: tuple[str, ...] = ()
+    default_tracing: tuple[str, ...] = ()
     # `capture`, `outbound_traffic_policy` (agent/capture_config.py): transparent mode
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     outbound_traffic_policy: str = ALLOW_ANY
     dns: DnsConfig = field(default_factory=DnsConfig)  # `dns:` (agent/dns_config.py)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # agent/metrics_config.py
 
     def proxy_spec(self) -> ProxySpec:
         """What the translator needs to know about the local Envoy."""
@@ -221,6 +242,9 @@ class AgentConfig:
             network_gateways=self.networks,
             extension_providers=self.extension_providers,
             trust_domain_aliases=self.trust_domain_aliases,
+            telemetry_providers=self.telemetry_providers,
+            default_access_logging=self.default_access_logging,
+            default_tracing=self.default_tracing,
             locality=self.node.locality,
             capture=self.capture.enabled,
             virtual_outbound_port=self.capture.outbound_port,
@@ -358,9 +382,11 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         "networks",
         "extension_providers",
         "trust_domain_aliases",
+        "default_providers",
         "capture",
         "outbound_traffic_policy",
         "dns",
+        "metrics",
     )
     state_dir = _resolve(base, root.get("state_dir", str, "/var/lib/meshagent"))
     config = AgentConfig(
@@ -384,12 +410,15 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         networks=_networks(root),
         extension_providers=_extension_providers(root),
         trust_domain_aliases=_trust_domain_aliases(root),
+        **_telemetry(root, base),
         capture=parse_capture(root.section("capture")),
         outbound_traffic_policy=parse_outbound_traffic_policy(
             root.section("outbound_traffic_policy")
         ),
         dns=_dns(root, base),
+        metrics=parse_metrics(root.section("metrics")),
     )
+    check_metrics(root.section("metrics"), config)
     if root.data.get("join") is None:
         return config
     from meshagent.agent.join_config import apply_join, parse_join  # it imports from here
@@ -415,6 +444,24 @@ def _extension_providers(root: _Section) -> tuple[ExtAuthzProvider, ...]:
     from meshagent.agent.authz_config import parse_extension_providers  # it imports from here
 
     return parse_extension_providers(root)
+
+
+def _telemetry(root: _Section, base: Path) -> dict[str, Any]:
+    from meshagent.agent import telemetry_config as t  # it imports from here
+
+    providers = t.parse_telemetry_providers(root, base)
+    logging, tracing = t.parse_default_providers(root)
+    known = {p.name.lower() for p in providers} | {BUILTIN_FILE_PROVIDER}
+    section = root.section("default_providers")
+    for key, names in (("access_logging", logging), ("tracing", tracing)):
+        missing = [n for n in names if n.lower() not in known]
+        if missing:
+            raise section.error(f"provider {missing[0]!r} is not in extension_providers", key)
+    return {
+        "telemetry_providers": providers,
+        "default_access_logging": logging,
+        "default_tracing": tracing,
+    }
 
 
 def _dns(root: _Section, base: Path) -> DnsConfig:
@@ -490,8 +537,9 @@ def is_locality(value: str) -> bool:
 
 
 def _sources(s: _Section, base: Path) -> SourcesConfig:
-    s.only("files", "consul", "kubernetes")
+    s.only("files", "consul", "kubernetes", "credentials")
     consul = kubernetes = None
+    credentials = _credentials(s, base) if s.data.get("credentials") is not None else None
     if s.data.get("consul") is not None:
         from meshagent.agent.consul_config import parse_consul  # it imports _Section from here
 
@@ -501,7 +549,7 @@ def _sources(s: _Section, base: Path) -> SourcesConfig:
 
         kubernetes = parse_kubernetes(s.section("kubernetes"), base)
     if "files" in s.data and s.data["files"] is None:
-        return SourcesConfig(files=None, consul=consul, kubernetes=kubernetes)
+        return SourcesConfig(None, credentials, consul=consul, kubernetes=kubernetes)
     f = s.section("files")
     f.only("paths", "debounce_ms", "poll_interval_ms")
     raw_paths = f.get("paths", list, ["mesh/"])
@@ -515,8 +563,27 @@ def _sources(s: _Section, base: Path) -> SourcesConfig:
             poll_interval_ms=_duration_ms(f, "poll_interval_ms", "200ms", 10, 60_000, bare_ms=1),
             missing_ok="paths" not in f.data,
         ),
+        credentials=credentials,
         consul=consul,
         kubernetes=kubernetes,
+    )
+
+
+def _credentials(parent: _Section, base: Path) -> CredentialsSourceConfig:
+    s = parent.section("credentials")
+    s.only("paths", "namespace", "debounce_ms", "poll_interval_ms")
+    raw_paths = s.get("paths", list, [])
+    if not raw_paths:
+        raise s.error("must name at least one directory of credential directories", "paths")
+    for i, item in enumerate(raw_paths):
+        if not isinstance(item, str) or not item:
+            raise s.error("must be a non-empty path", f"paths[{i}]")
+    namespace = _hostname(s, "namespace", "-") if "namespace" in s.data else None
+    return CredentialsSourceConfig(
+        paths=tuple(_resolve(base, p) for p in raw_paths),
+        namespace=namespace,
+        debounce_ms=_duration_ms(s, "debounce_ms", "100ms", 0, 60_000, bare_ms=1),
+        poll_interval_ms=_duration_ms(s, "poll_interval_ms", "200ms", 10, 60_000, bare_ms=1),
     )
 
 
@@ -742,7 +809,7 @@ def _protocol(s: _Section) -> str:
     protocol = s.get("protocol", str, "HTTP").upper()
     if protocol and protocol not in KNOWN_PROTOCOLS:
         known = ", ".join(sorted(KNOWN_PROTOCOLS))
-        raise s.error(f"must be one of {known}, or \"\" to detect it", "protocol")
+        raise s.error(f'must be one of {known}, or "" to detect it', "protocol")
     return protocol
 
 

@@ -34,13 +34,15 @@ from meshagent.agent.instancelock import InstanceLock
 from meshagent.agent.lastgood import FILE_NAME, PERSISTED_SOURCES, LastGoodStore
 from meshagent.agent.logs import configure_logging
 from meshagent.agent.metrics import AgentMetrics
+from meshagent.agent.metrics_merge import install_merged_scrape
 from meshagent.agent.opspages import install_ops_pages
 from meshagent.agent.publishing import CONSISTENCY_SOURCE, NACK_SOURCE, NackExplainer
 from meshagent.agent.sdnotify import SystemdNotifier
+from meshagent.agent.telemetry_warnings import TelemetryWarnings
 from meshagent.errors import MeshAgentError
 from meshagent.gcpause import paused_gc, release_free_memory
 from meshagent.model.identity import WorkloadCertificate
-from meshagent.model.proxy import ProxySpec
+from meshagent.model.proxy import ROUTER, ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
 from meshagent.xds.cache import SnapshotCache
@@ -54,6 +56,14 @@ Key = tuple[str, str, str, str]
 _T = TypeVar("_T")
 SOURCE_RETRY_MAX_S = 30.0
 AGENT_CONFIG = "agent-config"  # the source of a refused reload's diagnostic
+CREDENTIALS_SOURCE = "credentials"  # adapters/credentials.py
+CREDENTIALS_WAIT_S = 5.0
+
+
+def _carries_credentials(adapter: Adapter) -> bool:
+    """The credentials adapter, or a Kubernetes adapter that watches Secrets."""
+    options = getattr(adapter, "options", None)
+    return adapter.name == CREDENTIALS_SOURCE or bool(getattr(options, "secret_namespaces", ()))
 
 
 def build_adapters(config: AgentConfig) -> list[Adapter]:
@@ -71,6 +81,18 @@ def build_adapters(config: AgentConfig) -> list[Adapter]:
                 default_namespace=config.node.namespace,
             )
         )
+    credentials = config.sources.credentials
+    if credentials is not None:
+        from meshagent.adapters.credentials import CredentialsAdapter
+
+        adapters.append(
+            CredentialsAdapter(
+                credentials.paths,
+                namespace=credentials.namespace or config.node.namespace,
+                debounce_ms=credentials.debounce_ms,
+                poll_interval_ms=credentials.poll_interval_ms,
+            )
+        )
     if config.sources.consul is not None:
         from meshagent.adapters.consul import ConsulAdapter
 
@@ -78,7 +100,10 @@ def build_adapters(config: AgentConfig) -> list[Adapter]:
     if config.sources.kubernetes is not None:
         from meshagent.adapters.kubernetes import KubernetesAdapter
 
-        adapters.append(KubernetesAdapter(config.sources.kubernetes.options))
+        kube = config.sources.kubernetes
+        secrets = kube.secret_namespaces(config.node.type, config.node.namespace)
+        options = dataclasses.replace(kube.options, secret_namespaces=secrets)
+        adapters.append(KubernetesAdapter(options))
     return adapters
 
 
@@ -194,11 +219,20 @@ class Agent:
         self._custom_checked: tuple[object, ...] = ()  # what _custom_problems was found from
         self._gateway_checked: tuple[object, ...] = ()  # what _gateway_problems was found from
         self._gateway_problems: tuple[Diagnostic, ...] = ()  # Gateway servers left out
+        # Whether the Envoy in use has a Wasm runtime, and why: probed at the first WasmPlugin.
+        self._wasm_probe: tuple[bool, str] | None = None
+        self._wasm_warned: object = None  # the wasm_plugins map last warned about
+        self._telemetry_warnings = TelemetryWarnings()  # unusable Telemetry providers, logged once
         self._last_good = LastGoodStore(config.state_dir / FILE_NAME)
         # What the store holds: replaced after each apply that changed it, never mutated then.
         self._last_good_saved: dict[Key, RawResource] = {}
         self._last_good_task: asyncio.Task[None] | None = None
         self._restored: dict[Key, RawResource] = {}  # loaded at start, until sources listed
+        self._credentials_deadline = 0.0  # see _credentials_pending
+        self._credential_sources: set[str] = set()
+        self._credentials_checked: tuple[object, ...] = ()  # what _credential_problems is of
+        self._credential_problems: tuple[Diagnostic, ...] = ()  # DR credentials unserved
+        self._credentials_timer: asyncio.TimerHandle | None = None
         self._processor: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -240,6 +274,8 @@ class Agent:
         )
         install_ops_pages(self.admin, self)
         self.admin.pages["/debug/analyze"] = lambda: Response.json(200, self.analysis.report())
+        install_merged_scrape(self.admin, self.metrics, lambda: self.config)
+        self.metrics.envoy.watch(self._envoy_state)
         await self.admin.start()
         cfg.xds.uds.parent.mkdir(parents=True, exist_ok=True)
         observer = ConvergenceObserver(self.metrics, self.convergence, self._nacked)
@@ -261,6 +297,13 @@ class Agent:
         self._processor = asyncio.create_task(self._process_loop(), name="agent-processor")
         for adapter in adapters:
             self._start_source(adapter)
+        self._credential_sources = {a.name for a in adapters if _carries_credentials(a)}
+        if self._credential_sources:  # publish by then, whatever they do
+            loop = asyncio.get_running_loop()
+            self._credentials_deadline = loop.time() + CREDENTIALS_WAIT_S
+            self._credentials_timer = loop.call_later(
+                CREDENTIALS_WAIT_S, lambda: self._spawn(self._publish())
+            )
         self._start_consul_registration()
         if cfg.join is not None:  # `join.workload_group`: this VM's WorkloadEntry
             from meshagent.agent.join_runtime import start_workload_entry
@@ -285,6 +328,8 @@ class Agent:
         if self.workload_entry is not None:  # disconnected now, deleted after the grace
             await self.workload_entry.stop()
             self.workload_entry = None
+        if self._credentials_timer is not None:
+            self._credentials_timer.cancel()
         for source in list(self._sources.values()):
             await _cancel(source.task)
         self._sources.clear()
@@ -592,6 +637,18 @@ class Agent:
             log.warning("last_good_serving", resources=len(still))
         self._report([_restored_warning(raw) for raw in still])
 
+    def _credentials_pending(self) -> bool:
+        """Whether publishing waits for the first listing of a source of credentials (at
+        most CREDENTIALS_WAIT_S after start): keys are not in the persisted last good, and a
+        first publish without them would take the gateway servers that present them out of a
+        running Envoy (a drain of their listeners) until they are read."""
+        waiting = [
+            name
+            for name in self._credential_sources
+            if (source := self._sources.get(name)) is not None and not source.seen_first
+        ]
+        return bool(waiting) and asyncio.get_running_loop().time() < self._credentials_deadline
+
     async def _publish(self) -> None:
         """Translate the current snapshot for the local proxy and hand it to the cache.
 
@@ -599,8 +656,10 @@ class Agent:
         thread and the publishes in order (sources, reloads and certificate rotations).
         """
         async with self._publish_lock:
-            if self._snapshot is None:
+            if self._snapshot is None or self._credentials_pending():
                 return
+            if getattr(self._snapshot, "wasm_plugins", None) and self._wasm_probe is None:
+                await self._probe_wasm()
             snapshot, proxy = self._snapshot, self._proxy
             try:
                 resources = await asyncio.to_thread(
@@ -634,6 +693,9 @@ class Agent:
         self.diagnostics.forget_source(NACK_SOURCE)  # a new set: Envoy judges it anew
         self._warn_unservable_custom_policies()
         self._report_gateway_problems()
+        self._report_credential_problems()
+        self._warn_wasm_unavailable()
+        self._telemetry_warnings.check(self._snapshot, self._proxy)
         self.metrics.snapshot_version.set(getattr(self._snapshot, "version", 0))
         counts = {t: len(resources.of(t)) for t in SHORT_NAMES}
         self.metrics.set_resources(counts)
@@ -659,7 +721,7 @@ class Agent:
         if found != self._inconsistent:
             self.diagnostics.forget_source(CONSISTENCY_SOURCE)
         if found and found != self._inconsistent:
-            self._report(inconsistency_diagnostics(found, self.snapshot, self._proxy))
+            self._report(inconsistency_diagnostics(found, self.snapshot, self._proxy, resources))
         self._inconsistent = found
         return not found
 
@@ -711,10 +773,38 @@ class Agent:
             log.warning("extension_provider_invalid", provider=provider[9:], reason=reason)
         self._custom_problems = problems | invalid
 
+    def _report_credential_problems(self) -> None:
+        """Report each DestinationRule credentialName the proxy cannot serve, as a located
+        warning, while it stays so (xds/translate/credential_secrets.py)."""
+        from meshagent.xds.translate.credential_secrets import (
+            CREDENTIAL_REFERENCES,
+            credential_problems,
+        )
+
+        snapshot = self._snapshot
+        if not isinstance(snapshot, MeshSnapshot):
+            return
+        key = (
+            snapshot.destination_rules,
+            snapshot.workload_destination_rules,
+            snapshot.credentials,
+            self._proxy,
+        )
+        old = self._credentials_checked
+        if len(old) == len(key) and all(a is b for a, b in zip(key, old, strict=True)):
+            return
+        self._credentials_checked = key
+        found = tuple(credential_problems(snapshot, self._proxy))
+        if found != self._credential_problems:
+            self.diagnostics.forget_source(CREDENTIAL_REFERENCES)
+            self._credential_problems = found
+            self._report(found)
+
     def _report_gateway_problems(self) -> None:
         """Report each Gateway server a router leaves out (a conflict, a missing credential)
         as a located warning, while it stays left out."""
         from meshagent.xds.translate.gateway import GATEWAY_SOURCE, gateway_problems
+        from meshagent.xds.translate.gateway_plan import selected_gateways
 
         snapshot = self._snapshot
         if not isinstance(snapshot, MeshSnapshot):
@@ -724,12 +814,53 @@ class Agent:
         if len(old) == len(key) and all(a is b for a, b in zip(key, old, strict=True)):
             return
         self._gateway_checked = key
+        router = self._proxy.proxy_type == ROUTER
+        if router and snapshot.gateways and not selected_gateways(snapshot, self._proxy):
+            # A router whose labels match no Gateway's selector serves nothing: say so.
+            labels = dict(self._proxy.labels)
+            log.warning("gateway_none_selected", labels=labels, gateways=len(snapshot.gateways))
         found = tuple(gateway_problems(snapshot, self._proxy))
         if found != self._gateway_problems:
             self.diagnostics.forget_source(GATEWAY_SOURCE)
             self._gateway_problems = found
             if found:
                 self._report(found)
+
+    async def _probe_wasm(self) -> None:
+        """Find out once whether the Envoy in use has a Wasm runtime (a validate-mode run)."""
+        from meshagent.agent.envoy import find_envoy_binary
+        from meshagent.xds.envoyfilter.wasm import wasm_runtime_available
+
+        try:
+            binary = find_envoy_binary(self.config.envoy.binary)
+        except MeshAgentError as exc:
+            self._wasm_probe = (False, str(exc))
+        else:
+            self._wasm_probe = await asyncio.to_thread(wasm_runtime_available, binary)
+        log.info("wasm_runtime_probed", available=self._wasm_probe[0], why=self._wasm_probe[1])
+        self._proxy = dataclasses.replace(self._proxy, wasm_runtime=self._wasm_probe[0])
+
+    def _warn_wasm_unavailable(self) -> None:
+        """A located warning for each WasmPlugin when this Envoy has no Wasm runtime."""
+        plugins = getattr(self._snapshot, "wasm_plugins", None)
+        if not plugins or self._proxy.wasm_runtime or plugins is self._wasm_warned:
+            return
+        self._wasm_warned = plugins
+        why = self._wasm_probe[1] if self._wasm_probe else "not probed"
+        self._report(
+            [
+                Diagnostic(
+                    severity="warning",
+                    source="wasm",
+                    location=p.provenance.location if p.provenance else "-",
+                    kind="WasmPlugin",
+                    name=key,
+                    field="spec.url",
+                    reason=f"WasmPlugin not available in this Envoy ({why}): it has no effect",
+                )
+                for key, p in sorted(plugins.items())
+            ]
+        )
 
     # --- reload -------------------------------------------------------------------------
 
@@ -778,11 +909,16 @@ class Agent:
             outbound=new.outbound,
             capture=new.capture,
             outbound_traffic_policy=new.outbound_traffic_policy,
+            metrics=new.metrics,
         )
         if new.sources != old.sources:
             for adapter in self._adapter_factory(self.config):
                 await self._restart_source(adapter)
-        proxy = dataclasses.replace(new.proxy_spec(), certificates=self._proxy.certificates)
+        proxy = dataclasses.replace(
+            new.proxy_spec(),
+            certificates=self._proxy.certificates,
+            wasm_runtime=self._proxy.wasm_runtime,
+        )
         if proxy != self._proxy:
             self._proxy = proxy
             await self._publish()
@@ -811,6 +947,12 @@ class Agent:
         """The CA's callback: serve the new certificates (SDS) through a re-translation."""
         self._proxy = dataclasses.replace(self._proxy, certificates=certificates)
         self._spawn(self._publish())
+
+    def _envoy_state(self) -> tuple[bool, int]:
+        """(up, restarts) for the metrics: a managed Envoy's process, else its ADS stream."""
+        if self.envoy is not None:
+            return self.envoy.pid is not None, self.envoy.restarts
+        return self.cache.status(self._proxy.node_id).connected, 0
 
     def _healthy(self) -> bool:
         """The systemd watchdog's view: the processing task is alive."""

@@ -202,7 +202,7 @@ def _shadowed_in(inp: AnalysisInput, vs: VirtualService) -> Iterator[Message]:
 
 # HTTPMatchRequest fields the model does not keep (the normalizer warns that they are
 # ignored); Istio tells matches apart by them, so the comparison leaves such matches out.
-UNKEPT_MATCH_FIELDS = ("gateways", "sourceNamespace")
+UNKEPT_MATCH_FIELDS = ("sourceNamespace",)
 
 
 def _unkept_matches(inp: AnalysisInput, vs: VirtualService) -> set[tuple[int, int]]:
@@ -244,6 +244,7 @@ def _covers(a: HttpMatch, b: HttpMatch) -> bool:
         and _within(a.without_headers, b.without_headers)
         and (a.port is None or a.port == b.port)
         and _within(a.source_labels, b.source_labels)
+        and (not a.gateways or (bool(b.gateways) and set(b.gateways) <= set(a.gateways)))
     )
 
 

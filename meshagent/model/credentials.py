@@ -9,7 +9,7 @@ it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshagent.model.source import Provenance
 
@@ -22,7 +22,7 @@ class Credential:
     namespace: str
     name: str
     cert_chain_pem: str = ""
-    private_key_pem: str = ""
+    private_key_pem: str = field(default="", repr=False)  # never in a log line or a traceback
     ca_cert_pem: str = ""
     crl_pem: str = ""
     provenance: Provenance | None = None

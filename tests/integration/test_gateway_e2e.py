@@ -4,9 +4,9 @@
    VirtualService by path, an httpsRedirect server answers 301, a server whose credential is
    missing is left out with a located warning; the router has no sidecar listeners.
 2. The translator + ADS server in process (credentials put in the snapshot, as a credential
-   source would): HTTPS SIMPLE and MUTUAL on one port told apart by SNI, a server whose
-   credential is missing left out while its neighbours serve, and a credential change that
-   the next handshake sees without a listener change.
+   source would): HTTPS SIMPLE, MUTUAL and OPTIONAL_MUTUAL on one port told apart by SNI,
+   a server whose credential is missing left out while its neighbours serve, and a credential
+   change that the next handshake sees without a listener change.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: shop, namespace: shop}}
 spec:
-  hosts: [shop.example.com, admin.example.com, lost.example.com]
+  hosts: [shop.example.com, admin.example.com, opt.example.com, lost.example.com]
   gateways: [edge/web]
   http:
   - match: [{{uri: {{prefix: /api}}}}]
@@ -197,6 +197,15 @@ def test_a_missing_credential_is_a_located_warning(router: Router) -> None:
         not in router.harness.envoy_admin("/listeners").body.decode()
     )
 
+    # Without that server the warning goes, and the other servers keep serving.
+    gateway = _router_gateway(router.http_port, router.redirect_port, router.https_port)
+    kept = gateway[: gateway.index(f"  - port: {{number: {router.https_port}")]
+    harness = router.harness
+    apps = services(harness.apps["api"], harness.apps["web"])
+    harness.apply("---\n".join([apps, SHOP_VS, kept]))
+    wait_until(lambda: warning() is None, what="gateway warning gone")
+    assert _served_by(router.http_port, "/api") == "api-v1"
+
 
 def _line_of_gateway(router: Router) -> int:
     text = (router.harness.mesh_dir / "mesh.yaml").read_text().splitlines()
@@ -277,6 +286,10 @@ spec:
     bind: 127.0.0.1
     hosts: ["admin.example.com"]
     tls: {{mode: MUTUAL, credentialName: admin-cert}}
+  - port: {{number: {port}, name: https-opt, protocol: HTTPS}}
+    bind: 127.0.0.1
+    hosts: ["opt.example.com"]
+    tls: {{mode: OPTIONAL_MUTUAL, credentialName: opt-cert}}
   - port: {{number: {port}, name: https-lost, protocol: HTTPS}}
     bind: 127.0.0.1
     hosts: ["lost.example.com"]
@@ -306,8 +319,9 @@ class TlsGateway:
 
 
 def _credentials(pki: Pki, shop: tuple[str, str, int]) -> dict[str, Credential]:
-    admin = pki.issue("admin.example.com")
+    admin, opt = pki.issue("admin.example.com"), pki.issue("opt.example.com")
     return {
+        "edge/opt-cert": Credential("edge", "opt-cert", opt[0], opt[1], pki.ca_pem),
         "edge/shop-cert": Credential("edge", "shop-cert", shop[0], shop[1]),
         "edge/admin-cert": Credential("edge", "admin-cert", admin[0], admin[1], pki.ca_pem),
     }
@@ -385,7 +399,7 @@ async def _until(predicate: object, what: str) -> None:
     await async_wait_for(predicate, blocking=True, timeout=30, what=what)  # type: ignore[arg-type]
 
 
-async def test_https_simple_and_mutual_by_sni_and_a_missing_credential(
+async def test_https_simple_mutual_optional_by_sni_and_a_missing_credential(
     tls_gateway: TlsGateway,
 ) -> None:
     gw = tls_gateway
@@ -396,6 +410,16 @@ async def test_https_simple_and_mutual_by_sni_and_a_missing_credential(
     assert await asyncio.to_thread(_fails, gw, "admin.example.com")
     answer = await asyncio.to_thread(_https, gw, "admin.example.com", "/api", client_cert=True)
     assert (answer.status, answer.served_by) == (200, "api-v1")
+
+    # OPTIONAL_MUTUAL: with or without a client certificate, but not with a stranger's.
+    assert (await asyncio.to_thread(_https, gw, "opt.example.com")).status == 200
+    answer = await asyncio.to_thread(_https, gw, "opt.example.com", client_cert=True)
+    assert answer.status == 200
+    stranger = Pki.new().issue("client.example.com", client=True)
+    gw.client_cert.write_text(stranger[0])
+    gw.client_key.write_text(stranger[1])
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        await asyncio.to_thread(_https, gw, "opt.example.com", client_cert=True)
 
     # lost.example.com's credential does not exist: only that server is left out.
     assert await asyncio.to_thread(_fails, gw, "lost.example.com")

@@ -264,6 +264,19 @@ def test_matches_told_apart_by_fields_the_model_does_not_keep_are_not_compared(
     ]
     found = run(tmp_path, SHOP, shop_vs("v", http, gateways=["mesh"]))
     assert not {"IST0130", "IST0131"} & set(codes(found)), [str(m) for m in found]
+    # and by sourceNamespace, which meshagent does not implement (a schema warning says so)
+    (tmp_path / "mesh.yaml").unlink()
+    http = [
+        {"match": [{"sourceNamespace": ns}], "route": route("shop.example.com")}
+        for ns in ("a", "b")
+    ]
+    found = run(tmp_path, SHOP, shop_vs("v", http))
+    assert not {"IST0130", "IST0131"} & set(codes(found)), [str(m) for m in found]
+    # while the same match gateways make a duplicate
+    (tmp_path / "mesh.yaml").unlink()
+    http = [{"match": [{"gateways": ["mesh"]}], "route": route("shop.example.com")}] * 2
+    found = run(tmp_path, SHOP, shop_vs("v", http, gateways=["mesh"]))
+    assert "IST0131" in codes(found)
 
 
 def test_a_gateway_selecting_no_proxy_is_ist0101_and_the_router_node_counts(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ the field types. Shorthands: a StringMatch may be written `{exact: v}` / `{prefi
 Document layout: description, proxy, services (list), endpoints (host -> list),
 destination_rules (list, keyed by host), virtual_services (list, keyed by namespace/name),
 peer_authentications, authorization_policies and request_authentications (lists, keyed by
-namespace/name).
+namespace/name), gateways and credentials (lists, keyed by namespace/name).
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ import yaml
 from google.protobuf import json_format
 
 from meshagent.model import (
+    Credential,
     DestinationRule,
     Endpoint,
+    Gateway,
     MatchKind,
     MeshSnapshot,
     ProxySpec,
@@ -84,6 +86,8 @@ def snapshot_from(doc: dict[str, Any]) -> MeshSnapshot:
     peer = [build(PeerAuthn, p) for p in doc.get("peer_authentications", [])]
     authz = [build(AuthzPolicy, p) for p in doc.get("authorization_policies", [])]
     authn = [build(RequestAuthn, p) for p in doc.get("request_authentications", [])]
+    gateways = [build(Gateway, g) for g in doc.get("gateways", [])]
+    credentials = [build(Credential, c) for c in doc.get("credentials", [])]
     return MeshSnapshot(
         version=1,
         peer_authentications=frozen_map({f"{p.namespace}/{p.name}": p for p in peer}),
@@ -93,6 +97,8 @@ def snapshot_from(doc: dict[str, Any]) -> MeshSnapshot:
         endpoints=frozen_map(endpoints),
         destination_rules=frozen_map({r.host: r for r in rules}),
         virtual_services=frozen_map({f"{v.namespace}/{v.name}": v for v in routes}),
+        gateways=frozen_map({g.key: g for g in gateways}),
+        credentials=frozen_map({c.key: c for c in credentials}),
     )
 
 

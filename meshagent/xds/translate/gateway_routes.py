@@ -85,19 +85,25 @@ def bound_virtual_services(
     return out
 
 
-def _applies(match: HttpMatch, port: int, proxy: ProxySpec) -> bool:
-    """A match's port must be the server's; sourceLabels must be the gateway's own labels."""
+def _applies(match: HttpMatch, port: int, proxy: ProxySpec, gateway: str, ns: str) -> bool:
+    """A match's port must be the server's, its gateways (if any) name the server's Gateway
+    (key gateway; ns: the VirtualService's namespace), and sourceLabels must be the router's
+    own labels."""
     if match.port is not None and match.port != port:
+        return False
+    if match.gateways and gateway not in bound_gateways(match.gateways, ns):
         return False
     return not match.source_labels or selector_matches(match.source_labels, proxy.labels)
 
 
-def gateway_routes(vs: VirtualService, scope: RouteScope, proxy: ProxySpec) -> list[rc.Route]:
-    """vs's HTTP routes on a gateway server's port, in order."""
+def gateway_routes(
+    vs: VirtualService, scope: RouteScope, proxy: ProxySpec, gateway: str = ""
+) -> list[rc.Route]:
+    """vs's HTTP routes on a server of the Gateway gateway ("namespace/name"), in order."""
     out: list[rc.Route] = []
     for route in vs.http:
         matches: list[HttpMatch | None] = (
-            [m for m in route.matches if _applies(m, scope.port, proxy)]
+            [m for m in route.matches if _applies(m, scope.port, proxy, gateway, vs.namespace)]
             if route.matches
             else [None]
         )
@@ -135,7 +141,7 @@ def build_gateway_route_configuration(
             common = intersect_hosts(allowed, vs.hosts)
             if not common:
                 continue
-            routes = gateway_routes(vs, scope, proxy)
+            routes = gateway_routes(vs, scope, proxy, placed.gateway.key)
             for host in common:
                 vhost = vhosts.get(host)
                 if vhost is None:

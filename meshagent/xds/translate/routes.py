@@ -3,7 +3,8 @@
 A host without a VirtualService gets Istio's default route (everything to the port's
 cluster, no timeout, default retries). With one, each HttpMatch of each HttpRoute becomes one
 Envoy route, in order; matches bound to another port, or to source labels (this proxy has
-none), are left out, and a route left with no match is skipped. As in Istio, no catch-all is
+none), or to gateways only (match.gateways without `mesh`), are left out, and a route left
+with no match is skipped. As in Istio, no catch-all is
 appended after a VirtualService's routes.
 """
 
@@ -22,6 +23,7 @@ from meshagent.model import (
     VirtualService,
     WeightedDestination,
 )
+from meshagent.model.gateway import MESH_GATEWAY
 from meshagent.model.proxy import REGISTRY_ONLY, ProxySpec
 from meshagent.xds import names
 from meshagent.xds.translate import protos
@@ -134,7 +136,11 @@ def _matches_on_port(route: HttpRoute, port: int) -> list[HttpMatch | None] | No
     if not route.matches:
         return [None]
     kept: list[HttpMatch | None] = [
-        m for m in route.matches if (m.port is None or m.port == port) and not m.source_labels
+        m
+        for m in route.matches
+        if (m.port is None or m.port == port)
+        and not m.source_labels
+        and (not m.gateways or MESH_GATEWAY in m.gateways)
     ]
     return kept or None
 
