@@ -21,17 +21,17 @@ ISTIO_SOURCES = ("files", "kubernetes")
 
 
 def subsets(inp: AnalysisInput) -> Iterator[Message]:
-    """IST0173: a subset of a DestinationRule whose labels select no endpoint of its host
-    (the translator gives that subset's cluster no endpoints: 503 UH)."""
+    """IST0173: a subset of a DestinationRule (or of a Consul service-resolver) whose labels
+    select no endpoint of its host (the translator gives its cluster no endpoints: 503 UH)."""
     snapshot = inp.snapshot
     rules: list[DestinationRule] = [
-        *(r for _, r in sorted(snapshot.destination_rules.items())),
-        *(r for _, r in sorted(snapshot.workload_destination_rules.items())),
+        *snapshot.destination_rules.values(),
+        *snapshot.workload_destination_rules.values(),
     ]
     for rule in rules:
         prov = rule.provenance
         service = snapshot.services.get(rule.host)
-        if prov is None or prov.kind != "DestinationRule" or service is None:
+        if prov is None or prov.kind not in SUBSET_FIELDS or service is None:
             continue
         endpoints = snapshot.endpoints.get(rule.host, ())
         if not endpoints and service.resolution != Resolution.STATIC:
@@ -52,8 +52,16 @@ def _empty_subsets(
                 f"The Subset {subset.name} defined in the DestinationRule does not select "
                 "any endpoints. Which may lead to 503 UH (NoHealthyUpstream)."
             )
-            out.append(inp.message("IST0173", rule.provenance, f"spec.subsets[{i}].labels", text))
+            path = SUBSET_FIELDS[rule.provenance.kind].format(i=i, name=subset.name)
+            out.append(inp.message("IST0173", rule.provenance, path, text))
     return out
+
+
+# Where a subset is written, by the kind of document a rule came from.
+SUBSET_FIELDS = {
+    "DestinationRule": "spec.subsets[{i}].labels",
+    "ConsulConfigEntry": "Subsets.{name}",  # a service-resolver's subset (its Filter)
+}
 
 
 def _selected(inp: AnalysisInput) -> Iterator[tuple[Provenance, str, Labels]]:

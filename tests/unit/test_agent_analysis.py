@@ -158,3 +158,41 @@ async def test_a_burst_of_changes_is_analyzed_once_after_the_interval(
         assert len(runs) == 2, runs
 
     await running(agent, body)
+
+
+def test_consul_objects_are_analyzed_with_the_files_that_name_them() -> None:
+    from meshagent.agent.analysis_runtime import AgentAnalysis
+    from meshagent.model.source import SourceEvent
+    from meshagent.normalize.normalizer import Normalizer
+    from tests.unit.normalize_helpers import raw as yaml_raw
+    from tests.unit.test_consul_normalize import entry, instance, service
+
+    # given a Consul service with a resolver and a router, and a file routing to a subset
+    # the resolver does not define
+    consul = SourceEvent(
+        "consul",
+        upserts=(
+            service("web", [instance("web-1", meta={"version": "v1"})]),
+            entry({"Kind": "service-resolver", "Name": "web", "Subsets": {
+                "v1": {"Filter": "Service.Meta.version == v1"},
+                "v2": {"Filter": "Service.Meta.version == v2"}}}),
+            entry({"Kind": "service-router", "Name": "web", "Routes": [
+                {"Match": {"HTTP": {"PathPrefix": "/a"}},
+                 "Destination": {"ServiceSubset": "v1"}}]}),
+        ),
+    )  # fmt: skip
+    vs = yaml_raw(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+        "metadata: {name: front, namespace: default}\nspec:\n  hosts: [front.example.com]\n"
+        "  http:\n  - route:\n    - destination: {host: web.service.consul, subset: v9}\n"
+    )
+    normalizer = Normalizer()
+    snapshot, _ = normalizer.apply([consul, SourceEvent("files", upserts=(vs,))])
+    analysis = AgentAnalysis(None, lambda: [])
+    analysis.run(snapshot, normalizer)
+    # then the analysis runs over both: the missing subset, the resolver's empty subset
+    found = [(m["code"], m["origin"], m["field"]) for m in analysis.report()["messages"]]
+    assert found == [
+        ("IST0173", "ConsulConfigEntry service-resolver/web", "Subsets.v2"),
+        ("IST0101", "VirtualService default/front", "spec.http[0].route[0].destination.subset"),
+    ], found
