@@ -44,6 +44,7 @@ exit codes: 0 nothing at or above --failure-threshold; 79 a message at or above 
 EPILOG = """\
 examples:
   meshagent analyze mesh/
+  kubectl get vs,dr,se -A -o yaml | meshagent analyze -        # documents from stdin
   meshagent analyze --config /etc/meshagent/agent.yaml        # the agent's files source
   meshagent analyze -o json --failure-threshold Warning mesh/
   meshagent analyze -S "IST0101=VirtualService default/reviews" -S "IST0127=* *.legacy" mesh/
@@ -61,7 +62,13 @@ def add_parser(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("paths", nargs="*", type=Path, help="YAML files or directories (recursive)")
+    p.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help="YAML files or directories (recursive); - reads standard input",
+    )
     p.add_argument(
         "--config",
         "-c",
@@ -222,10 +229,13 @@ def analyze_paths(
     from meshagent.agent.daemon import mesh_file_loader
     from meshagent.normalize.normalizer import Normalizer
 
-    missing = [p for p in paths if not p.exists()]
+    missing = [p for p in paths if not p.exists() and str(p) != STDIN]
     if missing:
         raise ConfigError("no such file or directory", location=str(missing[0]))
-    resources, diagnostics = _load(find_config_files(paths), mesh_file_loader)
+    files = find_config_files([p for p in paths if str(p) != STDIN])
+    if any(str(p) == STDIN for p in paths):
+        files.append(Path(STDIN))
+    resources, diagnostics = _load(files, mesh_file_loader)
     file_errors = _unparsed(diagnostics)
     normalizer = Normalizer(
         domain_suffix=domain_suffix or (config.domain_suffix if config else "cluster.local"),
@@ -243,6 +253,9 @@ def analyze_paths(
     return analyze(inp, checks), file_errors
 
 
+STDIN = "-"  # a PATH of "-" reads documents from standard input (reported as "-:LINE")
+
+
 def _load(files: Sequence[Path], loader: Any) -> tuple[list[RawResource], list[Diagnostic]]:
     """Every file's resources, the first definition of each resource winning (as the files
     source does: a later copy is a duplicate error of its file)."""
@@ -252,7 +265,7 @@ def _load(files: Sequence[Path], loader: Any) -> tuple[list[RawResource], list[D
     diagnostics: list[Diagnostic] = []
     for path in files:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = sys.stdin.read() if str(path) == STDIN else path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             diagnostics.append(
                 Diagnostic("error", "files", f"{path}:1", "", "", "", f"cannot read file: {exc}")

@@ -3,6 +3,7 @@ output formats, suppressions, and zero messages on the quickstart and on Istio's
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -421,6 +422,15 @@ def test_json_and_yaml_output_carry_istioctl_fields(
     _write(clean, SHOP)
     assert main(["analyze", "-o", "json", str(clean)]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_a_path_of_dash_reads_standard_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = "---\n".join([SHOP, shop_vs("v", [{"route": route("x.example.com")}])])
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    assert main(["analyze", "-"]) == 79
+    assert "(VirtualService default/v -:" in capsys.readouterr().out
 
 
 def test_list_codes_names_every_code(capsys: pytest.CaptureFixture[str]) -> None:
