@@ -86,6 +86,8 @@ class AdminServer:
         self.socket_path = socket_path
         self.pages = dict(pages)
         self.actions: dict[str, Action] = {}
+        # GET pages that read the query string's parameters (as actions get them).
+        self.queries: dict[str, Action] = {}
         self._server: asyncio.Server | None = None
         self._unix: asyncio.Server | None = None
         self._socket_inode = 0
@@ -157,7 +159,7 @@ class AdminServer:
                 await writer.wait_closed()
 
     def _not_public(self, path: str) -> Response:
-        if path not in self.pages and path not in self.actions:
+        if path not in self.pages and path not in self.actions and path not in self.queries:
             return Response.text(404, "not found\n")
         where = f" {self.socket_path}" if self.socket_path is not None else ""
         return Response.text(
@@ -177,15 +179,19 @@ class AdminServer:
             return Response.text(500, "internal error\n")
 
     def _dispatch(self, method: str, target: str) -> Response | Awaitable[Response]:
-        path, _, query = target.partition("?")
+        path, _, query_string = target.partition("?")
         if method == "POST" and path in self.actions:
             action = self.actions[path]
-            params = dict(urllib.parse.parse_qsl(query))
+            params = dict(urllib.parse.parse_qsl(query_string))
             call: Page = lambda: action(params)  # noqa: E731
         elif method not in ("GET", "HEAD"):
             return Response.text(405, "only GET is supported here\n")
         elif path in self.pages:
             call = self.pages[path]
+        elif path in self.queries:
+            query = self.queries[path]
+            values = dict(urllib.parse.parse_qsl(query_string))
+            call = lambda: query(values)  # noqa: E731
         else:
             return Response.text(404, "not found\n")
         try:

@@ -34,6 +34,7 @@ from meshagent.agent.lastgood import FILE_NAME, PERSISTED_SOURCES, LastGoodStore
 from meshagent.agent.logs import configure_logging
 from meshagent.agent.metrics import AgentMetrics
 from meshagent.agent.opspages import install_ops_pages
+from meshagent.insight.pages import install_insight_pages
 from meshagent.agent.publishing import CONSISTENCY_SOURCE, NACK_SOURCE, NackExplainer
 from meshagent.agent.sdnotify import SystemdNotifier
 from meshagent.errors import MeshAgentError
@@ -229,6 +230,7 @@ class Agent:
             cfg.admin.address, cfg.admin.port, self._pages(), socket_path=cfg.admin.socket
         )
         install_ops_pages(self.admin, self)
+        install_insight_pages(self.admin, self)
         await self.admin.start()
         cfg.xds.uds.parent.mkdir(parents=True, exist_ok=True)
         observer = ConvergenceObserver(self.metrics, self.convergence, self._nacked)
@@ -793,6 +795,11 @@ class Agent:
     def reload_in_background(self) -> None:
         """Start a reload (as SIGHUP does) without waiting for it."""
         self._reload_in_background()
+
+    @property
+    def proxy(self) -> ProxySpec:
+        """The local proxy as the translator sees it (with its certificates)."""
+        return self._proxy
 
     def served_resources(self) -> ResourceSet:
         """What the cache serves the local Envoy now."""

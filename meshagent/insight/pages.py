@@ -1,0 +1,77 @@
+"""Admin-socket pages of explain and diff (served only on the admin Unix socket).
+
+GET /debug/explain?resource=NAME[&kind=cluster|listener|route|endpoint]
+    the inputs of one Envoy resource, as JSON (`meshagent explain`)
+GET /debug/inputs?exclude=files
+    the documents the agent serves now from its other sources (Consul, Kubernetes config),
+    as the last-good file stores them: `meshagent diff` replays them beside candidate files
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from meshagent.agent.admin import AdminServer, Response
+from meshagent.agent.lastgood import encode_resource
+from meshagent.insight.explain import KINDS, ExplainError, View, explain
+from meshagent.model.proxy import ProxySpec
+from meshagent.model.snapshot import MeshSnapshot
+from meshagent.xds.resources import ResourceSet
+
+ATTEMPTS = 3  # the normalizer may be applying a batch in its thread meanwhile
+
+
+class InsightAgent(Protocol):
+    """What the pages need of the Agent."""
+
+    normalizer: Any
+
+    @property
+    def snapshot(self) -> MeshSnapshot: ...
+
+    @property
+    def proxy(self) -> ProxySpec: ...
+
+    def served_resources(self) -> ResourceSet: ...
+
+
+def install_insight_pages(admin: AdminServer, agent: InsightAgent) -> None:
+    """Add /debug/explain and /debug/inputs to admin."""
+    admin.queries["/debug/explain"] = lambda params: _explain(agent, params)
+    admin.queries["/debug/inputs"] = lambda params: _inputs(agent, params)
+
+
+def _explain(agent: InsightAgent, params: dict[str, str]) -> Response:
+    name, kind = params.get("resource", ""), params.get("kind") or None
+    if not name:
+        return Response.text(400, "resource=NAME is required\n")
+    if kind is not None and kind not in KINDS:
+        return Response.text(400, f"kind must be one of {', '.join(KINDS)}\n")
+    if not hasattr(agent.normalizer, "claimants"):
+        return Response.text(501, "this agent's normalizer cannot explain\n")
+    for _ in range(ATTEMPTS):
+        view = View.scoped(
+            agent.snapshot, agent.proxy, agent.served_resources(), agent.normalizer
+        )
+        try:
+            return Response.json(200, explain(view, name, kind).to_json())
+        except ExplainError as exc:
+            return Response.text(404, f"{exc}\n")
+        except RuntimeError:  # a map changed under us (the normalizer thread): try again
+            continue
+    return Response.text(503, "the configuration is changing; try again\n")
+
+
+def _inputs(agent: InsightAgent, params: dict[str, str]) -> Response:
+    excluded = set(filter(None, params.get("exclude", "").split(",")))
+    accepted = getattr(agent.normalizer, "accepted", None)
+    if accepted is None:
+        return Response.text(501, "this agent's normalizer cannot list its inputs\n")
+    sources = sorted({"consul", "kubernetes", "files"} - excluded)
+    for _ in range(ATTEMPTS):
+        try:
+            docs = [encode_resource(r) for s in sources for _, r in sorted(accepted(s).items())]
+        except RuntimeError:
+            continue
+        return Response.json(200, {"sources": sources, "resources": docs})
+    return Response.text(503, "the configuration is changing; try again\n")
