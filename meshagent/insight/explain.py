@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from google.protobuf import json_format
@@ -125,8 +125,15 @@ class _Found:
     notes: list[str] = field(default_factory=list)
 
     def add(self, item: Input | None) -> None:
-        if item is not None and item not in self.inputs:
-            self.inputs.append(item)
+        """Add item; one input per document and role, its fields merged."""
+        if item is None:
+            return
+        for k, known in enumerate(self.inputs):
+            if (known.role, known.ref, known.location) == (item.role, item.ref, item.location):
+                more = tuple(f for f in item.fields if f not in known.fields)
+                self.inputs[k] = replace(known, fields=known.fields + more)
+                return
+        self.inputs.append(item)
 
     def conflict(self, item: Conflict | None) -> None:
         if item is not None and item not in self.conflicts:
@@ -324,11 +331,15 @@ def _endpoint(view: View, name: str, found: _Found) -> bool:
             continue
         served = True
         found.notes.append(f"endpoint of cluster {cluster}")
-        host = cluster.split("|")[-1]
+        parts = cluster.split("|")
+        if len(parts) != 4 or not parts[1].isdigit():
+            continue
+        host = parts[3]
         for endpoint in view.snapshot.endpoints.get(host, ()):
             if endpoint.address == address:
                 _endpoint_input(view, endpoint.provenance, address, found)
-        _service(view, host, None, found)
+        _service(view, host, int(parts[1]), found)
+        _rule(view, host, parts[2], int(parts[1]), found)
     return served
 
 
@@ -447,8 +458,10 @@ def _one_route(view: View, vhost: dict[str, Any], wanted: str, vs: Any, found: _
                            "ones")  # fmt: skip
     for weighted in route.route:
         dest = weighted.destination
-        _service(view, dest.host, dest.port, found)
-        _rule(view, dest.host, dest.subset, dest.port, found)
+        _service(view, dest.host, dest.port or port, found)
+        _rule(view, dest.host, dest.subset, dest.port or port, found)
+    found.notes.append(f"Envoy route {index} of {vhost['name']} is built from spec.http[{i}]"
+                       + (f".match[{j}]" if j is not None else " (no match: all requests)"))  # fmt: skip
 
 
 # -- text ------------------------------------------------------------------------------------
