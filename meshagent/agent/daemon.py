@@ -34,11 +34,11 @@ from meshagent.agent.lastgood import FILE_NAME, PERSISTED_SOURCES, LastGoodStore
 from meshagent.agent.logs import configure_logging
 from meshagent.agent.metrics import AgentMetrics
 from meshagent.agent.opspages import install_ops_pages
-from meshagent.insight.pages import install_insight_pages
 from meshagent.agent.publishing import CONSISTENCY_SOURCE, NACK_SOURCE, NackExplainer
 from meshagent.agent.sdnotify import SystemdNotifier
 from meshagent.errors import MeshAgentError
 from meshagent.gcpause import paused_gc, release_free_memory
+from meshagent.insight.pages import install_insight_pages
 from meshagent.model.identity import WorkloadCertificate
 from meshagent.model.proxy import ROUTER, ProxySpec
 from meshagent.model.snapshot import MeshSnapshot

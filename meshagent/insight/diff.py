@@ -38,18 +38,21 @@ class ResourceChange:
     fields: tuple[FieldChange, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
-        return {"op": self.op, "type": self.type, "name": self.name,
-                "fields": [{"path": f.path, "before": f.before, "after": f.after}
-                           for f in self.fields]}  # fmt: skip
+        return {
+            "op": self.op,
+            "type": self.type,
+            "name": self.name,
+            "fields": [{"path": f.path, "before": f.before, "after": f.after} for f in self.fields],
+        }
 
 
-def diff_resources(
-    before: Mapping[str, Any], after: Mapping[str, Any]
-) -> list[ResourceChange]:
+def diff_resources(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[ResourceChange]:
     """The changes from before to after, by type (CDS, EDS, LDS, RDS) and name."""
     out: list[ResourceChange] = []
-    types = sorted(set(before) | set(after), key=lambda t: (t not in _ORDER, _ORDER.index(t)
-                   if t in _ORDER else 0, t))  # fmt: skip
+    types = sorted(
+        set(before) | set(after),
+        key=lambda t: (t not in _ORDER, _ORDER.index(t) if t in _ORDER else 0, t),
+    )
     for type_ in types:
         if type_ in SKIPPED_TYPES:
             continue

@@ -38,8 +38,12 @@ from meshagent.xds.translate.context import RoutingIndex, RuleIndex, proxy_rules
 from meshagent.xds.translate.routes import route_sources
 from meshagent.xds.translate.scope import ScopedView
 
-KINDS = {"cluster": typeurls.CLUSTER, "listener": typeurls.LISTENER, "route": typeurls.ROUTE,
-         "endpoint": typeurls.ENDPOINT}  # fmt: skip
+KINDS = {
+    "cluster": typeurls.CLUSTER,
+    "listener": typeurls.LISTENER,
+    "route": typeurls.ROUTE,
+    "endpoint": typeurls.ENDPOINT,
+}
 MAX_ENDPOINT_INPUTS = 5
 
 
@@ -59,8 +63,13 @@ class Input:
     note: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"role": self.role, "ref": self.ref, "location": self.location,
-                "fields": [f.to_json() for f in self.fields], "note": self.note}  # fmt: skip
+        return {
+            "role": self.role,
+            "ref": self.ref,
+            "location": self.location,
+            "fields": [f.to_json() for f in self.fields],
+            "note": self.note,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +82,12 @@ class Conflict:
     rule: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"subject": self.subject, "winner": self.winner, "losers": list(self.losers),
-                "rule": self.rule}  # fmt: skip
+        return {
+            "subject": self.subject,
+            "winner": self.winner,
+            "losers": list(self.losers),
+            "rule": self.rule,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +102,14 @@ class Explanation:
     notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name": self.name, "served": self.served,
-                "inputs": [i.to_json() for i in self.inputs],
-                "conflicts": [c.to_json() for c in self.conflicts],
-                "notes": list(self.notes)}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "served": self.served,
+            "inputs": [i.to_json() for i in self.inputs],
+            "conflicts": [c.to_json() for c in self.conflicts],
+            "notes": list(self.notes),
+        }
 
 
 @dataclass(slots=True)
@@ -160,8 +177,9 @@ def explain(view: View, name: str, kind: str | None = None) -> Explanation:
         raise ExplainError(f"no {kind} {name!r} is served to this host's Envoy")
     if view.sidecar is not None:
         found.add(_input("sidecar (scopes what this proxy sees)", view, view.sidecar, ()))
-    return Explanation(kind, name, served, tuple(found.inputs), tuple(found.conflicts),
-                       tuple(found.notes))  # fmt: skip
+    return Explanation(
+        kind, name, served, tuple(found.inputs), tuple(found.conflicts), tuple(found.notes)
+    )
 
 
 def _guess_kind(view: View, name: str) -> str:
@@ -343,9 +361,7 @@ def _endpoint(view: View, name: str, found: _Found) -> bool:
     return served
 
 
-def _endpoint_input(
-    view: View, provenance: Provenance | None, address: str, found: _Found
-) -> None:
+def _endpoint_input(view: View, provenance: Provenance | None, address: str, found: _Found) -> None:
     raw = document_of(view.documents, provenance)
     k = index_of(lookup(raw.body, "spec.endpoints")[1], {"address": address}) if raw else None
     paths = [f"spec.endpoints[{k}]"] if k is not None else ["spec.address", "spec.labels"]
@@ -402,8 +418,11 @@ def _virtual_host(view: View, vhost: dict[str, Any], found: _Found) -> Any:
         return None
     raw = document_of(view.documents, vs.provenance)
     hosts = lookup(raw.body, "spec.hosts")[1] if raw is not None else None
-    paths = [f"spec.hosts[{hosts.index(h)}]" for h in vs.hosts if isinstance(hosts, list)
-             and h in hosts and (h == host or h.startswith("*"))]  # fmt: skip
+    paths = [
+        f"spec.hosts[{hosts.index(h)}]"
+        for h in vs.hosts
+        if isinstance(hosts, list) and h in hosts and (h == host or h.startswith("*"))
+    ]
     found.add(_input("virtual service", view, vs.provenance, paths))
     found.conflict(_vs_conflict(view, host, vs))
     return vs
@@ -432,8 +451,10 @@ def _one_route(view: View, vhost: dict[str, Any], wanted: str, vs: Any, found: _
     if index is None and wanted.isdigit() and int(wanted) < len(routes):
         index = int(wanted)
     if index is None:
-        raise ExplainError(f"virtual host {vhost.get('name')} has no route {wanted!r} "
-                           "(give its name or its 0-based index)")  # fmt: skip
+        raise ExplainError(
+            f"virtual host {vhost.get('name')} has no route {wanted!r} "
+            "(give its name or its 0-based index)"
+        )
     if vs is None:
         return  # the default route: the service is all there is
     port = int(str(vhost["name"]).rpartition(":")[2])
@@ -442,26 +463,46 @@ def _one_route(view: View, vhost: dict[str, Any], wanted: str, vs: Any, found: _
         return
     i, j = sources[index]
     route = vs.http[i]
-    paths = [f"spec.http[{i}].{k}" for k in ("name", "timeout", "retries", "fault", "mirror",
-             "mirrors", "rewrite", "redirect", "directResponse", "headers", "corsPolicy")]  # fmt: skip
+    paths = [
+        f"spec.http[{i}].{k}"
+        for k in (
+            "name",
+            "timeout",
+            "retries",
+            "fault",
+            "mirror",
+            "mirrors",
+            "rewrite",
+            "redirect",
+            "directResponse",
+            "headers",
+            "corsPolicy",
+        )
+    ]
     if j is not None:
         paths.insert(1, f"spec.http[{i}].match[{j}]")
     for k in range(len(route.route)):
         paths += [f"spec.http[{i}].route[{k}].destination", f"spec.http[{i}].route[{k}].weight"]
     found.inputs = [i_ for i_ in found.inputs if i_.role != "virtual service"]  # now finer
     raw = document_of(view.documents, vs.provenance)
-    hosts = [f"spec.hosts[{k}]" for k, _ in enumerate(lookup(raw.body, "spec.hosts")[1] or [])
-             ] if raw is not None else []  # fmt: skip
+    hosts = (
+        [f"spec.hosts[{k}]" for k, _ in enumerate(lookup(raw.body, "spec.hosts")[1] or [])]
+        if raw is not None
+        else []
+    )
     found.add(_input("virtual service", view, vs.provenance, [*hosts, *paths]))
     if raw is not None and len(lookup(raw.body, "spec.http")[1] or []) != len(vs.http):
-        found.notes.append("routes merged from delegate VirtualServices: indices are the merged "
-                           "ones")  # fmt: skip
+        found.notes.append(
+            "routes merged from delegate VirtualServices: indices are the merged ones"
+        )
     for weighted in route.route:
         dest = weighted.destination
         _service(view, dest.host, dest.port or port, found)
         _rule(view, dest.host, dest.subset, dest.port or port, found)
-    found.notes.append(f"Envoy route {index} of {vhost['name']} is built from spec.http[{i}]"
-                       + (f".match[{j}]" if j is not None else " (no match: all requests)"))  # fmt: skip
+    found.notes.append(
+        f"Envoy route {index} of {vhost['name']} is built from spec.http[{i}]"
+        + (f".match[{j}]" if j is not None else " (no match: all requests)")
+    )
 
 
 # -- text ------------------------------------------------------------------------------------

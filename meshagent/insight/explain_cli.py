@@ -29,20 +29,32 @@ def add_parsers(sub: Any) -> None:
     ex.add_argument("resource", help="cluster, listener, route config[/VHOST[/ROUTE]] or IP:PORT")
     ex.add_argument("paths", nargs="*", type=Path, help="explain offline from these files")
     ex.add_argument("--kind", choices=sorted(KINDS), help="what RESOURCE is (default: guessed)")
-    ex.add_argument("--offline", action="store_true",
-                    help="build from files in-process (PATH..., else sources.files.paths)")  # fmt: skip
+    ex.add_argument(
+        "--offline",
+        action="store_true",
+        help="build from files in-process (PATH..., else sources.files.paths)",
+    )
     _common(ex)
     df = sub.add_parser("diff", help="what candidate files would change in this host's Envoy")
     df.add_argument("paths", nargs="+", type=Path, help="the candidate mesh files/directories")
-    df.add_argument("--against", nargs="+", type=Path, metavar="PATH",
-                    help="compare with these files (offline), not the running agent")  # fmt: skip
+    df.add_argument(
+        "--against",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="compare with these files (offline), not the running agent",
+    )
     _common(df)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", type=Path,
-                        help="agent config (default $MESHAGENT_CONFIG, else "
-                        "/etc/meshagent/agent.yaml; offline without one: a default sidecar)")  # fmt: skip
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        help="agent config (default $MESHAGENT_CONFIG, else "
+        "/etc/meshagent/agent.yaml; offline without one: a default sidecar)",
+    )
     parser.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
 
@@ -93,17 +105,23 @@ def _from_json(data: dict[str, Any]) -> Any:
     from meshagent.insight.explain import Conflict, Explanation, Input
 
     inputs = tuple(
-        Input(i["role"], i["ref"], i["location"],
-              tuple(Field(f["path"], f["line"], f["value"]) for f in i["fields"]),
-              _file(i["location"]), i["note"])
+        Input(
+            i["role"],
+            i["ref"],
+            i["location"],
+            tuple(Field(f["path"], f["line"], f["value"]) for f in i["fields"]),
+            _file(i["location"]),
+            i["note"],
+        )
         for i in data["inputs"]
-    )  # fmt: skip
+    )
     conflicts = tuple(
         Conflict(c["subject"], c["winner"], tuple(c["losers"]), c["rule"])
         for c in data["conflicts"]
     )
-    return Explanation(data["kind"], data["name"], data["served"], inputs, conflicts,
-                       tuple(data["notes"]))  # fmt: skip
+    return Explanation(
+        data["kind"], data["name"], data["served"], inputs, conflicts, tuple(data["notes"])
+    )
 
 
 def _file(location: str) -> str:

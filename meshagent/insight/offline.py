@@ -68,9 +68,7 @@ def load_paths(paths: Sequence[Path]) -> tuple[list[RawResource], list[Diagnosti
     return resources, problems
 
 
-def build(
-    paths: Sequence[Path], config: Any | None, others: Iterable[RawResource] = ()
-) -> Built:
+def build(paths: Sequence[Path], config: Any | None, others: Iterable[RawResource] = ()) -> Built:
     """The ResourceSet of the documents under paths (plus others, e.g. the running agent's
     Consul documents) for the proxy of config (a default sidecar when None)."""
     from meshagent.xds.translate import Translator

@@ -50,9 +50,7 @@ def _explain(agent: InsightAgent, params: dict[str, str]) -> Response:
     if not hasattr(agent.normalizer, "claimants"):
         return Response.text(501, "this agent's normalizer cannot explain\n")
     for _ in range(ATTEMPTS):
-        view = View.scoped(
-            agent.snapshot, agent.proxy, agent.served_resources(), agent.normalizer
-        )
+        view = View.scoped(agent.snapshot, agent.proxy, agent.served_resources(), agent.normalizer)
         try:
             return Response.json(200, explain(view, name, kind).to_json())
         except ExplainError as exc:

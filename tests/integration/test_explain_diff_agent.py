@@ -40,19 +40,30 @@ def agent() -> Iterator[Path]:
             (mesh / f"{name}.yaml").write_text(text)
         with _consul() as consul_port:
             config = {
-                "node": {"id": "explain-node", "namespace": "default"}, "state_dir": "state",
-                "admin": {"port": free_port()}, "sources": {"files": {"paths": ["mesh"]},
-                "consul": {"address": f"127.0.0.1:{consul_port}"}}, "log": {"format": "json"},
-            }  # fmt: skip
+                "node": {"id": "explain-node", "namespace": "default"},
+                "state_dir": "state",
+                "admin": {"port": free_port()},
+                "sources": {
+                    "files": {"paths": ["mesh"]},
+                    "consul": {"address": f"127.0.0.1:{consul_port}"},
+                },
+                "log": {"format": "json"},
+            }
             (root / "agent.yaml").write_text(yaml.safe_dump(config))
             with (root / "agent.log").open("wb") as log:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "meshagent.agent.cli", "run", "-c", "agent.yaml"],
-                    cwd=root, env=ENV, stdout=log, stderr=subprocess.STDOUT,
-                )  # fmt: skip
+                    cwd=root,
+                    env=ENV,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
                 try:
-                    wait_for(lambda: _serves(root, "outbound|8080|v1|web.service.consul"),
-                             timeout=30, what="the agent serves files and Consul")  # fmt: skip
+                    wait_for(
+                        lambda: _serves(root, "outbound|8080|v1|web.service.consul"),
+                        timeout=30,
+                        what="the agent serves files and Consul",
+                    )
                     yield root
                 finally:
                     proc.terminate()
@@ -64,11 +75,21 @@ def _consul() -> Iterator[int]:
     """A Consul simulator with service web (subset v1 by its service-resolver); its port."""
     sim = ConsulSimulator().start()
     try:
-        body = {"ID": "web-1", "Service": "web", "Address": "127.0.0.5", "Port": 8080,
-                "Meta": {"version": "v1"}}  # fmt: skip
+        body = {
+            "ID": "web-1",
+            "Service": "web",
+            "Address": "127.0.0.5",
+            "Port": 8080,
+            "Meta": {"version": "v1"},
+        }
         sim.state.register_service("sim-node", body, [{"Status": "passing"}])
-        sim.state.put_config({"Kind": "service-resolver", "Name": "web",
-                              "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"}}})  # fmt: skip
+        sim.state.put_config(
+            {
+                "Kind": "service-resolver",
+                "Name": "web",
+                "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"}},
+            }
+        )
         yield sim.port
     finally:
         sim.stop()
@@ -85,8 +106,13 @@ def _serves(root: Path, cluster: str) -> bool:
 def cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "meshagent.agent.cli", *args, "-c", "agent.yaml"],
-        cwd=root, env=ENV, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        cwd=root,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_diff_against_the_running_agent(agent: Path, tmp_path: Path) -> None:
@@ -95,8 +121,9 @@ def test_diff_against_the_running_agent(agent: Path, tmp_path: Path) -> None:
     edited = tmp_path / "candidate"
     shutil.copytree(agent / "mesh", edited)
     text = (edited / "vs.yaml").read_text()
-    (edited / "vs.yaml").write_text(text.replace("weight: 80", "weight: 60").replace(
-        "weight: 20", "weight: 40"))  # fmt: skip
+    (edited / "vs.yaml").write_text(
+        text.replace("weight: 80", "weight: 60").replace("weight: 20", "weight: 40")
+    )
     changed = cli(agent, "diff", str(edited), "-o", "json")
     assert changed.returncode == 1, changed.stderr
     [change] = json.loads(changed.stdout)  # the Consul service is replayed: not "removed"

@@ -30,13 +30,16 @@ def test_one_weight_edit_is_exactly_that_route_change(
     root = mesh(tmp_path, se=SERVICE, dr=RULE, vs=ROUTE)
     edited = candidate(root, tmp_path)
     text = (edited / "vs.yaml").read_text()
-    (edited / "vs.yaml").write_text(text.replace("weight: 80", "weight: 70").replace(
-        "weight: 20", "weight: 30"))  # fmt: skip
+    (edited / "vs.yaml").write_text(
+        text.replace("weight: 80", "weight: 70").replace("weight: 20", "weight: 30")
+    )
     assert main(["diff", str(edited), "--against", str(root), "-o", "json"]) == 1
     [change] = json.loads(capsys.readouterr().out)
     assert (change["op"], change["type"], change["name"]) == ("~", "rds", "9080")
-    clusters = (f"virtualHosts[{HOST}:9080].routes[1].route.weightedClusters.clusters"
-                f"[outbound|9080|{{}}|{HOST}].weight")  # fmt: skip
+    clusters = (
+        f"virtualHosts[{HOST}:9080].routes[1].route.weightedClusters.clusters"
+        f"[outbound|9080|{{}}|{HOST}].weight"
+    )
     assert [(f["path"], f["before"], f["after"]) for f in change["fields"]] == [
         (clusters.format("v1"), 80, 70),
         (clusters.format("v2"), 20, 30),

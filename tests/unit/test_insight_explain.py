@@ -76,9 +76,7 @@ def offline(root: Path, name: str, kind: str | None = None) -> Explanation:
 
 def fields_of(found: Explanation, role: str) -> dict[str, tuple[str, int | None]]:
     """path -> (the input's location, the field's line) of every field of inputs of role."""
-    return {
-        f.path: (i.location, f.line) for i in found.inputs if i.role == role for f in i.fields
-    }
+    return {f.path: (i.location, f.line) for i in found.inputs if i.role == role for f in i.fields}
 
 
 def test_a_route_names_the_virtual_service_and_the_rule_in_their_files(tmp_path: Path) -> None:
@@ -104,8 +102,11 @@ def test_a_route_names_the_virtual_service_and_the_rule_in_their_files(tmp_path:
 
 def test_a_consul_cluster_names_its_config_entry_and_index() -> None:
     normalizer = Normalizer()
-    resolver = {"Kind": "service-resolver", "Name": "web",
-                "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"}}}  # fmt: skip
+    resolver = {
+        "Kind": "service-resolver",
+        "Name": "web",
+        "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"}},
+    }
     web = service("web", [instance("w1", "127.0.0.5", meta={"version": "v1"})])
     snapshot, _ = normalizer.apply([SourceEvent("consul", upserts=(web, entry(resolver)))])
     from meshagent.model.proxy import ProxySpec
