@@ -121,6 +121,22 @@ class View:
     resources: ResourceSet
     documents: Documents
     sidecar: Provenance | None = None
+    _routing: RoutingIndex | None = None
+    _rules: RuleIndex | None = None
+
+    @property
+    def routing(self) -> RoutingIndex:
+        """The VirtualService of each host, as the translator picks it (built once)."""
+        if self._routing is None:
+            self._routing = RoutingIndex(self.snapshot.services, self.snapshot.virtual_services)
+        return self._routing
+
+    @property
+    def rules(self) -> RuleIndex:
+        """The DestinationRule of each host for this proxy (built once)."""
+        if self._rules is None:
+            self._rules = RuleIndex(proxy_rules(self.snapshot, self.proxy))
+        return self._rules
 
     @classmethod
     def scoped(
@@ -239,7 +255,7 @@ def _service(view: View, host: str, port: int | None, found: _Found) -> None:
 
 
 def _rule(view: View, host: str, subset: str, port: int | None, found: _Found) -> None:
-    rule = RuleIndex(proxy_rules(view.snapshot, view.proxy)).rule_for(host)
+    rule = view.rules.rule_for(host)
     if rule is None:
         if subset:
             found.notes.append(f"no DestinationRule applies to {host}: subset {subset} is unknown")
@@ -344,8 +360,11 @@ def _endpoint(view: View, name: str, found: _Found) -> bool:
         raise ExplainError(f"{name!r} is not an endpoint address (IP or IP:PORT)")
     address, port = parsed
     served = False
+    needle = address.encode()
     for cluster, resource in sorted(view.resources.of(typeurls.ENDPOINT).items()):
-        if not _has_endpoint(json_format.MessageToDict(resource.body), address, port):
+        if needle not in resource.value or not _has_endpoint(
+            json_format.MessageToDict(resource.body), address, port
+        ):
             continue
         served = True
         found.notes.append(f"endpoint of cluster {cluster}")
@@ -411,8 +430,7 @@ def _virtual_host(view: View, vhost: dict[str, Any], found: _Found) -> Any:
         return None
     port = int(port_text)
     _service(view, host, port, found)
-    routing = RoutingIndex(view.snapshot.services, view.snapshot.virtual_services)
-    vs = routing.vs_for(host)
+    vs = view.routing.vs_for(host)
     if vs is None:
         found.notes.append(f"{host}:{port}: no VirtualService, the default route to its cluster")
         return None

@@ -9,6 +9,7 @@ GET /debug/inputs?exclude=files
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from meshagent.agent.admin import AdminServer, Response
@@ -18,7 +19,9 @@ from meshagent.model.proxy import ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
 from meshagent.xds.resources import ResourceSet
 
-ATTEMPTS = 3  # the normalizer may be applying a batch in its thread meanwhile
+# The normalizer may be applying a batch in its thread meanwhile: a read may need a retry.
+ATTEMPTS = 3
+WITHHELD_KINDS = frozenset({"Secret"})  # key material never leaves the agent this way
 
 
 class InsightAgent(Protocol):
@@ -37,7 +40,9 @@ class InsightAgent(Protocol):
 
 def install_insight_pages(admin: AdminServer, agent: InsightAgent) -> None:
     """Add /debug/explain and /debug/inputs to admin."""
-    admin.queries["/debug/explain"] = lambda params: _explain(agent, params)
+    # In a worker thread: explaining an endpoint reads every ClusterLoadAssignment, which
+    # must not hold up the event loop (and xDS) on a large mesh.
+    admin.queries["/debug/explain"] = lambda params: asyncio.to_thread(_explain, agent, params)
     admin.queries["/debug/inputs"] = lambda params: _inputs(agent, params)
 
 
@@ -68,8 +73,24 @@ def _inputs(agent: InsightAgent, params: dict[str, str]) -> Response:
     sources = sorted({"consul", "kubernetes", "files"} - excluded)
     for _ in range(ATTEMPTS):
         try:
-            docs = [encode_resource(r) for s in sources for _, r in sorted(accepted(s).items())]
+            docs = [
+                encode_resource(r)
+                for s in sources
+                for _, r in sorted(accepted(s).items())
+                if r.kind not in WITHHELD_KINDS
+            ]
         except RuntimeError:
             continue
-        return Response.json(200, {"sources": sources, "resources": docs})
+        return Response.json(200, {"sources": sources, "resources": _redacted(docs)})
     return Response.text(503, "the configuration is changing; try again\n")
+
+
+def _redacted(value: Any) -> Any:
+    """value with every string that holds a private key replaced, as in config dumps."""
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    if isinstance(value, str) and "PRIVATE KEY" in value:
+        return "[redacted]"
+    return value
