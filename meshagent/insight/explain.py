@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from envoy.config.route.v3 import route_pb2
 from google.protobuf import json_format
 
 from meshagent.errors import MeshAgentError
@@ -29,6 +30,7 @@ from meshagent.insight.documents import (
     lookup,
 )
 from meshagent.model.proxy import ROUTER, ProxySpec
+from meshagent.model.routing import VirtualService
 from meshagent.model.snapshot import MeshSnapshot
 from meshagent.model.source import Provenance, RawResource
 from meshagent.normalize.validate import display_name
@@ -123,6 +125,7 @@ class View:
     sidecar: Provenance | None = None
     _routing: RoutingIndex | None = None
     _rules: RuleIndex | None = None
+    _by_host: dict[str, list[VirtualService]] | None = None
 
     @property
     def routing(self) -> RoutingIndex:
@@ -130,6 +133,17 @@ class View:
         if self._routing is None:
             self._routing = RoutingIndex(self.snapshot.services, self.snapshot.virtual_services)
         return self._routing
+
+    @property
+    def sidecar_routing(self) -> dict[str, list[VirtualService]]:
+        """Every sidecar-bound VirtualService naming each host, by namespace/name (built once)."""
+        if self._by_host is None:
+            self._by_host = {}
+            for _, vs in sorted(self.snapshot.virtual_services.items()):
+                if vs.applies_to_sidecars:
+                    for host in vs.hosts:
+                        self._by_host.setdefault(host, []).append(vs)
+        return self._by_host
 
     @property
     def rules(self) -> RuleIndex:
@@ -156,17 +170,30 @@ class _Found:
     inputs: list[Input] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    _at: dict[tuple[str, str, str], int] = field(default_factory=dict)  # input -> position
 
     def add(self, item: Input | None) -> None:
         """Add item; one input per document and role, its fields merged."""
         if item is None:
             return
-        for k, known in enumerate(self.inputs):
-            if (known.role, known.ref, known.location) == (item.role, item.ref, item.location):
-                more = tuple(f for f in item.fields if f not in known.fields)
-                self.inputs[k] = replace(known, fields=known.fields + more)
-                return
-        self.inputs.append(item)
+        key = (item.role, item.ref, item.location)
+        k = self._at.get(key)
+        if k is None:
+            self._at[key] = len(self.inputs)
+            self.inputs.append(item)
+            return
+        known = self.inputs[k]
+        more = tuple(f for f in item.fields if f not in known.fields)
+        self.inputs[k] = replace(known, fields=known.fields + more)
+
+    def drop(self, role: str) -> None:
+        """Forget the inputs of role (a finer account of them follows)."""
+        self.inputs = [i for i in self.inputs if i.role != role]
+        self._at = {(i.role, i.ref, i.location): k for k, i in enumerate(self.inputs)}
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
 
     def conflict(self, item: Conflict | None) -> None:
         if item is not None and item not in self.conflicts:
@@ -237,7 +264,7 @@ def _input(
 def _service(view: View, host: str, port: int | None, found: _Found) -> None:
     service = view.snapshot.services.get(host)
     if service is None:
-        found.notes.append(f"no service defines host {host}")
+        found.note(f"no service defines host {host}")
         return
     raw = document_of(view.documents, service.provenance)
     paths = ["spec.resolution", "spec.location"]
@@ -258,7 +285,7 @@ def _rule(view: View, host: str, subset: str, port: int | None, found: _Found) -
     rule = view.rules.rule_for(host)
     if rule is None:
         if subset:
-            found.notes.append(f"no DestinationRule applies to {host}: subset {subset} is unknown")
+            found.note(f"no DestinationRule applies to {host}: subset {subset} is unknown")
         return
     raw = document_of(view.documents, rule.provenance)
     body = raw.body if raw is not None else {}
@@ -340,7 +367,7 @@ def _endpoint_sources(view: View, host: str, found: _Found) -> None:
     for prov in seen[:MAX_ENDPOINT_INPUTS]:
         found.add(_input("endpoints", view, prov, ["spec.address", "spec.labels"]))
     if len(seen) > MAX_ENDPOINT_INPUTS:
-        found.notes.append(f"and {len(seen) - MAX_ENDPOINT_INPUTS} more endpoint sources")
+        found.note(f"and {len(seen) - MAX_ENDPOINT_INPUTS} more endpoint sources")
 
 
 def _address(text: str) -> tuple[str, int | None] | None:
@@ -367,7 +394,7 @@ def _endpoint(view: View, name: str, found: _Found) -> bool:
         ):
             continue
         served = True
-        found.notes.append(f"endpoint of cluster {cluster}")
+        found.note(f"endpoint of cluster {cluster}")
         parts = cluster.split("|")
         if len(parts) != 4 or not parts[1].isdigit():
             continue
@@ -405,8 +432,11 @@ def _route(view: View, name: str, found: _Found) -> bool:
     resource = view.resources.of(typeurls.ROUTE).get(config_name)
     if resource is None:
         raise ExplainError(f"no route configuration {config_name!r} is served to this host")
-    config = json_format.MessageToDict(resource.body)
-    vhosts = config.get("virtualHosts", [])
+    config = route_pb2.RouteConfiguration.FromString(resource.value)
+    vhosts = [
+        {"name": v.name, "routes": [{"name": r.name} for r in v.routes]}
+        for v in config.virtual_hosts
+    ]
     if view.proxy.proxy_type == ROUTER or not config_name.isdigit():
         _attributed(view, typeurls.ROUTE, config_name, found)
         return True
@@ -432,7 +462,7 @@ def _virtual_host(view: View, vhost: dict[str, Any], found: _Found) -> Any:
     _service(view, host, port, found)
     vs = view.routing.vs_for(host)
     if vs is None:
-        found.notes.append(f"{host}:{port}: no VirtualService, the default route to its cluster")
+        found.note(f"{host}:{port}: no VirtualService, the default route to its cluster")
         return None
     raw = document_of(view.documents, vs.provenance)
     hosts = lookup(raw.body, "spec.hosts")[1] if raw is not None else None
@@ -448,11 +478,7 @@ def _virtual_host(view: View, vhost: dict[str, Any], found: _Found) -> Any:
 
 def _vs_conflict(view: View, host: str, winner: Any) -> Conflict | None:
     """VirtualServices for sidecars that also name host: the first by namespace/name wins."""
-    losers = [
-        vs
-        for key, vs in sorted(view.snapshot.virtual_services.items())
-        if vs is not winner and vs.applies_to_sidecars and host in vs.hosts
-    ]
+    losers = [vs for vs in view.sidecar_routing.get(host, ()) if vs is not winner]
     if not losers:
         return None
     return Conflict(
@@ -501,7 +527,7 @@ def _one_route(view: View, vhost: dict[str, Any], wanted: str, vs: Any, found: _
         paths.insert(1, f"spec.http[{i}].match[{j}]")
     for k in range(len(route.route)):
         paths += [f"spec.http[{i}].route[{k}].destination", f"spec.http[{i}].route[{k}].weight"]
-    found.inputs = [i_ for i_ in found.inputs if i_.role != "virtual service"]  # now finer
+    found.drop("virtual service")  # now with the route's fields
     raw = document_of(view.documents, vs.provenance)
     hosts = (
         [f"spec.hosts[{k}]" for k, _ in enumerate(lookup(raw.body, "spec.hosts")[1] or [])]
@@ -510,14 +536,12 @@ def _one_route(view: View, vhost: dict[str, Any], wanted: str, vs: Any, found: _
     )
     found.add(_input("virtual service", view, vs.provenance, [*hosts, *paths]))
     if raw is not None and len(lookup(raw.body, "spec.http")[1] or []) != len(vs.http):
-        found.notes.append(
-            "routes merged from delegate VirtualServices: indices are the merged ones"
-        )
+        found.note("routes merged from delegate VirtualServices: indices are the merged ones")
     for weighted in route.route:
         dest = weighted.destination
         _service(view, dest.host, dest.port or port, found)
         _rule(view, dest.host, dest.subset, dest.port or port, found)
-    found.notes.append(
+    found.note(
         f"Envoy route {index} of {vhost['name']} is built from spec.http[{i}]"
         + (f".match[{j}]" if j is not None else " (no match: all requests)")
     )
