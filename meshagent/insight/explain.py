@@ -433,7 +433,7 @@ def _route(view: View, name: str, found: _Found) -> bool:
     if resource is None:
         raise ExplainError(f"no route configuration {config_name!r} is served to this host")
     config = route_pb2.RouteConfiguration.FromString(resource.value)
-    vhosts = [
+    vhosts: list[dict[str, Any]] = [
         {"name": v.name, "routes": [{"name": r.name} for r in v.routes]}
         for v in config.virtual_hosts
     ]

@@ -138,10 +138,11 @@ def _diff(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             config = _config(args, required=False)
             before = _built_json(build(args.against, config), "baseline", err)
             others: list[Any] = []
+            identities = None
         else:
             config = _config(args, required=True)
-            before, others = _running(config)
-        candidate = build(args.paths, config, others)
+            before, others, identities = _running(config)
+        candidate = build(args.paths, config, others, identities)
         after = _built_json(candidate, "candidate", err)
     except _Invalid:
         return EXIT_ERROR
@@ -171,15 +172,18 @@ def _built_json(built: Any, what: str, err: TextIO) -> dict[str, Any]:
     return resources_json(built.resources)
 
 
-def _running(config: Any) -> tuple[dict[str, Any], list[Any]]:
-    """The running agent's served config and its documents from sources other than files."""
+def _running(config: Any) -> tuple[dict[str, Any], list[Any], list[Any]]:
+    """The running agent's served config, its documents from sources other than files and
+    the identities its proxy has certificates for."""
     from meshagent.agent.lastgood import decode_resource
     from meshagent.agent.opscli import fetch_admin
+    from meshagent.model.identity import Identity
 
     served = json.loads(fetch_admin(config, "/debug/resources"))
     inputs = json.loads(fetch_admin(config, "/debug/inputs?exclude=files"))
     try:
         others = [decode_resource(item) for item in inputs["resources"]]
-    except (KeyError, TypeError, ValueError) as exc:
+        identities = [Identity.parse(uri) for uri in inputs["identities"]]
+    except (KeyError, TypeError, ValueError) as exc:  # InvalidIdentity is a ValueError
         raise ConfigError(f"the agent's /debug/inputs is not understood: {exc}") from None
-    return served, others
+    return served, others, identities

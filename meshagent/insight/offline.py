@@ -8,11 +8,12 @@ way (the running agent's carry certificates from its CA), so diff leaves them ou
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from meshagent.errors import ConfigError
+from meshagent.model.identity import Identity, WorkloadCertificate
 from meshagent.model.proxy import ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
@@ -68,9 +69,23 @@ def load_paths(paths: Sequence[Path]) -> tuple[list[RawResource], list[Diagnosti
     return resources, problems
 
 
-def build(paths: Sequence[Path], config: Any | None, others: Iterable[RawResource] = ()) -> Built:
+def stand_ins(identities: Iterable[Identity]) -> tuple[WorkloadCertificate, ...]:
+    """Certificates without content for identities. Which identities have a certificate
+    shapes mTLS clusters and listeners; the secrets built from these are never compared."""
+    return tuple(WorkloadCertificate(i, "", "", "", 0.0) for i in identities)
+
+
+def build(
+    paths: Sequence[Path],
+    config: Any | None,
+    others: Iterable[RawResource] = (),
+    identities: Sequence[Identity] | None = None,
+) -> Built:
     """The ResourceSet of the documents under paths (plus others, e.g. the running agent's
-    Consul documents) for the proxy of config (a default sidecar when None)."""
+    Consul documents) for the proxy of config (a default sidecar when None), as if it had
+    certificates for identities (default: its workloads' when it has a `ca`, as the agent
+    gets them)."""
+    from meshagent.agent.security import local_identities
     from meshagent.xds.translate import Translator
 
     files, problems = load_paths(paths)
@@ -81,6 +96,9 @@ def build(paths: Sequence[Path], config: Any | None, others: Iterable[RawResourc
     events = [SourceEvent(source, upserts=tuple(docs)) for source, docs in by_source.items()]
     snapshot, diagnostics = normalizer.apply(events)
     proxy = config.proxy_spec() if config is not None else ProxySpec(node_id=OFFLINE_NODE)
+    if identities is None and config is not None and config.ca is not None:
+        identities = local_identities(config)
+    proxy = replace(proxy, certificates=stand_ins(identities or ()))
     resources = Translator().generate(snapshot, proxy)
     return Built(normalizer, snapshot, proxy, resources, problems + diagnostics)
 

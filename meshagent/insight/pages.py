@@ -4,7 +4,8 @@ GET /debug/explain?resource=NAME[&kind=cluster|listener|route|endpoint]
     the inputs of one Envoy resource, as JSON (`meshagent explain`)
 GET /debug/inputs?exclude=files
     the documents the agent serves now from its other sources (Consul, Kubernetes config),
-    as the last-good file stores them: `meshagent diff` replays them beside candidate files
+    as the last-good file stores them, and the identities the proxy has certificates for:
+    `meshagent diff` replays them beside candidate files
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ def _inputs(agent: InsightAgent, params: dict[str, str]) -> Response:
             ]
         except RuntimeError:
             continue
-        return Response.json(200, {"sources": sources, "resources": _redacted(docs)})
+        identities = [c.identity.spiffe_id for c in agent.proxy.certificates]
+        body = {"sources": sources, "resources": _redacted(docs), "identities": identities}
+        return Response.json(200, body)
     return Response.text(503, "the configuration is changing; try again\n")
 
 

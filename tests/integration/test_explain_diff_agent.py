@@ -48,6 +48,16 @@ def agent() -> Iterator[Path]:
                     "consul": {"address": f"127.0.0.1:{consul_port}"},
                 },
                 "log": {"format": "json"},
+                # Certificates shape clusters and listeners (mTLS): diff builds as the agent.
+                "ca": {"mode": "self-signed"},
+                "workloads": [
+                    {
+                        "name": "web",
+                        "namespace": "default",
+                        "service_account": "web",
+                        "ports": [{"port": 9080}],
+                    }
+                ],
             }
             (root / "agent.yaml").write_text(yaml.safe_dump(config))
             with (root / "agent.log").open("wb") as log:
