@@ -441,10 +441,10 @@ def _route(view: View, name: str, found: _Found) -> bool:
         _attributed(view, typeurls.ROUTE, config_name, found)
         return True
     if not vhost_name:
-        for vhost in vhosts:
-            _virtual_host(view, vhost, found)
+        for each in vhosts:
+            _virtual_host(view, each, found)
         return True
-    vhost = next((v for v in vhosts if v.get("name") == vhost_name), None)
+    vhost = next((v for v in vhosts if v["name"] == vhost_name), None)
     if vhost is None:
         raise ExplainError(f"route configuration {config_name} has no virtual host {vhost_name!r}")
     vs = _virtual_host(view, vhost, found)
