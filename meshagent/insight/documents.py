@@ -51,7 +51,13 @@ def document_of(documents: Documents, provenance: Provenance | None) -> RawResou
         (provenance.source, provenance.kind, "", provenance.name),  # no namespace written
     ]
     found = documents.accepted_of(keys)
-    return next((raw for k in keys if (raw := found.get(k)) is not None), None)
+    raw = next((raw for k in keys if (raw := found.get(k)) is not None), None)
+    if raw is None and provenance.source == "kubernetes" and provenance.kind == "Service":
+        # Kubernetes Services are joined with their EndpointSlices outside the accepted
+        # documents (normalize/kubernetes): their own document, with its resourceVersion.
+        services = getattr(getattr(documents, "kube", None), "services", {})
+        raw = services.get((provenance.namespace, provenance.name))
+    return raw if isinstance(raw, RawResource) else None
 
 
 def lookup(body: Mapping[str, Any], path: str) -> tuple[bool, Any]:

@@ -168,3 +168,24 @@ def test_cli_offline_text_and_json(
     assert '"path": "spec.subsets[1]"' in out and '"line": 9' in out
     assert main(["explain", "no-such", str(root)]) == 2
     assert "no cluster, listener" in capsys.readouterr().err
+
+
+def test_a_kubernetes_service_names_its_resource_version() -> None:
+    from meshagent.model.proxy import ProxySpec
+    from meshagent.model.source import Provenance, RawResource
+
+    body = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "ratings", "namespace": "default", "resourceVersion": "1234"},
+        "spec": {"clusterIP": "10.96.0.7", "ports": [{"name": "http", "port": 9080}]},
+    }
+    prov = Provenance("kubernetes", "resourceVersion 1234", "Service", "default", "ratings")
+    raw = RawResource("kubernetes", "Service", "v1", "default", "ratings", body, prov)
+    normalizer = Normalizer()
+    snapshot, _ = normalizer.apply([SourceEvent("kubernetes", upserts=(raw,))])
+    proxy = ProxySpec(node_id="n")
+    view = View.scoped(snapshot, proxy, Translator().generate(snapshot, proxy), normalizer)
+    [service] = explain(view, "outbound|9080||ratings.default.svc.cluster.local").inputs
+    assert (service.ref, service.location) == ("Service/default/ratings", "resourceVersion 1234")
+    assert [f.path for f in service.fields] == ["spec.ports[0]"]
