@@ -42,8 +42,7 @@ class Field:
 
 
 def document_of(documents: Documents, provenance: Provenance | None) -> RawResource | None:
-    """The raw document serving now for provenance (None: not found, e.g. a Kubernetes
-    Service, which the normalizer joins from several objects)."""
+    """The raw document serving now for provenance (None: not found)."""
     if provenance is None:
         return None
     keys: list[Key] = [
@@ -51,13 +50,7 @@ def document_of(documents: Documents, provenance: Provenance | None) -> RawResou
         (provenance.source, provenance.kind, "", provenance.name),  # no namespace written
     ]
     found = documents.accepted_of(keys)
-    raw = next((raw for k in keys if (raw := found.get(k)) is not None), None)
-    if raw is None and provenance.source == "kubernetes" and provenance.kind == "Service":
-        # Kubernetes Services are joined with their EndpointSlices outside the accepted
-        # documents (normalize/kubernetes): their own document, with its resourceVersion.
-        services = getattr(getattr(documents, "kube", None), "services", {})
-        raw = services.get((provenance.namespace, provenance.name))
-    return raw if isinstance(raw, RawResource) else None
+    return next((raw for k in keys if (raw := found.get(k)) is not None), None)
 
 
 def lookup(body: Mapping[str, Any], path: str) -> tuple[bool, Any]:

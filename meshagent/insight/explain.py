@@ -47,6 +47,10 @@ KINDS = {
     "endpoint": typeurls.ENDPOINT,
 }
 MAX_ENDPOINT_INPUTS = 5
+# Keys of a Consul config entry that say nothing about traffic (or are shown otherwise).
+_CONSUL_BOOKKEEPING = frozenset(
+    {"Kind", "Name", "Subsets", "Meta", "CreateIndex", "ModifyIndex", "Namespace", "Partition"}
+)
 
 
 class ExplainError(MeshAgentError):
@@ -220,6 +224,8 @@ def explain(view: View, name: str, kind: str | None = None) -> Explanation:
         raise ExplainError(f"no {kind} {name!r} is served to this host's Envoy")
     if view.sidecar is not None:
         found.add(_input("sidecar (scopes what this proxy sees)", view, view.sidecar, ()))
+    if not found.inputs and not found.notes:
+        found.note("built by the agent from its own config; no mesh document shapes it")
     return Explanation(
         kind, name, served, tuple(found.inputs), tuple(found.conflicts), tuple(found.notes)
     )
@@ -299,11 +305,7 @@ def _rule(view: View, host: str, subset: str, port: int | None, found: _Found) -
         paths.append(f"spec.subsets[{k}]")
     if subset:  # a Consul service-resolver's subsets, and its other settings
         paths.append(f"Subsets.{subset}")
-    paths += [
-        f"{k}"
-        for k in body
-        if k[:1].isupper() and k not in ("Kind", "Name", "Subsets", "Meta", "CreateIndex")
-    ]
+    paths += [f"{k}" for k in body if k[:1].isupper() and k not in _CONSUL_BOOKKEEPING]
     found.add(_input("destination rule", view, rule.provenance, paths))
     if rule.workload_selector is None:
         found.conflict(_claim_conflict(view, rule.host, services=False))

@@ -189,3 +189,23 @@ def test_a_kubernetes_service_names_its_resource_version() -> None:
     [service] = explain(view, "outbound|9080||ratings.default.svc.cluster.local").inputs
     assert (service.ref, service.location) == ("Service/default/ratings", "resourceVersion 1234")
     assert [f.path for f in service.fields] == ["spec.ports[0]"]
+
+
+def test_a_conflict_between_sources_names_the_rule(tmp_path: Path) -> None:
+    from meshagent.adapters.yamldocs import load_file
+    from meshagent.model.proxy import ProxySpec
+
+    text = SERVICE.replace(HOST, "web.service.consul").replace("9080", "8080")
+    (tmp_path / "web.yaml").write_text(text)
+    files, _ = load_file(tmp_path / "web.yaml")
+    normalizer = Normalizer()
+    web = service("web", [instance("w1", "127.0.0.5")])
+    snapshot, _ = normalizer.apply(
+        [SourceEvent("consul", upserts=(web,)), SourceEvent("files", upserts=tuple(files))]
+    )
+    proxy = ProxySpec(node_id="n")
+    view = View.scoped(snapshot, proxy, Translator().generate(snapshot, proxy), normalizer)
+    [conflict] = explain(view, "outbound|8080||web.service.consul").conflicts
+    assert conflict.winner == f"ServiceEntry/default/reviews ({tmp_path}/web.yaml:1)"
+    assert conflict.losers == ("ConsulService/web (consul index 7)",)
+    assert "sources.consul.precedence" in conflict.rule
