@@ -93,6 +93,7 @@ class StreamSpec:
     label: str  # for logs: "VirtualService in ns"
     watch_timeout_s: int = 60
     resync_s: float = 0.0  # relist this often even without 410 (0: never)
+    query: tuple[tuple[str, str], ...] = ()  # on lists and watches, e.g. a fieldSelector
 
 
 class KubeStream:
@@ -119,7 +120,7 @@ class KubeStream:
 
     def list_once(self) -> tuple[list[dict[str, Any]], list[ObjKey]]:
         """One full list into the state; the changes. Raises on failure."""
-        response = self._request(self.spec.path, {}, False)
+        response = self._request(self.spec.path, dict(self.spec.query), False)
         try:
             body = json.loads(response.data)
         finally:
@@ -160,6 +161,7 @@ class KubeStream:
 
     def _watch_once(self) -> None:
         query = {
+            **dict(self.spec.query),
             "watch": "true",
             "allowWatchBookmarks": "true",
             "resourceVersion": self.state.resource_version,

@@ -10,7 +10,9 @@ Resources emitted (source "kubernetes"), each with the API object as body and pr
   joins through the slices' `kubernetes.io/service-name` label (normalize/kubernetes);
 - the Istio kinds (networking.istio.io, security.istio.io) as read, which go to the same
   normalizer as files. Each is watched at the first version the server serves of
-  `istio_versions` (v1, then v1beta1, then v1alpha3).
+  `istio_versions` (v1, then v1beta1, then v1alpha3);
+- `Secret` (v1), in `secret_namespaces` only, for credentialName (normalize/credentials.py);
+  a 403 there is an error of the listing, not a failure of the whole source.
 
 Credentials: a kubeconfig (and context), or a server URL with a token file (re-read when it
 changes: projected tokens rotate) and a CA file, or, with neither, the in-cluster service
@@ -59,6 +61,20 @@ ISTIO_KINDS: tuple[tuple[str, str, str], ...] = (
     (_SEC, "requestauthentications", "RequestAuthentication"),
 )
 ALL_KINDS = tuple(k for _, _, k in (*CORE_KINDS, *ISTIO_KINDS))
+# Secrets (credentialName targets) are watched only in KubeOptions.secret_namespaces, and not
+# those of types that never hold a credential: as Istio's credentials controller, the large
+# and numerous ones (Helm releases, service account tokens) are left on the server.
+SECRETS = ("", "secrets", "Secret")
+NOT_CREDENTIAL_TYPES = (
+    "helm.sh/release.v1",
+    "kubernetes.io/service-account-token",
+    "kubernetes.io/dockercfg",
+    "kubernetes.io/dockerconfigjson",
+    "bootstrap.kubernetes.io/token",
+    "kubernetes.io/basic-auth",
+    "kubernetes.io/ssh-auth",
+)
+SECRET_FIELD_SELECTOR = ",".join(f"type!={t}" for t in NOT_CREDENTIAL_TYPES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +89,7 @@ class KubeOptions:
     insecure_skip_verify: bool = False
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     kinds: tuple[str, ...] = ALL_KINDS
+    secret_namespaces: tuple[str, ...] = ()  # where Secrets are watched (empty: nowhere)
     istio_versions: tuple[str, ...] = ("v1", "v1beta1", "v1alpha3")
     watch_timeout_s: int = 60
     resync_s: float = 0.0
@@ -141,6 +158,7 @@ class KubernetesAdapter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._synced = False
         self._kinds: dict[str, str] = {}  # stream label -> kind, for deletes
+        self._listing_errors: list[Diagnostic] = []  # of the first listing, in its event
 
     async def __aenter__(self) -> KubernetesAdapter:
         self._client = None  # built by the first listing, so bad credentials are retried
@@ -214,10 +232,13 @@ class KubernetesAdapter:
                 await self._queue_error("initial listing", exc, delay)
                 await asyncio.sleep(delay)
         self._synced = True
-        await self._queue.put(SourceEvent(SOURCE, upserts=tuple(upserts), synced=True))
+        errors, self._listing_errors = tuple(self._listing_errors), []
+        await self._queue.put(
+            SourceEvent(SOURCE, upserts=tuple(upserts), synced=True, errors=errors)
+        )
 
     def _list_all(self) -> list[RawResource]:
-        self.streams, upserts = [], []
+        self.streams, upserts, self._listing_errors = [], [], []
         namespaces: tuple[str | None, ...] = self.options.namespaces or (None,)
         for group, plural, kind in (*CORE_KINDS, *ISTIO_KINDS):
             if kind not in self.options.kinds:
@@ -228,6 +249,11 @@ class KubernetesAdapter:
                 if stream is not None:
                     self.streams.append(stream)
                     upserts += [to_raw(o) for o in items]
+        for ns in self.options.secret_namespaces:
+            stream, items = self._first_list(*SECRETS, ("v1",), ns)
+            if stream is not None:
+                self.streams.append(stream)
+                upserts += [to_raw(o) for o in items]
         return upserts
 
     def _first_list(
@@ -243,6 +269,7 @@ class KubernetesAdapter:
                 label,
                 self.options.watch_timeout_s,
                 self.options.resync_s,
+                (("fieldSelector", SECRET_FIELD_SELECTOR),) if kind == "Secret" else (),
             )
             backoff = Backoff(self.options.backoff_base_s, self.options.backoff_cap_s)
             stream = KubeStream(spec, self._request, self._emitter(kind), backoff, time.monotonic)
@@ -251,10 +278,22 @@ class KubernetesAdapter:
             except ApiException as exc:
                 if exc.status == 404:
                     continue  # this version (or the whole CRD) is not served
+                if exc.status == 403 and kind == "Secret":
+                    self._forbidden_secrets(label)  # the rest of the mesh still syncs
+                    return None, []
                 raise
             return stream, items
         log.info("kubernetes_kind_not_served", source=SOURCE, kind=kind, versions=versions)
         return None, []
+
+    def _forbidden_secrets(self, label: str) -> None:
+        reason = (
+            f"{label}: forbidden (RBAC: list and watch secrets); credentialName from "
+            "Kubernetes Secrets does not resolve there"
+        )
+        log.warning("kubernetes_secrets_forbidden", source=SOURCE, error=reason)
+        where = f"kubernetes {self.options.server or self.options.kubeconfig or 'in-cluster'}"
+        self._listing_errors.append(Diagnostic("error", SOURCE, where, "", "", "", reason))
 
     # -- events from the stream threads ---------------------------------------------------------
 

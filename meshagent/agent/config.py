@@ -47,6 +47,7 @@ slash) are relative to the directory of the config file.
 | `log.level` | `info` | `debug`, `info`, `warning`, `error` |
 | `log.format` | `auto` | `console`, `json`, or `auto` (console on a TTY, JSON otherwise) |
 | `dns.*` | off | the DNS proxy (agent/dns_config.py) |
+| `metrics.*` | merged | `/stats/prometheus` on the admin port (agent/metrics_config.py) |
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from meshagent.agent.capture_config import (
     parse_outbound_traffic_policy,
 )
 from meshagent.agent.dns_config import DnsConfig
+from meshagent.agent.metrics_config import MetricsConfig, check_metrics, parse_metrics
 from meshagent.ca.settings import CaConfig
 from meshagent.durations import EXAMPLES, NS_PER_MS, format_ms, parse_duration_ns
 from meshagent.errors import ConfigError
@@ -113,10 +115,22 @@ class FilesSourceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CredentialsSourceConfig:
+    """The credentials adapter (adapters/credentials.py): directories of credential
+    directories; namespace None: the node's namespace."""
+
+    paths: tuple[Path, ...]
+    namespace: str | None = None
+    debounce_ms: int = 100
+    poll_interval_ms: int = 200
+
+
+@dataclass(frozen=True, slots=True)
 class SourcesConfig:
     """Configured adapters; None means that adapter is off."""
 
     files: FilesSourceConfig | None
+    credentials: CredentialsSourceConfig | None = None  # sources.credentials
     consul: ConsulSourceConfig | None = None  # sources.consul (agent/consul_config.py)
     kubernetes: KubeSourceConfig | None = None  # sources.kubernetes (agent/kube_config.py)
 
@@ -202,6 +216,7 @@ class AgentConfig:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     outbound_traffic_policy: str = ALLOW_ANY
     dns: DnsConfig = field(default_factory=DnsConfig)  # `dns:` (agent/dns_config.py)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # agent/metrics_config.py
 
     def proxy_spec(self) -> ProxySpec:
         """What the translator needs to know about the local Envoy."""
@@ -361,6 +376,7 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         "capture",
         "outbound_traffic_policy",
         "dns",
+        "metrics",
     )
     state_dir = _resolve(base, root.get("state_dir", str, "/var/lib/meshagent"))
     config = AgentConfig(
@@ -389,7 +405,9 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
             root.section("outbound_traffic_policy")
         ),
         dns=_dns(root, base),
+        metrics=parse_metrics(root.section("metrics")),
     )
+    check_metrics(root.section("metrics"), config)
     if root.data.get("join") is None:
         return config
     from meshagent.agent.join_config import apply_join, parse_join  # it imports from here
@@ -490,8 +508,9 @@ def is_locality(value: str) -> bool:
 
 
 def _sources(s: _Section, base: Path) -> SourcesConfig:
-    s.only("files", "consul", "kubernetes")
+    s.only("files", "consul", "kubernetes", "credentials")
     consul = kubernetes = None
+    credentials = _credentials(s, base) if s.data.get("credentials") is not None else None
     if s.data.get("consul") is not None:
         from meshagent.agent.consul_config import parse_consul  # it imports _Section from here
 
@@ -501,7 +520,7 @@ def _sources(s: _Section, base: Path) -> SourcesConfig:
 
         kubernetes = parse_kubernetes(s.section("kubernetes"), base)
     if "files" in s.data and s.data["files"] is None:
-        return SourcesConfig(files=None, consul=consul, kubernetes=kubernetes)
+        return SourcesConfig(None, credentials, consul=consul, kubernetes=kubernetes)
     f = s.section("files")
     f.only("paths", "debounce_ms", "poll_interval_ms")
     raw_paths = f.get("paths", list, ["mesh/"])
@@ -515,8 +534,27 @@ def _sources(s: _Section, base: Path) -> SourcesConfig:
             poll_interval_ms=_duration_ms(f, "poll_interval_ms", "200ms", 10, 60_000, bare_ms=1),
             missing_ok="paths" not in f.data,
         ),
+        credentials=credentials,
         consul=consul,
         kubernetes=kubernetes,
+    )
+
+
+def _credentials(parent: _Section, base: Path) -> CredentialsSourceConfig:
+    s = parent.section("credentials")
+    s.only("paths", "namespace", "debounce_ms", "poll_interval_ms")
+    raw_paths = s.get("paths", list, [])
+    if not raw_paths:
+        raise s.error("must name at least one directory of credential directories", "paths")
+    for i, item in enumerate(raw_paths):
+        if not isinstance(item, str) or not item:
+            raise s.error("must be a non-empty path", f"paths[{i}]")
+    namespace = _hostname(s, "namespace", "-") if "namespace" in s.data else None
+    return CredentialsSourceConfig(
+        paths=tuple(_resolve(base, p) for p in raw_paths),
+        namespace=namespace,
+        debounce_ms=_duration_ms(s, "debounce_ms", "100ms", 0, 60_000, bare_ms=1),
+        poll_interval_ms=_duration_ms(s, "poll_interval_ms", "200ms", 10, 60_000, bare_ms=1),
     )
 
 
@@ -742,7 +780,7 @@ def _protocol(s: _Section) -> str:
     protocol = s.get("protocol", str, "HTTP").upper()
     if protocol and protocol not in KNOWN_PROTOCOLS:
         known = ", ".join(sorted(KNOWN_PROTOCOLS))
-        raise s.error(f"must be one of {known}, or \"\" to detect it", "protocol")
+        raise s.error(f'must be one of {known}, or "" to detect it', "protocol")
     return protocol
 
 

@@ -33,6 +33,7 @@ from meshagent.agent.instancelock import InstanceLock
 from meshagent.agent.lastgood import FILE_NAME, PERSISTED_SOURCES, LastGoodStore
 from meshagent.agent.logs import configure_logging
 from meshagent.agent.metrics import AgentMetrics
+from meshagent.agent.metrics_merge import install_merged_scrape
 from meshagent.agent.opspages import install_ops_pages
 from meshagent.agent.publishing import CONSISTENCY_SOURCE, NACK_SOURCE, NackExplainer
 from meshagent.agent.sdnotify import SystemdNotifier
@@ -54,6 +55,14 @@ Key = tuple[str, str, str, str]
 _T = TypeVar("_T")
 SOURCE_RETRY_MAX_S = 30.0
 AGENT_CONFIG = "agent-config"  # the source of a refused reload's diagnostic
+CREDENTIALS_SOURCE = "credentials"  # adapters/credentials.py
+CREDENTIALS_WAIT_S = 5.0
+
+
+def _carries_credentials(adapter: Adapter) -> bool:
+    """The credentials adapter, or a Kubernetes adapter that watches Secrets."""
+    options = getattr(adapter, "options", None)
+    return adapter.name == CREDENTIALS_SOURCE or bool(getattr(options, "secret_namespaces", ()))
 
 
 def build_adapters(config: AgentConfig) -> list[Adapter]:
@@ -71,6 +80,18 @@ def build_adapters(config: AgentConfig) -> list[Adapter]:
                 default_namespace=config.node.namespace,
             )
         )
+    credentials = config.sources.credentials
+    if credentials is not None:
+        from meshagent.adapters.credentials import CredentialsAdapter
+
+        adapters.append(
+            CredentialsAdapter(
+                credentials.paths,
+                namespace=credentials.namespace or config.node.namespace,
+                debounce_ms=credentials.debounce_ms,
+                poll_interval_ms=credentials.poll_interval_ms,
+            )
+        )
     if config.sources.consul is not None:
         from meshagent.adapters.consul import ConsulAdapter
 
@@ -78,7 +99,10 @@ def build_adapters(config: AgentConfig) -> list[Adapter]:
     if config.sources.kubernetes is not None:
         from meshagent.adapters.kubernetes import KubernetesAdapter
 
-        adapters.append(KubernetesAdapter(config.sources.kubernetes.options))
+        kube = config.sources.kubernetes
+        secrets = kube.secret_namespaces(config.node.type, config.node.namespace)
+        options = dataclasses.replace(kube.options, secret_namespaces=secrets)
+        adapters.append(KubernetesAdapter(options))
     return adapters
 
 
@@ -185,11 +209,19 @@ class Agent:
         self._custom_checked: tuple[object, ...] = ()  # what _custom_problems was found from
         self._gateway_checked: tuple[object, ...] = ()  # what _gateway_problems was found from
         self._gateway_problems: tuple[Diagnostic, ...] = ()  # Gateway servers left out
+        # Whether the Envoy in use has a Wasm runtime, and why: probed at the first WasmPlugin.
+        self._wasm_probe: tuple[bool, str] | None = None
+        self._wasm_warned: object = None  # the wasm_plugins map last warned about
         self._last_good = LastGoodStore(config.state_dir / FILE_NAME)
         # What the store holds: replaced after each apply that changed it, never mutated then.
         self._last_good_saved: dict[Key, RawResource] = {}
         self._last_good_task: asyncio.Task[None] | None = None
         self._restored: dict[Key, RawResource] = {}  # loaded at start, until sources listed
+        self._credentials_deadline = 0.0  # see _credentials_pending
+        self._credential_sources: set[str] = set()
+        self._credentials_checked: tuple[object, ...] = ()  # what _credential_problems is of
+        self._credential_problems: tuple[Diagnostic, ...] = ()  # DR credentials unserved
+        self._credentials_timer: asyncio.TimerHandle | None = None
         self._processor: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -230,6 +262,8 @@ class Agent:
             cfg.admin.address, cfg.admin.port, self._pages(), socket_path=cfg.admin.socket
         )
         install_ops_pages(self.admin, self)
+        install_merged_scrape(self.admin, self.metrics, lambda: self.config)
+        self.metrics.envoy.watch(self._envoy_state)
         install_insight_pages(self.admin, self)
         await self.admin.start()
         cfg.xds.uds.parent.mkdir(parents=True, exist_ok=True)
@@ -252,6 +286,13 @@ class Agent:
         self._processor = asyncio.create_task(self._process_loop(), name="agent-processor")
         for adapter in adapters:
             self._start_source(adapter)
+        self._credential_sources = {a.name for a in adapters if _carries_credentials(a)}
+        if self._credential_sources:  # publish by then, whatever they do
+            loop = asyncio.get_running_loop()
+            self._credentials_deadline = loop.time() + CREDENTIALS_WAIT_S
+            self._credentials_timer = loop.call_later(
+                CREDENTIALS_WAIT_S, lambda: self._spawn(self._publish())
+            )
         self._start_consul_registration()
         if cfg.join is not None:  # `join.workload_group`: this VM's WorkloadEntry
             from meshagent.agent.join_runtime import start_workload_entry
@@ -276,6 +317,8 @@ class Agent:
         if self.workload_entry is not None:  # disconnected now, deleted after the grace
             await self.workload_entry.stop()
             self.workload_entry = None
+        if self._credentials_timer is not None:
+            self._credentials_timer.cancel()
         for source in list(self._sources.values()):
             await _cancel(source.task)
         self._sources.clear()
@@ -553,6 +596,18 @@ class Agent:
             log.warning("last_good_serving", resources=len(still))
         self._report([_restored_warning(raw) for raw in still])
 
+    def _credentials_pending(self) -> bool:
+        """Whether publishing waits for the first listing of a source of credentials (at
+        most CREDENTIALS_WAIT_S after start): keys are not in the persisted last good, and a
+        first publish without them would take the gateway servers that present them out of a
+        running Envoy (a drain of their listeners) until they are read."""
+        waiting = [
+            name
+            for name in self._credential_sources
+            if (source := self._sources.get(name)) is not None and not source.seen_first
+        ]
+        return bool(waiting) and asyncio.get_running_loop().time() < self._credentials_deadline
+
     async def _publish(self) -> None:
         """Translate the current snapshot for the local proxy and hand it to the cache.
 
@@ -560,8 +615,10 @@ class Agent:
         thread and the publishes in order (sources, reloads and certificate rotations).
         """
         async with self._publish_lock:
-            if self._snapshot is None:
+            if self._snapshot is None or self._credentials_pending():
                 return
+            if getattr(self._snapshot, "wasm_plugins", None) and self._wasm_probe is None:
+                await self._probe_wasm()
             snapshot, proxy = self._snapshot, self._proxy
             try:
                 resources = await asyncio.to_thread(
@@ -595,6 +652,8 @@ class Agent:
         self.diagnostics.forget_source(NACK_SOURCE)  # a new set: Envoy judges it anew
         self._warn_unservable_custom_policies()
         self._report_gateway_problems()
+        self._report_credential_problems()
+        self._warn_wasm_unavailable()
         self.metrics.snapshot_version.set(getattr(self._snapshot, "version", 0))
         counts = {t: len(resources.of(t)) for t in SHORT_NAMES}
         self.metrics.set_resources(counts)
@@ -620,7 +679,7 @@ class Agent:
         if found != self._inconsistent:
             self.diagnostics.forget_source(CONSISTENCY_SOURCE)
         if found and found != self._inconsistent:
-            self._report(inconsistency_diagnostics(found, self.snapshot, self._proxy))
+            self._report(inconsistency_diagnostics(found, self.snapshot, self._proxy, resources))
         self._inconsistent = found
         return not found
 
@@ -672,6 +731,33 @@ class Agent:
             log.warning("extension_provider_invalid", provider=provider[9:], reason=reason)
         self._custom_problems = problems | invalid
 
+    def _report_credential_problems(self) -> None:
+        """Report each DestinationRule credentialName the proxy cannot serve, as a located
+        warning, while it stays so (xds/translate/credential_secrets.py)."""
+        from meshagent.xds.translate.credential_secrets import (
+            CREDENTIAL_REFERENCES,
+            credential_problems,
+        )
+
+        snapshot = self._snapshot
+        if not isinstance(snapshot, MeshSnapshot):
+            return
+        key = (
+            snapshot.destination_rules,
+            snapshot.workload_destination_rules,
+            snapshot.credentials,
+            self._proxy,
+        )
+        old = self._credentials_checked
+        if len(old) == len(key) and all(a is b for a, b in zip(key, old, strict=True)):
+            return
+        self._credentials_checked = key
+        found = tuple(credential_problems(snapshot, self._proxy))
+        if found != self._credential_problems:
+            self.diagnostics.forget_source(CREDENTIAL_REFERENCES)
+            self._credential_problems = found
+            self._report(found)
+
     def _report_gateway_problems(self) -> None:
         """Report each Gateway server a router leaves out (a conflict, a missing credential)
         as a located warning, while it stays left out."""
@@ -697,6 +783,42 @@ class Agent:
             self._gateway_problems = found
             if found:
                 self._report(found)
+
+    async def _probe_wasm(self) -> None:
+        """Find out once whether the Envoy in use has a Wasm runtime (a validate-mode run)."""
+        from meshagent.agent.envoy import find_envoy_binary
+        from meshagent.xds.envoyfilter.wasm import wasm_runtime_available
+
+        try:
+            binary = find_envoy_binary(self.config.envoy.binary)
+        except MeshAgentError as exc:
+            self._wasm_probe = (False, str(exc))
+        else:
+            self._wasm_probe = await asyncio.to_thread(wasm_runtime_available, binary)
+        log.info("wasm_runtime_probed", available=self._wasm_probe[0], why=self._wasm_probe[1])
+        self._proxy = dataclasses.replace(self._proxy, wasm_runtime=self._wasm_probe[0])
+
+    def _warn_wasm_unavailable(self) -> None:
+        """A located warning for each WasmPlugin when this Envoy has no Wasm runtime."""
+        plugins = getattr(self._snapshot, "wasm_plugins", None)
+        if not plugins or self._proxy.wasm_runtime or plugins is self._wasm_warned:
+            return
+        self._wasm_warned = plugins
+        why = self._wasm_probe[1] if self._wasm_probe else "not probed"
+        self._report(
+            [
+                Diagnostic(
+                    severity="warning",
+                    source="wasm",
+                    location=p.provenance.location if p.provenance else "-",
+                    kind="WasmPlugin",
+                    name=key,
+                    field="spec.url",
+                    reason=f"WasmPlugin not available in this Envoy ({why}): it has no effect",
+                )
+                for key, p in sorted(plugins.items())
+            ]
+        )
 
     # --- reload -------------------------------------------------------------------------
 
@@ -745,11 +867,16 @@ class Agent:
             outbound=new.outbound,
             capture=new.capture,
             outbound_traffic_policy=new.outbound_traffic_policy,
+            metrics=new.metrics,
         )
         if new.sources != old.sources:
             for adapter in self._adapter_factory(self.config):
                 await self._restart_source(adapter)
-        proxy = dataclasses.replace(new.proxy_spec(), certificates=self._proxy.certificates)
+        proxy = dataclasses.replace(
+            new.proxy_spec(),
+            certificates=self._proxy.certificates,
+            wasm_runtime=self._proxy.wasm_runtime,
+        )
         if proxy != self._proxy:
             self._proxy = proxy
             await self._publish()
@@ -778,6 +905,12 @@ class Agent:
         """The CA's callback: serve the new certificates (SDS) through a re-translation."""
         self._proxy = dataclasses.replace(self._proxy, certificates=certificates)
         self._spawn(self._publish())
+
+    def _envoy_state(self) -> tuple[bool, int]:
+        """(up, restarts) for the metrics: a managed Envoy's process, else its ADS stream."""
+        if self.envoy is not None:
+            return self.envoy.pid is not None, self.envoy.restarts
+        return self.cache.status(self._proxy.node_id).connected, 0
 
     def _healthy(self) -> bool:
         """The systemd watchdog's view: the processing task is alive."""

@@ -26,6 +26,7 @@ KEYS = (
     "resync",
     "watch_timeout",
     "precedence",
+    "secrets",
 )
 
 
@@ -35,6 +36,15 @@ class KubeSourceConfig:
 
     options: KubeOptions
     mapping: KubeMapping
+    # Where Secrets (credentialName) are watched; None: "auto", the node's namespace when the
+    # node is a router (a gateway), else nowhere (secret_namespaces resolves it).
+    secrets: tuple[str, ...] | None = None
+
+    def secret_namespaces(self, node_type: str, node_namespace: str) -> tuple[str, ...]:
+        """The namespaces whose Secrets the adapter watches."""
+        if self.secrets is not None:
+            return self.secrets
+        return (node_namespace,) if node_type == "router" else ()
 
 
 def parse_kubernetes(s: _Section, base: Path) -> KubeSourceConfig:
@@ -71,7 +81,19 @@ def parse_kubernetes(s: _Section, base: Path) -> KubeSourceConfig:
         region=s.get("region", str, ""),
         precedence=s.choice("precedence", "kubernetes", ("kubernetes", "files")),
     )
-    return KubeSourceConfig(options, mapping)
+    return KubeSourceConfig(options, mapping, _secrets(s))
+
+
+def _secrets(s: _Section) -> tuple[str, ...] | None:
+    """sources.kubernetes.secrets: "auto" (default), false (never), or namespaces."""
+    value = s.data.get("secrets", "auto")
+    if value == "auto":
+        return None
+    if value is False:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise s.error('must be "auto", false, or a list of namespaces', "secrets")
+    return tuple(value)
 
 
 def _seconds(s: _Section, key: str, default: str, low_ms: int, high_ms: int) -> int:

@@ -35,6 +35,9 @@ MAX_BYTES = 64 * 1024 * 1024
 # Sources whose documents are configuration people edit: a platform (Consul, Kubernetes) lists
 # its current state on every start instead.
 PERSISTED_SOURCES = ("files",)
+# Kinds never written, whatever their source: a Secret holds a private key, which must not be
+# copied to the state dir (credentials are read again from their files or the API at start).
+NEVER_PERSISTED_KINDS = frozenset({"Secret"})
 
 
 class LastGoodStore:
@@ -85,6 +88,8 @@ class LastGoodStore:
         yield f'{{"format":{FORMAT},"resources":[\n'.encode()
         separator = b""
         for raw in sorted(resources, key=lambda r: r.key):
+            if raw.kind in NEVER_PERSISTED_KINDS:
+                continue  # key material stays in memory (re-read from its source at start)
             try:
                 item = json.dumps(_encode(raw), separators=(",", ":")).encode("utf-8")
             except (TypeError, ValueError):

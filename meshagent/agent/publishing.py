@@ -36,14 +36,22 @@ def kind_of(type_url: str) -> str:
 
 
 def _origins(
-    snapshot: MeshSnapshot, proxy: ProxySpec, resources: Iterable[tuple[str, str]]
+    snapshot: MeshSnapshot,
+    proxy: ProxySpec,
+    resources: Iterable[tuple[str, str]],
+    patched_by: Mapping[tuple[str, str], tuple[str, ...]] | None = None,
 ) -> list[str]:
-    """describe(), or nothing when attribution fails: the error it decorates still counts."""
+    """The EnvoyFilters that patched resources (they come first: a patch is the likelier
+    culprit of a rejection), then describe(); nothing when attribution fails: the error it
+    decorates still counts."""
+    resources = list(resources)
+    patches = [r for key in resources for r in (patched_by or {}).get(key, ())]
     try:
-        return describe(snapshot, proxy, resources)
+        found = describe(snapshot, proxy, resources)
     except Exception:
         log.exception("attribution_failed_bug")
-        return []
+        found = []
+    return list(dict.fromkeys([*patches, *found]))
 
 
 def _location(origins: list[str]) -> str:
@@ -60,12 +68,17 @@ def _with_origins(reason: str, origins: list[str]) -> str:
 
 
 def inconsistency_diagnostics(
-    found: Iterable[Inconsistency], snapshot: MeshSnapshot, proxy: ProxySpec
+    found: Iterable[Inconsistency],
+    snapshot: MeshSnapshot,
+    proxy: ProxySpec,
+    resources: ResourceSet | None = None,
 ) -> list[Diagnostic]:
-    """One error per inconsistency, located at the first file it traces back to."""
+    """One error per inconsistency, located at the first file it traces back to (the
+    EnvoyFilter, when one patched a resource involved)."""
+    patched_by = resources.patched_by if resources is not None else None
     out = []
     for problem in found:
-        origins = _origins(snapshot, proxy, problem.resources)
+        origins = _origins(snapshot, proxy, problem.resources, patched_by)
         type_url, name = problem.resources[0]
         out.append(
             Diagnostic(
@@ -128,7 +141,8 @@ class NackExplainer:
         known = self._known.get(key)
         if known is None:
             names = named_in(error, served.of(type_url))
-            origins = _origins(snapshot, proxy, [(type_url, n) for n in names])
+            keys = [(type_url, n) for n in names]
+            origins = _origins(snapshot, proxy, keys, served.patched_by)
             if len(self._known) >= 16:
                 self._known.clear()
             known = self._known[key] = (names, origins)

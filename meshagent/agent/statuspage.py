@@ -33,7 +33,7 @@ def xds_report(status: Any) -> dict[str, Any]:
 def mesh_report(snapshot: Any) -> dict[str, Any]:
     """Services with their endpoints, and routes, from a MeshSnapshot (or None)."""
     if snapshot is None:
-        return {"version": None, "services": [], "routes": []}
+        return {"version": None, "services": [], "routes": [], "credentials": []}
     services = []
     for host, svc in sorted(snapshot.services.items()):
         endpoints = [
@@ -46,7 +46,21 @@ def mesh_report(snapshot: Any) -> dict[str, Any]:
         {"name": key, "hosts": list(vs.hosts), "http": len(vs.http), "tcp": len(vs.tcp)}
         for key, vs in sorted(snapshot.virtual_services.items())
     ]
-    return {"version": snapshot.version, "services": services, "routes": routes}
+    credentials = [
+        {
+            "name": key,
+            "from": c.provenance.location if c.provenance is not None else "",
+            "certificate": bool(c.cert_chain_pem),
+            "ca": bool(c.ca_cert_pem),
+        }  # what serves and where it was read, never its material
+        for key, c in sorted(getattr(snapshot, "credentials", {}).items())
+    ]
+    return {
+        "version": snapshot.version,
+        "services": services,
+        "routes": routes,
+        "credentials": credentials,
+    }
 
 
 def certificates_report(certificates: Iterable[Any], now: float | None = None) -> list[Any]:

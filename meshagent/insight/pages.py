@@ -11,9 +11,10 @@ GET /debug/inputs?exclude=files
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from typing import Any, Protocol
 
-from meshagent.agent.admin import AdminServer, Response
+from meshagent.agent.admin import AdminServer, Request, Response
 from meshagent.agent.lastgood import encode_resource
 from meshagent.insight.explain import KINDS, ExplainError, View, explain
 from meshagent.model.proxy import ProxySpec
@@ -41,10 +42,21 @@ class InsightAgent(Protocol):
 
 def install_insight_pages(admin: AdminServer, agent: InsightAgent) -> None:
     """Add /debug/explain and /debug/inputs to admin."""
-    # In a worker thread: explaining an endpoint reads every ClusterLoadAssignment, which
-    # must not hold up the event loop (and xDS) on a large mesh.
-    admin.queries["/debug/explain"] = lambda params: asyncio.to_thread(_explain, agent, params)
-    admin.queries["/debug/inputs"] = lambda params: _inputs(agent, params)
+
+    async def explain_page(request: Request) -> Response:
+        # In a worker thread: explaining an endpoint reads every ClusterLoadAssignment, which
+        # must not hold up the event loop (and xDS) on a large mesh.
+        return await asyncio.to_thread(_explain, agent, _params(request))
+
+    async def inputs_page(request: Request) -> Response:
+        return _inputs(agent, _params(request))
+
+    admin.request_pages["/debug/explain"] = explain_page
+    admin.request_pages["/debug/inputs"] = inputs_page
+
+
+def _params(request: Request) -> dict[str, str]:
+    return dict(urllib.parse.parse_qsl(request.query))
 
 
 def _explain(agent: InsightAgent, params: dict[str, str]) -> Response:

@@ -37,7 +37,9 @@ class ServerTls:
     credential_names is Istio's newer list form (a certificate per key type). The file
     fields (server_certificate, private_key, ca_certificates, ca_crl) are paths on the
     gateway's host, Istio's mounted-files form. Protocol versions are "" (Envoy's default)
-    or Istio's names (TLSV1_2, ...).
+    or Istio's names (TLSV1_2, ...). workload_certificate (not in Istio; Consul's ingress
+    `TLS.Enabled`): a SIMPLE server presents the router's own workload certificate
+    (`default`, from the mesh CA) instead of a credential or files.
     """
 
     mode: str = PASSTHROUGH
@@ -54,6 +56,7 @@ class ServerTls:
     min_protocol_version: str = ""
     max_protocol_version: str = ""
     cipher_suites: tuple[str, ...] = ()
+    workload_certificate: bool = False
 
     @property
     def terminates(self) -> bool:

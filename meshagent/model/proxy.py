@@ -160,6 +160,9 @@ class ProxySpec:
             if port == service_port:
                 return address
         return self.outbound_address
+    # Whether the Envoy in use has a Wasm runtime (probed by the agent at start): WasmPlugins
+    # are translated only then (xds/envoyfilter/wasm.py).
+    wasm_runtime: bool = False
 
     def outbound_port(self, service_port: int) -> int:
         for port, local in self.port_overrides:

@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from meshagent.model.credentials import Credential
+from meshagent.model.extensions import EnvoyFilter, WasmPlugin
 from meshagent.model.gateway import Gateway
 from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
@@ -104,6 +105,10 @@ class MeshSnapshot:
     # Sidecar resources by "namespace/name" (model/sidecar.py; xds/translate/scope.py picks
     # the one that applies to a proxy).
     sidecars: Mapping[str, Sidecar] = field(default_factory=lambda: MappingProxyType({}))
+    # EnvoyFilters and WasmPlugins by "namespace/name" (model/extensions.py): the patch stage
+    # after translation applies them (meshagent.xds.envoyfilter).
+    envoy_filters: Mapping[str, EnvoyFilter] = field(default_factory=lambda: MappingProxyType({}))
+    wasm_plugins: Mapping[str, WasmPlugin] = field(default_factory=lambda: MappingProxyType({}))
     changes: SnapshotChanges | None = field(default=None, compare=False, repr=False)
 
     def destination_rule_for(self, host: str) -> DestinationRule | None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from meshagent.model.credentials import Credential
+from meshagent.model.extensions import EnvoyFilter, WasmPlugin
 from meshagent.model.gateway import Gateway
 from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
@@ -25,6 +27,7 @@ from meshagent.normalize.consul import ConsulMapping, convert_consul, is_consul
 from meshagent.normalize.consul.chain import chain_role, compose
 from meshagent.normalize.convert import Converted, ConvertedServiceEntry, convert
 from meshagent.normalize.convert.services import workload_endpoint
+from meshagent.normalize.credentials import convert_secret, credential_diagnostic, is_secret
 from meshagent.normalize.delegation import (
     is_delegate,
     is_root,
@@ -40,13 +43,25 @@ from meshagent.normalize.sidecars import sidecar_conflict
 from meshagent.normalize.validate import check_document, diagnostic, display_name, is_supported
 from meshagent.normalize.vips import VipAllocator
 
+# One resource may convert to several model objects (a Consul gateway entry: its Gateway and
+# the VirtualServices and DestinationRules bound to it); each is recorded as if on its own.
+Stored = Converted | tuple[Converted, ...]
+
+
+def _rule_for(converted: Stored, host: str) -> DestinationRule:
+    """The mesh-wide DestinationRule for host among what one resource converted to."""
+    parts = converted if isinstance(converted, tuple) else (converted,)
+    found = [p for p in parts if isinstance(p, DestinationRule) and p.host == host]
+    assert found, f"no DestinationRule for {host}"
+    return next((r for r in found if r.workload_selector is None), found[0])
+
 
 @dataclass(slots=True)
 class _Entry:
     """An accepted resource: the raw document and its converted model objects."""
 
     raw: RawResource
-    converted: Converted
+    converted: Stored
 
 
 @dataclass(slots=True)
@@ -82,12 +97,26 @@ _SECURITY_MAPS: dict[type, str] = {
     PeerAuthn: "peer_authentications",
     AuthzPolicy: "authorization_policies",
     RequestAuthn: "request_authentications",
+    EnvoyFilter: "envoy_filters",  # not security, but kept the same way: by namespace/name
+    WasmPlugin: "wasm_plugins",
 }
+_KEYED = PeerAuthn | AuthzPolicy | RequestAuthn | EnvoyFilter | WasmPlugin
 
 
-def _security_key(converted: PeerAuthn | AuthzPolicy | RequestAuthn) -> tuple[str, str]:
+def _security_key(converted: _KEYED) -> tuple[str, str]:
     """The snapshot map a security policy lives in, and its key there."""
     return _SECURITY_MAPS[type(converted)], f"{converted.namespace}/{converted.name}"
+
+
+def _same_material(a: Credential, b: Credential) -> bool:
+    return (a.namespace, a.name, a.cert_chain_pem, a.private_key_pem, a.ca_cert_pem, a.crl_pem) == (
+        b.namespace,
+        b.name,
+        b.cert_chain_pem,
+        b.private_key_pem,
+        b.ca_cert_pem,
+        b.crl_pem,
+    )
 
 
 def _same(old: tuple[Endpoint, ...] | None, new: tuple[Endpoint, ...]) -> bool:
@@ -119,6 +148,8 @@ class Normalizer:
             "peer_authentications": {},
             "authorization_policies": {},
             "request_authentications": {},
+            "envoy_filters": {},
+            "wasm_plugins": {},
         }
         self._entries: dict[Key, _Entry] = {}
         self._batch = 0
@@ -138,6 +169,11 @@ class Normalizer:
         self._delegates: dict[str, VirtualService] = {}
         self._roots: dict[str, VirtualService] = {}
         self._workloads: dict[str, Workload] = {}
+        # Credentials (normalize/credentials.py): the last valid one of each Secret, by its
+        # key; the one serving each "namespace/name" (the oldest, when sources disagree).
+        self._secrets: dict[Key, Credential] = {}
+        self._credential_claims = Claims()
+        self._credentials: dict[str, Credential] = {}
         self._gateways: dict[str, Gateway] = {}
         self._sidecars: dict[str, Sidecar] = {}
         self._vips = VipAllocator()  # automatic VIPs of hosts without addresses (vips.py)
@@ -229,6 +265,9 @@ class Normalizer:
     # -- accepting and removing resources ------------------------------------------------
 
     def _upsert(self, raw: RawResource, dirty: _Dirty, out: list[Diagnostic]) -> None:
+        if is_secret(raw):
+            self._upsert_secret(raw, dirty, out)
+            return
         if is_kube_core(raw):
             report = out if raw.kind == "Service" else []  # a Service's issues, once a write
             for ref in self.kube.upsert(raw):
@@ -248,7 +287,7 @@ class Normalizer:
         self._assert(key, converted, dirty)
         dirty.upserted.add(key)
 
-    def _check_and_convert(self, raw: RawResource, out: list[Diagnostic]) -> Converted | None:
+    def _check_and_convert(self, raw: RawResource, out: list[Diagnostic]) -> Stored | None:
         """raw's model objects, or None when it is invalid or ignored (issues go to out)."""
         if is_consul(raw):
             result, problems = convert_consul(raw, self.consul)
@@ -266,6 +305,51 @@ class Normalizer:
         if problems:
             out.extend(diagnostic(raw, i) for i in problems)
         return None if problems.has_errors else converted
+
+    # -- credentials (Secrets) -------------------------------------------------------------
+
+    def _upsert_secret(self, raw: RawResource, dirty: _Dirty, out: list[Diagnostic]) -> None:
+        """Accept a valid credential; an invalid one is reported and the last valid version
+        of that Secret keeps serving. A Kubernetes Secret that holds no credential keys is not
+        a credential (unless it was one: then losing its keys is an error)."""
+        key = raw.key
+        credential, issues = convert_secret(raw, default_namespace=self.default_namespace)
+        old = self._secrets.get(key)
+        if credential is None and not issues and old is not None:
+            issues.error("data", "no longer holds a certificate or CA bundle; the last one serves")
+        out.extend(credential_diagnostic(raw, i) for i in issues)
+        if credential is None:
+            return
+        if old is not None and _same_material(old, credential):
+            credential = old  # same content (a new resourceVersion): nothing to re-send
+        self._secrets[key] = credential
+        self._settle_credential(key, dirty, forget=False)
+        winner = self._credential_claims.winner(credential.key)
+        if winner is not None and winner != key:
+            reason = (
+                f"credential {credential.key} is already defined by {winner[0]} (older); "
+                "this definition is ignored"
+            )
+            out.append(credential_diagnostic(raw, Issue("warning", "metadata.name", reason)))
+
+    def _settle_credential(self, key: Key, dirty: _Dirty, *, forget: bool) -> None:
+        """Re-pick the credential of key's "namespace/name" after key changed or went."""
+        current = self._secrets.get(key)
+        name = (
+            current.key if current is not None else f"{key[2] or self.default_namespace}/{key[3]}"
+        )
+        if current is None:
+            self._credential_claims.release(key, (name,), forget=forget)
+        else:
+            self._credential_claims.claim(key, (name,), self._batch)
+        winner = self._credential_claims.winner(name)
+        serving = self._secrets.get(winner) if winner is not None else None
+        if serving is None:
+            if self._credentials.pop(name, None) is not None:
+                dirty.mark("credentials", name)
+        elif self._credentials.get(name) is not serving:
+            self._credentials[name] = serving
+            dirty.mark("credentials", name)
 
     def _kube_rebuild(self, ref: tuple[str, str], dirty: _Dirty, out: list[Diagnostic]) -> None:
         """Re-file the entry of Kubernetes Service ref after it or one of its slices changed."""
@@ -300,6 +384,10 @@ class Normalizer:
         return -1 if self.consul.precedence == "consul" else 1 << 62
 
     def _delete(self, key: Key, dirty: _Dirty) -> None:
+        if is_secret(key):
+            if self._secrets.pop(key, None) is not None:
+                self._settle_credential(key, dirty, forget=True)
+            return
         if is_kube_core(key):
             for ref in self.kube.delete(key):
                 self._kube_rebuild(ref, dirty, [])
@@ -308,9 +396,12 @@ class Normalizer:
         if old is not None:
             self._retract(key, old, dirty, forget=True)
 
-    def _assert(self, key: Key, converted: Converted, dirty: _Dirty) -> None:
+    def _assert(self, key: Key, converted: Stored, dirty: _Dirty) -> None:
         """Record what converted contributes to the mesh, and mark it for recomputation."""
-        if isinstance(converted, ConvertedServiceEntry):
+        if isinstance(converted, tuple):
+            for part in converted:
+                self._assert(key, part, dirty)
+        elif isinstance(converted, ConvertedServiceEntry):
             hosts = _hosts(converted)
             self._se_claims.claim(key, hosts, self._rank(key))
             dirty.hosts.update(hosts)
@@ -337,7 +428,7 @@ class Normalizer:
             if chain_role(converted):
                 self._chained[vs_key] = converted
                 dirty.chain = True
-        elif isinstance(converted, PeerAuthn | AuthzPolicy | RequestAuthn):
+        elif isinstance(converted, _KEYED):
             name, key_ = _security_key(converted)
             self._security[name][key_] = converted
             dirty.mark(name, key_)
@@ -369,7 +460,11 @@ class Normalizer:
 
     def _retract(self, key: Key, entry: _Entry, dirty: _Dirty, *, forget: bool) -> None:
         """Undo what entry contributed; forget also drops its first-seen rank."""
-        converted = entry.converted
+        parts = entry.converted if isinstance(entry.converted, tuple) else (entry.converted,)
+        for converted in parts:
+            self._retract_one(key, converted, dirty, forget=forget)
+
+    def _retract_one(self, key: Key, converted: Converted, dirty: _Dirty, *, forget: bool) -> None:
         if isinstance(converted, ConvertedServiceEntry):
             self._se_claims.release(key, _hosts(converted), forget=forget)
             dirty.hosts.update(_hosts(converted))
@@ -392,7 +487,7 @@ class Normalizer:
             dirty.mark("virtual_services", vs_key)
             if self._chained.pop(vs_key, None) is not None:
                 dirty.chain = True
-        elif isinstance(converted, PeerAuthn | AuthzPolicy | RequestAuthn):
+        elif isinstance(converted, _KEYED):
             name, key_ = _security_key(converted)
             self._security[name].pop(key_, None)
             dirty.mark(name, key_)
@@ -547,8 +642,7 @@ class Normalizer:
             if self._destination_rules.pop(host, None) is not None:
                 dirty.mark("destination_rules", host)
             return
-        rule = self._entries[owner].converted
-        assert isinstance(rule, DestinationRule)
+        rule = _rule_for(self._entries[owner].converted, host)
         if rule.redirect is not None:
             self._redirects[host] = rule.redirect.host
         else:
@@ -605,6 +699,7 @@ class Normalizer:
             "destination_rules": self._destination_rules,
             "workloads": self._workloads,
             "workload_destination_rules": self._workload_rules,
+            "credentials": self._credentials,
             "gateways": self._gateways,
             "sidecars": self._sidecars,
             **self._security,

@@ -7,7 +7,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 
-from meshagent.testing.kube_store import ApiError
+from meshagent.testing.kube_store import ApiError, field_selector
 
 if TYPE_CHECKING:
     from meshagent.testing.kube_sim import KubeSim, _Target
@@ -85,6 +85,8 @@ def make_handler(sim: KubeSim) -> type[BaseHTTPRequestHandler]:
             store, ns = sim.store, t.namespace or ""
             if t.name is None and method == "GET":
                 items, rev = store.list(t.info, t.namespace)
+                selected = field_selector(t.info, query.get("fieldSelector") or "")
+                items = [i for i in items if selected(i)]
                 list_kind = f"{t.info.kind}List"
                 api_version = f"{t.info.group}/{t.version}" if t.info.group else t.version
                 return 200, {
@@ -144,17 +146,24 @@ def make_handler(sim: KubeSim) -> type[BaseHTTPRequestHandler]:
             rv_text = query.get("resourceVersion") or "0"
             if not rv_text.isdigit():
                 raise ApiError(400, "BadRequest", f"invalid resourceVersion {rv_text!r}")
+            selected = field_selector(t.info, query.get("fieldSelector") or "")
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             try:
-                self._stream(t, int(rv_text), deadline, bookmarks, store)
+                self._stream(t, int(rv_text), deadline, bookmarks, store, selected)
             except OSError:
                 self.close_connection = True
 
         def _stream(
-            self, t: _Target, since: int, deadline: float, bookmarks: bool, store: Any
+            self,
+            t: _Target,
+            since: int,
+            deadline: float,
+            bookmarks: bool,
+            store: Any,
+            selected: Any,
         ) -> None:
             with store.lock:
                 generation = sim._drop_generation
@@ -172,7 +181,8 @@ def make_handler(sim: KubeSim) -> type[BaseHTTPRequestHandler]:
             last_bookmark = time.monotonic()
             while True:
                 for rev, event, obj in pending:
-                    self._chunk(event, _served(obj, t))
+                    if selected(obj):
+                        self._chunk(event, _served(obj, t))
                     since = max(since, rev)
                 now = time.monotonic()
                 if bookmarks and now - last_bookmark >= sim.bookmark_interval_s:

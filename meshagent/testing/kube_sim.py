@@ -2,12 +2,15 @@
 
 It is not Kubernetes: no etcd, no controllers, no admission. It serves, as JSON over HTTP/1.1
 with bearer-token auth, what a watching client depends on: discovery (/version, /api, /apis),
-core/v1 Services (and Namespaces, Nodes, ConfigMaps, ServiceAccounts), discovery.k8s.io/v1
-EndpointSlices, and the Istio CRDs (networking.istio.io v1/v1beta1/v1alpha3, security.istio.io
-v1/v1beta1); namespaced and cluster-wide lists with a list resourceVersion; watches streamed as
-chunked JSON lines (ADDED/MODIFIED/DELETED, BOOKMARK with allowWatchBookmarks, timeoutSeconds,
-ERROR 410 "too old resource version" from a compacted revision); create, replace, merge patch
-and delete of any kind, with metadata.resourceVersion/uid/creationTimestamp/generation.
+core/v1 Services and Secrets (and Namespaces, Nodes, ConfigMaps, ServiceAccounts),
+discovery.k8s.io/v1 EndpointSlices, and the Istio CRDs (networking.istio.io
+v1/v1beta1/v1alpha3, security.istio.io v1/v1beta1); namespaced and cluster-wide lists with a
+list resourceVersion; watches streamed as chunked JSON lines (ADDED/MODIFIED/DELETED, BOOKMARK
+with allowWatchBookmarks, timeoutSeconds, ERROR 410 "too old resource version" from a
+compacted revision); create, replace, merge patch and delete of any kind, with
+metadata.resourceVersion/uid/creationTimestamp/generation; `fieldSelector` on lists and
+watches (metadata.name, metadata.namespace, and a Secret's type); Secrets stored as the API
+server stores them (stringData into base64 data, type Opaque by default and immutable).
 
 Faults for tests: `drop_watches()` cuts every open watch mid-stream, `faults.status` answers
 an HTTP error to matching requests, `compact()` forces 410 Gone on the next watch restart,

@@ -9,11 +9,13 @@ wakes watchers.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +48,7 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("", ("v1",), "Node", "nodes", namespaced=False),
     KindInfo("", ("v1",), "ConfigMap", "configmaps"),
     KindInfo("", ("v1",), "ServiceAccount", "serviceaccounts"),
+    KindInfo("", ("v1",), "Secret", "secrets"),
     KindInfo("discovery.k8s.io", ("v1",), "EndpointSlice", "endpointslices"),
     *(
         KindInfo("networking.istio.io", ISTIO_NET_VERSIONS, k, plural_of(k))
@@ -86,6 +89,44 @@ class ApiError(Exception):
             "reason": self.reason,
             "code": self.code,
         }
+
+
+# Field selectors the API server supports (for every kind: metadata.name and, namespaced,
+# metadata.namespace; a few kinds add their own). All are immutable for these kinds, so a
+# watch filters each event by its object, as the API server's answer would be.
+KIND_FIELDS: dict[str, tuple[str, ...]] = {"Secret": ("type",)}
+Selector = Callable[[Mapping[str, Any]], bool]
+
+
+def field_selector(info: KindInfo, text: str) -> Selector:
+    """A predicate for `fieldSelector` text (`a=b,c!=d`, also `==`); 400 for a field the
+    API server does not index for this kind."""
+    terms: list[tuple[str, bool, str]] = []
+    for term in (t for t in text.split(",") if t):
+        key, op, value = _split_term(term)
+        if key not in ("metadata.name", "metadata.namespace", *KIND_FIELDS.get(info.kind, ())):
+            raise ApiError(400, "BadRequest", f"field label not supported: {key}")
+        terms.append((key, op == "!=", value))
+
+    def matches(obj: Mapping[str, Any]) -> bool:
+        return all((_field(obj, key) == value) != negate for key, negate, value in terms)
+
+    return matches
+
+
+def _split_term(term: str) -> tuple[str, str, str]:
+    for op in ("!=", "==", "="):
+        key, found, value = term.partition(op)
+        if found:
+            return key.strip(), op, value.strip()
+    raise ApiError(400, "BadRequest", f"invalid field selector term {term!r}")
+
+
+def _field(obj: Mapping[str, Any], path: str) -> str:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return "" if value is None else str(value)
 
 
 def kind_of(ref: str) -> KindInfo:
@@ -153,6 +194,8 @@ class KubeStore:
                     f'Operation cannot be fulfilled on {info.plural} "{key[2]}": the object has '
                     "been modified; please apply your changes to the latest version and try again",
                 )
+            if info.kind == "Secret" and body.get("type") != old.get("type"):
+                raise ApiError(422, "Invalid", f'Secret "{key[2]}": type: field is immutable')
             meta, old_meta = body["metadata"], old["metadata"]
             for field in ("uid", "creationTimestamp"):
                 meta[field] = old_meta[field]
@@ -229,6 +272,8 @@ def _prepared(info: KindInfo, ns: str, obj: Mapping[str, Any]) -> dict[str, Any]
     if version not in info.versions:
         version = info.versions[0]
     body["apiVersion"] = f"{info.group}/{version}" if info.group else version
+    if info.kind == "Secret":
+        _secret(body)
     if info.namespaced:
         meta_ns = meta.get("namespace") or ns or "default"
         if ns and meta_ns != ns:
@@ -239,3 +284,27 @@ def _prepared(info: KindInfo, ns: str, obj: Mapping[str, Any]) -> dict[str, Any]
     else:
         meta.pop("namespace", None)
     return body
+
+
+TLS_SECRET_KEYS = ("tls.crt", "tls.key")
+
+
+def _secret(body: dict[str, Any]) -> None:
+    """A Secret as the API server stores it: `stringData` merged into `data` (base64) and
+    never returned, `type` Opaque by default, a kubernetes.io/tls Secret with its two keys."""
+    data = body.get("data") or {}
+    if not isinstance(data, dict):
+        raise ApiError(400, "BadRequest", "Secret: data must be a map")
+    for key, value in data.items():
+        try:
+            base64.b64decode(str(value), validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "BadRequest", f"Secret: data[{key}]: illegal base64") from None
+    for key, value in (body.pop("stringData", None) or {}).items():
+        data[key] = base64.b64encode(str(value).encode()).decode()
+    body["data"] = data
+    body["type"] = body.get("type") or "Opaque"
+    if body["type"] == "kubernetes.io/tls":
+        missing = [k for k in TLS_SECRET_KEYS if k not in data]
+        if missing:
+            raise ApiError(422, "Invalid", f"Secret: data[{missing[0]}]: Required value")

@@ -69,6 +69,7 @@ class Resource:
 _make_resource = slots_constructor(Resource, "name", "version", "type_url", "value", "_body")
 _NO_CHANGES: Mapping[str, frozenset[str]] = MappingProxyType({})
 _NO_DUPLICATES: Mapping[str, Mapping[str, tuple[Resource, ...]]] = MappingProxyType({})
+_NO_PATCHES: Mapping[tuple[str, str], tuple[str, ...]] = MappingProxyType({})
 _blake2b = hashlib.blake2b
 _SEEDED: dict[str, hashlib.blake2b] = {}
 _VALUE_HEADS: dict[int, bytes] = {}
@@ -121,6 +122,11 @@ class ResourceSet:
     duplicates: Mapping[str, Mapping[str, tuple[Resource, ...]]] = field(
         default_factory=lambda: _NO_DUPLICATES, compare=False, repr=False
     )
+    # (type URL, name) -> the EnvoyFilters/WasmPlugins ("EnvoyFilter/ns/name (file:line)")
+    # that changed or added the resource (xds/envoyfilter), for attribution.
+    patched_by: Mapping[tuple[str, str], tuple[str, ...]] = field(
+        default_factory=lambda: _NO_PATCHES, compare=False, repr=False
+    )
 
     def of(self, type_url: str) -> Mapping[str, Resource]:
         return self.by_type.get(type_url, MappingProxyType({}))
@@ -144,6 +150,7 @@ class ResourceSet:
         by_type: Mapping[str, Mapping[str, Resource]],
         changed: Mapping[str, frozenset[str]],
         duplicates: Mapping[str, Mapping[str, tuple[Resource, ...]]] = _NO_DUPLICATES,
+        patched_by: Mapping[tuple[str, str], tuple[str, ...]] | None = None,
     ) -> ResourceSet:
         """A set that differs from base exactly by changed (see the class docstring)."""
         return cls(
@@ -151,6 +158,7 @@ class ResourceSet:
             changed=MappingProxyType({t: n for t, n in changed.items() if n}),
             base_ref=weakref.ref(base),
             duplicates=duplicates,
+            patched_by=_NO_PATCHES if patched_by is None else patched_by,
         )
 
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from meshagent.agent.admin import AdminServer
+from meshagent.agent.admin import AdminServer, Request
 from meshagent.insight.offline import build
 from meshagent.insight.pages import install_insight_pages
 from meshagent.model.identity import Identity
@@ -36,7 +36,7 @@ def pages(agent: Agent) -> AdminServer:
 
 
 async def get(admin: AdminServer, target: str) -> tuple[int, bytes]:
-    response = await admin._respond("GET", target)
+    response = await admin._respond(Request("GET", target, {}))
     return response.status, response.body
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from meshagent.model.construct import slots_constructor
+from meshagent.model.extensions import EnvoyFilter, WasmPlugin
 from meshagent.model.gateway import Gateway
 from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
@@ -18,6 +19,7 @@ from meshagent.model.sidecar import Sidecar
 from meshagent.model.source import Provenance, RawResource
 from meshagent.model.traffic import DestinationRule
 from meshagent.normalize.convert.context import Context
+from meshagent.normalize.convert.extensions import convert_envoy_filter, convert_wasm_plugin
 from meshagent.normalize.convert.gateway import convert_gateway
 from meshagent.normalize.convert.requestauthn import convert_request_authentication
 from meshagent.normalize.convert.routing import convert_virtual_service
@@ -45,6 +47,8 @@ Converted = (
     | RequestAuthn
     | Gateway
     | Sidecar
+    | EnvoyFilter
+    | WasmPlugin
 )
 
 _CONVERTERS: dict[str, Any] = {
@@ -58,15 +62,18 @@ _CONVERTERS: dict[str, Any] = {
     "Gateway": convert_gateway,
     "Sidecar": convert_sidecar,
 }
+# Converters that report problems of their own (they take the issues and the creation time).
+_REPORTING_CONVERTERS: dict[str, Any] = {
+    "EnvoyFilter": convert_envoy_filter,
+    "WasmPlugin": convert_wasm_plugin,
+}
 
 
 # Kinds that validate but have no converter yet, and what the warning says about them.
 NOT_TRANSLATED = {
     "WorkloadGroup": "WorkloadGroup is validated; only WorkloadEntry auto-registration reads it",
-    "EnvoyFilter": "EnvoyFilter is validated but not translated yet: it has no effect",
     "ProxyConfig": "ProxyConfig is validated but not translated yet: it has no effect",
     "Telemetry": "Telemetry is validated but not translated yet: it has no effect",
-    "WasmPlugin": "WasmPlugin is validated but not translated yet: it has no effect",
 }
 
 
@@ -85,7 +92,8 @@ def convert(
     """
     issues = Issues()
     converter = _CONVERTERS.get(raw.kind)
-    if converter is None:
+    reporting = _REPORTING_CONVERTERS.get(raw.kind)
+    if converter is None and reporting is None:
         if raw.kind in NOT_TRANSLATED:
             issues.warn("kind", NOT_TRANSLATED[raw.kind])
         return None, issues
@@ -95,8 +103,14 @@ def convert(
         raw.source, raw.provenance.location, raw.kind, namespace, raw.name
     )
     ctx = _make_context(namespace, domain_suffix, provenance)
+    spec = raw.body.get("spec") or {}
     try:
-        result: Converted | None = converter(raw.name, raw.body.get("spec") or {}, ctx)
+        if reporting is not None:
+            created = str((raw.body.get("metadata") or {}).get("creationTimestamp") or "")
+            result: Converted | None = reporting(raw.name, spec, ctx, issues, created)
+        else:
+            assert converter is not None
+            result = converter(raw.name, spec, ctx)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         issues.error("spec", f"cannot convert ({type(exc).__name__}: {exc})")
         return None, issues

@@ -18,9 +18,11 @@ from meshagent.errors import ConfigError, MeshAgentError
 from meshagent.model import MeshSnapshot, ProxySpec
 from meshagent.model.proxy import ROUTER
 from meshagent.xds import typeurls
+from meshagent.xds.envoyfilter import PatchStage
 from meshagent.xds.resources import Resource, ResourceSet
 from meshagent.xds.translate.assemble import Assembler, Output
 from meshagent.xds.translate.context import Context, MeshIndex, changes_between
+from meshagent.xds.translate.credential_secrets import ClusterCredentialSecretsGenerator
 from meshagent.xds.translate.gateway import (
     GatewayListenersGenerator,
     GatewayPlanCache,
@@ -63,6 +65,7 @@ def _generators() -> list[Generator]:
     return [
         SecretsGenerator(),
         GatewaySecretsGenerator(gateways),
+        ClusterCredentialSecretsGenerator(gateways),
         ClustersGenerator(plans),
         InboundClustersGenerator(),
         PassthroughClustersGenerator(),
@@ -109,6 +112,7 @@ class Translator:
         self._generators = make_generators()
         self._index: MeshIndex | None = None
         self._assembler = Assembler()
+        self._patches = PatchStage()  # EnvoyFilters and WasmPlugins, after assembly
         self._snapshot: MeshSnapshot | None = None
         self._proxy: ProxySpec | None = None
         self._scope = ScopedView()
@@ -132,6 +136,10 @@ class Translator:
                 _NOTHING if skip else _run(generator, ctx)
             )
         result = self._assembler.assemble(outputs)
+        try:
+            result = self._patches.apply(result, snapshot, proxy)
+        except Exception as error:
+            raise TranslationError("envoyfilter", error) from error
         self._snapshot, self._proxy = snapshot, proxy
         return result
 

@@ -22,6 +22,7 @@ from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 
 from meshagent.model import Diagnostic, MeshSnapshot, Provenance, ProxySpec
+from meshagent.model.gateway import Gateway, GatewayServer
 from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
 from meshagent.xds.translate import protos
@@ -177,6 +178,13 @@ class GatewaySecretsGenerator:
         return self._last
 
 
+def _server_field(gateway: Gateway, server: GatewayServer) -> str:
+    """Where a server is written: Istio's `spec.servers[i]`; a Consul gateway entry's
+    server names its own field path (`Listeners[0]`, ...) in name."""
+    consul = gateway.provenance is not None and gateway.provenance.source == "consul"
+    return server.name if consul and server.name else f"spec.servers[{server.index}]"
+
+
 def gateway_diagnostics(plan: GatewayPlan) -> list[Diagnostic]:
     """A located warning for each server the plan leaves out, naming its Gateway."""
     out = []
@@ -190,7 +198,7 @@ def gateway_diagnostics(plan: GatewayPlan) -> list[Diagnostic]:
                 location=provenance.location if provenance is not None else "",
                 kind=provenance.kind if provenance is not None and provenance.kind else "Gateway",
                 name=gateway.key,
-                field=f"spec.servers[{server.index}]",
+                field=_server_field(gateway, server),
                 reason=f"server on port {server.port} left out: {problem.reason}",
             )
         )

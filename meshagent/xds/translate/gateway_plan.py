@@ -168,12 +168,13 @@ def credential_key(credential_name: str, proxy: ProxySpec) -> str:
 def _ca_of(
     credentials: Mapping[str, Credential], key: str, credential: Credential
 ) -> Credential | None:
-    """The credential holding key's CA bundle: its own `ca.crt`/`cacert`, else Istio's
-    separate `<name>-cacert` Secret."""
-    if credential.ca_cert_pem:
-        return credential
+    """The credential holding key's CA bundle, in Istio's order (its GetCaCert): a separate
+    `<name>-cacert` credential when one exists (and only it, even without a CA), else the
+    credential's own `ca.crt`/`cacert`."""
     separate = credentials.get(key + names.CA_CREDENTIAL_SUFFIX)
-    return separate if separate is not None and separate.ca_cert_pem else None
+    if separate is not None:
+        return separate if separate.ca_cert_pem else None
+    return credential if credential.ca_cert_pem else None
 
 
 def _tls_needs(
@@ -183,8 +184,12 @@ def _tls_needs(
     tls = server.tls
     if tls is None or not is_tls_server(server) or is_passthrough(server):
         return [], ""
+    if proxy.certificates and (tls.mode == ISTIO_MUTUAL or tls.workload_certificate):
+        return [], ""
     if tls.mode == ISTIO_MUTUAL:
-        return [], "" if proxy.certificates else "ISTIO_MUTUAL needs workload certificates (ca:)"
+        return [], "ISTIO_MUTUAL needs workload certificates (ca:)"
+    if tls.workload_certificate:
+        return [], "TLS with the router's workload certificate needs one (ca: and a workload)"
     listed = tls.credentials
     if tls.mode not in (SIMPLE, *_WITH_CA) or not listed:
         return [], ""  # certificate files on the host (serverCertificate/privateKey)

@@ -9,7 +9,7 @@ ClusterLoadAssignment can never disagree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from operator import attrgetter
 
@@ -28,7 +28,7 @@ from meshagent.model import (
     TrafficPolicy,
 )
 from meshagent.model.construct import slots_constructor
-from meshagent.model.proxy import ProxySpec
+from meshagent.model.proxy import ROUTER, ProxySpec
 from meshagent.xds import names
 from meshagent.xds.translate.locality import LocalityPlan, locality_plan
 
@@ -116,6 +116,20 @@ def effective_policy(rule: DestinationRule | None, subset: str, port: int) -> Ef
     return merged
 
 
+def _credential_scope(
+    policy: EffectivePolicy, rule: DestinationRule, proxy: ProxySpec | None
+) -> EffectivePolicy:
+    """policy without its tls.credentialName where Istio ignores it: credentialName applies
+    at gateways (routers), and at sidecars only from a rule with a workloadSelector; other
+    sidecars keep to the certificate files of the rule."""
+    tls = policy.tls
+    if tls is None or not tls.credential_name:
+        return policy
+    if rule.workload_selector is not None or (proxy is not None and proxy.proxy_type == ROUTER):
+        return policy
+    return replace(policy, tls=replace(tls, credential_name=""))
+
+
 def discovery_for(service: Service, policy: EffectivePolicy) -> Discovery:
     """The discovery type: from the resolution, unless the rule asks for pass-through."""
     lb = policy.load_balancer
@@ -132,7 +146,7 @@ def _plan(
     labels: Labels,
     proxy: ProxySpec | None,
 ) -> ClusterPlan:
-    policy = effective_policy(rule, subset, port.number)
+    policy = _credential_scope(effective_policy(rule, subset, port.number), rule, proxy)
     failover = rule.failover_for(subset or rule.default_subset)
     discovery = discovery_for(service, policy)
     locality = None

@@ -1,9 +1,11 @@
 """Upstream TLS for outbound clusters, from a DestinationRule's tls settings.
 
 DISABLE (and no setting at all) means plaintext. SIMPLE and MUTUAL originate TLS with the
-files named in the rule. ISTIO_MUTUAL is the mesh's own mTLS, with certificates over SDS from
-the agent's CA; it is also the default ("auto mTLS") for mesh-internal services once the proxy
-has certificates. Without certificates, such clusters stay plaintext.
+files named in the rule, or with the credential its credentialName names (served over SDS;
+where Istio honours credentialName is decided in policy.py). ISTIO_MUTUAL is the mesh's own
+mTLS, with certificates over SDS from the agent's CA; it is also the default ("auto mTLS") for
+mesh-internal services once the proxy has certificates. Without certificates, such clusters
+stay plaintext.
 """
 
 from __future__ import annotations
@@ -150,11 +152,35 @@ def _common_context(tls: ClientTls) -> tls_pb2.CommonTlsContext:
     return context
 
 
+def _credential_context(tls: ClientTls) -> tls_pb2.CommonTlsContext:
+    """TLS from a credentialName, over SDS by Istio's names: MUTUAL presents the credential's
+    certificate (`kubernetes://<name>`); the server is checked against its CA bundle
+    (`kubernetes://<name>-cacert`: a `<name>-cacert` credential, else the CA of `<name>`) and
+    the rule's SANs, unless insecureSkipVerify. The secrets are served from the snapshot's
+    credentials, so a rotation changes a secret, never the cluster."""
+    context = tls_pb2.CommonTlsContext()
+    name = tls.credential_name
+    if tls.mode == "MUTUAL":
+        context.tls_certificate_sds_secret_configs.append(
+            sds_config(names.credential_secret_name(name))
+        )
+    if not tls.insecure_skip_verify:
+        combined = context.combined_validation_context
+        combined.default_validation_context.match_typed_subject_alt_names.extend(
+            _san_matcher(s) for s in tls.subject_alt_names
+        )
+        combined.validation_context_sds_secret_config.CopyFrom(
+            sds_config(names.credential_ca_secret_name(name))
+        )
+    return context
+
+
 def _origination_socket(tls: ClientTls, plan: ClusterPlan) -> base_pb2.TransportSocket:
     # Without an explicit SNI, name the host: most TLS servers need SNI to pick a certificate.
     host = plan.service.host
     sni = tls.sni or ("" if host.startswith("*") else host)
-    context = tls_pb2.UpstreamTlsContext(sni=sni, common_tls_context=_common_context(tls))
+    common = _credential_context(tls) if tls.credential_name else _common_context(tls)
+    context = tls_pb2.UpstreamTlsContext(sni=sni, common_tls_context=common)
     return base_pb2.TransportSocket(
         name=protos.TLS_TRANSPORT_SOCKET, typed_config=protos.packed(context)
     )

@@ -1,0 +1,108 @@
+"""Envoy API messages by type name, shared by the normalizer (EnvoyFilter patch values, Envoy
+JSON/YAML with "@type" Anys) and the translator's patch stage (merging inside Anys).
+
+A value is parsed strictly with protobuf's json_format against the xds-protos descriptors,
+as Istio's validation does (BuildXDSObjectFromStruct, strict): an unknown field or type is
+an error that names the field. The message types an "@type" names are imported on demand:
+every generated module of the type's package directory, once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from google.protobuf import descriptor_pool, json_format
+from google.protobuf.message import Message
+
+# applyTo -> the Envoy message a patch value of it is (Istio's xds.BuildXDSObjectFromStruct).
+VALUE_TYPES: Mapping[str, tuple[str, str]] = {
+    "LISTENER": ("envoy.config.listener.v3.listener_pb2", "Listener"),
+    "FILTER_CHAIN": ("envoy.config.listener.v3.listener_components_pb2", "FilterChain"),
+    "NETWORK_FILTER": ("envoy.config.listener.v3.listener_components_pb2", "Filter"),
+    "LISTENER_FILTER": ("envoy.config.listener.v3.listener_components_pb2", "ListenerFilter"),
+    "HTTP_FILTER": (
+        "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
+        "HttpFilter",
+    ),
+    "ROUTE_CONFIGURATION": ("envoy.config.route.v3.route_pb2", "RouteConfiguration"),
+    "VIRTUAL_HOST": ("envoy.config.route.v3.route_components_pb2", "VirtualHost"),
+    "HTTP_ROUTE": ("envoy.config.route.v3.route_components_pb2", "Route"),
+    "CLUSTER": ("envoy.config.cluster.v3.cluster_pb2", "Cluster"),
+    "EXTENSION_CONFIG": ("envoy.config.core.v3.extension_pb2", "TypedExtensionConfig"),
+    "BOOTSTRAP": ("envoy.config.bootstrap.v3.bootstrap_pb2", "Bootstrap"),
+}
+
+_loaded_packages: set[str] = set()
+
+
+class PatchValueError(Exception):
+    """A patch value that is not the Envoy message its applyTo needs."""
+
+
+def message_class(apply_to: str) -> type[Message]:
+    """The generated class of applyTo's patch values."""
+    module, name = VALUE_TYPES[apply_to]
+    cls: type[Message] = getattr(importlib.import_module(module), name)
+    return cls
+
+
+def _type_urls(value: Any) -> Iterator[str]:
+    if isinstance(value, Mapping):
+        found = value.get("@type")
+        if isinstance(found, str):
+            yield found
+        for item in value.values():
+            yield from _type_urls(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _type_urls(item)
+
+
+def load_type(type_url: str) -> bool:
+    """Import the generated modules of type_url's package (once); whether the type is known."""
+    full_name = type_url.rsplit("/", 1)[-1]
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindMessageTypeByName(full_name)
+        return True
+    except KeyError:
+        pass
+    package = full_name.rpartition(".")[0]
+    if package and package not in _loaded_packages:
+        _loaded_packages.add(package)
+        try:
+            parent = importlib.import_module(package)
+        except ImportError:
+            return False
+        for info in pkgutil.iter_modules(getattr(parent, "__path__", [])):
+            if info.name.endswith("_pb2"):
+                try:
+                    importlib.import_module(f"{package}.{info.name}")
+                except ImportError:  # a generated module with a missing dependency
+                    continue
+    try:
+        pool.FindMessageTypeByName(full_name)
+    except KeyError:
+        return False
+    return True
+
+
+def parse_value(apply_to: str, value: Mapping[str, Any]) -> Message:
+    """value as applyTo's Envoy message; PatchValueError says why it is not one."""
+    for type_url in _type_urls(value):
+        if not load_type(type_url):
+            raise PatchValueError(f"unknown type {type_url!r}: not an Envoy API type of this Envoy")
+    message = message_class(apply_to)()
+    try:
+        json_format.ParseDict(dict(value), message)
+    except (json_format.ParseError, TypeError, ValueError) as exc:
+        raise PatchValueError(str(exc).split("\n Available Fields")[0].strip()) from exc
+    return message
+
+
+def serialize(message: Message) -> bytes:
+    """The deterministic serialization the model keeps."""
+    return message.SerializeToString(deterministic=True)
