@@ -222,6 +222,8 @@ def explain(view: View, name: str, kind: str | None = None) -> Explanation:
         raise ExplainError(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
     if not served and not found.inputs:
         raise ExplainError(f"no {kind} {name!r} is served to this host's Envoy")
+    if kind != "endpoint":
+        _patches(view, KINDS[kind], name.split("/", 1)[0] if kind == "route" else name, found)
     if view.sidecar is not None:
         found.add(_input("sidecar (scopes what this proxy sees)", view, view.sidecar, ()))
     if not found.inputs and not found.notes:
@@ -341,6 +343,14 @@ def _attributed(view: View, type_url: str, name: str, found: _Found) -> None:
     for origin in attribution.origins(view.snapshot, view.proxy, type_url, name):
         ref, _, location = origin.partition(" (")
         found.add(Input("input", ref, location.rstrip(")")))
+
+
+def _patches(view: View, type_url: str, name: str, found: _Found) -> None:
+    """The EnvoyFilters and WasmPlugins that changed or added the resource (after
+    translation, so what they did is not in the documents' fields above)."""
+    for origin in view.resources.patched_by.get((type_url, name), ()):
+        ref, _, location = origin.partition(" (")
+        found.add(Input("patched by", ref, location.rstrip(")")))
 
 
 # -- clusters and endpoints ------------------------------------------------------------------

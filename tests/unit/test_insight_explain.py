@@ -209,3 +209,22 @@ def test_a_conflict_between_sources_names_the_rule(tmp_path: Path) -> None:
     assert conflict.winner == f"ServiceEntry/default/reviews ({tmp_path}/web.yaml:1)"
     assert conflict.losers == ("ConsulService/web (consul index 7)",)
     assert "sources.consul.precedence" in conflict.rule
+
+
+PATCH = """\
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: timeouts, namespace: istio-system}
+spec:
+  configPatches:
+  - applyTo: CLUSTER
+    match: {context: SIDECAR_OUTBOUND}
+    patch: {operation: MERGE, value: {connect_timeout: 9s}}
+"""
+
+
+def test_an_envoy_filter_that_patched_the_resource_is_named(tmp_path: Path) -> None:
+    root = mesh(tmp_path, se=SERVICE, dr=RULE, ef=PATCH)
+    found = offline(root, f"outbound|9080|v1|{HOST}")
+    patched = [(i.ref, i.location) for i in found.inputs if i.role == "patched by"]
+    assert patched == [("EnvoyFilter/istio-system/timeouts", f"{root}/ef.yaml:1")]
