@@ -228,3 +228,20 @@ def test_an_envoy_filter_that_patched_the_resource_is_named(tmp_path: Path) -> N
     found = offline(root, f"outbound|9080|v1|{HOST}")
     patched = [(i.ref, i.location) for i in found.inputs if i.role == "patched by"]
     assert patched == [("EnvoyFilter/istio-system/timeouts", f"{root}/ef.yaml:1")]
+
+
+SIDECAR = """\
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  egress:
+  - hosts: ["./*"]
+"""
+
+
+def test_the_sidecar_that_scopes_the_proxy_is_named(tmp_path: Path) -> None:
+    root = mesh(tmp_path, se=SERVICE, sc=SIDECAR)
+    found = offline(root, f"outbound|9080||{HOST}")
+    [sidecar] = [i for i in found.inputs if i.role.startswith("sidecar")]
+    assert (sidecar.ref, sidecar.location) == ("Sidecar/default/default", f"{root}/sc.yaml:1")
