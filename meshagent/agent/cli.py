@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     from meshagent.capture.cli import add_parsers as add_capture_parsers
 
     add_capture_parsers(sub)  # capture apply|remove|print
+    from meshagent.insight.explain_cli import add_parsers as add_insight_parsers
+
+    add_insight_parsers(sub)  # explain, diff
     from meshagent.insight.cli import add_parser as add_analyze_parser
 
     add_analyze_parser(sub)  # analyze
@@ -107,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from meshagent.onboard import vm_cli
 
             return vm_cli.run(args)
+        if args.command in ("explain", "diff"):
+            from meshagent.insight import explain_cli
+
+            return explain_cli.run(args, sys.stdout, sys.stderr)
         if args.command == "dev":
             return _dev(args)
         if args.command == "analyze":

@@ -41,6 +41,7 @@ from meshagent.agent.sdnotify import SystemdNotifier
 from meshagent.agent.telemetry_warnings import TelemetryWarnings
 from meshagent.errors import MeshAgentError
 from meshagent.gcpause import paused_gc, release_free_memory
+from meshagent.insight.pages import install_insight_pages
 from meshagent.model.identity import WorkloadCertificate
 from meshagent.model.proxy import ROUTER, ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
@@ -276,6 +277,7 @@ class Agent:
         self.admin.pages["/debug/analyze"] = lambda: Response.json(200, self.analysis.report())
         install_merged_scrape(self.admin, self.metrics, lambda: self.config)
         self.metrics.envoy.watch(self._envoy_state)
+        install_insight_pages(self.admin, self)
         await self.admin.start()
         cfg.xds.uds.parent.mkdir(parents=True, exist_ok=True)
         observer = ConvergenceObserver(self.metrics, self.convergence, self._nacked)
@@ -970,6 +972,11 @@ class Agent:
     def reload_in_background(self) -> None:
         """Start a reload (as SIGHUP does) without waiting for it."""
         self._reload_in_background()
+
+    @property
+    def proxy(self) -> ProxySpec:
+        """The local proxy as the translator sees it (with its certificates)."""
+        return self._proxy
 
     def served_resources(self) -> ResourceSet:
         """What the cache serves the local Envoy now."""

@@ -1,5 +1,3 @@
-"""Operator insight: whole-configuration analysis (`meshagent analyze`, /debug/analyze).
-
-It reads what the other layers produced (the MeshSnapshot, the provenance of its objects, the
-accepted raw documents and the normalizer's diagnostics) and never re-implements translation.
-"""
+"""Operator insight: what the configuration means for this host's Envoy (analyze, explain,
+diff). Reads the snapshot, its provenance, the accepted documents and the ResourceSet; never
+translates on its own."""

@@ -227,7 +227,7 @@ def analyze_paths(
     """Analyze the mesh files under paths; (messages, file-level errors)."""
     from meshagent.adapters.files import find_config_files
     from meshagent.agent.daemon import mesh_file_loader
-    from meshagent.normalize.normalizer import Normalizer
+    from meshagent.insight.offline import normalizer_for
 
     missing = [p for p in paths if not p.exists() and str(p) != STDIN]
     if missing:
@@ -237,11 +237,11 @@ def analyze_paths(
         files.append(Path(STDIN))
     resources, diagnostics = _load(files, mesh_file_loader)
     file_errors = _unparsed(diagnostics)
-    normalizer = Normalizer(
-        domain_suffix=domain_suffix or (config.domain_suffix if config else "cluster.local"),
-        default_namespace=namespace or (config.node.namespace if config else "default"),
-        root_namespace=config.root_namespace if config else "istio-system",
-    )
+    normalizer = normalizer_for(config)  # as the agent of config sets up its own
+    if domain_suffix:
+        normalizer.domain_suffix = domain_suffix
+    if namespace:
+        normalizer.default_namespace = namespace
     snapshot, found = normalizer.apply([SourceEvent("files", upserts=tuple(resources))])
     inp = AnalysisInput(
         snapshot=snapshot,
