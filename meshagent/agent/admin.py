@@ -20,7 +20,7 @@ import inspect
 import json
 import os
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -36,7 +36,7 @@ MAX_REQUEST_BYTES = 8192
 REQUEST_TIMEOUT_S = 5.0
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 # What the TCP port serves; everything else only on the Unix socket.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/stats/prometheus"})
 SOCKET_MODE = 0o660
 
 
@@ -59,8 +59,24 @@ class Response:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a request page gets: the method, the target (path and query) and the headers
+    (names lower-cased; a repeated header keeps its last value)."""
+
+    method: str
+    target: str
+    headers: Mapping[str, str]
+
+    @property
+    def query(self) -> str:
+        return self.target.partition("?")[2]
+
+
 # A page may be a coroutine function, for pages that wait on I/O (e.g. /envoy/stats).
 Page = Callable[[], Response | Awaitable[Response]]
+# A page that reads the request (headers, query), e.g. the merged /stats/prometheus.
+RequestPage = Callable[[Request], Awaitable[Response]]
 # POST handlers get the query string's parameters (last value wins).
 Action = Callable[[dict[str, str]], Response | Awaitable[Response]]
 
@@ -86,6 +102,7 @@ class AdminServer:
         self.socket_path = socket_path
         self.pages = dict(pages)
         self.actions: dict[str, Action] = {}
+        self.request_pages: dict[str, RequestPage] = {}
         self._server: asyncio.Server | None = None
         self._unix: asyncio.Server | None = None
         self._socket_inode = 0
@@ -137,11 +154,12 @@ class AdminServer:
     ) -> None:
         try:
             try:
-                method, path = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT_S)
+                request = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT_S)
+                method, path = request.method, request.target
                 if public and _path_of(path) not in PUBLIC_PATHS:
                     response = self._not_public(_path_of(path))
                 else:
-                    response = await self._respond(method, path)
+                    response = await self._respond(request)
             except _BadRequest as exc:
                 method, response = "GET", Response.text(exc.status, f"{exc}\n")
             except TimeoutError:
@@ -157,7 +175,7 @@ class AdminServer:
                 await writer.wait_closed()
 
     def _not_public(self, path: str) -> Response:
-        if path not in self.pages and path not in self.actions:
+        if path not in self.pages and path not in self.actions and path not in self.request_pages:
             return Response.text(404, "not found\n")
         where = f" {self.socket_path}" if self.socket_path is not None else ""
         return Response.text(
@@ -166,8 +184,9 @@ class AdminServer:
             "group); use `meshagent status` / `proxy-config`, or curl --unix-socket\n",
         )
 
-    async def _respond(self, method: str, target: str) -> Response:
-        answer = self._dispatch(method, target)
+    async def _respond(self, request: Request) -> Response:
+        target = request.target
+        answer = self._dispatch(request)
         if not inspect.isawaitable(answer):
             return answer
         try:
@@ -176,7 +195,8 @@ class AdminServer:
             log.exception("admin_page_failed", path=target)
             return Response.text(500, "internal error\n")
 
-    def _dispatch(self, method: str, target: str) -> Response | Awaitable[Response]:
+    def _dispatch(self, request: Request) -> Response | Awaitable[Response]:
+        method, target = request.method, request.target
         path, _, query = target.partition("?")
         if method == "POST" and path in self.actions:
             action = self.actions[path]
@@ -186,6 +206,9 @@ class AdminServer:
             return Response.text(405, "only GET is supported here\n")
         elif path in self.pages:
             call = self.pages[path]
+        elif path in self.request_pages:
+            page = self.request_pages[path]
+            call = lambda: page(request)  # noqa: E731
         else:
             return Response.text(404, "not found\n")
         try:
@@ -227,22 +250,29 @@ def _remove_own_socket(path: Path, inode: int) -> None:
             os.unlink(path)
 
 
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
-    """The method and target of one request; its headers are read and ignored."""
+async def _read_request(reader: asyncio.StreamReader) -> Request:
+    """The method, target and headers of one request."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.LimitOverrunError:
         raise _BadRequest(431, "request too large") from None
     except asyncio.IncompleteReadError:
         raise _BadRequest(400, "incomplete request") from None
+    request_line, *header_lines = head[:-4].split(b"\r\n")
     try:
-        request_line = head.split(b"\r\n", 1)[0].decode("ascii")
+        parts = request_line.decode("ascii").split(" ")
     except UnicodeDecodeError:
         raise _BadRequest(400, "request line is not ASCII") from None
-    parts = request_line.split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
         raise _BadRequest(400, "malformed request line")
-    return parts[0], parts[1]
+    if any(ord(c) <= 32 or ord(c) == 127 for c in parts[1]):
+        raise _BadRequest(400, "malformed request target")
+    headers: dict[str, str] = {}
+    for line in header_lines:
+        name, sep, value = line.decode("latin-1").partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return Request(parts[0], parts[1], headers)
 
 
 async def _write(writer: asyncio.StreamWriter, response: Response, *, head_only: bool) -> None:

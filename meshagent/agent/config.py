@@ -47,6 +47,7 @@ slash) are relative to the directory of the config file.
 | `log.level` | `info` | `debug`, `info`, `warning`, `error` |
 | `log.format` | `auto` | `console`, `json`, or `auto` (console on a TTY, JSON otherwise) |
 | `dns.*` | off | the DNS proxy (agent/dns_config.py) |
+| `metrics.*` | merged | `/stats/prometheus` on the admin port (agent/metrics_config.py) |
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from meshagent.agent.capture_config import (
     parse_outbound_traffic_policy,
 )
 from meshagent.agent.dns_config import DnsConfig
+from meshagent.agent.metrics_config import MetricsConfig, check_metrics, parse_metrics
 from meshagent.ca.settings import CaConfig
 from meshagent.durations import EXAMPLES, NS_PER_MS, format_ms, parse_duration_ns
 from meshagent.errors import ConfigError
@@ -214,6 +216,7 @@ class AgentConfig:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     outbound_traffic_policy: str = ALLOW_ANY
     dns: DnsConfig = field(default_factory=DnsConfig)  # `dns:` (agent/dns_config.py)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # agent/metrics_config.py
 
     def proxy_spec(self) -> ProxySpec:
         """What the translator needs to know about the local Envoy."""
@@ -373,6 +376,7 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         "capture",
         "outbound_traffic_policy",
         "dns",
+        "metrics",
     )
     state_dir = _resolve(base, root.get("state_dir", str, "/var/lib/meshagent"))
     config = AgentConfig(
@@ -401,7 +405,9 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
             root.section("outbound_traffic_policy")
         ),
         dns=_dns(root, base),
+        metrics=parse_metrics(root.section("metrics")),
     )
+    check_metrics(root.section("metrics"), config)
     if root.data.get("join") is None:
         return config
     from meshagent.agent.join_config import apply_join, parse_join  # it imports from here

@@ -33,6 +33,7 @@ from meshagent.agent.instancelock import InstanceLock
 from meshagent.agent.lastgood import FILE_NAME, PERSISTED_SOURCES, LastGoodStore
 from meshagent.agent.logs import configure_logging
 from meshagent.agent.metrics import AgentMetrics
+from meshagent.agent.metrics_merge import install_merged_scrape
 from meshagent.agent.opspages import install_ops_pages
 from meshagent.agent.publishing import CONSISTENCY_SOURCE, NACK_SOURCE, NackExplainer
 from meshagent.agent.sdnotify import SystemdNotifier
@@ -260,6 +261,8 @@ class Agent:
             cfg.admin.address, cfg.admin.port, self._pages(), socket_path=cfg.admin.socket
         )
         install_ops_pages(self.admin, self)
+        install_merged_scrape(self.admin, self.metrics, lambda: self.config)
+        self.metrics.envoy.watch(self._envoy_state)
         await self.admin.start()
         cfg.xds.uds.parent.mkdir(parents=True, exist_ok=True)
         observer = ConvergenceObserver(self.metrics, self.convergence, self._nacked)
@@ -862,6 +865,7 @@ class Agent:
             outbound=new.outbound,
             capture=new.capture,
             outbound_traffic_policy=new.outbound_traffic_policy,
+            metrics=new.metrics,
         )
         if new.sources != old.sources:
             for adapter in self._adapter_factory(self.config):
@@ -899,6 +903,12 @@ class Agent:
         """The CA's callback: serve the new certificates (SDS) through a re-translation."""
         self._proxy = dataclasses.replace(self._proxy, certificates=certificates)
         self._spawn(self._publish())
+
+    def _envoy_state(self) -> tuple[bool, int]:
+        """(up, restarts) for the metrics: a managed Envoy's process, else its ADS stream."""
+        if self.envoy is not None:
+            return self.envoy.pid is not None, self.envoy.restarts
+        return self.cache.status(self._proxy.node_id).connected, 0
 
     def _healthy(self) -> bool:
         """The systemd watchdog's view: the processing task is alive."""

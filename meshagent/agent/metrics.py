@@ -1,20 +1,37 @@
 """Prometheus metrics of one agent, and the xDS observer that feeds them.
 
 Each Agent has its own CollectorRegistry (not prometheus_client's global one), so that tests
-can run several agents in one process.
+can run several agents in one process. No `_created` series: prometheus_client's are turned off
+for the process (they double the series count and Prometheus does not use them). The process
+metrics are `meshagent_process_*`, not `process_*`, so that they never clash with the
+application's own in the merged scrape (Istio's agent likewise names its `istio_agent_process_*`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import platform
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from meshagent import __version__
 from meshagent.model.source import Diagnostic
 from meshagent.xds.typeurls import SHORT_NAMES
 
 log = structlog.get_logger("meshagent.xds")
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # for the whole process: collection time reads this switch
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -103,6 +120,12 @@ class AgentMetrics:
             ["identity"],
             registry=r,
         )
+        self.cert_expiry_timestamp = Gauge(
+            "meshagent_cert_expiry_timestamp_seconds",
+            "When a local workload certificate expires (Unix time, its notAfter)",
+            ["identity"],
+            registry=r,
+        )
 
         # Rollout gates (issue 11): reloads the agent refused (its config keeps running), and
         # how many resources (or files, platform addresses) have a current error, per source.
@@ -118,6 +141,36 @@ class AgentMetrics:
             registry=r,
         )
         self._invalid_sources: set[str] = set()
+
+        # Issue 16: process, build and Envoy; and the merged scrape (/stats/prometheus).
+        ProcessCollector(namespace="meshagent", registry=r)
+        Info("meshagent_build", "The agent's version", registry=r).info(
+            {"version": __version__, "python_version": platform.python_version()}
+        )
+        self.envoy = EnvoyCollector()
+        r.register(self.envoy)
+        self.scrapes = Counter(
+            "meshagent_scrapes", "Merged scrapes served (/stats/prometheus)", registry=r
+        )
+        self.scrape_failures = Counter(
+            "meshagent_scrape_failures",
+            "Parts of the merged scrape that could not be fetched (each is left out)",
+            ["target"],
+            registry=r,
+        )
+        self.scrape_target_up = Gauge(
+            "meshagent_scrape_target_up",
+            "1 when the last merged scrape got this part, 0 when it failed",
+            ["target"],
+            registry=r,
+        )
+        self.scrape_conflicts = Counter(
+            "meshagent_scrape_conflicts",
+            "Metric families left out of the merged scrape: their name was taken by an "
+            "earlier part",
+            ["target"],
+            registry=r,
+        )
 
     def set_invalid(self, counts: Mapping[str, int]) -> None:
         """meshagent_invalid_resources from a per-source count; sources not in counts are 0."""
@@ -141,6 +194,41 @@ class AgentMetrics:
     def exposition(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)
+
+
+EnvoyState = Callable[[], tuple[bool, int]]
+
+
+class EnvoyCollector:
+    """meshagent_envoy_up and meshagent_envoy_restarts_total, read at scrape time from the
+    function the daemon gives `watch` ((up, restarts)); nothing until then."""
+
+    def __init__(self) -> None:
+        self._state: EnvoyState | None = None
+
+    def watch(self, state: EnvoyState) -> None:
+        """Read Envoy's state from `state` from now on."""
+        self._state = state
+
+    def describe(self) -> list[Metric]:
+        return list(self._families(False, 0))
+
+    def collect(self) -> Iterator[Metric]:
+        if self._state is not None:
+            yield from self._families(*self._state())
+
+    @staticmethod
+    def _families(up: bool, restarts: int) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "meshagent_envoy_up",
+            "1 when the local Envoy runs (a managed one: its process; else its ADS stream)",
+            value=1 if up else 0,
+        )
+        yield CounterMetricFamily(
+            "meshagent_envoy_restarts",
+            "Times the agent restarted the Envoy it manages after it exited",
+            value=restarts,
+        )
 
 
 class MetricsObserver:

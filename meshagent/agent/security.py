@@ -56,6 +56,7 @@ class _Metrics:
                 lambda: self._not_after[key] - time.time()
             )
         self._not_after[key] = not_after
+        self.metrics.cert_expiry_timestamp.labels(identity=key).set(not_after)
 
     def served(self, outcome: str, reason: str) -> None:
         if outcome == "issued":

@@ -281,6 +281,26 @@ def test_mutual_without_a_ca_is_left_out_and_a_separate_cacert_credential_counts
     assert cert.tls_certificate.certificate_chain.inline_string == "CHAIN admin-cert"
 
 
+def test_a_separate_cacert_credential_wins_over_the_credentials_own_ca() -> None:
+    # Istio's GetCaCert reads `<name>-cacert` first and the credential's own CA only when
+    # there is no such Secret.
+    snapshot = _snapshot(
+        GATEWAY,
+        shop_cert=_credential("shop-cert"),
+        admin_cert=_credential("admin-cert", "OWN CA"),
+        admin_cert_cacert=Credential("edge", "admin-cert-cacert", ca_cert_pem="SEPARATE CA"),
+    )
+    resources = generate(snapshot, ROUTER_PROXY)
+    ca = _unpack(resources, typeurls.SECRET, "kubernetes://admin-cert-cacert", secret_pb2.Secret)
+    assert ca.validation_context.trusted_ca.inline_string == "SEPARATE CA"
+    own = _snapshot(
+        GATEWAY, shop_cert=_credential("shop-cert"), admin_cert=_credential("admin-cert", "OWN CA")
+    )
+    resources = generate(own, ROUTER_PROXY)
+    ca = _unpack(resources, typeurls.SECRET, "kubernetes://admin-cert-cacert", secret_pb2.Secret)
+    assert ca.validation_context.trusted_ca.inline_string == "OWN CA"
+
+
 def test_istio_mutual_uses_the_workload_certificate() -> None:
     gateway = GATEWAY.replace("mode: SIMPLE, credentialName: shop-cert", "mode: ISTIO_MUTUAL")
     snapshot = _snapshot(gateway, admin_cert=_credential("admin-cert", "CA"))

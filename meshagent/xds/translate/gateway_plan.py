@@ -168,12 +168,13 @@ def credential_key(credential_name: str, proxy: ProxySpec) -> str:
 def _ca_of(
     credentials: Mapping[str, Credential], key: str, credential: Credential
 ) -> Credential | None:
-    """The credential holding key's CA bundle: its own `ca.crt`/`cacert`, else Istio's
-    separate `<name>-cacert` Secret."""
-    if credential.ca_cert_pem:
-        return credential
+    """The credential holding key's CA bundle, in Istio's order (its GetCaCert): a separate
+    `<name>-cacert` credential when one exists (and only it, even without a CA), else the
+    credential's own `ca.crt`/`cacert`."""
     separate = credentials.get(key + names.CA_CREDENTIAL_SUFFIX)
-    return separate if separate is not None and separate.ca_cert_pem else None
+    if separate is not None:
+        return separate if separate.ca_cert_pem else None
+    return credential if credential.ca_cert_pem else None
 
 
 def _tls_needs(
