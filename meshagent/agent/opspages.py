@@ -1,6 +1,7 @@
 """Operator pages of the admin server: the status page, JSON status, served resources, actions.
 
-GET /                 HTML status page (meshagent.agent.statuspage)
+GET /                 HTML status page (meshagent.agent.statuspage), with Envoy's own view
+                      (?refresh=S auto-refresh, 0 off; ?top=N rows per table; ?page=K)
 GET /debug/status     the same report as JSON (`meshagent status`)
 GET /debug/resources  what the agent serves the local Envoy, as JSON (`meshagent proxy-config`)
 GET /envoy/stats      Envoy's own Prometheus stats (its admin /stats/prometheus), passed through
@@ -18,10 +19,10 @@ from typing import Any, Protocol
 from google.protobuf import json_format
 from google.protobuf.any_pb2 import Any as AnyProto
 
-from meshagent.agent.admin import AdminServer, Response
+from meshagent.agent.admin import AdminServer, Request, Response
 from meshagent.agent.config import LOG_LEVELS
 from meshagent.agent.logs import configure_logging
-from meshagent.agent.statuspage import render_html
+from meshagent.agent.statuspage import DEFAULT_REFRESH_S, DEFAULT_TOP, render_html
 from meshagent.xds.redact import redacted_any
 from meshagent.xds.typeurls import SHORT_NAMES
 
@@ -40,9 +41,7 @@ class OpsAgent(Protocol):
 
 def install_ops_pages(admin: AdminServer, agent: OpsAgent) -> None:
     """Add the operator pages and actions to admin."""
-    admin.pages["/"] = lambda: Response(
-        200, render_html(agent.status_report()).encode(), "text/html; charset=utf-8"
-    )
+    admin.request_pages["/"] = lambda request: status_page(agent, request)
     admin.pages["/debug/status"] = lambda: Response.json(200, agent.status_report())
     admin.pages["/debug/resources"] = lambda: Response.json(
         200, resources_json(agent.served_resources())
@@ -50,6 +49,55 @@ def install_ops_pages(admin: AdminServer, agent: OpsAgent) -> None:
     admin.pages["/envoy/stats"] = lambda: _envoy_stats(agent)
     admin.actions["/reload"] = lambda _: _reload(agent)
     admin.actions["/logging"] = lambda params: _logging(agent, params)
+
+
+ENVOY_VIEW_TIMEOUT_S = 3.0  # the page shows what it has rather than hang on a stuck Envoy
+
+
+async def status_page(agent: OpsAgent, request: Request) -> Response:
+    """GET /: the agent's report and Envoy's view, rendered."""
+    import urllib.parse
+
+    query = dict(urllib.parse.parse_qsl(request.query))
+    try:
+        refresh = _bounded(query, "refresh", DEFAULT_REFRESH_S, 0, 3600)
+        top = _bounded(query, "top", DEFAULT_TOP, 1, 100_000)
+        page = _bounded(query, "page", 0, 0, 1_000_000)
+    except ValueError as exc:
+        return Response.text(400, f"{exc}\n")
+    report = agent.status_report()
+    envoy = await asyncio.to_thread(envoy_view, agent.config.envoy)
+    html = render_html(report, envoy, refresh=refresh, top=top, page=page)
+    return Response(200, html.encode(), "text/html; charset=utf-8")
+
+
+def _bounded(query: dict[str, str], key: str, default: int, low: int, high: int) -> int:
+    if key not in query:
+        return default
+    try:
+        value = int(query[key])
+    except ValueError:
+        raise ValueError(f"{key} must be a whole number") from None
+    if not low <= value <= high:
+        raise ValueError(f"{key} must be between {low} and {high}")
+    return value
+
+
+def envoy_view(envoy: Any) -> dict[str, Any]:
+    """Envoy's server info and per-cluster health from its admin; "error" when unreachable."""
+    from meshagent.agent import envoyview
+    from meshagent.errors import MeshAgentError
+
+    try:
+        info = envoyview.get_json(envoy, "/server_info", timeout=ENVOY_VIEW_TIMEOUT_S)
+        doc = envoyview.get_json(envoy, "/clusters?format=json", timeout=ENVOY_VIEW_TIMEOUT_S)
+    except MeshAgentError as exc:
+        return {"server": None, "clusters": None, "error": str(exc)}
+    return {
+        "server": envoyview.server_report(info),
+        "clusters": envoyview.cluster_health(doc),
+        "error": None,
+    }
 
 
 def resources_json(resources: Any) -> dict[str, Any]:
@@ -75,8 +123,9 @@ def _decode(body: AnyProto) -> Any:
 
 def envoy_admin_url(envoy: Any, path: str) -> str:
     """URL of path on the local Envoy's admin interface (from the envoy.* config)."""
-    host = envoy.admin_address
-    return f"http://{f'[{host}]' if ':' in host else host}:{envoy.admin_port}{path}"
+    from meshagent.agent.envoyview import admin_url
+
+    return admin_url(envoy, path)
 
 
 async def _envoy_stats(agent: OpsAgent) -> Response:
