@@ -14,6 +14,7 @@ log redaction (PEM private keys, also in base64) before it is written.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import platform
@@ -38,10 +39,20 @@ ENVOY_PAGES = ("/server_info", "/config_dump?include_eds", "/clusters?format=jso
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     """Options of `meshagent bug-report` (the parser already has --config)."""
-    parser.add_argument("-o", "--output", type=Path, default=None,
-                        help="archive path (default meshagent-bug-report-NODE-TIME.tar.gz)")
-    parser.add_argument("--log", type=Path, action="append", default=[],
-                        help="also include this log file (repeatable)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="archive path (default meshagent-bug-report-NODE-TIME.tar.gz)",
+    )
+    parser.add_argument(
+        "--log",
+        type=Path,
+        action="append",
+        default=[],
+        help="also include this log file (repeatable)",
+    )
     parser.add_argument("--journal-lines", type=int, default=5000,
                         help="lines of each unit's journal (default 5000)")  # fmt: skip
 
@@ -74,19 +85,19 @@ def collect(
             errors.append(f"{name}: {exc}")
 
     if config.path is not None:
-        add("config/agent.yaml", lambda: _read(Path(config.path)))
+        add("config/agent.yaml", functools.partial(_read, Path(config.path)))
     for path in _mesh_files(config):
-        add("config/mesh" + str(path), lambda p=path: _read(p))
+        add("config/mesh" + str(path), functools.partial(_read, path))
     for page in AGENT_PAGES:
-        add("agent" + _file_name(page), lambda p=page: _agent_page(config, p))
+        add("agent" + _file_name(page), functools.partial(_agent_page, config, page))
     for page in ENVOY_PAGES:
-        add("envoy" + _file_name(page), lambda p=page: _envoy_page(config, p))
+        add("envoy" + _file_name(page), functools.partial(_envoy_page, config, page))
     for unit in JOURNAL_UNITS:
         text = _journal(unit, journal_lines)
         if text:
             files[f"logs/{unit}.journal.txt"] = text
     for path in logs:
-        add(f"logs/{path.name}", lambda p=path: _read(p))
+        add(f"logs/{path.name}", functools.partial(_read, path))
     files["versions.json"] = json.dumps(_versions(files.get("envoy/server_info.json")), indent=2)
     return files, errors
 
@@ -104,7 +115,7 @@ def write_archive(target: Path, files: dict[str, str], *, prefix: str) -> None:
 
 
 def _file_name(page: str) -> str:
-    path, _, query = page.partition("?")
+    path = page.partition("?")[0]
     ext = ".txt" if path in ("/metrics", "/stats") else ".json"
     return path.removeprefix("/debug") + ext
 

@@ -77,7 +77,11 @@ def cluster_health(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _endpoint(host: Mapping[str, Any]) -> dict[str, Any]:
-    counters = {s.get("name", ""): int(s.get("value", 0)) for s in host.get("stats", ())}
+    counters = dict.fromkeys(HOST_COUNTERS, 0)
+    for stat in host.get("stats", ()):
+        value = stat.get("value")  # Envoy leaves out zeros
+        if value is not None and stat.get("name") in counters:
+            counters[stat["name"]] = int(value)
     health = host.get("health_status", {})
     flags = [label for key, label in _FAILURE_FLAGS if health.get(key)]
     eds = str(health.get("eds_health_status", "UNKNOWN")).lower()
@@ -87,7 +91,7 @@ def _endpoint(host: Mapping[str, Any]) -> dict[str, Any]:
         "flags": flags,
         "health": endpoint_state(eds, flags, counters),
         "weight": int(host.get("weight", 1)),
-        **{k: counters.get(k, 0) for k in HOST_COUNTERS},
+        **counters,
     }
 
 
@@ -186,8 +190,11 @@ def dump_resources(
             body = state.get(body_key) or {}
             name = entry.get("name") or body.get("name") or body.get("cluster_name", "")
             found.append(
-                {"name": name, "version": state.get("version_info"),
-                 "resource": _recode(body) if decode else None}  # fmt: skip
+                {
+                    "name": name,
+                    "version": state.get("version_info"),
+                    "resource": _recode(body) if decode else None,
+                }
             )
     return sorted(found, key=lambda r: str(r["name"]))
 

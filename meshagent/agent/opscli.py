@@ -222,7 +222,7 @@ def _short_table(items: list[Any], applied: dict[str, Any] | None, out: TextIO) 
         else:
             version = applied[i["name"]][0]
             synced = "yes" if version in (None, i["version"]) else f"no ({version})"
-        out.write(f"{i['name']:<60} {str(i['version'] or '-'):<18} {synced}\n")
+        out.write(f"{i['name']:<60} {i['version'] or '-'!s:<18} {synced}\n")
 
 
 def _endpoint_health(config: Any, filters: dict[str, Any], out: TextIO) -> int:
@@ -235,8 +235,10 @@ def _endpoint_health(config: Any, filters: dict[str, Any], out: TextIO) -> int:
             continue
         for e in cluster["endpoints"]:
             flags = ",".join(e["flags"]) or "-"
-            out.write(f"{e['address']:<24} {e['health']:<10} {flags:<12} {e['rq_active']:>6} "
-                      f"{e['rq_error']:>6} {e['cx_connect_fail']:>8}  {cluster['name']}\n")  # fmt: skip
+            counts = f"{e['rq_active']:>6} {e['rq_error']:>6} {e['cx_connect_fail']:>8}"
+            out.write(
+                f"{e['address']:<24} {e['health']:<10} {flags:<12} {counts}  {cluster['name']}\n"
+            )
     return 0
 
 

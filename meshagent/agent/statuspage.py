@@ -160,6 +160,23 @@ def _agent_endpoints(mesh: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     }
 
 
+def _agent_endpoint_rows(mesh: Mapping[str, Any], top: int) -> tuple[list[Any], str]:
+    """The agent's endpoints, unhealthy first, at most top of them (not 100k rows)."""
+    bad: list[Any] = []
+    good: list[Any] = []
+    total = 0
+    for s in mesh["services"]:
+        for e in s["endpoints"]:
+            total += 1
+            if not e["healthy"]:
+                bad.append((s["host"], e["address"], e["ports"], "unhealthy"))
+            elif len(good) < top:
+                good.append((s["host"], e["address"], e["ports"], "healthy"))
+    rows = (bad + good)[:top]
+    more = f'<p class="note">{top} of {total} endpoints shown (?top=N)</p>' if total > top else ""
+    return rows, more
+
+
 def cluster_state(cluster: Mapping[str, Any]) -> str:
     """One word for a cluster in Envoy: healthy, degraded, failing, unhealthy or no endpoints."""
     words = [e["health"] for e in cluster["endpoints"]]
@@ -183,21 +200,25 @@ def _clusters(report: Mapping[str, Any], envoy: Mapping[str, Any] | None, top: i
         return f"<p>{escape(why)}</p>", "<p>-</p>"
     ranked = sorted(clusters, key=problem_rank)
     start = max(page, 0) * top
-    shown = ranked[start:start + top]
+    shown = ranked[start : start + top]
     agent = _agent_endpoints(report["mesh"])
-    rows = []
+    rows: list[Any] = []
     for c in shown:
         healthy, total = agent.get(cluster_name_parts(c["name"])["fqdn"], (None, None))
-        rows.append((c["name"], "-" if total is None else f"{healthy}/{total} healthy",
-                     f"{c['healthy']}/{len(c['endpoints'])} healthy", cluster_state(c),
-                     c["ejected"], c["rq_active"], c["rq_error"], c["cx_connect_fail"]))  # fmt: skip
+        agent_view = "-" if total is None else f"{healthy}/{total} healthy"
+        envoy_view = f"{c['healthy']}/{len(c['endpoints'])} healthy"
+        rows.append((c["name"], agent_view, envoy_view, cluster_state(c), c["ejected"],
+                     c["rq_active"], c["rq_error"], c["cx_connect_fail"]))  # fmt: skip
     note = (f'<p class="note">clusters {start + 1}-{start + len(shown)} of {len(ranked)}, the '
             f'most troubled first; <a href="?top={top}&amp;page={page + 1}">next</a></p>'
             if len(ranked) > start + len(shown) else "")  # fmt: skip
+    at = (envoy or {}).get("at")
+    if at:
+        note += f'<p class="note">Envoy\'s view as of {escape(_when(at))}</p>'
     table = _table(("cluster", "agent: endpoints", "Envoy: endpoints", "Envoy: state",
                     "ejected", "active requests", "5xx and errors", "connect failures"),
                    rows) + note  # fmt: skip
-    endpoint_rows = [
+    endpoint_rows: Sequence[Any] = [
         (c["name"], e["address"], e["health"], e["flags"], e["rq_active"], e["rq_total"],
          e["rq_error"], e["cx_connect_fail"])
         for c in shown for e in c["endpoints"]
@@ -224,12 +245,7 @@ def render_html(
     ready = not report["not_ready"]
     state = "ready" if ready else "not ready: " + "; ".join(report["not_ready"])
     mesh, xds = report["mesh"], report["xds"]
-    endpoint_rows = sorted(
-        ((s["host"], e["address"], e["ports"], "healthy" if e["healthy"] else "unhealthy")
-         for s in mesh["services"] for e in s["endpoints"]),
-        key=lambda r: r[3] == "healthy",
-    )  # unhealthy first  # fmt: skip
-    endpoint_rows, more_endpoints = _capped(endpoint_rows, top, "endpoints")
+    endpoint_rows, more_endpoints = _agent_endpoint_rows(mesh, top)
     services, more_services = _capped(mesh["services"], top, "services")
     routes, more_routes = _capped(mesh["routes"], top, "routes")
     clusters, envoy_endpoints = _clusters(report, envoy, top, page)

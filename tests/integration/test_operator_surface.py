@@ -12,11 +12,11 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tarfile
+import tempfile
 import urllib.error
 import urllib.request
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -209,11 +209,13 @@ def test_dead_endpoint_shows_envoy_failure_counts_not_healthy(agent: tuple[Path,
 
     def failures_seen() -> bytes | None:
         status, html = admin_request(admin_socket(config), "/?refresh=0")
-        return html if status == 200 and b"connect failures" in html and b"failing" in html else None
+        return (
+            html if status == 200 and b"connect failures" in html and b"failing" in html else None
+        )
 
     dom = chromium_dom(wait_for(failures_seen, timeout=20, what="Envoy's failure counts"))
     row = next(r for r in section_rows(dom, "clusters") if r and r[0] == HELLO)
-    _, agent_view, envoy_view, state, ejected, active, errors, connect_failures = row
+    _, agent_view, envoy_view, state, _ejected, _active, errors, connect_failures = row
     assert agent_view == "1/1 healthy" and envoy_view == "0/1 healthy", row
     assert state == "failing" and int(connect_failures) >= 3 and int(errors) >= 3, row
     endpoint = next(r for r in section_rows(dom, "envoy-endpoints") if r and r[0] == HELLO)
@@ -265,7 +267,9 @@ def test_proxy_config_from_envoy_works_without_the_agent(
         if kind != "endpoints":
             assert json.loads(served.stdout) == json.loads(applied.stdout), kind
         assert "PRIVATE KEY" not in applied.stdout
-    served_eds = cli("proxy-config", "endpoints", "-o", "json", "-c", str(config), "--fqdn", "hello")
+    served_eds = cli(
+        "proxy-config", "endpoints", "-o", "json", "-c", str(config), "--fqdn", "hello"
+    )
     applied_eds = cli("proxy-config", "endpoints", "-o", "json", "--from", "envoy", "-c", str(lone),
                       "--fqdn", "hello")  # fmt: skip
     address = lambda docs: [e["endpoint"]["address"] for d in docs for g in d["endpoints"]  # noqa: E731

@@ -45,7 +45,9 @@ def test_production_mesh_files_have_no_errors_nor_warnings(
 def test_vm_join_walkthrough(tmp_path: Path) -> None:
     """Step 2 (vm configure) and step 4 (run --join: the joined config) of the README."""
     example = EXAMPLES / "vm-join"
-    (tmp_path / "root-cert.pem").write_text("-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n")
+    (tmp_path / "root-cert.pem").write_text(
+        "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n"
+    )
     (tmp_path / "istio-token").write_text("token")
     join = tmp_path / "join"
     argv = ["vm", "configure", "-f", str(example / "workloadgroup.yaml"), "-o", str(join),
