@@ -584,7 +584,7 @@ def load_data(sim: ConsulSimulator, data: Any) -> None:
 def load_config_entries(directory: Path) -> list[dict[str, Any]]:
     """The config entries in directory's *.json files, as `consul config write` takes them (one
     entry per file, or a list); ConfigError names the file when one is not an entry. JSON only:
-    Consul's HCL is HCL 1, which no maintained Python parser reads."""
+    Consul's HCL is HCL 1, which python-hcl2 (HCL 2) refuses and pyhcl no longer maintains."""
     from meshagent.errors import ConfigError
 
     if not directory.is_dir():
