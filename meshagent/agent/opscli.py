@@ -153,6 +153,8 @@ def _status(config: Any, args: argparse.Namespace, out: TextIO) -> int:
     out.write("ready\n" if not report["not_ready"] else "NOT READY\n")
     for reason in report["not_ready"]:
         out.write(f"  - {reason}\n")
+    if report.get("agent"):
+        out.write(_agent_line(report["agent"]))
     for s in report["sources"]:
         out.write(f"source {s['name']}: {'synced' if s['synced'] else 'syncing'}\n")
     xds = report["xds"]
@@ -178,6 +180,19 @@ def _status(config: Any, args: argparse.Namespace, out: TextIO) -> int:
     if not report["certificates"]:
         out.write("certificates: none\n")
     return 0 if not report["not_ready"] else 1
+
+
+def _agent_line(agent: dict[str, Any]) -> str:
+    """The line of `status` on the agent: "agent 0.1.0, up 2h 5m, Envoy restarts 0, ..."."""
+    reload = agent.get("last_reload")
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(reload["at"])) if reload else ""
+    restarts = agent["envoy_restarts"] if agent.get("envoy_managed") else "- (not managed)"
+    return (
+        f"agent {agent['version']}, up {envoyview.duration_text(agent['uptime_s'])}, "
+        f"Envoy restarts {restarts}, last reload "
+        + (f"{reload['result']} at {when}" if reload else "none since start")
+        + "\n"
+    )
 
 
 def _proxy_config(config: Any, args: argparse.Namespace, out: TextIO) -> int:

@@ -88,6 +88,7 @@ def test_status_proxy_config_and_reload(agent: tuple[Path, int]) -> None:
     status = cli("status", "-c", str(config))
     assert status.returncode == 0, status.stderr
     assert "node ops-node: ready" in status.stdout and "cds: sent" in status.stdout
+    assert re.search(r"agent \S+, up \S+.*, Envoy restarts 0, last reload ", status.stdout)
     assert "certificate spiffe://cluster.local/ns/demo/sa/web: expires " in status.stdout
     clusters = cli("proxy-config", "clusters", "-c", str(config))
     row = next(r for r in clusters.stdout.splitlines() if r.startswith("outbound|8080||hello."))
