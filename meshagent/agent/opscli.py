@@ -1,4 +1,5 @@
-"""Operator commands of `meshagent`: status, proxy-config, reload, drain-envoy, completion.
+"""Operator commands of `meshagent`: status, proxy-config, reload, drain-envoy, bug-report,
+completion.
 
 They talk to a running agent over its admin socket (`admin.socket` in the agent config: root
 and the agent's group may connect) and, for drain-envoy and `--from envoy`, to Envoy's admin.
@@ -200,11 +201,13 @@ def _proxy_config(config: Any, args: argparse.Namespace, out: TextIO) -> int:
         return _envoy_log(config, args, out)
     filters = {k: getattr(args, k) for k in ("fqdn", "port", "subset", "direction")}
     if args.origin == "envoy":  # Envoy's admin only: works while the agent is down
-        dump = envoyview.get_json(config.envoy, "/config_dump?include_eds")
-        items = envoyview.filter_items(envoyview.dump_resources(dump, args.kind), args.kind,
-                                       filters)  # fmt: skip
         if args.output == "short" and args.kind == "endpoints":
             return _endpoint_health(config, filters, out)
+        dump = envoyview.get_json(config.envoy, "/config_dump?include_eds")
+        # Short output needs no documents, but listener and route filters read them.
+        decode = args.output != "short" or args.kind in ("listeners", "routes")
+        applied = envoyview.dump_resources(dump, args.kind, decode=decode)
+        items = envoyview.filter_items(applied, args.kind, filters)
         if args.output == "short":
             out.write(f"{'NAME':<60} VERSION\n")
             out.writelines(f"{i['name']:<60} {i['version'] or '-'}\n" for i in items)

@@ -256,6 +256,10 @@ def test_proxy_config_from_envoy_works_without_the_agent(
     assert [r.split()[0] for r in short.stdout.splitlines()[1:]] == [HELLO]
     assert cli("proxy-config", "clusters", "--from", "envoy", "-c", str(lone),
                "--port", "9").stdout.count("\n") == 1  # header only  # fmt: skip
+    outbound = str(same["outbound"]["ports"][8080])
+    listeners = cli("proxy-config", "listeners", "--from", "envoy", "-c", str(lone),
+                    "--port", outbound, "--direction", "outbound")  # fmt: skip
+    assert [r.split()[0] for r in listeners.stdout.splitlines()[1:]] == [f"127.0.0.1_{outbound}"]
     endpoints = cli("proxy-config", "endpoints", "--from", "envoy", "-c", str(lone), "--fqdn",
                     "hello")  # fmt: skip
     assert "127.0.0.9:8080" in endpoints.stdout and HELLO in endpoints.stdout, endpoints.stderr
