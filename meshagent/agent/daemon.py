@@ -17,11 +17,13 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
+import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import structlog
 
+from meshagent import __version__
 from meshagent.adapters.base import Adapter, Restorable
 from meshagent.adapters.files import FilesAdapter
 from meshagent.agent.admin import AdminServer, Response, standard_pages
@@ -249,6 +251,8 @@ class Agent:
             self.metrics, lambda: self.cache.status(self._proxy.node_id)
         )
         self._lock = InstanceLock(config.state_dir)  # one agent per state dir
+        self._started = time.time()  # the status page's uptime
+        self._last_reload: dict[str, Any] | None = None  # when and how the last reload ended
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -900,8 +904,10 @@ class Agent:
             self.metrics.config_reload_failures.inc()
             log.error("config_reload_failed", path=str(path), error=str(exc))
             self._agent_config_problem(exc, path)
+            self._last_reload = {"at": time.time(), "result": f"refused: {exc}"}
             return
         self._agent_config_problem(None, path)
+        self._last_reload = {"at": time.time(), "result": "ok"}
         if new.log != old.log:
             configure_logging(new.log.level, new.log.format)
         self.config = dataclasses.replace(
@@ -1000,6 +1006,19 @@ class Agent:
             "xds": statuspage.xds_report(self.cache.status(self._proxy.node_id)),
             "diagnostics": self.config_errors()["diagnostics"][-50:],
             "analysis": statuspage.analysis_report(self.analysis.report()),
+            "agent": self._agent_facts(),
+        }
+
+    def _agent_facts(self) -> dict[str, Any]:
+        """Version, uptime, Envoy restarts and the last reload, for the status page."""
+        up, restarts = self._envoy_state()
+        return {
+            "version": __version__,
+            "uptime_s": int(time.time() - self._started),
+            "envoy_managed": self.envoy is not None,
+            "envoy_up": up,
+            "envoy_restarts": restarts,
+            "last_reload": self._last_reload,
         }
 
     def config_errors(self) -> dict[str, Any]:

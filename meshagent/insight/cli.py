@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from meshagent.agent.configpath import CONFIG_ENV, DEFAULT_CONFIG, config_path
 from meshagent.errors import ConfigError
 from meshagent.insight.analysis import CHECKS, Check, analyze
 from meshagent.insight.context import AnalysisInput
@@ -75,7 +76,8 @@ def add_parser(sub: Any) -> None:
         type=Path,
         metavar="FILE",
         help="agent config: its files source (when no PATH), node labels, workloads, "
-        "domain suffix and root namespace",
+        f"domain suffix and root namespace (without PATH: default ${CONFIG_ENV}, else "
+        f"{DEFAULT_CONFIG})",
     )
     p.add_argument(
         "--output", "-o", default="text", metavar="FORMAT", help="text (default), json or yaml"
@@ -104,8 +106,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--agent",
         action="store_true",
-        help="ask the running agent (its admin socket, from --config) for the messages of "
-        "what it serves, from every source, instead of reading files",
+        help="ask the running agent (its admin socket, from the agent config) for the "
+        "messages of what it serves, from every source, instead of reading files",
     )
     p.add_argument("--list-codes", "-L", action="store_true", help="list the message codes")
     p.add_argument(
@@ -135,10 +137,12 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         failure = Level.parse(args.failure_threshold)
         shown = Level.parse(args.output_threshold)
         rules = [Suppression.parse(s) for s in args.suppress]
+        if args.agent and args.paths:
+            raise ValueError("--agent reads no PATH: it asks the agent of --config")
         if not args.paths and args.config is None:
-            raise ValueError("needs PATH... or --config FILE (see meshagent analyze --help)")
-        if args.agent and (args.paths or args.config is None):
-            raise ValueError("--agent needs --config FILE and no PATH")
+            args.config = config_path(None)  # $MESHAGENT_CONFIG, else the default path
+            if args.config == DEFAULT_CONFIG and not args.config.exists():
+                raise ValueError(f"needs PATH... or --config FILE (or ${CONFIG_ENV})")
     except ValueError as exc:
         print(f"meshagent analyze: {exc}", file=err)
         return EXIT_USAGE

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _config(args: argparse.Namespace, *, required: bool) -> Any | None:
     from meshagent.agent.config import load_config
-    from meshagent.agent.opscli import DEFAULT_CONFIG
+    from meshagent.agent.configpath import DEFAULT_CONFIG
 
     if args.config is not None:
         return load_config(args.config)

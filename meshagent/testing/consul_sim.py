@@ -27,6 +27,7 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from meshagent.testing.consul_gateways import GATEWAY_SERVICES_KEY
@@ -585,6 +586,27 @@ def load_data(sim: ConsulSimulator, data: Any) -> None:
         sim.state.put_config(entry)
 
 
+def load_config_entries(directory: Path) -> list[dict[str, Any]]:
+    """The config entries in directory's *.json files, as `consul config write` takes them (one
+    entry per file, or a list); ConfigError names the file when one is not an entry. JSON only:
+    Consul's HCL is HCL 1, which python-hcl2 (HCL 2) refuses and pyhcl no longer maintains."""
+    from meshagent.errors import ConfigError
+
+    if not directory.is_dir():
+        raise ConfigError("not a directory", location=str(directory), field="--config-entries")
+    entries: list[dict[str, Any]] = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read a config entry: {exc}", location=str(path)) from None
+        for entry in doc if isinstance(doc, list) else [doc]:
+            if not isinstance(entry, dict) or not entry.get("Kind") or not entry.get("Name"):
+                raise ConfigError("a config entry needs Kind and Name", location=str(path))
+            entries.append(entry)
+    return entries
+
+
 async def run_simulator(
     host: str, port: int, *, acl_token: str | None = None, data: Any = None
 ) -> None:
@@ -633,12 +655,16 @@ def add_parser(dev_sub: Any) -> None:
         default=None,
         help='JSON file to start from: {"register": [catalog bodies], "config": [entries]}',
     )
+    sim.add_argument(
+        "--config-entries",
+        default=None,
+        metavar="DIR",
+        help="also load the config entries in DIR/*.json (`consul config write` JSON files)",
+    )
 
 
 def run_cli(args: Any) -> int:
     """Run the simulator for the CLI until Ctrl-C; the exit code."""
-    from pathlib import Path
-
     from meshagent.errors import ConfigError
 
     host, _, port = str(args.listen).rpartition(":")
@@ -650,6 +676,10 @@ def run_cli(args: Any) -> int:
             data = json.loads(Path(args.data).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read --data: {exc}", location=str(args.data)) from exc
+    if getattr(args, "config_entries", None):
+        data = dict(data or {})
+        entries = load_config_entries(Path(args.config_entries))
+        data["config"] = [*(data.get("config") or []), *entries]
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_simulator(host, int(port), acl_token=args.acl_token, data=data))
     return 0

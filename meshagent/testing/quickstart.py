@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import TextIO
 import yaml
 
 from meshagent.agent.config import AgentConfig, load_config
+from meshagent.agent.configpath import CONFIG_ENV
 from meshagent.agent.daemon import Agent
 from meshagent.agent.logs import configure_logging
 from meshagent.errors import ConfigError
@@ -68,7 +70,10 @@ def banner(config: AgentConfig, hosts: list[str], routed: list[str], port: int) 
     lines += [
         f"  curl -s {admin}/readyz",
         f"  curl -s {admin}/metrics | grep meshagent_",
-        f"  meshagent status -c {config.path}    # the debug API is on {config.admin.socket}",
+        f"  export {CONFIG_ENV}={Path(config.path or '').resolve()}",
+        f"  meshagent status    # {CONFIG_ENV} names the config; the debug API is on "
+        f"{config.admin.socket}",
+        "  meshagent proxy-config endpoints --from envoy    # Envoy's own view of the endpoints",
         f"  curl -s http://{config.envoy.admin_address}:{config.envoy.admin_port}/clusters",
         "",
         "Edit the files under the agent's mesh paths and watch routing change. Ctrl-C stops.",
@@ -137,6 +142,7 @@ def run_quickstart(
 ) -> int:
     """Entry point of `meshagent dev quickstart`; returns the exit code."""
     config = load_config(config_path)
+    os.environ[CONFIG_ENV] = str(config_path.resolve())  # for commands this process starts
     specs = load_demo_apps(config_path.parent / "demo-apps.yaml")
     configure_logging(config.log.level, config.log.format)
     sim = start_consul_sim(config, consul_data) if consul_data is not None else None

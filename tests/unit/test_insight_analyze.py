@@ -346,7 +346,9 @@ def _write(tmp_path: Path, *docs: str) -> str:
     return str(tmp_path)
 
 
-def test_exit_codes_follow_istioctl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_exit_codes_follow_istioctl(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     clean = _write(tmp_path / "clean" if (tmp_path / "clean").mkdir() is None else tmp_path, SHOP)
     assert main(["analyze", clean]) == 0
     assert "No validation issues found" in capsys.readouterr().err
@@ -379,7 +381,10 @@ def test_exit_codes_follow_istioctl(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["analyze", "--output", "xml", clean]) == 64
     assert main(["analyze", "--failure-threshold", "fatal", clean]) == 64
     assert main(["analyze", "-S", "nonsense", clean]) == 64
-    assert main(["analyze"]) == 64
+    monkeypatch.delenv("MESHAGENT_CONFIG", raising=False)
+    assert main(["analyze"]) == 64  # (no /etc/meshagent/agent.yaml on a test machine)
+    monkeypatch.setenv("MESHAGENT_CONFIG", str(ROOT / "examples" / "quickstart" / "agent.yaml"))
+    assert main(["analyze"]) == 0
     assert main(["analyze", str(tmp_path / "missing")]) == 2  # as every meshagent command
 
 
