@@ -178,8 +178,9 @@ def _status(config: Any, args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"  {d['message']} (since {d.get('first_seen', '?')})\n")
     counts = report.get("analysis", {}).get("counts", {})
     if counts:  # `meshagent analyze` of what is served (agent/analysis_runtime.py)
-        found = ", ".join(f"{n} {level.lower()}" for level, n in counts.items() if n)
-        out.write(f"analysis: {found or 'no messages'} (meshagent analyze --agent)\n")
+        from meshagent.agent.statuspage import analysis_counts
+
+        out.write(f"analysis: {analysis_counts(counts)} (meshagent analyze --agent)\n")
     for c in report["certificates"]:
         out.write(f"certificate {c['identity']}: expires {c['not_after']} ({c['expires_in_s']}s)\n")
     if not report["certificates"]:

@@ -115,17 +115,27 @@ def analysis_report(report: Mapping[str, Any], limit: int = 50) -> dict[str, Any
     }
 
 
+def analysis_counts(counts: Mapping[str, int]) -> str:
+    """ "2 errors, 1 warning" from {"Error": 2, "Warning": 1, "Info": 0}; "no messages"."""
+    parts = [
+        f"{n} {level.lower()}{'s' if n != 1 and level != 'Info' else ''}"
+        for level, n in counts.items()
+        if n
+    ]
+    return ", ".join(parts) or "no messages"
+
+
 def _analysis_section(analysis: Mapping[str, Any] | None) -> str:
     if analysis is None:
         return ""
-    counts = ", ".join(f"{n} {lv.lower()}" for lv, n in analysis["counts"].items())
+    counts = analysis_counts(analysis["counts"])
     more = f"<p>and {analysis['more']} more (GET /debug/analyze)</p>" if analysis["more"] else ""
     rows = [
         (m["level"], m["code"], m["origin"], m["reference"], m["message"])
         for m in analysis["messages"]
     ]
     table = _table(("level", "code", "resource", "location", "message"), rows)
-    summary = f"<p>{escape(counts or 'no messages')} (meshagent analyze)</p>"
+    summary = f"<p>{escape(counts)} (meshagent analyze)</p>"
     return _section("Analysis", "analysis", summary + table + more)
 
 
