@@ -147,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
 
     config = load_config(config_path(args.config))
     if args.join is not None:
-        from meshagent.agent.join_config import join_from_dir
+        from meshagent.agent.config import join_from_dir
 
         config = join_from_dir(config, args.join)
     return run_agent(config)

@@ -11,8 +11,7 @@ import pytest
 import yaml
 
 from meshagent.agent.cli import main
-from meshagent.agent.config import load_config
-from meshagent.agent.join_config import join_from_dir
+from meshagent.agent.config import join_from_dir, load_config
 from meshagent.model.source import Provenance, RawResource, SourceEvent
 from meshagent.normalize.consul import ConsulMapping, convert_consul
 from meshagent.normalize.normalizer import Normalizer
