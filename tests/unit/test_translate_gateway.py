@@ -479,3 +479,44 @@ def test_match_gateways_choose_between_the_gateway_and_sidecars() -> None:
     vhosts = {v.name: v for v in _routes(sidecar, "80").virtual_hosts}
     inside = vhosts["web.shop.svc.cluster.local:80"]
     assert [r.match.prefix for r in inside.routes] == ["/inside", "/"]
+
+
+SITE = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a-site, namespace: shop}
+spec:
+  hosts: [shop.example.com]
+  gateways: [edge/web]
+  http:
+  - route: [{destination: {host: web.shop.svc.cluster.local, port: {number: 80}}}]
+"""
+API = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b-api, namespace: shop}
+spec:
+  hosts: [shop.example.com]
+  gateways: [edge/web]
+  http:
+  - match: [{uri: {prefix: /}}]
+    route: [{destination: {host: web.shop.svc.cluster.local, port: {number: 81}}}]
+  - match: [{uri: {prefix: /api}, headers: {x-any: {exact: "1"}}}, {uri: {prefix: /api}}]
+    route: [{destination: {host: api.shop.svc.cluster.local, port: {number: 80}}}]
+"""
+
+
+def test_catch_all_routes_of_a_gateway_virtual_host_go_last_as_in_istio() -> None:
+    """Istio's SortVHostRoutes: a VirtualService bound after one that ends in a catch-all
+    still gets its specific paths; catch-alls keep their relative order."""
+    snapshot = _snapshot(GATEWAY, SITE, API, shop_cert=_credential("shop-cert"))
+    plain = _routes(generate(snapshot, ROUTER_PROXY), "http.8080")
+
+    (shop,) = plain.virtual_hosts
+    found = [(r.match.prefix, len(r.match.headers), r.route.cluster) for r in shop.routes]
+    assert found == [
+        ("/api", 1, "outbound|80||api.shop.svc.cluster.local"),
+        ("/api", 0, "outbound|80||api.shop.svc.cluster.local"),
+        ("/", 0, "outbound|80||web.shop.svc.cluster.local"),
+        ("/", 0, "outbound|81||web.shop.svc.cluster.local"),
+    ]

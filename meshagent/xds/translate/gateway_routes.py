@@ -163,5 +163,44 @@ def build_gateway_route_configuration(
             rc.VirtualHost(name=names.gateway_blackhole_virtual_host_name(port), domains=["*"])
         )
         return out
+    for vhost in vhosts.values():
+        sort_catch_all_last(vhost)
     out.virtual_hosts.extend(vhosts[h] for h in sorted(vhosts))  # Istio sorts by name
     return out
+
+
+def is_catch_all(route: rc.Route) -> bool:
+    """Istio's IsCatchAllRoute: path prefix `/` (or path-separated prefix `/`, or regex
+    `.*`) and no header, query or metadata condition."""
+    match = route.match
+    which = match.WhichOneof("path_specifier")
+    if which == "prefix":
+        path_all = match.prefix == "/"
+    elif which == "path_separated_prefix":
+        path_all = match.path_separated_prefix == "/"
+    elif which == "safe_regex":
+        path_all = match.safe_regex.regex == ".*"
+    else:
+        path_all = False
+    return (
+        path_all
+        and not match.headers
+        and not match.query_parameters
+        and not match.dynamic_metadata
+    )
+
+
+def sort_catch_all_last(vhost: rc.VirtualHost) -> None:
+    """Istio's SortVHostRoutes on a gateway virtual host: catch-all routes move to the end,
+    the others keep their order (so a VirtualService bound after another that ends in a
+    catch-all still gets its specific paths)."""
+    flags = [is_catch_all(r) for r in vhost.routes]
+    if flags == sorted(flags):
+        return  # already in order (the common case): no copy
+    ordered = [r for r, f in zip(vhost.routes, flags, strict=True) if not f]
+    ordered += [r for r, f in zip(vhost.routes, flags, strict=True) if f]
+    copies = [rc.Route() for _ in ordered]
+    for copy, route in zip(copies, ordered, strict=True):
+        copy.CopyFrom(route)
+    del vhost.routes[:]
+    vhost.routes.extend(copies)
