@@ -520,3 +520,36 @@ def test_catch_all_routes_of_a_gateway_virtual_host_go_last_as_in_istio() -> Non
         ("/", 0, "outbound|80||web.shop.svc.cluster.local"),
         ("/", 0, "outbound|81||web.shop.svc.cluster.local"),
     ]
+
+
+def _vs(name: str, namespace: str, port: int, export_to: str = "") -> str:
+    export = f"\n  exportTo: {export_to}" if export_to else ""
+    return f"""\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  hosts: [shop.example.com]
+  gateways: [edge/web]{export}
+  http:
+  - match: [{{uri: {{prefix: /x}}}}]
+    route: [{{destination: {{host: web.shop.svc.cluster.local, port: {{number: {port}}}}}}}]
+"""
+
+
+def test_virtual_services_meeting_on_a_gateway_host_follow_istios_order() -> None:
+    """Istio's VirtualServicesForGateway: private to the router's namespace first, then
+    exported to it by name, then public; within each, by name then namespace (no creation
+    times), not by "namespace/name"."""
+    snapshot = _snapshot(
+        GATEWAY,
+        _vs("b", "a", 1),  # public
+        _vs("a", "b", 2),  # public, sorts first by name
+        _vs("c", "shop", 3, "[edge]"),  # exported to the router's namespace
+        _vs("z", "edge", 4, '["."]'),  # private to the router's namespace
+        _vs("y", "other", 5, '["."]'),  # private elsewhere: not visible
+        shop_cert=_credential("shop-cert"),
+    )
+    (shop,) = _routes(generate(snapshot, ROUTER_PROXY), "http.8080").virtual_hosts
+
+    assert [r.route.cluster.split("|")[1] for r in shop.routes] == ["4", "3", "2", "1"]

@@ -74,15 +74,27 @@ def exported_to(vs: VirtualService, namespace: str) -> bool:
 def bound_virtual_services(
     snapshot: MeshSnapshot, gateway_key: str, proxy: ProxySpec
 ) -> list[VirtualService]:
-    """The VirtualServices bound to the Gateway gateway_key and visible to proxy, by
-    "namespace/name"."""
+    """The VirtualServices bound to the Gateway gateway_key and visible to proxy, in Istio's
+    order (its VirtualServicesForGateway): those private to the router's namespace, then
+    those exported to it by name, then the public ones; each group oldest first, which
+    without creation times is by name, then namespace (Istio's tie-break)."""
     out = []
-    for key in sorted(snapshot.virtual_services):
-        vs = snapshot.virtual_services[key]
+    for vs in snapshot.virtual_services.values():
         bound = vs.gateways and gateway_key in bound_gateways(vs.gateways, vs.namespace)
         if bound and exported_to(vs, proxy.namespace):
             out.append(vs)
+    out.sort(key=lambda vs: (_visibility_rank(vs, proxy.namespace), vs.name, vs.namespace))
     return out
+
+
+def _visibility_rank(vs: VirtualService, namespace: str) -> int:
+    """0: private to namespace (exportTo `.` or its own namespace), 1: exported to namespace
+    by name, 2: public (no exportTo, or `*`), as Istio indexes VirtualServices."""
+    if not vs.export_to or "*" in vs.export_to:
+        return 2
+    if vs.namespace == namespace and ("." in vs.export_to or namespace in vs.export_to):
+        return 0
+    return 1
 
 
 def _applies(match: HttpMatch, port: int, proxy: ProxySpec, gateway: str, ns: str) -> bool:
