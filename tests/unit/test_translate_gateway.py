@@ -553,3 +553,26 @@ def test_virtual_services_meeting_on_a_gateway_host_follow_istios_order() -> Non
     (shop,) = _routes(generate(snapshot, ROUTER_PROXY), "http.8080").virtual_hosts
 
     assert [r.route.cluster.split("|")[1] for r in shop.routes] == ["4", "3", "2", "1"]
+
+
+def test_conflicting_gateways_merge_in_istios_order_name_then_namespace() -> None:
+    """Istio merges Gateways oldest first, ties broken by name then namespace: of two
+    servers claiming one SNI name, `a` in namespace `z` wins over `b` in namespace `a`."""
+    template = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: %s, namespace: %s}
+spec:
+  servers:
+  - port: {number: 8443, name: https, protocol: HTTPS}
+    hosts: ["*/shop.example.com"]
+    tls: {mode: SIMPLE, credentialName: shop-cert}
+"""
+    snapshot = _snapshot(template % ("b", "a"), template % ("a", "z"))
+    snapshot = replace(
+        snapshot, credentials=MappingProxyType({"edge/shop-cert": _credential("shop-cert")})
+    )
+    found = {d.name for d in gateway_problems(snapshot, ROUTER_PROXY)}
+
+    assert found == {"a/b"}
+    assert "https.8443.https.a.z" in generate(snapshot, ROUTER_PROXY).of(typeurls.ROUTE)
