@@ -576,3 +576,22 @@ spec:
 
     assert found == {"a/b"}
     assert "https.8443.https.a.z" in generate(snapshot, ROUTER_PROXY).of(typeurls.ROUTE)
+
+
+def test_gateway_virtual_hosts_are_lower_case_as_in_istio() -> None:
+    """Hosts meet as written (case-sensitive, as Istio's host.Names), and the virtual host
+    is named and matched in lower case: two spellings of one name make one virtual host."""
+    upper = SHOP.replace("hosts: [shop.example.com]", "hosts: [Shop.Example.com]").replace(
+        "name: shop,", "name: shop-upper,"
+    )
+    gateway = GATEWAY.replace('"*/shop.example.com"', '"*/shop.example.com", "Shop.Example.com"')
+    snapshot = _snapshot(gateway, SHOP, upper, shop_cert=_credential("shop-cert"))
+    plain = _routes(generate(snapshot, ROUTER_PROXY), "http.8080")
+
+    (shop,) = [v for v in plain.virtual_hosts if v.name.startswith("shop.")]
+    assert (shop.name, list(shop.domains), len(shop.routes)) == (
+        "shop.example.com:8080",
+        ["shop.example.com"],
+        4,
+    )
+    assert ConsistencyChecker().check(generate(snapshot, ROUTER_PROXY)) == []

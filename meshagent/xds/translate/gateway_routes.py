@@ -154,7 +154,7 @@ def build_gateway_route_configuration(
             if not common:
                 continue
             routes = gateway_routes(vs, scope, proxy, placed.gateway.key)
-            for host in common:
+            for host in map(str.lower, common):  # Istio lowercases the virtual hosts
                 vhost = vhosts.get(host)
                 if vhost is None:
                     vhost = vhosts[host] = _virtual_host(host, port, [])
@@ -163,7 +163,7 @@ def build_gateway_route_configuration(
                     vhost.require_tls = rc.VirtualHost.ALL
         if redirect:
             for entry in placed.server.hosts:
-                host = split_server_host(entry)[1]
+                host = split_server_host(entry)[1].lower()
                 vhost = vhosts.get(host)
                 if vhost is None:
                     vhost = vhosts[host] = _virtual_host(host, port, [])
