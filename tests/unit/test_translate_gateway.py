@@ -595,3 +595,33 @@ def test_gateway_virtual_hosts_are_lower_case_as_in_istio() -> None:
         4,
     )
     assert ConsistencyChecker().check(generate(snapshot, ROUTER_PROXY)) == []
+
+
+def test_tls_certificates_are_all_presented_and_invalid_ciphers_left_out() -> None:
+    """Istio's tlsCertificates (an RSA and an ECDSA pair of files) are presented together;
+    cipher suites Istio's validation only warns about are left out (its FilterCipherSuites),
+    so that Envoy does not refuse the listener."""
+    gateway = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: files, namespace: edge}
+spec:
+  servers:
+  - port: {number: 9443, name: https, protocol: HTTPS}
+    hosts: ["shop.example.com"]
+    tls:
+      mode: SIMPLE
+      tlsCertificates:
+      - {serverCertificate: /etc/rsa.pem, privateKey: /etc/rsa.key}
+      - {serverCertificate: /etc/ec.pem, privateKey: /etc/ec.key}
+      cipherSuites: [NOPE, ECDHE-RSA-AES128-SHA, ECDHE-RSA-AES128-SHA, "-AES256-SHA"]
+"""
+    snapshot, diagnostics = Normalizer().apply([upsert(gateway)])
+    assert [d.severity for d in diagnostics] == ["warning", "warning"]  # invalid, duplicate
+    listener = _listener(generate(snapshot, ROUTER_PROXY), "0.0.0.0_9443")
+
+    common = _tls(listener.filter_chains[0]).common_tls_context
+    assert [
+        (c.certificate_chain.filename, c.private_key.filename) for c in common.tls_certificates
+    ] == [("/etc/rsa.pem", "/etc/rsa.key"), ("/etc/ec.pem", "/etc/ec.key")]
+    assert list(common.tls_params.cipher_suites) == ["ECDHE-RSA-AES128-SHA", "-AES256-SHA"]

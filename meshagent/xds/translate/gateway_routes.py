@@ -195,10 +195,7 @@ def is_catch_all(route: rc.Route) -> bool:
     else:
         path_all = False
     return (
-        path_all
-        and not match.headers
-        and not match.query_parameters
-        and not match.dynamic_metadata
+        path_all and not match.headers and not match.query_parameters and not match.dynamic_metadata
     )
 
 
