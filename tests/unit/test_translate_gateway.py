@@ -10,6 +10,9 @@ from typing import Any
 import pytest
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 
 from meshagent.adapters.yamldocs import load_file
@@ -625,3 +628,30 @@ spec:
         (c.certificate_chain.filename, c.private_key.filename) for c in common.tls_certificates
     ] == [("/etc/rsa.pem", "/etc/rsa.key"), ("/etc/ec.pem", "/etc/ec.key")]
     assert list(common.tls_params.cipher_suites) == ["ECDHE-RSA-AES128-SHA", "-AES256-SHA"]
+
+
+def test_a_named_https_server_is_its_connection_managers_stat_prefix() -> None:
+    """Istio's createGatewayHTTPFilterChainOpts: an HTTPS server's `name` is the stat prefix
+    of its connection manager; plain HTTP servers keep outbound_<address>_<port>."""
+    named = GATEWAY.replace(
+        "  - port: {number: 8443, name: https, protocol: HTTPS}",
+        "  - name: shop-tls\n    port: {number: 8443, name: https, protocol: HTTPS}",
+    ).replace(
+        "  - port: {number: 8080, name: http, protocol: HTTP}",
+        "  - name: plain\n    port: {number: 8080, name: http, protocol: HTTP}",
+    )
+    snapshot = _snapshot(
+        named, SHOP, shop_cert=_credential("shop-cert"), admin_cert=_credential("a", "CA")
+    )
+    resources = generate(snapshot, ROUTER_PROXY)
+
+    def prefixes(listener: str) -> list[str]:
+        out = []
+        for chain in _listener(resources, listener).filter_chains:
+            manager = hcm_pb2.HttpConnectionManager()
+            chain.filters[-1].typed_config.Unpack(manager)
+            out.append(manager.stat_prefix)
+        return out
+
+    assert prefixes("0.0.0.0_8443") == ["shop-tls", "outbound_0.0.0.0_8443"]
+    assert prefixes("0.0.0.0_8080") == ["outbound_0.0.0.0_8080"]
