@@ -495,3 +495,18 @@ def test_a_router_logs_and_traces_its_gateway_traffic_as_a_client() -> None:
     # and without the Telemetry they log nothing (the listener is rebuilt)
     plain = resources_as_dict(translator.generate(_snapshot(SERVICES + GATEWAY), router))
     assert "accessLog" not in _network_configs(plain["lds"]["0.0.0.0_8080"])[0]
+
+
+def test_a_rule_for_the_other_side_does_not_take_this_sides_providers_away() -> None:
+    """Istio's mergeLogs skips rules of the other mode when it picks the providers in
+    scope: a workload's SERVER-only otel rule leaves the client side on the mesh's envoy,
+    and a SERVER-only filter does not filter the client side."""
+    mesh = _logs(AccessLogRule(providers=("envoy",)))
+    workload = _logs(AccessLogRule(providers=("otel",), mode=SERVER))
+    assert merge_access_logging([mesh, workload], (), CLIENT) == {"envoy": None}
+    assert merge_access_logging([mesh, workload], (), SERVER) == {"otel": None}
+    filtered = _logs(
+        AccessLogRule(providers=("envoy",), mode=SERVER, filter="response.code >= 500")
+    )
+    assert merge_access_logging([mesh, filtered], (), CLIENT) == {"envoy": None}
+    assert merge_access_logging([mesh, filtered], (), SERVER) == {"envoy": "response.code >= 500"}

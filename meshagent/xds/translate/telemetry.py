@@ -198,6 +198,8 @@ def merge_access_logging(
     for level in levels:
         found: list[str] = []
         for rule in level:
+            if not _mode_matches(rule.mode, mode):
+                continue  # Istio: a rule for the other side neither scopes nor filters this one
             found += rule.providers
             for name in rule.providers:
                 filters[name] = rule.filter
