@@ -655,3 +655,27 @@ def test_a_named_https_server_is_its_connection_managers_stat_prefix() -> None:
 
     assert prefixes("0.0.0.0_8443") == ["shop-tls", "outbound_0.0.0.0_8443"]
     assert prefixes("0.0.0.0_8080") == ["outbound_0.0.0.0_8080"]
+
+
+def test_a_match_naming_the_gateway_holds_whatever_its_source_labels() -> None:
+    """Istio's sourceMatchHTTP: `gateways:` on a match decides alone; sourceLabels are only
+    compared with the router's labels when the match names no gateway."""
+    vs = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: labels, namespace: edge}
+spec:
+  hosts: [shop.example.com]
+  gateways: [web]
+  http:
+  - match: [{uri: {prefix: /named}, gateways: [web], sourceLabels: {app: nobody}}]
+    route: [{destination: {host: web.shop.svc.cluster.local, port: {number: 80}}}]
+  - match: [{uri: {prefix: /labels}, sourceLabels: {app: nobody}}]
+    route: [{destination: {host: web.shop.svc.cluster.local, port: {number: 80}}}]
+  - match: [{uri: {prefix: /mine}, sourceLabels: {istio: ingressgateway}}]
+    route: [{destination: {host: web.shop.svc.cluster.local, port: {number: 80}}}]
+"""
+    snapshot = _snapshot(GATEWAY, vs, shop_cert=_credential("shop-cert"))
+    (shop,) = _routes(generate(snapshot, ROUTER_PROXY), "http.8080").virtual_hosts
+
+    assert [r.match.prefix for r in shop.routes] == ["/named", "/mine"]

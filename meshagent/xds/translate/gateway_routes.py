@@ -98,13 +98,14 @@ def _visibility_rank(vs: VirtualService, namespace: str) -> int:
 
 
 def _applies(match: HttpMatch, port: int, proxy: ProxySpec, gateway: str, ns: str) -> bool:
-    """A match's port must be the server's, its gateways (if any) name the server's Gateway
-    (key gateway; ns: the VirtualService's namespace), and sourceLabels must be the router's
-    own labels."""
+    """A match's port must be the server's; then, as Istio's sourceMatchHTTP, a match with
+    `gateways:` holds when they name the server's Gateway (key gateway; ns: the
+    VirtualService's namespace), whatever its sourceLabels, and one without holds when its
+    sourceLabels are the router's own labels."""
     if match.port is not None and match.port != port:
         return False
-    if match.gateways and gateway not in bound_gateways(match.gateways, ns):
-        return False
+    if match.gateways:
+        return gateway in bound_gateways(match.gateways, ns)
     return not match.source_labels or selector_matches(match.source_labels, proxy.labels)
 
 
