@@ -267,7 +267,7 @@ def test_bad_value_is_a_located_error_naming_the_filter() -> None:
             },
             {
                 "applyTo": "CLUSTER",
-                "patch": {"operation": "MERGE", "value": {"connect_timeout": "3s", "bogus": 1}},
+                "patch": {"operation": "MERGE", "value": {"connect_timeout": "soon"}},
             },
         ]
     }
@@ -277,8 +277,37 @@ def test_bad_value_is_a_located_error_naming_the_filter() -> None:
         ("EnvoyFilter", "default/bad", "spec.configPatches[0].patch.value"),
         ("EnvoyFilter", "default/bad", "spec.configPatches[1].patch.value"),
     ]
-    assert "no.Such" in errors[0].reason and "bogus" in errors[1].reason
+    assert "no.Such" in errors[0].reason and "connect_timeout" in errors[1].reason
     assert all(d.location.startswith("mesh.yaml:") for d in errors)
+
+
+def test_patch_values_are_read_as_istio_reads_them() -> None:
+    """Istio's ValidateEnvoyFilter: an unknown field is a warning and is dropped (its strict
+    parse only warns, "in case our libraries are outdated"); a v2 API type is an error with
+    its hint."""
+    cluster = {"connect_timeout": "3s", "bogus": 1}
+    lua_v2 = {
+        "name": "envoy.lua",
+        "typed_config": {"@type": "type.googleapis.com/envoy.config.filter.http.lua.v2.Lua"},
+    }
+    spec = {
+        "configPatches": [
+            {"applyTo": "CLUSTER", "patch": {"operation": "MERGE", "value": cluster}},
+            {"applyTo": "HTTP_FILTER", "patch": {"operation": "ADD", "value": lua_v2}},
+        ]
+    }
+    snapshot, diagnostics = normalize(envoy_filter("mixed", spec))
+    found = [(d.severity, d.field) for d in diagnostics]
+    assert found == [
+        ("warning", "spec.configPatches[0].patch.value"),
+        ("error", "spec.configPatches[1].patch.value"),
+    ]
+    assert "bogus" in diagnostics[0].reason
+    assert "hint: try using the v3 XDS API" in diagnostics[1].reason
+    only = {"configPatches": spec["configPatches"][:1]}
+    snapshot, _ = normalize(envoy_filter("lenient", only))
+    (patch,) = snapshot.envoy_filters["default/lenient"].patches
+    assert patch.value_type == "envoy.config.cluster.v3.Cluster" and patch.value
 
 
 def test_bootstrap_patch_is_a_warning() -> None:
