@@ -476,3 +476,25 @@ def test_a_patch_that_breaks_consistency_is_held_back_and_names_the_filter() -> 
     diagnostics = inconsistency_diagnostics(found, snapshot, PROXY, result)
     assert all("EnvoyFilter/default/dup" in d.reason for d in diagnostics)
     assert all(d.location.startswith("mesh.yaml:") for d in diagnostics)
+
+
+def test_deprecated_filter_names_in_a_match_are_a_warning_as_in_istio() -> None:
+    """Istio's validateListenerMatchName: the old names still match, with a warning naming
+    the new one."""
+    hcm = {"name": "envoy.http_connection_manager", "subFilter": {"name": "envoy.router"}}
+    spec = {
+        "configPatches": [
+            {
+                "applyTo": "HTTP_FILTER",
+                "match": {"listener": {"filterChain": {"filter": hcm}}},
+                "patch": {"operation": "REMOVE"},
+            }
+        ]
+    }
+    _, diagnostics = normalize(envoy_filter("old", spec))
+    where = "spec.configPatches[0].match.listener.filterChain.filter"
+    assert [(d.severity, d.field) for d in diagnostics] == [
+        ("warning", f"{where}.name"),
+        ("warning", f"{where}.subFilter.name"),
+    ]
+    assert "'envoy.filters.http.router' instead" in diagnostics[1].reason
