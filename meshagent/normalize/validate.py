@@ -148,7 +148,7 @@ def check_document(raw: RawResource) -> Issues:
     return issues
 
 
-_GATEWAY_NAME = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
+_GATEWAY_NAME = re.compile(r"[a-zA-Z0-9](?:[-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?")  # Istio's labels
 
 
 def locate(raw: RawResource, path: str) -> str:

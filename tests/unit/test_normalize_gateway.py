@@ -253,3 +253,34 @@ def test_sidecar_rules_istio_has_and_meshagent_lacked() -> None:
             "`*/*` host select all resources, no other hosts can be added",
         ),
     ]
+
+
+def test_server_hosts_are_validated_as_istio_validates_gateway_hosts() -> None:
+    """Istio's ValidateNamespaceSlashWildcardHostname for gateways."""
+    template = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge-1, namespace: ns}
+spec:
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [%s]
+"""
+    valid = [
+        "'*'",
+        "'*/*'",
+        "'./*.example.com'",
+        "'shop.example.com'",
+        "'ns/10.0.0.1'",
+        "'*foo.com'",
+    ]
+    for host in valid:
+        assert _found(template % host) == [], host
+    invalid = {
+        "'~/shop.example.com'": "invalid namespace value '~' in gateway",
+        "'ns/shop'": "short names (non FQDN) are not allowed",
+        "'ns/'": "config namespace and dnsName in host entry cannot be empty",
+        "'ns/foo_bar.example.com'": "'foo_bar.example.com' is not a valid host name",
+    }
+    for host, reason in invalid.items():
+        assert _found(template % host) == [("error", "spec.servers[0].hosts[0]", reason)], host

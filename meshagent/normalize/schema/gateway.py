@@ -7,6 +7,7 @@ not by the translator.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ from meshagent.normalize.schema.common import (
     STR_MAP,
     WORKLOAD_SELECTOR,
     HostName,
+    domain_problem,
     is_ip,
 )
 from meshagent.normalize.schema.core import Bool, Enum, F, Int, Issues, ListOf, Obj, Str, join
@@ -171,8 +173,33 @@ _HTTP_PROTOCOLS = ("HTTP", "HTTP2", "GRPC", "GRPC-WEB")
 _TLS_PROTOCOLS = ("HTTPS", "TLS")
 
 
+_NAMESPACE_LABEL = re.compile(r"[a-zA-Z0-9](?:[-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?")
+
+
+def gateway_host_problem(entry: str) -> str:
+    """Why a server host is not one Istio accepts (its ValidateNamespaceSlashWildcardHostname
+    for gateways), or "": a DNS name (`*` and `*.` prefixes allowed), or `namespace/name`
+    with a namespace of `*`, `.` or a DNS label and a fully qualified name, `*` or an IP."""
+    namespace, slash, name = entry.partition("/")
+    if not slash:
+        return domain_problem(entry)
+    if not namespace or not name:
+        return "config namespace and dnsName in host entry cannot be empty"
+    if namespace not in ("*", ".") and not _NAMESPACE_LABEL.fullmatch(namespace):
+        return f"invalid namespace value {namespace!r} in gateway"
+    if name != "*" and "." not in name:
+        return "short names (non FQDN) are not allowed"
+    if domain_problem(name) and not is_ip(name):
+        return domain_problem(name)
+    return ""
+
+
 def _server_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
-    """Istio's validateServer: TLS settings exactly where the port protocol needs them."""
+    """Istio's validateServer: hosts, and TLS settings exactly where the port protocol needs
+    them."""
+    for i, entry in enumerate(value.get("hosts") or ()):
+        if isinstance(entry, str) and (problem := gateway_host_problem(entry)):
+            issues.error(f"{join(path, 'hosts')}[{i}]", problem)
     protocol = str((value.get("port") or {}).get("protocol") or "").upper()
     tls = value.get("tls")
     if protocol in _TLS_PROTOCOLS and tls is None:
