@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from meshagent.model.extensions import DEPRECATED_FILTER_NAMES
 from meshagent.model.regex import regex_problem
+from meshagent.normalize.schema.cel import cel_syntax_problem
 from meshagent.normalize.schema.common import LABELS, STR_MAP, WORKLOAD_SELECTOR
 from meshagent.normalize.schema.core import (
     Bool,
@@ -397,12 +398,24 @@ TELEMETRY_METRICS = Obj(
         "reportingInterval": F(Duration(min_ms=1)),
     }
 )
+
+
+def _cel_filter_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    """Istio's validateTelemetryFilter: the expression must parse as CEL (Envoy would refuse
+    the listener of an access log whose filter does not)."""
+    expression = value.get("expression")
+    if isinstance(expression, str) or expression is None:
+        problem = cel_syntax_problem(expression or "")
+        if problem:
+            issues.error(join(path, "expression"), f"must be a valid CEL expression, {problem}")
+
+
 ACCESS_LOGGING = Obj(
     {
         "match": F(MODE_SELECTOR),
         "providers": F(PROVIDERS),
         "disabled": F(Bool()),
-        "filter": F(Obj({"expression": F(Str())})),
+        "filter": F(Obj({"expression": F(Str())}, rules=[_cel_filter_rule])),
     }
 )
 
