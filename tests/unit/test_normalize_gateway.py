@@ -284,3 +284,15 @@ spec:
     }
     for host, reason in invalid.items():
         assert _found(template % host) == [("error", "spec.servers[0].hosts[0]", reason)], host
+
+
+def test_server_bind_and_protocol_as_istio_validates_them() -> None:
+    credential = "mode: SIMPLE, credentialName: c"
+    bound = _tls(credential).replace('    hosts: ["*"]', '    bind: not-an-ip\n    hosts: ["*"]')
+    assert _found(bound) == [
+        ("error", "spec.servers[0].bind", "'not-an-ip' is not a valid IP address")
+    ]
+    assert _found(bound.replace("not-an-ip", "10.0.0.1")) == []
+    (found,) = _found(_tls(credential, protocol="HTTPX"))
+    assert found[:2] == ("error", "spec.servers[0].port.protocol")
+    assert found[2].startswith("invalid protocol 'HTTPX', supported protocols are HTTP, HTTP2")

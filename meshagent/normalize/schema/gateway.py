@@ -154,7 +154,11 @@ SERVER_TLS = Obj(
 def _gateway_port_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     protocol = value.get("protocol")
     if isinstance(protocol, str) and protocol.upper() not in PROTOCOLS:
-        issues.error(join(path, "protocol"), f"unrecognized protocol {protocol!r}")
+        issues.error(
+            join(path, "protocol"),
+            f"invalid protocol {protocol!r}, supported protocols are HTTP, HTTP2, GRPC, "
+            "GRPC-WEB, MONGO, REDIS, MYSQL, TCP",
+        )
     if value.get("targetPort"):
         issues.error(join(path, "targetPort"), "targetPort has no impact on Gateways")
 
@@ -200,6 +204,12 @@ def _server_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     for i, entry in enumerate(value.get("hosts") or ()):
         if isinstance(entry, str) and (problem := gateway_host_problem(entry)):
             issues.error(f"{join(path, 'hosts')}[{i}]", problem)
+    bind = value.get("bind") or ""
+    if isinstance(bind, str) and bind.startswith(UNIX_PREFIX):
+        # Istio's hidden unix:// binds (port 0): a router here listens on IP addresses only.
+        issues.error(join(path, "bind"), "unix domain socket binds are not supported on gateways")
+    elif isinstance(bind, str) and bind and not is_ip(bind):  # Istio's validateServerBind
+        issues.error(join(path, "bind"), f"{bind!r} is not a valid IP address")
     protocol = str((value.get("port") or {}).get("protocol") or "").upper()
     tls = value.get("tls")
     if protocol in _TLS_PROTOCOLS and tls is None:
