@@ -288,6 +288,9 @@ def test_listeners_get_access_logs_and_tracing() -> None:
     assert tags["user"]["requestHeader"] == {"name": "x-user"}
     assert tags["env"]["environment"] == {"name": "HOSTNAME", "defaultValue": "unknown"}
     assert tags["istio.namespace"]["literal"] == {"value": "default"}
+    # Istio's buildServiceTags: the node's MESH_ID (the trust domain by default), CLUSTER_ID
+    assert tags["istio.mesh_id"]["literal"] == {"value": PROXY.trust_domain}
+    assert tags["istio.cluster_id"]["literal"] == {"value": PROXY.cluster}
     # TCP: the outbound tcp_proxy logs; the quiet workload's inbound (selector: disabled) not
     tcp = _network_configs(lds["127.0.0.1_19000"])[0]
     assert tcp["accessLog"][0]["name"] == "envoy.access_loggers.file"
