@@ -498,3 +498,23 @@ def test_deprecated_filter_names_in_a_match_are_a_warning_as_in_istio() -> None:
         ("warning", f"{where}.subFilter.name"),
     ]
     assert "'envoy.filters.http.router' instead" in diagnostics[1].reason
+
+
+def test_cluster_match_reads_the_sni_form_of_cluster_names_as_istio() -> None:
+    """Istio's ParseSubsetKey also reads `outbound_.<port>_.<subset>_.<host>` (the clusters
+    of an AUTO_PASSTHROUGH gateway), so a service/port/subset match finds them."""
+    from meshagent.model.extensions import GATEWAY, ClusterMatch, ConfigPatch
+    from meshagent.xds.envoyfilter.clusters import cluster_matches
+    from meshagent.xds.envoyfilter.select import Applied
+
+    def matches(match: ClusterMatch, name: str) -> bool:
+        patch = ConfigPatch(index=0, apply_to="CLUSTER", operation="MERGE", cluster=match)
+        return cluster_matches(Applied(patch, "EnvoyFilter/x/y"), name, GATEWAY)
+
+    sni = "outbound_.8080_.v1_.reviews.default.svc.cluster.local"
+    wanted = ClusterMatch(port_number=8080, service="reviews.default.svc.cluster.local")
+    assert matches(wanted, sni)
+    assert matches(dataclasses.replace(wanted, subset="v1"), sni)
+    assert not matches(dataclasses.replace(wanted, subset="v2"), sni)
+    assert not matches(dataclasses.replace(wanted, port_number=9080), sni)
+    assert matches(wanted, "outbound|8080||reviews.default.svc.cluster.local")
