@@ -1,10 +1,12 @@
 """Envoy API messages by type name, shared by the normalizer (EnvoyFilter patch values, Envoy
 JSON/YAML with "@type" Anys) and the translator's patch stage (merging inside Anys).
 
-A value is parsed strictly with protobuf's json_format against the xds-protos descriptors,
-as Istio's validation does (BuildXDSObjectFromStruct, strict): an unknown field or type is
-an error that names the field. The message types an "@type" names are imported on demand:
-every generated module of the type's package directory, once.
+A value is parsed with protobuf's json_format against the xds-protos descriptors, as Istio's
+validation does (BuildXDSObjectFromStruct): a value that is not the message (a wrong type, an
+unknown "@type", an Envoy v2 API type) is an error; an unknown field is dropped with a warning
+(Istio parses leniently and only warns for what a strict parse refuses, "in case the proto is
+valid but our libraries are outdated"). The message types an "@type" names are imported on
+demand: every generated module of the type's package directory, once.
 """
 
 from __future__ import annotations
@@ -90,17 +92,46 @@ def load_type(type_url: str) -> bool:
     return True
 
 
-def parse_value(apply_to: str, value: Mapping[str, Any]) -> Message:
-    """value as applyTo's Envoy message; PatchValueError says why it is not one."""
-    for type_url in _type_urls(value):
-        if not load_type(type_url):
-            raise PatchValueError(f"unknown type {type_url!r}: not an Envoy API type of this Envoy")
+_V2_SEGMENTS = (".v2.", ".v2alpha.", ".v2alpha1.")
+
+
+def _v2_api(type_url: str) -> bool:
+    """A type of Envoy's removed v2 API (Istio no longer knows them either)."""
+    full_name = type_url.rsplit("/", 1)[-1]
+    return full_name.startswith("envoy.") and any(s in f"{full_name}." for s in _V2_SEGMENTS)
+
+
+def _parse(apply_to: str, value: Mapping[str, Any], lenient: bool) -> Message:
     message = message_class(apply_to)()
     try:
-        json_format.ParseDict(dict(value), message)
+        json_format.ParseDict(dict(value), message, ignore_unknown_fields=lenient)
     except (json_format.ParseError, TypeError, ValueError) as exc:
         raise PatchValueError(str(exc).split("\n Available Fields")[0].strip()) from exc
     return message
+
+
+def parse_value_checked(apply_to: str, value: Mapping[str, Any]) -> tuple[Message, str]:
+    """value as applyTo's Envoy message, and what a strict parse refuses in it ("" when
+    nothing: unknown fields, dropped). PatchValueError says why it is not the message."""
+    for type_url in _type_urls(value):
+        if _v2_api(type_url):
+            raise PatchValueError(
+                f"referenced type unknown (hint: try using the v3 XDS API): {type_url!r}"
+            )
+        if not load_type(type_url):
+            raise PatchValueError(f"referenced type unknown: {type_url!r}")
+    message = _parse(apply_to, value, lenient=True)
+    try:
+        _parse(apply_to, value, lenient=False)
+    except PatchValueError as exc:
+        return message, str(exc)
+    return message, ""
+
+
+def parse_value(apply_to: str, value: Mapping[str, Any]) -> Message:
+    """value as applyTo's Envoy message (unknown fields dropped); PatchValueError says why
+    it is not one."""
+    return parse_value_checked(apply_to, value)[0]
 
 
 def serialize(message: Message) -> bytes:

@@ -20,6 +20,17 @@ SIDECAR_INBOUND = "SIDECAR_INBOUND"
 SIDECAR_OUTBOUND = "SIDECAR_OUTBOUND"
 GATEWAY = "GATEWAY"
 
+# Deprecated Envoy filter names Istio still matches on (with a validation warning), and the
+# names Envoy has now.
+DEPRECATED_FILTER_NAMES = {
+    "envoy.http_connection_manager": "envoy.filters.network.http_connection_manager",
+    "envoy.router": "envoy.filters.http.router",
+    "envoy.cors": "envoy.filters.http.cors",
+    "envoy.fault": "envoy.filters.http.fault",
+    "envoy.lua": "envoy.filters.http.lua",
+    "envoy.tcp_proxy": "envoy.filters.network.tcp_proxy",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class FilterChainMatch:

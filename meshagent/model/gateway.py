@@ -39,7 +39,9 @@ class ServerTls:
     gateway's host, Istio's mounted-files form. Protocol versions are "" (Envoy's default)
     or Istio's names (TLSV1_2, ...). workload_certificate (not in Istio; Consul's ingress
     `TLS.Enabled`): a SIMPLE server presents the router's own workload certificate
-    (`default`, from the mesh CA) instead of a credential or files.
+    (`default`, from the mesh CA) instead of a credential or files. certificate_files:
+    Istio's tlsCertificates, (certificate, key) path pairs presented together (an RSA and
+    an ECDSA one), in place of server_certificate/private_key.
     """
 
     mode: str = PASSTHROUGH
@@ -57,6 +59,7 @@ class ServerTls:
     max_protocol_version: str = ""
     cipher_suites: tuple[str, ...] = ()
     workload_certificate: bool = False
+    certificate_files: tuple[tuple[str, str], ...] = ()
 
     @property
     def terminates(self) -> bool:
@@ -179,3 +182,40 @@ def match_applies(match_gateways: tuple[str, ...], namespace: str, gateway: str)
     if gateway == MESH_GATEWAY:
         return MESH_GATEWAY in match_gateways
     return any(g != MESH_GATEWAY and gateway_key(g, namespace) == gateway for g in match_gateways)
+
+
+# Istio's ValidCipherSuites (pkg/security): the names BoringSSL accepts in a cipher list.
+VALID_CIPHER_SUITES = frozenset(
+    {
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "ECDHE-ECDSA-AES128-SHA",
+        "ECDHE-RSA-AES128-SHA",
+        "ECDHE-ECDSA-AES256-SHA",
+        "ECDHE-RSA-AES256-SHA",
+        "AES128-GCM-SHA256",
+        "AES256-GCM-SHA384",
+        "AES128-SHA",
+        "AES256-SHA",
+        "DES-CBC3-SHA",
+    }
+)
+
+
+def valid_cipher_suite(name: str) -> bool:
+    """Istio's IsValidCipherSuite: a known name, ALL, or an expression (-X, +X, !X)."""
+    return not name or name == "ALL" or not name[0].isalnum() or name in VALID_CIPHER_SUITES
+
+
+def usable_cipher_suites(names: tuple[str, ...]) -> list[str]:
+    """Istio's FilterCipherSuites: the valid names, once each, in order (an invalid one
+    would make Envoy refuse the whole listener)."""
+    out: list[str] = []
+    for name in names:
+        if valid_cipher_suite(name) and name not in out:
+            out.append(name)
+    return out

@@ -142,7 +142,13 @@ def check_document(raw: RawResource) -> Issues:
     body = raw.body if raw.body.get("spec") is not None else {**raw.body, "spec": {}}
     issues = Issues()
     document.check(body, "", issues)
+    if raw.kind == "Gateway" and not _GATEWAY_NAME.fullmatch(raw.name):
+        # Istio's ValidateGateway: the name is a DNS-1123 label (no dots).
+        issues.error("metadata.name", f"invalid gateway name: {raw.name!r}")
     return issues
+
+
+_GATEWAY_NAME = re.compile(r"[a-zA-Z0-9](?:[-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?")  # Istio's labels
 
 
 def locate(raw: RawResource, path: str) -> str:

@@ -267,7 +267,7 @@ def test_bad_value_is_a_located_error_naming_the_filter() -> None:
             },
             {
                 "applyTo": "CLUSTER",
-                "patch": {"operation": "MERGE", "value": {"connect_timeout": "3s", "bogus": 1}},
+                "patch": {"operation": "MERGE", "value": {"connect_timeout": "soon"}},
             },
         ]
     }
@@ -277,8 +277,37 @@ def test_bad_value_is_a_located_error_naming_the_filter() -> None:
         ("EnvoyFilter", "default/bad", "spec.configPatches[0].patch.value"),
         ("EnvoyFilter", "default/bad", "spec.configPatches[1].patch.value"),
     ]
-    assert "no.Such" in errors[0].reason and "bogus" in errors[1].reason
+    assert "no.Such" in errors[0].reason and "connect_timeout" in errors[1].reason
     assert all(d.location.startswith("mesh.yaml:") for d in errors)
+
+
+def test_patch_values_are_read_as_istio_reads_them() -> None:
+    """Istio's ValidateEnvoyFilter: an unknown field is a warning and is dropped (its strict
+    parse only warns, "in case our libraries are outdated"); a v2 API type is an error with
+    its hint."""
+    cluster = {"connect_timeout": "3s", "bogus": 1}
+    lua_v2 = {
+        "name": "envoy.lua",
+        "typed_config": {"@type": "type.googleapis.com/envoy.config.filter.http.lua.v2.Lua"},
+    }
+    spec = {
+        "configPatches": [
+            {"applyTo": "CLUSTER", "patch": {"operation": "MERGE", "value": cluster}},
+            {"applyTo": "HTTP_FILTER", "patch": {"operation": "ADD", "value": lua_v2}},
+        ]
+    }
+    snapshot, diagnostics = normalize(envoy_filter("mixed", spec))
+    found = [(d.severity, d.field) for d in diagnostics]
+    assert found == [
+        ("warning", "spec.configPatches[0].patch.value"),
+        ("error", "spec.configPatches[1].patch.value"),
+    ]
+    assert "bogus" in diagnostics[0].reason
+    assert "hint: try using the v3 XDS API" in diagnostics[1].reason
+    only = {"configPatches": spec["configPatches"][:1]}
+    snapshot, _ = normalize(envoy_filter("lenient", only))
+    (patch,) = snapshot.envoy_filters["default/lenient"].patches
+    assert patch.value_type == "envoy.config.cluster.v3.Cluster" and patch.value
 
 
 def test_bootstrap_patch_is_a_warning() -> None:
@@ -447,3 +476,45 @@ def test_a_patch_that_breaks_consistency_is_held_back_and_names_the_filter() -> 
     diagnostics = inconsistency_diagnostics(found, snapshot, PROXY, result)
     assert all("EnvoyFilter/default/dup" in d.reason for d in diagnostics)
     assert all(d.location.startswith("mesh.yaml:") for d in diagnostics)
+
+
+def test_deprecated_filter_names_in_a_match_are_a_warning_as_in_istio() -> None:
+    """Istio's validateListenerMatchName: the old names still match, with a warning naming
+    the new one."""
+    hcm = {"name": "envoy.http_connection_manager", "subFilter": {"name": "envoy.router"}}
+    spec = {
+        "configPatches": [
+            {
+                "applyTo": "HTTP_FILTER",
+                "match": {"listener": {"filterChain": {"filter": hcm}}},
+                "patch": {"operation": "REMOVE"},
+            }
+        ]
+    }
+    _, diagnostics = normalize(envoy_filter("old", spec))
+    where = "spec.configPatches[0].match.listener.filterChain.filter"
+    assert [(d.severity, d.field) for d in diagnostics] == [
+        ("warning", f"{where}.name"),
+        ("warning", f"{where}.subFilter.name"),
+    ]
+    assert "'envoy.filters.http.router' instead" in diagnostics[1].reason
+
+
+def test_cluster_match_reads_the_sni_form_of_cluster_names_as_istio() -> None:
+    """Istio's ParseSubsetKey also reads `outbound_.<port>_.<subset>_.<host>` (the clusters
+    of an AUTO_PASSTHROUGH gateway), so a service/port/subset match finds them."""
+    from meshagent.model.extensions import GATEWAY, ClusterMatch, ConfigPatch
+    from meshagent.xds.envoyfilter.clusters import cluster_matches
+    from meshagent.xds.envoyfilter.select import Applied
+
+    def matches(match: ClusterMatch, name: str) -> bool:
+        patch = ConfigPatch(index=0, apply_to="CLUSTER", operation="MERGE", cluster=match)
+        return cluster_matches(Applied(patch, "EnvoyFilter/x/y"), name, GATEWAY)
+
+    sni = "outbound_.8080_.v1_.reviews.default.svc.cluster.local"
+    wanted = ClusterMatch(port_number=8080, service="reviews.default.svc.cluster.local")
+    assert matches(wanted, sni)
+    assert matches(dataclasses.replace(wanted, subset="v1"), sni)
+    assert not matches(dataclasses.replace(wanted, subset="v2"), sni)
+    assert not matches(dataclasses.replace(wanted, port_number=9080), sni)
+    assert matches(wanted, "outbound|8080||reviews.default.svc.cluster.local")

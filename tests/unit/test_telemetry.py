@@ -288,6 +288,9 @@ def test_listeners_get_access_logs_and_tracing() -> None:
     assert tags["user"]["requestHeader"] == {"name": "x-user"}
     assert tags["env"]["environment"] == {"name": "HOSTNAME", "defaultValue": "unknown"}
     assert tags["istio.namespace"]["literal"] == {"value": "default"}
+    # Istio's buildServiceTags: the node's MESH_ID (the trust domain by default), CLUSTER_ID
+    assert tags["istio.mesh_id"]["literal"] == {"value": PROXY.trust_domain}
+    assert tags["istio.cluster_id"]["literal"] == {"value": PROXY.cluster}
     # TCP: the outbound tcp_proxy logs; the quiet workload's inbound (selector: disabled) not
     tcp = _network_configs(lds["127.0.0.1_19000"])[0]
     assert tcp["accessLog"][0]["name"] == "envoy.access_loggers.file"
@@ -495,3 +498,18 @@ def test_a_router_logs_and_traces_its_gateway_traffic_as_a_client() -> None:
     # and without the Telemetry they log nothing (the listener is rebuilt)
     plain = resources_as_dict(translator.generate(_snapshot(SERVICES + GATEWAY), router))
     assert "accessLog" not in _network_configs(plain["lds"]["0.0.0.0_8080"])[0]
+
+
+def test_a_rule_for_the_other_side_does_not_take_this_sides_providers_away() -> None:
+    """Istio's mergeLogs skips rules of the other mode when it picks the providers in
+    scope: a workload's SERVER-only otel rule leaves the client side on the mesh's envoy,
+    and a SERVER-only filter does not filter the client side."""
+    mesh = _logs(AccessLogRule(providers=("envoy",)))
+    workload = _logs(AccessLogRule(providers=("otel",), mode=SERVER))
+    assert merge_access_logging([mesh, workload], (), CLIENT) == {"envoy": None}
+    assert merge_access_logging([mesh, workload], (), SERVER) == {"otel": None}
+    filtered = _logs(
+        AccessLogRule(providers=("envoy",), mode=SERVER, filter="response.code >= 500")
+    )
+    assert merge_access_logging([mesh, filtered], (), CLIENT) == {"envoy": None}
+    assert merge_access_logging([mesh, filtered], (), SERVER) == {"envoy": "response.code >= 500"}

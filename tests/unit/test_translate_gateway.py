@@ -10,6 +10,9 @@ from typing import Any
 import pytest
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 
 from meshagent.adapters.yamldocs import load_file
@@ -479,3 +482,200 @@ def test_match_gateways_choose_between_the_gateway_and_sidecars() -> None:
     vhosts = {v.name: v for v in _routes(sidecar, "80").virtual_hosts}
     inside = vhosts["web.shop.svc.cluster.local:80"]
     assert [r.match.prefix for r in inside.routes] == ["/inside", "/"]
+
+
+SITE = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a-site, namespace: shop}
+spec:
+  hosts: [shop.example.com]
+  gateways: [edge/web]
+  http:
+  - route: [{destination: {host: web.shop.svc.cluster.local, port: {number: 80}}}]
+"""
+API = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b-api, namespace: shop}
+spec:
+  hosts: [shop.example.com]
+  gateways: [edge/web]
+  http:
+  - match: [{uri: {prefix: /}}]
+    route: [{destination: {host: web.shop.svc.cluster.local, port: {number: 81}}}]
+  - match: [{uri: {prefix: /api}, headers: {x-any: {exact: "1"}}}, {uri: {prefix: /api}}]
+    route: [{destination: {host: api.shop.svc.cluster.local, port: {number: 80}}}]
+"""
+
+
+def test_catch_all_routes_of_a_gateway_virtual_host_go_last_as_in_istio() -> None:
+    """Istio's SortVHostRoutes: a VirtualService bound after one that ends in a catch-all
+    still gets its specific paths; catch-alls keep their relative order."""
+    snapshot = _snapshot(GATEWAY, SITE, API, shop_cert=_credential("shop-cert"))
+    plain = _routes(generate(snapshot, ROUTER_PROXY), "http.8080")
+
+    (shop,) = plain.virtual_hosts
+    found = [(r.match.prefix, len(r.match.headers), r.route.cluster) for r in shop.routes]
+    assert found == [
+        ("/api", 1, "outbound|80||api.shop.svc.cluster.local"),
+        ("/api", 0, "outbound|80||api.shop.svc.cluster.local"),
+        ("/", 0, "outbound|80||web.shop.svc.cluster.local"),
+        ("/", 0, "outbound|81||web.shop.svc.cluster.local"),
+    ]
+
+
+def _vs(name: str, namespace: str, port: int, export_to: str = "") -> str:
+    export = f"\n  exportTo: {export_to}" if export_to else ""
+    return f"""\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  hosts: [shop.example.com]
+  gateways: [edge/web]{export}
+  http:
+  - match: [{{uri: {{prefix: /x}}}}]
+    route: [{{destination: {{host: web.shop.svc.cluster.local, port: {{number: {port}}}}}}}]
+"""
+
+
+def test_virtual_services_meeting_on_a_gateway_host_follow_istios_order() -> None:
+    """Istio's VirtualServicesForGateway: private to the router's namespace first, then
+    exported to it by name, then public; within each, by name then namespace (no creation
+    times), not by "namespace/name"."""
+    snapshot = _snapshot(
+        GATEWAY,
+        _vs("b", "a", 1),  # public
+        _vs("a", "b", 2),  # public, sorts first by name
+        _vs("c", "shop", 3, "[edge]"),  # exported to the router's namespace
+        _vs("z", "edge", 4, '["."]'),  # private to the router's namespace
+        _vs("y", "other", 5, '["."]'),  # private elsewhere: not visible
+        shop_cert=_credential("shop-cert"),
+    )
+    (shop,) = _routes(generate(snapshot, ROUTER_PROXY), "http.8080").virtual_hosts
+
+    assert [r.route.cluster.split("|")[1] for r in shop.routes] == ["4", "3", "2", "1"]
+
+
+def test_conflicting_gateways_merge_in_istios_order_name_then_namespace() -> None:
+    """Istio merges Gateways oldest first, ties broken by name then namespace: of two
+    servers claiming one SNI name, `a` in namespace `z` wins over `b` in namespace `a`."""
+    template = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: %s, namespace: %s}
+spec:
+  servers:
+  - port: {number: 8443, name: https, protocol: HTTPS}
+    hosts: ["*/shop.example.com"]
+    tls: {mode: SIMPLE, credentialName: shop-cert}
+"""
+    snapshot = _snapshot(template % ("b", "a"), template % ("a", "z"))
+    snapshot = replace(
+        snapshot, credentials=MappingProxyType({"edge/shop-cert": _credential("shop-cert")})
+    )
+    found = {d.name for d in gateway_problems(snapshot, ROUTER_PROXY)}
+
+    assert found == {"a/b"}
+    assert "https.8443.https.a.z" in generate(snapshot, ROUTER_PROXY).of(typeurls.ROUTE)
+
+
+def test_gateway_virtual_hosts_are_lower_case_as_in_istio() -> None:
+    """Hosts meet as written (case-sensitive, as Istio's host.Names), and the virtual host
+    is named and matched in lower case: two spellings of one name make one virtual host."""
+    upper = SHOP.replace("hosts: [shop.example.com]", "hosts: [Shop.Example.com]").replace(
+        "name: shop,", "name: shop-upper,"
+    )
+    gateway = GATEWAY.replace('"*/shop.example.com"', '"*/shop.example.com", "Shop.Example.com"')
+    snapshot = _snapshot(gateway, SHOP, upper, shop_cert=_credential("shop-cert"))
+    plain = _routes(generate(snapshot, ROUTER_PROXY), "http.8080")
+
+    (shop,) = [v for v in plain.virtual_hosts if v.name.startswith("shop.")]
+    assert (shop.name, list(shop.domains), len(shop.routes)) == (
+        "shop.example.com:8080",
+        ["shop.example.com"],
+        4,
+    )
+    assert ConsistencyChecker().check(generate(snapshot, ROUTER_PROXY)) == []
+
+
+def test_tls_certificates_are_all_presented_and_invalid_ciphers_left_out() -> None:
+    """Istio's tlsCertificates (an RSA and an ECDSA pair of files) are presented together;
+    cipher suites Istio's validation only warns about are left out (its FilterCipherSuites),
+    so that Envoy does not refuse the listener."""
+    gateway = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: files, namespace: edge}
+spec:
+  servers:
+  - port: {number: 9443, name: https, protocol: HTTPS}
+    hosts: ["shop.example.com"]
+    tls:
+      mode: SIMPLE
+      tlsCertificates:
+      - {serverCertificate: /etc/rsa.pem, privateKey: /etc/rsa.key}
+      - {serverCertificate: /etc/ec.pem, privateKey: /etc/ec.key}
+      cipherSuites: [NOPE, ECDHE-RSA-AES128-SHA, ECDHE-RSA-AES128-SHA, "-AES256-SHA"]
+"""
+    snapshot, diagnostics = Normalizer().apply([upsert(gateway)])
+    assert [d.severity for d in diagnostics] == ["warning", "warning"]  # invalid, duplicate
+    listener = _listener(generate(snapshot, ROUTER_PROXY), "0.0.0.0_9443")
+
+    common = _tls(listener.filter_chains[0]).common_tls_context
+    assert [
+        (c.certificate_chain.filename, c.private_key.filename) for c in common.tls_certificates
+    ] == [("/etc/rsa.pem", "/etc/rsa.key"), ("/etc/ec.pem", "/etc/ec.key")]
+    assert list(common.tls_params.cipher_suites) == ["ECDHE-RSA-AES128-SHA", "-AES256-SHA"]
+
+
+def test_a_named_https_server_is_its_connection_managers_stat_prefix() -> None:
+    """Istio's createGatewayHTTPFilterChainOpts: an HTTPS server's `name` is the stat prefix
+    of its connection manager; plain HTTP servers keep outbound_<address>_<port>."""
+    named = GATEWAY.replace(
+        "  - port: {number: 8443, name: https, protocol: HTTPS}",
+        "  - name: shop-tls\n    port: {number: 8443, name: https, protocol: HTTPS}",
+    ).replace(
+        "  - port: {number: 8080, name: http, protocol: HTTP}",
+        "  - name: plain\n    port: {number: 8080, name: http, protocol: HTTP}",
+    )
+    snapshot = _snapshot(
+        named, SHOP, shop_cert=_credential("shop-cert"), admin_cert=_credential("a", "CA")
+    )
+    resources = generate(snapshot, ROUTER_PROXY)
+
+    def prefixes(listener: str) -> list[str]:
+        out = []
+        for chain in _listener(resources, listener).filter_chains:
+            manager = hcm_pb2.HttpConnectionManager()
+            chain.filters[-1].typed_config.Unpack(manager)
+            out.append(manager.stat_prefix)
+        return out
+
+    assert prefixes("0.0.0.0_8443") == ["shop-tls", "outbound_0.0.0.0_8443"]
+    assert prefixes("0.0.0.0_8080") == ["outbound_0.0.0.0_8080"]
+
+
+def test_a_match_naming_the_gateway_holds_whatever_its_source_labels() -> None:
+    """Istio's sourceMatchHTTP: `gateways:` on a match decides alone; sourceLabels are only
+    compared with the router's labels when the match names no gateway."""
+    vs = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: labels, namespace: edge}
+spec:
+  hosts: [shop.example.com]
+  gateways: [web]
+  http:
+  - match: [{uri: {prefix: /named}, gateways: [web], sourceLabels: {app: nobody}}]
+    route: [{destination: {host: web.shop.svc.cluster.local, port: {number: 80}}}]
+  - match: [{uri: {prefix: /labels}, sourceLabels: {app: nobody}}]
+    route: [{destination: {host: web.shop.svc.cluster.local, port: {number: 80}}}]
+  - match: [{uri: {prefix: /mine}, sourceLabels: {istio: ingressgateway}}]
+    route: [{destination: {host: web.shop.svc.cluster.local, port: {number: 80}}}]
+"""
+    snapshot = _snapshot(GATEWAY, vs, shop_cert=_credential("shop-cert"))
+    (shop,) = _routes(generate(snapshot, ROUTER_PROXY), "http.8080").virtual_hosts
+
+    assert [r.match.prefix for r in shop.routes] == ["/named", "/mine"]

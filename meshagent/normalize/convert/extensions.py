@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from meshagent.envoy_types import PatchValueError, parse_value, serialize
+from meshagent.envoy_types import PatchValueError, parse_value_checked, serialize
 from meshagent.model.extensions import (
     ANY,
     ClusterMatch,
@@ -101,10 +101,12 @@ def _patch(index: int, spec: Mapping[str, Any], issues: Issues) -> ConfigPatch |
     if operation != "REMOVE" and isinstance(patch.get("value"), Mapping):
         where = f"spec.configPatches[{index}].patch.value"
         try:
-            message = parse_value(apply_to, patch["value"])
+            message, unknown = parse_value_checked(apply_to, patch["value"])
         except PatchValueError as exc:
             issues.error(where, f"not a valid {apply_to} patch value: {exc}")
             return None
+        if unknown:  # Istio accepts the value without what it does not know, and warns
+            issues.warn(where, f"{unknown}; ignored")
         value_type, value = message.DESCRIPTOR.full_name, serialize(message)
     return ConfigPatch(
         index=index,

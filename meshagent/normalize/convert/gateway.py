@@ -31,6 +31,11 @@ def server_tls(spec: Mapping[str, Any]) -> ServerTls:
         min_protocol_version=str(spec.get("minProtocolVersion") or ""),
         max_protocol_version=str(spec.get("maxProtocolVersion") or ""),
         cipher_suites=_strings(spec, "cipherSuites"),
+        certificate_files=tuple(
+            (str(c.get("serverCertificate") or ""), str(c.get("privateKey") or ""))
+            for c in items(spec, "tlsCertificates")
+            if isinstance(c, Mapping)
+        ),
     )
 
 

@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from meshagent.model.extensions import DEPRECATED_FILTER_NAMES
 from meshagent.model.regex import regex_problem
+from meshagent.normalize.schema.cel import cel_syntax_problem
 from meshagent.normalize.schema.common import LABELS, STR_MAP, WORKLOAD_SELECTOR
 from meshagent.normalize.schema.core import (
     Bool,
@@ -178,6 +180,11 @@ PATCH = Obj(
 )
 
 
+def sub_name(found: Mapping[str, Any]) -> Any:
+    sub = found.get("subFilter")
+    return sub.get("name") if isinstance(sub, Mapping) else None
+
+
 def _filter_match_problems(apply_to: str, listener: Mapping[str, Any], path: str) -> Issues:
     """Istio's rules on a listener match's filter and subFilter names."""
     issues = Issues()
@@ -188,6 +195,13 @@ def _filter_match_problems(apply_to: str, listener: Mapping[str, Any], path: str
     where = f"{path}.listener.filterChain.filter"
     if apply_to in ("LISTENER", "FILTER_CHAIN"):
         issues.warn(where, f"Envoy filter: filter match has no effect when used with {apply_to}")
+    for key, name in (("name", found.get("name")), ("subFilter.name", sub_name(found))):
+        if name in DEPRECATED_FILTER_NAMES:  # Istio's validateListenerMatchName
+            issues.warn(
+                join(where, key),
+                f"using deprecated filter name {name!r}; use "
+                f"{DEPRECATED_FILTER_NAMES[name]!r} instead",
+            )
     if not found.get("name"):
         issues.error(join(where, "name"), "Envoy filter: filter match has no name to match on")
     elif found.get("subFilter") is not None:
@@ -384,12 +398,24 @@ TELEMETRY_METRICS = Obj(
         "reportingInterval": F(Duration(min_ms=1)),
     }
 )
+
+
+def _cel_filter_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    """Istio's validateTelemetryFilter: the expression must parse as CEL (Envoy would refuse
+    the listener of an access log whose filter does not)."""
+    expression = value.get("expression")
+    if isinstance(expression, str) or expression is None:
+        problem = cel_syntax_problem(expression or "")
+        if problem:
+            issues.error(join(path, "expression"), f"must be a valid CEL expression, {problem}")
+
+
 ACCESS_LOGGING = Obj(
     {
         "match": F(MODE_SELECTOR),
         "providers": F(PROVIDERS),
         "disabled": F(Bool()),
-        "filter": F(Obj({"expression": F(Str())})),
+        "filter": F(Obj({"expression": F(Str())}, rules=[_cel_filter_rule])),
     }
 )
 

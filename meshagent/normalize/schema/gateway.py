@@ -7,9 +7,11 @@ not by the translator.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
+from meshagent.model.gateway import valid_cipher_suite
 from meshagent.normalize.schema.common import (
     DESTINATION,
     DNS_LABEL,
@@ -19,6 +21,7 @@ from meshagent.normalize.schema.common import (
     STR_MAP,
     WORKLOAD_SELECTOR,
     HostName,
+    domain_problem,
     is_ip,
 )
 from meshagent.normalize.schema.core import Bool, Enum, F, Int, Issues, ListOf, Obj, Str, join
@@ -43,19 +46,89 @@ SERVER_TLS_MODES = (
 _STRINGS = ListOf(Str())
 
 
+_TERMINATING = ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL")
+
+
 def _server_tls_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    """Istio's validateTLSOptions, with its messages."""
     mode = value.get("mode") or "PASSTHROUGH"
-    files = value.get("serverCertificate") or value.get("privateKey")
-    named = value.get("credentialName") or value.get("credentialNames")
-    if mode in ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL") and not (named or files):
-        issues.error(
-            join(path, "mode"),
-            f"{mode} needs credentialName(s) or serverCertificate + privateKey",
+    certificates = value.get("tlsCertificates") or []
+    ciphers = [str(c) for c in value.get("cipherSuites") or ()]
+    if value.get("minProtocolVersion") in ("TLSV1_0", "TLSV1_1") and not ciphers:
+        issues.warn(
+            join(path, "minProtocolVersion"),
+            "TLS version below TLSV1_2 require setting compatible ciphers as by default they "
+            "no longer include compatible ciphers.",
         )
-    if bool(value.get("serverCertificate")) != bool(value.get("privateKey")) and files:
-        issues.error(join(path, "privateKey"), "serverCertificate and privateKey go together")
+    invalid = sorted({c for c in ciphers if not valid_cipher_suite(c)})
+    if invalid:
+        issues.warn(join(path, "cipherSuites"), f"ignoring invalid cipher suites: {invalid}")
+    valid = [c for c in ciphers if valid_cipher_suite(c)]
+    duplicate = sorted({c for i, c in enumerate(valid) if c in valid[:i]})
+    if duplicate:
+        issues.warn(join(path, "cipherSuites"), f"ignoring duplicate cipher suites: {duplicate}")
+    if mode == "ISTIO_MUTUAL":
+        for key, what in (
+            ("serverCertificate", "server certificate"),
+            ("privateKey", "private key"),
+            ("caCertificates", "CA bundle"),
+            ("tlsCertificates", "tlsCertificates"),
+            ("credentialName", "credentialName"),
+            ("credentialNames", "credentialNames"),
+        ):
+            if value.get(key):
+                issues.error(join(path, key), f"ISTIO_MUTUAL TLS cannot have associated {what}")
+        return
+    keys = ("caCrl", "serverCertificate", "privateKey", "caCertificates", "tlsCertificates")
+    if mode in ("PASSTHROUGH", "AUTO_PASSTHROUGH") and any(
+        value.get(k) for k in (*keys, "credentialName", "credentialNames")
+    ):
+        issues.warn(path, f"{mode} mode does not use certificates, they will be ignored")
+    sources = [
+        bool(value.get("serverCertificate") and value.get("privateKey")),
+        bool(value.get("credentialName")),
+        bool(value.get("credentialNames")),
+        bool(certificates),
+    ]
+    if sum(sources) > 1:
+        issues.error(
+            path,
+            "only one of credential_name, credential_names, server_certificate/private_key, "
+            "tls_certificates should be specified",
+        )
+    named = value.get("credentialName") or value.get("credentialNames")
+    if mode in _TERMINATING and named:
+        return  # the certificates come from the credential
+    if mode in _TERMINATING:
+        prefix = "SIMPLE TLS" if mode == "SIMPLE" else "MUTUAL TLS"
+        if mode != "SIMPLE" and not value.get("caCertificates"):
+            issues.error(join(path, "caCertificates"), f"{prefix} requires a client CA bundle")
+        if len(certificates) > 2:
+            issues.warn(
+                join(path, "tlsCertificates"), f"{prefix} can support up to 2 server certificates"
+            )
+        pairs = [(join(path, f"tlsCertificates[{i}]"), c) for i, c in enumerate(certificates)]
+        for where, cert in pairs or [(path, value)]:
+            if not cert.get("serverCertificate"):
+                issues.error(
+                    join(where, "serverCertificate"), f"{prefix} requires a server certificate"
+                )
+            if not cert.get("privateKey"):
+                issues.error(join(where, "privateKey"), f"{prefix} requires a private key")
+    if value.get("caCrl"):
+        if value.get("credentialName"):
+            issues.error(
+                join(path, "caCrl"),
+                "CRL is not supported with credentialName. CRL has to be specified in the "
+                "credential",
+            )
+        if mode == "SIMPLE":
+            issues.error(join(path, "caCrl"), "CRL is not supported with SIMPLE TLS")
 
 
+TLS_CERTIFICATE = Obj(
+    {"serverCertificate": F(Str()), "privateKey": F(Str()), "caCertificates": F(Str())}
+)
 SERVER_TLS = Obj(
     {
         "httpsRedirect": F(Bool()),
@@ -66,6 +139,7 @@ SERVER_TLS = Obj(
         "caCrl": F(Str()),
         "credentialName": F(Str()),
         "credentialNames": F(_STRINGS),
+        "tlsCertificates": F(ListOf(TLS_CERTIFICATE)),
         "subjectAltNames": F(_STRINGS),
         "verifyCertificateSpki": F(_STRINGS),
         "verifyCertificateHash": F(_STRINGS),
@@ -80,7 +154,13 @@ SERVER_TLS = Obj(
 def _gateway_port_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     protocol = value.get("protocol")
     if isinstance(protocol, str) and protocol.upper() not in PROTOCOLS:
-        issues.error(join(path, "protocol"), f"unrecognized protocol {protocol!r}")
+        issues.error(
+            join(path, "protocol"),
+            f"invalid protocol {protocol!r}, supported protocols are HTTP, HTTP2, GRPC, "
+            "GRPC-WEB, MONGO, REDIS, MYSQL, TCP",
+        )
+    if value.get("targetPort"):
+        issues.error(join(path, "targetPort"), "targetPort has no impact on Gateways")
 
 
 GATEWAY_PORT = Obj(
@@ -97,8 +177,39 @@ _HTTP_PROTOCOLS = ("HTTP", "HTTP2", "GRPC", "GRPC-WEB")
 _TLS_PROTOCOLS = ("HTTPS", "TLS")
 
 
+_NAMESPACE_LABEL = re.compile(r"[a-zA-Z0-9](?:[-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?")
+
+
+def gateway_host_problem(entry: str) -> str:
+    """Why a server host is not one Istio accepts (its ValidateNamespaceSlashWildcardHostname
+    for gateways), or "": a DNS name (`*` and `*.` prefixes allowed), or `namespace/name`
+    with a namespace of `*`, `.` or a DNS label and a fully qualified name, `*` or an IP."""
+    namespace, slash, name = entry.partition("/")
+    if not slash:
+        return domain_problem(entry)
+    if not namespace or not name:
+        return "config namespace and dnsName in host entry cannot be empty"
+    if namespace not in ("*", ".") and not _NAMESPACE_LABEL.fullmatch(namespace):
+        return f"invalid namespace value {namespace!r} in gateway"
+    if name != "*" and "." not in name:
+        return "short names (non FQDN) are not allowed"
+    if domain_problem(name) and not is_ip(name):
+        return domain_problem(name)
+    return ""
+
+
 def _server_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
-    """Istio's validateServer: TLS settings exactly where the port protocol needs them."""
+    """Istio's validateServer: hosts, and TLS settings exactly where the port protocol needs
+    them."""
+    for i, entry in enumerate(value.get("hosts") or ()):
+        if isinstance(entry, str) and (problem := gateway_host_problem(entry)):
+            issues.error(f"{join(path, 'hosts')}[{i}]", problem)
+    bind = value.get("bind") or ""
+    if isinstance(bind, str) and bind.startswith(UNIX_PREFIX):
+        # Istio's hidden unix:// binds (port 0): a router here listens on IP addresses only.
+        issues.error(join(path, "bind"), "unix domain socket binds are not supported on gateways")
+    elif isinstance(bind, str) and bind and not is_ip(bind):  # Istio's validateServerBind
+        issues.error(join(path, "bind"), f"{bind!r} is not a valid IP address")
     protocol = str((value.get("port") or {}).get("protocol") or "").upper()
     tls = value.get("tls")
     if protocol in _TLS_PROTOCOLS and tls is None:
@@ -136,13 +247,20 @@ def _gateway_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
         issues.error(join(path, "servers"), "gateway must have at least one server")
     names: set[Any] = set()
     for i, server in enumerate(servers):
-        name = (server.get("port") or {}).get("name")
+        port = server.get("port") or {}
+        name = port.get("name")
         if name in names:
             issues.error(
                 f"{join(path, 'servers')}[{i}].port.name",
                 f"port names in servers must be unique: duplicate name {name}",
             )
         names.add(name)
+        protocol = str(port.get("protocol") or "").upper()
+        if protocol not in _HTTP_PROTOCOLS and (server.get("tls") or {}).get("httpsRedirect"):
+            issues.warn(
+                f"{join(path, 'servers')}[{i}].tls.httpsRedirect",
+                "tls.httpsRedirect should only be used with http servers",
+            )
 
 
 GATEWAY = Obj({"selector": F(STR_MAP), "servers": F(ListOf(SERVER))}, rules=[_gateway_rule])
@@ -151,20 +269,32 @@ CAPTURE_MODES = ("DEFAULT", "IPTABLES", "NONE")
 
 
 def _egress_hosts_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
+    seen: dict[str, set[str]] = {}  # Istio's duplicate checks (warnings)
     for i, host in enumerate(value.get("hosts") or ()):
         namespace, slash, name = str(host).partition("/")
+        if slash:
+            known = seen.setdefault(namespace, set())
+            if (name in known or "*" in known) if name != "*" else known:
+                issues.warn(f"{join(path, 'hosts')}[{i}]", f"duplicated egress host: {host}")
+            known.add(name)
         if not slash or not namespace:
             issues.error(f"{join(path, 'hosts')}[{i}]", f"{host!r} must be namespace/dnsName")
         elif name != "*" and not name.startswith("*."):
             problems = Issues()
             HostName().check(name, f"{join(path, 'hosts')}[{i}]", problems)
             issues.extend(problems)
+    if "*" in seen.get("*", ()) and len(seen) != 1:
+        issues.warn(
+            join(path, "hosts"), "`*/*` host select all resources, no other hosts can be added"
+        )
 
 
 def _sidecar_port_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
     protocol = value.get("protocol")
     if protocol and protocol.upper() not in PROTOCOLS:
         issues.error(join(path, "protocol"), f"unsupported protocol: {protocol}")
+    if value.get("targetPort"):
+        issues.error(join(path, "targetPort"), "targetPort has no impact on Sidecars")
 
 
 # istio/api SidecarPort: unlike a ServicePort, its name is optional (validated when set).
@@ -194,9 +324,14 @@ def _ingress_rule(value: Mapping[str, Any], path: str, issues: Issues) -> None:
         ("subjectAltNames", "sidecar: subjectAltNames is not supported in ingress tls"),
         ("httpsRedirect", "sidecar: httpsRedirect is not supported"),
         ("credentialName", "sidecar: credentialName is not currently supported"),
+        ("credentialNames", "sidecar: credentialNames is not currently supported"),
+        ("tlsCertificates", "sidecar: tls_certificates is not currently supported"),
     ):
         if tls.get(key):
             issues.error(join(path, f"tls.{key}"), reason)
+    protocol = str((value.get("port") or {}).get("protocol") or "").upper()
+    if value.get("tls") is not None and protocol not in _TLS_PROTOCOLS:
+        issues.error(join(path, "tls"), "server cannot have TLS settings for non HTTPS/TLS ports")
     if tls.get("mode") in ("ISTIO_MUTUAL", "AUTO_PASSTHROUGH"):
         issues.error(
             join(path, "tls.mode"), f"cannot set mode to {tls['mode']} in sidecar ingress tls"

@@ -21,7 +21,10 @@ def cluster_matches(applied: Applied, name: str, context: str) -> bool:
         return True
     if match.name:
         return match.name == name
-    parts = name.split("|")
+    # Istio's ParseSubsetKey: `outbound|<port>|<subset>|<host>`, or the SNI form
+    # `outbound_.<port>_.<subset>_.<host>` (a gateway's AUTO_PASSTHROUGH clusters).
+    srv = name.startswith(("outbound_.", "inbound_."))
+    parts = name.split("_.", 3) if srv else name.split("|")
     if len(parts) != 4:
         return not (match.subset or match.service or match.port_number)
     _, port, subset, host = parts

@@ -20,7 +20,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf.message import Message
 
-from meshagent.model.extensions import ConfigPatch
+from meshagent.model.extensions import DEPRECATED_FILTER_NAMES, ConfigPatch
 from meshagent.model.proxy import ProxySpec
 from meshagent.xds import names
 from meshagent.xds.envoyfilter.lists import apply_list_op
@@ -29,14 +29,7 @@ from meshagent.xds.envoyfilter.select import Applied, Plan, context_matches
 
 HCM_NAMES = ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager")
 # Deprecated filter names Istio still matches on, as the names Envoy has now.
-_ALIASES = {
-    "envoy.http_connection_manager": HCM_NAMES[0],
-    "envoy.router": "envoy.filters.http.router",
-    "envoy.cors": "envoy.filters.http.cors",
-    "envoy.fault": "envoy.filters.http.fault",
-    "envoy.lua": "envoy.filters.http.lua",
-    "envoy.tcp_proxy": "envoy.filters.network.tcp_proxy",
-}
+_ALIASES = DEPRECATED_FILTER_NAMES
 _HCM_URL = "type.googleapis.com/" + hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 _VIRTUAL = (names.VIRTUAL_INBOUND, names.VIRTUAL_OUTBOUND)
 

@@ -73,6 +73,8 @@ def _http_filter(placed: PlacedServer, ctx: Context) -> lc.Filter:
     server = placed.server
     address = server.bind or names.GATEWAY_WILDCARD_ADDRESS
     manager = http_connection_manager(address, server.port, server.port)
+    if server.name and server.terminates_https:
+        manager.stat_prefix = server.name  # Istio: a named HTTPS server's stats use its name
     manager.rds.route_config_name = placed.route_name
     # The gateway is the edge: the client's address is the downstream's, not a header's;
     # paths are normalized (RFC 3986) before routing, as Istio's default pathNormalization.

@@ -7,8 +7,9 @@ and must not claim a host another TLS server of the port already claims. A serve
 cannot be served (a conflict, a credential that is missing) is left out, and the reason is
 kept as a GatewayProblem naming its Gateway; the rest of the listener is served.
 
-Pure functions of the snapshot and the proxy: no I/O, deterministic order (Gateways by
-"namespace/name", servers in their order).
+Pure functions of the snapshot and the proxy: no I/O, deterministic order (Gateways by name
+then namespace, as Istio's sortConfigByCreationTime without creation times; servers in
+their order).
 """
 
 from __future__ import annotations
@@ -100,15 +101,14 @@ EMPTY_PLAN = GatewayPlan()
 
 
 def selected_gateways(snapshot: MeshSnapshot, proxy: ProxySpec) -> list[Gateway]:
-    """The Gateways proxy serves: all whose selector matches its labels, by "namespace/name"
-    (none for a sidecar)."""
+    """The Gateways proxy serves: all whose selector matches its labels (none for a
+    sidecar), in the order Istio merges them (oldest first, ties by name then namespace;
+    without creation times, by name then namespace): the first of two conflicting servers
+    wins."""
     if proxy.proxy_type != ROUTER:
         return []
-    return [
-        snapshot.gateways[key]
-        for key in sorted(snapshot.gateways)
-        if selector_matches(snapshot.gateways[key].selector, proxy.labels)
-    ]
+    found = [g for g in snapshot.gateways.values() if selector_matches(g.selector, proxy.labels)]
+    return sorted(found, key=lambda g: (g.name, g.namespace))
 
 
 def is_tls_server(server: GatewayServer) -> bool:

@@ -74,25 +74,38 @@ def exported_to(vs: VirtualService, namespace: str) -> bool:
 def bound_virtual_services(
     snapshot: MeshSnapshot, gateway_key: str, proxy: ProxySpec
 ) -> list[VirtualService]:
-    """The VirtualServices bound to the Gateway gateway_key and visible to proxy, by
-    "namespace/name"."""
+    """The VirtualServices bound to the Gateway gateway_key and visible to proxy, in Istio's
+    order (its VirtualServicesForGateway): those private to the router's namespace, then
+    those exported to it by name, then the public ones; each group oldest first, which
+    without creation times is by name, then namespace (Istio's tie-break)."""
     out = []
-    for key in sorted(snapshot.virtual_services):
-        vs = snapshot.virtual_services[key]
+    for vs in snapshot.virtual_services.values():
         bound = vs.gateways and gateway_key in bound_gateways(vs.gateways, vs.namespace)
         if bound and exported_to(vs, proxy.namespace):
             out.append(vs)
+    out.sort(key=lambda vs: (_visibility_rank(vs, proxy.namespace), vs.name, vs.namespace))
     return out
 
 
+def _visibility_rank(vs: VirtualService, namespace: str) -> int:
+    """0: private to namespace (exportTo `.` or its own namespace), 1: exported to namespace
+    by name, 2: public (no exportTo, or `*`), as Istio indexes VirtualServices."""
+    if not vs.export_to or "*" in vs.export_to:
+        return 2
+    if vs.namespace == namespace and ("." in vs.export_to or namespace in vs.export_to):
+        return 0
+    return 1
+
+
 def _applies(match: HttpMatch, port: int, proxy: ProxySpec, gateway: str, ns: str) -> bool:
-    """A match's port must be the server's, its gateways (if any) name the server's Gateway
-    (key gateway; ns: the VirtualService's namespace), and sourceLabels must be the router's
-    own labels."""
+    """A match's port must be the server's; then, as Istio's sourceMatchHTTP, a match with
+    `gateways:` holds when they name the server's Gateway (key gateway; ns: the
+    VirtualService's namespace), whatever its sourceLabels, and one without holds when its
+    sourceLabels are the router's own labels."""
     if match.port is not None and match.port != port:
         return False
-    if match.gateways and gateway not in bound_gateways(match.gateways, ns):
-        return False
+    if match.gateways:
+        return gateway in bound_gateways(match.gateways, ns)
     return not match.source_labels or selector_matches(match.source_labels, proxy.labels)
 
 
@@ -142,7 +155,7 @@ def build_gateway_route_configuration(
             if not common:
                 continue
             routes = gateway_routes(vs, scope, proxy, placed.gateway.key)
-            for host in common:
+            for host in map(str.lower, common):  # Istio lowercases the virtual hosts
                 vhost = vhosts.get(host)
                 if vhost is None:
                     vhost = vhosts[host] = _virtual_host(host, port, [])
@@ -151,7 +164,7 @@ def build_gateway_route_configuration(
                     vhost.require_tls = rc.VirtualHost.ALL
         if redirect:
             for entry in placed.server.hosts:
-                host = split_server_host(entry)[1]
+                host = split_server_host(entry)[1].lower()
                 vhost = vhosts.get(host)
                 if vhost is None:
                     vhost = vhosts[host] = _virtual_host(host, port, [])
@@ -163,5 +176,41 @@ def build_gateway_route_configuration(
             rc.VirtualHost(name=names.gateway_blackhole_virtual_host_name(port), domains=["*"])
         )
         return out
+    for vhost in vhosts.values():
+        sort_catch_all_last(vhost)
     out.virtual_hosts.extend(vhosts[h] for h in sorted(vhosts))  # Istio sorts by name
     return out
+
+
+def is_catch_all(route: rc.Route) -> bool:
+    """Istio's IsCatchAllRoute: path prefix `/` (or path-separated prefix `/`, or regex
+    `.*`) and no header, query or metadata condition."""
+    match = route.match
+    which = match.WhichOneof("path_specifier")
+    if which == "prefix":
+        path_all = match.prefix == "/"
+    elif which == "path_separated_prefix":
+        path_all = match.path_separated_prefix == "/"
+    elif which == "safe_regex":
+        path_all = match.safe_regex.regex == ".*"
+    else:
+        path_all = False
+    return (
+        path_all and not match.headers and not match.query_parameters and not match.dynamic_metadata
+    )
+
+
+def sort_catch_all_last(vhost: rc.VirtualHost) -> None:
+    """Istio's SortVHostRoutes on a gateway virtual host: catch-all routes move to the end,
+    the others keep their order (so a VirtualService bound after another that ends in a
+    catch-all still gets its specific paths)."""
+    flags = [is_catch_all(r) for r in vhost.routes]
+    if flags == sorted(flags):
+        return  # already in order (the common case): no copy
+    ordered = [r for r, f in zip(vhost.routes, flags, strict=True) if not f]
+    ordered += [r for r, f in zip(vhost.routes, flags, strict=True) if f]
+    copies = [rc.Route() for _ in ordered]
+    for copy, route in zip(copies, ordered, strict=True):
+        copy.CopyFrom(route)
+    del vhost.routes[:]
+    vhost.routes.extend(copies)

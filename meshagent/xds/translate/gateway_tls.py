@@ -17,7 +17,13 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tl
 from google.protobuf import wrappers_pb2
 
 from meshagent.model import Credential
-from meshagent.model.gateway import ISTIO_MUTUAL, MUTUAL, OPTIONAL_MUTUAL, ServerTls
+from meshagent.model.gateway import (
+    ISTIO_MUTUAL,
+    MUTUAL,
+    OPTIONAL_MUTUAL,
+    ServerTls,
+    usable_cipher_suites,
+)
 from meshagent.xds import names
 from meshagent.xds.translate import protos
 from meshagent.xds.translate.secrets import sds_config
@@ -49,11 +55,13 @@ def _validate_with(common: tls_pb2.CommonTlsContext, tls: ServerTls, ca_secret: 
 
 def _from_files(common: tls_pb2.CommonTlsContext, tls: ServerTls, validate: bool) -> None:
     """Istio's mounted-files form: paths on the gateway's host."""
-    common.tls_certificates.append(
+    pairs = tls.certificate_files or ((tls.server_certificate, tls.private_key),)
+    common.tls_certificates.extend(
         common_pb2.TlsCertificate(
-            certificate_chain=base_pb2.DataSource(filename=tls.server_certificate),
-            private_key=base_pb2.DataSource(filename=tls.private_key),
+            certificate_chain=base_pb2.DataSource(filename=certificate),
+            private_key=base_pb2.DataSource(filename=key),
         )
+        for certificate, key in pairs
     )
     if validate and tls.ca_certificates:
         context = _client_checks(tls)
@@ -68,7 +76,7 @@ def _tls_params(tls: ServerTls) -> common_pb2.TlsParameters | None:
     low, high = _VERSIONS.get(tls.min_protocol_version), _VERSIONS.get(tls.max_protocol_version)
     if low is None and high is None and not tls.cipher_suites:
         return None
-    params = common_pb2.TlsParameters(cipher_suites=list(tls.cipher_suites))
+    params = common_pb2.TlsParameters(cipher_suites=usable_cipher_suites(tls.cipher_suites))
     if low is not None:
         params.tls_minimum_protocol_version = low
     if high is not None:

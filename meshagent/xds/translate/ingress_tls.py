@@ -7,6 +7,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from google.protobuf import wrappers_pb2
 
+from meshagent.model.gateway import usable_cipher_suites
 from meshagent.model.sidecar import IngressTls
 from meshagent.xds.translate import protos
 
@@ -38,7 +39,7 @@ def ingress_transport_socket(tls: IngressTls) -> base_pb2.TransportSocket:
         params.tls_minimum_protocol_version = _VERSIONS[tls.min_protocol_version.upper()]
     if tls.max_protocol_version:
         params.tls_maximum_protocol_version = _VERSIONS[tls.max_protocol_version.upper()]
-    params.cipher_suites.extend(tls.cipher_suites)
+    params.cipher_suites.extend(usable_cipher_suites(tls.cipher_suites))
     if tls.mode == "MUTUAL":
         if tls.ca_certificates:
             common.validation_context.trusted_ca.CopyFrom(_file(tls.ca_certificates))

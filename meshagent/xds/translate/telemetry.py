@@ -198,6 +198,8 @@ def merge_access_logging(
     for level in levels:
         found: list[str] = []
         for rule in level:
+            if not _mode_matches(rule.mode, mode):
+                continue  # Istio: a rule for the other side neither scopes nor filters this one
             found += rule.providers
             for name in rule.providers:
                 filters[name] = rule.filter
@@ -401,14 +403,16 @@ def _tracer(
 
 
 def _istio_tags(proxy: ProxySpec, namespace: str) -> list[custom_tag_pb2.CustomTag]:
-    """The literal tags Istio adds to every span (buildServiceTags)."""
+    """The literal tags Istio adds to every span (buildServiceTags), from the node metadata
+    the proxy has (the same MESH_ID and CLUSTER_ID as EnvoyFilter `match.proxy.metadata`:
+    the mesh id defaults to the trust domain, as Istio's agent does)."""
     labels = dict(proxy.labels)
     values = {
         "istio.canonical_revision": labels.get("service.istio.io/canonical-revision") or "latest",
         "istio.canonical_service": labels.get("service.istio.io/canonical-name") or "unknown",
-        "istio.mesh_id": "unknown",
+        "istio.mesh_id": proxy.trust_domain or "unknown",
         "istio.namespace": namespace or "default",
-        "istio.cluster_id": "unknown",
+        "istio.cluster_id": proxy.cluster or "unknown",
     }
     return [
         custom_tag_pb2.CustomTag(tag=k, literal=custom_tag_pb2.CustomTag.Literal(value=v))
