@@ -14,8 +14,8 @@ import pkgutil
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from google.protobuf import descriptor_pool, json_format
-from google.protobuf.message import Message
+from google.protobuf import descriptor_pool, json_format, message_factory
+from google.protobuf.message import DecodeError, Message
 
 # applyTo -> the Envoy message a patch value of it is (Istio's xds.BuildXDSObjectFromStruct).
 VALUE_TYPES: Mapping[str, tuple[str, str]] = {
@@ -36,6 +36,9 @@ VALUE_TYPES: Mapping[str, tuple[str, str]] = {
 }
 
 _loaded_packages: set[str] = set()
+# The recursion limit of protobuf's binary parsers (upb here, Envoy's C++ protobuf): a value
+# nested deeper is accepted by json_format but could never be read back or served.
+PROTOBUF_MAX_DEPTH = 100
 
 
 class PatchValueError(Exception):
@@ -100,7 +103,40 @@ def parse_value(apply_to: str, value: Mapping[str, Any]) -> Message:
         json_format.ParseDict(dict(value), message)
     except (json_format.ParseError, TypeError, ValueError) as exc:
         raise PatchValueError(str(exc).split("\n Available Fields")[0].strip()) from exc
+    try:  # what json_format builds, the binary parser (the agent's and Envoy's) may refuse
+        _check_readable(type(message).FromString(serialize(message)))
+    except DecodeError:
+        raise PatchValueError(
+            f"nested deeper than protobuf's {PROTOBUF_MAX_DEPTH} message levels"
+        ) from None
     return message
+
+
+def _check_readable(message: Message) -> None:
+    """DecodeError when an Any in message holds bytes its type's parser refuses (each Any's
+    content is parsed on its own, by Envoy too, with its own depth limit)."""
+    packed: Any = message
+    if message.DESCRIPTOR.full_name == "google.protobuf.Any":
+        name = packed.type_url.rsplit("/", 1)[-1]
+        try:
+            descriptor = descriptor_pool.Default().FindMessageTypeByName(name)
+        except KeyError:
+            return
+        _check_readable(message_factory.GetMessageClass(descriptor).FromString(packed.value))
+        return
+    for field, value in message.ListFields():
+        if field.type != field.TYPE_MESSAGE:
+            continue
+        entry: Any = field.message_type  # set for every TYPE_MESSAGE field
+        if entry.GetOptions().map_entry:
+            if entry.fields_by_name["value"].type == field.TYPE_MESSAGE:
+                for item in value.values():
+                    _check_readable(item)
+        elif field.is_repeated:
+            for item in value:
+                _check_readable(item)
+        else:
+            _check_readable(value)
 
 
 def serialize(message: Message) -> bytes:

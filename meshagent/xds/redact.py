@@ -4,7 +4,10 @@ Envoy's protos mark secret fields with `(udpa.annotations.sensitive) = true`: a 
 certificate's private key and password, generic secrets, session ticket keys, HMAC secrets,
 and so on. Every field so marked, and everything below it, is shown as "[redacted]" (strings
 and bytes) or left out (numbers, booleans, enums). Any fields are unpacked and redacted too,
-so a secret inside a filter's typed_config is found wherever it sits.
+so a secret inside a filter's typed_config is found wherever it sits. So are TypedStructs
+(a typed_config written as a Struct, as an EnvoyFilter may): as Envoy's redaction does, the
+Struct is read as the message it stands for, redacted and written back; a Struct that does
+not read as its type has every value under a sensitive field's name redacted.
 
 This is the one redaction every path that shows a resource uses: the agent's
 /debug/resources (and so `meshagent proxy-config`), CSDS, and anything that logs a resource.
@@ -16,13 +19,39 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from google.protobuf import any_pb2, descriptor_pool, message_factory
+from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory, struct_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from udpa.annotations import sensitive_pb2
 
 REDACTED = "[redacted]"
 _ANY = any_pb2.Any.DESCRIPTOR.full_name
+_TYPED_STRUCTS = frozenset({"udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct"})
+# The names of Envoy's sensitive fields, for a Struct that cannot be read as its type.
+_SENSITIVE_NAMES = frozenset(
+    {
+        "private_key",
+        "password",
+        "pkcs12",
+        "secret",
+        "secrets",
+        "keys",
+        "session_token",
+        "secret_access_key",
+        "secret_data",
+        "backend_token",
+        "auth_password",
+        "auth_username",
+        "downstream_auth_password",
+        "downstream_auth_passwords",
+        "downstream_auth_username",
+        "credentials",
+        "credentials_data_source",
+        "web_identity_token_data_source",
+        "users",
+        "context_extensions",
+    }
+)
 
 
 def redacted(message: Message) -> Message:
@@ -69,6 +98,9 @@ def _redact(message: Message, *, sensitive: bool) -> None:
     if message.DESCRIPTOR.full_name == _ANY:
         _redact_any(message, sensitive=sensitive)
         return
+    if message.DESCRIPTOR.full_name in _TYPED_STRUCTS and not sensitive:
+        _redact_typed_struct(message)
+        return
     for field, value in message.ListFields():
         hide = sensitive or _is_sensitive(field)
         if field.type == FieldDescriptor.TYPE_MESSAGE:
@@ -85,6 +117,43 @@ def _redact_any(message: Any, *, sensitive: bool) -> None:
         return
     _redact(inner, sensitive=sensitive)
     message.Pack(inner)
+
+
+def _redact_typed_struct(message: Any) -> None:
+    name = str(message.type_url).rpartition("/")[2]
+    try:
+        descriptor = descriptor_pool.Default().FindMessageTypeByName(name)
+        typed: Message = message_factory.GetMessageClass(descriptor)()
+        json_format.ParseDict(json_format.MessageToDict(message.value), typed)
+    except (KeyError, json_format.ParseError, TypeError, ValueError):
+        _redact_struct_names(message.value, sensitive=False)
+        return
+    _redact(typed, sensitive=False)
+    message.value.Clear()
+    message.value.update(json_format.MessageToDict(typed, preserving_proto_field_name=True))
+
+
+def _redact_struct_names(struct: struct_pb2.Struct, *, sensitive: bool) -> None:
+    for key, value in struct.fields.items():
+        _redact_struct_value(value, sensitive=sensitive or _snake(key) in _SENSITIVE_NAMES)
+
+
+def _redact_struct_value(value: struct_pb2.Value, *, sensitive: bool) -> None:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        _redact_struct_names(value.struct_value, sensitive=sensitive)
+    elif kind == "list_value":
+        for item in value.list_value.values:
+            _redact_struct_value(item, sensitive=sensitive)
+    elif sensitive and kind == "string_value":
+        value.string_value = REDACTED
+    elif sensitive and kind in ("number_value", "bool_value"):
+        value.null_value = struct_pb2.NULL_VALUE
+
+
+def _snake(name: str) -> str:
+    """A JSON name ("privateKey") as its proto field name ("private_key")."""
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
 
 
 def _redact_message_field(message: Message, field: FieldDescriptor, value: Any, hide: bool) -> None:

@@ -447,3 +447,48 @@ def test_a_patch_that_breaks_consistency_is_held_back_and_names_the_filter() -> 
     diagnostics = inconsistency_diagnostics(found, snapshot, PROXY, result)
     assert all("EnvoyFilter/default/dup" in d.reason for d in diagnostics)
     assert all(d.location.startswith("mesh.yaml:") for d in diagnostics)
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"x": 1}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def test_a_value_too_deep_to_read_back_is_a_located_error() -> None:
+    # json_format builds a Struct 40 dicts deep (about 120 message levels), but protobuf's
+    # binary parsers (the patch stage's, Envoy's) stop at 100: a LISTENER ADD of it used to
+    # fail every translation for the proxy (TranslationError) while the EnvoyFilter stood,
+    # and an Any holding one made /debug/resources fail (the Any could not be unpacked)
+    listener = {
+        "name": "deep",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 15999}},
+        "metadata": {"filter_metadata": {"f": _nested(40)}},
+    }
+    typed = {
+        "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+        "type_url": "type.googleapis.com/google.protobuf.Struct",
+        "value": _nested(33),
+    }
+    spec = {
+        "configPatches": [
+            {"applyTo": "LISTENER", "patch": {"operation": "ADD", "value": listener}},
+            {
+                "applyTo": "HTTP_FILTER",
+                "patch": {
+                    "operation": "INSERT_FIRST",
+                    "value": {"name": "x", "typed_config": typed},
+                },
+            },
+        ]
+    }
+    snapshot, diagnostics = normalize(envoy_filter("deep", spec))
+    errors = [d for d in diagnostics if d.severity == "error"]
+    assert [(d.name, d.field) for d in errors] == [
+        ("default/deep", "spec.configPatches[0].patch.value"),
+        ("default/deep", "spec.configPatches[1].patch.value"),
+    ]
+    assert all("nested deeper than protobuf's 100" in d.reason for d in errors)
+    result = Translator().generate(snapshot, PROXY)
+    assert set(result.of(typeurls.LISTENER)) == set(BASE_SET.of(typeurls.LISTENER))
