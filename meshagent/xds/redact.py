@@ -151,6 +151,24 @@ def _redact_struct_value(value: struct_pb2.Value, *, sensitive: bool) -> None:
         value.null_value = struct_pb2.NULL_VALUE
 
 
+def redacted_by_name(value: Any, *, sensitive: bool = False) -> Any:
+    """A JSON value (an Envoy message as written, not parsed) with every value under a
+    sensitive field's name ("private_key" or "privateKey", ...) redacted: for text that cannot
+    be read as its message. The value itself is unchanged."""
+    if isinstance(value, dict):
+        return {
+            k: redacted_by_name(v, sensitive=sensitive or _snake(str(k)) in _SENSITIVE_NAMES)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redacted_by_name(v, sensitive=sensitive) for v in value]
+    if sensitive and isinstance(value, str):
+        return REDACTED
+    if sensitive and value is not None:
+        return None
+    return value
+
+
 def _snake(name: str) -> str:
     """A JSON name ("privateKey") as its proto field name ("private_key")."""
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
