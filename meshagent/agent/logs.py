@@ -22,8 +22,16 @@ _PRIVATE_KEY_PEM = re.compile(
     r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----|\Z)", re.DOTALL
 )
 REDACTED = "[redacted]"
-# A PEM text in base64, as a Kubernetes Secret's `data` holds it ("-----BEGIN " encoded).
-_BASE64_PEM = re.compile(r"LS0tLS1CRUdJTi[A-Za-z0-9+/]*={0,2}")
+# A PEM text in base64, as a Kubernetes Secret's `data` holds it ("-----BEGIN " encoded), also
+# wrapped over lines as `base64` writes it (in a YAML block scalar: indented; in JSON or a repr:
+# as "\n" escapes). A continuation is a whole line of base64, so the next YAML key is not one.
+_B64 = r"[A-Za-z0-9+/]"
+_BREAK = r"(?:\r?\n|\\r\\n|\\n)[ \t]*"
+_LINE_END = r"(?:\r?\n|\\r|\\n|[\"'\s,}\]]|$)"
+_BASE64_PEM = re.compile(
+    rf"LS0tLS1CRUdJTi{_B64}*(?:{_BREAK}{_B64}+(?=={{0,2}}{_LINE_END}))*={{0,2}}"
+)
+_BREAKS = re.compile(r"\s|\\r|\\n")
 
 
 def redact_text(text: str) -> str:
@@ -37,8 +45,9 @@ def redact_text(text: str) -> str:
 
 def _redact_base64_key(match: re.Match[str]) -> str:
     encoded = match.group(0)
+    joined = _BREAKS.sub("", encoded)
     try:
-        decoded = base64.b64decode(encoded + "=" * (-len(encoded) % 4))
+        decoded = base64.b64decode(joined + "=" * (-len(joined) % 4))
     except ValueError:
         return REDACTED  # cut off mid-way: it may be one
     return REDACTED if b"PRIVATE KEY" in decoded or len(decoded) < 40 else encoded
