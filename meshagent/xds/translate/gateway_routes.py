@@ -133,6 +133,8 @@ def build_gateway_route_configuration(
     """The RouteConfiguration route_name of servers (all on one port)."""
     port = servers[0].server.port
     scope = RouteScope(port, snapshot.services, rules)
+    # By host ignoring case, as Envoy matches domains (it rejects the whole configuration for
+    # two that differ in case only): the routes of both join the first spelling's host.
     vhosts: dict[str, rc.VirtualHost] = {}
     for placed in servers:
         redirect = placed.server.tls is not None and placed.server.tls.https_redirect
@@ -143,18 +145,18 @@ def build_gateway_route_configuration(
                 continue
             routes = gateway_routes(vs, scope, proxy, placed.gateway.key)
             for host in common:
-                vhost = vhosts.get(host)
+                vhost = vhosts.get(host.lower())
                 if vhost is None:
-                    vhost = vhosts[host] = _virtual_host(host, port, [])
+                    vhost = vhosts[host.lower()] = _virtual_host(host, port, [])
                 vhost.routes.extend(routes)
                 if redirect:
                     vhost.require_tls = rc.VirtualHost.ALL
         if redirect:
             for entry in placed.server.hosts:
                 host = split_server_host(entry)[1]
-                vhost = vhosts.get(host)
+                vhost = vhosts.get(host.lower())
                 if vhost is None:
-                    vhost = vhosts[host] = _virtual_host(host, port, [])
+                    vhost = vhosts[host.lower()] = _virtual_host(host, port, [])
                 vhost.require_tls = rc.VirtualHost.ALL
     out = route_pb2.RouteConfiguration(name=route_name, ignore_port_in_host_matching=True)
     out.validate_clusters.value = False
@@ -163,5 +165,5 @@ def build_gateway_route_configuration(
             rc.VirtualHost(name=names.gateway_blackhole_virtual_host_name(port), domains=["*"])
         )
         return out
-    out.virtual_hosts.extend(vhosts[h] for h in sorted(vhosts))  # Istio sorts by name
+    out.virtual_hosts.extend(sorted(vhosts.values(), key=lambda v: v.domains[0]))  # as Istio
     return out
