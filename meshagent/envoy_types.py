@@ -4,7 +4,8 @@ JSON/YAML with "@type" Anys) and the translator's patch stage (merging inside An
 A value is parsed strictly with protobuf's json_format against the xds-protos descriptors,
 as Istio's validation does (BuildXDSObjectFromStruct, strict): an unknown field or type is
 an error that names the field. The message types an "@type" names are imported on demand:
-every generated module of the type's package directory, once.
+every generated module of the type's package directory, once, and only from the API's own
+packages (an "@type" never makes the agent import other code).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ VALUE_TYPES: Mapping[str, tuple[str, str]] = {
 }
 
 _loaded_packages: set[str] = set()
+# The top-level packages of the generated API modules (xds-protos); the only ones an "@type"
+# may make this process import.
+_API_ROOTS = frozenset({"envoy", "udpa", "xds", "validate", "opencensus", "opentelemetry", "cel"})
+_GOOGLE_API_PACKAGES = frozenset({"protobuf", "api", "rpc", "type", "logging", "longrunning"})
 # The recursion limit of protobuf's binary parsers (upb here, Envoy's C++ protobuf): a value
 # nested deeper is accepted by json_format but could never be read back or served.
 PROTOBUF_MAX_DEPTH = 100
@@ -64,6 +69,16 @@ def _type_urls(value: Any) -> Iterator[str]:
             yield from _type_urls(item)
 
 
+def _is_api_package(package: str) -> bool:
+    """Whether package is one of the protobuf API packages (xds-protos'): the name comes from
+    an "@type" anyone who may write an EnvoyFilter chooses, and importing it runs the code of
+    whatever module it names ("this", "antigravity", a module with side effects)."""
+    parts = package.split(".")
+    if parts[0] == "google":
+        return len(parts) > 1 and parts[1] in _GOOGLE_API_PACKAGES
+    return parts[0] in _API_ROOTS
+
+
 def load_type(type_url: str) -> bool:
     """Import the generated modules of type_url's package (once); whether the type is known."""
     full_name = type_url.rsplit("/", 1)[-1]
@@ -74,6 +89,8 @@ def load_type(type_url: str) -> bool:
     except KeyError:
         pass
     package = full_name.rpartition(".")[0]
+    if not _is_api_package(package):
+        return False
     if package and package not in _loaded_packages:
         _loaded_packages.add(package)
         try:

@@ -492,3 +492,23 @@ def test_a_value_too_deep_to_read_back_is_a_located_error() -> None:
     assert all("nested deeper than protobuf's 100" in d.reason for d in errors)
     result = Translator().generate(snapshot, PROXY)
     assert set(result.of(typeurls.LISTENER)) == set(BASE_SET.of(typeurls.LISTENER))
+
+
+def test_an_at_type_never_imports_a_module_outside_the_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the package of an "@type" was imported to find the type: an EnvoyFilter could make the
+    # agent run any installed module's import-time code ("this", "antigravity", ...)
+    package = tmp_path / "sideeffect_pkg"
+    package.mkdir()
+    marker = tmp_path / "imported"
+    (package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    value = {"name": "x", "typed_config": {"@type": "type.googleapis.com/sideeffect_pkg.Foo"}}
+    spec = {
+        "configPatches": [{"applyTo": "HTTP_FILTER", "patch": {"operation": "ADD", "value": value}}]
+    }
+    _, diagnostics = normalize(envoy_filter("imports", spec))
+    (error,) = [d for d in diagnostics if d.severity == "error"]
+    assert "sideeffect_pkg.Foo" in error.reason
+    assert not marker.exists()
