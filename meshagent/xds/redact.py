@@ -9,6 +9,10 @@ so a secret inside a filter's typed_config is found wherever it sits. So are Typ
 Struct is read as the message it stands for, redacted and written back; a Struct that does
 not read as its type has every value under a sensitive field's name redacted.
 
+Texts are redacted here too: `redact_text` (PEM private keys, also in base64; what the logs,
+bug reports and debug pages apply) and `redact_error_text` (an error Envoy sent, whose
+validation errors quote a rejected message whole).
+
 This is the one redaction every path that shows a resource uses: the agent's
 /debug/resources (and so `meshagent proxy-config`), CSDS, and anything that logs a resource.
 The functions never alter their argument.
@@ -16,7 +20,9 @@ The functions never alter their argument.
 
 from __future__ import annotations
 
+import base64
 import functools
+import re
 from typing import Any
 
 from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory, struct_pb2
@@ -26,6 +32,57 @@ from udpa.annotations import sensitive_pb2
 
 REDACTED = "[redacted]"
 _ANY = any_pb2.Any.DESCRIPTOR.full_name
+# A PEM private key block (PKCS#8, "EC", "RSA", "ENCRYPTED" ...), also one cut off at the end.
+_PRIVATE_KEY_PEM = re.compile(
+    r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----|\Z)", re.DOTALL
+)
+# A PEM text in base64, as a Kubernetes Secret's `data` holds it ("-----BEGIN " encoded), also
+# wrapped over lines as `base64` writes it (in a YAML block scalar: indented; in JSON or a repr:
+# as "\n" escapes). A continuation is a whole line of base64, so the next YAML key is not one.
+_B64 = r"[A-Za-z0-9+/]"
+_BREAK = r"(?:\r?\n|\\r\\n|\\n)[ \t]*"
+_LINE_END = r"(?:\r?\n|\\r|\\n|[\"'\s,}\]]|$)"
+_BASE64_PEM = re.compile(
+    rf"LS0tLS1CRUdJTi{_B64}*(?:{_BREAK}{_B64}+(?=={{0,2}}{_LINE_END}))*={{0,2}}"
+)
+_BREAKS = re.compile(r"\s|\\r|\\n")
+
+
+def redact_text(text: str) -> str:
+    """text with every PEM private key in it replaced by "[redacted]", also one in base64."""
+    if "LS0tLS1CRUdJTi" in text:
+        text = _BASE64_PEM.sub(_redact_base64_key, text)
+    if "PRIVATE KEY-----" not in text:
+        return text
+    return _PRIVATE_KEY_PEM.sub(REDACTED, text)
+
+
+def _redact_base64_key(match: re.Match[str]) -> str:
+    encoded = match.group(0)
+    joined = _BREAKS.sub("", encoded)
+    try:
+        decoded = base64.b64decode(joined + "=" * (-len(joined) % 4))
+    except ValueError:
+        return REDACTED  # cut off mid-way: it may be one
+    return REDACTED if b"PRIVATE KEY" in decoded or len(decoded) < 40 else encoded
+
+
+# A sensitive field in Envoy's text form of a message (DebugString, which its validation errors
+# and so its NACKs carry): `password { inline_string: "..." }` and the like.
+_SENSITIVE_TEXT = re.compile(
+    r"\b(private_key|password|pkcs12|secret|secrets|keys|session_token|secret_access_key"
+    r"|secret_data|backend_token|auth_password|downstream_auth_password)"
+    r"(\s*\{\s*(?:inline_string|inline_bytes|environment_variable)\s*:\s*)\"(?:[^\"\\]|\\.)*\""
+)
+
+
+def redact_error_text(text: str) -> str:
+    """An error Envoy sent (a NACK's error_detail) with key material redacted: its validation
+    errors quote the offending message whole, inline private keys and passwords included."""
+    text = redact_text(text)
+    return _SENSITIVE_TEXT.sub(lambda m: f'{m.group(1)}{m.group(2)}"{REDACTED}"', text)
+
+
 _TYPED_STRUCTS = frozenset({"udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct"})
 # The names of Envoy's sensitive fields, for a Struct that cannot be read as its type.
 _SENSITIVE_NAMES = frozenset(
