@@ -6,7 +6,8 @@ validation does (BuildXDSObjectFromStruct): a value that is not the message (a w
 unknown "@type", an Envoy v2 API type) is an error; an unknown field is dropped with a warning
 (Istio parses leniently and only warns for what a strict parse refuses, "in case the proto is
 valid but our libraries are outdated"). The message types an "@type" names are imported on
-demand: every generated module of the type's package directory, once.
+demand: every generated module of the type's package directory, once, and only from the
+API's own packages (an "@type" never makes the agent import other code).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import pkgutil
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from google.protobuf import descriptor_pool, json_format
-from google.protobuf.message import Message
+from google.protobuf import descriptor_pool, json_format, message_factory
+from google.protobuf.message import DecodeError, Message
 
 # applyTo -> the Envoy message a patch value of it is (Istio's xds.BuildXDSObjectFromStruct).
 VALUE_TYPES: Mapping[str, tuple[str, str]] = {
@@ -38,6 +39,13 @@ VALUE_TYPES: Mapping[str, tuple[str, str]] = {
 }
 
 _loaded_packages: set[str] = set()
+# The top-level packages of the generated API modules (xds-protos); the only ones an "@type"
+# may make this process import.
+_API_ROOTS = frozenset({"envoy", "udpa", "xds", "validate", "opencensus", "opentelemetry", "cel"})
+_GOOGLE_API_PACKAGES = frozenset({"protobuf", "api", "rpc", "type", "logging", "longrunning"})
+# The recursion limit of protobuf's binary parsers (upb here, Envoy's C++ protobuf): a value
+# nested deeper is accepted by json_format but could never be read back or served.
+PROTOBUF_MAX_DEPTH = 100
 
 
 class PatchValueError(Exception):
@@ -63,6 +71,16 @@ def _type_urls(value: Any) -> Iterator[str]:
             yield from _type_urls(item)
 
 
+def _is_api_package(package: str) -> bool:
+    """Whether package is one of the protobuf API packages (xds-protos'): the name comes from
+    an "@type" anyone who may write an EnvoyFilter chooses, and importing it runs the code of
+    whatever module it names ("this", "antigravity", a module with side effects)."""
+    parts = package.split(".")
+    if parts[0] == "google":
+        return len(parts) > 1 and parts[1] in _GOOGLE_API_PACKAGES
+    return parts[0] in _API_ROOTS
+
+
 def load_type(type_url: str) -> bool:
     """Import the generated modules of type_url's package (once); whether the type is known."""
     full_name = type_url.rsplit("/", 1)[-1]
@@ -73,6 +91,8 @@ def load_type(type_url: str) -> bool:
     except KeyError:
         pass
     package = full_name.rpartition(".")[0]
+    if not _is_api_package(package):
+        return False
     if package and package not in _loaded_packages:
         _loaded_packages.add(package)
         try:
@@ -107,6 +127,12 @@ def _parse(apply_to: str, value: Mapping[str, Any], lenient: bool) -> Message:
         json_format.ParseDict(dict(value), message, ignore_unknown_fields=lenient)
     except (json_format.ParseError, TypeError, ValueError) as exc:
         raise PatchValueError(str(exc).split("\n Available Fields")[0].strip()) from exc
+    try:  # what json_format builds, the binary parser (the agent's and Envoy's) may refuse
+        _check_readable(type(message).FromString(serialize(message)))
+    except DecodeError:
+        raise PatchValueError(
+            f"nested deeper than protobuf's {PROTOBUF_MAX_DEPTH} message levels"
+        ) from None
     return message
 
 
@@ -132,6 +158,33 @@ def parse_value(apply_to: str, value: Mapping[str, Any]) -> Message:
     """value as applyTo's Envoy message (unknown fields dropped); PatchValueError says why
     it is not one."""
     return parse_value_checked(apply_to, value)[0]
+
+
+def _check_readable(message: Message) -> None:
+    """DecodeError when an Any in message holds bytes its type's parser refuses (each Any's
+    content is parsed on its own, by Envoy too, with its own depth limit)."""
+    packed: Any = message
+    if message.DESCRIPTOR.full_name == "google.protobuf.Any":
+        name = packed.type_url.rsplit("/", 1)[-1]
+        try:
+            descriptor = descriptor_pool.Default().FindMessageTypeByName(name)
+        except KeyError:
+            return
+        _check_readable(message_factory.GetMessageClass(descriptor).FromString(packed.value))
+        return
+    for field, value in message.ListFields():
+        if field.type != field.TYPE_MESSAGE:
+            continue
+        entry: Any = field.message_type  # set for every TYPE_MESSAGE field
+        if entry.GetOptions().map_entry:
+            if entry.fields_by_name["value"].type == field.TYPE_MESSAGE:
+                for item in value.values():
+                    _check_readable(item)
+        elif field.is_repeated:
+            for item in value:
+                _check_readable(item)
+        else:
+            _check_readable(value)
 
 
 def serialize(message: Message) -> bytes:

@@ -124,9 +124,14 @@ def read_credential(directory: Path, sig: DirSig) -> dict[str, str] | None:
         if size > MAX_FILE_BYTES:
             raise ValueError(f"{directory / name}: larger than {MAX_FILE_BYTES} bytes")
         try:
-            data = (directory / name).read_bytes()
+            # Bounded even when the file grew after it was stat'ed (the signature check below
+            # would only then see it): never a whole huge file read into memory.
+            with (directory / name).open("rb") as f:
+                data = f.read(MAX_FILE_BYTES + 1)
         except FileNotFoundError:
             return None
+        if len(data) > MAX_FILE_BYTES:
+            raise ValueError(f"{directory / name}: larger than {MAX_FILE_BYTES} bytes")
         texts[name] = data.decode("utf-8", errors="replace")  # the converter wants ASCII PEM
     try:
         again = (os.stat(directory).st_ino, _file_sigs(directory))

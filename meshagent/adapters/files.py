@@ -45,7 +45,7 @@ from pathlib import Path
 from types import TracebackType
 
 from meshagent.adapters.inotify import IN_ISDIR, Inotify
-from meshagent.adapters.yamldocs import MAX_TEXT_CHARS, duplicate_error
+from meshagent.adapters.yamldocs import MAX_TEXT_CHARS, duplicate_error, read_config_bytes
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
 
 SOURCE = "files"
@@ -429,7 +429,7 @@ class FilesAdapter:
             self._racy.discard(path)
             return False
         try:
-            return hashlib.blake2b(path.read_bytes()).digest() != state.digest
+            return hashlib.blake2b(read_config_bytes(path)).digest() != state.digest
         except OSError:
             return True
 
@@ -502,11 +502,16 @@ class FilesAdapter:
             self._files[path] = _FileState(sig, b"", old)
             return [_file_error(path, f"larger than {MAX_TEXT_CHARS} bytes; file rejected")]
         try:
-            data = path.read_bytes()
+            # Bounded, and from a regular file only: a FIFO named *.yaml would block the
+            # source forever, a symlink to /dev/zero would fill the memory.
+            data = read_config_bytes(path)
         except FileNotFoundError:
             return []  # gone after the scan: the next scan sees it missing
         except OSError as exc:
             return [_file_error(path, f"cannot read: {exc.strerror or exc}")]
+        if len(data) > MAX_TEXT_CHARS:  # it grew after the scan's stat
+            self._files[path] = _FileState(sig, b"", old)
+            return [_file_error(path, f"larger than {MAX_TEXT_CHARS} bytes; file rejected")]
         if sig[1] >= time.time_ns() - RACY_NS:
             self._racy.add(path)
         digest = hashlib.blake2b(data).digest()

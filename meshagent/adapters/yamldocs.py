@@ -10,7 +10,10 @@ located error for the whole file, found before it costs more than a few megabyte
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -377,13 +380,44 @@ def load_documents(
     return [d.resource for d in documents], diagnostics
 
 
+def read_config_bytes(path: str | Path, limit: int = MAX_TEXT_CHARS) -> bytes:
+    """The bytes of a config file, at most limit + 1 of them (a caller tells "too large" by the
+    length), read from a regular file only: a FIFO would block the reader forever and a
+    device (a symlink to /dev/zero) never ends. OSError when it cannot be read or is not a
+    regular file (after symlinks)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: no wait here
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_config_text(path: str | Path) -> str:
+    """A config file's UTF-8 text (read_config_bytes); OSError, UnicodeDecodeError, or
+    ValueError when it is larger than MAX_TEXT_CHARS bytes."""
+    data = read_config_bytes(path)
+    if len(data) > MAX_TEXT_CHARS:
+        raise ValueError(f"larger than {MAX_TEXT_CHARS} bytes")
+    return data.decode("utf-8")
+
+
 def load_file(
     path: str | Path, source: str = "files", *, strip_keys: tuple[str, ...] = ()
 ) -> tuple[list[RawResource], list[Diagnostic]]:
     """load_documents on a file's contents; an unreadable file is one error Diagnostic."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = read_config_text(path)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         return [], [_error(str(path), 1, source, f"cannot read file: {exc}")]
     return load_documents(text, str(path), source, strip_keys=strip_keys)
 

@@ -121,8 +121,9 @@ def _file_name(page: str) -> str:
 
 
 def _read(path: Path) -> str:
-    with path.open("rb") as f:
-        data = f.read(MAX_FILE_BYTES + 1)
+    from meshagent.adapters.yamldocs import read_config_bytes
+
+    data = read_config_bytes(path, MAX_FILE_BYTES)  # a FIFO or device: an error, not a hang
     text = data[:MAX_FILE_BYTES].decode("utf-8", "replace")
     return text + ("\n[truncated]\n" if len(data) > MAX_FILE_BYTES else "")
 

@@ -862,7 +862,12 @@ class Agent:
                     kind="WasmPlugin",
                     name=key,
                     field="spec.url",
-                    reason=f"WasmPlugin not available in this Envoy ({why}): it has no effect",
+                    reason=f"WasmPlugin not available in this Envoy ({why}): "
+                    + (
+                        "failStrategy FAIL_OPEN, it is skipped"
+                        if p.fail_open
+                        else "it fails closed, the traffic it selects is denied (403)"
+                    ),
                 )
                 for key, p in sorted(plugins.items())
             ]

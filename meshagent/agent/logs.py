@@ -6,42 +6,17 @@ stable keys such as `proxy`, `type_url`, `version`, `source`. Event names are fi
 
 from __future__ import annotations
 
-import base64
 import logging
-import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
+from meshagent.xds.redact import REDACTED, redact_text
+
 _state: dict[str, Any] = {"stream": sys.stderr}
-
-# A PEM private key block (PKCS#8, "EC", "RSA", "ENCRYPTED" ...), also one cut off at the end.
-_PRIVATE_KEY_PEM = re.compile(
-    r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----|\Z)", re.DOTALL
-)
-REDACTED = "[redacted]"
-# A PEM text in base64, as a Kubernetes Secret's `data` holds it ("-----BEGIN " encoded).
-_BASE64_PEM = re.compile(r"LS0tLS1CRUdJTi[A-Za-z0-9+/]*={0,2}")
-
-
-def redact_text(text: str) -> str:
-    """text with every PEM private key in it replaced by "[redacted]", also one in base64."""
-    if "LS0tLS1CRUdJTi" in text:
-        text = _BASE64_PEM.sub(_redact_base64_key, text)
-    if "PRIVATE KEY-----" not in text:
-        return text
-    return _PRIVATE_KEY_PEM.sub(REDACTED, text)
-
-
-def _redact_base64_key(match: re.Match[str]) -> str:
-    encoded = match.group(0)
-    try:
-        decoded = base64.b64decode(encoded + "=" * (-len(encoded) % 4))
-    except ValueError:
-        return REDACTED  # cut off mid-way: it may be one
-    return REDACTED if b"PRIVATE KEY" in decoded or len(decoded) < 40 else encoded
+__all__ = ["REDACTED", "configure_logging", "redact_key_material", "redact_text", "set_level"]
 
 
 def _redact_value(value: Any, depth: int = 0) -> Any:

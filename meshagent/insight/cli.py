@@ -263,14 +263,14 @@ STDIN = "-"  # a PATH of "-" reads documents from standard input (reported as "-
 def _load(files: Sequence[Path], loader: Any) -> tuple[list[RawResource], list[Diagnostic]]:
     """Every file's resources, the first definition of each resource winning (as the files
     source does: a later copy is a duplicate error of its file)."""
-    from meshagent.adapters.yamldocs import duplicate_error
+    from meshagent.adapters.yamldocs import duplicate_error, read_config_text
 
     resources: dict[tuple[str, str, str, str], RawResource] = {}
     diagnostics: list[Diagnostic] = []
     for path in files:
         try:
-            text = sys.stdin.read() if str(path) == STDIN else path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            text = sys.stdin.read() if str(path) == STDIN else read_config_text(path)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
             diagnostics.append(
                 Diagnostic("error", "files", f"{path}:1", "", "", "", f"cannot read file: {exc}")
             )

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from meshagent.agent.logs import redact_text
 from meshagent.model.source import Provenance, RawResource
 
 Key = tuple[str, str, str, str]
@@ -115,5 +116,7 @@ def index_of(items: Any, match: Mapping[str, Any]) -> int | None:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, default=str)
+    # A key pasted into a field (a PEM, or one in base64) is redacted before it is cut short:
+    # the first characters of a key are no better shown than all of it.
+    text = redact_text(json.dumps(value, sort_keys=True, default=str))
     return text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 3] + "..."

@@ -14,11 +14,16 @@ import asyncio
 import urllib.parse
 from typing import Any, Protocol
 
+from google.protobuf import json_format
+
 from meshagent.agent.admin import AdminServer, Request, Response
 from meshagent.agent.lastgood import encode_resource
+from meshagent.agent.logs import redact_text
+from meshagent.envoy_types import PatchValueError, parse_value_checked
 from meshagent.insight.explain import KINDS, ExplainError, View, explain
 from meshagent.model.proxy import ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
+from meshagent.xds.redact import REDACTED, redacted, redacted_by_name
 from meshagent.xds.resources import ResourceSet
 
 # The normalizer may be applying a batch in its thread meanwhile: a read may need a retry.
@@ -49,7 +54,8 @@ def install_insight_pages(admin: AdminServer, agent: InsightAgent) -> None:
         return await asyncio.to_thread(_explain, agent, _params(request))
 
     async def inputs_page(request: Request) -> Response:
-        return _inputs(agent, _params(request))
+        # In a worker thread: redacting reads EnvoyFilter patch values as Envoy messages.
+        return await asyncio.to_thread(_inputs, agent, _params(request))
 
     admin.request_pages["/debug/explain"] = explain_page
     admin.request_pages["/debug/inputs"] = inputs_page
@@ -101,11 +107,47 @@ def _inputs(agent: InsightAgent, params: dict[str, str]) -> Response:
 
 
 def _redacted(value: Any) -> Any:
-    """value with every string that holds a private key replaced, as in config dumps."""
+    """value with every string that holds a private key (PEM, or PEM in base64) replaced, and
+    the sensitive fields of EnvoyFilter patch values redacted, as in config dumps."""
     if isinstance(value, dict):
+        if value.get("kind") == "EnvoyFilter" and isinstance(value.get("body"), dict):
+            # first: a bytes field keeps a value that reads as bytes ("[redacted]" encoded)
+            value = {**value, "body": _redacted_envoy_filter(value["body"])}
         return {k: _redacted(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_redacted(v) for v in value]
-    if isinstance(value, str) and "PRIVATE KEY" in value:
-        return "[redacted]"
+    if isinstance(value, str) and ("PRIVATE KEY" in value or redact_text(value) != value):
+        return REDACTED
     return value
+
+
+def _redacted_envoy_filter(body: dict[str, Any]) -> dict[str, Any]:
+    """body with the sensitive fields of each patch value redacted: read as the Envoy message
+    its applyTo names (as Envoy's dump redacts), else by field name. A value with nothing to
+    redact is left as written."""
+    spec: Any = body.get("spec")
+    patches = spec.get("configPatches") if isinstance(spec, dict) else None
+    if not isinstance(patches, list):
+        return body
+    out = []
+    for item in patches:
+        patch: Any = item.get("patch") if isinstance(item, dict) else None
+        value = patch.get("value") if isinstance(patch, dict) else None
+        if isinstance(value, dict):
+            value = _redacted_patch_value(str(item.get("applyTo")), value)
+            item = {**item, "patch": {**patch, "value": value}}
+        out.append(item)
+    return {**body, "spec": {**spec, "configPatches": out}}
+
+
+def _redacted_patch_value(apply_to: str, value: dict[str, Any]) -> Any:
+    try:
+        message, refused = parse_value_checked(apply_to, value)
+    except (KeyError, PatchValueError, RecursionError):
+        return redacted_by_name(value)
+    if refused:  # fields the message does not have (dropped by the lenient parse): by name
+        return redacted_by_name(value)
+    hidden = redacted(message)
+    if hidden == message:
+        return value
+    return json_format.MessageToDict(hidden, preserving_proto_field_name=True)

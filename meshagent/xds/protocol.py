@@ -31,6 +31,7 @@ from envoy.config.core.v3 import base_pb2
 
 from meshagent.xds import typeurls
 from meshagent.xds.errors import RemoteProtocolError
+from meshagent.xds.redact import redact_error_text
 from meshagent.xds.resources import Resource, ResourceSet
 
 log = structlog.get_logger("meshagent.xds")
@@ -320,7 +321,9 @@ class StreamCore(ABC):
         event: Acked | Nacked
         if request.HasField("error_detail"):
             detail = request.error_detail
-            text = error_message(detail.message, detail.code)
+            # Envoy's validation errors quote the rejected message whole (DebugString): an
+            # inline key never reaches the status pages, config errors or logs this way.
+            text = redact_error_text(error_message(detail.message, detail.code))
             event = Nacked(request.type_url, version, nonce, text)
             if is_transient(text):
                 self._retryable.add(request.type_url)

@@ -221,3 +221,29 @@ async def test_a_name_in_two_paths_serves_from_the_first_and_the_other_is_an_err
         moved = await next_event(events)
     assert [r.body["stringData"]["tls.crt"] for r in moved.upserts] == [second.cert]
     assert moved.deletes == () and moved.errors == ()
+
+
+def test_a_file_grown_since_its_stat_is_not_read_whole(tmp_path: Path) -> None:
+    # the size check used the stat of the listing; a file rewritten larger in between (or a
+    # symlink swapped to a huge file) was read whole into memory before the signature check
+    from meshagent.adapters import credentials
+
+    directory = tmp_path / "web"
+    directory.mkdir()
+    (directory / "tls.crt").write_bytes(b"x" * (credentials.MAX_FILE_BYTES * 3))
+    stale = (os.stat(directory).st_ino, (("tls.crt", 1, 1, 10),))  # as stat'ed before it grew
+    reads: list[int] = []
+    real_open = Path.open
+
+    def counting_open(self: Path, *args: object, **kwargs: object) -> object:
+        f = real_open(self, *args, **kwargs)  # type: ignore[call-overload]
+        real_read = f.read
+        f.read = lambda n=-1: reads.append(n) or real_read(n)  # type: ignore[method-assign]
+        return f
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Path, "open", counting_open)
+        mp.setattr(Path, "read_bytes", lambda self: reads.append(-1) or b"")
+        with pytest.raises(ValueError, match="larger than"):
+            credentials.read_credential(directory, stale)
+    assert reads and all(0 < n <= credentials.MAX_FILE_BYTES + 1 for n in reads)

@@ -135,3 +135,31 @@ def test_last_good_never_writes_a_secret_whatever_its_source(tmp_path: Path) -> 
     store = LastGoodStore(tmp_path / "last-good.json")
     store.save([secret])
     assert _clean((tmp_path / "last-good.json").read_text()) and store.load() == []
+
+
+def test_a_key_in_line_wrapped_base64_is_redacted_whole(tmp_path: Path) -> None:
+    # `base64 tls.key` wraps at 76 columns: in a mesh YAML Secret (a block scalar), a log line
+    # or JSON ("\n" escapes) only the first line was redacted, the key's body was left
+    import tarfile
+
+    from meshagent.agent.bugreport import write_archive
+
+    pem = server_cert()
+    wrapped = base64.encodebytes(pem.key.encode()).decode()
+    cert = base64.encodebytes(pem.cert.encode()).decode()
+    body = lambda text: "".join(f"    {line}\n" for line in text.splitlines())  # noqa: E731
+    doc = f"data:\n  tls.key: |\n{body(wrapped)}  tls.crt: |\n{body(cert)}  other: x\n"
+    key_lines = wrapped.splitlines()
+    assert len(key_lines) > 3
+    for text in (doc, json.dumps({"data": {"tls.key": wrapped}}), repr(wrapped)):
+        out = redact_text(text)
+        assert not any(line in out for line in key_lines), out
+    out = redact_text(doc)
+    assert cert.splitlines()[-1] in out and "  other: x\n" in out  # the certificate stays
+    archive = tmp_path / "report.tar.gz"
+    write_archive(archive, {"config/mesh/secret.yaml": doc}, prefix="r")
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("r/config/mesh/secret.yaml")
+        assert member is not None
+        text = member.read().decode()
+    assert not any(line in text for line in key_lines) and "[redacted]" in text

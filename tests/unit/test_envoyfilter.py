@@ -518,3 +518,68 @@ def test_cluster_match_reads_the_sni_form_of_cluster_names_as_istio() -> None:
     assert not matches(dataclasses.replace(wanted, subset="v2"), sni)
     assert not matches(dataclasses.replace(wanted, port_number=9080), sni)
     assert matches(wanted, "outbound|8080||reviews.default.svc.cluster.local")
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"x": 1}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def test_a_value_too_deep_to_read_back_is_a_located_error() -> None:
+    # json_format builds a Struct 40 dicts deep (about 120 message levels), but protobuf's
+    # binary parsers (the patch stage's, Envoy's) stop at 100: a LISTENER ADD of it used to
+    # fail every translation for the proxy (TranslationError) while the EnvoyFilter stood,
+    # and an Any holding one made /debug/resources fail (the Any could not be unpacked)
+    listener = {
+        "name": "deep",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 15999}},
+        "metadata": {"filter_metadata": {"f": _nested(40)}},
+    }
+    typed = {
+        "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+        "type_url": "type.googleapis.com/google.protobuf.Struct",
+        "value": _nested(33),
+    }
+    spec = {
+        "configPatches": [
+            {"applyTo": "LISTENER", "patch": {"operation": "ADD", "value": listener}},
+            {
+                "applyTo": "HTTP_FILTER",
+                "patch": {
+                    "operation": "INSERT_FIRST",
+                    "value": {"name": "x", "typed_config": typed},
+                },
+            },
+        ]
+    }
+    snapshot, diagnostics = normalize(envoy_filter("deep", spec))
+    errors = [d for d in diagnostics if d.severity == "error"]
+    assert [(d.name, d.field) for d in errors] == [
+        ("default/deep", "spec.configPatches[0].patch.value"),
+        ("default/deep", "spec.configPatches[1].patch.value"),
+    ]
+    assert all("nested deeper than protobuf's 100" in d.reason for d in errors)
+    result = Translator().generate(snapshot, PROXY)
+    assert set(result.of(typeurls.LISTENER)) == set(BASE_SET.of(typeurls.LISTENER))
+
+
+def test_an_at_type_never_imports_a_module_outside_the_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the package of an "@type" was imported to find the type: an EnvoyFilter could make the
+    # agent run any installed module's import-time code ("this", "antigravity", ...)
+    package = tmp_path / "sideeffect_pkg"
+    package.mkdir()
+    marker = tmp_path / "imported"
+    (package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    value = {"name": "x", "typed_config": {"@type": "type.googleapis.com/sideeffect_pkg.Foo"}}
+    spec = {
+        "configPatches": [{"applyTo": "HTTP_FILTER", "patch": {"operation": "ADD", "value": value}}]
+    }
+    _, diagnostics = normalize(envoy_filter("imports", spec))
+    (error,) = [d for d in diagnostics if d.severity == "error"]
+    assert "sideeffect_pkg.Foo" in error.reason
+    assert not marker.exists()

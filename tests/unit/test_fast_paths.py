@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from envoy.config.route.v3 import route_pb2
 
 from meshagent.model import Endpoint, Resolution, Service, ServicePort
 from meshagent.normalize.schema import SPECS
@@ -198,6 +199,8 @@ def test_route_bytes_match_protobuf(path: Path) -> None:
         listed += [(listed[0][0], listed[0][1]), (listed[0][0], [listed[0][1][0], "only.here"])]
         # Domains whose fields need more than one length byte, or are not ASCII.
         listed += [(listed[0][0], ["d" * 130 + ".example"]), (listed[0][0], ["bücher.example"])]
+        # Domains taken already in another case (Envoy compares them ignoring case).
+        listed += [(listed[0][0], [listed[0][1][0].upper(), "BÜCHER.example", "New.Example"])]
         messages, wires = [], []
         for host, domains in listed:
             vs = index.routing.vs_for(host)
@@ -205,3 +208,24 @@ def test_route_bytes_match_protobuf(path: Path) -> None:
             wires.append(wire_virtual_host(host, domains, vs, scope))
         expected = build_route_configuration(port, messages).SerializeToString(deterministic=True)
         assert route_configuration_bytes(port, wires) == expected
+
+
+def test_domains_differing_in_case_only_are_claimed_once() -> None:
+    # Envoy rejects a route configuration listing one domain twice in different case ("Only
+    # unique values for domains are permitted"): every HTTP route of the port stopped updating
+    # over one ServiceEntry written in upper case
+    path = sorted(TESTDATA.glob("*.input.yaml"))[0]
+    snapshot, _ = load_case(path)
+    index = MeshIndex.update(None, snapshot, changes_between(None, snapshot, True))
+    port = next(iter(index.http_ports))
+    scope = RouteScope(port, snapshot.services, index.rules)
+    listed = [
+        ("a.example", ["a.example", "a.example:80"]),
+        ("A.example", ["A.Example", "b.example"]),
+    ]
+    wires = [wire_virtual_host(h, d, None, scope) for h, d in listed]
+    config = route_pb2.RouteConfiguration.FromString(route_configuration_bytes(port, wires))
+    assert [list(v.domains) for v in config.virtual_hosts] == [
+        ["a.example", "a.example:80"],
+        ["b.example"],
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -694,3 +695,35 @@ async def test_a_reread_file_keeps_the_objects_of_its_unchanged_documents(tmp_pa
     assert names(changed.upserts) == ["a"]
     assert held[first_keep.key] is first_keep
     assert held[first_a.key] is changed.upserts[0]
+
+
+async def test_a_fifo_or_device_named_like_a_config_file_is_an_error_not_a_hang(
+    tmp_path: Path,
+) -> None:
+    # a FIFO named *.yaml blocked the source's reader forever (no config change was seen
+    # again), and a symlink to /dev/zero was read until memory ran out
+    (tmp_path / "a.yaml").write_text(doc("a"))
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    (tmp_path / "zero.yaml").symlink_to("/dev/null")  # a device (a harmless one here)
+    try:
+        async with adapter(tmp_path) as files:
+            event = await next_event(files.watch())
+    finally:
+        with contextlib.suppress(OSError):  # before the fix: let a blocked reader go
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert names(event.upserts) == ["a"]
+    assert sorted((d.location, d.reason) for d in event.errors) == [
+        (str(fifo), "cannot read: not a regular file"),
+        (str(tmp_path / "zero.yaml"), "cannot read: not a regular file"),
+    ]
+
+
+def test_config_files_are_read_bounded_and_only_when_regular(tmp_path: Path) -> None:
+    from meshagent.adapters.yamldocs import read_config_bytes
+
+    with pytest.raises(OSError, match="not a regular file"):
+        read_config_bytes("/dev/zero")  # never read: it has no end
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"x" * 5000)
+    assert len(read_config_bytes(big, 1000)) == 1001  # one more than the limit: "too large"

@@ -245,3 +245,17 @@ def test_the_sidecar_that_scopes_the_proxy_is_named(tmp_path: Path) -> None:
     found = offline(root, f"outbound|9080||{HOST}")
     [sidecar] = [i for i in found.inputs if i.role.startswith("sidecar")]
     assert (sidecar.ref, sidecar.location) == ("Sidecar/default/default", f"{root}/sc.yaml:1")
+
+
+def test_a_key_pasted_into_a_field_is_not_shown_even_cut_short() -> None:
+    # a field's value is cut to MAX_VALUE characters: a PEM key pasted into a DestinationRule's
+    # tls field showed its first ones in `meshagent explain` and /debug/explain
+    from meshagent.insight.documents import fields
+    from meshagent.model.source import Provenance, RawResource
+
+    key = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END"
+    body = {"spec": {"trafficPolicy": {"tls": {"mode": "MUTUAL", "privateKey": key}}}}
+    prov = Provenance("files", "mesh.yaml:1", "DestinationRule", "default", "r")
+    raw = RawResource("files", "DestinationRule", "v1", "default", "r", body, prov)
+    (field,) = fields(raw, ["spec.trafficPolicy.tls"])
+    assert "MIGHAgEA" not in field.value and "[redacted]" in field.value

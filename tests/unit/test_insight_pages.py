@@ -11,7 +11,7 @@ from meshagent.insight.pages import install_insight_pages
 from meshagent.model.identity import Identity
 from meshagent.model.proxy import ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
-from meshagent.model.source import Provenance, RawResource
+from meshagent.model.source import Provenance, RawResource, SourceEvent
 from meshagent.normalize.normalizer import Normalizer
 from meshagent.xds.resources import ResourceSet
 from tests.unit.test_insight_explain import HOST, RULE, SERVICE, mesh
@@ -76,3 +76,71 @@ async def test_inputs_page_withholds_keys() -> None:
     assert [r["kind"] for r in data["resources"]] == ["ServiceEntry"]
     assert data["resources"][0]["body"]["spec"]["note"] == "[redacted]"
     assert data["identities"] == ["spiffe://cluster.local/ns/default/sa/web"]
+
+
+async def test_inputs_page_redacts_keys_in_base64_and_envoy_filters() -> None:
+    # a PEM key in base64 (as a Secret's data or an inline_bytes holds one) and the sensitive
+    # fields of an EnvoyFilter's patch values (a transport socket's inline key and password,
+    # a generic secret) were shown as written; redacted, the EnvoyFilter still reads back
+    import base64
+
+    from meshagent.agent.lastgood import decode_resource
+
+    key_b64 = base64.b64encode(KEY.encode()).decode()
+    tls = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "tls_certificates": [
+                {
+                    "certificate_chain": {"inline_string": "CHAIN"},
+                    "private_key": {"inline_bytes": key_b64},
+                    "password": {"inline_string": "hunter2"},
+                }
+            ]
+        },
+    }
+    patches = [
+        {
+            "applyTo": "CLUSTER",
+            "patch": {
+                "operation": "MERGE",
+                "value": {"transport_socket": {"name": "tls", "typed_config": tls}},
+            },
+        },
+        {  # not an Envoy message: redacted by field name
+            "applyTo": "CLUSTER",
+            "patch": {"operation": "MERGE", "value": {"bogus": {"secretAccessKey": "AKIA-SECRET"}}},
+        },
+        {
+            "applyTo": "CLUSTER",
+            "patch": {"operation": "MERGE", "value": {"connect_timeout": "3s"}},
+        },
+    ]
+    body = {"kind": "EnvoyFilter", "metadata": {"name": "x"}, "spec": {"configPatches": patches}}
+    prov = Provenance("kubernetes", "resourceVersion 3", "EnvoyFilter", "default", "x")
+    ef = RawResource(
+        "kubernetes", "EnvoyFilter", "networking.istio.io/v1alpha3", "default", "x", body, prov
+    )
+    prov = Provenance("kubernetes", "resourceVersion 3", "ServiceEntry", "default", "se")
+    se = RawResource(
+        "kubernetes", "ServiceEntry", "v1", "default", "se", {"spec": {"note": key_b64}}, prov
+    )
+
+    class Documents(Normalizer):
+        def accepted(self, source: str) -> dict[tuple[str, str, str, str], RawResource]:
+            return {ef.key: ef, se.key: se} if source == "kubernetes" else {}
+
+    admin = pages(Agent(Documents(), MeshSnapshot(), ProxySpec(node_id="n"), ResourceSet()))
+    status, text = await get(admin, "/debug/inputs?exclude=files")
+    assert status == 200
+    for secret in (b"PRIVATE KEY", key_b64[:40].encode(), b"hunter2", b"AKIA-SECRET"):
+        assert secret not in text
+    data = json.loads(text)
+    assert b"CHAIN" in text and data["resources"][1]["body"]["spec"]["note"] == "[redacted]"
+    replayed = decode_resource(data["resources"][0])
+    assert replayed.body["spec"]["configPatches"][2] == patches[2]  # nothing to redact: as is
+    _, diagnostics = Normalizer().apply([SourceEvent("kubernetes", (replayed,))])
+    # the replayed filter reads as written: the unknown field is dropped with a warning, as Istio
+    assert [d.field for d in diagnostics if d.severity == "error"] == []
+    warned = [d.field for d in diagnostics if d.severity == "warning"]
+    assert "spec.configPatches[1].patch.value" in warned

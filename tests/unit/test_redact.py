@@ -117,3 +117,57 @@ def test_no_log_line_carries_a_private_key() -> None:
     assert "PRIVATE KEY" not in text and "MIGHAgEAMBMG" not in text, text
     assert text.count(REDACTED) >= 3
     configure_logging("info", "json")
+
+
+def _typed_struct_listener(type_name: str, value: dict[str, object]) -> listener_pb2.Listener:
+    # what an EnvoyFilter may write: a transport socket's typed_config as a TypedStruct
+    from google.protobuf import struct_pb2
+    from udpa.type.v1 import typed_struct_pb2
+
+    struct = struct_pb2.Struct()
+    struct.update(value)
+    typed = typed_struct_pb2.TypedStruct(type_url=f"type.googleapis.com/{type_name}", value=struct)
+    listener = listener_pb2.Listener(name="in")
+    chain = listener.filter_chains.add()
+    chain.transport_socket.name = "envoy.transport_sockets.tls"
+    chain.transport_socket.typed_config.Pack(typed)
+    return listener
+
+
+def test_a_key_inside_a_typed_struct_is_found() -> None:
+    # Envoy's config dump reads a TypedStruct as its type to redact it; the agent's showed
+    # the Struct as written, inline private key and password included
+    context = {
+        "common_tls_context": {
+            "tls_certificates": [
+                {
+                    "certificate_chain": {"inline_string": "CHAIN"},
+                    "private_key": {"inline_string": KEY},
+                    "password": {"inline_bytes": "aHVudGVyMg=="},
+                }
+            ]
+        }
+    }
+    listener = _typed_struct_listener(
+        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext", context
+    )
+    text = json.dumps(
+        resources_json(ResourceSet.build({LISTENER: [Resource.pack("in", listener)]}))
+    )
+    assert "BEGIN PRIVATE KEY" not in text and "aHVudGVyMg" not in text and "CHAIN" in text
+    assert text.count(REDACTED) == 1 and "W3JlZGFjdGVkXQ==" in text  # bytes: base64 of it
+
+
+def test_a_typed_struct_not_of_its_type_is_redacted_by_field_name() -> None:
+    context = {
+        "commonTlsContext": {"tlsCertificates": [{"privateKey": {"inlineString": "SECRET-1"}}]},
+        "not_a_field": {"password": "SECRET-2", "n": 1},
+    }
+    listener = _typed_struct_listener(
+        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext", context
+    )
+    text = json.dumps(
+        resources_json(ResourceSet.build({LISTENER: [Resource.pack("in", listener)]}))
+    )
+    assert "SECRET-" not in text and text.count(REDACTED) == 2 and '"n": 1' in text
+    assert listener.filter_chains[0].transport_socket.typed_config.value  # the input unchanged

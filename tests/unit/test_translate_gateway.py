@@ -679,3 +679,25 @@ spec:
     (shop,) = _routes(generate(snapshot, ROUTER_PROXY), "http.8080").virtual_hosts
 
     assert [r.match.prefix for r in shop.routes] == ["/named", "/mine"]
+
+
+def test_hosts_differing_in_case_only_share_one_virtual_host() -> None:
+    # Envoy matches domains ignoring case and rejects a route configuration with two that
+    # differ in case only (the whole port's routes then stop updating, istio/istio#49638):
+    # the second spelling's routes join the first's virtual host
+    upper = SHOP.replace("name: shop,", "name: shop2,").replace(
+        "hosts: [shop.example.com]", "hosts: [SHOP.example.com]"
+    )
+    gateway = GATEWAY.replace('"*/shop.example.com"', '"*/shop.example.com", "*/SHOP.example.com"')
+    snapshot = _snapshot(
+        gateway,
+        SHOP,
+        upper,
+        shop_cert=_credential("shop-cert"),
+        admin_cert=_credential("admin-cert", "CA"),
+    )
+    plain = _routes(generate(snapshot, ROUTER_PROXY), "http.8080")
+    domains = [d.lower() for v in plain.virtual_hosts for d in v.domains]
+    assert domains == ["shop.example.com"]
+    (vhost,) = plain.virtual_hosts
+    assert vhost.name == "shop.example.com:8080" and len(vhost.routes) == 4  # both VSs' routes

@@ -81,11 +81,39 @@ def test_plugins_are_placed_by_phase_and_priority_and_mode() -> None:
 
 
 def test_without_a_wasm_runtime_nothing_is_translated() -> None:
-    result = translate(plugin("stats", "file:///opt/wasm/stats.wasm"))
+    result = translate(plugin("stats", "file:///opt/wasm/stats.wasm", failStrategy="FAIL_OPEN"))
     assert result.patched_by == {}
     assert [f["name"] for f in http_filters(result, "inbound_0.0.0.0_8080")] == [
         "envoy.filters.http.router"
     ]
+
+
+def _denies_all(http_filter: dict[str, Any]) -> bool:
+    config = http_filter["typedConfig"]
+    return config["@type"].endswith("filters.http.rbac.v3.RBAC") and config["rules"] == {}
+
+
+@pytest.mark.parametrize(
+    ("url", "proxy"),
+    [("file:///opt/wasm/authz.wasm", PROXY), ("oci://registry.example/authz:1", WITH_RUNTIME)],
+    ids=["no-runtime", "remote-module"],
+)
+def test_a_plugin_that_cannot_load_and_fails_closed_denies_in_its_place(
+    url: str, proxy: Any
+) -> None:
+    # an authorization plugin that was not loaded (no Wasm runtime, a remote module) was left
+    # out, and requests went through unchecked: FAIL_CLOSE (the default) now puts a deny-all
+    # RBAC filter where it would run, as Istio's agent does when it cannot fetch a module
+    result = translate(plugin("authz", url, phase="AUTHZ"), proxy=proxy)
+    filters = http_filters(result, "inbound_0.0.0.0_8080")
+    names = [f["name"] for f in filters]
+    at = names.index("default.authz")
+    assert _denies_all(filters[at]) and at < names.index("envoy.filters.http.router")
+    outbound = [f for f in http_filters(result, "127.0.0.1_9080") if f["name"] == "default.authz"]
+    assert len(outbound) == 1 and _denies_all(outbound[0])
+    _, diagnostics = normalize(plugin("authz", url, phase="AUTHZ"))
+    if url.startswith("oci:"):
+        assert "denied (403)" in diagnostics[0].reason
 
 
 def test_remote_modules_are_a_located_warning() -> None:
@@ -126,7 +154,9 @@ def test_envoy_accepts_the_translated_filter(tmp_path: Path) -> None:
     module = tmp_path / "noop.wasm"
     module.write_bytes(NOOP_MODULE)
     result = translate(
-        plugin("noop", f"file://{module}", pluginConfig={"a": 1}), proxy=WITH_RUNTIME
+        plugin("noop", f"file://{module}", pluginConfig={"a": 1}),
+        plugin("remote", "oci://registry.example/authz:1", phase="AUTHZ"),  # deny-all instead
+        proxy=WITH_RUNTIME,
     )
     bootstrap = static_bootstrap(resources_as_dict(result))
     config = tmp_path / "bootstrap.json"

@@ -224,3 +224,24 @@ def test_a_transient_nack_is_resent_on_an_explicit_retry_only() -> None:
     assert again.version_info == cds.version_info
     stream.on_request(ack(again))
     assert stream.retryable == frozenset()
+
+
+def test_a_nack_quoting_an_inline_key_is_recorded_redacted() -> None:
+    # Envoy's validation errors quote the rejected message whole (ProtoValidationException:
+    # DebugString): the NACK text reached /debug/status, the status page and config errors
+    key = (
+        "-----BEGIN PRIVATE KEY-----\\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49\\n"
+        "-----END PRIVATE KEY-----\\n"
+    )
+    stream = connected()
+    [cds] = stream.on_snapshot(2, with_clusters("a", "b", timeout_ms=3))
+    req = nack(cds)
+    req.error_detail.message = (
+        "Proto constraint validation failed (TlsCertificateValidationError.CertificateChain: "
+        "value is required): tls_certificates {\n  private_key {\n    inline_string: "
+        f'"{key}"\n  }}\n  password {{\n    inline_string: "hunter2"\n  }}\n}}\n'
+    )
+    stream.on_request(req)
+    [event] = [e for e in stream.take_events() if isinstance(e, Nacked)]
+    assert "MIGHAgEA" not in event.error and "hunter2" not in event.error
+    assert "Proto constraint validation failed" in event.error and "[redacted]" in event.error

@@ -187,7 +187,14 @@ def convert_wasm_plugin(
         issues.warn(
             "spec.url",
             "remote Wasm modules (http, https, oci) are not fetched by meshagent: this "
-            "WasmPlugin has no effect; download the module and use a file:// url",
+            "WasmPlugin "
+            + (
+                "is skipped (failStrategy FAIL_OPEN)"
+                if spec.get("failStrategy") == "FAIL_OPEN"
+                else "fails closed, the traffic it selects is denied (403), as when Istio "
+                "cannot fetch a module"
+            )
+            + "; download the module and use a file:// url",
         )
     env = [e for e in items(sub(spec, "vmConfig"), "env") if isinstance(e, Mapping)]
     matches = []

@@ -10,8 +10,8 @@ assembler's change hint it visits only the changed names. Each patched resource 
 recorded in ResourceSet.patched_by with the EnvoyFilters (and WasmPlugins) that changed it.
 
 A patch that fails on a resource (e.g. a merge into an Any of a type this Envoy API has
-not) leaves that resource as generated and logs `envoyfilter_patch_failed`, as Istio
-recovers from a failed patch.
+not, or one that nests the result beyond protobuf's depth limit) leaves that resource as
+generated and logs `envoyfilter_patch_failed`, as Istio recovers from a failed patch.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import structlog
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from meshagent.model.proxy import ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
@@ -100,6 +100,8 @@ def _patch_one(type_url: str, resource: Resource, plan: Plan, proxy: ProxySpec) 
     patched = Resource.pack(resource.name, message)
     if patched.version == resource.version:
         patched = resource
+    else:  # a merge can nest a value too deeply to be read back (by Envoy too): serve unpatched
+        type(message).FromString(patched.value)
     return patched, tuple(touched.refs)
 
 
@@ -128,7 +130,17 @@ def _added(plan: Plan, proxy: ProxySpec) -> dict[str, list[tuple[Resource, str]]
         for applied in plan.of(apply_to):
             if applied.patch.operation != "ADD" or not adds_in(applied.patch, proxy, inbound_too):
                 continue
-            message = cls.FromString(applied.patch.value)
+            try:
+                message = cls.FromString(applied.patch.value)
+            except DecodeError as exc:  # (the normalizer refuses such values: defence in depth)
+                log.warning(
+                    "envoyfilter_patch_failed",
+                    proxy=proxy.node_id,
+                    type_url=type_url,
+                    resource=applied.ref,
+                    error=repr(exc),
+                )
+                continue
             name = str(message.name)  # type: ignore[attr-defined]
             out.setdefault(type_url, []).append((Resource.pack(name, message), applied.ref))
     return out

@@ -9,6 +9,12 @@ just before the router. Within a phase, higher priority runs first. Only local m
 Whether the Envoy in use has a Wasm runtime is probed once by the agent
 (`wasm_runtime_available`) and carried in ProxySpec.wasm_runtime; without one, no plugin is
 translated and the agent reports each WasmPlugin as not available in this Envoy.
+
+A plugin that selects the traffic but cannot be loaded (a remote module, which the agent does
+not fetch, or no Wasm runtime) fails as its failStrategy says, as Istio's agent does when a
+module cannot be fetched: FAIL_CLOSE (the default) puts a deny-all RBAC filter in its place,
+so that an authentication or authorization plugin that is missing never lets requests
+through; FAIL_OPEN leaves it out.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from envoy.config.rbac.v3 import rbac_pb2 as rbac_config_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as http_wasm_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -42,13 +50,14 @@ _MODE_OF = {SIDECAR_INBOUND: "SERVER", SIDECAR_OUTBOUND: "CLIENT", GATEWAY: "CLI
 
 
 def plugins_for(plugins: Mapping[str, WasmPlugin], proxy: ProxySpec) -> tuple[WasmPlugin, ...]:
-    """The plugins that apply to proxy, in insertion order; () without a Wasm runtime."""
-    if not plugins or not proxy.wasm_runtime:
+    """The plugins that apply to proxy, in insertion order: those it can load, and those it
+    cannot that fail closed (each becomes a deny-all filter: `loadable`)."""
+    if not plugins:
         return ()
     chosen = [
         p
         for p in plugins.values()
-        if p.module
+        if (loadable(p, proxy) or not p.fail_open)
         and p.plugin_type == "HTTP"
         and selects(p.namespace, p.selector, p.target_refs, proxy)
     ]
@@ -58,6 +67,20 @@ def plugins_for(plugins: Mapping[str, WasmPlugin], proxy: ProxySpec) -> tuple[Wa
         return (_PHASES.get(p.phase, 3), -p.priority, p.namespace != root, p.created, p.name)
 
     return tuple(sorted(chosen, key=rank))
+
+
+def loadable(plugin: WasmPlugin, proxy: ProxySpec) -> bool:
+    """Whether proxy's Envoy can run plugin: a local module and a Wasm runtime."""
+    return bool(plugin.module) and proxy.wasm_runtime
+
+
+def deny_all_filter(plugin: WasmPlugin) -> hcm_pb2.HttpFilter:
+    """What stands in for a plugin that fails closed and cannot be loaded: an RBAC filter
+    with no policy to allow, so every request gets 403 (Istio's agent serves one too)."""
+    rules = rbac_config_pb2.RBAC(action=rbac_config_pb2.RBAC.ALLOW)
+    out = hcm_pb2.HttpFilter(name=f"{plugin.namespace}.{plugin.name}")
+    out.typed_config.Pack(rbac_pb2.RBAC(rules=rules))
+    return out
 
 
 def _selected(plugin: WasmPlugin, context: str, ports: Iterable[int]) -> bool:
@@ -118,7 +141,8 @@ def insert_wasm_filters(
         if not _selected(plugin, context, ports):
             continue
         at = _position(filters, plugin.phase, authn)
-        filters.insert(at, wasm_filter(plugin))
+        runs = loadable(plugin, where.proxy)
+        filters.insert(at, wasm_filter(plugin) if runs else deny_all_filter(plugin))
         if plugin.phase == "AUTHN":
             authn += 1
         ref = ref_of_plugin(plugin)
@@ -206,7 +230,9 @@ def wasm_runtime_available(envoy_binary: str, timeout_s: float = 30.0) -> tuple[
 
 __all__ = [
     "RUNTIME",
+    "deny_all_filter",
     "insert_wasm_filters",
+    "loadable",
     "plugins_for",
     "ref_of_plugin",
     "wasm_filter",

@@ -146,6 +146,8 @@ def build_gateway_route_configuration(
     """The RouteConfiguration route_name of servers (all on one port)."""
     port = servers[0].server.port
     scope = RouteScope(port, snapshot.services, rules)
+    # By host ignoring case, as Envoy matches domains (it rejects the whole configuration for
+    # two that differ in case only): the routes of both join the first spelling's host.
     vhosts: dict[str, rc.VirtualHost] = {}
     for placed in servers:
         redirect = placed.server.tls is not None and placed.server.tls.https_redirect
@@ -158,7 +160,7 @@ def build_gateway_route_configuration(
             for host in map(str.lower, common):  # Istio lowercases the virtual hosts
                 vhost = vhosts.get(host)
                 if vhost is None:
-                    vhost = vhosts[host] = _virtual_host(host, port, [])
+                    vhost = vhosts[host.lower()] = _virtual_host(host, port, [])
                 vhost.routes.extend(routes)
                 if redirect:
                     vhost.require_tls = rc.VirtualHost.ALL
@@ -167,7 +169,7 @@ def build_gateway_route_configuration(
                 host = split_server_host(entry)[1].lower()
                 vhost = vhosts.get(host)
                 if vhost is None:
-                    vhost = vhosts[host] = _virtual_host(host, port, [])
+                    vhost = vhosts[host.lower()] = _virtual_host(host, port, [])
                 vhost.require_tls = rc.VirtualHost.ALL
     out = route_pb2.RouteConfiguration(name=route_name, ignore_port_in_host_matching=True)
     out.validate_clusters.value = False

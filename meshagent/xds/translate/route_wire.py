@@ -171,24 +171,31 @@ def _configuration_tail() -> bytes:
 
 def route_configuration_bytes(port: int, virtual_hosts: Iterable[WireVirtualHost]) -> bytes:
     """build_route_configuration(port, ...) serialized: a domain already claimed by an earlier
-    virtual host is dropped from later ones, and a virtual host left with none is dropped."""
+    virtual host is dropped from later ones, and a virtual host left with none is dropped.
+    Domains are compared ignoring case, as Envoy does (it rejects the whole configuration
+    for two that differ in case only: "Only unique values for domains are permitted")."""
     head = string_field(1, names.route_name(port))
     vhosts = list(virtual_hosts)
     # Usually no domain repeats: one set of them all tells (built without a Python loop over
-    # thousands of virtual hosts), and the fields join as they are.
+    # thousands of virtual hosts), and the fields join as they are. Mesh hosts are almost
+    # always lower case: one pass over the joined text tells whether case can matter.
     listed = list(map(_domains_of, vhosts))
-    if len(set(chain.from_iterable(listed))) == sum(map(len, listed)):
+    every = list(chain.from_iterable(listed))
+    joined = "\n".join(every)
+    folded = every if joined.islower() or joined == joined.lower() else [d.lower() for d in every]
+    if len(set(folded)) == len(every):
         return b"".join([head, *map(_field_of, vhosts), _configuration_tail()])
     parts = [head]
     seen: set[str] = set()
     for vhost in vhosts:
-        if seen.isdisjoint(vhost.domains):
+        lowered = [d.lower() for d in vhost.domains]
+        if seen.isdisjoint(lowered):
             parts.append(vhost.field)
-            seen.update(vhost.domains)
+            seen.update(lowered)
             continue
-        kept = [d for d in vhost.domains if d not in seen]
+        kept = [d for d, low in zip(vhost.domains, lowered, strict=True) if low not in seen]
         if kept:
             parts.append(_virtual_host_field(vhost.head, kept, vhost.rest))
-            seen.update(kept)
+            seen.update(d.lower() for d in kept)
     parts.append(_configuration_tail())
     return b"".join(parts)

@@ -215,23 +215,25 @@ def build_route_configuration(
     port: int, virtual_hosts: Iterable[rc.VirtualHost]
 ) -> route_pb2.RouteConfiguration:
     """The RouteConfiguration of port. A domain already claimed by an earlier virtual host is
-    dropped from later ones: Envoy rejects a configuration that lists a domain twice."""
+    dropped from later ones: Envoy rejects a configuration that lists a domain twice, also
+    twice in different case (it compares domains ignoring case)."""
     out = route_pb2.RouteConfiguration(name=names.route_name(port))
     # Routes may name clusters that arrive later over CDS; do not reject them meanwhile.
     out.validate_clusters.value = False
     seen: set[str] = set()
     for vhost in virtual_hosts:
-        if seen.isdisjoint(vhost.domains):
+        lowered = [d.lower() for d in vhost.domains]
+        if seen.isdisjoint(lowered):
             out.virtual_hosts.append(vhost)
-            seen.update(vhost.domains)
+            seen.update(lowered)
             continue
-        kept = [d for d in vhost.domains if d not in seen]
+        kept = [d for d, low in zip(vhost.domains, lowered, strict=True) if low not in seen]
         if kept:
             added = out.virtual_hosts.add()
             added.CopyFrom(vhost)
             del added.domains[:]
             added.domains.extend(kept)
-            seen.update(kept)
+            seen.update(d.lower() for d in kept)
     return out
 
 
