@@ -314,7 +314,11 @@ def bootstrap_for(config: AgentConfig) -> dict[str, Any]:
     listener for Envoys elsewhere, which get their own bootstrap.
     """
     from meshagent.xds.bootstrap import build_bootstrap
+    from meshagent.xds.stats_tags import host_suffixes
 
+    consul = config.sources.consul
+    mapping = consul.mapping if consul is not None else None
+    patterns = [mapping.host_pattern, mapping.remote_host_pattern] if mapping is not None else []
     return build_bootstrap(
         node_id=config.node.id,
         cluster=config.node.cluster,
@@ -322,4 +326,5 @@ def bootstrap_for(config: AgentConfig) -> dict[str, Any]:
         admin_address=config.envoy.admin_address,
         admin_port=config.envoy.admin_port,
         delta=config.xds.delta,
+        stats_host_suffixes=host_suffixes(config.domain_suffix, patterns),
     )
