@@ -281,13 +281,12 @@ def test_bad_value_is_a_located_error_naming_the_filter() -> None:
     assert all(d.location.startswith("mesh.yaml:") for d in errors)
 
 
-def test_bootstrap_patch_is_a_warning() -> None:
-    spec = {
-        "configPatches": [{"applyTo": "BOOTSTRAP", "patch": {"operation": "MERGE", "value": {}}}]
-    }
-    _, diagnostics = normalize(envoy_filter("boot", spec))
+def test_bootstrap_patches_other_than_merge_are_a_warning() -> None:
+    merge = {"applyTo": "BOOTSTRAP", "patch": {"operation": "MERGE", "value": {}}}
+    add = {"applyTo": "BOOTSTRAP", "patch": {"operation": "ADD", "value": {}}}
+    _, diagnostics = normalize(envoy_filter("boot", {"configPatches": [merge, add]}))
     assert [(d.severity, d.field) for d in diagnostics] == [
-        ("warning", "spec.configPatches[0].applyTo")
+        ("warning", "spec.configPatches[1].patch.operation")
     ]
 
 
