@@ -339,5 +339,7 @@ def bootstrap_for(config: AgentConfig) -> dict[str, Any]:
         admin_address=config.envoy.admin_address,
         admin_port=config.envoy.admin_port,
         delta=config.xds.delta,
+        # Istio's node metadata key for the proxy's version (Envoy's /server_info shows it)
+        metadata={"ISTIO_VERSION": config.node.istio_version},
         stats_host_suffixes=host_suffixes(config.domain_suffix, patterns),
     )

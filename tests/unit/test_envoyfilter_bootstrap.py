@@ -150,3 +150,29 @@ def test_meshagent_bootstrap_applies_the_mesh_files_patches(
     bootstrap = json.loads(out.out)
     assert "stats_flush_interval" not in bootstrap and "overload_manager" not in bootstrap
     assert "bad.yaml:" in out.err and "EnvoyFilter/default/too-fast" in out.err
+
+
+def test_proxy_version_is_the_agent_configs_istio_version(tmp_path: Path) -> None:
+    """`match.proxy.proxyVersion` and `proxy.metadata.ISTIO_VERSION` compare with
+    node.istio_version (default 1.28.0), which the bootstrap's node metadata also carries."""
+    from meshagent.agent.config import load_config
+    from meshagent.agent.envoy import bootstrap_for
+    from meshagent.errors import ConfigError
+    from meshagent.model.proxy import DEFAULT_ISTIO_VERSION
+
+    snapshot = snapshot_of(FLUSH)
+    assert DEFAULT_ISTIO_VERSION == "1.28.0"
+    config = tmp_path / "agent.yaml"
+    config.write_text("node: {id: vm-1, labels: {app: edge}, istio_version: 1.19.3}\n")
+    loaded = load_config(config)
+    proxy = loaded.proxy_spec()
+    assert proxy.istio_version == "1.19.3"
+    # now the 1.1x patch matches, the 1.2x one does not
+    result = patch_bootstrap(base(), bootstrap_patches(snapshot.envoy_filters, proxy))
+    assert result.bootstrap["stats_flush_interval"] == "99s"
+    assert bootstrap_for(loaded)["node"]["metadata"] == {"ISTIO_VERSION": "1.19.3"}
+    config.write_text("node: {id: vm-1}\n")
+    assert load_config(config).proxy_spec().istio_version == "1.28.0"
+    config.write_text("node: {id: vm-1, istio_version: latest}\n")
+    with pytest.raises(ConfigError, match="istio_version"):
+        load_config(config)

@@ -25,9 +25,6 @@ from meshagent.model.labels import Labels, selector_matches
 from meshagent.model.proxy import ROUTER, ProxySpec
 from meshagent.xds import names
 
-# The Istio version this agent's proxies report for `match.proxy.proxyVersion` (the Istio
-# API level meshagent follows), and the node metadata `match.proxy.metadata` compares with.
-ISTIO_VERSION = "1.28.0"
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 
 
@@ -59,7 +56,7 @@ def proxy_metadata(proxy: ProxySpec) -> dict[str, str]:
     """The node metadata `match.proxy.metadata` is compared with (Istio's raw node
     metadata keys that a meshagent proxy has)."""
     return {
-        "ISTIO_VERSION": ISTIO_VERSION,
+        "ISTIO_VERSION": proxy.istio_version,  # also what `proxyVersion` is matched against
         "NAMESPACE": proxy.namespace,
         "CLUSTER_ID": proxy.cluster,
         "NAME": proxy.node_id,
