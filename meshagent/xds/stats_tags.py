@@ -36,16 +36,17 @@ _CLUSTER_STAT_TAILS = (
 # An address in a stat name: IPv4 with ports (`127.0.0.1_8080`), or Envoy's spelling of
 # IPv6 (`[__1]_8080`), as Istio's listener regexes take them.
 _ADDRESS = r"(?:[_.\d]*|[_\[\]a-fA-F\d]*)"
+_DNS_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 
 
 def host_suffixes(domain_suffix: str, patterns: Iterable[str] = ()) -> tuple[str, ...]:
     """The name endings after which a cluster's host is known to end: Kubernetes'
     `svc.<domain_suffix>` (Istio's rule) and the literal tail of each host pattern
     (`{name}.service.consul` -> `service.consul`)."""
-    found = [f"svc.{domain_suffix}"]
-    for pattern in patterns:
-        tail = pattern.rsplit("}", 1)[-1].lstrip(".")
-        if tail and tail not in found:
+    found: list[str] = []
+    for tail in (f"svc.{domain_suffix}", *(p.rsplit("}", 1)[-1].lstrip(".") for p in patterns)):
+        # DNS names only: anything else would be regex syntax in Envoy's bootstrap
+        if _DNS_NAME.fullmatch(tail) and tail not in found:
             found.append(tail)
     return tuple(found)
 

@@ -155,6 +155,8 @@ def test_bootstrap_tags_stats_as_istio_with_the_mesh_host_suffixes() -> None:
         "svc.example.net",
         "service.consul",
     )
+    # what is not a DNS name never reaches Envoy's regex
+    assert host_suffixes("x(y", ["{name}.a+b"]) == ()
     custom = build_bootstrap(
         node_id="vm-1", cluster="web", xds_uds_path="/x", stats_host_suffixes=["svc.corp"]
     )
