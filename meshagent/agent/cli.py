@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     boot = sub.add_parser("bootstrap", help="print the Envoy bootstrap for an agent config")
     boot.add_argument("--config", "-c", type=Path, default=None, help=CONFIG_HELP)
     boot.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
+    boot.add_argument("--mesh", type=Path, action="append", metavar="PATH",
+                      help="mesh files whose EnvoyFilter BOOTSTRAP patches apply (repeatable; "
+                      "default: the config's sources.files.paths)")  # fmt: skip
 
     val = sub.add_parser("validate", help="check mesh configuration files or an agent config")
     val.add_argument("paths", nargs="*", type=Path, help="YAML files or directories (recursive)")
@@ -154,11 +157,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
+    from meshagent.agent.bootstrap_patch import bootstrap_from_files
     from meshagent.agent.config import load_config
-    from meshagent.agent.envoy import bootstrap_for
 
     config = load_config(config_path(args.config))
-    text = json.dumps(bootstrap_for(config), indent=2, sort_keys=True) + "\n"
+    bootstrap, notes = bootstrap_from_files(config, args.mesh)
+    for note in notes:  # the bootstrap is still written (unpatched where Envoy refused)
+        print(note, file=sys.stderr)
+    text = json.dumps(bootstrap, indent=2, sort_keys=True) + "\n"
     if args.output is None:
         sys.stdout.write(text)
     else:

@@ -61,6 +61,9 @@ SOURCE_RETRY_MAX_S = 30.0
 AGENT_CONFIG = "agent-config"  # the source of a refused reload's diagnostic
 CREDENTIALS_SOURCE = "credentials"  # adapters/credentials.py
 CREDENTIALS_WAIT_S = 5.0
+# How long a first start (no last good) lets the sources list before the managed Envoy
+# starts, so that its bootstrap gets their BOOTSTRAP EnvoyFilter patches.
+BOOTSTRAP_WAIT_S = 2.0
 
 
 def _carries_credentials(adapter: Adapter) -> bool:
@@ -238,6 +241,7 @@ class Agent:
         self._credentials_timer: asyncio.TimerHandle | None = None
         self._processor: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._synced_snapshot = asyncio.Event()  # set once every source's listing is applied
         self._reload_lock = asyncio.Lock()
         self._publish_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
@@ -317,9 +321,39 @@ class Agent:
             self.workload_entry = await start_workload_entry(cfg)
         if cfg.envoy.manage:
             self.envoy = EnvoySupervisor(
-                cfg.envoy, bootstrap_for(cfg), cfg.state_dir, output=self._envoy_output
+                cfg.envoy,
+                bootstrap_for(cfg),
+                cfg.state_dir,
+                output=self._envoy_output,
+                rebuild=self._envoy_bootstrap,
             )
             await self.envoy.start()
+
+    async def _envoy_bootstrap(self, binary: str, base: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The managed Envoy's bootstrap at a start or restart: base with the BOOTSTRAP
+        EnvoyFilter patches of the mesh known then (agent/bootstrap_patch.py). Without a
+        snapshot yet (no last good), the sources get BOOTSTRAP_WAIT_S to list first."""
+        from meshagent.agent.bootstrap_patch import BOOTSTRAP_SOURCE, patched_bootstrap
+
+        if self._snapshot is None and self._sources:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._synced_snapshot.wait(), BOOTSTRAP_WAIT_S)
+        snapshot = self._snapshot
+        if not isinstance(snapshot, MeshSnapshot) or not snapshot.envoy_filters:
+            return base
+        try:
+            bootstrap, problems = await asyncio.to_thread(
+                patched_bootstrap, base, snapshot, self._proxy, binary
+            )
+        except Exception:  # a bug here must not keep Envoy from starting
+            log.exception("bootstrap_patch_failed_bug")
+            return base
+        self.diagnostics.forget_source(BOOTSTRAP_SOURCE)
+        if problems:
+            self._report(problems)
+        if bootstrap is not base:
+            log.info("envoy_bootstrap_patched", version=snapshot.version)
+        return bootstrap
 
     async def stop(self) -> None:
         """Stop sources, Envoy, the ADS server and admin, in that order; safe to call twice."""
@@ -510,6 +544,8 @@ class Agent:
                 log.exception("normalize_failed_bug", sources=sorted({e.source for e in events}))
                 return
             self._snapshot = snapshot
+            if all(s.synced for s in self._sources.values()):
+                self._synced_snapshot.set()
             self._report(diagnostics, events)
             self._remember_last_good(events)
         await self._publish()

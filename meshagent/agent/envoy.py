@@ -19,7 +19,7 @@ import os
 import shutil
 import signal
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -91,6 +91,10 @@ def envoy_command(binary: str, bootstrap: Path, config: EnvoyConfig) -> list[str
     ]  # fmt: skip
 
 
+# (binary, bootstrap) -> the bootstrap to start Envoy with (EnvoySupervisor's rebuild)
+Rebuild = Callable[[str, Mapping[str, Any]], Awaitable[Mapping[str, Any]]]
+
+
 def bootstrap_text(bootstrap: Mapping[str, Any]) -> str:
     """The bootstrap file's text (deterministic: the same bootstrap, the same bytes)."""
     return json.dumps(bootstrap, indent=2, sort_keys=True) + "\n"
@@ -117,7 +121,8 @@ class EnvoySupervisor:
     """Keeps one Envoy running with bootstrap until stop().
 
     output: where Envoy's stdout/stderr go (a file object or subprocess.DEVNULL); None inherits
-    the agent's.
+    the agent's. rebuild(binary, bootstrap): the bootstrap to write before each start and
+    restart, from the one given (the agent adds BOOTSTRAP EnvoyFilter patches).
     """
 
     def __init__(
@@ -130,9 +135,12 @@ class EnvoySupervisor:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         stable_after_s: float = 60.0,
+        rebuild: Rebuild | None = None,
     ) -> None:
         self.config = config
+        self._base = bootstrap
         self._bootstrap = bootstrap
+        self._rebuild = rebuild
         self._state_dir = state_dir
         self._output = output
         self._backoff = (backoff_initial_s, backoff_max_s, stable_after_s)
@@ -156,6 +164,8 @@ class EnvoySupervisor:
         bootstrap and command line, or else write the bootstrap and start Envoy; ConfigError
         when it cannot."""
         self.binary = find_envoy_binary(self.config.binary)
+        if self._rebuild is not None:
+            self._bootstrap = await self._rebuild(self.binary, self._base)
         if not await self._adopt():
             self.bootstrap_path = write_bootstrap(self._state_dir, self._bootstrap)
             await self._spawn()
@@ -238,6 +248,9 @@ class EnvoySupervisor:
                 return
             delay = min(delay * 2, cap)
             try:
+                if self._rebuild is not None:  # a restart reads the bootstrap anew
+                    self._bootstrap = await self._rebuild(self.binary, self._base)
+                    self.bootstrap_path = write_bootstrap(self._state_dir, self._bootstrap)
                 await self._spawn()
                 self.restarts += 1
             except ConfigError as exc:
@@ -314,7 +327,11 @@ def bootstrap_for(config: AgentConfig) -> dict[str, Any]:
     listener for Envoys elsewhere, which get their own bootstrap.
     """
     from meshagent.xds.bootstrap import build_bootstrap
+    from meshagent.xds.stats_tags import host_suffixes
 
+    consul = config.sources.consul
+    mapping = consul.mapping if consul is not None else None
+    patterns = [mapping.host_pattern, mapping.remote_host_pattern] if mapping is not None else []
     return build_bootstrap(
         node_id=config.node.id,
         cluster=config.node.cluster,
@@ -322,4 +339,7 @@ def bootstrap_for(config: AgentConfig) -> dict[str, Any]:
         admin_address=config.envoy.admin_address,
         admin_port=config.envoy.admin_port,
         delta=config.xds.delta,
+        # Istio's node metadata key for the proxy's version (Envoy's /server_info shows it)
+        metadata={"ISTIO_VERSION": config.node.istio_version},
+        stats_host_suffixes=host_suffixes(config.domain_suffix, patterns),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from meshagent.model.identity import WorkloadCertificate
@@ -17,6 +18,15 @@ OUTBOUND_TRAFFIC_POLICIES = (ALLOW_ANY, REGISTRY_ONLY)
 SIDECAR = "sidecar"
 ROUTER = "router"
 PROXY_TYPES = (SIDECAR, ROUTER)
+
+# The Istio version a meshagent proxy reports (agent config `node.istio_version`): what
+# EnvoyFilter `match.proxy.proxyVersion` is matched against, the Istio API level followed.
+DEFAULT_ISTIO_VERSION = "1.28.0"
+
+
+def is_istio_version(value: str) -> bool:
+    """Whether value reads as an Istio release: `1.28`, `1.28.0`, `1.29.0-beta.1`."""
+    return re.fullmatch(r"\d+\.\d+(\.\d+)?(-[0-9A-Za-z.-]+)?", value) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +159,7 @@ class ProxySpec:
     # matches labels (Istio's ISTIO_METAJSON_LABELS); Sidecars select by the same labels.
     proxy_type: str = SIDECAR
     labels: tuple[tuple[str, str], ...] = ()
+    istio_version: str = DEFAULT_ISTIO_VERSION  # agent config `node.istio_version`
     # From the Sidecar that applies (xds/translate/scope.py): where unknown destinations go
     # under ALLOW_ANY instead of PassthroughCluster, and the address an egress listener
     # binds its port to instead of outbound_address ((service port, address), ...).

@@ -5,11 +5,12 @@ Everything else (clusters, listeners, routes, endpoints, secrets) comes over ADS
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from meshagent.errors import ConfigError
 from meshagent.model.limits import RE2_MAX_PROGRAM_SIZE
+from meshagent.xds.stats_tags import host_suffixes, stats_config
 
 XDS_CLUSTER = "meshagent-xds"
 # How fast Envoy redials the agent after the ADS stream breaks. Envoy's default (jittered
@@ -31,11 +32,13 @@ def build_bootstrap(
     admin_port: int = 15000,
     delta: bool = True,
     metadata: Mapping[str, str] | None = None,
+    stats_host_suffixes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """A JSON-able Envoy v3 bootstrap using ADS (delta by default) from the agent.
 
     Exactly one of `xds_uds_path` (the default deployment: a Unix socket) and `xds_tcp`
-    (host, port) must be given.
+    (host, port) must be given. `stats_host_suffixes`: where mesh host names end, for the
+    `cluster_name` stats tag (default: `svc.cluster.local`; see `xds/stats_tags.py`).
     """
     if not node_id or not cluster:
         raise ConfigError("Envoy bootstrap needs a node id and a cluster", field="node")
@@ -53,6 +56,9 @@ def build_bootstrap(
             "access_log": [_null_access_log()],
         },
         "layered_runtime": _layered_runtime(),
+        "stats_config": stats_config(
+            host_suffixes("cluster.local") if stats_host_suffixes is None else stats_host_suffixes
+        ),
     }
 
 

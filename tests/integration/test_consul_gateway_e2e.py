@@ -8,6 +8,9 @@ py-consul) -> `meshagent run` as a router -> real Envoy -> real traffic (loopbac
    external TLS service registered in Consul through the gateway, which terminates mesh mTLS
    and originates TLS with the entry's CAFile and SNI; with a CAFile that does not sign the
    service's certificate the gateway refuses to forward.
+3. tcp: an ingress `tcp` listener forwards a raw TCP stream to its one service; a
+   terminating gateway's tcp linked service is reached by a mesh sidecar's TCP listener
+   through the gateway (mesh mTLS, told apart by SNI), in plaintext to the service.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import socket
+import socketserver
 import ssl
 import threading
 from collections.abc import Iterator
@@ -100,6 +104,37 @@ class Ingress:
     mesh: MeshHarness
     http_port: int
     tls_port: int
+    tcp_port: int
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        data = self.request.recv(4096)
+        self.request.sendall(b"echo:" + data)
+
+
+@contextmanager
+def _tcp_echo() -> Iterator[int]:
+    """A raw TCP service on loopback that answers `echo:<what it got>`; yields its port."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _tcp(port: int, payload: bytes) -> bytes:
+    """What a raw TCP connection to port answers to payload (b"" when it fails)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(payload)
+            return conn.recv(4096)
+    except OSError:
+        return b""
 
 
 # The demo apps run without sidecars (in a Consul mesh they would have one): the router, which
@@ -113,7 +148,7 @@ spec:
   host: {name}.service.consul
   trafficPolicy: {{tls: {{mode: DISABLE}}}}
 """
-    for name in ("web", "api")
+    for name in ("web", "api", "db")
 )
 
 
@@ -122,12 +157,15 @@ def ingress(
     tmp_path_factory: pytest.TempPathFactory, sim: ConsulSimulator, ca_dir: Path
 ) -> Iterator[Ingress]:
     root = tmp_path_factory.mktemp("consul-ingress")
-    with _router(root, sim, ca_dir, "edge") as mesh:
+    with _router(root, sim, ca_dir, "edge") as mesh, _tcp_echo() as echo_port:
         c = consul.Consul(host="127.0.0.1", port=sim.port)
         for name in ("web", "api"):
             app = mesh.start_app(name, name, "v1")
             c.agent.service.register(name, service_id=name, address="127.0.0.1", port=app.port)
-        http_port, tls_port = free_port(), free_port()
+        c.agent.service.register(
+            "db", service_id="db", address="127.0.0.1", port=echo_port, meta={"protocol": "tcp"}
+        )
+        http_port, tls_port, tcp_port = free_port(), free_port(), free_port()
         entry = {
             "Listeners": [
                 {
@@ -148,13 +186,14 @@ def ingress(
                     "TLS": {"Enabled": True},
                     "Services": [{"Name": "web"}],
                 },
+                {"Port": tcp_port, "Protocol": "tcp", "Services": [{"Name": "db"}]},
             ]
         }
         assert c.config.set("ingress-gateway", "edge", entry)
         mesh.apply(PLAIN_BACKENDS)
         mesh.start_agent()
         mesh.start_envoy()
-        yield Ingress(mesh, http_port, tls_port)
+        yield Ingress(mesh, http_port, tls_port, tcp_port)
 
 
 def test_an_ingress_gateway_routes_by_host_to_consul_services(ingress: Ingress) -> None:
@@ -180,6 +219,12 @@ def test_ingress_tls_presents_the_routers_workload_certificate(
     ):
         cert = tls.getpeercert()
     assert ("URI", "spiffe://cluster.local/ns/default/sa/edge") in cert["subjectAltName"]
+
+
+def test_an_ingress_tcp_listener_forwards_the_stream_to_its_service(ingress: Ingress) -> None:
+    wait_until(lambda: _tcp(ingress.tcp_port, b"ping") == b"echo:ping", what="tcp ingress")
+    stats = ingress.mesh.envoy_admin("/stats?filter=downstream_cx_total").body.decode()
+    assert "tcp.outbound|" in stats and "db.service.consul.downstream_cx_total" in stats
 
 
 # -- 2. terminating-gateway --------------------------------------------------------------------
@@ -325,3 +370,91 @@ def test_the_gateway_checks_the_services_certificate_with_the_entrys_ca(t: Termi
     finally:
         assert c.config.set("terminating-gateway", "egress", t.entry)
     wait_until(lambda: _billing(t) == (200, "billing-external"), what="billing again")
+
+
+# -- 3. terminating-gateway, tcp linked service -------------------------------------------------
+
+
+@dataclass
+class TerminatingTcp:
+    mesh: MeshHarness
+    sidecar: MeshHarness
+    port: int
+    listen: int
+
+
+@pytest.fixture(scope="module")
+def terminating_tcp(
+    tmp_path_factory: pytest.TempPathFactory, sim: ConsulSimulator, ca_dir: Path
+) -> Iterator[TerminatingTcp]:
+    root = tmp_path_factory.mktemp("consul-terminating-tcp")
+    port, listen = free_port(), free_port()
+    consul_ = {"address": sim.address, "wait": f"{WAIT_S:g}s", "default_protocol": "tcp"}
+    with _tcp_echo() as echo_port:
+        outbound = {
+            "address": "127.0.0.1",
+            "tcp": [
+                {
+                    "host": "ledger.service.consul",
+                    "port": echo_port,
+                    "listen": f"127.0.0.1:{listen}",
+                }
+            ],
+        }
+        with (
+            _router(
+                root / "gw",
+                sim,
+                ca_dir,
+                "egress-tcp",
+                terminating_gateway_port=port,
+                default_protocol="tcp",
+            ) as mesh,
+            mesh_harness(
+                root / "app",
+                node_id="app-2",
+                ca={"mode": "self-signed", "dir": str(ca_dir)},
+                workloads=[{"name": "app", "namespace": "default", "service_account": "app"}],
+                sources={"consul": consul_},
+                outbound=outbound,
+            ) as sidecar,
+        ):
+            c = consul.Consul(host="127.0.0.1", port=sim.port)
+            c.agent.service.register(
+                "egress-tcp",
+                service_id="egress-tcp-1",
+                address="127.0.0.1",
+                port=port,
+                kind="terminating-gateway",
+            )
+            c.catalog.register(
+                "external-ledger", "127.0.0.1", service={"Service": "ledger", "Port": echo_port}
+            )
+            entry = {"Services": [{"Name": "ledger"}]}  # no CAFile: plaintext to the service
+            assert c.config.set("terminating-gateway", "egress-tcp", entry)
+            for harness in (mesh, sidecar):
+                harness.start_agent()
+                harness.start_envoy()
+            yield TerminatingTcp(mesh, sidecar, port, listen)
+
+
+def test_a_mesh_sidecar_reaches_a_tcp_linked_service_through_the_gateway(
+    terminating_tcp: TerminatingTcp, ca_dir: Path
+) -> None:
+    t = terminating_tcp
+    wait_until(lambda: _tcp(t.listen, b"ping") == b"echo:ping", what="sidecar -> gateway (tcp)")
+    stats = t.mesh.envoy_admin("/stats?filter=downstream_cx_total").body.decode()
+    assert f"127.0.0.1_{t.port}.downstream_cx_total" in stats  # it went through the gateway
+    # Without a mesh certificate the gateway does not forward
+    context = ssl.create_default_context(cafile=str(ca_dir / "root-cert.pem"))
+    context.check_hostname = False
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", t.port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="ledger.service.consul") as tls,
+        ):
+            tls.sendall(b"ping")
+            answer = tls.recv(4096)
+    except (OSError, ssl.SSLError):
+        answer = b""
+    assert answer == b""

@@ -147,3 +147,90 @@ async def test_merged_scrape_with_real_envoy_and_application(
         assert agent.envoy.pid not in (None, first)
     finally:
         await asyncio.wait_for(agent.stop(), DEADLINE_S)
+
+
+STATS_MESH = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: hello, namespace: default}
+spec:
+  hosts: [hello.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.1, ports: {http: APP_PORT}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.example.org]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.1, ports: {http: APP_PORT}}]
+"""
+
+
+def get(url: str, host: str) -> int:
+    request = urllib.request.Request(url, headers={"Host": host})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+        return int(response.status)
+
+
+@pytest.mark.envoy
+async def test_envoy_stats_carry_whole_cluster_names_as_istio_tags_them(
+    tmp_path: Path, app_endpoint: ThreadingHTTPServer
+) -> None:
+    """Envoy's default tags stop at the first dot; the bootstrap's stats_tags (Istio's) keep
+    a cluster's whole name in `cluster_name`, and the metric name clean."""
+    app_port = int(app_endpoint.server_address[1])
+    (tmp_path / "mesh").mkdir()
+    (tmp_path / "mesh" / "se.yaml").write_text(STATS_MESH.replace("APP_PORT", str(app_port)))
+    offset = 20000 + free_port() % 20000
+    config_path = tmp_path / "agent.yaml"
+    config_path.write_text(
+        f"node: {{id: it}}\nstate_dir: state\nadmin: {{port: 0}}\n"
+        f"envoy: {{manage: true, admin_port: {free_port()}, drain_seconds: 0}}\n"
+        f"outbound: {{port_offset: {offset}}}\n"
+        "sources: {files: {paths: [mesh/], debounce_ms: 50}}\n"
+    )
+    agent = Agent(load_config(config_path), envoy_output=subprocess.DEVNULL)
+    await agent.start()
+    try:
+        assert agent.admin is not None
+        listener = f"http://127.0.0.1:{8080 + offset}/metrics"
+
+        def served() -> bool:
+            try:
+                return get(listener, "hello.default.svc.cluster.local") == 200
+            except OSError:
+                return False
+
+        await async_wait_for(served, timeout=DEADLINE_S, what="hello served", blocking=True)
+        # When traffic went to both clusters
+        assert get(listener, "api.example.org") == 200
+        status, body, values = await asyncio.to_thread(scrape, agent.admin.port)
+        assert status == 200
+        # Then each cluster's series carry its whole name, under Istio's tag names
+        hello = 'cluster_name="outbound|8080||hello.default.svc.cluster.local"'
+        api = 'cluster_name="outbound|8080||api.example.org"'
+        assert values[f"envoy_cluster_upstream_rq_total{{{hello}}}"] >= 1
+        assert values[f"envoy_cluster_upstream_rq_total{{{api}}}"] == 1
+        # (Envoy's counter envoy_cluster_upstream_rq{envoy_response_code=...}: the parser adds
+        # _total; response codes keep Envoy's tag names, see xds/stats_tags.py)
+        code = 'envoy_response_code="200"'
+        assert values[f"envoy_cluster_upstream_rq_total{{{hello},{code}}}"] >= 1
+        prefix = f'http_conn_manager_prefix="outbound_127.0.0.1_{8080 + offset}"'
+        klass = 'envoy_response_code_class="2"'
+        assert values[f"envoy_http_downstream_rq_xx_total{{{klass},{prefix}}}"] >= 2
+        address = f'listener_address="127.0.0.1_{8080 + offset}"'
+        assert values[f"envoy_listener_downstream_cx_total{{{address}}}"] >= 1
+        # and no name keeps a piece of a host (Envoy's defaults would give
+        # envoy_cluster_default_svc_cluster_local_upstream_rq_total)
+        names = {k.split("{")[0] for k in values}
+        assert not [n for n in names if "svc_cluster_local" in n or "example_org" in n]
+        assert "envoy_cluster_default_svc_cluster_local_upstream_rq_total" not in body
+    finally:
+        await asyncio.wait_for(agent.stop(), DEADLINE_S)

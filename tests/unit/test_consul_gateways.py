@@ -291,10 +291,20 @@ def test_a_terminating_gateway_terminates_mesh_mtls_and_originates_tls() -> None
 
 def test_tcp_linked_services_get_a_tls_server_and_tcp_routes() -> None:
     converted, _ = convert(terminating(LINKED[0]), ConsulMapping(default_protocol="tcp"))
-    gateway, (vs,), _ = parts(converted)
+    gateway, (vs,), (_, via) = parts(converted)
     assert gateway.servers[0].protocol == "TLS"
     assert gateway.servers[0].hosts == ("*/billing.service.consul",)  # told apart by SNI
     assert vs.tcp[0].route[0].destination.host == "billing.service.consul" and not vs.http
+    # the sidecars send that SNI over mesh mTLS to the gateway
+    assert via.redirect is not None and via.workload_selector is None
+    assert via.traffic_policy is not None and via.traffic_policy.tls is not None
+    assert (via.traffic_policy.tls.mode, via.traffic_policy.tls.sni) == (
+        "ISTIO_MUTUAL",
+        "billing.service.consul",
+    )
+    # HTTP is routed by Host: the sidecars' usual mesh SNI stays
+    _, _, (_, http_via) = parts(convert(terminating(LINKED[0]))[0])
+    assert http_via.traffic_policy is None
 
 
 # -- the normalizer and the translator -------------------------------------------------------

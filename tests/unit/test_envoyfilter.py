@@ -310,13 +310,12 @@ def test_patch_values_are_read_as_istio_reads_them() -> None:
     assert patch.value_type == "envoy.config.cluster.v3.Cluster" and patch.value
 
 
-def test_bootstrap_patch_is_a_warning() -> None:
-    spec = {
-        "configPatches": [{"applyTo": "BOOTSTRAP", "patch": {"operation": "MERGE", "value": {}}}]
-    }
-    _, diagnostics = normalize(envoy_filter("boot", spec))
+def test_bootstrap_patches_other_than_merge_are_a_warning() -> None:
+    merge = {"applyTo": "BOOTSTRAP", "patch": {"operation": "MERGE", "value": {}}}
+    add = {"applyTo": "BOOTSTRAP", "patch": {"operation": "ADD", "value": {}}}
+    _, diagnostics = normalize(envoy_filter("boot", {"configPatches": [merge, add]}))
     assert [(d.severity, d.field) for d in diagnostics] == [
-        ("warning", "spec.configPatches[0].applyTo")
+        ("warning", "spec.configPatches[1].patch.operation")
     ]
 
 

@@ -88,6 +88,7 @@ from meshagent.ca.settings import CaConfig
 from meshagent.errors import ConfigError
 from meshagent.model.proxy import (
     ALLOW_ANY,
+    DEFAULT_ISTIO_VERSION,
     PROXY_TYPES,
     SIDECAR,
     ExtAuthzProvider,
@@ -95,6 +96,7 @@ from meshagent.model.proxy import (
     LocalWorkload,
     ProxySpec,
     TcpBinding,
+    is_istio_version,
 )
 from meshagent.model.services import KNOWN_PROTOCOLS
 from meshagent.model.telemetry import BUILTIN_FILE_PROVIDER, TelemetryProvider
@@ -122,6 +124,7 @@ class NodeConfig:
     locality: str = ""  # "region/zone/subzone"; "" = unknown (joined: from the join labels)
     type: str = SIDECAR  # SIDECAR or ROUTER (a gateway)
     labels: tuple[tuple[str, str], ...] = ()  # sorted; Gateway selectors match them
+    istio_version: str = DEFAULT_ISTIO_VERSION  # reported to EnvoyFilter proxyVersion matches
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +274,7 @@ class AgentConfig:
             outbound_traffic_policy=self.outbound_traffic_policy,
             proxy_type=self.node.type,
             labels=self.node.labels,
+            istio_version=self.node.istio_version,
         )
 
 
@@ -478,10 +482,13 @@ def _inbound(root: Section) -> str:
 
 
 def _node(s: Section) -> NodeConfig:
-    s.only("id", "cluster", "namespace", "locality", "type", "labels")
+    s.only("id", "cluster", "namespace", "locality", "type", "labels", "istio_version")
     labels = s.get("labels", dict, {})
     if not all(isinstance(k, str) and k and isinstance(v, str) for k, v in labels.items()):
         raise s.error("must map non-empty strings to strings", "labels")
+    version = s.get("istio_version", str, DEFAULT_ISTIO_VERSION)
+    if not is_istio_version(version):
+        raise s.error('must be an Istio version such as "1.28.0"', "istio_version")
     return NodeConfig(
         id=hostname(s, "id", socket.gethostname() or "localhost"),
         cluster=hostname(s, "cluster", "meshagent"),
@@ -489,6 +496,7 @@ def _node(s: Section) -> NodeConfig:
         locality=_locality(s, "locality"),
         type=s.choice("type", SIDECAR, PROXY_TYPES),
         labels=tuple(sorted(labels.items())),
+        istio_version=version,
     )
 
 

@@ -25,9 +25,10 @@ the objects an Istio user would write for the same edge, so that one translator 
   (the gateway's registration in Consul), over mesh mTLS.
 
 The linked services' protocol is the mapping's default_protocol (Consul's service-defaults
-are not read): http-like protocols route HTTP, tcp routes TCP (TCP and TLS servers are left
-out with a warning until the translator has them). Wildcard services (`*`), Defaults and the
-per-service limits are reported as not supported.
+are not read): http-like protocols route HTTP, tcp routes TCP: the gateway's TLS server
+matches each tcp service's host by SNI, and the sidecars' rule that sends them to the gateway
+sets that SNI (see the note before convert_terminating_gateway). Wildcard services (`*`),
+Defaults and the per-service limits are reported as not supported.
 """
 
 from __future__ import annotations
@@ -369,6 +370,15 @@ def _origination(service: Mapping[str, Any], path: str, issues: Issues) -> Clien
     )
 
 
+# Why a sidecar sends the linked service's host as SNI rather than its usual mesh SNI
+# `outbound_.<port>_._.<host>`: that port is the service's port as the sidecar's agent maps it
+# (`sources.consul.service_port`, else the lowest instance port), which the gateway's agent
+# need not share, so the gateway could not list the names to match. The host is the same
+# everywhere; Istio's egress-gateway pattern does the same (a DestinationRule to the gateway
+# with ISTIO_MUTUAL and `sni: <external host>`, a Gateway server matching that host), as
+# Consul's sidecars send the one SNI per service that its terminating gateway matches.
+
+
 def convert_terminating_gateway(
     entry: Mapping[str, Any], mapping: ConsulMapping, prov: Provenance, issues: Issues
 ) -> Converted:
@@ -402,13 +412,17 @@ def convert_terminating_gateway(
             name, gw.namespace, host, policy, workload_selector=gw.selector, provenance=prov
         )
         out.append(rule)
-        # Everyone else reaches the service through the gateway's instances, over mesh mTLS.
+        # Everyone else reaches the service through the gateway's instances, over mesh mTLS;
+        # a TCP stream names its service by SNI (see the note above).
+        via_policy = None if http else TrafficPolicy(tls=ClientTls(ISTIO_MUTUAL, sni=host))
         out.append(
-            DestinationRule(f"{name}-via", gw.namespace, host, redirect=via, provenance=prov)
+            DestinationRule(
+                f"{name}-via", gw.namespace, host, via_policy, redirect=via, provenance=prov
+            )
         )
     tls = ServerTls(mode=ISTIO_MUTUAL)
-    # HTTP is routed by Host behind the gateway's mTLS (a sidecar's SNI names its cluster,
-    # not the service); TCP can only be told apart by SNI.
+    # HTTP is routed by Host behind the gateway's mTLS; TCP can only be told apart by SNI,
+    # the service's host, which the sidecars send (the via rule above).
     server_hosts = ("*",) if http else tuple(hosts)
     protocol = "HTTPS" if http else "TLS"
     servers = [_server(gw, port, protocol, server_hosts, tls, "mesh", "Services")] if hosts else []

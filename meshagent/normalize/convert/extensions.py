@@ -142,12 +142,10 @@ def convert_envoy_filter(
     if issues.has_errors:
         return None
     for patch in patches:
-        if patch is not None and patch.apply_to == "BOOTSTRAP":
+        if patch is not None and patch.apply_to == "BOOTSTRAP" and patch.operation != "MERGE":
             issues.warn(
-                f"spec.configPatches[{patch.index}].applyTo",
-                "BOOTSTRAP patches are not applied: the agent writes Envoy's bootstrap when it "
-                "starts Envoy, without waiting for mesh configuration, and does not restart "
-                "Envoy when it changes; set bootstrap options in the agent config instead",
+                f"spec.configPatches[{patch.index}].patch.operation",
+                f"{patch.operation} does nothing on BOOTSTRAP: only MERGE applies (as in Istio)",
             )
     labels = labels_of(sub(sub(spec, "workloadSelector"), "labels"))
     targets = _targets(spec)

@@ -9,7 +9,7 @@ one applyTo run in that order, each filter's patches in the order it lists them.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from meshagent.model.extensions import (
@@ -25,9 +25,6 @@ from meshagent.model.labels import Labels, selector_matches
 from meshagent.model.proxy import ROUTER, ProxySpec
 from meshagent.xds import names
 
-# The Istio version this agent's proxies report for `match.proxy.proxyVersion` (the Istio
-# API level meshagent follows), and the node metadata `match.proxy.metadata` compares with.
-ISTIO_VERSION = "1.28.0"
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 
 
@@ -59,7 +56,7 @@ def proxy_metadata(proxy: ProxySpec) -> dict[str, str]:
     """The node metadata `match.proxy.metadata` is compared with (Istio's raw node
     metadata keys that a meshagent proxy has)."""
     return {
-        "ISTIO_VERSION": ISTIO_VERSION,
+        "ISTIO_VERSION": proxy.istio_version,  # also what `proxyVersion` is matched against
         "NAMESPACE": proxy.namespace,
         "CLUSTER_ID": proxy.cluster,
         "NAME": proxy.node_id,
@@ -129,18 +126,30 @@ def ref_of(envoy_filter: EnvoyFilter) -> str:
     return f"{ref} ({prov.location})" if prov is not None else ref
 
 
-def plan_for(filters: Mapping[str, EnvoyFilter], proxy: ProxySpec) -> Plan:
-    """The patches of filters that apply to proxy, grouped by applyTo, in order."""
-    plan = Plan()
+def _applicable(filters: Mapping[str, EnvoyFilter], proxy: ProxySpec) -> Iterator[Applied]:
+    """Every patch of filters that applies to proxy (selection, proxy match), in order."""
     metadata = proxy_metadata(proxy)
     chosen = [f for f in filters.values() if selects(f.namespace, f.selector, f.target_refs, proxy)]
     for envoy_filter in ordered(chosen, proxy.root_namespace):
         ref = ref_of(envoy_filter)
         for patch in envoy_filter.patches:
-            if patch.apply_to == "BOOTSTRAP" or not _proxy_matches(patch, metadata):
-                continue
-            plan.by_apply_to.setdefault(patch.apply_to, []).append(Applied(patch, ref))
+            if _proxy_matches(patch, metadata):
+                yield Applied(patch, ref)
+
+
+def plan_for(filters: Mapping[str, EnvoyFilter], proxy: ProxySpec) -> Plan:
+    """The patches of filters that apply to proxy, grouped by applyTo, in order. BOOTSTRAP
+    patches are not in it: they shape the bootstrap, not xDS (bootstrap_patches)."""
+    plan = Plan()
+    for applied in _applicable(filters, proxy):
+        if applied.patch.apply_to != "BOOTSTRAP":
+            plan.by_apply_to.setdefault(applied.patch.apply_to, []).append(applied)
     return plan
+
+
+def bootstrap_patches(filters: Mapping[str, EnvoyFilter], proxy: ProxySpec) -> list[Applied]:
+    """The BOOTSTRAP patches of filters that apply to proxy, in order."""
+    return [a for a in _applicable(filters, proxy) if a.patch.apply_to == "BOOTSTRAP"]
 
 
 # -- the context of each generated resource ------------------------------------------------

@@ -1,0 +1,142 @@
+"""Envoy's stats tag extraction, as Istio's bootstrap sets it (`stats_config.stats_tags`).
+
+Envoy's default extractors stop a name at its first dot, so a cluster named
+`outbound|8080||hello.default.svc.cluster.local` leaves `default.svc.cluster.local` in the
+metric name. Istio replaces the defaults (`use_all_default_tags: false`) with its own list,
+under its own tag names (`cluster_name`, `tcp_prefix`, `response_code`, ...), which is what
+Istio's dashboards query. The same facts here, with meshagent's names: the domain suffix of
+the agent config, Consul's host patterns, and the stat prefixes of `xds/names.py`
+(`outbound_<address>_<port>`, `inbound|<port>||`, a tcp_proxy's cluster name).
+
+Envoy compiles these with std::regex (ECMAScript: lazy quantifiers and lookahead), not RE2.
+The patterns avoid POSIX classes so that Python's `re` reads them the same way (the tests
+check extraction with it, and with a real Envoy).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+# Statistics Envoy keeps under `cluster.<name>.`: after the name comes a segment with an
+# underscore (upstream_rq_total, circuit_breakers, outlier_detection, lb_subsets_active, ...)
+# or one of these, which host names can also spell: they count only in the shape Envoy
+# gives them. Anything else falls back to Envoy's rule, the first dot.
+_CLUSTER_STAT_TAILS = (
+    r"[^.]*_[^.]*(?:\..*)?",  # upstream_rq_total, circuit_breakers.default.cx_open, ...
+    r"version",
+    r"http[123]\.[^.]+",  # the codec's: http2.trailers, http1.response_flood
+    r"ssl\..+",
+    r"zone\.[^.]+\.[^.]+\.[^.]*_.*",
+    r"(?:internal|external|canary|retry)\.[^.]*_[^.]*",
+    r"ratelimit\.(?:ok|error|over_limit|failure_mode_allowed)",
+    r"grpc\..+\.(?:success|failure|total)",
+)
+# An address in a stat name: IPv4 with ports (`127.0.0.1_8080`), or Envoy's spelling of
+# IPv6 (`[__1]_8080`), as Istio's listener regexes take them.
+_ADDRESS = r"(?:[_.\d]*|[_\[\]a-fA-F\d]*)"
+_DNS_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def host_suffixes(domain_suffix: str, patterns: Iterable[str] = ()) -> tuple[str, ...]:
+    """The name endings after which a cluster's host is known to end: Kubernetes'
+    `svc.<domain_suffix>` (Istio's rule) and the literal tail of each host pattern
+    (`{name}.service.consul` -> `service.consul`)."""
+    found: list[str] = []
+    for tail in (f"svc.{domain_suffix}", *(p.rsplit("}", 1)[-1].lstrip(".") for p in patterns)):
+        # DNS names only: anything else would be regex syntax in Envoy's bootstrap
+        if _DNS_NAME.fullmatch(tail) and tail not in found:
+            found.append(tail)
+    return tuple(found)
+
+
+def cluster_name_regex(suffixes: Iterable[str]) -> str:
+    """`cluster.<name>.`: the name ends at a known host suffix, else where one of Envoy's
+    cluster statistics starts, else at the first dot (Envoy's default)."""
+    ends = "|".join(s.replace(".", r"\.") for s in suffixes)
+    tails = "|".join(_CLUSTER_STAT_TAILS)
+    return (
+        rf"^cluster\.((.+?\.(?:{ends})|.+?(?=\.(?:{tails})$)|[^.]+)\.)"
+        if ends
+        else rf"^cluster\.((.+?(?=\.(?:{tails})$)|[^.]+)\.)"
+    )
+
+
+# Envoy's own extractors, named without a regex (Envoy's defaults: RE2 with a substring
+# pre-check, cheap). Istio's regexes for response codes are not anchored: Envoy runs them with
+# std::regex on every statistic, which Istio affords because its stats_matcher keeps few
+# statistics; with all of Envoy's kept they cost seconds of Envoy start-up per thousand
+# clusters. So response codes keep Envoy's tag names (envoy_response_code, ..._class).
+ENVOY_DEFAULT_TAGS = (
+    "envoy.response_code",
+    "envoy.response_code_class",
+    "envoy.rds_route_config",
+    "envoy.worker_id",
+    "envoy.ssl_cipher",
+)
+# What Envoy's response code extractors match (for extract(); the others have no mirror here).
+_DEFAULT_REGEXES = {
+    "envoy.response_code": r"_rq(_(\d{3}))$",
+    "envoy.response_code_class": r"_rq_(\d)xx$",  # upstream_rq_2xx -> upstream_rq_xx, "2"
+}
+
+
+def stats_tags(suffixes: Iterable[str]) -> list[dict[str, str]]:
+    """The tag specifiers: Istio's tag names and facts, each regex anchored on its statistic's
+    first word (Envoy then tries it only on those statistics), and Envoy's own extractors for
+    the rest (ENVOY_DEFAULT_TAGS). Istio's `cache`, `component`, `tag` and `wasm_filter` tags
+    are for the statistics of Istio's own proxy build, which stock Envoy does not have."""
+    # outbound_<address>_<port> (the address has dots), else a prefix without dots
+    # (`inbound|8080||`, `admin`).
+    http_prefix = rf"(?:outbound|inbound)_{_ADDRESS}_\d+|[^.]+"
+    return [
+        {"tag_name": "cluster_name", "regex": cluster_name_regex(suffixes)},
+        # tcp_proxy stats have one segment after the prefix: the prefix is all before it.
+        {"tag_name": "tcp_prefix", "regex": r"^tcp\.((.*?)\.)\w+?$"},
+        {
+            "tag_name": "http_conn_manager_listener_prefix",
+            "regex": rf"^listener(?=\.).*?\.http\.(({http_prefix})\.)",
+        },
+        {"tag_name": "http_conn_manager_prefix", "regex": rf"^http\.(({http_prefix})\.)"},
+        {"tag_name": "listener_address", "regex": rf"^listener\.(({_ADDRESS})\.)"},
+        {
+            "tag_name": "mongo_prefix",
+            "regex": r"^mongo\.(.+?)\.(collection|cmd|cx_|op_|delays_|decoding_)(.*?)$",
+        },
+        # HTTP RBAC: http.<prefix>.rbac.allowed, and the dry-run (shadow) rules Istio names
+        # http.<prefix>.rbac.istio_dry_run_allow_shadow_denied.
+        {"tag_name": "authz_enforce_result", "regex": r"^http\..*\.rbac(\.(allowed|denied))$"},
+        {
+            "tag_name": "authz_dry_run_action",
+            "regex": r"^http\..*\.rbac(\.istio_dry_run_(allow|deny)_)",
+        },
+        {
+            "tag_name": "authz_dry_run_result",
+            "regex": r"^http\..*\.rbac\.istio_dry_run_(?:allow|deny)(_shadow_(allowed|denied))$",
+        },
+        *({"tag_name": name} for name in ENVOY_DEFAULT_TAGS),
+    ]
+
+
+def stats_config(suffixes: Iterable[str]) -> dict[str, Any]:
+    """The bootstrap's `stats_config`: Istio's tags instead of Envoy's defaults. Unlike Istio,
+    no `stats_matcher`: every Envoy statistic stays (the mesh metrics of Istio's proxy do not
+    exist in stock Envoy; Envoy's own are all there is)."""
+    return {"use_all_default_tags": False, "stats_tags": stats_tags(suffixes)}
+
+
+def extract(name: str, suffixes: Iterable[str]) -> tuple[str, dict[str, str]]:
+    """What Envoy makes of a stat name: (the name without tags, {tag: value}). Mirrors
+    Envoy's rule for tests: every specifier sees the whole name; the first group of a match
+    is cut out, the second (else the first) is the value."""
+    tags: dict[str, str] = {}
+    cut: set[int] = set()
+    for spec in stats_tags(suffixes):
+        regex = spec.get("regex") or _DEFAULT_REGEXES.get(spec["tag_name"])
+        match = re.search(regex, name) if regex else None
+        if match is None:
+            continue
+        tags[spec["tag_name"]] = match.group(2) if match.re.groups >= 2 else match.group(1)
+        cut.update(range(match.start(1), match.end(1)))
+    return "".join(c for i, c in enumerate(name) if i not in cut), tags
