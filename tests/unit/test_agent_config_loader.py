@@ -55,6 +55,7 @@ envoy: {drain_seconds: 1m}
 ca: {workload_ttl: 7d}
 extension_providers:
   - {name: ext, envoy_ext_authz_http: {service: authz.local, port: 80, timeout: 0.25s}}
+dns: {upstream_timeout_ms: 1.5s}
 """
     config = parse(tmp_path, text)
     files, consul, kube = config.sources.files, config.sources.consul, config.sources.kubernetes
@@ -65,12 +66,14 @@ extension_providers:
     assert config.envoy.drain_seconds == 60
     assert config.ca.workload_ttl_s == 7 * 86400
     assert config.extension_providers[0].timeout_ms == 250
+    assert config.dns.upstream_timeout_ms == 1500
 
 
 def test_legacy_integer_forms_keep_working(tmp_path: Path) -> None:
     config = parse(tmp_path, "sources: {files: {debounce_ms: 50, poll_interval_ms: 20}}\n"
-                   "envoy: {drain_seconds: 3}\n")  # fmt: skip
+                   "envoy: {drain_seconds: 3}\ndns: {upstream_timeout_ms: 500}\n")  # fmt: skip
     assert config.sources.files is not None
+    assert config.dns.upstream_timeout_ms == 500
     assert (config.sources.files.debounce_ms, config.sources.files.poll_interval_ms) == (50, 20)
     assert config.envoy.drain_seconds == 3
 
@@ -86,6 +89,7 @@ def test_legacy_integer_forms_keep_working(tmp_path: Path) -> None:
         ("envoy: {drain_seconds: -1}", "envoy.drain_seconds: must be a duration from 0s to 1h"),
         ("ca: {workload_ttl: 0s}", "ca.workload_ttl: must be a duration from 1ms or more"),
         ("ca: {workload_ttl: -1h}", "ca.workload_ttl: '-1h' is not a duration"),
+        ("dns: {upstream_timeout_ms: 2m}", "upstream_timeout_ms: must be a duration from 10ms"),
     ],
 )
 def test_duration_errors_are_located_and_alike(tmp_path: Path, text: str, message: str) -> None:

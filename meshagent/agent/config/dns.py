@@ -18,7 +18,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshagent.agent.config.section import Section, ip
+from meshagent.agent.config.section import Section, duration_ms, ip
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +57,8 @@ def parse_dns(s: Section, base: Path) -> DnsConfig:
     search = None
     if s.data.get("search_domains") is not None:
         search = tuple(_domain(s, i, d) for i, d in enumerate(s.get("search_domains", list, [])))
-    timeout = s.get("upstream_timeout_ms", int, 2000)
-    if not 10 <= timeout <= 60_000:
-        raise s.error("must be between 10 and 60000", "upstream_timeout_ms")
+    # A duration as every other one ("2s"), or a plain integer in milliseconds.
+    timeout = duration_ms(s, "upstream_timeout_ms", "2000ms", 10, 60_000, bare_ms=1)
     return DnsConfig(
         enabled=s.get("enabled", bool, False),
         address=address,
