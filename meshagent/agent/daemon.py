@@ -54,6 +54,8 @@ from meshagent.xds.resources import ResourceSet
 from meshagent.xds.typeurls import SHORT_NAMES
 
 log = structlog.get_logger("meshagent.agent")
+# Agent config sections a reload (SIGHUP) does not apply: logged, they wait for a restart.
+RESTART_FIELDS = ("node", "domain_suffix", "xds", "admin", "envoy", "state_dir", "ca", "dns")
 
 Key = tuple[str, str, str, str]
 _T = TypeVar("_T")
@@ -963,19 +965,19 @@ class Agent:
         if new.sources != old.sources:
             for adapter in self._adapter_factory(self.config):
                 await self._restart_source(adapter)
+        # What needs a restart keeps its running value in the translation too: a new node.id
+        # would publish under a name the running Envoy does not ask for, a new ca.trust_domain
+        # would verify peers against a domain the certificates are not from.
+        kept = {f: getattr(old, f) for f in RESTART_FIELDS}
         proxy = dataclasses.replace(
-            new.proxy_spec(),
+            dataclasses.replace(new, **kept).proxy_spec(),
             certificates=self._proxy.certificates,
             wasm_runtime=self._proxy.wasm_runtime,
         )
         if proxy != self._proxy:
             self._proxy = proxy
             await self._publish()
-        fixed = [
-            f
-            for f in ("node", "domain_suffix", "xds", "admin", "envoy", "state_dir", "ca", "dns")
-            if getattr(new, f) != getattr(old, f)
-        ]
+        fixed = [f for f in RESTART_FIELDS if getattr(new, f) != getattr(old, f)]
         if fixed:
             log.warning("config_change_needs_restart", fields=fixed)
         log.info("config_reloaded", path=str(path))

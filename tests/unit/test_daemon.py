@@ -174,6 +174,50 @@ async def test_sighup_reload_switches_file_paths(tmp_path: Path) -> None:
     await running(agent, body)
 
 
+class RecordingTranslator(FakeTranslator):
+    """Keeps the ProxySpec of every translation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proxies: list[ProxySpec] = []
+
+    def generate(self, snapshot: Any, proxy: ProxySpec) -> ResourceSet:
+        self.proxies.append(proxy)
+        return super().generate(snapshot, proxy)
+
+
+async def test_sighup_reload_applies_what_the_readme_says(tmp_path: Path) -> None:
+    """README, Agent configuration: a reload applies outbound and the translation's keys
+    (workloads' ports, extension_providers...), and keeps node (it needs a restart)."""
+    (tmp_path / "mesh").mkdir()
+    config_path = write_config(tmp_path, "mesh")
+    translator = RecordingTranslator()
+    agent = Agent(
+        load_config(config_path),
+        adapter_factory=files_factory,
+        translator=translator,
+    )
+
+    async def body() -> None:
+        await until(lambda: bool(translator.proxies), "a first translation")
+        with config_path.open("a") as f:
+            f.write(
+                "outbound: {port_offset: 10000}\n"
+                "workloads: [{name: web, ports: [{port: 8080}]}]\n"
+                "trust_domain_aliases: [old.example]\n"
+            )
+        config_path.write_text(config_path.read_text().replace("vm-1", "vm-2"))
+        await agent.reload()
+        await until(lambda: translator.proxies[-1].port_offset == 10000, "the reloaded proxy")
+        proxy = translator.proxies[-1]
+        assert [p.port for w in proxy.workloads for p in w.ports] == [8080]
+        assert proxy.trust_domain_aliases == ("old.example",)
+        assert proxy.node_id == "vm-1"  # node needs a restart
+        assert agent.config.node.id == "vm-1"
+
+    await running(agent, body)
+
+
 class BlockingNormalizer(FakeNormalizer):
     """Holds its first apply until released, as a long 10k-service load would."""
 
