@@ -25,7 +25,7 @@ SPECS: Mapping[str, Obj] = {
     "DestinationRule": destinationrule.SPEC,
     **security.SPECS,
     **gateway.SPECS,  # Gateway, Sidecar, WorkloadGroup (see schema/gateway.py)
-    **extensions.SPECS,  # validated, not translated yet (see schema/extensions.py)
+    **extensions.SPECS,  # EnvoyFilter, ProxyConfig, Telemetry, WasmPlugin
 }
 
 ISTIO_SECURITY_GROUP = "security.istio.io"

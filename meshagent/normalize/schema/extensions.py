@@ -1,11 +1,13 @@
-"""Schemas of the Istio kinds meshagent validates but does not translate yet: EnvoyFilter and
-ProxyConfig (networking.istio.io), Telemetry (telemetry.istio.io) and WasmPlugin
-(extensions.istio.io), with the rules of Istio's validation webhook (ValidateEnvoyFilter,
-ValidateProxyConfig, ValidateTelemetry, ValidateWasmPlugin) and of their CRDs.
+"""Schemas of EnvoyFilter and ProxyConfig (networking.istio.io), Telemetry (telemetry.istio.io)
+and WasmPlugin (extensions.istio.io), with the rules of Istio's validation webhook
+(ValidateEnvoyFilter, ValidateProxyConfig, ValidateTelemetry, ValidateWasmPlugin) and of their
+CRDs.
 
-An invalid one is an error, as Istio rejects it; a valid one is accepted with a warning that
-it has no effect here. Free-form payloads (an EnvoyFilter patch value, a WasmPlugin's
-pluginConfig) are only checked to be objects: meshagent does not build Envoy objects from them.
+An invalid one is an error, as Istio rejects it. EnvoyFilter, Telemetry and WasmPlugin are
+translated (normalize/convert); a valid ProxyConfig is accepted with a warning that it has no
+effect here. Free-form payloads (an EnvoyFilter patch value, a WasmPlugin's pluginConfig) are
+only checked to be objects here; EnvoyFilter patch values are parsed against Envoy's API when
+converted.
 """
 
 from __future__ import annotations
