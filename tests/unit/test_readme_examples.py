@@ -14,6 +14,7 @@ import pytest
 
 from meshagent.agent.cli import main
 from meshagent.agent.config import parse_config
+from meshagent.errors import ConfigError
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 PARTIAL = "# readme: partial"
@@ -63,7 +64,11 @@ def test_readme_yaml_block_loads(
         out = capsys.readouterr().out
         assert code == 0 and out.endswith(", 0 warnings\n"), f"README.md:{line}: {out}"
     else:
-        parse_config(body, path)  # raises a located ConfigError when the example is wrong
+        try:
+            parse_config(body, path)
+        except ConfigError as exc:
+            hint = f"(a fragment on purpose? mark it {PARTIAL!r})"
+            raise AssertionError(f"README.md:{line}: {exc} {hint}") from exc
 
 
 def github_anchor(heading: str) -> str:
