@@ -146,15 +146,9 @@ class TranslatorLike(Protocol):
 
 
 def _default_normalizer(config: AgentConfig) -> NormalizerLike:
-    from meshagent.normalize.normalizer import Normalizer
+    from meshagent.insight.offline import normalizer_for
 
-    return Normalizer(
-        domain_suffix=config.domain_suffix,
-        default_namespace=config.node.namespace,
-        root_namespace=config.root_namespace,
-        consul=config.sources.consul.mapping if config.sources.consul else None,
-        kubernetes=config.sources.kubernetes.mapping if config.sources.kubernetes else None,
-    )
+    return normalizer_for(config)
 
 
 def _default_translator() -> TranslatorLike:
