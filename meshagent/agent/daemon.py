@@ -38,14 +38,14 @@ from meshagent.agent.logs import configure_logging
 from meshagent.agent.metrics import AgentMetrics
 from meshagent.agent.metrics_merge import install_merged_scrape
 from meshagent.agent.opspages import install_ops_pages
+from meshagent.agent.problems import ServedProblems, probe_wasm_runtime
 from meshagent.agent.publishing import CONSISTENCY_SOURCE, NACK_SOURCE, NackExplainer
 from meshagent.agent.sdnotify import SystemdNotifier
-from meshagent.agent.telemetry_warnings import TelemetryWarnings
 from meshagent.errors import MeshAgentError
 from meshagent.gcpause import paused_gc, release_free_memory
 from meshagent.insight.pages import install_insight_pages
 from meshagent.model.identity import WorkloadCertificate
-from meshagent.model.proxy import ROUTER, ProxySpec
+from meshagent.model.proxy import ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
 from meshagent.xds.cache import SnapshotCache
@@ -215,14 +215,10 @@ class Agent:
         self._analyzed_at = -ANALYSIS_INTERVAL_S  # loop time of the last analysis' start
         # Held by whoever uses the normalizer: the processing task and the analysis' capture.
         self._normalizer_lock = asyncio.Lock()
-        self._custom_problems: set[tuple[str, str]] = set()  # (workload, reason), logged once
-        self._custom_checked: tuple[object, ...] = ()  # what _custom_problems was found from
-        self._gateway_checked: tuple[object, ...] = ()  # what _gateway_problems was found from
-        self._gateway_problems: tuple[Diagnostic, ...] = ()  # Gateway servers left out
+        # What a publish serves badly, reported while it lasts (agent/problems.py).
+        self._problems = ServedProblems(self.diagnostics, self._report)
         # Whether the Envoy in use has a Wasm runtime, and why: probed at the first WasmPlugin.
         self._wasm_probe: tuple[bool, str] | None = None
-        self._wasm_warned: object = None  # the wasm_plugins map last warned about
-        self._telemetry_warnings = TelemetryWarnings()  # unusable Telemetry providers, logged once
         self._last_good = LastGoodStore(config.state_dir / FILE_NAME)
         # What the store holds: replaced after each apply that changed it, never mutated then.
         self._last_good_saved: dict[Key, RawResource] = {}
@@ -230,8 +226,6 @@ class Agent:
         self._restored: dict[Key, RawResource] = {}  # loaded at start, until sources listed
         self._credentials_deadline = 0.0  # see _credentials_pending
         self._credential_sources: set[str] = set()
-        self._credentials_checked: tuple[object, ...] = ()  # what _credential_problems is of
-        self._credential_problems: tuple[Diagnostic, ...] = ()  # DR credentials unserved
         self._credentials_timer: asyncio.TimerHandle | None = None
         self._processor: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -322,6 +316,11 @@ class Agent:
                 rebuild=self._envoy_bootstrap,
             )
             await self.envoy.start()
+
+    async def _probe_wasm(self) -> None:
+        """Find out once whether the Envoy in use has a Wasm runtime (a validate-mode run)."""
+        self._wasm_probe = await probe_wasm_runtime(self.config.envoy.binary)
+        self._proxy = dataclasses.replace(self._proxy, wasm_runtime=self._wasm_probe[0])
 
     async def _envoy_bootstrap(self, binary: str, base: Mapping[str, Any]) -> Mapping[str, Any]:
         """The managed Envoy's bootstrap at a start or restart: base with the BOOTSTRAP
@@ -727,11 +726,8 @@ class Agent:
         self.convergence.published(pushes=version != previous)
         self._published = True
         self.diagnostics.forget_source(NACK_SOURCE)  # a new set: Envoy judges it anew
-        self._warn_unservable_custom_policies()
-        self._report_gateway_problems()
-        self._report_credential_problems()
-        self._warn_wasm_unavailable()
-        self._telemetry_warnings.check(self._snapshot, self._proxy)
+        why = self._wasm_probe[1] if self._wasm_probe else "not probed"
+        self._problems.check(self._snapshot, self._proxy, why)
         self.metrics.snapshot_version.set(getattr(self._snapshot, "version", 0))
         counts = {t: len(resources.of(t)) for t in SHORT_NAMES}
         self.metrics.set_resources(counts)
@@ -780,128 +776,6 @@ class Agent:
             log.exception("nack_attribution_failed_bug", type_url=type_url)
             return ""
         return f" (from {'; '.join(origins)})" if origins else ""
-
-    def _warn_unservable_custom_policies(self) -> None:
-        """Log once when CUSTOM AuthorizationPolicies cannot reach an authorizer, so their
-        rules deny what they match (their provider is not in extension_providers, is invalid
-        or not a mesh service, or they name several)."""
-        from meshagent.xds.translate.ext_authz import provider_problem
-        from meshagent.xds.translate.inbound import authz_policies
-
-        if self._snapshot is None or not self._proxy.workloads:
-            return
-        snapshot = self._snapshot
-        key = (snapshot.authorization_policies, snapshot.services, self._proxy)
-        old = self._custom_checked
-        if len(old) == len(key) and all(a is b for a, b in zip(key, old, strict=True)):
-            return  # most publishes change none of them
-        self._custom_checked = key
-        problems = set()
-        for w in self._proxy.workloads:
-            policies = authz_policies(snapshot, self._proxy, w)
-            reason = provider_problem(snapshot, self._proxy, policies)
-            if reason:
-                problems.add((f"{w.namespace}/{w.name}", reason))
-        for workload, reason in sorted(problems - self._custom_problems):
-            log.warning("authz_custom_rules_deny", workload=workload, reason=reason)
-        invalid = {(f"provider:{p.name}", p.problem) for p in self._proxy.extension_providers}
-        for provider, reason in sorted(i for i in invalid - self._custom_problems if i[1]):
-            log.warning("extension_provider_invalid", provider=provider[9:], reason=reason)
-        self._custom_problems = problems | invalid
-
-    def _report_credential_problems(self) -> None:
-        """Report each DestinationRule credentialName the proxy cannot serve, as a located
-        warning, while it stays so (xds/translate/credential_secrets.py)."""
-        from meshagent.xds.translate.credential_secrets import (
-            CREDENTIAL_REFERENCES,
-            credential_problems,
-        )
-
-        snapshot = self._snapshot
-        if not isinstance(snapshot, MeshSnapshot):
-            return
-        key = (
-            snapshot.destination_rules,
-            snapshot.workload_destination_rules,
-            snapshot.credentials,
-            self._proxy,
-        )
-        old = self._credentials_checked
-        if len(old) == len(key) and all(a is b for a, b in zip(key, old, strict=True)):
-            return
-        self._credentials_checked = key
-        found = tuple(credential_problems(snapshot, self._proxy))
-        if found != self._credential_problems:
-            self.diagnostics.forget_source(CREDENTIAL_REFERENCES)
-            self._credential_problems = found
-            self._report(found)
-
-    def _report_gateway_problems(self) -> None:
-        """Report each Gateway server a router leaves out (a conflict, a missing credential)
-        as a located warning, while it stays left out."""
-        from meshagent.xds.translate.gateway import GATEWAY_SOURCE, gateway_problems
-        from meshagent.xds.translate.gateway_plan import selected_gateways
-
-        snapshot = self._snapshot
-        if not isinstance(snapshot, MeshSnapshot):
-            return
-        key = (snapshot.gateways, snapshot.credentials, self._proxy)
-        old = self._gateway_checked
-        if len(old) == len(key) and all(a is b for a, b in zip(key, old, strict=True)):
-            return
-        self._gateway_checked = key
-        router = self._proxy.proxy_type == ROUTER
-        if router and snapshot.gateways and not selected_gateways(snapshot, self._proxy):
-            # A router whose labels match no Gateway's selector serves nothing: say so.
-            labels = dict(self._proxy.labels)
-            log.warning("gateway_none_selected", labels=labels, gateways=len(snapshot.gateways))
-        found = tuple(gateway_problems(snapshot, self._proxy))
-        if found != self._gateway_problems:
-            self.diagnostics.forget_source(GATEWAY_SOURCE)
-            self._gateway_problems = found
-            if found:
-                self._report(found)
-
-    async def _probe_wasm(self) -> None:
-        """Find out once whether the Envoy in use has a Wasm runtime (a validate-mode run)."""
-        from meshagent.agent.envoy import find_envoy_binary
-        from meshagent.xds.envoyfilter.wasm import wasm_runtime_available
-
-        try:
-            binary = find_envoy_binary(self.config.envoy.binary)
-        except MeshAgentError as exc:
-            self._wasm_probe = (False, str(exc))
-        else:
-            self._wasm_probe = await asyncio.to_thread(wasm_runtime_available, binary)
-        log.info("wasm_runtime_probed", available=self._wasm_probe[0], why=self._wasm_probe[1])
-        self._proxy = dataclasses.replace(self._proxy, wasm_runtime=self._wasm_probe[0])
-
-    def _warn_wasm_unavailable(self) -> None:
-        """A located warning for each WasmPlugin when this Envoy has no Wasm runtime."""
-        plugins = getattr(self._snapshot, "wasm_plugins", None)
-        if not plugins or self._proxy.wasm_runtime or plugins is self._wasm_warned:
-            return
-        self._wasm_warned = plugins
-        why = self._wasm_probe[1] if self._wasm_probe else "not probed"
-        self._report(
-            [
-                Diagnostic(
-                    severity="warning",
-                    source="wasm",
-                    location=p.provenance.location if p.provenance else "-",
-                    kind="WasmPlugin",
-                    name=key,
-                    field="spec.url",
-                    reason=f"WasmPlugin not available in this Envoy ({why}): "
-                    + (
-                        "failStrategy FAIL_OPEN, it is skipped"
-                        if p.fail_open
-                        else "it fails closed, the traffic it selects is denied (403)"
-                    ),
-                )
-                for key, p in sorted(plugins.items())
-            ]
-        )
 
     # --- reload -------------------------------------------------------------------------
 
