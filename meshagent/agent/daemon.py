@@ -33,7 +33,7 @@ from meshagent.agent.convergence import ConvergenceObserver, ConvergenceTracker
 from meshagent.agent.diagnostics import DiagnosticTable
 from meshagent.agent.envoy import EnvoySupervisor, bootstrap_for
 from meshagent.agent.instancelock import InstanceLock
-from meshagent.agent.lastgood import FILE_NAME, PERSISTED_SOURCES, LastGoodStore
+from meshagent.agent.lastgood import FILE_NAME, PERSISTED_SOURCES, LastGoodKeeper, LastGoodStore
 from meshagent.agent.logs import configure_logging
 from meshagent.agent.metrics import AgentMetrics
 from meshagent.agent.metrics_merge import install_merged_scrape
@@ -219,11 +219,8 @@ class Agent:
         self._problems = ServedProblems(self.diagnostics, self._report)
         # Whether the Envoy in use has a Wasm runtime, and why: probed at the first WasmPlugin.
         self._wasm_probe: tuple[bool, str] | None = None
-        self._last_good = LastGoodStore(config.state_dir / FILE_NAME)
-        # What the store holds: replaced after each apply that changed it, never mutated then.
-        self._last_good_saved: dict[Key, RawResource] = {}
-        self._last_good_task: asyncio.Task[None] | None = None
-        self._restored: dict[Key, RawResource] = {}  # loaded at start, until sources listed
+        # The persisted last good documents (agent/lastgood.py).
+        self._last_good = LastGoodKeeper(LastGoodStore(config.state_dir / FILE_NAME), self._report)
         self._credentials_deadline = 0.0  # see _credentials_pending
         self._credential_sources: set[str] = set()
         self._credentials_timer: asyncio.TimerHandle | None = None
@@ -367,9 +364,7 @@ class Agent:
             await _cancel(source.task)
         self._sources.clear()
         await _cancel(self._processor)
-        if self._last_good_task is not None:  # let the last save finish
-            with contextlib.suppress(Exception):
-                await self._last_good_task
+        await self._last_good.saved_all()  # let the last save finish
         for task in list(self._background):
             await _cancel(task)
         if self.ca is not None:
@@ -443,7 +438,7 @@ class Agent:
         self._sources[adapter.name] = source
         if isinstance(adapter, Restorable) and adapter.name in PERSISTED_SOURCES:
             # what serves now (as last saved: the normalizer may be busy in another thread)
-            adapter.restore([r for k, r in self._last_good_saved.items() if k[0] == adapter.name])
+            adapter.restore([r for k, r in self._last_good.saved.items() if k[0] == adapter.name])
         self.metrics.source_synced.labels(source=adapter.name).set(0)
         source.task = asyncio.create_task(self._pump(source), name=f"source-{adapter.name}")
 
@@ -604,73 +599,27 @@ class Agent:
         serving."""
         if getattr(self.normalizer, "accepted", None) is None:
             return
-        loaded = await asyncio.to_thread(self._last_good.load)
-        by_source: dict[str, list[RawResource]] = {}
-        for raw in loaded:
-            if raw.source in PERSISTED_SOURCES and raw.source in sources:
-                by_source.setdefault(raw.source, []).append(raw)
-        if not by_source:
+        events = await self._last_good.load(sources)
+        if not events:
             return
-        events = [SourceEvent(s, tuple(rs), synced=False) for s, rs in by_source.items()]
         # (diagnostics: reported when the files are read; a thread, as in _apply: big sets)
         self._snapshot, _ = await asyncio.to_thread(_gc_paused, self.normalizer.apply, events)
-        for source in by_source:
-            accepted = self._accepted(source)
-            self._known.setdefault(source, set()).update(accepted)
-            self._last_good_saved.update(accepted)
-            self._restored.update(accepted)
-        log.info("last_good_loaded", resources=len(self._restored), path=str(self._last_good.path))
+        accepted = {e.source: self._accepted(e.source) for e in events}
+        for source, documents in accepted.items():
+            self._known.setdefault(source, set()).update(documents)
+        self._last_good.restored(accepted.values())
 
     def _remember_last_good(self, events: Sequence[SourceEvent]) -> None:
         """Save what the normalizer now accepts of the persisted sources, when it changed; once
-        every persisted source has listed, report what still serves from before the restart.
-        Only the keys the events name can have changed: the cost follows the change."""
+        every persisted source has listed, report what still serves from before the restart."""
         accepted_of = getattr(self.normalizer, "accepted_of", None)
         if accepted_of is None:
             return
-        keys = [
-            key
-            for e in events
-            if e.source in PERSISTED_SOURCES
-            for key in (*(r.key for r in e.upserts), *e.deletes)
-        ]
-        if not keys and not any(e.source in PERSISTED_SOURCES for e in events):
-            return  # (most batches, on a busy Consul): nothing of theirs changed
-        saved = self._last_good_saved
-        changed = {k: r for k, r in accepted_of(keys).items() if saved.get(k) is not r}
-        if changed:
-            saved = dict(saved)  # a new mapping: a save in progress keeps the one it writes
-            for key, raw in changed.items():
-                if raw is None:
-                    saved.pop(key, None)
-                else:
-                    saved[key] = raw
-            self._last_good_saved = saved
-        persisted = [s for n, s in self._sources.items() if n in PERSISTED_SOURCES]
-        if self._restored and all(s.complete for s in persisted):
-            self._report_restored(saved)
-        if changed and (self._last_good_task is None or self._last_good_task.done()):
-            self._last_good_task = asyncio.create_task(self._save_last_good())
-
-    async def _save_last_good(self) -> None:
-        """Write the latest accepted set, and again while it changed during a write."""
-        written: dict[Key, RawResource] | None = None
-        while written is not self._last_good_saved:
-            written = self._last_good_saved
-            try:
-                await asyncio.to_thread(self._last_good.save, list(written.values()))
-            except OSError as exc:
-                log.warning("last_good_save_failed", path=str(self._last_good.path), error=str(exc))
-                return
-
-    def _report_restored(self, current: Mapping[Key, RawResource]) -> None:
-        """Name each resource that serves the version saved before the restart (its document
-        is invalid now, or lies under a configured path that is missing)."""
-        restored, self._restored = self._restored, {}
-        still = [r for k, r in sorted(restored.items()) if _serves(current.get(k), r)]
-        if still:
-            log.warning("last_good_serving", resources=len(still))
-        self._report([_restored_warning(raw) for raw in still])
+        self._last_good.remember(
+            accepted_of,
+            events,
+            lambda: all(s.complete for n, s in self._sources.items() if n in PERSISTED_SOURCES),
+        )
 
     def _credentials_pending(self) -> bool:
         """Whether publishing waits for the first listing of a source of credentials (at
@@ -980,24 +929,6 @@ class Agent:
             # is sent type by type): Envoy does not have it yet.
             reasons.append(f"envoy {node} has not applied configuration {published} yet")
         return reasons
-
-
-def _serves(current: RawResource | None, restored: RawResource) -> bool:
-    """True when current is still the restored document (not one read since: same body object)."""
-    return current is not None and current.body is restored.body
-
-
-def _restored_warning(raw: RawResource) -> Diagnostic:
-    return Diagnostic(
-        "warning",
-        raw.source,
-        raw.provenance.location,
-        raw.kind,
-        f"{raw.namespace}/{raw.name}" if raw.namespace else raw.name,
-        "",
-        "serving the last good version saved before the restart: its document is invalid, "
-        "unreadable or missing now",
-    )
 
 
 def _gc_paused(work: Callable[..., _T], *args: Any, release: bool = False) -> _T:
