@@ -59,16 +59,17 @@ def message_class(apply_to: str) -> type[Message]:
     return cls
 
 
-def _type_urls(value: Any) -> Iterator[str]:
+def type_urls(value: Any) -> Iterator[str]:
+    """Every "@type" in a JSON value, nested ones included."""
     if isinstance(value, Mapping):
         found = value.get("@type")
         if isinstance(found, str):
             yield found
         for item in value.values():
-            yield from _type_urls(item)
+            yield from type_urls(item)
     elif isinstance(value, list):
         for item in value:
-            yield from _type_urls(item)
+            yield from type_urls(item)
 
 
 def _is_api_package(package: str) -> bool:
@@ -139,7 +140,7 @@ def _parse(apply_to: str, value: Mapping[str, Any], lenient: bool) -> Message:
 def parse_value_checked(apply_to: str, value: Mapping[str, Any]) -> tuple[Message, str]:
     """value as applyTo's Envoy message, and what a strict parse refuses in it ("" when
     nothing: unknown fields, dropped). PatchValueError says why it is not the message."""
-    for type_url in _type_urls(value):
+    for type_url in type_urls(value):
         if _v2_api(type_url):
             raise PatchValueError(
                 f"referenced type unknown (hint: try using the v3 XDS API): {type_url!r}"

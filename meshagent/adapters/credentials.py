@@ -38,6 +38,7 @@ from pathlib import Path
 from types import TracebackType
 
 from meshagent.adapters.inotify import Inotify
+from meshagent.adapters.notify import close_notify, nearest_existing_parent, wait_for_change
 from meshagent.model.source import Diagnostic, Provenance, RawResource, SourceEvent
 
 SOURCE = "credentials"
@@ -227,10 +228,7 @@ class CredentialsAdapter:
     def _watched_directories(self) -> set[Path]:
         found: set[Path] = set()
         for root in self._paths:
-            parent = root.absolute().parent
-            while not parent.is_dir() and parent != parent.parent:
-                parent = parent.parent
-            found.add(parent)
+            found.add(nearest_existing_parent(root))
             if root.is_dir():
                 found.add(root)
                 with contextlib.suppress(OSError):
@@ -351,30 +349,9 @@ class CredentialsAdapter:
             self._notified.set()
 
     def _stop_notify(self) -> None:
-        if self._inotify is not None:
-            with contextlib.suppress(RuntimeError, ValueError, OSError):
-                asyncio.get_running_loop().remove_reader(self._inotify.fd)
-            self._inotify.close()
+        close_notify(self._inotify)
         self._inotify = self._notified = None
 
     async def _wait(self, seconds: float) -> bool | None:
         """Wait for a notification (True), the timeout (False) or stop (None)."""
-        notified = self._notified
-        if notified is None:
-            try:
-                await asyncio.wait_for(self._stop.wait(), timeout=seconds)
-            except TimeoutError:
-                return False
-            return None
-        if not notified.is_set():
-            waiters = [asyncio.ensure_future(e.wait()) for e in (self._stop, notified)]
-            _, pending = await asyncio.wait(
-                waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
-            )
-            for waiter in pending:
-                waiter.cancel()
-        if self._stop.is_set():
-            return None
-        woke = notified.is_set()
-        notified.clear()
-        return woke
+        return await wait_for_change(self._stop, self._notified, seconds)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import hashlib
 import os
 import re
@@ -45,6 +44,7 @@ from pathlib import Path
 from types import TracebackType
 
 from meshagent.adapters.inotify import IN_ISDIR, Inotify
+from meshagent.adapters.notify import close_notify, nearest_existing_parent, wait_for_change
 from meshagent.adapters.yamldocs import MAX_TEXT_CHARS, duplicate_error, read_config_bytes
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
 
@@ -323,37 +323,12 @@ class FilesAdapter:
         return is_config_file(Path(name)) or name in self._names
 
     def _stop_notify(self) -> None:
-        if self._inotify is not None:
-            with contextlib.suppress(RuntimeError, ValueError, OSError):
-                asyncio.get_running_loop().remove_reader(self._inotify.fd)
-            self._inotify.close()
+        close_notify(self._inotify)
         self._inotify = self._notified = None
 
     async def _wait(self, seconds: float) -> bool | None:
         """Wait for a change notification (True), the timeout (False) or stop (None)."""
-        notified = self._notified
-        if notified is None:
-            return None if await self._sleep(seconds) else False
-        if not notified.is_set():
-            waiters = [asyncio.ensure_future(e.wait()) for e in (self._stop, notified)]
-            _, pending = await asyncio.wait(
-                waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
-            )
-            for waiter in pending:
-                waiter.cancel()
-        if self._stop.is_set():
-            return None
-        woke = notified.is_set()
-        notified.clear()
-        return woke
-
-    async def _sleep(self, seconds: float) -> bool:
-        """Sleep, waking early on stop; True when stopped."""
-        try:
-            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_for_change(self._stop, self._notified, seconds)
 
     async def _settle(self, sigs: _Scan) -> _Scan | None:
         """Wait until the files stop changing for one debounce window (bounded); None on stop.
@@ -401,10 +376,7 @@ class FilesAdapter:
         sees the path created, renamed or swapped)."""
         found: set[Path] = set()
         for root in self._paths:
-            parent = root.absolute().parent
-            while not parent.is_dir() and parent != parent.parent:
-                parent = parent.parent
-            found.add(parent)
+            found.add(nearest_existing_parent(root))
             if root.is_dir():
                 found.add(root)
                 found.update(_walk_directories(root))

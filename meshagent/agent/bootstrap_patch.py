@@ -14,13 +14,11 @@ responsible gets a located error and Envoy starts with the unpatched bootstrap.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from meshagent.envoy_validate import run_validate
 from meshagent.model.extensions import EnvoyFilter
 from meshagent.model.proxy import ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
@@ -34,19 +32,15 @@ VALIDATE_TIMEOUT_S = 60.0
 
 def validate_bootstrap(binary: str, bootstrap: Mapping[str, Any]) -> str:
     """Why Envoy refuses bootstrap (`envoy --mode validate`); "" when it accepts it."""
-    with tempfile.TemporaryDirectory(prefix="meshagent-bootstrap-") as work:
-        path = Path(work) / "bootstrap.json"
-        path.write_text(json.dumps(bootstrap), encoding="utf-8")
-        try:
-            done = subprocess.run(
-                [binary, "--mode", "validate", "-c", str(path), "-l", "error"],
-                capture_output=True,
-                text=True,
-                timeout=VALIDATE_TIMEOUT_S,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"cannot run {binary}: {exc}"
+    done = run_validate(
+        binary,
+        bootstrap,
+        timeout_s=VALIDATE_TIMEOUT_S,
+        prefix="meshagent-bootstrap-",
+        file_name="bootstrap.json",
+    )
+    if isinstance(done, str):
+        return done
     if done.returncode == 0:
         return ""
     lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]

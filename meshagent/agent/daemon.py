@@ -33,19 +33,19 @@ from meshagent.agent.convergence import ConvergenceObserver, ConvergenceTracker
 from meshagent.agent.diagnostics import DiagnosticTable
 from meshagent.agent.envoy import EnvoySupervisor, bootstrap_for
 from meshagent.agent.instancelock import InstanceLock
-from meshagent.agent.lastgood import FILE_NAME, PERSISTED_SOURCES, LastGoodStore
+from meshagent.agent.lastgood import FILE_NAME, PERSISTED_SOURCES, LastGoodKeeper, LastGoodStore
 from meshagent.agent.logs import configure_logging
 from meshagent.agent.metrics import AgentMetrics
 from meshagent.agent.metrics_merge import install_merged_scrape
 from meshagent.agent.opspages import install_ops_pages
+from meshagent.agent.problems import ServedProblems, probe_wasm_runtime
 from meshagent.agent.publishing import CONSISTENCY_SOURCE, NACK_SOURCE, NackExplainer
 from meshagent.agent.sdnotify import SystemdNotifier
-from meshagent.agent.telemetry_warnings import TelemetryWarnings
 from meshagent.errors import MeshAgentError
 from meshagent.gcpause import paused_gc, release_free_memory
 from meshagent.insight.pages import install_insight_pages
 from meshagent.model.identity import WorkloadCertificate
-from meshagent.model.proxy import ROUTER, ProxySpec
+from meshagent.model.proxy import ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
 from meshagent.xds.cache import SnapshotCache
@@ -148,15 +148,9 @@ class TranslatorLike(Protocol):
 
 
 def _default_normalizer(config: AgentConfig) -> NormalizerLike:
-    from meshagent.normalize.normalizer import Normalizer
+    from meshagent.insight.offline import normalizer_for
 
-    return Normalizer(
-        domain_suffix=config.domain_suffix,
-        default_namespace=config.node.namespace,
-        root_namespace=config.root_namespace,
-        consul=config.sources.consul.mapping if config.sources.consul else None,
-        kubernetes=config.sources.kubernetes.mapping if config.sources.kubernetes else None,
-    )
+    return normalizer_for(config)
 
 
 def _default_translator() -> TranslatorLike:
@@ -223,23 +217,14 @@ class Agent:
         self._analyzed_at = -ANALYSIS_INTERVAL_S  # loop time of the last analysis' start
         # Held by whoever uses the normalizer: the processing task and the analysis' capture.
         self._normalizer_lock = asyncio.Lock()
-        self._custom_problems: set[tuple[str, str]] = set()  # (workload, reason), logged once
-        self._custom_checked: tuple[object, ...] = ()  # what _custom_problems was found from
-        self._gateway_checked: tuple[object, ...] = ()  # what _gateway_problems was found from
-        self._gateway_problems: tuple[Diagnostic, ...] = ()  # Gateway servers left out
+        # What a publish serves badly, reported while it lasts (agent/problems.py).
+        self._problems = ServedProblems(self.diagnostics, self._report)
         # Whether the Envoy in use has a Wasm runtime, and why: probed at the first WasmPlugin.
         self._wasm_probe: tuple[bool, str] | None = None
-        self._wasm_warned: object = None  # the wasm_plugins map last warned about
-        self._telemetry_warnings = TelemetryWarnings()  # unusable Telemetry providers, logged once
-        self._last_good = LastGoodStore(config.state_dir / FILE_NAME)
-        # What the store holds: replaced after each apply that changed it, never mutated then.
-        self._last_good_saved: dict[Key, RawResource] = {}
-        self._last_good_task: asyncio.Task[None] | None = None
-        self._restored: dict[Key, RawResource] = {}  # loaded at start, until sources listed
+        # The persisted last good documents (agent/lastgood.py).
+        self._last_good = LastGoodKeeper(LastGoodStore(config.state_dir / FILE_NAME), self._report)
         self._credentials_deadline = 0.0  # see _credentials_pending
         self._credential_sources: set[str] = set()
-        self._credentials_checked: tuple[object, ...] = ()  # what _credential_problems is of
-        self._credential_problems: tuple[Diagnostic, ...] = ()  # DR credentials unserved
         self._credentials_timer: asyncio.TimerHandle | None = None
         self._processor: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -331,6 +316,11 @@ class Agent:
             )
             await self.envoy.start()
 
+    async def _probe_wasm(self) -> None:
+        """Find out once whether the Envoy in use has a Wasm runtime (a validate-mode run)."""
+        self._wasm_probe = await probe_wasm_runtime(self.config.envoy.binary)
+        self._proxy = dataclasses.replace(self._proxy, wasm_runtime=self._wasm_probe[0])
+
     async def _envoy_bootstrap(self, binary: str, base: Mapping[str, Any]) -> Mapping[str, Any]:
         """The managed Envoy's bootstrap at a start or restart: base with the BOOTSTRAP
         EnvoyFilter patches of the mesh known then (agent/bootstrap_patch.py). Without a
@@ -376,9 +366,7 @@ class Agent:
             await _cancel(source.task)
         self._sources.clear()
         await _cancel(self._processor)
-        if self._last_good_task is not None:  # let the last save finish
-            with contextlib.suppress(Exception):
-                await self._last_good_task
+        await self._last_good.saved_all()  # let the last save finish
         for task in list(self._background):
             await _cancel(task)
         if self.ca is not None:
@@ -452,7 +440,7 @@ class Agent:
         self._sources[adapter.name] = source
         if isinstance(adapter, Restorable) and adapter.name in PERSISTED_SOURCES:
             # what serves now (as last saved: the normalizer may be busy in another thread)
-            adapter.restore([r for k, r in self._last_good_saved.items() if k[0] == adapter.name])
+            adapter.restore([r for k, r in self._last_good.saved.items() if k[0] == adapter.name])
         self.metrics.source_synced.labels(source=adapter.name).set(0)
         source.task = asyncio.create_task(self._pump(source), name=f"source-{adapter.name}")
 
@@ -613,73 +601,27 @@ class Agent:
         serving."""
         if getattr(self.normalizer, "accepted", None) is None:
             return
-        loaded = await asyncio.to_thread(self._last_good.load)
-        by_source: dict[str, list[RawResource]] = {}
-        for raw in loaded:
-            if raw.source in PERSISTED_SOURCES and raw.source in sources:
-                by_source.setdefault(raw.source, []).append(raw)
-        if not by_source:
+        events = await self._last_good.load(sources)
+        if not events:
             return
-        events = [SourceEvent(s, tuple(rs), synced=False) for s, rs in by_source.items()]
         # (diagnostics: reported when the files are read; a thread, as in _apply: big sets)
         self._snapshot, _ = await asyncio.to_thread(_gc_paused, self.normalizer.apply, events)
-        for source in by_source:
-            accepted = self._accepted(source)
-            self._known.setdefault(source, set()).update(accepted)
-            self._last_good_saved.update(accepted)
-            self._restored.update(accepted)
-        log.info("last_good_loaded", resources=len(self._restored), path=str(self._last_good.path))
+        accepted = {e.source: self._accepted(e.source) for e in events}
+        for source, documents in accepted.items():
+            self._known.setdefault(source, set()).update(documents)
+        self._last_good.restored(accepted.values())
 
     def _remember_last_good(self, events: Sequence[SourceEvent]) -> None:
         """Save what the normalizer now accepts of the persisted sources, when it changed; once
-        every persisted source has listed, report what still serves from before the restart.
-        Only the keys the events name can have changed: the cost follows the change."""
+        every persisted source has listed, report what still serves from before the restart."""
         accepted_of = getattr(self.normalizer, "accepted_of", None)
         if accepted_of is None:
             return
-        keys = [
-            key
-            for e in events
-            if e.source in PERSISTED_SOURCES
-            for key in (*(r.key for r in e.upserts), *e.deletes)
-        ]
-        if not keys and not any(e.source in PERSISTED_SOURCES for e in events):
-            return  # (most batches, on a busy Consul): nothing of theirs changed
-        saved = self._last_good_saved
-        changed = {k: r for k, r in accepted_of(keys).items() if saved.get(k) is not r}
-        if changed:
-            saved = dict(saved)  # a new mapping: a save in progress keeps the one it writes
-            for key, raw in changed.items():
-                if raw is None:
-                    saved.pop(key, None)
-                else:
-                    saved[key] = raw
-            self._last_good_saved = saved
-        persisted = [s for n, s in self._sources.items() if n in PERSISTED_SOURCES]
-        if self._restored and all(s.complete for s in persisted):
-            self._report_restored(saved)
-        if changed and (self._last_good_task is None or self._last_good_task.done()):
-            self._last_good_task = asyncio.create_task(self._save_last_good())
-
-    async def _save_last_good(self) -> None:
-        """Write the latest accepted set, and again while it changed during a write."""
-        written: dict[Key, RawResource] | None = None
-        while written is not self._last_good_saved:
-            written = self._last_good_saved
-            try:
-                await asyncio.to_thread(self._last_good.save, list(written.values()))
-            except OSError as exc:
-                log.warning("last_good_save_failed", path=str(self._last_good.path), error=str(exc))
-                return
-
-    def _report_restored(self, current: Mapping[Key, RawResource]) -> None:
-        """Name each resource that serves the version saved before the restart (its document
-        is invalid now, or lies under a configured path that is missing)."""
-        restored, self._restored = self._restored, {}
-        still = [r for k, r in sorted(restored.items()) if _serves(current.get(k), r)]
-        if still:
-            log.warning("last_good_serving", resources=len(still))
-        self._report([_restored_warning(raw) for raw in still])
+        self._last_good.remember(
+            accepted_of,
+            events,
+            lambda: all(s.complete for n, s in self._sources.items() if n in PERSISTED_SOURCES),
+        )
 
     def _credentials_pending(self) -> bool:
         """Whether publishing waits for the first listing of a source of credentials (at
@@ -735,11 +677,8 @@ class Agent:
         self.convergence.published(pushes=version != previous)
         self._published = True
         self.diagnostics.forget_source(NACK_SOURCE)  # a new set: Envoy judges it anew
-        self._warn_unservable_custom_policies()
-        self._report_gateway_problems()
-        self._report_credential_problems()
-        self._warn_wasm_unavailable()
-        self._telemetry_warnings.check(self._snapshot, self._proxy)
+        why = self._wasm_probe[1] if self._wasm_probe else "not probed"
+        self._problems.check(self._snapshot, self._proxy, why)
         self.metrics.snapshot_version.set(getattr(self._snapshot, "version", 0))
         counts = {t: len(resources.of(t)) for t in SHORT_NAMES}
         self.metrics.set_resources(counts)
@@ -788,128 +727,6 @@ class Agent:
             log.exception("nack_attribution_failed_bug", type_url=type_url)
             return ""
         return f" (from {'; '.join(origins)})" if origins else ""
-
-    def _warn_unservable_custom_policies(self) -> None:
-        """Log once when CUSTOM AuthorizationPolicies cannot reach an authorizer, so their
-        rules deny what they match (their provider is not in extension_providers, is invalid
-        or not a mesh service, or they name several)."""
-        from meshagent.xds.translate.ext_authz import provider_problem
-        from meshagent.xds.translate.inbound import authz_policies
-
-        if self._snapshot is None or not self._proxy.workloads:
-            return
-        snapshot = self._snapshot
-        key = (snapshot.authorization_policies, snapshot.services, self._proxy)
-        old = self._custom_checked
-        if len(old) == len(key) and all(a is b for a, b in zip(key, old, strict=True)):
-            return  # most publishes change none of them
-        self._custom_checked = key
-        problems = set()
-        for w in self._proxy.workloads:
-            policies = authz_policies(snapshot, self._proxy, w)
-            reason = provider_problem(snapshot, self._proxy, policies)
-            if reason:
-                problems.add((f"{w.namespace}/{w.name}", reason))
-        for workload, reason in sorted(problems - self._custom_problems):
-            log.warning("authz_custom_rules_deny", workload=workload, reason=reason)
-        invalid = {(f"provider:{p.name}", p.problem) for p in self._proxy.extension_providers}
-        for provider, reason in sorted(i for i in invalid - self._custom_problems if i[1]):
-            log.warning("extension_provider_invalid", provider=provider[9:], reason=reason)
-        self._custom_problems = problems | invalid
-
-    def _report_credential_problems(self) -> None:
-        """Report each DestinationRule credentialName the proxy cannot serve, as a located
-        warning, while it stays so (xds/translate/credential_secrets.py)."""
-        from meshagent.xds.translate.credential_secrets import (
-            CREDENTIAL_REFERENCES,
-            credential_problems,
-        )
-
-        snapshot = self._snapshot
-        if not isinstance(snapshot, MeshSnapshot):
-            return
-        key = (
-            snapshot.destination_rules,
-            snapshot.workload_destination_rules,
-            snapshot.credentials,
-            self._proxy,
-        )
-        old = self._credentials_checked
-        if len(old) == len(key) and all(a is b for a, b in zip(key, old, strict=True)):
-            return
-        self._credentials_checked = key
-        found = tuple(credential_problems(snapshot, self._proxy))
-        if found != self._credential_problems:
-            self.diagnostics.forget_source(CREDENTIAL_REFERENCES)
-            self._credential_problems = found
-            self._report(found)
-
-    def _report_gateway_problems(self) -> None:
-        """Report each Gateway server a router leaves out (a conflict, a missing credential)
-        as a located warning, while it stays left out."""
-        from meshagent.xds.translate.gateway import GATEWAY_SOURCE, gateway_problems
-        from meshagent.xds.translate.gateway_plan import selected_gateways
-
-        snapshot = self._snapshot
-        if not isinstance(snapshot, MeshSnapshot):
-            return
-        key = (snapshot.gateways, snapshot.credentials, self._proxy)
-        old = self._gateway_checked
-        if len(old) == len(key) and all(a is b for a, b in zip(key, old, strict=True)):
-            return
-        self._gateway_checked = key
-        router = self._proxy.proxy_type == ROUTER
-        if router and snapshot.gateways and not selected_gateways(snapshot, self._proxy):
-            # A router whose labels match no Gateway's selector serves nothing: say so.
-            labels = dict(self._proxy.labels)
-            log.warning("gateway_none_selected", labels=labels, gateways=len(snapshot.gateways))
-        found = tuple(gateway_problems(snapshot, self._proxy))
-        if found != self._gateway_problems:
-            self.diagnostics.forget_source(GATEWAY_SOURCE)
-            self._gateway_problems = found
-            if found:
-                self._report(found)
-
-    async def _probe_wasm(self) -> None:
-        """Find out once whether the Envoy in use has a Wasm runtime (a validate-mode run)."""
-        from meshagent.agent.envoy import find_envoy_binary
-        from meshagent.xds.envoyfilter.wasm import wasm_runtime_available
-
-        try:
-            binary = find_envoy_binary(self.config.envoy.binary)
-        except MeshAgentError as exc:
-            self._wasm_probe = (False, str(exc))
-        else:
-            self._wasm_probe = await asyncio.to_thread(wasm_runtime_available, binary)
-        log.info("wasm_runtime_probed", available=self._wasm_probe[0], why=self._wasm_probe[1])
-        self._proxy = dataclasses.replace(self._proxy, wasm_runtime=self._wasm_probe[0])
-
-    def _warn_wasm_unavailable(self) -> None:
-        """A located warning for each WasmPlugin when this Envoy has no Wasm runtime."""
-        plugins = getattr(self._snapshot, "wasm_plugins", None)
-        if not plugins or self._proxy.wasm_runtime or plugins is self._wasm_warned:
-            return
-        self._wasm_warned = plugins
-        why = self._wasm_probe[1] if self._wasm_probe else "not probed"
-        self._report(
-            [
-                Diagnostic(
-                    severity="warning",
-                    source="wasm",
-                    location=p.provenance.location if p.provenance else "-",
-                    kind="WasmPlugin",
-                    name=key,
-                    field="spec.url",
-                    reason=f"WasmPlugin not available in this Envoy ({why}): "
-                    + (
-                        "failStrategy FAIL_OPEN, it is skipped"
-                        if p.fail_open
-                        else "it fails closed, the traffic it selects is denied (403)"
-                    ),
-                )
-                for key, p in sorted(plugins.items())
-            ]
-        )
 
     # --- reload -------------------------------------------------------------------------
 
@@ -1114,24 +931,6 @@ class Agent:
             # is sent type by type): Envoy does not have it yet.
             reasons.append(f"envoy {node} has not applied configuration {published} yet")
         return reasons
-
-
-def _serves(current: RawResource | None, restored: RawResource) -> bool:
-    """True when current is still the restored document (not one read since: same body object)."""
-    return current is not None and current.body is restored.body
-
-
-def _restored_warning(raw: RawResource) -> Diagnostic:
-    return Diagnostic(
-        "warning",
-        raw.source,
-        raw.provenance.location,
-        raw.kind,
-        f"{raw.namespace}/{raw.name}" if raw.namespace else raw.name,
-        "",
-        "serving the last good version saved before the restart: its document is invalid, "
-        "unreadable or missing now",
-    )
 
 
 def _gc_paused(work: Callable[..., _T], *args: Any, release: bool = False) -> _T:

@@ -201,9 +201,9 @@ def dump_resources(
 
 def _recode(body: Mapping[str, Any]) -> Any:
     """Envoy's JSON (proto field names) -> the agent's JSON (json_format's), redacted."""
-    from meshagent.envoy_types import load_type
+    from meshagent.envoy_types import load_type, type_urls
 
-    for type_url in _type_urls(body):
+    for type_url in type_urls(body):
         load_type(type_url)  # imports the generated modules of nested typed_configs too
     try:
         packed = json_format.ParseDict(dict(body), AnyProto(), ignore_unknown_fields=True)
@@ -211,17 +211,6 @@ def _recode(body: Mapping[str, Any]) -> Any:
         return json.loads(json.dumps(json_format.MessageToDict(redacted_any(packed))))
     except (TypeError, KeyError, ValueError, json_format.Error):
         return {"@type": body.get("@type", ""), "unparsed": True}  # a type this process lacks
-
-
-def _type_urls(value: Any) -> Iterable[str]:
-    if isinstance(value, Mapping):
-        if isinstance(value.get("@type"), str):
-            yield value["@type"]
-        for item in value.values():
-            yield from _type_urls(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _type_urls(item)
 
 
 # --- filters (as istioctl proxy-config cluster --fqdn --port --subset --direction) ---------

@@ -15,19 +15,21 @@ located at its start.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from meshagent.gcpause import release_free_memory
-from meshagent.model.source import Provenance, RawResource
+from meshagent.model.source import Diagnostic, Provenance, RawResource, SourceEvent
 
 log = structlog.get_logger("meshagent.agent.lastgood")
+_agent_log = structlog.get_logger("meshagent.agent")  # the daemon's events, as before
 
 FILE_NAME = "last-good.json"
 FORMAT = 1
@@ -38,6 +40,8 @@ PERSISTED_SOURCES = ("files",)
 # Kinds never written, whatever their source: a Secret holds a private key, which must not be
 # copied to the state dir (credentials are read again from their files or the API at start).
 NEVER_PERSISTED_KINDS = frozenset({"Secret"})
+
+Key = tuple[str, str, str, str]  # RawResource.key
 
 
 class LastGoodStore:
@@ -98,6 +102,118 @@ class LastGoodStore:
             yield separator + item
             separator = b",\n"
         yield b"\n]}\n"
+
+
+class LastGoodKeeper:
+    """The daemon's bookkeeping around a LastGoodStore: what the store holds (saved), what was
+    restored at start (reported once every persisted source has listed, where it still
+    serves), and the background save. report() shows diagnostics among the current problems."""
+
+    def __init__(
+        self, store: LastGoodStore, report: Callable[[Sequence[Diagnostic]], None]
+    ) -> None:
+        self.store = store
+        self._report = report
+        # What the store holds: replaced after each apply that changed it, never mutated then.
+        self.saved: dict[Key, RawResource] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._restored: dict[Key, RawResource] = {}  # loaded at start, until sources listed
+
+    async def load(self, sources: set[str]) -> list[SourceEvent]:
+        """The saved documents of those of sources that are persisted, an event a source."""
+        loaded = await asyncio.to_thread(self.store.load)
+        by_source: dict[str, list[RawResource]] = {}
+        for raw in loaded:
+            if raw.source in PERSISTED_SOURCES and raw.source in sources:
+                by_source.setdefault(raw.source, []).append(raw)
+        return [SourceEvent(s, tuple(rs), synced=False) for s, rs in by_source.items()]
+
+    def restored(self, accepted: Iterable[Mapping[Key, RawResource]]) -> None:
+        """What the normalizer accepted of the loaded documents (a mapping a source)."""
+        for documents in accepted:
+            self.saved.update(documents)
+            self._restored.update(documents)
+        _agent_log.info(
+            "last_good_loaded", resources=len(self._restored), path=str(self.store.path)
+        )
+
+    def remember(
+        self,
+        accepted_of: Callable[[list[Key]], Mapping[Key, RawResource | None]],
+        events: Sequence[SourceEvent],
+        persisted_listed: Callable[[], bool],
+    ) -> None:
+        """Save what the normalizer now accepts (accepted_of) of the persisted sources, when it
+        changed; once persisted_listed(), report what still serves from before the restart.
+        Only the keys the events name can have changed: the cost follows the change."""
+        keys = [
+            key
+            for e in events
+            if e.source in PERSISTED_SOURCES
+            for key in (*(r.key for r in e.upserts), *e.deletes)
+        ]
+        if not keys and not any(e.source in PERSISTED_SOURCES for e in events):
+            return  # (most batches, on a busy Consul): nothing of theirs changed
+        saved = self.saved
+        changed = {k: r for k, r in accepted_of(keys).items() if saved.get(k) is not r}
+        if changed:
+            saved = dict(saved)  # a new mapping: a save in progress keeps the one it writes
+            for key, raw in changed.items():
+                if raw is None:
+                    saved.pop(key, None)
+                else:
+                    saved[key] = raw
+            self.saved = saved
+        if self._restored and persisted_listed():
+            self._report_restored(saved)
+        if changed and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._save())
+
+    async def saved_all(self) -> None:
+        """Wait for a save in progress to end (at stop)."""
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
+
+    async def _save(self) -> None:
+        """Write the latest accepted set, and again while it changed during a write."""
+        written: dict[Key, RawResource] | None = None
+        while written is not self.saved:
+            written = self.saved
+            try:
+                await asyncio.to_thread(self.store.save, list(written.values()))
+            except OSError as exc:
+                _agent_log.warning(
+                    "last_good_save_failed", path=str(self.store.path), error=str(exc)
+                )
+                return
+
+    def _report_restored(self, current: Mapping[Key, RawResource]) -> None:
+        """Name each resource that serves the version saved before the restart (its document
+        is invalid now, or lies under a configured path that is missing)."""
+        restored, self._restored = self._restored, {}
+        still = [r for k, r in sorted(restored.items()) if _serves(current.get(k), r)]
+        if still:
+            _agent_log.warning("last_good_serving", resources=len(still))
+        self._report([_restored_warning(raw) for raw in still])
+
+
+def _serves(current: RawResource | None, restored: RawResource) -> bool:
+    """True when current is still the restored document (not one read since: same body object)."""
+    return current is not None and current.body is restored.body
+
+
+def _restored_warning(raw: RawResource) -> Diagnostic:
+    return Diagnostic(
+        "warning",
+        raw.source,
+        raw.provenance.location,
+        raw.kind,
+        f"{raw.namespace}/{raw.name}" if raw.namespace else raw.name,
+        "",
+        "serving the last good version saved before the restart: its document is invalid, "
+        "unreadable or missing now",
+    )
 
 
 def _encode(raw: RawResource) -> dict[str, Any]:

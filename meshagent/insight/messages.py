@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from meshagent.model.source import Diagnostic
+
 
 class Level(IntEnum):
     """Istio's diag levels; a higher value is worse."""
@@ -195,6 +197,21 @@ class Message:
             location=str(data.get("reference", "")),
             field=str(data.get("field", "")),
             source=str(data.get("source", "")),
+        )
+
+    @classmethod
+    def of_diagnostic(cls, code: str, text: str, d: Diagnostic) -> Message:
+        """A message about what a normalizer diagnostic names ("namespace/name" or a name)."""
+        namespace, slash, name = d.name.rpartition("/")
+        return cls(
+            code=code,
+            text=text,
+            kind=d.kind,
+            namespace=namespace if slash else "",
+            name=name,
+            location=d.location,
+            field=d.field,
+            source=d.source,
         )
 
     def as_json(self) -> dict[str, Any]:

@@ -313,7 +313,6 @@ def schema(inp: AnalysisInput) -> Iterator[Message]:
 
 def schema_message(d: Diagnostic) -> Message:
     """The message of one normalizer diagnostic."""
-    namespace, slash, name = d.name.rpartition("/")
     detail = f"{d.field}: {d.reason}" if d.field else d.reason
     if d.severity == "error":
         code, text = "IST0106", f"Schema validation error: {detail}"
@@ -321,13 +320,4 @@ def schema_message(d: Diagnostic) -> Message:
         code, text = "IST0002", f"Deprecated: {d.field}: {d.reason.removeprefix('deprecated: ')}"
     else:
         code, text = "IST0133", f"Schema validation warning: {detail}"
-    return Message(
-        code=code,
-        text=text,
-        kind=d.kind,
-        namespace=namespace if slash else "",
-        name=name,
-        location=d.location,
-        field=d.field,
-        source=d.source,
-    )
+    return Message.of_diagnostic(code, text, d)

@@ -37,20 +37,10 @@ def references(inp: AnalysisInput) -> Iterator[Message]:
 
 def _reference_message(d: Diagnostic) -> Message:
     """The message of one of the normalizer's unresolved-reference warnings."""
-    namespace, slash, name = d.name.rpartition("/")
     code, text = "IST0101", d.reason
     if d.kind == "DestinationRule" and d.field == "spec.host":
         code, text = "IST0174", _unknown_rule_host(d.reason)
-    return Message(
-        code=code,
-        text=text,
-        kind=d.kind,
-        namespace=namespace if slash else "",
-        name=name,
-        location=d.location,
-        field=d.field,
-        source=d.source,
-    )
+    return Message.of_diagnostic(code, text, d)
 
 
 def _unknown_rule_host(reason: str) -> str:

@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING, Any
 from meshagent.testing.kube_store import ApiError, field_selector
 
 if TYPE_CHECKING:
-    from meshagent.testing.kube_sim import KubeSim, _Target
+    from meshagent.testing.kube_sim import KubeSim, Target
 
 
 def make_handler(sim: KubeSim) -> type[BaseHTTPRequestHandler]:
     """A handler class bound to sim."""
     from meshagent.testing.kube_sim import (
         MAX_WATCH_S,
-        _discovery,
-        _parse_path,
-        _served,
+        as_served,
+        discovery,
         merge_patch,
+        parse_path,
         query_of,
     )
 
@@ -57,10 +57,10 @@ def make_handler(sim: KubeSim) -> type[BaseHTTPRequestHandler]:
                 status = sim.fault_for(path, watch)
                 if status is not None:
                     raise ApiError(status, "InternalError", f"injected fault {status}")
-                found = _discovery(path) if method == "GET" else None
+                found = discovery(path) if method == "GET" else None
                 if found is not None:
                     return self._json(200, found)
-                target = _parse_path(path)
+                target = parse_path(path)
                 if target is None:
                     raise ApiError(404, "NotFound", f"the server could not find {path}")
                 if method == "GET" and watch:
@@ -80,7 +80,7 @@ def make_handler(sim: KubeSim) -> type[BaseHTTPRequestHandler]:
                 raise ApiError(400, "BadRequest", f"body is not JSON: {exc}") from exc
 
         def _crud(
-            self, method: str, t: _Target, query: dict[str, str], body: Any
+            self, method: str, t: Target, query: dict[str, str], body: Any
         ) -> tuple[int, dict[str, Any]]:
             store, ns = sim.store, t.namespace or ""
             if t.name is None and method == "GET":
@@ -93,25 +93,25 @@ def make_handler(sim: KubeSim) -> type[BaseHTTPRequestHandler]:
                     "kind": list_kind,
                     "apiVersion": api_version,
                     "metadata": {"resourceVersion": str(rev)},
-                    "items": [_served(i, t) for i in items],
+                    "items": [as_served(i, t) for i in items],
                 }
             if t.name is None and method == "POST":
                 if not isinstance(body, dict):
                     raise ApiError(400, "BadRequest", "a create needs a JSON object")
-                return 201, _served(store.create(t.info, ns, body), t)
+                return 201, as_served(store.create(t.info, ns, body), t)
             if t.name is None:
                 raise ApiError(405, "MethodNotAllowed", f"{method} on a collection")
             if method == "GET":
-                return 200, _served(store.get(t.info, ns, t.name), t)
+                return 200, as_served(store.get(t.info, ns, t.name), t)
             if method == "DELETE":
-                return 200, _served(store.delete(t.info, ns, t.name), t)
+                return 200, as_served(store.delete(t.info, ns, t.name), t)
             if method == "PUT":
                 if not isinstance(body, dict):
                     raise ApiError(400, "BadRequest", "an update needs a JSON object")
                 meta = body.get("metadata") or {}
                 if meta.get("name") != t.name:
                     raise ApiError(400, "BadRequest", "the name of the object does not match")
-                return 200, _served(store.update(t.info, ns, body), t)
+                return 200, as_served(store.update(t.info, ns, body), t)
             if method == "PATCH":
                 if self.headers.get("Content-Type", "").startswith("application/json-patch"):
                     raise ApiError(415, "UnsupportedMediaType", "use a merge patch")
@@ -119,7 +119,7 @@ def make_handler(sim: KubeSim) -> type[BaseHTTPRequestHandler]:
                     current = store.get(t.info, ns, t.name)
                     patched = merge_patch(current, body)
                     patched.setdefault("metadata", {})["name"] = t.name
-                    return 200, _served(store.update(t.info, ns, patched), t)
+                    return 200, as_served(store.update(t.info, ns, patched), t)
             raise ApiError(405, "MethodNotAllowed", method)
 
         def _json(self, code: int, body: dict[str, Any]) -> None:
@@ -137,7 +137,7 @@ def make_handler(sim: KubeSim) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
             self.wfile.flush()
 
-        def _watch(self, t: _Target, query: dict[str, str]) -> None:
+        def _watch(self, t: Target, query: dict[str, str]) -> None:
             sim.watch_starts += 1
             store = sim.store
             timeout = min(float(query.get("timeoutSeconds") or MAX_WATCH_S), MAX_WATCH_S)
@@ -158,7 +158,7 @@ def make_handler(sim: KubeSim) -> type[BaseHTTPRequestHandler]:
 
         def _stream(
             self,
-            t: _Target,
+            t: Target,
             since: int,
             deadline: float,
             bookmarks: bool,
@@ -182,14 +182,14 @@ def make_handler(sim: KubeSim) -> type[BaseHTTPRequestHandler]:
             while True:
                 for rev, event, obj in pending:
                     if selected(obj):
-                        self._chunk(event, _served(obj, t))
+                        self._chunk(event, as_served(obj, t))
                     since = max(since, rev)
                 now = time.monotonic()
                 if bookmarks and now - last_bookmark >= sim.bookmark_interval_s:
                     with store.lock:  # nothing of this kind is undelivered: jump ahead
                         if not store.events_after(t.info, t.namespace, since):
                             since = max(since, store.revision)
-                    mark = {"kind": t.info.kind, "apiVersion": _served({}, t)["apiVersion"],
+                    mark = {"kind": t.info.kind, "apiVersion": as_served({}, t)["apiVersion"],
                             "metadata": {"resourceVersion": str(since)}}  # fmt: skip
                     self._chunk("BOOKMARK", mark)
                     last_bookmark = now

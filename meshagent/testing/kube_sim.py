@@ -188,7 +188,7 @@ class KubeSim:
 
 
 @dataclass(frozen=True, slots=True)
-class _Target:
+class Target:
     """What a resource path names."""
 
     info: KindInfo
@@ -197,7 +197,7 @@ class _Target:
     name: str | None
 
 
-def _parse_path(path: str) -> _Target | None:
+def parse_path(path: str) -> Target | None:
     parts = [p for p in path.split("/") if p]
     if parts[:1] == ["api"] and len(parts) >= 3:
         group, version, rest = "", parts[1], parts[2:]
@@ -213,17 +213,17 @@ def _parse_path(path: str) -> _Target | None:
     info = BY_PLURAL.get((group, rest[0]))
     if info is None or version not in info.versions:
         return None
-    return _Target(info, version, namespace, rest[1] if len(rest) == 2 else None)
+    return Target(info, version, namespace, rest[1] if len(rest) == 2 else None)
 
 
-def _served(obj: dict[str, Any], target: _Target) -> dict[str, Any]:
+def as_served(obj: dict[str, Any], target: Target) -> dict[str, Any]:
     """obj as the requested version (the simulator's versions share one schema)."""
     info = target.info
     obj["apiVersion"] = f"{info.group}/{target.version}" if info.group else target.version
     return obj
 
 
-def _discovery(path: str) -> dict[str, Any] | None:
+def discovery(path: str) -> dict[str, Any] | None:
     if path == "/version":
         return {"major": "1", "minor": "31", "gitVersion": "v1.31.0-meshagent-sim"}
     if path == "/api":

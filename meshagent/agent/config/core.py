@@ -706,25 +706,3 @@ def _protocol(s: Section) -> str:
         known = ", ".join(sorted(KNOWN_PROTOCOLS))
         raise s.error(f'must be one of {known}, or "" to detect it', "protocol")
     return protocol
-
-
-__all__ = [
-    "ENVOY_LOG_LEVELS",
-    "LOG_FORMATS",
-    "LOG_LEVELS",
-    "AdminConfig",
-    "AgentConfig",
-    "CredentialsSourceConfig",
-    "EnvoyConfig",
-    "FilesSourceConfig",
-    "LogConfig",
-    "NodeConfig",
-    "OutboundConfig",
-    "SourcesConfig",
-    "XdsConfig",
-    "apply_join",
-    "default_config",
-    "join_from_dir",
-    "load_config",
-    "parse_config",
-]

@@ -97,7 +97,7 @@ class _Scope:
         )
 
 
-def _header_ops(request: Any, response: Any) -> HeaderOps:
+def header_ops(request: Any, response: Any) -> HeaderOps:
     req, resp = _map(request), _map(response)
 
     def pairs(m: Any) -> tuple[tuple[str, str], ...]:
@@ -197,7 +197,7 @@ def _router_route(route: Mapping[str, Any], i: int, scope: _Scope, issues: Issue
         rewrite=rewrite,
         timeout_ms=_ms(dest.get("RequestTimeout"), f"{path}.Destination.RequestTimeout", issues),
         retries=_retry(dest),
-        headers=_header_ops(dest.get("RequestHeaders"), dest.get("ResponseHeaders")),
+        headers=header_ops(dest.get("RequestHeaders"), dest.get("ResponseHeaders")),
     )
 
 
@@ -241,7 +241,7 @@ def convert_splitter(
             WeightedDestination(
                 scope.destination(split),
                 weight=round(weight * 100),
-                headers=_header_ops(split.get("RequestHeaders"), split.get("ResponseHeaders")),
+                headers=header_ops(split.get("RequestHeaders"), split.get("ResponseHeaders")),
             )
         )
     if abs(total - 100.0) > 0.01:

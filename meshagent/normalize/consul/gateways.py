@@ -49,7 +49,7 @@ from meshagent.model.routing import (
 )
 from meshagent.model.source import Provenance
 from meshagent.model.traffic import ClientTls, DestinationRule, ResolverTarget, TrafficPolicy
-from meshagent.normalize.consul.entries import _header_ops
+from meshagent.normalize.consul.entries import header_ops
 from meshagent.normalize.consul.options import ConsulMapping
 from meshagent.normalize.schema.core import Issues
 
@@ -265,7 +265,7 @@ def _http_service(
         name=str(service["Name"]),
         matches=(HttpMatch(port=port),),
         route=(WeightedDestination(Destination(gw.host(service))),),
-        headers=_header_ops(service.get("RequestHeaders"), service.get("ResponseHeaders")),
+        headers=header_ops(service.get("RequestHeaders"), service.get("ResponseHeaders")),
     )
     routes.append(gw.bound(f"{gw.name}-{port}-{service['Name']}", hosts, http=(route,)))
     tls = _server_tls(service.get("TLS"), f"{path}.TLS", issues)

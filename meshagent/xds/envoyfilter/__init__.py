@@ -109,14 +109,18 @@ def _guarded(type_url: str, resource: Resource, plan: Plan, proxy: ProxySpec) ->
     try:
         return _patch_one(type_url, resource, plan, proxy)
     except Exception as exc:  # a patch must never stop translation: serve it unpatched
-        log.warning(
-            "envoyfilter_patch_failed",
-            proxy=proxy.node_id,
-            type_url=type_url,
-            resource=resource.name,
-            error=repr(exc),
-        )
+        _log_failed(proxy, type_url, resource.name, exc)
         return resource, ()
+
+
+def _log_failed(proxy: ProxySpec, type_url: str, resource: str, exc: Exception) -> None:
+    log.warning(
+        "envoyfilter_patch_failed",
+        proxy=proxy.node_id,
+        type_url=type_url,
+        resource=resource,
+        error=repr(exc),
+    )
 
 
 def _added(plan: Plan, proxy: ProxySpec) -> dict[str, list[tuple[Resource, str]]]:
@@ -133,13 +137,7 @@ def _added(plan: Plan, proxy: ProxySpec) -> dict[str, list[tuple[Resource, str]]
             try:
                 message = cls.FromString(applied.patch.value)
             except DecodeError as exc:  # (the normalizer refuses such values: defence in depth)
-                log.warning(
-                    "envoyfilter_patch_failed",
-                    proxy=proxy.node_id,
-                    type_url=type_url,
-                    resource=applied.ref,
-                    error=repr(exc),
-                )
+                _log_failed(proxy, type_url, applied.ref, exc)
                 continue
             name = str(message.name)  # type: ignore[attr-defined]
             out.setdefault(type_url, []).append((Resource.pack(name, message), applied.ref))

@@ -12,14 +12,14 @@ Pure: bootstrap in, bootstrap out. Whether Envoy accepts the result is the calle
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 from google.protobuf import json_format
 
-from meshagent.envoy_types import load_type
+from meshagent.envoy_types import load_type, type_urls
 from meshagent.xds.envoyfilter.merge import MergeError, decode
 from meshagent.xds.envoyfilter.select import Applied
 
@@ -34,20 +34,9 @@ class BootstrapPatched:
     left_out: tuple[tuple[Applied, str], ...]
 
 
-def _type_urls(value: Any) -> Iterator[str]:
-    if isinstance(value, Mapping):
-        if isinstance(value.get("@type"), str):
-            yield value["@type"]
-        for item in value.values():
-            yield from _type_urls(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _type_urls(item)
-
-
 def as_message(bootstrap: Mapping[str, Any]) -> Bootstrap:
     """A JSON bootstrap (as build_bootstrap makes it) as the Envoy message."""
-    for type_url in _type_urls(bootstrap):
+    for type_url in type_urls(bootstrap):
         load_type(type_url)
     message = Bootstrap()
     json_format.ParseDict(dict(bootstrap), message)

@@ -254,36 +254,40 @@ def _network_filters(
         ):
             touched.add(applied)
     for network_filter in chain.filters:
-        _merge_network_filter(listener, chain, network_filter, plan, where, touched)
+        _merge_filter(listener, chain, network_filter, "NETWORK_FILTER", plan, where, touched)
         if canonical(network_filter.name) == HCM_NAMES[0]:
             _patch_hcm(listener, chain, network_filter, plan, where, touched)
 
 
-def _merge_network_filter(
+def _merge_filter(
     listener: listener_pb2.Listener,
     chain: lc_pb2.FilterChain,
-    network_filter: lc_pb2.Filter,
+    target: lc_pb2.Filter | hcm_pb2.HttpFilter,
+    kind: str,
     plan: Plan,
     where: Where,
     touched: Touched,
 ) -> None:
-    for applied in plan.of("NETWORK_FILTER"):
+    """MERGE/MERGE_AND_REPLACE_LIST patches of kind (NETWORK_FILTER or HTTP_FILTER) into one
+    filter of chain: its name and typed_config."""
+    name_of = _filter_name if kind == "NETWORK_FILTER" else _sub_filter_name
+    for applied in plan.of(kind):
         if applied.patch.operation not in ("MERGE", "MERGE_AND_REPLACE_LIST"):
             continue
-        wanted = _filter_name(applied)
+        wanted = name_of(applied)
         if not (
             listener_matches(applied, listener, where)
             and chain_matches(applied, listener, chain)
-            and (not wanted or canonical(network_filter.name) == wanted)
-            and network_filter.HasField("typed_config")
+            and (not wanted or canonical(target.name) == wanted)
+            and target.HasField("typed_config")
         ):
             continue
-        value = value_of(applied.patch, lc_pb2.Filter)
-        assert isinstance(value, lc_pb2.Filter)
+        value = value_of(applied.patch, type(target))
+        assert isinstance(value, type(target))
         if value.name:
-            network_filter.name = value.name
+            target.name = value.name
         if value.HasField("typed_config"):
-            merge_any(network_filter.typed_config, value.typed_config, applied.patch.operation)
+            merge_any(target.typed_config, value.typed_config, applied.patch.operation)
         touched.add(applied)
 
 
@@ -319,7 +323,7 @@ def _patch_hcm(
         ):
             touched.add(applied)
     for http_filter in manager.http_filters:
-        _merge_http_filter(listener, chain, http_filter, plan, where, touched)
+        _merge_filter(listener, chain, http_filter, "HTTP_FILTER", plan, where, touched)
     from meshagent.xds.envoyfilter.routes import patch_route_configuration
     from meshagent.xds.envoyfilter.wasm import insert_wasm_filters
 
@@ -329,34 +333,6 @@ def _patch_hcm(
         patch_route_configuration(manager.route_config, plan, where.proxy, where.context, touched)
     if (len(touched.refs), manager.SerializeToString(deterministic=True)) != before:
         network_filter.typed_config.value = manager.SerializeToString(deterministic=True)
-
-
-def _merge_http_filter(
-    listener: listener_pb2.Listener,
-    chain: lc_pb2.FilterChain,
-    http_filter: hcm_pb2.HttpFilter,
-    plan: Plan,
-    where: Where,
-    touched: Touched,
-) -> None:
-    for applied in plan.of("HTTP_FILTER"):
-        if applied.patch.operation not in ("MERGE", "MERGE_AND_REPLACE_LIST"):
-            continue
-        wanted = _sub_filter_name(applied)
-        if not (
-            listener_matches(applied, listener, where)
-            and chain_matches(applied, listener, chain)
-            and (not wanted or canonical(http_filter.name) == wanted)
-            and http_filter.HasField("typed_config")
-        ):
-            continue
-        value = value_of(applied.patch, hcm_pb2.HttpFilter)
-        assert isinstance(value, hcm_pb2.HttpFilter)
-        if value.name:
-            http_filter.name = value.name
-        if value.HasField("typed_config"):
-            merge_any(http_filter.typed_config, value.typed_config, applied.patch.operation)
-        touched.add(applied)
 
 
 def _inline_extension_configs(

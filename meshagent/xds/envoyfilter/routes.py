@@ -7,10 +7,13 @@ names (`http.<port>`, `https.<port>.<portName>.<gateway>.<namespace>`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 from envoy.config.route.v3 import route_pb2
+from google.protobuf.message import Message
 
 from meshagent.model.extensions import GATEWAY
 from meshagent.model.proxy import ProxySpec
@@ -116,13 +119,19 @@ def patch_route_configuration(
         if applied.patch.operation == "ADD":
             kept.append(value_of(applied.patch, rc_pb2.VirtualHost))
             touched.add(applied)
+    _replace_all(config.virtual_hosts, kept)
+
+
+def _replace_all(repeated: Any, kept: Sequence[Message]) -> None:
+    """Set a repeated message field to kept (which may hold its own elements): copied first,
+    since clearing the field invalidates them."""
     copies = []
-    for vhost in kept:
-        copy = rc_pb2.VirtualHost()
-        copy.CopyFrom(vhost)
+    for message in kept:
+        copy = type(message)()
+        copy.CopyFrom(message)
         copies.append(copy)
-    del config.virtual_hosts[:]
-    config.virtual_hosts.extend(copies)
+    del repeated[:]
+    repeated.extend(copies)
 
 
 def _patch_vhost(
@@ -165,13 +174,7 @@ def _patch_routes(vhost: rc_pb2.VirtualHost, patches: list[Applied], touched: To
         if not removed:
             kept.append(route)
     if len(kept) != len(vhost.routes):
-        copies = []
-        for route in kept:
-            copy = rc_pb2.Route()
-            copy.CopyFrom(route)
-            copies.append(copy)
-        del vhost.routes[:]
-        vhost.routes.extend(copies)
+        _replace_all(vhost.routes, kept)
     for applied in mine:
         operation = applied.patch.operation
         if operation in _MERGES or operation == "REMOVE":

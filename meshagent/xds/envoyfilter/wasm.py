@@ -20,11 +20,7 @@ through; FAIL_OPEN leaves it out.
 from __future__ import annotations
 
 import base64
-import json
-import subprocess
-import tempfile
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 from envoy.config.rbac.v3 import rbac_pb2 as rbac_config_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
@@ -35,6 +31,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.wasm.v3 import wasm_pb2
 from google.protobuf import wrappers_pb2
 
+from meshagent.envoy_validate import run_validate
 from meshagent.model.extensions import GATEWAY, SIDECAR_INBOUND, SIDECAR_OUTBOUND, WasmPlugin
 from meshagent.model.proxy import ProxySpec
 from meshagent.xds.envoyfilter.listeners import Touched, Where
@@ -207,19 +204,15 @@ def _probe_bootstrap() -> dict[str, object]:
 
 def wasm_runtime_available(envoy_binary: str, timeout_s: float = 30.0) -> tuple[bool, str]:
     """Whether envoy_binary has the V8 Wasm runtime, by a validate-mode probe: (answer, why)."""
-    with tempfile.TemporaryDirectory(prefix="meshagent-wasm-probe-") as work:
-        path = Path(work) / "probe.json"
-        path.write_text(json.dumps(_probe_bootstrap()), encoding="utf-8")
-        try:
-            done = subprocess.run(
-                [envoy_binary, "--mode", "validate", "-c", str(path), "-l", "error"],
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return False, f"cannot run {envoy_binary}: {exc}"
+    done = run_validate(
+        envoy_binary,
+        _probe_bootstrap(),
+        timeout_s=timeout_s,
+        prefix="meshagent-wasm-probe-",
+        file_name="probe.json",
+    )
+    if isinstance(done, str):
+        return False, done
     output = done.stdout + done.stderr
     if "Proxy-Wasm ABI" in output or "Wasm VM failed" in output or done.returncode == 0:
         return True, f"{RUNTIME} present"

@@ -21,7 +21,7 @@ from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
 from meshagent.xds.translate.context import Context, proxy_rules
 from meshagent.xds.translate.gateway import GatewayPlanCache
-from meshagent.xds.translate.gateway_plan import _ca_of, credential_key
+from meshagent.xds.translate.gateway_plan import credential_ca, credential_key
 from meshagent.xds.translate.gateway_tls import credential_secret
 
 
@@ -78,7 +78,7 @@ def credential_secrets(ctx: Context) -> list[tuple[str, Credential, bool]]:
             out.append((names.credential_secret_name(short), credential, False))
         if ca:
             bundle = (
-                _ca_of(credentials, key, credential)
+                credential_ca(credentials, key, credential)
                 if credential is not None
                 else credentials.get(key + names.CA_CREDENTIAL_SUFFIX)
             )
@@ -137,7 +137,7 @@ def credential_problems(snapshot: MeshSnapshot, proxy: ProxySpec) -> list[Diagno
                 continue
             key = credential_key(tls.credential_name, proxy)
             credential = credentials.get(key)
-            ca = _ca_of(credentials, key, credential) if credential is not None else (
+            ca = credential_ca(credentials, key, credential) if credential is not None else (
                 credentials.get(key + names.CA_CREDENTIAL_SUFFIX))  # fmt: skip
             if tls.mode == "MUTUAL" and (credential is None or not credential.private_key_pem):
                 reason = f"credential {key!r} has no certificate and key"

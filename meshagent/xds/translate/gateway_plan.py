@@ -165,7 +165,7 @@ def credential_key(credential_name: str, proxy: ProxySpec) -> str:
     return f"{proxy.namespace}/{_bare(credential_name)}"
 
 
-def _ca_of(
+def credential_ca(
     credentials: Mapping[str, Credential], key: str, credential: Credential
 ) -> Credential | None:
     """The credential holding key's CA bundle, in Istio's order (its GetCaCert): a separate
@@ -204,7 +204,7 @@ def _tls_needs(
         out.append((names.credential_secret_name(_bare(written)), credential, False))
     if tls.mode in _WITH_CA:  # the first credential's CA verifies clients, as in Istio
         key = credential_key(listed[0], proxy)
-        ca = _ca_of(snapshot.credentials, key, snapshot.credentials[key])
+        ca = credential_ca(snapshot.credentials, key, snapshot.credentials[key])
         if ca is None:
             return [], f"{tls.mode} needs a CA bundle: credential {key!r} has none (ca.crt)"
         out.append((names.credential_ca_secret_name(_bare(listed[0])), ca, True))

@@ -27,7 +27,7 @@ from meshagent.model.gateway import (
 from meshagent.xds import names
 from meshagent.xds.translate import protos
 from meshagent.xds.translate.secrets import sds_config
-from meshagent.xds.translate.tls import _san_matcher
+from meshagent.xds.translate.tls import san_matcher
 
 HTTP_ALPN = ("h2", "http/1.1")
 _VERSIONS = {
@@ -41,7 +41,7 @@ _VERSIONS = {
 def _client_checks(tls: ServerTls) -> common_pb2.CertificateValidationContext:
     """What a client certificate must show beyond the CA's signature."""
     return common_pb2.CertificateValidationContext(
-        match_typed_subject_alt_names=[_san_matcher(s) for s in tls.subject_alt_names],
+        match_typed_subject_alt_names=[san_matcher(s) for s in tls.subject_alt_names],
         verify_certificate_spki=list(tls.verify_certificate_spki),
         verify_certificate_hash=list(tls.verify_certificate_hash),
     )

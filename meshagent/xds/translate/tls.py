@@ -104,7 +104,7 @@ def istio_mutual_transport_socket(
     rule = plan.policy.tls
     combined = common.combined_validation_context
     combined.default_validation_context.match_typed_subject_alt_names.extend(
-        [_san_matcher(s) for s in rule.subject_alt_names]
+        [san_matcher(s) for s in rule.subject_alt_names]
         if rule is not None and rule.subject_alt_names
         else _mesh_san_matchers(mesh)
     )
@@ -129,7 +129,7 @@ def auto_mtls(plan: ClusterPlan) -> bool:
     return not plan.service.mesh_external
 
 
-def _san_matcher(san: str) -> common_pb2.SubjectAltNameMatcher:
+def san_matcher(san: str) -> common_pb2.SubjectAltNameMatcher:
     # A SPIFFE identity lives in a URI SAN; anything else is taken as a DNS name.
     kind = (
         common_pb2.SubjectAltNameMatcher.URI
@@ -150,7 +150,7 @@ def _validation_context(tls: ClientTls) -> common_pb2.CertificateValidationConte
         return None
     return common_pb2.CertificateValidationContext(
         trusted_ca=base_pb2.DataSource(filename=tls.ca_certificates or SYSTEM_CA_FILE),
-        match_typed_subject_alt_names=[_san_matcher(s) for s in tls.subject_alt_names],
+        match_typed_subject_alt_names=[san_matcher(s) for s in tls.subject_alt_names],
     )
 
 
@@ -184,7 +184,7 @@ def _credential_context(tls: ClientTls) -> tls_pb2.CommonTlsContext:
     if not tls.insecure_skip_verify:
         combined = context.combined_validation_context
         combined.default_validation_context.match_typed_subject_alt_names.extend(
-            _san_matcher(s) for s in tls.subject_alt_names
+            san_matcher(s) for s in tls.subject_alt_names
         )
         combined.validation_context_sds_secret_config.CopyFrom(
             sds_config(names.credential_ca_secret_name(name))
