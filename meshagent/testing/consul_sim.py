@@ -614,37 +614,3 @@ async def _freeze_long_lived(every_s: float = 1.0, full_every_s: float = 600.0) 
             gc.unfreeze()
             gc.collect()
         gc.freeze()
-
-
-def add_parser(dev_sub: Any) -> None:
-    """`meshagent dev consul-sim` on the CLI's `dev` subparsers."""
-    sim = dev_sub.add_parser("consul-sim", help="a Consul HTTP API simulator (not Consul)")
-    sim.add_argument(
-        "--listen", default="127.0.0.1:8500", help="HOST:PORT (default 127.0.0.1:8500)"
-    )
-    sim.add_argument("--acl-token", default=None, help="require this ACL token on every request")
-    sim.add_argument(
-        "--data",
-        default=None,
-        help='JSON file to start from: {"register": [catalog bodies], "config": [entries]}',
-    )
-
-
-def run_cli(args: Any) -> int:
-    """Run the simulator for the CLI until Ctrl-C; the exit code."""
-    from pathlib import Path
-
-    from meshagent.errors import ConfigError
-
-    host, _, port = str(args.listen).rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError("--listen must be HOST:PORT", location="consul-sim")
-    data = None
-    if args.data:
-        try:
-            data = json.loads(Path(args.data).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read --data: {exc}", location=str(args.data)) from exc
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_simulator(host, int(port), acl_token=args.acl_token, data=data))
-    return 0
