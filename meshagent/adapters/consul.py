@@ -48,7 +48,14 @@ CONFIG_KIND = "ConsulConfigEntry"
 # back for a whole `wait`, so the limit is far above any catalog's size.
 MAX_CONNECTIONS = 1_000_000
 CATALOG_QPS = 5.0  # at most, for the catalog watch (see _watch_catalog)
-CONFIG_KINDS = ("service-router", "service-splitter", "service-resolver", "service-intentions")
+CONFIG_KINDS = (
+    "service-router",
+    "service-splitter",
+    "service-resolver",
+    "service-intentions",
+    "ingress-gateway",
+    "terminating-gateway",
+)
 
 log = structlog.get_logger("meshagent.adapters.consul")
 

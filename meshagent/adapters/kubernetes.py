@@ -8,9 +8,9 @@ Resources emitted (source "kubernetes"), each with the API object as body and pr
 "resourceVersion N" plus kind/namespace/name:
 - `Service` (apiVersion v1) and `EndpointSlice` (discovery.k8s.io/v1), which the normalizer
   joins through the slices' `kubernetes.io/service-name` label (normalize/kubernetes);
-- the Istio kinds (networking.istio.io, security.istio.io) as read, which go to the same
-  normalizer as files. Each is watched at the first version the server serves of
-  `istio_versions` (v1, then v1beta1, then v1alpha3);
+- the Istio kinds (networking.istio.io, security.istio.io, telemetry.istio.io) as read,
+  which go to the same normalizer as files. Each is watched at the first version the server
+  serves of `istio_versions` (v1, then v1beta1, then v1alpha3; Telemetry: v1, then v1alpha1);
 - `Secret` (v1), in `secret_namespaces` only, for credentialName (normalize/credentials.py);
   a 403 there is an error of the listing, not a failure of the whole source.
 
@@ -48,6 +48,8 @@ CORE_KINDS: tuple[tuple[str, str, str], ...] = (
 )
 _NET = "networking.istio.io"
 _SEC = "security.istio.io"
+_TEL = "telemetry.istio.io"
+TELEMETRY_VERSIONS = ("v1", "v1alpha1")  # Telemetry's own versions (not istio_versions)
 ISTIO_KINDS: tuple[tuple[str, str, str], ...] = (
     (_NET, "virtualservices", "VirtualService"),
     (_NET, "destinationrules", "DestinationRule"),
@@ -59,6 +61,7 @@ ISTIO_KINDS: tuple[tuple[str, str, str], ...] = (
     (_SEC, "peerauthentications", "PeerAuthentication"),
     (_SEC, "authorizationpolicies", "AuthorizationPolicy"),
     (_SEC, "requestauthentications", "RequestAuthentication"),
+    (_TEL, "telemetries", "Telemetry"),
 )
 ALL_KINDS = tuple(k for _, _, k in (*CORE_KINDS, *ISTIO_KINDS))
 # Secrets (credentialName targets) are watched only in KubeOptions.secret_namespaces, and not
@@ -127,6 +130,13 @@ def api_client(options: KubeOptions) -> Any:
         cfg.refresh_api_key_hook = refresh
         refresh(cfg)
     return client.ApiClient(cfg)
+
+
+def _versions(group: str, istio_versions: tuple[str, ...]) -> tuple[str, ...]:
+    """The versions of a group to try, first served first."""
+    if group in ("", "discovery.k8s.io"):
+        return ("v1",)
+    return TELEMETRY_VERSIONS if group == _TEL else istio_versions
 
 
 def resource_path(group: str, version: str, plural: str, namespace: str | None) -> str:
@@ -243,7 +253,7 @@ class KubernetesAdapter:
         for group, plural, kind in (*CORE_KINDS, *ISTIO_KINDS):
             if kind not in self.options.kinds:
                 continue
-            versions = ("v1",) if group in ("", "discovery.k8s.io") else self.options.istio_versions
+            versions = _versions(group, self.options.istio_versions)
             for ns in namespaces:
                 stream, items = self._first_list(group, plural, kind, versions, ns)
                 if stream is not None:

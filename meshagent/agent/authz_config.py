@@ -47,7 +47,11 @@ DEFAULT_TIMEOUT = "600s"  # Istio's default
 def parse_extension_providers(root: _Section) -> tuple[ExtAuthzProvider, ...]:
     """`extension_providers`: the valid entries, and the invalid ones with their problem."""
     out: list[ExtAuthzProvider] = []
+    from meshagent.agent.telemetry_config import is_telemetry_entry
+
     for i, item in enumerate(root.get("extension_providers", list, [])):
+        if is_telemetry_entry(item):  # access log and tracing kinds: telemetry_config.py
+            continue
         name = str(item.get("name") or "") if isinstance(item, dict) else ""
         try:
             s = _Section(item, root.path(f"extension_providers[{i}]"), root.lines, root.filename)

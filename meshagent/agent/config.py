@@ -80,6 +80,7 @@ from meshagent.model.proxy import (
     TcpBinding,
 )
 from meshagent.model.services import KNOWN_PROTOCOLS
+from meshagent.model.telemetry import BUILTIN_FILE_PROVIDER, TelemetryProvider
 
 if TYPE_CHECKING:
     from meshagent.agent.consul_config import ConsulSourceConfig
@@ -212,6 +213,11 @@ class AgentConfig:
     # `extension_providers` (agent/authz_config.py): CUSTOM AuthorizationPolicy authorizers
     extension_providers: tuple[ExtAuthzProvider, ...] = ()
     trust_domain_aliases: tuple[str, ...] = ()  # `trust_domain_aliases` (authz_config.py)
+    # Access log and tracing providers of `extension_providers`, and `default_providers`
+    # (agent/telemetry_config.py): what Telemetry resources name.
+    telemetry_providers: tuple[TelemetryProvider, ...] = ()
+    default_access_logging: tuple[str, ...] = ()
+    default_tracing: tuple[str, ...] = ()
     # `capture`, `outbound_traffic_policy` (agent/capture_config.py): transparent mode
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     outbound_traffic_policy: str = ALLOW_ANY
@@ -236,6 +242,9 @@ class AgentConfig:
             network_gateways=self.networks,
             extension_providers=self.extension_providers,
             trust_domain_aliases=self.trust_domain_aliases,
+            telemetry_providers=self.telemetry_providers,
+            default_access_logging=self.default_access_logging,
+            default_tracing=self.default_tracing,
             locality=self.node.locality,
             capture=self.capture.enabled,
             virtual_outbound_port=self.capture.outbound_port,
@@ -373,6 +382,7 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         "networks",
         "extension_providers",
         "trust_domain_aliases",
+        "default_providers",
         "capture",
         "outbound_traffic_policy",
         "dns",
@@ -400,6 +410,7 @@ def _build(root: _Section, base: Path, path: Path | None) -> AgentConfig:
         networks=_networks(root),
         extension_providers=_extension_providers(root),
         trust_domain_aliases=_trust_domain_aliases(root),
+        **_telemetry(root, base),
         capture=parse_capture(root.section("capture")),
         outbound_traffic_policy=parse_outbound_traffic_policy(
             root.section("outbound_traffic_policy")
@@ -433,6 +444,24 @@ def _extension_providers(root: _Section) -> tuple[ExtAuthzProvider, ...]:
     from meshagent.agent.authz_config import parse_extension_providers  # it imports from here
 
     return parse_extension_providers(root)
+
+
+def _telemetry(root: _Section, base: Path) -> dict[str, Any]:
+    from meshagent.agent import telemetry_config as t  # it imports from here
+
+    providers = t.parse_telemetry_providers(root, base)
+    logging, tracing = t.parse_default_providers(root)
+    known = {p.name.lower() for p in providers} | {BUILTIN_FILE_PROVIDER}
+    section = root.section("default_providers")
+    for key, names in (("access_logging", logging), ("tracing", tracing)):
+        missing = [n for n in names if n.lower() not in known]
+        if missing:
+            raise section.error(f"provider {missing[0]!r} is not in extension_providers", key)
+    return {
+        "telemetry_providers": providers,
+        "default_access_logging": logging,
+        "default_tracing": tracing,
+    }
 
 
 def _dns(root: _Section, base: Path) -> DnsConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,8 @@ KEYS = (
     "wait",
     "precedence",
     "register",
+    "terminating_gateway_port",
+    "gateway_bind",
 )
 
 
@@ -107,6 +110,15 @@ def _mapping(s: _Section, include_warning: bool, datacenter: str | None) -> Cons
     port = s.get("service_port", int, 0)
     if not 0 <= port < 65536:
         raise s.error("must be a port number (0: each service's own)", "service_port")
+    gateway_port = s.get("terminating_gateway_port", int, 8443)
+    if not 0 < gateway_port < 65536:
+        raise s.error("must be a port number", "terminating_gateway_port")
+    bind = s.get("gateway_bind", str, "")
+    if bind:
+        try:
+            ipaddress.ip_address(bind)
+        except ValueError as exc:
+            raise s.error("must be an IP address", "gateway_bind") from exc
     return ConsulMapping(
         host_pattern=pattern,
         remote_host_pattern=remote,
@@ -116,6 +128,8 @@ def _mapping(s: _Section, include_warning: bool, datacenter: str | None) -> Cons
         precedence=s.choice("precedence", "files", ("files", "consul")),
         service_port=port,
         datacenter=datacenter or "",
+        terminating_gateway_port=gateway_port,
+        gateway_bind=bind,
     )
 
 

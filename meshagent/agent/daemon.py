@@ -37,6 +37,7 @@ from meshagent.agent.metrics_merge import install_merged_scrape
 from meshagent.agent.opspages import install_ops_pages
 from meshagent.agent.publishing import CONSISTENCY_SOURCE, NACK_SOURCE, NackExplainer
 from meshagent.agent.sdnotify import SystemdNotifier
+from meshagent.agent.telemetry_warnings import TelemetryWarnings
 from meshagent.errors import MeshAgentError
 from meshagent.gcpause import paused_gc, release_free_memory
 from meshagent.model.identity import WorkloadCertificate
@@ -211,6 +212,7 @@ class Agent:
         # Whether the Envoy in use has a Wasm runtime, and why: probed at the first WasmPlugin.
         self._wasm_probe: tuple[bool, str] | None = None
         self._wasm_warned: object = None  # the wasm_plugins map last warned about
+        self._telemetry_warnings = TelemetryWarnings()  # unusable Telemetry providers, logged once
         self._last_good = LastGoodStore(config.state_dir / FILE_NAME)
         # What the store holds: replaced after each apply that changed it, never mutated then.
         self._last_good_saved: dict[Key, RawResource] = {}
@@ -652,6 +654,7 @@ class Agent:
         self._report_gateway_problems()
         self._report_credential_problems()
         self._warn_wasm_unavailable()
+        self._telemetry_warnings.check(self._snapshot, self._proxy)
         self.metrics.snapshot_version.set(getattr(self._snapshot, "version", 0))
         counts = {t: len(resources.of(t)) for t in SHORT_NAMES}
         self.metrics.set_resources(counts)

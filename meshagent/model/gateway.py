@@ -37,7 +37,9 @@ class ServerTls:
     credential_names is Istio's newer list form (a certificate per key type). The file
     fields (server_certificate, private_key, ca_certificates, ca_crl) are paths on the
     gateway's host, Istio's mounted-files form. Protocol versions are "" (Envoy's default)
-    or Istio's names (TLSV1_2, ...).
+    or Istio's names (TLSV1_2, ...). workload_certificate (not in Istio; Consul's ingress
+    `TLS.Enabled`): a SIMPLE server presents the router's own workload certificate
+    (`default`, from the mesh CA) instead of a credential or files.
     """
 
     mode: str = PASSTHROUGH
@@ -54,6 +56,7 @@ class ServerTls:
     min_protocol_version: str = ""
     max_protocol_version: str = ""
     cipher_suites: tuple[str, ...] = ()
+    workload_certificate: bool = False
 
     @property
     def terminates(self) -> bool:
@@ -165,3 +168,14 @@ def bound_gateways(gateways: tuple[str, ...], namespace: str) -> frozenset[str]:
     """The "namespace/name" keys of the Gateways a VirtualService's `gateways:` names (mesh
     excluded). No gateways at all means the mesh only: an empty set."""
     return frozenset(gateway_key(g, namespace) for g in gateways if g != MESH_GATEWAY)
+
+
+def match_applies(match_gateways: tuple[str, ...], namespace: str, gateway: str) -> bool:
+    """Whether a route match with `gateways:` match_gateways (of a VirtualService in
+    namespace) holds on gateway: MESH_GATEWAY for sidecars, else a Gateway's
+    "namespace/name" key. No match gateways: it holds wherever the VirtualService binds."""
+    if not match_gateways:
+        return True
+    if gateway == MESH_GATEWAY:
+        return MESH_GATEWAY in match_gateways
+    return any(g != MESH_GATEWAY and gateway_key(g, namespace) == gateway for g in match_gateways)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from meshagent.model.identity import WorkloadCertificate
 from meshagent.model.sidecar import EgressProxy, IngressTls
+from meshagent.model.telemetry import TelemetryProvider
 
 ALLOW_ANY = "ALLOW_ANY"
 REGISTRY_ONLY = "REGISTRY_ONLY"
@@ -163,6 +164,11 @@ class ProxySpec:
     # Whether the Envoy in use has a Wasm runtime (probed by the agent at start): WasmPlugins
     # are translated only then (xds/envoyfilter/wasm.py).
     wasm_runtime: bool = False
+    # Telemetry (agent config `extension_providers` of the access log and tracing kinds, and
+    # `default_providers`): what Telemetry resources name (xds/translate/telemetry.py).
+    telemetry_providers: tuple[TelemetryProvider, ...] = ()
+    default_access_logging: tuple[str, ...] = ()
+    default_tracing: tuple[str, ...] = ()
 
     def outbound_port(self, service_port: int) -> int:
         for port, local in self.port_overrides:

@@ -187,12 +187,14 @@ class HttpRoute:
 
 @dataclass(frozen=True, slots=True)
 class L4Match:
-    """TCP/TLS route match: destination port, subnets, SNI (TLS only), source labels."""
+    """TCP/TLS route match: destination port, subnets, SNI (TLS only), source labels, and
+    the gateways it holds on (as written; empty: all the VirtualService's)."""
 
     port: int | None = None
     destination_subnets: tuple[str, ...] = ()
     sni_hosts: tuple[str, ...] = ()
     source_labels: Labels = NO_LABELS
+    gateways: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from meshagent.model.routing import VirtualService
 from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.model.services import Endpoint, Service, Workload
 from meshagent.model.sidecar import Sidecar
+from meshagent.model.telemetry import Telemetry
 from meshagent.model.traffic import DestinationRule
 
 K = TypeVar("K")
@@ -109,6 +110,8 @@ class MeshSnapshot:
     # after translation applies them (meshagent.xds.envoyfilter).
     envoy_filters: Mapping[str, EnvoyFilter] = field(default_factory=lambda: MappingProxyType({}))
     wasm_plugins: Mapping[str, WasmPlugin] = field(default_factory=lambda: MappingProxyType({}))
+    # Telemetry resources by "namespace/name" (model/telemetry.py).
+    telemetries: Mapping[str, Telemetry] = field(default_factory=lambda: MappingProxyType({}))
     changes: SnapshotChanges | None = field(default=None, compare=False, repr=False)
 
     def destination_rule_for(self, host: str) -> DestinationRule | None:

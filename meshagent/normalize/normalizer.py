@@ -22,6 +22,7 @@ from meshagent.model.services import Endpoint, Service, Workload
 from meshagent.model.sidecar import Sidecar
 from meshagent.model.snapshot import MeshSnapshot, SnapshotChanges
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
+from meshagent.model.telemetry import Telemetry
 from meshagent.model.traffic import DestinationRule
 from meshagent.normalize.consul import ConsulMapping, convert_consul, is_consul
 from meshagent.normalize.consul.chain import chain_role, compose
@@ -43,13 +44,25 @@ from meshagent.normalize.sidecars import sidecar_conflict
 from meshagent.normalize.validate import check_document, diagnostic, display_name, is_supported
 from meshagent.normalize.vips import VipAllocator
 
+# One resource may convert to several model objects (a Consul gateway entry: its Gateway and
+# the VirtualServices and DestinationRules bound to it); each is recorded as if on its own.
+Stored = Converted | tuple[Converted, ...]
+
+
+def _rule_for(converted: Stored, host: str) -> DestinationRule:
+    """The mesh-wide DestinationRule for host among what one resource converted to."""
+    parts = converted if isinstance(converted, tuple) else (converted,)
+    found = [p for p in parts if isinstance(p, DestinationRule) and p.host == host]
+    assert found, f"no DestinationRule for {host}"
+    return next((r for r in found if r.workload_selector is None), found[0])
+
 
 @dataclass(slots=True)
 class _Entry:
     """An accepted resource: the raw document and its converted model objects."""
 
     raw: RawResource
-    converted: Converted
+    converted: Stored
 
 
 @dataclass(slots=True)
@@ -87,8 +100,9 @@ _SECURITY_MAPS: dict[type, str] = {
     RequestAuthn: "request_authentications",
     EnvoyFilter: "envoy_filters",  # not security, but kept the same way: by namespace/name
     WasmPlugin: "wasm_plugins",
+    Telemetry: "telemetries",  # kept the same way: by "namespace/name", selected per proxy
 }
-_KEYED = PeerAuthn | AuthzPolicy | RequestAuthn | EnvoyFilter | WasmPlugin
+_KEYED = PeerAuthn | AuthzPolicy | RequestAuthn | EnvoyFilter | WasmPlugin | Telemetry
 
 
 def _security_key(converted: _KEYED) -> tuple[str, str]:
@@ -138,6 +152,7 @@ class Normalizer:
             "request_authentications": {},
             "envoy_filters": {},
             "wasm_plugins": {},
+            "telemetries": {},
         }
         self._entries: dict[Key, _Entry] = {}
         self._batch = 0
@@ -265,7 +280,7 @@ class Normalizer:
         self._assert(key, converted, dirty)
         dirty.upserted.add(key)
 
-    def _check_and_convert(self, raw: RawResource, out: list[Diagnostic]) -> Converted | None:
+    def _check_and_convert(self, raw: RawResource, out: list[Diagnostic]) -> Stored | None:
         """raw's model objects, or None when it is invalid or ignored (issues go to out)."""
         if is_consul(raw):
             result, problems = convert_consul(raw, self.consul)
@@ -374,9 +389,12 @@ class Normalizer:
         if old is not None:
             self._retract(key, old, dirty, forget=True)
 
-    def _assert(self, key: Key, converted: Converted, dirty: _Dirty) -> None:
+    def _assert(self, key: Key, converted: Stored, dirty: _Dirty) -> None:
         """Record what converted contributes to the mesh, and mark it for recomputation."""
-        if isinstance(converted, ConvertedServiceEntry):
+        if isinstance(converted, tuple):
+            for part in converted:
+                self._assert(key, part, dirty)
+        elif isinstance(converted, ConvertedServiceEntry):
             hosts = _hosts(converted)
             self._se_claims.claim(key, hosts, self._rank(key))
             dirty.hosts.update(hosts)
@@ -435,7 +453,11 @@ class Normalizer:
 
     def _retract(self, key: Key, entry: _Entry, dirty: _Dirty, *, forget: bool) -> None:
         """Undo what entry contributed; forget also drops its first-seen rank."""
-        converted = entry.converted
+        parts = entry.converted if isinstance(entry.converted, tuple) else (entry.converted,)
+        for converted in parts:
+            self._retract_one(key, converted, dirty, forget=forget)
+
+    def _retract_one(self, key: Key, converted: Converted, dirty: _Dirty, *, forget: bool) -> None:
         if isinstance(converted, ConvertedServiceEntry):
             self._se_claims.release(key, _hosts(converted), forget=forget)
             dirty.hosts.update(_hosts(converted))
@@ -613,8 +635,7 @@ class Normalizer:
             if self._destination_rules.pop(host, None) is not None:
                 dirty.mark("destination_rules", host)
             return
-        rule = self._entries[owner].converted
-        assert isinstance(rule, DestinationRule)
+        rule = _rule_for(self._entries[owner].converted, host)
         if rule.redirect is not None:
             self._redirects[host] = rule.redirect.host
         else:

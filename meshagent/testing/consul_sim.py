@@ -29,6 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshagent.testing.consul_gateways import GATEWAY_SERVICES_KEY
 from meshagent.testing.consul_state import (
     SERVICES_KEY,
     ConsulState,
@@ -377,6 +378,10 @@ class ConsulSimulator:
             else:
                 body = state.health_service(p[2], passing="passing" in r.query, ns=ns)
             return _Reply(200, body, state.index_of(key))
+        if len(p) == 3 and p[:2] == ["catalog", "gateway-services"]:
+            await self._block(GATEWAY_SERVICES_KEY, r.query, state)
+            body = state.gateway_services(p[2])
+            return _Reply(200, body, state.index_of(GATEWAY_SERVICES_KEY))
         if p[:1] == ["config"] and len(p) in (2, 3):
             key = config_key(p[1])
             if len(p) == 3:

@@ -21,6 +21,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshagent.testing.consul_gateways import (
+    GATEWAY_KINDS,
+    GATEWAY_SERVICES_KEY,
+    entry_problem,
+    gateway_links,
+)
+
 STATUSES = ("passing", "warning", "critical")
 SERF_CHECK = "serfHealth"
 SERVICES_KEY = "services"
@@ -34,6 +41,14 @@ def service_key(name: str) -> str:
 def config_key(kind: str) -> str:
     """The watch key of one config-entry kind."""
     return f"config:{kind}"
+
+
+def _config_keys(kind: str) -> set[str]:
+    """The watch keys a write of a config entry of kind touches."""
+    keys = {config_key(kind)}
+    if kind in GATEWAY_KINDS:
+        keys.add(GATEWAY_SERVICES_KEY)
+    return keys
 
 
 class SimError(Exception):
@@ -386,6 +401,9 @@ class ConsulState:
         kind, name = str(entry.get("Kind") or ""), str(entry.get("Name") or "")
         if not kind or not name:
             raise SimError(400, "Kind and Name are required")
+        problem = entry_problem(entry)
+        if problem:
+            raise SimError(500, f"invalid config entry {kind}/{name}: {problem}")
         with self._lock:
             old = self.config.get((kind, name))
             create = old["CreateIndex"] if old else self.index + 1
@@ -394,7 +412,7 @@ class ConsulState:
                 "CreateIndex": create,
                 "ModifyIndex": self.index + 1,
             }
-            keys = self._touch({config_key(kind)})
+            keys = self._touch(_config_keys(kind))
         self._commit(keys)
 
     def delete_config(self, kind: str, name: str) -> None:
@@ -402,13 +420,23 @@ class ConsulState:
         with self._lock:
             if self.config.pop((kind, name), None) is None:
                 return
-            keys = self._touch({config_key(kind)})
+            keys = self._touch(_config_keys(kind))
         self._commit(keys)
 
     def list_config(self, kind: str) -> list[dict[str, Any]]:
         """GET /v1/config/<kind>, sorted by name."""
         with self._lock:
             return [dict(e) for (k, _), e in sorted(self.config.items()) if k == kind]
+
+    def gateway_services(self, gateway: str) -> list[dict[str, Any]]:
+        """GET /v1/catalog/gateway-services/<gateway>: the services its entries link."""
+        with self._lock:
+            return [
+                link
+                for (kind, name), entry in sorted(self.config.items())
+                if kind in GATEWAY_KINDS and name == gateway
+                for link in gateway_links(entry)
+            ]
 
     def get_config(self, kind: str, name: str) -> dict[str, Any]:
         """GET /v1/config/<kind>/<name>; SimError 404 when absent."""

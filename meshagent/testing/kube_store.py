@@ -66,6 +66,7 @@ KINDS: tuple[KindInfo, ...] = (
         KindInfo("security.istio.io", ISTIO_SEC_VERSIONS, k, plural_of(k))
         for k in ("PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication")
     ),
+    KindInfo("telemetry.istio.io", ("v1", "v1alpha1"), "Telemetry", "telemetries"),
 )
 BY_PLURAL: dict[tuple[str, str], KindInfo] = {(k.group, k.plural): k for k in KINDS}
 BY_KIND: dict[str, KindInfo] = {k.kind: k for k in KINDS}

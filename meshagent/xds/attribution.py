@@ -105,10 +105,10 @@ def _services_on(snapshot: MeshSnapshot, port: int) -> list[str]:
 
 def _listener(snapshot: MeshSnapshot, proxy: ProxySpec, name: str) -> list[str]:
     if name.startswith(names.INBOUND + "_"):
-        return [f"{AGENT_CONFIG} workloads", *_security_policies(snapshot)]
+        return [f"{AGENT_CONFIG} workloads", *_security_policies(snapshot), *_telemetry(snapshot)]
     match = _LISTENER.fullmatch(name)
     if match is None:
-        return []
+        return _telemetry(snapshot)
     local = int(match["port"])
     out = [
         f"{AGENT_CONFIG} outbound.tcp {b.host}:{b.port}"
@@ -122,7 +122,17 @@ def _listener(snapshot: MeshSnapshot, proxy: ProxySpec, name: str) -> list[str]:
         out.append(f"{AGENT_CONFIG} outbound.port_offset/outbound.ports")
     for port in sorted(ports):
         out += _services_on(snapshot, port)
-    return out
+    return out + _telemetry(snapshot)
+
+
+def _telemetry(snapshot: MeshSnapshot) -> list[str]:
+    """The Telemetries that put access logs (a CEL filter first: Envoy compiles it) or
+    tracing on listeners."""
+    found = sorted(
+        (t for t in snapshot.telemetries.values() if t.access_logging or t.tracing),
+        key=lambda t: (not any(r.filter for r in t.access_logging), t.namespace, t.name),
+    )
+    return [o for t in found if (o := render(t.provenance))]
 
 
 def _security_policies(snapshot: MeshSnapshot) -> list[str]:

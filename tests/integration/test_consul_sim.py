@@ -504,3 +504,92 @@ def wait_for_value(probe: Any) -> Any:
     from tests.polling import wait_for
 
     return wait_for(probe, timeout=10, what="consul-sim answering")
+
+
+# -- gateway config entries ------------------------------------------------------------------
+
+INGRESS = {
+    "Listeners": [
+        {
+            "Port": 8888,
+            "Protocol": "http",
+            "Services": [{"Name": "api", "Namespace": "frontend", "Hosts": ["api.mydomain.com"]}],
+        },
+        {"Port": 8443, "Protocol": "tcp", "Services": [{"Name": "redis", "Namespace": "ops"}]},
+    ]
+}
+TERMINATING = {
+    "Services": [
+        {
+            "Name": "api",
+            "Namespace": "frontend",
+            "CAFile": "/etc/certs/ca.pem",
+            "CertFile": "/etc/certs/api/client.pem",
+            "KeyFile": "/etc/certs/api/client.key",
+            "SNI": "api.my-domain",
+        },
+        {"Name": "web", "Namespace": "frontend"},
+    ]
+}
+
+
+def test_gateway_entries_are_stored_and_their_links_listed_as_consul_does(
+    sim: ConsulSimulator,
+) -> None:
+    c = consul.Consul(host="127.0.0.1", port=sim.port)
+    assert c.config.set("ingress-gateway", "my-ingress-gateway", INGRESS)
+    assert c.config.set("terminating-gateway", "my-terminating-gateway", TERMINATING)
+    assert c.config.get("ingress-gateway", "my-ingress-gateway")["Listeners"][0]["Port"] == 8888
+    assert [e["Name"] for e in c.config.list("terminating-gateway")] == ["my-terminating-gateway"]
+    for kind, gateway in (
+        ("ingress", "my-ingress-gateway"),
+        ("terminating", "my-terminating-gateway"),
+    ):
+        expected = corpus(f"catalog-gateway-services-{kind}.response.json")
+        got = c.catalog.gateway_services(gateway)
+        strip = ("CreateIndex", "ModifyIndex")
+        assert [{k: v for k, v in r.items() if k not in strip} for r in got] == [
+            {k: v for k, v in r.items() if k not in strip} for r in expected
+        ]
+
+
+def test_gateway_services_block_until_a_gateway_entry_changes(sim: ConsulSimulator) -> None:
+    c = consul.Consul(host="127.0.0.1", port=sim.port)
+    status, body, headers = get(sim, "/v1/catalog/gateway-services/edge")
+    assert status == 200 and body == []
+    index = int(headers["X-Consul-Index"])
+    c.config.set("service-defaults", "web", {"Protocol": "http"})  # not a gateway entry
+
+    def later() -> None:
+        time.sleep(0.2)  # the change that wakes the query below (this is the test's stimulus)
+        c.config.set("terminating-gateway", "edge", {"Services": [{"Name": "web"}]})
+
+    threading.Thread(target=later, daemon=True).start()
+    start = time.monotonic()
+    status, body, headers = get(sim, f"/v1/catalog/gateway-services/edge?index={index}&wait=5s")
+    assert int(headers["X-Consul-Index"]) > index and body[0]["Service"]["Name"] == "web"
+    assert time.monotonic() - start < 3.0
+    c.config.delete("terminating-gateway", "edge")
+    assert get(sim, "/v1/catalog/gateway-services/edge")[1] == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "entry", "reason"),
+    [
+        (
+            "ingress-gateway",
+            {"Listeners": [{"Port": 1, "Services": [{"Name": "a"}, {"Name": "b"}]}]},
+            "L7",
+        ),
+        ("ingress-gateway", {"Listeners": [{"Port": 1}, {"Port": 1}]}, "already used"),
+        ("terminating-gateway", {"Services": [{"Name": "a", "CertFile": "c"}]}, "together"),
+        ("no-such-kind", {}, "invalid config entry kind"),
+    ],
+)
+def test_consul_refuses_invalid_gateway_entries(
+    sim: ConsulSimulator, kind: str, entry: dict[str, Any], reason: str
+) -> None:
+    c = consul.Consul(host="127.0.0.1", port=sim.port)
+    with pytest.raises(consul.ConsulException, match=reason):
+        c.config.set(kind, "edge", entry)
+    assert sim.state.config == {}

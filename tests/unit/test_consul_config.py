@@ -29,6 +29,8 @@ sources:
     wait: 30s
     precedence: consul
     register: {enabled: true, address: 192.0.2.7}
+    terminating_gateway_port: 9443
+    gateway_bind: 127.0.0.1
 """
 
 
@@ -50,6 +52,7 @@ def test_every_key_is_read(tmp_path: Path) -> None:
         "consul",
     )
     assert consul.register.enabled and consul.register.address == "192.0.2.7"
+    assert (m.terminating_gateway_port, m.gateway_bind) == (9443, "127.0.0.1")
     assert config.sources.files is not None  # files stay on by default
     assert [type(a) for a in build_adapters(config)][-1] is ConsulAdapter
 
@@ -60,6 +63,8 @@ def test_defaults_and_off(tmp_path: Path) -> None:
     assert config.sources.consul.options.address == "127.0.0.1:8500"
     assert config.sources.consul.mapping.host("web") == "web.service.consul"
     assert not config.sources.consul.register.enabled
+    assert config.sources.consul.mapping.terminating_gateway_port == 8443
+    assert config.sources.consul.mapping.gateway_bind == ""
     assert parse_config("", tmp_path / "a.yaml").sources.consul is None
 
 
@@ -77,6 +82,11 @@ def test_defaults_and_off(tmp_path: Path) -> None:
         ("sources: {consul: {tls: {cert_file: c.pem}}}", "sources.consul.tls.cert_file"),
         ("sources: {consul: {rate_limit: {qps: 0}}}", "sources.consul.rate_limit.qps"),
         ("sources: {consul: {bogus: 1}}", "sources.consul.bogus"),
+        (
+            "sources: {consul: {terminating_gateway_port: 0}}",
+            "sources.consul.terminating_gateway_port",
+        ),
+        ("sources: {consul: {gateway_bind: localhost}}", "sources.consul.gateway_bind"),
     ],
 )
 def test_bad_values_are_located_errors(tmp_path: Path, text: str, field: str) -> None:

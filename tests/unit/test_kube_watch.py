@@ -118,6 +118,22 @@ async def test_istio_kinds_fall_back_to_an_older_served_version(sim: KubeSim) ->
         assert raw.api_version == "networking.istio.io/v1beta1" and raw.kind == "VirtualService"
 
 
+async def test_telemetry_is_read_at_its_own_versions(sim: KubeSim) -> None:
+    # given a Telemetry at telemetry.istio.io/v1alpha1 (a group without v1beta1/v1alpha3),
+    # when the adapter lists, then it is read at the first version served: v1
+    telemetry: dict[str, Any] = {
+        "apiVersion": "telemetry.istio.io/v1alpha1", "kind": "Telemetry",
+        "metadata": {"name": "mesh-default", "namespace": "istio-system"},
+        "spec": {"accessLogging": [{"providers": [{"name": "envoy"}]}]},
+    }  # fmt: skip
+    sim.apply(telemetry)
+    sim.token = None
+    async with KubernetesAdapter(KubeOptions(server=sim.url, kinds=("Telemetry",))) as adapter:
+        (raw,) = (await _next(adapter.watch().__aiter__())).upserts
+        assert (raw.api_version, raw.kind) == ("telemetry.istio.io/v1", "Telemetry")
+        assert raw.body["spec"]["accessLogging"][0]["providers"] == [{"name": "envoy"}]
+
+
 def test_simulator_crud_and_watch_410_through_the_client(sim: KubeSim) -> None:
     from kubernetes import client, watch
 

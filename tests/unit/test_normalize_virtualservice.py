@@ -309,3 +309,19 @@ def test_headers_cors_rewrite_and_direct_response_convert() -> None:
     assert route.cors.allow_credentials is False
     assert vs.http[1].direct_response is not None
     assert (vs.http[1].direct_response.status, vs.http[1].direct_response.body) == (418, "teapot")
+
+
+def test_tls_routes_warn_only_where_sidecars_would_use_them() -> None:
+    text = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: pass, namespace: shop}
+spec:
+  hosts: [secure.example.com]
+  gateways: [edge/l4]
+  tls:
+  - match: [{sniHosts: [secure.example.com], gateways: [edge/l4]}]
+    route: [{destination: {host: secure.shop.svc.cluster.local}}]
+"""
+    assert warnings(text) == []  # a gateway routes them by SNI
+    assert warnings(text.replace("[edge/l4]\n  tls", "[edge/l4, mesh]\n  tls")) == ["spec.tls"]

@@ -72,9 +72,10 @@ def _static_cluster(cluster: dict[str, Any], eds: dict[str, Any]) -> dict[str, A
     if cluster.get("type") != "EDS":
         return _strip_type(cluster)
     out = _strip_type(cluster)
-    del out["edsClusterConfig"]
+    # An EDS cluster reads its service_name's assignment when it has one (SNI-DNAT clusters).
+    name = out.pop("edsClusterConfig").get("serviceName") or cluster["name"]
     out["type"] = "STATIC"
-    out["loadAssignment"] = _strip_type(eds[cluster["name"]])
+    out["loadAssignment"] = {**_strip_type(eds[name]), "clusterName": cluster["name"]}
     return out
 
 

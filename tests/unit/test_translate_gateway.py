@@ -343,9 +343,12 @@ spec:
     assert found[("edge/web", "spec.servers[1]")].endswith(
         "duplicate host names on port 8443: shop.example.com"
     )
-    assert "tcp servers (MONGO) are not translated yet" in found[("edge/more", "spec.servers[0]")]
+    # A TCP server (MONGO) is served; with no `tcp:` route bound to it, it has no chain and
+    # its listener is not sent (Envoy refuses a listener without chains).
+    assert ("edge/more", "spec.servers[0]") not in found
     resources = generate(snapshot, ROUTER_PROXY)
     assert "0.0.0.0_8081" in resources.of(typeurls.LISTENER)
+    assert "0.0.0.0_8080" not in resources.of(typeurls.LISTENER)
     assert ConsistencyChecker().check(resources) == []
 
 
@@ -436,7 +439,9 @@ def test_istio_gateway_documents_of_the_corpus_translate() -> None:
         resources = generate(with_credentials, proxy)
         assert ConsistencyChecker().check(resources) == [], gateway.key
         for problem in gateway_problems(with_credentials, proxy):
-            assert "not translated yet" in problem.reason or "duplicate" in problem.reason, problem
+            # Several corpus Gateways select one router: Istio rejects their clashes too.
+            expected = ("not translated yet", "duplicate", "conflicts", "already")
+            assert any(e in problem.reason for e in expected), problem
 
 
 BOTH = """\

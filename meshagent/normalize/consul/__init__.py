@@ -3,8 +3,9 @@
 `convert_consul` is the normalizer's entry point for source "consul": ConsulService becomes
 the same ConvertedServiceEntry a ServiceEntry does; service-router and service-splitter
 become VirtualServices, service-resolver a DestinationRule, service-intentions an
-AuthorizationPolicy (AuthzPolicy). Other config-entry kinds (service-defaults, ...) are
-reported as not supported yet.
+AuthorizationPolicy (AuthzPolicy), ingress-gateway and terminating-gateway a Gateway with
+its bound VirtualServices (and DestinationRules), as a tuple (see gateways.py). Other
+config-entry kinds (service-defaults, ...) are reported as not supported yet.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from typing import Any
 
 from meshagent.model.source import Provenance, RawResource
 from meshagent.normalize.consul.entries import convert_resolver, convert_router, convert_splitter
+from meshagent.normalize.consul.gateways import (
+    convert_ingress_gateway,
+    convert_terminating_gateway,
+)
 from meshagent.normalize.consul.options import ConsulMapping
 from meshagent.normalize.consul.services import convert_service
 from meshagent.normalize.schema.core import Issues
@@ -25,6 +30,8 @@ _ENTRY_CONVERTERS: dict[str, Any] = {
     "service-router": convert_router,
     "service-splitter": convert_splitter,
     "service-resolver": convert_resolver,
+    "ingress-gateway": convert_ingress_gateway,
+    "terminating-gateway": convert_terminating_gateway,
 }
 
 

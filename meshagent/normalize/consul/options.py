@@ -24,6 +24,9 @@ class ConsulMapping:
     remote_host_pattern: the mesh host of a service in another datacenter (a failover or
     redirect target), "{name}.service.{datacenter}.consul" by default, like Consul's DNS.
     datacenter: the watched (local) datacenter, "" when not configured.
+    terminating_gateway_port: the port a terminating gateway listens on for the mesh (Consul
+    takes it from the gateway service's registration).
+    gateway_bind: the address a Consul gateway's listeners bind ("" = all addresses).
     """
 
     host_pattern: str = "{name}.service.consul"
@@ -34,6 +37,8 @@ class ConsulMapping:
     service_port: int = 0
     datacenter: str = ""
     remote_host_pattern: str = "{name}.service.{datacenter}.consul"
+    terminating_gateway_port: int = 8443
+    gateway_bind: str = ""
 
     def host(
         self,

@@ -17,6 +17,7 @@ from meshagent.model.security import AuthzPolicy, PeerAuthn, RequestAuthn
 from meshagent.model.services import Workload
 from meshagent.model.sidecar import Sidecar
 from meshagent.model.source import Provenance, RawResource
+from meshagent.model.telemetry import Telemetry
 from meshagent.model.traffic import DestinationRule
 from meshagent.normalize.convert.context import Context
 from meshagent.normalize.convert.extensions import convert_envoy_filter, convert_wasm_plugin
@@ -34,6 +35,7 @@ from meshagent.normalize.convert.services import (
     convert_workload_entry,
 )
 from meshagent.normalize.convert.sidecar import convert_sidecar, untranslated
+from meshagent.normalize.convert.telemetry import convert_telemetry
 from meshagent.normalize.convert.traffic import convert_destination_rule
 from meshagent.normalize.schema.core import Issues
 
@@ -49,6 +51,7 @@ Converted = (
     | Sidecar
     | EnvoyFilter
     | WasmPlugin
+    | Telemetry
 )
 
 _CONVERTERS: dict[str, Any] = {
@@ -66,6 +69,9 @@ _CONVERTERS: dict[str, Any] = {
 _REPORTING_CONVERTERS: dict[str, Any] = {
     "EnvoyFilter": convert_envoy_filter,
     "WasmPlugin": convert_wasm_plugin,
+    "Telemetry": lambda name, spec, ctx, issues, _created: convert_telemetry(
+        name, spec, ctx, issues
+    ),  # it warns (metrics, targetRefs)
 }
 
 
@@ -73,7 +79,6 @@ _REPORTING_CONVERTERS: dict[str, Any] = {
 NOT_TRANSLATED = {
     "WorkloadGroup": "WorkloadGroup is validated; only WorkloadEntry auto-registration reads it",
     "ProxyConfig": "ProxyConfig is validated but not translated yet: it has no effect",
-    "Telemetry": "Telemetry is validated but not translated yet: it has no effect",
 }
 
 

@@ -228,6 +228,7 @@ def _l4_match(spec: Mapping[str, Any]) -> L4Match:
         destination_subnets=tuple(str(s) for s in items(spec, "destinationSubnets")),
         sni_hosts=tuple(str(s) for s in items(spec, "sniHosts")),
         source_labels=labels_of(sub(spec, "sourceLabels")),
+        gateways=tuple(str(g) for g in items(spec, "gateways")),
     )
 
 

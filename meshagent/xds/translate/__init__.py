@@ -24,6 +24,7 @@ from meshagent.xds.translate.assemble import Assembler, Output
 from meshagent.xds.translate.context import Context, MeshIndex, changes_between
 from meshagent.xds.translate.credential_secrets import ClusterCredentialSecretsGenerator
 from meshagent.xds.translate.gateway import (
+    GatewayClustersGenerator,
     GatewayListenersGenerator,
     GatewayPlanCache,
     GatewayRoutesGenerator,
@@ -67,6 +68,7 @@ def _generators() -> list[Generator]:
         GatewaySecretsGenerator(gateways),
         ClusterCredentialSecretsGenerator(gateways),
         ClustersGenerator(plans),
+        GatewayClustersGenerator(gateways),
         InboundClustersGenerator(),
         PassthroughClustersGenerator(),
         JwksClustersGenerator(),

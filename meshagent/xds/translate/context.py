@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from meshagent.model import DestinationRule, MeshSnapshot, ProxySpec, Service, VirtualService
+from meshagent.model.proxy import ROUTER
 
 T = TypeVar("T")
 
@@ -143,18 +144,23 @@ def proxy_rules(snapshot: MeshSnapshot, proxy: ProxySpec | None) -> Mapping[str,
     """The DestinationRules by host for proxy: the mesh-wide ones, overridden by each rule
     with a workloadSelector that selects one of proxy's local workloads (same namespace,
     labels a superset of the selector's), as Istio prefers a workload's own rule. The local
-    workloads share one outbound config, so a rule selecting one of them applies to all."""
+    workloads share one outbound config, so a rule selecting one of them applies to all.
+    A router is a workload of its own: a rule applies to it when it selects the router's
+    labels in the router's namespace (as Istio selects a gateway's pod)."""
     scoped = snapshot.workload_destination_rules
-    if not scoped or proxy is None or not proxy.workloads:
+    if not scoped or proxy is None:
+        return snapshot.destination_rules
+    selves = [(w.namespace, w.labels) for w in proxy.workloads]
+    if proxy.proxy_type == ROUTER:
+        selves.append((proxy.namespace, proxy.labels))
+    if not selves:
         return snapshot.destination_rules
     rules = dict(snapshot.destination_rules)
     for key in sorted(scoped, reverse=True):  # the first by "namespace/name" wins
         rule = scoped[key]
         wanted = set(rule.workload_selector or ())
-        for workload in proxy.workloads:
-            if workload.namespace == rule.namespace and wanted <= set(workload.labels):
-                rules[rule.host] = rule
-                break
+        if any(ns == rule.namespace and wanted <= set(labels) for ns, labels in selves):
+            rules[rule.host] = rule
     return rules
 
 

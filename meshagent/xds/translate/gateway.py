@@ -22,10 +22,17 @@ from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 
 from meshagent.model import Diagnostic, MeshSnapshot, Provenance, ProxySpec
+from meshagent.model.gateway import AUTO_PASSTHROUGH, Gateway, GatewayServer
 from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
 from meshagent.xds.translate import protos
 from meshagent.xds.translate.context import Context
+from meshagent.xds.translate.gateway_l4 import (
+    auto_passthrough_targets,
+    passthrough_chains,
+    sni_dnat_cluster,
+    tcp_chains,
+)
 from meshagent.xds.translate.gateway_plan import (
     EMPTY_PLAN,
     GatewayPlan,
@@ -42,6 +49,7 @@ from meshagent.xds.translate.gateway_tls import credential_secret, downstream_tl
 from meshagent.xds.translate.generators import identical, keep_unchanged
 from meshagent.xds.translate.inbound import TLS_INSPECTOR, listener_filter
 from meshagent.xds.translate.listeners import http_connection_manager
+from meshagent.xds.translate.policy import ClusterPlan, Discovery
 
 GATEWAY_SOURCE = "gateway"  # the source of diagnostics about servers left out
 
@@ -91,7 +99,20 @@ ChainBuilder = Callable[[PlacedServer, Context], list[lc.FilterChain]]
 CHAIN_BUILDERS: dict[str, ChainBuilder] = {
     "http": lambda placed, _ctx: [http_chain(placed)],
     "https": lambda placed, _ctx: [https_chain(placed)],
+    "tcp": tcp_chains,
+    "tls": tcp_chains,
+    "passthrough": passthrough_chains,
 }
+
+
+def _match_keys(match: lc.FilterChainMatch) -> list[tuple[str, bytes]]:
+    """What a filter chain match claims: each SNI name with the rest of the match (a match
+    without names claims "" with it)."""
+    rest = lc.FilterChainMatch()
+    rest.CopyFrom(match)
+    rest.ClearField("server_names")
+    others = rest.SerializeToString(deterministic=True)
+    return [(name, others) for name in match.server_names] or [("", others)]
 
 
 def build_gateway_listener(port: GatewayPort, ctx: Context) -> Listener:
@@ -101,8 +122,16 @@ def build_gateway_listener(port: GatewayPort, ctx: Context) -> Listener:
     socket = out.address.socket_address
     socket.address, socket.port_value = port.bind or names.GATEWAY_WILDCARD_ADDRESS, port.port
     servers = port.servers[:1] if port.plaintext else port.servers
+    claimed: set[tuple[str, bytes]] = set()
     for placed in servers:
-        out.filter_chains.extend(CHAIN_BUILDERS[server_kind(placed.server)](placed, ctx))
+        for chain in CHAIN_BUILDERS[server_kind(placed.server)](placed, ctx):
+            # Envoy refuses chains whose matches overlap: a chain that claims an SNI name
+            # an earlier one claims (with the same other conditions) is skipped, as Istio
+            # skips the later VirtualService rule with a duplicate SNI host.
+            keys = _match_keys(chain.filter_chain_match)
+            if not claimed.intersection(keys):
+                claimed.update(keys)
+                out.filter_chains.append(chain)
     if not port.plaintext:
         inspector = listener_filter(TLS_INSPECTOR, tls_inspector_pb2.TlsInspector())
         out.listener_filters.append(inspector)
@@ -117,15 +146,20 @@ class GatewayListenersGenerator:
 
     def __init__(self, plans: GatewayPlanCache) -> None:
         self._plans = plans
-        self._plan: GatewayPlan | None = None
+        self._key: tuple[object, ...] = ()
         self._last: list[Resource] = []
 
     def generate(self, ctx: Context) -> list[Resource]:
         plan = self._plans.plan(ctx)
-        if plan is not self._plan:
-            self._plan = plan
+        snapshot = ctx.snapshot
+        # TCP, TLS and passthrough chains follow the bound VirtualServices and the services.
+        key = (plan, snapshot.virtual_services, snapshot.services, ctx.index.rules)
+        if not identical(key, self._key):
+            self._key = key
             built = [build_gateway_listener(p, ctx) for p in plan.ports]
-            self._last = keep_unchanged(self._last, [Resource.pack(x.name, x) for x in built])
+            # A listener without chains (a TCP server nothing routes) is refused by Envoy.
+            packed = [Resource.pack(x.name, x) for x in built if x.filter_chains]
+            self._last = keep_unchanged(self._last, packed)
         return self._last
 
 
@@ -157,6 +191,58 @@ class GatewayRoutesGenerator:
         return self._last
 
 
+class GatewayClustersGenerator:
+    """The SNI-DNAT clusters of AUTO_PASSTHROUGH servers (gateway_l4.py), once each.
+
+    Which clusters exist follows the plan, the services and the rules; an endpoint change
+    rebuilds only the clusters that carry their hosts inline (DNS), since EDS clusters take
+    theirs from the ordinary cluster's assignment."""
+
+    name = "gateway-clusters"
+    type_url = typeurls.CLUSTER
+
+    def __init__(self, plans: GatewayPlanCache) -> None:
+        self._plans = plans
+        self._key: tuple[object, ...] = ()
+        self._endpoints: object = None
+        self._targets: dict[str, ClusterPlan] = {}
+        self._built: dict[str, Resource] = {}
+        self._last: list[Resource] = []
+
+    def _collect(self, plan: GatewayPlan, ctx: Context) -> dict[str, ClusterPlan]:
+        found: dict[str, ClusterPlan] = {}
+        for port in plan.ports:
+            for placed in port.servers:
+                tls = placed.server.tls
+                if tls is None or tls.mode != AUTO_PASSTHROUGH:
+                    continue
+                targets = auto_passthrough_targets(placed, ctx.snapshot, ctx.proxy, ctx.index.rules)
+                for name, cluster_plan in targets:
+                    found.setdefault(name, cluster_plan)
+        return found
+
+    def generate(self, ctx: Context) -> list[Resource]:
+        plan = self._plans.plan(ctx)
+        snapshot = ctx.snapshot
+        key = (plan, snapshot.services, ctx.index.rules)
+        endpoints_changed = snapshot.endpoints is not self._endpoints
+        if identical(key, self._key) and not endpoints_changed:
+            return self._last
+        if not identical(key, self._key):
+            self._key, self._targets, self._built = key, self._collect(plan, ctx), {}
+        self._endpoints = snapshot.endpoints
+        out = []
+        for name in sorted(self._targets):
+            target = self._targets[name]
+            built = self._built.get(name)
+            if built is None or (endpoints_changed and target.discovery is not Discovery.EDS):
+                built = Resource.pack(name, sni_dnat_cluster(name, target, snapshot))
+                self._built[name] = built
+            out.append(built)
+        self._last = keep_unchanged(self._last, out)
+        return self._last
+
+
 class GatewaySecretsGenerator:
     """The SDS secrets of the credentials the plan's servers present (`kubernetes://...`)."""
 
@@ -177,6 +263,13 @@ class GatewaySecretsGenerator:
         return self._last
 
 
+def _server_field(gateway: Gateway, server: GatewayServer) -> str:
+    """Where a server is written: Istio's `spec.servers[i]`; a Consul gateway entry's
+    server names its own field path (`Listeners[0]`, ...) in name."""
+    consul = gateway.provenance is not None and gateway.provenance.source == "consul"
+    return server.name if consul and server.name else f"spec.servers[{server.index}]"
+
+
 def gateway_diagnostics(plan: GatewayPlan) -> list[Diagnostic]:
     """A located warning for each server the plan leaves out, naming its Gateway."""
     out = []
@@ -190,7 +283,7 @@ def gateway_diagnostics(plan: GatewayPlan) -> list[Diagnostic]:
                 location=provenance.location if provenance is not None else "",
                 kind=provenance.kind if provenance is not None and provenance.kind else "Gateway",
                 name=gateway.key,
-                field=f"spec.servers[{server.index}]",
+                field=_server_field(gateway, server),
                 reason=f"server on port {server.port} left out: {problem.reason}",
             )
         )

@@ -184,8 +184,12 @@ def _tls_needs(
     tls = server.tls
     if tls is None or not is_tls_server(server) or is_passthrough(server):
         return [], ""
+    if proxy.certificates and (tls.mode == ISTIO_MUTUAL or tls.workload_certificate):
+        return [], ""
     if tls.mode == ISTIO_MUTUAL:
-        return [], "" if proxy.certificates else "ISTIO_MUTUAL needs workload certificates (ca:)"
+        return [], "ISTIO_MUTUAL needs workload certificates (ca:)"
+    if tls.workload_certificate:
+        return [], "TLS with the router's workload certificate needs one (ca: and a workload)"
     listed = tls.credentials
     if tls.mode not in (SIMPLE, *_WITH_CA) or not listed:
         return [], ""  # certificate files on the host (serverCertificate/privateKey)

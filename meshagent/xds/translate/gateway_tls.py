@@ -5,8 +5,9 @@ SIMPLE presents the credential's certificate (SDS `kubernetes://<credentialName>
 also requires a client certificate that the credential's CA bundle verifies (SDS
 `kubernetes://<credentialName>-cacert`), OPTIONAL_MUTUAL verifies one when the client sends
 it. ISTIO_MUTUAL uses the proxy's workload certificate (`default`) and the mesh roots
-(`ROOTCA`). Certificates are only referenced by name: a credential that changes sends new
-secrets and never drains a listener.
+(`ROOTCA`); a server with workload_certificate (Consul's ingress TLS) presents that
+certificate without asking for one. Certificates are only referenced by name: a credential
+that changes sends new secrets and never drains a listener.
 """
 
 from __future__ import annotations
@@ -80,9 +81,10 @@ def downstream_tls(tls: ServerTls, alpn: tuple[str, ...] = HTTP_ALPN) -> base_pb
     common = tls_pb2.CommonTlsContext(alpn_protocols=list(alpn))
     require = tls.mode in (MUTUAL, ISTIO_MUTUAL)
     validate = require or tls.mode == OPTIONAL_MUTUAL
-    if tls.mode == ISTIO_MUTUAL:
+    if tls.mode == ISTIO_MUTUAL or tls.workload_certificate:
         common.tls_certificate_sds_secret_configs.append(sds_config(names.DEFAULT_SECRET))
-        _validate_with(common, tls, names.ROOTCA_SECRET)
+        if validate:
+            _validate_with(common, tls, names.ROOTCA_SECRET)
     elif tls.credentials:
         bare = [n.removeprefix(names.CREDENTIAL_PREFIX) for n in tls.credentials]
         common.tls_certificate_sds_secret_configs.extend(

@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 
 from meshagent.errors import ConfigError
 from meshagent.model import Endpoint, Service, TcpRoute, VirtualService
+from meshagent.model.gateway import MESH_GATEWAY, match_applies
 from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
 from meshagent.xds.translate.clusters import ClusterInputs, ClusterTemplates
@@ -40,6 +41,12 @@ from meshagent.xds.translate.routes import (
     address_domains,
     catch_all_virtual_host,
     domains_for,
+)
+from meshagent.xds.translate.telemetry import (
+    NO_TELEMETRY,
+    ListenerTelemetry,
+    client_telemetry,
+    telemetry_inputs,
 )
 from meshagent.xds.translate.tls import auto_mtls, mesh_tls_for
 from meshagent.xds.wire import string_field
@@ -426,6 +433,25 @@ class EndpointsGenerator(PerHostGenerator):
         return self._encoder.prioritized_assignment(plan, groups)
 
 
+class ClientTelemetry:
+    """The CLIENT side's access logs and tracing (telemetry.py), rebuilt only when the
+    Telemetries or the providers' services change."""
+
+    def __init__(self) -> None:
+        self._key: Key = ()
+        self.value: ListenerTelemetry = NO_TELEMETRY
+
+    def update(self, ctx: Context) -> bool:
+        """Recompute for ctx when its inputs changed (rare); whether it was recomputed.
+        Listeners rebuilt with an equal value keep their objects (keep_unchanged)."""
+        key = (ctx.proxy, *telemetry_inputs(ctx.snapshot, ctx.proxy))
+        if identical(key, self._key):
+            return False
+        self._key = key
+        self.value = client_telemetry(ctx.snapshot, ctx.proxy)
+        return True
+
+
 class HttpListenersGenerator:
     """One outbound HTTP listener per HTTP port number of any service."""
 
@@ -436,17 +462,20 @@ class HttpListenersGenerator:
         self._cache: dict[tuple[str, int, int], Resource] = {}
         self._none: list[Resource] = []  # one object: consumers compare lists by identity
         self._last: list[Resource] = []
+        self._telemetry = ClientTelemetry()
 
     def generate(self, ctx: Context) -> list[Resource]:
         if ctx.proxy.capture:  # the ports are chains of virtualOutbound (transparent.py)
             return self._none
+        if self._telemetry.update(ctx):
+            self._cache.clear()
         out: list[Resource] = []
         proxy = ctx.proxy
         for port in ctx.index.http_ports:
             key = (proxy.outbound_bind(port), proxy.outbound_port(port), port)
             found = self._cache.get(key)
             if found is None:
-                listener = build_http_listener(*key)
+                listener = build_http_listener(*key, self._telemetry.value)
                 found = self._cache[key] = Resource.pack(listener.name, listener)
             out.append(found)
         self._last = keep_unchanged(self._last, out)
@@ -459,9 +488,14 @@ def tcp_route_for(vs: VirtualService | None, port: int) -> TcpRoute | None:
     Matches on subnets or source labels cannot hold for a loopback listener of a proxy
     without labels, so only port (or no condition at all) counts.
     """
-    for route in vs.tcp if vs is not None else ():
+    if vs is None:
+        return None
+    for route in vs.tcp:
         if not route.matches or any(
-            (m.port is None or m.port == port) and not m.destination_subnets and not m.source_labels
+            (m.port is None or m.port == port)
+            and not m.destination_subnets
+            and not m.source_labels
+            and match_applies(m.gateways, vs.namespace, MESH_GATEWAY)
             for m in route.matches
         ):
             return route
@@ -486,8 +520,10 @@ class TcpListenersGenerator:
 
     def __init__(self) -> None:
         self._last: list[Resource] = []
+        self._telemetry = ClientTelemetry()
 
     def generate(self, ctx: Context) -> list[Resource]:
+        self._telemetry.update(ctx)
         taken = {
             names.listener_name(ctx.proxy.outbound_bind(p), ctx.proxy.outbound_port(p))
             for p in ctx.index.http_ports
@@ -507,6 +543,7 @@ class TcpListenersGenerator:
                 binding.listen_port,
                 names.tcp_stat_prefix(names.cluster_name(binding.port, binding.host)),
                 tcp_clusters(ctx, binding.host, binding.port),
+                self._telemetry.value,
             )
             out.append(Resource.pack(name, listener))
         # Few and cheap to build, but consumers compare by identity: keep unchanged objects.

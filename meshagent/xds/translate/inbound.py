@@ -45,6 +45,12 @@ from meshagent.xds.translate.listeners import tcp_proxy
 from meshagent.xds.translate.rbac import RbacFilter, rbac_by_action
 from meshagent.xds.translate.secrets import certificate_secret_name, sds_config
 from meshagent.xds.translate.selection import applicable, applies, is_http, is_sniffed
+from meshagent.xds.translate.telemetry import (
+    NO_TELEMETRY,
+    ListenerTelemetry,
+    server_telemetry,
+    telemetry_inputs,
+)
 from meshagent.xds.translate.trust import trust_bundle
 
 HTTP_RBAC = "envoy.filters.http.rbac"
@@ -138,6 +144,7 @@ def _http_manager(
     rbacs: list[RbacFilter],
     authn: hcm.HttpFilter | None = None,
     custom: Sequence[hcm.HttpFilter] = (),
+    telemetry: ListenerTelemetry = NO_TELEMETRY,
 ) -> lc.Filter:
     manager = hcm.HttpConnectionManager(
         stat_prefix=names.inbound_stat_prefix(port.port),
@@ -150,17 +157,20 @@ def _http_manager(
         ),
         upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
     )
+    telemetry.apply_http(manager)
     return lc.Filter(name=protos.HTTP_CONNECTION_MANAGER, typed_config=protos.packed(manager))
 
 
-def _tcp_filters(port: InboundPort, rbacs: list[RbacFilter]) -> list[lc.Filter]:
+def _tcp_filters(
+    port: InboundPort, rbacs: list[RbacFilter], telemetry: ListenerTelemetry = NO_TELEMETRY
+) -> list[lc.Filter]:
     prefix = names.inbound_stat_prefix(port.port)
     out = [
         lc.Filter(name=NETWORK_RBAC, typed_config=protos.packed(f.network_config(prefix)))
         for f in rbacs
     ]
     cluster = names.inbound_cluster_name(port.port)
-    proxy = tcp_proxy(prefix, [(cluster, 100)])
+    proxy = tcp_proxy(prefix, [(cluster, 100)], telemetry)
     return [*out, lc.Filter(name=protos.TCP_PROXY, typed_config=protos.packed(proxy))]
 
 
@@ -208,14 +218,15 @@ def _port_filters(
     proxy = ctx.proxy
     policies = authz_policies(ctx.snapshot, proxy, workload)
     rbacs = rbac_by_action(policies, http=http, bundle=trust_bundle(proxy))
+    telemetry = server_telemetry(ctx.snapshot, proxy, workload)
     if http:
         authn = jwt_filter_for(ctx.snapshot, proxy, workload)
         # CUSTOM (the external authorizer) decides before DENY and ALLOW, as in Istio.
         custom = ext_authz.http_filters(ctx.snapshot, proxy, policies)
-        return [_http_manager(port, rbacs, authn, custom)]
+        return [_http_manager(port, rbacs, authn, custom, telemetry)]
     prefix = names.inbound_stat_prefix(port.port)
     custom_tcp = ext_authz.network_filters(ctx.snapshot, proxy, policies, prefix)
-    return custom_tcp + _tcp_filters(port, rbacs)
+    return custom_tcp + _tcp_filters(port, rbacs, telemetry)
 
 
 def mode_chains(mode: MtlsMode, filters: list[lc.Filter], secret: str) -> list[lc.FilterChain]:
@@ -317,6 +328,7 @@ class InboundListenersGenerator:
             snap.authorization_policies,
             snap.request_authentications,
             *ext_authz.provider_services(snap, ctx.proxy),  # CUSTOM resolves their service
+            *telemetry_inputs(snap, ctx.proxy),  # access logs and tracing (telemetry.py)
         )
         if identical(key, self._key):
             return self._last

@@ -21,6 +21,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from meshagent.xds import names
 from meshagent.xds.translate import protos
+from meshagent.xds.translate.telemetry import NO_TELEMETRY, ListenerTelemetry
 
 
 def _listener(name: str, address: str, port: int) -> Listener:
@@ -42,8 +43,11 @@ def _http_filters() -> list[hcm.HttpFilter]:
     ]
 
 
-def http_connection_manager(address: str, local_port: int, port: int) -> hcm.HttpConnectionManager:
-    """The HCM of an outbound HTTP listener: routes for port over RDS, websockets allowed."""
+def http_connection_manager(
+    address: str, local_port: int, port: int, telemetry: ListenerTelemetry = NO_TELEMETRY
+) -> hcm.HttpConnectionManager:
+    """The HCM of an outbound HTTP listener: routes for port over RDS, websockets allowed,
+    with telemetry's access logs and tracing."""
     manager = hcm.HttpConnectionManager(
         stat_prefix=names.http_stat_prefix(address, local_port),
         http_filters=_http_filters(),
@@ -51,25 +55,36 @@ def http_connection_manager(address: str, local_port: int, port: int) -> hcm.Htt
     )
     manager.rds.route_config_name = names.route_name(port)
     manager.rds.config_source.CopyFrom(protos.ADS_CONFIG_SOURCE)
+    telemetry.apply_http(manager)
     return manager
 
 
-def build_http_listener(address: str, local_port: int, port: int) -> Listener:
+def build_http_listener(
+    address: str, local_port: int, port: int, telemetry: ListenerTelemetry = NO_TELEMETRY
+) -> Listener:
     """An outbound HTTP listener on address:local_port for the services on port."""
     out = _listener(names.listener_name(address, local_port), address, local_port)
     chain = out.filter_chains.add()
     chain.filters.append(
         listener_components_pb2.Filter(
             name=protos.HTTP_CONNECTION_MANAGER,
-            typed_config=protos.packed(http_connection_manager(address, local_port, port)),
+            typed_config=protos.packed(
+                http_connection_manager(address, local_port, port, telemetry)
+            ),
         )
     )
     return out
 
 
-def tcp_proxy(stat_prefix: str, clusters: list[tuple[str, int]]) -> tcp_proxy_pb2.TcpProxy:
-    """A tcp_proxy to one cluster, or split by weight across several."""
+def tcp_proxy(
+    stat_prefix: str,
+    clusters: list[tuple[str, int]],
+    telemetry: ListenerTelemetry = NO_TELEMETRY,
+) -> tcp_proxy_pb2.TcpProxy:
+    """A tcp_proxy to one cluster, or split by weight across several, with telemetry's
+    access logs."""
     out = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix)
+    telemetry.apply_tcp(out)
     if len(clusters) == 1:
         out.cluster = clusters[0][0]
         return out
@@ -79,14 +94,19 @@ def tcp_proxy(stat_prefix: str, clusters: list[tuple[str, int]]) -> tcp_proxy_pb
 
 
 def build_tcp_listener(
-    address: str, port: int, stat_prefix: str, clusters: list[tuple[str, int]]
+    address: str,
+    port: int,
+    stat_prefix: str,
+    clusters: list[tuple[str, int]],
+    telemetry: ListenerTelemetry = NO_TELEMETRY,
 ) -> Listener:
     """A listener on address:port that proxies TCP to clusters (name, weight)."""
     out = _listener(names.listener_name(address, port), address, port)
     chain = out.filter_chains.add()
     chain.filters.append(
         listener_components_pb2.Filter(
-            name=protos.TCP_PROXY, typed_config=protos.packed(tcp_proxy(stat_prefix, clusters))
+            name=protos.TCP_PROXY,
+            typed_config=protos.packed(tcp_proxy(stat_prefix, clusters, telemetry)),
         )
     )
     return out

@@ -2,7 +2,9 @@
 
 DISABLE (and no setting at all) means plaintext. SIMPLE and MUTUAL originate TLS with the
 files named in the rule, or with the credential its credentialName names (served over SDS;
-where Istio honours credentialName is decided in policy.py). ISTIO_MUTUAL is the mesh's own
+where Istio honours credentialName is decided in policy.py), SNI (the rule's, else the host)
+and the server verified: its chain (caCertificates, else the system's roots) and
+subjectAltNames. ISTIO_MUTUAL is the mesh's own
 mTLS, with certificates over SDS from the agent's CA; it is also the default ("auto mTLS") for
 mesh-internal services once the proxy has certificates. Without certificates, such clusters
 stay plaintext.
@@ -25,6 +27,9 @@ from meshagent.xds.translate.policy import ClusterPlan
 from meshagent.xds.translate.secrets import sds_config
 
 SPIFFE_PREFIX = "spiffe://"
+# The operating system's CA bundle (Debian, Ubuntu; Envoy reads and watches it), which
+# verifies TLS origination without caCertificates. Elsewhere, name caCertificates.
+SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 MESH_ALPN = ("istio",)
 
 
@@ -94,12 +99,21 @@ def istio_mutual_transport_socket(
         tls_certificate_sds_secret_configs=[sds_config(names.DEFAULT_SECRET)],
         alpn_protocols=MESH_ALPN,
     )
+    # A rule's own sni and subjectAltNames win, as in Istio (the egress-gateway pattern
+    # sends the external host's name as SNI, which the gateway's server matches).
+    rule = plan.policy.tls
     combined = common.combined_validation_context
     combined.default_validation_context.match_typed_subject_alt_names.extend(
-        _mesh_san_matchers(mesh)
+        [_san_matcher(s) for s in rule.subject_alt_names]
+        if rule is not None and rule.subject_alt_names
+        else _mesh_san_matchers(mesh)
     )
     combined.validation_context_sds_secret_config.CopyFrom(sds_config(names.ROOTCA_SECRET))
-    sni = names.outbound_sni(plan.port.number, plan.subset, plan.service.host)
+    sni = (
+        rule.sni
+        if rule is not None and rule.sni
+        else names.outbound_sni(plan.port.number, plan.subset, plan.service.host)
+    )
     context = tls_pb2.UpstreamTlsContext(sni=sni, common_tls_context=common)
     return base_pb2.TransportSocket(
         name=protos.TLS_TRANSPORT_SOCKET, typed_config=protos.packed(context)
@@ -128,11 +142,14 @@ def _san_matcher(san: str) -> common_pb2.SubjectAltNameMatcher:
 
 
 def _validation_context(tls: ClientTls) -> common_pb2.CertificateValidationContext | None:
-    # Envoy refuses SAN checks without a trusted CA, so SANs only count with a CA file.
-    if tls.insecure_skip_verify or not tls.ca_certificates:
+    """How a SIMPLE or MUTUAL server is verified: its chain against caCertificates, else
+    against the operating system's roots (Istio's VERIFY_CERTIFICATE_AT_CLIENT, the default
+    since Istio 1.20: no CA file never means "accept any certificate"), and its SANs.
+    insecureSkipVerify turns both off. A credentialName's CA is the credential's business."""
+    if tls.insecure_skip_verify or (tls.credential_name and not tls.ca_certificates):
         return None
     return common_pb2.CertificateValidationContext(
-        trusted_ca=base_pb2.DataSource(filename=tls.ca_certificates),
+        trusted_ca=base_pb2.DataSource(filename=tls.ca_certificates or SYSTEM_CA_FILE),
         match_typed_subject_alt_names=[_san_matcher(s) for s in tls.subject_alt_names],
     )
 

@@ -52,6 +52,13 @@ from meshagent.xds.translate.inbound import (
 )
 from meshagent.xds.translate.listeners import http_connection_manager, tcp_proxy
 from meshagent.xds.translate.secrets import certificate_secret_name
+from meshagent.xds.translate.telemetry import (
+    NO_TELEMETRY,
+    ListenerTelemetry,
+    client_telemetry,
+    server_telemetry,
+    telemetry_inputs,
+)
 
 ORIGINAL_DST = "envoy.filters.listener.original_dst"
 PASSTHROUGH_TIMEOUT_MS = 10_000  # Istio's connect timeout of its passthrough clusters
@@ -61,9 +68,13 @@ def _original_dst() -> lc.ListenerFilter:
     return listener_filter(ORIGINAL_DST, original_dst_pb2.OriginalDst())
 
 
-def _tcp_chain(name: str, cluster: str | list[tuple[str, int]]) -> lc.FilterChain:
+def _tcp_chain(
+    name: str,
+    cluster: str | list[tuple[str, int]],
+    telemetry: ListenerTelemetry = NO_TELEMETRY,
+) -> lc.FilterChain:
     clusters = [(cluster, 100)] if isinstance(cluster, str) else cluster
-    proxy = tcp_proxy(names.tcp_stat_prefix(clusters[0][0]), clusters)
+    proxy = tcp_proxy(names.tcp_stat_prefix(clusters[0][0]), clusters, telemetry)
     return lc.FilterChain(
         name=name,
         filters=[lc.Filter(name=protos.TCP_PROXY, typed_config=protos.packed(proxy))],
@@ -92,7 +103,7 @@ def _prefix_range(address: str) -> address_pb2.CidrRange | None:
     )
 
 
-def _tcp_service_chains(ctx: Context) -> list[lc.FilterChain]:
+def _tcp_service_chains(ctx: Context, telemetry: ListenerTelemetry) -> list[lc.FilterChain]:
     """A chain per address and non-HTTP port of every service with addresses; the first
     service (by host) keeps an address and port that several claim."""
     snapshot = ctx.snapshot
@@ -112,7 +123,9 @@ def _tcp_service_chains(ctx: Context) -> list[lc.FilterChain]:
                 continue
             claimed.update(_claim(r, port.number) for r in ranges)
             chain = _tcp_chain(
-                names.cluster_name(port.number, host), tcp_clusters(ctx, host, port.number)
+                names.cluster_name(port.number, host),
+                tcp_clusters(ctx, host, port.number),
+                telemetry,
             )
             chain.filter_chain_match.destination_port.value = port.number
             chain.filter_chain_match.prefix_ranges.extend(ranges)
@@ -124,9 +137,9 @@ def _claim(cidr: address_pb2.CidrRange, port: int) -> tuple[str, int, int]:
     return (cidr.address_prefix, cidr.prefix_len.value, port)
 
 
-def _http_chain(port: int) -> lc.FilterChain:
+def _http_chain(port: int, telemetry: ListenerTelemetry) -> lc.FilterChain:
     name = names.outbound_chain_name(port)
-    manager = http_connection_manager("0.0.0.0", port, port)
+    manager = http_connection_manager("0.0.0.0", port, port, telemetry)
     chain = lc.FilterChain(
         name=name,
         filters=[
@@ -144,10 +157,11 @@ def build_virtual_outbound(ctx: Context) -> Listener:
     out.address.socket_address.address = "0.0.0.0"
     out.address.socket_address.port_value = proxy.virtual_outbound_port
     out.listener_filters.append(_original_dst())
-    out.filter_chains.extend(_http_chain(port) for port in ctx.index.http_ports)
-    out.filter_chains.extend(_tcp_service_chains(ctx))
+    telemetry = client_telemetry(ctx.snapshot, proxy)
+    out.filter_chains.extend(_http_chain(port, telemetry) for port in ctx.index.http_ports)
+    out.filter_chains.extend(_tcp_service_chains(ctx, telemetry))
     out.default_filter_chain.CopyFrom(
-        _tcp_chain(names.PASSTHROUGH_FILTER_CHAIN, fallback_cluster(proxy))
+        _tcp_chain(names.PASSTHROUGH_FILTER_CHAIN, fallback_cluster(proxy), telemetry)
     )
     return out
 
@@ -165,8 +179,9 @@ def _passthrough_chains(ctx: Context) -> list[lc.FilterChain]:
     if mode is MtlsMode.PERMISSIVE and not proxy.certificates:
         mode = MtlsMode.DISABLE
     cluster = names.INBOUND_PASSTHROUGH_CLUSTER
-    tcp = _tcp_chain(names.PASSTHROUGH_FILTER_CHAIN, cluster).filters
-    http = [_passthrough_http(cluster)]
+    telemetry = server_telemetry(ctx.snapshot, proxy, None)
+    tcp = _tcp_chain(names.PASSTHROUGH_FILTER_CHAIN, cluster, telemetry).filters
+    http = [_passthrough_http(cluster, telemetry)]
     out = []
     for filters, sniffed in ((http, True), (list(tcp), False)):
         for chain in mode_chains(mode, list(filters), secret):
@@ -179,7 +194,7 @@ def _passthrough_chains(ctx: Context) -> list[lc.FilterChain]:
     return out
 
 
-def _passthrough_http(cluster: str) -> lc.Filter:
+def _passthrough_http(cluster: str, telemetry: ListenerTelemetry) -> lc.Filter:
     route = rc.Route(match=rc.RouteMatch(prefix="/"), name="default")
     route.route.cluster = cluster
     route.route.timeout.CopyFrom(protos.duration(0))
@@ -194,6 +209,7 @@ def _passthrough_http(cluster: str) -> lc.Filter:
     )
     manager.route_config.name = "InboundPassthroughCluster"
     manager.route_config.virtual_hosts.append(vhost)
+    telemetry.apply_http(manager)
     return lc.Filter(name=protos.HTTP_CONNECTION_MANAGER, typed_config=protos.packed(manager))
 
 
@@ -248,6 +264,7 @@ def _inputs(snapshot: MeshSnapshot, proxy: ProxySpec) -> tuple[object, ...]:
         snapshot.peer_authentications,
         snapshot.authorization_policies,
         snapshot.request_authentications,
+        *telemetry_inputs(snapshot, proxy),
     )
 
 
