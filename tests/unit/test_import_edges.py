@@ -50,9 +50,7 @@ def offenders(paths: list[Path], forbidden: tuple[str, ...]) -> list[str]:
 
 def production_modules() -> list[Path]:
     testing = PACKAGE / "testing"
-    return [
-        p for p in sorted(PACKAGE.rglob("*.py")) if testing not in p.parents and p != DEV_CLI
-    ]
+    return [p for p in sorted(PACKAGE.rglob("*.py")) if testing not in p.parents and p != DEV_CLI]
 
 
 def test_production_code_never_imports_test_support() -> None:
