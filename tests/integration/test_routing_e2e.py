@@ -17,7 +17,7 @@ import pytest
 from tests.integration.mesh_harness import MeshHarness, mesh_harness, wait_until
 from tests.sampling import assert_share
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 WEB = "web.default.svc.cluster.local"
 SHADOW = "shadow.default.svc.cluster.local"
