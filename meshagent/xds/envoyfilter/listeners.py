@@ -39,6 +39,8 @@ _ALIASES = {
 }
 _HCM_URL = "type.googleapis.com/" + hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 _VIRTUAL = (names.VIRTUAL_INBOUND, names.VIRTUAL_OUTBOUND)
+# HTTP filters the outbound listeners carry disabled, enabled by the routes that configure them.
+_OFF_BY_DEFAULT = ("envoy.filters.http.fault", "envoy.filters.http.cors")
 
 
 def canonical(name: str) -> str:
@@ -363,6 +365,10 @@ def _merge_http_filter(
             http_filter.name = value.name
         if value.HasField("typed_config"):
             merge_any(http_filter.typed_config, value.typed_config, applied.patch.operation)
+            if canonical(http_filter.name) in _OFF_BY_DEFAULT:
+                # Istio runs fault and CORS on every route, meshagent only on the routes that
+                # configure them: config merged into the filter is meant for every route.
+                http_filter.disabled = value.disabled
         touched.add(applied)
 
 
