@@ -7,8 +7,8 @@ There is no sign: a negative duration is valid nowhere.
 
 normalize/durations.py (Istio's grammar, whole milliseconds) and ca/durations.py (seconds, for
 the CA's CLI flags) are thin views of this module; the agent config reads every duration key
-through config.py's `_duration_ms`, which also takes a bare integer in the unit a key's name
-states (`debounce_ms: 100`, `drain_seconds: 5`).
+through agent/config/section.py's `duration_ms`, which also takes a bare integer in the unit
+a key's name states (`debounce_ms: 100`, `drain_seconds: 5`).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
+from meshagent.agent.configpath import CONFIG_HELP, config_path
 from meshagent.ca.authority import CertificateAuthority
 from meshagent.ca.durations import format_duration, parse_duration
 from meshagent.ca.keys import KEY_TYPES, generate_key, key_to_pem, load_certs_pem, make_csr
@@ -58,7 +59,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     certs = sub.add_parser(
         "certs", help="workload certificates on this host: identity, serial, expiry"
     )
-    certs.add_argument("--config", "-c", required=True, type=Path, help="agent config file (YAML)")
+    certs.add_argument("--config", "-c", type=Path, default=None, help=CONFIG_HELP)
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -190,7 +191,7 @@ def _certs(args: argparse.Namespace, out: TextIO) -> int:
     from meshagent.agent.config import load_config
     from meshagent.ca import certstore
 
-    config = load_config(args.config)
+    config = load_config(config_path(args.config))
     base = config.state_dir / "certs"
     identities = certstore.list_identities(base)
     if not identities:

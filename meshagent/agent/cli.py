@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from meshagent import __version__
+from meshagent.agent.configpath import CONFIG_HELP, config_path
 from meshagent.errors import ConfigError, MeshAgentError
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
 
@@ -29,17 +30,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the agent")
-    run.add_argument("--config", "-c", required=True, type=Path, help="agent config file (YAML)")
+    run.add_argument("--config", "-c", type=Path, default=None, help=CONFIG_HELP)
     run.add_argument("--join", type=Path, help="join an Istio mesh from this join directory")
 
     boot = sub.add_parser("bootstrap", help="print the Envoy bootstrap for an agent config")
-    boot.add_argument("--config", "-c", required=True, type=Path, help="agent config file (YAML)")
+    boot.add_argument("--config", "-c", type=Path, default=None, help=CONFIG_HELP)
     boot.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
 
     val = sub.add_parser("validate", help="check mesh configuration files or an agent config")
     val.add_argument("paths", nargs="*", type=Path, help="YAML files or directories (recursive)")
-    val.add_argument("--config", "-c", type=Path, help="validate this agent config file")
-    val.add_argument("--quiet", "-q", action="store_true", help="do not print warnings")
+    val.add_argument("--config", "-c", type=Path,
+                     help="validate this agent config file (without PATHs: default $MESHAGENT_"
+                     "CONFIG, else /etc/meshagent/agent.yaml)")  # fmt: skip
+    val.add_argument(
+        "--quiet", "-q", action="store_true", help="do not print warnings nor the summary"
+    )
     val.add_argument("--domain-suffix", default="cluster.local", help="default: cluster.local")
     val.add_argument("--namespace", default="default", help="namespace of resources without one")
     from meshagent.agent.dev_cli import add_parsers as add_dev_parsers
@@ -57,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     from meshagent.capture.cli import add_parsers as add_capture_parsers
 
     add_capture_parsers(sub)  # capture apply|remove|print
+    from meshagent.insight.explain_cli import add_parsers as add_insight_parsers
+
+    add_insight_parsers(sub)  # explain, diff
+    from meshagent.insight.cli import add_parser as add_analyze_parser
+
+    add_analyze_parser(sub)  # analyze
     return parser
 
 
@@ -82,10 +93,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             from meshagent.onboard import vm_cli
 
             return vm_cli.run(args, kube_source=_kube_source_options)
+        if args.command in ("explain", "diff"):
+            from meshagent.insight import explain_cli
+
+            return explain_cli.run(args, sys.stdout, sys.stderr)
         if args.command == "dev":
             from meshagent.agent import dev_cli
 
             return dev_cli.run(args)
+        if args.command == "analyze":
+            from meshagent.insight import cli as analyze_cli
+
+            return analyze_cli.run(args)
         if args.command == "capture":
             from meshagent.capture import cli as capture_cli
 
@@ -106,9 +125,9 @@ def _run(args: argparse.Namespace) -> int:
     from meshagent.agent.config import load_config
     from meshagent.agent.daemon import run_agent
 
-    config = load_config(args.config)
+    config = load_config(config_path(args.config))
     if args.join is not None:
-        from meshagent.agent.join_config import join_from_dir
+        from meshagent.agent.config import join_from_dir
 
         config = join_from_dir(config, args.join)
     return run_agent(config)
@@ -118,7 +137,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
     from meshagent.agent.config import load_config
     from meshagent.agent.envoy import bootstrap_for
 
-    text = json.dumps(bootstrap_for(load_config(args.config)), indent=2, sort_keys=True) + "\n"
+    config = load_config(config_path(args.config))
+    text = json.dumps(bootstrap_for(config), indent=2, sort_keys=True) + "\n"
     if args.output is None:
         sys.stdout.write(text)
     else:
@@ -137,7 +157,11 @@ def _kube_source_options(path: Path) -> object | None:
 
 def _validate(args: argparse.Namespace, out: TextIO) -> int:
     if not args.paths and args.config is None:
-        raise ConfigError("validate needs PATH... or --config FILE")
+        from meshagent.agent.configpath import CONFIG_ENV, DEFAULT_CONFIG, config_path
+
+        args.config = config_path(None)  # $MESHAGENT_CONFIG, else the default path if present
+        if not args.config.exists() and args.config == DEFAULT_CONFIG:
+            raise ConfigError(f"validate needs PATH... or --config FILE (or ${CONFIG_ENV})")
     if args.config is not None:
         from meshagent.agent.config import load_config
 
@@ -145,7 +169,7 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
         if not args.paths:
             print(f"{args.config}: ok", file=out)
             return EXIT_OK
-    diagnostics = validate_paths(
+    diagnostics, resources, files = validate_tree(
         args.paths, domain_suffix=args.domain_suffix, default_namespace=args.namespace
     )
     errors = 0
@@ -153,13 +177,39 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
         errors += d.severity == "error"
         if d.severity == "error" or not args.quiet:
             print(d, file=out)
+    if not errors and not args.quiet:
+        print(validate_summary(resources, files, len(diagnostics)), file=out)
     return EXIT_INVALID if errors else EXIT_OK
+
+
+def validate_summary(resources: Sequence[RawResource], files: int, warnings: int) -> str:
+    """The line validate prints on success: "ok: 12 resources in 3 files (...), 0 warnings"."""
+    kinds: dict[str, int] = {}
+    for raw in resources:
+        kinds[raw.kind] = kinds.get(raw.kind, 0) + 1
+    detail = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+
+    def plural(n: int, word: str) -> str:
+        return f"{n} {word}{'' if n == 1 else 's'}"
+
+    return (
+        f"ok: {plural(len(resources), 'resource')} in {plural(files, 'file')}"
+        + (f" ({detail})" if detail else "")
+        + f", {plural(warnings, 'warning')}"
+    )
 
 
 def validate_paths(
     paths: Sequence[Path], *, domain_suffix: str, default_namespace: str
 ) -> list[Diagnostic]:
     """Load every YAML file under paths and validate each resource; all diagnostics, in order."""
+    return validate_tree(paths, domain_suffix=domain_suffix, default_namespace=default_namespace)[0]
+
+
+def validate_tree(
+    paths: Sequence[Path], *, domain_suffix: str, default_namespace: str
+) -> tuple[list[Diagnostic], list[RawResource], int]:
+    """validate_paths, with the resources loaded and the number of files read."""
     from meshagent.adapters.files import find_config_files
     from meshagent.adapters.yamldocs import load_file
     from meshagent.normalize.validate import validate_resource
@@ -169,7 +219,8 @@ def validate_paths(
         raise ConfigError("no such file or directory", location=str(missing[0]))
     diagnostics: list[Diagnostic] = []
     loaded: list[RawResource] = []
-    for path in find_config_files(paths):
+    files = find_config_files(paths)
+    for path in files:
         resources, problems = load_file(path)
         diagnostics.extend(problems)
         loaded.extend(resources)
@@ -179,9 +230,10 @@ def validate_paths(
                     raw, domain_suffix=domain_suffix, default_namespace=default_namespace
                 )
             )
-    return diagnostics + reference_warnings(
+    warnings = reference_warnings(
         loaded, domain_suffix=domain_suffix, default_namespace=default_namespace
     )
+    return diagnostics + warnings, loaded, len(files)
 
 
 def reference_warnings(

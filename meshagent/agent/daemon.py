@@ -17,14 +17,17 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
+import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import structlog
 
+from meshagent import __version__
 from meshagent.adapters.base import Adapter, Restorable
 from meshagent.adapters.files import FilesAdapter
-from meshagent.agent.admin import AdminServer, standard_pages
+from meshagent.agent.admin import AdminServer, Response, standard_pages
+from meshagent.agent.analysis_runtime import ANALYSIS_INTERVAL_S, AgentAnalysis
 from meshagent.agent.config import AgentConfig, load_config
 from meshagent.agent.convergence import ConvergenceObserver, ConvergenceTracker
 from meshagent.agent.diagnostics import DiagnosticTable
@@ -40,6 +43,7 @@ from meshagent.agent.sdnotify import SystemdNotifier
 from meshagent.agent.telemetry_warnings import TelemetryWarnings
 from meshagent.errors import MeshAgentError
 from meshagent.gcpause import paused_gc, release_free_memory
+from meshagent.insight.pages import install_insight_pages
 from meshagent.model.identity import WorkloadCertificate
 from meshagent.model.proxy import ROUTER, ProxySpec
 from meshagent.model.snapshot import MeshSnapshot
@@ -205,6 +209,15 @@ class Agent:
         self._snapshot: Any = None
         self._published = False
         self.diagnostics = DiagnosticTable()  # current problems, not a history
+        # `meshagent analyze` of the served snapshot (agent/analysis_runtime.py)
+        self.analysis = AgentAnalysis(
+            config, lambda: [e.diagnostic for e in self.diagnostics.entries()]
+        )
+        self.analysis.register(self.metrics.registry)
+        self._analysis_task: asyncio.Task[None] | None = None
+        self._analyzed_at = -ANALYSIS_INTERVAL_S  # loop time of the last analysis' start
+        # Held by whoever uses the normalizer: the processing task and the analysis' capture.
+        self._normalizer_lock = asyncio.Lock()
         self._custom_problems: set[tuple[str, str]] = set()  # (workload, reason), logged once
         self._custom_checked: tuple[object, ...] = ()  # what _custom_problems was found from
         self._gateway_checked: tuple[object, ...] = ()  # what _gateway_problems was found from
@@ -238,6 +251,8 @@ class Agent:
             self.metrics, lambda: self.cache.status(self._proxy.node_id)
         )
         self._lock = InstanceLock(config.state_dir)  # one agent per state dir
+        self._started = time.time()  # the status page's uptime
+        self._last_reload: dict[str, Any] | None = None  # when and how the last reload ended
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -263,8 +278,10 @@ class Agent:
             cfg.admin.address, cfg.admin.port, self._pages(), socket_path=cfg.admin.socket
         )
         install_ops_pages(self.admin, self)
+        self.admin.pages["/debug/analyze"] = lambda: Response.json(200, self.analysis.report())
         install_merged_scrape(self.admin, self.metrics, lambda: self.config)
         self.metrics.envoy.watch(self._envoy_state)
+        install_insight_pages(self.admin, self)
         await self.admin.start()
         cfg.xds.uds.parent.mkdir(parents=True, exist_ok=True)
         observer = ConvergenceObserver(self.metrics, self.convergence, self._nacked)
@@ -481,20 +498,50 @@ class Agent:
 
     async def _apply(self, events: list[SourceEvent]) -> None:
         self.convergence.changed()
-        try:
-            # In a worker thread, as translation is: a 10k-service load takes seconds, and
-            # the ADS streams and the admin pages must keep being served meanwhile. Only
-            # this task calls the normalizer, so it is never used from two threads at once.
-            snapshot, diagnostics = await asyncio.to_thread(
-                _gc_paused, self.normalizer.apply, events
-            )
-        except Exception:
-            log.exception("normalize_failed_bug", sources=sorted({e.source for e in events}))
-            return
-        self._snapshot = snapshot
-        self._report(diagnostics, events)
-        self._remember_last_good(events)
+        async with self._normalizer_lock:
+            try:
+                # In a worker thread, as translation is: a 10k-service load takes seconds,
+                # and the ADS streams and the admin pages must keep being served meanwhile.
+                # The lock keeps the normalizer to one thread at a time (see _analyze).
+                snapshot, diagnostics = await asyncio.to_thread(
+                    _gc_paused, self.normalizer.apply, events
+                )
+            except Exception:
+                log.exception("normalize_failed_bug", sources=sorted({e.source for e in events}))
+                return
+            self._snapshot = snapshot
+            self._report(diagnostics, events)
+            self._remember_last_good(events)
         await self._publish()
+        self._schedule_analysis()
+
+    def _schedule_analysis(self) -> None:
+        """Make sure the current snapshot gets analyzed (agent/analysis_runtime.py)."""
+        if self._analysis_task is None or self._analysis_task.done():
+            self._analysis_task = asyncio.get_running_loop().create_task(self._analyze())
+            self._background.add(self._analysis_task)  # stop() cancels it
+            self._analysis_task.add_done_callback(self._background.discard)
+
+    async def _analyze(self) -> None:
+        """Analyze the snapshot until the latest one is, at most once per interval, off the
+        processing task: the normalizer is read (briefly, under the lock) to capture the
+        input, then the checks run in a worker thread while sources keep being applied."""
+        loop = asyncio.get_running_loop()
+        while isinstance(snapshot := self._snapshot, MeshSnapshot) and self.analysis.stale(
+            snapshot
+        ):
+            await asyncio.sleep(max(0.0, self._analyzed_at + ANALYSIS_INTERVAL_S - loop.time()))
+            self._analyzed_at = loop.time()
+            try:
+                async with self._normalizer_lock:
+                    snapshot = self._snapshot
+                    captured = await asyncio.to_thread(
+                        _gc_paused, self.analysis.capture, snapshot, self.normalizer
+                    )
+                await asyncio.to_thread(_gc_paused, self.analysis.analyze, captured)
+            except Exception:
+                log.exception("analysis_failed_bug", version=snapshot.version)
+                return
 
     def _report(
         self, diagnostics: Sequence[Diagnostic], events: Sequence[SourceEvent] = ()
@@ -857,8 +904,10 @@ class Agent:
             self.metrics.config_reload_failures.inc()
             log.error("config_reload_failed", path=str(path), error=str(exc))
             self._agent_config_problem(exc, path)
+            self._last_reload = {"at": time.time(), "result": f"refused: {exc}"}
             return
         self._agent_config_problem(None, path)
+        self._last_reload = {"at": time.time(), "result": "ok"}
         if new.log != old.log:
             configure_logging(new.log.level, new.log.format)
         self.config = dataclasses.replace(
@@ -930,6 +979,11 @@ class Agent:
         """Start a reload (as SIGHUP does) without waiting for it."""
         self._reload_in_background()
 
+    @property
+    def proxy(self) -> ProxySpec:
+        """The local proxy as the translator sees it (with its certificates)."""
+        return self._proxy
+
     def served_resources(self) -> ResourceSet:
         """What the cache serves the local Envoy now."""
         return self.cache.get(self._proxy.node_id)[1]
@@ -951,6 +1005,20 @@ class Agent:
             ),
             "xds": statuspage.xds_report(self.cache.status(self._proxy.node_id)),
             "diagnostics": self.config_errors()["diagnostics"][-50:],
+            "analysis": statuspage.analysis_report(self.analysis.report()),
+            "agent": self._agent_facts(),
+        }
+
+    def _agent_facts(self) -> dict[str, Any]:
+        """Version, uptime, Envoy restarts and the last reload, for the status page."""
+        up, restarts = self._envoy_state()
+        return {
+            "version": __version__,
+            "uptime_s": int(time.time() - self._started),
+            "envoy_managed": self.envoy is not None,
+            "envoy_up": up,
+            "envoy_restarts": restarts,
+            "last_reload": self._last_reload,
         }
 
     def config_errors(self) -> dict[str, Any]:

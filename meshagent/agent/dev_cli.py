@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -26,10 +27,16 @@ from typing import Any, TextIO
 import yaml
 
 from meshagent.agent.config import AgentConfig, load_config
+from meshagent.agent.configpath import CONFIG_ENV
 from meshagent.agent.daemon import Agent
 from meshagent.agent.logs import configure_logging
 from meshagent.errors import ConfigError
-from meshagent.testing.consul_sim import ConsulSimulator, load_data, run_simulator
+from meshagent.testing.consul_sim import (
+    ConsulSimulator,
+    load_config_entries,
+    load_data,
+    run_simulator,
+)
 from meshagent.testing.demo_app import DemoApp
 from meshagent.testing.kube_sim import KubeSim
 
@@ -67,6 +74,12 @@ def add_parsers(sub: Any) -> None:
         default=None,
         help='JSON file to start from: {"register": [catalog bodies], "config": [entries]}',
     )
+    consul.add_argument(
+        "--config-entries",
+        default=None,
+        metavar="DIR",
+        help="also load the config entries in DIR/*.json (`consul config write` JSON files)",
+    )
     kube = dev_sub.add_parser("kube-sim", help="a Kubernetes API server simulator (not Kubernetes)")
     kube.add_argument(
         "--listen", default="127.0.0.1:6443", help="HOST:PORT (default 127.0.0.1:6443)"
@@ -101,6 +114,10 @@ def run_consul_sim(args: argparse.Namespace) -> int:
             data = json.loads(Path(args.data).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read --data: {exc}", location=str(args.data)) from exc
+    if args.config_entries:
+        data = dict(data or {})
+        entries = load_config_entries(Path(args.config_entries))
+        data["config"] = [*(data.get("config") or []), *entries]
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_simulator(host, port, acl_token=args.acl_token, data=data))
     return 0
@@ -163,7 +180,10 @@ def banner(config: AgentConfig, hosts: list[str], routed: list[str], port: int) 
     lines += [
         f"  curl -s {admin}/readyz",
         f"  curl -s {admin}/metrics | grep meshagent_",
-        f"  meshagent status -c {config.path}    # the debug API is on {config.admin.socket}",
+        f"  export {CONFIG_ENV}={Path(config.path or '').resolve()}",
+        f"  meshagent status    # {CONFIG_ENV} names the config; the debug API is on "
+        f"{config.admin.socket}",
+        "  meshagent proxy-config endpoints --from envoy    # Envoy's own view of the endpoints",
         f"  curl -s http://{config.envoy.admin_address}:{config.envoy.admin_port}/clusters",
         "",
         "Edit the files under the agent's mesh paths and watch routing change. Ctrl-C stops.",
@@ -232,6 +252,7 @@ def run_quickstart(
 ) -> int:
     """Entry point of `meshagent dev quickstart`; returns the exit code."""
     config = load_config(config_path)
+    os.environ[CONFIG_ENV] = str(config_path.resolve())  # for commands this process starts
     specs = load_demo_apps(config_path.parent / "demo-apps.yaml")
     configure_logging(config.log.level, config.log.format)
     sim = start_consul_sim(config, consul_data) if consul_data is not None else None

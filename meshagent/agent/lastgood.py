@@ -158,3 +158,8 @@ def _write_atomically(path: Path, chunks: Iterable[bytes], max_bytes: int) -> bo
 
 class _TooLarge(Exception):
     """The text went beyond max_bytes while being written."""
+
+
+# The same JSON form, for other readers of documents (`meshagent diff` over the admin socket).
+encode_resource = _encode
+decode_resource = _decode

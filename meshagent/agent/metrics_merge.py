@@ -35,8 +35,8 @@ from prometheus_client.openmetrics import parser as om_parser
 
 from meshagent import __version__
 from meshagent.agent.admin import AdminServer, Request, Response
+from meshagent.agent.config.metrics import MetricsConfig
 from meshagent.agent.metrics import AgentMetrics
-from meshagent.agent.metrics_config import MetricsConfig
 from meshagent.agent.opspages import envoy_admin_url
 from meshagent.agent.scrape_client import Fetched, FetchError, fetch
 

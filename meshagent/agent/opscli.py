@@ -1,4 +1,5 @@
-"""Operator commands of `meshagent`: status, proxy-config, reload, drain-envoy, completion.
+"""Operator commands of `meshagent`: status, proxy-config, reload, drain-envoy, bug-report,
+completion.
 
 They talk to a running agent over its admin socket (`admin.socket` in the agent config: root
 and the agent's group may connect) and, for drain-envoy and `--from envoy`, to Envoy's admin.
@@ -14,15 +15,18 @@ import json
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, TextIO
 
+from meshagent.agent import envoyview
+from meshagent.agent.configpath import CONFIG_HELP, config_path
 from meshagent.errors import MeshAgentError
 
-DEFAULT_CONFIG = Path("/etc/meshagent/agent.yaml")
 PROXY_CONFIG_KINDS = {"clusters": "cds", "listeners": "lds", "routes": "rds",
                       "endpoints": "eds", "secrets": "sds"}  # fmt: skip
+ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
 
 
 def add_ops_commands(sub: Any) -> None:
@@ -30,19 +34,28 @@ def add_ops_commands(sub: Any) -> None:
 
     def with_config(name: str, text: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, help=text)
-        p.add_argument("--config", "-c", type=Path, default=DEFAULT_CONFIG,
-                       help=f"agent config file (default {DEFAULT_CONFIG})")  # fmt: skip
+        p.add_argument("--config", "-c", type=Path, default=None, help=CONFIG_HELP)
         return p
 
     with_config("status", "sources, Envoy's xDS state and certificates of a running agent")
-    pc = with_config("proxy-config", "what the agent serves the local Envoy")
-    pc.add_argument("kind", choices=sorted(PROXY_CONFIG_KINDS))
+    pc = with_config("proxy-config", "what the agent serves the local Envoy, or what Envoy has")
+    pc.add_argument("kind", choices=[*sorted(PROXY_CONFIG_KINDS), "log"])
     pc.add_argument("-o", "--output", choices=("short", "json", "yaml"), default="short")
     pc.add_argument("--from", dest="origin", choices=("agent", "envoy"), default="agent",
-                    help="for -o json|yaml: what the agent serves (default) or what Envoy "
-                    "applied (its /config_dump)")  # fmt: skip
+                    help="what the agent serves (default) or what Envoy applied, read from "
+                    "Envoy's admin (works while the agent is down)")  # fmt: skip
+    for flag, text in (("--fqdn", "only this host (or its prefix, as istioctl)"),
+                       ("--port", "only this port"), ("--subset", "only this subset"),
+                       ("--direction", "inbound or outbound")):  # fmt: skip
+        pc.add_argument(flag, default=None, help=text)
+    pc.add_argument("--level", default=None,
+                    help="proxy-config log: set Envoy's log level (LEVEL, or "
+                    "LOGGER:LEVEL,... for single loggers)")  # fmt: skip
     with_config("reload", "make a running agent re-read its config (as SIGHUP does)")
     with_config("drain-envoy", "drain Envoy's listeners gracefully (before stopping it)")
+    from meshagent.agent.bugreport import add_parser as add_bug_report
+
+    add_bug_report(with_config("bug-report", "collect config, dumps, logs and versions"))
     comp = sub.add_parser("completion", help="print a shell completion script")
     comp.add_argument("shell", choices=("bash", "zsh"))
 
@@ -53,14 +66,16 @@ def run_ops_command(args: argparse.Namespace, parser: argparse.ArgumentParser,
     if args.command == "completion":
         out.write(completion_script(parser, args.shell))
         return 0
+    from meshagent.agent.bugreport import bug_report
+
     handlers = {"status": _status, "proxy-config": _proxy_config, "reload": _reload,
-                "drain-envoy": _drain_envoy}  # fmt: skip
+                "drain-envoy": _drain_envoy, "bug-report": bug_report}  # fmt: skip
     handler = handlers.get(args.command)
     if handler is None:
         return None
     from meshagent.agent.config import load_config
 
-    return handler(load_config(args.config), args, out)
+    return handler(load_config(config_path(args.config)), args, out)
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -139,6 +154,8 @@ def _status(config: Any, args: argparse.Namespace, out: TextIO) -> int:
     out.write("ready\n" if not report["not_ready"] else "NOT READY\n")
     for reason in report["not_ready"]:
         out.write(f"  - {reason}\n")
+    if report.get("agent"):
+        out.write(_agent_line(report["agent"]))
     for s in report["sources"]:
         out.write(f"source {s['name']}: {'synced' if s['synced'] else 'syncing'}\n")
     xds = report["xds"]
@@ -159,6 +176,11 @@ def _status(config: Any, args: argparse.Namespace, out: TextIO) -> int:
     out.write(f"config errors: {len(problems) or 'none'}\n")
     for d in problems:
         out.write(f"  {d['message']} (since {d.get('first_seen', '?')})\n")
+    counts = report.get("analysis", {}).get("counts", {})
+    if counts:  # `meshagent analyze` of what is served (agent/analysis_runtime.py)
+        from meshagent.agent.statuspage import analysis_counts
+
+        out.write(f"analysis: {analysis_counts(counts)} (meshagent analyze --agent)\n")
     for c in report["certificates"]:
         out.write(f"certificate {c['identity']}: expires {c['not_after']} ({c['expires_in_s']}s)\n")
     if not report["certificates"]:
@@ -166,19 +188,43 @@ def _status(config: Any, args: argparse.Namespace, out: TextIO) -> int:
     return 0 if not report["not_ready"] else 1
 
 
+def _agent_line(agent: dict[str, Any]) -> str:
+    """The line of `status` on the agent: "agent 0.1.0, up 2h 5m, Envoy restarts 0, ..."."""
+    reload = agent.get("last_reload")
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(reload["at"])) if reload else ""
+    restarts = agent["envoy_restarts"] if agent.get("envoy_managed") else "- (not managed)"
+    return (
+        f"agent {agent['version']}, up {envoyview.duration_text(agent['uptime_s'])}, "
+        f"Envoy restarts {restarts}, last reload "
+        + (f"{reload['result']} at {when}" if reload else "none since start")
+        + "\n"
+    )
+
+
 def _proxy_config(config: Any, args: argparse.Namespace, out: TextIO) -> int:
-    served = json.loads(fetch_admin(config, "/debug/resources"))
-    items = served.get(PROXY_CONFIG_KINDS[args.kind], [])
-    applied = _envoy_applied(config, args.kind)
-    if args.output == "short":
-        _short_table(items, applied, out)
-        return 0
-    if args.origin == "envoy":
-        if applied is None:
-            raise MeshAgentError("Envoy's admin interface is unreachable")
-        docs = [body for _, body in applied.values()]
+    if args.kind == "log":
+        return _envoy_log(config, args, out)
+    filters = {k: getattr(args, k) for k in ("fqdn", "port", "subset", "direction")}
+    if args.origin == "envoy":  # Envoy's admin only: works while the agent is down
+        if args.output == "short" and args.kind == "endpoints":
+            return _endpoint_health(config, filters, out)
+        dump = envoyview.get_json(config.envoy, "/config_dump?include_eds")
+        # Short output needs no documents, but listener and route filters read them.
+        decode = args.output != "short" or args.kind in ("listeners", "routes")
+        applied = envoyview.dump_resources(dump, args.kind, decode=decode)
+        items = envoyview.filter_items(applied, args.kind, filters)
+        if args.output == "short":
+            out.write(f"{'NAME':<60} VERSION\n")
+            out.writelines(f"{i['name']:<60} {i['version'] or '-'}\n" for i in items)
+            return 0
     else:
-        docs = [i["resource"] for i in items]
+        served = json.loads(fetch_admin(config, "/debug/resources"))
+        items = envoyview.filter_items(served.get(PROXY_CONFIG_KINDS[args.kind], []), args.kind,
+                                       filters)  # fmt: skip
+        if args.output == "short":
+            _short_table(items, _envoy_applied(config, args.kind), out)
+            return 0
+    docs = [i["resource"] for i in items]
     if args.output == "json":
         out.write(json.dumps(docs, indent=2) + "\n")
     else:
@@ -199,38 +245,54 @@ def _short_table(items: list[Any], applied: dict[str, Any] | None, out: TextIO) 
         else:
             version = applied[i["name"]][0]
             synced = "yes" if version in (None, i["version"]) else f"no ({version})"
-        out.write(f"{i['name']:<60} {i['version']:<18} {synced}\n")
+        out.write(f"{i['name']:<60} {i['version'] or '-'!s:<18} {synced}\n")
 
 
-# config_dump section per kind: (dump type, list key, key of the resource in an entry)
-_DUMP = {
-    "clusters": ("ClustersConfigDump", "dynamic_active_clusters", "cluster"),
-    "listeners": ("ListenersConfigDump", "dynamic_listeners", "active_state"),
-    "routes": ("RoutesConfigDump", "dynamic_route_configs", "route_config"),
-    "endpoints": ("EndpointsConfigDump", "dynamic_endpoint_configs", "endpoint_config"),
-    "secrets": ("SecretsConfigDump", "dynamic_active_secrets", "secret"),
-}
+def _endpoint_health(config: Any, filters: dict[str, Any], out: TextIO) -> int:
+    """`proxy-config endpoints --from envoy`: each endpoint as Envoy sees it (/clusters)."""
+    doc = envoyview.get_json(config.envoy, "/clusters?format=json")
+    out.write(f"{'ENDPOINT':<24} {'STATUS':<10} {'FLAGS':<12} {'ACTIVE':>6} {'5XX':>6} "
+              f"{'CONNFAIL':>8}  CLUSTER\n")  # fmt: skip
+    for cluster in envoyview.cluster_health(doc):
+        if not envoyview.matches({"name": cluster["name"]}, "endpoints", filters):
+            continue
+        for e in cluster["endpoints"]:
+            flags = ",".join(e["flags"]) or "-"
+            counts = f"{e['rq_active']:>6} {e['rq_error']:>6} {e['cx_connect_fail']:>8}"
+            out.write(
+                f"{e['address']:<24} {e['health']:<10} {flags:<12} {counts}  {cluster['name']}\n"
+            )
+    return 0
 
 
 def _envoy_applied(config: Any, kind: str) -> dict[str, tuple[str | None, Any]] | None:
     """name -> (version, resource) of what Envoy applied; None when Envoy cannot be asked."""
-    from meshagent.agent.opspages import envoy_admin_url
-
     try:
-        dump = json.loads(fetch(envoy_admin_url(config.envoy, "/config_dump?include_eds")))
-    except (MeshAgentError, ValueError):
+        dump = envoyview.get_json(config.envoy, "/config_dump?include_eds")
+    except MeshAgentError:
         return None
-    type_name, key, body_key = _DUMP[kind]
-    found: dict[str, tuple[str | None, Any]] = {}
-    for section in dump.get("configs", []):
-        if not section.get("@type", "").endswith("." + type_name):
-            continue
-        for entry in section.get(key, []):
-            state = entry.get("active_state", entry)  # listeners nest their state
-            body = state.get("listener") if kind == "listeners" else entry.get(body_key, {})
-            name = entry.get("name") or body.get("name") or body.get("cluster_name", "")
-            found[name] = (state.get("version_info"), body)
-    return found
+    applied = envoyview.dump_resources(dump, kind, decode=False)
+    return {r["name"]: (r["version"], r["resource"]) for r in applied}
+
+
+def _envoy_log(config: Any, args: argparse.Namespace, out: TextIO) -> int:
+    """`proxy-config log [--level L | --level logger:L,...]`: Envoy's /logging."""
+    level = args.level
+    if level is None:
+        query = ""
+    elif ":" in level:
+        for pair in level.split(","):
+            if pair.rpartition(":")[2] not in ENVOY_LOG_LEVELS:
+                raise MeshAgentError(f"--level {pair}: level must be one of "
+                                     f"{', '.join(ENVOY_LOG_LEVELS)}")  # fmt: skip
+        query = "?paths=" + urllib.parse.quote(level, safe=":,")
+    elif level in ENVOY_LOG_LEVELS:
+        query = f"?level={level}"
+    else:
+        raise MeshAgentError(f"--level must be one of {', '.join(ENVOY_LOG_LEVELS)}")
+    body = fetch(envoyview.admin_url(config.envoy, "/logging" + query), method="POST")
+    out.write(body.decode("utf-8", "replace"))
+    return 0
 
 
 def _reload(config: Any, args: argparse.Namespace, out: TextIO) -> int:

@@ -1,6 +1,7 @@
 """Operator pages of the admin server: the status page, JSON status, served resources, actions.
 
-GET /                 HTML status page (meshagent.agent.statuspage)
+GET /                 HTML status page (meshagent.agent.statuspage), with Envoy's own view
+                      (?refresh=S auto-refresh, 0 off; ?top=N rows per table; ?page=K)
 GET /debug/status     the same report as JSON (`meshagent status`)
 GET /debug/resources  what the agent serves the local Envoy, as JSON (`meshagent proxy-config`)
 GET /envoy/stats      Envoy's own Prometheus stats (its admin /stats/prometheus), passed through
@@ -11,6 +12,7 @@ POST /logging?level=L change the agent's log level until the next reload or rest
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.error
 import urllib.request
 from typing import Any, Protocol
@@ -18,10 +20,10 @@ from typing import Any, Protocol
 from google.protobuf import json_format
 from google.protobuf.any_pb2 import Any as AnyProto
 
-from meshagent.agent.admin import AdminServer, Response
+from meshagent.agent.admin import AdminServer, Request, Response
 from meshagent.agent.config import LOG_LEVELS
 from meshagent.agent.logs import configure_logging
-from meshagent.agent.statuspage import render_html
+from meshagent.agent.statuspage import DEFAULT_REFRESH_S, DEFAULT_TOP, render_html
 from meshagent.xds.redact import redacted_any
 from meshagent.xds.typeurls import SHORT_NAMES
 
@@ -40,9 +42,8 @@ class OpsAgent(Protocol):
 
 def install_ops_pages(admin: AdminServer, agent: OpsAgent) -> None:
     """Add the operator pages and actions to admin."""
-    admin.pages["/"] = lambda: Response(
-        200, render_html(agent.status_report()).encode(), "text/html; charset=utf-8"
-    )
+    cache = EnvoyViewCache()
+    admin.request_pages["/"] = lambda request: status_page(agent, request, cache)
     admin.pages["/debug/status"] = lambda: Response.json(200, agent.status_report())
     admin.pages["/debug/resources"] = lambda: Response.json(
         200, resources_json(agent.served_resources())
@@ -50,6 +51,89 @@ def install_ops_pages(admin: AdminServer, agent: OpsAgent) -> None:
     admin.pages["/envoy/stats"] = lambda: _envoy_stats(agent)
     admin.actions["/reload"] = lambda _: _reload(agent)
     admin.actions["/logging"] = lambda params: _logging(agent, params)
+
+
+ENVOY_VIEW_TIMEOUT_S = 3.0  # the page shows what it has rather than hang on a stuck Envoy
+
+
+class EnvoyViewCache:
+    """Envoy's view, fetched by one page view at a time and kept for a while: at 10k clusters
+    /clusters is ~30 MB of JSON (about 0.7 s to read and parse), so viewers share one fetch,
+    kept ten times as long as it took (at least MIN_AGE_S)."""
+
+    MIN_AGE_S = 2.0
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._view: dict[str, Any] | None = None
+        self._until = 0.0
+
+    async def get(self, envoy: Any) -> dict[str, Any]:
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            if self._view is not None and loop.time() < self._until:
+                return self._view
+            start = loop.time()
+            view: dict[str, Any] = await asyncio.to_thread(_paused, envoy_view, envoy)
+            self._view, self._until = (
+                view,
+                loop.time() + max(self.MIN_AGE_S, 10 * (loop.time() - start)),
+            )
+            return view
+
+
+def _paused(work: Any, *args: Any) -> Any:
+    from meshagent.gcpause import paused_gc
+
+    with paused_gc():  # millions of short-lived objects, no cycles: collections cost 10x
+        return work(*args)
+
+
+async def status_page(agent: OpsAgent, request: Request, cache: EnvoyViewCache) -> Response:
+    """GET /: the agent's report and Envoy's view, rendered."""
+    import urllib.parse
+
+    query = dict(urllib.parse.parse_qsl(request.query))
+    try:
+        refresh = _bounded(query, "refresh", DEFAULT_REFRESH_S, 0, 3600)
+        top = _bounded(query, "top", DEFAULT_TOP, 1, 100_000)
+        page = _bounded(query, "page", 0, 0, 1_000_000)
+    except ValueError as exc:
+        return Response.text(400, f"{exc}\n")
+    report = agent.status_report()
+    envoy = await cache.get(agent.config.envoy)
+    html = render_html(report, envoy, refresh=refresh, top=top, page=page)
+    return Response(200, html.encode(), "text/html; charset=utf-8")
+
+
+def _bounded(query: dict[str, str], key: str, default: int, low: int, high: int) -> int:
+    if key not in query:
+        return default
+    try:
+        value = int(query[key])
+    except ValueError:
+        raise ValueError(f"{key} must be a whole number") from None
+    if not low <= value <= high:
+        raise ValueError(f"{key} must be between {low} and {high}")
+    return value
+
+
+def envoy_view(envoy: Any) -> dict[str, Any]:
+    """Envoy's server info and per-cluster health from its admin; "error" when unreachable."""
+    from meshagent.agent import envoyview
+    from meshagent.errors import MeshAgentError
+
+    try:
+        info = envoyview.get_json(envoy, "/server_info", timeout=ENVOY_VIEW_TIMEOUT_S)
+        doc = envoyview.get_json(envoy, "/clusters?format=json", timeout=ENVOY_VIEW_TIMEOUT_S)
+    except MeshAgentError as exc:
+        return {"server": None, "clusters": None, "error": str(exc)}
+    return {
+        "server": envoyview.server_report(info),
+        "clusters": envoyview.cluster_health(doc),
+        "error": None,
+        "at": time.time(),
+    }
 
 
 def resources_json(resources: Any) -> dict[str, Any]:
@@ -75,8 +159,9 @@ def _decode(body: AnyProto) -> Any:
 
 def envoy_admin_url(envoy: Any, path: str) -> str:
     """URL of path on the local Envoy's admin interface (from the envoy.* config)."""
-    host = envoy.admin_address
-    return f"http://{f'[{host}]' if ':' in host else host}:{envoy.admin_port}{path}"
+    from meshagent.agent.envoyview import admin_url
+
+    return admin_url(envoy, path)
 
 
 async def _envoy_stats(agent: OpsAgent) -> Response:

@@ -204,6 +204,16 @@ class Normalizer:
             out[key] = entry.raw if entry is not None else None
         return out
 
+    def claimants(self, host: str) -> tuple[list[RawResource], list[RawResource]]:
+        """The documents that claim host as a service and as a DestinationRule host, each
+        list winner first (the others lost the precedence conflict); for explaining config."""
+        out: list[list[RawResource]] = []
+        for claims in (self._se_claims, self._dr_claims):
+            winner = claims.winner(host)
+            keys = [] if winner is None else [winner, *claims.losers(host)]
+            out.append([e.raw for k in keys if (e := self._entries.get(k)) is not None])
+        return out[0], out[1]
+
     def apply(self, events: Iterable[SourceEvent]) -> tuple[MeshSnapshot, list[Diagnostic]]:
         """Apply batches of upserts and deletes; the new snapshot and what went wrong.
 

@@ -27,6 +27,7 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from meshagent.testing.consul_gateways import GATEWAY_SERVICES_KEY
@@ -583,6 +584,27 @@ def load_data(sim: ConsulSimulator, data: Any) -> None:
         sim._catalog_register(body)
     for entry in data.get("config") or []:
         sim.state.put_config(entry)
+
+
+def load_config_entries(directory: Path) -> list[dict[str, Any]]:
+    """The config entries in directory's *.json files, as `consul config write` takes them (one
+    entry per file, or a list); ConfigError names the file when one is not an entry. JSON only:
+    Consul's HCL is HCL 1, which python-hcl2 (HCL 2) refuses and pyhcl no longer maintains."""
+    from meshagent.errors import ConfigError
+
+    if not directory.is_dir():
+        raise ConfigError("not a directory", location=str(directory), field="--config-entries")
+    entries: list[dict[str, Any]] = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read a config entry: {exc}", location=str(path)) from None
+        for entry in doc if isinstance(doc, list) else [doc]:
+            if not isinstance(entry, dict) or not entry.get("Kind") or not entry.get("Name"):
+                raise ConfigError("a config entry needs Kind and Name", location=str(path))
+            entries.append(entry)
+    return entries
 
 
 async def run_simulator(

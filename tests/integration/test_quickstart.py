@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -93,6 +94,15 @@ def test_quickstart_serves_the_canary_split_and_header_match(tmp_path: Path) -> 
         _assert_canary_and_split(port, "hello.demo.svc.cluster.local")
         assert _get("127.0.0.1", ports["admin"], "/readyz", {}).status == 200
         assert f"http://127.0.0.1:{port}/" in out.read_text()
+        # The banner's export line is all `meshagent status` needs.
+        export = next(line for line in out.read_text().splitlines() if "export " in line)
+        name, _, value = export.split("export ", 1)[1].partition("=")
+        status = subprocess.run(
+            [sys.executable, "-m", "meshagent.agent.cli", "status"], cwd=REPO,
+            capture_output=True, text=True, timeout=60, check=False,
+            env={**os.environ, name: value},
+        )  # fmt: skip
+        assert status.returncode == 0 and "ready" in status.stdout, status.stderr
 
 
 def test_quickstart_on_the_consul_simulator(tmp_path: Path) -> None:

@@ -169,7 +169,7 @@ def test_debug_pages_show_no_key(agent: Agent) -> None:
     status, resources = admin_request(agent.socket, "/debug/resources")
     assert status == 200 and b'"default"' in resources and b"[redacted]" in resources
     assert leaks(resources, agent.key_pem) == []
-    for path in ("/", "/debug/status", "/debug/config_errors"):
+    for path in ("/", "/debug/status", "/debug/config_errors", "/debug/analyze"):
         status, body = admin_request(agent.socket, path)
         assert status == 200 and leaks(body, agent.key_pem) == [], path
     # The TCP port serves none of it to every local user.

@@ -59,6 +59,6 @@ def test_a_port_protocol_is_one_istio_names_or_empty_to_be_sniffed(tmp_path: Pat
 def test_a_joined_workload_port_takes_istios_protocol_from_its_name(
     name: str, protocol: str
 ) -> None:
-    from meshagent.agent.join_config import _protocol
+    from meshagent.agent.config.join import _protocol
 
     assert _protocol(name) == protocol

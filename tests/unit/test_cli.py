@@ -57,7 +57,7 @@ def test_validate_good_files_exit_zero(tmp_path: Path, capsys: pytest.CaptureFix
     (tmp_path / "sub" / "good.yaml").write_text(GOOD)
 
     assert main(["validate", str(tmp_path)]) == 0
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr().out == "ok: 1 resource in 1 file (1 ServiceEntry), 0 warnings\n"
 
 
 def test_validate_errors_exit_one_with_located_lines(
@@ -100,9 +100,27 @@ def test_validate_agent_config(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert err[0].startswith(f"meshagent: {bad}:3: node.color: unknown key")
 
 
-def test_validate_without_arguments_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_without_arguments_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MESHAGENT_CONFIG", raising=False)
     assert main(["validate"]) == 2
     assert "validate needs" in capsys.readouterr().err
+
+
+def test_commands_find_the_config_in_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("node: {id: vm-env}\n")
+    monkeypatch.setenv("MESHAGENT_CONFIG", str(config))
+    assert main(["validate"]) == 0
+    assert capsys.readouterr().out == f"{config}: ok\n"
+    assert main(["bootstrap"]) == 0
+    assert '"id": "vm-env"' in capsys.readouterr().out
+    monkeypatch.setenv("MESHAGENT_CONFIG", str(tmp_path / "absent.yaml"))
+    assert main(["status"]) == 2
+    assert "absent.yaml" in capsys.readouterr().err
 
 
 def test_bootstrap_prints_envoy_bootstrap(

@@ -4,6 +4,7 @@ validate`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -452,3 +453,45 @@ def test_under_capture_every_chain_logs() -> None:
         logs = chain["filters"][-1]["typedConfig"].get("accessLog")
         port = chain.get("filterChainMatch", {}).get("destinationPort")
         assert bool(logs) == (port != quiet_port), chain.get("name")
+
+
+GATEWAY = """\
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["*"]
+  - port: {number: 9000, name: tcp, protocol: TCP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: hello-edge, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [edge]
+  http: [{route: [{destination: {host: hello.default.svc.cluster.local, port: {number: 8080}}}]}]
+  tcp: [{route: [{destination: {host: hello.default.svc.cluster.local, port: {number: 9000}}}]}]
+"""
+
+
+def test_a_router_logs_and_traces_its_gateway_traffic_as_a_client() -> None:
+    # given a mesh-wide Telemetry, a router's gateway listeners (HTTP and TCP servers) get its
+    # access logs and tracing, as Istio's gateways do
+    router = dataclasses.replace(PROXY, proxy_type="router", labels=(("istio", "ingressgateway"),))
+    translator = Translator()
+    resources = resources_as_dict(
+        translator.generate(_snapshot(SERVICES + GATEWAY + TELEMETRY), router)
+    )
+    http = _network_configs(resources["lds"]["0.0.0.0_8080"])[0]
+    assert http["accessLog"][0]["name"] == "envoy.access_loggers.file"
+    assert http["tracing"]["randomSampling"] == {"value": 25.0}
+    tcp = _network_configs(resources["lds"]["0.0.0.0_9000"])[0]
+    assert tcp["accessLog"][0]["name"] == "envoy.access_loggers.file"
+    # and without the Telemetry they log nothing (the listener is rebuilt)
+    plain = resources_as_dict(translator.generate(_snapshot(SERVICES + GATEWAY), router))
+    assert "accessLog" not in _network_configs(plain["lds"]["0.0.0.0_8080"])[0]

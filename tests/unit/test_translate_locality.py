@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from meshagent.agent.config import parse_config
-from meshagent.agent.join_config import join_from_dir
+from meshagent.agent.config import join_from_dir, parse_config
 from meshagent.errors import ConfigError
 from meshagent.model import (
     MeshSnapshot,

@@ -50,6 +50,7 @@ from meshagent.xds.translate.generators import identical, keep_unchanged
 from meshagent.xds.translate.inbound import TLS_INSPECTOR, listener_filter
 from meshagent.xds.translate.listeners import http_connection_manager
 from meshagent.xds.translate.policy import ClusterPlan, Discovery
+from meshagent.xds.translate.telemetry import client_telemetry, telemetry_inputs
 
 GATEWAY_SOURCE = "gateway"  # the source of diagnostics about servers left out
 
@@ -68,7 +69,7 @@ class GatewayPlanCache:
         return self._plan
 
 
-def _http_filter(placed: PlacedServer) -> lc.Filter:
+def _http_filter(placed: PlacedServer, ctx: Context) -> lc.Filter:
     server = placed.server
     address = server.bind or names.GATEWAY_WILDCARD_ADDRESS
     manager = http_connection_manager(address, server.port, server.port)
@@ -77,18 +78,20 @@ def _http_filter(placed: PlacedServer) -> lc.Filter:
     # paths are normalized (RFC 3986) before routing, as Istio's default pathNormalization.
     manager.use_remote_address.value = True
     manager.normalize_path.value = True
+    # Telemetry: a router is a client (Istio's gateways log and trace as CLIENT).
+    client_telemetry(ctx.snapshot, ctx.proxy).apply_http(manager)
     return lc.Filter(name=protos.HTTP_CONNECTION_MANAGER, typed_config=protos.packed(manager))
 
 
-def http_chain(placed: PlacedServer) -> lc.FilterChain:
+def http_chain(placed: PlacedServer, ctx: Context) -> lc.FilterChain:
     """A plain HTTP server's chain: its route configuration over RDS."""
-    return lc.FilterChain(filters=[_http_filter(placed)])
+    return lc.FilterChain(filters=[_http_filter(placed, ctx)])
 
 
-def https_chain(placed: PlacedServer) -> lc.FilterChain:
+def https_chain(placed: PlacedServer, ctx: Context) -> lc.FilterChain:
     """An HTTPS server that terminates TLS: matched by SNI, then HTTP over its own routes."""
     assert placed.server.tls is not None  # the plan places only servers with TLS here
-    chain = lc.FilterChain(filters=[_http_filter(placed)])
+    chain = lc.FilterChain(filters=[_http_filter(placed, ctx)])
     chain.filter_chain_match.server_names.extend(placed.sni_hosts)
     chain.transport_socket.CopyFrom(downstream_tls(placed.server.tls))
     return chain
@@ -97,8 +100,8 @@ def https_chain(placed: PlacedServer) -> lc.FilterChain:
 # The filter chain builder of each kind of server (gateway_plan.server_kind).
 ChainBuilder = Callable[[PlacedServer, Context], list[lc.FilterChain]]
 CHAIN_BUILDERS: dict[str, ChainBuilder] = {
-    "http": lambda placed, _ctx: [http_chain(placed)],
-    "https": lambda placed, _ctx: [https_chain(placed)],
+    "http": lambda placed, ctx: [http_chain(placed, ctx)],
+    "https": lambda placed, ctx: [https_chain(placed, ctx)],
     "tcp": tcp_chains,
     "tls": tcp_chains,
     "passthrough": passthrough_chains,
@@ -153,7 +156,13 @@ class GatewayListenersGenerator:
         plan = self._plans.plan(ctx)
         snapshot = ctx.snapshot
         # TCP, TLS and passthrough chains follow the bound VirtualServices and the services.
-        key = (plan, snapshot.virtual_services, snapshot.services, ctx.index.rules)
+        key = (
+            plan,
+            snapshot.virtual_services,
+            snapshot.services,
+            ctx.index.rules,
+            *telemetry_inputs(snapshot, ctx.proxy),
+        )
         if not identical(key, self._key):
             self._key = key
             built = [build_gateway_listener(p, ctx) for p in plan.ports]

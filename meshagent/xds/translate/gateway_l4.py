@@ -39,15 +39,17 @@ from meshagent.xds.translate.gateway_tls import downstream_tls
 from meshagent.xds.translate.listeners import tcp_proxy
 from meshagent.xds.translate.policy import ClusterPlan, Discovery, plan_clusters
 from meshagent.xds.translate.route_action import RouteScope, destination_cluster
+from meshagent.xds.translate.telemetry import client_telemetry
 
 # The ALPN values a mesh mTLS client may offer (Istio's allIstioMtlsALPNs): AUTO_PASSTHROUGH
 # chains match only these, so plain TLS cannot reach a workload through the gateway.
 ISTIO_MTLS_ALPNS = ("istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2")
 
 
-def _tcp_filter(route: TcpRoute, scope: RouteScope) -> lc.Filter:
+def _tcp_filter(route: TcpRoute, scope: RouteScope, ctx: Context) -> lc.Filter:
     clusters = [(destination_cluster(w.destination, scope), w.weight) for w in route.route]
     proxy = tcp_proxy(names.tcp_stat_prefix(clusters[0][0]), clusters)
+    client_telemetry(ctx.snapshot, ctx.proxy).apply_tcp(proxy)  # a router logs as CLIENT
     return lc.Filter(name=protos.TCP_PROXY, typed_config=protos.packed(proxy))
 
 
@@ -83,7 +85,7 @@ def tcp_chains(placed: PlacedServer, ctx: Context) -> list[lc.FilterChain]:
     for vs in _bound_with_hosts(placed, ctx.snapshot, ctx.proxy):
         for route in vs.tcp:
             if route.route and (not route.matches or _holds(route.matches, placed, vs)):
-                chain = lc.FilterChain(filters=[_tcp_filter(route, scope)])
+                chain = lc.FilterChain(filters=[_tcp_filter(route, scope, ctx)])
                 tls = placed.server.tls
                 if tls is not None and tls.terminates:
                     chain.filter_chain_match.server_names.extend(placed.sni_hosts)
@@ -105,7 +107,7 @@ def passthrough_chains(placed: PlacedServer, ctx: Context) -> list[lc.FilterChai
             if not route.route:
                 continue
             for match in _holds(route.matches, placed, vs):
-                chain = lc.FilterChain(filters=[_tcp_filter(route, scope)])
+                chain = lc.FilterChain(filters=[_tcp_filter(route, scope, ctx)])
                 chain.filter_chain_match.server_names.extend(match.sni_hosts)
                 out.append(chain)
     return out

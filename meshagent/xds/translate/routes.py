@@ -131,28 +131,40 @@ def build_route(route: HttpRoute, match: HttpMatch | None, scope: RouteScope) ->
     return out
 
 
-def _matches_on_port(route: HttpRoute, port: int) -> list[HttpMatch | None] | None:
-    """The matches of route that apply on port: [None] for a catch-all, None for none."""
+def _matches_on_port(route: HttpRoute, port: int) -> list[int | None]:
+    """Indices of the matches of route that apply on port: [None] for a catch-all, [] for
+    none."""
     if not route.matches:
         return [None]
-    kept: list[HttpMatch | None] = [
-        m
-        for m in route.matches
+    return [
+        i
+        for i, m in enumerate(route.matches)
         if (m.port is None or m.port == port)
         and not m.source_labels
         and (not m.gateways or MESH_GATEWAY in m.gateways)
     ]
-    return kept or None
+
+
+def route_sources(vs: VirtualService, port: int) -> list[tuple[int, int | None]]:
+    """(index in vs.http, index in its matches or None for a catch-all) of each Envoy route
+    that virtual_service_routes builds on port, in order: the one place that decides which
+    HTTP routes become Envoy routes (`meshagent explain` reads it too)."""
+    return [
+        (i, j)
+        for i, route in enumerate(vs.http)
+        if route.redirect is not None or route.direct_response is not None or route.route
+        for j in _matches_on_port(route, port)
+    ]
 
 
 def virtual_service_routes(vs: VirtualService, scope: RouteScope) -> list[rc.Route]:
     """Every Envoy route of vs's HTTP routes that applies on scope.port, in order."""
     out: list[rc.Route] = []
-    for route in vs.http:
-        for match in _matches_on_port(route, scope.port) or ():
-            built = build_route(route, match, scope)
-            if built is not None:
-                out.append(built)
+    for i, j in route_sources(vs, scope.port):
+        route = vs.http[i]
+        built = build_route(route, None if j is None else route.matches[j], scope)
+        assert built is not None  # route_sources keeps only routes with an action
+        out.append(built)
     return out
 
 

@@ -7,17 +7,13 @@ gateways. Endpoints on a network other than ours are reached through its gateway
 
 from __future__ import annotations
 
-import ipaddress
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from meshagent.agent.config import _Section
+from meshagent.agent.config.section import Section, ip
 
 NetworkGateways = tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
 DEFAULT_GATEWAY_PORT = 15443
 
 
-def parse_networks(s: _Section) -> NetworkGateways:
+def parse_networks(s: Section) -> NetworkGateways:
     """`networks:` as ((network, ((address, port), ...)), ...), sorted by network name."""
     out = []
     for name in sorted(s.data):
@@ -30,14 +26,8 @@ def parse_networks(s: _Section) -> NetworkGateways:
     return tuple(out)
 
 
-def _gateway(net: _Section, index: int, item: object) -> tuple[str, int]:
-    from meshagent.agent.config import _Section
-
-    g = _Section(item, net.path(f"gateways[{index}]"), net.lines, net.filename)
+def _gateway(net: Section, index: int, item: object) -> tuple[str, int]:
+    g = net.child(f"gateways[{index}]", item)
     g.only("address", "port")
-    address = g.get("address", str, "")
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        raise g.error(f"{address!r} is not an IP address", "address") from None
+    address = ip(g, "address", g.get("address", str, ""))
     return address, g.port("port", DEFAULT_GATEWAY_PORT, zero_ok=False)

@@ -1,17 +1,14 @@
-"""The `sources.consul` section of the agent config (parsed with config.py's _Section)."""
+"""The `sources.consul` section of the agent config."""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from meshagent.adapters.consul import ConsulOptions
+from meshagent.agent.config.section import Section, duration_ms, optional_path
 from meshagent.normalize.consul.options import ConsulMapping
-
-if TYPE_CHECKING:
-    from meshagent.agent.config import _Section
 
 KEYS = (
     "address",
@@ -51,9 +48,8 @@ class ConsulSourceConfig:
     register: ConsulRegistration = ConsulRegistration()
 
 
-def parse_consul(s: _Section, base: Path) -> ConsulSourceConfig:
+def parse_consul(s: Section, base: Path) -> ConsulSourceConfig:
     """sources.consul, validated; relative file paths resolve against base."""
-    from meshagent.agent.config import _duration_ms  # it imports this module's types
 
     s.only(*KEYS)
     address = s.get("address", str, "127.0.0.1:8500")
@@ -62,7 +58,7 @@ def parse_consul(s: _Section, base: Path) -> ConsulSourceConfig:
         raise s.error("must be host:port", "address")
     tls = s.section("tls")
     tls.only("ca_file", "cert_file", "key_file")
-    files = {k: _file(tls, k, base) for k in ("ca_file", "cert_file", "key_file")}
+    files = {k: optional_path(tls, k, base) for k in ("ca_file", "cert_file", "key_file")}
     if (files["cert_file"] is None) != (files["key_file"] is None):
         raise tls.error("cert_file and key_file go together", "cert_file")
     rate = s.section("rate_limit")
@@ -71,14 +67,14 @@ def parse_consul(s: _Section, base: Path) -> ConsulSourceConfig:
     burst = rate.get("burst", int, 20)
     if qps < 1 or burst < 1:
         raise rate.error("qps and burst must be at least 1", "qps")
-    wait_ms = _duration_ms(s, "wait", "5m", 1, 600_000)
+    wait_ms = duration_ms(s, "wait", "5m", 1, 600_000)
     include_warning = s.get("include_warning", bool, False)
     datacenter = s.opt("datacenter", str)
     options = ConsulOptions(
         address=address,
         scheme=s.choice("scheme", "http", ("http", "https")),
         datacenter=datacenter,
-        token_file=_file(s, "token_file", base),
+        token_file=optional_path(s, "token_file", base),
         ca_file=files["ca_file"],
         cert_file=files["cert_file"],
         key_file=files["key_file"],
@@ -90,7 +86,7 @@ def parse_consul(s: _Section, base: Path) -> ConsulSourceConfig:
     return ConsulSourceConfig(options, _mapping(s, include_warning, datacenter), _register(s))
 
 
-def _pattern(s: _Section, key: str, default: str) -> str:
+def _pattern(s: Section, key: str, default: str) -> str:
     pattern = s.get(key, str, default)
     try:
         pattern.format(name="n", namespace="ns", datacenter="dc", partition="p")
@@ -102,7 +98,7 @@ def _pattern(s: _Section, key: str, default: str) -> str:
     return pattern
 
 
-def _mapping(s: _Section, include_warning: bool, datacenter: str | None) -> ConsulMapping:
+def _mapping(s: Section, include_warning: bool, datacenter: str | None) -> ConsulMapping:
     pattern = _pattern(s, "host_pattern", "{name}.service.consul")
     remote = _pattern(s, "remote_host_pattern", "{name}.service.{datacenter}.consul")
     if "{datacenter}" not in remote:
@@ -133,15 +129,10 @@ def _mapping(s: _Section, include_warning: bool, datacenter: str | None) -> Cons
     )
 
 
-def _register(s: _Section) -> ConsulRegistration:
+def _register(s: Section) -> ConsulRegistration:
     value = s.data.get("register")
     if value is None or isinstance(value, bool):
         return ConsulRegistration(enabled=bool(value))
     r = s.section("register")
     r.only("enabled", "address")
     return ConsulRegistration(r.get("enabled", bool, True), r.get("address", str, ""))
-
-
-def _file(s: _Section, key: str, base: Path) -> Path | None:
-    value = s.opt(key, str)
-    return (base / Path(value).expanduser()).absolute() if value else None

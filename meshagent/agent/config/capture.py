@@ -10,12 +10,9 @@ same name: whether destinations outside the registry pass through or are refused
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from meshagent.agent.config.section import Section
 from meshagent.model.proxy import ALLOW_ANY, OUTBOUND_TRAFFIC_POLICIES
-
-if TYPE_CHECKING:
-    from meshagent.agent.config import _Section
 
 VIRTUAL_OUTBOUND_PORT = 15001  # Istio's
 VIRTUAL_INBOUND_PORT = 15006
@@ -30,7 +27,7 @@ class CaptureConfig:
     inbound_port: int = VIRTUAL_INBOUND_PORT
 
 
-def parse_capture(s: _Section) -> CaptureConfig:
+def parse_capture(s: Section) -> CaptureConfig:
     """`capture:`; the two ports must differ."""
     s.only("enabled", "outbound_port", "inbound_port")
     config = CaptureConfig(
@@ -43,7 +40,7 @@ def parse_capture(s: _Section) -> CaptureConfig:
     return config
 
 
-def parse_outbound_traffic_policy(s: _Section) -> str:
+def parse_outbound_traffic_policy(s: Section) -> str:
     """`outbound_traffic_policy.mode`: ALLOW_ANY (the default, as Istio's) or REGISTRY_ONLY."""
     s.only("mode")
     mode = s.get("mode", str, ALLOW_ANY).upper()

@@ -1,7 +1,7 @@
 """The telemetry entries of `extension_providers` (Istio's meshConfig.extensionProviders of the
 access log and tracing kinds, in this config's snake_case) and `default_providers`
 (meshConfig.defaultProviders). The ext_authz entries of the same list are read by
-agent/authz_config.py, which leaves these alone.
+agent/config/authz.py, which leaves these alone.
 
 Unlike an ext_authz entry, a wrong telemetry entry is a config error (file:line and field):
 it only ever adds logs or spans, so refusing the config costs nothing that served.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from meshagent.agent.config import _duration_ms, _hostname, _resolve, _Section
+from meshagent.agent.config.section import Section, duration_ms, hostname, resolve_path
 from meshagent.model.telemetry import (
     DEV_STDOUT,
     FileAccessLogProvider,
@@ -45,7 +45,7 @@ def is_telemetry_entry(item: Any) -> bool:
     return isinstance(item, dict) and any(k in item for k in (*TELEMETRY_KINDS, *UNSUPPORTED_KINDS))
 
 
-def parse_telemetry_providers(root: _Section, base: Path) -> tuple[TelemetryProvider, ...]:
+def parse_telemetry_providers(root: Section, base: Path) -> tuple[TelemetryProvider, ...]:
     """The telemetry entries of `extension_providers` (Istio's built-in `envoy`, the file
     logger on /dev/stdout, needs none: the translator knows it)."""
     out: list[TelemetryProvider] = []
@@ -53,8 +53,8 @@ def parse_telemetry_providers(root: _Section, base: Path) -> tuple[TelemetryProv
     for i, item in enumerate(root.get("extension_providers", list, [])):
         if not is_telemetry_entry(item):
             continue
-        s = _Section(item, root.path(f"extension_providers[{i}]"), root.lines, root.filename)
-        name = _hostname(s, "name", "")
+        s = root.child(f"extension_providers[{i}]", item)
+        name = hostname(s, "name", "")
         if name in seen:
             raise s.error(f"provider {name!r} is defined twice", "name")
         seen.add(name)
@@ -64,7 +64,7 @@ def parse_telemetry_providers(root: _Section, base: Path) -> tuple[TelemetryProv
     return tuple(out)
 
 
-def _entry(s: _Section, name: str, base: Path) -> TelemetryProvider | None:
+def _entry(s: Section, name: str, base: Path) -> TelemetryProvider | None:
     kinds = [k for k in (*TELEMETRY_KINDS, *UNSUPPORTED_KINDS) if s.data.get(k) is not None]
     s.only("name", *TELEMETRY_KINDS, *UNSUPPORTED_KINDS)
     if len(kinds) != 1:
@@ -96,11 +96,11 @@ def _entry(s: _Section, name: str, base: Path) -> TelemetryProvider | None:
     return _tracer(name, kind, body)
 
 
-def _file(name: str, s: _Section, base: Path) -> FileAccessLogProvider:
+def _file(name: str, s: Section, base: Path) -> FileAccessLogProvider:
     s.only("path", "log_format", "omit_empty_values")
     path = s.get("path", str, DEV_STDOUT).strip() or DEV_STDOUT
     if not path.startswith("/dev/"):
-        path = str(_resolve(base, path))
+        path = str(resolve_path(base, path))
     text, labels = _log_format(s, json_default=None)
     return FileAccessLogProvider(
         name=name,
@@ -112,7 +112,7 @@ def _file(name: str, s: _Section, base: Path) -> FileAccessLogProvider:
 
 
 def _log_format(
-    s: _Section, json_default: tuple[tuple[str, str], ...] | None
+    s: Section, json_default: tuple[tuple[str, str], ...] | None
 ) -> tuple[str, tuple[tuple[str, str], ...] | None]:
     """log_format: {text: "..."} or {labels: {key: "%FORMAT%"}} (JSON; {} means Istio's
     default JSON keys). Neither: Istio's default text format."""
@@ -130,13 +130,13 @@ def _log_format(
     return f.get("text", str, ""), json_default
 
 
-def _service(s: _Section) -> str:
+def _service(s: Section) -> str:
     if not s.data.get("service"):
         raise s.error("is required (a mesh service: host or namespace/host)", "service")
-    return _hostname(s, "service", "")
+    return hostname(s, "service", "")
 
 
-def _tracer(name: str, kind: str, s: _Section) -> TracingProvider:
+def _tracer(name: str, kind: str, s: Section) -> TracingProvider:
     if kind == ZIPKIN:
         s.only("service", "port", "max_tag_length", "path", "enable_64bit_trace_id")
         path = s.get("path", str, "/api/v2/spans") or "/api/v2/spans"
@@ -154,7 +154,7 @@ def _tracer(name: str, kind: str, s: _Section) -> TracingProvider:
     s.only("service", "port", "max_tag_length", "grpc")
     grpc = s.section("grpc")
     grpc.only("timeout")
-    timeout = _duration_ms(grpc, "timeout", "0", 0) if grpc.data.get("timeout") else 0
+    timeout = duration_ms(grpc, "timeout", "0", 0) if grpc.data.get("timeout") else 0
     return TracingProvider(
         name=name,
         kind=kind,
@@ -165,14 +165,14 @@ def _tracer(name: str, kind: str, s: _Section) -> TracingProvider:
     )
 
 
-def _tag_length(s: _Section) -> int:
+def _tag_length(s: Section) -> int:
     value = s.get("max_tag_length", int, 0)
     if not 0 <= value <= 2**32 - 1:
         raise s.error("must be 0 or more", "max_tag_length")
     return value
 
 
-def parse_default_providers(root: _Section) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def parse_default_providers(root: Section) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """`default_providers`: (access_logging, tracing) provider names; `metrics` is accepted
     and has no effect (no istio.stats filter in stock Envoy)."""
     s = root.section("default_providers")
@@ -180,7 +180,7 @@ def parse_default_providers(root: _Section) -> tuple[tuple[str, ...], tuple[str,
     return _names(s, "access_logging"), _names(s, "tracing")
 
 
-def _names(s: _Section, key: str) -> tuple[str, ...]:
+def _names(s: Section, key: str) -> tuple[str, ...]:
     values = s.get(key, list, [])
     if not all(isinstance(v, str) and v.strip() for v in values):
         raise s.error("must be a list of provider names", key)

@@ -1,16 +1,13 @@
-"""The `sources.kubernetes` section of the agent config (parsed with config.py's _Section)."""
+"""The `sources.kubernetes` section of the agent config."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from meshagent.adapters.kubernetes import ALL_KINDS, KubeOptions
+from meshagent.agent.config.section import Section, duration_ms, optional_path
 from meshagent.normalize.kubernetes import KubeMapping
-
-if TYPE_CHECKING:
-    from meshagent.agent.config import _Section
 
 KEYS = (
     "kubeconfig",
@@ -47,10 +44,10 @@ class KubeSourceConfig:
         return (node_namespace,) if node_type == "router" else ()
 
 
-def parse_kubernetes(s: _Section, base: Path) -> KubeSourceConfig:
+def parse_kubernetes(s: Section, base: Path) -> KubeSourceConfig:
     """sources.kubernetes, validated; relative file paths resolve against base."""
     s.only(*KEYS)
-    kubeconfig, server = _file(s, "kubeconfig", base), s.opt("server", str)
+    kubeconfig, server = optional_path(s, "kubeconfig", base), s.opt("server", str)
     if server is not None and not server.startswith(("http://", "https://")):
         raise s.error("must be an http:// or https:// URL", "server")
     if kubeconfig is None and server is None and s.opt("token_file", str) is not None:
@@ -68,13 +65,13 @@ def parse_kubernetes(s: _Section, base: Path) -> KubeSourceConfig:
         kubeconfig=kubeconfig,
         context=s.opt("context", str),
         server=server,
-        token_file=_file(s, "token_file", base),
-        ca_file=_file(s, "ca_file", base),
+        token_file=optional_path(s, "token_file", base),
+        ca_file=optional_path(s, "ca_file", base),
         insecure_skip_verify=s.get("insecure_skip_verify", bool, False),
         namespaces=tuple(namespaces),
         kinds=tuple(kinds),
-        watch_timeout_s=max(_seconds(s, "watch_timeout", "1m", 1_000, 3_600_000) // 1000, 1),
-        resync_s=_seconds(s, "resync", "0s", 0, 86_400_000) / 1000,
+        watch_timeout_s=max(duration_ms(s, "watch_timeout", "1m", 1_000, 3_600_000) // 1000, 1),
+        resync_s=duration_ms(s, "resync", "0s", 0, 86_400_000) / 1000,
     )
     mapping = KubeMapping(
         cluster_domain=s.get("cluster_domain", str, "cluster.local"),
@@ -84,7 +81,7 @@ def parse_kubernetes(s: _Section, base: Path) -> KubeSourceConfig:
     return KubeSourceConfig(options, mapping, _secrets(s))
 
 
-def _secrets(s: _Section) -> tuple[str, ...] | None:
+def _secrets(s: Section) -> tuple[str, ...] | None:
     """sources.kubernetes.secrets: "auto" (default), false (never), or namespaces."""
     value = s.data.get("secrets", "auto")
     if value == "auto":
@@ -94,15 +91,3 @@ def _secrets(s: _Section) -> tuple[str, ...] | None:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise s.error('must be "auto", false, or a list of namespaces', "secrets")
     return tuple(value)
-
-
-def _seconds(s: _Section, key: str, default: str, low_ms: int, high_ms: int) -> int:
-    """A duration field in milliseconds, within [low_ms, high_ms]."""
-    from meshagent.agent.config import _duration_ms  # it imports this module's types
-
-    return _duration_ms(s, key, default, low_ms, high_ms)
-
-
-def _file(s: _Section, key: str, base: Path) -> Path | None:
-    value = s.opt(key, str)
-    return (base / Path(value).expanduser()).absolute() if value else None

@@ -20,11 +20,10 @@ one scrape with the agent's metrics, Envoy's (its admin `/stats/prometheus`) and
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from meshagent.agent.config import AgentConfig, _Section
+from meshagent.agent.config.section import Section, bounded, duration_ms, ip
 
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 
@@ -54,9 +53,8 @@ class MetricsConfig:
     max_bytes: int = DEFAULT_MAX_BYTES
 
 
-def parse_metrics(s: _Section) -> MetricsConfig:
+def parse_metrics(s: Section) -> MetricsConfig:
     """`metrics:` (see the module docstring)."""
-    from meshagent.agent.config import _bounded, _duration_ms
 
     s.only("merge", "envoy", "app", "timeout", "max_bytes")
     app = None
@@ -66,23 +64,19 @@ def parse_metrics(s: _Section) -> MetricsConfig:
         merge=s.get("merge", bool, True),
         envoy=s.get("envoy", bool, True),
         app=app,
-        timeout_ms=_duration_ms(s, "timeout", "5s", 100, 120_000),
-        max_bytes=_bounded(s, "max_bytes", DEFAULT_MAX_BYTES, 4096, 1 << 31),
+        timeout_ms=duration_ms(s, "timeout", "5s", 100, 120_000),
+        max_bytes=bounded(s, "max_bytes", DEFAULT_MAX_BYTES, 4096, 1 << 31),
     )
 
 
-def _app(s: _Section) -> AppMetricsTarget:
+def _app(s: Section) -> AppMetricsTarget:
     s.only("port", "path", "scheme", "address")
     if "port" not in s.data:
         raise s.error("is required (the application's metrics port)", "port")
     path = s.get("path", str, "/metrics")
     if not path.startswith("/") or any(c.isspace() or ord(c) < 32 for c in path):
         raise s.error("must be a URL path starting with / and without spaces", "path")
-    address = s.get("address", str, "127.0.0.1")
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        raise s.error(f"{address!r} is not an IP address", "address") from None
+    address = ip(s, "address", s.get("address", str, "127.0.0.1"))
     return AppMetricsTarget(
         port=s.port("port", 0, zero_ok=False),
         path=path,
@@ -91,21 +85,14 @@ def _app(s: _Section) -> AppMetricsTarget:
     )
 
 
-def check_metrics(s: _Section, config: AgentConfig) -> None:
-    """Refuse an application endpoint that is the agent's merged endpoint itself (each scrape
-    would fetch itself, as Istio refuses prometheus.io/port equal to its status port) or
-    Envoy's admin (already merged)."""
-    app = config.metrics.app
+def check_metrics(
+    s: Section, app: AppMetricsTarget | None, listeners: Iterable[tuple[str, int, str]]
+) -> None:
+    """Refuse an application endpoint that is one of the agent's listeners (address, port,
+    what it is): the merged endpoint itself (each scrape would fetch itself, as Istio refuses
+    prometheus.io/port equal to its status port) or Envoy's admin (already merged)."""
     if app is None:
         return
-    listeners = (
-        (config.admin.address, config.admin.port, "the agent's admin port (the merged endpoint)"),
-        (
-            config.envoy.admin_address,
-            config.envoy.admin_port,
-            "Envoy's admin port (merged already)",
-        ),
-    )
     for address, port, what in listeners:
         if app.port == port and _same_host(app.address, address):
             raise s.section("app").error(f"{app.port} is {what}", "port")

@@ -1,6 +1,6 @@
 """The `join:` section of the agent config: join an Istio mesh from a join directory.
 
-`apply_join` turns the directory's facts into the settings the rest of the agent already
+`apply_join` (core.py) turns the directory's facts into the settings the rest of the agent already
 understands: `ca` in upstream mode (the mesh CA's address, istio-token, root-cert.pem; the trust
 domain from cluster.env), one workload with the VM's namespace, service account, labels and
 ports, the node's namespace, and its locality (from the `topology.istio.io/locality` or
@@ -13,15 +13,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from meshagent.agent.config.section import Section, duration_ms, ip, is_locality, resolve_path
 from meshagent.ca.settings import CaConfig, CaUpstreamConfig
+from meshagent.errors import ConfigError
 from meshagent.model.proxy import InboundPort, LocalWorkload
 from meshagent.model.services import KNOWN_PROTOCOLS
 from meshagent.onboard.joindir import JoinInfo, read_join_dir
-
-if TYPE_CHECKING:
-    from meshagent.agent.config import AgentConfig, _Section
 
 KEYS = ("dir", "workload_group", "cleanup_grace", "address", "ca_address", "kubernetes")
 
@@ -47,13 +45,10 @@ class JoinConfig:
     kubernetes: KubeApiConfig | None = None
 
 
-def parse_join(s: _Section, base: Path) -> JoinConfig:
+def parse_join(s: Section, base: Path) -> JoinConfig:
     """Read `join:` and its directory; ConfigError with file:line and field when wrong."""
-    from meshagent.agent.config import _duration_ms, _ip, _resolve
-    from meshagent.errors import ConfigError
-
     s.only(*KEYS)
-    directory = _resolve(base, s.get("dir", str, "/etc/istio-join"))
+    directory = resolve_path(base, s.get("dir", str, "/etc/istio-join"))
     try:
         info = read_join_dir(directory)
     except ConfigError as exc:
@@ -61,19 +56,18 @@ def parse_join(s: _Section, base: Path) -> JoinConfig:
     override = s.opt("ca_address", str)
     if override:
         info = dataclasses.replace(info, ca_address=override, ca_dial=override)
-    grace_ms = _duration_ms(s, "cleanup_grace", "10s", 0)
+    grace_ms = duration_ms(s, "cleanup_grace", "10s", 0)
     address = s.opt("address", str) or info.address
     return JoinConfig(
         info=info,
         workload_group=s.get("workload_group", str, info.auto_register_group),
         cleanup_grace_s=grace_ms / 1000.0,
-        address=_ip(s, "address", address) if address else "",
+        address=ip(s, "address", address) if address else "",
         kubernetes=_kube(s.section("kubernetes"), base) if s.data.get("kubernetes") else None,
     )
 
 
-def _kube(s: _Section, base: Path) -> KubeApiConfig:
-    from meshagent.agent.config import _resolve
+def _kube(s: Section, base: Path) -> KubeApiConfig:
 
     s.only("server", "token_file", "ca_file", "kubeconfig")
     paths = {k: s.opt(k, str) for k in ("token_file", "ca_file", "kubeconfig")}
@@ -81,7 +75,7 @@ def _kube(s: _Section, base: Path) -> KubeApiConfig:
         raise s.error("needs server (with token_file) or kubeconfig", "server")
     return KubeApiConfig(
         server=s.get("server", str, ""),
-        **{k: _resolve(base, v) if v else None for k, v in paths.items()},
+        **{k: resolve_path(base, v) if v else None for k, v in paths.items()},
     )
 
 
@@ -107,7 +101,6 @@ LOCALITY_LABELS = ("topology.istio.io/locality", "istio-locality")
 
 def join_locality(info: JoinInfo) -> str:
     """The VM's locality from its join labels ("" when none, or not a valid locality)."""
-    from meshagent.agent.config import is_locality
 
     labels = dict(info.labels)
     for key in LOCALITY_LABELS:
@@ -141,31 +134,3 @@ def join_ca(info: JoinInfo, state_dir: Path) -> CaConfig:
             server_name=info.ca_host if dialled_elsewhere else None,
         ),
     )
-
-
-def apply_join(config: AgentConfig, join: JoinConfig) -> AgentConfig:
-    """config with the join directory's CA, workload and namespace filled in."""
-    info = join.info
-    node = config.node
-    if node.namespace == "default":
-        node = dataclasses.replace(node, namespace=info.namespace)
-    if not node.locality:
-        node = dataclasses.replace(node, locality=join_locality(info))
-    return dataclasses.replace(
-        config,
-        node=node,
-        network=config.network or info.network,
-        ca=config.ca or join_ca(info, config.state_dir),
-        workloads=config.workloads or (join_workload(info),),
-        join=join,
-    )
-
-
-def join_from_dir(config: AgentConfig, directory: Path) -> AgentConfig:
-    """`meshagent run --join DIR`: config joined through DIR (keeping its other join settings)."""
-    info = read_join_dir(directory.absolute())
-    if config.join is not None:
-        join = dataclasses.replace(config.join, info=info)
-    else:
-        join = JoinConfig(info=info, workload_group=info.auto_register_group, address=info.address)
-    return apply_join(config, join)

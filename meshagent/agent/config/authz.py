@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from envoy.type.v3 import http_status_pb2
 
-from meshagent.agent.config import _duration_ms, _hostname, _Section
+from meshagent.agent.config.section import Section, duration_ms, hostname
+from meshagent.agent.config.telemetry import is_telemetry_entry
 from meshagent.errors import ConfigError
 from meshagent.model.identity import InvalidIdentity, check_name
 from meshagent.model.proxy import ExtAuthzProvider, RequestBody
@@ -44,17 +45,15 @@ _STATUS_CODES = frozenset(http_status_pb2.StatusCode.values()) - {0}
 DEFAULT_TIMEOUT = "600s"  # Istio's default
 
 
-def parse_extension_providers(root: _Section) -> tuple[ExtAuthzProvider, ...]:
+def parse_extension_providers(root: Section) -> tuple[ExtAuthzProvider, ...]:
     """`extension_providers`: the valid entries, and the invalid ones with their problem."""
     out: list[ExtAuthzProvider] = []
-    from meshagent.agent.telemetry_config import is_telemetry_entry
-
     for i, item in enumerate(root.get("extension_providers", list, [])):
-        if is_telemetry_entry(item):  # access log and tracing kinds: telemetry_config.py
+        if is_telemetry_entry(item):  # access log and tracing kinds: telemetry.py
             continue
         name = str(item.get("name") or "") if isinstance(item, dict) else ""
         try:
-            s = _Section(item, root.path(f"extension_providers[{i}]"), root.lines, root.filename)
+            s = root.child(f"extension_providers[{i}]", item)
             provider = _entry(s, [p.name for p in out])
         except ConfigError as exc:
             provider = ExtAuthzProvider(name=name, kind="", problem=str(exc))
@@ -62,9 +61,9 @@ def parse_extension_providers(root: _Section) -> tuple[ExtAuthzProvider, ...]:
     return tuple(out)
 
 
-def _entry(s: _Section, seen: Sequence[str]) -> ExtAuthzProvider:
+def _entry(s: Section, seen: Sequence[str]) -> ExtAuthzProvider:
     s.only("name", *_KINDS)
-    name = _hostname(s, "name", "")
+    name = hostname(s, "name", "")
     if name in seen:  # Istio keeps the last entry, marked invalid
         raise s.error(f"provider {name!r} is defined twice", "name")
     kinds = [k for k in _KINDS if s.data.get(k) is not None]
@@ -73,18 +72,18 @@ def _entry(s: _Section, seen: Sequence[str]) -> ExtAuthzProvider:
     return _provider(name, _KINDS[kinds[0]], s.section(kinds[0]))
 
 
-def _provider(name: str, kind: str, s: _Section) -> ExtAuthzProvider:
+def _provider(name: str, kind: str, s: Section) -> ExtAuthzProvider:
     s.only(*_COMMON, *(_HTTP_ONLY if kind == "http" else ()))
     if not s.data.get("service"):
         raise s.error(
             "is required (the authorizer's mesh service: host or namespace/host)", "service"
         )
-    timeout = _duration_ms(s, "timeout", DEFAULT_TIMEOUT, 1)
+    timeout = duration_ms(s, "timeout", DEFAULT_TIMEOUT, 1)
     headers = _names(s, "include_request_headers_in_check") or _names(s, "include_headers_in_check")
     return ExtAuthzProvider(
         name=name,
         kind=kind,
-        service=_hostname(s, "service", ""),
+        service=hostname(s, "service", ""),
         port=_port(s),
         timeout_ms=timeout,
         fail_open=s.get("fail_open", bool, False),
@@ -99,7 +98,7 @@ def _provider(name: str, kind: str, s: _Section) -> ExtAuthzProvider:
     )
 
 
-def _port(s: _Section) -> int:
+def _port(s: Section) -> int:
     """Istio's uint32 port, given as a number or a string of digits (as in meshConfig)."""
     value = s.data.get("port")
     if isinstance(value, str) and value.strip().isdigit():
@@ -109,7 +108,7 @@ def _port(s: _Section) -> int:
     return value
 
 
-def _status(s: _Section) -> int | None:
+def _status(s: Section) -> int | None:
     """statusOnError: a string in Istio (`"503"`); a number is taken too. It must be one of
     Envoy's HTTP status codes. Not set: Envoy's default (403)."""
     value = s.data.get("status_on_error")
@@ -123,14 +122,14 @@ def _status(s: _Section) -> int | None:
     return int(text)
 
 
-def _path_prefix(s: _Section) -> str:
+def _path_prefix(s: Section) -> str:
     value = s.get("path_prefix", str, "")
     if value and not value.startswith("/"):
         raise s.error('must start with "/"', "path_prefix")
     return value
 
 
-def _names(s: _Section, key: str) -> tuple[str, ...]:
+def _names(s: Section, key: str) -> tuple[str, ...]:
     """Header names; `x-*` and `*-y` are prefix and suffix patterns, `*` alone is refused."""
     values: Sequence[Any] = s.get(key, list, [])
     if not all(isinstance(v, str) and v.strip() for v in values):
@@ -140,7 +139,7 @@ def _names(s: _Section, key: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in values)
 
 
-def _additional(s: _Section) -> tuple[tuple[str, str], ...]:
+def _additional(s: Section) -> tuple[tuple[str, str], ...]:
     values = s.get("include_additional_headers_in_check", dict, {})
     if not all(isinstance(k, str) and k.strip() and isinstance(v, str) for k, v in values.items()):
         raise s.error(
@@ -149,7 +148,7 @@ def _additional(s: _Section) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k.strip(), v) for k, v in values.items()))
 
 
-def _body(s: _Section) -> RequestBody | None:
+def _body(s: Section) -> RequestBody | None:
     if s.data.get("include_request_body_in_check") is None:
         return None
     body = s.section("include_request_body_in_check")
@@ -164,7 +163,7 @@ def _body(s: _Section) -> RequestBody | None:
     )
 
 
-def parse_trust_domain_aliases(root: _Section) -> tuple[str, ...]:
+def parse_trust_domain_aliases(root: Section) -> tuple[str, ...]:
     """`trust_domain_aliases`: trust domains that count as this mesh's in authorization."""
     values = root.get("trust_domain_aliases", list, [])
     out: list[str] = []

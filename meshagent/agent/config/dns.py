@@ -17,10 +17,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from meshagent.agent.config import _Section
+from meshagent.agent.config.section import Section, ip
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +35,7 @@ class DnsConfig:
     upstream_timeout_ms: int = 2000
 
 
-def parse_dns(s: _Section, base: Path) -> DnsConfig:
+def parse_dns(s: Section, base: Path) -> DnsConfig:
     """`dns:` (see the module docstring)."""
     s.only(
         "enabled",
@@ -50,7 +48,7 @@ def parse_dns(s: _Section, base: Path) -> DnsConfig:
         "upstream_timeout_ms",
     )
     address = s.get("address", str, "127.0.0.1")
-    _check_ip(s, "address", address)
+    ip(s, "address", address)
     upstreams = None
     if s.data.get("upstreams") is not None:
         upstreams = tuple(
@@ -74,14 +72,7 @@ def parse_dns(s: _Section, base: Path) -> DnsConfig:
     )
 
 
-def _check_ip(s: _Section, key: str, value: str) -> None:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise s.error(f"{value!r} is not an IP address", key) from None
-
-
-def _upstream(s: _Section, index: int, item: object) -> tuple[str, int]:
+def _upstream(s: Section, index: int, item: object) -> tuple[str, int]:
     key = f"upstreams[{index}]"
     if not isinstance(item, str) or not item:
         raise s.error('must be "IP" or "IP:port"', key)
@@ -92,11 +83,11 @@ def _upstream(s: _Section, index: int, item: object) -> tuple[str, int]:
     host, sep, port = item.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
         raise s.error(f'{item!r} is not "IP" or "IP:port"', key)
-    _check_ip(s, key, host.strip("[]"))
+    ip(s, key, host.strip("[]"))
     return str(ipaddress.ip_address(host.strip("[]"))), int(port)
 
 
-def _domain(s: _Section, index: int, item: object) -> str:
+def _domain(s: Section, index: int, item: object) -> str:
     if not isinstance(item, str) or not item.strip(".") or any(c.isspace() for c in item):
         raise s.error("must be a domain name", f"search_domains[{index}]")
     return item.strip(".").lower()
