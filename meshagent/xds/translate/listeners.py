@@ -5,7 +5,7 @@ carries the fault, CORS and router filters whether or not a route uses them (as 
 that adding a fault or CORS policy only changes routes and never drains a listener. Unlike
 Istio's, fault and CORS are disabled by default: a route's typed_per_filter_config (its fault
 or CORS policy) enables them for that route, and the requests of other routes never enter them
-(they cost about 1 µs of Envoy CPU per request, ~3% of a minimal proxy's; README "What the
+(running them cost 1-2 µs of Envoy CPU per request, 3-6% of a minimal proxy's; README "What the
 generated config costs per request").
 TCP: only where the agent config binds a (host, port) to a local address (TcpBinding), since a
 TCP stream carries no host name to route on.
