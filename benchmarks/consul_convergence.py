@@ -34,8 +34,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.integration.mesh_harness import MeshHarness, mesh_harness, wait_until
-from tests.net_helpers import free_port
+from meshagent.testing.loopback import free_port
+from meshagent.testing.mesh_harness import MeshHarness, mesh_harness, wait_until
 
 LOG_LEVEL = "warning"
 

@@ -1,51 +1,9 @@
-"""Waiting for a condition with a deadline, never a bare sleep."""
+"""Waiting for a condition with a deadline, never a bare sleep: the tests' one polling helper.
 
-from __future__ import annotations
+It lives in meshagent/testing/polling.py so that the harness there and the benchmarks use the
+same code; tests import it from here.
+"""
 
-import asyncio
-import time
-from collections.abc import Callable
-from typing import TypeVar
+from meshagent.testing.polling import async_wait_for, wait_for
 
-T = TypeVar("T")
-
-
-def wait_for(predicate: Callable[[], T], *, timeout: float = 15.0, what: str = "") -> T:
-    """Poll `predicate` until it returns something truthy; AssertionError after `timeout` s.
-
-    Exceptions raised by the predicate count as "not yet" and the last one is reported.
-    """
-    deadline = time.monotonic() + timeout
-    delay, last = 0.02, ""
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-            last = repr(value)
-        except Exception as error:  # the condition may fail while things start up
-            last = repr(error)
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}: {last}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
-
-
-async def async_wait_for(
-    predicate: Callable[[], T], *, timeout: float = 15.0, what: str = "", blocking: bool = False
-) -> T:
-    """`wait_for` for async tests; `blocking=True` runs each poll in a thread (for I/O)."""
-    deadline = time.monotonic() + timeout
-    delay, last = 0.02, ""
-    while True:
-        try:
-            value = await asyncio.to_thread(predicate) if blocking else predicate()
-            if value:
-                return value
-            last = repr(value)
-        except Exception as error:  # the condition may fail while things start up
-            last = repr(error)
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}: {last}")
-        await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
+__all__ = ["async_wait_for", "wait_for"]

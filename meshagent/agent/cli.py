@@ -50,31 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     val.add_argument("--domain-suffix", default="cluster.local", help="default: cluster.local")
     val.add_argument("--namespace", default="default", help="namespace of resources without one")
-    dev = sub.add_parser("dev", help="demos and simulators for trying meshagent on one machine")
-    dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="DEV_COMMAND")
-    quick = dev_sub.add_parser(
-        "quickstart", help="demo services + agent + managed Envoy on loopback (Ctrl-C stops)"
-    )
-    quick.add_argument(
-        "--config",
-        "-c",
-        type=Path,
-        default=Path("examples/quickstart/agent.yaml"),
-        help="agent config; demo-apps.yaml beside it lists the demo services",
-    )
-    quick.add_argument(
-        "--consul-sim",
-        type=Path,
-        default=None,
-        metavar="DATA.json",
-        help="also run a Consul simulator at sources.consul.address, seeded from this file",
-    )
-    from meshagent.testing.consul_sim import add_parser as add_consul_sim_parser
+    from meshagent.agent.dev_cli import add_parsers as add_dev_parsers
 
-    add_consul_sim_parser(dev_sub)  # dev consul-sim
-    from meshagent.testing.kube_sim import add_parser as add_kube_sim_parser
-
-    add_kube_sim_parser(dev_sub)  # dev kube-sim
+    add_dev_parsers(sub)  # dev quickstart|consul-sim|kube-sim
     from meshagent.agent.ca_cli import add_parsers as add_ca_parsers
 
     add_ca_parsers(sub)  # ca init|issue|show, token create, certs
@@ -117,13 +95,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "vm":
             from meshagent.onboard import vm_cli
 
-            return vm_cli.run(args)
+            return vm_cli.run(args, kube_source=_kube_source_options)
         if args.command in ("explain", "diff"):
             from meshagent.insight import explain_cli
 
             return explain_cli.run(args, sys.stdout, sys.stderr)
         if args.command == "dev":
-            return _dev(args)
+            from meshagent.agent import dev_cli
+
+            return dev_cli.run(args)
         if args.command == "analyze":
             from meshagent.insight import cli as analyze_cli
 
@@ -172,19 +152,13 @@ def _bootstrap(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _dev(args: argparse.Namespace) -> int:
-    from meshagent.testing.quickstart import run_quickstart
+def _kube_source_options(path: Path) -> object | None:
+    """The sources.kubernetes options of the agent config at path (None: no such source), for
+    `vm configure --config`."""
+    from meshagent.agent.config import load_config
 
-    if args.dev_command == "consul-sim":
-        from meshagent.testing.consul_sim import run_cli
-
-        return run_cli(args)
-    if args.dev_command == "kube-sim":
-        from meshagent.testing.kube_sim import run_cli as run_kube_sim
-
-        return run_kube_sim(args)
-
-    return run_quickstart(args.config, consul_data=args.consul_sim)
+    source = load_config(path).sources.kubernetes
+    return None if source is None else source.options
 
 
 def _validate(args: argparse.Namespace, out: TextIO) -> int:

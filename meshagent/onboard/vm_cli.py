@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +64,20 @@ def _yaml_file(path: Path | None, what: str) -> dict[str, Any]:
     return data
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run `vm configure`; ConfigError / OSError reach the CLI's one-line error handler."""
+KubeSourceLoader = Callable[[Path], Any]
+"""Reads an agent config file and returns its sources.kubernetes options, or None when it has
+no Kubernetes source. Given by the CLI layer, which owns the agent config: onboard sits below
+the agent and does not import it."""
+
+
+def run(args: argparse.Namespace, kube_source: KubeSourceLoader | None = None) -> int:
+    """Run `vm configure`; ConfigError / OSError reach the CLI's one-line error handler.
+    kube_source is needed only with --config."""
     group = _yaml_file(args.file, "a WorkloadGroup")
     if group.get("kind", "WorkloadGroup") != "WorkloadGroup":
         kind = group.get("kind")
         raise ConfigError(f"kind is {kind!r}, not WorkloadGroup", location=str(args.file))
-    mesh, root, token = _from_cluster(args, group) if args.config else ({}, b"", b"")
+    mesh, root, token = _from_cluster(args, group, kube_source) if args.config else ({}, b"", b"")
     inputs = VmInputs(
         workload_group=group,
         mesh_config=_yaml_file(args.mesh_config, "a MeshConfig") if args.mesh_config else mesh,
@@ -97,17 +105,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _from_cluster(
-    args: argparse.Namespace, group: dict[str, Any]
+    args: argparse.Namespace, group: dict[str, Any], kube_source: KubeSourceLoader | None
 ) -> tuple[dict[str, Any], bytes, bytes]:
     """(mesh config, root cert, token) from the cluster of the agent config's Kubernetes source:
     istio-system/istio[-<rev>]'s `mesh`, the group namespace's istio-ca-root-cert, and a
     TokenRequest (audience istio-ca) for the group's service account unless --token-file."""
-    from meshagent.agent.config import load_config
     from meshagent.onboard.cluster_inputs import read_cluster_inputs
 
-    source = load_config(args.config).sources.kubernetes
-    if source is None:
+    if kube_source is None:
+        raise ConfigError("--config is not available here", location=str(args.config))
+    options = kube_source(args.config)
+    if options is None:
         raise ConfigError("has no sources.kubernetes", location=str(args.config))
     return read_cluster_inputs(
-        source.options, group, args.istio_namespace, args.revision, need_token=not args.token_file
+        options, group, args.istio_namespace, args.revision, need_token=not args.token_file
     )

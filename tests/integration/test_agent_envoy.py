@@ -14,6 +14,7 @@ import pytest
 
 from meshagent.agent.config import load_config
 from meshagent.agent.daemon import Agent
+from tests.polling import async_wait_for
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart" / "mesh"
 DEADLINE_S = 30.0
@@ -36,15 +37,12 @@ def get(port: int, path: str) -> tuple[int, str]:
 
 
 async def wait_status(port: int, path: str, status: int) -> str:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE_S
-    while True:
-        code, body = await asyncio.to_thread(get, port, path)
-        if code == status:
-            return body
-        if loop.time() > deadline:
-            raise AssertionError(f"{path}: wanted {status}, last {code}: {body}")
-        await asyncio.sleep(0.1)
+    def answered() -> tuple[str] | None:  # a tuple: truthy even when the body is empty
+        code, body = get(port, path)
+        return (body,) if code == status else None
+
+    what = f"{path} answering {status}"
+    return (await async_wait_for(answered, timeout=DEADLINE_S, what=what, blocking=True))[0]
 
 
 @pytest.mark.envoy

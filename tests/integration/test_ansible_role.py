@@ -29,10 +29,13 @@ REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
 BIN = Path(sys.executable).parent
 
-pytestmark = pytest.mark.skipif(
-    not (BIN / "ansible-playbook").exists(),
-    reason="ansible-core not installed in the test virtualenv (pip install -e '.[dev]')",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (BIN / "ansible-playbook").exists(),
+        reason="ansible-core not installed in the test virtualenv (pip install -e '.[dev]')",
+    ),
+]
 
 MESH = """\
 apiVersion: networking.istio.io/v1

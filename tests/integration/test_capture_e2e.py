@@ -30,6 +30,7 @@ from tests.integration.mesh_harness import wait_until
 from tests.integration.mtls_hosts import envoy_available
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.envoy,
     pytest.mark.skipif(not envoy_available(), reason="envoy binary not installed"),
 ]

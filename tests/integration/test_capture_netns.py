@@ -25,6 +25,7 @@ EXCLUDED_UID = "4242"
 TOOLS = ("ip", "iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore", "nft")
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces"),
     pytest.mark.skipif(
         any(shutil.which(t) is None for t in TOOLS),

@@ -28,7 +28,7 @@ from tests.integration.mesh_harness import (
 from tests.integration.test_routing_e2e import _wheel_envoy
 from tests.sampling import assert_share
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 WEB = "web.service.consul"
 OUTAGE_S = 30.0

@@ -36,7 +36,7 @@ from tests.integration.mtls_hosts import envoy_available, issue, meshagent
 from tests.integration.test_gateway_e2e import Pki
 from tests.net_helpers import free_port
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 WAIT_S = 2.0
 EXTERNAL_DNS = "billing.example.com"

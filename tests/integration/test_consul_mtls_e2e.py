@@ -26,7 +26,7 @@ from tests.integration.mtls_hosts import (
     two_hosts,
 )
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 
 @pytest.fixture

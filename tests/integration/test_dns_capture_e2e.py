@@ -24,6 +24,7 @@ from tests.integration.mtls_hosts import envoy_available
 from tests.integration.netns import NOBODY
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.envoy,
     pytest.mark.skipif(not envoy_available(), reason="envoy binary not installed"),
 ]

@@ -23,6 +23,7 @@ from meshagent.normalize.vips import home_slot, slot_addresses
 from tests.integration.netns import NOBODY, Netns, namespaces, require_netns
 from tests.polling import wait_for
 
+pytestmark = pytest.mark.slow
 B_IP = "10.81.0.2"
 MESH = """\
 apiVersion: networking.istio.io/v1

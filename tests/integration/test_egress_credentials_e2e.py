@@ -18,6 +18,7 @@ from tests.credential_helpers import CA_PEM, Pem, server_cert, write_credential
 from tests.integration.mesh_harness import MeshHarness, _get, mesh_harness, wait_until
 from tests.net_helpers import free_port
 
+pytestmark = pytest.mark.slow
 HOST = "api.example.com"
 GATEWAY_PORT = free_port()
 

@@ -12,7 +12,7 @@ import pytest
 from tests.integration.mesh_harness import MeshHarness, wait_until
 from tests.integration.test_lifecycle_e2e import HOST, mesh_docs, start
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 
 def lua_filter(code: str) -> str:

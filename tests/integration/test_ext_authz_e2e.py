@@ -20,7 +20,7 @@ from tests.integration.mesh_harness import MeshHarness, Reply, _get, mesh_harnes
 from tests.integration.mtls_hosts import B_ADDRESS, envoy_available, workload
 from tests.net_helpers import free_port
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 AUTHZ_HOST = "ext-authz.shop.svc.cluster.local"
 

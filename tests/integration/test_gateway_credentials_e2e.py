@@ -20,6 +20,7 @@ from tests.credential_helpers import CA_PEM, Pem, secret_body, server_cert, writ
 from tests.integration.mesh_harness import MeshHarness, mesh_harness, wait_until
 from tests.net_helpers import free_port
 
+pytestmark = pytest.mark.slow
 HOST = "shop.example.com"
 LISTENER_PORT = free_port()
 MUTUAL_PORT = free_port()

@@ -46,7 +46,7 @@ from tests.integration.mesh_harness import MeshHarness, mesh_harness, wait_until
 from tests.net_helpers import free_port
 from tests.polling import async_wait_for
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 API = "api.shop.internal"
 WEB = "web.shop.internal"

@@ -45,7 +45,7 @@ from tests.integration.tls_backends import LoopbackCa, TlsServer
 from tests.net_helpers import free_port
 from tests.polling import async_wait_for
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 TD = "cluster.local"
 
 

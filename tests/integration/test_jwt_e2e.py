@@ -21,7 +21,7 @@ from tests.integration.mtls_hosts import envoy_available, workload
 from tests.jwt_tokens import Issuer
 from tests.net_helpers import free_port
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 ISS = "https://login.example.org"
 AUD = "echo-api"

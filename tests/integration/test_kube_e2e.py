@@ -29,7 +29,7 @@ from tests.integration.mesh_harness import (
 )
 from tests.integration.test_routing_e2e import _wheel_envoy
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 WEB = "web.default.svc.cluster.local"
 OUTAGE_S = 30.0

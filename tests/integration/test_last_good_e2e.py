@@ -13,7 +13,7 @@ import pytest
 from tests.integration.mesh_harness import MeshHarness, wait_until
 from tests.integration.test_lifecycle_e2e import mesh_docs, served, start
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 
 def always_v1(h: MeshHarness) -> bool:

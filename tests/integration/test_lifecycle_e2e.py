@@ -15,7 +15,7 @@ import pytest
 
 from tests.integration.mesh_harness import MeshHarness, mesh_harness, wait_until
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 HOST = "app.default.svc.cluster.local"
 

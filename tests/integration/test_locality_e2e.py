@@ -22,7 +22,7 @@ from tests.integration.mesh_harness import (
 )
 from tests.sampling import assert_share
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 FAILOVER = "failover.default.svc.cluster.local"
 SPLIT = "split.default.svc.cluster.local"

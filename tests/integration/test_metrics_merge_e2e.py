@@ -8,7 +8,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import urllib.error
@@ -23,16 +22,12 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from meshagent.agent.config import load_config
 from meshagent.agent.daemon import Agent
+from tests.net_helpers import free_port
 from tests.polling import async_wait_for
 
+pytestmark = pytest.mark.slow
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart" / "mesh"
 DEADLINE_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

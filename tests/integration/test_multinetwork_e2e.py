@@ -18,7 +18,10 @@ from tests.integration.mesh_harness import mesh_harness, wait_until
 from tests.integration.mtls_hosts import B_ADDRESS, ECHO, envoy_available, meshagent, workload
 from tests.net_helpers import free_port
 
-pytestmark = pytest.mark.skipif(not envoy_available(), reason="no Envoy binary")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not envoy_available(), reason="no Envoy binary"),
+]
 SNI = f"outbound_.8080_._.{ECHO}"
 UNREACHABLE = "127.0.0.9"  # the pod's own address: nothing listens there on this host
 

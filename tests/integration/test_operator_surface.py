@@ -27,7 +27,7 @@ from meshagent.agent.opscli import admin_request
 from tests.net_helpers import free_port, http_get
 from tests.polling import wait_for
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 MESH = """\

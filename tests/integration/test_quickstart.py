@@ -22,7 +22,7 @@ from tests.integration.mesh_harness import REPO, _get, wait_until
 from tests.net_helpers import free_port
 from tests.sampling import assert_share
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 
 def _copy_example(tmp_path: Path, name: str) -> tuple[Path, dict[str, int], dict[int, int]]:
@@ -56,11 +56,16 @@ def _quickstart(tmp_path: Path, *args: str) -> Iterator[Path]:
     out = open(out_path, "wb")  # noqa: SIM115 - owned by the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "meshagent.agent.cli", "dev", "quickstart", *args],
-        cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+        cwd=REPO,
+        stdout=out,
+        stderr=subprocess.STDOUT,
     )
     try:
-        wait_until(lambda: b"quickstart is up" in out_path.read_bytes(), timeout=60,
-                   what="quickstart banner")
+        wait_until(
+            lambda: b"quickstart is up" in out_path.read_bytes(),
+            timeout=60,
+            what="quickstart banner",
+        )
         yield out_path
     finally:
         proc.send_signal(signal.SIGINT)
@@ -71,8 +76,9 @@ def _assert_canary_and_split(port: int, host: str) -> None:
     """Header x-canary: true always reaches v2; the rest splits 80/20 between v1 and v2."""
     canary = _get("127.0.0.1", port, "/", {"host": host, "x-canary": "true"})
     assert canary.headers["x-served-by"] == "hello-v2"
-    served = [_get("127.0.0.1", port, "/", {"host": host}).headers["x-served-by"]
-              for _ in range(400)]
+    served = [
+        _get("127.0.0.1", port, "/", {"host": host}).headers["x-served-by"] for _ in range(400)
+    ]
     assert_share(served.count("hello-v1"), 400, 0.8, "hello-v1")  # 280..360
 
 

@@ -4,8 +4,6 @@ and what Envoy would reject is a located validation error instead of a NACK.
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ from meshagent.model.regex import RE2
 from meshagent.normalize import Normalizer
 from meshagent.xds.bootstrap import build_bootstrap
 from meshagent.xds.translate import generate
-from tests.envoy_helpers import envoy_binary
+from tests.envoy_helpers import validate_bootstrap
 from tests.unit.normalize_helpers import upsert
 from tests.unit.test_translate_envoy import static_bootstrap
 from tests.unit.translate_inputs import resources_as_dict
@@ -69,16 +67,7 @@ def envoy_validates(snapshot: MeshSnapshot, tmp_path: Path, *, runtime: bool) ->
     if runtime:  # exactly what `meshagent bootstrap` writes
         ours = build_bootstrap(node_id="vm-1", cluster="meshagent", xds_uds_path="/tmp/x.sock")
         bootstrap["layered_runtime"] = ours["layered_runtime"]
-    config = tmp_path / "bootstrap.json"
-    config.write_text(json.dumps(bootstrap))
-    result = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(config), "--log-level", "error"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    return "" if result.returncode == 0 else result.stdout + result.stderr
+    return validate_bootstrap(bootstrap, tmp_path / "bootstrap.json")
 
 
 def test_istio_accepted_regex_passes_validation_and_envoy(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 from tests.integration.mesh_harness import MeshHarness, mesh_harness, wait_until
 from tests.sampling import assert_share
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 WEB = "web.default.svc.cluster.local"
 SHADOW = "shadow.default.svc.cluster.local"
@@ -211,6 +211,27 @@ def test_fault_abort(mesh: MeshHarness) -> None:
     apply_and_wait(mesh, "abort", virtual_service("abort", http))
 
     assert {mesh.request(WEB, "/abort").status for _ in range(5)} == {418}
+    assert mesh.request(WEB, "/other").status == 200  # a route without the fault
+
+
+def test_cors_preflight_is_answered_on_the_route_with_a_policy_only(mesh: MeshHarness) -> None:
+    # The CORS filter is off by default on the listener: the route's policy turns it on.
+    http = (
+        "  - match: [{uri: {prefix: /api}}]\n"
+        '    corsPolicy: {allowOrigins: [{exact: "https://a.example"}], allowMethods: [GET]}\n'
+        "    route: [{destination: {host: web.default.svc.cluster.local}}]\n"
+        + MARK
+        + "  - route: [{destination: {host: web.default.svc.cluster.local}}]\n"
+        + MARK
+    )
+    apply_and_wait(mesh, "cors", virtual_service("cors", http))
+    preflight = {"origin": "https://a.example", "access-control-request-method": "GET"}
+
+    allowed = mesh.request(WEB, "/api", preflight, method="OPTIONS")
+    elsewhere = mesh.request(WEB, "/other", preflight, method="OPTIONS")
+
+    assert allowed.headers.get("access-control-allow-origin") == "https://a.example"
+    assert "access-control-allow-origin" not in elsewhere.headers
 
 
 def test_fault_delay(mesh: MeshHarness) -> None:

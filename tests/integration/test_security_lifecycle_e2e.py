@@ -36,7 +36,7 @@ from tests.integration.mtls_hosts import (
 )
 from tests.net_helpers import free_port
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 ROTATIONS = 3
 ROTATION_DEADLINE_S = 70.0  # three renewals at 50% ± 5% of 30 s take at most 49.5 s

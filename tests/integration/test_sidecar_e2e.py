@@ -18,7 +18,7 @@ import pytest
 from tests.integration.mesh_harness import MeshHarness, mesh_harness, wait_until
 from tests.net_helpers import free_port
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 WEB = "web.default.svc.cluster.local"
 API = "api.default.svc.cluster.local"

@@ -28,7 +28,7 @@ from tests.envoy_helpers import kill_managed_envoy
 from tests.net_helpers import free_port, http_get
 from tests.polling import wait_for
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -26,7 +26,7 @@ from tests.integration.mesh_harness import MeshHarness, Reply, _get, mesh_harnes
 from tests.integration.mtls_hosts import B_ADDRESS, envoy_available
 from tests.net_helpers import free_port
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 HELLO = "hello.default.svc.cluster.local"
 TCP_ECHO = "tcp-echo.default.svc.cluster.local"

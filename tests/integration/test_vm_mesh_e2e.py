@@ -32,7 +32,7 @@ from tests.integration.mtls_hosts import (
 )
 from tests.integration.test_kube_mtls_e2e import echo_objects
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 ISTIOD = "istiod.istio-system.svc"
 VM_ID = "spiffe://mesh.example/ns/vmns/sa/vm-sa"

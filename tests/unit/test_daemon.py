@@ -21,6 +21,7 @@ from meshagent.agent.opscli import admin_request
 from meshagent.model.proxy import ProxySpec
 from meshagent.model.source import Diagnostic, Provenance, RawResource, SourceEvent
 from meshagent.xds.resources import ResourceSet
+from tests.polling import async_wait_for
 
 DEADLINE_S = 10.0
 
@@ -96,12 +97,7 @@ def write_config(tmp_path: Path, mesh_dir: str) -> Path:
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE_S
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+    await async_wait_for(condition, timeout=DEADLINE_S, what=what)
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:

@@ -27,6 +27,7 @@ from meshagent.agent.envoy_adopt import (
     write_pid_file,
 )
 from meshagent.errors import ConfigError
+from tests.polling import async_wait_for
 
 DEADLINE_S = 30.0
 
@@ -53,16 +54,7 @@ def admin_ready(port: int) -> bool:
 
 
 async def until(condition: Callable[[], Awaitable[bool] | bool], what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE_S
-    while loop.time() < deadline:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    await async_wait_for(condition, timeout=DEADLINE_S, what=what)
 
 
 def alive(pid: int) -> bool:

@@ -14,6 +14,7 @@ from meshagent.adapters.kube_watch import StreamState
 from meshagent.adapters.kubernetes import KubeOptions, KubernetesAdapter
 from meshagent.model.source import SourceEvent
 from meshagent.testing.kube_sim import KubeSim
+from tests.polling import async_wait_for
 
 
 def obj(name: str, rv: str, **spec: Any) -> dict[str, Any]:
@@ -57,10 +58,7 @@ async def _next(it: Any, timeout: float = 5.0) -> SourceEvent:
 
 
 async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+    await async_wait_for(condition, timeout=timeout, what="condition")
 
 
 async def test_adapter_survives_drop_410_and_outage(sim: KubeSim, tmp_path: Path) -> None:

@@ -32,6 +32,8 @@ HCM_NAMES = ("envoy.filters.network.http_connection_manager", "envoy.http_connec
 _ALIASES = DEPRECATED_FILTER_NAMES
 _HCM_URL = "type.googleapis.com/" + hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 _VIRTUAL = (names.VIRTUAL_INBOUND, names.VIRTUAL_OUTBOUND)
+# HTTP filters the outbound listeners carry disabled, enabled by the routes that configure them.
+_OFF_BY_DEFAULT = ("envoy.filters.http.fault", "envoy.filters.http.cors")
 
 
 def canonical(name: str) -> str:
@@ -288,6 +290,10 @@ def _merge_filter(
             target.name = value.name
         if value.HasField("typed_config"):
             merge_any(target.typed_config, value.typed_config, applied.patch.operation)
+            if isinstance(target, hcm_pb2.HttpFilter) and canonical(target.name) in _OFF_BY_DEFAULT:
+                # Istio runs fault and CORS on every route, meshagent only on the routes that
+                # configure them: config merged into the filter is meant for every route.
+                target.disabled = value.disabled
         touched.add(applied)
 
 

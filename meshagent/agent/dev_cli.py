@@ -1,20 +1,28 @@
-"""`meshagent dev quickstart`: demo services + the agent + a managed Envoy, on loopback.
+"""`meshagent dev quickstart|consul-sim|kube-sim`: the CLI wiring of the demos and simulators.
 
-The demo services come from demo-apps.yaml next to the agent config; the agent config and the
-mesh files it points at are ordinary meshagent configuration (see examples/quickstart/).
-With `--consul-sim DATA.json` a Consul API simulator, seeded from DATA.json, also runs at the
-agent config's sources.consul.address (see examples/quickstart-consul/).
+The simulators and the demo app live in meshagent.testing (test support that the package ships);
+this module, in the CLI layer, is the only production module that imports them, so nothing
+else that runs in production does (tests/unit/test_import_edges.py checks it).
+
+quickstart: demo services + the agent + a managed Envoy, on loopback. The demo services come
+from demo-apps.yaml next to the agent config; the agent config and the mesh files it points at
+are ordinary meshagent configuration (see examples/quickstart/). With `--consul-sim DATA.json`
+a Consul API simulator, seeded from DATA.json, also runs at the agent config's
+sources.consul.address (see examples/quickstart-consul/).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import yaml
 
@@ -23,10 +31,112 @@ from meshagent.agent.configpath import CONFIG_ENV
 from meshagent.agent.daemon import Agent
 from meshagent.agent.logs import configure_logging
 from meshagent.errors import ConfigError
-from meshagent.testing.consul_sim import ConsulSimulator, load_data
+from meshagent.testing.consul_sim import (
+    ConsulSimulator,
+    load_config_entries,
+    load_data,
+    run_simulator,
+)
 from meshagent.testing.demo_app import DemoApp
+from meshagent.testing.kube_sim import KubeSim
 
 READY_TIMEOUT_S = 60.0
+
+
+def add_parsers(sub: Any) -> None:
+    """Add `dev quickstart|consul-sim|kube-sim` to the `meshagent` subcommands."""
+    dev = sub.add_parser("dev", help="demos and simulators for trying meshagent on one machine")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="DEV_COMMAND")
+    quick = dev_sub.add_parser(
+        "quickstart", help="demo services + agent + managed Envoy on loopback (Ctrl-C stops)"
+    )
+    quick.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("examples/quickstart/agent.yaml"),
+        help="agent config; demo-apps.yaml beside it lists the demo services",
+    )
+    quick.add_argument(
+        "--consul-sim",
+        type=Path,
+        default=None,
+        metavar="DATA.json",
+        help="also run a Consul simulator at sources.consul.address, seeded from this file",
+    )
+    consul = dev_sub.add_parser("consul-sim", help="a Consul HTTP API simulator (not Consul)")
+    consul.add_argument(
+        "--listen", default="127.0.0.1:8500", help="HOST:PORT (default 127.0.0.1:8500)"
+    )
+    consul.add_argument("--acl-token", default=None, help="require this ACL token on every request")
+    consul.add_argument(
+        "--data",
+        default=None,
+        help='JSON file to start from: {"register": [catalog bodies], "config": [entries]}',
+    )
+    consul.add_argument(
+        "--config-entries",
+        default=None,
+        metavar="DIR",
+        help="also load the config entries in DIR/*.json (`consul config write` JSON files)",
+    )
+    kube = dev_sub.add_parser("kube-sim", help="a Kubernetes API server simulator (not Kubernetes)")
+    kube.add_argument(
+        "--listen", default="127.0.0.1:6443", help="HOST:PORT (default 127.0.0.1:6443)"
+    )
+    kube.add_argument(
+        "--token", default="", help="require this bearer token on every request (default: none)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the `dev` subcommand args name; the exit code."""
+    if args.dev_command == "consul-sim":
+        return run_consul_sim(args)
+    if args.dev_command == "kube-sim":
+        return run_kube_sim(args)
+    return run_quickstart(args.config, consul_data=args.consul_sim)
+
+
+def _listen(value: str, what: str) -> tuple[str, int]:
+    host, _, port = str(value).rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError("--listen must be HOST:PORT", location=what)
+    return host, int(port)
+
+
+def run_consul_sim(args: argparse.Namespace) -> int:
+    """`meshagent dev consul-sim`: serve until Ctrl-C; the exit code."""
+    host, port = _listen(args.listen, "consul-sim")
+    data = None
+    if args.data:
+        try:
+            data = json.loads(Path(args.data).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read --data: {exc}", location=str(args.data)) from exc
+    if args.config_entries:
+        data = dict(data or {})
+        entries = load_config_entries(Path(args.config_entries))
+        data["config"] = [*(data.get("config") or []), *entries]
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_simulator(host, port, acl_token=args.acl_token, data=data))
+    return 0
+
+
+def run_kube_sim(args: argparse.Namespace) -> int:
+    """`meshagent dev kube-sim`: serve until Ctrl-C; the exit code."""
+    host, port = _listen(args.listen, "kube-sim")
+    sim = KubeSim(host, port, token=args.token or None)
+    sim.start()
+    print(f"kubernetes API simulator listening on {sim.url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()
+    return 0
 
 
 @dataclass(frozen=True, slots=True)
