@@ -112,7 +112,7 @@ def served_by(port: int, host: str) -> str:
 def envoy_stats(admin_port: int, *names: str) -> dict[str, int]:
     """Values of Envoy's stats named exactly names (one admin query)."""
     pattern = "^(" + "|".join(n.replace(".", "\\.") for n in names) + ")$"
-    _, _, body = http_get(admin_port, f"/stats?filter={pattern}")
+    _, _, body = http_get(admin_port, f"/stats?filter={pattern}", timeout=120)
     out = {}
     for line in body.decode().splitlines():
         name, _, value = line.partition(": ")
