@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,33 @@ def wait_loaded(plane: Plane, started: float, clusters: int, last: int) -> dict[
     }
 
 
+TIMELINE = {
+    "agent_started": "agent_started",
+    "source_synced": "files_read",
+    "snapshot_published": "first_snapshot",
+}
+
+
+def timeline(log: Path, start: float) -> dict[str, float]:
+    """Seconds from start to the agent's first load milestones (from its JSON log): started,
+    files read, first snapshot, and Envoy's ACK of each type."""
+    out: dict[str, float] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            event = json.loads(line)
+            at = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+        except (ValueError, KeyError):
+            continue
+        name = TIMELINE.get(event.get("event", ""))
+        if event.get("event") == "xds_ack":
+            name = "ack_" + event.get("type_url", "").rsplit(".", 1)[-1]
+        if name and name not in out:
+            out[name] = round(at - start, 2)
+    return out
+
+
 def wait_served(plane: Plane, i: int, who: str, start: float) -> None:
     deadline = start + CHANGE_TIMEOUT_S
     while served_by(plane.listen_port, host(i)) != who:
@@ -339,7 +367,7 @@ def run(n: int, changes: int, debounce_ms: int, poll_ms: int) -> dict[str, Any]:
                     "address": "127.0.0.1",
                     "ports": {80: agent.listen_port, 9090: free_port()},
                 },
-                "log": {"level": "warning", "format": "json"},
+                "log": {"level": "info", "format": "json"},
             }
             (root / "agent.yaml").write_text(yaml.safe_dump(config))
             log = open(root / "agent.log", "ab")  # noqa: SIM115 - the process owns it
@@ -358,7 +386,9 @@ def run(n: int, changes: int, debounce_ms: int, poll_ms: int) -> dict[str, Any]:
                 stderr=subprocess.STDOUT,
             )
             procs.append(agent_proc)
+            wall = time.time() - (time.perf_counter() - started)  # the start, on the wall clock
             result["initial_load_agent"] = wait_loaded(agent, started, 4 * n, n - 1)
+            result["initial_load_agent"]["timeline_s"] = timeline(root / "agent.log", wall)
             result["envoy_memory_agent"] = envoy_memory(agent.admin_port)
             result["agent_rss_mb_loaded"] = rss_mb(agent_proc.pid)
 
