@@ -141,3 +141,21 @@ def test_endpoints_and_routes_have_no_initial_fetch_timeout_secrets_keep_it() ->
     rds = [m.rds.config_source for m in managers if m.HasField("rds")]  # type: ignore[attr-defined]
     assert rds and all(s.HasField("initial_fetch_timeout") for s in rds)
     assert not sds_config("default").sds_config.HasField("initial_fetch_timeout")
+
+
+def test_endpoint_labels_are_not_sent_to_envoy() -> None:
+    """Istio sends none, nothing in Envoy reads them, and Envoy keeps a copy per host (3% of
+    its memory at 4,000 single-endpoint clusters)."""
+    from envoy.config.endpoint.v3 import endpoint_pb2
+
+    snapshot = MeshSnapshot(
+        services=frozen_map({"a.example": _http("a.example")}),
+        endpoints=frozen_map(
+            {"a.example": (Endpoint("10.0.0.1", labels=(("app", "a"), ("v", "1"))),)}
+        ),
+    )
+    body = generate(snapshot, PROXY).of(typeurls.ENDPOINT)["outbound|80||a.example"].body
+    assignment = _unpack(body, endpoint_pb2.ClusterLoadAssignment)
+    [endpoint] = assignment.endpoints[0].lb_endpoints  # type: ignore[attr-defined]
+    assert endpoint.endpoint.address.socket_address.address == "10.0.0.1"
+    assert not endpoint.HasField("metadata")
