@@ -6,6 +6,7 @@ Benchmarks do not import tests/: what they share lives here. Loopback only.
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import threading
 import time
@@ -133,6 +134,17 @@ def rss_mb(pid: int | None) -> float:
         if line.startswith("VmRSS:"):
             return round(int(line.split()[1]) / 1024, 1)
     return 0.0
+
+
+def cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) pid has used so far (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._envoy import (
     FastApp,
+    cpu_s,
     envoy_binary,
     envoy_stats,
     free_port,
@@ -262,6 +263,14 @@ def timeline(log: Path, start: float) -> dict[str, float]:
     return out
 
 
+def envoy_pid(state_dir: Path) -> int | None:
+    """The pid of the Envoy the agent manages (its pid file: "<pid> <start time>")."""
+    try:
+        return int((state_dir / "envoy.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def wait_served(plane: Plane, i: int, who: str, start: float) -> None:
     deadline = start + CHANGE_TIMEOUT_S
     while served_by(plane.listen_port, host(i)) != who:
@@ -336,6 +345,7 @@ def run(n: int, changes: int, debounce_ms: int, poll_ms: int) -> dict[str, Any]:
                 )
             )
             result["initial_load_files"] = wait_loaded(files, started, 4 * n, n - 1)
+            result["initial_load_files"]["envoy_cpu_s"] = cpu_s(procs[0].pid)
             result["envoy_memory_files"] = envoy_memory(files.admin_port)
 
             # -- meshagent, files source, managed Envoy ------------------------------------
@@ -388,7 +398,10 @@ def run(n: int, changes: int, debounce_ms: int, poll_ms: int) -> dict[str, Any]:
             procs.append(agent_proc)
             wall = time.time() - (time.perf_counter() - started)  # the start, on the wall clock
             result["initial_load_agent"] = wait_loaded(agent, started, 4 * n, n - 1)
-            result["initial_load_agent"]["timeline_s"] = timeline(root / "agent.log", wall)
+            loaded = result["initial_load_agent"]
+            loaded["timeline_s"] = timeline(root / "agent.log", wall)
+            loaded["agent_cpu_s"] = cpu_s(agent_proc.pid)
+            loaded["envoy_cpu_s"] = cpu_s(envoy_pid(root / "state"))
             result["envoy_memory_agent"] = envoy_memory(agent.admin_port)
             result["agent_rss_mb_loaded"] = rss_mb(agent_proc.pid)
 
