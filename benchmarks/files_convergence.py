@@ -408,6 +408,8 @@ def run(n: int, changes: int, debounce_ms: int, poll_ms: int, pause: float) -> d
 
             # -- changes, one at a time, each in both planes -------------------------------
             at = [OLD] * n
+            agent_envoy = envoy_pid(root / "state")
+            cpu_before = [cpu_s(p) for p in (agent_proc.pid, agent_envoy, procs[0].pid)]
             for k in range(changes):
                 i = (k * 7919) % n  # spread over the mesh
                 at[i] = NEW if at[i] == OLD else OLD
@@ -420,6 +422,12 @@ def run(n: int, changes: int, debounce_ms: int, poll_ms: int, pause: float) -> d
                 start = replace(cds, cds_text())
                 wait_served(files, i, who, start)
             result["agent_rss_mb_after_changes"] = rss_mb(agent_proc.pid)
+            cpu_after = [cpu_s(p) for p in (agent_proc.pid, agent_envoy, procs[0].pid)]
+            spent = zip(cpu_after, cpu_before, strict=True)
+            per_change = [round(1000 * (a - b) / changes, 1) for a, b in spent]
+            result["cpu_ms_per_change"] = dict(
+                zip(("agent", "agent_envoy", "files_envoy"), per_change, strict=True)
+            )
             result["change_agent"] = summary(agent)
             result["change_files"] = summary(files)
             result["load_average_at_end"] = os.getloadavg()[0]
