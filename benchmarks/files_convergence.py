@@ -22,7 +22,9 @@ Initial load: from the process start (the agent's, or the file Envoy's) until En
 (admin `/ready`, polled every 50 ms), has every cluster active (admin stats
 `cluster_manager.active_clusters`, then checked once a second) and answers for the last
 service. Memory: the agent's RSS after the load and after
-the changes, and both Envoys' `server.memory_allocated` after the load.
+the changes, and both Envoys' `server.memory_allocated` after the load. `cpu_ms_per_change`
+is each process's CPU over the changes divided by their number; an Envoy's includes serving the
+probe requests, which go on for as long as that side takes to converge.
 
 Usage: python benchmarks/files_convergence.py [--services 1000] [--changes 100]
        [--debounce-ms 100] [--poll-ms 200] [--quick]
