@@ -39,7 +39,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import fields
 
-from meshagent.model.construct import slots_constructor
+from meshagent.construct import slots_constructor
 from meshagent.model.services import Resolution, Service
 
 SLOTS = 256 * 254

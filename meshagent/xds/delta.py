@@ -133,8 +133,10 @@ class DeltaStream(StreamCore):
     def _settle(self, request: Request) -> Acked | Nacked | None:
         event = super()._settle(request)
         names = self._names_in.pop(request.response_nonce, ())
-        if len(self._names_in) > len(self._in_flight):  # answers abandoned on a timeout
-            self._names_in = {k: v for k, v in self._names_in.items() if k in self._in_flight}
+        if len(self._names_in) > len(self._in_flight) + len(self._abandoned):
+            # superseded answers abandoned on a timeout
+            waiting = self._in_flight.keys() | self._abandoned.keys()
+            self._names_in = {k: v for k, v in self._names_in.items() if k in waiting}
         state = self._types.get(request.type_url)
         if event is None or state is None:
             return event
@@ -246,7 +248,7 @@ class DeltaStream(StreamCore):
             )
         response.removed_resources.extend(removes)
         self._types[type_url].responded = True
-        self._in_flight[nonce] = InFlight(type_url, str(version))
+        self._track(nonce, InFlight(type_url, str(version)))
         self._names_in[nonce] = (*(r.name for r in sends), *removes)
         size = response.ByteSize()
         self._events.append(Pushed(type_url, str(version), nonce, len(sends), len(removes), size))

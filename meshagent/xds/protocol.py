@@ -212,6 +212,9 @@ class StreamCore(ABC):
     def __init__(self, node_id: str | None = None, policy: ServePolicy = SERVE_ALL) -> None:
         self._node_id = node_id
         self._in_flight: dict[str, InFlight] = {}
+        # Responses the stream stopped waiting for (abandon_in_flight), by nonce, while no
+        # newer response of their type was sent: a late answer to one still settles it.
+        self._abandoned: dict[str, InFlight] = {}
         self._snapshot: tuple[int, ResourceSet] | None = None
         self._nonces = Nonces()
         self._events: list[StreamEvent] = []
@@ -281,8 +284,18 @@ class StreamCore(ABC):
         """
         if self._in_flight:
             log.warning("xds_unanswered", proxy=self._node_id, nonces=sorted(self._in_flight))
+        self._abandoned.update(self._in_flight)
         self._in_flight.clear()
         return self._flush()
+
+    def _track(self, nonce: str, flight: InFlight) -> None:
+        """Wait for the answer to a response just produced. An abandoned response of its type
+        is superseded: an answer to that one is stale from now on."""
+        if self._abandoned:
+            self._abandoned = {
+                n: f for n, f in self._abandoned.items() if f.type_url != flight.type_url
+            }
+        self._in_flight[nonce] = flight
 
     @property
     def retryable(self) -> frozenset[str]:
@@ -312,12 +325,16 @@ class StreamCore(ABC):
     def _settle(self, request: Any) -> Acked | Nacked | None:
         """Record the ACK or NACK a request carries; None when its nonce is stale (a nonce that
         names no unanswered response of this type), which the protocol says to ignore."""
-        flight = self._in_flight.get(request.response_nonce)
+        nonce = request.response_nonce
+        flight = self._in_flight.get(nonce)
+        waiting = self._in_flight
+        if flight is None:  # a late answer (Envoy took longer than the answer timeout)?
+            flight, waiting = self._abandoned.get(nonce), self._abandoned
         if flight is None or flight.type_url != request.type_url:
             log.debug("stale_nonce", proxy=self._node_id, type_url=request.type_url)
             return None
-        del self._in_flight[request.response_nonce]
-        nonce, version = request.response_nonce, flight.version
+        del waiting[nonce]
+        version = flight.version
         event: Acked | Nacked
         if request.HasField("error_detail"):
             detail = request.error_detail

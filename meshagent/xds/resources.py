@@ -15,7 +15,7 @@ from types import MappingProxyType
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from meshagent.model.construct import slots_constructor
+from meshagent.construct import slots_constructor
 from meshagent.xds.wire import varint
 
 TYPE_URL_PREFIX = "type.googleapis.com/"
@@ -65,7 +65,7 @@ class Resource:
         return _make_resource(name, digest.hexdigest(), type_url, value, None)
 
 
-# Tens of thousands per full translation: the positional constructor (model/construct.py).
+# Tens of thousands per full translation: the positional constructor (meshagent/construct.py).
 _make_resource = slots_constructor(Resource, "name", "version", "type_url", "value", "_body")
 _NO_CHANGES: Mapping[str, frozenset[str]] = MappingProxyType({})
 _NO_DUPLICATES: Mapping[str, Mapping[str, tuple[Resource, ...]]] = MappingProxyType({})

@@ -48,6 +48,7 @@ from meshagent.xds.status import ProxyStatus
 log = structlog.get_logger("meshagent.xds")
 
 AnyStream = DeltaStream | SotwStream
+ABANDONED_KEPT = 64  # push times kept for answers given up on (one per type is the usual)
 
 
 class AdsServer:
@@ -182,6 +183,7 @@ class _Session:
         self._node: str | None = None
         self.peer = peer
         self._pushed_at: dict[str, float] = {}
+        self._abandoned_at: dict[str, float] = {}  # push times of responses given up on
         self._tasks: list[asyncio.Future[Any]] = []
         self._retry_at: float | None = None  # when to resend what was rejected transiently
         self._retry_delay = RETRY_FIRST_S
@@ -277,6 +279,9 @@ class _Session:
 
     def _give_up_waiting(self) -> list[Any]:
         log.warning("xds_answer_timeout", proxy=self._node, stream=self._kind)
+        if len(self._abandoned_at) > ABANDONED_KEPT:  # answers that never came
+            self._abandoned_at.clear()
+        self._abandoned_at.update(self._pushed_at)  # a late answer still has its latency
         self._pushed_at.clear()
         return self._stream.abandon_in_flight()
 
@@ -343,7 +348,8 @@ class _Session:
 
     def _on_acked(self, node: str, event: Acked) -> None:
         now = time.monotonic()
-        latency = now - self._pushed_at.pop(event.nonce, now)
+        pushed = self._pushed_at.pop(event.nonce, None) or self._abandoned_at.pop(event.nonce, now)
+        latency = now - pushed
         self._cache.update_status(node, lambda s: s.with_acked(event.type_url, event.version, now))
         log.debug("xds_acked", proxy=node, type_url=event.type_url, version=event.version)
         self._observer.acked(node, event.type_url, event.version, latency)

@@ -185,6 +185,6 @@ class SotwStream(StreamCore):
         for name in sorted(content):
             response.resources.add().CopyFrom(content[name].body)
         self._types[type_url].last_nonce = nonce
-        self._in_flight[nonce] = InFlight(type_url, version)
+        self._track(nonce, InFlight(type_url, version))
         self._events.append(Pushed(type_url, version, nonce, len(content), 0, response.ByteSize()))
         return response

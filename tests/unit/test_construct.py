@@ -1,4 +1,4 @@
-"""model/construct.py: positional constructors make the very objects the dataclass would."""
+"""meshagent/construct.py: positional constructors make the very objects the dataclass would."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from meshagent.construct import slots_constructor
 from meshagent.model import Endpoint, Provenance
-from meshagent.model.construct import slots_constructor
 from meshagent.xds.resources import Resource
 
 

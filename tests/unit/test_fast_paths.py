@@ -27,7 +27,7 @@ from meshagent.normalize.schema.serviceentry import Address
 from meshagent.normalize.schema.workloadentry import WORKLOAD_ENTRY
 from meshagent.xds.translate.context import MeshIndex, changes_between
 from meshagent.xds.translate.endpoint_wire import EndpointEncoder
-from meshagent.xds.translate.endpoints import MetadataCache, build_load_assignment
+from meshagent.xds.translate.endpoints import build_load_assignment
 from meshagent.xds.translate.policy import plan_clusters
 from meshagent.xds.translate.route_action import RouteScope
 from meshagent.xds.translate.route_wire import route_configuration_bytes, wire_virtual_host
@@ -178,7 +178,7 @@ def test_endpoint_bytes_at_length_boundaries(address_length: int, port: int) -> 
         Endpoint("10.0.0.1", ports=(("http", 16384),)),
     )
     (plan,) = plan_clusters(service, None)
-    reference = build_load_assignment(plan, endpoints, MetadataCache())
+    reference = build_load_assignment(plan, endpoints)
     encoded = EndpointEncoder().load_assignment(plan, endpoints)
     assert encoded == reference.SerializeToString(deterministic=True)
 

@@ -9,7 +9,7 @@ import pytest
 from meshagent.model import Endpoint, Resolution, Service, ServicePort
 from meshagent.xds.translate.clusters import ClusterInputs, ClusterTemplates, build_cluster
 from meshagent.xds.translate.endpoint_wire import EndpointEncoder
-from meshagent.xds.translate.endpoints import MetadataCache, build_load_assignment
+from meshagent.xds.translate.endpoints import build_load_assignment
 from meshagent.xds.translate.policy import ClusterPlan, plan_clusters
 from meshagent.xds.wire import varint
 from tests.unit.translate_inputs import load_case
@@ -36,7 +36,7 @@ def test_wire_encodings_match_protobuf(path: Path) -> None:
         expected = build_cluster(plan, inputs).SerializeToString(deterministic=True)
         assert templates.serialize(plan, inputs) == expected
         assert templates.serialize(plan, inputs) == expected
-        reference = build_load_assignment(plan, endpoints, MetadataCache())
+        reference = build_load_assignment(plan, endpoints)
         encoded = encoder.load_assignment(plan, endpoints)
         assert encoded == reference.SerializeToString(deterministic=True)
 
@@ -55,7 +55,7 @@ def test_endpoint_encoding_covers_localities_ports_health_and_long_names() -> No
         Endpoint("10.0.0.3"),
     )
     (plan,) = plan_clusters(service, None)
-    reference = build_load_assignment(plan, endpoints, MetadataCache())
+    reference = build_load_assignment(plan, endpoints)
     encoded = EndpointEncoder().load_assignment(plan, endpoints)
     assert encoded == reference.SerializeToString(deterministic=True)
 

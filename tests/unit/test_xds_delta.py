@@ -273,6 +273,34 @@ def test_abandoning_unanswered_responses_lets_the_next_push_go() -> None:
     assert cds.nonce != latest.nonce
 
 
+def test_a_late_answer_to_an_abandoned_response_still_settles_it() -> None:
+    """At 40k clusters Envoy takes longer than the answer timeout to apply one CDS response:
+    its ACK, when it comes, must count (else the version never settles and /readyz stays
+    red), unless a newer response of that type went out since."""
+    stream = connected()
+    [cds] = stream.on_snapshot(2, clusters_with_a(timeout_ms=9))
+    stream.take_events()
+    assert stream.abandon_in_flight() == []
+    assert stream.settled_version == 2  # nothing is waited for any more
+
+    assert stream.on_request(ack(cds)) == []
+
+    assert [type(e) for e in stream.take_events()] == [Acked]
+
+
+def test_a_late_answer_to_a_superseded_abandoned_response_is_stale() -> None:
+    stream = connected()
+    [old] = stream.on_snapshot(2, clusters_with_a(timeout_ms=9))
+    stream.abandon_in_flight()
+    [new] = stream.on_snapshot(3, clusters_with_a(timeout_ms=10))
+    stream.take_events()
+
+    stream.on_request(ack(old))
+
+    assert stream.take_events() == []
+    assert set(stream.in_flight) == {new.nonce}
+
+
 @pytest.mark.parametrize(
     ("req", "message"),
     [

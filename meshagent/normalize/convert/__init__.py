@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshagent.model.construct import slots_constructor
+from meshagent.construct import slots_constructor
 from meshagent.model.extensions import EnvoyFilter, WasmPlugin
 from meshagent.model.gateway import Gateway
 from meshagent.model.routing import VirtualService

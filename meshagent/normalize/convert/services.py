@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meshagent.model.construct import slots_constructor
+from meshagent.construct import slots_constructor
 from meshagent.model.labels import NO_LABELS, Labels, labels_of
 from meshagent.model.services import Endpoint, Resolution, Service, ServicePort, Workload
 from meshagent.normalize.convert.context import Context, items, sub
@@ -83,7 +83,7 @@ def _labels(raw: Any) -> Labels:
 
 
 _USUAL_KEYS = frozenset({"address", "labels"})
-# Positional constructors (model/construct.py) for the per-entry and per-endpoint objects.
+# Positional constructors (meshagent/construct.py) for the per-entry and per-endpoint objects.
 _make_endpoint = slots_constructor(
     Endpoint,
     "address",

@@ -3,7 +3,7 @@
 A mesh has about ten endpoints per cluster, and building each LbEndpoint as a message costs
 more than the rest of the translation (and makes work for the garbage collector). The bytes
 are the same as `build_load_assignment(...).SerializeToString(deterministic=True)`; tests
-check that. The parts after the address (health, labels, weight) are shared by many endpoints
+check that. The parts after the address (health, weight) are shared by many endpoints
 and serialized once each by protobuf itself.
 """
 
@@ -14,9 +14,8 @@ from collections.abc import Mapping, Sequence
 from envoy.config.core.v3 import health_check_pb2
 from envoy.config.endpoint.v3.endpoint_components_pb2 import LbEndpoint
 
-from meshagent.model import Endpoint, Labels, ServicePort
+from meshagent.model import Endpoint, ServicePort
 from meshagent.xds.translate.endpoints import (
-    MetadataCache,
     endpoints_by_address,
     locality_of,
     selected_endpoints,
@@ -47,27 +46,22 @@ class EndpointEncoder:
     """Serialized pieces shared between endpoints; one per full translation pass."""
 
     def __init__(self) -> None:
-        self._metadata = MetadataCache()
-        self._tails: dict[tuple[int, bool, Labels], bytes] = {}
+        self._tails: dict[tuple[int, bool], bytes] = {}
         self._localities: dict[str, bytes] = {}
-        # (port, weight, healthy, labels) -> (SocketAddress bytes besides the address, tail
-        # size, port field + tail, headers by address length): the bytes around the address
-        # in most endpoints' encoding.
-        self._suffixes: dict[
-            tuple[int, int, bool, Labels], tuple[int, int, bytes, dict[int, bytes]]
-        ] = {}
+        # (port, weight, healthy) -> (SocketAddress bytes besides the address, tail size,
+        # port field + tail, headers by address length): the bytes around the address in most
+        # endpoints' encoding.
+        self._suffixes: dict[tuple[int, int, bool], tuple[int, int, bytes, dict[int, bytes]]] = {}
 
     def _tail(self, endpoint: Endpoint) -> bytes:
-        """health_status, metadata and load_balancing_weight (fields 2-4) of an LbEndpoint."""
-        key = (endpoint.weight, endpoint.healthy, endpoint.labels)
+        """health_status and load_balancing_weight (fields 2 and 4) of an LbEndpoint."""
+        key = (endpoint.weight, endpoint.healthy)
         found = self._tails.get(key)
         if found is None:
             out = LbEndpoint()
             out.load_balancing_weight.value = endpoint.weight
             if not endpoint.healthy:
                 out.health_status = health_check_pb2.UNHEALTHY
-            if endpoint.labels:
-                out.metadata.CopyFrom(self._metadata.get(endpoint.labels))
             found = self._tails[key] = out.SerializeToString(deterministic=True)
         return found
 
@@ -81,7 +75,7 @@ class EndpointEncoder:
 
     def lb_endpoint_field(self, endpoint: Endpoint, port: int) -> bytes:
         """lb_endpoint as a LocalityLbEndpoints.lb_endpoints field (tag and length first)."""
-        key = (port, endpoint.weight, endpoint.healthy, endpoint.labels)
+        key = (port, endpoint.weight, endpoint.healthy)
         found = self._suffixes.get(key)
         if found is None:
             port_bytes = varint(port)
@@ -160,7 +154,7 @@ class EndpointEncoder:
                 return None
             last = text
             port = endpoint.port_for(service_port) if endpoint.ports else default_port
-            found = suffixes.get((port, endpoint.weight, endpoint.healthy, endpoint.labels))
+            found = suffixes.get((port, endpoint.weight, endpoint.healthy))
             address = text.encode()
             if found is not None and (head := found[3].get(len(address))) is not None:
                 lbs.append(head + address + found[2])

@@ -15,11 +15,8 @@ from envoy.config.core.v3 import base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.endpoint.v3.endpoint_components_pb2 import LbEndpoint
 
-from meshagent.model import Endpoint, Labels, selector_matches
+from meshagent.model import Endpoint, selector_matches
 from meshagent.xds.translate.policy import ClusterPlan
-
-# Endpoint labels go under this filter_metadata key, for observability and future matching.
-METADATA_NAMESPACE = "meshagent"
 
 
 def _subset(plan: ClusterPlan, endpoints: tuple[Endpoint, ...]) -> list[Endpoint]:
@@ -62,29 +59,13 @@ def locality_of(text: str) -> base_pb2.Locality:
     return base_pb2.Locality(region=parts[0], zone=parts[1], sub_zone=parts[2])
 
 
-class MetadataCache:
-    """Endpoint metadata by label set: many endpoints share labels, so build each once."""
-
-    def __init__(self) -> None:
-        self._by_labels: dict[Labels, base_pb2.Metadata] = {}
-
-    def get(self, labels: Labels) -> base_pb2.Metadata:
-        """The (shared, never to be mutated) metadata message for labels."""
-        found = self._by_labels.get(labels)
-        if found is None:
-            found = base_pb2.Metadata()
-            fields = found.filter_metadata[METADATA_NAMESPACE].fields
-            for key, value in labels:
-                fields[key].string_value = value
-            self._by_labels[labels] = found
-        return found
-
-
-def fill_lb_endpoint(
-    out: LbEndpoint, endpoint: Endpoint, port: int, metadata: MetadataCache
-) -> None:
+def fill_lb_endpoint(out: LbEndpoint, endpoint: Endpoint, port: int) -> None:
     """Fill one LbEndpoint in place (adding to the parent directly avoids a copy per endpoint):
-    address, weight, health, labels."""
+    address, weight, health.
+
+    The endpoint's labels are not sent, as Istio sends none: nothing in Envoy reads them
+    (subsets are clusters of their own), and Envoy keeps a copy of each host's metadata,
+    about 1.9 KB a host (3% of Envoy's memory at 4,000 single-endpoint clusters)."""
     address = out.endpoint.address.socket_address
     address.address = endpoint.address
     address.port_value = port
@@ -92,12 +73,10 @@ def fill_lb_endpoint(
     out.load_balancing_weight.value = endpoint.weight
     if not endpoint.healthy:
         out.health_status = health_check_pb2.UNHEALTHY
-    if endpoint.labels:
-        out.metadata.CopyFrom(metadata.get(endpoint.labels))
 
 
 def build_load_assignment(
-    plan: ClusterPlan, endpoints: tuple[Endpoint, ...], metadata: MetadataCache
+    plan: ClusterPlan, endpoints: tuple[Endpoint, ...]
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """The ClusterLoadAssignment of plan's cluster."""
     assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=plan.name)
@@ -112,7 +91,7 @@ def build_load_assignment(
                 group.locality.CopyFrom(locality_of(endpoint.locality))
             add, current = group.lb_endpoints.add, endpoint.locality
         port = endpoint.port_for(plan.port) if endpoint.ports else default_port
-        fill_lb_endpoint(add(), endpoint, port, metadata)
+        fill_lb_endpoint(add(), endpoint, port)
     if current is None:
         del assignment.endpoints[:]
     return assignment

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from operator import attrgetter
 
+from meshagent.construct import slots_constructor
 from meshagent.model import (
     NO_LABELS,
     ClientTls,
@@ -27,7 +28,6 @@ from meshagent.model import (
     ServicePort,
     TrafficPolicy,
 )
-from meshagent.model.construct import slots_constructor
 from meshagent.model.proxy import ROUTER, ProxySpec
 from meshagent.xds import names
 from meshagent.xds.translate.locality import LocalityPlan, locality_plan
@@ -205,7 +205,7 @@ def plan_clusters(
 
 
 _number = attrgetter("number")
-# One plan per service port of the mesh: the positional constructor (model/construct.py).
+# One plan per service port of the mesh: the positional constructor (meshagent/construct.py).
 _make_plan = slots_constructor(
     ClusterPlan,
     "name",

@@ -52,13 +52,23 @@ def fractional_percent(percent: float) -> percent_pb2.FractionalPercent:
     )
 
 
-def _ads_config_source() -> config_source_pb2.ConfigSource:
-    return config_source_pb2.ConfigSource(
+def _ads_config_source(*, wait_forever: bool) -> config_source_pb2.ConfigSource:
+    source = config_source_pb2.ConfigSource(
         ads=config_source_pb2.AggregatedConfigSource(),
         resource_api_version=config_source_pb2.V3,
     )
+    if wait_forever:
+        source.initial_fetch_timeout.SetInParent()  # 0s: no timeout
+    return source
 
 
-# "Over the same ADS stream, xDS v3". Shared by every EDS cluster and RDS listener: copy it
-# into place (CopyFrom), never mutate it. Built once because it is on the hot path.
-ADS_CONFIG_SOURCE = _ads_config_source()
+# "Over the same ADS stream, xDS v3, no initial fetch timeout", as Istio for EDS and RDS: a
+# cluster (listener) waits for its endpoints (routes) however long Envoy takes to get to them.
+# With Envoy's default of 15 s, a first load of tens of thousands of clusters, which Envoy
+# alone needs longer than that to apply, left every cluster warm with no endpoints.
+# Shared by every EDS cluster and RDS listener: copy it into place (CopyFrom), never mutate
+# it. Built once because it is on the hot path.
+ADS_CONFIG_SOURCE = _ads_config_source(wait_forever=True)
+# Secrets keep Envoy's default timeout, as Istio's credentialName SDS: a listener or cluster
+# whose secret does not come must not be held back for good.
+SDS_CONFIG_SOURCE = _ads_config_source(wait_forever=False)

@@ -21,8 +21,8 @@ from operator import attrgetter
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 
+from meshagent.construct import slots_constructor
 from meshagent.model import Destination, VirtualService
-from meshagent.model.construct import slots_constructor
 from meshagent.xds import names
 from meshagent.xds.translate import route_action as actions
 from meshagent.xds.translate.route_action import RouteScope
@@ -58,7 +58,7 @@ class WireVirtualHost:
         return self.field[self.rest_start :]
 
 
-# One per host and port of the mesh: the positional constructor (model/construct.py).
+# One per host and port of the mesh: the positional constructor (meshagent/construct.py).
 _make_vhost = slots_constructor(WireVirtualHost, "domains", "head", "field", "rest_start")
 
 

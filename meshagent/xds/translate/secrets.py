@@ -50,7 +50,7 @@ def certificate_secret_name(proxy: ProxySpec, workload: LocalWorkload | None) ->
 def sds_config(name: str) -> secret_pb2.SdsSecretConfig:
     """A reference to secret name, fetched over the ADS stream."""
     out = secret_pb2.SdsSecretConfig(name=name)
-    out.sds_config.CopyFrom(protos.ADS_CONFIG_SOURCE)
+    out.sds_config.CopyFrom(protos.SDS_CONFIG_SOURCE)
     return out
 
 
