@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import structlog
 
-from meshagent.agent.config import AgentConfig, EnvoyConfig
+from meshagent.agent.config import AgentConfig, EnvoyConfig, EnvoyStatsConfig
 from meshagent.agent.envoy_adopt import (
     AdoptedEnvoy,
     EnvoyProcess,
@@ -342,4 +342,19 @@ def bootstrap_for(config: AgentConfig) -> dict[str, Any]:
         # Istio's node metadata key for the proxy's version (Envoy's /server_info shows it)
         metadata={"ISTIO_VERSION": config.node.istio_version},
         stats_host_suffixes=host_suffixes(config.domain_suffix, patterns),
+        stats_matcher=_stats_matcher(config.envoy.stats),
+    )
+
+
+def _stats_matcher(stats: EnvoyStatsConfig) -> dict[str, Any] | None:
+    """`envoy.stats` as the bootstrap's stats_matcher: none for the `all` preset, else Istio's
+    default inclusion set plus the configured patterns."""
+    from meshagent.xds import stats_tags as st
+
+    if stats.preset == "all":
+        return None
+    return st.inclusion_matcher(
+        (*st.ISTIO_INCLUSION_PREFIXES, *stats.inclusion_prefixes),
+        (*st.ISTIO_INCLUSION_SUFFIXES, *stats.inclusion_suffixes),
+        (*st.ISTIO_INCLUSION_REGEXPS, *stats.inclusion_regexps),
     )

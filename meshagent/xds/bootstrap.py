@@ -33,12 +33,14 @@ def build_bootstrap(
     delta: bool = True,
     metadata: Mapping[str, str] | None = None,
     stats_host_suffixes: Sequence[str] | None = None,
+    stats_matcher: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A JSON-able Envoy v3 bootstrap using ADS (delta by default) from the agent.
 
     Exactly one of `xds_uds_path` (the default deployment: a Unix socket) and `xds_tcp`
     (host, port) must be given. `stats_host_suffixes`: where mesh host names end, for the
     `cluster_name` stats tag (default: `svc.cluster.local`; see `xds/stats_tags.py`).
+    `stats_matcher`: which statistics Envoy keeps (None: all; see `stats_tags.inclusion_matcher`).
     """
     if not node_id or not cluster:
         raise ConfigError("Envoy bootstrap needs a node id and a cluster", field="node")
@@ -57,7 +59,8 @@ def build_bootstrap(
         },
         "layered_runtime": _layered_runtime(),
         "stats_config": stats_config(
-            host_suffixes("cluster.local") if stats_host_suffixes is None else stats_host_suffixes
+            host_suffixes("cluster.local") if stats_host_suffixes is None else stats_host_suffixes,
+            stats_matcher,
         ),
     }
 

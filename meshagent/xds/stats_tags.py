@@ -16,7 +16,7 @@ check extraction with it, and with a real Envoy).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 # Statistics Envoy keeps under `cluster.<name>.`: after the name comes a segment with an
@@ -119,11 +119,51 @@ def stats_tags(suffixes: Iterable[str]) -> list[dict[str, str]]:
     ]
 
 
-def stats_config(suffixes: Iterable[str]) -> dict[str, Any]:
-    """The bootstrap's `stats_config`: Istio's tags instead of Envoy's defaults. Unlike Istio,
-    no `stats_matcher`: every Envoy statistic stays (the mesh metrics of Istio's proxy do not
-    exist in stock Envoy; Envoy's own are all there is)."""
-    return {"use_all_default_tags": False, "stats_tags": stats_tags(suffixes)}
+# Istio's default stats inclusion list (istio/istio pkg/bootstrap/config.go: the required
+# prefixes, the "reporter=" and "component" ones of its mesh metrics, the RBAC and draining
+# suffixes and the VirtualService stat_prefix regex), plus the agent's own xDS cluster, which
+# plays the part of Istio's `xds-grpc`.
+ISTIO_INCLUSION_PREFIXES = (
+    "reporter=",
+    "cluster_manager",
+    "listener_manager",
+    "server",
+    "cluster.xds-grpc",
+    "wasm",
+    "component",
+    "cluster.meshagent-xds",
+)
+ISTIO_INCLUSION_SUFFIXES = (
+    "rbac.allowed",
+    "rbac.denied",
+    "shadow_allowed",
+    "shadow_denied",
+    "downstream_cx_active",
+)
+ISTIO_INCLUSION_REGEXPS = (r"vhost\..*\.route\..*",)
+
+
+def inclusion_matcher(
+    prefixes: Iterable[str], suffixes: Iterable[str], regexps: Iterable[str]
+) -> dict[str, Any]:
+    """A `stats_matcher` keeping only the statistics whose name matches one of the patterns."""
+    patterns: list[dict[str, Any]] = [{"prefix": p} for p in dict.fromkeys(prefixes)]
+    patterns += [{"suffix": s} for s in dict.fromkeys(suffixes)]
+    patterns += [{"safe_regex": {"regex": r}} for r in dict.fromkeys(regexps)]
+    return {"inclusion_list": {"patterns": patterns}}
+
+
+def stats_config(
+    suffixes: Iterable[str], matcher: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The bootstrap's `stats_config`: Istio's tags instead of Envoy's defaults. By default,
+    unlike Istio, no `stats_matcher`: every Envoy statistic stays (the mesh metrics of Istio's
+    proxy do not exist in stock Envoy; Envoy's own are all there is). `matcher` (from
+    `envoy.stats`, see inclusion_matcher) limits them as Istio's default bootstrap does."""
+    config: dict[str, Any] = {"use_all_default_tags": False, "stats_tags": stats_tags(suffixes)}
+    if matcher is not None:
+        config["stats_matcher"] = dict(matcher)
+    return config
 
 
 def extract(name: str, suffixes: Iterable[str]) -> tuple[str, dict[str, str]]:

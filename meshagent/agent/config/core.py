@@ -178,6 +178,20 @@ class AdminConfig:
     allow_remote: bool = False
 
 
+ENVOY_STATS_PRESETS = ("all", "istio")
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoyStatsConfig:
+    """Which statistics the Envoy bootstrap keeps (`envoy.stats`): `all`, or Istio's default
+    inclusion set plus these patterns."""
+
+    preset: str = "all"
+    inclusion_prefixes: tuple[str, ...] = ()
+    inclusion_suffixes: tuple[str, ...] = ()
+    inclusion_regexps: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class EnvoyConfig:
     """The supervised Envoy process."""
@@ -191,6 +205,7 @@ class EnvoyConfig:
     drain_seconds: int = 5
     base_id: int | None = None
     extra_args: tuple[str, ...] = ()
+    stats: EnvoyStatsConfig = field(default_factory=EnvoyStatsConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -600,6 +615,7 @@ def _envoy(s: Section, base: Path) -> EnvoyConfig:
         "drain_seconds",
         "base_id",
         "extra_args",
+        "stats",
     )
     binary = s.opt("binary", str)
     if binary and "/" in binary:
@@ -621,7 +637,30 @@ def _envoy(s: Section, base: Path) -> EnvoyConfig:
         drain_seconds=whole_seconds(s, "drain_seconds", "5s", 0, 3600),
         base_id=base_id,
         extra_args=tuple(extra),
+        stats=_envoy_stats(s.section("stats")),
     )
+
+
+def _envoy_stats(s: Section) -> EnvoyStatsConfig:
+    from meshagent.model.regex import regex_problem
+
+    keys = ("inclusion_prefixes", "inclusion_suffixes", "inclusion_regexps")
+    s.only("preset", *keys)
+    preset = s.choice("preset", "all", ENVOY_STATS_PRESETS)
+    lists: list[tuple[str, ...]] = []
+    for key in keys:
+        items = s.get(key, list, [])
+        for i, item in enumerate(items):
+            if not isinstance(item, str) or not item:
+                raise s.error("must be a non-empty string", f"{key}[{i}]")
+            if key == "inclusion_regexps" and (problem := regex_problem(item)) is not None:
+                raise s.error(problem, f"{key}[{i}]")
+        if items and preset == "all":
+            raise s.error(
+                "has no effect with preset `all` (every stat is kept): set preset: istio", key
+            )
+        lists.append(tuple(items))
+    return EnvoyStatsConfig(preset, *lists)
 
 
 def _outbound(s: Section) -> OutboundConfig:
