@@ -28,9 +28,42 @@ from meshagent.gcpause import paused_gc
 from meshagent.model.source import Diagnostic, Provenance, RawResource
 
 try:  # libyaml's parser is several times faster; fall back to the pure-Python one
-    from yaml import CSafeLoader as _Loader
+    from yaml import CSafeLoader as _BaseLoader
 except ImportError:  # pragma: no cover - depends on how PyYAML was built
-    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+    from yaml import SafeLoader as _BaseLoader  # type: ignore[assignment]
+
+_RESOLVED_MAX = 65_536  # tags remembered per text
+_RESOLVED_CHARS = 64  # of scalars no longer than this
+
+
+class _Loader(_BaseLoader):
+    """The safe loader, remembering the implicit tag of short scalars for one text: keys and
+    enum-like values repeat in every document, and the resolver's regexes are the composer's
+    main Python cost. The tag of a scalar is a function of its text and style alone (no path
+    resolvers are registered), so the cache changes nothing but the time."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._resolved: dict[tuple[str, Any], str] = {}
+
+    def _tag(self, kind: type[Node], value: Any, implicit: Any) -> str:
+        return str(super().resolve(kind, value, implicit))  # type: ignore[no-untyped-call]
+
+    def resolve(self, kind: type[Node], value: Any, implicit: Any) -> str:
+        if kind is not ScalarNode:
+            if kind is MappingNode and not self.yaml_path_resolvers:
+                return str(self.DEFAULT_MAPPING_TAG)
+            return self._tag(kind, value, implicit)
+        if len(value) > _RESOLVED_CHARS:
+            return self._tag(kind, value, implicit)
+        key = (value, implicit)
+        tag = self._resolved.get(key)
+        if tag is None:
+            tag = self._tag(kind, value, implicit)
+            if len(self._resolved) < _RESOLVED_MAX:
+                self._resolved[key] = tag
+        return tag
+
 
 # Bounds on one text (a file), far above any real mesh file: the biggest real ones are a few
 # megabytes of endpoints. A text beyond one is rejected whole, with one located error.
@@ -46,6 +79,19 @@ _LABEL = re.compile(_DNS_LABEL)
 
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _MERGE = "tag:yaml.org,2002:merge"
+_STR = "tag:yaml.org,2002:str"
+# Scalars whose value is a function of their text alone, built without construct_object's
+# bookkeeping (the hot path of big files); any other tag goes through the constructor (an
+# unknown one is its error, as before).
+_PLAIN_CONSTRUCTORS = {
+    tag: SafeConstructor.yaml_constructors[tag]
+    for tag in (
+        "tag:yaml.org,2002:null",
+        "tag:yaml.org,2002:bool",
+        "tag:yaml.org,2002:int",
+        "tag:yaml.org,2002:float",
+    )
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,13 +182,19 @@ class _Builder:
                 self._aliased -= 1
 
     def _scalar(self, node: ScalarNode) -> Any:
-        if node.tag == _TIMESTAMP:
-            return node.value  # as Kubernetes' YAML reader does: dates stay strings
+        tag = node.tag
+        if tag in (_STR, _TIMESTAMP):  # as Kubernetes' YAML reader: dates stay strings
+            return node.value
+        plain = _PLAIN_CONSTRUCTORS.get(tag)
+        if plain is not None:
+            return plain(self.constructor, node)
         return self.constructor.construct_object(node)
 
     def _key(self, node: Node) -> str:
-        if not isinstance(node, ScalarNode):
+        if node.__class__ is not ScalarNode:
             raise _DocumentError(node.start_mark.line + 1, "a mapping key must be a scalar")
+        if node.tag == _STR:
+            return node.value  # type: ignore[no-any-return]
         key = self._scalar(node)
         if isinstance(key, bool):
             return "true" if key else "false"
@@ -153,6 +205,7 @@ class _Builder:
         if merged or any(k.tag == _MERGE for k, _ in node.value):
             return self._merging(node, path)
         out: dict[str, Any] = {}
+        lines, budget, build, scalar = self.lines, self._budget, self.build, self._scalar
         for key_node, value_node in node.value:
             key = self._key(key_node)
             # Interned: every document of a shape has the same paths, and the line maps of a
@@ -160,8 +213,15 @@ class _Builder:
             sub = sys.intern(f"{path}.{key}") if path else key
             if key in out:
                 raise _DocumentError(key_node.start_mark.line + 1, f"duplicate key {key!r}")
-            self.lines.setdefault(sub, key_node.start_mark.line + 1)
-            out[key] = self.build(value_node, sub)
+            if sub not in lines:
+                lines[sub] = key_node.start_mark.line + 1
+            if value_node.__class__ is ScalarNode:  # build()'s scalar case, inlined
+                budget.nodes += 1
+                if self._aliased:
+                    budget.expanded += 1
+                out[key] = scalar(value_node)
+            else:
+                out[key] = build(value_node, sub)
         return out
 
     def _merging(self, node: MappingNode, path: str) -> dict[str, Any]:
@@ -197,10 +257,18 @@ class _Builder:
 
     def _sequence(self, node: SequenceNode, path: str) -> list[Any]:
         out: list[Any] = []
+        lines, budget = self.lines, self._budget
         for i, item in enumerate(node.value):
             sub = sys.intern(f"{path}[{i}]")
-            self.lines.setdefault(sub, item.start_mark.line + 1)
-            out.append(self.build(item, sub))
+            if sub not in lines:
+                lines[sub] = item.start_mark.line + 1
+            if item.__class__ is ScalarNode:  # build()'s scalar case, inlined
+                budget.nodes += 1
+                if self._aliased:
+                    budget.expanded += 1
+                out.append(self._scalar(item))
+            else:
+                out.append(self.build(item, sub))
         return out
 
 
