@@ -51,8 +51,11 @@ class _Loader(_BaseLoader):
 
     def resolve(self, kind: type[Node], value: Any, implicit: Any) -> str:
         if kind is not ScalarNode:
-            if kind is MappingNode and not self.yaml_path_resolvers:
-                return str(self.DEFAULT_MAPPING_TAG)
+            if not self.yaml_path_resolvers:  # as Resolver.resolve without path resolvers
+                if kind is MappingNode:
+                    return str(self.DEFAULT_MAPPING_TAG)
+                if kind is SequenceNode:
+                    return str(self.DEFAULT_SEQUENCE_TAG)
             return self._tag(kind, value, implicit)
         if len(value) > _RESOLVED_CHARS:
             return self._tag(kind, value, implicit)
