@@ -309,7 +309,7 @@ class FilesAdapter:
                 scan = await asyncio.to_thread(self._scan, woke)
                 if not await asyncio.to_thread(self._has_changes, scan):
                     continue
-                settled = await self._settle(scan)
+                settled = await self._settle(scan, told=woke)
                 if settled is None:
                     return
                 before = self._unavailable
@@ -379,19 +379,21 @@ class FilesAdapter:
         """Wait for a change notification (True), the timeout (False) or stop (None)."""
         return await wait_for_change(self._stop, self._notified, seconds)
 
-    async def _settle(self, sigs: _Scan) -> _Scan | None:
+    async def _settle(self, sigs: _Scan, *, told: bool = False) -> _Scan | None:
         """Wait until the files stop changing for one debounce window (bounded), or SETTLE_S
         when inotify says the changes are complete (_settle_until); None on stop.
 
         With inotify the files are looked at again when told of a change (or after a poll
         interval), so the window ends one debounce after the last change; without, they are
-        looked at every min(poll, debounce)."""
+        looked at every min(poll, debounce). told: inotify told of the change; a change only
+        the poll saw (a symlink's target outside the watched directories) gets the whole
+        window, as does one seen so while settling."""
         loop = asyncio.get_running_loop()
         quiet_since = started = loop.time()
         limit = started + max(self._debounce * MAX_DEBOUNCE_WINDOWS, self._poll)
         step = min(self._poll, self._debounce) if self._debounce > 0 else 0
         while (now := loop.time()) < limit:
-            until = self._settle_until(sigs, quiet_since)
+            until = self._settle_until(sigs, quiet_since, told)
             if now >= until:
                 break
             if self._notified is not None:
@@ -401,14 +403,14 @@ class FilesAdapter:
                 return None
             current = await asyncio.to_thread(self._scan, woke)
             if current != sigs:
-                sigs, quiet_since = current, loop.time()
+                sigs, quiet_since, told = current, loop.time(), told and woke
         return sigs
 
-    def _settle_until(self, sigs: _Scan, quiet_since: float) -> float:
+    def _settle_until(self, sigs: _Scan, quiet_since: float, told: bool) -> float:
         """When the files, quiet since quiet_since, are settled: one debounce window later,
         unless inotify says the changes are complete (module docstring): SETTLE_S later then."""
         full = quiet_since + self._debounce
-        if self._inotify is None or self._notified is None or sigs.unavailable:
+        if not told or self._inotify is None or self._notified is None or sigs.unavailable:
             return full
         self._on_notify()  # (the events not yet read: a writer that just began)
         if self._writing or self._vanished(sigs):

@@ -887,3 +887,28 @@ async def test_polling_keeps_the_debounce_after_a_rename(tmp_path: Path, notific
         took = time.monotonic() - started
     assert _values(changed) == {"a": 2}
     assert took >= 0.3
+
+
+async def test_a_change_only_the_poll_sees_keeps_the_debounce(
+    tmp_path: Path, notification: str
+) -> None:
+    _needs_inotify(notification)
+    outside = tmp_path / "elsewhere"  # not watched: its writes raise no event for the adapter
+    outside.mkdir()
+    (outside / "mesh.yaml").write_text(doc("a", 1))
+    mesh = tmp_path / "mesh"
+    mesh.mkdir()
+    (mesh / "mesh.yaml").symlink_to(outside / "mesh.yaml")
+    text = doc("a", 2) + doc("b", 3)
+    files = FilesAdapter([mesh], debounce_ms=1000, poll_interval_ms=20, loader=fake_loader)
+    async with files:
+        it = files.watch()
+        await next_event(it)
+        waiting = asyncio.ensure_future(next_event(it))
+        with (outside / "mesh.yaml").open("w") as writer:  # the poll sees a partial write
+            writer.write(text[:30])
+            writer.flush()
+            assert await _not_yet(waiting)  # the truncated file is not read meanwhile
+            writer.write(text[30:])
+        changed = await waiting
+    assert _values(changed) == {"a": 2, "b": 3}
