@@ -6,7 +6,12 @@ write-temp-then-rename, and vim's backup-then-rename (the file is briefly missin
 acted on only once the files have been quiet for the debounce window, so a burst of writes
 becomes one SourceEvent. On Linux, inotify (adapters.inotify) wakes the poll at once on a
 change in a watched directory; it only says "look now", so the poll's semantics are kept, and
-the poll still runs every poll interval as the fallback.
+the poll still runs every poll interval as the fallback. The events also say when waiting the
+whole window is needless: a file renamed into place (IN_MOVED_TO) or closed by its writer
+(IN_CLOSE_WRITE) is complete, so once no watched file is open for writing (created or modified
+and not yet closed), no file read before is missing (deleted or renamed away: vim's backup
+rename, a directory swap under way) and every configured path is there, the files need only be
+quiet for SETTLE_S, which gathers the rest of a burst (see _settle_until).
 
 Cost follows the change: a file is re-read only when its signature changed, within it only the
 documents ('---'-separated) whose text or first line changed are parsed again (see _parse), and
@@ -43,7 +48,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
-from meshagent.adapters.inotify import IN_ISDIR, Inotify
+from meshagent.adapters.inotify import (
+    IN_CLOSE_WRITE,
+    IN_CREATE,
+    IN_DELETE,
+    IN_IGNORED,
+    IN_ISDIR,
+    IN_MODIFY,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    Event,
+    Inotify,
+)
 from meshagent.adapters.notify import close_notify, nearest_existing_parent, wait_for_change
 from meshagent.adapters.yamldocs import MAX_TEXT_CHARS, duplicate_error, read_config_bytes
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
@@ -56,6 +72,9 @@ RACY_NS = 2_000_000_000
 # However busy the files are, an event is produced at least this many debounce windows after
 # the first change was seen, so that a file rewritten forever cannot starve the mesh.
 MAX_DEBOUNCE_WINDOWS = 20
+# With inotify, how long the files must be quiet after changes that are complete (see the
+# module docstring), instead of the debounce window: enough to gather a burst of renames.
+SETTLE_S = 0.005
 
 Key = tuple[str, str, str, str]
 Ident = tuple[str, str, str]  # (kind, namespace with the default applied, name)
@@ -246,6 +265,10 @@ class FilesAdapter:
         self._inotify: Inotify | None = None
         self._notified: asyncio.Event | None = None  # set by inotify, cleared when looked at
         self._names: set[str] = set()
+        # What inotify told of the writers (see _note): the files open for writing, as
+        # (watch, name), and when (loop time) events were last lost (queue overflow).
+        self._writing: set[tuple[int, str]] = set()
+        self._lost_at = float("-inf")
 
     @property
     def paths(self) -> tuple[Path, ...]:
@@ -286,7 +309,7 @@ class FilesAdapter:
                 scan = await asyncio.to_thread(self._scan, woke)
                 if not await asyncio.to_thread(self._has_changes, scan):
                     continue
-                settled = await self._settle(scan)
+                settled = await self._settle(scan, told=woke)
                 if settled is None:
                     return
                 before = self._unavailable
@@ -304,6 +327,7 @@ class FilesAdapter:
         if notify is None:
             return
         self._inotify, self._notified = notify, asyncio.Event()
+        self._writing, self._lost_at = set(), float("-inf")
         self._names = {p.absolute().name for p in self._paths}  # configured, seen from parents
         asyncio.get_running_loop().add_reader(notify.fd, self._on_notify)
 
@@ -311,14 +335,39 @@ class FilesAdapter:
         if self._inotify is None or self._notified is None:
             return
         events = self._inotify.drain()
-        if events is None or any(self._relevant(mask, name) for mask, name in events):
+        if events is None:  # (lost events) unknown writers: settle the whole window
+            self._writing.clear()
+            self._lost_at = asyncio.get_running_loop().time()
+            self._notified.set()
+        elif self._note(events):
             self._notified.set()
 
-    def _relevant(self, mask: int, name: str) -> bool:
+    def _note(self, events: list[Event]) -> bool:
+        """Keep track of the files open for writing (created or modified, not yet closed);
+        True when one of the events may change what is read."""
+        relevant = False
+        for event in events:
+            mask, at = event.mask, (event.wd, event.name)
+            if mask & IN_IGNORED:  # the watch is gone, and what it saw open with it
+                self._writing = {w for w in self._writing if w[0] != event.wd}
+                continue
+            if not self._relevant(event):
+                continue
+            relevant = True
+            if not event.name or mask & IN_ISDIR:
+                continue
+            if mask & (IN_CREATE | IN_MODIFY):
+                self._writing.add(at)
+            elif mask & (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE):
+                self._writing.discard(at)  # complete, or no longer read under this name
+        return relevant
+
+    def _relevant(self, event: Event) -> bool:
         """Whether an event may change what is read: not one about an editor's scratch file
         or, in a configured path's parent directory, a sibling (a busy log next to mesh.yaml
         must not make the adapter look at the files on every write)."""
-        if not name or mask & IN_ISDIR or name.startswith(".."):  # ..data: a ConfigMap swap
+        name = event.name
+        if not name or event.mask & IN_ISDIR or name.startswith(".."):  # ..data: ConfigMap swap
             return True
         return is_config_file(Path(name)) or name in self._names
 
@@ -330,26 +379,48 @@ class FilesAdapter:
         """Wait for a change notification (True), the timeout (False) or stop (None)."""
         return await wait_for_change(self._stop, self._notified, seconds)
 
-    async def _settle(self, sigs: _Scan) -> _Scan | None:
-        """Wait until the files stop changing for one debounce window (bounded); None on stop.
+    async def _settle(self, sigs: _Scan, *, told: bool = False) -> _Scan | None:
+        """Wait until the files stop changing for one debounce window (bounded), or SETTLE_S
+        when inotify says the changes are complete (_settle_until); None on stop.
 
         With inotify the files are looked at again when told of a change (or after a poll
         interval), so the window ends one debounce after the last change; without, they are
-        looked at every min(poll, debounce)."""
+        looked at every min(poll, debounce). told: inotify told of the change; a change only
+        the poll saw (a symlink's target outside the watched directories) gets the whole
+        window, as does one seen so while settling."""
         loop = asyncio.get_running_loop()
         quiet_since = started = loop.time()
         limit = started + max(self._debounce * MAX_DEBOUNCE_WINDOWS, self._poll)
         step = min(self._poll, self._debounce) if self._debounce > 0 else 0
-        while loop.time() - quiet_since < self._debounce and loop.time() < limit:
+        while (now := loop.time()) < limit:
+            until = self._settle_until(sigs, quiet_since, told)
+            if now >= until:
+                break
             if self._notified is not None:
-                step = max(0.0, min(self._poll, quiet_since + self._debounce - loop.time()))
+                step = max(0.0, min(self._poll, until - now))
             woke = await self._wait(step)
             if woke is None:
                 return None
             current = await asyncio.to_thread(self._scan, woke)
             if current != sigs:
-                sigs, quiet_since = current, loop.time()
+                sigs, quiet_since, told = current, loop.time(), told and woke
         return sigs
+
+    def _settle_until(self, sigs: _Scan, quiet_since: float, told: bool) -> float:
+        """When the files, quiet since quiet_since, are settled: one debounce window later,
+        unless inotify says the changes are complete (module docstring): SETTLE_S later then."""
+        full = quiet_since + self._debounce
+        if not told or self._inotify is None or self._notified is None or sigs.unavailable:
+            return full
+        self._on_notify()  # (the events not yet read: a writer that just began)
+        if self._writing or self._vanished(sigs):
+            return full
+        return min(full, max(quiet_since + SETTLE_S, self._lost_at + self._debounce))
+
+    def _vanished(self, scan: _Scan) -> bool:
+        """Whether a file that was read is missing (deleted, or renamed away as vim does
+        before writing the new version): its replacement may be on its way."""
+        return any(p not in scan.sigs and not scan.frozen(p) for p in self._files)
 
     def _scan(self, rewatch: bool = False) -> _Scan:
         """Look at the files; rewatch: also bring the inotify watches up to date first."""

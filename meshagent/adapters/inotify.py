@@ -1,8 +1,9 @@
 """Linux inotify through ctypes (three syscalls): a wake-up for the files adapter's poll.
 
-Only "something in these directories changed" is used, never the event details: the adapter
-re-scans on a wake-up, so a lost or coalesced event costs latency (the poll still runs), never
-correctness. Unavailable (not Linux, no libc symbol, the per-user limit reached): `open()`
+The adapter re-scans on a wake-up, so a lost or coalesced event costs latency (the poll still
+runs), never correctness. The event kinds only tell the files adapter how long to let the
+files settle (a file renamed into place or closed by its writer is complete; one being written
+is not). Unavailable (not Linux, no libc symbol, the per-user limit reached): `open()`
 returns None and the adapter polls as before.
 """
 
@@ -15,6 +16,7 @@ import struct
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 IN_MODIFY = 0x002
 IN_ATTRIB = 0x004
@@ -26,6 +28,7 @@ IN_DELETE = 0x200
 IN_DELETE_SELF = 0x400
 IN_MOVE_SELF = 0x800
 IN_Q_OVERFLOW = 0x4000
+IN_IGNORED = 0x8000
 IN_ISDIR = 0x40000000
 IN_ONLYDIR = 0x01000000
 IN_NONBLOCK = os.O_NONBLOCK
@@ -36,6 +39,16 @@ MASK = (
 )  # fmt: skip
 
 _HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
+
+
+class Event(NamedTuple):
+    """One inotify event: name is "" for the watched directory itself; cookie pairs the two
+    halves of a rename (IN_MOVED_FROM, IN_MOVED_TO)."""
+
+    mask: int
+    name: str
+    wd: int
+    cookie: int
 
 
 class Inotify:
@@ -81,11 +94,10 @@ class Inotify:
             self._watches[path] = wd
         return complete
 
-    def drain(self) -> list[tuple[int, str]] | None:
-        """Read every pending event: (mask, name) each (name "" for the directory itself);
-        None when the events could not be read (the queue overflowed, an error): look at
-        everything."""
-        events: list[tuple[int, str]] = []
+    def drain(self) -> list[Event] | None:
+        """Read every pending event; None when the events could not be read (the queue
+        overflowed, an error): look at everything."""
+        events: list[Event] = []
         while True:
             try:
                 data = os.read(self.fd, 65536)
@@ -97,10 +109,10 @@ class Inotify:
                 return events
             offset = 0
             while offset + _HEADER.size <= len(data):
-                _, mask, _, length = _HEADER.unpack_from(data, offset)
+                wd, mask, cookie, length = _HEADER.unpack_from(data, offset)
                 start = offset + _HEADER.size
                 name = data[start : start + length].split(b"\0", 1)[0]
-                events.append((mask, os.fsdecode(name)))
+                events.append(Event(mask, os.fsdecode(name), wd, cookie))
                 offset = start + length
                 if mask & IN_Q_OVERFLOW:
                     return None

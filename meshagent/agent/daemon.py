@@ -63,6 +63,10 @@ SOURCE_RETRY_MAX_S = 30.0
 AGENT_CONFIG = "agent-config"  # the source of a refused reload's diagnostic
 CREDENTIALS_SOURCE = "credentials"  # adapters/credentials.py
 CREDENTIALS_WAIT_S = 5.0
+# The analysis waits for this long without a change (so that it does not slow the next change
+# of a burst, issue 17), but at most ANALYSIS_MAX_DEFER_S after it is due.
+ANALYSIS_QUIET_S = 0.3
+ANALYSIS_MAX_DEFER_S = 5.0
 # How long a first start (no last good) lets the sources list before the managed Envoy
 # starts, so that its bootstrap gets their BOOTSTRAP EnvoyFilter patches.
 BOOTSTRAP_WAIT_S = 2.0
@@ -215,6 +219,7 @@ class Agent:
         self.analysis.register(self.metrics.registry)
         self._analysis_task: asyncio.Task[None] | None = None
         self._analyzed_at = -ANALYSIS_INTERVAL_S  # loop time of the last analysis' start
+        self._changed_at = float("-inf")  # loop time of the last change applied
         # Held by whoever uses the normalizer: the processing task and the analysis' capture.
         self._normalizer_lock = asyncio.Lock()
         # What a publish serves badly, reported while it lasts (agent/problems.py).
@@ -522,6 +527,7 @@ class Agent:
 
     async def _apply(self, events: list[SourceEvent]) -> None:
         self.convergence.changed()
+        self._changed_at = asyncio.get_running_loop().time()
         async with self._normalizer_lock:
             try:
                 # In a worker thread, as translation is: a 10k-service load takes seconds,
@@ -556,7 +562,7 @@ class Agent:
         while isinstance(snapshot := self._snapshot, MeshSnapshot) and self.analysis.stale(
             snapshot
         ):
-            await asyncio.sleep(max(0.0, self._analyzed_at + ANALYSIS_INTERVAL_S - loop.time()))
+            await self._analysis_due(loop)
             self._analyzed_at = loop.time()
             try:
                 async with self._normalizer_lock:
@@ -568,6 +574,17 @@ class Agent:
             except Exception:
                 log.exception("analysis_failed_bug", version=snapshot.version)
                 return
+
+    async def _analysis_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait for the next analysis: one interval after the last one, and once no change
+        was applied for ANALYSIS_QUIET_S (the analysis takes CPU in a worker thread: it would
+        slow the publish of a change in a burst), but at most ANALYSIS_MAX_DEFER_S late."""
+        latest = max(self._analyzed_at + ANALYSIS_INTERVAL_S, loop.time()) + ANALYSIS_MAX_DEFER_S
+        while (now := loop.time()) < latest:
+            due = max(self._analyzed_at + ANALYSIS_INTERVAL_S, self._changed_at + ANALYSIS_QUIET_S)
+            if now >= due:
+                return
+            await asyncio.sleep(min(due, latest) - now)
 
     def _report(
         self, diagnostics: Sequence[Diagnostic], events: Sequence[SourceEvent] = ()

@@ -7,6 +7,11 @@ version instead of vanishing. A document whose file was deleted meanwhile is not
 the daemon seeds the normalizer with these, and the source's first full listing deletes what it
 no longer has (see FilesAdapter.restore and Agent._admit).
 
+The save is off the critical path: after a change the daemon publishes first, and the keeper
+writes SAVE_DELAY_S later (a burst of changes is one save, at most one save runs at a time, and
+a stop writes at once). Each resource's JSON text is kept from one save to the next, so a save
+re-encodes only the resources that changed.
+
 The file is JSON, written atomically (temporary file, fsync, rename, fsync of the directory),
 mode 0600, and at most MAX_BYTES; an unreadable or oversized file is ignored with a warning.
 The documents' line maps are not kept (they would triple the size): a restored document is
@@ -34,6 +39,10 @@ _agent_log = structlog.get_logger("meshagent.agent")  # the daemon's events, as 
 FILE_NAME = "last-good.json"
 FORMAT = 1
 MAX_BYTES = 64 * 1024 * 1024
+# How long after a change the save starts: it gathers a burst of changes into one write, and
+# keeps the write (seconds of CPU at 10k services, before the text was kept) out of the way of
+# the publish of the change and of the next ones (issue 17).
+SAVE_DELAY_S = 1.0
 # Sources whose documents are configuration people edit: a platform (Consul, Kubernetes) lists
 # its current state on every start instead.
 PERSISTED_SOURCES = ("files",)
@@ -50,6 +59,9 @@ class LastGoodStore:
     def __init__(self, path: Path, *, max_bytes: int = MAX_BYTES) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        # Each resource's JSON text as last written (None: JSON cannot carry it), reused while
+        # the resource is the same object: only what changed is encoded again.
+        self._encoded: dict[Key, tuple[RawResource, bytes | None]] = {}
 
     def load(self) -> list[RawResource]:
         """The saved resources; [] (with a warning) when there are none or they are unusable."""
@@ -87,33 +99,41 @@ class LastGoodStore:
                 self.path.unlink()
         release_free_memory()
 
-    @staticmethod
-    def _chunks(resources: Iterable[RawResource]) -> Iterator[bytes]:
+    def _chunks(self, resources: Iterable[RawResource]) -> Iterator[bytes]:
         yield f'{{"format":{FORMAT},"resources":[\n'.encode()
         separator = b""
+        cache, encoded = self._encoded, {}
         for raw in sorted(resources, key=lambda r: r.key):
             if raw.kind in NEVER_PERSISTED_KINDS:
                 continue  # key material stays in memory (re-read from its source at start)
-            try:
-                item = json.dumps(_encode(raw), separators=(",", ":")).encode("utf-8")
-            except (TypeError, ValueError):
-                log.warning("last_good_skipped", resource=raw.provenance.ref, reason="not JSON")
+            kept = cache.get(raw.key)
+            item = kept[1] if kept is not None and kept[0] is raw else _encode_item(raw)
+            encoded[raw.key] = (raw, item)
+            if item is None:
                 continue
             yield separator + item
             separator = b",\n"
         yield b"\n]}\n"
+        self._encoded = encoded  # (only once the whole was written: what the file holds)
 
 
 class LastGoodKeeper:
     """The daemon's bookkeeping around a LastGoodStore: what the store holds (saved), what was
     restored at start (reported once every persisted source has listed, where it still
-    serves), and the background save. report() shows diagnostics among the current problems."""
+    serves), and the background save (delay seconds after a change, see the module
+    docstring). report() shows diagnostics among the current problems."""
 
     def __init__(
-        self, store: LastGoodStore, report: Callable[[Sequence[Diagnostic]], None]
+        self,
+        store: LastGoodStore,
+        report: Callable[[Sequence[Diagnostic]], None],
+        *,
+        delay: float = SAVE_DELAY_S,
     ) -> None:
         self.store = store
         self._report = report
+        self._delay = delay
+        self._flush = asyncio.Event()  # set at stop: write now, without the delay
         # What the store holds: replaced after each apply that changed it, never mutated then.
         self.saved: dict[Key, RawResource] = {}
         self._task: asyncio.Task[None] | None = None
@@ -170,15 +190,20 @@ class LastGoodKeeper:
             self._task = asyncio.create_task(self._save())
 
     async def saved_all(self) -> None:
-        """Wait for a save in progress to end (at stop)."""
+        """Write a pending save at once and wait for it to end (at stop)."""
+        self._flush.set()
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await self._task
 
     async def _save(self) -> None:
-        """Write the latest accepted set, and again while it changed during a write."""
+        """Write the latest accepted set delay seconds after a change (sooner at stop), and
+        again, as long after, while it changed during a write."""
         written: dict[Key, RawResource] | None = None
         while written is not self.saved:
+            if not self._flush.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._flush.wait(), self._delay)
             written = self.saved
             try:
                 await asyncio.to_thread(self.store.save, list(written.values()))
@@ -196,6 +221,15 @@ class LastGoodKeeper:
         if still:
             _agent_log.warning("last_good_serving", resources=len(still))
         self._report([_restored_warning(raw) for raw in still])
+
+
+def _encode_item(raw: RawResource) -> bytes | None:
+    """The resource's JSON text; None (with a warning) when JSON cannot carry it."""
+    try:
+        return json.dumps(_encode(raw), separators=(",", ":")).encode("utf-8")
+    except (TypeError, ValueError):
+        log.warning("last_good_skipped", resource=raw.provenance.ref, reason="not JSON")
+        return None
 
 
 def _serves(current: RawResource | None, restored: RawResource) -> bool:

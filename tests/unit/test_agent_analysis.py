@@ -160,6 +160,39 @@ async def test_a_burst_of_changes_is_analyzed_once_after_the_interval(
     await running(agent, body)
 
 
+async def test_the_analysis_waits_for_a_quiet_moment_after_a_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (no interval: only the wait for a quiet moment can hold the analysis back)
+    monkeypatch.setattr(daemon, "ANALYSIS_INTERVAL_S", 0.0)
+    monkeypatch.setattr(daemon, "ANALYSIS_QUIET_S", 1.0)
+    mesh = tmp_path / "mesh"
+    mesh.mkdir()
+    (mesh / "shop.yaml").write_text(SE)
+    agent = agent_for(tmp_path)
+    runs: list[tuple[int, float]] = []  # (version, loop time of the start)
+    real = agent.analysis.analyze
+    loop = asyncio.get_running_loop()
+
+    def timed(captured: AnalysisInput) -> None:  # (in a worker thread: the loop's clock)
+        runs.append((captured.snapshot.version, loop.time()))
+        real(captured)
+
+    agent.analysis.analyze = timed  # type: ignore[method-assign]
+
+    async def body() -> None:
+        await until(lambda: len(runs) == 1, "the first analysis")
+        version = agent.snapshot.version
+        (mesh / "shop.yaml").write_text(SE.replace("10.0.0.1", "10.0.1.1"))
+        await until(lambda: agent.snapshot.version > version, "the change")
+        seen = loop.time()  # (a poll after the change was applied)
+        await until(lambda: runs[-1][0] == agent.snapshot.version, "the change analyzed")
+        # then the analysis of the change started once the mesh was quiet, not with the publish
+        assert runs[-1][1] - seen >= 0.5, (runs, seen)
+
+    await running(agent, body)
+
+
 def test_consul_objects_are_analyzed_with_the_files_that_name_them() -> None:
     from meshagent.agent.analysis_runtime import AgentAnalysis
     from meshagent.model.source import SourceEvent

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -727,3 +728,187 @@ def test_config_files_are_read_bounded_and_only_when_regular(tmp_path: Path) -> 
     big = tmp_path / "big.yaml"
     big.write_bytes(b"x" * 5000)
     assert len(read_config_bytes(big, 1000)) == 1001  # one more than the limit: "too large"
+
+
+# --- settling by inotify event (a complete file need not wait the debounce window) ----------
+
+SLOW_DEBOUNCE_MS = 4000  # far above what a complete change may take to be acted on
+
+
+def _needs_inotify(notification: str) -> None:
+    if notification == "polling" or Inotify.open() is None:
+        pytest.skip("needs inotify (Linux)")
+
+
+def _slow(*paths: Path, debounce_ms: int = SLOW_DEBOUNCE_MS) -> FilesAdapter:
+    return FilesAdapter(
+        list(paths), debounce_ms=debounce_ms, poll_interval_ms=60_000, loader=fake_loader
+    )
+
+
+async def _not_yet(waiting: asyncio.Future[SourceEvent], seconds: float = 0.3) -> bool:
+    """True when no event came within seconds (a bounded wait: proving an absence)."""
+    done, _ = await asyncio.wait({waiting}, timeout=seconds)
+    return not done
+
+
+def _values(event: SourceEvent) -> dict[str, int]:
+    return {r.name: r.body["spec"]["value"] for r in event.upserts}
+
+
+async def test_a_rename_into_place_is_acted_on_without_the_debounce(
+    tmp_path: Path, notification: str
+) -> None:
+    _needs_inotify(notification)
+    target = tmp_path / "mesh.yaml"
+    target.write_text(doc("a", 1))
+    async with (files := _slow(tmp_path)):
+        it = files.watch()
+        await next_event(it)
+        tmp = tmp_path / ".mesh.yaml.tmp"
+        tmp.write_text(doc("a", 2))
+        started = time.monotonic()
+        os.replace(tmp, target)
+        changed = await next_event(it)
+        took = time.monotonic() - started
+    assert _values(changed) == {"a": 2}
+    assert took < SLOW_DEBOUNCE_MS / 1000 / 2, took
+
+
+async def test_a_writer_closing_the_file_is_acted_on_without_the_debounce(
+    tmp_path: Path, notification: str
+) -> None:
+    _needs_inotify(notification)
+    target = tmp_path / "mesh.yaml"
+    target.write_text(doc("a", 1))
+    async with (files := _slow(tmp_path)):
+        it = files.watch()
+        await next_event(it)
+        started = time.monotonic()
+        target.write_text(doc("a", 2))  # in place: open, write, close
+        changed = await next_event(it)
+        took = time.monotonic() - started
+    assert _values(changed) == {"a": 2}
+    assert took < SLOW_DEBOUNCE_MS / 1000 / 2, took
+
+
+async def test_a_file_still_being_written_waits_for_its_writer(
+    tmp_path: Path, notification: str
+) -> None:
+    _needs_inotify(notification)
+    target = tmp_path / "mesh.yaml"
+    target.write_text(doc("a", 1))
+    text = doc("a", 2) + doc("b", 3)
+    async with (files := _slow(tmp_path)):
+        it = files.watch()
+        await next_event(it)
+        waiting = asyncio.ensure_future(next_event(it))
+        with target.open("w") as writer:  # writes, pauses, writes the rest, then closes
+            writer.write(text[:30])
+            writer.flush()
+            assert await _not_yet(waiting)  # the truncated file is not read meanwhile
+            writer.write(text[30:])
+            writer.flush()
+            assert await _not_yet(waiting)
+        started = time.monotonic()
+        changed = await waiting
+        took = time.monotonic() - started
+    assert _values(changed) == {"a": 2, "b": 3}
+    assert took < SLOW_DEBOUNCE_MS / 1000 / 2, took  # acted on at the close
+
+
+async def test_a_burst_of_renames_is_one_event(tmp_path: Path, notification: str) -> None:
+    _needs_inotify(notification)
+    (tmp_path / "a0.yaml").write_text(doc("a0", 0))
+    async with (files := _slow(tmp_path)):
+        it = files.watch()
+        await next_event(it)
+        for i in range(20):  # as ansible copying many files does: each renamed into place
+            tmp = tmp_path / f".a{i}.yaml.tmp"
+            tmp.write_text(doc(f"a{i}", 1))
+            os.replace(tmp, tmp_path / f"a{i}.yaml")
+        changed = await next_event(it)
+    assert _values(changed) == {f"a{i}": 1 for i in range(20)}
+
+
+async def test_a_vim_style_backup_rename_waits_the_debounce_for_the_new_file(
+    tmp_path: Path, notification: str
+) -> None:
+    _needs_inotify(notification)
+    target = tmp_path / "mesh.yaml"
+    target.write_text(doc("a", 1))
+    async with (files := _slow(tmp_path, debounce_ms=1000)):
+        it = files.watch()
+        await next_event(it)
+        waiting = asyncio.ensure_future(next_event(it))
+        os.rename(target, tmp_path / "mesh.yaml~")  # the file is missing for a while
+        assert await _not_yet(waiting)
+        target.write_text(doc("a", 2))
+        changed = await waiting
+    assert _values(changed) == {"a": 2}
+    assert not changed.deletes
+
+
+async def test_a_directory_swap_is_not_taken_for_deletes(tmp_path: Path, notification: str) -> None:
+    _needs_inotify(notification)
+    mesh = tmp_path / "mesh"
+    mesh.mkdir()
+    (mesh / "a.yaml").write_text(doc("a", 1))
+    (tmp_path / "mesh.new").mkdir()
+    (tmp_path / "mesh.new" / "a.yaml").write_text(doc("a", 2))
+    async with (files := _slow(mesh)):
+        it = files.watch()
+        await next_event(it)
+        waiting = asyncio.ensure_future(next_event(it))
+        os.rename(mesh, tmp_path / "mesh.old")
+        assert await _not_yet(waiting, 0.2)  # the path missing: not settled meanwhile
+        os.rename(tmp_path / "mesh.new", mesh)
+        started = time.monotonic()
+        changed = await waiting
+        took = time.monotonic() - started
+    assert _values(changed) == {"a": 2}
+    assert not changed.deletes and not changed.unavailable
+    assert took < SLOW_DEBOUNCE_MS / 1000 / 2, took
+
+
+async def test_polling_keeps_the_debounce_after_a_rename(tmp_path: Path, notification: str) -> None:
+    if notification != "polling":
+        pytest.skip("polling only")
+    target = tmp_path / "mesh.yaml"
+    target.write_text(doc("a", 1))
+    async with (files := adapter(tmp_path, debounce_ms=300)):
+        it = files.watch()
+        await next_event(it)
+        tmp = tmp_path / ".mesh.yaml.tmp"
+        tmp.write_text(doc("a", 2))
+        started = time.monotonic()
+        os.replace(tmp, target)
+        changed = await next_event(it)
+        took = time.monotonic() - started
+    assert _values(changed) == {"a": 2}
+    assert took >= 0.3
+
+
+async def test_a_change_only_the_poll_sees_keeps_the_debounce(
+    tmp_path: Path, notification: str
+) -> None:
+    _needs_inotify(notification)
+    outside = tmp_path / "elsewhere"  # not watched: its writes raise no event for the adapter
+    outside.mkdir()
+    (outside / "mesh.yaml").write_text(doc("a", 1))
+    mesh = tmp_path / "mesh"
+    mesh.mkdir()
+    (mesh / "mesh.yaml").symlink_to(outside / "mesh.yaml")
+    text = doc("a", 2) + doc("b", 3)
+    files = FilesAdapter([mesh], debounce_ms=1000, poll_interval_ms=20, loader=fake_loader)
+    async with files:
+        it = files.watch()
+        await next_event(it)
+        waiting = asyncio.ensure_future(next_event(it))
+        with (outside / "mesh.yaml").open("w") as writer:  # the poll sees a partial write
+            writer.write(text[:30])
+            writer.flush()
+            assert await _not_yet(waiting)  # the truncated file is not read meanwhile
+            writer.write(text[30:])
+        changed = await waiting
+    assert _values(changed) == {"a": 2, "b": 3}

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
-from meshagent.agent.lastgood import LastGoodStore
-from meshagent.model.source import Provenance, RawResource
+import pytest
+
+from meshagent.agent import lastgood
+from meshagent.agent.lastgood import LastGoodKeeper, LastGoodStore
+from meshagent.model.source import Provenance, RawResource, SourceEvent
+from tests.polling import async_wait_for
+
+DEADLINE_S = 10.0
 
 
 def resource(name: str, body_extra: object = None) -> RawResource:
@@ -71,3 +80,62 @@ def _saved_text(tmp_path: Path) -> str:
     path = tmp_path / "other.json"
     LastGoodStore(path).save([resource("a")])
     return path.read_text()
+
+
+def test_a_save_encodes_only_the_resources_that_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encoded: list[str] = []
+    real = lastgood._encode_item
+    monkeypatch.setattr(lastgood, "_encode_item", lambda r: encoded.append(r.name) or real(r))
+    store = LastGoodStore(tmp_path / "last-good.json")
+    a, b, c = resource("a"), resource("b"), resource("c")
+    store.save([a, b, c])
+    assert sorted(encoded) == ["a", "b", "c"]
+    encoded.clear()
+    b2 = resource("b", "changed")
+    store.save([a, b2, c])
+    assert encoded == ["b"]  # a and c: the text kept from the last save
+    assert {r.name: r.body for r in store.load()} == {"a": a.body, "b": b2.body, "c": c.body}
+
+
+class _CountingStore(LastGoodStore):
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.saves: list[tuple[float, list[str]]] = []
+
+    def save(self, resources: Iterable[RawResource]) -> None:
+        names = sorted(r.name for r in resources)
+        self.saves.append((time.monotonic(), names))
+        super().save(resources)
+
+
+def _remember(keeper: LastGoodKeeper, *raws: RawResource) -> None:
+    accepted = {r.key: r for r in raws}
+    keeper.remember(
+        lambda keys: {k: accepted.get(k) for k in keys},
+        [SourceEvent("files", upserts=raws)],
+        lambda: True,
+    )
+
+
+async def test_a_burst_of_changes_is_one_save_after_the_delay(tmp_path: Path) -> None:
+    store = _CountingStore(tmp_path / "last-good.json")
+    keeper = LastGoodKeeper(store, lambda _: None, delay=0.3)
+    started = time.monotonic()
+    for i in range(5):
+        _remember(keeper, resource(f"r{i}"))
+        await asyncio.sleep(0)  # (the loop runs between changes, as in the daemon)
+    await async_wait_for(lambda: store.saves, timeout=DEADLINE_S)
+    [(at, names)] = store.saves  # one save for the burst, with all of it
+    assert names == [f"r{i}" for i in range(5)]
+    assert at - started >= 0.3  # not while the changes are published
+    assert [r.name for r in store.load()] == names
+
+
+async def test_stop_writes_a_pending_save_at_once(tmp_path: Path) -> None:
+    store = _CountingStore(tmp_path / "last-good.json")
+    keeper = LastGoodKeeper(store, lambda _: None, delay=3600)
+    _remember(keeper, resource("a"))
+    await asyncio.wait_for(keeper.saved_all(), timeout=DEADLINE_S)
+    assert [r.name for r in store.load()] == ["a"]
