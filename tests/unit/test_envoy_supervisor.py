@@ -22,12 +22,14 @@ from meshagent.agent.envoy import EnvoySupervisor, envoy_command, find_envoy_bin
 from meshagent.agent.envoy_adopt import (
     PID_FILE,
     AdoptedEnvoy,
+    command_line,
     recorded_envoy,
     same_command,
+    start_time,
     write_pid_file,
 )
 from meshagent.errors import ConfigError
-from tests.polling import async_wait_for
+from tests.polling import async_wait_for, wait_for
 
 DEADLINE_S = 30.0
 
@@ -151,6 +153,12 @@ def fake_envoy(tmp_path: Path) -> Iterator[tuple[list[str], subprocess.Popen[byt
     binary.symlink_to(shutil.which("tail") or "/usr/bin/tail")
     command = [str(binary), "-c", "300", "-f", "/dev/null"]
     proc = subprocess.Popen(command)
+    # Seen as that command (argv and a start time) before a test reads /proc for it: the suite
+    # once saw the recorded process not found on a busy machine.
+    wait_for(
+        lambda: command_line(proc.pid) == command and start_time(proc.pid) is not None,
+        what=f"the fake Envoy (pid {proc.pid}) in /proc as {command}",
+    )
     yield command, proc
     proc.kill()
     proc.wait(10)
