@@ -22,64 +22,21 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._envoy import FastApp
 from meshagent.testing.loopback import free_port
 from meshagent.testing.mesh_harness import MeshHarness, mesh_harness, wait_until
 
 LOG_LEVEL = "warning"
-
-
-class FastApp:
-    """An upstream that answers every request with one write (`x-served-by: <name>`).
-
-    The demo app writes headers and body separately, which with delayed ACKs costs ~40 ms per
-    request: far coarser than what is measured here."""
-
-    def __init__(self, name: str) -> None:
-        self.reply = (
-            f"HTTP/1.1 200 OK\r\nx-served-by: {name}\r\ncontent-length: 2\r\n\r\nok"
-        ).encode()
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return  # closed
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        buffered = b""
-        with conn:
-            while True:
-                try:
-                    data = conn.recv(65536)
-                except OSError:
-                    return
-                if not data:
-                    return
-                buffered += data
-                while b"\r\n\r\n" in buffered:  # GET requests only: no bodies to skip
-                    _, buffered = buffered.split(b"\r\n\r\n", 1)
-                    conn.sendall(self.reply)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def catalog_body(name: str, sid: str, port: int) -> dict[str, Any]:
