@@ -21,25 +21,30 @@ back to back on new connections; no admin polling, which would load Envoy's main
 Initial load: from the process start (the agent's, or the file Envoy's) until Envoy is LIVE
 (admin `/ready`, polled every 50 ms), has every cluster active (admin stats
 `cluster_manager.active_clusters`, then checked once a second) and answers for the last
-service. Memory: the agent's RSS after the load and after
-the changes, and both Envoys' `server.memory_allocated` after the load. `cpu_ms_per_change`
-is each process's CPU over the changes divided by their number; an Envoy's includes serving the
-probe requests, which go on for as long as that side takes to converge.
+service; for the agent also when its /readyz first answers 200 (`agent_ready_s`: ready must
+mean Envoy has the configuration, so never before the ACKs). Memory: the agent's RSS after the
+load and after the changes, and both Envoys' `server.memory_allocated` after the load.
+`cpu_ms_per_change` is each process's CPU over the changes divided by their number; an Envoy's
+includes serving the probe requests, which go on for as long as that side takes to converge.
 
 Usage: python benchmarks/files_convergence.py [--services 1000] [--changes 100]
-       [--debounce-ms 100] [--poll-ms 200] [--quick]
+       [--debounce-ms 100] [--poll-ms 200] [--quick] [--sotw] [--keep DIR]
+  --sotw   the agent's Envoy uses state-of-the-world ADS instead of delta
+  --keep   work in DIR and leave it: the agent's log, both bootstraps, the mesh files
 Prints one JSON document.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -265,6 +270,32 @@ def timeline(log: Path, start: float) -> dict[str, float]:
     return out
 
 
+class ReadyWatch:
+    """When the agent's /readyz first answers 200 (polled every 100 ms from a thread), to
+    check that ready means Envoy has the configuration: not before its clusters are active."""
+
+    def __init__(self, admin_port: int, started: float) -> None:
+        self.ready_s: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, args=(admin_port, started), daemon=True)
+        self._thread.start()
+
+    def _poll(self, port: int, started: float) -> None:
+        while not self._stop.is_set():
+            try:
+                if http_get(port, "/readyz", timeout=5)[0] == 200:
+                    self.ready_s = round(time.perf_counter() - started, 2)
+                    return
+            except OSError:
+                pass
+            self._stop.wait(0.1)
+
+    def result(self) -> float | None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        return self.ready_s
+
+
 def envoy_pid(state_dir: Path) -> int | None:
     """The pid of the Envoy the agent manages (its pid file: "<pid> <start time>")."""
     try:
@@ -310,7 +341,23 @@ def start_apps() -> tuple[FastApp, FastApp]:
     raise SystemExit("no port free on both 127.0.0.1 and 127.0.0.2")
 
 
-def run(n: int, changes: int, debounce_ms: int, poll_ms: int, pause: float) -> dict[str, Any]:
+def workdir(keep: str | None) -> contextlib.AbstractContextManager[str]:
+    """A temporary directory, or keep (created, left in place: logs and files to read after)."""
+    if keep is None:
+        return tempfile.TemporaryDirectory()
+    Path(keep).mkdir(parents=True, exist_ok=True)
+    return contextlib.nullcontext(keep)
+
+
+def run(
+    n: int,
+    changes: int,
+    debounce_ms: int,
+    poll_ms: int,
+    pause: float,
+    keep: str | None = None,
+    sotw: bool = False,
+) -> dict[str, Any]:
     old, new = start_apps()
     port = old.port
     procs: list[subprocess.Popen[bytes]] = []
@@ -320,11 +367,12 @@ def run(n: int, changes: int, debounce_ms: int, poll_ms: int, pause: float) -> d
         "changes": changes,
         "debounce_ms": debounce_ms,
         "poll_interval_ms": poll_ms,
+        "xds": "sotw" if sotw else "delta",
         "pause_between_changes_s": pause,
         "load_average_at_start": os.getloadavg()[0],
     }
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with workdir(keep) as tmp:
             root = Path(tmp)
             # -- Envoy's own file-watched CDS ----------------------------------------------
             cds = root / "cds.json"
@@ -359,6 +407,7 @@ def run(n: int, changes: int, debounce_ms: int, poll_ms: int, pause: float) -> d
             workloads = mesh / "workloads.yaml"
             workloads.write_text("---\n".join(entries))
             agent = Plane("agent", free_port(), free_port())
+            agent_admin = free_port()
             config = {
                 "node": {"id": "bench", "cluster": "meshagent", "namespace": NS},
                 "sources": {
@@ -369,7 +418,8 @@ def run(n: int, changes: int, debounce_ms: int, poll_ms: int, pause: float) -> d
                     }
                 },
                 "state_dir": "state",
-                "admin": {"address": "127.0.0.1", "port": free_port()},
+                "xds": {"delta": not sotw},
+                "admin": {"address": "127.0.0.1", "port": agent_admin},
                 "envoy": {
                     "manage": True,
                     "admin_port": agent.admin_port,
@@ -400,8 +450,11 @@ def run(n: int, changes: int, debounce_ms: int, poll_ms: int, pause: float) -> d
             )
             procs.append(agent_proc)
             wall = time.time() - (time.perf_counter() - started)  # the start, on the wall clock
+            ready = ReadyWatch(agent_admin, started)
             result["initial_load_agent"] = wait_loaded(agent, started, 4 * n, n - 1)
             loaded = result["initial_load_agent"]
+            wait_until(lambda: ready.ready_s, timeout=60, what="agent /readyz 200", step=0.1)
+            loaded["agent_ready_s"] = ready.result()
             loaded["timeline_s"] = timeline(root / "agent.log", wall)
             loaded["agent_cpu_s"] = cpu_s(agent_proc.pid)
             loaded["envoy_cpu_s"] = cpu_s(envoy_pid(root / "state"))
@@ -456,13 +509,23 @@ def main() -> int:
         "--pause-ms", type=int, help="quiet time before each change (default: 50 + N/20 ms)"
     )
     parser.add_argument("--quick", action="store_true", help="100 services, 10 changes")
+    parser.add_argument("--sotw", action="store_true", help="the agent serves SotW, not delta")
+    parser.add_argument("--keep", metavar="DIR", help="work in DIR and leave it (logs, files)")
     args = parser.parse_args()
     if args.quick:
         args.services, args.changes = 100, 10
     # Envoy's file CDS re-reads every cluster on each change (seconds at 10k services): the
     # pause keeps that work from landing on the next measurement (either side's).
     pause_ms = args.pause_ms if args.pause_ms is not None else 50 + args.services // 20
-    result = run(args.services, args.changes, args.debounce_ms, args.poll_ms, pause_ms / 1000)
+    result = run(
+        args.services,
+        args.changes,
+        args.debounce_ms,
+        args.poll_ms,
+        pause_ms / 1000,
+        args.keep,
+        args.sotw,
+    )
     print(json.dumps({"benchmark": "files_convergence", **result}, indent=2))
     return 0
 

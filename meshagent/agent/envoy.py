@@ -343,6 +343,7 @@ def bootstrap_for(config: AgentConfig) -> dict[str, Any]:
         metadata={"ISTIO_VERSION": config.node.istio_version},
         stats_host_suffixes=host_suffixes(config.domain_suffix, patterns),
         stats_matcher=_stats_matcher(config.envoy.stats),
+        deferred_stats=config.envoy.stats.deferred,
     )
 
 

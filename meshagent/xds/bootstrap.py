@@ -34,6 +34,7 @@ def build_bootstrap(
     metadata: Mapping[str, str] | None = None,
     stats_host_suffixes: Sequence[str] | None = None,
     stats_matcher: Mapping[str, Any] | None = None,
+    deferred_stats: bool = False,
 ) -> dict[str, Any]:
     """A JSON-able Envoy v3 bootstrap using ADS (delta by default) from the agent.
 
@@ -41,6 +42,10 @@ def build_bootstrap(
     (host, port) must be given. `stats_host_suffixes`: where mesh host names end, for the
     `cluster_name` stats tag (default: `svc.cluster.local`; see `xds/stats_tags.py`).
     `stats_matcher`: which statistics Envoy keeps (None: all; see `stats_tags.inclusion_matcher`).
+    `deferred_stats`: Envoy makes a cluster's traffic statistics (upstream_rq_*, upstream_cx_*,
+    ...) at the cluster's first use instead of with the cluster. Each statistic Envoy makes
+    runs the `cluster_name` tag regex (std::regex, see stats_tags.py): with all kept, that was
+    most of Envoy's time applying a first CDS response (issue 17: 4,000 clusters 5.7 s).
     """
     if not node_id or not cluster:
         raise ConfigError("Envoy bootstrap needs a node id and a cluster", field="node")
@@ -49,7 +54,7 @@ def build_bootstrap(
     node: dict[str, Any] = {"id": node_id, "cluster": cluster}
     if metadata:
         node["metadata"] = dict(metadata)
-    return {
+    bootstrap: dict[str, Any] = {
         "node": node,
         "dynamic_resources": _dynamic_resources(delta),
         "static_resources": {"clusters": [_xds_cluster(xds_uds_path, xds_tcp)]},
@@ -63,6 +68,9 @@ def build_bootstrap(
             stats_matcher,
         ),
     }
+    if deferred_stats:
+        bootstrap["deferred_stat_options"] = {"enable_deferred_creation_stats": True}
+    return bootstrap
 
 
 def _layered_runtime() -> dict[str, Any]:

@@ -24,6 +24,17 @@ def test_default_keeps_every_stat(tmp_path: Path) -> None:
     assert "stats_matcher" not in bootstrap_for(config)["stats_config"]
 
 
+def test_cluster_traffic_stats_are_deferred_by_default(tmp_path: Path) -> None:
+    """Envoy makes a cluster's traffic statistics at its first use (issue 17: making them
+    with each cluster was most of Envoy's time applying a first CDS response)."""
+    config = parse_config(f"node: {{id: vm-1}}\nstate_dir: {tmp_path}\n", tmp_path / "a.yaml")
+    assert config.envoy.stats.deferred
+    options = bootstrap_for(config)["deferred_stat_options"]
+    assert options == {"enable_deferred_creation_stats": True}
+    eager = _config(tmp_path, "    deferred: false\n")
+    assert "deferred_stat_options" not in bootstrap_for(eager)
+
+
 def test_istio_preset_is_istios_default_inclusion_set_plus_extras(tmp_path: Path) -> None:
     config = _config(
         tmp_path,
@@ -60,6 +71,7 @@ def test_istio_preset_is_istios_default_inclusion_set_plus_extras(tmp_path: Path
             "non-empty",
         ),
         ("    presets: istio\n", "envoy.stats.presets", "unknown key"),
+        ("    deferred: yes please\n", "envoy.stats.deferred", "must be"),
     ],
 )
 def test_bad_stats_config_is_located(tmp_path: Path, stats: str, field: str, reason: str) -> None:

@@ -184,12 +184,14 @@ ENVOY_STATS_PRESETS = ("all", "istio")
 @dataclass(frozen=True, slots=True)
 class EnvoyStatsConfig:
     """Which statistics the Envoy bootstrap keeps (`envoy.stats`): `all`, or Istio's default
-    inclusion set plus these patterns."""
+    inclusion set plus these patterns; `deferred`: a cluster's traffic statistics are made at
+    its first use, not with the cluster (Envoy's `deferred_stat_options`)."""
 
     preset: str = "all"
     inclusion_prefixes: tuple[str, ...] = ()
     inclusion_suffixes: tuple[str, ...] = ()
     inclusion_regexps: tuple[str, ...] = ()
+    deferred: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -645,8 +647,9 @@ def _envoy_stats(s: Section) -> EnvoyStatsConfig:
     from meshagent.model.regex import regex_problem
 
     keys = ("inclusion_prefixes", "inclusion_suffixes", "inclusion_regexps")
-    s.only("preset", *keys)
+    s.only("preset", "deferred", *keys)
     preset = s.choice("preset", "all", ENVOY_STATS_PRESETS)
+    deferred = s.get("deferred", bool, True)
     lists: list[tuple[str, ...]] = []
     for key in keys:
         items = s.get(key, list, [])
@@ -660,7 +663,7 @@ def _envoy_stats(s: Section) -> EnvoyStatsConfig:
                 "has no effect with preset `all` (every stat is kept): set preset: istio", key
             )
         lists.append(tuple(items))
-    return EnvoyStatsConfig(preset, *lists)
+    return EnvoyStatsConfig(preset, *lists, deferred=deferred)
 
 
 def _outbound(s: Section) -> OutboundConfig:
