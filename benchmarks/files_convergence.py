@@ -28,7 +28,12 @@ load and after the changes, and both Envoys' `server.memory_allocated` after the
 includes serving the probe requests, which go on for as long as that side takes to converge.
 
 Usage: python benchmarks/files_convergence.py [--services 1000] [--changes 100]
-       [--debounce-ms 100] [--poll-ms 200] [--quick] [--sotw] [--keep DIR]
+       [--debounce-ms 100] [--poll-ms 200] [--quick] [--shape S] [--sotw] [--keep DIR]
+  --shape  serviceentry-workloadentry (above, default); http: one HTTP port per service, its
+           endpoint inline in the ServiceEntry (Istio's http benchmark, without the VIPs);
+           virtualservice: the same plus a VirtualService per service (prefix /foo or regex
+           /bar, rewrite, one destination; probed on /foo). A change rewrites the file of
+           WorkloadEntries, or that of ServiceEntries
   --sotw   the agent's Envoy uses state-of-the-world ADS instead of delta
   --keep   work in DIR and leave it: the agent's log, both bootstraps, the mesh files
 Prints one JSON document.
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import statistics
@@ -46,6 +52,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -63,18 +70,19 @@ from benchmarks._envoy import (
     http_get,
     percentile,
     rss_mb,
-    served_by,
     wait_until,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 NS = "bench"
-PORTS = (
+Port = tuple[str, int, str]  # name, number, protocol
+PORTS: tuple[Port, ...] = (
     ("http", 80, "HTTP"),
     ("https", 443, "HTTPS"),
     ("grpc", 9090, "GRPC"),
     ("tcp", 3306, "TCP"),
 )
+HTTP_ONLY: tuple[Port, ...] = (("http", 80, "HTTP"),)
 OLD, NEW = "127.0.0.1", "127.0.0.2"
 LOAD_TIMEOUT_S = 1800.0
 CHANGE_TIMEOUT_S = 600.0
@@ -92,17 +100,50 @@ def host(i: int) -> str:
     return f"svc-{i}.{NS}.example"
 
 
-def service_entry(i: int) -> str:
-    ports = "".join(
+def service_entry(i: int, ports: tuple[Port, ...] = PORTS, tail: str = "") -> str:
+    """ServiceEntry svc-<i> with ports; tail ends its spec (default: the workloadSelector)."""
+    listed = "".join(
         f"  - {{number: {number}, name: {name}, protocol: {protocol}}}\n"
-        for name, number, protocol in PORTS
+        for name, number, protocol in ports
     )
+    tail = tail or f"  workloadSelector: {{labels: {{app: svc-{i}}}}}\n"
     return (
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"
         f"metadata: {{name: svc-{i}, namespace: {NS}}}\n"
         f"spec:\n  hosts: [{host(i)}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n"
-        f"  ports:\n{ports}  workloadSelector: {{labels: {{app: svc-{i}}}}}\n"
+        f"  ports:\n{listed}{tail}"
     )
+
+
+def service_with_endpoint(i: int, address: str, port: int) -> str:
+    """The http and virtualservice shapes: one HTTP port, one endpoint inline."""
+    return service_entry(
+        i, HTTP_ONLY, f"  endpoints:\n  - {{address: {address}, ports: {{http: {port}}}}}\n"
+    )
+
+
+def virtual_service(i: int) -> str:
+    """The virtualservice shape: a prefix and a regex match, a rewrite, one destination."""
+    return (
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+        f"metadata: {{name: vs-{i}, namespace: {NS}}}\n"
+        f"spec:\n  hosts: [{host(i)}]\n  http:\n  - name: match-route\n"
+        "    match:\n    - uri: {prefix: /foo}\n    - uri: {regex: /bar}\n"
+        "    rewrite: {uri: /new-url}\n"
+        f"    route:\n    - destination: {{host: {host(i)}}}\n"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """A generated mesh: the files written once, the file each change rewrites whole (one
+    document per service, from `entry`), the ports (a cluster each) and the probe's path."""
+
+    ports: tuple[Port, ...]
+    fixed: dict[str, Callable[[int], str]]
+    changing: str
+    entry: Callable[[int, str, int], str]
+    path: str = "/"
 
 
 def workload_entry(i: int, address: str, port: int) -> str:
@@ -115,14 +156,28 @@ def workload_entry(i: int, address: str, port: int) -> str:
     )
 
 
+SHAPES = {
+    # Istio's serviceentry-workloadentry benchmark: 4 ports, WorkloadEntries by selector
+    "serviceentry-workloadentry": Shape(
+        PORTS, {"services.yaml": service_entry}, "workloads.yaml", workload_entry
+    ),
+    # Istio's http benchmark: one HTTP port, the endpoint in the ServiceEntry
+    "http": Shape(HTTP_ONLY, {}, "services.yaml", service_with_endpoint),
+    # Istio's virtualservice benchmark: the same plus a VirtualService per service
+    "virtualservice": Shape(
+        HTTP_ONLY, {"vs.yaml": virtual_service}, "services.yaml", service_with_endpoint, "/foo"
+    ),
+}
+
+
 def cluster_name(i: int, number: int) -> str:
     return f"outbound|{number}||{host(i)}"
 
 
-def static_clusters(i: int, address: str, port: int) -> list[str]:
+def static_clusters(i: int, address: str, port: int, ports: tuple[Port, ...] = PORTS) -> list[str]:
     """Service i's clusters as a static-files user writes them (JSON text, one per port)."""
     out = []
-    for _, number, _ in PORTS:
+    for _, number, _ in ports:
         name = cluster_name(i, number)
         endpoint = {"address": {"socket_address": {"address": address, "port_value": port}}}
         cluster = {
@@ -200,11 +255,20 @@ def files_bootstrap(admin_port: int, listen_port: int, cds: Path, n: int) -> dic
 class Plane:
     """One data plane under test: how to change service i, and where to send its traffic."""
 
-    def __init__(self, name: str, listen_port: int, admin_port: int) -> None:
+    def __init__(self, name: str, listen_port: int, admin_port: int, path: str = "/") -> None:
         self.name = name
         self.listen_port = listen_port
         self.admin_port = admin_port
+        self.path = path
         self.latencies: list[float] = []
+
+    def served_by(self, i: int) -> str:
+        """Who answered a request for service i through this Envoy ('' if none)."""
+        try:
+            status, headers, _ = http_get(self.listen_port, self.path, host(i), timeout=5)
+        except OSError:
+            return ""
+        return headers.get("x-served-by", str(status))
 
 
 def wait_loaded(plane: Plane, started: float, clusters: int, last: int) -> dict[str, float]:
@@ -231,7 +295,7 @@ def wait_loaded(plane: Plane, started: float, clusters: int, last: int) -> dict[
     wait_until(loaded, timeout=LOAD_TIMEOUT_S, what=f"{plane.name}: clusters", step=1.0)
     clusters_s = time.perf_counter() - started
     wait_until(
-        lambda: served_by(plane.listen_port, host(last)) == "old",
+        lambda: plane.served_by(last) == "old",
         timeout=LOAD_TIMEOUT_S,
         what=f"{plane.name}: serving",
         step=0.01,
@@ -306,7 +370,7 @@ def envoy_pid(state_dir: Path) -> int | None:
 
 def wait_served(plane: Plane, i: int, who: str, start: float) -> None:
     deadline = start + CHANGE_TIMEOUT_S
-    while served_by(plane.listen_port, host(i)) != who:
+    while plane.served_by(i) != who:
         if time.perf_counter() > deadline:
             raise SystemExit(f"{plane.name}: change of svc-{i} not served in {CHANGE_TIMEOUT_S}s")
     plane.latencies.append(1000 * (time.perf_counter() - start))
@@ -357,13 +421,17 @@ def run(
     pause: float,
     keep: str | None = None,
     sotw: bool = False,
+    shape_name: str = "serviceentry-workloadentry",
 ) -> dict[str, Any]:
+    shape = SHAPES[shape_name]
+    per_service = len(shape.ports)
     old, new = start_apps()
     port = old.port
     procs: list[subprocess.Popen[bytes]] = []
     result: dict[str, Any] = {
+        "shape": shape_name,
         "services": n,
-        "clusters": 4 * n,
+        "clusters": per_service * n,
         "changes": changes,
         "debounce_ms": debounce_ms,
         "poll_interval_ms": poll_ms,
@@ -376,14 +444,14 @@ def run(
             root = Path(tmp)
             # -- Envoy's own file-watched CDS ----------------------------------------------
             cds = root / "cds.json"
-            clusters = [static_clusters(i, OLD, port) for i in range(n)]
+            clusters = [static_clusters(i, OLD, port, shape.ports) for i in range(n)]
 
             def cds_text() -> str:
                 body = ",".join(c for per in clusters for c in per)
                 return f'{{"version_info":"{time.time_ns()}","resources":[{body}]}}'
 
             cds.write_text(cds_text())
-            files = Plane("files", free_port(), free_port())
+            files = Plane("files", free_port(), free_port(), shape.path)
             bootstrap = root / "filecds-bootstrap.json"
             bootstrap.write_text(
                 json.dumps(files_bootstrap(files.admin_port, files.listen_port, cds, n))
@@ -395,18 +463,19 @@ def run(
                     [envoy_binary(), "-c", str(bootstrap), *ENVOY_ARGS], stdout=log, stderr=log
                 )
             )
-            result["initial_load_files"] = wait_loaded(files, started, 4 * n, n - 1)
+            result["initial_load_files"] = wait_loaded(files, started, per_service * n, n - 1)
             result["initial_load_files"]["envoy_cpu_s"] = cpu_s(procs[0].pid)
             result["envoy_memory_files"] = envoy_memory(files.admin_port)
 
             # -- meshagent, files source, managed Envoy ------------------------------------
             mesh = root / "mesh"
             mesh.mkdir()
-            (mesh / "services.yaml").write_text("---\n".join(service_entry(i) for i in range(n)))
-            entries = [workload_entry(i, OLD, port) for i in range(n)]
-            workloads = mesh / "workloads.yaml"
+            for fixed, document in shape.fixed.items():
+                (mesh / fixed).write_text("---\n".join(document(i) for i in range(n)))
+            entries = [shape.entry(i, OLD, port) for i in range(n)]
+            workloads = mesh / shape.changing
             workloads.write_text("---\n".join(entries))
-            agent = Plane("agent", free_port(), free_port())
+            agent = Plane("agent", free_port(), free_port(), shape.path)
             agent_admin = free_port()
             config = {
                 "node": {"id": "bench", "cluster": "meshagent", "namespace": NS},
@@ -451,7 +520,7 @@ def run(
             procs.append(agent_proc)
             wall = time.time() - (time.perf_counter() - started)  # the start, on the wall clock
             ready = ReadyWatch(agent_admin, started)
-            result["initial_load_agent"] = wait_loaded(agent, started, 4 * n, n - 1)
+            result["initial_load_agent"] = wait_loaded(agent, started, per_service * n, n - 1)
             loaded = result["initial_load_agent"]
             wait_until(lambda: ready.ready_s, timeout=60, what="agent /readyz 200", step=0.1)
             loaded["agent_ready_s"] = ready.result()
@@ -470,10 +539,10 @@ def run(
                 at[i] = NEW if at[i] == OLD else OLD
                 who = "new" if at[i] == NEW else "old"
                 time.sleep(pause)  # both Envoys finish the previous change's work first
-                entries[i] = workload_entry(i, at[i], port)
+                entries[i] = shape.entry(i, at[i], port)
                 start = replace(workloads, "---\n".join(entries))
                 wait_served(agent, i, who, start)
-                clusters[i] = static_clusters(i, at[i], port)
+                clusters[i] = static_clusters(i, at[i], port, shape.ports)
                 start = replace(cds, cds_text())
                 wait_served(files, i, who, start)
             result["agent_rss_mb_after_changes"] = rss_mb(agent_proc.pid)
@@ -509,6 +578,7 @@ def main() -> int:
         "--pause-ms", type=int, help="quiet time before each change (default: 50 + N/20 ms)"
     )
     parser.add_argument("--quick", action="store_true", help="100 services, 10 changes")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="serviceentry-workloadentry")
     parser.add_argument("--sotw", action="store_true", help="the agent serves SotW, not delta")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and leave it (logs, files)")
     args = parser.parse_args()
@@ -525,6 +595,7 @@ def main() -> int:
         pause_ms / 1000,
         args.keep,
         args.sotw,
+        args.shape,
     )
     print(json.dumps({"benchmark": "files_convergence", **result}, indent=2))
     return 0
