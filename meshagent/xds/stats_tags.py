@@ -24,7 +24,7 @@ from typing import Any
 # or one of these, which host names can also spell: they count only in the shape Envoy
 # gives them. Anything else falls back to Envoy's rule, the first dot.
 _CLUSTER_STAT_TAILS = (
-    r"[^.]*_[^.]*(?:\..*)?",  # upstream_rq_total, circuit_breakers.default.cx_open, ...
+    r"[^._]*_.*",  # upstream_rq_total, circuit_breakers.default.cx_open, ...
     r"version",
     r"http[123]\.[^.]+",  # the codec's: http2.trailers, http1.response_flood
     r"ssl\..+",
@@ -51,16 +51,26 @@ def host_suffixes(domain_suffix: str, patterns: Iterable[str] = ()) -> tuple[str
     return tuple(found)
 
 
+# The name grows a dot-separated segment at a time (`_NAME`), and at each dot it ends when a
+# host suffix follows, or when a statistic follows and no host suffix comes later (which
+# would take precedence). Envoy runs this with std::regex (libc++), whose backtracking
+# copies its state at every step and sets up a new matcher for every lookahead it tries:
+# the first form, three alternatives each scanning the name a character at a time, one
+# trying a lookahead at every character, cost about 10 us per statistic, two thirds of
+# Envoy's time applying a first CDS response (issue 17). The same names are chosen
+# (tests/unit/test_xds_bootstrap.py compares with the first form).
+_NAME = r".[^.]*(?:\.[^.]*)*?"
+
+
 def cluster_name_regex(suffixes: Iterable[str]) -> str:
     """`cluster.<name>.`: the name ends at a known host suffix, else where one of Envoy's
     cluster statistics starts, else at the first dot (Envoy's default)."""
     ends = "|".join(s.replace(".", r"\.") for s in suffixes)
     tails = "|".join(_CLUSTER_STAT_TAILS)
-    return (
-        rf"^cluster\.((.+?\.(?:{ends})|.+?(?=\.(?:{tails})$)|[^.]+)\.)"
-        if ends
-        else rf"^cluster\.((.+?(?=\.(?:{tails})$)|[^.]+)\.)"
-    )
+    statistic = rf"(?=\.(?:{tails})$)"
+    if not ends:
+        return rf"^cluster\.(({_NAME}{statistic}|[^.]+)\.)"
+    return rf"^cluster\.(({_NAME}(?:\.(?:{ends})|{statistic}(?!.*\.(?:{ends})\.))|[^.]+)\.)"
 
 
 # Envoy's own extractors, named without a regex (Envoy's defaults: RE2 with a substring

@@ -663,7 +663,8 @@ def _envoy_stats(s: Section) -> EnvoyStatsConfig:
                 "has no effect with preset `all` (every stat is kept): set preset: istio", key
             )
         lists.append(tuple(items))
-    return EnvoyStatsConfig(preset, *lists, deferred=deferred)
+    prefixes, suffixes, regexps = lists
+    return EnvoyStatsConfig(preset, prefixes, suffixes, regexps, deferred)
 
 
 def _outbound(s: Section) -> OutboundConfig:
