@@ -22,13 +22,16 @@ from typing import Any
 # Statistics Envoy keeps under `cluster.<name>.`: after the name comes a segment with an
 # underscore (upstream_rq_total, circuit_breakers, outlier_detection, lb_subsets_active, ...)
 # or one of these, which host names can also spell: they count only in the shape Envoy
-# gives them. Anything else falls back to Envoy's rule, the first dot.
+# gives them. Anything else falls back to Envoy's rule, the first dot. The first ones are
+# the start of what follows the name (anything may come after), the others all of it.
+_CLUSTER_STAT_STARTS = (
+    r"[^._]*_",  # upstream_rq_total, circuit_breakers.default.cx_open, ...
+    r"zone\.[^.]+\.[^.]+\.[^.]*_",
+    r"ssl\..",
+)
 _CLUSTER_STAT_TAILS = (
-    r"[^._]*_.*",  # upstream_rq_total, circuit_breakers.default.cx_open, ...
     r"version",
     r"http[123]\.[^.]+",  # the codec's: http2.trailers, http1.response_flood
-    r"ssl\..+",
-    r"zone\.[^.]+\.[^.]+\.[^.]*_.*",
     r"(?:internal|external|canary|retry)\.[^.]*_[^.]*",
     r"ratelimit\.(?:ok|error|over_limit|failure_mode_allowed)",
     r"grpc\..+\.(?:success|failure|total)",
@@ -66,8 +69,9 @@ def cluster_name_regex(suffixes: Iterable[str]) -> str:
     """`cluster.<name>.`: the name ends at a known host suffix, else where one of Envoy's
     cluster statistics starts, else at the first dot (Envoy's default)."""
     ends = "|".join(s.replace(".", r"\.") for s in suffixes)
+    starts = "|".join(_CLUSTER_STAT_STARTS)
     tails = "|".join(_CLUSTER_STAT_TAILS)
-    statistic = rf"(?=\.(?:{tails})$)"
+    statistic = rf"(?=\.(?:{starts}|(?:{tails})$))"
     if not ends:
         return rf"^cluster\.(({_NAME}{statistic}|[^.]+)\.)"
     return rf"^cluster\.(({_NAME}(?:\.(?:{ends})|{statistic}(?!.*\.(?:{ends})\.))|[^.]+)\.)"

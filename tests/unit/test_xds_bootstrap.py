@@ -178,6 +178,8 @@ def test_cluster_name_regex_chooses_the_names_the_reference_does(
         "version", "ssl.handshake", "http2.trailers", "zone.a.b.upstream_rq_200",
         "internal.upstream_rq_200", "ratelimit.ok", "grpc.svc.method.success", "foo.bar",
         "lb_subsets_active", "", ".x_y", "svc.cluster.local", "consul.x_y", "a.svc.cluster.local.b",
+        "ssl.", "ssl", "version.x", "zone.a.b.c", "zone.a_b", "grpc.total", "ratelimit.okk",
+        "http2.a.b", "canary.a_b.c",
     ]  # fmt: skip
     fast = re.compile(cluster_name_regex(suffixes))
     reference = re.compile(_reference_regex(suffixes))
