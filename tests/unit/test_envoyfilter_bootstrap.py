@@ -142,9 +142,8 @@ def test_a_stats_sink_brings_back_the_periodic_flush_unless_a_patch_asks_otherwi
 
 @pytest.mark.envoy
 def test_envoy_accepts_the_generated_bootstrap_and_a_flush_interval_patch() -> None:
-    from tests.envoy_helpers import envoy_binary
-
     from meshagent.agent.bootstrap_patch import validate_bootstrap
+    from tests.envoy_helpers import envoy_binary
 
     assert validate_bootstrap(envoy_binary(), base()) == ""
     patched, problems = patched_bootstrap(base(), snapshot_of(FLUSH), PROXY, envoy_binary())
