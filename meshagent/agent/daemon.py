@@ -865,8 +865,10 @@ class Agent:
         """What the cache serves the local Envoy now."""
         return self.cache.get(self._proxy.node_id)[1]
 
-    def status_report(self) -> dict[str, Any]:
-        """Sources, mesh, certificates, Envoy's xDS state and diagnostics (/debug/status)."""
+    def status_report(self, *, mesh: bool = True) -> dict[str, Any]:
+        """Sources, mesh, certificates, Envoy's xDS state and diagnostics (/debug/status).
+        mesh=False leaves "mesh" None: the status page builds it from the (immutable)
+        snapshot on a thread (~50 ms at 10k services)."""
         from meshagent.agent import statuspage
 
         return {
@@ -876,7 +878,7 @@ class Agent:
                 {"name": n, "synced": s.synced, "unavailable": list(s.unavailable)}
                 for n, s in sorted(self._sources.items())
             ],
-            "mesh": statuspage.mesh_report(self._snapshot),
+            "mesh": statuspage.mesh_report(self._snapshot) if mesh else None,
             "certificates": statuspage.certificates_report(
                 getattr(self._proxy, "certificates", ())
             ),
