@@ -72,7 +72,7 @@ ANALYSIS_MAX_DEFER_S = 5.0
 BOOTSTRAP_WAIT_S = 2.0
 
 
-def _carries_credentials(adapter: Adapter) -> bool:
+def carries_credentials(adapter: Adapter) -> bool:
     """The credentials adapter, or a Kubernetes adapter that watches Secrets."""
     options = getattr(adapter, "options", None)
     return adapter.name == CREDENTIALS_SOURCE or bool(getattr(options, "secret_namespaces", ()))
@@ -299,7 +299,7 @@ class Agent:
         self._processor = asyncio.create_task(self._process_loop(), name="agent-processor")
         for adapter in adapters:
             self._start_source(adapter)
-        self._credential_sources = {a.name for a in adapters if _carries_credentials(a)}
+        self._credential_sources = {a.name for a in adapters if carries_credentials(a)}
         if self._credential_sources:  # publish by then, whatever they do
             loop = asyncio.get_running_loop()
             self._credentials_deadline = loop.time() + CREDENTIALS_WAIT_S
