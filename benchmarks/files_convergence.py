@@ -30,13 +30,15 @@ load and after the changes, and both Envoys' `server.memory_allocated` after the
 includes serving the probe requests, which go on for as long as that side takes to converge.
 
 Usage: python benchmarks/files_convergence.py [--services 1000] [--changes 100]
-       [--debounce-ms 100] [--poll-ms 200] [--quick] [--shape S] [--sotw] [--keep DIR]
+       [--debounce-ms 100] [--poll-ms 200] [--quick] [--shape S] [--stats-preset P] [--sotw]
+       [--keep DIR]
   --shape  serviceentry-workloadentry (above, default); http: one HTTP port per service, its
            endpoint inline in the ServiceEntry (Istio's http benchmark, without the VIPs);
            virtualservice: the same plus a VirtualService per service (prefix /foo or regex
            /bar, rewrite, one destination; probed on /foo). A change rewrites the file of
            WorkloadEntries, or that of ServiceEntries
   --sotw   the agent's Envoy uses state-of-the-world ADS instead of delta
+  --stats-preset  the agent's `envoy.stats.preset` (all, the default, or istio)
   --keep   work in DIR and leave it: the agent's log, both bootstraps, the mesh files
 Prints one JSON document.
 """
@@ -449,6 +451,7 @@ def run(
     keep: str | None = None,
     sotw: bool = False,
     shape_name: str = "serviceentry-workloadentry",
+    stats_preset: str = "all",
 ) -> dict[str, Any]:
     shape = SHAPES[shape_name]
     per_service = len(shape.ports)
@@ -457,6 +460,7 @@ def run(
     procs: list[subprocess.Popen[bytes]] = []
     result: dict[str, Any] = {
         "shape": shape_name,
+        "envoy_stats_preset": stats_preset,
         "services": n,
         "clusters": per_service * n,
         "changes": changes,
@@ -521,6 +525,7 @@ def run(
                     "admin_port": agent.admin_port,
                     "concurrency": 1,
                     "log_level": "warning",
+                    "stats": {"preset": stats_preset},
                 },
                 "outbound": {
                     "address": "127.0.0.1",
@@ -609,6 +614,9 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="100 services, 10 changes")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="serviceentry-workloadentry")
+    parser.add_argument(
+        "--stats-preset", choices=("all", "istio"), default="all", help="envoy.stats.preset"
+    )
     parser.add_argument("--sotw", action="store_true", help="the agent serves SotW, not delta")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and leave it (logs, files)")
     args = parser.parse_args()
@@ -626,6 +634,7 @@ def main() -> int:
         args.keep,
         args.sotw,
         args.shape,
+        args.stats_preset,
     )
     print(json.dumps({"benchmark": "files_convergence", **result}, indent=2))
     return 0
