@@ -45,7 +45,8 @@ def build_bootstrap(
     `deferred_stats`: Envoy makes a cluster's traffic statistics (upstream_rq_*, upstream_cx_*,
     ...) at the cluster's first use instead of with the cluster. Each statistic Envoy makes
     runs the `cluster_name` tag regex (std::regex, see stats_tags.py): with all kept, that was
-    most of Envoy's time applying a first CDS response (issue 17: 4,000 clusters 5.7 s).
+    most of Envoy's time applying a first CDS response (issue 17: 4,000 clusters 7.2 s,
+    2.4 s deferred).
     """
     if not node_id or not cluster:
         raise ConfigError("Envoy bootstrap needs a node id and a cluster", field="node")
