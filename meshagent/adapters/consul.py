@@ -69,6 +69,7 @@ LISTING_PARALLELISM = 32  # health reads in flight during the first listing
 CATALOG_QPS = 5.0  # at most, for the catalog watch (see _watch_catalog)
 SWEEP_GRACE_S = 2.0  # how long a catalog change waits for the checks' watch to explain it
 EXPLAINED_KEPT = 4096  # indexes of check changes remembered for that
+EVICTIONS_PER_ROUND = 2  # services that give up their watch per change noticed (see _changed)
 CONFIG_KINDS = (
     "service-router",
     "service-splitter",
@@ -430,19 +431,22 @@ class ConsulAdapter:
             new = next_index(index, int(reported or 0))
             if new == index and index:  # the wait ran out, nothing new
                 continue
-            changed: set[str] = set()
+            changed: set[str] = set()  # by a check of their own
+            on_nodes: set[str] = set()  # by a check of a node they have an instance on
             previous = self._checks
             for key, (service, modified) in current.items():
                 if previous.get(key) != (service, modified):
-                    changed |= self._services_of(key[0], service)
+                    (changed if service else on_nodes).update(self._services_of(key[0], service))
                     self._note_explained(modified)
             gone = previous.keys() - current.keys()
             for key in gone:
-                changed |= self._services_of(key[0], previous[key][0])
+                service = previous[key][0]
+                (changed if service else on_nodes).update(self._services_of(key[0], service))
             if gone:
                 self._note_explained(int(reported or 0))
             self._checks, self._checks_index, index = current, int(reported or 0), new
             await self._changed(sorted(changed))
+            await self._changed(sorted(on_nodes - changed), promote=False)
 
     def _services_of(self, node: str, service: str) -> set[str]:
         """The services a check concerns: its own, or (a node's check) every one on the node."""
@@ -478,13 +482,16 @@ class ConsulAdapter:
             names = [n for n in sorted(self._services) if n not in self._pool]
             await asyncio.gather(*(self._refresh(n, promote=False) for n in names))
 
-    async def _changed(self, names: list[str]) -> None:
+    async def _changed(self, names: list[str], promote: bool = True) -> None:
         """Services that changed (or appeared) and have no watch of their own: read each once,
         emit it if its index moved, and give it a watch (the least recently changed one gives
-        up its own)."""
-        for name in names:
-            if name not in self._pool:
-                self._helper(self._refresh(name, promote=True))
+        up its own). Few give up theirs at a time (EVICTIONS_PER_ROUND): a cancelled blocking
+        query's connection is closed, and a Consul that has not yet seen it close would count
+        it against the limit beside the one that replaces it."""
+        todo = [n for n in names if n not in self._pool]
+        promotions = max(self._slots() - len(self._pool), 0) + EVICTIONS_PER_ROUND
+        for k, name in enumerate(todo):
+            self._helper(self._refresh(name, promote=promote and k < promotions))
 
     async def _refresh(self, name: str, promote: bool) -> None:
         backoff = Backoff(self.options.backoff_base_s, self.options.backoff_cap_s)

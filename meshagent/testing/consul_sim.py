@@ -334,18 +334,38 @@ class ConsulSimulator:
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
+        # Go's HTTP server notices a client that hangs up while its query is blocked (the
+        # request's context ends) and frees the connection, and its slot of the per-client
+        # limit, at once; so does this one: the stream's end-of-file is watched meanwhile.
+        hung_up = asyncio.Event()
+        feed_eof = reader.feed_eof
+
+        def on_eof() -> None:
+            feed_eof()
+            hung_up.set()
+
+        setattr(reader, "feed_eof", on_eof)  # noqa: B010 (an instance's method, replaced)
+        answer: asyncio.Task[bool] | None = None
         try:
             while True:
                 request = await _read_request(reader)
                 if request is None:
                     return
-                if not await self._answer(request, writer):
+                answer = asyncio.ensure_future(self._answer(request, writer))
+                hang_up = asyncio.ensure_future(hung_up.wait())
+                await asyncio.wait({answer, hang_up}, return_when=asyncio.FIRST_COMPLETED)
+                hang_up.cancel()
+                if not answer.done() or not answer.result():
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             return
         except asyncio.CancelledError:
             return  # close_async: end quietly (asyncio's stream callback logs a cancelled task)
         finally:
+            if answer is not None and not answer.done():
+                answer.cancel()
+                with contextlib.suppress(BaseException):
+                    await answer
             if task is not None:
                 self._handlers.discard(task)
             self._writers.discard(writer)
