@@ -42,7 +42,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -291,9 +293,28 @@ class ConsulAdapter:
         )
 
     def _checks_call(self, index: int) -> Any:
-        return lambda token: self._client.health.state(
-            "any", index=index or None, wait=self._wait, token=token
-        )
+        """/v1/health/state/any: (X-Consul-Index, the body's JSON text, not decoded: see
+        _changed_checks)."""
+        from consul.callback import CB
+
+        def text(response: Any) -> tuple[str, str]:
+            CB._status(response, allow_404=False)
+            if "X-Consul-Index" not in response.headers:
+                raise ValueError("no X-Consul-Index header")
+            return response.headers["X-Consul-Index"], str(response.body)
+
+        def call(token: str | None) -> Any:
+            params: list[tuple[str, Any]] = []
+            if self.options.datacenter:
+                params.append(("dc", self.options.datacenter))
+            if index:
+                params += [("index", index), ("wait", self._wait)]
+            headers = self._client.prepare_headers(token)
+            return self._client.http.get(
+                text, "/v1/health/state/any", params=params, headers=headers
+            )
+
+        return call
 
     def _config_call(self, kind: str, index: int) -> Any:
         from consul.callback import CB
@@ -365,8 +386,8 @@ class ConsulAdapter:
 
     async def _list_checks(self) -> None:
         """The checks' baseline (a non-blocking read); the checks' watch follows from it."""
-        reported, checks = await self._query(self._checks_call(0))
-        self._checks = _check_map(checks)
+        reported, text = await self._query(self._checks_call(0))
+        self._checks = _check_map(_decode(text))
         self._checks_index = next_index(0, int(reported or 0))
         self._detector = True
 
@@ -420,21 +441,25 @@ class ConsulAdapter:
         backoff = Backoff(self.options.backoff_base_s, self.options.backoff_cap_s)
         bucket = self._bucket()
         while True:
+            previous = self._checks
             try:
-                reported, checks = await self._query(self._checks_call(index), bucket)
-                current = _check_map(checks)
+                reported, text = await self._query(self._checks_call(index), bucket)
+                new = next_index(index, int(reported or 0))
+                if new == index and index:  # the wait ran out, nothing new
+                    continue
+                # Most answers differ from the last in a few checks: those are found without
+                # decoding the whole answer (10k checks: ~4 ms instead of 30-70 ms).
+                quick = _changed_checks(text, previous, self._checks_index) if new else None
+                full = _check_map(_decode(text)) if quick is None else None
+                current = full if full is not None else {**previous, **(quick or {})}
             except Exception as exc:
                 await self._failed("health state", exc, backoff)
                 index = 0  # see _failed
                 continue
             backoff.reset()
-            new = next_index(index, int(reported or 0))
-            if new == index and index:  # the wait ran out, nothing new
-                continue
             changed: set[str] = set()  # by a check of their own
             on_nodes: set[str] = set()  # by a check of a node they have an instance on
-            previous = self._checks
-            for key, (service, modified) in current.items():
+            for key, (service, modified) in (quick or current).items():
                 if previous.get(key) != (service, modified):
                     (changed if service else on_nodes).update(self._services_of(key[0], service))
                     self._note_explained(modified)
@@ -712,6 +737,50 @@ def remote_targets(resolver: Any, local_dc: str | None) -> set[tuple[str, str]]:
             dc = str(spec["Datacenter"])
             if dc != local_dc:
                 found.add((str(spec.get("Service") or own), dc))
+    return found
+
+
+_MODIFY_INDEX = re.compile(r'"ModifyIndex":\s*(\d+)')
+_DECODER = json.JSONDecoder()
+
+
+def _decode(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"Failed to decode JSON: {exc}") from None
+
+
+def _changed_checks(
+    text: str, previous: dict[tuple[str, str], tuple[str, int]], since: int
+) -> dict[tuple[str, str], tuple[str, int]] | None:
+    """The checks of a /v1/health/state/any answer (its JSON text) modified after index
+    `since`, keyed as in _check_map, found without decoding the whole answer: each check's
+    "ModifyIndex" is found by a regular expression, and only the checks past `since` are decoded
+    (each from the start of its object in the array). None when this cannot tell: a check went
+    away (the answer lists fewer than previous plus the new ones), or a shape it does not know;
+    the caller then decodes it all. (Inside a JSON string a quote is escaped, so neither
+    '"ModifyIndex":' nor the '},{"' between two objects can match there.)"""
+    found: dict[tuple[str, str], tuple[str, int]] = {}
+    count = 0
+    for match in _MODIFY_INDEX.finditer(text):
+        count += 1
+        modified = int(match.group(1))
+        if modified <= since:
+            continue
+        pos = match.start()
+        edge = max(text.rfind('},{"', 0, pos), text.rfind('}, {"', 0, pos))
+        start = text.find("{", edge + 1) if edge >= 0 else text.find("{")
+        try:
+            check, _ = _DECODER.raw_decode(text, start)
+        except ValueError:
+            return None
+        if not isinstance(check, dict) or check.get("ModifyIndex") != modified:
+            return None
+        found.update(_check_map([check]))
+    added = sum(1 for key in found if key not in previous)
+    if count != len(previous) + added:
+        return None
     return found
 
 

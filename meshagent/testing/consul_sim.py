@@ -273,9 +273,10 @@ class ConsulSimulator:
         if restores != self._restores:  # a restore abandons every blocked query
             self._restores = restores
             keys = set(self._events)
-        # The listings of every service and every check (the costly answers) last: Consul answers
-        # blocked queries in parallel, this one thread in turn, and a change's own service first.
-        for key in sorted(keys, key=lambda k: k.endswith((SERVICES_KEY, CHECKS_KEY))):
+        # The listings of every check and of every service (the costly answers) last: Consul
+        # answers blocked queries in parallel, this one thread in turn, a change's service first.
+        order = {CHECKS_KEY: 1, SERVICES_KEY: 2}
+        for key in sorted(keys, key=lambda k: order.get(k.rpartition(":")[2], 0)):
             event = self._events.pop(key, None)
             if event is not None:
                 event.set()
