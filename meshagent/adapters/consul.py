@@ -294,7 +294,7 @@ class ConsulAdapter:
 
     def _checks_call(self, index: int) -> Any:
         """/v1/health/state/any: (X-Consul-Index, the body's JSON text, not decoded: see
-        _changed_checks)."""
+        changed_checks)."""
         from consul.callback import CB
 
         def text(response: Any) -> tuple[str, str]:
@@ -387,7 +387,7 @@ class ConsulAdapter:
     async def _list_checks(self) -> None:
         """The checks' baseline (a non-blocking read); the checks' watch follows from it."""
         reported, text = await self._query(self._checks_call(0))
-        self._checks = _check_map(_decode(text))
+        self._checks = check_map(_decode(text))
         self._checks_index = next_index(0, int(reported or 0))
         self._detector = True
 
@@ -449,8 +449,8 @@ class ConsulAdapter:
                     continue
                 # Most answers differ from the last in a few checks: those are found without
                 # decoding the whole answer (10k checks: ~4 ms instead of 30-70 ms).
-                quick = _changed_checks(text, previous, self._checks_index) if new else None
-                full = _check_map(_decode(text)) if quick is None else None
+                quick = changed_checks(text, previous, self._checks_index) if new else None
+                full = check_map(_decode(text)) if quick is None else None
                 current = full if full is not None else {**previous, **(quick or {})}
             except Exception as exc:
                 await self._failed("health state", exc, backoff)
@@ -751,11 +751,11 @@ def _decode(text: str) -> Any:
         raise ValueError(f"Failed to decode JSON: {exc}") from None
 
 
-def _changed_checks(
+def changed_checks(
     text: str, previous: dict[tuple[str, str], tuple[str, int]], since: int
 ) -> dict[tuple[str, str], tuple[str, int]] | None:
     """The checks of a /v1/health/state/any answer (its JSON text) modified after index
-    `since`, keyed as in _check_map, found without decoding the whole answer: each check's
+    `since`, keyed as in check_map, found without decoding the whole answer: each check's
     "ModifyIndex" is found by a regular expression, and only the checks past `since` are decoded
     (each from the start of its object in the array). None when this cannot tell: a check went
     away (the answer lists fewer than previous plus the new ones), or a shape it does not know;
@@ -777,14 +777,14 @@ def _changed_checks(
             return None
         if not isinstance(check, dict) or check.get("ModifyIndex") != modified:
             return None
-        found.update(_check_map([check]))
+        found.update(check_map([check]))
     added = sum(1 for key in found if key not in previous)
     if count != len(previous) + added:
         return None
     return found
 
 
-def _check_map(checks: Any) -> dict[tuple[str, str], tuple[str, int]]:
+def check_map(checks: Any) -> dict[tuple[str, str], tuple[str, int]]:
     """(node, check ID) -> (service name, ModifyIndex) of a /v1/health/state/any answer."""
     out = {}
     for check in _as_list(checks):

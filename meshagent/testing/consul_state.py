@@ -15,6 +15,7 @@ stands in for, what a benchmark measured.)
 
 from __future__ import annotations
 
+import bisect
 import json
 import threading
 import uuid
@@ -239,8 +240,8 @@ class ConsulState:
         old = self.checks.get(key)
         if old is not None:
             self._checks_on.get((key[0], old["ServiceID"]), set()).discard(key[1])
-        else:
-            self._check_order = None
+        elif self._check_order is not None:
+            bisect.insort(self._check_order, key)
         self._check_bytes.pop(key, None)
         self.checks[key] = check
         self._checks_on.setdefault((key[0], check["ServiceID"]), set()).add(key[1])
@@ -249,7 +250,9 @@ class ConsulState:
         for check_id in self._checks_on.pop((node, service_id), set()):
             if self.checks.pop((node, check_id), None) is not None:
                 self._check_bytes.pop((node, check_id), None)
-                self._check_order = None
+                if self._check_order is not None:
+                    at = bisect.bisect_left(self._check_order, (node, check_id))
+                    del self._check_order[at]
 
     def register_service(
         self, node: str, body: dict[str, Any], checks: list[dict[str, Any]] | None = None

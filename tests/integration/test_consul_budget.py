@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from meshagent.adapters.consul import MIN_CONNECTIONS, READ_RESERVE, ConsulAdapter, ConsulOptions
+from meshagent.adapters.consul import (
+    MIN_CONNECTIONS,
+    READ_RESERVE,
+    ConsulAdapter,
+    ConsulOptions,
+    changed_checks,
+    check_map,
+)
 from meshagent.model.source import SourceEvent
 from meshagent.testing.consul_sim import ConsulSimulator
 from meshagent.testing.consul_state import CHECKS_KEY
@@ -186,3 +193,43 @@ async def test_a_catalog_that_fits_has_a_watch_per_service_and_no_checks_watch(
         sim.state.register_service(NODE, {"ID": "s0b", "Service": "svc0", "Port": 81}, [{}])
         await next_matching(it, lambda e: instances(e, "svc0") is not None)
     assert sim.refused == 0
+
+
+def _check(node: str, cid: str, service: str, modified: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "Node": node,
+        "CheckID": cid,
+        "Name": "c",
+        "Status": "passing",
+        "Output": "",
+        "ServiceID": service,
+        "ServiceName": service,
+        "ServiceTags": [],
+        "Definition": {},
+        "CreateIndex": modified,
+        "ModifyIndex": modified,
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_changed_checks_are_found_without_decoding_the_whole_answer(compact: bool) -> None:
+    """The quick scan of a /v1/health/state/any answer finds exactly the checks modified since
+    the last index, whatever their text holds, and gives up (None: decode it all) when a check
+    went away."""
+    seps = (",", ":") if compact else (", ", ": ")
+    before = [_check("n1", f"c{i}", f"s{i}", 10 + i) for i in range(5)]
+    previous = check_map(before)
+    tricky = 'Output: {"ModifyIndex": 99},{"Node": "x"} }, {"'  # quotes are escaped in JSON
+    after = [dict(c) for c in before]
+    after[2] = _check("n1", "c2", "s2", 40, Output=tricky)
+    after.append(_check("n2", "serfHealth", "", 41))
+    text = json.dumps(after, separators=seps)
+    assert changed_checks(text, previous, 14) == {
+        ("n1", "c2"): ("s2", 40),
+        ("n2", "serfHealth"): ("", 41),
+    }
+    assert changed_checks(json.dumps(before, separators=seps), previous, 14) == {}
+    gone = json.dumps([c for c in after if c["CheckID"] != "c4"], separators=seps)
+    assert changed_checks(gone, previous, 14) is None  # c4 went away: decode it all
+    assert check_map(json.loads(gone))[("n1", "c2")] == ("s2", 40)
