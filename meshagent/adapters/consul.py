@@ -295,6 +295,13 @@ class ConsulAdapter:
     def _checks_call(self, index: int) -> Any:
         """/v1/health/state/any: (X-Consul-Index, the body's JSON text, not decoded: see
         changed_checks)."""
+        return self._text_call("/v1/health/state/any", index)
+
+    def _catalog_text_call(self, index: int) -> Any:
+        """/v1/catalog/services as (X-Consul-Index, the body's JSON text)."""
+        return self._text_call("/v1/catalog/services", index)
+
+    def _text_call(self, path: str, index: int) -> Any:
         from consul.callback import CB
 
         def text(response: Any) -> tuple[str, str]:
@@ -310,9 +317,7 @@ class ConsulAdapter:
             if index:
                 params += [("index", index), ("wait", self._wait)]
             headers = self._client.prepare_headers(token)
-            return self._client.http.get(
-                text, "/v1/health/state/any", params=params, headers=headers
-            )
+            return self._client.http.get(text, path, params=params, headers=headers)
 
         return call
 
@@ -409,10 +414,14 @@ class ConsulAdapter:
         # registration anywhere changes its index: re-read it at most CATALOG_QPS times a second,
         # so that under churn it is not read again beside every change of a service's health.
         bucket = TokenBucket(min(self.options.qps, CATALOG_QPS), 1)
+        last_text = ""
         while True:
             try:
-                reported, services = await self._query(self._catalog_call(index), bucket)
-                names = set(_as_dict(services))
+                reported, text = await self._query(self._catalog_text_call(index), bucket)
+                # Most registrations add or change an instance of a service that exists, with
+                # tags it has: the answer is then the same text, not worth decoding again.
+                names = known if text == last_text else set(_as_dict(_decode(text)))
+                last_text = text
             except Exception as exc:
                 await self._failed("catalog services", exc, backoff)
                 index = 0  # see _failed

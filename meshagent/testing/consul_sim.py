@@ -439,7 +439,10 @@ class ConsulSimulator:
         ns = r.query.get("ns")
         if p == ["catalog", "services"]:
             await self._block(SERVICES_KEY, r.query, state)
-            return _Reply(200, state.catalog_services(ns), state.index_of(SERVICES_KEY))
+            index = state.index_of(SERVICES_KEY)
+            if ns is None:
+                return _Reply(200, raw=state.catalog_services_json(), index=index, raw_json=True)
+            return _Reply(200, state.catalog_services(ns), index)
         if len(p) == 3 and p[:2] == ["health", "state"]:
             await self._block(CHECKS_KEY, r.query, state)
             body_bytes = state.health_state(p[2])
