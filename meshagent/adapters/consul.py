@@ -539,6 +539,9 @@ class ConsulAdapter:
                 await self._failed(f"health of {name}", exc, backoff)
                 if name not in self._known:
                     return  # gone meanwhile
+        if name not in self._known:
+            return  # removed meanwhile (its delete is out), or not listed yet (the catalog
+            # watch reads it when it is)
         index = next_index(0, int(reported or 0))
         self._note_nodes(name, instances)
         if self._services.get(name) != index:
