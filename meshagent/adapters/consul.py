@@ -71,6 +71,8 @@ LISTING_PARALLELISM = 32  # health reads in flight during the first listing
 CATALOG_QPS = 5.0  # at most, for the catalog watch (see _watch_catalog)
 SWEEP_GRACE_S = 2.0  # how long a catalog change waits for the checks' watch to explain it
 EXPLAINED_KEPT = 4096  # indexes of check changes remembered for that
+CHECKS_QPS_FACTOR = 2.5  # the checks watch's bucket, in `qps` and `burst` (see _watch_checks)
+CHECKS_BURST_FACTOR = 5
 EVICTIONS_PER_ROUND = 2  # services that give up their watch per change noticed (see _changed)
 CONFIG_KINDS = (
     "service-router",
@@ -446,9 +448,16 @@ class ConsulAdapter:
             index = new
 
     async def _watch_checks(self, index: int) -> None:
-        """Follow /v1/health/state/any; read again the services whose checks changed."""
+        """Follow /v1/health/state/any; read again the services whose checks changed.
+
+        This one watch stands for every service without a watch of its own, so its bucket is
+        bigger than one watch's (CHECKS_QPS_FACTOR, CHECKS_BURST_FACTOR): with one watch's 20
+        a second, back-to-back changes anywhere in the catalog would wait up to 50 ms each,
+        while a burst of a hundred goes through at once and sustained churn is batched."""
         backoff = Backoff(self.options.backoff_base_s, self.options.backoff_cap_s)
-        bucket = self._bucket()
+        bucket = TokenBucket(
+            self.options.qps * CHECKS_QPS_FACTOR, self.options.burst * CHECKS_BURST_FACTOR
+        )
         while True:
             previous = self._checks
             try:
