@@ -562,11 +562,9 @@ class ConsulAdapter:
 
     async def _promote(self, name: str, index: int) -> None:
         slots = self._slots()
-        if slots <= 0:
-            return
         if len(self._pool) >= slots:
             await self._ensure_detector()
-        if name in self._pool:
+        if slots <= 0 or name in self._pool:  # no room at all: the checks watch follows it
             return
         self._evict_to(slots - 1)
         self._pool[name] = None

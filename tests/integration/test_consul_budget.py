@@ -233,3 +233,27 @@ def test_changed_checks_are_found_without_decoding_the_whole_answer(compact: boo
     gone = json.dumps([c for c in after if c["CheckID"] != "c4"], separators=seps)
     assert changed_checks(gone, previous, 14) is None  # c4 went away: decode it all
     assert check_map(json.loads(gone))[("n1", "c2")] == ("s2", 40)
+
+
+async def test_with_no_room_for_service_watches_the_checks_watch_follows_every_service(
+    limited: ConsulSimulator,
+) -> None:
+    """Ten config kinds take the whole budget of 16 (4 kept for reads, catalog and checks):
+    a service that appears later is still followed, through the checks watch."""
+    sim = limited
+    kinds = tuple(f"kind-{i}" for i in range(10))
+    options = ConsulOptions(
+        address=sim.address, wait_s=20.0, max_connections=MIN_CONNECTIONS, config_kinds=kinds
+    )
+    async with ConsulAdapter(options) as adapter:
+        assert adapter._slots() == 0
+        it = adapter.watch()
+        await next_matching(it, lambda e: e.synced)
+        body = {"ID": "w1", "Service": "web", "Port": 80}
+        sim.state.register_service(NODE, body, [{"CheckID": "wc", "Status": "passing"}])
+        await next_matching(it, changed_to("web", ["w1"]))
+        await async_wait_for(lambda: sim.blocked[CHECKS_KEY] > 0, what="the checks' watch")
+        assert not adapter._pool
+        sim.state.set_check("wc", "critical")
+        await next_matching(it, changed_to("web", []))
+    assert sim.refused == 0
