@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import socket
 import statistics
 import subprocess
 import sys
@@ -74,6 +75,14 @@ def start_simulator(
         stdout=subprocess.DEVNULL,
     )
     return proc, port
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def register(conn: http.client.HTTPConnection, name: str, sid: str, port: int) -> None:
@@ -161,6 +170,7 @@ def run(services: int, changes: int) -> dict[str, Any]:
         old = FastApp("old")  # every service's first instance
         new = FastApp("new")  # the instance every change registers
         sim, sim_port = start_simulator(Path(tmp), services, old.port)
+        wait_until(lambda: listening(sim_port), timeout=120, what="the Consul simulator")
         sources = {
             "files": None,
             "consul": {"address": f"127.0.0.1:{sim_port}", "service_port": 8080},
