@@ -10,8 +10,10 @@ Envoy's admin API is not polled: with 1000 clusters a stats query takes ~45 ms o
 thread, the thread that also applies xDS, and would distort what is measured.
 p50 and p99 over the 200 changes. Target (issue 4): p99 <= 50 ms, below the 100 ms debounce
 Istio waits before a push; at 10k services (issue 17): p99 <= 60 ms, first load in seconds.
-Also reported: the initial sync (agent start to Envoy serving every service) and the agent's RSS
-after it and after the changes.
+Also reported: the initial sync (agent start to Envoy serving every service), the agent's RSS
+after it and after the changes, and its high-water mark (VmHWM), and the Consul errors the agent
+counted (the simulator refuses a client's connections beyond 200 at once, as Consul does, so an
+agent that needs more than that shows here).
 
 Usage: python benchmarks/consul_convergence.py [--services 1000|10000] [--changes 200]
 Prints one JSON document.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import socket
 import statistics
 import subprocess
 import sys
@@ -74,6 +77,14 @@ def start_simulator(
     return proc, port
 
 
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 def register(conn: http.client.HTTPConnection, name: str, sid: str, port: int) -> None:
     conn.request("PUT", "/v1/catalog/register", body=json.dumps(catalog_body(name, sid, port)))
     reply = conn.getresponse()
@@ -86,8 +97,9 @@ def served_by(mesh: MeshHarness, host: str) -> str:
     return mesh.request(host).headers.get("x-served-by", "")
 
 
-def rss_mb(proc: subprocess.Popen[bytes] | None) -> float:
-    """The resident set size of proc in MB (from /proc; 0 when unknown)."""
+def rss_mb(proc: subprocess.Popen[bytes] | None, field: str = "VmRSS") -> float:
+    """The resident set size of proc in MB (from /proc; 0 when unknown); field "VmHWM": its
+    high-water mark."""
     if proc is None:
         return 0.0
     try:
@@ -95,7 +107,7 @@ def rss_mb(proc: subprocess.Popen[bytes] | None) -> float:
     except OSError:
         return 0.0
     for line in status.splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return round(int(line.split()[1]) / 1024, 1)
     return 0.0
 
@@ -130,9 +142,12 @@ def mean_ms(
 
 def measure(
     mesh: MeshHarness, sim_port: int, services: int, changes: int, live: int
-) -> list[float]:
+) -> tuple[list[float], list[float]]:
+    """Each change's latency (ms), and the agent's share of it: its convergence histogram's
+    sum grew by that much (a Consul event's arrival to Envoy's ACK), read after the change."""
     conn = http.client.HTTPConnection("127.0.0.1", sim_port, timeout=10)
-    latencies = []
+    latencies, agent = [], []
+    converged = mesh.metric("meshagent_convergence_seconds_sum")
     for k in range(changes):
         name = f"svc{k % services}"
         host = f"{name}.service.consul"
@@ -145,7 +160,9 @@ def measure(
             if time.perf_counter() > deadline:
                 raise SystemExit(f"change {k} not applied within 10 s")
         latencies.append((time.perf_counter() - start) * 1000)
-    return latencies
+        before, converged = converged, mesh.metric("meshagent_convergence_seconds_sum")
+        agent.append((converged - before) * 1000)
+    return latencies, agent
 
 
 def run(services: int, changes: int) -> dict[str, Any]:
@@ -153,6 +170,7 @@ def run(services: int, changes: int) -> dict[str, Any]:
         old = FastApp("old")  # every service's first instance
         new = FastApp("new")  # the instance every change registers
         sim, sim_port = start_simulator(Path(tmp), services, old.port)
+        wait_until(lambda: listening(sim_port), timeout=120, what="the Consul simulator")
         sources = {
             "files": None,
             "consul": {"address": f"127.0.0.1:{sim_port}", "service_port": 8080},
@@ -177,9 +195,13 @@ def run(services: int, changes: int) -> dict[str, Any]:
                 initial_s = time.perf_counter() - started
                 rss_loaded = rss_mb(mesh.agent)
                 before = agent_means(mesh)
-                in_order = measure(mesh, sim_port, services, changes, new.port)
+                in_order, agent_share = measure(mesh, sim_port, services, changes, new.port)
                 after = agent_means(mesh)
                 rss_changed = rss_mb(mesh.agent)
+                rss_peak = rss_mb(mesh.agent, "VmHWM")
+                consul_errors = mesh.metric("meshagent_source_errors_total", source="consul")
+                log = (mesh.root / "agent.log").read_text(errors="replace").splitlines()
+                failures = [line[:300] for line in log if "consul_query_failed" in line][:3]
         finally:
             old.close()
             new.close()
@@ -193,6 +215,9 @@ def run(services: int, changes: int) -> dict[str, Any]:
         "initial_sync_s": round(initial_s, 2),
         "agent_rss_mb_loaded": rss_loaded,
         "agent_rss_mb_after_changes": rss_changed,
+        "agent_rss_mb_high_water": rss_peak,
+        "consul_errors": consul_errors,
+        "consul_error_samples": failures,
         "p50_ms": round(statistics.median(latencies), 2),
         "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 2),
         "max_ms": round(latencies[-1], 2),
@@ -200,8 +225,12 @@ def run(services: int, changes: int) -> dict[str, Any]:
         # The agent's own share: a Consul change's arrival to Envoy's ACK (its histogram).
         "agent_convergence_mean_ms": mean_ms(before, after, "convergence"),
         "xds_ack_mean_ms": {t: mean_ms(before, after, t) for t in XDS_TYPES},
-        "slowest": {f"change {k}": round(in_order[k], 1) for k in sorted(slowest)},
-        "target_p99_ms": 50,
+        # ms: [the whole change, the agent's share (arrival to Envoy's ACK)]
+        "slowest": {
+            f"change {k}": [round(in_order[k], 1), round(agent_share[k], 1)]
+            for k in sorted(slowest)
+        },
+        "target_p99_ms": 50 if services <= 1000 else 60,
     }
 
 

@@ -1,13 +1,28 @@
 """The Consul adapter: catalog, health and config entries, watched with blocking queries.
 
-One watch per endpoint: /v1/catalog/services (which services exist), /v1/health/service/<name>
-per service, and /v1/config/<kind> per config-entry kind. Each follows Consul's rules for
-blocking queries (see consul_watch.next_index), takes a token from its own bucket before
-every query (so a service that changes a thousand times a second costs at most `qps` queries
-a second), and backs off with jitter after an error, after which it reads afresh (index 0),
-since the Consul it reaches again may have lower indexes. Queries go through py-consul's asyncio
-client (`consul.aio`, on aiohttp): a blocking query is a coroutine waiting on its socket, not a
-thread, so 10k watched services cost 10k idle connections and no threads.
+Watches: /v1/catalog/services (which services exist), /v1/config/<kind> per config-entry kind,
+/v1/health/service/<name> for as many services as the connection budget allows, and, when the
+catalog is bigger than that, /v1/health/state/any, which tells which of the other services
+changed. Each follows Consul's rules for blocking queries (see consul_watch.next_index), takes
+a token from its own bucket before every query (so a service that changes a thousand times a
+second costs at most `qps` queries a second), and backs off with jitter after an error, after
+which it reads afresh (index 0), since the Consul it reaches again may have lower indexes.
+Queries go through py-consul's asyncio client (`consul.aio`, on aiohttp): a blocking query is a
+coroutine waiting on its socket, not a thread.
+
+The connection budget. A blocking query holds its HTTP connection for up to `wait`, and Consul
+refuses a client IP's connections beyond `limits.http_max_conns_per_client` (default 200, for
+every program on the host) with 429. So the client never opens more than `max_connections`
+(the aiohttp pool's limit); long-lived watches take all but READ_RESERVE of them, and services
+get their own blocking watch while slots remain (all of them in a catalog that fits). Beyond
+that, the services that changed most recently keep their own watch (least recently changed
+first out), and the others are followed through one blocking query on /v1/health/state/any (as
+Fabio and Traefik watch a whole catalog): its answer lists every check with its ModifyIndex, so
+a check that appears, changes or goes away names its service (a node's check: every service on
+that node), which is then read once (non-blocking, at most READ_RESERVE at once) and emitted
+if its X-Consul-Index moved. A change that touches no check (an instance registered or removed
+without checks) moves the catalog's index but not the checks' one: then every service without
+its own watch is read again (a sweep; rare, and at most one at a time).
 
 Resources emitted (source "consul", apiVersion "consul/v1"):
 - `ConsulService`, name = the service name: {"Name", "Datacenter", "Instances": the
@@ -18,16 +33,19 @@ Resources emitted (source "consul", apiVersion "consul/v1"):
   another datacenter that a service-resolver fails over or redirects to, watched there with
   ?dc= (Consul forwards the query over WAN federation) for as long as a resolver names it.
 
-Faults never delete anything: an unreachable, failing (5xx, 403) or garbled Consul only yields
-errors (logged, and reported as SourceEvent errors, which the agent counts per source). A
-resource is deleted only when Consul answers that it is gone.
+Faults never delete anything: an unreachable, failing (5xx, 403, 429) or garbled Consul only
+yields errors (logged, and reported as SourceEvent errors, which the agent counts per source).
+A resource is deleted only when Consul answers that it is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import re
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +61,19 @@ SOURCE = "consul"
 API_VERSION = "consul/v1"
 SERVICE_KIND = "ConsulService"
 CONFIG_KIND = "ConsulConfigEntry"
-# Connections to Consul: one per watch (a blocking query holds its connection for its `wait`).
-# aiohttp queues a request beyond the limit until a connection frees, which would hold a watch
-# back for a whole `wait`, so the limit is far above any catalog's size.
-MAX_CONNECTIONS = 1_000_000
+# Connections to Consul (see "The connection budget" above): at most max_connections, half of
+# Consul's default limits.http_max_conns_per_client (200 per client IP, shared by every program
+# on the host), of which READ_RESERVE stay free for one-shot reads.
+MAX_CONNECTIONS = 100
+MIN_CONNECTIONS = 16
+READ_RESERVE = 4
+LISTING_PARALLELISM = 32  # health reads in flight during the first listing
 CATALOG_QPS = 5.0  # at most, for the catalog watch (see _watch_catalog)
+SWEEP_GRACE_S = 2.0  # how long a catalog change waits for the checks' watch to explain it
+EXPLAINED_KEPT = 4096  # indexes of check changes remembered for that
+CHECKS_QPS_FACTOR = 2.5  # the checks watch's bucket, in `qps` and `burst` (see _watch_checks)
+CHECKS_BURST_FACTOR = 5
+EVICTIONS_PER_ROUND = 2  # services that give up their watch per change noticed (see _changed)
 CONFIG_KINDS = (
     "service-router",
     "service-splitter",
@@ -78,6 +104,7 @@ class ConsulOptions:
     config_kinds: tuple[str, ...] = CONFIG_KINDS
     backoff_base_s: float = 0.1
     backoff_cap_s: float = 5.0
+    max_connections: int = MAX_CONNECTIONS  # HTTP connections to Consul at once, at most
 
 
 class TokenFile:
@@ -137,7 +164,7 @@ def consul_aio_client(options: ConsulOptions) -> Any:
         dc=options.datacenter,
         verify=verify if options.scheme == "https" else False,
         cert=cert,
-        connections_limit=MAX_CONNECTIONS,
+        connections_limit=max(options.max_connections, 1),
         connections_timeout=options.wait_s * 17 / 16 + 30.0,
     )
 
@@ -150,26 +177,45 @@ class ConsulAdapter:
     def __init__(self, options: ConsulOptions) -> None:
         self.options = options
         self.queries = 0  # every query sent, for tests and debugging
+        self.sweeps = 0  # re-reads of every service without its own watch (see _sweep)
         self._token = TokenFile(options.token_file)
         self._client: Any = None
         self._queue: asyncio.Queue[SourceEvent] = asyncio.Queue()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._helpers: set[asyncio.Task[None]] = set()  # one-shot reads and sweeps
         self._synced = False
         self._wait = f"{max(int(options.wait_s * 1000), 1)}ms"
         # Filled by the first listing: where each watch starts.
         self._catalog_index = 0
-        self._services: dict[str, int] = {}  # service name -> health index
+        self._services: dict[str, int] = {}  # service name -> health index last emitted
+        self._known: set[str] = set()  # the services the catalog lists
         self._config_index: dict[str, int] = {}  # config kind -> index
         self._entries: dict[str, set[str]] = {}  # config kind -> resource names
         # service-resolver name -> (service, datacenter) targets elsewhere; those watched
         self._resolver_targets: dict[str, set[tuple[str, str]]] = {}
         self._remote: set[tuple[str, str]] = set()
+        # Services with their own watch, least recently changed first (see the module doc).
+        self._pool: OrderedDict[str, None] = OrderedDict()
+        # The checks' watch (on once the catalog outgrows the pool): (node, check ID) ->
+        # (service name, ModifyIndex) as last listed, its index, and the indexes at which it
+        # saw checks change (to tell a catalog change it explains from one it does not).
+        self._detector = False
+        self._checks: dict[tuple[str, str], tuple[str, int]] = {}
+        self._checks_index = 0
+        self._explained: OrderedDict[int, None] = OrderedDict()
+        self._node_services: dict[str, set[str]] = {}  # node -> services with instances there
+        self._detector_lock = asyncio.Lock()
+        self._reads = asyncio.Semaphore(READ_RESERVE)
+        self._sweep_wanted = False
+        self._sweep_task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ConsulAdapter:
         # The agent re-enters an adapter after a failure: start clean.
         self._client = consul_aio_client(self.options)
         self._queue = asyncio.Queue()
         self._synced = False
+        self._detector_lock = asyncio.Lock()
+        self._reads = asyncio.Semaphore(READ_RESERVE)
         return self
 
     async def __aexit__(
@@ -178,13 +224,17 @@ class ConsulAdapter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._helpers]
+        if self._sweep_task is not None:
+            tasks.append(self._sweep_task)
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        self._helpers.clear()
+        self._sweep_task = None
         if self._client is not None:  # cancelled queries have dropped their connections
             with contextlib.suppress(Exception):
                 await self._client.http.close()
@@ -194,6 +244,10 @@ class ConsulAdapter:
         """The first full listing (synced), then every change, until the context exits."""
         await self._initial_listing()
         self._spawn("catalog", self._watch_catalog(self._catalog_index, set(self._services)))
+        if self._detector:
+            self._spawn("checks", self._watch_checks(self._checks_index))
+        for name in self._pool:
+            self._spawn(f"svc:{name}", self._watch_service(name, self._services[name]))
         for kind, index in self._config_index.items():
             self._spawn(f"config:{kind}", self._watch_config(kind, index, self._entries[kind]))
         await self._watch_remote()
@@ -202,6 +256,18 @@ class ConsulAdapter:
 
     def _spawn(self, key: str, coro: Any) -> None:
         self._tasks[key] = asyncio.create_task(coro, name=f"consul-{key}")
+
+    def _helper(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._helpers.add(task)
+        task.add_done_callback(self._helpers.discard)
+
+    def _slots(self) -> int:
+        """How many services may have their own blocking watch: the budget less the other
+        long-lived watches (catalog, checks, config kinds, other datacenters' services) and
+        the connections kept for one-shot reads."""
+        fixed = 2 + len(self.options.config_kinds) + len(self._remote)
+        return max(self.options.max_connections - READ_RESERVE - fixed, 0)
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -227,6 +293,35 @@ class ConsulAdapter:
         return lambda token: self._client.health.service(
             name, index=index or None, wait=self._wait, passing=passing, token=token, **extra
         )
+
+    def _checks_call(self, index: int) -> Any:
+        """/v1/health/state/any: (X-Consul-Index, the body's JSON text, not decoded: see
+        changed_checks)."""
+        return self._text_call("/v1/health/state/any", index)
+
+    def _catalog_text_call(self, index: int) -> Any:
+        """/v1/catalog/services as (X-Consul-Index, the body's JSON text)."""
+        return self._text_call("/v1/catalog/services", index)
+
+    def _text_call(self, path: str, index: int) -> Any:
+        from consul.callback import CB
+
+        def text(response: Any) -> tuple[str, str]:
+            CB._status(response, allow_404=False)
+            if "X-Consul-Index" not in response.headers:
+                raise ValueError("no X-Consul-Index header")
+            return response.headers["X-Consul-Index"], str(response.body)
+
+        def call(token: str | None) -> Any:
+            params: list[tuple[str, Any]] = []
+            if self.options.datacenter:
+                params.append(("dc", self.options.datacenter))
+            if index:
+                params += [("index", index), ("wait", self._wait)]
+            headers = self._client.prepare_headers(token)
+            return self._client.http.get(text, path, params=params, headers=headers)
+
+        return call
 
     def _config_call(self, kind: str, index: int) -> Any:
         from consul.callback import CB
@@ -264,16 +359,27 @@ class ConsulAdapter:
         index, services = await self._query(self._catalog_call(0))
         self._catalog_index = next_index(0, int(index or 0))
         names = sorted(_as_dict(services))
-        self._services = {}
-        limit = asyncio.Semaphore(32)  # a big catalog is listed with bounded parallelism
+        self._known = set(names)
+        self._services, self._node_services, self._pool = {}, {}, OrderedDict()
+        self._detector, self._checks, self._checks_index = False, {}, 0
+        if len(names) > self._slots():
+            # Before the services are read: a check that changes after this listing of checks
+            # and before its service's read is then seen as changed (read again, harmlessly).
+            await self._list_checks()
+        # Before any watch holds a connection, the listing may use them all but one.
+        limit = asyncio.Semaphore(max(1, min(LISTING_PARALLELISM, self.options.max_connections)))
 
         async def one(name: str) -> RawResource:
             async with limit:
                 idx, entries = await self._query(self._health_call(name, 0))
+            instances = _as_list(entries)
             self._services[name] = next_index(0, int(idx or 0))
-            return self._service_resource(name, _as_list(entries), int(idx or 0))
+            self._note_nodes(name, instances)
+            return self._service_resource(name, instances, int(idx or 0))
 
         upserts = list(await asyncio.gather(*(one(n) for n in names)))
+        if len(names) <= self._slots():
+            self._pool = OrderedDict.fromkeys(names)
         self._config_index, self._entries = {}, {}
         for kind in self.options.config_kinds:
             idx, entries = await self._query(self._config_call(kind, 0))
@@ -285,38 +391,207 @@ class ConsulAdapter:
             upserts += resources
         return upserts
 
+    async def _list_checks(self) -> None:
+        """The checks' baseline (a non-blocking read); the checks' watch follows from it."""
+        reported, text = await self._query(self._checks_call(0))
+        self._checks = check_map(_decode(text))
+        self._checks_index = next_index(0, int(reported or 0))
+        self._detector = True
+
+    def _note_nodes(self, name: str, instances: list[Any]) -> None:
+        for entry in instances:
+            node = entry.get("Node") if isinstance(entry, dict) else None
+            if isinstance(node, dict) and node.get("Node"):
+                self._node_services.setdefault(str(node["Node"]), set()).add(name)
+
     # -- the watches -------------------------------------------------------------------------------
 
     async def _watch_catalog(self, index: int, known: set[str]) -> None:
-        """Start a health watch per listed service; delete the services Consul stops listing."""
-        for name in sorted(known):
-            self._spawn(f"svc:{name}", self._watch_service(name, self._services[name]))
+        """Read (and watch) the services Consul starts listing; delete those it stops listing.
+
+        A move of the catalog's index that no check change explains (an instance registered
+        or removed without checks) makes the services without their own watch be read again."""
         backoff = Backoff(self.options.backoff_base_s, self.options.backoff_cap_s)
         # The listing names every service (10k: ~5 ms of the event loop to read), and every
         # registration anywhere changes its index: re-read it at most CATALOG_QPS times a second,
         # so that under churn it is not read again beside every change of a service's health.
         bucket = TokenBucket(min(self.options.qps, CATALOG_QPS), 1)
+        last_text = ""
         while True:
             try:
-                reported, services = await self._query(self._catalog_call(index), bucket)
-                names = set(_as_dict(services))
+                reported, text = await self._query(self._catalog_text_call(index), bucket)
+                # Most registrations add or change an instance of a service that exists, with
+                # tags it has: the answer is then the same text, not worth decoding again.
+                names = known if text == last_text else set(_as_dict(_decode(text)))
+                last_text = text
             except Exception as exc:
                 await self._failed("catalog services", exc, backoff)
                 index = 0  # see _failed
                 continue
             backoff.reset()
-            index = next_index(index, int(reported or 0))
-            for name in sorted(names - known):
-                self._spawn(f"svc:{name}", self._watch_service(name, 0))
-            gone = sorted(known - names)
+            new = next_index(index, int(reported or 0))
+            added, gone = sorted(names - known), sorted(known - names)
             for name in gone:
                 task = self._tasks.pop(f"svc:{name}", None)
                 if task is not None:
                     task.cancel()
+                self._pool.pop(name, None)
+                self._services.pop(name, None)
             if gone:
                 deletes = tuple((SOURCE, SERVICE_KIND, "", n) for n in gone)
                 await self._queue.put(SourceEvent(SOURCE, deletes=deletes))
-            known = names
+            known = self._known = names
+            if added:
+                await self._changed(added)
+            elif new != index and index and not gone and self._detector:
+                self._helper(self._explain(int(reported or 0)))
+            index = new
+
+    async def _watch_checks(self, index: int) -> None:
+        """Follow /v1/health/state/any; read again the services whose checks changed.
+
+        This one watch stands for every service without a watch of its own, so its bucket is
+        bigger than one watch's (CHECKS_QPS_FACTOR, CHECKS_BURST_FACTOR): with one watch's 20
+        a second, back-to-back changes anywhere in the catalog would wait up to 50 ms each,
+        while a burst of a hundred goes through at once and sustained churn is batched."""
+        backoff = Backoff(self.options.backoff_base_s, self.options.backoff_cap_s)
+        bucket = TokenBucket(
+            self.options.qps * CHECKS_QPS_FACTOR, self.options.burst * CHECKS_BURST_FACTOR
+        )
+        while True:
+            previous = self._checks
+            try:
+                reported, text = await self._query(self._checks_call(index), bucket)
+                new = next_index(index, int(reported or 0))
+                if new == index and index:  # the wait ran out, nothing new
+                    continue
+                # Most answers differ from the last in a few checks: those are found without
+                # decoding the whole answer (10k checks: ~4 ms instead of 30-70 ms).
+                quick = changed_checks(text, previous, self._checks_index) if new else None
+                full = check_map(_decode(text)) if quick is None else None
+                current = full if full is not None else {**previous, **(quick or {})}
+            except Exception as exc:
+                await self._failed("health state", exc, backoff)
+                index = 0  # see _failed
+                continue
+            backoff.reset()
+            changed: set[str] = set()  # by a check of their own
+            on_nodes: set[str] = set()  # by a check of a node they have an instance on
+            for key, (service, modified) in (quick or current).items():
+                if previous.get(key) != (service, modified):
+                    (changed if service else on_nodes).update(self._services_of(key[0], service))
+                    self._note_explained(modified)
+            gone = previous.keys() - current.keys()
+            for key in gone:
+                service = previous[key][0]
+                (changed if service else on_nodes).update(self._services_of(key[0], service))
+            if gone:
+                self._note_explained(int(reported or 0))
+            self._checks, self._checks_index, index = current, int(reported or 0), new
+            await self._changed(sorted(changed))
+            await self._changed(sorted(on_nodes - changed), promote=False)
+
+    def _services_of(self, node: str, service: str) -> set[str]:
+        """The services a check concerns: its own, or (a node's check) every one on the node."""
+        if service:
+            return {service}
+        return set(self._node_services.get(node, ()))
+
+    def _note_explained(self, index: int) -> None:
+        self._explained[index] = None
+        while len(self._explained) > EXPLAINED_KEPT:
+            self._explained.popitem(last=False)
+
+    async def _explain(self, catalog_index: int) -> None:
+        """Sweep unless a check changed at catalog_index (give the checks' watch a moment)."""
+        deadline = asyncio.get_running_loop().time() + SWEEP_GRACE_S
+        while catalog_index not in self._explained:
+            if self._checks_index >= catalog_index or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        if catalog_index not in self._explained:
+            self._request_sweep()
+
+    def _request_sweep(self) -> None:
+        self._sweep_wanted = True
+        if self._sweep_task is None or self._sweep_task.done():
+            self._sweep_task = asyncio.create_task(self._sweep(), name="consul-sweep")
+
+    async def _sweep(self) -> None:
+        """Read again every service without its own watch (at most READ_RESERVE at once)."""
+        while self._sweep_wanted:
+            self._sweep_wanted = False
+            self.sweeps += 1
+            names = [n for n in sorted(self._services) if n not in self._pool]
+            await asyncio.gather(*(self._refresh(n, promote=False) for n in names))
+
+    async def _changed(self, names: list[str], promote: bool = True) -> None:
+        """Services that changed (or appeared) and have no watch of their own: read each once,
+        emit it if its index moved, and give it a watch (the least recently changed one gives
+        up its own). Few give up theirs at a time (EVICTIONS_PER_ROUND): a cancelled blocking
+        query's connection is closed, and a Consul that has not yet seen it close would count
+        it against the limit beside the one that replaces it."""
+        todo = [n for n in names if n not in self._pool]
+        promotions = max(self._slots() - len(self._pool), 0) + EVICTIONS_PER_ROUND
+        for k, name in enumerate(todo):
+            self._helper(self._refresh(name, promote=promote and k < promotions))
+
+    async def _refresh(self, name: str, promote: bool) -> None:
+        backoff = Backoff(self.options.backoff_base_s, self.options.backoff_cap_s)
+        while True:
+            try:
+                async with self._reads:
+                    reported, entries = await self._query(self._health_call(name, 0))
+                instances = _as_list(entries)
+                break
+            except Exception as exc:
+                await self._failed(f"health of {name}", exc, backoff)
+                if name not in self._known:
+                    return  # gone meanwhile
+        if name not in self._known:
+            return  # removed meanwhile (its delete is out), or not listed yet (the catalog
+            # watch reads it when it is)
+        index = next_index(0, int(reported or 0))
+        self._note_nodes(name, instances)
+        if self._services.get(name) != index:
+            self._services[name] = index
+            resource = self._service_resource(name, instances, int(reported or 0))
+            await self._queue.put(SourceEvent(SOURCE, upserts=(resource,)))
+        if promote and name not in self._pool:
+            await self._promote(name, index)
+
+    async def _promote(self, name: str, index: int) -> None:
+        slots = self._slots()
+        if len(self._pool) >= slots:
+            await self._ensure_detector()
+        if slots <= 0 or name in self._pool:  # no room at all: the checks watch follows it
+            return
+        self._evict_to(slots - 1)
+        self._pool[name] = None
+        self._spawn(f"svc:{name}", self._watch_service(name, index))
+
+    async def _ensure_detector(self) -> None:
+        """Start the checks' watch (its baseline first) before any service leaves the pool."""
+        backoff = Backoff(self.options.backoff_base_s, self.options.backoff_cap_s)
+        async with self._detector_lock:
+            while not self._detector:
+                try:
+                    await self._list_checks()
+                except Exception as exc:
+                    await self._failed("health state", exc, backoff)
+                    continue
+                self._spawn("checks", self._watch_checks(self._checks_index))
+
+    def _evict_to(self, size: int) -> None:
+        """Take the least recently changed services out of the pool until it holds size."""
+        while self._pool and len(self._pool) > max(size, 0):
+            victim, _ = self._pool.popitem(last=False)
+            task = self._tasks.pop(f"svc:{victim}", None)
+            if task is not None:
+                task.cancel()
+            # What changed while its watch was being cancelled is read now; later changes
+            # reach the checks' watch.
+            self._helper(self._refresh(victim, promote=False))
 
     async def _watch_service(self, name: str, index: int, dc: str | None = None) -> None:
         backoff = Backoff(self.options.backoff_base_s, self.options.backoff_cap_s)
@@ -335,6 +610,11 @@ class ConsulAdapter:
             if new != index or index == 0:  # unchanged index: the wait ran out, nothing new
                 resource = self._service_resource(name, instances, int(reported or 0), dc)
                 await self._queue.put(SourceEvent(SOURCE, upserts=(resource,)))
+                if dc is None:
+                    self._services[name] = new
+                    self._note_nodes(name, instances)
+                    if name in self._pool:
+                        self._pool.move_to_end(name)
             index = new
 
     async def _watch_config(self, kind: str, index: int, known: set[str]) -> None:
@@ -387,6 +667,9 @@ class ConsulAdapter:
         if gone:
             deletes = tuple((SOURCE, SERVICE_KIND, "", f"{dc}/{name}") for name, dc in gone)
             await self._queue.put(SourceEvent(SOURCE, deletes=deletes))
+        if len(self._pool) > self._slots():  # the remote watches take connections from it
+            await self._ensure_detector()
+            self._evict_to(self._slots())
 
     async def _failed(self, what: str, exc: Exception, backoff: Backoff) -> None:
         """Log and report one failed query, then wait out the backoff.
@@ -474,6 +757,60 @@ def remote_targets(resolver: Any, local_dc: str | None) -> set[tuple[str, str]]:
             if dc != local_dc:
                 found.add((str(spec.get("Service") or own), dc))
     return found
+
+
+_MODIFY_INDEX = re.compile(r'"ModifyIndex":\s*(\d+)')
+_DECODER = json.JSONDecoder()
+
+
+def _decode(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"Failed to decode JSON: {exc}") from None
+
+
+def changed_checks(
+    text: str, previous: dict[tuple[str, str], tuple[str, int]], since: int
+) -> dict[tuple[str, str], tuple[str, int]] | None:
+    """The checks of a /v1/health/state/any answer (its JSON text) modified after index
+    `since`, keyed as in check_map, found without decoding the whole answer: each check's
+    "ModifyIndex" is found by a regular expression, and only the checks past `since` are decoded
+    (each from the start of its object in the array). None when this cannot tell: a check went
+    away (the answer lists fewer than previous plus the new ones), or a shape it does not know;
+    the caller then decodes it all. (Inside a JSON string a quote is escaped, so neither
+    '"ModifyIndex":' nor the '},{"' between two objects can match there.)"""
+    found: dict[tuple[str, str], tuple[str, int]] = {}
+    count = 0
+    for match in _MODIFY_INDEX.finditer(text):
+        count += 1
+        modified = int(match.group(1))
+        if modified <= since:
+            continue
+        pos = match.start()
+        edge = max(text.rfind('},{"', 0, pos), text.rfind('}, {"', 0, pos))
+        start = text.find("{", edge + 1) if edge >= 0 else text.find("{")
+        try:
+            check, _ = _DECODER.raw_decode(text, start)
+        except ValueError:
+            return None
+        if not isinstance(check, dict) or check.get("ModifyIndex") != modified:
+            return None
+        found.update(check_map([check]))
+    added = sum(1 for key in found if key not in previous)
+    if count != len(previous) + added:
+        return None
+    return found
+
+
+def check_map(checks: Any) -> dict[tuple[str, str], tuple[str, int]]:
+    """(node, check ID) -> (service name, ModifyIndex) of a /v1/health/state/any answer."""
+    out = {}
+    for check in _as_list(checks):
+        if isinstance(check, dict):
+            key = (str(check.get("Node") or ""), str(check.get("CheckID") or ""))
+            out[key] = (str(check.get("ServiceName") or ""), int(check.get("ModifyIndex") or 0))
+    return out
 
 
 def _as_dict(value: Any) -> dict[str, Any]:

@@ -80,6 +80,14 @@ def add_parsers(sub: Any) -> None:
         metavar="DIR",
         help="also load the config entries in DIR/*.json (`consul config write` JSON files)",
     )
+    consul.add_argument(
+        "--max-conns-per-client",
+        type=int,
+        default=200,
+        metavar="N",
+        help="refuse a client IP's connections beyond N at once with 429, as Consul's "
+        "limits.http_max_conns_per_client does (default 200, Consul's; 0: no limit)",
+    )
     kube = dev_sub.add_parser("kube-sim", help="a Kubernetes API server simulator (not Kubernetes)")
     kube.add_argument(
         "--listen", default="127.0.0.1:6443", help="HOST:PORT (default 127.0.0.1:6443)"
@@ -119,7 +127,15 @@ def run_consul_sim(args: argparse.Namespace) -> int:
         entries = load_config_entries(Path(args.config_entries))
         data["config"] = [*(data.get("config") or []), *entries]
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_simulator(host, port, acl_token=args.acl_token, data=data))
+        asyncio.run(
+            run_simulator(
+                host,
+                port,
+                acl_token=args.acl_token,
+                data=data,
+                max_conns_per_client=args.max_conns_per_client,
+            )
+        )
     return 0
 
 

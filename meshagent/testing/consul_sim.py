@@ -10,6 +10,12 @@ X-Consul-LastContact headers), ACL tokens (X-Consul-Token or ?token=; 403 "ACL n
 can be injected (`Faults`) to test clients: error statuses, slow answers, malformed JSON,
 dropped connections, index resets.
 
+Like Consul (`limits.http_max_conns_per_client`, default 200), it refuses a client IP's
+connections beyond `max_conns_per_client` at once: Consul's HTTP server answers such a
+connection, as soon as it is accepted, `429 Too Many Requests` ("Your IP is issuing too many
+concurrent connections, please rate limit your calls") with `Connection: close`, and closes
+it. A client with one blocking query per service meets this beyond ~200 services.
+
 One asyncio HTTP/1.1 server (keep-alive, no framework), so thousands of blocking queries cost
 no threads. `ConsulSimulator.start()` runs it on a background thread for tests.
 """
@@ -32,6 +38,7 @@ from typing import Any
 
 from meshagent.testing.consul_gateways import GATEWAY_SERVICES_KEY
 from meshagent.testing.consul_state import (
+    CHECKS_KEY,
     SERVICES_KEY,
     ConsulState,
     SimError,
@@ -42,6 +49,14 @@ from meshagent.testing.consul_state import (
 DEFAULT_WAIT_S = 300.0
 MAX_WAIT_S = 600.0
 LISTEN_BACKLOG = 4096
+MAX_CONNS_PER_CLIENT = 200  # Consul's default limits.http_max_conns_per_client
+_TOO_MANY = b"Your IP is issuing too many concurrent connections, please rate limit your calls\n"
+TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\n"
+    + f"Content-Length: {len(_TOO_MANY)}\r\n".encode()
+    + b"Connection: close\r\n\r\n"
+    + _TOO_MANY
+)
 _DURATION = re.compile(r"([\d.]+)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -100,6 +115,7 @@ class _Reply:
     index: int | None = None
     raw: bytes | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    raw_json: bool = False  # raw is a JSON body already encoded
 
 
 class ConsulSimulator:
@@ -114,6 +130,7 @@ class ConsulSimulator:
         read_tokens: tuple[str, ...] = (),
         max_wait_s: float = MAX_WAIT_S,
         datacenter: str = "dc1",
+        max_conns_per_client: int = MAX_CONNS_PER_CLIENT,
     ) -> None:
         self.host, self.port = host, port
         self.state = ConsulState(datacenter)  # the local datacenter's
@@ -122,6 +139,10 @@ class ConsulSimulator:
         self.acl_token = acl_token
         self.read_tokens = set(read_tokens)
         self.max_wait_s = max_wait_s
+        self.max_conns_per_client = max_conns_per_client  # 0: no limit
+        self.refused = 0  # connections refused with 429 (over max_conns_per_client)
+        self.connections: Counter[str] = Counter()  # open connections, by client IP
+        self.peak_connections = 0  # the most one client IP held at once
         self.requests: Counter[str] = Counter()  # by endpoint ("health/service", ...)
         self.blocked: Counter[str] = Counter()  # queries blocked now, by key (service_key(...))
         self._events: dict[str, asyncio.Event] = {}
@@ -252,9 +273,10 @@ class ConsulSimulator:
         if restores != self._restores:  # a restore abandons every blocked query
             self._restores = restores
             keys = set(self._events)
-        # The catalog listing (every service: the costly answer) last: Consul answers blocked
-        # queries in parallel, this one thread in turn, and a change's own service comes first.
-        for key in sorted(keys, key=lambda k: k.endswith(SERVICES_KEY)):
+        # The listings of every check and of every service (the costly answers) last: Consul
+        # answers blocked queries in parallel, this one thread in turn, a change's service first.
+        order = {CHECKS_KEY: 1, SERVICES_KEY: 2}
+        for key in sorted(keys, key=lambda k: order.get(k.rpartition(":")[2], 0)):
             event = self._events.pop(key, None)
             if event is not None:
                 event.set()
@@ -282,22 +304,69 @@ class ConsulSimulator:
     # -- HTTP --------------------------------------------------------------------------------
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        limit = self.max_conns_per_client
+        if limit > 0 and self.connections[ip] >= limit:
+            await self._refuse(writer)
+            return
+        self.connections[ip] += 1
+        self.peak_connections = max(self.peak_connections, self.connections[ip])
+        try:
+            await self._serve_connection(reader, writer)
+        finally:
+            self.connections[ip] -= 1
+            if self.connections[ip] <= 0:
+                del self.connections[ip]
+
+    async def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        """Consul's answer to a connection over the per-client limit (go-connlimit's 429
+        handler: written at once, with a 10 ms deadline, then the connection is closed)."""
+        self.refused += 1
+        writer.write(TOO_MANY_CONNECTIONS)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.drain(), 0.01)
+        writer.close()
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self._writers.add(writer)
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
+        # Go's HTTP server notices a client that hangs up while its query is blocked (the
+        # request's context ends) and frees the connection, and its slot of the per-client
+        # limit, at once; so does this one: the stream's end-of-file is watched meanwhile.
+        hung_up = asyncio.Event()
+        feed_eof = reader.feed_eof
+
+        def on_eof() -> None:
+            feed_eof()
+            hung_up.set()
+
+        setattr(reader, "feed_eof", on_eof)  # noqa: B010 (an instance's method, replaced)
+        answer: asyncio.Task[bool] | None = None
         try:
             while True:
                 request = await _read_request(reader)
                 if request is None:
                     return
-                if not await self._answer(request, writer):
+                answer = asyncio.ensure_future(self._answer(request, writer))
+                hang_up = asyncio.ensure_future(hung_up.wait())
+                await asyncio.wait({answer, hang_up}, return_when=asyncio.FIRST_COMPLETED)
+                hang_up.cancel()
+                if not answer.done() or not answer.result():
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             return
         except asyncio.CancelledError:
             return  # close_async: end quietly (asyncio's stream callback logs a cancelled task)
         finally:
+            if answer is not None and not answer.done():
+                answer.cancel()
+                with contextlib.suppress(BaseException):
+                    await answer
             if task is not None:
                 self._handlers.discard(task)
             self._writers.discard(writer)
@@ -370,7 +439,14 @@ class ConsulSimulator:
         ns = r.query.get("ns")
         if p == ["catalog", "services"]:
             await self._block(SERVICES_KEY, r.query, state)
-            return _Reply(200, state.catalog_services(ns), state.index_of(SERVICES_KEY))
+            index = state.index_of(SERVICES_KEY)
+            if ns is None:
+                return _Reply(200, raw=state.catalog_services_json(), index=index, raw_json=True)
+            return _Reply(200, state.catalog_services(ns), index)
+        if len(p) == 3 and p[:2] == ["health", "state"]:
+            await self._block(CHECKS_KEY, r.query, state)
+            body_bytes = state.health_state(p[2])
+            return _Reply(200, raw=body_bytes, index=state.index_of(CHECKS_KEY), raw_json=True)
         if len(p) == 3 and p[:2] in (["catalog", "service"], ["health", "service"]):
             key = service_key(p[2])
             await self._block(key, r.query, state)
@@ -556,7 +632,8 @@ async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
 
 def _encode(reply: _Reply) -> bytes:
     if reply.raw is not None:
-        body, ctype = reply.raw, "text/plain; charset=utf-8"
+        body = reply.raw
+        ctype = "application/json" if reply.raw_json else "text/plain; charset=utf-8"
     else:
         body, ctype = json.dumps(reply.body).encode(), "application/json"
     headers = {"Content-Type": ctype, "Content-Length": str(len(body)), **reply.extra}
@@ -608,10 +685,17 @@ def load_config_entries(directory: Path) -> list[dict[str, Any]]:
 
 
 async def run_simulator(
-    host: str, port: int, *, acl_token: str | None = None, data: Any = None
+    host: str,
+    port: int,
+    *,
+    acl_token: str | None = None,
+    data: Any = None,
+    max_conns_per_client: int = MAX_CONNS_PER_CLIENT,
 ) -> None:
     """`meshagent dev consul-sim`: serve until cancelled."""
-    sim = ConsulSimulator(host, port, acl_token=acl_token)
+    sim = ConsulSimulator(
+        host, port, acl_token=acl_token, max_conns_per_client=max_conns_per_client
+    )
     if data:
         load_data(sim, data)
     await sim.serve_async()

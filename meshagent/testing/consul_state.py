@@ -15,6 +15,8 @@ stands in for, what a benchmark measured.)
 
 from __future__ import annotations
 
+import bisect
+import json
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -31,6 +33,7 @@ from meshagent.testing.consul_gateways import (
 STATUSES = ("passing", "warning", "critical")
 SERF_CHECK = "serfHealth"
 SERVICES_KEY = "services"
+CHECKS_KEY = "checks"  # every check of the datacenter (/v1/health/state/<state>)
 
 
 def service_key(name: str) -> str:
@@ -123,6 +126,10 @@ class ConsulState:
         self._on_node: dict[str, set[tuple[str, str]]] = {}  # node -> services keys
         self._checks_on: dict[tuple[str, str], set[str]] = {}  # (node, service ID or "") -> ids
         self._tags: dict[str, list[str]] = {}  # service name -> its instances' tags, sorted
+        # /v1/health/state answers: each check's JSON, encoded once per change of that check
+        self._check_bytes: dict[tuple[str, str], bytes] = {}
+        self._check_order: list[tuple[str, str]] | None = None  # sorted keys of checks
+        self._catalog_json: bytes | None = None  # /v1/catalog/services, encoded
         self.on_change: Callable[[set[str]], None] = lambda keys: None
         self._lock = threading.RLock()
         self.ensure_node(node, "127.0.0.1")
@@ -188,7 +195,9 @@ class ConsulState:
                 )
             if not new and before == (node.address, node.tagged, node.meta):
                 return
-            keys = self._touch([SERVICES_KEY, *self._service_keys_on(name)])
+            keys = self._touch(
+                [SERVICES_KEY, *([CHECKS_KEY] if new else []), *self._service_keys_on(name)]
+            )
         self._commit(keys)
 
     def _service_keys_on(self, node: str) -> list[str]:
@@ -222,22 +231,32 @@ class ConsulState:
 
     def _retag(self, name: str) -> None:
         keys = self._by_name.get(name)
-        if not keys:
+        tags = sorted({t for k in keys for t in self.services[k]["Tags"]}) if keys else None
+        if tags != self._tags.get(name):
+            self._catalog_json = None
+        if tags is None:
             self._tags.pop(name, None)
-            return
-        self._tags[name] = sorted({t for k in keys for t in self.services[k]["Tags"]})
+        else:
+            self._tags[name] = tags
 
     def _put_check(self, check: dict[str, Any]) -> None:
         key = (str(check["Node"]), str(check["CheckID"]))
         old = self.checks.get(key)
         if old is not None:
             self._checks_on.get((key[0], old["ServiceID"]), set()).discard(key[1])
+        elif self._check_order is not None:
+            bisect.insort(self._check_order, key)
+        self._check_bytes.pop(key, None)
         self.checks[key] = check
         self._checks_on.setdefault((key[0], check["ServiceID"]), set()).add(key[1])
 
     def _drop_checks(self, node: str, service_id: str) -> None:
         for check_id in self._checks_on.pop((node, service_id), set()):
-            self.checks.pop((node, check_id), None)
+            if self.checks.pop((node, check_id), None) is not None:
+                self._check_bytes.pop((node, check_id), None)
+                if self._check_order is not None:
+                    at = bisect.bisect_left(self._check_order, (node, check_id))
+                    del self._check_order[at]
 
     def register_service(
         self, node: str, body: dict[str, Any], checks: list[dict[str, Any]] | None = None
@@ -263,6 +282,8 @@ class ConsulState:
             keys = {SERVICES_KEY, service_key(service["Service"])}
             if old is not None:
                 keys.add(service_key(old["Service"]))
+            if checks or self._checks_on.get((node, sid)):
+                keys.add(CHECKS_KEY)
             keys = self._touch(keys)
         self._commit(keys)
         return str(service["ID"])
@@ -273,14 +294,17 @@ class ConsulState:
             service = self._drop_service((node, service_id))
             if service is None:
                 raise SimError(404, f"Unknown service ID {service_id!r}")
+            touched = {SERVICES_KEY, service_key(service["Service"])}
+            if self._checks_on.get((node, service_id)):
+                touched.add(CHECKS_KEY)
             self._drop_checks(node, service_id)
-            keys = self._touch({SERVICES_KEY, service_key(service["Service"])})
+            keys = self._touch(touched)
         self._commit(keys)
 
     def deregister_node(self, node: str) -> None:
         """Remove a node with everything on it."""
         with self._lock:
-            keys = {SERVICES_KEY, *self._service_keys_on(node)}
+            keys = {SERVICES_KEY, CHECKS_KEY, *self._service_keys_on(node)}
             self.nodes.pop(node, None)
             for key in sorted(self._on_node.pop(node, set())):
                 self._drop_service(key)
@@ -329,7 +353,8 @@ class ConsulState:
             if check["Status"] == status and check["Output"] == output:
                 return  # Consul does not bump the index for a write that changes nothing
             check["Status"], check["Output"] = status, output
-            keys = (
+            self._check_bytes.pop((check["Node"], check["CheckID"]), None)
+            keys = {CHECKS_KEY} | (
                 {service_key(check["ServiceName"])}
                 if check["ServiceName"]
                 else set(self._service_keys_on(check["Node"]))
@@ -365,6 +390,18 @@ class ConsulState:
                     out.setdefault(service["Service"], set()).update(service["Tags"])
             return {name: sorted(tags) for name, tags in sorted(out.items())}
 
+    def catalog_services_json(self) -> bytes:
+        """GET /v1/catalog/services (all namespaces) as JSON bytes, encoded again only after a
+        service's tags or existence changed: re-registering an instance, the usual change,
+        leaves it as it was (as Consul's Go encoder, this answer must cost a 10k-service
+        simulator little)."""
+        with self._lock:
+            if self._catalog_json is None:
+                self._catalog_json = json.dumps(
+                    {name: self._tags[name] for name in sorted(self._tags)}
+                ).encode()
+            return self._catalog_json
+
     def _instances(self, name: str, ns: str | None) -> list[tuple[_Node, dict[str, Any]]]:
         found = [(key, self.services[key]) for key in sorted(self._by_name.get(name, ()))]
         return [
@@ -388,6 +425,29 @@ class ConsulState:
                     continue
                 out.append({"Node": node.json(), "Service": dict(service), "Checks": checks})
             return out
+
+    def health_state(self, state: str) -> bytes:
+        """GET /v1/health/state/<state> (any, passing, warning, critical), as JSON bytes.
+
+        Every check of the datacenter (Consul's /v1/health/state/any, the answer watchers of a
+        whole catalog block on), so each check's JSON is kept encoded until that check changes:
+        Consul (Go) encodes 10k checks in milliseconds, and an answer re-encoded whole each
+        time would make the simulator what a benchmark measures."""
+        if state not in ("any", *STATUSES):
+            raise SimError(400, f"Invalid state {state!r}")
+        with self._lock:
+            if self._check_order is None:
+                self._check_order = sorted(self.checks)
+            parts = []
+            for key in self._check_order:
+                check = self.checks[key]
+                if state != "any" and check["Status"] != state:
+                    continue
+                encoded = self._check_bytes.get(key)
+                if encoded is None:
+                    encoded = self._check_bytes[key] = json.dumps(check).encode()
+                parts.append(encoded)
+            return b"[" + b",".join(parts) + b"]"
 
     def catalog_service(self, name: str, ns: str | None = None) -> list[dict[str, Any]]:
         """GET /v1/catalog/service/<name>: flat Service*-prefixed records."""

@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshagent.adapters.consul import ConsulOptions
+from meshagent.adapters.consul import MAX_CONNECTIONS, MIN_CONNECTIONS, ConsulOptions
 from meshagent.agent.config.section import Section, duration_ms, optional_path
 from meshagent.normalize.consul.options import ConsulMapping
 
@@ -23,6 +23,7 @@ KEYS = (
     "default_protocol",
     "include_warning",
     "rate_limit",
+    "max_connections",
     "wait",
     "precedence",
     "register",
@@ -68,6 +69,9 @@ def parse_consul(s: Section, base: Path) -> ConsulSourceConfig:
     if qps < 1 or burst < 1:
         raise rate.error("qps and burst must be at least 1", "qps")
     wait_ms = duration_ms(s, "wait", "5m", 1, 600_000)
+    max_connections = s.get("max_connections", int, MAX_CONNECTIONS)
+    if max_connections < MIN_CONNECTIONS:
+        raise s.error(f"must be at least {MIN_CONNECTIONS}", "max_connections")
     include_warning = s.get("include_warning", bool, False)
     datacenter = s.opt("datacenter", str)
     options = ConsulOptions(
@@ -82,6 +86,7 @@ def parse_consul(s: Section, base: Path) -> ConsulSourceConfig:
         qps=float(qps),
         burst=burst,
         wait_s=wait_ms / 1000,
+        max_connections=max_connections,
     )
     return ConsulSourceConfig(options, _mapping(s, include_warning, datacenter), _register(s))
 
