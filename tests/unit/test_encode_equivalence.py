@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,11 @@ from tests.unit.translate_inputs import build, load_case, snapshot_from
 TESTDATA = Path(__file__).parent / "testdata" / "translate"
 CASES = sorted(TESTDATA.glob("*.input.yaml"))
 SEEDS = range(12)
+PROXIES = [
+    None,
+    ProxySpec(node_id="a", locality="us-east/zone-a"),
+    ProxySpec(node_id="b", locality="eu-west/zone-c/rack-1"),
+]
 
 
 def _serialized(message: Any) -> bytes:
@@ -145,8 +151,15 @@ def _direct_cases(seed: int) -> Iterator[tuple[ClusterPlan, tuple[Endpoint, ...]
         names = [p.name for p in service.ports]
         count = rng.choice([0, 1, 2, 5, 10, 40, 1000 if index == 0 else 3])
         endpoints = tuple(_endpoint(rng, names) for _ in range(count))
-        if count and rng.random() < 0.2:
-            endpoints += endpoints[:2]  # a repeated address: the by-address order fails
+        if count and rng.random() < 0.3:
+            # Repeated addresses, one in another port order than the full sort's: the
+            # encoder's by-address order must notice and start over
+            first = endpoints[0]
+            endpoints += (
+                first,
+                replace(first, ports=((names[0], 9),)),
+                replace(first, ports=((names[0], 1),)),
+            )
         for plan in plan_clusters(service, None):
             yield plan, endpoints
 
@@ -256,11 +269,13 @@ def test_clusters_of_the_golden_cases(path: Path) -> None:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_clusters_of_generated_meshes(seed: int) -> None:
     snapshot, _proxy = _generated_mesh(seed)
-    templates = ClusterTemplates()
-    for host, service in snapshot.services.items():
-        endpoints = snapshot.endpoints.get(host, ())
-        for plan in plan_clusters(service, snapshot.destination_rule_for(host)):
-            _check_cluster(templates, plan, ClusterInputs(endpoints=endpoints))
+    templates = ClusterTemplates()  # one for every proxy: shapes must tell their localities
+    for proxy in PROXIES:
+        for host, service in snapshot.services.items():
+            endpoints = snapshot.endpoints.get(host, ())
+            rule = snapshot.destination_rule_for(host)
+            for plan in plan_clusters(service, rule, proxy):
+                _check_cluster(templates, plan, ClusterInputs(endpoints=endpoints))
 
 
 # --- routes ------------------------------------------------------------------------------
