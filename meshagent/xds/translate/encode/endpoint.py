@@ -4,10 +4,10 @@ A mesh has about ten endpoints per cluster, and building each LbEndpoint as a me
 more than the rest of the translation (and makes work for the garbage collector). The bytes
 are the same as the protobuf builders' (endpoints.py: build_load_assignment and
 build_prioritized_assignment) serialized deterministically; tests/unit/
-test_encode_equivalence.py checks that. Every fragment around an address (the nesting of
-LbEndpoint, health, weight) is cut out of an LbEndpoint that fill_lb_endpoint filled, once
-per port, weight, health and address length; localities, weights and priorities are
-serialized by protobuf once each.
+test_encode_equivalence.py checks that. Every fragment around an address and a port (the
+nesting of LbEndpoint, the port's tag, health, weight) is cut out of LbEndpoints that
+fill_lb_endpoint filled, once per weight, health, address length and port length;
+localities, weights and priorities are serialized by protobuf once each.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from meshagent.model import Endpoint
 from meshagent.xds.translate.encode.wire import (
     bytes_field,
     field_number,
-    split_around,
+    split_between,
     string_field,
     tag,
 )
@@ -79,6 +79,8 @@ class EndpointEncoder:
         # before the address by address length): the bytes around the address in every
         # endpoint's encoding.
         self._parts: dict[tuple[int, int, bool], tuple[bytes, dict[int, bytes]]] = {}
+        # (port's varint size, weight, healthy, address size) -> the cuts of _shape.
+        self._shapes: dict[tuple[int, int, bool, int], tuple[bytes, bytes, bytes]] = {}
 
     def lb_endpoint_field(self, endpoint: Endpoint, port: int) -> bytes:
         """fill_lb_endpoint(endpoint, port) as a LocalityLbEndpoints.lb_endpoints field."""
@@ -88,15 +90,33 @@ class EndpointEncoder:
         found = self._parts.get(key)
         if found is not None and (head := found[1].get(size)) is not None:
             return head + address + found[0]
-        if not size:  # nothing to cut around (the model gives every endpoint an address)
+        if not size or port <= 0:  # nothing to cut around (the model never gives either)
             return _one_lb_endpoint(endpoint, port)
-        head, suffix = split_around(
-            lambda fill: _one_lb_endpoint(replace(endpoint, address=fill * size), port), size
-        )
+        port_bytes = varint(port)
+        head, between, tail = self._shape(endpoint, len(port_bytes), size)
         if found is None:
-            found = self._parts[key] = (suffix, {})
+            found = self._parts[key] = (between + port_bytes + tail, {})
         found[1][size] = head
-        return head + address + suffix
+        return head + address + found[0]
+
+    def _shape(self, endpoint: Endpoint, port_size: int, size: int) -> tuple[bytes, bytes, bytes]:
+        """The lb_endpoints field of endpoint cut around its address of size bytes and its
+        port of port_size varint bytes: (before the address, between them, after the port).
+
+        Cut out of fill_lb_endpoint's output once per weight, health and both sizes, so
+        that a mesh with a port per service costs no protobuf message per port.
+        """
+        key = (port_size, endpoint.weight, endpoint.healthy, size)
+        found = self._shapes.get(key)
+        if found is None:
+            low = 1 << 7 * (port_size - 1)  # the smallest port of that size (and low + 1)
+            first = _one_lb_endpoint(replace(endpoint, address="a" * size), low)
+            other = _one_lb_endpoint(replace(endpoint, address="b" * size), low)
+            head, _ = split_between(first, other, b"a" * size, b"b" * size)
+            moved = _one_lb_endpoint(replace(endpoint, address="a" * size), low + 1)
+            before, tail = split_between(first, moved, varint(low), varint(low + 1))
+            found = self._shapes[key] = (head, before[len(head) + size :], tail)
+        return found
 
     def locality(self, text: str) -> bytes:
         """The locality field of a LocalityLbEndpoints, empty for no locality."""

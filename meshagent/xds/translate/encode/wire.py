@@ -49,6 +49,27 @@ def string_field(number: int, text: str) -> bytes:
     return bytes_field(number, data)
 
 
+def split_between(
+    first: bytes, second: bytes, first_part: bytes, second_part: bytes
+) -> tuple[bytes, bytes]:
+    """The bytes before and after the one place where first holds first_part and second holds
+    second_part (of the same size, differing in their first byte); the rest must be equal."""
+    if len(first_part) != len(second_part) or first_part[:1] == second_part[:1]:
+        raise ValueError("the parts must have one size and differ in their first byte")
+    same = zip(first, second, strict=False)  # lengths are compared below
+    start = next((i for i, (x, y) in enumerate(same) if x != y), len(first))
+    end = start + len(first_part)
+    if (
+        len(first) != len(second)
+        or first[start:end] != first_part
+        or second[start:end] != second_part
+        or first[:start] != second[:start]
+        or first[end:] != second[end:]
+    ):
+        raise ValueError("the two messages must differ in the given parts only")
+    return first[:start], first[end:]
+
+
 def split_around(build: Callable[[str], bytes], size: int) -> tuple[bytes, bytes]:
     """The bytes before and after a string of size (> 0) bytes in build's output.
 
@@ -59,11 +80,4 @@ def split_around(build: Callable[[str], bytes], size: int) -> tuple[bytes, bytes
     """
     if size <= 0:
         raise ValueError("split_around needs a string of at least one byte")
-    first, second = build("a"), build("b")
-    start = next(i for i, (x, y) in enumerate(zip(first, second, strict=True)) if x != y)
-    end = start + size
-    if first[start:end] != b"a" * size or second[start:end] != b"b" * size:
-        raise ValueError("build must vary in one string field only")
-    if first[:start] != second[:start] or first[end:] != second[end:]:
-        raise ValueError("build must vary in one string field only")
-    return first[:start], first[end:]
+    return split_between(build("a"), build("b"), b"a" * size, b"b" * size)
