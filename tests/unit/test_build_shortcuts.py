@@ -2,8 +2,8 @@
 
 The ServiceEntry spec's shortcut predicate never says yes where the full walk finds an issue,
 over the usual shape and deterministic mutations of it; the fast Endpoint constructor equals
-the dataclass's own; the one-regex host check agrees with the per-label loop; the two-byte
-length path of bytes_field equals the varint encoding.
+the dataclass's own; the one-regex host check agrees with the per-label loop. (bytes_field's
+lengths: test_encode_equivalence.py.)
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from meshagent.normalize.convert.services import convert_service_entry
 from meshagent.normalize.schema.common import DNS_LABEL, domain_problem
 from meshagent.normalize.schema.core import Issues, predicate
 from meshagent.normalize.schema.serviceentry import SPEC
-from meshagent.xds.wire import bytes_field, varint
 from tests.unit.test_fast_paths import _slow_check
 
 
@@ -191,11 +190,3 @@ def test_whole_name_regex_agrees_with_the_label_loop() -> None:
             assert (domain_problem(host, wildcard=wildcard) == "") == _domain_problem_by_labels(
                 host, wildcard
             ), (host, wildcard)
-
-
-@pytest.mark.parametrize("size", [0, 1, 127, 128, 129, 300, 16383, 16384, 20000])
-def test_bytes_field_lengths(size: int) -> None:
-    data = b"x" * size
-    for number in (1, 2, 15, 16, 300):
-        tag = number << 3 | 2
-        assert bytes_field(number, data) == varint(tag) + varint(size) + data

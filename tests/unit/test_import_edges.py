@@ -3,7 +3,10 @@
 - production code never imports test support: nothing in meshagent/ imports meshagent.testing
   or tests/, except meshagent/testing itself and the CLI module that wires the `dev` commands;
 - onboard sits below the agent: meshagent/onboard never imports meshagent.agent;
-- benchmarks never import tests/ (they may use meshagent.testing, which the package ships).
+- benchmarks never import tests/ (they may use meshagent.testing, which the package ships);
+- the fast Envoy encoders are one seam: only meshagent/xds/translate imports
+  meshagent.xds.translate.encode, and only through the package's public names (its modules
+  are its own); the varint of meshagent/xds/wire.py serves the encoders and resources.py only.
 
 Imports inside functions count as much as module-level ones.
 """
@@ -86,3 +89,28 @@ def test_the_check_sees_every_form_of_import(tmp_path: Path) -> None:
     assert "meshagent.testing" in found
     assert "meshagent.testing.consul_sim" in found
     assert not within("meshagent.testingx", "meshagent.testing")
+
+
+ENCODE = PACKAGE / "xds" / "translate" / "encode"
+
+
+def encode_modules() -> tuple[str, ...]:
+    """The modules inside the encode package, as import names."""
+    return tuple(f"meshagent.xds.translate.encode.{p.stem}" for p in ENCODE.glob("[!_]*.py"))
+
+
+def test_only_the_translator_imports_the_encoders() -> None:
+    outside = [p for p in production_modules() if PACKAGE / "xds" / "translate" not in p.parents]
+    assert offenders(outside, ("meshagent.xds.translate.encode",)) == []
+
+
+def test_the_encoders_are_used_through_their_public_names() -> None:
+    assert len(encode_modules()) >= 4  # route, endpoint, cluster, wire
+    others = [p for p in production_modules() if ENCODE not in p.parents]
+    assert offenders(others, encode_modules()) == []
+
+
+def test_only_the_encoders_and_resources_frame_wire_bytes() -> None:
+    allowed = {PACKAGE / "xds" / "resources.py"}
+    others = [p for p in production_modules() if ENCODE not in p.parents and p not in allowed]
+    assert offenders(others, ("meshagent.xds.wire",)) == []

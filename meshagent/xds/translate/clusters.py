@@ -1,6 +1,8 @@
 """Outbound Cluster resources, built by small configurers, one aspect each.
 
-`build_cluster(plan)` applies every configurer in CONFIGURERS order to a fresh Cluster.
+`build_cluster(plan)` applies every configurer in CONFIGURERS order to a fresh Cluster: the
+one definition of a cluster's shape (encode/cluster.py serializes most clusters from
+templates cut out of its output).
 """
 
 from __future__ import annotations
@@ -17,10 +19,9 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2
 
 from meshagent.model import ConnectionPool, Endpoint, OutlierDetection
-from meshagent.xds import wire
 from meshagent.xds.translate import protos
 from meshagent.xds.translate.endpoints import endpoints_of_plan
-from meshagent.xds.translate.policy import NO_POLICY, ClusterPlan, Discovery
+from meshagent.xds.translate.policy import ClusterPlan, Discovery
 from meshagent.xds.translate.tls import MeshTls, upstream_transport_socket
 
 Configurer = Callable[[Cluster, ClusterPlan, "ClusterInputs"], None]
@@ -257,50 +258,3 @@ def build_cluster(plan: ClusterPlan, inputs: ClusterInputs) -> Cluster:
     for configure in CONFIGURERS:
         configure(cluster, plan, inputs)
     return cluster
-
-
-def _shared_shape(plan: ClusterPlan) -> tuple[object, ...] | None:
-    """What an EDS or pass-through cluster without TLS is built from, besides its name; None
-    for clusters that depend on more (DNS hosts, TLS SNI and the coming mesh mTLS)."""
-    if plan.discovery not in (Discovery.EDS, Discovery.ORIGINAL_DST) or plan.policy.tls:
-        return None
-    # Hashing a policy runs Python code per field; hosts without a rule (most of a mesh) all
-    # share NO_POLICY, which None stands for.
-    policy = None if plan.policy is NO_POLICY else plan.policy
-    if plan.locality is not None:
-        # Distribute weights change the cluster; the plan is resolved for this proxy.
-        return (plan.discovery, policy, plan.port.protocol.upper(), plan.locality)
-    return (plan.discovery, policy, plan.port.protocol.upper())
-
-
-class ClusterTemplates:
-    """Serialized clusters by shape: most clusters of a mesh differ only in their name.
-
-    A message's serialization is its fields' encodings in field-number order, so a cluster
-    is its name (field 1) followed by the encoding of the same cluster built without a name.
-    """
-
-    def __init__(self) -> None:
-        self._by_shape: dict[tuple[object, ...], bytes] = {}
-
-    def serialize(self, plan: ClusterPlan, inputs: ClusterInputs) -> bytes:
-        """The deterministic serialization of build_cluster(plan, inputs)."""
-        if inputs.mesh_tls is None:
-            tail = self.tail(plan)
-            if tail is not None:
-                return wire.string_field(1, plan.name) + tail
-        whole: bytes = build_cluster(plan, inputs).SerializeToString(deterministic=True)
-        return whole
-
-    def tail(self, plan: ClusterPlan) -> bytes | None:
-        """Every field after the name of plan's cluster without mesh mTLS, when clusters of
-        its shape share them (they read neither endpoints nor TLS settings); else None."""
-        shape = _shared_shape(plan)
-        if shape is None:
-            return None
-        tail = self._by_shape.get(shape)
-        if tail is None:
-            unnamed = build_cluster(plan, ClusterInputs())
-            unnamed.ClearField("name")
-            tail = self._by_shape[shape] = unnamed.SerializeToString(deterministic=True)
-        return tail

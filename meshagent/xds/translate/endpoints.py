@@ -4,18 +4,21 @@ Every endpoint is sent, unhealthy ones with health_status UNHEALTHY rather than 
 that `config_dump` shows them and Envoy's panic threshold can still count them.
 Endpoints are grouped by locality ("region/zone/subzone"), all at priority 0 unless locality
 load balancing (locality.py) or Consul failover (resolve.py) assigns priorities; those are
-encoded by EndpointEncoder.prioritized_assignment (endpoint_wire.py).
+built by build_prioritized_assignment. These builders define the shape; the translator
+serializes the same bytes without building messages (encode/endpoint.py), and
+tests/unit/test_encode_equivalence.py proves the two equal.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from operator import attrgetter
 
 from envoy.config.core.v3 import base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.endpoint.v3.endpoint_components_pb2 import LbEndpoint
+from envoy.config.endpoint.v3.endpoint_components_pb2 import LbEndpoint, LocalityLbEndpoints
 
-from meshagent.model import Endpoint, selector_matches
+from meshagent.model import Endpoint, ServicePort, selector_matches
 from meshagent.xds.translate.policy import ClusterPlan
 
 
@@ -94,4 +97,48 @@ def build_load_assignment(
         fill_lb_endpoint(add(), endpoint, port)
     if current is None:
         del assignment.endpoints[:]
+    return assignment
+
+
+def foreign_port(endpoint: Endpoint, port: ServicePort) -> int:
+    """The port of another service's endpoint serving port: the one of the same name, else its
+    only port, else port's own number (as for an endpoint without ports)."""
+    if len(endpoint.ports) == 1:
+        return endpoint.ports[0][1]
+    return endpoint.port_for(port)
+
+
+def build_prioritized_assignment(
+    plan: ClusterPlan,
+    groups: Sequence[tuple[Sequence[Endpoint], bool]],
+    weights: Mapping[str, int] | None = None,
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """The ClusterLoadAssignment of plan's cluster from endpoint groups in priority order,
+    each (selected endpoints, whether they are the plan's own host's); empty groups take no
+    priority, so priorities stay contiguous. Within a priority, one LocalityLbEndpoints per
+    locality, in the order the localities first appear.
+
+    With weights (locality -> load_balancing_weight, for locality-weighted balancing), each
+    locality group carries its weight, and localities without one are left out.
+    """
+    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=plan.name)
+    priority = 0
+    for endpoints, own in groups:
+        if weights is not None:
+            endpoints = [e for e in endpoints if e.locality in weights]
+        if not endpoints:
+            continue
+        localities: dict[str, LocalityLbEndpoints] = {}
+        for endpoint in endpoints:
+            group = localities.get(endpoint.locality)
+            if group is None:
+                group = localities[endpoint.locality] = assignment.endpoints.add()
+                if endpoint.locality:
+                    group.locality.CopyFrom(locality_of(endpoint.locality))
+                if weights is not None:
+                    group.load_balancing_weight.value = weights[endpoint.locality]
+                group.priority = priority
+            port = endpoint.port_for(plan.port) if own else foreign_port(endpoint, plan.port)
+            fill_lb_endpoint(group.lb_endpoints.add(), endpoint, port)
+        priority += 1
     return assignment

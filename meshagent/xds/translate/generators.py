@@ -18,9 +18,15 @@ from meshagent.model import Endpoint, Service, TcpRoute, VirtualService
 from meshagent.model.gateway import MESH_GATEWAY, match_applies
 from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
-from meshagent.xds.translate.clusters import ClusterInputs, ClusterTemplates
+from meshagent.xds.translate.clusters import ClusterInputs
 from meshagent.xds.translate.context import Context
-from meshagent.xds.translate.endpoint_wire import EndpointEncoder
+from meshagent.xds.translate.encode import (
+    ClusterTemplates,
+    EndpointEncoder,
+    WireVirtualHost,
+    route_configuration_bytes,
+    wire_virtual_host,
+)
 from meshagent.xds.translate.listeners import build_http_listener, build_tcp_listener
 from meshagent.xds.translate.locality import LocalityPlan, failover_groups, locality_weights
 from meshagent.xds.translate.networks import network_view, prioritized_view
@@ -32,11 +38,6 @@ from meshagent.xds.translate.resolve import (
     sources,
 )
 from meshagent.xds.translate.route_action import RouteScope, destination_cluster
-from meshagent.xds.translate.route_wire import (
-    WireVirtualHost,
-    route_configuration_bytes,
-    wire_virtual_host,
-)
 from meshagent.xds.translate.routes import (
     address_domains,
     catch_all_virtual_host,
@@ -49,7 +50,6 @@ from meshagent.xds.translate.telemetry import (
     telemetry_inputs,
 )
 from meshagent.xds.translate.tls import auto_mtls, mesh_tls_for
-from meshagent.xds.wire import string_field
 
 Key = tuple[object, ...]
 Entry = tuple[Key, list[Resource]]  # one host's output and the objects it was built from
@@ -327,15 +327,13 @@ class ClustersGenerator(PerHostGenerator):
             return self._build_with_mtls(ctx, service, plans)
         # Without certificates, no cluster has mesh mTLS: most are a shared template after
         # their name, and only the others need their inputs.
-        tail_of = self._templates.tail
+        shared = self._templates.shared
         out = []
         for p in plans:
-            tail = tail_of(p)
-            if tail is None:
+            value = shared(p)
+            if value is None:
                 endpoints = ctx.snapshot.endpoints.get(service.host, ())
                 value = self._templates.serialize(p, ClusterInputs(endpoints=endpoints))
-            else:
-                value = string_field(1, p.name) + tail
             out.append(Resource.from_value(p.name, typeurls.CLUSTER, value))
         return out
 
@@ -558,7 +556,7 @@ class RoutesGenerator:
     type_url = typeurls.ROUTE
 
     def __init__(self) -> None:
-        # Virtual hosts are kept serialized (route_wire): configurations join their bytes.
+        # Virtual hosts are kept serialized (encode/route.py): configurations join their bytes.
         self._vhosts: dict[tuple[str, int], tuple[Key, WireVirtualHost]] = {}
         self._vhosts_next: dict[tuple[str, int], tuple[Key, WireVirtualHost]] = {}
         self._configs: dict[int, tuple[Key, Resource]] = {}
@@ -633,11 +631,7 @@ class RoutesGenerator:
         """Under capture, the last virtual host of every port (transparent.py)."""
         if self._catch_all_vhost is None:
             message = catch_all_virtual_host(ctx.proxy)
-            name = string_field(1, message.name)
-            message.ClearField("name")
-            del message.domains[:]
-            rest = message.SerializeToString(deterministic=True)
-            self._catch_all_vhost = WireVirtualHost.of(("*",), name, rest)
+            self._catch_all_vhost = WireVirtualHost.from_message(message)
         return self._catch_all_vhost
 
     def generate(self, ctx: Context) -> list[Resource]:

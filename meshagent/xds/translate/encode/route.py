@@ -4,11 +4,13 @@ A RouteConfiguration holds one virtual host per service host: thousands in a lar
 Keeping each virtual host as bytes (built once, cached by the routes generator) and joining
 them makes a configuration cost a concatenation instead of copying every virtual host into a
 new message and serializing it again. Hosts with Istio's default route, most of a mesh, skip
-protobuf entirely: their route is a template with the cluster name spliced in. The bytes equal
+protobuf entirely: their routes field is cut out of the default route that routes.py builds,
+around the cluster name, once per name length. The bytes equal
 `build_route_configuration(...).SerializeToString(deterministic=True)` (deterministic
-serialization writes fields in field-number order); tests/unit/test_fast_paths.py checks that
-over every golden case. Whoever gives build_virtual_host or the default route new fields for
-hosts without a VirtualService must mirror them in `_default_routes` (that test will say so).
+serialization writes fields in field-number order); tests/unit/test_encode_equivalence.py
+checks that. Whoever gives build_virtual_host fields for hosts without a VirtualService
+besides name, domains and routes must mirror them in `_default_virtual_host` (that test
+will say so).
 """
 
 from __future__ import annotations
@@ -20,21 +22,32 @@ from itertools import chain
 from operator import attrgetter
 
 from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
 
 from meshagent.construct import slots_constructor
 from meshagent.model import Destination, VirtualService
 from meshagent.xds import names
 from meshagent.xds.translate import route_action as actions
+from meshagent.xds.translate.encode.wire import (
+    bytes_field,
+    field_number,
+    split_around,
+    string_field,
+    tag,
+)
 from meshagent.xds.translate.route_action import RouteScope
 from meshagent.xds.translate.routes import (
     build_route_configuration,
     build_virtual_host,
     plain_default_route,
 )
-from meshagent.xds.wire import bytes_field, string_field, varint
+from meshagent.xds.wire import varint
 
-# Field numbers: RouteConfiguration.name 1, .virtual_hosts 2; VirtualHost.name 1, .domains 2,
-# .routes 3; Route.match 1, .route 2; RouteAction.cluster 1.
+_VHOST_NAME = field_number(rc.VirtualHost, "name")
+_DOMAINS = field_number(rc.VirtualHost, "domains")
+_DOMAIN_TAG = chr(_DOMAINS << 3 | 2)  # one byte: the field number is small
+_VIRTUAL_HOSTS = field_number(route_pb2.RouteConfiguration, "virtual_hosts")
+_VIRTUAL_HOSTS_TAG = tag(route_pb2.RouteConfiguration, "virtual_hosts")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -52,6 +65,15 @@ class WireVirtualHost:
         field = _virtual_host_field(head, domains, rest)
         return cls(domains, head, field, len(field) - len(rest))
 
+    @classmethod
+    def from_message(cls, message: rc.VirtualHost) -> WireVirtualHost:
+        """message, serialized (it is altered: its name and domains are cleared)."""
+        head = string_field(_VHOST_NAME, message.name)
+        domains = list(message.domains)
+        message.ClearField("name")
+        message.ClearField("domains")
+        return cls.of(domains, head, message.SerializeToString(deterministic=True))
+
     @property
     def rest(self) -> bytes:
         """Every field after domains (read only when some domain is dropped: no copy kept)."""
@@ -66,27 +88,14 @@ def _domain_fields(domains: Iterable[str]) -> bytes:
     """The domains fields (2) of a virtual host."""
     # Tag, one-byte length and name as one str, encoded once: exact when the whole is ASCII
     # (so every name is, and every length is below 128); otherwise field by field.
-    text = "".join([f"\x12{chr(len(d))}{d}" for d in domains])
+    text = "".join([f"{_DOMAIN_TAG}{chr(len(d))}{d}" for d in domains])
     if text.isascii():
         return text.encode("ascii")
-    return b"".join(string_field(2, d) for d in domains)
+    return b"".join(string_field(_DOMAINS, d) for d in domains)
 
 
 def _virtual_host_field(head: bytes, domains: Iterable[str], rest: bytes) -> bytes:
-    return bytes_field(2, head + _domain_fields(domains) + rest)
-
-
-@cache
-def _default_route_parts() -> tuple[bytes, bytes, bytes]:
-    """The plain default route around its cluster name: (before route, action rest, after)."""
-    template = plain_default_route()
-    before = rc.Route(match=template.match).SerializeToString(deterministic=True)
-    action = template.route.SerializeToString(deterministic=True)
-    after = rc.Route()
-    after.CopyFrom(template)
-    after.ClearField("match")
-    after.ClearField("route")
-    return before, action, after.SerializeToString(deterministic=True)
+    return bytes_field(_VIRTUAL_HOSTS, head + _domain_fields(domains) + rest)
 
 
 def _default_cluster(host: str, scope: RouteScope) -> str | None:
@@ -101,22 +110,22 @@ def _default_cluster(host: str, scope: RouteScope) -> str | None:
     return actions.destination_cluster(destination, scope)
 
 
-@cache
-def _default_routes_head(name_size: int) -> bytes:
-    """The routes field of the plain default route up to its cluster name of name_size bytes
-    (routes tag and length, the route's fields before its action, the action's tag and
-    length, the cluster's tag and length): it depends on that size only."""
-    before, action, after = _default_route_parts()
-    cluster = b"\x0a" + varint(name_size)
-    route = before + b"\x12" + varint(len(cluster) + name_size + len(action)) + cluster
-    return b"\x1a" + varint(len(route) + name_size + len(action) + len(after)) + route
+def _default_route(cluster: str) -> rc.VirtualHost:
+    """A virtual host holding only the plain default route to cluster."""
+    route = rc.Route()
+    route.CopyFrom(plain_default_route())
+    route.route.cluster = cluster
+    return rc.VirtualHost(routes=[route])
 
 
 @cache
-def _default_routes_tail() -> bytes:
-    """The plain default route after its cluster name: the rest of the action, then more."""
-    _before, action, after = _default_route_parts()
-    return action + after
+def _default_routes(name_size: int) -> tuple[bytes, bytes]:
+    """The routes field of the plain default route before and after its cluster name of
+    name_size bytes: every length prefix in it depends on that size only."""
+    return split_around(
+        lambda fill: _default_route(fill * name_size).SerializeToString(deterministic=True),
+        name_size,
+    )
 
 
 def _default_virtual_host(
@@ -128,14 +137,13 @@ def _default_virtual_host(
     building each enclosing message would copy several hundred bytes.
     """
     name = cluster.encode()
-    routes_head = _default_routes_head(len(name))
-    routes_tail = _default_routes_tail()
-    head = string_field(1, names.virtual_host_name(host, port))
+    routes_head, routes_tail = _default_routes(len(name))
+    head = string_field(_VHOST_NAME, names.virtual_host_name(host, port))
     domain_fields = _domain_fields(domains)
     rest_size = len(routes_head) + len(name) + len(routes_tail)
     body_size = len(head) + len(domain_fields) + rest_size
     field = b"".join(
-        (b"\x12", varint(body_size), head, domain_fields, routes_head, name, routes_tail)
+        (_VIRTUAL_HOSTS_TAG, varint(body_size), head, domain_fields, routes_head, name, routes_tail)
     )
     return _make_vhost(domains, head, field, len(field) - rest_size)
 
@@ -147,13 +155,7 @@ def wire_virtual_host(
     cluster = _default_cluster(host, scope) if vs is None else None
     if cluster is not None:
         return _default_virtual_host(host, domains, scope.port, cluster)
-    message = build_virtual_host(host, list(domains), vs, scope)
-    message.ClearField("name")
-    del message.domains[:]
-    rest = message.SerializeToString(deterministic=True)
-    return WireVirtualHost.of(
-        domains, string_field(1, names.virtual_host_name(host, scope.port)), rest
-    )
+    return WireVirtualHost.from_message(build_virtual_host(host, list(domains), vs, scope))
 
 
 _domains_of = attrgetter("domains")
@@ -161,12 +163,13 @@ _field_of = attrgetter("field")
 
 
 @cache
-def _configuration_tail() -> bytes:
-    """Every field of an empty configuration after virtual_hosts (validate_clusters)."""
-    template = build_route_configuration(0, ())
-    template.ClearField("name")
-    tail: bytes = template.SerializeToString(deterministic=True)
-    return tail
+def _configuration_parts(port: int) -> tuple[bytes, bytes]:
+    """The fields of port's configuration before its virtual hosts (the name) and after them
+    (validate_clusters), from build_route_configuration without virtual hosts."""
+    message = build_route_configuration(port, ())
+    head = route_pb2.RouteConfiguration(name=message.name).SerializeToString(deterministic=True)
+    message.ClearField("name")
+    return head, message.SerializeToString(deterministic=True)
 
 
 def route_configuration_bytes(port: int, virtual_hosts: Iterable[WireVirtualHost]) -> bytes:
@@ -174,7 +177,7 @@ def route_configuration_bytes(port: int, virtual_hosts: Iterable[WireVirtualHost
     virtual host is dropped from later ones, and a virtual host left with none is dropped.
     Domains are compared ignoring case, as Envoy does (it rejects the whole configuration
     for two that differ in case only: "Only unique values for domains are permitted")."""
-    head = string_field(1, names.route_name(port))
+    head, tail = _configuration_parts(port)
     vhosts = list(virtual_hosts)
     # Usually no domain repeats: one set of them all tells (built without a Python loop over
     # thousands of virtual hosts), and the fields join as they are. Mesh hosts are almost
@@ -184,7 +187,7 @@ def route_configuration_bytes(port: int, virtual_hosts: Iterable[WireVirtualHost
     joined = "\n".join(every)
     folded = every if joined.islower() or joined == joined.lower() else [d.lower() for d in every]
     if len(set(folded)) == len(every):
-        return b"".join([head, *map(_field_of, vhosts), _configuration_tail()])
+        return b"".join([head, *map(_field_of, vhosts), tail])
     parts = [head]
     seen: set[str] = set()
     for vhost in vhosts:
@@ -197,5 +200,5 @@ def route_configuration_bytes(port: int, virtual_hosts: Iterable[WireVirtualHost
         if kept:
             parts.append(_virtual_host_field(vhost.head, kept, vhost.rest))
             seen.update(d.lower() for d in kept)
-    parts.append(_configuration_tail())
+    parts.append(tail)
     return b"".join(parts)
