@@ -75,15 +75,38 @@ class AnalysisInput:
     # date incrementally); None: the references check computes them from the snapshot.
     references: Sequence[Diagnostic] | None = None
     memo: Memo = field(default_factory=Memo, compare=False, repr=False)
+    # documents by kind (the same objects), when the caller keeps such an index (the agent's
+    # analysis does); None: documents_of filters documents.
+    kinds: Mapping[str, Mapping[DocKey, RawResource]] | None = field(
+        default=None, compare=False, repr=False
+    )
+    # What a check read of documents, recorded for the agent's incremental analysis
+    # (agent/analysis_runtime.py); None: not recorded.
+    reads: DocumentReads | None = field(default=None, compare=False, repr=False)
 
     def document(self, prov: Provenance | None) -> RawResource | None:
         """The accepted document a model object came from, if it is known."""
         if prov is None:
             return None
-        found = self.documents.get((prov.source, prov.kind, prov.namespace, prov.name))
+        key = (prov.source, prov.kind, prov.namespace, prov.name)
+        found = self.documents.get(key)
         if found is None:  # the document named no namespace
             found = self.documents.get((prov.source, prov.kind, "", prov.name))
+        if self.reads is not None:
+            self.reads.keys.add(key)
+            self.reads.keys.add((prov.source, prov.kind, "", prov.name))
         return found
+
+    def documents_of(self, kind: str) -> Iterator[RawResource]:
+        """The accepted documents of kind (every source), in no particular order."""
+        if self.reads is not None:
+            self.reads.kinds.add(kind)
+        if self.kinds is not None:
+            yield from self.kinds.get(kind, {}).values()
+            return
+        for key, raw in self.documents.items():
+            if key[1] == kind:
+                yield raw
 
     def message(self, code: str, prov: Provenance, path: str, text: str) -> Message:
         """A message about the resource at prov, located at field path when lines are known."""
@@ -99,6 +122,14 @@ class AnalysisInput:
             field=path,
             source=prov.source,
         )
+
+
+@dataclass(slots=True)
+class DocumentReads:
+    """The document keys (AnalysisInput.document) and whole kinds (documents_of) read."""
+
+    keys: set[DocKey] = field(default_factory=set)
+    kinds: set[str] = field(default_factory=set)
 
 
 def label_sets(inp: AnalysisInput, endpoints: Sequence[Any]) -> frozenset[Labels]:

@@ -87,11 +87,12 @@ def selectors(inp: AnalysisInput) -> Iterator[Message]:
     """IST0127: a policy (AuthorizationPolicy, PeerAuthentication, RequestAuthentication,
     Sidecar, DestinationRule workloadSelector) whose selector matches no known workload in
     its namespace (any namespace for the root namespace)."""
-    known = WorkloadLabels(inp)
     found = sorted(_selected(inp), key=lambda item: (item[0].location, item[0].ref))
+    known: WorkloadLabels | None = None  # (built only when there is a selector to check)
     for prov, path, labels in found:
         if prov.source not in ISTIO_SOURCES:
             continue
+        known = known or WorkloadLabels(inp)
         if not known.any_match(prov.namespace, labels):
             text = (
                 "No matching workloads for this resource with the following labels: "
@@ -134,12 +135,14 @@ def sidecars(inp: AnalysisInput) -> Iterator[Message]:
 def gateway_selectors(inp: AnalysisInput) -> Iterator[Message]:
     """IST0101 (selector): a Gateway whose selector matches no proxy that could serve it:
     no WorkloadEntry (a VM running a proxy) and not this host's router node."""
-    proxies = [w.labels for w in inp.snapshot.workloads.values()]
-    proxies.extend(labels for _, labels in inp.routers)
+    proxies: list[Labels] | None = None  # (listed only when a Gateway has a selector)
     for _, gateway in sorted(inp.snapshot.gateways.items()):
         prov = gateway.provenance
         if prov is None or prov.kind != "Gateway" or not gateway.selector:
             continue
+        if proxies is None:
+            proxies = [w.labels for w in inp.snapshot.workloads.values()]
+            proxies.extend(labels for _, labels in inp.routers)
         if not any(selector_matches(gateway.selector, labels) for labels in proxies):
             text = f'Referenced selector not found: "{selector_text(gateway.selector)}"'
             key = gateway.selector[0][0]
@@ -184,8 +187,8 @@ def _overlap(a: list[str], b: list[str]) -> bool:
 
 def _service_entries(inp: AnalysisInput) -> Iterator[RawResource]:
     """The accepted Istio ServiceEntries, in no particular order (messages are sorted)."""
-    for key, raw in inp.documents.items():
-        if key[1] == "ServiceEntry" and key[0] in ISTIO_SOURCES:
+    for raw in inp.documents_of("ServiceEntry"):
+        if raw.source in ISTIO_SOURCES:
             yield raw
 
 
@@ -260,8 +263,8 @@ def unset_protocols(inp: AnalysisInput) -> Iterator[Message]:
     IST0118: a Kubernetes Service port whose name and appProtocol give no protocol."""
     for raw in _service_entries(inp):
         yield from inp.memo.get("unset", (raw,), _unset_in, inp, raw)
-    for key, raw in inp.documents.items():
-        if key[0] == "kubernetes" and key[1] == "Service":
+    for raw in inp.documents_of("Service"):
+        if raw.source == "kubernetes":
             yield from _kube_port_names(inp, raw)
 
 
