@@ -46,6 +46,7 @@ SAVE_DELAY_S = 1.0
 # Sources whose documents are configuration people edit: a platform (Consul, Kubernetes) lists
 # its current state on every start instead.
 PERSISTED_SOURCES = ("files",)
+SAVE_BATCH = 1024  # resources written at once (fewer writes; a bounded extra copy)
 # Kinds never written, whatever their source: a Secret holds a private key, which must not be
 # copied to the state dir (credentials are read again from their files or the API at start).
 NEVER_PERSISTED_KINDS = frozenset({"Secret"})
@@ -62,6 +63,9 @@ class LastGoodStore:
         # Each resource's JSON text as last written (None: JSON cannot carry it), reused while
         # the resource is the same object: only what changed is encoded again.
         self._encoded: dict[Key, tuple[RawResource, bytes | None]] = {}
+        # The keys of the last save, sorted (and as a set, to tell whether they changed).
+        self._order: list[Key] = []
+        self._order_keys: frozenset[Key] = frozenset()
 
     def load(self) -> list[RawResource]:
         """The saved resources; [] (with a warning) when there are none or they are unusable."""
@@ -85,34 +89,47 @@ class LastGoodStore:
             log.warning("last_good_unreadable", path=str(self.path), error=str(exc))
             return []
 
-    def save(self, resources: Iterable[RawResource]) -> None:
-        """Replace the saved resources atomically; OSError when the state dir is not writable.
+    def save(self, resources: Iterable[RawResource] | Mapping[Key, RawResource]) -> None:
+        """Replace the saved resources (or a mapping of them by key) atomically; OSError when
+        the state dir is not writable.
 
         Resources that JSON cannot carry (YAML binary values) are left out; when the whole is
         above max_bytes, the file is removed rather than left stale, with a warning.
         """
+        by_key = resources if isinstance(resources, Mapping) else {r.key: r for r in resources}
         # Streamed to the file: the whole text at once was three copies of the mesh (the
         # items, the text, its bytes), 60 MB of peak RSS at 10k services (issue 17).
-        if not _write_atomically(self.path, self._chunks(resources), self.max_bytes):
+        if not _write_atomically(self.path, self._chunks(by_key), self.max_bytes):
             log.warning("last_good_too_large", path=str(self.path), max_bytes=self.max_bytes)
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
         release_free_memory()
 
-    def _chunks(self, resources: Iterable[RawResource]) -> Iterator[bytes]:
+    def _chunks(self, resources: Mapping[Key, RawResource]) -> Iterator[bytes]:
+        """The file's text in pieces of SAVE_BATCH resources, by key; the order of the last
+        save is kept while the keys are the same (an endpoint change: no sort)."""
         yield f'{{"format":{FORMAT},"resources":[\n'.encode()
-        separator = b""
+        if resources.keys() != self._order_keys:
+            self._order = sorted(resources)
+            self._order_keys = frozenset(self._order)
         cache, encoded = self._encoded, {}
-        for raw in sorted(resources, key=lambda r: r.key):
-            if raw.kind in NEVER_PERSISTED_KINDS:
+        batch: list[bytes] = []
+        first = True
+        for key in self._order:
+            if key[1] in NEVER_PERSISTED_KINDS:
                 continue  # key material stays in memory (re-read from its source at start)
-            kept = cache.get(raw.key)
+            raw = resources[key]
+            kept = cache.get(key)
             item = kept[1] if kept is not None and kept[0] is raw else _encode_item(raw)
-            encoded[raw.key] = (raw, item)
+            encoded[key] = (raw, item)
             if item is None:
                 continue
-            yield separator + item
-            separator = b",\n"
+            batch.append(item)
+            if len(batch) >= SAVE_BATCH:
+                yield (b"" if first else b",\n") + b",\n".join(batch)
+                batch, first = [], False
+        if batch:
+            yield (b"" if first else b",\n") + b",\n".join(batch)
         yield b"\n]}\n"
         self._encoded = encoded  # (only once the whole was written: what the file holds)
 
@@ -206,7 +223,7 @@ class LastGoodKeeper:
                     await asyncio.wait_for(self._flush.wait(), self._delay)
             written = self.saved
             try:
-                await asyncio.to_thread(self.store.save, list(written.values()))
+                await asyncio.to_thread(self.store.save, written)
             except OSError as exc:
                 _agent_log.warning(
                     "last_good_save_failed", path=str(self.store.path), error=str(exc)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pytest
 
 from meshagent.agent import lastgood
-from meshagent.agent.lastgood import LastGoodKeeper, LastGoodStore
+from meshagent.agent.lastgood import Key, LastGoodKeeper, LastGoodStore
 from meshagent.model.source import Provenance, RawResource, SourceEvent
 from tests.polling import async_wait_for
 
@@ -104,8 +104,9 @@ class _CountingStore(LastGoodStore):
         super().__init__(path)
         self.saves: list[tuple[float, list[str]]] = []
 
-    def save(self, resources: Iterable[RawResource]) -> None:
-        names = sorted(r.name for r in resources)
+    def save(self, resources: Iterable[RawResource] | Mapping[Key, RawResource]) -> None:
+        listed = resources.values() if isinstance(resources, Mapping) else resources
+        names = sorted(r.name for r in listed)
         self.saves.append((time.monotonic(), names))
         super().save(resources)
 
@@ -139,3 +140,35 @@ async def test_stop_writes_a_pending_save_at_once(tmp_path: Path) -> None:
     _remember(keeper, resource("a"))
     await asyncio.wait_for(keeper.saved_all(), timeout=DEADLINE_S)
     assert [r.name for r in store.load()] == ["a"]
+
+
+def test_a_save_after_changes_writes_what_a_fresh_store_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a store that saved (and keeps the order and the encoded text of) five resources,
+    # written two at a time
+    monkeypatch.setattr(lastgood, "SAVE_BATCH", 2)
+    store = LastGoodStore(tmp_path / "kept.json")
+    current = {r.key: r for r in (resource(n) for n in "edcba")}
+    store.save(current)
+    changes = [
+        {"c": resource("c", {"k": "changed"})},  # same keys, one changed: no sort
+        {"f": resource("f")},  # a key added
+        {"a": None},  # a key removed
+        {"b": resource("b", [1]), "g": resource("g"), "e": None},
+    ]
+    for change in changes:
+        # when resources change and it saves again
+        for name, raw in change.items():
+            key = resource(name).key
+            if raw is None:
+                current.pop(key)
+            else:
+                current[key] = raw
+        store.save(current)
+        # then its file is what a store that never saved before writes, in key order
+        fresh = LastGoodStore(tmp_path / "fresh.json")
+        fresh.save(list(current.values()))
+        kept_text = (tmp_path / "kept.json").read_bytes()
+        assert kept_text == (tmp_path / "fresh.json").read_bytes()
+        assert [r.name for r in store.load()] == sorted(r.name for r in current.values())
