@@ -918,3 +918,50 @@ async def test_a_change_only_the_poll_sees_keeps_the_debounce(
             writer.write(text[30:])
         changed = await waiting
     assert _values(changed) == {"a": 2, "b": 3}
+
+
+# --- racy files (changed within RACY_NS of being read) ---------------------------------------
+
+
+def _rewrite_keeping_sig(path: Path, text: str) -> None:
+    """Replace path's text in place with one of the same size and restore its mtime: a
+    change the stat signature cannot see (a second write within the clock's granularity)."""
+    st = path.stat()
+    assert len(text.encode()) == st.st_size
+    path.write_text(text)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize("linked", [False, True])
+def test_a_racy_file_is_read_again_on_a_poll_only_when_inotify_may_miss_its_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, linked: bool
+) -> None:
+    import meshagent.adapters.files as files_module
+
+    # given a file read just after it was written (racy), directly or through a symlink
+    target = tmp_path / "real.yaml" if linked else tmp_path / "mesh" / "a.yaml"
+    (tmp_path / "mesh").mkdir()
+    target.write_text(doc("a", 1))
+    if linked:
+        (tmp_path / "mesh" / "a.yaml").symlink_to(target)
+    files = adapter(tmp_path / "mesh")
+    files._process(files._scan())
+    reads: list[Path] = []
+    read = files_module.read_config_bytes
+
+    def counting(path: Path) -> bytes:
+        reads.append(path)
+        return read(path)
+
+    monkeypatch.setattr(files_module, "read_config_bytes", counting)
+    _rewrite_keeping_sig(target, doc("a", 2))
+    scan = files._scan()
+    # when inotify works and a poll (not inotify) wakes the adapter
+    files._inotify = object()  # type: ignore[assignment]
+    changed = files._has_changes(scan, False)
+    # then a plain file is not read again (inotify tells of its every write), a symlink is
+    assert changed is linked and len(reads) == int(linked)
+    # and whatever wakes the adapter, without inotify or told by it, the change is found
+    assert files._has_changes(scan, True)
+    files._inotify = None
+    assert files._has_changes(scan, False)
