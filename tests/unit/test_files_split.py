@@ -11,8 +11,9 @@ import pytest
 
 from meshagent.adapters.files import _MARKER, _UNSPLITTABLE, _split_documents
 
-LINES = ["---", "--- ", "---\t", "---x", "----", "--- #c", "...", "...x", "%YAML 1.2", "a: 1",
-         "\r", "---\r", "---\rX", "---\r\r", " ---", "x---", "-- -", "b: [1]", "", "#x"]  # fmt: skip
+LINES = ["---", "--- ", "---\t", "---x", "----", "--- #c", "...", "...x", "%YAML 1.2",
+         "a: 1", "\r", "---\r", "---\rX", "---\r\r", " ---", "x---", "-- -", "b: [1]", "",
+         "#x"]  # fmt: skip
 
 
 def _by_regex(text: str) -> list[tuple[int, str]] | None:
