@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
 import pytest
@@ -104,11 +104,15 @@ class _CountingStore(LastGoodStore):
         super().__init__(path)
         self.saves: list[tuple[float, list[str]]] = []
 
-    def save(self, resources: Iterable[RawResource] | Mapping[Key, RawResource]) -> None:
+    def save(
+        self,
+        resources: Iterable[RawResource] | Mapping[Key, RawResource],
+        changed: Collection[Key] | None = None,
+    ) -> None:
         listed = resources.values() if isinstance(resources, Mapping) else resources
         names = sorted(r.name for r in listed)
         self.saves.append((time.monotonic(), names))
-        super().save(resources)
+        super().save(resources, changed)
 
 
 def _remember(keeper: LastGoodKeeper, *raws: RawResource) -> None:
@@ -145,30 +149,59 @@ async def test_stop_writes_a_pending_save_at_once(tmp_path: Path) -> None:
 def test_a_save_after_changes_writes_what_a_fresh_store_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # given a store that saved (and keeps the order and the encoded text of) five resources,
-    # written two at a time
+    # given a store that saved (and keeps the order and the text of) seven resources, in
+    # blocks of two
     monkeypatch.setattr(lastgood, "SAVE_BATCH", 2)
     store = LastGoodStore(tmp_path / "kept.json")
-    current = {r.key: r for r in (resource(n) for n in "edcba")}
+    current = {r.key: r for r in (resource(n) for n in "gfedcba")}
     store.save(current)
     changes = [
-        {"c": resource("c", {"k": "changed"})},  # same keys, one changed: no sort
+        {"c": resource("c", {"k": "changed"})},  # same keys, one changed: one block again
+        {"a": resource("a", [2]), "g": resource("g", [3])},  # the first and the last block
+        {"b": resource("b", b"\x00")},  # not JSON: left out
         {"f": resource("f")},  # a key added
         {"a": None},  # a key removed
-        {"b": resource("b", [1]), "g": resource("g"), "e": None},
+        {"b": resource("b", [1]), "h": resource("h"), "e": None},
+        {"d": resource("d", [4])},
     ]
     for change in changes:
-        # when resources change and it saves again
+        # when resources change and it saves again, told which keys changed
+        keys = set()
         for name, raw in change.items():
             key = resource(name).key
+            keys.add(key)
             if raw is None:
                 current.pop(key)
             else:
                 current[key] = raw
-        store.save(current)
+        store.save(current, keys)
         # then its file is what a store that never saved before writes, in key order
         fresh = LastGoodStore(tmp_path / "fresh.json")
         fresh.save(list(current.values()))
         kept_text = (tmp_path / "kept.json").read_bytes()
         assert kept_text == (tmp_path / "fresh.json").read_bytes()
-        assert [r.name for r in store.load()] == sorted(r.name for r in current.values())
+        json.loads(kept_text)
+
+
+def test_a_save_after_one_change_makes_only_that_block_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a store that saved 100 resources in blocks of 10
+    monkeypatch.setattr(lastgood, "SAVE_BATCH", 10)
+    store = LastGoodStore(tmp_path / "last-good.json")
+    current = {r.key: r for r in (resource(f"r{i:03d}") for i in range(100))}
+    store.save(current)
+    before = list(store._blocks)
+    encoded: list[str] = []
+    encode = lastgood._encode_item
+    monkeypatch.setattr(
+        lastgood, "_encode_item", lambda raw: encoded.append(raw.name) or encode(raw)
+    )
+    # when one resource changes
+    changed = resource("r042", [1])
+    current[changed.key] = changed
+    store.save(current, {changed.key})
+    # then it alone is encoded, its block alone is joined again, the file has it
+    assert encoded == ["r042"]
+    assert [a is b for a, b in zip(before, store._blocks, strict=True)].count(False) == 1
+    assert {r.name: r for r in store.load()}["r042"] == changed
