@@ -183,6 +183,9 @@ def _split_documents(text: str) -> list[tuple[int, str]] | None:
     directive_or_end = text.startswith(("%", "...")) or "\n%" in text or "\n..." in text
     if directive_or_end and _UNSPLITTABLE.search(text):
         return None
+    fast = _split_plain(text)
+    if fast is not None:
+        return fast
     chunks: list[tuple[int, str]] = []
     start = line = 0
     find, count = text.find, text.count
@@ -206,6 +209,26 @@ def _split_documents(text: str) -> list[tuple[int, str]] | None:
         if pos >= 0:
             pos += 1
     chunks.append((line, text[start:]))
+    return chunks
+
+
+def _split_plain(text: str) -> list[tuple[int, str]] | None:
+    """_split_documents of a text whose every line that starts with '---' is exactly '---'
+    (what tools write), with str.split; None for any other text."""
+    if "\r" in text or text.startswith("---") or text.endswith("\n---"):
+        return None
+    if text.count("\n---") != text.count("\n---\n"):
+        return None  # '--- ' or '---x' or two markers in a row: the general way
+    pieces = text.split("\n---\n")
+    chunks: list[tuple[int, str]] = []
+    line = 0
+    last = len(pieces) - 1
+    for i, piece in enumerate(pieces):
+        if i < last:
+            chunks.append((line, piece + "\n"))
+            line += piece.count("\n") + 2
+        else:
+            chunks.append((line, piece))
     return chunks
 
 
@@ -487,6 +510,8 @@ class FilesAdapter:
             return True
         if any(self._files[p].sig != s for p, s in sigs.items()):
             return True
+        old = time.time_ns() - RACY_NS
+        self._racy = {p for p in self._racy if p in self._files and self._files[p].sig[1] >= old}
         racy = [p for p in self._racy if told or self._inotify is None or p in self._linked]
         return any(self._content_changed(p) for p in racy)
 

@@ -965,3 +965,21 @@ def test_a_racy_file_is_read_again_on_a_poll_only_when_inotify_may_miss_its_writ
     assert files._has_changes(scan, True)
     files._inotify = None
     assert files._has_changes(scan, False)
+
+
+def test_a_racy_file_is_no_longer_racy_after_racy_ns_whatever_woke_the_adapter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import meshagent.adapters.files as files_module
+
+    # given a racy file, read with inotify at work
+    (tmp_path / "a.yaml").write_text(doc("a", 1))
+    files = adapter(tmp_path)
+    files._process(files._scan())
+    assert files._racy
+    files._inotify = object()  # type: ignore[assignment]
+    # when RACY_NS has passed, and a poll inotify did not wake finds nothing changed
+    monkeypatch.setattr(files_module, "RACY_NS", 0)
+    assert not files._has_changes(files._scan(), False)
+    # then it is not racy any more: the next change does not read it again
+    assert not files._racy
