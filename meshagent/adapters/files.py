@@ -62,6 +62,7 @@ from meshagent.adapters.inotify import (
 )
 from meshagent.adapters.notify import close_notify, nearest_existing_parent, wait_for_change
 from meshagent.adapters.yamldocs import MAX_TEXT_CHARS, duplicate_error, read_config_bytes
+from meshagent.gcpause import paused_gc
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
 
 SOURCE = "files"
@@ -343,7 +344,7 @@ class FilesAdapter:
         self._start_notify()
         try:
             scan = await asyncio.to_thread(self._scan, True)
-            yield await asyncio.to_thread(self._process, scan)
+            yield await asyncio.to_thread(self._process_paused, scan)
             while not self._stop.is_set():
                 woke = await self._wait(self._poll)
                 if woke is None:
@@ -355,7 +356,7 @@ class FilesAdapter:
                 if settled is None:
                     return
                 before = self._unavailable
-                event = await asyncio.to_thread(self._process, settled)
+                event = await asyncio.to_thread(self._process_paused, settled)
                 changed = event.upserts or event.deletes or event.errors or event.fixed
                 if changed or self._unavailable != before:
                     yield event
@@ -525,6 +526,12 @@ class FilesAdapter:
         except OSError:
             return True
 
+    def _process_paused(self, scan: _Scan) -> SourceEvent:
+        """_process with the cyclic GC paused (meshagent.gcpause: re-reading a 10k-document
+        file makes tens of thousands of objects, none in a cycle)."""
+        with paused_gc():
+            return self._process(scan)
+
     def _process(self, scan: _Scan) -> SourceEvent:
         """Reload what changed and diff the whole view against the last one emitted."""
         errors = [
@@ -629,13 +636,15 @@ class FilesAdapter:
         # documents. Not for what was restored from last-good (digest b""): the agent tells a
         # restored document from one read since by its identity.
         kept = state.resources if state is not None and state.digest else {}
+        ident = self._ident
         for raw in resources:
-            first = seen.setdefault(self._ident(raw.key), raw)
+            key = raw.key
+            first = seen.setdefault(ident(key), raw)
             if first is not raw:  # the same resource twice in one file: the first one wins
                 diagnostics.append(duplicate_error(raw, first.provenance.location))
             else:
-                before = kept.get(raw.key)
-                parsed[raw.key] = before if before is raw or before == raw else raw
+                before = kept.get(key)
+                parsed[key] = before if before is raw or before == raw else raw
         if any(d.severity == "error" for d in diagnostics):
             # Last-known-good: what parsed is applied, nothing the file had is dropped.
             parsed = {**old, **parsed}
