@@ -126,9 +126,13 @@ class AgentAnalysis:
         changes: Callable[[], set[DocKey]] | None = getattr(normalizer, "accepted_changes", None)
         accepted_of = getattr(normalizer, "accepted_of", None)
         if changes is not None and accepted_of is not None and normalizer is self._follows:
-            keys = [k for k in changes() if k[0] in CONFIG_SOURCES]
-            for key, raw in accepted_of(keys).items():
-                self._keep(key, raw)
+            try:
+                keys = [k for k in changes() if k[0] in CONFIG_SOURCES]
+                for key, raw in accepted_of(keys).items():
+                    self._keep(key, raw)
+            except BaseException:
+                self._follows = None  # the changes taken are not all kept: copy whole next
+                raise
             if self._changed is not None:
                 self._changed.update(keys)
         else:
