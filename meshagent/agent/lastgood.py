@@ -46,7 +46,7 @@ SAVE_DELAY_S = 1.0
 # Sources whose documents are configuration people edit: a platform (Consul, Kubernetes) lists
 # its current state on every start instead.
 PERSISTED_SOURCES = ("files",)
-SAVE_BATCH = 1024  # resources written at once (fewer writes; a bounded extra copy)
+SAVE_BATCH = 256  # resources a block (a change joins its block again; one write a block)
 # Kinds never written, whatever their source: a Secret holds a private key, which must not be
 # copied to the state dir (credentials are read again from their files or the API at start).
 NEVER_PERSISTED_KINDS = frozenset({"Secret"})
