@@ -51,7 +51,7 @@ def _whole(normalizer: Normalizer) -> list[Message]:
     return analyze(inp, SNAPSHOT_CHECKS)
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(30))
 def test_incremental_messages_equal_a_whole_analysis_over_random_changes(seed: int) -> None:
     rng = random.Random(seed)
     pool = _pool()
