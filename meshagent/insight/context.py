@@ -99,16 +99,13 @@ class AnalysisInput:
             self.reads.keys.add((prov.source, prov.kind, "", prov.name))
         return found
 
-    def documents_of(self, kind: str) -> Iterator[RawResource]:
-        """The accepted documents of kind (every source), in no particular order."""
+    def documents_of(self, kind: str) -> Mapping[DocKey, RawResource]:
+        """The accepted documents of kind (every source) by key, in no particular order."""
         if self.reads is not None:
             self.reads.kinds.add(kind)
         if self.kinds is not None:
-            yield from self.kinds.get(kind, {}).values()
-            return
-        for key, raw in self.documents.items():
-            if key[1] == kind:
-                yield raw
+            return self.kinds.get(kind, {})
+        return {key: raw for key, raw in self.documents.items() if key[1] == kind}
 
     def message(self, code: str, prov: Provenance, path: str, text: str) -> Message:
         """A message about the resource at prov, located at field path when lines are known."""

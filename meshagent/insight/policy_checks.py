@@ -3,10 +3,16 @@ diagnostics as schema messages."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from meshagent.insight.context import AnalysisInput, WorkloadLabels, label_sets, selector_text
+from meshagent.insight.context import (
+    AnalysisInput,
+    DocKey,
+    WorkloadLabels,
+    label_sets,
+    selector_text,
+)
 from meshagent.insight.messages import Message
 from meshagent.model.gateway import Gateway, split_server_host
 from meshagent.model.labels import Labels, selector_matches
@@ -185,11 +191,41 @@ def _overlap(a: list[str], b: list[str]) -> bool:
     return any(host_subset(x, y) or host_subset(y, x) for x in a for y in b)
 
 
-def _service_entries(inp: AnalysisInput) -> Iterator[RawResource]:
-    """The accepted Istio ServiceEntries, in no particular order (messages are sorted)."""
-    for raw in inp.documents_of("ServiceEntry"):
-        if raw.source in ISTIO_SOURCES:
-            yield raw
+class _PerServiceEntry:
+    """Something of each accepted Istio ServiceEntry, kept from one analysis to the next
+    (in the check's Memo.state) and computed again only for the documents that are not the
+    very objects of the last update: a change costs the change, and a pass over the keys."""
+
+    def __init__(self) -> None:
+        self.documents: Mapping[DocKey, RawResource] = {}
+        self.found: dict[DocKey, Any] = {}
+
+    def update(
+        self, inp: AnalysisInput, compute: Callable[[RawResource], Any]
+    ) -> dict[DocKey, Any]:
+        """Bring found up to date (compute(raw) for each document that changed); what found
+        held for each key that changed (None: nothing)."""
+        now = inp.documents_of("ServiceEntry")
+        last = self.documents
+        changed = {k for k, raw in now.items() if last.get(k) is not raw}
+        changed.update(k for k in last if k not in now)
+        before: dict[DocKey, Any] = {}
+        for key in changed:
+            before[key] = self.found.pop(key, None)
+            raw = now.get(key)
+            if raw is not None and raw.source in ISTIO_SOURCES:
+                value = compute(raw)
+                if value:
+                    self.found[key] = value
+        self.documents = dict(now)  # (the agent's mapping is kept up to date in place)
+        return before
+
+
+def _per_service_entry(inp: AnalysisInput, name: str) -> _PerServiceEntry:
+    found = inp.memo.state.get(name)
+    if not isinstance(found, _PerServiceEntry):
+        found = inp.memo.state[name] = _PerServiceEntry()
+    return found
 
 
 def _ports(raw: RawResource) -> list[tuple[int, dict[str, Any]]]:
@@ -234,14 +270,33 @@ def _visible(a: RawResource, b: RawResource) -> bool:
 def service_entry_protocols(inp: AnalysisInput) -> Iterator[Message]:
     """MA0001: ServiceEntries (all accepted ones, also those that lost the host to an older
     one) that give one host and port different protocols, where both are visible."""
-    claims: dict[tuple[str, int], list[tuple[RawResource, int, str]]] = {}
-    for raw in _service_entries(inp):
-        for host, number, j, protocol in inp.memo.get("se_ports", (raw,), _claims, raw):
-            claims.setdefault((host, number), []).append((raw, j, protocol))
+    index = _per_service_entry(inp, "se_claims")
+    groups: dict[tuple[str, int], dict[DocKey, list[tuple[RawResource, int, str]]]]
+    groups = inp.memo.state.setdefault("se_groups", {})
+    # Each document's claims, by (host, port): only the groups a changed document was or is
+    # in are looked at again; a group with two protocols or more is a conflict.
+    conflicts: set[tuple[str, int]] = inp.memo.state.setdefault("se_conflicts", set())
+    documents = inp.documents_of("ServiceEntry")
+    for key, claimed in index.update(inp, _claims).items():
+        touched = {(h, n) for h, n, _, _ in claimed or ()}
+        raw = documents.get(key)
+        for group in touched:
+            groups.get(group, {}).pop(key, None)
+        if key in index.found and raw is not None:
+            for host, number, j, protocol in index.found[key]:
+                groups.setdefault((host, number), {}).setdefault(key, []).append((raw, j, protocol))
+                touched.add((host, number))
+        for group in touched:
+            members = groups.get(group, {})
+            if not members:
+                groups.pop(group, None)
+            if len({p for claims in members.values() for _, _, p in claims}) >= 2:
+                conflicts.add(group)
+            else:
+                conflicts.discard(group)
     reported: set[tuple[str, str, str, str]] = set()
-    for (host, number), entries in sorted(claims.items()):
-        if len({p for _, _, p in entries}) < 2:
-            continue
+    for host, number in sorted(conflicts):
+        entries = [e for claims in groups[(host, number)].values() for e in claims]
         for raw, j, protocol in entries:
             rivals = [(r, p) for r, _, p in entries if p != protocol and _visible(r, raw)]
             if not rivals or raw.key in reported:
@@ -261,9 +316,11 @@ def service_entry_protocols(inp: AnalysisInput) -> Iterator[Message]:
 def unset_protocols(inp: AnalysisInput) -> Iterator[Message]:
     """MA0002: a ServiceEntry port without a protocol (served as TCP: no HTTP routing);
     IST0118: a Kubernetes Service port whose name and appProtocol give no protocol."""
-    for raw in _service_entries(inp):
-        yield from inp.memo.get("unset", (raw,), _unset_in, inp, raw)
-    for raw in inp.documents_of("Service"):
+    index = _per_service_entry(inp, "se_unset")
+    index.update(inp, lambda raw: _unset_in(inp, raw))
+    for found in index.found.values():
+        yield from found
+    for raw in inp.documents_of("Service").values():
         if raw.source == "kubernetes":
             yield from _kube_port_names(inp, raw)
 
