@@ -181,12 +181,22 @@ def _split_documents(text: str) -> list[tuple[int, str]] | None:
     """The text's documents as (first line, 0-based; text) between '---' lines; None when
     the text cannot be split safely that way (see _UNSPLITTABLE). The lines that start with
     '---' are found with str.find (a MULTILINE regex over a 10k-document text took ~20 ms)."""
+    return _split(text)[0]
+
+
+def _split(text: str) -> tuple[list[tuple[int, str]] | None, bool]:
+    """_split_documents, and whether text is plain (_split_plain: each document is followed
+    by exactly '---' and a newline, but the last)."""
     directive_or_end = text.startswith(("%", "...")) or "\n%" in text or "\n..." in text
     if directive_or_end and _UNSPLITTABLE.search(text):
-        return None
+        return None, False
     fast = _split_plain(text)
     if fast is not None:
-        return fast
+        return fast, True
+    return _split_lines(text), False
+
+
+def _split_lines(text: str) -> list[tuple[int, str]] | None:
     chunks: list[tuple[int, str]] = []
     start = line = 0
     find, count = text.find, text.count
@@ -233,6 +243,62 @@ def _split_plain(text: str) -> list[tuple[int, str]] | None:
     return chunks
 
 
+def _hint(state: _FileState | None, before: dict[Key, RawResource]) -> set[Key] | None:
+    """The keys whose resource differs between before and state's (_patch), when state says
+    so relative to before; None: compare them all."""
+    if state is None or state.changed is None or state.base is not before:
+        return None
+    after = state.resources
+    return state.changed if all(k in before and k in after for k in state.changed) else None
+
+
+def _starts(order: list[tuple[int, str]]) -> list[int]:
+    """Where each document of a plain text starts (each is followed by '---' and a newline)."""
+    starts, at = [], 0
+    for _, chunk in order:
+        starts.append(at)
+        at += len(chunk) + 4
+    return starts
+
+
+_BLOCK = 1 << 16
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """The length of the longest common prefix of a and b (compared a block at a time, then
+    by halves: C-speed comparisons, a few dozen of them)."""
+    lo, most = 0, min(len(a), len(b))
+    while lo < most and a[lo : lo + _BLOCK] == b[lo : lo + _BLOCK]:
+        lo += _BLOCK
+    hi = min(lo + _BLOCK, most)
+    while hi - lo > 1:  # a[:lo] == b[:lo]; they differ before hi (or hi == most)
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return hi if hi == most and a[lo:hi] == b[lo:hi] else lo
+
+
+def _common_suffix(a: str, b: str, most: int) -> int:
+    """The length of the longest common suffix of a and b, at most most."""
+    la, lb = len(a), len(b)
+    lo = 0
+    while lo < most:
+        size = min(lo + _BLOCK, most)
+        if a[la - size : la - lo] != b[lb - size : lb - lo]:
+            break
+        lo = size
+    hi = min(lo + _BLOCK, most)
+    while hi - lo > 1:  # the last lo characters are common; not the last hi (or hi == most)
+        mid = (lo + hi) // 2
+        if a[la - mid : la - lo] == b[lb - mid : lb - lo]:
+            lo = mid
+        else:
+            hi = mid
+    return hi if hi > lo and a[la - hi : la - lo] == b[lb - hi : lb - lo] else lo
+
+
 def _shift(raw: RawResource, lines: int) -> RawResource:
     """raw, read from a document alone, located where that document starts in its file."""
     path, _, line = raw.provenance.location.rpartition(":")
@@ -254,6 +320,15 @@ class _FileState:
     digest: bytes
     resources: dict[Key, RawResource] = field(default_factory=dict)
     chunks: Chunks = field(default_factory=dict)  # of the last text read cleanly
+    # A plain text (_split_plain) read cleanly, each of its resources once: the text, its
+    # documents in order and where each starts (for _patched: "" when not so).
+    text: str = ""
+    order: list[tuple[int, str]] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+    # The keys whose resource is not the very object of base (the resources this state
+    # replaced), for _merged_view; None: not known.
+    base: dict[Key, RawResource] | None = None
+    changed: set[Key] | None = None
 
 
 def _file_error(path: Path, reason: str) -> Diagnostic:
@@ -620,14 +695,18 @@ class FilesAdapter:
                 self._linked.discard(path)
         digest = hashlib.blake2b(data).digest()
         if state is not None and state.digest == digest:
-            self._files[path] = _FileState(sig, digest, old, state.chunks)  # same text
+            self._files[path] = replace(state, sig=sig, base=None, changed=None)  # same text
             return []
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             self._files[path] = _FileState(sig, digest, old)
             return [_file_error(path, f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
-        resources, loaded, chunks = self._parse(text, str(path), state)
+        patched = self._patched(text, str(path), state)
+        if patched is not None:
+            self._files[path] = replace(patched, sig=sig, digest=digest)
+            return []
+        resources, loaded, chunks, plain = self._parse(text, str(path), state)
         diagnostics = list(loaded)
         parsed: dict[Key, RawResource] = {}
         seen: dict[Ident, RawResource] = {}
@@ -649,18 +728,109 @@ class FilesAdapter:
             # Last-known-good: what parsed is applied, nothing the file had is dropped.
             parsed = {**old, **parsed}
         self._files[path] = _FileState(sig, digest, parsed, chunks)
+        if plain and not diagnostics and chunks and len(parsed) == len(resources):
+            order = list(chunks)  # (in the text's order: see _parse)
+            self._files[path] = _FileState(sig, digest, parsed, chunks, text, order, _starts(order))
         return diagnostics
+
+    def _patched(self, text: str, path: str, state: _FileState | None) -> _FileState | None:
+        """The state of text when it is state's plain text with a few documents changed in
+        place (their lines, and every other document, unchanged): the documents around the
+        changed characters are read again, the others are state's, at the cost of the change
+        (no pass over every document: a 10k-document file rewritten for one change). None
+        when that does not hold: the caller reads the text the usual way."""
+        if state is None or not state.text or not state.digest:
+            return None
+        old, starts, order = state.text, state.starts, state.order
+        head = _common_prefix(old, text)
+        tail = _common_suffix(old, text, min(len(old), len(text)) - head)
+        if old.count("\n", head, len(old) - tail) != text.count("\n", head, len(text) - tail):
+            return None  # lines added or removed: the documents after them move
+        first = max(bisect.bisect_right(starts, head) - 2, 0)
+        last = min(bisect.bisect_right(starts, len(old) - tail) + 1, len(order))  # kept
+        end = starts[last] + len(text) - len(old) if last < len(order) else len(text)
+        region = text[starts[first] : end]
+        split, plain = _split(region)
+        if split is None or not plain:
+            return None
+        if last < len(order):
+            if split[-1][1] != "":
+                return None
+            split.pop()  # (what follows the region's last '---': the first document kept)
+        if len(split) > max(1, int(len(order) * REPARSE_SHARE)):
+            return None
+        line = order[first][0]
+        new_chunks = [(line + n, chunk) for n, chunk in split]
+        gone = order[first:last]
+        if [c[0] for c in new_chunks] != [c[0] for c in gone]:
+            return None  # documents added or removed
+        return self._patch(state, text, path, first, last, new_chunks)
+
+    def _patch(
+        self,
+        state: _FileState,
+        text: str,
+        path: str,
+        first: int,
+        last: int,
+        new_chunks: list[tuple[int, str]],
+    ) -> _FileState | None:
+        """state with its documents first..last-1 replaced by new_chunks (same lines), read;
+        None when one of them has problems, aliases or other keys than before."""
+        cached, gone = state.chunks, state.order[first:last]
+        got: list[list[RawResource]] = []
+        for chunk in new_chunks:
+            found = cached.get(chunk)
+            if found is None:
+                if _ALIAS.search(chunk[1]):
+                    return None
+                resources, problems = self._load(chunk[1], path)
+                if problems or any(_line(raw) == 0 for raw in resources):
+                    return None
+                found = [_shift(raw, chunk[0]) for raw in resources]
+            got.append(found)
+        before = [raw.key for chunk in gone for raw in cached[chunk]]
+        if [raw.key for found in got for raw in found] != before:
+            return None
+        parsed, changed = dict(state.resources), set()
+        for found in got:
+            for raw in found:
+                kept = parsed[raw.key]
+                if kept is not raw and kept != raw:
+                    parsed[raw.key] = raw
+                    changed.add(raw.key)
+        chunks = dict(cached)
+        for chunk in gone:
+            del chunks[chunk]
+        chunks.update(zip(new_chunks, got, strict=True))
+        order = [*state.order[:first], *new_chunks, *state.order[last:]]
+        starts = state.starts[: first + 1]
+        for chunk in new_chunks[:-1]:
+            starts.append(starts[-1] + len(chunk[1]) + 4)
+        shift = len(text) - len(state.text)
+        starts.extend(at + shift for at in state.starts[last:])
+        return replace(
+            state,
+            resources=parsed,
+            chunks=chunks,
+            text=text,
+            order=order,
+            starts=starts,
+            base=state.resources,
+            changed=changed,
+        )
 
     def _parse(
         self, text: str, path: str, state: _FileState | None
-    ) -> tuple[list[RawResource], list[Diagnostic], Chunks]:
+    ) -> tuple[list[RawResource], list[Diagnostic], Chunks, bool]:
         """The resources of text, reading again only the documents that changed since the
-        last clean read (a document at the same line with the same text is not re-read).
+        last clean read (a document at the same line with the same text is not re-read);
+        whether the text is plain (_split_plain).
 
         Any problem in a changed document, and every first read, reads the whole text (the
         per-text bounds of yamldocs apply to it, and a syntax error anywhere yields nothing);
-        the documents of a clean read are kept for the next one."""
-        split = _split_documents(text)
+        the documents of a clean read are kept for the next one, in the text's order."""
+        split, plain = _split(text)
         cached = state.chunks if state is not None else {}
         if split is not None and cached:
             misses = [chunk for chunk in split if chunk not in cached]
@@ -676,18 +846,18 @@ class FilesAdapter:
                         got = [_shift(raw, chunk[0]) for raw in resources]
                     chunks[chunk] = got
                 else:
-                    return [raw for got in chunks.values() for raw in got], [], chunks
+                    return [raw for got in chunks.values() for raw in got], [], chunks, plain
         resources, problems = self._load(text, path)
         if problems or split is None:
-            return resources, problems, {}
+            return resources, problems, {}, False
         if any(_line(raw) == 0 for raw in resources):
-            return resources, problems, {}  # no line to tell its document by: read whole
+            return resources, problems, {}, False  # no line to tell its document: read whole
         chunks = {chunk: [] for chunk in split}
         starts = [first for first, _ in split]
         for raw in resources:  # each resource to the document holding its first line
             index = bisect.bisect_left(starts, _line(raw)) - 1
             chunks[split[max(index, 0)]].append(raw)
-        return resources, problems, chunks
+        return resources, problems, chunks, plain
 
     def _merged_view(
         self, reread: set[Path]
@@ -711,7 +881,9 @@ class FilesAdapter:
             before = self._merged.pop(path, {})
             state = self._files.get(path)
             after = state.resources if state is not None else {}
-            for key, raw in before.items():
+            hint = _hint(state, before)  # (the keys that can differ, when known)
+            olds = before.items() if hint is None else [(k, before[k]) for k in hint]
+            for key, raw in olds:
                 if after.get(key) is not raw:
                     ident = self._ident(key)
                     definers = self._definers.get(ident)
@@ -721,7 +893,8 @@ class FilesAdapter:
             if state is None:
                 continue
             self._merged[path] = after
-            for key, raw in after.items():
+            news = after.items() if hint is None else [(k, after[k]) for k in hint]
+            for key, raw in news:
                 if before.get(key) is not raw:
                     ident = self._ident(key)
                     self._definers.setdefault(ident, {}).setdefault(path, raw)
