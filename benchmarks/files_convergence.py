@@ -17,6 +17,8 @@ Two data planes run in the same process tree, each an Envoy with --concurrency 1
 Each change is made in both, one after the other, and timed from the rename until a request
 through that Envoy to the service is answered by the upstream the change points at (requests
 back to back on new connections; no admin polling, which would load Envoy's main thread).
+The agent side's stages of each change (`change_agent_stages`, from its log): from the rename
+to the snapshot published, and to Envoy's ACK of the endpoints reaching the agent.
 
 Initial load: from the process start (the agent's, or the file Envoy's) until Envoy is LIVE
 (admin `/ready`, polled every 50 ms), has every cluster active (admin stats
@@ -299,6 +301,31 @@ def summary(plane: Plane) -> dict[str, float]:
     }
 
 
+def change_stages(log: Path, renames: list[float]) -> dict[str, float]:
+    """Where the agent side's time goes, from its JSON log: for each change (its rename on the
+    wall clock), ms until the agent published the new snapshot (files read, normalized,
+    translated, checked) and until Envoy's ACK of the endpoints reached the agent; p50/p99."""
+    marks: dict[str, list[float]] = {"snapshot_published": [], "xds_ack": []}
+    for line in log.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            event = json.loads(line)
+            at = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+        except (ValueError, KeyError):
+            continue
+        name = event.get("event", "")
+        if name == "snapshot_published" or event.get("type_url", "").endswith("Assignment"):
+            marks["snapshot_published" if name == "snapshot_published" else "xds_ack"].append(at)
+    out: dict[str, float] = {}
+    for name, times in marks.items():
+        delays = [1000 * (next(t for t in times if t >= r) - r) for r in renames if times[-1] >= r]
+        if delays:
+            out[f"{name}_p50_ms"] = percentile(delays, 0.5)
+            out[f"{name}_p99_ms"] = percentile(delays, 0.99)
+    return out
+
+
 def start_apps() -> tuple[FastApp, FastApp]:
     """ "old" on 127.0.0.1:P and "new" on 127.0.0.2:P, the same port P."""
     for _ in range(20):
@@ -412,12 +439,14 @@ def run(n: int, changes: int, debounce_ms: int, poll_ms: int, pause: float) -> d
             at = [OLD] * n
             agent_envoy = envoy_pid(root / "state")
             cpu_before = [cpu_s(p) for p in (agent_proc.pid, agent_envoy, procs[0].pid)]
+            renames: list[float] = []  # the agent side's, on the wall clock
             for k in range(changes):
                 i = (k * 7919) % n  # spread over the mesh
                 at[i] = NEW if at[i] == OLD else OLD
                 who = "new" if at[i] == NEW else "old"
                 time.sleep(pause)  # both Envoys finish the previous change's work first
                 entries[i] = workload_entry(i, at[i], port)
+                renames.append(time.time())
                 start = replace(workloads, "---\n".join(entries))
                 wait_served(agent, i, who, start)
                 clusters[i] = static_clusters(i, at[i], port)
@@ -431,6 +460,7 @@ def run(n: int, changes: int, debounce_ms: int, poll_ms: int, pause: float) -> d
                 zip(("agent", "agent_envoy", "files_envoy"), per_change, strict=True)
             )
             result["change_agent"] = summary(agent)
+            result["change_agent_stages"] = change_stages(root / "agent.log", renames)
             result["change_files"] = summary(files)
             result["load_average_at_end"] = os.getloadavg()[0]
             for proc in reversed(procs):  # the agent stops its Envoy

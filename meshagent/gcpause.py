@@ -57,7 +57,9 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
-_malloc_trim = _find_malloc_trim()
+# glibc's malloc_trim(pad), or None where the C library has none (musl, macOS): the one
+# platform-dependent part of this module, which release_free_memory calls when present.
+malloc_trim = _find_malloc_trim()
 
 
 def release_free_memory() -> None:
@@ -69,5 +71,5 @@ def release_free_memory() -> None:
     this). About 1 ms at 10k services, 12 ms at worst; call it off the event loop, after the
     pass that published.
     """
-    if _malloc_trim is not None:
-        _malloc_trim(0)
+    if malloc_trim is not None:
+        malloc_trim(0)

@@ -32,10 +32,11 @@ def _ca_cert(
     issuer: x509.Name | None,
     issuer_key: ec.EllipticCurvePrivateKey,
     now: dt.datetime,
+    organization: str = "test-org",
 ) -> x509.Certificate:
     name = x509.Name(
         [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "test-org"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
             x509.NameAttribute(NameOID.COMMON_NAME, subject),
         ]
     )
@@ -55,6 +56,11 @@ def _ca_cert(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         .sign(issuer_key, hashes.SHA256())
     )
+
+
+def self_signed_root(key: ec.EllipticCurvePrivateKey, organization: str) -> x509.Certificate:
+    """A root CA certificate of key, valid now, with this organization (O=)."""
+    return _ca_cert("root", key, None, key, dt.datetime.now(dt.UTC), organization)
 
 
 def make_cacerts(directory: Path) -> tuple[x509.Certificate, x509.Certificate]:

@@ -177,10 +177,11 @@ REPARSE_SHARE = 0.25
 _ALIAS = re.compile(r"(?:^|[\s\[{,:-])[&*][^\s,\]}]")
 
 
-def _split_documents(text: str) -> list[tuple[int, str]] | None:
+def split_documents(text: str) -> list[tuple[int, str]] | None:
     """The text's documents as (first line, 0-based; text) between '---' lines; None when
-    the text cannot be split safely that way (see _UNSPLITTABLE). The lines that start with
-    '---' are found with str.find (a MULTILINE regex over a 10k-document text took ~20 ms)."""
+    the text cannot be split safely that way (_UNSPLITTABLE: a line that starts with '%',
+    '...', or '---' and more). The lines that start with '---' are found with str.find (a
+    MULTILINE regex over a 10k-document text took ~20 ms)."""
     return _split(text)[0]
 
 

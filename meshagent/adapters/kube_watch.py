@@ -7,6 +7,11 @@ Gone. A relist is diffed against what the stream knows, so it yields only real c
 object is deleted only when the API says so (a DELETED event, or a successful list without it),
 never because a watch failed. Errors back off with jitter and never delete anything.
 
+One object the agent cannot take (nested deeper than MAX_DEPTH: free-form fields of the Istio
+kinds allow 10,000 levels, json.loads stops near 1,000) does not fail its listing or watch:
+it is parsed anyway (adapters/deepjson) and kept in the stream's state as a small stand-in
+(`screened`) that the adapter reports as a located error instead of emitting it.
+
 The `kubernetes` client is synchronous. Each stream is a daemon thread that ends when `stop`
 is set: the watch's timeoutSeconds and the read timeout bound how long that takes, and
 `close()` shuts the open response so that it ends at once.
@@ -15,13 +20,14 @@ is set: the watch's timeoutSeconds and the read timeout bound how long that take
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshagent.adapters import deepjson
 from meshagent.adapters.consul_watch import Backoff
+from meshagent.adapters.yamldocs import MAX_DEPTH
 
 ObjKey = tuple[str, str]  # (namespace, name)
 # Fields that change on every write without changing what the object means.
@@ -36,6 +42,32 @@ def stable(obj: Mapping[str, Any]) -> dict[str, Any]:
     """obj without the metadata fields that change on every write (for relist diffs)."""
     meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in _VOLATILE}
     return {**obj, "metadata": meta}
+
+
+REJECTED = "meshagent.rejected"  # the key of a stand-in's reason (see screened)
+
+
+def screened(obj: dict[str, Any]) -> dict[str, Any]:
+    """obj, or when it nests deeper than MAX_DEPTH (the files adapter's bound too), a
+    stand-in: its kind, apiVersion, metadata name/namespace/resourceVersion, and the reason
+    under REJECTED. The stream keeps and compares stand-ins like objects (a repeat says
+    nothing); the adapter reports them instead of emitting them, so the last accepted version
+    of the object keeps serving."""
+    if not deepjson.exceeds_depth(obj, MAX_DEPTH):
+        return obj
+    meta = obj.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    fields = ("name", "namespace", "resourceVersion")
+    return {
+        "kind": _text(obj.get("kind")),
+        "apiVersion": _text(obj.get("apiVersion")),
+        "metadata": {f: _text(meta.get(f)) for f in fields if meta.get(f)},
+        REJECTED: f"nested deeper than {MAX_DEPTH} levels; object rejected",
+    }
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def obj_key(obj: Mapping[str, Any]) -> ObjKey:
@@ -122,7 +154,7 @@ class KubeStream:
         """One full list into the state; the changes. Raises on failure."""
         response = self._request(self.spec.path, dict(self.spec.query), False)
         try:
-            body = json.loads(response.data)
+            body = deepjson.loads(response.data)
         finally:
             response.release_conn()
         items = [i for i in body.get("items") or () if isinstance(i, dict)]
@@ -131,6 +163,7 @@ class KubeStream:
         for item in items:  # list items may omit kind and apiVersion
             item.setdefault("kind", kind)
             item.setdefault("apiVersion", api_version)
+        items = [screened(i) for i in items]
         self.relists += 1
         version = str((body.get("metadata") or {}).get("resourceVersion") or "")
         return self.state.relist(items, version)
@@ -216,8 +249,11 @@ def _events(response: Any) -> Iterator[tuple[str, dict[str, Any]]]:
         *lines, pending = pending.split(b"\n")
         for line in lines:
             if line.strip():
-                event = json.loads(line)
-                yield str(event.get("type") or ""), dict(event.get("object") or {})
+                yield _event(line)
     if pending.strip():
-        event = json.loads(pending)
-        yield str(event.get("type") or ""), dict(event.get("object") or {})
+        yield _event(pending)
+
+
+def _event(line: bytes) -> tuple[str, dict[str, Any]]:
+    event = deepjson.loads(line)
+    return str(event.get("type") or ""), screened(dict(event.get("object") or {}))

@@ -35,7 +35,14 @@ import structlog
 
 from meshagent.adapters.consul import TokenFile
 from meshagent.adapters.consul_watch import Backoff, run_blocking
-from meshagent.adapters.kube_watch import Gone, KubeStream, ObjKey, StreamSpec, obj_key
+from meshagent.adapters.kube_watch import (
+    REJECTED,
+    Gone,
+    KubeStream,
+    ObjKey,
+    StreamSpec,
+    obj_key,
+)
 from meshagent.model.source import Diagnostic, Provenance, RawResource, SourceEvent
 
 SOURCE = "kubernetes"
@@ -149,9 +156,31 @@ def to_raw(obj: dict[str, Any]) -> RawResource:
     """One API object as a RawResource (see the module docstring)."""
     ns, name = obj_key(obj)
     kind = str(obj.get("kind") or "")
-    version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
-    provenance = Provenance(SOURCE, f"resourceVersion {version}", kind, ns, name)
+    provenance = Provenance(SOURCE, _location(obj), kind, ns, name)
     return RawResource(SOURCE, kind, str(obj.get("apiVersion") or ""), ns, name, obj, provenance)
+
+
+def _location(obj: dict[str, Any]) -> str:
+    return f"resourceVersion {(obj.get('metadata') or {}).get('resourceVersion') or ''}"
+
+
+def accepted(objs: list[dict[str, Any]]) -> tuple[list[RawResource], list[Diagnostic]]:
+    """objs as RawResources, and an error, located and named as the normalizer names its
+    own, for each stand-in of an object the stream could not take (kube_watch.screened)."""
+    raws, errors = [], []
+    for obj in objs:
+        if REJECTED not in obj:
+            raws.append(to_raw(obj))
+            continue
+        ns, name = obj_key(obj)
+        where, kind = _location(obj), str(obj.get("kind") or "")
+        reason = f"{obj[REJECTED]}; its last accepted version (if any) keeps serving"
+        errors.append(
+            Diagnostic("error", SOURCE, where, kind, f"{ns}/{name}" if ns else name, "", reason)
+        )
+        log.warning("kubernetes_object_rejected", source=SOURCE, kind=kind, namespace=ns,
+                    name=name, error=reason)  # fmt: skip
+    return raws, errors
 
 
 class KubernetesAdapter:
@@ -258,13 +287,18 @@ class KubernetesAdapter:
                 stream, items = self._first_list(group, plural, kind, versions, ns)
                 if stream is not None:
                     self.streams.append(stream)
-                    upserts += [to_raw(o) for o in items]
+                    upserts += self._accepted(items)
         for ns in self.options.secret_namespaces:
             stream, items = self._first_list(*SECRETS, ("v1",), ns)
             if stream is not None:
                 self.streams.append(stream)
-                upserts += [to_raw(o) for o in items]
+                upserts += self._accepted(items)
         return upserts
+
+    def _accepted(self, items: list[dict[str, Any]]) -> list[RawResource]:
+        raws, errors = accepted(items)
+        self._listing_errors += errors
+        return raws
 
     def _first_list(
         self, group: str, plural: str, kind: str, versions: tuple[str, ...], ns: str | None
@@ -309,10 +343,12 @@ class KubernetesAdapter:
 
     def _emitter(self, kind: str) -> Any:
         def emit(upserts: list[dict[str, Any]], deletes: list[ObjKey], _: str | None) -> None:
+            raws, errors = accepted(upserts)
             event = SourceEvent(
                 SOURCE,
-                upserts=tuple(to_raw(o) for o in upserts),
+                upserts=tuple(raws),
                 deletes=tuple((SOURCE, kind, ns, name) for ns, name in deletes),
+                errors=tuple(errors),
             )
             self._post(event)
 

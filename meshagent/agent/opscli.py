@@ -250,10 +250,10 @@ def _short_table(items: list[Any], applied: dict[str, Any] | None, out: TextIO) 
 
 def _endpoint_health(config: Any, filters: dict[str, Any], out: TextIO) -> int:
     """`proxy-config endpoints --from envoy`: each endpoint as Envoy sees it (/clusters)."""
-    doc = envoyview.get_json(config.envoy, "/clusters?format=json")
+    clusters = envoyview.fetch_cluster_health(config.envoy)
     out.write(f"{'ENDPOINT':<24} {'STATUS':<10} {'FLAGS':<12} {'ACTIVE':>6} {'5XX':>6} "
               f"{'CONNFAIL':>8}  CLUSTER\n")  # fmt: skip
-    for cluster in envoyview.cluster_health(doc):
+    for cluster in clusters:
         if not envoyview.matches({"name": cluster["name"]}, "endpoints", filters):
             continue
         for e in cluster["endpoints"]:

@@ -35,7 +35,7 @@ def local_identities(config: AgentConfig) -> list[Identity]:
     return list(dict.fromkeys(found))
 
 
-class _Metrics:
+class CertMetrics:
     """A CertObserver over AgentMetrics; the expiry gauge is computed at scrape time."""
 
     def __init__(self, metrics: AgentMetrics) -> None:
@@ -72,7 +72,7 @@ class CaRuntime:
         if config.ca is None:
             raise ValueError("CaRuntime needs a config with a ca: section")
         self.config, self.ca_config = config, config.ca
-        self._metrics = _Metrics(metrics)
+        self._metrics = CertMetrics(metrics)
         self._on_rotate = on_rotate
         self.manager: WorkloadCertManager | None = None
         self.server: Any = None

@@ -32,7 +32,7 @@ from meshagent.model.identity import Identity, InvalidIdentity
 ISSUER, AUDIENCE = "meshagent-ca", "istio-ca"
 MAX_TOKEN_BYTES = 4096
 _HEADER = {"alg": "ES256", "typ": "JWT"}
-_CACHE_LIMIT = 10_000
+CACHE_LIMIT = 10_000  # verified tokens a TokenVerifier remembers by default
 
 
 def _b64(data: bytes) -> str:
@@ -73,9 +73,13 @@ class TokenVerifier:
         trust_domain: str,
         *,
         clock: Callable[[], float] = time.time,
+        cache_limit: int = CACHE_LIMIT,
     ) -> None:
+        """cache_limit: how many verified tokens are remembered (least recently used go
+        first), so that a caller's repeated requests skip the signature check."""
         self._key, self._trust_domain, self._clock = public_key, trust_domain, clock
         self._cache: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
+        self._cache_limit = cache_limit
 
     def replace_key(self, public_key: ec.EllipticCurvePublicKey) -> None:
         """Verify with public_key from now on; tokens verified with the old key are forgotten."""
@@ -93,7 +97,7 @@ class TokenVerifier:
             del self._cache[token]
             raise AuthenticationError("token has expired")
         identity, expires = self._verify(token)
-        if len(self._cache) >= _CACHE_LIMIT:
+        if len(self._cache) >= self._cache_limit:
             self._cache.popitem(last=False)  # bounded memory: the least recently used goes
         self._cache[token] = (identity, expires)
         return identity

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 
+from meshagent.adapters import deepjson
 from meshagent.testing.kube_store import ApiError, field_selector
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def make_handler(sim: KubeSim) -> type[BaseHTTPRequestHandler]:
                 return None
             raw = self.rfile.read(length)
             try:
-                return json.loads(raw)
+                return deepjson.loads(raw)
             except ValueError as exc:
                 raise ApiError(400, "BadRequest", f"body is not JSON: {exc}") from exc
 
@@ -123,7 +123,7 @@ def make_handler(sim: KubeSim) -> type[BaseHTTPRequestHandler]:
             raise ApiError(405, "MethodNotAllowed", method)
 
         def _json(self, code: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
+            data = deepjson.dumps(body).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -133,7 +133,7 @@ def make_handler(sim: KubeSim) -> type[BaseHTTPRequestHandler]:
         # -- watches ------------------------------------------------------------------------
 
         def _chunk(self, event: str, obj: dict[str, Any]) -> None:
-            line = json.dumps({"type": event, "object": obj}).encode() + b"\n"
+            line = deepjson.dumps({"type": event, "object": obj}).encode() + b"\n"
             self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
             self.wfile.flush()
 

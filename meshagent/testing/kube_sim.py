@@ -11,6 +11,8 @@ compacted revision); create, replace, merge patch and delete of any kind, with
 metadata.resourceVersion/uid/creationTimestamp/generation; `fieldSelector` on lists and
 watches (metadata.name, metadata.namespace, and a Secret's type); Secrets stored as the API
 server stores them (stringData into base64 data, type Opaque by default and immutable).
+Objects of any nesting depth are stored and served (the API server accepts 10,000 levels in
+free-form fields; Python's json stops near 1,000, so the simulator uses adapters/deepjson).
 
 Faults for tests: `drop_watches()` cuts every open watch mid-stream, `faults.status` answers
 an HTTP error to matching requests, `compact()` forces 410 Gone on the next watch restart,

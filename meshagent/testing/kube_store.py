@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from meshagent.adapters import deepjson
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +160,9 @@ class KubeStore:
         """Record one write under the lock; the stored object (a copy goes to history)."""
         self.revision += 1
         obj["metadata"]["resourceVersion"] = str(self.revision)
-        self.history.append((self.revision, event, copy.deepcopy(obj)))
+        self.history.append((self.revision, event, deepjson.copy(obj)))
         self.lock.notify_all()
-        return copy.deepcopy(obj)
+        return deepjson.copy(obj)
 
     def create(self, info: KindInfo, ns: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Store a new object (409 AlreadyExists when the name is taken)."""
@@ -200,7 +201,7 @@ class KubeStore:
             meta, old_meta = body["metadata"], old["metadata"]
             for field in ("uid", "creationTimestamp"):
                 meta[field] = old_meta[field]
-            spec_changed = body.get("spec") != old.get("spec")
+            spec_changed = _text(body.get("spec")) != _text(old.get("spec"))
             meta["generation"] = old_meta.get("generation", 1) + (1 if spec_changed else 0)
             self.objects[key] = body
             return self._write("MODIFIED", body)
@@ -230,13 +231,13 @@ class KubeStore:
             found = self.objects.get((info.kind, ns if info.namespaced else "", name))
             if found is None:
                 raise ApiError(404, "NotFound", f'{info.plural} "{name}" not found')
-            return copy.deepcopy(found)
+            return deepjson.copy(found)
 
     def list(self, info: KindInfo, ns: str | None) -> tuple[list[dict[str, Any]], int]:
         """Objects of info (in ns, or all when None), sorted, and the list's resourceVersion."""
         with self.lock:
             items = [
-                copy.deepcopy(o)
+                deepjson.copy(o)
                 for (kind, o_ns, _), o in sorted(self.objects.items())
                 if kind == info.kind and (ns is None or o_ns == ns)
             ]
@@ -254,7 +255,7 @@ class KubeStore:
     def events_after(self, info: KindInfo, ns: str | None, since: int) -> History:
         """History entries of info (in ns) after revision since; caller holds the lock."""
         return [
-            (rev, ev, copy.deepcopy(obj))
+            (rev, ev, deepjson.copy(obj))
             for rev, ev, obj in self.history
             if rev > since
             and obj.get("kind") == info.kind
@@ -262,9 +263,14 @@ class KubeStore:
         ]
 
 
+def _text(value: Any) -> str:
+    """value as canonical JSON, for comparing objects of any depth (== recurses)."""
+    return deepjson.dumps(value, sort_keys=True)
+
+
 def _prepared(info: KindInfo, ns: str, obj: Mapping[str, Any]) -> dict[str, Any]:
     """A deep copy of obj with kind, apiVersion and metadata.namespace filled in and checked."""
-    body = copy.deepcopy(dict(obj))
+    body = deepjson.copy(dict(obj))
     meta = body.get("metadata")
     if not isinstance(meta, dict) or not meta.get("name"):
         raise ApiError(422, "Invalid", f"{info.kind}: metadata.name: Required value")

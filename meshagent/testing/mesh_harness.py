@@ -166,17 +166,17 @@ class MeshHarness:
     def agent_get(self, path: str) -> Reply:
         """GET path from the agent: public pages on its TCP port, the rest on its socket."""
         if path.partition("?")[0] in PUBLIC_PATHS:
-            return _get("127.0.0.1", self.admin_port, path, {})
+            return http_request("127.0.0.1", self.admin_port, path, {})
         status, body = admin_request(self.state_dir / "admin.sock", path)
         return Reply(status, {}, body)
 
     def envoy_admin(self, path: str) -> Reply:
-        return _get("127.0.0.1", self.envoy_admin_port, path, {})
+        return http_request("127.0.0.1", self.envoy_admin_port, path, {})
 
     def request(
         self, host: str, path: str = "/", headers: dict[str, str] | None = None, method: str = "GET"
     ) -> Reply:
-        return _get(
+        return http_request(
             "127.0.0.1", self.outbound_port, path, {"host": host, **(headers or {})}, method
         )
 
@@ -195,7 +195,10 @@ class MeshHarness:
         return total
 
 
-def _get(host: str, port: int, path: str, headers: dict[str, str], method: str = "GET") -> Reply:
+def http_request(
+    host: str, port: int, path: str, headers: dict[str, str], method: str = "GET"
+) -> Reply:
+    """One plain HTTP request (no proxies, 10 s timeout), its reply read whole."""
     conn = http.client.HTTPConnection(host, port, timeout=10)
     try:
         conn.request(method, path, headers=headers)

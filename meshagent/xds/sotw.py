@@ -1,9 +1,12 @@
 """Sans-io state-of-the-world ADS: DiscoveryRequests in, DiscoveryResponses out.
 
-Every response carries all resources of its type that the proxy asked for: everything for the
-wildcard types (Cluster, Listener: a missing one is deleted), the requested names for the
-others (never deleted by absence). A type is resent only when that content changed;
-version_info is a hash of the content, so it is the same across agent restarts.
+A response of a wildcard type (Cluster, Listener: a missing one is deleted) carries all its
+resources. For the others (asked for by name, never deleted by absence) the protocol groups
+resources as delta does: after the first response, one carries only the requested resources
+that changed or were not sent yet, so that one endpoint change sends one ClusterLoadAssignment,
+not every cluster's (Istio's incremental EDS push does the same). A type is resent only when
+its content changed; version_info is a hash of the whole content, so it is the same across
+agent restarts.
 See meshagent.xds.protocol for the pipelining decision.
 """
 
@@ -160,8 +163,10 @@ class SotwStream(StreamCore):
                 bridge = {**{n: state.sent[n] for n in gone}, **content}
                 updates.append(self._response(type_url, bridge))
                 finals[type_url] = content
-            else:
+            elif state.wildcard or not state.responded or state.force:
                 updates.append(self._response(type_url, content))
+            elif changed := _changed(state.sent, content):
+                updates.append(self._response(type_url, changed, version))
             state.sent, state.sent_version = content, version
             state.responded, state.force = True, False
         tail = [self._response(t, finals[t]) for t in REMOVAL_ORDER if t in finals]
@@ -178,9 +183,11 @@ class SotwStream(StreamCore):
         if eds_names(updated) & endpoints.names:
             endpoints.force = True
 
-    def _response(self, type_url: str, content: Content) -> Response:
+    def _response(self, type_url: str, content: Content, version: str | None = None) -> Response:
+        """A response carrying content, versioned as the whole content it is part of (by
+        default, content itself)."""
         nonce = self._nonces.next()
-        version = content_version(content)
+        version = content_version(content) if version is None else version
         response = Response(type_url=type_url, version_info=version, nonce=nonce)
         for name in sorted(content):
             response.resources.add().CopyFrom(content[name].body)
@@ -188,3 +195,15 @@ class SotwStream(StreamCore):
         self._track(nonce, InFlight(type_url, version))
         self._events.append(Pushed(type_url, version, nonce, len(content), 0, response.ByteSize()))
         return response
+
+
+def _changed(sent: Content, content: Content) -> dict[str, Resource]:
+    """The resources of content the proxy does not hold at their version (per what was sent).
+
+    Empty when the content only lost names: the proxy dropped those itself."""
+    out: dict[str, Resource] = {}
+    for name, resource in content.items():
+        held = sent.get(name)
+        if held is None or held.version != resource.version:
+            out[name] = resource
+    return out

@@ -63,6 +63,7 @@ class Recorder:
     """An XdsObserver that keeps everything it is told."""
 
     pushes: list[tuple[str, str]] = field(default_factory=list)
+    counts: list[tuple[str, int]] = field(default_factory=list)  # (type, resources) per push
     acks: list[tuple[str, str]] = field(default_factory=list)
     nacks: list[tuple[str, str, str]] = field(default_factory=list)
     connects: int = 0
@@ -79,6 +80,7 @@ class Recorder:
         self, node_id: str, type_url: str, version: str, resources: int, removed: int, nbytes: int
     ) -> None:
         self.pushes.append((type_url, version))
+        self.counts.append((type_url, resources))
 
     def acked(self, node_id: str, type_url: str, version: str, latency_s: float) -> None:
         assert latency_s >= 0
@@ -177,6 +179,45 @@ async def test_envoy_is_configured_acks_and_follows_changes(mesh: Mesh) -> None:
     dump = await asyncio.to_thread(mesh.envoy.config_dump, "dynamic_warming_clusters")
     assert dump.get("configs", []) == []
     assert await mesh.get("/up") == (200, "upstream ok")
+
+
+def two_backends(listen: int, backend: int, spare: int) -> ResourceSet:
+    return resource_set(
+        clusters=[eds_cluster("backend"), eds_cluster("spare")],
+        endpoints=[cla("backend", backend), cla("spare", spare)],
+        listeners=[http_listener("http", listen, "local")],
+        routes=[route_config("local", "hello", upstream="backend")],
+    )
+
+
+@pytest.mark.parametrize("mesh", ["delta", "sotw"], indirect=True)
+async def test_an_endpoint_change_pushes_its_cla_alone_and_envoy_follows(mesh: Mesh) -> None:
+    """One endpoint change: one EDS response with the one ClusterLoadAssignment, in SotW too
+    (not every requested one), no CDS/LDS/RDS; Envoy serves the moved endpoint."""
+    mesh.cache.set(NODE, two_backends(mesh.listen, mesh.upstream, mesh.upstream))
+    await async_wait_for(  # Envoy holds both clusters' endpoints, and answered every push
+        lambda: (
+            "spare::127.0.0.1" in mesh.envoy.clusters()
+            and mesh.cache.status(NODE).acked_all(ALL_TYPES)
+        ),
+        blocking=True,
+        timeout=30,
+        what="both clusters with their endpoints, all ACKed",
+    )
+    before = len(mesh.recorder.counts)
+
+    mesh.cache.set(NODE, two_backends(mesh.listen, free_port(), mesh.upstream))  # nobody there
+    await async_wait_for(
+        lambda: http_get(f"http://127.0.0.1:{mesh.listen}/up").status == 503,
+        blocking=True,
+        timeout=30,
+        what="/up failing on the moved endpoint",
+    )
+    mesh.cache.set(NODE, two_backends(mesh.listen, mesh.upstream, mesh.upstream))
+    await mesh.wait_body("upstream ok", "/up")
+    await mesh.wait_acked()
+    assert mesh.recorder.counts[before:] == [(ENDPOINT, 1), (ENDPOINT, 1)]
+    assert mesh.recorder.nacks == []
 
 
 @pytest.mark.parametrize("mesh", ["delta", "sotw"], indirect=True)

@@ -15,7 +15,7 @@ import pytest
 from cryptography import x509
 
 from tests.credential_helpers import CA_PEM, Pem, server_cert, write_credential
-from tests.integration.mesh_harness import MeshHarness, _get, mesh_harness, wait_until
+from tests.integration.mesh_harness import MeshHarness, http_request, mesh_harness, wait_until
 from tests.net_helpers import free_port
 
 pytestmark = pytest.mark.slow
@@ -132,7 +132,7 @@ def mesh(
 
 
 def _client_serial() -> int | None:
-    reply = _get("127.0.0.1", GATEWAY_PORT, "/", {"host": HOST})
+    reply = http_request("127.0.0.1", GATEWAY_PORT, "/", {"host": HOST})
     return int(reply.body) if reply.status == 200 else None
 
 

@@ -59,6 +59,10 @@ def test_a_port_protocol_is_one_istio_names_or_empty_to_be_sniffed(tmp_path: Pat
 def test_a_joined_workload_port_takes_istios_protocol_from_its_name(
     name: str, protocol: str
 ) -> None:
-    from meshagent.agent.config.join import _protocol
+    from meshagent.agent.config.join import join_workload
+    from meshagent.onboard.joindir import JoinInfo
 
-    assert _protocol(name) == protocol
+    info = JoinInfo(Path("/join"), "ns", "sa", "cluster.local", "c1", "", "vm", "ca:15012",
+                    "ca:15012", ports=((name, 8080),))  # fmt: skip
+    (port,) = join_workload(info).ports
+    assert (port.name, port.protocol) == (name, protocol)

@@ -16,7 +16,7 @@ from meshagent import __version__
 from meshagent.agent.config import parse_config
 from meshagent.agent.daemon import Agent
 from meshagent.agent.metrics import AgentMetrics, MetricsObserver
-from meshagent.agent.security import _Metrics
+from meshagent.agent.security import CertMetrics
 from meshagent.model.identity import Identity
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -73,7 +73,7 @@ def test_envoy_up_and_restarts_are_read_at_scrape_time() -> None:
 
 def test_certificate_expiry_is_an_absolute_timestamp_beside_the_seconds_left() -> None:
     metrics = AgentMetrics()
-    watcher = _Metrics(metrics)
+    watcher = CertMetrics(metrics)
     web = Identity("cluster.local", "shop", "web")
     not_after = time.time() + 3600.5
 

@@ -18,7 +18,7 @@ import pytest
 
 from meshagent.model import Endpoint, Provenance
 from meshagent.normalize.convert.context import Context
-from meshagent.normalize.convert.services import _endpoints
+from meshagent.normalize.convert.services import convert_service_entry
 from meshagent.normalize.schema.common import DNS_LABEL, domain_problem
 from meshagent.normalize.schema.core import Issues, predicate
 from meshagent.normalize.schema.serviceentry import SPEC
@@ -158,7 +158,8 @@ def test_usual_endpoints_equal_the_dataclass() -> None:
         {"address": "10.0.0.3", "labels": {}},
         {"address": "10.0.0.4", "weight": 3, "ports": {"http": 9090}},
     ]
-    got = _endpoints(specs, ctx)
+    spec = {"hosts": ["a.example.com"], "resolution": "STATIC", "endpoints": specs}
+    got = convert_service_entry("a", spec, ctx).endpoints
     labels = (("app", "a"), ("version", "v1"))
     assert got[0] == Endpoint(address="10.0.0.1", labels=labels, provenance=provenance)
     assert [e.address for e in got] == ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]

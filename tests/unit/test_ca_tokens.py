@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,13 +121,28 @@ def test_service_rate_limits_per_caller(tmp_path: Path) -> None:
         svc.handle(Request(csr, 0, token, None))
 
 
-def test_token_cache_is_bounded_lru(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("meshagent.ca.tokens._CACHE_LIMIT", 2)
-    verifier = verifier_for(tmp_path, FakeClock(NOW))
+class _CountingKey:
+    """A public key that counts the signatures it checks."""
+
+    def __init__(self, key: Any) -> None:
+        self.key, self.checks = key, 0
+
+    def verify(self, *args: Any) -> None:
+        self.checks += 1
+        self.key.verify(*args)
+
+
+def test_token_cache_is_bounded_lru(tmp_path: Path) -> None:
+    key = _CountingKey(token_key(tmp_path).public_key())
+    verifier = TokenVerifier(key, TD, clock=FakeClock(NOW), cache_limit=2)  # type: ignore[arg-type]
     first, second, third = (create_token(token_key(tmp_path), WEB, 600, now=NOW) for _ in range(3))
-    for token in (first, second, first, third):  # first was used last: second goes
-        verifier.verify(token)
-    assert list(verifier._cache) == [first, third]
+    checks = []
+    for token in (first, second, first, third, first, second):
+        assert verifier.verify(token) == WEB
+        checks.append(key.checks)
+    # first is remembered (used again before third came); second was the least recently
+    # used when third came, so it is checked again
+    assert checks == [1, 2, 2, 3, 3, 4]
 
 
 def test_replacing_the_token_key_forgets_verified_tokens(tmp_path: Path) -> None:

@@ -5,9 +5,7 @@ The table alone, then a real Agent (files adapter, normalizer, translator) on a 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -139,10 +137,10 @@ async def test_agent_shows_current_errors_until_fixed(tmp_path: Path) -> None:
 
 
 def test_status_command_and_page_show_errors_with_first_seen(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from meshagent.agent import opscli
-    from meshagent.agent.config import default_config
+    from meshagent.agent.cli import main
     from meshagent.agent.statuspage import render_html
 
     entry = {
@@ -158,10 +156,12 @@ def test_status_command_and_page_show_errors_with_first_seen(
     }  # fmt: skip
     answer = json.dumps(report).encode()
     monkeypatch.setattr(opscli, "fetch_admin", lambda config, path, **_: answer)
-    out = io.StringIO()
-    opscli._status(default_config(tmp_path), argparse.Namespace(), out)
-    assert "config errors: 1\n" in out.getvalue()
-    assert f"  {entry['message']} (since 2026-12-06T12:00:00Z)\n" in out.getvalue()
+    config = tmp_path / "agent.yaml"
+    config.write_text("{}\n")
+    assert main(["status", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "config errors: 1\n" in out
+    assert f"  {entry['message']} (since 2026-12-06T12:00:00Z)\n" in out
     page = render_html(report)
     assert "2026-12-06T12:00:00Z" in page.split('id="errors"', 1)[1]
 

@@ -506,3 +506,25 @@ def test_corpus_terminating_links_convert_to_what_consul_lists() -> None:
 def test_gateway_label_is_documented() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert f"{GATEWAY_LABEL}:" in readme and "terminating_gateway_port" in readme
+
+
+@pytest.mark.parametrize("written", ["false", "False", "0", "f", "", 0])
+def test_tls_enabled_written_as_a_false_string_is_off(written: Any) -> None:
+    # given TLS.Enabled as some tools write it (a string or a number), read as Consul's weak
+    # decoding reads it; when converted, then the listener stays plain HTTP
+    converted, issues = convert(ingress(HTTP, TLS={"Enabled": written}))
+    assert not issues
+    (server,) = parts(converted)[0].servers
+    assert (server.protocol, server.tls) == ("HTTP", None)
+
+
+@pytest.mark.parametrize("written", ["true", "TRUE", "1", "t", 1])
+def test_tls_enabled_written_as_a_true_string_is_on(written: Any) -> None:
+    converted, issues = convert(ingress(HTTP, TLS={"Enabled": written}))
+    assert not issues
+    assert parts(converted)[0].servers[0].protocol == "HTTPS"
+
+
+def test_tls_enabled_that_is_not_a_boolean_is_a_located_error() -> None:
+    _, issues = convert(ingress({**HTTP, "TLS": {"Enabled": "yes please"}}))
+    assert "must be true or false" in errors(issues)["Listeners[0].TLS.Enabled"]

@@ -421,3 +421,41 @@ def test_corpus_config_get_and_list_are_service_defaults_warnings() -> None:
     for body in [*listed, got]:
         converted, issues = convert_consul(entry(body), ConsulMapping())
         assert converted is None and "not supported yet: service-defaults" in issues[0].reason
+
+
+def test_router_booleans_written_as_strings_read_as_consul_reads_them() -> None:
+    # given Invert, CaseInsensitive and RetryOnConnectFailure written as "false" (Consul's weak
+    # decoding reads them as false), then the header match is not inverted, the path match keeps
+    # its case and no connect-failure retry is added
+    route = {
+        "Match": {"HTTP": {"PathPrefix": "/a", "CaseInsensitive": "false",
+                           "Header": [{"Name": "x-user", "Exact": "1", "Invert": "false"}]}},
+        "Destination": {"Service": "admin", "NumRetries": 2, "RetryOnConnectFailure": "false"},
+    }  # fmt: skip
+    vs, _ = convert(entry({"Kind": "service-router", "Name": "web", "Routes": [route]}))
+    (match,) = vs.http[0].matches
+    assert [h.name for h in match.headers] == ["x-user"] and match.without_headers == ()
+    assert not match.ignore_uri_case
+    assert vs.http[0].retries is not None and "connect-failure" not in vs.http[0].retries.retry_on
+
+
+def test_a_router_boolean_that_is_not_one_is_a_located_error() -> None:
+    route = {"Match": {"HTTP": {"Header": [{"Name": "x", "Exact": "1", "Invert": "maybe"}]}}}
+    issues = convert_consul(entry({"Kind": "service-router", "Name": "web", "Routes": [route]}),
+                            ConsulMapping())[1]  # fmt: skip
+    assert {i.path for i in issues if i.severity == "error"} == {
+        "Routes[0].Match.HTTP.Header[0].Invert"
+    }
+
+
+def test_intention_header_invert_written_as_false_keeps_the_condition() -> None:
+    # given an allow permission whose header match says Invert: "false", then the header is a
+    # condition of the rule (read as inverted, it was dropped with a warning: a wider allow)
+    perm = {"Action": "allow", "HTTP": {"PathPrefix": "/a",
+            "Header": [{"Name": "x-team", "Exact": "ops", "Invert": "false"}]}}  # fmt: skip
+    body = {"Kind": "service-intentions", "Name": "api",
+            "Sources": [{"Name": "ops", "Permissions": [perm]}]}  # fmt: skip
+    allow, issues = convert(entry(body))
+    assert not list(issues)
+    (rule,) = allow.rules
+    assert [(c.key, c.values) for c in rule.conditions] == [("request.headers[x-team]", ("ops",))]

@@ -64,6 +64,6 @@ async def test_a_credentials_source_that_never_lists_holds_nothing_for_long(
 def test_a_kubernetes_source_carries_credentials_when_it_watches_secrets() -> None:
     from meshagent.adapters.kubernetes import KubeOptions, KubernetesAdapter
 
-    assert daemon._carries_credentials(KubernetesAdapter(KubeOptions(secret_namespaces=("gw",))))
-    assert not daemon._carries_credentials(KubernetesAdapter(KubeOptions()))
-    assert not daemon._carries_credentials(QueueAdapter())
+    assert daemon.carries_credentials(KubernetesAdapter(KubeOptions(secret_namespaces=("gw",))))
+    assert not daemon.carries_credentials(KubernetesAdapter(KubeOptions()))
+    assert not daemon.carries_credentials(QueueAdapter())

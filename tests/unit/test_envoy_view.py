@@ -202,12 +202,18 @@ def test_bug_report_notes_what_it_could_not_reach(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("level", ["debug", "upstream:info,router:debug"])
-def test_envoy_log_level_query(level: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_envoy_log_level_query(
+    level: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from meshagent.agent import opscli
+    from meshagent.agent.cli import main
 
     seen: list[str] = []
     monkeypatch.setattr(opscli, "fetch", lambda url, **kw: seen.append(url) or b"active loggers\n")
-    config = argparse.Namespace(envoy=argparse.Namespace(admin_address="127.0.0.1", admin_port=9))
-    args = argparse.Namespace(level=level)
-    assert opscli._envoy_log(config, args, io.StringIO()) == 0
-    assert seen[0].endswith("?level=debug" if ":" not in level else f"?paths={level}")
+    config = tmp_path / "agent.yaml"
+    config.write_text("envoy: {admin_port: 9}\n")
+    assert main(["proxy-config", "log", "--level", level, "-c", str(config)]) == 0
+    assert capsys.readouterr().out == "active loggers\n"
+    assert seen == [
+        "http://127.0.0.1:9/logging" + ("?level=debug" if ":" not in level else f"?paths={level}")
+    ]

@@ -88,6 +88,8 @@ def test_merge_patches_go_into_the_bootstrap_in_order() -> None:
     result = patch_bootstrap(base(), patches)
     boot = result.bootstrap
     assert boot["stats_flush_interval"] == "7s"
+    # Envoy refuses an interval beside stats_flush_on_admin: the patch's interval wins
+    assert "stats_flush_on_admin" not in boot
     [monitor] = boot["overload_manager"]["resource_monitors"]
     assert monitor["typed_config"]["max_active_downstream_connections"] == "1000"
     # the rest of the bootstrap is kept
@@ -95,6 +97,57 @@ def test_merge_patches_go_into_the_bootstrap_in_order() -> None:
     assert boot["stats_config"]["stats_tags"][0]["tag_name"] == "cluster_name"
     # and the xDS patch stage has nothing to do for them
     assert plan_for(snapshot.envoy_filters, PROXY).empty
+
+
+SINK = """\
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: statsd, namespace: istio-system}
+spec:
+  configPatches:
+  - applyTo: BOOTSTRAP
+    patch:
+      operation: MERGE
+      value:
+        stats_sinks:
+        - name: envoy.stat_sinks.statsd
+          typed_config:
+            "@type": type.googleapis.com/envoy.config.metrics.v3.StatsdSink
+            address: {socket_address: {address: 127.0.0.1, port_value: 8125}}
+"""
+ON_ADMIN = """\
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: on-admin, namespace: istio-system}
+spec:
+  configPatches:
+  - applyTo: BOOTSTRAP
+    patch: {operation: MERGE, value: {stats_flush_on_admin: true}}
+"""
+
+
+def test_a_stats_sink_brings_back_the_periodic_flush_unless_a_patch_asks_otherwise() -> None:
+    assert base()["stats_flush_on_admin"] is True
+    snapshot = snapshot_of(SINK)
+    boot = patch_bootstrap(base(), bootstrap_patches(snapshot.envoy_filters, PROXY)).bootstrap
+    assert "stats_flush_on_admin" not in boot and len(boot["stats_sinks"]) == 1
+    snapshot = snapshot_of(SINK, ON_ADMIN)
+    boot = patch_bootstrap(base(), bootstrap_patches(snapshot.envoy_filters, PROXY)).bootstrap
+    assert boot["stats_flush_on_admin"] is True and len(boot["stats_sinks"]) == 1
+    # a patch about something else keeps the generated setting
+    snapshot = snapshot_of(OVERLOAD)
+    boot = patch_bootstrap(base(), bootstrap_patches(snapshot.envoy_filters, PROXY)).bootstrap
+    assert boot["stats_flush_on_admin"] is True
+
+
+@pytest.mark.envoy
+def test_envoy_accepts_the_generated_bootstrap_and_a_flush_interval_patch() -> None:
+    from meshagent.agent.bootstrap_patch import validate_bootstrap
+    from tests.envoy_helpers import envoy_binary
+
+    assert validate_bootstrap(envoy_binary(), base()) == ""
+    patched, problems = patched_bootstrap(base(), snapshot_of(FLUSH), PROXY, envoy_binary())
+    assert problems == [] and patched["stats_flush_interval"] == "7s"
 
 
 def test_no_patch_leaves_the_bootstrap_itself() -> None:

@@ -85,14 +85,14 @@ def _random_slot(doc: Any, rng: random.Random) -> tuple[Any, Any]:
 
 def _slow_check(schema: Obj, value: Any) -> Issues:
     """The full walk with every shortcut off."""
-    original = Obj._clean
-    Obj._clean = lambda self, value: False  # type: ignore[method-assign]
+    original = Obj.is_clean
+    Obj.is_clean = lambda self, value: False  # type: ignore[method-assign]
     try:
         issues = Issues()
         schema.check(value, "", issues)
         return issues
     finally:
-        Obj._clean = original  # type: ignore[method-assign]
+        Obj.is_clean = original  # type: ignore[method-assign]
 
 
 @pytest.mark.skipif(not CORPUS.is_dir(), reason="corpus absent")

@@ -192,12 +192,13 @@ def test_a_root_whose_organization_is_no_trust_domain_asks_for_the_flag(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from meshagent.ca.keys import cert_to_pem, write_private
-    from meshagent.ca.state import ROOT_CERT, ROOT_KEY, _self_signed_root
+    from meshagent.ca.state import ROOT_CERT, ROOT_KEY
+    from tests.ca_helpers import self_signed_root
 
     ca = tmp_path / "ca"
     key = generate_key("ec-p256")
     write_private(ca / ROOT_KEY, key_to_pem(key))
-    write_private(ca / ROOT_CERT, cert_to_pem(_self_signed_root(key, "Istio Inc", NOW)))
+    write_private(ca / ROOT_CERT, cert_to_pem(self_signed_root(key, "Istio Inc")))
     args = ["ca", "issue", "--dir", str(ca), "--namespace", "a", "--service-account", "b"]
     err = _cli_error(capsys, [*args, "--out", str(tmp_path / "o")])
     assert "organization is not a trust domain" in err and "pass --trust-domain" in err

@@ -170,3 +170,70 @@ def test_simulator_crud_and_watch_410_through_the_client(sim: KubeSim) -> None:
             group, version, plural
         )
     assert denied.value.status == 401
+
+
+def _vs(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"hosts": [f"{name}.example.com"],
+                     "http": [{"route": [{"destination": {"host": "web.ns.svc.cluster.local"}}]}],
+                     **spec}}  # fmt: skip
+
+
+def _nested(levels: int) -> Any:
+    value: Any = "leaf"
+    for i in range(levels):
+        value = {"a": value} if i % 2 else [value]
+    return value
+
+
+async def _any_event(it: Any, timeout: float = 5.0) -> SourceEvent:
+    event: SourceEvent = await asyncio.wait_for(it.__anext__(), timeout)
+    return event
+
+
+async def test_an_object_nested_too_deep_is_rejected_alone(sim: KubeSim) -> None:
+    # given two VirtualServices the agent has accepted
+    from meshagent.normalize.normalizer import Normalizer
+
+    sim.token = None
+    sim.apply(_vs("a"))
+    sim.apply(_vs("deep"))
+    options = KubeOptions(server=sim.url, kinds=("VirtualService",), watch_timeout_s=2,
+                          backoff_cap_s=0.3)  # fmt: skip
+    normalizer = Normalizer()
+    async with KubernetesAdapter(options) as adapter:
+        it = adapter.watch().__aiter__()
+        first = await _next(it)
+        assert sorted(r.name for r in first.upserts) == ["a", "deep"]
+        snapshot, problems = normalizer.apply([first])
+        assert len(snapshot.virtual_services) == 2, problems
+        # when one is rewritten 1,000 levels deep (free-form fields allow it), then that
+        # object alone is reported, located, and nothing of it is emitted
+        sim.apply(_vs("deep", x=_nested(1000)))
+        event = await _any_event(it)
+        assert (event.upserts, event.deletes) == ((), ())
+        (error,) = event.errors
+        assert (error.kind, error.name, error.severity) == ("VirtualService", "ns/deep", "error")
+        assert error.location.startswith("resourceVersion ") and "deeper than 100" in error.reason
+        snapshot, _ = normalizer.apply([event])
+        assert any("deep.example.com" in vs.hosts for vs in snapshot.virtual_services.values())
+        # and the kind keeps flowing: no watch failed, a later change arrives
+        sim.apply(_vs("c"))
+        assert [r.name for r in (await _next(it)).upserts] == ["c"]
+        assert adapter.errors == 0
+        # a relist (410 Gone) does not report it again; deleting it deletes it
+        sim.compact()
+        sim.drop_watches()
+        await _until(lambda: adapter.streams[0].relists == 2)
+        sim.delete("VirtualService", "ns", "deep")
+        event = await _any_event(it)
+        assert event.deletes == (("kubernetes", "VirtualService", "ns", "deep"),)
+        assert event.errors == ()
+        sim.apply(_vs("deep", x=_nested(999)))
+    # a fresh listing reports it beside the objects it lists
+    async with KubernetesAdapter(options) as adapter:
+        first = await _any_event(adapter.watch().__aiter__())
+        assert first.synced and sorted(r.name for r in first.upserts) == ["a", "c"]
+        assert adapter.errors == 0
+        assert [(e.kind, e.name) for e in first.errors] == [("VirtualService", "ns/deep")]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,18 +84,31 @@ def _saved_text(tmp_path: Path) -> str:
     return path.read_text()
 
 
-def test_a_save_encodes_only_the_resources_that_changed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+class _CountingBody(dict[str, Any]):
+    """A body that records its name each time JSON encoding reads it."""
+
+    def __init__(self, name: str, body: dict[str, Any], seen: list[str]) -> None:
+        super().__init__(body)
+        self.name, self.seen = name, seen
+
+    def items(self) -> Any:  # what json's encoder calls for a dict subclass
+        self.seen.append(self.name)
+        return super().items()
+
+
+def test_a_save_encodes_only_the_resources_that_changed(tmp_path: Path) -> None:
     encoded: list[str] = []
-    real = lastgood._encode_item
-    monkeypatch.setattr(lastgood, "_encode_item", lambda r: encoded.append(r.name) or real(r))
+
+    def counted(name: str, body_extra: object = None) -> RawResource:
+        raw = resource(name, body_extra)
+        return dataclasses.replace(raw, body=_CountingBody(name, raw.body, encoded))
+
     store = LastGoodStore(tmp_path / "last-good.json")
-    a, b, c = resource("a"), resource("b"), resource("c")
+    a, b, c = counted("a"), counted("b"), counted("c")
     store.save([a, b, c])
     assert sorted(encoded) == ["a", "b", "c"]
     encoded.clear()
-    b2 = resource("b", "changed")
+    b2 = counted("b", "changed")
     store.save([a, b2, c])
     assert encoded == ["b"]  # a and c: the text kept from the last save
     assert {r.name: r.body for r in store.load()} == {"a": a.body, "b": b2.body, "c": c.body}
@@ -183,25 +198,25 @@ def test_a_save_after_changes_writes_what_a_fresh_store_writes(
         json.loads(kept_text)
 
 
-def test_a_save_after_one_change_makes_only_that_block_again(
+def test_a_save_told_the_changed_keys_encodes_only_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # given a store that saved 100 resources in blocks of 10
-    monkeypatch.setattr(lastgood, "SAVE_BATCH", 10)
-    store = LastGoodStore(tmp_path / "last-good.json")
-    current = {r.key: r for r in (resource(f"r{i:03d}") for i in range(100))}
-    store.save(current)
-    before = list(store._blocks)
+    monkeypatch.setattr(lastgood, "SAVE_BATCH", 2)
     encoded: list[str] = []
-    encode = lastgood._encode_item
-    monkeypatch.setattr(
-        lastgood, "_encode_item", lambda raw: encoded.append(raw.name) or encode(raw)
-    )
-    # when one resource changes
-    changed = resource("r042", [1])
-    current[changed.key] = changed
-    store.save(current, {changed.key})
-    # then it alone is encoded, its block alone is joined again, the file has it
-    assert encoded == ["r042"]
-    assert [a is b for a, b in zip(before, store._blocks, strict=True)].count(False) == 1
-    assert {r.name: r for r in store.load()}["r042"] == changed
+
+    def counted(name: str, body_extra: object = None) -> RawResource:
+        raw = resource(name, body_extra)
+        return dataclasses.replace(raw, body=_CountingBody(name, raw.body, encoded))
+
+    # given five resources saved (in blocks of two)
+    store = LastGoodStore(tmp_path / "last-good.json")
+    current = {r.key: r for r in (counted(n) for n in "abcde")}
+    store.save(current)
+    encoded.clear()
+    # when one changes and the store is told which
+    c2 = counted("c", "changed")
+    current[c2.key] = c2
+    store.save(current, {c2.key})
+    # then only it is encoded again, and the file has it
+    assert encoded == ["c"]
+    assert {r.name: r.body for r in store.load()}["c"] == c2.body

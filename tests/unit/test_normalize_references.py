@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-
-import pytest
+from typing import Any
 
 import meshagent.normalize.references as references
 from meshagent.agent.cli import validate_paths
@@ -129,17 +129,44 @@ def assert_agrees_with_a_full_check(normalizer: Normalizer) -> None:
     assert kept == sorted(u.reason for u in full)
 
 
-def test_warnings_come_once_and_only_what_names_a_changed_host_is_checked(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    checked: list[str] = []
-    real = references._virtual_service
-    monkeypatch.setattr(
-        references, "_virtual_service", lambda s, h, vs: checked.append(vs.name) or real(s, h, vs)
-    )
+class _Reads(dict[str, Any]):
+    """A snapshot's VirtualServices that note each one a ReferenceIndex looks up to check."""
+
+    def __init__(self, items: Any, noted: list[str]) -> None:
+        super().__init__(items)
+        self.noted = noted
+
+    def get(self, key: str, default: Any = None) -> Any:
+        found = super().get(key, default)
+        if found is not None:
+            self.noted.append(found.name)
+        return found
+
+
+class _CheckedNormalizer(Normalizer):
+    """A Normalizer beside a ReferenceIndex of its own (the public class the normalizer uses)
+    that is fed every new snapshot; checked: the VirtualServices the index re-checked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.index, self.checked, self._seen = references.ReferenceIndex(), list[str](), -1
+
+    def apply(self, events: Any) -> Any:
+        result = super().apply(events)
+        snapshot = self.snapshot
+        if snapshot.version != self._seen:
+            self._seen, noted = snapshot.version, list[str]()
+            reads = _Reads(snapshot.virtual_services, noted)
+            self.index.update(dataclasses.replace(snapshot, virtual_services=reads))
+            self.checked += noted
+        return result
+
+
+def test_warnings_come_once_and_only_what_names_a_changed_host_is_checked() -> None:
     other = ROUTES.replace("name: reviews", "name: other").replace("hosts: [reviews]", "hosts: [x]")
     other = other.replace("reviews", "unrelated")
-    normalizer = Normalizer()
+    normalizer = _CheckedNormalizer()
+    checked = normalizer.checked
     # Given the broken references, each reported once
     texts = (*SERVICES.split("---"), *RULES.split("---"), ROUTES, other)
     _, first = normalizer.apply([upsert(*texts)])

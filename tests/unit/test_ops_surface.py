@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from meshagent.agent.admin import AdminServer, Response
 from meshagent.agent.cli import build_parser
@@ -103,16 +107,37 @@ def test_completion_scripts_cover_the_commands() -> None:
     assert "bashcompinit" in completion_script(build_parser(), "zsh")
 
 
-def test_proxy_config_short_table_marks_what_envoy_lacks() -> None:
-    import io
+def test_proxy_config_short_table_marks_what_envoy_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from meshagent.agent import envoyview, opscli
+    from meshagent.agent.cli import main
+    from meshagent.errors import MeshAgentError
 
-    from meshagent.agent.opscli import _short_table
-
-    out = io.StringIO()
-    items = [{"name": "a", "version": "v1"}, {"name": "b", "version": "v2"}]
-    _short_table(items, {"a": ("v1", {})}, out)
-    rows = out.getvalue().splitlines()
+    # given the agent serves clusters a and b, and Envoy applied a at the served version
+    served = {
+        "cds": [{"name": n, "version": v, "resource": {}} for n, v in (("a", "v1"), ("b", "v2"))]
+    }
+    monkeypatch.setattr(opscli, "fetch_admin", lambda *_, **__: json.dumps(served).encode())
+    dump = {
+        "configs": [
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+                "dynamic_active_clusters": [{"version_info": "v1", "cluster": {"name": "a"}}],
+            }
+        ]
+    }
+    monkeypatch.setattr(envoyview, "get_json", lambda *_, **__: dump)
+    config = tmp_path / "agent.yaml"
+    config.write_text("{}\n")
+    assert main(["proxy-config", "clusters", "-c", str(config)]) == 0
+    rows = capsys.readouterr().out.splitlines()
     assert rows[1].endswith(" yes") and rows[2].endswith(" missing")
-    out = io.StringIO()
-    _short_table(items, None, out)
-    assert out.getvalue().splitlines()[1].endswith(" unknown")
+
+    # and when Envoy's admin cannot be asked, nothing is known of it
+    def unreachable(*_: Any, **__: Any) -> Any:
+        raise MeshAgentError("Envoy admin unreachable")
+
+    monkeypatch.setattr(envoyview, "get_json", unreachable)
+    assert main(["proxy-config", "clusters", "-c", str(config)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith(" unknown")

@@ -26,6 +26,15 @@ def test_default_bootstrap_is_delta_ads_over_a_unix_socket() -> None:
     json.dumps(boot)  # JSON-able
 
 
+def test_envoy_flushes_stats_only_when_its_admin_is_asked() -> None:
+    """Envoy's periodic flush walks every statistic on the thread that applies xDS (0.6 s
+    every 5 s at 40k clusters): with no sink to feed, the bootstrap turns the timer off."""
+    boot = build_bootstrap(node_id="vm-1", cluster="web", xds_uds_path="/x")
+
+    assert boot["stats_flush_on_admin"] is True
+    assert "stats_flush_interval" not in boot and "stats_sinks" not in boot
+
+
 def test_sotw_over_tcp_with_metadata() -> None:
     boot = build_bootstrap(
         node_id="vm-1",

@@ -60,12 +60,12 @@ SNAP1 = resource_set(
 )
 
 
-def with_clusters(*clusters: str, timeout_ms: int = 1000) -> ResourceSet:
+def with_clusters(*clusters: str, timeout_ms: int = 1000, route_body: str = "") -> ResourceSet:
     return resource_set(
         clusters=[eds_cluster(c, timeout_ms=timeout_ms) for c in clusters],
         endpoints=[cla("a", 1), cla("b", 2)],
         listeners=[http_listener("l", 80, "r")],
-        routes=[route_config("r", upstream="a")],
+        routes=[route_config("r", upstream="a", **({"body": route_body} if route_body else {}))],
     )
 
 
@@ -105,13 +105,37 @@ def test_unchanged_content_is_not_resent() -> None:
     assert stream.on_snapshot(2, SNAP1) == []
 
 
-def test_a_type_is_resent_whole_when_one_resource_changes() -> None:
+def test_an_endpoint_change_sends_only_the_changed_cla() -> None:
+    """EDS is by name: one changed ClusterLoadAssignment goes alone (not every cluster's, which
+    at 40k clusters Envoy would decode and compare one by one), versioned as the whole set;
+    CDS, LDS and RDS stay quiet."""
     stream = connected(eds=("a", "b"))
+    [lds] = stream.on_request(request(LISTENER))
+    stream.on_request(ack(lds))
+    [rds] = stream.on_request(request(ROUTE, ("r",)))
+    stream.on_request(ack(rds, ("r",)))
     changed = resource_set(
-        clusters=[eds_cluster("a"), eds_cluster("b")], endpoints=[cla("a", 1), cla("b", 5)]
+        clusters=[eds_cluster("a"), eds_cluster("b")],
+        endpoints=[cla("a", 1), cla("b", 5)],
+        listeners=[http_listener("l", 80, "r")],
+        routes=[route_config("r", upstream="a")],
     )
     [eds] = stream.on_snapshot(2, changed)
-    assert (eds.type_url, names(eds)) == (ENDPOINT, ["a", "b"])
+    assert (eds.type_url, names(eds)) == (ENDPOINT, ["b"])
+    assert eds.version_info == content_version(changed.of(ENDPOINT))
+    assert stream.on_request(ack(eds, ("a", "b"))) == []
+    assert stream.sent_version(ENDPOINT) == eds.version_info
+    # back to the old endpoints, with a rule change: the one CLA, and the route
+    eds, route = stream.on_snapshot(3, with_clusters("a", "b", route_body="moved"))
+    assert (eds.type_url, names(eds)) == (ENDPOINT, ["b"])
+    assert route.type_url == ROUTE and len(route.resources) == 1
+
+
+def test_a_cluster_type_is_resent_whole_when_one_cluster_changes() -> None:
+    stream = connected(eds=("a", "b"))
+    cds, eds = stream.on_snapshot(2, with_clusters("a", "b", timeout_ms=5))
+    assert (cds.type_url, names(cds)) == (CLUSTER, ["a", "b"])
+    assert eds.type_url == ENDPOINT  # the updated clusters warm on their endpoints again
 
 
 def test_a_changed_eds_request_is_served_with_the_new_names() -> None:
@@ -129,7 +153,7 @@ def test_a_changed_eds_request_is_served_with_the_new_names() -> None:
         request(ENDPOINT, ("a", "c"), version_info=eds_a.version_info, response_nonce=eds_a.nonce)
     )
 
-    assert names(eds) == ["a", "c"]
+    assert names(eds) == ["c"]  # "a" is held at its version already
 
 
 def test_wildcard_deletion_keeps_the_old_cluster_until_the_listener_moved() -> None:
@@ -145,16 +169,15 @@ def test_wildcard_deletion_keeps_the_old_cluster_until_the_listener_moved() -> N
         routes=[route_config("r", upstream="a", body="moved")],
     )
 
-    bridge, eds, route, final = stream.on_snapshot(2, moved)
+    bridge, route, final = stream.on_snapshot(2, moved)
 
     assert (bridge.type_url, names(bridge)) == (CLUSTER, ["a", "b"])
-    assert (eds.type_url, names(eds)) == (ENDPOINT, ["a"])  # "b" requested, no longer there
+    # no EDS: "a" is unchanged, and "b" (requested, no longer there) goes with its cluster
     assert route.type_url == ROUTE
     assert (final.type_url, names(final)) == (CLUSTER, ["a"])
     assert final.version_info == stream.sent_version(CLUSTER)
     # Every response is answered before anything else is pushed.
     assert stream.on_request(ack(bridge)) == []
-    assert stream.on_request(ack(eds, ("a", "b"))) == []
     assert stream.on_request(ack(route, ("r",))) == []
     assert stream.on_request(ack(final)) == []
     assert stream.in_flight == {}

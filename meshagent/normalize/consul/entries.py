@@ -53,6 +53,7 @@ from meshagent.model.traffic import (
 )
 from meshagent.normalize.consul.chain import ROUTER_PREFIX, SPLITTER_PREFIX
 from meshagent.normalize.consul.filters import FilterError, filter_labels
+from meshagent.normalize.consul.flags import flag
 from meshagent.normalize.consul.options import ConsulMapping
 from meshagent.normalize.durations import parse_duration_ms
 from meshagent.normalize.schema.core import DURATION_RANGE, MAX_DURATION_MS, Issues
@@ -152,7 +153,8 @@ def _http_match(http: Mapping[str, Any], path: str, issues: Issues) -> HttpMatch
         h = _map(h)
         match = HeaderMatch(str(h.get("Name") or ""), _string_match(h))
         _check_regex(match.match, f"{path}.Header[{i}].Regex", issues)
-        (without if h.get("Invert") else headers).append(match)
+        inverted = flag(h.get("Invert"), f"{path}.Header[{i}].Invert", issues)
+        (without if inverted else headers).append(match)
     params = []
     for i, q in enumerate(_list(http.get("QueryParam"))):
         param = HeaderMatch(str(_map(q).get("Name") or ""), _string_match(_map(q)))
@@ -170,14 +172,14 @@ def _http_match(http: Mapping[str, Any], path: str, issues: Issues) -> HttpMatch
         headers=tuple(headers),
         without_headers=tuple(without),
         query_params=tuple(params),
-        ignore_uri_case=bool(http.get("CaseInsensitive")),
+        ignore_uri_case=flag(http.get("CaseInsensitive"), f"{path}.CaseInsensitive", issues),
     )
 
 
-def _retry(d: Mapping[str, Any]) -> Retry | None:
+def _retry(d: Mapping[str, Any], path: str, issues: Issues) -> Retry | None:
     attempts = int(d.get("NumRetries") or 0)
     conditions = [str(c) for c in _list(d.get("RetryOn"))]
-    if d.get("RetryOnConnectFailure"):
+    if flag(d.get("RetryOnConnectFailure"), f"{path}.RetryOnConnectFailure", issues):
         conditions.append("connect-failure")
     conditions += [str(c) for c in _list(d.get("RetryOnStatusCodes"))]
     if not attempts and not conditions:
@@ -196,7 +198,7 @@ def _router_route(route: Mapping[str, Any], i: int, scope: _Scope, issues: Issue
         route=(WeightedDestination(scope.destination(dest)),),
         rewrite=rewrite,
         timeout_ms=_ms(dest.get("RequestTimeout"), f"{path}.Destination.RequestTimeout", issues),
-        retries=_retry(dest),
+        retries=_retry(dest, f"{path}.Destination", issues),
         headers=header_ops(dest.get("RequestHeaders"), dest.get("ResponseHeaders")),
     )
 

@@ -50,6 +50,7 @@ from meshagent.model.routing import (
 from meshagent.model.source import Provenance
 from meshagent.model.traffic import ClientTls, DestinationRule, ResolverTarget, TrafficPolicy
 from meshagent.normalize.consul.entries import header_ops
+from meshagent.normalize.consul.flags import flag
 from meshagent.normalize.consul.options import ConsulMapping
 from meshagent.normalize.schema.core import Issues
 
@@ -141,7 +142,7 @@ def _server_tls(spec: Any, path: str, issues: Issues) -> ServerTls | None:
     TLS is off (Enabled false and no SDS)."""
     tls = _map(spec)
     sds = _map(tls.get("SDS"))
-    if not tls.get("Enabled") and not sds:
+    if not flag(tls.get("Enabled"), f"{path}.Enabled", issues) and not sds:
         return None
     credential = ""
     if sds:

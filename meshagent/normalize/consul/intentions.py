@@ -35,6 +35,7 @@ from meshagent.model.security import (
     Source,
 )
 from meshagent.model.source import Provenance
+from meshagent.normalize.consul.flags import flag
 from meshagent.normalize.consul.options import ConsulMapping
 from meshagent.normalize.schema.core import Issues
 
@@ -75,9 +76,11 @@ def _conditions(http: Mapping[str, Any], path: str, issues: Issues) -> tuple[Con
     for i, header in enumerate(_list(http.get("Header"))):
         header = _map(header)
         key = f"request.headers[{header.get('Name')}]"
-        if header.get("Exact") is not None and not header.get("Invert"):
+        where = f"{path}.Header[{i}]"
+        inverted = flag(header.get("Invert"), f"{where}.Invert", issues)
+        if header.get("Exact") is not None and not inverted:
             out.append(Condition(key, values=(str(header["Exact"]),)))
-        elif header.get("Present") and not header.get("Invert"):
+        elif flag(header.get("Present"), f"{where}.Present", issues) and not inverted:
             out.append(Condition(key, values=("*",)))
         else:
             issues.warn(

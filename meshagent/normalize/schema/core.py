@@ -405,7 +405,7 @@ class Obj(Type):
     rules: Sequence[Rule] = field(default_factory=tuple)
 
     def check(self, value: Any, path: str, issues: Issues) -> None:
-        if self._clean(value):
+        if self.is_clean(value):
             return  # nothing to report: skip the walk that builds located issues
         if not isinstance(value, Mapping):
             wrong_type(issues, path, "object", value)
@@ -436,7 +436,9 @@ class Obj(Type):
             if spec.required and value.get(key) is None:
                 issues.error(join(path, key), "required field is missing")
 
-    def _clean(self, value: Any) -> bool:
+    def is_clean(self, value: Any) -> bool:
+        """The shortcut of check: True only when the full walk would report nothing (a
+        compiled predicate; False sends value to the walk, which locates the issues)."""
         # Obj's own predicate (not predicate(self)): a subclass that overrides check and
         # calls this one gets the generic predicate, which would call back here.
         if type(self) is Obj:

@@ -55,6 +55,7 @@ def patch_bootstrap(bootstrap: Mapping[str, Any], patches: Sequence[Applied]) ->
     message = as_message(bootstrap)
     merged: list[Applied] = []
     left_out: list[tuple[Applied, str]] = []
+    flush_on_admin_asked = False
     for applied in patches:
         patch = applied.patch
         if patch.operation != "MERGE":
@@ -64,11 +65,23 @@ def patch_bootstrap(bootstrap: Mapping[str, Any], patches: Sequence[Applied]) ->
             left_out.append((applied, "a MERGE without a value"))
             continue
         try:
-            message.MergeFrom(decode(patch.value_type, patch.value))
+            value = decode(patch.value_type, patch.value)
+            message.MergeFrom(value)
         except (MergeError, TypeError) as exc:
             left_out.append((applied, f"cannot merge: {exc}"))
             continue
+        flush_on_admin_asked |= getattr(value, "stats_flush_on_admin", False) is True
         merged.append(applied)
     if not merged:
         return BootstrapPatched(bootstrap, (), tuple(left_out))
+    if not flush_on_admin_asked:
+        _periodic_flush_when_asked(message)
     return BootstrapPatched(as_json(message), tuple(merged), tuple(left_out))
+
+
+def _periodic_flush_when_asked(message: Bootstrap) -> None:
+    """The generated bootstrap flushes statistics on admin queries only (xds/bootstrap.py);
+    a patch that sets a flush interval (which Envoy refuses beside stats_flush_on_admin) or
+    adds stats sinks (which need the periodic flush) gets Envoy's timer back."""
+    if message.HasField("stats_flush_interval") or len(message.stats_sinks) > 0:
+        message.ClearField("stats_flush_on_admin")
