@@ -62,6 +62,7 @@ from meshagent.adapters.inotify import (
 )
 from meshagent.adapters.notify import close_notify, nearest_existing_parent, wait_for_change
 from meshagent.adapters.yamldocs import MAX_TEXT_CHARS, duplicate_error, read_config_bytes
+from meshagent.gcpause import paused_gc
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
 
 SOURCE = "files"
@@ -176,19 +177,127 @@ REPARSE_SHARE = 0.25
 _ALIAS = re.compile(r"(?:^|[\s\[{,:-])[&*][^\s,\]}]")
 
 
-def _split_documents(text: str) -> list[tuple[int, str]] | None:
+def split_documents(text: str) -> list[tuple[int, str]] | None:
     """The text's documents as (first line, 0-based; text) between '---' lines; None when
-    the text cannot be split safely that way (see _UNSPLITTABLE)."""
-    if _UNSPLITTABLE.search(text):
-        return None
+    the text cannot be split safely that way (_UNSPLITTABLE: a line that starts with '%',
+    '...', or '---' and more). The lines that start with '---' are found with str.find (a
+    MULTILINE regex over a 10k-document text took ~20 ms)."""
+    return _split(text)[0]
+
+
+def _split(text: str) -> tuple[list[tuple[int, str]] | None, bool]:
+    """_split_documents, and whether text is plain (_split_plain: each document is followed
+    by exactly '---' and a newline, but the last)."""
+    directive_or_end = text.startswith(("%", "...")) or "\n%" in text or "\n..." in text
+    if directive_or_end and _UNSPLITTABLE.search(text):
+        return None, False
+    fast = _split_plain(text)
+    if fast is not None:
+        return fast, True
+    return _split_lines(text), False
+
+
+def _split_lines(text: str) -> list[tuple[int, str]] | None:
     chunks: list[tuple[int, str]] = []
     start = line = 0
-    for match in _MARKER.finditer(text):
-        chunks.append((line, text[start : match.start()]))
-        line += text.count("\n", start, match.end()) + 1
-        start = match.end() + 1
+    find, count = text.find, text.count
+    at_start = text.startswith("---")
+    pos = 0 if at_start else find("\n---")
+    if pos >= 0 and not at_start:
+        pos += 1
+    while pos >= 0:  # pos: a line that starts with '---'
+        eol = find("\n", pos + 3)
+        end = len(text) if eol < 0 else eol
+        rest = text[pos + 3 : end].lstrip(" \t")
+        if not rest or rest == "\r":  # a marker (_MARKER)
+            chunks.append((line, text[start:pos]))
+            line += count("\n", start, end) + 1
+            start = end + 1
+        elif rest[0] != "\r":
+            return None  # '---' and content on one line (_UNSPLITTABLE)
+        if eol < 0:
+            break
+        pos = find("\n---", eol)
+        if pos >= 0:
+            pos += 1
     chunks.append((line, text[start:]))
     return chunks
+
+
+def _split_plain(text: str) -> list[tuple[int, str]] | None:
+    """_split_documents of a text whose every line that starts with '---' is exactly '---'
+    (what tools write), with str.split; None for any other text."""
+    if "\r" in text or text.startswith("---") or text.endswith("\n---"):
+        return None
+    if text.count("\n---") != text.count("\n---\n"):
+        return None  # '--- ' or '---x' or two markers in a row: the general way
+    pieces = text.split("\n---\n")
+    chunks: list[tuple[int, str]] = []
+    line = 0
+    last = len(pieces) - 1
+    for i, piece in enumerate(pieces):
+        if i < last:
+            chunks.append((line, piece + "\n"))
+            line += piece.count("\n") + 2
+        else:
+            chunks.append((line, piece))
+    return chunks
+
+
+def _hint(state: _FileState | None, before: dict[Key, RawResource]) -> set[Key] | None:
+    """The keys whose resource differs between before and state's (_patch), when state says
+    so relative to before; None: compare them all."""
+    if state is None or state.changed is None or state.base is not before:
+        return None
+    after = state.resources
+    return state.changed if all(k in before and k in after for k in state.changed) else None
+
+
+def _starts(order: list[tuple[int, str]]) -> list[int]:
+    """Where each document of a plain text starts (each is followed by '---' and a newline)."""
+    starts, at = [], 0
+    for _, chunk in order:
+        starts.append(at)
+        at += len(chunk) + 4
+    return starts
+
+
+_BLOCK = 1 << 16
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """The length of the longest common prefix of a and b (compared a block at a time, then
+    by halves: C-speed comparisons, a few dozen of them)."""
+    lo, most = 0, min(len(a), len(b))
+    while lo < most and a[lo : lo + _BLOCK] == b[lo : lo + _BLOCK]:
+        lo += _BLOCK
+    hi = min(lo + _BLOCK, most)
+    while hi - lo > 1:  # a[:lo] == b[:lo]; they differ before hi (or hi == most)
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return hi if hi == most and a[lo:hi] == b[lo:hi] else lo
+
+
+def _common_suffix(a: str, b: str, most: int) -> int:
+    """The length of the longest common suffix of a and b, at most most."""
+    la, lb = len(a), len(b)
+    lo = 0
+    while lo < most:
+        size = min(lo + _BLOCK, most)
+        if a[la - size : la - lo] != b[lb - size : lb - lo]:
+            break
+        lo = size
+    hi = min(lo + _BLOCK, most)
+    while hi - lo > 1:  # the last lo characters are common; not the last hi (or hi == most)
+        mid = (lo + hi) // 2
+        if a[la - mid : la - lo] == b[lb - mid : lb - lo]:
+            lo = mid
+        else:
+            hi = mid
+    return hi if hi > lo and a[la - hi : la - lo] == b[lb - hi : lb - lo] else lo
 
 
 def _shift(raw: RawResource, lines: int) -> RawResource:
@@ -212,6 +321,15 @@ class _FileState:
     digest: bytes
     resources: dict[Key, RawResource] = field(default_factory=dict)
     chunks: Chunks = field(default_factory=dict)  # of the last text read cleanly
+    # A plain text (_split_plain) read cleanly, each of its resources once: the text, its
+    # documents in order and where each starts (for _patched: "" when not so).
+    text: str = ""
+    order: list[tuple[int, str]] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+    # The keys whose resource is not the very object of base (the resources this state
+    # replaced), for _merged_view; None: not known.
+    base: dict[Key, RawResource] | None = None
+    changed: set[Key] | None = None
 
 
 def _file_error(path: Path, reason: str) -> Diagnostic:
@@ -248,6 +366,7 @@ class FilesAdapter:
         self._files: dict[Path, _FileState] = {}
         self._view: dict[Key, RawResource] = {}
         self._racy: set[Path] = set()
+        self._linked: set[Path] = set()  # read through a symlink (see _has_changes)
         # The merged view, kept up to date by _merged_view from the files that changed:
         self._merged: dict[Path, dict[Key, RawResource]] = {}  # each file's resources, merged
         self._definers: dict[Ident, dict[Path, RawResource]] = {}  # the files defining each
@@ -301,19 +420,19 @@ class FilesAdapter:
         self._start_notify()
         try:
             scan = await asyncio.to_thread(self._scan, True)
-            yield await asyncio.to_thread(self._process, scan)
+            yield await asyncio.to_thread(self._process_paused, scan)
             while not self._stop.is_set():
                 woke = await self._wait(self._poll)
                 if woke is None:
                     return
                 scan = await asyncio.to_thread(self._scan, woke)
-                if not await asyncio.to_thread(self._has_changes, scan):
+                if not await asyncio.to_thread(self._has_changes, scan, woke):
                     continue
                 settled = await self._settle(scan, told=woke)
                 if settled is None:
                     return
                 before = self._unavailable
-                event = await asyncio.to_thread(self._process, settled)
+                event = await asyncio.to_thread(self._process_paused, settled)
                 changed = event.upserts or event.deletes or event.errors or event.fixed
                 if changed or self._unavailable != before:
                     yield event
@@ -453,7 +572,11 @@ class FilesAdapter:
                 found.update(_walk_directories(root))
         return found
 
-    def _has_changes(self, scan: _Scan) -> bool:
+    def _has_changes(self, scan: _Scan, told: bool = True) -> bool:
+        """Whether scan differs from what was read, or a racy file's text changed. told:
+        inotify woke us; on a poll it did not, a racy file inotify sees every write of (no
+        symlink: a write to a target outside the watched directories is seen by the poll
+        only) is not read again (a 10k-entry file: ~3 ms a poll for RACY_NS after a change)."""
         if scan.unavailable != self._unavailable:
             return True
         sigs = scan.sigs
@@ -464,7 +587,10 @@ class FilesAdapter:
             return True
         if any(self._files[p].sig != s for p, s in sigs.items()):
             return True
-        return any(self._content_changed(p) for p in list(self._racy))
+        old = time.time_ns() - RACY_NS
+        self._racy = {p for p in self._racy if p in self._files and self._files[p].sig[1] >= old}
+        racy = [p for p in self._racy if told or self._inotify is None or p in self._linked]
+        return any(self._content_changed(p) for p in racy)
 
     def _content_changed(self, path: Path) -> bool:
         state = self._files.get(path)
@@ -475,6 +601,12 @@ class FilesAdapter:
             return hashlib.blake2b(read_config_bytes(path)).digest() != state.digest
         except OSError:
             return True
+
+    def _process_paused(self, scan: _Scan) -> SourceEvent:
+        """_process with the cyclic GC paused (meshagent.gcpause: re-reading a 10k-document
+        file makes tens of thousands of objects, none in a cycle)."""
+        with paused_gc():
+            return self._process(scan)
 
     def _process(self, scan: _Scan) -> SourceEvent:
         """Reload what changed and diff the whole view against the last one emitted."""
@@ -489,6 +621,7 @@ class FilesAdapter:
         for path in [p for p in self._files if p not in sigs and not scan.frozen(p)]:
             del self._files[path]
             self._racy.discard(path)
+            self._linked.discard(path)
             if path in self._errored:
                 self._errored.discard(path)
                 fixed.append(str(path))
@@ -557,16 +690,24 @@ class FilesAdapter:
             return [_file_error(path, f"larger than {MAX_TEXT_CHARS} bytes; file rejected")]
         if sig[1] >= time.time_ns() - RACY_NS:
             self._racy.add(path)
+            if os.path.islink(path):
+                self._linked.add(path)
+            else:
+                self._linked.discard(path)
         digest = hashlib.blake2b(data).digest()
         if state is not None and state.digest == digest:
-            self._files[path] = _FileState(sig, digest, old, state.chunks)  # same text
+            self._files[path] = replace(state, sig=sig, base=None, changed=None)  # same text
             return []
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             self._files[path] = _FileState(sig, digest, old)
             return [_file_error(path, f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
-        resources, loaded, chunks = self._parse(text, str(path), state)
+        patched = self._patched(text, str(path), state)
+        if patched is not None:
+            self._files[path] = replace(patched, sig=sig, digest=digest)
+            return []
+        resources, loaded, chunks, plain = self._parse(text, str(path), state)
         diagnostics = list(loaded)
         parsed: dict[Key, RawResource] = {}
         seen: dict[Ident, RawResource] = {}
@@ -575,29 +716,122 @@ class FilesAdapter:
         # documents. Not for what was restored from last-good (digest b""): the agent tells a
         # restored document from one read since by its identity.
         kept = state.resources if state is not None and state.digest else {}
+        ident = self._ident
         for raw in resources:
-            first = seen.setdefault(self._ident(raw.key), raw)
+            key = raw.key
+            first = seen.setdefault(ident(key), raw)
             if first is not raw:  # the same resource twice in one file: the first one wins
                 diagnostics.append(duplicate_error(raw, first.provenance.location))
             else:
-                before = kept.get(raw.key)
-                parsed[raw.key] = before if before == raw else raw
+                before = kept.get(key)
+                parsed[key] = before if before is raw or before == raw else raw
         if any(d.severity == "error" for d in diagnostics):
             # Last-known-good: what parsed is applied, nothing the file had is dropped.
             parsed = {**old, **parsed}
         self._files[path] = _FileState(sig, digest, parsed, chunks)
+        if plain and not diagnostics and chunks and len(parsed) == len(resources):
+            order = list(chunks)  # (in the text's order: see _parse)
+            self._files[path] = _FileState(sig, digest, parsed, chunks, text, order, _starts(order))
         return diagnostics
+
+    def _patched(self, text: str, path: str, state: _FileState | None) -> _FileState | None:
+        """The state of text when it is state's plain text with a few documents changed in
+        place (their lines, and every other document, unchanged): the documents around the
+        changed characters are read again, the others are state's, at the cost of the change
+        (no pass over every document: a 10k-document file rewritten for one change). None
+        when that does not hold: the caller reads the text the usual way."""
+        if state is None or not state.text or not state.digest:
+            return None
+        old, starts, order = state.text, state.starts, state.order
+        head = _common_prefix(old, text)
+        tail = _common_suffix(old, text, min(len(old), len(text)) - head)
+        if old.count("\n", head, len(old) - tail) != text.count("\n", head, len(text) - tail):
+            return None  # lines added or removed: the documents after them move
+        first = max(bisect.bisect_right(starts, head) - 2, 0)
+        last = min(bisect.bisect_right(starts, len(old) - tail) + 1, len(order))  # kept
+        end = starts[last] + len(text) - len(old) if last < len(order) else len(text)
+        region = text[starts[first] : end]
+        split, plain = _split(region)
+        if split is None or not plain:
+            return None
+        if last < len(order):
+            if split[-1][1] != "":
+                return None
+            split.pop()  # (what follows the region's last '---': the first document kept)
+        if len(split) > max(1, int(len(order) * REPARSE_SHARE)):
+            return None
+        line = order[first][0]
+        new_chunks = [(line + n, chunk) for n, chunk in split]
+        gone = order[first:last]
+        if [c[0] for c in new_chunks] != [c[0] for c in gone]:
+            return None  # documents added or removed
+        return self._patch(state, text, path, first, last, new_chunks)
+
+    def _patch(
+        self,
+        state: _FileState,
+        text: str,
+        path: str,
+        first: int,
+        last: int,
+        new_chunks: list[tuple[int, str]],
+    ) -> _FileState | None:
+        """state with its documents first..last-1 replaced by new_chunks (same lines), read;
+        None when one of them has problems, aliases or other keys than before."""
+        cached, gone = state.chunks, state.order[first:last]
+        got: list[list[RawResource]] = []
+        for chunk in new_chunks:
+            found = cached.get(chunk)
+            if found is None:
+                if _ALIAS.search(chunk[1]):
+                    return None
+                resources, problems = self._load(chunk[1], path)
+                if problems or any(_line(raw) == 0 for raw in resources):
+                    return None
+                found = [_shift(raw, chunk[0]) for raw in resources]
+            got.append(found)
+        before = [raw.key for chunk in gone for raw in cached[chunk]]
+        if [raw.key for found in got for raw in found] != before:
+            return None
+        parsed, changed = dict(state.resources), set()
+        for found in got:
+            for raw in found:
+                kept = parsed[raw.key]
+                if kept is not raw and kept != raw:
+                    parsed[raw.key] = raw
+                    changed.add(raw.key)
+        chunks = dict(cached)
+        for chunk in gone:
+            del chunks[chunk]
+        chunks.update(zip(new_chunks, got, strict=True))
+        order = [*state.order[:first], *new_chunks, *state.order[last:]]
+        starts = state.starts[: first + 1]
+        for chunk in new_chunks[:-1]:
+            starts.append(starts[-1] + len(chunk[1]) + 4)
+        shift = len(text) - len(state.text)
+        starts.extend(at + shift for at in state.starts[last:])
+        return replace(
+            state,
+            resources=parsed,
+            chunks=chunks,
+            text=text,
+            order=order,
+            starts=starts,
+            base=state.resources,
+            changed=changed,
+        )
 
     def _parse(
         self, text: str, path: str, state: _FileState | None
-    ) -> tuple[list[RawResource], list[Diagnostic], Chunks]:
+    ) -> tuple[list[RawResource], list[Diagnostic], Chunks, bool]:
         """The resources of text, reading again only the documents that changed since the
-        last clean read (a document at the same line with the same text is not re-read).
+        last clean read (a document at the same line with the same text is not re-read);
+        whether the text is plain (_split_plain).
 
         Any problem in a changed document, and every first read, reads the whole text (the
         per-text bounds of yamldocs apply to it, and a syntax error anywhere yields nothing);
-        the documents of a clean read are kept for the next one."""
-        split = _split_documents(text)
+        the documents of a clean read are kept for the next one, in the text's order."""
+        split, plain = _split(text)
         cached = state.chunks if state is not None else {}
         if split is not None and cached:
             misses = [chunk for chunk in split if chunk not in cached]
@@ -613,18 +847,18 @@ class FilesAdapter:
                         got = [_shift(raw, chunk[0]) for raw in resources]
                     chunks[chunk] = got
                 else:
-                    return [raw for got in chunks.values() for raw in got], [], chunks
+                    return [raw for got in chunks.values() for raw in got], [], chunks, plain
         resources, problems = self._load(text, path)
         if problems or split is None:
-            return resources, problems, {}
+            return resources, problems, {}, False
         if any(_line(raw) == 0 for raw in resources):
-            return resources, problems, {}  # no line to tell its document by: read whole
+            return resources, problems, {}, False  # no line to tell its document: read whole
         chunks = {chunk: [] for chunk in split}
         starts = [first for first, _ in split]
         for raw in resources:  # each resource to the document holding its first line
             index = bisect.bisect_left(starts, _line(raw)) - 1
             chunks[split[max(index, 0)]].append(raw)
-        return resources, problems, chunks
+        return resources, problems, chunks, plain
 
     def _merged_view(
         self, reread: set[Path]
@@ -648,7 +882,9 @@ class FilesAdapter:
             before = self._merged.pop(path, {})
             state = self._files.get(path)
             after = state.resources if state is not None else {}
-            for key, raw in before.items():
+            hint = _hint(state, before)  # (the keys that can differ, when known)
+            olds = before.items() if hint is None else [(k, before[k]) for k in hint]
+            for key, raw in olds:
                 if after.get(key) is not raw:
                     ident = self._ident(key)
                     definers = self._definers.get(ident)
@@ -658,7 +894,8 @@ class FilesAdapter:
             if state is None:
                 continue
             self._merged[path] = after
-            for key, raw in after.items():
+            news = after.items() if hint is None else [(k, after[k]) for k in hint]
+            for key, raw in news:
                 if before.get(key) is not raw:
                     ident = self._ident(key)
                     self._definers.setdefault(ident, {}).setdefault(path, raw)

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ SAVE_DELAY_S = 1.0
 # Sources whose documents are configuration people edit: a platform (Consul, Kubernetes) lists
 # its current state on every start instead.
 PERSISTED_SOURCES = ("files",)
+SAVE_BATCH = 256  # resources a block (a change joins its block again; one write a block)
 # Kinds never written, whatever their source: a Secret holds a private key, which must not be
 # copied to the state dir (credentials are read again from their files or the API at start).
 NEVER_PERSISTED_KINDS = frozenset({"Secret"})
@@ -62,6 +63,11 @@ class LastGoodStore:
         # Each resource's JSON text as last written (None: JSON cannot carry it), reused while
         # the resource is the same object: only what changed is encoded again.
         self._encoded: dict[Key, tuple[RawResource, bytes | None]] = {}
+        # The keys of the last save, sorted; the block of SAVE_BATCH of them each is in; the
+        # text of each block (see _blocks_after).
+        self._order: list[Key] = []
+        self._index: dict[Key, int] = {}
+        self._blocks: list[bytes] = []
 
     def load(self) -> list[RawResource]:
         """The saved resources; [] (with a warning) when there are none or they are unusable."""
@@ -85,36 +91,82 @@ class LastGoodStore:
             log.warning("last_good_unreadable", path=str(self.path), error=str(exc))
             return []
 
-    def save(self, resources: Iterable[RawResource]) -> None:
-        """Replace the saved resources atomically; OSError when the state dir is not writable.
+    def save(
+        self,
+        resources: Iterable[RawResource] | Mapping[Key, RawResource],
+        changed: Collection[Key] | None = None,
+    ) -> None:
+        """Replace the saved resources (or a mapping of them by key) atomically; OSError when
+        the state dir is not writable. changed: the keys that may differ from the last save
+        (None: any): only their pieces of the text are made again.
 
         Resources that JSON cannot carry (YAML binary values) are left out; when the whole is
         above max_bytes, the file is removed rather than left stale, with a warning.
         """
-        # Streamed to the file: the whole text at once was three copies of the mesh (the
-        # items, the text, its bytes), 60 MB of peak RSS at 10k services (issue 17).
-        if not _write_atomically(self.path, self._chunks(resources), self.max_bytes):
-            log.warning("last_good_too_large", path=str(self.path), max_bytes=self.max_bytes)
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+        by_key = resources if isinstance(resources, Mapping) else {r.key: r for r in resources}
+        try:
+            blocks = self._blocks_after(by_key, changed)
+            # Streamed to the file, a block of SAVE_BATCH resources at a time: the whole text
+            # at once was three copies of the mesh, 60 MB of peak RSS at 10k services.
+            if not _write_atomically(self.path, _pieces(blocks), self.max_bytes):
+                log.warning("last_good_too_large", path=str(self.path), max_bytes=self.max_bytes)
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+        except BaseException:
+            self._order, self._blocks = [], []  # not known to be what the file holds
+            raise
+        self._blocks = blocks  # (only once the whole was written: what the file holds)
         release_free_memory()
 
-    def _chunks(self, resources: Iterable[RawResource]) -> Iterator[bytes]:
-        yield f'{{"format":{FORMAT},"resources":[\n'.encode()
-        separator = b""
-        cache, encoded = self._encoded, {}
-        for raw in sorted(resources, key=lambda r: r.key):
-            if raw.kind in NEVER_PERSISTED_KINDS:
-                continue  # key material stays in memory (re-read from its source at start)
-            kept = cache.get(raw.key)
-            item = kept[1] if kept is not None and kept[0] is raw else _encode_item(raw)
-            encoded[raw.key] = (raw, item)
-            if item is None:
-                continue
-            yield separator + item
-            separator = b",\n"
-        yield b"\n]}\n"
-        self._encoded = encoded  # (only once the whole was written: what the file holds)
+    def _blocks_after(
+        self, resources: Mapping[Key, RawResource], changed: Collection[Key] | None
+    ) -> list[bytes]:
+        """The text of resources in blocks of SAVE_BATCH keys in key order: the blocks of the
+        last save, those that hold a changed key made again, while the keys are the same."""
+        same_keys = (
+            changed is not None
+            and bool(self._order)
+            and len(resources) == len(self._order)
+            and all((k in resources) == (k in self._encoded) for k in changed)
+        )
+        if same_keys and changed is not None:
+            dirty: Iterable[int] = sorted({self._index[k] for k in changed})
+            blocks, encoded = list(self._blocks), self._encoded
+        else:
+            self._order = sorted(resources)
+            self._index = {key: i // SAVE_BATCH for i, key in enumerate(self._order)}
+            count = -(-len(self._order) // SAVE_BATCH)
+            dirty, blocks, encoded = range(count), [b""] * count, {}
+        for block in dirty:
+            items = []
+            for key in self._order[block * SAVE_BATCH : (block + 1) * SAVE_BATCH]:
+                item = self._item(key, resources[key], encoded)
+                if item is not None:
+                    items.append(item)
+            blocks[block] = b",\n".join(items)
+        self._encoded = encoded
+        return blocks
+
+    def _item(
+        self, key: Key, raw: RawResource, encoded: dict[Key, tuple[RawResource, bytes | None]]
+    ) -> bytes | None:
+        """raw's JSON text (None: not written), kept from the last save while raw is the same."""
+        kept = self._encoded.get(key)
+        if kept is None or kept[0] is not raw:
+            persisted = raw.kind not in NEVER_PERSISTED_KINDS  # key material stays in memory
+            kept = (raw, _encode_item(raw) if persisted else None)
+        encoded[key] = kept
+        return kept[1]
+
+
+def _pieces(blocks: list[bytes]) -> Iterator[bytes]:
+    yield f'{{"format":{FORMAT},"resources":[\n'.encode()
+    first = True
+    for block in blocks:
+        if block:
+            yield block if first else b",\n" + block
+            first = False
+    yield b"\n]}\n"
 
 
 class LastGoodKeeper:
@@ -136,6 +188,8 @@ class LastGoodKeeper:
         self._flush = asyncio.Event()  # set at stop: write now, without the delay
         # What the store holds: replaced after each apply that changed it, never mutated then.
         self.saved: dict[Key, RawResource] = {}
+        # The keys that may differ between saved and the last save (None: not known).
+        self._pending: set[Key] | None = None
         self._task: asyncio.Task[None] | None = None
         self._restored: dict[Key, RawResource] = {}  # loaded at start, until sources listed
 
@@ -153,6 +207,7 @@ class LastGoodKeeper:
         for documents in accepted:
             self.saved.update(documents)
             self._restored.update(documents)
+        self._pending = None
         _agent_log.info(
             "last_good_loaded", resources=len(self._restored), path=str(self.store.path)
         )
@@ -184,6 +239,8 @@ class LastGoodKeeper:
                 else:
                     saved[key] = raw
             self.saved = saved
+            if self._pending is not None:
+                self._pending.update(changed)
         if self._restored and persisted_listed():
             self._report_restored(saved)
         if changed and (self._task is None or self._task.done()):
@@ -204,9 +261,9 @@ class LastGoodKeeper:
             if not self._flush.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._flush.wait(), self._delay)
-            written = self.saved
+            written, changed, self._pending = self.saved, self._pending, set()
             try:
-                await asyncio.to_thread(self.store.save, list(written.values()))
+                await asyncio.to_thread(self.store.save, written, changed)
             except OSError as exc:
                 _agent_log.warning(
                     "last_good_save_failed", path=str(self.store.path), error=str(exc)

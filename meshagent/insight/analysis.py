@@ -34,7 +34,7 @@ def analyze(inp: AnalysisInput, checks: Iterable[tuple[str, Check]] = CHECKS) ->
     """Every message about inp, sorted by location, code and resource, each once."""
     found: dict[Message, None] = {}
     for name, check in checks:
-        for message in _run(name, check, inp):
+        for message in run_check(name, check, inp):
             found.setdefault(message, None)
     return finish(found)
 
@@ -52,7 +52,8 @@ def _subject(m: Message) -> tuple[str, str, str, str, str]:
     return (m.source, m.kind, m.namespace, m.name, m.field)
 
 
-def _run(name: str, check: Check, inp: AnalysisInput) -> Iterator[Message]:
+def run_check(name: str, check: Check, inp: AnalysisInput) -> Iterator[Message]:
+    """check's messages about inp; one IST0001 message when it fails (a bug)."""
     try:
         yield from list(check(inp))
     except Exception as exc:  # a bug in one check must not hide the others' findings

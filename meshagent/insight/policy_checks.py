@@ -3,10 +3,16 @@ diagnostics as schema messages."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from meshagent.insight.context import AnalysisInput, WorkloadLabels, label_sets, selector_text
+from meshagent.insight.context import (
+    AnalysisInput,
+    DocKey,
+    WorkloadLabels,
+    label_sets,
+    selector_text,
+)
 from meshagent.insight.messages import Message
 from meshagent.model.gateway import Gateway, split_server_host
 from meshagent.model.labels import Labels, selector_matches
@@ -87,11 +93,12 @@ def selectors(inp: AnalysisInput) -> Iterator[Message]:
     """IST0127: a policy (AuthorizationPolicy, PeerAuthentication, RequestAuthentication,
     Sidecar, DestinationRule workloadSelector) whose selector matches no known workload in
     its namespace (any namespace for the root namespace)."""
-    known = WorkloadLabels(inp)
     found = sorted(_selected(inp), key=lambda item: (item[0].location, item[0].ref))
+    known: WorkloadLabels | None = None  # (built only when there is a selector to check)
     for prov, path, labels in found:
         if prov.source not in ISTIO_SOURCES:
             continue
+        known = known or WorkloadLabels(inp)
         if not known.any_match(prov.namespace, labels):
             text = (
                 "No matching workloads for this resource with the following labels: "
@@ -134,12 +141,14 @@ def sidecars(inp: AnalysisInput) -> Iterator[Message]:
 def gateway_selectors(inp: AnalysisInput) -> Iterator[Message]:
     """IST0101 (selector): a Gateway whose selector matches no proxy that could serve it:
     no WorkloadEntry (a VM running a proxy) and not this host's router node."""
-    proxies = [w.labels for w in inp.snapshot.workloads.values()]
-    proxies.extend(labels for _, labels in inp.routers)
+    proxies: list[Labels] | None = None  # (listed only when a Gateway has a selector)
     for _, gateway in sorted(inp.snapshot.gateways.items()):
         prov = gateway.provenance
         if prov is None or prov.kind != "Gateway" or not gateway.selector:
             continue
+        if proxies is None:
+            proxies = [w.labels for w in inp.snapshot.workloads.values()]
+            proxies.extend(labels for _, labels in inp.routers)
         if not any(selector_matches(gateway.selector, labels) for labels in proxies):
             text = f'Referenced selector not found: "{selector_text(gateway.selector)}"'
             key = gateway.selector[0][0]
@@ -182,11 +191,41 @@ def _overlap(a: list[str], b: list[str]) -> bool:
     return any(host_subset(x, y) or host_subset(y, x) for x in a for y in b)
 
 
-def _service_entries(inp: AnalysisInput) -> Iterator[RawResource]:
-    """The accepted Istio ServiceEntries, in no particular order (messages are sorted)."""
-    for key, raw in inp.documents.items():
-        if key[1] == "ServiceEntry" and key[0] in ISTIO_SOURCES:
-            yield raw
+class _PerServiceEntry:
+    """Something of each accepted Istio ServiceEntry, kept from one analysis to the next
+    (in the check's Memo.state) and computed again only for the documents that are not the
+    very objects of the last update: a change costs the change, and a pass over the keys."""
+
+    def __init__(self) -> None:
+        self.documents: Mapping[DocKey, RawResource] = {}
+        self.found: dict[DocKey, Any] = {}
+
+    def update(
+        self, inp: AnalysisInput, compute: Callable[[RawResource], Any]
+    ) -> dict[DocKey, Any]:
+        """Bring found up to date (compute(raw) for each document that changed); what found
+        held for each key that changed (None: nothing)."""
+        now = inp.documents_of("ServiceEntry")
+        last = self.documents
+        changed = {k for k, raw in now.items() if last.get(k) is not raw}
+        changed.update(k for k in last if k not in now)
+        before: dict[DocKey, Any] = {}
+        for key in changed:
+            before[key] = self.found.pop(key, None)
+            raw = now.get(key)
+            if raw is not None and raw.source in ISTIO_SOURCES:
+                value = compute(raw)
+                if value:
+                    self.found[key] = value
+        self.documents = dict(now)  # (the agent's mapping is kept up to date in place)
+        return before
+
+
+def _per_service_entry(inp: AnalysisInput, name: str) -> _PerServiceEntry:
+    found = inp.memo.state.get(name)
+    if not isinstance(found, _PerServiceEntry):
+        found = inp.memo.state[name] = _PerServiceEntry()
+    return found
 
 
 def _ports(raw: RawResource) -> list[tuple[int, dict[str, Any]]]:
@@ -231,14 +270,33 @@ def _visible(a: RawResource, b: RawResource) -> bool:
 def service_entry_protocols(inp: AnalysisInput) -> Iterator[Message]:
     """MA0001: ServiceEntries (all accepted ones, also those that lost the host to an older
     one) that give one host and port different protocols, where both are visible."""
-    claims: dict[tuple[str, int], list[tuple[RawResource, int, str]]] = {}
-    for raw in _service_entries(inp):
-        for host, number, j, protocol in inp.memo.get("se_ports", (raw,), _claims, raw):
-            claims.setdefault((host, number), []).append((raw, j, protocol))
+    index = _per_service_entry(inp, "se_claims")
+    groups: dict[tuple[str, int], dict[DocKey, list[tuple[RawResource, int, str]]]]
+    groups = inp.memo.state.setdefault("se_groups", {})
+    # Each document's claims, by (host, port): only the groups a changed document was or is
+    # in are looked at again; a group with two protocols or more is a conflict.
+    conflicts: set[tuple[str, int]] = inp.memo.state.setdefault("se_conflicts", set())
+    documents = inp.documents_of("ServiceEntry")
+    for key, claimed in index.update(inp, _claims).items():
+        touched = {(h, n) for h, n, _, _ in claimed or ()}
+        raw = documents.get(key)
+        for group in touched:
+            groups.get(group, {}).pop(key, None)
+        if key in index.found and raw is not None:
+            for host, number, j, protocol in index.found[key]:
+                groups.setdefault((host, number), {}).setdefault(key, []).append((raw, j, protocol))
+                touched.add((host, number))
+        for group in touched:
+            members = groups.get(group, {})
+            if not members:
+                groups.pop(group, None)
+            if len({p for claims in members.values() for _, _, p in claims}) >= 2:
+                conflicts.add(group)
+            else:
+                conflicts.discard(group)
     reported: set[tuple[str, str, str, str]] = set()
-    for (host, number), entries in sorted(claims.items()):
-        if len({p for _, _, p in entries}) < 2:
-            continue
+    for host, number in sorted(conflicts):
+        entries = [e for claims in groups[(host, number)].values() for e in claims]
         for raw, j, protocol in entries:
             rivals = [(r, p) for r, _, p in entries if p != protocol and _visible(r, raw)]
             if not rivals or raw.key in reported:
@@ -258,10 +316,12 @@ def service_entry_protocols(inp: AnalysisInput) -> Iterator[Message]:
 def unset_protocols(inp: AnalysisInput) -> Iterator[Message]:
     """MA0002: a ServiceEntry port without a protocol (served as TCP: no HTTP routing);
     IST0118: a Kubernetes Service port whose name and appProtocol give no protocol."""
-    for raw in _service_entries(inp):
-        yield from inp.memo.get("unset", (raw,), _unset_in, inp, raw)
-    for key, raw in inp.documents.items():
-        if key[0] == "kubernetes" and key[1] == "Service":
+    index = _per_service_entry(inp, "se_unset")
+    index.update(inp, lambda raw: _unset_in(inp, raw))
+    for found in index.found.values():
+        yield from found
+    for raw in inp.documents_of("Service").values():
+        if raw.source == "kubernetes":
             yield from _kube_port_names(inp, raw)
 
 

@@ -184,6 +184,8 @@ class Normalizer:
         # References that cannot work, by what identifies them (not their line, which moves).
         self._unresolved: dict[tuple[str, ...], Unresolved] = {}
         self._references = ReferenceIndex()
+        # Keys whose accepted document may have changed since the last accepted_changes().
+        self._touched: set[Key] = set()
 
     @property
     def snapshot(self) -> MeshSnapshot:
@@ -203,6 +205,13 @@ class Normalizer:
             entry = entries.get(key)
             out[key] = entry.raw if entry is not None else None
         return out
+
+    def accepted_changes(self) -> set[Key]:
+        """The keys whose accepted document (accepted_of) may have changed since the last
+        call, which starts afresh: for one consumer that keeps a copy up to date (the agent's
+        analysis), at the cost of the change."""
+        touched, self._touched = self._touched, set()
+        return touched
 
     def claimants(self, host: str) -> tuple[list[RawResource], list[RawResource]]:
         """The documents that claim host as a service and as a DestinationRule host, each
@@ -279,6 +288,7 @@ class Normalizer:
         key = raw.key
         old = self._entries.get(key)
         if old is not None and old.raw.body == raw.body:
+            self._touched.add(key)
             old.raw = raw  # same content, maybe moved in its file: keep the model objects
             return
         converted = self._check_and_convert(raw, out)
@@ -286,6 +296,7 @@ class Normalizer:
             return  # rejected or ignored: the last valid version (if any) keeps serving
         if old is not None:
             self._retract(key, old, dirty, forget=False)
+        self._touched.add(key)
         self._entries[key] = _Entry(raw, converted)
         self._assert(key, converted, dirty)
         dirty.upserted.add(key)
@@ -362,6 +373,7 @@ class Normalizer:
         if raw is not None:
             out.extend(diagnostic(raw, i) for i in issues)
         if raw is None:  # the Service is gone (its slices alone make no host)
+            self._touched.add(key)
             gone = self._entries.pop(key, None)
             if gone is not None:
                 self._retract(key, gone, dirty, forget=True)
@@ -371,6 +383,7 @@ class Normalizer:
         old = self._entries.get(key)
         if old is not None:
             self._retract(key, old, dirty, forget=False)
+        self._touched.add(key)
         self._entries[key] = _Entry(raw, converted)
         self._assert(key, converted, dirty)
         if old is None or old.raw is not raw:  # warn about conflicts once per Service write
@@ -395,6 +408,7 @@ class Normalizer:
             for ref in self.kube.delete(key):
                 self._kube_rebuild(ref, dirty, [])
             return
+        self._touched.add(key)
         old = self._entries.pop(key, None)
         if old is not None:
             self._retract(key, old, dirty, forget=True)

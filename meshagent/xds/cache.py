@@ -22,11 +22,28 @@ def _fingerprint(resources: ResourceSet) -> dict[str, dict[str, str]]:
     }
 
 
+def same_content(old: ResourceSet, new: ResourceSet) -> bool:
+    """Whether new has the names and versions of old: from new's change hint when its base
+    is old (the cost of the change), else by comparing them all."""
+    changed = new.changed_since(old)
+    if changed is None:
+        return _fingerprint(old) == _fingerprint(new)
+    for type_url, names in changed.items():
+        before, after = old.of(type_url), new.of(type_url)
+        for name in names:
+            a, b = before.get(name), after.get(name)
+            if a is None or b is None:
+                if a is not b:
+                    return False
+            elif a.version != b.version:
+                return False
+    return True
+
+
 @dataclass(slots=True)
 class _Entry:
     version: int = 0
     resources: ResourceSet = field(default_factory=ResourceSet)
-    fingerprint: dict[str, dict[str, str]] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     status: ProxyStatus = field(default_factory=ProxyStatus)
 
@@ -50,12 +67,10 @@ class SnapshotCache:
         and wakes nobody. The cache keeps a reference: the ResourceSet must not be mutated.
         """
         entry = self._entry(node_id)
-        fingerprint = _fingerprint(resources)
-        if entry.version and fingerprint == entry.fingerprint:
+        if entry.version and same_content(entry.resources, resources):
             return entry.version
         entry.version += 1
         entry.resources = resources
-        entry.fingerprint = fingerprint
         # Waiters hold the old event; swap first so that nobody misses the next change.
         woken, entry.changed = entry.changed, asyncio.Event()
         woken.set()

@@ -918,3 +918,134 @@ async def test_a_change_only_the_poll_sees_keeps_the_debounce(
             writer.write(text[30:])
         changed = await waiting
     assert _values(changed) == {"a": 2, "b": 3}
+
+
+# --- racy files (changed within RACY_NS of being read) ---------------------------------------
+
+
+def _rewrite_keeping_sig(path: Path, text: str) -> None:
+    """Replace path's text in place with one of the same size and restore its mtime: a
+    change the stat signature cannot see (a second write within the clock's granularity)."""
+    st = path.stat()
+    assert len(text.encode()) == st.st_size
+    path.write_text(text)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize("linked", [False, True])
+def test_a_racy_file_is_read_again_on_a_poll_only_when_inotify_may_miss_its_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, linked: bool
+) -> None:
+    import meshagent.adapters.files as files_module
+
+    # given a file read just after it was written (racy), directly or through a symlink
+    target = tmp_path / "real.yaml" if linked else tmp_path / "mesh" / "a.yaml"
+    (tmp_path / "mesh").mkdir()
+    target.write_text(doc("a", 1))
+    if linked:
+        (tmp_path / "mesh" / "a.yaml").symlink_to(target)
+    files = adapter(tmp_path / "mesh")
+    files._process(files._scan())
+    reads: list[Path] = []
+    read = files_module.read_config_bytes
+
+    def counting(path: Path) -> bytes:
+        reads.append(path)
+        return read(path)
+
+    monkeypatch.setattr(files_module, "read_config_bytes", counting)
+    _rewrite_keeping_sig(target, doc("a", 2))
+    scan = files._scan()
+    # when inotify works and a poll (not inotify) wakes the adapter
+    files._inotify = object()  # type: ignore[assignment]
+    changed = files._has_changes(scan, False)
+    # then a plain file is not read again (inotify tells of its every write), a symlink is
+    assert changed is linked and len(reads) == int(linked)
+    # and whatever wakes the adapter, without inotify or told by it, the change is found
+    assert files._has_changes(scan, True)
+    files._inotify = None
+    assert files._has_changes(scan, False)
+
+
+def test_a_racy_file_is_no_longer_racy_after_racy_ns_whatever_woke_the_adapter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import meshagent.adapters.files as files_module
+
+    # given a racy file, read with inotify at work
+    (tmp_path / "a.yaml").write_text(doc("a", 1))
+    files = adapter(tmp_path)
+    files._process(files._scan())
+    assert files._racy
+    files._inotify = object()  # type: ignore[assignment]
+    # when RACY_NS has passed, and a poll inotify did not wake finds nothing changed
+    monkeypatch.setattr(files_module, "RACY_NS", 0)
+    assert not files._has_changes(files._scan(), False)
+    # then it is not racy any more: the next change does not read it again
+    assert not files._racy
+
+
+def test_in_place_edits_of_a_big_file_read_only_the_edited_documents(tmp_path: Path) -> None:
+    """A file rewritten with documents edited in place (no line added or removed, the common
+    ansible/editor change) is read around the changed characters only, and ends up as a
+    whole read of it: same resources, locations and events."""
+    import random
+
+    rng = random.Random(5)
+    target = tmp_path / "mesh.yaml"
+    entries = [_entry(f"e{i}", f"10.0.0.{i}") for i in range(40)]
+    target.write_text("---\n".join(entries))
+    read: list[int] = []
+
+    def loader(text: str, path: str) -> tuple[list[RawResource], list[Diagnostic]]:
+        from meshagent.adapters.yamldocs import load_documents
+
+        read.append(len(text))
+        return load_documents(text, path, source="files")
+
+    live = FilesAdapter([tmp_path], loader=loader)
+    live._process(live._scan())
+    whole = len(target.read_text())
+    looked_at: list[object] = []  # resources looked at one by one (their identity)
+    ident = live._ident
+
+    def counting(key: tuple[str, str, str, str]) -> tuple[str, str, str]:
+        looked_at.append(key)
+        return ident(key)
+
+    live._ident = counting  # type: ignore[method-assign]
+    for step in range(120):
+        edited = set(rng.sample(range(len(entries)), rng.choice((1, 1, 2, 3))))
+        if rng.random() < 0.2:
+            edited |= {0, len(entries) - 1}  # the first and the last documents
+        for i in edited:
+            if rng.random() < 0.1:  # another name: the file is read the usual way
+                entries[i] = _entry(f"r{step}x{i}", f"10.0.{step % 250}.{i}")
+            else:
+                entries[i] = _entry(
+                    entries[i].split("name: ")[1].split("\n")[0], f"10.{step}.9.{i}"
+                )
+        read.clear()
+        looked_at.clear()
+        tmp = tmp_path / ".mesh.tmp"
+        tmp.write_text("---\n".join(entries))
+        os.replace(tmp, target)
+        got = live._process(live._scan())
+        fresh = FilesAdapter([tmp_path])
+        fresh._process(fresh._scan())
+        assert live._files[target].resources == fresh._files[target].resources, step
+        changed = {entries[i].split("name: ")[1].split("\n")[0] for i in edited}
+        assert {r.name for r in got.upserts} <= changed and not got.errors, step
+        if not any(n.startswith("r") for n in changed):
+            assert {r.name for r in got.upserts} == changed, step
+            assert whole not in read and sum(read) < whole / 4, (step, read)
+        if len(edited) == 1 and not any(n.startswith("r") for n in changed):
+            # (several edits far apart: what lies between them is looked at too)
+            assert len(looked_at) <= 2, (step, len(looked_at))
+    # and a file whose lines move is still read right
+    entries[3] = _entry("e3", "10.7.7.7", extra_lines=2)
+    target.write_text("---\n".join(entries))
+    live._process(live._scan())
+    fresh = FilesAdapter([tmp_path])
+    fresh._process(fresh._scan())
+    assert live._files[target].resources == fresh._files[target].resources

@@ -6,11 +6,14 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from meshagent.agent.lastgood import LastGoodKeeper, LastGoodStore
+import pytest
+
+from meshagent.agent import lastgood
+from meshagent.agent.lastgood import Key, LastGoodKeeper, LastGoodStore
 from meshagent.model.source import Provenance, RawResource, SourceEvent
 from tests.polling import async_wait_for
 
@@ -116,10 +119,15 @@ class _CountingStore(LastGoodStore):
         super().__init__(path)
         self.saves: list[tuple[float, list[str]]] = []
 
-    def save(self, resources: Iterable[RawResource]) -> None:
-        names = sorted(r.name for r in resources)
+    def save(
+        self,
+        resources: Iterable[RawResource] | Mapping[Key, RawResource],
+        changed: Collection[Key] | None = None,
+    ) -> None:
+        listed = resources.values() if isinstance(resources, Mapping) else resources
+        names = sorted(r.name for r in listed)
         self.saves.append((time.monotonic(), names))
-        super().save(resources)
+        super().save(resources, changed)
 
 
 def _remember(keeper: LastGoodKeeper, *raws: RawResource) -> None:
@@ -151,3 +159,64 @@ async def test_stop_writes_a_pending_save_at_once(tmp_path: Path) -> None:
     _remember(keeper, resource("a"))
     await asyncio.wait_for(keeper.saved_all(), timeout=DEADLINE_S)
     assert [r.name for r in store.load()] == ["a"]
+
+
+def test_a_save_after_changes_writes_what_a_fresh_store_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a store that saved (and keeps the order and the text of) seven resources, in
+    # blocks of two
+    monkeypatch.setattr(lastgood, "SAVE_BATCH", 2)
+    store = LastGoodStore(tmp_path / "kept.json")
+    current = {r.key: r for r in (resource(n) for n in "gfedcba")}
+    store.save(current)
+    changes = [
+        {"c": resource("c", {"k": "changed"})},  # same keys, one changed: one block again
+        {"a": resource("a", [2]), "g": resource("g", [3])},  # the first and the last block
+        {"b": resource("b", b"\x00")},  # not JSON: left out
+        {"f": resource("f")},  # a key added
+        {"a": None},  # a key removed
+        {"b": resource("b", [1]), "h": resource("h"), "e": None},
+        {"d": resource("d", [4])},
+    ]
+    for change in changes:
+        # when resources change and it saves again, told which keys changed
+        keys = set()
+        for name, raw in change.items():
+            key = resource(name).key
+            keys.add(key)
+            if raw is None:
+                current.pop(key)
+            else:
+                current[key] = raw
+        store.save(current, keys)
+        # then its file is what a store that never saved before writes, in key order
+        fresh = LastGoodStore(tmp_path / "fresh.json")
+        fresh.save(list(current.values()))
+        kept_text = (tmp_path / "kept.json").read_bytes()
+        assert kept_text == (tmp_path / "fresh.json").read_bytes()
+        json.loads(kept_text)
+
+
+def test_a_save_told_the_changed_keys_encodes_only_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lastgood, "SAVE_BATCH", 2)
+    encoded: list[str] = []
+
+    def counted(name: str, body_extra: object = None) -> RawResource:
+        raw = resource(name, body_extra)
+        return dataclasses.replace(raw, body=_CountingBody(name, raw.body, encoded))
+
+    # given five resources saved (in blocks of two)
+    store = LastGoodStore(tmp_path / "last-good.json")
+    current = {r.key: r for r in (counted(n) for n in "abcde")}
+    store.save(current)
+    encoded.clear()
+    # when one changes and the store is told which
+    c2 = counted("c", "changed")
+    current[c2.key] = c2
+    store.save(current, {c2.key})
+    # then only it is encoded again, and the file has it
+    assert encoded == ["c"]
+    assert {r.name: r.body for r in store.load()}["c"] == c2.body

@@ -222,3 +222,31 @@ def test_default_namespace_and_domain_suffix_apply() -> None:
     vs = snap.virtual_services["team/reviews"]
     assert vs.hosts == ("reviews.team.svc.corp.internal",)
     assert vs.provenance is not None and vs.provenance.location == "mesh.yaml:1"
+
+
+def test_accepted_changes_names_what_accepted_of_may_answer_differently() -> None:
+    from tests.unit.normalize_helpers import raw
+
+    se = (
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"
+        "metadata: {name: a, namespace: default}\n"
+        "spec: {hosts: [a.example.com], ports: [{number: 80, name: http}], resolution: DNS}\n"
+    )
+    normalizer = Normalizer()
+    first = raw(se)
+    # an accepted document is named once, then the set starts afresh
+    normalizer.apply([SourceEvent("files", upserts=(first,))])
+    assert normalizer.accepted_changes() == {first.key}
+    assert normalizer.accepted_changes() == set()
+    # an invalid version leaves the accepted one serving: nothing to name
+    broken = raw(se.replace("resolution: DNS", "resolution: NOPE"))
+    normalizer.apply([SourceEvent("files", upserts=(broken,))])
+    assert normalizer.accepted_changes() == set()
+    assert normalizer.accepted_of([first.key])[first.key] is first
+    # the same text moved in its file, and a delete, are named
+    moved = raw("#\n" + se)
+    normalizer.apply([SourceEvent("files", upserts=(moved,))])
+    assert normalizer.accepted_changes() == {first.key}
+    normalizer.apply([SourceEvent("files", deletes=(first.key,))])
+    assert normalizer.accepted_changes() == {first.key}
+    assert normalizer.accepted_of([first.key])[first.key] is None

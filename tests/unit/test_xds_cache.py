@@ -68,3 +68,33 @@ def test_a_new_stream_resets_type_status_and_disconnect_keeps_history() -> None:
 
 def test_unknown_nodes_have_a_disconnected_status() -> None:
     assert SnapshotCache().status("nobody") == ProxyStatus()
+
+
+def test_content_equality_from_the_change_hint_is_the_full_comparison() -> None:
+    import random
+
+    from meshagent.xds.cache import same_content
+    from meshagent.xds.resources import Resource, ResourceSet
+
+    def fingerprint(rs: ResourceSet) -> dict[str, dict[str, str]]:
+        return {t: {n: r.version for n, r in m.items()} for t, m in rs.by_type.items() if m}
+
+    # given sets derived one from another (each with its change hint), as the translator makes
+    rng = random.Random(7)
+    names = [f"c{i}" for i in range(6)]
+    current: dict[str, Resource] = {}
+    base = ResourceSet()
+    for _ in range(300):
+        after = dict(current)
+        for name in rng.sample(names, rng.randrange(1, 3)):
+            if name in after and rng.random() < 0.3:
+                del after[name]
+            else:  # a new object, with the same version or another one
+                after[name] = Resource(name, rng.choice("ab"), CLUSTER, b"")
+        changed = {n for n in names if after.get(n) is not current.get(n)}
+        by_type = {CLUSTER: after} if after or rng.random() < 0.5 else {}
+        new = ResourceSet.derive(base, by_type, {CLUSTER: frozenset(changed)})
+        # then what the hint says is what comparing every name and version says
+        assert new.changed_since(base) is not None
+        assert same_content(base, new) == (fingerprint(base) == fingerprint(new))
+        base, current = new, after
