@@ -30,7 +30,8 @@ load and after the changes, and both Envoys' `server.memory_allocated` after the
 includes serving the probe requests, which go on for as long as that side takes to converge.
 
 Usage: python benchmarks/files_convergence.py [--services 1000] [--changes 100]
-       [--debounce-ms 100] [--poll-ms 200] [--quick] [--shape S] [--stats-preset P] [--sotw]
+       [--debounce-ms 100] [--poll-ms 200] [--quick] [--shape S] [--stats-preset P]
+       [--files-stats S] [--sotw]
        [--keep DIR]
   --shape  serviceentry-workloadentry (above, default); http: one HTTP port per service, its
            endpoint inline in the ServiceEntry (Istio's http benchmark, without the VIPs);
@@ -39,6 +40,8 @@ Usage: python benchmarks/files_convergence.py [--services 1000] [--changes 100]
            WorkloadEntries, or that of ServiceEntries
   --sotw   the agent's Envoy uses state-of-the-world ADS instead of delta
   --stats-preset  the agent's `envoy.stats.preset` (all, the default, or istio)
+  --files-stats   the file-CDS Envoy's stats_config: `envoy` (Envoy's defaults) or `agent`
+           (the agent's bootstrap stats_config, deferred statistics and flush: like for like)
   --keep   work in DIR and leave it: the agent's log, both bootstraps, the mesh files
 Prints one JSON document.
 """
@@ -207,7 +210,11 @@ def replace(path: Path, text: str) -> float:
     return start
 
 
-def files_bootstrap(admin_port: int, listen_port: int, cds: Path, n: int) -> dict[str, Any]:
+def files_bootstrap(
+    admin_port: int, listen_port: int, cds: Path, n: int, stats: str = "envoy"
+) -> dict[str, Any]:
+    """The file-CDS Envoy's bootstrap. stats `envoy`: Envoy's default stats_config; `agent`:
+    the agent's (its tags, deferred statistics, flush on admin), to compare like with like."""
     virtual_hosts = [
         {
             "name": host(i),
@@ -253,7 +260,17 @@ def files_bootstrap(admin_port: int, listen_port: int, cds: Path, n: int) -> dic
             "cds_config": {"resource_api_version": "V3", "path_config_source": {"path": str(cds)}}
         },
         "static_resources": {"listeners": [listener]},
+        **(agent_stats_bootstrap() if stats == "agent" else {}),
     }
+
+
+def agent_stats_bootstrap() -> dict[str, Any]:
+    """The statistics part of the bootstrap the agent gives its Envoy (the default config)."""
+    from meshagent.xds.bootstrap import build_bootstrap
+
+    agent = build_bootstrap(node_id="x", cluster="x", xds_uds_path="/x", deferred_stats=True)
+    keys = ("stats_config", "stats_flush_on_admin", "deferred_stat_options")
+    return {key: agent[key] for key in keys if key in agent}
 
 
 class Plane:
@@ -452,6 +469,7 @@ def run(
     sotw: bool = False,
     shape_name: str = "serviceentry-workloadentry",
     stats_preset: str = "all",
+    files_stats: str = "envoy",
 ) -> dict[str, Any]:
     shape = SHAPES[shape_name]
     per_service = len(shape.ports)
@@ -461,6 +479,7 @@ def run(
     result: dict[str, Any] = {
         "shape": shape_name,
         "envoy_stats_preset": stats_preset,
+        "files_envoy_stats": files_stats,
         "services": n,
         "clusters": per_service * n,
         "changes": changes,
@@ -485,7 +504,9 @@ def run(
             files = Plane("files", free_port(), free_port(), shape.path)
             bootstrap = root / "filecds-bootstrap.json"
             bootstrap.write_text(
-                json.dumps(files_bootstrap(files.admin_port, files.listen_port, cds, n))
+                json.dumps(
+                    files_bootstrap(files.admin_port, files.listen_port, cds, n, files_stats)
+                )
             )
             log = open(root / "filecds-envoy.log", "ab")  # noqa: SIM115 - the process owns it
             started = time.perf_counter()
@@ -617,6 +638,12 @@ def main() -> int:
     parser.add_argument(
         "--stats-preset", choices=("all", "istio"), default="all", help="envoy.stats.preset"
     )
+    parser.add_argument(
+        "--files-stats",
+        choices=("envoy", "agent"),
+        default="envoy",
+        help="the file-CDS Envoy's stats_config: Envoy's default, or the agent's",
+    )
     parser.add_argument("--sotw", action="store_true", help="the agent serves SotW, not delta")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and leave it (logs, files)")
     args = parser.parse_args()
@@ -635,6 +662,7 @@ def main() -> int:
         args.sotw,
         args.shape,
         args.stats_preset,
+        args.files_stats,
     )
     print(json.dumps({"benchmark": "files_convergence", **result}, indent=2))
     return 0
