@@ -30,7 +30,8 @@ load and after the changes, and both Envoys' `server.memory_allocated` after the
 includes serving the probe requests, which go on for as long as that side takes to converge.
 
 Usage: python benchmarks/files_convergence.py [--services 1000] [--changes 100]
-       [--debounce-ms 100] [--poll-ms 200] [--quick] [--shape S] [--stats-preset P] [--sotw]
+       [--debounce-ms 100] [--poll-ms 200] [--quick] [--shape S] [--stats-preset P]
+       [--files-stats S] [--files-clusters C] [--sotw]
        [--keep DIR]
   --shape  serviceentry-workloadentry (above, default); http: one HTTP port per service, its
            endpoint inline in the ServiceEntry (Istio's http benchmark, without the VIPs);
@@ -39,6 +40,10 @@ Usage: python benchmarks/files_convergence.py [--services 1000] [--changes 100]
            WorkloadEntries, or that of ServiceEntries
   --sotw   the agent's Envoy uses state-of-the-world ADS instead of delta
   --stats-preset  the agent's `envoy.stats.preset` (all, the default, or istio)
+  --files-stats   the file-CDS Envoy's stats_config: `envoy` (Envoy's defaults) or `agent`
+           (the agent's bootstrap stats_config, deferred statistics and flush: like for like)
+  --files-clusters  the file-CDS clusters: `minimal`, or `agent` (with the agent's circuit
+           breakers and gRPC ports' HTTP/2 options; endpoints still inline)
   --keep   work in DIR and leave it: the agent's log, both bootstraps, the mesh files
 Prints one JSON document.
 """
@@ -178,12 +183,41 @@ def cluster_name(i: int, number: int) -> str:
     return f"outbound|{number}||{host(i)}"
 
 
-def static_clusters(i: int, address: str, port: int, ports: tuple[Port, ...] = PORTS) -> list[str]:
-    """Service i's clusters as a static-files user writes them (JSON text, one per port)."""
+# What the agent's clusters carry beyond a minimal one (Istio's defaults): circuit breakers
+# with every threshold at its maximum and remaining-capacity gauges, HTTP/2 for gRPC ports.
+AGENT_CIRCUIT_BREAKERS = {
+    "thresholds": [
+        {
+            "max_connections": 4294967295,
+            "max_pending_requests": 4294967295,
+            "max_requests": 4294967295,
+            "max_retries": 4294967295,
+            "track_remaining": True,
+        }
+    ]
+}
+HTTP2_OPTIONS = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }
+}
+
+
+def static_clusters(
+    i: int, address: str, port: int, ports: tuple[Port, ...] = PORTS, like_agent: bool = False
+) -> list[str]:
+    """Service i's clusters as a static-files user writes them (JSON text, one per port);
+    like_agent: with the options the agent's clusters have (but endpoints inline)."""
     out = []
-    for _, number, _ in ports:
+    for _, number, protocol in ports:
         name = cluster_name(i, number)
         endpoint = {"address": {"socket_address": {"address": address, "port_value": port}}}
+        extra: dict[str, Any] = {}
+        if like_agent:
+            extra["circuit_breakers"] = AGENT_CIRCUIT_BREAKERS
+            if protocol == "GRPC":
+                extra["typed_extension_protocol_options"] = HTTP2_OPTIONS
         cluster = {
             "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
             "name": name,
@@ -193,6 +227,7 @@ def static_clusters(i: int, address: str, port: int, ports: tuple[Port, ...] = P
                 "cluster_name": name,
                 "endpoints": [{"lb_endpoints": [{"endpoint": endpoint}]}],
             },
+            **extra,
         }
         out.append(json.dumps(cluster, separators=(",", ":")))
     return out
@@ -207,7 +242,11 @@ def replace(path: Path, text: str) -> float:
     return start
 
 
-def files_bootstrap(admin_port: int, listen_port: int, cds: Path, n: int) -> dict[str, Any]:
+def files_bootstrap(
+    admin_port: int, listen_port: int, cds: Path, n: int, stats: str = "envoy"
+) -> dict[str, Any]:
+    """The file-CDS Envoy's bootstrap. stats `envoy`: Envoy's default stats_config; `agent`:
+    the agent's (its tags, deferred statistics, flush on admin), to compare like with like."""
     virtual_hosts = [
         {
             "name": host(i),
@@ -253,7 +292,17 @@ def files_bootstrap(admin_port: int, listen_port: int, cds: Path, n: int) -> dic
             "cds_config": {"resource_api_version": "V3", "path_config_source": {"path": str(cds)}}
         },
         "static_resources": {"listeners": [listener]},
+        **(agent_stats_bootstrap() if stats == "agent" else {}),
     }
+
+
+def agent_stats_bootstrap() -> dict[str, Any]:
+    """The statistics part of the bootstrap the agent gives its Envoy (the default config)."""
+    from meshagent.xds.bootstrap import build_bootstrap
+
+    agent = build_bootstrap(node_id="x", cluster="x", xds_uds_path="/x", deferred_stats=True)
+    keys = ("stats_config", "stats_flush_on_admin", "deferred_stat_options")
+    return {key: agent[key] for key in keys if key in agent}
 
 
 class Plane:
@@ -452,6 +501,8 @@ def run(
     sotw: bool = False,
     shape_name: str = "serviceentry-workloadentry",
     stats_preset: str = "all",
+    files_stats: str = "envoy",
+    files_clusters: str = "minimal",
 ) -> dict[str, Any]:
     shape = SHAPES[shape_name]
     per_service = len(shape.ports)
@@ -461,6 +512,8 @@ def run(
     result: dict[str, Any] = {
         "shape": shape_name,
         "envoy_stats_preset": stats_preset,
+        "files_envoy_stats": files_stats,
+        "files_clusters": files_clusters,
         "services": n,
         "clusters": per_service * n,
         "changes": changes,
@@ -475,7 +528,8 @@ def run(
             root = Path(tmp)
             # -- Envoy's own file-watched CDS ----------------------------------------------
             cds = root / "cds.json"
-            clusters = [static_clusters(i, OLD, port, shape.ports) for i in range(n)]
+            like = files_clusters == "agent"
+            clusters = [static_clusters(i, OLD, port, shape.ports, like) for i in range(n)]
 
             def cds_text() -> str:
                 body = ",".join(c for per in clusters for c in per)
@@ -485,7 +539,9 @@ def run(
             files = Plane("files", free_port(), free_port(), shape.path)
             bootstrap = root / "filecds-bootstrap.json"
             bootstrap.write_text(
-                json.dumps(files_bootstrap(files.admin_port, files.listen_port, cds, n))
+                json.dumps(
+                    files_bootstrap(files.admin_port, files.listen_port, cds, n, files_stats)
+                )
             )
             log = open(root / "filecds-envoy.log", "ab")  # noqa: SIM115 - the process owns it
             started = time.perf_counter()
@@ -576,7 +632,7 @@ def run(
                 renames.append(time.time())
                 start = replace(workloads, "---\n".join(entries))
                 wait_served(agent, i, who, start)
-                clusters[i] = static_clusters(i, at[i], port, shape.ports)
+                clusters[i] = static_clusters(i, at[i], port, shape.ports, like)
                 start = replace(cds, cds_text())
                 wait_served(files, i, who, start)
             result["agent_rss_mb_after_changes"] = rss_mb(agent_proc.pid)
@@ -617,6 +673,18 @@ def main() -> int:
     parser.add_argument(
         "--stats-preset", choices=("all", "istio"), default="all", help="envoy.stats.preset"
     )
+    parser.add_argument(
+        "--files-stats",
+        choices=("envoy", "agent"),
+        default="envoy",
+        help="the file-CDS Envoy's stats_config: Envoy's default, or the agent's",
+    )
+    parser.add_argument(
+        "--files-clusters",
+        choices=("minimal", "agent"),
+        default="minimal",
+        help="the file-CDS clusters: minimal, or with the agent's cluster options",
+    )
     parser.add_argument("--sotw", action="store_true", help="the agent serves SotW, not delta")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and leave it (logs, files)")
     args = parser.parse_args()
@@ -635,6 +703,8 @@ def main() -> int:
         args.sotw,
         args.shape,
         args.stats_preset,
+        args.files_stats,
+        args.files_clusters,
     )
     print(json.dumps({"benchmark": "files_convergence", **result}, indent=2))
     return 0
