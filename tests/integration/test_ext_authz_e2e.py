@@ -16,7 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.mesh_harness import MeshHarness, Reply, _get, mesh_harness, wait_until
+from tests.integration.mesh_harness import (
+    MeshHarness,
+    Reply,
+    http_request,
+    mesh_harness,
+    wait_until,
+)
 from tests.integration.mtls_hosts import B_ADDRESS, envoy_available, workload
 from tests.net_helpers import free_port
 
@@ -64,7 +70,7 @@ class Host:
 
     def get(self, path: str, **headers: str) -> Reply:
         """A plaintext request straight to the echo workload's inbound listener."""
-        return _get(B_ADDRESS, self.inbound_port, path, {"host": "echo", **headers})
+        return http_request(B_ADDRESS, self.inbound_port, path, {"host": "echo", **headers})
 
     def apply(self, policies: str) -> None:
         entry = f"""\

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.mesh_harness import REPO, _get, wait_until
+from tests.integration.mesh_harness import REPO, http_request, wait_until
 from tests.net_helpers import free_port
 from tests.sampling import assert_share
 
@@ -74,10 +74,11 @@ def _quickstart(tmp_path: Path, *args: str) -> Iterator[Path]:
 
 def _assert_canary_and_split(port: int, host: str) -> None:
     """Header x-canary: true always reaches v2; the rest splits 80/20 between v1 and v2."""
-    canary = _get("127.0.0.1", port, "/", {"host": host, "x-canary": "true"})
+    canary = http_request("127.0.0.1", port, "/", {"host": host, "x-canary": "true"})
     assert canary.headers["x-served-by"] == "hello-v2"
     served = [
-        _get("127.0.0.1", port, "/", {"host": host}).headers["x-served-by"] for _ in range(400)
+        http_request("127.0.0.1", port, "/", {"host": host}).headers["x-served-by"]
+        for _ in range(400)
     ]
     assert_share(served.count("hello-v1"), 400, 0.8, "hello-v1")  # 280..360
 
@@ -92,7 +93,7 @@ def test_quickstart_serves_the_canary_split_and_header_match(tmp_path: Path) -> 
     with _quickstart(tmp_path, "--config", str(config)) as out:
         port = ports["outbound"]
         _assert_canary_and_split(port, "hello.demo.svc.cluster.local")
-        assert _get("127.0.0.1", ports["admin"], "/readyz", {}).status == 200
+        assert http_request("127.0.0.1", ports["admin"], "/readyz", {}).status == 200
         assert f"http://127.0.0.1:{port}/" in out.read_text()
         # The banner's export line is all `meshagent status` needs.
         export = next(line for line in out.read_text().splitlines() if "export " in line)
@@ -117,6 +118,6 @@ def test_quickstart_on_the_consul_simulator(tmp_path: Path) -> None:
     with _quickstart(tmp_path, "--config", str(config), "--consul-sim", str(data_path)) as out:
         port = ports["outbound"]
         _assert_canary_and_split(port, "hello.service.consul")
-        details = _get("127.0.0.1", port, "/", {"host": "details.service.consul"})
+        details = http_request("127.0.0.1", port, "/", {"host": "details.service.consul"})
         assert details.headers["x-served-by"] == "details-v1"
         assert f"http://127.0.0.1:{ports['consul']}/v1/catalog/services" in out.read_text()

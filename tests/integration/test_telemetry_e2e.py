@@ -22,7 +22,13 @@ from pathlib import Path
 import pytest
 
 from meshagent.testing.telemetry_sinks import OtlpTraceReceiver, Span, ZipkinReceiver
-from tests.integration.mesh_harness import MeshHarness, Reply, _get, mesh_harness, wait_until
+from tests.integration.mesh_harness import (
+    MeshHarness,
+    Reply,
+    http_request,
+    mesh_harness,
+    wait_until,
+)
 from tests.integration.mtls_hosts import B_ADDRESS, envoy_available
 from tests.net_helpers import free_port
 
@@ -69,7 +75,7 @@ class Host:
         return self.mesh.request(HELLO, path, headers)
 
     def inbound(self, port: int, path: str) -> Reply:
-        return _get(B_ADDRESS, port, path, {"host": "echo"})
+        return http_request(B_ADDRESS, port, path, {"host": "echo"})
 
     def tcp(self, payload: bytes) -> bytes:
         with socket.create_connection(("127.0.0.1", self.tcp_port), timeout=5) as conn:
