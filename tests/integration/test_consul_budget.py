@@ -24,7 +24,7 @@ from meshagent.adapters.consul import (
 )
 from meshagent.model.source import SourceEvent
 from meshagent.testing.consul_sim import ConsulSimulator
-from meshagent.testing.consul_state import CHECKS_KEY
+from meshagent.testing.consul_state import CHECKS_KEY, SERVICES_KEY
 from tests.polling import async_wait_for, wait_for
 
 NODE = "sim-node"
@@ -256,4 +256,35 @@ async def test_with_no_room_for_service_watches_the_checks_watch_follows_every_s
         assert not adapter._pool
         sim.state.set_check("wc", "critical")
         await next_matching(it, changed_to("web", []))
+    assert sim.refused == 0
+
+
+async def test_a_checkless_change_coalesced_with_a_checked_one_still_arrives(
+    limited: ConsulSimulator,
+) -> None:
+    """One read of the catalog coalesces two writes: an instance registered without a check
+    (index A, only the catalog's index moves) and one with a check (index B > A, which the
+    checks watch sees). B alone does not explain the move from before A: the services without
+    a watch of their own are read again, and the checkless instance arrives."""
+    sim = limited
+    for i in range(60):
+        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 1000 + i}
+        sim.state.register_service(NODE, body, [{"CheckID": f"c{i}", "Status": "passing"}])
+    options = ConsulOptions(
+        address=sim.address, wait_s=20.0, max_connections=MIN_CONNECTIONS, backoff_cap_s=0.2
+    )
+    async with ConsulAdapter(options) as adapter:
+        it = adapter.watch()
+        await next_matching(it, lambda e: e.synced)
+        await async_wait_for(lambda: sim.blocked[CHECKS_KEY] > 0, what="the checks' watch")
+        await async_wait_for(lambda: sim.blocked[SERVICES_KEY] > 0, what="the catalog watch")
+        sweeps = adapter.sweeps
+        with sim.hold(SERVICES_KEY):  # the catalog watch reads both writes at once
+            sim.state.register_service(NODE, {"ID": "s40b", "Service": "svc40", "Port": 2040}, [])
+            body = {"ID": "s41b", "Service": "svc41", "Port": 2041}
+            sim.state.register_service(NODE, body, [{"CheckID": "c41b", "Status": "passing"}])
+            await next_matching(it, changed_to("svc41", ["s41", "s41b"]))
+            assert adapter._checks_index == sim.state.index_of(CHECKS_KEY)
+        await next_matching(it, changed_to("svc40", ["s40", "s40b"]))
+        assert adapter.sweeps == sweeps + 1
     assert sim.refused == 0
