@@ -22,7 +22,18 @@ a check that appears, changes or goes away names its service (a node's check: ev
 that node), which is then read once (non-blocking, at most READ_RESERVE at once) and emitted
 if its X-Consul-Index moved. A change that touches no check (an instance registered or removed
 without checks) moves the catalog's index but not the checks' one: then every service without
-its own watch is read again (a sweep; rare, and at most one at a time).
+its own watch is read again (a sweep).
+
+When is a move of the catalog's index explained? Its index is the highest Raft index of any
+write to the services table, and one answer may coalesce several writes: the move from P to C
+says nothing of the writes between. Raft indexes are shared by every table, so the move is
+explained only when every index in (P, C] is accounted for by a write this adapter saw and
+followed: a check's ModifyIndex (its service, or its node's services, were read again), an
+instance's Service.ModifyIndex in an answer it read, a config entry's ModifyIndex. Any other
+index (a checkless write, but also a KV write or anything else Consul wrote meanwhile) may hide
+a checkless change: a sweep. Sweeps run one at a time, a few reads at once, and start at most
+once per `sweep_interval_s` (a sweep wanted sooner waits, it is never dropped), so a checkless
+change reaches the agent within about that interval plus one sweep, whatever Consul's load.
 
 Resources emitted (source "consul", apiVersion "consul/v1"):
 - `ConsulService`, name = the service name: {"Name", "Datacenter", "Instances": the
@@ -70,7 +81,8 @@ READ_RESERVE = 4
 LISTING_PARALLELISM = 32  # health reads in flight during the first listing
 CATALOG_QPS = 5.0  # at most, for the catalog watch (see _watch_catalog)
 SWEEP_GRACE_S = 2.0  # how long a catalog change waits for the checks' watch to explain it
-EXPLAINED_KEPT = 4096  # indexes of check changes remembered for that
+SWEEP_INTERVAL_S = 15.0  # sweeps start at most this often (ConsulOptions.sweep_interval_s)
+EXPLAINED_KEPT = 4096  # Raft indexes of writes seen and followed, remembered for that
 CHECKS_QPS_FACTOR = 2.5  # the checks watch's bucket, in `qps` and `burst` (see _watch_checks)
 CHECKS_BURST_FACTOR = 5
 EVICTIONS_PER_ROUND = 2  # services that give up their watch per change noticed (see _changed)
@@ -105,6 +117,7 @@ class ConsulOptions:
     backoff_base_s: float = 0.1
     backoff_cap_s: float = 5.0
     max_connections: int = MAX_CONNECTIONS  # HTTP connections to Consul at once, at most
+    sweep_interval_s: float = SWEEP_INTERVAL_S  # least time between the starts of two sweeps
 
 
 class TokenFile:
@@ -208,6 +221,8 @@ class ConsulAdapter:
         self._reads = asyncio.Semaphore(READ_RESERVE)
         self._sweep_wanted = False
         self._sweep_task: asyncio.Task[None] | None = None
+        self._last_sweep = float("-inf")  # when the last sweep started (the loop's clock)
+        self._refreshing = 0  # one-shot reads in flight (see _explain)
 
     async def __aenter__(self) -> ConsulAdapter:
         # The agent re-enters an adapter after a failure: start clean.
@@ -399,10 +414,16 @@ class ConsulAdapter:
         self._detector = True
 
     def _note_nodes(self, name: str, instances: list[Any]) -> None:
+        """Remember the nodes name has instances on, and account for the writes that
+        registered them (each wrote this service's instance: read here, it is followed)."""
         for entry in instances:
-            node = entry.get("Node") if isinstance(entry, dict) else None
+            if not isinstance(entry, dict):
+                continue
+            node, service = entry.get("Node"), entry.get("Service")
             if isinstance(node, dict) and node.get("Node"):
                 self._node_services.setdefault(str(node["Node"]), set()).add(name)
+            if isinstance(service, dict) and isinstance(service.get("ModifyIndex"), int):
+                self._note_explained(service["ModifyIndex"])
 
     # -- the watches -------------------------------------------------------------------------------
 
@@ -443,8 +464,8 @@ class ConsulAdapter:
             known = self._known = names
             if added:
                 await self._changed(added)
-            elif new != index and index and not gone and self._detector:
-                self._helper(self._explain(int(reported or 0)))
+            if new != index and index and self._detector:
+                self._helper(self._explain(index, int(reported or 0)))
             index = new
 
     async def _watch_checks(self, index: int) -> None:
@@ -499,18 +520,27 @@ class ConsulAdapter:
 
     def _note_explained(self, index: int) -> None:
         self._explained[index] = None
+        self._explained.move_to_end(index)
         while len(self._explained) > EXPLAINED_KEPT:
             self._explained.popitem(last=False)
 
-    async def _explain(self, catalog_index: int) -> None:
-        """Sweep unless a check changed at catalog_index (give the checks' watch a moment)."""
-        deadline = asyncio.get_running_loop().time() + SWEEP_GRACE_S
-        while catalog_index not in self._explained:
-            if self._checks_index >= catalog_index or asyncio.get_running_loop().time() > deadline:
-                break
+    def _accounted(self, since: int, upto: int) -> bool:
+        """Whether every Raft index in (since, upto] is a write seen and followed."""
+        if upto - since > EXPLAINED_KEPT:
+            return False
+        return all(i in self._explained for i in range(since + 1, upto + 1))
+
+    async def _explain(self, since: int, upto: int) -> None:
+        """Sweep unless the catalog's move from since to upto is accounted for (see the module
+        doc), giving the checks' watch and the reads in flight a moment to account for it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SWEEP_GRACE_S
+        while not self._accounted(since, upto):
+            caught_up = self._checks_index >= upto and not self._refreshing
+            if caught_up or loop.time() > deadline:
+                self._request_sweep()
+                return
             await asyncio.sleep(0.05)
-        if catalog_index not in self._explained:
-            self._request_sweep()
 
     def _request_sweep(self) -> None:
         self._sweep_wanted = True
@@ -518,12 +548,22 @@ class ConsulAdapter:
             self._sweep_task = asyncio.create_task(self._sweep(), name="consul-sweep")
 
     async def _sweep(self) -> None:
-        """Read again every service without its own watch (at most READ_RESERVE at once)."""
+        """Read again every service without its own watch, READ_RESERVE at a time (so that a
+        read for a change waits for a few of these, not for the whole sweep), each sweep
+        starting at least sweep_interval_s after the one before."""
+        loop = asyncio.get_running_loop()
         while self._sweep_wanted:
+            await asyncio.sleep(
+                max(self._last_sweep + self.options.sweep_interval_s - loop.time(), 0)
+            )
             self._sweep_wanted = False
+            self._last_sweep = loop.time()
             self.sweeps += 1
             names = [n for n in sorted(self._services) if n not in self._pool]
-            await asyncio.gather(*(self._refresh(n, promote=False) for n in names))
+            log.info("consul_sweep", source=SOURCE, services=len(names), sweeps=self.sweeps)
+            for start in range(0, len(names), READ_RESERVE):
+                batch = names[start : start + READ_RESERVE]
+                await asyncio.gather(*(self._refresh(n, promote=False) for n in batch))
 
     async def _changed(self, names: list[str], promote: bool = True) -> None:
         """Services that changed (or appeared) and have no watch of their own: read each once,
@@ -537,6 +577,13 @@ class ConsulAdapter:
             self._helper(self._refresh(name, promote=promote and k < promotions))
 
     async def _refresh(self, name: str, promote: bool) -> None:
+        self._refreshing += 1
+        try:
+            await self._refresh_one(name, promote)
+        finally:
+            self._refreshing -= 1
+
+    async def _refresh_one(self, name: str, promote: bool) -> None:
         backoff = Backoff(self.options.backoff_base_s, self.options.backoff_cap_s)
         while True:
             try:
@@ -631,6 +678,9 @@ class ConsulAdapter:
             backoff.reset()
             new = next_index(index, int(reported or 0))
             if new != index or index == 0:
+                for r in resources:  # config writes are in the range a catalog move spans
+                    if isinstance(r.body.get("ModifyIndex"), int):
+                        self._note_explained(r.body["ModifyIndex"])
                 names = {r.name for r in resources}
                 deletes = tuple((SOURCE, CONFIG_KIND, "", n) for n in sorted(known - names))
                 await self._queue.put(SourceEvent(SOURCE, tuple(resources), deletes))
