@@ -288,3 +288,57 @@ async def test_a_checkless_change_coalesced_with_a_checked_one_still_arrives(
         await next_matching(it, changed_to("svc40", ["s40", "s40b"]))
         assert adapter.sweeps == sweeps + 1
     assert sim.refused == 0
+
+
+async def test_a_coalesced_move_that_every_index_accounts_for_sweeps_nothing(
+    limited: ConsulSimulator,
+) -> None:
+    """Two registrations with checks in one catalog read: each index is a check change the
+    checks watch followed, so nothing is swept; a config entry written in between (an index
+    of another table) is accounted for by its config watch."""
+    sim = limited
+    for i in range(60):
+        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 1000 + i}
+        sim.state.register_service(NODE, body, [{"CheckID": f"c{i}", "Status": "passing"}])
+    options = ConsulOptions(address=sim.address, wait_s=20.0, max_connections=MIN_CONNECTIONS)
+    async with ConsulAdapter(options) as adapter:
+        it = adapter.watch()
+        await next_matching(it, lambda e: e.synced)
+        await async_wait_for(lambda: sim.blocked[SERVICES_KEY] > 0, what="the catalog watch")
+        sweeps = adapter.sweeps
+        with sim.hold(SERVICES_KEY):
+            for i, n in ((42, "svc42"), (43, "svc43")):
+                body = {"ID": f"s{i}b", "Service": n, "Port": 2000 + i}
+                sim.state.register_service(NODE, body, [{"CheckID": f"c{i}b"}])
+                await next_matching(it, lambda e, n=n: instances(e, n) is not None)
+                if i == 42:
+                    sim.state.put_config({"Kind": "service-resolver", "Name": "svc1"})
+                    await next_matching(it, lambda e: bool(e.upserts))
+        await async_wait_for(lambda: sim.blocked[SERVICES_KEY] > 0, what="the catalog again")
+        await async_wait_for(lambda: not adapter._helpers, what="the move explained")
+        assert adapter.sweeps == sweeps
+
+
+async def test_sweeps_start_at_most_once_per_sweep_interval(limited: ConsulSimulator) -> None:
+    sim = limited
+    for i in range(60):
+        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 1000 + i}
+        sim.state.register_service(NODE, body, [{"CheckID": f"c{i}", "Status": "passing"}])
+    options = ConsulOptions(
+        address=sim.address, wait_s=20.0, max_connections=MIN_CONNECTIONS, sweep_interval_s=1.0
+    )
+    async with ConsulAdapter(options) as adapter:
+        it = adapter.watch()
+        await next_matching(it, lambda e: e.synced)
+        await async_wait_for(lambda: sim.blocked[CHECKS_KEY] > 0, what="the checks' watch")
+        loop = asyncio.get_running_loop()
+        starts = []
+        for i in (44, 45):  # checkless: each needs a sweep
+            body = {"ID": f"s{i}b", "Service": f"svc{i}", "Port": 2000 + i}
+            sim.state.register_service(NODE, body, [])
+            await next_matching(it, changed_to(f"svc{i}", [f"s{i}", f"s{i}b"]))
+            starts.append(adapter._last_sweep)
+            task = adapter._sweep_task
+            await async_wait_for(lambda t=task: t is not None and t.done(), what="sweep done")
+        assert adapter.sweeps == 2 and starts[1] - starts[0] >= 1.0
+        assert loop.time() - starts[1] < 1.0  # the second one was not held back further
