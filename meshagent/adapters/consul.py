@@ -29,11 +29,15 @@ write to the services table, and one answer may coalesce several writes: the mov
 says nothing of the writes between. Raft indexes are shared by every table, so the move is
 explained only when every index in (P, C] is accounted for by a write this adapter saw and
 followed: a check's ModifyIndex (its service, or its node's services, were read again), an
-instance's Service.ModifyIndex in an answer it read, a config entry's ModifyIndex. Any other
-index (a checkless write, but also a KV write or anything else Consul wrote meanwhile) may hide
-a checkless change: a sweep. Sweeps run one at a time, a few reads at once, and start at most
-once per `sweep_interval_s` (a sweep wanted sooner waits, it is never dropped), so a checkless
-change reaches the agent within about that interval plus one sweep, whatever Consul's load.
+instance's Service.ModifyIndex in an answer it read, a config entry's ModifyIndex. When C
+itself is not accounted for, a checkless write happened at C: a sweep at once (one at a time,
+a few reads at once). When C is but an index before it is not, that index may be a checkless
+write as well as any other write Consul made meanwhile (KV, sessions, coordinates: a real
+Consul makes them all the time, so this is the common case there, and a sweep each time would
+re-read the whole catalog on every registration): a sweep then starts `sweep_interval_s` after
+the last one began (at once if that is past). A change is thus never missed for longer than
+about that interval plus one sweep, and the suspicion costs Consul at most one sweep per
+interval.
 
 Resources emitted (source "consul", apiVersion "consul/v1"):
 - `ConsulService`, name = the service name: {"Name", "Datacenter", "Instances": the
@@ -81,7 +85,7 @@ READ_RESERVE = 4
 LISTING_PARALLELISM = 32  # health reads in flight during the first listing
 CATALOG_QPS = 5.0  # at most, for the catalog watch (see _watch_catalog)
 SWEEP_GRACE_S = 2.0  # how long a catalog change waits for the checks' watch to explain it
-SWEEP_INTERVAL_S = 15.0  # sweeps start at most this often (ConsulOptions.sweep_interval_s)
+SWEEP_INTERVAL_S = 60.0  # ConsulOptions.sweep_interval_s (see the module doc)
 EXPLAINED_KEPT = 4096  # Raft indexes of writes seen and followed, remembered for that
 CHECKS_QPS_FACTOR = 2.5  # the checks watch's bucket, in `qps` and `burst` (see _watch_checks)
 CHECKS_BURST_FACTOR = 5
@@ -117,7 +121,7 @@ class ConsulOptions:
     backoff_base_s: float = 0.1
     backoff_cap_s: float = 5.0
     max_connections: int = MAX_CONNECTIONS  # HTTP connections to Consul at once, at most
-    sweep_interval_s: float = SWEEP_INTERVAL_S  # least time between the starts of two sweeps
+    sweep_interval_s: float = SWEEP_INTERVAL_S  # a suspect catalog move's sweep waits this long
 
 
 class TokenFile:
@@ -219,9 +223,10 @@ class ConsulAdapter:
         self._node_services: dict[str, set[str]] = {}  # node -> services with instances there
         self._detector_lock = asyncio.Lock()
         self._reads = asyncio.Semaphore(READ_RESERVE)
-        self._sweep_wanted = False
+        self._sweep_due = float("inf")  # when the next sweep starts (the loop's clock)
+        self._sweep_wake = asyncio.Event()  # set when _sweep_due moves earlier
         self._sweep_task: asyncio.Task[None] | None = None
-        self._last_sweep = float("-inf")  # when the last sweep started (the loop's clock)
+        self._last_sweep = float("-inf")  # when the last sweep started
         self._refreshing = 0  # one-shot reads in flight (see _explain)
 
     async def __aenter__(self) -> ConsulAdapter:
@@ -231,6 +236,8 @@ class ConsulAdapter:
         self._synced = False
         self._detector_lock = asyncio.Lock()
         self._reads = asyncio.Semaphore(READ_RESERVE)
+        self._sweep_wake = asyncio.Event()
+        self._sweep_due = float("inf")
         return self
 
     async def __aexit__(
@@ -538,32 +545,44 @@ class ConsulAdapter:
         while not self._accounted(since, upto):
             caught_up = self._checks_index >= upto and not self._refreshing
             if caught_up or loop.time() > deadline:
-                self._request_sweep()
+                # A checkless write at upto: now; only suspected before it: in a while.
+                self._request_sweep(deferred=upto in self._explained)
                 return
             await asyncio.sleep(0.05)
 
-    def _request_sweep(self) -> None:
-        self._sweep_wanted = True
+    def _request_sweep(self, deferred: bool = False) -> None:
+        now = asyncio.get_running_loop().time()
+        due = max(self._last_sweep + self.options.sweep_interval_s, now) if deferred else now
+        if due < self._sweep_due:
+            self._sweep_due = due
+            self._sweep_wake.set()
         if self._sweep_task is None or self._sweep_task.done():
             self._sweep_task = asyncio.create_task(self._sweep(), name="consul-sweep")
 
     async def _sweep(self) -> None:
         """Read again every service without its own watch, READ_RESERVE at a time (so that a
-        read for a change waits for a few of these, not for the whole sweep), each sweep
-        starting at least sweep_interval_s after the one before."""
+        read for a change waits for a few of these, not for the whole sweep), when due."""
         loop = asyncio.get_running_loop()
-        while self._sweep_wanted:
-            await asyncio.sleep(
-                max(self._last_sweep + self.options.sweep_interval_s - loop.time(), 0)
-            )
-            self._sweep_wanted = False
+        while self._sweep_due != float("inf"):
+            self._sweep_wake.clear()
+            if self._sweep_due > loop.time():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._sweep_wake.wait(), self._sweep_due - loop.time())
+                continue
+            self._sweep_due = float("inf")  # what is wanted from now on needs another sweep
             self._last_sweep = loop.time()
             self.sweeps += 1
             names = [n for n in sorted(self._services) if n not in self._pool]
-            log.info("consul_sweep", source=SOURCE, services=len(names), sweeps=self.sweeps)
             for start in range(0, len(names), READ_RESERVE):
                 batch = names[start : start + READ_RESERVE]
                 await asyncio.gather(*(self._refresh(n, promote=False) for n in batch))
+            log.info(
+                "consul_swept",
+                source=SOURCE,
+                services=len(names),
+                seconds=round(loop.time() - self._last_sweep, 3),
+                sweeps=self.sweeps,
+            )
 
     async def _changed(self, names: list[str], promote: bool = True) -> None:
         """Services that changed (or appeared) and have no watch of their own: read each once,

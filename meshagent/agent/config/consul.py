@@ -73,7 +73,7 @@ def parse_consul(s: Section, base: Path) -> ConsulSourceConfig:
     max_connections = s.get("max_connections", int, MAX_CONNECTIONS)
     if max_connections < MIN_CONNECTIONS:
         raise s.error(f"must be at least {MIN_CONNECTIONS}", "max_connections")
-    sweep_ms = duration_ms(s, "sweep_interval", "15s", 0, 3_600_000)
+    sweep_ms = duration_ms(s, "sweep_interval", "1m", 0, 3_600_000)
     include_warning = s.get("include_warning", bool, False)
     datacenter = s.opt("datacenter", str)
     options = ConsulOptions(
