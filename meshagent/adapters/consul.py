@@ -47,6 +47,10 @@ Resources emitted (source "consul", apiVersion "consul/v1"):
 - `ConsulService`, name = "<datacenter>/<service>", body also {"Remote": true}: a service of
   another datacenter that a service-resolver fails over or redirects to, watched there with
   ?dc= (Consul forwards the query over WAN federation) for as long as a resolver names it.
+  These watches come out of the same budget, before local services' (a local service is still
+  followed by the checks watch; a remote one has nothing else): beyond what the budget leaves
+  after the reads, the catalog, checks and config watches, the others are read once every
+  `sweep_interval_s` (one-shot reads) and emitted when their index moved.
 
 Faults never delete anything: an unreachable, failing (5xx, 403, 429) or garbled Consul only
 yields errors (logged, and reported as SourceEvent errors, which the agent counts per source).
@@ -210,7 +214,9 @@ class ConsulAdapter:
         self._entries: dict[str, set[str]] = {}  # config kind -> resource names
         # service-resolver name -> (service, datacenter) targets elsewhere; those watched
         self._resolver_targets: dict[str, set[tuple[str, str]]] = {}
-        self._remote: set[tuple[str, str]] = set()
+        self._remote: set[tuple[str, str]] = set()  # every remote service a resolver names
+        self._remote_watched: set[tuple[str, str]] = set()  # those with a blocking watch
+        self._remote_polled: dict[tuple[str, str], int] = {}  # the others -> index emitted
         # Services with their own watch, least recently changed first (see the module doc).
         self._pool: OrderedDict[str, None] = OrderedDict()
         # The checks' watch (on once the catalog outgrows the pool): (node, check ID) ->
@@ -238,6 +244,8 @@ class ConsulAdapter:
         self._reads = asyncio.Semaphore(READ_RESERVE)
         self._sweep_wake = asyncio.Event()
         self._sweep_due = float("inf")
+        # Every watch starts again: the other datacenters' too (see _watch_remote).
+        self._remote, self._remote_watched, self._remote_polled = set(), set(), {}
         return self
 
     async def __aexit__(
@@ -288,7 +296,14 @@ class ConsulAdapter:
         """How many services may have their own blocking watch: the budget less the other
         long-lived watches (catalog, checks, config kinds, other datacenters' services) and
         the connections kept for one-shot reads."""
-        fixed = 2 + len(self.options.config_kinds) + len(self._remote)
+        fixed = 2 + len(self.options.config_kinds) + len(self._remote_watched)
+        return max(self.options.max_connections - READ_RESERVE - fixed, 0)
+
+    def _remote_room(self) -> int:
+        """How many services of other datacenters may have a blocking watch: what the budget
+        leaves after the reads, the catalog, checks and config watches (before local services:
+        a failover target has no checks watch to follow it)."""
+        fixed = 2 + len(self.options.config_kinds)
         return max(self.options.max_connections - READ_RESERVE - fixed, 0)
 
     # -- queries -----------------------------------------------------------------------------
@@ -722,23 +737,52 @@ class ConsulAdapter:
         self._resolver_targets = {k: v for k, v in found.items() if v}
 
     async def _watch_remote(self) -> None:
-        """Watch the other datacenters' services the resolvers name; stop watching (and delete)
-        those no resolver names any more."""
+        """Watch the other datacenters' services the resolvers name (as many as _remote_room
+        allows with a blocking watch each, the rest read again every sweep_interval_s); stop
+        watching (and delete) those no resolver names any more."""
         wanted = set().union(*self._resolver_targets.values()) if self._resolver_targets else set()
-        for name, dc in sorted(wanted - self._remote):
-            self._spawn(f"remote:{dc}/{name}", self._watch_service(name, 0, dc))
-        gone = sorted(self._remote - wanted)
-        for name, dc in gone:
+        watched = set(sorted(wanted)[: self._remote_room()])
+        for name, dc in sorted(self._remote_watched - watched):
             task = self._tasks.pop(f"remote:{dc}/{name}", None)
             if task is not None:
                 task.cancel()
-        self._remote = wanted
+        for name, dc in sorted(watched - self._remote_watched):
+            self._spawn(f"remote:{dc}/{name}", self._watch_service(name, 0, dc))
+        polled = wanted - watched
+        self._remote_polled = {k: self._remote_polled.get(k, 0) for k in polled}
+        if polled and "remote-poll" not in self._tasks:
+            self._spawn("remote-poll", self._poll_remote())
+        gone = sorted(self._remote - wanted)
+        self._remote, self._remote_watched = wanted, watched
         if gone:
             deletes = tuple((SOURCE, SERVICE_KIND, "", f"{dc}/{name}") for name, dc in gone)
             await self._queue.put(SourceEvent(SOURCE, deletes=deletes))
         if len(self._pool) > self._slots():  # the remote watches take connections from it
             await self._ensure_detector()
             self._evict_to(self._slots())
+
+    async def _poll_remote(self) -> None:
+        """Read the remote services beyond the budget's room (one-shot reads, READ_RESERVE at
+        a time) every sweep_interval_s, and emit those whose index moved."""
+        backoff = Backoff(self.options.backoff_base_s, self.options.backoff_cap_s)
+        while self._remote_polled:
+            for key in sorted(self._remote_polled):
+                name, dc = key
+                try:
+                    async with self._reads:
+                        reported, entries = await self._query(self._health_call(name, 0, dc))
+                    instances = _as_list(entries)
+                except Exception as exc:
+                    await self._failed(f"health of {name} in {dc}", exc, backoff)
+                    continue
+                backoff.reset()
+                index = int(reported or 0)
+                if key in self._remote_polled and self._remote_polled[key] != index:
+                    self._remote_polled[key] = index
+                    resource = self._service_resource(name, instances, index, dc)
+                    await self._queue.put(SourceEvent(SOURCE, upserts=(resource,)))
+            await asyncio.sleep(self.options.sweep_interval_s)
+        self._tasks.pop("remote-poll", None)
 
     async def _failed(self, what: str, exc: Exception, backoff: Backoff) -> None:
         """Log and report one failed query, then wait out the backoff.

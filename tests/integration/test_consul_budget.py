@@ -357,3 +357,45 @@ async def test_a_suspect_move_is_swept_at_most_once_per_sweep_interval(
         again = await swept_for(44, suspect=True)
         assert adapter.sweeps == 3
         assert definite - first < 5.0 <= again - definite
+
+
+async def test_other_datacenters_watches_stay_within_the_budget(
+    limited: ConsulSimulator,
+) -> None:
+    """Resolvers fail ten services over to dc2: with a budget of 16 (4 for reads, catalog,
+    checks and 6 config kinds), four get a blocking watch in dc2, the other six are read
+    again every sweep_interval; all ten arrive, a change to a read-again one too, and no
+    more than four queries ever block in dc2."""
+    sim = limited
+    dc2 = sim.add_datacenter("dc2")
+    dc2.ensure_node(NODE, "127.0.0.1")
+    for i in range(10):
+        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 1000 + i}
+        sim.state.register_service(NODE, body, [{"CheckID": f"c{i}", "Status": "passing"}])
+        dc2.register_service(NODE, {"ID": f"r{i}", "Service": f"svc{i}", "Port": 3000 + i}, [])
+        failover = {"*": {"Datacenters": ["dc2"]}}
+        sim.state.put_config({"Kind": "service-resolver", "Name": f"svc{i}", "Failover": failover})
+    options = ConsulOptions(
+        address=sim.address, wait_s=20.0, max_connections=MIN_CONNECTIONS, sweep_interval_s=0.5
+    )
+    async with ConsulAdapter(options) as adapter:
+        it = adapter.watch()
+        await next_matching(it, lambda e: e.synced)
+        remote: set[str] = set()
+
+        def all_remote(event: SourceEvent) -> bool:
+            remote.update(r.name for r in event.upserts if r.body.get("Remote"))
+            return len(remote) == 10
+
+        await next_matching(it, all_remote)
+        assert remote == {f"dc2/svc{i}" for i in range(10)}
+        assert len(adapter._remote_watched) == 4 and adapter._slots() == 0
+        dc2.register_service(NODE, {"ID": "r9b", "Service": "svc9", "Port": 3100}, [])
+        await next_matching(it, changed_to("dc2/svc9", ["r9", "r9b"]))
+        assert max(n for k, n in sim.blocked.items() if k.startswith("dc2:")) <= 1
+        assert sum(n for k, n in sim.blocked.items() if k.startswith("dc2:")) <= 4
+        # a local service is still followed (by the checks watch)
+        sim.state.set_check("c3", "critical")
+        await next_matching(it, changed_to("svc3", []))
+    assert sim.refused == 0
+    assert sim.peak_connections <= MIN_CONNECTIONS
