@@ -234,6 +234,7 @@ class ConsulAdapter:
         self._sweep_task: asyncio.Task[None] | None = None
         self._last_sweep = float("-inf")  # when the last sweep started
         self._refreshing = 0  # one-shot reads in flight (see _explain)
+        self._sweep_promotions = 0  # services the running sweep may still give a watch
 
     async def __aenter__(self) -> ConsulAdapter:
         # The agent re-enters an adapter after a failure: start clean.
@@ -588,9 +589,12 @@ class ConsulAdapter:
             self._last_sweep = loop.time()
             self.sweeps += 1
             names = [n for n in sorted(self._services) if n not in self._pool]
+            # What a sweep finds changed gets a watch of its own (few at a time, as in
+            # _changed): its next checkless change is then followed, not swept for again.
+            self._sweep_promotions = max(self._slots() - len(self._pool), 0) + EVICTIONS_PER_ROUND
             for start in range(0, len(names), READ_RESERVE):
                 batch = names[start : start + READ_RESERVE]
-                await asyncio.gather(*(self._refresh(n, promote=False) for n in batch))
+                await asyncio.gather(*(self._refresh(n, False, swept=True) for n in batch))
             log.info(
                 "consul_swept",
                 source=SOURCE,
@@ -610,14 +614,14 @@ class ConsulAdapter:
         for k, name in enumerate(todo):
             self._helper(self._refresh(name, promote=promote and k < promotions))
 
-    async def _refresh(self, name: str, promote: bool) -> None:
+    async def _refresh(self, name: str, promote: bool, swept: bool = False) -> None:
         self._refreshing += 1
         try:
-            await self._refresh_one(name, promote)
+            await self._refresh_one(name, promote, swept)
         finally:
             self._refreshing -= 1
 
-    async def _refresh_one(self, name: str, promote: bool) -> None:
+    async def _refresh_one(self, name: str, promote: bool, swept: bool) -> None:
         backoff = Backoff(self.options.backoff_base_s, self.options.backoff_cap_s)
         while True:
             try:
@@ -634,10 +638,14 @@ class ConsulAdapter:
             # watch reads it when it is)
         index = next_index(0, int(reported or 0))
         self._note_nodes(name, instances)
-        if self._services.get(name) != index:
+        changed = self._services.get(name) != index
+        if changed:
             self._services[name] = index
             resource = self._service_resource(name, instances, int(reported or 0))
             await self._queue.put(SourceEvent(SOURCE, upserts=(resource,)))
+        if swept and changed and self._sweep_promotions > 0:
+            self._sweep_promotions -= 1
+            promote = True
         if promote and name not in self._pool:
             await self._promote(name, index)
 

@@ -24,7 +24,7 @@ from meshagent.adapters.consul import (
 )
 from meshagent.model.source import SourceEvent
 from meshagent.testing.consul_sim import ConsulSimulator
-from meshagent.testing.consul_state import CHECKS_KEY, SERVICES_KEY
+from meshagent.testing.consul_state import CHECKS_KEY, SERVICES_KEY, service_key
 from tests.polling import async_wait_for, wait_for
 
 NODE = "sim-node"
@@ -399,3 +399,30 @@ async def test_other_datacenters_watches_stay_within_the_budget(
         await next_matching(it, changed_to("svc3", []))
     assert sim.refused == 0
     assert sim.peak_connections <= MIN_CONNECTIONS
+
+
+async def test_a_service_a_sweep_finds_changed_gets_its_own_watch(
+    limited: ConsulSimulator,
+) -> None:
+    """A checkless change found by a sweep gives its service a watch of its own: the next
+    checkless change to it is followed there (its instance's ModifyIndex accounts for the
+    catalog's move), without another sweep."""
+    sim = limited
+    for i in range(60):
+        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 1000 + i}
+        sim.state.register_service(NODE, body, [{"CheckID": f"c{i}", "Status": "passing"}])
+    options = ConsulOptions(address=sim.address, wait_s=20.0, max_connections=MIN_CONNECTIONS)
+    async with ConsulAdapter(options) as adapter:
+        it = adapter.watch()
+        await next_matching(it, lambda e: e.synced)
+        await async_wait_for(lambda: sim.blocked[CHECKS_KEY] > 0, what="the checks' watch")
+        sim.state.register_service(NODE, {"ID": "s50b", "Service": "svc50", "Port": 2050}, [])
+        await next_matching(it, changed_to("svc50", ["s50", "s50b"]))
+        assert adapter.sweeps == 1
+        await async_wait_for(lambda: sim.blocked[service_key("svc50")] > 0, what="its watch")
+        sim.state.register_service(NODE, {"ID": "s50c", "Service": "svc50", "Port": 2051}, [])
+        await next_matching(it, changed_to("svc50", ["s50", "s50b", "s50c"]))
+        await async_wait_for(lambda: sim.blocked[SERVICES_KEY] > 0, what="the catalog again")
+        await async_wait_for(lambda: not adapter._helpers, what="the move explained")
+        assert adapter.sweeps == 1
+    assert sim.refused == 0
