@@ -15,7 +15,13 @@ after it and after the changes, and its high-water mark (VmHWM), and the Consul 
 counted (the simulator refuses a client's connections beyond 200 at once, as Consul does, so an
 agent that needs more than that shows here).
 
+With --checkless the changes register the new instance without a check: only the catalog's
+index moves, and the agent finds it by a sweep (re-reading every service without a watch of its
+own); the agent then logs at info, and the sweeps it logged (count, services and seconds each)
+are reported. --sweep-interval sets sources.consul.sweep_interval.
+
 Usage: python benchmarks/consul_convergence.py [--services 1000|10000] [--changes 200]
+       [--checkless] [--sweep-interval 1m]
 Prints one JSON document.
 """
 
@@ -42,14 +48,17 @@ from meshagent.testing.mesh_harness import MeshHarness, mesh_harness, wait_until
 LOG_LEVEL = "warning"
 
 
-def catalog_body(name: str, sid: str, port: int) -> dict[str, Any]:
-    """A /v1/catalog/register body: one passing instance of name on 127.0.0.1:port."""
-    return {
+def catalog_body(name: str, sid: str, port: int, check: bool = True) -> dict[str, Any]:
+    """A /v1/catalog/register body: one passing instance of name on 127.0.0.1:port (with no
+    check at all unless check)."""
+    body: dict[str, Any] = {
         "Node": "bench",
         "Address": "127.0.0.1",
         "Service": {"ID": sid, "Service": name, "Address": "127.0.0.1", "Port": port},
-        "Check": {"CheckID": f"service:{sid}", "Status": "passing", "ServiceID": sid},
     }
+    if check:
+        body["Check"] = {"CheckID": f"service:{sid}", "Status": "passing", "ServiceID": sid}
+    return body
 
 
 def start_simulator(
@@ -85,8 +94,11 @@ def listening(port: int) -> bool:
     return True
 
 
-def register(conn: http.client.HTTPConnection, name: str, sid: str, port: int) -> None:
-    conn.request("PUT", "/v1/catalog/register", body=json.dumps(catalog_body(name, sid, port)))
+def register(
+    conn: http.client.HTTPConnection, name: str, sid: str, port: int, check: bool = True
+) -> None:
+    body = json.dumps(catalog_body(name, sid, port, check))
+    conn.request("PUT", "/v1/catalog/register", body=body)
     reply = conn.getresponse()
     reply.read()
     if reply.status != 200:
@@ -141,7 +153,7 @@ def mean_ms(
 
 
 def measure(
-    mesh: MeshHarness, sim_port: int, services: int, changes: int, live: int
+    mesh: MeshHarness, sim_port: int, services: int, changes: int, live: int, check: bool = True
 ) -> tuple[list[float], list[float]]:
     """Each change's latency (ms), and the agent's share of it: its convergence histogram's
     sum grew by that much (a Consul event's arrival to Envoy's ACK), read after the change."""
@@ -154,18 +166,21 @@ def measure(
         if served_by(mesh, host) != "old":
             raise SystemExit(f"{name} is not served by the old instance before the change")
         start = time.perf_counter()
-        register(conn, name, f"{name}-live-{k}", live)
-        deadline = start + 10.0
+        register(conn, name, f"{name}-live-{k}", live, check)
+        limit = 10.0 if check else 120.0  # a sweep of 10k services takes seconds
+        deadline = start + limit
         while served_by(mesh, host) != "new":
             if time.perf_counter() > deadline:
-                raise SystemExit(f"change {k} not applied within 10 s")
+                raise SystemExit(f"change {k} not applied within {limit} s")
         latencies.append((time.perf_counter() - start) * 1000)
         before, converged = converged, mesh.metric("meshagent_convergence_seconds_sum")
         agent.append((converged - before) * 1000)
     return latencies, agent
 
 
-def run(services: int, changes: int) -> dict[str, Any]:
+def run(
+    services: int, changes: int, checkless: bool = False, sweep_interval: str = "1m"
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         old = FastApp("old")  # every service's first instance
         new = FastApp("new")  # the instance every change registers
@@ -173,11 +188,16 @@ def run(services: int, changes: int) -> dict[str, Any]:
         wait_until(lambda: listening(sim_port), timeout=120, what="the Consul simulator")
         sources = {
             "files": None,
-            "consul": {"address": f"127.0.0.1:{sim_port}", "service_port": 8080},
+            "consul": {
+                "address": f"127.0.0.1:{sim_port}",
+                "service_port": 8080,
+                "sweep_interval": sweep_interval,
+            },
         }
+        level = "info" if checkless else LOG_LEVEL
         try:
             with mesh_harness(
-                Path(tmp), sources=sources, log={"level": LOG_LEVEL, "format": "json"}
+                Path(tmp), sources=sources, log={"level": level, "format": "json"}
             ) as mesh:
                 started = time.perf_counter()
                 mesh.start_agent()
@@ -195,13 +215,16 @@ def run(services: int, changes: int) -> dict[str, Any]:
                 initial_s = time.perf_counter() - started
                 rss_loaded = rss_mb(mesh.agent)
                 before = agent_means(mesh)
-                in_order, agent_share = measure(mesh, sim_port, services, changes, new.port)
+                in_order, agent_share = measure(
+                    mesh, sim_port, services, changes, new.port, not checkless
+                )
                 after = agent_means(mesh)
                 rss_changed = rss_mb(mesh.agent)
                 rss_peak = rss_mb(mesh.agent, "VmHWM")
                 consul_errors = mesh.metric("meshagent_source_errors_total", source="consul")
                 log = (mesh.root / "agent.log").read_text(errors="replace").splitlines()
                 failures = [line[:300] for line in log if "consul_query_failed" in line][:3]
+                sweeps = [json.loads(line) for line in log if '"consul_swept"' in line]
         finally:
             old.close()
             new.close()
@@ -212,6 +235,10 @@ def run(services: int, changes: int) -> dict[str, Any]:
     return {
         "services": services,
         "changes": changes,
+        "checkless": checkless,
+        "sweep_interval": sweep_interval,
+        # logged at info, so counted with --checkless only: [services read, seconds] each
+        "consul_sweeps": [[s.get("services"), s.get("seconds")] for s in sweeps],
         "initial_sync_s": round(initial_s, 2),
         "agent_rss_mb_loaded": rss_loaded,
         "agent_rss_mb_after_changes": rss_changed,
@@ -238,8 +265,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--changes", type=int, default=200)
+    parser.add_argument("--checkless", action="store_true", help="changes without a check")
+    parser.add_argument("--sweep-interval", default="1m", help="sources.consul.sweep_interval")
     args = parser.parse_args()
-    print(json.dumps(run(args.services, args.changes), indent=2))
+    result = run(args.services, args.changes, args.checkless, args.sweep_interval)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,22 @@ a check that appears, changes or goes away names its service (a node's check: ev
 that node), which is then read once (non-blocking, at most READ_RESERVE at once) and emitted
 if its X-Consul-Index moved. A change that touches no check (an instance registered or removed
 without checks) moves the catalog's index but not the checks' one: then every service without
-its own watch is read again (a sweep; rare, and at most one at a time).
+its own watch is read again (a sweep).
+
+When is a move of the catalog's index explained? Its index is the highest Raft index of any
+write to the services table, and one answer may coalesce several writes: the move from P to C
+says nothing of the writes between. Raft indexes are shared by every table, so the move is
+explained only when every index in (P, C] is accounted for by a write this adapter saw and
+followed: a check's ModifyIndex (its service, or its node's services, were read again), an
+instance's Service.ModifyIndex in an answer it read, a config entry's ModifyIndex. When C
+itself is not accounted for, a checkless write happened at C: a sweep at once (one at a time,
+a few reads at once). When C is but an index before it is not, that index may be a checkless
+write as well as any other write Consul made meanwhile (KV, sessions, coordinates: a real
+Consul makes them all the time, so this is the common case there, and a sweep each time would
+re-read the whole catalog on every registration): a sweep then starts `sweep_interval_s` after
+the last one began (at once if that is past). A change is thus never missed for longer than
+about that interval plus one sweep, and the suspicion costs Consul at most one sweep per
+interval.
 
 Resources emitted (source "consul", apiVersion "consul/v1"):
 - `ConsulService`, name = the service name: {"Name", "Datacenter", "Instances": the
@@ -32,6 +47,10 @@ Resources emitted (source "consul", apiVersion "consul/v1"):
 - `ConsulService`, name = "<datacenter>/<service>", body also {"Remote": true}: a service of
   another datacenter that a service-resolver fails over or redirects to, watched there with
   ?dc= (Consul forwards the query over WAN federation) for as long as a resolver names it.
+  These watches come out of the same budget, before local services' (a local service is still
+  followed by the checks watch; a remote one has nothing else): beyond what the budget leaves
+  after the reads, the catalog, checks and config watches, the others are read once every
+  `sweep_interval_s` (one-shot reads) and emitted when their index moved.
 
 Faults never delete anything: an unreachable, failing (5xx, 403, 429) or garbled Consul only
 yields errors (logged, and reported as SourceEvent errors, which the agent counts per source).
@@ -70,7 +89,8 @@ READ_RESERVE = 4
 LISTING_PARALLELISM = 32  # health reads in flight during the first listing
 CATALOG_QPS = 5.0  # at most, for the catalog watch (see _watch_catalog)
 SWEEP_GRACE_S = 2.0  # how long a catalog change waits for the checks' watch to explain it
-EXPLAINED_KEPT = 4096  # indexes of check changes remembered for that
+SWEEP_INTERVAL_S = 60.0  # ConsulOptions.sweep_interval_s (see the module doc)
+EXPLAINED_KEPT = 4096  # Raft indexes of writes seen and followed, remembered for that
 CHECKS_QPS_FACTOR = 2.5  # the checks watch's bucket, in `qps` and `burst` (see _watch_checks)
 CHECKS_BURST_FACTOR = 5
 EVICTIONS_PER_ROUND = 2  # services that give up their watch per change noticed (see _changed)
@@ -105,6 +125,7 @@ class ConsulOptions:
     backoff_base_s: float = 0.1
     backoff_cap_s: float = 5.0
     max_connections: int = MAX_CONNECTIONS  # HTTP connections to Consul at once, at most
+    sweep_interval_s: float = SWEEP_INTERVAL_S  # a suspect catalog move's sweep waits this long
 
 
 class TokenFile:
@@ -193,7 +214,9 @@ class ConsulAdapter:
         self._entries: dict[str, set[str]] = {}  # config kind -> resource names
         # service-resolver name -> (service, datacenter) targets elsewhere; those watched
         self._resolver_targets: dict[str, set[tuple[str, str]]] = {}
-        self._remote: set[tuple[str, str]] = set()
+        self._remote: set[tuple[str, str]] = set()  # every remote service a resolver names
+        self._remote_watched: set[tuple[str, str]] = set()  # those with a blocking watch
+        self._remote_polled: dict[tuple[str, str], int] = {}  # the others -> index emitted
         # Services with their own watch, least recently changed first (see the module doc).
         self._pool: OrderedDict[str, None] = OrderedDict()
         # The checks' watch (on once the catalog outgrows the pool): (node, check ID) ->
@@ -206,8 +229,12 @@ class ConsulAdapter:
         self._node_services: dict[str, set[str]] = {}  # node -> services with instances there
         self._detector_lock = asyncio.Lock()
         self._reads = asyncio.Semaphore(READ_RESERVE)
-        self._sweep_wanted = False
+        self._sweep_due = float("inf")  # when the next sweep starts (the loop's clock)
+        self._sweep_wake = asyncio.Event()  # set when _sweep_due moves earlier
         self._sweep_task: asyncio.Task[None] | None = None
+        self._last_sweep = float("-inf")  # when the last sweep started
+        self._refreshing = 0  # one-shot reads in flight (see _explain)
+        self._sweep_promotions = 0  # services the running sweep may still give a watch
 
     async def __aenter__(self) -> ConsulAdapter:
         # The agent re-enters an adapter after a failure: start clean.
@@ -216,6 +243,10 @@ class ConsulAdapter:
         self._synced = False
         self._detector_lock = asyncio.Lock()
         self._reads = asyncio.Semaphore(READ_RESERVE)
+        self._sweep_wake = asyncio.Event()
+        self._sweep_due = float("inf")
+        # Every watch starts again: the other datacenters' too (see _watch_remote).
+        self._remote, self._remote_watched, self._remote_polled = set(), set(), {}
         return self
 
     async def __aexit__(
@@ -266,7 +297,14 @@ class ConsulAdapter:
         """How many services may have their own blocking watch: the budget less the other
         long-lived watches (catalog, checks, config kinds, other datacenters' services) and
         the connections kept for one-shot reads."""
-        fixed = 2 + len(self.options.config_kinds) + len(self._remote)
+        fixed = 2 + len(self.options.config_kinds) + len(self._remote_watched)
+        return max(self.options.max_connections - READ_RESERVE - fixed, 0)
+
+    def _remote_room(self) -> int:
+        """How many services of other datacenters may have a blocking watch: what the budget
+        leaves after the reads, the catalog, checks and config watches (before local services:
+        a failover target has no checks watch to follow it)."""
+        fixed = 2 + len(self.options.config_kinds)
         return max(self.options.max_connections - READ_RESERVE - fixed, 0)
 
     # -- queries -----------------------------------------------------------------------------
@@ -399,10 +437,16 @@ class ConsulAdapter:
         self._detector = True
 
     def _note_nodes(self, name: str, instances: list[Any]) -> None:
+        """Remember the nodes name has instances on, and account for the writes that
+        registered them (each wrote this service's instance: read here, it is followed)."""
         for entry in instances:
-            node = entry.get("Node") if isinstance(entry, dict) else None
+            if not isinstance(entry, dict):
+                continue
+            node, service = entry.get("Node"), entry.get("Service")
             if isinstance(node, dict) and node.get("Node"):
                 self._node_services.setdefault(str(node["Node"]), set()).add(name)
+            if isinstance(service, dict) and isinstance(service.get("ModifyIndex"), int):
+                self._note_explained(service["ModifyIndex"])
 
     # -- the watches -------------------------------------------------------------------------------
 
@@ -443,8 +487,8 @@ class ConsulAdapter:
             known = self._known = names
             if added:
                 await self._changed(added)
-            elif new != index and index and not gone and self._detector:
-                self._helper(self._explain(int(reported or 0)))
+            if new != index and index and self._detector:
+                self._helper(self._explain(index, int(reported or 0)))
             index = new
 
     async def _watch_checks(self, index: int) -> None:
@@ -499,31 +543,65 @@ class ConsulAdapter:
 
     def _note_explained(self, index: int) -> None:
         self._explained[index] = None
+        self._explained.move_to_end(index)
         while len(self._explained) > EXPLAINED_KEPT:
             self._explained.popitem(last=False)
 
-    async def _explain(self, catalog_index: int) -> None:
-        """Sweep unless a check changed at catalog_index (give the checks' watch a moment)."""
-        deadline = asyncio.get_running_loop().time() + SWEEP_GRACE_S
-        while catalog_index not in self._explained:
-            if self._checks_index >= catalog_index or asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(0.05)
-        if catalog_index not in self._explained:
-            self._request_sweep()
+    def _accounted(self, since: int, upto: int) -> bool:
+        """Whether every Raft index in (since, upto] is a write seen and followed."""
+        if upto - since > EXPLAINED_KEPT:
+            return False
+        return all(i in self._explained for i in range(since + 1, upto + 1))
 
-    def _request_sweep(self) -> None:
-        self._sweep_wanted = True
+    async def _explain(self, since: int, upto: int) -> None:
+        """Sweep unless the catalog's move from since to upto is accounted for (see the module
+        doc), giving the checks' watch and the reads in flight a moment to account for it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SWEEP_GRACE_S
+        while not self._accounted(since, upto):
+            caught_up = self._checks_index >= upto and not self._refreshing
+            if caught_up or loop.time() > deadline:
+                # A checkless write at upto: now; only suspected before it: in a while.
+                self._request_sweep(deferred=upto in self._explained)
+                return
+            await asyncio.sleep(0.05)
+
+    def _request_sweep(self, deferred: bool = False) -> None:
+        now = asyncio.get_running_loop().time()
+        due = max(self._last_sweep + self.options.sweep_interval_s, now) if deferred else now
+        if due < self._sweep_due:
+            self._sweep_due = due
+            self._sweep_wake.set()
         if self._sweep_task is None or self._sweep_task.done():
             self._sweep_task = asyncio.create_task(self._sweep(), name="consul-sweep")
 
     async def _sweep(self) -> None:
-        """Read again every service without its own watch (at most READ_RESERVE at once)."""
-        while self._sweep_wanted:
-            self._sweep_wanted = False
+        """Read again every service without its own watch, READ_RESERVE at a time (so that a
+        read for a change waits for a few of these, not for the whole sweep), when due."""
+        loop = asyncio.get_running_loop()
+        while self._sweep_due != float("inf"):
+            self._sweep_wake.clear()
+            if self._sweep_due > loop.time():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._sweep_wake.wait(), self._sweep_due - loop.time())
+                continue
+            self._sweep_due = float("inf")  # what is wanted from now on needs another sweep
+            self._last_sweep = loop.time()
             self.sweeps += 1
             names = [n for n in sorted(self._services) if n not in self._pool]
-            await asyncio.gather(*(self._refresh(n, promote=False) for n in names))
+            # What a sweep finds changed gets a watch of its own (few at a time, as in
+            # _changed): its next checkless change is then followed, not swept for again.
+            self._sweep_promotions = max(self._slots() - len(self._pool), 0) + EVICTIONS_PER_ROUND
+            for start in range(0, len(names), READ_RESERVE):
+                batch = names[start : start + READ_RESERVE]
+                await asyncio.gather(*(self._refresh(n, False, swept=True) for n in batch))
+            log.info(
+                "consul_swept",
+                source=SOURCE,
+                services=len(names),
+                seconds=round(loop.time() - self._last_sweep, 3),
+                sweeps=self.sweeps,
+            )
 
     async def _changed(self, names: list[str], promote: bool = True) -> None:
         """Services that changed (or appeared) and have no watch of their own: read each once,
@@ -536,7 +614,14 @@ class ConsulAdapter:
         for k, name in enumerate(todo):
             self._helper(self._refresh(name, promote=promote and k < promotions))
 
-    async def _refresh(self, name: str, promote: bool) -> None:
+    async def _refresh(self, name: str, promote: bool, swept: bool = False) -> None:
+        self._refreshing += 1
+        try:
+            await self._refresh_one(name, promote, swept)
+        finally:
+            self._refreshing -= 1
+
+    async def _refresh_one(self, name: str, promote: bool, swept: bool) -> None:
         backoff = Backoff(self.options.backoff_base_s, self.options.backoff_cap_s)
         while True:
             try:
@@ -553,10 +638,14 @@ class ConsulAdapter:
             # watch reads it when it is)
         index = next_index(0, int(reported or 0))
         self._note_nodes(name, instances)
-        if self._services.get(name) != index:
+        changed = self._services.get(name) != index
+        if changed:
             self._services[name] = index
             resource = self._service_resource(name, instances, int(reported or 0))
             await self._queue.put(SourceEvent(SOURCE, upserts=(resource,)))
+        if swept and changed and self._sweep_promotions > 0:
+            self._sweep_promotions -= 1
+            promote = True
         if promote and name not in self._pool:
             await self._promote(name, index)
 
@@ -631,6 +720,9 @@ class ConsulAdapter:
             backoff.reset()
             new = next_index(index, int(reported or 0))
             if new != index or index == 0:
+                for r in resources:  # config writes are in the range a catalog move spans
+                    if isinstance(r.body.get("ModifyIndex"), int):
+                        self._note_explained(r.body["ModifyIndex"])
                 names = {r.name for r in resources}
                 deletes = tuple((SOURCE, CONFIG_KIND, "", n) for n in sorted(known - names))
                 await self._queue.put(SourceEvent(SOURCE, tuple(resources), deletes))
@@ -653,23 +745,52 @@ class ConsulAdapter:
         self._resolver_targets = {k: v for k, v in found.items() if v}
 
     async def _watch_remote(self) -> None:
-        """Watch the other datacenters' services the resolvers name; stop watching (and delete)
-        those no resolver names any more."""
+        """Watch the other datacenters' services the resolvers name (as many as _remote_room
+        allows with a blocking watch each, the rest read again every sweep_interval_s); stop
+        watching (and delete) those no resolver names any more."""
         wanted = set().union(*self._resolver_targets.values()) if self._resolver_targets else set()
-        for name, dc in sorted(wanted - self._remote):
-            self._spawn(f"remote:{dc}/{name}", self._watch_service(name, 0, dc))
-        gone = sorted(self._remote - wanted)
-        for name, dc in gone:
+        watched = set(sorted(wanted)[: self._remote_room()])
+        for name, dc in sorted(self._remote_watched - watched):
             task = self._tasks.pop(f"remote:{dc}/{name}", None)
             if task is not None:
                 task.cancel()
-        self._remote = wanted
+        for name, dc in sorted(watched - self._remote_watched):
+            self._spawn(f"remote:{dc}/{name}", self._watch_service(name, 0, dc))
+        polled = wanted - watched
+        self._remote_polled = {k: self._remote_polled.get(k, 0) for k in polled}
+        if polled and "remote-poll" not in self._tasks:
+            self._spawn("remote-poll", self._poll_remote())
+        gone = sorted(self._remote - wanted)
+        self._remote, self._remote_watched = wanted, watched
         if gone:
             deletes = tuple((SOURCE, SERVICE_KIND, "", f"{dc}/{name}") for name, dc in gone)
             await self._queue.put(SourceEvent(SOURCE, deletes=deletes))
         if len(self._pool) > self._slots():  # the remote watches take connections from it
             await self._ensure_detector()
             self._evict_to(self._slots())
+
+    async def _poll_remote(self) -> None:
+        """Read the remote services beyond the budget's room (one-shot reads, READ_RESERVE at
+        a time) every sweep_interval_s, and emit those whose index moved."""
+        backoff = Backoff(self.options.backoff_base_s, self.options.backoff_cap_s)
+        while self._remote_polled:
+            for key in sorted(self._remote_polled):
+                name, dc = key
+                try:
+                    async with self._reads:
+                        reported, entries = await self._query(self._health_call(name, 0, dc))
+                    instances = _as_list(entries)
+                except Exception as exc:
+                    await self._failed(f"health of {name} in {dc}", exc, backoff)
+                    continue
+                backoff.reset()
+                index = int(reported or 0)
+                if key in self._remote_polled and self._remote_polled[key] != index:
+                    self._remote_polled[key] = index
+                    resource = self._service_resource(name, instances, index, dc)
+                    await self._queue.put(SourceEvent(SOURCE, upserts=(resource,)))
+            await asyncio.sleep(self.options.sweep_interval_s)
+        self._tasks.pop("remote-poll", None)
 
     async def _failed(self, what: str, exc: Exception, backoff: Backoff) -> None:
         """Log and report one failed query, then wait out the backoff.

@@ -32,6 +32,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,7 @@ class ConsulSimulator:
         self.peak_connections = 0  # the most one client IP held at once
         self.requests: Counter[str] = Counter()  # by endpoint ("health/service", ...)
         self.blocked: Counter[str] = Counter()  # queries blocked now, by key (service_key(...))
+        self.held: set[str] = set()  # keys whose blocked queries wait on (see hold)
         self._events: dict[str, asyncio.Event] = {}
         self._restores = 0  # the datacenters' restores seen by _wake
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -252,6 +254,19 @@ class ConsulSimulator:
             state.on_change = lambda keys: self._changed({f"{name}:{k}" for k in keys})
         return state
 
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        """While inside, blocking queries on key (e.g. SERVICES_KEY) keep waiting although its
+        index moved, as if the writes had not reached them yet: a test lands several writes
+        before a watch reads them, so that one answer coalesces them. They answer on exit (or
+        when their wait runs out)."""
+        self.held.add(key)
+        try:
+            yield
+        finally:
+            self.held.discard(key)
+            self._changed({key})
+
     def _state(self, dc: str | None) -> ConsulState:
         state = self.datacenters.get(dc or self.state.datacenter)
         if state is None:
@@ -291,7 +306,9 @@ class ConsulSimulator:
         restores, name = state.restores, self._event_key(state, key)
         self.blocked[name] += 1
         try:
-            while state.index_of(key) <= wanted and state.restores == restores:
+            while (
+                state.index_of(key) <= wanted or name in self.held
+            ) and state.restores == restores:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return

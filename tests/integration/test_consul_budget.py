@@ -24,7 +24,7 @@ from meshagent.adapters.consul import (
 )
 from meshagent.model.source import SourceEvent
 from meshagent.testing.consul_sim import ConsulSimulator
-from meshagent.testing.consul_state import CHECKS_KEY
+from meshagent.testing.consul_state import CHECKS_KEY, SERVICES_KEY, service_key
 from tests.polling import async_wait_for, wait_for
 
 NODE = "sim-node"
@@ -256,4 +256,173 @@ async def test_with_no_room_for_service_watches_the_checks_watch_follows_every_s
         assert not adapter._pool
         sim.state.set_check("wc", "critical")
         await next_matching(it, changed_to("web", []))
+    assert sim.refused == 0
+
+
+async def test_a_checkless_change_coalesced_with_a_checked_one_still_arrives(
+    limited: ConsulSimulator,
+) -> None:
+    """One read of the catalog coalesces two writes: an instance registered without a check
+    (index A, only the catalog's index moves) and one with a check (index B > A, which the
+    checks watch sees). B alone does not explain the move from before A: the services without
+    a watch of their own are read again, and the checkless instance arrives."""
+    sim = limited
+    for i in range(60):
+        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 1000 + i}
+        sim.state.register_service(NODE, body, [{"CheckID": f"c{i}", "Status": "passing"}])
+    options = ConsulOptions(
+        address=sim.address, wait_s=20.0, max_connections=MIN_CONNECTIONS, backoff_cap_s=0.2
+    )
+    async with ConsulAdapter(options) as adapter:
+        it = adapter.watch()
+        await next_matching(it, lambda e: e.synced)
+        await async_wait_for(lambda: sim.blocked[CHECKS_KEY] > 0, what="the checks' watch")
+        await async_wait_for(lambda: sim.blocked[SERVICES_KEY] > 0, what="the catalog watch")
+        sweeps = adapter.sweeps
+        with sim.hold(SERVICES_KEY):  # the catalog watch reads both writes at once
+            sim.state.register_service(NODE, {"ID": "s40b", "Service": "svc40", "Port": 2040}, [])
+            body = {"ID": "s41b", "Service": "svc41", "Port": 2041}
+            sim.state.register_service(NODE, body, [{"CheckID": "c41b", "Status": "passing"}])
+            await next_matching(it, changed_to("svc41", ["s41", "s41b"]))
+            assert adapter._checks_index == sim.state.index_of(CHECKS_KEY)
+        await next_matching(it, changed_to("svc40", ["s40", "s40b"]))
+        assert adapter.sweeps == sweeps + 1
+    assert sim.refused == 0
+
+
+async def test_a_coalesced_move_that_every_index_accounts_for_sweeps_nothing(
+    limited: ConsulSimulator,
+) -> None:
+    """Two registrations with checks in one catalog read: each index is a check change the
+    checks watch followed, so nothing is swept; a config entry written in between (an index
+    of another table) is accounted for by its config watch."""
+    sim = limited
+    for i in range(60):
+        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 1000 + i}
+        sim.state.register_service(NODE, body, [{"CheckID": f"c{i}", "Status": "passing"}])
+    options = ConsulOptions(address=sim.address, wait_s=20.0, max_connections=MIN_CONNECTIONS)
+    async with ConsulAdapter(options) as adapter:
+        it = adapter.watch()
+        await next_matching(it, lambda e: e.synced)
+        await async_wait_for(lambda: sim.blocked[SERVICES_KEY] > 0, what="the catalog watch")
+        sweeps = adapter.sweeps
+        with sim.hold(SERVICES_KEY):
+            for i, n in ((42, "svc42"), (43, "svc43")):
+                body = {"ID": f"s{i}b", "Service": n, "Port": 2000 + i}
+                sim.state.register_service(NODE, body, [{"CheckID": f"c{i}b"}])
+                await next_matching(it, lambda e, n=n: instances(e, n) is not None)
+                if i == 42:
+                    sim.state.put_config({"Kind": "service-resolver", "Name": "svc1"})
+                    await next_matching(it, lambda e: bool(e.upserts))
+        await async_wait_for(lambda: sim.blocked[SERVICES_KEY] > 0, what="the catalog again")
+        await async_wait_for(lambda: not adapter._helpers, what="the move explained")
+        assert adapter.sweeps == sweeps
+
+
+async def test_a_suspect_move_is_swept_at_most_once_per_sweep_interval(
+    limited: ConsulSimulator,
+) -> None:
+    """A move that a check explains but whose span an unseen write may hide (the case above)
+    is swept at once the first time, then no sooner than sweep_interval after the last sweep;
+    a checkless write at the catalog's own index is swept at once, whatever the interval."""
+    sim = limited
+    for i in range(60):
+        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 1000 + i}
+        sim.state.register_service(NODE, body, [{"CheckID": f"c{i}", "Status": "passing"}])
+    options = ConsulOptions(
+        address=sim.address, wait_s=20.0, max_connections=MIN_CONNECTIONS, sweep_interval_s=5.0
+    )
+    async with ConsulAdapter(options) as adapter:
+        it = adapter.watch()
+        await next_matching(it, lambda e: e.synced)
+        await async_wait_for(lambda: sim.blocked[CHECKS_KEY] > 0, what="the checks' watch")
+
+        async def swept_for(i: int, suspect: bool) -> float:
+            """When the sweep that found a checkless instance of svc{i} started."""
+            await async_wait_for(lambda: sim.blocked[SERVICES_KEY] > 0, what="catalog watch")
+            with sim.hold(SERVICES_KEY):
+                body = {"ID": f"s{i}b", "Service": f"svc{i}", "Port": 2000 + i}
+                sim.state.register_service(NODE, body, [])
+                if suspect:  # a write with a check after it, read with it
+                    body = {"ID": f"s{i + 1}b", "Service": f"svc{i + 1}", "Port": 2001 + i}
+                    sim.state.register_service(NODE, body, [{"CheckID": f"c{i + 1}b"}])
+                    await next_matching(it, lambda e: instances(e, f"svc{i + 1}") is not None)
+            await next_matching(it, changed_to(f"svc{i}", [f"s{i}", f"s{i}b"]), 20.0)
+            task = adapter._sweep_task
+            await async_wait_for(lambda: task is not None and task.done(), what="sweep done")
+            return adapter._last_sweep
+
+        first = await swept_for(40, suspect=True)
+        definite = await swept_for(42, suspect=False)
+        again = await swept_for(44, suspect=True)
+        assert adapter.sweeps == 3
+        assert definite - first < 5.0 <= again - definite
+
+
+async def test_other_datacenters_watches_stay_within_the_budget(
+    limited: ConsulSimulator,
+) -> None:
+    """Resolvers fail ten services over to dc2: with a budget of 16 (4 for reads, catalog,
+    checks and 6 config kinds), four get a blocking watch in dc2, the other six are read
+    again every sweep_interval; all ten arrive, a change to a read-again one too, and no
+    more than four queries ever block in dc2."""
+    sim = limited
+    dc2 = sim.add_datacenter("dc2")
+    dc2.ensure_node(NODE, "127.0.0.1")
+    for i in range(10):
+        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 1000 + i}
+        sim.state.register_service(NODE, body, [{"CheckID": f"c{i}", "Status": "passing"}])
+        dc2.register_service(NODE, {"ID": f"r{i}", "Service": f"svc{i}", "Port": 3000 + i}, [])
+        failover = {"*": {"Datacenters": ["dc2"]}}
+        sim.state.put_config({"Kind": "service-resolver", "Name": f"svc{i}", "Failover": failover})
+    options = ConsulOptions(
+        address=sim.address, wait_s=20.0, max_connections=MIN_CONNECTIONS, sweep_interval_s=0.5
+    )
+    async with ConsulAdapter(options) as adapter:
+        it = adapter.watch()
+        await next_matching(it, lambda e: e.synced)
+        remote: set[str] = set()
+
+        def all_remote(event: SourceEvent) -> bool:
+            remote.update(r.name for r in event.upserts if r.body.get("Remote"))
+            return len(remote) == 10
+
+        await next_matching(it, all_remote)
+        assert remote == {f"dc2/svc{i}" for i in range(10)}
+        assert len(adapter._remote_watched) == 4 and adapter._slots() == 0
+        dc2.register_service(NODE, {"ID": "r9b", "Service": "svc9", "Port": 3100}, [])
+        await next_matching(it, changed_to("dc2/svc9", ["r9", "r9b"]))
+        assert max(n for k, n in sim.blocked.items() if k.startswith("dc2:")) <= 1
+        assert sum(n for k, n in sim.blocked.items() if k.startswith("dc2:")) <= 4
+        # a local service is still followed (by the checks watch)
+        sim.state.set_check("c3", "critical")
+        await next_matching(it, changed_to("svc3", []))
+    assert sim.refused == 0
+    assert sim.peak_connections <= MIN_CONNECTIONS
+
+
+async def test_a_service_a_sweep_finds_changed_gets_its_own_watch(
+    limited: ConsulSimulator,
+) -> None:
+    """A checkless change found by a sweep gives its service a watch of its own: the next
+    checkless change to it is followed there (its instance's ModifyIndex accounts for the
+    catalog's move), without another sweep."""
+    sim = limited
+    for i in range(60):
+        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 1000 + i}
+        sim.state.register_service(NODE, body, [{"CheckID": f"c{i}", "Status": "passing"}])
+    options = ConsulOptions(address=sim.address, wait_s=20.0, max_connections=MIN_CONNECTIONS)
+    async with ConsulAdapter(options) as adapter:
+        it = adapter.watch()
+        await next_matching(it, lambda e: e.synced)
+        await async_wait_for(lambda: sim.blocked[CHECKS_KEY] > 0, what="the checks' watch")
+        sim.state.register_service(NODE, {"ID": "s50b", "Service": "svc50", "Port": 2050}, [])
+        await next_matching(it, changed_to("svc50", ["s50", "s50b"]))
+        assert adapter.sweeps == 1
+        await async_wait_for(lambda: sim.blocked[service_key("svc50")] > 0, what="its watch")
+        sim.state.register_service(NODE, {"ID": "s50c", "Service": "svc50", "Port": 2051}, [])
+        await next_matching(it, changed_to("svc50", ["s50", "s50b", "s50c"]))
+        await async_wait_for(lambda: sim.blocked[SERVICES_KEY] > 0, what="the catalog again")
+        await async_wait_for(lambda: not adapter._helpers, what="the move explained")
+        assert adapter.sweeps == 1
     assert sim.refused == 0

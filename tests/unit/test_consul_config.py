@@ -28,6 +28,7 @@ sources:
     rate_limit: {qps: 5, burst: 10}
     wait: 30s
     max_connections: 40
+    sweep_interval: 5m
     precedence: consul
     register: {enabled: true, address: 192.0.2.7}
     terminating_gateway_port: 9443
@@ -44,7 +45,7 @@ def test_every_key_is_read(tmp_path: Path) -> None:
     assert o.token_file == tmp_path / "secrets" / "consul-token"
     assert o.cert_file == tmp_path / "c.pem" and o.ca_file == tmp_path / "ca.pem"
     assert (o.qps, o.burst, o.wait_s, o.include_warning) == (5.0, 10, 30.0, True)
-    assert o.max_connections == 40
+    assert (o.max_connections, o.sweep_interval_s) == (40, 300.0)
     assert m.host("web", "team") == "web.team.svc.cluster.local"
     assert m.remote_host("web", "team", "dc7") == "web.dc7.remote"
     assert (m.network, m.service_port, m.default_protocol, m.precedence) == (
@@ -64,6 +65,7 @@ def test_defaults_and_off(tmp_path: Path) -> None:
     assert config.sources.consul is not None
     assert config.sources.consul.options.address == "127.0.0.1:8500"
     assert config.sources.consul.options.max_connections == 100  # half of Consul's 200
+    assert config.sources.consul.options.sweep_interval_s == 60.0
     assert config.sources.consul.mapping.host("web") == "web.service.consul"
     assert not config.sources.consul.register.enabled
     assert config.sources.consul.mapping.terminating_gateway_port == 8443
@@ -86,6 +88,7 @@ def test_defaults_and_off(tmp_path: Path) -> None:
         ("sources: {consul: {rate_limit: {qps: 0}}}", "sources.consul.rate_limit.qps"),
         ("sources: {consul: {bogus: 1}}", "sources.consul.bogus"),
         ("sources: {consul: {max_connections: 15}}", "sources.consul.max_connections"),
+        ("sources: {consul: {sweep_interval: 2h}}", "sources.consul.sweep_interval"),
         (
             "sources: {consul: {terminating_gateway_port: 0}}",
             "sources.consul.terminating_gateway_port",

@@ -24,6 +24,7 @@ KEYS = (
     "include_warning",
     "rate_limit",
     "max_connections",
+    "sweep_interval",
     "wait",
     "precedence",
     "register",
@@ -72,6 +73,7 @@ def parse_consul(s: Section, base: Path) -> ConsulSourceConfig:
     max_connections = s.get("max_connections", int, MAX_CONNECTIONS)
     if max_connections < MIN_CONNECTIONS:
         raise s.error(f"must be at least {MIN_CONNECTIONS}", "max_connections")
+    sweep_ms = duration_ms(s, "sweep_interval", "1m", 0, 3_600_000)
     include_warning = s.get("include_warning", bool, False)
     datacenter = s.opt("datacenter", str)
     options = ConsulOptions(
@@ -87,6 +89,7 @@ def parse_consul(s: Section, base: Path) -> ConsulSourceConfig:
         burst=burst,
         wait_s=wait_ms / 1000,
         max_connections=max_connections,
+        sweep_interval_s=sweep_ms / 1000,
     )
     return ConsulSourceConfig(options, _mapping(s, include_warning, datacenter), _register(s))
 
