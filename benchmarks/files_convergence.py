@@ -61,7 +61,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -367,10 +367,8 @@ TIMELINE = {
 }
 
 
-def timeline(log: Path, start: float) -> dict[str, float]:
-    """Seconds from start to the agent's first load milestones (from its JSON log): started,
-    files read, first snapshot, and Envoy's ACK of each type."""
-    out: dict[str, float] = {}
+def log_events(log: Path) -> Iterator[tuple[dict[str, Any], float]]:
+    """The agent's JSON log events, each with its timestamp (Unix seconds)."""
     for line in log.read_text(errors="replace").splitlines():
         if not line.startswith("{"):
             continue
@@ -379,6 +377,14 @@ def timeline(log: Path, start: float) -> dict[str, float]:
             at = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
         except (ValueError, KeyError):
             continue
+        yield event, at
+
+
+def timeline(log: Path, start: float) -> dict[str, float]:
+    """Seconds from start to the agent's first load milestones (from its JSON log): started,
+    files read, first snapshot, and Envoy's ACK of each type."""
+    out: dict[str, float] = {}
+    for event, at in log_events(log):
         name = TIMELINE.get(event.get("event", ""))
         if event.get("event") == "xds_ack":
             name = "ack_" + event.get("type_url", "").rsplit(".", 1)[-1]
@@ -452,14 +458,7 @@ def change_stages(log: Path, renames: list[float]) -> dict[str, float]:
     wall clock), ms until the agent published the new snapshot (files read, normalized,
     translated, checked) and until Envoy's ACK of the endpoints reached the agent; p50/p99."""
     marks: dict[str, list[float]] = {"snapshot_published": [], "xds_ack": []}
-    for line in log.read_text(errors="replace").splitlines():
-        if not line.startswith("{"):
-            continue
-        try:
-            event = json.loads(line)
-            at = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
-        except (ValueError, KeyError):
-            continue
+    for event, at in log_events(log):
         name = event.get("event", "")
         if name == "snapshot_published" or event.get("type_url", "").endswith("Assignment"):
             marks["snapshot_published" if name == "snapshot_published" else "xds_ack"].append(at)

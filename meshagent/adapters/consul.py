@@ -351,29 +351,27 @@ class ConsulAdapter:
             return response.headers["X-Consul-Index"], str(response.body)
 
         def call(token: str | None) -> Any:
-            params: list[tuple[str, Any]] = []
-            if self.options.datacenter:
-                params.append(("dc", self.options.datacenter))
-            if index:
-                params += [("index", index), ("wait", self._wait)]
             headers = self._client.prepare_headers(token)
-            return self._client.http.get(text, path, params=params, headers=headers)
+            return self._client.http.get(text, path, params=self._params(index), headers=headers)
 
         return call
+
+    def _params(self, index: int) -> list[tuple[str, Any]]:
+        """The query of a local-datacenter read: dc, and index and wait when it blocks."""
+        params: list[tuple[str, Any]] = []
+        if self.options.datacenter:
+            params.append(("dc", self.options.datacenter))
+        if index:
+            params += [("index", index), ("wait", self._wait)]
+        return params
 
     def _config_call(self, kind: str, index: int) -> Any:
         from consul.callback import CB
 
         def call(token: str | None) -> Any:
-            params: list[tuple[str, Any]] = []
-            if self.options.datacenter:
-                params.append(("dc", self.options.datacenter))
-            if index:
-                params += [("index", index), ("wait", self._wait)]
             headers = self._client.prepare_headers(token)
-            return self._client.http.get(
-                CB.json(index=True), f"/v1/config/{kind}", params=params, headers=headers
-            )
+            path, params = f"/v1/config/{kind}", self._params(index)
+            return self._client.http.get(CB.json(index=True), path, params=params, headers=headers)
 
         return call
 
