@@ -197,7 +197,9 @@ class _Builder:
         if node.__class__ is not ScalarNode:
             raise _DocumentError(node.start_mark.line + 1, "a mapping key must be a scalar")
         if node.tag == _STR:
-            return node.value  # type: ignore[no-any-return]
+            # Interned: every document of a shape has the same keys (~10 MB of equal strings
+            # in the bodies of a 10k-service mesh otherwise).
+            return sys.intern(node.value)
         key = self._scalar(node)
         if isinstance(key, bool):
             return "true" if key else "false"

@@ -63,11 +63,10 @@ class LastGoodStore:
         # Each resource's JSON text as last written (None: JSON cannot carry it), reused while
         # the resource is the same object: only what changed is encoded again.
         self._encoded: dict[Key, tuple[RawResource, bytes | None]] = {}
-        # The keys of the last save, sorted; the block of SAVE_BATCH of them each is in; the
-        # text of each block (see _blocks_after).
-        self._order: list[Key] = []
-        self._index: dict[Key, int] = {}
-        self._blocks: list[bytes] = []
+        # The keys of the last save, sorted (None: not known to be what the file holds). The
+        # file is written from these texts a block of SAVE_BATCH at a time; the joined blocks
+        # are not kept (a second copy of the mesh's text, ~10 MB at 10k services).
+        self._order: list[Key] | None = None
 
     def load(self) -> list[RawResource]:
         """The saved resources; [] (with a warning) when there are none or they are unusable."""
@@ -105,68 +104,66 @@ class LastGoodStore:
         """
         by_key = resources if isinstance(resources, Mapping) else {r.key: r for r in resources}
         try:
-            blocks = self._blocks_after(by_key, changed)
+            order = self._encode_after(by_key, changed)
             # Streamed to the file, a block of SAVE_BATCH resources at a time: the whole text
             # at once was three copies of the mesh, 60 MB of peak RSS at 10k services.
-            if not _write_atomically(self.path, _pieces(blocks), self.max_bytes):
+            if not _write_atomically(self.path, self._pieces(order), self.max_bytes):
                 log.warning("last_good_too_large", path=str(self.path), max_bytes=self.max_bytes)
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()
         except BaseException:
-            self._order, self._blocks = [], []  # not known to be what the file holds
+            self._order = None  # not known to be what the file holds
             raise
-        self._blocks = blocks  # (only once the whole was written: what the file holds)
+        self._order = order  # (only once the whole was written: what the file holds)
         release_free_memory()
 
-    def _blocks_after(
+    def _encode_after(
         self, resources: Mapping[Key, RawResource], changed: Collection[Key] | None
-    ) -> list[bytes]:
-        """The text of resources in blocks of SAVE_BATCH keys in key order: the blocks of the
-        last save, those that hold a changed key made again, while the keys are the same."""
+    ) -> list[Key]:
+        """The keys of resources in order, each one's text in self._encoded: the texts of the
+        last save, those of the changed keys made again, while the keys are the same."""
+        order = self._order
         same_keys = (
             changed is not None
-            and bool(self._order)
-            and len(resources) == len(self._order)
+            and order is not None
+            and len(resources) == len(order)
             and all((k in resources) == (k in self._encoded) for k in changed)
         )
-        if same_keys and changed is not None:
-            dirty: Iterable[int] = sorted({self._index[k] for k in changed})
-            blocks, encoded = list(self._blocks), self._encoded
-        else:
-            self._order = sorted(resources)
-            self._index = {key: i // SAVE_BATCH for i, key in enumerate(self._order)}
-            count = -(-len(self._order) // SAVE_BATCH)
-            dirty, blocks, encoded = range(count), [b""] * count, {}
-        for block in dirty:
-            items = []
-            for key in self._order[block * SAVE_BATCH : (block + 1) * SAVE_BATCH]:
-                item = self._item(key, resources[key], encoded)
-                if item is not None:
-                    items.append(item)
-            blocks[block] = b",\n".join(items)
+        if same_keys and changed is not None and order is not None:
+            encoded = self._encoded
+            for key in changed:
+                self._item(key, resources[key], encoded)
+            return order
+        encoded = {}
+        order = sorted(resources)
+        for key in order:
+            self._item(key, resources[key], encoded)
         self._encoded = encoded
-        return blocks
+        return order
 
     def _item(
         self, key: Key, raw: RawResource, encoded: dict[Key, tuple[RawResource, bytes | None]]
-    ) -> bytes | None:
-        """raw's JSON text (None: not written), kept from the last save while raw is the same."""
+    ) -> None:
+        """raw's JSON text (None: not written) into encoded, kept from the last save while raw
+        is the same object."""
         kept = self._encoded.get(key)
         if kept is None or kept[0] is not raw:
             persisted = raw.kind not in NEVER_PERSISTED_KINDS  # key material stays in memory
             kept = (raw, _encode_item(raw) if persisted else None)
         encoded[key] = kept
-        return kept[1]
 
-
-def _pieces(blocks: list[bytes]) -> Iterator[bytes]:
-    yield f'{{"format":{FORMAT},"resources":[\n'.encode()
-    first = True
-    for block in blocks:
-        if block:
-            yield block if first else b",\n" + block
-            first = False
-    yield b"\n]}\n"
+    def _pieces(self, order: list[Key]) -> Iterator[bytes]:
+        """The file's text, a block of SAVE_BATCH resources at a time."""
+        encoded = self._encoded
+        yield f'{{"format":{FORMAT},"resources":[\n'.encode()
+        first = True
+        for start in range(0, len(order), SAVE_BATCH):
+            texts = [encoded[key][1] for key in order[start : start + SAVE_BATCH]]
+            block = b",\n".join(text for text in texts if text is not None)
+            if block:
+                yield block if first else b",\n" + block
+                first = False
+        yield b"\n]}\n"
 
 
 class LastGoodKeeper:

@@ -220,3 +220,29 @@ def test_a_save_told_the_changed_keys_encodes_only_them(
     # then only it is encoded again, and the file has it
     assert encoded == ["c"]
     assert {r.name: r.body for r in store.load()}["c"] == c2.body
+
+
+def test_a_save_keeps_one_text_per_resource_not_a_joined_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a store that saved five resources in blocks of two
+    monkeypatch.setattr(lastgood, "SAVE_BATCH", 2)
+    store = LastGoodStore(tmp_path / "last-good.json")
+    store.save([resource(n) for n in "abcde"])
+    # then the bytes it keeps between saves are the resources' texts, once (the joined blocks
+    # of the file were a second copy of the mesh's text, ~10 MB at 10k services)
+    file_size = (tmp_path / "last-good.json").stat().st_size
+    kept = [v for v in vars(store).values() if isinstance(v, (bytes, list, dict))]
+    kept_bytes = sum(len(b) for b in _bytes_in(kept))
+    assert kept_bytes < file_size
+
+
+def _bytes_in(value: object) -> Iterable[bytes]:
+    if isinstance(value, bytes):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _bytes_in(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _bytes_in(item)

@@ -262,3 +262,13 @@ def test_merge_keys_may_be_overridden_but_keys_not_repeated() -> None:
     assert resources[0].lines["spec.one.port"] == 7
     resources, diagnostics = load_documents(text + "  two: {port: 1, port: 2}\n", "dup.yaml")
     assert resources == [] and "duplicate key 'port'" in diagnostics[0].reason
+
+
+def test_documents_of_one_shape_share_their_key_strings() -> None:
+    # given the same shape loaded from two texts (two files)
+    first, _ = load_documents(TWO_DOCS, "a.yaml")
+    second, _ = load_documents(TWO_DOCS.replace("reviews", "ratings"), "b.yaml")
+    # then their bodies hold one copy of each key (a 10k-service mesh: ~10 MB less)
+    for a, b in ((first[0].body, second[0].body), (first[0].body["spec"], second[0].body["spec"])):
+        assert [k for k in a] == [k for k in b]
+        assert all(ka is kb for ka, kb in zip(a, b, strict=True))
