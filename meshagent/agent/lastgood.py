@@ -60,13 +60,15 @@ class LastGoodStore:
     def __init__(self, path: Path, *, max_bytes: int = MAX_BYTES) -> None:
         self.path = path
         self.max_bytes = max_bytes
-        # Each resource's JSON text as last written (None: JSON cannot carry it), reused while
-        # the resource is the same object: only what changed is encoded again.
-        self._encoded: dict[Key, tuple[RawResource, bytes | None]] = {}
-        # The keys of the last save, sorted (None: not known to be what the file holds). The
-        # file is written from these texts a block of SAVE_BATCH at a time; the joined blocks
-        # are not kept (a second copy of the mesh's text, ~10 MB at 10k services).
-        self._order: list[Key] | None = None
+        # The text of the last save in blocks of SAVE_BATCH resources (keys in sorted order),
+        # and where each resource's JSON text lies in them: (the resource, its block, start,
+        # end; start == end: JSON cannot carry it). A resource's text is reused while it is the
+        # same object: only what changed is encoded again. The text is kept once (the joined
+        # blocks; per-resource copies beside them were ~10 MB more at 10k services).
+        self._spans: dict[Key, tuple[RawResource, int, int, int]] = {}
+        self._order: list[Key] = []
+        self._index: dict[Key, int] = {}
+        self._blocks: list[bytes] = []
 
     def load(self) -> list[RawResource]:
         """The saved resources; [] (with a warning) when there are none or they are unusable."""
@@ -104,66 +106,80 @@ class LastGoodStore:
         """
         by_key = resources if isinstance(resources, Mapping) else {r.key: r for r in resources}
         try:
-            order = self._encode_after(by_key, changed)
-            # Streamed to the file, a block of SAVE_BATCH resources at a time: the whole text
-            # at once was three copies of the mesh, 60 MB of peak RSS at 10k services.
-            if not _write_atomically(self.path, self._pieces(order), self.max_bytes):
-                log.warning("last_good_too_large", path=str(self.path), max_bytes=self.max_bytes)
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.unlink()
+            self._update(by_key, changed)
         except BaseException:
-            self._order = None  # not known to be what the file holds
+            self._order = []  # the next save makes every block again (reusing what it can)
             raise
-        self._order = order  # (only once the whole was written: what the file holds)
+        # Streamed to the file, a block of SAVE_BATCH resources at a time: the whole text at
+        # once was three copies of the mesh, 60 MB of peak RSS at 10k services.
+        if not _write_atomically(self.path, _pieces(self._blocks), self.max_bytes):
+            log.warning("last_good_too_large", path=str(self.path), max_bytes=self.max_bytes)
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
         release_free_memory()
 
-    def _encode_after(
+    def _update(
         self, resources: Mapping[Key, RawResource], changed: Collection[Key] | None
-    ) -> list[Key]:
-        """The keys of resources in order, each one's text in self._encoded: the texts of the
-        last save, those of the changed keys made again, while the keys are the same."""
-        order = self._order
+    ) -> None:
+        """The blocks (and spans) of resources in key order: the blocks of the last save,
+        those that hold a changed key made again, while the keys are the same. The state is
+        replaced whole at the end (an exception midway leaves the last one, consistent)."""
         same_keys = (
             changed is not None
-            and order is not None
-            and len(resources) == len(order)
-            and all((k in resources) == (k in self._encoded) for k in changed)
+            and bool(self._order)
+            and len(resources) == len(self._order)
+            and all((k in resources) == (k in self._spans) for k in changed)
         )
-        if same_keys and changed is not None and order is not None:
-            encoded = self._encoded
-            for key in changed:
-                self._item(key, resources[key], encoded)
-            return order
-        encoded = {}
-        order = sorted(resources)
-        for key in order:
-            self._item(key, resources[key], encoded)
-        self._encoded = encoded
-        return order
+        if same_keys and changed is not None:
+            order, index = self._order, self._index
+            dirty: Iterable[int] = sorted({index[k] for k in changed})
+            blocks, spans = list(self._blocks), self._spans
+            updates: dict[Key, tuple[RawResource, int, int, int]] = {}
+        else:
+            order = sorted(resources)
+            index = {key: i // SAVE_BATCH for i, key in enumerate(order)}
+            count = -(-len(order) // SAVE_BATCH)
+            dirty, blocks, spans = range(count), [b""] * count, {}
+            updates = spans
+        for block in dirty:
+            pieces: list[bytes | memoryview] = []
+            position = 0
+            for key in order[block * SAVE_BATCH : (block + 1) * SAVE_BATCH]:
+                raw = resources[key]
+                text = self._text(key, raw)
+                if text is None:
+                    updates[key] = (raw, block, position, position)
+                    continue
+                if pieces:
+                    position += 2  # the ",\n" before it
+                updates[key] = (raw, block, position, position + len(text))
+                position += len(text)
+                pieces.append(text)
+            blocks[block] = b",\n".join(pieces)
+        if updates is not spans:
+            spans.update(updates)
+        self._order, self._index, self._blocks, self._spans = order, index, blocks, spans
 
-    def _item(
-        self, key: Key, raw: RawResource, encoded: dict[Key, tuple[RawResource, bytes | None]]
-    ) -> None:
-        """raw's JSON text (None: not written) into encoded, kept from the last save while raw
-        is the same object."""
-        kept = self._encoded.get(key)
-        if kept is None or kept[0] is not raw:
-            persisted = raw.kind not in NEVER_PERSISTED_KINDS  # key material stays in memory
-            kept = (raw, _encode_item(raw) if persisted else None)
-        encoded[key] = kept
+    def _text(self, key: Key, raw: RawResource) -> bytes | memoryview | None:
+        """raw's JSON text (None: not written): from the last save's blocks while raw is the
+        same object, else encoded."""
+        kept = self._spans.get(key)
+        if kept is not None and kept[0] is raw:
+            _, block, start, end = kept
+            return memoryview(self._blocks[block])[start:end] if end > start else None
+        if raw.kind in NEVER_PERSISTED_KINDS:  # key material stays in memory
+            return None
+        return _encode_item(raw)
 
-    def _pieces(self, order: list[Key]) -> Iterator[bytes]:
-        """The file's text, a block of SAVE_BATCH resources at a time."""
-        encoded = self._encoded
-        yield f'{{"format":{FORMAT},"resources":[\n'.encode()
-        first = True
-        for start in range(0, len(order), SAVE_BATCH):
-            texts = [encoded[key][1] for key in order[start : start + SAVE_BATCH]]
-            block = b",\n".join(text for text in texts if text is not None)
-            if block:
-                yield block if first else b",\n" + block
-                first = False
-        yield b"\n]}\n"
+
+def _pieces(blocks: list[bytes]) -> Iterator[bytes]:
+    yield f'{{"format":{FORMAT},"resources":[\n'.encode()
+    first = True
+    for block in blocks:
+        if block:
+            yield block if first else b",\n" + block
+            first = False
+    yield b"\n]}\n"
 
 
 class LastGoodKeeper:

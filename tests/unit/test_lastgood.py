@@ -246,3 +246,33 @@ def _bytes_in(value: object) -> Iterable[bytes]:
     elif isinstance(value, (list, tuple)):
         for item in value:
             yield from _bytes_in(item)
+
+
+class _FailingBody(dict[str, Any]):
+    """A body whose encoding fails with an error the store does not expect."""
+
+    def items(self) -> Any:
+        raise RuntimeError("boom")
+
+
+def test_a_save_that_fails_midway_leaves_the_next_save_right(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a store that saved five resources in blocks of two
+    monkeypatch.setattr(lastgood, "SAVE_BATCH", 2)
+    store = LastGoodStore(tmp_path / "kept.json")
+    current = {r.key: r for r in (resource(n) for n in "abcde")}
+    store.save(current)
+    # when a save fails while encoding a changed resource (after another block was made)
+    a2, d2 = resource("a", [1]), resource("d")
+    d2 = dataclasses.replace(d2, body=_FailingBody(d2.body))
+    current.update({a2.key: a2, d2.key: d2})
+    with pytest.raises(RuntimeError):
+        store.save(current, {a2.key, d2.key})
+    # then the next save (told only of what changed since) writes what a fresh store writes
+    d3 = resource("d", [3])
+    current[d3.key] = d3
+    store.save(current, {d3.key})
+    fresh = LastGoodStore(tmp_path / "fresh.json")
+    fresh.save(list(current.values()))
+    assert (tmp_path / "kept.json").read_bytes() == (tmp_path / "fresh.json").read_bytes()
