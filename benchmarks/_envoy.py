@@ -117,8 +117,9 @@ def envoy_stats(admin_port: int, *names: str) -> dict[str, int]:
     return out
 
 
-def rss_mb(pid: int | None) -> float:
-    """The resident set size of pid in MB (0 when unknown)."""
+def rss_mb(pid: int | None, field: str = "VmRSS") -> float:
+    """The resident set size of pid in MB (0 when unknown); field "VmHWM": its high-water
+    mark."""
     if pid is None:
         return 0.0
     try:
@@ -126,7 +127,7 @@ def rss_mb(pid: int | None) -> float:
     except OSError:
         return 0.0
     for line in status.splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return round(int(line.split()[1]) / 1024, 1)
     return 0.0
 

@@ -41,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._envoy import FastApp
+from benchmarks._envoy import FastApp, rss_mb
 from meshagent.testing.loopback import free_port
 from meshagent.testing.mesh_harness import MeshHarness, mesh_harness, wait_until
 
@@ -107,21 +107,6 @@ def register(
 
 def served_by(mesh: MeshHarness, host: str) -> str:
     return mesh.request(host).headers.get("x-served-by", "")
-
-
-def rss_mb(proc: subprocess.Popen[bytes] | None, field: str = "VmRSS") -> float:
-    """The resident set size of proc in MB (from /proc; 0 when unknown); field "VmHWM": its
-    high-water mark."""
-    if proc is None:
-        return 0.0
-    try:
-        status = Path(f"/proc/{proc.pid}/status").read_text()
-    except OSError:
-        return 0.0
-    for line in status.splitlines():
-        if line.startswith(f"{field}:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
 
 
 def active_clusters(mesh: MeshHarness) -> int:
@@ -213,14 +198,15 @@ def run(
                 last = f"svc{services - 1}.service.consul"  # listeners and routes come last
                 wait_until(lambda: served_by(mesh, last) == "old", timeout=600, what="serving")
                 initial_s = time.perf_counter() - started
-                rss_loaded = rss_mb(mesh.agent)
+                agent_pid = mesh.agent.pid if mesh.agent is not None else None
+                rss_loaded = rss_mb(agent_pid)
                 before = agent_means(mesh)
                 in_order, agent_share = measure(
                     mesh, sim_port, services, changes, new.port, not checkless
                 )
                 after = agent_means(mesh)
-                rss_changed = rss_mb(mesh.agent)
-                rss_peak = rss_mb(mesh.agent, "VmHWM")
+                rss_changed = rss_mb(agent_pid)
+                rss_peak = rss_mb(agent_pid, "VmHWM")
                 consul_errors = mesh.metric("meshagent_source_errors_total", source="consul")
                 log = (mesh.root / "agent.log").read_text(errors="replace").splitlines()
                 failures = [line[:300] for line in log if "consul_query_failed" in line][:3]
