@@ -34,14 +34,16 @@ from meshagent.xds.translate.generators import (
     ClustersGenerator,
     EndpointsGenerator,
     Generator,
-    HttpListenersGenerator,
     IncrementalGenerator,
     PlanCache,
-    RoutesGenerator,
-    TcpListenersGenerator,
 )
 from meshagent.xds.translate.inbound import InboundClustersGenerator, InboundListenersGenerator
 from meshagent.xds.translate.jwt import JwksClustersGenerator
+from meshagent.xds.translate.outbound_generators import (
+    HttpListenersGenerator,
+    RoutesGenerator,
+    TcpListenersGenerator,
+)
 from meshagent.xds.translate.scope import ScopedView
 from meshagent.xds.translate.secrets import SecretsGenerator
 from meshagent.xds.translate.transparent import (

@@ -38,7 +38,7 @@ from meshagent.xds import names, typeurls
 from meshagent.xds.resources import Resource
 from meshagent.xds.translate import protos
 from meshagent.xds.translate.context import Context
-from meshagent.xds.translate.generators import identical, keep_unchanged, tcp_clusters
+from meshagent.xds.translate.generators import identical, keep_unchanged
 from meshagent.xds.translate.inbound import (
     INBOUND_SOURCE_ADDRESS,
     INBOUND_SOURCE_ADDRESS_V6,
@@ -51,6 +51,7 @@ from meshagent.xds.translate.inbound import (
     workload_ports,
 )
 from meshagent.xds.translate.listeners import http_connection_manager, tcp_proxy
+from meshagent.xds.translate.outbound_generators import tcp_clusters
 from meshagent.xds.translate.secrets import certificate_secret_name
 from meshagent.xds.translate.telemetry import (
     NO_TELEMETRY,
