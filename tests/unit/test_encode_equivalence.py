@@ -23,8 +23,7 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from google.protobuf import wrappers_pb2
 
 from meshagent.model import Endpoint, MeshSnapshot, ProxySpec, Resolution, Service, ServicePort
-from meshagent.xds.translate import Translator, encode
-from meshagent.xds.translate import generators as generators_module
+from meshagent.xds.translate import Translator, encode, outbound_generators
 from meshagent.xds.translate.clusters import ClusterInputs, build_cluster
 from meshagent.xds.translate.context import MeshIndex, changes_between
 from meshagent.xds.translate.encode import (
@@ -359,8 +358,8 @@ class _Checked:
         self._wrap(monkeypatch, EndpointEncoder, "prioritized_assignment", self._prioritized)
         self._wrap(monkeypatch, ClusterTemplates, "serialize", self._serialize)
         self._wrap(monkeypatch, ClusterTemplates, "shared", self._shared)
-        self._wrap(monkeypatch, generators_module, "wire_virtual_host", self._vhost)
-        self._wrap(monkeypatch, generators_module, "route_configuration_bytes", self._config)
+        self._wrap(monkeypatch, outbound_generators, "wire_virtual_host", self._vhost)
+        self._wrap(monkeypatch, outbound_generators, "route_configuration_bytes", self._config)
 
     def _wrap(
         self, monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, check: Callable[..., Any]
