@@ -175,6 +175,15 @@ REPARSE_SHARE = 0.25
 # per-text node budget); without aliases, a text cannot hold more nodes than characters, and
 # its size is bounded.
 _ALIAS = re.compile(r"(?:^|[\s\[{,:-])[&*][^\s,\]}]")
+_BOM = "\ufeff"
+
+
+def _readable_alone(chunk: tuple[int, str]) -> bool:
+    """Whether a document read alone reads as it does within its text: not when it has an
+    alias (_ALIAS), nor when it starts with a byte order mark after the text's first line
+    (YAML skips one only where the stream starts: within a text it is an error)."""
+    line, body = chunk
+    return not _ALIAS.search(body) and not (line and body.startswith(_BOM))
 
 
 def split_documents(text: str) -> list[tuple[int, str]] | None:
@@ -783,7 +792,7 @@ class FilesAdapter:
         for chunk in new_chunks:
             found = cached.get(chunk)
             if found is None:
-                if _ALIAS.search(chunk[1]):
+                if not _readable_alone(chunk):
                     return None
                 resources, problems = self._load(chunk[1], path)
                 if problems or any(_line(raw) == 0 for raw in resources):
@@ -835,8 +844,8 @@ class FilesAdapter:
         cached = state.chunks if state is not None else {}
         if split is not None and cached:
             misses = [chunk for chunk in split if chunk not in cached]
-            aliased = any(_ALIAS.search(chunk[1]) for chunk in misses)
-            if not aliased and len(misses) <= max(1, int(len(split) * REPARSE_SHARE)):
+            alone = all(_readable_alone(chunk) for chunk in misses)
+            if alone and len(misses) <= max(1, int(len(split) * REPARSE_SHARE)):
                 chunks: Chunks = {}
                 for chunk in split:
                     got = cached.get(chunk)

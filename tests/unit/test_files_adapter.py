@@ -1049,3 +1049,36 @@ def test_in_place_edits_of_a_big_file_read_only_the_edited_documents(tmp_path: P
     fresh = FilesAdapter([tmp_path])
     fresh._process(fresh._scan())
     assert live._files[target].resources == fresh._files[target].resources
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["lines-added", "in-place"])
+def test_a_byte_order_mark_inside_a_file_is_the_error_a_whole_read_finds(
+    tmp_path: Path, in_place: bool
+) -> None:
+    """YAML skips a byte order mark only where the text starts (files concatenated from
+    Windows editors' output carry one per document): a later document starting with one,
+    read alone, must not be accepted when a whole read of the file (a restart) rejects it."""
+    target = tmp_path / "mesh.yaml"
+    entries = [_entry(f"e{i}", f"10.0.0.{i}") for i in range(8)]
+    target.write_text("---\n".join(entries))
+    live = FilesAdapter([tmp_path])
+    live._process(live._scan())
+    # when one document is rewritten with a byte order mark before it
+    if in_place:
+        entries[7] = "\ufeff" + _entry("e7", "10.0.0.9")
+    else:
+        entries[7] = "\ufeff" + _entry("e7", "10.0.0.9", extra_lines=1)
+    tmp = tmp_path / ".mesh.tmp"
+    tmp.write_text("---\n".join(entries))
+    os.replace(tmp, target)
+    got = live._process(live._scan())
+    fresh = FilesAdapter([tmp_path])
+    want = fresh._process(fresh._scan())
+    # then the change is the error a fresh read finds, and the last good entry keeps serving
+    assert want.errors and not want.upserts
+    assert [(e.location, e.reason) for e in got.errors] == [
+        (e.location, e.reason) for e in want.errors
+    ]
+    assert not got.upserts
+    kept = {raw.name: raw.body for raw in live._files[target].resources.values()}
+    assert kept["e7"]["spec"]["address"] == "10.0.0.7"
