@@ -132,7 +132,8 @@ class LastGoodStore:
         )
         if same_keys and changed is not None:
             order, index = self._order, self._index
-            dirty: Iterable[int] = sorted({index[k] for k in changed})
+            # (a key in neither, added and removed again since the last save: no block)
+            dirty: Iterable[int] = sorted({index[k] for k in changed if k in index})
             blocks, spans = list(self._blocks), self._spans
             updates: dict[Key, tuple[RawResource, int, int, int]] = {}
         else:

@@ -276,3 +276,31 @@ def test_a_save_that_fails_midway_leaves_the_next_save_right(
     fresh = LastGoodStore(tmp_path / "fresh.json")
     fresh.save(list(current.values()))
     assert (tmp_path / "kept.json").read_bytes() == (tmp_path / "fresh.json").read_bytes()
+
+
+async def test_a_resource_added_and_removed_within_one_save_delay_leaves_the_save_right(
+    tmp_path: Path,
+) -> None:
+    # given a keeper that saved two resources
+    store = LastGoodStore(tmp_path / "last-good.json")
+    keeper = LastGoodKeeper(store, lambda _: None, delay=0.05)
+    a, b = resource("a"), resource("b")
+    accepted: dict[Key, RawResource] = {}
+
+    def change(*upserts: RawResource, deletes: tuple[Key, ...] = ()) -> None:
+        accepted.update((r.key, r) for r in upserts)
+        for key in deletes:
+            accepted.pop(key, None)
+        event = SourceEvent("files", upserts=upserts, deletes=deletes)
+        keeper.remember(lambda keys: {k: accepted.get(k) for k in keys}, [event], lambda: True)
+
+    change(a, b)
+    await async_wait_for(lambda: len(store.load()) == 2, timeout=DEADLINE_S)
+    # when, before the next save, one changes and another is added and removed again
+    a2, c = resource("a", "v2"), resource("c")
+    change(a2)
+    change(c)
+    change(deletes=(c.key,))
+    await asyncio.wait_for(keeper.saved_all(), timeout=DEADLINE_S)
+    # then the file holds what serves (the restart restores it), as a fresh store writes it
+    assert {r.name: r.body for r in store.load()} == {"a": a2.body, "b": b.body}
