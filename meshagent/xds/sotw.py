@@ -62,6 +62,10 @@ class _TypeState:
     sent_version: str | None = None
     nacked_version: str | None = None
     force: bool = False
+    # What the proxy holds is not known: it rejected a response (Envoy applies a rejected
+    # response partly, its watches in order up to the failing one) or never answered one.
+    # The next response carries the whole content, not only what differs from sent.
+    unsure: bool = False
 
 
 class SotwStream(StreamCore):
@@ -124,10 +128,18 @@ class SotwStream(StreamCore):
     def _settle(self, request: Request) -> Acked | Nacked | None:
         event = super()._settle(request)
         if isinstance(event, Nacked):
-            self._types[request.type_url].nacked_version = event.version
+            state = self._types[request.type_url]
+            state.nacked_version, state.unsure = event.version, True
         elif isinstance(event, Acked):
             self._retryable.discard(request.type_url)  # a response carries every resource
         return event
+
+    def abandon_in_flight(self) -> list[Response]:
+        """StreamCore.abandon_in_flight; what the proxy holds of the types it did not answer
+        is not known from now on (_TypeState.unsure)."""
+        for flight in self._in_flight.values():
+            self._types[flight.type_url].unsure = True
+        return super().abandon_in_flight()
 
     def _prepare_retry(self, type_url: str) -> None:
         state = self._types.get(type_url)
@@ -163,8 +175,9 @@ class SotwStream(StreamCore):
                 bridge = {**{n: state.sent[n] for n in gone}, **content}
                 updates.append(self._response(type_url, bridge))
                 finals[type_url] = content
-            elif state.wildcard or not state.responded or state.force:
+            elif state.wildcard or not state.responded or state.force or state.unsure:
                 updates.append(self._response(type_url, content))
+                state.unsure = False
             elif changed := _changed(state.sent, content):
                 updates.append(self._response(type_url, changed, version))
             state.sent, state.sent_version = content, version

@@ -268,3 +268,39 @@ def test_a_nack_quoting_an_inline_key_is_recorded_redacted() -> None:
     [event] = [e for e in stream.take_events() if isinstance(e, Nacked)]
     assert "MIGHAgEA" not in event.error and "hunter2" not in event.error
     assert "Proto constraint validation failed" in event.error and "[redacted]" in event.error
+
+
+def _endpoints(a: int, b: int) -> ResourceSet:
+    return resource_set(
+        clusters=[eds_cluster("a"), eds_cluster("b")], endpoints=[cla("a", a), cla("b", b)]
+    )
+
+
+def test_after_a_nack_the_next_endpoints_response_carries_every_requested_cla() -> None:
+    """Envoy applies a rejected SotW response partly or not at all (its watches in order, up
+    to the failing one): after a NACK the stream cannot tell which of that response's
+    resources the proxy holds, so the next change is sent whole, not just what differs from
+    the rejected response (else a resource changed beside the bad one stays stale)."""
+    stream = connected(eds=("a", "b"))
+    # when a change to "a" goes out with a bad "b", and the proxy rejects the response
+    [eds] = stream.on_snapshot(2, _endpoints(7, 0))
+    assert names(eds) == ["a", "b"]
+    assert stream.on_request(nack(eds, ("a", "b"))) == []
+    # and "b" is fixed
+    [fixed] = stream.on_snapshot(3, _endpoints(7, 8))
+    # then the response carries "a" again, and nothing is resent in a loop
+    assert names(fixed) == ["a", "b"]
+    assert stream.on_request(ack(fixed, ("a", "b"))) == []
+    [later] = stream.on_snapshot(4, _endpoints(7, 9))
+    assert names(later) == ["b"]
+
+
+def test_after_an_unanswered_response_the_next_one_carries_every_requested_cla() -> None:
+    """A response the stream stopped waiting for (the answer timeout) may never have been
+    applied: the next change of its type goes whole."""
+    stream = connected(eds=("a", "b"))
+    [eds] = stream.on_snapshot(2, _endpoints(7, 2))
+    assert names(eds) == ["a"]
+    assert stream.abandon_in_flight() == []
+    [after] = stream.on_snapshot(3, _endpoints(7, 8))
+    assert names(after) == ["a", "b"]
