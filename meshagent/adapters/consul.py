@@ -37,7 +37,8 @@ Consul makes them all the time, so this is the common case there, and a sweep ea
 re-read the whole catalog on every registration): a sweep then starts `sweep_interval_s` after
 the last one began (at once if that is past). A change is thus never missed for longer than
 about that interval plus one sweep, and the suspicion costs Consul at most one sweep per
-interval.
+interval. A move backwards (a snapshot restore, a rebuilt cluster) explains nothing and
+forgets what was accounted for: a sweep at once.
 
 Resources emitted (source "consul", apiVersion "consul/v1"):
 - `ConsulService`, name = the service name: {"Name", "Datacenter", "Instances": the
@@ -485,7 +486,12 @@ class ConsulAdapter:
             known = self._known = names
             if added:
                 await self._changed(added)
-            if new != index and index and self._detector:
+            if index and 0 < int(reported or 0) < index and self._detector:
+                # The indexes went backwards (a snapshot restore, a rebuilt cluster): the move
+                # spans no write seen, and those seen tell nothing of the new index space.
+                self._explained.clear()
+                self._request_sweep()
+            elif new != index and index and self._detector:
                 self._helper(self._explain(index, int(reported or 0)))
             index = new
 
@@ -547,7 +553,7 @@ class ConsulAdapter:
 
     def _accounted(self, since: int, upto: int) -> bool:
         """Whether every Raft index in (since, upto] is a write seen and followed."""
-        if upto - since > EXPLAINED_KEPT:
+        if upto - since > EXPLAINED_KEPT or upto < since:
             return False
         return all(i in self._explained for i in range(since + 1, upto + 1))
 

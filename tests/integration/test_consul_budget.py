@@ -426,3 +426,29 @@ async def test_a_service_a_sweep_finds_changed_gets_its_own_watch(
         await async_wait_for(lambda: not adapter._helpers, what="the move explained")
         assert adapter.sweeps == 1
     assert sim.refused == 0
+
+
+async def test_a_checkless_change_read_with_an_index_that_went_backwards_is_swept_for(
+    limited: ConsulSimulator,
+) -> None:
+    """Consul's index went backwards (a snapshot restore, a rebuilt cluster whose agents
+    register their services again): the catalog's move spans no index this adapter saw, so
+    it explains nothing. A checkless instance that arrived with it is found by a sweep, not
+    missed until some later write happens to sweep."""
+    sim = limited
+    for i in range(60):
+        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 1000 + i}
+        sim.state.register_service(NODE, body, [{"CheckID": f"c{i}", "Status": "passing"}])
+    options = ConsulOptions(address=sim.address, wait_s=20.0, max_connections=MIN_CONNECTIONS)
+    async with ConsulAdapter(options) as adapter:
+        it = adapter.watch()
+        await next_matching(it, lambda e: e.synced)
+        await async_wait_for(lambda: sim.blocked[CHECKS_KEY] > 0, what="the checks' watch")
+        await async_wait_for(lambda: sim.blocked[SERVICES_KEY] > 0, what="the catalog watch")
+        name = next(f"svc{i}" for i in range(60) if f"svc{i}" not in adapter._pool)
+        i = int(name[3:])
+        with sim.hold(SERVICES_KEY):
+            body = {"ID": f"s{i}b", "Service": name, "Port": 2000 + i}
+            sim.state.register_service(NODE, body, [])
+            sim.state.reset_indexes(1)
+        await next_matching(it, changed_to(name, [f"s{i}", f"s{i}b"]), 10.0)
