@@ -341,6 +341,15 @@ class _FileState:
     changed: set[Key] | None = None
 
 
+def _other_links(path: Path) -> bool:
+    """Whether path has other hard links: a write through one of them (outside the watched
+    directories, maybe) raises no inotify event in path's directory."""
+    try:
+        return os.stat(path).st_nlink > 1
+    except OSError:
+        return False
+
+
 def _file_error(path: Path, reason: str) -> Diagnostic:
     return Diagnostic("error", SOURCE, str(path), "", "", "", reason)
 
@@ -375,7 +384,8 @@ class FilesAdapter:
         self._files: dict[Path, _FileState] = {}
         self._view: dict[Key, RawResource] = {}
         self._racy: set[Path] = set()
-        self._linked: set[Path] = set()  # read through a symlink (see _has_changes)
+        # read through a symlink, or with other hard links (see _has_changes)
+        self._linked: set[Path] = set()
         # The merged view, kept up to date by _merged_view from the files that changed:
         self._merged: dict[Path, dict[Key, RawResource]] = {}  # each file's resources, merged
         self._definers: dict[Ident, dict[Path, RawResource]] = {}  # the files defining each
@@ -391,6 +401,9 @@ class FilesAdapter:
         self._listed = False
         self._stop = asyncio.Event()
         self._inotify: Inotify | None = None
+        # Whether inotify watches every directory that was asked (not when the kernel refused
+        # one, e.g. at the per-user watch limit): only then are its events the whole story.
+        self._watching_all = True
         self._notified: asyncio.Event | None = None  # set by inotify, cleared when looked at
         self._names: set[str] = set()
         # What inotify told of the writers (see _note): the files open for writing, as
@@ -540,6 +553,8 @@ class FilesAdapter:
         full = quiet_since + self._debounce
         if not told or self._inotify is None or self._notified is None or sigs.unavailable:
             return full
+        if not self._watching_all:
+            return full
         self._on_notify()  # (the events not yet read: a writer that just began)
         if self._writing or self._vanished(sigs):
             return full
@@ -553,7 +568,7 @@ class FilesAdapter:
     def _scan(self, rewatch: bool = False) -> _Scan:
         """Look at the files; rewatch: also bring the inotify watches up to date first."""
         if rewatch and self._inotify is not None:
-            self._inotify.watch(self._watched_directories())
+            self._watching_all = self._inotify.watch(self._watched_directories())
         found, unavailable = list_config_files(self._paths)
         self._seen_roots.update(p for p in self._paths if p not in unavailable)
         if self._missing_ok:
@@ -584,8 +599,9 @@ class FilesAdapter:
     def _has_changes(self, scan: _Scan, told: bool = True) -> bool:
         """Whether scan differs from what was read, or a racy file's text changed. told:
         inotify woke us; on a poll it did not, a racy file inotify sees every write of (no
-        symlink: a write to a target outside the watched directories is seen by the poll
-        only) is not read again (a 10k-entry file: ~3 ms a poll for RACY_NS after a change)."""
+        symlink or other hard link: a write through a name outside the watched directories
+        is seen by the poll only; every directory watched) is not read again (a 10k-entry
+        file: ~3 ms a poll for RACY_NS after a change)."""
         if scan.unavailable != self._unavailable:
             return True
         sigs = scan.sigs
@@ -598,7 +614,8 @@ class FilesAdapter:
             return True
         old = time.time_ns() - RACY_NS
         self._racy = {p for p in self._racy if p in self._files and self._files[p].sig[1] >= old}
-        racy = [p for p in self._racy if told or self._inotify is None or p in self._linked]
+        trusted = self._inotify is not None and self._watching_all
+        racy = [p for p in self._racy if told or not trusted or p in self._linked]
         return any(self._content_changed(p) for p in racy)
 
     def _content_changed(self, path: Path) -> bool:
@@ -699,7 +716,7 @@ class FilesAdapter:
             return [_file_error(path, f"larger than {MAX_TEXT_CHARS} bytes; file rejected")]
         if sig[1] >= time.time_ns() - RACY_NS:
             self._racy.add(path)
-            if os.path.islink(path):
+            if os.path.islink(path) or _other_links(path):
                 self._linked.add(path)
             else:
                 self._linked.discard(path)

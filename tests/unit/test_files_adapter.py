@@ -1082,3 +1082,49 @@ def test_a_byte_order_mark_inside_a_file_is_the_error_a_whole_read_finds(
     assert not got.upserts
     kept = {raw.name: raw.body for raw in live._files[target].resources.values()}
     assert kept["e7"]["spec"]["address"] == "10.0.0.7"
+
+
+class _RefusingInotify:
+    """An inotify whose kernel refused a watch (fs.inotify.max_user_watches reached)."""
+
+    def watch(self, directories: object) -> bool:
+        return False
+
+    def drain(self) -> list[object]:
+        return []
+
+
+def test_a_racy_file_in_a_directory_inotify_could_not_watch_is_read_again_on_a_poll(
+    tmp_path: Path,
+) -> None:
+    # given a racy file read while inotify could not watch every directory (the per-user
+    # watch limit reached: its writes raise no event)
+    (tmp_path / "a.yaml").write_text(doc("a", 1))
+    files = adapter(tmp_path)
+    files._inotify = _RefusingInotify()  # type: ignore[assignment]
+    files._process(files._scan(True))
+    # when it is rewritten within its mtime tick, same size, and a poll looks
+    _rewrite_keeping_sig(tmp_path / "a.yaml", doc("a", 2))
+    # then the change is found
+    scan = files._scan()
+    assert files._has_changes(scan, False)
+    # and a change inotify told of settles for the whole debounce window (a writer in the
+    # unwatched directory is not known to have finished)
+    files._notified = asyncio.Event()
+    assert files._settle_until(scan, 0.0, True) == files._debounce
+
+
+def test_a_racy_file_with_another_hard_link_is_read_again_on_a_poll(tmp_path: Path) -> None:
+    # given a racy file that is also linked from outside the watched directory (its writes
+    # through that name raise no event in the watched one)
+    (tmp_path / "mesh").mkdir()
+    target = tmp_path / "mesh" / "a.yaml"
+    target.write_text(doc("a", 1))
+    os.link(target, tmp_path / "elsewhere.yaml")
+    files = adapter(tmp_path / "mesh")
+    files._process(files._scan())
+    files._inotify = object()  # type: ignore[assignment]
+    # when it is rewritten through the other name within its mtime tick, same size
+    _rewrite_keeping_sig(tmp_path / "elsewhere.yaml", doc("a", 2))
+    # then a poll inotify did not wake finds the change
+    assert files._has_changes(files._scan(), False)
