@@ -10,8 +10,10 @@ the poll still runs every poll interval as the fallback. The events also say whe
 whole window is needless: a file renamed into place (IN_MOVED_TO) or closed by its writer
 (IN_CLOSE_WRITE) is complete, so once no watched file is open for writing (created or modified
 and not yet closed), no file read before is missing (deleted or renamed away: vim's backup
-rename, a directory swap under way) and every configured path is there, the files need only be
-quiet for SETTLE_S, which gathers the rest of a burst (see _settle_until).
+rename, a directory swap under way) or emptied (truncated, to be written by another open) and
+every configured path is there, the files need only be quiet for SETTLE_S, which gathers the
+rest of a burst (see _settle_until). A file cut short otherwise by a writer that reopens it is
+taken as it is when closed.
 
 Cost follows the change: a file is re-read only when its signature changed, within it only the
 documents ('---'-separated) whose text or first line changed are parsed again (see _parse), and
@@ -556,7 +558,7 @@ class FilesAdapter:
         if not self._watching_all:
             return full
         self._on_notify()  # (the events not yet read: a writer that just began)
-        if self._writing or self._vanished(sigs):
+        if self._writing or self._vanished(sigs) or self._emptied(sigs):
             return full
         return min(full, max(quiet_since + SETTLE_S, self._lost_at + self._debounce))
 
@@ -564,6 +566,15 @@ class FilesAdapter:
         """Whether a file that was read is missing (deleted, or renamed away as vim does
         before writing the new version): its replacement may be on its way."""
         return any(p not in scan.sigs and not scan.frozen(p) for p in self._files)
+
+    def _emptied(self, scan: _Scan) -> bool:
+        """Whether a file that was read with content is empty now: truncated (`: > f`, a
+        tool that truncates and reopens), its new text may be on its way by another open."""
+        files = self._files
+        return any(
+            sig[2] == 0 and (state := files.get(path)) is not None and state.sig[2] > 0
+            for path, sig in scan.sigs.items()
+        )
 
     def _scan(self, rewatch: bool = False) -> _Scan:
         """Look at the files; rewatch: also bring the inotify watches up to date first."""

@@ -1128,3 +1128,25 @@ def test_a_racy_file_with_another_hard_link_is_read_again_on_a_poll(tmp_path: Pa
     _rewrite_keeping_sig(tmp_path / "elsewhere.yaml", doc("a", 2))
     # then a poll inotify did not wake finds the change
     assert files._has_changes(files._scan(), False)
+
+
+async def test_a_file_truncated_then_rewritten_is_not_read_empty_in_between(
+    tmp_path: Path, notification: str
+) -> None:
+    """`: > mesh.yaml` then a second writer (a script's `>>` appends, a tool that truncates
+    and reopens): the writer's close of the emptied file is no sign the change is complete.
+    The resources of a file that became empty keep serving for the debounce window, so the
+    rewrite lands before anything is deleted."""
+    _needs_inotify(notification)
+    target = tmp_path / "mesh.yaml"
+    target.write_text(doc("a", 1) + doc("b", 1))
+    async with (files := _slow(tmp_path)):
+        it = files.watch()
+        await next_event(it)
+        waiting = asyncio.ensure_future(next_event(it))
+        target.write_text("")  # truncated (open, close)
+        assert await _not_yet(waiting)  # not read while empty
+        with target.open("a") as writer:  # the rewrite, by another open
+            writer.write(doc("a", 2) + doc("b", 2))
+        changed = await waiting
+    assert _values(changed) == {"a": 2, "b": 2} and not changed.deletes
