@@ -409,8 +409,9 @@ class FilesAdapter:
         self._notified: asyncio.Event | None = None  # set by inotify, cleared when looked at
         self._names: set[str] = set()
         # What inotify told of the writers (see _note): the files open for writing, as
-        # (watch, name), and when (loop time) events were last lost (queue overflow).
-        self._writing: set[tuple[int, str]] = set()
+        # (watch, name) -> when (loop time) they were last written, and when events were last
+        # lost (queue overflow).
+        self._writing: dict[tuple[int, str], float] = {}
         self._lost_at = float("-inf")
 
     @property
@@ -470,7 +471,7 @@ class FilesAdapter:
         if notify is None:
             return
         self._inotify, self._notified = notify, asyncio.Event()
-        self._writing, self._lost_at = set(), float("-inf")
+        self._writing, self._lost_at = {}, float("-inf")
         self._names = {p.absolute().name for p in self._paths}  # configured, seen from parents
         asyncio.get_running_loop().add_reader(notify.fd, self._on_notify)
 
@@ -482,17 +483,17 @@ class FilesAdapter:
             self._writing.clear()
             self._lost_at = asyncio.get_running_loop().time()
             self._notified.set()
-        elif self._note(events):
+        elif self._note(events, asyncio.get_running_loop().time()):
             self._notified.set()
 
-    def _note(self, events: list[Event]) -> bool:
+    def _note(self, events: list[Event], now: float) -> bool:
         """Keep track of the files open for writing (created or modified, not yet closed);
         True when one of the events may change what is read."""
         relevant = False
         for event in events:
             mask, at = event.mask, (event.wd, event.name)
             if mask & IN_IGNORED:  # the watch is gone, and what it saw open with it
-                self._writing = {w for w in self._writing if w[0] != event.wd}
+                self._writing = {w: t for w, t in self._writing.items() if w[0] != event.wd}
                 continue
             if not self._relevant(event):
                 continue
@@ -500,9 +501,9 @@ class FilesAdapter:
             if not event.name or mask & IN_ISDIR:
                 continue
             if mask & (IN_CREATE | IN_MODIFY):
-                self._writing.add(at)
+                self._writing[at] = now
             elif mask & (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE):
-                self._writing.discard(at)  # complete, or no longer read under this name
+                self._writing.pop(at, None)  # complete, or no longer read under this name
         return relevant
 
     def _relevant(self, event: Event) -> bool:
@@ -558,9 +559,19 @@ class FilesAdapter:
         if not self._watching_all:
             return full
         self._on_notify()  # (the events not yet read: a writer that just began)
-        if self._writing or self._vanished(sigs) or self._emptied(sigs):
+        if self._writing_now() or self._vanished(sigs) or self._emptied(sigs):
             return full
         return min(full, max(quiet_since + SETTLE_S, self._lost_at + self._debounce))
+
+    def _writing_now(self) -> bool:
+        """Whether a file is open for writing and was written within the debounce window.
+        A created entry that is never closed (a symlink, a hard link: no open for writing)
+        or a writer quiet for the window (polling takes its file as it is then) is let go,
+        so that it does not make every later change wait the whole window."""
+        if self._writing:
+            since = asyncio.get_running_loop().time() - self._debounce
+            self._writing = {w: t for w, t in self._writing.items() if t > since}
+        return bool(self._writing)
 
     def _vanished(self, scan: _Scan) -> bool:
         """Whether a file that was read is missing (deleted, or renamed away as vim does

@@ -1150,3 +1150,31 @@ async def test_a_file_truncated_then_rewritten_is_not_read_empty_in_between(
             writer.write(doc("a", 2) + doc("b", 2))
         changed = await waiting
     assert _values(changed) == {"a": 2, "b": 2} and not changed.deletes
+
+
+async def test_a_symlink_created_in_the_directory_does_not_slow_later_changes(
+    tmp_path: Path, notification: str
+) -> None:
+    """A symlink (a Kubernetes ConfigMap's `name -> ..data/name`, `ln -s`) is created but
+    never opened for writing: no close follows its creation. Once the debounce window has
+    passed, it must not make every later change wait the whole window."""
+    _needs_inotify(notification)
+    debounce_ms = 400
+    mesh = tmp_path / "mesh"
+    mesh.mkdir()
+    target = mesh / "mesh.yaml"
+    target.write_text(doc("a", 1))
+    (tmp_path / "b.yaml").write_text(doc("b", 1))
+    async with (files := _slow(mesh, debounce_ms=debounce_ms)):
+        it = files.watch()
+        await next_event(it)
+        (mesh / "b.yaml").symlink_to(tmp_path / "b.yaml")
+        assert _values(await next_event(it)) == {"b": 1}
+        tmp = mesh / ".mesh.yaml.tmp"
+        tmp.write_text(doc("a", 2))
+        started = time.monotonic()
+        os.replace(tmp, target)
+        changed = await next_event(it)
+        took = time.monotonic() - started
+    assert _values(changed) == {"a": 2}
+    assert took < debounce_ms / 1000 / 2, took
