@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -1178,3 +1179,80 @@ async def test_a_symlink_created_in_the_directory_does_not_slow_later_changes(
         took = time.monotonic() - started
     assert _values(changed) == {"a": 2}
     assert took < debounce_ms / 1000 / 2, took
+
+
+def _odd_entry(rng: random.Random, i: int, address: str) -> str:
+    """A WorkloadEntry written one of the ways that make '---' splitting delicate: a block
+    scalar holding '--- x' and '...', a comment with '---', flow style, a quoted string
+    spanning a '---' line (a syntax error), a leading byte order mark, a List, an alias."""
+    head = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n"
+    meta = f"metadata:\n  name: e{i}\n  namespace: ns\n"
+    forms = [
+        f"{head}{meta}spec:\n  address: {address}\n",
+        f"{head}{meta}  annotations:\n    note: |\n      --- x\n      ...\n"
+        f"spec:\n  address: {address}\n",
+        f"# a comment ---\n{head}metadata: {{name: e{i}, namespace: ns}}\n"
+        f"spec: {{address: {address}}}\n",
+        f'{head}{meta}spec:\n  address: {address}\n  labels: {{a: "x\n---\n y"}}\n',
+        f"\ufeff{head}{meta}spec:\n  address: {address}\n",
+        f"apiVersion: v1\nkind: List\nitems:\n- {head.replace(chr(10), chr(10) + '  ', 1)}"
+        f"  metadata: {{name: e{i}, namespace: ns}}\n  spec: {{address: {address}}}\n",
+        f"{head}{meta}spec:\n  address: {address}\n  labels:\n    a: &x v\n    b: *x\n",
+        "# only a comment\n",
+    ]
+    return rng.choices(forms, [30, 4, 4, 1, 1, 2, 1, 2])[0]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reread_documents_of_odd_texts_match_a_fresh_read(tmp_path: Path, seed: int) -> None:
+    """Random edits (in place, lines added, documents added and removed, other separators:
+    '--- ', '--- # c', '...', CRLF) of a file written in delicate ways: what the adapter
+    serves is always what a fresh adapter reads, and a text a fresh read rejects is
+    rejected with the same errors (the last good resources keep serving meanwhile)."""
+    rng = random.Random(seed)
+    target = tmp_path / "mesh.yaml"
+    docs = [_odd_entry(rng, i, "10.0.0.1") for i in range(rng.randint(2, 8))]
+    seps = ["---\n"] * 12
+
+    def text() -> str:
+        return "".join(d + (seps[k] if k < len(docs) - 1 else "") for k, d in enumerate(docs))
+
+    target.write_text(text())
+    live = FilesAdapter([tmp_path])
+    served = {r.key: r for r in live._process(live._scan()).upserts}
+    last = text()
+    for step in range(60):
+        roll = rng.random()
+        if roll < 0.6:
+            i = rng.randrange(len(docs))
+            docs[i] = (
+                docs[i].replace("10.0.0.", f"10.0.{step}.", 1)
+                if rng.random() < 0.5
+                else (_odd_entry(rng, i, f"10.1.0.{step}"))
+            )
+        elif roll < 0.7 and len(docs) < 10:
+            docs.insert(rng.randrange(len(docs) + 1), _odd_entry(rng, len(docs), "10.2.0.1"))
+        elif roll < 0.8 and len(docs) > 1:
+            docs.pop(rng.randrange(len(docs)))
+        else:
+            seps[rng.randrange(len(seps))] = rng.choice(
+                ["---\n", "--- \n", "--- # c\n", "...\n---\n", "---\r\n"]
+            )
+        if text() == last:
+            continue
+        last = text()
+        with open(target, "w", newline="") as f:  # in place, as an editor writes
+            f.write(last)
+        os.utime(target, ns=(0, time.time_ns() + step))  # a new signature, whatever the clock
+        event = live._process(live._scan())
+        for key in event.deletes:
+            served.pop(key, None)
+        served.update((r.key, r) for r in event.upserts)
+        fresh = FilesAdapter([tmp_path])
+        want = fresh._process(fresh._scan())
+        wrong = [(e.location, e.reason) for e in want.errors if e.severity == "error"]
+        if wrong:
+            got = [(e.location, e.reason) for e in event.errors if e.severity == "error"]
+            assert got == wrong, (seed, step, last)
+            continue
+        assert served == {r.key: r for r in want.upserts}, (seed, step, last)
