@@ -6,13 +6,16 @@ resources as delta does: after the first response, one carries only the requeste
 that changed or were not sent yet, so that one endpoint change sends one ClusterLoadAssignment,
 not every cluster's (Istio's incremental EDS push does the same). A type is resent only when
 its content changed; version_info is a hash of the whole content, so it is the same across
-agent restarts.
+agent restarts. After a NACK, the resources of the rejected response that its error does not
+name go again with the next change (Envoy may have applied none of them); when it names none,
+the next response carries everything; one never answered is treated as rejected unnamed.
 See meshagent.xds.protocol for the pipelining decision.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -62,10 +65,15 @@ class _TypeState:
     sent_version: str | None = None
     nacked_version: str | None = None
     force: bool = False
-    # What the proxy holds is not known: it rejected a response (Envoy applies a rejected
-    # response partly, its watches in order up to the failing one) or never answered one.
-    # The next response carries the whole content, not only what differs from sent.
+    # What the proxy holds of the last response is not known: it rejected it (Envoy applies
+    # a rejected response partly, its watches in order up to the failing one) or never
+    # answered it. unsure: the next response carries the whole content, not only what
+    # differs from sent; resend: it also carries these names (the resources of a rejected
+    # response that its error does not name: the bad ones are sent again only once changed,
+    # so that they do not hold back every later change).
     unsure: bool = False
+    resend: set[str] = field(default_factory=set)
+    last_names: frozenset[str] = frozenset()  # in the last response
 
 
 class SotwStream(StreamCore):
@@ -129,7 +137,12 @@ class SotwStream(StreamCore):
         event = super()._settle(request)
         if isinstance(event, Nacked):
             state = self._types[request.type_url]
-            state.nacked_version, state.unsure = event.version, True
+            state.nacked_version = event.version
+            named = {n for n in state.last_names if _named_in(n, event.error)}
+            if named:
+                state.resend |= state.last_names - named
+            else:
+                state.unsure = True
         elif isinstance(event, Acked):
             self._retryable.discard(request.type_url)  # a response carries every resource
         return event
@@ -178,7 +191,10 @@ class SotwStream(StreamCore):
             elif state.wildcard or not state.responded or state.force or state.unsure:
                 updates.append(self._response(type_url, content))
                 state.unsure = False
+                state.resend.clear()
             elif changed := _changed(state.sent, content):
+                changed.update((n, content[n]) for n in state.resend if n in content)
+                state.resend.clear()
                 updates.append(self._response(type_url, changed, version))
             state.sent, state.sent_version = content, version
             state.responded, state.force = True, False
@@ -204,10 +220,19 @@ class SotwStream(StreamCore):
         response = Response(type_url=type_url, version_info=version, nonce=nonce)
         for name in sorted(content):
             response.resources.add().CopyFrom(content[name].body)
-        self._types[type_url].last_nonce = nonce
+        state = self._types[type_url]
+        state.last_nonce, state.last_names = nonce, frozenset(content)
         self._track(nonce, InFlight(type_url, version))
         self._events.append(Pushed(type_url, version, nonce, len(content), 0, response.ByteSize()))
         return response
+
+
+def _named_in(name: str, error: str) -> bool:
+    """Whether a NACK's error names the resource: its name not inside a longer name (Envoy
+    quotes the rejected message, e.g. cluster_name: "outbound|80||web.ns.svc.cluster.local")."""
+    if name not in error:
+        return False
+    return re.search(rf"(?<![\w.|-]){re.escape(name)}(?![\w.|-])", error) is not None
 
 
 def _changed(sent: Content, content: Content) -> dict[str, Resource]:

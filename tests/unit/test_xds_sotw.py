@@ -278,9 +278,10 @@ def _endpoints(a: int, b: int) -> ResourceSet:
 
 def test_after_a_nack_the_next_endpoints_response_carries_every_requested_cla() -> None:
     """Envoy applies a rejected SotW response partly or not at all (its watches in order, up
-    to the failing one): after a NACK the stream cannot tell which of that response's
-    resources the proxy holds, so the next change is sent whole, not just what differs from
-    the rejected response (else a resource changed beside the bad one stays stale)."""
+    to the failing one): after a NACK whose error names none of the response's resources,
+    the stream cannot tell which of them the proxy holds, so the next change is sent whole,
+    not just what differs from the rejected response (else a resource changed beside the
+    bad one stays stale)."""
     stream = connected(eds=("a", "b"))
     # when a change to "a" goes out with a bad "b", and the proxy rejects the response
     [eds] = stream.on_snapshot(2, _endpoints(7, 0))
@@ -304,3 +305,41 @@ def test_after_an_unanswered_response_the_next_one_carries_every_requested_cla()
     assert stream.abandon_in_flight() == []
     [after] = stream.on_snapshot(3, _endpoints(7, 8))
     assert names(after) == ["a", "b"]
+
+
+def _nack_naming(response: DiscoveryResponse, names: tuple[str, ...], bad: str) -> DiscoveryRequest:
+    req = nack(response, names)
+    req.error_detail.message = f'Proto constraint validation failed: cluster_name: "{bad}" port 0'
+    return req
+
+
+def _three(a: int, b: int, c: int) -> ResourceSet:
+    return resource_set(
+        clusters=[eds_cluster("a"), eds_cluster("b"), eds_cluster("c")],
+        endpoints=[cla("a", a), cla("b", b), cla("c", c)],
+    )
+
+
+def test_after_a_nack_naming_the_bad_resource_the_others_go_again_with_the_next_change() -> None:
+    """The error names the bad resource: the others of the rejected response go again with
+    the next change, the bad one only once it changed, so that while it stays bad it does
+    not get every later response rejected."""
+    abc = ("a", "b", "c")
+    stream = SotwStream()
+    stream.on_request(request(CLUSTER, node=NODE))
+    [cds] = stream.on_snapshot(1, _three(1, 2, 3))
+    stream.on_request(ack(cds))
+    [eds] = stream.on_request(request(ENDPOINT, abc))
+    stream.on_request(ack(eds, abc))
+    # when a change to "a" goes out with a bad "b", and the proxy rejects "b" by name
+    [eds] = stream.on_snapshot(2, _three(7, 0, 3))
+    assert names(eds) == ["a", "b"]
+    assert stream.on_request(_nack_naming(eds, abc, "b")) == []
+    # and "c" changes while "b" is still bad
+    [later] = stream.on_snapshot(3, _three(7, 0, 9))
+    # then the response carries "c" and "a" (which the proxy may not hold), not "b"
+    assert names(later) == ["a", "c"]
+    assert stream.on_request(ack(later, abc)) == []
+    # and once "b" is fixed, it alone
+    [fixed] = stream.on_snapshot(4, _three(7, 8, 9))
+    assert names(fixed) == ["b"]
