@@ -34,6 +34,7 @@ from meshagent.xds.protocol import (
     eds_names,
     is_held,
     is_transient,
+    named_in,
     node_id_of,
 )
 from meshagent.xds.resources import Resource, ResourceSet
@@ -61,6 +62,10 @@ class _TypeState:
     dirty: set[str] = field(default_factory=set)
     # Names the proxy rejected and has not accepted since, with the NACK's error.
     rejected: dict[str, str] = field(default_factory=dict)
+    # Resources of a rejected response that its error does not name (it names others): the
+    # proxy may hold none of them (Envoy applies a response's watches in order up to the
+    # failing one), so they go again with the next response of their type.
+    resend: set[str] = field(default_factory=set)
 
     def candidates(self, resources: ResourceSet, type_url: str) -> set[str]:
         """Every name whose state may differ from what the proxy holds."""
@@ -85,7 +90,8 @@ class DeltaStream(StreamCore):
     def __init__(self, node_id: str | None = None, policy: ServePolicy = SERVE_ALL) -> None:
         super().__init__(node_id, policy)
         self._types: dict[str, _TypeState] = {}
-        self._names_in: dict[str, tuple[str, ...]] = {}  # nonce -> names it sent or removed
+        # nonce -> the names it sent, and those it removed
+        self._names_in: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
     def on_request(self, request: Request) -> list[Response]:
         """Apply a request (subscription change, ACK or NACK); returns responses to send.
@@ -132,7 +138,8 @@ class DeltaStream(StreamCore):
 
     def _settle(self, request: Request) -> Acked | Nacked | None:
         event = super()._settle(request)
-        names = self._names_in.pop(request.response_nonce, ())
+        sent, removed = self._names_in.pop(request.response_nonce, ((), ()))
+        names = (*sent, *removed)
         if len(self._names_in) > len(self._in_flight) + len(self._abandoned):
             # superseded answers abandoned on a timeout
             waiting = self._in_flight.keys() | self._abandoned.keys()
@@ -142,6 +149,12 @@ class DeltaStream(StreamCore):
             return event
         if isinstance(event, Nacked):
             # Envoy applies the good resources of a delta response and names the bad ones.
+            # (Cluster and Listener updates are applied one by one; the others, one watch a
+            # name, stop at the failing one: what came after it goes again.)
+            if request.type_url not in typeurls.WILDCARD_TYPES:
+                bad = {n for n in sent if named_in(n, event.error)}
+                if bad:
+                    state.resend.update(n for n in sent if n not in bad)
             named = [n for n in names if n in event.error]
             for name in names:
                 if not named or name in named:
@@ -217,6 +230,8 @@ class DeltaStream(StreamCore):
             if state is None or is_held(type_url, busy):
                 continue  # never send a type the proxy has not asked for, or one on hold
             sends, removes = _diff(state, type_url, resources)
+            if sends and state.resend:
+                sends = _with_resend(state, sends, resources.of(type_url))
             if type_url == typeurls.CLUSTER and sends:
                 self._resend_endpoints_of(sends)
             if sends or (not state.responded and not removes):
@@ -249,7 +264,7 @@ class DeltaStream(StreamCore):
         response.removed_resources.extend(removes)
         self._types[type_url].responded = True
         self._track(nonce, InFlight(type_url, str(version)))
-        self._names_in[nonce] = (*(r.name for r in sends), *removes)
+        self._names_in[nonce] = (tuple(r.name for r in sends), tuple(removes))
         size = response.ByteSize()
         self._events.append(Pushed(type_url, str(version), nonce, len(sends), len(removes), size))
         return response
@@ -275,6 +290,20 @@ def _diff(
             # Gone, or asked for and never existed: the protocol's way to say so is removal.
             removes.append(name)
     return sends, removes
+
+
+def _with_resend(
+    state: _TypeState, sends: list[Resource], available: Mapping[str, Resource]
+) -> list[Resource]:
+    """sends, and the resources of state.resend the proxy still asks for, by name."""
+    have = {r.name for r in sends}
+    wanted = [
+        available[n]
+        for n in state.resend
+        if n not in have and n in available and (state.wildcard or n in state.subscribed)
+    ]
+    state.resend.clear()
+    return sorted([*sends, *wanted], key=lambda r: r.name)
 
 
 def _record(state: _TypeState, sends: list[Resource], removes: list[str]) -> None:

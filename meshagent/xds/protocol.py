@@ -18,6 +18,7 @@ after which the stream stops waiting (`abandon_in_flight`).
 
 from __future__ import annotations
 
+import re
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
@@ -190,6 +191,14 @@ def is_transient(error: str) -> bool:
 def error_message(status_message: str, code: int) -> str:
     """A NACK's error text; Envoy always sets a message, other clients may set only a code."""
     return status_message or f"rejected with code {code}"
+
+
+def named_in(name: str, error: str) -> bool:
+    """Whether a NACK's error names the resource: its name, not inside a longer name (Envoy
+    quotes the rejected message, e.g. cluster_name: "outbound|80||web.ns.svc.cluster.local")."""
+    if name not in error:
+        return False
+    return re.search(rf"(?<![\w.|-]){re.escape(name)}(?![\w.|-])", error) is not None
 
 
 def eds_names(clusters: Iterable[Resource]) -> set[str]:

@@ -15,7 +15,6 @@ See meshagent.xds.protocol for the pipelining decision.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -38,6 +37,7 @@ from meshagent.xds.protocol import (
     check_type_url,
     eds_names,
     is_held,
+    named_in,
     node_id_of,
 )
 from meshagent.xds.resources import Resource
@@ -138,7 +138,7 @@ class SotwStream(StreamCore):
         if isinstance(event, Nacked):
             state = self._types[request.type_url]
             state.nacked_version = event.version
-            named = {n for n in state.last_names if _named_in(n, event.error)}
+            named = {n for n in state.last_names if named_in(n, event.error)}
             if named:
                 state.resend |= state.last_names - named
             else:
@@ -225,14 +225,6 @@ class SotwStream(StreamCore):
         self._track(nonce, InFlight(type_url, version))
         self._events.append(Pushed(type_url, version, nonce, len(content), 0, response.ByteSize()))
         return response
-
-
-def _named_in(name: str, error: str) -> bool:
-    """Whether a NACK's error names the resource: its name not inside a longer name (Envoy
-    quotes the rejected message, e.g. cluster_name: "outbound|80||web.ns.svc.cluster.local")."""
-    if name not in error:
-        return False
-    return re.search(rf"(?<![\w.|-]){re.escape(name)}(?![\w.|-])", error) is not None
 
 
 def _changed(sent: Content, content: Content) -> dict[str, Resource]:

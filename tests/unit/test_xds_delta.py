@@ -471,3 +471,33 @@ def test_a_nack_that_cannot_pass_by_itself_is_not_retried() -> None:
 
     assert stream.rejected(LISTENER) == {"l1": "Error adding/updating listener(s) l1: bad filter"}
     assert stream.retryable == frozenset()
+
+
+def _three(a: int, b: int, c: int) -> ResourceSet:
+    return resource_set(
+        clusters=[eds_cluster("a"), eds_cluster("b"), eds_cluster("c")],
+        endpoints=[cla("a", a), cla("b", b), cla("c", c)],
+    )
+
+
+def test_after_a_nack_naming_one_endpoint_the_others_go_again_with_the_next_change() -> None:
+    """Envoy hands a delta EDS response to one watch per name and stops at the one that
+    fails: the others of a rejected response may not be applied. They go again with the
+    next endpoints response; the named bad one only once it changed."""
+    stream = DeltaStream()
+    stream.on_request(request(CLUSTER, node=NODE))
+    [cds] = stream.on_snapshot(1, _three(1, 2, 3))
+    stream.on_request(ack(cds))
+    [eds] = stream.on_request(request(ENDPOINT, ("a", "b", "c")))
+    stream.on_request(ack(eds))
+    # when a change to "a" goes out with a bad "b", and the proxy rejects "b" by name
+    [eds] = stream.on_snapshot(2, _three(7, 0, 3))
+    assert names(eds) == ["a", "b"]
+    assert stream.on_request(nack(eds, 'malformed: cluster_name: "b" port 0')) == []
+    # and "c" changes while "b" is still bad
+    [later] = stream.on_snapshot(3, _three(7, 0, 9))
+    # then "a" goes again with it, "b" does not
+    assert names(later) == ["a", "c"]
+    stream.on_request(ack(later))
+    [fixed] = stream.on_snapshot(4, _three(7, 8, 9))
+    assert names(fixed) == ["b"]
