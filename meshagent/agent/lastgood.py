@@ -71,7 +71,12 @@ class LastGoodStore:
         self._blocks: list[bytes] = []
 
     def load(self) -> list[RawResource]:
-        """The saved resources; [] (with a warning) when there are none or they are unusable."""
+        """The saved resources; [] (with a warning) when there are none or they are unusable.
+
+        Called by the agent at start (one agent per state dir): the temporary files of saves
+        cut short by a crash (each as large as the file) are removed, so a crash loop does not
+        fill the state dir."""
+        _remove_leftovers(self.path)
         try:
             with self.path.open("rb") as f:
                 data = f.read(self.max_bytes + 1)
@@ -345,11 +350,23 @@ def _decode(item: Mapping[str, Any]) -> RawResource:
     return RawResource(source, kind, api_version, namespace, name, body, provenance)
 
 
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Remove the temporary files (_temporary) that saves of earlier processes left."""
+    with contextlib.suppress(OSError):
+        for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
 def _write_atomically(path: Path, chunks: Iterable[bytes], max_bytes: int) -> bool:
     """The chunks at path, all or nothing, 0600: a crash leaves the old file or the new one.
     False (and path untouched) when they add up to more than max_bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temporary(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
         os.fchmod(fd, 0o600)  # also when a leftover temporary file had another mode

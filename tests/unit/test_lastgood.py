@@ -304,3 +304,18 @@ async def test_a_resource_added_and_removed_within_one_save_delay_leaves_the_sav
     await asyncio.wait_for(keeper.saved_all(), timeout=DEADLINE_S)
     # then the file holds what serves (the restart restores it), as a fresh store writes it
     assert {r.name: r.body for r in store.load()} == {"a": a2.body, "b": b.body}
+
+
+def test_load_at_start_removes_what_saves_cut_short_by_a_crash_left(tmp_path: Path) -> None:
+    # given a saved file and the temporary files of two saves a crash cut short
+    store = LastGoodStore(tmp_path / "last-good.json")
+    store.save([resource("a")])
+    for pid in (101, 202):
+        (tmp_path / f".last-good.json.{pid}.tmp").write_bytes(b'{"format":1,"resources":[')
+    (tmp_path / "other.tmp").write_text("not ours")
+    # when the agent starts and loads it
+    loaded = LastGoodStore(tmp_path / "last-good.json").load()
+    # then what was saved loads, and the leftovers are gone (a crash loop must not fill the
+    # state dir with copies of the mesh)
+    assert [r.name for r in loaded] == ["a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last-good.json", "other.tmp"]
