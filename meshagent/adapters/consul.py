@@ -313,13 +313,16 @@ class ConsulAdapter:
     def _bucket(self) -> TokenBucket:
         return TokenBucket(self.options.qps, self.options.burst)
 
-    async def _query(self, call: Any, bucket: TokenBucket | None = None) -> Any:
-        """One py-consul call (rate-limited by bucket when given): call(token) is awaited."""
+    async def _query(self, call: Any, bucket: TokenBucket | None = None) -> tuple[int, Any]:
+        """One py-consul call (rate-limited by bucket when given): call(token) is awaited;
+        (its X-Consul-Index as a number, its data). ValueError for an index that is not a
+        number (raised here, in the caller's error handling, so that no watch dies of it)."""
         if bucket is not None:
             await bucket.acquire()
         self.queries += 1
         token = self._token.get()
-        return await call(token)
+        reported, data = await call(token)
+        return _parse_index(reported), data
 
     def _catalog_call(self, index: int) -> Any:
         return lambda token: self._client.catalog.services(
@@ -893,6 +896,14 @@ def _decode(text: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise ValueError(f"Failed to decode JSON: {exc}") from None
+
+
+def _parse_index(reported: Any) -> int:
+    """An X-Consul-Index header's value (None or "" when it is missing: 0)."""
+    try:
+        return int(reported or 0)
+    except (TypeError, ValueError):
+        raise ValueError(f"X-Consul-Index {str(reported)[:40]!r} is not a number") from None
 
 
 def changed_checks(

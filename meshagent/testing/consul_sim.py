@@ -79,7 +79,8 @@ class Faults:
     status: answer this HTTP status (e.g. 500, 403) to matching requests instead of serving.
     delay_s: wait this long before answering. malformed: send a body that is not JSON.
     drop: close the connection without answering. index_zero: report X-Consul-Index 0.
-    path_prefix: only requests whose path starts with it are affected.
+    index_text: report this X-Consul-Index instead (e.g. a garbled one, as a broken proxy in
+    front of Consul might). path_prefix: only requests whose path starts with it are affected.
     """
 
     status: int | None = None
@@ -87,6 +88,7 @@ class Faults:
     malformed: bool = False
     drop: bool = False
     index_zero: bool = False
+    index_text: str | None = None
     path_prefix: str = "/v1/"
 
     def clear(self) -> None:
@@ -98,6 +100,7 @@ class Faults:
             False,
             False,
         )
+        self.index_text = None
 
 
 @dataclass(slots=True)
@@ -117,6 +120,7 @@ class _Reply:
     raw: bytes | None = None
     extra: dict[str, str] = field(default_factory=dict)
     raw_json: bool = False  # raw is a JSON body already encoded
+    index_text: str = ""  # sent as X-Consul-Index instead of index (Faults.index_text)
 
 
 class ConsulSimulator:
@@ -411,6 +415,8 @@ class ConsulSimulator:
             reply = _Reply(200, raw=b'{"not json', index=reply.index)
         if affected and faults.index_zero and reply.index is not None:
             reply.index = 0
+        if affected and faults.index_text is not None and reply.index is not None:
+            reply.index_text = faults.index_text
         writer.write(_encode(reply))
         await writer.drain()
         return True
@@ -656,7 +662,7 @@ def _encode(reply: _Reply) -> bytes:
     headers = {"Content-Type": ctype, "Content-Length": str(len(body)), **reply.extra}
     if reply.index is not None:
         headers |= {
-            "X-Consul-Index": str(reply.index),
+            "X-Consul-Index": reply.index_text or str(reply.index),
             "X-Consul-KnownLeader": "true",
             "X-Consul-LastContact": "0",
         }

@@ -452,3 +452,41 @@ async def test_a_checkless_change_read_with_an_index_that_went_backwards_is_swep
             sim.state.register_service(NODE, body, [])
             sim.state.reset_indexes(1)
         await next_matching(it, changed_to(name, [f"s{i}", f"s{i}b"]), 10.0)
+
+
+async def test_a_garbled_index_is_a_reported_error_and_every_watch_goes_on(
+    limited: ConsulSimulator,
+) -> None:
+    """An X-Consul-Index that is not a number (a broken proxy in front of Consul) is a
+    reported error of the query, retried: no watch dies of it, so changes still arrive once
+    the index is sane again."""
+    sim = limited
+    for i in range(60):
+        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 1000 + i}
+        sim.state.register_service(NODE, body, [{"CheckID": f"c{i}", "Status": "passing"}])
+    options = ConsulOptions(
+        address=sim.address, wait_s=20.0, max_connections=MIN_CONNECTIONS, backoff_cap_s=0.2
+    )
+    async with ConsulAdapter(options) as adapter:
+        it = adapter.watch()
+        await next_matching(it, lambda e: e.synced)
+        await async_wait_for(lambda: sim.blocked[SERVICES_KEY] > 0, what="the catalog watch")
+        sim.faults.index_text = "not-a-number"
+        sim.state.register_service(NODE, {"ID": "n1", "Service": "new1", "Port": 3000}, [])
+        await asyncio.wait_for(_until_error(it, "X-Consul-Index"), 15.0)
+        sim.faults.clear()
+        # a service that appears now is still found: the catalog watch lives
+        sim.state.register_service(NODE, {"ID": "n2", "Service": "new2", "Port": 3001}, [])
+        await asyncio.wait_for(_until_listed(it, "new2"), 15.0)
+
+
+async def _until_listed(it: AsyncIterator[SourceEvent], name: str) -> None:
+    async for event in it:
+        if instances(event, name) is not None:
+            return
+
+
+async def _until_error(it: AsyncIterator[SourceEvent], text: str) -> None:
+    async for event in it:
+        if any(text in d.reason for d in event.errors):
+            return
