@@ -129,7 +129,12 @@ class MeshHarness:
             json.loads(out),
             self.root,
             log_level="warning",
-            extra_args=("--concurrency", "1", "--drain-time-s", "1"),
+            # Access log lines reach their files within 0.1 s, not after Envoy's default 10 s
+            # flush interval: tests that read the logs wait on the line, not on that timer.
+            extra_args=(
+                *("--concurrency", "1", "--drain-time-s", "1"),
+                *("--file-flush-interval-msec", "100"),
+            ),
             name="envoy",  # envoy.json, envoy.log in root
         ).start()
         self.envoy = self.envoy_process.process
