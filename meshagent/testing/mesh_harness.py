@@ -141,17 +141,21 @@ class MeshHarness:
         wait_until(lambda: self.envoy_admin("/ready").status == 200, what="envoy ready")
 
     def close(self) -> None:
-        for proc in (self.agent, self.envoy):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
+        # Everything is told to stop first and waited for after: the apps' shutdowns (each
+        # waits up to its server's poll interval) and the processes' exits overlap.
+        running = [p for p in (self.agent, self.envoy) if p is not None and p.poll() is None]
+        for proc in running:
+            proc.terminate()
+        if self.apps:
+            with ThreadPoolExecutor(len(self.apps)) as pool:
+                list(pool.map(DemoApp.stop, self.apps.values()))
+        for proc in running:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
         kill_managed_envoy(self.state_dir)  # a managed Envoy outlives an agent that was killed
-        for app in self.apps.values():
-            app.stop()
 
     # -- configuration -----------------------------------------------------------------------
     def apply(self, documents: str, name: str = "mesh.yaml", *, clear: bool = True) -> None:
