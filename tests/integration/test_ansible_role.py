@@ -133,8 +133,10 @@ def recap(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
 def test_playbook_installs_into_a_root_idempotently_and_in_check_mode(
     tmp_path: Path, wheel: Path
 ) -> None:
-    """One install with traffic capture on (so the capture unit and cluster.env are in the
-    idempotency and check-mode runs too), then capture switched off again removes them."""
+    """One root through the role's life, one full install (the slowest kind of run): installed
+    with traffic capture on (so the capture unit and cluster.env are in the idempotency and
+    check-mode runs too); capture switched off removes them; then a bad config or mesh file
+    never replaces the installed one, and mesh files no longer listed are removed."""
     capture_on = ("-e", '{"meshagent_capture": true}')
     first = recap(playbook(tmp_path, wheel, *capture_on))
     assert first["changed"] > 0 and first["failed"] == 0
@@ -178,8 +180,14 @@ def test_playbook_installs_into_a_root_idempotently_and_in_check_mode(
     checked = recap(playbook(tmp_path, wheel, *capture_on, "--check", "--diff"))
     assert checked["changed"] == 0 and checked["failed"] == 0
 
-    off = recap(playbook(tmp_path, wheel))  # the switch off (the default) removes the unit
+    # The switch off (the default) removes the unit; a second mesh file is installed.
+    mesh = root / "etc/meshagent/mesh"
+    other = MESH.replace("name: hello", "name: other").replace("hello.demo", "other.demo")
+    files = {"hello.yaml": MESH, "other.yaml": other}
+    off = recap(playbook(tmp_path, wheel, meshagent_mesh_files=files))
     assert off["changed"] > 0 and off["failed"] == 0 and not capture_unit.exists()
+    assert (mesh / "other.yaml").read_text() == other
+    _validates_before_installing_and_prunes_mesh_files(tmp_path, wheel, files)
 
 
 def test_ansible_lint_production_profile() -> None:
@@ -202,14 +210,14 @@ def failed_task(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout[found.start() : found.start() + 3000]
 
 
-def test_role_validates_before_installing_and_prunes_mesh_files(
-    tmp_path: Path, wheel: Path
+def _validates_before_installing_and_prunes_mesh_files(
+    tmp_path: Path, wheel: Path, files: dict[str, str]
 ) -> None:
+    """On a root the role installed with files (mesh files): a bad config or mesh file never
+    replaces the installed one, and files no longer listed are removed."""
     root = tmp_path / "root"
     mesh, agent_yaml = root / "etc/meshagent/mesh", root / "etc/meshagent/agent.yaml"
-    other = MESH.replace("name: hello", "name: other").replace("hello.demo", "other.demo")
-    files = {"hello.yaml": MESH, "other.yaml": other}
-    assert recap(playbook(tmp_path, wheel, meshagent_mesh_files=files))["failed"] == 0
+    other = files["other.yaml"]
     (mesh / "stray.yaml").write_text(MESH)  # not the role's: removed too
     good_config = agent_yaml.read_text()
 
