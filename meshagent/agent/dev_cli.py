@@ -22,23 +22,20 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
 from meshagent.agent.config import AgentConfig, load_config
 from meshagent.agent.configpath import CONFIG_ENV
-from meshagent.agent.daemon import Agent
 from meshagent.agent.logs import configure_logging
 from meshagent.errors import ConfigError
-from meshagent.testing.consul_sim import (
-    ConsulSimulator,
-    load_config_entries,
-    load_data,
-    run_simulator,
-)
-from meshagent.testing.demo_app import DemoApp
-from meshagent.testing.kube_sim import KubeSim
+
+# The agent and the simulators are imported by the commands that run them: building the
+# `meshagent` argument parser (every command, `--help` too) does not pay for their imports.
+if TYPE_CHECKING:
+    from meshagent.agent.daemon import Agent
+    from meshagent.testing.consul_sim import ConsulSimulator
 
 READY_TIMEOUT_S = 60.0
 
@@ -115,6 +112,8 @@ def _listen(value: str, what: str) -> tuple[str, int]:
 
 def run_consul_sim(args: argparse.Namespace) -> int:
     """`meshagent dev consul-sim`: serve until Ctrl-C; the exit code."""
+    from meshagent.testing.consul_sim import load_config_entries, run_simulator
+
     host, port = _listen(args.listen, "consul-sim")
     data = None
     if args.data:
@@ -141,6 +140,8 @@ def run_consul_sim(args: argparse.Namespace) -> int:
 
 def run_kube_sim(args: argparse.Namespace) -> int:
     """`meshagent dev kube-sim`: serve until Ctrl-C; the exit code."""
+    from meshagent.testing.kube_sim import KubeSim
+
     host, port = _listen(args.listen, "kube-sim")
     sim = KubeSim(host, port, token=args.token or None)
     sim.start()
@@ -210,6 +211,8 @@ def banner(config: AgentConfig, hosts: list[str], routed: list[str], port: int) 
 
 def start_consul_sim(config: AgentConfig, data_path: Path) -> ConsulSimulator:
     """A Consul simulator where the agent config expects Consul, seeded from data_path."""
+    from meshagent.testing.consul_sim import ConsulSimulator, load_data
+
     consul = config.sources.consul
     if consul is None:
         raise ConfigError("--consul-sim needs sources.consul in the agent config", field="sources")
@@ -232,6 +235,9 @@ def start_consul_sim(config: AgentConfig, data_path: Path) -> ConsulSimulator:
 
 
 async def _run(config: AgentConfig, specs: list[DemoSpec], out: TextIO) -> int:
+    from meshagent.agent.daemon import Agent
+    from meshagent.testing.demo_app import DemoApp
+
     apps = [DemoApp(s.name, s.version, s.host, s.port).start() for s in specs]
     agent = Agent(config)
     runner = asyncio.create_task(agent.run(), name="agent")

@@ -12,12 +12,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from meshagent.agent.configpath import CONFIG_ENV, DEFAULT_CONFIG, config_path
 from meshagent.errors import ConfigError
-from meshagent.insight.analysis import CHECKS, Check, analyze
-from meshagent.insight.context import AnalysisInput
 from meshagent.insight.messages import TYPES, Level, Message
 from meshagent.insight.report import (
     EXIT_USAGE,
@@ -29,6 +27,11 @@ from meshagent.insight.report import (
     suppressed,
 )
 from meshagent.model.source import Diagnostic, RawResource, SourceEvent
+
+# The checks (and the normalizer and translator they import) load when an analysis runs, not
+# when the `meshagent` argument parser is built for every command.
+if TYPE_CHECKING:
+    from meshagent.insight.analysis import Check
 
 HELP = """\
 Check mesh configuration as a whole, beyond single-resource validation: references to
@@ -190,7 +193,7 @@ def analyze_command_input(args: argparse.Namespace) -> tuple[list[Message], list
         config=config,
         domain_suffix=args.domain_suffix,
         namespace=args.namespace,
-        checks=[c for c in CHECKS if c[0] not in REGISTRY_CHECKS] if skipped else CHECKS,
+        checks=[c for c in all_checks() if c[0] not in REGISTRY_CHECKS] if skipped else None,
     )
     return messages, parse_errors, " ".join(str(p) for p in paths)
 
@@ -198,6 +201,13 @@ def analyze_command_input(args: argparse.Namespace) -> tuple[list[Message], list
 # Checks that report what is missing from the whole registry: wrong when sources the offline
 # command does not read (Consul, Kubernetes) define hosts and workloads.
 REGISTRY_CHECKS = ("references", "subsets", "selectors", "gateway_selectors")
+
+
+def all_checks() -> Sequence[tuple[str, Check]]:
+    """Every check of the analysis (analysis.CHECKS), imported on first use."""
+    from meshagent.insight.analysis import CHECKS
+
+    return CHECKS
 
 
 def platform_sources(config: Any) -> list[str]:
@@ -226,11 +236,14 @@ def analyze_paths(
     config: Any = None,
     domain_suffix: str | None = None,
     namespace: str | None = None,
-    checks: Sequence[tuple[str, Check]] = CHECKS,
+    checks: Sequence[tuple[str, Check]] | None = None,
 ) -> tuple[list[Message], list[Diagnostic]]:
-    """Analyze the mesh files under paths; (messages, file-level errors)."""
+    """Analyze the mesh files under paths; (messages, file-level errors). checks: by default
+    every check (analysis.CHECKS)."""
     from meshagent.adapters.files import find_config_files
     from meshagent.agent.daemon import mesh_file_loader
+    from meshagent.insight.analysis import CHECKS, analyze
+    from meshagent.insight.context import AnalysisInput
     from meshagent.insight.offline import normalizer_for
 
     missing = [p for p in paths if not p.exists() and str(p) != STDIN]
@@ -254,7 +267,7 @@ def analyze_paths(
         diagnostics=[*(d for d in diagnostics if d not in file_errors), *found],
         **config_facts(config),
     )
-    return analyze(inp, checks), file_errors
+    return analyze(inp, CHECKS if checks is None else checks), file_errors
 
 
 STDIN = "-"  # a PATH of "-" reads documents from standard input (reported as "-:LINE")

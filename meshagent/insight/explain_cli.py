@@ -19,16 +19,17 @@ from typing import Any, TextIO
 from meshagent.errors import ConfigError, MeshAgentError
 
 EXIT_SAME, EXIT_CHANGED, EXIT_ERROR = 0, 1, 2
+# The keys of meshagent.insight.explain.KINDS (a unit test keeps them equal), spelt out so that
+# building the argument parser does not import the explainer (0.4 s of every `meshagent` run).
+KIND_NAMES = ("cluster", "endpoint", "listener", "route")
 
 
 def add_parsers(sub: Any) -> None:
     """Add `explain` and `diff` to the `meshagent` subparsers."""
-    from meshagent.insight.explain import KINDS
-
     ex = sub.add_parser("explain", help="every input that shaped one Envoy resource")
     ex.add_argument("resource", help="cluster, listener, route config[/VHOST[/ROUTE]] or IP:PORT")
     ex.add_argument("paths", nargs="*", type=Path, help="explain offline from these files")
-    ex.add_argument("--kind", choices=sorted(KINDS), help="what RESOURCE is (default: guessed)")
+    ex.add_argument("--kind", choices=KIND_NAMES, help="what RESOURCE is (default: guessed)")
     ex.add_argument(
         "--offline",
         action="store_true",

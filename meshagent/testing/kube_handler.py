@@ -26,6 +26,7 @@ def make_handler(sim: KubeSim) -> type[BaseHTTPRequestHandler]:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # a keep-alive client's delayed ACK would stall replies
 
         def log_message(self, format: str, *args: Any) -> None:
             return None  # tests read sim.requests instead

@@ -113,6 +113,8 @@ def playbook(
     )
     env = {**os.environ, "PYTHONPATH": pythonpath, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"), "ANSIBLE_NOCOLOR": "1",
+           # The role uses no facts: skipping their gathering saves a second per run.
+           "ANSIBLE_GATHERING": "explicit",
            "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}  # fmt: skip
     return subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", str(inventory), "-e", f"@{tmp_path / 'vars.json'}",
@@ -131,7 +133,15 @@ def recap(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
 def test_playbook_installs_into_a_root_idempotently_and_in_check_mode(
     tmp_path: Path, wheel: Path
 ) -> None:
-    first = recap(playbook(tmp_path, wheel))
+    """One root through the role's life, with one full install (the slowest kind of run):
+    installed with traffic capture on and two mesh files (so the capture unit, cluster.env and
+    both files are in the idempotency and check-mode runs too); then capture switched off and
+    one mesh file no longer listed: both removed; then a bad config or mesh file never
+    replaces the installed one."""
+    capture_on = ("-e", '{"meshagent_capture": true}')
+    other = MESH.replace("name: hello", "name: other").replace("hello.demo", "other.demo")
+    files = {"hello.yaml": MESH, "other.yaml": other}
+    first = recap(playbook(tmp_path, wheel, *capture_on, meshagent_mesh_files=files))
     assert first["changed"] > 0 and first["failed"] == 0
 
     root = tmp_path / "root"
@@ -141,7 +151,9 @@ def test_playbook_installs_into_a_root_idempotently_and_in_check_mode(
     config = load_config(agent_yaml)  # the rendered config is valid for the agent itself
     assert config.node.id == "vm-7" and str(config.xds.uds) == "/run/meshagent/xds.sock"
     assert config.outbound.ports == ((8080, 15080),)
-    assert (root / "etc/meshagent/mesh/hello.yaml").read_text() == MESH
+    mesh = root / "etc/meshagent/mesh"
+    assert (mesh / "hello.yaml").read_text() == MESH
+    assert (mesh / "other.yaml").read_text() == other
     assert (root / "opt/meshagent/venv/bin/meshagent").exists()
     assert (root / f"opt/meshagent/wheels/{wheel.name}").exists()
     assert f"meshagent_vm-{__version__}.dist-info" in "".join(
@@ -155,12 +167,46 @@ def test_playbook_installs_into_a_root_idempotently_and_in_check_mode(
         "/opt/meshagent/venv/bin/envoy", "/usr/bin/envoy"
     )
     assert (root / "usr/lib/sysusers.d/meshagent.conf").exists()
+    capture_unit = units / "meshagent-capture.service"
+    assert (
+        capture_unit.read_text().split("\n", 1)[1]
+        == (REPO / "systemd/meshagent-capture.service").read_text()
+    )
+    cluster_env = root / "etc/meshagent/cluster.env"
+    from meshagent.agent.cli import main
 
-    second = recap(playbook(tmp_path, wheel))
+    # The rendered cluster.env drives capture: every port in, SSH and the agent's ports out.
+    assert main(["capture", "print", "-u", "1", "-g", "1", "--capture-all-dns",
+                 "--cluster-env", str(cluster_env)]) == 0  # fmt: skip
+
+    second = recap(playbook(tmp_path, wheel, *capture_on, meshagent_mesh_files=files))
     assert second["changed"] == 0 and second["failed"] == 0
 
-    checked = recap(playbook(tmp_path, wheel, "--check", "--diff"))
+    checked = recap(
+        playbook(tmp_path, wheel, *capture_on, "--check", "--diff", meshagent_mesh_files=files)
+    )
     assert checked["changed"] == 0 and checked["failed"] == 0
+
+    # The switch off (the default) removes the capture unit; mesh files no longer listed are
+    # removed (after the listed ones are in place), also one that is not the role's.
+    (mesh / "stray.yaml").write_text(MESH)
+    off = recap(playbook(tmp_path, wheel))
+    assert off["changed"] > 0 and off["failed"] == 0 and not capture_unit.exists()
+    assert sorted(p.name for p in mesh.iterdir()) == ["hello.yaml"]
+
+    # A config the agent would refuse never replaces the installed one.
+    good_config = agent_yaml.read_text()
+    bad_config = {"outbound": {"port_offset": "ten"}}
+    fatal = failed_task(playbook(tmp_path, wheel, meshagent_config_extra=bad_config))
+    assert "outbound.port_offset: must be an integer" in fatal
+    assert agent_yaml.read_text() == good_config
+
+    # Neither is a mesh file with an error installed; the listed good files are kept.
+    broken = {**files, "other.yaml": other.replace("STATIC", "STATICK")}
+    fatal = failed_task(playbook(tmp_path, wheel, meshagent_mesh_files=broken))
+    assert "spec.resolution" in fatal
+    assert sorted(p.name for p in mesh.iterdir()) == ["hello.yaml"]
+    assert (mesh / "hello.yaml").read_text() == MESH
 
 
 def test_ansible_lint_production_profile() -> None:
@@ -183,59 +229,7 @@ def failed_task(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout[found.start() : found.start() + 3000]
 
 
-def test_role_validates_before_installing_and_prunes_mesh_files(
-    tmp_path: Path, wheel: Path
-) -> None:
-    root = tmp_path / "root"
-    mesh, agent_yaml = root / "etc/meshagent/mesh", root / "etc/meshagent/agent.yaml"
-    other = MESH.replace("name: hello", "name: other").replace("hello.demo", "other.demo")
-    files = {"hello.yaml": MESH, "other.yaml": other}
-    assert recap(playbook(tmp_path, wheel, meshagent_mesh_files=files))["failed"] == 0
-    (mesh / "stray.yaml").write_text(MESH)  # not the role's: removed too
-    good_config = agent_yaml.read_text()
-
-    # A config the agent would refuse never replaces the installed one.
-    bad_config = {"outbound": {"port_offset": "ten"}}
-    fatal = failed_task(playbook(tmp_path, wheel, meshagent_config_extra=bad_config))
-    assert "outbound.port_offset: must be an integer" in fatal
-    assert agent_yaml.read_text() == good_config
-
-    # Neither does a mesh file with an error; the listed good files are kept.
-    broken = {**files, "other.yaml": other.replace("STATIC", "STATICK")}
-    fatal = failed_task(playbook(tmp_path, wheel, meshagent_mesh_files=broken))
-    assert "spec.resolution" in fatal
-    assert (mesh / "other.yaml").read_text() == other
-
-    # A file no longer listed is removed (after the listed ones are in place).
-    assert recap(playbook(tmp_path, wheel))["failed"] == 0
-    assert sorted(p.name for p in mesh.iterdir()) == ["hello.yaml"]
-
-
 def test_role_refuses_an_unpinned_install(tmp_path: Path, wheel: Path) -> None:
     fatal = failed_task(playbook(tmp_path, wheel, meshagent_wheel="", meshagent_version=""))
     assert "Set meshagent_wheel" in fatal
     assert not (tmp_path / "root/opt/meshagent/venv").exists()
-
-
-def test_capture_switch_installs_the_unit_and_cluster_env_then_removes_them(
-    tmp_path: Path, wheel: Path
-) -> None:
-    on = recap(playbook(tmp_path, wheel, "-e", '{"meshagent_capture": true}'))
-    assert on["failed"] == 0
-    root = tmp_path / "root"
-    unit = root / "etc/systemd/system/meshagent-capture.service"
-    assert (
-        unit.read_text().split("\n", 1)[1]
-        == (REPO / "systemd/meshagent-capture.service").read_text()
-    )
-    cluster_env = root / "etc/meshagent/cluster.env"
-    from meshagent.agent.cli import main
-
-    # The rendered cluster.env drives capture: every port in, SSH and the agent's ports out.
-    assert main(["capture", "print", "-u", "1", "-g", "1", "--capture-all-dns",
-                 "--cluster-env", str(cluster_env)]) == 0  # fmt: skip
-    again = recap(playbook(tmp_path, wheel, "-e", '{"meshagent_capture": true}'))
-    assert again["changed"] == 0
-
-    off = recap(playbook(tmp_path, wheel))
-    assert off["failed"] == 0 and not unit.exists()

@@ -34,6 +34,7 @@ def _copy_example(tmp_path: Path, name: str) -> tuple[Path, dict[str, int], dict
     config["state_dir"] = str(tmp_path / "state")
     config["admin"]["port"] = ports["admin"]
     config["envoy"]["admin_port"] = ports["envoy"]
+    config["envoy"]["drain_seconds"] = 0  # Ctrl-C stops at once (the default drains 5 s)
     config["outbound"]["ports"] = {8080: ports["outbound"]}
     if "consul" in config["sources"]:
         ports["consul"] = free_port()

@@ -1,6 +1,6 @@
 """Certificate lifecycle between two hosts on loopback (see mtls_hosts.py), end to end.
 
-- Rotation under load: 30 s workload certificates (renewed every 15 s ± 1.5 s) rotate three
+- Rotation under load: 12 s workload certificates (renewed every 6 s ± 0.6 s) rotate three
   times on each host while A's app sends a continuous stream of requests to B's app through
   both Envoys (mTLS, STRICT); not one request fails, and no listener or cluster is replaced.
   Rotations are observed where they matter: the serial of the certificate each Envoy presents
@@ -39,7 +39,10 @@ from tests.net_helpers import free_port
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 ROTATIONS = 3
-ROTATION_DEADLINE_S = 70.0  # three renewals at 50% ± 5% of 30 s take at most 49.5 s
+# Short-lived certificates so that three rotations take about 18 s; what is proven (no failed
+# request, nothing replaced) does not depend on the lifetime.
+WORKLOAD_TTL = "12s"
+ROTATION_DEADLINE_S = 40.0  # three renewals at 50% ± 5% of 12 s take at most 19.8 s
 LOAD_THREADS = 4
 LOAD_MAX_S, LOAD_MAX_REQUESTS = 100.0, 100_000  # bounds of the load, whatever happens
 
@@ -52,7 +55,7 @@ def _needs_envoy() -> None:
 
 @pytest.fixture
 def rotating(tmp_path: Path) -> Iterator[Hosts]:
-    ca = {"mode": "self-signed", "dir": str(tmp_path / "ca"), "workload_ttl": "30s"}
+    ca = {"mode": "self-signed", "dir": str(tmp_path / "ca"), "workload_ttl": WORKLOAD_TTL}
     with two_hosts(tmp_path, ca_a=ca, ca_b=ca, policies=peer_auth("STRICT")) as hosts:
         assert plain_status(hosts) is None  # STRICT
         yield hosts

@@ -155,6 +155,11 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
             h.apply("")
             mesh.start_agent()
             mesh.start_envoy()
+            # Envoy's OpenTelemetry tracer sends a batch once 5 spans are buffered (or every
+            # 5 s): one span at a time here, so a test waits for its span, not for 4 others.
+            runtime = "/runtime_modify?tracing.opentelemetry.min_flush_spans=1"
+            modified = http_request("127.0.0.1", mesh.envoy_admin_port, runtime, {}, "POST")
+            assert modified.status == 200, modified
             wait_until(lambda: h.call("/").status == 200, what="outbound serves", timeout=30)
             wait_until(lambda: h.inbound(echo_port, "/").status == 200, what="inbound serves")
             yield h

@@ -259,3 +259,10 @@ def test_a_key_pasted_into_a_field_is_not_shown_even_cut_short() -> None:
     raw = RawResource("files", "DestinationRule", "v1", "default", "r", body, prov)
     (field,) = fields(raw, ["spec.trafficPolicy.tls"])
     assert "MIGHAgEA" not in field.value and "[redacted]" in field.value
+
+
+def test_the_cli_offers_every_kind_the_explainer_knows() -> None:
+    from meshagent.insight.explain import KINDS
+    from meshagent.insight.explain_cli import KIND_NAMES
+
+    assert sorted(KIND_NAMES) == sorted(KINDS)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from meshagent.xds.translate.telemetry import (
     merge_tracing,
 )
 from tests.unit.normalize_helpers import upsert, warnings
+from tests.unit.test_translate_envoy import ENVOY
 from tests.unit.translate_inputs import resources_as_dict
 
 ROOT = "istio-system"
@@ -325,11 +325,8 @@ def test_a_tracer_whose_collector_is_not_in_the_mesh_traces_nothing() -> None:
     assert "tracing" not in _network_configs(resources["lds"]["127.0.0.1_8080"])[0]
 
 
-ENVOY = shutil.which("envoy") or str(Path(__file__).resolve().parents[2] / ".venv/bin/envoy")
-
-
 @pytest.mark.envoy
-@pytest.mark.skipif(not Path(ENVOY).exists(), reason="envoy binary not installed")
+@pytest.mark.skipif(ENVOY is None, reason="envoy binary not installed")
 def test_envoy_accepts_the_telemetry_config(tmp_path: Path) -> None:
     from tests.unit.test_translate_envoy import static_bootstrap
 

