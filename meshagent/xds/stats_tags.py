@@ -266,10 +266,11 @@ def preset_matcher(
 def stats_config(
     suffixes: Iterable[str], matcher: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The bootstrap's `stats_config`: Istio's tags instead of Envoy's defaults. By default,
-    unlike Istio, no `stats_matcher`: every Envoy statistic stays (the mesh metrics of Istio's
-    proxy do not exist in stock Envoy; Envoy's own are all there is). `matcher` (from
-    `envoy.stats`, see inclusion_matcher) limits them as Istio's default bootstrap does."""
+    """The bootstrap's `stats_config`: Istio's tags instead of Envoy's defaults, and `matcher`
+    (from `envoy.stats`, see preset_matcher) as its `stats_matcher`; None: every statistic
+    stays. Unlike Istio's default, the agent's (`standard`) keeps each cluster's traffic
+    statistics: the mesh metrics of Istio's proxy do not exist in stock Envoy, so Envoy's own
+    are all there is."""
     config: dict[str, Any] = {"use_all_default_tags": False, "stats_tags": stats_tags(suffixes)}
     if matcher is not None:
         config["stats_matcher"] = dict(matcher)

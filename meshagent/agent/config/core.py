@@ -660,11 +660,7 @@ def _envoy_stats(s: Section) -> EnvoyStatsConfig:
             if key == "inclusion_regexps" and (problem := regex_problem(item)) is not None:
                 raise s.error(problem, f"{key}[{i}]")
         if items and preset != "istio":
-            raise s.error(
-                f"has no effect with preset `{preset}` (it keeps every statistic but those it "
-                "names): set preset: istio",
-                key,
-            )
+            raise s.error(f"has no effect with preset `{preset}`: set preset: istio", key)
         lists.append(tuple(items))
     prefixes, suffixes, regexps = lists
     return EnvoyStatsConfig(preset, prefixes, suffixes, regexps, deferred)
