@@ -174,15 +174,17 @@ def _patterns(
 
 
 # The `standard` preset (the default): every statistic except the per-cluster ones Envoy makes
-# with each cluster, before any request, that only describe its own bookkeeping. What an
-# operator asks of a cluster stays: its traffic (upstream_rq_*, upstream_cx_*, with response
-# code tags; made at the first request with `envoy.stats.deferred`), membership_healthy and
-# membership_total, lb_healthy_panic, outlier_detection.*, health_check.*, ssl.* (when the
-# cluster has them); overflows are counted by the traffic statistics (upstream_rq_pending_overflow,
-# upstream_cx_overflow, ...). Dropped, per cluster (issue 17): about 48 of the 51 statistics an
-# EDS cluster is made with, each a std::regex run of the `cluster_name` tag and a series in
-# every scrape (2M at 40,000 clusters). Envoy checks the matcher before it makes a statistic,
-# so a dropped one costs no tag extraction.
+# with each cluster, before any request, that describe its own bookkeeping. What an operator
+# asks of a cluster stays: its traffic (upstream_rq_*, upstream_cx_*, with response code tags;
+# made at its first request with `envoy.stats.deferred`), membership_healthy and
+# membership_total, and outlier_detection.*, health_check.*, ssl.* when it has them. A tripped
+# circuit breaker counts in the traffic statistics (upstream_rq_pending_overflow,
+# upstream_cx_overflow, upstream_rq_retry_overflow); panic routing is membership_healthy /
+# membership_total below the threshold. Dropped (issue 17): 49 of the 51 statistics an EDS
+# cluster is made with, each a std::regex run of the `cluster_name` tag at start-up and a
+# series in every scrape (2M at 40,000 clusters). Envoy checks the matcher before it makes a
+# statistic (ThreadLocalStoreImpl::ScopeImpl::safeMakeStat), so a dropped one costs no tag
+# extraction; suffixes are a string compare, the regex RE2.
 #
 # Suffixes for names only a cluster's statistics end with (Envoy compares them without a regex).
 _BOOKKEEPING_SUFFIXES = (
@@ -206,6 +208,7 @@ _BOOKKEEPING_SUFFIXES = (
         )
     ),
     "total_match_count",  # <transport socket match>.total_match_count
+    "lb_healthy_panic",  # panic: membership_healthy / membership_total below the threshold
     "lb_local_cluster_not_ok",
     "lb_recalculate_zone_structures",
     *(
