@@ -125,6 +125,9 @@ KEPT = (
     f"{CLUSTER}.health_check.healthy",
     f"{CLUSTER}.ssl.handshake",
     f"{CLUSTER}.ssl.fail_verify_san",
+    # hidden: with deferred statistics, whether the cluster's traffic statistics were made,
+    # which a cluster updated later reads to make them again (values kept across the update)
+    f"{CLUSTER}.ClusterTrafficStats.initialized",
     "cluster.outbound|80||version.example.org.upstream_rq_total",
     "cluster.meshagent-xds.upstream_cx_connect_fail",
     "cluster_manager.active_clusters",
