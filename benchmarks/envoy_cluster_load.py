@@ -6,7 +6,9 @@ One Envoy per variant, one after the other, timed from its start until every clu
 active (`cluster_manager.active_clusters`, polled every 50 ms), with its CPU seconds.
   --stats   envoy: Envoy's default stats_config (no deferred statistics)
             envoy-deferred: the same with deferred statistics
-            agent: the agent's (its tags, deferred statistics; files_convergence --files-stats)
+            agent: the agent's (its tags, deferred statistics, and the stats_matcher of the
+                   default `envoy.stats.preset: standard`; files_convergence --files-stats)
+            agent-all, agent-istio: the same with `preset: all` (no matcher), or `istio`
             agent-no-cluster-tag: the agent's without the `cluster_name` tag
             agent-regex: the agent's with --regex as the `cluster_name` tag's regex
   --clusters  minimal, or agent: the agent's cluster options (files_convergence
@@ -33,7 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._envoy import cpu_s, envoy_binary, envoy_stats, free_port, wait_until
 from benchmarks.files_convergence import ENVOY_ARGS, PORTS, files_bootstrap, static_clusters
 
-STATS = ("envoy", "envoy-deferred", "agent", "agent-no-cluster-tag", "agent-regex")
+STATS = (
+    "envoy",
+    "envoy-deferred",
+    "agent",
+    "agent-all",
+    "agent-istio",
+    "agent-no-cluster-tag",
+    "agent-regex",
+)
 
 
 def bootstrap(root: Path, n: int, stats: str, regex: str, like_agent: bool) -> tuple[Path, int]:
@@ -43,8 +53,9 @@ def bootstrap(root: Path, n: int, stats: str, regex: str, like_agent: bool) -> t
     cds = root / "cds.json"
     cds.write_text(f'{{"version_info":"1","resources":[{body}]}}')
     admin = free_port()
+    preset = stats.removeprefix("agent-") if stats in ("agent-all", "agent-istio") else "standard"
     config: dict[str, Any] = files_bootstrap(
-        admin, free_port(), cds, 1, "envoy" if stats.startswith("envoy") else "agent"
+        admin, free_port(), cds, 1, "envoy" if stats.startswith("envoy") else "agent", preset
     )
     if stats == "envoy-deferred":
         config["deferred_stat_options"] = {"enable_deferred_creation_stats": True}
@@ -86,6 +97,10 @@ def run(n: int, stats: str, regex: str, like_agent: bool) -> dict[str, Any]:
                 "cluster_options": "agent" if like_agent else "minimal",
                 "active_s": round(time.perf_counter() - started, 2),
                 "envoy_cpu_s": round(cpu_s(proc.pid), 2),
+                "envoy_memory_allocated_mb": round(
+                    envoy_stats(admin, "server.memory_allocated")["server.memory_allocated"] / 1e6,
+                    1,
+                ),
             }
         finally:
             proc.terminate()

@@ -39,9 +39,10 @@ Usage: python benchmarks/files_convergence.py [--services 1000] [--changes 100]
            /bar, rewrite, one destination; probed on /foo). A change rewrites the file of
            WorkloadEntries, or that of ServiceEntries
   --sotw   the agent's Envoy uses state-of-the-world ADS instead of delta
-  --stats-preset  the agent's `envoy.stats.preset` (all, the default, or istio)
+  --stats-preset  the agent's `envoy.stats.preset` (standard, the default; all; istio)
   --files-stats   the file-CDS Envoy's stats_config: `envoy` (Envoy's defaults) or `agent`
-           (the agent's bootstrap stats_config, deferred statistics and flush: like for like)
+           (the agent's bootstrap stats_config with --stats-preset's stats_matcher, deferred
+           statistics and flush: like for like)
   --files-clusters  the file-CDS clusters: `minimal`, or `agent` (with the agent's circuit
            breakers and gRPC ports' HTTP/2 options; endpoints still inline)
   --keep   work in DIR and leave it: the agent's log, both bootstraps, the mesh files
@@ -243,10 +244,16 @@ def replace(path: Path, text: str) -> float:
 
 
 def files_bootstrap(
-    admin_port: int, listen_port: int, cds: Path, n: int, stats: str = "envoy"
+    admin_port: int,
+    listen_port: int,
+    cds: Path,
+    n: int,
+    stats: str = "envoy",
+    preset: str = "standard",
 ) -> dict[str, Any]:
     """The file-CDS Envoy's bootstrap. stats `envoy`: Envoy's default stats_config; `agent`:
-    the agent's (its tags, deferred statistics, flush on admin), to compare like with like."""
+    the agent's (its tags, the stats_matcher of `envoy.stats.preset` preset, deferred
+    statistics, flush on admin), to compare like with like."""
     virtual_hosts = [
         {
             "name": host(i),
@@ -292,15 +299,23 @@ def files_bootstrap(
             "cds_config": {"resource_api_version": "V3", "path_config_source": {"path": str(cds)}}
         },
         "static_resources": {"listeners": [listener]},
-        **(agent_stats_bootstrap() if stats == "agent" else {}),
+        **(agent_stats_bootstrap(preset) if stats == "agent" else {}),
     }
 
 
-def agent_stats_bootstrap() -> dict[str, Any]:
-    """The statistics part of the bootstrap the agent gives its Envoy (the default config)."""
+def agent_stats_bootstrap(preset: str = "standard") -> dict[str, Any]:
+    """The statistics part of the bootstrap the agent gives its Envoy (the default config,
+    with `envoy.stats.preset` preset)."""
     from meshagent.xds.bootstrap import build_bootstrap
+    from meshagent.xds.stats_tags import preset_matcher
 
-    agent = build_bootstrap(node_id="x", cluster="x", xds_uds_path="/x", deferred_stats=True)
+    agent = build_bootstrap(
+        node_id="x",
+        cluster="x",
+        xds_uds_path="/x",
+        deferred_stats=True,
+        stats_matcher=preset_matcher(preset),
+    )
     keys = ("stats_config", "stats_flush_on_admin", "deferred_stat_options")
     return {key: agent[key] for key in keys if key in agent}
 
@@ -499,7 +514,7 @@ def run(
     keep: str | None = None,
     sotw: bool = False,
     shape_name: str = "serviceentry-workloadentry",
-    stats_preset: str = "all",
+    stats_preset: str = "standard",
     files_stats: str = "envoy",
     files_clusters: str = "minimal",
 ) -> dict[str, Any]:
@@ -539,7 +554,9 @@ def run(
             bootstrap = root / "filecds-bootstrap.json"
             bootstrap.write_text(
                 json.dumps(
-                    files_bootstrap(files.admin_port, files.listen_port, cds, n, files_stats)
+                    files_bootstrap(
+                        files.admin_port, files.listen_port, cds, n, files_stats, stats_preset
+                    )
                 )
             )
             log = open(root / "filecds-envoy.log", "ab")  # noqa: SIM115 - the process owns it
@@ -670,7 +687,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="100 services, 10 changes")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="serviceentry-workloadentry")
     parser.add_argument(
-        "--stats-preset", choices=("all", "istio"), default="all", help="envoy.stats.preset"
+        "--stats-preset",
+        choices=("standard", "all", "istio"),
+        default="standard",
+        help="envoy.stats.preset",
     )
     parser.add_argument(
         "--files-stats",

@@ -348,14 +348,9 @@ def bootstrap_for(config: AgentConfig) -> dict[str, Any]:
 
 
 def _stats_matcher(stats: EnvoyStatsConfig) -> dict[str, Any] | None:
-    """`envoy.stats` as the bootstrap's stats_matcher: none for the `all` preset, else Istio's
-    default inclusion set plus the configured patterns."""
-    from meshagent.xds import stats_tags as st
+    """`envoy.stats` as the bootstrap's stats_matcher (see stats_tags.preset_matcher)."""
+    from meshagent.xds.stats_tags import preset_matcher
 
-    if stats.preset == "all":
-        return None
-    return st.inclusion_matcher(
-        (*st.ISTIO_INCLUSION_PREFIXES, *stats.inclusion_prefixes),
-        (*st.ISTIO_INCLUSION_SUFFIXES, *stats.inclusion_suffixes),
-        (*st.ISTIO_INCLUSION_REGEXPS, *stats.inclusion_regexps),
+    return preset_matcher(
+        stats.preset, stats.inclusion_prefixes, stats.inclusion_suffixes, stats.inclusion_regexps
     )

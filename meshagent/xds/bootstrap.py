@@ -41,7 +41,7 @@ def build_bootstrap(
     Exactly one of `xds_uds_path` (the default deployment: a Unix socket) and `xds_tcp`
     (host, port) must be given. `stats_host_suffixes`: where mesh host names end, for the
     `cluster_name` stats tag (default: `svc.cluster.local`; see `xds/stats_tags.py`).
-    `stats_matcher`: which statistics Envoy keeps (None: all; see `stats_tags.inclusion_matcher`).
+    `stats_matcher`: which statistics Envoy keeps (None: all; see `stats_tags.preset_matcher`).
     `deferred_stats`: Envoy makes a cluster's traffic statistics (upstream_rq_*, upstream_cx_*,
     ...) at the cluster's first use instead of with the cluster. Each statistic Envoy makes
     runs the `cluster_name` tag regex (std::regex, see stats_tags.py): with all kept, that was

@@ -1,7 +1,8 @@
-"""`envoy.stats.preset: istio` against a real Envoy: per-cluster statistics are gone, the
-server's and the agent's xDS cluster's stay, and what the status page and `proxy-config
-endpoints --from envoy` read (/clusters, host-level counters outside the stats store) still
-works."""
+"""`envoy.stats.preset` against a real Envoy. The default (`standard`) keeps a cluster's
+request counters, tagged with its whole name, and drops its bookkeeping statistics; `all`
+keeps both; `istio` drops per-cluster statistics while the server's and the agent's xDS
+cluster's stay. What the status page and `proxy-config endpoints --from envoy` read
+(/clusters, host-level counters outside the stats store) works with each."""
 
 from __future__ import annotations
 
@@ -28,6 +29,19 @@ from tests.xds_builders import cla, eds_cluster, http_listener, resource_set, ro
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 NODE = "vm-stats"
+BACKEND = "outbound|8080||backend.default.svc.cluster.local"
+# Made with the cluster, before any request (bookkeeping the `standard` preset drops)
+BOOKKEEPING = {
+    f"cluster.{BACKEND}.{name}"
+    for name in (
+        "lb_subsets_active",
+        "membership_change",
+        "circuit_breakers.default.rq_open",
+        "update_attempt",
+        "version",
+        "assignment_stale",
+    )
+}
 
 
 class _Upstream(BaseHTTPRequestHandler):
@@ -52,29 +66,30 @@ def upstream_port() -> Iterator[int]:
     thread.join(5)
 
 
-def _config(tmp_path: Path, preset: str) -> AgentConfig:
+def _config(tmp_path: Path, preset: str | None) -> AgentConfig:
+    stats = "" if preset is None else f", stats: {{preset: {preset}}}"
     text = (
         f"node: {{id: {NODE}}}\nstate_dir: {tmp_path}\nxds: {{uds: {tmp_path}/xds.sock}}\n"
-        f"envoy: {{admin_port: 0, stats: {{preset: {preset}}}}}\n"
+        f"envoy: {{admin_port: 0{stats}}}\n"
     )
     return parse_config(text, tmp_path / "agent.yaml")
 
 
-@pytest.mark.parametrize("preset", ["istio", "all"])
-async def test_istio_preset_drops_cluster_stats_keeps_server_and_clusters_page(
-    tmp_path: Path, upstream_port: int, preset: str
+@pytest.mark.parametrize("preset", ["istio", "all", None])
+async def test_presets_keep_what_they_say_and_the_clusters_page(
+    tmp_path: Path, upstream_port: int, preset: str | None
 ) -> None:
     config = _config(tmp_path, preset)
-    assert config.envoy.stats == EnvoyStatsConfig(preset)
+    assert config.envoy.stats == EnvoyStatsConfig(preset or "standard")
     listen = free_port()
     cache = SnapshotCache()
     cache.set(
         NODE,
         resource_set(
-            clusters=[eds_cluster("backend")],
-            endpoints=[cla("backend", upstream_port)],
+            clusters=[eds_cluster(BACKEND)],
+            endpoints=[cla(BACKEND, upstream_port)],
             listeners=[http_listener("http", listen, "local")],
-            routes=[route_config("local", "hello", upstream="backend")],
+            routes=[route_config("local", "hello", upstream=BACKEND)],
         ),
     )
     server = AdsServer(cache)
@@ -91,23 +106,36 @@ async def test_istio_preset_drops_cluster_stats_keeps_server_and_clusters_page(
         assert "server.memory_allocated" in names
         assert "cluster_manager.active_clusters" in names
         assert any(n.startswith("cluster.meshagent-xds.") for n in names)
-        per_cluster = "cluster.backend.upstream_rq_total"
-        assert (per_cluster in names) == (preset == "all")
+        per_cluster = f"cluster.{BACKEND}.upstream_rq_total"
+        assert (per_cluster in names) == (preset != "istio")
+        if preset == "all":
+            assert names >= BOOKKEEPING
+        else:
+            assert not BOOKKEEPING & names
+            # ... the same names under cluster_manager (CDS's own) and RDS stay
+            assert "cluster_manager.cds.update_attempt" in names
+            assert "cluster_manager.cds.version" in names
+        if preset is None:  # the default: health kept, and the counter under its whole name
+            assert f"cluster.{BACKEND}.membership_healthy" in names
+            scrape = (await asyncio.to_thread(envoy.admin_get, "/stats/prometheus")).body
+            counter = f'envoy_cluster_upstream_rq_total{{cluster_name="{BACKEND}"}} '
+            [line] = [x for x in scrape.splitlines() if x.startswith(counter)]
+            assert int(line.rpartition(" ")[2]) >= 1
 
         # The status page and `proxy-config endpoints --from envoy` read /clusters.
         host, _, port = envoy.admin_address.rpartition(":")
         admin = SimpleNamespace(admin_address=host, admin_port=int(port))
         doc = await asyncio.to_thread(get_json, admin, "/clusters?format=json")
-        [backend] = [c for c in cluster_health(doc) if c["name"] == "backend"]
+        [backend] = [c for c in cluster_health(doc) if c["name"] == BACKEND]
         [endpoint] = backend["endpoints"]
         assert endpoint["address"] == f"127.0.0.1:{upstream_port}"
         assert endpoint["health"] == "healthy"
         text = await asyncio.to_thread(envoy.clusters)
-        assert f"backend::127.0.0.1:{upstream_port}::rq_success::" in text
+        assert f"{BACKEND}::127.0.0.1:{upstream_port}::rq_success::" in text
         success = [
             line
             for line in text.splitlines()
-            if line.startswith("backend::") and "rq_success" in line
+            if line.startswith(f"{BACKEND}::") and "rq_success" in line
         ]
         assert int(success[0].rpartition("::")[2]) >= 1  # host counters are kept either way
     finally:

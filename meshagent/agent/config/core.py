@@ -178,16 +178,17 @@ class AdminConfig:
     allow_remote: bool = False
 
 
-ENVOY_STATS_PRESETS = ("all", "istio")
+ENVOY_STATS_PRESETS = ("standard", "all", "istio")
 
 
 @dataclass(frozen=True, slots=True)
 class EnvoyStatsConfig:
-    """Which statistics the Envoy bootstrap keeps (`envoy.stats`): `all`, or Istio's default
-    inclusion set plus these patterns; `deferred`: a cluster's traffic statistics are made at
-    its first use, not with the cluster (Envoy's `deferred_stat_options`)."""
+    """Which statistics the Envoy bootstrap keeps (`envoy.stats`): `standard` (all but the
+    per-cluster bookkeeping, see xds/stats_tags.py), `all`, or Istio's default inclusion set
+    plus these patterns; `deferred`: a cluster's traffic statistics are made at its first
+    use, not with the cluster (Envoy's `deferred_stat_options`)."""
 
-    preset: str = "all"
+    preset: str = "standard"
     inclusion_prefixes: tuple[str, ...] = ()
     inclusion_suffixes: tuple[str, ...] = ()
     inclusion_regexps: tuple[str, ...] = ()
@@ -648,7 +649,7 @@ def _envoy_stats(s: Section) -> EnvoyStatsConfig:
 
     keys = ("inclusion_prefixes", "inclusion_suffixes", "inclusion_regexps")
     s.only("preset", "deferred", *keys)
-    preset = s.choice("preset", "all", ENVOY_STATS_PRESETS)
+    preset = s.choice("preset", "standard", ENVOY_STATS_PRESETS)
     deferred = s.get("deferred", bool, True)
     lists: list[tuple[str, ...]] = []
     for key in keys:
@@ -658,10 +659,8 @@ def _envoy_stats(s: Section) -> EnvoyStatsConfig:
                 raise s.error("must be a non-empty string", f"{key}[{i}]")
             if key == "inclusion_regexps" and (problem := regex_problem(item)) is not None:
                 raise s.error(problem, f"{key}[{i}]")
-        if items and preset == "all":
-            raise s.error(
-                "has no effect with preset `all` (every stat is kept): set preset: istio", key
-            )
+        if items and preset != "istio":
+            raise s.error(f"has no effect with preset `{preset}`: set preset: istio", key)
         lists.append(tuple(items))
     prefixes, suffixes, regexps = lists
     return EnvoyStatsConfig(preset, prefixes, suffixes, regexps, deferred)
