@@ -102,6 +102,13 @@ async def next_matching(
     return await asyncio.wait_for(find(), timeout)
 
 
+def register_checked(sim: ConsulSimulator, count: int = 60) -> None:
+    """`count` services svc<i>, one instance s<i> each, with a passing check c<i>."""
+    for i in range(count):
+        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 1000 + i}
+        sim.state.register_service(NODE, body, [{"CheckID": f"c{i}", "Status": "passing"}])
+
+
 def instances(event: SourceEvent, name: str) -> list[str] | None:
     for r in event.upserts:
         if r.kind == "ConsulService" and r.name == name:
@@ -121,9 +128,7 @@ async def test_more_services_than_connections_all_arrive_and_every_change_conver
     registrations (with and without checks), check changes, a node's check, new and removed
     services all come through, with no refused connection and no error."""
     sim = limited
-    for i in range(60):
-        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 1000 + i}
-        sim.state.register_service(NODE, body, [{"CheckID": f"c{i}", "Status": "passing"}])
+    register_checked(sim)
     options = ConsulOptions(
         address=sim.address, wait_s=20.0, max_connections=MIN_CONNECTIONS, backoff_cap_s=0.2
     )
@@ -267,9 +272,7 @@ async def test_a_checkless_change_coalesced_with_a_checked_one_still_arrives(
     checks watch sees). B alone does not explain the move from before A: the services without
     a watch of their own are read again, and the checkless instance arrives."""
     sim = limited
-    for i in range(60):
-        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 1000 + i}
-        sim.state.register_service(NODE, body, [{"CheckID": f"c{i}", "Status": "passing"}])
+    register_checked(sim)
     options = ConsulOptions(
         address=sim.address, wait_s=20.0, max_connections=MIN_CONNECTIONS, backoff_cap_s=0.2
     )
@@ -297,9 +300,7 @@ async def test_a_coalesced_move_that_every_index_accounts_for_sweeps_nothing(
     checks watch followed, so nothing is swept; a config entry written in between (an index
     of another table) is accounted for by its config watch."""
     sim = limited
-    for i in range(60):
-        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 1000 + i}
-        sim.state.register_service(NODE, body, [{"CheckID": f"c{i}", "Status": "passing"}])
+    register_checked(sim)
     options = ConsulOptions(address=sim.address, wait_s=20.0, max_connections=MIN_CONNECTIONS)
     async with ConsulAdapter(options) as adapter:
         it = adapter.watch()
@@ -326,9 +327,7 @@ async def test_a_suspect_move_is_swept_at_most_once_per_sweep_interval(
     is swept at once the first time, then no sooner than sweep_interval after the last sweep;
     a checkless write at the catalog's own index is swept at once, whatever the interval."""
     sim = limited
-    for i in range(60):
-        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 1000 + i}
-        sim.state.register_service(NODE, body, [{"CheckID": f"c{i}", "Status": "passing"}])
+    register_checked(sim)
     options = ConsulOptions(
         address=sim.address, wait_s=20.0, max_connections=MIN_CONNECTIONS, sweep_interval_s=5.0
     )
@@ -408,9 +407,7 @@ async def test_a_service_a_sweep_finds_changed_gets_its_own_watch(
     checkless change to it is followed there (its instance's ModifyIndex accounts for the
     catalog's move), without another sweep."""
     sim = limited
-    for i in range(60):
-        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 1000 + i}
-        sim.state.register_service(NODE, body, [{"CheckID": f"c{i}", "Status": "passing"}])
+    register_checked(sim)
     options = ConsulOptions(address=sim.address, wait_s=20.0, max_connections=MIN_CONNECTIONS)
     async with ConsulAdapter(options) as adapter:
         it = adapter.watch()
@@ -436,9 +433,7 @@ async def test_a_checkless_change_read_with_an_index_that_went_backwards_is_swep
     it explains nothing. A checkless instance that arrived with it is found by a sweep, not
     missed until some later write happens to sweep."""
     sim = limited
-    for i in range(60):
-        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 1000 + i}
-        sim.state.register_service(NODE, body, [{"CheckID": f"c{i}", "Status": "passing"}])
+    register_checked(sim)
     options = ConsulOptions(address=sim.address, wait_s=20.0, max_connections=MIN_CONNECTIONS)
     async with ConsulAdapter(options) as adapter:
         it = adapter.watch()
@@ -461,9 +456,7 @@ async def test_a_garbled_index_is_a_reported_error_and_every_watch_goes_on(
     reported error of the query, retried: no watch dies of it, so changes still arrive once
     the index is sane again."""
     sim = limited
-    for i in range(60):
-        body = {"ID": f"s{i}", "Service": f"svc{i}", "Port": 1000 + i}
-        sim.state.register_service(NODE, body, [{"CheckID": f"c{i}", "Status": "passing"}])
+    register_checked(sim)
     options = ConsulOptions(
         address=sim.address, wait_s=20.0, max_connections=MIN_CONNECTIONS, backoff_cap_s=0.2
     )

@@ -57,6 +57,19 @@ def adapter(*paths: Path, debounce_ms: int = 100) -> FilesAdapter:
     )
 
 
+def _replace(target: Path, text: str) -> None:
+    """Write `text` to `target` by a rename into place."""
+    tmp = target.with_name(".mesh.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, target)
+
+
+def _fresh_read(directory: Path) -> tuple[FilesAdapter, SourceEvent]:
+    """What a newly started adapter reads of `directory`: the adapter and its first event."""
+    fresh = FilesAdapter([directory])
+    return fresh, fresh._process(fresh._scan())
+
+
 async def next_event(it: AsyncIterator[SourceEvent], timeout: float = DEADLINE_S) -> SourceEvent:
     return await asyncio.wait_for(anext(it), timeout)
 
@@ -565,12 +578,9 @@ def test_reread_documents_match_a_whole_read_after_random_edits(tmp_path: Path) 
             entries[index] = "kind: [unclosed\n"  # a syntax error: nothing of the file is read
         else:
             entries[index] = f"# a comment\n{_entry(f'e{index}', '10.2.0.1')}"
-        tmp = tmp_path / ".mesh.tmp"
-        tmp.write_text("---\n".join(entries))
-        os.replace(tmp, target)
+        _replace(target, "---\n".join(entries))
         got = live._process(live._scan())
-        fresh = FilesAdapter([tmp_path])
-        want = fresh._process(fresh._scan())
+        fresh, want = _fresh_read(tmp_path)
         if "[unclosed" in "".join(entries):  # the last good resources keep serving
             assert got.errors and want.errors and got.errors[0].location == want.errors[0].location
             entries[index] = _entry(f"e{index}", "10.3.0.1")
@@ -597,9 +607,7 @@ def _edit_one_document(
     files = FilesAdapter([tmp_path], loader=loader)
     files._process(files._scan())
     entries[index] = edit(entries[index])
-    tmp = tmp_path / ".mesh.tmp"
-    tmp.write_text("---\n".join(entries))
-    os.replace(tmp, target)
+    _replace(target, "---\n".join(entries))
     return target, files._process(files._scan()), read[1:]
 
 
@@ -763,6 +771,19 @@ def _values(event: SourceEvent) -> dict[str, int]:
     return {r.name: r.body["spec"]["value"] for r in event.upserts}
 
 
+async def _rename_into_place(
+    it: AsyncIterator[SourceEvent], target: Path, text: str
+) -> tuple[SourceEvent, float]:
+    """Write `text` beside `target` and rename it into place, as editors do: the event that
+    follows, and the seconds it took."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text)
+    started = time.monotonic()
+    os.replace(tmp, target)
+    changed = await next_event(it)
+    return changed, time.monotonic() - started
+
+
 async def test_a_rename_into_place_is_acted_on_without_the_debounce(
     tmp_path: Path, notification: str
 ) -> None:
@@ -772,12 +793,7 @@ async def test_a_rename_into_place_is_acted_on_without_the_debounce(
     async with (files := _slow(tmp_path)):
         it = files.watch()
         await next_event(it)
-        tmp = tmp_path / ".mesh.yaml.tmp"
-        tmp.write_text(doc("a", 2))
-        started = time.monotonic()
-        os.replace(tmp, target)
-        changed = await next_event(it)
-        took = time.monotonic() - started
+        changed, took = await _rename_into_place(it, target, doc("a", 2))
     assert _values(changed) == {"a": 2}
     assert took < SLOW_DEBOUNCE_MS / 1000 / 2, took
 
@@ -1028,12 +1044,9 @@ def test_in_place_edits_of_a_big_file_read_only_the_edited_documents(tmp_path: P
                 )
         read.clear()
         looked_at.clear()
-        tmp = tmp_path / ".mesh.tmp"
-        tmp.write_text("---\n".join(entries))
-        os.replace(tmp, target)
+        _replace(target, "---\n".join(entries))
         got = live._process(live._scan())
-        fresh = FilesAdapter([tmp_path])
-        fresh._process(fresh._scan())
+        fresh, _ = _fresh_read(tmp_path)
         assert live._files[target].resources == fresh._files[target].resources, step
         changed = {entries[i].split("name: ")[1].split("\n")[0] for i in edited}
         assert {r.name for r in got.upserts} <= changed and not got.errors, step
@@ -1047,8 +1060,7 @@ def test_in_place_edits_of_a_big_file_read_only_the_edited_documents(tmp_path: P
     entries[3] = _entry("e3", "10.7.7.7", extra_lines=2)
     target.write_text("---\n".join(entries))
     live._process(live._scan())
-    fresh = FilesAdapter([tmp_path])
-    fresh._process(fresh._scan())
+    fresh, _ = _fresh_read(tmp_path)
     assert live._files[target].resources == fresh._files[target].resources
 
 
@@ -1069,12 +1081,9 @@ def test_a_byte_order_mark_inside_a_file_is_the_error_a_whole_read_finds(
         entries[7] = "\ufeff" + _entry("e7", "10.0.0.9")
     else:
         entries[7] = "\ufeff" + _entry("e7", "10.0.0.9", extra_lines=1)
-    tmp = tmp_path / ".mesh.tmp"
-    tmp.write_text("---\n".join(entries))
-    os.replace(tmp, target)
+    _replace(target, "---\n".join(entries))
     got = live._process(live._scan())
-    fresh = FilesAdapter([tmp_path])
-    want = fresh._process(fresh._scan())
+    _, want = _fresh_read(tmp_path)
     # then the change is the error a fresh read finds, and the last good entry keeps serving
     assert want.errors and not want.upserts
     assert [(e.location, e.reason) for e in got.errors] == [
@@ -1171,12 +1180,7 @@ async def test_a_symlink_created_in_the_directory_does_not_slow_later_changes(
         await next_event(it)
         (mesh / "b.yaml").symlink_to(tmp_path / "b.yaml")
         assert _values(await next_event(it)) == {"b": 1}
-        tmp = mesh / ".mesh.yaml.tmp"
-        tmp.write_text(doc("a", 2))
-        started = time.monotonic()
-        os.replace(tmp, target)
-        changed = await next_event(it)
-        took = time.monotonic() - started
+        changed, took = await _rename_into_place(it, target, doc("a", 2))
     assert _values(changed) == {"a": 2}
     assert took < debounce_ms / 1000 / 2, took
 
@@ -1248,8 +1252,7 @@ def test_reread_documents_of_odd_texts_match_a_fresh_read(tmp_path: Path, seed: 
         for key in event.deletes:
             served.pop(key, None)
         served.update((r.key, r) for r in event.upserts)
-        fresh = FilesAdapter([tmp_path])
-        want = fresh._process(fresh._scan())
+        _, want = _fresh_read(tmp_path)
         wrong = [(e.location, e.reason) for e in want.errors if e.severity == "error"]
         if wrong:
             got = [(e.location, e.reason) for e in event.errors if e.severity == "error"]
