@@ -47,6 +47,8 @@ Usage: python benchmarks/files_convergence.py [--services 1000] [--changes 100]
            (the agent's bootstrap stats_config, deferred statistics and flush: like for like)
   --files-clusters  the file-CDS clusters: `minimal`, or `agent` (with the agent's circuit
            breakers and gRPC ports' HTTP/2 options; endpoints still inline)
+  --agent-log  debug: the initial load's timeline also has when each type's first response went
+           out (`push_Cluster`, ...), next to Envoy's ACK of it (`ack_Cluster`, ...)
   --keep   work in DIR and leave it: the agent's log, both bootstraps, the mesh files
 Prints one JSON document.
 """
@@ -386,12 +388,14 @@ def log_events(log: Path) -> Iterator[tuple[dict[str, Any], float]]:
 
 def timeline(log: Path, start: float) -> dict[str, float]:
     """Seconds from start to the agent's first load milestones (from its JSON log): started,
-    files read, first snapshot, and Envoy's ACK of each type."""
+    files read, first snapshot, and Envoy's ACK of each type (and, with --agent-log debug, the
+    first response of each type sent)."""
     out: dict[str, float] = {}
     for event, at in log_events(log):
         name = TIMELINE.get(event.get("event", ""))
-        if event.get("event") == "xds_ack":
-            name = "ack_" + event.get("type_url", "").rsplit(".", 1)[-1]
+        if event.get("event") in ("xds_ack", "xds_pushed"):
+            prefix = "ack_" if event["event"] == "xds_ack" else "push_"
+            name = prefix + event.get("type_url", "").rsplit(".", 1)[-1]
         if name and name not in out:
             out[name] = round(at - start, 2)
     return out
@@ -506,6 +510,7 @@ def run(
     stats_preset: str = "all",
     files_stats: str = "envoy",
     files_clusters: str = "minimal",
+    agent_log: str = "info",
 ) -> dict[str, Any]:
     shape = SHAPES[shape_name]
     per_service = len(shape.ports)
@@ -590,7 +595,7 @@ def run(
                     "address": "127.0.0.1",
                     "ports": {80: agent.listen_port, 9090: free_port()},
                 },
-                "log": {"level": "info", "format": "json"},
+                "log": {"level": agent_log, "format": "json"},
             }
             (root / "agent.yaml").write_text(yaml.safe_dump(config))
             compileall.compile_dir(REPO / "meshagent", quiet=1)  # as pip install does
@@ -690,6 +695,12 @@ def main() -> int:
         help="the file-CDS clusters: minimal, or with the agent's cluster options",
     )
     parser.add_argument("--sotw", action="store_true", help="the agent serves SotW, not delta")
+    parser.add_argument(
+        "--agent-log",
+        choices=("info", "debug"),
+        default="info",
+        help="the agent's log level (debug: the timeline has each type's first response)",
+    )
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and leave it (logs, files)")
     args = parser.parse_args()
     if args.quick:
@@ -709,6 +720,7 @@ def main() -> int:
         args.stats_preset,
         args.files_stats,
         args.files_clusters,
+        args.agent_log,
     )
     print(json.dumps({"benchmark": "files_convergence", **result}, indent=2))
     return 0
