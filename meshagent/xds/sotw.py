@@ -190,7 +190,8 @@ class SotwStream(StreamCore):
         version = content_version(content) if version is None else version
         response = Response(type_url=type_url, version_info=version, nonce=nonce)
         for name in sorted(content):
-            response.resources.add().CopyFrom(content[name].body)
+            resource, body = content[name], response.resources.add()
+            body.type_url, body.value = resource.type_url, resource.value  # (see DeltaStream)
         self._types[type_url].last_nonce = nonce
         self._track(nonce, InFlight(type_url, version))
         self._events.append(Pushed(type_url, version, nonce, len(content), 0, response.ByteSize()))
