@@ -70,6 +70,12 @@ ANALYSIS_MAX_DEFER_S = 5.0
 # How long a first start (no last good) lets the sources list before the managed Envoy
 # starts, so that its bootstrap gets their BOOTSTRAP EnvoyFilter patches.
 BOOTSTRAP_WAIT_S = 2.0
+# The analysis and the last-good save wait while the local Envoy applies the first push of a
+# start (connected, and not every response of it answered), at most this long after that push
+# was published: at 10k services they take a core for half a second that the push's later
+# responses (endpoints, listeners, routes) and Envoy need more (issue 17).
+FIRST_PUSH_WAIT_S = 60.0
+FIRST_PUSH_POLL_S = 0.05
 
 
 def carries_credentials(adapter: Adapter) -> bool:
@@ -227,7 +233,13 @@ class Agent:
         # Whether the Envoy in use has a Wasm runtime, and why: probed at the first WasmPlugin.
         self._wasm_probe: tuple[bool, str] | None = None
         # The persisted last good documents (agent/lastgood.py).
-        self._last_good = LastGoodKeeper(LastGoodStore(config.state_dir / FILE_NAME), self._report)
+        self._last_good = LastGoodKeeper(
+            LastGoodStore(config.state_dir / FILE_NAME),
+            self._report,
+            busy=self._first_push_pending,
+        )
+        self._first_published_at: float | None = None  # time.monotonic() of the first publish
+        self._first_push_over = False  # answered, or FIRST_PUSH_WAIT_S passed
         self._credentials_deadline = 0.0  # see _credentials_pending
         self._credential_sources: set[str] = set()
         self._credentials_timer: asyncio.TimerHandle | None = None
@@ -562,6 +574,8 @@ class Agent:
         while isinstance(snapshot := self._snapshot, MeshSnapshot) and self.analysis.stale(
             snapshot
         ):
+            while self._first_push_pending():
+                await asyncio.sleep(FIRST_PUSH_POLL_S)
             await self._analysis_due(loop)
             self._analyzed_at = loop.time()
             try:
@@ -585,6 +599,26 @@ class Agent:
             if now >= due:
                 return
             await asyncio.sleep(min(due, latest) - now)
+
+    def _first_push_pending(self) -> bool:
+        """Whether the local Envoy is applying the first push of this start: connected, and a
+        response of it neither ACKed nor NACKed (or its version not settled), for at most
+        FIRST_PUSH_WAIT_S after the publish. Without an Envoy connected nothing waits."""
+        if self._first_push_over or self._first_published_at is None:
+            return False
+        node = self._proxy.node_id
+        status, published = self.cache.status(node), self.cache.get(node)[0]
+        if not status.connected:
+            return False  # nobody to wait for (yet): the push is not being applied
+        answered = status.settled_version == published and all(
+            t.acked or t.last_nack_version == t.last_sent_version
+            for t in status.types.values()
+            if t.last_sent_version is not None
+        )
+        if answered or time.monotonic() - self._first_published_at > FIRST_PUSH_WAIT_S:
+            self._first_push_over = True
+            return False
+        return True
 
     def _report(
         self, diagnostics: Sequence[Diagnostic], events: Sequence[SourceEvent] = ()
@@ -693,6 +727,8 @@ class Agent:
         version = self.cache.set(self._proxy.node_id, resources)
         self.convergence.published(pushes=version != previous)
         self._published = True
+        if self._first_published_at is None:
+            self._first_published_at = time.monotonic()
         self.diagnostics.forget_source(NACK_SOURCE)  # a new set: Envoy judges it anew
         why = self._wasm_probe[1] if self._wasm_probe else "not probed"
         self._problems.check(self._snapshot, self._proxy, why)

@@ -9,8 +9,9 @@ no longer has (see FilesAdapter.restore and Agent._admit).
 
 The save is off the critical path: after a change the daemon publishes first, and the keeper
 writes SAVE_DELAY_S later (a burst of changes is one save, at most one save runs at a time, and
-a stop writes at once). Each resource's JSON text is kept from one save to the next, so a save
-re-encodes only the resources that changed.
+a stop writes at once), and not while the daemon says it is busy (Envoy applying the first
+push, at most BUSY_WAIT_MAX_S). Each resource's JSON text is kept from one save to the next, so
+a save re-encodes only the resources that changed.
 
 The file is JSON, written atomically (temporary file, fsync, rename, fsync of the directory),
 mode 0600, and at most MAX_BYTES; an unreadable or oversized file is ignored with a warning.
@@ -43,6 +44,11 @@ MAX_BYTES = 64 * 1024 * 1024
 # keeps the write (seconds of CPU at 10k services, before the text was kept) out of the way of
 # the publish of the change and of the next ones (issue 17).
 SAVE_DELAY_S = 1.0
+# The longest a save waits for the daemon's busy() to clear (Envoy applying the first push of a
+# start: the first save of a 10k-service mesh is a core's worth of CPU for a quarter second,
+# which the push's responses need more).
+BUSY_WAIT_MAX_S = 60.0
+BUSY_POLL_S = 0.05
 # Sources whose documents are configuration people edit: a platform (Consul, Kubernetes) lists
 # its current state on every start instead.
 PERSISTED_SOURCES = ("files",)
@@ -200,10 +206,12 @@ class LastGoodKeeper:
         report: Callable[[Sequence[Diagnostic]], None],
         *,
         delay: float = SAVE_DELAY_S,
+        busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
         self._report = report
         self._delay = delay
+        self._busy = busy  # while True, a save waits (at most BUSY_WAIT_MAX_S; a stop does not)
         self._flush = asyncio.Event()  # set at stop: write now, without the delay
         # What the store holds: replaced after each apply that changed it, never mutated then.
         self.saved: dict[Key, RawResource] = {}
@@ -280,6 +288,7 @@ class LastGoodKeeper:
             if not self._flush.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._flush.wait(), self._delay)
+                await self._wait_not_busy()
             written, changed, self._pending = self.saved, self._pending, set()
             try:
                 await asyncio.to_thread(self.store.save, written, changed)
@@ -288,6 +297,14 @@ class LastGoodKeeper:
                     "last_good_save_failed", path=str(self.store.path), error=str(exc)
                 )
                 return
+
+    async def _wait_not_busy(self) -> None:
+        """Wait while busy(), at most BUSY_WAIT_MAX_S, or until a stop asks for the save."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BUSY_WAIT_MAX_S
+        while self._busy() and not self._flush.is_set() and loop.time() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush.wait(), BUSY_POLL_S)
 
     def _report_restored(self, current: Mapping[Key, RawResource]) -> None:
         """Name each resource that serves the version saved before the restart (its document

@@ -257,10 +257,14 @@ class DeltaStream(StreamCore):
     ) -> Response:
         nonce = self._nonces.next()
         response = Response(type_url=type_url, system_version_info=str(version), nonce=nonce)
+        add = response.resources.add
         for resource in sends:
-            response.resources.add(name=resource.name, version=resource.version).resource.CopyFrom(
-                resource.body
-            )
+            # The Any's fields set in place: copying resource.body would first build that Any
+            # (and the Resource would keep it): twice the time, 0.1 s for the 40k clusters of a
+            # first push at 10k services, on the event loop, and ~18 MB kept for CDS and EDS.
+            body = add(name=resource.name, version=resource.version).resource
+            body.type_url = resource.type_url
+            body.value = resource.value
         response.removed_resources.extend(removes)
         self._types[type_url].responded = True
         self._track(nonce, InFlight(type_url, str(version)))

@@ -205,9 +205,10 @@ def eds_names(clusters: Iterable[Resource]) -> set[str]:
     """ClusterLoadAssignment names used by these EDS clusters (service_name, else cluster name)."""
     names: set[str] = set()
     for resource in clusters:
-        cluster = cluster_pb2.Cluster()
-        if not resource.body.Unpack(cluster):
+        if resource.type_url != typeurls.CLUSTER:
             continue
+        # From the value: resource.body would build an Any that the Resource keeps.
+        cluster = cluster_pb2.Cluster.FromString(resource.value)
         if cluster.type == cluster_pb2.Cluster.EDS:
             names.add(cluster.eds_cluster_config.service_name or cluster.name)
     return names

@@ -219,7 +219,8 @@ class SotwStream(StreamCore):
         version = content_version(content) if version is None else version
         response = Response(type_url=type_url, version_info=version, nonce=nonce)
         for name in sorted(content):
-            response.resources.add().CopyFrom(content[name].body)
+            resource, body = content[name], response.resources.add()
+            body.type_url, body.value = resource.type_url, resource.value  # (see DeltaStream)
         state = self._types[type_url]
         state.last_nonce, state.last_names = nonce, frozenset(content)
         self._track(nonce, InFlight(type_url, version))

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DeltaDiscoveryResponse
+from google.protobuf import any_pb2
 
 from meshagent.xds.delta import DeltaStream
 from meshagent.xds.errors import RemoteProtocolError
 from meshagent.xds.protocol import Acked, Nacked, Pushed
-from meshagent.xds.resources import ResourceSet
+from meshagent.xds.resources import Resource, ResourceSet
 from meshagent.xds.typeurls import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from tests.xds_builders import cla, eds_cluster, http_listener, resource_set, route_config
 
@@ -501,3 +502,39 @@ def test_after_a_nack_naming_one_endpoint_the_others_go_again_with_the_next_chan
     stream.on_request(ack(later))
     [fixed] = stream.on_snapshot(4, _three(7, 8, 9))
     assert names(fixed) == ["b"]
+
+
+def test_a_response_carries_each_resource_as_its_any() -> None:
+    # given resources of every type, one of them with an empty value
+    snapshot = resource_set(
+        clusters=[eds_cluster("a"), eds_cluster("b")],
+        endpoints=[cla("a", 1), cla("b", 0)],
+        listeners=[http_listener("l", 80, "r")],
+        routes=[route_config("r", upstream="a")],
+    )
+    empty = Resource.from_value("e", ENDPOINT, b"")
+    by_type = {t: dict(snapshot.of(t)) for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
+    by_type[ENDPOINT]["e"] = empty
+    snapshot = ResourceSet.build({t: list(m.values()) for t, m in by_type.items()})
+    stream = DeltaStream()
+    stream.on_request(request(CLUSTER, node=NODE))
+    stream.on_request(request(ENDPOINT, ("a", "b", "e")))
+    stream.on_request(request(LISTENER))
+    stream.on_request(request(ROUTE, ("r",)))
+    # when it is pushed
+    responses = stream.on_snapshot(1, snapshot)
+    # then each response is the one built from each resource's Any
+    for response in responses:
+        sent = snapshot.of(response.type_url)
+        expected = DeltaDiscoveryResponse(
+            type_url=response.type_url, system_version_info="1", nonce=response.nonce
+        )
+        for name in names(response):
+            expected.resources.add(name=name, version=sent[name].version).resource.CopyFrom(
+                any_pb2.Any(type_url=sent[name].type_url, value=sent[name].value)
+            )
+        assert response == expected
+        assert response.SerializeToString(deterministic=True) == expected.SerializeToString(
+            deterministic=True
+        )
+    assert sorted(names(responses[1])) == ["a", "b", "e"]

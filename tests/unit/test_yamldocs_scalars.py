@@ -3,6 +3,8 @@ gives the values, keys and errors of the constructor it stands in for."""
 
 from __future__ import annotations
 
+import yaml
+
 from meshagent.adapters.yamldocs import load_documents
 
 HEAD = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n"
@@ -48,3 +50,27 @@ def test_unknown_tag_and_duplicate_key_are_still_errors() -> None:
     assert _data("data:\n  a: !custom x\n")[2] != []
     _, _, diags = _data("data:\n  a: 1\n  a: 2\n")
     assert diags == ["duplicate key 'a'"]
+
+
+def _typed(value: object) -> object:
+    """value with each scalar's type next to it (5, 5.0 and True compare equal otherwise)."""
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    return (type(value).__name__, value)
+
+
+def test_the_resolver_shortcuts_read_every_scalar_as_pyyaml_does() -> None:
+    # plain, quoted, block and non-specific (!) scalars, the same text in several styles (the
+    # tag cache is by text), merges, aliases and flow collections: the values PyYAML's own
+    # SafeLoader reads (no dates here: the reader keeps those as text on purpose)
+    body = (
+        "a: 5\nb: '5'\nc: \"5\"\nd: ! 5\ne: |\n  5\nf: >\n  5\ng: 5\nh: yes\ni: 'yes'\n"
+        "k: ~\nl: 0x1F\nm: 1.5e3\nn: .inf\no: !!str 7\np: [5, '5', {q: 5}]\n"
+        "r: &anchor {s: 1, t: '1'}\nu:\n  <<: *anchor\n  v: 1\nw: *anchor\n'5': 5\n"
+        "x: [~, '', null, 'null', on, 'off']\n"
+    )
+    data, _, diags = _data("data:\n" + "".join(f"  {line}\n" for line in body.splitlines()))
+    assert diags == []
+    assert _typed(data) == _typed(yaml.safe_load(body))
