@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test system-deps lint bench clean
+.PHONY: quickstart test system-deps bytecode lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,11 +12,17 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-quickstart: $(STAMP)
+quickstart: $(STAMP) bytecode
 	$(VENV)/bin/meshagent dev quickstart --config examples/quickstart/agent.yaml
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps bytecode
 	$(VENV)/bin/pytest -q
+
+# The editable install leaves meshagent without bytecode, and with PYTHONDONTWRITEBYTECODE set
+# every agent process (the tests start many) would compile it again: compile it once, as a
+# wheel install does. Python still checks each .pyc against its source.
+bytecode: $(STAMP)
+	@$(VENV)/bin/python -m compileall -q meshagent
 
 # Debian packages some tests use: systemd-analyze checks the unit files, chromium renders the
 # admin status page, iptables and nftables (and iproute2's `ip netns`) program traffic capture
