@@ -50,6 +50,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
+from meshagent.adapters import yamldocs
 from meshagent.adapters.inotify import (
     IN_CLOSE_WRITE,
     IN_CREATE,
@@ -166,6 +167,9 @@ class _Scan:
 
 # (first line, 0-based; text) of one '---'-separated document -> the resources read from it
 Chunks = dict[tuple[int, str], list[RawResource]]
+# What each document built (yamldocs.tally): YAML nodes, and of them those built through an
+# alias; a document missing counts none (a loader that is not yamldocs').
+Counts = dict[tuple[int, str], tuple[int, int]]
 _MARKER = re.compile(r"^---[ \t]*\r?$", re.MULTILINE)
 # Lines that make splitting at '---' lines unsafe: directives, document ends, content on a
 # marker line ('--- !tag', '--- |'): such texts are always read whole.
@@ -173,9 +177,8 @@ _UNSPLITTABLE = re.compile(r"^(?:%|\.\.\.|---[ \t]*[^ \t\r\n])", re.MULTILINE)
 # A text with more changed documents than this share is read whole (faster in one go).
 REPARSE_SHARE = 0.25
 # An anchor or alias where YAML would take it as one (conservative: a false match only costs
-# a whole read). Only a whole read bounds what aliases expand to across the file (yamldocs'
-# per-text node budget); without aliases, a text cannot hold more nodes than characters, and
-# its size is bounded.
+# a whole read). yamldocs' per-text bounds (nodes, what aliases add) are kept by the counts of
+# each document (_FileState.counts): a text whose re-read might pass them is read whole.
 _ALIAS = re.compile(r"(?:^|[\s\[{,:-])[&*][^\s,\]}]")
 _BOM = "\ufeff"
 
@@ -341,6 +344,18 @@ class _FileState:
     # replaced), for _merged_view; None: not known.
     base: dict[Key, RawResource] | None = None
     changed: set[Key] | None = None
+    # What the documents of chunks built (Counts), and the text's totals.
+    counts: Counts = field(default_factory=dict)
+    nodes: int = 0
+    expanded: int = 0
+
+
+def _beyond(nodes: int, expanded: int) -> bool:
+    """Whether a text of these totals may be beyond yamldocs' bounds, which a whole read
+    checks as it goes (_Budget): more nodes than MAX_NODES, or enough built through aliases
+    that a shorter text before them could pass the alias budget. Such a text is read whole,
+    so that it is rejected (or not) exactly as a fresh read of it."""
+    return nodes > yamldocs.MAX_NODES or expanded > yamldocs.ALIAS_FLOOR
 
 
 def _other_links(path: Path) -> bool:
@@ -755,7 +770,7 @@ class FilesAdapter:
         if patched is not None:
             self._files[path] = replace(patched, sig=sig, digest=digest)
             return []
-        resources, loaded, chunks, plain = self._parse(text, str(path), state)
+        resources, loaded, chunks, counts, plain = self._parse(text, str(path), state)
         diagnostics = list(loaded)
         parsed: dict[Key, RawResource] = {}
         seen: dict[Ident, RawResource] = {}
@@ -776,11 +791,22 @@ class FilesAdapter:
         if any(d.severity == "error" for d in diagnostics):
             # Last-known-good: what parsed is applied, nothing the file had is dropped.
             parsed = {**old, **parsed}
-        self._files[path] = _FileState(sig, digest, parsed, chunks)
+        nodes = sum(n for n, _ in counts.values())
+        expanded = sum(e for _, e in counts.values())
+        new = _FileState(sig, digest, parsed, chunks, counts=counts, nodes=nodes, expanded=expanded)
         if plain and not diagnostics and chunks and len(parsed) == len(resources):
             order = list(chunks)  # (in the text's order: see _parse)
-            self._files[path] = _FileState(sig, digest, parsed, chunks, text, order, _starts(order))
+            new = replace(new, text=text, order=order, starts=_starts(order))
+        self._files[path] = new
         return diagnostics
+
+    def _load_counted(
+        self, text: str, path: str
+    ) -> tuple[list[RawResource], list[Diagnostic], tuple[int, int]]:
+        """The loader's reading of text, and what it built (nodes, of them through aliases)."""
+        with yamldocs.tally() as tallied:
+            resources, problems = self._load(text, path)
+        return resources, problems, (sum(t[1] for t in tallied), sum(t[2] for t in tallied))
 
     def _patched(self, text: str, path: str, state: _FileState | None) -> _FileState | None:
         """The state of text when it is state's plain text with a few documents changed in
@@ -828,18 +854,35 @@ class FilesAdapter:
         None when one of them has problems, aliases or other keys than before."""
         cached, gone = state.chunks, state.order[first:last]
         got: list[list[RawResource]] = []
+        counted: list[tuple[int, int]] = []
         for chunk in new_chunks:
             found = cached.get(chunk)
             if found is None:
                 if not _readable_alone(chunk):
                     return None
-                resources, problems = self._load(chunk[1], path)
+                resources, problems, count = self._load_counted(chunk[1], path)
                 if problems or any(_line(raw) == 0 for raw in resources):
                     return None
                 found = [_shift(raw, chunk[0]) for raw in resources]
+            else:
+                count = state.counts.get(chunk, (0, 0))
             got.append(found)
+            counted.append(count)
         before = [raw.key for chunk in gone for raw in cached[chunk]]
         if [raw.key for found in got for raw in found] != before:
+            return None
+        # The text's totals as a whole read counts them. The documents read alone have no
+        # aliases: past any point of the text, no more is built through aliases than in the
+        # last text (which a whole read accepted), and no less in all when no document
+        # shrank; only then can the alias budget not be passed midway.
+        was = [state.counts.get(chunk, (0, 0)) for chunk in gone]
+        nodes = state.nodes + sum(n for n, _ in counted) - sum(n for n, _ in was)
+        expanded = state.expanded + sum(e for _, e in counted) - sum(e for _, e in was)
+        if nodes > yamldocs.MAX_NODES:
+            return None
+        if expanded > yamldocs.ALIAS_FLOOR and any(
+            new[0] < old[0] for new, old in zip(counted, was, strict=True)
+        ):
             return None
         parsed, changed = dict(state.resources), set()
         for found in got:
@@ -852,6 +895,10 @@ class FilesAdapter:
         for chunk in gone:
             del chunks[chunk]
         chunks.update(zip(new_chunks, got, strict=True))
+        counts = dict(state.counts)
+        for chunk in gone:
+            counts.pop(chunk, None)
+        counts.update(zip(new_chunks, counted, strict=True))
         order = [*state.order[:first], *new_chunks, *state.order[last:]]
         starts = state.starts[: first + 1]
         for chunk in new_chunks[:-1]:
@@ -867,46 +914,64 @@ class FilesAdapter:
             starts=starts,
             base=state.resources,
             changed=changed,
+            counts=counts,
+            nodes=nodes,
+            expanded=expanded,
         )
 
     def _parse(
         self, text: str, path: str, state: _FileState | None
-    ) -> tuple[list[RawResource], list[Diagnostic], Chunks, bool]:
+    ) -> tuple[list[RawResource], list[Diagnostic], Chunks, Counts, bool]:
         """The resources of text, reading again only the documents that changed since the
         last clean read (a document at the same line with the same text is not re-read);
         whether the text is plain (_split_plain).
 
         Any problem in a changed document, and every first read, reads the whole text (the
         per-text bounds of yamldocs apply to it, and a syntax error anywhere yields nothing);
-        the documents of a clean read are kept for the next one, in the text's order."""
+        the documents of a clean read are kept for the next one, in the text's order, with
+        what each built (a text whose totals might pass the bounds is read whole: _beyond)."""
         split, plain = _split(text)
         cached = state.chunks if state is not None else {}
+        was = state.counts if state is not None else {}
         if split is not None and cached:
             misses = [chunk for chunk in split if chunk not in cached]
             alone = all(_readable_alone(chunk) for chunk in misses)
             if alone and len(misses) <= max(1, int(len(split) * REPARSE_SHARE)):
                 chunks: Chunks = {}
+                counts: Counts = {}
                 for chunk in split:
                     got = cached.get(chunk)
                     if got is None:
-                        resources, problems = self._load(chunk[1], path)
+                        resources, problems, count = self._load_counted(chunk[1], path)
                         if problems:
                             break
                         got = [_shift(raw, chunk[0]) for raw in resources]
+                    else:
+                        count = was.get(chunk, (0, 0))
                     chunks[chunk] = got
+                    counts[chunk] = count
                 else:
-                    return [raw for got in chunks.values() for raw in got], [], chunks, plain
-        resources, problems = self._load(text, path)
+                    nodes = sum(n for n, _ in counts.values())
+                    if not _beyond(nodes, sum(e for _, e in counts.values())):
+                        found = [raw for got in chunks.values() for raw in got]
+                        return found, [], chunks, counts, plain
+        with yamldocs.tally() as tallied:
+            resources, problems = self._load(text, path)
         if problems or split is None:
-            return resources, problems, {}, False
+            return resources, problems, {}, {}, False
         if any(_line(raw) == 0 for raw in resources):
-            return resources, problems, {}, False  # no line to tell its document: read whole
+            return resources, problems, {}, {}, False  # no line to tell its document: read whole
         chunks = {chunk: [] for chunk in split}
         starts = [first for first, _ in split]
         for raw in resources:  # each resource to the document holding its first line
             index = bisect.bisect_left(starts, _line(raw)) - 1
             chunks[split[max(index, 0)]].append(raw)
-        return resources, problems, chunks, plain
+        counts = {}
+        for line, nodes, expanded in tallied:  # and what it built, the same way
+            chunk = split[max(bisect.bisect_left(starts, line) - 1, 0)]
+            n, e = counts.get(chunk, (0, 0))
+            counts[chunk] = (n + nodes, e + expanded)
+        return resources, problems, chunks, counts, plain
 
     def _merged_view(
         self, reread: set[Path]

@@ -15,7 +15,9 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +115,25 @@ class LoadedDocument:
 
     resource: RawResource
     meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+# What each resource read counted, while a tally() is open: (its first line, YAML nodes
+# built, of them built again through an alias), in the text's order.
+Tally = list[tuple[int, int, int]]
+_TALLY: ContextVar[Tally | None] = ContextVar("yamldocs_tally", default=None)
+
+
+@contextmanager
+def tally() -> Iterator[Tally]:
+    """The counts of every resource the loads within read (Tally), so that a reader that
+    reads a text's documents apart (the files adapter's re-reads) can bound the text's totals
+    as a whole read does (_Budget). Only a load without problems counts all it built."""
+    counts: Tally = []
+    token = _TALLY.set(counts)
+    try:
+        yield counts
+    finally:
+        _TALLY.reset(token)
 
 
 class _DocumentError(Exception):
@@ -404,11 +425,13 @@ def _load(
     documents: list[LoadedDocument] = []
     diagnostics: list[Diagnostic] = []
     budget = _Budget()
+    counts = _TALLY.get()
     try:
         for node in yaml.compose_all(text, Loader=_Loader):
             if node is None or (isinstance(node, ScalarNode) and node.tag.endswith(":null")):
                 continue  # an empty document, e.g. after a trailing '---'
             for item in list_items(node):  # a Kubernetes List: each item is a resource
+                nodes, expanded = budget.nodes, budget.expanded
                 try:
                     document = _resource(item, path, source, strip_keys, budget)
                 except _LimitError as exc:
@@ -417,6 +440,9 @@ def _load(
                     diagnostics.append(_error(path, exc.line, source, exc.reason))
                     continue
                 documents.append(document)
+                if counts is not None:
+                    line = item.start_mark.line + 1
+                    counts.append((line, budget.nodes - nodes, budget.expanded - expanded))
     except yaml.YAMLError as exc:
         # A syntax error anywhere yields no documents at all: a half-written file must not
         # look like one whose later resources were deleted.

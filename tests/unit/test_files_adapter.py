@@ -1259,3 +1259,91 @@ def test_reread_documents_of_odd_texts_match_a_fresh_read(tmp_path: Path, seed: 
             assert got == wrong, (seed, step, last)
             continue
         assert served == {r.key: r for r in want.upserts}, (seed, step, last)
+
+
+def _yaml_totals(text: str) -> tuple[int, int]:
+    """The YAML nodes a whole read of text builds, and of them those built through aliases."""
+    from meshagent.adapters.yamldocs import load_documents, tally
+
+    with tally() as counts:
+        _, problems = load_documents(text, "t.yaml")
+    assert not problems
+    return sum(c[1] for c in counts), sum(c[2] for c in counts)
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_a_file_edited_past_the_node_limit_is_rejected_live_as_at_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_place: bool
+) -> None:
+    """yamldocs' MAX_NODES bounds a file, not each document: a file whose documents, re-read
+    alone after an edit (in place, or lines added), together pass it is rejected live with
+    the error a fresh read gives, and the last good resources keep serving."""
+    from meshagent.adapters import yamldocs
+
+    target = tmp_path / "mesh.yaml"
+    entries = [_entry(f"e{i}", f"10.0.0.{i}") for i in range(16)]
+    text = "---\n".join(entries)
+    nodes, _ = _yaml_totals(text)
+    monkeypatch.setattr(yamldocs, "MAX_NODES", nodes + 10)
+    target.write_text(text)
+    live = FilesAdapter([tmp_path])
+    first = live._process(live._scan())
+    assert len(first.upserts) == 16 and not first.errors
+    served = dict(live._files[target].resources)
+    at = 15 if not in_place else 5  # lines added: in the last document (the others stay)
+    grown = "[" + ", ".join(f"a{i}" for i in range(30)) + "]"
+    if in_place:
+        entries[at] = entries[at].replace("    app: e5\n", f"    app: {grown}\n")
+    else:
+        entries[at] += f"    more: {grown}\n    other: {{x: y}}\n"
+    _replace(target, "---\n".join(entries))
+    got = live._process(live._scan())
+    fresh, restarted = _fresh_read(tmp_path)
+    assert restarted.errors and "YAML nodes; file rejected" in restarted.errors[0].reason
+    assert [(d.location, d.reason) for d in got.errors] == [
+        (d.location, d.reason) for d in restarted.errors
+    ]
+    assert not got.upserts and not got.deletes
+    assert live._files[target].resources == served  # the last good keeps serving
+
+
+def test_a_file_edited_past_the_alias_budget_is_rejected_live_as_at_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alias budget counts what the text before an alias built: a document edited in
+    place to build fewer nodes (lines turned to comments) can put a later document's aliases
+    over it. Live, as a fresh read, the file is rejected and the last good keeps serving."""
+    from meshagent.adapters import yamldocs
+
+    monkeypatch.setattr(yamldocs, "ALIAS_FLOOR", 10)
+    target = tmp_path / "mesh.yaml"
+    entries = [_entry("big", "10.0.0.1", extra_lines=150)]
+    entries += [_entry(f"e{i}", f"10.0.0.{i}") for i in range(2, 17)]
+    entries.append(
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n"
+        "metadata:\n  name: aliased\n  namespace: ns\nspec:\n"
+        "  a: &x [1, 2, 3, 4, 5, 6, 7, 8]\n  b: [" + ", ".join(["*x"] * 45) + "]\n"
+    )
+    text = "---\n".join(entries)
+    nodes, expanded = _yaml_totals(text)
+    assert expanded > 10 and 2 * expanded < nodes  # within the budget
+    target.write_text(text)
+    live = FilesAdapter([tmp_path])
+    first = live._process(live._scan())
+    assert len(first.upserts) == 17 and not first.errors
+    served = dict(live._files[target].resources)
+    # the big document's labels become comments: same lines, far fewer nodes
+    entries[0] = "".join(
+        f"    # l{i}\n" if line == f"    l{i}: v{i}\n" else line
+        for line in entries[0].splitlines(keepends=True)
+        for i in [line.strip().partition(":")[0][1:] or "x"]
+    )
+    _replace(target, "---\n".join(entries))
+    got = live._process(live._scan())
+    fresh, restarted = _fresh_read(tmp_path)
+    assert restarted.errors and "aliases expand" in restarted.errors[0].reason
+    assert [(d.location, d.reason) for d in got.errors] == [
+        (d.location, d.reason) for d in restarted.errors
+    ]
+    assert not got.upserts and not got.deletes
+    assert live._files[target].resources == served
