@@ -1344,3 +1344,41 @@ def test_a_file_edited_past_the_alias_budget_is_rejected_live_as_at_restart(
     ]
     assert not got.upserts and not got.deletes
     assert live._files[target].resources == served
+
+
+def test_in_place_edits_around_the_node_limit_read_as_a_fresh_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seeded in-place edits that grow and shrink documents across MAX_NODES: after each,
+    the live adapter reports the errors a fresh read reports, and serves what it serves (or,
+    rejected, what it served before)."""
+    from meshagent.adapters import yamldocs
+
+    rng = random.Random(11)
+    target = tmp_path / "mesh.yaml"
+    entries = [_entry(f"e{i}", f"10.0.0.{i}") for i in range(20)]
+    nodes, _ = _yaml_totals("---\n".join(entries))
+    monkeypatch.setattr(yamldocs, "MAX_NODES", nodes + 40)
+    target.write_text("---\n".join(entries))
+    live = FilesAdapter([tmp_path])
+    live._process(live._scan())
+    rejected = 0
+    for step in range(60):
+        i = rng.randrange(len(entries))
+        size = rng.choice((0, 0, 5, 20, 40))
+        app = f"[{', '.join(f'a{n}' for n in range(size))}]" if size else f"e{i}"
+        entries[i] = _entry(f"e{i}", f"10.0.0.{i}").replace(f"    app: e{i}\n", f"    app: {app}\n")
+        served = dict(live._files[target].resources)
+        if "---\n".join(entries) == target.read_text():
+            continue  # no change: nothing read again (a rejected file's errors were told)
+        _replace(target, "---\n".join(entries))
+        got = live._process(live._scan())
+        fresh, restarted = _fresh_read(tmp_path)
+        where = [(d.location, d.reason) for d in restarted.errors]
+        assert [(d.location, d.reason) for d in got.errors] == where, step
+        if where:
+            rejected += 1
+            assert live._files[target].resources == served, step
+        else:
+            assert live._files[target].resources == fresh._files[target].resources, step
+    assert 5 < rejected < 55  # both sides of the limit were met
