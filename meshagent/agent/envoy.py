@@ -25,7 +25,8 @@ from typing import IO, Any
 
 import structlog
 
-from meshagent.agent.config import AgentConfig, EnvoyConfig, EnvoyStatsConfig
+from meshagent.agent.config import AgentConfig
+from meshagent.agent.config.envoy import EnvoyConfig, EnvoyStatsConfig
 from meshagent.agent.envoy_adopt import (
     AdoptedEnvoy,
     EnvoyProcess,

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from meshagent.agent.config import AgentConfig, EnvoyStatsConfig, parse_config
+from meshagent.agent.config import AgentConfig, parse_config
+from meshagent.agent.config.envoy import EnvoyStatsConfig
 from meshagent.agent.envoy import bootstrap_for
 from meshagent.agent.envoyview import cluster_health, get_json
 from meshagent.xds.cache import SnapshotCache

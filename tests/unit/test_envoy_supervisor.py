@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from meshagent.agent.config import EnvoyConfig
+from meshagent.agent.config.envoy import EnvoyConfig
 from meshagent.agent.envoy import EnvoySupervisor, envoy_command, find_envoy_binary
 from meshagent.agent.envoy_adopt import (
     PID_FILE,

